@@ -1,0 +1,80 @@
+//! The one error type of the seam, and its portable kinds.
+
+use crate::{JobId, QueueName};
+
+/// Result of a seam operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in terms a caller can react to.
+///
+/// Every backend maps its own failures onto these variants, the way sqlx maps a driver's
+/// errors onto `DatabaseError::kind()`. The HTTP layer maps [`ErrorKind`] onto status codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request is malformed or a value is outside its limit. Nothing was changed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A payload or body is over its size limit. Nothing was changed.
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    /// The queue does not exist.
+    #[error("queue '{0}' not found")]
+    QueueNotFound(QueueName),
+    /// The job does not exist: it was acked, purged, deleted with its queue, or never existed.
+    #[error("job {0} not found (acked, purged, or never existed)")]
+    JobNotFound(JobId),
+    /// The token is not the job's current lease: the lease expired, or the job was leased again,
+    /// settled, or dead-lettered. Nothing was changed (Invariant 3).
+    #[error("lease lost on job {0}: the token is not the job's current lease (it expired, or the job was settled or leased again)")]
+    LeaseLost(JobId),
+    /// The request conflicts with the current state (e.g. an idempotency key held elsewhere).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The store cannot serve now (shutting down, unreachable); retrying later may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The store failed or its data cannot be used (I/O error, corruption, unknown version).
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// The portable kind of an [`Error`]; the HTTP API's error codes are these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`Error::InvalidRequest`].
+    InvalidRequest,
+    /// See [`Error::PayloadTooLarge`].
+    PayloadTooLarge,
+    /// See [`Error::QueueNotFound`] and [`Error::JobNotFound`].
+    NotFound,
+    /// See [`Error::LeaseLost`].
+    LeaseLost,
+    /// See [`Error::Conflict`].
+    Conflict,
+    /// See [`Error::Unavailable`].
+    Unavailable,
+    /// See [`Error::Storage`].
+    Storage,
+}
+
+impl Error {
+    /// The portable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            Error::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
+            Error::QueueNotFound(_) | Error::JobNotFound(_) => ErrorKind::NotFound,
+            Error::LeaseLost(_) => ErrorKind::LeaseLost,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Storage(_) => ErrorKind::Storage,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRequest`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidRequest(message.into())
+    }
+}

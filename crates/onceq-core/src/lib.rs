@@ -1,0 +1,33 @@
+//! onceq-core: the types, limits, errors and storage seam of onceq.
+//!
+//! # Layout
+//!
+//! - [`limits`]: every bound onceq enforces, as named constants (Invariant 8).
+//! - [`error`]: the seam's [`Error`] and its portable [`ErrorKind`].
+//! - [`time`]: [`Timestamp`] and the store's one [`Clock`] (Invariant 7).
+//! - `queue`: [`QueueName`], [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
+//! - `job`: [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
+//! - `retry`: [`Backoff`] and [`Jitter`], the retry policy.
+//! - [`store`]: the seam, [`Store`], its request types and shared validation.
+//!
+//! See DESIGN.md for the vocabulary, the job lifecycle and the invariants these types serve.
+
+pub mod error;
+mod job;
+pub mod limits;
+mod queue;
+mod retry;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, ErrorKind, Result};
+pub use job::{
+    truncate_error_text, AttemptError, Enqueued, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
+    NewJob, Schedule,
+};
+pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats};
+pub use retry::{Backoff, Jitter};
+pub use store::{
+    DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Store, StoreExt,
+};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,57 @@
+//! Every bound onceq enforces (DESIGN.md, Invariant 8), in one place.
+//!
+//! A request past any of these gets a typed [`crate::Error`], never a panic and never a silent
+//! truncation (the one exception is an attempt's error text, see [`ERROR_TEXT_BYTES_MAX`]).
+//! Relations between the constants are checked at compile time at the bottom of this file.
+
+/// Longest queue name, in bytes. Names use `[A-Za-z0-9._-]` only.
+pub const QUEUE_NAME_LEN_MAX: usize = 128;
+/// Largest job payload, in bytes (1 MiB, as SQS).
+pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Most jobs in one enqueue call.
+pub const ENQUEUE_BATCH_MAX: usize = 1000;
+/// Most jobs one lease call hands out.
+pub const LEASE_BATCH_MAX: u32 = 1000;
+/// Most items in one ack / nack / extend / fail call.
+pub const SETTLE_BATCH_MAX: usize = 1000;
+/// Longest a lease call may wait for a job (long poll), in milliseconds.
+pub const WAIT_MS_MAX: u64 = 20_000;
+/// Shortest visibility timeout, in milliseconds.
+pub const VISIBILITY_TIMEOUT_MS_MIN: u64 = 1;
+/// Longest visibility timeout, in milliseconds (12 hours, as SQS).
+pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 60 * 60 * 1000;
+/// Most leases a job may have before it is dead-lettered.
+pub const ATTEMPTS_MAX: u32 = 1000;
+/// Most headers on one job.
+pub const HEADERS_COUNT_MAX: usize = 64;
+/// Longest header name, in bytes.
+pub const HEADER_NAME_LEN_MAX: usize = 128;
+/// Longest header value, in bytes.
+pub const HEADER_VALUE_LEN_MAX: usize = 4096;
+/// Longest dedup id, in bytes.
+pub const DEDUP_ID_LEN_MAX: usize = 256;
+/// Longest dedup window, in milliseconds (7 days).
+pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Longest delay before a job (or a retry) runs, in milliseconds (365 days).
+pub const DELAY_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
+/// Lowest job priority.
+pub const PRIORITY_MIN: i32 = -1_000_000;
+/// Highest job priority (higher runs first).
+pub const PRIORITY_MAX: i32 = 1_000_000;
+/// Longest error text kept per attempt, in bytes. Longer text is cut at a character boundary and
+/// marked with `…`: a worker reporting a huge panic message must still be able to nack.
+pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
+/// Largest backoff multiplier.
+pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
+/// Most dead jobs one listing page returns.
+pub const DEAD_PAGE_MAX: u32 = 1000;
+/// Most ids one redrive call may name.
+pub const REDRIVE_IDS_MAX: usize = 1000;
+
+const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
+const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);
+const _: () = assert!(LEASE_BATCH_MAX as usize <= SETTLE_BATCH_MAX);
+const _: () = assert!(ENQUEUE_BATCH_MAX <= SETTLE_BATCH_MAX);
+const _: () = assert!(WAIT_MS_MAX < VISIBILITY_TIMEOUT_MS_MAX);
+const _: () = assert!(ATTEMPTS_MAX >= 1);
+const _: () = assert!(DEDUP_WINDOW_MS_MAX <= DELAY_MS_MAX);

@@ -1,0 +1,255 @@
+//! Queues: names, configuration, delivery modes and statistics.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::*;
+use crate::retry::Backoff;
+use crate::{Error, Result};
+
+/// A validated queue name: 1 to [`QUEUE_NAME_LEN_MAX`] characters of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(Error::invalid("queue name is empty; use 1-128 characters of [A-Za-z0-9._-]"));
+        }
+        if name.len() > QUEUE_NAME_LEN_MAX {
+            return Err(Error::invalid(format!(
+                "queue name is {} bytes long; the limit is {QUEUE_NAME_LEN_MAX}",
+                name.len()
+            )));
+        }
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Err(Error::invalid(format!(
+                "queue name {name:?} contains {bad:?}; only [A-Za-z0-9._-] is allowed"
+            )));
+        }
+        Ok(QueueName(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for QueueName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        QueueName::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        QueueName::new(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a queue promises about delivery (DESIGN.md, the service-tier matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// Leasing removes the job: never delivered twice, lost if the consumer crashes.
+    AtMostOnce,
+    /// Leases and redelivery: never lost, possibly delivered more than once.
+    #[default]
+    AtLeastOnce,
+    /// At-least-once delivery plus mandatory producer dedup ids; consumers guard their effects
+    /// with the idempotency store.
+    EffectivelyOnce,
+}
+
+impl DeliveryMode {
+    /// The wire name (`at_most_once`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::AtMostOnce => "at_most_once",
+            DeliveryMode::AtLeastOnce => "at_least_once",
+            DeliveryMode::EffectivelyOnce => "effectively_once",
+        }
+    }
+}
+
+impl FromStr for DeliveryMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "at_most_once" => Ok(DeliveryMode::AtMostOnce),
+            "at_least_once" => Ok(DeliveryMode::AtLeastOnce),
+            "effectively_once" => Ok(DeliveryMode::EffectivelyOnce),
+            other => Err(Error::invalid(format!(
+                "unknown delivery mode {other:?}; use at_most_once, at_least_once or effectively_once"
+            ))),
+        }
+    }
+}
+
+/// A queue's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Delivery mode.
+    pub delivery: DeliveryMode,
+    /// Lease length when a lease call does not name one.
+    pub visibility_timeout_ms: u64,
+    /// Leases a job may have before it is dead-lettered, unless the job sets its own.
+    pub max_attempts: u32,
+    /// Delay before a nacked job runs again, when the nack names none.
+    pub backoff: Backoff,
+    /// How long a dedup id is remembered after its first enqueue.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            delivery: DeliveryMode::AtLeastOnce,
+            visibility_timeout_ms: 30_000,
+            max_attempts: 5,
+            backoff: Backoff::default(),
+            dedup_window_ms: 300_000,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<()> {
+        check_visibility_timeout(self.visibility_timeout_ms)?;
+        check_max_attempts(self.max_attempts)?;
+        self.backoff.validate()?;
+        if self.dedup_window_ms > DEDUP_WINDOW_MS_MAX {
+            return Err(Error::invalid(format!(
+                "dedup_window_ms is {}; the limit is {DEDUP_WINDOW_MS_MAX}",
+                self.dedup_window_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// This config with `patch` applied and validated.
+    pub fn patched(&self, patch: &QueueConfigPatch) -> Result<Self> {
+        let mut next = self.clone();
+        if let Some(delivery) = patch.delivery {
+            next.delivery = delivery;
+        }
+        if let Some(v) = patch.visibility_timeout_ms {
+            next.visibility_timeout_ms = v;
+        }
+        if let Some(v) = patch.max_attempts {
+            next.max_attempts = v;
+        }
+        if let Some(v) = &patch.backoff {
+            next.backoff = v.clone();
+        }
+        if let Some(v) = patch.dedup_window_ms {
+            next.dedup_window_ms = v;
+        }
+        next.validate()?;
+        Ok(next)
+    }
+}
+
+/// A partial update of a [`QueueConfig`]: each `Some` field replaces the current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfigPatch {
+    /// New delivery mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryMode>,
+    /// New default visibility timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout_ms: Option<u64>,
+    /// New default max attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// New backoff (replaces the whole policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// New dedup window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window_ms: Option<u64>,
+}
+
+/// How many jobs a queue holds in each state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Jobs that can be leased now.
+    pub ready: u64,
+    /// Jobs waiting for their `run_at` (delayed, or retrying after backoff).
+    pub scheduled: u64,
+    /// Jobs under a live lease.
+    pub leased: u64,
+    /// Dead-lettered jobs.
+    pub dead: u64,
+    /// How long the oldest ready job has been ready; `None` when none is.
+    pub oldest_ready_age_ms: Option<u64>,
+}
+
+/// A queue's name, configuration, pause flag and statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: QueueName,
+    /// Its configuration.
+    pub config: QueueConfig,
+    /// Whether leasing is paused.
+    pub paused: bool,
+    /// Job counts by state.
+    pub stats: QueueStats,
+}
+
+pub(crate) fn check_visibility_timeout(ms: u64) -> Result<()> {
+    if !(VISIBILITY_TIMEOUT_MS_MIN..=VISIBILITY_TIMEOUT_MS_MAX).contains(&ms) {
+        return Err(Error::invalid(format!(
+            "visibility_timeout_ms is {ms}; it must be between {VISIBILITY_TIMEOUT_MS_MIN} and {VISIBILITY_TIMEOUT_MS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_max_attempts(n: u32) -> Result<()> {
+    if !(1..=ATTEMPTS_MAX).contains(&n) {
+        return Err(Error::invalid(format!("max_attempts is {n}; it must be between 1 and {ATTEMPTS_MAX}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_validated() {
+        assert_eq!(QueueName::new("emails.v2_high-prio").map(|q| q.to_string()), Ok("emails.v2_high-prio".into()));
+        assert!(matches!(QueueName::new(""), Err(Error::InvalidRequest(_))));
+        assert!(matches!(QueueName::new("a b"), Err(Error::InvalidRequest(_))));
+        assert!(matches!(QueueName::new("é"), Err(Error::InvalidRequest(_))));
+        assert!(QueueName::new("x".repeat(QUEUE_NAME_LEN_MAX)).is_ok());
+        assert!(matches!(QueueName::new("x".repeat(QUEUE_NAME_LEN_MAX + 1)), Err(Error::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn patches_are_validated() {
+        let base = QueueConfig::default();
+        let zero = QueueConfigPatch { visibility_timeout_ms: Some(0), ..Default::default() };
+        assert!(matches!(base.patched(&zero), Err(Error::InvalidRequest(_))));
+        let ok = QueueConfigPatch { max_attempts: Some(9), ..Default::default() };
+        assert_eq!(base.patched(&ok).map(|c| c.max_attempts), Ok(9));
+    }
+}

@@ -1,0 +1,346 @@
+//! The seam: the one trait through which the rest of onceq touches storage.
+//!
+//! Batch operations are the primitive; [`StoreExt`] offers single-item shorthands.
+//! Settle operations (ack, nack, extend, fail) judge each item on its own: the outer `Result`
+//! is the store's (unavailable, I/O), the inner one the item's (lease lost, job not found).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::job::check_delay;
+use crate::limits::*;
+use crate::queue::check_visibility_timeout;
+use crate::{
+    Enqueued, Error, Job, JobId, LeaseRef, LeaseToken, LeasedJob, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
+    QueueName, Result, Timestamp,
+};
+
+/// Per-item results of a batch settle call, in request order.
+pub type ItemResults<T> = Vec<Result<T>>;
+
+/// Options of a lease call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// Most jobs to hand out, 1 to [`LEASE_BATCH_MAX`].
+    pub max_jobs: u32,
+    /// Lease length; `None` uses the queue's default.
+    pub visibility_timeout_ms: Option<u64>,
+    /// How long to wait for a job when none is ready (long poll), at most [`WAIT_MS_MAX`].
+    pub wait_ms: u64,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions { max_jobs: 1, visibility_timeout_ms: None, wait_ms: 0 }
+    }
+}
+
+impl LeaseOptions {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=LEASE_BATCH_MAX).contains(&self.max_jobs) {
+            return Err(Error::invalid(format!(
+                "max_jobs is {}; it must be between 1 and {LEASE_BATCH_MAX}",
+                self.max_jobs
+            )));
+        }
+        if let Some(ms) = self.visibility_timeout_ms {
+            check_visibility_timeout(ms)?;
+        }
+        if self.wait_ms > WAIT_MS_MAX {
+            return Err(Error::invalid(format!("wait_ms is {}; the limit is {WAIT_MS_MAX}", self.wait_ms)));
+        }
+        Ok(())
+    }
+}
+
+/// A nack: give the job back to be retried later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    /// The job.
+    pub id: JobId,
+    /// Its current lease token.
+    pub lease_token: LeaseToken,
+    /// Run again after this delay; `None` lets the queue's backoff decide.
+    pub delay_ms: Option<u64>,
+    /// Why the attempt failed; kept in the job's error history.
+    pub error: Option<String>,
+}
+
+/// What became of a nacked job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum NackOutcome {
+    /// It will run again at `run_at`.
+    Retrying {
+        /// When it is ready again.
+        run_at: Timestamp,
+    },
+    /// Its attempts were exhausted: it is dead.
+    Dead,
+}
+
+/// An extend: keep my lease for longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extend {
+    /// The job.
+    pub id: JobId,
+    /// Its current lease token.
+    pub lease_token: LeaseToken,
+    /// The lease now expires this long after the call.
+    pub visibility_timeout_ms: u64,
+}
+
+/// A fail: give up now and dead-letter the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail {
+    /// The job.
+    pub id: JobId,
+    /// Its current lease token.
+    pub lease_token: LeaseToken,
+    /// Why; kept in the job's error history.
+    pub error: String,
+}
+
+/// One page request of a dead-letter listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadPage {
+    /// Start after this id (exclusive); `None` starts at the beginning.
+    pub after: Option<JobId>,
+    /// Most jobs on the page, 1 to [`DEAD_PAGE_MAX`].
+    pub limit: u32,
+}
+
+impl Default for DeadPage {
+    fn default() -> Self {
+        DeadPage { after: None, limit: 100 }
+    }
+}
+
+/// One page of dead jobs, in id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadList {
+    /// The jobs.
+    pub jobs: Vec<Job>,
+    /// Pass as `after` for the next page; `None` when this was the last.
+    pub next: Option<JobId>,
+}
+
+/// Which dead jobs to make ready again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Redrive {
+    /// These jobs (ids of jobs that are not dead in this queue are skipped); `None` means all.
+    pub ids: Option<Vec<JobId>>,
+    /// At most this many, oldest first.
+    pub limit: Option<u64>,
+}
+
+/// The storage seam. Every backend implements it; the conformance suite in `onceq-testkit`
+/// checks each behaviour and invariant of DESIGN.md against it.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Lists a page of a queue's dead jobs, in id order.
+    async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList>;
+    /// Deletes every dead job of a queue; returns how many.
+    async fn dead_purge(&self, queue: &QueueName) -> Result<u64>;
+    /// Makes dead jobs ready again with their attempt count reset; returns how many.
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64>;
+    /// Acks leased jobs: they are done and gone for good (Invariant 4).
+    async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>>;
+    /// Enqueues jobs atomically (all or none), creating the queue with defaults if needed.
+    async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
+    /// Extends leases; returns each lease's new expiry.
+    async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>>;
+    /// Fails leased jobs: they go dead now.
+    async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>>;
+    /// Reads one job.
+    async fn job_get(&self, id: JobId) -> Result<Job>;
+    /// Leases up to `max_jobs` ready jobs: highest priority first, then oldest `run_at`, then
+    /// enqueue order. Waits up to `wait_ms` when none is ready. A queue that does not exist yet
+    /// is not an error: it behaves as an empty queue.
+    async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>>;
+    /// Nacks leased jobs: they run again after a delay, or go dead when attempts are exhausted.
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>>;
+    /// Deletes a queue and all its jobs.
+    async fn queue_delete(&self, queue: &QueueName) -> Result<()>;
+    /// Reads a queue's config, pause flag and stats.
+    async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo>;
+    /// Lists every queue, by name.
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>>;
+    /// Pauses leasing from a queue; enqueues are still accepted.
+    async fn queue_pause(&self, queue: &QueueName) -> Result<()>;
+    /// Resumes leasing from a queue.
+    async fn queue_resume(&self, queue: &QueueName) -> Result<()>;
+    /// Creates a queue (defaults patched) or updates one; returns the resulting config.
+    async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+        (**self).dead_list(queue, page).await
+    }
+    async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
+        (**self).dead_purge(queue).await
+    }
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        (**self).dead_redrive(queue, redrive).await
+    }
+    async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        (**self).job_ack(acks).await
+    }
+    async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        (**self).job_enqueue(queue, jobs).await
+    }
+    async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        (**self).job_extend(extends).await
+    }
+    async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+        (**self).job_fail(fails).await
+    }
+    async fn job_get(&self, id: JobId) -> Result<Job> {
+        (**self).job_get(id).await
+    }
+    async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        (**self).job_lease(queue, options).await
+    }
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        (**self).job_nack(nacks).await
+    }
+    async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
+        (**self).queue_delete(queue).await
+    }
+    async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
+        (**self).queue_get(queue).await
+    }
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        (**self).queue_list().await
+    }
+    async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
+        (**self).queue_pause(queue).await
+    }
+    async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
+        (**self).queue_resume(queue).await
+    }
+    async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        (**self).queue_upsert(queue, patch).await
+    }
+}
+
+/// Single-item shorthands over the batch primitives of [`Store`].
+#[async_trait]
+pub trait StoreExt: Store {
+    /// Acks one lease.
+    async fn ack(&self, lease: LeaseRef) -> Result<()> {
+        single(self.job_ack(&[lease]).await?)
+    }
+    /// Enqueues one job.
+    async fn enqueue(&self, queue: &QueueName, job: NewJob) -> Result<Enqueued> {
+        let mut out = self.job_enqueue(queue, vec![job]).await?;
+        out.pop().ok_or_else(|| Error::Storage("enqueue returned no result".into()))
+    }
+    /// Extends one lease.
+    async fn extend(&self, lease: LeaseRef, visibility_timeout_ms: u64) -> Result<Timestamp> {
+        let extend = Extend { id: lease.id, lease_token: lease.lease_token, visibility_timeout_ms };
+        single(self.job_extend(&[extend]).await?)
+    }
+    /// Fails one lease.
+    async fn fail(&self, lease: LeaseRef, error: &str) -> Result<()> {
+        let fail = Fail { id: lease.id, lease_token: lease.lease_token, error: error.to_owned() };
+        single(self.job_fail(&[fail]).await?)
+    }
+    /// Leases up to one job without waiting.
+    async fn lease_one(&self, queue: &QueueName) -> Result<Option<LeasedJob>> {
+        Ok(self.job_lease(queue, LeaseOptions::default()).await?.pop())
+    }
+    /// Nacks one lease.
+    async fn nack(&self, lease: LeaseRef, delay_ms: Option<u64>, error: Option<&str>) -> Result<NackOutcome> {
+        let nack = Nack { id: lease.id, lease_token: lease.lease_token, delay_ms, error: error.map(str::to_owned) };
+        single(self.job_nack(&[nack]).await?)
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
+
+fn single<T>(mut results: ItemResults<T>) -> Result<T> {
+    match (results.pop(), results.is_empty()) {
+        (Some(result), true) => result,
+        _ => Err(Error::Storage("a one-item batch returned other than one result".into())),
+    }
+}
+
+/// Validation every backend applies before touching storage, so that all of them reject the
+/// same inputs with the same errors.
+pub mod validate {
+    use super::*;
+
+    /// Checks an enqueue batch.
+    pub fn enqueue(jobs: &[NewJob]) -> Result<()> {
+        if jobs.is_empty() {
+            return Err(Error::invalid("enqueue needs at least one job"));
+        }
+        if jobs.len() > ENQUEUE_BATCH_MAX {
+            return Err(Error::invalid(format!(
+                "{} jobs in one enqueue; the limit is {ENQUEUE_BATCH_MAX}",
+                jobs.len()
+            )));
+        }
+        jobs.iter().enumerate().try_for_each(|(i, job)| {
+            job.validate().map_err(|e| match e {
+                Error::PayloadTooLarge(m) => Error::PayloadTooLarge(format!("job {i}: {m}")),
+                Error::InvalidRequest(m) => Error::InvalidRequest(format!("job {i}: {m}")),
+                other => other,
+            })
+        })
+    }
+
+    /// Checks the size of a settle batch (ack, nack, extend, fail).
+    pub fn settle_batch(len: usize) -> Result<()> {
+        if len == 0 {
+            return Err(Error::invalid("the batch is empty"));
+        }
+        if len > SETTLE_BATCH_MAX {
+            return Err(Error::invalid(format!("{len} items in one batch; the limit is {SETTLE_BATCH_MAX}")));
+        }
+        Ok(())
+    }
+
+    /// Checks a nack batch.
+    pub fn nacks(nacks: &[Nack]) -> Result<()> {
+        settle_batch(nacks.len())?;
+        nacks.iter().filter_map(|n| n.delay_ms).try_for_each(check_delay)
+    }
+
+    /// Checks an extend batch.
+    pub fn extends(extends: &[Extend]) -> Result<()> {
+        settle_batch(extends.len())?;
+        extends.iter().try_for_each(|e| check_visibility_timeout(e.visibility_timeout_ms))
+    }
+
+    /// Checks a dead-letter page request.
+    pub fn dead_page(page: &DeadPage) -> Result<()> {
+        if !(1..=DEAD_PAGE_MAX).contains(&page.limit) {
+            return Err(Error::invalid(format!(
+                "limit is {}; it must be between 1 and {DEAD_PAGE_MAX}",
+                page.limit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a redrive request.
+    pub fn redrive(redrive: &Redrive) -> Result<()> {
+        if let Some(ids) = &redrive.ids {
+            if ids.len() > REDRIVE_IDS_MAX {
+                return Err(Error::invalid(format!(
+                    "{} ids in one redrive; the limit is {REDRIVE_IDS_MAX}",
+                    ids.len()
+                )));
+            }
+        }
+        if redrive.limit == Some(0) {
+            return Err(Error::invalid("redrive limit must be at least 1"));
+        }
+        Ok(())
+    }
+}

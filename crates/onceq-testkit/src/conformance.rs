@@ -1,0 +1,1 @@
+//! Conformance functions (filled in below).
