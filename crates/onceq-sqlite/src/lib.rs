@@ -1,1 +1,426 @@
-//! x
+//! onceq-sqlite: the embedded store, SQLite in one data directory.
+//!
+//! # Layout
+//!
+//! - `schema`: the on-disk format, opening a file safely, versioned migrations.
+//! - `writer`: the writer thread, the only code that changes the file; it group-commits every
+//!   pending request in one transaction (one fsync) and answers only after the commit.
+//! - `reader`: read-only queries on separate connections.
+//! - this file: [`SqliteStore`], its options, the data-directory lock, and long-poll waiting.
+//!
+//! # Durability
+//!
+//! [`Durability::Fsync`] (the default) runs SQLite with `synchronous=FULL`: a reply means the
+//! change is on disk and survives power loss. [`Durability::Relaxed`] uses `synchronous=NORMAL`:
+//! it survives a crash of the process (`kill -9`), but the last commits before a power loss or
+//! kernel crash may be lost — the trade Redis makes with `appendfsync everysec`, and NATS
+//! JetStream by default.
+//!
+//! ```
+//! # async fn demo() -> onceq_core::Result<()> {
+//! use onceq_core::{NewJob, QueueName, StoreExt};
+//! use onceq_sqlite::{SqliteOptions, SqliteStore};
+//!
+//! let dir = tempfile::tempdir().map_err(|e| onceq_core::Error::Storage(e.to_string()))?;
+//! let store = SqliteStore::open(SqliteOptions::new(dir.path()))?;
+//! let emails = QueueName::new("emails")?;
+//! store.enqueue(&emails, NewJob::new(r#"{"to":"ada@example.com"}"#)).await?;
+//! let job = store.lease_one(&emails).await?.expect("a job is ready");
+//! store.ack(job.lease()).await?;
+//! store.close().await;
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onceq_core::store::validate;
+use onceq_core::{
+    Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
+    LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive,
+    Result, Store, SystemClock, Timestamp,
+};
+use rusqlite::Connection;
+use tokio::sync::{oneshot, Notify};
+
+use crate::reader::Readers;
+use crate::schema::state;
+use crate::writer::{Message, QueueEntry, State};
+
+/// The data file's name inside the data directory.
+pub const DATA_FILE_NAME: &str = "onceq.db";
+/// The lock file's name inside the data directory: held while a store has it open.
+pub const LOCK_FILE_NAME: &str = "onceq.lock";
+/// Waiter entries kept for queues nobody waits on, before they are swept.
+const IDLE_WAITERS_MAX: usize = 1024;
+
+/// How hard a commit is pushed to disk before the reply leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsync'd; survives power loss.
+    #[default]
+    Fsync,
+    /// `synchronous=NORMAL`: survives a process crash; the last commits may be lost on power loss.
+    Relaxed,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "relaxed" => Ok(Durability::Relaxed),
+            other => Err(Error::invalid(format!("unknown durability {other:?}; use fsync or relaxed"))),
+        }
+    }
+}
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// The data directory; created if missing.
+    pub data_dir: PathBuf,
+    /// Commit durability.
+    pub durability: Durability,
+    /// The store's one clock; `None` uses the system clock, never below the last time recorded.
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl SqliteOptions {
+    /// Options for `data_dir` with every other setting at its default.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        SqliteOptions { data_dir: data_dir.into(), durability: Durability::default(), clock: None }
+    }
+
+    /// Sets the durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+}
+
+/// What the writer publishes for readers and waiters.
+pub(crate) struct Shared {
+    /// Queue configs and counts as of the last commit.
+    pub queues: Mutex<BTreeMap<QueueName, QueueEntry>>,
+    /// One notifier per queue with waiting leases.
+    pub waiters: Mutex<HashMap<QueueName, Arc<Notify>>>,
+    /// No scheduled job or lease expiry is due before this time (ms); may be early, never late.
+    pub next_due: AtomicI64,
+}
+
+struct Inner {
+    /// Requests to the writer thread.
+    writer: Mutex<Sender<Message>>,
+    shared: Arc<Shared>,
+    readers: Arc<Readers>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping the sender ends the writer loop; it checkpoints and releases the lock.
+        let (reply, _) = oneshot::channel();
+        let _ = self.writer.lock().unwrap_or_else(|p| p.into_inner()).send(Message::Shutdown(reply));
+    }
+}
+
+/// The embedded store. Cheap to clone; all clones share one writer thread.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Storage(format!("cannot create data directory {}: {e}", dir.display())))?;
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Storage(format!("cannot open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Storage(format!(
+            "data directory {} is in use by another onceq process (it holds {}); stop it or choose another \
+             data directory",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `options.data_dir`.
+    ///
+    /// Fails with a clear [`Error::Storage`] when the directory is locked by another process,
+    /// the file is not an onceq data file or is damaged, or it was written by a newer onceq.
+    pub fn open(options: SqliteOptions) -> Result<Self> {
+        let lock = lock_data_dir(&options.data_dir)?;
+        let path = options.data_dir.join(DATA_FILE_NAME);
+        let conn = schema::open_writer(&path, options.durability)?;
+        let clock: Arc<dyn Clock> = match options.clock {
+            Some(clock) => clock,
+            None => {
+                let floor: i64 = conn
+                    .query_row("SELECT value FROM meta WHERE key = 'clock_floor_ms'", [], |r| r.get(0))
+                    .map_err(|e| schema::sqlite_error("reading the clock floor", e))?;
+                Arc::new(SystemClock::with_floor(Timestamp::from_millis(floor)))
+            }
+        };
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(BTreeMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            next_due: AtomicI64::new(i64::MAX),
+        });
+        let state = State::load(&conn, shared.clone(), clock.now())?;
+        let readers = Arc::new(Readers::new(path));
+        let (sender, inbox) = channel();
+        let thread_clock = clock.clone();
+        std::thread::Builder::new()
+            .name("onceq-writer".into())
+            .spawn(move || {
+                let _lock = lock; // held until the writer stops
+                writer::run(conn, state, inbox, thread_clock);
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        let inner = Arc::new(Inner { writer: Mutex::new(sender.clone()), shared, readers, clock: clock.clone() });
+        let weak: Weak<Inner> = Arc::downgrade(&inner);
+        clock.on_advance(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.send(Message::Tick(None));
+            }
+        }));
+        drop(sender);
+        Ok(SqliteStore { inner })
+    }
+
+    /// Finishes pending requests, checkpoints the file, stops the writer and releases the data
+    /// directory. Requests made afterwards fail with [`Error::Unavailable`].
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.send(Message::Shutdown(reply)) {
+            let _ = done.await;
+        }
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State, &Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        if !self.inner.send(Message::Op(writer::op(f, reply))) {
+            return Err(closed());
+        }
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Makes sure everything the clock made due is applied before a read.
+    async fn catch_up(&self) -> Result<()> {
+        if self.inner.clock.now().as_millis() < self.inner.shared.next_due.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (reply, done) = oneshot::channel();
+        if !self.inner.send(Message::Tick(Some(reply))) {
+            return Err(closed());
+        }
+        done.await.map_err(|_| closed())
+    }
+
+    fn queue_entry(&self, queue: &QueueName) -> Result<QueueEntry> {
+        let queues = self.inner.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.get(queue).cloned().ok_or_else(|| Error::QueueNotFound(queue.clone()))
+    }
+
+    async fn queue_info(&self, name: QueueName, entry: QueueEntry) -> Result<QueueInfo> {
+        let ready = entry.counts[state::READY as usize];
+        let oldest = if ready > 0 {
+            let queue_id = entry.id;
+            self.inner.readers.with(move |conn| reader::oldest_ready(conn, queue_id)).await?
+        } else {
+            None
+        };
+        let now = self.inner.clock.now();
+        Ok(QueueInfo {
+            name,
+            config: entry.config,
+            paused: entry.paused,
+            stats: QueueStats {
+                ready,
+                scheduled: entry.counts[state::SCHEDULED as usize],
+                leased: entry.counts[state::LEASED as usize],
+                dead: entry.counts[state::DEAD as usize],
+                oldest_ready_age_ms: oldest.map(|at| now.ms_since(at)),
+            },
+        })
+    }
+
+    fn waiter(&self, queue: &QueueName) -> Arc<Notify> {
+        let mut waiters = self.inner.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.len() > IDLE_WAITERS_MAX {
+            waiters.retain(|_, notify| Arc::strong_count(notify) > 1);
+        }
+        waiters.entry(queue.clone()).or_default().clone()
+    }
+}
+
+impl Inner {
+    fn send(&self, message: Message) -> bool {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).send(message).is_ok()
+    }
+}
+
+fn closed() -> Error {
+    Error::Unavailable("the store is closed".into())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+        validate::dead_page(&page)?;
+        self.catch_up().await?;
+        let queue_id = self.queue_entry(queue)?.id;
+        self.inner.readers.with(move |conn| reader::dead_list(conn, queue_id, page)).await
+    }
+
+    async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
+        let queue = queue.clone();
+        self.call(move |state, conn| state.dead_purge(conn, &queue)).await
+    }
+
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        validate::redrive(&redrive)?;
+        let queue = queue.clone();
+        self.call(move |state, conn| state.dead_redrive(conn, &queue, &redrive)).await
+    }
+
+    async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        validate::settle_batch(acks.len())?;
+        let acks = acks.to_vec();
+        self.call(move |state, conn| state.job_ack(conn, &acks)).await
+    }
+
+    async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        validate::enqueue(&jobs)?;
+        let queue = queue.clone();
+        self.call(move |state, conn| state.job_enqueue(conn, &queue, jobs)).await
+    }
+
+    async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        validate::extends(extends)?;
+        let extends = extends.to_vec();
+        self.call(move |state, conn| state.job_extend(conn, &extends)).await
+    }
+
+    async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+        validate::settle_batch(fails.len())?;
+        let fails = fails.to_vec();
+        self.call(move |state, conn| state.job_fail(conn, &fails)).await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Job> {
+        self.catch_up().await?;
+        self.inner.readers.with(move |conn| reader::job_get(conn, id)).await
+    }
+
+    async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        options.validate()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
+        let waiter = (options.wait_ms > 0).then(|| self.waiter(queue));
+        loop {
+            // Register interest before looking, so a job enqueued in between still wakes us.
+            let notified = waiter.as_ref().map(|w| w.notified());
+            let mut notified = std::pin::pin!(notified);
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
+            let name = queue.clone();
+            let jobs = self.call(move |state, conn| state.job_lease(conn, &name, options)).await?;
+            if !jobs.is_empty() || waiter.is_none() || tokio::time::Instant::now() >= deadline {
+                return Ok(jobs);
+            }
+            let Some(n) = notified.as_mut().as_pin_mut() else { return Ok(jobs) };
+            tokio::select! {
+                _ = n => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        validate::nacks(nacks)?;
+        let nacks = nacks.to_vec();
+        self.call(move |state, conn| state.job_nack(conn, &nacks)).await
+    }
+
+    async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
+        let queue = queue.clone();
+        self.call(move |state, conn| state.queue_delete(conn, &queue)).await
+    }
+
+    async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
+        self.catch_up().await?;
+        let entry = self.queue_entry(queue)?;
+        self.queue_info(queue.clone(), entry).await
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        self.catch_up().await?;
+        let entries: Vec<(QueueName, QueueEntry)> = {
+            let queues = self.inner.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues.iter().map(|(n, e)| (n.clone(), e.clone())).collect()
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for (name, entry) in entries {
+            out.push(self.queue_info(name, entry).await?);
+        }
+        Ok(out)
+    }
+
+    async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
+        let queue = queue.clone();
+        self.call(move |state, conn| state.queue_set_paused(conn, &queue, true)).await
+    }
+
+    async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
+        let queue = queue.clone();
+        self.call(move |state, conn| state.queue_set_paused(conn, &queue, false)).await
+    }
+
+    async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        let queue = queue.clone();
+        self.call(move |state, conn| state.queue_upsert(conn, &queue, &patch)).await
+    }
+}

@@ -1,0 +1,152 @@
+//! Queries that change nothing, on read-only connections beside the writer.
+//!
+//! WAL mode lets these run while the writer commits; each sees the last committed state.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use onceq_core::{
+    AttemptError, DeadList, DeadPage, Error, Headers, Job, JobId, JobState, QueueName, Result, Timestamp,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::schema::{open_reader, sqlite_error, state};
+
+/// Idle reader connections kept for reuse.
+const IDLE_READERS_MAX: usize = 8;
+
+/// A small pool of read-only connections.
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Readers { path, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// Runs `f` on a reader connection, on tokio's blocking pool.
+    pub(crate) async fn with<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                Some(conn) => conn,
+                None => open_reader(&readers.path)?,
+            };
+            let result = f(&conn);
+            let mut idle = readers.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_READERS_MAX {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("a read task stopped: {e}")))?
+    }
+}
+
+fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| sqlite_error(context, e)
+}
+
+fn job_state(stored: i64) -> Result<JobState> {
+    Ok(match stored {
+        state::SCHEDULED => JobState::Scheduled,
+        state::READY => JobState::Ready,
+        state::LEASED => JobState::Leased,
+        state::DEAD => JobState::Dead,
+        other => return Err(Error::Storage(format!("unknown stored job state {other}"))),
+    })
+}
+
+const JOB_COLUMNS: &str = "j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, \
+                           j.dedup_id, j.enqueued_at, j.run_at, j.lease_expires_at, j.error_count";
+
+fn job_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<Job> {
+    let read = |e| sqlite_error("reading a job", e);
+    let id: i64 = r.get(0).map_err(read)?;
+    let queue: String = r.get(1).map_err(read)?;
+    let headers: Option<String> = r.get(7).map_err(read)?;
+    let headers: Headers = match headers {
+        None => Headers::new(),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| Error::Storage(format!("job {id} has unreadable headers: {e}")))?
+        }
+    };
+    let error_count: i64 = r.get(12).map_err(read)?;
+    let errors = if error_count > 0 { job_errors(conn, id)? } else { Vec::new() };
+    Ok(Job {
+        id: JobId::new(id as u64),
+        queue: QueueName::new(queue)?,
+        state: job_state(r.get(2).map_err(read)?)?,
+        attempt: r.get(3).map_err(read)?,
+        max_attempts: r.get(4).map_err(read)?,
+        priority: r.get(5).map_err(read)?,
+        payload: r.get(6).map_err(read)?,
+        headers,
+        dedup_id: r.get(8).map_err(read)?,
+        enqueued_at: Timestamp::from_millis(r.get(9).map_err(read)?),
+        run_at: Timestamp::from_millis(r.get(10).map_err(read)?),
+        lease_expires_at: r.get::<_, Option<i64>>(11).map_err(read)?.map(Timestamp::from_millis),
+        errors,
+    })
+}
+
+fn job_errors(conn: &Connection, id: i64) -> Result<Vec<AttemptError>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT attempt, error, at FROM job_errors WHERE job_id = ?1 ORDER BY seq")
+        .map_err(storage("reading a job's errors"))?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok(AttemptError { attempt: r.get(0)?, error: r.get(1)?, at: Timestamp::from_millis(r.get(2)?) })
+        })
+        .map_err(storage("reading a job's errors"))?;
+    rows.collect::<rusqlite::Result<_>>().map_err(storage("reading a job's errors"))
+}
+
+pub(crate) fn job_get(conn: &Connection, id: JobId) -> Result<Job> {
+    let row_id = i64::try_from(id.get()).map_err(|_| Error::JobNotFound(id))?;
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN queues q ON q.id = j.queue_id WHERE j.id = ?1"))
+        .map_err(storage("reading a job"))?;
+    let mut rows = stmt.query([row_id]).map_err(storage("reading a job"))?;
+    match rows.next().map_err(storage("reading a job"))? {
+        Some(row) => job_from_row(conn, row),
+        None => Err(Error::JobNotFound(id)),
+    }
+}
+
+pub(crate) fn dead_list(conn: &Connection, queue_id: i64, page: DeadPage) -> Result<DeadList> {
+    let after = page.after.map(|id| i64::try_from(id.get()).unwrap_or(i64::MAX)).unwrap_or(0);
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN queues q ON q.id = j.queue_id \
+             WHERE j.queue_id = ?1 AND j.state = 3 AND j.id > ?2 ORDER BY j.id LIMIT ?3"
+        ))
+        .map_err(storage("listing dead jobs"))?;
+    let mut rows =
+        stmt.query(params![queue_id, after, i64::from(page.limit) + 1]).map_err(storage("listing dead jobs"))?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next().map_err(storage("listing dead jobs"))? {
+        jobs.push(job_from_row(conn, row)?);
+    }
+    let next = if jobs.len() > page.limit as usize {
+        jobs.truncate(page.limit as usize);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(DeadList { jobs, next })
+}
+
+/// When the oldest ready job of a queue became ready.
+pub(crate) fn oldest_ready(conn: &Connection, queue_id: i64) -> Result<Option<Timestamp>> {
+    conn.prepare_cached("SELECT min(run_at) FROM jobs WHERE queue_id = ?1 AND state = 1")
+        .and_then(|mut s| s.query_row([queue_id], |r| r.get::<_, Option<i64>>(0)).optional())
+        .map(|v| v.flatten().map(Timestamp::from_millis))
+        .map_err(storage("finding the oldest ready job"))
+}

@@ -1,0 +1,160 @@
+//! The on-disk format: opening a data file safely, and versioned migrations.
+//!
+//! A data file carries `PRAGMA application_id = APPLICATION_ID` (so a foreign SQLite file is
+//! refused, never altered) and `PRAGMA user_version = <schema version>`. A file from a newer
+//! onceq is refused with a clear message; an older one is migrated forward in one transaction.
+
+use std::path::Path;
+
+use onceq_core::{Error, Result};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::Durability;
+
+/// Marks a SQLite file as an onceq data file ("ONCQ").
+pub(crate) const APPLICATION_ID: i32 = 0x4F4E_4351;
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: queues, jobs with one partial index per state, error history, dedup entries.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE queues (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        config     TEXT NOT NULL,
+        paused     INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY,
+        queue_id         INTEGER NOT NULL,
+        state            INTEGER NOT NULL,
+        priority         INTEGER NOT NULL,
+        run_at           INTEGER NOT NULL,
+        enqueued_at      INTEGER NOT NULL,
+        attempt          INTEGER NOT NULL,
+        max_attempts     INTEGER NOT NULL,
+        lease_token      BLOB,
+        lease_expires_at INTEGER,
+        error_count      INTEGER NOT NULL DEFAULT 0,
+        dedup_id         TEXT,
+        headers          TEXT,
+        payload          BLOB NOT NULL
+    );
+    CREATE INDEX jobs_ready     ON jobs (queue_id, priority DESC, run_at, id) WHERE state = 1;
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 0;
+    CREATE INDEX jobs_leased    ON jobs (lease_expires_at) WHERE state = 2;
+    CREATE INDEX jobs_dead      ON jobs (queue_id, id) WHERE state = 3;
+    CREATE TABLE job_errors (
+        seq     INTEGER PRIMARY KEY,
+        job_id  INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        at      INTEGER NOT NULL,
+        error   TEXT NOT NULL
+    );
+    CREATE INDEX job_errors_job ON job_errors (job_id, seq);
+    CREATE TABLE dedup (
+        queue_id   INTEGER NOT NULL,
+        dedup_id   TEXT NOT NULL,
+        job_id     INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (queue_id, dedup_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX dedup_expiry ON dedup (expires_at);
+    INSERT INTO meta (key, value) VALUES ('next_id', 1), ('clock_floor_ms', 0);
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Job states as stored.
+pub(crate) mod state {
+    pub const SCHEDULED: i64 = 0;
+    pub const READY: i64 = 1;
+    pub const LEASED: i64 = 2;
+    pub const DEAD: i64 = 3;
+}
+
+pub(crate) fn sqlite_error(context: &str, error: rusqlite::Error) -> Error {
+    Error::Storage(format!("{context}: {error}"))
+}
+
+fn open_error(path: &Path, error: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode::*;
+    let hint = match error.sqlite_error_code() {
+        Some(NotADatabase) => "the file is not an onceq data file, or it is damaged",
+        Some(DatabaseCorrupt) => "the file is damaged; restore it from a backup",
+        Some(CannotOpen) | Some(PermissionDenied) | Some(ReadOnly) => "check the path and its permissions",
+        _ => "the data file could not be opened",
+    };
+    Error::Storage(format!("cannot open {}: {hint} ({error})", path.display()))
+}
+
+/// Opens the writer connection: checks the file is ours, migrates it, sets durability.
+pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    let read_i64 = |conn: &Connection, pragma: &str| -> Result<i64> {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0)).map_err(|e| open_error(path, e))
+    };
+    let application_id = read_i64(&conn, "application_id")?;
+    let version = read_i64(&conn, "user_version")?;
+    let tables: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+    let fresh = application_id == 0 && version == 0 && tables == 0;
+    if !fresh && application_id != i64::from(APPLICATION_ID) {
+        return Err(Error::Storage(format!(
+            "{} is a SQLite file but not an onceq data file (application_id {application_id:#x}); refusing to touch it",
+            path.display()
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Error::Storage(format!(
+            "{} was written by a newer onceq (schema version {version}); this build reads versions up to \
+             {SCHEMA_VERSION}. Upgrade onceq, or use another data directory",
+            path.display()
+        )));
+    }
+    let journal: String =
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| open_error(path, e))?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(Error::Storage(format!(
+            "{}: cannot switch to WAL journal mode (got {journal}); is the file on a network filesystem?",
+            path.display()
+        )));
+    }
+    let synchronous = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA busy_timeout = 5000; \
+         PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(|e| open_error(path, e))?;
+    if version < SCHEMA_VERSION {
+        let tx = conn.transaction().map_err(|e| open_error(path, e))?;
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql).map_err(|e| sqlite_error(&format!("migrating schema from version {from}"), e))?;
+        }
+        tx.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"))
+            .map_err(|e| sqlite_error("recording the schema version", e))?;
+        tx.commit().map_err(|e| sqlite_error("committing the migration", e))?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens a read-only connection for queries that change nothing.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;").map_err(|e| open_error(path, e))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}

@@ -1,0 +1,950 @@
+//! The writer thread: the only code that changes the data file.
+//!
+//! It owns the read-write connection and group-commits: it blocks for one request, drains every
+//! other pending request, runs them all in one transaction (each inside its own savepoint, so one
+//! failing request cannot undo another), commits once — one fsync — and only then answers them
+//! (Invariant 1). Before each transaction it applies what the clock made due: scheduled jobs
+//! become ready, expired leases are redelivered or dead-lettered (Invariant 7: the store's one
+//! clock decides). It keeps the queue configs and per-state job counts in memory, publishing
+//! them to readers after each commit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use onceq_core::store::validate;
+use onceq_core::{
+    truncate_error_text, DeliveryMode, Enqueued, Error, ErrorKind, Extend, Fail, ItemResults, JobId, LeaseOptions,
+    LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueName, Redrive,
+    Result, Timestamp,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::schema::{sqlite_error, state};
+use crate::Shared;
+
+/// Most requests one group commit takes; the rest wait for the next.
+const GROUP_COMMIT_REQUESTS_MAX: usize = 1024;
+/// Longest the writer sleeps when nothing is due, so housekeeping still runs.
+const IDLE_WAKE_MS_MAX: u64 = 1000;
+/// How often expired dedup entries are swept.
+const DEDUP_SWEEP_INTERVAL_MS: u64 = 1000;
+
+/// Answers a request once its transaction's fate is known.
+pub(crate) type Reply = Box<dyn FnOnce(Result<()>) + Send>;
+/// A request: runs inside the group transaction, returns whether it succeeded and its reply.
+pub(crate) type Op = Box<dyn FnOnce(&mut State, &Connection) -> (Result<()>, Reply) + Send>;
+
+/// What the writer thread receives.
+pub(crate) enum Message {
+    /// A request to run in the next group commit.
+    Op(Op),
+    /// Apply what is due now; answer when committed (if a sender is given).
+    Tick(Option<oneshot::Sender<()>>),
+    /// Finish pending requests, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Wraps a typed request into an [`Op`] whose answer goes to `reply`.
+pub(crate) fn op<T: Send + 'static>(
+    f: impl FnOnce(&mut State, &Connection) -> Result<T> + Send + 'static,
+    reply: oneshot::Sender<Result<T>>,
+) -> Op {
+    Box::new(move |state, conn| {
+        let result = f(state, conn);
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        let answer: Reply = Box::new(move |committed: Result<()>| {
+            let _ = reply.send(committed.and(result));
+        });
+        (outcome, answer)
+    })
+}
+
+/// A queue as the writer knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QueueEntry {
+    /// Row id in `queues`.
+    pub id: i64,
+    pub config: QueueConfig,
+    pub paused: bool,
+    /// Job counts indexed by stored state (scheduled, ready, leased, dead).
+    pub counts: [u64; 4],
+}
+
+/// The writer's in-memory state; authoritative for queue configs and counts.
+pub(crate) struct State {
+    /// The clock reading for the current transaction: every decision in it uses this one value.
+    pub now: Timestamp,
+    queues: BTreeMap<QueueName, QueueEntry>,
+    names: HashMap<i64, QueueName>,
+    next_id: u64,
+    next_id_dirty: bool,
+    /// Queues whose published view must be refreshed after commit.
+    dirty: HashSet<QueueName>,
+    /// Queues that gained ready jobs in this transaction: their waiting leases are woken.
+    woken: HashSet<QueueName>,
+    shared: Arc<Shared>,
+    rng: StdRng,
+    last_dedup_sweep: Timestamp,
+}
+
+fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| sqlite_error(context, e)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u32(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+impl State {
+    /// Loads queues, counts and the id counter from the database.
+    pub(crate) fn load(conn: &Connection, shared: Arc<Shared>, now: Timestamp) -> Result<Self> {
+        let mut state = State {
+            now,
+            queues: BTreeMap::new(),
+            names: HashMap::new(),
+            next_id: 1,
+            next_id_dirty: false,
+            dirty: HashSet::new(),
+            woken: HashSet::new(),
+            shared,
+            rng: StdRng::from_entropy(),
+            last_dedup_sweep: Timestamp::default(),
+        };
+        state.reload(conn)?;
+        Ok(state)
+    }
+
+    /// Re-reads everything cached from the database, after a rollback, and republishes it.
+    fn reload(&mut self, conn: &Connection) -> Result<()> {
+        let mut queues = BTreeMap::new();
+        let mut names = HashMap::new();
+        {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, name, config, paused FROM queues")
+                .map_err(storage("reading queues"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
+                })
+                .map_err(storage("reading queues"))?;
+            for row in rows {
+                let (id, name, config, paused) = row.map_err(storage("reading queues"))?;
+                let name = QueueName::new(name)
+                    .map_err(|e| Error::Storage(format!("queue {id} has an invalid stored name: {e}")))?;
+                let config: QueueConfig = serde_json::from_str(&config)
+                    .map_err(|e| Error::Storage(format!("queue {name} has an unreadable config: {e}")))?;
+                names.insert(id, name.clone());
+                queues.insert(name, QueueEntry { id, config, paused, counts: [0; 4] });
+            }
+        }
+        {
+            let mut stmt = conn
+                .prepare_cached("SELECT queue_id, state, count(*) FROM jobs GROUP BY queue_id, state")
+                .map_err(storage("counting jobs"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .map_err(storage("counting jobs"))?;
+            for row in rows {
+                let (queue_id, job_state, count) = row.map_err(storage("counting jobs"))?;
+                let entry = names.get(&queue_id).and_then(|name| queues.get_mut(name));
+                if let (Some(entry), Ok(slot)) = (entry, usize::try_from(job_state)) {
+                    if slot < 4 {
+                        entry.counts[slot] = u64::try_from(count).unwrap_or(0);
+                    }
+                }
+            }
+        }
+        let stored_next: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| r.get(0))
+            .map_err(storage("reading the id counter"))?;
+        let max_id: i64 = conn
+            .query_row("SELECT coalesce(max(id), 0) FROM jobs", [], |r| r.get(0))
+            .map_err(storage("reading ids"))?;
+        self.next_id = u64::try_from(stored_next.max(max_id + 1)).unwrap_or(1);
+        self.next_id_dirty = false;
+        self.queues = queues;
+        self.names = names;
+        self.dirty.clear();
+        self.publish_all();
+        self.recompute_next_due(conn)?;
+        Ok(())
+    }
+
+    fn publish_all(&mut self) {
+        let mut view = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        *view = self.queues.clone();
+    }
+
+    /// Publishes the queues changed by the committed transaction.
+    fn publish_dirty(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut view = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for name in self.dirty.drain() {
+            match self.queues.get(&name) {
+                Some(entry) => {
+                    view.insert(name, entry.clone());
+                }
+                None => {
+                    view.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Wakes the leases waiting on queues that gained ready jobs.
+    fn wake_waiters(&mut self) {
+        if self.woken.is_empty() {
+            return;
+        }
+        let waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for name in self.woken.drain() {
+            if let Some(notify) = waiters.get(&name) {
+                notify.notify_waiters();
+            }
+        }
+    }
+
+    fn lower_next_due(&self, at: Timestamp) {
+        self.shared.next_due.fetch_min(at.as_millis(), Ordering::AcqRel);
+    }
+
+    fn recompute_next_due(&self, conn: &Connection) -> Result<()> {
+        let scheduled: Option<i64> = conn
+            .query_row("SELECT min(run_at) FROM jobs WHERE state = 0", [], |r| r.get(0))
+            .map_err(storage("finding the next scheduled job"))?;
+        let expiring: Option<i64> = conn
+            .query_row("SELECT min(lease_expires_at) FROM jobs WHERE state = 2", [], |r| r.get(0))
+            .map_err(storage("finding the next lease expiry"))?;
+        let next = [scheduled, expiring].into_iter().flatten().min().unwrap_or(i64::MAX);
+        self.shared.next_due.store(next, Ordering::Release);
+        Ok(())
+    }
+
+    fn entry_by_id(&mut self, queue_id: i64) -> Option<&mut QueueEntry> {
+        let name = self.names.get(&queue_id)?;
+        self.dirty.insert(name.clone());
+        self.queues.get_mut(name)
+    }
+
+    /// Moves one job's count from one state to another (`None`: created or deleted).
+    fn count_move(&mut self, queue_id: i64, from: Option<i64>, to: Option<i64>) {
+        let woke = to == Some(state::READY);
+        if let Some(entry) = self.entry_by_id(queue_id) {
+            if let Some(from) = from {
+                let slot = &mut entry.counts[from as usize];
+                debug_assert!(*slot > 0, "count of state {from} would go negative");
+                *slot = slot.saturating_sub(1);
+            }
+            if let Some(to) = to {
+                entry.counts[to as usize] += 1;
+            }
+        }
+        if woke {
+            if let Some(name) = self.names.get(&queue_id) {
+                self.woken.insert(name.clone());
+            }
+        }
+    }
+
+    /// Applies what the clock made due: scheduled jobs become ready, expired leases are
+    /// redelivered (or dead-lettered on their last attempt), old dedup entries are swept.
+    fn apply_due(&mut self, conn: &Connection) -> Result<()> {
+        if self.now.ms_since(self.last_dedup_sweep) >= DEDUP_SWEEP_INTERVAL_MS {
+            conn.prepare_cached("DELETE FROM dedup WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([self.now.as_millis()]))
+                .map_err(storage("sweeping expired dedup ids"))?;
+            self.last_dedup_sweep = self.now;
+        }
+        if self.now.as_millis() < self.shared.next_due.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let now = self.now.as_millis();
+        let promoted: Vec<i64> = {
+            let mut stmt = conn
+                .prepare_cached("UPDATE jobs SET state = 1 WHERE state = 0 AND run_at <= ?1 RETURNING queue_id")
+                .map_err(storage("promoting due jobs"))?;
+            let rows = stmt.query_map([now], |r| r.get(0)).map_err(storage("promoting due jobs"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(storage("promoting due jobs"))?
+        };
+        for queue_id in promoted {
+            self.count_move(queue_id, Some(state::SCHEDULED), Some(state::READY));
+        }
+        let expired: Vec<(i64, i64, i64, i64, i64)> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, queue_id, attempt, max_attempts, lease_expires_at FROM jobs \
+                     WHERE state = 2 AND lease_expires_at <= ?1",
+                )
+                .map_err(storage("finding expired leases"))?;
+            let rows = stmt
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .map_err(storage("finding expired leases"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(storage("finding expired leases"))?
+        };
+        for (id, queue_id, attempt, max_attempts, expired_at) in expired {
+            record_error(conn, id, attempt, "lease expired", expired_at)?;
+            let to = if attempt >= max_attempts { state::DEAD } else { state::READY };
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, run_at = CASE WHEN ?2 = 1 THEN ?3 ELSE run_at END, \
+                 lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, to, expired_at]))
+            .map_err(storage("expiring a lease"))?;
+            self.count_move(queue_id, Some(state::LEASED), Some(to));
+        }
+        self.recompute_next_due(conn)
+    }
+
+    fn queue_create(&mut self, conn: &Connection, name: &QueueName, config: QueueConfig) -> Result<()> {
+        let text = serde_json::to_string(&config).map_err(|e| Error::Storage(format!("encoding config: {e}")))?;
+        conn.prepare_cached("INSERT INTO queues (name, config, paused, created_at) VALUES (?1, ?2, 0, ?3)")
+            .and_then(|mut s| s.execute(params![name.as_str(), text, self.now.as_millis()]))
+            .map_err(storage("creating a queue"))?;
+        let id = conn.last_insert_rowid();
+        self.names.insert(id, name.clone());
+        self.queues.insert(name.clone(), QueueEntry { id, config, paused: false, counts: [0; 4] });
+        self.dirty.insert(name.clone());
+        Ok(())
+    }
+
+    fn queue_required(&self, name: &QueueName) -> Result<&QueueEntry> {
+        self.queues.get(name).ok_or_else(|| Error::QueueNotFound(name.clone()))
+    }
+
+    pub(crate) fn queue_upsert(
+        &mut self,
+        conn: &Connection,
+        name: &QueueName,
+        patch: &QueueConfigPatch,
+    ) -> Result<QueueConfig> {
+        match self.queues.get(name) {
+            None => {
+                let config = QueueConfig::default().patched(patch)?;
+                self.queue_create(conn, name, config.clone())?;
+                Ok(config)
+            }
+            Some(entry) => {
+                let config = entry.config.patched(patch)?;
+                let text =
+                    serde_json::to_string(&config).map_err(|e| Error::Storage(format!("encoding config: {e}")))?;
+                conn.prepare_cached("UPDATE queues SET config = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![entry.id, text]))
+                    .map_err(storage("updating a queue"))?;
+                if let Some(entry) = self.queues.get_mut(name) {
+                    entry.config = config.clone();
+                }
+                self.dirty.insert(name.clone());
+                Ok(config)
+            }
+        }
+    }
+
+    pub(crate) fn queue_set_paused(&mut self, conn: &Connection, name: &QueueName, paused: bool) -> Result<()> {
+        let id = self.queue_required(name)?.id;
+        conn.prepare_cached("UPDATE queues SET paused = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, paused]))
+            .map_err(storage("pausing a queue"))?;
+        if let Some(entry) = self.queues.get_mut(name) {
+            entry.paused = paused;
+            if !paused && entry.counts[state::READY as usize] > 0 {
+                self.woken.insert(name.clone());
+            }
+        }
+        self.dirty.insert(name.clone());
+        Ok(())
+    }
+
+    pub(crate) fn queue_delete(&mut self, conn: &Connection, name: &QueueName) -> Result<()> {
+        let id = self.queue_required(name)?.id;
+        conn.execute_batch(&format!(
+            "DELETE FROM job_errors WHERE job_id IN (SELECT id FROM jobs WHERE queue_id = {id}); \
+             DELETE FROM jobs WHERE queue_id = {id}; DELETE FROM dedup WHERE queue_id = {id}; \
+             DELETE FROM queues WHERE id = {id};"
+        ))
+        .map_err(storage("deleting a queue"))?;
+        self.queues.remove(name);
+        self.names.remove(&id);
+        self.dirty.insert(name.clone());
+        Ok(())
+    }
+
+    pub(crate) fn job_enqueue(
+        &mut self,
+        conn: &Connection,
+        name: &QueueName,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        validate::enqueue(&jobs)?;
+        if let Some(entry) = self.queues.get(name) {
+            if entry.config.delivery == DeliveryMode::EffectivelyOnce {
+                if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
+                    return Err(Error::invalid(format!(
+                        "job {i}: queue {name} is effectively_once, so every job needs a dedup id"
+                    )));
+                }
+            }
+        } else {
+            self.queue_create(conn, name, QueueConfig::default())?;
+        }
+        let (queue_id, window_ms, queue_max_attempts) = {
+            let entry = self.queue_required(name)?;
+            (entry.id, entry.config.dedup_window_ms, entry.config.max_attempts)
+        };
+        let now = self.now;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Some(dedup_id) = &job.dedup_id {
+                let original: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT job_id FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2 AND expires_at > ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![queue_id, dedup_id, now.as_millis()], |r| r.get(0)).optional()
+                    })
+                    .map_err(storage("checking a dedup id"))?;
+                if let Some(original) = original {
+                    out.push(Enqueued { id: JobId::new(original as u64), duplicate: true });
+                    continue;
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.next_id_dirty = true;
+            let run_at = job.ready_at(now);
+            let job_state = if run_at > now { state::SCHEDULED } else { state::READY };
+            let headers = if job.headers.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::to_string(&job.headers)
+                        .map_err(|e| Error::Storage(format!("encoding headers: {e}")))?,
+                )
+            };
+            conn.prepare_cached(
+                "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
+                 dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    to_i64(id),
+                    queue_id,
+                    job_state,
+                    job.priority,
+                    run_at.as_millis(),
+                    now.as_millis(),
+                    job.max_attempts.unwrap_or(queue_max_attempts),
+                    job.dedup_id,
+                    headers,
+                    job.payload,
+                ])
+            })
+            .map_err(storage("inserting a job"))?;
+            if let Some(dedup_id) = &job.dedup_id {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO dedup (queue_id, dedup_id, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![queue_id, dedup_id, to_i64(id), now.plus_ms(window_ms).as_millis()])
+                })
+                .map_err(storage("recording a dedup id"))?;
+            }
+            if job_state == state::SCHEDULED {
+                self.lower_next_due(run_at);
+            }
+            self.count_move(queue_id, None, Some(job_state));
+            out.push(Enqueued { id: JobId::new(id), duplicate: false });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn job_lease(
+        &mut self,
+        conn: &Connection,
+        name: &QueueName,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        let Some(entry) = self.queues.get(name) else { return Ok(Vec::new()) };
+        if entry.paused || entry.counts[state::READY as usize] == 0 {
+            return Ok(Vec::new());
+        }
+        let queue_id = entry.id;
+        let delivery = entry.config.delivery;
+        let visibility_ms = options.visibility_timeout_ms.unwrap_or(entry.config.visibility_timeout_ms);
+        let expires_at = self.now.plus_ms(visibility_ms);
+        let rows: Vec<ReadyRow> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
+                     error_count FROM jobs WHERE queue_id = ?1 AND state = 1 \
+                     ORDER BY priority DESC, run_at, id LIMIT ?2",
+                )
+                .map_err(storage("selecting jobs to lease"))?;
+            let rows = stmt
+                .query_map(params![queue_id, options.max_jobs], |r| {
+                    Ok(ReadyRow {
+                        id: r.get(0)?,
+                        priority: r.get(1)?,
+                        run_at: r.get(2)?,
+                        enqueued_at: r.get(3)?,
+                        attempt: r.get(4)?,
+                        max_attempts: r.get(5)?,
+                        dedup_id: r.get(6)?,
+                        headers: r.get(7)?,
+                        payload: r.get(8)?,
+                        error_count: r.get(9)?,
+                    })
+                })
+                .map_err(storage("selecting jobs to lease"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(storage("selecting jobs to lease"))?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ReadyRow {
+                id,
+                priority,
+                run_at,
+                enqueued_at,
+                attempt,
+                max_attempts,
+                dedup_id,
+                headers,
+                payload,
+                error_count,
+            } = row;
+            let token = LeaseToken::random();
+            let attempt = attempt + 1;
+            if delivery == DeliveryMode::AtMostOnce {
+                delete_job(conn, id, error_count)?;
+                self.count_move(queue_id, Some(state::READY), None);
+            } else {
+                conn.prepare_cached(
+                    "UPDATE jobs SET state = 2, attempt = ?2, lease_token = ?3, lease_expires_at = ?4 WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, attempt, &token.as_bytes()[..], expires_at.as_millis()]))
+                .map_err(storage("leasing a job"))?;
+                self.count_move(queue_id, Some(state::READY), Some(state::LEASED));
+            }
+            let headers = match headers {
+                None => Default::default(),
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| Error::Storage(format!("job {id} has unreadable headers: {e}")))?,
+            };
+            out.push(LeasedJob {
+                id: JobId::new(id as u64),
+                queue: name.clone(),
+                lease_token: token,
+                attempt: to_u32(attempt),
+                max_attempts: to_u32(max_attempts),
+                priority,
+                payload,
+                headers,
+                dedup_id,
+                enqueued_at: Timestamp::from_millis(enqueued_at),
+                run_at: Timestamp::from_millis(run_at),
+                lease_expires_at: expires_at,
+            });
+        }
+        if delivery != DeliveryMode::AtMostOnce && !out.is_empty() {
+            self.lower_next_due(expires_at);
+        }
+        Ok(out)
+    }
+
+    /// The live lease named by (id, token), or why it is not one.
+    fn live_lease(&self, conn: &Connection, id: JobId, token: &LeaseToken) -> Result<LiveLease> {
+        let row = conn
+            .prepare_cached(
+                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at, error_count \
+                 FROM jobs WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([to_i64(id.get())], |r| {
+                    Ok(LeaseRow {
+                        queue_id: r.get(0)?,
+                        state: r.get(1)?,
+                        attempt: r.get(2)?,
+                        max_attempts: r.get(3)?,
+                        token: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        error_count: r.get(6)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(storage("reading a lease"))?;
+        let Some(LeaseRow {
+            queue_id,
+            state: job_state,
+            attempt,
+            max_attempts,
+            token: stored,
+            expires_at,
+            error_count,
+        }) = row
+        else {
+            return Err(Error::JobNotFound(id));
+        };
+        let live = job_state == state::LEASED
+            && stored.as_deref() == Some(&token.as_bytes()[..])
+            && expires_at.is_some_and(|at| self.now.as_millis() < at);
+        if !live {
+            return Err(Error::LeaseLost(id));
+        }
+        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts, error_count })
+    }
+
+    pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        validate::settle_batch(acks.len())?;
+        let mut out = Vec::with_capacity(acks.len());
+        for ack in acks {
+            out.push(match self.live_lease(conn, ack.id, &ack.lease_token) {
+                Ok(lease) => {
+                    delete_job(conn, lease.row_id, lease.error_count)?;
+                    self.count_move(lease.queue_id, Some(state::LEASED), None);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn job_nack(&mut self, conn: &Connection, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        validate::nacks(nacks)?;
+        let mut out = Vec::with_capacity(nacks.len());
+        for nack in nacks {
+            let lease = match self.live_lease(conn, nack.id, &nack.lease_token) {
+                Ok(lease) => lease,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            let text = nack.error.as_deref().unwrap_or("nacked");
+            record_error(conn, lease.row_id, lease.attempt, text, self.now.as_millis())?;
+            if lease.attempt >= lease.max_attempts {
+                self.settle_dead(conn, &lease)?;
+                out.push(Ok(NackOutcome::Dead));
+                continue;
+            }
+            let delay_ms = match nack.delay_ms {
+                Some(ms) => ms,
+                None => {
+                    let backoff = self
+                        .names
+                        .get(&lease.queue_id)
+                        .and_then(|n| self.queues.get(n))
+                        .map(|q| q.config.backoff.clone())
+                        .unwrap_or_default();
+                    backoff.delay_ms(to_u32(lease.attempt), &mut self.rng)
+                }
+            };
+            let run_at = self.now.plus_ms(delay_ms);
+            let to = if delay_ms == 0 { state::READY } else { state::SCHEDULED };
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, run_at = ?3, lease_token = NULL, lease_expires_at = NULL, \
+                 error_count = error_count + 1 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![lease.row_id, to, run_at.as_millis()]))
+            .map_err(storage("nacking a job"))?;
+            if to == state::SCHEDULED {
+                self.lower_next_due(run_at);
+            }
+            self.count_move(lease.queue_id, Some(state::LEASED), Some(to));
+            out.push(Ok(NackOutcome::Retrying { run_at }));
+        }
+        Ok(out)
+    }
+
+    fn settle_dead(&mut self, conn: &Connection, lease: &LiveLease) -> Result<()> {
+        conn.prepare_cached(
+            "UPDATE jobs SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1 \
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute([lease.row_id]))
+        .map_err(storage("dead-lettering a job"))?;
+        self.count_move(lease.queue_id, Some(state::LEASED), Some(state::DEAD));
+        Ok(())
+    }
+
+    pub(crate) fn job_extend(&mut self, conn: &Connection, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        validate::extends(extends)?;
+        let mut out = Vec::with_capacity(extends.len());
+        for extend in extends {
+            out.push(match self.live_lease(conn, extend.id, &extend.lease_token) {
+                Ok(lease) => {
+                    let expires_at = self.now.plus_ms(extend.visibility_timeout_ms);
+                    conn.prepare_cached("UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1")
+                        .and_then(|mut s| s.execute(params![lease.row_id, expires_at.as_millis()]))
+                        .map_err(storage("extending a lease"))?;
+                    self.lower_next_due(expires_at);
+                    Ok(expires_at)
+                }
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn job_fail(&mut self, conn: &Connection, fails: &[Fail]) -> Result<ItemResults<()>> {
+        validate::settle_batch(fails.len())?;
+        let mut out = Vec::with_capacity(fails.len());
+        for fail in fails {
+            out.push(match self.live_lease(conn, fail.id, &fail.lease_token) {
+                Ok(lease) => {
+                    record_error(conn, lease.row_id, lease.attempt, &fail.error, self.now.as_millis())?;
+                    self.settle_dead(conn, &lease)?;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn dead_redrive(&mut self, conn: &Connection, name: &QueueName, redrive: &Redrive) -> Result<u64> {
+        validate::redrive(redrive)?;
+        let queue_id = self.queue_required(name)?.id;
+        let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = match &redrive.ids {
+            Some(ids) => {
+                let mut chosen = Vec::new();
+                let mut seen = HashSet::new();
+                for id in ids {
+                    if to_i64(chosen.len() as u64) >= limit {
+                        break;
+                    }
+                    let row_id = to_i64(id.get());
+                    if !seen.insert(row_id) {
+                        continue;
+                    }
+                    let dead: bool = conn
+                        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND queue_id = ?2 AND state = 3")
+                        .and_then(|mut s| s.exists(params![row_id, queue_id]))
+                        .map_err(storage("finding a dead job"))?;
+                    if dead {
+                        chosen.push(row_id);
+                    }
+                }
+                chosen
+            }
+            None => {
+                let mut stmt = conn
+                    .prepare_cached("SELECT id FROM jobs WHERE queue_id = ?1 AND state = 3 ORDER BY id LIMIT ?2")
+                    .map_err(storage("listing dead jobs"))?;
+                let rows =
+                    stmt.query_map(params![queue_id, limit], |r| r.get(0)).map_err(storage("listing dead jobs"))?;
+                rows.collect::<rusqlite::Result<_>>().map_err(storage("listing dead jobs"))?
+            }
+        };
+        for &id in &ids {
+            conn.prepare_cached("UPDATE jobs SET state = 1, attempt = 0, run_at = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, self.now.as_millis()]))
+                .map_err(storage("redriving a job"))?;
+            self.count_move(queue_id, Some(state::DEAD), Some(state::READY));
+        }
+        Ok(ids.len() as u64)
+    }
+
+    pub(crate) fn dead_purge(&mut self, conn: &Connection, name: &QueueName) -> Result<u64> {
+        let queue_id = self.queue_required(name)?.id;
+        conn.prepare_cached(
+            "DELETE FROM job_errors WHERE job_id IN (SELECT id FROM jobs WHERE queue_id = ?1 AND state = 3)",
+        )
+        .and_then(|mut s| s.execute([queue_id]))
+        .map_err(storage("purging dead jobs"))?;
+        let purged = conn
+            .prepare_cached("DELETE FROM jobs WHERE queue_id = ?1 AND state = 3")
+            .and_then(|mut s| s.execute([queue_id]))
+            .map_err(storage("purging dead jobs"))?;
+        if let Some(entry) = self.entry_by_id(queue_id) {
+            debug_assert_eq!(entry.counts[state::DEAD as usize], purged as u64);
+            entry.counts[state::DEAD as usize] = 0;
+        }
+        Ok(purged as u64)
+    }
+
+    /// Writes the id counter (and the clock floor) if this transaction assigned ids.
+    fn persist_meta(&mut self, conn: &Connection) -> Result<()> {
+        if !self.next_id_dirty {
+            return Ok(());
+        }
+        conn.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_id'")
+            .and_then(|mut s| s.execute([to_i64(self.next_id)]))
+            .map_err(storage("recording the id counter"))?;
+        conn.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE key = 'clock_floor_ms'")
+            .and_then(|mut s| s.execute([self.now.as_millis()]))
+            .map_err(storage("recording the clock floor"))?;
+        Ok(())
+    }
+}
+
+/// A ready job as read for leasing.
+struct ReadyRow {
+    id: i64,
+    priority: i32,
+    run_at: i64,
+    enqueued_at: i64,
+    attempt: i64,
+    max_attempts: i64,
+    dedup_id: Option<String>,
+    headers: Option<String>,
+    payload: Vec<u8>,
+    error_count: i64,
+}
+
+/// The lease columns of a job row.
+struct LeaseRow {
+    queue_id: i64,
+    state: i64,
+    attempt: i64,
+    max_attempts: i64,
+    token: Option<Vec<u8>>,
+    expires_at: Option<i64>,
+    error_count: i64,
+}
+
+/// A lease that [`State::live_lease`] found live.
+struct LiveLease {
+    row_id: i64,
+    queue_id: i64,
+    attempt: i64,
+    max_attempts: i64,
+    error_count: i64,
+}
+
+fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -> Result<()> {
+    conn.prepare_cached("INSERT INTO job_errors (job_id, attempt, at, error) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![id, attempt, at, truncate_error_text(text)]))
+        .map_err(storage("recording an attempt's error"))?;
+    Ok(())
+}
+
+fn delete_job(conn: &Connection, id: i64, error_count: i64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.execute([id]))
+        .map_err(storage("deleting a job"))?;
+    if error_count > 0 {
+        conn.prepare_cached("DELETE FROM job_errors WHERE job_id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(storage("deleting a job's errors"))?;
+    }
+    Ok(())
+}
+
+/// The writer thread's loop. Returns when told to shut down or when every sender is gone.
+pub(crate) fn run(mut conn: Connection, mut state: State, inbox: Receiver<Message>, clock: Arc<dyn onceq_core::Clock>) {
+    let mut shutdown: Option<oneshot::Sender<()>> = None;
+    while shutdown.is_none() {
+        let now = clock.now();
+        let next_due = state.shared.next_due.load(Ordering::Acquire);
+        let sleep_ms = u64::try_from(next_due.saturating_sub(now.as_millis())).unwrap_or(0).min(IDLE_WAKE_MS_MAX);
+        let first = match inbox.recv_timeout(Duration::from_millis(sleep_ms)) {
+            Ok(message) => Some(message),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut ops = Vec::new();
+        let mut ticks = Vec::new();
+        let mut take = |message: Message, ops: &mut Vec<Op>, ticks: &mut Vec<oneshot::Sender<()>>| match message {
+            Message::Op(op) => ops.push(op),
+            Message::Tick(reply) => ticks.extend(reply),
+            Message::Shutdown(reply) => shutdown = Some(reply),
+        };
+        if let Some(message) = first {
+            take(message, &mut ops, &mut ticks);
+        }
+        while ops.len() < GROUP_COMMIT_REQUESTS_MAX {
+            match inbox.try_recv() {
+                Ok(message) => take(message, &mut ops, &mut ticks),
+                Err(_) => break,
+            }
+        }
+        group_commit(&mut conn, &mut state, clock.as_ref(), ops);
+        for tick in ticks {
+            let _ = tick.send(());
+        }
+    }
+    // Stop accepting, then answer whatever raced with the shutdown.
+    let rest: Vec<Op> = inbox
+        .try_iter()
+        .filter_map(|m| match m {
+            Message::Op(op) => Some(op),
+            _ => None,
+        })
+        .collect();
+    if !rest.is_empty() {
+        group_commit(&mut conn, &mut state, clock.as_ref(), rest);
+    }
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    drop(conn);
+    if let Some(reply) = shutdown {
+        let _ = reply.send(());
+    }
+}
+
+/// Runs `ops` in one transaction, commits once, then answers each.
+fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core::Clock, ops: Vec<Op>) {
+    state.now = clock.now();
+    let mut replies: Vec<Reply> = Vec::with_capacity(ops.len());
+    let result = (|| -> Result<()> {
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage("starting a transaction"))?;
+        state.apply_due(&tx)?;
+        for op in ops {
+            let savepoint = tx.savepoint().map_err(storage("opening a savepoint"))?;
+            let (outcome, reply) = op(state, &savepoint);
+            replies.push(reply);
+            match outcome {
+                Ok(()) => savepoint.commit().map_err(storage("releasing a savepoint"))?,
+                Err(e) => {
+                    drop(savepoint); // rolls back this request's writes only
+                    if e.kind() == ErrorKind::Storage {
+                        tracing::warn!(error = %e, "a request failed in the writer; its changes were rolled back");
+                        state.reload(&tx)?;
+                    }
+                }
+            }
+        }
+        state.persist_meta(&tx)?;
+        tx.commit().map_err(storage("committing"))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            state.next_id_dirty = false;
+            state.publish_dirty();
+            state.wake_waiters();
+            for reply in replies {
+                reply(Ok(()));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "group commit failed; every request in it is answered with the error");
+            // The transaction rolled back: forget what this group did to the in-memory state.
+            state.woken.clear();
+            if let Err(reload_error) = state.reload(conn) {
+                tracing::error!(error = %reload_error, "reloading state after a failed commit failed");
+            }
+            for reply in replies {
+                reply(Err(error.clone()));
+            }
+        }
+    }
+}
