@@ -206,10 +206,7 @@ impl SqliteStore {
         let thread_clock = clock.clone();
         std::thread::Builder::new()
             .name("onceq-writer".into())
-            .spawn(move || {
-                let _lock = lock; // held until the writer stops
-                writer::run(conn, state, inbox, thread_clock);
-            })
+            .spawn(move || writer::run(conn, state, inbox, thread_clock, lock))
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
         let inner = Arc::new(Inner { writer: Mutex::new(sender.clone()), shared, readers, clock: clock.clone() });
         let weak: Weak<Inner> = Arc::downgrade(&inner);

@@ -390,6 +390,13 @@ impl State {
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
+        let latest = self.now.plus_ms(onceq_core::limits::DELAY_MS_MAX);
+        if let Some(i) = jobs.iter().position(|j| j.ready_at(self.now) > latest) {
+            return Err(Error::invalid(format!(
+                "job {i}: run_at is more than {} ms ahead; that is the limit",
+                onceq_core::limits::DELAY_MS_MAX
+            )));
+        }
         if let Some(entry) = self.queues.get(name) {
             if entry.config.delivery == DeliveryMode::EffectivelyOnce {
                 if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
@@ -848,7 +855,13 @@ fn delete_job(conn: &Connection, id: i64, error_count: i64) -> Result<()> {
 }
 
 /// The writer thread's loop. Returns when told to shut down or when every sender is gone.
-pub(crate) fn run(mut conn: Connection, mut state: State, inbox: Receiver<Message>, clock: Arc<dyn onceq_core::Clock>) {
+pub(crate) fn run(
+    mut conn: Connection,
+    mut state: State,
+    inbox: Receiver<Message>,
+    clock: Arc<dyn onceq_core::Clock>,
+    lock: std::fs::File,
+) {
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while shutdown.is_none() {
         let now = clock.now();
@@ -893,6 +906,7 @@ pub(crate) fn run(mut conn: Connection, mut state: State, inbox: Receiver<Messag
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     drop(conn);
+    drop(lock); // the data directory is free before `close` returns
     if let Some(reply) = shutdown {
         let _ = reply.send(());
     }
