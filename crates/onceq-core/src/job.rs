@@ -194,16 +194,11 @@ impl NewJob {
             )));
         }
         if self.headers.len() > HEADERS_COUNT_MAX {
-            return Err(Error::invalid(format!(
-                "{} headers; the limit is {HEADERS_COUNT_MAX}",
-                self.headers.len()
-            )));
+            return Err(Error::invalid(format!("{} headers; the limit is {HEADERS_COUNT_MAX}", self.headers.len())));
         }
         for (name, value) in &self.headers {
             if name.is_empty() || name.len() > HEADER_NAME_LEN_MAX {
-                return Err(Error::invalid(format!(
-                    "header name {name:?} must be 1 to {HEADER_NAME_LEN_MAX} bytes"
-                )));
+                return Err(Error::invalid(format!("header name {name:?} must be 1 to {HEADER_NAME_LEN_MAX} bytes")));
             }
             if value.len() > HEADER_VALUE_LEN_MAX {
                 return Err(Error::invalid(format!(

@@ -320,10 +320,7 @@ pub mod validate {
     /// Checks a dead-letter page request.
     pub fn dead_page(page: &DeadPage) -> Result<()> {
         if !(1..=DEAD_PAGE_MAX).contains(&page.limit) {
-            return Err(Error::invalid(format!(
-                "limit is {}; it must be between 1 and {DEAD_PAGE_MAX}",
-                page.limit
-            )));
+            return Err(Error::invalid(format!("limit is {}; it must be between 1 and {DEAD_PAGE_MAX}", page.limit)));
         }
         Ok(())
     }
