@@ -92,6 +92,10 @@ pub(crate) struct State {
     /// Queues that gained ready jobs in this transaction: their waiting leases are woken.
     woken: HashSet<QueueName>,
     shared: Arc<Shared>,
+    /// No scheduled job or lease expiry is due before this time (ms). Published to
+    /// `shared.next_due` only after the transaction that computed it commits, so a reader that
+    /// sees a later `next_due` also sees the committed transitions (it may be early, never late).
+    next_due: i64,
     rng: StdRng,
     last_dedup_sweep: Timestamp,
 }
@@ -120,6 +124,7 @@ impl State {
             dirty: HashSet::new(),
             woken: HashSet::new(),
             shared,
+            next_due: i64::MAX,
             rng: StdRng::from_entropy(),
             last_dedup_sweep: Timestamp::default(),
         };
@@ -178,21 +183,27 @@ impl State {
         self.queues = queues;
         self.names = names;
         self.dirty.clear();
-        self.publish_all();
         self.recompute_next_due(conn)?;
+        self.publish_all();
         Ok(())
     }
 
     fn publish_all(&mut self) {
         let mut view = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         *view = self.queues.clone();
+        drop(view);
+        self.shared.next_due.store(self.next_due, Ordering::Release);
     }
 
-    /// Publishes the queues changed by the committed transaction.
+    /// Publishes what the committed transaction changed: queue views first, then `next_due`.
     fn publish_dirty(&mut self) {
-        if self.dirty.is_empty() {
-            return;
+        if !self.dirty.is_empty() {
+            self.publish_queues();
         }
+        self.shared.next_due.store(self.next_due, Ordering::Release);
+    }
+
+    fn publish_queues(&mut self) {
         let mut view = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         for name in self.dirty.drain() {
             match self.queues.get(&name) {
@@ -219,19 +230,20 @@ impl State {
         }
     }
 
-    fn lower_next_due(&self, at: Timestamp) {
+    /// Records a new due time. Lowering the published value at once is safe: early is harmless.
+    fn lower_next_due(&mut self, at: Timestamp) {
+        self.next_due = self.next_due.min(at.as_millis());
         self.shared.next_due.fetch_min(at.as_millis(), Ordering::AcqRel);
     }
 
-    fn recompute_next_due(&self, conn: &Connection) -> Result<()> {
+    fn recompute_next_due(&mut self, conn: &Connection) -> Result<()> {
         let scheduled: Option<i64> = conn
             .query_row("SELECT min(run_at) FROM jobs WHERE state = 0", [], |r| r.get(0))
             .map_err(storage("finding the next scheduled job"))?;
         let expiring: Option<i64> = conn
             .query_row("SELECT min(lease_expires_at) FROM jobs WHERE state = 2", [], |r| r.get(0))
             .map_err(storage("finding the next lease expiry"))?;
-        let next = [scheduled, expiring].into_iter().flatten().min().unwrap_or(i64::MAX);
-        self.shared.next_due.store(next, Ordering::Release);
+        self.next_due = [scheduled, expiring].into_iter().flatten().min().unwrap_or(i64::MAX);
         Ok(())
     }
 
@@ -270,7 +282,7 @@ impl State {
                 .map_err(storage("sweeping expired dedup ids"))?;
             self.last_dedup_sweep = self.now;
         }
-        if self.now.as_millis() < self.shared.next_due.load(Ordering::Acquire) {
+        if self.now.as_millis() < self.next_due {
             return Ok(());
         }
         let now = self.now.as_millis();
@@ -865,7 +877,7 @@ pub(crate) fn run(
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while shutdown.is_none() {
         let now = clock.now();
-        let next_due = state.shared.next_due.load(Ordering::Acquire);
+        let next_due = state.next_due;
         let sleep_ms = u64::try_from(next_due.saturating_sub(now.as_millis())).unwrap_or(0).min(IDLE_WAKE_MS_MAX);
         let first = match inbox.recv_timeout(Duration::from_millis(sleep_ms)) {
             Ok(message) => Some(message),
