@@ -1,1 +1,125 @@
-//! x
+//! onceq: a durable job queue that is honest about delivery guarantees — the `onceq` binary's
+//! library and the facade over the workspace's crates.
+//!
+//! # Layout
+//!
+//! - The facade: everything of [`onceq_core`] (the types, limits, errors and the storage seam,
+//!   [`Store`]) re-exported at the root, and the embedded store [`SqliteStore`] with its
+//!   [`SqliteOptions`] and [`Durability`] from `onceq-sqlite`. A program that depends on `onceq`
+//!   alone needs nothing else.
+//! - This file: the command line ([`Cli`], [`Command`]) and [`run`], which carries a parsed command
+//!   out. `main.rs` only parses and calls [`run`], so every command works without a process.
+//! - [`mod@bench`]: `onceq bench`, the embedded store's figures beside the raw SQLite floor measured in
+//!   the same run (DESIGN.md, "Performance model").
+//!
+//! `onceq serve` (the HTTP API) comes with a later crate; it will be one more [`Command`].
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use onceq_core::*;
+pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
+
+pub mod bench;
+
+/// The README's code runs as a doc test, so its quick-start cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+/// The `onceq` command line.
+#[derive(Debug, Parser)]
+#[command(name = "onceq", version, about = "A durable job queue, honest about delivery guarantees")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of the `onceq` binary.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Measure the embedded store against the raw SQLite floor, on this machine, now.
+    Bench(bench::BenchArgs),
+}
+
+/// Carries out a parsed command line. `args` is the command line as typed (program name first):
+/// commands that print a report echo it, so a figure can always be traced to what produced it.
+pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
+    init_tracing();
+    let outcome = match cli.command {
+        Command::Bench(bench_args) => bench::run(&bench_args, &command_line(args)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("onceq: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (warnings by default), so that stdout carries only
+/// a command's report.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second initialisation (a test calling `run` twice) is harmless: the first one stays.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The command line as a shell would accept it back: arguments with spaces or quotes are quoted.
+pub fn command_line(args: &[OsString]) -> String {
+    let mut words = Vec::with_capacity(args.len());
+    for (i, arg) in args.iter().enumerate() {
+        let arg = arg.to_string_lossy();
+        // The program as typed may be a long target path; the command is what matters.
+        let word = if i == 0 {
+            std::path::Path::new(arg.as_ref())
+                .file_name()
+                .map_or_else(|| arg.to_string(), |name| name.to_string_lossy().into_owned())
+        } else {
+            arg.into_owned()
+        };
+        let plain = !word.is_empty()
+            && word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '=' | ',' | ':'));
+        if plain {
+            words.push(word);
+        } else {
+            words.push(format!("'{}'", word.replace('\'', r"'\''")));
+        }
+    }
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_quotes_only_what_needs_it() {
+        let args: Vec<OsString> =
+            ["/x/target/release/onceq", "bench", "--data-dir", "/tmp/my dir", "--jobs=5"].map(OsString::from).into();
+        assert_eq!(command_line(&args), "onceq bench --data-dir '/tmp/my dir' --jobs=5");
+    }
+
+    #[test]
+    fn the_cli_parses_bench_options() {
+        let cli = Cli::try_parse_from(["onceq", "bench", "--quick", "--durability", "relaxed", "--jobs", "700"]);
+        let Ok(Cli { command: Command::Bench(args) }) = cli else {
+            panic!("bench did not parse: {cli:?}");
+        };
+        assert!(args.quick);
+        assert_eq!(args.durability, bench::DurabilityChoice::Relaxed);
+        assert_eq!(args.jobs, Some(700));
+    }
+
+    #[test]
+    fn the_cli_rejects_an_unknown_durability() {
+        let cli = Cli::try_parse_from(["onceq", "bench", "--durability", "sometimes"]);
+        assert_eq!(cli.map_err(|e| e.kind()).err(), Some(clap::error::ErrorKind::InvalidValue));
+    }
+}

@@ -1,0 +1,604 @@
+//! `onceq bench`: the embedded store's throughput and per-call latency beside the raw SQLite floor.
+//!
+//! Every scenario runs twice in the same process, on the same disk, with the same durability: once
+//! through the seam on a fresh [`SqliteStore`] (`scenarios`), and once as the simplest fast raw
+//! SQLite writes that do the same work on a fresh database (`floor`). Each figure's ratio is
+//! onceq / floor: what the store keeps of what the disk and SQLite allow (DESIGN.md, "Performance
+//! model": the floor is measured, not guessed). Benchmarks are not tests; this prints figures.
+//!
+//! The scenarios (jobs/s is jobs through the whole scenario divided by its wall time):
+//!
+//! | scenario | onceq | floor |
+//! |---|---|---|
+//! | enqueue, 1 job/call, 1 producer | sequential calls | 1 INSERT per transaction |
+//! | enqueue, 1 job/call, 64 producers | 64 tokio tasks | 64 INSERTs per transaction: a perfect group commit |
+//! | enqueue, 100 jobs/call, 1 producer | sequential calls | 100 INSERTs per transaction |
+//! | end-to-end, 100/call | 4 producers, 4 workers (lease 100, ack 100) | pipelined, 100 jobs per transaction |
+//! | end-to-end, 1/call | 64 producers, 64 workers (lease 1, ack 1) | pipelined, 64 jobs per transaction |
+//! | lease+ack 100/call, small backlog | 1 worker; the queue holds only the jobs it leases | UPDATE 100 + DELETE 100, a transaction each |
+//! | lease+ack 100/call, 1,000,000 ready | the same, behind a backlog | the same, behind the same backlog |
+//!
+//! A *pipelined* end-to-end floor transaction deletes (acks) the jobs leased by the previous one,
+//! leases (UPDATE through the ready-order index) the jobs inserted before it, and inserts new ones:
+//! the best a queue that must commit each enqueue, lease and ack before answering can do.
+//! The big-backlog scenario's figure is its ratio to the small-backlog one: leasing must not slow
+//! down as the backlog grows.
+
+mod floor;
+mod scenarios;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use onceq_core::limits::PAYLOAD_BYTES_MAX;
+use onceq_core::QueueName;
+use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
+
+use scenarios::Run;
+
+/// Options of `onceq bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Durability setting to measure: fsync (synchronous=FULL), relaxed (synchronous=NORMAL), or both.
+    #[arg(long, value_enum, default_value_t = DurabilityChoice::Both)]
+    pub durability: DurabilityChoice,
+    /// Jobs per scenario [default: 200000, or 5000 with --quick]. Single enqueue with one producer
+    /// runs a tenth of them (it is one fsync per job).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    pub jobs: Option<u64>,
+    /// Ready jobs behind the big-backlog lease scenario; 0 skips it [default: 1000000, or 0 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub backlog: Option<u64>,
+    /// A short run: fewer jobs, no big backlog.
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory in which the run makes (and then removes) a temporary directory for its databases
+    /// [default: the system's temporary directory]. Choose the disk you mean to measure.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Payload size of every job, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+}
+
+/// Which durability settings `onceq bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityChoice {
+    /// synchronous=FULL: an acknowledged write survives power loss.
+    Fsync,
+    /// synchronous=NORMAL: survives a process crash; the last commits may be lost on power loss.
+    Relaxed,
+    /// Both, fsync first.
+    Both,
+}
+
+/// Why a bench run stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    /// The store under test failed.
+    #[error("store: {0}")]
+    Store(#[from] onceq_core::Error),
+    /// The raw SQLite floor failed.
+    #[error("raw SQLite floor: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file system or the runtime failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A scenario did not do the work it was meant to (a lost job, a failed ack): its figure
+    /// would be meaningless, so the run stops.
+    #[error("check failed: {0}")]
+    Check(String),
+    /// The options make no sense.
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+/// One durability level under test, with what it means for the store and for the floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Fsync,
+    Relaxed,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Fsync => "fsync",
+            Level::Relaxed => "relaxed",
+        }
+    }
+
+    /// The floor's `PRAGMA synchronous`, the one the store sets for this level.
+    fn synchronous(self) -> &'static str {
+        match self {
+            Level::Fsync => "FULL",
+            Level::Relaxed => "NORMAL",
+        }
+    }
+
+    fn durability(self) -> Durability {
+        match self {
+            Level::Fsync => Durability::Fsync,
+            Level::Relaxed => Durability::Relaxed,
+        }
+    }
+}
+
+/// The sizes of one run, resolved from the options.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// Jobs per scenario.
+    jobs: u64,
+    /// Jobs of the one-producer single-enqueue scenario (one commit each).
+    single_jobs: u64,
+    /// Ready jobs behind the big-backlog lease scenario; 0 skips it.
+    backlog: u64,
+    /// Every job's payload.
+    payload: Vec<u8>,
+}
+
+/// Producers and workers of the batched end-to-end scenario.
+const END_TO_END_BATCHED_TASKS: u64 = 4;
+/// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
+const SINGLE_TASKS: u64 = 64;
+/// Jobs per call in the batched scenarios.
+const BATCH: u64 = 100;
+
+/// Runs `onceq bench` and prints its report on stdout (progress goes to stderr).
+pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
+    if args.payload_bytes > PAYLOAD_BYTES_MAX {
+        return Err(BenchError::Options(format!(
+            "--payload-bytes is {}; the limit is {PAYLOAD_BYTES_MAX}",
+            args.payload_bytes
+        )));
+    }
+    let jobs = args.jobs.unwrap_or(if args.quick { 5_000 } else { 200_000 });
+    let plan = Plan {
+        jobs,
+        single_jobs: (jobs / 10).max(100),
+        backlog: args.backlog.unwrap_or(if args.quick { 0 } else { 1_000_000 }),
+        payload: payload(args.payload_bytes),
+    };
+    let levels: &[Level] = match args.durability {
+        DurabilityChoice::Fsync => &[Level::Fsync],
+        DurabilityChoice::Relaxed => &[Level::Relaxed],
+        DurabilityChoice::Both => &[Level::Fsync, Level::Relaxed],
+    };
+    let root = match &args.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            tempfile::Builder::new().prefix("onceq-bench-").tempdir_in(dir)?
+        }
+        None => tempfile::Builder::new().prefix("onceq-bench-").tempdir()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "$ {command_line}");
+    let _ = writeln!(
+        out,
+        "onceq {} · SQLite {} (bundled, WAL) · {} CPUs · payload {} B · data dir {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        rusqlite::version(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.payload_bytes,
+        root.path().display(),
+        file_system_of(root.path()),
+    );
+    let _ = writeln!(
+        out,
+        "jobs/s = jobs / the scenario's wall time; p50, p99 = latency of one call (scenarios with several \
+         kinds of call list each below); ratio = onceq jobs/s / floor jobs/s"
+    );
+    emit(&mut out);
+
+    let started = Instant::now();
+    for &level in levels {
+        let bench = Bench { level, plan: &plan, root: root.path(), runtime: &runtime, serial: 0 };
+        bench.run_level()?;
+    }
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    root.close()?;
+    Ok(())
+}
+
+/// Prints and clears `out`, flushing so that rows appear as their scenarios finish.
+fn emit(out: &mut String) {
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+    out.clear();
+}
+
+fn progress(message: &str) {
+    eprintln!("onceq bench: {message}");
+}
+
+/// A payload of `bytes` bytes that looks like a small JSON document.
+fn payload(bytes: usize) -> Vec<u8> {
+    let mut payload = br#"{"task":"bench","data":""#.to_vec();
+    payload.resize(bytes.saturating_sub(2).max(payload.len()), b'x');
+    payload.extend_from_slice(br#""}"#);
+    payload.truncate(bytes);
+    payload
+}
+
+/// The file system a path lives on, from `/proc/mounts` (Linux); tmpfs makes fsync free, so it is
+/// worth seeing next to the figures.
+fn file_system_of(path: &Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "file system unknown".into();
+    };
+    let best = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let device = fields.next()?;
+            let mount_point = fields.next()?;
+            let kind = fields.next()?;
+            path.starts_with(mount_point).then_some((mount_point.len(), device, kind))
+        })
+        .max_by_key(|(len, _, _)| *len);
+    match best {
+        Some((_, device, "tmpfs")) => {
+            format!("tmpfs on {device}: fsync costs nothing here, figures are not durable ones")
+        }
+        Some((_, device, kind)) => format!("{kind} on {device}"),
+        None => "file system unknown".into(),
+    }
+}
+
+/// One durability level's scenarios.
+struct Bench<'a> {
+    level: Level,
+    plan: &'a Plan,
+    root: &'a Path,
+    runtime: &'a tokio::runtime::Runtime,
+    /// Numbers each scenario's fresh directory.
+    serial: u32,
+}
+
+/// A scenario's floor: how it was measured, and its jobs/s.
+struct FloorFigure {
+    what: String,
+    jobs_per_s: f64,
+}
+
+/// One line of the report, with its per-call latency lines.
+struct Row {
+    scenario: String,
+    run: Run,
+    floor: Option<FloorFigure>,
+}
+
+impl Bench<'_> {
+    fn run_level(mut self) -> Result<(), BenchError> {
+        let level = self.level;
+        let plan = self.plan;
+        let mut out = String::new();
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "durability {} (synchronous={}); floor = raw rusqlite, same PRAGMAs, one connection",
+            level.name(),
+            level.synchronous()
+        );
+        let _ = writeln!(
+            out,
+            "{:<44} {:>9} {:>10} {:>9} {:>9} {:>11} {:>6}  floor",
+            "scenario", "jobs", "jobs/s", "p50 ms", "p99 ms", "floor/s", "ratio"
+        );
+        emit(&mut out);
+
+        let mut figures = Figures::default();
+
+        // Single enqueue, one producer: one commit (one fsync) per job, on both sides.
+        let n = plan.single_jobs;
+        let run =
+            self.store(
+                |store, queue, payload| async move { scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await },
+            )?;
+        let floor = self.floor(|conn, payload| floor::insert(conn, payload, n, 1))?;
+        self.row(Row {
+            scenario: "enqueue 1/call, 1 producer".into(),
+            run,
+            floor: Some(floor_figure(floor, n, "1 INSERT/txn")),
+        });
+
+        // Single enqueue, 64 producers: group commit at work. The floor is a perfect group
+        // commit: every transaction carries one job of each of the 64 producers.
+        let n = plan.jobs;
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+        })?;
+        let floor = self.floor(|conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS))?;
+        self.row(Row {
+            scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
+            run,
+            floor: Some(floor_figure(floor, n, format!("{SINGLE_TASKS} INSERTs/txn (perfect group commit)"))),
+        });
+
+        // Batched enqueue.
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
+        })?;
+        let floor = self.floor(|conn, payload| floor::insert(conn, payload, n, BATCH))?;
+        let row = Row {
+            scenario: format!("enqueue {BATCH}/call, 1 producer"),
+            run,
+            floor: Some(floor_figure(floor, n, format!("{BATCH} INSERTs/txn"))),
+        };
+        figures.batched.push(row.ratio_named());
+        self.row(row);
+
+        // End-to-end, batched.
+        let tasks = END_TO_END_BATCHED_TASKS;
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
+        })?;
+        let floor = self.floor(|conn, payload| floor::end_to_end(conn, payload, n, BATCH))?;
+        let row = Row {
+            scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"),
+            run,
+            floor: Some(floor_figure(floor, n, format!("pipelined, {BATCH} jobs/txn"))),
+        };
+        figures.batched.push(row.ratio_named());
+        self.row(row);
+
+        // End-to-end, single jobs.
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
+        })?;
+        let floor = self.floor(|conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS))?;
+        let row = Row {
+            scenario: format!("end-to-end 1/call, {SINGLE_TASKS} producers + {SINGLE_TASKS} workers"),
+            run,
+            floor: Some(floor_figure(floor, n, format!("pipelined, {SINGLE_TASKS} jobs/txn (perfect group commit)"))),
+        };
+        figures.end_to_end_single = Some(row.jobs_per_s());
+        self.row(row);
+
+        // Lease throughput, small backlog: the queue holds only the jobs leased.
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::fill(&store, &queue, &payload, n).await?;
+            scenarios::lease_ack(&store, &queue, n, BATCH).await
+        })?;
+        let floor = self.floor(|conn, payload| {
+            floor::fill(conn, payload, n)?;
+            floor::lease_ack(conn, n, BATCH)
+        })?;
+        let row = Row {
+            scenario: format!("lease+ack {BATCH}/call, {} ready at start", thousands(n as f64)),
+            run,
+            floor: Some(floor_figure(floor, n, format!("UPDATE {BATCH} txn + DELETE {BATCH} txn"))),
+        };
+        figures.batched.push(row.ratio_named());
+        let small = row.jobs_per_s();
+        self.row(row);
+
+        // Lease throughput behind a big backlog.
+        if plan.backlog > 0 {
+            let backlog = plan.backlog;
+            let run = self.store(|store, queue, payload| async move {
+                let started = Instant::now();
+                scenarios::fill(&store, &queue, &payload, backlog + n).await?;
+                progress(&format!(
+                    "filled {} jobs in {:.1} s",
+                    thousands((backlog + n) as f64),
+                    started.elapsed().as_secs_f64()
+                ));
+                scenarios::lease_ack(&store, &queue, n, BATCH).await
+            })?;
+            let floor = self.floor(|conn, payload| {
+                floor::fill(conn, payload, backlog + n)?;
+                floor::lease_ack(conn, n, BATCH)
+            })?;
+            let row = Row {
+                scenario: format!("lease+ack {BATCH}/call, {} ready", thousands(backlog as f64)),
+                run,
+                floor: Some(floor_figure(floor, n, format!("the same, behind {} rows", thousands(backlog as f64)))),
+            };
+            figures.batched.push(row.ratio_named());
+            figures.backlog = Some((backlog, row.jobs_per_s() / small));
+            self.row(row);
+        }
+
+        figures.print(level);
+        Ok(())
+    }
+
+    /// A fresh directory for one side of one scenario.
+    fn fresh_dir(&mut self, side: &str) -> Result<PathBuf, BenchError> {
+        self.serial += 1;
+        let dir = self.root.join(format!("{}-{:02}-{side}", self.level.name(), self.serial));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Runs `scenario` on a fresh store, then closes the store and removes its files.
+    fn store<F, Fut>(&mut self, scenario: F) -> Result<Run, BenchError>
+    where
+        F: FnOnce(SqliteStore, QueueName, std::sync::Arc<[u8]>) -> Fut,
+        Fut: std::future::Future<Output = Result<Run, BenchError>>,
+    {
+        let dir = self.fresh_dir("onceq")?;
+        let store = SqliteStore::open(SqliteOptions::new(&dir).durability(self.level.durability()))?;
+        let queue = QueueName::new("bench")?;
+        let payload: std::sync::Arc<[u8]> = self.plan.payload.clone().into();
+        let run = self.runtime.block_on(async {
+            let run = scenario(store.clone(), queue, payload).await;
+            store.close().await;
+            run
+        })?;
+        std::fs::remove_dir_all(&dir)?;
+        Ok(run)
+    }
+
+    /// Runs a floor measurement on a fresh raw SQLite database; returns its timed part.
+    fn floor<F>(&mut self, measure: F) -> Result<Duration, BenchError>
+    where
+        F: FnOnce(&mut rusqlite::Connection, &[u8]) -> Result<Duration, BenchError>,
+    {
+        let dir = self.fresh_dir("floor")?;
+        let mut conn = floor::open(&dir, self.level.synchronous())?;
+        let elapsed = measure(&mut conn, &self.plan.payload)?;
+        drop(conn);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(elapsed)
+    }
+
+    fn row(&self, row: Row) {
+        let mut out = String::new();
+        let (p50, p99) = match row.run.calls.as_slice() {
+            [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
+            _ => ("-".into(), "-".into()),
+        };
+        let (floor_per_s, ratio, what) = match &row.floor {
+            Some(floor) => (
+                thousands(floor.jobs_per_s),
+                format!("{:.0}%", 100.0 * row.jobs_per_s() / floor.jobs_per_s),
+                floor.what.clone(),
+            ),
+            None => ("-".into(), "-".into(), String::new()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<44} {:>9} {:>10} {:>9} {:>9} {:>11} {:>6}  {what}",
+            row.scenario,
+            thousands(row.run.jobs as f64),
+            thousands(row.jobs_per_s()),
+            p50,
+            p99,
+            floor_per_s,
+            ratio,
+        );
+        if row.run.calls.len() > 1 {
+            for calls in &row.run.calls {
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:>9} {:>10} {:>9} {:>9}",
+                    format!("  {} calls ({})", calls.kind, thousands(calls.latencies.len() as f64)),
+                    "",
+                    "",
+                    millis(calls.percentile(0.50)),
+                    millis(calls.percentile(0.99)),
+                );
+            }
+        }
+        emit(&mut out);
+    }
+}
+
+/// Turns a floor's timed part into jobs/s.
+fn floor_figure(elapsed: Duration, jobs: u64, what: impl Into<String>) -> FloorFigure {
+    FloorFigure { what: what.into(), jobs_per_s: jobs as f64 / elapsed.as_secs_f64().max(1e-9) }
+}
+
+impl Row {
+    fn jobs_per_s(&self) -> f64 {
+        self.run.jobs as f64 / self.run.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ratio_named(&self) -> (String, f64) {
+        let floor = self.floor.as_ref().map_or(f64::NAN, |f| f.jobs_per_s);
+        (self.scenario.clone(), self.jobs_per_s() / floor)
+    }
+}
+
+/// The figures the issue sets targets for, gathered while the rows print.
+#[derive(Default)]
+struct Figures {
+    /// (scenario, onceq / floor) of every batched scenario.
+    batched: Vec<(String, f64)>,
+    /// jobs/s of end-to-end with single-job producers and workers.
+    end_to_end_single: Option<f64>,
+    /// (backlog, big-backlog lease rate / small-backlog lease rate).
+    backlog: Option<(u64, f64)>,
+}
+
+impl Figures {
+    fn print(&self, level: Level) {
+        let mut out = String::new();
+        let mark = |met: bool| if met { "met" } else { "MISSED" };
+        let _ = writeln!(out, "targets ({}):", level.name());
+        for (scenario, ratio) in &self.batched {
+            let _ = writeln!(
+                out,
+                "  {:<6} batched ≥ 70% of its floor: {scenario}: {:.0}%",
+                mark(*ratio >= 0.70),
+                100.0 * ratio
+            );
+        }
+        if let Some(rate) = self.end_to_end_single {
+            let _ = writeln!(
+                out,
+                "  {:<6} end-to-end 1/call with {SINGLE_TASKS}+{SINGLE_TASKS} tasks ≥ 25,000 jobs/s: {}",
+                mark(rate >= 25_000.0),
+                thousands(rate)
+            );
+        }
+        match self.backlog {
+            Some((backlog, ratio)) => {
+                let _ = writeln!(
+                    out,
+                    "  {:<6} lease+ack with {} ready within 20% of the small backlog: {:.0}% of it",
+                    mark(ratio >= 0.80),
+                    thousands(backlog as f64),
+                    100.0 * ratio
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  skipped lease+ack behind a big backlog (--quick or --backlog 0)");
+            }
+        }
+        emit(&mut out);
+    }
+}
+
+/// `1234567.8` → `1,234,568`.
+fn thousands(value: f64) -> String {
+    if !value.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    grouped
+}
+
+/// A latency in milliseconds, three decimals.
+fn millis(latency: Option<Duration>) -> String {
+    latency.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(f64::NAN), "-");
+    }
+
+    #[test]
+    fn payload_has_the_asked_size() {
+        for bytes in [0, 1, 10, 30, 100, 4096] {
+            assert_eq!(payload(bytes).len(), bytes);
+        }
+        assert!(payload(100).starts_with(br#"{"task":"bench""#));
+        assert!(payload(100).ends_with(br#""}"#));
+    }
+}

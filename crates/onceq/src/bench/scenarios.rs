@@ -1,0 +1,303 @@
+//! The onceq side of each scenario: concurrent tokio tasks calling the seam, timing every call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use onceq_core::{LeaseOptions, LeaseRef, NewJob, QueueName, Store};
+use onceq_sqlite::SqliteStore;
+use tokio::task::JoinSet;
+
+use super::BenchError;
+
+/// Lease length in the scenarios: far longer than any run, so no job is redelivered and every
+/// job is leased and acked exactly once (the scenarios check it).
+const VISIBILITY_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+/// How long an end-to-end worker's lease call waits for a job (long poll) before it looks again
+/// whether the run is over.
+const LEASE_WAIT_MS: u64 = 50;
+
+/// The per-call latencies of one kind of call.
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    /// `enqueue`, `lease` or `ack`.
+    pub kind: &'static str,
+    /// One entry per call, sorted once the run is over.
+    pub latencies: Vec<Duration>,
+}
+
+impl Calls {
+    fn new(kind: &'static str) -> Self {
+        Calls { kind, latencies: Vec::new() }
+    }
+
+    /// The latency below which a fraction `p` of calls finished (nearest rank).
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        debug_assert!(self.latencies.is_sorted(), "percentiles read sorted latencies");
+        let n = self.latencies.len();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+        self.latencies.get(rank - 1).copied()
+    }
+}
+
+/// What one scenario did: its jobs, its wall time, and its calls by kind.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// Jobs through the whole scenario.
+    pub jobs: u64,
+    /// Wall time from the first call to the last job done.
+    pub elapsed: Duration,
+    /// Per-call latencies by kind.
+    pub calls: Vec<Calls>,
+}
+
+impl Run {
+    fn new(jobs: u64, elapsed: Duration, mut calls: Vec<Calls>) -> Self {
+        for kind in &mut calls {
+            kind.latencies.sort_unstable();
+        }
+        Run { jobs, elapsed, calls }
+    }
+}
+
+/// Hands out ranges of job numbers to concurrent producers until `total` are taken.
+struct Claims {
+    next: AtomicU64,
+    total: u64,
+}
+
+impl Claims {
+    /// The size of the next call, or `None` when every job has been claimed.
+    fn claim(&self, per_call: u64) -> Option<u64> {
+        let start = self.next.fetch_add(per_call, Ordering::Relaxed);
+        (start < self.total).then(|| per_call.min(self.total - start))
+    }
+}
+
+fn batch(payload: &[u8], n: u64) -> Vec<NewJob> {
+    (0..n).map(|_| NewJob::new(payload.to_vec())).collect()
+}
+
+/// Enqueues `jobs` jobs, `per_call` at a time, from `producers` concurrent tasks.
+pub(crate) async fn enqueue(
+    store: &SqliteStore,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+    per_call: u64,
+    producers: u64,
+) -> Result<Run, BenchError> {
+    let claims = Arc::new(Claims { next: AtomicU64::new(0), total: jobs });
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..producers {
+        tasks.spawn(producer(store.clone(), queue.clone(), payload.clone(), claims.clone(), per_call));
+    }
+    let enqueues = join_calls(tasks, "enqueue").await?;
+    let elapsed = started.elapsed();
+    let enqueued = enqueues.latencies.len() as u64;
+    if enqueued != jobs.div_ceil(per_call) {
+        return Err(BenchError::Check(format!("{enqueued} enqueue calls for {jobs} jobs at {per_call} per call")));
+    }
+    Ok(Run::new(jobs, elapsed, vec![enqueues]))
+}
+
+/// Enqueues `jobs` jobs untimed, as fast as the store takes them: the backlog of a lease scenario.
+pub(crate) async fn fill(
+    store: &SqliteStore,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+) -> Result<(), BenchError> {
+    let per_call = onceq_core::limits::ENQUEUE_BATCH_MAX as u64;
+    enqueue(store, queue, payload, jobs, per_call, 4).await.map(drop)
+}
+
+async fn producer(
+    store: SqliteStore,
+    queue: QueueName,
+    payload: Arc<[u8]>,
+    claims: Arc<Claims>,
+    per_call: u64,
+) -> Result<Calls, BenchError> {
+    let mut calls = Calls::new("enqueue");
+    while let Some(n) = claims.claim(per_call) {
+        let jobs = batch(&payload, n);
+        let started = Instant::now();
+        let enqueued = store.job_enqueue(&queue, jobs).await?;
+        calls.latencies.push(started.elapsed());
+        if enqueued.len() as u64 != n || enqueued.iter().any(|e| e.duplicate) {
+            return Err(BenchError::Check(format!("enqueue of {n} jobs returned {enqueued:?}")));
+        }
+    }
+    Ok(calls)
+}
+
+/// Joins tasks that each return their calls of one kind, merging them.
+async fn join_calls(mut tasks: JoinSet<Result<Calls, BenchError>>, kind: &'static str) -> Result<Calls, BenchError> {
+    let mut all = Calls::new(kind);
+    while let Some(joined) = tasks.join_next().await {
+        let calls = joined.map_err(|e| BenchError::Check(format!("a bench task failed: {e}")))??;
+        all.latencies.extend(calls.latencies);
+    }
+    Ok(all)
+}
+
+/// Shared by the workers of an end-to-end run: how many jobs are done, and when the last was.
+struct Progress {
+    jobs: u64,
+    acked: AtomicU64,
+    /// Set by the worker whose ack completes the run.
+    finished_at: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn done(&self) -> bool {
+        self.acked.load(Ordering::Acquire) >= self.jobs
+    }
+
+    fn record(&self, n: u64) -> Result<(), BenchError> {
+        let before = self.acked.fetch_add(n, Ordering::AcqRel);
+        let after = before + n;
+        if after > self.jobs {
+            return Err(BenchError::Check(format!("{after} acks for {} jobs: a job was delivered twice", self.jobs)));
+        }
+        if after == self.jobs {
+            let mut finished = self.finished_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *finished = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Enqueue → lease → ack of `jobs` jobs with `producers` producers and `workers` workers running
+/// at once, `per_call` jobs per enqueue, lease and ack call. Time runs until the last ack.
+pub(crate) async fn end_to_end(
+    store: &SqliteStore,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+    per_call: u64,
+    producers: u64,
+    workers: u64,
+) -> Result<Run, BenchError> {
+    let claims = Arc::new(Claims { next: AtomicU64::new(0), total: jobs });
+    let progress = Arc::new(Progress { jobs, acked: AtomicU64::new(0), finished_at: Mutex::new(None) });
+    let started = Instant::now();
+    let mut worker_tasks = JoinSet::new();
+    for _ in 0..workers {
+        worker_tasks.spawn(worker(store.clone(), queue.clone(), progress.clone(), per_call));
+    }
+    let mut producer_tasks = JoinSet::new();
+    for _ in 0..producers {
+        producer_tasks.spawn(producer(store.clone(), queue.clone(), payload.clone(), claims.clone(), per_call));
+    }
+    let enqueues = join_calls(producer_tasks, "enqueue").await?;
+    let mut leases = Calls::new("lease");
+    let mut acks = Calls::new("ack");
+    while let Some(joined) = worker_tasks.join_next().await {
+        let (lease_calls, ack_calls) = joined.map_err(|e| BenchError::Check(format!("a bench task failed: {e}")))??;
+        leases.latencies.extend(lease_calls.latencies);
+        acks.latencies.extend(ack_calls.latencies);
+    }
+    let finished_at = *progress.finished_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(finished_at) = finished_at else {
+        return Err(BenchError::Check(format!("the workers stopped before {jobs} jobs were acked")));
+    };
+    Ok(Run::new(jobs, finished_at - started, vec![enqueues, leases, acks]))
+}
+
+/// Leases up to `per_call` jobs (long poll), acks them all in one call; until the run is done.
+/// Only lease calls that returned jobs are timed: an empty one measures the wait, not the store.
+async fn worker(
+    store: SqliteStore,
+    queue: QueueName,
+    progress: Arc<Progress>,
+    per_call: u64,
+) -> Result<(Calls, Calls), BenchError> {
+    let mut leases = Calls::new("lease");
+    let mut acks = Calls::new("ack");
+    let options = lease_options(per_call, LEASE_WAIT_MS)?;
+    while !progress.done() {
+        let started = Instant::now();
+        let leased = store.job_lease(&queue, options).await?;
+        if leased.is_empty() {
+            continue;
+        }
+        leases.latencies.push(started.elapsed());
+        ack_all(&store, &leased.iter().map(|job| job.lease()).collect::<Vec<_>>(), &mut acks).await?;
+        progress.record(leased.len() as u64)?;
+    }
+    Ok((leases, acks))
+}
+
+fn lease_options(per_call: u64, wait_ms: u64) -> Result<LeaseOptions, BenchError> {
+    let max_jobs =
+        u32::try_from(per_call).map_err(|_| BenchError::Options(format!("{per_call} jobs per lease call")))?;
+    let options = LeaseOptions { max_jobs, visibility_timeout_ms: Some(VISIBILITY_TIMEOUT_MS), wait_ms };
+    options.validate()?;
+    Ok(options)
+}
+
+async fn ack_all(store: &SqliteStore, leases: &[LeaseRef], acks: &mut Calls) -> Result<(), BenchError> {
+    let started = Instant::now();
+    let results = store.job_ack(leases).await?;
+    acks.latencies.push(started.elapsed());
+    if results.len() != leases.len() {
+        return Err(BenchError::Check(format!("{} results for an ack of {} jobs", results.len(), leases.len())));
+    }
+    for (lease, result) in leases.iter().zip(results) {
+        result.map_err(|e| BenchError::Check(format!("ack of job {} failed: {e}", lease.id)))?;
+    }
+    Ok(())
+}
+
+/// One worker leases `per_call` jobs without waiting and acks them, until `jobs` are done.
+pub(crate) async fn lease_ack(
+    store: &SqliteStore,
+    queue: &QueueName,
+    jobs: u64,
+    per_call: u64,
+) -> Result<Run, BenchError> {
+    let mut leases = Calls::new("lease");
+    let mut acks = Calls::new("ack");
+    let options = lease_options(per_call, 0)?;
+    let mut done = 0;
+    let started = Instant::now();
+    while done < jobs {
+        let call = Instant::now();
+        let leased = store.job_lease(&queue.clone(), options).await?;
+        leases.latencies.push(call.elapsed());
+        if leased.is_empty() {
+            return Err(BenchError::Check(format!("the queue ran dry after {done} of {jobs} jobs")));
+        }
+        ack_all(store, &leased.iter().map(|job| job.lease()).collect::<Vec<_>>(), &mut acks).await?;
+        done += leased.len() as u64;
+    }
+    Ok(Run::new(done, started.elapsed(), vec![leases, acks]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut calls = Calls::new("x");
+        calls.latencies = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(calls.percentile(0.50), Some(Duration::from_millis(50)));
+        assert_eq!(calls.percentile(0.99), Some(Duration::from_millis(99)));
+        assert_eq!(calls.percentile(1.0), Some(Duration::from_millis(100)));
+        assert_eq!(Calls::new("empty").percentile(0.5), None);
+    }
+
+    #[test]
+    fn claims_split_the_jobs_exactly() {
+        let claims = Claims { next: AtomicU64::new(0), total: 250 };
+        let sizes: Vec<u64> = std::iter::from_fn(|| claims.claim(100)).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+    }
+}
