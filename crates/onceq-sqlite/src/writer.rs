@@ -87,10 +87,12 @@ pub(crate) struct State {
     names: HashMap<i64, QueueName>,
     next_id: u64,
     next_id_dirty: bool,
-    /// Queues whose published view must be refreshed after commit.
-    dirty: HashSet<QueueName>,
-    /// Queues that gained ready jobs in this transaction: their waiting leases are woken.
-    woken: HashSet<QueueName>,
+    /// Queues (by id) whose published view must be refreshed after commit.
+    dirty: HashSet<i64>,
+    /// Queues deleted in this transaction, to remove from the published view.
+    deleted: Vec<QueueName>,
+    /// Queues (by id) that gained ready jobs in this transaction: their waiting leases are woken.
+    woken: HashSet<i64>,
     shared: Arc<Shared>,
     /// No scheduled job or lease expiry is due before this time (ms). Published to
     /// `shared.next_due` only after the transaction that computed it commits, so a reader that
@@ -122,6 +124,7 @@ impl State {
             next_id: 1,
             next_id_dirty: false,
             dirty: HashSet::new(),
+            deleted: Vec::new(),
             woken: HashSet::new(),
             shared,
             next_due: i64::MAX,
@@ -183,6 +186,7 @@ impl State {
         self.queues = queues;
         self.names = names;
         self.dirty.clear();
+        self.deleted.clear();
         self.recompute_next_due(conn)?;
         self.publish_all();
         Ok(())
@@ -197,7 +201,7 @@ impl State {
 
     /// Publishes what the committed transaction changed: queue views first, then `next_due`.
     fn publish_dirty(&mut self) {
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() || !self.deleted.is_empty() {
             self.publish_queues();
         }
         self.shared.next_due.store(self.next_due, Ordering::Release);
@@ -205,14 +209,12 @@ impl State {
 
     fn publish_queues(&mut self) {
         let mut view = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-        for name in self.dirty.drain() {
-            match self.queues.get(&name) {
-                Some(entry) => {
-                    view.insert(name, entry.clone());
-                }
-                None => {
-                    view.remove(&name);
-                }
+        for name in self.deleted.drain(..) {
+            view.remove(&name);
+        }
+        for id in self.dirty.drain() {
+            if let Some(entry) = self.names.get(&id).and_then(|name| self.queues.get(name)) {
+                view.insert(self.names[&id].clone(), entry.clone());
             }
         }
     }
@@ -223,8 +225,8 @@ impl State {
             return;
         }
         let waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for name in self.woken.drain() {
-            if let Some(notify) = waiters.get(&name) {
+        for id in self.woken.drain() {
+            if let Some(notify) = self.names.get(&id).and_then(|name| waiters.get(name)) {
                 notify.notify_waiters();
             }
         }
@@ -249,27 +251,32 @@ impl State {
 
     fn entry_by_id(&mut self, queue_id: i64) -> Option<&mut QueueEntry> {
         let name = self.names.get(&queue_id)?;
-        self.dirty.insert(name.clone());
+        self.dirty.insert(queue_id);
         self.queues.get_mut(name)
     }
 
     /// Moves one job's count from one state to another (`None`: created or deleted).
     fn count_move(&mut self, queue_id: i64, from: Option<i64>, to: Option<i64>) {
-        let woke = to == Some(state::READY);
+        self.count_move_n(queue_id, from, to, 1);
+    }
+
+    /// Moves `n` jobs' counts from one state to another (`None`: created or deleted).
+    fn count_move_n(&mut self, queue_id: i64, from: Option<i64>, to: Option<i64>, n: u64) {
+        if n == 0 {
+            return;
+        }
         if let Some(entry) = self.entry_by_id(queue_id) {
             if let Some(from) = from {
                 let slot = &mut entry.counts[from as usize];
-                debug_assert!(*slot > 0, "count of state {from} would go negative");
-                *slot = slot.saturating_sub(1);
+                debug_assert!(*slot >= n, "count of state {from} would go negative");
+                *slot = slot.saturating_sub(n);
             }
             if let Some(to) = to {
-                entry.counts[to as usize] += 1;
+                entry.counts[to as usize] += n;
             }
         }
-        if woke {
-            if let Some(name) = self.names.get(&queue_id) {
-                self.woken.insert(name.clone());
-            }
+        if to == Some(state::READY) {
+            self.woken.insert(queue_id);
         }
     }
 
@@ -330,7 +337,7 @@ impl State {
         let id = conn.last_insert_rowid();
         self.names.insert(id, name.clone());
         self.queues.insert(name.clone(), QueueEntry { id, config, paused: false, counts: [0; 4] });
-        self.dirty.insert(name.clone());
+        self.dirty.insert(id);
         Ok(())
     }
 
@@ -357,10 +364,11 @@ impl State {
                 conn.prepare_cached("UPDATE queues SET config = ?2 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![entry.id, text]))
                     .map_err(storage("updating a queue"))?;
+                let id = entry.id;
                 if let Some(entry) = self.queues.get_mut(name) {
                     entry.config = config.clone();
                 }
-                self.dirty.insert(name.clone());
+                self.dirty.insert(id);
                 Ok(config)
             }
         }
@@ -374,10 +382,10 @@ impl State {
         if let Some(entry) = self.queues.get_mut(name) {
             entry.paused = paused;
             if !paused && entry.counts[state::READY as usize] > 0 {
-                self.woken.insert(name.clone());
+                self.woken.insert(id);
             }
         }
-        self.dirty.insert(name.clone());
+        self.dirty.insert(id);
         Ok(())
     }
 
@@ -391,7 +399,9 @@ impl State {
         .map_err(storage("deleting a queue"))?;
         self.queues.remove(name);
         self.names.remove(&id);
-        self.dirty.insert(name.clone());
+        self.dirty.remove(&id);
+        self.woken.remove(&id);
+        self.deleted.push(name.clone());
         Ok(())
     }
 
@@ -502,19 +512,30 @@ impl State {
             return Ok(Vec::new());
         }
         let queue_id = entry.id;
-        let delivery = entry.config.delivery;
+        let at_most_once = entry.config.delivery == DeliveryMode::AtMostOnce;
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(entry.config.visibility_timeout_ms);
         let expires_at = self.now.plus_ms(visibility_ms);
-        let rows: Vec<ReadyRow> = {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
-                     error_count FROM jobs WHERE queue_id = ?1 AND state = 1 \
-                     ORDER BY priority DESC, run_at, id LIMIT ?2",
-                )
-                .map_err(storage("selecting jobs to lease"))?;
+        // One statement claims the whole batch. In at_most_once mode the lease *is* the ack, so
+        // the jobs are deleted as they are handed out. The token comes from SQLite's randomblob():
+        // ChaCha20 seeded from the operating system, 128 bits per lease.
+        let sql = if at_most_once {
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE queue_id = ?1 AND state = 1 \
+             ORDER BY priority DESC, run_at, id LIMIT ?2) \
+             RETURNING id, priority, run_at, enqueued_at, attempt + 1, max_attempts, dedup_id, headers, payload, \
+             error_count, randomblob(16)"
+        } else {
+            "UPDATE jobs SET state = 2, attempt = attempt + 1, lease_token = randomblob(16), lease_expires_at = ?3 \
+             WHERE id IN (SELECT id FROM jobs WHERE queue_id = ?1 AND state = 1 \
+             ORDER BY priority DESC, run_at, id LIMIT ?2) \
+             RETURNING id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
+             error_count, lease_token"
+        };
+        let mut rows: Vec<ReadyRow> = {
+            let mut stmt = conn.prepare_cached(sql).map_err(storage("leasing jobs"))?;
+            let params = params![queue_id, options.max_jobs, expires_at.as_millis()];
+            let params = if at_most_once { &params[..2] } else { params };
             let rows = stmt
-                .query_map(params![queue_id, options.max_jobs], |r| {
+                .query_map(params, |r| {
                     Ok(ReadyRow {
                         id: r.get(0)?,
                         priority: r.get(1)?,
@@ -526,59 +547,45 @@ impl State {
                         headers: r.get(7)?,
                         payload: r.get(8)?,
                         error_count: r.get(9)?,
+                        token: r.get(10)?,
                     })
                 })
-                .map_err(storage("selecting jobs to lease"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(storage("selecting jobs to lease"))?
+                .map_err(storage("leasing jobs"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
         };
+        // RETURNING rows come in no particular order; hand them out in lease order.
+        rows.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let ReadyRow {
-                id,
-                priority,
-                run_at,
-                enqueued_at,
-                attempt,
-                max_attempts,
-                dedup_id,
-                headers,
-                payload,
-                error_count,
-            } = row;
-            let token = LeaseToken::random();
-            let attempt = attempt + 1;
-            if delivery == DeliveryMode::AtMostOnce {
-                delete_job(conn, id, error_count)?;
-                self.count_move(queue_id, Some(state::READY), None);
-            } else {
-                conn.prepare_cached(
-                    "UPDATE jobs SET state = 2, attempt = ?2, lease_token = ?3, lease_expires_at = ?4 WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![id, attempt, &token.as_bytes()[..], expires_at.as_millis()]))
-                .map_err(storage("leasing a job"))?;
-                self.count_move(queue_id, Some(state::READY), Some(state::LEASED));
+            if at_most_once && row.error_count > 0 {
+                delete_errors(conn, row.id)?;
             }
-            let headers = match headers {
+            let token: [u8; 16] = row.token.as_slice().try_into().map_err(|_| {
+                Error::Storage(format!("job {} got a lease token of {} bytes", row.id, row.token.len()))
+            })?;
+            let headers = match row.headers {
                 None => Default::default(),
                 Some(text) => serde_json::from_str(&text)
-                    .map_err(|e| Error::Storage(format!("job {id} has unreadable headers: {e}")))?,
+                    .map_err(|e| Error::Storage(format!("job {} has unreadable headers: {e}", row.id)))?,
             };
             out.push(LeasedJob {
-                id: JobId::new(id as u64),
+                id: JobId::new(row.id as u64),
                 queue: name.clone(),
-                lease_token: token,
-                attempt: to_u32(attempt),
-                max_attempts: to_u32(max_attempts),
-                priority,
-                payload,
+                lease_token: LeaseToken::from_bytes(token),
+                attempt: to_u32(row.attempt),
+                max_attempts: to_u32(row.max_attempts),
+                priority: row.priority,
+                payload: row.payload,
                 headers,
-                dedup_id,
-                enqueued_at: Timestamp::from_millis(enqueued_at),
-                run_at: Timestamp::from_millis(run_at),
+                dedup_id: row.dedup_id,
+                enqueued_at: Timestamp::from_millis(row.enqueued_at),
+                run_at: Timestamp::from_millis(row.run_at),
                 lease_expires_at: expires_at,
             });
         }
-        if delivery != DeliveryMode::AtMostOnce && !out.is_empty() {
+        let to = if at_most_once { None } else { Some(state::LEASED) };
+        self.count_move_n(queue_id, Some(state::READY), to, out.len() as u64);
+        if !at_most_once && !out.is_empty() {
             self.lower_next_due(expires_at);
         }
         Ok(out)
@@ -588,8 +595,7 @@ impl State {
     fn live_lease(&self, conn: &Connection, id: JobId, token: &LeaseToken) -> Result<LiveLease> {
         let row = conn
             .prepare_cached(
-                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at, error_count \
-                 FROM jobs WHERE id = ?1",
+                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at FROM jobs WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([to_i64(id.get())], |r| {
@@ -600,21 +606,12 @@ impl State {
                         max_attempts: r.get(3)?,
                         token: r.get(4)?,
                         expires_at: r.get(5)?,
-                        error_count: r.get(6)?,
                     })
                 })
                 .optional()
             })
             .map_err(storage("reading a lease"))?;
-        let Some(LeaseRow {
-            queue_id,
-            state: job_state,
-            attempt,
-            max_attempts,
-            token: stored,
-            expires_at,
-            error_count,
-        }) = row
+        let Some(LeaseRow { queue_id, state: job_state, attempt, max_attempts, token: stored, expires_at }) = row
         else {
             return Err(Error::JobNotFound(id));
         };
@@ -624,20 +621,39 @@ impl State {
         if !live {
             return Err(Error::LeaseLost(id));
         }
-        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts, error_count })
+        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts })
     }
 
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
         let mut out = Vec::with_capacity(acks.len());
         for ack in acks {
-            out.push(match self.live_lease(conn, ack.id, &ack.lease_token) {
-                Ok(lease) => {
-                    delete_job(conn, lease.row_id, lease.error_count)?;
-                    self.count_move(lease.queue_id, Some(state::LEASED), None);
+            // The common case in one statement; only a miss pays for finding out why.
+            let deleted: Option<(i64, i64)> = conn
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id = ?1 AND state = 2 AND lease_token = ?2 AND lease_expires_at > ?3 \
+                     RETURNING queue_id, error_count",
+                )
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![to_i64(ack.id.get()), &ack.lease_token.as_bytes()[..], self.now.as_millis()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                })
+                .map_err(storage("acking a job"))?;
+            out.push(match deleted {
+                Some((queue_id, error_count)) => {
+                    if error_count > 0 {
+                        delete_errors(conn, to_i64(ack.id.get()))?;
+                    }
+                    self.count_move(queue_id, Some(state::LEASED), None);
                     Ok(())
                 }
-                Err(e) => Err(e),
+                None => match self.live_lease(conn, ack.id, &ack.lease_token) {
+                    Ok(_) => Err(Error::Storage(format!("job {} has a live lease that ack could not delete", ack.id))),
+                    Err(e) => Err(e),
+                },
             });
         }
         Ok(out)
@@ -742,15 +758,14 @@ impl State {
         let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
         let ids: Vec<i64> = match &redrive.ids {
             Some(ids) => {
+                // Oldest first, as for "all": the limit keeps the lowest ids whatever the request order.
+                let mut ids: Vec<i64> = ids.iter().map(|id| to_i64(id.get())).collect();
+                ids.sort_unstable();
+                ids.dedup();
                 let mut chosen = Vec::new();
-                let mut seen = HashSet::new();
-                for id in ids {
+                for row_id in ids {
                     if to_i64(chosen.len() as u64) >= limit {
                         break;
-                    }
-                    let row_id = to_i64(id.get());
-                    if !seen.insert(row_id) {
-                        continue;
                     }
                     let dead: bool = conn
                         .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND queue_id = ?2 AND state = 3")
@@ -825,6 +840,8 @@ struct ReadyRow {
     headers: Option<String>,
     payload: Vec<u8>,
     error_count: i64,
+    /// The new lease's token.
+    token: Vec<u8>,
 }
 
 /// The lease columns of a job row.
@@ -835,7 +852,6 @@ struct LeaseRow {
     max_attempts: i64,
     token: Option<Vec<u8>>,
     expires_at: Option<i64>,
-    error_count: i64,
 }
 
 /// A lease that [`State::live_lease`] found live.
@@ -844,7 +860,6 @@ struct LiveLease {
     queue_id: i64,
     attempt: i64,
     max_attempts: i64,
-    error_count: i64,
 }
 
 fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -> Result<()> {
@@ -854,15 +869,10 @@ fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -
     Ok(())
 }
 
-fn delete_job(conn: &Connection, id: i64, error_count: i64) -> Result<()> {
-    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")
+fn delete_errors(conn: &Connection, id: i64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM job_errors WHERE job_id = ?1")
         .and_then(|mut s| s.execute([id]))
-        .map_err(storage("deleting a job"))?;
-    if error_count > 0 {
-        conn.prepare_cached("DELETE FROM job_errors WHERE job_id = ?1")
-            .and_then(|mut s| s.execute([id]))
-            .map_err(storage("deleting a job's errors"))?;
-    }
+        .map_err(storage("deleting a job's errors"))?;
     Ok(())
 }
 

@@ -1,1 +1,1754 @@
-//! The reference model (filled in below).
+//! A simple, synchronous, in-memory reference model of one queue, and a harness that checks a
+//! real [`Store`] against it op by op.
+//!
+//! # Layout
+//!
+//! - [`Model`]: the reference model. It follows `docs/semantics.md` line by line, with no
+//!   indexes, no batching tricks and no concurrency, so that it is obviously right. Its job ids
+//!   are its own ([`ModelId`], assigned in enqueue order); its lease tokens are the index of the
+//!   lease among all leases ever handed out.
+//! - [`Op`] and [`ops`]: the operations a state-machine test applies, and a proptest strategy
+//!   producing sequences of them (stale tokens, forged tokens, unknown ids and clock advances of
+//!   every relevant size included).
+//! - [`check_against`]: applies ops to the model and to a real store side by side, maps ids and
+//!   tokens between them, and compares every outcome and every observation after each op.
+//!
+//! The queue config is fixed ([`model_config`]): no jitter, so backoff delays are exact.
+
+use std::collections::BTreeMap;
+
+use onceq_core::Clock;
+use onceq_core::{
+    AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, Jitter, Job, JobId,
+    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, QueueConfig,
+    QueueConfigPatch, QueueName, QueueStats, Redrive, Schedule, Store, Timestamp,
+};
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+/// The name of the one queue the harness drives.
+pub const MODEL_QUEUE: &str = "model";
+
+/// The error text a nack records when it names none (docs/semantics.md).
+const NACK_ERROR_DEFAULT: &str = "nacked";
+/// The error text a lease expiry records (docs/semantics.md).
+const EXPIRY_ERROR: &str = "lease expired";
+
+/// The fixed config of the model's queue: short timeouts so that small clock advances cross
+/// every boundary, no jitter so that backoff is exact.
+pub fn model_config() -> QueueConfig {
+    QueueConfig {
+        delivery: DeliveryMode::AtLeastOnce,
+        visibility_timeout_ms: 1_000,
+        max_attempts: 3,
+        backoff: Backoff { initial_ms: 200, max_ms: 800, multiplier: 2.0, jitter: Jitter::None },
+        dedup_window_ms: 5_000,
+    }
+}
+
+/// A job id in the model: the job's position in enqueue order (0-based), counting created jobs
+/// only. The store's ids are strictly increasing, so model id order is real id order.
+pub type ModelId = u64;
+
+/// Why a settle item was rejected (the two per-item errors of the seam).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `JobNotFound`: the job does not exist.
+    JobNotFound,
+    /// `LeaseLost`: the job exists, but the token is not its current live lease.
+    LeaseLost,
+}
+
+/// The outcome of one settle item.
+pub type ItemOutcome<T> = std::result::Result<T, Rejection>;
+
+/// Where a model job is in its lifecycle. Ready and scheduled are one phase: which of the two a
+/// waiting job is follows from its `run_at` and the model's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Ready or scheduled, by `run_at`.
+    Waiting,
+    /// Under a live lease (the model expires leases as soon as its time reaches their expiry).
+    Leased {
+        /// Index of the lease among all leases ever handed out.
+        token: u64,
+        /// The lease is live while `now < expires_at`.
+        expires_at: Timestamp,
+    },
+    /// Dead-lettered.
+    Dead,
+}
+
+/// One job of the model.
+#[derive(Debug, Clone)]
+struct ModelJob {
+    phase: Phase,
+    attempt: u32,
+    max_attempts: u32,
+    priority: i32,
+    payload: Vec<u8>,
+    headers: Headers,
+    dedup_id: Option<String>,
+    enqueued_at: Timestamp,
+    run_at: Timestamp,
+    errors: Vec<AttemptError>,
+}
+
+/// What the model says a job looks like to `job_get` and `dead_list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobView {
+    /// The job.
+    pub id: ModelId,
+    /// Its state as of the model's time.
+    pub state: JobState,
+    /// Leases so far.
+    pub attempt: u32,
+    /// Leases allowed.
+    pub max_attempts: u32,
+    /// Priority.
+    pub priority: i32,
+    /// Payload, as text (the harness's payloads are JSON; invalid UTF-8 shows as U+FFFD).
+    pub payload: String,
+    /// Headers.
+    pub headers: Headers,
+    /// Producer dedup id.
+    pub dedup_id: Option<String>,
+    /// When it was enqueued.
+    pub enqueued_at: Timestamp,
+    /// When it became or becomes ready; `None` for a dead job, whose `run_at` the semantics
+    /// leave open.
+    pub run_at: Option<Timestamp>,
+    /// When its lease expires, while leased.
+    pub lease_expires_at: Option<Timestamp>,
+    /// The error of every failed attempt, oldest first.
+    pub errors: Vec<AttemptError>,
+}
+
+impl JobView {
+    /// The view of a real job, with its id mapped to a model id.
+    pub fn of_job(job: &Job, id: ModelId) -> Self {
+        JobView {
+            id,
+            state: job.state,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            payload: String::from_utf8_lossy(&job.payload).into_owned(),
+            headers: job.headers.clone(),
+            dedup_id: job.dedup_id.clone(),
+            enqueued_at: job.enqueued_at,
+            run_at: (job.state != JobState::Dead).then_some(job.run_at),
+            lease_expires_at: job.lease_expires_at,
+            errors: job.errors.clone(),
+        }
+    }
+}
+
+/// What the model says a lease call hands out, per job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedView {
+    /// The job.
+    pub id: ModelId,
+    /// This lease's attempt number.
+    pub attempt: u32,
+    /// Leases allowed.
+    pub max_attempts: u32,
+    /// Priority.
+    pub priority: i32,
+    /// Payload, as text.
+    pub payload: String,
+    /// Headers.
+    pub headers: Headers,
+    /// Producer dedup id.
+    pub dedup_id: Option<String>,
+    /// When it was enqueued.
+    pub enqueued_at: Timestamp,
+    /// When it became ready.
+    pub run_at: Timestamp,
+    /// When this lease expires.
+    pub lease_expires_at: Timestamp,
+}
+
+impl LeasedView {
+    /// The view of a real leased job, with its id mapped to a model id.
+    pub fn of_leased(job: &LeasedJob, id: ModelId) -> Self {
+        LeasedView {
+            id,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            payload: String::from_utf8_lossy(&job.payload).into_owned(),
+            headers: job.headers.clone(),
+            dedup_id: job.dedup_id.clone(),
+            enqueued_at: job.enqueued_at,
+            run_at: job.run_at,
+            lease_expires_at: job.lease_expires_at,
+        }
+    }
+}
+
+/// One job of an enqueue batch, as the model sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelNewJob {
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Headers.
+    pub headers: Headers,
+    /// Priority.
+    pub priority: i32,
+    /// When it becomes ready.
+    pub schedule: Schedule,
+    /// Its own max attempts, else the queue's.
+    pub max_attempts: Option<u32>,
+    /// Producer dedup id.
+    pub dedup_id: Option<String>,
+}
+
+impl ModelNewJob {
+    /// The same job as the seam's [`NewJob`].
+    pub fn to_new_job(&self) -> NewJob {
+        NewJob {
+            payload: self.payload.clone(),
+            headers: self.headers.clone(),
+            priority: self.priority,
+            schedule: self.schedule,
+            max_attempts: self.max_attempts,
+            dedup_id: self.dedup_id.clone(),
+        }
+    }
+}
+
+/// One nack item, as the model sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelNack {
+    /// The job.
+    pub id: ModelId,
+    /// The presented lease token; `None` is a token never handed out.
+    pub token: Option<u64>,
+    /// Run again after this delay; `None` lets the backoff decide.
+    pub delay_ms: Option<u64>,
+    /// Why; `None` records "nacked".
+    pub error: Option<String>,
+}
+
+/// The reference model of one at-least-once queue (docs/semantics.md).
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The model's clock.
+    now: Timestamp,
+    config: QueueConfig,
+    paused: bool,
+    /// Id of the next created job.
+    next_id: ModelId,
+    /// Live jobs (acked and purged jobs are removed).
+    jobs: BTreeMap<ModelId, ModelJob>,
+    /// Dedup id → (the job first enqueued with it, when the entry expires).
+    dedup: BTreeMap<String, (ModelId, Timestamp)>,
+    /// Every lease ever handed out, by token: the job it was on.
+    leases: Vec<ModelId>,
+}
+
+impl Model {
+    /// An empty queue with [`model_config`], its clock standing at `now`.
+    pub fn new(now: Timestamp) -> Self {
+        Model {
+            now,
+            config: model_config(),
+            paused: false,
+            next_id: 0,
+            jobs: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            leases: Vec::new(),
+        }
+    }
+
+    /// The model's current time.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The queue's config.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Whether leasing is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// How many jobs have been created (model ids `0..created()` have been assigned).
+    pub fn created(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Every lease ever handed out, by token: the job each was on.
+    pub fn leases(&self) -> &[ModelId] {
+        &self.leases
+    }
+
+    /// Moves the clock forward by `ms` and applies every transition that became due: expired
+    /// leases record "lease expired" at their expiry, then go dead or ready (with `run_at` =
+    /// the expiry). Scheduled jobs need nothing: readiness follows from `run_at`.
+    pub fn advance(&mut self, ms: u64) {
+        self.now = self.now.plus_ms(ms);
+        let now = self.now;
+        for job in self.jobs.values_mut() {
+            let Phase::Leased { expires_at, .. } = job.phase else { continue };
+            if now < expires_at {
+                continue;
+            }
+            job.errors.push(AttemptError { attempt: job.attempt, error: EXPIRY_ERROR.into(), at: expires_at });
+            if job.attempt >= job.max_attempts {
+                job.phase = Phase::Dead;
+            } else {
+                job.phase = Phase::Waiting;
+                job.run_at = expires_at;
+            }
+        }
+    }
+
+    /// Enqueues a batch; returns `(id, duplicate)` per job, in request order.
+    pub fn enqueue(&mut self, batch: &[ModelNewJob]) -> Vec<(ModelId, bool)> {
+        let now = self.now;
+        let mut out = Vec::with_capacity(batch.len());
+        for new in batch {
+            if let Some(dedup_id) = &new.dedup_id {
+                if let Some(&(original, expires_at)) = self.dedup.get(dedup_id) {
+                    if now < expires_at {
+                        out.push((original, true));
+                        continue;
+                    }
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            if let Some(dedup_id) = &new.dedup_id {
+                self.dedup.insert(dedup_id.clone(), (id, now.plus_ms(self.config.dedup_window_ms)));
+            }
+            let run_at = match new.schedule {
+                Schedule::Now => now,
+                Schedule::Delay { delay_ms } => now.plus_ms(delay_ms),
+                Schedule::At(at) => at.max(now),
+            };
+            self.jobs.insert(
+                id,
+                ModelJob {
+                    phase: Phase::Waiting,
+                    attempt: 0,
+                    max_attempts: new.max_attempts.unwrap_or(self.config.max_attempts),
+                    priority: new.priority,
+                    payload: new.payload.clone(),
+                    headers: new.headers.clone(),
+                    dedup_id: new.dedup_id.clone(),
+                    enqueued_at: now,
+                    run_at,
+                    errors: Vec::new(),
+                },
+            );
+            out.push((id, false));
+        }
+        out
+    }
+
+    /// Leases up to `max_jobs` ready jobs: priority desc, `run_at` asc, id asc. Each gets the
+    /// next token (its index in [`Model::leases`]).
+    pub fn lease(&mut self, max_jobs: u32, visibility_timeout_ms: Option<u64>) -> Vec<LeasedView> {
+        if self.paused {
+            return Vec::new();
+        }
+        let now = self.now;
+        let mut ready: Vec<(i32, Timestamp, ModelId)> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.phase == Phase::Waiting && job.run_at <= now)
+            .map(|(&id, job)| (job.priority, job.run_at, id))
+            .collect();
+        ready.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let expires_at = now.plus_ms(visibility_timeout_ms.unwrap_or(self.config.visibility_timeout_ms));
+        let mut out = Vec::new();
+        for (_, _, id) in ready.into_iter().take(max_jobs as usize) {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let token = self.leases.len() as u64;
+            self.leases.push(id);
+            job.attempt += 1;
+            job.phase = Phase::Leased { token, expires_at };
+            out.push(LeasedView {
+                id,
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                priority: job.priority,
+                payload: String::from_utf8_lossy(&job.payload).into_owned(),
+                headers: job.headers.clone(),
+                dedup_id: job.dedup_id.clone(),
+                enqueued_at: job.enqueued_at,
+                run_at: job.run_at,
+                lease_expires_at: expires_at,
+            });
+        }
+        out
+    }
+
+    /// The job under lease `token` (`None`: a token never handed out), or the rejection.
+    fn leased_job(&mut self, id: ModelId, token: Option<u64>) -> ItemOutcome<&mut ModelJob> {
+        let now = self.now;
+        let job = self.jobs.get_mut(&id).ok_or(Rejection::JobNotFound)?;
+        match (job.phase, token) {
+            (Phase::Leased { token: current, expires_at }, Some(presented))
+                if current == presented && now < expires_at =>
+            {
+                Ok(job)
+            }
+            _ => Err(Rejection::LeaseLost),
+        }
+    }
+
+    /// Acks `(job, token)` items, each judged on the state the earlier ones left.
+    pub fn ack(&mut self, items: &[(ModelId, Option<u64>)]) -> Vec<ItemOutcome<()>> {
+        items
+            .iter()
+            .map(|&(id, token)| {
+                self.leased_job(id, token)?;
+                self.jobs.remove(&id);
+                Ok(())
+            })
+            .collect()
+    }
+
+    /// Nacks items, each judged on the state the earlier ones left.
+    pub fn nack(&mut self, items: &[ModelNack]) -> Vec<ItemOutcome<NackOutcome>> {
+        let now = self.now;
+        let backoff = self.config.backoff.clone();
+        items
+            .iter()
+            .map(|ModelNack { id, token, delay_ms, error }| {
+                let job = self.leased_job(*id, *token)?;
+                let error = error.clone().unwrap_or_else(|| NACK_ERROR_DEFAULT.into());
+                job.errors.push(AttemptError { attempt: job.attempt, error, at: now });
+                if job.attempt >= job.max_attempts {
+                    job.phase = Phase::Dead;
+                    return Ok(NackOutcome::Dead);
+                }
+                let delay = delay_ms.unwrap_or_else(|| backoff.base_delay_ms(job.attempt));
+                job.phase = Phase::Waiting;
+                job.run_at = now.plus_ms(delay);
+                Ok(NackOutcome::Retrying { run_at: job.run_at })
+            })
+            .collect()
+    }
+
+    /// Extends `(job, token, visibility_timeout_ms)` items; returns each new expiry.
+    pub fn extend(&mut self, items: &[(ModelId, Option<u64>, u64)]) -> Vec<ItemOutcome<Timestamp>> {
+        let now = self.now;
+        items
+            .iter()
+            .map(|&(id, token, visibility_timeout_ms)| {
+                let job = self.leased_job(id, token)?;
+                let Phase::Leased { token, .. } = job.phase else { return Err(Rejection::LeaseLost) };
+                let expires_at = now.plus_ms(visibility_timeout_ms);
+                job.phase = Phase::Leased { token, expires_at };
+                Ok(expires_at)
+            })
+            .collect()
+    }
+
+    /// Fails `(job, token, error)` items: dead now, whatever the attempts left.
+    pub fn fail(&mut self, items: &[(ModelId, Option<u64>, String)]) -> Vec<ItemOutcome<()>> {
+        let now = self.now;
+        items
+            .iter()
+            .map(|(id, token, error)| {
+                let job = self.leased_job(*id, *token)?;
+                job.errors.push(AttemptError { attempt: job.attempt, error: error.clone(), at: now });
+                job.phase = Phase::Dead;
+                Ok(())
+            })
+            .collect()
+    }
+
+    /// Makes dead jobs ready again (`attempt = 0`, `run_at = now`, errors kept): the named ones
+    /// (others skipped) or all, oldest id first, at most `limit`. Returns how many.
+    pub fn redrive(&mut self, ids: Option<&[ModelId]>, limit: Option<u64>) -> u64 {
+        let now = self.now;
+        let chosen: Vec<ModelId> = self
+            .jobs
+            .iter()
+            .filter(|(id, job)| job.phase == Phase::Dead && ids.is_none_or(|named| named.contains(id)))
+            .map(|(&id, _)| id)
+            .take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
+            .collect();
+        for id in &chosen {
+            if let Some(job) = self.jobs.get_mut(id) {
+                job.phase = Phase::Waiting;
+                job.attempt = 0;
+                job.run_at = now;
+            }
+        }
+        chosen.len() as u64
+    }
+
+    /// Deletes every dead job; returns how many. Dedup entries stay until their window ends.
+    pub fn purge(&mut self) -> u64 {
+        let before = self.jobs.len();
+        self.jobs.retain(|_, job| job.phase != Phase::Dead);
+        (before - self.jobs.len()) as u64
+    }
+
+    /// Pauses leasing.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resumes leasing.
+    pub fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    /// Deletes the queue with its jobs and dedup entries, then creates it again (unpaused, same
+    /// config). Model ids and tokens keep counting: the store never reuses an id.
+    pub fn delete_and_recreate(&mut self) {
+        self.jobs.clear();
+        self.dedup.clear();
+        self.paused = false;
+    }
+
+    /// One job as `job_get` shows it; `None` when it does not exist (acked, purged, never created).
+    pub fn job(&self, id: ModelId) -> Option<JobView> {
+        let job = self.jobs.get(&id)?;
+        let (state, lease_expires_at) = match job.phase {
+            Phase::Waiting if job.run_at <= self.now => (JobState::Ready, None),
+            Phase::Waiting => (JobState::Scheduled, None),
+            Phase::Leased { expires_at, .. } => (JobState::Leased, Some(expires_at)),
+            Phase::Dead => (JobState::Dead, None),
+        };
+        Some(JobView {
+            id,
+            state,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            payload: String::from_utf8_lossy(&job.payload).into_owned(),
+            headers: job.headers.clone(),
+            dedup_id: job.dedup_id.clone(),
+            enqueued_at: job.enqueued_at,
+            run_at: (state != JobState::Dead).then_some(job.run_at),
+            lease_expires_at,
+            errors: job.errors.clone(),
+        })
+    }
+
+    /// One page of dead jobs in id order after `after` (exclusive), at most `limit`; `next` is
+    /// the last id on the page when more follow.
+    pub fn dead_list(&self, after: Option<ModelId>, limit: u32) -> (Vec<JobView>, Option<ModelId>) {
+        let dead: Vec<JobView> = self
+            .jobs
+            .keys()
+            .filter(|&&id| after.is_none_or(|a| id > a))
+            .filter_map(|&id| self.job(id))
+            .filter(|view| view.state == JobState::Dead)
+            .collect();
+        let limit = limit as usize;
+        let more = dead.len() > limit;
+        let page: Vec<JobView> = dead.into_iter().take(limit).collect();
+        let next = if more { page.last().map(|view| view.id) } else { None };
+        (page, next)
+    }
+
+    /// The queue's stats as of the model's time.
+    pub fn stats(&self) -> QueueStats {
+        let mut stats = QueueStats::default();
+        let mut oldest_ready: Option<Timestamp> = None;
+        for id in self.jobs.keys() {
+            let Some(view) = self.job(*id) else { continue };
+            match view.state {
+                JobState::Ready => {
+                    stats.ready += 1;
+                    if let Some(run_at) = view.run_at {
+                        oldest_ready = Some(oldest_ready.map_or(run_at, |oldest| oldest.min(run_at)));
+                    }
+                }
+                JobState::Scheduled => stats.scheduled += 1,
+                JobState::Leased => stats.leased += 1,
+                JobState::Dead => stats.dead += 1,
+            }
+        }
+        stats.oldest_ready_age_ms = oldest_ready.map(|run_at| self.now.ms_since(run_at));
+        stats
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations and their strategy
+// ---------------------------------------------------------------------------------------------
+
+/// When a generated job becomes ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecSchedule {
+    /// `Schedule::Now`.
+    Now,
+    /// `Schedule::Delay`.
+    Delay(u64),
+    /// `Schedule::At(now + offset)`: a negative offset is a time in the past.
+    AtOffset(i64),
+}
+
+/// One generated job of an enqueue op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// Distinguishes payloads (and, when even, adds a header).
+    pub tag: u16,
+    /// Priority.
+    pub priority: i32,
+    /// Schedule.
+    pub schedule: SpecSchedule,
+    /// Its own max attempts.
+    pub max_attempts: Option<u32>,
+    /// Dedup id `d<n>` from a small set, so that duplicates happen.
+    pub dedup: Option<u8>,
+}
+
+impl JobSpec {
+    /// The job, judged at `now` (for `AtOffset`).
+    pub fn to_model(&self, now: Timestamp) -> ModelNewJob {
+        let schedule = match self.schedule {
+            SpecSchedule::Now => Schedule::Now,
+            SpecSchedule::Delay(delay_ms) => Schedule::Delay { delay_ms },
+            SpecSchedule::AtOffset(offset) => Schedule::At(Timestamp::from_millis(now.as_millis() + offset)),
+        };
+        let mut headers = Headers::new();
+        if self.tag.is_multiple_of(2) {
+            headers.insert("tag".into(), self.tag.to_string());
+        }
+        ModelNewJob {
+            payload: format!("{{\"tag\":{}}}", self.tag).into_bytes(),
+            headers,
+            priority: self.priority,
+            schedule,
+            max_attempts: self.max_attempts,
+            dedup_id: self.dedup.map(|n| format!("d{n}")),
+        }
+    }
+}
+
+/// A job named by an op.
+#[derive(Debug, Clone)]
+pub enum JobPick {
+    /// One of the jobs created so far (acked and purged ones included), by index.
+    Known(Index),
+    /// An id the store never assigned.
+    Missing(u8),
+}
+
+/// The lease a settle item presents.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The k-th lease ever handed out (mostly stale ones: expired, settled, superseded).
+    Lease(Index),
+    /// The n-th most recent lease handed out (0 is the latest; mostly live ones).
+    Recent(u8),
+    /// A job with a token that was never handed out.
+    Forged(JobPick),
+}
+
+/// One step of a state-machine test.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `job_enqueue` of a batch.
+    Enqueue(Vec<JobSpec>),
+    /// `job_lease` without waiting.
+    Lease {
+        /// Most jobs.
+        max_jobs: u32,
+        /// Lease length; `None` uses the queue's.
+        visibility_timeout_ms: Option<u64>,
+    },
+    /// `job_ack`.
+    Ack(Vec<Target>),
+    /// `job_nack` with `(delay_ms, error)` per item.
+    Nack(Vec<(Target, Option<u64>, Option<String>)>),
+    /// `job_extend` with a visibility timeout per item.
+    Extend(Vec<(Target, u64)>),
+    /// `job_fail` with an error per item.
+    Fail(Vec<(Target, String)>),
+    /// Moves the clock forward.
+    Advance(u64),
+    /// `dead_redrive`: the named jobs (`None`: all), at most `limit`.
+    Redrive {
+        /// Named jobs.
+        ids: Option<Vec<JobPick>>,
+        /// Most jobs.
+        limit: Option<u64>,
+    },
+    /// `dead_purge`.
+    Purge,
+    /// `dead_list` of one page.
+    DeadList {
+        /// Start after this job.
+        after: Option<JobPick>,
+        /// Page size.
+        limit: u32,
+    },
+    /// `queue_pause`.
+    Pause,
+    /// `queue_resume`.
+    Resume,
+    /// `queue_delete`, then `queue_upsert` with [`model_config`] again.
+    DeleteQueue,
+}
+
+fn job_spec() -> impl Strategy<Value = JobSpec> {
+    let schedule = prop_oneof![
+        4 => Just(SpecSchedule::Now),
+        1 => Just(SpecSchedule::Delay(0)),
+        2 => (1u64..3_000).prop_map(SpecSchedule::Delay),
+        1 => (-2_000i64..2_000).prop_map(SpecSchedule::AtOffset),
+    ];
+    (
+        any::<u16>(),
+        prop_oneof![3 => Just(0), 1 => -2i32..=2],
+        schedule,
+        prop_oneof![4 => Just(None), 1 => Just(Some(1)), 1 => (1u32..=4).prop_map(Some)],
+        prop_oneof![2 => Just(None), 1 => (0u8..4).prop_map(Some)],
+    )
+        .prop_map(|(tag, priority, schedule, max_attempts, dedup)| JobSpec {
+            tag,
+            priority,
+            schedule,
+            max_attempts,
+            dedup,
+        })
+}
+
+fn job_pick() -> impl Strategy<Value = JobPick> {
+    prop_oneof![6 => any::<Index>().prop_map(JobPick::Known), 1 => (0u8..3).prop_map(JobPick::Missing)]
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        3 => any::<Index>().prop_map(Target::Lease),
+        8 => (0u8..3).prop_map(Target::Recent),
+        1 => job_pick().prop_map(Target::Forged),
+    ]
+}
+
+/// Settle batches: mostly one item, sometimes two or three (possibly naming one lease twice).
+fn batch<T: std::fmt::Debug + 'static>(item: impl Strategy<Value = T> + 'static) -> impl Strategy<Value = Vec<T>> {
+    let item = item.boxed();
+    prop_oneof![4 => prop::collection::vec(item.clone(), 1..=1), 1 => prop::collection::vec(item, 2..=3)]
+}
+
+/// Clock advances of every size that matters to [`model_config`]: none, a little, right at and
+/// around the visibility timeout, past backoff delays, past the dedup window.
+fn advance_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1 => Just(0u64),
+        4 => 1u64..=300,
+        2 => prop::sample::select(vec![199u64, 200, 400, 800, 999, 1_000, 1_001]),
+        2 => 300u64..=3_000,
+        1 => prop::sample::select(vec![4_999u64, 5_000, 5_001]),
+        1 => 3_000u64..=8_000,
+    ]
+}
+
+/// One op.
+pub fn op() -> impl Strategy<Value = Op> {
+    let error = || prop_oneof![Just(None), (0u8..3).prop_map(|n| Some(format!("boom {n}")))];
+    prop_oneof![
+        4 => prop::collection::vec(job_spec(), 1..=3).prop_map(Op::Enqueue),
+        5 => (1u32..=4, prop_oneof![3 => Just(None), 1 => prop::sample::select(vec![1u64, 300, 1_000, 3_000]).prop_map(Some)])
+            .prop_map(|(max_jobs, visibility_timeout_ms)| Op::Lease { max_jobs, visibility_timeout_ms }),
+        3 => batch(target()).prop_map(Op::Ack),
+        4 => batch((
+            target(),
+            prop_oneof![2 => Just(None), 1 => Just(Some(0u64)), 1 => (1u64..=600).prop_map(Some), 1 => Just(Some(5_000u64))],
+            error(),
+        ))
+        .prop_map(Op::Nack),
+        2 => batch((target(), prop::sample::select(vec![1u64, 300, 2_000]))).prop_map(Op::Extend),
+        2 => batch((target(), (0u8..3).prop_map(|n| format!("fatal {n}")))).prop_map(Op::Fail),
+        5 => advance_ms().prop_map(Op::Advance),
+        2 => (
+            prop_oneof![2 => Just(None), 1 => prop::collection::vec(job_pick(), 0..=3).prop_map(Some)],
+            prop_oneof![Just(None), (1u64..=3).prop_map(Some)],
+        )
+            .prop_map(|(ids, limit)| Op::Redrive { ids, limit }),
+        1 => Just(Op::Purge),
+        2 => (prop::option::of(job_pick()), 1u32..=3).prop_map(|(after, limit)| Op::DeadList { after, limit }),
+        1 => prop_oneof![Just(Op::Pause), Just(Op::Resume)],
+        1 => Just(Op::DeleteQueue),
+    ]
+}
+
+/// Sequences of 1 to 59 ops.
+pub fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 1..60)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness
+// ---------------------------------------------------------------------------------------------
+
+/// Real ids for model ids that name no job: far above anything a test store assigns, and
+/// within `i64` so that SQL backends can take them.
+const MISSING_ID_BASE: u64 = 1 << 50;
+
+/// A patch that sets every field of [`model_config`].
+fn model_patch() -> QueueConfigPatch {
+    let config = model_config();
+    QueueConfigPatch {
+        delivery: Some(config.delivery),
+        visibility_timeout_ms: Some(config.visibility_timeout_ms),
+        max_attempts: Some(config.max_attempts),
+        backoff: Some(config.backoff),
+        dedup_window_ms: Some(config.dedup_window_ms),
+    }
+}
+
+/// The model, the store's ids and tokens, and how each maps to the other.
+struct Harness {
+    model: Model,
+    queue: QueueName,
+    /// Real id of each created model job, by model id.
+    real_ids: Vec<JobId>,
+    /// Real token of each lease ever handed out, by model token.
+    real_tokens: Vec<LeaseToken>,
+    /// The model's time when the run began: the trace shows times relative to it.
+    start: Timestamp,
+    /// Each op applied so far, resolved into model terms with the model's outcome, so that a
+    /// failure reads without decoding proptest's `Index` values.
+    trace: Vec<String>,
+}
+
+/// A settle item resolved to both worlds.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    model_id: ModelId,
+    model_token: Option<u64>,
+    real_id: JobId,
+    real_token: LeaseToken,
+}
+
+/// A token the store never handed out (its tokens are 128 random bits).
+const FORGED_TOKEN: LeaseToken = LeaseToken::from_bytes([0x5a; 16]);
+
+impl Harness {
+    /// `t+<ms since the start>`.
+    fn at(&self, t: Timestamp) -> String {
+        format!("t+{}", t.ms_since(self.start))
+    }
+
+    fn job_name(&self, id: ModelId) -> String {
+        if id < self.model.created() {
+            format!("job {id}")
+        } else {
+            format!("never-created job {}", self.real_id(id))
+        }
+    }
+
+    fn item_name(&self, item: &Resolved) -> String {
+        match item.model_token {
+            Some(k) => format!("{} lease #{k}", self.job_name(item.model_id)),
+            None => format!("{} forged token", self.job_name(item.model_id)),
+        }
+    }
+
+    fn items_name(&self, items: &[Resolved]) -> String {
+        items.iter().map(|i| self.item_name(i)).collect::<Vec<_>>().join(", ")
+    }
+
+    fn real_id(&self, id: ModelId) -> JobId {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.real_ids.get(i).copied())
+            .unwrap_or_else(|| JobId::new(MISSING_ID_BASE + id.saturating_sub(u64::MAX / 2)))
+    }
+
+    fn model_id(&self, real: JobId) -> Result<ModelId, String> {
+        // Real ids grow with model ids, so the map is sorted.
+        self.real_ids
+            .binary_search(&real)
+            .map(|i| i as ModelId)
+            .map_err(|_| format!("the store returned job id {real}, which it never assigned in this run"))
+    }
+
+    /// Model ids of never-created jobs: `u64::MAX / 2 + n`, mapped to `MISSING_ID_BASE + n`.
+    fn pick(&self, pick: &JobPick) -> ModelId {
+        match pick {
+            JobPick::Known(index) if self.model.created() > 0 => index.index(self.model.created() as usize) as ModelId,
+            JobPick::Known(_) => u64::MAX / 2,
+            JobPick::Missing(n) => u64::MAX / 2 + u64::from(*n),
+        }
+    }
+
+    fn resolve(&self, target: &Target) -> Resolved {
+        let leases = self.model.leases();
+        let token = match target {
+            Target::Lease(index) if !leases.is_empty() => Some(index.index(leases.len())),
+            Target::Recent(n) if !leases.is_empty() => Some(leases.len() - 1 - usize::from(*n).min(leases.len() - 1)),
+            _ => None,
+        };
+        match token {
+            Some(k) => Resolved {
+                model_id: leases[k],
+                model_token: Some(k as u64),
+                real_id: self.real_id(leases[k]),
+                real_token: self.real_tokens[k],
+            },
+            None => {
+                let model_id = match target {
+                    Target::Forged(pick) => self.pick(pick),
+                    _ => u64::MAX / 2,
+                };
+                Resolved { model_id, model_token: None, real_id: self.real_id(model_id), real_token: FORGED_TOKEN }
+            }
+        }
+    }
+
+    /// Maps a real settle result onto the model's terms; any error but the two item errors on
+    /// the item's own id is a mismatch.
+    fn item<T>(&self, real: &onceq_core::Result<T>, item: &Resolved) -> Result<ItemOutcome<T>, String>
+    where
+        T: Clone,
+    {
+        match real {
+            Ok(value) => Ok(Ok(value.clone())),
+            Err(Error::JobNotFound(id)) if *id == item.real_id => Ok(Err(Rejection::JobNotFound)),
+            Err(Error::LeaseLost(id)) if *id == item.real_id => Ok(Err(Rejection::LeaseLost)),
+            Err(other) => Err(format!("item on job {} (model {}) failed with {other:?}", item.real_id, item.model_id)),
+        }
+    }
+
+    fn items<T: Clone>(
+        &self,
+        real: &[onceq_core::Result<T>],
+        items: &[Resolved],
+    ) -> Result<Vec<ItemOutcome<T>>, String> {
+        if real.len() != items.len() {
+            return Err(format!("{} items sent, {} results returned", items.len(), real.len()));
+        }
+        real.iter().zip(items).map(|(r, item)| self.item(r, item)).collect()
+    }
+
+    /// Applies one op to both; compares its outcome.
+    async fn apply<S: Store + ?Sized>(&mut self, store: &S, clock: &ManualClock, op: &Op) -> Result<(), String> {
+        let queue = &self.queue;
+        match op {
+            Op::Enqueue(specs) => {
+                let batch: Vec<ModelNewJob> = specs.iter().map(|s| s.to_model(self.model.now())).collect();
+                let real = store
+                    .job_enqueue(queue, batch.iter().map(ModelNewJob::to_new_job).collect())
+                    .await
+                    .map_err(|e| format!("job_enqueue failed: {e:?}"))?;
+                let created_before = self.model.created();
+                let expected = self.model.enqueue(&batch);
+                if real.len() != expected.len() {
+                    return Err(format!(
+                        "job_enqueue returned {} results for {} jobs: {real:?}",
+                        real.len(),
+                        batch.len()
+                    ));
+                }
+                // Learn the ids of the new jobs first (in request order), then map every result.
+                for (r, &(id, duplicate)) in real.iter().zip(&expected) {
+                    if !duplicate && id >= created_before {
+                        if self.real_ids.last().is_some_and(|last| *last >= r.id) {
+                            return Err(format!(
+                                "job_enqueue assigned id {} after id {:?}: ids must strictly increase ({real:?})",
+                                r.id,
+                                self.real_ids.last()
+                            ));
+                        }
+                        self.real_ids.push(r.id);
+                    }
+                }
+                let got: Vec<(ModelId, bool)> = real
+                    .iter()
+                    .map(|Enqueued { id, duplicate }| self.model_id(*id).map(|m| (m, *duplicate)))
+                    .collect::<Result<_, _>>()?;
+                let jobs: Vec<String> = batch
+                    .iter()
+                    .zip(&expected)
+                    .map(|(job, (id, duplicate))| {
+                        let schedule = match job.schedule {
+                            Schedule::Now => "now".to_owned(),
+                            Schedule::Delay { delay_ms } => format!("delay {delay_ms}"),
+                            Schedule::At(at) => format!("at {}", self.at(at)),
+                        };
+                        format!(
+                            "{{priority {}, {schedule}, max_attempts {:?}, dedup {:?}}} -> job {id}{}",
+                            job.priority,
+                            job.max_attempts,
+                            job.dedup_id,
+                            if *duplicate { " (duplicate)" } else { "" }
+                        )
+                    })
+                    .collect();
+                self.trace.push(format!("enqueue [{}]", jobs.join(", ")));
+                if got != expected {
+                    return Err(format!("job_enqueue returned {got:?} (model ids); the model says {expected:?}"));
+                }
+            }
+            Op::Lease { max_jobs, visibility_timeout_ms } => {
+                let options =
+                    LeaseOptions { max_jobs: *max_jobs, visibility_timeout_ms: *visibility_timeout_ms, wait_ms: 0 };
+                let real = store.job_lease(queue, options).await.map_err(|e| format!("job_lease failed: {e:?}"))?;
+                let first_token = self.model.leases().len();
+                let expected = self.model.lease(*max_jobs, *visibility_timeout_ms);
+                let leased: Vec<String> = expected
+                    .iter()
+                    .zip(first_token..)
+                    .map(|(l, k)| {
+                        format!("job {} attempt {} lease #{k} expires {}", l.id, l.attempt, self.at(l.lease_expires_at))
+                    })
+                    .collect();
+                self.trace.push(format!(
+                    "lease max_jobs {max_jobs}, visibility_timeout_ms {visibility_timeout_ms:?} -> [{}]",
+                    leased.join(", ")
+                ));
+                let mut got = Vec::with_capacity(real.len());
+                for job in &real {
+                    if job.queue != *queue {
+                        return Err(format!("job_lease returned job {} of queue {}", job.id, job.queue));
+                    }
+                    got.push(LeasedView::of_leased(job, self.model_id(job.id)?));
+                }
+                if got != expected {
+                    return Err(format!("job_lease returned {got:#?}\nthe model says {expected:#?}"));
+                }
+                debug_assert_eq!(self.model.leases().len(), first_token + real.len());
+                self.real_tokens.extend(real.iter().map(|job| job.lease_token));
+                let mut seen = std::collections::HashSet::new();
+                if !self.real_tokens.iter().all(|t| seen.insert(*t)) {
+                    return Err("job_lease handed out a token it had handed out before".into());
+                }
+            }
+            Op::Ack(targets) => {
+                let items: Vec<Resolved> = targets.iter().map(|t| self.resolve(t)).collect();
+                let refs: Vec<LeaseRef> =
+                    items.iter().map(|i| LeaseRef { id: i.real_id, lease_token: i.real_token }).collect();
+                let real = store.job_ack(&refs).await.map_err(|e| format!("job_ack failed: {e:?}"))?;
+                let got = self.items(&real, &items)?;
+                let expected = self.model.ack(&items.iter().map(|i| (i.model_id, i.model_token)).collect::<Vec<_>>());
+                self.trace.push(format!("ack [{}] -> {expected:?}", self.items_name(&items)));
+                if got != expected {
+                    return Err(format!("job_ack on {items:?} returned {got:?}; the model says {expected:?}"));
+                }
+            }
+            Op::Nack(specs) => {
+                let items: Vec<Resolved> = specs.iter().map(|(t, _, _)| self.resolve(t)).collect();
+                let nacks: Vec<Nack> = items
+                    .iter()
+                    .zip(specs)
+                    .map(|(i, (_, delay_ms, error))| Nack {
+                        id: i.real_id,
+                        lease_token: i.real_token,
+                        delay_ms: *delay_ms,
+                        error: error.clone(),
+                    })
+                    .collect();
+                let real = store.job_nack(&nacks).await.map_err(|e| format!("job_nack failed: {e:?}"))?;
+                let got = self.items(&real, &items)?;
+                let model_items: Vec<_> = items
+                    .iter()
+                    .zip(specs)
+                    .map(|(i, (_, delay_ms, error))| ModelNack {
+                        id: i.model_id,
+                        token: i.model_token,
+                        delay_ms: *delay_ms,
+                        error: error.clone(),
+                    })
+                    .collect();
+                let expected = self.model.nack(&model_items);
+                let described: Vec<String> = items
+                    .iter()
+                    .zip(&model_items)
+                    .map(|(i, n)| format!("{} delay_ms {:?}", self.item_name(i), n.delay_ms))
+                    .collect();
+                self.trace.push(format!("nack [{}] -> {expected:?}", described.join(", ")));
+                if got != expected {
+                    return Err(format!("job_nack on {nacks:?} returned {got:?}; the model says {expected:?}"));
+                }
+            }
+            Op::Extend(specs) => {
+                let items: Vec<Resolved> = specs.iter().map(|(t, _)| self.resolve(t)).collect();
+                let extends: Vec<Extend> = items
+                    .iter()
+                    .zip(specs)
+                    .map(|(i, (_, ms))| Extend { id: i.real_id, lease_token: i.real_token, visibility_timeout_ms: *ms })
+                    .collect();
+                let real = store.job_extend(&extends).await.map_err(|e| format!("job_extend failed: {e:?}"))?;
+                let got = self.items(&real, &items)?;
+                let model_items: Vec<_> =
+                    items.iter().zip(specs).map(|(i, (_, ms))| (i.model_id, i.model_token, *ms)).collect();
+                let expected = self.model.extend(&model_items);
+                let described: Vec<String> =
+                    items.iter().zip(specs).map(|(i, (_, ms))| format!("{} by {ms} ms", self.item_name(i))).collect();
+                let outcomes: Vec<_> = expected.iter().map(|o| o.map(|t| self.at(t))).collect();
+                self.trace.push(format!("extend [{}] -> {outcomes:?}", described.join(", ")));
+                if got != expected {
+                    return Err(format!("job_extend on {extends:?} returned {got:?}; the model says {expected:?}"));
+                }
+            }
+            Op::Fail(specs) => {
+                let items: Vec<Resolved> = specs.iter().map(|(t, _)| self.resolve(t)).collect();
+                let fails: Vec<Fail> = items
+                    .iter()
+                    .zip(specs)
+                    .map(|(i, (_, error))| Fail { id: i.real_id, lease_token: i.real_token, error: error.clone() })
+                    .collect();
+                let real = store.job_fail(&fails).await.map_err(|e| format!("job_fail failed: {e:?}"))?;
+                let got = self.items(&real, &items)?;
+                let model_items: Vec<_> =
+                    items.iter().zip(specs).map(|(i, (_, error))| (i.model_id, i.model_token, error.clone())).collect();
+                let expected = self.model.fail(&model_items);
+                self.trace.push(format!("fail [{}] -> {expected:?}", self.items_name(&items)));
+                if got != expected {
+                    return Err(format!("job_fail on {fails:?} returned {got:?}; the model says {expected:?}"));
+                }
+            }
+            Op::Advance(ms) => {
+                clock.advance(*ms);
+                self.model.advance(*ms);
+                self.trace.push(format!("advance {ms} ms -> {}", self.at(self.model.now())));
+            }
+            Op::Redrive { ids, limit } => {
+                let model_ids: Option<Vec<ModelId>> = ids.as_ref().map(|picks| {
+                    let mut named: Vec<ModelId> = Vec::new();
+                    for pick in picks {
+                        let id = self.pick(pick);
+                        if !named.contains(&id) {
+                            named.push(id);
+                        }
+                    }
+                    named
+                });
+                let redrive = Redrive {
+                    ids: model_ids.as_ref().map(|named| named.iter().map(|&m| self.real_id(m)).collect()),
+                    limit: *limit,
+                };
+                let real = store
+                    .dead_redrive(queue, redrive.clone())
+                    .await
+                    .map_err(|e| format!("dead_redrive({redrive:?}) failed: {e:?}"))?;
+                let expected = self.model.redrive(model_ids.as_deref(), *limit);
+                let named = model_ids.as_ref().map(|ids| ids.iter().map(|&m| self.job_name(m)).collect::<Vec<_>>());
+                self.trace.push(format!("redrive ids {named:?} limit {limit:?} -> {expected}"));
+                if real != expected {
+                    return Err(format!("dead_redrive({redrive:?}) returned {real}; the model says {expected}"));
+                }
+            }
+            Op::Purge => {
+                let real = store.dead_purge(queue).await.map_err(|e| format!("dead_purge failed: {e:?}"))?;
+                let expected = self.model.purge();
+                self.trace.push(format!("purge -> {expected}"));
+                if real != expected {
+                    return Err(format!("dead_purge returned {real}; the model says {expected}"));
+                }
+            }
+            Op::DeadList { after, limit } => {
+                let after = after.as_ref().map(|pick| self.pick(pick));
+                let page = DeadPage { after: after.map(|m| self.real_id(m)), limit: *limit };
+                let real =
+                    store.dead_list(queue, page).await.map_err(|e| format!("dead_list({page:?}) failed: {e:?}"))?;
+                let mut jobs = Vec::with_capacity(real.jobs.len());
+                for job in &real.jobs {
+                    jobs.push(JobView::of_job(job, self.model_id(job.id)?));
+                }
+                let next = real.next.map(|id| self.model_id(id)).transpose()?;
+                // A never-created `after` is above every id in both worlds: the page is empty.
+                let expected = self.model.dead_list(after, *limit);
+                let ids: Vec<ModelId> = expected.0.iter().map(|j| j.id).collect();
+                let after_name = after.map(|m| self.job_name(m));
+                self.trace
+                    .push(format!("dead_list after {after_name:?} limit {limit} -> {ids:?} next {:?}", expected.1));
+                if (&jobs, next) != (&expected.0, expected.1) {
+                    return Err(format!(
+                        "dead_list({page:?}) returned {jobs:#?} next {next:?}\nthe model says {:#?} next {:?}",
+                        expected.0, expected.1
+                    ));
+                }
+            }
+            Op::Pause => {
+                store.queue_pause(queue).await.map_err(|e| format!("queue_pause failed: {e:?}"))?;
+                self.model.pause();
+                self.trace.push("pause".into());
+            }
+            Op::Resume => {
+                store.queue_resume(queue).await.map_err(|e| format!("queue_resume failed: {e:?}"))?;
+                self.model.resume();
+                self.trace.push("resume".into());
+            }
+            Op::DeleteQueue => {
+                store.queue_delete(queue).await.map_err(|e| format!("queue_delete failed: {e:?}"))?;
+                match store.queue_get(queue).await {
+                    Err(Error::QueueNotFound(name)) if name == *queue => {}
+                    other => return Err(format!("queue_get after queue_delete returned {other:?}")),
+                }
+                let upserted = store
+                    .queue_upsert(queue, model_patch())
+                    .await
+                    .map_err(|e| format!("queue_upsert failed: {e:?}"))?;
+                if upserted != model_config() {
+                    return Err(format!("queue_upsert returned {upserted:?}; expected {:?}", model_config()));
+                }
+                self.model.delete_and_recreate();
+                self.trace.push("queue_delete, queue_upsert".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares every observation: the clock, the queue (config, pause flag, stats) and every
+    /// job ever created.
+    async fn observe<S: Store + ?Sized>(&self, store: &S, clock: &ManualClock) -> Result<(), String> {
+        if clock.now() != self.model.now() {
+            return Err(format!("the clock reads {}, the model {}", clock.now(), self.model.now()));
+        }
+        let info = store.queue_get(&self.queue).await.map_err(|e| format!("queue_get failed: {e:?}"))?;
+        if info.config != *self.model.config() {
+            return Err(format!("queue config is {:?}; the model's is {:?}", info.config, self.model.config()));
+        }
+        if info.paused != self.model.paused() {
+            return Err(format!("queue paused is {}; the model says {}", info.paused, self.model.paused()));
+        }
+        for (m, &real_id) in self.real_ids.iter().enumerate() {
+            let m = m as ModelId;
+            let expected = self.model.job(m);
+            match (store.job_get(real_id).await, expected) {
+                (Ok(job), Some(expected)) => {
+                    if job.id != real_id || job.queue != self.queue {
+                        return Err(format!("job_get({real_id}) returned job {} of queue {}", job.id, job.queue));
+                    }
+                    let got = JobView::of_job(&job, m);
+                    if got != expected {
+                        return Err(format!(
+                            "job_get({real_id}) (model {m}) returned {got:#?}\nthe model says {expected:#?}"
+                        ));
+                    }
+                }
+                (Err(Error::JobNotFound(id)), None) if id == real_id => {}
+                (got, expected) => {
+                    return Err(format!("job_get({real_id}) (model {m}) returned {got:?}; the model says {expected:?}"))
+                }
+            }
+        }
+        // Stats last: a job-level mismatch says more than a count.
+        let expected = self.model.stats();
+        if info.stats != expected {
+            return Err(format!("queue stats are {:?}; the model says {expected:?}", info.stats));
+        }
+        Ok(())
+    }
+}
+
+/// Applies `ops` to a fresh [`Model`] and to `store` side by side, on the queue [`MODEL_QUEUE`]
+/// (created first with [`model_config`]), and compares, after each op, its outcome (ids and
+/// duplicate flags, leased jobs, each settle item's result, counts, pages) and every
+/// observation (queue config, pause flag and stats, and `job_get` of every job ever created).
+///
+/// `store` must be empty and judge time by `clock`, which only this function advances. Returns a
+/// description of the first mismatch, naming the op's index.
+pub async fn check_against<S: Store + ?Sized>(store: &S, clock: &ManualClock, ops: &[Op]) -> Result<(), String> {
+    let queue = QueueName::new(MODEL_QUEUE).map_err(|e| e.to_string())?;
+    let config = model_config();
+    let upserted =
+        store.queue_upsert(&queue, model_patch()).await.map_err(|e| format!("queue_upsert failed: {e:?}"))?;
+    if upserted != config {
+        return Err(format!("queue_upsert returned {upserted:?}; expected {config:?}"));
+    }
+    let mut harness = Harness {
+        model: Model::new(clock.now()),
+        queue,
+        real_ids: Vec::new(),
+        real_tokens: Vec::new(),
+        start: clock.now(),
+        trace: Vec::new(),
+    };
+    harness.observe(store, clock).await.map_err(|e| format!("before op 0: {e}"))?;
+    for (i, op) in ops.iter().enumerate() {
+        let result = match harness.apply(store, clock, op).await {
+            Ok(()) => harness.observe(store, clock).await.map_err(|e| format!("after op {i}: {e}")),
+            Err(e) => Err(format!("op {i}: {e}")),
+        };
+        if let Err(mismatch) = result {
+            let trace: Vec<String> = harness.trace.iter().enumerate().map(|(i, t)| format!("  op {i}: {t}")).collect();
+            return Err(format!(
+                "{mismatch}\n\nThe ops in model terms (job n = the n-th job created, lease #k = the k-th lease \
+                 handed out, t+ms = time since the start; outcomes are the model's):\n{}",
+                trace.join("\n")
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The harness checked against the model itself, served through the seam: every sequence
+    //! must pass, and a store with one boundary off by a millisecond must be caught.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+
+    use super::*;
+
+    /// The model behind the seam. `late_by_ms` makes it judge time that much late: a bug.
+    struct ModelStore {
+        clock: Arc<ManualClock>,
+        late_by_ms: u64,
+        inner: Mutex<(Model, HashMap<LeaseToken, u64>)>,
+        /// Between a `queue_delete` and the next `queue_upsert`.
+        deleted: Mutex<bool>,
+    }
+
+    impl ModelStore {
+        fn new(clock: Arc<ManualClock>, late_by_ms: u64) -> Self {
+            let model = Model::new(clock.now());
+            ModelStore { clock, late_by_ms, inner: Mutex::new((model, HashMap::new())), deleted: Mutex::new(false) }
+        }
+
+        /// Runs `f` on the model brought up to the clock's time.
+        fn with<T>(&self, f: impl FnOnce(&mut Model, &mut HashMap<LeaseToken, u64>) -> T) -> T {
+            let mut guard = self.inner.lock().unwrap();
+            let (model, tokens) = &mut *guard;
+            let target = Timestamp::from_millis(self.clock.now().as_millis() - self.late_by_ms as i64);
+            model.advance(target.ms_since(model.now()));
+            f(model, tokens)
+        }
+    }
+
+    fn model_id(id: JobId) -> ModelId {
+        id.get() - 1
+    }
+
+    fn real_id(id: ModelId) -> JobId {
+        JobId::new(id + 1)
+    }
+
+    fn to_job(view: JobView) -> Job {
+        Job {
+            id: real_id(view.id),
+            queue: QueueName::new(MODEL_QUEUE).unwrap(),
+            state: view.state,
+            attempt: view.attempt,
+            max_attempts: view.max_attempts,
+            priority: view.priority,
+            payload: view.payload.into_bytes(),
+            headers: view.headers,
+            dedup_id: view.dedup_id,
+            enqueued_at: view.enqueued_at,
+            run_at: view.run_at.unwrap_or(view.enqueued_at),
+            lease_expires_at: view.lease_expires_at,
+            errors: view.errors,
+        }
+    }
+
+    fn settled<T>(ids: impl Iterator<Item = JobId>, outcomes: Vec<ItemOutcome<T>>) -> ItemResults<T> {
+        ids.zip(outcomes)
+            .map(|(id, outcome)| match outcome {
+                Ok(value) => Ok(value),
+                Err(Rejection::JobNotFound) => Err(Error::JobNotFound(id)),
+                Err(Rejection::LeaseLost) => Err(Error::LeaseLost(id)),
+            })
+            .collect()
+    }
+
+    #[async_trait]
+    impl Store for ModelStore {
+        async fn dead_list(&self, _queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+            self.with(|model, _| {
+                let (jobs, next) = model.dead_list(page.after.map(model_id), page.limit);
+                Ok(DeadList { jobs: jobs.into_iter().map(to_job).collect(), next: next.map(real_id) })
+            })
+        }
+        async fn dead_purge(&self, _queue: &QueueName) -> Result<u64> {
+            self.with(|model, _| Ok(model.purge()))
+        }
+        async fn dead_redrive(&self, _queue: &QueueName, redrive: Redrive) -> Result<u64> {
+            let ids: Option<Vec<ModelId>> = redrive.ids.map(|ids| ids.into_iter().map(model_id).collect());
+            self.with(|model, _| Ok(model.redrive(ids.as_deref(), redrive.limit)))
+        }
+        async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+            self.with(|model, tokens| {
+                let items: Vec<_> =
+                    acks.iter().map(|a| (model_id(a.id), tokens.get(&a.lease_token).copied())).collect();
+                Ok(settled(acks.iter().map(|a| a.id), model.ack(&items)))
+            })
+        }
+        async fn job_enqueue(&self, _queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+            let batch: Vec<ModelNewJob> = jobs
+                .into_iter()
+                .map(|j| ModelNewJob {
+                    payload: j.payload,
+                    headers: j.headers,
+                    priority: j.priority,
+                    schedule: j.schedule,
+                    max_attempts: j.max_attempts,
+                    dedup_id: j.dedup_id,
+                })
+                .collect();
+            self.with(|model, _| {
+                Ok(model
+                    .enqueue(&batch)
+                    .into_iter()
+                    .map(|(id, duplicate)| Enqueued { id: real_id(id), duplicate })
+                    .collect())
+            })
+        }
+        async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+            self.with(|model, tokens| {
+                let items: Vec<_> = extends
+                    .iter()
+                    .map(|e| (model_id(e.id), tokens.get(&e.lease_token).copied(), e.visibility_timeout_ms))
+                    .collect();
+                Ok(settled(extends.iter().map(|e| e.id), model.extend(&items)))
+            })
+        }
+        async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+            self.with(|model, tokens| {
+                let items: Vec<_> = fails
+                    .iter()
+                    .map(|f| (model_id(f.id), tokens.get(&f.lease_token).copied(), f.error.clone()))
+                    .collect();
+                Ok(settled(fails.iter().map(|f| f.id), model.fail(&items)))
+            })
+        }
+        async fn job_get(&self, id: JobId) -> Result<Job> {
+            self.with(|model, _| model.job(model_id(id)).map(to_job).ok_or(Error::JobNotFound(id)))
+        }
+        async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+            self.with(|model, tokens| {
+                let first = model.leases().len() as u64;
+                let leased = model.lease(options.max_jobs, options.visibility_timeout_ms);
+                Ok(leased
+                    .into_iter()
+                    .zip(first..)
+                    .map(|(view, k)| {
+                        let token = LeaseToken::random();
+                        tokens.insert(token, k);
+                        LeasedJob {
+                            id: real_id(view.id),
+                            queue: queue.clone(),
+                            lease_token: token,
+                            attempt: view.attempt,
+                            max_attempts: view.max_attempts,
+                            priority: view.priority,
+                            payload: view.payload.into_bytes(),
+                            headers: view.headers,
+                            dedup_id: view.dedup_id,
+                            enqueued_at: view.enqueued_at,
+                            run_at: view.run_at,
+                            lease_expires_at: view.lease_expires_at,
+                        }
+                    })
+                    .collect())
+            })
+        }
+        async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+            self.with(|model, tokens| {
+                let items: Vec<_> = nacks
+                    .iter()
+                    .map(|n| ModelNack {
+                        id: model_id(n.id),
+                        token: tokens.get(&n.lease_token).copied(),
+                        delay_ms: n.delay_ms,
+                        error: n.error.clone(),
+                    })
+                    .collect();
+                Ok(settled(nacks.iter().map(|n| n.id), model.nack(&items)))
+            })
+        }
+        async fn queue_delete(&self, _queue: &QueueName) -> Result<()> {
+            self.with(|model, _| model.delete_and_recreate());
+            *self.deleted.lock().unwrap() = true;
+            Ok(())
+        }
+        async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
+            if *self.deleted.lock().unwrap() {
+                return Err(Error::QueueNotFound(queue.clone()));
+            }
+            self.with(|model, _| {
+                Ok(QueueInfo {
+                    name: queue.clone(),
+                    config: model.config().clone(),
+                    paused: model.paused(),
+                    stats: model.stats(),
+                })
+            })
+        }
+        async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+            Ok(Vec::new())
+        }
+        async fn queue_pause(&self, _queue: &QueueName) -> Result<()> {
+            self.with(|model, _| model.pause());
+            Ok(())
+        }
+        async fn queue_resume(&self, _queue: &QueueName) -> Result<()> {
+            self.with(|model, _| model.resume());
+            Ok(())
+        }
+        async fn queue_upsert(&self, _queue: &QueueName, _patch: QueueConfigPatch) -> Result<QueueConfig> {
+            *self.deleted.lock().unwrap() = false;
+            Ok(model_config())
+        }
+    }
+
+    fn run(ops: &[Op], late_by_ms: u64) -> std::result::Result<(), String> {
+        let clock = ManualClock::at_default_start();
+        let store = ModelStore::new(clock.clone(), late_by_ms);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(check_against(&store, &clock, ops))
+    }
+
+    #[test]
+    fn the_model_served_through_the_seam_matches_itself() {
+        let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&ops(), |ops| {
+                run(&ops, 0).map_err(proptest::test_runner::TestCaseError::fail)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_store_that_judges_time_a_millisecond_late_is_caught() {
+        let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+        let result = runner.run(&ops(), |ops| {
+            run(&ops, 1).map_err(proptest::test_runner::TestCaseError::fail)?;
+            Ok(())
+        });
+        let Err(proptest::test_runner::TestError::Fail(reason, minimal)) = result else {
+            panic!("the harness missed a store judging time 1 ms late: {result:?}");
+        };
+        assert!(reason.message().contains("op "), "the mismatch names no op: {reason}");
+        assert!(minimal.len() <= 4, "shrinking left {} ops: {minimal:?}", minimal.len());
+    }
+
+    /// Drives the model alone through `ops` (resolving targets as the harness does) and counts
+    /// the outcomes that matter.
+    fn tally(ops: &[Op], counts: &mut BTreeMap<&'static str, u64>) {
+        let mut harness = Harness {
+            model: Model::new(Timestamp::from_millis(1_000_000)),
+            queue: QueueName::new(MODEL_QUEUE).unwrap(),
+            real_ids: Vec::new(),
+            real_tokens: Vec::new(),
+            start: Timestamp::from_millis(1_000_000),
+            trace: Vec::new(),
+        };
+        let mut dedup_ids_seen = std::collections::HashSet::new();
+        let mut count = |key: &'static str| *counts.entry(key).or_default() += 1;
+        for op in ops {
+            let before: Vec<Option<JobView>> = (0..harness.model.created()).map(|m| harness.model.job(m)).collect();
+            match op {
+                Op::Enqueue(specs) => {
+                    let batch: Vec<_> = specs.iter().map(|s| s.to_model(harness.model.now())).collect();
+                    for (id, duplicate) in harness.model.enqueue(&batch) {
+                        count(if duplicate { "enqueue duplicate" } else { "enqueue new" });
+                        if !duplicate && id as usize == harness.real_ids.len() {
+                            harness.real_ids.push(real_id(id));
+                            let dedup_id = harness.model.job(id).and_then(|j| j.dedup_id);
+                            if dedup_id.is_some_and(|d| !dedup_ids_seen.insert(d)) {
+                                count("dedup id reused after its window");
+                            }
+                        }
+                    }
+                }
+                Op::Lease { max_jobs, visibility_timeout_ms } => {
+                    let leased = harness.model.lease(*max_jobs, *visibility_timeout_ms);
+                    count(if leased.is_empty() { "lease empty" } else { "lease some" });
+                    if leased.iter().any(|l| l.attempt > 1) {
+                        count("redelivery");
+                    }
+                    harness.real_tokens.extend(leased.iter().map(|_| LeaseToken::random()));
+                }
+                Op::Ack(targets) => {
+                    let items: Vec<_> =
+                        targets.iter().map(|t| harness.resolve(t)).map(|r| (r.model_id, r.model_token)).collect();
+                    for outcome in harness.model.ack(&items) {
+                        count(match outcome {
+                            Ok(()) => "ack ok",
+                            Err(Rejection::LeaseLost) => "ack lease lost",
+                            Err(Rejection::JobNotFound) => "ack job not found",
+                        });
+                    }
+                }
+                Op::Nack(specs) => {
+                    let items: Vec<_> = specs
+                        .iter()
+                        .map(|(t, d, e)| {
+                            let r = harness.resolve(t);
+                            ModelNack { id: r.model_id, token: r.model_token, delay_ms: *d, error: e.clone() }
+                        })
+                        .collect();
+                    for outcome in harness.model.nack(&items) {
+                        count(match outcome {
+                            Ok(NackOutcome::Dead) => "nack dead",
+                            Ok(NackOutcome::Retrying { .. }) => "nack retrying",
+                            Err(_) => "nack rejected",
+                        });
+                    }
+                }
+                Op::Extend(specs) => {
+                    let items: Vec<_> = specs
+                        .iter()
+                        .map(|(t, ms)| {
+                            let r = harness.resolve(t);
+                            (r.model_id, r.model_token, *ms)
+                        })
+                        .collect();
+                    for outcome in harness.model.extend(&items) {
+                        count(if outcome.is_ok() { "extend ok" } else { "extend rejected" });
+                    }
+                }
+                Op::Fail(specs) => {
+                    let items: Vec<_> = specs
+                        .iter()
+                        .map(|(t, e)| {
+                            let r = harness.resolve(t);
+                            (r.model_id, r.model_token, e.clone())
+                        })
+                        .collect();
+                    for outcome in harness.model.fail(&items) {
+                        count(if outcome.is_ok() { "fail ok" } else { "fail rejected" });
+                    }
+                }
+                Op::Advance(ms) => {
+                    harness.model.advance(*ms);
+                    for (m, was) in before.iter().enumerate() {
+                        let now = harness.model.job(m as ModelId);
+                        let (Some(was), Some(now)) = (was, now) else { continue };
+                        if was.state == JobState::Leased && now.state == JobState::Dead {
+                            count("expiry to dead");
+                        }
+                        if was.state == JobState::Leased && now.state == JobState::Ready {
+                            count("expiry to ready");
+                        }
+                        if was.state == JobState::Scheduled && now.state == JobState::Ready {
+                            count("scheduled to ready");
+                        }
+                    }
+                }
+                Op::Redrive { ids, limit } => {
+                    let named: Option<Vec<ModelId>> = ids.as_ref().map(|p| p.iter().map(|p| harness.pick(p)).collect());
+                    if harness.model.redrive(named.as_deref(), *limit) > 0 {
+                        count("redrive some");
+                    }
+                }
+                Op::Purge => {
+                    if harness.model.purge() > 0 {
+                        count("purge some");
+                    }
+                }
+                Op::DeadList { after, limit } => {
+                    let after = after.as_ref().map(|p| harness.pick(p));
+                    let (page, next) = harness.model.dead_list(after, *limit);
+                    if !page.is_empty() {
+                        count("dead list some");
+                    }
+                    if next.is_some() {
+                        count("dead list next");
+                    }
+                }
+                Op::Pause => harness.model.pause(),
+                Op::Resume => harness.model.resume(),
+                Op::DeleteQueue => {
+                    if harness.model.stats() != QueueStats::default() {
+                        count("delete a queue with jobs");
+                    }
+                    harness.model.delete_and_recreate();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generated_ops_reach_every_transition() {
+        // Deterministic, so that the assertion is about the generator, not about luck.
+        let mut runner = TestRunner::deterministic();
+        let mut counts = BTreeMap::new();
+        for _ in 0..64 {
+            let ops = ops().new_tree(&mut runner).unwrap().current();
+            tally(&ops, &mut counts);
+        }
+        let expected = [
+            "ack job not found",
+            "ack lease lost",
+            "ack ok",
+            "dead list next",
+            "dead list some",
+            "dedup id reused after its window",
+            "enqueue duplicate",
+            "enqueue new",
+            "expiry to dead",
+            "expiry to ready",
+            "extend ok",
+            "extend rejected",
+            "fail ok",
+            "fail rejected",
+            "lease empty",
+            "lease some",
+            "nack dead",
+            "nack rejected",
+            "nack retrying",
+            "purge some",
+            "redelivery",
+            "redrive some",
+            "scheduled to ready",
+            "delete a queue with jobs",
+        ];
+        let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
+        assert!(missing.is_empty(), "64 generated sequences never reached {missing:?}; counts: {counts:#?}");
+    }
+
+    #[test]
+    fn a_lease_expiring_at_its_last_attempt_dead_letters_the_job() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        let job = JobSpec { tag: 1, priority: 0, schedule: SpecSchedule::Now, max_attempts: Some(2), dedup: None };
+        assert_eq!(model.enqueue(&[job.to_model(start)]), vec![(0, false)]);
+        let first = model.lease(1, None);
+        assert_eq!(first.iter().map(|l| (l.id, l.attempt)).collect::<Vec<_>>(), vec![(0, 1)]);
+        model.advance(999);
+        assert_eq!(model.job(0).map(|j| j.state), Some(JobState::Leased));
+        model.advance(1);
+        let after_expiry = model.job(0).unwrap();
+        assert_eq!(after_expiry.state, JobState::Ready);
+        assert_eq!(after_expiry.run_at, Some(start.plus_ms(1_000)));
+        assert_eq!(model.ack(&[(0, Some(0))]), vec![Err(Rejection::LeaseLost)]);
+        assert_eq!(model.lease(1, Some(10)).len(), 1);
+        let nack = ModelNack { id: 0, token: Some(1), delay_ms: None, error: None };
+        assert_eq!(model.nack(&[nack]), vec![Ok(NackOutcome::Dead)]);
+        let dead = model.job(0).unwrap();
+        assert_eq!(dead.state, JobState::Dead);
+        assert_eq!(
+            dead.errors,
+            vec![
+                AttemptError { attempt: 1, error: EXPIRY_ERROR.into(), at: start.plus_ms(1_000) },
+                AttemptError { attempt: 2, error: NACK_ERROR_DEFAULT.into(), at: start.plus_ms(1_000) },
+            ]
+        );
+        assert_eq!(model.stats(), QueueStats { dead: 1, ..QueueStats::default() });
+        assert_eq!(model.redrive(None, None), 1);
+        assert_eq!(model.job(0).map(|j| (j.state, j.attempt, j.errors.len())), Some((JobState::Ready, 0, 2)));
+    }
+
+    #[test]
+    fn dedup_ids_are_remembered_for_the_window_from_the_first_enqueue() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        let job = JobSpec { tag: 2, priority: 0, schedule: SpecSchedule::Now, max_attempts: None, dedup: Some(0) };
+        let new = job.to_model(start);
+        assert_eq!(model.enqueue(&[new.clone(), new.clone()]), vec![(0, false), (0, true)]);
+        model.advance(4_999);
+        assert_eq!(model.enqueue(std::slice::from_ref(&new)), vec![(0, true)]);
+        model.advance(1);
+        assert_eq!(model.enqueue(&[new]), vec![(1, false)]);
+    }
+}
