@@ -100,8 +100,7 @@ mod tests {
 
     #[test]
     fn invalid_policies_are_rejected() {
-        let mut b = Backoff::default();
-        b.multiplier = 0.5;
+        let mut b = Backoff { multiplier: 0.5, ..Backoff::default() };
         assert!(matches!(b.validate(), Err(Error::InvalidRequest(_))));
         b.multiplier = f64::NAN;
         assert!(matches!(b.validate(), Err(Error::InvalidRequest(_))));
