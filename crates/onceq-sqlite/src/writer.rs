@@ -869,6 +869,10 @@ fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -
     Ok(())
 }
 
+fn exec_cached(conn: &Connection, sql: &'static str) -> Result<()> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(storage("managing a savepoint"))
+}
+
 fn delete_errors(conn: &Connection, id: i64) -> Result<()> {
     conn.prepare_cached("DELETE FROM job_errors WHERE job_id = ?1")
         .and_then(|mut s| s.execute([id]))
@@ -939,18 +943,21 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
     state.now = clock.now();
     let mut replies: Vec<Reply> = Vec::with_capacity(ops.len());
     let result = (|| -> Result<()> {
-        let mut tx = conn
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage("starting a transaction"))?;
         state.apply_due(&tx)?;
         for op in ops {
-            let savepoint = tx.savepoint().map_err(storage("opening a savepoint"))?;
-            let (outcome, reply) = op(state, &savepoint);
+            // A savepoint per request, so one failing request cannot undo another. Cached
+            // statements rather than rusqlite's Savepoint, which parses its SQL on every use.
+            exec_cached(&tx, "SAVEPOINT request")?;
+            let (outcome, reply) = op(state, &tx);
             replies.push(reply);
             match outcome {
-                Ok(()) => savepoint.commit().map_err(storage("releasing a savepoint"))?,
+                Ok(()) => exec_cached(&tx, "RELEASE request")?,
                 Err(e) => {
-                    drop(savepoint); // rolls back this request's writes only
+                    exec_cached(&tx, "ROLLBACK TO request")?;
+                    exec_cached(&tx, "RELEASE request")?;
                     if e.kind() == ErrorKind::Storage {
                         tracing::warn!(error = %e, "a request failed in the writer; its changes were rolled back");
                         state.reload(&tx)?;
