@@ -34,9 +34,10 @@
 
 mod reader;
 mod schema;
+mod wait;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -52,7 +53,7 @@ use onceq_core::{
     Result, Store, SystemClock, Timestamp,
 };
 use rusqlite::Connection;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::reader::Readers;
 use crate::schema::state;
@@ -62,8 +63,6 @@ use crate::writer::{Message, QueueEntry, State};
 pub const DATA_FILE_NAME: &str = "onceq.db";
 /// The lock file's name inside the data directory: held while a store has it open.
 pub const LOCK_FILE_NAME: &str = "onceq.lock";
-/// Waiter entries kept for queues nobody waits on, before they are swept.
-const IDLE_WAITERS_MAX: usize = 1024;
 
 /// How hard a commit is pushed to disk before the reply leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,8 +120,8 @@ impl SqliteOptions {
 pub(crate) struct Shared {
     /// Queue configs and counts as of the last commit.
     pub queues: Mutex<BTreeMap<QueueName, QueueEntry>>,
-    /// One notifier per queue with waiting leases.
-    pub waiters: Mutex<HashMap<QueueName, Arc<Notify>>>,
+    /// Leases waiting for jobs.
+    pub waiters: wait::Waiters,
     /// No scheduled job or lease expiry is due before this time (ms); may be early, never late.
     pub next_due: AtomicI64,
 }
@@ -197,7 +196,7 @@ impl SqliteStore {
         };
         let shared = Arc::new(Shared {
             queues: Mutex::new(BTreeMap::new()),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: wait::Waiters::default(),
             next_due: AtomicI64::new(i64::MAX),
         });
         let state = State::load(&conn, shared.clone(), clock.now())?;
@@ -283,14 +282,6 @@ impl SqliteStore {
             },
         })
     }
-
-    fn waiter(&self, queue: &QueueName) -> Arc<Notify> {
-        let mut waiters = self.inner.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if waiters.len() > IDLE_WAITERS_MAX {
-            waiters.retain(|_, notify| Arc::strong_count(notify) > 1);
-        }
-        waiters.entry(queue.clone()).or_default().clone()
-    }
 }
 
 impl Inner {
@@ -355,22 +346,25 @@ impl Store for SqliteStore {
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         options.validate()?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
-        let waiter = (options.wait_ms > 0).then(|| self.waiter(queue));
         loop {
-            // Register interest before looking, so a job enqueued in between still wakes us.
-            let notified = waiter.as_ref().map(|w| w.notified());
-            let mut notified = std::pin::pin!(notified);
-            if let Some(n) = notified.as_mut().as_pin_mut() {
-                n.enable();
-            }
+            // Register before looking, so that a commit in between still wakes this lease.
+            let registration =
+                (options.wait_ms > 0).then(|| self.inner.shared.waiters.register(queue, options.max_jobs));
             let name = queue.clone();
-            let jobs = self.call(move |state, conn| state.job_lease(conn, &name, options)).await?;
-            if !jobs.is_empty() || waiter.is_none() || tokio::time::Instant::now() >= deadline {
+            let jobs = match self.call(move |state, conn| state.job_lease(conn, &name, options)).await {
+                Ok(jobs) => jobs,
+                Err(error) => {
+                    // This call may have taken a wake-up meant for it: pass it on.
+                    self.inner.shared.waiters.wake(queue, u64::from(options.max_jobs));
+                    return Err(error);
+                }
+            };
+            let Some(registration) = registration else { return Ok(jobs) };
+            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(jobs);
             }
-            let Some(n) = notified.as_mut().as_pin_mut() else { return Ok(jobs) };
             tokio::select! {
-                _ = n => {}
+                _ = registration.notify.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             }
         }

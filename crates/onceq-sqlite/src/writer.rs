@@ -1,9 +1,9 @@
 //! The writer thread: the only code that changes the data file.
 //!
 //! It owns the read-write connection and group-commits: it blocks for one request, drains every
-//! other pending request, runs them all in one transaction (each inside its own savepoint, so one
-//! failing request cannot undo another), commits once — one fsync — and only then answers them
-//! (Invariant 1). Before each transaction it applies what the clock made due: scheduled jobs
+//! other pending request, runs them all in one transaction, commits once — one fsync — and only
+//! then answers them (Invariant 1). A request that fails its checks writes nothing; a storage
+//! error rolls the whole group back and every request in it gets the error. Before each transaction it applies what the clock made due: scheduled jobs
 //! become ready, expired leases are redelivered or dead-lettered (Invariant 7: the store's one
 //! clock decides). It keeps the queue configs and per-state job counts in memory, publishing
 //! them to readers after each commit.
@@ -32,6 +32,8 @@ use crate::Shared;
 const GROUP_COMMIT_REQUESTS_MAX: usize = 1024;
 /// Longest the writer sleeps when nothing is due, so housekeeping still runs.
 const IDLE_WAKE_MS_MAX: u64 = 1000;
+/// How long the writer looks for new requests before it sleeps (see `poll_briefly`).
+const WRITER_POLL_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 /// How often expired dedup entries are swept.
 const DEDUP_SWEEP_INTERVAL_MS: u64 = 1000;
 
@@ -91,8 +93,9 @@ pub(crate) struct State {
     dirty: HashSet<i64>,
     /// Queues deleted in this transaction, to remove from the published view.
     deleted: Vec<QueueName>,
-    /// Queues (by id) that gained ready jobs in this transaction: their waiting leases are woken.
-    woken: HashSet<i64>,
+    /// Ready jobs gained in this transaction, by queue id: after the commit, that many jobs'
+    /// worth of waiting leases are woken.
+    woken: HashMap<i64, u64>,
     shared: Arc<Shared>,
     /// No scheduled job or lease expiry is due before this time (ms). Published to
     /// `shared.next_due` only after the transaction that computed it commits, so a reader that
@@ -125,7 +128,7 @@ impl State {
             next_id_dirty: false,
             dirty: HashSet::new(),
             deleted: Vec::new(),
-            woken: HashSet::new(),
+            woken: HashMap::new(),
             shared,
             next_due: i64::MAX,
             rng: StdRng::from_entropy(),
@@ -219,15 +222,13 @@ impl State {
         }
     }
 
-    /// Wakes the leases waiting on queues that gained ready jobs.
+    /// Wakes the leases waiting on queues that gained ready jobs (see the `wait` module).
     fn wake_waiters(&mut self) {
-        if self.woken.is_empty() {
-            return;
-        }
-        let waiters = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for id in self.woken.drain() {
-            if let Some(notify) = self.names.get(&id).and_then(|name| waiters.get(name)) {
-                notify.notify_waiters();
+        for (id, jobs) in self.woken.drain() {
+            // A paused queue hands out nothing: its waiters sleep on until resume wakes them.
+            let Some(name) = self.names.get(&id) else { continue };
+            if self.queues.get(name).is_some_and(|q| !q.paused) {
+                self.shared.waiters.wake(name, jobs);
             }
         }
     }
@@ -276,7 +277,7 @@ impl State {
             }
         }
         if to == Some(state::READY) {
-            self.woken.insert(queue_id);
+            *self.woken.entry(queue_id).or_default() += n;
         }
     }
 
@@ -382,7 +383,7 @@ impl State {
         if let Some(entry) = self.queues.get_mut(name) {
             entry.paused = paused;
             if !paused && entry.counts[state::READY as usize] > 0 {
-                self.woken.insert(id);
+                self.woken.insert(id, entry.counts[state::READY as usize]);
             }
         }
         self.dirty.insert(id);
@@ -436,6 +437,14 @@ impl State {
         };
         let now = self.now;
         let mut out = Vec::with_capacity(jobs.len());
+        // Prepared once per batch: the statement cache's lookup per row is measurable here.
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
+                 dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(storage("inserting a job"))?;
+        let (mut ready, mut scheduled) = (0u64, 0u64);
         for job in jobs {
             if let Some(dedup_id) = &job.dedup_id {
                 let original: Option<i64> = conn
@@ -464,12 +473,8 @@ impl State {
                         .map_err(|e| Error::Storage(format!("encoding headers: {e}")))?,
                 )
             };
-            conn.prepare_cached(
-                "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
-                 dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
+            insert
+                .execute(params![
                     to_i64(id),
                     queue_id,
                     job_state,
@@ -481,8 +486,7 @@ impl State {
                     headers,
                     job.payload,
                 ])
-            })
-            .map_err(storage("inserting a job"))?;
+                .map_err(storage("inserting a job"))?;
             if let Some(dedup_id) = &job.dedup_id {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO dedup (queue_id, dedup_id, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
@@ -494,10 +498,14 @@ impl State {
             }
             if job_state == state::SCHEDULED {
                 self.lower_next_due(run_at);
+                scheduled += 1;
+            } else {
+                ready += 1;
             }
-            self.count_move(queue_id, None, Some(job_state));
             out.push(Enqueued { id: JobId::new(id), duplicate: false });
         }
+        self.count_move_n(queue_id, None, Some(state::READY), ready);
+        self.count_move_n(queue_id, None, Some(state::SCHEDULED), scheduled);
         Ok(out)
     }
 
@@ -585,6 +593,10 @@ impl State {
         }
         let to = if at_most_once { None } else { Some(state::LEASED) };
         self.count_move_n(queue_id, Some(state::READY), to, out.len() as u64);
+        let left = self.queues.get(name).map_or(0, |q| q.counts[state::READY as usize]);
+        if !out.is_empty() && left > 0 {
+            self.woken.insert(queue_id, left); // pass the wake-up on: there is more to lease
+        }
         if !at_most_once && !out.is_empty() {
             self.lower_next_due(expires_at);
         }
@@ -627,21 +639,26 @@ impl State {
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
         let mut out = Vec::with_capacity(acks.len());
+        // Find the live lease, then delete by rowid: two index lookups. (DELETE ... RETURNING would
+        // be one statement, but SQLite builds an ephemeral table for every RETURNING.)
+        let mut find = conn
+            .prepare_cached(
+                "SELECT queue_id, error_count FROM jobs \
+                 WHERE id = ?1 AND state = 2 AND lease_token = ?2 AND lease_expires_at > ?3",
+            )
+            .map_err(storage("acking a job"))?;
+        let mut delete = conn.prepare_cached("DELETE FROM jobs WHERE id = ?1").map_err(storage("acking a job"))?;
         for ack in acks {
-            // The common case in one statement; only a miss pays for finding out why.
-            let deleted: Option<(i64, i64)> = conn
-                .prepare_cached(
-                    "DELETE FROM jobs WHERE id = ?1 AND state = 2 AND lease_token = ?2 AND lease_expires_at > ?3 \
-                     RETURNING queue_id, error_count",
-                )
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![to_i64(ack.id.get()), &ack.lease_token.as_bytes()[..], self.now.as_millis()],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
+            let row_id = to_i64(ack.id.get());
+            let deleted: Option<(i64, i64)> = find
+                .query_row(params![row_id, &ack.lease_token.as_bytes()[..], self.now.as_millis()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
                 })
+                .optional()
                 .map_err(storage("acking a job"))?;
+            if deleted.is_some() {
+                delete.execute([row_id]).map_err(storage("acking a job"))?;
+            }
             out.push(match deleted {
                 Some((queue_id, error_count)) => {
                     if error_count > 0 {
@@ -869,10 +886,6 @@ fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -
     Ok(())
 }
 
-fn exec_cached(conn: &Connection, sql: &'static str) -> Result<()> {
-    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(storage("managing a savepoint"))
-}
-
 fn delete_errors(conn: &Connection, id: i64) -> Result<()> {
     conn.prepare_cached("DELETE FROM job_errors WHERE job_id = ?1")
         .and_then(|mut s| s.execute([id]))
@@ -893,10 +906,13 @@ pub(crate) fn run(
         let now = clock.now();
         let next_due = state.next_due;
         let sleep_ms = u64::try_from(next_due.saturating_sub(now.as_millis())).unwrap_or(0).min(IDLE_WAKE_MS_MAX);
-        let first = match inbox.recv_timeout(Duration::from_millis(sleep_ms)) {
-            Ok(message) => Some(message),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
+        let first = match poll_briefly(&inbox) {
+            Some(message) => Some(message),
+            None => match inbox.recv_timeout(Duration::from_millis(sleep_ms)) {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
         };
         let mut ops = Vec::new();
         let mut ticks = Vec::new();
@@ -938,6 +954,23 @@ pub(crate) fn run(
     }
 }
 
+/// Looks for a request for a few microseconds before the writer goes to sleep: a client that was
+/// just answered usually sends its next request at once, and catching it here saves a sleep and a
+/// cross-CPU wake-up, which on a virtual machine costs more than the spin. Yields between looks so
+/// that a client sharing this core can run.
+fn poll_briefly(inbox: &Receiver<Message>) -> Option<Message> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(message) = inbox.try_recv() {
+            return Some(message);
+        }
+        if started.elapsed() >= WRITER_POLL_BEFORE_SLEEP {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Runs `ops` in one transaction, commits once, then answers each.
 fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core::Clock, ops: Vec<Op>) {
     state.now = clock.now();
@@ -947,23 +980,23 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage("starting a transaction"))?;
         state.apply_due(&tx)?;
+        // No savepoint per request: a request that returns a domain error (not found, invalid,
+        // lease lost) has written nothing, because every check comes before the first write. A
+        // storage error mid-request dooms the whole group instead: it rolls back, and every
+        // request in it is told so — none was acknowledged, nothing of it was written. Savepoints
+        // would make SQLite copy every page a request touches into a statement journal.
+        let mut failure: Option<Error> = None;
         for op in ops {
-            // A savepoint per request, so one failing request cannot undo another. Cached
-            // statements rather than rusqlite's Savepoint, which parses its SQL on every use.
-            exec_cached(&tx, "SAVEPOINT request")?;
             let (outcome, reply) = op(state, &tx);
             replies.push(reply);
-            match outcome {
-                Ok(()) => exec_cached(&tx, "RELEASE request")?,
-                Err(e) => {
-                    exec_cached(&tx, "ROLLBACK TO request")?;
-                    exec_cached(&tx, "RELEASE request")?;
-                    if e.kind() == ErrorKind::Storage {
-                        tracing::warn!(error = %e, "a request failed in the writer; its changes were rolled back");
-                        state.reload(&tx)?;
-                    }
+            if let Err(e) = outcome {
+                if e.kind() == ErrorKind::Storage && failure.is_none() {
+                    failure = Some(e);
                 }
             }
+        }
+        if let Some(e) = failure {
+            return Err(Error::Storage(format!("{e}; the commit it was part of was rolled back, retry")));
         }
         state.persist_meta(&tx)?;
         tx.commit().map_err(storage("committing"))?;

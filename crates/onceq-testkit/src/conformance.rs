@@ -1501,6 +1501,27 @@ pub async fn long_poll_wakes_on_enqueue<B: Backend>(backend: &B) {
     assert_woke(waiting, id, 1).await;
 }
 
+/// Several leases waiting on one queue all return, promptly, when one enqueue makes enough jobs
+/// ready for all of them: a store that wakes waiters one at a time must pass the wake-up on.
+pub async fn long_poll_wakes_every_waiter_a_batch_can_serve<B: Backend>(backend: &B) {
+    let f = open_system(backend).await;
+    let q = queue("poll-many");
+    f.upsert(&q, QueueConfigPatch::default()).await;
+    let waiting: Vec<_> = (0..4).map(|_| spawn_waiting_lease(&f.store, &q)).collect();
+    tokio::time::sleep(NUDGE).await;
+    let jobs = (0..4).map(|i| NewJob::new(format!("job {i}"))).collect();
+    let enqueued = f.store.job_enqueue(&q, jobs).await.unwrap();
+    let mut got = Vec::new();
+    for lease in waiting {
+        let (jobs, elapsed) = within("a waiting lease", lease).await.unwrap();
+        assert!(elapsed < PROMPTLY, "a waiting lease took {elapsed:?} to wake up (wait was {LONG_WAIT_MS} ms)");
+        assert_eq!(jobs.len(), 1, "each waiting lease asked for one job and four were ready");
+        got.push(jobs[0].id);
+    }
+    got.sort();
+    assert_eq!(got, enqueued.iter().map(|e| e.id).collect::<Vec<_>>());
+}
+
 /// A lease waiting on a queue that does not exist yet returns the job whose enqueue creates it.
 pub async fn long_poll_on_unknown_queue_wakes_on_enqueue<B: Backend>(backend: &B) {
     let f = open_system(backend).await;
@@ -2074,6 +2095,7 @@ macro_rules! conformance_suite {
             queue_delete_removes_queue_and_jobs,
             limits_accept_their_maximum,
             long_poll_wakes_on_enqueue,
+            long_poll_wakes_every_waiter_a_batch_can_serve,
             long_poll_on_unknown_queue_wakes_on_enqueue,
             long_poll_wakes_when_scheduled_job_is_due,
             long_poll_wakes_when_nack_delay_elapses,
