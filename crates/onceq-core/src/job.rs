@@ -11,9 +11,22 @@ use crate::limits::*;
 use crate::{Error, QueueName, Result, Timestamp};
 
 /// A job's stable id, unique within a store for its whole life (ids are never reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// On the wire it is a string of decimal digits, so clients in any language keep it exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(u64);
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl JobId {
     /// The id with this number.
@@ -239,8 +252,10 @@ impl NewJob {
 
 /// What enqueue returns for each job, in request order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enqueued {
     /// The new job's id, or the original job's id for a duplicate.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: JobId,
     /// True when the dedup id was already seen within the window and nothing was created.
     pub duplicate: bool,
@@ -249,6 +264,7 @@ pub struct Enqueued {
 /// Where a job is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobState {
     /// Waiting for its `run_at`.
     Scheduled,

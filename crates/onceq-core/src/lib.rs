@@ -9,9 +9,11 @@
 //! - `job`: [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy.
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
+//! - [`api`]: the HTTP API's wire types, shared by the server and the client.
 //!
 //! See DESIGN.md for the vocabulary, the job lifecycle and the invariants these types serve.
 
+pub mod api;
 pub mod error;
 mod job;
 pub mod limits;

@@ -12,6 +12,7 @@ use crate::{Error, Result};
 /// A validated queue name: 1 to [`QUEUE_NAME_LEN_MAX`] characters of `[A-Za-z0-9._-]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 pub struct QueueName(String);
 
 impl QueueName {
@@ -64,6 +65,7 @@ impl<'de> Deserialize<'de> for QueueName {
 /// What a queue promises about delivery (DESIGN.md, the service-tier matrix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DeliveryMode {
     /// Leasing removes the job: never delivered twice, lost if the consumer crashes.
     AtMostOnce,
@@ -102,6 +104,7 @@ impl FromStr for DeliveryMode {
 
 /// A queue's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueConfig {
     /// Delivery mode.
     pub delivery: DeliveryMode,
@@ -168,6 +171,7 @@ impl QueueConfig {
 /// A partial update of a [`QueueConfig`]: each `Some` field replaces the current value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueConfigPatch {
     /// New delivery mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +192,7 @@ pub struct QueueConfigPatch {
 
 /// How many jobs a queue holds in each state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStats {
     /// Jobs that can be leased now.
     pub ready: u64,
@@ -203,6 +208,7 @@ pub struct QueueStats {
 
 /// A queue's name, configuration, pause flag and statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueInfo {
     /// The queue's name.
     pub name: QueueName,

@@ -10,6 +10,7 @@ use crate::{Error, Result};
 /// (see "Exponential Backoff And Jitter", AWS Architecture Blog).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Jitter {
     /// Uniform in `[0, d]`.
     #[default]
@@ -24,6 +25,7 @@ pub enum Jitter {
 /// then jitter applies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Backoff {
     /// Delay after the first failed attempt.
     pub initial_ms: u64,

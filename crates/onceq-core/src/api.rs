@@ -1,0 +1,744 @@
+//! The HTTP API's wire types (API.md), shared by `onceq-server` and `onceq-client` so the two
+//! cannot drift apart. Serde only: no I/O here.
+//!
+//! Times are RFC 3339 UTC strings on the wire ([`format_time`], [`parse_time`]); durations are
+//! integer milliseconds with a `_ms` suffix; job ids are decimal strings.
+//!
+//! Payloads are JSON: a job enqueued over HTTP stores the JSON text of its `payload` byte for
+//! byte, and gets it back as that JSON. A payload that is not JSON (enqueued through the library
+//! with arbitrary bytes) travels as `payload: null` plus `payload_base64`.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::{
+    AttemptError, Enqueued, Error, ErrorKind, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
+    NackOutcome, NewJob, QueueInfo, Result, Schedule, Timestamp,
+};
+
+/// The body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A stable code and an actionable message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// One of the codes in API.md (`invalid_request`, `not_found`, `lease_lost`, ...).
+    pub code: String,
+    /// What to do about it.
+    pub message: String,
+}
+
+/// The API's error code for a portable error kind.
+pub fn error_code(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidRequest => "invalid_request",
+        ErrorKind::PayloadTooLarge => "payload_too_large",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::LeaseLost => "lease_lost",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Storage => "internal",
+    }
+}
+
+impl ErrorBody {
+    /// The body for `error`. Storage errors keep their cause out of the message (it is logged).
+    pub fn from_error(error: &Error) -> Self {
+        let message = match error {
+            Error::Storage(_) => "the store failed; the cause is in the server's log".to_owned(),
+            Error::InvalidRequest(m) | Error::PayloadTooLarge(m) | Error::Conflict(m) | Error::Unavailable(m) => {
+                m.clone()
+            }
+            other => other.to_string(),
+        };
+        ErrorBody { error: ErrorDetail { code: error_code(error.kind()).to_owned(), message } }
+    }
+
+    /// The seam error this body stands for (what a client returns to its caller). `id` names
+    /// the job of a per-job call, so that `not_found` and `lease_lost` map back exactly.
+    pub fn into_error(self, id: Option<JobId>) -> Error {
+        let ErrorDetail { code, message } = self.error;
+        match (code.as_str(), id) {
+            ("invalid_request", _) => Error::InvalidRequest(message),
+            ("payload_too_large", _) => Error::PayloadTooLarge(message),
+            ("not_found", Some(id)) => Error::JobNotFound(id),
+            ("lease_lost", Some(id)) => Error::LeaseLost(id),
+            ("conflict", _) => Error::Conflict(message),
+            ("unavailable", _) | ("rate_limited", _) => Error::Unavailable(message),
+            ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
+            _ => Error::Storage(format!("{code}: {message}")),
+        }
+    }
+}
+
+/// Formats a timestamp as RFC 3339 UTC with milliseconds, e.g. `2026-01-01T00:00:00.000Z`.
+pub fn format_time(at: Timestamp) -> String {
+    let nanos = i128::from(at.as_millis()) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => {
+            let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+            let (h, mi, s, ms) = (t.hour(), t.minute(), t.second(), t.millisecond());
+            format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+        }
+        Err(_) => format!("{}ms", at.as_millis()),
+    }
+}
+
+/// Parses an RFC 3339 time (any offset) into a timestamp.
+pub fn parse_time(text: &str) -> Result<Timestamp> {
+    let t = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| Error::invalid(format!("{text:?} is not an RFC 3339 time ({e})")))?;
+    let millis = t.unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(millis).map(Timestamp::from_millis).map_err(|_| Error::invalid(format!("{text:?} is out of range")))
+}
+
+/// A payload on the wire: JSON when the bytes are JSON, else base64.
+fn payload_out(bytes: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
+    match std::str::from_utf8(bytes).ok().and_then(|text| RawValue::from_string(text.to_owned()).ok()) {
+        Some(raw) => (Some(raw), None),
+        None => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+    }
+}
+
+/// A queue list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueList {
+    /// Every queue, by name.
+    pub queues: Vec<QueueInfo>,
+}
+
+/// `POST /v1/queues/{queue}/jobs`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnqueueRequest {
+    /// The jobs, enqueued atomically.
+    pub jobs: Vec<EnqueueJob>,
+}
+
+/// One job of an enqueue request.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnqueueJob {
+    /// Any JSON value: stored as its JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Option<Box<RawValue>>,
+    /// Instead of `payload`: arbitrary bytes, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Ready after this delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Ready at this RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Higher runs first (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Overrides the queue's max attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Producer dedup key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_id: Option<String>,
+    /// String headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+}
+
+impl EnqueueJob {
+    /// The wire form of `job`.
+    pub fn from_new_job(job: &NewJob) -> Self {
+        let (payload, payload_base64) = payload_out(&job.payload);
+        let (delay_ms, run_at) = match job.schedule {
+            Schedule::Now => (None, None),
+            Schedule::Delay { delay_ms } => (Some(delay_ms), None),
+            Schedule::At(at) => (None, Some(format_time(at))),
+        };
+        EnqueueJob {
+            payload,
+            payload_base64,
+            delay_ms,
+            run_at,
+            priority: (job.priority != 0).then_some(job.priority),
+            max_attempts: job.max_attempts,
+            dedup_id: job.dedup_id.clone(),
+            headers: (!job.headers.is_empty()).then(|| job.headers.clone()),
+        }
+    }
+
+    /// The job this asks for; `index` names it in errors.
+    pub fn into_new_job(self, index: usize) -> Result<NewJob> {
+        let at = |m: String| Error::invalid(format!("job {index}: {m}"));
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(raw), None) => raw.get().as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| at(format!("payload_base64 is not base64: {e}")))?,
+            (None, None) => return Err(at("needs a payload".into())),
+            (Some(_), Some(_)) => return Err(at("give payload or payload_base64, not both".into())),
+        };
+        let schedule = match (self.delay_ms, self.run_at) {
+            (None, None) => Schedule::Now,
+            (Some(delay_ms), None) => Schedule::Delay { delay_ms },
+            (None, Some(text)) => Schedule::At(parse_time(&text).map_err(|e| at(e.to_string()))?),
+            (Some(_), Some(_)) => return Err(at("give delay_ms or run_at, not both".into())),
+        };
+        Ok(NewJob {
+            payload,
+            headers: self.headers.unwrap_or_default(),
+            priority: self.priority.unwrap_or(0),
+            schedule,
+            max_attempts: self.max_attempts,
+            dedup_id: self.dedup_id,
+        })
+    }
+}
+
+/// Response of an enqueue: one entry per job, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnqueueResponse {
+    /// Ids, and whether each was a duplicate.
+    pub jobs: Vec<Enqueued>,
+}
+
+/// `POST /v1/queues/{queue}/leases`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseRequest {
+    /// 1 to 1000 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs: Option<u32>,
+    /// Lease length (default: the queue's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout_ms: Option<u64>,
+    /// Long poll, 0 to 20000 (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// Leased jobs.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseResponse {
+    /// In lease order.
+    pub jobs: Vec<LeasedJobView>,
+}
+
+/// A leased job on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeasedJobView {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// Queue name.
+    pub queue: String,
+    /// Present it on ack / nack / extend / fail.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// 1-based attempt of this lease.
+    pub attempt: u32,
+    /// Leases allowed before dead-lettering.
+    pub max_attempts: u32,
+    /// Priority.
+    pub priority: i32,
+    /// The JSON payload (null when `payload_base64` is set).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Option<Box<RawValue>>,
+    /// A payload that is not JSON, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Headers.
+    pub headers: Headers,
+    /// Producer dedup id.
+    pub dedup_id: Option<String>,
+    /// RFC 3339.
+    pub enqueued_at: String,
+    /// RFC 3339.
+    pub run_at: String,
+    /// RFC 3339.
+    pub lease_expires_at: String,
+}
+
+fn payload_in(payload: Option<Box<RawValue>>, payload_base64: Option<String>) -> Result<Vec<u8>> {
+    match (payload, payload_base64) {
+        (_, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| Error::Storage(format!("the server sent bad base64: {e}"))),
+        (Some(raw), None) => Ok(raw.get().as_bytes().to_vec()),
+        (None, None) => Ok(b"null".to_vec()),
+    }
+}
+
+fn name(queue: &str) -> Result<crate::QueueName> {
+    crate::QueueName::new(queue).map_err(|e| Error::Storage(format!("the server sent a bad queue name: {e}")))
+}
+
+impl LeasedJobView {
+    /// The wire form of a leased job.
+    pub fn from_leased(job: &LeasedJob) -> Self {
+        let (payload, payload_base64) = payload_out(&job.payload);
+        LeasedJobView {
+            id: job.id,
+            queue: job.queue.to_string(),
+            lease_token: job.lease_token,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            payload,
+            payload_base64,
+            headers: job.headers.clone(),
+            dedup_id: job.dedup_id.clone(),
+            enqueued_at: format_time(job.enqueued_at),
+            run_at: format_time(job.run_at),
+            lease_expires_at: format_time(job.lease_expires_at),
+        }
+    }
+
+    /// The leased job this describes.
+    pub fn into_leased(self) -> Result<LeasedJob> {
+        Ok(LeasedJob {
+            id: self.id,
+            queue: name(&self.queue)?,
+            lease_token: self.lease_token,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            priority: self.priority,
+            payload: payload_in(self.payload, self.payload_base64)?,
+            headers: self.headers,
+            dedup_id: self.dedup_id,
+            enqueued_at: parse_time(&self.enqueued_at)?,
+            run_at: parse_time(&self.run_at)?,
+            lease_expires_at: parse_time(&self.lease_expires_at)?,
+        })
+    }
+}
+
+/// `POST /v1/jobs/{id}/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AckRequest {
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+}
+
+/// `POST /v1/jobs/{id}/nack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NackRequest {
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// Run again after this delay (default: the queue's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Why the attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/jobs/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExtendRequest {
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// The lease now expires this long after the call.
+    pub visibility_timeout_ms: u64,
+}
+
+/// Response of an extend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExtendResponse {
+    /// RFC 3339.
+    pub lease_expires_at: String,
+}
+
+/// `POST /v1/jobs/{id}/fail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailRequest {
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// Why.
+    pub error: String,
+}
+
+/// `POST /v1/acks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AcksRequest {
+    /// Leases to ack, each judged on its own.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<AckItem>))]
+    pub acks: Vec<LeaseRef>,
+}
+
+/// One item of a batch ack (schema only; the type is [`LeaseRef`]).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AckItem {
+    /// Job id.
+    id: String,
+    /// Its lease token.
+    lease_token: String,
+}
+
+/// One item of a batch nack (`POST /v1/nacks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NackItem {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// Run again after this delay (default: the queue's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Why the attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/nacks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NacksRequest {
+    /// Nacks, each judged on its own.
+    pub nacks: Vec<NackItem>,
+}
+
+/// One item of a batch extend (`POST /v1/extends`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExtendItem {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// The lease now expires this long after the call.
+    pub visibility_timeout_ms: u64,
+}
+
+/// `POST /v1/extends`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExtendsRequest {
+    /// Extends, each judged on its own.
+    pub extends: Vec<ExtendItem>,
+}
+
+/// One item of a batch fail (`POST /v1/fails`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailItem {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// Why.
+    pub error: String,
+}
+
+/// `POST /v1/fails`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailsRequest {
+    /// Fails, each judged on its own.
+    pub fails: Vec<FailItem>,
+}
+
+/// The result of one item of a batch settle call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SettleResult {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// Whether this item succeeded.
+    pub ok: bool,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+    /// For a nack: `retrying` or `dead`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// For a nack that retries: when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// For an extend: the new expiry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<String>,
+}
+
+impl SettleResult {
+    /// A success.
+    pub fn ok(id: JobId) -> Self {
+        SettleResult { id, ok: true, error: None, outcome: None, run_at: None, lease_expires_at: None }
+    }
+
+    /// A failure.
+    pub fn failed(id: JobId, error: &Error) -> Self {
+        SettleResult { ok: false, error: Some(ErrorBody::from_error(error).error), ..SettleResult::ok(id) }
+    }
+
+    /// A nack's success.
+    pub fn nacked(id: JobId, outcome: NackOutcome) -> Self {
+        match outcome {
+            NackOutcome::Retrying { run_at } => SettleResult {
+                outcome: Some("retrying".into()),
+                run_at: Some(format_time(run_at)),
+                ..SettleResult::ok(id)
+            },
+            NackOutcome::Dead => SettleResult { outcome: Some("dead".into()), ..SettleResult::ok(id) },
+        }
+    }
+
+    /// The item's error, if it failed.
+    pub fn into_result(self) -> Result<Self> {
+        match self.error.clone() {
+            Some(detail) if !self.ok => Err(ErrorBody { error: detail }.into_error(Some(self.id))),
+            _ => Ok(self),
+        }
+    }
+
+    /// The nack outcome this success describes.
+    pub fn nack_outcome(&self) -> Result<NackOutcome> {
+        match (self.outcome.as_deref(), &self.run_at) {
+            (Some("dead"), _) => Ok(NackOutcome::Dead),
+            (Some("retrying"), Some(at)) => Ok(NackOutcome::Retrying { run_at: parse_time(at)? }),
+            _ => Err(Error::Storage(format!("the server sent no nack outcome for job {}", self.id))),
+        }
+    }
+}
+
+/// Response of a batch settle call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SettleResults {
+    /// One per item, in request order.
+    pub results: Vec<SettleResult>,
+}
+
+/// One attempt's error on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptErrorView {
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// What went wrong.
+    pub error: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// A job as `GET /v1/jobs/{id}` and dead-letter listings show it.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobView {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// Queue name.
+    pub queue: String,
+    /// `scheduled`, `ready`, `leased` or `dead`.
+    pub state: JobState,
+    /// Leases so far.
+    pub attempt: u32,
+    /// Leases allowed.
+    pub max_attempts: u32,
+    /// Priority.
+    pub priority: i32,
+    /// The JSON payload (null when `payload_base64` is set).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Option<Box<RawValue>>,
+    /// A payload that is not JSON, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Headers.
+    pub headers: Headers,
+    /// Producer dedup id.
+    pub dedup_id: Option<String>,
+    /// RFC 3339.
+    pub enqueued_at: String,
+    /// RFC 3339.
+    pub run_at: String,
+    /// RFC 3339, while leased.
+    pub lease_expires_at: Option<String>,
+    /// Every failed attempt's error, oldest first.
+    pub errors: Vec<AttemptErrorView>,
+}
+
+impl JobView {
+    /// The wire form of a job.
+    pub fn from_job(job: &Job) -> Self {
+        let (payload, payload_base64) = payload_out(&job.payload);
+        JobView {
+            id: job.id,
+            queue: job.queue.to_string(),
+            state: job.state,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            payload,
+            payload_base64,
+            headers: job.headers.clone(),
+            dedup_id: job.dedup_id.clone(),
+            enqueued_at: format_time(job.enqueued_at),
+            run_at: format_time(job.run_at),
+            lease_expires_at: job.lease_expires_at.map(format_time),
+            errors: job
+                .errors
+                .iter()
+                .map(|e| AttemptErrorView { attempt: e.attempt, error: e.error.clone(), at: format_time(e.at) })
+                .collect(),
+        }
+    }
+
+    /// The job this describes.
+    pub fn into_job(self) -> Result<Job> {
+        Ok(Job {
+            id: self.id,
+            queue: name(&self.queue)?,
+            state: self.state,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            priority: self.priority,
+            payload: payload_in(self.payload, self.payload_base64)?,
+            headers: self.headers,
+            dedup_id: self.dedup_id,
+            enqueued_at: parse_time(&self.enqueued_at)?,
+            run_at: parse_time(&self.run_at)?,
+            lease_expires_at: self.lease_expires_at.as_deref().map(parse_time).transpose()?,
+            errors: self
+                .errors
+                .into_iter()
+                .map(|e| Ok(AttemptError { attempt: e.attempt, error: e.error, at: parse_time(&e.at)? }))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// `GET /v1/queues/{queue}/dead`.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeadListResponse {
+    /// Dead jobs in id order.
+    pub jobs: Vec<JobView>,
+    /// Pass as `after` for the next page; null on the last.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub next: Option<JobId>,
+}
+
+/// `POST /v1/queues/{queue}/dead/redrive`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RedriveRequest {
+    /// These jobs (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
+    pub ids: Option<Vec<JobId>>,
+    /// At most this many, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// Response of a redrive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RedriveResponse {
+    /// How many jobs are ready again.
+    pub redriven: u64,
+}
+
+/// Response of a purge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PurgeResponse {
+    /// How many dead jobs were deleted.
+    pub purged: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_in_utc_with_milliseconds() {
+        let at = Timestamp::from_millis(1_767_225_600_123);
+        assert_eq!(format_time(at), "2026-01-01T00:00:00.123Z");
+        assert_eq!(parse_time("2026-01-01T00:00:00.123Z"), Ok(at));
+        assert_eq!(parse_time("2026-01-01T02:00:00.123+02:00"), Ok(at));
+        assert!(matches!(parse_time("yesterday"), Err(Error::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn payloads_travel_as_json_or_base64() {
+        let json = NewJob::new(r#"{"a":[1,2]}"#);
+        let wire = EnqueueJob::from_new_job(&json);
+        assert_eq!(wire.payload.as_ref().map(|p| p.get()), Some(r#"{"a":[1,2]}"#));
+        assert_eq!(wire.into_new_job(0).map(|j| j.payload), Ok(br#"{"a":[1,2]}"#.to_vec()));
+        let binary = NewJob::new(vec![0xff, 0x00, 0x10]);
+        let wire = EnqueueJob::from_new_job(&binary);
+        assert_eq!(wire.payload_base64.as_deref(), Some("/wAQ"));
+        assert_eq!(wire.into_new_job(0).map(|j| j.payload), Ok(vec![0xff, 0x00, 0x10]));
+    }
+
+    #[test]
+    fn an_enqueue_job_needs_one_payload_and_one_schedule() {
+        let both: EnqueueJob = serde_json::from_str(r#"{"payload":1,"delay_ms":5,"run_at":"2026-01-01T00:00:00Z"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(both.into_new_job(3), Err(Error::InvalidRequest(m)) if m.starts_with("job 3:")));
+        let none: EnqueueJob = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(none.into_new_job(0), Err(Error::InvalidRequest(_))));
+        assert!(serde_json::from_str::<EnqueueJob>(r#"{"payload":1,"colour":"red"}"#).is_err());
+    }
+
+    #[test]
+    fn errors_map_to_codes_and_back() {
+        let id = JobId::new(7);
+        let body = ErrorBody::from_error(&Error::LeaseLost(id));
+        assert_eq!(body.error.code, "lease_lost");
+        assert_eq!(body.into_error(Some(id)), Error::LeaseLost(id));
+        let hidden = ErrorBody::from_error(&Error::Storage("disk I/O error at /secret/path".into()));
+        assert_eq!(hidden.error.code, "internal");
+        assert!(!hidden.error.message.contains("secret"));
+    }
+}
