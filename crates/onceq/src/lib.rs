@@ -17,12 +17,14 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 pub use onceq_core::*;
 pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 pub mod bench;
+pub mod serve;
+pub mod token;
 
 /// The README's code runs as a doc test, so its quick-start cannot rot.
 #[doc = include_str!("../../../README.md")]
@@ -33,42 +35,93 @@ pub struct ReadmeDoctests;
 #[derive(Debug, Parser)]
 #[command(name = "onceq", version, about = "A durable job queue, honest about delivery guarantees")]
 pub struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default warn; serve logs info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ONCEQ_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands of the `onceq` binary.
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
+    /// Run the HTTP API over the embedded store (see API.md).
+    Serve(serve::ServeArgs),
     /// Measure the embedded store against the raw SQLite floor, on this machine, now.
     Bench(bench::BenchArgs),
+    /// Make and hash bearer tokens for the config file.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// A command's failure, and the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments or configuration (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The command ran and failed (exit code 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
 }
 
 /// Carries out a parsed command line. `args` is the command line as typed (program name first):
 /// commands that print a report echo it, so a figure can always be traced to what produced it.
 pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
-    init_tracing();
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    init_tracing(cli.log_format, default_level);
     let outcome = match cli.command {
-        Command::Bench(bench_args) => bench::run(&bench_args, &command_line(args)),
+        Command::Serve(serve_args) => serve::run(&serve_args),
+        Command::Bench(bench_args) => {
+            bench::run(&bench_args, &command_line(args)).map_err(|e| CliError::Failed(e.to_string()))
+        }
+        Command::Token(command) => token::run(&command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("onceq: {error}");
-            ExitCode::FAILURE
+            error.exit_code()
         }
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (warnings by default), so that stdout carries only
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default_level`), so that stdout carries only
 /// a command's report.
-fn init_tracing() {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (a test calling `run` twice) is harmless: the first one stays.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// The command line as a shell would accept it back: arguments with spaces or quotes are quoted.
@@ -109,7 +162,7 @@ mod tests {
     #[test]
     fn the_cli_parses_bench_options() {
         let cli = Cli::try_parse_from(["onceq", "bench", "--quick", "--durability", "relaxed", "--jobs", "700"]);
-        let Ok(Cli { command: Command::Bench(args) }) = cli else {
+        let Ok(Cli { command: Command::Bench(args), .. }) = cli else {
             panic!("bench did not parse: {cli:?}");
         };
         assert!(args.quick);

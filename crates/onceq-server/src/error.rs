@@ -1,0 +1,109 @@
+//! HTTP errors: a stable code and an actionable message (API.md, "Errors"). Internal causes are
+//! logged here and never returned.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use onceq_core::api::{ErrorBody, ErrorDetail};
+use onceq_core::{Error, ErrorKind};
+
+/// Seconds a client is told to wait (`Retry-After`) when the store is unavailable.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError { status, body: ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.into() } } }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found` for a path that is no endpoint.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint at {path}; see /openapi.json"))
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "this endpoint does not take that method")
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// The error response for a per-item error detail (status from its code).
+    pub fn from_detail(detail: ErrorDetail) -> Self {
+        let status = match detail.code.as_str() {
+            "invalid_request" => StatusCode::BAD_REQUEST,
+            "unauthorized" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "not_found" => StatusCode::NOT_FOUND,
+            "lease_lost" | "conflict" => StatusCode::CONFLICT,
+            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, body: ErrorBody { error: detail } }
+    }
+
+    /// The body's detail (for per-item results of batch calls).
+    pub fn detail(&self) -> ErrorDetail {
+        self.body.error.clone()
+    }
+}
+
+/// The HTTP status of a portable error kind.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::LeaseLost | ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        if error.kind() == ErrorKind::Storage {
+            tracing::error!(%error, "store error");
+        }
+        ApiError { status: status_of(error.kind()), body: ErrorBody::from_error(&error) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

@@ -1,0 +1,59 @@
+//! `/metrics`: Prometheus text, from the `metrics` facade.
+//!
+//! Counters and histograms are recorded where the events happen (the store's writer emits
+//! enqueued, duplicates suppressed, deliveries, redeliveries by reason, stale-lease rejections,
+//! extensions, acks, dead-lettered, redriven, and the latency histograms). Gauges of queue depth
+//! by state and the oldest ready job's age are read from the store at each scrape.
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use onceq_core::Store;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Histogram buckets, in seconds: from a millisecond to an hour.
+const BUCKETS_SECONDS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first use. `None` if another recorder was
+/// installed first (then `/metrics` says so).
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_SECONDS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install the Prometheus recorder; /metrics will be unavailable");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = state.metrics.clone().ok_or_else(|| ApiError::unavailable("metrics are not being recorded"))?;
+    for queue in state.store.queue_list().await? {
+        let name = queue.name.to_string();
+        let stats = queue.stats;
+        for (label, value) in
+            [("ready", stats.ready), ("scheduled", stats.scheduled), ("leased", stats.leased), ("dead", stats.dead)]
+        {
+            metrics::gauge!("onceq_queue_depth", "queue" => name.clone(), "state" => label).set(value as f64);
+        }
+        let age = stats.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
+        metrics::gauge!("onceq_oldest_ready_age_seconds", "queue" => name.clone()).set(age);
+        metrics::gauge!("onceq_queue_paused", "queue" => name).set(if queue.paused { 1.0 } else { 0.0 });
+    }
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
+}

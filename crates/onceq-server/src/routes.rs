@@ -1,0 +1,560 @@
+//! The `/v1` endpoints of API.md, plus health, metrics and the OpenAPI document.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use onceq_core::api::*;
+use onceq_core::{
+    DeadPage, Error, Extend, Fail, JobId, LeaseOptions, LeaseRef, Nack, QueueConfig, QueueConfigPatch, QueueInfo,
+    Redrive, Store,
+};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use crate::auth::{Action, Principal};
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::extract::{JobPath, QueryParams, QueuePath};
+use crate::AppState;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Header whose value is a one-job enqueue's dedup id.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The router of every endpoint.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/queues", get(queue_list))
+        .route("/v1/queues/{queue}", get(queue_get).put(queue_put).delete(queue_delete))
+        .route("/v1/queues/{queue}/pause", post(queue_pause))
+        .route("/v1/queues/{queue}/resume", post(queue_resume))
+        .route("/v1/queues/{queue}/jobs", post(job_enqueue))
+        .route("/v1/queues/{queue}/leases", post(job_lease))
+        .route("/v1/queues/{queue}/dead", get(dead_list).delete(dead_purge))
+        .route("/v1/queues/{queue}/dead/redrive", post(dead_redrive))
+        .route("/v1/jobs/{id}", get(job_get))
+        .route("/v1/jobs/{id}/ack", post(job_ack))
+        .route("/v1/jobs/{id}/nack", post(job_nack))
+        .route("/v1/jobs/{id}/extend", post(job_extend))
+        .route("/v1/jobs/{id}/fail", post(job_fail))
+        .route("/v1/acks", post(acks))
+        .route("/v1/nacks", post(nacks))
+        .route("/v1/extends", post(extends))
+        .route("/v1/fails", post(fails))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::no_route(uri.path()) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "onceq HTTP API",
+        version = "1",
+        description = "A durable job queue, honest about delivery guarantees. See API.md."
+    ),
+    paths(
+        queue_list,
+        queue_get,
+        queue_put,
+        queue_delete,
+        queue_pause,
+        queue_resume,
+        job_enqueue,
+        job_lease,
+        dead_list,
+        dead_purge,
+        dead_redrive,
+        job_get,
+        job_ack,
+        job_nack,
+        job_extend,
+        job_fail,
+        acks,
+        nacks,
+        extends,
+        fails,
+        healthz,
+        readyz
+    ),
+    components(schemas(
+        ErrorBody,
+        QueueConfig,
+        QueueConfigPatch,
+        QueueInfo,
+        QueueList,
+        EnqueueRequest,
+        EnqueueResponse,
+        LeaseRequest,
+        LeaseResponse,
+        AckRequest,
+        NackRequest,
+        ExtendRequest,
+        ExtendResponse,
+        FailRequest,
+        AcksRequest,
+        NacksRequest,
+        ExtendsRequest,
+        FailsRequest,
+        SettleResults,
+        JobView,
+        DeadListResponse,
+        RedriveRequest,
+        RedriveResponse,
+        PurgeResponse
+    ))
+)]
+pub(crate) struct ApiDoc;
+
+async fn openapi_json() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
+/// Lists queues (those the token may read).
+#[utoipa::path(get, path = "/v1/queues", responses((status = 200, body = QueueList), (status = 401, body = ErrorBody)))]
+async fn queue_list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<QueueList>> {
+    let queues = state.store.queue_list().await?;
+    let queues = queues.into_iter().filter(|q| principal.can(Action::Read, q.name.as_str())).collect();
+    Ok(Json(QueueList { queues }))
+}
+
+/// Reads a queue's config and stats.
+#[utoipa::path(get, path = "/v1/queues/{queue}", params(("queue" = String, Path)),
+    responses((status = 200, body = QueueInfo), (status = 404, body = ErrorBody)))]
+async fn queue_get(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+) -> ApiResult<Json<QueueInfo>> {
+    principal.check(Action::Read, queue.as_str())?;
+    Ok(Json(state.store.queue_get(&queue).await?))
+}
+
+/// Creates or updates a queue.
+#[utoipa::path(put, path = "/v1/queues/{queue}", params(("queue" = String, Path)), request_body = QueueConfigPatch,
+    responses((status = 200, body = QueueConfig), (status = 400, body = ErrorBody)))]
+async fn queue_put(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+    JsonBody(patch): JsonBody<QueueConfigPatch>,
+) -> ApiResult<Json<QueueConfig>> {
+    principal.check(Action::Admin, queue.as_str())?;
+    Ok(Json(state.store.queue_upsert(&queue, patch).await?))
+}
+
+/// Deletes a queue and its jobs.
+#[utoipa::path(delete, path = "/v1/queues/{queue}", params(("queue" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn queue_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+) -> ApiResult<StatusCode> {
+    principal.check(Action::Admin, queue.as_str())?;
+    state.store.queue_delete(&queue).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pauses leasing.
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", params(("queue" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn queue_pause(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+) -> ApiResult<StatusCode> {
+    principal.check(Action::Admin, queue.as_str())?;
+    state.store.queue_pause(&queue).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resumes leasing.
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", params(("queue" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn queue_resume(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+) -> ApiResult<StatusCode> {
+    principal.check(Action::Admin, queue.as_str())?;
+    state.store.queue_resume(&queue).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Enqueues jobs atomically. For a one-job request, `Idempotency-Key` is the job's dedup id.
+#[utoipa::path(post, path = "/v1/queues/{queue}/jobs", params(("queue" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "dedup id of a one-job request")),
+    request_body = EnqueueRequest,
+    responses((status = 200, body = EnqueueResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn job_enqueue(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<EnqueueRequest>,
+) -> ApiResult<Json<EnqueueResponse>> {
+    principal.check(Action::Produce, queue.as_str())?;
+    let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
+                .to_owned(),
+        ),
+    };
+    let mut jobs =
+        request.jobs.into_iter().enumerate().map(|(i, job)| job.into_new_job(i)).collect::<Result<Vec<_>, Error>>()?;
+    if let Some(key) = key {
+        match jobs.as_mut_slice() {
+            [job] => match &job.dedup_id {
+                Some(existing) if *existing != key => {
+                    return Err(ApiError::invalid("Idempotency-Key and the job's dedup_id differ; send one of them"))
+                }
+                _ => job.dedup_id = Some(key),
+            },
+            _ => return Err(ApiError::invalid("Idempotency-Key applies to one-job requests; use dedup_id per job")),
+        }
+    }
+    let jobs = state.store.job_enqueue(&queue, jobs).await?;
+    Ok(Json(EnqueueResponse { jobs }))
+}
+
+/// Leases ready jobs, waiting up to `wait_ms` for one.
+#[utoipa::path(post, path = "/v1/queues/{queue}/leases", params(("queue" = String, Path)), request_body = LeaseRequest,
+    responses((status = 200, body = LeaseResponse), (status = 400, body = ErrorBody)))]
+async fn job_lease(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+    JsonBody(request): JsonBody<LeaseRequest>,
+) -> ApiResult<Json<LeaseResponse>> {
+    principal.check(Action::Consume, queue.as_str())?;
+    let options = LeaseOptions {
+        max_jobs: request.max_jobs.unwrap_or(1),
+        visibility_timeout_ms: request.visibility_timeout_ms,
+        wait_ms: request.wait_ms.unwrap_or(0),
+    };
+    options.validate()?;
+    // A long poll ends early when the server shuts down, so shutdown is not held up by it.
+    // (Leased jobs whose reply is lost that way are redelivered after their visibility timeout.)
+    let mut shutdown = state.shutdown.clone();
+    let leased = tokio::select! {
+        leased = state.store.job_lease(&queue, options) => leased?,
+        Ok(_) = shutdown.wait_for(|stopping| *stopping), if options.wait_ms > 0 => Vec::new(),
+    };
+    Ok(Json(LeaseResponse { jobs: leased.iter().map(LeasedJobView::from_leased).collect() }))
+}
+
+/// Reads one job.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+async fn job_get(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+) -> ApiResult<Json<JobView>> {
+    let job = state.store.job_get(id).await?;
+    if !principal.can(Action::Consume, job.queue.as_str()) {
+        principal.check(Action::Admin, job.queue.as_str())?;
+    }
+    Ok(Json(JobView::from_job(&job)))
+}
+
+/// Checks that `principal` may consume from the queue of each job; returns, per job, the
+/// refusal if any. Looks jobs up only for tokens that are not allowed everywhere.
+async fn consume_checks(state: &AppState, principal: &Principal, ids: &[JobId]) -> Vec<Option<ApiError>> {
+    if principal.everywhere(Action::Consume) {
+        return ids.iter().map(|_| None).collect();
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        out.push(match state.store.job_get(id).await {
+            Ok(job) => principal.check(Action::Consume, job.queue.as_str()).err(),
+            // Unknown jobs are left for the store to answer (not found), as for anyone.
+            Err(_) => None,
+        });
+    }
+    out
+}
+
+/// Runs a settle batch: refused items get their error, the rest go to the store in one call.
+async fn settle<I, T, F, Fut>(
+    state: &AppState,
+    principal: &Principal,
+    items: Vec<I>,
+    id_of: impl Fn(&I) -> JobId,
+    call: F,
+    ok: impl Fn(JobId, T) -> SettleResult,
+) -> ApiResult<Vec<SettleResult>>
+where
+    F: FnOnce(Vec<I>) -> Fut,
+    Fut: std::future::Future<Output = onceq_core::Result<Vec<onceq_core::Result<T>>>>,
+{
+    onceq_core::store::validate::settle_batch(items.len())?;
+    let ids: Vec<JobId> = items.iter().map(&id_of).collect();
+    let refusals = consume_checks(state, principal, &ids).await;
+    let allowed: Vec<I> =
+        items.into_iter().zip(&refusals).filter(|(_, refusal)| refusal.is_none()).map(|(item, _)| item).collect();
+    let mut results = if allowed.is_empty() { Vec::new() } else { call(allowed).await? }.into_iter();
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, refusal) in ids.into_iter().zip(refusals) {
+        out.push(match refusal {
+            Some(refusal) => SettleResult { ok: false, error: Some(refusal.detail()), ..SettleResult::ok(id) },
+            None => match results.next() {
+                Some(Ok(value)) => ok(id, value),
+                Some(Err(e)) => SettleResult::failed(id, &e),
+                None => return Err(Error::Storage("the store answered fewer items than it was given".into()).into()),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The one result of a one-item settle, as a response or an error.
+fn single(mut results: Vec<SettleResult>) -> ApiResult<SettleResult> {
+    let result = results.pop().ok_or_else(|| ApiError::from(Error::Storage("empty settle result".into())))?;
+    match result.error.clone() {
+        Some(detail) if !result.ok => Err(ApiError::from_detail(detail)),
+        _ => Ok(result),
+    }
+}
+
+/// Acks one lease.
+#[utoipa::path(post, path = "/v1/jobs/{id}/ack", params(("id" = String, Path)), request_body = AckRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn job_ack(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<AckRequest>,
+) -> ApiResult<StatusCode> {
+    let items = vec![LeaseRef { id, lease_token: request.lease_token }];
+    let store = state.store.clone();
+    single(
+        settle(
+            &state,
+            &principal,
+            items,
+            |a| a.id,
+            |v| async move { store.job_ack(&v).await },
+            |id, ()| SettleResult::ok(id),
+        )
+        .await?,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Nacks one lease: retry later (or dead-letter when attempts are exhausted).
+#[utoipa::path(post, path = "/v1/jobs/{id}/nack", params(("id" = String, Path)), request_body = NackRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn job_nack(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<NackRequest>,
+) -> ApiResult<StatusCode> {
+    let items = vec![Nack { id, lease_token: request.lease_token, delay_ms: request.delay_ms, error: request.error }];
+    let store = state.store.clone();
+    single(
+        settle(&state, &principal, items, |n| n.id, |v| async move { store.job_nack(&v).await }, SettleResult::nacked)
+            .await?,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Extends one lease.
+#[utoipa::path(post, path = "/v1/jobs/{id}/extend", params(("id" = String, Path)), request_body = ExtendRequest,
+    responses((status = 200, body = ExtendResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn job_extend(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<ExtendRequest>,
+) -> ApiResult<Json<ExtendResponse>> {
+    let items =
+        vec![Extend { id, lease_token: request.lease_token, visibility_timeout_ms: request.visibility_timeout_ms }];
+    let store = state.store.clone();
+    let result = single(
+        settle(&state, &principal, items, |e| e.id, |v| async move { store.job_extend(&v).await }, extended).await?,
+    )?;
+    Ok(Json(ExtendResponse { lease_expires_at: result.lease_expires_at.unwrap_or_default() }))
+}
+
+fn extended(id: JobId, at: onceq_core::Timestamp) -> SettleResult {
+    SettleResult { lease_expires_at: Some(format_time(at)), ..SettleResult::ok(id) }
+}
+
+/// Fails one lease: dead-letter now.
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", params(("id" = String, Path)), request_body = FailRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn job_fail(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<FailRequest>,
+) -> ApiResult<StatusCode> {
+    let items = vec![Fail { id, lease_token: request.lease_token, error: request.error }];
+    let store = state.store.clone();
+    single(
+        settle(
+            &state,
+            &principal,
+            items,
+            |f| f.id,
+            |v| async move { store.job_fail(&v).await },
+            |id, ()| SettleResult::ok(id),
+        )
+        .await?,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Acks many leases, each judged on its own.
+#[utoipa::path(post, path = "/v1/acks", request_body = AcksRequest, responses((status = 200, body = SettleResults)))]
+async fn acks(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<AcksRequest>,
+) -> ApiResult<Json<SettleResults>> {
+    let store = state.store.clone();
+    let results = settle(&state, &principal, request.acks, |a| a.id, |v| async move { store.job_ack(&v).await }, {
+        |id, ()| SettleResult::ok(id)
+    })
+    .await?;
+    Ok(Json(SettleResults { results }))
+}
+
+/// Nacks many leases, each judged on its own.
+#[utoipa::path(post, path = "/v1/nacks", request_body = NacksRequest, responses((status = 200, body = SettleResults)))]
+async fn nacks(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<NacksRequest>,
+) -> ApiResult<Json<SettleResults>> {
+    let items: Vec<Nack> = request
+        .nacks
+        .into_iter()
+        .map(|n| Nack { id: n.id, lease_token: n.lease_token, delay_ms: n.delay_ms, error: n.error })
+        .collect();
+    let store = state.store.clone();
+    let results =
+        settle(&state, &principal, items, |n| n.id, |v| async move { store.job_nack(&v).await }, SettleResult::nacked)
+            .await?;
+    Ok(Json(SettleResults { results }))
+}
+
+/// Extends many leases, each judged on its own.
+#[utoipa::path(post, path = "/v1/extends", request_body = ExtendsRequest, responses((status = 200, body = SettleResults)))]
+async fn extends(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<ExtendsRequest>,
+) -> ApiResult<Json<SettleResults>> {
+    let items: Vec<Extend> = request
+        .extends
+        .into_iter()
+        .map(|e| Extend { id: e.id, lease_token: e.lease_token, visibility_timeout_ms: e.visibility_timeout_ms })
+        .collect();
+    let store = state.store.clone();
+    let results =
+        settle(&state, &principal, items, |e| e.id, |v| async move { store.job_extend(&v).await }, extended).await?;
+    Ok(Json(SettleResults { results }))
+}
+
+/// Fails many leases, each judged on its own.
+#[utoipa::path(post, path = "/v1/fails", request_body = FailsRequest, responses((status = 200, body = SettleResults)))]
+async fn fails(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<FailsRequest>,
+) -> ApiResult<Json<SettleResults>> {
+    let items: Vec<Fail> =
+        request.fails.into_iter().map(|f| Fail { id: f.id, lease_token: f.lease_token, error: f.error }).collect();
+    let store = state.store.clone();
+    let results = settle(&state, &principal, items, |f| f.id, |v| async move { store.job_fail(&v).await }, {
+        |id, ()| SettleResult::ok(id)
+    })
+    .await?;
+    Ok(Json(SettleResults { results }))
+}
+
+/// Query of a dead-letter listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// Lists a page of dead jobs.
+#[utoipa::path(get, path = "/v1/queues/{queue}/dead",
+    params(("queue" = String, Path), ("limit" = Option<u32>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, body = DeadListResponse), (status = 404, body = ErrorBody)))]
+async fn dead_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+    QueryParams(query): QueryParams<DeadQuery>,
+) -> ApiResult<Json<DeadListResponse>> {
+    principal.check(Action::Admin, queue.as_str())?;
+    let after = query.after.as_deref().map(str::parse::<JobId>).transpose()?;
+    let page = DeadPage { after, limit: query.limit.unwrap_or(100) };
+    let list = state.store.dead_list(&queue, page).await?;
+    Ok(Json(DeadListResponse { jobs: list.jobs.iter().map(JobView::from_job).collect(), next: list.next }))
+}
+
+/// Makes dead jobs ready again (all, by ids, or up to a limit), attempts reset.
+#[utoipa::path(post, path = "/v1/queues/{queue}/dead/redrive", params(("queue" = String, Path)),
+    request_body = RedriveRequest, responses((status = 200, body = RedriveResponse), (status = 404, body = ErrorBody)))]
+async fn dead_redrive(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+    JsonBody(request): JsonBody<RedriveRequest>,
+) -> ApiResult<Json<RedriveResponse>> {
+    principal.check(Action::Admin, queue.as_str())?;
+    let redriven = state.store.dead_redrive(&queue, Redrive { ids: request.ids, limit: request.limit }).await?;
+    Ok(Json(RedriveResponse { redriven }))
+}
+
+/// Deletes every dead job of a queue.
+#[utoipa::path(delete, path = "/v1/queues/{queue}/dead", params(("queue" = String, Path)),
+    responses((status = 200, body = PurgeResponse), (status = 404, body = ErrorBody)))]
+async fn dead_purge(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+) -> ApiResult<Json<PurgeResponse>> {
+    principal.check(Action::Admin, queue.as_str())?;
+    Ok(Json(PurgeResponse { purged: state.store.dead_purge(&queue).await? }))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+async fn healthz() -> StatusCode {
+    StatusCode::OK
+}
+
+/// The store answers (and the server is not shutting down).
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> ApiResult<StatusCode> {
+    if *state.shutdown.borrow() {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    // Reading a job that cannot exist goes through the store's read path end to end.
+    match state.store.job_get(JobId::new(0)).await {
+        Ok(_) | Err(Error::JobNotFound(_)) => Ok(StatusCode::OK),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::unavailable("the store does not answer; see the server log"))
+        }
+    }
+}

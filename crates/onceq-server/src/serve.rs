@@ -1,0 +1,136 @@
+//! The listener: timeouts so slow clients cannot pin connections, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use onceq_core::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+use crate::Auth;
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Tokens; none means auth is off.
+    pub auth: Auth,
+    /// Allow a non-loopback address without tokens.
+    pub insecure_no_auth: bool,
+    /// A client must send its request headers within this (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// A client must send its request body within this.
+    pub body_read_timeout: Duration,
+    /// A request (long polls included, which wait at most 20 s) must finish within this.
+    pub request_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            auth: Auth::disabled(),
+            insecure_no_auth: false,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Options with these tokens and everything else at its default.
+    pub fn with_auth(auth: Auth) -> Self {
+        ServeOptions { auth, ..ServeOptions::default() }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// No tokens and a non-loopback address.
+    #[error(
+        "refusing to listen on {0} without auth: configure tokens in the config file, listen on a loopback \
+         address, or pass --insecure-no-auth"
+    )]
+    NoAuthOnPublicAddress(SocketAddr),
+    /// The listener failed.
+    #[error("the listener failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the API on `listener` until `signal` completes, then shuts down gracefully: stops
+/// accepting, ends long polls, lets in-flight requests finish (up to the grace period). The
+/// caller closes the store afterwards, so everything acknowledged is on disk.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    options: ServeOptions,
+    signal: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr()?;
+    if !options.auth.enabled() && !local.ip().is_loopback() && !options.insecure_no_auth {
+        return Err(ServeError::NoAuthOnPublicAddress(local));
+    }
+    if !options.auth.enabled() {
+        tracing::warn!(%local, "auth is off: no tokens are configured");
+    }
+    let (stopping, stopping_rx) = watch::channel(false);
+    let app = crate::router_with(store, options.auth.clone(), stopping_rx)
+        .layer(RequestBodyTimeoutLayer::new(options.body_read_timeout))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, options.request_timeout));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                    app.clone().oneshot(request)
+                });
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut signal => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    let _ = stopping.send(true);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("every connection is closed"),
+        () = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!(grace = ?options.shutdown_grace, "requests still running after the grace period were cut");
+        }
+    }
+    Ok(())
+}

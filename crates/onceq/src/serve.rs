@@ -1,0 +1,129 @@
+//! `onceq serve`: the HTTP API over the embedded store.
+//!
+//! Settings come from flags, then their environment variables, then the config file, then the
+//! defaults: data directory `./onceq-data`, listen address `127.0.0.1:7700`, durability `fsync`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use onceq_server::{Auth, ServeOptions, TokenConfig};
+use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
+use serde::Deserialize;
+
+use crate::CliError;
+
+/// Default data directory, relative to the working directory.
+pub const DATA_DIR_DEFAULT: &str = "./onceq-data";
+/// Default listen address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+
+/// Options of `onceq serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory of the embedded store [default: ./onceq-data].
+    #[arg(long, env = "ONCEQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7700]; port 0 picks a free port.
+    #[arg(long, env = "ONCEQ_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TOML config file: listen, data_dir, durability, insecure_no_auth, and [[tokens]].
+    #[arg(long, env = "ONCEQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Commit durability: fsync (survives power loss) or relaxed (survives a process crash).
+    #[arg(long, env = "ONCEQ_DURABILITY", value_parser = ["fsync", "relaxed"])]
+    pub durability: Option<String>,
+    /// Listen on a non-loopback address without any token configured.
+    #[arg(long, env = "ONCEQ_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// `fsync` or `relaxed`.
+    pub durability: Option<String>,
+    /// Allow a non-loopback address without tokens.
+    pub insecure_no_auth: Option<bool>,
+    /// Bearer tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, CliError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| CliError::Usage(format!("config file {}: {e}", path.display())))
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: &ServeArgs) -> Result<(), CliError> {
+    let config = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let data_dir = args.data_dir.clone().or(config.data_dir).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
+    let listen = match args.listen.or(config.listen) {
+        Some(addr) => addr,
+        None => LISTEN_DEFAULT.parse().map_err(|e| CliError::Usage(format!("{e}")))?,
+    };
+    let durability: Durability = args
+        .durability
+        .clone()
+        .or(config.durability)
+        .unwrap_or_else(|| "fsync".into())
+        .parse()
+        .map_err(|e: onceq_core::Error| CliError::Usage(e.to_string()))?;
+    let auth = Auth::from_tokens(&config.tokens).map_err(CliError::Usage)?;
+    let mut options = ServeOptions::with_auth(auth);
+    options.insecure_no_auth = args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let store = SqliteStore::open(SqliteOptions::new(&data_dir).durability(durability))
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
+        let local = listener.local_addr().map_err(|e| CliError::Failed(e.to_string()))?;
+        // Scripts and tests read this line to find the port.
+        println!("onceq listening on http://{local} (data dir {}, durability {durability:?})", data_dir.display());
+        tracing::info!(%local, data_dir = %data_dir.display(), "serving");
+        let result = onceq_server::serve(Arc::new(store.clone()), listener, options, shutdown_signal()).await;
+        // Whatever happened, flush and release the data directory.
+        store.close().await;
+        result.map_err(|e| CliError::Failed(e.to_string()))
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
