@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`limits`]: every bound onceq enforces, as named constants (Invariant 8).
+//! - [`metrics`]: the names of the metrics stores emit.
 //! - [`error`]: the seam's [`Error`] and its portable [`ErrorKind`].
 //! - [`time`]: [`Timestamp`] and the store's one [`Clock`] (Invariant 7).
 //! - `queue`: [`QueueName`], [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
@@ -17,6 +18,7 @@ pub mod api;
 pub mod error;
 mod job;
 pub mod limits;
+pub mod metrics;
 mod queue;
 mod retry;
 pub mod store;

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use onceq_core::metrics as names;
 use onceq_core::Store;
 
 use crate::error::ApiError;
@@ -31,7 +32,10 @@ pub fn handle() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_SECONDS)
                 .ok()?;
             match builder.install_recorder() {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot install the Prometheus recorder; /metrics will be unavailable");
                     None
@@ -39,6 +43,25 @@ pub fn handle() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// The HELP lines of `/metrics`.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(names::ENQUEUED, "Jobs created by enqueues (duplicates excluded).");
+    describe_counter!(names::DUPLICATES_SUPPRESSED, "Enqueues absorbed by producer dedup.");
+    describe_counter!(names::DELIVERIES, "Jobs handed out by leases, every attempt.");
+    describe_counter!(names::REDELIVERIES, "Jobs made available for another attempt, by reason.");
+    describe_counter!(names::STALE_LEASE_REJECTIONS, "Settle calls refused: not the job's current lease.");
+    describe_counter!(names::LEASE_EXTENSIONS, "Lease extensions.");
+    describe_counter!(names::ACKS, "Acks.");
+    describe_counter!(names::DEAD_LETTERED, "Jobs dead-lettered, by reason (the DLQ ingestion velocity).");
+    describe_counter!(names::REDRIVEN, "Dead jobs made ready again.");
+    describe_histogram!(names::ENQUEUE_TO_LEASE, Unit::Seconds, "Time from enqueue to first lease.");
+    describe_histogram!(names::LEASE_TO_ACK, Unit::Seconds, "Time from lease to ack.");
+    describe_gauge!(names::QUEUE_DEPTH, "Jobs by state.");
+    describe_gauge!(names::OLDEST_READY_AGE, Unit::Seconds, "Age of the oldest ready job.");
+    describe_gauge!(names::QUEUE_PAUSED, "1 when the queue is paused.");
 }
 
 pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -49,11 +72,11 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
         for (label, value) in
             [("ready", stats.ready), ("scheduled", stats.scheduled), ("leased", stats.leased), ("dead", stats.dead)]
         {
-            metrics::gauge!("onceq_queue_depth", "queue" => name.clone(), "state" => label).set(value as f64);
+            metrics::gauge!(names::QUEUE_DEPTH, "queue" => name.clone(), "state" => label).set(value as f64);
         }
         let age = stats.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
-        metrics::gauge!("onceq_oldest_ready_age_seconds", "queue" => name.clone()).set(age);
-        metrics::gauge!("onceq_queue_paused", "queue" => name).set(if queue.paused { 1.0 } else { 0.0 });
+        metrics::gauge!(names::OLDEST_READY_AGE, "queue" => name.clone()).set(age);
+        metrics::gauge!(names::QUEUE_PAUSED, "queue" => name).set(if queue.paused { 1.0 } else { 0.0 });
     }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
 }

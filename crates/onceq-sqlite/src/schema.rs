@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
         max_attempts     INTEGER NOT NULL,
         lease_token      BLOB,
         lease_expires_at INTEGER,
+        leased_at        INTEGER,
         error_count      INTEGER NOT NULL DEFAULT 0,
         dedup_id         TEXT,
         headers          TEXT,

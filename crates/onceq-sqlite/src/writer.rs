@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::schema::{sqlite_error, state};
 use crate::Shared;
+use onceq_core::metrics as names;
 
 /// Most requests one group commit takes; the rest wait for the next.
 const GROUP_COMMIT_REQUESTS_MAX: usize = 1024;
@@ -250,6 +251,11 @@ impl State {
         Ok(())
     }
 
+    /// The `queue` label of metrics about this queue.
+    fn label(&self, queue_id: i64) -> String {
+        self.names.get(&queue_id).map(|n| n.to_string()).unwrap_or_default()
+    }
+
     fn entry_by_id(&mut self, queue_id: i64) -> Option<&mut QueueEntry> {
         let name = self.names.get(&queue_id)?;
         self.dirty.insert(queue_id);
@@ -319,6 +325,13 @@ impl State {
         for (id, queue_id, attempt, max_attempts, expired_at) in expired {
             record_error(conn, id, attempt, "lease expired", expired_at)?;
             let to = if attempt >= max_attempts { state::DEAD } else { state::READY };
+            if to == state::DEAD {
+                metrics::counter!(names::DEAD_LETTERED, "queue" => self.label(queue_id), "reason" => "attempts_exhausted")
+                    .increment(1);
+            } else {
+                metrics::counter!(names::REDELIVERIES, "queue" => self.label(queue_id), "reason" => "lease_expired")
+                    .increment(1);
+            }
             conn.prepare_cached(
                 "UPDATE jobs SET state = ?2, run_at = CASE WHEN ?2 = 1 THEN ?3 ELSE run_at END, \
                  lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1 WHERE id = ?1",
@@ -506,6 +519,11 @@ impl State {
         }
         self.count_move_n(queue_id, None, Some(state::READY), ready);
         self.count_move_n(queue_id, None, Some(state::SCHEDULED), scheduled);
+        let duplicates = out.len() as u64 - ready - scheduled;
+        metrics::counter!(names::ENQUEUED, "queue" => name.to_string()).increment(ready + scheduled);
+        if duplicates > 0 {
+            metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => name.to_string()).increment(duplicates);
+        }
         Ok(out)
     }
 
@@ -532,7 +550,8 @@ impl State {
              RETURNING id, priority, run_at, enqueued_at, attempt + 1, max_attempts, dedup_id, headers, payload, \
              error_count, randomblob(16)"
         } else {
-            "UPDATE jobs SET state = 2, attempt = attempt + 1, lease_token = randomblob(16), lease_expires_at = ?3 \
+            "UPDATE jobs SET state = 2, attempt = attempt + 1, lease_token = randomblob(16), lease_expires_at = ?3, \
+             leased_at = ?4 \
              WHERE id IN (SELECT id FROM jobs WHERE queue_id = ?1 AND state = 1 \
              ORDER BY priority DESC, run_at, id LIMIT ?2) \
              RETURNING id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
@@ -540,7 +559,7 @@ impl State {
         };
         let mut rows: Vec<ReadyRow> = {
             let mut stmt = conn.prepare_cached(sql).map_err(storage("leasing jobs"))?;
-            let params = params![queue_id, options.max_jobs, expires_at.as_millis()];
+            let params = params![queue_id, options.max_jobs, expires_at.as_millis(), self.now.as_millis()];
             let params = if at_most_once { &params[..2] } else { params };
             let rows = stmt
                 .query_map(params, |r| {
@@ -593,6 +612,13 @@ impl State {
         }
         let to = if at_most_once { None } else { Some(state::LEASED) };
         self.count_move_n(queue_id, Some(state::READY), to, out.len() as u64);
+        if !out.is_empty() {
+            metrics::counter!(names::DELIVERIES, "queue" => name.to_string()).increment(out.len() as u64);
+            let wait = metrics::histogram!(names::ENQUEUE_TO_LEASE, "queue" => name.to_string());
+            for job in out.iter().filter(|j| j.attempt == 1) {
+                wait.record(self.now.ms_since(job.enqueued_at) as f64 / 1000.0);
+            }
+        }
         let left = self.queues.get(name).map_or(0, |q| q.counts[state::READY as usize]);
         if !out.is_empty() && left > 0 {
             self.woken.insert(queue_id, left); // pass the wake-up on: there is more to lease
@@ -625,12 +651,14 @@ impl State {
             .map_err(storage("reading a lease"))?;
         let Some(LeaseRow { queue_id, state: job_state, attempt, max_attempts, token: stored, expires_at }) = row
         else {
+            metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => "").increment(1);
             return Err(Error::JobNotFound(id));
         };
         let live = job_state == state::LEASED
             && stored.as_deref() == Some(&token.as_bytes()[..])
             && expires_at.is_some_and(|at| self.now.as_millis() < at);
         if !live {
+            metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => self.label(queue_id)).increment(1);
             return Err(Error::LeaseLost(id));
         }
         Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts })
@@ -643,16 +671,16 @@ impl State {
         // be one statement, but SQLite builds an ephemeral table for every RETURNING.)
         let mut find = conn
             .prepare_cached(
-                "SELECT queue_id, error_count FROM jobs \
+                "SELECT queue_id, error_count, leased_at FROM jobs \
                  WHERE id = ?1 AND state = 2 AND lease_token = ?2 AND lease_expires_at > ?3",
             )
             .map_err(storage("acking a job"))?;
         let mut delete = conn.prepare_cached("DELETE FROM jobs WHERE id = ?1").map_err(storage("acking a job"))?;
         for ack in acks {
             let row_id = to_i64(ack.id.get());
-            let deleted: Option<(i64, i64)> = find
+            let deleted: Option<(i64, i64, Option<i64>)> = find
                 .query_row(params![row_id, &ack.lease_token.as_bytes()[..], self.now.as_millis()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()
                 .map_err(storage("acking a job"))?;
@@ -660,11 +688,17 @@ impl State {
                 delete.execute([row_id]).map_err(storage("acking a job"))?;
             }
             out.push(match deleted {
-                Some((queue_id, error_count)) => {
+                Some((queue_id, error_count, leased_at)) => {
                     if error_count > 0 {
                         delete_errors(conn, to_i64(ack.id.get()))?;
                     }
                     self.count_move(queue_id, Some(state::LEASED), None);
+                    let label = self.label(queue_id);
+                    metrics::counter!(names::ACKS, "queue" => label.clone()).increment(1);
+                    if let Some(leased_at) = leased_at {
+                        let held = self.now.ms_since(Timestamp::from_millis(leased_at)) as f64 / 1000.0;
+                        metrics::histogram!(names::LEASE_TO_ACK, "queue" => label).record(held);
+                    }
                     Ok(())
                 }
                 None => match self.live_lease(conn, ack.id, &ack.lease_token) {
@@ -691,6 +725,8 @@ impl State {
             record_error(conn, lease.row_id, lease.attempt, text, self.now.as_millis())?;
             if lease.attempt >= lease.max_attempts {
                 self.settle_dead(conn, &lease)?;
+                metrics::counter!(names::DEAD_LETTERED, "queue" => self.label(lease.queue_id), "reason" => "attempts_exhausted")
+                    .increment(1);
                 out.push(Ok(NackOutcome::Dead));
                 continue;
             }
@@ -718,6 +754,8 @@ impl State {
                 self.lower_next_due(run_at);
             }
             self.count_move(lease.queue_id, Some(state::LEASED), Some(to));
+            metrics::counter!(names::REDELIVERIES, "queue" => self.label(lease.queue_id), "reason" => "nack")
+                .increment(1);
             out.push(Ok(NackOutcome::Retrying { run_at }));
         }
         Ok(out)
@@ -745,6 +783,7 @@ impl State {
                         .and_then(|mut s| s.execute(params![lease.row_id, expires_at.as_millis()]))
                         .map_err(storage("extending a lease"))?;
                     self.lower_next_due(expires_at);
+                    metrics::counter!(names::LEASE_EXTENSIONS, "queue" => self.label(lease.queue_id)).increment(1);
                     Ok(expires_at)
                 }
                 Err(e) => Err(e),
@@ -761,6 +800,8 @@ impl State {
                 Ok(lease) => {
                     record_error(conn, lease.row_id, lease.attempt, &fail.error, self.now.as_millis())?;
                     self.settle_dead(conn, &lease)?;
+                    metrics::counter!(names::DEAD_LETTERED, "queue" => self.label(lease.queue_id), "reason" => "failed")
+                        .increment(1);
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -809,6 +850,7 @@ impl State {
                 .map_err(storage("redriving a job"))?;
             self.count_move(queue_id, Some(state::DEAD), Some(state::READY));
         }
+        metrics::counter!(names::REDRIVEN, "queue" => name.to_string()).increment(ids.len() as u64);
         Ok(ids.len() as u64)
     }
 

@@ -1,0 +1,34 @@
+//! Names of the metrics every store emits through the `metrics` facade (DESIGN.md,
+//! "Observability"). All are labelled `queue`; some also `reason`. A server that installs a
+//! Prometheus recorder exposes them at `/metrics`; without a recorder they cost nothing.
+
+/// Counter: jobs created by enqueues (duplicates excluded).
+pub const ENQUEUED: &str = "onceq_jobs_enqueued_total";
+/// Counter: enqueues absorbed by producer dedup (the same dedup id within the window).
+pub const DUPLICATES_SUPPRESSED: &str = "onceq_duplicates_suppressed_total";
+/// Counter: jobs handed out by leases (every attempt).
+pub const DELIVERIES: &str = "onceq_deliveries_total";
+/// Counter: jobs made available for another attempt; `reason` is `nack` or `lease_expired`.
+pub const REDELIVERIES: &str = "onceq_redeliveries_total";
+/// Counter: settle calls refused because the token was not the job's current lease (or the job
+/// was gone); `queue` is empty when the job no longer exists.
+pub const STALE_LEASE_REJECTIONS: &str = "onceq_stale_lease_rejections_total";
+/// Counter: lease extensions.
+pub const LEASE_EXTENSIONS: &str = "onceq_lease_extensions_total";
+/// Counter: acks.
+pub const ACKS: &str = "onceq_acks_total";
+/// Counter: jobs dead-lettered; `reason` is `attempts_exhausted` or `failed`. Its rate is the
+/// DLQ ingestion velocity.
+pub const DEAD_LETTERED: &str = "onceq_dead_lettered_total";
+/// Counter: dead jobs made ready again.
+pub const REDRIVEN: &str = "onceq_redriven_total";
+/// Histogram (seconds): enqueue to first lease.
+pub const ENQUEUE_TO_LEASE: &str = "onceq_enqueue_to_lease_seconds";
+/// Histogram (seconds): lease to ack.
+pub const LEASE_TO_ACK: &str = "onceq_lease_to_ack_seconds";
+/// Gauge, set at scrape: jobs by `state` (`ready`, `scheduled`, `leased`, `dead`).
+pub const QUEUE_DEPTH: &str = "onceq_queue_depth";
+/// Gauge, set at scrape: age of the oldest ready job (0 when none is ready).
+pub const OLDEST_READY_AGE: &str = "onceq_oldest_ready_age_seconds";
+/// Gauge, set at scrape: 1 when the queue is paused.
+pub const QUEUE_PAUSED: &str = "onceq_queue_paused";
