@@ -45,8 +45,9 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::NotFound => "not_found",
         ErrorKind::LeaseLost => "lease_lost",
         ErrorKind::Conflict => "conflict",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::Storage => "internal",
+        // API.md has no 5xx besides 503: a store that fails is, to the client, a store that is
+        // unavailable for now (retry later); the cause is logged by the server.
+        ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
     }
 }
 
@@ -738,7 +739,7 @@ mod tests {
         assert_eq!(body.error.code, "lease_lost");
         assert_eq!(body.into_error(Some(id)), Error::LeaseLost(id));
         let hidden = ErrorBody::from_error(&Error::Storage("disk I/O error at /secret/path".into()));
-        assert_eq!(hidden.error.code, "internal");
+        assert_eq!(hidden.error.code, "unavailable");
         assert!(!hidden.error.message.contains("secret"));
     }
 }

@@ -84,8 +84,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::LeaseLost | ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
