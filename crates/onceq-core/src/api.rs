@@ -102,12 +102,24 @@ pub fn parse_time(text: &str) -> Result<Timestamp> {
     i64::try_from(millis).map(Timestamp::from_millis).map_err(|_| Error::invalid(format!("{text:?} is out of range")))
 }
 
-/// A payload on the wire: JSON when the bytes are JSON, else base64.
+/// A payload on the wire: JSON when the bytes are JSON exactly as they would travel (no
+/// surrounding whitespace, which JSON parsers drop, and not a bare `null`, which reads as "no
+/// payload"), else base64 — so every payload comes back byte for byte.
 fn payload_out(bytes: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
-    match std::str::from_utf8(bytes).ok().and_then(|text| RawValue::from_string(text.to_owned()).ok()) {
+    let raw = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| *text != "null")
+        .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+        .filter(|raw| raw.get().len() == bytes.len());
+    match raw {
         Some(raw) => (Some(raw), None),
         None => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
     }
+}
+
+/// Reads a present `payload` field as JSON text, `null` included (a missing field stays `None`).
+fn raw_present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A queue list.
@@ -132,8 +144,8 @@ pub struct EnqueueRequest {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnqueueJob {
-    /// Any JSON value: stored as its JSON text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Any JSON value, `null` included: stored as its JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "raw_present")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Option<Box<RawValue>>,
     /// Instead of `payload`: arbitrary bytes, base64 (standard alphabet, padded).
@@ -533,9 +545,10 @@ impl SettleResult {
 
     /// The item's error, if it failed.
     pub fn into_result(self) -> Result<Self> {
-        match self.error.clone() {
-            Some(detail) if !self.ok => Err(ErrorBody { error: detail }.into_error(Some(self.id))),
-            _ => Ok(self),
+        match (self.ok, self.error.clone()) {
+            (true, _) => Ok(self),
+            (false, Some(detail)) => Err(ErrorBody { error: detail }.into_error(Some(self.id))),
+            (false, None) => Err(Error::Storage(format!("the server failed job {} without saying why", self.id))),
         }
     }
 
@@ -716,6 +729,14 @@ mod tests {
         let wire = EnqueueJob::from_new_job(&json);
         assert_eq!(wire.payload.as_ref().map(|p| p.get()), Some(r#"{"a":[1,2]}"#));
         assert_eq!(wire.into_new_job(0).map(|j| j.payload), Ok(br#"{"a":[1,2]}"#.to_vec()));
+        for exact in [&b" 1 "[..], b"\n{}\n", b"null", b""] {
+            let wire = EnqueueJob::from_new_job(&NewJob::new(exact));
+            let text = serde_json::to_string(&wire).unwrap_or_else(|e| panic!("{e}"));
+            let back: EnqueueJob = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back.into_new_job(0).map(|j| j.payload), Ok(exact.to_vec()), "{text}");
+        }
+        let null: EnqueueJob = serde_json::from_str(r#"{"payload":null}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(null.into_new_job(0).map(|j| j.payload), Ok(b"null".to_vec()));
         let binary = NewJob::new(vec![0xff, 0x00, 0x10]);
         let wire = EnqueueJob::from_new_job(&binary);
         assert_eq!(wire.payload_base64.as_deref(), Some("/wAQ"));

@@ -11,11 +11,13 @@
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy.
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
+//! - [`idempotency`]: the idempotency store, the consumer half of effectively-once.
 //!
 //! See DESIGN.md for the vocabulary, the job lifecycle and the invariants these types serve.
 
 pub mod api;
 pub mod error;
+pub mod idempotency;
 mod job;
 pub mod limits;
 pub mod metrics;
@@ -25,6 +27,7 @@ pub mod store;
 pub mod time;
 
 pub use error::{Error, ErrorKind, Result};
+pub use idempotency::{Begin, BeginOutcome, Complete, IdempotencyStore};
 pub use job::{
     truncate_error_text, AttemptError, Enqueued, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
     NewJob, Schedule,

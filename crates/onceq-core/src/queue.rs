@@ -28,6 +28,10 @@ impl QueueName {
                 name.len()
             )));
         }
+        if name.chars().all(|c| c == '.') {
+            // "." and ".." cannot travel in a URL path: every HTTP stack resolves them.
+            return Err(Error::invalid(format!("queue name {name:?} is only dots; add a letter or digit")));
+        }
         if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(Error::invalid(format!(
                 "queue name {name:?} contains {bad:?}; only [A-Za-z0-9._-] is allowed"
@@ -246,6 +250,8 @@ mod tests {
         assert!(matches!(QueueName::new(""), Err(Error::InvalidRequest(_))));
         assert!(matches!(QueueName::new("a b"), Err(Error::InvalidRequest(_))));
         assert!(matches!(QueueName::new("é"), Err(Error::InvalidRequest(_))));
+        assert!(matches!(QueueName::new(".."), Err(Error::InvalidRequest(_))));
+        assert!(QueueName::new(".hidden").is_ok());
         assert!(QueueName::new("x".repeat(QUEUE_NAME_LEN_MAX)).is_ok());
         assert!(matches!(QueueName::new("x".repeat(QUEUE_NAME_LEN_MAX + 1)), Err(Error::InvalidRequest(_))));
     }

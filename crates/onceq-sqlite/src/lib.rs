@@ -415,3 +415,22 @@ impl Store for SqliteStore {
         self.call(move |state, conn| state.queue_upsert(conn, &queue, &patch)).await
     }
 }
+
+#[async_trait]
+impl onceq_core::IdempotencyStore for SqliteStore {
+    async fn idempotency_begin(&self, begin: onceq_core::Begin) -> Result<onceq_core::BeginOutcome> {
+        begin.validate()?;
+        self.call(move |state, conn| state.idempotency_begin(conn, &begin)).await
+    }
+
+    async fn idempotency_complete(&self, complete: onceq_core::Complete) -> Result<()> {
+        complete.validate()?;
+        self.call(move |state, conn| state.idempotency_complete(conn, &complete)).await
+    }
+
+    async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {
+        onceq_core::idempotency::validate_release(key, owner)?;
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.call(move |state, conn| state.idempotency_release(conn, &key, &owner)).await
+    }
+}

@@ -40,7 +40,6 @@ const MIGRATIONS: &[&str] = &[
         max_attempts     INTEGER NOT NULL,
         lease_token      BLOB,
         lease_expires_at INTEGER,
-        leased_at        INTEGER,
         error_count      INTEGER NOT NULL DEFAULT 0,
         dedup_id         TEXT,
         headers          TEXT,
@@ -67,6 +66,19 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX dedup_expiry ON dedup (expires_at);
     INSERT INTO meta (key, value) VALUES ('next_id', 1), ('clock_floor_ms', 0);
+    "#,
+    // v2: when each lease began (the lease-to-ack histogram), and the idempotency store.
+    r#"
+    ALTER TABLE jobs ADD COLUMN leased_at INTEGER;
+    CREATE TABLE idempotency (
+        key         TEXT PRIMARY KEY,
+        state       INTEGER NOT NULL,
+        owner       TEXT NOT NULL,
+        until       INTEGER NOT NULL,
+        fingerprint TEXT,
+        result      BLOB
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_until ON idempotency (until);
     "#,
 ];
 
@@ -158,4 +170,37 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;").map_err(|e| open_error(path, e))?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_is_migrated_forward_with_its_jobs() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(MIGRATIONS[0]).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(
+                "INSERT INTO queues (id, name, config, created_at) VALUES (1, 'q', '{}', 0); \
+                 INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, payload) \
+                 VALUES (7, 1, 1, 0, 0, 0, 0, 5, x'01');",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let conn = open_writer(&path, Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(version, SCHEMA_VERSION);
+        let (id, leased_at): (i64, Option<i64>) = conn
+            .query_row("SELECT id, leased_at FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((id, leased_at), (7, None));
+        let keys: i64 =
+            conn.query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys, 0);
+    }
 }

@@ -1,0 +1,297 @@
+//! `impl Store for Client`: each seam operation as its endpoint of `API.md`.
+//!
+//! Every operation first runs the validation the embedded store runs (`onceq_core::store::validate`
+//! and friends), so invalid input fails before it is sent, with the very same error. Batch
+//! settles use the batch endpoints (`/v1/acks`, `/v1/nacks`, `/v1/extends`, `/v1/fails`): one
+//! request per batch, one result per item.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use onceq_core::api::{
+    parse_time, AcksRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem, ExtendsRequest,
+    FailItem, FailsRequest, JobView, LeaseRequest, LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList,
+    RedriveRequest, RedriveResponse, SettleResult, SettleResults,
+};
+use onceq_core::store::validate;
+use onceq_core::{
+    truncate_error_text, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
+    LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Result, Store,
+    Timestamp,
+};
+use reqwest::Method;
+use serde::Serialize;
+
+use crate::client::{queue_segment, Client, Missing};
+
+/// `/v1/queues/{queue}` followed by `rest`.
+fn queue_path(queue: &QueueName, rest: &str) -> Result<String> {
+    Ok(format!("/v1/queues/{}{rest}", queue_segment(queue)?))
+}
+
+/// The wire form of a new job, with its payload bytes kept exactly.
+///
+/// [`EnqueueJob::from_new_job`] sends a payload that parses as JSON as that JSON. Two payloads
+/// would not come back byte for byte that way: JSON with whitespace around it (the wire keeps
+/// only the value) and `null` (which reads as "no payload"). Those travel as base64 instead.
+fn wire_job(job: &NewJob) -> EnqueueJob {
+    let mut wire = EnqueueJob::from_new_job(job);
+    let exact = wire.payload.as_ref().is_none_or(|raw| raw.get().len() == job.payload.len() && raw.get() != "null");
+    if !exact {
+        wire.payload = None;
+        wire.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&job.payload));
+    }
+    wire
+}
+
+impl Client {
+    /// Runs a batch settle call: posts `body` to `path`, checks that the server answered each
+    /// of `ids` in order, and turns each item's success into its value with `value`.
+    async fn settle<T>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        ids: impl ExactSizeIterator<Item = JobId>,
+        value: impl Fn(&SettleResult) -> Result<T>,
+    ) -> Result<ItemResults<T>> {
+        let replied: SettleResults = self.call(Method::POST, path).json(body).fetch().await?;
+        let sent = ids.len();
+        if replied.results.len() != sent || !replied.results.iter().map(|r| r.id).eq(ids) {
+            let got: Vec<JobId> = replied.results.iter().map(|r| r.id).collect();
+            return Err(
+                self.unreadable(&format!("results for jobs {got:?}"), format!("{sent} items were sent, in order"))
+            );
+        }
+        let mut results = Vec::with_capacity(sent);
+        for result in replied.results {
+            if !result.ok && result.error.is_none() {
+                return Err(self.unreadable(&format!("a failed result for job {}", result.id), "it has no error"));
+            }
+            match result.into_result() {
+                Ok(ok) => results.push(Ok(value(&ok)?)),
+                Err(err) => results.push(Err(err)),
+            }
+        }
+        Ok(results)
+    }
+
+    /// A time the server sent.
+    fn time(&self, what: &str, text: &str) -> Result<Timestamp> {
+        parse_time(text).map_err(|e| self.unreadable(what, e))
+    }
+
+    /// A job the server sent.
+    fn job(&self, view: JobView) -> Result<Job> {
+        let id = view.id;
+        view.into_job().map_err(|e| self.unreadable(&format!("job {id}"), e))
+    }
+}
+
+#[async_trait]
+impl Store for Client {
+    async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+        validate::dead_page(&page)?;
+        let mut call = self.call(Method::GET, &queue_path(queue, "/dead")?).query("limit", &page.limit.to_string());
+        if let Some(after) = page.after {
+            call = call.query("after", &after.to_string());
+        }
+        let listed: DeadListResponse = call.missing(Missing::Queue(queue.clone())).fetch().await?;
+        let jobs = listed.jobs.into_iter().map(|view| self.job(view)).collect::<Result<Vec<_>>>()?;
+        if jobs.len() > page.limit as usize {
+            return Err(
+                self.unreadable("a dead-letter page", format!("{} jobs for a limit of {}", jobs.len(), page.limit))
+            );
+        }
+        Ok(DeadList { jobs, next: listed.next })
+    }
+
+    async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
+        let call = self.call(Method::DELETE, &queue_path(queue, "/dead")?).missing(Missing::Queue(queue.clone()));
+        let purged: PurgeResponse = call.fetch().await?;
+        Ok(purged.purged)
+    }
+
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        validate::redrive(&redrive)?;
+        let body = RedriveRequest { ids: redrive.ids, limit: redrive.limit };
+        let call = self.call(Method::POST, &queue_path(queue, "/dead/redrive")?).json(&body);
+        let redriven: RedriveResponse = call.missing(Missing::Queue(queue.clone())).fetch().await?;
+        Ok(redriven.redriven)
+    }
+
+    async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        validate::settle_batch(acks.len())?;
+        let body = AcksRequest { acks: acks.to_vec() };
+        self.settle("/v1/acks", &body, acks.iter().map(|a| a.id), |_| Ok(())).await
+    }
+
+    async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        validate::enqueue(&jobs)?;
+        let body = EnqueueRequest { jobs: jobs.iter().map(wire_job).collect() };
+        let enqueued: EnqueueResponse =
+            self.call(Method::POST, &queue_path(queue, "/jobs")?).json(&body).fetch().await?;
+        if enqueued.jobs.len() != jobs.len() {
+            let got = enqueued.jobs.len();
+            return Err(self.unreadable("an enqueue reply", format!("{got} results for {} jobs", jobs.len())));
+        }
+        Ok(enqueued.jobs)
+    }
+
+    async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        validate::extends(extends)?;
+        let items = extends
+            .iter()
+            .map(|e| ExtendItem {
+                id: e.id,
+                lease_token: e.lease_token,
+                visibility_timeout_ms: e.visibility_timeout_ms,
+            })
+            .collect();
+        let body = ExtendsRequest { extends: items };
+        self.settle("/v1/extends", &body, extends.iter().map(|e| e.id), |ok| match &ok.lease_expires_at {
+            Some(at) => self.time(&format!("the new lease expiry of job {}", ok.id), at),
+            None => Err(self.unreadable(&format!("an extend result for job {}", ok.id), "it has no lease_expires_at")),
+        })
+        .await
+    }
+
+    async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+        validate::settle_batch(fails.len())?;
+        // Cut as the store would keep it (idempotent), so a huge error text cannot push the
+        // request past the server's body limit.
+        let items = fails
+            .iter()
+            .map(|f| FailItem { id: f.id, lease_token: f.lease_token, error: truncate_error_text(&f.error) })
+            .collect();
+        let body = FailsRequest { fails: items };
+        self.settle("/v1/fails", &body, fails.iter().map(|f| f.id), |_| Ok(())).await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Job> {
+        let view: JobView = self.call(Method::GET, &format!("/v1/jobs/{id}")).missing(Missing::Job(id)).fetch().await?;
+        if view.id != id {
+            return Err(self.unreadable(&format!("job {} for job {id}", view.id), "the ids differ"));
+        }
+        self.job(view)
+    }
+
+    async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        options.validate()?;
+        let body = LeaseRequest {
+            max_jobs: Some(options.max_jobs),
+            visibility_timeout_ms: options.visibility_timeout_ms,
+            wait_ms: (options.wait_ms > 0).then_some(options.wait_ms),
+        };
+        // The server may hold the call for `wait_ms`; only what comes after counts against
+        // the client's timeout.
+        let call = self.call(Method::POST, &queue_path(queue, "/leases")?).json(&body);
+        let leased: LeaseResponse = call.waiting(Duration::from_millis(options.wait_ms)).fetch().await?;
+        if leased.jobs.len() > options.max_jobs as usize {
+            let got = leased.jobs.len();
+            return Err(self.unreadable("a lease reply", format!("{got} jobs for max_jobs {}", options.max_jobs)));
+        }
+        leased
+            .jobs
+            .into_iter()
+            .map(|view| {
+                let id = view.id;
+                view.into_leased().map_err(|e| self.unreadable(&format!("leased job {id}"), e))
+            })
+            .collect()
+    }
+
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        validate::nacks(nacks)?;
+        let items = nacks
+            .iter()
+            .map(|n| NackItem {
+                id: n.id,
+                lease_token: n.lease_token,
+                delay_ms: n.delay_ms,
+                error: n.error.as_deref().map(truncate_error_text),
+            })
+            .collect();
+        let body = NacksRequest { nacks: items };
+        self.settle("/v1/nacks", &body, nacks.iter().map(|n| n.id), |ok| {
+            ok.nack_outcome().map_err(|e| self.unreadable(&format!("a nack result for job {}", ok.id), e))
+        })
+        .await
+    }
+
+    async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
+        self.call(Method::DELETE, &queue_path(queue, "")?).missing(Missing::Queue(queue.clone())).send().await
+    }
+
+    async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
+        let info: QueueInfo =
+            self.call(Method::GET, &queue_path(queue, "")?).missing(Missing::Queue(queue.clone())).fetch().await?;
+        if &info.name != queue {
+            return Err(self.unreadable(
+                &format!("queue {:?} for queue {:?}", info.name.as_str(), queue.as_str()),
+                "the names differ",
+            ));
+        }
+        Ok(info)
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        let list: QueueList = self.call(Method::GET, "/v1/queues").fetch().await?;
+        Ok(list.queues)
+    }
+
+    async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
+        self.call(Method::POST, &queue_path(queue, "/pause")?).missing(Missing::Queue(queue.clone())).send().await
+    }
+
+    async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
+        self.call(Method::POST, &queue_path(queue, "/resume")?).missing(Missing::Queue(queue.clone())).send().await
+    }
+
+    async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        // Each field's check is independent of the other fields, and every stored config is
+        // valid, so the defaults patched fail exactly when (and as) the current config patched
+        // would: the store's error, without a round trip.
+        QueueConfig::default().patched(&patch)?;
+        self.call(Method::PUT, &queue_path(queue, "")?).json(&patch).fetch().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// What the server makes of a job the client sends.
+    fn through_the_wire(job: &NewJob) -> NewJob {
+        let text = serde_json::to_string(&EnqueueRequest { jobs: vec![wire_job(job)] }).unwrap();
+        let request: EnqueueRequest = serde_json::from_str(&text).unwrap();
+        request.jobs.into_iter().next().unwrap().into_new_job(0).unwrap()
+    }
+
+    #[test]
+    fn payloads_cross_the_wire_byte_for_byte() {
+        let payloads: Vec<Vec<u8>> = vec![
+            br#"{"a": [1, 2.50, "\u00e9"]}"#.to_vec(),
+            b"42".to_vec(),
+            b"null".to_vec(),
+            b" 1 ".to_vec(),
+            b"\n{}\n".to_vec(),
+            b"not json".to_vec(),
+            vec![0xff, 0x00, 0xfe],
+            Vec::new(),
+        ];
+        for payload in payloads {
+            let job = NewJob::new(payload.clone()).priority(3).header("k", "v").dedup_id("d").delay_ms(5);
+            assert_eq!(through_the_wire(&job), job, "payload {:?}", String::from_utf8_lossy(&payload));
+        }
+    }
+
+    #[test]
+    fn json_payloads_travel_as_json() {
+        let wire = wire_job(&NewJob::new(r#"{"to":"ada@example.com"}"#));
+        assert_eq!(wire.payload.map(|p| p.get().to_owned()), Some(r#"{"to":"ada@example.com"}"#.to_owned()));
+        assert_eq!(wire.payload_base64, None);
+    }
+}
