@@ -5,6 +5,7 @@
 //! - [`Backend`]: how the suite opens a fresh, empty store of the backend under test.
 //! - [`conformance`]: one async function per behaviour and per invariant of DESIGN.md.
 //! - [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance function.
+//! - [`idempotency`]: the idempotency-store conformance suite and [`idempotency_suite!`].
 //! - [`model`]: a simple in-memory reference model of the job lifecycle, for state-machine tests.
 //!
 //! A backend crate runs the suite with, in `tests/conformance.rs`:
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use onceq_core::{Clock, Store};
 
 pub mod conformance;
+pub mod idempotency;
 pub mod model;
 
 /// A store opened for one test, with whatever must live as long as it (a temporary directory,
