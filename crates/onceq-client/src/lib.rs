@@ -8,6 +8,7 @@
 //! - `error`: how a failed exchange becomes a seam [`Error`](onceq_core::Error), so a caller
 //!   sees the same errors as from the embedded store (and `Unavailable` when the server is not
 //!   there).
+//! - `idempotency`: `impl IdempotencyStore for Client`, the idempotency endpoints.
 //! - `store`: `impl Store for Client`: each seam operation as its endpoint of `API.md`, with the
 //!   store's own input validation run first, so bad input fails fast and identically.
 //!
@@ -44,6 +45,7 @@
 
 mod client;
 mod error;
+mod idempotency;
 mod store;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use onceq_core::api::{
     parse_time, AcksRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem, ExtendsRequest,
     FailItem, FailsRequest, JobView, LeaseRequest, LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList,
@@ -30,19 +29,9 @@ fn queue_path(queue: &QueueName, rest: &str) -> Result<String> {
     Ok(format!("/v1/queues/{}{rest}", queue_segment(queue)?))
 }
 
-/// The wire form of a new job, with its payload bytes kept exactly.
-///
-/// [`EnqueueJob::from_new_job`] sends a payload that parses as JSON as that JSON. Two payloads
-/// would not come back byte for byte that way: JSON with whitespace around it (the wire keeps
-/// only the value) and `null` (which reads as "no payload"). Those travel as base64 instead.
+/// The wire form of a new job (payload bytes kept exactly: see `onceq_core::api`).
 fn wire_job(job: &NewJob) -> EnqueueJob {
-    let mut wire = EnqueueJob::from_new_job(job);
-    let exact = wire.payload.as_ref().is_none_or(|raw| raw.get().len() == job.payload.len() && raw.get() != "null");
-    if !exact {
-        wire.payload = None;
-        wire.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&job.payload));
-    }
-    wire
+    EnqueueJob::from_new_job(job)
 }
 
 impl Client {

@@ -764,3 +764,118 @@ mod tests {
         assert!(!hidden.error.message.contains("secret"));
     }
 }
+
+/// `POST /v1/idempotency/{key}/begin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BeginRequest {
+    /// Who claims the key.
+    pub owner: String,
+    /// How long the claim lasts unless completed or released.
+    pub ttl_ms: u64,
+    /// A digest of the request the key stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// What a begin found, on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BeginState {
+    /// The caller holds the key: apply the effect, then complete or release.
+    Acquired,
+    /// Another owner holds it (`owner`, `until`).
+    InProgress,
+    /// The effect was applied (`result`).
+    Completed,
+}
+
+/// Response of a begin: `{"state": "acquired"}`, `{"state": "in_progress", "owner", "until"}` or
+/// `{"state": "completed", "result"}`. (A flat struct rather than a tagged enum: serde cannot
+/// read raw JSON inside an internally tagged enum.)
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BeginResponse {
+    /// What begin found.
+    pub state: BeginState,
+    /// The holder, when in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// When the holder's claim expires (RFC 3339), when in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The recorded result (JSON), when completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub result: Option<Box<RawValue>>,
+}
+
+impl BeginResponse {
+    /// The wire form of a begin outcome. A result that is not JSON (stored through the library)
+    /// is returned as a JSON string of its base64.
+    pub fn from_outcome(outcome: crate::BeginOutcome) -> Self {
+        let bare = |state| BeginResponse { state, owner: None, until: None, result: None };
+        match outcome {
+            crate::BeginOutcome::Acquired => bare(BeginState::Acquired),
+            crate::BeginOutcome::InProgress { owner, until } => {
+                BeginResponse { owner: Some(owner), until: Some(format_time(until)), ..bare(BeginState::InProgress) }
+            }
+            crate::BeginOutcome::Completed { result } => {
+                let raw = match std::str::from_utf8(&result).ok().and_then(|t| RawValue::from_string(t.to_owned()).ok())
+                {
+                    Some(raw) if raw.get().len() == result.len() => raw,
+                    _ => {
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(&result);
+                        RawValue::from_string(format!("{b64:?}")).unwrap_or_else(|_| null_raw())
+                    }
+                };
+                BeginResponse { result: Some(raw), ..bare(BeginState::Completed) }
+            }
+        }
+    }
+
+    /// The begin outcome this describes.
+    pub fn into_outcome(self) -> Result<crate::BeginOutcome> {
+        let missing = |field: &str| Error::Storage(format!("the server sent a begin reply without {field}"));
+        Ok(match self.state {
+            BeginState::Acquired => crate::BeginOutcome::Acquired,
+            BeginState::InProgress => crate::BeginOutcome::InProgress {
+                owner: self.owner.ok_or_else(|| missing("owner"))?,
+                until: parse_time(&self.until.ok_or_else(|| missing("until"))?)?,
+            },
+            BeginState::Completed => crate::BeginOutcome::Completed {
+                result: self.result.ok_or_else(|| missing("result"))?.get().as_bytes().to_vec(),
+            },
+        })
+    }
+}
+
+fn null_raw() -> Box<RawValue> {
+    // "null" is valid JSON; from_string cannot fail on it.
+    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!("null is JSON"))
+}
+
+/// `POST /v1/idempotency/{key}/complete`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CompleteRequest {
+    /// The claim's owner.
+    pub owner: String,
+    /// Any JSON: what later begins get back.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub result: Box<RawValue>,
+    /// How long the completed record is kept.
+    pub retention_ms: u64,
+}
+
+/// `POST /v1/idempotency/{key}/release`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseRequest {
+    /// The claim's owner.
+    pub owner: String,
+}

@@ -21,7 +21,7 @@ mod serve;
 use std::sync::Arc;
 
 use axum::Router;
-use onceq_core::Store;
+use onceq_core::{IdempotencyStore, Store};
 use tokio::sync::watch;
 
 pub use auth::{hash_token, Auth, TokenConfig};
@@ -35,22 +35,67 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub(crate) struct AppState {
     store: Arc<dyn Store>,
+    /// The idempotency endpoints answer 503 without one.
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
     auth: Auth,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Becomes true when the server starts shutting down: long polls end early.
     shutdown: watch::Receiver<bool>,
 }
 
-/// The router of every endpoint over `store`, with a body limit. Serve it with `axum::serve`
-/// (tests, embedding) or [`serve`] (timeouts and graceful shutdown).
-pub fn router(store: Arc<dyn Store>, auth: Auth) -> Router {
-    let (_, shutdown) = watch::channel(false);
-    router_with(store, auth, shutdown)
+/// The API over a store: what to serve, before it is served.
+#[derive(Clone)]
+pub struct Api {
+    store: Arc<dyn Store>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    auth: Auth,
 }
 
-pub(crate) fn router_with(store: Arc<dyn Store>, auth: Auth, shutdown: watch::Receiver<bool>) -> Router {
-    let state = AppState { store, auth, metrics: metrics::handle(), shutdown };
-    routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX)).with_state(state)
+impl Api {
+    /// The API over `store`, with auth off and no idempotency store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Api { store, idempotency: None, auth: Auth::disabled() }
+    }
+
+    /// Serves the idempotency endpoints from `idempotency`.
+    pub fn idempotency(mut self, idempotency: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency = Some(idempotency);
+        self
+    }
+
+    /// Requires these tokens.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Whether tokens are configured.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.enabled()
+    }
+
+    /// The router of every endpoint, with a body limit. Serve it with `axum::serve` (tests,
+    /// embedding) or [`serve`] (timeouts and graceful shutdown).
+    pub fn router(self) -> Router {
+        let (_, shutdown) = watch::channel(false);
+        self.router_with(shutdown)
+    }
+
+    pub(crate) fn router_with(self, shutdown: watch::Receiver<bool>) -> Router {
+        let state = AppState {
+            store: self.store,
+            idempotency: self.idempotency,
+            auth: self.auth,
+            metrics: metrics::handle(),
+            shutdown,
+        };
+        routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX)).with_state(state)
+    }
+}
+
+/// The router of every queue endpoint over `store` (no idempotency endpoints); see [`Api`].
+pub fn router(store: Arc<dyn Store>, auth: Auth) -> Router {
+    Api::new(store).auth(auth).router()
 }
 
 /// The OpenAPI document of the API, as JSON text.

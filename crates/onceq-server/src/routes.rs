@@ -44,6 +44,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/nacks", post(nacks))
         .route("/v1/extends", post(extends))
         .route("/v1/fails", post(fails))
+        .route("/v1/idempotency/{key}/begin", post(idempotency_begin))
+        .route("/v1/idempotency/{key}/complete", post(idempotency_complete))
+        .route("/v1/idempotency/{key}/release", post(idempotency_release))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::render))
@@ -557,4 +560,69 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<StatusCode> {
             Err(ApiError::unavailable("the store does not answer; see the server log"))
         }
     }
+}
+
+/// The idempotency store, or 503 when this server has none.
+fn idempotency_store(state: &AppState) -> ApiResult<std::sync::Arc<dyn onceq_core::IdempotencyStore>> {
+    state.idempotency.clone().ok_or_else(|| ApiError::unavailable("this server has no idempotency store"))
+}
+
+/// The `{key}` path segment. Keys are scoped by the token's `consume` patterns, matched
+/// against the key (so `consume = ["payments*"]` covers keys like `payments.42`).
+async fn idempotency_key(parts: axum::extract::Path<String>, principal: &Principal) -> ApiResult<String> {
+    let axum::extract::Path(key) = parts;
+    principal.check(Action::Consume, &key)?;
+    Ok(key)
+}
+
+/// Claims an idempotency key, or reports who holds it, or returns its recorded result.
+#[utoipa::path(post, path = "/v1/idempotency/{key}/begin", params(("key" = String, Path)), request_body = BeginRequest,
+    responses((status = 200, body = BeginResponse), (status = 409, body = ErrorBody)))]
+async fn idempotency_begin(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: axum::extract::Path<String>,
+    JsonBody(request): JsonBody<BeginRequest>,
+) -> ApiResult<Json<BeginResponse>> {
+    let key = idempotency_key(key, &principal).await?;
+    let store = idempotency_store(&state)?;
+    let begin =
+        onceq_core::Begin { key, owner: request.owner, ttl_ms: request.ttl_ms, fingerprint: request.fingerprint };
+    Ok(Json(BeginResponse::from_outcome(store.idempotency_begin(begin).await?)))
+}
+
+/// Records the result of a claimed key (owner-checked).
+#[utoipa::path(post, path = "/v1/idempotency/{key}/complete", params(("key" = String, Path)),
+    request_body = CompleteRequest, responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn idempotency_complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: axum::extract::Path<String>,
+    JsonBody(request): JsonBody<CompleteRequest>,
+) -> ApiResult<StatusCode> {
+    let key = idempotency_key(key, &principal).await?;
+    let store = idempotency_store(&state)?;
+    let complete = onceq_core::Complete {
+        key,
+        owner: request.owner,
+        result: request.result.get().as_bytes().to_vec(),
+        retention_ms: request.retention_ms,
+    };
+    store.idempotency_complete(complete).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Gives a claimed key up without a result (owner-checked).
+#[utoipa::path(post, path = "/v1/idempotency/{key}/release", params(("key" = String, Path)),
+    request_body = ReleaseRequest, responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn idempotency_release(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: axum::extract::Path<String>,
+    JsonBody(request): JsonBody<ReleaseRequest>,
+) -> ApiResult<StatusCode> {
+    let key = idempotency_key(key, &principal).await?;
+    let store = idempotency_store(&state)?;
+    store.idempotency_release(&key, &request.owner).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

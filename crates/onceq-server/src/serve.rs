@@ -2,27 +2,23 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use onceq_core::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use crate::Auth;
+use crate::Api;
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServeOptions {
-    /// Tokens; none means auth is off.
-    pub auth: Auth,
     /// Allow a non-loopback address without tokens.
     pub insecure_no_auth: bool,
     /// A client must send its request headers within this (slowloris guard).
@@ -38,20 +34,12 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            auth: Auth::disabled(),
             insecure_no_auth: false,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
-    }
-}
-
-impl ServeOptions {
-    /// Options with these tokens and everything else at its default.
-    pub fn with_auth(auth: Auth) -> Self {
-        ServeOptions { auth, ..ServeOptions::default() }
     }
 }
 
@@ -74,20 +62,21 @@ pub enum ServeError {
 /// accepting, ends long polls, lets in-flight requests finish (up to the grace period). The
 /// caller closes the store afterwards, so everything acknowledged is on disk.
 pub async fn serve(
-    store: Arc<dyn Store>,
+    api: Api,
     listener: TcpListener,
     options: ServeOptions,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
-    if !options.auth.enabled() && !local.ip().is_loopback() && !options.insecure_no_auth {
+    if !api.auth_enabled() && !local.ip().is_loopback() && !options.insecure_no_auth {
         return Err(ServeError::NoAuthOnPublicAddress(local));
     }
-    if !options.auth.enabled() {
+    if !api.auth_enabled() {
         tracing::warn!(%local, "auth is off: no tokens are configured");
     }
     let (stopping, stopping_rx) = watch::channel(false);
-    let app = crate::router_with(store, options.auth.clone(), stopping_rx)
+    let app = api
+        .router_with(stopping_rx)
         .layer(RequestBodyTimeoutLayer::new(options.body_read_timeout))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, options.request_timeout));
     let mut builder = Builder::new(TokioExecutor::new());

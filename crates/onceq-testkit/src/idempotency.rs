@@ -1,6 +1,7 @@
 //! The idempotency-store conformance suite: one function per rule of
 //! `onceq_core::idempotency`'s semantics, run unchanged by every idempotency store (embedded,
-//! PostgreSQL, Redis) through [`idempotency_suite!`](crate::idempotency_suite).
+//! PostgreSQL, Redis, and the HTTP client) through [`idempotency_suite!`](crate::idempotency_suite).
+//! Results are JSON text, which every store (the HTTP API included) carries byte for byte.
 
 // These functions are tests: a panic is how they report a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -95,18 +96,18 @@ pub async fn complete_then_begin_returns_the_result<B: IdempotencyBackend>(backe
 /// Complete and release by someone who does not hold the key conflict and change nothing.
 pub async fn complete_and_release_are_owner_checked<B: IdempotencyBackend>(backend: &B) {
     let f = open(backend).await;
-    is_conflict(f.store.idempotency_complete(complete("k", "w1", b"x", 1000)).await);
+    is_conflict(f.store.idempotency_complete(complete("k", "w1", br#""x""#, 1000)).await);
     is_conflict(f.store.idempotency_release("k", "w1").await);
     let until = f.at(1000);
     f.begin(begin("k", "w1", 1000)).await.unwrap();
-    is_conflict(f.store.idempotency_complete(complete("k", "w2", b"x", 1000)).await);
+    is_conflict(f.store.idempotency_complete(complete("k", "w2", br#""x""#, 1000)).await);
     is_conflict(f.store.idempotency_release("k", "w2").await);
     assert_eq!(f.begin(begin("k", "w3", 1000)).await, Ok(BeginOutcome::InProgress { owner: "w1".into(), until }));
-    f.store.idempotency_complete(complete("k", "w1", b"done", 1000)).await.unwrap();
+    f.store.idempotency_complete(complete("k", "w1", br#""done""#, 1000)).await.unwrap();
     // A completed key can be neither completed again nor released.
-    is_conflict(f.store.idempotency_complete(complete("k", "w1", b"again", 1000)).await);
+    is_conflict(f.store.idempotency_complete(complete("k", "w1", br#""again""#, 1000)).await);
     is_conflict(f.store.idempotency_release("k", "w1").await);
-    assert_eq!(f.begin(begin("k", "w3", 1000)).await, Ok(BeginOutcome::Completed { result: b"done".to_vec() }));
+    assert_eq!(f.begin(begin("k", "w3", 1000)).await, Ok(BeginOutcome::Completed { result: br#""done""#.to_vec() }));
 }
 
 /// A released key is acquired by the next begin.
@@ -127,9 +128,9 @@ pub async fn an_in_progress_claim_expires_after_its_ttl<B: IdempotencyBackend>(b
     assert_eq!(f.begin(begin("k", "w2", 1000)).await, Ok(BeginOutcome::InProgress { owner: "w1".into(), until }));
     f.clock.advance(1);
     assert_eq!(f.begin(begin("k", "w2", 1000)).await, Ok(BeginOutcome::Acquired));
-    is_conflict(f.store.idempotency_complete(complete("k", "w1", b"late", 1000)).await);
-    f.store.idempotency_complete(complete("k", "w2", b"w2", 1000)).await.unwrap();
-    assert_eq!(f.begin(begin("k", "w1", 1000)).await, Ok(BeginOutcome::Completed { result: b"w2".to_vec() }));
+    is_conflict(f.store.idempotency_complete(complete("k", "w1", br#""late""#, 1000)).await);
+    f.store.idempotency_complete(complete("k", "w2", br#""w2""#, 1000)).await.unwrap();
+    assert_eq!(f.begin(begin("k", "w1", 1000)).await, Ok(BeginOutcome::Completed { result: br#""w2""#.to_vec() }));
 }
 
 /// A holder whose claim expired but was not taken over may still complete it.
@@ -137,10 +138,10 @@ pub async fn an_expired_claim_nobody_took_can_still_be_completed<B: IdempotencyB
     let f = open(backend).await;
     f.begin(begin("k", "w1", 1000)).await.unwrap();
     f.clock.advance(5000);
-    f.store.idempotency_complete(complete("k", "w1", b"slow but done", 1000)).await.unwrap();
+    f.store.idempotency_complete(complete("k", "w1", br#""slow but done""#, 1000)).await.unwrap();
     assert_eq!(
         f.begin(begin("k", "w2", 1000)).await,
-        Ok(BeginOutcome::Completed { result: b"slow but done".to_vec() })
+        Ok(BeginOutcome::Completed { result: br#""slow but done""#.to_vec() })
     );
 }
 
@@ -148,9 +149,9 @@ pub async fn an_expired_claim_nobody_took_can_still_be_completed<B: IdempotencyB
 pub async fn a_completed_record_expires_after_its_retention<B: IdempotencyBackend>(backend: &B) {
     let f = open(backend).await;
     f.begin(begin("k", "w1", 1000)).await.unwrap();
-    f.store.idempotency_complete(complete("k", "w1", b"r", 10_000)).await.unwrap();
+    f.store.idempotency_complete(complete("k", "w1", br#""r""#, 10_000)).await.unwrap();
     f.clock.advance(9_999);
-    assert_eq!(f.begin(begin("k", "w2", 1000)).await, Ok(BeginOutcome::Completed { result: b"r".to_vec() }));
+    assert_eq!(f.begin(begin("k", "w2", 1000)).await, Ok(BeginOutcome::Completed { result: br#""r""#.to_vec() }));
     f.clock.advance(1);
     assert_eq!(f.begin(begin("k", "w2", 1000)).await, Ok(BeginOutcome::Acquired));
 }
@@ -172,11 +173,11 @@ pub async fn a_different_fingerprint_conflicts<B: IdempotencyBackend>(backend: &
         Ok(BeginOutcome::InProgress { owner: "w1".into(), until })
     );
     assert_eq!(f.begin(with("w2", None)).await, Ok(BeginOutcome::InProgress { owner: "w1".into(), until }));
-    f.store.idempotency_complete(complete("k", "w1", b"paid", 1000)).await.unwrap();
+    f.store.idempotency_complete(complete("k", "w1", br#""paid""#, 1000)).await.unwrap();
     is_conflict(f.begin(with("w2", Some("POST /pay 43"))).await);
     assert_eq!(
         f.begin(with("w2", Some("POST /pay 42"))).await,
-        Ok(BeginOutcome::Completed { result: b"paid".to_vec() })
+        Ok(BeginOutcome::Completed { result: br#""paid""#.to_vec() })
     );
 }
 
@@ -213,7 +214,7 @@ pub async fn limits_are_enforced<B: IdempotencyBackend>(backend: &B) {
     f.begin(begin("k", "w", 1000)).await.unwrap();
     let too_big = f.store.idempotency_complete(complete("k", "w", &vec![0; RESULT_BYTES_MAX + 1], 1000)).await;
     assert!(matches!(too_big, Err(Error::PayloadTooLarge(_))), "{too_big:?}");
-    let too_long = f.store.idempotency_complete(complete("k", "w", b"r", RETENTION_MS_MAX + 1)).await;
+    let too_long = f.store.idempotency_complete(complete("k", "w", br#""r""#, RETENTION_MS_MAX + 1)).await;
     assert!(matches!(too_long, Err(Error::InvalidRequest(_))), "{too_long:?}");
     // Nothing changed: the key is still in progress under w.
     let until = f.at(1000);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use onceq_server::{Auth, ServeOptions, TokenConfig};
+use onceq_server::{Api, Auth, ServeOptions, TokenConfig};
 use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde::Deserialize;
 
@@ -83,7 +83,7 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .parse()
         .map_err(|e: onceq_core::Error| CliError::Usage(e.to_string()))?;
     let auth = Auth::from_tokens(&config.tokens).map_err(CliError::Usage)?;
-    let mut options = ServeOptions::with_auth(auth);
+    let mut options = ServeOptions::default();
     options.insecure_no_auth = args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,7 +99,9 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         // Scripts and tests read this line to find the port.
         println!("onceq listening on http://{local} (data dir {}, durability {durability:?})", data_dir.display());
         tracing::info!(%local, data_dir = %data_dir.display(), "serving");
-        let result = onceq_server::serve(Arc::new(store.clone()), listener, options, shutdown_signal()).await;
+        let shared = Arc::new(store.clone());
+        let api = Api::new(shared.clone()).idempotency(shared).auth(auth);
+        let result = onceq_server::serve(api, listener, options, shutdown_signal()).await;
         // Whatever happened, flush and release the data directory.
         store.close().await;
         result.map_err(|e| CliError::Failed(e.to_string()))
