@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceq_core::api::{
     parse_time, AcksRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem, ExtendsRequest,
-    FailItem, FailsRequest, JobView, LeaseRequest, LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList,
-    RedriveRequest, RedriveResponse, SettleResult, SettleResults,
+    FailItem, FailsRequest, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest, LeaseResponse, NackItem,
+    NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult, SettleResults,
 };
 use onceq_core::store::validate;
 use onceq_core::{
@@ -155,6 +155,16 @@ impl Store for Client {
             .collect();
         let body = FailsRequest { fails: items };
         self.settle("/v1/fails", &body, fails.iter().map(|f| f.id), |_| Ok(())).await
+    }
+
+    async fn job_release(&self, releases: &[onceq_core::Release]) -> Result<ItemResults<()>> {
+        validate::releases(releases)?;
+        let items = releases
+            .iter()
+            .map(|r| LeaseReleaseItem { id: r.id, lease_token: r.lease_token, delay_ms: r.delay_ms })
+            .collect();
+        let body = LeaseReleasesRequest { releases: items };
+        self.settle("/v1/releases", &body, releases.iter().map(|r| r.id), |_| Ok(())).await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Job> {

@@ -879,3 +879,41 @@ pub struct ReleaseRequest {
     /// The claim's owner.
     pub owner: String,
 }
+
+/// `POST /v1/jobs/{id}/release`: end the lease without counting it as an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseReleaseRequest {
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// Ready again after this delay (default: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+/// One item of a batch release (`POST /v1/releases`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseReleaseItem {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// The job's current lease token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub lease_token: LeaseToken,
+    /// Ready again after this delay (default: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+/// `POST /v1/releases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseReleasesRequest {
+    /// Releases, each judged on its own.
+    pub releases: Vec<LeaseReleaseItem>,
+}

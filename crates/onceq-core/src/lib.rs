@@ -35,6 +35,6 @@ pub use job::{
 pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats};
 pub use retry::{Backoff, Jitter};
 pub use store::{
-    DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Store, StoreExt,
+    DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Release, Store, StoreExt,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -8,7 +8,8 @@ pub const ENQUEUED: &str = "onceq_jobs_enqueued_total";
 pub const DUPLICATES_SUPPRESSED: &str = "onceq_duplicates_suppressed_total";
 /// Counter: jobs handed out by leases (every attempt).
 pub const DELIVERIES: &str = "onceq_deliveries_total";
-/// Counter: jobs made available for another attempt; `reason` is `nack` or `lease_expired`.
+/// Counter: jobs made available again; `reason` is `nack`, `lease_expired`, or `released` (a
+/// lease given back without counting as an attempt).
 pub const REDELIVERIES: &str = "onceq_redeliveries_total";
 /// Counter: settle calls refused because the token was not the job's current lease (or the job
 /// was gone); `queue` is empty when the job no longer exists.

@@ -102,6 +102,18 @@ pub struct Fail {
     pub error: String,
 }
 
+/// A release: end my lease without it counting as an attempt, e.g. a worker shutting down
+/// before it ran the job, or deferring a job whose effect another worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    /// The job.
+    pub id: JobId,
+    /// Its current lease token.
+    pub lease_token: LeaseToken,
+    /// Ready again after this delay (0 or `None`: at once).
+    pub delay_ms: Option<u64>,
+}
+
 /// One page request of a dead-letter listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadPage {
@@ -161,6 +173,9 @@ pub trait Store: Send + Sync {
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>>;
     /// Nacks leased jobs: they run again after a delay, or go dead when attempts are exhausted.
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>>;
+    /// Releases leased jobs: the lease ends and does not count as an attempt (the attempt count
+    /// goes back down, no error is recorded); the job is ready again after the delay.
+    async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>>;
     /// Deletes a queue and all its jobs.
     async fn queue_delete(&self, queue: &QueueName) -> Result<()>;
     /// Reads a queue's config, pause flag and stats.
@@ -207,6 +222,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         (**self).job_nack(nacks).await
     }
+    async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+        (**self).job_release(releases).await
+    }
     async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
         (**self).queue_delete(queue).await
     }
@@ -252,6 +270,11 @@ pub trait StoreExt: Store {
     /// Leases up to one job without waiting.
     async fn lease_one(&self, queue: &QueueName) -> Result<Option<LeasedJob>> {
         Ok(self.job_lease(queue, LeaseOptions::default()).await?.pop())
+    }
+    /// Releases one lease without counting it as an attempt.
+    async fn release(&self, lease: LeaseRef, delay_ms: Option<u64>) -> Result<()> {
+        let release = Release { id: lease.id, lease_token: lease.lease_token, delay_ms };
+        single(self.job_release(&[release]).await?)
     }
     /// Nacks one lease.
     async fn nack(&self, lease: LeaseRef, delay_ms: Option<u64>, error: Option<&str>) -> Result<NackOutcome> {
@@ -309,6 +332,12 @@ pub mod validate {
     pub fn nacks(nacks: &[Nack]) -> Result<()> {
         settle_batch(nacks.len())?;
         nacks.iter().filter_map(|n| n.delay_ms).try_for_each(check_delay)
+    }
+
+    /// Checks a release batch.
+    pub fn releases(releases: &[Release]) -> Result<()> {
+        settle_batch(releases.len())?;
+        releases.iter().filter_map(|r| r.delay_ms).try_for_each(check_delay)
     }
 
     /// Checks an extend batch.

@@ -40,10 +40,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/nack", post(job_nack))
         .route("/v1/jobs/{id}/extend", post(job_extend))
         .route("/v1/jobs/{id}/fail", post(job_fail))
+        .route("/v1/jobs/{id}/release", post(job_release))
         .route("/v1/acks", post(acks))
         .route("/v1/nacks", post(nacks))
         .route("/v1/extends", post(extends))
         .route("/v1/fails", post(fails))
+        .route("/v1/releases", post(releases))
         .route("/v1/idempotency/{key}/begin", post(idempotency_begin))
         .route("/v1/idempotency/{key}/complete", post(idempotency_complete))
         .route("/v1/idempotency/{key}/release", post(idempotency_release))
@@ -79,10 +81,15 @@ pub(crate) fn routes() -> Router<AppState> {
         job_nack,
         job_extend,
         job_fail,
+        job_release,
         acks,
         nacks,
         extends,
         fails,
+        releases,
+        idempotency_begin,
+        idempotency_complete,
+        idempotency_release,
         healthz,
         readyz
     ),
@@ -105,6 +112,13 @@ pub(crate) fn routes() -> Router<AppState> {
         NacksRequest,
         ExtendsRequest,
         FailsRequest,
+        LeaseReleaseRequest,
+        LeaseReleasesRequest,
+        BeginRequest,
+        BeginResponse,
+        BeginState,
+        CompleteRequest,
+        ReleaseRequest,
         SettleResults,
         JobView,
         DeadListResponse,
@@ -418,6 +432,52 @@ async fn job_fail(
         .await?,
     )?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Releases one lease without counting it as an attempt: the job is ready again after the delay.
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", params(("id" = String, Path)), request_body = LeaseReleaseRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn job_release(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<LeaseReleaseRequest>,
+) -> ApiResult<StatusCode> {
+    let items = vec![onceq_core::Release { id, lease_token: request.lease_token, delay_ms: request.delay_ms }];
+    let store = state.store.clone();
+    single(
+        settle(
+            &state,
+            &principal,
+            items,
+            |r| r.id,
+            |v| async move { store.job_release(&v).await },
+            |id, ()| SettleResult::ok(id),
+        )
+        .await?,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Releases many leases, each judged on its own.
+#[utoipa::path(post, path = "/v1/releases", request_body = LeaseReleasesRequest,
+    responses((status = 200, body = SettleResults)))]
+async fn releases(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<LeaseReleasesRequest>,
+) -> ApiResult<Json<SettleResults>> {
+    let items: Vec<onceq_core::Release> = request
+        .releases
+        .into_iter()
+        .map(|r| onceq_core::Release { id: r.id, lease_token: r.lease_token, delay_ms: r.delay_ms })
+        .collect();
+    let store = state.store.clone();
+    let results = settle(&state, &principal, items, |r| r.id, |v| async move { store.job_release(&v).await }, {
+        |id, ()| SettleResult::ok(id)
+    })
+    .await?;
+    Ok(Json(SettleResults { results }))
 }
 
 /// Acks many leases, each judged on its own.

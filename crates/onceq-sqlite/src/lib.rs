@@ -376,6 +376,12 @@ impl Store for SqliteStore {
         self.call(move |state, conn| state.job_nack(conn, &nacks)).await
     }
 
+    async fn job_release(&self, releases: &[onceq_core::Release]) -> Result<ItemResults<()>> {
+        validate::releases(releases)?;
+        let releases = releases.to_vec();
+        self.call(move |state, conn| state.job_release(conn, &releases)).await
+    }
+
     async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
         let queue = queue.clone();
         self.call(move |state, conn| state.queue_delete(conn, &queue)).await

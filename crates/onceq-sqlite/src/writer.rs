@@ -766,6 +766,42 @@ impl State {
         Ok(out)
     }
 
+    pub(crate) fn job_release(
+        &mut self,
+        conn: &Connection,
+        releases: &[onceq_core::Release],
+    ) -> Result<ItemResults<()>> {
+        validate::releases(releases)?;
+        let mut out = Vec::with_capacity(releases.len());
+        for release in releases {
+            let lease = match self.live_lease(conn, release.id, &release.lease_token) {
+                Ok(lease) => lease,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            // The lease did not count: the attempt it took is given back, and no error is kept.
+            let delay_ms = release.delay_ms.unwrap_or(0);
+            let run_at = self.now.plus_ms(delay_ms);
+            let to = if delay_ms == 0 { state::READY } else { state::SCHEDULED };
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, run_at = ?3, attempt = max(attempt - 1, 0), lease_token = NULL, \
+                 lease_expires_at = NULL WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![lease.row_id, to, run_at.as_millis()]))
+            .map_err(storage("releasing a job"))?;
+            if to == state::SCHEDULED {
+                self.lower_next_due(run_at);
+            }
+            self.count_move(lease.queue_id, Some(state::LEASED), Some(to));
+            metrics::counter!(names::REDELIVERIES, "queue" => self.label(lease.queue_id), "reason" => "released")
+                .increment(1);
+            out.push(Ok(()));
+        }
+        Ok(out)
+    }
+
     fn settle_dead(&mut self, conn: &Connection, lease: &LiveLease) -> Result<()> {
         conn.prepare_cached(
             "UPDATE jobs SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1 \

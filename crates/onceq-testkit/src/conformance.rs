@@ -31,8 +31,8 @@ use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, AttemptError, Backoff, Clock, DeadList, DeadPage, DeliveryMode, Enqueued, Error, ErrorKind,
     Extend, Fail, Jitter, Job, JobId, JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack,
-    NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Result, Store,
-    StoreExt, SystemClock, Timestamp,
+    NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Release, Result,
+    Store, StoreExt, SystemClock, Timestamp,
 };
 use tokio::sync::Barrier;
 use tokio::task::{JoinHandle, JoinSet};
@@ -885,6 +885,61 @@ pub async fn nack_zero_delay_is_ready_at_once<B: Backend>(backend: &B) {
     let leased = f.lease_one(&instant, None).await;
     assert_eq!(f.store.nack(leased.lease(), None, None).await, Ok(NackOutcome::Retrying { run_at: now }));
     assert_eq!(f.lease_one(&instant, None).await.attempt, 2);
+}
+
+/// A release ends the lease without counting it as an attempt: the job is ready at once with its
+/// attempt count given back and no error recorded, even on its last attempt.
+pub async fn release_returns_the_job_without_burning_an_attempt<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("release");
+    f.upsert(&q, QueueConfigPatch { max_attempts: Some(1), ..Default::default() }).await;
+    let id = f.enqueue_one(&q, NewJob::new("not yet")).await;
+    let before = f.get(id).await;
+    let leased = f.lease_one(&q, None).await;
+    assert_eq!(leased.attempt, 1);
+    let now = f.now();
+    assert_eq!(f.store.release(leased.lease(), None).await, Ok(()));
+    assert_eq!(f.get(id).await, Job { run_at: now, ..before });
+    assert_eq!(f.stats(&q).await, counts(1, 0, 0, 0, Some(0)));
+    // The released lease is over: its token settles nothing.
+    f.assert_settles_rejected(leased.lease(), Error::LeaseLost(id)).await;
+    // The next lease is attempt 1 again, and its nack (the last attempt) dead-letters.
+    let again = f.lease_one(&q, None).await;
+    assert_eq!(again.attempt, 1);
+    assert_eq!(f.store.nack(again.lease(), None, Some("real failure")).await, Ok(NackOutcome::Dead));
+}
+
+/// A release with a delay schedules the job that far ahead.
+pub async fn release_with_a_delay_schedules_the_job<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("release-later");
+    let id = f.enqueue_one(&q, NewJob::new("later")).await;
+    let leased = f.lease_one(&q, None).await;
+    let run_at = f.now().plus_ms(500);
+    f.store.release(leased.lease(), Some(500)).await.unwrap();
+    let job = f.get(id).await;
+    assert_eq!((job.state, job.run_at, job.attempt, job.errors.len()), (JobState::Scheduled, run_at, 0, 0));
+    f.lease_none(&q).await;
+    clock.advance(500);
+    assert_eq!(f.lease_one(&q, None).await.attempt, 1);
+}
+
+/// A release batch judges each item alone: a stale token is `LeaseLost`, an unknown job
+/// `JobNotFound`, and neither changes anything.
+pub async fn release_batch_judges_each_item_alone<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("release-batch");
+    let ids = f.enqueue(&q, vec![NewJob::new("a"), NewJob::new("b")]).await;
+    let leased = f.lease(&q, 2, None).await;
+    let stale = Release { id: ids[1], lease_token: LeaseToken::random(), delay_ms: None };
+    let unknown = Release { id: UNKNOWN_ID, lease_token: leased[0].lease_token, delay_ms: None };
+    let good = Release { id: leased[0].id, lease_token: leased[0].lease_token, delay_ms: None };
+    let results = f.store.job_release(&[good, stale, unknown]).await.unwrap();
+    assert_eq!(results, vec![Ok(()), Err(Error::LeaseLost(ids[1])), Err(Error::JobNotFound(UNKNOWN_ID))]);
+    assert_eq!(f.get(ids[1]).await.state, JobState::Leased);
+    assert_eq!(f.stats(&q).await, counts(1, 0, 1, 0, Some(0)));
+    let too_far = Release { delay_ms: Some(onceq_core::limits::DELAY_MS_MAX + 1), ..good };
+    assert!(matches!(f.store.job_release(&[too_far]).await, Err(Error::InvalidRequest(_))));
 }
 
 /// A nack on the job's last attempt dead-letters it (whatever delay it names): outcome `Dead`,
@@ -2074,6 +2129,9 @@ macro_rules! conformance_suite {
             nack_with_explicit_delay,
             nack_with_backoff,
             nack_zero_delay_is_ready_at_once,
+            release_returns_the_job_without_burning_an_attempt,
+            release_with_a_delay_schedules_the_job,
+            release_batch_judges_each_item_alone,
             nack_on_last_attempt_dead_letters,
             extend_moves_expiry_and_keeps_token,
             fail_dead_letters_with_error,

@@ -21,7 +21,7 @@ use onceq_core::Clock;
 use onceq_core::{
     AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, Jitter, Job, JobId,
     JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, QueueConfig,
-    QueueConfigPatch, QueueName, QueueStats, Redrive, Schedule, Store, Timestamp,
+    QueueConfigPatch, QueueName, QueueStats, Redrive, Release, Schedule, Store, Timestamp,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -466,6 +466,22 @@ impl Model {
             .collect()
     }
 
+    /// Releases `(job, token, delay_ms)` items: the lease ends without counting as an attempt
+    /// (`attempt - 1`, no error), the job waits until `now + delay`.
+    pub fn release(&mut self, items: &[(ModelId, Option<u64>, Option<u64>)]) -> Vec<ItemOutcome<()>> {
+        let now = self.now;
+        items
+            .iter()
+            .map(|(id, token, delay_ms)| {
+                let job = self.leased_job(*id, *token)?;
+                job.attempt = job.attempt.saturating_sub(1);
+                job.phase = Phase::Waiting;
+                job.run_at = now.plus_ms(delay_ms.unwrap_or(0));
+                Ok(())
+            })
+            .collect()
+    }
+
     /// Makes dead jobs ready again (`attempt = 0`, `run_at = now`, errors kept): the named ones
     /// (others skipped) or all, oldest id first, at most `limit`. Returns how many.
     pub fn redrive(&mut self, ids: Option<&[ModelId]>, limit: Option<u64>) -> u64 {
@@ -670,6 +686,8 @@ pub enum Op {
     Extend(Vec<(Target, u64)>),
     /// `job_fail` with an error per item.
     Fail(Vec<(Target, String)>),
+    /// `job_release` with a delay per item.
+    Release(Vec<(Target, Option<u64>)>),
     /// Moves the clock forward.
     Advance(u64),
     /// `dead_redrive`: the named jobs (`None`: all), at most `limit`.
@@ -766,6 +784,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         .prop_map(Op::Nack),
         2 => batch((target(), prop::sample::select(vec![1u64, 300, 2_000]))).prop_map(Op::Extend),
         2 => batch((target(), (0u8..3).prop_map(|n| format!("fatal {n}")))).prop_map(Op::Fail),
+        2 => batch((target(), prop_oneof![Just(None), Just(Some(0u64)), (1u64..=600).prop_map(Some)])).prop_map(Op::Release),
         5 => advance_ms().prop_map(Op::Advance),
         2 => (
             prop_oneof![2 => Just(None), 1 => prop::collection::vec(job_pick(), 0..=3).prop_map(Some)],
@@ -1106,6 +1125,23 @@ impl Harness {
                     return Err(format!("job_fail on {fails:?} returned {got:?}; the model says {expected:?}"));
                 }
             }
+            Op::Release(specs) => {
+                let items: Vec<Resolved> = specs.iter().map(|(t, _)| self.resolve(t)).collect();
+                let releases: Vec<Release> = items
+                    .iter()
+                    .zip(specs)
+                    .map(|(i, (_, delay_ms))| Release { id: i.real_id, lease_token: i.real_token, delay_ms: *delay_ms })
+                    .collect();
+                let real = store.job_release(&releases).await.map_err(|e| format!("job_release failed: {e:?}"))?;
+                let got = self.items(&real, &items)?;
+                let model_items: Vec<_> =
+                    items.iter().zip(specs).map(|(i, (_, delay_ms))| (i.model_id, i.model_token, *delay_ms)).collect();
+                let expected = self.model.release(&model_items);
+                self.trace.push(format!("release [{}] -> {expected:?}", self.items_name(&items)));
+                if got != expected {
+                    return Err(format!("job_release on {releases:?} returned {got:?}; the model says {expected:?}"));
+                }
+            }
             Op::Advance(ms) => {
                 clock.advance(*ms);
                 self.model.advance(*ms);
@@ -1410,6 +1446,15 @@ mod tests {
                 Ok(settled(extends.iter().map(|e| e.id), model.extend(&items)))
             })
         }
+        async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+            self.with(|model, tokens| {
+                let items: Vec<_> = releases
+                    .iter()
+                    .map(|r| (model_id(r.id), tokens.get(&r.lease_token).copied(), r.delay_ms))
+                    .collect();
+                Ok(settled(releases.iter().map(|r| r.id), model.release(&items)))
+            })
+        }
         async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
             self.with(|model, tokens| {
                 let items: Vec<_> = fails
@@ -1619,6 +1664,18 @@ mod tests {
                         count(if outcome.is_ok() { "fail ok" } else { "fail rejected" });
                     }
                 }
+                Op::Release(specs) => {
+                    let items: Vec<_> = specs
+                        .iter()
+                        .map(|(t, delay)| {
+                            let r = harness.resolve(t);
+                            (r.model_id, r.model_token, *delay)
+                        })
+                        .collect();
+                    for outcome in harness.model.release(&items) {
+                        count(if outcome.is_ok() { "release ok" } else { "release rejected" });
+                    }
+                }
                 Op::Advance(ms) => {
                     harness.model.advance(*ms);
                     for (m, was) in before.iter().enumerate() {
@@ -1671,9 +1728,10 @@ mod tests {
     #[test]
     fn generated_ops_reach_every_transition() {
         // Deterministic, so that the assertion is about the generator, not about luck.
+        const SEQUENCES: usize = 512;
         let mut runner = TestRunner::deterministic();
         let mut counts = BTreeMap::new();
-        for _ in 0..64 {
+        for _ in 0..SEQUENCES {
             let ops = ops().new_tree(&mut runner).unwrap().current();
             tally(&ops, &mut counts);
         }
@@ -1700,11 +1758,13 @@ mod tests {
             "purge some",
             "redelivery",
             "redrive some",
+            "release ok",
+            "release rejected",
             "scheduled to ready",
             "delete a queue with jobs",
         ];
         let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
-        assert!(missing.is_empty(), "64 generated sequences never reached {missing:?}; counts: {counts:#?}");
+        assert!(missing.is_empty(), "{SEQUENCES} generated sequences never reached {missing:?}; counts: {counts:#?}");
     }
 
     #[test]
