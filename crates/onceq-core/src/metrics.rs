@@ -33,3 +33,11 @@ pub const QUEUE_DEPTH: &str = "onceq_queue_depth";
 pub const OLDEST_READY_AGE: &str = "onceq_oldest_ready_age_seconds";
 /// Gauge, set at scrape: 1 when the queue is paused.
 pub const QUEUE_PAUSED: &str = "onceq_queue_paused";
+/// Counter: idempotency-store checks by `outcome` (`acquired`, `in_progress`, `completed`,
+/// `error`); completed over all is the idempotency hit ratio.
+pub const IDEMPOTENCY_CHECKS: &str = "onceq_idempotency_checks_total";
+/// Counter: deliveries whose effect was already applied (detected by the idempotency store and
+/// acked without running the handler).
+pub const DUPLICATES_DETECTED: &str = "onceq_duplicates_detected_total";
+/// Histogram (seconds): how long handlers ran.
+pub const HANDLER_DURATION: &str = "onceq_handler_duration_seconds";

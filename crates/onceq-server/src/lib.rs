@@ -25,7 +25,7 @@ use onceq_core::{IdempotencyStore, Store};
 use tokio::sync::watch;
 
 pub use auth::{hash_token, Auth, TokenConfig};
-pub use serve::{serve, ServeError, ServeOptions};
+pub use serve::{check_exposure, serve, ServeError, ServeOptions};
 
 /// Largest request body, in bytes (413 beyond). A full enqueue batch of large payloads must be
 /// split; the store's own payload limit applies per job.

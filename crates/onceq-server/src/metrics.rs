@@ -64,6 +64,9 @@ fn describe() {
     describe_gauge!(names::QUEUE_PAUSED, "1 when the queue is paused.");
 }
 
+/// Prometheus text of every metric, with queue depth, oldest ready age and pause state read at
+/// this scrape.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = state.metrics.clone().ok_or_else(|| ApiError::unavailable("metrics are not being recorded"))?;
     for queue in state.store.queue_list().await? {

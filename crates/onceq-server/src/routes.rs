@@ -90,6 +90,7 @@ pub(crate) fn routes() -> Router<AppState> {
         idempotency_begin,
         idempotency_complete,
         idempotency_release,
+        crate::metrics::render,
         healthz,
         readyz
     ),

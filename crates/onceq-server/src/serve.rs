@@ -58,6 +58,15 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Refuses an address other machines can reach when no token is configured, unless the options
+/// say `insecure_no_auth`. Call it before binding to fail before anything is announced.
+pub fn check_exposure(api: &Api, address: SocketAddr, options: &ServeOptions) -> Result<(), ServeError> {
+    if !api.auth_enabled() && !address.ip().is_loopback() && !options.insecure_no_auth {
+        return Err(ServeError::NoAuthOnPublicAddress(address));
+    }
+    Ok(())
+}
+
 /// Serves the API on `listener` until `signal` completes, then shuts down gracefully: stops
 /// accepting, ends long polls, lets in-flight requests finish (up to the grace period). The
 /// caller closes the store afterwards, so everything acknowledged is on disk.
@@ -68,9 +77,7 @@ pub async fn serve(
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
-    if !api.auth_enabled() && !local.ip().is_loopback() && !options.insecure_no_auth {
-        return Err(ServeError::NoAuthOnPublicAddress(local));
-    }
+    check_exposure(&api, local, &options)?;
     if !api.auth_enabled() {
         tracing::warn!(%local, "auth is off: no tokens are configured");
     }

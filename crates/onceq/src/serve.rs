@@ -92,6 +92,12 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
     runtime.block_on(async move {
         let store = SqliteStore::open(SqliteOptions::new(&data_dir).durability(durability))
             .map_err(|e| CliError::Failed(e.to_string()))?;
+        let shared = Arc::new(store.clone());
+        let api = Api::new(shared.clone()).idempotency(shared).auth(auth);
+        if let Err(error) = onceq_server::check_exposure(&api, listen, &options) {
+            store.close().await;
+            return Err(CliError::Failed(error.to_string()));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
@@ -99,8 +105,6 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         // Scripts and tests read this line to find the port.
         println!("onceq listening on http://{local} (data dir {}, durability {durability:?})", data_dir.display());
         tracing::info!(%local, data_dir = %data_dir.display(), "serving");
-        let shared = Arc::new(store.clone());
-        let api = Api::new(shared.clone()).idempotency(shared).auth(auth);
         let result = onceq_server::serve(api, listener, options, shutdown_signal()).await;
         // Whatever happened, flush and release the data directory.
         store.close().await;

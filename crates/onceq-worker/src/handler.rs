@@ -1,0 +1,130 @@
+//! What a handler sees ([`JobContext`]) and what it chooses ([`Outcome`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use onceq_core::{Headers, JobId, LeaseRef, LeaseToken, QueueName, Timestamp};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// What a handler decided about its job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done: the job is acked. In an effectively-once queue, `null` is recorded as its result.
+    Done,
+    /// Done, with a result recorded in the idempotency store (effectively-once queues) and
+    /// returned to any later delivery of the same job instead of running it again.
+    DoneWith(serde_json::Value),
+    /// Try again later: the job is nacked (after `after`, or the queue's backoff).
+    Retry {
+        /// Delay before the next attempt; `None` lets the queue's backoff decide.
+        after: Option<Duration>,
+        /// Why, kept in the job's error history.
+        reason: String,
+    },
+    /// Give up now: the job is dead-lettered with this reason, whatever attempts are left.
+    Fail {
+        /// Why, kept in the job's error history.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// Retry after the queue's backoff.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Outcome::Retry { after: None, reason: reason.into() }
+    }
+
+    /// Retry after `after`.
+    pub fn retry_after(after: Duration, reason: impl Into<String>) -> Self {
+        Outcome::Retry { after: Some(after), reason: reason.into() }
+    }
+
+    /// Dead-letter now.
+    pub fn fail(reason: impl Into<String>) -> Self {
+        Outcome::Fail { reason: reason.into() }
+    }
+}
+
+impl<E: std::fmt::Display> From<Result<(), E>> for Outcome {
+    /// `Ok` is done; `Err` retries after the queue's backoff, with the error as the reason.
+    fn from(result: Result<(), E>) -> Self {
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::retry(e.to_string()),
+        }
+    }
+}
+
+/// What a handler knows about the job it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The job.
+    pub id: JobId,
+    /// Its queue.
+    pub queue: QueueName,
+    /// This delivery's attempt (1-based).
+    pub attempt: u32,
+    /// Attempts allowed before dead-lettering.
+    pub max_attempts: u32,
+    /// The lease token: a handler can fence its own writes with it (store it beside the effect
+    /// and refuse writes from an older token).
+    pub lease_token: LeaseToken,
+    /// Producer dedup id.
+    pub dedup_id: Option<String>,
+    /// Headers.
+    pub headers: Headers,
+    /// When the job was enqueued.
+    pub enqueued_at: Timestamp,
+    /// Cancelled when the job's lease is lost (a heartbeat was refused), its deadline passes, or
+    /// the worker's shutdown grace runs out. A handler doing long work should watch it.
+    pub cancellation: CancellationToken,
+}
+
+impl JobContext {
+    /// The (id, token) pair naming this lease.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef { id: self.id, lease_token: self.lease_token }
+    }
+
+    /// Completes when the job is cancelled (see [`JobContext::cancellation`]).
+    pub async fn cancelled(&self) {
+        self.cancellation.cancelled().await;
+    }
+
+    /// Whether the job is cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_cancelled()
+    }
+}
+
+/// A boxed future of an outcome.
+pub(crate) type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A handler with its payload type erased: it parses the payload itself.
+pub(crate) type ErasedHandler = Arc<dyn Fn(JobContext, &[u8]) -> OutcomeFuture + Send + Sync>;
+
+/// Erases the payload type of a typed handler. A payload that does not parse as `T` fails the
+/// job at once: retrying the same bytes cannot help.
+pub(crate) fn erase<T, F, Fut>(handler: F) -> ErasedHandler
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(JobContext, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |context: JobContext, payload: &[u8]| -> OutcomeFuture {
+        match serde_json::from_slice::<T>(payload) {
+            Ok(value) => {
+                let handler = handler.clone();
+                Box::pin(async move { handler(context, value).await })
+            }
+            Err(e) => {
+                let reason = format!("the payload does not parse as {}: {e}", std::any::type_name::<T>());
+                Box::pin(async move { Outcome::Fail { reason } })
+            }
+        }
+    })
+}

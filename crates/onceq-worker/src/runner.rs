@@ -1,0 +1,417 @@
+//! One queue's runner: the fetch loop and a task per job.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use onceq_core::limits::{LEASE_BATCH_MAX, VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN, WAIT_MS_MAX};
+use onceq_core::{Clock, Error, LeaseOptions, LeasedJob, QueueName, Store, StoreExt, SystemClock};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::acker::AckRequest;
+use crate::handler::{ErasedHandler, JobContext, Outcome};
+use crate::once::{EffectivelyOnce, Gate};
+use crate::worker::Shared;
+use onceq_core::metrics::HANDLER_DURATION;
+
+/// Shortest pause between lease attempts after the store failed; doubles up to the longest.
+const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between lease attempts after the store failed.
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a job is released for when the idempotency store does not answer.
+const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
+/// Shortest heartbeat interval.
+const HEARTBEAT_MIN: Duration = Duration::from_millis(10);
+
+/// How one queue is worked.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct QueueOptions {
+    /// Jobs run at once (default 10).
+    pub concurrency: usize,
+    /// Most jobs leased per call, up to the free slots (default: the concurrency, at most 1000).
+    pub prefetch: u32,
+    /// Lease length asked for each lease and heartbeat (default 30 s).
+    pub visibility_timeout: Duration,
+    /// The lease is extended every `visibility_timeout × heartbeat_fraction` while the handler
+    /// runs (default 1/3, so two heartbeats can fail before the lease expires).
+    pub heartbeat_fraction: f64,
+    /// Hard deadline per job: then the job's cancellation token fires (default: none).
+    pub deadline: Option<Duration>,
+    /// After the deadline, how long the handler may take to notice before it is dropped and the
+    /// job retried (default 1 s).
+    pub deadline_grace: Duration,
+    /// Long-poll wait of each lease call (default 5 s).
+    pub poll_wait: Duration,
+    /// Guard the handler's effect with an idempotency store (effectively-once).
+    pub effectively_once: Option<EffectivelyOnce>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            concurrency: 10,
+            prefetch: 10,
+            visibility_timeout: Duration::from_secs(30),
+            heartbeat_fraction: 1.0 / 3.0,
+            deadline: None,
+            deadline_grace: Duration::from_secs(1),
+            poll_wait: Duration::from_secs(5),
+            effectively_once: None,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl QueueOptions {
+    /// Options with this concurrency (and prefetch), the rest at defaults.
+    pub fn concurrency(concurrency: usize) -> Self {
+        let prefetch = u32::try_from(concurrency).unwrap_or(LEASE_BATCH_MAX).min(LEASE_BATCH_MAX);
+        QueueOptions { concurrency, prefetch, ..QueueOptions::default() }
+    }
+
+    /// Guards the handler with an idempotency store.
+    pub fn effectively_once(mut self, guard: EffectivelyOnce) -> Self {
+        self.effectively_once = Some(guard);
+        self
+    }
+
+    /// Sets the visibility timeout.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = timeout;
+        self
+    }
+
+    /// Sets the hard deadline per job.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sets the long-poll wait.
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> onceq_core::Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::invalid("concurrency must be at least 1"));
+        }
+        if !(1..=LEASE_BATCH_MAX).contains(&self.prefetch) {
+            return Err(Error::invalid(format!("prefetch must be between 1 and {LEASE_BATCH_MAX}")));
+        }
+        let vt = millis(self.visibility_timeout);
+        if !(VISIBILITY_TIMEOUT_MS_MIN..=VISIBILITY_TIMEOUT_MS_MAX).contains(&vt) {
+            return Err(Error::invalid(format!(
+                "visibility_timeout must be between {VISIBILITY_TIMEOUT_MS_MIN} and {VISIBILITY_TIMEOUT_MS_MAX} ms"
+            )));
+        }
+        if !(self.heartbeat_fraction > 0.0 && self.heartbeat_fraction < 1.0) {
+            return Err(Error::invalid("heartbeat_fraction must be strictly between 0 and 1"));
+        }
+        if millis(self.poll_wait) > WAIT_MS_MAX {
+            return Err(Error::invalid(format!("poll_wait must be at most {WAIT_MS_MAX} ms")));
+        }
+        Ok(())
+    }
+}
+
+/// How a handler run ended.
+enum End {
+    Outcome(Outcome),
+    Panicked(String),
+    DeadlineExceeded,
+    /// The worker's shutdown grace ran out.
+    Abandoned,
+}
+
+pub(crate) struct Runner<S: ?Sized> {
+    pub store: Arc<S>,
+    pub queue: QueueName,
+    pub options: QueueOptions,
+    pub handler: ErasedHandler,
+    pub shared: Arc<Shared>,
+}
+
+impl<S: Store + ?Sized + 'static> Runner<S> {
+    /// Leases and runs jobs until the worker stops, then waits for its jobs to finish.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.options.concurrency));
+        let mut jobs: JoinSet<()> = JoinSet::new();
+        let mut backoff = ERROR_BACKOFF_MIN;
+        let stop = self.shared.stop.clone();
+        loop {
+            while jobs.try_join_next().is_some() {}
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                () = stop.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.options.prefetch as usize {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let options = LeaseOptions {
+                max_jobs: permits.len() as u32,
+                visibility_timeout_ms: Some(millis(self.options.visibility_timeout)),
+                wait_ms: millis(self.options.poll_wait),
+            };
+            let this = self.clone();
+            let mut lease = Box::pin(async move { this.store.job_lease(&this.queue, options).await });
+            let leased = tokio::select! {
+                leased = &mut lease => leased,
+                () = stop.cancelled() => {
+                    // A lease call cut short could strand jobs until their lease expires: let it
+                    // finish, and give back whatever it got.
+                    let this = self.clone();
+                    jobs.spawn(async move {
+                        if let Ok(leased) = lease.await {
+                            for job in leased {
+                                this.give_back(&job, None).await;
+                            }
+                        }
+                    });
+                    break;
+                }
+            };
+            match leased {
+                Ok(leased) => {
+                    backoff = ERROR_BACKOFF_MIN;
+                    for (job, permit) in leased.into_iter().zip(permits) {
+                        let this = self.clone();
+                        jobs.spawn(async move { this.run_job(job, permit).await });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, queue = %self.queue, "leasing failed; retrying after {backoff:?}");
+                    drop(permits);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(ERROR_BACKOFF_MAX);
+                }
+            }
+        }
+        while jobs.join_next().await.is_some() {}
+    }
+
+    /// Releases a job without counting the attempt (shutdown, deferral, store down).
+    async fn give_back(&self, job: &LeasedJob, delay: Option<Duration>) {
+        match self.store.release(job.lease(), delay.map(millis)).await {
+            Ok(()) => self.shared.count(|r| r.released += 1),
+            Err(error) => {
+                // Its lease expires and redelivers it.
+                tracing::warn!(%error, job = %job.id, "could not release a job");
+            }
+        }
+    }
+
+    async fn run_job(&self, job: LeasedJob, _slot: OwnedSemaphorePermit) {
+        self.shared.count(|r| r.leased += 1);
+        if self.shared.stop.is_cancelled() {
+            self.give_back(&job, None).await;
+            return;
+        }
+        let owner = format!("{}/{}", self.shared.worker_id, job.lease_token);
+        let mut guard = None;
+        if let Some(once) = &self.options.effectively_once {
+            match once.gate(&job, &owner).await {
+                Gate::Run { key } => guard = Some((once, key)),
+                Gate::AlreadyDone => {
+                    self.shared.count(|r| r.duplicates_skipped += 1);
+                    self.ack(&job).await;
+                    return;
+                }
+                Gate::Defer { until } => {
+                    let wait = until.ms_since(SystemClock::default().now()).max(100);
+                    self.shared.count(|r| r.deferred += 1);
+                    self.give_back(&job, Some(Duration::from_millis(wait))).await;
+                    return;
+                }
+                Gate::StoreDown(error) => {
+                    tracing::warn!(%error, job = %job.id, "the idempotency store did not answer; job released");
+                    self.give_back(&job, Some(STORE_DOWN_RETRY)).await;
+                    return;
+                }
+            }
+        }
+        let cancellation = self.shared.abandon.child_token();
+        let context = JobContext {
+            id: job.id,
+            queue: job.queue.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            lease_token: job.lease_token,
+            dedup_id: job.dedup_id.clone(),
+            headers: job.headers.clone(),
+            enqueued_at: job.enqueued_at,
+            cancellation: cancellation.clone(),
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.store.clone(),
+            job.clone(),
+            self.options.visibility_timeout,
+            self.options.heartbeat_fraction,
+            cancellation.clone(),
+            lost.clone(),
+        ));
+        let started = std::time::Instant::now();
+        let end = self.run_handler(context, &job, &cancellation).await;
+        heartbeat.abort();
+        metrics::histogram!(HANDLER_DURATION, "queue" => job.queue.to_string()).record(started.elapsed().as_secs_f64());
+        if lost.load(Ordering::Acquire) {
+            // Someone else may hold the job now: settle nothing, release nothing of theirs.
+            self.shared.count(|r| r.lease_lost += 1);
+            if let Some((once, key)) = guard {
+                once.release(&key, &owner).await;
+            }
+            return;
+        }
+        if let (Some((once, key)), End::Outcome(Outcome::Done | Outcome::DoneWith(_))) = (&guard, &end) {
+            let result = match &end {
+                End::Outcome(Outcome::DoneWith(value)) => value.clone(),
+                _ => serde_json::Value::Null,
+            };
+            if let Err(error) = once.complete(key.clone(), &owner, result).await {
+                // The effect happened but is not recorded: acking still makes it once, unless the
+                // ack is lost too; say so.
+                tracing::warn!(%error, job = %job.id, "could not record the result in the idempotency store");
+            }
+        } else if let Some((once, key)) = &guard {
+            once.release(key, &owner).await;
+        }
+        self.settle(&job, end).await;
+    }
+
+    async fn run_handler(&self, context: JobContext, job: &LeasedJob, cancellation: &CancellationToken) -> End {
+        let mut handle = tokio::spawn((self.handler)(context, &job.payload));
+        let deadline = async {
+            match self.options.deadline {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let joined = tokio::select! {
+            joined = &mut handle => joined,
+            () = deadline => {
+                cancellation.cancel();
+                match tokio::time::timeout(self.options.deadline_grace, &mut handle).await {
+                    Ok(Ok(outcome @ (Outcome::Done | Outcome::DoneWith(_)))) => Ok(outcome),
+                    Ok(_) | Err(_) => {
+                        handle.abort();
+                        return End::DeadlineExceeded;
+                    }
+                }
+            }
+            () = self.shared.abandon.cancelled() => {
+                match tokio::time::timeout(self.options.deadline_grace, &mut handle).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        handle.abort();
+                        return End::Abandoned;
+                    }
+                }
+            }
+        };
+        match joined {
+            Ok(outcome) => End::Outcome(outcome),
+            Err(error) if error.is_panic() => {
+                let panic = error.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                End::Panicked(message)
+            }
+            Err(_) => End::Abandoned,
+        }
+    }
+
+    async fn ack(&self, job: &LeasedJob) {
+        let (done, result) = oneshot::channel();
+        if self.shared.acks.send(AckRequest { lease: job.lease(), done }).await.is_err() {
+            return;
+        }
+        match result.await {
+            Ok(Ok(())) => self.shared.count(|r| r.acked += 1),
+            Ok(Err(Error::LeaseLost(_) | Error::JobNotFound(_))) => self.shared.count(|r| r.lease_lost += 1),
+            Ok(Err(error)) => tracing::warn!(%error, job = %job.id, "ack failed; the lease will redeliver the job"),
+            Err(_) => {}
+        }
+    }
+
+    async fn settle(&self, job: &LeasedJob, end: End) {
+        let lease = job.lease();
+        let result = match end {
+            End::Outcome(Outcome::Done | Outcome::DoneWith(_)) => {
+                self.ack(job).await;
+                return;
+            }
+            End::Outcome(Outcome::Retry { after, reason }) => {
+                self.shared.count(|r| r.retried += 1);
+                self.store.nack(lease, after.map(millis), Some(&reason)).await.map(drop)
+            }
+            End::Outcome(Outcome::Fail { reason }) => {
+                self.shared.count(|r| r.failed += 1);
+                self.store.fail(lease, &reason).await
+            }
+            End::Panicked(message) => {
+                self.shared.count(|r| r.panicked += 1);
+                self.store.nack(lease, None, Some(&format!("the handler panicked: {message}"))).await.map(drop)
+            }
+            End::DeadlineExceeded => {
+                self.shared.count(|r| r.deadline_exceeded += 1);
+                let deadline = self.options.deadline.unwrap_or_default();
+                self.store
+                    .nack(lease, None, Some(&format!("the handler exceeded its deadline of {deadline:?}")))
+                    .await
+                    .map(drop)
+            }
+            End::Abandoned => {
+                self.give_back(job, None).await;
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => self.shared.count(|r| r.lease_lost += 1),
+            Err(error) => tracing::warn!(%error, job = %job.id, "settling failed; the lease will redeliver the job"),
+        }
+    }
+}
+
+/// Extends the lease while the handler runs. A refused extension means the lease is lost:
+/// the job's cancellation token fires so the handler can stop.
+async fn heartbeat<S: Store + ?Sized>(
+    store: Arc<S>,
+    job: LeasedJob,
+    visibility_timeout: Duration,
+    fraction: f64,
+    cancellation: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    let every = visibility_timeout.mul_f64(fraction).max(HEARTBEAT_MIN);
+    loop {
+        tokio::time::sleep(every).await;
+        match store.extend(job.lease(), millis(visibility_timeout)).await {
+            Ok(_) => {}
+            Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => {
+                lost.store(true, Ordering::Release);
+                cancellation.cancel();
+                return;
+            }
+            Err(error) => tracing::warn!(%error, job = %job.id, "a heartbeat failed; trying again"),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The worker: handlers registered per queue, run until a shutdown signal.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use onceq_core::{Error, QueueName, Result, Store};
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{erase, ErasedHandler, JobContext, Outcome};
+use crate::runner::{QueueOptions, Runner};
+
+/// Most acks in flight to the acker before job tasks wait.
+const ACK_QUEUE_MAX: usize = 10_000;
+
+/// How the whole worker runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// Names this worker in idempotency claims and logs (default: random).
+    pub worker_id: String,
+    /// On shutdown, how long running jobs may take to finish before they are cancelled and their
+    /// jobs released for immediate redelivery (default 30 s).
+    pub shutdown_grace: Duration,
+    /// Most acks in one `job_ack` call (default 100).
+    pub ack_batch_max: usize,
+    /// How long an ack waits for others to join its batch (default 2 ms).
+    pub ack_flush_after: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        let mut bytes = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        WorkerOptions {
+            worker_id: format!("worker-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            shutdown_grace: Duration::from_secs(30),
+            ack_batch_max: 100,
+            ack_flush_after: Duration::from_millis(2),
+        }
+    }
+}
+
+/// What a worker did, counted over its run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Jobs leased.
+    pub leased: u64,
+    /// Jobs acked (handler done, or effect already applied).
+    pub acked: u64,
+    /// Deliveries skipped because the idempotency store had the effect recorded.
+    pub duplicates_skipped: u64,
+    /// Deliveries released because another delivery held the job's idempotency key.
+    pub deferred: u64,
+    /// Jobs nacked by their handler.
+    pub retried: u64,
+    /// Jobs failed (dead-lettered) by their handler.
+    pub failed: u64,
+    /// Handlers that panicked (their jobs were retried).
+    pub panicked: u64,
+    /// Handlers past their deadline (their jobs were retried).
+    pub deadline_exceeded: u64,
+    /// Jobs whose lease was lost before they were settled (nothing was settled for them).
+    pub lease_lost: u64,
+    /// Jobs given back without counting the attempt (shutdown, deferral, store down).
+    pub released: u64,
+}
+
+/// What the runners share.
+pub(crate) struct Shared {
+    pub worker_id: String,
+    pub acks: mpsc::Sender<crate::acker::AckRequest>,
+    /// Stop leasing.
+    pub stop: CancellationToken,
+    /// The shutdown grace is over: cancel running handlers.
+    pub abandon: CancellationToken,
+    report: Mutex<WorkerReport>,
+}
+
+impl Shared {
+    pub(crate) fn count(&self, f: impl FnOnce(&mut WorkerReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// Registers handlers; see [`Worker::builder`].
+pub struct WorkerBuilder<S: ?Sized> {
+    store: Arc<S>,
+    options: WorkerOptions,
+    queues: Vec<(QueueName, QueueOptions, ErasedHandler)>,
+    error: Option<Error>,
+}
+
+impl<S: Store + ?Sized + 'static> WorkerBuilder<S> {
+    /// Sets the worker's options.
+    pub fn options(mut self, options: WorkerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs `handler` for the jobs of `queue`, with default [`QueueOptions`]. The payload is
+    /// parsed as JSON into `T`; a payload that does not parse fails the job at once.
+    pub fn handle<T, F, Fut>(self, queue: &str, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(JobContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        self.handle_with(queue, QueueOptions::default(), handler)
+    }
+
+    /// Runs `handler` for the jobs of `queue`, with these options.
+    pub fn handle_with<T, F, Fut>(mut self, queue: &str, options: QueueOptions, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(JobContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let checked = QueueName::new(queue).and_then(|name| {
+            options.validate()?;
+            if self.queues.iter().any(|(q, _, _)| *q == name) {
+                return Err(Error::invalid(format!("queue {name} has a handler already")));
+            }
+            Ok(name)
+        });
+        match checked {
+            Ok(name) => self.queues.push((name, options, erase(handler))),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// The worker, or the first registration error.
+    pub fn build(self) -> Result<Worker<S>> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.queues.is_empty() {
+            return Err(Error::invalid("register a handler for at least one queue"));
+        }
+        if self.options.ack_batch_max == 0 || self.options.ack_batch_max > onceq_core::limits::SETTLE_BATCH_MAX {
+            return Err(Error::invalid(format!(
+                "ack_batch_max must be between 1 and {}",
+                onceq_core::limits::SETTLE_BATCH_MAX
+            )));
+        }
+        Ok(Worker { store: self.store, options: self.options, queues: self.queues })
+    }
+}
+
+/// A worker over any store of the seam.
+pub struct Worker<S: ?Sized> {
+    store: Arc<S>,
+    options: WorkerOptions,
+    queues: Vec<(QueueName, QueueOptions, ErasedHandler)>,
+}
+
+impl<S: Store + ?Sized + 'static> Worker<S> {
+    /// Starts registering handlers for a worker over `store`.
+    pub fn builder(store: Arc<S>) -> WorkerBuilder<S> {
+        WorkerBuilder { store, options: WorkerOptions::default(), queues: Vec::new(), error: None }
+    }
+
+    /// Works until `shutdown` completes, then shuts down gracefully: stops leasing, lets running
+    /// jobs finish within the grace period, cancels the rest and releases their jobs for
+    /// immediate redelivery, flushes the acks. Returns what it did.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
+        let (acks, inbox) = mpsc::channel(ACK_QUEUE_MAX);
+        let acker = tokio::spawn(crate::acker::run(
+            self.store.clone(),
+            inbox,
+            self.options.ack_batch_max,
+            self.options.ack_flush_after,
+        ));
+        let shared = Arc::new(Shared {
+            worker_id: self.options.worker_id.clone(),
+            acks,
+            stop: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            report: Mutex::new(WorkerReport::default()),
+        });
+        let mut runners = tokio::task::JoinSet::new();
+        for (queue, options, handler) in self.queues {
+            let runner =
+                Arc::new(Runner { store: self.store.clone(), queue, options, handler, shared: shared.clone() });
+            runners.spawn(runner.run());
+        }
+        shutdown.await;
+        tracing::info!(worker = %shared.worker_id, "stopping: no new leases; waiting for running jobs");
+        shared.stop.cancel();
+        let drained =
+            tokio::time::timeout(self.options.shutdown_grace, async { while runners.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?self.options.shutdown_grace, "jobs still running after the grace: cancelling them");
+            shared.abandon.cancel();
+            while runners.join_next().await.is_some() {}
+        }
+        let report = shared.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        drop(shared);
+        let _ = acker.await;
+        report
+    }
+}
