@@ -13,6 +13,33 @@
 //!
 //! Generic over the seam: the same worker runs in-process on the embedded store, on PostgreSQL,
 //! or against a remote server through `onceq-client`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use onceq_core::IdempotencyStore;
+//! use onceq_sqlite::{SqliteOptions, SqliteStore};
+//! use onceq_worker::{EffectivelyOnce, JobContext, Outcome, QueueOptions, Worker};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Charge { order: u64, cents: u64 }
+//!
+//! # async fn demo() -> onceq_core::Result<()> {
+//! let store = Arc::new(SqliteStore::open(SqliteOptions::new("./onceq-data"))?);
+//! let guard = EffectivelyOnce::new(store.clone() as Arc<dyn IdempotencyStore>);
+//! let worker = Worker::builder(store.clone())
+//!     .handle("emails", |ctx: JobContext, to: String| async move {
+//!         println!("welcome {to} (attempt {})", ctx.attempt);
+//!         Outcome::Done
+//!     })
+//!     .handle_with("payments", QueueOptions::concurrency(4).effectively_once(guard), |_ctx, c: Charge| async move {
+//!         // charge the card once per order, however often the job is delivered
+//!         Outcome::DoneWith(serde_json::json!({ "order": c.order, "charged": c.cents }))
+//!     })
+//!     .build()?;
+//! let report = worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! println!("{report:?}");
+//! # Ok(()) }
+//! ```
 
 mod acker;
 mod handler;

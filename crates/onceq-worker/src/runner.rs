@@ -22,6 +22,8 @@ const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a job is released for when the idempotency store does not answer.
 const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
+/// On shutdown, how long a lease call already under way may take to finish.
+const IN_FLIGHT_LEASE_GRACE: Duration = Duration::from_millis(100);
 /// Shortest heartbeat interval.
 const HEARTBEAT_MIN: Duration = Duration::from_millis(10);
 
@@ -169,16 +171,14 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             let leased = tokio::select! {
                 leased = &mut lease => leased,
                 () = stop.cancelled() => {
-                    // A lease call cut short could strand jobs until their lease expires: let it
-                    // finish, and give back whatever it got.
-                    let this = self.clone();
-                    jobs.spawn(async move {
-                        if let Ok(leased) = lease.await {
-                            for job in leased {
-                                this.give_back(&job, None).await;
-                            }
+                    // A waiting lease call holds nothing and is dropped safely; one caught while
+                    // the store hands out jobs would strand them until their lease expires. So it
+                    // gets a moment to finish, and whatever it got is given back.
+                    if let Ok(Ok(leased)) = tokio::time::timeout(IN_FLIGHT_LEASE_GRACE, &mut lease).await {
+                        for job in leased {
+                            self.give_back(&job, None).await;
                         }
-                    });
+                    }
                     break;
                 }
             };
@@ -269,15 +269,10 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         let end = self.run_handler(context, &job, &cancellation).await;
         heartbeat.abort();
         metrics::histogram!(HANDLER_DURATION, "queue" => job.queue.to_string()).record(started.elapsed().as_secs_f64());
-        if lost.load(Ordering::Acquire) {
-            // Someone else may hold the job now: settle nothing, release nothing of theirs.
-            self.shared.count(|r| r.lease_lost += 1);
-            if let Some((once, key)) = guard {
-                once.release(&key, &owner).await;
-            }
-            return;
-        }
+        let lease_lost = lost.load(Ordering::Acquire);
         if let (Some((once, key)), End::Outcome(Outcome::Done | Outcome::DoneWith(_))) = (&guard, &end) {
+            // The effect happened: record it even when the lease is lost, so that the
+            // redelivery the lost lease causes is acked without running the effect again.
             let result = match &end {
                 End::Outcome(Outcome::DoneWith(value)) => value.clone(),
                 _ => serde_json::Value::Null,
@@ -289,6 +284,11 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             }
         } else if let Some((once, key)) = &guard {
             once.release(key, &owner).await;
+        }
+        if lease_lost {
+            // Someone else may hold the job now: settle nothing of theirs.
+            self.shared.count(|r| r.lease_lost += 1);
+            return;
         }
         self.settle(&job, end).await;
     }
