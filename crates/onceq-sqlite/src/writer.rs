@@ -1161,11 +1161,20 @@ impl State {
             if row.owner != begin.owner {
                 return Ok(BeginOutcome::InProgress { owner: row.owner, until: Timestamp::from_millis(row.until) });
             }
+            // The holder again: same claim, later expiry, the fingerprint it was made with.
+            conn.prepare_cached(
+                "UPDATE idempotency SET until = ?2, fingerprint = coalesce(?3, fingerprint) WHERE key = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![begin.key, self.now.plus_ms(begin.ttl_ms).as_millis(), begin.fingerprint])
+            })
+            .map_err(storage("claiming an idempotency key"))?;
+            return Ok(BeginOutcome::Acquired);
         }
+        // No live record: a fresh claim, which inherits nothing from a dead one.
         conn.prepare_cached(
-            "INSERT INTO idempotency (key, state, owner, until, fingerprint, result) VALUES (?1, 0, ?2, ?3, ?4, NULL) \
-             ON CONFLICT (key) DO UPDATE SET state = 0, owner = ?2, until = ?3, \
-             fingerprint = coalesce(?4, idempotency.fingerprint), result = NULL",
+            "INSERT OR REPLACE INTO idempotency (key, state, owner, until, fingerprint, result) \
+             VALUES (?1, 0, ?2, ?3, ?4, NULL)",
         )
         .and_then(|mut s| {
             s.execute(params![begin.key, begin.owner, self.now.plus_ms(begin.ttl_ms).as_millis(), begin.fingerprint])

@@ -181,6 +181,24 @@ pub async fn a_different_fingerprint_conflicts<B: IdempotencyBackend>(backend: &
     );
 }
 
+/// A claim taken over after its expiry starts fresh: it keeps nothing of the dead claim, not
+/// even its fingerprint.
+pub async fn a_taken_over_claim_starts_fresh<B: IdempotencyBackend>(backend: &B) {
+    let f = open(backend).await;
+    let with = |owner: &str, fingerprint: Option<&str>| Begin {
+        fingerprint: fingerprint.map(str::to_owned),
+        ..begin("k", owner, 1000)
+    };
+    f.begin(with("w1", Some("first request"))).await.unwrap();
+    f.clock.advance(1000);
+    assert_eq!(f.begin(with("w2", None)).await, Ok(BeginOutcome::Acquired));
+    let until = f.at(1000);
+    assert_eq!(
+        f.begin(with("w3", Some("another request"))).await,
+        Ok(BeginOutcome::InProgress { owner: "w2".into(), until })
+    );
+}
+
 /// Many owners beginning one key at once: exactly one acquires, every other sees it in progress.
 pub async fn concurrent_begins_acquire_once<B: IdempotencyBackend>(backend: &B) {
     let f = open(backend).await;
@@ -244,6 +262,7 @@ macro_rules! idempotency_suite {
             an_expired_claim_nobody_took_can_still_be_completed,
             a_completed_record_expires_after_its_retention,
             a_different_fingerprint_conflicts,
+            a_taken_over_claim_starts_fresh,
             concurrent_begins_acquire_once,
             limits_are_enforced,
         );
