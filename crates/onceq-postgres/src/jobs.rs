@@ -1,0 +1,1049 @@
+//! Jobs: enqueue, lease (with long polls), the settles (ack, nack, extend, fail, release) and
+//! reading one job. Each batch is one statement over arrays (`unnest ... WITH ORDINALITY`), so a
+//! batch of a thousand costs about what a batch of one does.
+//!
+//! Settle batches are judged item by item. A batch that names one job twice is run in rounds
+//! (the k-th mention of each job in round k), so that each item sees the effect of the items
+//! before it, exactly as if they ran one by one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use onceq_core::limits::DELAY_MS_MAX;
+use onceq_core::metrics as names;
+use onceq_core::{
+    truncate_error_text, AttemptError, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, ItemResults, Job, JobId,
+    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueName,
+    Release, Result, Timestamp,
+};
+use rand::RngCore;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use crate::due::{decode, Scope};
+use crate::schema::state;
+use crate::wait::{TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
+use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
+
+/// Tries at resolving the queue of an enqueue that finds it deleted under its feet.
+const QUEUE_RESOLVE_TRIES_MAX: usize = 4;
+/// How often (store-clock ms) expired dedup ids and idempotency records are swept.
+const SWEEP_INTERVAL_MS: i64 = 1_000;
+/// Most expired rows of each kind one sweep deletes.
+const SWEEP_BATCH_MAX: i64 = 1_000;
+
+/// Sends the wake-ups for the jobs a statement moved (see `wait`): its CTE `{changed}` returns
+/// `queue_id, state, run_at` of each moved job. The statement must read `notified`.
+const NOTIFY_CHANGED: &str = r#"
+notes AS (
+    SELECT q.name, count(*) FILTER (WHERE c.state = 1) AS ready, min(c.run_at) FILTER (WHERE c.state = 0) AS next
+    FROM {changed} c JOIN {s}.queues q ON q.id = c.queue_id
+    WHERE NOT q.paused
+    GROUP BY q.name
+),
+notified AS (
+    SELECT pg_notify('{channel}', 'r ' || ready || ' ' || name) FROM notes WHERE ready > 0
+    UNION ALL
+    SELECT pg_notify('{channel}', 's ' || next || ' ' || name) FROM notes WHERE next IS NOT NULL
+)"#;
+
+/// `template` with `{notify:<cte>}` replaced by [`NOTIFY_CHANGED`] over that CTE.
+pub(crate) fn with_notify(template: &str, changed: &str) -> String {
+    template.replace(&format!("{{notify:{changed}}}"), &NOTIFY_CHANGED.replace("{changed}", changed))
+}
+
+const QUEUE_LOOKUP: &str = "SELECT t.now, q.id, q.config::text AS config \
+                            FROM (SELECT {now} AS now) t LEFT JOIN {s}.queues q ON q.name = $2";
+
+const QUEUE_CREATE: &str = "INSERT INTO {s}.queues (name, config, created_at) VALUES ($2, $3::jsonb, $1) \
+                            ON CONFLICT (name) DO NOTHING RETURNING id";
+
+/// The enqueue of a batch. `$1` now, `$2..$8` the jobs, `$9` the queue, `$10` when dedup ids
+/// claimed now expire. The queue row is share-locked so that a concurrent `queue_delete` either
+/// waits for this enqueue or makes it insert nothing (then the caller resolves the queue again).
+/// A dedup id is claimed with `ON CONFLICT DO UPDATE`, which takes the expired entry over and
+/// keeps a live one: either way it returns the entry's job id, so a duplicate learns its
+/// original's id even when that was committed a moment ago by a concurrent enqueue.
+const ENQUEUE: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[])
+        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord)
+),
+locked AS (SELECT id FROM {s}.queues WHERE id = $9 FOR KEY SHARE),
+numbered AS (SELECT i.*, nextval('{s}.job_ids') AS id FROM input i CROSS JOIN locked),
+claimed AS (
+    INSERT INTO {s}.dedup AS d (queue_id, dedup_id, job_id, expires_at)
+    SELECT $9, dedup_id, id, $10 FROM numbered WHERE dedup_claim
+    ON CONFLICT (queue_id, dedup_id) DO UPDATE SET
+        job_id = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.job_id ELSE d.job_id END,
+        expires_at = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.expires_at ELSE d.expires_at END
+    RETURNING d.dedup_id, d.job_id
+),
+created AS (
+    INSERT INTO {s}.jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id,
+                          headers, payload)
+    SELECT n.id, $9, CASE WHEN n.run_at > $1 THEN 0 ELSE 1 END, n.priority, n.run_at, $1, 0, n.max_attempts,
+           n.dedup_id, n.headers, n.payload
+    FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+    WHERE NOT n.dedup_claim OR c.job_id = n.id
+    RETURNING queue_id, state, run_at
+),
+{notify:created}
+SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified
+FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+ORDER BY n.ord
+"#;
+
+const SWEEP: &str = r#"
+WITH dedup AS (
+    DELETE FROM {s}.dedup WHERE (queue_id, dedup_id) IN (
+        SELECT queue_id, dedup_id FROM {s}.dedup WHERE expires_at <= $1 LIMIT $2)
+),
+idempotency AS (
+    DELETE FROM {s}.idempotency WHERE key IN (
+        SELECT key FROM {s}.idempotency WHERE until <= $1 AND (state = 1 OR until <= $1 - $3) LIMIT $2)
+)
+SELECT 1
+"#;
+
+/// Claims up to `$3` ready jobs of queue `$2` in lease order, skipping rows another lease holds.
+const LEASE: &str = r#"
+WITH picked AS (
+    SELECT id FROM {s}.jobs
+    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+numbered AS (SELECT id, row_number() OVER () AS rn FROM picked)
+UPDATE {s}.jobs j
+SET state = 2, attempt = j.attempt + 1, lease_token = ($4::bytea[])[n.rn::int4], lease_expires_at = $5, leased_at = $1
+FROM numbered n
+WHERE j.id = n.id
+RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
+          j.lease_token
+"#;
+
+/// The lease of an `at_most_once` queue: the lease is the ack, so the jobs go as they are handed
+/// out. `$1` queue, `$2` most jobs.
+const LEASE_AND_DELETE: &str = r#"
+WITH picked AS (
+    SELECT id FROM {s}.jobs
+    WHERE queue_id = $1 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $1 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+gone AS (
+    DELETE FROM {s}.jobs j USING picked p WHERE j.id = p.id
+    RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt + 1 AS attempt, j.max_attempts, j.dedup_id,
+              j.headers, j.payload, j.error_count
+),
+forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0)
+SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, NULL::bytea AS lease_token
+FROM gone
+"#;
+
+/// When the next scheduled job of queue `$1` comes due or its next lease expires.
+const NEXT_DUE: &str = r#"
+SELECT least((SELECT min(run_at) FROM {s}.jobs WHERE queue_id = $1 AND state = 0),
+             (SELECT min(lease_expires_at) FROM {s}.jobs WHERE queue_id = $1 AND state = 2)) AS due
+"#;
+
+/// The columns of a job as `job_get` and `dead_list` return it (`j` jobs, `q` queues).
+pub(crate) const JOB_COLUMNS: &str = r#"
+j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, j.dedup_id, j.enqueued_at,
+j.run_at, j.lease_expires_at,
+CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.attempt FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
+    AS error_attempts,
+CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.error FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
+    AS error_texts,
+CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.at FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
+    AS error_times
+"#;
+
+const JOB_GET: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id WHERE j.id = $1";
+
+/// The common tail of every settle statement: one row per item, in order, saying whether the
+/// statement settled it (`done`), and if not whether the job existed (then the token was not its
+/// live lease), with the queue for metrics. `{settled}` is the CTE of settled rows (`id`,
+/// `queue_id`), `{extra}` more columns.
+const SETTLE_VERDICT: &str = r#"
+SELECT i.ord, s.id IS NOT NULL AS done, ex.id IS NOT NULL AS existed, q.name AS queue {extra}
+FROM items i
+LEFT JOIN {settled} s ON s.id = i.id
+LEFT JOIN {s}.jobs ex ON ex.id = i.id
+LEFT JOIN {s}.queues q ON q.id = coalesce(s.queue_id, ex.queue_id)
+ORDER BY i.ord
+"#;
+
+const ACK: &str = r#"
+WITH t AS (SELECT {now} AS now),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord)),
+acked AS (
+    DELETE FROM {s}.jobs j USING items i, t
+    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+    RETURNING j.id, j.queue_id, j.error_count, j.leased_at
+),
+forgotten AS (DELETE FROM {s}.job_errors e USING acked a WHERE e.job_id = a.id AND a.error_count > 0)
+{verdict:acked:, s.leased_at, (SELECT now FROM t) AS now}
+"#;
+
+const NACK_READ: &str = r#"
+SELECT j.id, j.attempt, q.name, q.config::text AS config
+FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id
+WHERE j.id = ANY($1)
+"#;
+
+const NACK: &str = r#"
+WITH t AS (SELECT {now} AS now),
+items AS (
+    SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[]) WITH ORDINALITY AS i(id, token, delay, error, ord)
+),
+nacked AS (
+    UPDATE {s}.jobs j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 3 WHEN i.delay = 0 THEN 1 ELSE 0 END,
+        run_at = CASE WHEN j.attempt >= j.max_attempts THEN j.run_at ELSE t.now + i.delay END,
+        lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
+    FROM items i, t
+    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+    RETURNING j.id, j.queue_id, j.state, j.run_at, j.attempt, j.error_count
+),
+recorded AS (
+    INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
+    SELECT n.id, n.error_count, n.attempt, t.now, i.error FROM nacked n JOIN items i ON i.id = n.id CROSS JOIN t
+),
+{notify:nacked}
+{verdict:nacked:, s.state, s.run_at, (SELECT count(*) FROM notified) AS notified}
+"#;
+
+const EXTEND: &str = r#"
+WITH t AS (SELECT {now} AS now),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, timeout, ord)),
+extended AS (
+    UPDATE {s}.jobs j SET lease_expires_at = t.now + i.timeout
+    FROM items i, t
+    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+    RETURNING j.id, j.queue_id, j.lease_expires_at
+)
+{verdict:extended:, s.lease_expires_at}
+"#;
+
+const FAIL: &str = r#"
+WITH t AS (SELECT {now} AS now),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::text[]) WITH ORDINALITY AS i(id, token, error, ord)),
+failed AS (
+    UPDATE {s}.jobs j SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
+    FROM items i, t
+    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+    RETURNING j.id, j.queue_id, j.attempt, j.error_count
+),
+recorded AS (
+    INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
+    SELECT f.id, f.error_count, f.attempt, t.now, i.error FROM failed f JOIN items i ON i.id = f.id CROSS JOIN t
+)
+{verdict:failed:}
+"#;
+
+const RELEASE: &str = r#"
+WITH t AS (SELECT {now} AS now),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, delay, ord)),
+released AS (
+    UPDATE {s}.jobs j
+    SET state = CASE WHEN i.delay = 0 THEN 1 ELSE 0 END, run_at = t.now + i.delay,
+        attempt = greatest(j.attempt - 1, 0), lease_token = NULL, lease_expires_at = NULL
+    FROM items i, t
+    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+    RETURNING j.id, j.queue_id, j.state, j.run_at
+),
+{notify:released}
+{verdict:released:, (SELECT count(*) FROM notified) AS notified}
+"#;
+
+/// `template` with its `{verdict:<cte>:<extra columns>}` replaced by [`SETTLE_VERDICT`].
+fn with_verdict(template: &str) -> String {
+    let Some(start) = template.find("{verdict:") else { return template.to_owned() };
+    let rest = &template[start + "{verdict:".len()..];
+    let (Some(colon), Some(end)) = (rest.find(':'), rest.find('}')) else { return template.to_owned() };
+    let verdict = SETTLE_VERDICT.replace("{settled}", &rest[..colon]).replace("{extra}", &rest[colon + 1..end]);
+    format!("{}{}{}", &template[..start], verdict, &rest[end + 1..])
+}
+
+/// A settle statement ready to run: the verdict and the wake-ups filled in.
+fn settle_sql(template: &str, changed: Option<&str>) -> String {
+    let sql = with_verdict(template);
+    match changed {
+        Some(cte) => with_notify(&sql, cte),
+        None => sql,
+    }
+}
+
+/// Item positions in rounds in which each job appears at most once (see the module docs).
+fn rounds(ids: &[JobId]) -> Vec<Vec<usize>> {
+    let mut mentions: HashMap<JobId, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let k = mentions.entry(*id).or_insert(0);
+        if rounds.len() <= *k {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(i);
+        *k += 1;
+    }
+    rounds
+}
+
+/// The items of a round that a job can have, with their stored ids; the others (ids above
+/// `i64::MAX`) are judged not found at once.
+fn storable<T>(ids: &[JobId], round: &[usize], out: &mut [Option<Result<T>>]) -> (Vec<usize>, Vec<i64>) {
+    let mut positions = Vec::with_capacity(round.len());
+    let mut row_ids = Vec::with_capacity(round.len());
+    for &i in round {
+        match row_id(ids[i]) {
+            Some(id) => {
+                positions.push(i);
+                row_ids.push(id);
+            }
+            None => out[i] = Some(Err(rejected(ids[i], false, None))),
+        }
+    }
+    (positions, row_ids)
+}
+
+/// The error of an item its statement did not settle: the job existed (so the token was not
+/// its live lease) or not. Counts the rejection.
+fn rejected(id: JobId, existed: bool, queue: Option<&str>) -> Error {
+    let label = if existed { queue.unwrap_or_default().to_owned() } else { String::new() };
+    metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => label).increment(1);
+    if existed {
+        Error::LeaseLost(id)
+    } else {
+        Error::JobNotFound(id)
+    }
+}
+
+/// One row of a settle verdict: the item's position, and whether it was settled.
+struct Verdict {
+    position: usize,
+    done: bool,
+    existed: bool,
+    queue: Option<String>,
+}
+
+impl Verdict {
+    fn read(row: &PgRow, positions: &[usize]) -> Result<Self> {
+        let ord: i64 = row.try_get("ord").map_err(decode)?;
+        let position = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|k| positions.get(k).copied())
+            .ok_or_else(|| Error::Storage(format!("a settle statement returned item {ord} of {}", positions.len())))?;
+        Ok(Verdict {
+            position,
+            done: row.try_get("done").map_err(decode)?,
+            existed: row.try_get("existed").map_err(decode)?,
+            queue: row.try_get("queue").map_err(decode)?,
+        })
+    }
+
+    fn label(&self) -> String {
+        self.queue.clone().unwrap_or_default()
+    }
+}
+
+/// Every item's result, or a storage error if a statement left one unjudged.
+fn collect<T>(out: Vec<Option<Result<T>>>) -> Result<ItemResults<T>> {
+    out.into_iter()
+        .enumerate()
+        .map(|(i, r)| r.ok_or_else(|| Error::Storage(format!("item {i} of a settle batch got no verdict"))))
+        .collect()
+}
+
+/// Error text as kept: NUL (which PostgreSQL text cannot hold) shown as U+FFFD, then cut.
+fn error_text(text: &str) -> String {
+    truncate_error_text(&text.replace('\0', "\u{FFFD}"))
+}
+
+/// `n` fresh lease tokens: 128 bits each from the operating system's CSPRNG.
+fn lease_tokens(n: usize) -> Vec<Vec<u8>> {
+    let mut bytes = vec![0u8; 16 * n];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.chunks_exact(16).map(<[u8]>::to_vec).collect()
+}
+
+fn token_of(id: i64, bytes: &[u8]) -> Result<LeaseToken> {
+    let token: [u8; 16] =
+        bytes.try_into().map_err(|_| Error::Storage(format!("job {id} got a lease token of {} bytes", bytes.len())))?;
+    Ok(LeaseToken::from_bytes(token))
+}
+
+fn headers_of(id: i64, text: Option<String>) -> Result<Headers> {
+    match text {
+        None => Ok(Headers::new()),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| Error::Storage(format!("job {id} has unreadable headers: {e}")))
+        }
+    }
+}
+
+fn job_state(stored: i16) -> Result<JobState> {
+    Ok(match stored {
+        state::SCHEDULED => JobState::Scheduled,
+        state::READY => JobState::Ready,
+        state::LEASED => JobState::Leased,
+        state::DEAD => JobState::Dead,
+        other => return Err(Error::Storage(format!("unknown stored job state {other}"))),
+    })
+}
+
+fn to_u32(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// A job row read with [`JOB_COLUMNS`].
+pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
+    let id: i64 = row.try_get("id").map_err(decode)?;
+    let queue: String = row.try_get("name").map_err(decode)?;
+    let attempts: Option<Vec<i32>> = row.try_get("error_attempts").map_err(decode)?;
+    let texts: Option<Vec<String>> = row.try_get("error_texts").map_err(decode)?;
+    let times: Option<Vec<i64>> = row.try_get("error_times").map_err(decode)?;
+    let errors = match (attempts, texts, times) {
+        (Some(attempts), Some(texts), Some(times)) => attempts
+            .into_iter()
+            .zip(texts)
+            .zip(times)
+            .map(|((attempt, error), at)| AttemptError {
+                attempt: to_u32(attempt),
+                error,
+                at: Timestamp::from_millis(at),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Job {
+        id: job_id(id),
+        queue: QueueName::new(queue)?,
+        state: job_state(row.try_get("state").map_err(decode)?)?,
+        attempt: to_u32(row.try_get("attempt").map_err(decode)?),
+        max_attempts: to_u32(row.try_get("max_attempts").map_err(decode)?),
+        priority: row.try_get("priority").map_err(decode)?,
+        payload: row.try_get("payload").map_err(decode)?,
+        headers: headers_of(id, row.try_get("headers").map_err(decode)?)?,
+        dedup_id: row.try_get("dedup_id").map_err(decode)?,
+        enqueued_at: Timestamp::from_millis(row.try_get("enqueued_at").map_err(decode)?),
+        run_at: Timestamp::from_millis(row.try_get("run_at").map_err(decode)?),
+        lease_expires_at: row
+            .try_get::<Option<i64>, _>("lease_expires_at")
+            .map_err(decode)?
+            .map(Timestamp::from_millis),
+        errors,
+    })
+}
+
+/// An enqueue batch, encoded once for however many tries it takes.
+struct Batch {
+    /// The jobs, their payloads taken out.
+    jobs: Vec<NewJob>,
+    payloads: Vec<Vec<u8>>,
+    /// Headers as JSON text, `None` when a job has none.
+    headers: Vec<Option<String>>,
+}
+
+impl Batch {
+    fn new(mut jobs: Vec<NewJob>) -> Result<Self> {
+        if let Some(i) = jobs.iter().position(|j| j.dedup_id.as_deref().is_some_and(|d| d.contains('\0'))) {
+            return Err(Error::invalid(format!(
+                "job {i}: the dedup id contains NUL, which PostgreSQL text cannot hold"
+            )));
+        }
+        let payloads = jobs.iter_mut().map(|j| std::mem::take(&mut j.payload)).collect();
+        let headers = jobs
+            .iter()
+            .map(|j| {
+                (!j.headers.is_empty())
+                    .then(|| serde_json::to_string(&j.headers))
+                    .transpose()
+                    .map_err(|e| Error::Storage(format!("encoding headers: {e}")))
+            })
+            .collect::<Result<Vec<Option<String>>>>()?;
+        Ok(Batch { jobs, payloads, headers })
+    }
+}
+
+/// One look for jobs by a lease, and what a waiting lease needs to sleep until the next one.
+struct LeaseAttempt {
+    jobs: Vec<LeasedJob>,
+    /// The "now" the look was made at (store-clock ms).
+    now: i64,
+    /// When the queue's next scheduled job comes due or next lease expires, if the lease may
+    /// wait for it (not for a paused or unknown queue).
+    next_due: Option<i64>,
+}
+
+impl PgStore {
+    pub(crate) async fn enqueue_jobs(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let batch = Batch::new(jobs)?;
+        for _ in 0..QUEUE_RESOLVE_TRIES_MAX {
+            let Some((now, queue_id, config)) = self.resolve_queue(queue, &batch.jobs).await? else { continue };
+            let Some(out) = self.insert_batch(&batch, now, queue_id, &config).await? else { continue };
+            let created = out.iter().filter(|e| !e.duplicate).count() as u64;
+            metrics::counter!(names::ENQUEUED, "queue" => queue.to_string()).increment(created);
+            let duplicates = out.len() as u64 - created;
+            if duplicates > 0 {
+                metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => queue.to_string()).increment(duplicates);
+            }
+            self.sweep(now).await;
+            return Ok(out);
+        }
+        Err(Error::Unavailable(format!(
+            "queue {queue} was created or deleted again and again while this enqueue ran; nothing was enqueued, retry"
+        )))
+    }
+
+    /// Reads "now" and the queue (creating it with the defaults if it does not exist), and
+    /// checks the batch against both. `None`: another enqueue created the queue meanwhile.
+    async fn resolve_queue(&self, queue: &QueueName, jobs: &[NewJob]) -> Result<Option<(i64, i64, QueueConfig)>> {
+        let lookup = self.sql(QUEUE_LOOKUP);
+        let now_param = self.now_param();
+        let row = self
+            .run("looking up a queue", || {
+                sqlx::query(&lookup).bind(now_param).bind(queue.as_str()).fetch_one(&self.inner.pool)
+            })
+            .await?;
+        let now: i64 = row.try_get("now").map_err(decode)?;
+        let now_ts = Timestamp::from_millis(now);
+        let latest = now_ts.plus_ms(DELAY_MS_MAX);
+        if let Some(i) = jobs.iter().position(|j| j.ready_at(now_ts) > latest) {
+            return Err(Error::invalid(format!(
+                "job {i}: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
+            )));
+        }
+        if let Some(id) = row.try_get::<Option<i64>, _>("id").map_err(decode)? {
+            let config = parse_config(queue.as_str(), &row.try_get::<String, _>("config").map_err(decode)?)?;
+            if config.delivery == DeliveryMode::EffectivelyOnce {
+                if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
+                    return Err(Error::invalid(format!(
+                        "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
+                    )));
+                }
+            }
+            return Ok(Some((now, id, config)));
+        }
+        let config = QueueConfig::default();
+        let text =
+            serde_json::to_string(&config).map_err(|e| Error::Storage(format!("encoding a queue config: {e}")))?;
+        let create = self.sql(QUEUE_CREATE);
+        let created: Option<i64> = self
+            .run("creating a queue", || {
+                sqlx::query_scalar(&create).bind(now).bind(queue.as_str()).bind(&text).fetch_optional(&self.inner.pool)
+            })
+            .await?;
+        Ok(created.map(|id| (now, id, config)))
+    }
+
+    /// Runs the enqueue statement at `now` into the queue; `None` when the queue was deleted
+    /// meanwhile (then nothing was written).
+    async fn insert_batch(
+        &self,
+        batch: &Batch,
+        now: i64,
+        queue_id: i64,
+        config: &QueueConfig,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        let jobs = &batch.jobs;
+        let now_ts = Timestamp::from_millis(now);
+        // A repeated dedup id in one batch is a duplicate of its first mention, which alone goes
+        // to the database (a window of 0 deduplicates nothing, so then none is a duplicate).
+        let window = config.dedup_window_ms;
+        let mut first_mention: HashMap<&str, usize> = HashMap::new();
+        let mut repeat_of: Vec<Option<usize>> = vec![None; jobs.len()];
+        for (i, job) in jobs.iter().enumerate() {
+            if let (Some(d), true) = (job.dedup_id.as_deref(), window > 0) {
+                match first_mention.get(d) {
+                    Some(&first) => repeat_of[i] = Some(first),
+                    None => {
+                        first_mention.insert(d, i);
+                    }
+                }
+            }
+        }
+        // The statement's rows, by position in the batch.
+        let rows_of: Vec<usize> = (0..jobs.len()).filter(|&i| repeat_of[i].is_none()).collect();
+        let payloads: Vec<&[u8]> = rows_of.iter().map(|&i| batch.payloads[i].as_slice()).collect();
+        let headers: Vec<Option<&str>> = rows_of.iter().map(|&i| batch.headers[i].as_deref()).collect();
+        let priorities: Vec<i32> = rows_of.iter().map(|&i| jobs[i].priority).collect();
+        let run_ats: Vec<i64> = rows_of.iter().map(|&i| jobs[i].ready_at(now_ts).as_millis()).collect();
+        let max_attempts: Vec<i32> = rows_of
+            .iter()
+            .map(|&i| i32::try_from(jobs[i].max_attempts.unwrap_or(config.max_attempts)).unwrap_or(i32::MAX))
+            .collect();
+        let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
+        let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
+        let sql = self.sql(&with_notify(ENQUEUE, "created"));
+        let expires = plus_ms(now, window);
+        let rows = self
+            .run("enqueueing jobs", || {
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(&payloads)
+                    .bind(&headers)
+                    .bind(&priorities)
+                    .bind(&run_ats)
+                    .bind(&max_attempts)
+                    .bind(&dedup_ids)
+                    .bind(&claims)
+                    .bind(queue_id)
+                    .bind(expires)
+                    .fetch_all(&self.inner.pool)
+            })
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        let mut last_id = 0;
+        for row in rows {
+            let ord: i64 = row.try_get("ord").map_err(decode)?;
+            let id: i64 = row.try_get("id").map_err(decode)?;
+            let original: Option<i64> = row.try_get("original").map_err(decode)?;
+            let (k, i) = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|k| Some((k, *rows_of.get(k)?)))
+                .ok_or_else(|| Error::Storage(format!("the enqueue returned row {ord} of {}", rows_of.len())))?;
+            // Ids follow request order: `unnest` yields the rows in order, and `nextval` runs on
+            // each as it is scanned.
+            debug_assert!(id > last_id, "job ids must increase in request order ({id} after {last_id})");
+            last_id = id;
+            out[i] = Some(match (claims[k], original) {
+                (false, _) => Enqueued { id: job_id(id), duplicate: false },
+                (true, Some(original)) => Enqueued { id: job_id(original), duplicate: original != id },
+                (true, None) => return Err(Error::Storage(format!("job {i}: its dedup id was not claimed"))),
+            });
+        }
+        for i in 0..out.len() {
+            if let Some(first) = repeat_of[i] {
+                out[i] = out[first].map(|e| Enqueued { id: e.id, duplicate: true });
+            }
+        }
+        let out = out
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.ok_or_else(|| Error::Storage(format!("job {i} of the batch got no id"))))
+            .collect::<Result<Vec<Enqueued>>>()?;
+        Ok(Some(out))
+    }
+
+    /// Deletes expired dedup ids and idempotency records, at most once a [`SWEEP_INTERVAL_MS`]
+    /// of store time per store. An in-progress idempotency claim stays a day past its expiry, so
+    /// that its owner can still complete it if nobody took it over. Failures are only logged:
+    /// the rows are dead either way.
+    pub(crate) async fn sweep(&self, now: i64) {
+        let last = self.inner.last_sweep_ms.load(std::sync::atomic::Ordering::Acquire);
+        if now.saturating_sub(last) < SWEEP_INTERVAL_MS
+            || self
+                .inner
+                .last_sweep_ms
+                .compare_exchange(last, now, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let sql = self.sql(SWEEP);
+        let day = crate::to_i64(onceq_core::idempotency::TTL_MS_MAX);
+        let swept = self
+            .run("sweeping expired dedup ids and idempotency keys", || {
+                sqlx::query(&sql).bind(now).bind(SWEEP_BATCH_MAX).bind(day).execute(&self.inner.pool)
+            })
+            .await;
+        if let Err(error) = swept {
+            tracing::warn!(%error, "sweeping expired dedup ids and idempotency keys failed");
+        }
+    }
+
+    pub(crate) async fn lease_jobs(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
+        let waiters = self.inner.waiters.clone();
+        loop {
+            // Register before looking, so that a notification in between still wakes this lease.
+            let registration = (options.wait_ms > 0).then(|| waiters.register(queue.as_str(), options.max_jobs));
+            let attempt = match self.lease_once(queue, options, registration.is_some()).await {
+                Ok(attempt) => attempt,
+                Err(error) => {
+                    // This call may have taken a wake-up meant for another: pass it on.
+                    let woken = registration.as_ref().is_some_and(|r| r.was_woken());
+                    drop(registration);
+                    if woken {
+                        waiters.wake(queue.as_str(), u64::from(options.max_jobs));
+                    }
+                    return Err(error);
+                }
+            };
+            let Some(registration) = registration else { return Ok(attempt.jobs) };
+            if !attempt.jobs.is_empty() {
+                // A full batch may leave jobs behind; a wake-up this lease took while it was
+                // already finding jobs was meant for the next waiter.
+                let pass_on = registration.was_woken() || attempt.jobs.len() == options.max_jobs as usize;
+                drop(registration);
+                if pass_on {
+                    waiters.wake(queue.as_str(), 1);
+                }
+                return Ok(attempt.jobs);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let sleep_ms = match attempt.next_due {
+                Some(due) => {
+                    registration.arm(due);
+                    u64::try_from(due.saturating_sub(attempt.now))
+                        .unwrap_or(0)
+                        .clamp(TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX)
+                }
+                None => TIMER_RECHECK_MS_MAX,
+            };
+            let wake_at = (now + Duration::from_millis(sleep_ms)).min(deadline);
+            tokio::select! {
+                _ = registration.notify.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// Applies the queue's due transitions, then leases what is ready.
+    async fn lease_once(&self, queue: &QueueName, options: LeaseOptions, waiting: bool) -> Result<LeaseAttempt> {
+        let (now, found) = self.apply_due(Scope::Queue(queue)).await?.queue();
+        let Some(q) = found else { return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None }) };
+        if q.paused {
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None });
+        }
+        let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
+        let expires_at = plus_ms(now, visibility_ms);
+        let max_jobs = i64::from(options.max_jobs);
+        let at_most_once = q.config.delivery == DeliveryMode::AtMostOnce;
+        let rows = if at_most_once {
+            let sql = self.sql(LEASE_AND_DELETE);
+            self.run("leasing jobs", || sqlx::query(&sql).bind(q.id).bind(max_jobs).fetch_all(&self.inner.pool)).await?
+        } else {
+            let sql = self.sql(LEASE);
+            let tokens = lease_tokens(options.max_jobs as usize);
+            self.run("leasing jobs", || {
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(q.id)
+                    .bind(max_jobs)
+                    .bind(&tokens)
+                    .bind(expires_at)
+                    .fetch_all(&self.inner.pool)
+            })
+            .await?
+        };
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id").map_err(decode)?;
+            let token = match row.try_get::<Option<Vec<u8>>, _>("lease_token").map_err(decode)? {
+                Some(bytes) => token_of(id, &bytes)?,
+                None => LeaseToken::random(),
+            };
+            jobs.push(LeasedJob {
+                id: job_id(id),
+                queue: queue.clone(),
+                lease_token: token,
+                attempt: to_u32(row.try_get("attempt").map_err(decode)?),
+                max_attempts: to_u32(row.try_get("max_attempts").map_err(decode)?),
+                priority: row.try_get("priority").map_err(decode)?,
+                payload: row.try_get("payload").map_err(decode)?,
+                headers: headers_of(id, row.try_get("headers").map_err(decode)?)?,
+                dedup_id: row.try_get("dedup_id").map_err(decode)?,
+                enqueued_at: Timestamp::from_millis(row.try_get("enqueued_at").map_err(decode)?),
+                run_at: Timestamp::from_millis(row.try_get("run_at").map_err(decode)?),
+                lease_expires_at: Timestamp::from_millis(expires_at),
+            });
+        }
+        // RETURNING rows come in no particular order; hand them out in lease order.
+        jobs.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
+        if !jobs.is_empty() {
+            metrics::counter!(names::DELIVERIES, "queue" => queue.to_string()).increment(jobs.len() as u64);
+            let wait = metrics::histogram!(names::ENQUEUE_TO_LEASE, "queue" => queue.to_string());
+            let now_ts = Timestamp::from_millis(now);
+            for job in jobs.iter().filter(|j| j.attempt == 1) {
+                wait.record(now_ts.ms_since(job.enqueued_at) as f64 / 1000.0);
+            }
+        }
+        let next_due = if jobs.is_empty() && waiting {
+            let sql = self.sql(NEXT_DUE);
+            self.run("finding the next due job", || {
+                sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id).fetch_one(&self.inner.pool)
+            })
+            .await?
+        } else {
+            None
+        };
+        Ok(LeaseAttempt { jobs, now, next_due })
+    }
+
+    pub(crate) async fn read_job(&self, id: JobId) -> Result<Job> {
+        let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
+        let (_, queue) = self.apply_due(Scope::Job(row_id)).await?.queue();
+        if queue.is_none() {
+            return Err(Error::JobNotFound(id));
+        }
+        let sql = self.sql(&JOB_GET.replace("{columns}", JOB_COLUMNS));
+        let row = self.run("reading a job", || sqlx::query(&sql).bind(row_id).fetch_optional(&self.inner.pool)).await?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(Error::JobNotFound(id)),
+        }
+    }
+
+    pub(crate) async fn ack_jobs(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
+        let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
+        let sql = self.sql(&settle_sql(ACK, None));
+        for round in rounds(&ids) {
+            let (positions, row_ids) = storable(&ids, &round, &mut out);
+            if positions.is_empty() {
+                continue;
+            }
+            let tokens: Vec<&[u8]> = positions.iter().map(|&i| &acks[i].lease_token.as_bytes()[..]).collect();
+            let now = self.now_param();
+            let rows = self
+                .run("acking jobs", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).fetch_all(&self.inner.pool)
+                })
+                .await?;
+            for row in rows {
+                let verdict = Verdict::read(&row, &positions)?;
+                let id = ids[verdict.position];
+                out[verdict.position] = Some(if verdict.done {
+                    let label = verdict.label();
+                    metrics::counter!(names::ACKS, "queue" => label.clone()).increment(1);
+                    let leased_at: Option<i64> = row.try_get("leased_at").map_err(decode)?;
+                    let now: i64 = row.try_get("now").map_err(decode)?;
+                    if let Some(leased_at) = leased_at {
+                        let held = Timestamp::from_millis(now).ms_since(Timestamp::from_millis(leased_at));
+                        metrics::histogram!(names::LEASE_TO_ACK, "queue" => label).record(held as f64 / 1000.0);
+                    }
+                    Ok(())
+                } else {
+                    Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
+                });
+            }
+        }
+        collect(out)
+    }
+
+    pub(crate) async fn nack_jobs(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        let ids: Vec<JobId> = nacks.iter().map(|n| n.id).collect();
+        let backoff = self.backoff_delays(nacks).await?;
+        let mut out: Vec<Option<Result<NackOutcome>>> = (0..nacks.len()).map(|_| None).collect();
+        let sql = self.sql(&settle_sql(NACK, Some("nacked")));
+        for round in rounds(&ids) {
+            let (positions, row_ids) = storable(&ids, &round, &mut out);
+            if positions.is_empty() {
+                continue;
+            }
+            let tokens: Vec<&[u8]> = positions.iter().map(|&i| &nacks[i].lease_token.as_bytes()[..]).collect();
+            let delays: Vec<i64> = positions.iter().map(|&i| crate::to_i64(backoff[i])).collect();
+            let errors: Vec<String> =
+                positions.iter().map(|&i| error_text(nacks[i].error.as_deref().unwrap_or("nacked"))).collect();
+            let now = self.now_param();
+            let rows = self
+                .run("nacking jobs", || {
+                    sqlx::query(&sql)
+                        .bind(now)
+                        .bind(&row_ids)
+                        .bind(&tokens)
+                        .bind(&delays)
+                        .bind(&errors)
+                        .fetch_all(&self.inner.pool)
+                })
+                .await?;
+            for row in rows {
+                let verdict = Verdict::read(&row, &positions)?;
+                let id = ids[verdict.position];
+                out[verdict.position] = Some(if verdict.done {
+                    let stored: i16 = row.try_get("state").map_err(decode)?;
+                    if stored == state::DEAD {
+                        metrics::counter!(names::DEAD_LETTERED, "queue" => verdict.label(), "reason" => "attempts_exhausted")
+                            .increment(1);
+                        Ok(NackOutcome::Dead)
+                    } else {
+                        metrics::counter!(names::REDELIVERIES, "queue" => verdict.label(), "reason" => "nack")
+                            .increment(1);
+                        let run_at: i64 = row.try_get("run_at").map_err(decode)?;
+                        Ok(NackOutcome::Retrying { run_at: Timestamp::from_millis(run_at) })
+                    }
+                } else {
+                    Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
+                });
+            }
+        }
+        collect(out)
+    }
+
+    /// The delay of each nack: its own, else its queue's backoff for the job's current attempt
+    /// (0 for a job that is not there; its nack will be rejected anyway).
+    async fn backoff_delays(&self, nacks: &[Nack]) -> Result<Vec<u64>> {
+        let wanted: Vec<i64> = nacks.iter().filter(|n| n.delay_ms.is_none()).filter_map(|n| row_id(n.id)).collect();
+        let mut current: HashMap<i64, (i32, QueueConfig)> = HashMap::new();
+        if !wanted.is_empty() {
+            let sql = self.sql(NACK_READ);
+            let rows = self
+                .run("reading the attempts of nacked jobs", || {
+                    sqlx::query(&sql).bind(&wanted).fetch_all(&self.inner.pool)
+                })
+                .await?;
+            let mut configs: HashMap<String, QueueConfig> = HashMap::new();
+            for row in rows {
+                let id: i64 = row.try_get("id").map_err(decode)?;
+                let attempt: i32 = row.try_get("attempt").map_err(decode)?;
+                let name: String = row.try_get("name").map_err(decode)?;
+                let config = match configs.get(&name) {
+                    Some(config) => config.clone(),
+                    None => {
+                        let config = parse_config(&name, &row.try_get::<String, _>("config").map_err(decode)?)?;
+                        configs.insert(name, config.clone());
+                        config
+                    }
+                };
+                current.insert(id, (attempt, config));
+            }
+        }
+        let mut rng = rand::thread_rng();
+        Ok(nacks
+            .iter()
+            .map(|n| match n.delay_ms {
+                Some(ms) => ms,
+                None => row_id(n.id)
+                    .and_then(|id| current.get(&id))
+                    .map(|(attempt, config)| config.backoff.delay_ms(to_u32(*attempt), &mut rng))
+                    .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn extend_leases(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        let ids: Vec<JobId> = extends.iter().map(|e| e.id).collect();
+        let mut out: Vec<Option<Result<Timestamp>>> = (0..extends.len()).map(|_| None).collect();
+        let sql = self.sql(&settle_sql(EXTEND, None));
+        for round in rounds(&ids) {
+            let (positions, row_ids) = storable(&ids, &round, &mut out);
+            if positions.is_empty() {
+                continue;
+            }
+            let tokens: Vec<&[u8]> = positions.iter().map(|&i| &extends[i].lease_token.as_bytes()[..]).collect();
+            let timeouts: Vec<i64> =
+                positions.iter().map(|&i| crate::to_i64(extends[i].visibility_timeout_ms)).collect();
+            let now = self.now_param();
+            let rows = self
+                .run("extending leases", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&timeouts).fetch_all(&self.inner.pool)
+                })
+                .await?;
+            for row in rows {
+                let verdict = Verdict::read(&row, &positions)?;
+                let id = ids[verdict.position];
+                out[verdict.position] = Some(if verdict.done {
+                    metrics::counter!(names::LEASE_EXTENSIONS, "queue" => verdict.label()).increment(1);
+                    let expires: i64 = row.try_get("lease_expires_at").map_err(decode)?;
+                    Ok(Timestamp::from_millis(expires))
+                } else {
+                    Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
+                });
+            }
+        }
+        collect(out)
+    }
+
+    pub(crate) async fn fail_jobs(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+        let ids: Vec<JobId> = fails.iter().map(|f| f.id).collect();
+        let mut out: Vec<Option<Result<()>>> = (0..fails.len()).map(|_| None).collect();
+        let sql = self.sql(&settle_sql(FAIL, None));
+        for round in rounds(&ids) {
+            let (positions, row_ids) = storable(&ids, &round, &mut out);
+            if positions.is_empty() {
+                continue;
+            }
+            let tokens: Vec<&[u8]> = positions.iter().map(|&i| &fails[i].lease_token.as_bytes()[..]).collect();
+            let errors: Vec<String> = positions.iter().map(|&i| error_text(&fails[i].error)).collect();
+            let now = self.now_param();
+            let rows = self
+                .run("failing jobs", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors).fetch_all(&self.inner.pool)
+                })
+                .await?;
+            for row in rows {
+                let verdict = Verdict::read(&row, &positions)?;
+                let id = ids[verdict.position];
+                out[verdict.position] = Some(if verdict.done {
+                    metrics::counter!(names::DEAD_LETTERED, "queue" => verdict.label(), "reason" => "failed")
+                        .increment(1);
+                    Ok(())
+                } else {
+                    Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
+                });
+            }
+        }
+        collect(out)
+    }
+
+    pub(crate) async fn release_jobs(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+        let ids: Vec<JobId> = releases.iter().map(|r| r.id).collect();
+        let mut out: Vec<Option<Result<()>>> = (0..releases.len()).map(|_| None).collect();
+        let sql = self.sql(&settle_sql(RELEASE, Some("released")));
+        for round in rounds(&ids) {
+            let (positions, row_ids) = storable(&ids, &round, &mut out);
+            if positions.is_empty() {
+                continue;
+            }
+            let tokens: Vec<&[u8]> = positions.iter().map(|&i| &releases[i].lease_token.as_bytes()[..]).collect();
+            let delays: Vec<i64> =
+                positions.iter().map(|&i| crate::to_i64(releases[i].delay_ms.unwrap_or(0))).collect();
+            let now = self.now_param();
+            let rows = self
+                .run("releasing jobs", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).fetch_all(&self.inner.pool)
+                })
+                .await?;
+            for row in rows {
+                let verdict = Verdict::read(&row, &positions)?;
+                let id = ids[verdict.position];
+                out[verdict.position] = Some(if verdict.done {
+                    metrics::counter!(names::REDELIVERIES, "queue" => verdict.label(), "reason" => "released")
+                        .increment(1);
+                    Ok(())
+                } else {
+                    Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
+                });
+            }
+        }
+        collect(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_put_each_mention_of_a_job_after_the_previous_one() {
+        let (a, b, c) = (JobId::new(1), JobId::new(2), JobId::new(3));
+        assert_eq!(rounds(&[a, b, c]), vec![vec![0, 1, 2]]);
+        assert_eq!(rounds(&[a, b, a, a, c, b]), vec![vec![0, 1, 4], vec![2, 5], vec![3]]);
+    }
+
+    #[test]
+    fn verdict_and_notify_templates_expand() {
+        let sql = settle_sql(RELEASE, Some("released"));
+        assert!(!sql.contains("{verdict") && !sql.contains("{notify"), "{sql}");
+        assert!(sql.contains("LEFT JOIN released s ON s.id = i.id") && sql.contains("FROM released c JOIN"), "{sql}");
+        assert!(sql.contains(", (SELECT count(*) FROM notified) AS notified\nFROM items i"), "{sql}");
+    }
+
+    #[test]
+    fn error_text_keeps_no_nul_and_stays_in_bounds() {
+        let text = error_text(&"\0".repeat(onceq_core::limits::ERROR_TEXT_BYTES_MAX));
+        assert!(!text.contains('\0'));
+        assert!(text.len() <= onceq_core::limits::ERROR_TEXT_BYTES_MAX);
+    }
+}

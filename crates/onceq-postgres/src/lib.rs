@@ -1,0 +1,442 @@
+//! onceq-postgres: the PostgreSQL store, for many servers and workers sharing one database.
+//!
+//! # Layout
+//!
+//! - `schema`: the tables, indexes and counter triggers of one onceq schema; versioned
+//!   migrations, safe when several processes start at once.
+//! - `due`: applying what the clock made due (scheduled jobs become ready, expired leases are
+//!   redelivered or dead-lettered) before an operation looks at a queue.
+//! - `jobs`: enqueue, lease, ack, nack, extend, fail, release and reading one job.
+//! - `queues`: queue config, pause, delete, stats, and the dead letters of a queue.
+//! - `idempotency`: the idempotency store, in the same schema.
+//! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
+//! - `error`: PostgreSQL failures mapped onto the seam's error kinds.
+//! - this file: [`PgStore`], [`PgOptions`], connecting, and the seam's entry points.
+//!
+//! # Time (Invariant 7)
+//!
+//! Every statement reads "now" as `coalesce($1, <the database's now() in ms>)`: in production
+//! `$1` is NULL and the database's clock judges every lease expiry, `run_at` and dedup window,
+//! whichever process asks. Only when [`PgOptions::clock`] is set (the conformance suite's manual
+//! clock) is that clock's reading passed instead: one code path either way. Times are stored as
+//! bigint milliseconds since the Unix epoch. A statement that needs a time computed from "now"
+//! (a lease's expiry, a retry's `run_at`) takes the "now" an earlier statement of the same
+//! operation returned, so one operation sees one clock reading.
+//!
+//! # Concurrency
+//!
+//! Operations are single statements where they can be (an ack batch, a lease batch, an enqueue
+//! batch is one statement each), so they need no explicit transaction and hold their row locks
+//! for one round trip. Leases claim rows with `FOR UPDATE SKIP LOCKED`; settles are fenced by
+//! the lease token in the statement's own `WHERE` (Invariant 3); dedup ids are claimed with
+//! `INSERT ... ON CONFLICT` on a unique key (Invariant 6). Due transitions are applied lazily, by
+//! the operation that next looks at the queue (see `due`). A statement PostgreSQL rolls back
+//! for a deadlock or a serialization failure is run again.
+//!
+//! # Durability (Invariant 1)
+//!
+//! A call returns only after PostgreSQL committed its statement; with the server's default
+//! `synchronous_commit = on` that commit is flushed to the WAL on disk first.
+//!
+//! # Long polls
+//!
+//! A lease with `wait_ms` sleeps until a `NOTIFY` from any store sharing the schema (enqueue,
+//! nack, release, redrive, resume, jobs coming due) says jobs are ready, or until a timer for the
+//! queue's next scheduled job or lease expiry fires; see `wait`. Nothing polls the database
+//! while nothing changes, beyond a look every few seconds per waiting lease as a safety net.
+//!
+//! ```no_run
+//! # async fn demo() -> onceq_core::Result<()> {
+//! use onceq_core::{NewJob, QueueName, StoreExt};
+//! use onceq_postgres::{PgOptions, PgStore};
+//!
+//! let store = PgStore::connect(PgOptions::new("postgres://postgres@127.0.0.1:5432/test")).await?;
+//! let emails = QueueName::new("emails")?;
+//! store.enqueue(&emails, NewJob::new(r#"{"to":"ada@example.com"}"#)).await?;
+//! if let Some(job) = store.lease_one(&emails).await? {
+//!     store.ack(job.lease()).await?;
+//! }
+//! store.close().await;
+//! # Ok(()) }
+//! ```
+
+mod due;
+mod error;
+mod idempotency;
+mod jobs;
+mod queues;
+mod schema;
+mod wait;
+
+use std::str::FromStr;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onceq_core::store::validate;
+use onceq_core::{
+    Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
+    LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Release,
+    Result, Store, Timestamp,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
+
+use crate::error::Target;
+pub use crate::schema::SCHEMA_NAME_LEN_MAX;
+
+/// The schema onceq uses unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "onceq";
+/// Connections in the pool unless told otherwise (the listener takes one more).
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+/// Most connections a store may open.
+pub const POOL_SIZE_MAX: u32 = 1000;
+/// How long a request waits for a pooled connection before it fails as unavailable, unless
+/// told otherwise.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SQL expression every statement reads "now" from (see the crate docs, "Time").
+const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM now()) * 1000)::int8)";
+
+/// How to connect a [`PgStore`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct PgOptions {
+    /// The database URL, `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// The schema holding onceq's tables; created if missing. Stores sharing a schema share
+    /// queues and jobs.
+    pub schema: String,
+    /// Most pooled connections for requests.
+    pub pool_size: u32,
+    /// How long a request waits for a connection before failing with [`Error::Unavailable`].
+    pub acquire_timeout: Duration,
+    /// A clock to judge time by instead of the database's: for tests only (a manual clock).
+    /// `None`, the default, uses the database's `now()` (Invariant 7).
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PgOptions")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgOptions {
+    /// Options for `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            clock: None,
+        }
+    }
+
+    /// Sets the schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets the pool size.
+    pub fn pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// Sets how long a request waits for a connection.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Judges time by `clock` instead of the database (tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+}
+
+/// What every clone of a store shares.
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    /// The validated schema name.
+    pub(crate) schema: String,
+    /// The schema as a quoted identifier, substituted for `{s}` in statements.
+    quoted: String,
+    /// The `NOTIFY` channel of this schema.
+    pub(crate) channel: String,
+    /// Where the pool connects, for error messages.
+    pub(crate) target: Target,
+    /// The test clock, if any; `None` reads the database's clock.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
+    pub(crate) waiters: Arc<wait::Waiters>,
+    /// The listener task; aborted when the store goes.
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
+    pub(crate) last_sweep_ms: AtomicI64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share one pool, one listener and one set of
+/// waiting leases.
+#[derive(Clone)]
+pub struct PgStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("schema", &self.inner.schema).finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, migrates the schema (creating it if needed) and starts listening for
+    /// wake-ups.
+    ///
+    /// Fails with [`Error::Unavailable`] when the server cannot be reached, and with
+    /// [`Error::Storage`] when it refuses the credentials, when the schema holds tables that are
+    /// not onceq's, or when it was written by a newer onceq.
+    pub async fn connect(options: PgOptions) -> Result<Self> {
+        schema::validate_name(&options.schema)?;
+        if !(1..=POOL_SIZE_MAX).contains(&options.pool_size) {
+            return Err(Error::invalid(format!(
+                "pool size is {}; it must be between 1 and {POOL_SIZE_MAX}",
+                options.pool_size
+            )));
+        }
+        let mut connect_options = PgConnectOptions::from_str(&options.url)
+            .map_err(|e| Error::invalid(format!("the database URL is not valid: {e}")))?;
+        if connect_options.get_application_name().is_none() {
+            // Names onceq's sessions in pg_stat_activity, unless the URL names them otherwise.
+            connect_options = connect_options.application_name("onceq");
+        }
+        let target = Target::of(&connect_options);
+        let mut conn = tokio::time::timeout(options.acquire_timeout, schema::connect_once(&connect_options, &target))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "connecting to PostgreSQL at {} timed out after {:?}; is the server reachable?",
+                    target.0, options.acquire_timeout
+                ))
+            })??;
+        let migrated = schema::migrate(&mut conn, &options.schema, &target).await;
+        let _ = conn.close().await;
+        migrated?;
+
+        let pool = PgPoolOptions::new()
+            // One more than asked for: the listener holds one for good.
+            .max_connections(options.pool_size + 1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect_options);
+        let quoted = schema::quoted(&options.schema);
+        let channel = format!("onceq_{}", &options.schema[..options.schema.len().min(SCHEMA_NAME_LEN_MAX - 6)]);
+        let listener = wait::start_listening(&pool, &channel)
+            .await
+            .map_err(|e| error::map(&target, "listening for wake-ups", e))?;
+        let waiters = Arc::new(wait::Waiters::default());
+        let task = tokio::spawn(wait::listen(pool.clone(), channel.clone(), listener, Arc::downgrade(&waiters)));
+        if let Some(clock) = &options.clock {
+            let weak = Arc::downgrade(&waiters);
+            clock.on_advance(Box::new(move || {
+                if let Some(waiters) = weak.upgrade() {
+                    waiters.wake_all();
+                }
+            }));
+        }
+        let inner = Inner {
+            pool,
+            schema: options.schema,
+            quoted,
+            channel,
+            target,
+            clock: options.clock,
+            waiters,
+            listener: Mutex::new(Some(task)),
+            last_sweep_ms: AtomicI64::new(i64::MIN),
+        };
+        Ok(PgStore { inner: Arc::new(inner) })
+    }
+
+    /// Stops listening and closes every connection. Requests made afterwards fail with
+    /// [`Error::Unavailable`].
+    pub async fn close(&self) {
+        if let Some(task) = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+        self.inner.pool.close().await;
+        // Waiting leases look again now, and find the store closed.
+        self.inner.waiters.wake_all();
+    }
+
+    /// The schema this store uses.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The connection pool (for callers that run their own SQL beside the store).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// `template` with `{s}` replaced by the quoted schema, `{now}` by the clock expression and
+    /// `{channel}` by the `NOTIFY` channel (an identifier of `[A-Za-z0-9_]`, safe in a literal).
+    pub(crate) fn sql(&self, template: &str) -> String {
+        template.replace("{now}", NOW_SQL).replace("{s}", &self.inner.quoted).replace("{channel}", &self.inner.channel)
+    }
+
+    /// The value for `$1` of every statement: the test clock's reading, or NULL for the
+    /// database's clock.
+    pub(crate) fn now_param(&self) -> Option<i64> {
+        self.inner.clock.as_ref().map(|c| c.now().as_millis())
+    }
+
+    /// Runs one statement (or transaction), again if PostgreSQL rolls it back for a deadlock.
+    pub(crate) async fn run<T, F, Fut>(&self, context: &str, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        error::retrying(&self.inner.target, context, attempt).await
+    }
+}
+
+/// A job id as stored, or `None` for an id no job can have (above `i64::MAX`).
+pub(crate) fn row_id(id: JobId) -> Option<i64> {
+    i64::try_from(id.get()).ok()
+}
+
+/// A stored id as a job id (stored ids are positive).
+pub(crate) fn job_id(id: i64) -> JobId {
+    JobId::new(u64::try_from(id).unwrap_or(0))
+}
+
+/// A count as stored, clamped to `i64`.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `now + ms`, as stored.
+pub(crate) fn plus_ms(now: i64, ms: u64) -> i64 {
+    Timestamp::from_millis(now).plus_ms(ms).as_millis()
+}
+
+/// A queue's config as stored.
+pub(crate) fn parse_config(queue: &str, text: &str) -> Result<QueueConfig> {
+    serde_json::from_str(text).map_err(|e| Error::Storage(format!("queue {queue} has an unreadable config: {e}")))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+        validate::dead_page(&page)?;
+        self.dead_list_page(queue, page).await
+    }
+
+    async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
+        self.dead_purge_all(queue).await
+    }
+
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        validate::redrive(&redrive)?;
+        self.dead_redrive_some(queue, redrive).await
+    }
+
+    async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        validate::settle_batch(acks.len())?;
+        self.ack_jobs(acks).await
+    }
+
+    async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        validate::enqueue(&jobs)?;
+        self.enqueue_jobs(queue, jobs).await
+    }
+
+    async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        validate::extends(extends)?;
+        self.extend_leases(extends).await
+    }
+
+    async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+        validate::settle_batch(fails.len())?;
+        self.fail_jobs(fails).await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Job> {
+        self.read_job(id).await
+    }
+
+    async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        options.validate()?;
+        self.lease_jobs(queue, options).await
+    }
+
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        validate::nacks(nacks)?;
+        self.nack_jobs(nacks).await
+    }
+
+    async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+        validate::releases(releases)?;
+        self.release_jobs(releases).await
+    }
+
+    async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
+        self.delete_queue(queue).await
+    }
+
+    async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
+        self.queue_info(queue).await
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        self.queue_infos().await
+    }
+
+    async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        self.upsert_queue(queue, patch).await
+    }
+}
+
+#[async_trait]
+impl onceq_core::IdempotencyStore for PgStore {
+    async fn idempotency_begin(&self, begin: onceq_core::Begin) -> Result<onceq_core::BeginOutcome> {
+        begin.validate()?;
+        self.begin_key(&begin).await
+    }
+
+    async fn idempotency_complete(&self, complete: onceq_core::Complete) -> Result<()> {
+        complete.validate()?;
+        self.complete_key(&complete).await
+    }
+
+    async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {
+        onceq_core::idempotency::validate_release(key, owner)?;
+        self.release_key(key, owner).await
+    }
+}

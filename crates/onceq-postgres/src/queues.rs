@@ -1,0 +1,282 @@
+//! Queues: config, pause and resume, delete, stats, and each queue's dead letters.
+//!
+//! Stats stay cheap however large the table grows: the counts by state are sums over at most
+//! 32 rows of `queue_counts` per queue, and the oldest ready job is the first entry of the
+//! `jobs_ready_since` index.
+
+use onceq_core::metrics as names;
+use onceq_core::{
+    DeadList, DeadPage, Error, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Result,
+    Timestamp,
+};
+use sqlx::{Connection, Row};
+
+use crate::due::{decode, QueueRow, Scope};
+use crate::jobs::{job_from_row, JOB_COLUMNS};
+use crate::{parse_config, to_i64, PgStore};
+
+/// Tries at an upsert that keeps meeting a concurrent change of the same queue.
+const UPSERT_TRIES_MAX: usize = 8;
+
+/// The counts by state and the oldest ready `run_at` of each queue in `$1`.
+const STATS: &str = r#"
+SELECT q.id, coalesce(c.scheduled, 0) AS scheduled, coalesce(c.ready, 0) AS ready,
+       coalesce(c.leased, 0) AS leased, coalesce(c.dead, 0) AS dead,
+       (SELECT min(run_at) FROM {s}.jobs j WHERE j.queue_id = q.id AND j.state = 1) AS oldest_ready
+FROM unnest($1::int8[]) AS q(id)
+LEFT JOIN LATERAL (
+    SELECT sum(scheduled)::int8 AS scheduled, sum(ready)::int8 AS ready, sum(leased)::int8 AS leased,
+           sum(dead)::int8 AS dead
+    FROM {s}.queue_counts WHERE queue_id = q.id
+) c ON true
+"#;
+
+const CONFIG_READ: &str = "SELECT config::text FROM {s}.queues WHERE name = $1";
+
+/// Replaces the config only if it is still the one the patch was applied to.
+const CONFIG_UPDATE: &str =
+    "UPDATE {s}.queues SET config = $2::jsonb WHERE name = $1 AND config = $3::jsonb RETURNING id";
+
+const QUEUE_INSERT: &str = "INSERT INTO {s}.queues (name, config, created_at) VALUES ($2, $3::jsonb, {now}) \
+                            ON CONFLICT (name) DO NOTHING RETURNING id";
+
+/// Pauses or resumes; a resume wakes every lease waiting on the queue.
+const SET_PAUSED: &str = "UPDATE {s}.queues SET paused = $2 WHERE name = $1 \
+                          RETURNING id, CASE WHEN NOT $2 THEN pg_notify('{channel}', 'r 2147483647 ' || name)::text END";
+
+/// Deletes the queue row first: that waits for enqueues holding it, and makes later ones find
+/// it gone, so the jobs deleted next are all there will ever be.
+const QUEUE_ROW_DELETE: &str = "DELETE FROM {s}.queues WHERE name = $1 RETURNING id";
+
+/// One arm per state, so that each uses its partial index.
+const QUEUE_JOBS_DELETE: &str = r#"
+WITH gone AS (
+    DELETE FROM {s}.jobs j WHERE j.id IN (
+        SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 0
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 1
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 2
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 3)
+    RETURNING j.id, j.error_count
+),
+forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
+dedup AS (DELETE FROM {s}.dedup WHERE queue_id = $1)
+SELECT count(*) FROM gone
+"#;
+
+/// After the jobs (whose delete trigger updates them): the queue's counters.
+const QUEUE_COUNTS_DELETE: &str = "DELETE FROM {s}.queue_counts WHERE queue_id = $1";
+
+const DEAD_PAGE: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id \
+                         WHERE j.queue_id = $1 AND j.state = 3 AND j.id > $2 ORDER BY j.id LIMIT $3";
+
+/// Makes dead jobs ready again, oldest first: `$1` now, `$2` queue, `$3` the named ids (NULL:
+/// all), `$4` most jobs.
+const REDRIVE: &str = r#"
+WITH picked AS (
+    SELECT id FROM {s}.jobs
+    WHERE queue_id = $2 AND state = 3 AND ($3::int8[] IS NULL OR id = ANY($3::int8[]))
+    ORDER BY id LIMIT $4
+    FOR UPDATE
+),
+redriven AS (
+    UPDATE {s}.jobs j SET state = 1, attempt = 0, run_at = $1
+    FROM picked p WHERE j.id = p.id
+    RETURNING j.queue_id, j.state, j.run_at
+),
+{notify:redriven}
+SELECT count(*) AS redriven, (SELECT count(*) FROM notified) AS notified FROM redriven
+"#;
+
+const PURGE: &str = r#"
+WITH gone AS (DELETE FROM {s}.jobs WHERE queue_id = $1 AND state = 3 RETURNING id, error_count),
+forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0)
+SELECT count(*) FROM gone
+"#;
+
+/// A stored count as a count; a negative one means the counters are wrong, which is logged.
+fn count(queue: &QueueName, state: &str, n: i64) -> u64 {
+    u64::try_from(n).unwrap_or_else(|_| {
+        tracing::error!(%queue, state, n, "a job count went negative; the queue_counts table is off");
+        0
+    })
+}
+
+impl PgStore {
+    /// Stats of `queues` as of `now` (their due transitions applied).
+    async fn stats(&self, now: i64, queues: Vec<QueueRow>) -> Result<Vec<QueueInfo>> {
+        let ids: Vec<i64> = queues.iter().map(|q| q.id).collect();
+        let sql = self.sql(STATS);
+        let rows = self.run("reading queue stats", || sqlx::query(&sql).bind(&ids).fetch_all(&self.inner.pool)).await?;
+        let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            by_id.insert(row.try_get::<i64, _>("id").map_err(decode)?, row);
+        }
+        let mut infos = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let row = by_id
+                .get(&queue.id)
+                .ok_or_else(|| Error::Storage(format!("no stats were read for queue {}", queue.name)))?;
+            let get = |column: &str| row.try_get::<i64, _>(column).map_err(decode);
+            let oldest: Option<i64> = row.try_get("oldest_ready").map_err(decode)?;
+            let stats = QueueStats {
+                ready: count(&queue.name, "ready", get("ready")?),
+                scheduled: count(&queue.name, "scheduled", get("scheduled")?),
+                leased: count(&queue.name, "leased", get("leased")?),
+                dead: count(&queue.name, "dead", get("dead")?),
+                oldest_ready_age_ms: oldest.map(|at| Timestamp::from_millis(now).ms_since(Timestamp::from_millis(at))),
+            };
+            infos.push(QueueInfo { name: queue.name, config: queue.config, paused: queue.paused, stats });
+        }
+        Ok(infos)
+    }
+
+    /// The queue's row after applying its due transitions, or `QueueNotFound`.
+    async fn queue_due(&self, queue: &QueueName) -> Result<(i64, QueueRow)> {
+        let (now, row) = self.apply_due(Scope::Queue(queue)).await?.queue();
+        row.map(|row| (now, row)).ok_or_else(|| Error::QueueNotFound(queue.clone()))
+    }
+
+    pub(crate) async fn queue_info(&self, queue: &QueueName) -> Result<QueueInfo> {
+        let (now, row) = self.queue_due(queue).await?;
+        let mut infos = self.stats(now, vec![row]).await?;
+        infos.pop().ok_or_else(|| Error::Storage(format!("no stats were read for queue {queue}")))
+    }
+
+    pub(crate) async fn queue_infos(&self) -> Result<Vec<QueueInfo>> {
+        let due = self.apply_due(Scope::All).await?;
+        let mut infos = self.stats(due.now, due.queues).await?;
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+
+    pub(crate) async fn upsert_queue(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        let encode = |config: &QueueConfig| {
+            serde_json::to_string(config).map_err(|e| Error::Storage(format!("encoding a queue config: {e}")))
+        };
+        for _ in 0..UPSERT_TRIES_MAX {
+            let read = self.sql(CONFIG_READ);
+            let current: Option<String> = self
+                .run("reading a queue config", || {
+                    sqlx::query_scalar(&read).bind(queue.as_str()).fetch_optional(&self.inner.pool)
+                })
+                .await?;
+            match current {
+                Some(text) => {
+                    let config = parse_config(queue.as_str(), &text)?.patched(&patch)?;
+                    let new = encode(&config)?;
+                    let update = self.sql(CONFIG_UPDATE);
+                    let updated: Option<i64> = self
+                        .run("updating a queue config", || {
+                            sqlx::query_scalar(&update)
+                                .bind(queue.as_str())
+                                .bind(&new)
+                                .bind(&text)
+                                .fetch_optional(&self.inner.pool)
+                        })
+                        .await?;
+                    if updated.is_some() {
+                        return Ok(config);
+                    }
+                }
+                None => {
+                    let config = QueueConfig::default().patched(&patch)?;
+                    let new = encode(&config)?;
+                    let insert = self.sql(QUEUE_INSERT);
+                    let now = self.now_param();
+                    let created: Option<i64> = self
+                        .run("creating a queue", || {
+                            sqlx::query_scalar(&insert)
+                                .bind(now)
+                                .bind(queue.as_str())
+                                .bind(&new)
+                                .fetch_optional(&self.inner.pool)
+                        })
+                        .await?;
+                    if created.is_some() {
+                        return Ok(config);
+                    }
+                }
+            }
+            // Someone changed, created or deleted the queue meanwhile: apply the patch again.
+        }
+        Err(Error::Conflict(format!("queue {queue} kept changing while its config was being updated; retry")))
+    }
+
+    pub(crate) async fn set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
+        let sql = self.sql(SET_PAUSED);
+        let row = self
+            .run("pausing or resuming a queue", || {
+                sqlx::query(&sql).bind(queue.as_str()).bind(paused).fetch_optional(&self.inner.pool)
+            })
+            .await?;
+        row.map(|_| ()).ok_or_else(|| Error::QueueNotFound(queue.clone()))
+    }
+
+    pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        let (row_delete, jobs_delete, counts_delete) =
+            (self.sql(QUEUE_ROW_DELETE), self.sql(QUEUE_JOBS_DELETE), self.sql(QUEUE_COUNTS_DELETE));
+        let deleted = self
+            .run("deleting a queue", || async {
+                let mut conn = self.inner.pool.acquire().await?;
+                let mut tx = conn.begin().await?;
+                let id: Option<i64> =
+                    sqlx::query_scalar(&row_delete).bind(queue.as_str()).fetch_optional(&mut *tx).await?;
+                let Some(id) = id else { return Ok(false) };
+                sqlx::query(&jobs_delete).bind(id).execute(&mut *tx).await?;
+                sqlx::query(&counts_delete).bind(id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+            .await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::QueueNotFound(queue.clone()))
+        }
+    }
+
+    pub(crate) async fn dead_list_page(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+        let (_, row) = self.queue_due(queue).await?;
+        let after = page.after.map(|id| to_i64(id.get())).unwrap_or(0);
+        let limit = i64::from(page.limit) + 1;
+        let sql = self.sql(&DEAD_PAGE.replace("{columns}", JOB_COLUMNS));
+        let rows = self
+            .run("listing dead jobs", || {
+                sqlx::query(&sql).bind(row.id).bind(after).bind(limit).fetch_all(&self.inner.pool)
+            })
+            .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let next = if jobs.len() > page.limit as usize {
+            jobs.truncate(page.limit as usize);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(DeadList { jobs, next })
+    }
+
+    pub(crate) async fn dead_redrive_some(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        let (now, row) = self.queue_due(queue).await?;
+        // Ids no job can have (above i64::MAX) name no dead job: they are skipped.
+        let ids: Option<Vec<i64>> =
+            redrive.ids.map(|ids| ids.into_iter().filter_map(|id| i64::try_from(id.get()).ok()).collect());
+        let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
+        let sql = self.sql(&crate::jobs::with_notify(REDRIVE, "redriven"));
+        let redriven: i64 = self
+            .run("redriving dead jobs", || {
+                sqlx::query_scalar(&sql).bind(now).bind(row.id).bind(&ids).bind(limit).fetch_one(&self.inner.pool)
+            })
+            .await?;
+        let redriven = redriven.unsigned_abs();
+        metrics::counter!(names::REDRIVEN, "queue" => queue.to_string()).increment(redriven);
+        Ok(redriven)
+    }
+
+    pub(crate) async fn dead_purge_all(&self, queue: &QueueName) -> Result<u64> {
+        let (_, row) = self.queue_due(queue).await?;
+        let sql = self.sql(PURGE);
+        let purged: i64 =
+            self.run("purging dead jobs", || sqlx::query_scalar(&sql).bind(row.id).fetch_one(&self.inner.pool)).await?;
+        Ok(purged.unsigned_abs())
+    }
+}

@@ -1,0 +1,277 @@
+//! The tables, indexes and triggers of one onceq schema, and versioned migrations.
+//!
+//! Every object lives in the store's schema (`onceq` unless configured), so several stores (or
+//! tests) share one database without touching each other. `migrations` records each applied
+//! version. Migrating takes a transaction-scoped advisory lock on the schema name first, so
+//! processes that start at once migrate one after the other; a schema recording a version newer
+//! than this build knows is refused, never altered.
+//!
+//! # Tables
+//!
+//! - `queues`: name, config (JSON of `QueueConfig`), pause flag.
+//! - `jobs`: one row per job, `state` 0 scheduled, 1 ready, 2 leased, 3 dead. Times are bigint
+//!   milliseconds since the Unix epoch, all read from one clock (see the crate docs). One partial
+//!   index per state serves each access path: leasing (`jobs_ready`, in lease order), the oldest
+//!   ready job, scheduled jobs coming due, leases expiring, dead-letter pages.
+//! - `job_errors`: the error of every failed attempt, numbered per job by `jobs.error_count`.
+//! - `dedup`: producer dedup ids, unique per (queue, dedup id), each alive until `expires_at`.
+//! - `queue_counts`: per-queue job counts by state, in 32 slots per queue (a session adds to the
+//!   slot of its backend pid, so concurrent writers rarely wait on one row); statement triggers on
+//!   `jobs` keep them exact in the same transaction as every change, and stats sum the slots.
+//! - `idempotency`: the idempotency store, one row per key.
+
+use onceq_core::{Error, Result};
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::error::{map, Target};
+
+/// Job states as stored.
+pub(crate) mod state {
+    pub const SCHEDULED: i16 = 0;
+    pub const READY: i16 = 1;
+    pub const LEASED: i16 = 2;
+    pub const DEAD: i16 = 3;
+}
+
+/// Counter slots per queue in `queue_counts`.
+const COUNT_SLOTS: u32 = 32;
+
+/// Longest schema name: PostgreSQL identifiers are at most 63 bytes.
+pub const SCHEMA_NAME_LEN_MAX: usize = 63;
+
+/// Each entry migrates from version `index` to `index + 1`. `{s}` is the quoted schema name.
+const MIGRATIONS: &[&str] = &[
+    // v1: queues, jobs, errors, dedup ids, counters and their triggers, the idempotency store.
+    r#"
+    CREATE TABLE {s}.queues (
+        id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name       text NOT NULL UNIQUE,
+        config     jsonb NOT NULL,
+        paused     boolean NOT NULL DEFAULT false,
+        created_at bigint NOT NULL
+    );
+    CREATE SEQUENCE {s}.job_ids AS bigint;
+    CREATE TABLE {s}.jobs (
+        id               bigint PRIMARY KEY,
+        queue_id         bigint NOT NULL,
+        run_at           bigint NOT NULL,
+        enqueued_at      bigint NOT NULL,
+        lease_expires_at bigint,
+        leased_at        bigint,
+        state            smallint NOT NULL CHECK (state BETWEEN 0 AND 3),
+        priority         integer NOT NULL,
+        attempt          integer NOT NULL,
+        max_attempts     integer NOT NULL,
+        error_count      integer NOT NULL DEFAULT 0,
+        lease_token      bytea,
+        dedup_id         text,
+        headers          text,
+        payload          bytea NOT NULL
+    ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+    CREATE INDEX jobs_ready ON {s}.jobs (queue_id, priority DESC, run_at, id) WHERE state = 1;
+    CREATE INDEX jobs_ready_since ON {s}.jobs (queue_id, run_at) WHERE state = 1;
+    CREATE INDEX jobs_scheduled ON {s}.jobs (queue_id, run_at) WHERE state = 0;
+    CREATE INDEX jobs_leased ON {s}.jobs (queue_id, lease_expires_at) WHERE state = 2;
+    CREATE INDEX jobs_dead ON {s}.jobs (queue_id, id) WHERE state = 3;
+    CREATE TABLE {s}.job_errors (
+        job_id  bigint NOT NULL,
+        n       integer NOT NULL,
+        attempt integer NOT NULL,
+        at      bigint NOT NULL,
+        error   text NOT NULL,
+        PRIMARY KEY (job_id, n)
+    );
+    CREATE TABLE {s}.dedup (
+        queue_id   bigint NOT NULL,
+        dedup_id   text NOT NULL,
+        job_id     bigint NOT NULL,
+        expires_at bigint NOT NULL,
+        PRIMARY KEY (queue_id, dedup_id)
+    );
+    CREATE INDEX dedup_expiry ON {s}.dedup (expires_at);
+    CREATE TABLE {s}.queue_counts (
+        queue_id  bigint NOT NULL,
+        slot      integer NOT NULL,
+        scheduled bigint NOT NULL DEFAULT 0,
+        ready     bigint NOT NULL DEFAULT 0,
+        leased    bigint NOT NULL DEFAULT 0,
+        dead      bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (queue_id, slot)
+    );
+    CREATE FUNCTION {s}.count_inserted_jobs() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        INSERT INTO {s}.queue_counts AS c (queue_id, slot, scheduled, ready, leased, dead)
+        SELECT queue_id, pg_backend_pid() % {slots},
+               count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1),
+               count(*) FILTER (WHERE state = 2), count(*) FILTER (WHERE state = 3)
+        FROM inserted GROUP BY queue_id ORDER BY queue_id
+        ON CONFLICT (queue_id, slot) DO UPDATE SET
+            scheduled = c.scheduled + EXCLUDED.scheduled, ready = c.ready + EXCLUDED.ready,
+            leased = c.leased + EXCLUDED.leased, dead = c.dead + EXCLUDED.dead;
+        RETURN NULL;
+    END $fn$;
+    CREATE FUNCTION {s}.count_deleted_jobs() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        INSERT INTO {s}.queue_counts AS c (queue_id, slot, scheduled, ready, leased, dead)
+        SELECT queue_id, pg_backend_pid() % {slots},
+               -count(*) FILTER (WHERE state = 0), -count(*) FILTER (WHERE state = 1),
+               -count(*) FILTER (WHERE state = 2), -count(*) FILTER (WHERE state = 3)
+        FROM deleted GROUP BY queue_id ORDER BY queue_id
+        ON CONFLICT (queue_id, slot) DO UPDATE SET
+            scheduled = c.scheduled + EXCLUDED.scheduled, ready = c.ready + EXCLUDED.ready,
+            leased = c.leased + EXCLUDED.leased, dead = c.dead + EXCLUDED.dead;
+        RETURN NULL;
+    END $fn$;
+    CREATE FUNCTION {s}.count_updated_jobs() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        -- Old rows count out, new rows count in: no join needed, and a statement that moved no
+        -- job between states (an extend) writes nothing.
+        INSERT INTO {s}.queue_counts AS c (queue_id, slot, scheduled, ready, leased, dead)
+        SELECT queue_id, pg_backend_pid() % {slots}, sum(s0), sum(s1), sum(s2), sum(s3)
+        FROM (
+            SELECT queue_id, -(state = 0)::int AS s0, -(state = 1)::int AS s1, -(state = 2)::int AS s2,
+                   -(state = 3)::int AS s3
+            FROM before_update
+            UNION ALL
+            SELECT queue_id, (state = 0)::int, (state = 1)::int, (state = 2)::int, (state = 3)::int
+            FROM after_update
+        ) moved
+        GROUP BY queue_id
+        HAVING sum(s0) <> 0 OR sum(s1) <> 0 OR sum(s2) <> 0 OR sum(s3) <> 0
+        ORDER BY queue_id
+        ON CONFLICT (queue_id, slot) DO UPDATE SET
+            scheduled = c.scheduled + EXCLUDED.scheduled, ready = c.ready + EXCLUDED.ready,
+            leased = c.leased + EXCLUDED.leased, dead = c.dead + EXCLUDED.dead;
+        RETURN NULL;
+    END $fn$;
+    CREATE TRIGGER count_inserted_jobs AFTER INSERT ON {s}.jobs REFERENCING NEW TABLE AS inserted
+        FOR EACH STATEMENT EXECUTE FUNCTION {s}.count_inserted_jobs();
+    CREATE TRIGGER count_deleted_jobs AFTER DELETE ON {s}.jobs REFERENCING OLD TABLE AS deleted
+        FOR EACH STATEMENT EXECUTE FUNCTION {s}.count_deleted_jobs();
+    CREATE TRIGGER count_updated_jobs AFTER UPDATE ON {s}.jobs
+        REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
+        FOR EACH STATEMENT EXECUTE FUNCTION {s}.count_updated_jobs();
+    CREATE TABLE {s}.idempotency (
+        key         text PRIMARY KEY,
+        state       smallint NOT NULL,
+        owner       text NOT NULL,
+        until       bigint NOT NULL,
+        fingerprint text,
+        result      bytea
+    );
+    CREATE INDEX idempotency_until ON {s}.idempotency (until);
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Checks a schema name: 1 to 63 bytes of `[A-Za-z0-9_]`, not starting with a digit.
+pub(crate) fn validate_name(schema: &str) -> Result<()> {
+    let valid = !schema.is_empty()
+        && schema.len() <= SCHEMA_NAME_LEN_MAX
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "schema name {schema:?} is not valid: use 1 to {SCHEMA_NAME_LEN_MAX} characters of [A-Za-z0-9_], \
+             not starting with a digit"
+        )))
+    }
+}
+
+/// `schema` as a quoted SQL identifier (it is validated, so it holds no quote).
+pub(crate) fn quoted(schema: &str) -> String {
+    format!("\"{schema}\"")
+}
+
+/// Migrates `schema` to [`SCHEMA_VERSION`] on `conn`, creating it if needed.
+pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Target) -> Result<()> {
+    let fail = |context: &str| {
+        let context = format!("migrating schema {schema}: {context}");
+        move |e: sqlx::Error| map(target, &context, e)
+    };
+    let s = quoted(schema);
+    let mut tx = conn.begin().await.map_err(fail("starting a transaction"))?;
+    // Processes starting at once take turns here; the lock goes with the transaction.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('onceq.migrate'), hashtext($1))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail("waiting for the migration lock"))?;
+    let (exists, has_version_table, relations): (bool, bool, i64) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
+                to_regclass($2) IS NOT NULL, \
+                (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)",
+    )
+    .bind(schema)
+    .bind(format!("{s}.migrations"))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(fail("inspecting the schema"))?;
+    if exists && !has_version_table && relations > 0 {
+        return Err(Error::Storage(format!(
+            "schema {schema} exists and holds {relations} tables or other relations that are not onceq's; \
+             refusing to touch it. Choose another schema for onceq"
+        )));
+    }
+    let version: i32 = if has_version_table {
+        sqlx::query_scalar(&format!("SELECT coalesce(max(version), 0) FROM {s}.migrations"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail("reading the schema version"))?
+    } else {
+        0
+    };
+    if version > SCHEMA_VERSION {
+        return Err(Error::Storage(format!(
+            "schema {schema} was written by a newer onceq (schema version {version}); this build knows versions up \
+             to {SCHEMA_VERSION}. Upgrade onceq, or point it at another schema"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return tx.commit().await.map_err(fail("committing"));
+    }
+    if !has_version_table {
+        let create = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; \
+             CREATE TABLE {s}.migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
+        );
+        (&mut *tx).execute(create.as_str()).await.map_err(fail("creating the schema"))?;
+    }
+    for (from, template) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        let sql = template.replace("{s}", &s).replace("{slots}", &COUNT_SLOTS.to_string());
+        (&mut *tx).execute(sql.as_str()).await.map_err(fail(&format!("applying version {}", from + 1)))?;
+        sqlx::query(&format!("INSERT INTO {s}.migrations (version) VALUES ($1)"))
+            .bind(i32::try_from(from + 1).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail("recording the schema version"))?;
+    }
+    tx.commit().await.map_err(fail("committing"))?;
+    tracing::info!(schema, from = version, to = SCHEMA_VERSION, "migrated the PostgreSQL schema");
+    Ok(())
+}
+
+/// Opens one connection for migrating, with a precise error when the server cannot be reached.
+pub(crate) async fn connect_once(options: &sqlx::postgres::PgConnectOptions, target: &Target) -> Result<PgConnection> {
+    PgConnection::connect_with(options).await.map_err(|e| match e {
+        sqlx::Error::Io(io) => Error::Unavailable(format!(
+            "cannot connect to PostgreSQL at {}: {io}. Is the server running and reachable? Start it, or fix the \
+             host and port in the database URL",
+            target.0
+        )),
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28") || c == "3D000") => {
+            Error::Storage(format!(
+                "PostgreSQL at {} refused the connection: {} (SQLSTATE {}); check the user, password and database \
+                 in the URL",
+                target.0,
+                db.message(),
+                db.code().unwrap_or_default()
+            ))
+        }
+        other => map(target, "connecting", other),
+    })
+}

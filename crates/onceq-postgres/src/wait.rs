@@ -1,0 +1,232 @@
+//! Long polls: leases waiting for jobs, the notifications that wake them, and their timers.
+//!
+//! Every transaction that makes jobs ready (enqueue, nack or release without delay, redrive,
+//! resume, scheduled jobs coming due, leases expiring) sends `NOTIFY` on the schema's channel
+//! with `r <count> <queue>`; one that schedules a job for later sends `s <run_at ms> <queue>`.
+//! PostgreSQL delivers them on commit, to every store sharing the database. Each store keeps
+//! one listening connection ([`listen`]) and wakes its own waiters:
+//!
+//! - `r k q`: waiters of `q`, oldest first, until their asks cover `k` jobs. A woken lease that
+//!   leaves work behind passes the wake-up on, so a wake-up taken by a lease that was already
+//!   returning is not lost.
+//! - `s t q`: waiters of `q` whose timer is later than `t`, so they re-arm it.
+//!
+//! Nobody commits when a scheduled job comes due or a lease expires, so each waiter also sleeps
+//! on a timer: until the earliest scheduled `run_at` or lease expiry of its queue, read from the
+//! database when it starts waiting, and never longer than [`TIMER_RECHECK_MS_MAX`]. A manual
+//! clock (tests) pokes every waiter through `Clock::on_advance`, and so does the listener after
+//! it reconnects, since notifications sent while it was away are lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::Notify;
+
+/// Longest a waiting lease sleeps before it looks again even if nothing woke it: a bound on
+/// how late a missed notification (or a lease shortened elsewhere) can make it.
+pub(crate) const TIMER_RECHECK_MS_MAX: u64 = 5_000;
+/// Shortest sleep of a waiting lease whose timer is already due: the job it waits for is being
+/// moved by another transaction right now.
+pub(crate) const TIMER_DUE_SLEEP_MS: u64 = 5;
+/// Pauses between attempts to reconnect the listener: doubling from the first to the last.
+const LISTENER_RETRY_MS: (u64, u64) = (100, 5_000);
+
+/// One waiting lease.
+struct Waiter {
+    /// Identifies the registration, so that it can remove itself.
+    id: u64,
+    /// How many jobs it asks for.
+    max_jobs: u32,
+    /// Woken with `notify_one`, which keeps the wake-up if it is not yet waiting.
+    notify: Arc<Notify>,
+    /// When its timer fires, in store-clock milliseconds (`i64::MAX`: not armed yet).
+    timer_at: Arc<AtomicI64>,
+    /// Set when a notification woke it (rather than its timer or its end).
+    woken: Arc<AtomicBool>,
+}
+
+/// The waiting leases of every queue of one store.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    queues: Mutex<HashMap<String, VecDeque<Waiter>>>,
+    next_id: AtomicU64,
+}
+
+/// A registration; dropping it withdraws the waiter if it was not woken.
+pub(crate) struct Registration<'a> {
+    waiters: &'a Waiters,
+    queue: String,
+    id: u64,
+    /// Completes when a notification, a clock advance or a reconnect wakes this waiter.
+    pub notify: Arc<Notify>,
+    timer_at: Arc<AtomicI64>,
+    woken: Arc<AtomicBool>,
+}
+
+impl Registration<'_> {
+    /// Records when this waiter's timer fires (store-clock ms), so that a notification of an
+    /// earlier scheduled job wakes it.
+    pub(crate) fn arm(&self, at_ms: i64) {
+        self.timer_at.store(at_ms, Ordering::Release);
+    }
+
+    /// Whether a notification woke it.
+    pub(crate) fn was_woken(&self) -> bool {
+        self.woken.load(Ordering::Acquire)
+    }
+}
+
+impl Waiters {
+    /// Registers a lease waiting for up to `max_jobs` jobs of `queue`. Register before looking
+    /// for jobs, so that a notification in between still wakes it.
+    pub(crate) fn register(&self, queue: &str, max_jobs: u32) -> Registration<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let timer_at = Arc::new(AtomicI64::new(i64::MAX));
+        let woken = Arc::new(AtomicBool::new(false));
+        let waiter = Waiter { id, max_jobs, notify: notify.clone(), timer_at: timer_at.clone(), woken: woken.clone() };
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(queue.to_owned()).or_default().push_back(waiter);
+        Registration { waiters: self, queue: queue.to_owned(), id, notify, timer_at, woken }
+    }
+
+    /// Wakes waiters of `queue`, oldest first, until their asks cover `jobs` ready jobs.
+    pub(crate) fn wake(&self, queue: &str, jobs: u64) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(waiting) = queues.get_mut(queue) else { return };
+        let mut uncovered = jobs;
+        while uncovered > 0 {
+            let Some(waiter) = waiting.pop_front() else { break };
+            uncovered = uncovered.saturating_sub(u64::from(waiter.max_jobs));
+            waiter.woken.store(true, Ordering::Release);
+            waiter.notify.notify_one();
+        }
+        if waiting.is_empty() {
+            queues.remove(queue);
+        }
+    }
+
+    /// Wakes the waiters of `queue` whose timer fires after `due_ms`, so they re-arm it.
+    pub(crate) fn wake_timers(&self, queue: &str, due_ms: i64) {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(waiting) = queues.get(queue) else { return };
+        for waiter in waiting.iter().filter(|w| w.timer_at.load(Ordering::Acquire) > due_ms) {
+            waiter.notify.notify_one();
+        }
+    }
+
+    /// Wakes every waiter of every queue, to look again.
+    pub(crate) fn wake_all(&self) {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for waiter in queues.values().flatten() {
+            waiter.notify.notify_one();
+        }
+    }
+
+    /// Acts on one notification payload (see the module docs); ignores what it cannot read.
+    pub(crate) fn dispatch(&self, payload: &str) {
+        let mut parts = payload.splitn(3, ' ');
+        let (Some(kind), Some(number), Some(queue)) = (parts.next(), parts.next(), parts.next()) else {
+            tracing::debug!(payload, "ignoring a notification that is not onceq's");
+            return;
+        };
+        match (kind, number.parse::<i64>()) {
+            ("r", Ok(count)) => self.wake(queue, u64::try_from(count).unwrap_or(0)),
+            ("s", Ok(due_ms)) => self.wake_timers(queue, due_ms),
+            _ => tracing::debug!(payload, "ignoring a notification that is not onceq's"),
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.waiters.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = queues.get_mut(&self.queue) {
+            waiting.retain(|w| w.id != self.id);
+            if waiting.is_empty() {
+                queues.remove(&self.queue);
+            }
+        }
+    }
+}
+
+/// Starts listening on `channel`: returns once the `LISTEN` is in place, so that no
+/// notification committed after `connect` returns is missed.
+pub(crate) async fn start_listening(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// The listener task: receives notifications and wakes waiters until the store is dropped (its
+/// owner aborts this task) or the pool is closed. Reconnects with backoff when the connection
+/// is lost, then wakes every waiter, since notifications sent meanwhile are gone.
+pub(crate) async fn listen(pool: PgPool, channel: String, mut listener: PgListener, waiters: Weak<Waiters>) {
+    let mut retry_ms = LISTENER_RETRY_MS.0;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                let Some(waiters) = waiters.upgrade() else { return };
+                waiters.dispatch(notification.payload());
+                retry_ms = LISTENER_RETRY_MS.0;
+            }
+            Ok(None) => {
+                // The connection dropped; the next `try_recv` reconnects and listens again.
+                tracing::warn!(channel, "the PostgreSQL listener lost its connection; reconnecting");
+                let Some(waiters) = waiters.upgrade() else { return };
+                waiters.wake_all();
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                tracing::warn!(%error, channel, retry_ms, "the PostgreSQL listener failed; reconnecting");
+                loop {
+                    tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+                    retry_ms = (retry_ms * 2).min(LISTENER_RETRY_MS.1);
+                    if pool.is_closed() || waiters.strong_count() == 0 {
+                        return;
+                    }
+                    match start_listening(&pool, &channel).await {
+                        Ok(fresh) => {
+                            listener = fresh;
+                            break;
+                        }
+                        Err(error) => tracing::warn!(%error, channel, retry_ms, "reconnecting the listener failed"),
+                    }
+                }
+                let Some(waiters) = waiters.upgrade() else { return };
+                waiters.wake_all();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wakes_just_enough_waiters_and_timers_that_fire_later() {
+        let waiters = Waiters::default();
+        let batch = waiters.register("q", 100);
+        let single = waiters.register("q", 1);
+        let late = waiters.register("q", 1);
+        waiters.dispatch("r 101 q");
+        batch.notify.notified().await;
+        single.notify.notified().await;
+        assert!(batch.was_woken() && single.was_woken() && !late.was_woken());
+        late.arm(5_000);
+        waiters.dispatch("s 6000 q");
+        let not_yet = tokio::time::timeout(Duration::from_millis(50), late.notify.notified());
+        assert!(not_yet.await.is_err(), "a timer firing before the new job must not be woken");
+        waiters.dispatch("s 4000 q");
+        late.notify.notified().await;
+        assert!(!late.was_woken(), "a timer re-arm is not a wake-up by a job");
+        waiters.dispatch("garbage");
+        waiters.dispatch("r x q");
+        drop(late);
+        assert!(waiters.queues.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+    }
+}

@@ -1,0 +1,127 @@
+//! Proves that connecting migrates safely: stores starting at once on a fresh schema all succeed
+//! and record the version once; a reconnect keeps the data; a schema written by a newer onceq,
+//! or one holding tables that are not onceq's, is refused with a clear error and left as it was;
+//! a bad schema name is refused before anything is touched.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use onceq_core::{Error, NewJob, QueueName, Store, StoreExt};
+use onceq_postgres::PgStore;
+use sqlx::Connection;
+
+async fn admin() -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(&common::database_url())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect: {e}\n{}", common::how_to_get_postgres()))
+}
+
+fn storage_message(result: onceq_core::Result<PgStore>) -> String {
+    match result {
+        Err(Error::Storage(message)) => message,
+        Err(other) => panic!("expected a storage error, got {other:?}"),
+        Ok(_) => panic!("expected the connect to be refused"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let connects: Vec<_> = (0..4).map(|_| tokio::spawn(PgStore::connect(common::options(&schema, None)))).collect();
+    let mut stores = Vec::new();
+    for connect in connects {
+        stores.push(connect.await.unwrap().unwrap_or_else(|e| panic!("a concurrent connect failed: {e}")));
+    }
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin().await)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1], "each version is applied and recorded once");
+    // They share one schema: a job enqueued through one is leased through another.
+    let q = QueueName::new("shared").unwrap();
+    let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
+    assert_eq!(stores[3].lease_one(&q).await.unwrap().map(|j| j.id), Some(id));
+    for store in &stores {
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_reconnect_keeps_the_jobs_and_never_reuses_an_id() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let q = QueueName::new("q").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let a = store.enqueue(&q, NewJob::new("a")).await.unwrap().id;
+    let b = store.enqueue(&q, NewJob::new("b")).await.unwrap().id;
+    let leased = store.lease_one(&q).await.unwrap().unwrap();
+    store.ack(leased.lease()).await.unwrap();
+    store.close().await;
+    let store = common::connect(common::options(&schema, None)).await;
+    assert_eq!(store.job_get(a).await, Err(Error::JobNotFound(a)));
+    assert_eq!(store.job_get(b).await.unwrap().payload, b"b".to_vec());
+    let c = store.enqueue(&q, NewJob::new("c")).await.unwrap().id;
+    assert!(c > b, "{c} should be above {b}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let id = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
+    store.close().await;
+    let mut admin = admin().await;
+    sqlx::query(&format!("INSERT INTO \"{schema}\".migrations (version) VALUES (99)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let message = storage_message(PgStore::connect(common::options(&schema, None)).await);
+    assert!(message.contains("newer onceq (schema version 99)"), "{message}");
+    assert!(message.contains(&schema), "{message}");
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 99]);
+    let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
+        .bind(i64::try_from(id.get()).unwrap())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(payload, b"kept".to_vec());
+}
+
+#[tokio::test]
+async fn a_schema_holding_foreign_tables_is_refused_and_left_unchanged() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let mut admin = admin().await;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\"")).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("CREATE TABLE \"{schema}\".invoices (id int)")).execute(&mut admin).await.unwrap();
+    let message = storage_message(PgStore::connect(common::options(&schema, None)).await);
+    assert!(message.contains("not onceq's"), "{message}");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+    )
+    .bind(&schema)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(tables, vec!["invoices".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_bad_schema_name_or_pool_size_is_refused_before_connecting() {
+    for bad in ["", "1abc", "has space", "quote\"d", &"x".repeat(64)] {
+        let result = PgStore::connect(common::options(bad, None)).await;
+        assert!(matches!(result, Err(Error::InvalidRequest(_))), "{bad:?}: {result:?}");
+    }
+    let result = PgStore::connect(common::options(&common::fresh_schema(), None).pool_size(0)).await;
+    assert!(matches!(result, Err(Error::InvalidRequest(_))), "{result:?}");
+}
