@@ -1,7 +1,9 @@
 //! `onceq serve`: the HTTP API over the embedded store.
 //!
 //! Settings come from flags, then their environment variables, then the config file, then the
-//! defaults: data directory `./onceq-data`, listen address `127.0.0.1:7700`, durability `fsync`.
+//! defaults: the embedded store in `./onceq-data`, listen address `127.0.0.1:7700`, durability
+//! `fsync`. With `--store postgres://...` the server uses PostgreSQL instead, and several servers
+//! (and workers) may share one database.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,13 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
 /// Options of `onceq serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
+    /// Where jobs live: `embedded` (the default: SQLite in --data-dir) or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/database`), which several servers may share.
+    #[arg(long, env = "ONCEQ_STORE")]
+    pub store: Option<String>,
+    /// PostgreSQL schema of onceq's tables [default: onceq].
+    #[arg(long, env = "ONCEQ_PG_SCHEMA")]
+    pub pg_schema: Option<String>,
     /// Data directory of the embedded store [default: ./onceq-data].
     #[arg(long, env = "ONCEQ_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -44,6 +53,10 @@ pub struct ServeArgs {
 pub struct ConfigFile {
     /// Address to listen on.
     pub listen: Option<SocketAddr>,
+    /// `embedded` or a PostgreSQL URL.
+    pub store: Option<String>,
+    /// PostgreSQL schema.
+    pub pg_schema: Option<String>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// `fsync` or `relaxed`.
@@ -89,26 +102,83 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let store_choice = args.store.clone().or(config.store).unwrap_or_else(|| "embedded".into());
+    let pg_schema = args.pg_schema.clone().or(config.pg_schema).unwrap_or_else(|| "onceq".into());
     runtime.block_on(async move {
-        let store = SqliteStore::open(SqliteOptions::new(&data_dir).durability(durability))
-            .map_err(|e| CliError::Failed(e.to_string()))?;
-        let shared = Arc::new(store.clone());
-        let api = Api::new(shared.clone()).idempotency(shared).auth(auth);
+        let opened = open_store(&store_choice, &pg_schema, &data_dir, durability).await?;
+        let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(auth);
         if let Err(error) = onceq_server::check_exposure(&api, listen, &options) {
-            store.close().await;
+            opened.close().await;
             return Err(CliError::Failed(error.to_string()));
         }
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                opened.close().await;
+                return Err(CliError::Failed(format!("cannot listen on {listen}: {e}")));
+            }
+        };
         let local = listener.local_addr().map_err(|e| CliError::Failed(e.to_string()))?;
         // Scripts and tests read this line to find the port.
-        println!("onceq listening on http://{local} (data dir {}, durability {durability:?})", data_dir.display());
-        tracing::info!(%local, data_dir = %data_dir.display(), "serving");
+        println!("onceq listening on http://{local} ({})", opened.description);
+        tracing::info!(%local, store = %opened.description, "serving");
         let result = onceq_server::serve(api, listener, options, shutdown_signal()).await;
-        // Whatever happened, flush and release the data directory.
-        store.close().await;
+        // Whatever happened, flush and release the store.
+        opened.close().await;
         result.map_err(|e| CliError::Failed(e.to_string()))
+    })
+}
+
+/// The store a server runs over.
+struct Opened {
+    store: Arc<dyn onceq_core::Store>,
+    idempotency: Arc<dyn onceq_core::IdempotencyStore>,
+    /// Closes it: the embedded store flushes and releases its data directory.
+    embedded: Option<SqliteStore>,
+    postgres: Option<onceq_postgres::PgStore>,
+    /// For the listening line and logs (never a password).
+    description: String,
+}
+
+impl Opened {
+    async fn close(&self) {
+        if let Some(store) = &self.embedded {
+            store.close().await;
+        }
+        if let Some(store) = &self.postgres {
+            store.close().await;
+        }
+    }
+}
+
+async fn open_store(choice: &str, pg_schema: &str, data_dir: &Path, durability: Durability) -> Result<Opened, CliError> {
+    if choice.starts_with("postgres://") || choice.starts_with("postgresql://") {
+        let store = onceq_postgres::PgStore::connect(onceq_postgres::PgOptions::new(choice).schema(pg_schema))
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let shared = Arc::new(store.clone());
+        return Ok(Opened {
+            store: shared.clone(),
+            idempotency: shared,
+            embedded: None,
+            postgres: Some(store),
+            description: format!("PostgreSQL store, schema {pg_schema}"),
+        });
+    }
+    if choice != "embedded" {
+        return Err(CliError::Usage(format!(
+            "--store {choice:?}: use `embedded` or a postgres:// URL"
+        )));
+    }
+    let store = SqliteStore::open(SqliteOptions::new(data_dir).durability(durability))
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let shared = Arc::new(store.clone());
+    Ok(Opened {
+        store: shared.clone(),
+        idempotency: shared,
+        embedded: Some(store),
+        postgres: None,
+        description: format!("data dir {}, durability {durability:?}", data_dir.display()),
     })
 }
 
