@@ -12,6 +12,7 @@ use onceq_core::{Begin, BeginOutcome, Complete, Error, Result, Timestamp};
 use sqlx::Row;
 
 use crate::due::decode;
+use crate::transaction::Conn;
 use crate::{to_i64, PgStore};
 
 /// Stored states of a key.
@@ -52,7 +53,8 @@ fn check_nul(what: &str, text: &str) -> Result<()> {
 }
 
 impl PgStore {
-    pub(crate) async fn begin_key(&self, begin: &Begin) -> Result<BeginOutcome> {
+    /// Begins on `conn`: on the pool, or in a caller's transaction (see `transaction`).
+    pub(crate) async fn begin_key(&self, conn: &mut Conn<'_>, begin: &Begin) -> Result<BeginOutcome> {
         check_nul("idempotency key", &begin.key)?;
         check_nul("owner", &begin.owner)?;
         if let Some(f) = &begin.fingerprint {
@@ -62,26 +64,19 @@ impl PgStore {
         let ttl = to_i64(begin.ttl_ms);
         for _ in 0..BEGIN_TRIES_MAX {
             let now = self.now_param();
-            let taken: Option<i64> = self
-                .run("claiming an idempotency key", || {
-                    sqlx::query_scalar(&take)
-                        .bind(now)
-                        .bind(&begin.key)
-                        .bind(&begin.owner)
-                        .bind(ttl)
-                        .bind(&begin.fingerprint)
-                        .fetch_optional(&self.inner.pool)
+            let taken = self
+                .fetch_optional(conn, "claiming an idempotency key", || {
+                    sqlx::query(&take).bind(now).bind(&begin.key).bind(&begin.owner).bind(ttl).bind(&begin.fingerprint)
                 })
                 .await?;
-            if let Some(now) = taken {
-                self.sweep(now).await;
+            if let Some(row) = taken {
+                let now: i64 = row.try_get("now").map_err(decode)?;
+                self.sweep_after(conn, now).await;
                 return Ok(BeginOutcome::Acquired);
             }
             let now = self.now_param();
             let row = self
-                .run("reading an idempotency key", || {
-                    sqlx::query(&read).bind(now).bind(&begin.key).fetch_optional(&self.inner.pool)
-                })
+                .fetch_optional(conn, "reading an idempotency key", || sqlx::query(&read).bind(now).bind(&begin.key))
                 .await?;
             let Some(row) = row else { continue }; // released meanwhile: try to take it
             let now: i64 = row.try_get("now").map_err(decode)?;
@@ -112,21 +107,21 @@ impl PgStore {
         Err(Error::Conflict(format!("idempotency key {:?} kept changing while it was being claimed; retry", begin.key)))
     }
 
-    pub(crate) async fn complete_key(&self, complete: &Complete) -> Result<()> {
+    /// Completes on `conn`: on the pool, or in a caller's transaction (see `transaction`).
+    pub(crate) async fn complete_key(&self, conn: &mut Conn<'_>, complete: &Complete) -> Result<()> {
         check_nul("idempotency key", &complete.key)?;
         check_nul("owner", &complete.owner)?;
         let sql = self.sql(COMPLETE);
         let now = self.now_param();
         let retention = to_i64(complete.retention_ms);
-        let done: Option<i32> = self
-            .run("completing an idempotency key", || {
-                sqlx::query_scalar(&sql)
+        let done = self
+            .fetch_optional(conn, "completing an idempotency key", || {
+                sqlx::query(&sql)
                     .bind(now)
                     .bind(&complete.key)
                     .bind(&complete.owner)
                     .bind(retention)
                     .bind(&complete.result)
-                    .fetch_optional(&self.inner.pool)
             })
             .await?;
         done.map(|_| ()).ok_or_else(|| not_held(&complete.key, &complete.owner))

@@ -22,6 +22,7 @@ use sqlx::Row;
 
 use crate::due::{decode, Scope};
 use crate::schema::state;
+use crate::transaction::Conn;
 use crate::wait::{TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
 use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
 
@@ -94,14 +95,18 @@ FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
 ORDER BY n.ord
 "#;
 
+/// Deletes expired dedup ids (`$1` now, `$2` most rows) and idempotency keys (`$3` how long an
+/// in-progress claim is kept past its expiry). Rows another transaction holds are skipped, not
+/// waited for: one may be a caller's transaction that waits for this sweep (see `transaction`).
 const SWEEP: &str = r#"
 WITH dedup AS (
     DELETE FROM {s}.dedup WHERE (queue_id, dedup_id) IN (
-        SELECT queue_id, dedup_id FROM {s}.dedup WHERE expires_at <= $1 LIMIT $2)
+        SELECT queue_id, dedup_id FROM {s}.dedup WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
 ),
 idempotency AS (
     DELETE FROM {s}.idempotency WHERE key IN (
-        SELECT key FROM {s}.idempotency WHERE until <= $1 AND (state = 1 OR until <= $1 - $3) LIMIT $2)
+        SELECT key FROM {s}.idempotency WHERE until <= $1 AND (state = 1 OR until <= $1 - $3) LIMIT $2
+        FOR UPDATE SKIP LOCKED)
 )
 SELECT 1
 "#;
@@ -480,18 +485,24 @@ struct LeaseAttempt {
 }
 
 impl PgStore {
-    pub(crate) async fn enqueue_jobs(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    /// Enqueues on `conn`: on the pool, or in a caller's transaction (see `transaction`).
+    pub(crate) async fn enqueue_jobs(
+        &self,
+        conn: &mut Conn<'_>,
+        queue: &QueueName,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
         let batch = Batch::new(jobs)?;
         for _ in 0..QUEUE_RESOLVE_TRIES_MAX {
-            let Some((now, queue_id, config)) = self.resolve_queue(queue, &batch.jobs).await? else { continue };
-            let Some(out) = self.insert_batch(&batch, now, queue_id, &config).await? else { continue };
+            let Some((now, queue_id, config)) = self.resolve_queue(conn, queue, &batch.jobs).await? else { continue };
+            let Some(out) = self.insert_batch(conn, &batch, now, queue_id, &config).await? else { continue };
             let created = out.iter().filter(|e| !e.duplicate).count() as u64;
             metrics::counter!(names::ENQUEUED, "queue" => queue.to_string()).increment(created);
             let duplicates = out.len() as u64 - created;
             if duplicates > 0 {
                 metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => queue.to_string()).increment(duplicates);
             }
-            self.sweep(now).await;
+            self.sweep_after(conn, now).await;
             return Ok(out);
         }
         Err(Error::Unavailable(format!(
@@ -501,14 +512,18 @@ impl PgStore {
 
     /// Reads "now" and the queue (creating it with the defaults if it does not exist), and
     /// checks the batch against both. `None`: another enqueue created the queue meanwhile.
-    async fn resolve_queue(&self, queue: &QueueName, jobs: &[NewJob]) -> Result<Option<(i64, i64, QueueConfig)>> {
+    async fn resolve_queue(
+        &self,
+        conn: &mut Conn<'_>,
+        queue: &QueueName,
+        jobs: &[NewJob],
+    ) -> Result<Option<(i64, i64, QueueConfig)>> {
         let lookup = self.sql(QUEUE_LOOKUP);
         let now_param = self.now_param();
         let row = self
-            .run("looking up a queue", || {
-                sqlx::query(&lookup).bind(now_param).bind(queue.as_str()).fetch_one(&self.inner.pool)
-            })
-            .await?;
+            .fetch_optional(conn, "looking up a queue", || sqlx::query(&lookup).bind(now_param).bind(queue.as_str()))
+            .await?
+            .ok_or_else(|| Error::Storage("looking up a queue returned no row".into()))?;
         let now: i64 = row.try_get("now").map_err(decode)?;
         let now_ts = Timestamp::from_millis(now);
         let latest = now_ts.plus_ms(DELAY_MS_MAX);
@@ -532,18 +547,22 @@ impl PgStore {
         let text =
             serde_json::to_string(&config).map_err(|e| Error::Storage(format!("encoding a queue config: {e}")))?;
         let create = self.sql(QUEUE_CREATE);
-        let created: Option<i64> = self
-            .run("creating a queue", || {
-                sqlx::query_scalar(&create).bind(now).bind(queue.as_str()).bind(&text).fetch_optional(&self.inner.pool)
+        let created = self
+            .fetch_optional(conn, "creating a queue", || {
+                sqlx::query(&create).bind(now).bind(queue.as_str()).bind(&text)
             })
             .await?;
-        Ok(created.map(|id| (now, id, config)))
+        match created {
+            Some(row) => Ok(Some((now, row.try_get("id").map_err(decode)?, config))),
+            None => Ok(None),
+        }
     }
 
     /// Runs the enqueue statement at `now` into the queue; `None` when the queue was deleted
     /// meanwhile (then nothing was written).
     async fn insert_batch(
         &self,
+        conn: &mut Conn<'_>,
         batch: &Batch,
         now: i64,
         queue_id: i64,
@@ -581,7 +600,7 @@ impl PgStore {
         let sql = self.sql(&with_notify(ENQUEUE, "created"));
         let expires = plus_ms(now, window);
         let rows = self
-            .run("enqueueing jobs", || {
+            .fetch_all(conn, "enqueueing jobs", || {
                 sqlx::query(&sql)
                     .bind(now)
                     .bind(&payloads)
@@ -593,7 +612,6 @@ impl PgStore {
                     .bind(&claims)
                     .bind(queue_id)
                     .bind(expires)
-                    .fetch_all(&self.inner.pool)
             })
             .await?;
         if rows.is_empty() {
@@ -637,16 +655,24 @@ impl PgStore {
     /// that its owner can still complete it if nobody took it over. Failures are only logged:
     /// the rows are dead either way.
     pub(crate) async fn sweep(&self, now: i64) {
+        if self.sweep_due(now) {
+            self.sweep_now(now).await;
+        }
+    }
+
+    /// Whether a sweep is due at `now`; if so, this caller is the one to run it.
+    pub(crate) fn sweep_due(&self, now: i64) -> bool {
         let last = self.inner.last_sweep_ms.load(std::sync::atomic::Ordering::Acquire);
-        if now.saturating_sub(last) < SWEEP_INTERVAL_MS
-            || self
+        now.saturating_sub(last) >= SWEEP_INTERVAL_MS
+            && self
                 .inner
                 .last_sweep_ms
                 .compare_exchange(last, now, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
+                .is_ok()
+    }
+
+    /// Runs one sweep on the pool.
+    pub(crate) async fn sweep_now(&self, now: i64) {
         let sql = self.sql(SWEEP);
         let day = crate::to_i64(onceq_core::idempotency::TTL_MS_MAX);
         let swept = self
@@ -795,7 +821,8 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn ack_jobs(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+    /// Acks on `conn`: on the pool, or in a caller's transaction (see `transaction`).
+    pub(crate) async fn ack_jobs(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
         let sql = self.sql(&settle_sql(ACK, None));
@@ -807,9 +834,7 @@ impl PgStore {
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &acks[i].lease_token.as_bytes()[..]).collect();
             let now = self.now_param();
             let rows = self
-                .run("acking jobs", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).fetch_all(&self.inner.pool)
-                })
+                .fetch_all(conn, "acking jobs", || sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens))
                 .await?;
             for row in rows {
                 let verdict = Verdict::read(&row, &positions)?;

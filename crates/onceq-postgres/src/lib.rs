@@ -9,34 +9,71 @@
 //! - `jobs`: enqueue, lease, ack, nack, extend, fail, release and reading one job.
 //! - `queues`: queue config, pause, delete, stats, and the dead letters of a queue.
 //! - `idempotency`: the idempotency store, in the same schema.
+//! - `transaction`: the store inside a caller's transaction (see "Inside a caller's
+//!   transaction"), and where any operation's statements run: the pool, or a caller's
+//!   connection.
+//! - `worker`: [`PgWorker`], `onceq_worker`'s runtime with handlers that run inside a
+//!   transaction, committing the job's effects, idempotency record and ack together
+//!   ([`PgWorkerBuilder::handle_in_transaction`]).
 //! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
 //! - `error`: PostgreSQL failures mapped onto the seam's error kinds.
 //! - this file: [`PgStore`], [`PgOptions`], connecting, and the seam's entry points.
 //!
 //! # Time (Invariant 7)
 //!
-//! Every statement reads "now" as `coalesce($1, <the database's now() in ms>)`: in production
-//! `$1` is NULL and the database's clock judges every lease expiry, `run_at` and dedup window,
-//! whichever process asks. Only when [`PgOptions::clock`] is set (the conformance suite's manual
-//! clock) is that clock's reading passed instead: one code path either way. Times are stored as
-//! bigint milliseconds since the Unix epoch. A statement that needs a time computed from "now"
-//! (a lease's expiry, a retry's `run_at`) takes the "now" an earlier statement of the same
-//! operation returned, so one operation sees one clock reading.
+//! Every statement reads "now" as `coalesce($1, <the database's statement_timestamp() in ms>)`:
+//! in production `$1` is NULL and the database's clock judges every lease expiry, `run_at` and
+//! dedup window, whichever process asks. `statement_timestamp()` rather than `now()`: the two
+//! agree for the store's own single-statement transactions, but inside a caller's transaction
+//! `now()` stays at the moment that transaction began, and a long one would
+//! judge leases and windows by a stale clock. Only when [`PgOptions::clock`] is set (the
+//! conformance suite's manual clock) is that clock's reading passed instead: one code path
+//! either way. Times are stored as bigint milliseconds since the Unix epoch. A statement that
+//! needs a time computed from "now" (a lease's expiry, a retry's `run_at`) takes the "now" an
+//! earlier statement of the same operation returned, so one operation sees one clock reading.
 //!
 //! # Concurrency
 //!
 //! Operations are single statements where they can be (an ack batch, a lease batch, an enqueue
 //! batch is one statement each), so they need no explicit transaction and hold their row locks
-//! for one round trip. Leases claim rows with `FOR UPDATE SKIP LOCKED`; settles are fenced by
-//! the lease token in the statement's own `WHERE` (Invariant 3); dedup ids are claimed with
-//! `INSERT ... ON CONFLICT` on a unique key (Invariant 6). Due transitions are applied lazily, by
-//! the operation that next looks at the queue (see `due`). A statement PostgreSQL rolls back
-//! for a deadlock or a serialization failure is run again.
+//! for one round trip; the `_in` variants run the same statements inside a caller's
+//! transaction, and hold their locks until it ends. Leases claim rows with
+//! `FOR UPDATE SKIP LOCKED`; settles are fenced by the lease token in the statement's own
+//! `WHERE` (Invariant 3); dedup ids are claimed with `INSERT ... ON CONFLICT` on a unique key
+//! (Invariant 6). Due transitions are applied lazily, by the operation that next looks at the
+//! queue (see `due`). A statement PostgreSQL rolls back for a deadlock or a serialization
+//! failure is run again (on the pool; inside a caller's transaction the whole transaction was
+//! rolled back, and running it again is the caller's).
 //!
 //! # Durability (Invariant 1)
 //!
 //! A call returns only after PostgreSQL committed its statement; with the server's default
-//! `synchronous_commit = on` that commit is flushed to the WAL on disk first.
+//! `synchronous_commit = on` that commit is flushed to the WAL on disk first. What an `_in`
+//! variant writes is durable when, and only if, the caller's transaction commits.
+//!
+//! # Inside a caller's transaction
+//!
+//! [`PgStore::job_enqueue_in`], [`PgStore::job_ack_in`], [`PgStore::idempotency_begin_in`] and
+//! [`PgStore::idempotency_complete_in`] have the semantics of their seam counterparts
+//! (docs/semantics.md) and run on the connection they are given, usually a transaction's
+//! (`&mut tx` passes one), which is what onceq offers that no separate broker can: jobs
+//! enqueued with the business data, and a job acked with its effects. [`PgWorker`] builds the
+//! latter into the worker runtime. What changes inside a caller's transaction:
+//!
+//! - **Visibility.** Nothing the call wrote is seen by anyone else until the caller commits,
+//!   and a rollback undoes all of it: the jobs, the dedup ids they claimed, a queue the enqueue
+//!   created, an ack, an idempotency record. Wake-ups (`NOTIFY`) are transactional too:
+//!   waiting leases wake when the caller commits, never for a rollback.
+//! - **Locks.** Rows the call wrote stay locked until the caller's transaction ends: an acked
+//!   job's row (leases skip it), a claimed dedup id or idempotency key (an enqueue of the same
+//!   dedup id, or a `begin` of the same key, waits for the caller's outcome), and the name of a
+//!   queue the enqueue created (upsert queues ahead of time to avoid that wait). Keep such
+//!   transactions short.
+//! - **Errors.** Statements run once: PostgreSQL aborts the caller's whole transaction on a
+//!   deadlock or a serialization failure. Roll back and run the transaction again.
+//! - **Time.** Each statement reads the database's clock as it starts (see "Time").
+//! - **Metrics** count what the statements did; a transaction rolled back afterwards was still
+//!   counted.
 //!
 //! # Long polls
 //!
@@ -66,7 +103,9 @@ mod idempotency;
 mod jobs;
 mod queues;
 mod schema;
+mod transaction;
 mod wait;
+mod worker;
 
 use std::str::FromStr;
 use std::sync::atomic::AtomicI64;
@@ -85,6 +124,10 @@ use sqlx::Connection;
 
 use crate::error::Target;
 pub use crate::schema::SCHEMA_NAME_LEN_MAX;
+pub use crate::worker::{
+    PgTransaction, PgWorker, PgWorkerBuilder, TransactionFuture, TransactionalOptions, DEFAULT_KEY_PREFIX,
+    DEFAULT_RETENTION,
+};
 
 /// The schema onceq uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "onceq";
@@ -97,7 +140,7 @@ pub const POOL_SIZE_MAX: u32 = 1000;
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SQL expression every statement reads "now" from (see the crate docs, "Time").
-const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM now()) * 1000)::int8)";
+const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8)";
 
 /// How to connect a [`PgStore`].
 #[derive(Clone)]
@@ -361,12 +404,12 @@ impl Store for PgStore {
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
-        self.ack_jobs(acks).await
+        self.ack_jobs(&mut transaction::Conn::Pool, acks).await
     }
 
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
-        self.enqueue_jobs(queue, jobs).await
+        self.enqueue_jobs(&mut transaction::Conn::Pool, queue, jobs).await
     }
 
     async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
@@ -427,12 +470,12 @@ impl Store for PgStore {
 impl onceq_core::IdempotencyStore for PgStore {
     async fn idempotency_begin(&self, begin: onceq_core::Begin) -> Result<onceq_core::BeginOutcome> {
         begin.validate()?;
-        self.begin_key(&begin).await
+        self.begin_key(&mut transaction::Conn::Pool, &begin).await
     }
 
     async fn idempotency_complete(&self, complete: onceq_core::Complete) -> Result<()> {
         complete.validate()?;
-        self.complete_key(&complete).await
+        self.complete_key(&mut transaction::Conn::Pool, &complete).await
     }
 
     async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {

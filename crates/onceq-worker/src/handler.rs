@@ -29,6 +29,14 @@ pub enum Outcome {
         /// Why, kept in the job's error history.
         reason: String,
     },
+    /// Done, and already acked by the handler itself: typically inside the database
+    /// transaction that committed the job's effects, so that effects and ack commit together
+    /// (onceq-postgres's transactional handlers return it). The runtime does not ack the job
+    /// again and counts it as acked; an effectively-once guard records `null` as its result.
+    ///
+    /// Return it only after an ack of this job's lease succeeded and is durable: a job reported
+    /// `Acked` that was not acked stays leased until its lease expires, then is redelivered.
+    Acked,
 }
 
 impl Outcome {

@@ -5,7 +5,8 @@
 //! - [`Worker`] and [`WorkerBuilder`]: register typed handlers per queue, then [`Worker::run`]
 //!   until a shutdown signal.
 //! - `handler`: [`JobContext`] (what a handler sees: id, attempt, lease token, a cancellation
-//!   token) and [`Outcome`] (what it chooses: done, retry, fail — values, not strings).
+//!   token) and [`Outcome`] (what it chooses: done, retry, fail — values, not strings; or
+//!   acked already, by a handler that acks in its own transaction).
 //! - `runner`: one queue's fetch loop and job tasks: prefetched batches, per-queue concurrency,
 //!   heartbeats that extend the lease, a hard deadline, panics caught as retries.
 //! - `acker`: acks batched across jobs, each job acked at most once.

@@ -270,7 +270,8 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         heartbeat.abort();
         metrics::histogram!(HANDLER_DURATION, "queue" => job.queue.to_string()).record(started.elapsed().as_secs_f64());
         let lease_lost = lost.load(Ordering::Acquire);
-        if let (Some((once, key)), End::Outcome(Outcome::Done | Outcome::DoneWith(_))) = (&guard, &end) {
+        if let (Some((once, key)), End::Outcome(Outcome::Done | Outcome::DoneWith(_) | Outcome::Acked)) = (&guard, &end)
+        {
             // The effect happened: record it even when the lease is lost, so that the
             // redelivery the lost lease causes is acked without running the effect again.
             let result = match &end {
@@ -285,7 +286,9 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         } else if let Some((once, key)) = &guard {
             once.release(key, &owner).await;
         }
-        if lease_lost {
+        // A handler's own ack was fenced by the lease token and succeeded, so it stands even when
+        // a heartbeat meanwhile found the job gone: it was gone because it was acked.
+        if lease_lost && !matches!(end, End::Outcome(Outcome::Acked)) {
             // Someone else may hold the job now: settle nothing of theirs.
             self.shared.count(|r| r.lease_lost += 1);
             return;
@@ -306,7 +309,7 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             () = deadline => {
                 cancellation.cancel();
                 match tokio::time::timeout(self.options.deadline_grace, &mut handle).await {
-                    Ok(Ok(outcome @ (Outcome::Done | Outcome::DoneWith(_)))) => Ok(outcome),
+                    Ok(Ok(outcome @ (Outcome::Done | Outcome::DoneWith(_) | Outcome::Acked))) => Ok(outcome),
                     Ok(_) | Err(_) => {
                         handle.abort();
                         return End::DeadlineExceeded;
@@ -356,6 +359,10 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         let result = match end {
             End::Outcome(Outcome::Done | Outcome::DoneWith(_)) => {
                 self.ack(job).await;
+                return;
+            }
+            End::Outcome(Outcome::Acked) => {
+                self.shared.count(|r| r.acked += 1);
                 return;
             }
             End::Outcome(Outcome::Retry { after, reason }) => {

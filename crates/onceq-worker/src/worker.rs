@@ -50,7 +50,8 @@ impl Default for WorkerOptions {
 pub struct WorkerReport {
     /// Jobs leased.
     pub leased: u64,
-    /// Jobs acked (handler done, or effect already applied).
+    /// Jobs acked (handler done, or effect already applied), by the runtime or, for
+    /// [`Outcome::Acked`](crate::Outcome::Acked), by the handler itself.
     pub acked: u64,
     /// Deliveries skipped because the idempotency store had the effect recorded.
     pub duplicates_skipped: u64,

@@ -83,3 +83,32 @@ pub async fn fresh_store(clock: Option<Arc<dyn Clock>>) -> (PgStore, SchemaGuard
     let guard = SchemaGuard { schema: schema.clone() };
     (connect(options(&schema, clock)).await, guard)
 }
+
+/// Creates the business table the transactional tests write their effects to: `orders`, in the
+/// store's schema (so it goes with the schema). `order_no` is not unique, so that an effect
+/// applied twice shows as two rows.
+pub async fn create_orders(store: &PgStore) {
+    let sql = format!(
+        "CREATE TABLE \"{0}\".orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, order_no bigint NOT NULL, \
+         attempt integer NOT NULL DEFAULT 0)",
+        store.schema()
+    );
+    sqlx::query(&sql).execute(store.pool()).await.unwrap();
+}
+
+/// Writes one order on `conn` (a transaction's, usually).
+pub async fn insert_order(store: &PgStore, conn: &mut sqlx::PgConnection, order_no: i64, attempt: u32) {
+    let sql = format!("INSERT INTO \"{}\".orders (order_no, attempt) VALUES ($1, $2)", store.schema());
+    sqlx::query(&sql).bind(order_no).bind(attempt as i32).execute(conn).await.unwrap();
+}
+
+/// The committed orders, as (order_no, attempt), in order.
+pub async fn orders(store: &PgStore) -> Vec<(i64, i32)> {
+    let sql = format!("SELECT order_no, attempt FROM \"{}\".orders ORDER BY order_no, id", store.schema());
+    sqlx::query_as(&sql).fetch_all(store.pool()).await.unwrap()
+}
+
+/// The `NOTIFY` channel of the store's schema (as the store names it).
+pub fn channel(store: &PgStore) -> String {
+    format!("onceq_{}", store.schema())
+}
