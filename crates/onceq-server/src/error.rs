@@ -90,10 +90,16 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        if error.kind() == ErrorKind::Storage {
-            tracing::error!(%error, "store error");
+        match error.kind() {
+            // Internal causes (addresses, statements) are logged, never returned (API.md).
+            ErrorKind::Storage | ErrorKind::Unavailable => {
+                tracing::error!(%error, "the store failed or is unavailable");
+                ApiError::unavailable(
+                    "the store is unavailable right now; retry after Retry-After (the cause is in the server's log)",
+                )
+            }
+            kind => ApiError { status: status_of(kind), body: ErrorBody::from_error(&error) },
         }
-        ApiError { status: status_of(error.kind()), body: ErrorBody::from_error(&error) }
     }
 }
 

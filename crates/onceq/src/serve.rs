@@ -151,7 +151,12 @@ impl Opened {
     }
 }
 
-async fn open_store(choice: &str, pg_schema: &str, data_dir: &Path, durability: Durability) -> Result<Opened, CliError> {
+async fn open_store(
+    choice: &str,
+    pg_schema: &str,
+    data_dir: &Path,
+    durability: Durability,
+) -> Result<Opened, CliError> {
     if choice.starts_with("postgres://") || choice.starts_with("postgresql://") {
         let store = onceq_postgres::PgStore::connect(onceq_postgres::PgOptions::new(choice).schema(pg_schema))
             .await
@@ -166,9 +171,7 @@ async fn open_store(choice: &str, pg_schema: &str, data_dir: &Path, durability: 
         });
     }
     if choice != "embedded" {
-        return Err(CliError::Usage(format!(
-            "--store {choice:?}: use `embedded` or a postgres:// URL"
-        )));
+        return Err(CliError::Usage(format!("--store {choice:?}: use `embedded` or a postgres:// URL")));
     }
     let store = SqliteStore::open(SqliteOptions::new(data_dir).durability(durability))
         .map_err(|e| CliError::Failed(e.to_string()))?;

@@ -26,6 +26,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Environment variables `onceq serve` reads: removed so the caller's shell cannot steer a test.
 const ONCEQ_ENV: &[&str] = &[
+    "ONCEQ_STORE",
+    "ONCEQ_PG_SCHEMA",
     "ONCEQ_DATA_DIR",
     "ONCEQ_LISTEN",
     "ONCEQ_CONFIG",
