@@ -23,8 +23,14 @@
 //! the best a queue that must commit each enqueue, lease and ack before answering can do.
 //! The big-backlog scenario's figure is its ratio to the small-backlog one: leasing must not slow
 //! down as the backlog grows.
+//!
+//! With `--server URL` the run measures a running `onceq serve` over HTTP instead, through
+//! `onceq_client::Client` (module `http`): batched enqueue, batched lease + ack, end-to-end
+//! batched, and end-to-end with single-job requests from 16 + 16 keep-alive clients, against the
+//! targets of the HTTP API. There is no raw floor over HTTP.
 
 mod floor;
+mod http;
 mod scenarios;
 
 use std::fmt::Write as _;
@@ -62,6 +68,14 @@ pub struct BenchArgs {
     /// Payload size of every job, in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// Measure the onceq server at this URL over HTTP (e.g. http://127.0.0.1:7700) instead of
+    /// the embedded store. The server keeps its own data directory and durability.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["durability", "backlog", "data_dir"])]
+    pub server: Option<String>,
+    /// Bearer token for --server when its auth is on (needs produce and consume on `bench-*`
+    /// queues; admin too, to delete them afterwards).
+    #[arg(long, value_name = "TOKEN", env = "ONCEQ_TOKEN", hide_env_values = true)]
+    pub server_token: Option<String>,
 }
 
 /// Which durability settings `onceq bench` measures.
@@ -155,6 +169,9 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
             "--payload-bytes is {}; the limit is {PAYLOAD_BYTES_MAX}",
             args.payload_bytes
         )));
+    }
+    if let Some(server) = &args.server {
+        return http::run(args, server, command_line);
     }
     let jobs = args.jobs.unwrap_or(if args.quick { 5_000 } else { 200_000 });
     let plan = Plan {
@@ -365,7 +382,7 @@ impl Bench<'_> {
         // Lease throughput, small backlog: the queue holds only the jobs leased.
         let run = self.store(|store, queue, payload| async move {
             scenarios::fill(&store, &queue, &payload, n).await?;
-            scenarios::lease_ack(&store, &queue, n, BATCH).await
+            scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
         })?;
         let floor = self.floor(|conn, payload| {
             floor::fill(conn, payload, n)?;
@@ -391,7 +408,7 @@ impl Bench<'_> {
                     thousands((backlog + n) as f64),
                     started.elapsed().as_secs_f64()
                 ));
-                scenarios::lease_ack(&store, &queue, n, BATCH).await
+                scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
             })?;
             let floor = self.floor(|conn, payload| {
                 floor::fill(conn, payload, backlog + n)?;

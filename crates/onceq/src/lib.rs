@@ -10,9 +10,12 @@
 //! - This file: the command line ([`Cli`], [`Command`]) and [`run`], which carries a parsed command
 //!   out. `main.rs` only parses and calls [`run`], so every command works without a process.
 //! - [`mod@bench`]: `onceq bench`, the embedded store's figures beside the raw SQLite floor measured in
-//!   the same run (DESIGN.md, "Performance model").
-//!
-//! `onceq serve` (the HTTP API) comes with a later crate; it will be one more [`Command`].
+//!   the same run (DESIGN.md, "Performance model"), or with `--server` the figures of a running
+//!   server over HTTP.
+//! - [`serve`]: `onceq serve`, the HTTP API (`onceq-server`) over the embedded store.
+//! - [`token`]: `onceq token`, bearer tokens and their config entries.
+//! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
+//!   which talk to a running server through `onceq-client`.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -23,6 +26,7 @@ pub use onceq_core::*;
 pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 pub mod bench;
+pub mod cli;
 pub mod serve;
 pub mod token;
 
@@ -31,9 +35,16 @@ pub mod token;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
+const TOP_AFTER_HELP: &str = "\
+The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, stats) talk to a
+running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
+(env ONCEQ_TOKEN), --output table|json. They exit with 0 on success, 1 when the command failed
+(unknown queue or job, lease lost, refused), 2 on bad usage, 3 when the server is unreachable.";
+
 /// The `onceq` command line.
 #[derive(Debug, Parser)]
-#[command(name = "onceq", version, about = "A durable job queue, honest about delivery guarantees")]
+#[command(name = "onceq", version, about = "A durable job queue, honest about delivery guarantees", after_help = TOP_AFTER_HELP)]
 pub struct Cli {
     /// Log format on stderr (level from RUST_LOG, default warn; serve logs info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ONCEQ_LOG_FORMAT")]
@@ -63,6 +74,36 @@ pub enum Command {
     /// Make and hash bearer tokens for the config file.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Queues on a server: list, get, set (create or configure), pause, resume, delete.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Queue(cli::queue::QueueArgs),
+    /// Enqueue a job (PAYLOAD argument), or many from JSON lines on stdin.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Enqueue(cli::enqueue::EnqueueArgs),
+    /// Lease ready jobs from a queue and print them with their lease tokens.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Lease(cli::lease::LeaseArgs),
+    /// Ack a leased job: it is done and gone for good.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Ack(cli::lease::AckArgs),
+    /// Nack a leased job: retry it later (or dead-letter it when its attempts are exhausted).
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Nack(cli::lease::NackArgs),
+    /// Extend a lease: keep the job for longer.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Extend(cli::lease::ExtendArgs),
+    /// Fail a leased job: dead-letter it now.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Fail(cli::lease::FailArgs),
+    /// Jobs: get one by id.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Job(cli::job::JobArgs),
+    /// Dead letters: list, redrive, purge.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Dlq(cli::dlq::DlqArgs),
+    /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Stats(cli::stats::StatsArgs),
 }
 
 /// A command's failure, and the exit code it maps to.
@@ -74,6 +115,10 @@ pub enum CliError {
     /// The command ran and failed (exit code 1).
     #[error("{0}")]
     Failed(String),
+    /// The server could not be reached, or said it cannot serve now (exit code 3): unlike a
+    /// failure, trying again later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CliError {
@@ -82,6 +127,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => ExitCode::from(2),
             CliError::Failed(_) => ExitCode::from(1),
+            CliError::Unavailable(_) => ExitCode::from(3),
         }
     }
 }
@@ -93,10 +139,22 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
     init_tracing(cli.log_format, default_level);
     let outcome = match cli.command {
         Command::Serve(serve_args) => serve::run(&serve_args),
-        Command::Bench(bench_args) => {
-            bench::run(&bench_args, &command_line(args)).map_err(|e| CliError::Failed(e.to_string()))
-        }
+        Command::Bench(bench_args) => bench::run(&bench_args, &command_line(args)).map_err(|e| match e {
+            bench::BenchError::Options(_) => CliError::Usage(e.to_string()),
+            bench::BenchError::Store(Error::Unavailable(message)) => CliError::Unavailable(message),
+            other => CliError::Failed(other.to_string()),
+        }),
         Command::Token(command) => token::run(&command),
+        Command::Queue(args) => cli::queue::run(&args),
+        Command::Enqueue(args) => cli::enqueue::run(&args),
+        Command::Lease(args) => cli::lease::lease(&args),
+        Command::Ack(args) => cli::lease::ack(&args),
+        Command::Nack(args) => cli::lease::nack(&args),
+        Command::Extend(args) => cli::lease::extend(&args),
+        Command::Fail(args) => cli::lease::fail(&args),
+        Command::Job(args) => cli::job::run(&args),
+        Command::Dlq(args) => cli::dlq::run(&args),
+        Command::Stats(args) => cli::stats::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +226,27 @@ mod tests {
         assert!(args.quick);
         assert_eq!(args.durability, bench::DurabilityChoice::Relaxed);
         assert_eq!(args.jobs, Some(700));
+    }
+
+    #[test]
+    fn bench_over_http_takes_a_server_and_refuses_the_embedded_options() {
+        let cli = Cli::try_parse_from(["onceq", "bench", "--server", "http://h:1", "--server-token", "t", "--quick"]);
+        let Ok(Cli { command: Command::Bench(args), .. }) = cli else {
+            panic!("bench --server did not parse: {cli:?}");
+        };
+        assert_eq!(
+            (args.server.as_deref(), args.server_token.as_deref(), args.quick),
+            (Some("http://h:1"), Some("t"), true)
+        );
+        for embedded_only in [["--durability", "fsync"], ["--backlog", "0"], ["--data-dir", "/tmp"]] {
+            let cli =
+                Cli::try_parse_from(["onceq", "bench", "--server", "http://h:1", embedded_only[0], embedded_only[1]]);
+            assert_eq!(
+                cli.map_err(|e| e.kind()).err(),
+                Some(clap::error::ErrorKind::ArgumentConflict),
+                "{embedded_only:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The onceq side of each scenario: concurrent tokio tasks calling the seam, timing every call.
+//!
+//! Generic over the seam, so the same scenarios measure the embedded store and, with
+//! `onceq bench --server`, a server over HTTP through `onceq_client::Client`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use onceq_core::{LeaseOptions, LeaseRef, NewJob, QueueName, Store};
-use onceq_sqlite::SqliteStore;
 use tokio::task::JoinSet;
 
 use super::BenchError;
@@ -82,8 +84,8 @@ fn batch(payload: &[u8], n: u64) -> Vec<NewJob> {
 }
 
 /// Enqueues `jobs` jobs, `per_call` at a time, from `producers` concurrent tasks.
-pub(crate) async fn enqueue(
-    store: &SqliteStore,
+pub(crate) async fn enqueue<S: Store + Clone + 'static>(
+    store: &S,
     queue: &QueueName,
     payload: &Arc<[u8]>,
     jobs: u64,
@@ -106,8 +108,8 @@ pub(crate) async fn enqueue(
 }
 
 /// Enqueues `jobs` jobs untimed, as fast as the store takes them: the backlog of a lease scenario.
-pub(crate) async fn fill(
-    store: &SqliteStore,
+pub(crate) async fn fill<S: Store + Clone + 'static>(
+    store: &S,
     queue: &QueueName,
     payload: &Arc<[u8]>,
     jobs: u64,
@@ -116,8 +118,8 @@ pub(crate) async fn fill(
     enqueue(store, queue, payload, jobs, per_call, 4).await.map(drop)
 }
 
-async fn producer(
-    store: SqliteStore,
+async fn producer<S: Store>(
+    store: S,
     queue: QueueName,
     payload: Arc<[u8]>,
     claims: Arc<Claims>,
@@ -175,8 +177,8 @@ impl Progress {
 
 /// Enqueue → lease → ack of `jobs` jobs with `producers` producers and `workers` workers running
 /// at once, `per_call` jobs per enqueue, lease and ack call. Time runs until the last ack.
-pub(crate) async fn end_to_end(
-    store: &SqliteStore,
+pub(crate) async fn end_to_end<S: Store + Clone + 'static>(
+    store: &S,
     queue: &QueueName,
     payload: &Arc<[u8]>,
     jobs: u64,
@@ -212,8 +214,8 @@ pub(crate) async fn end_to_end(
 
 /// Leases up to `per_call` jobs (long poll), acks them all in one call; until the run is done.
 /// Only lease calls that returned jobs are timed: an empty one measures the wait, not the store.
-async fn worker(
-    store: SqliteStore,
+async fn worker<S: Store>(
+    store: S,
     queue: QueueName,
     progress: Arc<Progress>,
     per_call: u64,
@@ -242,7 +244,7 @@ fn lease_options(per_call: u64, wait_ms: u64) -> Result<LeaseOptions, BenchError
     Ok(options)
 }
 
-async fn ack_all(store: &SqliteStore, leases: &[LeaseRef], acks: &mut Calls) -> Result<(), BenchError> {
+async fn ack_all<S: Store>(store: &S, leases: &[LeaseRef], acks: &mut Calls) -> Result<(), BenchError> {
     let started = Instant::now();
     let results = store.job_ack(leases).await?;
     acks.latencies.push(started.elapsed());
@@ -255,34 +257,125 @@ async fn ack_all(store: &SqliteStore, leases: &[LeaseRef], acks: &mut Calls) -> 
     Ok(())
 }
 
-/// One worker leases `per_call` jobs without waiting and acks them, until `jobs` are done.
-pub(crate) async fn lease_ack(
-    store: &SqliteStore,
+/// `workers` concurrent workers lease up to `per_call` jobs without waiting and ack them, until
+/// `jobs` are done. The queue must hold exactly `jobs` ready jobs and have no other consumer:
+/// each lease call first claims its share, so every call must get all it claimed, and a short
+/// lease means a lost job.
+pub(crate) async fn lease_ack<S: Store + Clone + 'static>(
+    store: &S,
     queue: &QueueName,
     jobs: u64,
     per_call: u64,
+    workers: u64,
 ) -> Result<Run, BenchError> {
+    let claims = Arc::new(Claims { next: AtomicU64::new(0), total: jobs });
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(lease_ack_worker(store.clone(), queue.clone(), claims.clone(), per_call));
+    }
     let mut leases = Calls::new("lease");
     let mut acks = Calls::new("ack");
-    let options = lease_options(per_call, 0)?;
     let mut done = 0;
-    let started = Instant::now();
-    while done < jobs {
-        let call = Instant::now();
-        let leased = store.job_lease(&queue.clone(), options).await?;
-        leases.latencies.push(call.elapsed());
-        if leased.is_empty() {
-            return Err(BenchError::Check(format!("the queue ran dry after {done} of {jobs} jobs")));
-        }
-        ack_all(store, &leased.iter().map(|job| job.lease()).collect::<Vec<_>>(), &mut acks).await?;
-        done += leased.len() as u64;
+    while let Some(joined) = tasks.join_next().await {
+        let (jobs_done, lease_calls, ack_calls) =
+            joined.map_err(|e| BenchError::Check(format!("a bench task failed: {e}")))??;
+        done += jobs_done;
+        leases.latencies.extend(lease_calls.latencies);
+        acks.latencies.extend(ack_calls.latencies);
     }
-    Ok(Run::new(done, started.elapsed(), vec![leases, acks]))
+    let elapsed = started.elapsed();
+    if done != jobs {
+        return Err(BenchError::Check(format!("{done} jobs leased and acked of {jobs}")));
+    }
+    Ok(Run::new(done, elapsed, vec![leases, acks]))
+}
+
+async fn lease_ack_worker<S: Store>(
+    store: S,
+    queue: QueueName,
+    claims: Arc<Claims>,
+    per_call: u64,
+) -> Result<(u64, Calls, Calls), BenchError> {
+    let mut leases = Calls::new("lease");
+    let mut acks = Calls::new("ack");
+    let mut done = 0;
+    while let Some(n) = claims.claim(per_call) {
+        let options = lease_options(n, 0)?;
+        let call = Instant::now();
+        let leased = store.job_lease(&queue, options).await?;
+        leases.latencies.push(call.elapsed());
+        if leased.len() as u64 != n {
+            return Err(BenchError::Check(format!(
+                "a lease of {n} got {} jobs: the queue ran dry after {done} jobs of this worker",
+                leased.len()
+            )));
+        }
+        ack_all(&store, &leased.iter().map(|job| job.lease()).collect::<Vec<_>>(), &mut acks).await?;
+        done += n;
+    }
+    Ok((done, leases, acks))
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use onceq_core::QueueStats;
+    use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
+
     use super::*;
+
+    /// Runs `test` on a fresh embedded store (relaxed durability: these check counts, not speed).
+    fn with_store<F, Fut>(test: F)
+    where
+        F: FnOnce(SqliteStore, QueueName) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let store = SqliteStore::open(SqliteOptions::new(dir.path()).durability(Durability::Relaxed)).unwrap();
+            test(store.clone(), QueueName::new("bench").unwrap()).await;
+            store.close().await;
+        });
+    }
+
+    #[test]
+    fn concurrent_workers_lease_and_ack_every_job_once() {
+        with_store(|store, queue| async move {
+            let payload: Arc<[u8]> = b"{}".to_vec().into();
+            fill(&store, &queue, &payload, 1_050).await.unwrap();
+            let run = lease_ack(&store, &queue, 1_050, 100, 4).await.unwrap();
+            assert_eq!(run.jobs, 1_050);
+            let calls: Vec<(&str, usize)> = run.calls.iter().map(|c| (c.kind, c.latencies.len())).collect();
+            // Ten calls of 100 and one of the last 50, whichever worker made them.
+            assert_eq!(calls, [("lease", 11), ("ack", 11)]);
+            assert_eq!(store.queue_get(&queue).await.unwrap().stats, QueueStats::default());
+        });
+    }
+
+    #[test]
+    fn a_queue_that_runs_dry_stops_the_run() {
+        with_store(|store, queue| async move {
+            let payload: Arc<[u8]> = b"{}".to_vec().into();
+            fill(&store, &queue, &payload, 150).await.unwrap();
+            let error = lease_ack(&store, &queue, 300, 100, 2).await.err();
+            assert!(matches!(&error, Some(BenchError::Check(m)) if m.contains("ran dry")), "{error:?}");
+        });
+    }
+
+    #[test]
+    fn end_to_end_acks_every_job_once() {
+        with_store(|store, queue| async move {
+            let payload: Arc<[u8]> = b"{}".to_vec().into();
+            let run = end_to_end(&store, &queue, &payload, 500, 1, 8, 8).await.unwrap();
+            assert_eq!(run.jobs, 500);
+            let calls: Vec<(&str, usize)> = run.calls.iter().map(|c| (c.kind, c.latencies.len())).collect();
+            assert_eq!(calls, [("enqueue", 500), ("lease", 500), ("ack", 500)]);
+            assert_eq!(store.queue_get(&queue).await.unwrap().stats, QueueStats::default());
+        });
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -1,0 +1,421 @@
+//! `onceq queue list|get|set|pause|resume|delete`: a queue's configuration and life.
+
+use clap::{Args, Subcommand};
+use onceq_core::api::QueueList;
+use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX};
+use onceq_core::limits::{VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
+use onceq_core::{Backoff, DeliveryMode, Error, Jitter, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store};
+use serde::Serialize;
+
+use super::table::{self, Align, Table};
+use super::{block_on, confirm, Connection, Output, Session};
+use crate::CliError;
+
+/// `onceq queue ...`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Server, token and output format.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The queue commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum QueueCommand {
+    /// List every queue with its configuration.
+    List,
+    /// Show one queue: configuration, pause flag and job counts.
+    Get {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// Create a queue, or change the settings given (the others keep their values).
+    Set(SetArgs),
+    /// Stop handing out leases from a queue (enqueues are still accepted).
+    Pause {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// Hand out leases from a paused queue again.
+    Resume {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// Delete a queue and every job in it, dead ones included.
+    Delete {
+        /// The queue.
+        queue: QueueName,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// `onceq queue set`: each flag given replaces that setting.
+#[derive(Debug, Clone, Args)]
+pub struct SetArgs {
+    /// The queue.
+    pub queue: QueueName,
+    /// Delivery mode: at_most_once, at_least_once or effectively_once.
+    #[arg(long, value_parser = parse_delivery)]
+    pub delivery: Option<DeliveryMode>,
+    /// Default lease length, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(VISIBILITY_TIMEOUT_MS_MIN..=VISIBILITY_TIMEOUT_MS_MAX))]
+    pub visibility_timeout_ms: Option<u64>,
+    /// Leases a job may have before it is dead-lettered.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(ATTEMPTS_MAX)))]
+    pub max_attempts: Option<u32>,
+    /// Retry delay after the first failed attempt, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=DELAY_MS_MAX))]
+    pub backoff_initial_ms: Option<u64>,
+    /// Cap on the retry delay, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=DELAY_MS_MAX))]
+    pub backoff_max_ms: Option<u64>,
+    /// Growth of the retry delay per attempt (1 to 100).
+    #[arg(long, value_parser = parse_multiplier)]
+    pub backoff_multiplier: Option<f64>,
+    /// Randomization of the retry delay: full (0..d), equal (d/2..d) or none.
+    #[arg(long, value_parser = parse_jitter)]
+    pub backoff_jitter: Option<Jitter>,
+    /// How long a dedup id is remembered, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=DEDUP_WINDOW_MS_MAX))]
+    pub dedup_window_ms: Option<u64>,
+}
+
+impl SetArgs {
+    /// Whether any backoff flag was given: the API replaces the whole policy, so the others
+    /// must be read from the queue first.
+    fn touches_backoff(&self) -> bool {
+        self.backoff_initial_ms.is_some()
+            || self.backoff_max_ms.is_some()
+            || self.backoff_multiplier.is_some()
+            || self.backoff_jitter.is_some()
+    }
+
+    /// The patch these flags ask for, on a queue whose backoff is `current`.
+    fn patch(&self, current: &Backoff) -> QueueConfigPatch {
+        let backoff = self.touches_backoff().then(|| Backoff {
+            initial_ms: self.backoff_initial_ms.unwrap_or(current.initial_ms),
+            max_ms: self.backoff_max_ms.unwrap_or(current.max_ms),
+            multiplier: self.backoff_multiplier.unwrap_or(current.multiplier),
+            jitter: self.backoff_jitter.unwrap_or(current.jitter),
+        });
+        QueueConfigPatch {
+            delivery: self.delivery,
+            visibility_timeout_ms: self.visibility_timeout_ms,
+            max_attempts: self.max_attempts,
+            backoff,
+            dedup_window_ms: self.dedup_window_ms,
+        }
+    }
+}
+
+fn parse_delivery(text: &str) -> Result<DeliveryMode, String> {
+    text.parse().map_err(|e: Error| match e {
+        Error::InvalidRequest(message) => message,
+        other => other.to_string(),
+    })
+}
+
+fn parse_jitter(text: &str) -> Result<Jitter, String> {
+    match text {
+        "full" => Ok(Jitter::Full),
+        "equal" => Ok(Jitter::Equal),
+        "none" => Ok(Jitter::None),
+        other => Err(format!("unknown jitter {other:?}; use full, equal or none")),
+    }
+}
+
+fn parse_multiplier(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m.is_finite() && (1.0..=BACKOFF_MULTIPLIER_MAX).contains(&m) => Ok(m),
+        _ => Err(format!("{text:?} is not a number between 1 and {BACKOFF_MULTIPLIER_MAX}")),
+    }
+}
+
+/// What `queue pause|resume|delete --output json` prints (the API answers those with 204).
+#[derive(Debug, Serialize)]
+struct Changed<'a> {
+    /// The queue.
+    name: &'a str,
+    /// Its pause flag now, for pause and resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused: Option<bool>,
+    /// True for delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<bool>,
+}
+
+/// Runs a queue command.
+pub fn run(args: &QueueArgs) -> Result<(), CliError> {
+    block_on(&args.connection, |session| async move {
+        match &args.command {
+            QueueCommand::List => list(&session).await,
+            QueueCommand::Get { queue } => get(&session, queue).await,
+            QueueCommand::Set(set_args) => set(&session, set_args).await,
+            QueueCommand::Pause { queue } => pause(&session, queue, true).await,
+            QueueCommand::Resume { queue } => pause(&session, queue, false).await,
+            QueueCommand::Delete { queue, yes } => delete(&session, queue, *yes).await,
+        }
+    })
+}
+
+async fn list(session: &Session) -> Result<(), CliError> {
+    let queues = session.client.queue_list().await.map_err(|e| session.failure(e))?;
+    match session.output {
+        Output::Json => session.print_json(&QueueList { queues }),
+        Output::Table => {
+            print!("{}", config_table(&queues).render());
+            Ok(())
+        }
+    }
+}
+
+/// The queues' configurations, one row each.
+pub fn config_table(queues: &[QueueInfo]) -> Table {
+    let mut table = Table::new(&[
+        ("QUEUE", Align::Left),
+        ("DELIVERY", Align::Left),
+        ("VISIBILITY", Align::Right),
+        ("MAX_ATTEMPTS", Align::Right),
+        ("BACKOFF", Align::Left),
+        ("DEDUP_WINDOW", Align::Right),
+        ("PAUSED", Align::Left),
+    ]);
+    for queue in queues {
+        let config = &queue.config;
+        table.row(vec![
+            queue.name.to_string(),
+            config.delivery.as_str().to_owned(),
+            table::age(config.visibility_timeout_ms),
+            config.max_attempts.to_string(),
+            table::backoff(&config.backoff),
+            table::age(config.dedup_window_ms),
+            table::yes_no(queue.paused),
+        ]);
+    }
+    table
+}
+
+async fn get(session: &Session, queue: &QueueName) -> Result<(), CliError> {
+    let info = session.client.queue_get(queue).await.map_err(|e| session.failure(e))?;
+    match session.output {
+        Output::Json => session.print_json(&info),
+        Output::Table => {
+            print!("{}", info_record(&info));
+            Ok(())
+        }
+    }
+}
+
+/// One queue as name / value lines.
+pub fn info_record(info: &QueueInfo) -> String {
+    let stats = &info.stats;
+    let mut fields = vec![("name", info.name.to_string())];
+    fields.extend(config_fields(&info.config));
+    fields.extend([
+        ("paused", table::yes_no(info.paused)),
+        ("ready", stats.ready.to_string()),
+        ("scheduled", stats.scheduled.to_string()),
+        ("leased", stats.leased.to_string()),
+        ("dead", stats.dead.to_string()),
+        ("oldest_ready_age", table::age_or_dash(stats.oldest_ready_age_ms)),
+    ]);
+    table::record(&fields)
+}
+
+fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("delivery", config.delivery.as_str().to_owned()),
+        ("visibility_timeout_ms", config.visibility_timeout_ms.to_string()),
+        ("max_attempts", config.max_attempts.to_string()),
+        ("backoff", table::backoff(&config.backoff)),
+        ("dedup_window_ms", config.dedup_window_ms.to_string()),
+    ]
+}
+
+async fn set(session: &Session, args: &SetArgs) -> Result<(), CliError> {
+    let current = if args.touches_backoff() {
+        match session.client.queue_get(&args.queue).await {
+            Ok(info) => info.config.backoff,
+            Err(Error::QueueNotFound(_)) => Backoff::default(),
+            Err(e) => return Err(session.failure(e)),
+        }
+    } else {
+        Backoff::default()
+    };
+    let patch = args.patch(&current);
+    let config = session.client.queue_upsert(&args.queue, patch).await.map_err(|e| match e {
+        // Checked before sending: the flags the operator gave do not fit together.
+        Error::InvalidRequest(message) => CliError::Usage(message),
+        other => session.failure(other),
+    })?;
+    match session.output {
+        Output::Json => session.print_json(&config),
+        Output::Table => {
+            let mut fields = vec![("name", args.queue.to_string())];
+            fields.extend(config_fields(&config));
+            print!("{}", table::record(&fields));
+            Ok(())
+        }
+    }
+}
+
+async fn pause(session: &Session, queue: &QueueName, paused: bool) -> Result<(), CliError> {
+    let result =
+        if paused { session.client.queue_pause(queue).await } else { session.client.queue_resume(queue).await };
+    result.map_err(|e| session.failure(e))?;
+    match session.output {
+        Output::Json => session.print_json(&Changed { name: queue.as_str(), paused: Some(paused), deleted: None }),
+        Output::Table => {
+            if paused {
+                println!("queue {queue} paused: no leases are handed out until `onceq queue resume {queue}`");
+            } else {
+                println!("queue {queue} resumed");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn delete(session: &Session, queue: &QueueName, yes: bool) -> Result<(), CliError> {
+    if !yes {
+        // Read it first: the question states what goes, and an unknown queue fails before it.
+        let info = session.client.queue_get(queue).await.map_err(|e| session.failure(e))?;
+        let s = info.stats;
+        let jobs = s.ready + s.scheduled + s.leased + s.dead;
+        confirm(&format!("delete queue {queue} and its {jobs} jobs ({} leased, {} dead)", s.leased, s.dead), yes)?;
+    }
+    session.client.queue_delete(queue).await.map_err(|e| session.failure(e))?;
+    match session.output {
+        Output::Json => session.print_json(&Changed { name: queue.as_str(), paused: None, deleted: Some(true) }),
+        Output::Table => {
+            println!("queue {queue} deleted, with its jobs");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use onceq_core::QueueStats;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn parse(args: &[&str]) -> QueueArgs {
+        match Cli::try_parse_from(args) {
+            Ok(Cli { command: Command::Queue(queue), .. }) => queue,
+            other => panic!("{args:?} did not parse as a queue command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_parses_every_setting() {
+        let args = parse(&[
+            "onceq",
+            "queue",
+            "set",
+            "emails",
+            "--delivery",
+            "effectively_once",
+            "--visibility-timeout-ms",
+            "1500",
+            "--max-attempts",
+            "3",
+            "--backoff-jitter",
+            "equal",
+            "--dedup-window-ms",
+            "60000",
+        ]);
+        let QueueCommand::Set(set) = args.command else { panic!("not set: {:?}", args.command) };
+        assert_eq!(set.queue.as_str(), "emails");
+        let patch = set.patch(&Backoff { initial_ms: 10, max_ms: 20, multiplier: 3.0, jitter: Jitter::None });
+        assert_eq!(
+            patch,
+            QueueConfigPatch {
+                delivery: Some(DeliveryMode::EffectivelyOnce),
+                visibility_timeout_ms: Some(1500),
+                max_attempts: Some(3),
+                // One backoff flag keeps the queue's other backoff settings.
+                backoff: Some(Backoff { initial_ms: 10, max_ms: 20, multiplier: 3.0, jitter: Jitter::Equal }),
+                dedup_window_ms: Some(60_000),
+            }
+        );
+    }
+
+    #[test]
+    fn set_without_backoff_flags_leaves_the_backoff_alone() {
+        let QueueCommand::Set(set) = parse(&["onceq", "queue", "set", "q", "--max-attempts", "2"]).command else {
+            panic!("not set")
+        };
+        assert_eq!(set.patch(&Backoff::default()).backoff, None);
+    }
+
+    #[test]
+    fn bad_settings_are_usage_errors() {
+        for args in [
+            &["onceq", "queue", "set", "q", "--max-attempts", "0"][..],
+            &["onceq", "queue", "set", "q", "--delivery", "twice"],
+            &["onceq", "queue", "set", "q", "--backoff-jitter", "some"],
+            &["onceq", "queue", "set", "q", "--backoff-multiplier", "0.5"],
+            &["onceq", "queue", "set", "q", "--visibility-timeout-ms", "0"],
+            &["onceq", "queue", "get", "bad name"],
+            &["onceq", "queue", "frobnicate"],
+        ] {
+            let error = Cli::try_parse_from(args).err();
+            assert_eq!(error.as_ref().map(|e| e.exit_code()), Some(2), "{args:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn connection_options_go_before_or_after_the_subcommand() {
+        let before = parse(&["onceq", "queue", "--server", "http://h:1", "--output", "json", "list"]);
+        let after = parse(&["onceq", "queue", "list", "--server", "http://h:1", "--output", "json"]);
+        for args in [before, after] {
+            assert_eq!(args.connection.server, "http://h:1");
+            assert_eq!(args.connection.output, Output::Json);
+        }
+    }
+
+    #[test]
+    fn delete_takes_yes() {
+        let args = parse(&["onceq", "queue", "delete", "q", "--yes"]);
+        assert!(matches!(args.command, QueueCommand::Delete { yes: true, .. }), "{:?}", args.command);
+    }
+
+    #[test]
+    fn a_queue_reads_as_a_record() {
+        let info = QueueInfo {
+            name: QueueName::new("emails").unwrap_or_else(|e| panic!("{e}")),
+            config: QueueConfig::default(),
+            paused: true,
+            stats: QueueStats { ready: 3, scheduled: 1, leased: 2, dead: 0, oldest_ready_age_ms: Some(1500) },
+        };
+        assert_eq!(
+            info_record(&info),
+            "name                   emails\n\
+             delivery               at_least_once\n\
+             visibility_timeout_ms  30000\n\
+             max_attempts           5\n\
+             backoff                1000ms × 2, at most 600000ms, full jitter\n\
+             dedup_window_ms        300000\n\
+             paused                 yes\n\
+             ready                  3\n\
+             scheduled              1\n\
+             leased                 2\n\
+             dead                   0\n\
+             oldest_ready_age       1.5s\n"
+        );
+        let list = config_table(&[info]).render();
+        assert_eq!(
+            list,
+            "QUEUE   DELIVERY       VISIBILITY  MAX_ATTEMPTS  BACKOFF                                    DEDUP_WINDOW  PAUSED\n\
+             emails  at_least_once       30.0s             5  1000ms × 2, at most 600000ms, full jitter         5m00s  yes\n"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The operator CLI against a real `onceq serve`: proves that every command does what it says,
+//! end to end, in both output formats, and exits with the documented codes.
+//!
+//! The test starts the `onceq` binary as a server on an ephemeral port with a temporary data
+//! directory, then runs the same binary as the CLI, one process per command, the way an operator
+//! would: `queue set`, `enqueue` (argument and JSON lines on stdin), `stats` (table and JSON),
+//! `lease`, `ack`, `extend`, `nack` (retry, then dead), `fail`, `dlq list|redrive|purge`, `job get`,
+//! `queue pause|resume|list|delete`. The JSON output is checked field by field against what the
+//! commands did; the tables by their rows. Then the failures: an unknown queue and a lost lease
+//! exit 1 with a message, bad flags and input exit 2, and a server that is not there exits 3.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+/// A running `onceq serve`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onceq"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path().join("data"))
+            .env_remove("ONCEQ_CONFIG")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "onceq listening on http://127.0.0.1:PORT (data dir ..., durability ...)"
+        let url = line
+            .strip_prefix("onceq listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line from onceq serve: {line:?}"))
+            .to_owned();
+        Server { child, url, _data: data }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What one CLI process did.
+#[derive(Debug)]
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `onceq ARGS --server URL`, with `stdin` as its standard input (none: empty).
+fn onceq(server: &str, args: &[&str], stdin: Option<&str>) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onceq"))
+        .args(args)
+        .args(["--server", server])
+        .env_remove("ONCEQ_SERVER")
+        .env_remove("ONCEQ_TOKEN")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Runs a command that must succeed, and returns its stdout.
+fn ok(server: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let out = onceq(server, args, stdin);
+    assert_eq!(out.code, 0, "onceq {args:?} failed: {out:?}");
+    assert_eq!(out.stderr, "", "onceq {args:?} wrote to stderr");
+    out.stdout
+}
+
+/// Runs a command with `--output json` that must succeed, and parses its one JSON document.
+fn json(server: &str, args: &[&str], stdin: Option<&str>) -> Value {
+    let mut with_json = args.to_vec();
+    with_json.extend(["--output", "json"]);
+    let stdout = ok(server, &with_json, stdin);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("onceq {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+/// The one job of a JSON lease reply: (id, lease token, the whole job).
+fn leased_one(server: &str, queue: &str) -> (String, String, Value) {
+    let reply = json(server, &["lease", queue], None);
+    let jobs = reply["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{reply}");
+    let job = jobs[0].clone();
+    (job["id"].as_str().unwrap().to_owned(), job["lease_token"].as_str().unwrap().to_owned(), job)
+}
+
+/// The whitespace-separated cells of the table row whose first cell is `first`.
+fn row(table: &str, first: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|cells| cells.first().map(String::as_str) == Some(first))
+        .unwrap_or_else(|| panic!("no row {first:?} in\n{table}"))
+}
+
+#[test]
+fn the_cli_drives_jobs_through_their_whole_lifecycle() {
+    let server = Server::start();
+    let url = server.url.as_str();
+
+    // queue set: every flag lands in the config; one backoff flag keeps the others.
+    let config = json(
+        url,
+        &[
+            "queue",
+            "set",
+            "emails",
+            "--max-attempts",
+            "3",
+            "--visibility-timeout-ms",
+            "30000",
+            "--backoff-initial-ms",
+            "5",
+            "--backoff-max-ms",
+            "50",
+            "--backoff-multiplier",
+            "1.5",
+            "--backoff-jitter",
+            "none",
+            "--dedup-window-ms",
+            "60000",
+        ],
+        None,
+    );
+    let expected = json!({"delivery": "at_least_once", "visibility_timeout_ms": 30000, "max_attempts": 3,
+        "backoff": {"initial_ms": 5, "max_ms": 50, "multiplier": 1.5, "jitter": "none"}, "dedup_window_ms": 60000});
+    assert_eq!(config, expected);
+    let config = json(url, &["queue", "set", "emails", "--backoff-max-ms", "80"], None);
+    assert_eq!(config["backoff"], json!({"initial_ms": 5, "max_ms": 80, "multiplier": 1.5, "jitter": "none"}));
+
+    // enqueue with a payload argument and every job flag.
+    let first = json(url, &["enqueue", "emails", r#"{"to":"ada"}"#, "--priority", "5", "--header", "trace=abc"], None);
+    let ada = first["jobs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(first, json!({"jobs": [{"id": ada, "duplicate": false}]}));
+
+    // A dedup id: the second enqueue is a duplicate with the first one's id (table output).
+    let bob1 = ok(url, &["enqueue", "emails", r#"{"to":"bob"}"#, "--dedup-id", "signup-bob"], None);
+    let bob2 = ok(url, &["enqueue", "emails", r#"{"to":"bob"}"#, "--dedup-id", "signup-bob"], None);
+    assert_eq!(row(&bob1, "ID"), ["ID", "DUPLICATE"]);
+    let bob_id = bob1.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert_eq!(row(&bob1, &bob_id), vec![bob_id.clone(), "no".into()]);
+    assert_eq!(row(&bob2, &bob_id), vec![bob_id.clone(), "yes".into()]);
+
+    // enqueue from JSON lines on stdin: payloads and job objects; blank lines are skipped.
+    let lines = "{\"n\":1}\n2\n\n{\"payload\":{\"n\":3},\"priority\":1,\"headers\":{\"k\":\"v\"}}\n\"text\"\n";
+    let bulk = json(url, &["enqueue", "emails"], Some(lines));
+    let bulk_jobs = bulk["jobs"].as_array().unwrap();
+    assert_eq!(bulk_jobs.len(), 4, "{bulk}");
+    assert!(bulk_jobs.iter().all(|job| job["duplicate"] == json!(false)), "{bulk}");
+    let n3 = bulk_jobs[2]["id"].as_str().unwrap().to_owned();
+    let summary = ok(url, &["enqueue", "emails"], Some("{\"n\":4}\n{\"n\":5}\n"));
+    assert!(summary.starts_with("enqueued 2 jobs to emails: 2 new, 0 duplicates (ids "), "{summary}");
+
+    // stats: 1 + 1 + 4 + 2 jobs ready, in a table and in JSON.
+    let table = ok(url, &["stats"], None);
+    assert_eq!(row(&table, "QUEUE"), ["QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD", "OLDEST_READY", "PAUSED"]);
+    let emails = row(&table, "emails");
+    assert_eq!(&emails[..5], ["emails", "8", "0", "0", "0"]);
+    assert_eq!(emails[6], "no");
+    let stats = json(url, &["stats", "emails"], None);
+    assert_eq!(stats["queues"][0]["name"], "emails");
+    assert_eq!(stats["queues"][0]["paused"], false);
+    let counts = &stats["queues"][0]["stats"];
+    assert_eq!(
+        (&counts["ready"], &counts["scheduled"], &counts["leased"], &counts["dead"]),
+        (&json!(8), &json!(0), &json!(0), &json!(0))
+    );
+
+    // lease (highest priority first) and ack; the acked job is gone for good.
+    let (id, token, job) = leased_one(url, "emails");
+    assert_eq!(id, ada);
+    assert_eq!(
+        (&job["attempt"], &job["payload"], &job["headers"]),
+        (&json!(1), &json!({"to": "ada"}), &json!({"trace": "abc"}))
+    );
+    assert_eq!(json(url, &["ack", &ada, "--lease-token", &token], None), json!({"id": ada, "ok": true}));
+    let gone = onceq(url, &["job", "get", &ada], None);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert_eq!(gone.stderr, format!("onceq: job {ada} not found (acked, purged, or never existed)\n"));
+    let again = onceq(url, &["ack", &ada, "--lease-token", &token], None);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.starts_with("onceq: "), "{again:?}");
+
+    // lease in a table, then ack with the token read from it.
+    let table = ok(url, &["lease", "emails"], None);
+    let leased = row(&table, &n3);
+    assert_eq!(leased[1], "1/3");
+    let acked = ok(url, &["ack", &n3, "--lease-token", &leased[2]], None);
+    assert_eq!(acked, format!("job {n3} acked: done for good\n"));
+
+    // pause: no leases; resume: leases again; extend the new lease.
+    assert_eq!(json(url, &["queue", "pause", "emails"], None), json!({"name": "emails", "paused": true}));
+    assert_eq!(json(url, &["queue", "get", "emails"], None)["paused"], true);
+    assert_eq!(json(url, &["lease", "emails"], None), json!({"jobs": []}));
+    let paused = ok(url, &["stats"], None);
+    assert_eq!(row(&paused, "emails")[6], "yes");
+    assert_eq!(json(url, &["queue", "resume", "emails"], None), json!({"name": "emails", "paused": false}));
+    let (id, token, _) = leased_one(url, "emails");
+    let extended = json(url, &["extend", &id, "--lease-token", &token, "--visibility-timeout-ms", "60000"], None);
+    assert!(extended["lease_expires_at"].as_str().unwrap().ends_with('Z'), "{extended}");
+    assert_eq!(json(url, &["job", "get", &id], None)["state"], "leased");
+
+    // nack twice on a 2-attempt queue: retrying, then dead.
+    json(url, &["queue", "set", "retry", "--max-attempts", "2"], None);
+    let r1 = json(url, &["enqueue", "retry", r#"{"job":"r1"}"#], None)["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (id, token, _) = leased_one(url, "retry");
+    assert_eq!(id, r1);
+    let nacked = json(url, &["nack", &r1, "--lease-token", &token, "--delay-ms", "0", "--error", "boom"], None);
+    assert_eq!((&nacked["id"], &nacked["ok"], &nacked["outcome"]), (&json!(r1), &json!(true), &json!("retrying")));
+    let (id, token, job) = leased_one(url, "retry");
+    assert_eq!((id.as_str(), &job["attempt"]), (r1.as_str(), &json!(2)));
+    let nacked = ok(url, &["nack", &r1, "--lease-token", &token, "--error", "boom again"], None);
+    assert_eq!(nacked, format!("job {r1} nacked: its attempts are exhausted, it is dead\n"));
+
+    // fail: dead at once.
+    let r2 = json(url, &["enqueue", "retry", r#"{"job":"r2"}"#], None)["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (id, token, _) = leased_one(url, "retry");
+    assert_eq!(id, r2);
+    assert_eq!(
+        json(url, &["fail", &r2, "--lease-token", &token, "--error", "bad input"], None),
+        json!({"id": r2, "ok": true})
+    );
+
+    // job get: a dead job with the error of every attempt.
+    let dead = json(url, &["job", "get", &r1], None);
+    assert_eq!(
+        (&dead["state"], &dead["attempt"], &dead["payload"]),
+        (&json!("dead"), &json!(2), &json!({"job": "r1"}))
+    );
+    let errors: Vec<(Value, Value)> =
+        dead["errors"].as_array().unwrap().iter().map(|e| (e["attempt"].clone(), e["error"].clone())).collect();
+    assert_eq!(errors, vec![(json!(1), json!("boom")), (json!(2), json!("boom again"))]);
+
+    // dlq list (JSON and table), redrive one, purge the rest.
+    let listed = json(url, &["dlq", "list", "retry"], None);
+    let ids: Vec<&str> = listed["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [r1.as_str(), r2.as_str()]);
+    assert_eq!(listed["next"], Value::Null);
+    let page = json(url, &["dlq", "list", "retry", "--limit", "1"], None);
+    assert_eq!(page["next"], json!(r1));
+    let table = ok(url, &["dlq", "list", "retry"], None);
+    assert_eq!(row(&table, &r2)[1], "1/2");
+    assert!(table.lines().any(|line| line.contains("  bad input  ")), "{table}");
+    assert_eq!(json(url, &["dlq", "redrive", "retry", "--ids", &r1], None), json!({"redriven": 1}));
+    let redriven = json(url, &["job", "get", &r1], None);
+    assert_eq!((&redriven["state"], &redriven["attempt"]), (&json!("ready"), &json!(0)));
+    let unconfirmed = onceq(url, &["dlq", "purge", "retry"], None);
+    assert_eq!(unconfirmed.code, 2, "{unconfirmed:?}");
+    assert!(unconfirmed.stderr.contains("pass --yes"), "{unconfirmed:?}");
+    assert_eq!(json(url, &["dlq", "purge", "retry", "--yes"], None), json!({"purged": 1}));
+    assert_eq!(json(url, &["dlq", "list", "retry"], None), json!({"jobs": [], "next": null}));
+
+    // queue list, then delete (confirmed) and the queue is gone.
+    let list = json(url, &["queue", "list"], None);
+    let names: Vec<&str> = list["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["emails", "retry"]);
+    let table = ok(url, &["queue", "list"], None);
+    assert_eq!(row(&table, "retry")[..4], ["retry", "at_least_once", "30.0s", "2"]);
+    let unconfirmed = onceq(url, &["queue", "delete", "emails"], None);
+    assert_eq!(unconfirmed.code, 2, "{unconfirmed:?}");
+    assert_eq!(json(url, &["queue", "delete", "emails", "--yes"], None), json!({"name": "emails", "deleted": true}));
+    let missing = onceq(url, &["queue", "get", "emails"], None);
+    assert_eq!((missing.code, missing.stderr.as_str()), (1, "onceq: queue 'emails' not found\n"));
+}
+
+#[test]
+fn failures_exit_with_their_documented_codes() {
+    let mut server = Server::start();
+    let url = server.url.clone();
+    let url = url.as_str();
+
+    // 1: an unknown queue, a lost lease.
+    let unknown = onceq(url, &["queue", "get", "nosuch"], None);
+    assert_eq!(
+        (unknown.code, unknown.stderr.as_str(), unknown.stdout.as_str()),
+        (1, "onceq: queue 'nosuch' not found\n", "")
+    );
+    let unknown = onceq(url, &["dlq", "list", "nosuch"], None);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    json(url, &["enqueue", "q", "1"], None);
+    let (id, _, _) = leased_one(url, "q");
+    let lost = onceq(url, &["ack", &id, "--lease-token", "000102030405060708090a0b0c0d0e0f"], None);
+    assert_eq!(lost.code, 1, "{lost:?}");
+    assert!(lost.stderr.starts_with(&format!("onceq: lease lost on job {id}")), "{lost:?}");
+
+    // 2: bad flags, bad values, bad input.
+    for args in [
+        &["lease", "q", "--max-jobs", "0"][..],
+        &["queue", "frobnicate"],
+        &["ack", "1", "--lease-token", "not-a-token"],
+        &["enqueue", "q", "--run-at", "tomorrow", "1"],
+    ] {
+        let bad = onceq(url, args, None);
+        assert_eq!(bad.code, 2, "{args:?}: {bad:?}");
+        assert!(bad.stderr.starts_with("error: "), "{args:?}: {bad:?}");
+    }
+    let not_json = onceq(url, &["enqueue", "q", "not json"], None);
+    assert_eq!(not_json.code, 2, "{not_json:?}");
+    assert!(not_json.stderr.starts_with("onceq: PAYLOAD is not JSON"), "{not_json:?}");
+    let bad_line = onceq(url, &["enqueue", "q"], Some("1\n{oops\n"));
+    assert_eq!(bad_line.code, 2, "{bad_line:?}");
+    assert!(bad_line.stderr.starts_with("onceq: stdin line 2: not JSON"), "{bad_line:?}");
+    assert!(bad_line.stderr.trim_end().ends_with("nothing was enqueued"), "{bad_line:?}");
+    assert_eq!(json(url, &["stats", "q"], None)["queues"][0]["stats"]["ready"], 0);
+
+    // 3: the server is not there.
+    server.stop();
+    let down = onceq(url, &["stats"], None);
+    assert_eq!(down.code, 3, "{down:?}");
+    assert!(down.stderr.starts_with("onceq: cannot connect to the onceq server at http://"), "{down:?}");
+    assert!(down.stderr.contains("is `onceq serve` running"), "{down:?}");
+    let down = onceq(url, &["enqueue", "q"], Some("1\n2\n"));
+    assert_eq!(down.code, 3, "{down:?}");
+    assert!(down.stderr.trim_end().ends_with("nothing was enqueued"), "{down:?}");
+}
