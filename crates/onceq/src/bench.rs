@@ -31,6 +31,7 @@
 
 mod floor;
 mod http;
+mod pg;
 mod scenarios;
 
 use std::fmt::Write as _;
@@ -76,6 +77,15 @@ pub struct BenchArgs {
     /// queues; admin too, to delete them afterwards).
     #[arg(long, value_name = "TOKEN", env = "ONCEQ_TOKEN", hide_env_values = true)]
     pub server_token: Option<String>,
+    /// Measure the PostgreSQL store at this URL (e.g. postgres://postgres@127.0.0.1:5432/test)
+    /// beside a pgbench floor running the store's statements. Needs `pgbench` (package
+    /// postgresql-client or postgresql).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "durability", "backlog", "data_dir"])]
+    pub store: Option<String>,
+    /// Schema of the PostgreSQL run (with --store); the floor uses `<schema>_floor`. Both are
+    /// dropped at the end [default: a fresh onceq_bench_<random>].
+    #[arg(long, value_name = "SCHEMA", requires = "store")]
+    pub pg_schema: Option<String>,
 }
 
 /// Which durability settings `onceq bench` measures.
@@ -106,6 +116,9 @@ pub enum BenchError {
     /// would be meaningless, so the run stops.
     #[error("check failed: {0}")]
     Check(String),
+    /// The pgbench floor could not run or its output could not be read.
+    #[error("pgbench floor: {0}")]
+    Floor(String),
     /// The options make no sense.
     #[error("invalid options: {0}")]
     Options(String),
@@ -172,6 +185,9 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     }
     if let Some(server) = &args.server {
         return http::run(args, server, command_line);
+    }
+    if let Some(url) = &args.store {
+        return pg::run(args, url, command_line);
     }
     let jobs = args.jobs.unwrap_or(if args.quick { 5_000 } else { 200_000 });
     let plan = Plan {

@@ -1,0 +1,790 @@
+//! `onceq bench --store postgres://...`: the PostgreSQL store's throughput beside a pgbench floor.
+//!
+//! Every scenario runs twice in the same run, on the same database: once through the seam on a
+//! [`PgStore`] in a fresh schema (the generic `scenarios`), and once as `pgbench` running the
+//! store's own statements (copied from `onceq-postgres/src/jobs.rs` and `due.rs`, with the same
+//! parameter shapes) against another fresh schema that a second `PgStore::connect` prepared, with
+//! the same number of concurrent clients. Each figure's ratio is onceq / floor: what the store
+//! keeps of what PostgreSQL allows for the same SQL. The floor leaves out only the store's Rust
+//! side: binding, decoding rows, the pool, the tokio tasks.
+//!
+//! | scenario | onceq | floor (one pgbench transaction = one script run) |
+//! |---|---|---|
+//! | enqueue 100/call | 4 producers | queue lookup + enqueue of 100, 4 clients |
+//! | lease+ack 100/call | 4 workers, the queue filled first (untimed) | apply due + lease 100 + ack 100, 4 clients, same fill |
+//! | end-to-end 100/call | 4 producers + 4 workers at once | the five statements in one script, 8 clients |
+//! | enqueue 1/call | 16 producers | queue lookup + enqueue of 1, 16 clients |
+//! | lease+ack 1/call | 16 workers, the queue filled first | apply due + lease 1 + ack 1, 16 clients |
+//!
+//! pgbench cannot carry the rows a lease returns into the ack, so the floor's lease wraps the
+//! store's lease statement in one more CTE that aggregates its ids and tokens into one row
+//! (`\gset`), which the ack statement then takes as its arrays. Every statement autocommits, as
+//! on the store's pool, with the server's `synchronous_commit` (the run prints it); pgbench runs
+//! in `-M prepared` mode, as sqlx prepares and caches the store's statements.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onceq_core::{QueueConfig, QueueName};
+use onceq_postgres::{PgOptions, PgStore};
+
+use super::scenarios::{self, Run};
+use super::{emit, millis, payload, progress, thousands, BenchArgs, BenchError, BATCH};
+
+/// Producers, and workers, of the batched scenarios.
+const BATCHED_TASKS: u64 = 4;
+/// Concurrent tasks of the per-job scenarios.
+const SINGLE_TASKS: u64 = 16;
+/// jobs/s end to end with batched calls (issue 5).
+const TARGET_END_TO_END_BATCHED: f64 = 35_000.0;
+/// jobs/s of batched enqueue (issue 5).
+const TARGET_ENQUEUE_BATCHED: f64 = 80_000.0;
+/// Least onceq / floor ratio (issue 5).
+const TARGET_RATIO: f64 = 0.90;
+/// The lease length of every lease, store and floor: far longer than any run.
+const VISIBILITY_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+/// The bench queue, on both sides.
+const QUEUE: &str = "bench";
+
+/// `now` of every statement: the store's `NOW_SQL`, `$1` being NULL (the database's clock).
+const NOW_SQL: &str = "coalesce(NULL::int8, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8)";
+
+/// `QUEUE_LOOKUP` of `jobs.rs`; `$2` the queue name.
+const QUEUE_LOOKUP: &str = "SELECT t.now, q.id, q.config::text AS config \
+                            FROM (SELECT {now} AS now) t LEFT JOIN {s}.queues q ON q.name = $2";
+
+/// `NOTIFY_CHANGED` of `jobs.rs`.
+const NOTIFY_CHANGED: &str = r#"
+notes AS (
+    SELECT q.name, count(*) FILTER (WHERE c.state = 1) AS ready, min(c.run_at) FILTER (WHERE c.state = 0) AS next
+    FROM {changed} c JOIN {s}.queues q ON q.id = c.queue_id
+    WHERE NOT q.paused
+    GROUP BY q.name
+),
+notified AS (
+    SELECT pg_notify('{channel}', 'r ' || ready || ' ' || name) FROM notes WHERE ready > 0
+    UNION ALL
+    SELECT pg_notify('{channel}', 's ' || next || ' ' || name) FROM notes WHERE next IS NOT NULL
+)"#;
+
+/// `ENQUEUE` of `jobs.rs`.
+const ENQUEUE: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[])
+        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord)
+),
+locked AS (SELECT id FROM {s}.queues WHERE id = $9 FOR KEY SHARE),
+numbered AS (SELECT i.*, nextval('{s}.job_ids') AS id FROM input i CROSS JOIN locked),
+claimed AS (
+    INSERT INTO {s}.dedup AS d (queue_id, dedup_id, job_id, expires_at)
+    SELECT $9, dedup_id, id, $10 FROM numbered WHERE dedup_claim
+    ON CONFLICT (queue_id, dedup_id) DO UPDATE SET
+        job_id = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.job_id ELSE d.job_id END,
+        expires_at = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.expires_at ELSE d.expires_at END
+    RETURNING d.dedup_id, d.job_id
+),
+created AS (
+    INSERT INTO {s}.jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id,
+                          headers, payload)
+    SELECT n.id, $9, CASE WHEN n.run_at > $1 THEN 0 ELSE 1 END, n.priority, n.run_at, $1, 0, n.max_attempts,
+           n.dedup_id, n.headers, n.payload
+    FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+    WHERE NOT n.dedup_claim OR c.job_id = n.id
+    RETURNING queue_id, state, run_at
+),
+{notify:created}
+SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified
+FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+ORDER BY n.ord
+"#;
+
+/// `APPLY_DUE` of `due.rs` for `Scope::Queue` (`$2` the queue name), batch 5,000.
+const APPLY_DUE: &str = r#"
+WITH t AS (SELECT {now} AS now),
+q AS (SELECT id, name, config, paused FROM {s}.queues WHERE name = $2),
+promoted AS (
+    UPDATE {s}.jobs SET state = 1
+    WHERE state = 0 AND id = ANY (ARRAY(
+        SELECT id FROM {s}.jobs
+        WHERE queue_id = ANY (ARRAY(SELECT id FROM q)) AND state = 0 AND run_at <= (SELECT now FROM t)
+        LIMIT 5000
+        FOR UPDATE SKIP LOCKED))
+    RETURNING queue_id
+),
+expired AS (
+    UPDATE {s}.jobs
+    SET state = CASE WHEN attempt >= max_attempts THEN 3 ELSE 1 END,
+        run_at = lease_expires_at, lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1
+    WHERE state = 2 AND id = ANY (ARRAY(
+        SELECT id FROM {s}.jobs
+        WHERE queue_id = ANY (ARRAY(SELECT id FROM q)) AND state = 2
+          AND lease_expires_at <= (SELECT now FROM t)
+        LIMIT 5000
+        FOR UPDATE SKIP LOCKED))
+    RETURNING id, queue_id, state, attempt, run_at, error_count
+),
+recorded AS (
+    INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
+    SELECT id, error_count, attempt, run_at, 'lease expired' FROM expired
+),
+moved AS (
+    SELECT queue_id, count(*) AS promoted, 0::int8 AS redelivered, 0::int8 AS dead FROM promoted GROUP BY queue_id
+    UNION ALL
+    SELECT queue_id, 0, count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 3)
+    FROM expired GROUP BY queue_id
+),
+per_queue AS (
+    SELECT queue_id, sum(promoted)::int8 AS promoted, sum(redelivered)::int8 AS redelivered, sum(dead)::int8 AS dead
+    FROM moved GROUP BY queue_id
+)
+SELECT t.now, q.id, q.name, q.config::text AS config, q.paused, coalesce(m.promoted, 0) AS promoted,
+       coalesce(m.redelivered, 0) AS redelivered, coalesce(m.dead, 0) AS dead,
+       CASE WHEN NOT q.paused AND coalesce(m.promoted, 0) + coalesce(m.redelivered, 0) > 0
+            THEN pg_notify('{channel}', 'r ' || (m.promoted + m.redelivered) || ' ' || q.name)::text END AS notified
+FROM t LEFT JOIN q ON true LEFT JOIN per_queue m ON m.queue_id = q.id
+ORDER BY q.name COLLATE "C"
+"#;
+
+/// `LEASE` of `jobs.rs`, its `UPDATE` as the CTE `leased` of one more `SELECT` that hands the
+/// ids and tokens to the ack (`\gset`), since pgbench cannot carry rows between statements.
+const LEASE: &str = r#"
+WITH picked AS (
+    SELECT id FROM {s}.jobs
+    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+numbered AS (SELECT id, row_number() OVER () AS rn FROM picked),
+leased AS (
+UPDATE {s}.jobs j
+SET state = 2, attempt = j.attempt + 1, lease_token = ($4::bytea[])[n.rn::int4], lease_expires_at = $5, leased_at = $1
+FROM numbered n
+WHERE j.id = n.id
+RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
+          j.lease_token
+)
+SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') AS ids,
+       coalesce(string_agg(encode(lease_token, 'hex'), ',' ORDER BY id), '') AS tokens,
+       count(*) AS leased, sum(length(payload)) AS bytes
+FROM leased
+"#;
+
+/// `ACK` of `jobs.rs` with its `SETTLE_VERDICT` filled in.
+const ACK: &str = r#"
+WITH t AS (SELECT {now} AS now),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord)),
+acked AS (
+    DELETE FROM {s}.jobs j USING items i, t
+    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+    RETURNING j.id, j.queue_id, j.error_count, j.leased_at
+),
+forgotten AS (DELETE FROM {s}.job_errors e USING acked a WHERE e.job_id = a.id AND a.error_count > 0)
+SELECT i.ord, s.id IS NOT NULL AS done, ex.id IS NOT NULL AS existed, q.name AS queue , s.leased_at, (SELECT now FROM t) AS now
+FROM items i
+LEFT JOIN acked s ON s.id = i.id
+LEFT JOIN {s}.jobs ex ON ex.id = i.id
+LEFT JOIN {s}.queues q ON q.id = coalesce(s.queue_id, ex.queue_id)
+ORDER BY i.ord
+"#;
+
+/// Where the floor's statements run: the schema (quoted) and its `NOTIFY` channel.
+struct Target {
+    quoted: String,
+    channel: String,
+}
+
+impl Target {
+    fn new(schema: &str) -> Self {
+        // As `PgStore::connect` names it (its schema names are short enough not to be cut).
+        Target { quoted: format!("\"{schema}\""), channel: format!("onceq_{schema}") }
+    }
+
+    /// `template` with the store's substitutions and `params` (`$n` → text, highest `n` first
+    /// so that `$1` does not eat `$10`).
+    fn sql(&self, template: &str, params: &[(usize, String)]) -> String {
+        let mut sql = template.replace("{notify:created}", &NOTIFY_CHANGED.replace("{changed}", "created"));
+        let mut params = params.to_vec();
+        params.sort_by_key(|p| std::cmp::Reverse(p.0));
+        for (n, value) in params {
+            sql = sql.replace(&format!("${n}"), &value);
+        }
+        let sql = sql.replace("{now}", NOW_SQL).replace("{s}", &self.quoted).replace("{channel}", &self.channel);
+        format!("{};\n", sql.trim())
+    }
+
+    /// The enqueue of `per_call` jobs of `payload`: the queue lookup, then the enqueue at the
+    /// "now" and queue id it returned, as `enqueue_jobs` runs them.
+    fn enqueue_script(&self, per_call: u64, payload: &[u8]) -> String {
+        let config = QueueConfig::default();
+        let n = format!("ARRAY[{per_call}]");
+        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+        let mut script = self.sql(QUEUE_LOOKUP, &[(2, format!("'{QUEUE}'"))]);
+        script.push_str("\\gset e_\n");
+        script.push_str(&self.sql(
+            ENQUEUE,
+            &[
+                (1, ":e_now::int8".into()),
+                (2, format!("array_fill('\\x{hex}'::bytea, {n})")),
+                (3, format!("array_fill(NULL::text, {n})")),
+                (4, format!("array_fill(0, {n})")),
+                (5, format!("array_fill(:e_now::int8, {n})")),
+                (6, format!("array_fill({}, {n})", config.max_attempts)),
+                (7, format!("array_fill(NULL::text, {n})")),
+                (8, format!("array_fill(false, {n})")),
+                (9, ":e_id::int8".into()),
+                (10, format!("(:e_now::int8 + {})", config.dedup_window_ms)),
+            ],
+        ));
+        script
+    }
+
+    /// Lease of `per_call` and the ack of what it got: due transitions, lease, ack, as
+    /// `lease_jobs` and `ack_jobs` run them.
+    fn lease_ack_script(&self, per_call: u64) -> String {
+        let mut script = self.sql(APPLY_DUE, &[(2, format!("'{QUEUE}'"))]);
+        script.push_str("\\gset d_\n");
+        script.push_str(&self.sql(
+            LEASE,
+            &[
+                (1, ":d_now::int8".into()),
+                (2, ":d_id::int8".into()),
+                (3, format!("{per_call}::int8")),
+                (4, format!("ARRAY(SELECT decode(md5(random()::text), 'hex') FROM generate_series(1, {per_call}))")),
+                (5, format!("(:d_now::int8 + {VISIBILITY_TIMEOUT_MS})")),
+            ],
+        ));
+        script.push_str("\\gset l_\n");
+        script.push_str(&self.sql(
+            ACK,
+            &[
+                (2, "string_to_array(:l_ids::text, ',')::int8[]".into()),
+                (3, "ARRAY(SELECT decode(t, 'hex') FROM unnest(string_to_array(:l_tokens::text, ',')) t)".into()),
+            ],
+        ));
+        script
+    }
+}
+
+/// What `pgbench` printed that the report uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PgbenchResult {
+    /// Transactions (script runs) per second, without connection time.
+    pub tps: f64,
+    /// Mean latency of one transaction, in ms, when printed.
+    pub latency_ms: Option<f64>,
+    /// Transactions processed.
+    pub transactions: Option<u64>,
+}
+
+/// Parses pgbench's summary: `tps = N (without initial connection time)` (PostgreSQL 14+), or
+/// `tps = N (excluding connections establishing)` (older), else the only `tps = N` line.
+pub(crate) fn parse_pgbench(output: &str) -> Option<PgbenchResult> {
+    let mut tps_any = None;
+    let mut tps_best = None;
+    let mut latency_ms = None;
+    let mut transactions = None;
+    for line in output.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("tps = ") {
+            let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+            if rest.contains("without initial connection time") || rest.contains("excluding connections") {
+                tps_best = Some(value);
+            } else {
+                tps_any.get_or_insert(value);
+            }
+        } else if let Some(rest) = line.strip_prefix("latency average = ") {
+            latency_ms = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("number of transactions actually processed: ") {
+            transactions = rest.split(['/', ' ']).next().and_then(|v| v.parse().ok());
+        }
+    }
+    let tps = tps_best.or(tps_any)?;
+    tps.is_finite().then_some(PgbenchResult { tps, latency_ms, transactions })
+}
+
+/// The `pgbench` to run: on `PATH`, or where Debian installs PostgreSQL's.
+fn find_pgbench() -> Result<String, BenchError> {
+    let works = |program: &str| Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
+    if works("pgbench") {
+        return Ok("pgbench".into());
+    }
+    for version in (12..=20).rev() {
+        let path = format!("/usr/lib/postgresql/{version}/bin/pgbench");
+        if Path::new(&path).exists() && works(&path) {
+            return Ok(path);
+        }
+    }
+    Err(BenchError::Floor(
+        "pgbench not found (needed for the floor of `onceq bench --store postgres://...`): install it with \
+         `apt-get install postgresql-client` (Debian, Ubuntu; or the `postgresql` package), \
+         `dnf install postgresql`, or `brew install libpq`, and put it on PATH"
+            .into(),
+    ))
+}
+
+/// One pgbench run's settings.
+struct PgbenchRun<'a> {
+    pgbench: &'a str,
+    url: &'a str,
+    dir: &'a Path,
+    name: &'a str,
+    script: &'a str,
+    clients: u64,
+    transactions_per_client: u64,
+}
+
+impl PgbenchRun<'_> {
+    fn run(&self) -> Result<PgbenchResult, BenchError> {
+        let file = self.dir.join(format!("{}.sql", self.name));
+        std::fs::write(&file, self.script)?;
+        let output = Command::new(self.pgbench)
+            .args(["-n", "-M", "prepared", "-c", &self.clients.to_string(), "-j"])
+            .arg(self.clients.min(2).to_string())
+            .args(["-t", &self.transactions_per_client.to_string(), "-f"])
+            .arg(&file)
+            .arg(self.url)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let failed = || {
+            BenchError::Floor(format!(
+                "pgbench {} failed ({}), script {}:\n{}{}",
+                self.name,
+                output.status,
+                file.display(),
+                stdout.trim(),
+                stderr.lines().take(20).collect::<Vec<_>>().join("\n")
+            ))
+        };
+        if !output.status.success() {
+            return Err(failed());
+        }
+        let result = parse_pgbench(&stdout).ok_or_else(failed)?;
+        let expected = self.clients * self.transactions_per_client;
+        if result.transactions.is_some_and(|n| n != expected) {
+            return Err(failed());
+        }
+        Ok(result)
+    }
+}
+
+/// One line of the report.
+struct Row {
+    scenario: String,
+    run: Run,
+    floor_jobs_per_s: f64,
+    floor_what: String,
+}
+
+impl Row {
+    fn jobs_per_s(&self) -> f64 {
+        self.run.jobs as f64 / self.run.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ratio(&self) -> f64 {
+        self.jobs_per_s() / self.floor_jobs_per_s
+    }
+}
+
+/// A run against one database.
+struct PgBench<'a> {
+    url: &'a str,
+    pgbench: String,
+    /// The schema the store's scenarios run in, and the one the floor runs in; both dropped.
+    store_schema: String,
+    floor_schema: String,
+    dir: tempfile::TempDir,
+    payload: Arc<[u8]>,
+    runtime: tokio::runtime::Runtime,
+    serial: std::cell::Cell<u32>,
+}
+
+/// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
+pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(), BenchError> {
+    let pgbench = find_pgbench()?;
+    let jobs = args.jobs.unwrap_or(if args.quick { 10_000 } else { 200_000 });
+    let single_jobs = (jobs / 10).max(SINGLE_TASKS * 10);
+    let tag: u32 = rand::random();
+    let store_schema = args.pg_schema.clone().unwrap_or_else(|| format!("onceq_bench_{tag:08x}"));
+    let floor_schema = format!("{}_floor", &store_schema[..store_schema.len().min(40)]);
+    let bench = PgBench {
+        url,
+        pgbench,
+        store_schema,
+        floor_schema,
+        dir: tempfile::Builder::new().prefix("onceq-pgbench-").tempdir()?,
+        payload: payload(args.payload_bytes).into(),
+        runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        serial: std::cell::Cell::new(0),
+    };
+    let result = bench.report(jobs, single_jobs, args.payload_bytes, command_line);
+    let dropped = bench.drop_schemas();
+    result.and(dropped)
+}
+
+impl PgBench<'_> {
+    fn report(&self, jobs: u64, single_jobs: u64, payload_bytes: usize, command_line: &str) -> Result<(), BenchError> {
+        let started = Instant::now();
+        let mut out = String::new();
+        let _ = writeln!(out, "$ {command_line}");
+        let version = self.query_one("SHOW server_version").unwrap_or_else(|_| "?".into());
+        let sync = self.query_one("SHOW synchronous_commit").unwrap_or_else(|_| "?".into());
+        let pgbench_version = Command::new(&self.pgbench)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "onceq {} · PostgreSQL {version} (synchronous_commit={sync}) · {pgbench_version} · {} CPUs · payload {payload_bytes} B · schemas {} (onceq), {} (floor), dropped at the end",
+            env!("CARGO_PKG_VERSION"),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            self.store_schema,
+            self.floor_schema,
+        );
+        let _ = writeln!(
+            out,
+            "jobs/s = jobs / the scenario's wall time; p50, p99 = latency of one call; floor = pgbench running the \
+             store's statements, same clients (tps × jobs per transaction); ratio = onceq / floor"
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>9} {:>10} {:>9} {:>9} {:>11} {:>6}  floor",
+            "scenario", "jobs", "jobs/s", "p50 ms", "p99 ms", "floor/s", "ratio"
+        );
+        emit(&mut out);
+
+        let mut rows_done: Vec<(String, f64, f64)> = Vec::new();
+        let batched = BATCHED_TASKS;
+
+        // Batched enqueue.
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
+        })?;
+        let floor = self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH, &self.payload), 0)?;
+        let row = Row {
+            scenario: format!("enqueue {BATCH}/call, {batched} producers"),
+            run,
+            floor_jobs_per_s: floor,
+            floor_what: format!("lookup + enqueue {BATCH}, {batched} clients"),
+        };
+        self.row(&row);
+        let enqueue_batched = row.jobs_per_s();
+        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+
+        // Batched lease + ack on a prefilled queue.
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::fill(&store, &queue, &payload, jobs).await?;
+            scenarios::lease_ack(&store, &queue, jobs, BATCH, batched).await
+        })?;
+        let floor = self.floor(jobs, BATCH, batched, |t| t.lease_ack_script(BATCH), jobs)?;
+        let row = Row {
+            scenario: format!("lease+ack {BATCH}/call, {batched} workers"),
+            run,
+            floor_jobs_per_s: floor,
+            floor_what: format!("due + lease {BATCH} + ack {BATCH}, {batched} clients"),
+        };
+        self.row(&row);
+        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+
+        // End-to-end, batched.
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
+        })?;
+        let clients = 2 * batched;
+        let floor = self.floor(
+            jobs,
+            BATCH,
+            clients,
+            |t| format!("{}{}", t.enqueue_script(BATCH, &self.payload), t.lease_ack_script(BATCH)),
+            BATCH * clients,
+        )?;
+        let row = Row {
+            scenario: format!("end-to-end {BATCH}/call, {batched}+{batched} tasks"),
+            run,
+            floor_jobs_per_s: floor,
+            floor_what: format!("lookup + enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
+        };
+        self.row(&row);
+        let end_to_end_batched = row.jobs_per_s();
+        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+
+        // Per job: single enqueue, then single lease + ack, 16 concurrent tasks each.
+        let n = single_jobs;
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+        })?;
+        let floor = self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1, &self.payload), 0)?;
+        let row = Row {
+            scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
+            run,
+            floor_jobs_per_s: floor,
+            floor_what: format!("lookup + enqueue 1, {SINGLE_TASKS} clients"),
+        };
+        self.row(&row);
+        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+
+        let run = self.store(|store, queue, payload| async move {
+            scenarios::fill(&store, &queue, &payload, n).await?;
+            scenarios::lease_ack(&store, &queue, n, 1, SINGLE_TASKS).await
+        })?;
+        let floor = self.floor(n, 1, SINGLE_TASKS, |t| t.lease_ack_script(1), n)?;
+        let row = Row {
+            scenario: format!("lease+ack 1/call, {SINGLE_TASKS} workers"),
+            run,
+            floor_jobs_per_s: floor,
+            floor_what: format!("due + lease 1 + ack 1, {SINGLE_TASKS} clients"),
+        };
+        self.row(&row);
+        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+
+        let mark = |met: bool| if met { "met" } else { "MISSED" };
+        let _ = writeln!(out, "targets (issue 5, synchronous_commit={sync}):");
+        let _ = writeln!(
+            out,
+            "  {:<6} end-to-end batched ≥ {} jobs/s: {}",
+            mark(end_to_end_batched >= TARGET_END_TO_END_BATCHED),
+            thousands(TARGET_END_TO_END_BATCHED),
+            thousands(end_to_end_batched)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<6} batched enqueue ≥ {} jobs/s: {}",
+            mark(enqueue_batched >= TARGET_ENQUEUE_BATCHED),
+            thousands(TARGET_ENQUEUE_BATCHED),
+            thousands(enqueue_batched)
+        );
+        for (scenario, _, ratio) in &rows_done {
+            let _ = writeln!(
+                out,
+                "  {:<6} ≥ {:.0}% of the floor: {scenario}: {:.0}%",
+                mark(*ratio >= TARGET_RATIO),
+                100.0 * TARGET_RATIO,
+                100.0 * ratio
+            );
+        }
+        let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
+        emit(&mut out);
+        Ok(())
+    }
+
+    /// Connects a store to `schema` (creating and migrating it).
+    async fn connect(&self, schema: &str) -> Result<PgStore, BenchError> {
+        let options = PgOptions::new(self.url)
+            .schema(schema)
+            .pool_size(u32::try_from(2 * SINGLE_TASKS + 4).unwrap_or(u32::MAX))
+            .acquire_timeout(Duration::from_secs(30));
+        Ok(PgStore::connect(options).await?)
+    }
+
+    /// Runs `scenario` on the store in the bench schema, on a fresh queue (deleted afterwards).
+    fn store<F, Fut>(&self, scenario: F) -> Result<Run, BenchError>
+    where
+        F: FnOnce(PgStore, QueueName, Arc<[u8]>) -> Fut,
+        Fut: std::future::Future<Output = Result<Run, BenchError>>,
+    {
+        use onceq_core::Store as _;
+        self.runtime.block_on(async {
+            let store = self.connect(&self.store_schema).await?;
+            let queue = QueueName::new(QUEUE)?;
+            let run = scenario(store.clone(), queue.clone(), self.payload.clone()).await;
+            let deleted = store.queue_delete(&queue).await;
+            store.close().await;
+            let run = run?;
+            deleted?;
+            Ok(run)
+        })
+    }
+
+    /// The floor: pgbench running `script(target)` with `clients` clients for `jobs` jobs at
+    /// `per_txn` jobs per transaction, on the floor schema, its queue filled with `fill` jobs
+    /// first (untimed, through the store). Returns jobs/s.
+    fn floor(
+        &self,
+        jobs: u64,
+        per_txn: u64,
+        clients: u64,
+        script: impl FnOnce(&Target) -> String,
+        fill: u64,
+    ) -> Result<f64, BenchError> {
+        use onceq_core::Store as _;
+        let target = Target::new(&self.floor_schema);
+        let script = script(&target);
+        let transactions_per_client = jobs.div_ceil(per_txn).div_ceil(clients).max(1);
+        // A lease floor's queue holds what its transactions lease, rounded up to whole ones.
+        let fill = if fill >= jobs { transactions_per_client * clients * per_txn } else { fill };
+        let store = self.runtime.block_on(async {
+            let store = self.connect(&self.floor_schema).await?;
+            let queue = QueueName::new(QUEUE)?;
+            // The queue exists before the floor runs: the store creates it on first enqueue.
+            scenarios::fill(&store, &queue, &self.payload, fill.max(1)).await?;
+            if fill == 0 {
+                let leased = store
+                    .job_lease(
+                        &queue,
+                        onceq_core::LeaseOptions { max_jobs: 1, visibility_timeout_ms: None, wait_ms: 0 },
+                    )
+                    .await?;
+                store.job_ack(&leased.iter().map(|j| j.lease()).collect::<Vec<_>>()).await?;
+            }
+            Ok::<_, BenchError>(store)
+        })?;
+        progress(&format!("pgbench: {clients} clients × {transactions_per_client} transactions"));
+        let name = format!("floor-{:02}", self.serial_next());
+        let result = PgbenchRun {
+            pgbench: &self.pgbench,
+            url: self.url,
+            dir: self.dir.path(),
+            name: &name,
+            script: &script,
+            clients,
+            transactions_per_client,
+        }
+        .run();
+        // The store stayed connected (listening on its channel, as the store's own does) while
+        // pgbench ran; now the queue goes, ready for the next floor.
+        self.runtime.block_on(async {
+            let queue = QueueName::new(QUEUE)?;
+            let deleted = store.queue_delete(&queue).await;
+            store.close().await;
+            deleted.map(drop).map_err(BenchError::from)
+        })?;
+        Ok(result?.tps * per_txn as f64)
+    }
+
+    /// Numbers the floor scripts, kept in the temporary directory until the end of the run.
+    fn serial_next(&self) -> u32 {
+        self.serial.set(self.serial.get() + 1);
+        self.serial.get()
+    }
+
+    /// One setting of the server, through `psql` when it is installed ("?" otherwise: pgbench
+    /// cannot print a query's result).
+    fn query_one(&self, sql: &str) -> Result<String, BenchError> {
+        let output = Command::new("psql").args(["-X", "-A", "-t", "-c", sql]).arg(self.url).output()?;
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if output.status.success() && !text.is_empty() {
+            Ok(text)
+        } else {
+            Err(BenchError::Floor(format!("psql -c {sql:?} failed")))
+        }
+    }
+
+    fn drop_schemas(&self) -> Result<(), BenchError> {
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE;\nDROP SCHEMA IF EXISTS \"{}\" CASCADE;\n",
+            self.store_schema, self.floor_schema
+        );
+        let file = self.dir.path().join("drop.sql");
+        std::fs::write(&file, sql)?;
+        let output =
+            Command::new(&self.pgbench).args(["-n", "-t", "1", "-c", "1", "-f"]).arg(&file).arg(self.url).output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(BenchError::Floor(format!(
+                "dropping the bench schemas failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
+    fn row(&self, row: &Row) {
+        let mut out = String::new();
+        let (p50, p99) = match row.run.calls.as_slice() {
+            [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
+            _ => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<40} {:>9} {:>10} {:>9} {:>9} {:>11} {:>6}  {}",
+            row.scenario,
+            thousands(row.run.jobs as f64),
+            thousands(row.jobs_per_s()),
+            p50,
+            p99,
+            thousands(row.floor_jobs_per_s),
+            format!("{:.0}%", 100.0 * row.ratio()),
+            row.floor_what,
+        );
+        if row.run.calls.len() > 1 {
+            for calls in &row.run.calls {
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:>9} {:>10} {:>9} {:>9}",
+                    format!("  {} calls ({})", calls.kind, thousands(calls.latencies.len() as f64)),
+                    "",
+                    "",
+                    millis(calls.percentile(0.50)),
+                    millis(calls.percentile(0.99)),
+                );
+            }
+        }
+        emit(&mut out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    const PG15: &str = "pgbench (15.8 (Debian 15.8-0+deb12u1))
+transaction type: /tmp/x/floor-01.sql
+scaling factor: 1
+query mode: simple
+number of clients: 4
+number of threads: 2
+maximum number of tries: 1
+number of transactions per client: 500
+number of transactions actually processed: 2000/2000
+number of failed transactions: 0 (0.000%)
+latency average = 4.321 ms
+initial connection time = 6.543 ms
+tps = 925.720361 (without initial connection time)
+";
+
+    const PG13: &str = "number of transactions actually processed: 100/100
+latency average = 1.000 ms
+tps = 990.000000 (including connections establishing)
+tps = 1000.500000 (excluding connections establishing)
+";
+
+    #[test]
+    fn parses_pgbench_15_output() {
+        let r = parse_pgbench(PG15).unwrap();
+        assert!((r.tps - 925.720361).abs() < 1e-9);
+        assert_eq!(r.latency_ms, Some(4.321));
+        assert_eq!(r.transactions, Some(2000));
+    }
+
+    #[test]
+    fn prefers_tps_without_connection_time_in_older_output() {
+        let r = parse_pgbench(PG13).unwrap();
+        assert!((r.tps - 1000.5).abs() < 1e-9);
+        assert_eq!(r.transactions, Some(100));
+    }
+
+    #[test]
+    fn output_without_tps_is_none() {
+        assert_eq!(parse_pgbench("pgbench: error: connection to server failed\n"), None);
+        assert_eq!(parse_pgbench("tps = garbage (without initial connection time)\n"), None);
+    }
+
+    #[test]
+    fn parameters_are_substituted_highest_first() {
+        let t = Target::new("s1");
+        let sql = t.sql("SELECT $1, $10, {s}.x, '{channel}', {now}", &[(1, "a".into()), (10, "b".into())]);
+        assert!(sql.starts_with("SELECT a, b, \"s1\".x, 'onceq_s1', coalesce(NULL::int8"), "{sql}");
+        assert!(sql.ends_with(";\n"));
+        let script = t.enqueue_script(100, b"{}");
+        assert!(script.contains("\\gset e_") && script.contains("array_fill('\\x7b7d'::bytea, ARRAY[100])"));
+        assert!(!script.contains('$') && !script.contains("{notify"), "{script}");
+        let script = t.lease_ack_script(1);
+        assert!(!script.contains('$') && script.contains(":l_ids") && script.contains(":d_now"), "{script}");
+    }
+}
