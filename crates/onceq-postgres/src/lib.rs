@@ -12,9 +12,8 @@
 //! - `transaction`: the store inside a caller's transaction (see "Inside a caller's
 //!   transaction"), and where any operation's statements run: the pool, or a caller's
 //!   connection.
-//! - `worker`: [`PgWorker`], `onceq_worker`'s runtime with handlers that run inside a
-//!   transaction, committing the job's effects, idempotency record and ack together
-//!   ([`PgWorkerBuilder::handle_in_transaction`]).
+//! - The worker whose handlers run inside a transaction is `onceq-postgres-worker`, so that
+//!   this backend does not depend on the worker runtime (DESIGN.md's dependency direction).
 //! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
 //! - `error`: PostgreSQL failures mapped onto the seam's error kinds.
 //! - this file: [`PgStore`], [`PgOptions`], connecting, and the seam's entry points.
@@ -57,7 +56,7 @@
 //! [`PgStore::idempotency_complete_in`] have the semantics of their seam counterparts
 //! (docs/semantics.md) and run on the connection they are given, usually a transaction's
 //! (`&mut tx` passes one), which is what onceq offers that no separate broker can: jobs
-//! enqueued with the business data, and a job acked with its effects. [`PgWorker`] builds the
+//! enqueued with the business data, and a job acked with its effects. `onceq_postgres_worker::PgWorker` builds the
 //! latter into the worker runtime. What changes inside a caller's transaction:
 //!
 //! - **Visibility.** Nothing the call wrote is seen by anyone else until the caller commits,
@@ -105,7 +104,6 @@ mod queues;
 mod schema;
 mod transaction;
 mod wait;
-mod worker;
 
 use std::str::FromStr;
 use std::sync::atomic::AtomicI64;
@@ -124,10 +122,9 @@ use sqlx::Connection;
 
 use crate::error::Target;
 pub use crate::schema::SCHEMA_NAME_LEN_MAX;
-pub use crate::worker::{
-    PgTransaction, PgWorker, PgWorkerBuilder, TransactionFuture, TransactionalOptions, DEFAULT_KEY_PREFIX,
-    DEFAULT_RETENTION,
-};
+/// A transaction on the store's pool, for `*_in` calls (see `onceq-postgres-worker` for a worker
+/// whose handlers run inside one).
+pub type PgTransaction = sqlx::postgres::PgTransaction<'static>;
 
 /// The schema onceq uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "onceq";
@@ -327,6 +324,12 @@ impl PgStore {
         self.inner.pool.close().await;
         // Waiting leases look again now, and find the store closed.
         self.inner.waiters.wake_all();
+    }
+
+    /// Opens a transaction on the store's pool, for the `*_in` calls; failures map like every
+    /// other call's (`Unavailable` when the database cannot be reached).
+    pub async fn transaction(&self) -> Result<PgTransaction> {
+        self.pool().begin().await.map_err(|error| crate::error::map(&self.inner.target, "opening a transaction", error))
     }
 
     /// The schema this store uses.

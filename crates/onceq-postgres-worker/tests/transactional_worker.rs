@@ -18,7 +18,8 @@ use onceq_core::{
     Backoff, Begin, BeginOutcome, Clock, Complete, DeliveryMode, Error, IdempotencyStore, Jitter, JobState,
     ManualClock, NewJob, QueueConfigPatch, QueueName, QueueStats, Store, StoreExt,
 };
-use onceq_postgres::{PgStore, PgTransaction, PgWorker, TransactionalOptions};
+use onceq_postgres::{PgStore, PgTransaction};
+use onceq_postgres_worker::{PgWorker, TransactionalOptions};
 use onceq_worker::{EffectivelyOnce, JobContext, Outcome, QueueOptions};
 use tokio::sync::Notify;
 
@@ -258,7 +259,7 @@ async fn a_job_whose_effect_is_recorded_already_is_acked_without_running() {
 #[tokio::test]
 async fn options_that_would_guard_twice_are_refused_at_build() {
     let (store, _guard) = store(None).await;
-    fn handler(_: JobContext, _: i64, _: &mut PgTransaction) -> onceq_postgres::TransactionFuture<'_> {
+    fn handler(_: JobContext, _: i64, _: &mut PgTransaction) -> onceq_postgres_worker::TransactionFuture<'_> {
         Box::pin(async { Outcome::Done })
     }
     let guard = EffectivelyOnce::new(Arc::new(store.clone()) as Arc<dyn IdempotencyStore>);

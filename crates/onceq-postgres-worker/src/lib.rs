@@ -1,7 +1,14 @@
-//! [`PgWorker`]: `onceq_worker`'s runtime over a [`PgStore`], with handlers that run inside a
+//! onceq-postgres-worker: [`PgWorker`], `onceq_worker`'s runtime over a [`PgStore`], with handlers that run inside a
 //! transaction so that a job's effects, its idempotency record and its ack commit together, or
 //! none of them does (DESIGN.md "Effectively-once": same-database effects). The flow and what
 //! each failure does are documented on [`PgWorker`].
+//!
+//! # Layout
+//!
+//! One module: [`PgWorker`] and its builder, [`TransactionalOptions`], and the per-job flow
+//! (open a transaction, claim the idempotency key in it, run the handler, complete the key and
+//! ack in the same transaction, commit — or roll everything back). It is a crate of its own so
+//! that the PostgreSQL backend does not depend on the worker runtime (DESIGN.md's arrows).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,12 +21,11 @@ use onceq_core::{Begin, BeginOutcome, Clock, Complete, Error, Result, SystemCloc
 use onceq_worker::{JobContext, Outcome, QueueOptions, Worker, WorkerBuilder, WorkerOptions, WorkerReport};
 use serde::de::DeserializeOwned;
 
-use crate::PgStore;
-
-/// The transaction a transactional handler runs in. The handler writes through it
-/// (`.execute(&mut **tx)`) and may open savepoints in it; committing or rolling it back is the
-/// worker's.
-pub type PgTransaction = sqlx::postgres::PgTransaction<'static>;
+use onceq_postgres::PgStore;
+/// The transaction a transactional handler runs in ([`onceq_postgres::PgTransaction`]). The
+/// handler writes through it (`.execute(&mut **tx)`) and may open savepoints in it; committing or
+/// rolling it back is the worker's.
+pub use onceq_postgres::PgTransaction;
 
 /// What a transactional handler returns: a boxed future that may borrow the transaction
 /// (`Box::pin(async move { ... })`).
@@ -127,7 +133,7 @@ fn millis(duration: Duration) -> u64 {
 ///
 /// ```no_run
 /// # async fn demo(store: onceq_postgres::PgStore) -> onceq_core::Result<()> {
-/// use onceq_postgres::{PgTransaction, PgWorker, TransactionalOptions};
+/// use onceq_postgres_worker::{PgTransaction, PgWorker, TransactionalOptions};
 /// use onceq_worker::{JobContext, Outcome, QueueOptions};
 ///
 /// #[derive(serde::Deserialize)]
@@ -304,12 +310,9 @@ impl<F> Transactional<F> {
     where
         F: for<'t> Fn(JobContext, T, &'t mut PgTransaction) -> TransactionFuture<'t>,
     {
-        let mut tx = match self.store.pool().begin().await {
+        let mut tx = match self.store.transaction().await {
             Ok(tx) => tx,
-            Err(error) => {
-                let error = crate::error::map(&self.store.inner.target, "opening the job's transaction", error);
-                return Outcome::retry(error.to_string());
-            }
+            Err(error) => return Outcome::retry(error.to_string()),
         };
         let claim = if self.effectively_once {
             match self.claim(&mut tx, &context).await {

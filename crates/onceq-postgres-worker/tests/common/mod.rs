@@ -1,0 +1,114 @@
+//! What every PostgreSQL test shares: the server to use, a fresh schema per test (dropped when
+//! the test ends), and a clear failure when the server is not there.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use onceq_core::Clock;
+use onceq_postgres::{PgOptions, PgStore};
+use sqlx::Connection;
+
+/// The server the tests use unless `ONCEQ_TEST_DATABASE_URL` names another.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The test database's URL.
+pub fn database_url() -> String {
+    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A schema name no other test (in this or another process) uses.
+pub fn fresh_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("onceq_test_{}_{}_{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand::random::<u32>())
+}
+
+/// How to get a PostgreSQL for these tests, for failures that come from not having one.
+pub fn how_to_get_postgres() -> String {
+    format!(
+        "the onceq-postgres tests need a PostgreSQL server at {} (set ONCEQ_TEST_DATABASE_URL to use another). \
+         Run the tests with `scripts/test`, which starts the local server, or start it yourself with \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; without one, install it \
+         (Debian: `apt-get install postgresql`), allow trust auth for 127.0.0.1 and create the database `test`",
+        database_url()
+    )
+}
+
+/// Drops its schema (and everything in it) when dropped.
+pub struct SchemaGuard {
+    pub schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let (url, schema) = (database_url(), self.schema.clone());
+        // A thread of its own, so that this works inside or outside any runtime.
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| "the thread panicked".to_owned()) {
+            eprintln!("could not drop test schema {}: {e}", self.schema);
+        }
+    }
+}
+
+/// Options for a store in `schema` on the test server, on `clock` if given.
+pub fn options(schema: &str, clock: Option<Arc<dyn Clock>>) -> PgOptions {
+    let mut options = PgOptions::new(database_url()).schema(schema).pool_size(4);
+    options.clock = clock;
+    options
+}
+
+/// Connects, failing the test with instructions when PostgreSQL is not there.
+pub async fn connect(options: PgOptions) -> PgStore {
+    match PgStore::connect(options).await {
+        Ok(store) => store,
+        Err(e) => panic!("cannot open the PostgreSQL store: {e}\n{}", how_to_get_postgres()),
+    }
+}
+
+/// A store in a fresh schema, and the guard that drops the schema.
+pub async fn fresh_store(clock: Option<Arc<dyn Clock>>) -> (PgStore, SchemaGuard) {
+    let schema = fresh_schema();
+    let guard = SchemaGuard { schema: schema.clone() };
+    (connect(options(&schema, clock)).await, guard)
+}
+
+/// Creates the business table the transactional tests write their effects to: `orders`, in the
+/// store's schema (so it goes with the schema). `order_no` is not unique, so that an effect
+/// applied twice shows as two rows.
+pub async fn create_orders(store: &PgStore) {
+    let sql = format!(
+        "CREATE TABLE \"{0}\".orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, order_no bigint NOT NULL, \
+         attempt integer NOT NULL DEFAULT 0)",
+        store.schema()
+    );
+    sqlx::query(&sql).execute(store.pool()).await.unwrap();
+}
+
+/// Writes one order on `conn` (a transaction's, usually).
+pub async fn insert_order(store: &PgStore, conn: &mut sqlx::PgConnection, order_no: i64, attempt: u32) {
+    let sql = format!("INSERT INTO \"{}\".orders (order_no, attempt) VALUES ($1, $2)", store.schema());
+    sqlx::query(&sql).bind(order_no).bind(attempt as i32).execute(conn).await.unwrap();
+}
+
+/// The committed orders, as (order_no, attempt), in order.
+pub async fn orders(store: &PgStore) -> Vec<(i64, i32)> {
+    let sql = format!("SELECT order_no, attempt FROM \"{}\".orders ORDER BY order_no, id", store.schema());
+    sqlx::query_as(&sql).fetch_all(store.pool()).await.unwrap()
+}
+
+/// The `NOTIFY` channel of the store's schema (as the store names it).
+pub fn channel(store: &PgStore) -> String {
+    format!("onceq_{}", store.schema())
+}
