@@ -8,6 +8,8 @@
 //! running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The PostgreSQL store's own test helpers (schemas, the orders table), shared rather than copied.
+#[path = "../../onceq-postgres/tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
