@@ -19,10 +19,24 @@ use crate::{parse_config, to_i64, PgStore};
 const UPSERT_TRIES_MAX: usize = 8;
 
 /// The counts by state and the oldest ready `run_at` of each queue in `$1`.
+///
+/// The oldest ready job is found through `jobs_ready` (queue, priority DESC, run_at, id), the
+/// only index on ready jobs (see migration v2): the first entry of each distinct priority holds
+/// that priority's oldest `run_at`, and a recursive skip over the priorities present visits one
+/// entry each — a few index probes, however many jobs are ready.
 const STATS: &str = r#"
 SELECT q.id, coalesce(c.scheduled, 0) AS scheduled, coalesce(c.ready, 0) AS ready,
        coalesce(c.leased, 0) AS leased, coalesce(c.dead, 0) AS dead,
-       (SELECT min(run_at) FROM {s}.jobs j WHERE j.queue_id = q.id AND j.state = 1) AS oldest_ready
+       (WITH RECURSIVE heads AS (
+            (SELECT j.priority, j.run_at FROM {s}.jobs j WHERE j.queue_id = q.id AND j.state = 1
+             ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1)
+            UNION ALL
+            SELECT n.priority, n.run_at FROM heads h CROSS JOIN LATERAL (
+                SELECT j.priority, j.run_at FROM {s}.jobs j
+                WHERE j.queue_id = q.id AND j.state = 1 AND j.priority < h.priority
+                ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1) n
+        )
+        SELECT min(run_at) FROM heads) AS oldest_ready
 FROM unnest($1::int8[]) AS q(id)
 LEFT JOIN LATERAL (
     SELECT sum(scheduled)::int8 AS scheduled, sum(ready)::int8 AS ready, sum(leased)::int8 AS leased,

@@ -1396,6 +1396,30 @@ pub async fn queue_stats_count_each_state<B: Backend>(backend: &B) {
     assert_eq!(f.stats(&q).await, counts(4, 0, 0, 1, Some(age)));
 }
 
+/// `oldest_ready_age_ms` is the age of the oldest ready job whatever its priority, not of the
+/// job the next lease would take: the oldest may sit behind newer jobs of higher priority.
+pub async fn queue_stats_oldest_ready_spans_priorities<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("oldest");
+    f.enqueue_one(&q, NewJob::new("middle").priority(-3)).await;
+    clock.advance(10);
+    f.enqueue_one(&q, NewJob::new("newest").priority(7)).await;
+    clock.advance(10);
+    f.enqueue(&q, vec![NewJob::new("a").priority(0), NewJob::new("b").priority(7)]).await;
+    clock.advance(5);
+    assert_eq!(f.stats(&q).await, counts(4, 0, 0, 0, Some(25)));
+    // Leasing the two priority-7 jobs and the priority-0 one leaves the oldest, at priority -3.
+    let leased = f.lease(&q, 3, None).await;
+    assert_eq!(leased.len(), 3);
+    assert_eq!(f.stats(&q).await, counts(1, 0, 3, 0, Some(25)));
+    for job in &leased {
+        assert_eq!(f.store.ack(job.lease()).await, Ok(()));
+    }
+    let last = f.lease_one(&q, None).await;
+    assert_eq!(f.store.ack(last.lease()).await, Ok(()));
+    assert_eq!(f.stats(&q).await, counts(0, 0, 0, 0, None));
+}
+
 /// `queue_list` lists every queue, by name (byte order), with its config, pause flag and stats.
 pub async fn queue_list_lists_by_name<B: Backend>(backend: &B) {
     let (f, _clock) = open_manual(backend).await;
@@ -2148,6 +2172,7 @@ macro_rules! conformance_suite {
             queue_upsert_updates_existing,
             queue_upsert_rejects_invalid_config,
             queue_stats_count_each_state,
+            queue_stats_oldest_ready_spans_priorities,
             queue_list_lists_by_name,
             queue_ops_on_unknown_queue_are_not_found,
             queue_delete_removes_queue_and_jobs,
