@@ -25,6 +25,7 @@ use onceq_core::{IdempotencyStore, Store};
 use tokio::sync::watch;
 
 pub use auth::{hash_token, Auth, TokenConfig};
+pub use metrics::serve_metrics;
 pub use serve::{check_exposure, serve, ServeError, ServeOptions};
 
 /// Largest request body, in bytes (413 beyond). A full enqueue batch of large payloads must be

@@ -83,3 +83,22 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
     }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
 }
+
+/// Serves `GET /metrics` (Prometheus text of everything this process records) and nothing else
+/// on `listener` until `shutdown` completes: the metrics endpoint of a process that is not an
+/// onceq server, such as `onceq relay`. Installs the Prometheus recorder if it is not yet.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = handle()
+        .ok_or_else(|| std::io::Error::other("another metrics recorder is installed; cannot serve /metrics"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

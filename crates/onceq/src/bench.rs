@@ -31,6 +31,7 @@
 
 mod floor;
 mod http;
+mod outbox;
 mod pg;
 mod scenarios;
 
@@ -86,6 +87,13 @@ pub struct BenchArgs {
     /// dropped at the end [default: a fresh onceq_bench_<random>].
     #[arg(long, value_name = "SCHEMA", requires = "store")]
     pub pg_schema: Option<String>,
+    /// Measure the transactional outbox on the PostgreSQL at this URL (e.g.
+    /// postgres://postgres@127.0.0.1:5432/test): the cost of staging a message in a business
+    /// transaction (ratio with/without), messages staged/s, and published/s through the relay
+    /// into a onceq queue. Uses fresh schemas, dropped at the end; --jobs is the message count
+    /// [default: 20000, or 5000 with --quick].
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "store", "durability", "backlog", "data_dir"])]
+    pub outbox: Option<String>,
 }
 
 /// Which durability settings `onceq bench` measures.
@@ -188,6 +196,9 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     }
     if let Some(url) = &args.store {
         return pg::run(args, url, command_line);
+    }
+    if let Some(url) = &args.outbox {
+        return outbox::run(args, url, command_line);
     }
     let jobs = args.jobs.unwrap_or(if args.quick { 5_000 } else { 200_000 });
     let plan = Plan {

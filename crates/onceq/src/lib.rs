@@ -14,6 +14,8 @@
 //!   server over HTTP.
 //! - [`serve`]: `onceq serve`, the HTTP API (`onceq-server`) over the embedded store.
 //! - [`token`]: `onceq token`, bearer tokens and their config entries.
+//! - [`relay`]: `onceq relay`, the transactional-outbox relay (`onceq-outbox`) to onceq, NATS
+//!   JetStream, RabbitMQ or a webhook.
 //! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
 //!   which talk to a running server through `onceq-client`.
 
@@ -27,6 +29,7 @@ pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 pub mod bench;
 pub mod cli;
+pub mod relay;
 pub mod serve;
 pub mod token;
 
@@ -71,6 +74,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Measure the embedded store against the raw SQLite floor, on this machine, now.
     Bench(bench::BenchArgs),
+    /// Publish a transactional outbox (PostgreSQL or SQLite) to onceq, NATS, RabbitMQ or a webhook.
+    Relay(relay::RelayArgs),
     /// Make and hash bearer tokens for the config file.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -144,6 +149,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
             bench::BenchError::Store(Error::Unavailable(message)) => CliError::Unavailable(message),
             other => CliError::Failed(other.to_string()),
         }),
+        Command::Relay(relay_args) => relay::run(&relay_args),
         Command::Token(command) => token::run(&command),
         Command::Queue(args) => cli::queue::run(&args),
         Command::Enqueue(args) => cli::enqueue::run(&args),

@@ -1,0 +1,392 @@
+//! Proves, with the real `onceq relay` binary, a real PostgreSQL outbox and real RabbitMQ (issue 6,
+//! "Tests"):
+//! - kill of the relay between publish and mark, many times (the `crash_after_publish` fail
+//!   point aborts the process right after a confirmed publish): restarted until the outbox is
+//!   empty, the relay has delivered every committed message at least once, with its payload,
+//!   headers and `message_id` = the dedup id, and a message staged in a rolled-back transaction
+//!   never. RabbitMQ has no publisher dedup, so each kill leaves a duplicate: the test counts
+//!   them (at least one per kill) — consumers deduplicate by `message_id`;
+//! - the broker unreachable for a while (the relay talks to it through a TCP relay of the test's
+//!   own, which the test cuts; the shared broker is never stopped): the backlog stays in the
+//!   outbox (nothing parked, nothing lost) and drains when the connection returns.
+//!
+//! PostgreSQL is `ONCEQ_TEST_DATABASE_URL` (default postgres://postgres@127.0.0.1:5432/test), each
+//! test in an outbox schema of its own, dropped at the end. RabbitMQ is `ONCEQ_TEST_AMQP_URL`
+//! (default amqp://guest:guest@127.0.0.1:5672/%2f); each test declares its own exclusive queue,
+//! gone when the test's connection closes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use onceq_outbox::postgres::PgOutbox;
+use onceq_outbox::sink::rabbitmq::lapin;
+use onceq_outbox::Message;
+use sqlx::{Connection, PgConnection};
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection as AmqpConnection, ConnectionProperties};
+
+fn database_url() -> String {
+    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn amqp_url() -> String {
+    std::env::var("ONCEQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// An outbox schema of one test, dropped (with everything in it) when this is dropped.
+struct OutboxSchema {
+    name: String,
+    outbox: PgOutbox,
+}
+
+impl OutboxSchema {
+    async fn create(test: &str) -> OutboxSchema {
+        let name = unique(&format!("relay_{test}"));
+        let outbox = PgOutbox::new(&name).unwrap();
+        let mut conn = PgConnection::connect(&database_url()).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at {} (run the tests with scripts/test, or set \
+                 ONCEQ_TEST_DATABASE_URL): {e}",
+                database_url()
+            )
+        });
+        outbox.migrate(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        OutboxSchema { name, outbox }
+    }
+
+    /// Stages each message in a committed transaction of its own; returns the row ids.
+    async fn stage_committed(&self, messages: &[Message]) -> Vec<i64> {
+        let mut conn = PgConnection::connect(&database_url()).await.unwrap();
+        let mut ids = Vec::new();
+        for message in messages {
+            let mut tx = conn.begin().await.unwrap();
+            ids.push(onceq_outbox::postgres::stage(&mut tx, &self.outbox, message).await.unwrap());
+            tx.commit().await.unwrap();
+        }
+        conn.close().await.unwrap();
+        ids
+    }
+
+    /// Stages `message` in a transaction that rolls back; returns the id it had.
+    async fn stage_rolled_back(&self, message: &Message) -> i64 {
+        let mut conn = PgConnection::connect(&database_url()).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let id = onceq_outbox::postgres::stage(&mut tx, &self.outbox, message).await.unwrap();
+        tx.rollback().await.unwrap();
+        conn.close().await.unwrap();
+        id
+    }
+
+    /// (messages not yet sent, parked messages with their errors).
+    async fn backlog(&self) -> (i64, Vec<String>) {
+        let mut conn = PgConnection::connect(&database_url()).await.unwrap();
+        let s = &self.name;
+        let pending: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{s}\".messages WHERE sent_at IS NULL"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let parked: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT id::text || ': ' || error FROM \"{s}\".dead_letters ORDER BY id"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        conn.close().await.unwrap();
+        (pending, parked)
+    }
+}
+
+impl Drop for OutboxSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (database_url(), self.name.clone());
+        // A thread of its own, so that this works inside a runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&url).await.unwrap();
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&mut conn).await.unwrap();
+            });
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("could not drop test schema {}", self.name);
+        }
+    }
+}
+
+/// A running `onceq relay`, killed (SIGKILL) when dropped, so a failing test leaves none behind.
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `onceq relay` on `schema` publishing to `sink`, with fast retries and nothing parked early;
+/// its stderr appended to `log`.
+fn relay(schema: &OutboxSchema, sink: &str, batch_size: u32, failpoint: Option<&str>, log: &Path) -> RelayProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_onceq"));
+    command
+        .args(["relay", "--outbox", &database_url(), "--outbox-schema", &schema.name, "--sink", sink])
+        .args(["--batch-size", &batch_size.to_string(), "--max-attempts", "1000"])
+        .args(["--backoff-initial-ms", "50", "--backoff-max-ms", "500", "--poll-interval-ms", "200"])
+        .env_remove("ONCEQ_OUTBOX_FAILPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::options().create(true).append(true).open(log).unwrap());
+    if let Some(failpoint) = failpoint {
+        command.env("ONCEQ_OUTBOX_FAILPOINT", failpoint);
+    }
+    RelayProcess(command.spawn().expect("start onceq relay"))
+}
+
+fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Waits until the outbox is empty (every message sent), failing the test on a parked message
+/// or after `limit`. `relay` must stay alive meanwhile unless `crashes` is given: then a relay
+/// that aborted (the fail point) is counted there and `None` is returned so the caller restarts
+/// it. Returns `Some(())` when the outbox is empty.
+async fn wait_drained(
+    schema: &OutboxSchema,
+    relay: &mut RelayProcess,
+    crashes: Option<&mut u32>,
+    limit: Duration,
+    log: &Path,
+) -> Option<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = relay.0.try_wait().unwrap() {
+            match crashes {
+                Some(crashes) if status.signal() == Some(6) => {
+                    *crashes += 1;
+                    return None;
+                }
+                _ => panic!("the relay exited with {status}\n{}", log_text(log)),
+            }
+        }
+        let (pending, parked) = schema.backlog().await;
+        assert!(parked.is_empty(), "the relay parked messages: {parked:?}\n{}", log_text(log));
+        if pending == 0 {
+            return Some(());
+        }
+        assert!(Instant::now() < deadline, "{pending} messages still pending after {limit:?}\n{}", log_text(log));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A queue of the test's own, exclusive to this connection: gone when the test ends, even when
+/// it fails half-way. The relay's connection may still publish to it.
+struct TestQueue {
+    _connection: AmqpConnection,
+    channel: Channel,
+    name: String,
+}
+
+impl TestQueue {
+    async fn declare() -> TestQueue {
+        let connection = AmqpConnection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ (run the tests with scripts/test, or set ONCEQ_TEST_AMQP_URL)");
+        let channel = connection.create_channel().await.unwrap();
+        let name = unique("onceq_relay");
+        channel
+            .queue_declare(&name, QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap();
+        TestQueue { _connection: connection, channel, name }
+    }
+
+    /// Everything in the queue, taken off it, by `message_id`: (payload, header `n`, delivery
+    /// mode) of each copy.
+    async fn drain(&self) -> Held {
+        let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        while let Some(got) = self.channel.basic_get(&self.name, BasicGetOptions { no_ack: true }).await.unwrap() {
+            let properties = &got.delivery.properties;
+            let id = properties.message_id().as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default();
+            let n = properties.headers().as_ref().and_then(|h| h.inner().get(&ShortString::from("n")).cloned());
+            out.entry(id).or_default().push((got.delivery.data.clone(), n, *properties.delivery_mode()));
+        }
+        out
+    }
+}
+
+/// Message number `n` to `destination`: payload `m<n>`, a header `n: <n>`, one of three ordering
+/// keys (or none, every fourth).
+fn numbered(destination: &str, n: usize) -> Message {
+    let message = Message::new(destination, format!("m{n}").into_bytes()).header("n", n.to_string());
+    if n.is_multiple_of(4) {
+        message
+    } else {
+        message.ordering_key(format!("key{}", n % 3))
+    }
+}
+
+type Held = BTreeMap<String, Vec<(Vec<u8>, Option<AMQPValue>, Option<u8>)>>;
+
+/// Asserts that `held` has every message `ids` (numbered 0.. in order) of outbox `outbox`, at
+/// least once, intact and persistent, and nothing else; returns the number of extra copies.
+fn assert_at_least_once(held: &Held, outbox: &str, ids: &[i64]) -> usize {
+    let expected: Vec<String> = ids.iter().map(|id| format!("{outbox}-{id}")).collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(held.keys().cloned().collect::<Vec<_>>(), expected_sorted, "the queue lacks or has other messages");
+    for (n, dedup_id) in expected.iter().enumerate() {
+        for (payload, header, delivery_mode) in &held[dedup_id] {
+            assert_eq!(payload, format!("m{n}").as_bytes(), "{dedup_id}");
+            assert_eq!(header, &Some(AMQPValue::LongString(n.to_string().into())), "{dedup_id}");
+            assert_eq!(*delivery_mode, Some(2), "{dedup_id} is not persistent");
+        }
+    }
+    held.values().map(|copies| copies.len() - 1).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_after_publish_again_and_again_delivers_every_message_at_least_once() {
+    const MESSAGES: usize = 40;
+    let schema = OutboxSchema::create("amqp_crash").await;
+    let queue = TestQueue::declare().await;
+    let destination = format!("/{}", queue.name);
+
+    let messages: Vec<Message> = (0..MESSAGES).map(|n| numbered(&destination, n)).collect();
+    let ids = schema.stage_committed(&messages).await;
+    let never = schema.stage_rolled_back(&Message::new(&destination, b"rolled back".to_vec())).await;
+
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("relay.log");
+    let (mut runs, mut crashes) = (0u32, 0u32);
+    loop {
+        runs += 1;
+        assert!(runs <= 400, "the outbox did not drain in 400 relay runs ({crashes} crashes)\n{}", log_text(&log));
+        // Two per batch, so that a batch gets through 49% of the time at a crash chance of 30%.
+        let mut child = relay(&schema, &amqp_url(), 2, Some("crash_after_publish:0.3"), &log);
+        if wait_drained(&schema, &mut child, Some(&mut crashes), Duration::from_secs(60), &log).await.is_some() {
+            drop(child);
+            break;
+        }
+    }
+    eprintln!("drained in {runs} relay runs, {crashes} of them killed by the fail point after a publish");
+    assert!(crashes >= 3, "the fail point hit only {crashes} times: the test proved little");
+
+    let held = queue.drain().await;
+    assert!(!held.contains_key(&format!("{}-{never}", schema.name)), "a rolled-back message was published");
+    let duplicates = assert_at_least_once(&held, &schema.name, &ids);
+    eprintln!("{MESSAGES} messages arrived, plus {duplicates} duplicates (same message_id)");
+    // Every kill came after a confirmed, unmarked publish, which the next relay repeated.
+    assert!(duplicates >= crashes as usize, "{duplicates} duplicates for {crashes} kills");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_holds_the_backlog_and_it_drains_when_the_broker_returns() {
+    const BEFORE: usize = 10;
+    const DURING: usize = 20;
+    let schema = OutboxSchema::create("amqp_outage").await;
+    let queue = TestQueue::declare().await;
+    let destination = format!("/{}", queue.name);
+    let tcp = TcpRelay::start(broker_port()).await;
+    let url = amqp_url().replace(&format!("127.0.0.1:{}", broker_port()), &format!("127.0.0.1:{}", tcp.port));
+    assert_ne!(url, amqp_url(), "the outage test needs ONCEQ_TEST_AMQP_URL on 127.0.0.1");
+
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("relay.log");
+    let messages: Vec<Message> = (0..BEFORE + DURING).map(|n| numbered(&destination, n)).collect();
+    let mut ids = schema.stage_committed(&messages[..BEFORE]).await;
+    let mut child = relay(&schema, &url, 10, None, &log);
+    wait_drained(&schema, &mut child, None, Duration::from_secs(30), &log).await;
+
+    tcp.cut_and_refuse();
+    ids.extend(schema.stage_committed(&messages[BEFORE..]).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (pending, parked) = schema.backlog().await;
+    assert_eq!((pending, parked), (DURING as i64, vec![]), "while the broker is unreachable\n{}", log_text(&log));
+    assert!(child.0.try_wait().unwrap().is_none(), "the relay died with the connection\n{}", log_text(&log));
+
+    tcp.accept_again();
+    let started = Instant::now();
+    wait_drained(&schema, &mut child, None, Duration::from_secs(60), &log).await;
+    eprintln!("the backlog of {DURING} drained {:?} after the broker returned", started.elapsed());
+    drop(child);
+
+    let held = queue.drain().await;
+    let duplicates = assert_at_least_once(&held, &schema.name, &ids);
+    eprintln!("{} messages arrived, plus {duplicates} duplicates", BEFORE + DURING);
+}
+
+/// The broker's port on 127.0.0.1, from `ONCEQ_TEST_AMQP_URL`.
+fn broker_port() -> u16 {
+    let url = amqp_url();
+    let after_host = url.split("127.0.0.1:").nth(1).unwrap_or("5672");
+    after_host.split('/').next().and_then(|port| port.parse().ok()).unwrap_or(5672)
+}
+
+/// A TCP relay to the broker that the test can cut: every open connection is dropped, and new
+/// ones are closed at once until `accept_again`.
+struct TcpRelay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TcpRelay {
+    async fn start(upstream_port: u16) -> TcpRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let acceptor = tokio::spawn({
+            let up = up.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let handle = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(handle);
+                }
+            }
+        });
+        TcpRelay { port, up, connections, acceptor }
+    }
+
+    fn cut_and_refuse(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn accept_again(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut_and_refuse();
+    }
+}
