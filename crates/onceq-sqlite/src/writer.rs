@@ -455,6 +455,15 @@ impl State {
         };
         let now = self.now;
         let mut out = Vec::with_capacity(jobs.len());
+        let (mut ready, mut scheduled) = (0u64, 0u64);
+        // Without dedup ids there is nothing to look up per job: the rows go in by the chunk, and
+        // the one-by-one loop below gets nothing.
+        let jobs = if jobs.iter().all(|job| job.dedup_id.is_none()) {
+            (ready, scheduled) = self.insert_chunked(conn, queue_id, queue_max_attempts, jobs, &mut out)?;
+            Vec::new()
+        } else {
+            jobs
+        };
         // Prepared once per batch: the statement cache's lookup per row is measurable here.
         let mut insert = conn
             .prepare_cached(
@@ -462,7 +471,6 @@ impl State {
                  dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
             )
             .map_err(storage("inserting a job"))?;
-        let (mut ready, mut scheduled) = (0u64, 0u64);
         for job in jobs {
             if let Some(dedup_id) = &job.dedup_id {
                 let original: Option<i64> = conn
@@ -532,6 +540,67 @@ impl State {
         Ok(out)
     }
 
+    /// Inserts `jobs`, none of which has a dedup id, with one multi-row INSERT per chunk of
+    /// [`INSERT_CHUNK_ROWS`] rows: one statement execution per chunk instead of per job, and the
+    /// values every row shares (first id, queue, enqueue time) bound once. Ids are assigned in
+    /// request order. Returns how many became ready and how many scheduled.
+    fn insert_chunked(
+        &mut self,
+        conn: &Connection,
+        queue_id: i64,
+        queue_max_attempts: u32,
+        jobs: Vec<NewJob>,
+        out: &mut Vec<Enqueued>,
+    ) -> Result<(u64, u64)> {
+        let now = self.now;
+        let (mut ready, mut scheduled) = (0u64, 0u64);
+        let bind = |stmt: &mut rusqlite::CachedStatement<'_>, index: usize, value: &dyn rusqlite::ToSql| {
+            stmt.raw_bind_parameter(index, value).map_err(storage("inserting a job"))
+        };
+        let mut left = jobs.len();
+        let mut jobs = jobs.into_iter();
+        while left > 0 {
+            let rows = INSERT_CHUNK_ROWS.iter().copied().find(|&rows| rows <= left).unwrap_or(1);
+            let mut insert = conn.prepare_cached(insert_sql(rows)).map_err(storage("inserting a job"))?;
+            bind(&mut insert, 1, &to_i64(self.next_id))?;
+            bind(&mut insert, 2, &queue_id)?;
+            bind(&mut insert, 3, &now.as_millis())?;
+            for (row, job) in jobs.by_ref().take(rows).enumerate() {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.next_id_dirty = true;
+                let run_at = job.ready_at(now);
+                let job_state = if run_at > now { state::SCHEDULED } else { state::READY };
+                let headers = if job.headers.is_empty() {
+                    None
+                } else {
+                    Some(
+                        serde_json::to_string(&job.headers)
+                            .map_err(|e| Error::Storage(format!("encoding headers: {e}")))?,
+                    )
+                };
+                let base = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
+                bind(&mut insert, base + 1, &job_state)?;
+                bind(&mut insert, base + 2, &job.priority)?;
+                bind(&mut insert, base + 3, &run_at.as_millis())?;
+                bind(&mut insert, base + 4, &job.max_attempts.unwrap_or(queue_max_attempts))?;
+                bind(&mut insert, base + 5, &headers)?;
+                bind(&mut insert, base + 6, &job.payload)?;
+                if job_state == state::SCHEDULED {
+                    self.lower_next_due(run_at);
+                    scheduled += 1;
+                } else {
+                    ready += 1;
+                }
+                out.push(Enqueued { id: JobId::new(id), duplicate: false });
+            }
+            let inserted = insert.raw_execute().map_err(storage("inserting a job"))?;
+            debug_assert_eq!(inserted, rows, "a multi-row INSERT wrote {inserted} of {rows} rows");
+            left -= rows;
+        }
+        Ok((ready, scheduled))
+    }
+
     pub(crate) fn job_lease(
         &mut self,
         conn: &Connection,
@@ -546,28 +615,22 @@ impl State {
         let at_most_once = entry.config.delivery == DeliveryMode::AtMostOnce;
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(entry.config.visibility_timeout_ms);
         let expires_at = self.now.plus_ms(visibility_ms);
-        // One statement claims the whole batch. In at_most_once mode the lease *is* the ack, so
-        // the jobs are deleted as they are handed out. The token comes from SQLite's randomblob():
-        // ChaCha20 seeded from the operating system, 128 bits per lease.
-        let sql = if at_most_once {
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE queue_id = ?1 AND state = 1 \
-             ORDER BY priority DESC, run_at, id LIMIT ?2) \
-             RETURNING id, priority, run_at, enqueued_at, attempt + 1, max_attempts, dedup_id, headers, payload, \
-             error_count, randomblob(16)"
-        } else {
-            "UPDATE jobs SET state = 2, attempt = attempt + 1, lease_token = randomblob(16), lease_expires_at = ?3, \
-             leased_at = ?4 \
-             WHERE id IN (SELECT id FROM jobs WHERE queue_id = ?1 AND state = 1 \
-             ORDER BY priority DESC, run_at, id LIMIT ?2) \
-             RETURNING id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
-             error_count, lease_token"
-        };
-        let mut rows: Vec<ReadyRow> = {
-            let mut stmt = conn.prepare_cached(sql).map_err(storage("leasing jobs"))?;
-            let params = params![queue_id, options.max_jobs, expires_at.as_millis(), self.now.as_millis()];
-            let params = if at_most_once { &params[..2] } else { params };
+        // The batch is read in lease order through the ready-order index, then each job is claimed
+        // by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...) RETURNING`
+        // would be one statement, but SQLite materializes both the IN list and the RETURNING rows in
+        // ephemeral tables, and hands the rows back unordered: measured, it costs more per job.)
+        // Every row read here is claimed below in the same transaction: the writer is the only
+        // connection that writes, so nothing can take them in between.
+        let rows: Vec<ReadyRow> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
+                     error_count FROM jobs WHERE queue_id = ?1 AND state = 1 \
+                     ORDER BY priority DESC, run_at, id LIMIT ?2",
+                )
+                .map_err(storage("leasing jobs"))?;
             let rows = stmt
-                .query_map(params, |r| {
+                .query_map(params![queue_id, options.max_jobs], |r| {
                     Ok(ReadyRow {
                         id: r.get(0)?,
                         priority: r.get(1)?,
@@ -579,22 +642,39 @@ impl State {
                         headers: r.get(7)?,
                         payload: r.get(8)?,
                         error_count: r.get(9)?,
-                        token: r.get(10)?,
                     })
                 })
                 .map_err(storage("leasing jobs"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
         };
-        // RETURNING rows come in no particular order; hand them out in lease order.
-        rows.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
+        // In at_most_once mode the lease *is* the ack: the jobs are deleted as they are handed out.
+        let mut claim = if at_most_once {
+            conn.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = 1")
+        } else {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 2, attempt = ?2, lease_token = ?3, lease_expires_at = ?4, leased_at = ?5 \
+                 WHERE id = ?1 AND state = 1",
+            )
+        }
+        .map_err(storage("leasing jobs"))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
+            let attempt = row.attempt + 1;
+            // 128 bits from the writer's CSPRNG (ChaCha, seeded from the operating system).
+            let mut token = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut self.rng, &mut token);
+            let claimed = if at_most_once {
+                claim.execute([row.id])
+            } else {
+                claim.execute(params![row.id, attempt, &token[..], expires_at.as_millis(), self.now.as_millis()])
+            }
+            .map_err(storage("leasing jobs"))?;
+            if claimed != 1 {
+                return Err(Error::Storage(format!("job {} was ready but could not be leased", row.id)));
+            }
             if at_most_once && row.error_count > 0 {
                 delete_errors(conn, row.id)?;
             }
-            let token: [u8; 16] = row.token.as_slice().try_into().map_err(|_| {
-                Error::Storage(format!("job {} got a lease token of {} bytes", row.id, row.token.len()))
-            })?;
             let headers = match row.headers {
                 None => Default::default(),
                 Some(text) => serde_json::from_str(&text)
@@ -604,7 +684,7 @@ impl State {
                 id: JobId::new(row.id as u64),
                 queue: name.clone(),
                 lease_token: LeaseToken::from_bytes(token),
-                attempt: to_u32(row.attempt),
+                attempt: to_u32(attempt),
                 max_attempts: to_u32(row.max_attempts),
                 priority: row.priority,
                 payload: row.payload,
@@ -671,46 +751,78 @@ impl State {
 
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
-        let mut out = Vec::with_capacity(acks.len());
-        // Find the live lease, then delete by rowid: two index lookups. (DELETE ... RETURNING would
-        // be one statement, but SQLite builds an ephemeral table for every RETURNING.)
+        let now = self.now.as_millis();
+        // Each lease is checked by one point read; the live ones are then deleted with one
+        // statement per id chunk. (A DELETE per job pays statement set-up and teardown, a cursor on
+        // the table and on each index, per job; `DELETE ... RETURNING` builds an ephemeral table
+        // per job and measured twice as costly; reading the batch with one IN list saved nothing.)
         let mut find = conn
             .prepare_cached(
                 "SELECT queue_id, error_count, leased_at FROM jobs \
                  WHERE id = ?1 AND state = 2 AND lease_token = ?2 AND lease_expires_at > ?3",
             )
             .map_err(storage("acking a job"))?;
-        let mut delete = conn.prepare_cached("DELETE FROM jobs WHERE id = ?1").map_err(storage("acking a job"))?;
+        let mut out = Vec::with_capacity(acks.len());
+        let mut doomed: Vec<i64> = Vec::with_capacity(acks.len());
+        let mut settled = Settled { queues: Vec::new(), now: self.now };
+        let repeats = {
+            let mut ids: Vec<u64> = acks.iter().map(|ack| ack.id.get()).collect();
+            ids.sort_unstable();
+            ids.windows(2).any(|pair| pair[0] == pair[1])
+        };
         for ack in acks {
             let row_id = to_i64(ack.id.get());
-            let deleted: Option<(i64, i64, Option<i64>)> = find
-                .query_row(params![row_id, &ack.lease_token.as_bytes()[..], self.now.as_millis()], |r| {
+            // A job acked earlier in this call is gone, as if deleted already.
+            let found: Option<(i64, i64, Option<i64>)> = if repeats && doomed.contains(&row_id) {
+                None
+            } else {
+                find.query_row(params![row_id, &ack.lease_token.as_bytes()[..], now], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()
-                .map_err(storage("acking a job"))?;
-            if deleted.is_some() {
-                delete.execute([row_id]).map_err(storage("acking a job"))?;
-            }
-            out.push(match deleted {
+                .map_err(storage("acking a job"))?
+            };
+            out.push(match found {
                 Some((queue_id, error_count, leased_at)) => {
+                    doomed.push(row_id);
                     if error_count > 0 {
-                        delete_errors(conn, to_i64(ack.id.get()))?;
+                        delete_errors(conn, row_id)?;
                     }
-                    self.count_move(queue_id, Some(state::LEASED), None);
-                    let label = self.label(queue_id);
-                    metrics::counter!(names::ACKS, "queue" => label.clone()).increment(1);
-                    if let Some(leased_at) = leased_at {
-                        let held = self.now.ms_since(Timestamp::from_millis(leased_at)) as f64 / 1000.0;
-                        metrics::histogram!(names::LEASE_TO_ACK, "queue" => label).record(held);
-                    }
+                    settled.add(queue_id, leased_at);
                     Ok(())
+                }
+                None if repeats && doomed.contains(&row_id) => {
+                    metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => "").increment(1);
+                    Err(Error::JobNotFound(ack.id))
                 }
                 None => match self.live_lease(conn, ack.id, &ack.lease_token) {
                     Ok(_) => Err(Error::Storage(format!("job {} has a live lease that ack could not delete", ack.id))),
                     Err(e) => Err(e),
                 },
             });
+        }
+        let mut deleted = 0;
+        for chunk in id_chunks(&doomed) {
+            deleted += conn
+                .prepare_cached(ACK_DELETE_SQL.get(chunk.len()))
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(chunk)))
+                .map_err(storage("acking a job"))?;
+        }
+        if deleted != doomed.len() {
+            return Err(Error::Storage(format!("ack deleted {deleted} of {} live leases", doomed.len())));
+        }
+        // Counts and metrics once per queue, not per job: label strings and metric handles cost
+        // more than the bookkeeping itself.
+        for tally in settled.queues {
+            self.count_move_n(tally.queue_id, Some(state::LEASED), None, tally.jobs);
+            let label = self.label(tally.queue_id);
+            metrics::counter!(names::ACKS, "queue" => label.clone()).increment(tally.jobs);
+            if !tally.held_s.is_empty() {
+                let histogram = metrics::histogram!(names::LEASE_TO_ACK, "queue" => label);
+                for held in tally.held_s {
+                    histogram.record(held);
+                }
+            }
         }
         Ok(out)
     }
@@ -928,6 +1040,126 @@ impl State {
     }
 }
 
+/// Rows per multi-row INSERT, largest first: a batch goes in as few statements as these sizes
+/// allow (100 jobs: 64 + 16 + 16 + 4), and each size is one cached statement.
+const INSERT_CHUNK_ROWS: [usize; 4] = [64, 16, 4, 1];
+/// Parameters every row of a multi-row INSERT shares: the first id, the queue, the enqueue time.
+const INSERT_SHARED_PARAMS: usize = 3;
+/// Parameters of each row of a multi-row INSERT.
+const INSERT_ROW_PARAMS: usize = 6;
+
+/// The multi-row INSERT of `rows` jobs without dedup ids (ids consecutive from `?1`).
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_CHUNK_ROWS
+            .iter()
+            .map(|&rows| {
+                let mut sql = String::from(
+                    "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
+                     dedup_id, headers, payload) VALUES ",
+                );
+                for row in 0..rows {
+                    let p = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
+                    if row > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!(
+                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    ));
+                }
+                sql
+            })
+            .collect()
+    });
+    let index = INSERT_CHUNK_ROWS.iter().position(|&r| r == rows).unwrap_or(INSERT_CHUNK_ROWS.len() - 1);
+    all.get(index).map_or("", String::as_str)
+}
+
+/// Sizes of the id lists of batched statements, largest first: `n` ids run as one statement per
+/// set bit of `n` (100 = 64 + 32 + 4), and each size is one cached statement.
+const ID_CHUNKS: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+
+/// Splits `ids` into chunks whose sizes are in [`ID_CHUNKS`].
+fn id_chunks(ids: &[i64]) -> impl Iterator<Item = &[i64]> {
+    let mut rest = ids;
+    std::iter::from_fn(move || {
+        let size = ID_CHUNKS.iter().copied().find(|&size| size <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// A statement over a list of ids, one text per size in [`ID_CHUNKS`], made on first use.
+struct IdListSql {
+    /// The statement with `{ids}` where the list goes.
+    template: &'static str,
+    texts: std::sync::OnceLock<Vec<String>>,
+}
+
+impl IdListSql {
+    const fn new(template: &'static str) -> Self {
+        IdListSql { template, texts: std::sync::OnceLock::new() }
+    }
+
+    /// The text for `n` ids (`n` one of [`ID_CHUNKS`]): `?1, ..., ?n` in place of `{ids}`.
+    fn get(&self, n: usize) -> &str {
+        let texts = self.texts.get_or_init(|| {
+            ID_CHUNKS
+                .iter()
+                .map(|&size| {
+                    let list: Vec<String> = (1..=size).map(|i| format!("?{i}")).collect();
+                    self.template.replace("{ids}", &list.join(", "))
+                })
+                .collect()
+        });
+        let index = ID_CHUNKS.iter().position(|&size| size == n).unwrap_or(ID_CHUNKS.len() - 1);
+        texts.get(index).map_or("", String::as_str)
+    }
+}
+
+/// Deletes acked jobs, each already found leased with the presented token.
+static ACK_DELETE_SQL: IdListSql = IdListSql::new("DELETE FROM jobs WHERE id IN ({ids}) AND state = 2");
+
+/// Jobs of one queue settled by one call.
+struct QueueTally {
+    queue_id: i64,
+    jobs: u64,
+    /// Seconds from lease to settle, of each job whose lease start is known.
+    held_s: Vec<f64>,
+}
+
+/// What one settle call did, by queue (a call usually touches one queue, so a short list).
+struct Settled {
+    queues: Vec<QueueTally>,
+    /// The clock reading of the transaction.
+    now: Timestamp,
+}
+
+impl Settled {
+    fn add(&mut self, queue_id: i64, leased_at: Option<i64>) {
+        let index = match self.queues.iter().position(|t| t.queue_id == queue_id) {
+            Some(index) => index,
+            None => {
+                self.queues.push(QueueTally { queue_id, jobs: 0, held_s: Vec::new() });
+                self.queues.len() - 1
+            }
+        };
+        let tally = &mut self.queues[index];
+        tally.jobs += 1;
+        if let Some(leased_at) = leased_at {
+            tally.held_s.push(self.now.ms_since(Timestamp::from_millis(leased_at)) as f64 / 1000.0);
+        }
+    }
+}
+
 /// A ready job as read for leasing.
 struct ReadyRow {
     id: i64,
@@ -940,8 +1172,6 @@ struct ReadyRow {
     headers: Option<String>,
     payload: Vec<u8>,
     error_count: i64,
-    /// The new lease's token.
-    token: Vec<u8>,
 }
 
 /// The lease columns of a job row.

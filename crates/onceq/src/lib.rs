@@ -16,6 +16,8 @@
 //! - [`token`]: `onceq token`, bearer tokens and their config entries.
 //! - [`relay`]: `onceq relay`, the transactional-outbox relay (`onceq-outbox`) to onceq, NATS
 //!   JetStream, RabbitMQ or a webhook.
+//! - [`verify`]: `onceq verify`, the delivery guarantees measured on a live target with injected
+//!   faults (`onceq-verify`).
 //! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
 //!   which talk to a running server through `onceq-client`.
 
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod relay;
 pub mod serve;
 pub mod token;
+pub mod verify;
 
 /// The README's code runs as a doc test, so its quick-start cannot rot.
 #[doc = include_str!("../../../README.md")]
@@ -109,6 +112,9 @@ pub enum Command {
     /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Stats(cli::stats::StatsArgs),
+    /// Measure the delivery guarantees on a live target with injected faults: lost jobs,
+    /// duplicate deliveries and duplicate effects per delivery mode.
+    Verify(verify::VerifyArgs),
 }
 
 /// A command's failure, and the exit code it maps to.
@@ -161,6 +167,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Job(args) => cli::job::run(&args),
         Command::Dlq(args) => cli::dlq::run(&args),
         Command::Stats(args) => cli::stats::run(&args),
+        Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,702 @@
+//! The checker: reads a [`History`] and reports, for its mode, what the service-tier matrix
+//! (DESIGN.md) promises about. It counts only definite violations: where the history cannot tell
+//! (an operation with an unknown outcome, two events closer than [`CLOCK_MARGIN_MS`] across
+//! clocks), it gives the target the benefit of the doubt, like Jepsen's queue checkers.
+//!
+//! # The rules
+//!
+//! Words: a *delivery* is one job of the `jobs` of a `Lease` completion with outcome ok; a
+//! *settle* is an `Ack` or `Nack`. A delivery's lease is identified by its (job id, lease token).
+//! A delivery was handed out by the store at some moment between its lease's invoke and
+//! completion; the checker takes the *latest* possible moment (the completion) when it must show
+//! that something was still live, and the *earliest* (the invoke) when it must show that something
+//! had already ended. Verify-clock times (`at_ms`) are compared with each other directly (one
+//! clock); a target-clock time (`lease_expires_at_ms`) is trusted only with [`CLOCK_MARGIN_MS`] to
+//! spare. Comparisons of verify-clock times are strict, so two events in the same millisecond
+//! are never ordered.
+//!
+//! Enqueues and values:
+//! - **enqueued**: distinct values with an `Enqueue` completion of outcome ok (a dedup duplicate
+//!   counts: the target vouches for the job).
+//! - **enqueue_unknown**: distinct values never enqueued with outcome ok, with at least one
+//!   enqueue whose outcome is unknown or that never completed (it may or may not exist). Values
+//!   whose enqueues all failed are in neither figure.
+//! - **recovered** (Jepsen's word): values never enqueued with outcome ok that were nevertheless
+//!   delivered, processed or dead-lettered, so the target did take them. Not a violation.
+//! - **delivered** / **processed**: distinct values with at least one delivery / one ledger effect.
+//! - **lost**: values enqueued (ok) with no effect in the ledger and not among the dead letters.
+//!   A violation in `at_least_once` and `effectively_once`; reported, permitted, in `at_most_once`.
+//! - **duplicate_deliveries**: per value, deliveries beyond the first, summed. Counted per value,
+//!   not per job: two jobs carrying one value (an enqueue retried without a dedup id) count too,
+//!   so the workload must send dedup ids where it retries enqueues in `at_most_once`.
+//!   A violation in `at_most_once` only.
+//! - **duplicate_effects**: per value, ledger effects beyond the first, summed. A violation in
+//!   `at_most_once` and `effectively_once`; permitted in `at_least_once`.
+//! - **unexpected**: distinct values delivered, processed or dead-lettered that no `Enqueue`
+//!   invoke carried (whatever its outcome). A violation in every mode.
+//!
+//! Leases (Invariants 2 and 3). Each applies in every mode; the workload neither extends nor
+//! releases leases and never redrives (the history has no such requests), so a lease ends only
+//! by expiry or by a settle, and the attempts of one job strictly increase from lease to lease.
+//! - **stale_acks_accepted** / **stale_nacks_accepted**: settles with outcome ok whose lease was
+//!   definitely no longer the job's live lease when the settle was invoked, in any of three ways:
+//!   1. *expired*: the settle was invoked more than [`CLOCK_MARGIN_MS`] after the lease's
+//!      `lease_expires_at_ms`;
+//!   2. *superseded*: a delivery of the same job with a higher attempt completed before the
+//!      settle was invoked (the store had handed the job out again, so the token was not current);
+//!   3. *settled*: another settle of the same lease had completed with outcome ok before this
+//!      one was invoked (an ack deletes the job, a nack ends the lease).
+//!
+//!   A settle refused by the target (`lease_lost`, `job_not_found`) must be recorded as outcome
+//!   fail; it then counts nowhere.
+//! - **overlapping_leases**: pairs of deliveries of one job that were definitely live at one
+//!   moment. A lease is definitely live from its completion until the earlier of its
+//!   `lease_expires_at_ms - CLOCK_MARGIN_MS` and the invoke of its first settle that may have
+//!   taken effect (outcome ok, unknown, or never completed). Two deliveries overlap when the later
+//!   completion of the two comes before both of those ends: at that moment both had been handed
+//!   out and neither had ended. The count is of pairs, found with a sweep per job.
+//!
+//! Dead letters (Invariants 4 and 5):
+//! - **dead**: distinct values among the dead letters.
+//! - **dead_more_than_once**: distinct dead jobs whose history contradicts going dead exactly once:
+//!   listed more than once; or handed out more times, or with a higher attempt, than the attempt
+//!   errors their dead letter carries (every attempt of a dead job ended in an error and each is
+//!   kept, so a delivery beyond them came after the job went dead, or its error was dropped); or
+//!   acked by a settle with outcome ok that was not stale (an acked job is deleted). Counted per
+//!   job, not per value: two jobs of one value (an enqueue retried without a dedup id) may each go
+//!   dead once. A violation in every mode.
+//!
+//! Time:
+//! - **drain_ms**: `drained_at_ms - last_fault_at_ms`, when a fault was injected.
+//!
+//! Besides the figures, two more conditions make a report fail: a history that
+//! [`History::validate`] rejects (its figures cannot be trusted), and settles accepted (outcome
+//! ok) for a lease that no recorded delivery handed out (either the history is incomplete or the
+//! target accepted a token it never issued).
+//!
+//! [`CLOCK_MARGIN_MS`]: crate::history::CLOCK_MARGIN_MS
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use onceq_core::DeliveryMode;
+
+use crate::history::{Event, History, Outcome, Request, Response, CLOCK_MARGIN_MS};
+
+/// How many example values or job ids a violation names.
+const EXAMPLES_MAX: usize = 5;
+
+/// What the checker found in one mode's history. See the [module docs](self) for the exact rule
+/// behind each figure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The mode checked.
+    pub mode: DeliveryMode,
+    /// Distinct values whose enqueue the target acknowledged (outcome ok).
+    pub enqueued: u64,
+    /// Distinct values whose enqueue outcome stayed unknown and never succeeded on a retry.
+    pub enqueue_unknown: u64,
+    /// Distinct values with at least one effect in the ledger.
+    pub processed: u64,
+    /// Acknowledged enqueues never processed and not in the dead letters.
+    pub lost: u64,
+    /// Deliveries beyond the first, summed over values (a lease handing a value out again).
+    pub duplicate_deliveries: u64,
+    /// Effects beyond the first, summed over values.
+    pub duplicate_effects: u64,
+    /// Values with an effect, delivered, or dead-lettered, that no enqueue ever carried.
+    pub unexpected: u64,
+    /// Acks that succeeded although their lease was no longer live (must be 0).
+    pub stale_acks_accepted: u64,
+    /// Pairs of leases of one job live at the same time (must be 0).
+    pub overlapping_leases: u64,
+    /// Distinct values in the dead letters at the end.
+    pub dead: u64,
+    /// Dead jobs whose history contradicts going dead exactly once: listed twice, delivered
+    /// beyond their recorded attempt errors, or acked (must be 0).
+    pub dead_more_than_once: u64,
+    /// Milliseconds from the last injected fault to the last settle, if a fault was injected.
+    pub drain_ms: Option<i64>,
+    /// The broken promises, in words; empty when the mode kept its promise.
+    pub violations: Vec<String>,
+    /// Distinct values handed out by at least one lease.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Values never enqueued with outcome ok that the target delivered, processed or
+    /// dead-lettered anyway (an enqueue with an unknown outcome that did take effect).
+    #[serde(default)]
+    pub recovered: u64,
+    /// Nacks that succeeded although their lease was no longer live (must be 0).
+    #[serde(default)]
+    pub stale_nacks_accepted: u64,
+}
+
+impl Report {
+    /// True when the mode kept its promise (and the invariants that hold in every mode held).
+    pub fn promise_kept(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// One figure of a [`Report`], for tables and for the rule of which mode forbids what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Figure {
+    /// [`Report::enqueued`].
+    Enqueued,
+    /// [`Report::enqueue_unknown`].
+    EnqueueUnknown,
+    /// [`Report::recovered`].
+    Recovered,
+    /// [`Report::delivered`].
+    Delivered,
+    /// [`Report::processed`].
+    Processed,
+    /// [`Report::lost`].
+    Lost,
+    /// [`Report::duplicate_deliveries`].
+    DuplicateDeliveries,
+    /// [`Report::duplicate_effects`].
+    DuplicateEffects,
+    /// [`Report::unexpected`].
+    Unexpected,
+    /// [`Report::stale_acks_accepted`].
+    StaleAcksAccepted,
+    /// [`Report::stale_nacks_accepted`].
+    StaleNacksAccepted,
+    /// [`Report::overlapping_leases`].
+    OverlappingLeases,
+    /// [`Report::dead`].
+    Dead,
+    /// [`Report::dead_more_than_once`].
+    DeadMoreThanOnce,
+    /// [`Report::drain_ms`].
+    DrainMs,
+}
+
+impl Figure {
+    /// Every figure, in the order reports show them.
+    pub const ALL: [Figure; 15] = [
+        Figure::Enqueued,
+        Figure::EnqueueUnknown,
+        Figure::Recovered,
+        Figure::Delivered,
+        Figure::Processed,
+        Figure::Lost,
+        Figure::DuplicateDeliveries,
+        Figure::DuplicateEffects,
+        Figure::Unexpected,
+        Figure::StaleAcksAccepted,
+        Figure::StaleNacksAccepted,
+        Figure::OverlappingLeases,
+        Figure::Dead,
+        Figure::DeadMoreThanOnce,
+        Figure::DrainMs,
+    ];
+
+    /// The figure's name, the same as its [`Report`] field and JSON key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Figure::Enqueued => "enqueued",
+            Figure::EnqueueUnknown => "enqueue_unknown",
+            Figure::Recovered => "recovered",
+            Figure::Delivered => "delivered",
+            Figure::Processed => "processed",
+            Figure::Lost => "lost",
+            Figure::DuplicateDeliveries => "duplicate_deliveries",
+            Figure::DuplicateEffects => "duplicate_effects",
+            Figure::Unexpected => "unexpected",
+            Figure::StaleAcksAccepted => "stale_acks_accepted",
+            Figure::StaleNacksAccepted => "stale_nacks_accepted",
+            Figure::OverlappingLeases => "overlapping_leases",
+            Figure::Dead => "dead",
+            Figure::DeadMoreThanOnce => "dead_more_than_once",
+            Figure::DrainMs => "drain_ms",
+        }
+    }
+
+    /// The figure's count in `report`; `None` for [`Figure::DrainMs`], which is a duration.
+    pub fn count(self, report: &Report) -> Option<u64> {
+        Some(match self {
+            Figure::Enqueued => report.enqueued,
+            Figure::EnqueueUnknown => report.enqueue_unknown,
+            Figure::Recovered => report.recovered,
+            Figure::Delivered => report.delivered,
+            Figure::Processed => report.processed,
+            Figure::Lost => report.lost,
+            Figure::DuplicateDeliveries => report.duplicate_deliveries,
+            Figure::DuplicateEffects => report.duplicate_effects,
+            Figure::Unexpected => report.unexpected,
+            Figure::StaleAcksAccepted => report.stale_acks_accepted,
+            Figure::StaleNacksAccepted => report.stale_nacks_accepted,
+            Figure::OverlappingLeases => report.overlapping_leases,
+            Figure::Dead => report.dead,
+            Figure::DeadMoreThanOnce => report.dead_more_than_once,
+            Figure::DrainMs => return None,
+        })
+    }
+
+    /// True when `mode` promises this figure is 0 (DESIGN.md's service-tier matrix and the
+    /// invariants that hold in every mode).
+    pub fn forbidden_in(self, mode: DeliveryMode) -> bool {
+        match self {
+            Figure::Lost => mode != DeliveryMode::AtMostOnce,
+            Figure::DuplicateDeliveries => mode == DeliveryMode::AtMostOnce,
+            Figure::DuplicateEffects => mode != DeliveryMode::AtLeastOnce,
+            Figure::Unexpected
+            | Figure::StaleAcksAccepted
+            | Figure::StaleNacksAccepted
+            | Figure::OverlappingLeases
+            | Figure::DeadMoreThanOnce => true,
+            Figure::Enqueued
+            | Figure::EnqueueUnknown
+            | Figure::Recovered
+            | Figure::Delivered
+            | Figure::Processed
+            | Figure::Dead
+            | Figure::DrainMs => false,
+        }
+    }
+
+    /// True when `report` shows this figure breaking its mode's promise.
+    pub fn breaks_promise(self, report: &Report) -> bool {
+        self.forbidden_in(report.mode) && self.count(report).is_some_and(|count| count > 0)
+    }
+}
+
+/// Checks one mode's history. See the [module docs](self) for every rule. Runs in time linear
+/// in the history's size (plus sorting the deliveries of each job).
+pub fn check(history: &History) -> Report {
+    let ops = index_operations(&history.events);
+
+    // Enqueues.
+    let mut carried: HashSet<u64> = HashSet::new();
+    let mut enqueued_ok: HashSet<u64> = HashSet::new();
+    let mut maybe_enqueued: HashSet<u64> = HashSet::new();
+    // Deliveries and settles.
+    let mut deliveries: Vec<Delivery<'_>> = Vec::new();
+    let mut settles: Vec<Settle<'_>> = Vec::new();
+
+    for (index, event) in history.events.iter().enumerate() {
+        let Event::Invoke { op, .. } = event else {
+            continue;
+        };
+        let Some(operation) = ops.get(op) else {
+            continue;
+        };
+        if operation.invoke_index != index {
+            continue; // a repeated op number: the first invoke stands (validate reports it)
+        }
+        let completion = operation.completion;
+        match operation.request {
+            Request::Enqueue { value, .. } => {
+                carried.insert(*value);
+                match completion.map(|c| c.outcome) {
+                    Some(Outcome::Ok) => {
+                        enqueued_ok.insert(*value);
+                    }
+                    Some(Outcome::Unknown) | None => {
+                        maybe_enqueued.insert(*value);
+                    }
+                    Some(Outcome::Fail) => {}
+                }
+            }
+            Request::Lease { .. } => {
+                let Some(done) = completion else { continue };
+                if done.outcome != Outcome::Ok {
+                    continue;
+                }
+                let Response::Leased { jobs } = done.response else {
+                    continue; // validate reports an ok lease without jobs
+                };
+                for lease in jobs {
+                    deliveries.push(Delivery {
+                        job_id: lease.job_id,
+                        value: lease.value,
+                        token: &lease.lease_token,
+                        attempt: lease.attempt,
+                        expires_at_ms: lease.lease_expires_at_ms,
+                        completed_at_ms: done.at_ms,
+                        settle_from_ms: i64::MAX,
+                        settled_ok_by_ms: i64::MAX,
+                    });
+                }
+            }
+            Request::Ack { job_id, lease_token } | Request::Nack { job_id, lease_token } => settles.push(Settle {
+                is_ack: matches!(operation.request, Request::Ack { .. }),
+                job_id: *job_id,
+                token: lease_token,
+                invoked_at_ms: operation.invoked_at_ms,
+                outcome: completion.map(|c| c.outcome),
+                completed_at_ms: completion.map(|c| c.at_ms),
+            }),
+        }
+    }
+
+    // Which delivery each settle names; when each lease may have, and surely has, been settled.
+    let mut lease_of: HashMap<(u64, &str), usize> = HashMap::with_capacity(deliveries.len());
+    for (index, delivery) in deliveries.iter().enumerate() {
+        lease_of.entry((delivery.job_id, delivery.token)).or_insert(index);
+    }
+    let settle_lease: Vec<Option<usize>> =
+        settles.iter().map(|settle| lease_of.get(&(settle.job_id, settle.token)).copied()).collect();
+    for (settle, lease) in settles.iter().zip(&settle_lease) {
+        let Some(lease) = *lease else { continue };
+        let delivery = &mut deliveries[lease];
+        if settle.outcome != Some(Outcome::Fail) {
+            delivery.settle_from_ms = delivery.settle_from_ms.min(settle.invoked_at_ms);
+        }
+        if let (Some(Outcome::Ok), Some(at_ms)) = (settle.outcome, settle.completed_at_ms) {
+            delivery.settled_ok_by_ms = delivery.settled_ok_by_ms.min(at_ms);
+        }
+    }
+
+    // Per job: when a later attempt was first handed out, and the overlapping pairs.
+    let mut by_job: Vec<usize> = (0..deliveries.len()).collect();
+    by_job.sort_unstable_by_key(|&i| (deliveries[i].job_id, deliveries[i].attempt));
+    // Per delivery: the earliest completion of a delivery of the same job with a higher attempt.
+    let mut superseded_by_ms = vec![i64::MAX; deliveries.len()];
+    let mut overlapping_leases = 0u64;
+    let mut overlap_jobs: Vec<u64> = Vec::new();
+    let mut jobs: HashMap<u64, JobSummary> = HashMap::new();
+    for run in by_job.chunk_by(|&a, &b| deliveries[a].job_id == deliveries[b].job_id) {
+        // `run` is sorted by attempt: walk its attempts from the highest down, keeping the
+        // earliest completion of the attempts above the current one.
+        let mut earliest_above = i64::MAX;
+        for group in run.chunk_by(|&a, &b| deliveries[a].attempt == deliveries[b].attempt).rev() {
+            let mut earliest_here = i64::MAX;
+            for &i in group {
+                superseded_by_ms[i] = earliest_above;
+                earliest_here = earliest_here.min(deliveries[i].completed_at_ms);
+            }
+            earliest_above = earliest_above.min(earliest_here);
+        }
+
+        let job_id = deliveries[run[0]].job_id;
+        let pairs = overlapping_pairs(&deliveries, run);
+        if pairs > 0 {
+            overlapping_leases += pairs;
+            overlap_jobs.push(job_id);
+        }
+        jobs.insert(
+            job_id,
+            JobSummary {
+                deliveries: u32::try_from(run.len()).unwrap_or(u32::MAX),
+                attempt_max: deliveries[run[run.len() - 1]].attempt,
+                acked: false,
+            },
+        );
+    }
+
+    // Stale settles.
+    let mut stale_acks = Vec::new();
+    let mut stale_nacks = Vec::new();
+    let mut untraceable = Vec::new();
+    for (settle, lease) in settles.iter().zip(&settle_lease) {
+        if settle.outcome != Some(Outcome::Ok) {
+            continue;
+        }
+        let Some(lease) = *lease else {
+            untraceable.push(settle.job_id);
+            continue;
+        };
+        let delivery = &deliveries[lease];
+        let expired = settle.invoked_at_ms > delivery.expires_at_ms.saturating_add(CLOCK_MARGIN_MS);
+        let superseded = superseded_by_ms[lease] < settle.invoked_at_ms;
+        let settled = delivery.settled_ok_by_ms < settle.invoked_at_ms;
+        if expired || superseded || settled {
+            if settle.is_ack {
+                stale_acks.push(settle.job_id);
+            } else {
+                stale_nacks.push(settle.job_id);
+            }
+        } else if settle.is_ack {
+            if let Some(job) = jobs.get_mut(&settle.job_id) {
+                job.acked = true;
+            }
+        }
+    }
+
+    // Values delivered and effected.
+    let mut delivered_count: HashMap<u64, u64> = HashMap::new();
+    for delivery in &deliveries {
+        *delivered_count.entry(delivery.value).or_default() += 1;
+    }
+    let mut effect_count: HashMap<u64, u64> = HashMap::new();
+    for effect in &history.effects {
+        *effect_count.entry(effect.value).or_default() += 1;
+    }
+
+    // Dead letters.
+    let mut dead_values: HashSet<u64> = HashSet::new();
+    let mut dead_listings: HashMap<u64, (u32, u32)> = HashMap::new(); // job → (listings, errors)
+    for dead in &history.dead {
+        dead_values.insert(dead.value);
+        let entry = dead_listings.entry(dead.job_id).or_insert((0, dead.errors));
+        entry.0 += 1;
+        entry.1 = entry.1.min(dead.errors);
+    }
+    let mut dead_twice: Vec<u64> = Vec::new();
+    for (job_id, (listings, errors)) in &dead_listings {
+        let contradicted =
+            jobs.get(job_id).is_some_and(|job| job.acked || job.deliveries > *errors || job.attempt_max > *errors);
+        if *listings > 1 || contradicted {
+            dead_twice.push(*job_id);
+        }
+    }
+
+    // Values.
+    let mut lost: Vec<u64> = enqueued_ok
+        .iter()
+        .filter(|value| !effect_count.contains_key(value) && !dead_values.contains(value))
+        .copied()
+        .collect();
+    let taken =
+        delivered_count.keys().chain(effect_count.keys()).chain(dead_values.iter()).copied().collect::<HashSet<u64>>();
+    let mut unexpected = Vec::new();
+    let mut recovered = 0u64;
+    for value in &taken {
+        if !carried.contains(value) {
+            unexpected.push(*value);
+        } else if !enqueued_ok.contains(value) {
+            recovered += 1;
+        }
+    }
+    let enqueue_unknown = maybe_enqueued.difference(&enqueued_ok).count() as u64;
+    let (duplicate_deliveries, mut duplicate_delivery_values) = beyond_first(&delivered_count);
+    let (duplicate_effects, mut duplicate_effect_values) = beyond_first(&effect_count);
+
+    let mut report = Report {
+        mode: history.mode,
+        enqueued: enqueued_ok.len() as u64,
+        enqueue_unknown,
+        processed: effect_count.len() as u64,
+        lost: lost.len() as u64,
+        duplicate_deliveries,
+        duplicate_effects,
+        unexpected: unexpected.len() as u64,
+        stale_acks_accepted: stale_acks.len() as u64,
+        overlapping_leases,
+        dead: dead_values.len() as u64,
+        dead_more_than_once: dead_twice.len() as u64,
+        drain_ms: history.last_fault_at_ms.map(|fault| history.drained_at_ms.saturating_sub(fault)),
+        violations: Vec::new(),
+        delivered: delivered_count.len() as u64,
+        recovered,
+        stale_nacks_accepted: stale_nacks.len() as u64,
+    };
+
+    // The broken promises, in the order of the figures.
+    let mode = history.mode.as_str();
+    let mut violations = Vec::new();
+    for figure in Figure::ALL {
+        if !figure.breaks_promise(&report) {
+            continue;
+        }
+        let sentence = match figure {
+            Figure::Lost => format!(
+                "{mode} promises no loss: {} never processed ({})",
+                counted(report.lost, "acknowledged enqueue was", "acknowledged enqueues were"),
+                examples("value", std::mem::take(&mut lost)),
+            ),
+            Figure::DuplicateDeliveries => format!(
+                "{mode} promises no duplicate delivery: {} beyond the first ({})",
+                counted(report.duplicate_deliveries, "delivery", "deliveries"),
+                examples("value", std::mem::take(&mut duplicate_delivery_values)),
+            ),
+            Figure::DuplicateEffects => format!(
+                "{mode} promises no duplicate effect: {} beyond the first ({})",
+                counted(report.duplicate_effects, "effect", "effects"),
+                examples("value", std::mem::take(&mut duplicate_effect_values)),
+            ),
+            Figure::Unexpected => format!(
+                "every mode delivers only what was enqueued: {} delivered, processed or \
+                 dead-lettered that no enqueue carried ({})",
+                counted(report.unexpected, "value was", "values were"),
+                examples("value", std::mem::take(&mut unexpected)),
+            ),
+            Figure::StaleAcksAccepted => format!(
+                "every mode fences acks (Invariant 3): {} accepted for a lease no longer live ({})",
+                counted(report.stale_acks_accepted, "ack was", "acks were"),
+                examples("job", std::mem::take(&mut stale_acks)),
+            ),
+            Figure::StaleNacksAccepted => format!(
+                "every mode fences nacks (Invariant 3): {} accepted for a lease no longer live ({})",
+                counted(report.stale_nacks_accepted, "nack was", "nacks were"),
+                examples("job", std::mem::take(&mut stale_nacks)),
+            ),
+            Figure::OverlappingLeases => format!(
+                "every mode holds at most one live lease per job (Invariant 2): {} live at once \
+                 ({})",
+                counted(report.overlapping_leases, "pair of leases of one job was", "pairs of leases of one job were"),
+                examples("job", std::mem::take(&mut overlap_jobs)),
+            ),
+            Figure::DeadMoreThanOnce => format!(
+                "every mode dead-letters a job exactly once (Invariants 4 and 5): {} listed \
+                 twice, acked, or handed out beyond the attempt errors on record ({})",
+                counted(report.dead_more_than_once, "dead job was", "dead jobs were"),
+                examples("job", std::mem::take(&mut dead_twice)),
+            ),
+            Figure::Enqueued
+            | Figure::EnqueueUnknown
+            | Figure::Recovered
+            | Figure::Delivered
+            | Figure::Processed
+            | Figure::Dead
+            | Figure::DrainMs => continue,
+        };
+        violations.push(sentence);
+    }
+    if !untraceable.is_empty() {
+        violations.push(format!(
+            "{} accepted for a lease that no recorded lease handed out ({}): the history is \
+             incomplete or the target accepted a token it never issued",
+            counted(untraceable.len() as u64, "ack or nack was", "acks or nacks were"),
+            examples("job", untraceable),
+        ));
+    }
+    if let Err(error) = history.validate() {
+        violations.push(format!("{error}; the figures above cannot be trusted"));
+    }
+    report.violations = violations;
+    report
+}
+
+/// One operation of the history: its invoke and, if any, its completion.
+struct Operation<'h> {
+    /// Index of its (first) invoke in `History::events`.
+    invoke_index: usize,
+    invoked_at_ms: i64,
+    request: &'h Request,
+    completion: Option<Completion<'h>>,
+}
+
+#[derive(Clone, Copy)]
+struct Completion<'h> {
+    at_ms: i64,
+    outcome: Outcome,
+    response: &'h Response,
+}
+
+/// Pairs every op number with its first invoke and its first completion after it.
+fn index_operations(events: &[Event]) -> HashMap<u64, Operation<'_>> {
+    let mut ops: HashMap<u64, Operation<'_>> = HashMap::with_capacity(events.len() / 2 + 1);
+    for (index, event) in events.iter().enumerate() {
+        match event {
+            Event::Invoke { op, at_ms, request, .. } => {
+                ops.entry(*op).or_insert(Operation {
+                    invoke_index: index,
+                    invoked_at_ms: *at_ms,
+                    request,
+                    completion: None,
+                });
+            }
+            Event::Complete { op, at_ms, outcome, response } => {
+                if let Some(operation) = ops.get_mut(op) {
+                    if operation.completion.is_none() {
+                        operation.completion = Some(Completion { at_ms: *at_ms, outcome: *outcome, response });
+                    }
+                }
+            }
+        }
+    }
+    ops
+}
+
+/// One job handed out by a lease completed ok.
+struct Delivery<'h> {
+    job_id: u64,
+    value: u64,
+    token: &'h str,
+    attempt: u32,
+    /// Target clock.
+    expires_at_ms: i64,
+    /// The lease's completion: the latest moment the store can have handed it out.
+    completed_at_ms: i64,
+    /// The earliest invoke of a settle of this lease that may have taken effect (ok, unknown,
+    /// never completed); `i64::MAX` when none.
+    settle_from_ms: i64,
+    /// The earliest completion of a settle of this lease with outcome ok; `i64::MAX` when none.
+    settled_ok_by_ms: i64,
+}
+
+impl Delivery<'_> {
+    /// Until when (verify clock, exclusive) the lease was definitely live, given that it was.
+    fn live_until_ms(&self) -> i64 {
+        self.expires_at_ms.saturating_sub(CLOCK_MARGIN_MS).min(self.settle_from_ms)
+    }
+}
+
+struct Settle<'h> {
+    is_ack: bool,
+    job_id: u64,
+    token: &'h str,
+    invoked_at_ms: i64,
+    /// `None` when the settle never completed.
+    outcome: Option<Outcome>,
+    completed_at_ms: Option<i64>,
+}
+
+/// What the dead-letter rule needs to know of one job's deliveries.
+struct JobSummary {
+    deliveries: u32,
+    attempt_max: u32,
+    /// A settle with outcome ok, not stale, acked one of its leases.
+    acked: bool,
+}
+
+/// Counts the pairs of `run`'s deliveries (all of one job) definitely live at one moment: sorted
+/// by completion, each delivery overlaps the earlier ones still live at its completion, provided
+/// it is itself live then. A min-heap of the earlier ones' ends keeps this O(n log n).
+fn overlapping_pairs(deliveries: &[Delivery<'_>], run: &[usize]) -> u64 {
+    if run.len() < 2 {
+        return 0;
+    }
+    let mut order: Vec<usize> = run.to_vec();
+    order.sort_unstable_by_key(|&i| deliveries[i].completed_at_ms);
+    let mut live_ends: BinaryHeap<Reverse<i64>> = BinaryHeap::new();
+    let mut pairs = 0u64;
+    for &i in &order {
+        let delivery = &deliveries[i];
+        let at_ms = delivery.completed_at_ms;
+        while live_ends.peek().is_some_and(|Reverse(end)| *end <= at_ms) {
+            live_ends.pop();
+        }
+        let end = delivery.live_until_ms();
+        if at_ms < end {
+            pairs += live_ends.len() as u64;
+            live_ends.push(Reverse(end));
+        }
+    }
+    pairs
+}
+
+/// Sums the counts beyond the first, and lists the keys counted more than once.
+fn beyond_first(counts: &HashMap<u64, u64>) -> (u64, Vec<u64>) {
+    let mut total = 0;
+    let mut keys = Vec::new();
+    for (key, count) in counts {
+        if *count > 1 {
+            total += count - 1;
+            keys.push(*key);
+        }
+    }
+    (total, keys)
+}
+
+/// "1 ack was" / "3 acks were": `count` and the words that agree with it.
+fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// "values 3, 17, 204" (the smallest few, then "...").
+fn examples(noun: &str, mut keys: Vec<u64>) -> String {
+    keys.sort_unstable();
+    keys.dedup();
+    let shown: Vec<String> = keys.iter().take(EXAMPLES_MAX).map(u64::to_string).collect();
+    let more = if keys.len() > EXAMPLES_MAX { ", ..." } else { "" };
+    let plural = if keys.len() == 1 { "" } else { "s" };
+    let noun = if noun == "job" { "job id" } else { noun };
+    format!("{noun}{plural} {}{more}", shown.join(", "))
+}

@@ -1,0 +1,29 @@
+//! onceq-verify: the engine of `onceq verify`.
+//!
+//! A run drives a workload against a target (the embedded store in-process, a server, or
+//! PostgreSQL), injects faults, and records every operation it makes in a [`history::History`]:
+//! when each was invoked, when it completed, and with what outcome (ok, fail, or unknown, when
+//! the caller cannot tell whether it took effect). Workers record each effect they apply in a
+//! ledger, apart from the queue. The [`checker`] then reads the history and the ledger and counts,
+//! per delivery mode, what DESIGN.md's service-tier matrix promises about: lost jobs, duplicate
+//! deliveries, duplicate effects, jobs processed that were never enqueued, stale acks accepted,
+//! overlapping live leases, and dead letters.
+//!
+//! # Layout
+//!
+//! - [`history`]: what a run records (operations, effects, dead letters), its JSON-lines form,
+//!   and what a recorder must guarantee.
+//! - [`checker`]: the rules, per mode, turning a history into a [`checker::Report`].
+//! - [`report`]: the table and JSON of a run's reports.
+//! - [`workload`]: producers, workers, the recorder and the drain; [`faults`]: the injected
+//!   faults, their rates and seeded schedule; [`target`]: the embedded store, a server (given or
+//!   managed) or PostgreSQL; [`ledger`]: where workers record effects (SQLite, or a table in the
+//!   target PostgreSQL, written in the job's transaction).
+
+pub mod checker;
+pub mod faults;
+pub mod history;
+pub mod ledger;
+pub mod report;
+pub mod target;
+pub mod workload;

@@ -1,0 +1,118 @@
+//! How `onceq verify` shows its [`Report`]s: a table of figure × mode for people, JSON for
+//! machines.
+//!
+//! The table has one row per [`Figure`] and one column per report (headed by its mode), then a
+//! `total` column: the sum of each count over the reports, and for `drain_ms` the longest drain.
+//! A count that breaks its mode's promise is marked `!`. Under the table comes one line per
+//! report: `PASS <mode>` when it kept its promise, else one `FAIL <mode>: <broken promise>` line
+//! per violation.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::checker::{Figure, Report};
+
+/// The marker after a count that breaks its mode's promise.
+const BROKEN_MARK: char = '!';
+
+/// True when every report kept its mode's promise (what `onceq verify`'s exit status says).
+pub fn promises_kept(reports: &[Report]) -> bool {
+    reports.iter().all(Report::promise_kept)
+}
+
+/// Renders the reports as a table of figure × mode with totals, then a PASS/FAIL line per mode.
+pub fn render_table(reports: &[Report]) -> String {
+    let mut header = vec!["figure".to_owned()];
+    header.extend(reports.iter().map(|report| report.mode.as_str().to_owned()));
+    header.push("total".to_owned());
+
+    let mut rows = vec![header];
+    for figure in Figure::ALL {
+        let mut row = vec![figure.name().to_owned()];
+        for report in reports {
+            row.push(cell(figure, report));
+        }
+        row.push(total(figure, reports));
+        rows.push(row);
+    }
+
+    let columns = rows[0].len();
+    let widths: Vec<usize> =
+        (0..columns).map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0)).collect();
+
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (column, text) in row.iter().enumerate() {
+            if column == 0 {
+                let _ = write!(line, "{text:<width$}", width = widths[0]);
+            } else {
+                let _ = write!(line, "  {text:>width$}", width = widths[column]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let _ = writeln!(out, "{BROKEN_MARK} breaks the mode's promise");
+    out.push('\n');
+    for report in reports {
+        let mode = report.mode.as_str();
+        if report.violations.is_empty() {
+            let _ = writeln!(out, "PASS {mode}");
+        }
+        for violation in &report.violations {
+            let _ = writeln!(out, "FAIL {mode}: {violation}");
+        }
+    }
+    out
+}
+
+/// One report's cell for `figure`: the count, marked when it breaks the promise (a space keeps
+/// the digits aligned otherwise); `drain_ms` or `-` when no fault was injected.
+fn cell(figure: Figure, report: &Report) -> String {
+    match figure.count(report) {
+        Some(count) => {
+            let mark = if figure.breaks_promise(report) { BROKEN_MARK } else { ' ' };
+            format!("{count}{mark}")
+        }
+        None => match report.drain_ms {
+            Some(drain_ms) => format!("{drain_ms} "),
+            None => "- ".to_owned(),
+        },
+    }
+}
+
+/// The `total` cell: the sum of the counts, or the longest drain.
+fn total(figure: Figure, reports: &[Report]) -> String {
+    if figure.count_is_duration() {
+        return match reports.iter().filter_map(|report| report.drain_ms).max() {
+            Some(drain_ms) => format!("{drain_ms} "),
+            None => "- ".to_owned(),
+        };
+    }
+    let sum: u64 = reports.iter().filter_map(|report| figure.count(report)).fold(0u64, u64::saturating_add);
+    format!("{sum} ")
+}
+
+impl Figure {
+    /// True for the figure that is a duration, not a count.
+    fn count_is_duration(self) -> bool {
+        self == Figure::DrainMs
+    }
+}
+
+/// The JSON document `onceq verify --json` prints.
+#[derive(Debug, Serialize)]
+struct JsonOutput<'a> {
+    /// Whether every report kept its mode's promise.
+    promises_kept: bool,
+    /// The reports, in run order.
+    reports: &'a [Report],
+}
+
+/// Renders the reports as pretty JSON: `{"promises_kept": bool, "reports": [Report, ...]}`, each
+/// report with every figure under its field name and its `violations`.
+pub fn render_json(reports: &[Report]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&JsonOutput { promises_kept: promises_kept(reports), reports })
+}
