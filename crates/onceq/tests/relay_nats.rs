@@ -294,6 +294,47 @@ async fn relay_killed_after_publish_again_and_again_leaves_each_message_once_in_
     assert!(!held.contains_key(&format!("{}-{never}", schema.name)), "a rolled-back message was published");
 }
 
+/// Two relays serve one outbox at once, both crashing now and then after a publish: JetStream
+/// still holds each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_at_once_leave_each_message_once_in_jetstream() {
+    const MESSAGES: usize = 60;
+    let schema = OutboxSchema::create("nats_two").await;
+    let stream_name = unique("onceq_relay2");
+    let subject_prefix = unique("onceq_relay2");
+    let subject = format!("{subject_prefix}.orders");
+    let _jetstream = stream_create(&nats_url(), &stream_name, &format!("{subject_prefix}.>")).await;
+    let _cleanup = StreamDelete { url: nats_url(), name: stream_name.clone() };
+    let messages: Vec<Message> = (0..MESSAGES).map(|n| numbered(&subject, n)).collect();
+    let ids = schema.stage_committed(&messages).await;
+
+    let logs = tempfile::tempdir().unwrap();
+    let logs = [logs.path().join("a.log"), logs.path().join("b.log")];
+    let start = |i: usize| relay(&schema, &nats_url(), 2, Some("crash_after_publish:0.1"), &logs[i]);
+    let mut relays = [start(0), start(1)];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut crashes = 0u32;
+    loop {
+        for (i, relay) in relays.iter_mut().enumerate() {
+            if let Some(status) = relay.0.try_wait().unwrap() {
+                assert_eq!(status.signal(), Some(6), "relay {i} exited with {status}\n{}", log_text(&logs[i]));
+                crashes += 1;
+                *relay = start(i);
+            }
+        }
+        let (pending, parked) = schema.backlog().await;
+        assert!(parked.is_empty(), "the relays parked messages: {parked:?}");
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} messages still pending after 120 s ({crashes} crashes)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("drained with two relays, {crashes} aborts after a publish");
+    let held = stream_contents(&nats_url(), &stream_name).await;
+    assert_exactly_once(&held, &schema.name, &ids);
+}
+
 /// Deletes a stream of the shared NATS when dropped, also when the test fails.
 struct StreamDelete {
     url: String,
