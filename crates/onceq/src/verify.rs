@@ -129,6 +129,10 @@ pub struct VerifyArgs {
     /// Write each mode's history as JSON lines to DIR/<mode>.jsonl, to check again or inspect.
     #[arg(long, value_name = "DIR")]
     pub history_out: Option<PathBuf>,
+    /// Run nothing: check histories written by --history-out (one file per mode) again, print
+    /// their reports (table, or --json) and exit as a run would (1 when a promise is broken).
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["store", "server", "managed_server", "history_out"])]
+    pub check: Vec<PathBuf>,
     /// Leave each mode's queue (and its dead letters) on the target; by default verify deletes
     /// it once read.
     #[arg(long)]
@@ -223,8 +227,39 @@ pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError>
     Ok((spec, config))
 }
 
+/// Checks recorded histories again (`--check`): no workload runs.
+fn check_files(args: &VerifyArgs) -> Result<(), CliError> {
+    let mut reports = Vec::with_capacity(args.check.len());
+    for path in &args.check {
+        let file = std::fs::File::open(path).map_err(|e| usage(format!("--check {}: {e}", path.display())))?;
+        let history = onceq_verify::history::History::read_jsonl(std::io::BufReader::new(file))
+            .map_err(|e| usage(format!("--check {}: not a verify history: {e}", path.display())))?;
+        reports.push(check(&history));
+    }
+    if args.json {
+        let json = onceq_verify::report::render_json(&reports)
+            .map_err(|e| CliError::Failed(format!("cannot encode the reports: {e}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", onceq_verify::report::render_table(&reports));
+    }
+    let broken: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.promise_kept())
+        .map(|r| format!("{} ({})", r.mode.as_str(), r.violations.join("; ")))
+        .collect();
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("promise broken: {}", broken.join(", "))))
+    }
+}
+
 /// Runs `onceq verify`.
 pub fn run(args: &VerifyArgs, command_line: &str) -> Result<(), CliError> {
+    if !args.check.is_empty() {
+        return check_files(args);
+    }
     let (spec, config) = plan(args)?;
     if let Some(dir) = &args.history_out {
         std::fs::create_dir_all(dir)

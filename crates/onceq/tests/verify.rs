@@ -270,3 +270,47 @@ async fn jobs_that_keep_failing_go_dead_exactly_once_and_are_not_lost() {
         assert_eq!(figure(report, "stale_acks_accepted"), 0, "{mode}: {report:#}");
     }
 }
+
+/// `--check` reads the histories a run wrote with `--history-out` and reports exactly what the
+/// run reported; a history with one effect applied twice more breaks effectively_once's promise.
+#[tokio::test]
+async fn saved_histories_check_again_to_the_same_reports_and_a_tampered_one_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap().to_owned();
+    let run = verify(&args(&[
+        "--modes",
+        "at_least_once,effectively_once",
+        "--all-faults",
+        "--seed",
+        "21",
+        "--jobs",
+        "500",
+        "--history-out",
+        &out,
+    ]))
+    .await;
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (kept, ran) = reports(&run);
+    assert!(kept);
+    let files: Vec<String> = ["at_least_once", "effectively_once"]
+        .iter()
+        .map(|mode| dir.path().join(format!("{mode}.jsonl")).to_str().unwrap().to_owned())
+        .collect();
+    let mut check = args(&["--check"]);
+    check.extend(files.iter().cloned());
+    let again = verify(&check).await;
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(reports(&again), (true, ran.clone()));
+
+    // One effect of effectively_once recorded twice: a duplicate effect, a broken promise.
+    let text = std::fs::read_to_string(&files[1]).unwrap();
+    let effect = text.lines().find(|l| l.contains("\"record\":\"effect\"")).expect("an effect line").to_owned();
+    std::fs::write(&files[1], format!("{text}{effect}\n")).unwrap();
+    let tampered = verify(&check).await;
+    assert_eq!(tampered.status.code(), Some(1), "{}", String::from_utf8_lossy(&tampered.stderr));
+    let (kept, by_mode) = reports(&tampered);
+    assert!(!kept);
+    let before = ran["effectively_once"]["duplicate_effects"].as_u64().unwrap();
+    assert_eq!(by_mode["effectively_once"]["duplicate_effects"].as_u64(), Some(before + 1));
+    assert_eq!(by_mode["at_least_once"], ran["at_least_once"]);
+}
