@@ -3,6 +3,8 @@
 //! failure, which changed nothing and may simply run again).
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use onceq_core::Error;
 
@@ -10,14 +12,37 @@ use onceq_core::Error;
 /// is run before the failure is reported.
 const ROLLED_BACK_TRIES_MAX: u32 = 4;
 
-/// Where the store connects, for messages: host, port and database, never the password.
+/// How long after a connection failed every pooled connection is pinged before use, however
+/// briefly it was idle: the failure may have been a restart or failover that cut them all.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// Where the store connects, for messages (host, port and database, never the password), and
+/// when a connection to it last failed.
 #[derive(Debug, Clone)]
-pub(crate) struct Target(pub String);
+pub(crate) struct Target {
+    pub(crate) name: String,
+    /// Until when pooled connections are suspect (see [`SUSPECT_FOR`]); `None` if none failed.
+    suspect_until: Arc<Mutex<Option<Instant>>>,
+}
 
 impl Target {
     pub(crate) fn of(options: &sqlx::postgres::PgConnectOptions) -> Self {
         let database = options.get_database().unwrap_or("(default database)");
-        Target(format!("{}:{}/{database}", options.get_host(), options.get_port()))
+        Target {
+            name: format!("{}:{}/{database}", options.get_host(), options.get_port()),
+            suspect_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Whether a connection failed within the last [`SUSPECT_FOR`].
+    pub(crate) fn suspect(&self) -> bool {
+        let until = *self.suspect_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn connection_failed(&self) {
+        *self.suspect_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Instant::now() + SUSPECT_FOR);
     }
 }
 
@@ -38,7 +63,15 @@ fn rolled_back(error: &sqlx::Error) -> bool {
 
 /// Maps a sqlx error met while `context` onto the seam's kinds.
 pub(crate) fn map(target: &Target, context: &str, error: sqlx::Error) -> Error {
-    let target = &target.0;
+    let connection_lost = match &error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| unavailable_code(&code)),
+        _ => false,
+    };
+    if connection_lost {
+        target.connection_failed();
+    }
+    let target = &target.name;
     match error {
         sqlx::Error::PoolTimedOut => Error::Unavailable(format!(
             "{context}: no PostgreSQL connection could be had in time from {target}; the server may be down, \

@@ -111,18 +111,22 @@ idempotency AS (
 SELECT 1
 "#;
 
-/// Claims up to `$3` ready jobs of queue `$2` in lease order, skipping rows another lease holds.
+/// Claims up to `{limit}` ready jobs of queue `$2` in lease order, skipping rows another lease
+/// holds. The limit is a literal, not a parameter: with `LIMIT $3` PostgreSQL's generic plan
+/// guesses that a tenth of the table is wanted, costs it above the custom plans and so plans
+/// every lease afresh, which took more CPU than running it (one cached statement per batch size
+/// is the price; sqlx keeps up to 100 per connection).
 const LEASE: &str = r#"
 WITH picked AS (
     SELECT id FROM {s}.jobs
     WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
     ORDER BY priority DESC, run_at, id
-    LIMIT $3
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ),
 numbered AS (SELECT id, row_number() OVER () AS rn FROM picked)
 UPDATE {s}.jobs j
-SET state = 2, attempt = j.attempt + 1, lease_token = ($4::bytea[])[n.rn::int4], lease_expires_at = $5, leased_at = $1
+SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4], lease_expires_at = $4, leased_at = $1
 FROM numbered n
 WHERE j.id = n.id
 RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
@@ -130,13 +134,13 @@ RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, 
 "#;
 
 /// The lease of an `at_most_once` queue: the lease is the ack, so the jobs go as they are handed
-/// out. `$1` queue, `$2` most jobs.
+/// out. `$1` queue, `{limit}` most jobs (a literal, as in [`LEASE`]).
 const LEASE_AND_DELETE: &str = r#"
 WITH picked AS (
     SELECT id FROM {s}.jobs
     WHERE queue_id = $1 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $1 AND paused)
     ORDER BY priority DESC, run_at, id
-    LIMIT $2
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ),
 gone AS (
@@ -747,19 +751,13 @@ impl PgStore {
         let max_jobs = i64::from(options.max_jobs);
         let at_most_once = q.config.delivery == DeliveryMode::AtMostOnce;
         let rows = if at_most_once {
-            let sql = self.sql(LEASE_AND_DELETE);
-            self.run("leasing jobs", || sqlx::query(&sql).bind(q.id).bind(max_jobs).fetch_all(&self.inner.pool)).await?
+            let sql = self.sql(&LEASE_AND_DELETE.replace("{limit}", &max_jobs.to_string()));
+            self.run("leasing jobs", || sqlx::query(&sql).bind(q.id).fetch_all(&self.inner.pool)).await?
         } else {
-            let sql = self.sql(LEASE);
+            let sql = self.sql(&LEASE.replace("{limit}", &max_jobs.to_string()));
             let tokens = lease_tokens(options.max_jobs as usize);
             self.run("leasing jobs", || {
-                sqlx::query(&sql)
-                    .bind(now)
-                    .bind(q.id)
-                    .bind(max_jobs)
-                    .bind(&tokens)
-                    .bind(expires_at)
-                    .fetch_all(&self.inner.pool)
+                sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&self.inner.pool)
             })
             .await?
         };

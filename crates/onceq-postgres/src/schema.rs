@@ -272,13 +272,13 @@ pub(crate) async fn connect_once(options: &sqlx::postgres::PgConnectOptions, tar
         sqlx::Error::Io(io) => Error::Unavailable(format!(
             "cannot connect to PostgreSQL at {}: {io}. Is the server running and reachable? Start it, or fix the \
              host and port in the database URL",
-            target.0
+            target.name
         )),
         sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28") || c == "3D000") => {
             Error::Storage(format!(
                 "PostgreSQL at {} refused the connection: {} (SQLSTATE {}); check the user, password and database \
                  in the URL",
-                target.0,
+                target.name,
                 db.message(),
                 db.code().unwrap_or_default()
             ))

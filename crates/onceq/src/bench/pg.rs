@@ -155,13 +155,13 @@ WITH picked AS (
     SELECT id FROM {s}.jobs
     WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
     ORDER BY priority DESC, run_at, id
-    LIMIT $3
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ),
 numbered AS (SELECT id, row_number() OVER () AS rn FROM picked),
 leased AS (
 UPDATE {s}.jobs j
-SET state = 2, attempt = j.attempt + 1, lease_token = ($4::bytea[])[n.rn::int4], lease_expires_at = $5, leased_at = $1
+SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4], lease_expires_at = $4, leased_at = $1
 FROM numbered n
 WHERE j.id = n.id
 RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
@@ -261,13 +261,12 @@ impl Target {
         let mut script = self.sql(APPLY_DUE, &[(2, format!("'{QUEUE}'"))]);
         script.push_str("\\gset d_\n");
         script.push_str(&self.sql(
-            LEASE,
+            &LEASE.replace("{limit}", &per_call.to_string()),
             &[
                 (1, ":d_now::int8".into()),
                 (2, ":d_id::int8".into()),
-                (3, format!("{per_call}::int8")),
-                (4, format!("ARRAY(SELECT decode(md5(random()::text), 'hex') FROM generate_series(1, {per_call}))")),
-                (5, format!("(:d_now::int8 + {VISIBILITY_TIMEOUT_MS})")),
+                (3, format!("ARRAY(SELECT decode(md5(random()::text), 'hex') FROM generate_series(1, {per_call}))")),
+                (4, format!("(:d_now::int8 + {VISIBILITY_TIMEOUT_MS})")),
             ],
         ));
         script.push_str("\\gset l_\n");
