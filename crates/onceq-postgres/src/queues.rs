@@ -62,14 +62,17 @@ const SET_PAUSED: &str = "UPDATE {s}.queues SET paused = $2 WHERE name = $1 \
 /// it gone, so the jobs deleted next are all there will ever be.
 const QUEUE_ROW_DELETE: &str = "DELETE FROM {s}.queues WHERE name = $1 RETURNING id";
 
-/// One arm per state, so that each uses its partial index.
+/// One arm per state, so that each uses its partial index. The ids are gathered once into an
+/// array and deleted by primary key: as `id IN (...)`, statistics taken while the table was
+/// nearly empty made PostgreSQL pick a nested loop that scanned every arm once per job, and
+/// deleting a queue of 100,000 jobs ran for more than ten minutes.
 const QUEUE_JOBS_DELETE: &str = r#"
 WITH gone AS (
-    DELETE FROM {s}.jobs j WHERE j.id IN (
+    DELETE FROM {s}.jobs j WHERE j.id = ANY (ARRAY(
         SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 0
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 1
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 2
-        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 3)
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 3))
     RETURNING j.id, j.error_count
 ),
 forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
