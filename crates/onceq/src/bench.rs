@@ -63,6 +63,12 @@ pub struct BenchArgs {
     /// A short run: fewer jobs, no big backlog.
     #[arg(long)]
     pub quick: bool,
+    /// Rounds of every scenario with --store: the store and its floor take turns, round after
+    /// round, and the report gives the median of each and the median of the rounds' ratios, so
+    /// that a drift of the machine (disk, neighbours) hits both sides alike [default: 3, or 1
+    /// with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases
     /// [default: the system's temporary directory]. Choose the disk you mean to measure.
     #[arg(long)]

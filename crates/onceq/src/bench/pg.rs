@@ -8,6 +8,10 @@
 //! keeps of what PostgreSQL allows for the same SQL. The floor leaves out only the store's Rust
 //! side: binding, decoding rows, the pool, the tokio tasks.
 //!
+//! Each scenario runs `--rounds` times (default 3), store and floor taking turns, so that a
+//! drift of a shared machine (its disk above all) hits both sides alike; the report gives the
+//! medians and the median of the rounds' ratios.
+//!
 //! | scenario | onceq | floor (one pgbench transaction = one script run) |
 //! |---|---|---|
 //! | enqueue 100/call | 4 producers | queue lookup + enqueue of 100, 4 clients |
@@ -383,22 +387,37 @@ impl PgbenchRun<'_> {
     }
 }
 
-/// One line of the report.
+/// One line of the report: the median of its rounds.
 struct Row {
     scenario: String,
+    /// The store's round of median jobs/s.
     run: Run,
+    /// The floor's median jobs/s.
     floor_jobs_per_s: f64,
+    /// onceq / floor of each round, in round order.
+    ratios: Vec<f64>,
     floor_what: String,
 }
 
 impl Row {
     fn jobs_per_s(&self) -> f64 {
-        self.run.jobs as f64 / self.run.elapsed.as_secs_f64().max(1e-9)
+        jobs_per_s(&self.run)
     }
 
+    /// The median of the rounds' ratios.
     fn ratio(&self) -> f64 {
-        self.jobs_per_s() / self.floor_jobs_per_s
+        median(self.ratios.clone())
     }
+}
+
+fn jobs_per_s(run: &Run) -> f64 {
+    run.jobs as f64 / run.elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The median of `values` (the lower middle one of an even count); NaN if there are none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A run against one database.
@@ -412,6 +431,8 @@ struct PgBench<'a> {
     payload: Arc<[u8]>,
     runtime: tokio::runtime::Runtime,
     serial: std::cell::Cell<u32>,
+    /// Rounds of every scenario (store, floor, store, floor, ...).
+    rounds: u32,
 }
 
 /// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
@@ -431,6 +452,7 @@ pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(),
         payload: payload(args.payload_bytes).into(),
         runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
         serial: std::cell::Cell::new(0),
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
     };
     let result = bench.report(jobs, single_jobs, args.payload_bytes, command_line);
     let dropped = bench.drop_schemas();
@@ -460,7 +482,10 @@ impl PgBench<'_> {
         let _ = writeln!(
             out,
             "jobs/s = jobs / the scenario's wall time; p50, p99 = latency of one call; floor = pgbench running the \
-             store's statements, same clients (tps × jobs per transaction); ratio = onceq / floor"
+             store's statements, same clients (tps × jobs per transaction); ratio = onceq / floor. {} round(s) per \
+             scenario, store and floor taking turns: jobs/s and floor/s are medians, ratio the median of the \
+             rounds' ratios",
+            self.rounds
         );
         let _ = writeln!(
             out,
@@ -473,14 +498,19 @@ impl PgBench<'_> {
         let batched = BATCHED_TASKS;
 
         // Batched enqueue.
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
-        })?;
-        let floor = self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH, &self.payload), 0)?;
+        let (run, floor, ratios) = self.rounds_of(
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
+                })
+            },
+            || self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH, &self.payload), 0),
+        )?;
         let row = Row {
             scenario: format!("enqueue {BATCH}/call, {batched} producers"),
             run,
             floor_jobs_per_s: floor,
+            ratios,
             floor_what: format!("lookup + enqueue {BATCH}, {batched} clients"),
         };
         self.row(&row);
@@ -488,37 +518,49 @@ impl PgBench<'_> {
         rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
 
         // Batched lease + ack on a prefilled queue.
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::fill(&store, &queue, &payload, jobs).await?;
-            analyze(&store).await?;
-            scenarios::lease_ack(&store, &queue, jobs, BATCH, batched).await
-        })?;
-        let floor = self.floor(jobs, BATCH, batched, |t| t.lease_ack_script(BATCH), jobs)?;
+        let (run, floor, ratios) = self.rounds_of(
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, jobs).await?;
+                    analyze(&store).await?;
+                    scenarios::lease_ack(&store, &queue, jobs, BATCH, batched).await
+                })
+            },
+            || self.floor(jobs, BATCH, batched, |t| t.lease_ack_script(BATCH), jobs),
+        )?;
         let row = Row {
             scenario: format!("lease+ack {BATCH}/call, {batched} workers"),
             run,
             floor_jobs_per_s: floor,
+            ratios,
             floor_what: format!("due + lease {BATCH} + ack {BATCH}, {batched} clients"),
         };
         self.row(&row);
         rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
 
         // End-to-end, batched.
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
-        })?;
         let clients = 2 * batched;
-        let floor = self.floor(
-            jobs,
-            BATCH,
-            clients,
-            |t| format!("{}{}", t.enqueue_script(BATCH, &self.payload), t.lease_ack_script(BATCH)),
-            BATCH * clients,
+        let (run, floor, ratios) = self.rounds_of(
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
+                })
+            },
+            || {
+                self.floor(
+                    jobs,
+                    BATCH,
+                    clients,
+                    |t| format!("{}{}", t.enqueue_script(BATCH, &self.payload), t.lease_ack_script(BATCH)),
+                    BATCH * clients,
+                )
+            },
         )?;
         let row = Row {
             scenario: format!("end-to-end {BATCH}/call, {batched}+{batched} tasks"),
             run,
             floor_jobs_per_s: floor,
+            ratios,
             floor_what: format!("lookup + enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
         };
         self.row(&row);
@@ -527,29 +569,39 @@ impl PgBench<'_> {
 
         // Per job: single enqueue, then single lease + ack, 16 concurrent tasks each.
         let n = single_jobs;
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
-        })?;
-        let floor = self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1, &self.payload), 0)?;
+        let (run, floor, ratios) = self.rounds_of(
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+                })
+            },
+            || self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1, &self.payload), 0),
+        )?;
         let row = Row {
             scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
             run,
             floor_jobs_per_s: floor,
+            ratios,
             floor_what: format!("lookup + enqueue 1, {SINGLE_TASKS} clients"),
         };
         self.row(&row);
         rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
 
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::fill(&store, &queue, &payload, n).await?;
-            analyze(&store).await?;
-            scenarios::lease_ack(&store, &queue, n, 1, SINGLE_TASKS).await
-        })?;
-        let floor = self.floor(n, 1, SINGLE_TASKS, |t| t.lease_ack_script(1), n)?;
+        let (run, floor, ratios) = self.rounds_of(
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, n).await?;
+                    analyze(&store).await?;
+                    scenarios::lease_ack(&store, &queue, n, 1, SINGLE_TASKS).await
+                })
+            },
+            || self.floor(n, 1, SINGLE_TASKS, |t| t.lease_ack_script(1), n),
+        )?;
         let row = Row {
             scenario: format!("lease+ack 1/call, {SINGLE_TASKS} workers"),
             run,
             floor_jobs_per_s: floor,
+            ratios,
             floor_what: format!("due + lease 1 + ack 1, {SINGLE_TASKS} clients"),
         };
         self.row(&row);
@@ -583,6 +635,29 @@ impl PgBench<'_> {
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
         emit(&mut out);
         Ok(())
+    }
+
+    /// Runs a scenario [`Self::rounds`] times on the store and on the floor, taking turns;
+    /// returns the store's round of median jobs/s, the floor's median jobs/s, and each round's
+    /// ratio.
+    fn rounds_of(
+        &self,
+        mut store: impl FnMut() -> Result<Run, BenchError>,
+        mut floor: impl FnMut() -> Result<f64, BenchError>,
+    ) -> Result<(Run, f64, Vec<f64>), BenchError> {
+        let mut runs = Vec::new();
+        let mut floors = Vec::new();
+        for round in 1..=self.rounds {
+            if self.rounds > 1 {
+                progress(&format!("round {round} of {}", self.rounds));
+            }
+            runs.push(store()?);
+            floors.push(floor()?);
+        }
+        let ratios: Vec<f64> = runs.iter().zip(&floors).map(|(run, floor)| jobs_per_s(run) / floor).collect();
+        runs.sort_by(|a, b| jobs_per_s(a).total_cmp(&jobs_per_s(b)));
+        let run = runs.swap_remove((runs.len() - 1) / 2);
+        Ok((run, median(floors), ratios))
     }
 
     /// Connects a store to `schema` (creating and migrating it).
@@ -725,6 +800,10 @@ impl PgBench<'_> {
             format!("{:.0}%", 100.0 * row.ratio()),
             row.floor_what,
         );
+        if row.ratios.len() > 1 {
+            let each: Vec<String> = row.ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
+            let _ = writeln!(out, "{:<40} ratio of each round: {}", "", each.join(" "));
+        }
         if row.run.calls.len() > 1 {
             for calls in &row.run.calls {
                 let _ = writeln!(
@@ -782,6 +861,14 @@ tps = 1000.500000 (excluding connections establishing)
         let r = parse_pgbench(PG13).unwrap();
         assert!((r.tps - 1000.5).abs() < 1e-9);
         assert_eq!(r.transactions, Some(100));
+    }
+
+    #[test]
+    fn median_takes_the_middle_or_the_lower_middle() {
+        assert_eq!(median(vec![0.9, 0.5, 0.7]), 0.7);
+        assert_eq!(median(vec![0.9, 0.5, 0.7, 0.6]), 0.6);
+        assert_eq!(median(vec![0.8]), 0.8);
+        assert!(median(Vec::new()).is_nan());
     }
 
     #[test]
