@@ -68,7 +68,7 @@ const QUEUE_CREATE: &str = "INSERT INTO {s}.queues (name, config, created_at) VA
 const ENQUEUE: &str = r#"
 WITH input AS (
     SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[])
-        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord)
+        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord){cap}
 ),
 locked AS (SELECT id FROM {s}.queues WHERE id = $9 FOR KEY SHARE),
 numbered AS (SELECT i.*, nextval('{s}.job_ids') AS id FROM input i CROSS JOIN locked),
@@ -188,7 +188,7 @@ ORDER BY i.ord
 
 const ACK: &str = r#"
 WITH t AS (SELECT {now} AS now),
-items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord)),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord){cap}),
 acked AS (
     DELETE FROM {s}.jobs j USING items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
@@ -207,7 +207,7 @@ WHERE j.id = ANY($1)
 const NACK: &str = r#"
 WITH t AS (SELECT {now} AS now),
 items AS (
-    SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[]) WITH ORDINALITY AS i(id, token, delay, error, ord)
+    SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[]) WITH ORDINALITY AS i(id, token, delay, error, ord){cap}
 ),
 nacked AS (
     UPDATE {s}.jobs j
@@ -228,7 +228,7 @@ recorded AS (
 
 const EXTEND: &str = r#"
 WITH t AS (SELECT {now} AS now),
-items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, timeout, ord)),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, timeout, ord){cap}),
 extended AS (
     UPDATE {s}.jobs j SET lease_expires_at = t.now + i.timeout
     FROM items i, t
@@ -240,7 +240,7 @@ extended AS (
 
 const FAIL: &str = r#"
 WITH t AS (SELECT {now} AS now),
-items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::text[]) WITH ORDINALITY AS i(id, token, error, ord)),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::text[]) WITH ORDINALITY AS i(id, token, error, ord){cap}),
 failed AS (
     UPDATE {s}.jobs j SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
     FROM items i, t
@@ -256,7 +256,7 @@ recorded AS (
 
 const RELEASE: &str = r#"
 WITH t AS (SELECT {now} AS now),
-items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, delay, ord)),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, delay, ord){cap}),
 released AS (
     UPDATE {s}.jobs j
     SET state = CASE WHEN i.delay = 0 THEN 1 ELSE 0 END, run_at = t.now + i.delay,
@@ -268,6 +268,22 @@ released AS (
 {notify:released}
 {verdict:released:, (SELECT count(*) FROM notified) AS notified}
 "#;
+
+/// Up to this many items, a batch statement's `items` carry a `LIMIT` of their exact count.
+/// PostgreSQL guesses that `unnest` of a parameter array yields 10 rows, so for a smaller batch
+/// the generic plan looked dearer than the custom ones and every single-job ack or enqueue was
+/// planned afresh; with the count as a literal both agree and the plan is cached. One prepared
+/// statement per count up to this bound; larger batches share one.
+const ITEMS_EXACT_MAX: usize = 10;
+
+/// `sql` with its `{cap}` filled in for a batch of `n` items (see [`ITEMS_EXACT_MAX`]).
+fn sized(sql: &str, n: usize) -> String {
+    if n <= ITEMS_EXACT_MAX {
+        sql.replace("{cap}", &format!(" LIMIT {n}"))
+    } else {
+        sql.replace("{cap}", "")
+    }
+}
 
 /// `template` with its `{verdict:<cte>:<extra columns>}` replaced by [`SETTLE_VERDICT`].
 fn with_verdict(template: &str) -> String {
@@ -601,7 +617,7 @@ impl PgStore {
             .collect();
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
         let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
-        let sql = self.sql(&with_notify(ENQUEUE, "created"));
+        let sql = sized(&self.sql(&with_notify(ENQUEUE, "created")), rows_of.len());
         let expires = plus_ms(now, window);
         let rows = self
             .fetch_all(conn, "enqueueing jobs", || {
@@ -823,12 +839,13 @@ impl PgStore {
     pub(crate) async fn ack_jobs(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
-        let sql = self.sql(&settle_sql(ACK, None));
+        let template = self.sql(&settle_sql(ACK, None));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
                 continue;
             }
+            let sql = sized(&template, positions.len());
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &acks[i].lease_token.as_bytes()[..]).collect();
             let now = self.now_param();
             let rows = self
@@ -859,12 +876,13 @@ impl PgStore {
         let ids: Vec<JobId> = nacks.iter().map(|n| n.id).collect();
         let backoff = self.backoff_delays(nacks).await?;
         let mut out: Vec<Option<Result<NackOutcome>>> = (0..nacks.len()).map(|_| None).collect();
-        let sql = self.sql(&settle_sql(NACK, Some("nacked")));
+        let template = self.sql(&settle_sql(NACK, Some("nacked")));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
                 continue;
             }
+            let sql = sized(&template, positions.len());
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &nacks[i].lease_token.as_bytes()[..]).collect();
             let delays: Vec<i64> = positions.iter().map(|&i| crate::to_i64(backoff[i])).collect();
             let errors: Vec<String> =
@@ -948,12 +966,13 @@ impl PgStore {
     pub(crate) async fn extend_leases(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
         let ids: Vec<JobId> = extends.iter().map(|e| e.id).collect();
         let mut out: Vec<Option<Result<Timestamp>>> = (0..extends.len()).map(|_| None).collect();
-        let sql = self.sql(&settle_sql(EXTEND, None));
+        let template = self.sql(&settle_sql(EXTEND, None));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
                 continue;
             }
+            let sql = sized(&template, positions.len());
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &extends[i].lease_token.as_bytes()[..]).collect();
             let timeouts: Vec<i64> =
                 positions.iter().map(|&i| crate::to_i64(extends[i].visibility_timeout_ms)).collect();
@@ -981,12 +1000,13 @@ impl PgStore {
     pub(crate) async fn fail_jobs(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = fails.iter().map(|f| f.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..fails.len()).map(|_| None).collect();
-        let sql = self.sql(&settle_sql(FAIL, None));
+        let template = self.sql(&settle_sql(FAIL, None));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
                 continue;
             }
+            let sql = sized(&template, positions.len());
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &fails[i].lease_token.as_bytes()[..]).collect();
             let errors: Vec<String> = positions.iter().map(|&i| error_text(&fails[i].error)).collect();
             let now = self.now_param();
@@ -1013,12 +1033,13 @@ impl PgStore {
     pub(crate) async fn release_jobs(&self, releases: &[Release]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = releases.iter().map(|r| r.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..releases.len()).map(|_| None).collect();
-        let sql = self.sql(&settle_sql(RELEASE, Some("released")));
+        let template = self.sql(&settle_sql(RELEASE, Some("released")));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
                 continue;
             }
+            let sql = sized(&template, positions.len());
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &releases[i].lease_token.as_bytes()[..]).collect();
             let delays: Vec<i64> =
                 positions.iter().map(|&i| crate::to_i64(releases[i].delay_ms.unwrap_or(0))).collect();

@@ -78,7 +78,7 @@ notified AS (
 const ENQUEUE: &str = r#"
 WITH input AS (
     SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[])
-        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord)
+        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord){cap}
 ),
 locked AS (SELECT id FROM {s}.queues WHERE id = $9 FOR KEY SHARE),
 numbered AS (SELECT i.*, nextval('{s}.job_ids') AS id FROM input i CROSS JOIN locked),
@@ -180,7 +180,7 @@ FROM leased
 /// `ACK` of `jobs.rs` with its `SETTLE_VERDICT` filled in.
 const ACK: &str = r#"
 WITH t AS (SELECT {now} AS now),
-items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord)),
+items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord){cap}),
 acked AS (
     DELETE FROM {s}.jobs j USING items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
@@ -242,7 +242,7 @@ impl Target {
         let mut script = self.sql(QUEUE_LOOKUP, &[(2, format!("'{QUEUE}'"))]);
         script.push_str("\\gset e_\n");
         script.push_str(&self.sql(
-            ENQUEUE,
+            &ENQUEUE.replace("{cap}", &cap(per_call)),
             &[
                 (1, ":e_now::int8".into()),
                 (2, format!("array_fill('\\x{hex}'::bytea, {n})")),
@@ -275,13 +275,23 @@ impl Target {
         ));
         script.push_str("\\gset l_\n");
         script.push_str(&self.sql(
-            ACK,
+            &ACK.replace("{cap}", &cap(per_call)),
             &[
                 (2, "string_to_array(:l_ids::text, ',')::int8[]".into()),
                 (3, "ARRAY(SELECT decode(t, 'hex') FROM unnest(string_to_array(:l_tokens::text, ',')) t)".into()),
             ],
         ));
         script
+    }
+}
+
+/// `{cap}` of the store's batch statements for `n` items (`sized` and `ITEMS_EXACT_MAX` of
+/// `jobs.rs`).
+fn cap(n: u64) -> String {
+    if n <= 10 {
+        format!(" LIMIT {n}")
+    } else {
+        String::new()
     }
 }
 
@@ -888,5 +898,6 @@ tps = 1000.500000 (excluding connections establishing)
         assert!(!script.contains('$') && !script.contains("{notify"), "{script}");
         let script = t.lease_ack_script(1);
         assert!(!script.contains('$') && script.contains(":l_ids") && script.contains(":d_now"), "{script}");
+        assert!(!script.contains("{cap}") && script.contains("ord) LIMIT 1)"), "{script}");
     }
 }
