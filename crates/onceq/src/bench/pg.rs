@@ -22,7 +22,10 @@
 //!
 //! pgbench cannot carry the rows a lease returns into the ack, so the floor's lease wraps the
 //! store's lease statement in one more CTE that aggregates its ids and tokens into one row
-//! (`\gset`), which the ack statement then takes as its arrays. Every statement autocommits, as
+//! (`\gset`), which the ack statement then takes as its arrays. Payloads travel as the store's
+//! do: into every enqueue as a parameter (pgbench's `-D payloads=...`, a `bytea[]` sent as
+//! text), and out of every lease (aggregated into that row); pgbench speaks PostgreSQL's text
+//! format, sqlx the binary one. Every statement autocommits, as
 //! on the store's pool, with the server's `synchronous_commit` (the run prints it); pgbench runs
 //! in `-M prepared` mode, as sqlx prepares and caches the store's statements.
 
@@ -173,7 +176,7 @@ RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, 
 )
 SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') AS ids,
        coalesce(string_agg(encode(lease_token, 'hex'), ',' ORDER BY id), '') AS tokens,
-       count(*) AS leased, sum(length(payload)) AS bytes
+       count(*) AS leased, array_agg(payload ORDER BY id) AS payloads, array_agg(headers ORDER BY id) AS headers
 FROM leased
 "#;
 
@@ -233,19 +236,19 @@ impl Target {
         format!("{};\n", sql.trim())
     }
 
-    /// The enqueue of `per_call` jobs of `payload`: the queue lookup, then the enqueue at the
-    /// "now" and queue id it returned, as `enqueue_jobs` runs them.
-    fn enqueue_script(&self, per_call: u64, payload: &[u8]) -> String {
+    /// The enqueue of `per_call` jobs: the queue lookup, then the enqueue at the "now" and
+    /// queue id it returned, as `enqueue_jobs` runs them. The payloads come in as a parameter
+    /// on every call, as the store's do: the variable `:payloads` (see [`payloads_define`]).
+    fn enqueue_script(&self, per_call: u64) -> String {
         let config = QueueConfig::default();
         let n = format!("ARRAY[{per_call}]");
-        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
         let mut script = self.sql(QUEUE_LOOKUP, &[(2, format!("'{QUEUE}'"))]);
         script.push_str("\\gset e_\n");
         script.push_str(&self.sql(
             &ENQUEUE.replace("{cap}", &cap(per_call)),
             &[
                 (1, ":e_now::int8".into()),
-                (2, format!("array_fill('\\x{hex}'::bytea, {n})")),
+                (2, ":payloads::bytea[]".into()),
                 (3, format!("array_fill(NULL::text, {n})")),
                 (4, format!("array_fill(0, {n})")),
                 (5, format!("array_fill(:e_now::int8, {n})")),
@@ -283,6 +286,15 @@ impl Target {
         ));
         script
     }
+}
+
+/// pgbench's `-D payloads=...`: a `bytea[]` of `n` copies of `payload`, as text, which every
+/// enqueue of the floor sends as its payloads parameter.
+fn payloads_define(n: u64, payload: &[u8]) -> String {
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    let one = format!("\"\\\\x{hex}\"");
+    let all: Vec<&str> = (0..n).map(|_| one.as_str()).collect();
+    format!("payloads={{{}}}", all.join(","))
 }
 
 /// `{cap}` of the store's batch statements for `n` items (`sized` and `ITEMS_EXACT_MAX` of
@@ -358,6 +370,8 @@ struct PgbenchRun<'a> {
     dir: &'a Path,
     name: &'a str,
     script: &'a str,
+    /// A `-D name=value` for pgbench.
+    define: &'a str,
     clients: u64,
     transactions_per_client: u64,
 }
@@ -369,6 +383,7 @@ impl PgbenchRun<'_> {
         let output = Command::new(self.pgbench)
             .args(["-n", "-M", "prepared", "-c", &self.clients.to_string(), "-j"])
             .arg(self.clients.min(2).to_string())
+            .args(["-D", self.define])
             .args(["-t", &self.transactions_per_client.to_string(), "-f"])
             .arg(&file)
             .arg(self.url)
@@ -514,7 +529,7 @@ impl PgBench<'_> {
                     scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
                 })
             },
-            || self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH, &self.payload), 0),
+            || self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH), 0),
         )?;
         let row = Row {
             scenario: format!("enqueue {BATCH}/call, {batched} producers"),
@@ -561,7 +576,7 @@ impl PgBench<'_> {
                     jobs,
                     BATCH,
                     clients,
-                    |t| format!("{}{}", t.enqueue_script(BATCH, &self.payload), t.lease_ack_script(BATCH)),
+                    |t| format!("{}{}", t.enqueue_script(BATCH), t.lease_ack_script(BATCH)),
                     BATCH * clients,
                 )
             },
@@ -585,7 +600,7 @@ impl PgBench<'_> {
                     scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
                 })
             },
-            || self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1, &self.payload), 0),
+            || self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1), 0),
         )?;
         let row = Row {
             scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
@@ -740,6 +755,7 @@ impl PgBench<'_> {
             dir: self.dir.path(),
             name: &name,
             script: &script,
+            define: &payloads_define(per_txn, &self.payload),
             clients,
             transactions_per_client,
         }
@@ -893,8 +909,9 @@ tps = 1000.500000 (excluding connections establishing)
         let sql = t.sql("SELECT $1, $10, {s}.x, '{channel}', {now}", &[(1, "a".into()), (10, "b".into())]);
         assert!(sql.starts_with("SELECT a, b, \"s1\".x, 'onceq_s1', coalesce(NULL::int8"), "{sql}");
         assert!(sql.ends_with(";\n"));
-        let script = t.enqueue_script(100, b"{}");
-        assert!(script.contains("\\gset e_") && script.contains("array_fill('\\x7b7d'::bytea, ARRAY[100])"));
+        let script = t.enqueue_script(100);
+        assert!(script.contains("\\gset e_") && script.contains(":payloads::bytea[]"), "{script}");
+        assert_eq!(payloads_define(2, b"{}"), r#"payloads={"\\x7b7d","\\x7b7d"}"#);
         assert!(!script.contains('$') && !script.contains("{notify"), "{script}");
         let script = t.lease_ack_script(1);
         assert!(!script.contains('$') && script.contains(":l_ids") && script.contains(":d_now"), "{script}");
