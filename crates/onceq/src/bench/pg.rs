@@ -363,6 +363,58 @@ fn find_pgbench() -> Result<String, BenchError> {
     ))
 }
 
+/// Dropping the run's two schemas, through pgbench (which needs no more than the URL).
+#[derive(Clone)]
+struct SchemaDrop {
+    pgbench: String,
+    url: String,
+    /// Where the statement's script is written.
+    dir: std::path::PathBuf,
+    schemas: [String; 2],
+}
+
+impl SchemaDrop {
+    fn run(&self) -> Result<(), BenchError> {
+        let sql: String = self.schemas.iter().map(|s| format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE;\n")).collect();
+        let file = self.dir.join("drop.sql");
+        std::fs::write(&file, sql)?;
+        let output = Command::new(&self.pgbench)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args(["-n", "-t", "1", "-c", "1", "-f"])
+            .arg(&file)
+            .arg(&self.url)
+            .output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(BenchError::Floor(format!(
+                "dropping the bench schemas {} failed: {}",
+                self.schemas.join(" and "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
+    /// On Ctrl-C: drops the schemas (a run cut short would leave them behind), then exits 130.
+    fn on_interrupt(self, runtime: &tokio::runtime::Runtime) {
+        runtime.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                progress("interrupted: dropping the bench schemas");
+                let dropped = tokio::task::spawn_blocking(move || {
+                    let dropped = self.run();
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                    dropped
+                })
+                .await;
+                if let Ok(Err(error)) = dropped {
+                    eprintln!("onceq bench: {error}");
+                }
+                std::process::exit(130);
+            }
+        });
+    }
+}
+
 /// One pgbench run's settings.
 struct PgbenchRun<'a> {
     pgbench: &'a str,
@@ -479,8 +531,9 @@ pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(),
         serial: std::cell::Cell::new(0),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
     };
+    bench.schema_drop().on_interrupt(&bench.runtime);
     let result = bench.report(jobs, single_jobs, args.payload_bytes, command_line);
-    let dropped = bench.drop_schemas();
+    let dropped = bench.schema_drop().run();
     result.and(dropped)
 }
 
@@ -789,22 +842,13 @@ impl PgBench<'_> {
         }
     }
 
-    fn drop_schemas(&self) -> Result<(), BenchError> {
-        let sql = format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE;\nDROP SCHEMA IF EXISTS \"{}\" CASCADE;\n",
-            self.store_schema, self.floor_schema
-        );
-        let file = self.dir.path().join("drop.sql");
-        std::fs::write(&file, sql)?;
-        let output =
-            Command::new(&self.pgbench).args(["-n", "-t", "1", "-c", "1", "-f"]).arg(&file).arg(self.url).output()?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(BenchError::Floor(format!(
-                "dropping the bench schemas failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )))
+    /// How to drop the run's schemas.
+    fn schema_drop(&self) -> SchemaDrop {
+        SchemaDrop {
+            pgbench: self.pgbench.clone(),
+            url: self.url.to_owned(),
+            dir: self.dir.path().to_owned(),
+            schemas: [self.store_schema.clone(), self.floor_schema.clone()],
         }
     }
 
