@@ -1,10 +1,13 @@
 //! `onceq bench`: the embedded store's throughput and per-call latency beside the raw SQLite floor.
 //!
-//! Every scenario runs twice in the same process, on the same disk, with the same durability: once
-//! through the seam on a fresh [`SqliteStore`] (`scenarios`), and once as the simplest fast raw
-//! SQLite writes that do the same work on a fresh database (`floor`). Each figure's ratio is
-//! onceq / floor: what the store keeps of what the disk and SQLite allow (DESIGN.md, "Performance
-//! model": the floor is measured, not guessed). Benchmarks are not tests; this prints figures.
+//! Every scenario runs on both sides in the same process, on the same disk, with the same
+//! durability: through the seam on a fresh [`SqliteStore`] (`scenarios`), and as the simplest
+//! fast raw SQLite writes that do the same work on a fresh database (`floor`). Each figure's
+//! ratio is onceq / floor: what the store keeps of what the disk and SQLite allow (DESIGN.md,
+//! "Performance model": the floor is measured, not guessed). The two sides take turns for
+//! `--rounds` rounds (default 3), and the report gives the medians and the median of the rounds'
+//! ratios, so that a drift of a shared machine's disk hits both alike. Benchmarks are not
+//! tests; this prints figures.
 //!
 //! The scenarios (jobs/s is jobs through the whole scenario divided by its wall time):
 //!
@@ -63,10 +66,10 @@ pub struct BenchArgs {
     /// A short run: fewer jobs, no big backlog.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds of every scenario with --store: the store and its floor take turns, round after
-    /// round, and the report gives the median of each and the median of the rounds' ratios, so
-    /// that a drift of the machine (disk, neighbours) hits both sides alike [default: 3, or 1
-    /// with --quick].
+    /// Rounds of every scenario that has a floor (embedded store and --store): the store and
+    /// its floor take turns, round after round, and the report gives the median of each and the
+    /// median of the rounds' ratios, so that a drift of the machine (disk, neighbours) hits both
+    /// sides alike [default: 3, or 1 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: Option<u32>,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases
@@ -180,6 +183,8 @@ struct Plan {
     backlog: u64,
     /// Every job's payload.
     payload: Vec<u8>,
+    /// Rounds of every scenario (store, floor, store, floor, ...).
+    rounds: u32,
 }
 
 /// Producers and workers of the batched end-to-end scenario.
@@ -188,6 +193,11 @@ const END_TO_END_BATCHED_TASKS: u64 = 4;
 const SINGLE_TASKS: u64 = 64;
 /// Jobs per call in the batched scenarios.
 const BATCH: u64 = 100;
+
+/// `--rounds`, or its default: 3, or 1 with `--quick`.
+fn rounds(args: &BenchArgs) -> u32 {
+    args.rounds.unwrap_or(if args.quick { 1 } else { 3 })
+}
 
 /// Runs `onceq bench` and prints its report on stdout (progress goes to stderr).
 pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
@@ -212,6 +222,7 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
         single_jobs: (jobs / 10).max(100),
         backlog: args.backlog.unwrap_or(if args.quick { 0 } else { 1_000_000 }),
         payload: payload(args.payload_bytes),
+        rounds: rounds(args),
     };
     let levels: &[Level] = match args.durability {
         DurabilityChoice::Fsync => &[Level::Fsync],
@@ -242,7 +253,9 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     let _ = writeln!(
         out,
         "jobs/s = jobs / the scenario's wall time; p50, p99 = latency of one call (scenarios with several \
-         kinds of call list each below); ratio = onceq jobs/s / floor jobs/s"
+         kinds of call list each below); ratio = onceq jobs/s / floor jobs/s. {} round(s) per scenario, store and \
+         floor taking turns: jobs/s and floor/s are medians, ratio the median of the rounds' ratios",
+        plan.rounds
     );
     emit(&mut out);
 
@@ -318,10 +331,13 @@ struct FloorFigure {
     jobs_per_s: f64,
 }
 
-/// One line of the report, with its per-call latency lines.
+/// One line of the report, with its per-call latency lines: the medians of its rounds.
 struct Row {
     scenario: String,
+    /// The store's round of median jobs/s.
     run: Run,
+    /// onceq / floor of each round, in round order.
+    ratios: Vec<f64>,
     floor: Option<FloorFigure>,
 }
 
@@ -348,83 +364,114 @@ impl Bench<'_> {
 
         // Single enqueue, one producer: one commit (one fsync) per job, on both sides.
         let n = plan.single_jobs;
-        let run =
-            self.store(
-                |store, queue, payload| async move { scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await },
-            )?;
-        let floor = self.floor(|conn, payload| floor::insert(conn, payload, n, 1))?;
+        let (run, floor, ratios) = self.rounds_of(
+            |b| {
+                b.store(
+                    |store, queue, payload| async move { scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await },
+                )
+            },
+            |b| b.floor(|conn, payload| floor::insert(conn, payload, n, 1)),
+        )?;
         self.row(Row {
             scenario: "enqueue 1/call, 1 producer".into(),
             run,
-            floor: Some(floor_figure(floor, n, "1 INSERT/txn")),
+            ratios,
+            floor: Some(floor_figure(floor, "1 INSERT/txn")),
         });
 
         // Single enqueue, 64 producers: group commit at work. The floor is a perfect group
         // commit: every transaction carries one job of each of the 64 producers.
         let n = plan.jobs;
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
-        })?;
-        let floor = self.floor(|conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS))?;
+        let (run, floor, ratios) = self.rounds_of(
+            |b| {
+                b.store(|store, queue, payload| async move {
+                    scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+                })
+            },
+            |b| b.floor(|conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS)),
+        )?;
         self.row(Row {
             scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
             run,
-            floor: Some(floor_figure(floor, n, format!("{SINGLE_TASKS} INSERTs/txn (perfect group commit)"))),
+            ratios,
+            floor: Some(floor_figure(floor, format!("{SINGLE_TASKS} INSERTs/txn (perfect group commit)"))),
         });
 
         // Batched enqueue.
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
-        })?;
-        let floor = self.floor(|conn, payload| floor::insert(conn, payload, n, BATCH))?;
+        let (run, floor, ratios) = self.rounds_of(
+            |b| {
+                b.store(|store, queue, payload| async move {
+                    scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
+                })
+            },
+            |b| b.floor(|conn, payload| floor::insert(conn, payload, n, BATCH)),
+        )?;
         let row = Row {
             scenario: format!("enqueue {BATCH}/call, 1 producer"),
             run,
-            floor: Some(floor_figure(floor, n, format!("{BATCH} INSERTs/txn"))),
+            ratios,
+            floor: Some(floor_figure(floor, format!("{BATCH} INSERTs/txn"))),
         };
         figures.batched.push(row.ratio_named());
         self.row(row);
 
         // End-to-end, batched.
         let tasks = END_TO_END_BATCHED_TASKS;
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
-        })?;
-        let floor = self.floor(|conn, payload| floor::end_to_end(conn, payload, n, BATCH))?;
+        let (run, floor, ratios) = self.rounds_of(
+            |b| {
+                b.store(|store, queue, payload| async move {
+                    scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
+                })
+            },
+            |b| b.floor(|conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
+        )?;
         let row = Row {
             scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"),
             run,
-            floor: Some(floor_figure(floor, n, format!("pipelined, {BATCH} jobs/txn"))),
+            ratios,
+            floor: Some(floor_figure(floor, format!("pipelined, {BATCH} jobs/txn"))),
         };
         figures.batched.push(row.ratio_named());
         self.row(row);
 
         // End-to-end, single jobs.
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
-        })?;
-        let floor = self.floor(|conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS))?;
+        let (run, floor, ratios) = self.rounds_of(
+            |b| {
+                b.store(|store, queue, payload| async move {
+                    scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
+                })
+            },
+            |b| b.floor(|conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
+        )?;
         let row = Row {
             scenario: format!("end-to-end 1/call, {SINGLE_TASKS} producers + {SINGLE_TASKS} workers"),
             run,
-            floor: Some(floor_figure(floor, n, format!("pipelined, {SINGLE_TASKS} jobs/txn (perfect group commit)"))),
+            ratios,
+            floor: Some(floor_figure(floor, format!("pipelined, {SINGLE_TASKS} jobs/txn (perfect group commit)"))),
         };
         figures.end_to_end_single = Some(row.jobs_per_s());
         self.row(row);
 
         // Lease throughput, small backlog: the queue holds only the jobs leased.
-        let run = self.store(|store, queue, payload| async move {
-            scenarios::fill(&store, &queue, &payload, n).await?;
-            scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
-        })?;
-        let floor = self.floor(|conn, payload| {
-            floor::fill(conn, payload, n)?;
-            floor::lease_ack(conn, n, BATCH)
-        })?;
+        let (run, floor, ratios) = self.rounds_of(
+            |b| {
+                b.store(|store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, n).await?;
+                    scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
+                })
+            },
+            |b| {
+                b.floor(|conn, payload| {
+                    floor::fill(conn, payload, n)?;
+                    floor::lease_ack(conn, n, BATCH)
+                })
+            },
+        )?;
         let row = Row {
             scenario: format!("lease+ack {BATCH}/call, {} ready at start", thousands(n as f64)),
             run,
-            floor: Some(floor_figure(floor, n, format!("UPDATE {BATCH} txn + DELETE {BATCH} txn"))),
+            ratios,
+            floor: Some(floor_figure(floor, format!("UPDATE {BATCH} txn + DELETE {BATCH} txn"))),
         };
         figures.batched.push(row.ratio_named());
         let small = row.jobs_per_s();
@@ -433,24 +480,31 @@ impl Bench<'_> {
         // Lease throughput behind a big backlog.
         if plan.backlog > 0 {
             let backlog = plan.backlog;
-            let run = self.store(|store, queue, payload| async move {
-                let started = Instant::now();
-                scenarios::fill(&store, &queue, &payload, backlog + n).await?;
-                progress(&format!(
-                    "filled {} jobs in {:.1} s",
-                    thousands((backlog + n) as f64),
-                    started.elapsed().as_secs_f64()
-                ));
-                scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
-            })?;
-            let floor = self.floor(|conn, payload| {
-                floor::fill(conn, payload, backlog + n)?;
-                floor::lease_ack(conn, n, BATCH)
-            })?;
+            let (run, floor, ratios) = self.rounds_of(
+                |b| {
+                    b.store(|store, queue, payload| async move {
+                        let started = Instant::now();
+                        scenarios::fill(&store, &queue, &payload, backlog + n).await?;
+                        progress(&format!(
+                            "filled {} jobs in {:.1} s",
+                            thousands((backlog + n) as f64),
+                            started.elapsed().as_secs_f64()
+                        ));
+                        scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
+                    })
+                },
+                |b| {
+                    b.floor(|conn, payload| {
+                        floor::fill(conn, payload, backlog + n)?;
+                        floor::lease_ack(conn, n, BATCH)
+                    })
+                },
+            )?;
             let row = Row {
                 scenario: format!("lease+ack {BATCH}/call, {} ready", thousands(backlog as f64)),
                 run,
-                floor: Some(floor_figure(floor, n, format!("the same, behind {} rows", thousands(backlog as f64)))),
+                ratios,
+                floor: Some(floor_figure(floor, format!("the same, behind {} rows", thousands(backlog as f64)))),
             };
             figures.batched.push(row.ratio_named());
             figures.backlog = Some((backlog, row.jobs_per_s() / small));
@@ -467,6 +521,31 @@ impl Bench<'_> {
         let dir = self.root.join(format!("{}-{:02}-{side}", self.level.name(), self.serial));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
+    }
+
+    /// Runs a scenario [`Plan::rounds`] times on the store and on the floor, taking turns, each
+    /// time on fresh files; returns the store's round of median jobs/s, the floor's median
+    /// jobs/s, and each round's ratio.
+    fn rounds_of(
+        &mut self,
+        mut store: impl FnMut(&mut Self) -> Result<Run, BenchError>,
+        mut floor: impl FnMut(&mut Self) -> Result<Duration, BenchError>,
+    ) -> Result<(Run, f64, Vec<f64>), BenchError> {
+        let mut runs = Vec::new();
+        let mut floors = Vec::new();
+        for round in 1..=self.plan.rounds {
+            if self.plan.rounds > 1 {
+                progress(&format!("round {round} of {}", self.plan.rounds));
+            }
+            let run = store(self)?;
+            let elapsed = floor(self)?;
+            floors.push(run.jobs as f64 / elapsed.as_secs_f64().max(1e-9));
+            runs.push(run);
+        }
+        let ratios: Vec<f64> = runs.iter().zip(&floors).map(|(run, floor)| jobs_per_s(run) / floor).collect();
+        runs.sort_by(|a, b| jobs_per_s(a).total_cmp(&jobs_per_s(b)));
+        let run = runs.swap_remove((runs.len() - 1) / 2);
+        Ok((run, median(floors), ratios))
     }
 
     /// Runs `scenario` on a fresh store, then closes the store and removes its files.
@@ -508,11 +587,7 @@ impl Bench<'_> {
             _ => ("-".into(), "-".into()),
         };
         let (floor_per_s, ratio, what) = match &row.floor {
-            Some(floor) => (
-                thousands(floor.jobs_per_s),
-                format!("{:.0}%", 100.0 * row.jobs_per_s() / floor.jobs_per_s),
-                floor.what.clone(),
-            ),
+            Some(floor) => (thousands(floor.jobs_per_s), format!("{:.0}%", 100.0 * row.ratio()), floor.what.clone()),
             None => ("-".into(), "-".into(), String::new()),
         };
         let _ = writeln!(
@@ -526,6 +601,10 @@ impl Bench<'_> {
             floor_per_s,
             ratio,
         );
+        if row.ratios.len() > 1 {
+            let each: Vec<String> = row.ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
+            let _ = writeln!(out, "{:<44} ratio of each round: {}", "", each.join(" "));
+        }
         if row.run.calls.len() > 1 {
             for calls in &row.run.calls {
                 let _ = writeln!(
@@ -543,20 +622,35 @@ impl Bench<'_> {
     }
 }
 
-/// Turns a floor's timed part into jobs/s.
-fn floor_figure(elapsed: Duration, jobs: u64, what: impl Into<String>) -> FloorFigure {
-    FloorFigure { what: what.into(), jobs_per_s: jobs as f64 / elapsed.as_secs_f64().max(1e-9) }
+/// A floor's median jobs/s, with how it was measured.
+fn floor_figure(jobs_per_s: f64, what: impl Into<String>) -> FloorFigure {
+    FloorFigure { what: what.into(), jobs_per_s }
 }
 
 impl Row {
     fn jobs_per_s(&self) -> f64 {
-        self.run.jobs as f64 / self.run.elapsed.as_secs_f64().max(1e-9)
+        jobs_per_s(&self.run)
+    }
+
+    /// The median of the rounds' ratios.
+    fn ratio(&self) -> f64 {
+        median(self.ratios.clone())
     }
 
     fn ratio_named(&self) -> (String, f64) {
-        let floor = self.floor.as_ref().map_or(f64::NAN, |f| f.jobs_per_s);
-        (self.scenario.clone(), self.jobs_per_s() / floor)
+        (self.scenario.clone(), self.ratio())
     }
+}
+
+/// jobs/s of one run of a scenario.
+fn jobs_per_s(run: &Run) -> f64 {
+    run.jobs as f64 / run.elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The median of `values` (the lower middle one of an even count); NaN if there are none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The figures the issue sets targets for, gathered while the rows print.
@@ -633,6 +727,14 @@ fn millis(latency: Option<Duration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_takes_the_middle_or_the_lower_middle() {
+        assert_eq!(median(vec![0.9, 0.5, 0.7]), 0.7);
+        assert_eq!(median(vec![0.9, 0.5, 0.7, 0.6]), 0.6);
+        assert_eq!(median(vec![0.8]), 0.8);
+        assert!(median(Vec::new()).is_nan());
+    }
 
     #[test]
     fn thousands_groups_digits() {

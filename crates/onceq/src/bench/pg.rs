@@ -39,7 +39,7 @@ use onceq_core::{QueueConfig, QueueName};
 use onceq_postgres::{PgOptions, PgStore};
 
 use super::scenarios::{self, Run};
-use super::{emit, millis, payload, progress, thousands, BenchArgs, BenchError, BATCH};
+use super::{emit, jobs_per_s, median, millis, payload, progress, thousands, BenchArgs, BenchError, BATCH};
 
 /// Producers, and workers, of the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -487,16 +487,6 @@ impl Row {
     }
 }
 
-fn jobs_per_s(run: &Run) -> f64 {
-    run.jobs as f64 / run.elapsed.as_secs_f64().max(1e-9)
-}
-
-/// The median of `values` (the lower middle one of an even count); NaN if there are none.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// A run against one database.
 struct PgBench<'a> {
     url: &'a str,
@@ -529,7 +519,7 @@ pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(),
         payload: payload(args.payload_bytes).into(),
         runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
         serial: std::cell::Cell::new(0),
-        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
+        rounds: super::rounds(args),
     };
     bench.schema_drop().on_interrupt(&bench.runtime);
     let result = bench.report(jobs, single_jobs, args.payload_bytes, command_line);
@@ -931,14 +921,6 @@ tps = 1000.500000 (excluding connections establishing)
         let r = parse_pgbench(PG13).unwrap();
         assert!((r.tps - 1000.5).abs() < 1e-9);
         assert_eq!(r.transactions, Some(100));
-    }
-
-    #[test]
-    fn median_takes_the_middle_or_the_lower_middle() {
-        assert_eq!(median(vec![0.9, 0.5, 0.7]), 0.7);
-        assert_eq!(median(vec![0.9, 0.5, 0.7, 0.6]), 0.6);
-        assert_eq!(median(vec![0.8]), 0.8);
-        assert!(median(Vec::new()).is_nan());
     }
 
     #[test]
