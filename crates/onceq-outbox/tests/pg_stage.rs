@@ -3,7 +3,8 @@
 //! rolled-back transaction never; an invalid message is refused with a named limit and leaves
 //! the transaction usable; publishing rows again (as after a crash between publish and mark)
 //! leaves one job each at the destination; the relay wakes on the commit's NOTIFY rather than
-//! by polling; migrations run safely from many processes at once and refuse a foreign schema.
+//! by polling; migrations run safely from many processes at once and refuse a foreign schema;
+//! sent rows are purged after the retention, and only those.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -162,4 +163,29 @@ async fn staging_notifies_only_while_a_relay_sleeps() {
 
 async fn quiet(listener: &mut sqlx::postgres::PgListener) -> bool {
     tokio::time::timeout(Duration::from_millis(300), listener.recv()).await.is_err()
+}
+
+/// Sent rows past the retention are deleted; unsent ones and those sent within it stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_only_sent_rows_past_the_retention() {
+    let world = World::new("purge").await;
+    for order in 1..=5 {
+        world.order(order, "c1", true).await;
+    }
+    let options = RelayOptions { retention: Duration::from_secs(3600), ..RelayOptions::default() };
+    let relay = Relay::postgres(&database_url(), world.outbox.clone(), sink(&world), options).await.unwrap();
+    assert_eq!(relay.run_until_idle().await.unwrap().sent, 5);
+    world.order(6, "c1", true).await; // staged, not sent
+    let messages = format!("{}.messages", quoted(world.outbox.schema()));
+    sqlx::query(&format!("UPDATE {messages} SET sent_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM {messages} WHERE sent_at IS NOT NULL ORDER BY id LIMIT 3)"))
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(relay.purge_sent().await.unwrap(), 3);
+    let left: Vec<(bool,)> = sqlx::query_as(&format!("SELECT sent_at IS NOT NULL FROM {messages} ORDER BY id"))
+        .fetch_all(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![(true,), (true,), (false,)], "two sent within the retention, one unsent");
+    relay.close().await;
 }

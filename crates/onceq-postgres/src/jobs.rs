@@ -98,15 +98,19 @@ ORDER BY n.ord
 /// Deletes expired dedup ids (`$1` now, `$2` most rows) and idempotency keys (`$3` how long an
 /// in-progress claim is kept past its expiry). Rows another transaction holds are skipped, not
 /// waited for: one may be a caller's transaction that waits for this sweep (see `transaction`).
+/// The rows are picked once into an array and deleted by row address or key: as `IN (...)`,
+/// statistics taken while the table was nearly empty gave a nested loop over every row of it
+/// (1,000 expired ids out of 100,000 took 7.1 s; 9 ms this way). The row addresses stay put:
+/// the rows are locked.
 const SWEEP: &str = r#"
 WITH dedup AS (
-    DELETE FROM {s}.dedup WHERE (queue_id, dedup_id) IN (
-        SELECT queue_id, dedup_id FROM {s}.dedup WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+    DELETE FROM {s}.dedup WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM {s}.dedup WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))
 ),
 idempotency AS (
-    DELETE FROM {s}.idempotency WHERE key IN (
+    DELETE FROM {s}.idempotency WHERE key = ANY (ARRAY(
         SELECT key FROM {s}.idempotency WHERE until <= $1 AND (state = 1 OR until <= $1 - $3) LIMIT $2
-        FOR UPDATE SKIP LOCKED)
+        FOR UPDATE SKIP LOCKED))
 )
 SELECT 1
 "#;

@@ -79,3 +79,29 @@ async fn deleting_a_big_queue_after_stale_statistics_does_not_hang() {
     assert_eq!(left, 0);
     store.close().await;
 }
+
+/// The sweep deletes expired dedup ids (it only logs its failures, so a broken statement would
+/// show nowhere else): after the window and a second of store time, an enqueue sweeps them.
+#[tokio::test]
+async fn an_enqueue_sweeps_expired_dedup_ids() {
+    let clock = onceq_core::ManualClock::at_default_start();
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let store =
+        common::connect(common::options(&schema, Some(clock.clone() as std::sync::Arc<dyn onceq_core::Clock>))).await;
+    let q = QueueName::new("q").unwrap();
+    let patch = onceq_core::QueueConfigPatch { dedup_window_ms: Some(1_000), ..Default::default() };
+    store.queue_upsert(&q, patch).await.unwrap();
+    store.job_enqueue(&q, (0..500).map(|i| NewJob::new("x").dedup_id(format!("d{i}"))).collect()).await.unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM \"{schema}\".dedup"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 500);
+    clock.advance(5_000);
+    store.job_enqueue(&q, vec![NewJob::new("y").dedup_id("fresh")]).await.unwrap();
+    assert_eq!(count().await, 1, "the expired dedup ids should be gone, the fresh one kept");
+    store.close().await;
+}

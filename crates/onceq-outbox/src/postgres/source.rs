@@ -360,9 +360,11 @@ impl Source for PgSource {
 
     async fn purge_sent(&self, retention_ms: u64) -> Result<u64> {
         let s = self.outbox.quoted();
+        // The ids are gathered once and deleted by key: as `id IN (...)`, statistics taken
+        // while the table was nearly empty can make it a nested loop over every row.
         let sql = format!(
-            "DELETE FROM {s}.messages WHERE id IN ( \
-                 SELECT id FROM {s}.messages WHERE sent_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
+            "DELETE FROM {s}.messages WHERE id = ANY (ARRAY( \
+                 SELECT id FROM {s}.messages WHERE sent_at < now() - $1 * interval '1 millisecond' LIMIT $2))"
         );
         let mut total = 0;
         loop {
