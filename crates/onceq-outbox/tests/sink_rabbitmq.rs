@@ -13,8 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onceq_outbox::sink::rabbitmq::lapin;
@@ -27,6 +26,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use onceq_testkit::proxy::CuttableProxy;
 
 fn amqp_url() -> String {
     std::env::var("ONCEQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
@@ -282,8 +282,8 @@ async fn malformed_destinations_and_urls_are_permanent() {
 async fn a_lost_connection_is_opened_again() {
     let mut broker = Broker::open().await;
     let queue = broker.queue().await;
-    let relay = TcpRelay::start(5672).await;
-    let url = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", relay.port));
+    let relay = CuttableProxy::start(5672).await.unwrap();
+    let url = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", relay.port()));
     assert_ne!(url, amqp_url(), "the connection-loss test needs the broker on 127.0.0.1:5672");
     let sink = RabbitMqSink::builder(&url)
         .connect_timeout(Duration::from_secs(2))
@@ -324,59 +324,4 @@ async fn a_lost_connection_is_opened_again() {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
-}
-
-/// A TCP relay to the broker that the test can cut: every open connection is dropped, and new
-/// ones are closed at once until `accept_again`.
-struct TcpRelay {
-    port: u16,
-    up: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl TcpRelay {
-    async fn start(upstream_port: u16) -> TcpRelay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let acceptor = tokio::spawn({
-            let up = up.clone();
-            let connections = connections.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !up.load(Ordering::SeqCst) {
-                        drop(inbound);
-                        continue;
-                    }
-                    let handle = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    connections.lock().unwrap().push(handle);
-                }
-            }
-        });
-        TcpRelay { port, up, connections, acceptor }
-    }
-
-    fn cut_and_refuse(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn accept_again(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpRelay {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-        self.cut_and_refuse();
-    }
 }

@@ -7,6 +7,7 @@
 //! - [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance function.
 //! - [`idempotency`]: the idempotency-store conformance suite and [`idempotency_suite!`].
 //! - [`model`]: a simple in-memory reference model of the job lifecycle, for state-machine tests.
+//! - [`proxy`]: a TCP proxy a test can cut, to take a service away from a client.
 //!
 //! A backend crate runs the suite with, in `tests/conformance.rs`:
 //!
@@ -23,6 +24,7 @@ use onceq_core::{Clock, Store};
 pub mod conformance;
 pub mod idempotency;
 pub mod model;
+pub mod proxy;
 
 /// A store opened for one test, with whatever must live as long as it (a temporary directory,
 /// a schema to drop).

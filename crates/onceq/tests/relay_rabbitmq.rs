@@ -20,8 +20,6 @@
 mod outbox_common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use onceq_outbox::sink::rabbitmq::lapin;
@@ -31,6 +29,7 @@ use outbox_common::{log_text, relay, unique, wait_drained, OutboxSchema};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection as AmqpConnection, ConnectionProperties};
+use onceq_testkit::proxy::CuttableProxy;
 
 fn amqp_url() -> String {
     std::env::var("ONCEQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
@@ -144,8 +143,8 @@ async fn a_broker_outage_holds_the_backlog_and_it_drains_when_the_broker_returns
     let schema = OutboxSchema::create("amqp_outage").await;
     let queue = TestQueue::declare().await;
     let destination = format!("/{}", queue.name);
-    let tcp = TcpRelay::start(broker_port()).await;
-    let url = amqp_url().replace(&format!("127.0.0.1:{}", broker_port()), &format!("127.0.0.1:{}", tcp.port));
+    let tcp = CuttableProxy::start(broker_port()).await.unwrap();
+    let url = amqp_url().replace(&format!("127.0.0.1:{}", broker_port()), &format!("127.0.0.1:{}", tcp.port()));
     assert_ne!(url, amqp_url(), "the outage test needs ONCEQ_TEST_AMQP_URL on 127.0.0.1");
 
     let logs = tempfile::tempdir().unwrap();
@@ -178,59 +177,4 @@ fn broker_port() -> u16 {
     let url = amqp_url();
     let after_host = url.split("127.0.0.1:").nth(1).unwrap_or("5672");
     after_host.split('/').next().and_then(|port| port.parse().ok()).unwrap_or(5672)
-}
-
-/// A TCP relay to the broker that the test can cut: every open connection is dropped, and new
-/// ones are closed at once until `accept_again`.
-struct TcpRelay {
-    port: u16,
-    up: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl TcpRelay {
-    async fn start(upstream_port: u16) -> TcpRelay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let acceptor = tokio::spawn({
-            let up = up.clone();
-            let connections = connections.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !up.load(Ordering::SeqCst) {
-                        drop(inbound);
-                        continue;
-                    }
-                    let handle = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    connections.lock().unwrap().push(handle);
-                }
-            }
-        });
-        TcpRelay { port, up, connections, acceptor }
-    }
-
-    fn cut_and_refuse(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn accept_again(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpRelay {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-        self.cut_and_refuse();
-    }
 }
