@@ -261,7 +261,7 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
 
     let started = Instant::now();
     for &level in levels {
-        let bench = Bench { level, plan: &plan, root: root.path(), runtime: &runtime, serial: 0 };
+        let bench = Bench { level, plan: &plan, root: root.path(), runtime: &runtime, serial: std::cell::Cell::new(0) };
         bench.run_level()?;
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
@@ -322,7 +322,7 @@ struct Bench<'a> {
     root: &'a Path,
     runtime: &'a tokio::runtime::Runtime,
     /// Numbers each scenario's fresh directory.
-    serial: u32,
+    serial: std::cell::Cell<u32>,
 }
 
 /// A scenario's floor: how it was measured, and its jobs/s.
@@ -342,7 +342,7 @@ struct Row {
 }
 
 impl Bench<'_> {
-    fn run_level(mut self) -> Result<(), BenchError> {
+    fn run_level(self) -> Result<(), BenchError> {
         let level = self.level;
         let plan = self.plan;
         let mut out = String::new();
@@ -364,13 +364,14 @@ impl Bench<'_> {
 
         // Single enqueue, one producer: one commit (one fsync) per job, on both sides.
         let n = plan.single_jobs;
-        let (run, floor, ratios) = self.rounds_of(
-            |b| {
-                b.store(
-                    |store, queue, payload| async move { scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await },
-                )
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await
+                })
             },
-            |b| b.floor(|conn, payload| floor::insert(conn, payload, n, 1)),
+            || self.floor(n, |conn, payload| floor::insert(conn, payload, n, 1)),
         )?;
         self.row(Row {
             scenario: "enqueue 1/call, 1 producer".into(),
@@ -382,13 +383,14 @@ impl Bench<'_> {
         // Single enqueue, 64 producers: group commit at work. The floor is a perfect group
         // commit: every transaction carries one job of each of the 64 producers.
         let n = plan.jobs;
-        let (run, floor, ratios) = self.rounds_of(
-            |b| {
-                b.store(|store, queue, payload| async move {
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
                     scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
                 })
             },
-            |b| b.floor(|conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS)),
+            || self.floor(n, |conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS)),
         )?;
         self.row(Row {
             scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
@@ -398,13 +400,14 @@ impl Bench<'_> {
         });
 
         // Batched enqueue.
-        let (run, floor, ratios) = self.rounds_of(
-            |b| {
-                b.store(|store, queue, payload| async move {
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
                     scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
                 })
             },
-            |b| b.floor(|conn, payload| floor::insert(conn, payload, n, BATCH)),
+            || self.floor(n, |conn, payload| floor::insert(conn, payload, n, BATCH)),
         )?;
         let row = Row {
             scenario: format!("enqueue {BATCH}/call, 1 producer"),
@@ -417,13 +420,14 @@ impl Bench<'_> {
 
         // End-to-end, batched.
         let tasks = END_TO_END_BATCHED_TASKS;
-        let (run, floor, ratios) = self.rounds_of(
-            |b| {
-                b.store(|store, queue, payload| async move {
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
                     scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
                 })
             },
-            |b| b.floor(|conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
+            || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
         )?;
         let row = Row {
             scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"),
@@ -435,13 +439,14 @@ impl Bench<'_> {
         self.row(row);
 
         // End-to-end, single jobs.
-        let (run, floor, ratios) = self.rounds_of(
-            |b| {
-                b.store(|store, queue, payload| async move {
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
                     scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
                 })
             },
-            |b| b.floor(|conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
+            || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
         )?;
         let row = Row {
             scenario: format!("end-to-end 1/call, {SINGLE_TASKS} producers + {SINGLE_TASKS} workers"),
@@ -453,15 +458,16 @@ impl Bench<'_> {
         self.row(row);
 
         // Lease throughput, small backlog: the queue holds only the jobs leased.
-        let (run, floor, ratios) = self.rounds_of(
-            |b| {
-                b.store(|store, queue, payload| async move {
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
                     scenarios::fill(&store, &queue, &payload, n).await?;
                     scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
                 })
             },
-            |b| {
-                b.floor(|conn, payload| {
+            || {
+                self.floor(n, |conn, payload| {
                     floor::fill(conn, payload, n)?;
                     floor::lease_ack(conn, n, BATCH)
                 })
@@ -480,9 +486,10 @@ impl Bench<'_> {
         // Lease throughput behind a big backlog.
         if plan.backlog > 0 {
             let backlog = plan.backlog;
-            let (run, floor, ratios) = self.rounds_of(
-                |b| {
-                    b.store(|store, queue, payload| async move {
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
                         let started = Instant::now();
                         scenarios::fill(&store, &queue, &payload, backlog + n).await?;
                         progress(&format!(
@@ -493,8 +500,8 @@ impl Bench<'_> {
                         scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
                     })
                 },
-                |b| {
-                    b.floor(|conn, payload| {
+                || {
+                    self.floor(n, |conn, payload| {
                         floor::fill(conn, payload, backlog + n)?;
                         floor::lease_ack(conn, n, BATCH)
                     })
@@ -516,40 +523,15 @@ impl Bench<'_> {
     }
 
     /// A fresh directory for one side of one scenario.
-    fn fresh_dir(&mut self, side: &str) -> Result<PathBuf, BenchError> {
-        self.serial += 1;
-        let dir = self.root.join(format!("{}-{:02}-{side}", self.level.name(), self.serial));
+    fn fresh_dir(&self, side: &str) -> Result<PathBuf, BenchError> {
+        self.serial.set(self.serial.get() + 1);
+        let dir = self.root.join(format!("{}-{:02}-{side}", self.level.name(), self.serial.get()));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
 
-    /// Runs a scenario [`Plan::rounds`] times on the store and on the floor, taking turns, each
-    /// time on fresh files; returns the store's round of median jobs/s, the floor's median
-    /// jobs/s, and each round's ratio.
-    fn rounds_of(
-        &mut self,
-        mut store: impl FnMut(&mut Self) -> Result<Run, BenchError>,
-        mut floor: impl FnMut(&mut Self) -> Result<Duration, BenchError>,
-    ) -> Result<(Run, f64, Vec<f64>), BenchError> {
-        let mut runs = Vec::new();
-        let mut floors = Vec::new();
-        for round in 1..=self.plan.rounds {
-            if self.plan.rounds > 1 {
-                progress(&format!("round {round} of {}", self.plan.rounds));
-            }
-            let run = store(self)?;
-            let elapsed = floor(self)?;
-            floors.push(run.jobs as f64 / elapsed.as_secs_f64().max(1e-9));
-            runs.push(run);
-        }
-        let ratios: Vec<f64> = runs.iter().zip(&floors).map(|(run, floor)| jobs_per_s(run) / floor).collect();
-        runs.sort_by(|a, b| jobs_per_s(a).total_cmp(&jobs_per_s(b)));
-        let run = runs.swap_remove((runs.len() - 1) / 2);
-        Ok((run, median(floors), ratios))
-    }
-
     /// Runs `scenario` on a fresh store, then closes the store and removes its files.
-    fn store<F, Fut>(&mut self, scenario: F) -> Result<Run, BenchError>
+    fn store<F, Fut>(&self, scenario: F) -> Result<Run, BenchError>
     where
         F: FnOnce(SqliteStore, QueueName, std::sync::Arc<[u8]>) -> Fut,
         Fut: std::future::Future<Output = Result<Run, BenchError>>,
@@ -567,8 +549,8 @@ impl Bench<'_> {
         Ok(run)
     }
 
-    /// Runs a floor measurement on a fresh raw SQLite database; returns its timed part.
-    fn floor<F>(&mut self, measure: F) -> Result<Duration, BenchError>
+    /// Runs a floor measurement of `jobs` jobs on a fresh raw SQLite database; returns its jobs/s.
+    fn floor<F>(&self, jobs: u64, measure: F) -> Result<f64, BenchError>
     where
         F: FnOnce(&mut rusqlite::Connection, &[u8]) -> Result<Duration, BenchError>,
     {
@@ -577,7 +559,7 @@ impl Bench<'_> {
         let elapsed = measure(&mut conn, &self.plan.payload)?;
         drop(conn);
         std::fs::remove_dir_all(&dir)?;
-        Ok(elapsed)
+        Ok(jobs as f64 / elapsed.as_secs_f64().max(1e-9))
     }
 
     fn row(&self, row: Row) {
@@ -651,6 +633,28 @@ fn jobs_per_s(run: &Run) -> f64 {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs a scenario `rounds` times on the store and on its floor (jobs/s), taking turns; returns
+/// the store's round of median jobs/s, the floor's median jobs/s, and each round's ratio.
+fn rounds_of(
+    rounds: u32,
+    mut store: impl FnMut() -> Result<Run, BenchError>,
+    mut floor: impl FnMut() -> Result<f64, BenchError>,
+) -> Result<(Run, f64, Vec<f64>), BenchError> {
+    let mut runs = Vec::new();
+    let mut floors = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            progress(&format!("round {round} of {rounds}"));
+        }
+        runs.push(store()?);
+        floors.push(floor()?);
+    }
+    let ratios: Vec<f64> = runs.iter().zip(&floors).map(|(run, floor)| jobs_per_s(run) / floor).collect();
+    runs.sort_by(|a, b| jobs_per_s(a).total_cmp(&jobs_per_s(b)));
+    let run = runs.swap_remove((runs.len() - 1) / 2);
+    Ok((run, median(floors), ratios))
 }
 
 /// The figures the issue sets targets for, gathered while the rows print.

@@ -39,7 +39,7 @@ use onceq_core::{QueueConfig, QueueName};
 use onceq_postgres::{PgOptions, PgStore};
 
 use super::scenarios::{self, Run};
-use super::{emit, jobs_per_s, median, millis, payload, progress, thousands, BenchArgs, BenchError, BATCH};
+use super::{emit, jobs_per_s, median, millis, payload, progress, rounds_of, thousands, BenchArgs, BenchError, BATCH};
 
 /// Producers, and workers, of the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -566,7 +566,8 @@ impl PgBench<'_> {
         let batched = BATCHED_TASKS;
 
         // Batched enqueue.
-        let (run, floor, ratios) = self.rounds_of(
+        let (run, floor, ratios) = rounds_of(
+            self.rounds,
             || {
                 self.store(|store, queue, payload| async move {
                     scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
@@ -586,7 +587,8 @@ impl PgBench<'_> {
         rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
 
         // Batched lease + ack on a prefilled queue.
-        let (run, floor, ratios) = self.rounds_of(
+        let (run, floor, ratios) = rounds_of(
+            self.rounds,
             || {
                 self.store(|store, queue, payload| async move {
                     scenarios::fill(&store, &queue, &payload, jobs).await?;
@@ -608,7 +610,8 @@ impl PgBench<'_> {
 
         // End-to-end, batched.
         let clients = 2 * batched;
-        let (run, floor, ratios) = self.rounds_of(
+        let (run, floor, ratios) = rounds_of(
+            self.rounds,
             || {
                 self.store(|store, queue, payload| async move {
                     scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
@@ -637,7 +640,8 @@ impl PgBench<'_> {
 
         // Per job: single enqueue, then single lease + ack, 16 concurrent tasks each.
         let n = single_jobs;
-        let (run, floor, ratios) = self.rounds_of(
+        let (run, floor, ratios) = rounds_of(
+            self.rounds,
             || {
                 self.store(|store, queue, payload| async move {
                     scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
@@ -655,7 +659,8 @@ impl PgBench<'_> {
         self.row(&row);
         rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
 
-        let (run, floor, ratios) = self.rounds_of(
+        let (run, floor, ratios) = rounds_of(
+            self.rounds,
             || {
                 self.store(|store, queue, payload| async move {
                     scenarios::fill(&store, &queue, &payload, n).await?;
@@ -703,29 +708,6 @@ impl PgBench<'_> {
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
         emit(&mut out);
         Ok(())
-    }
-
-    /// Runs a scenario [`Self::rounds`] times on the store and on the floor, taking turns;
-    /// returns the store's round of median jobs/s, the floor's median jobs/s, and each round's
-    /// ratio.
-    fn rounds_of(
-        &self,
-        mut store: impl FnMut() -> Result<Run, BenchError>,
-        mut floor: impl FnMut() -> Result<f64, BenchError>,
-    ) -> Result<(Run, f64, Vec<f64>), BenchError> {
-        let mut runs = Vec::new();
-        let mut floors = Vec::new();
-        for round in 1..=self.rounds {
-            if self.rounds > 1 {
-                progress(&format!("round {round} of {}", self.rounds));
-            }
-            runs.push(store()?);
-            floors.push(floor()?);
-        }
-        let ratios: Vec<f64> = runs.iter().zip(&floors).map(|(run, floor)| jobs_per_s(run) / floor).collect();
-        runs.sort_by(|a, b| jobs_per_s(a).total_cmp(&jobs_per_s(b)));
-        let run = runs.swap_remove((runs.len() - 1) / 2);
-        Ok((run, median(floors), ratios))
     }
 
     /// Connects a store to `schema` (creating and migrating it).
