@@ -297,6 +297,22 @@ fn payloads_define(n: u64, payload: &[u8]) -> String {
     format!("payloads={{{}}}", all.join(","))
 }
 
+/// Linux's limit on one command-line argument (`MAX_ARG_STRLEN`, 32 pages of 4 KiB).
+const ARG_BYTES_MAX: usize = 131_072;
+
+/// Checks that a batch's payloads fit in pgbench's `-D payloads=...` argument.
+fn payloads_fit(payload_bytes: usize) -> Result<(), BenchError> {
+    let define = payloads_define(BATCH, &vec![0; payload_bytes]);
+    if define.len() < ARG_BYTES_MAX {
+        return Ok(());
+    }
+    let most = (ARG_BYTES_MAX / BATCH as usize).saturating_sub(8) / 2;
+    Err(BenchError::Options(format!(
+        "--payload-bytes {payload_bytes} is too big for --store: the pgbench floor takes a batch's {BATCH} payloads \
+         as one command-line argument, which holds at most {ARG_BYTES_MAX} bytes; use at most {most}"
+    )))
+}
+
 /// `{cap}` of the store's batch statements for `n` items (`sized` and `ITEMS_EXACT_MAX` of
 /// `jobs.rs`).
 fn cap(n: u64) -> String {
@@ -504,6 +520,7 @@ struct PgBench<'a> {
 
 /// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
 pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(), BenchError> {
+    payloads_fit(args.payload_bytes)?;
     let pgbench = find_pgbench()?;
     let jobs = args.jobs.unwrap_or(if args.quick { 10_000 } else { 200_000 });
     let single_jobs = (jobs / 10).max(SINGLE_TASKS * 10);
@@ -903,6 +920,15 @@ tps = 1000.500000 (excluding connections establishing)
         let r = parse_pgbench(PG13).unwrap();
         assert!((r.tps - 1000.5).abs() < 1e-9);
         assert_eq!(r.transactions, Some(100));
+    }
+
+    #[test]
+    fn payloads_too_big_for_the_command_line_are_refused_up_front() {
+        assert!(payloads_fit(100).is_ok());
+        let most = (ARG_BYTES_MAX / BATCH as usize).saturating_sub(8) / 2;
+        assert!(payloads_fit(most).is_ok(), "{most} bytes should fit");
+        let refused = payloads_fit(1_000).unwrap_err().to_string();
+        assert!(refused.contains("--payload-bytes 1000") && refused.contains(&format!("at most {most}")), "{refused}");
     }
 
     #[test]
