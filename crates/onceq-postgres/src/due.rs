@@ -72,6 +72,27 @@ FROM t LEFT JOIN q ON true LEFT JOIN per_queue m ON m.queue_id = q.id
 ORDER BY q.name COLLATE "C"
 "#;
 
+/// The `q` CTE of [`APPLY_DUE`] for one queue, by name (`$2`).
+pub(crate) const ONE_QUEUE: &str = "SELECT id, name, config, paused FROM {s}.queues WHERE name = $2";
+
+/// The statement applying the due transitions of the queues in `scope` (`$1` now, `$2` the
+/// scope's queue name, job id, or NULL), before the schema and clock are filled in.
+pub(crate) fn apply_due_template(scope: Scope<'_>) -> String {
+    let queues = match scope {
+        Scope::Queue(_) => ONE_QUEUE,
+        Scope::Job(_) => {
+            "SELECT id, name, config, paused FROM {s}.queues WHERE id = (SELECT queue_id FROM {s}.jobs WHERE id = $2)"
+        }
+        Scope::All => "SELECT id, name, config, paused FROM {s}.queues WHERE $2::text IS NULL",
+    };
+    apply_due_for(queues)
+}
+
+/// [`APPLY_DUE`] for the queues the CTE `queues` selects.
+pub(crate) fn apply_due_for(queues: &str) -> String {
+    APPLY_DUE.replace("{queues}", queues).replace("{batch}", &DUE_BATCH_MAX.to_string())
+}
+
 /// Which queues to bring up to date.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Scope<'a> {
@@ -110,14 +131,7 @@ impl PgStore {
     /// Applies the due transitions of the queues in `scope` as of the store's "now"; returns that
     /// "now" and those queues.
     pub(crate) async fn apply_due(&self, scope: Scope<'_>) -> Result<Due> {
-        let queues = match scope {
-            Scope::Queue(_) => "SELECT id, name, config, paused FROM {s}.queues WHERE name = $2",
-            Scope::Job(_) => {
-                "SELECT id, name, config, paused FROM {s}.queues WHERE id = (SELECT queue_id FROM {s}.jobs WHERE id = $2)"
-            }
-            Scope::All => "SELECT id, name, config, paused FROM {s}.queues WHERE $2::text IS NULL",
-        };
-        let sql = self.sql(&APPLY_DUE.replace("{queues}", queues).replace("{batch}", &DUE_BATCH_MAX.to_string()));
+        let sql = self.sql(&apply_due_template(scope));
         for _ in 0..DUE_ROUNDS_MAX {
             let now = self.now_param();
             let rows = self

@@ -307,6 +307,30 @@ fn settle_sql(template: &str, changed: Option<&str>) -> String {
     }
 }
 
+/// The enqueue of a batch of `rows` jobs ([`ENQUEUE`] with its wake-ups), before the schema and
+/// clock are filled in.
+pub(crate) fn enqueue_template(rows: usize) -> String {
+    sized(&with_notify(ENQUEUE, "created"), rows)
+}
+
+/// The lease of up to `max_jobs` jobs ([`LEASE`], or [`LEASE_AND_DELETE`] for an
+/// `at_most_once` queue), before the schema and clock are filled in.
+pub(crate) fn lease_template(max_jobs: u32, at_most_once: bool) -> String {
+    let template = if at_most_once { LEASE_AND_DELETE } else { LEASE };
+    template.replace("{limit}", &max_jobs.to_string())
+}
+
+/// The ack of `items` leases ([`ACK`] with its verdict), before the schema and clock are filled in.
+pub(crate) fn ack_template(items: usize) -> String {
+    sized(&settle_sql(ACK, None), items)
+}
+
+/// The queue lookup that starts an enqueue ([`QUEUE_LOOKUP`]), before the schema and clock are
+/// filled in.
+pub(crate) fn queue_lookup_template() -> &'static str {
+    QUEUE_LOOKUP
+}
+
 /// Item positions in rounds in which each job appears at most once (see the module docs).
 fn rounds(ids: &[JobId]) -> Vec<Vec<usize>> {
     let mut mentions: HashMap<JobId, usize> = HashMap::new();
@@ -542,7 +566,7 @@ impl PgStore {
         queue: &QueueName,
         jobs: &[NewJob],
     ) -> Result<Option<(i64, i64, QueueConfig)>> {
-        let lookup = self.sql(QUEUE_LOOKUP);
+        let lookup = self.sql(queue_lookup_template());
         let now_param = self.now_param();
         let row = self
             .fetch_optional(conn, "looking up a queue", || sqlx::query(&lookup).bind(now_param).bind(queue.as_str()))
@@ -621,7 +645,7 @@ impl PgStore {
             .collect();
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
         let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
-        let sql = sized(&self.sql(&with_notify(ENQUEUE, "created")), rows_of.len());
+        let sql = self.sql(&enqueue_template(rows_of.len()));
         let expires = plus_ms(now, window);
         let rows = self
             .fetch_all(conn, "enqueueing jobs", || {
@@ -768,13 +792,11 @@ impl PgStore {
         }
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
         let expires_at = plus_ms(now, visibility_ms);
-        let max_jobs = i64::from(options.max_jobs);
         let at_most_once = q.config.delivery == DeliveryMode::AtMostOnce;
+        let sql = self.sql(&lease_template(options.max_jobs, at_most_once));
         let rows = if at_most_once {
-            let sql = self.sql(&LEASE_AND_DELETE.replace("{limit}", &max_jobs.to_string()));
             self.run("leasing jobs", || sqlx::query(&sql).bind(q.id).fetch_all(&self.inner.pool)).await?
         } else {
-            let sql = self.sql(&LEASE.replace("{limit}", &max_jobs.to_string()));
             let tokens = lease_tokens(options.max_jobs as usize);
             self.run("leasing jobs", || {
                 sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&self.inner.pool)
@@ -843,13 +865,12 @@ impl PgStore {
     pub(crate) async fn ack_jobs(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
-        let template = self.sql(&settle_sql(ACK, None));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
                 continue;
             }
-            let sql = sized(&template, positions.len());
+            let sql = self.sql(&ack_template(positions.len()));
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &acks[i].lease_token.as_bytes()[..]).collect();
             let now = self.now_param();
             let rows = self

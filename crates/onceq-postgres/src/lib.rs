@@ -16,6 +16,8 @@
 //!   this backend does not depend on the worker runtime (DESIGN.md's dependency direction).
 //! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
 //! - `error`: PostgreSQL failures mapped onto the seam's error kinds.
+//! - [`statements`]: the text of the hot path's statements, for tools that run the store's own
+//!   SQL (the floor of `onceq bench --store`).
 //! - this file: [`PgStore`], [`PgOptions`], connecting, and the seam's entry points.
 //!
 //! # Time (Invariant 7)
@@ -102,6 +104,7 @@ mod idempotency;
 mod jobs;
 mod queues;
 mod schema;
+pub mod statements;
 mod transaction;
 mod wait;
 
@@ -144,6 +147,18 @@ pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The SQL expression every statement reads "now" from (see the crate docs, "Time").
 const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8)";
+
+/// `template` with `{now}` replaced by [`NOW_SQL`], `{s}` by `quoted` (the quoted schema) and
+/// `{channel}` by `channel`: what [`PgStore`] does to every statement it runs.
+fn fill(template: &str, quoted: &str, channel: &str) -> String {
+    template.replace("{now}", NOW_SQL).replace("{s}", quoted).replace("{channel}", channel)
+}
+
+/// The `NOTIFY` channel of the stores on `schema` (a validated schema name, so the channel is an
+/// identifier of `[A-Za-z0-9_]` of at most 63 bytes).
+fn channel_of(schema: &str) -> String {
+    format!("onceq_{}", &schema[..schema.len().min(SCHEMA_NAME_LEN_MAX - 6)])
+}
 
 /// How to connect a [`PgStore`].
 #[derive(Clone)]
@@ -306,7 +321,7 @@ impl PgStore {
             })
             .connect_lazy_with(connect_options);
         let quoted = schema::quoted(&options.schema);
-        let channel = format!("onceq_{}", &options.schema[..options.schema.len().min(SCHEMA_NAME_LEN_MAX - 6)]);
+        let channel = channel_of(&options.schema);
         let listener = wait::start_listening(&pool, &channel)
             .await
             .map_err(|e| error::map(&target, "listening for wake-ups", e))?;
@@ -364,7 +379,7 @@ impl PgStore {
     /// `template` with `{s}` replaced by the quoted schema, `{now}` by the clock expression and
     /// `{channel}` by the `NOTIFY` channel (an identifier of `[A-Za-z0-9_]`, safe in a literal).
     pub(crate) fn sql(&self, template: &str) -> String {
-        template.replace("{now}", NOW_SQL).replace("{s}", &self.inner.quoted).replace("{channel}", &self.inner.channel)
+        fill(template, &self.inner.quoted, &self.inner.channel)
     }
 
     /// The value for `$1` of every statement: the test clock's reading, or NULL for the

@@ -2,8 +2,8 @@
 //!
 //! Every scenario runs twice in the same run, on the same database: once through the seam on a
 //! [`PgStore`] in a fresh schema (the generic `scenarios`), and once as `pgbench` running the
-//! store's own statements (copied from `onceq-postgres/src/jobs.rs` and `due.rs`, with the same
-//! parameter shapes) against another fresh schema that a second `PgStore::connect` prepared, with
+//! store's own statements (the very texts the store runs, from [`onceq_postgres::statements`],
+//! with the same parameter shapes) against another fresh schema that a second `PgStore::connect` prepared, with
 //! the same number of concurrent clients. Each figure's ratio is onceq / floor: what the store
 //! keeps of what PostgreSQL allows for the same SQL. The floor leaves out only the store's Rust
 //! side: binding, decoding rows, the pool, the tokio tasks.
@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onceq_core::{QueueConfig, QueueName};
+use onceq_postgres::statements::HotStatement;
 use onceq_postgres::{PgOptions, PgStore};
 
 use super::scenarios::{self, Run};
@@ -56,147 +57,25 @@ const VISIBILITY_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// The bench queue, on both sides.
 const QUEUE: &str = "bench";
 
-/// `now` of every statement: the store's `NOW_SQL`, `$1` being NULL (the database's clock).
-const NOW_SQL: &str = "coalesce(NULL::int8, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8)";
-
-/// `QUEUE_LOOKUP` of `jobs.rs`; `$2` the queue name.
-const QUEUE_LOOKUP: &str = "SELECT t.now, q.id, q.config::text AS config \
-                            FROM (SELECT {now} AS now) t LEFT JOIN {s}.queues q ON q.name = $2";
-
-/// `NOTIFY_CHANGED` of `jobs.rs`.
-const NOTIFY_CHANGED: &str = r#"
-notes AS (
-    SELECT q.name, count(*) FILTER (WHERE c.state = 1) AS ready, min(c.run_at) FILTER (WHERE c.state = 0) AS next
-    FROM {changed} c JOIN {s}.queues q ON q.id = c.queue_id
-    WHERE NOT q.paused
-    GROUP BY q.name
-),
-notified AS (
-    SELECT pg_notify('{channel}', 'r ' || ready || ' ' || name) FROM notes WHERE ready > 0
-    UNION ALL
-    SELECT pg_notify('{channel}', 's ' || next || ' ' || name) FROM notes WHERE next IS NOT NULL
-)"#;
-
-/// `ENQUEUE` of `jobs.rs`.
-const ENQUEUE: &str = r#"
-WITH input AS (
-    SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[])
-        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord){cap}
-),
-locked AS (SELECT id FROM {s}.queues WHERE id = $9 FOR KEY SHARE),
-numbered AS (SELECT i.*, nextval('{s}.job_ids') AS id FROM input i CROSS JOIN locked),
-claimed AS (
-    INSERT INTO {s}.dedup AS d (queue_id, dedup_id, job_id, expires_at)
-    SELECT $9, dedup_id, id, $10 FROM numbered WHERE dedup_claim
-    ON CONFLICT (queue_id, dedup_id) DO UPDATE SET
-        job_id = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.job_id ELSE d.job_id END,
-        expires_at = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.expires_at ELSE d.expires_at END
-    RETURNING d.dedup_id, d.job_id
-),
-created AS (
-    INSERT INTO {s}.jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id,
-                          headers, payload)
-    SELECT n.id, $9, CASE WHEN n.run_at > $1 THEN 0 ELSE 1 END, n.priority, n.run_at, $1, 0, n.max_attempts,
-           n.dedup_id, n.headers, n.payload
-    FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
-    WHERE NOT n.dedup_claim OR c.job_id = n.id
-    RETURNING queue_id, state, run_at
-),
-{notify:created}
-SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified
-FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
-ORDER BY n.ord
-"#;
-
-/// `APPLY_DUE` of `due.rs` for `Scope::Queue` (`$2` the queue name), batch 5,000.
-const APPLY_DUE: &str = r#"
-WITH t AS (SELECT {now} AS now),
-q AS (SELECT id, name, config, paused FROM {s}.queues WHERE name = $2),
-promoted AS (
-    UPDATE {s}.jobs SET state = 1
-    WHERE state = 0 AND id = ANY (ARRAY(
-        SELECT id FROM {s}.jobs
-        WHERE queue_id = ANY (ARRAY(SELECT id FROM q)) AND state = 0 AND run_at <= (SELECT now FROM t)
-        LIMIT 5000
-        FOR UPDATE SKIP LOCKED))
-    RETURNING queue_id
-),
-expired AS (
-    UPDATE {s}.jobs
-    SET state = CASE WHEN attempt >= max_attempts THEN 3 ELSE 1 END,
-        run_at = lease_expires_at, lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1
-    WHERE state = 2 AND id = ANY (ARRAY(
-        SELECT id FROM {s}.jobs
-        WHERE queue_id = ANY (ARRAY(SELECT id FROM q)) AND state = 2
-          AND lease_expires_at <= (SELECT now FROM t)
-        LIMIT 5000
-        FOR UPDATE SKIP LOCKED))
-    RETURNING id, queue_id, state, attempt, run_at, error_count
-),
-recorded AS (
-    INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
-    SELECT id, error_count, attempt, run_at, 'lease expired' FROM expired
-),
-moved AS (
-    SELECT queue_id, count(*) AS promoted, 0::int8 AS redelivered, 0::int8 AS dead FROM promoted GROUP BY queue_id
-    UNION ALL
-    SELECT queue_id, 0, count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 3)
-    FROM expired GROUP BY queue_id
-),
-per_queue AS (
-    SELECT queue_id, sum(promoted)::int8 AS promoted, sum(redelivered)::int8 AS redelivered, sum(dead)::int8 AS dead
-    FROM moved GROUP BY queue_id
-)
-SELECT t.now, q.id, q.name, q.config::text AS config, q.paused, coalesce(m.promoted, 0) AS promoted,
-       coalesce(m.redelivered, 0) AS redelivered, coalesce(m.dead, 0) AS dead,
-       CASE WHEN NOT q.paused AND coalesce(m.promoted, 0) + coalesce(m.redelivered, 0) > 0
-            THEN pg_notify('{channel}', 'r ' || (m.promoted + m.redelivered) || ' ' || q.name)::text END AS notified
-FROM t LEFT JOIN q ON true LEFT JOIN per_queue m ON m.queue_id = q.id
-ORDER BY q.name COLLATE "C"
-"#;
-
-/// `LEASE` of `jobs.rs`, its `UPDATE` as the CTE `leased` of one more `SELECT` that hands the
-/// ids and tokens to the ack (`\gset`), since pgbench cannot carry rows between statements.
-const LEASE: &str = r#"
-WITH picked AS (
-    SELECT id FROM {s}.jobs
-    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
-    ORDER BY priority DESC, run_at, id
-    LIMIT {limit}
-    FOR UPDATE SKIP LOCKED
-),
-numbered AS (SELECT id, row_number() OVER () AS rn FROM picked),
-leased AS (
-UPDATE {s}.jobs j
-SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4], lease_expires_at = $4, leased_at = $1
-FROM numbered n
-WHERE j.id = n.id
-RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
-          j.lease_token
-)
-SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') AS ids,
+/// The lease's result as one row that pgbench can `\gset`: the ids and tokens of the leased
+/// jobs (for the ack), and their payloads and headers aggregated, so that the floor reads back
+/// what the store's lease returns.
+const LEASE_AGGREGATE: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') AS ids,
        coalesce(string_agg(encode(lease_token, 'hex'), ',' ORDER BY id), '') AS tokens,
        count(*) AS leased, array_agg(payload ORDER BY id) AS payloads, array_agg(headers ORDER BY id) AS headers
-FROM leased
-"#;
+FROM leased";
 
-/// `ACK` of `jobs.rs` with its `SETTLE_VERDICT` filled in.
-const ACK: &str = r#"
-WITH t AS (SELECT {now} AS now),
-items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id, token, ord){cap}),
-acked AS (
-    DELETE FROM {s}.jobs j USING items i, t
-    WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
-    RETURNING j.id, j.queue_id, j.error_count, j.leased_at
-),
-forgotten AS (DELETE FROM {s}.job_errors e USING acked a WHERE e.job_id = a.id AND a.error_count > 0)
-SELECT i.ord, s.id IS NOT NULL AS done, ex.id IS NOT NULL AS existed, q.name AS queue , s.leased_at, (SELECT now FROM t) AS now
-FROM items i
-LEFT JOIN acked s ON s.id = i.id
-LEFT JOIN {s}.jobs ex ON ex.id = i.id
-LEFT JOIN {s}.queues q ON q.id = coalesce(s.queue_id, ex.queue_id)
-ORDER BY i.ord
-"#;
+/// The store's lease statement (`WITH ... UPDATE ... RETURNING ...`) with its `UPDATE` made the
+/// CTE `leased` of [`LEASE_AGGREGATE`], since pgbench cannot carry rows between statements.
+fn lease_aggregated(lease: &str) -> Result<String, BenchError> {
+    let Some(update) = lease.rfind("\nUPDATE ") else {
+        return Err(BenchError::Floor(format!(
+            "the store's lease statement is no longer `WITH ... UPDATE ... RETURNING ...`; the floor cannot wrap it:\n{lease}"
+        )));
+    };
+    let (with, update) = lease.split_at(update);
+    Ok(format!("{},\nleased AS ({}\n)\n{LEASE_AGGREGATE}", with.trim_end(), update.trim_end()))
+}
 
 /// Refreshes the planner's statistics of the jobs table after a fill, on both sides.
 ///
@@ -211,41 +90,47 @@ async fn analyze(store: &PgStore) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Where the floor's statements run: the schema (quoted) and its `NOTIFY` channel.
+/// Where the floor's statements run: the floor's schema. The statements are the store's own
+/// ([`onceq_postgres::statements`]), as a store on that schema runs them; the floor fills in
+/// their parameters.
 struct Target {
-    quoted: String,
-    channel: String,
+    schema: String,
 }
 
 impl Target {
     fn new(schema: &str) -> Self {
-        // As `PgStore::connect` names it (its schema names are short enough not to be cut).
-        Target { quoted: format!("\"{schema}\""), channel: format!("onceq_{schema}") }
+        Target { schema: schema.to_owned() }
     }
 
-    /// `template` with the store's substitutions and `params` (`$n` → text, highest `n` first
-    /// so that `$1` does not eat `$10`).
-    fn sql(&self, template: &str, params: &[(usize, String)]) -> String {
-        let mut sql = template.replace("{notify:created}", &NOTIFY_CHANGED.replace("{changed}", "created"));
+    /// The store's `statement` on this schema.
+    fn statement(&self, statement: HotStatement) -> Result<String, BenchError> {
+        Ok(onceq_postgres::statements::hot_statement(&self.schema, statement)?)
+    }
+
+    /// `statement` with `params` in place of its `$n` (highest `n` first, so that `$1` does not
+    /// eat `$10`), as one line of a pgbench script.
+    fn sql(&self, statement: &str, params: &[(usize, String)]) -> String {
+        let mut sql = statement.to_owned();
         let mut params = params.to_vec();
         params.sort_by_key(|p| std::cmp::Reverse(p.0));
         for (n, value) in params {
             sql = sql.replace(&format!("${n}"), &value);
         }
-        let sql = sql.replace("{now}", NOW_SQL).replace("{s}", &self.quoted).replace("{channel}", &self.channel);
         format!("{};\n", sql.trim())
     }
 
     /// The enqueue of `per_call` jobs: the queue lookup, then the enqueue at the "now" and
     /// queue id it returned, as `enqueue_jobs` runs them. The payloads come in as a parameter
     /// on every call, as the store's do: the variable `:payloads` (see [`payloads_define`]).
-    fn enqueue_script(&self, per_call: u64) -> String {
+    fn enqueue_script(&self, per_call: u64) -> Result<String, BenchError> {
         let config = QueueConfig::default();
         let n = format!("ARRAY[{per_call}]");
-        let mut script = self.sql(QUEUE_LOOKUP, &[(2, format!("'{QUEUE}'"))]);
+        let items = usize::try_from(per_call).map_err(|_| BenchError::Options(format!("{per_call} jobs per call")))?;
+        let mut script =
+            self.sql(&self.statement(HotStatement::QueueLookup)?, &[(1, "NULL".into()), (2, format!("'{QUEUE}'"))]);
         script.push_str("\\gset e_\n");
         script.push_str(&self.sql(
-            &ENQUEUE.replace("{cap}", &cap(per_call)),
+            &self.statement(HotStatement::Enqueue { items })?,
             &[
                 (1, ":e_now::int8".into()),
                 (2, ":payloads::bytea[]".into()),
@@ -259,16 +144,18 @@ impl Target {
                 (10, format!("(:e_now::int8 + {})", config.dedup_window_ms)),
             ],
         ));
-        script
+        Ok(script)
     }
 
     /// Lease of `per_call` and the ack of what it got: due transitions, lease, ack, as
     /// `lease_jobs` and `ack_jobs` run them.
-    fn lease_ack_script(&self, per_call: u64) -> String {
-        let mut script = self.sql(APPLY_DUE, &[(2, format!("'{QUEUE}'"))]);
+    fn lease_ack_script(&self, per_call: u64) -> Result<String, BenchError> {
+        let max_jobs = u32::try_from(per_call).map_err(|_| BenchError::Options(format!("{per_call} jobs per call")))?;
+        let mut script =
+            self.sql(&self.statement(HotStatement::ApplyDue)?, &[(1, "NULL".into()), (2, format!("'{QUEUE}'"))]);
         script.push_str("\\gset d_\n");
         script.push_str(&self.sql(
-            &LEASE.replace("{limit}", &per_call.to_string()),
+            &lease_aggregated(&self.statement(HotStatement::Lease { max_jobs })?)?,
             &[
                 (1, ":d_now::int8".into()),
                 (2, ":d_id::int8".into()),
@@ -278,13 +165,14 @@ impl Target {
         ));
         script.push_str("\\gset l_\n");
         script.push_str(&self.sql(
-            &ACK.replace("{cap}", &cap(per_call)),
+            &self.statement(HotStatement::Ack { items: max_jobs as usize })?,
             &[
+                (1, "NULL".into()),
                 (2, "string_to_array(:l_ids::text, ',')::int8[]".into()),
                 (3, "ARRAY(SELECT decode(t, 'hex') FROM unnest(string_to_array(:l_tokens::text, ',')) t)".into()),
             ],
         ));
-        script
+        Ok(script)
     }
 }
 
@@ -311,16 +199,6 @@ fn payloads_fit(payload_bytes: usize) -> Result<(), BenchError> {
         "--payload-bytes {payload_bytes} is too big for --store: the pgbench floor takes a batch's {BATCH} payloads \
          as one command-line argument, which holds at most {ARG_BYTES_MAX} bytes; use at most {most}"
     )))
-}
-
-/// `{cap}` of the store's batch statements for `n` items (`sized` and `ITEMS_EXACT_MAX` of
-/// `jobs.rs`).
-fn cap(n: u64) -> String {
-    if n <= 10 {
-        format!(" LIMIT {n}")
-    } else {
-        String::new()
-    }
 }
 
 /// What `pgbench` printed that the report uses.
@@ -639,7 +517,7 @@ impl PgBench<'_> {
                     jobs,
                     BATCH,
                     clients,
-                    |t| format!("{}{}", t.enqueue_script(BATCH), t.lease_ack_script(BATCH)),
+                    |t| Ok(format!("{}{}", t.enqueue_script(BATCH)?, t.lease_ack_script(BATCH)?)),
                     BATCH * clients,
                 )
             },
@@ -763,12 +641,12 @@ impl PgBench<'_> {
         jobs: u64,
         per_txn: u64,
         clients: u64,
-        script: impl FnOnce(&Target) -> String,
+        script: impl FnOnce(&Target) -> Result<String, BenchError>,
         fill: u64,
     ) -> Result<f64, BenchError> {
         use onceq_core::Store as _;
         let target = Target::new(&self.floor_schema);
-        let script = script(&target);
+        let script = script(&target)?;
         let transactions_per_client = jobs.div_ceil(per_txn).div_ceil(clients).max(1);
         // A lease floor's queue holds what its transactions lease, rounded up to whole ones.
         let fill = if fill >= jobs { transactions_per_client * clients * per_txn } else { fill };
@@ -940,15 +818,32 @@ tps = 1000.500000 (excluding connections establishing)
     #[test]
     fn parameters_are_substituted_highest_first() {
         let t = Target::new("s1");
-        let sql = t.sql("SELECT $1, $10, {s}.x, '{channel}', {now}", &[(1, "a".into()), (10, "b".into())]);
-        assert!(sql.starts_with("SELECT a, b, \"s1\".x, 'onceq_s1', coalesce(NULL::int8"), "{sql}");
-        assert!(sql.ends_with(";\n"));
-        let script = t.enqueue_script(100);
-        assert!(script.contains("\\gset e_") && script.contains(":payloads::bytea[]"), "{script}");
+        let sql = t.sql("SELECT $1, $10, $2", &[(1, "a".into()), (10, "b".into()), (2, "c".into())]);
+        assert_eq!(sql, "SELECT a, b, c;\n");
         assert_eq!(payloads_define(2, b"{}"), r#"payloads={"\\x7b7d","\\x7b7d"}"#);
-        assert!(!script.contains('$') && !script.contains("{notify"), "{script}");
-        let script = t.lease_ack_script(1);
+    }
+
+    #[test]
+    fn the_floor_scripts_are_the_stores_statements_with_every_parameter_filled_in() {
+        let t = Target::new("s1");
+        let script = t.enqueue_script(100).unwrap();
+        assert!(script.contains("\\gset e_") && script.contains(":payloads::bytea[]"), "{script}");
+        assert!(script.contains("\"s1\".jobs") && script.contains("'onceq_s1'"), "{script}");
+        assert!(script.contains("coalesce(NULL::int8, floor(extract(epoch FROM statement_timestamp())"), "{script}");
+        assert!(!script.contains('$'), "{script}");
+        let script = t.lease_ack_script(1).unwrap();
         assert!(!script.contains('$') && script.contains(":l_ids") && script.contains(":d_now"), "{script}");
-        assert!(!script.contains("{cap}") && script.contains("ord) LIMIT 1)"), "{script}");
+        assert!(script.contains("LIMIT 1\n") && script.contains("ord) LIMIT 1)"), "{script}");
+        assert!(script.contains("leased AS (\nUPDATE \"s1\".jobs j") && script.contains("FROM leased;"), "{script}");
+        // Each statement of the store is in the script whole, but for its parameters.
+        let lease = onceq_postgres::statements::hot_statement("s1", HotStatement::Lease { max_jobs: 1 }).unwrap();
+        let update = &lease[lease.find("\nUPDATE").unwrap()..lease.find("$3").unwrap()];
+        assert!(script.contains(update), "{script}");
+    }
+
+    #[test]
+    fn a_lease_statement_of_another_shape_is_refused() {
+        let refused = lease_aggregated("SELECT 1").unwrap_err().to_string();
+        assert!(refused.contains("cannot wrap"), "{refused}");
     }
 }
