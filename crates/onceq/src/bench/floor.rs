@@ -132,6 +132,15 @@ fn ack(tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<(), BenchError> {
 /// one leased, leases the jobs inserted before it, and inserts `per_txn` new ones. Every job is
 /// written three times in three commits, as in a queue; a commit serves three batches at once,
 /// as a perfect group commit would.
+///
+/// This schedule is also the kindest to the disk: the three batches of a transaction are
+/// neighbours, so they share table and index pages. Counted with `sqlite3_wal_hook` (100,000
+/// jobs of 100 bytes, batches of 100), each commit here writes 12 pages to the WAL; the store's
+/// end-to-end run writes 22 to 24 per commit at the same three calls (300 job writes) per
+/// commit, because its producers, leases and acks work at different places of the table and of
+/// each index. (In the lease+ack scenario, where both sides write the same places, the counts
+/// nearly agree: 22,641 pages for the store and 21,246 for the floor per 100,000 jobs.) Part of
+/// this scenario's ratio is that difference of schedule, not of code.
 pub(crate) fn end_to_end(
     conn: &mut Connection,
     payload: &[u8],
