@@ -72,6 +72,13 @@ pub struct BenchArgs {
     /// sides alike [default: 3, or 1 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: Option<u32>,
+    /// Run only these scenarios (comma-separated or repeated), with the embedded store or
+    /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
+    /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched and
+    /// lease-ack-backlog; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
+    /// enqueue-concurrent and lease-ack-single.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
+    pub only: Vec<Scenario>,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases
     /// [default: the system's temporary directory]. Choose the disk you mean to measure.
     #[arg(long)]
@@ -114,6 +121,59 @@ pub enum DurabilityChoice {
     Relaxed,
     /// Both, fsync first.
     Both,
+}
+
+/// A scenario, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Single-job enqueue from one producer (embedded).
+    #[value(name = "enqueue-1")]
+    Enqueue1,
+    /// Single-job enqueue from many producers at once (embedded: 64, --store: 16).
+    EnqueueConcurrent,
+    /// Enqueue of 100 jobs per call.
+    EnqueueBatched,
+    /// Enqueue → lease → ack, 100 jobs per call, producers and workers at once.
+    EndToEndBatched,
+    /// Enqueue → lease → ack, one job per call, 64 producers and 64 workers (embedded).
+    EndToEndSingle,
+    /// Lease + ack of 100 jobs per call on a filled queue.
+    LeaseAckBatched,
+    /// The same behind a big backlog (embedded; its target compares it with lease-ack-batched,
+    /// so it needs that one in the same run).
+    LeaseAckBacklog,
+    /// Lease + ack of one job per call, 16 workers (--store).
+    LeaseAckSingle,
+}
+
+impl Scenario {
+    /// The name `--only` takes.
+    fn name(self) -> String {
+        self.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
+/// The scenarios `--only` asks for, checked against those a bench has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Selection(Vec<Scenario>);
+
+impl Selection {
+    /// `only` (empty: all of `offered`), refused if it names one that `bench` does not have.
+    fn new(only: &[Scenario], offered: &[Scenario], bench: &str) -> Result<Self, BenchError> {
+        if let Some(missing) = only.iter().find(|s| !offered.contains(s)) {
+            let names: Vec<String> = offered.iter().map(|s| s.name()).collect();
+            return Err(BenchError::Options(format!(
+                "--only {}: {bench} has no such scenario; it has {}",
+                missing.name(),
+                names.join(", ")
+            )));
+        }
+        Ok(Selection(if only.is_empty() { offered.to_vec() } else { only.to_vec() }))
+    }
+
+    fn runs(&self, scenario: Scenario) -> bool {
+        self.0.contains(&scenario)
+    }
 }
 
 /// Why a bench run stopped.
@@ -185,7 +245,20 @@ struct Plan {
     payload: Vec<u8>,
     /// Rounds of every scenario (store, floor, store, floor, ...).
     rounds: u32,
+    /// The scenarios to run.
+    only: Selection,
 }
+
+/// The scenarios of the embedded bench, in the order they run.
+const EMBEDDED_SCENARIOS: [Scenario; 7] = [
+    Scenario::Enqueue1,
+    Scenario::EnqueueConcurrent,
+    Scenario::EnqueueBatched,
+    Scenario::EndToEndBatched,
+    Scenario::EndToEndSingle,
+    Scenario::LeaseAckBatched,
+    Scenario::LeaseAckBacklog,
+];
 
 /// Producers and workers of the batched end-to-end scenario.
 const END_TO_END_BATCHED_TASKS: u64 = 4;
@@ -223,6 +296,7 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
         backlog: args.backlog.unwrap_or(if args.quick { 0 } else { 1_000_000 }),
         payload: payload(args.payload_bytes),
         rounds: rounds(args),
+        only: Selection::new(&args.only, &EMBEDDED_SCENARIOS, "the embedded bench")?,
     };
     let levels: &[Level] = match args.durability {
         DurabilityChoice::Fsync => &[Level::Fsync],
@@ -361,130 +435,144 @@ impl Bench<'_> {
         emit(&mut out);
 
         let mut figures = Figures::default();
-
-        // Single enqueue, one producer: one commit (one fsync) per job, on both sides.
-        let n = plan.single_jobs;
-        let (run, floor, ratios) = rounds_of(
-            self.plan.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await
-                })
-            },
-            || self.floor(n, |conn, payload| floor::insert(conn, payload, n, 1)),
-        )?;
-        self.row(Row {
-            scenario: "enqueue 1/call, 1 producer".into(),
-            run,
-            ratios,
-            floor: Some(floor_figure(floor, "1 INSERT/txn")),
-        });
-
-        // Single enqueue, 64 producers: group commit at work. The floor is a perfect group
-        // commit: every transaction carries one job of each of the 64 producers.
         let n = plan.jobs;
-        let (run, floor, ratios) = rounds_of(
-            self.plan.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
-                })
-            },
-            || self.floor(n, |conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS)),
-        )?;
-        self.row(Row {
-            scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
-            run,
-            ratios,
-            floor: Some(floor_figure(floor, format!("{SINGLE_TASKS} INSERTs/txn (perfect group commit)"))),
-        });
+        // Lease+ack jobs/s with a small backlog, the yardstick of the big-backlog scenario.
+        let mut small: Option<f64> = None;
 
-        // Batched enqueue.
-        let (run, floor, ratios) = rounds_of(
-            self.plan.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
-                })
-            },
-            || self.floor(n, |conn, payload| floor::insert(conn, payload, n, BATCH)),
-        )?;
-        let row = Row {
-            scenario: format!("enqueue {BATCH}/call, 1 producer"),
-            run,
-            ratios,
-            floor: Some(floor_figure(floor, format!("{BATCH} INSERTs/txn"))),
-        };
-        figures.batched.push(row.ratio_named());
-        self.row(row);
+        if plan.only.runs(Scenario::Enqueue1) {
+            // Single enqueue, one producer: one commit (one fsync) per job, on both sides.
+            let n = plan.single_jobs;
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await
+                    })
+                },
+                || self.floor(n, |conn, payload| floor::insert(conn, payload, n, 1)),
+            )?;
+            self.row(Row {
+                scenario: "enqueue 1/call, 1 producer".into(),
+                run,
+                ratios,
+                floor: Some(floor_figure(floor, "1 INSERT/txn")),
+            });
+        }
 
-        // End-to-end, batched.
-        let tasks = END_TO_END_BATCHED_TASKS;
-        let (run, floor, ratios) = rounds_of(
-            self.plan.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
-                })
-            },
-            || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
-        )?;
-        let row = Row {
-            scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"),
-            run,
-            ratios,
-            floor: Some(floor_figure(floor, format!("pipelined, {BATCH} jobs/txn"))),
-        };
-        figures.batched.push(row.ratio_named());
-        self.row(row);
+        if plan.only.runs(Scenario::EnqueueConcurrent) {
+            // Single enqueue, 64 producers: group commit at work. The floor is a perfect group
+            // commit: every transaction carries one job of each of the 64 producers.
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+                    })
+                },
+                || self.floor(n, |conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS)),
+            )?;
+            self.row(Row {
+                scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
+                run,
+                ratios,
+                floor: Some(floor_figure(floor, format!("{SINGLE_TASKS} INSERTs/txn (perfect group commit)"))),
+            });
+        }
 
-        // End-to-end, single jobs.
-        let (run, floor, ratios) = rounds_of(
-            self.plan.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
-                })
-            },
-            || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
-        )?;
-        let row = Row {
-            scenario: format!("end-to-end 1/call, {SINGLE_TASKS} producers + {SINGLE_TASKS} workers"),
-            run,
-            ratios,
-            floor: Some(floor_figure(floor, format!("pipelined, {SINGLE_TASKS} jobs/txn (perfect group commit)"))),
-        };
-        figures.end_to_end_single = Some(row.jobs_per_s());
-        self.row(row);
+        if plan.only.runs(Scenario::EnqueueBatched) {
+            // Batched enqueue.
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
+                    })
+                },
+                || self.floor(n, |conn, payload| floor::insert(conn, payload, n, BATCH)),
+            )?;
+            let row = Row {
+                scenario: format!("enqueue {BATCH}/call, 1 producer"),
+                run,
+                ratios,
+                floor: Some(floor_figure(floor, format!("{BATCH} INSERTs/txn"))),
+            };
+            figures.batched.push(row.ratio_named());
+            self.row(row);
+        }
 
-        // Lease throughput, small backlog: the queue holds only the jobs leased.
-        let (run, floor, ratios) = rounds_of(
-            self.plan.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::fill(&store, &queue, &payload, n).await?;
-                    scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
-                })
-            },
-            || {
-                self.floor(n, |conn, payload| {
-                    floor::fill(conn, payload, n)?;
-                    floor::lease_ack(conn, n, BATCH)
-                })
-            },
-        )?;
-        let row = Row {
-            scenario: format!("lease+ack {BATCH}/call, {} ready at start", thousands(n as f64)),
-            run,
-            ratios,
-            floor: Some(floor_figure(floor, format!("UPDATE {BATCH} txn + DELETE {BATCH} txn"))),
-        };
-        figures.batched.push(row.ratio_named());
-        let small = row.jobs_per_s();
-        self.row(row);
+        if plan.only.runs(Scenario::EndToEndBatched) {
+            // End-to-end, batched.
+            let tasks = END_TO_END_BATCHED_TASKS;
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
+                    })
+                },
+                || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
+            )?;
+            let row = Row {
+                scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"),
+                run,
+                ratios,
+                floor: Some(floor_figure(floor, format!("pipelined, {BATCH} jobs/txn"))),
+            };
+            figures.batched.push(row.ratio_named());
+            self.row(row);
+        }
+
+        if plan.only.runs(Scenario::EndToEndSingle) {
+            // End-to-end, single jobs.
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
+                    })
+                },
+                || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
+            )?;
+            let row = Row {
+                scenario: format!("end-to-end 1/call, {SINGLE_TASKS} producers + {SINGLE_TASKS} workers"),
+                run,
+                ratios,
+                floor: Some(floor_figure(floor, format!("pipelined, {SINGLE_TASKS} jobs/txn (perfect group commit)"))),
+            };
+            figures.end_to_end_single = Some(row.jobs_per_s());
+            self.row(row);
+        }
+
+        if plan.only.runs(Scenario::LeaseAckBatched) {
+            // Lease throughput, small backlog: the queue holds only the jobs leased.
+            let (run, floor, ratios) = rounds_of(
+                self.plan.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::fill(&store, &queue, &payload, n).await?;
+                        scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
+                    })
+                },
+                || {
+                    self.floor(n, |conn, payload| {
+                        floor::fill(conn, payload, n)?;
+                        floor::lease_ack(conn, n, BATCH)
+                    })
+                },
+            )?;
+            let row = Row {
+                scenario: format!("lease+ack {BATCH}/call, {} ready at start", thousands(n as f64)),
+                run,
+                ratios,
+                floor: Some(floor_figure(floor, format!("UPDATE {BATCH} txn + DELETE {BATCH} txn"))),
+            };
+            figures.batched.push(row.ratio_named());
+            small = Some(row.jobs_per_s());
+            self.row(row);
+        }
 
         // Lease throughput behind a big backlog.
-        if plan.backlog > 0 {
+        if plan.backlog > 0 && plan.only.runs(Scenario::LeaseAckBacklog) {
             let backlog = plan.backlog;
             let (run, floor, ratios) = rounds_of(
                 self.plan.rounds,
@@ -514,7 +602,7 @@ impl Bench<'_> {
                 floor: Some(floor_figure(floor, format!("the same, behind {} rows", thousands(backlog as f64)))),
             };
             figures.batched.push(row.ratio_named());
-            figures.backlog = Some((backlog, row.jobs_per_s() / small));
+            figures.backlog = small.map(|small| (backlog, row.jobs_per_s() / small));
             self.row(row);
         }
 
@@ -700,7 +788,11 @@ impl Figures {
                 );
             }
             None => {
-                let _ = writeln!(out, "  skipped lease+ack behind a big backlog (--quick or --backlog 0)");
+                let _ = writeln!(
+                    out,
+                    "  skipped lease+ack behind a big backlog within 20% of the small one (it needs both lease-ack \
+                     scenarios: not with --quick, --backlog 0, or an --only without both)"
+                );
             }
         }
         emit(&mut out);

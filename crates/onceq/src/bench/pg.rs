@@ -40,7 +40,10 @@ use onceq_postgres::statements::HotStatement;
 use onceq_postgres::{PgOptions, PgStore};
 
 use super::scenarios::{self, Run};
-use super::{emit, jobs_per_s, median, millis, payload, progress, rounds_of, thousands, BenchArgs, BenchError, BATCH};
+use super::{
+    emit, jobs_per_s, median, millis, payload, progress, rounds_of, thousands, BenchArgs, BenchError, Scenario,
+    Selection, BATCH,
+};
 
 /// Producers, and workers, of the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -394,7 +397,18 @@ struct PgBench<'a> {
     serial: std::cell::Cell<u32>,
     /// Rounds of every scenario (store, floor, store, floor, ...).
     rounds: u32,
+    /// The scenarios to run.
+    only: Selection,
 }
+
+/// The scenarios of the PostgreSQL bench, in the order they run.
+const PG_SCENARIOS: [Scenario; 5] = [
+    Scenario::EnqueueBatched,
+    Scenario::LeaseAckBatched,
+    Scenario::EndToEndBatched,
+    Scenario::EnqueueConcurrent,
+    Scenario::LeaseAckSingle,
+];
 
 /// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
 pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(), BenchError> {
@@ -415,6 +429,7 @@ pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(),
         runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
         serial: std::cell::Cell::new(0),
         rounds: super::rounds(args),
+        only: Selection::new(&args.only, &PG_SCENARIOS, "the PostgreSQL bench (--store)")?,
     };
     bench.schema_drop().on_interrupt(&bench.runtime);
     let result = bench.report(jobs, single_jobs, args.payload_bytes, command_line);
@@ -459,138 +474,153 @@ impl PgBench<'_> {
 
         let mut rows_done: Vec<(String, f64, f64)> = Vec::new();
         let batched = BATCHED_TASKS;
+        let (mut enqueue_batched, mut end_to_end_batched) = (None, None);
 
-        // Batched enqueue.
-        let (run, floor, ratios) = rounds_of(
-            self.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
-                })
-            },
-            || self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH), 0),
-        )?;
-        let row = Row {
-            scenario: format!("enqueue {BATCH}/call, {batched} producers"),
-            run,
-            floor_jobs_per_s: floor,
-            ratios,
-            floor_what: format!("lookup + enqueue {BATCH}, {batched} clients"),
-        };
-        self.row(&row);
-        let enqueue_batched = row.jobs_per_s();
-        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        if self.only.runs(Scenario::EnqueueBatched) {
+            // Batched enqueue.
+            let (run, floor, ratios) = rounds_of(
+                self.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
+                    })
+                },
+                || self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH), 0),
+            )?;
+            let row = Row {
+                scenario: format!("enqueue {BATCH}/call, {batched} producers"),
+                run,
+                floor_jobs_per_s: floor,
+                ratios,
+                floor_what: format!("lookup + enqueue {BATCH}, {batched} clients"),
+            };
+            self.row(&row);
+            enqueue_batched = Some(row.jobs_per_s());
+            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        }
 
-        // Batched lease + ack on a prefilled queue.
-        let (run, floor, ratios) = rounds_of(
-            self.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::fill(&store, &queue, &payload, jobs).await?;
-                    analyze(&store).await?;
-                    scenarios::lease_ack(&store, &queue, jobs, BATCH, batched).await
-                })
-            },
-            || self.floor(jobs, BATCH, batched, |t| t.lease_ack_script(BATCH), jobs),
-        )?;
-        let row = Row {
-            scenario: format!("lease+ack {BATCH}/call, {batched} workers"),
-            run,
-            floor_jobs_per_s: floor,
-            ratios,
-            floor_what: format!("due + lease {BATCH} + ack {BATCH}, {batched} clients"),
-        };
-        self.row(&row);
-        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        if self.only.runs(Scenario::LeaseAckBatched) {
+            // Batched lease + ack on a prefilled queue.
+            let (run, floor, ratios) = rounds_of(
+                self.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::fill(&store, &queue, &payload, jobs).await?;
+                        analyze(&store).await?;
+                        scenarios::lease_ack(&store, &queue, jobs, BATCH, batched).await
+                    })
+                },
+                || self.floor(jobs, BATCH, batched, |t| t.lease_ack_script(BATCH), jobs),
+            )?;
+            let row = Row {
+                scenario: format!("lease+ack {BATCH}/call, {batched} workers"),
+                run,
+                floor_jobs_per_s: floor,
+                ratios,
+                floor_what: format!("due + lease {BATCH} + ack {BATCH}, {batched} clients"),
+            };
+            self.row(&row);
+            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        }
 
-        // End-to-end, batched.
-        let clients = 2 * batched;
-        let (run, floor, ratios) = rounds_of(
-            self.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
-                })
-            },
-            || {
-                self.floor(
-                    jobs,
-                    BATCH,
-                    clients,
-                    |t| Ok(format!("{}{}", t.enqueue_script(BATCH)?, t.lease_ack_script(BATCH)?)),
-                    BATCH * clients,
-                )
-            },
-        )?;
-        let row = Row {
-            scenario: format!("end-to-end {BATCH}/call, {batched}+{batched} tasks"),
-            run,
-            floor_jobs_per_s: floor,
-            ratios,
-            floor_what: format!("lookup + enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
-        };
-        self.row(&row);
-        let end_to_end_batched = row.jobs_per_s();
-        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        if self.only.runs(Scenario::EndToEndBatched) {
+            // End-to-end, batched.
+            let clients = 2 * batched;
+            let (run, floor, ratios) = rounds_of(
+                self.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
+                    })
+                },
+                || {
+                    self.floor(
+                        jobs,
+                        BATCH,
+                        clients,
+                        |t| Ok(format!("{}{}", t.enqueue_script(BATCH)?, t.lease_ack_script(BATCH)?)),
+                        BATCH * clients,
+                    )
+                },
+            )?;
+            let row = Row {
+                scenario: format!("end-to-end {BATCH}/call, {batched}+{batched} tasks"),
+                run,
+                floor_jobs_per_s: floor,
+                ratios,
+                floor_what: format!("lookup + enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
+            };
+            self.row(&row);
+            end_to_end_batched = Some(row.jobs_per_s());
+            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        }
 
         // Per job: single enqueue, then single lease + ack, 16 concurrent tasks each.
         let n = single_jobs;
-        let (run, floor, ratios) = rounds_of(
-            self.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
-                })
-            },
-            || self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1), 0),
-        )?;
-        let row = Row {
-            scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
-            run,
-            floor_jobs_per_s: floor,
-            ratios,
-            floor_what: format!("lookup + enqueue 1, {SINGLE_TASKS} clients"),
-        };
-        self.row(&row);
-        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        if self.only.runs(Scenario::EnqueueConcurrent) {
+            let (run, floor, ratios) = rounds_of(
+                self.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+                    })
+                },
+                || self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1), 0),
+            )?;
+            let row = Row {
+                scenario: format!("enqueue 1/call, {SINGLE_TASKS} producers"),
+                run,
+                floor_jobs_per_s: floor,
+                ratios,
+                floor_what: format!("lookup + enqueue 1, {SINGLE_TASKS} clients"),
+            };
+            self.row(&row);
+            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        }
 
-        let (run, floor, ratios) = rounds_of(
-            self.rounds,
-            || {
-                self.store(|store, queue, payload| async move {
-                    scenarios::fill(&store, &queue, &payload, n).await?;
-                    analyze(&store).await?;
-                    scenarios::lease_ack(&store, &queue, n, 1, SINGLE_TASKS).await
-                })
-            },
-            || self.floor(n, 1, SINGLE_TASKS, |t| t.lease_ack_script(1), n),
-        )?;
-        let row = Row {
-            scenario: format!("lease+ack 1/call, {SINGLE_TASKS} workers"),
-            run,
-            floor_jobs_per_s: floor,
-            ratios,
-            floor_what: format!("due + lease 1 + ack 1, {SINGLE_TASKS} clients"),
-        };
-        self.row(&row);
-        rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        if self.only.runs(Scenario::LeaseAckSingle) {
+            let (run, floor, ratios) = rounds_of(
+                self.rounds,
+                || {
+                    self.store(|store, queue, payload| async move {
+                        scenarios::fill(&store, &queue, &payload, n).await?;
+                        analyze(&store).await?;
+                        scenarios::lease_ack(&store, &queue, n, 1, SINGLE_TASKS).await
+                    })
+                },
+                || self.floor(n, 1, SINGLE_TASKS, |t| t.lease_ack_script(1), n),
+            )?;
+            let row = Row {
+                scenario: format!("lease+ack 1/call, {SINGLE_TASKS} workers"),
+                run,
+                floor_jobs_per_s: floor,
+                ratios,
+                floor_what: format!("due + lease 1 + ack 1, {SINGLE_TASKS} clients"),
+            };
+            self.row(&row);
+            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+        }
 
         let mark = |met: bool| if met { "met" } else { "MISSED" };
         let _ = writeln!(out, "targets (issue 5, synchronous_commit={sync}):");
-        let _ = writeln!(
-            out,
-            "  {:<6} end-to-end batched ≥ {} jobs/s: {}",
-            mark(end_to_end_batched >= TARGET_END_TO_END_BATCHED),
-            thousands(TARGET_END_TO_END_BATCHED),
-            thousands(end_to_end_batched)
-        );
-        let _ = writeln!(
-            out,
-            "  {:<6} batched enqueue ≥ {} jobs/s: {}",
-            mark(enqueue_batched >= TARGET_ENQUEUE_BATCHED),
-            thousands(TARGET_ENQUEUE_BATCHED),
-            thousands(enqueue_batched)
-        );
+        if let Some(end_to_end_batched) = end_to_end_batched {
+            let _ = writeln!(
+                out,
+                "  {:<6} end-to-end batched ≥ {} jobs/s: {}",
+                mark(end_to_end_batched >= TARGET_END_TO_END_BATCHED),
+                thousands(TARGET_END_TO_END_BATCHED),
+                thousands(end_to_end_batched)
+            );
+        }
+        if let Some(enqueue_batched) = enqueue_batched {
+            let _ = writeln!(
+                out,
+                "  {:<6} batched enqueue ≥ {} jobs/s: {}",
+                mark(enqueue_batched >= TARGET_ENQUEUE_BATCHED),
+                thousands(TARGET_ENQUEUE_BATCHED),
+                thousands(enqueue_batched)
+            );
+        }
         for (scenario, _, ratio) in &rows_done {
             let _ = writeln!(
                 out,

@@ -1,0 +1,52 @@
+//! `onceq bench --only`: the binary runs just the scenarios asked for, and refuses one that the
+//! chosen bench does not have, naming those it has. A tiny run (relaxed durability, 300 jobs, one
+//! round) on a temporary data directory: this checks what runs, not how fast.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn bench(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_onceq"))
+        .arg("bench")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn only_the_asked_scenarios_run_and_only_their_targets_are_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        ["--durability", "relaxed", "--jobs", "300", "--rounds", "1", "--only", "enqueue-batched,lease-ack-batched"];
+    let output = bench(&args, dir.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("enqueue ") || l.starts_with("end-to-end ") || l.starts_with("lease+ack "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[0].starts_with("enqueue 100/call, 1 producer"), "{stdout}");
+    assert!(rows[1].starts_with("lease+ack 100/call, 300 ready at start"), "{stdout}");
+    assert!(stdout.contains("batched ≥ 70% of its floor: enqueue 100/call"), "{stdout}");
+    assert!(!stdout.contains("end-to-end 1/call with"), "{stdout}");
+    assert!(stdout.contains("skipped lease+ack behind a big backlog"), "{stdout}");
+    // Nothing is left behind in the data directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_scenario_the_bench_does_not_have_is_refused_with_the_ones_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bench(&["--only", "lease-ack-single"], dir.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--only lease-ack-single: the embedded bench has no such scenario"), "{stderr}");
+    assert!(stderr.contains("enqueue-1, enqueue-concurrent, enqueue-batched"), "{stderr}");
+    let output = bench(&["--only", "no-such-thing"], dir.path());
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+}
