@@ -8,6 +8,7 @@
 //! - [`idempotency`]: the idempotency-store conformance suite and [`idempotency_suite!`].
 //! - [`model`]: a simple in-memory reference model of the job lifecycle, for state-machine tests.
 //! - [`proxy`]: a TCP proxy a test can cut, to take a service away from a client.
+//! - `postgres` (feature `postgres`): the test database, and dropping a test's schemas.
 //!
 //! A backend crate runs the suite with, in `tests/conformance.rs`:
 //!
@@ -24,6 +25,8 @@ use onceq_core::{Clock, Store};
 pub mod conformance;
 pub mod idempotency;
 pub mod model;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod proxy;
 
 /// A store opened for one test, with whatever must live as long as it (a temporary directory,

@@ -19,20 +19,14 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
+use onceq_testkit::postgres::database_url;
 use serde_json::Value;
 use tokio::process::Command;
 
 const ONCEQ: &str = env!("CARGO_BIN_EXE_onceq");
 
-/// The PostgreSQL of the tests, unless `ONCEQ_TEST_DATABASE_URL` names another.
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 fn jobs(default: u64) -> u64 {
     std::env::var("ONCEQ_VERIFY_JOBS").map_or(default, |v| v.parse().expect("ONCEQ_VERIFY_JOBS is a count"))
-}
-
-fn database_url() -> String {
-    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
 /// Runs `onceq verify <args> --json --quiet` to its end, one run at a time.

@@ -12,14 +12,10 @@ use std::time::Duration;
 use onceq_core::{LeaseOptions, QueueName, Store};
 use onceq_outbox::{Message, PgOutbox};
 use onceq_postgres::{PgOptions, PgStore};
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 
-/// The server the tests use unless `ONCEQ_TEST_DATABASE_URL` names another.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-pub fn database_url() -> String {
-    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use onceq_testkit::postgres::{database_url, DEFAULT_URL};
 
 /// A schema name no other test (in this or another process) uses.
 pub fn fresh_schema(what: &str) -> String {
@@ -39,25 +35,7 @@ pub struct SchemaGuard {
 
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
-        let (url, schemas) = (database_url(), self.schemas.clone());
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
-                for schema in schemas {
-                    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                conn.close().await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| "the thread panicked".to_owned()) {
-            eprintln!("could not drop test schemas {:?}: {e}", self.schemas);
-        }
+        onceq_testkit::postgres::drop_schemas(&self.schemas);
     }
 }
 

@@ -7,31 +7,14 @@ use std::sync::Arc;
 
 use onceq_core::Clock;
 use onceq_postgres::{PgOptions, PgStore};
-use sqlx::Connection;
 
-/// The server the tests use unless `ONCEQ_TEST_DATABASE_URL` names another.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// The test database's URL.
-pub fn database_url() -> String {
-    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use onceq_testkit::postgres::{database_url, how_to_get_postgres, DEFAULT_URL};
 
 /// A schema name no other test (in this or another process) uses.
 pub fn fresh_schema() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("onceq_test_{}_{}_{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand::random::<u32>())
-}
-
-/// How to get a PostgreSQL for these tests, for failures that come from not having one.
-pub fn how_to_get_postgres() -> String {
-    format!(
-        "the onceq-postgres tests need a PostgreSQL server at {} (set ONCEQ_TEST_DATABASE_URL to use another). \
-         Run the tests with `scripts/test`, which starts the local server, or start it yourself with \
-         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; without one, install it \
-         (Debian: `apt-get install postgresql`), allow trust auth for 127.0.0.1 and create the database `test`",
-        database_url()
-    )
 }
 
 /// Drops its schema (and everything in it) when dropped.
@@ -41,24 +24,7 @@ pub struct SchemaGuard {
 
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
-        let (url, schema) = (database_url(), self.schema.clone());
-        // A thread of its own, so that this works inside or outside any runtime.
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                conn.close().await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| "the thread panicked".to_owned()) {
-            eprintln!("could not drop test schema {}: {e}", self.schema);
-        }
+        onceq_testkit::postgres::drop_schemas(std::slice::from_ref(&self.schema));
     }
 }
 

@@ -13,9 +13,8 @@ use onceq_outbox::postgres::PgOutbox;
 use onceq_outbox::Message;
 use sqlx::{Connection, PgConnection};
 
-pub fn database_url() -> String {
-    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use onceq_testkit::postgres::database_url;
 
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
@@ -86,19 +85,7 @@ impl OutboxSchema {
 
 impl Drop for OutboxSchema {
     fn drop(&mut self) {
-        let (url, schema) = (database_url(), self.name.clone());
-        // A thread of its own, so that this works inside a runtime.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                let mut conn = PgConnection::connect(&url).await.unwrap();
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&mut conn).await.unwrap();
-            });
-        })
-        .join();
-        if dropped.is_err() {
-            eprintln!("could not drop test schema {}", self.name);
-        }
+        onceq_testkit::postgres::drop_schemas(std::slice::from_ref(&self.name));
     }
 }
 

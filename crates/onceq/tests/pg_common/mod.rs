@@ -21,17 +21,12 @@ use sqlx::Connection;
 
 use crate::common::Server;
 
-/// The server the tests use unless `ONCEQ_TEST_DATABASE_URL` names another.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use onceq_testkit::postgres::{database_url, how_to_get_postgres, DEFAULT_URL};
 
 /// Jobs per run when `ONCEQ_PG_JOBS` does not say: issue 5's 100,000 in release builds, fewer
 /// in debug builds (CI), where the servers are several times slower.
 pub const JOBS_DEFAULT: usize = if cfg!(debug_assertions) { 20_000 } else { 100_000 };
-
-/// The test database's URL.
-pub fn database_url() -> String {
-    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
 
 /// Whether the tests use their default, local PostgreSQL (the one `pg_ctlcluster` controls).
 pub fn database_is_local_default() -> bool {
@@ -44,17 +39,6 @@ pub fn jobs_from_env() -> usize {
         Ok(text) => text.trim().parse().unwrap_or_else(|e| panic!("ONCEQ_PG_JOBS={text:?} is not a count: {e}")),
         Err(_) => JOBS_DEFAULT,
     }
-}
-
-/// How to get a PostgreSQL for these tests.
-pub fn how_to_get_postgres() -> String {
-    format!(
-        "these tests need a PostgreSQL server at {} (set ONCEQ_TEST_DATABASE_URL to use another). Run the tests \
-         with `scripts/test`, which starts the local server, or start it yourself with \
-         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; without one, install it \
-         (Debian: `apt-get install postgresql`), allow trust auth for 127.0.0.1 and create the database `test`",
-        database_url()
-    )
 }
 
 /// A schema of its own for one test; dropped (with everything in it) when this is dropped.
@@ -81,24 +65,7 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let (url, schema) = (database_url(), self.name.clone());
-        // A thread of its own, so that this works inside or outside any runtime.
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                conn.close().await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| "the thread panicked".to_owned()) {
-            eprintln!("could not drop test schema {}: {e}", self.name);
-        }
+        onceq_testkit::postgres::drop_schemas(std::slice::from_ref(&self.name));
     }
 }
 

@@ -1,0 +1,47 @@
+//! What the PostgreSQL tests of every crate share (feature `postgres`): the database to use,
+//! how to get one when it is not there, and dropping a test's schemas when it ends.
+
+use sqlx::Connection;
+
+/// The server the tests use unless `ONCEQ_TEST_DATABASE_URL` names another.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The test database's URL: `ONCEQ_TEST_DATABASE_URL`, or [`DEFAULT_URL`].
+pub fn database_url() -> String {
+    std::env::var("ONCEQ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// How to get a PostgreSQL for the tests, for failures that come from not having one.
+pub fn how_to_get_postgres() -> String {
+    format!(
+        "these tests need a PostgreSQL server at {} (set ONCEQ_TEST_DATABASE_URL to use another). Run the tests \
+         with `scripts/test`, which starts the local server, or start it yourself with \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; without one, install it \
+         (Debian: `apt-get install postgresql`), allow trust auth for 127.0.0.1 and create the database `test`",
+        database_url()
+    )
+}
+
+/// Drops `schemas` (and everything in them) from the test database, waiting until done. It runs
+/// on a thread and runtime of its own, so that it works from `Drop` inside or outside any runtime.
+/// A failure is printed, not raised: a guard being dropped must not panic.
+pub fn drop_schemas(schemas: &[String]) {
+    let (url, owned) = (database_url(), schemas.to_vec());
+    let dropped = std::thread::spawn(move || -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
+            for schema in &owned {
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", schema.replace('"', "\"\"")))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            conn.close().await.map_err(|e| e.to_string())
+        })
+    })
+    .join();
+    if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| "the thread panicked".to_owned()) {
+        eprintln!("could not drop test schemas {schemas:?}: {e}");
+    }
+}
