@@ -10,8 +10,7 @@
 //!
 //! Each scenario runs `--rounds` times (default 3), store and floor taking turns, so that a
 //! drift of a shared machine (its disk above all) hits both sides alike; the report gives the
-//! medians and the median of the rounds' ratios. Each side starts each scenario from a vacuumed
-//! jobs table, whatever the previous one deleted.
+//! medians and the median of the rounds' ratios.
 //!
 //! | scenario | onceq | floor (one pgbench transaction = one script run) |
 //! |---|---|---|
@@ -89,23 +88,7 @@ fn lease_aggregated(lease: &str) -> Result<String, BenchError> {
 /// slower per lease of 100 on 200,000 rows (EXPLAIN ANALYZE: 292 ms against 6.4 ms). Whichever
 /// side met autovacuum first would win by that, so both start from fresh statistics.
 async fn analyze(store: &PgStore) -> Result<(), BenchError> {
-    maintain(store, "ANALYZE").await
-}
-
-/// Clears the jobs table of the rows the previous scenario deleted, before each scenario, on
-/// both sides.
-///
-/// A scenario deletes every job it ran, and until vacuum the indexes still hold their entries: a
-/// lease walks them (a one-job lease on the floor's schema took 1.1 s right after 200,000 jobs
-/// were acked), and autovacuum comes when it comes, to one side or the other. So both sides start
-/// every scenario from a vacuumed table.
-async fn vacuum(store: &PgStore) -> Result<(), BenchError> {
-    maintain(store, "VACUUM (ANALYZE)").await
-}
-
-/// Runs `command` on the store's jobs table.
-async fn maintain(store: &PgStore, command: &str) -> Result<(), BenchError> {
-    let sql = format!("{command} \"{}\".jobs", store.schema());
+    let sql = format!("ANALYZE \"{}\".jobs", store.schema());
     sqlx::query(&sql).execute(store.pool()).await.map_err(|e| BenchError::Floor(format!("{sql}: {e}")))?;
     Ok(())
 }
@@ -670,7 +653,6 @@ impl PgBench<'_> {
         use onceq_core::Store as _;
         self.runtime.block_on(async {
             let store = self.connect(&self.store_schema).await?;
-            vacuum(&store).await?;
             let queue = QueueName::new(QUEUE)?;
             let run = scenario(store.clone(), queue.clone(), self.payload.clone()).await;
             let deleted = store.queue_delete(&queue).await;
@@ -700,7 +682,6 @@ impl PgBench<'_> {
         let fill = if fill >= jobs { transactions_per_client * clients * per_txn } else { fill };
         let store = self.runtime.block_on(async {
             let store = self.connect(&self.floor_schema).await?;
-            vacuum(&store).await?;
             let queue = QueueName::new(QUEUE)?;
             // The queue exists before the floor runs: the store creates it on first enqueue.
             scenarios::fill(&store, &queue, &self.payload, fill.max(1)).await?;
