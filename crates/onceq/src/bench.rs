@@ -290,10 +290,17 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
         return outbox::run(args, url, command_line);
     }
     let jobs = args.jobs.unwrap_or(if args.quick { 5_000 } else { 200_000 });
+    let backlog = args.backlog.unwrap_or(if args.quick { 0 } else { 1_000_000 });
+    if backlog == 0 && args.only.contains(&Scenario::LeaseAckBacklog) {
+        return Err(BenchError::Options(
+            "--only lease-ack-backlog needs a backlog: --backlog is 0 (its default with --quick); give --backlog N"
+                .into(),
+        ));
+    }
     let plan = Plan {
         jobs,
         single_jobs: (jobs / 10).max(100),
-        backlog: args.backlog.unwrap_or(if args.quick { 0 } else { 1_000_000 }),
+        backlog,
         payload: payload(args.payload_bytes),
         rounds: rounds(args),
         only: Selection::new(&args.only, &EMBEDDED_SCENARIOS, "the embedded bench")?,

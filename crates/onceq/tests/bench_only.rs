@@ -47,6 +47,10 @@ fn a_scenario_the_bench_does_not_have_is_refused_with_the_ones_it_has() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--only lease-ack-single: the embedded bench has no such scenario"), "{stderr}");
     assert!(stderr.contains("enqueue-1, enqueue-concurrent, enqueue-batched"), "{stderr}");
+    let output = bench(&["--quick", "--only", "lease-ack-backlog"], dir.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--only lease-ack-backlog needs a backlog"), "{stderr}");
     let output = bench(&["--only", "no-such-thing"], dir.path());
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
 }

@@ -472,7 +472,8 @@ impl PgBench<'_> {
         );
         emit(&mut out);
 
-        let mut rows_done: Vec<(String, f64, f64)> = Vec::new();
+        // (scenario, onceq / floor) of every row printed, for the targets.
+        let mut rows_done: Vec<(String, f64)> = Vec::new();
         let batched = BATCHED_TASKS;
         let (mut enqueue_batched, mut end_to_end_batched) = (None, None);
 
@@ -494,9 +495,7 @@ impl PgBench<'_> {
                 ratios,
                 floor_what: format!("lookup + enqueue {BATCH}, {batched} clients"),
             };
-            self.row(&row);
-            enqueue_batched = Some(row.jobs_per_s());
-            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+            enqueue_batched = Some(self.row(&row, &mut rows_done));
         }
 
         if self.only.runs(Scenario::LeaseAckBatched) {
@@ -519,8 +518,7 @@ impl PgBench<'_> {
                 ratios,
                 floor_what: format!("due + lease {BATCH} + ack {BATCH}, {batched} clients"),
             };
-            self.row(&row);
-            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+            self.row(&row, &mut rows_done);
         }
 
         if self.only.runs(Scenario::EndToEndBatched) {
@@ -550,9 +548,7 @@ impl PgBench<'_> {
                 ratios,
                 floor_what: format!("lookup + enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
             };
-            self.row(&row);
-            end_to_end_batched = Some(row.jobs_per_s());
-            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+            end_to_end_batched = Some(self.row(&row, &mut rows_done));
         }
 
         // Per job: single enqueue, then single lease + ack, 16 concurrent tasks each.
@@ -574,8 +570,7 @@ impl PgBench<'_> {
                 ratios,
                 floor_what: format!("lookup + enqueue 1, {SINGLE_TASKS} clients"),
             };
-            self.row(&row);
-            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+            self.row(&row, &mut rows_done);
         }
 
         if self.only.runs(Scenario::LeaseAckSingle) {
@@ -597,8 +592,7 @@ impl PgBench<'_> {
                 ratios,
                 floor_what: format!("due + lease 1 + ack 1, {SINGLE_TASKS} clients"),
             };
-            self.row(&row);
-            rows_done.push((row.scenario.clone(), row.jobs_per_s(), row.ratio()));
+            self.row(&row, &mut rows_done);
         }
 
         let mark = |met: bool| if met { "met" } else { "MISSED" };
@@ -621,7 +615,7 @@ impl PgBench<'_> {
                 thousands(enqueue_batched)
             );
         }
-        for (scenario, _, ratio) in &rows_done {
+        for (scenario, ratio) in &rows_done {
             let _ = writeln!(
                 out,
                 "  {:<6} ≥ {:.0}% of the floor: {scenario}: {:.0}%",
@@ -749,7 +743,9 @@ impl PgBench<'_> {
         }
     }
 
-    fn row(&self, row: &Row) {
+    /// Prints `row`, notes its ratio in `done` for the targets, and returns its jobs/s.
+    fn row(&self, row: &Row, done: &mut Vec<(String, f64)>) -> f64 {
+        done.push((row.scenario.clone(), row.ratio()));
         let mut out = String::new();
         let (p50, p99) = match row.run.calls.as_slice() {
             [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
@@ -785,6 +781,7 @@ impl PgBench<'_> {
             }
         }
         emit(&mut out);
+        row.jobs_per_s()
     }
 }
 
