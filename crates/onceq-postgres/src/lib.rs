@@ -139,6 +139,21 @@ pub const POOL_SIZE_MAX: u32 = 1000;
 /// told otherwise.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Settings of every session the store opens, sent with the connection's startup packet (no
+/// round trip); they take precedence over `options` in the database URL.
+///
+/// - `enable_bitmapscan = off`. A jobs table not yet analyzed, or last analyzed while its queue
+///   was empty, makes the planner guess a handful of ready jobs; with bitmap scans allowed it
+///   then planned the lease as a bitmap scan of every ready job and a sort of them all (150-250
+///   ms per lease of 100 with 70,000 ready, until autovacuum analyzed the table). Without them
+///   the lease walks `jobs_ready` in lease order and stops after its batch, whatever the
+///   statistics say. The store's statements read by primary key or along an index; none needs
+///   a bitmap scan. (tests/plans.rs, `leasing_before_statistics_exist_walks_the_ready_index`.)
+///
+/// Statements of the store that run in a caller's transaction run with the caller's settings:
+/// those are enqueues and settles, by primary key.
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[("enable_bitmapscan", "off")];
+
 /// A pooled connection idle at least this long is pinged before it is handed out; one in steady
 /// use is not, unless a connection failed in the last 10 s (a restart or failover cuts them
 /// all). sqlx pings on every acquire by default, which doubles the round trips of a
@@ -289,6 +304,7 @@ impl PgStore {
             // Names onceq's sessions in pg_stat_activity, unless the URL names them otherwise.
             connect_options = connect_options.application_name("onceq");
         }
+        connect_options = connect_options.options(SESSION_SETTINGS.iter().copied());
         let target = Target::of(&connect_options);
         let mut conn = tokio::time::timeout(options.acquire_timeout, schema::connect_once(&connect_options, &target))
             .await

@@ -105,3 +105,68 @@ async fn an_enqueue_sweeps_expired_dedup_ids() {
     assert_eq!(count().await, 1, "the expired dedup ids should be gone, the fresh one kept");
     store.close().await;
 }
+
+/// A queue in a jobs table that has never been analyzed and holds many dead rows (a queue
+/// drained and filled again before autovacuum came by): PostgreSQL guesses its ready jobs at
+/// a handful, and with bitmap scans allowed it planned the lease as a bitmap scan of every
+/// ready job and a sort of them all (an external merge sort on disk at 70,000 ready jobs:
+/// 150–250 ms per lease of 100, until autovacuum analyzed the table). The store's sessions turn
+/// bitmap scans off, so the lease walks the `jobs_ready` index in lease order and stops after
+/// its batch, whatever the statistics say.
+#[tokio::test]
+async fn leasing_before_statistics_exist_walks_the_ready_index() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let store = common::connect(common::options(&schema, None)).await;
+    let q = QueueName::new("q").unwrap();
+    store.job_enqueue(&q, vec![NewJob::new("first")]).await.unwrap();
+    // The table as the end-to-end benchmark left it: 200,000 jobs done (dead rows), 75,000
+    // ready, never analyzed (autovacuum would analyze at a moment of its choosing: here never).
+    let s = format!("\"{schema}\"");
+    let insert = |n: i64| {
+        format!(
+            "INSERT INTO {s}.jobs (id, queue_id, run_at, enqueued_at, state, priority, attempt, max_attempts, payload) \
+             SELECT nextval('{s}.job_ids'), q.id, g, g, 1, 0, 0, 3, '\\x00'::bytea \
+             FROM {s}.queues q, generate_series(1, {n}) g WHERE q.name = 'q'"
+        )
+    };
+    for sql in [
+        format!("ALTER TABLE {s}.jobs SET (autovacuum_enabled = off)"),
+        insert(200_000),
+        format!("DELETE FROM {s}.jobs"),
+        insert(75_000),
+    ] {
+        sqlx::query(&sql).execute(store.pool()).await.unwrap();
+    }
+
+    let lease = onceq_postgres::statements::hot_statement(
+        &schema,
+        onceq_postgres::statements::HotStatement::Lease { max_jobs: 100 },
+    )
+    .unwrap();
+    let queue_id: i64 = sqlx::query_scalar(&format!("SELECT id FROM {s}.queues WHERE name = 'q'"))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let tokens: Vec<Vec<u8>> = (0..100).map(|_| vec![0u8; 16]).collect();
+    // The plan a prepared lease settles on after its first runs: the generic one, planned
+    // without the parameters' values. On a connection of the store's pool, with its settings;
+    // detached, so that the setting below goes with it.
+    let mut conn = store.pool().acquire().await.unwrap().detach();
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {lease}"))
+        .bind(0_i64)
+        .bind(queue_id)
+        .bind(&tokens)
+        .bind(60_000_i64)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let text = plan.to_string();
+    assert!(text.contains("\"Index Name\":\"jobs_ready\""), "the lease does not walk jobs_ready: {plan:#}");
+    for node in ["\"Sort\"", "Bitmap Heap Scan"] {
+        assert!(!text.contains(node), "the lease plan has a {node} node: {plan:#}");
+    }
+    store.close().await;
+}

@@ -260,6 +260,15 @@ fn find_pgbench() -> Result<String, BenchError> {
     ))
 }
 
+/// [`onceq_postgres::SESSION_SETTINGS`] as libpq's `PGOPTIONS`.
+fn pgoptions() -> String {
+    onceq_postgres::SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Dropping the run's two schemas, through pgbench (which needs no more than the URL).
 #[derive(Clone)]
 struct SchemaDrop {
@@ -336,6 +345,9 @@ impl PgbenchRun<'_> {
             .args(["-t", &self.transactions_per_client.to_string(), "-f"])
             .arg(&file)
             .arg(self.url)
+            // The store's session settings, so that both sides plan alike (a URL that sets
+            // `options` itself overrides this for pgbench, as libpq does).
+            .env("PGOPTIONS", pgoptions())
             .output()?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
