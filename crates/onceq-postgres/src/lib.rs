@@ -139,8 +139,10 @@ pub const POOL_SIZE_MAX: u32 = 1000;
 /// told otherwise.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Settings of every session the store opens, sent with the connection's startup packet (no
-/// round trip); they take precedence over `options` in the database URL.
+/// Settings of every session of the store's pool: `SET` once on each new connection (a
+/// round trip per connection, none per statement; the startup packet's `options` would cost
+/// nothing, but connection poolers such as PgBouncer refuse that parameter by default). They
+/// take precedence over `options` in the database URL.
 ///
 /// - `enable_bitmapscan = off`. A jobs table not yet analyzed, or last analyzed while its queue
 ///   was empty, makes the planner guess a handful of ready jobs; with bitmap scans allowed it
@@ -304,7 +306,6 @@ impl PgStore {
             // Names onceq's sessions in pg_stat_activity, unless the URL names them otherwise.
             connect_options = connect_options.application_name("onceq");
         }
-        connect_options = connect_options.options(SESSION_SETTINGS.iter().copied());
         let target = Target::of(&connect_options);
         let mut conn = tokio::time::timeout(options.acquire_timeout, schema::connect_once(&connect_options, &target))
             .await
@@ -323,6 +324,14 @@ impl PgStore {
             .max_connections(options.pool_size + 1)
             .acquire_timeout(options.acquire_timeout)
             .test_before_acquire(false)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    for (name, value) in SESSION_SETTINGS {
+                        sqlx::Executor::execute(&mut *conn, format!("SET {name} = {value}").as_str()).await?;
+                    }
+                    Ok(())
+                })
+            })
             .before_acquire({
                 let target = target.clone();
                 move |conn, meta| {
