@@ -162,11 +162,57 @@ async fn leasing_before_statistics_exist_walks_the_ready_index() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    drop(conn);
     let text = plan.to_string();
     assert!(text.contains("\"Index Name\":\"jobs_ready\""), "the lease does not walk jobs_ready: {plan:#}");
     for node in ["\"Sort\"", "Bitmap Heap Scan"] {
         assert!(!text.contains(node), "the lease plan has a {node} node: {plan:#}");
     }
+
+    // The other statements of a lease and an ack, on the same table: no scan of the whole of it.
+    use onceq_postgres::statements::{hot_statement, HotStatement};
+    let due = hot_statement(&schema, HotStatement::ApplyDue).unwrap();
+    let due_plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {due}"))
+        .bind(None::<i64>)
+        .bind("q")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let ack = hot_statement(&schema, HotStatement::Ack { items: 100 }).unwrap();
+    let ack_plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {ack}"))
+        .bind(None::<i64>)
+        .bind((1..=100).collect::<Vec<i64>>())
+        .bind(&tokens)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    for (what, plan) in [("apply-due", &due_plan), ("ack", &ack_plan)] {
+        let mut scans = Vec::new();
+        scans_of(plan, &mut scans);
+        for (node, relation) in &scans {
+            let whole_table = node == "Seq Scan" && relation.starts_with("jobs");
+            assert!(
+                !whole_table && !node.starts_with("Bitmap"),
+                "the {what} plan has a {node} on {relation}: {plan:#}"
+            );
+        }
+    }
     store.close().await;
+}
+
+/// Every scan node of an `EXPLAIN (FORMAT JSON)` plan, as (node type, relation or index name).
+fn scans_of(plan: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match plan {
+        serde_json::Value::Object(node) => {
+            if let Some(serde_json::Value::String(kind)) = node.get("Node Type") {
+                if kind.contains("Scan") {
+                    let on = node.get("Relation Name").or_else(|| node.get("Index Name"));
+                    out.push((kind.clone(), on.and_then(|v| v.as_str()).unwrap_or("").to_owned()));
+                }
+            }
+            node.values().for_each(|v| scans_of(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| scans_of(v, out)),
+        _ => {}
+    }
 }
