@@ -766,32 +766,25 @@ struct Figures {
 impl Figures {
     fn print(&self, level: Level) {
         let mut out = String::new();
-        let mark = |met: bool| if met { "met" } else { "MISSED" };
         let _ = writeln!(out, "targets ({}):", level.name());
         for (scenario, ratio) in &self.batched {
-            let _ = writeln!(
-                out,
-                "  {:<6} batched ≥ 70% of its floor: {scenario}: {:.0}%",
-                mark(*ratio >= 0.70),
-                100.0 * ratio
-            );
+            let met = *ratio >= 0.70;
+            target_line(&mut out, met, format_args!("batched ≥ 70% of its floor: {scenario}: {:.0}%", 100.0 * ratio));
         }
         if let Some(rate) = self.end_to_end_single {
-            let _ = writeln!(
-                out,
-                "  {:<6} end-to-end 1/call with {SINGLE_TASKS}+{SINGLE_TASKS} tasks ≥ 25,000 jobs/s: {}",
-                mark(rate >= 25_000.0),
-                thousands(rate)
-            );
+            let what = format!("end-to-end 1/call with {SINGLE_TASKS}+{SINGLE_TASKS} tasks");
+            rate_target(&mut out, &what, rate, 25_000.0);
         }
         match self.backlog {
             Some((backlog, ratio)) => {
-                let _ = writeln!(
-                    out,
-                    "  {:<6} lease+ack with {} ready within 20% of the small backlog: {:.0}% of it",
-                    mark(ratio >= 0.80),
-                    thousands(backlog as f64),
-                    100.0 * ratio
+                target_line(
+                    &mut out,
+                    ratio >= 0.80,
+                    format_args!(
+                        "lease+ack with {} ready within 20% of the small backlog: {:.0}% of it",
+                        thousands(backlog as f64),
+                        100.0 * ratio
+                    ),
                 );
             }
             None => {
@@ -804,6 +797,16 @@ impl Figures {
         }
         emit(&mut out);
     }
+}
+
+/// One line of a report's targets: `met` or `MISSED`, then what the target says.
+fn target_line(out: &mut String, met: bool, what: std::fmt::Arguments<'_>) {
+    let _ = writeln!(out, "  {:<6} {what}", if met { "met" } else { "MISSED" });
+}
+
+/// The target line of a throughput: `<what> ≥ <target> jobs/s: <rate>`.
+fn rate_target(out: &mut String, what: &str, rate: f64, target: f64) {
+    target_line(out, rate >= target, format_args!("{what} ≥ {} jobs/s: {}", thousands(target), thousands(rate)));
 }
 
 /// `1234567.8` → `1,234,568`.

@@ -22,7 +22,7 @@ use onceq_client::Client;
 use onceq_core::{Error, QueueName, Store};
 
 use super::scenarios::{self, Run};
-use super::{emit, millis, payload, progress, thousands, BenchArgs, BenchError, BATCH};
+use super::{emit, millis, payload, progress, rate_target, thousands, BenchArgs, BenchError, BATCH};
 
 /// Tasks of each side in the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -140,24 +140,12 @@ impl HttpBench {
             Row { scenario: format!("end-to-end 1/call, {SINGLE_TASKS} producers + {SINGLE_TASKS} workers"), run };
         print_row(&single);
 
-        let mark = |met: bool| if met { "met" } else { "MISSED" };
-        let (batched_rate, single_rate) = (batched.jobs_per_s(), single.jobs_per_s());
         let _ = writeln!(out);
         let _ = writeln!(out, "targets (HTTP API, client and server on one machine):");
-        let _ = writeln!(
-            out,
-            "  {:<6} end-to-end batched ({BATCH}/call) ≥ {} jobs/s: {}",
-            mark(batched_rate >= TARGET_BATCHED_JOBS_PER_S),
-            thousands(TARGET_BATCHED_JOBS_PER_S),
-            thousands(batched_rate)
-        );
-        let _ = writeln!(
-            out,
-            "  {:<6} single-job requests, {SINGLE_TASKS} keep-alive clients each side ≥ {} jobs/s: {}",
-            mark(single_rate >= TARGET_SINGLE_JOBS_PER_S),
-            thousands(TARGET_SINGLE_JOBS_PER_S),
-            thousands(single_rate)
-        );
+        let batched_what = format!("end-to-end batched ({BATCH}/call)");
+        rate_target(&mut out, &batched_what, batched.jobs_per_s(), TARGET_BATCHED_JOBS_PER_S);
+        let single_what = format!("single-job requests, {SINGLE_TASKS} keep-alive clients each side");
+        rate_target(&mut out, &single_what, single.jobs_per_s(), TARGET_SINGLE_JOBS_PER_S);
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
         emit(&mut out);
         Ok(())

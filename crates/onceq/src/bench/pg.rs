@@ -41,8 +41,8 @@ use onceq_postgres::{PgOptions, PgStore};
 
 use super::scenarios::{self, Run};
 use super::{
-    emit, jobs_per_s, median, millis, payload, progress, rounds_of, thousands, BenchArgs, BenchError, Scenario,
-    Selection, BATCH,
+    emit, jobs_per_s, median, millis, payload, progress, rate_target, rounds_of, target_line, thousands, BenchArgs,
+    BenchError, Scenario, Selection, BATCH,
 };
 
 /// Producers, and workers, of the batched scenarios.
@@ -607,33 +607,18 @@ impl PgBench<'_> {
             self.row(&row, &mut rows_done);
         }
 
-        let mark = |met: bool| if met { "met" } else { "MISSED" };
         let _ = writeln!(out, "targets (issue 5, synchronous_commit={sync}):");
-        if let Some(end_to_end_batched) = end_to_end_batched {
-            let _ = writeln!(
-                out,
-                "  {:<6} end-to-end batched ≥ {} jobs/s: {}",
-                mark(end_to_end_batched >= TARGET_END_TO_END_BATCHED),
-                thousands(TARGET_END_TO_END_BATCHED),
-                thousands(end_to_end_batched)
-            );
+        if let Some(rate) = end_to_end_batched {
+            rate_target(&mut out, "end-to-end batched", rate, TARGET_END_TO_END_BATCHED);
         }
-        if let Some(enqueue_batched) = enqueue_batched {
-            let _ = writeln!(
-                out,
-                "  {:<6} batched enqueue ≥ {} jobs/s: {}",
-                mark(enqueue_batched >= TARGET_ENQUEUE_BATCHED),
-                thousands(TARGET_ENQUEUE_BATCHED),
-                thousands(enqueue_batched)
-            );
+        if let Some(rate) = enqueue_batched {
+            rate_target(&mut out, "batched enqueue", rate, TARGET_ENQUEUE_BATCHED);
         }
         for (scenario, ratio) in &rows_done {
-            let _ = writeln!(
-                out,
-                "  {:<6} ≥ {:.0}% of the floor: {scenario}: {:.0}%",
-                mark(*ratio >= TARGET_RATIO),
-                100.0 * TARGET_RATIO,
-                100.0 * ratio
+            target_line(
+                &mut out,
+                *ratio >= TARGET_RATIO,
+                format_args!("≥ {:.0}% of the floor: {scenario}: {:.0}%", 100.0 * TARGET_RATIO, 100.0 * ratio),
             );
         }
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
