@@ -19,11 +19,12 @@ use onceq_core::{
 use rand::RngCore;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
+use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
 use crate::schema::state;
 use crate::transaction::Conn;
-use crate::wait::{TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
+use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
 use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
 
 /// Tries at resolving the queue of an enqueue that finds it deleted under its feet.
@@ -33,19 +34,21 @@ const SWEEP_INTERVAL_MS: i64 = 1_000;
 /// Most expired rows of each kind one sweep deletes.
 const SWEEP_BATCH_MAX: i64 = 1_000;
 
-/// Sends the wake-ups for the jobs a statement moved (see `wait`): its CTE `{changed}` returns
-/// `queue_id, state, run_at` of each moved job. The statement must read `notified`.
+/// Sends the wake-ups for the jobs a statement moved (see `wait`), through the schema's `wake`,
+/// which notifies only while a lease of the queue sleeps (`wait`, "Sleeping"): its CTE
+/// `{changed}` returns `queue_id, state, run_at` of each moved job. The statement must read
+/// `notified`.
 const NOTIFY_CHANGED: &str = r#"
 notes AS (
-    SELECT q.name, count(*) FILTER (WHERE c.state = 1) AS ready, min(c.run_at) FILTER (WHERE c.state = 0) AS next
+    SELECT q.id, q.name, count(*) FILTER (WHERE c.state = 1) AS ready, min(c.run_at) FILTER (WHERE c.state = 0) AS next
     FROM {changed} c JOIN {s}.queues q ON q.id = c.queue_id
     WHERE NOT q.paused
-    GROUP BY q.name
+    GROUP BY q.id, q.name
 ),
 notified AS (
-    SELECT pg_notify('{channel}', 'r ' || ready || ' ' || name) FROM notes WHERE ready > 0
+    SELECT {s}.wake('{channel}', id, 'r ' || ready || ' ' || name) FROM notes WHERE ready > 0
     UNION ALL
-    SELECT pg_notify('{channel}', 's ' || next || ' ' || name) FROM notes WHERE next IS NOT NULL
+    SELECT {s}.wake('{channel}', id, 's ' || next || ' ' || name) FROM notes WHERE next IS NOT NULL
 )"#;
 
 /// `template` with `{notify:<cte>}` replaced by [`NOTIFY_CHANGED`] over that CTE.
@@ -53,11 +56,30 @@ pub(crate) fn with_notify(template: &str, changed: &str) -> String {
     template.replace(&format!("{{notify:{changed}}}"), &NOTIFY_CHANGED.replace("{changed}", changed))
 }
 
+/// Registers store `$2` as having a lease of queue `$1` about to sleep, for `$3` seconds from
+/// now (see `wait`, "Sleeping").
+const SLEEPER_REGISTER: &str = "INSERT INTO {s}.sleepers (queue_id, store, until) \
+                                VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
+                                ON CONFLICT (queue_id, store) DO UPDATE SET until = EXCLUDED.until";
+
+/// Whether no transaction that may have missed a registration for queue `$1` is still open.
+const MAY_SLEEP: &str = "SELECT {s}.may_sleep($1)";
+
+/// What a lease about to sleep does (see [`PgStore::before_sleep`]).
+enum BeforeSleep {
+    Sleep,
+    LookAgain,
+    Blocked,
+}
+
 const QUEUE_LOOKUP: &str = "SELECT t.now, q.id, q.config::text AS config \
                             FROM (SELECT {now} AS now) t LEFT JOIN {s}.queues q ON q.name = $2";
 
+/// Creates a queue, and wakes the leases waiting for it to exist (they wait unregistered, see
+/// `wait`, "Sleeping").
 const QUEUE_CREATE: &str = "INSERT INTO {s}.queues (name, config, created_at) VALUES ($2, $3::jsonb, $1) \
-                            ON CONFLICT (name) DO NOTHING RETURNING id";
+                            ON CONFLICT (name) DO NOTHING \
+                            RETURNING id, pg_notify('{channel}', 'r 2147483647 ' || name)::text AS notified";
 
 /// The enqueue of a batch. `$1` now, `$2..$8` the jobs, `$9` the queue, `$10` when dedup ids
 /// claimed now expire. The queue row is share-locked so that a concurrent `queue_delete` either
@@ -101,7 +123,9 @@ ORDER BY n.ord
 /// The rows are picked once into an array and deleted by row address or key: as `IN (...)`,
 /// statistics taken while the table was nearly empty gave a nested loop over every row of it
 /// (1,000 expired ids out of 100,000 took 7.1 s; 9 ms this way). The row addresses stay put:
-/// the rows are locked.
+/// the rows are locked. Sleeper registrations that lapsed a minute ago go too (their stores died
+/// or stopped sleeping): `sleepers` holds a row per store and queue, and only autocommit
+/// statements write it, so all of them at once, waiting for none for long.
 const SWEEP: &str = r#"
 WITH dedup AS (
     DELETE FROM {s}.dedup WHERE ctid = ANY (ARRAY(
@@ -111,7 +135,8 @@ idempotency AS (
     DELETE FROM {s}.idempotency WHERE key = ANY (ARRAY(
         SELECT key FROM {s}.idempotency WHERE until <= $1 AND (state = 1 OR until <= $1 - $3) LIMIT $2
         FOR UPDATE SKIP LOCKED))
-)
+),
+sleepers AS (DELETE FROM {s}.sleepers WHERE until < clock_timestamp() - interval '1 minute')
 SELECT 1
 "#;
 
@@ -417,6 +442,13 @@ fn error_text(text: &str) -> String {
 }
 
 /// `n` fresh lease tokens: 128 bits each from the operating system's CSPRNG.
+/// A fresh random name for a store in `sleepers`.
+pub(crate) fn sleeper_name() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn lease_tokens(n: usize) -> Vec<Vec<u8>> {
     let mut bytes = vec![0u8; 16 * n];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -525,6 +557,9 @@ impl Batch {
 /// One look for jobs by a lease, and what a waiting lease needs to sleep until the next one.
 struct LeaseAttempt {
     jobs: Vec<LeasedJob>,
+    /// The queue's id, if a lease may register to sleep on it (not for a paused or unknown
+    /// queue: those wait for the `NOTIFY` of a resume or of the queue's creation).
+    queue_id: Option<i64>,
     /// The "now" the look was made at (store-clock ms).
     now: i64,
     /// When the queue's next scheduled job comes due or next lease expires, if the lease may
@@ -736,6 +771,8 @@ impl PgStore {
     pub(crate) async fn lease_jobs(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
         let waiters = self.inner.waiters.clone();
+        // The pause before looking again while sleeping is refused (see `wait`, "Sleeping").
+        let mut blocked_ms = SLEEP_BLOCKED_MS.0;
         loop {
             // Register before looking, so that a notification in between still wakes this lease.
             let registration = (options.wait_ms > 0).then(|| waiters.register(queue.as_str(), options.max_jobs));
@@ -775,7 +812,29 @@ impl PgStore {
                 }
                 None => TIMER_RECHECK_MS_MAX,
             };
-            let wake_at = (now + Duration::from_millis(sleep_ms)).min(deadline);
+            let mut wake_at = (now + Duration::from_millis(sleep_ms)).min(deadline);
+            if let Some(queue_id) = attempt.queue_id {
+                let step = match self.before_sleep(queue_id, now, wake_at).await {
+                    Ok(step) => step,
+                    Err(error) => {
+                        let woken = registration.was_woken();
+                        drop(registration);
+                        if woken {
+                            waiters.wake(queue.as_str(), u64::from(options.max_jobs));
+                        }
+                        return Err(error);
+                    }
+                };
+                match step {
+                    BeforeSleep::Sleep => blocked_ms = SLEEP_BLOCKED_MS.0,
+                    // The registration is in place: one more look, then sleep.
+                    BeforeSleep::LookAgain => continue,
+                    BeforeSleep::Blocked => {
+                        wake_at = wake_at.min(now + Duration::from_millis(blocked_ms));
+                        blocked_ms = (blocked_ms * 2).min(SLEEP_BLOCKED_MS.1);
+                    }
+                }
+            }
             tokio::select! {
                 _ = registration.notify.notified() => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -786,9 +845,9 @@ impl PgStore {
     /// Applies the queue's due transitions, then leases what is ready.
     async fn lease_once(&self, queue: &QueueName, options: LeaseOptions, waiting: bool) -> Result<LeaseAttempt> {
         let (now, found) = self.apply_due(Scope::Queue(queue)).await?.queue();
-        let Some(q) = found else { return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None }) };
+        let Some(q) = found else { return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None }) };
         if q.paused {
-            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None });
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
         }
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
         let expires_at = plus_ms(now, visibility_ms);
@@ -844,7 +903,40 @@ impl PgStore {
         } else {
             None
         };
-        Ok(LeaseAttempt { jobs, now, next_due })
+        Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id) })
+    }
+
+    /// Readies a lease of `queue_id` to sleep from `now` until `wake_at` (see `wait`,
+    /// "Sleeping"): registers this store in `sleepers` or renews its registration if it does not
+    /// cover the sleep, and checks that no transaction that missed it is still open.
+    async fn before_sleep(&self, queue_id: i64, now: Instant, wake_at: Instant) -> Result<BeforeSleep> {
+        let waiters = &self.inner.waiters;
+        let mut step = waiters.sleep_step(queue_id, now, wake_at);
+        if let SleepStep::Register { until, keeps_armed } = step {
+            let sql = self.sql(SLEEPER_REGISTER);
+            let seconds = REGISTRATION_MS as f64 / 1000.0;
+            self.run("registering a sleeping lease", || {
+                sqlx::query(&sql).bind(queue_id).bind(&self.inner.sleeper).bind(seconds).execute(&self.inner.pool)
+            })
+            .await?;
+            waiters.registered(queue_id, until, keeps_armed);
+            step = if keeps_armed { SleepStep::Sleep } else { SleepStep::Check };
+        }
+        if step == SleepStep::Sleep {
+            return Ok(BeforeSleep::Sleep);
+        }
+        let sql = self.sql(MAY_SLEEP);
+        let may = self
+            .run("checking that a lease may sleep", || {
+                sqlx::query_scalar::<_, bool>(&sql).bind(queue_id).fetch_one(&self.inner.pool)
+            })
+            .await?;
+        if may {
+            waiters.armed(queue_id);
+            Ok(BeforeSleep::LookAgain)
+        } else {
+            Ok(BeforeSleep::Blocked)
+        }
     }
 
     pub(crate) async fn read_job(&self, id: JobId) -> Result<Job> {

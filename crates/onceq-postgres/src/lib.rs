@@ -258,6 +258,8 @@ pub(crate) struct Inner {
     /// The test clock, if any; `None` reads the database's clock.
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) waiters: Arc<wait::Waiters>,
+    /// This store's name in `sleepers` (random; see `wait`, "Sleeping").
+    pub(crate) sleeper: String,
     /// The listener task; aborted when the store goes.
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
@@ -368,6 +370,7 @@ impl PgStore {
             target,
             clock: options.clock,
             waiters,
+            sleeper: jobs::sleeper_name(),
             listener: Mutex::new(Some(task)),
             last_sweep_ms: AtomicI64::new(i64::MIN),
         };

@@ -51,8 +51,11 @@ const CONFIG_READ: &str = "SELECT config::text FROM {s}.queues WHERE name = $1";
 const CONFIG_UPDATE: &str =
     "UPDATE {s}.queues SET config = $2::jsonb WHERE name = $1 AND config = $3::jsonb RETURNING id";
 
+/// Creates a queue, and wakes the leases waiting for it to exist (they wait unregistered, see
+/// `wait`, "Sleeping").
 const QUEUE_INSERT: &str = "INSERT INTO {s}.queues (name, config, created_at) VALUES ($2, $3::jsonb, {now}) \
-                            ON CONFLICT (name) DO NOTHING RETURNING id";
+                            ON CONFLICT (name) DO NOTHING \
+                            RETURNING id, pg_notify('{channel}', 'r 2147483647 ' || name)::text AS notified";
 
 /// Pauses or resumes; a resume wakes every lease waiting on the queue.
 const SET_PAUSED: &str = "UPDATE {s}.queues SET paused = $2 WHERE name = $1 \

@@ -19,6 +19,9 @@
 //!   slot of its backend pid, so concurrent writers rarely wait on one row); statement triggers on
 //!   `jobs` keep them exact in the same transaction as every change, and stats sum the slots.
 //! - `idempotency`: the idempotency store, one row per key.
+//! - `sleepers` (unlogged): the queues for which a store has a lease about to sleep, and until
+//!   when; statements that make jobs ready send `NOTIFY` only for those (functions `wake` and
+//!   `may_sleep`, see the `wait` module).
 
 use onceq_core::{Error, Result};
 use sqlx::{Connection, Executor, PgConnection};
@@ -171,6 +174,44 @@ const MIGRATIONS: &[&str] = &[
     // too, one index probe per distinct priority (queues.rs, STATS).
     r#"
     DROP INDEX IF EXISTS {s}.jobs_ready_since;
+    "#,
+    // v3: wake-ups only while a lease sleeps. `NOTIFY` serializes the commits of the
+    // transactions that send it (PostgreSQL holds a global lock on its notification queue from
+    // before the commit until the commit is flushed), so with a `NOTIFY` in every enqueue,
+    // concurrent enqueues committed one at a time: pgbench with 16 clients enqueuing one job
+    // each ran at about a fifth of the rate without it. Now a statement that makes jobs ready
+    // notifies through `wake`, which sends the `NOTIFY` only while a store has a lease of that
+    // queue registered as sleeping in `sleepers` (see the `wait` module, "Sleeping"). UNLOGGED:
+    // registrations are seconds long, need no fsync, and a crash may forget them (every store
+    // then re-registers before it sleeps again).
+    r#"
+    CREATE UNLOGGED TABLE {s}.sleepers (
+        queue_id bigint NOT NULL,
+        store    text NOT NULL,
+        until    timestamptz NOT NULL,
+        PRIMARY KEY (queue_id, store)
+    );
+    -- VOLATILE: in READ COMMITTED its query takes a fresh snapshot after the shared lock is
+    -- held. Other isolation levels read the transaction's snapshot, which may predate a
+    -- registration: they always notify.
+    CREATE FUNCTION {s}.wake(channel text, queue bigint, note text) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(hashtext('onceq.wake {s}'), (queue % 2147483647)::int4);
+        IF current_setting('transaction_isolation') <> 'read committed'
+           OR EXISTS (SELECT 1 FROM {s}.sleepers s WHERE s.queue_id = queue AND s.until > clock_timestamp()) THEN
+            PERFORM pg_notify(channel, note);
+            RETURN true;
+        END IF;
+        RETURN false;
+    END
+    $fn$;
+    -- Whether no transaction that may have missed a registration for `queue` is still open:
+    -- it tries the lock every `wake` holds shared, and lets it go at once (autocommit).
+    CREATE FUNCTION {s}.may_sleep(queue bigint) RETURNS boolean
+    LANGUAGE sql VOLATILE AS $fn$
+        SELECT pg_try_advisory_xact_lock(hashtext('onceq.wake {s}'), (queue % 2147483647)::int4)
+    $fn$;
     "#,
 ];
 

@@ -16,6 +16,32 @@
 //! database when it starts waiting, and never longer than [`TIMER_RECHECK_MS_MAX`]. A manual
 //! clock (tests) pokes every waiter through `Clock::on_advance`, and so does the listener after
 //! it reconnects, since notifications sent while it was away are lost.
+//!
+//! # Sleeping
+//!
+//! `NOTIFY` serializes the commits of the transactions that send it (PostgreSQL holds a global
+//! lock on its notification queue from before each commit until it is flushed), so a `NOTIFY` in
+//! every enqueue would make concurrent enqueues commit one at a time. The statements that make
+//! jobs ready call the schema's `wake` instead, which notifies only while some store has a lease
+//! of that queue registered as sleeping (table `sleepers`); a busy queue, whose leases find work
+//! and never sleep, costs its enqueues a shared advisory lock and a one-row read.
+//!
+//! No wake-up is lost. Before its first sleep on a queue, a store (1) registers in `sleepers`
+//! (committed), then (2) tries the queue's wake lock exclusively (`may_sleep`) — every `wake`
+//! holds it shared until its transaction ends, and reads `sleepers` with a snapshot taken after
+//! it got the lock — then (3) looks for jobs once more, and only then (4) sleeps. A transaction
+//! that read `sleepers` before (1) still holds the lock shared, so (2) fails and the lease pauses
+//! briefly ([`SLEEP_BLOCKED_MS`]) and looks again instead of sleeping (it never makes enqueues
+//! wait for the lock); one that read it after (1) notifies, which wakes the lease when it
+//! commits. If (2) succeeds, every transaction that missed the registration has ended, so (3)
+//! sees its jobs. While the registration stays valid without a gap (it is renewed before it
+//! lapses, [`REGISTRATION_MS`]), every later `wake` sees it, so the store's later sleeps on that
+//! queue skip (1) to (3). A registration nobody renews lapses by itself: a store that died or
+//! whose leases are all busy stops costing enqueues their `NOTIFY` within seconds.
+//!
+//! Scheduled jobs coming due, leases expiring, a queue created or resumed notify directly: they
+//! are rare, and a lease waiting on a queue that does not exist yet or is paused has no queue to
+//! register for.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -24,6 +50,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Longest a waiting lease sleeps before it looks again even if nothing woke it: a bound on
 /// how late a missed notification (or a lease shortened elsewhere) can make it.
@@ -33,6 +60,15 @@ pub(crate) const TIMER_RECHECK_MS_MAX: u64 = 5_000;
 pub(crate) const TIMER_DUE_SLEEP_MS: u64 = 5;
 /// Pauses between attempts to reconnect the listener: doubling from the first to the last.
 const LISTENER_RETRY_MS: (u64, u64) = (100, 5_000);
+/// How long a registration in `sleepers` lasts (see "Sleeping"); renewed before it lapses while
+/// leases keep sleeping.
+pub(crate) const REGISTRATION_MS: u64 = 15_000;
+/// A registration is renewed when it would end less than this after the sleep it must cover;
+/// also the allowance for the round trip of a renewal.
+const REGISTRATION_MARGIN_MS: u64 = 1_000;
+/// Pauses of a lease that may not sleep yet because a transaction that missed its registration
+/// is still open: doubling from the first to the last, while it looks again after each.
+pub(crate) const SLEEP_BLOCKED_MS: (u64, u64) = (5, 250);
 
 /// One waiting lease.
 struct Waiter {
@@ -53,6 +89,28 @@ struct Waiter {
 pub(crate) struct Waiters {
     queues: Mutex<HashMap<String, VecDeque<Waiter>>>,
     next_id: AtomicU64,
+    /// This store's registrations in `sleepers`, by queue id (see "Sleeping").
+    registered: Mutex<HashMap<i64, Registered>>,
+}
+
+/// One registration of this store in `sleepers`.
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    /// When it ends at the earliest: the instant before the statement that wrote it was sent.
+    until: Instant,
+    /// Whether `may_sleep` succeeded while it was valid, with no gap since (steps 1 and 2).
+    armed: bool,
+}
+
+/// What a lease about to sleep on a queue must do first (see "Sleeping").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SleepStep {
+    /// Nothing: the store's registration covers the sleep. Sleep.
+    Sleep,
+    /// Register (or renew the registration) until the given instant, then go on.
+    Register { until: Instant, keeps_armed: bool },
+    /// Check that no transaction that missed the registration is still open (`may_sleep`).
+    Check,
 }
 
 /// A registration; dropping it withdraws the waiter if it was not woken.
@@ -126,6 +184,45 @@ impl Waiters {
         }
     }
 
+    /// What a lease of `queue_id` must do before it sleeps until `wake_at`, at `now`.
+    pub(crate) fn sleep_step(&self, queue_id: i64, now: Instant, wake_at: Instant) -> SleepStep {
+        let margin = Duration::from_millis(REGISTRATION_MARGIN_MS);
+        let registered = self.registered.lock().unwrap_or_else(|p| p.into_inner()).get(&queue_id).copied();
+        match registered {
+            Some(r) if r.until >= wake_at + margin => {
+                if r.armed {
+                    SleepStep::Sleep
+                } else {
+                    SleepStep::Check
+                }
+            }
+            // A renewal sent while the registration is still valid (with a round trip to
+            // spare) leaves no gap, so an armed registration stays armed.
+            r => SleepStep::Register {
+                until: now + Duration::from_millis(REGISTRATION_MS),
+                keeps_armed: r.is_some_and(|r| r.armed && r.until > now + margin),
+            },
+        }
+    }
+
+    /// Records a registration of `queue_id` written until `until` (see [`SleepStep::Register`]).
+    pub(crate) fn registered(&self, queue_id: i64, until: Instant, armed: bool) {
+        self.registered.lock().unwrap_or_else(|p| p.into_inner()).insert(queue_id, Registered { until, armed });
+    }
+
+    /// Records that `may_sleep` succeeded for `queue_id` while its registration was valid.
+    pub(crate) fn armed(&self, queue_id: i64) {
+        if let Some(r) = self.registered.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&queue_id) {
+            r.armed = true;
+        }
+    }
+
+    /// Forgets every registration: the database may have lost them (the listener reconnected,
+    /// perhaps to a restarted server, whose unlogged `sleepers` starts empty).
+    pub(crate) fn forget_registrations(&self) {
+        self.registered.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Acts on one notification payload (see the module docs); ignores what it cannot read.
     pub(crate) fn dispatch(&self, payload: &str) {
         let mut parts = payload.splitn(3, ' ');
@@ -177,6 +274,7 @@ pub(crate) async fn listen(pool: PgPool, channel: String, mut listener: PgListen
                 // The connection dropped; the next `try_recv` reconnects and listens again.
                 tracing::warn!(channel, "the PostgreSQL listener lost its connection; reconnecting");
                 let Some(waiters) = waiters.upgrade() else { return };
+                waiters.forget_registrations();
                 waiters.wake_all();
             }
             Err(sqlx::Error::PoolClosed) => return,
@@ -197,6 +295,7 @@ pub(crate) async fn listen(pool: PgPool, channel: String, mut listener: PgListen
                     }
                 }
                 let Some(waiters) = waiters.upgrade() else { return };
+                waiters.forget_registrations();
                 waiters.wake_all();
             }
         }
@@ -206,6 +305,34 @@ pub(crate) async fn listen(pool: PgPool, channel: String, mut listener: PgListen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registration_is_written_checked_renewed_without_a_gap_and_redone_after_one() {
+        let waiters = Waiters::default();
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let until = t0 + ms(REGISTRATION_MS);
+        assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Register { until, keeps_armed: false });
+        waiters.registered(7, until, false);
+        assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Check, "registered, not yet checked");
+        waiters.armed(7);
+        assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Sleep);
+        assert!(matches!(waiters.sleep_step(8, t0, t0 + ms(5_000)), SleepStep::Register { .. }), "per queue");
+        // A sleep the registration does not cover renews it; renewed while valid, it stays armed.
+        let t1 = t0 + ms(10_000);
+        let renewed = t1 + ms(REGISTRATION_MS);
+        assert_eq!(
+            waiters.sleep_step(7, t1, t1 + ms(5_000)),
+            SleepStep::Register { until: renewed, keeps_armed: true }
+        );
+        // Renewed after it lapsed (or too close to lapsing for a round trip), it must be checked again.
+        let t2 = until - ms(REGISTRATION_MARGIN_MS / 2);
+        assert!(matches!(waiters.sleep_step(7, t2, t2 + ms(100)), SleepStep::Register { keeps_armed: false, .. }));
+        let t3 = until + ms(1);
+        assert!(matches!(waiters.sleep_step(7, t3, t3 + ms(100)), SleepStep::Register { keeps_armed: false, .. }));
+        waiters.forget_registrations();
+        assert!(matches!(waiters.sleep_step(7, t0, t0 + ms(100)), SleepStep::Register { keeps_armed: false, .. }));
+    }
 
     #[tokio::test]
     async fn wakes_just_enough_waiters_and_timers_that_fire_later() {

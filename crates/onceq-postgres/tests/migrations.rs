@@ -1,7 +1,8 @@
 //! Proves that connecting migrates safely: stores starting at once on a fresh schema all succeed
 //! and record the version once; a reconnect keeps the data; a schema written by a newer onceq,
 //! or one holding tables that are not onceq's, is refused with a clear error and left as it was;
-//! a bad schema name is refused before anything is touched.
+//! a bad schema name is refused before anything is touched; an older schema is brought up to
+//! date in place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -38,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -88,13 +89,55 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
         .await
         .unwrap();
     assert_eq!(payload, b"kept".to_vec());
+}
+
+/// A schema at version 2 (before the `sleepers` of v3) is brought up to date in place: its jobs
+/// stay, and a lease waiting on it is woken by an enqueue, through v3's `wake`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
+    store.close().await;
+    // Back to version 2: what v3 added goes.
+    let mut admin = admin().await;
+    let downgrade = format!(
+        "DROP TABLE \"{schema}\".sleepers; DROP FUNCTION \"{schema}\".wake; DROP FUNCTION \"{schema}\".may_sleep; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 3;"
+    );
+    sqlx::raw_sql(&downgrade).execute(&mut admin).await.unwrap();
+
+    let store = common::connect(common::options(&schema, None)).await;
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
+    let waiting = {
+        let (store, q) = (store.clone(), q.clone());
+        tokio::spawn(async move {
+            let options = onceq_core::LeaseOptions { max_jobs: 1, visibility_timeout_ms: None, wait_ms: 10_000 };
+            store.job_lease(&q, options).await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let id = store.enqueue(&q, NewJob::new("new")).await.unwrap().id;
+    let leased = waiting.await.unwrap();
+    assert_eq!(leased.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "woken after {:?}", started.elapsed());
+    store.close().await;
 }
 
 #[tokio::test]
