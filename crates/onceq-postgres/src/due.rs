@@ -131,7 +131,10 @@ impl PgStore {
     /// Applies the due transitions of the queues in `scope` as of the store's "now"; returns that
     /// "now" and those queues.
     pub(crate) async fn apply_due(&self, scope: Scope<'_>) -> Result<Due> {
-        let sql = self.sql(&apply_due_template(scope));
+        let sql = match scope {
+            Scope::Queue(_) => self.hot_sql(crate::statements::HotStatement::ApplyDue),
+            _ => std::sync::Arc::from(self.sql(&apply_due_template(scope))),
+        };
         for _ in 0..DUE_ROUNDS_MAX {
             let now = self.now_param();
             let rows = self

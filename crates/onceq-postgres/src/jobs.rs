@@ -7,6 +7,7 @@
 //! before it, exactly as if they ran one by one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use onceq_core::limits::DELAY_MS_MAX;
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
 use crate::schema::state;
+use crate::statements::HotStatement;
 use crate::transaction::Conn;
 use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
 use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
@@ -601,7 +603,7 @@ impl PgStore {
         queue: &QueueName,
         jobs: &[NewJob],
     ) -> Result<Option<(i64, i64, QueueConfig)>> {
-        let lookup = self.sql(queue_lookup_template());
+        let lookup = self.hot_sql(HotStatement::QueueLookup);
         let now_param = self.now_param();
         let row = self
             .fetch_optional(conn, "looking up a queue", || sqlx::query(&lookup).bind(now_param).bind(queue.as_str()))
@@ -680,7 +682,7 @@ impl PgStore {
             .collect();
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
         let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
-        let sql = self.sql(&enqueue_template(rows_of.len()));
+        let sql = self.hot_sql(HotStatement::Enqueue { items: rows_of.len() });
         let expires = plus_ms(now, window);
         let rows = self
             .fetch_all(conn, "enqueueing jobs", || {
@@ -852,7 +854,11 @@ impl PgStore {
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
         let expires_at = plus_ms(now, visibility_ms);
         let at_most_once = q.config.delivery == DeliveryMode::AtMostOnce;
-        let sql = self.sql(&lease_template(options.max_jobs, at_most_once));
+        let sql = if at_most_once {
+            Arc::from(self.sql(&lease_template(options.max_jobs, true)))
+        } else {
+            self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
+        };
         let rows = if at_most_once {
             self.run("leasing jobs", || sqlx::query(&sql).bind(q.id).fetch_all(&self.inner.pool)).await?
         } else {
@@ -962,7 +968,7 @@ impl PgStore {
             if positions.is_empty() {
                 continue;
             }
-            let sql = self.sql(&ack_template(positions.len()));
+            let sql = self.hot_sql(HotStatement::Ack { items: positions.len() });
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &acks[i].lease_token.as_bytes()[..]).collect();
             let now = self.now_param();
             let rows = self

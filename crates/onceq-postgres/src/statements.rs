@@ -13,7 +13,7 @@ use onceq_core::Result;
 use crate::{channel_of, due, fill, jobs, schema};
 
 /// A statement of the hot path (see the module docs for `$1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HotStatement {
     /// The first statement of an enqueue: reads the clock and finds the queue by name (`$2`);
@@ -49,14 +49,18 @@ pub enum HotStatement {
 /// [`PgOptions::schema`](crate::PgOptions::schema) refuses it.
 pub fn hot_statement(schema: &str, statement: HotStatement) -> Result<String> {
     schema::validate_name(schema)?;
-    let template = match statement {
+    Ok(fill(&template(statement), &schema::quoted(schema), &channel_of(schema)))
+}
+
+/// The text of `statement` before the schema and clock are filled in.
+pub(crate) fn template(statement: HotStatement) -> String {
+    match statement {
         HotStatement::QueueLookup => jobs::queue_lookup_template().to_owned(),
         HotStatement::Enqueue { items } => jobs::enqueue_template(items),
         HotStatement::ApplyDue => due::apply_due_for(due::ONE_QUEUE),
         HotStatement::Lease { max_jobs } => jobs::lease_template(max_jobs, false),
         HotStatement::Ack { items } => jobs::ack_template(items),
-    };
-    Ok(fill(&template, &schema::quoted(schema), &channel_of(schema)))
+    }
 }
 
 #[cfg(test)]

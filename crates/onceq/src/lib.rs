@@ -73,9 +73,10 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
-    /// Run the HTTP API over the embedded store (see API.md).
+    /// Run the HTTP API (see API.md) over the embedded store, or over PostgreSQL with --store.
     Serve(serve::ServeArgs),
-    /// Measure the embedded store against the raw SQLite floor, on this machine, now.
+    /// Measure throughput on this machine, now: the embedded store beside raw SQLite, PostgreSQL
+    /// (--store) beside pgbench, the outbox (--outbox), or a running server over HTTP (--server).
     Bench(bench::BenchArgs),
     /// Publish a transactional outbox (PostgreSQL or SQLite) to onceq, NATS, RabbitMQ or a webhook.
     Relay(relay::RelayArgs),
