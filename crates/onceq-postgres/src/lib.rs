@@ -68,7 +68,10 @@
 //! - **Locks.** Rows the call wrote stay locked until the caller's transaction ends: an acked
 //!   job's row (leases skip it), a claimed dedup id or idempotency key (an enqueue of the same
 //!   dedup id, or a `begin` of the same key, waits for the caller's outcome), and the name of a
-//!   queue the enqueue created (upsert queues ahead of time to avoid that wait). Keep such
+//!   queue the enqueue created (upsert queues ahead of time to avoid that wait). An enqueue
+//!   also holds its queue's wake lock shared (see `wait`, "Sleeping"): while the caller's
+//!   transaction is open, a lease of that queue that finds nothing does not sleep but looks
+//!   again every few milliseconds, backing off to a quarter of a second. Keep such
 //!   transactions short.
 //! - **Errors.** Statements run once: PostgreSQL aborts the caller's whole transaction on a
 //!   deadlock or a serialization failure. Roll back and run the transaction again.
@@ -82,6 +85,9 @@
 //! nack, release, redrive, resume, jobs coming due) says jobs are ready, or until a timer for the
 //! queue's next scheduled job or lease expiry fires; see `wait`. Nothing polls the database
 //! while nothing changes, beyond a look every few seconds per waiting lease as a safety net.
+//! Since a `NOTIFY` makes PostgreSQL commit its senders one at a time, statements send it only
+//! while a lease of their queue is registered as sleeping (`wait`, "Sleeping"): enqueues into a
+//! queue whose workers are all busy commit side by side.
 //!
 //! ```no_run
 //! # async fn demo() -> onceq_core::Result<()> {
