@@ -39,12 +39,13 @@ const SWEEP_BATCH_MAX: i64 = 1_000;
 /// Sends the wake-ups for the jobs a statement moved (see `wait`), through the schema's `wake`,
 /// which notifies only while a lease of the queue sleeps (`wait`, "Sleeping"): its CTE
 /// `{changed}` returns `queue_id, state, run_at` of each moved job. The statement must read
-/// `notified`.
+/// `notified`. Paused queues too: their leases do not register, but `wake` takes the queue's
+/// wake lock, so that a lease registering after a resume cannot sleep through the commit of an
+/// enqueue made while the queue was paused.
 const NOTIFY_CHANGED: &str = r#"
 notes AS (
     SELECT q.id, q.name, count(*) FILTER (WHERE c.state = 1) AS ready, min(c.run_at) FILTER (WHERE c.state = 0) AS next
     FROM {changed} c JOIN {s}.queues q ON q.id = c.queue_id
-    WHERE NOT q.paused
     GROUP BY q.id, q.name
 ),
 notified AS (
@@ -443,7 +444,6 @@ fn error_text(text: &str) -> String {
     truncate_error_text(&text.replace('\0', "\u{FFFD}"))
 }
 
-/// `n` fresh lease tokens: 128 bits each from the operating system's CSPRNG.
 /// A fresh random name for a store in `sleepers`.
 pub(crate) fn sleeper_name() -> String {
     let mut bytes = [0u8; 8];
@@ -451,6 +451,7 @@ pub(crate) fn sleeper_name() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `n` fresh lease tokens: 128 bits each from the operating system's CSPRNG.
 fn lease_tokens(n: usize) -> Vec<Vec<u8>> {
     let mut bytes = vec![0u8; 16 * n];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -918,19 +919,16 @@ impl PgStore {
     async fn before_sleep(&self, queue_id: i64, now: Instant, wake_at: Instant) -> Result<BeforeSleep> {
         let waiters = &self.inner.waiters;
         let mut step = waiters.sleep_step(queue_id, now, wake_at);
-        if let SleepStep::Register { until, keeps_armed } = step {
+        if let SleepStep::Register(renewal) = step {
             let sql = self.sql(SLEEPER_REGISTER);
             let seconds = REGISTRATION_MS as f64 / 1000.0;
             self.run("registering a sleeping lease", || {
                 sqlx::query(&sql).bind(queue_id).bind(&self.inner.sleeper).bind(seconds).execute(&self.inner.pool)
             })
             .await?;
-            waiters.registered(queue_id, until, keeps_armed);
-            step = if keeps_armed { SleepStep::Sleep } else { SleepStep::Check };
+            step = waiters.registered(queue_id, renewal, Instant::now());
         }
-        if step == SleepStep::Sleep {
-            return Ok(BeforeSleep::Sleep);
-        }
+        let SleepStep::Check(ticket) = step else { return Ok(BeforeSleep::Sleep) };
         let sql = self.sql(MAY_SLEEP);
         let may = self
             .run("checking that a lease may sleep", || {
@@ -938,7 +936,7 @@ impl PgStore {
             })
             .await?;
         if may {
-            waiters.armed(queue_id);
+            waiters.armed(queue_id, ticket);
             Ok(BeforeSleep::LookAgain)
         } else {
             Ok(BeforeSleep::Blocked)

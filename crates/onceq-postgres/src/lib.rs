@@ -70,8 +70,10 @@
 //!   dedup id, or a `begin` of the same key, waits for the caller's outcome), and the name of a
 //!   queue the enqueue created (upsert queues ahead of time to avoid that wait). An enqueue
 //!   also holds its queue's wake lock shared (see `wait`, "Sleeping"): while the caller's
-//!   transaction is open, a lease of that queue that finds nothing does not sleep but looks
-//!   again every few milliseconds, backing off to a quarter of a second. Keep such
+//!   transaction is open, a lease of that queue that finds nothing and whose store is not yet
+//!   registered as sleeping on it does not sleep but looks again every few milliseconds,
+//!   backing off to a quarter of a second; and a transaction that enqueues into thousands of
+//!   queues holds one such lock per queue (mind `max_locks_per_transaction`). Keep such
 //!   transactions short.
 //! - **Errors.** Statements run once: PostgreSQL aborts the caller's whole transaction on a
 //!   deadlock or a serialization failure. Roll back and run the transaction again.

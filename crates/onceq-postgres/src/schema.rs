@@ -183,7 +183,9 @@ const MIGRATIONS: &[&str] = &[
     // notifies through `wake`, which sends the `NOTIFY` only while a store has a lease of that
     // queue registered as sleeping in `sleepers` (see the `wait` module, "Sleeping"). UNLOGGED:
     // registrations are seconds long, need no fsync, and a crash may forget them (every store
-    // then re-registers before it sleeps again).
+    // then re-registers before it sleeps again). Upgrade every store sharing a schema together:
+    // a store built before v3 still running against it never registers, so enqueues do not
+    // wake its leases, which then find jobs by their periodic look (every 5 s) only.
     r#"
     CREATE UNLOGGED TABLE {s}.sleepers (
         queue_id bigint NOT NULL,

@@ -2,7 +2,9 @@
 //!
 //! Every transaction that makes jobs ready (enqueue, nack or release without delay, redrive,
 //! resume, scheduled jobs coming due, leases expiring) sends `NOTIFY` on the schema's channel
-//! with `r <count> <queue>`; one that schedules a job for later sends `s <run_at ms> <queue>`.
+//! with `r <count> <queue>`, and one that schedules a job for later sends `s <run_at ms>
+//! <queue>` — the most frequent of them only while a lease of the queue sleeps (see
+//! "Sleeping").
 //! PostgreSQL delivers them on commit, to every store sharing the database. Each store keeps
 //! one listening connection ([`listen`]) and wakes its own waiters:
 //!
@@ -60,12 +62,15 @@ pub(crate) const TIMER_RECHECK_MS_MAX: u64 = 5_000;
 pub(crate) const TIMER_DUE_SLEEP_MS: u64 = 5;
 /// Pauses between attempts to reconnect the listener: doubling from the first to the last.
 const LISTENER_RETRY_MS: (u64, u64) = (100, 5_000);
-/// How long a registration in `sleepers` lasts (see "Sleeping"); renewed before it lapses while
-/// leases keep sleeping.
+/// How long a registration in `sleepers` lasts by the database's clock (see "Sleeping").
 pub(crate) const REGISTRATION_MS: u64 = 15_000;
-/// A registration is renewed when it would end less than this after the sleep it must cover;
-/// also the allowance for the round trip of a renewal.
+/// How much sooner than [`REGISTRATION_MS`] the store counts its registration as ended: slack
+/// for the two clocks disagreeing (the database's wall clock stepping, this process paused).
+const REGISTRATION_SLACK_MS: u64 = 5_000;
+/// A registration is renewed when it would end less than this after the sleep it must cover.
 const REGISTRATION_MARGIN_MS: u64 = 1_000;
+/// Registrations kept in memory before the lapsed ones are dropped.
+const REGISTRATIONS_KEPT: usize = 256;
 /// Pauses of a lease that may not sleep yet because a transaction that missed its registration
 /// is still open: doubling from the first to the last, while it looks again after each.
 pub(crate) const SLEEP_BLOCKED_MS: (u64, u64) = (5, 250);
@@ -90,13 +95,22 @@ pub(crate) struct Waiters {
     queues: Mutex<HashMap<String, VecDeque<Waiter>>>,
     next_id: AtomicU64,
     /// This store's registrations in `sleepers`, by queue id (see "Sleeping").
-    registered: Mutex<HashMap<i64, Registered>>,
+    registered: Mutex<Registrations>,
+}
+
+#[derive(Default)]
+struct Registrations {
+    by_queue: HashMap<i64, Registered>,
+    /// Bumped when every registration is forgotten, so that a renewal or check that was in
+    /// flight meanwhile records nothing.
+    generation: u64,
 }
 
 /// One registration of this store in `sleepers`.
 #[derive(Debug, Clone, Copy)]
 struct Registered {
-    /// When it ends at the earliest: the instant before the statement that wrote it was sent.
+    /// When it ends at the earliest, by this process's clock: from before the statement that
+    /// wrote it was sent, less [`REGISTRATION_SLACK_MS`].
     until: Instant,
     /// Whether `may_sleep` succeeded while it was valid, with no gap since (steps 1 and 2).
     armed: bool,
@@ -107,10 +121,27 @@ struct Registered {
 pub(crate) enum SleepStep {
     /// Nothing: the store's registration covers the sleep. Sleep.
     Sleep,
-    /// Register (or renew the registration) until the given instant, then go on.
-    Register { until: Instant, keeps_armed: bool },
-    /// Check that no transaction that missed the registration is still open (`may_sleep`).
-    Check,
+    /// Register, or renew the registration, then record it with [`Waiters::registered`].
+    Register(Renewal),
+    /// Check that no transaction that missed the registration is still open (`may_sleep`),
+    /// and if none is, record it with [`Waiters::armed`].
+    Check(Ticket),
+}
+
+/// A registration being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Renewal {
+    ticket: Ticket,
+    /// The end of the registration it renews, if that one was armed: the renewal keeps it
+    /// armed only if it is written before then (no gap).
+    armed_until: Option<Instant>,
+}
+
+/// Names one registration, so that news of it cannot land on another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    until: Instant,
+    generation: u64,
 }
 
 /// A registration; dropping it withdraws the waiter if it was not woken.
@@ -187,32 +218,56 @@ impl Waiters {
     /// What a lease of `queue_id` must do before it sleeps until `wake_at`, at `now`.
     pub(crate) fn sleep_step(&self, queue_id: i64, now: Instant, wake_at: Instant) -> SleepStep {
         let margin = Duration::from_millis(REGISTRATION_MARGIN_MS);
-        let registered = self.registered.lock().unwrap_or_else(|p| p.into_inner()).get(&queue_id).copied();
-        match registered {
+        let registrations = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = registrations.generation;
+        match registrations.by_queue.get(&queue_id) {
             Some(r) if r.until >= wake_at + margin => {
                 if r.armed {
                     SleepStep::Sleep
                 } else {
-                    SleepStep::Check
+                    SleepStep::Check(Ticket { until: r.until, generation })
                 }
             }
-            // A renewal sent while the registration is still valid (with a round trip to
-            // spare) leaves no gap, so an armed registration stays armed.
-            r => SleepStep::Register {
-                until: now + Duration::from_millis(REGISTRATION_MS),
-                keeps_armed: r.is_some_and(|r| r.armed && r.until > now + margin),
-            },
+            r => SleepStep::Register(Renewal {
+                ticket: Ticket {
+                    until: now + Duration::from_millis(REGISTRATION_MS - REGISTRATION_SLACK_MS),
+                    generation,
+                },
+                armed_until: r.filter(|r| r.armed && r.until > now).map(|r| r.until),
+            }),
         }
     }
 
-    /// Records a registration of `queue_id` written until `until` (see [`SleepStep::Register`]).
-    pub(crate) fn registered(&self, queue_id: i64, until: Instant, armed: bool) {
-        self.registered.lock().unwrap_or_else(|p| p.into_inner()).insert(queue_id, Registered { until, armed });
+    /// Records the registration `renewal` wrote, the write having returned at `done_at`; says
+    /// what is left to do: nothing if it renewed an armed registration without a gap, else
+    /// the check.
+    pub(crate) fn registered(&self, queue_id: i64, renewal: Renewal, done_at: Instant) -> SleepStep {
+        let mut registrations = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = renewal.ticket;
+        if registrations.generation != ticket.generation {
+            // Forgotten meanwhile: record nothing; the check's news will be ignored too.
+            return SleepStep::Check(ticket);
+        }
+        let armed = renewal.armed_until.is_some_and(|until| done_at < until);
+        if registrations.by_queue.len() >= REGISTRATIONS_KEPT {
+            registrations.by_queue.retain(|_, r| r.until > done_at);
+        }
+        registrations.by_queue.insert(queue_id, Registered { until: ticket.until, armed });
+        if armed {
+            SleepStep::Sleep
+        } else {
+            SleepStep::Check(ticket)
+        }
     }
 
-    /// Records that `may_sleep` succeeded for `queue_id` while its registration was valid.
-    pub(crate) fn armed(&self, queue_id: i64) {
-        if let Some(r) = self.registered.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&queue_id) {
+    /// Records that `may_sleep` succeeded for `queue_id` while the registration `ticket` names
+    /// was valid; news of a registration since replaced or forgotten is ignored.
+    pub(crate) fn armed(&self, queue_id: i64, ticket: Ticket) {
+        let mut registrations = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if registrations.generation != ticket.generation {
+            return;
+        }
+        if let Some(r) = registrations.by_queue.get_mut(&queue_id).filter(|r| r.until == ticket.until) {
             r.armed = true;
         }
     }
@@ -220,7 +275,9 @@ impl Waiters {
     /// Forgets every registration: the database may have lost them (the listener reconnected,
     /// perhaps to a restarted server, whose unlogged `sleepers` starts empty).
     pub(crate) fn forget_registrations(&self) {
-        self.registered.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut registrations = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        registrations.by_queue.clear();
+        registrations.generation += 1;
     }
 
     /// Acts on one notification payload (see the module docs); ignores what it cannot read.
@@ -306,32 +363,43 @@ pub(crate) async fn listen(pool: PgPool, channel: String, mut listener: PgListen
 mod tests {
     use super::*;
 
+    /// The steps a lease takes before sleeping, with the registration's news arriving on time,
+    /// late, or after the registrations were forgotten.
     #[test]
     fn a_registration_is_written_checked_renewed_without_a_gap_and_redone_after_one() {
         let waiters = Waiters::default();
         let ms = Duration::from_millis;
+        let local = ms(REGISTRATION_MS - REGISTRATION_SLACK_MS);
         let t0 = Instant::now();
-        let until = t0 + ms(REGISTRATION_MS);
-        assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Register { until, keeps_armed: false });
-        waiters.registered(7, until, false);
-        assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Check, "registered, not yet checked");
-        waiters.armed(7);
+        let SleepStep::Register(first) = waiters.sleep_step(7, t0, t0 + ms(5_000)) else { panic!("must register") };
+        assert_eq!(first.armed_until, None);
+        let SleepStep::Check(ticket) = waiters.registered(7, first, t0 + ms(2)) else { panic!("must check") };
+        assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Check(ticket), "registered, not checked");
+        waiters.armed(7, ticket);
         assert_eq!(waiters.sleep_step(7, t0, t0 + ms(5_000)), SleepStep::Sleep);
-        assert!(matches!(waiters.sleep_step(8, t0, t0 + ms(5_000)), SleepStep::Register { .. }), "per queue");
-        // A sleep the registration does not cover renews it; renewed while valid, it stays armed.
-        let t1 = t0 + ms(10_000);
-        let renewed = t1 + ms(REGISTRATION_MS);
-        assert_eq!(
-            waiters.sleep_step(7, t1, t1 + ms(5_000)),
-            SleepStep::Register { until: renewed, keeps_armed: true }
-        );
-        // Renewed after it lapsed (or too close to lapsing for a round trip), it must be checked again.
-        let t2 = until - ms(REGISTRATION_MARGIN_MS / 2);
-        assert!(matches!(waiters.sleep_step(7, t2, t2 + ms(100)), SleepStep::Register { keeps_armed: false, .. }));
-        let t3 = until + ms(1);
-        assert!(matches!(waiters.sleep_step(7, t3, t3 + ms(100)), SleepStep::Register { keeps_armed: false, .. }));
+        assert!(matches!(waiters.sleep_step(8, t0, t0 + ms(5_000)), SleepStep::Register(_)), "per queue");
+
+        // A sleep the registration does not cover renews it: written in time, it stays armed.
+        let t1 = t0 + local - ms(3_000);
+        let SleepStep::Register(renewal) = waiters.sleep_step(7, t1, t1 + ms(5_000)) else { panic!("must renew") };
+        assert_eq!(renewal.armed_until, Some(t0 + local));
+        assert_eq!(waiters.registered(7, renewal, t1 + ms(50)), SleepStep::Sleep);
+        // Written after the old one ended (a slow pool, a retry), it must be checked again.
+        let t2 = t1 + local - ms(3_000);
+        let SleepStep::Register(late) = waiters.sleep_step(7, t2, t2 + ms(5_000)) else { panic!("must renew") };
+        assert!(matches!(waiters.registered(7, late, t1 + local + ms(1)), SleepStep::Check(_)));
+        // A check's news about a registration since replaced is ignored.
+        waiters.armed(7, ticket);
+        assert!(matches!(waiters.sleep_step(7, t2, t2 + ms(100)), SleepStep::Check(_)));
+
+        // Forgotten (the listener reconnected): news of writes and checks in flight is ignored.
+        let SleepStep::Check(pending) = waiters.sleep_step(7, t2, t2 + ms(100)) else { panic!("must check") };
+        let SleepStep::Register(in_flight) = waiters.sleep_step(9, t2, t2 + ms(100)) else { panic!("must register") };
         waiters.forget_registrations();
-        assert!(matches!(waiters.sleep_step(7, t0, t0 + ms(100)), SleepStep::Register { keeps_armed: false, .. }));
+        waiters.armed(7, pending);
+        assert!(matches!(waiters.registered(9, in_flight, t2 + ms(5)), SleepStep::Check(_)));
+        assert!(matches!(waiters.sleep_step(7, t2, t2 + ms(100)), SleepStep::Register(r) if r.armed_until.is_none()));
+        assert!(matches!(waiters.sleep_step(9, t2, t2 + ms(100)), SleepStep::Register(_)));
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Proves the wake-up protocol of `wait` ("Sleeping"): a statement that makes jobs ready sends
 //! `NOTIFY` only while a lease of its queue sleeps, so busy enqueues do not commit one at a time
-//! behind PostgreSQL's notification lock; and no wake-up is lost, not even for a transaction
-//! that read the sleepers before a lease registered and committed after that lease looked.
+//! behind PostgreSQL's notification lock; a lease that sleeps really sleeps (it does not poll);
+//! and no wake-up is lost, not even for a transaction that read the sleepers before a lease
+//! registered and committed after that lease looked, or one that enqueued while the queue was
+//! paused and committed after a resume.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,6 +38,24 @@ fn waiting_lease(store: &PgStore, q: &QueueName) -> tokio::task::JoinHandle<(Vec
     })
 }
 
+/// Asserts that no lease of the store is looking at the database: a look reads `jobs`, so with
+/// the table locked for a second, one would queue up behind the lock (a lease that may not
+/// sleep looks again within a quarter of a second).
+async fn assert_asleep(store: &PgStore) {
+    let jobs = format!("\"{}\".jobs", store.schema());
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(&format!("LOCK TABLE {jobs} IN ACCESS EXCLUSIVE MODE")).execute(&mut *tx).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '{jobs}'::regclass"
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(waiting, 0, "a waiting lease kept looking at the database instead of sleeping");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueues_notify_only_while_a_lease_of_their_queue_sleeps() {
     let (store, _guard) = common::fresh_store(None).await;
@@ -64,6 +84,7 @@ async fn enqueues_notify_only_while_a_lease_of_their_queue_sleeps() {
     let waiting = waiting_lease(&store, &q);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished());
+    assert_asleep(&store).await;
 
     // A sleeper of another queue does not make this one notify.
     store.job_enqueue(&other, vec![NewJob::new("report")]).await.unwrap();
@@ -136,4 +157,26 @@ async fn a_sleeping_lease_registers_its_store_for_a_bounded_time() {
         .await
         .unwrap();
     assert_eq!(before, after);
+}
+
+/// An enqueue made while its queue was paused, committed after the resume, reaches a lease that
+/// began waiting after the resume: the enqueue took the queue's wake lock although it sent no
+/// wake-up (paused), so the lease could not sleep through its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_after_a_resume_never_sleeps_through_an_enqueue_made_while_paused() {
+    let (store, _guard) = common::fresh_store(None).await;
+    let q = QueueName::new("emails").unwrap();
+    store.queue_upsert(&q, QueueConfigPatch::default()).await.unwrap();
+    store.queue_pause(&q).await.unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    let id = store.job_enqueue_in(&mut tx, &q, vec![NewJob::new("1")]).await.unwrap()[0].id;
+    store.queue_resume(&q).await.unwrap();
+    let waiting = waiting_lease(&store, &q);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "a lease found a job of an uncommitted transaction");
+    let committed = Instant::now();
+    tx.commit().await.unwrap();
+    let (leased, at) = waiting.await.unwrap();
+    assert_eq!(leased, vec![id]);
+    assert!(at - committed < Duration::from_secs(1), "the lease took {:?} after the commit", at - committed);
 }
