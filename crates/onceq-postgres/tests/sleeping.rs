@@ -56,6 +56,25 @@ async fn assert_asleep(store: &PgStore) {
     assert_eq!(waiting, 0, "a waiting lease kept looking at the database instead of sleeping");
 }
 
+/// Starts a waiting lease of `q` while `tx`, which enqueued job `id`, is open; commits `tx` once
+/// the lease had time to go to sleep; asserts that the lease gets the job within a second of
+/// the commit (not at its periodic look, 5 s).
+async fn commit_under_a_waiting_lease(
+    store: &PgStore,
+    q: &QueueName,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    id: onceq_core::JobId,
+) {
+    let waiting = waiting_lease(store, q);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "a lease found a job of an uncommitted transaction");
+    let committed = Instant::now();
+    tx.commit().await.unwrap();
+    let (leased, at) = waiting.await.unwrap();
+    assert_eq!(leased, vec![id]);
+    assert!(at - committed < Duration::from_secs(1), "the lease took {:?} after the commit", at - committed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueues_notify_only_while_a_lease_of_their_queue_sleeps() {
     let (store, _guard) = common::fresh_store(None).await;
@@ -112,15 +131,7 @@ async fn a_lease_never_sleeps_through_a_commit_that_missed_its_registration() {
 
     let mut tx = store.pool().begin().await.unwrap();
     let id = store.job_enqueue_in(&mut tx, &q, vec![NewJob::new("1")]).await.unwrap()[0].id;
-    let waiting = waiting_lease(&store, &q);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!waiting.is_finished(), "a lease found a job of an uncommitted transaction");
-    let committed = Instant::now();
-    tx.commit().await.unwrap();
-
-    let (leased, at) = waiting.await.unwrap();
-    assert_eq!(leased, vec![id]);
-    assert!(at - committed < Duration::from_secs(1), "the lease took {:?} after the commit", at - committed);
+    commit_under_a_waiting_lease(&store, &q, tx, id).await;
     // The transaction read the sleepers before the lease registered: it sent nothing, and the
     // lease got the job by looking again, not by a wake-up.
     assert_eq!(next_notification(&mut notifications, Duration::from_millis(300)).await, None);
@@ -171,12 +182,5 @@ async fn a_lease_after_a_resume_never_sleeps_through_an_enqueue_made_while_pause
     let mut tx = store.pool().begin().await.unwrap();
     let id = store.job_enqueue_in(&mut tx, &q, vec![NewJob::new("1")]).await.unwrap()[0].id;
     store.queue_resume(&q).await.unwrap();
-    let waiting = waiting_lease(&store, &q);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!waiting.is_finished(), "a lease found a job of an uncommitted transaction");
-    let committed = Instant::now();
-    tx.commit().await.unwrap();
-    let (leased, at) = waiting.await.unwrap();
-    assert_eq!(leased, vec![id]);
-    assert!(at - committed < Duration::from_secs(1), "the lease took {:?} after the commit", at - committed);
+    commit_under_a_waiting_lease(&store, &q, tx, id).await;
 }
