@@ -30,6 +30,10 @@ async fn the_relay_serves_its_metrics() {
         .args(["relay", "--outbox", &format!("sqlite:{}", db.display())])
         .args(["--sink", &format!("http://127.0.0.1:{dead_port}/"), "--backoff-initial-ms", "50"])
         .args(["--backoff-max-ms", "100", "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        // Enough attempts (at most 100 ms apart) that the message is still pending at the first
+        // scrape, however slowly this machine starts the relay: with the default 10 it could be
+        // parked already (seen in CI: 8 failures and pending 0 by the first scrape).
+        .args(["--max-attempts", "1000"])
         .env_remove("ONCEQ_OUTBOX_FAILPOINT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
