@@ -306,7 +306,7 @@ released AS (
 /// the generic plan looked dearer than the custom ones and every single-job ack or enqueue was
 /// planned afresh; with the count as a literal both agree and the plan is cached. One prepared
 /// statement per count up to this bound; larger batches share one.
-const ITEMS_EXACT_MAX: usize = 10;
+pub(crate) const ITEMS_EXACT_MAX: usize = 10;
 
 /// `sql` with its `{cap}` filled in for a batch of `n` items (see [`ITEMS_EXACT_MAX`]).
 fn sized(sql: &str, n: usize) -> String {

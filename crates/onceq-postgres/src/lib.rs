@@ -423,10 +423,12 @@ impl PgStore {
 
     /// The text of a hot-path statement for this store: filled in once, then kept, so that a
     /// call does not rebuild kilobytes of SQL (a few per cent of a client's CPU per enqueue).
-    /// Bounded: one text per batch size up to the limits.
+    /// Bounded: one text per lease size up to the lease limit, and per batch size up to the
+    /// size from which batches share one text.
     pub(crate) fn hot_sql(&self, statement: statements::HotStatement) -> Arc<str> {
+        let key = statement.text_key();
         let mut texts = self.inner.hot_sql.lock().unwrap_or_else(|p| p.into_inner());
-        texts.entry(statement).or_insert_with(|| Arc::from(self.sql(&statements::template(statement)))).clone()
+        texts.entry(key).or_insert_with(|| Arc::from(self.sql(&statements::template(key)))).clone()
     }
 
     /// The value for `$1` of every statement: the test clock's reading, or NULL for the

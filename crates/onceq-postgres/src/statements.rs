@@ -52,6 +52,19 @@ pub fn hot_statement(schema: &str, statement: HotStatement) -> Result<String> {
     Ok(fill(&template(statement), &schema::quoted(schema), &channel_of(schema)))
 }
 
+impl HotStatement {
+    /// The statement of the same text: batches of more than
+    /// [`ITEMS_EXACT_MAX`](crate::jobs::ITEMS_EXACT_MAX) items share one, so they share a key.
+    pub(crate) fn text_key(self) -> Self {
+        let shared = jobs::ITEMS_EXACT_MAX + 1;
+        match self {
+            HotStatement::Enqueue { items } => HotStatement::Enqueue { items: items.min(shared) },
+            HotStatement::Ack { items } => HotStatement::Ack { items: items.min(shared) },
+            other => other,
+        }
+    }
+}
+
 /// The text of `statement` before the schema and clock are filled in.
 pub(crate) fn template(statement: HotStatement) -> String {
     match statement {
@@ -93,5 +106,17 @@ mod tests {
         assert!(!hot_statement("s1", HotStatement::Ack { items: 100 }).unwrap().contains("ord) LIMIT"));
         assert!(hot_statement("s1", HotStatement::ApplyDue).unwrap().contains("'onceq_s1'"));
         assert!(hot_statement("1bad", HotStatement::QueueLookup).is_err());
+        // Statements that share a text share a key, and only they do.
+        for (a, b) in [(11, 100), (12, 1000)] {
+            for (x, y) in [
+                (HotStatement::Enqueue { items: a }, HotStatement::Enqueue { items: b }),
+                (HotStatement::Ack { items: a }, HotStatement::Ack { items: b }),
+            ] {
+                assert_eq!(x.text_key(), y.text_key());
+                assert_eq!(hot_statement("s1", x).unwrap(), hot_statement("s1", y).unwrap());
+            }
+        }
+        assert_ne!(HotStatement::Ack { items: 9 }.text_key(), HotStatement::Ack { items: 10 }.text_key());
+        assert_ne!(HotStatement::Ack { items: 10 }.text_key(), HotStatement::Ack { items: 11 }.text_key());
     }
 }
