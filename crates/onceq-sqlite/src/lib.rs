@@ -4,17 +4,21 @@
 //!
 //! - `schema`: the on-disk format, opening a file safely, versioned migrations.
 //! - `writer`: the writer thread, the only code that changes the file; it group-commits every
-//!   pending request in one transaction (one fsync) and answers only after the commit.
+//!   pending request in one transaction and answers only after the commit.
+//! - `sync`: the syncer thread, which makes commits durable (one `fdatasync` for every group
+//!   committed since the last) and only then answers them, while the writer goes on.
 //! - `reader`: read-only queries on separate connections.
 //! - this file: [`SqliteStore`], its options, the data-directory lock, and long-poll waiting.
 //!
 //! # Durability
 //!
-//! [`Durability::Fsync`] (the default) runs SQLite with `synchronous=FULL`: a reply means the
-//! change is on disk and survives power loss. [`Durability::Relaxed`] uses `synchronous=NORMAL`:
-//! it survives a crash of the process (`kill -9`), but the last commits before a power loss or
-//! kernel crash may be lost — the trade Redis makes with `appendfsync everysec`, and NATS
-//! JetStream by default.
+//! [`Durability::Fsync`] (the default): a reply means the change is on disk and survives power
+//! loss. The writer commits without waiting for the disk (`synchronous=NORMAL`) and the syncer
+//! thread `fdatasync`s the write-ahead log before any reply, and before any read answers with
+//! what it saw: SQLite's `synchronous=FULL` promise, with the disk's wait overlapped with the
+//! next groups' work (module `sync`). [`Durability::Relaxed`] skips the sync: it survives a
+//! crash of the process (`kill -9`), but the last commits before a power loss or kernel crash may
+//! be lost — the trade Redis makes with `appendfsync everysec`, and NATS JetStream by default.
 //!
 //! ```
 //! # async fn demo() -> onceq_core::Result<()> {
@@ -34,6 +38,7 @@
 
 mod reader;
 mod schema;
+mod sync;
 mod wait;
 mod writer;
 
@@ -67,10 +72,11 @@ pub const LOCK_FILE_NAME: &str = "onceq.lock";
 /// How hard a commit is pushed to disk before the reply leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `synchronous=FULL`: every commit is fsync'd; survives power loss.
+    /// Every reply waits until its commit is fsync'd; survives power loss.
     #[default]
     Fsync,
-    /// `synchronous=NORMAL`: survives a process crash; the last commits may be lost on power loss.
+    /// No sync (`synchronous=NORMAL`): survives a process crash; the last commits may be lost on
+    /// power loss.
     Relaxed,
 }
 
@@ -124,6 +130,8 @@ pub(crate) struct Shared {
     pub waiters: wait::Waiters,
     /// No scheduled job or lease expiry is due before this time (ms); may be early, never late.
     pub next_due: AtomicI64,
+    /// Which commits are on disk; reads wait on it before they answer.
+    pub durable: sync::Durable,
 }
 
 struct Inner {
@@ -182,9 +190,15 @@ impl SqliteStore {
     /// Fails with a clear [`Error::Storage`] when the directory is locked by another process,
     /// the file is not an onceq data file or is damaged, or it was written by a newer onceq.
     pub fn open(options: SqliteOptions) -> Result<Self> {
+        Self::open_with_sync(options, None)
+    }
+
+    /// [`SqliteStore::open`], with `sync_fn` in place of `fdatasync` on the write-ahead log
+    /// (tests inject slow and failing syncs through it).
+    fn open_with_sync(options: SqliteOptions, sync_fn: Option<sync::SyncFn>) -> Result<Self> {
         let lock = lock_data_dir(&options.data_dir)?;
         let path = options.data_dir.join(DATA_FILE_NAME);
-        let conn = schema::open_writer(&path, options.durability)?;
+        let conn = schema::open_writer(&path)?;
         let clock: Arc<dyn Clock> = match options.clock {
             Some(clock) => clock,
             None => {
@@ -198,14 +212,19 @@ impl SqliteStore {
             queues: Mutex::new(BTreeMap::new()),
             waiters: wait::Waiters::default(),
             next_due: AtomicI64::new(i64::MAX),
+            durable: sync::Durable::new(options.durability == Durability::Fsync),
         });
         let state = State::load(&conn, shared.clone(), clock.now())?;
+        let syncer = match options.durability {
+            Durability::Fsync => Some(start_syncer(&options.data_dir, &path, shared.clone(), sync_fn)?),
+            Durability::Relaxed => None,
+        };
         let readers = Arc::new(Readers::new(path));
         let (sender, inbox) = channel();
         let thread_clock = clock.clone();
         std::thread::Builder::new()
             .name("onceq-writer".into())
-            .spawn(move || writer::run(conn, state, inbox, thread_clock, lock))
+            .spawn(move || writer::run(conn, state, inbox, thread_clock, lock, syncer))
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
         let inner = Arc::new(Inner { writer: Mutex::new(sender.clone()), shared, readers, clock: clock.clone() });
         let weak: Weak<Inner> = Arc::downgrade(&inner);
@@ -284,6 +303,36 @@ impl SqliteStore {
     }
 }
 
+/// Makes what is already in the data directory durable, then starts the syncer thread, which
+/// syncs the write-ahead log after each group commit (module `sync`).
+fn start_syncer(
+    dir: &Path,
+    data_file: &Path,
+    shared: Arc<Shared>,
+    sync_fn: Option<sync::SyncFn>,
+) -> Result<writer::Syncer> {
+    let mut wal_path = data_file.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let wal_path = PathBuf::from(wal_path);
+    // SQLite keeps the log (it truncates it, never deletes it) while a connection is open, so
+    // this handle stays on the file SQLite appends to; fdatasync on any handle flushes the file.
+    let wal = File::open(&wal_path)
+        .map_err(|e| Error::Storage(format!("cannot open the write-ahead log {}: {e}", wal_path.display())))?;
+    let sync_error = |what: &Path, e: std::io::Error| Error::Storage(format!("cannot sync {}: {e}", what.display()));
+    // The log and the data file may be new, and a migration may have just committed: make their
+    // contents and their directory entries durable before the first reply.
+    wal.sync_data().map_err(|e| sync_error(&wal_path, e))?;
+    File::open(data_file).and_then(|f| f.sync_all()).map_err(|e| sync_error(data_file, e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| sync_error(dir, e))?;
+    let sync_fn = sync_fn.unwrap_or_else(|| Box::new(move || wal.sync_data()));
+    let (batches, inbox) = channel();
+    let thread = std::thread::Builder::new()
+        .name("onceq-syncer".into())
+        .spawn(move || sync::run(sync_fn, shared, inbox))
+        .map_err(|e| Error::Storage(format!("cannot start the syncer thread: {e}")))?;
+    Ok(writer::Syncer { batches, thread })
+}
+
 impl Inner {
     fn send(&self, message: Message) -> bool {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).send(message).is_ok()
@@ -299,8 +348,12 @@ impl Store for SqliteStore {
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         self.catch_up().await?;
-        let queue_id = self.queue_entry(queue)?.id;
-        self.inner.readers.with(move |conn| reader::dead_list(conn, queue_id, page)).await
+        let list = match self.queue_entry(queue) {
+            Ok(entry) => self.inner.readers.with(move |conn| reader::dead_list(conn, entry.id, page)).await,
+            Err(e) => Err(e),
+        };
+        self.inner.shared.durable.settled().await?;
+        list
     }
 
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
@@ -340,7 +393,10 @@ impl Store for SqliteStore {
 
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.catch_up().await?;
-        self.inner.readers.with(move |conn| reader::job_get(conn, id)).await
+        let job = self.inner.readers.with(move |conn| reader::job_get(conn, id)).await;
+        // A job that is not there is an answer too: wait for the commit that deleted it.
+        self.inner.shared.durable.settled().await?;
+        job
     }
 
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
@@ -389,8 +445,13 @@ impl Store for SqliteStore {
 
     async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
         self.catch_up().await?;
-        let entry = self.queue_entry(queue)?;
-        self.queue_info(queue.clone(), entry).await
+        let entry = self.queue_entry(queue);
+        let info = match entry {
+            Ok(entry) => self.queue_info(queue.clone(), entry).await,
+            Err(e) => Err(e),
+        };
+        self.inner.shared.durable.settled().await?;
+        info
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
@@ -403,6 +464,7 @@ impl Store for SqliteStore {
         for (name, entry) in entries {
             out.push(self.queue_info(name, entry).await?);
         }
+        self.inner.shared.durable.settled().await?;
         Ok(out)
     }
 

@@ -9,8 +9,6 @@ use std::path::Path;
 use onceq_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::Durability;
-
 /// Marks a SQLite file as an onceq data file ("ONCQ").
 pub(crate) const APPLICATION_ID: i32 = 0x4F4E_4351;
 
@@ -108,8 +106,8 @@ fn open_error(path: &Path, error: rusqlite::Error) -> Error {
     Error::Storage(format!("cannot open {}: {hint} ({error})", path.display()))
 }
 
-/// Opens the writer connection: checks the file is ours, migrates it, sets durability.
-pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connection> {
+/// Opens the writer connection: checks the file is ours, migrates it, sets its PRAGMAs.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     let read_i64 = |conn: &Connection, pragma: &str| -> Result<i64> {
@@ -141,14 +139,12 @@ pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
             path.display()
         )));
     }
-    let synchronous = match durability {
-        Durability::Fsync => "FULL",
-        Durability::Relaxed => "NORMAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA busy_timeout = 5000; \
-         PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
-    ))
+    // Both durability settings commit with `synchronous=NORMAL`: with `fsync` the syncer thread
+    // syncs the log after each commit, before any reply (module `sync`); with `relaxed` nothing does.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA busy_timeout = 5000; \
+         PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+    )
     .map_err(|e| open_error(path, e))?;
     if version < SCHEMA_VERSION {
         let tx = conn.transaction().map_err(|e| open_error(path, e))?;
@@ -192,7 +188,7 @@ mod tests {
             )
             .unwrap_or_else(|e| panic!("{e}"));
         }
-        let conn = open_writer(&path, Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
+        let conn = open_writer(&path).unwrap_or_else(|e| panic!("{e}"));
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version, SCHEMA_VERSION);
         let (id, leased_at): (i64, Option<i64>) = conn

@@ -1,8 +1,9 @@
 //! The writer thread: the only code that changes the data file.
 //!
 //! It owns the read-write connection and group-commits: it blocks for one request, drains every
-//! other pending request, runs them all in one transaction, commits once — one fsync — and only
-//! then answers them (Invariant 1). A request that fails its checks writes nothing; a storage
+//! other pending request, runs them all in one transaction, commits once, and only then answers
+//! them (Invariant 1) — with durability `fsync`, through the syncer thread once the commit is
+//! on disk (module `sync`). A request that fails its checks writes nothing; a storage
 //! error rolls the whole group back and every request in it gets the error. Before each transaction it applies what the clock made due: scheduled jobs
 //! become ready, expired leases are redelivered or dead-lettered (Invariant 7: the store's one
 //! clock decides). It keeps the queue configs and per-state job counts in memory, publishing
@@ -26,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::schema::{sqlite_error, state};
+use crate::sync::Batch;
 use crate::Shared;
 use onceq_core::metrics as names;
 
@@ -1207,12 +1209,17 @@ fn delete_errors(conn: &Connection, id: i64) -> Result<()> {
 }
 
 /// The writer thread's loop. Returns when told to shut down or when every sender is gone.
+///
+/// With a `syncer` (durability `fsync`), each group's replies go to the syncer thread, which
+/// answers them once the write-ahead log is on disk (module `sync`); without one (`relaxed`), the
+/// writer answers right after the commit.
 pub(crate) fn run(
     mut conn: Connection,
     mut state: State,
     inbox: Receiver<Message>,
     clock: Arc<dyn onceq_core::Clock>,
     lock: std::fs::File,
+    syncer: Option<Syncer>,
 ) {
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while shutdown.is_none() {
@@ -1243,7 +1250,7 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        group_commit(&mut conn, &mut state, clock.as_ref(), ops);
+        group_commit(&mut conn, &mut state, clock.as_ref(), ops, syncer.as_ref());
         for tick in ticks {
             let _ = tick.send(());
         }
@@ -1257,7 +1264,11 @@ pub(crate) fn run(
         })
         .collect();
     if !rest.is_empty() {
-        group_commit(&mut conn, &mut state, clock.as_ref(), rest);
+        group_commit(&mut conn, &mut state, clock.as_ref(), rest, syncer.as_ref());
+    }
+    // Every reply is sent, and the log synced, before the checkpoint and the unlock.
+    if let Some(syncer) = syncer {
+        syncer.finish();
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     drop(conn);
@@ -1284,10 +1295,35 @@ fn poll_briefly(inbox: &Receiver<Message>) -> Option<Message> {
     }
 }
 
-/// Runs `ops` in one transaction, commits once, then answers each.
-fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core::Clock, ops: Vec<Op>) {
+/// The writer's handle on the syncer thread (durability `fsync`).
+pub(crate) struct Syncer {
+    pub batches: std::sync::mpsc::Sender<Batch>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    /// Lets the syncer answer what it holds, then waits for it to stop.
+    fn finish(self) {
+        drop(self.batches);
+        if self.thread.join().is_err() {
+            tracing::error!("the syncer thread panicked");
+        }
+    }
+}
+
+/// Runs `ops` in one transaction, commits once, then answers each: at once, or through the
+/// syncer once the commit is on disk.
+fn group_commit(
+    conn: &mut Connection,
+    state: &mut State,
+    clock: &dyn onceq_core::Clock,
+    ops: Vec<Op>,
+    syncer: Option<&Syncer>,
+) {
     state.now = clock.now();
     let mut replies: Vec<Reply> = Vec::with_capacity(ops.len());
+    let changes_before = conn.total_changes();
+    let mut seq = 0;
     let result = (|| -> Result<()> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1312,17 +1348,20 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
             return Err(Error::Storage(format!("{e}; the commit it was part of was rolled back, retry")));
         }
         state.persist_meta(&tx)?;
+        // After a failed sync nothing more is committed (module `sync`): the group rolls back.
+        if let Some(e) = state.shared.durable.failure() {
+            return Err(e);
+        }
+        seq = state.shared.durable.begin_commit();
         tx.commit().map_err(storage("committing"))?;
         Ok(())
     })();
-    match result {
+    let outcome = match result {
         Ok(()) => {
             state.next_id_dirty = false;
             state.publish_dirty();
             state.wake_waiters();
-            for reply in replies {
-                reply(Ok(()));
-            }
+            Ok(())
         }
         Err(error) => {
             tracing::error!(%error, "group commit failed; every request in it is answered with the error");
@@ -1331,8 +1370,25 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
             if let Err(reload_error) = state.reload(conn) {
                 tracing::error!(error = %reload_error, "reloading state after a failed commit failed");
             }
+            Err(error)
+        }
+    };
+    match syncer {
+        Some(syncer) => {
+            let wrote = outcome.is_ok() && conn.total_changes() != changes_before;
+            let batch = Batch { seq, wrote, outcome, replies };
+            if let Err(std::sync::mpsc::SendError(batch)) = syncer.batches.send(batch) {
+                // The syncer is gone (it panicked): nobody may be told that this is durable.
+                let error =
+                    Error::Storage("the store's syncer thread stopped; close the store and open it again".into());
+                for reply in batch.replies {
+                    reply(Err(error.clone()));
+                }
+            }
+        }
+        None => {
             for reply in replies {
-                reply(Err(error.clone()));
+                reply(outcome.clone());
             }
         }
     }

@@ -53,7 +53,8 @@ use scenarios::Run;
 /// Options of `onceq bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Durability setting to measure: fsync (synchronous=FULL), relaxed (synchronous=NORMAL), or both.
+    /// Durability setting to measure: fsync (every reply after its commit is synced; the floor uses
+    /// synchronous=FULL), relaxed (no sync; the floor uses synchronous=NORMAL), or both.
     #[arg(long, value_enum, default_value_t = DurabilityChoice::Both)]
     pub durability: DurabilityChoice,
     /// Jobs per scenario [default: 200000, or 5000 with --quick]. Single enqueue with one producer
@@ -115,9 +116,9 @@ pub struct BenchArgs {
 /// Which durability settings `onceq bench` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DurabilityChoice {
-    /// synchronous=FULL: an acknowledged write survives power loss.
+    /// An acknowledged write survives power loss (floor: synchronous=FULL).
     Fsync,
-    /// synchronous=NORMAL: survives a process crash; the last commits may be lost on power loss.
+    /// Survives a process crash; the last commits may be lost on power loss (floor: synchronous=NORMAL).
     Relaxed,
     /// Both, fsync first.
     Both,
@@ -216,7 +217,15 @@ impl Level {
         }
     }
 
-    /// The floor's `PRAGMA synchronous`, the one the store sets for this level.
+    /// What a reply promises at this level, and how the store keeps it.
+    fn promise(self) -> &'static str {
+        match self {
+            Level::Fsync => "every reply after an fdatasync of the log that covers it",
+            Level::Relaxed => "no sync: survives a process crash, not a power loss",
+        }
+    }
+
+    /// The floor's `PRAGMA synchronous`: SQLite's own way to give this level's promise.
     fn synchronous(self) -> &'static str {
         match self {
             Level::Fsync => "FULL",
@@ -430,8 +439,9 @@ impl Bench<'_> {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "durability {} (synchronous={}); floor = raw rusqlite, same PRAGMAs, one connection",
+            "durability {} ({}); floor = raw rusqlite, synchronous={}, the store's other PRAGMAs, one connection",
             level.name(),
+            level.promise(),
             level.synchronous()
         );
         let _ = writeln!(

@@ -1,5 +1,8 @@
 //! The raw SQLite floor: the same writes as each scenario, done the simplest fast way with
-//! rusqlite on one connection, with the store's PRAGMAs (WAL, the same `synchronous`).
+//! rusqlite on one connection, with the store's PRAGMAs (WAL, its page cache). Durability is
+//! SQLite's own: `synchronous=FULL` (a sync inside every commit) for the store's `fsync`, whose
+//! syncer thread keeps the same promise while overlapping the sync with the next commits' work,
+//! and `synchronous=NORMAL` for `relaxed`.
 //!
 //! The table is shaped like a job row and carries the two indexes any queue with leases needs: the
 //! ready order (priority, then run_at, then id) over ready rows, so that leasing is an index walk

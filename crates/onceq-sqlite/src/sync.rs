@@ -1,0 +1,285 @@
+//! Pipelined durability: the syncer thread makes commits durable while the writer goes on.
+//!
+//! With [`Durability::Fsync`](crate::Durability::Fsync) the writer commits with
+//! `synchronous=NORMAL`, which appends the transaction to the write-ahead log without waiting for
+//! the disk, and hands the group's replies to this thread. The syncer `fdatasync`s the log and
+//! only then answers them. One sync covers every group committed before it began, so while the
+//! disk flushes one sync the writer runs the next groups, and the sync after takes all of them:
+//! the writer's work and the disk's wait overlap instead of taking turns, as they do with
+//! `synchronous=FULL`, where SQLite syncs inside every commit.
+//!
+//! What a reply promises is unchanged (DESIGN.md, Invariant 1): no request is answered before
+//! everything it wrote, and everything it read, is on disk.
+//! - Writer replies: group `n`'s replies wait for a sync that began after group `n` committed.
+//!   Syncs run one after another, so that sync also covers every earlier group whose effects
+//!   group `n` may have read (a lease of a job enqueued one group before).
+//! - Reads on the reader connections, and the queue views the writer publishes, may see a commit
+//!   whose sync is still running. [`Durable::settled`] makes such a read wait, before it answers,
+//!   until everything committed when it finished reading is synced: nobody is told of a job that
+//!   a power loss could still take back.
+//! - A failed sync poisons the store. The log's pages may already be marked clean (Linux reports
+//!   a write-back error once), so a later successful sync would prove nothing. Every request in
+//!   the failed sync, every later request and every later read gets [`Error::Storage`]; the data
+//!   directory must be closed and opened again, and SQLite then recovers what reached the disk.
+//!
+//! Checkpoints stay safe: with `synchronous=NORMAL` SQLite itself syncs the log before copying it
+//! into the database file, and syncs the database file before it reuses the log.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use onceq_core::{Error, Result};
+use tokio::sync::Notify;
+
+use crate::writer::Reply;
+use crate::Shared;
+
+/// Makes the write-ahead log durable: `fdatasync` on it in production.
+pub(crate) type SyncFn = Box<dyn FnMut() -> io::Result<()> + Send>;
+
+/// What readers and the writer share about durability.
+pub(crate) struct Durable {
+    /// Whether commits are synced by the syncer thread; with `relaxed` nothing waits.
+    pipelined: bool,
+    /// Groups whose commit has begun: raised before each commit, so that a reader that saw a
+    /// commit reads a count that includes it.
+    committed: AtomicU64,
+    /// Groups known to be on disk.
+    synced: AtomicU64,
+    /// Woken after each sync and on failure.
+    progress: Notify,
+    /// Why the store stopped, once a sync failed.
+    failed: Mutex<Option<String>>,
+}
+
+impl Durable {
+    pub(crate) fn new(pipelined: bool) -> Self {
+        Durable {
+            pipelined,
+            committed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            progress: Notify::new(),
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// Numbers the next group, before its commit; returns its sequence number.
+    pub(crate) fn begin_commit(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The error every request gets once a sync failed.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().map(|why| {
+            Error::Storage(format!(
+                "the store stopped after the write-ahead log could not be synced to disk ({why}); what was \
+                 committed since the last sync may not survive a power loss; close the store and open it again"
+            ))
+        })
+    }
+
+    fn fail(&self, why: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get_or_insert(why);
+        drop(failed);
+        self.progress.notify_waiters();
+    }
+
+    /// Waits until every commit begun so far is on disk. A read calls it after reading and
+    /// before answering, so that it never reports a commit a power loss could undo.
+    pub(crate) async fn settled(&self) -> Result<()> {
+        if !self.pipelined {
+            return Ok(());
+        }
+        let target = self.committed.load(Ordering::SeqCst);
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if let Some(error) = self.failure() {
+                return Err(error);
+            }
+            if self.synced.load(Ordering::SeqCst) >= target {
+                return Ok(());
+            }
+            progress.await;
+        }
+    }
+}
+
+/// One committed (or rolled back) group, handed to the syncer.
+pub(crate) struct Batch {
+    /// Its number from [`Durable::begin_commit`].
+    pub seq: u64,
+    /// Whether it wrote anything: a batch of groups that wrote nothing needs no sync.
+    pub wrote: bool,
+    /// The group's outcome: an error is passed on as is, after the sync.
+    pub outcome: Result<()>,
+    pub replies: Vec<Reply>,
+}
+
+/// The syncer thread's loop: takes every batch that is waiting, syncs once, answers them all.
+/// Returns when the writer drops its sender (after handing over its last batch).
+pub(crate) fn run(mut sync: SyncFn, shared: Arc<Shared>, inbox: Receiver<Batch>) {
+    let durable = &shared.durable;
+    while let Ok(first) = inbox.recv() {
+        let mut batches = vec![first];
+        batches.extend(inbox.try_iter());
+        let last = batches.iter().map(|b| b.seq).max().unwrap_or(0);
+        let result = match durable.failure() {
+            Some(error) => Err(error),
+            None if batches.iter().any(|b| b.wrote) => sync().map_err(|e| {
+                let why = e.to_string();
+                tracing::error!(error = %why, "syncing the write-ahead log failed; the store refuses every request from now on");
+                durable.fail(why);
+                durable.failure().unwrap_or_else(|| Error::Storage("syncing the write-ahead log failed".into()))
+            }),
+            None => Ok(()),
+        };
+        if result.is_ok() {
+            durable.synced.fetch_max(last, Ordering::SeqCst);
+            durable.progress.notify_waiters();
+        }
+        for batch in batches {
+            let outcome = batch.outcome.and(result.clone());
+            for reply in batch.replies {
+                reply(outcome.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Condvar;
+    use std::time::Duration;
+
+    use onceq_core::{ErrorKind, LeaseOptions, NewJob, QueueConfigPatch, QueueName, Store, StoreExt};
+
+    use super::*;
+    use crate::{SqliteOptions, SqliteStore};
+
+    /// A sync the test holds shut, counts and can make fail.
+    #[derive(Default)]
+    struct Gate {
+        shut: Mutex<bool>,
+        opened: Condvar,
+        syncs: AtomicU64,
+        fail: AtomicBool,
+    }
+
+    impl Gate {
+        fn sync_fn(self: &Arc<Self>) -> SyncFn {
+            let gate = self.clone();
+            Box::new(move || {
+                let mut shut = gate.shut.lock().unwrap();
+                while *shut {
+                    shut = gate.opened.wait(shut).unwrap();
+                }
+                gate.syncs.fetch_add(1, Ordering::SeqCst);
+                if gate.fail.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("injected: the disk is gone"));
+                }
+                Ok(())
+            })
+        }
+
+        fn set_shut(&self, shut: bool) {
+            *self.shut.lock().unwrap() = shut;
+            self.opened.notify_all();
+        }
+    }
+
+    fn open(dir: &std::path::Path, gate: &Arc<Gate>) -> SqliteStore {
+        SqliteStore::open_with_sync(SqliteOptions::new(dir), Some(gate.sync_fn())).unwrap()
+    }
+
+    async fn queue(store: &SqliteStore) -> QueueName {
+        let name = QueueName::new("q").unwrap();
+        store.queue_upsert(&name, QueueConfigPatch::default()).await.unwrap();
+        name
+    }
+
+    const PATIENCE: Duration = Duration::from_millis(200);
+
+    #[tokio::test]
+    async fn no_reply_and_no_read_answers_before_the_log_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = open(dir.path(), &gate);
+        let q = queue(&store).await;
+        store.enqueue(&q, NewJob::new("a")).await.unwrap();
+
+        gate.set_shut(true);
+        let enqueue = tokio::spawn({
+            let (store, q) = (store.clone(), q.clone());
+            async move { store.enqueue(&q, NewJob::new("b")).await }
+        });
+        tokio::time::sleep(PATIENCE).await;
+        // Committed, so the readers could see it, but not synced: neither the enqueue nor a read
+        // that would count it answers.
+        let read = tokio::spawn({
+            let (store, q) = (store.clone(), q.clone());
+            async move { store.queue_get(&q).await }
+        });
+        tokio::time::sleep(PATIENCE).await;
+        assert!(!enqueue.is_finished(), "the enqueue was answered before its commit was synced");
+        assert!(!read.is_finished(), "a read answered before the commit it saw was synced");
+
+        gate.set_shut(false);
+        enqueue.await.unwrap().unwrap();
+        assert_eq!(read.await.unwrap().unwrap().stats.ready, 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn groups_that_write_nothing_are_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = open(dir.path(), &gate);
+        let q = queue(&store).await;
+        let before = gate.syncs.load(Ordering::SeqCst);
+        assert!(store.job_lease(&q, LeaseOptions::default()).await.unwrap().is_empty());
+        assert_eq!(gate.syncs.load(Ordering::SeqCst), before, "an empty lease synced the log");
+        store.enqueue(&q, NewJob::new("a")).await.unwrap();
+        assert_eq!(gate.syncs.load(Ordering::SeqCst), before + 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_stops_the_store_until_it_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = open(dir.path(), &gate);
+        let q = queue(&store).await;
+        let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap();
+
+        gate.fail.store(true, Ordering::SeqCst);
+        let error = store.enqueue(&q, NewJob::new("unsure")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Storage);
+        assert!(error.to_string().contains("could not be synced"), "{error}");
+        // From now on nothing is committed or read, even once the disk is back.
+        gate.fail.store(false, Ordering::SeqCst);
+        let syncs = gate.syncs.load(Ordering::SeqCst);
+        let again = store.enqueue(&q, NewJob::new("refused")).await.unwrap_err();
+        assert!(again.to_string().contains("open it again"), "{again}");
+        assert!(store.queue_get(&q).await.is_err(), "a read answered after a failed sync");
+        assert!(store.job_get(kept.id).await.is_err(), "a read answered after a failed sync");
+        assert_eq!(gate.syncs.load(Ordering::SeqCst), syncs, "a stopped store synced again");
+        store.close().await;
+
+        // Opened again, the store works, with the job whose enqueue succeeded.
+        let store = open(dir.path(), &gate);
+        assert_eq!(store.job_get(kept.id).await.unwrap().payload, b"kept".to_vec());
+        let refused = store.queue_get(&q).await.unwrap().stats.ready;
+        assert!(refused <= 2, "the refused enqueue was committed: {refused} ready");
+        store.enqueue(&q, NewJob::new("after")).await.unwrap();
+        store.close().await;
+    }
+}
