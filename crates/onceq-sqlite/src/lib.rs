@@ -216,7 +216,7 @@ impl SqliteStore {
         });
         let state = State::load(&conn, shared.clone(), clock.now())?;
         let syncer = match options.durability {
-            Durability::Fsync => Some(start_syncer(&options.data_dir, &path, shared.clone(), sync_fn)?),
+            Durability::Fsync => Some(start_syncer(&conn, &options.data_dir, &path, shared.clone(), sync_fn)?),
             Durability::Relaxed => None,
         };
         let readers = Arc::new(Readers::new(path));
@@ -306,6 +306,7 @@ impl SqliteStore {
 /// Makes what is already in the data directory durable, then starts the syncer thread, which
 /// syncs the write-ahead log after each group commit (module `sync`).
 fn start_syncer(
+    conn: &Connection,
     dir: &Path,
     data_file: &Path,
     shared: Arc<Shared>,
@@ -318,9 +319,22 @@ fn start_syncer(
     // this handle stays on the file SQLite appends to; fdatasync on any handle flushes the file.
     let wal = File::open(&wal_path)
         .map_err(|e| Error::Storage(format!("cannot open the write-ahead log {}: {e}", wal_path.display())))?;
+    // Copy the log into the data file and sync both (SQLite does, in a checkpoint) before the
+    // first reply. What the log holds may never have reached the disk: a migration just committed
+    // it, or an earlier store stopped after a failed sync, whose pages Linux then marks clean
+    // while it keeps serving them from memory. Syncing the log again would report success
+    // without writing them; the checkpoint writes them afresh.
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(|e| schema::sqlite_error("checkpointing the write-ahead log at open", e))?;
+    if busy != 0 {
+        return Err(Error::Storage(format!(
+            "cannot checkpoint {} at open: another connection holds it",
+            data_file.display()
+        )));
+    }
     let sync_error = |what: &Path, e: std::io::Error| Error::Storage(format!("cannot sync {}: {e}", what.display()));
-    // The log and the data file may be new, and a migration may have just committed: make their
-    // contents and their directory entries durable before the first reply.
+    // The log and the data file may be new: make their directory entries durable too.
     wal.sync_data().map_err(|e| sync_error(&wal_path, e))?;
     File::open(data_file).and_then(|f| f.sync_all()).map_err(|e| sync_error(data_file, e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| sync_error(dir, e))?;

@@ -20,7 +20,10 @@
 //! - A failed sync poisons the store. The log's pages may already be marked clean (Linux reports
 //!   a write-back error once), so a later successful sync would prove nothing. Every request in
 //!   the failed sync, every later request and every later read gets [`Error::Storage`]; the data
-//!   directory must be closed and opened again, and SQLite then recovers what reached the disk.
+//!   directory must be closed and opened again. Opening checkpoints the log into the data file
+//!   before anything else, which writes its pages afresh (they may still be in memory only, marked
+//!   clean) and syncs the data file. A panic of the writer or syncer thread stops the store the
+//!   same way, rather than leave reads waiting for a sync that never comes.
 //!
 //! Checkpoints stay safe: with `synchronous=NORMAL` SQLite itself syncs the log before copying it
 //! into the database file, and syncs the database file before it reuses the log.
@@ -81,7 +84,8 @@ impl Durable {
         })
     }
 
-    fn fail(&self, why: String) {
+    /// Stops the store: every later request and read gets [`Durable::failure`].
+    pub(crate) fn fail(&self, why: String) {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.get_or_insert(why);
         drop(failed);
@@ -110,11 +114,27 @@ impl Durable {
     }
 }
 
+/// Stops the store if the thread holding it panics: without the thread, commits would never be
+/// known synced, and every read would wait for ever in [`Durable::settled`].
+pub(crate) struct StopOnPanic<'a> {
+    pub durable: &'a Durable,
+    pub thread: &'static str,
+}
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.durable.fail(format!("the store's {} thread panicked", self.thread));
+        }
+    }
+}
+
 /// One committed (or rolled back) group, handed to the syncer.
 pub(crate) struct Batch {
     /// Its number from [`Durable::begin_commit`].
     pub seq: u64,
-    /// Whether it wrote anything: a batch of groups that wrote nothing needs no sync.
+    /// Whether it may have written to the log: a set of batches none of which did needs no
+    /// sync (everything before them was synced by an earlier round).
     pub wrote: bool,
     /// The group's outcome: an error is passed on as is, after the sync.
     pub outcome: Result<()>,
@@ -125,6 +145,7 @@ pub(crate) struct Batch {
 /// Returns when the writer drops its sender (after handing over its last batch).
 pub(crate) fn run(mut sync: SyncFn, shared: Arc<Shared>, inbox: Receiver<Batch>) {
     let durable = &shared.durable;
+    let _stop_if_panicking = StopOnPanic { durable, thread: "syncer" };
     while let Ok(first) = inbox.recv() {
         let mut batches = vec![first];
         batches.extend(inbox.try_iter());
@@ -172,6 +193,7 @@ mod tests {
         opened: Condvar,
         syncs: AtomicU64,
         fail: AtomicBool,
+        panic: AtomicBool,
     }
 
     impl Gate {
@@ -183,6 +205,7 @@ mod tests {
                     shut = gate.opened.wait(shut).unwrap();
                 }
                 gate.syncs.fetch_add(1, Ordering::SeqCst);
+                assert!(!gate.panic.load(Ordering::SeqCst), "injected: the syncer panics");
                 if gate.fail.load(Ordering::SeqCst) {
                     return Err(io::Error::other("injected: the disk is gone"));
                 }
@@ -235,6 +258,52 @@ mod tests {
         gate.set_shut(false);
         enqueue.await.unwrap().unwrap();
         assert_eq!(read.await.unwrap().unwrap().stats.ready, 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = open(dir.path(), &gate);
+        let q = queue(&store).await;
+        store.enqueue(&q, NewJob::new("a")).await.unwrap();
+        let job = store.lease_one(&q).await.unwrap().unwrap();
+
+        gate.set_shut(true);
+        let ack = tokio::spawn({
+            let (store, lease) = (store.clone(), job.lease());
+            async move { store.ack(lease).await }
+        });
+        tokio::time::sleep(PATIENCE).await;
+        // The second ack writes nothing: the job is gone. But "gone" is only true once the first
+        // ack is on disk.
+        let again = tokio::spawn({
+            let (store, lease) = (store.clone(), job.lease());
+            async move { store.ack(lease).await }
+        });
+        tokio::time::sleep(PATIENCE).await;
+        assert!(!ack.is_finished(), "the ack was answered before its commit was synced");
+        assert!(!again.is_finished(), "a stale ack was answered before the ack that made it stale was synced");
+
+        gate.set_shut(false);
+        ack.await.unwrap().unwrap();
+        assert_eq!(again.await.unwrap().unwrap_err().kind(), ErrorKind::NotFound);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_syncer_stops_the_store_instead_of_leaving_reads_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = open(dir.path(), &gate);
+        let q = queue(&store).await;
+        gate.panic.store(true, Ordering::SeqCst);
+        assert!(store.enqueue(&q, NewJob::new("a")).await.is_err());
+        let read = tokio::time::timeout(Duration::from_secs(5), store.queue_get(&q)).await;
+        let error = read.expect("a read waited for a syncer that is gone").unwrap_err();
+        assert!(error.to_string().contains("syncer thread panicked"), "{error}");
+        assert!(store.enqueue(&q, NewJob::new("b")).await.is_err());
         store.close().await;
     }
 

@@ -1221,6 +1221,8 @@ pub(crate) fn run(
     lock: std::fs::File,
     syncer: Option<Syncer>,
 ) {
+    let shared = state.shared.clone();
+    let _stop_if_panicking = crate::sync::StopOnPanic { durable: &shared.durable, thread: "writer" };
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while shutdown.is_none() {
         let now = clock.now();
@@ -1375,12 +1377,17 @@ fn group_commit(
     };
     match syncer {
         Some(syncer) => {
-            let wrote = outcome.is_ok() && conn.total_changes() != changes_before;
+            // Every write a group makes is an INSERT, UPDATE or DELETE, which `total_changes`
+            // counts; schema changes and PRAGMAs run only at open, before the first sync. A
+            // group that changes the schema or runs maintenance (ANALYZE, VACUUM) must set
+            // `wrote` itself. A commit that failed may still have reached the log: synced too.
+            let wrote = conn.total_changes() != changes_before || (seq != 0 && outcome.is_err());
             let batch = Batch { seq, wrote, outcome, replies };
             if let Err(std::sync::mpsc::SendError(batch)) = syncer.batches.send(batch) {
                 // The syncer is gone (it panicked): nobody may be told that this is durable.
+                state.shared.durable.fail("the store's syncer thread stopped".into());
                 let error =
-                    Error::Storage("the store's syncer thread stopped; close the store and open it again".into());
+                    state.shared.durable.failure().unwrap_or_else(|| Error::Storage("the syncer stopped".into()));
                 for reply in batch.replies {
                     reply(Err(error.clone()));
                 }
