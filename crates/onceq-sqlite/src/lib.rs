@@ -190,12 +190,13 @@ impl SqliteStore {
     /// Fails with a clear [`Error::Storage`] when the directory is locked by another process,
     /// the file is not an onceq data file or is damaged, or it was written by a newer onceq.
     pub fn open(options: SqliteOptions) -> Result<Self> {
-        Self::open_with_sync(options, None)
+        Self::open_with_sync(options, None, true)
     }
 
-    /// [`SqliteStore::open`], with `sync_fn` in place of `fdatasync` on the write-ahead log
-    /// (tests inject slow and failing syncs through it).
-    fn open_with_sync(options: SqliteOptions, sync_fn: Option<sync::SyncFn>) -> Result<Self> {
+    /// [`SqliteStore::open`], with `sync_fn` in place of `fdatasync` on the write-ahead log, and
+    /// whether the writer may sync itself when idle (see `sync::Syncer::submit`). Tests inject
+    /// slow, failing and panicking syncs, and hold every sync on the syncer thread.
+    fn open_with_sync(options: SqliteOptions, sync_fn: Option<sync::SyncFn>, inline_when_idle: bool) -> Result<Self> {
         let lock = lock_data_dir(&options.data_dir)?;
         let path = options.data_dir.join(DATA_FILE_NAME);
         let conn = schema::open_writer(&path)?;
@@ -216,7 +217,9 @@ impl SqliteStore {
         });
         let state = State::load(&conn, shared.clone(), clock.now())?;
         let syncer = match options.durability {
-            Durability::Fsync => Some(start_syncer(&conn, &options.data_dir, &path, shared.clone(), sync_fn)?),
+            Durability::Fsync => {
+                Some(start_syncer(&conn, &options.data_dir, &path, shared.clone(), sync_fn, inline_when_idle)?)
+            }
             Durability::Relaxed => None,
         };
         let readers = Arc::new(Readers::new(path));
@@ -311,7 +314,8 @@ fn start_syncer(
     data_file: &Path,
     shared: Arc<Shared>,
     sync_fn: Option<sync::SyncFn>,
-) -> Result<writer::Syncer> {
+    inline_when_idle: bool,
+) -> Result<sync::Syncer> {
     let mut wal_path = data_file.as_os_str().to_owned();
     wal_path.push("-wal");
     let wal_path = PathBuf::from(wal_path);
@@ -339,12 +343,7 @@ fn start_syncer(
     File::open(data_file).and_then(|f| f.sync_all()).map_err(|e| sync_error(data_file, e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| sync_error(dir, e))?;
     let sync_fn = sync_fn.unwrap_or_else(|| Box::new(move || wal.sync_data()));
-    let (batches, inbox) = channel();
-    let thread = std::thread::Builder::new()
-        .name("onceq-syncer".into())
-        .spawn(move || sync::run(sync_fn, shared, inbox))
-        .map_err(|e| Error::Storage(format!("cannot start the syncer thread: {e}")))?;
-    Ok(writer::Syncer { batches, thread })
+    sync::Syncer::start(sync_fn, shared, inline_when_idle)
 }
 
 impl Inner {

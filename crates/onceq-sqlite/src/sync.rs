@@ -6,7 +6,9 @@
 //! only then answers them. One sync covers every group committed before it began, so while the
 //! disk flushes one sync the writer runs the next groups, and the sync after takes all of them:
 //! the writer's work and the disk's wait overlap instead of taking turns, as they do with
-//! `synchronous=FULL`, where SQLite syncs inside every commit.
+//! `synchronous=FULL`, where SQLite syncs inside every commit. When there is nothing to overlap
+//! (no request waits for the writer, no batch for the syncer), the writer syncs and answers
+//! itself, and a lone client pays no hand-off between threads.
 //!
 //! What a reply promises is unchanged (DESIGN.md, Invariant 1): no request is answered before
 //! everything it wrote, and everything it read, is on disk.
@@ -30,7 +32,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{channel, Receiver, SendError, Sender};
 use std::sync::{Arc, Mutex};
 
 use onceq_core::{Error, Result};
@@ -141,23 +143,33 @@ pub(crate) struct Batch {
     pub replies: Vec<Reply>,
 }
 
-/// The syncer thread's loop: takes every batch that is waiting, syncs once, answers them all.
-/// Returns when the writer drops its sender (after handing over its last batch).
-pub(crate) fn run(mut sync: SyncFn, shared: Arc<Shared>, inbox: Receiver<Batch>) {
-    let durable = &shared.durable;
-    let _stop_if_panicking = StopOnPanic { durable, thread: "syncer" };
-    while let Ok(first) = inbox.recv() {
-        let mut batches = vec![first];
-        batches.extend(inbox.try_iter());
+/// What the writer and the syncer thread share: the sync itself, and how many batches the
+/// syncer holds.
+struct Syncing {
+    sync: Mutex<SyncFn>,
+    /// Batches handed to the syncer and not yet answered.
+    in_flight: AtomicU64,
+    /// Whether the writer syncs itself when nothing else waits (always, outside tests).
+    inline_when_idle: bool,
+    shared: Arc<Shared>,
+}
+
+impl Syncing {
+    /// Syncs once if any of `batches` wrote, then answers them all.
+    fn settle(&self, batches: Vec<Batch>) {
+        let durable = &self.shared.durable;
         let last = batches.iter().map(|b| b.seq).max().unwrap_or(0);
         let result = match durable.failure() {
             Some(error) => Err(error),
-            None if batches.iter().any(|b| b.wrote) => sync().map_err(|e| {
-                let why = e.to_string();
-                tracing::error!(error = %why, "syncing the write-ahead log failed; the store refuses every request from now on");
-                durable.fail(why);
-                durable.failure().unwrap_or_else(|| Error::Storage("syncing the write-ahead log failed".into()))
-            }),
+            None if batches.iter().any(|b| b.wrote) => {
+                let mut sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+                sync().map_err(|e| {
+                    let why = e.to_string();
+                    tracing::error!(error = %why, "syncing the write-ahead log failed; the store refuses every request from now on");
+                    durable.fail(why);
+                    durable.failure().unwrap_or_else(|| Error::Storage("syncing the write-ahead log failed".into()))
+                })
+            }
             None => Ok(()),
         };
         if result.is_ok() {
@@ -170,6 +182,74 @@ pub(crate) fn run(mut sync: SyncFn, shared: Arc<Shared>, inbox: Receiver<Batch>)
                 reply(outcome.clone());
             }
         }
+    }
+}
+
+/// The writer's handle on the syncer thread (durability `fsync`).
+pub(crate) struct Syncer {
+    syncing: Arc<Syncing>,
+    batches: Sender<Batch>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    /// Starts the syncer thread; `sync` makes the log durable.
+    pub(crate) fn start(sync: SyncFn, shared: Arc<Shared>, inline_when_idle: bool) -> Result<Self> {
+        let syncing =
+            Arc::new(Syncing { sync: Mutex::new(sync), in_flight: AtomicU64::new(0), inline_when_idle, shared });
+        let (batches, inbox) = channel();
+        let thread_syncing = syncing.clone();
+        let thread = std::thread::Builder::new()
+            .name("onceq-syncer".into())
+            .spawn(move || run(&thread_syncing, inbox))
+            .map_err(|e| Error::Storage(format!("cannot start the syncer thread: {e}")))?;
+        Ok(Syncer { syncing, batches, thread })
+    }
+
+    /// Answers a committed group once it is durable. When nothing else is waiting — no request
+    /// for the writer (`more_requests` false), no batch with the syncer — there is no work to
+    /// overlap with the sync, and the writer syncs and answers itself: a lone client then pays
+    /// no hand-off to another thread. Otherwise the syncer takes it, and the writer goes on.
+    pub(crate) fn submit(&self, batch: Batch, more_requests: bool) {
+        let idle = !more_requests && self.syncing.in_flight.load(Ordering::SeqCst) == 0;
+        if idle && self.syncing.inline_when_idle {
+            // Every earlier batch is answered, so it was synced (or the store stopped). That is
+            // what lets a batch that wrote nothing be answered here without a sync; a batch
+            // that wrote is covered by its own sync either way.
+            self.syncing.settle(vec![batch]);
+            return;
+        }
+        self.syncing.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Err(SendError(batch)) = self.batches.send(batch) {
+            // The syncer is gone (it panicked): nobody may be told that this is durable.
+            let durable = &self.syncing.shared.durable;
+            durable.fail("the store's syncer thread stopped".into());
+            let error = durable.failure().unwrap_or_else(|| Error::Storage("the syncer stopped".into()));
+            for reply in batch.replies {
+                reply(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Lets the syncer answer what it holds, then waits for it to stop.
+    pub(crate) fn finish(self) {
+        drop(self.batches);
+        if self.thread.join().is_err() {
+            tracing::error!("the syncer thread panicked");
+        }
+    }
+}
+
+/// The syncer thread's loop: takes every batch that is waiting, syncs once, answers them all.
+/// Returns when the writer drops its sender (after handing over its last batch).
+fn run(syncing: &Syncing, inbox: Receiver<Batch>) {
+    let _stop_if_panicking = StopOnPanic { durable: &syncing.shared.durable, thread: "syncer" };
+    while let Ok(first) = inbox.recv() {
+        let mut batches = vec![first];
+        batches.extend(inbox.try_iter());
+        let n = batches.len() as u64;
+        syncing.settle(batches);
+        syncing.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 }
 
@@ -219,8 +299,10 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path, gate: &Arc<Gate>) -> SqliteStore {
-        SqliteStore::open_with_sync(SqliteOptions::new(dir), Some(gate.sync_fn())).unwrap()
+    /// Opens a store whose syncs go through `gate`: all on the syncer thread (`inline` false:
+    /// the path where the writer runs ahead of the disk), or as in production.
+    fn open(dir: &std::path::Path, gate: &Arc<Gate>, inline: bool) -> SqliteStore {
+        SqliteStore::open_with_sync(SqliteOptions::new(dir), Some(gate.sync_fn()), inline).unwrap()
     }
 
     async fn queue(store: &SqliteStore) -> QueueName {
@@ -231,11 +313,50 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_millis(200);
 
+    #[test]
+    fn the_writer_answers_itself_only_when_the_syncer_holds_nothing() {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Default::default()),
+            waiters: Default::default(),
+            next_due: std::sync::atomic::AtomicI64::new(i64::MAX),
+            durable: Durable::new(true),
+        });
+        let gate = Arc::new(Gate::default());
+        let syncer = Syncer::start(gate.sync_fn(), shared.clone(), true).unwrap();
+        let answered = |flag: &Arc<AtomicBool>| -> Reply {
+            let flag = flag.clone();
+            Box::new(move |outcome: Result<()>| {
+                outcome.unwrap();
+                flag.store(true, Ordering::SeqCst);
+            })
+        };
+        let (first, second) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        gate.set_shut(true);
+        let seq = shared.durable.begin_commit();
+        // More requests wait: the syncer takes the batch, and blocks on the gate.
+        syncer.submit(Batch { seq, wrote: true, outcome: Ok(()), replies: vec![answered(&first)] }, true);
+        // Nothing waits, and this group wrote nothing; but the syncer holds a batch, so this one
+        // must queue behind it rather than be answered at once.
+        let seq = shared.durable.begin_commit();
+        syncer.submit(Batch { seq, wrote: false, outcome: Ok(()), replies: vec![answered(&second)] }, false);
+        std::thread::sleep(PATIENCE);
+        assert!(!first.load(Ordering::SeqCst) && !second.load(Ordering::SeqCst), "answered before the sync");
+        gate.set_shut(false);
+        syncer.finish();
+        assert!(first.load(Ordering::SeqCst) && second.load(Ordering::SeqCst));
+        assert_eq!(shared.durable.synced.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn no_reply_and_no_read_answers_before_the_log_is_synced() {
+        no_reply_and_no_read_answers_before_the_log_is_synced_with(false).await;
+        no_reply_and_no_read_answers_before_the_log_is_synced_with(true).await;
+    }
+
+    async fn no_reply_and_no_read_answers_before_the_log_is_synced_with(inline: bool) {
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate);
+        let store = open(dir.path(), &gate, inline);
         let q = queue(&store).await;
         store.enqueue(&q, NewJob::new("a")).await.unwrap();
 
@@ -263,9 +384,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it() {
+        an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(false).await;
+        an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(true).await;
+    }
+
+    async fn an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(inline: bool) {
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate);
+        let store = open(dir.path(), &gate, inline);
         let q = queue(&store).await;
         store.enqueue(&q, NewJob::new("a")).await.unwrap();
         let job = store.lease_one(&q).await.unwrap().unwrap();
@@ -293,25 +419,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_syncer_stops_the_store_instead_of_leaving_reads_waiting() {
+    async fn a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting() {
+        a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(false).await;
+        a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(true).await;
+    }
+
+    async fn a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(inline: bool) {
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate);
+        let store = open(dir.path(), &gate, inline);
         let q = queue(&store).await;
         gate.panic.store(true, Ordering::SeqCst);
         assert!(store.enqueue(&q, NewJob::new("a")).await.is_err());
         let read = tokio::time::timeout(Duration::from_secs(5), store.queue_get(&q)).await;
         let error = read.expect("a read waited for a syncer that is gone").unwrap_err();
-        assert!(error.to_string().contains("syncer thread panicked"), "{error}");
+        assert!(error.to_string().contains("thread panicked"), "{error}");
         assert!(store.enqueue(&q, NewJob::new("b")).await.is_err());
         store.close().await;
     }
 
     #[tokio::test]
     async fn groups_that_write_nothing_are_not_synced() {
+        groups_that_write_nothing_are_not_synced_with(false).await;
+        groups_that_write_nothing_are_not_synced_with(true).await;
+    }
+
+    async fn groups_that_write_nothing_are_not_synced_with(inline: bool) {
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate);
+        let store = open(dir.path(), &gate, inline);
         let q = queue(&store).await;
         let before = gate.syncs.load(Ordering::SeqCst);
         assert!(store.job_lease(&q, LeaseOptions::default()).await.unwrap().is_empty());
@@ -323,9 +459,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_stops_the_store_until_it_is_opened_again() {
+        a_failed_sync_stops_the_store_until_it_is_opened_again_with(false).await;
+        a_failed_sync_stops_the_store_until_it_is_opened_again_with(true).await;
+    }
+
+    async fn a_failed_sync_stops_the_store_until_it_is_opened_again_with(inline: bool) {
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate);
+        let store = open(dir.path(), &gate, inline);
         let q = queue(&store).await;
         let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap();
 
@@ -344,7 +485,7 @@ mod tests {
         store.close().await;
 
         // Opened again, the store works, with the job whose enqueue succeeded.
-        let store = open(dir.path(), &gate);
+        let store = open(dir.path(), &gate, inline);
         assert_eq!(store.job_get(kept.id).await.unwrap().payload, b"kept".to_vec());
         let refused = store.queue_get(&q).await.unwrap().stats.ready;
         assert!(refused <= 2, "the refused enqueue was committed: {refused} ready");

@@ -27,7 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::schema::{sqlite_error, state};
-use crate::sync::Batch;
+use crate::sync::{Batch, Syncer};
 use crate::Shared;
 use onceq_core::metrics as names;
 
@@ -1210,9 +1210,10 @@ fn delete_errors(conn: &Connection, id: i64) -> Result<()> {
 
 /// The writer thread's loop. Returns when told to shut down or when every sender is gone.
 ///
-/// With a `syncer` (durability `fsync`), each group's replies go to the syncer thread, which
-/// answers them once the write-ahead log is on disk (module `sync`); without one (`relaxed`), the
-/// writer answers right after the commit.
+/// With a `syncer` (durability `fsync`), each group's replies are answered once the write-ahead
+/// log is on disk: by the syncer thread while the writer goes on with the next group, or by the
+/// writer itself when nothing else waits (module `sync`). Without one (`relaxed`), the writer
+/// answers right after the commit.
 pub(crate) fn run(
     mut conn: Connection,
     mut state: State,
@@ -1223,12 +1224,14 @@ pub(crate) fn run(
 ) {
     let shared = state.shared.clone();
     let _stop_if_panicking = crate::sync::StopOnPanic { durable: &shared.durable, thread: "writer" };
-    let mut shutdown: Option<oneshot::Sender<()>> = None;
-    while shutdown.is_none() {
+    let mut shutdown: Vec<oneshot::Sender<()>> = Vec::new();
+    // A request taken from the inbox after a commit, to start the next group with.
+    let mut pending: Option<Message> = None;
+    while shutdown.is_empty() {
         let now = clock.now();
         let next_due = state.next_due;
         let sleep_ms = u64::try_from(next_due.saturating_sub(now.as_millis())).unwrap_or(0).min(IDLE_WAKE_MS_MAX);
-        let first = match poll_briefly(&inbox) {
+        let first = match pending.take().or_else(|| poll_briefly(&inbox)) {
             Some(message) => Some(message),
             None => match inbox.recv_timeout(Duration::from_millis(sleep_ms)) {
                 Ok(message) => Some(message),
@@ -1241,7 +1244,7 @@ pub(crate) fn run(
         let mut take = |message: Message, ops: &mut Vec<Op>, ticks: &mut Vec<oneshot::Sender<()>>| match message {
             Message::Op(op) => ops.push(op),
             Message::Tick(reply) => ticks.extend(reply),
-            Message::Shutdown(reply) => shutdown = Some(reply),
+            Message::Shutdown(reply) => shutdown.push(reply),
         };
         if let Some(message) = first {
             take(message, &mut ops, &mut ticks);
@@ -1252,21 +1255,28 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        group_commit(&mut conn, &mut state, clock.as_ref(), ops, syncer.as_ref());
+        let committed = group_commit(&mut conn, &mut state, clock.as_ref(), ops);
+        // Whether the next group has a request already: then the sync is worth overlapping.
+        if shutdown.is_empty() {
+            pending = inbox.try_recv().ok();
+        }
+        answer(committed, syncer.as_ref(), pending.is_some());
         for tick in ticks {
             let _ = tick.send(());
         }
     }
     // Stop accepting, then answer whatever raced with the shutdown.
-    let rest: Vec<Op> = inbox
-        .try_iter()
-        .filter_map(|m| match m {
-            Message::Op(op) => Some(op),
-            _ => None,
-        })
-        .collect();
+    let mut rest: Vec<Op> = Vec::new();
+    for message in pending.into_iter().chain(inbox.try_iter()) {
+        match message {
+            Message::Op(op) => rest.push(op),
+            Message::Tick(reply) => drop(reply),
+            Message::Shutdown(reply) => shutdown.push(reply),
+        }
+    }
     if !rest.is_empty() {
-        group_commit(&mut conn, &mut state, clock.as_ref(), rest, syncer.as_ref());
+        let committed = group_commit(&mut conn, &mut state, clock.as_ref(), rest);
+        answer(committed, syncer.as_ref(), false);
     }
     // Every reply is sent, and the log synced, before the checkpoint and the unlock.
     if let Some(syncer) = syncer {
@@ -1275,8 +1285,20 @@ pub(crate) fn run(
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     drop(conn);
     drop(lock); // the data directory is free before `close` returns
-    if let Some(reply) = shutdown {
+    for reply in shutdown {
         let _ = reply.send(());
+    }
+}
+
+/// Answers a committed group: through the syncer once it is durable (`fsync`), or at once.
+fn answer(committed: Batch, syncer: Option<&Syncer>, more_requests: bool) {
+    match syncer {
+        Some(syncer) => syncer.submit(committed, more_requests),
+        None => {
+            for reply in committed.replies {
+                reply(committed.outcome.clone());
+            }
+        }
     }
 }
 
@@ -1297,31 +1319,9 @@ fn poll_briefly(inbox: &Receiver<Message>) -> Option<Message> {
     }
 }
 
-/// The writer's handle on the syncer thread (durability `fsync`).
-pub(crate) struct Syncer {
-    pub batches: std::sync::mpsc::Sender<Batch>,
-    pub thread: std::thread::JoinHandle<()>,
-}
-
-impl Syncer {
-    /// Lets the syncer answer what it holds, then waits for it to stop.
-    fn finish(self) {
-        drop(self.batches);
-        if self.thread.join().is_err() {
-            tracing::error!("the syncer thread panicked");
-        }
-    }
-}
-
-/// Runs `ops` in one transaction, commits once, then answers each: at once, or through the
-/// syncer once the commit is on disk.
-fn group_commit(
-    conn: &mut Connection,
-    state: &mut State,
-    clock: &dyn onceq_core::Clock,
-    ops: Vec<Op>,
-    syncer: Option<&Syncer>,
-) {
+/// Runs `ops` in one transaction and commits once; returns the replies to send, with the
+/// group's outcome, for [`answer`].
+fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core::Clock, ops: Vec<Op>) -> Batch {
     state.now = clock.now();
     let mut replies: Vec<Reply> = Vec::with_capacity(ops.len());
     let changes_before = conn.total_changes();
@@ -1375,30 +1375,12 @@ fn group_commit(
             Err(error)
         }
     };
-    match syncer {
-        Some(syncer) => {
-            // Every write a group makes is an INSERT, UPDATE or DELETE, which `total_changes`
-            // counts; schema changes and PRAGMAs run only at open, before the first sync. A
-            // group that changes the schema or runs maintenance (ANALYZE, VACUUM) must set
-            // `wrote` itself. A commit that failed may still have reached the log: synced too.
-            let wrote = conn.total_changes() != changes_before || (seq != 0 && outcome.is_err());
-            let batch = Batch { seq, wrote, outcome, replies };
-            if let Err(std::sync::mpsc::SendError(batch)) = syncer.batches.send(batch) {
-                // The syncer is gone (it panicked): nobody may be told that this is durable.
-                state.shared.durable.fail("the store's syncer thread stopped".into());
-                let error =
-                    state.shared.durable.failure().unwrap_or_else(|| Error::Storage("the syncer stopped".into()));
-                for reply in batch.replies {
-                    reply(Err(error.clone()));
-                }
-            }
-        }
-        None => {
-            for reply in replies {
-                reply(outcome.clone());
-            }
-        }
-    }
+    // Every write a group makes is an INSERT, UPDATE or DELETE, which `total_changes` counts;
+    // schema changes and PRAGMAs run only at open, before the first sync. A group that changes
+    // the schema or runs maintenance (ANALYZE, VACUUM) must set `wrote` itself. A commit that
+    // failed may still have reached the log: it is synced too.
+    let wrote = conn.total_changes() != changes_before || (seq != 0 && outcome.is_err());
+    Batch { seq, wrote, outcome, replies }
 }
 
 /// An idempotency record as stored.
