@@ -1267,16 +1267,20 @@ pub(crate) fn run(
     }
     // Stop accepting, then answer whatever raced with the shutdown.
     let mut rest: Vec<Op> = Vec::new();
+    let mut ticks = Vec::new();
     for message in pending.into_iter().chain(inbox.try_iter()) {
         match message {
             Message::Op(op) => rest.push(op),
-            Message::Tick(reply) => drop(reply),
+            Message::Tick(reply) => ticks.extend(reply),
             Message::Shutdown(reply) => shutdown.push(reply),
         }
     }
-    if !rest.is_empty() {
+    if !rest.is_empty() || !ticks.is_empty() {
         let committed = group_commit(&mut conn, &mut state, clock.as_ref(), rest);
         answer(committed, syncer.as_ref(), false);
+    }
+    for tick in ticks {
+        let _ = tick.send(());
     }
     // Every reply is sent, and the log synced, before the checkpoint and the unlock.
     if let Some(syncer) = syncer {
