@@ -15,7 +15,7 @@ use onceq_core::metrics as names;
 use onceq_core::{
     truncate_error_text, AttemptError, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, ItemResults, Job, JobId,
     JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueName,
-    Release, Result, Timestamp,
+    Release, Result, Schedule, Timestamp,
 };
 use rand::RngCore;
 use sqlx::postgres::PgRow;
@@ -84,38 +84,46 @@ const QUEUE_CREATE: &str = "INSERT INTO {s}.queues (name, config, created_at) VA
                             ON CONFLICT (name) DO NOTHING \
                             RETURNING id, pg_notify('{channel}', 'r 2147483647 ' || name)::text AS notified";
 
-/// The enqueue of a batch. `$1` now, `$2..$8` the jobs, `$9` the queue, `$10` when dedup ids
-/// claimed now expire. The queue row is share-locked so that a concurrent `queue_delete` either
-/// waits for this enqueue or makes it insert nothing (then the caller resolves the queue again).
+/// The enqueue of a batch. `$1` now (NULL: the database's clock), `$2..$8` the jobs (a NULL
+/// run_at is "now"), `$9` the queue, `$10` how long dedup ids claimed now live (ms), `$11` the
+/// queue's config as the caller knows it (NULL: any). The queue row is share-locked so that a
+/// concurrent `queue_delete` either waits for this enqueue or makes it insert nothing; it inserts
+/// nothing too when the queue's config is no longer `$11`. Either way the caller resolves the
+/// queue again. Returns `now` on every row, for the caller's bookkeeping.
 /// A dedup id is claimed with `ON CONFLICT DO UPDATE`, which takes the expired entry over and
 /// keeps a live one: either way it returns the entry's job id, so a duplicate learns its
 /// original's id even when that was committed a moment ago by a concurrent enqueue.
 const ENQUEUE: &str = r#"
-WITH input AS (
+WITH t AS (SELECT {now} AS now),
+input AS (
     SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[])
         WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ord){cap}
 ),
-locked AS (SELECT id FROM {s}.queues WHERE id = $9 FOR KEY SHARE),
-numbered AS (SELECT i.*, nextval('{s}.job_ids') AS id FROM input i CROSS JOIN locked),
+locked AS (SELECT id FROM {s}.queues WHERE id = $9 AND ($11::text IS NULL OR config::text = $11) FOR KEY SHARE),
+numbered AS (
+    SELECT i.payload, i.headers, i.priority, coalesce(i.run_at, t.now) AS run_at, i.max_attempts, i.dedup_id,
+           i.dedup_claim, i.ord, nextval('{s}.job_ids') AS id
+    FROM input i CROSS JOIN locked CROSS JOIN t
+),
 claimed AS (
     INSERT INTO {s}.dedup AS d (queue_id, dedup_id, job_id, expires_at)
-    SELECT $9, dedup_id, id, $10 FROM numbered WHERE dedup_claim
+    SELECT $9, dedup_id, id, t.now + $10::int8 FROM numbered CROSS JOIN t WHERE dedup_claim
     ON CONFLICT (queue_id, dedup_id) DO UPDATE SET
-        job_id = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.job_id ELSE d.job_id END,
-        expires_at = CASE WHEN d.expires_at <= $1 THEN EXCLUDED.expires_at ELSE d.expires_at END
+        job_id = CASE WHEN d.expires_at <= (SELECT now FROM t) THEN EXCLUDED.job_id ELSE d.job_id END,
+        expires_at = CASE WHEN d.expires_at <= (SELECT now FROM t) THEN EXCLUDED.expires_at ELSE d.expires_at END
     RETURNING d.dedup_id, d.job_id
 ),
 created AS (
     INSERT INTO {s}.jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id,
                           headers, payload)
-    SELECT n.id, $9, CASE WHEN n.run_at > $1 THEN 0 ELSE 1 END, n.priority, n.run_at, $1, 0, n.max_attempts,
+    SELECT n.id, $9, CASE WHEN n.run_at > t.now THEN 0 ELSE 1 END, n.priority, n.run_at, t.now, 0, n.max_attempts,
            n.dedup_id, n.headers, n.payload
-    FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+    FROM numbered n CROSS JOIN t LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
     WHERE NOT n.dedup_claim OR c.job_id = n.id
     RETURNING queue_id, state, run_at
 ),
 {notify:created}
-SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified
+SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified, (SELECT now FROM t) AS now
 FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
 ORDER BY n.ord
 "#;
@@ -527,6 +535,49 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
+/// Refuses a batch the queue's config does not allow: an `effectively_once` queue needs a dedup
+/// id on every job.
+fn check_batch(queue: &QueueName, config: &QueueConfig, jobs: &[NewJob]) -> Result<()> {
+    if config.delivery == DeliveryMode::EffectivelyOnce {
+        if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
+            return Err(Error::invalid(format!(
+                "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A queue as this store last looked it up, for enqueues that skip the lookup.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownQueue {
+    id: i64,
+    /// The config as the database prints it: the enqueue checks it is unchanged.
+    config_text: String,
+    config: QueueConfig,
+}
+
+/// Most queues a store remembers for the one-statement enqueue; past it, it forgets them all.
+const KNOWN_QUEUES_MAX: usize = 10_000;
+
+impl PgStore {
+    fn known_queue(&self, queue: &QueueName) -> Option<KnownQueue> {
+        self.inner.known_queues.lock().unwrap_or_else(|p| p.into_inner()).get(queue).cloned()
+    }
+
+    fn know_queue(&self, queue: &QueueName, known: KnownQueue) {
+        let mut known_queues = self.inner.known_queues.lock().unwrap_or_else(|p| p.into_inner());
+        if known_queues.len() >= KNOWN_QUEUES_MAX && !known_queues.contains_key(queue) {
+            known_queues.clear();
+        }
+        known_queues.insert(queue.clone(), known);
+    }
+
+    fn forget_queue(&self, queue: &QueueName) {
+        self.inner.known_queues.lock().unwrap_or_else(|p| p.into_inner()).remove(queue);
+    }
+}
+
 /// An enqueue batch, encoded once for however many tries it takes.
 struct Batch {
     /// The jobs, their payloads taken out.
@@ -579,21 +630,42 @@ impl PgStore {
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
         let batch = Batch::new(jobs)?;
+        // One statement instead of two when this store has looked the queue up before and every
+        // job is ready at once (then no limit depends on "now"): the enqueue itself checks that
+        // the queue and its config are still the ones known, and inserts nothing otherwise.
+        if batch.jobs.iter().all(|j| matches!(j.schedule, Schedule::Now)) {
+            if let Some(known) = self.known_queue(queue) {
+                if check_batch(queue, &known.config, &batch.jobs).is_ok() {
+                    let config_text = Some(known.config_text.as_str());
+                    match self.insert_batch(conn, &batch, None, known.id, &known.config, config_text).await? {
+                        Some((out, now)) => return Ok(self.enqueued(conn, queue, out, now).await),
+                        None => self.forget_queue(queue),
+                    }
+                }
+            }
+        }
         for _ in 0..QUEUE_RESOLVE_TRIES_MAX {
             let Some((now, queue_id, config)) = self.resolve_queue(conn, queue, &batch.jobs).await? else { continue };
-            let Some(out) = self.insert_batch(conn, &batch, now, queue_id, &config).await? else { continue };
-            let created = out.iter().filter(|e| !e.duplicate).count() as u64;
-            metrics::counter!(names::ENQUEUED, "queue" => queue.to_string()).increment(created);
-            let duplicates = out.len() as u64 - created;
-            if duplicates > 0 {
-                metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => queue.to_string()).increment(duplicates);
-            }
-            self.sweep_after(conn, now).await;
-            return Ok(out);
+            let Some((out, _)) = self.insert_batch(conn, &batch, Some(now), queue_id, &config, None).await? else {
+                continue;
+            };
+            return Ok(self.enqueued(conn, queue, out, now).await);
         }
         Err(Error::Unavailable(format!(
             "queue {queue} was created or deleted again and again while this enqueue ran; nothing was enqueued, retry"
         )))
+    }
+
+    /// Counts what an enqueue did, and sweeps if a sweep is due.
+    async fn enqueued(&self, conn: &Conn<'_>, queue: &QueueName, out: Vec<Enqueued>, now: i64) -> Vec<Enqueued> {
+        let created = out.iter().filter(|e| !e.duplicate).count() as u64;
+        metrics::counter!(names::ENQUEUED, "queue" => queue.to_string()).increment(created);
+        let duplicates = out.len() as u64 - created;
+        if duplicates > 0 {
+            metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => queue.to_string()).increment(duplicates);
+        }
+        self.sweep_after(conn, now).await;
+        out
     }
 
     /// Reads "now" and the queue (creating it with the defaults if it does not exist), and
@@ -619,14 +691,10 @@ impl PgStore {
             )));
         }
         if let Some(id) = row.try_get::<Option<i64>, _>("id").map_err(decode)? {
-            let config = parse_config(queue.as_str(), &row.try_get::<String, _>("config").map_err(decode)?)?;
-            if config.delivery == DeliveryMode::EffectivelyOnce {
-                if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
-                    return Err(Error::invalid(format!(
-                        "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
-                    )));
-                }
-            }
+            let config_text: String = row.try_get("config").map_err(decode)?;
+            let config = parse_config(queue.as_str(), &config_text)?;
+            self.know_queue(queue, KnownQueue { id, config_text, config: config.clone() });
+            check_batch(queue, &config, jobs)?;
             return Ok(Some((now, id, config)));
         }
         let config = QueueConfig::default();
@@ -644,18 +712,20 @@ impl PgStore {
         }
     }
 
-    /// Runs the enqueue statement at `now` into the queue; `None` when the queue was deleted
-    /// meanwhile (then nothing was written).
+    /// Runs the enqueue statement into the queue, at `now` (`None`: the statement reads the
+    /// store's clock, and every job must be ready at once), checking the queue's config is still
+    /// `config_text` if given. Returns the ids and the "now" it ran at; `None` when the queue was
+    /// deleted meanwhile or its config changed (then nothing was written).
     async fn insert_batch(
         &self,
         conn: &mut Conn<'_>,
         batch: &Batch,
-        now: i64,
+        now: Option<i64>,
         queue_id: i64,
         config: &QueueConfig,
-    ) -> Result<Option<Vec<Enqueued>>> {
+        config_text: Option<&str>,
+    ) -> Result<Option<(Vec<Enqueued>, i64)>> {
         let jobs = &batch.jobs;
-        let now_ts = Timestamp::from_millis(now);
         // A repeated dedup id in one batch is a duplicate of its first mention, which alone goes
         // to the database (a window of 0 deduplicates nothing, so then none is a duplicate).
         let window = config.dedup_window_ms;
@@ -676,7 +746,9 @@ impl PgStore {
         let payloads: Vec<&[u8]> = rows_of.iter().map(|&i| batch.payloads[i].as_slice()).collect();
         let headers: Vec<Option<&str>> = rows_of.iter().map(|&i| batch.headers[i].as_deref()).collect();
         let priorities: Vec<i32> = rows_of.iter().map(|&i| jobs[i].priority).collect();
-        let run_ats: Vec<i64> = rows_of.iter().map(|&i| jobs[i].ready_at(now_ts).as_millis()).collect();
+        // Without a "now", every job is ready at once: NULL is the statement's own "now".
+        let run_ats: Vec<Option<i64>> =
+            rows_of.iter().map(|&i| now.map(|now| jobs[i].ready_at(Timestamp::from_millis(now)).as_millis())).collect();
         let max_attempts: Vec<i32> = rows_of
             .iter()
             .map(|&i| i32::try_from(jobs[i].max_attempts.unwrap_or(config.max_attempts)).unwrap_or(i32::MAX))
@@ -684,11 +756,12 @@ impl PgStore {
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
         let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
         let sql = self.hot_sql(HotStatement::Enqueue { items: rows_of.len() });
-        let expires = plus_ms(now, window);
+        let now_param = now.or_else(|| self.now_param());
+        let window_ms = i64::try_from(window).unwrap_or(i64::MAX);
         let rows = self
             .fetch_all(conn, "enqueueing jobs", || {
                 sqlx::query(&sql)
-                    .bind(now)
+                    .bind(now_param)
                     .bind(&payloads)
                     .bind(&headers)
                     .bind(&priorities)
@@ -697,12 +770,12 @@ impl PgStore {
                     .bind(&dedup_ids)
                     .bind(&claims)
                     .bind(queue_id)
-                    .bind(expires)
+                    .bind(window_ms)
+                    .bind(config_text)
             })
             .await?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
+        let Some(first) = rows.first() else { return Ok(None) };
+        let ran_at: i64 = first.try_get("now").map_err(decode)?;
         let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
         let mut last_id = 0;
         for row in rows {
@@ -733,7 +806,7 @@ impl PgStore {
             .enumerate()
             .map(|(i, e)| e.ok_or_else(|| Error::Storage(format!("job {i} of the batch got no id"))))
             .collect::<Result<Vec<Enqueued>>>()?;
-        Ok(Some(out))
+        Ok(Some((out, ran_at)))
     }
 
     /// Deletes expired dedup ids and idempotency records, at most once a [`SWEEP_INTERVAL_MS`]

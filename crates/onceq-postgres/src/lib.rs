@@ -274,6 +274,8 @@ pub(crate) struct Inner {
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
+    /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
+    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, jobs::KnownQueue>>,
 }
 
 impl Drop for Inner {
@@ -384,6 +386,7 @@ impl PgStore {
             sleeper: jobs::sleeper_name(),
             listener: Mutex::new(Some(task)),
             last_sweep_ms: AtomicI64::new(i64::MIN),
+            known_queues: Mutex::new(std::collections::HashMap::new()),
         };
         Ok(PgStore { inner: Arc::new(inner) })
     }

@@ -16,13 +16,19 @@ use crate::{channel_of, due, fill, jobs, schema};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HotStatement {
-    /// The first statement of an enqueue: reads the clock and finds the queue by name (`$2`);
-    /// returns `now`, `id`, `config`.
+    /// The first statement of an enqueue into a queue the store does not know yet (or whose
+    /// config changed), or of jobs scheduled for later: reads the clock and finds the queue by
+    /// name (`$2`); returns `now`, `id`, `config`. The store then remembers the queue.
     QueueLookup,
-    /// The enqueue of a batch of `items` jobs: `$1` the lookup's `now`, then the jobs' columns
-    /// as arrays (`$2` payloads `bytea[]`, `$3` headers `text[]`, `$4` priorities `int4[]`, `$5`
-    /// run_at `int8[]`, `$6` max_attempts `int4[]`, `$7` dedup ids `text[]`, `$8` whether each
-    /// claims its dedup id `bool[]`), `$9` the queue's id, `$10` when claimed dedup ids expire.
+    /// The enqueue of a batch of `items` jobs, the only statement of an enqueue of jobs ready at
+    /// once into a queue the store knows: `$1` NULL there (the database's clock), or the lookup's
+    /// `now`; then the jobs' columns as arrays (`$2` payloads `bytea[]`, `$3` headers `text[]`,
+    /// `$4` priorities `int4[]`, `$5` run_at `int8[]`, NULL for "now", `$6` max_attempts
+    /// `int4[]`, `$7` dedup ids `text[]`, `$8` whether each claims its dedup id `bool[]`), `$9`
+    /// the queue's id, `$10` how long claimed dedup ids live (ms), `$11` the queue's config as
+    /// the lookup printed it (NULL after a lookup): with another config, or another queue under
+    /// that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
+    /// `notified` and `now` per job.
     Enqueue {
         /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
         items: usize,

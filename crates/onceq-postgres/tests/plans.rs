@@ -34,9 +34,14 @@ async fn single_job_enqueues_leases_and_acks_run_on_a_cached_generic_plan() {
     .fetch_all(store.pool())
     .await
     .unwrap();
-    for (what, marker) in [("lease", "WITH picked AS"), ("ack", "acked AS"), ("enqueue", "WITH input AS")] {
+    for (what, marker) in [("lease", "WITH picked AS"), ("ack", "acked AS"), ("enqueue", "\ninput AS (")] {
         assert!(plans.iter().any(|(sql, _, _)| sql.contains(marker)), "no {what} statement ran 20 times: {plans:?}");
     }
+    // An enqueue into a queue the store knows is one statement: the lookup ran once, not 40 times.
+    assert!(
+        !plans.iter().any(|(sql, _, _)| sql.contains("q.config::text AS config FROM (SELECT")),
+        "the queue lookup ran on every enqueue: {plans:?}"
+    );
     for (sql, generic, custom) in &plans {
         assert!(*generic >= 10, "{generic} generic, {custom} custom plans of {sql}");
     }

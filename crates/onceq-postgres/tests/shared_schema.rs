@@ -126,3 +126,44 @@ async fn a_job_row_locked_elsewhere_stalls_no_lease() {
     let again = store.lease_one(&q).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempt), (ids[0], 2));
 }
+
+/// An enqueue into a queue the store has looked up before skips the lookup (one statement), so
+/// it must still see what another store changed since: the queue's config (its default max
+/// attempts, its delivery mode) and the queue itself, deleted and created again under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_that_skips_the_lookup_still_sees_what_another_store_changed() {
+    let (a, b, _guard) = two_stores().await;
+    let q = QueueName::new("changing").unwrap();
+    let first = a.enqueue(&q, NewJob::new("first")).await.unwrap();
+    let known = a.enqueue(&q, NewJob::new("known")).await.unwrap();
+    assert_eq!(a.job_get(known.id).await.unwrap().max_attempts, onceq_core::QueueConfig::default().max_attempts);
+
+    // Another store changes the default max attempts: the next enqueue here takes the new one.
+    let patch = onceq_core::QueueConfigPatch { max_attempts: Some(3), ..Default::default() };
+    b.queue_upsert(&q, patch).await.unwrap();
+    let after = a.enqueue(&q, NewJob::new("after the change")).await.unwrap();
+    assert_eq!(a.job_get(after.id).await.unwrap().max_attempts, 3);
+
+    // ...and makes the queue effectively_once: a job without a dedup id is refused, and writes
+    // nothing.
+    let patch = onceq_core::QueueConfigPatch {
+        delivery: Some(onceq_core::DeliveryMode::EffectivelyOnce),
+        ..Default::default()
+    };
+    b.queue_upsert(&q, patch).await.unwrap();
+    let ready_before = a.queue_get(&q).await.unwrap().stats.ready;
+    let refused = a.enqueue(&q, NewJob::new("no dedup id")).await.unwrap_err();
+    assert_eq!(refused.kind(), onceq_core::ErrorKind::InvalidRequest, "{refused}");
+    assert_eq!(a.queue_get(&q).await.unwrap().stats.ready, ready_before);
+
+    // Deleted and created again by the other store: the job goes into the new queue, not into
+    // the old id (which would leave it in no queue).
+    b.queue_delete(&q).await.unwrap();
+    b.queue_upsert(&q, onceq_core::QueueConfigPatch::default()).await.unwrap();
+    let moved = a.enqueue(&q, NewJob::new("into the new queue")).await.unwrap();
+    assert!(moved.id > first.id);
+    let stats = b.queue_get(&q).await.unwrap().stats;
+    assert_eq!(stats.ready, 1, "{stats:?}");
+    let leased = b.lease_one(&q).await.unwrap().expect("the job is in the new queue");
+    assert_eq!(leased.id, moved.id);
+}

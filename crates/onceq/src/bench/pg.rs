@@ -14,10 +14,10 @@
 //!
 //! | scenario | onceq | floor (one pgbench transaction = one script run) |
 //! |---|---|---|
-//! | enqueue 100/call | 4 producers | queue lookup + enqueue of 100, 4 clients |
+//! | enqueue 100/call | 4 producers | enqueue of 100 into the known queue, 4 clients |
 //! | lease+ack 100/call | 4 workers, the queue filled first (untimed) | apply due + lease 100 + ack 100, 4 clients, same fill |
 //! | end-to-end 100/call | 4 producers + 4 workers at once | the five statements in one script, 8 clients |
-//! | enqueue 1/call | 16 producers | queue lookup + enqueue of 1, 16 clients |
+//! | enqueue 1/call | 16 producers | enqueue of 1 into the known queue, 16 clients |
 //! | lease+ack 1/call | 16 workers, the queue filled first | apply due + lease 1 + ack 1, 16 clients |
 //!
 //! pgbench cannot carry the rows a lease returns into the ack, so the floor's lease wraps the
@@ -87,6 +87,12 @@ fn lease_aggregated(lease: &str) -> Result<String, BenchError> {
 /// lease's plan then sorts the whole ready set instead of walking the `jobs_ready` index: 45×
 /// slower per lease of 100 on 200,000 rows (EXPLAIN ANALYZE: 292 ms against 6.4 ms). Whichever
 /// side met autovacuum first would win by that, so both start from fresh statistics.
+/// The bench queue's id and config as the database prints them.
+async fn known_queue(store: &PgStore) -> Result<(i64, String), BenchError> {
+    let sql = format!("SELECT id, config::text FROM \"{}\".queues WHERE name = $1", store.schema());
+    sqlx::query_as(&sql).bind(QUEUE).fetch_one(store.pool()).await.map_err(|e| BenchError::Floor(format!("{sql}: {e}")))
+}
+
 async fn analyze(store: &PgStore) -> Result<(), BenchError> {
     let sql = format!("ANALYZE \"{}\".jobs", store.schema());
     sqlx::query(&sql).execute(store.pool()).await.map_err(|e| BenchError::Floor(format!("{sql}: {e}")))?;
@@ -98,11 +104,14 @@ async fn analyze(store: &PgStore) -> Result<(), BenchError> {
 /// their parameters.
 struct Target {
     schema: String,
+    /// The queue's id and config as the database prints it, once the queue exists: what a
+    /// store that has enqueued into it before knows of it.
+    queue: Option<(i64, String)>,
 }
 
 impl Target {
     fn new(schema: &str) -> Self {
-        Target { schema: schema.to_owned() }
+        Target { schema: schema.to_owned(), queue: None }
     }
 
     /// The store's `statement` on this schema.
@@ -122,32 +131,34 @@ impl Target {
         format!("{};\n", sql.trim())
     }
 
-    /// The enqueue of `per_call` jobs: the queue lookup, then the enqueue at the "now" and
-    /// queue id it returned, as `enqueue_jobs` runs them. The payloads come in as a parameter
-    /// on every call, as the store's do: the variable `:payloads` (see [`payloads_define`]).
+    /// The enqueue of `per_call` jobs ready at once into a queue the store knows, as
+    /// `enqueue_jobs` runs it: one statement, which reads the clock and checks the queue's id and
+    /// config itself. The payloads come in as a parameter on every call, as the store's do: the
+    /// variable `:payloads` (see [`payloads_define`]).
     fn enqueue_script(&self, per_call: u64) -> Result<String, BenchError> {
         let config = QueueConfig::default();
+        let (queue_id, config_text) = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| BenchError::Floor("the floor's enqueue script needs its queue to exist first".into()))?;
         let n = format!("ARRAY[{per_call}]");
         let items = usize::try_from(per_call).map_err(|_| BenchError::Options(format!("{per_call} jobs per call")))?;
-        let mut script =
-            self.sql(&self.statement(HotStatement::QueueLookup)?, &[(1, "NULL".into()), (2, format!("'{QUEUE}'"))]);
-        script.push_str("\\gset e_\n");
-        script.push_str(&self.sql(
+        Ok(self.sql(
             &self.statement(HotStatement::Enqueue { items })?,
             &[
-                (1, ":e_now::int8".into()),
+                (1, "NULL".into()),
                 (2, ":payloads::bytea[]".into()),
                 (3, format!("array_fill(NULL::text, {n})")),
                 (4, format!("array_fill(0, {n})")),
-                (5, format!("array_fill(:e_now::int8, {n})")),
+                (5, format!("array_fill(NULL::int8, {n})")),
                 (6, format!("array_fill({}, {n})", config.max_attempts)),
                 (7, format!("array_fill(NULL::text, {n})")),
                 (8, format!("array_fill(false, {n})")),
-                (9, ":e_id::int8".into()),
-                (10, format!("(:e_now::int8 + {})", config.dedup_window_ms)),
+                (9, queue_id.to_string()),
+                (10, config.dedup_window_ms.to_string()),
+                (11, format!("'{}'", config_text.replace('\'', "''"))),
             ],
-        ));
-        Ok(script)
+        ))
     }
 
     /// Lease of `per_call` and the ack of what it got: due transitions, lease, ack, as
@@ -505,7 +516,7 @@ impl PgBench<'_> {
                 run,
                 floor_jobs_per_s: floor,
                 ratios,
-                floor_what: format!("lookup + enqueue {BATCH}, {batched} clients"),
+                floor_what: format!("enqueue {BATCH}, {batched} clients"),
             };
             enqueue_batched = Some(self.row(&row, &mut rows_done));
         }
@@ -558,7 +569,7 @@ impl PgBench<'_> {
                 run,
                 floor_jobs_per_s: floor,
                 ratios,
-                floor_what: format!("lookup + enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
+                floor_what: format!("enqueue + due + lease + ack, {BATCH} jobs, {clients} clients"),
             };
             end_to_end_batched = Some(self.row(&row, &mut rows_done));
         }
@@ -580,7 +591,7 @@ impl PgBench<'_> {
                 run,
                 floor_jobs_per_s: floor,
                 ratios,
-                floor_what: format!("lookup + enqueue 1, {SINGLE_TASKS} clients"),
+                floor_what: format!("enqueue 1, {SINGLE_TASKS} clients"),
             };
             self.row(&row, &mut rows_done);
         }
@@ -666,8 +677,7 @@ impl PgBench<'_> {
         fill: u64,
     ) -> Result<f64, BenchError> {
         use onceq_core::Store as _;
-        let target = Target::new(&self.floor_schema);
-        let script = script(&target)?;
+        let mut target = Target::new(&self.floor_schema);
         let transactions_per_client = jobs.div_ceil(per_txn).div_ceil(clients).max(1);
         // A lease floor's queue holds what its transactions lease, rounded up to whole ones.
         let fill = if fill >= jobs { transactions_per_client * clients * per_txn } else { fill };
@@ -686,8 +696,10 @@ impl PgBench<'_> {
                     .await?;
                 store.job_ack(&leased.iter().map(|j| j.lease()).collect::<Vec<_>>()).await?;
             }
+            target.queue = Some(known_queue(&store).await?);
             Ok::<_, BenchError>(store)
         })?;
+        let script = script(&target)?;
         progress(&format!("pgbench: {clients} clients × {transactions_per_client} transactions"));
         let name = format!("floor-{:02}", self.serial_next());
         let result = PgbenchRun {
@@ -849,9 +861,11 @@ tps = 1000.500000 (excluding connections establishing)
 
     #[test]
     fn the_floor_scripts_are_the_stores_statements_with_every_parameter_filled_in() {
-        let t = Target::new("s1");
+        let mut t = Target::new("s1");
+        assert!(t.enqueue_script(100).is_err(), "an enqueue script before the queue exists");
+        t.queue = Some((7, r#"{"it's": 1}"#.into()));
         let script = t.enqueue_script(100).unwrap();
-        assert!(script.contains("\\gset e_") && script.contains(":payloads::bytea[]"), "{script}");
+        assert!(script.contains(":payloads::bytea[]") && script.contains(r#"'{"it''s": 1}'"#), "{script}");
         assert!(script.contains("\"s1\".jobs") && script.contains("'onceq_s1'"), "{script}");
         assert!(script.contains("coalesce(NULL::int8, floor(extract(epoch FROM statement_timestamp())"), "{script}");
         assert!(!script.contains('$'), "{script}");
