@@ -107,7 +107,8 @@ numbered AS (
 ),
 claimed AS (
     INSERT INTO {s}.dedup AS d (queue_id, dedup_id, job_id, expires_at)
-    SELECT $9, dedup_id, id, t.now + $10::int8 FROM numbered CROSS JOIN t WHERE dedup_claim
+    SELECT $9, dedup_id, id, least(t.now, 9223372036854775807 - $10::int8) + $10::int8
+    FROM numbered CROSS JOIN t WHERE dedup_claim
     ON CONFLICT (queue_id, dedup_id) DO UPDATE SET
         job_id = CASE WHEN d.expires_at <= (SELECT now FROM t) THEN EXCLUDED.job_id ELSE d.job_id END,
         expires_at = CASE WHEN d.expires_at <= (SELECT now FROM t) THEN EXCLUDED.expires_at ELSE d.expires_at END
@@ -573,7 +574,7 @@ impl PgStore {
         known_queues.insert(queue.clone(), known);
     }
 
-    fn forget_queue(&self, queue: &QueueName) {
+    pub(crate) fn forget_queue(&self, queue: &QueueName) {
         self.inner.known_queues.lock().unwrap_or_else(|p| p.into_inner()).remove(queue);
     }
 }
@@ -693,7 +694,11 @@ impl PgStore {
         if let Some(id) = row.try_get::<Option<i64>, _>("id").map_err(decode)? {
             let config_text: String = row.try_get("config").map_err(decode)?;
             let config = parse_config(queue.as_str(), &config_text)?;
-            self.know_queue(queue, KnownQueue { id, config_text, config: config.clone() });
+            // Not from inside a caller's transaction: its snapshot may be older than the queue's
+            // config, or the queue may vanish with its rollback.
+            if matches!(conn, Conn::Pool) {
+                self.know_queue(queue, KnownQueue { id, config_text, config: config.clone() });
+            }
             check_batch(queue, &config, jobs)?;
             return Ok(Some((now, id, config)));
         }

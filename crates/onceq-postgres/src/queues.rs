@@ -170,6 +170,8 @@ impl PgStore {
     }
 
     pub(crate) async fn upsert_queue(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        // The next enqueue looks the new config up rather than trying the old one first.
+        self.forget_queue(queue);
         let encode = |config: &QueueConfig| {
             serde_json::to_string(config).map_err(|e| Error::Storage(format!("encoding a queue config: {e}")))
         };
@@ -233,6 +235,7 @@ impl PgStore {
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        self.forget_queue(queue);
         let (row_delete, jobs_delete, counts_delete) =
             (self.sql(QUEUE_ROW_DELETE), self.sql(QUEUE_JOBS_DELETE), self.sql(QUEUE_COUNTS_DELETE));
         let deleted = self

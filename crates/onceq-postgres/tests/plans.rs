@@ -37,7 +37,13 @@ async fn single_job_enqueues_leases_and_acks_run_on_a_cached_generic_plan() {
     for (what, marker) in [("lease", "WITH picked AS"), ("ack", "acked AS"), ("enqueue", "\ninput AS (")] {
         assert!(plans.iter().any(|(sql, _, _)| sql.contains(marker)), "no {what} statement ran 20 times: {plans:?}");
     }
-    // An enqueue into a queue the store knows is one statement: the lookup ran once, not 40 times.
+    // An enqueue into a queue the store knows is one statement: the lookup ran twice (the first
+    // enqueue created the queue, the second remembered it), not 40 times. The marker is checked
+    // against the lookup's own text, so that this cannot pass by missing it.
+    let lookup =
+        onceq_postgres::statements::hot_statement(&schema, onceq_postgres::statements::HotStatement::QueueLookup)
+            .unwrap();
+    assert!(lookup.contains("q.config::text AS config FROM (SELECT"), "{lookup}");
     assert!(
         !plans.iter().any(|(sql, _, _)| sql.contains("q.config::text AS config FROM (SELECT")),
         "the queue lookup ran on every enqueue: {plans:?}"

@@ -134,7 +134,8 @@ async fn a_job_row_locked_elsewhere_stalls_no_lease() {
 async fn an_enqueue_that_skips_the_lookup_still_sees_what_another_store_changed() {
     let (a, b, _guard) = two_stores().await;
     let q = QueueName::new("changing").unwrap();
-    let first = a.enqueue(&q, NewJob::new("first")).await.unwrap();
+    // The first enqueue creates the queue; the second looks it up, and the store remembers it.
+    a.enqueue(&q, NewJob::new("first")).await.unwrap();
     let known = a.enqueue(&q, NewJob::new("known")).await.unwrap();
     assert_eq!(a.job_get(known.id).await.unwrap().max_attempts, onceq_core::QueueConfig::default().max_attempts);
 
@@ -157,11 +158,12 @@ async fn an_enqueue_that_skips_the_lookup_still_sees_what_another_store_changed(
     assert_eq!(a.queue_get(&q).await.unwrap().stats.ready, ready_before);
 
     // Deleted and created again by the other store: the job goes into the new queue, not into
-    // the old id (which would leave it in no queue).
+    // the old id (which would leave it in no queue). It carries a dedup id, so that it passes
+    // the effectively_once config this store remembers and tries the remembered id first.
     b.queue_delete(&q).await.unwrap();
     b.queue_upsert(&q, onceq_core::QueueConfigPatch::default()).await.unwrap();
-    let moved = a.enqueue(&q, NewJob::new("into the new queue")).await.unwrap();
-    assert!(moved.id > first.id);
+    let moved = a.enqueue(&q, NewJob::new("into the new queue").dedup_id("moved")).await.unwrap();
+    assert!(!moved.duplicate);
     let stats = b.queue_get(&q).await.unwrap().stats;
     assert_eq!(stats.ready, 1, "{stats:?}");
     let leased = b.lease_one(&q).await.unwrap().expect("the job is in the new queue");

@@ -136,3 +136,27 @@ async fn the_enqueue_rules_hold_inside_a_transaction() {
     let stats = store.queue_get(&payments).await.unwrap().stats;
     assert_eq!(stats.ready, 1);
 }
+
+/// Inside a caller's transaction, an enqueue into a queue this store remembers, but which
+/// another store deleted and created again, goes into the new queue: the one-statement enqueue
+/// inserts nothing into the old id, raises no error that would abort the caller's transaction,
+/// and the lookup that follows finds the new queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_in_a_transaction_into_a_queue_recreated_elsewhere_lands_in_the_new_one() {
+    let (store, guard) = common::fresh_store(None).await;
+    let other = common::connect(common::options(&guard.schema, None)).await;
+    let q = QueueName::new("recreated").unwrap();
+    store.enqueue(&q, NewJob::new("creates")).await.unwrap();
+    store.enqueue(&q, NewJob::new("remembered")).await.unwrap();
+    other.queue_delete(&q).await.unwrap();
+    other.queue_upsert(&q, QueueConfigPatch::default()).await.unwrap();
+
+    let mut tx = store.pool().begin().await.unwrap();
+    let enqueued = store.job_enqueue_in(&mut tx, &q, vec![NewJob::new("in the new queue")]).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.expect("the caller's transaction is still usable");
+    tx.commit().await.unwrap();
+
+    assert_eq!(other.queue_get(&q).await.unwrap().stats.ready, 1);
+    let leased = other.lease_one(&q).await.unwrap().expect("the job is in the new queue");
+    assert_eq!(leased.id, enqueued[0].id);
+}
