@@ -313,6 +313,25 @@ mod tests {
         SqliteStore::open_with_sync(SqliteOptions::new(dir), Some(gate.sync_fn()), inline).unwrap()
     }
 
+    /// What the writer shares, for tests that drive the syncer without a store.
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            queues: Mutex::new(Default::default()),
+            waiters: Default::default(),
+            next_due: std::sync::atomic::AtomicI64::new(i64::MAX),
+            durable: Durable::new(true),
+        })
+    }
+
+    /// A data directory, its gate, a store opened on them, and a queue in it.
+    async fn setup(inline: bool) -> (tempfile::TempDir, Arc<Gate>, SqliteStore, QueueName) {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = open(dir.path(), &gate, inline);
+        let q = queue(&store).await;
+        (dir, gate, store, q)
+    }
+
     async fn queue(store: &SqliteStore) -> QueueName {
         let name = QueueName::new("q").unwrap();
         store.queue_upsert(&name, QueueConfigPatch::default()).await.unwrap();
@@ -323,13 +342,7 @@ mod tests {
 
     #[test]
     fn the_writer_answers_itself_only_when_the_syncer_holds_nothing() {
-        let shared = Arc::new(Shared {
-            queues: Mutex::new(Default::default()),
-            waiters: Default::default(),
-            next_due: std::sync::atomic::AtomicI64::new(i64::MAX),
-            durable: Durable::new(true),
-        });
-        let gate = Arc::new(Gate::default());
+        let (shared, gate) = (shared(), Arc::new(Gate::default()));
         let syncer = Syncer::start(gate.sync_fn(), shared.clone(), true).unwrap();
         let answered = |flag: &Arc<AtomicBool>| -> Reply {
             let flag = flag.clone();
@@ -360,13 +373,7 @@ mod tests {
 
     #[test]
     fn an_idle_writer_syncs_and_answers_itself() {
-        let shared = Arc::new(Shared {
-            queues: Mutex::new(Default::default()),
-            waiters: Default::default(),
-            next_due: std::sync::atomic::AtomicI64::new(i64::MAX),
-            durable: Durable::new(true),
-        });
-        let gate = Arc::new(Gate::default());
+        let (shared, gate) = (shared(), Arc::new(Gate::default()));
         let syncer = Arc::new(Syncer::start(gate.sync_fn(), shared.clone(), true).unwrap());
         let answered = Arc::new(AtomicBool::new(false));
         gate.set_shut(true);
@@ -394,15 +401,13 @@ mod tests {
 
     #[tokio::test]
     async fn no_reply_and_no_read_answers_before_the_log_is_synced() {
-        no_reply_and_no_read_answers_before_the_log_is_synced_with(false).await;
-        no_reply_and_no_read_answers_before_the_log_is_synced_with(true).await;
+        for inline in [false, true] {
+            no_reply_and_no_read_answers_before_the_log_is_synced_with(inline).await;
+        }
     }
 
     async fn no_reply_and_no_read_answers_before_the_log_is_synced_with(inline: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate, inline);
-        let q = queue(&store).await;
+        let (_dir, gate, store, q) = setup(inline).await;
         store.enqueue(&q, NewJob::new("a")).await.unwrap();
 
         gate.set_shut(true);
@@ -429,15 +434,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it() {
-        an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(false).await;
-        an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(true).await;
+        for inline in [false, true] {
+            an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(inline).await;
+        }
     }
 
     async fn an_answer_that_wrote_nothing_still_waits_for_the_commits_before_it_with(inline: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate, inline);
-        let q = queue(&store).await;
+        let (_dir, gate, store, q) = setup(inline).await;
         store.enqueue(&q, NewJob::new("a")).await.unwrap();
         let job = store.lease_one(&q).await.unwrap().unwrap();
 
@@ -466,15 +469,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting() {
-        a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(false).await;
-        a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(true).await;
+        for inline in [false, true] {
+            a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(inline).await;
+        }
     }
 
     async fn a_panicking_sync_stops_the_store_instead_of_leaving_reads_waiting_with(inline: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate, inline);
-        let q = queue(&store).await;
+        let (_dir, gate, store, q) = setup(inline).await;
         gate.panic.store(true, Ordering::SeqCst);
         assert!(store.enqueue(&q, NewJob::new("a")).await.is_err());
         let read = tokio::time::timeout(Duration::from_secs(5), store.queue_get(&q)).await;
@@ -487,15 +488,13 @@ mod tests {
 
     #[tokio::test]
     async fn groups_that_write_nothing_are_not_synced() {
-        groups_that_write_nothing_are_not_synced_with(false).await;
-        groups_that_write_nothing_are_not_synced_with(true).await;
+        for inline in [false, true] {
+            groups_that_write_nothing_are_not_synced_with(inline).await;
+        }
     }
 
     async fn groups_that_write_nothing_are_not_synced_with(inline: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate, inline);
-        let q = queue(&store).await;
+        let (_dir, gate, store, q) = setup(inline).await;
         let before = gate.syncs.load(Ordering::SeqCst);
         assert!(store.job_lease(&q, LeaseOptions::default()).await.unwrap().is_empty());
         assert_eq!(gate.syncs.load(Ordering::SeqCst), before, "an empty lease synced the log");
@@ -506,15 +505,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_stops_the_store_until_it_is_opened_again() {
-        a_failed_sync_stops_the_store_until_it_is_opened_again_with(false).await;
-        a_failed_sync_stops_the_store_until_it_is_opened_again_with(true).await;
+        for inline in [false, true] {
+            a_failed_sync_stops_the_store_until_it_is_opened_again_with(inline).await;
+        }
     }
 
     async fn a_failed_sync_stops_the_store_until_it_is_opened_again_with(inline: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
-        let store = open(dir.path(), &gate, inline);
-        let q = queue(&store).await;
+        let (dir, gate, store, q) = setup(inline).await;
         let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap();
 
         gate.fail.store(true, Ordering::SeqCst);
