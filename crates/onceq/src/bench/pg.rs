@@ -87,6 +87,14 @@ fn lease_aggregated(lease: &str) -> Result<String, BenchError> {
 /// lease's plan then sorts the whole ready set instead of walking the `jobs_ready` index: 45×
 /// slower per lease of 100 on 200,000 rows (EXPLAIN ANALYZE: 292 ms against 6.4 ms). Whichever
 /// side met autovacuum first would win by that, so both start from fresh statistics.
+/// The last job id the schema's sequence handed out.
+async fn last_job_id(store: &PgStore) -> Result<i64, BenchError> {
+    let sql = format!("SELECT last_value FROM \"{}\".job_ids", store.schema());
+    let (last,): (i64,) =
+        sqlx::query_as(&sql).fetch_one(store.pool()).await.map_err(|e| BenchError::Floor(format!("{sql}: {e}")))?;
+    Ok(last)
+}
+
 /// The bench queue's id and config as the database prints them.
 async fn known_queue(store: &PgStore) -> Result<(i64, String), BenchError> {
     let sql = format!("SELECT id, config::text FROM \"{}\".queues WHERE name = $1", store.schema());
@@ -700,6 +708,10 @@ impl PgBench<'_> {
             Ok::<_, BenchError>(store)
         })?;
         let script = script(&target)?;
+        // A script that enqueues must create every job it is counted for: one whose queue id or
+        // config did not match would insert nothing, and its rate would mean nothing.
+        let enqueues = script.contains(".job_ids");
+        let ids_before = self.runtime.block_on(last_job_id(&store))?;
         progress(&format!("pgbench: {clients} clients × {transactions_per_client} transactions"));
         let name = format!("floor-{:02}", self.serial_next());
         let result = PgbenchRun {
@@ -713,6 +725,7 @@ impl PgBench<'_> {
             transactions_per_client,
         }
         .run();
+        let created = self.runtime.block_on(last_job_id(&store)).map(|last| last - ids_before);
         // The store stayed connected (listening on its channel, as the store's own does) while
         // pgbench ran; now the queue goes, ready for the next floor.
         self.runtime.block_on(async {
@@ -721,7 +734,14 @@ impl PgBench<'_> {
             store.close().await;
             deleted.map(drop).map_err(BenchError::from)
         })?;
-        Ok(result?.tps * per_txn as f64)
+        let (result, created) = (result?, created?);
+        let expected = transactions_per_client * clients * per_txn;
+        if enqueues && created < i64::try_from(expected).unwrap_or(i64::MAX) {
+            return Err(BenchError::Check(format!(
+                "the floor's enqueues created {created} of {expected} jobs: its script does not match the queue"
+            )));
+        }
+        Ok(result.tps * per_txn as f64)
     }
 
     /// Numbers the floor scripts, kept in the temporary directory until the end of the run.
