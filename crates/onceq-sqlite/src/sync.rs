@@ -12,9 +12,10 @@
 //!
 //! What a reply promises is unchanged (DESIGN.md, Invariant 1): no request is answered before
 //! everything it wrote, and everything it read, is on disk.
-//! - Writer replies: group `n`'s replies wait for a sync that began after group `n` committed.
-//!   Syncs run one after another, so that sync also covers every earlier group whose effects
-//!   group `n` may have read (a lease of a job enqueued one group before).
+//! - Writer replies: group `n`'s replies wait for a sync that began after group `n` committed
+//!   (a group that wrote nothing waits until every earlier group is synced). Syncs run one after
+//!   another, so that sync also covers every earlier group whose effects group `n` may have read
+//!   (a lease of a job enqueued one group before).
 //! - Reads on the reader connections, and the queue views the writer publishes, may see a commit
 //!   whose sync is still running. [`Durable::settled`] makes such a read wait, before it answers,
 //!   until everything committed when it finished reading is synced: nobody is told of a job that
