@@ -550,7 +550,7 @@ fn check_batch(queue: &QueueName, config: &QueueConfig, jobs: &[NewJob]) -> Resu
 }
 
 /// A queue as this store last looked it up, for enqueues that skip the lookup.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct KnownQueue {
     id: i64,
     /// The config as the database prints it: the enqueue checks it is unchanged.
@@ -562,11 +562,11 @@ pub(crate) struct KnownQueue {
 const KNOWN_QUEUES_MAX: usize = 10_000;
 
 impl PgStore {
-    fn known_queue(&self, queue: &QueueName) -> Option<KnownQueue> {
+    fn known_queue(&self, queue: &QueueName) -> Option<Arc<KnownQueue>> {
         self.inner.known_queues.lock().unwrap_or_else(|p| p.into_inner()).get(queue).cloned()
     }
 
-    fn know_queue(&self, queue: &QueueName, known: KnownQueue) {
+    fn know_queue(&self, queue: &QueueName, known: Arc<KnownQueue>) {
         let mut known_queues = self.inner.known_queues.lock().unwrap_or_else(|p| p.into_inner());
         if known_queues.len() >= KNOWN_QUEUES_MAX && !known_queues.contains_key(queue) {
             known_queues.clear();
@@ -697,7 +697,7 @@ impl PgStore {
             // Not from inside a caller's transaction: its snapshot may be older than the queue's
             // config, or the queue may vanish with its rollback.
             if matches!(conn, Conn::Pool) {
-                self.know_queue(queue, KnownQueue { id, config_text, config: config.clone() });
+                self.know_queue(queue, Arc::new(KnownQueue { id, config_text, config: config.clone() }));
             }
             check_batch(queue, &config, jobs)?;
             return Ok(Some((now, id, config)));

@@ -275,7 +275,7 @@ pub(crate) struct Inner {
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
     /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
-    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, jobs::KnownQueue>>,
+    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<jobs::KnownQueue>>>,
 }
 
 impl Drop for Inner {

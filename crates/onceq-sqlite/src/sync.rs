@@ -77,23 +77,25 @@ impl Durable {
         self.committed.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    /// The error every request gets once a sync failed.
+    /// The error every request gets once the store stopped (see [`Durable::fail`]).
     pub(crate) fn failure(&self) -> Option<Error> {
         let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.as_ref().map(|why| {
             Error::Storage(format!(
-                "the store stopped after the write-ahead log could not be synced to disk ({why}); what was \
-                 committed since the last sync may not survive a power loss; close the store and open it again"
+                "the store stopped: {why}; what was committed since the last sync may not survive a power \
+                 loss; close the store and open it again"
             ))
         })
     }
 
-    /// Stops the store: every later request and read gets [`Durable::failure`].
-    pub(crate) fn fail(&self, why: String) {
+    /// Stops the store: every later request and read gets [`Durable::failure`], which this
+    /// returns (the first reason given wins).
+    pub(crate) fn fail(&self, why: String) -> Error {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.get_or_insert(why);
         drop(failed);
         self.progress.notify_waiters();
+        self.failure().unwrap_or_else(|| Error::Storage("the store stopped".into()))
     }
 
     /// Waits until every commit begun so far is on disk. A read calls it after reading and
@@ -128,7 +130,7 @@ pub(crate) struct StopOnPanic<'a> {
 impl Drop for StopOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.durable.fail(format!("the store's {} thread panicked", self.thread));
+            let _ = self.durable.fail(format!("the store's {} thread panicked", self.thread));
         }
     }
 }
@@ -170,10 +172,8 @@ impl Syncing {
                 let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *sync))
                     .unwrap_or_else(|_| Err(io::Error::other("the sync panicked")));
                 synced.map_err(|e| {
-                    let why = e.to_string();
-                    tracing::error!(error = %why, "syncing the write-ahead log failed; the store refuses every request from now on");
-                    durable.fail(why);
-                    durable.failure().unwrap_or_else(|| Error::Storage("syncing the write-ahead log failed".into()))
+                    tracing::error!(error = %e, "syncing the write-ahead log failed; the store refuses every request from now on");
+                    durable.fail(format!("the write-ahead log could not be synced to disk ({e})"))
                 })
             }
             None => Ok(()),
@@ -228,9 +228,7 @@ impl Syncer {
         self.syncing.in_flight.fetch_add(1, Ordering::SeqCst);
         if let Err(SendError(batch)) = self.batches.send(batch) {
             // The syncer is gone (it panicked): nobody may be told that this is durable.
-            let durable = &self.syncing.shared.durable;
-            durable.fail("the store's syncer thread stopped".into());
-            let error = durable.failure().unwrap_or_else(|| Error::Storage("the syncer stopped".into()));
+            let error = self.syncing.shared.durable.fail("the store's syncer thread stopped".into());
             for reply in batch.replies {
                 reply(Err(error.clone()));
             }

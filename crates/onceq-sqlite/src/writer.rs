@@ -1265,10 +1265,12 @@ pub(crate) fn run(
             let _ = tick.send(());
         }
     }
-    // Stop accepting, then answer whatever raced with the shutdown.
+    // Stop accepting, then answer whatever raced with the shutdown. (No request is pending here:
+    // none is taken once a shutdown is seen, and the inbox closing leaves none.)
+    debug_assert!(pending.is_none());
     let mut rest: Vec<Op> = Vec::new();
     let mut ticks = Vec::new();
-    for message in pending.into_iter().chain(inbox.try_iter()) {
+    for message in inbox.try_iter() {
         match message {
             Message::Op(op) => rest.push(op),
             Message::Tick(reply) => ticks.extend(reply),
