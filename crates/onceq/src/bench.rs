@@ -269,8 +269,6 @@ const EMBEDDED_SCENARIOS: [Scenario; 7] = [
     Scenario::LeaseAckBacklog,
 ];
 
-/// Producers and workers of the batched end-to-end scenario.
-const END_TO_END_BATCHED_TASKS: u64 = 4;
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
 const SINGLE_TASKS: u64 = 64;
 /// Jobs per call in the batched scenarios.
@@ -519,18 +517,18 @@ impl Bench<'_> {
 
         if plan.only.runs(Scenario::EndToEndBatched) {
             // End-to-end, batched.
-            let tasks = END_TO_END_BATCHED_TASKS;
+            let (producers, workers) = (scenarios::END_TO_END_BATCHED_PRODUCERS, scenarios::END_TO_END_BATCHED_WORKERS);
             let (run, floor, ratios) = rounds_of(
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, n, BATCH, tasks, tasks).await
+                        scenarios::end_to_end(&store, &queue, &payload, n, BATCH, producers, workers).await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
             )?;
             let row = Row {
-                scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"),
+                scenario: format!("end-to-end {BATCH}/call, {producers} producers + {workers} workers"),
                 run,
                 ratios,
                 floor: Some(floor_figure(floor, format!("pipelined, {BATCH} jobs/txn"))),

@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | enqueue 100/call | 4 producers | enqueue of 100 into the known queue, 4 clients |
 //! | lease+ack 100/call | 4 workers, the queue filled first (untimed) | apply due + lease 100 + ack 100, 4 clients, same fill |
-//! | end-to-end 100/call | 4 producers + 4 workers at once | the five statements in one script, 8 clients |
+//! | end-to-end 100/call | 4 producers + 8 workers at once (see `END_TO_END_BATCHED_WORKERS`) | the five statements in one script, 8 clients |
 //! | enqueue 1/call | 16 producers | enqueue of 1 into the known queue, 16 clients |
 //! | lease+ack 1/call | 16 workers, the queue filled first | apply due + lease 1 + ack 1, 16 clients |
 //!
@@ -554,12 +554,13 @@ impl PgBench<'_> {
 
         if self.only.runs(Scenario::EndToEndBatched) {
             // End-to-end, batched.
+            let (producers, workers) = (scenarios::END_TO_END_BATCHED_PRODUCERS, scenarios::END_TO_END_BATCHED_WORKERS);
             let clients = 2 * batched;
             let (run, floor, ratios) = rounds_of(
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, batched, batched).await
+                        scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, producers, workers).await
                     })
                 },
                 || {
@@ -573,7 +574,7 @@ impl PgBench<'_> {
                 },
             )?;
             let row = Row {
-                scenario: format!("end-to-end {BATCH}/call, {batched}+{batched} tasks"),
+                scenario: format!("end-to-end {BATCH}/call, {producers}+{workers} tasks"),
                 run,
                 floor_jobs_per_s: floor,
                 ratios,
