@@ -63,11 +63,8 @@ fn job_state(stored: i64) -> Result<JobState> {
     })
 }
 
-/// A job's columns. Its lease columns mean something only while it is leased (state 2): a new
-/// job carries placeholders there (see the writer's `insert_sql`).
 const JOB_COLUMNS: &str = "j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, \
-                           j.dedup_id, j.enqueued_at, j.run_at, \
-                           CASE WHEN j.state = 2 THEN j.lease_expires_at END, j.error_count";
+                           j.dedup_id, j.enqueued_at, j.run_at, j.lease_expires_at, j.error_count";
 
 fn job_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<Job> {
     let read = |e| sqlite_error("reading a job", e);

@@ -466,13 +466,11 @@ impl State {
         } else {
             jobs
         };
-        // Prepared once per batch: the statement cache's lookup per row is measurable here. The
-        // lease columns get placeholders, as in `insert_sql`.
+        // Prepared once per batch: the statement cache's lookup per row is measurable here.
         let mut insert = conn
             .prepare_cached(
                 "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
-                 dedup_id, headers, payload, lease_token, lease_expires_at, leased_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, X'00000000000000000000000000000000', ?6, ?6)",
+                 dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
             )
             .map_err(storage("inserting a job"))?;
         for job in jobs {
@@ -1053,15 +1051,6 @@ const INSERT_SHARED_PARAMS: usize = 3;
 const INSERT_ROW_PARAMS: usize = 6;
 
 /// The multi-row INSERT of `rows` jobs without dedup ids (ids consecutive from `?1`).
-///
-/// A new job's lease columns get placeholders of the size a lease writes (a 16-byte token, two
-/// millisecond times, here the enqueue time): while a job is not leased they mean nothing (every
-/// reader of them checks `state = 2` first, and `job_get` masks them). A lease then rewrites the
-/// row at nearly its size (one byte more, for the state), mostly in place, where NULLs made every
-/// leased row 28 bytes longer and split the full pages that appending leaves behind. Measured
-/// back to back (`onceq bench --durability fsync --only lease-ack-batched`): lease + ack of 100
-/// per call went from 73% to 84% of the raw SQLite floor. Nack, release and fail set them back
-/// to NULL, so a job leased again after one of those grows as before.
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
@@ -1070,7 +1059,7 @@ fn insert_sql(rows: usize) -> &'static str {
             .map(|&rows| {
                 let mut sql = String::from(
                     "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
-                     dedup_id, headers, payload, lease_token, lease_expires_at, leased_at) VALUES ",
+                     dedup_id, headers, payload) VALUES ",
                 );
                 for row in 0..rows {
                     let p = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
@@ -1078,7 +1067,7 @@ fn insert_sql(rows: usize) -> &'static str {
                         sql.push(',');
                     }
                     sql.push_str(&format!(
-                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{}, X'00000000000000000000000000000000', ?3, ?3)",
+                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{})",
                         p + 1,
                         p + 2,
                         p + 3,
