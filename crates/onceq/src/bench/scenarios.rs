@@ -19,16 +19,15 @@ const VISIBILITY_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// whether the run is over.
 const LEASE_WAIT_MS: u64 = 50;
 
-/// Producers of the batched end-to-end scenario measured against a floor (embedded store and
-/// `--store`).
+/// Producers of the embedded store's batched end-to-end scenario.
 pub(crate) const END_TO_END_BATCHED_PRODUCERS: u64 = 4;
 /// Workers of that scenario: twice the producers. A worker makes two calls per batch (lease and
 /// ack) where a producer makes one, so with as many workers as producers the producers outrun
 /// them and the queue fills up: the run then measures a growing backlog, whose leases and
-/// enqueues write far apart in the table and its indexes, while both floors run the steady state
-/// of a queue whose workers keep up (what is leased is what was just enqueued). With twice the
-/// workers, each side makes the same number of calls and the backlog stays at a few batches, as
-/// in the floors. Measured back to back on the embedded store (fsync, 200,000 jobs): 4 + 4 ran at
+/// enqueues write far apart in the table and its indexes, while the raw SQLite floor runs the
+/// steady state of a queue whose workers keep up (what is leased is what was just enqueued). With
+/// twice the workers, each side makes the same number of calls and the backlog stays at a few
+/// batches, as in the floor. (`--store` keeps 4 + 4: see there.) Measured back to back on the embedded store (fsync, 200,000 jobs): 4 + 4 ran at
 /// 67% of the floor, 4 + 8 at 79%.
 pub(crate) const END_TO_END_BATCHED_WORKERS: u64 = 2 * END_TO_END_BATCHED_PRODUCERS;
 
