@@ -352,14 +352,14 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
         let bench = Bench { level, plan: &plan, root: root.path(), runtime: &runtime, serial: std::cell::Cell::new(0) };
         bench.run_level()?;
     }
-    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    outln!("total time {:.0} s", started.elapsed().as_secs_f64());
     root.close()?;
     Ok(())
 }
 
 /// Prints and clears `out`, flushing so that rows appear as their scenarios finish.
 fn emit(out: &mut String) {
-    print!("{out}");
+    out!("{out}");
     let _ = std::io::stdout().flush();
     out.clear();
 }

@@ -29,6 +29,33 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub use onceq_core::*;
 pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
+/// `print!` that survives a closed pipe. `onceq token new | head -1` closes standard output
+/// early, and `print!` then panics (status 101). Here a closed pipe ends the process quietly with
+/// status 0, as ripgrep and most Unix tools do; any other write error ends it with a message and
+/// status 1. (`onceq serve` prints its one line without these: a server keeps running.)
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` that survives a closed pipe: see `out!`.
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to standard output for `out!` and `outln!`.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("onceq: writing to standard output: {error}");
+        std::process::exit(1);
+    }
+}
+
 pub mod bench;
 pub mod cli;
 pub mod relay;

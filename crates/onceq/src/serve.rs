@@ -5,6 +5,7 @@
 //! `fsync`. With `--store postgres://...` the server uses PostgreSQL instead, and several servers
 //! (and workers) may share one database.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,8 +120,9 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
             }
         };
         let local = listener.local_addr().map_err(|e| CliError::Failed(e.to_string()))?;
-        // Scripts and tests read this line to find the port.
-        println!("onceq listening on http://{local} ({})", opened.description);
+        // Scripts and tests read this line to find the port. A closed standard output does not
+        // stop the server (`println!` would panic).
+        let _ = writeln!(std::io::stdout(), "onceq listening on http://{local} ({})", opened.description);
         tracing::info!(%local, store = %opened.description, "serving");
         let result = onceq_server::serve(api, listener, options, shutdown_signal()).await;
         // Whatever happened, flush and release the store.

@@ -24,14 +24,14 @@ pub fn run(command: &TokenCommand) -> Result<(), CliError> {
             let mut bytes = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut bytes);
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            println!("token (give it to the client; it is not stored): {token}");
-            println!();
-            println!("[[tokens]]");
-            println!("name = {name:?}");
-            println!("sha256 = \"{}\"", onceq_server::hash_token(&token));
-            println!("produce = [\"*\"]   # queue-name patterns; * matches any characters");
-            println!("consume = [\"*\"]");
-            println!("admin = []");
+            outln!("token (give it to the client; it is not stored): {token}");
+            outln!();
+            outln!("[[tokens]]");
+            outln!("name = {name:?}");
+            outln!("sha256 = \"{}\"", onceq_server::hash_token(&token));
+            outln!("produce = [\"*\"]   # queue-name patterns; * matches any characters");
+            outln!("consume = [\"*\"]");
+            outln!("admin = []");
             Ok(())
         }
         TokenCommand::Hash => {
@@ -41,7 +41,7 @@ pub fn run(command: &TokenCommand) -> Result<(), CliError> {
             if token.is_empty() {
                 return Err(CliError::Usage("give the token on stdin".into()));
             }
-            println!("{}", onceq_server::hash_token(token));
+            outln!("{}", onceq_server::hash_token(token));
             Ok(())
         }
     }

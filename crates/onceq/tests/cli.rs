@@ -345,3 +345,22 @@ fn failures_exit_with_their_documented_codes() {
     assert_eq!(down.code, 3, "{down:?}");
     assert!(down.stderr.trim_end().ends_with("nothing was enqueued"), "{down:?}");
 }
+
+/// `onceq token new | head -1`: standard output closed before the command writes. The command
+/// ends quietly with status 0 instead of panicking (status 101) on the broken pipe.
+#[test]
+fn a_closed_standard_output_ends_a_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // nobody reads: every write fails with EPIPE
+    let child = Command::new(env!("CARGO_BIN_EXE_onceq"))
+        .args(["token", "new", "--name", "x"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}

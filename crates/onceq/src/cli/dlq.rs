@@ -68,9 +68,9 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
                         next: list.next,
                     }),
                     Output::Table => {
-                        print!("{}", dead_table(&list.jobs).render());
+                        out!("{}", dead_table(&list.jobs).render());
                         if let Some(next) = list.next {
-                            println!("more: onceq dlq list {queue} --after {next}");
+                            outln!("more: onceq dlq list {queue} --after {next}");
                         }
                         Ok(())
                     }
@@ -90,7 +90,7 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
                 match session.output {
                     Output::Json => session.print_json(&RedriveResponse { redriven }),
                     Output::Table => {
-                        println!("redrove {redriven} dead jobs of {queue}: they are ready again");
+                        outln!("redrove {redriven} dead jobs of {queue}: they are ready again");
                         Ok(())
                     }
                 }
@@ -104,7 +104,7 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
                 match session.output {
                     Output::Json => session.print_json(&PurgeResponse { purged }),
                     Output::Table => {
-                        println!("purged {purged} dead jobs of {queue}");
+                        outln!("purged {purged} dead jobs of {queue}");
                         Ok(())
                     }
                 }

@@ -283,7 +283,7 @@ fn print_enqueued(session: &Session, queue: &QueueName, jobs: Vec<Enqueued>, sum
     match session.output {
         Output::Json => session.print_json(&EnqueueResponse { jobs }),
         Output::Table if summary => {
-            println!("{}", summary_line(queue, &jobs));
+            outln!("{}", summary_line(queue, &jobs));
             Ok(())
         }
         Output::Table => {
@@ -291,7 +291,7 @@ fn print_enqueued(session: &Session, queue: &QueueName, jobs: Vec<Enqueued>, sum
             for job in jobs {
                 table.row(vec![job.id.to_string(), super::table::yes_no(job.duplicate)]);
             }
-            print!("{}", table.render());
+            out!("{}", table.render());
             Ok(())
         }
     }

@@ -39,7 +39,7 @@ pub fn run(args: &JobArgs) -> Result<(), CliError> {
                 match session.output {
                     Output::Json => session.print_json(&JobView::from_job(&job)),
                     Output::Table => {
-                        print!("{}", job_record(&job));
+                        out!("{}", job_record(&job));
                         Ok(())
                     }
                 }

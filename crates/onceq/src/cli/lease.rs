@@ -109,14 +109,14 @@ pub fn lease(args: &LeaseArgs) -> Result<(), CliError> {
                 session.print_json(&LeaseResponse { jobs: jobs.iter().map(LeasedJobView::from_leased).collect() })
             }
             Output::Table if jobs.is_empty() => {
-                println!(
+                outln!(
                     "no job leased from {}: none is ready (empty, paused, or every job is leased or scheduled)",
                     args.queue
                 );
                 Ok(())
             }
             Output::Table => {
-                print!("{}", leased_table(&jobs).render());
+                out!("{}", leased_table(&jobs).render());
                 Ok(())
             }
         }
@@ -183,7 +183,7 @@ pub fn extend(args: &ExtendArgs) -> Result<(), CliError> {
         match session.output {
             Output::Json => session.print_json(&ExtendResponse { lease_expires_at: format_time(at) }),
             Output::Table => {
-                println!("job {}: the lease now expires at {}", target.job_id, format_time(at));
+                outln!("job {}: the lease now expires at {}", target.job_id, format_time(at));
                 Ok(())
             }
         }
@@ -205,7 +205,7 @@ fn settled(session: &Session, result: &SettleResult, line: &str) -> Result<(), C
     match session.output {
         Output::Json => session.print_json(result),
         Output::Table => {
-            println!("{line}");
+            outln!("{line}");
             Ok(())
         }
     }

@@ -136,7 +136,7 @@ pub fn failure(server: &str, error: Error) -> CliError {
 pub fn print_json(document: &impl Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(document)
         .map_err(|e| CliError::Failed(format!("cannot print the result as JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 

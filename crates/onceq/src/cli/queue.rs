@@ -168,7 +168,7 @@ async fn list(session: &Session) -> Result<(), CliError> {
     match session.output {
         Output::Json => session.print_json(&QueueList { queues }),
         Output::Table => {
-            print!("{}", config_table(&queues).render());
+            out!("{}", config_table(&queues).render());
             Ok(())
         }
     }
@@ -205,7 +205,7 @@ async fn get(session: &Session, queue: &QueueName) -> Result<(), CliError> {
     match session.output {
         Output::Json => session.print_json(&info),
         Output::Table => {
-            print!("{}", info_record(&info));
+            out!("{}", info_record(&info));
             Ok(())
         }
     }
@@ -258,7 +258,7 @@ async fn set(session: &Session, args: &SetArgs) -> Result<(), CliError> {
         Output::Table => {
             let mut fields = vec![("name", args.queue.to_string())];
             fields.extend(config_fields(&config));
-            print!("{}", table::record(&fields));
+            out!("{}", table::record(&fields));
             Ok(())
         }
     }
@@ -272,9 +272,9 @@ async fn pause(session: &Session, queue: &QueueName, paused: bool) -> Result<(),
         Output::Json => session.print_json(&Changed { name: queue.as_str(), paused: Some(paused), deleted: None }),
         Output::Table => {
             if paused {
-                println!("queue {queue} paused: no leases are handed out until `onceq queue resume {queue}`");
+                outln!("queue {queue} paused: no leases are handed out until `onceq queue resume {queue}`");
             } else {
-                println!("queue {queue} resumed");
+                outln!("queue {queue} resumed");
             }
             Ok(())
         }
@@ -293,7 +293,7 @@ async fn delete(session: &Session, queue: &QueueName, yes: bool) -> Result<(), C
     match session.output {
         Output::Json => session.print_json(&Changed { name: queue.as_str(), paused: None, deleted: Some(true) }),
         Output::Table => {
-            println!("queue {queue} deleted, with its jobs");
+            outln!("queue {queue} deleted, with its jobs");
             Ok(())
         }
     }

@@ -38,7 +38,7 @@ pub fn run(args: &StatsArgs) -> Result<(), CliError> {
             return match session.output {
                 Output::Json => session.print_json(&QueueList { queues }),
                 Output::Table => {
-                    print!("{}", stats_table(&queues).render());
+                    out!("{}", stats_table(&queues).render());
                     Ok(())
                 }
             };
@@ -60,7 +60,7 @@ async fn fetch(session: &Session, queue: Option<&QueueName>) -> Result<Vec<Queue
 fn print_json_line(queues: Vec<QueueInfo>) -> Result<(), CliError> {
     let text = serde_json::to_string(&QueueList { queues })
         .map_err(|e| CliError::Failed(format!("cannot print the result as JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     let _ = std::io::stdout().flush();
     Ok(())
 }
@@ -104,7 +104,7 @@ async fn watch(session: &Session, queue: Option<&QueueName>, every: Duration) ->
                 if !redraw {
                     screen.push('\n');
                 }
-                print!("{screen}");
+                out!("{screen}");
                 let _ = std::io::stdout().flush();
             }
         }
