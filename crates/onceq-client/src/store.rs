@@ -250,8 +250,18 @@ impl Store for Client {
     async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
         // Each field's check is independent of the other fields, and every stored config is
         // valid, so the defaults patched fail exactly when (and as) the current config patched
-        // would: the store's error, without a round trip.
-        QueueConfig::default().patched(&patch)?;
+        // would: the store's error, without a round trip. Except a partial backoff: whether its
+        // max_ms is at least its initial_ms depends on the queue's current policy, which only
+        // the server knows, so here its fields are checked one by one.
+        match patch.backoff.as_ref().filter(|backoff| backoff.complete().is_none()) {
+            Some(partial) => {
+                partial.validate_fields()?;
+                QueueConfig::default().patched(&QueueConfigPatch { backoff: None, ..patch.clone() })?;
+            }
+            None => {
+                QueueConfig::default().patched(&patch)?;
+            }
+        }
         self.call(Method::PUT, &queue_path(queue, "")?).json(&patch).fetch().await
     }
 }

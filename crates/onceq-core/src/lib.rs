@@ -8,7 +8,7 @@
 //! - [`time`]: [`Timestamp`] and the store's one [`Clock`] (Invariant 7).
 //! - `queue`: [`QueueName`], [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
 //! - `job`: [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
-//! - `retry`: [`Backoff`] and [`Jitter`], the retry policy.
+//! - `retry`: [`Backoff`] and [`Jitter`], the retry policy, and [`BackoffPatch`], a partial update of it.
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
 //! - [`idempotency`]: the idempotency store, the consumer half of effectively-once.
@@ -33,7 +33,7 @@ pub use job::{
     NewJob, Schedule,
 };
 pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats};
-pub use retry::{Backoff, Jitter};
+pub use retry::{Backoff, BackoffPatch, Jitter};
 pub use store::{
     DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Release, Store, StoreExt,
 };

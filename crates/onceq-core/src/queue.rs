@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, BackoffPatch};
 use crate::{Error, Result};
 
 /// A validated queue name: 1 to [`QUEUE_NAME_LEN_MAX`] characters of `[A-Za-z0-9._-]`.
@@ -162,7 +162,7 @@ impl QueueConfig {
             next.max_attempts = v;
         }
         if let Some(v) = &patch.backoff {
-            next.backoff = v.clone();
+            next.backoff = v.applied_to(&self.backoff);
         }
         if let Some(v) = patch.dedup_window_ms {
             next.dedup_window_ms = v;
@@ -186,9 +186,9 @@ pub struct QueueConfigPatch {
     /// New default max attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-    /// New backoff (replaces the whole policy).
+    /// New backoff: the fields given replace the current ones, the others stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<Backoff>,
+    pub backoff: Option<BackoffPatch>,
     /// New dedup window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_window_ms: Option<u64>,

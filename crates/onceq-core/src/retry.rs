@@ -37,6 +37,68 @@ pub struct Backoff {
     pub jitter: Jitter,
 }
 
+/// A partial update of a [`Backoff`]: each field given replaces the current one, the others
+/// stay (`{"initial_ms": 500}` changes the first delay alone). All four given replace the whole
+/// policy. The policy that results is checked as a whole: `max_ms` below `initial_ms` is refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackoffPatch {
+    /// New delay after the first failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_ms: Option<u64>,
+    /// New cap on the delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<u64>,
+    /// New growth factor per attempt, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    /// New randomization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Jitter>,
+}
+
+impl BackoffPatch {
+    /// `current` with the fields given replaced (not validated: see [`Backoff::validate`]).
+    pub fn applied_to(&self, current: &Backoff) -> Backoff {
+        Backoff {
+            initial_ms: self.initial_ms.unwrap_or(current.initial_ms),
+            max_ms: self.max_ms.unwrap_or(current.max_ms),
+            multiplier: self.multiplier.unwrap_or(current.multiplier),
+            jitter: self.jitter.unwrap_or(current.jitter),
+        }
+    }
+
+    /// Checks each field given against its own limit; whether `max_ms` is at least `initial_ms`
+    /// is checked here only when both are given (else it depends on the current policy).
+    pub fn validate_fields(&self) -> Result<()> {
+        let neutral = Backoff { initial_ms: 0, max_ms: DELAY_MS_MAX, multiplier: 1.0, jitter: Jitter::None };
+        self.applied_to(&neutral).validate()
+    }
+
+    /// The whole policy, when every field is given.
+    pub fn complete(&self) -> Option<Backoff> {
+        Some(Backoff {
+            initial_ms: self.initial_ms?,
+            max_ms: self.max_ms?,
+            multiplier: self.multiplier?,
+            jitter: self.jitter?,
+        })
+    }
+}
+
+impl From<Backoff> for BackoffPatch {
+    /// Every field given: the patch replaces the whole policy.
+    fn from(backoff: Backoff) -> Self {
+        BackoffPatch {
+            initial_ms: Some(backoff.initial_ms),
+            max_ms: Some(backoff.max_ms),
+            multiplier: Some(backoff.multiplier),
+            jitter: Some(backoff.jitter),
+        }
+    }
+}
+
 impl Default for Backoff {
     fn default() -> Self {
         Backoff { initial_ms: 1000, max_ms: 600_000, multiplier: 2.0, jitter: Jitter::Full }

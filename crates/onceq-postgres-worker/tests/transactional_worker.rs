@@ -38,7 +38,7 @@ async fn store(clock: Option<Arc<dyn Clock>>) -> (PgStore, common::SchemaGuard) 
 async fn queue(store: &PgStore, name: &str, delivery: DeliveryMode) -> QueueName {
     let q = QueueName::new(name).unwrap();
     let backoff = Backoff { initial_ms: 1, max_ms: 5, multiplier: 1.0, jitter: Jitter::None };
-    let patch = QueueConfigPatch { delivery: Some(delivery), backoff: Some(backoff), ..Default::default() };
+    let patch = QueueConfigPatch { delivery: Some(delivery), backoff: Some(backoff.into()), ..Default::default() };
     store.queue_upsert(&q, patch).await.unwrap();
     q
 }

@@ -104,3 +104,43 @@ pub fn openapi_json() -> String {
     use utoipa::OpenApi;
     routes::ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use serde_json::Value;
+
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map {
+                    match (key.as_str(), item) {
+                        ("$ref", Value::String(target)) => out.push(target),
+                        _ => refs(item, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| refs(item, out)),
+            _ => {}
+        }
+    }
+
+    /// Every schema the OpenAPI document refers to is in it (a type nested in a request body,
+    /// such as the queue patch's `BackoffPatch`, must be registered too).
+    #[test]
+    fn every_schema_the_document_refers_to_is_defined() {
+        let doc: Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.iter().any(|r| r.ends_with("/QueueConfigPatch")), "{found:?}");
+        let missing: Vec<&str> = found
+            .into_iter()
+            .filter(|r| {
+                let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+                doc["components"]["schemas"].get(name).is_none()
+            })
+            .collect();
+        assert!(missing.is_empty(), "undefined schemas: {missing:?}");
+    }
+}

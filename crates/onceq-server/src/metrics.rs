@@ -52,7 +52,10 @@ fn describe() {
     describe_counter!(names::DUPLICATES_SUPPRESSED, "Enqueues absorbed by producer dedup.");
     describe_counter!(names::DELIVERIES, "Jobs handed out by leases, every attempt.");
     describe_counter!(names::REDELIVERIES, "Jobs made available for another attempt, by reason.");
-    describe_counter!(names::STALE_LEASE_REJECTIONS, "Settle calls refused: not the job's current lease.");
+    describe_counter!(
+        names::STALE_LEASE_REJECTIONS,
+        "Settle calls refused: not the job's current lease, or no such job (then queue=\"\": the job is gone)."
+    );
     describe_counter!(names::LEASE_EXTENSIONS, "Lease extensions.");
     describe_counter!(names::ACKS, "Acks.");
     describe_counter!(names::DEAD_LETTERED, "Jobs dead-lettered, by reason (the DLQ ingestion velocity).");

@@ -29,10 +29,10 @@ use onceq_core::limits::{
 };
 use onceq_core::store::validate;
 use onceq_core::{
-    truncate_error_text, AttemptError, Backoff, Clock, DeadList, DeadPage, DeliveryMode, Enqueued, Error, ErrorKind,
-    Extend, Fail, Jitter, Job, JobId, JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack,
-    NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Release, Result,
-    Store, StoreExt, SystemClock, Timestamp,
+    truncate_error_text, AttemptError, Backoff, BackoffPatch, Clock, DeadList, DeadPage, DeliveryMode, Enqueued, Error,
+    ErrorKind, Extend, Fail, Jitter, Job, JobId, JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock,
+    Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Release,
+    Result, Store, StoreExt, SystemClock, Timestamp,
 };
 use tokio::sync::Barrier;
 use tokio::task::{JoinHandle, JoinSet};
@@ -822,7 +822,8 @@ pub async fn nack_with_backoff<B: Backend>(backend: &B) {
     let (f, clock) = open_manual(backend).await;
     let q = queue("backoff");
     let backoff = Backoff { initial_ms: 1_000, max_ms: 10_000, multiplier: 3.0, jitter: Jitter::None };
-    f.upsert(&q, QueueConfigPatch { backoff: Some(backoff), max_attempts: Some(10), ..Default::default() }).await;
+    f.upsert(&q, QueueConfigPatch { backoff: Some(backoff.into()), max_attempts: Some(10), ..Default::default() })
+        .await;
     let id = f.enqueue_one(&q, NewJob::new("retry me")).await;
     let mut errors = Vec::new();
     for (attempt, delay) in [(1u32, 1_000u64), (2, 3_000), (3, 9_000), (4, 10_000), (5, 10_000)] {
@@ -880,7 +881,7 @@ pub async fn nack_zero_delay_is_ready_at_once<B: Backend>(backend: &B) {
 
     let instant = queue("zero-backoff");
     let backoff = Backoff { initial_ms: 0, max_ms: 0, multiplier: 1.0, jitter: Jitter::None };
-    f.upsert(&instant, QueueConfigPatch { backoff: Some(backoff), ..Default::default() }).await;
+    f.upsert(&instant, QueueConfigPatch { backoff: Some(backoff.into()), ..Default::default() }).await;
     f.enqueue_one(&instant, NewJob::new("again")).await;
     let leased = f.lease_one(&instant, None).await;
     assert_eq!(f.store.nack(leased.lease(), None, None).await, Ok(NackOutcome::Retrying { run_at: now }));
@@ -1298,7 +1299,7 @@ pub async fn queue_upsert_creates_with_defaults_and_patch<B: Backend>(backend: &
         delivery: None,
         visibility_timeout_ms: Some(12_345),
         max_attempts: Some(7),
-        backoff: Some(backoff.clone()),
+        backoff: Some(backoff.clone().into()),
         dedup_window_ms: Some(600),
     };
     let expected =
@@ -1336,6 +1337,33 @@ pub async fn queue_upsert_updates_existing<B: Backend>(backend: &B) {
     assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
 }
 
+/// A partial backoff replaces the fields it gives and keeps the queue's others; whether the
+/// result is valid depends on the queue's current policy, not on the defaults: `max_ms: 500`
+/// alone is refused on a queue whose `initial_ms` is 1,000 (the default) and accepted on one
+/// whose `initial_ms` is 100.
+pub async fn queue_upsert_merges_a_partial_backoff<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("partial-backoff");
+    let start = Backoff { initial_ms: 100, max_ms: 10_000, multiplier: 3.0, jitter: Jitter::Equal };
+    f.upsert(&q, QueueConfigPatch { backoff: Some(start.clone().into()), ..Default::default() }).await;
+    let patch = |backoff: BackoffPatch| QueueConfigPatch { backoff: Some(backoff), ..Default::default() };
+    let lower_cap = patch(BackoffPatch { max_ms: Some(500), ..BackoffPatch::default() });
+    let updated = f.upsert(&q, lower_cap.clone()).await;
+    assert_eq!(updated.backoff, Backoff { max_ms: 500, ..start.clone() });
+    let updated = f.upsert(&q, patch(BackoffPatch { jitter: Some(Jitter::None), ..BackoffPatch::default() })).await;
+    assert_eq!(updated.backoff, Backoff { max_ms: 500, jitter: Jitter::None, ..start });
+    assert_eq!(f.store.queue_get(&q).await.map(|i| i.config.backoff), Ok(updated.backoff.clone()));
+    // On a new queue the same partial meets the defaults (initial_ms 1,000): refused, not created.
+    let fresh = queue("partial-backoff-fresh");
+    let expected = defaults().patched(&lower_cap).unwrap_err();
+    assert_eq!(f.store.queue_upsert(&fresh, lower_cap).await, Err(expected));
+    assert_eq!(f.store.queue_get(&fresh).await.map(|i| i.name), Err(Error::QueueNotFound(fresh.clone())));
+    // A field out of its own range is refused whatever the queue holds.
+    let too_big = patch(BackoffPatch { multiplier: Some(BACKOFF_MULTIPLIER_MAX * 2.0), ..BackoffPatch::default() });
+    let expected = updated.patched(&too_big).unwrap_err();
+    assert_eq!(f.store.queue_upsert(&q, too_big).await, Err(expected));
+}
+
 /// An upsert whose resulting config is invalid is rejected with the shared validation's error
 /// and changes nothing: a new queue is not created, an existing one keeps its config.
 pub async fn queue_upsert_rejects_invalid_config<B: Backend>(backend: &B) {
@@ -1345,11 +1373,11 @@ pub async fn queue_upsert_rejects_invalid_config<B: Backend>(backend: &B) {
         QueueConfigPatch { visibility_timeout_ms: Some(0), ..Default::default() },
         QueueConfigPatch {
             max_attempts: Some(9),
-            backoff: Some(Backoff { multiplier: 0.5, ..Backoff::default() }),
+            backoff: Some(Backoff { multiplier: 0.5, ..Backoff::default() }.into()),
             ..Default::default()
         },
         QueueConfigPatch {
-            backoff: Some(Backoff { initial_ms: 10, max_ms: 5, ..Backoff::default() }),
+            backoff: Some(Backoff { initial_ms: 10, max_ms: 5, ..Backoff::default() }.into()),
             ..Default::default()
         },
         QueueConfigPatch { dedup_window_ms: Some(DEDUP_WINDOW_MS_MAX + 1), ..Default::default() },
@@ -1554,7 +1582,7 @@ pub async fn limits_accept_their_maximum<B: Backend>(backend: &B) {
         delivery: Some(at_max.delivery),
         visibility_timeout_ms: Some(at_max.visibility_timeout_ms),
         max_attempts: Some(at_max.max_attempts),
-        backoff: Some(at_max.backoff.clone()),
+        backoff: Some(at_max.backoff.clone().into()),
         dedup_window_ms: Some(at_max.dedup_window_ms),
     };
     assert_eq!(f.store.queue_upsert(&q, patch).await, Ok(at_max));
@@ -1986,12 +2014,15 @@ fn invalid_patches() -> Vec<(&'static str, QueueConfigPatch)> {
         ),
         (
             "backoff delay over DELAY_MS_MAX",
-            QueueConfigPatch { backoff: Some(Backoff { max_ms: DELAY_MS_MAX + 1, ..Backoff::default() }), ..patch() },
+            QueueConfigPatch {
+                backoff: Some(Backoff { max_ms: DELAY_MS_MAX + 1, ..Backoff::default() }.into()),
+                ..patch()
+            },
         ),
         (
             "backoff multiplier over BACKOFF_MULTIPLIER_MAX",
             QueueConfigPatch {
-                backoff: Some(Backoff { multiplier: BACKOFF_MULTIPLIER_MAX * 2.0, ..Backoff::default() }),
+                backoff: Some(Backoff { multiplier: BACKOFF_MULTIPLIER_MAX * 2.0, ..Backoff::default() }.into()),
                 ..patch()
             },
         ),
@@ -2170,6 +2201,7 @@ macro_rules! conformance_suite {
             dead_purge_deletes_dead_jobs,
             queue_upsert_creates_with_defaults_and_patch,
             queue_upsert_updates_existing,
+            queue_upsert_merges_a_partial_backoff,
             queue_upsert_rejects_invalid_config,
             queue_stats_count_each_state,
             queue_stats_oldest_ready_spans_priorities,

@@ -818,7 +818,7 @@ fn model_patch() -> QueueConfigPatch {
         delivery: Some(config.delivery),
         visibility_timeout_ms: Some(config.visibility_timeout_ms),
         max_attempts: Some(config.max_attempts),
-        backoff: Some(config.backoff),
+        backoff: Some(config.backoff.into()),
         dedup_window_ms: Some(config.dedup_window_ms),
     }
 }

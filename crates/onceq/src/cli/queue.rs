@@ -4,7 +4,9 @@ use clap::{Args, Subcommand};
 use onceq_core::api::QueueList;
 use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX};
 use onceq_core::limits::{VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
-use onceq_core::{Backoff, DeliveryMode, Error, Jitter, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store};
+use onceq_core::{
+    BackoffPatch, DeliveryMode, Error, Jitter, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store,
+};
 use serde::Serialize;
 
 use super::table::{self, Align, Table};
@@ -86,28 +88,20 @@ pub struct SetArgs {
 }
 
 impl SetArgs {
-    /// Whether any backoff flag was given: the API replaces the whole policy, so the others
-    /// must be read from the queue first.
-    fn touches_backoff(&self) -> bool {
-        self.backoff_initial_ms.is_some()
-            || self.backoff_max_ms.is_some()
-            || self.backoff_multiplier.is_some()
-            || self.backoff_jitter.is_some()
-    }
-
-    /// The patch these flags ask for, on a queue whose backoff is `current`.
-    fn patch(&self, current: &Backoff) -> QueueConfigPatch {
-        let backoff = self.touches_backoff().then(|| Backoff {
-            initial_ms: self.backoff_initial_ms.unwrap_or(current.initial_ms),
-            max_ms: self.backoff_max_ms.unwrap_or(current.max_ms),
-            multiplier: self.backoff_multiplier.unwrap_or(current.multiplier),
-            jitter: self.backoff_jitter.unwrap_or(current.jitter),
-        });
+    /// The patch these flags ask for. The backoff flags given replace those settings alone: the
+    /// store keeps the queue's others (one request, no read first).
+    fn patch(&self) -> QueueConfigPatch {
+        let backoff = BackoffPatch {
+            initial_ms: self.backoff_initial_ms,
+            max_ms: self.backoff_max_ms,
+            multiplier: self.backoff_multiplier,
+            jitter: self.backoff_jitter,
+        };
         QueueConfigPatch {
             delivery: self.delivery,
             visibility_timeout_ms: self.visibility_timeout_ms,
             max_attempts: self.max_attempts,
-            backoff,
+            backoff: (backoff != BackoffPatch::default()).then_some(backoff),
             dedup_window_ms: self.dedup_window_ms,
         }
     }
@@ -238,16 +232,7 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
 }
 
 async fn set(session: &Session, args: &SetArgs) -> Result<(), CliError> {
-    let current = if args.touches_backoff() {
-        match session.client.queue_get(&args.queue).await {
-            Ok(info) => info.config.backoff,
-            Err(Error::QueueNotFound(_)) => Backoff::default(),
-            Err(e) => return Err(session.failure(e)),
-        }
-    } else {
-        Backoff::default()
-    };
-    let patch = args.patch(&current);
+    let patch = args.patch();
     let config = session.client.queue_upsert(&args.queue, patch).await.map_err(|e| match e {
         // Checked before sending: the flags the operator gave do not fit together.
         Error::InvalidRequest(message) => CliError::Usage(message),
@@ -334,15 +319,15 @@ mod tests {
         ]);
         let QueueCommand::Set(set) = args.command else { panic!("not set: {:?}", args.command) };
         assert_eq!(set.queue.as_str(), "emails");
-        let patch = set.patch(&Backoff { initial_ms: 10, max_ms: 20, multiplier: 3.0, jitter: Jitter::None });
+        let patch = set.patch();
         assert_eq!(
             patch,
             QueueConfigPatch {
                 delivery: Some(DeliveryMode::EffectivelyOnce),
                 visibility_timeout_ms: Some(1500),
                 max_attempts: Some(3),
-                // One backoff flag keeps the queue's other backoff settings.
-                backoff: Some(Backoff { initial_ms: 10, max_ms: 20, multiplier: 3.0, jitter: Jitter::Equal }),
+                // One backoff flag: the store keeps the queue's other backoff settings.
+                backoff: Some(BackoffPatch { jitter: Some(Jitter::Equal), ..BackoffPatch::default() }),
                 dedup_window_ms: Some(60_000),
             }
         );
@@ -353,7 +338,7 @@ mod tests {
         let QueueCommand::Set(set) = parse(&["onceq", "queue", "set", "q", "--max-attempts", "2"]).command else {
             panic!("not set")
         };
-        assert_eq!(set.patch(&Backoff::default()).backoff, None);
+        assert_eq!(set.patch().backoff, None);
     }
 
     #[test]
