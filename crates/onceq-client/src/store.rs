@@ -13,11 +13,12 @@ use onceq_core::api::{
     FailItem, FailsRequest, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest, LeaseResponse, NackItem,
     NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult, SettleResults,
 };
+use onceq_core::limits::DELAY_MS_MAX;
 use onceq_core::store::validate;
 use onceq_core::{
-    truncate_error_text, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
-    LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Result, Store,
-    Timestamp,
+    truncate_error_text, Backoff, BackoffPatch, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Jitter, Job,
+    JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
+    QueueName, Redrive, Result, Store, Timestamp,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -252,16 +253,16 @@ impl Store for Client {
         // valid, so the defaults patched fail exactly when (and as) the current config patched
         // would: the store's error, without a round trip. Except a partial backoff: whether its
         // max_ms is at least its initial_ms depends on the queue's current policy, which only
-        // the server knows, so here its fields are checked one by one.
-        match patch.backoff.as_ref().filter(|backoff| backoff.complete().is_none()) {
-            Some(partial) => {
-                partial.validate_fields()?;
-                QueueConfig::default().patched(&QueueConfigPatch { backoff: None, ..patch.clone() })?;
-            }
-            None => {
-                QueueConfig::default().patched(&patch)?;
-            }
-        }
+        // the server knows. It is checked against the widest policy instead, which refuses a
+        // field only for its own limit, still in the store's order of checks.
+        let base = match patch.backoff.as_ref().and_then(BackoffPatch::complete) {
+            None if patch.backoff.is_some() => QueueConfig {
+                backoff: Backoff { initial_ms: 0, max_ms: DELAY_MS_MAX, multiplier: 1.0, jitter: Jitter::None },
+                ..QueueConfig::default()
+            },
+            _ => QueueConfig::default(),
+        };
+        base.patched(&patch)?;
         self.call(Method::PUT, &queue_path(queue, "")?).json(&patch).fetch().await
     }
 }

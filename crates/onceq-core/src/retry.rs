@@ -69,13 +69,6 @@ impl BackoffPatch {
         }
     }
 
-    /// Checks each field given against its own limit; whether `max_ms` is at least `initial_ms`
-    /// is checked here only when both are given (else it depends on the current policy).
-    pub fn validate_fields(&self) -> Result<()> {
-        let neutral = Backoff { initial_ms: 0, max_ms: DELAY_MS_MAX, multiplier: 1.0, jitter: Jitter::None };
-        self.applied_to(&neutral).validate()
-    }
-
     /// The whole policy, when every field is given.
     pub fn complete(&self) -> Option<Backoff> {
         Some(Backoff {

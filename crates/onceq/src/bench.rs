@@ -39,7 +39,6 @@ mod pg;
 mod scenarios;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -352,15 +351,14 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
         let bench = Bench { level, plan: &plan, root: root.path(), runtime: &runtime, serial: std::cell::Cell::new(0) };
         bench.run_level()?;
     }
-    outln!("total time {:.0} s", started.elapsed().as_secs_f64());
+    outln_lossy!("total time {:.0} s", started.elapsed().as_secs_f64());
     root.close()?;
     Ok(())
 }
 
 /// Prints and clears `out`, flushing so that rows appear as their scenarios finish.
 fn emit(out: &mut String) {
-    out!("{out}");
-    let _ = std::io::stdout().flush();
+    out_lossy!("{out}");
     out.clear();
 }
 

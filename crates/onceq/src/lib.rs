@@ -43,6 +43,23 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+/// `print!` for commands whose work must go on when nobody reads their output: `onceq bench`
+/// still removes its temporary directories and schemas, and `onceq verify`'s exit status is its
+/// verdict, not whether a pipe was open. A write error is ignored.
+macro_rules! out_lossy {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_fmt(format_args!($($arg)*)).and_then(|()| stdout.flush());
+    }};
+}
+
+/// `println!` that ignores a write error: see `out_lossy!`.
+macro_rules! outln_lossy {
+    () => { out_lossy!("\n") };
+    ($($arg:tt)*) => { out_lossy!("{}\n", format_args!($($arg)*)) };
+}
+
 /// Writes to standard output for `out!` and `outln!`.
 fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write as _;

@@ -239,9 +239,9 @@ fn check_files(args: &VerifyArgs) -> Result<(), CliError> {
     if args.json {
         let json = onceq_verify::report::render_json(&reports)
             .map_err(|e| CliError::Failed(format!("cannot encode the reports: {e}")))?;
-        outln!("{json}");
+        outln_lossy!("{json}");
     } else {
-        out!("{}", onceq_verify::report::render_table(&reports));
+        out_lossy!("{}", onceq_verify::report::render_table(&reports));
     }
     let broken: Vec<String> = reports
         .iter()
@@ -299,11 +299,11 @@ pub fn run(args: &VerifyArgs, command_line: &str) -> Result<(), CliError> {
         eprint!("{summary}");
         let json = onceq_verify::report::render_json(&reports)
             .map_err(|e| CliError::Failed(format!("cannot encode the reports: {e}")))?;
-        outln!("{json}");
+        outln_lossy!("{json}");
     } else {
-        out!("{summary}");
-        outln!();
-        out!("{}", onceq_verify::report::render_table(&reports));
+        out_lossy!("{summary}");
+        outln_lossy!();
+        out_lossy!("{}", onceq_verify::report::render_table(&reports));
     }
     let broken: Vec<&Report> = reports.iter().filter(|r| !r.promise_kept()).collect();
     let undrained: Vec<&ModeRun> = runs.iter().filter(|r| !r.drained).collect();

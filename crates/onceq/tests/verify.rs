@@ -307,4 +307,19 @@ async fn saved_histories_check_again_to_the_same_reports_and_a_tampered_one_fail
     let before = ran["effectively_once"]["duplicate_effects"].as_u64().unwrap();
     assert_eq!(by_mode["effectively_once"]["duplicate_effects"].as_u64(), Some(before + 1));
     assert_eq!(by_mode["at_least_once"], ran["at_least_once"]);
+
+    // Nobody reading the report (`onceq verify --check ... | head`, closed early) changes
+    // nothing: the exit status is still the verdict.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = std::process::Command::new(ONCEQ)
+        .arg("verify")
+        .args(&check)
+        .arg("--json")
+        .env("RUST_LOG", "error")
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "a broken promise reported into a closed pipe");
 }

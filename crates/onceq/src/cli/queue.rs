@@ -234,8 +234,12 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
 async fn set(session: &Session, args: &SetArgs) -> Result<(), CliError> {
     let patch = args.patch();
     let config = session.client.queue_upsert(&args.queue, patch).await.map_err(|e| match e {
-        // Checked before sending: the flags the operator gave do not fit together.
-        Error::InvalidRequest(message) => CliError::Usage(message),
+        // The settings the operator gave are out of range or do not fit together (with each
+        // other, or with the queue's other backoff settings): a usage error. A refused token
+        // is a failure, with its hint.
+        Error::InvalidRequest(message) if !message.starts_with("unauthorized") && !message.starts_with("forbidden") => {
+            CliError::Usage(message)
+        }
         other => session.failure(other),
     })?;
     match session.output {
