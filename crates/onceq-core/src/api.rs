@@ -206,7 +206,7 @@ impl EnqueueJob {
         let schedule = match (self.delay_ms, self.run_at) {
             (None, None) => Schedule::Now,
             (Some(delay_ms), None) => Schedule::Delay { delay_ms },
-            (None, Some(text)) => Schedule::At(parse_time(&text).map_err(|e| at(e.to_string()))?),
+            (None, Some(text)) => Schedule::At(parse_time(&text).map_err(|e| at(e.detail()))?),
             (Some(_), Some(_)) => return Err(at("give delay_ms or run_at, not both".into())),
         };
         Ok(NewJob {
@@ -721,6 +721,24 @@ mod tests {
         assert_eq!(parse_time("2026-01-01T00:00:00.123Z"), Ok(at));
         assert_eq!(parse_time("2026-01-01T02:00:00.123+02:00"), Ok(at));
         assert!(matches!(parse_time("yesterday"), Err(Error::InvalidRequest(_))));
+    }
+
+    /// An error carried inside another message says its kind once: `job 0: "tomorrow" is not an
+    /// RFC 3339 time`, not `job 0: invalid request: "tomorrow" ...`.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn errors_inside_other_messages_say_their_kind_once() {
+        let job: EnqueueJob = serde_json::from_str(r#"{"payload": 1, "run_at": "tomorrow"}"#).unwrap();
+        let error = job.into_new_job(0).unwrap_err().to_string();
+        assert!(error.starts_with("invalid request: job 0: \"tomorrow\" is not an RFC 3339 time"), "{error}");
+        for (json, what) in [(r#""x""#, "a lease token"), (r#""7x""#, "a job id"), (r#""bad name""#, "a queue name")] {
+            let error = match what {
+                "a lease token" => serde_json::from_str::<crate::LeaseToken>(json).unwrap_err().to_string(),
+                "a job id" => serde_json::from_str::<crate::JobId>(json).unwrap_err().to_string(),
+                _ => serde_json::from_str::<crate::QueueName>(json).unwrap_err().to_string(),
+            };
+            assert!(!error.contains("invalid request"), "{what}: {error}");
+        }
     }
 
     #[test]

@@ -73,6 +73,20 @@ impl Error {
         }
     }
 
+    /// What went wrong, without the kind's prefix (`"x" is not a lease token` where the error
+    /// reads `invalid request: "x" is not a lease token`): for a message that already says its
+    /// kind, such as a serde error or a batch item's `job 3: ...`.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::InvalidRequest(m)
+            | Error::PayloadTooLarge(m)
+            | Error::Conflict(m)
+            | Error::Unavailable(m)
+            | Error::Storage(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Shorthand for [`Error::InvalidRequest`].
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidRequest(message.into())

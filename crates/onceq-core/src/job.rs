@@ -24,7 +24,7 @@ impl Serialize for JobId {
 impl<'de> Deserialize<'de> for JobId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        raw.parse().map_err(serde::de::Error::custom)
+        raw.parse().map_err(|e: crate::Error| serde::de::Error::custom(e.detail()))
     }
 }
 
@@ -116,7 +116,7 @@ impl Serialize for LeaseToken {
 impl<'de> Deserialize<'de> for LeaseToken {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        raw.parse().map_err(serde::de::Error::custom)
+        raw.parse().map_err(|e: crate::Error| serde::de::Error::custom(e.detail()))
     }
 }
 

@@ -62,7 +62,7 @@ impl FromStr for QueueName {
 impl<'de> Deserialize<'de> for QueueName {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        QueueName::new(raw).map_err(serde::de::Error::custom)
+        QueueName::new(raw).map_err(|e| serde::de::Error::custom(e.detail()))
     }
 }
 
