@@ -37,7 +37,8 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7700]; port 0 picks a free port.
     #[arg(long, env = "ONCEQ_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// TOML config file: listen, data_dir, durability, insecure_no_auth, and [[tokens]].
+    /// TOML config file: store, data_dir, listen, durability, pg_schema, insecure_no_auth, and
+    /// [[tokens]] (flags and environment variables win over it).
     #[arg(long, env = "ONCEQ_CONFIG")]
     pub config: Option<PathBuf>,
     /// Commit durability: fsync (survives power loss) or relaxed (survives a process crash).
