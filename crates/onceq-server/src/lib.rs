@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 pub use auth::{hash_token, Auth, TokenConfig};
 pub use metrics::serve_metrics;
-pub use serve::{check_exposure, serve, ServeError, ServeOptions};
+pub use serve::{check_auth_exposure, check_exposure, serve, ServeError, ServeOptions};
 
 /// Largest request body, in bytes (413 beyond). A full enqueue batch of large payloads must be
 /// split; the store's own payload limit applies per job.

@@ -61,7 +61,13 @@ pub enum ServeError {
 /// Refuses an address other machines can reach when no token is configured, unless the options
 /// say `insecure_no_auth`. Call it before binding to fail before anything is announced.
 pub fn check_exposure(api: &Api, address: SocketAddr, options: &ServeOptions) -> Result<(), ServeError> {
-    if !api.auth_enabled() && !address.ip().is_loopback() && !options.insecure_no_auth {
+    check_auth_exposure(api.auth_enabled(), address, options)
+}
+
+/// [`check_exposure`] before there is an [`Api`]: whether tokens are configured (`auth_enabled`)
+/// is all it needs, so a server can refuse before it opens (and creates) its store.
+pub fn check_auth_exposure(auth_enabled: bool, address: SocketAddr, options: &ServeOptions) -> Result<(), ServeError> {
+    if !auth_enabled && !address.ip().is_loopback() && !options.insecure_no_auth {
         return Err(ServeError::NoAuthOnPublicAddress(address));
     }
     Ok(())

@@ -106,13 +106,12 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let store_choice = args.store.clone().or(config.store).unwrap_or_else(|| "embedded".into());
     let pg_schema = args.pg_schema.clone().or(config.pg_schema).unwrap_or_else(|| "onceq".into());
+    // Refused before the store opens, so a refused start leaves no data directory behind.
+    onceq_server::check_auth_exposure(auth.enabled(), listen, &options)
+        .map_err(|error| CliError::Failed(error.to_string()))?;
     runtime.block_on(async move {
         let opened = open_store(&store_choice, &pg_schema, &data_dir, durability).await?;
         let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(auth);
-        if let Err(error) = onceq_server::check_exposure(&api, listen, &options) {
-            opened.close().await;
-            return Err(CliError::Failed(error.to_string()));
-        }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(e) => {

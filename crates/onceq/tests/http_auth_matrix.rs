@@ -215,6 +215,7 @@ async fn no_tokens_on_a_public_address_needs_insecure_no_auth() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "refused to start: {:?}; stderr: {stderr}", output.status);
     assert!(stderr.contains("--insecure-no-auth"), "the message names the way out: {stderr}");
+    assert!(!std::path::Path::new(data_dir).exists(), "a refused start created its data directory");
 
     // With the flag it starts, and serves without tokens.
     let server = Server::start_with(&["--listen", "0.0.0.0:0", "--insecure-no-auth"], None).await;
