@@ -196,6 +196,13 @@ impl Client {
     }
 
     /// Starts a call of the endpoint at `path` (which starts with `/v1/`).
+    /// Whether the server is up and its store answers (`GET /readyz`): `Ok`, or
+    /// [`Error::Unavailable`] when the server cannot be reached or its store is down. No token
+    /// needed. For a startup check; the calls themselves fail the same way.
+    pub async fn ready(&self) -> Result<()> {
+        self.call(Method::GET, "/readyz").send().await
+    }
+
     pub(crate) fn call(&self, method: Method, path: &str) -> Call<'_> {
         let mut url = self.inner.base.clone();
         url.set_path(&format!("{}{path}", self.inner.prefix));

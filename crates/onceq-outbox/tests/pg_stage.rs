@@ -136,6 +136,28 @@ async fn migrations_are_safe_concurrently_and_refuse_foreign_schemas() {
     sqlx::Executor::execute(&pool, create.as_str()).await.unwrap();
     let refused = PgOutbox::new(&foreign).unwrap().migrate(&mut pool.acquire().await.unwrap()).await;
     assert!(matches!(&refused, Err(OutboxError::Storage(m)) if m.contains("not the outbox's")), "{refused:?}");
+    // A onceq store's schema and an outbox's both keep a `migrations` table: each refuses the
+    // other's, untouched, rather than reading its version as its own.
+    let store_schema = fresh_schema("store");
+    let outbox_schema = fresh_schema("theirs");
+    let _more = SchemaGuard { schemas: vec![store_schema.clone(), outbox_schema.clone()] };
+    let options = |schema: &str| onceq_postgres::PgOptions::new(database_url()).schema(schema).pool_size(1);
+    onceq_postgres::PgStore::connect(options(&store_schema)).await.unwrap().close().await;
+    let refused = PgOutbox::new(&store_schema).unwrap().migrate(&mut pool.acquire().await.unwrap()).await;
+    assert!(matches!(&refused, Err(OutboxError::Storage(m)) if m.contains("no outbox in it")), "{refused:?}");
+    PgOutbox::new(&outbox_schema).unwrap().migrate(&mut pool.acquire().await.unwrap()).await.unwrap();
+    let tables = |schema: String| {
+        let pool = pool.clone();
+        async move {
+            let sql =
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1";
+            sqlx::query_scalar::<_, i64>(sql).bind(schema).fetch_one(&pool).await.unwrap()
+        }
+    };
+    let before = tables(outbox_schema.clone()).await;
+    let refused = onceq_postgres::PgStore::connect(options(&outbox_schema)).await.err().map(|e| e.to_string());
+    assert!(refused.as_deref().is_some_and(|m| m.contains("no onceq store in it")), "{refused:?}");
+    assert_eq!(tables(outbox_schema.clone()).await, before, "the store touched the outbox's schema");
     let bad = PgOutbox::new("bad-name");
     assert!(matches!(&bad, Err(OutboxError::InvalidOptions(m)) if m.contains("SCHEMA_NAME_LEN_MAX")), "{bad:?}");
 }

@@ -255,13 +255,15 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Targ
         .execute(&mut *tx)
         .await
         .map_err(fail("waiting for the migration lock"))?;
-    let (exists, has_version_table, relations): (bool, bool, i64) = sqlx::query_as(
+    let (exists, has_version_table, relations, has_jobs): (bool, bool, i64, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
                 to_regclass($2) IS NOT NULL, \
-                (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)",
+                (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1), \
+                to_regclass($3) IS NOT NULL",
     )
     .bind(schema)
     .bind(format!("{s}.migrations"))
+    .bind(format!("{s}.jobs"))
     .fetch_one(&mut *tx)
     .await
     .map_err(fail("inspecting the schema"))?;
@@ -279,6 +281,14 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Targ
     } else {
         0
     };
+    // The transactional outbox (onceq-outbox) versions its schemas with a `migrations` table
+    // too: one without the store's `jobs` table is not a store, whatever its version says.
+    if version > 0 && !has_jobs {
+        return Err(Error::Storage(format!(
+            "schema {schema} has a migrations table but no onceq store in it (no jobs table): it is not a store's \
+             schema (an outbox's, perhaps); refusing to touch it. Give the store a schema of its own"
+        )));
+    }
     if version > SCHEMA_VERSION {
         return Err(Error::Storage(format!(
             "schema {schema} was written by a newer onceq (schema version {version}); this build knows versions up \

@@ -177,6 +177,11 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
                 .timeout(Duration::from_millis(args.publish_timeout_ms))
                 .build()
                 .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
+            // Unreachable at start is exit 3, as for the other sinks (which connect here).
+            client.ready().await.map_err(|e| match e {
+                onceq_core::Error::Unavailable(m) => CliError::Unavailable(format!("--server: {m}")),
+                other => CliError::Failed(format!("--server: {other}")),
+            })?;
             return Ok((Arc::new(OnceqSink::new(Arc::new(client))), format!("onceq server {server}"), None));
         }
         if let Some(store) = &args.store {

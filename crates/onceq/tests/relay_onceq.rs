@@ -281,6 +281,8 @@ async fn bad_arguments_are_refused_with_a_clear_message_and_exit_code() {
         ),
         (vec!["--outbox", "sqlite:", "--sink", "onceq", "--store", &url], 2, "needs a path"),
         (vec!["--outbox", "postgres://postgres@127.0.0.1:9/test", "--sink", "http://127.0.0.1:9/"], 3, "unavailable"),
+        // A onceq server that is not there is unreachable at start too, as the other sinks are.
+        (vec!["--outbox", &url, "--sink", "onceq", "--server", "http://127.0.0.1:9"], 3, "--server"),
     ];
     for (args, code, message) in cases {
         let mut command = Command::new(ONCEQ);

@@ -76,13 +76,15 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, quoted: &str)
         .execute(&mut *tx)
         .await
         .map_err(fail("waiting for the migration lock"))?;
-    let (exists, has_version_table, relations): (bool, bool, i64) = sqlx::query_as(
+    let (exists, has_version_table, relations, has_messages): (bool, bool, i64, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
                 to_regclass($2) IS NOT NULL, \
-                (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)",
+                (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1), \
+                to_regclass($3) IS NOT NULL",
     )
     .bind(schema)
     .bind(format!("{s}.migrations"))
+    .bind(format!("{s}.messages"))
     .fetch_one(&mut *tx)
     .await
     .map_err(fail("inspecting the schema"))?;
@@ -100,6 +102,15 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, quoted: &str)
     } else {
         0
     };
+    // A onceq PostgreSQL store versions its schemas with a `migrations` table too: one without
+    // the outbox's `messages` table is not an outbox, whatever its version says.
+    if version > 0 && !has_messages {
+        return Err(OutboxError::Storage(format!(
+            "schema {schema} has a migrations table but no outbox in it (no messages table): it is not an outbox's \
+             schema (a onceq store's, perhaps); refusing to touch it. Give the outbox a schema of its own (the \
+             default is onceq_outbox)"
+        )));
+    }
     if version > SCHEMA_VERSION {
         return Err(OutboxError::Storage(format!(
             "outbox schema {schema} was written by a newer onceq-outbox (schema version {version}); this build knows \
