@@ -269,7 +269,7 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Targ
     .map_err(fail("inspecting the schema"))?;
     if exists && !has_version_table && relations > 0 {
         return Err(Error::Storage(format!(
-            "schema {schema} exists and holds {relations} tables or other relations that are not onceq's; \
+            "schema {schema} exists and holds {relations} relation(s) (tables, indexes, sequences) that are not onceq's; \
              refusing to touch it. Choose another schema for onceq"
         )));
     }

@@ -90,7 +90,7 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, quoted: &str)
     .map_err(fail("inspecting the schema"))?;
     if exists && !has_version_table && relations > 0 {
         return Err(OutboxError::Storage(format!(
-            "schema {schema} exists and holds {relations} tables or other relations that are not the outbox's; \
+            "schema {schema} exists and holds {relations} relation(s) (tables, indexes, sequences) that are not the outbox's; \
              refusing to touch it. Give the outbox a schema of its own (the default is onceq_outbox)"
         )));
     }
