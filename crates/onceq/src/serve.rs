@@ -160,9 +160,15 @@ async fn open_store(
     durability: Durability,
 ) -> Result<Opened, CliError> {
     if choice.starts_with("postgres://") || choice.starts_with("postgresql://") {
+        // A bad schema name or URL is usage (exit 2); a database that cannot be reached is
+        // unavailable (exit 3), as for the relay.
         let store = onceq_postgres::PgStore::connect(onceq_postgres::PgOptions::new(choice).schema(pg_schema))
             .await
-            .map_err(|e| CliError::Failed(e.to_string()))?;
+            .map_err(|e| match e {
+                onceq_core::Error::InvalidRequest(_) => CliError::Usage(e.to_string()),
+                onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),
+                other => CliError::Failed(other.to_string()),
+            })?;
         let shared = Arc::new(store.clone());
         return Ok(Opened {
             store: shared.clone(),
