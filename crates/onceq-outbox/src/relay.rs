@@ -246,6 +246,19 @@ pub struct Relay {
     outbox_name: String,
     poll_interval: Duration,
     failpoint: Option<f64>,
+    failures: std::sync::Mutex<FailureLog>,
+}
+
+/// How often at most the log says that publishes keep failing (with the count since it last
+/// said so), rather than a line per failed publish: a sink that is down fails every message of
+/// every round.
+const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed publishes (to be retried) since the last warning, and when that was.
+#[derive(Default)]
+struct FailureLog {
+    since_warned: u64,
+    warned_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -280,7 +293,26 @@ impl Relay {
     fn build(source: Box<dyn Source>, sink: Arc<dyn Sink>, options: RelayOptions, failpoint: Option<f64>) -> Relay {
         let outbox_name = options.outbox_name.clone().unwrap_or_else(|| source.default_outbox_name());
         let poll_interval = options.poll_interval.unwrap_or_else(|| source.default_poll_interval());
-        Relay { source, sink, options, outbox_name, poll_interval, failpoint }
+        Relay { source, sink, options, outbox_name, poll_interval, failpoint, failures: Default::default() }
+    }
+
+    /// Counts `failed` publishes to be retried, and says so in the log at most every
+    /// [`FAILURE_WARNING_EVERY`], with one of the errors.
+    fn warn_of_failures(&self, failed: u64, error: &str) {
+        let mut log = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        log.since_warned += failed;
+        if log.warned_at.is_some_and(|at| at.elapsed() < FAILURE_WARNING_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            failed = log.since_warned,
+            sink = self.sink.kind(),
+            %error,
+            "publishes are failing; each is retried with backoff until it is parked \
+             (onceq_outbox_publish_failures_total counts them)"
+        );
+        log.since_warned = 0;
+        log.warned_at = Some(Instant::now());
     }
 
     /// `outbox <where> → sink <kind>`, for logs and the CLI's startup line (never a password).
@@ -326,6 +358,7 @@ impl Relay {
         let mut report = RoundReport { claimed: messages.len(), ..RoundReport::default() };
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut parked_reasons = Vec::new();
+        let mut first_failure: Option<String> = None;
         let sink = self.sink.kind();
         for (message, result) in messages.iter().zip(results) {
             let outcome = match result {
@@ -348,11 +381,15 @@ impl Relay {
                 Err(PublishError::Transient(error)) => {
                     let delay_ms = self.options.backoff_ms(message.attempt);
                     tracing::debug!(id = message.id, %error, attempt = message.attempt, delay_ms, "publish failed; retrying later");
+                    first_failure.get_or_insert_with(|| error.to_string());
                     report.retried += 1;
                     Outcome::Retry { delay_ms, error }
                 }
             };
             outcomes.push((message.id, outcome));
+        }
+        if let Some(error) = first_failure {
+            self.warn_of_failures(report.retried as u64, &error);
         }
         claim.settle(outcomes, self.options.retention.is_zero()).await?;
         for reason in parked_reasons {

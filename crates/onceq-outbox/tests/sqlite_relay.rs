@@ -100,3 +100,66 @@ async fn sqlite_staging_publishes_committed_messages_once() {
     relay.close().await;
     store.close().await;
 }
+
+/// A sink that is down: every publish fails, to be retried.
+struct DownSink;
+
+#[async_trait::async_trait]
+impl onceq_outbox::Sink for DownSink {
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+
+    async fn publish(&self, _: &onceq_outbox::OutboxMessage, _: &str) -> Result<(), onceq_outbox::PublishError> {
+        Err(onceq_outbox::PublishError::Transient("connection refused".into()))
+    }
+}
+
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink that keeps failing shows in the log at once, as one warning with a count and the
+/// error, not a line per message, and not again for every round.
+#[tokio::test]
+async fn failing_publishes_are_warned_of_with_a_count_not_once_each() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let app_path = dir.path().join("app.db");
+    let mut app = rusqlite::Connection::open(&app_path).unwrap();
+    app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL)")
+        .unwrap();
+    sqlite::migrate(&app).unwrap();
+    for id in 1..=3 {
+        order(&mut app, id, &format!("c{id}"), true);
+    }
+    let relay = Relay::sqlite(&app_path, Arc::new(DownSink), RelayOptions::default()).await.unwrap();
+    assert_eq!(relay.run_round().await.unwrap().retried, 3);
+    for id in 4..=5 {
+        order(&mut app, id, &format!("c{id}"), true);
+    }
+    assert_eq!(relay.run_round().await.unwrap().retried, 2);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("publishes are failing")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("failed=3") && warnings[0].contains("connection refused"), "{text}");
+    relay.close().await;
+}
