@@ -195,7 +195,6 @@ impl Client {
         self.inner.timeout
     }
 
-    /// Starts a call of the endpoint at `path` (which starts with `/v1/`).
     /// Whether the server is up and its store answers (`GET /readyz`): `Ok`, or
     /// [`Error::Unavailable`] when the server cannot be reached or its store is down. No token
     /// needed. For a startup check; the calls themselves fail the same way.
@@ -203,6 +202,7 @@ impl Client {
         self.call(Method::GET, "/readyz").send().await
     }
 
+    /// Starts a call of the endpoint at `path` (which starts with `/v1/` or is `/readyz`).
     pub(crate) fn call(&self, method: Method, path: &str) -> Call<'_> {
         let mut url = self.inner.base.clone();
         url.set_path(&format!("{}{path}", self.inner.prefix));

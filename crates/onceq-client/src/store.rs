@@ -16,9 +16,9 @@ use onceq_core::api::{
 use onceq_core::limits::DELAY_MS_MAX;
 use onceq_core::store::validate;
 use onceq_core::{
-    truncate_error_text, Backoff, BackoffPatch, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Jitter, Job,
-    JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
-    QueueName, Redrive, Result, Store, Timestamp,
+    truncate_error_text, Backoff, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Jitter, Job, JobId,
+    LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName,
+    Redrive, Result, Store, Timestamp,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -255,12 +255,12 @@ impl Store for Client {
         // max_ms is at least its initial_ms depends on the queue's current policy, which only
         // the server knows. It is checked against the widest policy instead, which refuses a
         // field only for its own limit, still in the store's order of checks.
-        let base = match patch.backoff.as_ref().and_then(BackoffPatch::complete) {
-            None if patch.backoff.is_some() => QueueConfig {
-                backoff: Backoff { initial_ms: 0, max_ms: DELAY_MS_MAX, multiplier: 1.0, jitter: Jitter::None },
-                ..QueueConfig::default()
-            },
-            _ => QueueConfig::default(),
+        let partial_backoff = patch.backoff.as_ref().is_some_and(|backoff| backoff.complete().is_none());
+        let widest = Backoff { initial_ms: 0, max_ms: DELAY_MS_MAX, multiplier: 1.0, jitter: Jitter::None };
+        let base = if partial_backoff {
+            QueueConfig { backoff: widest, ..QueueConfig::default() }
+        } else {
+            QueueConfig::default()
         };
         base.patched(&patch)?;
         self.call(Method::PUT, &queue_path(queue, "")?).json(&patch).fetch().await

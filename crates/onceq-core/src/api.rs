@@ -731,13 +731,13 @@ mod tests {
         let job: EnqueueJob = serde_json::from_str(r#"{"payload": 1, "run_at": "tomorrow"}"#).unwrap();
         let error = job.into_new_job(0).unwrap_err().to_string();
         assert!(error.starts_with("invalid request: job 0: \"tomorrow\" is not an RFC 3339 time"), "{error}");
-        for (json, what) in [(r#""x""#, "a lease token"), (r#""7x""#, "a job id"), (r#""bad name""#, "a queue name")] {
-            let error = match what {
-                "a lease token" => serde_json::from_str::<crate::LeaseToken>(json).unwrap_err().to_string(),
-                "a job id" => serde_json::from_str::<crate::JobId>(json).unwrap_err().to_string(),
-                _ => serde_json::from_str::<crate::QueueName>(json).unwrap_err().to_string(),
-            };
-            assert!(!error.contains("invalid request"), "{what}: {error}");
+        let errors = [
+            serde_json::from_str::<crate::LeaseToken>(r#""x""#).unwrap_err().to_string(),
+            serde_json::from_str::<crate::JobId>(r#""7x""#).unwrap_err().to_string(),
+            serde_json::from_str::<crate::QueueName>(r#""bad name""#).unwrap_err().to_string(),
+        ];
+        for error in errors {
+            assert!(!error.contains("invalid request") && !error.is_empty(), "{error}");
         }
     }
 

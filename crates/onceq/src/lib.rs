@@ -47,11 +47,7 @@ macro_rules! outln {
 /// still removes its temporary directories and schemas, and `onceq verify`'s exit status is its
 /// verdict, not whether a pipe was open. A write error is ignored.
 macro_rules! out_lossy {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_fmt(format_args!($($arg)*)).and_then(|()| stdout.flush());
-    }};
+    ($($arg:tt)*) => { let _ = $crate::try_write_stdout(format_args!($($arg)*)); };
 }
 
 /// `println!` that ignores a write error: see `out_lossy!`.
@@ -60,11 +56,16 @@ macro_rules! outln_lossy {
     ($($arg:tt)*) => { out_lossy!("{}\n", format_args!($($arg)*)) };
 }
 
-/// Writes to standard output for `out!` and `outln!`.
-fn write_stdout(args: std::fmt::Arguments<'_>) {
+/// Writes `args` to standard output and flushes it.
+fn try_write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    if let Err(error) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+    stdout.write_fmt(args).and_then(|()| stdout.flush())
+}
+
+/// Writes to standard output for `out!` and `outln!`.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    if let Err(error) = try_write_stdout(args) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
