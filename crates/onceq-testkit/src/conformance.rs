@@ -52,8 +52,11 @@ const LONG_WAIT_MS: u64 = 10_000;
 const PROMPTLY: Duration = Duration::from_secs(3);
 /// Real time a long-poll test lets pass before it acts, so the lease is already waiting.
 const NUDGE: Duration = Duration::from_millis(250);
-/// Short real delay (scheduled job, nack delay, visibility timeout) in long-poll tests.
-const SHORT_MS: u64 = 300;
+/// Short real delay (scheduled job, nack delay, visibility timeout) in long-poll tests. The
+/// waiting lease starts after the call that set the delay returned, and must still wait 200 ms
+/// (see `check_woke`): the rest is slack for that call's commit, which on a busy machine's disk
+/// took over 100 ms (a 300 ms delay failed there).
+const SHORT_MS: u64 = 1_000;
 /// Bound on any call a test awaits that could hang on a broken store.
 const HANG: Duration = Duration::from_secs(20);
 
