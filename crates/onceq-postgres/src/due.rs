@@ -13,6 +13,7 @@
 //! for long (an ack inside a caller's transaction) must not stall every lease of its queue. Such
 //! a row is moved by whichever operation next finds it free.
 
+use crate::conns::pooled;
 use onceq_core::metrics as names;
 use onceq_core::{Error, QueueConfig, QueueName, Result};
 use sqlx::Row;
@@ -145,7 +146,7 @@ impl PgStore {
                         Scope::Job(id) => query.bind(id),
                         Scope::All => query.bind(None::<String>),
                     };
-                    query.fetch_all(&self.inner.pool)
+                    pooled!(self, query, fetch_all)
                 })
                 .await?;
             let mut due = Due { now: 0, queues: Vec::with_capacity(rows.len()) };

@@ -7,6 +7,7 @@
 //! owner, completed, or a fingerprint conflict); if the key changed in between, `begin` starts
 //! over. `complete` and `release` are single statements whose `WHERE` is the owner check.
 
+use crate::conns::pooled;
 use onceq_core::idempotency::{fingerprint_mismatch, not_held};
 use onceq_core::{Begin, BeginOutcome, Complete, Error, Result, Timestamp};
 use sqlx::Row;
@@ -133,7 +134,7 @@ impl PgStore {
         let sql = self.sql(RELEASE);
         let done: Option<i32> = self
             .run("releasing an idempotency key", || {
-                sqlx::query_scalar(&sql).bind(key).bind(owner).fetch_optional(&self.inner.pool)
+                pooled!(self, sqlx::query_scalar(&sql).bind(key).bind(owner), fetch_optional)
             })
             .await?;
         done.map(|_| ()).ok_or_else(|| not_held(key, owner))

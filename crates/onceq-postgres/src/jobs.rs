@@ -6,6 +6,7 @@
 //! (the k-th mention of each job in round k), so that each item sees the effect of the items
 //! before it, exactly as if they ran one by one.
 
+use crate::conns::pooled;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -841,7 +842,7 @@ impl PgStore {
         let day = crate::to_i64(onceq_core::idempotency::TTL_MS_MAX);
         let swept = self
             .run("sweeping expired dedup ids and idempotency keys", || {
-                sqlx::query(&sql).bind(now).bind(SWEEP_BATCH_MAX).bind(day).execute(&self.inner.pool)
+                pooled!(self, sqlx::query(&sql).bind(now).bind(SWEEP_BATCH_MAX).bind(day), execute)
             })
             .await;
         if let Err(error) = swept {
@@ -939,11 +940,11 @@ impl PgStore {
             self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
         };
         let rows = if at_most_once {
-            self.run("leasing jobs", || sqlx::query(&sql).bind(q.id).fetch_all(&self.inner.pool)).await?
+            self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(q.id), fetch_all)).await?
         } else {
             let tokens = lease_tokens(options.max_jobs as usize);
             self.run("leasing jobs", || {
-                sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&self.inner.pool)
+                pooled!(self, sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at), fetch_all)
             })
             .await?
         };
@@ -982,7 +983,7 @@ impl PgStore {
         let next_due = if jobs.is_empty() && waiting {
             let sql = self.sql(NEXT_DUE);
             self.run("finding the next due job", || {
-                sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id).fetch_one(&self.inner.pool)
+                pooled!(self, sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id), fetch_one)
             })
             .await?
         } else {
@@ -1001,7 +1002,7 @@ impl PgStore {
             let sql = self.sql(SLEEPER_REGISTER);
             let seconds = REGISTRATION_MS as f64 / 1000.0;
             self.run("registering a sleeping lease", || {
-                sqlx::query(&sql).bind(queue_id).bind(&self.inner.sleeper).bind(seconds).execute(&self.inner.pool)
+                pooled!(self, sqlx::query(&sql).bind(queue_id).bind(&self.inner.sleeper).bind(seconds), execute)
             })
             .await?;
             step = waiters.registered(queue_id, renewal, Instant::now());
@@ -1010,7 +1011,7 @@ impl PgStore {
         let sql = self.sql(MAY_SLEEP);
         let may = self
             .run("checking that a lease may sleep", || {
-                sqlx::query_scalar::<_, bool>(&sql).bind(queue_id).fetch_one(&self.inner.pool)
+                pooled!(self, sqlx::query_scalar::<_, bool>(&sql).bind(queue_id), fetch_one)
             })
             .await?;
         if may {
@@ -1028,7 +1029,7 @@ impl PgStore {
             return Err(Error::JobNotFound(id));
         }
         let sql = self.sql(&JOB_GET.replace("{columns}", JOB_COLUMNS));
-        let row = self.run("reading a job", || sqlx::query(&sql).bind(row_id).fetch_optional(&self.inner.pool)).await?;
+        let row = self.run("reading a job", || pooled!(self, sqlx::query(&sql).bind(row_id), fetch_optional)).await?;
         match row {
             Some(row) => job_from_row(&row),
             None => Err(Error::JobNotFound(id)),
@@ -1089,13 +1090,11 @@ impl PgStore {
             let now = self.now_param();
             let rows = self
                 .run("nacking jobs", || {
-                    sqlx::query(&sql)
-                        .bind(now)
-                        .bind(&row_ids)
-                        .bind(&tokens)
-                        .bind(&delays)
-                        .bind(&errors)
-                        .fetch_all(&self.inner.pool)
+                    pooled!(
+                        self,
+                        sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).bind(&errors),
+                        fetch_all
+                    )
                 })
                 .await?;
             for row in rows {
@@ -1130,7 +1129,7 @@ impl PgStore {
             let sql = self.sql(NACK_READ);
             let rows = self
                 .run("reading the attempts of nacked jobs", || {
-                    sqlx::query(&sql).bind(&wanted).fetch_all(&self.inner.pool)
+                    pooled!(self, sqlx::query(&sql).bind(&wanted), fetch_all)
                 })
                 .await?;
             let mut configs: HashMap<String, QueueConfig> = HashMap::new();
@@ -1178,7 +1177,7 @@ impl PgStore {
             let now = self.now_param();
             let rows = self
                 .run("extending leases", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&timeouts).fetch_all(&self.inner.pool)
+                    pooled!(self, sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&timeouts), fetch_all)
                 })
                 .await?;
             for row in rows {
@@ -1211,7 +1210,7 @@ impl PgStore {
             let now = self.now_param();
             let rows = self
                 .run("failing jobs", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors).fetch_all(&self.inner.pool)
+                    pooled!(self, sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors), fetch_all)
                 })
                 .await?;
             for row in rows {
@@ -1245,7 +1244,7 @@ impl PgStore {
             let now = self.now_param();
             let rows = self
                 .run("releasing jobs", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).fetch_all(&self.inner.pool)
+                    pooled!(self, sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays), fetch_all)
                 })
                 .await?;
             for row in rows {

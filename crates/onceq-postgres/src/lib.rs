@@ -12,6 +12,8 @@
 //! - `transaction`: the store inside a caller's transaction (see "Inside a caller's
 //!   transaction"), and where any operation's statements run: the pool, or a caller's
 //!   connection.
+//! - `conns`: the connections the store keeps checked out of the sqlx pool between its
+//!   statements, which spares the pool's test round trip on every release.
 //! - The worker whose handlers run inside a transaction is `onceq-postgres-worker`, so that
 //!   this backend does not depend on the worker runtime (DESIGN.md's dependency direction).
 //! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
@@ -106,6 +108,7 @@
 //! # Ok(()) }
 //! ```
 
+mod conns;
 mod due;
 mod error;
 mod idempotency;
@@ -276,6 +279,8 @@ pub(crate) struct Inner {
     pub(crate) last_sweep_ms: AtomicI64,
     /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
     pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<jobs::KnownQueue>>>,
+    /// Connections kept out of the pool between statements (see `conns`).
+    pub(crate) conns: conns::Conns,
 }
 
 impl Drop for Inner {
@@ -387,6 +392,7 @@ impl PgStore {
             listener: Mutex::new(Some(task)),
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
+            conns: conns::Conns::default(),
         };
         Ok(PgStore { inner: Arc::new(inner) })
     }
@@ -397,6 +403,7 @@ impl PgStore {
         if let Some(task) = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
+        self.inner.conns.close();
         self.inner.pool.close().await;
         // Waiting leases look again now, and find the store closed.
         self.inner.waiters.wake_all();
@@ -405,6 +412,8 @@ impl PgStore {
     /// Opens a transaction on the store's pool, for the `*_in` calls; failures map like every
     /// other call's (`Unavailable` when the database cannot be reached).
     pub async fn transaction(&self) -> Result<PgTransaction> {
+        // Kept connections go back first, so that a transaction never waits on one (see `conns`).
+        self.inner.conns.give_back();
         self.pool().begin().await.map_err(|error| crate::error::map(&self.inner.target, "opening a transaction", error))
     }
 

@@ -4,6 +4,7 @@
 //! 32 rows of `queue_counts` per queue, and the oldest ready job is the first entry of the
 //! `jobs_ready_since` index.
 
+use crate::conns::pooled;
 use onceq_core::metrics as names;
 use onceq_core::{
     DeadList, DeadPage, Error, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Result,
@@ -126,7 +127,7 @@ impl PgStore {
     async fn stats(&self, now: i64, queues: Vec<QueueRow>) -> Result<Vec<QueueInfo>> {
         let ids: Vec<i64> = queues.iter().map(|q| q.id).collect();
         let sql = self.sql(STATS);
-        let rows = self.run("reading queue stats", || sqlx::query(&sql).bind(&ids).fetch_all(&self.inner.pool)).await?;
+        let rows = self.run("reading queue stats", || pooled!(self, sqlx::query(&sql).bind(&ids), fetch_all)).await?;
         let mut by_id = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             by_id.insert(row.try_get::<i64, _>("id").map_err(decode)?, row);
@@ -179,7 +180,7 @@ impl PgStore {
             let read = self.sql(CONFIG_READ);
             let current: Option<String> = self
                 .run("reading a queue config", || {
-                    sqlx::query_scalar(&read).bind(queue.as_str()).fetch_optional(&self.inner.pool)
+                    pooled!(self, sqlx::query_scalar(&read).bind(queue.as_str()), fetch_optional)
                 })
                 .await?;
             match current {
@@ -189,11 +190,11 @@ impl PgStore {
                     let update = self.sql(CONFIG_UPDATE);
                     let updated: Option<i64> = self
                         .run("updating a queue config", || {
-                            sqlx::query_scalar(&update)
-                                .bind(queue.as_str())
-                                .bind(&new)
-                                .bind(&text)
-                                .fetch_optional(&self.inner.pool)
+                            pooled!(
+                                self,
+                                sqlx::query_scalar(&update).bind(queue.as_str()).bind(&new).bind(&text),
+                                fetch_optional
+                            )
                         })
                         .await?;
                     if updated.is_some() {
@@ -207,11 +208,11 @@ impl PgStore {
                     let now = self.now_param();
                     let created: Option<i64> = self
                         .run("creating a queue", || {
-                            sqlx::query_scalar(&insert)
-                                .bind(now)
-                                .bind(queue.as_str())
-                                .bind(&new)
-                                .fetch_optional(&self.inner.pool)
+                            pooled!(
+                                self,
+                                sqlx::query_scalar(&insert).bind(now).bind(queue.as_str()).bind(&new),
+                                fetch_optional
+                            )
                         })
                         .await?;
                     if created.is_some() {
@@ -228,7 +229,7 @@ impl PgStore {
         let sql = self.sql(SET_PAUSED);
         let row = self
             .run("pausing or resuming a queue", || {
-                sqlx::query(&sql).bind(queue.as_str()).bind(paused).fetch_optional(&self.inner.pool)
+                pooled!(self, sqlx::query(&sql).bind(queue.as_str()).bind(paused), fetch_optional)
             })
             .await?;
         row.map(|_| ()).ok_or_else(|| Error::QueueNotFound(queue.clone()))
@@ -265,7 +266,7 @@ impl PgStore {
         let sql = self.sql(&DEAD_PAGE.replace("{columns}", JOB_COLUMNS));
         let rows = self
             .run("listing dead jobs", || {
-                sqlx::query(&sql).bind(row.id).bind(after).bind(limit).fetch_all(&self.inner.pool)
+                pooled!(self, sqlx::query(&sql).bind(row.id).bind(after).bind(limit), fetch_all)
             })
             .await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -287,7 +288,7 @@ impl PgStore {
         let sql = self.sql(&crate::jobs::with_notify(REDRIVE, "redriven"));
         let redriven: i64 = self
             .run("redriving dead jobs", || {
-                sqlx::query_scalar(&sql).bind(now).bind(row.id).bind(&ids).bind(limit).fetch_one(&self.inner.pool)
+                pooled!(self, sqlx::query_scalar(&sql).bind(now).bind(row.id).bind(&ids).bind(limit), fetch_one)
             })
             .await?;
         let redriven = redriven.unsigned_abs();
@@ -299,7 +300,7 @@ impl PgStore {
         let (_, row) = self.queue_due(queue).await?;
         let sql = self.sql(PURGE);
         let purged: i64 =
-            self.run("purging dead jobs", || sqlx::query_scalar(&sql).bind(row.id).fetch_one(&self.inner.pool)).await?;
+            self.run("purging dead jobs", || pooled!(self, sqlx::query_scalar(&sql).bind(row.id), fetch_one)).await?;
         Ok(purged.unsigned_abs())
     }
 }

@@ -8,6 +8,7 @@
 //! would wait for it in turn, a deadlock PostgreSQL cannot see. So housekeeping (sweeping
 //! expired dedup ids and idempotency keys) is started beside the call, not awaited by it.
 
+use crate::conns::pooled;
 use onceq_core::store::validate;
 use onceq_core::{Begin, BeginOutcome, Complete, Enqueued, ItemResults, LeaseRef, NewJob, QueueName, Result};
 use sqlx::postgres::{PgArguments, PgRow};
@@ -113,7 +114,7 @@ impl PgStore {
         F: Fn() -> PgQuery<'q> + Send + Sync,
     {
         match conn {
-            Conn::Pool => self.run(context, || make().fetch_all(&self.inner.pool)).await,
+            Conn::Pool => self.run(context, || pooled!(self, make(), fetch_all)).await,
             Conn::Caller(c) => make().fetch_all(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e)),
         }
     }
@@ -129,7 +130,7 @@ impl PgStore {
         F: Fn() -> PgQuery<'q> + Send + Sync,
     {
         match conn {
-            Conn::Pool => self.run(context, || make().fetch_optional(&self.inner.pool)).await,
+            Conn::Pool => self.run(context, || pooled!(self, make(), fetch_optional)).await,
             Conn::Caller(c) => {
                 make().fetch_optional(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e))
             }
