@@ -6,8 +6,9 @@
 //! (`PoolConnection::return_to_pool`, sqlx 0.8; no option turns it off). Every statement run
 //! with the pool as its executor therefore costs one more round trip, one more wake-up of a
 //! PostgreSQL backend and one more tokio task. Where the client and the database share few
-//! CPUs, that is CPU taken from the database on every call: `onceq bench --store` measured the
-//! batched enqueue at 79% of its pgbench floor with it and 97% without.
+//! CPUs, that is CPU taken from the database on every call: on a 2-CPU machine, two runs each
+//! of `onceq bench --store` put the batched enqueue at 79% and 88% of its pgbench floor with
+//! it, 97% and 111% without, and the per-job enqueue at 87% and 82%, then 106% and 100%.
 //!
 //! So the store's own autocommit statements run on connections it keeps out of the pool
 //! between them, in a short last-in-first-out list, and a connection goes back to sqlx, which
@@ -97,7 +98,8 @@ impl Drop for Conns {
     fn drop(&mut self) {
         let kept = self.lock().kept.take().unwrap_or_default();
         // Giving a connection back spawns a task on the current tokio runtime; without one (a
-        // store dropped after its runtime) each is closed here instead.
+        // store dropped after its runtime) each is detached from the pool and its socket
+        // dropped here instead.
         if tokio::runtime::Handle::try_current().is_err() {
             for kept in kept {
                 drop(kept.conn.detach());
@@ -106,29 +108,45 @@ impl Drop for Conns {
     }
 }
 
-/// Hands back, every [`KEEP_IDLE`], the connections unused for that long; ends when none is
+/// Hands back each kept connection once it has sat unused for [`KEEP_IDLE`]; ends when none is
 /// kept (the next one kept starts it again) or the store is gone.
 async fn hand_back_idle(inner: Weak<Inner>) {
+    /// Marks the timer stopped if the task ends other than by finding nothing kept (which
+    /// marks it under the lock): dropped with its runtime, say. The next connection kept then
+    /// starts a new one.
+    struct Stopped {
+        inner: Weak<Inner>,
+        marked: bool,
+    }
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            if let (false, Some(inner)) = (self.marked, self.inner.upgrade()) {
+                inner.conns.lock().timer = false;
+            }
+        }
+    }
+    let mut stopped = Stopped { inner: inner.clone(), marked: false };
+    let mut wake = tokio::time::Instant::now() + KEEP_IDLE;
     loop {
-        tokio::time::sleep(KEEP_IDLE).await;
+        tokio::time::sleep_until(wake).await;
         let Some(inner) = inner.upgrade() else { return };
         let mut state = inner.conns.lock();
-        let idle: Vec<Kept> = match state.kept.as_mut() {
-            Some(kept) => {
-                let idle = kept.iter().take_while(|k| k.idle_since.elapsed() >= KEEP_IDLE).count();
-                kept.drain(..idle).collect()
-            }
-            None => Vec::new(),
-        };
-        let done = state.kept.as_ref().is_none_or(Vec::is_empty);
-        if done {
+        let Some(kept) = state.kept.as_mut() else { return };
+        // In order of release: the longest unused are at the front.
+        let idle = kept.iter().take_while(|k| k.idle_since.elapsed() >= KEEP_IDLE).count();
+        let idle: Vec<Kept> = kept.drain(..idle).collect();
+        let next = kept.first().map(|k| k.idle_since + KEEP_IDLE);
+        if next.is_none() {
+            // Under the lock, so that a connection kept from now on starts a new timer.
             state.timer = false;
+            stopped.marked = true;
         }
         drop(state);
         // Back to sqlx outside the lock (each spawns a task there).
         drop(idle);
-        if done {
-            return;
+        match next {
+            Some(next) => wake = next.into(),
+            None => return,
         }
     }
 }
@@ -151,12 +169,22 @@ impl Checkout<'_> {
     /// must go back to sqlx's pool (see the module docs), and returns `result`.
     pub(crate) fn settle<T>(self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         let Checkout { store, conn, out_since } = self;
-        let healthy = matches!(&result, Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound));
+        let healthy = match &result {
+            Ok(_) | Err(sqlx::Error::RowNotFound) => true,
+            // Not an error that ends the session (a terminated backend, a shutdown).
+            Err(sqlx::Error::Database(db)) => !db.code().is_some_and(|code| crate::error::unavailable_code(&code)),
+            Err(_) => false,
+        };
         let pool = &store.inner.pool;
         let idle_in_pool = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
         let free_in_pool =
             idle_in_pool.saturating_add(pool.options().get_max_connections().saturating_sub(pool.size()));
-        if healthy && free_in_pool > 0 && out_since.elapsed() < KEEP_FOR {
+        let keep = healthy
+            && free_in_pool > 0
+            && out_since.elapsed() < KEEP_FOR
+            && !pool.is_closed()
+            && !store.inner.target.suspect();
+        if keep {
             let mut state = store.inner.conns.lock();
             if let Some(kept) = state.kept.as_mut() {
                 kept.push(Kept { conn, out_since, idle_since: Instant::now() });
@@ -178,8 +206,9 @@ impl PgStore {
         let reuse = {
             let mut state = self.inner.conns.lock();
             let Some(kept) = state.kept.as_mut() else { return Err(sqlx::Error::PoolClosed) };
-            if self.inner.target.suspect() {
-                // Back to sqlx, whose `before_acquire` pings while the database is suspect.
+            if self.inner.target.suspect() || self.inner.pool.is_closed() {
+                // Back to sqlx, whose `before_acquire` pings while the database is suspect (and
+                // which refuses the acquire below if someone closed the pool itself).
                 let suspect = std::mem::take(kept);
                 drop(state);
                 drop(suspect);

@@ -49,7 +49,7 @@ impl Target {
 /// SQLSTATE classes and codes that mean "the server cannot serve now": connection exceptions
 /// (08), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect
 /// now), too many connections (53300), and a server running out of resources (53).
-fn unavailable_code(code: &str) -> bool {
+pub(crate) fn unavailable_code(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 

@@ -66,8 +66,8 @@ async fn kept_connections_never_starve_the_pools_other_callers() {
 async fn a_call_cancelled_mid_statement_leaves_the_next_calls_right_answers() {
     let schema = common::fresh_schema();
     let _guard = common::SchemaGuard { schema: schema.clone() };
-    // One connection for statements: the next call would get the cancelled one's, if kept.
-    let store = common::connect(PgOptions::new(common::database_url()).schema(&schema).pool_size(1)).await;
+    // Room to keep a connection: the next call would get the cancelled one's, were it kept.
+    let store = common::connect(PgOptions::new(common::database_url()).schema(&schema).pool_size(2)).await;
     let q = QueueName::new("q").unwrap();
     let first = store.enqueue(&q, NewJob::new("first")).await.unwrap().id;
 
@@ -118,4 +118,17 @@ async fn one_callers_calls_run_on_one_session() {
     .unwrap();
     assert_eq!(sessions.len(), 1, "the store's sessions, by last statement: {sessions:#?}");
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_pool_itself_ends_the_stores_calls_promptly() {
+    let (store, _guard) = common::fresh_store(None).await;
+    let q = QueueName::new("q").unwrap();
+    for i in 0..10 {
+        store.enqueue(&q, NewJob::new(format!("job {i}"))).await.unwrap();
+    }
+    // The pool waits for every connection to come back, the kept ones too.
+    tokio::time::timeout(Duration::from_secs(5), store.pool().close()).await.expect("the pool should close promptly");
+    let result = store.enqueue(&q, NewJob::new("after")).await;
+    assert!(matches!(result, Err(onceq_core::Error::Unavailable(_))), "{result:?}");
 }
