@@ -151,7 +151,11 @@ async fn failing_publishes_are_warned_of_with_a_count_not_once_each() {
     for id in 1..=3 {
         order(&mut app, id, &format!("c{id}"), true);
     }
-    let relay = Relay::sqlite(&app_path, Arc::new(DownSink), RelayOptions::default()).await.unwrap();
+    // Backoff caps of a day: with full jitter a retry's delay is anywhere below the cap, and one
+    // near zero would have the second round retry a first-round message again.
+    let day = Duration::from_millis(onceq_outbox::limits::BACKOFF_MS_MAX);
+    let options = RelayOptions { backoff_initial: day, backoff_max: day, ..RelayOptions::default() };
+    let relay = Relay::sqlite(&app_path, Arc::new(DownSink), options).await.unwrap();
     assert_eq!(relay.run_round().await.unwrap().retried, 3);
     for id in 4..=5 {
         order(&mut app, id, &format!("c{id}"), true);
