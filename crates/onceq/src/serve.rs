@@ -31,13 +31,18 @@ pub struct ServeArgs {
     /// PostgreSQL schema of onceq's tables [default: onceq].
     #[arg(long, env = "ONCEQ_PG_SCHEMA")]
     pub pg_schema: Option<String>,
+    /// Most PostgreSQL connections the server's statements use at once, 1 to 1000 [default:
+    /// 10]; the server holds one more for LISTEN. Each server sharing a database opens its own.
+    #[arg(long, env = "ONCEQ_PG_POOL_SIZE")]
+    pub pg_pool_size: Option<u32>,
     /// Data directory of the embedded store [default: ./onceq-data].
     #[arg(long, env = "ONCEQ_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7700]; port 0 picks a free port.
     #[arg(long, env = "ONCEQ_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// TOML config file: store, data_dir, listen, durability, pg_schema, insecure_no_auth, and
+    /// TOML config file: store, data_dir, listen, durability, pg_schema, pg_pool_size,
+    /// insecure_no_auth, and
     /// [[tokens]] (flags and environment variables win over it).
     #[arg(long, env = "ONCEQ_CONFIG")]
     pub config: Option<PathBuf>,
@@ -59,6 +64,8 @@ pub struct ConfigFile {
     pub store: Option<String>,
     /// PostgreSQL schema.
     pub pg_schema: Option<String>,
+    /// PostgreSQL pool size.
+    pub pg_pool_size: Option<u32>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// `fsync` or `relaxed`.
@@ -106,11 +113,12 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let store_choice = args.store.clone().or(config.store).unwrap_or_else(|| "embedded".into());
     let pg_schema = args.pg_schema.clone().or(config.pg_schema).unwrap_or_else(|| "onceq".into());
+    let pg_pool_size = args.pg_pool_size.or(config.pg_pool_size).unwrap_or(onceq_postgres::DEFAULT_POOL_SIZE);
     // Refused before the store opens, so a refused start leaves no data directory behind.
     onceq_server::check_auth_exposure(auth.enabled(), listen, &options)
         .map_err(|error| CliError::Failed(error.to_string()))?;
     runtime.block_on(async move {
-        let opened = open_store(&store_choice, &pg_schema, &data_dir, durability).await?;
+        let opened = open_store(&store_choice, (&pg_schema, pg_pool_size), &data_dir, durability).await?;
         let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(auth);
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
@@ -155,20 +163,19 @@ impl Opened {
 
 async fn open_store(
     choice: &str,
-    pg_schema: &str,
+    (pg_schema, pg_pool_size): (&str, u32),
     data_dir: &Path,
     durability: Durability,
 ) -> Result<Opened, CliError> {
     if choice.starts_with("postgres://") || choice.starts_with("postgresql://") {
         // A bad schema name or URL is usage (exit 2); a database that cannot be reached is
         // unavailable (exit 3), as for the relay.
-        let store = onceq_postgres::PgStore::connect(onceq_postgres::PgOptions::new(choice).schema(pg_schema))
-            .await
-            .map_err(|e| match e {
-                onceq_core::Error::InvalidRequest(_) => CliError::Usage(e.to_string()),
-                onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),
-                other => CliError::Failed(other.to_string()),
-            })?;
+        let options = onceq_postgres::PgOptions::new(choice).schema(pg_schema).pool_size(pg_pool_size);
+        let store = onceq_postgres::PgStore::connect(options).await.map_err(|e| match e {
+            onceq_core::Error::InvalidRequest(_) => CliError::Usage(e.to_string()),
+            onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),
+            other => CliError::Failed(other.to_string()),
+        })?;
         let shared = Arc::new(store.clone());
         return Ok(Opened {
             store: shared.clone(),

@@ -219,18 +219,21 @@ async fn two_servers_share_one_schema_and_lose_nothing_and_lease_nothing_twice_a
 }
 
 /// A PostgreSQL store that cannot be opened says why, with the exit code of its kind: a bad
-/// schema name is usage (2), a database nobody answers at is unavailable (3).
+/// schema name or pool size is usage (2), a database nobody answers at is unavailable (3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exits_2_for_a_bad_schema_name_and_3_for_an_unreachable_database() {
     let url = pg_common::database_url();
     let cases = [
-        (url.as_str(), "bad;name", 2, "schema name"),
-        ("postgres://postgres@127.0.0.1:9/test", "onceq", 3, "unavailable"),
+        (url.as_str(), "bad;name", "10", 2, "schema name"),
+        (url.as_str(), "onceq", "0", 2, "pool size is 0; it must be between 1 and 1000"),
+        (url.as_str(), "onceq", "1001", 2, "pool size is 1001"),
+        ("postgres://postgres@127.0.0.1:9/test", "onceq", "10", 3, "unavailable"),
     ];
-    for (store, schema, code, message) in cases {
+    for (store, schema, pool, code, message) in cases {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let args = ["serve", "--listen", "127.0.0.1:0", "--store", store, "--pg-schema", schema];
+        let args =
+            ["serve", "--listen", "127.0.0.1:0", "--store", store, "--pg-schema", schema, "--pg-pool-size", pool];
         let output =
             common::run_onceq(&[&args[..], &["--data-dir", data.to_str().unwrap()]].concat(), Duration::from_secs(60))
                 .await;
