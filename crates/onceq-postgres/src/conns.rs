@@ -13,19 +13,20 @@
 //! So the store's own autocommit statements run on connections it keeps out of the pool
 //! between them, in a short last-in-first-out list, and a connection goes back to sqlx, which
 //! tests it, when:
-//! - a statement on it failed other than with a database error or a missing row, or was
+//! - a statement on it failed other than with a database error or a missing row, failed with
+//!   a database error that ends the session (an administrator's terminate, a shutdown), or was
 //!   dropped half-way (a cancelled call): it may be broken or mid-message, and sqlx's test
 //!   closes it if so;
 //! - it sat unused for [`KEEP_IDLE`]: a background timer, armed only while connections are
 //!   kept, hands them back, so that a caller of [`PgStore::pool`] waits on a connection idle
 //!   here for that long at most, and sqlx's idle timeout and `before_acquire` ping apply again;
 //! - keeping it would leave the pool with no connection free (idle, or room to open one);
-//! - the store opens a transaction ([`PgStore::transaction`]): every kept connection goes back
-//!   first, so that a transaction never waits on one (the transactional worker opens as many
-//!   transactions as the pool holds, less one);
+//! - the store opens a transaction ([`PgStore::transaction`], deleting a queue): every kept
+//!   connection goes back first, so that a transaction never waits on one (the transactional
+//!   worker opens as many transactions as the pool holds, less one);
 //! - it has been out of the pool for [`KEEP_FOR`]: sqlx then applies its lifetime limit;
 //! - a connection to the database failed lately (when the pool's `before_acquire` pings);
-//! - the store closes.
+//! - the store closes, or someone closed its pool itself.
 //!
 //! At most as many connections are kept as the store's statements used at once, and never more
 //! than the pool holds: this list is only where checked-out connections wait between
