@@ -82,7 +82,7 @@ impl Conns {
     }
 
     /// Gives every kept connection back to sqlx's pool.
-    pub(crate) fn give_back(&self) {
+    fn give_back(&self) {
         let kept = self.lock().kept.as_mut().map(std::mem::take);
         drop(kept);
     }
@@ -202,6 +202,13 @@ impl Checkout<'_> {
 }
 
 impl PgStore {
+    /// The pool, for a transaction to take its connection from: the kept connections go back
+    /// first, so that a transaction never waits on one.
+    pub(crate) fn pool_for_transaction(&self) -> &sqlx::PgPool {
+        self.inner.conns.give_back();
+        &self.inner.pool
+    }
+
     /// A connection for one autocommit statement: the one kept last, or one from sqlx's pool.
     pub(crate) async fn checkout(&self) -> Result<Checkout<'_>, sqlx::Error> {
         let reuse = {

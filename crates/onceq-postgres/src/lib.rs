@@ -415,9 +415,10 @@ impl PgStore {
     /// Opens a transaction on the store's pool, for the `*_in` calls; failures map like every
     /// other call's (`Unavailable` when the database cannot be reached).
     pub async fn transaction(&self) -> Result<PgTransaction> {
-        // Kept connections go back first, so that a transaction never waits on one (see `conns`).
-        self.inner.conns.give_back();
-        self.pool().begin().await.map_err(|error| crate::error::map(&self.inner.target, "opening a transaction", error))
+        self.pool_for_transaction()
+            .begin()
+            .await
+            .map_err(|error| crate::error::map(&self.inner.target, "opening a transaction", error))
     }
 
     /// The schema this store uses.

@@ -241,10 +241,7 @@ impl PgStore {
             (self.sql(QUEUE_ROW_DELETE), self.sql(QUEUE_JOBS_DELETE), self.sql(QUEUE_COUNTS_DELETE));
         let deleted = self
             .run("deleting a queue", || async {
-                // A transaction: on a connection from the pool, the kept ones given back first
-                // (see `conns`), as `PgStore::transaction` does.
-                self.inner.conns.give_back();
-                let mut conn = self.inner.pool.acquire().await?;
+                let mut conn = self.pool_for_transaction().acquire().await?;
                 let mut tx = conn.begin().await?;
                 let id: Option<i64> =
                     sqlx::query_scalar(&row_delete).bind(queue.as_str()).fetch_optional(&mut *tx).await?;

@@ -118,7 +118,7 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
     onceq_server::check_auth_exposure(auth.enabled(), listen, &options)
         .map_err(|error| CliError::Failed(error.to_string()))?;
     runtime.block_on(async move {
-        let opened = open_store(&store_choice, (&pg_schema, pg_pool_size), &data_dir, durability).await?;
+        let opened = open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability).await?;
         let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(auth);
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
@@ -163,7 +163,8 @@ impl Opened {
 
 async fn open_store(
     choice: &str,
-    (pg_schema, pg_pool_size): (&str, u32),
+    pg_schema: &str,
+    pg_pool_size: u32,
     data_dir: &Path,
     durability: Durability,
 ) -> Result<Opened, CliError> {
