@@ -6,19 +6,24 @@
 //! # Layout
 //!
 //! One module: [`PgWorker`] and its builder, [`TransactionalOptions`], and the per-job flow
-//! (open a transaction, claim the idempotency key in it, run the handler, complete the key and
-//! ack in the same transaction, commit — or roll everything back). It is a crate of its own so
-//! that the PostgreSQL backend does not depend on the worker runtime (DESIGN.md's arrows).
+//! (open a transaction, begin the idempotency key in it, run the handler, complete the key and
+//! ack in the same transaction, commit — or roll everything back). The key, the decision and
+//! the record are `onceq_worker::gate`'s, the same gate the runtime uses outside transactions,
+//! with its claims made in the job's transaction. It is a crate of its own so that the
+//! PostgreSQL backend does not depend on the worker runtime (DESIGN.md's arrows).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceq_core::idempotency::{KEY_LEN_MAX, RETENTION_MS_MAX, TTL_MS_MAX};
-use onceq_core::metrics::{DUPLICATES_DETECTED, IDEMPOTENCY_CHECKS};
-use onceq_core::{Begin, BeginOutcome, Clock, Complete, Error, Result, SystemClock};
-use onceq_worker::{JobContext, Outcome, QueueOptions, Worker, WorkerBuilder, WorkerOptions, WorkerReport};
+use async_trait::async_trait;
+use onceq_core::idempotency::TTL_MS_MAX;
+use onceq_core::{Begin, BeginOutcome, Complete, Error, Result, Store};
+use onceq_worker::gate::{begin_failed, claim_owner, Claim, Claims, Decision, Gate};
+use onceq_worker::{
+    JobContext, Outcome, OutcomeFuture, QueueOptions, Worker, WorkerBuilder, WorkerOptions, WorkerReport,
+};
 use serde::de::DeserializeOwned;
 
 use onceq_postgres::PgStore;
@@ -31,11 +36,11 @@ pub use onceq_postgres::PgTransaction;
 /// (`Box::pin(async move { ... })`).
 pub type TransactionFuture<'t> = Pin<Box<dyn Future<Output = Outcome> + Send + 't>>;
 
-/// Default [`TransactionalOptions::retention`]: 7 days, as `onceq_worker::EffectivelyOnce`.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default [`TransactionalOptions::key_prefix`], as `onceq_worker::EffectivelyOnce`, so that
 /// either guard finds the keys the other recorded.
-pub const DEFAULT_KEY_PREFIX: &str = "onceq:";
+pub use onceq_worker::gate::DEFAULT_KEY_PREFIX;
+/// Default [`TransactionalOptions::retention`]: 7 days, as `onceq_worker::EffectivelyOnce`.
+pub use onceq_worker::gate::DEFAULT_RETENTION;
 
 /// How a queue with a transactional handler is worked.
 #[derive(Debug, Clone)]
@@ -79,21 +84,18 @@ impl TransactionalOptions {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// The gate of the queue, when its effects are recorded; an error for bad settings.
+    fn gate(&self) -> Result<Option<Gate>> {
         if self.queue.effectively_once.is_some() {
             return Err(Error::invalid(
                 "a transactional handler records its idempotency keys in its own transaction: leave \
                  QueueOptions::effectively_once unset and set TransactionalOptions::effectively_once instead",
             ));
         }
-        let retention = millis(self.retention);
-        if !(1..=RETENTION_MS_MAX).contains(&retention) {
-            return Err(Error::invalid(format!("retention must be between 1 and {RETENTION_MS_MAX} ms")));
-        }
-        if self.key_prefix.len() >= KEY_LEN_MAX {
-            return Err(Error::invalid(format!("key_prefix must be shorter than {KEY_LEN_MAX} bytes")));
-        }
-        Ok(())
+        // The claim is only ever seen inside the job's transaction; it lasts as long as a lease.
+        let claim_ttl = Duration::from_millis(millis(self.queue.visibility_timeout).clamp(1, TTL_MS_MAX));
+        let gate = Gate::new(&self.key_prefix, claim_ttl, self.retention)?;
+        Ok(self.effectively_once.then_some(gate))
     }
 }
 
@@ -109,9 +111,11 @@ fn millis(duration: Duration) -> u64 {
 /// [`PgWorkerBuilder::handle_in_transaction`]. For each job of such a queue it
 ///
 /// 1. opens a transaction on the store's pool;
-/// 2. in an effectively-once queue ([`TransactionalOptions::effectively_once`]), claims the
-///    job's idempotency key in that transaction (`idempotency_begin_in`); a key some earlier job
-///    completed means the effect is applied already: the job is acked without running;
+/// 2. in an effectively-once queue ([`TransactionalOptions::effectively_once`]), begins the
+///    job's idempotency key in that transaction (`idempotency_begin_in`), through the gate of
+///    `onceq_worker::gate`: a key some earlier job completed means the effect is applied
+///    already: the job is acked without running; a key held by a guard outside any
+///    transaction releases the job until that claim expires, without burning an attempt;
 /// 3. runs the handler with the transaction;
 /// 4. on `Done` or `DoneWith`: records the result under the key (`idempotency_complete_in`)
 ///    and acks the lease (`job_ack_in`), both in the transaction, then commits, and reports
@@ -120,7 +124,8 @@ fn millis(duration: Duration) -> u64 {
 ///    `Acked`: the key is recorded and the transaction committed, without a second ack.
 ///
 /// Everything else rolls the transaction back, so no effect commits without the ack:
-/// - the handler returns `Retry` or `Fail`: the runtime nacks or fails the job as usual;
+/// - the handler returns `Retry`, `Fail` or `Release`: the runtime nacks, fails or releases
+///   the job as usual;
 /// - the handler panics or passes its deadline: the transaction is dropped (rolled back) and
 ///   the runtime retries the job as usual;
 /// - the ack is refused (the lease was lost: it expired and another delivery may run the job):
@@ -162,11 +167,11 @@ fn millis(duration: Duration) -> u64 {
 /// println!("{report:?}");
 /// # Ok(()) }
 /// ```
-pub struct PgWorker {
-    inner: Worker<PgStore>,
+pub struct PgWorker<S: ?Sized = PgStore> {
+    inner: Worker<S>,
 }
 
-impl std::fmt::Debug for PgWorker {
+impl<S: ?Sized> std::fmt::Debug for PgWorker<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgWorker").finish_non_exhaustive()
     }
@@ -175,12 +180,17 @@ impl std::fmt::Debug for PgWorker {
 impl PgWorker {
     /// Starts registering handlers for a worker over `store`.
     pub fn builder(store: PgStore) -> PgWorkerBuilder {
-        PgWorkerBuilder {
-            inner: Worker::builder(Arc::new(store.clone())),
-            store,
-            error: None,
-            transactional_concurrency: 0,
-        }
+        let seam = Arc::new(store.clone());
+        PgWorker::builder_over(store, seam)
+    }
+}
+
+impl<S: Store + ?Sized + 'static> PgWorker<S> {
+    /// Starts registering handlers for a worker whose leases, heartbeats and settles go through
+    /// `seam`, a store over the same database as `store` (which opens the transactions): a
+    /// wrapper of `store` that traces, meters or, in `onceq verify`, records and injects faults.
+    pub fn builder_over(store: PgStore, seam: Arc<S>) -> PgWorkerBuilder<S> {
+        PgWorkerBuilder { inner: Worker::builder(seam), store, error: None, transactional_concurrency: 0 }
     }
 
     /// Works until `shutdown` completes, then shuts down gracefully; see
@@ -192,28 +202,39 @@ impl PgWorker {
 }
 
 /// Registers handlers; see [`PgWorker::builder`].
-pub struct PgWorkerBuilder {
+pub struct PgWorkerBuilder<S: ?Sized = PgStore> {
     store: PgStore,
-    inner: WorkerBuilder<PgStore>,
+    inner: WorkerBuilder<S>,
     /// The first registration error of a transactional handler.
     error: Option<Error>,
     /// How many transactions the transactional queues may hold open at once, in all.
     transactional_concurrency: usize,
 }
 
-impl std::fmt::Debug for PgWorkerBuilder {
+impl<S: ?Sized> std::fmt::Debug for PgWorkerBuilder<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgWorkerBuilder").field("store", &self.store).finish_non_exhaustive()
     }
 }
 
-impl PgWorkerBuilder {
+impl<S: Store + ?Sized + 'static> PgWorkerBuilder<S> {
     /// Sets the worker's options.
     pub fn options(mut self, options: WorkerOptions) -> Self {
         self.inner = self.inner.options(options);
         self
     }
 
+    /// Runs `middleware` around every handler; see
+    /// [`WorkerBuilder::middleware`](onceq_worker::WorkerBuilder::middleware). Around a
+    /// transactional handler it sees the whole job: the transaction, the handler, the record
+    /// of the effect, the ack and the commit (an outcome of `Acked` means it committed).
+    pub fn middleware<M>(mut self, middleware: M) -> Self
+    where
+        M: Fn(JobContext, OutcomeFuture) -> OutcomeFuture + Send + Sync + 'static,
+    {
+        self.inner = self.inner.middleware(middleware);
+        self
+    }
     /// Runs `handler` (not in a transaction) for the jobs of `queue`, with default options; see
     /// [`WorkerBuilder::handle`](onceq_worker::WorkerBuilder::handle).
     pub fn handle<T, F, Fut>(mut self, queue: &str, handler: F) -> Self
@@ -247,19 +268,15 @@ impl PgWorkerBuilder {
         T: DeserializeOwned + Send + 'static,
         F: for<'t> Fn(JobContext, T, &'t mut PgTransaction) -> TransactionFuture<'t> + Send + Sync + 'static,
     {
-        if let Err(error) = options.validate() {
-            self.error.get_or_insert(error);
-            return self;
-        }
+        let gate = match options.gate() {
+            Ok(gate) => gate,
+            Err(error) => {
+                self.error.get_or_insert(error);
+                return self;
+            }
+        };
         self.transactional_concurrency += options.queue.concurrency;
-        let run = Arc::new(Transactional {
-            store: self.store.clone(),
-            claim_ttl_ms: millis(options.queue.visibility_timeout).clamp(1, TTL_MS_MAX),
-            retention_ms: millis(options.retention),
-            effectively_once: options.effectively_once,
-            key_prefix: options.key_prefix,
-            handler,
-        });
+        let run = Arc::new(Transactional { store: self.store.clone(), gate, handler });
         self.inner = self.inner.handle_with(queue, options.queue, move |context: JobContext, payload: T| {
             let run = run.clone();
             async move { run.job(context, payload).await }
@@ -268,7 +285,7 @@ impl PgWorkerBuilder {
     }
 
     /// The worker, or the first registration error.
-    pub fn build(self) -> Result<PgWorker> {
+    pub fn build(self) -> Result<PgWorker<S>> {
         if let Some(error) = self.error {
             return Err(error);
         }
@@ -289,18 +306,33 @@ impl PgWorkerBuilder {
 /// One queue's transactional handler and what it needs to run a job.
 struct Transactional<F> {
     store: PgStore,
-    effectively_once: bool,
-    key_prefix: String,
-    /// How long the key's claim lasts; it is only ever seen inside the job's transaction.
-    claim_ttl_ms: u64,
-    retention_ms: u64,
+    /// The effectively-once gate, when the queue's effects are recorded.
+    gate: Option<Gate>,
     handler: F,
 }
 
-/// The idempotency key a transactional job's effect is recorded under.
-struct Claim {
-    key: String,
-    owner: String,
+/// The gate's claims, made in a job's transaction: they commit with its effects and ack, or
+/// roll back with them.
+struct InTransaction<'a> {
+    store: &'a PgStore,
+    tx: &'a mut PgTransaction,
+}
+
+#[async_trait]
+impl Claims for InTransaction<'_> {
+    async fn begin(&mut self, begin: Begin) -> Result<BeginOutcome> {
+        self.store.idempotency_begin_in(self.tx, begin).await
+    }
+    async fn complete(&mut self, complete: Complete) -> Result<()> {
+        self.store.idempotency_complete_in(self.tx, complete).await
+    }
+    async fn release(&mut self, _key: &str, _owner: &str) -> Result<()> {
+        // Rolling the transaction back releases the claim: it was never seen outside it.
+        Ok(())
+    }
+    fn retries_unknown(&self) -> bool {
+        false
+    }
 }
 
 impl<F> Transactional<F> {
@@ -314,29 +346,29 @@ impl<F> Transactional<F> {
             Ok(tx) => tx,
             Err(error) => return Outcome::retry(error.to_string()),
         };
-        let claim = if self.effectively_once {
-            match self.claim(&mut tx, &context).await {
-                Ok(Some(claim)) => Some(claim),
+        let claim = match &self.gate {
+            Some(gate) => match self.begin(gate, &mut tx, &context).await {
+                Ok(Some(claim)) => Some((gate, claim)),
                 Ok(None) => return self.ack_and_commit(tx, &context).await,
                 Err(outcome) => {
                     roll_back(tx).await;
                     return outcome;
                 }
-            }
-        } else {
-            None
+            },
+            None => None,
         };
         let outcome = (self.handler)(context.clone(), payload, &mut tx).await;
         let result = match &outcome {
-            Outcome::Retry { .. } | Outcome::Fail { .. } => {
+            Outcome::Retry { .. } | Outcome::Fail { .. } | Outcome::Release { .. } => {
                 roll_back(tx).await;
                 return outcome;
             }
             Outcome::DoneWith(value) => value.clone(),
             Outcome::Done | Outcome::Acked => serde_json::Value::Null,
         };
-        if let Some(claim) = claim {
-            if let Err(error) = self.record(&mut tx, claim, &result).await {
+        if let Some((gate, claim)) = claim {
+            let mut claims = InTransaction { store: &self.store, tx: &mut tx };
+            if let Err(error) = gate.complete(&mut claims, &claim, &result).await {
                 roll_back(tx).await;
                 return Outcome::retry(format!("recording the effect in the transaction failed: {error}"));
             }
@@ -348,38 +380,25 @@ impl<F> Transactional<F> {
         self.ack_and_commit(tx, &context).await
     }
 
-    /// Claims the job's key in the transaction: `Some` to run the handler, `None` when an
-    /// earlier job recorded the effect already, `Err` with the outcome when it cannot run now.
-    async fn claim(&self, tx: &mut PgTransaction, context: &JobContext) -> std::result::Result<Option<Claim>, Outcome> {
-        let key = idempotency_key(&self.key_prefix, context);
-        // Unique per delivery; the claim is never seen outside this delivery's transaction.
-        let owner = format!("tx/{}/{}", context.id, context.lease_token);
-        let begin = Begin { key: key.clone(), owner: owner.clone(), ttl_ms: self.claim_ttl_ms, fingerprint: None };
-        let queue = context.queue.to_string();
-        let (claimed, label) = match self.store.idempotency_begin_in(tx, begin).await {
-            Ok(BeginOutcome::Acquired) => (Ok(Some(Claim { key, owner })), "acquired"),
-            Ok(BeginOutcome::Completed { .. }) => {
-                metrics::counter!(DUPLICATES_DETECTED, "queue" => queue.clone()).increment(1);
-                (Ok(None), "completed")
-            }
-            Ok(BeginOutcome::InProgress { owner, until }) => {
-                // Only a guard outside any transaction (`onceq_worker::EffectivelyOnce` on the
-                // same keys) leaves a claim others can see: retry once it has expired.
-                let wait = until.ms_since(SystemClock::default().now()).max(100);
-                let reason = format!("idempotency key {key:?} is held by {owner:?}");
-                (Err(Outcome::retry_after(Duration::from_millis(wait), reason)), "in_progress")
-            }
-            Err(error) => (Err(Outcome::retry(format!("claiming idempotency key {key:?} failed: {error}"))), "error"),
-        };
-        metrics::counter!(IDEMPOTENCY_CHECKS, "queue" => queue, "outcome" => label).increment(1);
-        claimed
-    }
-
-    /// Completes the job's key with its result, in the transaction.
-    async fn record(&self, tx: &mut PgTransaction, claim: Claim, result: &serde_json::Value) -> Result<()> {
-        let result = serde_json::to_vec(result).map_err(|e| Error::invalid(format!("encoding the result: {e}")))?;
-        let complete = Complete { key: claim.key, owner: claim.owner, result, retention_ms: self.retention_ms };
-        self.store.idempotency_complete_in(tx, complete).await
+    /// Begins the job's key in the transaction, through the gate: `Some` to run the handler,
+    /// `None` when an earlier job recorded the effect already, `Err` with the outcome when it
+    /// cannot run now (the gate's decision: a key held outside any transaction is released
+    /// until its claim expires; a store that fails is [`begin_failed`]).
+    async fn begin(
+        &self,
+        gate: &Gate,
+        tx: &mut PgTransaction,
+        context: &JobContext,
+    ) -> std::result::Result<Option<Claim>, Outcome> {
+        let key = gate.key(&context.queue, context.id, context.dedup_id.as_deref());
+        let owner = claim_owner(&context.worker_id, context.lease_token);
+        let mut claims = InTransaction { store: &self.store, tx };
+        match gate.begin(&mut claims, &context.queue, key, owner).await {
+            Ok(Decision::Run(claim)) => Ok(Some(claim)),
+            Ok(Decision::AlreadyDone) => Ok(None),
+            Ok(Decision::Defer { after }) => Err(Outcome::Release { after: Some(after) }),
+            Err(error) => Err(begin_failed(&error)),
+        }
     }
 
     /// Acks the job's lease in the transaction, then commits; rolls back if the ack is refused.
@@ -400,15 +419,6 @@ impl<F> Transactional<F> {
                 Outcome::retry(format!("acking the job in its transaction failed: {error}"))
             }
         }
-    }
-}
-
-/// The key `onceq_worker::EffectivelyOnce::key` gives the same job: its queue and its dedup id,
-/// else its id.
-fn idempotency_key(prefix: &str, context: &JobContext) -> String {
-    match &context.dedup_id {
-        Some(dedup) => format!("{prefix}{}:{dedup}", context.queue),
-        None => format!("{prefix}{}:#{}", context.queue, context.id),
     }
 }
 

@@ -37,6 +37,13 @@ pub enum Outcome {
     /// Return it only after an ack of this job's lease succeeded and is durable: a job reported
     /// `Acked` that was not acked stays leased until its lease expires, then is redelivered.
     Acked,
+    /// Not now, and not a failure: the job is released (its lease ends without counting as an
+    /// attempt) and runs again after `after` (at once when `None`). The effectively-once gate
+    /// uses it for a job whose key another delivery holds.
+    Release {
+        /// Delay before the job is ready again.
+        after: Option<Duration>,
+    },
 }
 
 impl Outcome {
@@ -48,6 +55,11 @@ impl Outcome {
     /// Retry after `after`.
     pub fn retry_after(after: Duration, reason: impl Into<String>) -> Self {
         Outcome::Retry { after: Some(after), reason: reason.into() }
+    }
+
+    /// Release the job, to run again after `after`, without counting the attempt.
+    pub fn release_for(after: Duration) -> Self {
+        Outcome::Release { after: Some(after) }
     }
 
     /// Dead-letter now.
@@ -86,6 +98,8 @@ pub struct JobContext {
     pub headers: Headers,
     /// When the job was enqueued.
     pub enqueued_at: Timestamp,
+    /// The worker running it ([`WorkerOptions::worker_id`](crate::WorkerOptions::worker_id)).
+    pub worker_id: Arc<str>,
     /// Cancelled when the job's lease is lost (a heartbeat was refused), its deadline passes, or
     /// the worker's shutdown grace runs out. A handler doing long work should watch it.
     pub cancellation: CancellationToken,
@@ -108,8 +122,22 @@ impl JobContext {
     }
 }
 
-/// A boxed future of an outcome.
-pub(crate) type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A boxed future of an outcome: a handler's run, as middleware sees it.
+pub type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Middleware around every handler of a worker (see
+/// [`WorkerBuilder::middleware`](crate::WorkerBuilder::middleware)): given the job's context and
+/// the handler's run, not yet started, it returns the run to use instead. It may act before and
+/// after the run, change its outcome, or not run it at all.
+pub type Middleware = Arc<dyn Fn(JobContext, OutcomeFuture) -> OutcomeFuture + Send + Sync>;
+
+/// `handler` with `middleware` around it.
+pub(crate) fn wrap(handler: ErasedHandler, middleware: Middleware) -> ErasedHandler {
+    Arc::new(move |context: JobContext, payload: &[u8]| -> OutcomeFuture {
+        let run = handler(context.clone(), payload);
+        middleware(context, run)
+    })
+}
 
 /// A handler with its payload type erased: it parses the payload itself.
 pub(crate) type ErasedHandler = Arc<dyn Fn(JobContext, &[u8]) -> OutcomeFuture + Send + Sync>;

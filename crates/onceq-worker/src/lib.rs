@@ -5,12 +5,15 @@
 //! - [`Worker`] and [`WorkerBuilder`]: register typed handlers per queue, then [`Worker::run`]
 //!   until a shutdown signal.
 //! - `handler`: [`JobContext`] (what a handler sees: id, attempt, lease token, a cancellation
-//!   token) and [`Outcome`] (what it chooses: done, retry, fail — values, not strings; or
-//!   acked already, by a handler that acks in its own transaction).
+//!   token) and [`Outcome`] (what it chooses: done, retry, fail, release — values, not
+//!   strings; or acked already, by a handler that acks in its own transaction); middleware
+//!   around handlers.
 //! - `runner`: one queue's fetch loop and job tasks: prefetched batches, per-queue concurrency,
 //!   heartbeats that extend the lease, a hard deadline, panics caught as retries.
 //! - `acker`: acks batched across jobs, each job acked at most once.
-//! - `once`: the effectively-once wrapper over an [`IdempotencyStore`](onceq_core::IdempotencyStore).
+//! - `gate`: the effectively-once gate over an [`IdempotencyStore`](onceq_core::IdempotencyStore):
+//!   key derivation, begin → decision → complete or release. The one copy of the protocol: the
+//!   transactional PostgreSQL worker uses it too, with claims made in the job's transaction.
 //!
 //! Generic over the seam: the same worker runs in-process on the embedded store, on PostgreSQL,
 //! or against a remote server through `onceq-client`.
@@ -43,12 +46,12 @@
 //! ```
 
 mod acker;
+pub mod gate;
 mod handler;
-mod once;
 mod runner;
 mod worker;
 
-pub use handler::{JobContext, Outcome};
-pub use once::EffectivelyOnce;
+pub use gate::EffectivelyOnce;
+pub use handler::{JobContext, Middleware, Outcome, OutcomeFuture};
 pub use runner::QueueOptions;
 pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerReport};

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use onceq_core::limits::{LEASE_BATCH_MAX, VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN, WAIT_MS_MAX};
-use onceq_core::{Clock, Error, LeaseOptions, LeasedJob, QueueName, Store, StoreExt, SystemClock};
+use onceq_core::{Error, IdempotencyStore, LeaseOptions, LeasedJob, QueueName, Store, StoreExt};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::acker::AckRequest;
+use crate::gate::{claim_owner, Claim, Decision, EffectivelyOnce, Gate};
 use crate::handler::{ErasedHandler, JobContext, Outcome};
-use crate::once::{EffectivelyOnce, Gate};
 use crate::worker::Shared;
 use onceq_core::metrics::HANDLER_DURATION;
 
@@ -20,8 +20,6 @@ use onceq_core::metrics::HANDLER_DURATION;
 const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between lease attempts after the store failed.
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long a job is released for when the idempotency store does not answer.
-const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
 /// On shutdown, how long a lease call already under way may take to finish.
 const IN_FLIGHT_LEASE_GRACE: Duration = Duration::from_millis(100);
 /// Shortest heartbeat interval.
@@ -119,6 +117,9 @@ impl QueueOptions {
         }
         if millis(self.poll_wait) > WAIT_MS_MAX {
             return Err(Error::invalid(format!("poll_wait must be at most {WAIT_MS_MAX} ms")));
+        }
+        if let Some(once) = &self.effectively_once {
+            once.gate()?;
         }
         Ok(())
     }
@@ -221,25 +222,30 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             self.give_back(&job, None).await;
             return;
         }
-        let owner = format!("{}/{}", self.shared.worker_id, job.lease_token);
-        let mut guard = None;
+        let mut guard: Option<(Gate, &dyn IdempotencyStore, Claim)> = None;
         if let Some(once) = &self.options.effectively_once {
-            match once.gate(&job, &owner).await {
-                Gate::Run { key } => guard = Some((once, key)),
-                Gate::AlreadyDone => {
+            let Ok(gate) = once.gate() else {
+                // Checked when the handler was registered.
+                return;
+            };
+            let mut claims: &dyn IdempotencyStore = &*once.store;
+            let key = gate.key(&job.queue, job.id, job.dedup_id.as_deref());
+            let owner = claim_owner(&self.shared.worker_id, job.lease_token);
+            match gate.begin(&mut claims, &job.queue, key, owner).await {
+                Ok(Decision::Run(claim)) => guard = Some((gate, claims, claim)),
+                Ok(Decision::AlreadyDone) => {
                     self.shared.count(|r| r.duplicates_skipped += 1);
                     self.ack(&job).await;
                     return;
                 }
-                Gate::Defer { until } => {
-                    let wait = until.ms_since(SystemClock::default().now()).max(100);
+                Ok(Decision::Defer { after }) => {
                     self.shared.count(|r| r.deferred += 1);
-                    self.give_back(&job, Some(Duration::from_millis(wait))).await;
+                    self.give_back(&job, Some(after)).await;
                     return;
                 }
-                Gate::StoreDown(error) => {
-                    tracing::warn!(%error, job = %job.id, "the idempotency store did not answer; job released");
-                    self.give_back(&job, Some(STORE_DOWN_RETRY)).await;
+                Err(error) => {
+                    tracing::warn!(%error, job = %job.id, "could not begin the job's idempotency key");
+                    self.settle(&job, End::Outcome(crate::gate::begin_failed(&error))).await;
                     return;
                 }
             }
@@ -254,6 +260,7 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             dedup_id: job.dedup_id.clone(),
             headers: job.headers.clone(),
             enqueued_at: job.enqueued_at,
+            worker_id: self.shared.worker_id.clone(),
             cancellation: cancellation.clone(),
         };
         let lost = Arc::new(AtomicBool::new(false));
@@ -270,21 +277,23 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         heartbeat.abort();
         metrics::histogram!(HANDLER_DURATION, "queue" => job.queue.to_string()).record(started.elapsed().as_secs_f64());
         let lease_lost = lost.load(Ordering::Acquire);
-        if let (Some((once, key)), End::Outcome(Outcome::Done | Outcome::DoneWith(_) | Outcome::Acked)) = (&guard, &end)
-        {
-            // The effect happened: record it even when the lease is lost, so that the
-            // redelivery the lost lease causes is acked without running the effect again.
-            let result = match &end {
-                End::Outcome(Outcome::DoneWith(value)) => value.clone(),
-                _ => serde_json::Value::Null,
-            };
-            if let Err(error) = once.complete(key.clone(), &owner, result).await {
-                // The effect happened but is not recorded: acking still makes it once, unless the
-                // ack is lost too; say so.
-                tracing::warn!(%error, job = %job.id, "could not record the result in the idempotency store");
+        if let Some((gate, mut claims, claim)) = guard {
+            match &end {
+                End::Outcome(outcome @ (Outcome::Done | Outcome::DoneWith(_) | Outcome::Acked)) => {
+                    // The effect happened: record it even when the lease is lost, so that the
+                    // redelivery the lost lease causes is acked without running it again.
+                    let result = match outcome {
+                        Outcome::DoneWith(value) => value.clone(),
+                        _ => serde_json::Value::Null,
+                    };
+                    if let Err(error) = gate.complete(&mut claims, &claim, &result).await {
+                        // The effect happened but is not recorded: acking still makes it once,
+                        // unless the ack is lost too; say so.
+                        tracing::warn!(%error, job = %job.id, "could not record the result in the idempotency store");
+                    }
+                }
+                _ => gate.release(&mut claims, &claim).await,
             }
-        } else if let Some((once, key)) = &guard {
-            once.release(key, &owner).await;
         }
         // A handler's own ack was fenced by the lease token and succeeded, so it stands even when
         // a heartbeat meanwhile found the job gone: it was gone because it was acked.
@@ -368,6 +377,11 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             End::Outcome(Outcome::Retry { after, reason }) => {
                 self.shared.count(|r| r.retried += 1);
                 self.store.nack(lease, after.map(millis), Some(&reason)).await.map(drop)
+            }
+            End::Outcome(Outcome::Release { after }) => {
+                self.shared.count(|r| r.released_by_handler += 1);
+                self.give_back(job, after).await;
+                return;
             }
             End::Outcome(Outcome::Fail { reason }) => {
                 self.shared.count(|r| r.failed += 1);

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{erase, ErasedHandler, JobContext, Outcome};
+use crate::handler::{erase, wrap, ErasedHandler, JobContext, Middleware, Outcome, OutcomeFuture};
 use crate::runner::{QueueOptions, Runner};
 
 /// Most acks in flight to the acker before job tasks wait.
@@ -57,6 +57,8 @@ pub struct WorkerReport {
     pub duplicates_skipped: u64,
     /// Deliveries released because another delivery held the job's idempotency key.
     pub deferred: u64,
+    /// Jobs whose handler chose [`Outcome::Release`](crate::Outcome::Release).
+    pub released_by_handler: u64,
     /// Jobs nacked by their handler.
     pub retried: u64,
     /// Jobs failed (dead-lettered) by their handler.
@@ -67,13 +69,14 @@ pub struct WorkerReport {
     pub deadline_exceeded: u64,
     /// Jobs whose lease was lost before they were settled (nothing was settled for them).
     pub lease_lost: u64,
-    /// Jobs given back without counting the attempt (shutdown, deferral, store down).
+    /// Jobs given back without counting the attempt (shutdown, deferral, store down, a
+    /// handler's `Release`).
     pub released: u64,
 }
 
 /// What the runners share.
 pub(crate) struct Shared {
-    pub worker_id: String,
+    pub worker_id: std::sync::Arc<str>,
     pub acks: mpsc::Sender<crate::acker::AckRequest>,
     /// Stop leasing.
     pub stop: CancellationToken,
@@ -93,10 +96,25 @@ pub struct WorkerBuilder<S: ?Sized> {
     store: Arc<S>,
     options: WorkerOptions,
     queues: Vec<(QueueName, QueueOptions, ErasedHandler)>,
+    /// Around every handler, the first added outermost.
+    middleware: Vec<Middleware>,
     error: Option<Error>,
 }
 
 impl<S: Store + ?Sized + 'static> WorkerBuilder<S> {
+    /// Runs `middleware` around every handler of the worker (whenever registered): logging,
+    /// tracing spans, metrics of your own, or fault injection in tests. It gets the job's
+    /// context and the handler's run, not yet started, and returns the run to use instead. The
+    /// first middleware added is the outermost. It runs inside the effectively-once gate: it is
+    /// not called for a delivery the gate acks or defers without running.
+    pub fn middleware<M>(mut self, middleware: M) -> Self
+    where
+        M: Fn(JobContext, OutcomeFuture) -> OutcomeFuture + Send + Sync + 'static,
+    {
+        self.middleware.push(std::sync::Arc::new(middleware));
+        self
+    }
+
     /// Sets the worker's options.
     pub fn options(mut self, options: WorkerOptions) -> Self {
         self.options = options;
@@ -151,7 +169,13 @@ impl<S: Store + ?Sized + 'static> WorkerBuilder<S> {
                 onceq_core::limits::SETTLE_BATCH_MAX
             )));
         }
-        Ok(Worker { store: self.store, options: self.options, queues: self.queues })
+        let mut queues = self.queues;
+        for (_, _, handler) in &mut queues {
+            for middleware in self.middleware.iter().rev() {
+                *handler = wrap(handler.clone(), middleware.clone());
+            }
+        }
+        Ok(Worker { store: self.store, options: self.options, queues })
     }
 }
 
@@ -165,7 +189,13 @@ pub struct Worker<S: ?Sized> {
 impl<S: Store + ?Sized + 'static> Worker<S> {
     /// Starts registering handlers for a worker over `store`.
     pub fn builder(store: Arc<S>) -> WorkerBuilder<S> {
-        WorkerBuilder { store, options: WorkerOptions::default(), queues: Vec::new(), error: None }
+        WorkerBuilder {
+            store,
+            options: WorkerOptions::default(),
+            queues: Vec::new(),
+            middleware: Vec::new(),
+            error: None,
+        }
     }
 
     /// Works until `shutdown` completes, then shuts down gracefully: stops leasing, lets running
@@ -180,7 +210,7 @@ impl<S: Store + ?Sized + 'static> Worker<S> {
             self.options.ack_flush_after,
         ));
         let shared = Arc::new(Shared {
-            worker_id: self.options.worker_id.clone(),
+            worker_id: self.options.worker_id.as_str().into(),
             acks,
             stop: CancellationToken::new(),
             abandon: CancellationToken::new(),
