@@ -6,7 +6,9 @@
 //! # The rules
 //!
 //! Words: a *delivery* is one job of the `jobs` of a `Lease` completion with outcome ok; a
-//! *settle* is an `Ack` or `Nack`. A delivery's lease is identified by its (job id, lease token).
+//! *settle* is an `Ack`, `Nack`, `Release` or `Fail`: it ends the lease. An `Extend` (a
+//! heartbeat) moves the lease's expiry and does not end it. A delivery's lease is identified by
+//! its (job id, lease token).
 //! A delivery was handed out by the store at some moment between its lease's invoke and
 //! completion; the checker takes the *latest* possible moment (the completion) when it must show
 //! that something was still live, and the *earliest* (the invoke) when it must show that something
@@ -35,23 +37,29 @@
 //! - **unexpected**: distinct values delivered, processed or dead-lettered that no `Enqueue`
 //!   invoke carried (whatever its outcome). A violation in every mode.
 //!
-//! Leases (Invariants 2 and 3). Each applies in every mode; the workload neither extends nor
-//! releases leases and never redrives (the history has no such requests), so a lease ends only
-//! by expiry or by a settle, and the attempts of one job strictly increase from lease to lease.
-//! - **stale_acks_accepted** / **stale_nacks_accepted**: settles with outcome ok whose lease was
-//!   definitely no longer the job's live lease when the settle was invoked, in any of three ways:
-//!   1. *expired*: the settle was invoked more than [`CLOCK_MARGIN_MS`] after the lease's
-//!      `lease_expires_at_ms`;
-//!   2. *superseded*: a delivery of the same job with a higher attempt completed before the
-//!      settle was invoked (the store had handed the job out again, so the token was not current);
-//!   3. *settled*: another settle of the same lease had completed with outcome ok before this
-//!      one was invoked (an ack deletes the job, a nack ends the lease).
+//! Leases (Invariants 2 and 3). Each applies in every mode. The workload never redrives, so a
+//! lease ends only by expiry or by a settle. A release gives its attempt back, so a job's next
+//! lease may carry the same attempt; a delivery is *later* than another of the same job when its
+//! attempt is higher, or equal and its lease was invoked after the other's completed.
+//! - A lease's *possible expiry* at a moment is the latest expiry it may have had then: its
+//!   `lease_expires_at_ms`, raised by every extend invoked before that moment that may have
+//!   taken effect (the returned expiry of an ok one; for an unknown one, its completion plus
+//!   the visibility timeout it asked for, or never, if it never completed).
+//! - **stale_acks_accepted** / **stale_nacks_accepted** / **stale_extends_accepted**: acks /
+//!   nacks, releases and fails / extends with outcome ok whose lease was definitely no longer
+//!   the job's live lease when they were invoked, in any of three ways:
+//!   1. *expired*: invoked more than [`CLOCK_MARGIN_MS`] after the lease's possible expiry;
+//!   2. *superseded*: a later delivery of the same job completed before the invoke (the store
+//!      had handed the job out again, so the token was not current);
+//!   3. *settled*: a settle of the same lease had completed with outcome ok before the invoke
+//!      (an ack deletes the job; a nack, release or fail ends the lease).
 //!
 //!   A settle refused by the target (`lease_lost`, `job_not_found`) must be recorded as outcome
 //!   fail; it then counts nowhere.
 //! - **overlapping_leases**: pairs of deliveries of one job that were definitely live at one
-//!   moment. A lease is definitely live from its completion until the earlier of its
-//!   `lease_expires_at_ms - CLOCK_MARGIN_MS` and the invoke of its first settle that may have
+//!   moment. A lease is definitely live from its completion until the earlier of its latest
+//!   known expiry (`lease_expires_at_ms`, or the expiry an ok extend returned) minus
+//!   [`CLOCK_MARGIN_MS`] and the invoke of its first settle that may have
 //!   taken effect (outcome ok, unknown, or never completed). Two deliveries overlap when the later
 //!   completion of the two comes before both of those ends: at that moment both had been handed
 //!   out and neither had ended. The count is of pairs, found with a sweep per job.
@@ -59,9 +67,11 @@
 //! Dead letters (Invariants 4 and 5):
 //! - **dead**: distinct values among the dead letters.
 //! - **dead_more_than_once**: distinct dead jobs whose history contradicts going dead exactly once:
-//!   listed more than once; or handed out more times, or with a higher attempt, than the attempt
-//!   errors their dead letter carries (every attempt of a dead job ended in an error and each is
-//!   kept, so a delivery beyond them came after the job went dead, or its error was dropped); or
+//!   listed more than once; or handed out more times (not counting deliveries that may have
+//!   been released: a release gives its attempt back and records no error), or with a higher
+//!   attempt, than the attempt errors their dead letter carries (every attempt of a dead job
+//!   ended in an error and each is kept, so a delivery beyond them came after the job went dead,
+//!   or its error was dropped); or
 //!   acked by a settle with outcome ok that was not stale (an acked job is deleted). Counted per
 //!   job, not per value: two jobs of one value (an enqueue retried without a dedup id) may each go
 //!   dead once. A violation in every mode.
@@ -128,9 +138,13 @@ pub struct Report {
     /// dead-lettered anyway (an enqueue with an unknown outcome that did take effect).
     #[serde(default)]
     pub recovered: u64,
-    /// Nacks that succeeded although their lease was no longer live (must be 0).
+    /// Nacks, releases and fails that succeeded although their lease was no longer live (must
+    /// be 0).
     #[serde(default)]
     pub stale_nacks_accepted: u64,
+    /// Extends that succeeded although their lease was no longer live (must be 0).
+    #[serde(default)]
+    pub stale_extends_accepted: u64,
 }
 
 impl Report {
@@ -165,6 +179,8 @@ pub enum Figure {
     StaleAcksAccepted,
     /// [`Report::stale_nacks_accepted`].
     StaleNacksAccepted,
+    /// [`Report::stale_extends_accepted`].
+    StaleExtendsAccepted,
     /// [`Report::overlapping_leases`].
     OverlappingLeases,
     /// [`Report::dead`].
@@ -177,7 +193,7 @@ pub enum Figure {
 
 impl Figure {
     /// Every figure, in the order reports show them.
-    pub const ALL: [Figure; 15] = [
+    pub const ALL: [Figure; 16] = [
         Figure::Enqueued,
         Figure::EnqueueUnknown,
         Figure::Recovered,
@@ -189,6 +205,7 @@ impl Figure {
         Figure::Unexpected,
         Figure::StaleAcksAccepted,
         Figure::StaleNacksAccepted,
+        Figure::StaleExtendsAccepted,
         Figure::OverlappingLeases,
         Figure::Dead,
         Figure::DeadMoreThanOnce,
@@ -209,6 +226,7 @@ impl Figure {
             Figure::Unexpected => "unexpected",
             Figure::StaleAcksAccepted => "stale_acks_accepted",
             Figure::StaleNacksAccepted => "stale_nacks_accepted",
+            Figure::StaleExtendsAccepted => "stale_extends_accepted",
             Figure::OverlappingLeases => "overlapping_leases",
             Figure::Dead => "dead",
             Figure::DeadMoreThanOnce => "dead_more_than_once",
@@ -230,6 +248,7 @@ impl Figure {
             Figure::Unexpected => report.unexpected,
             Figure::StaleAcksAccepted => report.stale_acks_accepted,
             Figure::StaleNacksAccepted => report.stale_nacks_accepted,
+            Figure::StaleExtendsAccepted => report.stale_extends_accepted,
             Figure::OverlappingLeases => report.overlapping_leases,
             Figure::Dead => report.dead,
             Figure::DeadMoreThanOnce => report.dead_more_than_once,
@@ -247,6 +266,7 @@ impl Figure {
             Figure::Unexpected
             | Figure::StaleAcksAccepted
             | Figure::StaleNacksAccepted
+            | Figure::StaleExtendsAccepted
             | Figure::OverlappingLeases
             | Figure::DeadMoreThanOnce => true,
             Figure::Enqueued
@@ -317,24 +337,49 @@ pub fn check(history: &History) -> Report {
                         token: &lease.lease_token,
                         attempt: lease.attempt,
                         expires_at_ms: lease.lease_expires_at_ms,
+                        invoked_at_ms: operation.invoked_at_ms,
                         completed_at_ms: done.at_ms,
                         settle_from_ms: i64::MAX,
                         settled_ok_by_ms: i64::MAX,
+                        known_expiry_ms: lease.lease_expires_at_ms,
+                        raises: Vec::new(),
+                        maybe_released: false,
                     });
                 }
             }
-            Request::Ack { job_id, lease_token } | Request::Nack { job_id, lease_token } => settles.push(Settle {
-                is_ack: matches!(operation.request, Request::Ack { .. }),
+            Request::Extend { job_id, lease_token, visibility_timeout_ms } => settles.push(Settle {
+                kind: SettleKind::Extend { visibility_timeout_ms: *visibility_timeout_ms },
                 job_id: *job_id,
                 token: lease_token,
                 invoked_at_ms: operation.invoked_at_ms,
                 outcome: completion.map(|c| c.outcome),
                 completed_at_ms: completion.map(|c| c.at_ms),
+                extended_to_ms: match completion.map(|c| c.response) {
+                    Some(Response::Extended { lease_expires_at_ms }) => Some(*lease_expires_at_ms),
+                    _ => None,
+                },
+            }),
+            Request::Ack { job_id, lease_token }
+            | Request::Nack { job_id, lease_token }
+            | Request::Release { job_id, lease_token }
+            | Request::Fail { job_id, lease_token } => settles.push(Settle {
+                kind: match operation.request {
+                    Request::Ack { .. } => SettleKind::Ack,
+                    Request::Release { .. } => SettleKind::Release,
+                    _ => SettleKind::Nack,
+                },
+                job_id: *job_id,
+                token: lease_token,
+                invoked_at_ms: operation.invoked_at_ms,
+                outcome: completion.map(|c| c.outcome),
+                completed_at_ms: completion.map(|c| c.at_ms),
+                extended_to_ms: None,
             }),
         }
     }
 
-    // Which delivery each settle names; when each lease may have, and surely has, been settled.
+    // Which delivery each settle names; when each lease may have, and surely has, been settled;
+    // how its extends may have moved its expiry.
     let mut lease_of: HashMap<(u64, &str), usize> = HashMap::with_capacity(deliveries.len());
     for (index, delivery) in deliveries.iter().enumerate() {
         lease_of.entry((delivery.job_id, delivery.token)).or_insert(index);
@@ -344,33 +389,52 @@ pub fn check(history: &History) -> Report {
     for (settle, lease) in settles.iter().zip(&settle_lease) {
         let Some(lease) = *lease else { continue };
         let delivery = &mut deliveries[lease];
-        if settle.outcome != Some(Outcome::Fail) {
-            delivery.settle_from_ms = delivery.settle_from_ms.min(settle.invoked_at_ms);
-        }
-        if let (Some(Outcome::Ok), Some(at_ms)) = (settle.outcome, settle.completed_at_ms) {
-            delivery.settled_ok_by_ms = delivery.settled_ok_by_ms.min(at_ms);
+        let may_have_applied = settle.outcome != Some(Outcome::Fail);
+        match settle.kind {
+            SettleKind::Extend { visibility_timeout_ms } => {
+                let raised_to = match (settle.outcome, settle.extended_to_ms, settle.completed_at_ms) {
+                    (Some(Outcome::Ok), Some(to), _) => {
+                        delivery.known_expiry_ms = delivery.known_expiry_ms.max(to);
+                        to
+                    }
+                    (Some(Outcome::Fail), _, _) => continue,
+                    (_, _, Some(at_ms)) => {
+                        at_ms.saturating_add(i64::try_from(visibility_timeout_ms).unwrap_or(i64::MAX))
+                    }
+                    (_, _, None) => i64::MAX,
+                };
+                delivery.raises.push((settle.invoked_at_ms, raised_to));
+            }
+            kind => {
+                if may_have_applied {
+                    delivery.settle_from_ms = delivery.settle_from_ms.min(settle.invoked_at_ms);
+                    if kind == SettleKind::Release {
+                        delivery.maybe_released = true;
+                    }
+                }
+                if let (Some(Outcome::Ok), Some(at_ms)) = (settle.outcome, settle.completed_at_ms) {
+                    delivery.settled_ok_by_ms = delivery.settled_ok_by_ms.min(at_ms);
+                }
+            }
         }
     }
 
-    // Per job: when a later attempt was first handed out, and the overlapping pairs.
+    // Per job: when a later delivery was first handed out, and the overlapping pairs.
     let mut by_job: Vec<usize> = (0..deliveries.len()).collect();
-    by_job.sort_unstable_by_key(|&i| (deliveries[i].job_id, deliveries[i].attempt));
-    // Per delivery: the earliest completion of a delivery of the same job with a higher attempt.
+    by_job.sort_unstable_by_key(|&i| (deliveries[i].job_id, deliveries[i].attempt, deliveries[i].completed_at_ms));
+    // Per delivery: the earliest completion of a later delivery of the same job.
     let mut superseded_by_ms = vec![i64::MAX; deliveries.len()];
     let mut overlapping_leases = 0u64;
     let mut overlap_jobs: Vec<u64> = Vec::new();
     let mut jobs: HashMap<u64, JobSummary> = HashMap::new();
     for run in by_job.chunk_by(|&a, &b| deliveries[a].job_id == deliveries[b].job_id) {
-        // `run` is sorted by attempt: walk its attempts from the highest down, keeping the
-        // earliest completion of the attempts above the current one.
-        let mut earliest_above = i64::MAX;
-        for group in run.chunk_by(|&a, &b| deliveries[a].attempt == deliveries[b].attempt).rev() {
-            let mut earliest_here = i64::MAX;
-            for &i in group {
-                superseded_by_ms[i] = earliest_above;
-                earliest_here = earliest_here.min(deliveries[i].completed_at_ms);
+        // A job has a few deliveries: compare each pair.
+        for &i in run {
+            for &j in run {
+                if deliveries[j].is_later_than(&deliveries[i]) {
+                    superseded_by_ms[i] = superseded_by_ms[i].min(deliveries[j].completed_at_ms);
+                }
             }
-            earliest_above = earliest_above.min(earliest_here);
         }
 
         let job_id = deliveries[run[0]].job_id;
@@ -379,19 +443,21 @@ pub fn check(history: &History) -> Report {
             overlapping_leases += pairs;
             overlap_jobs.push(job_id);
         }
+        let counted = run.iter().filter(|&&i| !deliveries[i].maybe_released).count();
         jobs.insert(
             job_id,
             JobSummary {
-                deliveries: u32::try_from(run.len()).unwrap_or(u32::MAX),
-                attempt_max: deliveries[run[run.len() - 1]].attempt,
+                deliveries: u32::try_from(counted).unwrap_or(u32::MAX),
+                attempt_max: run.iter().map(|&i| deliveries[i].attempt).max().unwrap_or(0),
                 acked: false,
             },
         );
     }
 
-    // Stale settles.
+    // Stale settles and extends.
     let mut stale_acks = Vec::new();
     let mut stale_nacks = Vec::new();
+    let mut stale_extends = Vec::new();
     let mut untraceable = Vec::new();
     for (settle, lease) in settles.iter().zip(&settle_lease) {
         if settle.outcome != Some(Outcome::Ok) {
@@ -402,19 +468,21 @@ pub fn check(history: &History) -> Report {
             continue;
         };
         let delivery = &deliveries[lease];
-        let expired = settle.invoked_at_ms > delivery.expires_at_ms.saturating_add(CLOCK_MARGIN_MS);
+        let expiry = delivery.possible_expiry_at(settle.invoked_at_ms);
+        let expired = settle.invoked_at_ms > expiry.saturating_add(CLOCK_MARGIN_MS);
         let superseded = superseded_by_ms[lease] < settle.invoked_at_ms;
         let settled = delivery.settled_ok_by_ms < settle.invoked_at_ms;
-        if expired || superseded || settled {
-            if settle.is_ack {
-                stale_acks.push(settle.job_id);
-            } else {
-                stale_nacks.push(settle.job_id);
+        let stale = expired || superseded || settled;
+        match settle.kind {
+            SettleKind::Ack if stale => stale_acks.push(settle.job_id),
+            SettleKind::Ack => {
+                if let Some(job) = jobs.get_mut(&settle.job_id) {
+                    job.acked = true;
+                }
             }
-        } else if settle.is_ack {
-            if let Some(job) = jobs.get_mut(&settle.job_id) {
-                job.acked = true;
-            }
+            SettleKind::Nack | SettleKind::Release if stale => stale_nacks.push(settle.job_id),
+            SettleKind::Extend { .. } if stale => stale_extends.push(settle.job_id),
+            SettleKind::Nack | SettleKind::Release | SettleKind::Extend { .. } => {}
         }
     }
 
@@ -485,6 +553,7 @@ pub fn check(history: &History) -> Report {
         delivered: delivered_count.len() as u64,
         recovered,
         stale_nacks_accepted: stale_nacks.len() as u64,
+        stale_extends_accepted: stale_extends.len() as u64,
     };
 
     // The broken promises, in the order of the figures.
@@ -522,9 +591,15 @@ pub fn check(history: &History) -> Report {
                 examples("job", std::mem::take(&mut stale_acks)),
             ),
             Figure::StaleNacksAccepted => format!(
-                "every mode fences nacks (Invariant 3): {} accepted for a lease no longer live ({})",
-                counted(report.stale_nacks_accepted, "nack was", "nacks were"),
+                "every mode fences nacks, releases and fails (Invariant 3): {} accepted for a \
+                 lease no longer live ({})",
+                counted(report.stale_nacks_accepted, "nack, release or fail was", "nacks, releases or fails were"),
                 examples("job", std::mem::take(&mut stale_nacks)),
+            ),
+            Figure::StaleExtendsAccepted => format!(
+                "every mode fences extends (Invariant 3): {} accepted for a lease no longer live ({})",
+                counted(report.stale_extends_accepted, "extend was", "extends were"),
+                examples("job", std::mem::take(&mut stale_extends)),
             ),
             Figure::OverlappingLeases => format!(
                 "every mode holds at most one live lease per job (Invariant 2): {} live at once \
@@ -552,7 +627,7 @@ pub fn check(history: &History) -> Report {
         violations.push(format!(
             "{} accepted for a lease that no recorded lease handed out ({}): the history is \
              incomplete or the target accepted a token it never issued",
-            counted(untraceable.len() as u64, "ack or nack was", "acks or nacks were"),
+            counted(untraceable.len() as u64, "settle or extend was", "settles or extends were"),
             examples("job", untraceable),
         ));
     }
@@ -612,6 +687,8 @@ struct Delivery<'h> {
     attempt: u32,
     /// Target clock.
     expires_at_ms: i64,
+    /// The lease's invoke: the earliest moment the store can have handed it out.
+    invoked_at_ms: i64,
     /// The lease's completion: the latest moment the store can have handed it out.
     completed_at_ms: i64,
     /// The earliest invoke of a settle of this lease that may have taken effect (ok, unknown,
@@ -619,23 +696,57 @@ struct Delivery<'h> {
     settle_from_ms: i64,
     /// The earliest completion of a settle of this lease with outcome ok; `i64::MAX` when none.
     settled_ok_by_ms: i64,
+    /// The latest expiry the target returned for it (the lease's, or an ok extend's).
+    known_expiry_ms: i64,
+    /// Extends that may have taken effect: (invoke, the latest expiry it may have set).
+    raises: Vec<(i64, i64)>,
+    /// A release of it may have taken effect (its attempt then did not count).
+    maybe_released: bool,
 }
 
 impl Delivery<'_> {
     /// Until when (verify clock, exclusive) the lease was definitely live, given that it was.
     fn live_until_ms(&self) -> i64 {
-        self.expires_at_ms.saturating_sub(CLOCK_MARGIN_MS).min(self.settle_from_ms)
+        self.known_expiry_ms.saturating_sub(CLOCK_MARGIN_MS).min(self.settle_from_ms)
+    }
+
+    /// The latest expiry the lease may have had at `at_ms` (see the module docs).
+    fn possible_expiry_at(&self, at_ms: i64) -> i64 {
+        self.raises.iter().filter(|(invoked, _)| *invoked < at_ms).map(|(_, to)| *to).fold(self.expires_at_ms, i64::max)
+    }
+
+    /// Whether `self` is definitely a later delivery of the same job than `other`.
+    fn is_later_than(&self, other: &Delivery<'_>) -> bool {
+        self.attempt > other.attempt || (self.attempt == other.attempt && self.invoked_at_ms > other.completed_at_ms)
     }
 }
 
+/// What a settle or extend does to its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SettleKind {
+    /// Ends it; the job is gone.
+    Ack,
+    /// Ends it (a nack or a fail).
+    Nack,
+    /// Ends it without counting the attempt.
+    Release,
+    /// Moves its expiry; it does not end it.
+    Extend {
+        /// The visibility timeout asked for.
+        visibility_timeout_ms: u64,
+    },
+}
+
 struct Settle<'h> {
-    is_ack: bool,
+    kind: SettleKind,
     job_id: u64,
     token: &'h str,
     invoked_at_ms: i64,
     /// `None` when the settle never completed.
     outcome: Option<Outcome>,
     completed_at_ms: Option<i64>,
+    /// The expiry an ok extend returned.
+    extended_to_ms: Option<i64>,
 }
 
 /// What the dead-letter rule needs to know of one job's deliveries.

@@ -21,10 +21,13 @@
 //! - [`Outcome::Fail`] only for a definite refusal that changed nothing (`lease_lost`,
 //!   `job_not_found`, an invalid request); everything else that is not a success is
 //!   [`Outcome::Unknown`]. A settle the target refused must be `Fail`, never `Ok`.
-//! - The workload never extends, releases, fails or redrives a job (there are no such requests):
-//!   a lease ends only by expiry or by an ack or nack, and the attempts of one job strictly
-//!   increase from lease to lease. Adding any of those operations means adding it here and
-//!   teaching the checker its effect on leases.
+//! - Every call the worker runtime makes for a lease is recorded: acks, nacks, releases, fails
+//!   (settles, which end the lease) and extends (heartbeats, which move its expiry). A lease
+//!   ends only by expiry or by a settle. A release gives its attempt back, so the next lease of
+//!   the job may carry the same attempt number; otherwise the attempts of one job strictly
+//!   increase from lease to lease. The workload never redrives a job.
+//! - A call the worker would have made after a simulated crash, or that a simulated partition
+//!   swallowed, never reached the target and is not recorded.
 //! - In `at_most_once`, enqueues that may be retried carry a dedup id: duplicate deliveries are
 //!   counted per value, so a second job with the same value would read as a duplicate delivery.
 //! - Read this module's times with [`crate::checker`]'s rules in mind: it takes the latest
@@ -86,6 +89,43 @@ pub enum Request {
         /// The lease token (hex).
         lease_token: String,
     },
+    /// Release one lease (ready again without counting the attempt).
+    Release {
+        /// The job.
+        job_id: u64,
+        /// The lease token (hex).
+        lease_token: String,
+    },
+    /// Fail one lease (dead-letter now).
+    Fail {
+        /// The job.
+        job_id: u64,
+        /// The lease token (hex).
+        lease_token: String,
+    },
+    /// Extend one lease (a heartbeat).
+    Extend {
+        /// The job.
+        job_id: u64,
+        /// The lease token (hex).
+        lease_token: String,
+        /// The visibility timeout asked for, from now.
+        visibility_timeout_ms: u64,
+    },
+}
+
+impl Request {
+    /// The lease a settle or extend names: (job id, lease token).
+    pub fn lease(&self) -> Option<(u64, &str)> {
+        match self {
+            Request::Ack { job_id, lease_token }
+            | Request::Nack { job_id, lease_token }
+            | Request::Release { job_id, lease_token }
+            | Request::Fail { job_id, lease_token }
+            | Request::Extend { job_id, lease_token, .. } => Some((*job_id, lease_token)),
+            Request::Enqueue { .. } | Request::Lease { .. } => None,
+        }
+    }
 }
 
 /// What a completed operation returned, beyond its outcome.
@@ -105,6 +145,11 @@ pub enum Response {
     Leased {
         /// The jobs handed out.
         jobs: Vec<Lease>,
+    },
+    /// An extend that moved the lease's expiry here (target clock, Unix ms).
+    Extended {
+        /// The new expiry.
+        lease_expires_at_ms: i64,
     },
 }
 
@@ -321,7 +366,8 @@ impl History {
     ///   order and in time: a completion's `at_ms` is not before its invoke's);
     /// - a completion with outcome ok carries the response its request calls for
     ///   ([`Response::Enqueued`] for an enqueue, [`Response::Leased`] for a lease,
-    ///   [`Response::None`] for an ack or a nack); a failed or unknown one carries
+    ///   [`Response::Extended`] for an extend, [`Response::None`] for an ack, nack, release or
+    ///   fail); a failed or unknown one carries
     ///   [`Response::None`].
     ///
     /// It does not judge the target: anything the target could have caused is the checker's
@@ -376,7 +422,15 @@ impl History {
                         (outcome, seen.request, response),
                         (Outcome::Ok, Request::Enqueue { .. }, Response::Enqueued { .. })
                             | (Outcome::Ok, Request::Lease { .. }, Response::Leased { .. })
-                            | (Outcome::Ok, Request::Ack { .. } | Request::Nack { .. }, Response::None)
+                            | (
+                                Outcome::Ok,
+                                Request::Ack { .. }
+                                | Request::Nack { .. }
+                                | Request::Release { .. }
+                                | Request::Fail { .. },
+                                Response::None
+                            )
+                            | (Outcome::Ok, Request::Extend { .. }, Response::Extended { .. })
                             | (Outcome::Fail | Outcome::Unknown, _, Response::None)
                     );
                     if !fits {

@@ -24,6 +24,7 @@ pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod ledger;
+mod recorded;
 pub mod report;
 pub mod target;
 pub mod workload;

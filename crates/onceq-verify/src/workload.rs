@@ -40,22 +40,27 @@
 //! passes, and whatever is missing is the checker's to report as lost. The dead letters are
 //! then read into the history, and the effects from the ledger.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onceq_core::{
-    Begin, BeginOutcome, Complete, DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions,
-    LeasedJob, Nack, NewJob, QueueConfig, QueueConfigPatch, QueueName, Result, Store,
+    DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, NewJob, QueueConfig, QueueConfigPatch,
+    QueueName, Result, Store,
 };
 use onceq_postgres::PgStore;
+use onceq_postgres_worker::{PgWorker, TransactionalOptions};
+use onceq_worker::{
+    EffectivelyOnce, JobContext, Outcome as WorkerOutcome, OutcomeFuture, QueueOptions, Worker, WorkerOptions,
+};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::faults::{roll, Fault, FaultLog, FaultPlan, TargetKind};
-use crate::history::{DeadLetter, Event, History, Lease, Outcome, Request, Response};
+use crate::history::{DeadLetter, Event, History, Outcome, Request, Response};
 use crate::ledger::{EffectRow, Ledger, PgLedger};
+use crate::recorded::{Cut, CutIdempotency, Deliveries, RecordedStore};
 use crate::target::Target;
 
 /// How far past its lease's expiry a stalled worker acks, so the target's clock has surely
@@ -63,6 +68,10 @@ use crate::target::Target;
 const STALL_PAST_EXPIRY_MS: i64 = 600;
 /// How long a lease call waits for jobs.
 const LEASE_WAIT_MS: u64 = 500;
+/// How long a worker's running jobs may take to finish once the run stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Prefix of the idempotency keys of verify's workers.
+const KEY_PREFIX: &str = "verify:";
 /// Pause after a failed call before the next.
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
 /// Most tries of an enqueue batch whose outcome stays unknown.
@@ -71,8 +80,9 @@ const ENQUEUE_TRIES_MAX: u32 = 400;
 const DEDUP_WINDOW_MS: u64 = 60 * 60 * 1000;
 /// How long a completed idempotency record is kept.
 const RETENTION_MS: u64 = 60 * 60 * 1000;
-/// How long before its claim ends a worker stops trying to record an applied effect.
-const CLAIM_MARGIN_MS: i64 = 1_000;
+/// The shortest claim (ms): the gate stops trying to record an applied effect up to a second
+/// before its claim may end.
+const CLAIM_TTL_MS_MIN: u64 = 2_000;
 /// Process numbers of workers start here (producers are 0..).
 const WORKER_PROCESS_BASE: u32 = 1000;
 
@@ -106,6 +116,11 @@ pub struct WorkloadConfig {
     /// Leave each mode's queue (its dead letters) on the target at the end; by default it is
     /// deleted once read.
     pub keep_queues: bool,
+    /// Runs the workers with a deliberately broken effectively-once gate (a delivery whose
+    /// effect is recorded runs again), to prove that the checker catches it. Tests only.
+    #[doc(hidden)]
+    #[serde(default)]
+    pub broken_gate_for_tests: bool,
 }
 
 impl Default for WorkloadConfig {
@@ -124,6 +139,7 @@ impl Default for WorkloadConfig {
             faults: FaultPlan::default(),
             seed: 0,
             keep_queues: false,
+            broken_gate_for_tests: false,
         }
     }
 }
@@ -150,7 +166,7 @@ impl WorkloadConfig {
         if !(100..=600_000).contains(&self.visibility_timeout_ms) {
             return bad("--visibility-timeout-ms must be 100 to 600000 (short leases drain a run quickly)".into());
         }
-        if self.claim_ttl_ms <= self.visibility_timeout_ms || self.claim_ttl_ms < 2 * CLAIM_MARGIN_MS as u64 {
+        if self.claim_ttl_ms <= self.visibility_timeout_ms || self.claim_ttl_ms < CLAIM_TTL_MS_MIN {
             return bad("--claim-ttl-ms must be longer than the visibility timeout, and at least 2000".into());
         }
         onceq_core::QueueConfig { max_attempts: self.max_attempts, ..QueueConfig::default() }.validate()?;
@@ -243,7 +259,7 @@ pub fn outcome_of(error: &Error) -> Outcome {
 }
 
 /// Whether an error means verify itself asked something wrong (the run stops).
-fn is_fatal(error: &Error) -> bool {
+pub(crate) fn is_fatal(error: &Error) -> bool {
     matches!(error.kind(), ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge)
 }
 
@@ -251,6 +267,11 @@ fn is_fatal(error: &Error) -> bool {
 #[derive(Debug, Serialize, Deserialize)]
 struct Payload {
     value: u64,
+}
+
+/// The value a payload carries, if verify wrote it.
+pub(crate) fn value_of(payload: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Payload>(payload).ok().map(|p| p.value)
 }
 
 fn payload(value: u64) -> Vec<u8> {
@@ -271,21 +292,24 @@ enum Guard {
 }
 
 /// What every task of a mode's run shares.
-struct Ctx {
-    mode: DeliveryMode,
+pub(crate) struct Ctx {
+    pub(crate) mode: DeliveryMode,
     kind: TargetKind,
     queue: QueueName,
-    store: Arc<dyn Store>,
+    /// The target's store (the workers' [`RecordedStore`]s wrap it).
+    pub(crate) store: Arc<dyn Store>,
     guard: Guard,
     ledger: Ledger,
-    config: WorkloadConfig,
-    recorder: Recorder,
+    pub(crate) config: WorkloadConfig,
+    pub(crate) recorder: Recorder,
     faults: FaultLog,
     progress: Arc<Progress>,
+    /// The leases handed out and what the faults cut off.
+    pub(crate) deliveries: Arc<Deliveries>,
+    /// Acks sent in a transaction and not yet known to have committed: lease token → op.
+    transaction_acks: Mutex<HashMap<String, u64>>,
     /// Workers stop leasing.
     stop: AtomicBool,
-    /// Jobs leased and not finished by a worker task.
-    in_hand: AtomicI64,
     /// When the last settle (ack ok, at_most_once effect) happened.
     last_settle_ms: AtomicI64,
     /// The first error that stops the run.
@@ -293,7 +317,7 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn fail(&self, message: String) {
+    pub(crate) fn fail(&self, message: String) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if fatal.is_none() {
             *fatal = Some(message);
@@ -309,22 +333,27 @@ impl Ctx {
         self.config.faults.rate(fault, self.kind, self.mode)
     }
 
-    fn hits(&self, fault: Fault, value: u64, attempt: u32) -> bool {
+    pub(crate) fn hits(&self, fault: Fault, value: u64, attempt: u32) -> bool {
         let rate = self.rate(fault);
         rate > 0.0 && roll(self.config.seed, self.mode, value, attempt, fault) < rate
     }
 
-    fn fire(&self, fault: Fault) {
+    pub(crate) fn fire(&self, fault: Fault) {
         self.faults.fired(fault, now_ms());
         self.progress.faults.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn settled(&self) {
+    pub(crate) fn settled(&self) {
         self.last_settle_ms.fetch_max(now_ms(), Ordering::SeqCst);
         self.progress.settled.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn effect_row(&self, job: &LeasedJob, value: u64) -> EffectRow {
+    /// The history's process number of the worker running `job` (`verify-<process>`).
+    fn process_of(&self, job: &JobContext) -> u32 {
+        job.worker_id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(WORKER_PROCESS_BASE)
+    }
+
+    fn effect_row(&self, job: &JobContext, value: u64) -> EffectRow {
         EffectRow {
             queue: self.queue.to_string(),
             value,
@@ -384,8 +413,9 @@ async fn run_mode(
         recorder: Recorder::default(),
         faults: FaultLog::new(),
         progress: progress.clone(),
+        deliveries: Arc::new(Deliveries::default()),
+        transaction_acks: Mutex::new(HashMap::new()),
         stop: AtomicBool::new(false),
-        in_hand: AtomicI64::new(0),
         last_settle_ms: AtomicI64::new(i64::MIN),
         fatal: Mutex::new(None),
     });
@@ -420,12 +450,12 @@ async fn run_mode(
         if Instant::now() >= drain_deadline {
             break false;
         }
-        if ctx.in_hand.load(Ordering::SeqCst) == 0 && !periodic.is_finished() && !busy.load(Ordering::SeqCst) {
-            // The periodic faults stop first (a restart may be under way).
-        } else if ctx.in_hand.load(Ordering::SeqCst) == 0 && periodic.is_finished() {
+        // The periodic faults stop first (a restart may be under way); then the queue must hold
+        // nothing ready, scheduled or leased: every job acked or dead.
+        if periodic.is_finished() {
             if let Ok(info) = ctx.store.queue_get(&queue).await {
                 let s = info.stats;
-                if s.ready + s.scheduled + s.leased == 0 && ctx.in_hand.load(Ordering::SeqCst) == 0 {
+                if s.ready + s.scheduled + s.leased == 0 {
                     drain_seen_ms = now_ms();
                     break true;
                 }
@@ -584,73 +614,82 @@ async fn enqueue(ctx: &Ctx, producer: u32, values: &[u64]) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Workers
+// Workers: the shipped `onceq_worker::Worker` (or `PgWorker`), over verify's wrappers
 
+/// Runs worker `process` until `ctx.stop` is set: `onceq_worker::Worker` over a
+/// [`RecordedStore`], with verify's handler (apply the effect) and its fault middleware; in
+/// `effectively_once` guarded by the target's idempotency store through the worker's gate, or,
+/// on PostgreSQL, by `PgWorker`'s transactional gate.
 async fn work(ctx: Arc<Ctx>, process: u32) {
+    let store = Arc::new(RecordedStore::new(ctx.clone(), process));
+    let mut options = WorkerOptions::default();
+    options.worker_id = format!("verify-{process}");
+    options.shutdown_grace = SHUTDOWN_GRACE;
     let vt = ctx.config.visibility_timeout_ms;
-    // Jobs in hand at most: a batch being run and the next one, so that a stalled job holds
-    // one slot, not the worker.
-    let slots = Arc::new(tokio::sync::Semaphore::new(2 * ctx.config.lease_batch as usize));
-    let mut tasks = tokio::task::JoinSet::new();
-    while !ctx.stop.load(Ordering::SeqCst) {
-        while let Some(joined) = tasks.try_join_next() {
-            if let Err(e) = joined {
-                ctx.fail(format!("a job task failed: {e}"));
+    // Jobs in hand at most: a batch being run and the next one, so that a stalled job holds one
+    // slot, not the worker.
+    let mut queue = QueueOptions::concurrency(2 * ctx.config.lease_batch as usize)
+        .visibility_timeout(Duration::from_millis(vt))
+        .poll_wait(Duration::from_millis(LEASE_WAIT_MS));
+    queue.prefetch = ctx.config.lease_batch;
+    let stop = {
+        let ctx = ctx.clone();
+        async move {
+            while !ctx.stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let free = slots.available_permits().min(ctx.config.lease_batch as usize);
-        if free == 0 {
-            // Wait for a job to finish (bounded: every job task ends).
-            let _ = tasks.join_next().await;
-            continue;
+    };
+    let built = match (&ctx.guard, ctx.mode) {
+        (Guard::Postgres(pg, ledger), DeliveryMode::EffectivelyOnce) => {
+            let mut transactional = TransactionalOptions::new(queue).effectively_once();
+            transactional.retention = Duration::from_millis(RETENTION_MS);
+            transactional.key_prefix = KEY_PREFIX.into();
+            let (c, ledger) = (ctx.clone(), ledger.clone());
+            let m = ctx.clone();
+            PgWorker::builder_over(pg.clone(), store)
+                .options(options)
+                .handle_in_transaction(ctx.queue.as_str(), transactional, move |job: JobContext, p: Payload, tx| {
+                    let (ctx, ledger) = (c.clone(), ledger.clone());
+                    Box::pin(async move { in_transaction(&ctx, &ledger, job, p.value, tx).await })
+                })
+                .middleware(move |job, run| Box::pin(around_transaction(m.clone(), job, run)))
+                .build()
+                .map(|worker| tokio::spawn(worker.run(stop)))
         }
-        let max = u32::try_from(free).unwrap_or(1);
-        let op = ctx.recorder.invoke(process, Request::Lease { max, visibility_timeout_ms: vt });
-        let options = LeaseOptions { max_jobs: max, visibility_timeout_ms: Some(vt), wait_ms: LEASE_WAIT_MS };
-        let jobs = match ctx.store.job_lease(&ctx.queue, options).await {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                ctx.recorder.complete(op, outcome_of(&e), Response::None);
-                if is_fatal(&e) {
-                    ctx.fail(format!("the target refused a lease: {e}"));
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
+        (guard, mode) => {
+            if mode == DeliveryMode::EffectivelyOnce {
+                let Guard::Separate(idempotency) = guard else {
+                    ctx.fail("a PostgreSQL guard outside effectively_once".into());
+                    return;
+                };
+                let cut = CutIdempotency::new(idempotency.clone(), ctx.deliveries.clone());
+                let mut once = EffectivelyOnce::new(Arc::new(cut));
+                once.claim_ttl = Duration::from_millis(ctx.config.claim_ttl_ms);
+                once.retention = Duration::from_millis(RETENTION_MS);
+                once.key_prefix = KEY_PREFIX.into();
+                once.broken_for_tests = ctx.config.broken_gate_for_tests;
+                queue = queue.effectively_once(once);
             }
-        };
-        let mut leases = Vec::with_capacity(jobs.len());
-        let mut valued = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let Ok(Payload { value }) = serde_json::from_slice::<Payload>(&job.payload) else {
-                ctx.fail(format!("job {} carries a payload verify never wrote", job.id));
-                continue;
-            };
-            leases.push(Lease {
-                job_id: job.id.get(),
-                value,
-                lease_token: job.lease_token.to_string(),
-                attempt: job.attempt,
-                lease_expires_at_ms: job.lease_expires_at.as_millis(),
-            });
-            valued.push((job, value));
+            let (c, m) = (ctx.clone(), ctx.clone());
+            Worker::builder(store)
+                .options(options)
+                .handle_with(ctx.queue.as_str(), queue, move |job: JobContext, p: Payload| {
+                    let ctx = c.clone();
+                    async move { apply(&ctx, &job, p.value).await }
+                })
+                .middleware(move |job, run| Box::pin(around(m.clone(), job, run)))
+                .build()
+                .map(|worker| tokio::spawn(worker.run(stop)))
         }
-        ctx.recorder.complete(op, Outcome::Ok, Response::Leased { jobs: leases });
-        ctx.in_hand.fetch_add(valued.len() as i64, Ordering::SeqCst);
-        for (job, value) in valued {
-            let ctx = ctx.clone();
-            // Only this worker takes slots, and it asked for no more than were free.
-            let slot = slots.clone().try_acquire_owned().ok();
-            tasks.spawn(async move {
-                handle(&ctx, process, &job, value).await;
-                ctx.in_hand.fetch_sub(1, Ordering::SeqCst);
-                drop(slot);
-            });
+    };
+    match built {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                ctx.fail(format!("a worker failed: {e}"));
+            }
         }
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined {
-            ctx.fail(format!("a job task failed: {e}"));
-        }
+        Err(e) => ctx.fail(format!("the worker refused its settings: {e}")),
     }
 }
 
@@ -661,337 +700,134 @@ fn crash_of(ctx: &Ctx, value: u64, attempt: u32) -> Option<Fault> {
         .find(|f| ctx.hits(*f, value, attempt))
 }
 
-/// One delivery, start to end.
-async fn handle(ctx: &Ctx, process: u32, job: &LeasedJob, value: u64) {
-    let crash = crash_of(ctx, value, job.attempt);
-    let drop_ack = ctx.hits(Fault::DropAck, value, job.attempt);
-    match ctx.mode {
-        DeliveryMode::AtMostOnce => {
-            if crash == Some(Fault::CrashMidHandler) {
-                ctx.fire(Fault::CrashMidHandler);
-                return;
-            }
-            if apply(ctx, job, value).await {
+/// Verify's handler: applies the effect in a commit of its own (the ledger).
+async fn apply(ctx: &Ctx, job: &JobContext, value: u64) -> WorkerOutcome {
+    match ctx.ledger.record(ctx.effect_row(job, value)).await {
+        Ok(()) => {
+            if ctx.mode == DeliveryMode::AtMostOnce {
+                // Leasing removed the job: the effect is its settle.
                 ctx.settled();
             }
+            WorkerOutcome::Done
         }
-        DeliveryMode::AtLeastOnce => {
-            if crash == Some(Fault::CrashMidHandler) {
-                ctx.fire(Fault::CrashMidHandler);
-                return;
-            }
-            if !apply(ctx, job, value).await {
-                return;
-            }
-            finish(ctx, process, job, crash, drop_ack).await;
-        }
-        DeliveryMode::EffectivelyOnce => match &ctx.guard {
-            Guard::Separate(idempotency) => guarded(ctx, process, job, value, idempotency, crash, drop_ack).await,
-            Guard::Postgres(store, ledger) => {
-                transactional(ctx, process, job, value, store, ledger, crash, drop_ack).await
-            }
-        },
-    }
-}
-
-/// Applies the effect in a commit of its own; false when it failed (the job is then abandoned:
-/// its lease expires and it is redelivered).
-async fn apply(ctx: &Ctx, job: &LeasedJob, value: u64) -> bool {
-    match ctx.ledger.record(ctx.effect_row(job, value)).await {
-        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, job = %job.id, "the ledger refused an effect; abandoning the delivery");
             if matches!(ctx.ledger, Ledger::Sqlite(_)) {
                 ctx.fail(format!("the SQLite ledger failed: {e}"));
             }
-            false
+            WorkerOutcome::retry(format!("the ledger refused the effect: {e}"))
         }
     }
 }
 
-/// After the effect: the crash-after-effect and stall faults, then the ack.
-async fn finish(ctx: &Ctx, process: u32, job: &LeasedJob, crash: Option<Fault>, drop_ack: bool) {
-    match crash {
+/// Verify's middleware around the handler (inside the worker's gate): the crash and stall
+/// faults. A crash marks the delivery's lease [cut](Cut) so that nothing the dead worker would
+/// have sent reaches the target; the outcome returned then only feeds calls that are dropped.
+async fn around(ctx: Arc<Ctx>, job: JobContext, run: OutcomeFuture) -> WorkerOutcome {
+    let token = job.lease_token.to_string();
+    let Some(leased) = ctx.deliveries.get(&token) else {
+        return run.await;
+    };
+    match crash_of(&ctx, leased.value, job.attempt) {
+        Some(Fault::CrashMidHandler) => {
+            ctx.fire(Fault::CrashMidHandler);
+            ctx.deliveries.cut(token, Cut::Crashed);
+            WorkerOutcome::retry("crashed before the effect")
+        }
+        Some(Fault::CrashBeforeComplete) => {
+            let outcome = run.await;
+            ctx.fire(Fault::CrashBeforeComplete);
+            ctx.deliveries.cut(token, Cut::Crashed);
+            outcome
+        }
         Some(Fault::CrashAfterEffect) => {
+            let outcome = run.await;
             ctx.fire(Fault::CrashAfterEffect);
-            return;
+            // In effectively_once the gate's complete still goes out; the ack does not.
+            ctx.deliveries.cut(token, Cut::CrashedAfterComplete);
+            outcome
         }
-        Some(Fault::Stall) => stall(ctx, job).await,
-        _ => {}
+        Some(Fault::Stall) => {
+            let outcome = run.await;
+            stall(&ctx, token, leased.lease_expires_at_ms).await;
+            outcome
+        }
+        _ => run.await,
     }
-    ack(ctx, process, job, drop_ack).await;
 }
 
-/// Sleeps until the lease is surely expired.
-async fn stall(ctx: &Ctx, job: &LeasedJob) {
+/// Sleeps, partitioned from the target, until the lease is surely expired.
+async fn stall(ctx: &Ctx, token: String, lease_expires_at_ms: i64) {
     ctx.fire(Fault::Stall);
-    let until = job.lease_expires_at.as_millis() + STALL_PAST_EXPIRY_MS;
+    ctx.deliveries.cut(token, Cut::Stalled);
+    let until = lease_expires_at_ms + STALL_PAST_EXPIRY_MS;
     let wait = u64::try_from(until - now_ms()).unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(wait)).await;
 }
 
-/// Acks the delivery, recorded; retried while its outcome is unknown and the lease may be live
-/// (unless the response is dropped on purpose).
-async fn ack(ctx: &Ctx, process: u32, job: &LeasedJob, drop_ack: bool) {
-    let request = || Request::Ack { job_id: job.id.get(), lease_token: job.lease_token.to_string() };
-    loop {
-        let op = ctx.recorder.invoke(process, request());
-        let result = ctx.store.job_ack(&[job.lease()]).await;
-        if drop_ack {
-            ctx.fire(Fault::DropAck);
-            ctx.recorder.complete(op, Outcome::Unknown, Response::None);
-            return;
+/// Verify's middleware around a whole transactional job on PostgreSQL (the transaction, the
+/// gate, the handler, the record, the ack and the commit): the stall comes before it (holding
+/// the transaction open would hold the job's row), and the ack the handler recorded is
+/// completed with what the commit did. `drop-ack` drops that answer.
+async fn around_transaction(ctx: Arc<Ctx>, job: JobContext, run: OutcomeFuture) -> WorkerOutcome {
+    let token = job.lease_token.to_string();
+    if let Some(leased) = ctx.deliveries.get(&token) {
+        if crash_of(&ctx, leased.value, job.attempt) == Some(Fault::Stall) {
+            stall(&ctx, token.clone(), leased.lease_expires_at_ms).await;
         }
-        let item = result.and_then(|mut items| items.pop().unwrap_or_else(|| Err(Error::Storage("no result".into()))));
-        match item {
-            Ok(()) => {
+    }
+    let outcome = run.await;
+    let op = ctx.transaction_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+    if let Some(op) = op {
+        let dropped =
+            ctx.deliveries.get(&token).is_some_and(|l| ctx.hits(Fault::DropAck, l.value, l.attempt));
+        match outcome {
+            WorkerOutcome::Acked if dropped => {
+                ctx.fire(Fault::DropAck);
+                ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                ctx.settled();
+            }
+            WorkerOutcome::Acked => {
                 ctx.recorder.complete(op, Outcome::Ok, Response::None);
                 ctx.settled();
-                return;
             }
-            Err(e) => {
-                let outcome = outcome_of(&e);
-                ctx.recorder.complete(op, outcome, Response::None);
-                if is_fatal(&e) {
-                    ctx.fail(format!("the target refused an ack: {e}"));
-                }
-                if outcome != Outcome::Unknown || now_ms() >= job.lease_expires_at.as_millis() {
-                    return;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+            // Refused (the lease was lost) or a failed commit: nobody can tell which here.
+            _ => ctx.recorder.complete(op, Outcome::Unknown, Response::None),
         }
     }
+    outcome
 }
 
-/// Nacks the delivery until `until_ms`, recorded (a key held by another delivery).
-async fn nack_until(ctx: &Ctx, process: u32, job: &LeasedJob, until_ms: i64) {
-    let op =
-        ctx.recorder.invoke(process, Request::Nack { job_id: job.id.get(), lease_token: job.lease_token.to_string() });
-    let delay = u64::try_from(until_ms - now_ms() + 50).unwrap_or(1).max(1);
-    let nack = Nack {
-        id: job.id,
-        lease_token: job.lease_token,
-        delay_ms: Some(delay),
-        error: Some("the job's idempotency key is held by another delivery".into()),
-    };
-    let item = ctx
-        .store
-        .job_nack(&[nack])
-        .await
-        .and_then(|mut items| items.pop().unwrap_or_else(|| Err(Error::Storage("no result".into()))));
-    match item {
-        Ok(_) => ctx.recorder.complete(op, Outcome::Ok, Response::None),
-        Err(e) => ctx.recorder.complete(op, outcome_of(&e), Response::None),
-    }
-}
-
-fn key_of(ctx: &Ctx, value: u64) -> String {
-    format!("verify:{}:{}", ctx.queue, dedup_id(value))
-}
-
-fn owner_of(job: &LeasedJob) -> String {
-    format!("{}/{}", job.id, job.lease_token)
-}
-
-/// `begin`, sent again while its outcome is unknown (the same owner re-acquires its own claim).
-async fn begin(
+/// Verify's transactional handler: the effect in the job's transaction. The crash faults end
+/// the job before its commit: the transaction rolls back, as PostgreSQL does when a client
+/// dies, and the rest of the delivery is cut off. Otherwise the ack that `PgWorker` sends in
+/// the transaction is recorded from here (its invoke) and [`around_transaction`] (its end).
+async fn in_transaction(
     ctx: &Ctx,
-    idempotency: &dyn IdempotencyStore,
-    key: &str,
-    owner: &str,
-    deadline_ms: i64,
-) -> Result<BeginOutcome> {
-    loop {
-        let request =
-            Begin { key: key.to_owned(), owner: owner.to_owned(), ttl_ms: ctx.config.claim_ttl_ms, fingerprint: None };
-        match idempotency.idempotency_begin(request).await {
-            Err(e) if e.kind() == ErrorKind::Unavailable && now_ms() < deadline_ms => {
-                tokio::time::sleep(RETRY_PAUSE).await
-            }
-            other => return other,
-        }
-    }
-}
-
-/// `effectively_once` with the target's idempotency store and a ledger of its own.
-async fn guarded(
-    ctx: &Ctx,
-    process: u32,
-    job: &LeasedJob,
-    value: u64,
-    idempotency: &Arc<dyn IdempotencyStore>,
-    crash: Option<Fault>,
-    drop_ack: bool,
-) {
-    let key = key_of(ctx, value);
-    let owner = owner_of(job);
-    let lease_end = job.lease_expires_at.as_millis();
-    let began_ms = now_ms();
-    match begin(ctx, &**idempotency, &key, &owner, lease_end).await {
-        Ok(BeginOutcome::Completed { .. }) => {
-            // The effect was applied by an earlier delivery: ack without running.
-            ack(ctx, process, job, drop_ack).await;
-            return;
-        }
-        Ok(BeginOutcome::InProgress { until, .. }) => {
-            nack_until(ctx, process, job, until.as_millis()).await;
-            return;
-        }
-        Ok(BeginOutcome::Acquired) => {}
-        Err(e) => {
-            // Fail closed: the effect never runs unguarded; the lease expires and redelivers.
-            if is_fatal(&e) {
-                ctx.fail(format!("the idempotency store refused a begin: {e}"));
-            }
-            return;
-        }
-    }
-    if crash == Some(Fault::CrashMidHandler) {
-        ctx.fire(Fault::CrashMidHandler);
-        return;
-    }
-    if !apply(ctx, job, value).await {
-        let _ = idempotency.idempotency_release(&key, &owner).await;
-        return;
-    }
-    if crash == Some(Fault::CrashBeforeComplete) {
-        ctx.fire(Fault::CrashBeforeComplete);
-        return;
-    }
-    // The claim lasts claim_ttl from the begin: keep trying to record the effect until shortly
-    // before it may end (a redelivery could take the key after that). A store unreachable for
-    // longer than the claim can make the effect run twice: that is what the claim ttl is for.
-    let claim_end = began_ms + i64::try_from(ctx.config.claim_ttl_ms).unwrap_or(i64::MAX) - CLAIM_MARGIN_MS;
-    if !complete(ctx, &**idempotency, &key, &owner, claim_end).await {
-        return;
-    }
-    finish(ctx, process, job, crash, drop_ack).await;
-}
-
-/// Records the effect under the key; true when it is recorded. An unknown outcome is sent
-/// again; a conflict after one means it may have landed, which a `begin` by the same owner tells.
-async fn complete(ctx: &Ctx, idempotency: &dyn IdempotencyStore, key: &str, owner: &str, deadline_ms: i64) -> bool {
-    loop {
-        let request = Complete {
-            key: key.to_owned(),
-            owner: owner.to_owned(),
-            result: b"{}".to_vec(),
-            retention_ms: RETENTION_MS,
-        };
-        match idempotency.idempotency_complete(request).await {
-            Ok(()) => return true,
-            Err(e) if e.kind() == ErrorKind::Unavailable && now_ms() < deadline_ms => {
-                tokio::time::sleep(RETRY_PAUSE).await
-            }
-            Err(e) if e.kind() == ErrorKind::Conflict => {
-                return match begin(ctx, idempotency, key, owner, deadline_ms).await {
-                    Ok(BeginOutcome::Completed { .. }) => true,
-                    // Still ours (the earlier complete did not land): record it now.
-                    Ok(BeginOutcome::Acquired) => Box::pin(complete(ctx, idempotency, key, owner, deadline_ms)).await,
-                    other => {
-                        tracing::warn!(?other, key, "lost the idempotency claim after applying the effect");
-                        false
-                    }
-                };
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, key, "could not record an applied effect");
-                return false;
-            }
-        }
-    }
-}
-
-/// `effectively_once` on PostgreSQL: claim, effect, record and ack in one transaction.
-#[allow(clippy::too_many_arguments)]
-async fn transactional(
-    ctx: &Ctx,
-    process: u32,
-    job: &LeasedJob,
-    value: u64,
-    store: &PgStore,
     ledger: &PgLedger,
-    crash: Option<Fault>,
-    drop_ack: bool,
-) {
-    if crash == Some(Fault::Stall) {
-        // Before the transaction: holding one open would hold the job's row lock.
-        stall(ctx, job).await;
-    }
-    let Ok(mut tx) = store.transaction().await else { return };
-    let key = key_of(ctx, value);
-    let owner = owner_of(job);
-    let begin = Begin { key: key.clone(), owner: owner.clone(), ttl_ms: ctx.config.claim_ttl_ms, fingerprint: None };
-    match store.idempotency_begin_in(&mut tx, begin).await {
-        Ok(BeginOutcome::Acquired) => {}
-        Ok(BeginOutcome::Completed { .. }) => {
-            drop(tx);
-            ack(ctx, process, job, drop_ack).await;
-            return;
-        }
-        Ok(BeginOutcome::InProgress { until, .. }) => {
-            drop(tx);
-            nack_until(ctx, process, job, until.as_millis()).await;
-            return;
-        }
-        Err(e) => {
-            if is_fatal(&e) {
-                ctx.fail(format!("the idempotency store refused a begin: {e}"));
-            }
-            return;
-        }
-    }
+    job: JobContext,
+    value: u64,
+    tx: &mut onceq_postgres_worker::PgTransaction,
+) -> WorkerOutcome {
+    let token = job.lease_token.to_string();
+    let crash = crash_of(ctx, value, job.attempt);
     if crash == Some(Fault::CrashMidHandler) {
         ctx.fire(Fault::CrashMidHandler);
-        return; // the transaction is dropped: rolled back
+        ctx.deliveries.cut(token, Cut::Crashed);
+        return WorkerOutcome::retry("crashed before the effect");
     }
-    if ledger.record_in(&mut tx, &ctx.effect_row(job, value)).await.is_err() {
-        return;
+    if let Err(e) = ledger.record_in(tx, &ctx.effect_row(&job, value)).await {
+        return WorkerOutcome::retry(format!("the ledger refused the effect: {e}"));
     }
-    if crash == Some(Fault::CrashBeforeComplete) {
-        ctx.fire(Fault::CrashBeforeComplete);
-        return;
+    if let Some(fault @ (Fault::CrashBeforeComplete | Fault::CrashAfterEffect)) = crash {
+        ctx.fire(fault);
+        ctx.deliveries.cut(token, Cut::Crashed);
+        return WorkerOutcome::retry("crashed before the commit");
     }
-    let complete = Complete { key, owner, result: b"{}".to_vec(), retention_ms: RETENTION_MS };
-    if let Err(e) = store.idempotency_complete_in(&mut tx, complete).await {
-        tracing::warn!(error = %e, "could not record the effect in the transaction");
-        return;
-    }
-    let op =
-        ctx.recorder.invoke(process, Request::Ack { job_id: job.id.get(), lease_token: job.lease_token.to_string() });
-    let item = store
-        .job_ack_in(&mut tx, &[job.lease()])
-        .await
-        .and_then(|mut items| items.pop().unwrap_or_else(|| Err(Error::Storage("no result".into()))));
-    if let Err(e) = item {
-        // Refused: the effect must not commit without the ack.
-        let _ = tx.rollback().await;
-        ctx.recorder.complete(op, outcome_of(&e), Response::None);
-        return;
-    }
-    if crash == Some(Fault::CrashAfterEffect) {
-        ctx.fire(Fault::CrashAfterEffect);
-        drop(tx);
-        ctx.recorder.complete(op, Outcome::Unknown, Response::None);
-        return;
-    }
-    let committed = tx.commit().await;
-    if drop_ack {
-        ctx.fire(Fault::DropAck);
-        ctx.recorder.complete(op, Outcome::Unknown, Response::None);
-        if committed.is_ok() {
-            ctx.settled();
-        }
-        return;
-    }
-    match committed {
-        Ok(()) => {
-            ctx.recorder.complete(op, Outcome::Ok, Response::None);
-            ctx.settled();
-        }
-        Err(_) => ctx.recorder.complete(op, Outcome::Unknown, Response::None),
-    }
+    let op = ctx
+        .recorder
+        .invoke(ctx.process_of(&job), Request::Ack { job_id: job.id.get(), lease_token: token.clone() });
+    ctx.transaction_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(token, op);
+    WorkerOutcome::Done
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -153,6 +153,7 @@ fn empty(mode: DeliveryMode) -> Report {
         delivered: 0,
         recovered: 0,
         stale_nacks_accepted: 0,
+        stale_extends_accepted: 0,
     }
 }
 
@@ -483,8 +484,9 @@ fn a_nack_accepted_after_expiry_is_stale() {
             delivered: 1,
             duplicate_deliveries: 1,
             stale_nacks_accepted: 1,
-            violations: vec!["every mode fences nacks (Invariant 3): 1 nack was accepted for a lease no \
-                 longer live (job id 1)"
+            stale_extends_accepted: 0,
+            violations: vec!["every mode fences nacks, releases and fails (Invariant 3): 1 nack, release \
+                 or fail was accepted for a lease no longer live (job id 1)"
                 .to_owned()],
             ..empty(ALO)
         }
@@ -609,7 +611,7 @@ fn an_accepted_ack_of_a_token_never_handed_out_fails_the_report() {
     let report = check(&builder.done());
     assert_eq!(
         report.violations,
-        vec!["1 ack or nack was accepted for a lease that no recorded lease handed out (job id 1): \
+        vec!["1 settle or extend was accepted for a lease that no recorded lease handed out (job id 1): \
              the history is incomplete or the target accepted a token it never issued"
             .to_owned()]
     );

@@ -192,7 +192,12 @@ impl CliError {
 /// Carries out a parsed command line. `args` is the command line as typed (program name first):
 /// commands that print a report echo it, so a figure can always be traced to what produced it.
 pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        // The faults verify injects make its workers warn by design (a lost ack, a crash).
+        Command::Verify(_) => "warn,onceq_worker=error,onceq_postgres_worker=error",
+        _ => "warn",
+    };
     init_tracing(cli.log_format, default_level);
     let outcome = match cli.command {
         Command::Serve(serve_args) => serve::run(&serve_args),

@@ -140,6 +140,10 @@ pub struct VerifyArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Runs the workers with a deliberately broken effectively-once gate, to prove that verify
+    /// reports the duplicate effects it causes. For onceq's own tests.
+    #[arg(long, hide = true)]
+    pub break_gate_for_tests: bool,
 }
 
 fn parse_mode(text: &str) -> Result<DeliveryMode, String> {
@@ -222,6 +226,7 @@ pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError>
         faults,
         seed: args.seed.unwrap_or_else(rand::random),
         keep_queues: args.keep_queues,
+        broken_gate_for_tests: args.break_gate_for_tests,
     };
     config.validate().map_err(|e| usage(e.to_string().trim_start_matches("invalid request: ")))?;
     Ok((spec, config))

@@ -1,0 +1,422 @@
+//! The wrappers through which verify runs the shipped worker: a store that records every call in
+//! the history and injects the faults that belong between the worker and the target, and an
+//! idempotency store that drops what a crashed worker would never have sent.
+//!
+//! Verify's middleware (in [`crate::workload`]) decides, per delivery, whether the worker
+//! crashes or stalls, and marks the delivery's lease with a [`Cut`]. From then on:
+//! - a crashed delivery's calls never reach the target and are not recorded: its settles and
+//!   extends, and its idempotency `complete` and `release` (except after [`Cut::CrashedAfterComplete`],
+//!   where the `complete` came before the crash). The worker sees them fail as unavailable and
+//!   moves on, as the rest of a process that died would never know; the lease expires and the
+//!   job is redelivered;
+//! - a stalled delivery's extends are dropped (its heartbeats are partitioned away, so that the
+//!   lease expires while the handler sleeps); its late settle goes through and must be refused.
+//!
+//! The `drop-ack` fault is here too: an ack reaches the target, and its reply is dropped (the
+//! history records the outcome as unknown, the worker sees it fail as unavailable).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use onceq_core::{
+    Begin, BeginOutcome, Complete, DeadList, DeadPage, Enqueued, Error, Extend, Fail, IdempotencyStore, ItemResults,
+    Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch,
+    QueueInfo, QueueName, Redrive, Release, Result, Store, Timestamp,
+};
+
+use crate::faults::Fault;
+use crate::history::{Lease, Outcome, Request, Response};
+use crate::workload::{outcome_of, Ctx};
+
+/// What a simulated fault cut off from a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The worker died: nothing more of this delivery reaches the target.
+    Crashed,
+    /// The worker died after its idempotency `complete` went out: nothing after it does.
+    CrashedAfterComplete,
+    /// The worker stalled, partitioned from the target: its extends are dropped.
+    Stalled,
+}
+
+/// What verify remembers of a lease it saw handed out.
+#[derive(Debug, Clone, Copy)]
+pub struct Leased {
+    /// The value the job carries.
+    pub value: u64,
+    /// The lease's attempt.
+    pub attempt: u32,
+    /// When it expires, by the target's clock (Unix ms).
+    pub lease_expires_at_ms: i64,
+}
+
+/// The leases of a mode's run and the cuts the faults made, by lease token (hex).
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    leased: Mutex<HashMap<String, Leased>>,
+    cuts: Mutex<HashMap<String, Cut>>,
+}
+
+impl Deliveries {
+    /// Remembers a lease handed out.
+    fn leased(&self, token: String, leased: Leased) {
+        self.leased.lock().unwrap_or_else(|p| p.into_inner()).insert(token, leased);
+    }
+
+    /// The lease handed out with this token, if verify saw it.
+    pub fn get(&self, token: &str) -> Option<Leased> {
+        self.leased.lock().unwrap_or_else(|p| p.into_inner()).get(token).copied()
+    }
+
+    /// Marks what a fault cut off from the delivery of this lease.
+    pub fn cut(&self, token: String, cut: Cut) {
+        self.cuts.lock().unwrap_or_else(|p| p.into_inner()).insert(token, cut);
+    }
+
+    /// What was cut off from the delivery of this lease, if anything.
+    pub fn cut_of(&self, token: &str) -> Option<Cut> {
+        self.cuts.lock().unwrap_or_else(|p| p.into_inner()).get(token).copied()
+    }
+}
+
+/// The error a call cut off by a fault returns to the worker. Not `Unavailable`: the worker
+/// sends again what may not have arrived, and a dead worker sends nothing.
+fn cut_off() -> Error {
+    Error::Storage("verify: the call was cut off by an injected fault".into())
+}
+
+/// The store one verify worker runs on: records every call, injects `drop-ack`, and drops what
+/// a crash or stall cut off.
+pub struct RecordedStore {
+    ctx: Arc<Ctx>,
+    /// The history's process number of this worker.
+    process: u32,
+}
+
+impl RecordedStore {
+    /// The store of worker `process`.
+    pub fn new(ctx: Arc<Ctx>, process: u32) -> Self {
+        RecordedStore { ctx, process }
+    }
+
+    /// Whether the delivery of `lease` may still reach the target with a settle.
+    fn settles_pass(&self, lease: &LeaseRef) -> bool {
+        !matches!(
+            self.ctx.deliveries.cut_of(&lease.lease_token.to_string()),
+            Some(Cut::Crashed | Cut::CrashedAfterComplete)
+        )
+    }
+
+    /// Sends the settles that pass, one op each, and answers every item: those cut off with
+    /// [`cut_off`], the others with the target's verdict.
+    async fn settle<T, F, Fut>(
+        &self,
+        leases: &[LeaseRef],
+        request: impl Fn(u64, String) -> Request,
+        send: F,
+    ) -> Result<ItemResults<T>>
+    where
+        F: FnOnce(Vec<usize>) -> Fut,
+        Fut: std::future::Future<Output = Result<ItemResults<T>>>,
+    {
+        let passing: Vec<usize> = (0..leases.len()).filter(|&i| self.settles_pass(&leases[i])).collect();
+        let ops: Vec<u64> = passing
+            .iter()
+            .map(|&i| {
+                let lease = &leases[i];
+                self.ctx.recorder.invoke(self.process, request(lease.id.get(), lease.lease_token.to_string()))
+            })
+            .collect();
+        let mut out: Vec<Result<T>> = (0..leases.len()).map(|_| Err(cut_off())).collect();
+        if passing.is_empty() {
+            return Ok(out);
+        }
+        match send(passing.clone()).await {
+            Ok(results) if results.len() == passing.len() => {
+                for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
+                    let outcome = match &result {
+                        Ok(_) => Outcome::Ok,
+                        Err(error) => outcome_of(error),
+                    };
+                    self.ctx.recorder.complete(op, outcome, Response::None);
+                    out[index] = result;
+                }
+                Ok(out)
+            }
+            Ok(results) => {
+                for op in ops {
+                    self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                }
+                let message = format!("{} results for {} settles", results.len(), passing.len());
+                self.ctx.fail(message.clone());
+                Err(Error::Storage(message))
+            }
+            Err(error) => {
+                for op in ops {
+                    self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+fn pick<T: Clone>(items: &[T], indexes: &[usize]) -> Vec<T> {
+    indexes.iter().map(|&i| items[i].clone()).collect()
+}
+
+#[async_trait]
+impl Store for RecordedStore {
+    async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+        self.ctx.store.dead_list(queue, page).await
+    }
+    async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
+        self.ctx.store.dead_purge(queue).await
+    }
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        self.ctx.store.dead_redrive(queue, redrive).await
+    }
+
+    async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        let request = |job_id, lease_token| Request::Ack { job_id, lease_token };
+        let passing: Vec<usize> = (0..acks.len()).filter(|&i| self.settles_pass(&acks[i])).collect();
+        let ops: Vec<u64> = passing
+            .iter()
+            .map(|&i| self.ctx.recorder.invoke(self.process, request(acks[i].id.get(), acks[i].lease_token.to_string())))
+            .collect();
+        let mut out: Vec<Result<()>> = (0..acks.len()).map(|_| Err(cut_off())).collect();
+        if passing.is_empty() {
+            return Ok(out);
+        }
+        let sent = pick(acks, &passing);
+        match self.ctx.store.job_ack(&sent).await {
+            Ok(results) if results.len() == passing.len() => {
+                for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
+                    let token = acks[index].lease_token.to_string();
+                    let dropped = self
+                        .ctx
+                        .deliveries
+                        .get(&token)
+                        .is_some_and(|l| self.ctx.hits(Fault::DropAck, l.value, l.attempt));
+                    if dropped {
+                        self.ctx.fire(Fault::DropAck);
+                        self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                        out[index] = Err(Error::Unavailable("verify: the ack's reply was dropped".into()));
+                        continue;
+                    }
+                    match &result {
+                        Ok(()) => {
+                            self.ctx.recorder.complete(op, Outcome::Ok, Response::None);
+                            self.ctx.settled();
+                        }
+                        Err(error) => self.ctx.recorder.complete(op, outcome_of(error), Response::None),
+                    }
+                    out[index] = result;
+                }
+                Ok(out)
+            }
+            Ok(results) => {
+                for op in ops {
+                    self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                }
+                let message = format!("{} results for {} acks", results.len(), passing.len());
+                self.ctx.fail(message.clone());
+                Err(Error::Storage(message))
+            }
+            Err(error) => {
+                for op in ops {
+                    self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        self.ctx.store.job_enqueue(queue, jobs).await
+    }
+
+    async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+        let passing: Vec<usize> = (0..extends.len())
+            .filter(|&i| self.ctx.deliveries.cut_of(&extends[i].lease_token.to_string()).is_none())
+            .collect();
+        let ops: Vec<u64> = passing
+            .iter()
+            .map(|&i| {
+                let e = &extends[i];
+                self.ctx.recorder.invoke(
+                    self.process,
+                    Request::Extend {
+                        job_id: e.id.get(),
+                        lease_token: e.lease_token.to_string(),
+                        visibility_timeout_ms: e.visibility_timeout_ms,
+                    },
+                )
+            })
+            .collect();
+        let mut out: Vec<Result<Timestamp>> = (0..extends.len()).map(|_| Err(cut_off())).collect();
+        if passing.is_empty() {
+            return Ok(out);
+        }
+        match self.ctx.store.job_extend(&pick(extends, &passing)).await {
+            Ok(results) if results.len() == passing.len() => {
+                for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
+                    match &result {
+                        Ok(at) => self.ctx.recorder.complete(
+                            op,
+                            Outcome::Ok,
+                            Response::Extended { lease_expires_at_ms: at.as_millis() },
+                        ),
+                        Err(error) => self.ctx.recorder.complete(op, outcome_of(error), Response::None),
+                    }
+                    out[index] = result;
+                }
+                Ok(out)
+            }
+            Ok(results) => {
+                for op in ops {
+                    self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                }
+                let message = format!("{} results for {} extends", results.len(), passing.len());
+                self.ctx.fail(message.clone());
+                Err(Error::Storage(message))
+            }
+            Err(error) => {
+                for op in ops {
+                    self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+        let leases: Vec<LeaseRef> = fails.iter().map(|f| LeaseRef { id: f.id, lease_token: f.lease_token }).collect();
+        let store = self.ctx.store.clone();
+        self.settle(&leases, |job_id, lease_token| Request::Fail { job_id, lease_token }, |passing| async move {
+            store.job_fail(&pick(fails, &passing)).await
+        })
+        .await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Job> {
+        self.ctx.store.job_get(id).await
+    }
+
+    async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        let request = Request::Lease {
+            max: options.max_jobs,
+            visibility_timeout_ms: options.visibility_timeout_ms.unwrap_or(self.ctx.config.visibility_timeout_ms),
+        };
+        let op = self.ctx.recorder.invoke(self.process, request);
+        let jobs = match self.ctx.store.job_lease(queue, options).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
+                if crate::workload::is_fatal(&error) {
+                    self.ctx.fail(format!("the target refused a lease: {error}"));
+                }
+                return Err(error);
+            }
+        };
+        let mut leases = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let Some(value) = crate::workload::value_of(&job.payload) else {
+                self.ctx.fail(format!("job {} carries a payload verify never wrote", job.id));
+                continue;
+            };
+            let token = job.lease_token.to_string();
+            let expires = job.lease_expires_at.as_millis();
+            self.ctx.deliveries.leased(
+                token.clone(),
+                Leased { value, attempt: job.attempt, lease_expires_at_ms: expires },
+            );
+            leases.push(Lease {
+                job_id: job.id.get(),
+                value,
+                lease_token: token,
+                attempt: job.attempt,
+                lease_expires_at_ms: expires,
+            });
+        }
+        self.ctx.recorder.complete(op, Outcome::Ok, Response::Leased { jobs: leases });
+        Ok(jobs)
+    }
+
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+        let leases: Vec<LeaseRef> = nacks.iter().map(|n| LeaseRef { id: n.id, lease_token: n.lease_token }).collect();
+        let store = self.ctx.store.clone();
+        self.settle(&leases, |job_id, lease_token| Request::Nack { job_id, lease_token }, |passing| async move {
+            store.job_nack(&pick(nacks, &passing)).await
+        })
+        .await
+    }
+
+    async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+        let leases: Vec<LeaseRef> =
+            releases.iter().map(|r| LeaseRef { id: r.id, lease_token: r.lease_token }).collect();
+        let store = self.ctx.store.clone();
+        self.settle(&leases, |job_id, lease_token| Request::Release { job_id, lease_token }, |passing| async move {
+            store.job_release(&pick(releases, &passing)).await
+        })
+        .await
+    }
+
+    async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
+        self.ctx.store.queue_delete(queue).await
+    }
+    async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
+        self.ctx.store.queue_get(queue).await
+    }
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        self.ctx.store.queue_list().await
+    }
+    async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
+        self.ctx.store.queue_pause(queue).await
+    }
+    async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
+        self.ctx.store.queue_resume(queue).await
+    }
+    async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+        self.ctx.store.queue_upsert(queue, patch).await
+    }
+}
+
+/// The idempotency store of verify's workers: what a crashed worker would never have sent is
+/// dropped (its claim's owner ends with the lease token).
+pub struct CutIdempotency {
+    inner: Arc<dyn IdempotencyStore>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl CutIdempotency {
+    /// Wraps the target's idempotency store.
+    pub fn new(inner: Arc<dyn IdempotencyStore>, deliveries: Arc<Deliveries>) -> Self {
+        CutIdempotency { inner, deliveries }
+    }
+
+    fn cut_of(&self, owner: &str) -> Option<Cut> {
+        let token = owner.rsplit('/').next().unwrap_or(owner);
+        self.deliveries.cut_of(token)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for CutIdempotency {
+    async fn idempotency_begin(&self, begin: Begin) -> Result<BeginOutcome> {
+        self.inner.idempotency_begin(begin).await
+    }
+    async fn idempotency_complete(&self, complete: Complete) -> Result<()> {
+        if self.cut_of(&complete.owner) == Some(Cut::Crashed) {
+            return Err(cut_off());
+        }
+        self.inner.idempotency_complete(complete).await
+    }
+    async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {
+        if matches!(self.cut_of(owner), Some(Cut::Crashed | Cut::CrashedAfterComplete)) {
+            return Err(cut_off());
+        }
+        self.inner.idempotency_release(key, owner).await
+    }
+}
