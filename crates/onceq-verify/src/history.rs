@@ -425,9 +425,9 @@ impl History {
                             | (
                                 Outcome::Ok,
                                 Request::Ack { .. }
-                                | Request::Nack { .. }
-                                | Request::Release { .. }
-                                | Request::Fail { .. },
+                                    | Request::Nack { .. }
+                                    | Request::Release { .. }
+                                    | Request::Fail { .. },
                                 Response::None
                             )
                             | (Outcome::Ok, Request::Extend { .. }, Response::Extended { .. })

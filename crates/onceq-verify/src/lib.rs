@@ -1,7 +1,8 @@
 //! onceq-verify: the engine of `onceq verify`.
 //!
 //! A run drives a workload against a target (the embedded store in-process, a server, or
-//! PostgreSQL), injects faults, and records every operation it makes in a [`history::History`]:
+//! PostgreSQL) with the shipped worker (`onceq_worker::Worker`, and `PgWorker` for
+//! transactional effects on PostgreSQL), injects faults, and records every operation it makes in a [`history::History`]:
 //! when each was invoked, when it completed, and with what outcome (ok, fail, or unknown, when
 //! the caller cannot tell whether it took effect). Workers record each effect they apply in a
 //! ledger, apart from the queue. The [`checker`] then reads the history and the ledger and counts,
@@ -15,7 +16,9 @@
 //!   and what a recorder must guarantee.
 //! - [`checker`]: the rules, per mode, turning a history into a [`checker::Report`].
 //! - [`report`]: the table and JSON of a run's reports.
-//! - [`workload`]: producers, workers, the recorder and the drain; [`faults`]: the injected
+//! - [`workload`]: producers, the shipped workers with verify's handler and fault middleware,
+//!   the recorder and the drain; `recorded`: the store and idempotency-store wrappers the
+//!   workers run on (recording every call, dropping what a fault cut off); [`faults`]: the injected
 //!   faults, their rates and seeded schedule; [`target`]: the embedded store, a server (given or
 //!   managed) or PostgreSQL; [`ledger`]: where workers record effects (SQLite, or a table in the
 //!   target PostgreSQL, written in the job's transaction).

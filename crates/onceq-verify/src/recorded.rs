@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use onceq_core::{
     Begin, BeginOutcome, Complete, DeadList, DeadPage, Enqueued, Error, Extend, Fail, IdempotencyStore, ItemResults,
-    Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch,
-    QueueInfo, QueueName, Redrive, Release, Result, Store, Timestamp,
+    Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
+    QueueName, Redrive, Release, Result, Store, Timestamp,
 };
 
 use crate::faults::Fault;
@@ -183,7 +183,9 @@ impl Store for RecordedStore {
         let passing: Vec<usize> = (0..acks.len()).filter(|&i| self.settles_pass(&acks[i])).collect();
         let ops: Vec<u64> = passing
             .iter()
-            .map(|&i| self.ctx.recorder.invoke(self.process, request(acks[i].id.get(), acks[i].lease_token.to_string())))
+            .map(|&i| {
+                self.ctx.recorder.invoke(self.process, request(acks[i].id.get(), acks[i].lease_token.to_string()))
+            })
             .collect();
         let mut out: Vec<Result<()>> = (0..acks.len()).map(|_| Err(cut_off())).collect();
         if passing.is_empty() {
@@ -294,9 +296,11 @@ impl Store for RecordedStore {
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         let leases: Vec<LeaseRef> = fails.iter().map(|f| LeaseRef { id: f.id, lease_token: f.lease_token }).collect();
         let store = self.ctx.store.clone();
-        self.settle(&leases, |job_id, lease_token| Request::Fail { job_id, lease_token }, |passing| async move {
-            store.job_fail(&pick(fails, &passing)).await
-        })
+        self.settle(
+            &leases,
+            |job_id, lease_token| Request::Fail { job_id, lease_token },
+            |passing| async move { store.job_fail(&pick(fails, &passing)).await },
+        )
         .await
     }
 
@@ -328,10 +332,9 @@ impl Store for RecordedStore {
             };
             let token = job.lease_token.to_string();
             let expires = job.lease_expires_at.as_millis();
-            self.ctx.deliveries.leased(
-                token.clone(),
-                Leased { value, attempt: job.attempt, lease_expires_at_ms: expires },
-            );
+            self.ctx
+                .deliveries
+                .leased(token.clone(), Leased { value, attempt: job.attempt, lease_expires_at_ms: expires });
             leases.push(Lease {
                 job_id: job.id.get(),
                 value,
@@ -347,9 +350,11 @@ impl Store for RecordedStore {
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         let leases: Vec<LeaseRef> = nacks.iter().map(|n| LeaseRef { id: n.id, lease_token: n.lease_token }).collect();
         let store = self.ctx.store.clone();
-        self.settle(&leases, |job_id, lease_token| Request::Nack { job_id, lease_token }, |passing| async move {
-            store.job_nack(&pick(nacks, &passing)).await
-        })
+        self.settle(
+            &leases,
+            |job_id, lease_token| Request::Nack { job_id, lease_token },
+            |passing| async move { store.job_nack(&pick(nacks, &passing)).await },
+        )
         .await
     }
 
@@ -357,9 +362,11 @@ impl Store for RecordedStore {
         let leases: Vec<LeaseRef> =
             releases.iter().map(|r| LeaseRef { id: r.id, lease_token: r.lease_token }).collect();
         let store = self.ctx.store.clone();
-        self.settle(&leases, |job_id, lease_token| Request::Release { job_id, lease_token }, |passing| async move {
-            store.job_release(&pick(releases, &passing)).await
-        })
+        self.settle(
+            &leases,
+            |job_id, lease_token| Request::Release { job_id, lease_token },
+            |passing| async move { store.job_release(&pick(releases, &passing)).await },
+        )
         .await
     }
 

@@ -10,30 +10,36 @@
 //!   sent again until one succeeds, with the same dedup ids: in `at_least_once` such a retry may
 //!   create a second job with the same value, which the checker sees as a duplicate delivery
 //!   (allowed there), never as a loss.
-//! - **Workers** lease batches (long polls), and run each job of a batch as its own task: apply
-//!   the effect (a row in the [ledger](crate::ledger)), then ack. `at_most_once` jobs are gone
-//!   once leased: workers apply the effect and send nothing back.
-//! - **`effectively_once`** workers guard the effect with the target's idempotency store, the
-//!   protocol of `onceq_worker::EffectivelyOnce`: `begin` the key `verify:<queue>:<dedup id>`
-//!   (owner: the delivery's lease) → completed: ack without running; in progress elsewhere:
-//!   nack with a delay until the claim's expiry; acquired: effect → `complete` → ack.
-//!   - With a SQLite ledger (embedded store, servers), the effect and the record are two
-//!     commits. A crash after `complete` (the `crash-after-effect` fault) is guarded: the
-//!     redelivery finds the key completed and acks without running. A crash after the claim and
-//!     before the effect (`crash-mid-handler`) is guarded: the redelivery waits out the claim,
-//!     then runs once. A stall or a lost ack after `complete` is guarded the same way. A crash
-//!     between the effect and `complete` (`crash-before-complete`) is **not** guarded: the claim
-//!     expires and the redelivery applies the effect again. Only a ledger in the idempotency
-//!     store's database can close that window. A `complete` whose outcome is unknown (the
-//!     server died) is sent again while the claim lasts; a `begin` by the same owner tells
-//!     whether it landed.
-//!   - On PostgreSQL, the effect, `idempotency_complete_in` and `job_ack_in` run in one
-//!     transaction (after `idempotency_begin_in` in it): all of them commit, or none. Every crash
-//!     fault then leaves either nothing or everything.
+//! - **Workers** are the shipped ones: `config.workers` instances of `onceq_worker::Worker`,
+//!   each running `2 × lease_batch` jobs at once with prefetch `lease_batch`, the run's
+//!   visibility timeout (heartbeats included) and long polls. Verify's handler applies the
+//!   effect (a row in the [ledger](crate::ledger)). Each worker's store is a
+//!   [`RecordedStore`] (it records every call and injects `drop-ack`), and a middleware around
+//!   the handler injects the crashes and stalls: see [`crate::recorded`] for how a crash cuts a
+//!   delivery off. `at_most_once` jobs are gone once leased; the worker's ack of them is refused
+//!   (`not_found`) and changes nothing.
+//! - **`effectively_once`** workers guard the effect with the worker's effectively-once gate
+//!   (`onceq_worker::gate`), keys prefixed `verify:`:
+//!   - With a SQLite ledger (embedded store, servers), the gate uses the target's idempotency
+//!     store, and the effect and the record are two commits. A crash after `complete`
+//!     (`crash-after-effect`) is guarded: the redelivery finds the key completed and acks
+//!     without running. A crash after the claim and before the effect (`crash-mid-handler`) is
+//!     guarded: the redelivery is released until the claim expires, then runs once. A stall or
+//!     a lost ack after `complete` is guarded the same way. A crash between the effect and
+//!     `complete` (`crash-before-complete`) is **not** guarded: the claim expires and the
+//!     redelivery applies the effect again. Only a ledger in the idempotency store's database
+//!     can close that window.
+//!   - On PostgreSQL, the worker is `onceq_postgres_worker::PgWorker`: the gate's claim, the
+//!     effect, the record and the ack run in one transaction, so every crash fault leaves either
+//!     nothing or everything. Its crashes end the job before the commit (the transaction rolls
+//!     back, as when a client dies); its stall comes before the transaction.
 //!
 //! Every call to the target is recorded in the [`History`]: its invoke (verify clock, Unix ms),
 //! and its completion with an outcome: ok; fail for a definite refusal (`lease_lost`, job not
-//! found); unknown for timeouts, broken connections, a dropped response, or a crash fault.
+//! found); unknown for timeouts, broken connections or a dropped response. Calls a crash cut
+//! off never reach the target and are not recorded. An ack inside a PostgreSQL transaction is
+//! recorded by the handler (its invoke) and by a middleware around the whole job (its end: ok
+//! when the job's transaction committed).
 //!
 //! The run of a mode ends when the producers are done, no worker holds a job, and the queue has
 //! nothing ready, scheduled or leased (every job acked or dead) — or when the drain timeout
@@ -778,8 +784,7 @@ async fn around_transaction(ctx: Arc<Ctx>, job: JobContext, run: OutcomeFuture) 
     let outcome = run.await;
     let op = ctx.transaction_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
     if let Some(op) = op {
-        let dropped =
-            ctx.deliveries.get(&token).is_some_and(|l| ctx.hits(Fault::DropAck, l.value, l.attempt));
+        let dropped = ctx.deliveries.get(&token).is_some_and(|l| ctx.hits(Fault::DropAck, l.value, l.attempt));
         match outcome {
             WorkerOutcome::Acked if dropped => {
                 ctx.fire(Fault::DropAck);
@@ -823,9 +828,8 @@ async fn in_transaction(
         ctx.deliveries.cut(token, Cut::Crashed);
         return WorkerOutcome::retry("crashed before the commit");
     }
-    let op = ctx
-        .recorder
-        .invoke(ctx.process_of(&job), Request::Ack { job_id: job.id.get(), lease_token: token.clone() });
+    let op =
+        ctx.recorder.invoke(ctx.process_of(&job), Request::Ack { job_id: job.id.get(), lease_token: token.clone() });
     ctx.transaction_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(token, op);
     WorkerOutcome::Done
 }

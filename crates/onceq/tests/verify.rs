@@ -93,9 +93,14 @@ fn assert_promises_kept(output: &Output, jobs: u64, periodic: Option<&str>) {
     assert!(output.status.success() && kept, "exit {:?}, reports {reports:#?}\nstderr:\n{stderr}", output.status);
     assert_eq!(reports.len(), 3, "{reports:#?}");
     for (mode, report) in &reports {
-        for zero in
-            ["stale_acks_accepted", "stale_nacks_accepted", "overlapping_leases", "unexpected", "dead_more_than_once"]
-        {
+        for zero in [
+            "stale_acks_accepted",
+            "stale_nacks_accepted",
+            "stale_extends_accepted",
+            "overlapping_leases",
+            "unexpected",
+            "dead_more_than_once",
+        ] {
             assert_eq!(figure(report, zero), 0, "{mode}: {zero} in {report:#}");
         }
         assert_eq!(figure(report, "enqueued"), jobs, "{mode}: every enqueue succeeded in the end: {report:#}");
@@ -216,6 +221,37 @@ async fn an_unguarded_crash_window_breaks_effectively_once_and_verify_exits_1() 
     assert_eq!(figure(once, "lost"), 0, "{once:#}");
     assert!(!once["violations"].as_array().expect("violations").is_empty(), "{once:#}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("promise broken: effectively_once"));
+}
+
+/// Verify runs the shipped worker, so it sees the worker's bugs: with the effectively-once gate
+/// broken on purpose (a delivery whose effect is recorded runs again), the faults that
+/// redeliver after an effect (crash after effect, lost acks, stalls) apply effects twice, and
+/// verify reports it and exits 1. The same run with the gate intact keeps the promise.
+#[tokio::test]
+async fn a_broken_effectively_once_gate_is_caught_and_verify_exits_1() {
+    let jobs = jobs(3_000);
+    let run = |broken: bool| {
+        let mut list = args(&["--modes", "effectively_once", "--all-faults", "--seed", "15", "--jobs"]);
+        list.push(jobs.to_string());
+        if broken {
+            list.push("--break-gate-for-tests".into());
+        }
+        list
+    };
+    let output = verify(&run(true)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (kept, reports) = reports(&output);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(!kept);
+    let once = &reports["effectively_once"];
+    assert!(figure(once, "duplicate_effects") > 0, "{once:#}");
+    assert_eq!(figure(once, "lost"), 0, "{once:#}");
+    assert!(stderr.contains("promise broken: effectively_once"), "{stderr}");
+
+    let intact = verify(&run(false)).await;
+    let (kept, reports) = reports(&intact);
+    assert!(intact.status.success() && kept, "{reports:#?}");
+    assert_eq!(figure(&reports["effectively_once"], "duplicate_effects"), 0);
 }
 
 #[tokio::test]
