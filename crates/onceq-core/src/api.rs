@@ -715,6 +715,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_completed_begin_with_a_null_result_round_trips() {
+        // A worker records `null` for `Outcome::Done`; a redelivery's begin over HTTP must see
+        // it completed, not a reply "without result".
+        for result in [&b"null"[..], b"{}", b"[1,2]", b"\"text\""] {
+            let outcome = crate::BeginOutcome::Completed { result: result.to_vec() };
+            let wire = serde_json::to_string(&BeginResponse::from_outcome(outcome.clone())).unwrap_or_default();
+            let back: BeginResponse = serde_json::from_str(&wire).unwrap_or_else(|e| panic!("{wire}: {e}"));
+            assert_eq!(back.into_outcome(), Ok(outcome), "{wire}");
+        }
+    }
+
+    #[test]
     fn times_round_trip_in_utc_with_milliseconds() {
         let at = Timestamp::from_millis(1_767_225_600_123);
         assert_eq!(format_time(at), "2026-01-01T00:00:00.123Z");
@@ -824,8 +836,9 @@ pub struct BeginResponse {
     /// When the holder's claim expires (RFC 3339), when in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
-    /// The recorded result (JSON), when completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The recorded result (JSON), when completed. A result of `null` is present: absent and
+    /// `null` are not the same here.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "raw_present")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub result: Option<Box<RawValue>>,
 }
