@@ -2,7 +2,8 @@
 //! known loss, duplicate effect, stale ack (each form), overlapping lease, unexpected value or
 //! broken dead letter are reported with exactly those figures and violations, and the benign
 //! cases (redelivery after expiry, an unknown enqueue that took effect, a late ack the target
-//! refused, the duplicates a mode permits) are not. A property test then runs a simulated
+//! refused, the duplicates a mode permits) are not; extends move a lease's expiry (and an accepted
+//! stale one is reported) and releases give their attempt back. A property test then runs a simulated
 //! correct queue under random faults: its histories never fail, and one injected fault fails
 //! them in exactly one way. Also: JSON-lines round trips, validation, and the rendered table.
 
@@ -94,6 +95,38 @@ impl Builder {
             Request::Nack { job_id: lease.job_id, lease_token: lease.lease_token.clone() },
             complete.map(|(at, outcome)| (at, outcome, Response::None)),
         );
+    }
+
+    fn release(&mut self, lease: &Lease, invoke_at: i64, complete: Option<(i64, Outcome)>) {
+        self.op(
+            invoke_at,
+            Request::Release { job_id: lease.job_id, lease_token: lease.lease_token.clone() },
+            complete.map(|(at, outcome)| (at, outcome, Response::None)),
+        );
+    }
+
+    /// An extend asking for `visibility_timeout_ms`; an ok one returns `extended_to`.
+    fn extend(
+        &mut self,
+        lease: &Lease,
+        invoke_at: i64,
+        visibility_timeout_ms: u64,
+        complete: Option<(i64, Outcome)>,
+        extended_to: i64,
+    ) {
+        let request = Request::Extend {
+            job_id: lease.job_id,
+            lease_token: lease.lease_token.clone(),
+            visibility_timeout_ms,
+        };
+        let complete = complete.map(|(at, outcome)| {
+            let response = match outcome {
+                Outcome::Ok => Response::Extended { lease_expires_at_ms: extended_to },
+                _ => Response::None,
+            };
+            (at, outcome, response)
+        });
+        self.op(invoke_at, request, complete);
     }
 
     fn effect(&mut self, lease: &Lease, at_ms: i64) {
@@ -1435,4 +1468,117 @@ proptest! {
             prop_assert_eq!(&faulty.violations, &Vec::<String>::new());
         }
     }
+}
+
+// Heartbeats and releases: the worker runtime extends leases while a handler runs and releases
+// jobs it defers or cannot run now.
+
+/// A lease with its own token, for a job leased again at the same attempt after a release.
+fn lease_again(job_id: u64, attempt: u32, expires_at_ms: i64, tag: &str) -> Lease {
+    Lease { lease_token: format!("t{job_id}a{attempt}{tag}"), ..lease(job_id, attempt, expires_at_ms) }
+}
+
+#[test]
+fn an_ack_after_an_accepted_extend_is_not_stale() {
+    let mut builder = Builder::new(ALO);
+    builder.enqueue(1001, 0, Outcome::Ok);
+    let first = lease(1, 1, 1010);
+    builder.lease(9, 10, vec![first.clone()]);
+    builder.extend(&first, 500, 2_500, Some((510, Outcome::Ok)), 3_000);
+    builder.effect(&first, 1_900);
+    builder.ack(&first, 2_000, Some((2_010, Outcome::Ok)));
+    let report = check(&builder.done());
+    assert_eq!(report, Report { enqueued: 1, processed: 1, delivered: 1, ..empty(ALO) });
+}
+
+#[test]
+fn an_extend_accepted_after_expiry_is_stale() {
+    let mut builder = Builder::new(ALO);
+    builder.enqueue(1001, 0, Outcome::Ok);
+    let first = lease(1, 1, 1010);
+    builder.lease(9, 10, vec![first.clone()]);
+    builder.effect(&first, 20);
+    builder.ack(&first, 30, Some((40, Outcome::Unknown)));
+    builder.extend(&first, 1010 + CLOCK_MARGIN_MS + 1, 1_000, Some((1_300, Outcome::Ok)), 2_300);
+    let report = check(&builder.done());
+    assert_eq!(
+        report,
+        Report {
+            enqueued: 1,
+            processed: 1,
+            delivered: 1,
+            stale_extends_accepted: 1,
+            violations: vec!["every mode fences extends (Invariant 3): 1 extend was accepted for a lease no \
+                 longer live (job id 1)"
+                .to_owned()],
+            ..empty(ALO)
+        }
+    );
+}
+
+#[test]
+fn an_extend_of_unknown_outcome_may_have_moved_the_expiry_until_its_completion_plus_its_timeout() {
+    let ack_at = |at: i64| {
+        let mut builder = Builder::new(ALO);
+        builder.enqueue(1001, 0, Outcome::Ok);
+        let first = lease(1, 1, 1010);
+        builder.lease(9, 10, vec![first.clone()]);
+        builder.extend(&first, 500, 1_000, Some((600, Outcome::Unknown)), 0);
+        builder.effect(&first, 700);
+        builder.ack(&first, at, Some((at + 10, Outcome::Ok)));
+        check(&builder.done()).stale_acks_accepted
+    };
+    // It may have moved the expiry to 600 + 1000 = 1600.
+    assert_eq!(ack_at(1_600 + CLOCK_MARGIN_MS), 0);
+    assert_eq!(ack_at(1_600 + CLOCK_MARGIN_MS + 1), 1);
+}
+
+#[test]
+fn an_extended_lease_overlaps_a_later_delivery_handed_out_before_its_new_expiry() {
+    let mut builder = Builder::new(ALO);
+    builder.enqueue(1001, 0, Outcome::Ok);
+    let first = lease(1, 1, 1010);
+    builder.lease(9, 10, vec![first.clone()]);
+    builder.extend(&first, 500, 5_000, Some((510, Outcome::Ok)), 5_500);
+    let second = lease(1, 2, 4_000);
+    builder.process(&second, 2_000);
+    let report = check(&builder.done());
+    assert_eq!(report.overlapping_leases, 1, "{report:#?}");
+}
+
+#[test]
+fn a_release_gives_its_attempt_back_and_ends_the_lease() {
+    let mut builder = Builder::new(ALO);
+    builder.enqueue(1001, 0, Outcome::Ok);
+    let first = lease(1, 1, 5_000);
+    builder.lease(9, 10, vec![first.clone()]);
+    builder.release(&first, 100, Some((110, Outcome::Ok)));
+    // Leased again at the same attempt: a later delivery, not an overlapping one.
+    let second = lease_again(1, 1, 6_000, "b");
+    builder.lease(199, 200, vec![second.clone()]);
+    builder.effect(&second, 210);
+    builder.nack(&second, 220, Some((230, Outcome::Ok)));
+    // A late ack of the released lease, accepted: superseded by the second delivery.
+    builder.ack(&first, 300, Some((310, Outcome::Ok)));
+    // The job went dead after its one counted attempt: the released delivery had no error.
+    builder.dead(1, 1001, 1);
+    let report = check(&builder.done());
+    assert_eq!(report.overlapping_leases, 0, "{report:#?}");
+    assert_eq!(report.stale_acks_accepted, 1, "{report:#?}");
+    // Acked by a stale ack only: the dead letter stands, with one delivery counted.
+    assert_eq!(report.dead_more_than_once, 0, "{report:#?}");
+    assert_eq!(report.dead, 1);
+}
+
+#[test]
+fn a_release_accepted_after_the_job_was_leased_again_is_stale() {
+    let mut builder = Builder::new(ALO);
+    builder.enqueue(1001, 0, Outcome::Ok);
+    let first = lease(1, 1, 1010);
+    builder.lease(9, 10, vec![first.clone()]);
+    let second = lease(1, 2, 5_000);
+    builder.process(&second, 2_000);
+    builder.release(&first, 2_100, Some((2_110, Outcome::Ok)));
+    let report = check(&builder.done());
+    assert_eq!(report.stale_nacks_accepted, 1, "{report:#?}");
 }

@@ -249,9 +249,9 @@ async fn a_broken_effectively_once_gate_is_caught_and_verify_exits_1() {
     assert!(stderr.contains("promise broken: effectively_once"), "{stderr}");
 
     let intact = verify(&run(false)).await;
-    let (kept, reports) = reports(&intact);
-    assert!(intact.status.success() && kept, "{reports:#?}");
-    assert_eq!(figure(&reports["effectively_once"], "duplicate_effects"), 0);
+    let (intact_kept, intact_reports) = reports(&intact);
+    assert!(intact.status.success() && intact_kept, "{intact_reports:#?}");
+    assert_eq!(figure(&intact_reports["effectively_once"], "duplicate_effects"), 0);
 }
 
 #[tokio::test]
