@@ -240,10 +240,10 @@ async fn a_broken_effectively_once_gate_is_caught_and_verify_exits_1() {
     };
     let output = verify(&run(true)).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let (kept, reports) = reports(&output);
+    let (kept, broken) = reports(&output);
     assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
     assert!(!kept);
-    let once = &reports["effectively_once"];
+    let once = &broken["effectively_once"];
     assert!(figure(once, "duplicate_effects") > 0, "{once:#}");
     assert_eq!(figure(once, "lost"), 0, "{once:#}");
     assert!(stderr.contains("promise broken: effectively_once"), "{stderr}");
