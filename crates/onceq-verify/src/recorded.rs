@@ -108,39 +108,34 @@ impl RecordedStore {
         )
     }
 
-    /// Sends the settles that pass, one op each, and answers every item: those cut off with
-    /// [`cut_off`], the others with the target's verdict.
-    async fn settle<T, F, Fut>(
+    /// Sends the items that `passes` lets through in one call, one op each (`request`), and
+    /// answers every item: those cut off with [`cut_off`], the others with the target's verdict
+    /// as `judge` records it (it returns the outcome and response to record, and what the worker
+    /// gets).
+    async fn forward<I: Clone, T, Fut>(
         &self,
-        leases: &[LeaseRef],
-        request: impl Fn(u64, String) -> Request,
-        send: F,
+        items: &[I],
+        passes: impl Fn(&I) -> bool,
+        request: impl Fn(&I) -> Request,
+        send: impl FnOnce(Vec<I>) -> Fut,
+        judge: impl Fn(&I, Result<T>) -> (Outcome, Response, Result<T>),
     ) -> Result<ItemResults<T>>
     where
-        F: FnOnce(Vec<usize>) -> Fut,
         Fut: std::future::Future<Output = Result<ItemResults<T>>>,
     {
-        let passing: Vec<usize> = (0..leases.len()).filter(|&i| self.settles_pass(&leases[i])).collect();
-        let ops: Vec<u64> = passing
-            .iter()
-            .map(|&i| {
-                let lease = &leases[i];
-                self.ctx.recorder.invoke(self.process, request(lease.id.get(), lease.lease_token.to_string()))
-            })
-            .collect();
-        let mut out: Vec<Result<T>> = (0..leases.len()).map(|_| Err(cut_off())).collect();
+        let passing: Vec<usize> = (0..items.len()).filter(|&i| passes(&items[i])).collect();
+        let ops: Vec<u64> =
+            passing.iter().map(|&i| self.ctx.recorder.invoke(self.process, request(&items[i]))).collect();
+        let mut out: Vec<Result<T>> = (0..items.len()).map(|_| Err(cut_off())).collect();
         if passing.is_empty() {
             return Ok(out);
         }
-        match send(passing.clone()).await {
+        match send(passing.iter().map(|&i| items[i].clone()).collect()).await {
             Ok(results) if results.len() == passing.len() => {
                 for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
-                    let outcome = match &result {
-                        Ok(_) => Outcome::Ok,
-                        Err(error) => outcome_of(error),
-                    };
-                    self.ctx.recorder.complete(op, outcome, Response::None);
-                    out[index] = result;
+                    let (outcome, response, answer) = judge(&items[index], result);
+                    self.ctx.recorder.complete(op, outcome, response);
+                    out[index] = answer;
                 }
                 Ok(out)
             }
@@ -148,7 +143,7 @@ impl RecordedStore {
                 for op in ops {
                     self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
                 }
-                let message = format!("{} results for {} settles", results.len(), passing.len());
+                let message = format!("{} results for {} items", results.len(), passing.len());
                 self.ctx.fail(message.clone());
                 Err(Error::Storage(message))
             }
@@ -162,8 +157,13 @@ impl RecordedStore {
     }
 }
 
-fn pick<T: Clone>(items: &[T], indexes: &[usize]) -> Vec<T> {
-    indexes.iter().map(|&i| items[i].clone()).collect()
+/// The outcome a settle's result stands for, recorded with no response.
+fn verdict<T>(result: Result<T>) -> (Outcome, Response, Result<T>) {
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(error) => outcome_of(error),
+    };
+    (outcome, Response::None, result)
 }
 
 #[async_trait]
@@ -179,60 +179,26 @@ impl Store for RecordedStore {
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
-        let request = |job_id, lease_token| Request::Ack { job_id, lease_token };
-        let passing: Vec<usize> = (0..acks.len()).filter(|&i| self.settles_pass(&acks[i])).collect();
-        let ops: Vec<u64> = passing
-            .iter()
-            .map(|&i| {
-                self.ctx.recorder.invoke(self.process, request(acks[i].id.get(), acks[i].lease_token.to_string()))
-            })
-            .collect();
-        let mut out: Vec<Result<()>> = (0..acks.len()).map(|_| Err(cut_off())).collect();
-        if passing.is_empty() {
-            return Ok(out);
-        }
-        let sent = pick(acks, &passing);
-        match self.ctx.store.job_ack(&sent).await {
-            Ok(results) if results.len() == passing.len() => {
-                for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
-                    let token = acks[index].lease_token.to_string();
-                    let dropped = self
-                        .ctx
-                        .deliveries
-                        .get(&token)
-                        .is_some_and(|l| self.ctx.hits(Fault::DropAck, l.value, l.attempt));
-                    if dropped {
-                        self.ctx.fire(Fault::DropAck);
-                        self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
-                        out[index] = Err(Error::Unavailable("verify: the ack's reply was dropped".into()));
-                        continue;
-                    }
-                    match &result {
-                        Ok(()) => {
-                            self.ctx.recorder.complete(op, Outcome::Ok, Response::None);
-                            self.ctx.settled();
-                        }
-                        Err(error) => self.ctx.recorder.complete(op, outcome_of(error), Response::None),
-                    }
-                    out[index] = result;
+        let store = self.ctx.store.clone();
+        self.forward(
+            acks,
+            |lease| self.settles_pass(lease),
+            |lease| Request::Ack { job_id: lease.id.get(), lease_token: lease.lease_token.to_string() },
+            |sent| async move { store.job_ack(&sent).await },
+            |lease, result| {
+                let leased = self.ctx.deliveries.get(&lease.lease_token.to_string());
+                if leased.is_some_and(|l| self.ctx.hits(Fault::DropAck, l.value, l.attempt)) {
+                    self.ctx.fire(Fault::DropAck);
+                    let dropped = Err(Error::Unavailable("verify: the ack's reply was dropped".into()));
+                    return (Outcome::Unknown, Response::None, dropped);
                 }
-                Ok(out)
-            }
-            Ok(results) => {
-                for op in ops {
-                    self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                if result.is_ok() {
+                    self.ctx.settled();
                 }
-                let message = format!("{} results for {} acks", results.len(), passing.len());
-                self.ctx.fail(message.clone());
-                Err(Error::Storage(message))
-            }
-            Err(error) => {
-                for op in ops {
-                    self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
-                }
-                Err(error)
-            }
-        }
+                verdict(result)
+            },
+        )
+        .await
     }
 
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
@@ -240,66 +206,32 @@ impl Store for RecordedStore {
     }
 
     async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
-        let passing: Vec<usize> = (0..extends.len())
-            .filter(|&i| self.ctx.deliveries.cut_of(&extends[i].lease_token.to_string()).is_none())
-            .collect();
-        let ops: Vec<u64> = passing
-            .iter()
-            .map(|&i| {
-                let e = &extends[i];
-                self.ctx.recorder.invoke(
-                    self.process,
-                    Request::Extend {
-                        job_id: e.id.get(),
-                        lease_token: e.lease_token.to_string(),
-                        visibility_timeout_ms: e.visibility_timeout_ms,
-                    },
-                )
-            })
-            .collect();
-        let mut out: Vec<Result<Timestamp>> = (0..extends.len()).map(|_| Err(cut_off())).collect();
-        if passing.is_empty() {
-            return Ok(out);
-        }
-        match self.ctx.store.job_extend(&pick(extends, &passing)).await {
-            Ok(results) if results.len() == passing.len() => {
-                for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
-                    match &result {
-                        Ok(at) => self.ctx.recorder.complete(
-                            op,
-                            Outcome::Ok,
-                            Response::Extended { lease_expires_at_ms: at.as_millis() },
-                        ),
-                        Err(error) => self.ctx.recorder.complete(op, outcome_of(error), Response::None),
-                    }
-                    out[index] = result;
-                }
-                Ok(out)
-            }
-            Ok(results) => {
-                for op in ops {
-                    self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
-                }
-                let message = format!("{} results for {} extends", results.len(), passing.len());
-                self.ctx.fail(message.clone());
-                Err(Error::Storage(message))
-            }
-            Err(error) => {
-                for op in ops {
-                    self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
-                }
-                Err(error)
-            }
-        }
+        let store = self.ctx.store.clone();
+        self.forward(
+            extends,
+            |e| self.ctx.deliveries.cut_of(&e.lease_token.to_string()).is_none(),
+            |e| Request::Extend {
+                job_id: e.id.get(),
+                lease_token: e.lease_token.to_string(),
+                visibility_timeout_ms: e.visibility_timeout_ms,
+            },
+            |sent| async move { store.job_extend(&sent).await },
+            |_, result| match result {
+                Ok(at) => (Outcome::Ok, Response::Extended { lease_expires_at_ms: at.as_millis() }, Ok(at)),
+                Err(error) => (outcome_of(&error), Response::None, Err(error)),
+            },
+        )
+        .await
     }
 
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
-        let leases: Vec<LeaseRef> = fails.iter().map(|f| LeaseRef { id: f.id, lease_token: f.lease_token }).collect();
         let store = self.ctx.store.clone();
-        self.settle(
-            &leases,
-            |job_id, lease_token| Request::Fail { job_id, lease_token },
-            |passing| async move { store.job_fail(&pick(fails, &passing)).await },
+        self.forward(
+            fails,
+            |f| self.settles_pass(&LeaseRef { id: f.id, lease_token: f.lease_token }),
+            |f| Request::Fail { job_id: f.id.get(), lease_token: f.lease_token.to_string() },
+            |sent| async move { store.job_fail(&sent).await },
+            |_, result| verdict(result),
         )
         .await
     }
@@ -348,24 +280,25 @@ impl Store for RecordedStore {
     }
 
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
-        let leases: Vec<LeaseRef> = nacks.iter().map(|n| LeaseRef { id: n.id, lease_token: n.lease_token }).collect();
         let store = self.ctx.store.clone();
-        self.settle(
-            &leases,
-            |job_id, lease_token| Request::Nack { job_id, lease_token },
-            |passing| async move { store.job_nack(&pick(nacks, &passing)).await },
+        self.forward(
+            nacks,
+            |n| self.settles_pass(&LeaseRef { id: n.id, lease_token: n.lease_token }),
+            |n| Request::Nack { job_id: n.id.get(), lease_token: n.lease_token.to_string() },
+            |sent| async move { store.job_nack(&sent).await },
+            |_, result| verdict(result),
         )
         .await
     }
 
     async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
-        let leases: Vec<LeaseRef> =
-            releases.iter().map(|r| LeaseRef { id: r.id, lease_token: r.lease_token }).collect();
         let store = self.ctx.store.clone();
-        self.settle(
-            &leases,
-            |job_id, lease_token| Request::Release { job_id, lease_token },
-            |passing| async move { store.job_release(&pick(releases, &passing)).await },
+        self.forward(
+            releases,
+            |r| self.settles_pass(&LeaseRef { id: r.id, lease_token: r.lease_token }),
+            |r| Request::Release { job_id: r.id.get(), lease_token: r.lease_token.to_string() },
+            |sent| async move { store.job_release(&sent).await },
+            |_, result| verdict(result),
         )
         .await
     }

@@ -114,11 +114,8 @@ impl Builder {
         complete: Option<(i64, Outcome)>,
         extended_to: i64,
     ) {
-        let request = Request::Extend {
-            job_id: lease.job_id,
-            lease_token: lease.lease_token.clone(),
-            visibility_timeout_ms,
-        };
+        let request =
+            Request::Extend { job_id: lease.job_id, lease_token: lease.lease_token.clone(), visibility_timeout_ms };
         let complete = complete.map(|(at, outcome)| {
             let response = match outcome {
                 Outcome::Ok => Response::Extended { lease_expires_at_ms: extended_to },
