@@ -274,9 +274,9 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         ));
         let started = std::time::Instant::now();
         let end = self.run_handler(context, &job, &cancellation).await;
-        heartbeat.abort();
         metrics::histogram!(HANDLER_DURATION, "queue" => job.queue.to_string()).record(started.elapsed().as_secs_f64());
-        let lease_lost = lost.load(Ordering::Acquire);
+        // The heartbeat goes on while the gate records the effect: a `complete` sent again
+        // while the store is unreachable must not cost the lease meanwhile.
         if let Some((gate, mut claims, claim)) = guard {
             match &end {
                 End::Outcome(outcome @ (Outcome::Done | Outcome::DoneWith(_) | Outcome::Acked)) => {
@@ -295,6 +295,8 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                 _ => gate.release(&mut claims, &claim).await,
             }
         }
+        heartbeat.abort();
+        let lease_lost = lost.load(Ordering::Acquire);
         // A handler's own ack was fenced by the lease token and succeeded, so it stands even when
         // a heartbeat meanwhile found the job gone: it was gone because it was acked.
         if lease_lost && !matches!(end, End::Outcome(Outcome::Acked)) {
