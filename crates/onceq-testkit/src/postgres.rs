@@ -72,6 +72,11 @@ impl SchemaGuard {
     pub fn of(schema: &str) -> SchemaGuard {
         SchemaGuard { schemas: vec![schema.to_owned()] }
     }
+
+    /// The first schema it guards (the only one, for a guard made with [`SchemaGuard::of`]).
+    pub fn schema(&self) -> &str {
+        self.schemas.first().map_or("", String::as_str)
+    }
 }
 
 impl Drop for SchemaGuard {
