@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 async fn two_stores() -> (PgStore, PgStore, common::SchemaGuard) {
     let (a, guard) = common::fresh_store(None).await;
-    let b = common::connect(common::options(&guard.schema(), None)).await;
+    let b = common::connect(common::options(guard.schema(), None)).await;
     (a, b, guard)
 }
 
