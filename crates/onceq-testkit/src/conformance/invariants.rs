@@ -211,7 +211,7 @@ pub async fn invariant_6_dedup_window<B: Backend>(backend: &B) {
     assert!(!elsewhere.duplicate, "dedup ids are per queue");
 }
 
-/// Invariant 7: times are judged by the store's one clock. With a [`ManualClock`], nothing
+/// Invariant 7: times are judged by the store's one clock. With a [`ManualClock`](onceq_core::ManualClock), nothing
 /// expires, comes due or leaves the dedup window while real time passes, and every recorded time
 /// is the clock's; advancing the clock is what moves them.
 pub async fn invariant_7_one_clock<B: Backend>(backend: &B) {

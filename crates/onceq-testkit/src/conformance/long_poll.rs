@@ -129,7 +129,7 @@ pub async fn long_poll_with_nothing_returns_empty_after_wait<B: Backend>(backend
     assert_eq!(f.store.queue_list().await.map(|l| l.len()), Ok(1));
 }
 
-/// Advancing a [`ManualClock`] wakes a waiting lease (through the callback the store registered
+/// Advancing a [`ManualClock`](onceq_core::ManualClock) wakes a waiting lease (through the callback the store registered
 /// with `Clock::on_advance`), which returns the job that came due.
 pub async fn long_poll_wakes_on_manual_clock_advance<B: Backend>(backend: &B) {
     let (f, clock) = open_manual(backend).await;
