@@ -5,31 +5,20 @@
 //! message the stream refuses for its size, are permanent; `with_stream` creates a stream with the asked window and refuses a weaker one.
 //!
 //! The shared server is `ONCEQ_TEST_NATS_URL` (default nats://127.0.0.1:4222, JetStream on);
-//! every test makes its own stream with unique subjects and deletes it. The server-death test
-//! starts a private nats-server (`ONCEQ_TEST_NATS_SERVER_BIN`, default /usr/sbin/nats-server) on
-//! a free port with a temporary store, and never touches the shared one.
+//! every test makes its own stream with unique subjects (the testkit's NATS fixture) and deletes
+//! it. The server-death test starts a private nats-server (`ONCEQ_TEST_NATS_SERVER_BIN`, default
+//! /usr/sbin/nats-server) on a free port with a temporary store, and never touches the shared one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use onceq_outbox::sink::nats::async_nats;
 use onceq_outbox::sink::nats::{NatsSink, DUPLICATE_WINDOW_DEFAULT};
 use onceq_outbox::{OutboxMessage, PublishError, Sink};
-
-fn nats_url() -> String {
-    std::env::var("ONCEQ_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-/// A name no other test (or earlier run) uses: `[A-Za-z0-9_]` only, fit for streams and subjects.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}_{}_{nanos}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
-}
+use onceq_testkit::nats::{unique, url as nats_url, DeleteOnPanic, TestStream};
 
 fn message(id: i64, destination: &str, payload: &[u8], headers: &[(&str, &str)]) -> OutboxMessage {
     OutboxMessage {
@@ -43,88 +32,6 @@ fn message(id: i64, destination: &str, payload: &[u8], headers: &[(&str, &str)])
         ordering_key: None,
         attempt: 1,
     }
-}
-
-/// A stream of its own, deleted when the test ends (also when it fails).
-struct TestStream {
-    jetstream: async_nats::jetstream::Context,
-    name: String,
-    /// Every subject under `<prefix>.` belongs to this stream.
-    prefix: String,
-}
-
-impl TestStream {
-    async fn create(url: &str) -> TestStream {
-        let client = async_nats::connect(url).await.expect("connect to the test NATS server");
-        let jetstream = async_nats::jetstream::new(client);
-        let name = unique("onceq_test");
-        let prefix = unique("onceq_test");
-        jetstream
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{prefix}.>")],
-                ..Default::default()
-            })
-            .await
-            .expect("create the test stream (is JetStream on? nats-server -js)");
-        TestStream { jetstream, name, prefix }
-    }
-
-    fn subject(&self, last: &str) -> String {
-        format!("{}.{last}", self.prefix)
-    }
-
-    async fn messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
-        let mut stream = self.jetstream.get_stream(&self.name).await.unwrap();
-        let state = stream.info().await.unwrap().state.clone();
-        let mut out = Vec::new();
-        for sequence in state.first_sequence..=state.last_sequence {
-            if state.messages == 0 {
-                break;
-            }
-            out.push(stream.get_raw_message(sequence).await.unwrap());
-        }
-        assert_eq!(out.len() as u64, state.messages, "the stream has gaps");
-        out
-    }
-
-    async fn delete(self) {
-        self.jetstream.delete_stream(&self.name).await.unwrap();
-    }
-}
-
-/// A failed test deletes its stream too (`delete` already did on success: nothing to do then).
-impl Drop for TestStream {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            stream_delete_blocking(&nats_url(), &self.name);
-        }
-    }
-}
-
-/// Deletes the stream of this name if the test fails before deleting it.
-struct DeleteOnPanic(String);
-
-impl Drop for DeleteOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            stream_delete_blocking(&nats_url(), &self.0);
-        }
-    }
-}
-
-/// Deletes stream `name` from a thread of its own, so that it works inside a runtime.
-fn stream_delete_blocking(url: &str, name: &str) {
-    let (url, name) = (url.to_owned(), name.to_owned());
-    let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            if let Ok(client) = async_nats::connect(&url).await {
-                let _ = async_nats::jetstream::new(client).delete_stream(&name).await;
-            }
-        });
-    })
-    .join();
 }
 
 fn header<'a>(message: &'a async_nats::jetstream::message::StreamMessage, name: &str) -> Option<&'a str> {
@@ -150,7 +57,7 @@ fn permanent_text(result: Result<impl std::fmt::Debug, PublishError>) -> String 
 
 #[tokio::test]
 async fn a_publish_lands_in_the_stream_with_payload_headers_and_msg_id() {
-    let stream = TestStream::create(&nats_url()).await;
+    let stream = TestStream::create().await;
     let sink = NatsSink::connect(&nats_url()).await.unwrap();
     assert_eq!(sink.kind(), "nats");
     let subject = stream.subject("orders.created");
@@ -170,7 +77,7 @@ async fn a_publish_lands_in_the_stream_with_payload_headers_and_msg_id() {
 
 #[tokio::test]
 async fn the_same_dedup_id_published_twice_is_stored_once() {
-    let stream = TestStream::create(&nats_url()).await;
+    let stream = TestStream::create().await;
     let sink = NatsSink::connect(&nats_url()).await.unwrap();
     let subject = stream.subject("events");
     let first = message(1, &subject, b"first", &[]);
@@ -218,7 +125,7 @@ async fn an_unreachable_server_is_transient_and_a_malformed_url_permanent() {
 
 #[tokio::test]
 async fn malformed_messages_are_permanent_and_publish_nothing() {
-    let stream = TestStream::create(&nats_url()).await;
+    let stream = TestStream::create().await;
     let sink = NatsSink::connect(&nats_url()).await.unwrap();
     let subject = stream.subject("bad");
 

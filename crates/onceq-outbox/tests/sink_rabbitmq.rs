@@ -6,7 +6,8 @@
 //! them; a malformed destination is permanent; a lost connection is opened again.
 //!
 //! The broker is `ONCEQ_TEST_AMQP_URL` (default amqp://guest:guest@127.0.0.1:5672/%2f). Every
-//! test declares its own queues and exchanges under unique names and deletes them. The
+//! test that uses the broker gets a virtual host of its own (the testkit's RabbitMQ fixture),
+//! declares its queues and exchanges there under unique names, and deletes them. The
 //! connection-loss test runs the sink through a TCP relay of its own that it cuts, so the shared
 //! broker is never stopped.
 
@@ -27,10 +28,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use onceq_testkit::proxy::CuttableProxy;
-
-fn amqp_url() -> String {
-    std::env::var("ONCEQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use onceq_testkit::rabbitmq::{url as amqp_url, Vhost};
 
 fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -52,21 +50,30 @@ fn message(id: i64, destination: &str, payload: &[u8], headers: &[(&str, &str)])
     }
 }
 
-/// A channel of the test's own for declaring, reading and deleting what it uses.
+/// A virtual host and a channel of the test's own for declaring, reading and deleting what it
+/// uses.
 struct Broker {
     _connection: Connection,
     channel: Channel,
     queues: Vec<String>,
     exchanges: Vec<String>,
+    /// Deleted last, with anything the test left in it (fields drop in declaration order).
+    vhost: Vhost,
 }
 
 impl Broker {
     async fn open() -> Broker {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("connect to the test RabbitMQ");
+        let vhost = Vhost::create();
+        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await.unwrap_or_else(|e| {
+            panic!("cannot connect to the test RabbitMQ: {e}\n{}", onceq_testkit::rabbitmq::how_to_get_rabbitmq())
+        });
         let channel = connection.create_channel().await.unwrap();
-        Broker { _connection: connection, channel, queues: Vec::new(), exchanges: Vec::new() }
+        Broker { _connection: connection, channel, queues: Vec::new(), exchanges: Vec::new(), vhost }
+    }
+
+    /// The URL of the test broker in this test's virtual host.
+    fn url(&self) -> String {
+        self.vhost.url()
     }
 
     async fn queue(&mut self) -> String {
@@ -168,7 +175,7 @@ async fn a_publish_reaches_a_consumer_with_message_id_headers_and_persistence() 
     let bound = broker.queue().await;
     let exchange = broker.exchange().await;
     broker.bind(&bound, &exchange, "orders.created").await;
-    let sink = RabbitMqSink::connect(&amqp_url()).await.unwrap();
+    let sink = RabbitMqSink::connect(&broker.url()).await.unwrap();
     assert_eq!(sink.kind(), "rabbitmq");
 
     let through_default = message(
@@ -203,7 +210,7 @@ async fn a_publish_reaches_a_consumer_with_message_id_headers_and_persistence() 
 async fn the_same_dedup_id_twice_is_held_twice_rabbitmq_is_at_least_once() {
     let mut broker = Broker::open().await;
     let queue = broker.queue().await;
-    let sink = RabbitMqSink::connect(&amqp_url()).await.unwrap();
+    let sink = RabbitMqSink::connect(&broker.url()).await.unwrap();
     let sent = message(1, &format!("/{queue}"), b"once?", &[]);
     sink.publish(&sent, "outbox-1").await.unwrap();
     sink.publish(&sent, "outbox-1").await.unwrap();
@@ -219,7 +226,7 @@ async fn unroutable_messages_and_missing_exchanges_are_errors_not_silent_drops()
     let mut broker = Broker::open().await;
     let queue = broker.queue().await;
     let exchange = broker.exchange().await;
-    let sink = RabbitMqSink::connect(&amqp_url()).await.unwrap();
+    let sink = RabbitMqSink::connect(&broker.url()).await.unwrap();
 
     // An exchange with no binding for the key: returned under `mandatory`.
     let text = transient_text(sink.publish(&message(1, &format!("{exchange}/nowhere"), b"x", &[]), "outbox-1").await);
@@ -283,8 +290,8 @@ async fn a_lost_connection_is_opened_again() {
     let mut broker = Broker::open().await;
     let queue = broker.queue().await;
     let relay = CuttableProxy::start(5672).await.unwrap();
-    let url = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", relay.port()));
-    assert_ne!(url, amqp_url(), "the connection-loss test needs the broker on 127.0.0.1:5672");
+    let url = broker.url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", relay.port()));
+    assert_ne!(url, broker.url(), "the connection-loss test needs the broker on 127.0.0.1:5672");
     let sink = RabbitMqSink::builder(&url)
         .connect_timeout(Duration::from_secs(2))
         .confirm_timeout(Duration::from_secs(2))

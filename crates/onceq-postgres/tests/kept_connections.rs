@@ -19,7 +19,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_connections_never_starve_the_pools_other_callers() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let options = PgOptions::new(common::database_url()).schema(&schema).pool_size(3).acquire_timeout(ACQUIRE_TIMEOUT);
     let store = common::connect(options).await;
     let q = QueueName::new("q").unwrap();
@@ -65,7 +65,7 @@ async fn kept_connections_never_starve_the_pools_other_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cancelled_mid_statement_leaves_the_next_calls_right_answers() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     // Room to keep a connection: the next call would get the cancelled one's, were it kept.
     let store = common::connect(PgOptions::new(common::database_url()).schema(&schema).pool_size(2)).await;
     let q = QueueName::new("q").unwrap();
@@ -97,7 +97,7 @@ async fn a_call_cancelled_mid_statement_leaves_the_next_calls_right_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_callers_calls_run_on_one_session() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let url = format!("{}?application_name={schema}", common::database_url());
     let store = common::connect(PgOptions::new(url).schema(&schema).pool_size(4)).await;
     let q = QueueName::new("q").unwrap();

@@ -28,7 +28,7 @@ fn storage_message(result: onceq_core::Result<PgStore>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let connects: Vec<_> = (0..4).map(|_| tokio::spawn(PgStore::connect(common::options(&schema, None)))).collect();
     let mut stores = Vec::new();
     for connect in connects {
@@ -52,7 +52,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
 #[tokio::test]
 async fn a_reconnect_keeps_the_jobs_and_never_reuses_an_id() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let q = QueueName::new("q").unwrap();
     let store = common::connect(common::options(&schema, None)).await;
     let a = store.enqueue(&q, NewJob::new("a")).await.unwrap().id;
@@ -71,7 +71,7 @@ async fn a_reconnect_keeps_the_jobs_and_never_reuses_an_id() {
 #[tokio::test]
 async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let q = QueueName::new("kept").unwrap();
     let store = common::connect(common::options(&schema, None)).await;
     let id = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
@@ -103,7 +103,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let q = QueueName::new("kept").unwrap();
     let store = common::connect(common::options(&schema, None)).await;
     let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
@@ -143,7 +143,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
 #[tokio::test]
 async fn a_schema_holding_foreign_tables_is_refused_and_left_unchanged() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let mut admin = admin().await;
     sqlx::query(&format!("CREATE SCHEMA \"{schema}\"")).execute(&mut admin).await.unwrap();
     sqlx::query(&format!("CREATE TABLE \"{schema}\".invoices (id int)")).execute(&mut admin).await.unwrap();
@@ -175,7 +175,7 @@ async fn a_bad_schema_name_or_pool_size_is_refused_before_connecting() {
 #[tokio::test]
 async fn the_lease_order_comes_from_the_index_whatever_the_statistics_say() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let q = QueueName::new("big").unwrap();
     let store = common::connect(common::options(&schema, None)).await;
     let jobs: Vec<NewJob> = (0..1000).map(|i| NewJob::new(format!("{i}")).priority(i % 3)).collect();

@@ -11,7 +11,7 @@ use onceq_core::{LeaseOptions, NewJob, QueueName, Store};
 #[tokio::test]
 async fn single_job_enqueues_leases_and_acks_run_on_a_cached_generic_plan() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     // One pooled connection (the listener has its own), so every statement is prepared there.
     let store = common::connect(common::options(&schema, None).pool_size(1)).await;
     let q = QueueName::new("q").unwrap();
@@ -61,7 +61,7 @@ async fn single_job_enqueues_leases_and_acks_run_on_a_cached_generic_plan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_big_queue_after_stale_statistics_does_not_hang() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let store = common::connect(common::options(&schema, None)).await;
     let q = QueueName::new("big").unwrap();
     let fill = |q: QueueName| {
@@ -97,7 +97,7 @@ async fn deleting_a_big_queue_after_stale_statistics_does_not_hang() {
 async fn an_enqueue_sweeps_expired_dedup_ids() {
     let clock = onceq_core::ManualClock::at_default_start();
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let store =
         common::connect(common::options(&schema, Some(clock.clone() as std::sync::Arc<dyn onceq_core::Clock>))).await;
     let q = QueueName::new("q").unwrap();
@@ -127,7 +127,7 @@ async fn an_enqueue_sweeps_expired_dedup_ids() {
 #[tokio::test]
 async fn leasing_before_statistics_exist_walks_the_ready_index() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let store = common::connect(common::options(&schema, None)).await;
     let q = QueueName::new("q").unwrap();
     store.job_enqueue(&q, vec![NewJob::new("first")]).await.unwrap();

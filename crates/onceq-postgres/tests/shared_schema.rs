@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 async fn two_stores() -> (PgStore, PgStore, common::SchemaGuard) {
     let (a, guard) = common::fresh_store(None).await;
-    let b = common::connect(common::options(&guard.schema, None)).await;
+    let b = common::connect(common::options(guard.schema(), None)).await;
     (a, b, guard)
 }
 
@@ -110,7 +110,7 @@ async fn a_job_row_locked_elsewhere_stalls_no_lease() {
 
     let mut other = sqlx::PgConnection::connect(&common::database_url()).await.unwrap();
     let mut tx = other.begin().await.unwrap();
-    sqlx::query(&format!("SELECT 1 FROM \"{}\".jobs WHERE id = $1 FOR UPDATE", guard.schema))
+    sqlx::query(&format!("SELECT 1 FROM \"{}\".jobs WHERE id = $1 FOR UPDATE", guard.schema()))
         .bind(i64::try_from(ids[0].get()).unwrap())
         .execute(&mut *tx)
         .await

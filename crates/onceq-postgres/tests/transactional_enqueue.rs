@@ -144,7 +144,7 @@ async fn the_enqueue_rules_hold_inside_a_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_in_a_transaction_into_a_queue_recreated_elsewhere_lands_in_the_new_one() {
     let (store, guard) = common::fresh_store(None).await;
-    let other = common::connect(common::options(&guard.schema, None)).await;
+    let other = common::connect(common::options(guard.schema(), None)).await;
     let q = QueueName::new("recreated").unwrap();
     store.enqueue(&q, NewJob::new("creates")).await.unwrap();
     store.enqueue(&q, NewJob::new("remembered")).await.unwrap();

@@ -37,7 +37,7 @@ async fn terminate(application: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_connection_dies_is_unavailable_and_the_store_recovers() {
     let schema = common::fresh_schema();
-    let _guard = common::SchemaGuard { schema: schema.clone() };
+    let _guard = common::SchemaGuard::of(&schema);
     let application = schema.clone();
     let url = format!("{}?application_name={application}", common::database_url());
     let store = common::connect(PgOptions::new(url).schema(&schema).pool_size(2)).await;

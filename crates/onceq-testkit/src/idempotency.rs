@@ -239,7 +239,13 @@ pub async fn limits_are_enforced<B: IdempotencyBackend>(backend: &B) {
     assert_eq!(f.begin(begin("k", "x", 1000)).await, Ok(BeginOutcome::InProgress { owner: "w".into(), until }));
 }
 
-/// Expands to one `#[tokio::test]` per idempotency conformance function.
+/// The idempotency conformance functions every idempotency store runs: what
+/// [`idempotency_suite!`](crate::idempotency_suite) expands to, as data, so that a test can check
+/// that none is left out.
+pub const SUITE: &[&str] = crate::idempotency_suite!(@list @names;);
+
+/// Expands to one `#[tokio::test]` per idempotency conformance function. The list is written once,
+/// in the `@list` arm; the testkit's `conformance_complete` test fails when a function is missing.
 #[macro_export]
 macro_rules! idempotency_suite {
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -250,8 +256,12 @@ macro_rules! idempotency_suite {
             }
         )*
     };
-    ($backend:expr) => {
-        $crate::idempotency_suite!(@tests $backend;
+    (@names; $($name:ident),* $(,)?) => {
+        &[$(stringify!($name)),*]
+    };
+    // Hands the list to the arm named by the caller (`@tests $backend;` or `@names;`).
+    (@list $($arm:tt)*) => {
+        $crate::idempotency_suite! { $($arm)*
             begin_acquires_a_new_key,
             begin_reports_in_progress_to_another_owner,
             begin_by_the_holder_reacquires_and_moves_the_expiry,
@@ -265,6 +275,9 @@ macro_rules! idempotency_suite {
             a_taken_over_claim_starts_fresh,
             concurrent_begins_acquire_once,
             limits_are_enforced,
-        );
+        }
+    };
+    ($backend:expr) => {
+        $crate::idempotency_suite! { @list @tests $backend; }
     };
 }

@@ -1,5 +1,7 @@
-//! What the PostgreSQL tests of every crate share (feature `postgres`): the database to use,
-//! how to get one when it is not there, and dropping a test's schemas when it ends.
+//! The PostgreSQL fixture of every crate's tests (feature `postgres`): the database to use, how
+//! to get one when it is not there, a schema per test, and dropping a test's schemas when it ends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Connection;
 
@@ -43,5 +45,51 @@ pub fn drop_schemas(schemas: &[String]) {
     .join();
     if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| "the thread panicked".to_owned()) {
         eprintln!("could not drop test schemas {schemas:?}: {e}");
+    }
+}
+
+/// A schema name starting with `label` that no other test (in this or another process) uses.
+/// Keep `label` short: a schema name, and the store's `NOTIFY` channel made from it, are
+/// identifiers of at most 63 bytes.
+pub fn fresh_schema(label: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{label}_{}_{}_{:06x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>() >> 8
+    )
+}
+
+/// Drops its schemas (and everything in them) when dropped, also when the test fails.
+pub struct SchemaGuard {
+    /// The schemas to drop.
+    pub schemas: Vec<String>,
+}
+
+impl SchemaGuard {
+    /// A guard of one schema.
+    pub fn of(schema: &str) -> SchemaGuard {
+        SchemaGuard { schemas: vec![schema.to_owned()] }
+    }
+
+    /// The first schema it guards (the only one, for a guard made with [`SchemaGuard::of`]).
+    pub fn schema(&self) -> &str {
+        self.schemas.first().map_or("", String::as_str)
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        drop_schemas(&self.schemas);
+    }
+}
+
+/// A pool of at most `max_connections` on the test database; fails the test with
+/// [`how_to_get_postgres`] when the server is not there.
+pub async fn pool(max_connections: u32) -> sqlx::PgPool {
+    match sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).connect(&database_url()).await {
+        Ok(pool) => pool,
+        Err(e) => panic!("cannot connect to PostgreSQL: {e}\n{}", how_to_get_postgres()),
     }
 }

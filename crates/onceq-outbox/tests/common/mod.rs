@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,28 +14,11 @@ use onceq_postgres::{PgOptions, PgStore};
 use sqlx::PgPool;
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use onceq_testkit::postgres::{database_url, DEFAULT_URL};
+pub use onceq_testkit::postgres::{database_url, SchemaGuard, DEFAULT_URL};
 
-/// A schema name no other test (in this or another process) uses.
+/// A schema name for `what` no other test (in this or another process) uses.
 pub fn fresh_schema(what: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "t_{what}_{}_{}_{:06x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u32>() >> 8
-    )
-}
-
-/// Drops its schemas (and everything in them) when dropped.
-pub struct SchemaGuard {
-    pub schemas: Vec<String>,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        onceq_testkit::postgres::drop_schemas(&self.schemas);
-    }
+    onceq_testkit::postgres::fresh_schema(&format!("t_{what}"))
 }
 
 /// One test's world on PostgreSQL: the application's pool with an `orders` table in schema
@@ -54,14 +36,7 @@ impl World {
         let (app, outbox_schema, onceq) =
             (fresh_schema(&format!("{test}_app")), fresh_schema(&format!("{test}_ob")), fresh_schema(test));
         let guard = SchemaGuard { schemas: vec![app.clone(), outbox_schema.clone(), onceq.clone()] };
-        let pool = match sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&database_url()).await {
-            Ok(pool) => pool,
-            Err(e) => panic!(
-                "cannot connect to PostgreSQL at {}: {e}. The outbox tests need a PostgreSQL server (set \
-                 ONCEQ_TEST_DATABASE_URL, or run scripts/test which starts the local one)",
-                database_url()
-            ),
-        };
+        let pool = onceq_testkit::postgres::pool(8).await;
         let create = format!(
             "CREATE SCHEMA \"{app}\"; CREATE TABLE \"{app}\".orders (id bigint PRIMARY KEY, customer text NOT NULL)"
         );

@@ -1,31 +1,19 @@
-//! What every PostgreSQL test shares: the server to use, a fresh schema per test (dropped when
-//! the test ends), and a clear failure when the server is not there.
+//! What the PostgreSQL store's tests share on top of the testkit's PostgreSQL fixture (the server,
+//! a schema per test, a clear failure when the server is not there): a store in a fresh schema,
+//! and the business table the transactional tests write to.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use onceq_core::Clock;
 use onceq_postgres::{PgOptions, PgStore};
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use onceq_testkit::postgres::{database_url, how_to_get_postgres, DEFAULT_URL};
+pub use onceq_testkit::postgres::{database_url, how_to_get_postgres, SchemaGuard, DEFAULT_URL};
 
 /// A schema name no other test (in this or another process) uses.
 pub fn fresh_schema() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("onceq_test_{}_{}_{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand::random::<u32>())
-}
-
-/// Drops its schema (and everything in it) when dropped.
-pub struct SchemaGuard {
-    pub schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        onceq_testkit::postgres::drop_schemas(std::slice::from_ref(&self.schema));
-    }
+    onceq_testkit::postgres::fresh_schema("onceq_test")
 }
 
 /// Options for a store in `schema` on the test server, on `clock` if given.
@@ -46,7 +34,7 @@ pub async fn connect(options: PgOptions) -> PgStore {
 /// A store in a fresh schema, and the guard that drops the schema.
 pub async fn fresh_store(clock: Option<Arc<dyn Clock>>) -> (PgStore, SchemaGuard) {
     let schema = fresh_schema();
-    let guard = SchemaGuard { schema: schema.clone() };
+    let guard = SchemaGuard::of(&schema);
     (connect(options(&schema, clock)).await, guard)
 }
 

@@ -1,0 +1,251 @@
+//! Queues: upsert (create, update, partial backoff, invalid config), stats, list, unknown
+//! queues and delete.
+
+use onceq_core::limits::{BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX};
+use onceq_core::{
+    Backoff, BackoffPatch, DeadPage, DeliveryMode, Error, ErrorKind, Jitter, NewJob, QueueConfig, QueueConfigPatch,
+    QueueInfo, QueueStats, Redrive, Store, StoreExt,
+};
+
+use super::{counts, defaults, open_manual, queue};
+use crate::Backend;
+
+/// `queue_upsert` on a new queue creates it with the defaults patched, returns that config, and
+/// the queue reads back with it; an empty patch gives the defaults.
+pub async fn queue_upsert_creates_with_defaults_and_patch<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("configured");
+    let backoff = Backoff { initial_ms: 50, max_ms: 5_000, multiplier: 1.5, jitter: Jitter::Equal };
+    let patch = QueueConfigPatch {
+        delivery: None,
+        visibility_timeout_ms: Some(12_345),
+        max_attempts: Some(7),
+        backoff: Some(backoff.clone().into()),
+        dedup_window_ms: Some(600),
+    };
+    let expected =
+        QueueConfig { visibility_timeout_ms: 12_345, max_attempts: 7, backoff, dedup_window_ms: 600, ..defaults() };
+    assert_eq!(f.store.queue_upsert(&q, patch).await, Ok(expected.clone()));
+    assert_eq!(
+        f.store.queue_get(&q).await,
+        Ok(QueueInfo { name: q.clone(), config: expected, paused: false, stats: QueueStats::default() })
+    );
+    let plain = queue("plain");
+    assert_eq!(f.store.queue_upsert(&plain, QueueConfigPatch::default()).await, Ok(defaults()));
+    assert_eq!(f.store.queue_get(&plain).await.map(|i| i.config), Ok(defaults()));
+}
+
+/// `queue_upsert` on an existing queue replaces only the patched fields; the new defaults apply
+/// to later enqueues and leases.
+pub async fn queue_upsert_updates_existing<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("evolving");
+    f.upsert(&q, QueueConfigPatch { visibility_timeout_ms: Some(12_345), ..Default::default() }).await;
+    let early = f.enqueue_one(&q, NewJob::new("early")).await;
+    let updated = f.upsert(&q, QueueConfigPatch { max_attempts: Some(9), ..Default::default() }).await;
+    assert_eq!(updated, QueueConfig { visibility_timeout_ms: 12_345, max_attempts: 9, ..defaults() });
+    assert_eq!(f.store.queue_get(&q).await.map(|i| i.config), Ok(updated.clone()));
+    let late = f.enqueue_one(&q, NewJob::new("late")).await;
+    assert_eq!((f.get(early).await.max_attempts, f.get(late).await.max_attempts), (defaults().max_attempts, 9));
+
+    let updated = f.upsert(&q, QueueConfigPatch { visibility_timeout_ms: Some(500), ..Default::default() }).await;
+    assert_eq!(updated, QueueConfig { visibility_timeout_ms: 500, max_attempts: 9, ..defaults() });
+    let leased = f.lease_one(&q, None).await;
+    assert_eq!((leased.id, leased.lease_expires_at), (early, f.now().plus_ms(500)));
+
+    f.upsert(&q, QueueConfigPatch { delivery: Some(DeliveryMode::EffectivelyOnce), ..Default::default() }).await;
+    let err = f.store.job_enqueue(&q, vec![NewJob::new("no dedup id")]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+}
+
+/// A partial backoff replaces the fields it gives and keeps the queue's others; whether the
+/// result is valid depends on the queue's current policy, not on the defaults: `max_ms: 500`
+/// alone is refused on a queue whose `initial_ms` is 1,000 (the default) and accepted on one
+/// whose `initial_ms` is 100.
+pub async fn queue_upsert_merges_a_partial_backoff<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("partial-backoff");
+    let start = Backoff { initial_ms: 100, max_ms: 10_000, multiplier: 3.0, jitter: Jitter::Equal };
+    f.upsert(&q, QueueConfigPatch { backoff: Some(start.clone().into()), ..Default::default() }).await;
+    let patch = |backoff: BackoffPatch| QueueConfigPatch { backoff: Some(backoff), ..Default::default() };
+    let lower_cap = patch(BackoffPatch { max_ms: Some(500), ..BackoffPatch::default() });
+    let updated = f.upsert(&q, lower_cap.clone()).await;
+    assert_eq!(updated.backoff, Backoff { max_ms: 500, ..start.clone() });
+    let updated = f.upsert(&q, patch(BackoffPatch { jitter: Some(Jitter::None), ..BackoffPatch::default() })).await;
+    assert_eq!(updated.backoff, Backoff { max_ms: 500, jitter: Jitter::None, ..start });
+    assert_eq!(f.store.queue_get(&q).await.map(|i| i.config.backoff), Ok(updated.backoff.clone()));
+    // On a new queue the same partial meets the defaults (initial_ms 1,000): refused, not created.
+    let fresh = queue("partial-backoff-fresh");
+    let expected = defaults().patched(&lower_cap).unwrap_err();
+    assert_eq!(f.store.queue_upsert(&fresh, lower_cap).await, Err(expected));
+    assert_eq!(f.store.queue_get(&fresh).await.map(|i| i.name), Err(Error::QueueNotFound(fresh.clone())));
+    // A field out of its own range is refused whatever the queue holds.
+    let too_big = patch(BackoffPatch { multiplier: Some(BACKOFF_MULTIPLIER_MAX * 2.0), ..BackoffPatch::default() });
+    let expected = updated.patched(&too_big).unwrap_err();
+    assert_eq!(f.store.queue_upsert(&q, too_big).await, Err(expected));
+}
+
+/// An upsert whose resulting config is invalid is rejected with the shared validation's error
+/// and changes nothing: a new queue is not created, an existing one keeps its config.
+pub async fn queue_upsert_rejects_invalid_config<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("strict-config");
+    let invalid = [
+        QueueConfigPatch { visibility_timeout_ms: Some(0), ..Default::default() },
+        QueueConfigPatch {
+            max_attempts: Some(9),
+            backoff: Some(Backoff { multiplier: 0.5, ..Backoff::default() }.into()),
+            ..Default::default()
+        },
+        QueueConfigPatch {
+            backoff: Some(Backoff { initial_ms: 10, max_ms: 5, ..Backoff::default() }.into()),
+            ..Default::default()
+        },
+        QueueConfigPatch { dedup_window_ms: Some(DEDUP_WINDOW_MS_MAX + 1), ..Default::default() },
+    ];
+    for patch in &invalid {
+        let expected = defaults().patched(patch).unwrap_err();
+        assert_eq!(f.store.queue_upsert(&q, patch.clone()).await, Err(expected), "{patch:?}");
+        assert_eq!(f.store.queue_list().await, Ok(vec![]), "{patch:?} created the queue");
+    }
+    let current = f.upsert(&q, QueueConfigPatch { max_attempts: Some(3), ..Default::default() }).await;
+    let before = f.store.queue_get(&q).await;
+    for patch in &invalid {
+        let expected = current.patched(patch).unwrap_err();
+        assert_eq!(f.store.queue_upsert(&q, patch.clone()).await, Err(expected), "{patch:?}");
+        assert_eq!(f.store.queue_get(&q).await, before, "{patch:?} changed the queue");
+    }
+}
+
+/// Stats count jobs by state as of the clock's current time (scheduled jobs come due, expired
+/// leases become ready), and `oldest_ready_age_ms` is now minus the smallest ready `run_at`.
+pub async fn queue_stats_count_each_state<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("stats");
+    let t0 = f.now();
+    let dead = f.enqueue_one(&q, NewJob::new("dead").priority(10)).await;
+    let leased = f.lease_one(&q, None).await;
+    assert_eq!(leased.id, dead);
+    assert_eq!(f.store.fail(leased.lease(), "x").await, Ok(()));
+    let held = f.enqueue_one(&q, NewJob::new("held")).await;
+    assert_eq!(f.lease_one(&q, None).await.id, held);
+    clock.advance(100);
+    f.enqueue(&q, vec![NewJob::new("b"), NewJob::new("c").delay_ms(50), NewJob::new("d").delay_ms(100_000)]).await;
+    assert_eq!(f.stats(&q).await, counts(1, 2, 1, 1, Some(0)));
+    clock.advance(900);
+    let info = QueueInfo { name: q.clone(), config: defaults(), paused: false, stats: counts(2, 1, 1, 1, Some(900)) };
+    assert_eq!(f.store.queue_get(&q).await, Ok(info.clone()));
+    assert_eq!(f.store.queue_list().await, Ok(vec![info]));
+    // The held lease expires at t0 + 30 s and becomes ready then.
+    clock.advance(29_500);
+    let age = f.now().ms_since(t0.plus_ms(100));
+    assert_eq!(f.stats(&q).await, counts(3, 1, 0, 1, Some(age)));
+    clock.advance(70_000);
+    let age = f.now().ms_since(t0.plus_ms(100));
+    assert_eq!(f.stats(&q).await, counts(4, 0, 0, 1, Some(age)));
+}
+
+/// `oldest_ready_age_ms` is the age of the oldest ready job whatever its priority, not of the
+/// job the next lease would take: the oldest may sit behind newer jobs of higher priority.
+pub async fn queue_stats_oldest_ready_spans_priorities<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("oldest");
+    f.enqueue_one(&q, NewJob::new("middle").priority(-3)).await;
+    clock.advance(10);
+    f.enqueue_one(&q, NewJob::new("newest").priority(7)).await;
+    clock.advance(10);
+    f.enqueue(&q, vec![NewJob::new("a").priority(0), NewJob::new("b").priority(7)]).await;
+    clock.advance(5);
+    assert_eq!(f.stats(&q).await, counts(4, 0, 0, 0, Some(25)));
+    // Leasing the two priority-7 jobs and the priority-0 one leaves the oldest, at priority -3.
+    let leased = f.lease(&q, 3, None).await;
+    assert_eq!(leased.len(), 3);
+    assert_eq!(f.stats(&q).await, counts(1, 0, 3, 0, Some(25)));
+    for job in &leased {
+        assert_eq!(f.store.ack(job.lease()).await, Ok(()));
+    }
+    let last = f.lease_one(&q, None).await;
+    assert_eq!(f.store.ack(last.lease()).await, Ok(()));
+    assert_eq!(f.stats(&q).await, counts(0, 0, 0, 0, None));
+}
+
+/// `queue_list` lists every queue, by name (byte order), with its config, pause flag and stats.
+pub async fn queue_list_lists_by_name<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    f.upsert(&queue("b-queue"), QueueConfigPatch::default()).await;
+    f.enqueue_one(&queue("a-queue"), NewJob::new("a")).await;
+    f.upsert(&queue("c.queue"), QueueConfigPatch { max_attempts: Some(2), ..Default::default() }).await;
+    f.upsert(&queue("B"), QueueConfigPatch::default()).await;
+    assert_eq!(f.store.queue_pause(&queue("B")).await, Ok(()));
+    let info = |name: &str, config: QueueConfig, paused: bool, stats: QueueStats| QueueInfo {
+        name: queue(name),
+        config,
+        paused,
+        stats,
+    };
+    assert_eq!(
+        f.store.queue_list().await,
+        Ok(vec![
+            info("B", defaults(), true, QueueStats::default()),
+            info("a-queue", defaults(), false, counts(1, 0, 0, 0, Some(0))),
+            info("b-queue", defaults(), false, QueueStats::default()),
+            info("c.queue", QueueConfig { max_attempts: 2, ..defaults() }, false, QueueStats::default()),
+        ])
+    );
+}
+
+/// Every operation that names an existing queue returns `QueueNotFound` for an unknown one, and
+/// creates nothing.
+pub async fn queue_ops_on_unknown_queue_are_not_found<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let ghost = queue("nowhere");
+    let not_found = Error::QueueNotFound(ghost.clone());
+    assert_eq!(f.store.queue_get(&ghost).await, Err(not_found.clone()));
+    assert_eq!(f.store.queue_pause(&ghost).await, Err(not_found.clone()));
+    assert_eq!(f.store.queue_resume(&ghost).await, Err(not_found.clone()));
+    assert_eq!(f.store.queue_delete(&ghost).await, Err(not_found.clone()));
+    assert_eq!(f.store.dead_list(&ghost, DeadPage::default()).await, Err(not_found.clone()));
+    assert_eq!(f.store.dead_redrive(&ghost, Redrive::default()).await, Err(not_found.clone()));
+    assert_eq!(f.store.dead_purge(&ghost).await, Err(not_found));
+    assert_eq!(f.store.queue_list().await, Ok(vec![]));
+}
+
+/// `queue_delete` removes the queue, every job in it (whatever its state) and its dedup entries;
+/// the queue's operations then return `QueueNotFound`, its jobs `JobNotFound`; other queues are
+/// untouched; enqueueing again creates a fresh default queue.
+pub async fn queue_delete_removes_queue_and_jobs<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("doomed");
+    let other = queue("survivor");
+    f.upsert(&q, QueueConfigPatch { visibility_timeout_ms: Some(1_234), ..Default::default() }).await;
+    let dead = f.enqueue_dead(&q, 1).await[0];
+    let leased_id = f.enqueue_one(&q, NewJob::new("leased")).await;
+    let leased = f.lease_one(&q, None).await;
+    assert_eq!(leased.id, leased_id);
+    let ready = f.enqueue_one(&q, NewJob::new("ready").dedup_id("once")).await;
+    let scheduled = f.enqueue_one(&q, NewJob::new("scheduled").delay_ms(60_000)).await;
+    let survivor = f.enqueue_one(&other, NewJob::new("survivor")).await;
+    let survivor_before = f.get(survivor).await;
+
+    assert_eq!(f.store.queue_delete(&q).await, Ok(()));
+    for id in [dead, leased_id, ready, scheduled] {
+        assert_eq!(f.store.job_get(id).await, Err(Error::JobNotFound(id)));
+    }
+    f.assert_settles_rejected(leased.lease(), Error::JobNotFound(leased_id)).await;
+    let not_found = Error::QueueNotFound(q.clone());
+    assert_eq!(f.store.queue_get(&q).await, Err(not_found.clone()));
+    assert_eq!(f.store.queue_pause(&q).await, Err(not_found.clone()));
+    assert_eq!(f.store.queue_resume(&q).await, Err(not_found.clone()));
+    assert_eq!(f.store.queue_delete(&q).await, Err(not_found.clone()));
+    assert_eq!(f.store.dead_list(&q, DeadPage::default()).await, Err(not_found.clone()));
+    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await, Err(not_found.clone()));
+    assert_eq!(f.store.dead_purge(&q).await, Err(not_found));
+    f.lease_none(&q).await;
+    assert_eq!(f.store.queue_list().await.map(|l| l.into_iter().map(|i| i.name).collect::<Vec<_>>()), Ok(vec![other]));
+    assert_eq!(f.get(survivor).await, survivor_before);
+
+    let reborn = f.store.enqueue(&q, NewJob::new("again").dedup_id("once")).await.unwrap();
+    assert!(!reborn.duplicate, "the dedup entries went with the queue");
+    assert!(reborn.id > survivor);
+    assert_eq!(f.store.queue_get(&q).await.map(|i| i.config), Ok(defaults()));
+}
