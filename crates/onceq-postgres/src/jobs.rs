@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceq_core::limits::DELAY_MS_MAX;
 use onceq_core::metrics as names;
+use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, AttemptError, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, ItemResults, Job, JobId,
     JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueName,
@@ -537,19 +537,6 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
-/// Refuses a batch the queue's config does not allow: an `effectively_once` queue needs a dedup
-/// id on every job.
-fn check_batch(queue: &QueueName, config: &QueueConfig, jobs: &[NewJob]) -> Result<()> {
-    if config.delivery == DeliveryMode::EffectivelyOnce {
-        if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
-            return Err(Error::invalid(format!(
-                "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// A queue as this store last looked it up, for enqueues that skip the lookup.
 #[derive(Debug)]
 pub(crate) struct KnownQueue {
@@ -637,7 +624,7 @@ impl PgStore {
         // the queue and its config are still the ones known, and inserts nothing otherwise.
         if batch.jobs.iter().all(|j| matches!(j.schedule, Schedule::Now)) {
             if let Some(known) = self.known_queue(queue) {
-                if check_batch(queue, &known.config, &batch.jobs).is_ok() {
+                if validate::enqueue_into(queue, &known.config, &batch.jobs).is_ok() {
                     let config_text = Some(known.config_text.as_str());
                     match self.insert_batch(conn, &batch, None, known.id, &known.config, config_text).await? {
                         Some((out, now)) => return Ok(self.enqueued(conn, queue, out, now).await),
@@ -686,12 +673,7 @@ impl PgStore {
             .ok_or_else(|| Error::Storage("looking up a queue returned no row".into()))?;
         let now: i64 = row.try_get("now").map_err(decode)?;
         let now_ts = Timestamp::from_millis(now);
-        let latest = now_ts.plus_ms(DELAY_MS_MAX);
-        if let Some(i) = jobs.iter().position(|j| j.ready_at(now_ts) > latest) {
-            return Err(Error::invalid(format!(
-                "job {i}: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
-            )));
-        }
+        validate::run_at_horizon(jobs, now_ts)?;
         if let Some(id) = row.try_get::<Option<i64>, _>("id").map_err(decode)? {
             let config_text: String = row.try_get("config").map_err(decode)?;
             let config = parse_config(queue.as_str(), &config_text)?;
@@ -700,7 +682,7 @@ impl PgStore {
             if matches!(conn, Conn::Pool) {
                 self.know_queue(queue, Arc::new(KnownQueue { id, config_text, config: config.clone() }));
             }
-            check_batch(queue, &config, jobs)?;
+            validate::enqueue_into(queue, &config, jobs)?;
             return Ok(Some((now, id, config)));
         }
         let config = QueueConfig::default();

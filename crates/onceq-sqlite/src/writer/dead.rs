@@ -1,7 +1,6 @@
 //! The SQL of a queue's dead letters: redrive and purge. (Listing them is a read: `reader`.)
 
 use onceq_core::metrics as names;
-use onceq_core::store::validate;
 use onceq_core::{QueueName, Redrive, Result};
 use rusqlite::{params, Connection};
 
@@ -10,7 +9,6 @@ use crate::writer::cache::State;
 
 impl State {
     pub(crate) fn dead_redrive(&mut self, conn: &Connection, name: &QueueName, redrive: &Redrive) -> Result<u64> {
-        validate::redrive(redrive)?;
         let queue_id = self.queue_required(name)?.id;
         let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
         let ids: Vec<i64> = match &redrive.ids {

@@ -44,7 +44,6 @@ impl State {
         begin: &onceq_core::Begin,
     ) -> Result<onceq_core::BeginOutcome> {
         use onceq_core::BeginOutcome;
-        begin.validate()?;
         let now = self.now.as_millis();
         let live = idempotency_row(conn, &begin.key)?.filter(|row| row.until > now);
         if let Some(row) = live {
@@ -83,7 +82,6 @@ impl State {
 
     /// Records the result of a key the owner holds.
     pub(crate) fn idempotency_complete(&mut self, conn: &Connection, complete: &onceq_core::Complete) -> Result<()> {
-        complete.validate()?;
         match idempotency_row(conn, &complete.key)? {
             Some(row) if row.in_progress && row.owner == complete.owner => {}
             _ => return Err(onceq_core::idempotency::not_held(&complete.key, &complete.owner)),
@@ -103,7 +101,6 @@ impl State {
 
     /// Gives up a key the owner holds.
     pub(crate) fn idempotency_release(&mut self, conn: &Connection, key: &str, owner: &str) -> Result<()> {
-        onceq_core::idempotency::validate_release(key, owner)?;
         match idempotency_row(conn, key)? {
             Some(row) if row.in_progress && row.owner == owner => {}
             _ => return Err(onceq_core::idempotency::not_held(key, owner)),

@@ -18,22 +18,9 @@ impl State {
         name: &QueueName,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
-        validate::enqueue(&jobs)?;
-        let latest = self.now.plus_ms(onceq_core::limits::DELAY_MS_MAX);
-        if let Some(i) = jobs.iter().position(|j| j.ready_at(self.now) > latest) {
-            return Err(Error::invalid(format!(
-                "job {i}: run_at is more than {} ms ahead; that is the limit",
-                onceq_core::limits::DELAY_MS_MAX
-            )));
-        }
+        validate::run_at_horizon(&jobs, self.now)?;
         if let Some(entry) = self.queues.get(name) {
-            if entry.config.delivery == DeliveryMode::EffectivelyOnce {
-                if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
-                    return Err(Error::invalid(format!(
-                        "job {i}: queue {name} is effectively_once, so every job needs a dedup id"
-                    )));
-                }
-            }
+            validate::enqueue_into(name, &entry.config, &jobs)?;
         } else {
             self.queue_create(conn, name, QueueConfig::default())?;
         }

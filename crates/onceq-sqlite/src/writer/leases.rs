@@ -2,7 +2,6 @@
 //! the lease's token and expiry (Invariant 3).
 
 use onceq_core::metrics as names;
-use onceq_core::store::validate;
 use onceq_core::{Error, Extend, Fail, ItemResults, JobId, LeaseRef, LeaseToken, Nack, NackOutcome, Result, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -47,7 +46,6 @@ impl State {
     }
 
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
-        validate::settle_batch(acks.len())?;
         let now = self.now.as_millis();
         // Each lease is checked by one point read; the live ones are then deleted with one
         // statement per id chunk. (A DELETE per job pays statement set-up and teardown, a cursor on
@@ -125,7 +123,6 @@ impl State {
     }
 
     pub(crate) fn job_nack(&mut self, conn: &Connection, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
-        validate::nacks(nacks)?;
         let mut out = Vec::with_capacity(nacks.len());
         for nack in nacks {
             let lease = match self.live_lease(conn, nack.id, &nack.lease_token) {
@@ -180,7 +177,6 @@ impl State {
         conn: &Connection,
         releases: &[onceq_core::Release],
     ) -> Result<ItemResults<()>> {
-        validate::releases(releases)?;
         let mut out = Vec::with_capacity(releases.len());
         for release in releases {
             let lease = match self.live_lease(conn, release.id, &release.lease_token) {
@@ -223,7 +219,6 @@ impl State {
     }
 
     pub(crate) fn job_extend(&mut self, conn: &Connection, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
-        validate::extends(extends)?;
         let mut out = Vec::with_capacity(extends.len());
         for extend in extends {
             out.push(match self.live_lease(conn, extend.id, &extend.lease_token) {
@@ -243,7 +238,6 @@ impl State {
     }
 
     pub(crate) fn job_fail(&mut self, conn: &Connection, fails: &[Fail]) -> Result<ItemResults<()>> {
-        validate::settle_batch(fails.len())?;
         let mut out = Vec::with_capacity(fails.len());
         for fail in fails {
             out.push(match self.live_lease(conn, fail.id, &fail.lease_token) {

@@ -8,6 +8,11 @@
 //! applies what the clock made due (module `due`). It keeps the queue configs and per-state job
 //! counts in memory, publishing them to readers after each commit (module `cache`).
 //!
+//! Requests arrive checked: the store's entry points (`SqliteStore`'s `Store` methods) validate
+//! each one before it is queued here, so the writer thread spends no time checking it again. It
+//! checks only what needs its own state — a batch against its queue's config, `run_at` against
+//! the transaction's clock reading — with the rules of `onceq_core::store::validate`.
+//!
 //! The crate's `# Layout` says what each file of this folder owns.
 
 pub(crate) mod cache;
