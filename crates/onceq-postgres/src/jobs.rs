@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
 use crate::schema::state;
-use crate::statements::HotStatement;
+use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
 use crate::transaction::Conn;
 use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
 use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
@@ -310,13 +310,6 @@ released AS (
 {notify:released}
 {verdict:released:, (SELECT count(*) FROM notified) AS notified}
 "#;
-
-/// Up to this many items, a batch statement's `items` carry a `LIMIT` of their exact count.
-/// PostgreSQL guesses that `unnest` of a parameter array yields 10 rows, so for a smaller batch
-/// the generic plan looked dearer than the custom ones and every single-job ack or enqueue was
-/// planned afresh; with the count as a literal both agree and the plan is cached. One prepared
-/// statement per count up to this bound; larger batches share one.
-pub(crate) const ITEMS_EXACT_MAX: usize = 10;
 
 /// `sql` with its `{cap}` filled in for a batch of `n` items (see [`ITEMS_EXACT_MAX`]).
 fn sized(sql: &str, n: usize) -> String {
@@ -612,7 +605,7 @@ struct LeaseAttempt {
 
 impl PgStore {
     /// Enqueues on `conn`: on the pool, or in a caller's transaction (see `transaction`).
-    pub(crate) async fn enqueue_jobs(
+    pub(crate) async fn job_enqueue(
         &self,
         conn: &mut Conn<'_>,
         queue: &QueueName,
@@ -832,7 +825,7 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn lease_jobs(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+    pub(crate) async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
         let waiters = self.inner.waiters.clone();
         // The pause before looking again while sleeping is refused (see `wait`, "Sleeping").
@@ -1004,7 +997,7 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn read_job(&self, id: JobId) -> Result<Job> {
+    pub(crate) async fn job_get(&self, id: JobId) -> Result<Job> {
         let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
         let (_, queue) = self.apply_due(Scope::Job(row_id)).await?.queue();
         if queue.is_none() {
@@ -1019,7 +1012,7 @@ impl PgStore {
     }
 
     /// Acks on `conn`: on the pool, or in a caller's transaction (see `transaction`).
-    pub(crate) async fn ack_jobs(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+    pub(crate) async fn job_ack(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
         for round in rounds(&ids) {
@@ -1054,7 +1047,7 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn nack_jobs(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+    pub(crate) async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         let ids: Vec<JobId> = nacks.iter().map(|n| n.id).collect();
         let backoff = self.backoff_delays(nacks).await?;
         let mut out: Vec<Option<Result<NackOutcome>>> = (0..nacks.len()).map(|_| None).collect();
@@ -1143,7 +1136,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn extend_leases(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+    pub(crate) async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
         let ids: Vec<JobId> = extends.iter().map(|e| e.id).collect();
         let mut out: Vec<Option<Result<Timestamp>>> = (0..extends.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(EXTEND, None));
@@ -1177,7 +1170,7 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn fail_jobs(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+    pub(crate) async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = fails.iter().map(|f| f.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..fails.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(FAIL, None));
@@ -1210,7 +1203,7 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn release_jobs(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+    pub(crate) async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = releases.iter().map(|r| r.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..releases.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(RELEASE, Some("released")));

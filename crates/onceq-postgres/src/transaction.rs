@@ -59,7 +59,7 @@ impl PgStore {
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
-        self.enqueue_jobs(&mut Conn::Caller(tx), queue, jobs).await
+        self.job_enqueue(&mut Conn::Caller(tx), queue, jobs).await
     }
 
     /// Acks leases inside the caller's transaction: [`Store::job_ack`], fenced by each lease
@@ -77,7 +77,7 @@ impl PgStore {
     /// [`Store::job_ack`]: onceq_core::Store::job_ack
     pub async fn job_ack_in(&self, tx: &mut PgConnection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
-        self.ack_jobs(&mut Conn::Caller(tx), acks).await
+        self.job_ack(&mut Conn::Caller(tx), acks).await
     }
 
     /// Claims an idempotency key inside the caller's transaction:
@@ -91,7 +91,7 @@ impl PgStore {
     /// [`IdempotencyStore::idempotency_begin`]: onceq_core::IdempotencyStore::idempotency_begin
     pub async fn idempotency_begin_in(&self, tx: &mut PgConnection, begin: Begin) -> Result<BeginOutcome> {
         begin.validate()?;
-        self.begin_key(&mut Conn::Caller(tx), &begin).await
+        self.idempotency_begin(&mut Conn::Caller(tx), &begin).await
     }
 
     /// Records a claimed key's result inside the caller's transaction:
@@ -105,7 +105,7 @@ impl PgStore {
     /// [`IdempotencyStore::idempotency_complete`]: onceq_core::IdempotencyStore::idempotency_complete
     pub async fn idempotency_complete_in(&self, tx: &mut PgConnection, complete: Complete) -> Result<()> {
         complete.validate()?;
-        self.complete_key(&mut Conn::Caller(tx), &complete).await
+        self.idempotency_complete(&mut Conn::Caller(tx), &complete).await
     }
 
     /// Runs a statement on `conn` and returns its rows.
