@@ -13,8 +13,7 @@ use onceq_core::{Begin, BeginOutcome, Complete, Error, Result, Timestamp};
 use sqlx::Row;
 
 use crate::due::decode;
-use crate::transaction::Conn;
-use crate::{to_i64, PgStore};
+use crate::{to_i64, Conn, PgStore};
 
 /// Stored states of a key.
 const IN_PROGRESS: i16 = 0;

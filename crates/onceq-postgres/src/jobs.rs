@@ -26,9 +26,8 @@ use tokio::time::Instant;
 use crate::due::{decode, Scope};
 use crate::schema::state;
 use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
-use crate::transaction::Conn;
 use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
-use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
+use crate::{job_id, parse_config, plus_ms, row_id, Conn, KnownQueue, PgStore};
 
 /// Tries at resolving the queue of an enqueue that finds it deleted under its feet.
 const QUEUE_RESOLVE_TRIES_MAX: usize = 4;
@@ -447,13 +446,6 @@ fn error_text(text: &str) -> String {
     truncate_error_text(&text.replace('\0', "\u{FFFD}"))
 }
 
-/// A fresh random name for a store in `sleepers`.
-pub(crate) fn sleeper_name() -> String {
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `n` fresh lease tokens: 128 bits each from the operating system's CSPRNG.
 fn lease_tokens(n: usize) -> Vec<Vec<u8>> {
     let mut bytes = vec![0u8; 16 * n];
@@ -528,15 +520,6 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
             .map(Timestamp::from_millis),
         errors,
     })
-}
-
-/// A queue as this store last looked it up, for enqueues that skip the lookup.
-#[derive(Debug)]
-pub(crate) struct KnownQueue {
-    id: i64,
-    /// The config as the database prints it: the enqueue checks it is unchanged.
-    config_text: String,
-    config: QueueConfig,
 }
 
 /// Most queues a store remembers for the one-statement enqueue; past it, it forgets them all.

@@ -14,20 +14,23 @@
 //!   method in this file calls after validating the request; so grepping a seam name finds its
 //!   implementation here as in every backend.
 //! - `transaction`: the store inside a caller's transaction (see "Inside a caller's
-//!   transaction"), and where any operation's statements run: the pool, or a caller's
-//!   connection.
+//!   transaction"), and running a statement where an operation runs: on the pool, or on a
+//!   caller's connection.
 //! - `conns`: the connections the store keeps checked out of the sqlx pool between its
 //!   statements, which spares the pool's test round trip on every release.
 //! - The worker whose handlers run inside a transaction is `onceq-postgres-worker`, so that
 //!   this backend does not depend on the worker runtime (DESIGN.md's dependency direction).
-//! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
+//! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups, timers, and the name a store
+//!   registers as sleeping under.
 //! - `error`: PostgreSQL failures mapped onto the seam's error kinds.
 //! - `sql`: how a statement's template becomes the text run on a schema (schema, clock and
 //!   `NOTIFY` channel filled in), and [`statements::HotStatement`], the keys of the hot path's
 //!   statements, which the store prepares once.
 //! - [`statements`]: the text of the hot path's statements, for tools that run the store's own
 //!   SQL (the floor of `onceq bench --store`).
-//! - this file: [`PgStore`], [`PgOptions`], connecting, and the seam's entry points.
+//! - this file: [`PgStore`], [`PgOptions`], connecting, the seam's entry points, and what the
+//!   modules above share of the store: where an operation's statements run (`Conn`: the pool,
+//!   or a caller's connection) and the queues it remembers for the one-statement enqueue.
 //!
 //! # Time (Invariant 7)
 //!
@@ -181,6 +184,26 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[("enable_bitmapscan", "off")];
 /// one-statement call (HikariCP's `aliveBypassWindowMs` makes the same trade, at 500 ms).
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// Where an operation's statements run.
+pub(crate) enum Conn<'c> {
+    /// On the pool: each statement is a transaction of its own, run again if PostgreSQL rolls it
+    /// back for a deadlock or a serialization failure.
+    Pool,
+    /// On the caller's connection, inside its transaction if it opened one: each statement runs
+    /// once (a deadlock aborts the caller's whole transaction, so running one statement again
+    /// could not help).
+    Caller(&'c mut sqlx::PgConnection),
+}
+
+/// A queue as this store last looked it up, for enqueues that skip the lookup.
+#[derive(Debug)]
+pub(crate) struct KnownQueue {
+    id: i64,
+    /// The config as the database prints it: the enqueue checks it is unchanged.
+    config_text: String,
+    config: QueueConfig,
+}
+
 /// How to connect a [`PgStore`].
 #[derive(Clone)]
 #[non_exhaustive]
@@ -271,9 +294,9 @@ pub(crate) struct Inner {
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
     /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
-    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<jobs::KnownQueue>>>,
+    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<KnownQueue>>>,
     /// Connections kept out of the pool between statements (see `conns`).
-    pub(crate) conns: conns::Conns,
+    pub(crate) conns: Arc<conns::Conns>,
 }
 
 impl Drop for Inner {
@@ -372,6 +395,7 @@ impl PgStore {
                 }
             }));
         }
+        let conns = Arc::new(conns::Conns::new(pool.clone(), target.clone()));
         let inner = Inner {
             pool,
             schema: options.schema,
@@ -381,11 +405,11 @@ impl PgStore {
             clock: options.clock,
             waiters,
             hot_sql: Mutex::default(),
-            sleeper: jobs::sleeper_name(),
+            sleeper: wait::sleeper_name(),
             listener: Mutex::new(Some(task)),
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
-            conns: conns::Conns::default(),
+            conns,
         };
         Ok(PgStore { inner: Arc::new(inner) })
     }
@@ -434,6 +458,16 @@ impl PgStore {
     /// `{channel}` by the `NOTIFY` channel (an identifier of `[A-Za-z0-9_]`, safe in a literal).
     pub(crate) fn sql(&self, template: &str) -> String {
         sql::fill(template, &self.inner.quoted, &self.inner.channel)
+    }
+
+    /// The pool, for a transaction to take its connection from (see `conns`).
+    pub(crate) fn pool_for_transaction(&self) -> &sqlx::PgPool {
+        self.inner.conns.pool_for_transaction()
+    }
+
+    /// A connection for one autocommit statement (see `conns`).
+    pub(crate) async fn checkout(&self) -> Result<conns::Checkout<'_>, sqlx::Error> {
+        self.inner.conns.checkout().await
     }
 
     /// The text of a hot-path statement for this store: filled in once, then kept, so that a
@@ -509,12 +543,12 @@ impl Store for PgStore {
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
-        self.job_ack(&mut transaction::Conn::Pool, acks).await
+        self.job_ack(&mut Conn::Pool, acks).await
     }
 
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
-        self.job_enqueue(&mut transaction::Conn::Pool, queue, jobs).await
+        self.job_enqueue(&mut Conn::Pool, queue, jobs).await
     }
 
     async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
@@ -576,12 +610,12 @@ impl Store for PgStore {
 impl onceq_core::IdempotencyStore for PgStore {
     async fn idempotency_begin(&self, begin: onceq_core::Begin) -> Result<onceq_core::BeginOutcome> {
         begin.validate()?;
-        self.idempotency_begin(&mut transaction::Conn::Pool, &begin).await
+        self.idempotency_begin(&mut Conn::Pool, &begin).await
     }
 
     async fn idempotency_complete(&self, complete: onceq_core::Complete) -> Result<()> {
         complete.validate()?;
-        self.idempotency_complete(&mut transaction::Conn::Pool, &complete).await
+        self.idempotency_complete(&mut Conn::Pool, &complete).await
     }
 
     async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {

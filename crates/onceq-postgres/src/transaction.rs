@@ -1,7 +1,7 @@
 //! The store inside a caller's transaction ([`PgStore::job_enqueue_in`],
 //! [`PgStore::job_ack_in`], [`PgStore::idempotency_begin_in`],
 //! [`PgStore::idempotency_complete_in`]; what changes there is in the crate docs, "Inside a
-//! caller's transaction"), and [`Conn`]: where any operation's statements run.
+//! caller's transaction"), and running a statement where an operation runs ([`Conn`]).
 //!
 //! Nothing here ever waits for another pooled connection while it holds the caller's: a
 //! statement on the pool could wait for a row the caller's transaction holds, and the caller
@@ -14,21 +14,10 @@ use onceq_core::{Begin, BeginOutcome, Complete, Enqueued, ItemResults, LeaseRef,
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{PgConnection, Postgres};
 
-use crate::{error, PgStore};
+use crate::{error, Conn, PgStore};
 
 /// A statement with its arguments bound.
 pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
-
-/// Where an operation's statements run.
-pub(crate) enum Conn<'c> {
-    /// On the pool: each statement is a transaction of its own, run again if PostgreSQL rolls it
-    /// back for a deadlock or a serialization failure.
-    Pool,
-    /// On the caller's connection, inside its transaction if it opened one: each statement runs
-    /// once (a deadlock aborts the caller's whole transaction, so running one statement again
-    /// could not help).
-    Caller(&'c mut PgConnection),
-}
 
 impl PgStore {
     /// Enqueues `jobs` into `queue` inside the caller's transaction: [`Store::job_enqueue`]
