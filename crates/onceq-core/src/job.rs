@@ -1,4 +1,4 @@
-//! Jobs: ids, lease tokens, what producers send, and what consumers and operators see.
+//! Jobs: reading ids, lease tokens, what producers send, and what consumers and operators see.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,18 +8,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
-use crate::{Error, QueueName, Result, Timestamp};
-
-/// A job's stable id, unique within a store for its whole life (ids are never reused).
-/// On the wire it is a string of decimal digits, so clients in any language keep it exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JobId(u64);
-
-impl Serialize for JobId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
+use crate::{Error, JobId, QueueName, Result, Timestamp};
 
 impl<'de> Deserialize<'de> for JobId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -28,28 +17,10 @@ impl<'de> Deserialize<'de> for JobId {
     }
 }
 
-impl JobId {
-    /// The id with this number.
-    pub const fn new(n: u64) -> Self {
-        JobId(n)
-    }
-
-    /// The id's number.
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
 impl FromStr for JobId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        s.parse::<u64>().map(JobId).map_err(|_| Error::invalid(format!("{s:?} is not a job id")))
+        s.parse::<u64>().map(JobId::new).map_err(|_| Error::invalid(format!("{s:?} is not a job id")))
     }
 }
 

@@ -6,8 +6,10 @@
 //! - [`metrics`]: the names of the metrics stores emit.
 //! - [`error`]: the seam's [`Error`] and its portable [`ErrorKind`].
 //! - [`time`]: [`Timestamp`] and the store's one [`Clock`] (Invariant 7).
-//! - `queue`: [`QueueName`], [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
-//! - `job`: [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
+//! - `id`: [`JobId`] and [`QueueName`], the names the seam's [`Error`] carries; what makes them
+//!   valid, and reading them, lives with the job and the queue.
+//! - `queue`: what makes a [`QueueName`] valid, [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
+//! - `job`: reading a [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy, and [`BackoffPatch`], a partial update of it.
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
@@ -17,6 +19,7 @@
 
 pub mod api;
 pub mod error;
+mod id;
 pub mod idempotency;
 mod job;
 pub mod limits;
@@ -27,12 +30,13 @@ pub mod store;
 pub mod time;
 
 pub use error::{Error, ErrorKind, Result};
+pub use id::{JobId, QueueName};
 pub use idempotency::{Begin, BeginOutcome, Complete, IdempotencyStore};
 pub use job::{
-    truncate_error_text, AttemptError, Enqueued, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
-    NewJob, Schedule,
+    truncate_error_text, AttemptError, Enqueued, Headers, Job, JobState, LeaseRef, LeaseToken, LeasedJob, NewJob,
+    Schedule,
 };
-pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats};
+pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueStats};
 pub use retry::{Backoff, BackoffPatch, Jitter};
 pub use store::{
     DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Release, Store, StoreExt,

@@ -1,19 +1,12 @@
-//! Queues: names, configuration, delivery modes and statistics.
+//! Queues: what makes a name valid, configuration, delivery modes and statistics.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
 use crate::retry::{Backoff, BackoffPatch};
-use crate::{Error, Result};
-
-/// A validated queue name: 1 to [`QUEUE_NAME_LEN_MAX`] characters of `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
-pub struct QueueName(String);
+use crate::{Error, QueueName, Result};
 
 impl QueueName {
     /// Validates `name`.
@@ -38,17 +31,6 @@ impl QueueName {
             )));
         }
         Ok(QueueName(name))
-    }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for QueueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

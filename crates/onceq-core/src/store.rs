@@ -11,8 +11,8 @@ use crate::job::check_delay;
 use crate::limits::*;
 use crate::queue::check_visibility_timeout;
 use crate::{
-    Enqueued, Error, Job, JobId, LeaseRef, LeaseToken, LeasedJob, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
-    QueueName, Result, Timestamp,
+    DeliveryMode, Enqueued, Error, Job, JobId, LeaseRef, LeaseToken, LeasedJob, NewJob, QueueConfig, QueueConfigPatch,
+    QueueInfo, QueueName, Result, Timestamp,
 };
 
 /// Per-item results of a batch settle call, in request order.
@@ -354,6 +354,34 @@ pub mod validate {
         Ok(())
     }
 
+    /// Checks that no job of an enqueue batch becomes due more than [`DELAY_MS_MAX`] after
+    /// `now`, the store's clock reading for the enqueue (Invariant 7): a backend calls it once
+    /// it has read its clock, before it writes anything.
+    pub fn run_at_horizon(jobs: &[NewJob], now: Timestamp) -> Result<()> {
+        let latest = now.plus_ms(DELAY_MS_MAX);
+        if let Some(i) = jobs.iter().position(|j| j.ready_at(now) > latest) {
+            return Err(Error::invalid(format!(
+                "job {i}: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks an enqueue batch against the config of the queue it goes to: every job of an
+    /// `effectively_once` queue needs a dedup id, since that mode's promise rests on dedup. A
+    /// backend calls it once it has read the queue's config, before it writes anything; a queue
+    /// the enqueue creates has the default config, which asks for nothing.
+    pub fn enqueue_into(queue: &QueueName, config: &QueueConfig, jobs: &[NewJob]) -> Result<()> {
+        if config.delivery == DeliveryMode::EffectivelyOnce {
+            if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
+                return Err(Error::invalid(format!(
+                    "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a redrive request.
     pub fn redrive(redrive: &Redrive) -> Result<()> {
         if let Some(ids) = &redrive.ids {
@@ -368,5 +396,43 @@ pub mod validate {
             return Err(Error::invalid("redrive limit must be at least 1"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::validate;
+    use crate::limits::DELAY_MS_MAX;
+    use crate::{DeliveryMode, Error, NewJob, QueueConfig, QueueName, Timestamp};
+
+    #[test]
+    fn run_at_horizon_allows_the_limit_and_names_the_first_job_past_it() {
+        let now = Timestamp::from_millis(1_000_000);
+        let at_limit = NewJob::new("a").delay_ms(DELAY_MS_MAX);
+        let past = NewJob::new("b").run_at(now.plus_ms(DELAY_MS_MAX + 1));
+        assert_eq!(validate::run_at_horizon(&[at_limit.clone(), NewJob::new("now")], now), Ok(()));
+        assert_eq!(
+            validate::run_at_horizon(&[at_limit, past], now),
+            Err(Error::InvalidRequest(format!(
+                "job 1: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
+            )))
+        );
+    }
+
+    #[test]
+    fn an_effectively_once_queue_needs_a_dedup_id_on_every_job() {
+        let queue = QueueName::new("payments").unwrap();
+        let once = QueueConfig { delivery: DeliveryMode::EffectivelyOnce, ..QueueConfig::default() };
+        let jobs = [NewJob::new("a").dedup_id("a"), NewJob::new("b")];
+        assert_eq!(validate::enqueue_into(&queue, &QueueConfig::default(), &jobs), Ok(()));
+        assert_eq!(validate::enqueue_into(&queue, &once, &jobs[..1]), Ok(()));
+        assert_eq!(
+            validate::enqueue_into(&queue, &once, &jobs),
+            Err(Error::InvalidRequest(
+                "job 1: queue payments is effectively_once, so every job needs a dedup id".into()
+            ))
+        );
     }
 }

@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::{Inner, PgStore};
+use crate::error::Target;
 
 /// How long a connection stays out of sqlx's pool before it goes back at its next release, so
 /// that the pool's lifetime limit still applies to it.
@@ -52,6 +52,10 @@ pub(crate) const KEEP_IDLE: Duration = Duration::from_millis(50);
 /// The connections kept between statements (see the module docs).
 pub(crate) struct Conns {
     state: Mutex<State>,
+    /// The store's pool (a handle on it), where connections come from and go back to.
+    pool: PgPool,
+    /// The store's database, to know whether its connections are suspect.
+    target: Target,
 }
 
 struct State {
@@ -62,9 +66,10 @@ struct State {
     timer: bool,
 }
 
-impl Default for Conns {
-    fn default() -> Self {
-        Conns { state: Mutex::new(State { kept: Some(Vec::new()), timer: false }) }
+impl Conns {
+    /// Keeps connections of `pool`, which connects to `target`.
+    pub(crate) fn new(pool: PgPool, target: Target) -> Self {
+        Conns { state: Mutex::new(State { kept: Some(Vec::new()), timer: false }), pool, target }
     }
 }
 
@@ -111,27 +116,27 @@ impl Drop for Conns {
 
 /// Hands back each kept connection once it has sat unused for [`KEEP_IDLE`]; ends when none is
 /// kept (the next one kept starts it again) or the store is gone.
-async fn hand_back_idle(inner: Weak<Inner>) {
+async fn hand_back_idle(conns: Weak<Conns>) {
     /// Marks the timer stopped if the task ends other than by finding nothing kept (which
     /// marks it under the lock): dropped with its runtime, say. The next connection kept then
     /// starts a new one.
     struct Stopped {
-        inner: Weak<Inner>,
+        conns: Weak<Conns>,
         marked: bool,
     }
     impl Drop for Stopped {
         fn drop(&mut self) {
-            if let (false, Some(inner)) = (self.marked, self.inner.upgrade()) {
-                inner.conns.lock().timer = false;
+            if let (false, Some(conns)) = (self.marked, self.conns.upgrade()) {
+                conns.lock().timer = false;
             }
         }
     }
-    let mut stopped = Stopped { inner: inner.clone(), marked: false };
+    let mut stopped = Stopped { conns: conns.clone(), marked: false };
     let mut wake = tokio::time::Instant::now() + KEEP_IDLE;
     loop {
         tokio::time::sleep_until(wake).await;
-        let Some(inner) = inner.upgrade() else { return };
-        let mut state = inner.conns.lock();
+        let Some(conns) = conns.upgrade() else { return };
+        let mut state = conns.lock();
         let Some(kept) = state.kept.as_mut() else { return };
         // In order of release: the longest unused are at the front.
         let idle = kept.iter().take_while(|k| k.idle_since.elapsed() >= KEEP_IDLE).count();
@@ -155,7 +160,7 @@ async fn hand_back_idle(inner: Weak<Inner>) {
 /// A connection checked out for one statement: [`Checkout::settle`] keeps it for the next one;
 /// dropped unsettled (a cancelled call), it goes back to sqlx's pool, which tests it.
 pub(crate) struct Checkout<'a> {
-    store: &'a PgStore,
+    conns: &'a Arc<Conns>,
     conn: PoolConnection<Postgres>,
     out_since: Instant,
 }
@@ -169,14 +174,14 @@ impl Checkout<'_> {
     /// Ends the statement with `result`: keeps the connection for the next statement unless it
     /// must go back to sqlx's pool (see the module docs), and returns `result`.
     pub(crate) fn settle<T>(self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
-        let Checkout { store, conn, out_since } = self;
+        let Checkout { conns, conn, out_since } = self;
         let healthy = match &result {
             Ok(_) | Err(sqlx::Error::RowNotFound) => true,
             // Not an error that ends the session (a terminated backend, a shutdown).
             Err(sqlx::Error::Database(db)) => !db.code().is_some_and(|code| crate::error::unavailable_code(&code)),
             Err(_) => false,
         };
-        let pool = &store.inner.pool;
+        let pool = &conns.pool;
         let idle_in_pool = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
         let free_in_pool =
             idle_in_pool.saturating_add(pool.options().get_max_connections().saturating_sub(pool.size()));
@@ -184,14 +189,14 @@ impl Checkout<'_> {
             && free_in_pool > 0
             && out_since.elapsed() < KEEP_FOR
             && !pool.is_closed()
-            && !store.inner.target.suspect();
+            && !conns.target.suspect();
         if keep {
-            let mut state = store.inner.conns.lock();
+            let mut state = conns.lock();
             if let Some(kept) = state.kept.as_mut() {
                 kept.push(Kept { conn, out_since, idle_since: Instant::now() });
                 if !state.timer {
                     state.timer = true;
-                    tokio::spawn(hand_back_idle(Arc::downgrade(&store.inner)));
+                    tokio::spawn(hand_back_idle(Arc::downgrade(conns)));
                 }
                 return result;
             }
@@ -201,20 +206,20 @@ impl Checkout<'_> {
     }
 }
 
-impl PgStore {
+impl Conns {
     /// The pool, for a transaction to take its connection from: the kept connections go back
     /// first, so that a transaction never waits on one.
-    pub(crate) fn pool_for_transaction(&self) -> &sqlx::PgPool {
-        self.inner.conns.give_back();
-        &self.inner.pool
+    pub(crate) fn pool_for_transaction(&self) -> &PgPool {
+        self.give_back();
+        &self.pool
     }
 
     /// A connection for one autocommit statement: the one kept last, or one from sqlx's pool.
-    pub(crate) async fn checkout(&self) -> Result<Checkout<'_>, sqlx::Error> {
+    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Checkout<'_>, sqlx::Error> {
         let reuse = {
-            let mut state = self.inner.conns.lock();
+            let mut state = self.lock();
             let Some(kept) = state.kept.as_mut() else { return Err(sqlx::Error::PoolClosed) };
-            if self.inner.target.suspect() || self.inner.pool.is_closed() {
+            if self.target.suspect() || self.pool.is_closed() {
                 // Back to sqlx, whose `before_acquire` pings while the database is suspect (and
                 // which refuses the acquire below if someone closed the pool itself).
                 let suspect = std::mem::take(kept);
@@ -226,10 +231,10 @@ impl PgStore {
             }
         };
         if let Some(Kept { conn, out_since, .. }) = reuse {
-            return Ok(Checkout { store: self, conn, out_since });
+            return Ok(Checkout { conns: self, conn, out_since });
         }
-        let conn = self.inner.pool.acquire().await?;
-        Ok(Checkout { store: self, conn, out_since: Instant::now() })
+        let conn = self.pool.acquire().await?;
+        Ok(Checkout { conns: self, conn, out_since: Instant::now() })
     }
 }
 

@@ -133,7 +133,7 @@ impl PgStore {
     /// "now" and those queues.
     pub(crate) async fn apply_due(&self, scope: Scope<'_>) -> Result<Due> {
         let sql = match scope {
-            Scope::Queue(_) => self.hot_sql(crate::statements::HotStatement::ApplyDue),
+            Scope::Queue(_) => self.hot_sql(crate::sql::HotStatement::ApplyDue),
             _ => std::sync::Arc::from(self.sql(&apply_due_template(scope))),
         };
         for _ in 0..DUE_ROUNDS_MAX {

@@ -13,8 +13,7 @@ use onceq_core::{Begin, BeginOutcome, Complete, Error, Result, Timestamp};
 use sqlx::Row;
 
 use crate::due::decode;
-use crate::transaction::Conn;
-use crate::{to_i64, PgStore};
+use crate::{to_i64, Conn, PgStore};
 
 /// Stored states of a key.
 const IN_PROGRESS: i16 = 0;
@@ -55,7 +54,7 @@ fn check_nul(what: &str, text: &str) -> Result<()> {
 
 impl PgStore {
     /// Begins on `conn`: on the pool, or in a caller's transaction (see `transaction`).
-    pub(crate) async fn begin_key(&self, conn: &mut Conn<'_>, begin: &Begin) -> Result<BeginOutcome> {
+    pub(crate) async fn idempotency_begin(&self, conn: &mut Conn<'_>, begin: &Begin) -> Result<BeginOutcome> {
         check_nul("idempotency key", &begin.key)?;
         check_nul("owner", &begin.owner)?;
         if let Some(f) = &begin.fingerprint {
@@ -109,7 +108,7 @@ impl PgStore {
     }
 
     /// Completes on `conn`: on the pool, or in a caller's transaction (see `transaction`).
-    pub(crate) async fn complete_key(&self, conn: &mut Conn<'_>, complete: &Complete) -> Result<()> {
+    pub(crate) async fn idempotency_complete(&self, conn: &mut Conn<'_>, complete: &Complete) -> Result<()> {
         check_nul("idempotency key", &complete.key)?;
         check_nul("owner", &complete.owner)?;
         let sql = self.sql(COMPLETE);
@@ -128,7 +127,7 @@ impl PgStore {
         done.map(|_| ()).ok_or_else(|| not_held(&complete.key, &complete.owner))
     }
 
-    pub(crate) async fn release_key(&self, key: &str, owner: &str) -> Result<()> {
+    pub(crate) async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {
         check_nul("idempotency key", key)?;
         check_nul("owner", owner)?;
         let sql = self.sql(RELEASE);

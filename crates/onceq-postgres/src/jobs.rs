@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceq_core::limits::DELAY_MS_MAX;
 use onceq_core::metrics as names;
+use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, AttemptError, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, ItemResults, Job, JobId,
     JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueName,
@@ -25,10 +25,9 @@ use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
 use crate::schema::state;
-use crate::statements::HotStatement;
-use crate::transaction::Conn;
+use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
 use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
-use crate::{job_id, parse_config, plus_ms, row_id, PgStore};
+use crate::{job_id, parse_config, plus_ms, row_id, Conn, KnownQueue, PgStore};
 
 /// Tries at resolving the queue of an enqueue that finds it deleted under its feet.
 const QUEUE_RESOLVE_TRIES_MAX: usize = 4;
@@ -311,13 +310,6 @@ released AS (
 {verdict:released:, (SELECT count(*) FROM notified) AS notified}
 "#;
 
-/// Up to this many items, a batch statement's `items` carry a `LIMIT` of their exact count.
-/// PostgreSQL guesses that `unnest` of a parameter array yields 10 rows, so for a smaller batch
-/// the generic plan looked dearer than the custom ones and every single-job ack or enqueue was
-/// planned afresh; with the count as a literal both agree and the plan is cached. One prepared
-/// statement per count up to this bound; larger batches share one.
-pub(crate) const ITEMS_EXACT_MAX: usize = 10;
-
 /// `sql` with its `{cap}` filled in for a batch of `n` items (see [`ITEMS_EXACT_MAX`]).
 fn sized(sql: &str, n: usize) -> String {
     if n <= ITEMS_EXACT_MAX {
@@ -454,13 +446,6 @@ fn error_text(text: &str) -> String {
     truncate_error_text(&text.replace('\0', "\u{FFFD}"))
 }
 
-/// A fresh random name for a store in `sleepers`.
-pub(crate) fn sleeper_name() -> String {
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `n` fresh lease tokens: 128 bits each from the operating system's CSPRNG.
 fn lease_tokens(n: usize) -> Vec<Vec<u8>> {
     let mut bytes = vec![0u8; 16 * n];
@@ -537,28 +522,6 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
-/// Refuses a batch the queue's config does not allow: an `effectively_once` queue needs a dedup
-/// id on every job.
-fn check_batch(queue: &QueueName, config: &QueueConfig, jobs: &[NewJob]) -> Result<()> {
-    if config.delivery == DeliveryMode::EffectivelyOnce {
-        if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
-            return Err(Error::invalid(format!(
-                "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A queue as this store last looked it up, for enqueues that skip the lookup.
-#[derive(Debug)]
-pub(crate) struct KnownQueue {
-    id: i64,
-    /// The config as the database prints it: the enqueue checks it is unchanged.
-    config_text: String,
-    config: QueueConfig,
-}
-
 /// Most queues a store remembers for the one-statement enqueue; past it, it forgets them all.
 const KNOWN_QUEUES_MAX: usize = 10_000;
 
@@ -625,7 +588,7 @@ struct LeaseAttempt {
 
 impl PgStore {
     /// Enqueues on `conn`: on the pool, or in a caller's transaction (see `transaction`).
-    pub(crate) async fn enqueue_jobs(
+    pub(crate) async fn job_enqueue(
         &self,
         conn: &mut Conn<'_>,
         queue: &QueueName,
@@ -637,7 +600,7 @@ impl PgStore {
         // the queue and its config are still the ones known, and inserts nothing otherwise.
         if batch.jobs.iter().all(|j| matches!(j.schedule, Schedule::Now)) {
             if let Some(known) = self.known_queue(queue) {
-                if check_batch(queue, &known.config, &batch.jobs).is_ok() {
+                if validate::enqueue_into(queue, &known.config, &batch.jobs).is_ok() {
                     let config_text = Some(known.config_text.as_str());
                     match self.insert_batch(conn, &batch, None, known.id, &known.config, config_text).await? {
                         Some((out, now)) => return Ok(self.enqueued(conn, queue, out, now).await),
@@ -686,12 +649,7 @@ impl PgStore {
             .ok_or_else(|| Error::Storage("looking up a queue returned no row".into()))?;
         let now: i64 = row.try_get("now").map_err(decode)?;
         let now_ts = Timestamp::from_millis(now);
-        let latest = now_ts.plus_ms(DELAY_MS_MAX);
-        if let Some(i) = jobs.iter().position(|j| j.ready_at(now_ts) > latest) {
-            return Err(Error::invalid(format!(
-                "job {i}: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
-            )));
-        }
+        validate::run_at_horizon(jobs, now_ts)?;
         if let Some(id) = row.try_get::<Option<i64>, _>("id").map_err(decode)? {
             let config_text: String = row.try_get("config").map_err(decode)?;
             let config = parse_config(queue.as_str(), &config_text)?;
@@ -700,7 +658,7 @@ impl PgStore {
             if matches!(conn, Conn::Pool) {
                 self.know_queue(queue, Arc::new(KnownQueue { id, config_text, config: config.clone() }));
             }
-            check_batch(queue, &config, jobs)?;
+            validate::enqueue_into(queue, &config, jobs)?;
             return Ok(Some((now, id, config)));
         }
         let config = QueueConfig::default();
@@ -850,7 +808,7 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn lease_jobs(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+    pub(crate) async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
         let waiters = self.inner.waiters.clone();
         // The pause before looking again while sleeping is refused (see `wait`, "Sleeping").
@@ -1022,7 +980,7 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn read_job(&self, id: JobId) -> Result<Job> {
+    pub(crate) async fn job_get(&self, id: JobId) -> Result<Job> {
         let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
         let (_, queue) = self.apply_due(Scope::Job(row_id)).await?.queue();
         if queue.is_none() {
@@ -1037,7 +995,7 @@ impl PgStore {
     }
 
     /// Acks on `conn`: on the pool, or in a caller's transaction (see `transaction`).
-    pub(crate) async fn ack_jobs(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+    pub(crate) async fn job_ack(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
         for round in rounds(&ids) {
@@ -1072,7 +1030,7 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn nack_jobs(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+    pub(crate) async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         let ids: Vec<JobId> = nacks.iter().map(|n| n.id).collect();
         let backoff = self.backoff_delays(nacks).await?;
         let mut out: Vec<Option<Result<NackOutcome>>> = (0..nacks.len()).map(|_| None).collect();
@@ -1161,7 +1119,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn extend_leases(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
+    pub(crate) async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
         let ids: Vec<JobId> = extends.iter().map(|e| e.id).collect();
         let mut out: Vec<Option<Result<Timestamp>>> = (0..extends.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(EXTEND, None));
@@ -1195,7 +1153,7 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn fail_jobs(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+    pub(crate) async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = fails.iter().map(|f| f.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..fails.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(FAIL, None));
@@ -1228,7 +1186,7 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn release_jobs(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+    pub(crate) async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = releases.iter().map(|r| r.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..releases.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(RELEASE, Some("released")));

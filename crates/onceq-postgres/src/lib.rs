@@ -9,18 +9,28 @@
 //! - `jobs`: enqueue, lease, ack, nack, extend, fail, release and reading one job.
 //! - `queues`: queue config, pause, delete, stats, and the dead letters of a queue.
 //! - `idempotency`: the idempotency store, in the same schema.
+//! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
+//!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait
+//!   method in this file calls after validating the request; so grepping a seam name finds its
+//!   implementation here as in every backend.
 //! - `transaction`: the store inside a caller's transaction (see "Inside a caller's
-//!   transaction"), and where any operation's statements run: the pool, or a caller's
-//!   connection.
+//!   transaction"), and running a statement where an operation runs: on the pool, or on a
+//!   caller's connection.
 //! - `conns`: the connections the store keeps checked out of the sqlx pool between its
 //!   statements, which spares the pool's test round trip on every release.
 //! - The worker whose handlers run inside a transaction is `onceq-postgres-worker`, so that
 //!   this backend does not depend on the worker runtime (DESIGN.md's dependency direction).
-//! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups and timers.
+//! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups, timers, and the name a store
+//!   registers as sleeping under.
 //! - `error`: PostgreSQL failures mapped onto the seam's error kinds.
+//! - `sql`: how a statement's template becomes the text run on a schema (schema, clock and
+//!   `NOTIFY` channel filled in), and [`statements::HotStatement`], the keys of the hot path's
+//!   statements, which the store prepares once.
 //! - [`statements`]: the text of the hot path's statements, for tools that run the store's own
 //!   SQL (the floor of `onceq bench --store`).
-//! - this file: [`PgStore`], [`PgOptions`], connecting, and the seam's entry points.
+//! - this file: [`PgStore`], [`PgOptions`], connecting, the seam's entry points, and what the
+//!   modules above share of the store: where an operation's statements run (`Conn`: the pool,
+//!   or a caller's connection) and the queues it remembers for the one-statement enqueue.
 //!
 //! # Time (Invariant 7)
 //!
@@ -115,6 +125,7 @@ mod idempotency;
 mod jobs;
 mod queues;
 mod schema;
+mod sql;
 pub mod statements;
 mod transaction;
 mod wait;
@@ -173,19 +184,24 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[("enable_bitmapscan", "off")];
 /// one-statement call (HikariCP's `aliveBypassWindowMs` makes the same trade, at 500 ms).
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// The SQL expression every statement reads "now" from (see the crate docs, "Time").
-const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8)";
-
-/// `template` with `{now}` replaced by [`NOW_SQL`], `{s}` by `quoted` (the quoted schema) and
-/// `{channel}` by `channel`: what [`PgStore`] does to every statement it runs.
-fn fill(template: &str, quoted: &str, channel: &str) -> String {
-    template.replace("{now}", NOW_SQL).replace("{s}", quoted).replace("{channel}", channel)
+/// Where an operation's statements run.
+pub(crate) enum Conn<'c> {
+    /// On the pool: each statement is a transaction of its own, run again if PostgreSQL rolls it
+    /// back for a deadlock or a serialization failure.
+    Pool,
+    /// On the caller's connection, inside its transaction if it opened one: each statement runs
+    /// once (a deadlock aborts the caller's whole transaction, so running one statement again
+    /// could not help).
+    Caller(&'c mut sqlx::PgConnection),
 }
 
-/// The `NOTIFY` channel of the stores on `schema` (a validated schema name, so the channel is an
-/// identifier of `[A-Za-z0-9_]` of at most 63 bytes).
-fn channel_of(schema: &str) -> String {
-    format!("onceq_{}", &schema[..schema.len().min(SCHEMA_NAME_LEN_MAX - 6)])
+/// A queue as this store last looked it up, for enqueues that skip the lookup.
+#[derive(Debug)]
+pub(crate) struct KnownQueue {
+    id: i64,
+    /// The config as the database prints it: the enqueue checks it is unchanged.
+    config_text: String,
+    config: QueueConfig,
 }
 
 /// How to connect a [`PgStore`].
@@ -270,7 +286,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) waiters: Arc<wait::Waiters>,
     /// The hot-path statements' texts, filled in (see [`PgStore::hot_sql`]).
-    hot_sql: Mutex<std::collections::HashMap<statements::HotStatement, Arc<str>>>,
+    hot_sql: Mutex<std::collections::HashMap<sql::HotStatement, Arc<str>>>,
     /// This store's name in `sleepers` (random; see `wait`, "Sleeping").
     pub(crate) sleeper: String,
     /// The listener task; aborted when the store goes.
@@ -278,9 +294,9 @@ pub(crate) struct Inner {
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
     /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
-    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<jobs::KnownQueue>>>,
+    pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<KnownQueue>>>,
     /// Connections kept out of the pool between statements (see `conns`).
-    pub(crate) conns: conns::Conns,
+    pub(crate) conns: Arc<conns::Conns>,
 }
 
 impl Drop for Inner {
@@ -365,7 +381,7 @@ impl PgStore {
             })
             .connect_lazy_with(connect_options);
         let quoted = schema::quoted(&options.schema);
-        let channel = channel_of(&options.schema);
+        let channel = sql::channel_of(&options.schema);
         let listener = wait::start_listening(&pool, &channel)
             .await
             .map_err(|e| error::map(&target, "listening for wake-ups", e))?;
@@ -379,6 +395,7 @@ impl PgStore {
                 }
             }));
         }
+        let conns = Arc::new(conns::Conns::new(pool.clone(), target.clone()));
         let inner = Inner {
             pool,
             schema: options.schema,
@@ -388,11 +405,11 @@ impl PgStore {
             clock: options.clock,
             waiters,
             hot_sql: Mutex::default(),
-            sleeper: jobs::sleeper_name(),
+            sleeper: wait::sleeper_name(),
             listener: Mutex::new(Some(task)),
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
-            conns: conns::Conns::default(),
+            conns,
         };
         Ok(PgStore { inner: Arc::new(inner) })
     }
@@ -440,14 +457,24 @@ impl PgStore {
     /// `template` with `{s}` replaced by the quoted schema, `{now}` by the clock expression and
     /// `{channel}` by the `NOTIFY` channel (an identifier of `[A-Za-z0-9_]`, safe in a literal).
     pub(crate) fn sql(&self, template: &str) -> String {
-        fill(template, &self.inner.quoted, &self.inner.channel)
+        sql::fill(template, &self.inner.quoted, &self.inner.channel)
+    }
+
+    /// The pool, for a transaction to take its connection from (see `conns`).
+    pub(crate) fn pool_for_transaction(&self) -> &sqlx::PgPool {
+        self.inner.conns.pool_for_transaction()
+    }
+
+    /// A connection for one autocommit statement (see `conns`).
+    pub(crate) async fn checkout(&self) -> Result<conns::Checkout<'_>, sqlx::Error> {
+        self.inner.conns.checkout().await
     }
 
     /// The text of a hot-path statement for this store: filled in once, then kept, so that a
     /// call does not rebuild kilobytes of SQL (a few per cent of a client's CPU per enqueue).
     /// Bounded: one text per lease size up to the lease limit, and per batch size up to the
     /// size from which batches share one text.
-    pub(crate) fn hot_sql(&self, statement: statements::HotStatement) -> Arc<str> {
+    pub(crate) fn hot_sql(&self, statement: sql::HotStatement) -> Arc<str> {
         let key = statement.text_key();
         let mut texts = self.inner.hot_sql.lock().unwrap_or_else(|p| p.into_inner());
         texts.entry(key).or_insert_with(|| Arc::from(self.sql(&statements::template(key)))).clone()
@@ -494,100 +521,105 @@ pub(crate) fn parse_config(queue: &str, text: &str) -> Result<QueueConfig> {
     serde_json::from_str(text).map_err(|e| Error::Storage(format!("queue {queue} has an unreadable config: {e}")))
 }
 
+/// Each method validates the request, then calls the crate-private inherent method of the same
+/// name (in `jobs`, `queues` or `idempotency`). Rust resolves a method call to an inherent method
+/// before a trait's, so `self.job_get(id)` here is that implementation, not a recursive call;
+/// outside this crate the inherent methods are invisible and callers reach these.
 #[async_trait]
 impl Store for PgStore {
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
-        self.dead_list_page(queue, page).await
+        self.dead_list(queue, page).await
     }
 
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
-        self.dead_purge_all(queue).await
+        self.dead_purge(queue).await
     }
 
     async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
         validate::redrive(&redrive)?;
-        self.dead_redrive_some(queue, redrive).await
+        self.dead_redrive(queue, redrive).await
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
-        self.ack_jobs(&mut transaction::Conn::Pool, acks).await
+        self.job_ack(&mut Conn::Pool, acks).await
     }
 
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
-        self.enqueue_jobs(&mut transaction::Conn::Pool, queue, jobs).await
+        self.job_enqueue(&mut Conn::Pool, queue, jobs).await
     }
 
     async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
         validate::extends(extends)?;
-        self.extend_leases(extends).await
+        self.job_extend(extends).await
     }
 
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         validate::settle_batch(fails.len())?;
-        self.fail_jobs(fails).await
+        self.job_fail(fails).await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Job> {
-        self.read_job(id).await
+        self.job_get(id).await
     }
 
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         options.validate()?;
-        self.lease_jobs(queue, options).await
+        self.job_lease(queue, options).await
     }
 
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         validate::nacks(nacks)?;
-        self.nack_jobs(nacks).await
+        self.job_nack(nacks).await
     }
 
     async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
         validate::releases(releases)?;
-        self.release_jobs(releases).await
+        self.job_release(releases).await
     }
 
     async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
-        self.delete_queue(queue).await
+        self.queue_delete(queue).await
     }
 
     async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
-        self.queue_info(queue).await
+        self.queue_get(queue).await
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
-        self.queue_infos().await
+        self.queue_list().await
     }
 
     async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
-        self.set_paused(queue, true).await
+        self.queue_set_paused(queue, true).await
     }
 
     async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
-        self.set_paused(queue, false).await
+        self.queue_set_paused(queue, false).await
     }
 
     async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
-        self.upsert_queue(queue, patch).await
+        self.queue_upsert(queue, patch).await
     }
 }
 
+/// As for [`Store`]: each method calls the inherent method of its name, in `idempotency`.
 #[async_trait]
 impl onceq_core::IdempotencyStore for PgStore {
     async fn idempotency_begin(&self, begin: onceq_core::Begin) -> Result<onceq_core::BeginOutcome> {
         begin.validate()?;
-        self.begin_key(&mut transaction::Conn::Pool, &begin).await
+        self.idempotency_begin(&mut Conn::Pool, &begin).await
     }
 
     async fn idempotency_complete(&self, complete: onceq_core::Complete) -> Result<()> {
         complete.validate()?;
-        self.complete_key(&mut transaction::Conn::Pool, &complete).await
+        self.idempotency_complete(&mut Conn::Pool, &complete).await
     }
 
     async fn idempotency_release(&self, key: &str, owner: &str) -> Result<()> {
         onceq_core::idempotency::validate_release(key, owner)?;
-        self.release_key(key, owner).await
+        self.idempotency_release(key, owner).await
     }
 }

@@ -157,20 +157,20 @@ impl PgStore {
         row.map(|row| (now, row)).ok_or_else(|| Error::QueueNotFound(queue.clone()))
     }
 
-    pub(crate) async fn queue_info(&self, queue: &QueueName) -> Result<QueueInfo> {
+    pub(crate) async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
         let (now, row) = self.queue_due(queue).await?;
         let mut infos = self.stats(now, vec![row]).await?;
         infos.pop().ok_or_else(|| Error::Storage(format!("no stats were read for queue {queue}")))
     }
 
-    pub(crate) async fn queue_infos(&self) -> Result<Vec<QueueInfo>> {
+    pub(crate) async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
         let due = self.apply_due(Scope::All).await?;
         let mut infos = self.stats(due.now, due.queues).await?;
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos)
     }
 
-    pub(crate) async fn upsert_queue(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
+    pub(crate) async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
         // The next enqueue looks the new config up rather than trying the old one first.
         self.forget_queue(queue);
         let encode = |config: &QueueConfig| {
@@ -225,7 +225,7 @@ impl PgStore {
         Err(Error::Conflict(format!("queue {queue} kept changing while its config was being updated; retry")))
     }
 
-    pub(crate) async fn set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
+    pub(crate) async fn queue_set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
         let sql = self.sql(SET_PAUSED);
         let row = self
             .run("pausing or resuming a queue", || {
@@ -235,7 +235,7 @@ impl PgStore {
         row.map(|_| ()).ok_or_else(|| Error::QueueNotFound(queue.clone()))
     }
 
-    pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+    pub(crate) async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
         self.forget_queue(queue);
         let (row_delete, jobs_delete, counts_delete) =
             (self.sql(QUEUE_ROW_DELETE), self.sql(QUEUE_JOBS_DELETE), self.sql(QUEUE_COUNTS_DELETE));
@@ -259,7 +259,7 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn dead_list_page(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
+    pub(crate) async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         let (_, row) = self.queue_due(queue).await?;
         let after = page.after.map(|id| to_i64(id.get())).unwrap_or(0);
         let limit = i64::from(page.limit) + 1;
@@ -279,7 +279,7 @@ impl PgStore {
         Ok(DeadList { jobs, next })
     }
 
-    pub(crate) async fn dead_redrive_some(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    pub(crate) async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
         let (now, row) = self.queue_due(queue).await?;
         // Ids no job can have (above i64::MAX) name no dead job: they are skipped.
         let ids: Option<Vec<i64>> =
@@ -296,7 +296,7 @@ impl PgStore {
         Ok(redriven)
     }
 
-    pub(crate) async fn dead_purge_all(&self, queue: &QueueName) -> Result<u64> {
+    pub(crate) async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
         let (_, row) = self.queue_due(queue).await?;
         let sql = self.sql(PURGE);
         let purged: i64 =

@@ -10,65 +10,15 @@
 
 use onceq_core::Result;
 
-use crate::{channel_of, due, fill, jobs, schema};
-
-/// A statement of the hot path (see the module docs for `$1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum HotStatement {
-    /// The first statement of an enqueue into a queue the store does not know yet (or whose
-    /// config changed), or of jobs scheduled for later: reads the clock and finds the queue by
-    /// name (`$2`); returns `now`, `id`, `config`. The store then remembers the queue.
-    QueueLookup,
-    /// The enqueue of a batch of `items` jobs, the only statement of an enqueue of jobs ready at
-    /// once into a queue the store knows: `$1` NULL there (the database's clock), or the lookup's
-    /// `now`; then the jobs' columns as arrays (`$2` payloads `bytea[]`, `$3` headers `text[]`,
-    /// `$4` priorities `int4[]`, `$5` run_at `int8[]`, NULL for "now", `$6` max_attempts
-    /// `int4[]`, `$7` dedup ids `text[]`, `$8` whether each claims its dedup id `bool[]`), `$9`
-    /// the queue's id, `$10` how long claimed dedup ids live (ms), `$11` the queue's config as
-    /// the lookup printed it (NULL after a lookup): with another config, or another queue under
-    /// that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
-    /// `notified` and `now` per job.
-    Enqueue {
-        /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
-        items: usize,
-    },
-    /// The first statement of a lease: applies the due transitions of the queue named `$2`;
-    /// returns `now` and the queue's row (`id`, `name`, `config`, `paused`).
-    ApplyDue,
-    /// The lease of up to `max_jobs` jobs of an at-least-once queue: `$1` the `now` of
-    /// [`HotStatement::ApplyDue`], `$2` the queue's id, `$3` the new lease tokens (`bytea[]`,
-    /// `max_jobs` of them), `$4` when the leases expire. Returns the leased jobs.
-    Lease {
-        /// Most jobs the lease takes (a literal in the statement, one statement per value).
-        max_jobs: u32,
-    },
-    /// The ack of `items` leases: `$2` the job ids (`int8[]`), `$3` their lease tokens
-    /// (`bytea[]`). Returns one verdict row per item, in order.
-    Ack {
-        /// Leases in the batch (statements for up to 10 items are planned for their exact count).
-        items: usize,
-    },
-}
+pub use crate::sql::HotStatement;
+use crate::sql::{channel_of, fill};
+use crate::{due, jobs, schema};
 
 /// The text of `statement` as a store on `schema` runs it; an invalid schema name is refused as
 /// [`PgOptions::schema`](crate::PgOptions::schema) refuses it.
 pub fn hot_statement(schema: &str, statement: HotStatement) -> Result<String> {
     schema::validate_name(schema)?;
     Ok(fill(&template(statement), &schema::quoted(schema), &channel_of(schema)))
-}
-
-impl HotStatement {
-    /// The statement of the same text: batches of more than
-    /// [`ITEMS_EXACT_MAX`](crate::jobs::ITEMS_EXACT_MAX) items share one, so they share a key.
-    pub(crate) fn text_key(self) -> Self {
-        let shared = jobs::ITEMS_EXACT_MAX + 1;
-        match self {
-            HotStatement::Enqueue { items } => HotStatement::Enqueue { items: items.min(shared) },
-            HotStatement::Ack { items } => HotStatement::Ack { items: items.min(shared) },
-            other => other,
-        }
-    }
 }
 
 /// The text of `statement` before the schema and clock are filled in.

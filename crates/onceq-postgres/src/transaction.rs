@@ -1,7 +1,7 @@
 //! The store inside a caller's transaction ([`PgStore::job_enqueue_in`],
 //! [`PgStore::job_ack_in`], [`PgStore::idempotency_begin_in`],
 //! [`PgStore::idempotency_complete_in`]; what changes there is in the crate docs, "Inside a
-//! caller's transaction"), and [`Conn`]: where any operation's statements run.
+//! caller's transaction"), and running a statement where an operation runs ([`Conn`]).
 //!
 //! Nothing here ever waits for another pooled connection while it holds the caller's: a
 //! statement on the pool could wait for a row the caller's transaction holds, and the caller
@@ -14,21 +14,10 @@ use onceq_core::{Begin, BeginOutcome, Complete, Enqueued, ItemResults, LeaseRef,
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{PgConnection, Postgres};
 
-use crate::{error, PgStore};
+use crate::{error, Conn, PgStore};
 
 /// A statement with its arguments bound.
 pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
-
-/// Where an operation's statements run.
-pub(crate) enum Conn<'c> {
-    /// On the pool: each statement is a transaction of its own, run again if PostgreSQL rolls it
-    /// back for a deadlock or a serialization failure.
-    Pool,
-    /// On the caller's connection, inside its transaction if it opened one: each statement runs
-    /// once (a deadlock aborts the caller's whole transaction, so running one statement again
-    /// could not help).
-    Caller(&'c mut PgConnection),
-}
 
 impl PgStore {
     /// Enqueues `jobs` into `queue` inside the caller's transaction: [`Store::job_enqueue`]
@@ -59,7 +48,7 @@ impl PgStore {
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
-        self.enqueue_jobs(&mut Conn::Caller(tx), queue, jobs).await
+        self.job_enqueue(&mut Conn::Caller(tx), queue, jobs).await
     }
 
     /// Acks leases inside the caller's transaction: [`Store::job_ack`], fenced by each lease
@@ -77,7 +66,7 @@ impl PgStore {
     /// [`Store::job_ack`]: onceq_core::Store::job_ack
     pub async fn job_ack_in(&self, tx: &mut PgConnection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         validate::settle_batch(acks.len())?;
-        self.ack_jobs(&mut Conn::Caller(tx), acks).await
+        self.job_ack(&mut Conn::Caller(tx), acks).await
     }
 
     /// Claims an idempotency key inside the caller's transaction:
@@ -91,7 +80,7 @@ impl PgStore {
     /// [`IdempotencyStore::idempotency_begin`]: onceq_core::IdempotencyStore::idempotency_begin
     pub async fn idempotency_begin_in(&self, tx: &mut PgConnection, begin: Begin) -> Result<BeginOutcome> {
         begin.validate()?;
-        self.begin_key(&mut Conn::Caller(tx), &begin).await
+        self.idempotency_begin(&mut Conn::Caller(tx), &begin).await
     }
 
     /// Records a claimed key's result inside the caller's transaction:
@@ -105,7 +94,7 @@ impl PgStore {
     /// [`IdempotencyStore::idempotency_complete`]: onceq_core::IdempotencyStore::idempotency_complete
     pub async fn idempotency_complete_in(&self, tx: &mut PgConnection, complete: Complete) -> Result<()> {
         complete.validate()?;
-        self.complete_key(&mut Conn::Caller(tx), &complete).await
+        self.idempotency_complete(&mut Conn::Caller(tx), &complete).await
     }
 
     /// Runs a statement on `conn` and returns its rows.

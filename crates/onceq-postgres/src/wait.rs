@@ -54,6 +54,13 @@ use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// A fresh random name for a store in `sleepers`.
+pub(crate) fn sleeper_name() -> String {
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Longest a waiting lease sleeps before it looks again even if nothing woke it: a bound on
 /// how late a missed notification (or a lease shortened elsewhere) can make it.
 pub(crate) const TIMER_RECHECK_MS_MAX: u64 = 5_000;

@@ -2,12 +2,25 @@
 //!
 //! # Layout
 //!
-//! - `schema`: the on-disk format, opening a file safely, versioned migrations.
+//! - `schema`: the on-disk format, opening a file safely, versioned migrations, and how SQLite's
+//!   errors and integers become the seam's.
 //! - `writer`: the writer thread, the only code that changes the file; it group-commits every
 //!   pending request in one transaction and answers only after the commit.
+//!   - `writer/mod.rs`: the loop and the group commit.
+//!   - `writer::op`: the requests it takes, their replies, and the committed batches of replies
+//!     it hands the syncer.
+//!   - `writer::cache`: queue configs, per-state counts, the id counter and the next due time,
+//!     kept in memory, and what of them it publishes for readers and waiting leases.
+//!   - `writer::due`: what the clock made due, applied before each group.
+//!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
+//!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::queues`,
+//!     `writer::dead` (redrive, purge) and `writer::idempotency`.
 //! - `sync`: the syncer thread, which makes commits durable (one `fdatasync` for every group
 //!   committed since the last) and only then answers them, while the writer goes on.
+//! - `durable`: what the writer, the syncer and readers share about durability: which commits
+//!   are on disk, and whether the store stopped.
 //! - `reader`: read-only queries on separate connections.
+//! - `wait`: leases waiting for jobs, and waking them.
 //! - this file: [`SqliteStore`], its options, the data-directory lock, and long-poll waiting.
 //!
 //! # Durability
@@ -36,6 +49,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+mod durable;
 mod reader;
 mod schema;
 mod sync;
@@ -60,9 +74,11 @@ use onceq_core::{
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::durable::Durable;
 use crate::reader::Readers;
 use crate::schema::state;
-use crate::writer::{Message, QueueEntry, State};
+use crate::writer::cache::{QueueEntry, Shared, State};
+use crate::writer::op::{self, Message};
 
 /// The data file's name inside the data directory.
 pub const DATA_FILE_NAME: &str = "onceq.db";
@@ -120,18 +136,6 @@ impl SqliteOptions {
         self.clock = Some(clock);
         self
     }
-}
-
-/// What the writer publishes for readers and waiters.
-pub(crate) struct Shared {
-    /// Queue configs and counts as of the last commit.
-    pub queues: Mutex<BTreeMap<QueueName, QueueEntry>>,
-    /// Leases waiting for jobs.
-    pub waiters: wait::Waiters,
-    /// No scheduled job or lease expiry is due before this time (ms); may be early, never late.
-    pub next_due: AtomicI64,
-    /// Which commits are on disk; reads wait on it before they answer.
-    pub durable: sync::Durable,
 }
 
 struct Inner {
@@ -213,12 +217,12 @@ impl SqliteStore {
             queues: Mutex::new(BTreeMap::new()),
             waiters: wait::Waiters::default(),
             next_due: AtomicI64::new(i64::MAX),
-            durable: sync::Durable::new(options.durability == Durability::Fsync),
+            durable: Arc::new(Durable::new(options.durability == Durability::Fsync)),
         });
         let state = State::load(&conn, shared.clone(), clock.now())?;
         let syncer = match options.durability {
             Durability::Fsync => {
-                Some(start_syncer(&conn, &options.data_dir, &path, shared.clone(), sync_fn, inline_when_idle)?)
+                Some(start_syncer(&conn, &options.data_dir, &path, shared.durable.clone(), sync_fn, inline_when_idle)?)
             }
             Durability::Relaxed => None,
         };
@@ -259,7 +263,7 @@ impl SqliteStore {
         f: impl FnOnce(&mut State, &Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        if !self.inner.send(Message::Op(writer::op(f, reply))) {
+        if !self.inner.send(Message::Op(op::op(f, reply))) {
             return Err(closed());
         }
         answer.await.map_err(|_| closed())?
@@ -312,7 +316,7 @@ fn start_syncer(
     conn: &Connection,
     dir: &Path,
     data_file: &Path,
-    shared: Arc<Shared>,
+    durable: Arc<Durable>,
     sync_fn: Option<sync::SyncFn>,
     inline_when_idle: bool,
 ) -> Result<sync::Syncer> {
@@ -343,7 +347,7 @@ fn start_syncer(
     File::open(data_file).and_then(|f| f.sync_all()).map_err(|e| sync_error(data_file, e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| sync_error(dir, e))?;
     let sync_fn = sync_fn.unwrap_or_else(|| Box::new(move || wal.sync_data()));
-    sync::Syncer::start(sync_fn, shared, inline_when_idle)
+    sync::Syncer::start(sync_fn, durable, inline_when_idle)
 }
 
 impl Inner {

@@ -95,6 +95,22 @@ pub(crate) fn sqlite_error(context: &str, error: rusqlite::Error) -> Error {
     Error::Storage(format!("{context}: {error}"))
 }
 
+/// [`sqlite_error`] with its context, for `map_err`.
+pub(crate) fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| sqlite_error(context, e)
+}
+
+/// A count or id as SQLite stores it (a signed 64-bit integer); ids and counts never come near
+/// the limit, so saturating is only a guard.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// An attempt count as stored, as the seam carries it.
+pub(crate) fn to_u32(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
 fn open_error(path: &Path, error: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode::*;
     let hint = match error.sqlite_error_code() {

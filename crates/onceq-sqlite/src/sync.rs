@@ -37,115 +37,12 @@ use std::sync::mpsc::{channel, Receiver, SendError, Sender};
 use std::sync::{Arc, Mutex};
 
 use onceq_core::{Error, Result};
-use tokio::sync::Notify;
 
-use crate::writer::Reply;
-use crate::Shared;
+use crate::durable::{Durable, StopOnPanic};
+use crate::writer::op::Batch;
 
 /// Makes the write-ahead log durable: `fdatasync` on it in production.
 pub(crate) type SyncFn = Box<dyn FnMut() -> io::Result<()> + Send>;
-
-/// What readers and the writer share about durability.
-pub(crate) struct Durable {
-    /// Whether commits are synced before they are answered (durability `fsync`, by the syncer
-    /// thread or the writer); with `relaxed` nothing waits.
-    pipelined: bool,
-    /// Groups whose commit has begun: raised before each commit, so that a reader that saw a
-    /// commit reads a count that includes it.
-    committed: AtomicU64,
-    /// Groups known to be on disk.
-    synced: AtomicU64,
-    /// Woken after each sync and on failure.
-    progress: Notify,
-    /// Why the store stopped, once a sync failed.
-    failed: Mutex<Option<String>>,
-}
-
-impl Durable {
-    pub(crate) fn new(pipelined: bool) -> Self {
-        Durable {
-            pipelined,
-            committed: AtomicU64::new(0),
-            synced: AtomicU64::new(0),
-            progress: Notify::new(),
-            failed: Mutex::new(None),
-        }
-    }
-
-    /// Numbers the next group, before its commit; returns its sequence number.
-    pub(crate) fn begin_commit(&self) -> u64 {
-        self.committed.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// The error every request gets once the store stopped (see [`Durable::fail`]).
-    pub(crate) fn failure(&self) -> Option<Error> {
-        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        failed.as_ref().map(|why| {
-            Error::Storage(format!(
-                "the store stopped: {why}; what was committed since the last sync may not survive a power \
-                 loss; close the store and open it again"
-            ))
-        })
-    }
-
-    /// Stops the store: every later request and read gets [`Durable::failure`], which this
-    /// returns (the first reason given wins).
-    pub(crate) fn fail(&self, why: String) -> Error {
-        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        failed.get_or_insert(why);
-        drop(failed);
-        self.progress.notify_waiters();
-        self.failure().unwrap_or_else(|| Error::Storage("the store stopped".into()))
-    }
-
-    /// Waits until every commit begun so far is on disk. A read calls it after reading and
-    /// before answering, so that it never reports a commit a power loss could undo.
-    pub(crate) async fn settled(&self) -> Result<()> {
-        if !self.pipelined {
-            return Ok(());
-        }
-        let target = self.committed.load(Ordering::SeqCst);
-        loop {
-            let progress = self.progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            if let Some(error) = self.failure() {
-                return Err(error);
-            }
-            if self.synced.load(Ordering::SeqCst) >= target {
-                return Ok(());
-            }
-            progress.await;
-        }
-    }
-}
-
-/// Stops the store if the thread holding it panics: without the thread, commits would never be
-/// known synced, and every read would wait for ever in [`Durable::settled`].
-pub(crate) struct StopOnPanic<'a> {
-    pub durable: &'a Durable,
-    pub thread: &'static str,
-}
-
-impl Drop for StopOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.durable.fail(format!("the store's {} thread panicked", self.thread));
-        }
-    }
-}
-
-/// One committed (or rolled back) group, handed to the syncer.
-pub(crate) struct Batch {
-    /// Its number from [`Durable::begin_commit`].
-    pub seq: u64,
-    /// Whether it may have written to the log: a set of batches none of which did needs no
-    /// sync (everything before them was synced by an earlier round).
-    pub wrote: bool,
-    /// The group's outcome: an error is passed on as is, after the sync.
-    pub outcome: Result<()>,
-    pub replies: Vec<Reply>,
-}
 
 /// What the writer and the syncer thread share: the sync itself, and how many batches the
 /// syncer holds.
@@ -155,13 +52,13 @@ struct Syncing {
     in_flight: AtomicU64,
     /// Whether the writer syncs itself when nothing else waits (always, outside tests).
     inline_when_idle: bool,
-    shared: Arc<Shared>,
+    durable: Arc<Durable>,
 }
 
 impl Syncing {
     /// Syncs once if any of `batches` wrote, then answers them all.
     fn settle(&self, batches: Vec<Batch>) {
-        let durable = &self.shared.durable;
+        let durable = &self.durable;
         let last = batches.iter().map(|b| b.seq).max().unwrap_or(0);
         let result = match durable.failure() {
             Some(error) => Err(error),
@@ -179,8 +76,7 @@ impl Syncing {
             None => Ok(()),
         };
         if result.is_ok() {
-            durable.synced.fetch_max(last, Ordering::SeqCst);
-            durable.progress.notify_waiters();
+            durable.mark_synced(last);
         }
         for batch in batches {
             let outcome = batch.outcome.and(result.clone());
@@ -200,9 +96,9 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     /// Starts the syncer thread; `sync` makes the log durable.
-    pub(crate) fn start(sync: SyncFn, shared: Arc<Shared>, inline_when_idle: bool) -> Result<Self> {
+    pub(crate) fn start(sync: SyncFn, durable: Arc<Durable>, inline_when_idle: bool) -> Result<Self> {
         let syncing =
-            Arc::new(Syncing { sync: Mutex::new(sync), in_flight: AtomicU64::new(0), inline_when_idle, shared });
+            Arc::new(Syncing { sync: Mutex::new(sync), in_flight: AtomicU64::new(0), inline_when_idle, durable });
         let (batches, inbox) = channel();
         let thread_syncing = syncing.clone();
         let thread = std::thread::Builder::new()
@@ -228,7 +124,7 @@ impl Syncer {
         self.syncing.in_flight.fetch_add(1, Ordering::SeqCst);
         if let Err(SendError(batch)) = self.batches.send(batch) {
             // The syncer is gone (it panicked): nobody may be told that this is durable.
-            let error = self.syncing.shared.durable.fail("the store's syncer thread stopped".into());
+            let error = self.syncing.durable.fail("the store's syncer thread stopped".into());
             for reply in batch.replies {
                 reply(Err(error.clone()));
             }
@@ -247,7 +143,7 @@ impl Syncer {
 /// The syncer thread's loop: takes every batch that is waiting, syncs once, answers them all.
 /// Returns when the writer drops its sender (after handing over its last batch).
 fn run(syncing: &Syncing, inbox: Receiver<Batch>) {
-    let _stop_if_panicking = StopOnPanic { durable: &syncing.shared.durable, thread: "syncer" };
+    let _stop_if_panicking = StopOnPanic { durable: &syncing.durable, thread: "syncer" };
     while let Ok(first) = inbox.recv() {
         let mut batches = vec![first];
         batches.extend(inbox.try_iter());
@@ -268,6 +164,7 @@ mod tests {
     use onceq_core::{ErrorKind, LeaseOptions, NewJob, QueueConfigPatch, QueueName, Store, StoreExt};
 
     use super::*;
+    use crate::writer::op::Reply;
     use crate::{SqliteOptions, SqliteStore};
 
     /// A sync the test holds shut, counts and can make fail.
@@ -312,14 +209,9 @@ mod tests {
         SqliteStore::open_with_sync(SqliteOptions::new(dir), Some(gate.sync_fn()), inline).unwrap()
     }
 
-    /// What the writer shares, for tests that drive the syncer without a store.
-    fn shared() -> Arc<Shared> {
-        Arc::new(Shared {
-            queues: Mutex::new(Default::default()),
-            waiters: Default::default(),
-            next_due: std::sync::atomic::AtomicI64::new(i64::MAX),
-            durable: Durable::new(true),
-        })
+    /// What the writer shares with the syncer, for tests that drive the syncer without a store.
+    fn durable() -> Arc<Durable> {
+        Arc::new(Durable::new(true))
     }
 
     /// A data directory, its gate, a store opened on them, and a queue in it.
@@ -341,8 +233,8 @@ mod tests {
 
     #[test]
     fn the_writer_answers_itself_only_when_the_syncer_holds_nothing() {
-        let (shared, gate) = (shared(), Arc::new(Gate::default()));
-        let syncer = Syncer::start(gate.sync_fn(), shared.clone(), true).unwrap();
+        let (durable, gate) = (durable(), Arc::new(Gate::default()));
+        let syncer = Syncer::start(gate.sync_fn(), durable.clone(), true).unwrap();
         let answered = |flag: &Arc<AtomicBool>| -> Reply {
             let flag = flag.clone();
             Box::new(move |outcome: Result<()>| {
@@ -352,7 +244,7 @@ mod tests {
         };
         let (first, second) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         gate.set_shut(true);
-        let seq = shared.durable.begin_commit();
+        let seq = durable.begin_commit();
         // More requests wait: the syncer takes the batch, and blocks on the gate.
         syncer.submit(Batch { seq, wrote: true, outcome: Ok(()), replies: vec![answered(&first)] }, true);
         while gate.entered.load(Ordering::SeqCst) == 0 {
@@ -360,23 +252,23 @@ mod tests {
         }
         // Nothing waits, and this group wrote nothing; but the syncer holds a batch, so this one
         // must queue behind it rather than be answered at once.
-        let seq = shared.durable.begin_commit();
+        let seq = durable.begin_commit();
         syncer.submit(Batch { seq, wrote: false, outcome: Ok(()), replies: vec![answered(&second)] }, false);
         std::thread::sleep(PATIENCE);
         assert!(!first.load(Ordering::SeqCst) && !second.load(Ordering::SeqCst), "answered before the sync");
         gate.set_shut(false);
         syncer.finish();
         assert!(first.load(Ordering::SeqCst) && second.load(Ordering::SeqCst));
-        assert_eq!(shared.durable.synced.load(Ordering::SeqCst), 2);
+        assert_eq!(durable.synced(), 2);
     }
 
     #[test]
     fn an_idle_writer_syncs_and_answers_itself() {
-        let (shared, gate) = (shared(), Arc::new(Gate::default()));
-        let syncer = Arc::new(Syncer::start(gate.sync_fn(), shared.clone(), true).unwrap());
+        let (durable, gate) = (durable(), Arc::new(Gate::default()));
+        let syncer = Arc::new(Syncer::start(gate.sync_fn(), durable.clone(), true).unwrap());
         let answered = Arc::new(AtomicBool::new(false));
         gate.set_shut(true);
-        let seq = shared.durable.begin_commit();
+        let seq = durable.begin_commit();
         let submitting = std::thread::spawn({
             let (syncer, answered) = (syncer.clone(), answered.clone());
             move || {

@@ -1,0 +1,80 @@
+//! Statement text: how a statement's template becomes the text run on a schema (the schema, the
+//! clock and the `NOTIFY` channel filled in), and the keys of the hot path's statements, which
+//! the store prepares once and `statements` publishes. A leaf: the modules that hold the
+//! templates and the store that runs them all build on it.
+
+use crate::schema::SCHEMA_NAME_LEN_MAX;
+
+/// The SQL expression every statement reads "now" from (see the crate docs, "Time").
+const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM statement_timestamp()) * 1000)::int8)";
+
+/// `template` with `{now}` replaced by [`NOW_SQL`], `{s}` by `quoted` (the quoted schema) and
+/// `{channel}` by `channel`: what [`PgStore`](crate::PgStore) does to every statement it runs.
+pub(crate) fn fill(template: &str, quoted: &str, channel: &str) -> String {
+    template.replace("{now}", NOW_SQL).replace("{s}", quoted).replace("{channel}", channel)
+}
+
+/// The `NOTIFY` channel of the stores on `schema` (a validated schema name, so the channel is an
+/// identifier of `[A-Za-z0-9_]` of at most 63 bytes).
+pub(crate) fn channel_of(schema: &str) -> String {
+    format!("onceq_{}", &schema[..schema.len().min(SCHEMA_NAME_LEN_MAX - 6)])
+}
+
+/// Up to this many items, a batch statement's `items` carry a `LIMIT` of their exact count.
+/// PostgreSQL guesses that `unnest` of a parameter array yields 10 rows, so for a smaller batch
+/// the generic plan looked dearer than the custom ones and every single-job ack or enqueue was
+/// planned afresh; with the count as a literal both agree and the plan is cached. One prepared
+/// statement per count up to this bound; larger batches share one.
+pub(crate) const ITEMS_EXACT_MAX: usize = 10;
+
+/// A statement of the hot path (see [`crate::statements`] for `$1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HotStatement {
+    /// The first statement of an enqueue into a queue the store does not know yet (or whose
+    /// config changed), or of jobs scheduled for later: reads the clock and finds the queue by
+    /// name (`$2`); returns `now`, `id`, `config`. The store then remembers the queue.
+    QueueLookup,
+    /// The enqueue of a batch of `items` jobs, the only statement of an enqueue of jobs ready at
+    /// once into a queue the store knows: `$1` NULL there (the database's clock), or the lookup's
+    /// `now`; then the jobs' columns as arrays (`$2` payloads `bytea[]`, `$3` headers `text[]`,
+    /// `$4` priorities `int4[]`, `$5` run_at `int8[]`, NULL for "now", `$6` max_attempts
+    /// `int4[]`, `$7` dedup ids `text[]`, `$8` whether each claims its dedup id `bool[]`), `$9`
+    /// the queue's id, `$10` how long claimed dedup ids live (ms), `$11` the queue's config as
+    /// the lookup printed it (NULL after a lookup): with another config, or another queue under
+    /// that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
+    /// `notified` and `now` per job.
+    Enqueue {
+        /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
+        items: usize,
+    },
+    /// The first statement of a lease: applies the due transitions of the queue named `$2`;
+    /// returns `now` and the queue's row (`id`, `name`, `config`, `paused`).
+    ApplyDue,
+    /// The lease of up to `max_jobs` jobs of an at-least-once queue: `$1` the `now` of
+    /// [`HotStatement::ApplyDue`], `$2` the queue's id, `$3` the new lease tokens (`bytea[]`,
+    /// `max_jobs` of them), `$4` when the leases expire. Returns the leased jobs.
+    Lease {
+        /// Most jobs the lease takes (a literal in the statement, one statement per value).
+        max_jobs: u32,
+    },
+    /// The ack of `items` leases: `$2` the job ids (`int8[]`), `$3` their lease tokens
+    /// (`bytea[]`). Returns one verdict row per item, in order.
+    Ack {
+        /// Leases in the batch (statements for up to 10 items are planned for their exact count).
+        items: usize,
+    },
+}
+
+impl HotStatement {
+    /// The statement of the same text: batches of more than
+    /// [`ITEMS_EXACT_MAX`] items share one, so they share a key.
+    pub(crate) fn text_key(self) -> Self {
+        let shared = ITEMS_EXACT_MAX + 1;
+        match self {
+            HotStatement::Enqueue { items } => HotStatement::Enqueue { items: items.min(shared) },
+            HotStatement::Ack { items } => HotStatement::Ack { items: items.min(shared) },
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! What readers and the writer share about durability: which commits are on disk, and whether
+//! the store stopped (module `sync` says what a reply and a read wait for, and why).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use onceq_core::{Error, Result};
+use tokio::sync::Notify;
+
+/// What readers and the writer share about durability.
+pub(crate) struct Durable {
+    /// Whether commits are synced before they are answered (durability `fsync`, by the syncer
+    /// thread or the writer); with `relaxed` nothing waits.
+    pipelined: bool,
+    /// Groups whose commit has begun: raised before each commit, so that a reader that saw a
+    /// commit reads a count that includes it.
+    committed: AtomicU64,
+    /// Groups known to be on disk.
+    synced: AtomicU64,
+    /// Woken after each sync and on failure.
+    progress: Notify,
+    /// Why the store stopped, once a sync failed.
+    failed: Mutex<Option<String>>,
+}
+
+impl Durable {
+    pub(crate) fn new(pipelined: bool) -> Self {
+        Durable {
+            pipelined,
+            committed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            progress: Notify::new(),
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// Numbers the next group, before its commit; returns its sequence number.
+    pub(crate) fn begin_commit(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Records that every group numbered up to `seq` is on disk, and wakes the reads that wait
+    /// for it.
+    pub(crate) fn mark_synced(&self, seq: u64) {
+        self.synced.fetch_max(seq, Ordering::SeqCst);
+        self.progress.notify_waiters();
+    }
+
+    /// How many groups are known to be on disk.
+    #[cfg(test)]
+    pub(crate) fn synced(&self) -> u64 {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// The error every request gets once the store stopped (see [`Durable::fail`]).
+    pub(crate) fn failure(&self) -> Option<Error> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().map(|why| {
+            Error::Storage(format!(
+                "the store stopped: {why}; what was committed since the last sync may not survive a power \
+                 loss; close the store and open it again"
+            ))
+        })
+    }
+
+    /// Stops the store: every later request and read gets [`Durable::failure`], which this
+    /// returns (the first reason given wins).
+    pub(crate) fn fail(&self, why: String) -> Error {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get_or_insert(why);
+        drop(failed);
+        self.progress.notify_waiters();
+        self.failure().unwrap_or_else(|| Error::Storage("the store stopped".into()))
+    }
+
+    /// Waits until every commit begun so far is on disk. A read calls it after reading and
+    /// before answering, so that it never reports a commit a power loss could undo.
+    pub(crate) async fn settled(&self) -> Result<()> {
+        if !self.pipelined {
+            return Ok(());
+        }
+        let target = self.committed.load(Ordering::SeqCst);
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if let Some(error) = self.failure() {
+                return Err(error);
+            }
+            if self.synced.load(Ordering::SeqCst) >= target {
+                return Ok(());
+            }
+            progress.await;
+        }
+    }
+}
+
+/// Stops the store if the thread holding it panics: without the thread, commits would never be
+/// known synced, and every read would wait for ever in [`Durable::settled`].
+pub(crate) struct StopOnPanic<'a> {
+    pub durable: &'a Durable,
+    pub thread: &'static str,
+}
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.durable.fail(format!("the store's {} thread panicked", self.thread));
+        }
+    }
+}

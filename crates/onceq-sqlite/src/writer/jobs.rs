@@ -1,0 +1,361 @@
+//! The SQL of enqueue and lease, and of the error history every settle writes to.
+
+use onceq_core::metrics as names;
+use onceq_core::store::validate;
+use onceq_core::{
+    truncate_error_text, DeliveryMode, Enqueued, Error, JobId, LeaseOptions, LeaseToken, LeasedJob, NewJob,
+    QueueConfig, QueueName, Result, Timestamp,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::schema::{state, storage, to_i64, to_u32};
+use crate::writer::cache::State;
+
+impl State {
+    pub(crate) fn job_enqueue(
+        &mut self,
+        conn: &Connection,
+        name: &QueueName,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        validate::run_at_horizon(&jobs, self.now)?;
+        if let Some(entry) = self.queues.get(name) {
+            validate::enqueue_into(name, &entry.config, &jobs)?;
+        } else {
+            self.queue_create(conn, name, QueueConfig::default())?;
+        }
+        let (queue_id, window_ms, queue_max_attempts) = {
+            let entry = self.queue_required(name)?;
+            (entry.id, entry.config.dedup_window_ms, entry.config.max_attempts)
+        };
+        let now = self.now;
+        let mut out = Vec::with_capacity(jobs.len());
+        let (mut ready, mut scheduled) = (0u64, 0u64);
+        // Without dedup ids there is nothing to look up per job: the rows go in by the chunk, and
+        // the one-by-one loop below gets nothing.
+        let jobs = if jobs.iter().all(|job| job.dedup_id.is_none()) {
+            (ready, scheduled) = self.insert_chunked(conn, queue_id, queue_max_attempts, jobs, &mut out)?;
+            Vec::new()
+        } else {
+            jobs
+        };
+        // Prepared once per batch: the statement cache's lookup per row is measurable here.
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
+                 dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(storage("inserting a job"))?;
+        for job in jobs {
+            if let Some(dedup_id) = &job.dedup_id {
+                let original: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT job_id FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2 AND expires_at > ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![queue_id, dedup_id, now.as_millis()], |r| r.get(0)).optional()
+                    })
+                    .map_err(storage("checking a dedup id"))?;
+                if let Some(original) = original {
+                    out.push(Enqueued { id: JobId::new(original as u64), duplicate: true });
+                    continue;
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.next_id_dirty = true;
+            let run_at = job.ready_at(now);
+            let job_state = if run_at > now { state::SCHEDULED } else { state::READY };
+            let headers = if job.headers.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::to_string(&job.headers)
+                        .map_err(|e| Error::Storage(format!("encoding headers: {e}")))?,
+                )
+            };
+            insert
+                .execute(params![
+                    to_i64(id),
+                    queue_id,
+                    job_state,
+                    job.priority,
+                    run_at.as_millis(),
+                    now.as_millis(),
+                    job.max_attempts.unwrap_or(queue_max_attempts),
+                    job.dedup_id,
+                    headers,
+                    job.payload,
+                ])
+                .map_err(storage("inserting a job"))?;
+            if let Some(dedup_id) = &job.dedup_id {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO dedup (queue_id, dedup_id, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![queue_id, dedup_id, to_i64(id), now.plus_ms(window_ms).as_millis()])
+                })
+                .map_err(storage("recording a dedup id"))?;
+            }
+            if job_state == state::SCHEDULED {
+                self.lower_next_due(run_at);
+                scheduled += 1;
+            } else {
+                ready += 1;
+            }
+            out.push(Enqueued { id: JobId::new(id), duplicate: false });
+        }
+        self.count_move_n(queue_id, None, Some(state::READY), ready);
+        self.count_move_n(queue_id, None, Some(state::SCHEDULED), scheduled);
+        let duplicates = out.len() as u64 - ready - scheduled;
+        metrics::counter!(names::ENQUEUED, "queue" => name.to_string()).increment(ready + scheduled);
+        if duplicates > 0 {
+            metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => name.to_string()).increment(duplicates);
+        }
+        Ok(out)
+    }
+
+    /// Inserts `jobs`, none of which has a dedup id, with one multi-row INSERT per chunk of
+    /// [`INSERT_CHUNK_ROWS`] rows: one statement execution per chunk instead of per job, and the
+    /// values every row shares (first id, queue, enqueue time) bound once. Ids are assigned in
+    /// request order. Returns how many became ready and how many scheduled.
+    fn insert_chunked(
+        &mut self,
+        conn: &Connection,
+        queue_id: i64,
+        queue_max_attempts: u32,
+        jobs: Vec<NewJob>,
+        out: &mut Vec<Enqueued>,
+    ) -> Result<(u64, u64)> {
+        let now = self.now;
+        let (mut ready, mut scheduled) = (0u64, 0u64);
+        let bind = |stmt: &mut rusqlite::CachedStatement<'_>, index: usize, value: &dyn rusqlite::ToSql| {
+            stmt.raw_bind_parameter(index, value).map_err(storage("inserting a job"))
+        };
+        let mut left = jobs.len();
+        let mut jobs = jobs.into_iter();
+        while left > 0 {
+            let rows = INSERT_CHUNK_ROWS.iter().copied().find(|&rows| rows <= left).unwrap_or(1);
+            let mut insert = conn.prepare_cached(insert_sql(rows)).map_err(storage("inserting a job"))?;
+            bind(&mut insert, 1, &to_i64(self.next_id))?;
+            bind(&mut insert, 2, &queue_id)?;
+            bind(&mut insert, 3, &now.as_millis())?;
+            for (row, job) in jobs.by_ref().take(rows).enumerate() {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.next_id_dirty = true;
+                let run_at = job.ready_at(now);
+                let job_state = if run_at > now { state::SCHEDULED } else { state::READY };
+                let headers = if job.headers.is_empty() {
+                    None
+                } else {
+                    Some(
+                        serde_json::to_string(&job.headers)
+                            .map_err(|e| Error::Storage(format!("encoding headers: {e}")))?,
+                    )
+                };
+                let base = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
+                bind(&mut insert, base + 1, &job_state)?;
+                bind(&mut insert, base + 2, &job.priority)?;
+                bind(&mut insert, base + 3, &run_at.as_millis())?;
+                bind(&mut insert, base + 4, &job.max_attempts.unwrap_or(queue_max_attempts))?;
+                bind(&mut insert, base + 5, &headers)?;
+                bind(&mut insert, base + 6, &job.payload)?;
+                if job_state == state::SCHEDULED {
+                    self.lower_next_due(run_at);
+                    scheduled += 1;
+                } else {
+                    ready += 1;
+                }
+                out.push(Enqueued { id: JobId::new(id), duplicate: false });
+            }
+            let inserted = insert.raw_execute().map_err(storage("inserting a job"))?;
+            debug_assert_eq!(inserted, rows, "a multi-row INSERT wrote {inserted} of {rows} rows");
+            left -= rows;
+        }
+        Ok((ready, scheduled))
+    }
+
+    pub(crate) fn job_lease(
+        &mut self,
+        conn: &Connection,
+        name: &QueueName,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        let Some(entry) = self.queues.get(name) else { return Ok(Vec::new()) };
+        if entry.paused || entry.counts[state::READY as usize] == 0 {
+            return Ok(Vec::new());
+        }
+        let queue_id = entry.id;
+        let at_most_once = entry.config.delivery == DeliveryMode::AtMostOnce;
+        let visibility_ms = options.visibility_timeout_ms.unwrap_or(entry.config.visibility_timeout_ms);
+        let expires_at = self.now.plus_ms(visibility_ms);
+        // The batch is read in lease order through the ready-order index, then each job is claimed
+        // by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...) RETURNING`
+        // would be one statement, but SQLite materializes both the IN list and the RETURNING rows in
+        // ephemeral tables, and hands the rows back unordered: measured, it costs more per job.)
+        // Every row read here is claimed below in the same transaction: the writer is the only
+        // connection that writes, so nothing can take them in between.
+        let rows: Vec<ReadyRow> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
+                     error_count FROM jobs WHERE queue_id = ?1 AND state = 1 \
+                     ORDER BY priority DESC, run_at, id LIMIT ?2",
+                )
+                .map_err(storage("leasing jobs"))?;
+            let rows = stmt
+                .query_map(params![queue_id, options.max_jobs], |r| {
+                    Ok(ReadyRow {
+                        id: r.get(0)?,
+                        priority: r.get(1)?,
+                        run_at: r.get(2)?,
+                        enqueued_at: r.get(3)?,
+                        attempt: r.get(4)?,
+                        max_attempts: r.get(5)?,
+                        dedup_id: r.get(6)?,
+                        headers: r.get(7)?,
+                        payload: r.get(8)?,
+                        error_count: r.get(9)?,
+                    })
+                })
+                .map_err(storage("leasing jobs"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
+        };
+        // In at_most_once mode the lease *is* the ack: the jobs are deleted as they are handed out.
+        let mut claim = if at_most_once {
+            conn.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = 1")
+        } else {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 2, attempt = ?2, lease_token = ?3, lease_expires_at = ?4, leased_at = ?5 \
+                 WHERE id = ?1 AND state = 1",
+            )
+        }
+        .map_err(storage("leasing jobs"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempt = row.attempt + 1;
+            // 128 bits from the writer's CSPRNG (ChaCha, seeded from the operating system).
+            let mut token = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut self.rng, &mut token);
+            let claimed = if at_most_once {
+                claim.execute([row.id])
+            } else {
+                claim.execute(params![row.id, attempt, &token[..], expires_at.as_millis(), self.now.as_millis()])
+            }
+            .map_err(storage("leasing jobs"))?;
+            if claimed != 1 {
+                return Err(Error::Storage(format!("job {} was ready but could not be leased", row.id)));
+            }
+            if at_most_once && row.error_count > 0 {
+                delete_errors(conn, row.id)?;
+            }
+            let headers = match row.headers {
+                None => Default::default(),
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| Error::Storage(format!("job {} has unreadable headers: {e}", row.id)))?,
+            };
+            out.push(LeasedJob {
+                id: JobId::new(row.id as u64),
+                queue: name.clone(),
+                lease_token: LeaseToken::from_bytes(token),
+                attempt: to_u32(attempt),
+                max_attempts: to_u32(row.max_attempts),
+                priority: row.priority,
+                payload: row.payload,
+                headers,
+                dedup_id: row.dedup_id,
+                enqueued_at: Timestamp::from_millis(row.enqueued_at),
+                run_at: Timestamp::from_millis(row.run_at),
+                lease_expires_at: expires_at,
+            });
+        }
+        let to = if at_most_once { None } else { Some(state::LEASED) };
+        self.count_move_n(queue_id, Some(state::READY), to, out.len() as u64);
+        if !out.is_empty() {
+            metrics::counter!(names::DELIVERIES, "queue" => name.to_string()).increment(out.len() as u64);
+            let wait = metrics::histogram!(names::ENQUEUE_TO_LEASE, "queue" => name.to_string());
+            for job in out.iter().filter(|j| j.attempt == 1) {
+                wait.record(self.now.ms_since(job.enqueued_at) as f64 / 1000.0);
+            }
+        }
+        let left = self.queues.get(name).map_or(0, |q| q.counts[state::READY as usize]);
+        if !out.is_empty() && left > 0 {
+            self.woken.insert(queue_id, left); // pass the wake-up on: there is more to lease
+        }
+        if !at_most_once && !out.is_empty() {
+            self.lower_next_due(expires_at);
+        }
+        Ok(out)
+    }
+}
+
+/// Rows per multi-row INSERT, largest first: a batch goes in as few statements as these sizes
+/// allow (100 jobs: 64 + 16 + 16 + 4), and each size is one cached statement.
+const INSERT_CHUNK_ROWS: [usize; 4] = [64, 16, 4, 1];
+/// Parameters every row of a multi-row INSERT shares: the first id, the queue, the enqueue time.
+const INSERT_SHARED_PARAMS: usize = 3;
+/// Parameters of each row of a multi-row INSERT.
+const INSERT_ROW_PARAMS: usize = 6;
+
+/// The multi-row INSERT of `rows` jobs without dedup ids (ids consecutive from `?1`).
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_CHUNK_ROWS
+            .iter()
+            .map(|&rows| {
+                let mut sql = String::from(
+                    "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
+                     dedup_id, headers, payload) VALUES ",
+                );
+                for row in 0..rows {
+                    let p = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
+                    if row > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!(
+                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    ));
+                }
+                sql
+            })
+            .collect()
+    });
+    let index = INSERT_CHUNK_ROWS.iter().position(|&r| r == rows).unwrap_or(INSERT_CHUNK_ROWS.len() - 1);
+    all.get(index).map_or("", String::as_str)
+}
+
+/// A ready job as read for leasing.
+struct ReadyRow {
+    id: i64,
+    priority: i32,
+    run_at: i64,
+    enqueued_at: i64,
+    attempt: i64,
+    max_attempts: i64,
+    dedup_id: Option<String>,
+    headers: Option<String>,
+    payload: Vec<u8>,
+    error_count: i64,
+}
+
+pub(super) fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -> Result<()> {
+    conn.prepare_cached("INSERT INTO job_errors (job_id, attempt, at, error) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![id, attempt, at, truncate_error_text(text)]))
+        .map_err(storage("recording an attempt's error"))?;
+    Ok(())
+}
+
+pub(super) fn delete_errors(conn: &Connection, id: i64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM job_errors WHERE job_id = ?1")
+        .and_then(|mut s| s.execute([id]))
+        .map_err(storage("deleting a job's errors"))?;
+    Ok(())
+}
