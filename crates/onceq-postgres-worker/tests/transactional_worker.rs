@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 /// A store with room in its pool for a few transactional jobs plus leases and heartbeats.
 async fn store(clock: Option<Arc<dyn Clock>>) -> (PgStore, common::SchemaGuard) {
     let schema = common::fresh_schema();
-    let guard = common::SchemaGuard { schema: schema.clone() };
+    let guard = common::SchemaGuard::of(&schema);
     let store = common::connect(common::options(&schema, clock).pool_size(8)).await;
     common::create_orders(&store).await;
     (store, guard)
