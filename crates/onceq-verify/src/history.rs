@@ -34,6 +34,11 @@
 //!   possible moment of an operation (its completion) to show something was still live and the
 //!   earliest (its invoke) to show something had ended.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use onceq_core::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use onceq_core::DeliveryMode;
@@ -448,4 +453,71 @@ impl History {
             Err(HistoryError::Malformed { count, problems })
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording
+
+/// The verify clock: Unix milliseconds, read once from the system clock and advanced by the
+/// monotonic clock since, so a completion is never recorded before its invoke (a step of the
+/// system clock during a run cannot reorder events).
+pub fn now_ms() -> i64 {
+    static BASE: std::sync::OnceLock<(i64, Instant)> = std::sync::OnceLock::new();
+    let (unix_ms, at) = BASE.get_or_init(|| {
+        let unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        (unix, Instant::now())
+    });
+    unix_ms.saturating_add(i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Records operations as they happen.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    next_op: AtomicU64,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Recorder {
+    fn push(&self, event: Event) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+
+    /// Records an invoke now; returns its op number.
+    pub fn invoke(&self, process: u32, request: Request) -> u64 {
+        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
+        self.push(Event::Invoke { op, process, at_ms: now_ms(), request });
+        op
+    }
+
+    /// Records the completion of `op` now.
+    pub fn complete(&self, op: u64, outcome: Outcome, response: Response) {
+        self.push(Event::Complete { op, at_ms: now_ms(), outcome, response });
+    }
+
+    /// The events so far.
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The outcome an error stands for: a definite refusal, or unknown.
+pub fn outcome_of(error: &Error) -> Outcome {
+    match error.kind() {
+        ErrorKind::LeaseLost | ErrorKind::NotFound => Outcome::Fail,
+        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Conflict => Outcome::Fail,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// The payload of every job a workload enqueues: its value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Payload {
+    /// The value.
+    pub value: u64,
+}
+
+/// The value a payload carries, if verify wrote it.
+pub fn value_of(payload: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Payload>(payload).ok().map(|p| p.value)
 }

@@ -25,9 +25,7 @@ use onceq_core::{
     QueueName, Redrive, Release, Result, Store, Timestamp,
 };
 
-use crate::faults::Fault;
-use crate::history::{Lease, Outcome, Request, Response};
-use crate::workload::{outcome_of, Ctx};
+use crate::history::{outcome_of, value_of, Lease, Outcome, Recorder, Request, Response};
 
 /// What a simulated fault cut off from a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,24 +84,47 @@ fn cut_off() -> Error {
     Error::Storage("verify: the call was cut off by an injected fault".into())
 }
 
+/// What the recording store needs of the mode's run it records.
+pub trait Run: Send + Sync {
+    /// The target's store.
+    fn target(&self) -> &Arc<dyn Store>;
+    /// Where calls are recorded.
+    fn recorder(&self) -> &Recorder;
+    /// The leases handed out and what the faults cut off.
+    fn deliveries(&self) -> &Deliveries;
+    /// The visibility timeout of a lease that asks for none.
+    fn visibility_timeout_ms(&self) -> u64;
+    /// Whether the reply to the ack of this delivery is dropped (and the fault counted if so).
+    fn drops_ack(&self, value: u64, attempt: u32) -> bool;
+    /// An ack landed.
+    fn settled(&self);
+    /// Stops the run with this error.
+    fn fail(&self, message: String);
+}
+
+/// Whether an error means verify itself asked something wrong (the run stops).
+pub fn is_fatal(error: &Error) -> bool {
+    matches!(error.kind(), onceq_core::ErrorKind::InvalidRequest | onceq_core::ErrorKind::PayloadTooLarge)
+}
+
 /// The store one verify worker runs on: records every call, injects `drop-ack`, and drops what
 /// a crash or stall cut off.
 pub struct RecordedStore {
-    ctx: Arc<Ctx>,
+    ctx: Arc<dyn Run>,
     /// The history's process number of this worker.
     process: u32,
 }
 
 impl RecordedStore {
     /// The store of worker `process`.
-    pub fn new(ctx: Arc<Ctx>, process: u32) -> Self {
+    pub fn new(ctx: Arc<dyn Run>, process: u32) -> Self {
         RecordedStore { ctx, process }
     }
 
     /// Whether the delivery of `lease` may still reach the target with a settle.
     fn settles_pass(&self, lease: &LeaseRef) -> bool {
         !matches!(
-            self.ctx.deliveries.cut_of(&lease.lease_token.to_string()),
+            self.ctx.deliveries().cut_of(&lease.lease_token.to_string()),
             Some(Cut::Crashed | Cut::CrashedAfterComplete)
         )
     }
@@ -125,7 +146,7 @@ impl RecordedStore {
     {
         let passing: Vec<usize> = (0..items.len()).filter(|&i| passes(&items[i])).collect();
         let ops: Vec<u64> =
-            passing.iter().map(|&i| self.ctx.recorder.invoke(self.process, request(&items[i]))).collect();
+            passing.iter().map(|&i| self.ctx.recorder().invoke(self.process, request(&items[i]))).collect();
         let mut out: Vec<Result<T>> = (0..items.len()).map(|_| Err(cut_off())).collect();
         if passing.is_empty() {
             return Ok(out);
@@ -134,14 +155,14 @@ impl RecordedStore {
             Ok(results) if results.len() == passing.len() => {
                 for ((index, op), result) in passing.into_iter().zip(ops).zip(results) {
                     let (outcome, response, answer) = judge(&items[index], result);
-                    self.ctx.recorder.complete(op, outcome, response);
+                    self.ctx.recorder().complete(op, outcome, response);
                     out[index] = answer;
                 }
                 Ok(out)
             }
             Ok(results) => {
                 for op in ops {
-                    self.ctx.recorder.complete(op, Outcome::Unknown, Response::None);
+                    self.ctx.recorder().complete(op, Outcome::Unknown, Response::None);
                 }
                 let message = format!("{} results for {} items", results.len(), passing.len());
                 self.ctx.fail(message.clone());
@@ -149,7 +170,7 @@ impl RecordedStore {
             }
             Err(error) => {
                 for op in ops {
-                    self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
+                    self.ctx.recorder().complete(op, outcome_of(&error), Response::None);
                 }
                 Err(error)
             }
@@ -169,26 +190,25 @@ fn verdict<T>(result: Result<T>) -> (Outcome, Response, Result<T>) {
 #[async_trait]
 impl Store for RecordedStore {
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
-        self.ctx.store.dead_list(queue, page).await
+        self.ctx.target().dead_list(queue, page).await
     }
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
-        self.ctx.store.dead_purge(queue).await
+        self.ctx.target().dead_purge(queue).await
     }
     async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
-        self.ctx.store.dead_redrive(queue, redrive).await
+        self.ctx.target().dead_redrive(queue, redrive).await
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
-        let store = self.ctx.store.clone();
+        let store = self.ctx.target().clone();
         self.forward(
             acks,
             |lease| self.settles_pass(lease),
             |lease| Request::Ack { job_id: lease.id.get(), lease_token: lease.lease_token.to_string() },
             |sent| async move { store.job_ack(&sent).await },
             |lease, result| {
-                let leased = self.ctx.deliveries.get(&lease.lease_token.to_string());
-                if leased.is_some_and(|l| self.ctx.hits(Fault::DropAck, l.value, l.attempt)) {
-                    self.ctx.fire(Fault::DropAck);
+                let leased = self.ctx.deliveries().get(&lease.lease_token.to_string());
+                if leased.is_some_and(|l| self.ctx.drops_ack(l.value, l.attempt)) {
                     let dropped = Err(Error::Unavailable("verify: the ack's reply was dropped".into()));
                     return (Outcome::Unknown, Response::None, dropped);
                 }
@@ -202,14 +222,14 @@ impl Store for RecordedStore {
     }
 
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        self.ctx.store.job_enqueue(queue, jobs).await
+        self.ctx.target().job_enqueue(queue, jobs).await
     }
 
     async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
-        let store = self.ctx.store.clone();
+        let store = self.ctx.target().clone();
         self.forward(
             extends,
-            |e| self.ctx.deliveries.cut_of(&e.lease_token.to_string()).is_none(),
+            |e| self.ctx.deliveries().cut_of(&e.lease_token.to_string()).is_none(),
             |e| Request::Extend {
                 job_id: e.id.get(),
                 lease_token: e.lease_token.to_string(),
@@ -225,7 +245,7 @@ impl Store for RecordedStore {
     }
 
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
-        let store = self.ctx.store.clone();
+        let store = self.ctx.target().clone();
         self.forward(
             fails,
             |f| self.settles_pass(&LeaseRef { id: f.id, lease_token: f.lease_token }),
@@ -237,20 +257,20 @@ impl Store for RecordedStore {
     }
 
     async fn job_get(&self, id: JobId) -> Result<Job> {
-        self.ctx.store.job_get(id).await
+        self.ctx.target().job_get(id).await
     }
 
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         let request = Request::Lease {
             max: options.max_jobs,
-            visibility_timeout_ms: options.visibility_timeout_ms.unwrap_or(self.ctx.config.visibility_timeout_ms),
+            visibility_timeout_ms: options.visibility_timeout_ms.unwrap_or(self.ctx.visibility_timeout_ms()),
         };
-        let op = self.ctx.recorder.invoke(self.process, request);
-        let jobs = match self.ctx.store.job_lease(queue, options).await {
+        let op = self.ctx.recorder().invoke(self.process, request);
+        let jobs = match self.ctx.target().job_lease(queue, options).await {
             Ok(jobs) => jobs,
             Err(error) => {
-                self.ctx.recorder.complete(op, outcome_of(&error), Response::None);
-                if crate::workload::is_fatal(&error) {
+                self.ctx.recorder().complete(op, outcome_of(&error), Response::None);
+                if is_fatal(&error) {
                     self.ctx.fail(format!("the target refused a lease: {error}"));
                 }
                 return Err(error);
@@ -258,14 +278,14 @@ impl Store for RecordedStore {
         };
         let mut leases = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let Some(value) = crate::workload::value_of(&job.payload) else {
+            let Some(value) = value_of(&job.payload) else {
                 self.ctx.fail(format!("job {} carries a payload verify never wrote", job.id));
                 continue;
             };
             let token = job.lease_token.to_string();
             let expires = job.lease_expires_at.as_millis();
             self.ctx
-                .deliveries
+                .deliveries()
                 .leased(token.clone(), Leased { value, attempt: job.attempt, lease_expires_at_ms: expires });
             leases.push(Lease {
                 job_id: job.id.get(),
@@ -275,12 +295,12 @@ impl Store for RecordedStore {
                 lease_expires_at_ms: expires,
             });
         }
-        self.ctx.recorder.complete(op, Outcome::Ok, Response::Leased { jobs: leases });
+        self.ctx.recorder().complete(op, Outcome::Ok, Response::Leased { jobs: leases });
         Ok(jobs)
     }
 
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
-        let store = self.ctx.store.clone();
+        let store = self.ctx.target().clone();
         self.forward(
             nacks,
             |n| self.settles_pass(&LeaseRef { id: n.id, lease_token: n.lease_token }),
@@ -292,7 +312,7 @@ impl Store for RecordedStore {
     }
 
     async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
-        let store = self.ctx.store.clone();
+        let store = self.ctx.target().clone();
         self.forward(
             releases,
             |r| self.settles_pass(&LeaseRef { id: r.id, lease_token: r.lease_token }),
@@ -304,22 +324,22 @@ impl Store for RecordedStore {
     }
 
     async fn queue_delete(&self, queue: &QueueName) -> Result<()> {
-        self.ctx.store.queue_delete(queue).await
+        self.ctx.target().queue_delete(queue).await
     }
     async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo> {
-        self.ctx.store.queue_get(queue).await
+        self.ctx.target().queue_get(queue).await
     }
     async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
-        self.ctx.store.queue_list().await
+        self.ctx.target().queue_list().await
     }
     async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
-        self.ctx.store.queue_pause(queue).await
+        self.ctx.target().queue_pause(queue).await
     }
     async fn queue_resume(&self, queue: &QueueName) -> Result<()> {
-        self.ctx.store.queue_resume(queue).await
+        self.ctx.target().queue_resume(queue).await
     }
     async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
-        self.ctx.store.queue_upsert(queue, patch).await
+        self.ctx.target().queue_upsert(queue, patch).await
     }
 }
 

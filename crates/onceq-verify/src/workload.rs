@@ -49,7 +49,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use onceq_core::{
     DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, NewJob, QueueConfig, QueueConfigPatch,
@@ -64,9 +64,10 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::faults::{roll, Fault, FaultLog, FaultPlan, TargetKind};
-use crate::history::{DeadLetter, Event, History, Outcome, Request, Response};
+pub use crate::history::{now_ms, outcome_of, Recorder};
+use crate::history::{DeadLetter, History, Outcome, Payload, Request, Response};
 use crate::ledger::{EffectRow, Ledger, PgLedger};
-use crate::recorded::{Cut, CutIdempotency, Deliveries, RecordedStore};
+use crate::recorded::{Cut, CutIdempotency, Deliveries, RecordedStore, Run};
 use crate::target::Target;
 
 /// How far past its lease's expiry a stalled worker acks, so the target's clock has surely
@@ -212,74 +213,6 @@ pub struct ModeRun {
     pub elapsed_ms: u64,
 }
 
-/// The verify clock: Unix milliseconds, read once from the system clock and advanced by the
-/// monotonic clock since, so a completion is never recorded before its invoke (a step of the
-/// system clock during a run cannot reorder events).
-pub fn now_ms() -> i64 {
-    static BASE: std::sync::OnceLock<(i64, Instant)> = std::sync::OnceLock::new();
-    let (unix_ms, at) = BASE.get_or_init(|| {
-        let unix =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        (unix, Instant::now())
-    });
-    unix_ms.saturating_add(i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Records operations as they happen.
-#[derive(Debug, Default)]
-pub struct Recorder {
-    next_op: AtomicU64,
-    events: Mutex<Vec<Event>>,
-}
-
-impl Recorder {
-    fn push(&self, event: Event) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
-    }
-
-    /// Records an invoke now; returns its op number.
-    pub fn invoke(&self, process: u32, request: Request) -> u64 {
-        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
-        self.push(Event::Invoke { op, process, at_ms: now_ms(), request });
-        op
-    }
-
-    /// Records the completion of `op` now.
-    pub fn complete(&self, op: u64, outcome: Outcome, response: Response) {
-        self.push(Event::Complete { op, at_ms: now_ms(), outcome, response });
-    }
-
-    /// The events so far.
-    pub fn take(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// The outcome an error stands for: a definite refusal, or unknown.
-pub fn outcome_of(error: &Error) -> Outcome {
-    match error.kind() {
-        ErrorKind::LeaseLost | ErrorKind::NotFound => Outcome::Fail,
-        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Conflict => Outcome::Fail,
-        _ => Outcome::Unknown,
-    }
-}
-
-/// Whether an error means verify itself asked something wrong (the run stops).
-pub(crate) fn is_fatal(error: &Error) -> bool {
-    matches!(error.kind(), ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge)
-}
-
-/// The payload of a job.
-#[derive(Debug, Serialize, Deserialize)]
-struct Payload {
-    value: u64,
-}
-
-/// The value a payload carries, if verify wrote it.
-pub(crate) fn value_of(payload: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<Payload>(payload).ok().map(|p| p.value)
-}
-
 fn payload(value: u64) -> Vec<u8> {
     serde_json::to_vec(&Payload { value }).unwrap_or_default()
 }
@@ -367,6 +300,34 @@ impl Ctx {
             lease_token: job.lease_token.to_string(),
             at_ms: now_ms(),
         }
+    }
+}
+
+impl Run for Ctx {
+    fn target(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+    fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+    fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
+    }
+    fn visibility_timeout_ms(&self) -> u64 {
+        self.config.visibility_timeout_ms
+    }
+    fn drops_ack(&self, value: u64, attempt: u32) -> bool {
+        let dropped = self.hits(Fault::DropAck, value, attempt);
+        if dropped {
+            self.fire(Fault::DropAck);
+        }
+        dropped
+    }
+    fn settled(&self) {
+        Ctx::settled(self);
+    }
+    fn fail(&self, message: String) {
+        Ctx::fail(self, message);
     }
 }
 
@@ -627,7 +588,7 @@ async fn enqueue(ctx: &Ctx, producer: u32, values: &[u64]) -> Outcome {
 /// `effectively_once` guarded by the target's idempotency store through the worker's gate, or,
 /// on PostgreSQL, by `PgWorker`'s transactional gate.
 async fn work(ctx: Arc<Ctx>, process: u32) {
-    let store = Arc::new(RecordedStore::new(ctx.clone(), process));
+    let store = Arc::new(RecordedStore::new(ctx.clone() as Arc<dyn Run>, process));
     let mut options = WorkerOptions::default();
     options.worker_id = format!("verify-{process}");
     options.shutdown_grace = SHUTDOWN_GRACE;

@@ -11,6 +11,7 @@
 //! - `runner`: one queue's fetch loop and job tasks: prefetched batches, per-queue concurrency,
 //!   heartbeats that extend the lease, a hard deadline, panics caught as retries.
 //! - `acker`: acks batched across jobs, each job acked at most once.
+//! - `report`: [`WorkerReport`], and the state the runners of one worker share.
 //! - `gate`: the effectively-once gate over an [`IdempotencyStore`](onceq_core::IdempotencyStore):
 //!   key derivation, begin → decision → complete or release. The one copy of the protocol: the
 //!   transactional PostgreSQL worker uses it too, with claims made in the job's transaction.
@@ -48,10 +49,12 @@
 mod acker;
 pub mod gate;
 mod handler;
+mod report;
 mod runner;
 mod worker;
 
 pub use gate::EffectivelyOnce;
 pub use handler::{JobContext, Middleware, Outcome, OutcomeFuture};
+pub use report::WorkerReport;
 pub use runner::QueueOptions;
-pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerReport};
+pub use worker::{Worker, WorkerBuilder, WorkerOptions};

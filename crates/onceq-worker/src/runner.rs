@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acker::AckRequest;
 use crate::gate::{claim_owner, Claim, Decision, EffectivelyOnce, Gate};
 use crate::handler::{ErasedHandler, JobContext, Outcome};
-use crate::worker::Shared;
+use crate::report::Shared;
 use onceq_core::metrics::HANDLER_DURATION;
 
 /// Shortest pause between lease attempts after the store failed; doubles up to the longest.

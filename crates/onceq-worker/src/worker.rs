@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{erase, wrap, ErasedHandler, JobContext, Middleware, Outcome, OutcomeFuture};
+use crate::report::{Shared, WorkerReport};
 use crate::runner::{QueueOptions, Runner};
 
 /// Most acks in flight to the acker before job tasks wait.
@@ -41,53 +42,6 @@ impl Default for WorkerOptions {
             ack_batch_max: 100,
             ack_flush_after: Duration::from_millis(2),
         }
-    }
-}
-
-/// What a worker did, counted over its run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerReport {
-    /// Jobs leased.
-    pub leased: u64,
-    /// Jobs acked (handler done, or effect already applied), by the runtime or, for
-    /// [`Outcome::Acked`](crate::Outcome::Acked), by the handler itself.
-    pub acked: u64,
-    /// Deliveries skipped because the idempotency store had the effect recorded.
-    pub duplicates_skipped: u64,
-    /// Deliveries released because another delivery held the job's idempotency key.
-    pub deferred: u64,
-    /// Jobs whose handler chose [`Outcome::Release`](crate::Outcome::Release).
-    pub released_by_handler: u64,
-    /// Jobs nacked by their handler.
-    pub retried: u64,
-    /// Jobs failed (dead-lettered) by their handler.
-    pub failed: u64,
-    /// Handlers that panicked (their jobs were retried).
-    pub panicked: u64,
-    /// Handlers past their deadline (their jobs were retried).
-    pub deadline_exceeded: u64,
-    /// Jobs whose lease was lost before they were settled (nothing was settled for them).
-    pub lease_lost: u64,
-    /// Jobs given back without counting the attempt (shutdown, deferral, store down, a
-    /// handler's `Release`).
-    pub released: u64,
-}
-
-/// What the runners share.
-pub(crate) struct Shared {
-    pub worker_id: std::sync::Arc<str>,
-    pub acks: mpsc::Sender<crate::acker::AckRequest>,
-    /// Stop leasing.
-    pub stop: CancellationToken,
-    /// The shutdown grace is over: cancel running handlers.
-    pub abandon: CancellationToken,
-    report: Mutex<WorkerReport>,
-}
-
-impl Shared {
-    pub(crate) fn count(&self, f: impl FnOnce(&mut WorkerReport)) {
-        f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
 
