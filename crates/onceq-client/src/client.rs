@@ -5,13 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceq_core::{Error, JobId, QueueName, Result};
+use onceq_core::{Error, QueueName, Result};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error;
+use crate::error::{self, Missing};
 
 /// How long a call may take, end to end, unless [`ClientBuilder::timeout`] says otherwise.
 /// A lease call gets its `wait_ms` on top.
@@ -222,17 +222,6 @@ impl Client {
 /// dots, which HTTP would resolve as relative segments), so the name is the segment.
 pub(crate) fn queue_segment(queue: &QueueName) -> Result<&str> {
     Ok(queue.as_str())
-}
-
-/// What a `404 not_found` from an endpoint stands for, so the error is the embedded store's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Missing {
-    /// The queue named in the path does not exist: [`Error::QueueNotFound`].
-    Queue(QueueName),
-    /// The job named in the path does not exist: [`Error::JobNotFound`].
-    Job(JobId),
-    /// The endpoint names neither: the server's error is taken as it is.
-    Nothing,
 }
 
 /// One request being prepared; [`fetch`](Call::fetch) or [`send`](Call::send) runs it.

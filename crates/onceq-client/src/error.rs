@@ -5,10 +5,19 @@
 use std::time::Duration;
 
 use onceq_core::api::ErrorBody;
-use onceq_core::Error;
+use onceq_core::{Error, JobId, QueueName};
 use reqwest::{StatusCode, Url};
 
-use crate::client::Missing;
+/// What a `404 not_found` from an endpoint stands for, so the error is the embedded store's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// The queue named in the path does not exist: [`Error::QueueNotFound`].
+    Queue(QueueName),
+    /// The job named in the path does not exist: [`Error::JobNotFound`].
+    Job(JobId),
+    /// The endpoint names neither: the server's error is taken as it is.
+    Nothing,
+}
 
 /// Most bytes of a body that is not an onceq error quoted in a message.
 const QUOTED_BODY_BYTES_MAX: usize = 200;
@@ -127,8 +136,6 @@ fn quote(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use onceq_core::{JobId, QueueName};
 
     use super::*;
 

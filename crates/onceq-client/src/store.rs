@@ -23,7 +23,8 @@ use onceq_core::{
 use reqwest::Method;
 use serde::Serialize;
 
-use crate::client::{queue_segment, Client, Missing};
+use crate::client::{queue_segment, Client};
+use crate::error::Missing;
 
 /// `/v1/queues/{queue}` followed by `rest`.
 fn queue_path(queue: &QueueName, rest: &str) -> Result<String> {

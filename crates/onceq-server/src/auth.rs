@@ -7,15 +7,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::AppState;
 
 /// One token as the config file declares it.
 #[derive(Debug, Clone, Deserialize)]
@@ -205,15 +201,6 @@ impl Principal {
             Action::Admin => all(&token.admin),
             Action::Read => all(&token.produce) || all(&token.consume) || all(&token.admin),
         }
-    }
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        state.auth.authenticate(header)
     }
 }
 

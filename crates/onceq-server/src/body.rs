@@ -19,7 +19,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(format!(
                     "the request body is over the server's limit of {} bytes; send fewer jobs per request",
-                    crate::REQUEST_BODY_BYTES_MAX
+                    crate::state::REQUEST_BODY_BYTES_MAX
                 ))
             } else {
                 ApiError::invalid(format!("the request body could not be read: {}", rejection.body_text()))

@@ -3,13 +3,15 @@
 //! # Layout
 //!
 //! - [`router`]: every endpoint, over a store and an [`Auth`]; use it in-process or behind
-//!   [`serve`].
+//!   [`serve`]. `api`: [`Api`], the API over a store before it is served.
+//! - `state`: what every handler shares, and the request body limit.
 //! - `routes`: the handlers and the OpenAPI document (`/openapi.json`), generated from them.
 //! - [`auth`]: bearer tokens with per-queue-pattern permissions.
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
 
+mod api;
 pub mod auth;
 mod body;
 pub mod error;
@@ -17,82 +19,18 @@ mod extract;
 mod metrics;
 mod routes;
 mod serve;
+mod state;
 
 use std::sync::Arc;
 
 use axum::Router;
-use onceq_core::{IdempotencyStore, Store};
-use tokio::sync::watch;
+use onceq_core::Store;
 
+pub use api::Api;
 pub use auth::{hash_token, Auth, TokenConfig};
 pub use metrics::serve_metrics;
 pub use serve::{check_auth_exposure, check_exposure, serve, ServeError, ServeOptions};
-
-/// Largest request body, in bytes (413 beyond). A full enqueue batch of large payloads must be
-/// split; the store's own payload limit applies per job.
-pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    store: Arc<dyn Store>,
-    /// The idempotency endpoints answer 503 without one.
-    idempotency: Option<Arc<dyn IdempotencyStore>>,
-    auth: Auth,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Becomes true when the server starts shutting down: long polls end early.
-    shutdown: watch::Receiver<bool>,
-}
-
-/// The API over a store: what to serve, before it is served.
-#[derive(Clone)]
-pub struct Api {
-    store: Arc<dyn Store>,
-    idempotency: Option<Arc<dyn IdempotencyStore>>,
-    auth: Auth,
-}
-
-impl Api {
-    /// The API over `store`, with auth off and no idempotency store.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Api { store, idempotency: None, auth: Auth::disabled() }
-    }
-
-    /// Serves the idempotency endpoints from `idempotency`.
-    pub fn idempotency(mut self, idempotency: Arc<dyn IdempotencyStore>) -> Self {
-        self.idempotency = Some(idempotency);
-        self
-    }
-
-    /// Requires these tokens.
-    pub fn auth(mut self, auth: Auth) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// Whether tokens are configured.
-    pub fn auth_enabled(&self) -> bool {
-        self.auth.enabled()
-    }
-
-    /// The router of every endpoint, with a body limit. Serve it with `axum::serve` (tests,
-    /// embedding) or [`serve`] (timeouts and graceful shutdown).
-    pub fn router(self) -> Router {
-        let (_, shutdown) = watch::channel(false);
-        self.router_with(shutdown)
-    }
-
-    pub(crate) fn router_with(self, shutdown: watch::Receiver<bool>) -> Router {
-        let state = AppState {
-            store: self.store,
-            idempotency: self.idempotency,
-            auth: self.auth,
-            metrics: metrics::handle(),
-            shutdown,
-        };
-        routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX)).with_state(state)
-    }
-}
+pub use state::REQUEST_BODY_BYTES_MAX;
 
 /// The router of every queue endpoint over `store` (no idempotency endpoints); see [`Api`].
 pub fn router(store: Arc<dyn Store>, auth: Auth) -> Router {

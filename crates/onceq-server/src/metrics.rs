@@ -15,7 +15,7 @@ use onceq_core::metrics as names;
 use onceq_core::Store;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// Histogram buckets, in seconds: from a millisecond to an hour.
 const BUCKETS_SECONDS: &[f64] =

@@ -17,7 +17,7 @@ use crate::auth::{Action, Principal};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::extract::{JobPath, QueryParams, QueuePath};
-use crate::AppState;
+use crate::state::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
 

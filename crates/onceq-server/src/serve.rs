@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use crate::Api;
+use crate::api::Api;
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]

@@ -4,21 +4,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 use onceq_core::IdempotencyStore;
 use tower::Layer;
 
-use super::error::Rejection;
+use super::config::Config;
 use super::limits::{
     IN_PROGRESS_TTL_DEFAULT, IN_PROGRESS_TTL_MAX, KEY_HEADER_DEFAULT, NAMESPACE_DEFAULT, NAMESPACE_LEN_MAX,
     REQUEST_BODY_BYTES_DEFAULT, REQUEST_BODY_BYTES_MAX, RESPONSE_BODY_BYTES_DEFAULT, RESPONSE_BODY_BYTES_MAX,
     RETENTION_DEFAULT, RETENTION_MAX,
 };
-use super::request::read_key;
 use super::service::IdempotencyService;
-
-/// Decides, from a request's path, whether the key is required there.
-type PathPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Whether a response with this status gives its key back (so a retry runs the handler again)
 /// instead of being stored: the default of [`IdempotencyLayer::release_on`].
@@ -46,64 +42,6 @@ pub fn retryable_status(status: StatusCode) -> bool {
 #[derive(Clone)]
 pub struct IdempotencyLayer {
     config: Config,
-}
-
-/// What an [`IdempotencyService`] does, shared by its clones.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) store: Arc<dyn IdempotencyStore>,
-    /// The header the client's key is read from.
-    pub(crate) key_header: HeaderName,
-    /// Put before the client's key to make the store key, so keys of other users of the store
-    /// (workers, other services) never collide with these.
-    pub(crate) namespace: String,
-    /// Methods on which a request must carry a key (where `required_paths` also says so).
-    pub(crate) required_methods: Vec<Method>,
-    /// Paths on which the key is required; `None` is every path.
-    pub(crate) required_paths: Option<PathPredicate>,
-    pub(crate) in_progress_ttl_ms: u64,
-    pub(crate) retention_ms: u64,
-    pub(crate) request_body_bytes_max: usize,
-    pub(crate) response_body_bytes_max: usize,
-    /// Whether requests pass through without idempotency when the store is unreachable.
-    pub(crate) fail_open: bool,
-    /// Statuses whose responses release the key instead of being stored.
-    pub(crate) release_on: fn(StatusCode) -> bool,
-}
-
-/// What the layer does with one request.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Hand it to the inner service untouched.
-    PassThrough,
-    /// Run it at most once per this key (the client's key, without the namespace).
-    Guard(String),
-    /// Answer it with this error.
-    Reject(Rejection),
-}
-
-impl Config {
-    /// Which requests the layer guards:
-    /// - a method in `required_methods` on a path where the key is required: a key must be
-    ///   there (400 without it);
-    /// - any other request whose method is not safe (RFC 9110: GET, HEAD, OPTIONS and TRACE
-    ///   change nothing, so they have no effect to guard) is guarded when it carries a key and
-    ///   passes through untouched when it does not;
-    /// - safe methods pass through untouched, key or not, unless listed in `required_methods`.
-    pub(crate) fn decide(&self, method: &Method, path: &str, headers: &HeaderMap) -> Decision {
-        let method_requires = self.required_methods.contains(method);
-        if !method_requires && method.is_safe() {
-            return Decision::PassThrough;
-        }
-        match read_key(headers, &self.key_header) {
-            Err(rejection) => Decision::Reject(rejection),
-            Ok(Some(key)) => Decision::Guard(key),
-            Ok(None) if method_requires && self.required_paths.as_ref().is_none_or(|required| required(path)) => {
-                Decision::Reject(Rejection::KeyMissing { header: self.key_header.clone() })
-            }
-            Ok(None) => Decision::PassThrough,
-        }
-    }
 }
 
 /// A duration in milliseconds, checked to be 1 ms to `max`.
@@ -248,22 +186,6 @@ impl<S> Layer<S> for IdempotencyLayer {
     }
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("key_header", &self.key_header)
-            .field("namespace", &self.namespace)
-            .field("required_methods", &self.required_methods)
-            .field("required_paths", &self.required_paths.as_ref().map(|_| "<predicate>"))
-            .field("in_progress_ttl_ms", &self.in_progress_ttl_ms)
-            .field("retention_ms", &self.retention_ms)
-            .field("request_body_bytes_max", &self.request_body_bytes_max)
-            .field("response_body_bytes_max", &self.response_body_bytes_max)
-            .field("fail_open", &self.fail_open)
-            .finish_non_exhaustive()
-    }
-}
-
 impl fmt::Debug for IdempotencyLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("IdempotencyLayer").field(&self.config).finish()
@@ -275,7 +197,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use http::HeaderValue;
+    use crate::idempotency::config::Decision;
+    use crate::idempotency::error::Rejection;
+    use http::{HeaderMap, HeaderValue};
 
     /// A store that is never called: `decide` does not touch the store.
     fn layer() -> IdempotencyLayer {

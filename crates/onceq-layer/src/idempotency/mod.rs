@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - `layer`: [`IdempotencyLayer`], its configuration, and which requests it guards.
+//! - `layer`: [`IdempotencyLayer`] and its builder methods.
+//! - `config`: what the layer is configured with, and which requests it guards.
 //! - `service`: [`IdempotencyService`], one request through the store.
 //! - `request`: the key, the buffered request body, the fingerprint.
 //! - `record`: the stored response and its JSON encoding.
@@ -67,6 +68,7 @@
 //! `Idempotency-Key` draft asks.
 
 mod body;
+mod config;
 pub mod error;
 mod layer;
 pub mod limits;

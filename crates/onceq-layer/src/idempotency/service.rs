@@ -15,8 +15,8 @@ use onceq_core::{Begin, BeginOutcome, Complete, Error, Timestamp};
 use tower::Service;
 
 use super::body::{BoxError, ResponseBody};
+use super::config::{Config, Decision};
 use super::error::Rejection;
-use super::layer::{Config, Decision};
 use super::limits::REPLAYED_HEADER;
 use super::record::{NotStoredReason, Record};
 use super::request::{buffer, fingerprint};

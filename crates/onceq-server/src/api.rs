@@ -1,0 +1,61 @@
+//! [`Api`]: the API over a store, before it is served.
+
+use std::sync::Arc;
+
+use axum::Router;
+use onceq_core::{IdempotencyStore, Store};
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::state::{AppState, REQUEST_BODY_BYTES_MAX};
+use crate::{metrics, routes};
+
+/// The API over a store: what to serve, before it is served.
+#[derive(Clone)]
+pub struct Api {
+    store: Arc<dyn Store>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    auth: Auth,
+}
+
+impl Api {
+    /// The API over `store`, with auth off and no idempotency store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Api { store, idempotency: None, auth: Auth::disabled() }
+    }
+
+    /// Serves the idempotency endpoints from `idempotency`.
+    pub fn idempotency(mut self, idempotency: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency = Some(idempotency);
+        self
+    }
+
+    /// Requires these tokens.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Whether tokens are configured.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.enabled()
+    }
+
+    /// The router of every endpoint, with a body limit. Serve it with `axum::serve` (tests,
+    /// embedding) or [`serve`] (timeouts and graceful shutdown).
+    pub fn router(self) -> Router {
+        let (_, shutdown) = watch::channel(false);
+        self.router_with(shutdown)
+    }
+
+    pub(crate) fn router_with(self, shutdown: watch::Receiver<bool>) -> Router {
+        let state = AppState {
+            store: self.store,
+            idempotency: self.idempotency,
+            auth: self.auth,
+            metrics: metrics::handle(),
+            shutdown,
+        };
+        routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX)).with_state(state)
+    }
+}
