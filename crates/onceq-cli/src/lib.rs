@@ -1,12 +1,10 @@
-//! onceq: a durable job queue that is honest about delivery guarantees — the `onceq` binary's
-//! library and the facade over the workspace's crates.
+//! onceq-cli: the `onceq` binary — the HTTP server, the operator CLI, `bench`, `relay`, `verify`
+//! and `token`. It lives apart from the `onceq` library so that an application depending on the
+//! library compiles none of it (no clap, no HTTP client, no PostgreSQL driver, no outbox sinks
+//! it did not ask for).
 //!
 //! # Layout
 //!
-//! - The facade: everything of [`onceq_core`] (the types, limits, errors and the storage seam,
-//!   [`Store`]) re-exported at the root, and the embedded store [`SqliteStore`] with its
-//!   [`SqliteOptions`] and [`Durability`] from `onceq-sqlite`. A program that depends on `onceq`
-//!   alone needs nothing else.
 //! - This file: the command line ([`Cli`], [`Command`]) and [`run`], which carries a parsed command
 //!   out. `main.rs` only parses and calls [`run`], so every command works without a process.
 //! - [`mod@bench`]: `onceq bench`, the embedded store's figures beside the raw SQLite floor measured in
@@ -20,14 +18,14 @@
 //!   faults (`onceq-verify`).
 //! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
 //!   which talk to a running server through `onceq-client`.
+//! - `tests/`: the black-box tests of the binary (`http_*`, `pg_*`, `relay_*`, `cli`, `verify`,
+//!   `bench_only`), each running the real `onceq` process.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-pub use onceq_core::*;
-pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
+use onceq_core::Error;
 
 /// `print!` that survives a closed pipe. `onceq token new | head -1` closes standard output
 /// early, and `print!` then panics (status 101). Here a closed pipe ends the process quietly with
@@ -80,11 +78,6 @@ pub mod relay;
 pub mod serve;
 pub mod token;
 pub mod verify;
-
-/// The README's code runs as a doc test, so its quick-start cannot rot.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
 
 /// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
 const TOP_AFTER_HELP: &str = "\
