@@ -26,6 +26,7 @@ pub enum OutboxError {
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
 
 /// Maps a sqlx error met while `context` onto [`OutboxError`].
+#[cfg(feature = "postgres")]
 pub(crate) fn from_sqlx(context: &str, error: sqlx::Error) -> OutboxError {
     match error {
         sqlx::Error::PoolTimedOut => {
@@ -61,6 +62,7 @@ pub(crate) fn from_sqlx(context: &str, error: sqlx::Error) -> OutboxError {
 }
 
 /// Maps a rusqlite error met while `context` onto [`OutboxError`].
+#[cfg(feature = "sqlite")]
 pub(crate) fn from_sqlite(context: &str, error: rusqlite::Error) -> OutboxError {
     use rusqlite::ErrorCode;
     match &error {

@@ -1,4 +1,5 @@
-//! [`Message`]: what an application stages in its business transaction, and its validation.
+//! [`Message`]: what an application stages in its business transaction, and its validation;
+//! [`ParkedMessage`]: what the dead letters of either database give back.
 
 use std::collections::BTreeMap;
 
@@ -116,6 +117,30 @@ fn no_nul(what: &str, text: &str) -> Result<()> {
         return Err(OutboxError::InvalidMessage(format!("{what} contains a NUL character, which cannot be stored")));
     }
     Ok(())
+}
+
+/// A message the relay parked in the outbox dead letters: its attempts were exhausted, or the
+/// sink refused it for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedMessage {
+    /// The outbox row id it had (and keeps if redriven).
+    pub id: i64,
+    /// Where it was going.
+    pub destination: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Its headers.
+    pub headers: BTreeMap<String, String>,
+    /// Its ordering key.
+    pub ordering_key: Option<String>,
+    /// Publish attempts made.
+    pub attempts: u32,
+    /// The error of the last attempt.
+    pub error: String,
+    /// When it was staged, in ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// When it was parked, in ms since the Unix epoch.
+    pub parked_at_ms: i64,
 }
 
 /// Reads headers back from their stored JSON.

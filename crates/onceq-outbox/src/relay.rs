@@ -32,6 +32,7 @@
 //! anything is followed at once by the next one.
 
 use std::future::Future;
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +40,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::limits::*;
+#[cfg(feature = "postgres")]
 use crate::postgres::source::PgSource;
 use crate::source::{Backlog, Outcome, Source};
+#[cfg(feature = "sqlite")]
 use crate::sqlite::source::SqliteSource;
-use crate::{metrics as names, OutboxError, OutboxMessage, PgOutbox, PublishError, Result, Sink};
+#[cfg(feature = "postgres")]
+use crate::PgOutbox;
+use crate::{metrics as names, OutboxError, OutboxMessage, PublishError, Result, Sink};
 
 /// The fail point's environment variable: `crash_after_publish:<probability 0..1>` makes the
 /// relay process abort (`std::process::abort`) right after a confirmed publish, before the
@@ -270,6 +275,7 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// A relay of the PostgreSQL outbox `outbox` in the database at `url`: connects, migrates
     /// the outbox schema and listens for staged messages. Several relays may serve one outbox.
+    #[cfg(feature = "postgres")]
     pub async fn postgres(url: &str, outbox: PgOutbox, sink: Arc<dyn Sink>, options: RelayOptions) -> Result<Relay> {
         options.validate()?;
         let failpoint = failpoint_from_env()?;
@@ -280,6 +286,7 @@ impl Relay {
     /// A relay of the SQLite outbox in the application's database file at `path`: takes the
     /// file's relay lock (one relay per file; [`OutboxError::Busy`] if another holds it) and
     /// migrates the outbox tables.
+    #[cfg(feature = "sqlite")]
     pub async fn sqlite(path: impl AsRef<Path>, sink: Arc<dyn Sink>, options: RelayOptions) -> Result<Relay> {
         options.validate()?;
         let failpoint = failpoint_from_env()?;

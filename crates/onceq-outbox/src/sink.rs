@@ -10,9 +10,12 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "nats")]
 pub mod nats;
 pub mod onceq;
+#[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "webhook")]
 pub mod webhook;
 
 /// One staged message as the relay hands it to a sink.
@@ -64,4 +67,36 @@ pub trait Sink: Send + Sync {
     /// `dedup_id` as the destination's dedup key. Returns an error when that cannot be confirmed;
     /// the relay retries transient errors with backoff and parks permanent ones.
     async fn publish(&self, message: &OutboxMessage, dedup_id: &str) -> Result<(), PublishError>;
+}
+
+/// `amqp://user:secret@host/` → `amqp://user:***@host/`, for error texts and logs of the RabbitMQ
+/// and NATS sinks (here, since either may be built without the other).
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+pub(crate) fn url_without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(all(test, any(feature = "nats", feature = "rabbitmq")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_without_password_hides_only_the_password() {
+        assert_eq!(
+            url_without_password("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(url_without_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
+    }
 }

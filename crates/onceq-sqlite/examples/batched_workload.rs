@@ -8,7 +8,7 @@
 //! - `store-lease-ack N`: enqueue N jobs (1000 per call), then lease 100 and ack 100 until empty.
 //! - `store-fill N`: only the enqueues of `store-lease-ack N`, to subtract from it.
 //! - `floor-e2e N`, `floor-lease-ack N`, `floor-fill N`: the same work as raw rusqlite, with the SQL and the shape
-//!   of `onceq bench`'s floor (crates/onceq/src/bench/floor.rs, copied here because that module
+//!   of `onceq bench`'s floor (crates/onceq-cli/src/bench/floor.rs, copied here because that module
 //!   is private to the binary): the end-to-end floor is pipelined, one transaction acking the
 //!   previous batch, leasing one and inserting one.
 //!
@@ -106,7 +106,7 @@ fn store(dir: &std::path::Path, jobs: u64, work: Work) -> Result<(), Failure> {
     })
 }
 
-// The floor, as in crates/onceq/src/bench/floor.rs.
+// The floor, as in crates/onceq-cli/src/bench/floor.rs.
 
 const SCHEMA: &str = "
 CREATE TABLE jobs (

@@ -1,321 +1,63 @@
-//! onceq: a durable job queue that is honest about delivery guarantees — the `onceq` binary's
-//! library and the facade over the workspace's crates.
+//! onceq: a durable job queue that is honest about delivery guarantees — the library facade over
+//! the workspace's crates.
+//!
+//! A program that depends on `onceq` alone needs nothing else, and compiles only what its
+//! features ask for. The `onceq` binary (server, operator CLI, bench, relay, verify) is the
+//! package `onceq-cli`; none of it is built for a library user.
+//!
+//! # Features
+//!
+//! | feature | what it adds | what it compiles |
+//! |---|---|---|
+//! | `sqlite` (default) | the embedded store: [`SqliteStore`], [`SqliteOptions`], [`Durability`]; the crate as `onceq::sqlite` | bundled SQLite |
+//! | `postgres` | the PostgreSQL store: `PgStore`, `PgOptions`; the crate as `onceq::postgres` | sqlx |
+//! | `worker` | the worker runtime as `onceq::worker` (`Worker`, `JobContext`, `Outcome`, `EffectivelyOnce`) | tokio-util |
+//! | `client` | the seam over HTTP: `Client`; the crate as `onceq::client` | reqwest |
+//! | `outbox` | the transactional outbox and its relay as `onceq::outbox`, with the onceq sink, and the outbox tables of the stores chosen (`sqlite`, `postgres`: at least one) | the chosen stores' drivers |
+//!
+//! An application on the embedded store and the worker (`features = ["worker"]`) compiles no
+//! sqlx, reqwest, NATS or RabbitMQ client, and no clap. The outbox's NATS JetStream, RabbitMQ and
+//! webhook sinks are features of `onceq-outbox` itself; depend on it directly to use them.
 //!
 //! # Layout
 //!
-//! - The facade: everything of [`onceq_core`] (the types, limits, errors and the storage seam,
-//!   [`Store`]) re-exported at the root, and the embedded store [`SqliteStore`] with its
-//!   [`SqliteOptions`] and [`Durability`] from `onceq-sqlite`. A program that depends on `onceq`
-//!   alone needs nothing else.
-//! - This file: the command line ([`Cli`], [`Command`]) and [`run`], which carries a parsed command
-//!   out. `main.rs` only parses and calls [`run`], so every command works without a process.
-//! - [`mod@bench`]: `onceq bench`, the embedded store's figures beside the raw SQLite floor measured in
-//!   the same run (DESIGN.md, "Performance model"), or with `--server` the figures of a running
-//!   server over HTTP.
-//! - [`serve`]: `onceq serve`, the HTTP API (`onceq-server`) over the embedded store.
-//! - [`token`]: `onceq token`, bearer tokens and their config entries.
-//! - [`relay`]: `onceq relay`, the transactional-outbox relay (`onceq-outbox`) to onceq, NATS
-//!   JetStream, RabbitMQ or a webhook.
-//! - [`verify`]: `onceq verify`, the delivery guarantees measured on a live target with injected
-//!   faults (`onceq-verify`).
-//! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
-//!   which talk to a running server through `onceq-client`.
-
-use std::ffi::OsString;
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand, ValueEnum};
+//! This one file: everything of [`onceq_core`] (the types, limits, errors and the storage seam,
+//! [`Store`]) re-exported at the root, with every store of the features chosen; and each optional
+//! crate whole, under the module named after its feature. `tests/crash.rs` kills a process using
+//! the embedded store with `kill -9`, again and again, and checks what survived (DESIGN.md
+//! Invariants 1 and 4).
 
 pub use onceq_core::*;
+
+/// The embedded store (`onceq-sqlite`).
+#[cfg(feature = "sqlite")]
+pub use onceq_sqlite as sqlite;
+#[cfg(feature = "sqlite")]
 pub use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
-/// `print!` that survives a closed pipe. `onceq token new | head -1` closes standard output
-/// early, and `print!` then panics (status 101). Here a closed pipe ends the process quietly with
-/// status 0, as ripgrep and most Unix tools do; any other write error ends it with a message and
-/// status 1. (`onceq serve` prints its one line without these: a server keeps running.)
-macro_rules! out {
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
-}
+/// The PostgreSQL store (`onceq-postgres`): multi-node, transactional enqueue and ack,
+/// idempotency store.
+#[cfg(feature = "postgres")]
+pub use onceq_postgres as postgres;
+#[cfg(feature = "postgres")]
+pub use onceq_postgres::{PgOptions, PgStore};
 
-/// `println!` that survives a closed pipe: see `out!`.
-macro_rules! outln {
-    () => { $crate::write_stdout(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
-}
+/// The worker runtime (`onceq-worker`): typed handlers, heartbeats, batched acks,
+/// effectively-once processing.
+#[cfg(feature = "worker")]
+pub use onceq_worker as worker;
 
-/// `print!` for commands whose work must go on when nobody reads their output: `onceq bench`
-/// still removes its temporary directories and schemas, and `onceq verify`'s exit status is its
-/// verdict, not whether a pipe was open. A write error is ignored.
-macro_rules! out_lossy {
-    ($($arg:tt)*) => { let _ = $crate::try_write_stdout(format_args!($($arg)*)); };
-}
+/// The seam over HTTP (`onceq-client`): workers and tools against a remote server, unchanged.
+#[cfg(feature = "client")]
+pub use onceq_client as client;
+#[cfg(feature = "client")]
+pub use onceq_client::Client;
 
-/// `println!` that ignores a write error: see `out_lossy!`.
-macro_rules! outln_lossy {
-    () => { out_lossy!("\n") };
-    ($($arg:tt)*) => { out_lossy!("{}\n", format_args!($($arg)*)) };
-}
-
-/// Writes `args` to standard output and flushes it.
-fn try_write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_fmt(args).and_then(|()| stdout.flush())
-}
-
-/// Writes to standard output for `out!` and `outln!`.
-fn write_stdout(args: std::fmt::Arguments<'_>) {
-    if let Err(error) = try_write_stdout(args) {
-        if error.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("onceq: writing to standard output: {error}");
-        std::process::exit(1);
-    }
-}
-
-pub mod bench;
-pub mod cli;
-pub mod relay;
-pub mod serve;
-pub mod token;
-pub mod verify;
+/// The transactional outbox and its relay (`onceq-outbox`).
+#[cfg(feature = "outbox")]
+pub use onceq_outbox as outbox;
 
 /// The README's code runs as a doc test, so its quick-start cannot rot.
 #[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "sqlite"))]
 pub struct ReadmeDoctests;
-
-/// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
-const TOP_AFTER_HELP: &str = "\
-The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, stats) talk to a
-running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
-(env ONCEQ_TOKEN), --output table|json. They exit with 0 on success, 1 when the command failed
-(unknown queue or job, lease lost, refused), 2 on bad usage, 3 when the server is unreachable.";
-
-/// The `onceq` command line.
-#[derive(Debug, Parser)]
-#[command(name = "onceq", version, about = "A durable job queue, honest about delivery guarantees", after_help = TOP_AFTER_HELP)]
-pub struct Cli {
-    /// Log format on stderr (level from RUST_LOG, default warn; serve logs info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ONCEQ_LOG_FORMAT")]
-    pub log_format: LogFormat,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// The commands of the `onceq` binary.
-#[derive(Debug, Subcommand)]
-#[non_exhaustive]
-pub enum Command {
-    /// Run the HTTP API (see API.md) over the embedded store, or over PostgreSQL with --store.
-    Serve(serve::ServeArgs),
-    /// Measure throughput on this machine, now: the embedded store beside raw SQLite, PostgreSQL
-    /// (--store) beside pgbench, the outbox (--outbox), or a running server over HTTP (--server).
-    Bench(bench::BenchArgs),
-    /// Publish a transactional outbox (PostgreSQL or SQLite) to onceq, NATS, RabbitMQ or a webhook.
-    Relay(relay::RelayArgs),
-    /// Make and hash bearer tokens for the config file.
-    #[command(subcommand)]
-    Token(token::TokenCommand),
-    /// Queues on a server: list, get, set (create or configure), pause, resume, delete.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Queue(cli::queue::QueueArgs),
-    /// Enqueue a job (PAYLOAD argument), or many from JSON lines on stdin.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Enqueue(cli::enqueue::EnqueueArgs),
-    /// Lease ready jobs from a queue and print them with their lease tokens.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Lease(cli::lease::LeaseArgs),
-    /// Ack a leased job: it is done and gone for good.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Ack(cli::lease::AckArgs),
-    /// Nack a leased job: retry it later (or dead-letter it when its attempts are exhausted).
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Nack(cli::lease::NackArgs),
-    /// Extend a lease: keep the job for longer.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Extend(cli::lease::ExtendArgs),
-    /// Fail a leased job: dead-letter it now.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Fail(cli::lease::FailArgs),
-    /// Jobs: get one by id.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Job(cli::job::JobArgs),
-    /// Dead letters: list, redrive, purge.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Dlq(cli::dlq::DlqArgs),
-    /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
-    #[command(after_help = cli::EXIT_CODES_HELP)]
-    Stats(cli::stats::StatsArgs),
-    /// Measure the delivery guarantees on a live target with injected faults: lost jobs,
-    /// duplicate deliveries and duplicate effects per delivery mode.
-    Verify(verify::VerifyArgs),
-}
-
-/// A command's failure, and the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Bad arguments or configuration (exit code 2).
-    #[error("{0}")]
-    Usage(String),
-    /// The command ran and failed (exit code 1).
-    #[error("{0}")]
-    Failed(String),
-    /// The server could not be reached, or said it cannot serve now (exit code 3): unlike a
-    /// failure, trying again later may succeed.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl CliError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> ExitCode {
-        match self {
-            CliError::Usage(_) => ExitCode::from(2),
-            CliError::Failed(_) => ExitCode::from(1),
-            CliError::Unavailable(_) => ExitCode::from(3),
-        }
-    }
-}
-
-/// Carries out a parsed command line. `args` is the command line as typed (program name first):
-/// commands that print a report echo it, so a figure can always be traced to what produced it.
-pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
-    let default_level = match cli.command {
-        Command::Serve(_) => "info",
-        // The faults verify injects make its workers warn by design (a lost ack, a crash).
-        Command::Verify(_) => "warn,onceq_worker=error,onceq_postgres_worker=error",
-        _ => "warn",
-    };
-    init_tracing(cli.log_format, default_level);
-    let outcome = match cli.command {
-        Command::Serve(serve_args) => serve::run(&serve_args),
-        Command::Bench(bench_args) => bench::run(&bench_args, &command_line(args)).map_err(|e| match e {
-            bench::BenchError::Options(_) => CliError::Usage(e.to_string()),
-            bench::BenchError::Store(Error::Unavailable(message)) => CliError::Unavailable(message),
-            other => CliError::Failed(other.to_string()),
-        }),
-        Command::Relay(relay_args) => relay::run(&relay_args),
-        Command::Token(command) => token::run(&command),
-        Command::Queue(args) => cli::queue::run(&args),
-        Command::Enqueue(args) => cli::enqueue::run(&args),
-        Command::Lease(args) => cli::lease::lease(&args),
-        Command::Ack(args) => cli::lease::ack(&args),
-        Command::Nack(args) => cli::lease::nack(&args),
-        Command::Extend(args) => cli::lease::extend(&args),
-        Command::Fail(args) => cli::lease::fail(&args),
-        Command::Job(args) => cli::job::run(&args),
-        Command::Dlq(args) => cli::dlq::run(&args),
-        Command::Stats(args) => cli::stats::run(&args),
-        Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
-    };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("onceq: {error}");
-            error.exit_code()
-        }
-    }
-}
-
-/// Logs go to stderr, filtered by `RUST_LOG` (else `default_level`), so that stdout carries only
-/// a command's report.
-fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // A second initialisation (a test calling `run` twice) is harmless: the first one stays.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
-/// The command line as a shell would accept it back: arguments with spaces or quotes are quoted.
-pub fn command_line(args: &[OsString]) -> String {
-    let mut words = Vec::with_capacity(args.len());
-    for (i, arg) in args.iter().enumerate() {
-        let arg = arg.to_string_lossy();
-        // The program as typed may be a long target path; the command is what matters.
-        let word = if i == 0 {
-            std::path::Path::new(arg.as_ref())
-                .file_name()
-                .map_or_else(|| arg.to_string(), |name| name.to_string_lossy().into_owned())
-        } else {
-            arg.into_owned()
-        };
-        let plain = !word.is_empty()
-            && word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '=' | ',' | ':'));
-        if plain {
-            words.push(word);
-        } else {
-            words.push(format!("'{}'", word.replace('\'', r"'\''")));
-        }
-    }
-    words.join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_line_quotes_only_what_needs_it() {
-        let args: Vec<OsString> =
-            ["/x/target/release/onceq", "bench", "--data-dir", "/tmp/my dir", "--jobs=5"].map(OsString::from).into();
-        assert_eq!(command_line(&args), "onceq bench --data-dir '/tmp/my dir' --jobs=5");
-    }
-
-    #[test]
-    fn the_cli_parses_bench_options() {
-        let cli = Cli::try_parse_from(["onceq", "bench", "--quick", "--durability", "relaxed", "--jobs", "700"]);
-        let Ok(Cli { command: Command::Bench(args), .. }) = cli else {
-            panic!("bench did not parse: {cli:?}");
-        };
-        assert!(args.quick);
-        assert_eq!(args.durability, bench::DurabilityChoice::Relaxed);
-        assert_eq!(args.jobs, Some(700));
-    }
-
-    #[test]
-    fn bench_over_http_takes_a_server_and_refuses_the_embedded_options() {
-        let cli = Cli::try_parse_from(["onceq", "bench", "--server", "http://h:1", "--server-token", "t", "--quick"]);
-        let Ok(Cli { command: Command::Bench(args), .. }) = cli else {
-            panic!("bench --server did not parse: {cli:?}");
-        };
-        assert_eq!(
-            (args.server.as_deref(), args.server_token.as_deref(), args.quick),
-            (Some("http://h:1"), Some("t"), true)
-        );
-        for embedded_only in [["--durability", "fsync"], ["--backlog", "0"], ["--data-dir", "/tmp"]] {
-            let cli =
-                Cli::try_parse_from(["onceq", "bench", "--server", "http://h:1", embedded_only[0], embedded_only[1]]);
-            assert_eq!(
-                cli.map_err(|e| e.kind()).err(),
-                Some(clap::error::ErrorKind::ArgumentConflict),
-                "{embedded_only:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_cli_rejects_an_unknown_durability() {
-        let cli = Cli::try_parse_from(["onceq", "bench", "--durability", "sometimes"]);
-        assert_eq!(cli.map_err(|e| e.kind()).err(), Some(clap::error::ErrorKind::InvalidValue));
-    }
-}

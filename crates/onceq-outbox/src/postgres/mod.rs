@@ -20,14 +20,12 @@
 mod schema;
 pub(crate) mod source;
 
-use std::collections::BTreeMap;
-
 use sqlx::{PgConnection, Postgres, Row};
 
 use crate::error::from_sqlx;
 use crate::limits::SCHEMA_NAME_LEN_MAX;
 use crate::message::headers_from_json;
-use crate::{Message, OutboxError, Result};
+use crate::{Message, OutboxError, ParkedMessage, Result};
 
 /// The schema of the outbox tables unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "onceq_outbox";
@@ -215,28 +213,4 @@ impl PgOutbox {
 /// ```
 pub async fn stage(tx: &mut sqlx::Transaction<'_, Postgres>, outbox: &PgOutbox, message: &Message) -> Result<i64> {
     outbox.stage(tx, message).await
-}
-
-/// A message the relay parked in the outbox dead letters: its attempts were exhausted, or the
-/// sink refused it for good.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkedMessage {
-    /// The outbox row id it had (and keeps if redriven).
-    pub id: i64,
-    /// Where it was going.
-    pub destination: String,
-    /// Its payload.
-    pub payload: Vec<u8>,
-    /// Its headers.
-    pub headers: BTreeMap<String, String>,
-    /// Its ordering key.
-    pub ordering_key: Option<String>,
-    /// Publish attempts made.
-    pub attempts: u32,
-    /// The error of the last attempt.
-    pub error: String,
-    /// When it was staged, in ms since the Unix epoch.
-    pub created_at_ms: i64,
-    /// When it was parked, in ms since the Unix epoch.
-    pub parked_at_ms: i64,
 }

@@ -55,8 +55,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::{ConnectErrorKind, HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 
-use super::rabbitmq::url_without_password;
-use super::{OutboxMessage, PublishError, Sink};
+use super::{url_without_password, OutboxMessage, PublishError, Sink};
 
 /// The client library this sink is built on, re-exported so that callers (and tests) that
 /// inspect or prepare streams use the very version the sink links.

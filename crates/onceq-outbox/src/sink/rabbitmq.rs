@@ -63,7 +63,7 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use super::{OutboxMessage, PublishError, Sink};
+use super::{url_without_password, OutboxMessage, PublishError, Sink};
 
 /// The client library this sink is built on, re-exported so that callers (and tests) that
 /// declare queues or consume use the very version the sink links.
@@ -417,23 +417,6 @@ fn properties_for(message: &OutboxMessage, dedup_id: &str) -> Result<BasicProper
         .with_headers(headers))
 }
 
-/// `amqp://user:secret@host/` → `amqp://user:***@host/`, for error texts and logs (the NATS sink
-/// uses it for `nats://` URLs too).
-pub(crate) fn url_without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,14 +440,5 @@ mod tests {
         assert!(permanent_text(destination_parse(&long)).contains("routing key is longer"));
         let long = format!("{}/key", "x".repeat(256));
         assert!(permanent_text(destination_parse(&long)).contains("exchange is longer"));
-    }
-
-    #[test]
-    fn url_without_password_hides_only_the_password() {
-        assert_eq!(
-            url_without_password("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(url_without_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
     }
 }

@@ -30,8 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::from_sqlite;
 use crate::message::headers_from_json;
-use crate::postgres::ParkedMessage;
-use crate::{Message, OutboxError, Result};
+use crate::{Message, OutboxError, ParkedMessage, Result};
 
 /// The schema version this build writes and understands.
 const SCHEMA_VERSION: i64 = 1;

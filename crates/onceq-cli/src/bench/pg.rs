@@ -140,7 +140,7 @@ impl Target {
     }
 
     /// The enqueue of `per_call` jobs ready at once into a queue the store knows, as
-    /// `enqueue_jobs` runs it: one statement, which reads the clock and checks the queue's id and
+    /// `job_enqueue` runs it: one statement, which reads the clock and checks the queue's id and
     /// config itself. The payloads come in as a parameter on every call, as the store's do: the
     /// variable `:payloads` (see [`payloads_define`]).
     fn enqueue_script(&self, per_call: u64) -> Result<String, BenchError> {
@@ -170,7 +170,7 @@ impl Target {
     }
 
     /// Lease of `per_call` and the ack of what it got: due transitions, lease, ack, as
-    /// `lease_jobs` and `ack_jobs` run them.
+    /// `job_lease` and `job_ack` run them.
     fn lease_ack_script(&self, per_call: u64) -> Result<String, BenchError> {
         let max_jobs = u32::try_from(per_call).map_err(|_| BenchError::Options(format!("{per_call} jobs per call")))?;
         let mut script =

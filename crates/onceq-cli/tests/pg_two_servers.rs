@@ -20,8 +20,8 @@
 //!
 //! N is `ONCEQ_PG_JOBS`; by default issue 5's 100,000 in release builds and 20,000 in debug
 //! builds (CI). The full-size runs, which also print their timings:
-//! `cargo test --release -p onceq --test pg_two_servers --test pg_kill_one_server -- --nocapture`
-//! (or `ONCEQ_PG_JOBS=100000 cargo test -p onceq --test pg_two_servers -- --nocapture` in debug).
+//! `cargo test --release -p onceq-cli --test pg_two_servers --test pg_kill_one_server -- --nocapture`
+//! (or `ONCEQ_PG_JOBS=100000 cargo test -p onceq-cli --test pg_two_servers -- --nocapture` in debug).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

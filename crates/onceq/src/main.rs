@@ -1,8 +1,0 @@
-//! The `onceq` binary: parses the command line and hands it to the library (`onceq::run`).
-
-use clap::Parser;
-
-fn main() -> std::process::ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    onceq::run(onceq::Cli::parse_from(&args), &args)
-}
