@@ -8,7 +8,7 @@
 //! - This file: the command line ([`Cli`], [`Command`]) and [`run`], which carries a parsed command
 //!   out. `main.rs` only parses and calls [`run`], so every command works without a process.
 //! - [`mod@bench`]: `onceq bench`, the embedded store's figures beside the raw SQLite floor measured in
-//!   the same run (DESIGN.md, "Performance model"), or with `--server` the figures of a running
+//!   the same run (docs/design.md, "Performance model"), or with `--server` the figures of a running
 //!   server over HTTP.
 //! - [`serve`]: `onceq serve`, the HTTP API (`onceq-server`) over the embedded store.
 //! - [`token`]: `onceq token`, bearer tokens and their config entries.
@@ -18,6 +18,7 @@
 //!   faults (`onceq-verify`).
 //! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
 //!   which talk to a running server through `onceq-client`.
+//! - `error`: [`CliError`] and its exit codes; `stdout`: standard output for the `out!` macros.
 //! - `tests/`: the black-box tests of the binary (`http_*`, `pg_*`, `relay_*`, `cli`, `verify`,
 //!   `bench_only`), each running the real `onceq` process.
 
@@ -32,20 +33,20 @@ use onceq_core::Error;
 /// status 0, as ripgrep and most Unix tools do; any other write error ends it with a message and
 /// status 1. (`onceq serve` prints its one line without these: a server keeps running.)
 macro_rules! out {
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::stdout::write_stdout(format_args!($($arg)*)) };
 }
 
 /// `println!` that survives a closed pipe: see `out!`.
 macro_rules! outln {
-    () => { $crate::write_stdout(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+    () => { $crate::stdout::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
 /// `print!` for commands whose work must go on when nobody reads their output: `onceq bench`
 /// still removes its temporary directories and schemas, and `onceq verify`'s exit status is its
 /// verdict, not whether a pipe was open. A write error is ignored.
 macro_rules! out_lossy {
-    ($($arg:tt)*) => { let _ = $crate::try_write_stdout(format_args!($($arg)*)); };
+    ($($arg:tt)*) => { let _ = $crate::stdout::try_write_stdout(format_args!($($arg)*)); };
 }
 
 /// `println!` that ignores a write error: see `out_lossy!`.
@@ -54,30 +55,16 @@ macro_rules! outln_lossy {
     ($($arg:tt)*) => { out_lossy!("{}\n", format_args!($($arg)*)) };
 }
 
-/// Writes `args` to standard output and flushes it.
-fn try_write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_fmt(args).and_then(|()| stdout.flush())
-}
-
-/// Writes to standard output for `out!` and `outln!`.
-fn write_stdout(args: std::fmt::Arguments<'_>) {
-    if let Err(error) = try_write_stdout(args) {
-        if error.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("onceq: writing to standard output: {error}");
-        std::process::exit(1);
-    }
-}
-
 pub mod bench;
 pub mod cli;
+mod error;
 pub mod relay;
 pub mod serve;
+mod stdout;
 pub mod token;
 pub mod verify;
+
+pub use error::CliError;
 
 /// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
 const TOP_AFTER_HELP: &str = "\
@@ -111,7 +98,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
-    /// Run the HTTP API (see API.md) over the embedded store, or over PostgreSQL with --store.
+    /// Run the HTTP API (see docs/api.md) over the embedded store, or over PostgreSQL with --store.
     Serve(serve::ServeArgs),
     /// Measure throughput on this machine, now: the embedded store beside raw SQLite, PostgreSQL
     /// (--store) beside pgbench, the outbox (--outbox), or a running server over HTTP (--server).
@@ -154,32 +141,6 @@ pub enum Command {
     /// Measure the delivery guarantees on a live target with injected faults: lost jobs,
     /// duplicate deliveries and duplicate effects per delivery mode.
     Verify(verify::VerifyArgs),
-}
-
-/// A command's failure, and the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Bad arguments or configuration (exit code 2).
-    #[error("{0}")]
-    Usage(String),
-    /// The command ran and failed (exit code 1).
-    #[error("{0}")]
-    Failed(String),
-    /// The server could not be reached, or said it cannot serve now (exit code 3): unlike a
-    /// failure, trying again later may succeed.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl CliError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> ExitCode {
-        match self {
-            CliError::Usage(_) => ExitCode::from(2),
-            CliError::Failed(_) => ExitCode::from(1),
-            CliError::Unavailable(_) => ExitCode::from(3),
-        }
-    }
 }
 
 /// Carries out a parsed command line. `args` is the command line as typed (program name first):

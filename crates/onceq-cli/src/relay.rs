@@ -20,7 +20,7 @@ use onceq_outbox::sink::nats::NatsSink;
 use onceq_outbox::sink::rabbitmq::RabbitMqSink;
 use onceq_outbox::{OnceqSink, OutboxError, PgOutbox, PublishError, Relay, RelayOptions, Sink, WebhookSink};
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// The end of `onceq relay --help`.
 const RELAY_AFTER_HELP: &str = "\

@@ -14,7 +14,7 @@ use onceq_server::{Api, Auth, ServeOptions, TokenConfig};
 use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde::Deserialize;
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// Default data directory, relative to the working directory.
 pub const DATA_DIR_DEFAULT: &str = "./onceq-data";

@@ -2,7 +2,7 @@
 
 use rand::RngCore;
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// Token commands.
 #[derive(Debug, clap::Subcommand)]

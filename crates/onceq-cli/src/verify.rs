@@ -1,4 +1,4 @@
-//! `onceq verify`: measure DESIGN.md's service-tier matrix on a live target, with injected faults.
+//! `onceq verify`: measure docs/design.md's service-tier matrix on a live target, with injected faults.
 //!
 //! Parses the options into an [`onceq_verify::target::TargetSpec`] and an
 //! [`onceq_verify::workload::WorkloadConfig`], runs the workload (a progress bar on stderr), checks
@@ -22,7 +22,7 @@ use onceq_verify::faults::{FaultPlan, TargetKind};
 use onceq_verify::target::{LedgerSpec, Target, TargetSpec};
 use onceq_verify::workload::{self, ModeRun, Progress, WorkloadConfig};
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// The end of `onceq verify --help`.
 const AFTER_HELP: &str = "\

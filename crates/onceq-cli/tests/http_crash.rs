@@ -1,4 +1,4 @@
-//! Crash safety of `onceq serve` under `kill -9`, seen only through HTTP (DESIGN.md Invariants 1
+//! Crash safety of `onceq serve` under `kill -9`, seen only through HTTP (docs/design.md Invariants 1
 //! and 4, end to end through the server).
 //!
 //! Proves that, after the server process is killed with SIGKILL in the middle of concurrent

@@ -1,6 +1,6 @@
 //! PostgreSQL stopped and started again under a running `onceq serve` (issue 5: "PostgreSQL
 //! restarted or unreachable mid-run → clear errors (503 over HTTP) and recovery without
-//! restarting onceq"; API.md, "Errors" and "Operations").
+//! restarting onceq"; docs/api.md, "Errors" and "Operations").
 //!
 //! Proves that, with producers and a consumer running through the server:
 //! - while PostgreSQL is down, every store-backed request (enqueue, lease, ack, batch ack, job
@@ -89,7 +89,7 @@ fn assert_unavailable(reply: Reply, names_postgres: bool) {
     assert_eq!(reply.retry_after.as_deref(), Some("1"), "{request}: Retry-After; body {}", reply.text);
     let message = reply.err(503, "unavailable");
     if names_postgres {
-        // The cause (PostgreSQL, its address) is logged, never returned (API.md).
+        // The cause (PostgreSQL, its address) is logged, never returned (docs/api.md).
         assert!(
             message.contains("store is unavailable"),
             "{request}: the message does not say what is unavailable: {message}"

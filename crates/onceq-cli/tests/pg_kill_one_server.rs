@@ -1,5 +1,5 @@
 //! `kill -9` of one of two `onceq serve` processes sharing a PostgreSQL schema, mid-run, while
-//! the other keeps serving (DESIGN.md Invariants 1-4 across processes; issue 5's "kill -9 of one
+//! the other keeps serving (docs/design.md Invariants 1-4 across processes; issue 5's "kill -9 of one
 //! server mid-run loses nothing acknowledged").
 //!
 //! Proves that:

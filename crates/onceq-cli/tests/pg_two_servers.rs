@@ -1,5 +1,5 @@
 //! Two `onceq serve` processes on one PostgreSQL schema, with producers and consumers on both
-//! (DESIGN.md, "PostgreSQL store (multi-node)"; issue 5's "two server processes plus workers on
+//! (docs/design.md, "PostgreSQL store (multi-node)"; issue 5's "two server processes plus workers on
 //! both, sharing one database").
 //!
 //! Proves that, with N jobs enqueued and consumed concurrently through both servers:

@@ -1,4 +1,4 @@
-//! `impl IdempotencyStore for Client`: the idempotency endpoints of `API.md`.
+//! `impl IdempotencyStore for Client`: the idempotency endpoints of `docs/api.md`.
 //!
 //! Over HTTP a result is JSON (`"result": <any JSON>`): `complete` refuses bytes that are not
 //! JSON text, so what a later `begin` returns is byte for byte what was completed.

@@ -9,7 +9,7 @@
 //!   sees the same errors as from the embedded store (and `Unavailable` when the server is not
 //!   there).
 //! - `idempotency`: `impl IdempotencyStore for Client`, the idempotency endpoints.
-//! - `store`: `impl Store for Client`: each seam operation as its endpoint of `API.md`, with the
+//! - `store`: `impl Store for Client`: each seam operation as its endpoint of `docs/api.md`, with the
 //!   store's own input validation run first, so bad input fails fast and identically.
 //!
 //! # Use

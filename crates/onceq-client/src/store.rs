@@ -1,4 +1,4 @@
-//! `impl Store for Client`: each seam operation as its endpoint of `API.md`.
+//! `impl Store for Client`: each seam operation as its endpoint of `docs/api.md`.
 //!
 //! Every operation first runs the validation the embedded store runs (`onceq_core::store::validate`
 //! and friends), so invalid input fails before it is sent, with the very same error. Batch

@@ -1,7 +1,7 @@
 //! Proves that the HTTP client, talking to a real `onceq serve` router over TCP, passes the whole
 //! onceq conformance suite: code written against the seam sees the same results remotely as it
 //! sees from the embedded store (every behaviour of docs/semantics.md, every invariant of
-//! DESIGN.md checkable at the seam, the same errors for the same bad input).
+//! docs/design.md checkable at the seam, the same errors for the same bad input).
 //!
 //! Each test gets its own server: an embedded SQLite store in a temporary directory on the test's
 //! clock, the server's router on an ephemeral loopback port, and a client of it.

@@ -1,4 +1,4 @@
-//! The HTTP API's wire types (API.md), shared by `onceq-server` and `onceq-client` so the two
+//! The HTTP API's wire types (docs/api.md), shared by `onceq-server` and `onceq-client` so the two
 //! cannot drift apart. Serde only: no I/O here.
 //!
 //! Times are RFC 3339 UTC strings on the wire ([`format_time`], [`parse_time`]); durations are
@@ -31,7 +31,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
-    /// One of the codes in API.md (`invalid_request`, `not_found`, `lease_lost`, ...).
+    /// One of the codes in docs/api.md (`invalid_request`, `not_found`, `lease_lost`, ...).
     pub code: String,
     /// What to do about it.
     pub message: String,
@@ -45,7 +45,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::NotFound => "not_found",
         ErrorKind::LeaseLost => "lease_lost",
         ErrorKind::Conflict => "conflict",
-        // API.md has no 5xx besides 503: a store that fails is, to the client, a store that is
+        // docs/api.md has no 5xx besides 503: a store that fails is, to the client, a store that is
         // unavailable for now (retry later); the cause is logged by the server.
         ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
     }

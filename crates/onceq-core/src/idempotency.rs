@@ -1,4 +1,4 @@
-//! The idempotency store: the consumer half of effectively-once processing (DESIGN.md).
+//! The idempotency store: the consumer half of effectively-once processing (docs/design.md).
 //!
 //! A consumer records, under an idempotency key, that a job's effect was applied and what it
 //! returned. `begin` claims the key for an owner for a time (`in_progress`); `complete` records

@@ -15,7 +15,7 @@
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
 //! - [`idempotency`]: the idempotency store, the consumer half of effectively-once.
 //!
-//! See DESIGN.md for the vocabulary, the job lifecycle and the invariants these types serve.
+//! See docs/design.md for the vocabulary, the job lifecycle and the invariants these types serve.
 
 pub mod api;
 pub mod error;

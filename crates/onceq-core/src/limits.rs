@@ -1,4 +1,4 @@
-//! Every bound onceq enforces (DESIGN.md, Invariant 8), in one place.
+//! Every bound onceq enforces (docs/design.md, Invariant 8), in one place.
 //!
 //! A request past any of these gets a typed [`crate::Error`], never a panic and never a silent
 //! truncation (the one exception is an attempt's error text, see [`ERROR_TEXT_BYTES_MAX`]).

@@ -1,4 +1,4 @@
-//! Names of the metrics every store emits through the `metrics` facade (DESIGN.md,
+//! Names of the metrics every store emits through the `metrics` facade (docs/design.md,
 //! "Observability"). All are labelled `queue`; some also `reason`. A server that installs a
 //! Prometheus recorder exposes them at `/metrics`; without a recorder they cost nothing.
 

@@ -48,7 +48,7 @@ impl<'de> Deserialize<'de> for QueueName {
     }
 }
 
-/// What a queue promises about delivery (DESIGN.md, the service-tier matrix).
+/// What a queue promises about delivery (docs/design.md, the service-tier matrix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -148,7 +148,7 @@ pub struct Redrive {
 }
 
 /// The storage seam. Every backend implements it; the conformance suite in `onceq-testkit`
-/// checks each behaviour and invariant of DESIGN.md against it.
+/// checks each behaviour and invariant of docs/design.md against it.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Lists a page of a queue's dead jobs, in id order.

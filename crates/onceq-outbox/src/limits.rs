@@ -1,4 +1,4 @@
-//! Every bound the outbox enforces, in one place (DESIGN.md, Invariant 8).
+//! Every bound the outbox enforces, in one place (docs/design.md, Invariant 8).
 //!
 //! A message past any of these is refused by `stage` with [`OutboxError::InvalidMessage`]
 //! (nothing is written), and a relay option past its bound is refused when the relay is built

@@ -1,4 +1,4 @@
-//! Names of the metrics the relay emits through the `metrics` facade (DESIGN.md,
+//! Names of the metrics the relay emits through the `metrics` facade (docs/design.md,
 //! "Observability"). Without an installed recorder they cost nothing; `onceq relay
 //! --metrics-listen` serves them in the Prometheus text format.
 

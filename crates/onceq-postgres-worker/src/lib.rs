@@ -1,6 +1,6 @@
 //! onceq-postgres-worker: [`PgWorker`], `onceq_worker`'s runtime over a [`PgStore`], with handlers that run inside a
 //! transaction so that a job's effects, its idempotency record and its ack commit together, or
-//! none of them does (DESIGN.md "Effectively-once": same-database effects). The flow and what
+//! none of them does (docs/design.md "Effectively-once": same-database effects). The flow and what
 //! each failure does are documented on [`PgWorker`].
 //!
 //! # Layout
@@ -10,7 +10,7 @@
 //! ack in the same transaction, commit — or roll everything back). The key, the decision and
 //! the record are `onceq_worker::gate`'s, the same gate the runtime uses outside transactions,
 //! with its claims made in the job's transaction. It is a crate of its own so that the
-//! PostgreSQL backend does not depend on the worker runtime (DESIGN.md's arrows).
+//! PostgreSQL backend does not depend on the worker runtime (docs/design.md's arrows).
 
 use std::future::Future;
 use std::pin::Pin;

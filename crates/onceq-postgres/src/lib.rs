@@ -19,7 +19,7 @@
 //! - `conns`: the connections the store keeps checked out of the sqlx pool between its
 //!   statements, which spares the pool's test round trip on every release.
 //! - The worker whose handlers run inside a transaction is `onceq-postgres-worker`, so that
-//!   this backend does not depend on the worker runtime (DESIGN.md's dependency direction).
+//!   this backend does not depend on the worker runtime (docs/design.md's dependency direction).
 //! - `wait`: long polls: waiting leases, `LISTEN/NOTIFY` wake-ups, timers, and the name a store
 //!   registers as sleeping under.
 //! - `error`: PostgreSQL failures mapped onto the seam's error kinds.

@@ -1,5 +1,5 @@
 //! Proves that the PostgreSQL store passes the whole onceq conformance suite, unchanged: every
-//! behaviour of docs/semantics.md and every invariant of DESIGN.md checkable at the seam. Each
+//! behaviour of docs/semantics.md and every invariant of docs/design.md checkable at the seam. Each
 //! test runs in a schema of its own, dropped when it ends.
 
 mod common;

@@ -1,4 +1,4 @@
-//! HTTP errors: a stable code and an actionable message (API.md, "Errors"). Internal causes are
+//! HTTP errors: a stable code and an actionable message (docs/api.md, "Errors"). Internal causes are
 //! logged here and never returned.
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -91,7 +91,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error.kind() {
-            // Internal causes (addresses, statements) are logged, never returned (API.md).
+            // Internal causes (addresses, statements) are logged, never returned (docs/api.md).
             ErrorKind::Storage | ErrorKind::Unavailable => {
                 tracing::error!(%error, "the store failed or is unavailable");
                 ApiError::unavailable(

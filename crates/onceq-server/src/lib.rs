@@ -1,4 +1,4 @@
-//! onceq-server: the HTTP API of API.md over any [`Store`].
+//! onceq-server: the HTTP API of docs/api.md over any [`Store`].
 //!
 //! # Layout
 //!

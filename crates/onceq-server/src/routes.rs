@@ -1,4 +1,4 @@
-//! The `/v1` endpoints of API.md, plus health, metrics and the OpenAPI document.
+//! The `/v1` endpoints of docs/api.md, plus health, metrics and the OpenAPI document.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -62,7 +62,7 @@ pub(crate) fn routes() -> Router<AppState> {
     info(
         title = "onceq HTTP API",
         version = "1",
-        description = "A durable job queue, honest about delivery guarantees. See API.md."
+        description = "A durable job queue, honest about delivery guarantees. See docs/api.md."
     ),
     paths(
         queue_list,

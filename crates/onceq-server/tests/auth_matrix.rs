@@ -1,4 +1,4 @@
-//! Proves bearer-token auth (API.md "Auth") against the router in-process: with token A allowed
+//! Proves bearer-token auth (docs/api.md "Auth") against the router in-process: with token A allowed
 //! everything on `a.*` and token B everything on `b.*`, each token can do every queue and job
 //! operation on its own queue (2xx) and none on the other's (403 `forbidden`, the job untouched):
 //! enqueue, lease, ack / nack / extend / fail (single and batch, where a foreign job is a per-item

@@ -1,4 +1,4 @@
-//! Proves the whole job lifecycle over HTTP against the router in-process (API.md, every
+//! Proves the whole job lifecycle over HTTP against the router in-process (docs/api.md, every
 //! endpoint): create and update a queue; enqueue in batch and singly, with headers, priority,
 //! delay, `run_at` and `Idempotency-Key`; queue stats; lease in priority order; ack, nack (then
 //! the re-lease is attempt 2), extend and fail, singly and through the batch endpoints

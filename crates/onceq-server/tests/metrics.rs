@@ -1,4 +1,4 @@
-//! `/metrics` reports what happened, exactly: each counter of DESIGN.md's Observability section
+//! `/metrics` reports what happened, exactly: each counter of docs/design.md's Observability section
 //! moves by the number of events, labelled by queue (and reason), and the depth gauges match the
 //! queue's stats at the scrape.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

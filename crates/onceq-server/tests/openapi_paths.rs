@@ -1,5 +1,5 @@
 //! Proves, against the router in-process, that `/openapi.json` parses and lists every path of
-//! API.md with the methods API.md gives it (plus the batch settle endpoints beside `/v1/acks`),
+//! docs/api.md with the methods docs/api.md gives it (plus the batch settle endpoints beside `/v1/acks`),
 //! and that any further path it lists is one the router serves (an extension), not a phantom.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use axum::http::Method;
 use in_process::Server;
 
-/// `/openapi.json` parses and lists every path of API.md with the methods API.md gives it (plus
+/// `/openapi.json` parses and lists every path of docs/api.md with the methods docs/api.md gives it (plus
 /// the batch settle endpoints beside `/v1/acks`); any further path it lists is one the server
 /// serves (an extension), not a phantom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +31,7 @@ async fn the_openapi_document_lists_every_path_of_the_contract() {
                 .map(move |method| (method.clone(), path.clone()))
         })
         .collect();
-    // API.md, section by section.
+    // docs/api.md, section by section.
     let contract: BTreeSet<(String, String)> = [
         ("put", "/v1/queues/{queue}"),
         ("get", "/v1/queues"),
@@ -64,7 +64,7 @@ async fn the_openapi_document_lists_every_path_of_the_contract() {
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
     .collect();
     let missing: Vec<_> = contract.difference(&listed).collect();
-    assert!(missing.is_empty(), "API.md paths missing from /openapi.json: {missing:?}");
+    assert!(missing.is_empty(), "docs/api.md paths missing from /openapi.json: {missing:?}");
     // Every listed path is routed: the answer is never the router's own 404 (no such path) or 405.
     for (method, path) in &listed {
         let concrete = path.replace("{queue}", "openapi-probe").replace("{id}", "1").replace("{key}", "k");

@@ -10,7 +10,7 @@
 //! (no request waits for the writer, no batch for the syncer), the writer syncs and answers
 //! itself, and a lone client pays no hand-off between threads.
 //!
-//! What a reply promises is unchanged (DESIGN.md, Invariant 1): no request is answered before
+//! What a reply promises is unchanged (docs/design.md, Invariant 1): no request is answered before
 //! everything it wrote, and everything it read, is on disk.
 //! - Writer replies: group `n`'s replies wait for a sync that began after group `n` committed
 //!   (a group that wrote nothing waits until every earlier group is synced). Syncs run one after

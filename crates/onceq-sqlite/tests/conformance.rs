@@ -1,5 +1,5 @@
 //! Proves that the embedded SQLite store passes the whole onceq conformance suite: every
-//! behaviour of docs/semantics.md and every invariant of DESIGN.md checkable at the seam.
+//! behaviour of docs/semantics.md and every invariant of docs/design.md checkable at the seam.
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`Backend`]: how the suite opens a fresh, empty store of the backend under test.
-//! - [`conformance`]: one async function per behaviour and per invariant of DESIGN.md, a file per
+//! - [`conformance`]: one async function per behaviour and per invariant of docs/design.md, a file per
 //!   area (enqueue, lease, settle, dead letters, queues, limits, long poll, invariants) beside the
 //!   fixture they share.
 //! - [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance function; its list

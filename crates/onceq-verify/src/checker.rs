@@ -1,5 +1,5 @@
 //! The checker: reads a [`History`] and reports, for its mode, what the service-tier matrix
-//! (DESIGN.md) promises about. It counts only definite violations: where the history cannot tell
+//! (docs/design.md) promises about. It counts only definite violations: where the history cannot tell
 //! (an operation with an unknown outcome, two events closer than [`CLOCK_MARGIN_MS`] across
 //! clocks), it gives the target the benefit of the doubt, like Jepsen's queue checkers.
 //!
@@ -256,7 +256,7 @@ impl Figure {
         })
     }
 
-    /// True when `mode` promises this figure is 0 (DESIGN.md's service-tier matrix and the
+    /// True when `mode` promises this figure is 0 (docs/design.md's service-tier matrix and the
     /// invariants that hold in every mode).
     pub fn forbidden_in(self, mode: DeliveryMode) -> bool {
         match self {

@@ -6,7 +6,7 @@
 //! when each was invoked, when it completed, and with what outcome (ok, fail, or unknown, when
 //! the caller cannot tell whether it took effect). Workers record each effect they apply in a
 //! ledger, apart from the queue. The [`checker`] then reads the history and the ledger and counts,
-//! per delivery mode, what DESIGN.md's service-tier matrix promises about: lost jobs, duplicate
+//! per delivery mode, what docs/design.md's service-tier matrix promises about: lost jobs, duplicate
 //! deliveries, duplicate effects, jobs processed that were never enqueued, stale acks accepted,
 //! overlapping live leases, and dead letters.
 //!

@@ -24,7 +24,7 @@
 //! This one file: everything of [`onceq_core`] (the types, limits, errors and the storage seam,
 //! [`Store`]) re-exported at the root, with every store of the features chosen; and each optional
 //! crate whole, under the module named after its feature. `tests/crash.rs` kills a process using
-//! the embedded store with `kill -9`, again and again, and checks what survived (DESIGN.md
+//! the embedded store with `kill -9`, again and again, and checks what survived (docs/design.md
 //! Invariants 1 and 4).
 
 pub use onceq_core::*;

@@ -1,4 +1,4 @@
-//! Crash safety of the embedded store under `kill -9` (DESIGN.md Invariants 1 and 4; ids never
+//! Crash safety of the embedded store under `kill -9` (docs/design.md Invariants 1 and 4; ids never
 //! reused).
 //!
 //! Proves that, however a process dies, after the store is reopened:

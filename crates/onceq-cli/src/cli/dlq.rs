@@ -7,7 +7,7 @@ use onceq_core::{DeadPage, Job, JobId, QueueName, Redrive, Store};
 
 use super::table::{self, Align, Table, CELL_CHARS_MAX};
 use super::{block_on, confirm, Connection, Output};
-use crate::CliError;
+use crate::error::CliError;
 
 /// `onceq dlq ...`.
 #[derive(Debug, Clone, Args)]

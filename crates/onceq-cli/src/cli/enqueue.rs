@@ -20,7 +20,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::table::{Align, Table};
 use super::{block_on, parse_header, parse_time, Connection, Output, Session};
-use crate::CliError;
+use crate::error::CliError;
 
 /// A batch is sent before its jobs pass this many bytes on the wire, well inside the server's
 /// 16 MiB body limit even for jobs near the 1 MiB payload limit or with many large headers.

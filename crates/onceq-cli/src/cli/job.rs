@@ -6,7 +6,7 @@ use onceq_core::{Job, JobId, JobState, Store};
 
 use super::table::{self, Align, Table};
 use super::{block_on, Connection, Output};
-use crate::CliError;
+use crate::error::CliError;
 
 /// `onceq job ...`.
 #[derive(Debug, Clone, Args)]

@@ -11,7 +11,7 @@ use onceq_core::{JobId, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, NackOutco
 
 use super::table::{self, Align, Table, CELL_CHARS_MAX};
 use super::{block_on, Connection, Output, Session};
-use crate::CliError;
+use crate::error::CliError;
 
 /// `onceq lease`.
 #[derive(Debug, Clone, Args)]

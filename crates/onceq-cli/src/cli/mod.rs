@@ -14,7 +14,7 @@
 //! - [`stats`]: `onceq stats`, once or `--watch`ed.
 //! - [`table`]: aligned columns and the short forms of values (ages, payloads) the tables show.
 //!
-//! `--output json` prints the API's JSON shapes (API.md), one document per command, so a script
+//! `--output json` prints the API's JSON shapes (docs/api.md), one document per command, so a script
 //! reads the same fields from the CLI as from the HTTP API.
 
 pub mod dlq;
@@ -34,7 +34,7 @@ use onceq_client::Client;
 use onceq_core::Error;
 use serde::Serialize;
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// The server the CLI talks to when neither `--server` nor `ONCEQ_SERVER` says otherwise.
 pub const SERVER_DEFAULT: &str = "http://127.0.0.1:7700";

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::table::{self, Align, Table};
 use super::{block_on, confirm, Connection, Output, Session};
-use crate::CliError;
+use crate::error::CliError;
 
 /// `onceq queue ...`.
 #[derive(Debug, Clone, Args)]

@@ -10,7 +10,7 @@ use onceq_core::{Clock, QueueInfo, QueueName, Store, SystemClock};
 
 use super::table::{self, Align, Table};
 use super::{block_on, Connection, Output, Session};
-use crate::CliError;
+use crate::error::CliError;
 
 /// Clears a terminal and puts the cursor top left (ANSI).
 const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";

@@ -1,6 +1,6 @@
 //! What the PostgreSQL tests of `onceq serve` (`tests/pg_*.rs`) share: the database to use and a
 //! schema per test (dropped at the end), servers started on it, a worker loop that records every
-//! lease it got and every settle it sent, and the check of such a record against DESIGN.md's
+//! lease it got and every settle it sent, and the check of such a record against docs/design.md's
 //! invariants (one live lease, fencing, no resurrection).
 //!
 //! Times are wall-clock milliseconds since the Unix epoch, read on this machine. PostgreSQL runs

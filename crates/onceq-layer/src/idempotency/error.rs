@@ -2,7 +2,7 @@
 //! the JSON error response it becomes.
 //!
 //! The layer never fails as a tower service (its error type is the inner service's): every
-//! outcome of its own is an HTTP response with the body API.md uses everywhere,
+//! outcome of its own is an HTTP response with the body docs/api.md uses everywhere,
 //! `{"error": {"code": "<code>", "message": "<actionable text>"}}`. The rejection also rides in
 //! the response's extensions, so an outer layer (metrics, logging) can tell which one it was.
 //! Internal causes (a store's error text) are logged, never returned.

@@ -1,4 +1,4 @@
-//! Every bound the idempotency layer enforces, as named constants (DESIGN.md, Invariant 8), and
+//! Every bound the idempotency layer enforces, as named constants (docs/design.md, Invariant 8), and
 //! the relations between them, checked at compile time.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The idempotency layer: a tower middleware that runs each HTTP request at most once per
-//! idempotency key and replays its response to retries (DESIGN.md, "Effectively-once").
+//! idempotency key and replays its response to retries (docs/design.md, "Effectively-once").
 //!
 //! # Layout
 //!

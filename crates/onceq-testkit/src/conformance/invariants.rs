@@ -1,4 +1,4 @@
-//! Invariants 2 to 7 of DESIGN.md, checked at the seam. Invariant 1 is checked by the crash
+//! Invariants 2 to 7 of docs/design.md, checked at the seam. Invariant 1 is checked by the crash
 //! test, which kills a real process; Invariant 8 is in [`limits`](super::limits).
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Conformance functions: one per behaviour of `docs/semantics.md` and one per invariant of
-//! DESIGN.md that can be checked at the seam. Every backend runs all of them, unchanged, through
+//! docs/design.md that can be checked at the seam. Every backend runs all of them, unchanged, through
 //! [`conformance_suite!`](crate::conformance_suite).
 //!
 //! Each function opens its own store with [`Backend::open`] and depends on no other. Most run on a
