@@ -31,175 +31,47 @@
 //! `onceq_client::Client` (module `http`): batched enqueue, batched lease + ack, end-to-end
 //! batched, and end-to-end with single-job requests from 16 + 16 keep-alive clients, against the
 //! targets of the HTTP API. There is no raw floor over HTTP.
+//!
+//! # Layout
+//!
+//! - This file: [`run`], which picks the bench the options ask for, and the embedded bench (its
+//!   durability levels, scenarios, rows and targets).
+//! - `options`: [`BenchArgs`], the scenarios `--only` picks, and what every bench derives from
+//!   the options (rounds, payload, batch size).
+//! - `error`: [`BenchError`], why a run stops.
+//! - `report`: printing the report as it goes, its target lines and number formats.
+//! - `turns`: the store and its floor taking turns for `--rounds` rounds, and the medians.
+//! - `scenarios`: the onceq side of each scenario, generic over the seam.
+//! - `floor`: the raw SQLite floor of the embedded bench.
+//! - `http`: `--server`, a running server over HTTP.
+//! - `pg`: `--store`, the PostgreSQL store beside a pgbench floor.
+//! - `outbox`: `--outbox`, the transactional outbox on PostgreSQL.
 
+mod error;
 mod floor;
 mod http;
+mod options;
 mod outbox;
 mod pg;
+mod report;
 mod scenarios;
+mod turns;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
 use onceq_core::limits::PAYLOAD_BYTES_MAX;
 use onceq_core::QueueName;
 use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
+pub use error::BenchError;
+pub use options::{BenchArgs, DurabilityChoice, Scenario};
+
+use options::{payload, rounds, Selection, BATCH};
+use report::{emit, millis, progress, rate_target, target_line, thousands};
 use scenarios::Run;
-
-/// Options of `onceq bench`.
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// Durability setting to measure: fsync (every reply after its commit is synced; the floor uses
-    /// synchronous=FULL), relaxed (no sync; the floor uses synchronous=NORMAL), or both.
-    #[arg(long, value_enum, default_value_t = DurabilityChoice::Both)]
-    pub durability: DurabilityChoice,
-    /// Jobs per scenario [default: 200000, or 5000 with --quick]. Single enqueue with one producer
-    /// runs a tenth of them (it is one fsync per job).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
-    pub jobs: Option<u64>,
-    /// Ready jobs behind the big-backlog lease scenario; 0 skips it [default: 1000000, or 0 with --quick].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
-    pub backlog: Option<u64>,
-    /// A short run: fewer jobs, no big backlog.
-    #[arg(long)]
-    pub quick: bool,
-    /// Rounds of every scenario that has a floor (embedded store and --store): the store and
-    /// its floor take turns, round after round, and the report gives the median of each and the
-    /// median of the rounds' ratios, so that a drift of the machine (disk, neighbours) hits both
-    /// sides alike [default: 3, or 1 with --quick].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub rounds: Option<u32>,
-    /// Run only these scenarios (comma-separated or repeated), with the embedded store or
-    /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
-    /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched and
-    /// lease-ack-backlog; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
-    /// enqueue-concurrent and lease-ack-single.
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
-    pub only: Vec<Scenario>,
-    /// Directory in which the run makes (and then removes) a temporary directory for its databases
-    /// [default: the system's temporary directory]. Choose the disk you mean to measure.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Payload size of every job, in bytes.
-    #[arg(long, default_value_t = 100)]
-    pub payload_bytes: usize,
-    /// Measure the onceq server at this URL over HTTP (e.g. http://127.0.0.1:7700) instead of
-    /// the embedded store. The server keeps its own data directory and durability.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["durability", "backlog", "data_dir"])]
-    pub server: Option<String>,
-    /// Bearer token for --server when its auth is on (needs produce and consume on `bench-*`
-    /// queues; admin too, to delete them afterwards).
-    #[arg(long, value_name = "TOKEN", env = "ONCEQ_TOKEN", hide_env_values = true)]
-    pub server_token: Option<String>,
-    /// Measure the PostgreSQL store at this URL (e.g. postgres://postgres@127.0.0.1:5432/test)
-    /// beside a pgbench floor running the store's statements. Needs `pgbench` (package
-    /// postgresql-client or postgresql).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "durability", "backlog", "data_dir"])]
-    pub store: Option<String>,
-    /// Schema of the PostgreSQL run (with --store); the floor uses `<schema>_floor`. Both are
-    /// dropped at the end [default: a fresh onceq_bench_<random>].
-    #[arg(long, value_name = "SCHEMA", requires = "store")]
-    pub pg_schema: Option<String>,
-    /// Measure the transactional outbox on the PostgreSQL at this URL (e.g.
-    /// postgres://postgres@127.0.0.1:5432/test): the cost of staging a message in a business
-    /// transaction (ratio with/without), messages staged/s, and published/s through the relay
-    /// into a onceq queue. Uses fresh schemas, dropped at the end; --jobs is the message count
-    /// [default: 20000, or 5000 with --quick].
-    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "store", "durability", "backlog", "data_dir"])]
-    pub outbox: Option<String>,
-}
-
-/// Which durability settings `onceq bench` measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DurabilityChoice {
-    /// An acknowledged write survives power loss (floor: synchronous=FULL).
-    Fsync,
-    /// Survives a process crash; the last commits may be lost on power loss (floor: synchronous=NORMAL).
-    Relaxed,
-    /// Both, fsync first.
-    Both,
-}
-
-/// A scenario, for `--only`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Scenario {
-    /// Single-job enqueue from one producer (embedded).
-    #[value(name = "enqueue-1")]
-    Enqueue1,
-    /// Single-job enqueue from many producers at once (embedded: 64, --store: 16).
-    EnqueueConcurrent,
-    /// Enqueue of 100 jobs per call.
-    EnqueueBatched,
-    /// Enqueue → lease → ack, 100 jobs per call, producers and workers at once.
-    EndToEndBatched,
-    /// Enqueue → lease → ack, one job per call, 64 producers and 64 workers (embedded).
-    EndToEndSingle,
-    /// Lease + ack of 100 jobs per call on a filled queue.
-    LeaseAckBatched,
-    /// The same behind a big backlog (embedded; its target compares it with lease-ack-batched,
-    /// so it needs that one in the same run).
-    LeaseAckBacklog,
-    /// Lease + ack of one job per call, 16 workers (--store).
-    LeaseAckSingle,
-}
-
-impl Scenario {
-    /// The name `--only` takes.
-    fn name(self) -> String {
-        self.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
-    }
-}
-
-/// The scenarios `--only` asks for, checked against those a bench has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Selection(Vec<Scenario>);
-
-impl Selection {
-    /// `only` (empty: all of `offered`), refused if it names one that `bench` does not have.
-    fn new(only: &[Scenario], offered: &[Scenario], bench: &str) -> Result<Self, BenchError> {
-        if let Some(missing) = only.iter().find(|s| !offered.contains(s)) {
-            let names: Vec<String> = offered.iter().map(|s| s.name()).collect();
-            return Err(BenchError::Options(format!(
-                "--only {}: {bench} has no such scenario; it has {}",
-                missing.name(),
-                names.join(", ")
-            )));
-        }
-        Ok(Selection(if only.is_empty() { offered.to_vec() } else { only.to_vec() }))
-    }
-
-    fn runs(&self, scenario: Scenario) -> bool {
-        self.0.contains(&scenario)
-    }
-}
-
-/// Why a bench run stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BenchError {
-    /// The store under test failed.
-    #[error("store: {0}")]
-    Store(#[from] onceq_core::Error),
-    /// The raw SQLite floor failed.
-    #[error("raw SQLite floor: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The file system or the runtime failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// A scenario did not do the work it was meant to (a lost job, a failed ack): its figure
-    /// would be meaningless, so the run stops.
-    #[error("check failed: {0}")]
-    Check(String),
-    /// The pgbench floor could not run or its output could not be read.
-    #[error("pgbench floor: {0}")]
-    Floor(String),
-    /// The options make no sense.
-    #[error("invalid options: {0}")]
-    Options(String),
-}
+use turns::{jobs_per_s, median, rounds_of};
 
 /// One durability level under test, with what it means for the store and for the floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,14 +142,6 @@ const EMBEDDED_SCENARIOS: [Scenario; 7] = [
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
 const SINGLE_TASKS: u64 = 64;
-/// Jobs per call in the batched scenarios.
-const BATCH: u64 = 100;
-
-/// `--rounds`, or its default: 3, or 1 with `--quick`.
-fn rounds(args: &BenchArgs) -> u32 {
-    args.rounds.unwrap_or(if args.quick { 1 } else { 3 })
-}
-
 /// Runs `onceq bench` and prints its report on stdout (progress goes to stderr).
 pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     if args.payload_bytes > PAYLOAD_BYTES_MAX {
@@ -354,25 +218,6 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     outln_lossy!("total time {:.0} s", started.elapsed().as_secs_f64());
     root.close()?;
     Ok(())
-}
-
-/// Prints and clears `out`, flushing so that rows appear as their scenarios finish.
-fn emit(out: &mut String) {
-    out_lossy!("{out}");
-    out.clear();
-}
-
-fn progress(message: &str) {
-    eprintln!("onceq bench: {message}");
-}
-
-/// A payload of `bytes` bytes that looks like a small JSON document.
-fn payload(bytes: usize) -> Vec<u8> {
-    let mut payload = br#"{"task":"bench","data":""#.to_vec();
-    payload.resize(bytes.saturating_sub(2).max(payload.len()), b'x');
-    payload.extend_from_slice(br#""}"#);
-    payload.truncate(bytes);
-    payload
 }
 
 /// The file system a path lives on, from `/proc/mounts` (Linux); tmpfs makes fsync free, so it is
@@ -725,39 +570,6 @@ impl Row {
     }
 }
 
-/// jobs/s of one run of a scenario.
-fn jobs_per_s(run: &Run) -> f64 {
-    run.jobs as f64 / run.elapsed.as_secs_f64().max(1e-9)
-}
-
-/// The median of `values` (the lower middle one of an even count); NaN if there are none.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Runs a scenario `rounds` times on the store and on its floor (jobs/s), taking turns; returns
-/// the store's round of median jobs/s, the floor's median jobs/s, and each round's ratio.
-fn rounds_of(
-    rounds: u32,
-    mut store: impl FnMut() -> Result<Run, BenchError>,
-    mut floor: impl FnMut() -> Result<f64, BenchError>,
-) -> Result<(Run, f64, Vec<f64>), BenchError> {
-    let mut runs = Vec::new();
-    let mut floors = Vec::new();
-    for round in 1..=rounds {
-        if rounds > 1 {
-            progress(&format!("round {round} of {rounds}"));
-        }
-        runs.push(store()?);
-        floors.push(floor()?);
-    }
-    let ratios: Vec<f64> = runs.iter().zip(&floors).map(|(run, floor)| jobs_per_s(run) / floor).collect();
-    runs.sort_by(|a, b| jobs_per_s(a).total_cmp(&jobs_per_s(b)));
-    let run = runs.swap_remove((runs.len() - 1) / 2);
-    Ok((run, median(floors), ratios))
-}
-
 /// The figures the issue sets targets for, gathered while the rows print.
 #[derive(Default)]
 struct Figures {
@@ -802,67 +614,5 @@ impl Figures {
             }
         }
         emit(&mut out);
-    }
-}
-
-/// One line of a report's targets: `met` or `MISSED`, then what the target says.
-fn target_line(out: &mut String, met: bool, what: std::fmt::Arguments<'_>) {
-    let _ = writeln!(out, "  {:<6} {what}", if met { "met" } else { "MISSED" });
-}
-
-/// The target line of a throughput: `<what> ≥ <target> jobs/s: <rate>`.
-fn rate_target(out: &mut String, what: &str, rate: f64, target: f64) {
-    target_line(out, rate >= target, format_args!("{what} ≥ {} jobs/s: {}", thousands(target), thousands(rate)));
-}
-
-/// `1234567.8` → `1,234,568`.
-fn thousands(value: f64) -> String {
-    if !value.is_finite() {
-        return "-".into();
-    }
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    grouped
-}
-
-/// A latency in milliseconds, three decimals.
-fn millis(latency: Option<Duration>) -> String {
-    latency.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_takes_the_middle_or_the_lower_middle() {
-        assert_eq!(median(vec![0.9, 0.5, 0.7]), 0.7);
-        assert_eq!(median(vec![0.9, 0.5, 0.7, 0.6]), 0.6);
-        assert_eq!(median(vec![0.8]), 0.8);
-        assert!(median(Vec::new()).is_nan());
-    }
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0.0), "0");
-        assert_eq!(thousands(999.4), "999");
-        assert_eq!(thousands(1000.0), "1,000");
-        assert_eq!(thousands(1_234_567.8), "1,234,568");
-        assert_eq!(thousands(f64::NAN), "-");
-    }
-
-    #[test]
-    fn payload_has_the_asked_size() {
-        for bytes in [0, 1, 10, 30, 100, 4096] {
-            assert_eq!(payload(bytes).len(), bytes);
-        }
-        assert!(payload(100).starts_with(br#"{"task":"bench""#));
-        assert!(payload(100).ends_with(br#""}"#));
     }
 }

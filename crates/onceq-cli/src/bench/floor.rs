@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 
-use super::BenchError;
+use super::error::BenchError;
 
 const SCHEMA: &str = "
 CREATE TABLE jobs (

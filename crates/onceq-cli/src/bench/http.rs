@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 use onceq_client::Client;
 use onceq_core::{Error, QueueName, Store};
 
+use super::error::BenchError;
+use super::options::{payload, BenchArgs, BATCH};
+use super::report::{emit, millis, progress, rate_target, thousands};
 use super::scenarios::{self, Run};
-use super::{emit, millis, payload, progress, rate_target, thousands, BenchArgs, BenchError, BATCH};
 
 /// Tasks of each side in the batched scenarios.
 const BATCHED_TASKS: u64 = 4;

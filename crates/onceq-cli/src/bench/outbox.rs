@@ -33,7 +33,9 @@ use onceq_postgres::{PgOptions, PgStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use super::{emit, payload, progress, BenchArgs, BenchError};
+use super::error::BenchError;
+use super::options::{payload, BenchArgs};
+use super::report::{emit, progress};
 
 /// Connections (and producers) of the concurrent measurements.
 const CLIENTS: usize = 8;

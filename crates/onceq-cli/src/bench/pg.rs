@@ -39,11 +39,11 @@ use onceq_core::{QueueConfig, QueueName};
 use onceq_postgres::statements::HotStatement;
 use onceq_postgres::{PgOptions, PgStore};
 
+use super::error::BenchError;
+use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH};
+use super::report::{emit, millis, progress, rate_target, target_line, thousands};
 use super::scenarios::{self, Run};
-use super::{
-    emit, jobs_per_s, median, millis, payload, progress, rate_target, rounds_of, target_line, thousands, BenchArgs,
-    BenchError, Scenario, Selection, BATCH,
-};
+use super::turns::{jobs_per_s, median, rounds_of};
 
 /// Producers, and workers, of the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -459,7 +459,7 @@ pub(super) fn run(args: &BenchArgs, url: &str, command_line: &str) -> Result<(),
         payload: payload(args.payload_bytes).into(),
         runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
         serial: std::cell::Cell::new(0),
-        rounds: super::rounds(args),
+        rounds: rounds(args),
         only: Selection::new(&args.only, &PG_SCENARIOS, "the PostgreSQL bench (--store)")?,
     };
     bench.schema_drop().on_interrupt(&bench.runtime);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use onceq_core::{LeaseOptions, LeaseRef, NewJob, QueueName, Store};
 use tokio::task::JoinSet;
 
-use super::BenchError;
+use super::error::BenchError;
 
 /// Lease length in the scenarios: far longer than any run, so no job is redelivered and every
 /// job is leased and acked exactly once (the scenarios check it).

@@ -1,0 +1,166 @@
+//! What a run of `onceq bench` is asked to do: its options ([`BenchArgs`]), the scenarios
+//! `--only` picks, and what every bench derives from the options (rounds, payload, batch size).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::error::BenchError;
+
+/// Options of `onceq bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Durability setting to measure: fsync (every reply after its commit is synced; the floor uses
+    /// synchronous=FULL), relaxed (no sync; the floor uses synchronous=NORMAL), or both.
+    #[arg(long, value_enum, default_value_t = DurabilityChoice::Both)]
+    pub durability: DurabilityChoice,
+    /// Jobs per scenario [default: 200000, or 5000 with --quick]. Single enqueue with one producer
+    /// runs a tenth of them (it is one fsync per job).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    pub jobs: Option<u64>,
+    /// Ready jobs behind the big-backlog lease scenario; 0 skips it [default: 1000000, or 0 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub backlog: Option<u64>,
+    /// A short run: fewer jobs, no big backlog.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds of every scenario that has a floor (embedded store and --store): the store and
+    /// its floor take turns, round after round, and the report gives the median of each and the
+    /// median of the rounds' ratios, so that a drift of the machine (disk, neighbours) hits both
+    /// sides alike [default: 3, or 1 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
+    /// Run only these scenarios (comma-separated or repeated), with the embedded store or
+    /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
+    /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched and
+    /// lease-ack-backlog; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
+    /// enqueue-concurrent and lease-ack-single.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
+    pub only: Vec<Scenario>,
+    /// Directory in which the run makes (and then removes) a temporary directory for its databases
+    /// [default: the system's temporary directory]. Choose the disk you mean to measure.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Payload size of every job, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Measure the onceq server at this URL over HTTP (e.g. http://127.0.0.1:7700) instead of
+    /// the embedded store. The server keeps its own data directory and durability.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["durability", "backlog", "data_dir"])]
+    pub server: Option<String>,
+    /// Bearer token for --server when its auth is on (needs produce and consume on `bench-*`
+    /// queues; admin too, to delete them afterwards).
+    #[arg(long, value_name = "TOKEN", env = "ONCEQ_TOKEN", hide_env_values = true)]
+    pub server_token: Option<String>,
+    /// Measure the PostgreSQL store at this URL (e.g. postgres://postgres@127.0.0.1:5432/test)
+    /// beside a pgbench floor running the store's statements. Needs `pgbench` (package
+    /// postgresql-client or postgresql).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "durability", "backlog", "data_dir"])]
+    pub store: Option<String>,
+    /// Schema of the PostgreSQL run (with --store); the floor uses `<schema>_floor`. Both are
+    /// dropped at the end [default: a fresh onceq_bench_<random>].
+    #[arg(long, value_name = "SCHEMA", requires = "store")]
+    pub pg_schema: Option<String>,
+    /// Measure the transactional outbox on the PostgreSQL at this URL (e.g.
+    /// postgres://postgres@127.0.0.1:5432/test): the cost of staging a message in a business
+    /// transaction (ratio with/without), messages staged/s, and published/s through the relay
+    /// into a onceq queue. Uses fresh schemas, dropped at the end; --jobs is the message count
+    /// [default: 20000, or 5000 with --quick].
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "store", "durability", "backlog", "data_dir"])]
+    pub outbox: Option<String>,
+}
+
+/// Which durability settings `onceq bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityChoice {
+    /// An acknowledged write survives power loss (floor: synchronous=FULL).
+    Fsync,
+    /// Survives a process crash; the last commits may be lost on power loss (floor: synchronous=NORMAL).
+    Relaxed,
+    /// Both, fsync first.
+    Both,
+}
+
+/// A scenario, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Single-job enqueue from one producer (embedded).
+    #[value(name = "enqueue-1")]
+    Enqueue1,
+    /// Single-job enqueue from many producers at once (embedded: 64, --store: 16).
+    EnqueueConcurrent,
+    /// Enqueue of 100 jobs per call.
+    EnqueueBatched,
+    /// Enqueue → lease → ack, 100 jobs per call, producers and workers at once.
+    EndToEndBatched,
+    /// Enqueue → lease → ack, one job per call, 64 producers and 64 workers (embedded).
+    EndToEndSingle,
+    /// Lease + ack of 100 jobs per call on a filled queue.
+    LeaseAckBatched,
+    /// The same behind a big backlog (embedded; its target compares it with lease-ack-batched,
+    /// so it needs that one in the same run).
+    LeaseAckBacklog,
+    /// Lease + ack of one job per call, 16 workers (--store).
+    LeaseAckSingle,
+}
+
+impl Scenario {
+    /// The name `--only` takes.
+    fn name(self) -> String {
+        self.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
+/// The scenarios `--only` asks for, checked against those a bench has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Selection(Vec<Scenario>);
+
+impl Selection {
+    /// `only` (empty: all of `offered`), refused if it names one that `bench` does not have.
+    pub(super) fn new(only: &[Scenario], offered: &[Scenario], bench: &str) -> Result<Self, BenchError> {
+        if let Some(missing) = only.iter().find(|s| !offered.contains(s)) {
+            let names: Vec<String> = offered.iter().map(|s| s.name()).collect();
+            return Err(BenchError::Options(format!(
+                "--only {}: {bench} has no such scenario; it has {}",
+                missing.name(),
+                names.join(", ")
+            )));
+        }
+        Ok(Selection(if only.is_empty() { offered.to_vec() } else { only.to_vec() }))
+    }
+
+    pub(super) fn runs(&self, scenario: Scenario) -> bool {
+        self.0.contains(&scenario)
+    }
+}
+
+/// Jobs per call in the batched scenarios.
+pub(super) const BATCH: u64 = 100;
+
+/// `--rounds`, or its default: 3, or 1 with `--quick`.
+pub(super) fn rounds(args: &BenchArgs) -> u32 {
+    args.rounds.unwrap_or(if args.quick { 1 } else { 3 })
+}
+
+/// A payload of `bytes` bytes that looks like a small JSON document.
+pub(super) fn payload(bytes: usize) -> Vec<u8> {
+    let mut payload = br#"{"task":"bench","data":""#.to_vec();
+    payload.resize(bytes.saturating_sub(2).max(payload.len()), b'x');
+    payload.extend_from_slice(br#""}"#);
+    payload.truncate(bytes);
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_has_the_asked_size() {
+        for bytes in [0, 1, 10, 30, 100, 4096] {
+            assert_eq!(payload(bytes).len(), bytes);
+        }
+        assert!(payload(100).starts_with(br#"{"task":"bench""#));
+        assert!(payload(100).ends_with(br#""}"#));
+    }
+}

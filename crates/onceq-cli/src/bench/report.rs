@@ -1,0 +1,60 @@
+//! The report of every bench: printing it as it goes (rows on stdout, progress on stderr), its
+//! target lines, and the number formats of its figures.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Prints and clears `out`, flushing so that rows appear as their scenarios finish.
+pub(super) fn emit(out: &mut String) {
+    out_lossy!("{out}");
+    out.clear();
+}
+
+pub(super) fn progress(message: &str) {
+    eprintln!("onceq bench: {message}");
+}
+
+/// One line of a report's targets: `met` or `MISSED`, then what the target says.
+pub(super) fn target_line(out: &mut String, met: bool, what: std::fmt::Arguments<'_>) {
+    let _ = writeln!(out, "  {:<6} {what}", if met { "met" } else { "MISSED" });
+}
+
+/// The target line of a throughput: `<what> ≥ <target> jobs/s: <rate>`.
+pub(super) fn rate_target(out: &mut String, what: &str, rate: f64, target: f64) {
+    target_line(out, rate >= target, format_args!("{what} ≥ {} jobs/s: {}", thousands(target), thousands(rate)));
+}
+
+/// `1234567.8` → `1,234,568`.
+pub(super) fn thousands(value: f64) -> String {
+    if !value.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    grouped
+}
+
+/// A latency in milliseconds, three decimals.
+pub(super) fn millis(latency: Option<Duration>) -> String {
+    latency.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(f64::NAN), "-");
+    }
+}
