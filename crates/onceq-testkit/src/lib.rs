@@ -23,6 +23,7 @@
 //! - `redis`: the test Redis and a key prefix per test.
 //! - `nats`: the test NATS server and a JetStream stream per test.
 //! - `rabbitmq`: the test broker and a virtual host per test.
+//! - `http`: a response read whole, the assertions on the API's response shapes, and test tokens.
 //!
 //! A backend crate runs the suite with, in `tests/conformance.rs`:
 //!
@@ -37,6 +38,8 @@ use async_trait::async_trait;
 use onceq_core::{Clock, Store};
 
 pub mod conformance;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod idempotency;
 pub mod model;
 #[cfg(feature = "nats")]

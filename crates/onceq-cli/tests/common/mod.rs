@@ -15,6 +15,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use onceq_testkit::http::{assert_error_detail, error_message, Reply, TokenSpec};
+
 /// The binary under test.
 pub const ONCEQ: &str = env!("CARGO_BIN_EXE_onceq");
 
@@ -35,20 +38,6 @@ const ONCEQ_ENV: &[&str] = &[
     "ONCEQ_INSECURE_NO_AUTH",
     "ONCEQ_LOG_FORMAT",
 ];
-
-/// A bearer token of a test config: its secret and its permissions (queue-name patterns).
-pub struct TokenSpec {
-    /// Name (for the server's logs).
-    pub name: &'static str,
-    /// The secret the client sends.
-    pub secret: &'static str,
-    /// Patterns it may enqueue to.
-    pub produce: &'static [&'static str],
-    /// Patterns it may lease and settle on.
-    pub consume: &'static [&'static str],
-    /// Patterns it may administer.
-    pub admin: &'static [&'static str],
-}
 
 /// The TOML config file holding `tokens` (hashed, as the server wants them).
 pub fn tokens_config(tokens: &[TokenSpec]) -> String {
@@ -284,86 +273,6 @@ pub struct Api {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
-}
-
-/// One HTTP response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    /// Request line, for failure messages.
-    pub request: String,
-    /// Status code.
-    pub status: u16,
-    /// The `Content-Type` header.
-    pub content_type: Option<String>,
-    /// The `Retry-After` header.
-    pub retry_after: Option<String>,
-    /// The body.
-    pub text: String,
-}
-
-impl Reply {
-    /// The body as JSON; panics if it is not.
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("{}: body is not JSON ({e}): {:?}", self.request, self.text))
-    }
-
-    /// Asserts `status` and a JSON body; returns the body.
-    #[track_caller]
-    pub fn ok(self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{}: unexpected status; body: {}", self.request, self.text);
-        assert_json_content_type(&self);
-        self.json()
-    }
-
-    /// Asserts 204 and an empty body.
-    #[track_caller]
-    pub fn no_content(self) {
-        assert_eq!(self.status, 204, "{}: unexpected status; body: {}", self.request, self.text);
-        assert_eq!(self.text, "", "{}: a 204 has no body", self.request);
-    }
-
-    /// Asserts an error response of the API: this status, a JSON content type, and the body
-    /// `{"error": {"code": code, "message": <non-empty>}}` with nothing else. Returns the message.
-    #[track_caller]
-    pub fn err(self, status: u16, code: &str) -> String {
-        assert_eq!(self.status, status, "{}: unexpected status; body: {}", self.request, self.text);
-        assert_json_content_type(&self);
-        error_message(&self.request, &self.json(), code)
-    }
-}
-
-/// Asserts that `body` is exactly `{"error": {"code": code, "message": <non-empty>}}`; returns
-/// the message.
-#[track_caller]
-pub fn error_message(context: &str, body: &Value, code: &str) -> String {
-    let object = body.as_object().unwrap_or_else(|| panic!("{context}: error body is not an object: {body}"));
-    assert_eq!(object.keys().collect::<Vec<_>>(), ["error"], "{context}: error body has other keys: {body}");
-    assert_error_detail(context, &body["error"], code)
-}
-
-/// Asserts that `detail` is exactly `{"code": code, "message": <non-empty>}`; returns the message.
-#[track_caller]
-pub fn assert_error_detail(context: &str, detail: &Value, code: &str) -> String {
-    let object = detail.as_object().unwrap_or_else(|| panic!("{context}: error detail is not an object: {detail}"));
-    let mut keys: Vec<&String> = object.keys().collect();
-    keys.sort();
-    assert_eq!(keys, ["code", "message"], "{context}: error detail keys: {detail}");
-    assert_eq!(detail["code"], code, "{context}: error code; detail: {detail}");
-    let message = detail["message"].as_str().unwrap_or_else(|| panic!("{context}: message is not a string: {detail}"));
-    assert!(!message.trim().is_empty(), "{context}: empty error message");
-    message.to_owned()
-}
-
-#[track_caller]
-fn assert_json_content_type(reply: &Reply) {
-    let content_type = reply.content_type.as_deref().unwrap_or("");
-    assert!(
-        content_type.starts_with("application/json"),
-        "{}: content type is {content_type:?}, not JSON; body: {}",
-        reply.request,
-        reply.text
-    );
 }
 
 impl Api {
