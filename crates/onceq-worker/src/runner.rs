@@ -138,6 +138,8 @@ pub(crate) struct Runner<S: ?Sized> {
     pub store: Arc<S>,
     pub queue: QueueName,
     pub options: QueueOptions,
+    /// The gate of `options.effectively_once`, made when the worker was built.
+    pub gate: Option<Gate>,
     pub handler: ErasedHandler,
     pub shared: Arc<Shared>,
 }
@@ -222,12 +224,8 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             self.give_back(&job, None).await;
             return;
         }
-        let mut guard: Option<(Gate, &dyn IdempotencyStore, Claim)> = None;
-        if let Some(once) = &self.options.effectively_once {
-            let Ok(gate) = once.gate() else {
-                // Checked when the handler was registered.
-                return;
-            };
+        let mut guard: Option<(&Gate, &dyn IdempotencyStore, Claim)> = None;
+        if let (Some(gate), Some(once)) = (&self.gate, &self.options.effectively_once) {
             let mut claims: &dyn IdempotencyStore = &*once.store;
             let key = gate.key(&job.queue, job.id, job.dedup_id.as_deref());
             let owner = claim_owner(&self.shared.worker_id, job.lease_token);

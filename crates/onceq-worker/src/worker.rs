@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::{EffectivelyOnce, Gate};
 use crate::handler::{erase, wrap, ErasedHandler, JobContext, Middleware, Outcome, OutcomeFuture};
 use crate::report::{Shared, WorkerReport};
 use crate::runner::{QueueOptions, Runner};
@@ -123,21 +124,38 @@ impl<S: Store + ?Sized + 'static> WorkerBuilder<S> {
                 onceq_core::limits::SETTLE_BATCH_MAX
             )));
         }
-        let mut queues = self.queues;
-        for (_, _, handler) in &mut queues {
+        // A claim's owner is the worker id, `/` and the 32 hex digits of a lease token.
+        let worker_id_max = onceq_core::idempotency::OWNER_LEN_MAX - 33;
+        if self.options.worker_id.is_empty() || self.options.worker_id.len() > worker_id_max {
+            return Err(Error::invalid(format!("worker_id must be 1 to {worker_id_max} bytes")));
+        }
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (queue, options, mut handler) in self.queues {
             for middleware in self.middleware.iter().rev() {
-                *handler = wrap(handler.clone(), middleware.clone());
+                handler = wrap(handler.clone(), middleware.clone());
             }
+            // Made once per queue, not per job.
+            let gate = options.effectively_once.as_ref().map(EffectivelyOnce::gate).transpose()?;
+            queues.push(Queue { name: queue, options, gate, handler });
         }
         Ok(Worker { store: self.store, options: self.options, queues })
     }
+}
+
+/// One queue a built worker works.
+struct Queue {
+    name: QueueName,
+    options: QueueOptions,
+    /// The effectively-once gate of `options.effectively_once`, if any.
+    gate: Option<Gate>,
+    handler: ErasedHandler,
 }
 
 /// A worker over any store of the seam.
 pub struct Worker<S: ?Sized> {
     store: Arc<S>,
     options: WorkerOptions,
-    queues: Vec<(QueueName, QueueOptions, ErasedHandler)>,
+    queues: Vec<Queue>,
 }
 
 impl<S: Store + ?Sized + 'static> Worker<S> {
@@ -171,9 +189,15 @@ impl<S: Store + ?Sized + 'static> Worker<S> {
             report: Mutex::new(WorkerReport::default()),
         });
         let mut runners = tokio::task::JoinSet::new();
-        for (queue, options, handler) in self.queues {
-            let runner =
-                Arc::new(Runner { store: self.store.clone(), queue, options, handler, shared: shared.clone() });
+        for Queue { name, options, gate, handler } in self.queues {
+            let runner = Arc::new(Runner {
+                store: self.store.clone(),
+                queue: name,
+                options,
+                gate,
+                handler,
+                shared: shared.clone(),
+            });
             runners.spawn(runner.run());
         }
         shutdown.await;

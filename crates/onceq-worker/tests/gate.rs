@@ -129,3 +129,22 @@ async fn a_handler_release_gives_the_job_back_without_burning_its_attempt() {
     assert_eq!(report.acked, 1);
     assert!(matches!(store.job_get(id).await, Err(Error::JobNotFound(_))), "acked and gone");
 }
+
+#[test]
+fn a_worker_id_too_long_for_a_claim_owner_is_refused_at_build() {
+    let (_dir, store) = open();
+    let mut options = onceq_worker::WorkerOptions::default();
+    options.worker_id = "w".repeat(224);
+    let built = Worker::builder(store.clone())
+        .options(options)
+        .handle("q", |_: JobContext, _: u32| async { Outcome::Done })
+        .build();
+    assert!(matches!(built, Err(Error::InvalidRequest(ref m)) if m.contains("worker_id")), "{:?}", built.err());
+    let mut options = onceq_worker::WorkerOptions::default();
+    options.worker_id = "w".repeat(223);
+    assert!(Worker::builder(store)
+        .options(options)
+        .handle("q", |_: JobContext, _: u32| async { Outcome::Done })
+        .build()
+        .is_ok());
+}
