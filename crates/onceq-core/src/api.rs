@@ -169,6 +169,9 @@ pub struct EnqueueJob {
     /// String headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Ordering key: in a `per_key` queue, jobs of one key run one at a time, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 impl EnqueueJob {
@@ -189,6 +192,7 @@ impl EnqueueJob {
             max_attempts: job.max_attempts,
             dedup_id: job.dedup_id.clone(),
             headers: (!job.headers.is_empty()).then(|| job.headers.clone()),
+            ordering_key: job.ordering_key.clone(),
         }
     }
 
@@ -216,6 +220,7 @@ impl EnqueueJob {
             schedule,
             max_attempts: self.max_attempts,
             dedup_id: self.dedup_id,
+            ordering_key: self.ordering_key,
         })
     }
 }
@@ -280,6 +285,12 @@ pub struct LeasedJobView {
     pub headers: Headers,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key (absent when the job has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    /// Partition, in a `per_key` queue (absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
     /// RFC 3339.
     pub enqueued_at: String,
     /// RFC 3339.
@@ -317,6 +328,8 @@ impl LeasedJobView {
             payload_base64,
             headers: job.headers.clone(),
             dedup_id: job.dedup_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            partition: job.partition,
             enqueued_at: format_time(job.enqueued_at),
             run_at: format_time(job.run_at),
             lease_expires_at: format_time(job.lease_expires_at),
@@ -335,6 +348,8 @@ impl LeasedJobView {
             payload: payload_in(self.payload, self.payload_base64)?,
             headers: self.headers,
             dedup_id: self.dedup_id,
+            ordering_key: self.ordering_key,
+            partition: self.partition,
             enqueued_at: parse_time(&self.enqueued_at)?,
             run_at: parse_time(&self.run_at)?,
             lease_expires_at: parse_time(&self.lease_expires_at)?,
@@ -591,7 +606,7 @@ pub struct JobView {
     pub id: JobId,
     /// Queue name.
     pub queue: String,
-    /// `scheduled`, `ready`, `leased` or `dead`.
+    /// `scheduled`, `ready`, `leased`, `dead` or `blocked`.
     pub state: JobState,
     /// Leases so far.
     pub attempt: u32,
@@ -609,6 +624,12 @@ pub struct JobView {
     pub headers: Headers,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key (absent when the job has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    /// Partition, in a `per_key` queue (absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
     /// RFC 3339.
     pub enqueued_at: String,
     /// RFC 3339.
@@ -634,6 +655,8 @@ impl JobView {
             payload_base64,
             headers: job.headers.clone(),
             dedup_id: job.dedup_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            partition: job.partition,
             enqueued_at: format_time(job.enqueued_at),
             run_at: format_time(job.run_at),
             lease_expires_at: job.lease_expires_at.map(format_time),
@@ -657,6 +680,8 @@ impl JobView {
             payload: payload_in(self.payload, self.payload_base64)?,
             headers: self.headers,
             dedup_id: self.dedup_id,
+            ordering_key: self.ordering_key,
+            partition: self.partition,
             enqueued_at: parse_time(&self.enqueued_at)?,
             run_at: parse_time(&self.run_at)?,
             lease_expires_at: self.lease_expires_at.as_deref().map(parse_time).transpose()?,

@@ -125,6 +125,9 @@ pub struct NewJob {
     /// Producer dedup key: within the queue's dedup window, a second enqueue with the same id
     /// returns the first job's id and creates nothing (Invariant 6).
     pub dedup_id: Option<String>,
+    /// Ordering key, 1 to [`ORDERING_KEY_LEN_MAX`] bytes: in a `per_key` queue, the jobs of one
+    /// key run one at a time, in enqueue order (Invariant 9). Kept, with no effect, elsewhere.
+    pub ordering_key: Option<String>,
 }
 
 impl NewJob {
@@ -160,6 +163,12 @@ impl NewJob {
     /// Sets the dedup id.
     pub fn dedup_id(mut self, dedup_id: impl Into<String>) -> Self {
         self.dedup_id = Some(dedup_id.into());
+        self
+    }
+
+    /// Sets the ordering key.
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
         self
     }
 
@@ -208,6 +217,14 @@ impl NewJob {
                 return Err(Error::invalid(format!("dedup id must be 1 to {DEDUP_ID_LEN_MAX} bytes")));
             }
         }
+        if let Some(key) = &self.ordering_key {
+            if key.is_empty() || key.len() > ORDERING_KEY_LEN_MAX {
+                return Err(Error::invalid(format!(
+                    "ordering key is {} bytes; it must be 1 to {ORDERING_KEY_LEN_MAX}",
+                    key.len()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -245,6 +262,9 @@ pub enum JobState {
     Leased,
     /// Dead-lettered; delivered again only after a redrive.
     Dead,
+    /// In a `per_key` queue, waiting behind an earlier job of its ordering key; it becomes ready
+    /// or scheduled when every earlier job of the key is gone (Invariant 9).
+    Blocked,
 }
 
 /// The error one attempt ended with.
@@ -279,6 +299,10 @@ pub struct Job {
     pub headers: Headers,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key.
+    pub ordering_key: Option<String>,
+    /// Its partition, in a `per_key` queue (see [`crate::ordering`]).
+    pub partition: Option<u32>,
     /// When it was enqueued.
     pub enqueued_at: Timestamp,
     /// When it became, or becomes, ready.
@@ -310,6 +334,10 @@ pub struct LeasedJob {
     pub headers: Headers,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key.
+    pub ordering_key: Option<String>,
+    /// Its partition, in a `per_key` queue (see [`crate::ordering`]).
+    pub partition: Option<u32>,
     /// When it was enqueued.
     pub enqueued_at: Timestamp,
     /// When it became ready.
@@ -377,6 +405,12 @@ mod tests {
         assert!(matches!(NewJob::new("x").delay_ms(DELAY_MS_MAX + 1).validate(), Err(Error::InvalidRequest(_))));
         assert!(matches!(NewJob::new("x").dedup_id("").validate(), Err(Error::InvalidRequest(_))));
         assert!(matches!(NewJob::new("x").header("", "v").validate(), Err(Error::InvalidRequest(_))));
+        assert!(matches!(NewJob::new("x").ordering_key("").validate(), Err(Error::InvalidRequest(_))));
+        assert_eq!(NewJob::new("x").ordering_key("k".repeat(ORDERING_KEY_LEN_MAX)).validate(), Ok(()));
+        assert!(matches!(
+            NewJob::new("x").ordering_key("k".repeat(ORDERING_KEY_LEN_MAX + 1)).validate(),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 
     #[test]

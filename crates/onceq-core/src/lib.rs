@@ -10,6 +10,8 @@
 //!   valid, and reading them, lives with the job and the queue.
 //! - `queue`: what makes a [`QueueName`] valid, [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
 //! - `job`: reading a [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
+//! - [`ordering`]: [`Ordering`], a key's partition (the hash clients compute) and the sticky,
+//!   balanced assignment of a group's partitions.
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy, and [`BackoffPatch`], a partial update of it.
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
@@ -24,6 +26,7 @@ pub mod idempotency;
 mod job;
 pub mod limits;
 pub mod metrics;
+pub mod ordering;
 mod queue;
 mod retry;
 pub mod store;
@@ -36,6 +39,7 @@ pub use job::{
     truncate_error_text, AttemptError, Enqueued, Headers, Job, JobState, LeaseRef, LeaseToken, LeasedJob, NewJob,
     Schedule,
 };
+pub use ordering::Ordering;
 pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueStats};
 pub use retry::{Backoff, BackoffPatch, Jitter};
 pub use store::{

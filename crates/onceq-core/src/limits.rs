@@ -47,6 +47,15 @@ pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
 pub const DEAD_PAGE_MAX: u32 = 1000;
 /// Most ids one redrive call may name.
 pub const REDRIVE_IDS_MAX: usize = 1000;
+/// Longest ordering key, in bytes (any UTF-8).
+pub const ORDERING_KEY_LEN_MAX: usize = 256;
+/// Most partitions of a `per_key` queue. A member's lease looks into each partition it owns, so
+/// the count bounds that work; 256 lets a group grow to 256 members, each with work to do.
+pub const PARTITIONS_MAX: u32 = 256;
+/// Partitions of a `per_key` queue that does not name a count: enough for a group of up to 16
+/// members to share the work evenly (1, 2, 4, 8 and 16 members each own the same number), few
+/// enough that one member owning them all leases cheaply.
+pub const PARTITIONS_DEFAULT: u32 = 16;
 
 const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);
@@ -55,3 +64,4 @@ const _: () = assert!(ENQUEUE_BATCH_MAX <= SETTLE_BATCH_MAX);
 const _: () = assert!(WAIT_MS_MAX < VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(ATTEMPTS_MAX >= 1);
 const _: () = assert!(DEDUP_WINDOW_MS_MAX <= DELAY_MS_MAX);
+const _: () = assert!(1 <= PARTITIONS_DEFAULT && PARTITIONS_DEFAULT <= PARTITIONS_MAX);

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
+use crate::ordering::Ordering;
 use crate::retry::{Backoff, BackoffPatch};
 use crate::{Error, QueueName, Result};
 
@@ -102,6 +103,20 @@ pub struct QueueConfig {
     pub backoff: Backoff,
     /// How long a dedup id is remembered after its first enqueue.
     pub dedup_window_ms: u64,
+    /// `per_key`: the jobs of one ordering key run one at a time, in enqueue order.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Partitions of a `per_key` queue, 1 to [`PARTITIONS_MAX`]: the unit consumer groups share.
+    #[serde(default = "partitions_default")]
+    pub partitions: u32,
+    /// In a `per_key` queue, a dead job keeps its key blocked until it is redriven or purged
+    /// (for work where a gap is worse than a stall). Otherwise the key's next job goes on.
+    #[serde(default)]
+    pub dead_blocks_key: bool,
+}
+
+fn partitions_default() -> u32 {
+    PARTITIONS_DEFAULT
 }
 
 impl Default for QueueConfig {
@@ -112,6 +127,9 @@ impl Default for QueueConfig {
             max_attempts: 5,
             backoff: Backoff::default(),
             dedup_window_ms: 300_000,
+            ordering: Ordering::None,
+            partitions: PARTITIONS_DEFAULT,
+            dead_blocks_key: false,
         }
     }
 }
@@ -128,7 +146,19 @@ impl QueueConfig {
                 self.dedup_window_ms
             )));
         }
+        if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
+            return Err(Error::invalid(format!(
+                "partitions is {}; it must be between 1 and {PARTITIONS_MAX}",
+                self.partitions
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether going from this config to `next` changes where jobs wait (ordering or partition
+    /// count): refused while the queue holds jobs, whose keys' order and partitions would break.
+    pub fn reorders(&self, next: &QueueConfig) -> bool {
+        self.ordering != next.ordering || self.partitions != next.partitions
     }
 
     /// This config with `patch` applied and validated.
@@ -148,6 +178,15 @@ impl QueueConfig {
         }
         if let Some(v) = patch.dedup_window_ms {
             next.dedup_window_ms = v;
+        }
+        if let Some(v) = patch.ordering {
+            next.ordering = v;
+        }
+        if let Some(v) = patch.partitions {
+            next.partitions = v;
+        }
+        if let Some(v) = patch.dead_blocks_key {
+            next.dead_blocks_key = v;
         }
         next.validate()?;
         Ok(next)
@@ -174,6 +213,15 @@ pub struct QueueConfigPatch {
     /// New dedup window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_window_ms: Option<u64>,
+    /// New ordering (refused while the queue holds jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
+    /// New partition count (refused while the queue holds jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+    /// New dead-blocks-key flag (applies to jobs that die from now on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_blocks_key: Option<bool>,
 }
 
 /// How many jobs a queue holds in each state.
@@ -188,6 +236,9 @@ pub struct QueueStats {
     pub leased: u64,
     /// Dead-lettered jobs.
     pub dead: u64,
+    /// Jobs of a `per_key` queue waiting behind an earlier job of their key.
+    #[serde(default)]
+    pub blocked: u64,
     /// How long the oldest ready job has been ready; `None` when none is.
     pub oldest_ready_age_ms: Option<u64>,
 }
@@ -224,6 +275,8 @@ pub(crate) fn check_max_attempts(n: u32) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -245,5 +298,21 @@ mod tests {
         assert!(matches!(base.patched(&zero), Err(Error::InvalidRequest(_))));
         let ok = QueueConfigPatch { max_attempts: Some(9), ..Default::default() };
         assert_eq!(base.patched(&ok).map(|c| c.max_attempts), Ok(9));
+        for bad in [0, PARTITIONS_MAX + 1] {
+            let patch = QueueConfigPatch { partitions: Some(bad), ..Default::default() };
+            assert!(matches!(base.patched(&patch), Err(Error::InvalidRequest(_))));
+        }
+        let ordered = QueueConfigPatch { ordering: Some(Ordering::PerKey), ..Default::default() };
+        let next = base.patched(&ordered).unwrap();
+        assert!(base.reorders(&next));
+        assert!(!next.reorders(&next.patched(&QueueConfigPatch { dead_blocks_key: Some(true), ..Default::default() }).unwrap()));
+    }
+
+    #[test]
+    fn a_config_stored_before_ordering_existed_reads_as_unordered() {
+        let old = r#"{"delivery":"at_least_once","visibility_timeout_ms":30000,"max_attempts":5,
+            "backoff":{"initial_ms":1000,"max_ms":300000,"multiplier":2.0,"jitter":"full"},"dedup_window_ms":300000}"#;
+        let config: QueueConfig = serde_json::from_str(old).unwrap();
+        assert_eq!((config.ordering, config.partitions, config.dead_blocks_key), (Ordering::None, PARTITIONS_DEFAULT, false));
     }
 }

@@ -43,6 +43,7 @@ pub fn model_config() -> QueueConfig {
         max_attempts: 3,
         backoff: Backoff { initial_ms: 200, max_ms: 800, multiplier: 2.0, jitter: Jitter::None },
         dedup_window_ms: 5_000,
+        ..QueueConfig::default()
     }
 }
 
@@ -214,6 +215,7 @@ impl ModelNewJob {
             schedule: self.schedule,
             max_attempts: self.max_attempts,
             dedup_id: self.dedup_id.clone(),
+            ordering_key: None,
         }
     }
 }
@@ -586,6 +588,7 @@ impl Model {
                 JobState::Scheduled => stats.scheduled += 1,
                 JobState::Leased => stats.leased += 1,
                 JobState::Dead => stats.dead += 1,
+                JobState::Blocked => stats.blocked += 1,
             }
         }
         stats.oldest_ready_age_ms = oldest_ready.map(|run_at| self.now.ms_since(run_at));
@@ -820,6 +823,7 @@ fn model_patch() -> QueueConfigPatch {
         max_attempts: Some(config.max_attempts),
         backoff: Some(config.backoff.into()),
         dedup_window_ms: Some(config.dedup_window_ms),
+        ..QueueConfigPatch::default()
     }
 }
 
@@ -1487,6 +1491,8 @@ mod tests {
                             payload: view.payload.into_bytes(),
                             headers: view.headers,
                             dedup_id: view.dedup_id,
+                            ordering_key: None,
+                            partition: None,
                             enqueued_at: view.enqueued_at,
                             run_at: view.run_at,
                             lease_expires_at: view.lease_expires_at,

@@ -67,6 +67,7 @@ pub async fn limits_accept_their_maximum<B: Backend>(backend: &B) {
             jitter: Jitter::None,
         },
         dedup_window_ms: DEDUP_WINDOW_MS_MAX,
+        ..QueueConfig::default()
     };
     let patch = QueueConfigPatch {
         delivery: Some(at_max.delivery),
@@ -74,6 +75,7 @@ pub async fn limits_accept_their_maximum<B: Backend>(backend: &B) {
         max_attempts: Some(at_max.max_attempts),
         backoff: Some(at_max.backoff.clone().into()),
         dedup_window_ms: Some(at_max.dedup_window_ms),
+        ..QueueConfigPatch::default()
     };
     assert_eq!(f.store.queue_upsert(&q, patch).await, Ok(at_max));
     let page = DeadPage { after: None, limit: DEAD_PAGE_MAX };

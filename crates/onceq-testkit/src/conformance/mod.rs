@@ -17,7 +17,8 @@
 //! - this module: the fixture and expectations every area shares, the suite's list of functions
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
-//!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`invariants`]
+//!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
+//!   [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
 //!
 //! A `pub async fn` in an area file is a conformance function; the testkit's
@@ -32,6 +33,7 @@ pub mod invariants;
 pub mod lease;
 pub mod limits;
 pub mod long_poll;
+pub mod ordering;
 pub mod queues;
 pub mod settle;
 
@@ -189,7 +191,7 @@ fn queue(name: &str) -> QueueName {
 
 /// Stats with these counts.
 fn counts(ready: u64, scheduled: u64, leased: u64, dead: u64, oldest_ready_age_ms: Option<u64>) -> QueueStats {
-    QueueStats { ready, scheduled, leased, dead, oldest_ready_age_ms }
+    QueueStats { ready, scheduled, leased, dead, blocked: 0, oldest_ready_age_ms }
 }
 
 /// The config of a queue nobody configured.
@@ -216,6 +218,8 @@ fn fresh(
         payload: job.payload.clone(),
         headers: job.headers.clone(),
         dedup_id: job.dedup_id.clone(),
+        ordering_key: job.ordering_key.clone(),
+        partition: None,
         enqueued_at,
         run_at,
         lease_expires_at: None,
@@ -235,6 +239,8 @@ fn leased_from(job: &Job, lease_token: LeaseToken, attempt: u32, lease_expires_a
         payload: job.payload.clone(),
         headers: job.headers.clone(),
         dedup_id: job.dedup_id.clone(),
+        ordering_key: job.ordering_key.clone(),
+        partition: job.partition,
         enqueued_at: job.enqueued_at,
         run_at: job.run_at,
         lease_expires_at,
@@ -429,6 +435,21 @@ macro_rules! conformance_suite {
                 long_poll_wakes_on_resume,
                 long_poll_with_nothing_returns_empty_after_wait,
                 long_poll_wakes_on_manual_clock_advance,
+            ],
+            ordering: [
+                ordered_keys_lease_one_at_a_time_in_enqueue_order,
+                a_later_job_of_a_key_never_overtakes_an_earlier_one,
+                a_promoted_job_keeps_its_own_delay,
+                a_nacked_released_or_expired_head_keeps_its_key_blocked,
+                a_dead_head_lets_its_key_go_on,
+                dead_blocks_key_holds_the_key_until_redrive_or_purge,
+                a_redriven_job_rejoins_its_key_in_id_order,
+                ordering_keys_order_nothing_in_an_unordered_queue,
+                partitions_follow_the_documented_hash,
+                ordering_and_partitions_change_only_while_the_queue_is_empty,
+                duplicates_deleted_queues_and_key_limits,
+                invariant_9_per_key_order_under_concurrent_workers,
+                long_poll_wakes_when_a_key_moves_on,
             ],
             invariants: [
                 invariant_2_one_live_lease,

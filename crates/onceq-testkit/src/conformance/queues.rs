@@ -22,6 +22,7 @@ pub async fn queue_upsert_creates_with_defaults_and_patch<B: Backend>(backend: &
         max_attempts: Some(7),
         backoff: Some(backoff.clone().into()),
         dedup_window_ms: Some(600),
+        ..QueueConfigPatch::default()
     };
     let expected =
         QueueConfig { visibility_timeout_ms: 12_345, max_attempts: 7, backoff, dedup_window_ms: 600, ..defaults() };
