@@ -78,6 +78,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_until ON idempotency (until);
     "#,
+    // v3: ordering per key. A job's ordering key and, in a `per_key` queue, its partition; the
+    // blocked state (4), whose jobs sit in their own index and never in the ready one, so that a
+    // lease reads past none of them; and each key's head, the one job of the key that may be
+    // ready, scheduled, leased (or dead, with `dead_blocks_key`).
+    r#"
+    ALTER TABLE jobs ADD COLUMN ordering_key TEXT;
+    ALTER TABLE jobs ADD COLUMN partition INTEGER;
+    CREATE INDEX jobs_blocked ON jobs (queue_id, ordering_key, id) WHERE state = 4;
+    CREATE TABLE keys (
+        queue_id     INTEGER NOT NULL,
+        ordering_key TEXT NOT NULL,
+        head_id      INTEGER NOT NULL,
+        PRIMARY KEY (queue_id, ordering_key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -89,6 +104,10 @@ pub(crate) mod state {
     pub const READY: i64 = 1;
     pub const LEASED: i64 = 2;
     pub const DEAD: i64 = 3;
+    /// In a `per_key` queue, behind an earlier job of its ordering key.
+    pub const BLOCKED: i64 = 4;
+    /// How many stored states there are (each one's value is below it).
+    pub const COUNT: usize = 5;
 }
 
 pub(crate) fn sqlite_error(context: &str, error: rusqlite::Error) -> Error {
