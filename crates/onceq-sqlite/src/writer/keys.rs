@@ -116,3 +116,67 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use onceq_core::limits::ENQUEUE_BATCH_MAX;
+    use onceq_core::{NewJob, Ordering, QueueConfigPatch, QueueName, Store};
+    use rusqlite::{Connection, OpenFlags, StatementStatus};
+
+    use crate::writer::jobs::LEASE_SQL;
+    use crate::{Durability, SqliteOptions, SqliteStore, DATA_FILE_NAME};
+
+    const KEYS: usize = 20_000;
+
+    /// Fills `queue` (per_key) with `per_key` jobs of each of [`KEYS`] keys, round by round.
+    async fn fill(store: &SqliteStore, queue: &QueueName, per_key: usize) {
+        let patch = QueueConfigPatch { ordering: Some(Ordering::PerKey), ..QueueConfigPatch::default() };
+        store.queue_upsert(queue, patch).await.unwrap();
+        let jobs: Vec<NewJob> = (0..KEYS * per_key)
+            .map(|i| NewJob::new(format!("job {i:06}")).ordering_key(format!("key-{:05}", i % KEYS)))
+            .collect();
+        for batch in jobs.chunks(ENQUEUE_BATCH_MAX) {
+            store.job_enqueue(queue, batch.to_vec()).await.unwrap();
+        }
+    }
+
+    /// The lease statement's plan and its work, counted by SQLite (never timed), for one queue:
+    /// (plan details, rows it returns, virtual machine steps, full-scan steps).
+    fn lease_cost(conn: &Connection, queue: &str) -> (Vec<String>, usize, i32, i32) {
+        let queue_id: i64 = conn.query_row("SELECT id FROM queues WHERE name = ?1", [queue], |r| r.get(0)).unwrap();
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {LEASE_SQL}")).unwrap();
+        let plan: Vec<String> =
+            explain.query_map((queue_id, 10), |r| r.get(3)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        let mut lease = conn.prepare(LEASE_SQL).unwrap();
+        let rows = lease.query_map((queue_id, 10), |r| r.get::<_, i64>(0)).unwrap().count();
+        (plan, rows, lease.get_status(StatementStatus::VmStep), lease.get_status(StatementStatus::FullscanStep))
+    }
+
+    /// A per_key queue of 20,000 keys × 5 jobs holds 80,000 blocked jobs, none of which a lease
+    /// reads: the lease statement searches the ready index (no scan, no sort), and does exactly
+    /// the work it does in a queue of the same 20,000 heads with nothing blocked behind them.
+    #[test]
+    fn a_lease_reads_past_no_blocked_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = SqliteStore::open(SqliteOptions::new(dir.path()).durability(Durability::Relaxed)).unwrap();
+            let (deep, shallow) = (QueueName::new("deep").unwrap(), QueueName::new("shallow").unwrap());
+            fill(&store, &deep, 5).await;
+            fill(&store, &shallow, 1).await;
+            let stats = store.queue_get(&deep).await.unwrap().stats;
+            assert_eq!((stats.ready, stats.blocked), (KEYS as u64, 4 * KEYS as u64));
+            assert_eq!(store.queue_get(&shallow).await.unwrap().stats.blocked, 0);
+            store.close().await;
+        });
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(dir.path().join(DATA_FILE_NAME), flags).unwrap();
+        let deep = lease_cost(&conn, "deep");
+        let shallow = lease_cost(&conn, "shallow");
+        assert_eq!(deep.0, vec!["SEARCH jobs USING INDEX jobs_ready (queue_id=?)".to_owned()]);
+        assert_eq!((deep.1, deep.3), (10, 0), "ten rows, and no full-scan step");
+        assert_eq!(deep, shallow, "blocked jobs cost the lease nothing");
+    }
+}
