@@ -14,6 +14,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::schema::{state, storage};
 use crate::writer::cache::State;
 
+/// A key's blocked job with the lowest id, and its `run_at`, through the blocked index: one seek,
+/// however many jobs and keys the queue holds.
+pub(crate) const NEXT_BLOCKED_SQL: &str =
+    "SELECT id, run_at FROM jobs WHERE queue_id = ?1 AND ordering_key = ?2 AND state = 4 ORDER BY id LIMIT 1";
+
 impl State {
     /// Whether the jobs of this queue are ordered per key.
     pub(super) fn per_key(&self, queue_id: i64) -> bool {
@@ -41,10 +46,7 @@ impl State {
     /// changes.
     pub(super) fn key_moves_on(&mut self, conn: &Connection, queue_id: i64, key: &str, id: i64) -> Result<bool> {
         let next: Option<(i64, i64)> = conn
-            .prepare_cached(
-                "SELECT id, run_at FROM jobs WHERE queue_id = ?1 AND ordering_key = ?2 AND state = 4 \
-                 ORDER BY id LIMIT 1",
-            )
+            .prepare_cached(NEXT_BLOCKED_SQL)
             .and_then(|mut s| s.query_row(params![queue_id, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(storage("finding an ordering key's next job"))?;
         let was_head = match next {
@@ -125,6 +127,7 @@ mod tests {
     use onceq_core::{NewJob, Ordering, QueueConfigPatch, QueueName, Store};
     use rusqlite::{Connection, OpenFlags, StatementStatus};
 
+    use super::NEXT_BLOCKED_SQL;
     use crate::writer::jobs::LEASE_SQL;
     use crate::{Durability, SqliteOptions, SqliteStore, DATA_FILE_NAME};
 
@@ -156,7 +159,8 @@ mod tests {
 
     /// A per_key queue of 20,000 keys × 5 jobs holds 80,000 blocked jobs, none of which a lease
     /// reads: the lease statement searches the ready index (no scan, no sort), and does exactly
-    /// the work it does in a queue of the same 20,000 heads with nothing blocked behind them.
+    /// the work it does in a queue of the same 20,000 heads with nothing blocked behind them. And
+    /// a key moving on finds its next job by a seek of the blocked index.
     #[test]
     fn a_lease_reads_past_no_blocked_job() {
         let dir = tempfile::tempdir().unwrap();
@@ -178,5 +182,10 @@ mod tests {
         assert_eq!(deep.0, vec!["SEARCH jobs USING INDEX jobs_ready (queue_id=?)".to_owned()]);
         assert_eq!((deep.1, deep.3), (10, 0), "ten rows, and no full-scan step");
         assert_eq!(deep, shallow, "blocked jobs cost the lease nothing");
+        // Moving a key on finds its next job with one seek of the blocked index.
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {NEXT_BLOCKED_SQL}")).unwrap();
+        let plan: Vec<String> =
+            explain.query_map((1, "key-00001"), |r| r.get(3)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        assert_eq!(plan, vec!["SEARCH jobs USING INDEX jobs_blocked (queue_id=? AND ordering_key=?)".to_owned()]);
     }
 }
