@@ -139,7 +139,10 @@ impl State {
         let Some(partitions) = target.partitions else { return Ok((due, None)) };
         let partition = partition_of(job.ordering_key.as_deref(), JobId::new(id), partitions);
         let job_state = match &job.ordering_key {
-            Some(key) if !self.key_claim(conn, target.queue_id, key, to_i64(id))? => state::BLOCKED,
+            Some(key) if !self.key_claim(conn, target.queue_id, key, to_i64(id))? => {
+                self.key_block(conn, target.queue_id, key, to_i64(id), run_at.as_millis())?;
+                state::BLOCKED
+            }
             _ => due,
         };
         Ok((job_state, Some(partition)))
@@ -343,7 +346,7 @@ impl State {
 }
 
 /// A queue's next ready jobs, in lease order, through the ready index (`jobs_ready`): blocked
-/// jobs are in another index, so however many wait behind their keys, a lease reads none of them.
+/// jobs (state 4) are not in it, so however many wait behind their keys, a lease reads none.
 pub(crate) const LEASE_SQL: &str =
     "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, error_count, \
      ordering_key, partition FROM jobs WHERE queue_id = ?1 AND state = 1 ORDER BY priority DESC, run_at, id LIMIT ?2";
