@@ -8,6 +8,8 @@
 //!   redelivered or dead-lettered) before an operation looks at a queue.
 //! - `jobs`: enqueue, lease, ack, nack, extend, fail, release and reading one job.
 //! - `queues`: queue config, pause, delete, stats, and the dead letters of a queue.
+//! - `keys`: ordering per key: each key's head, and how enqueues and the statements that make a
+//!   head leave take turns on a key across servers (the pieces of SQL they share).
 //! - `idempotency`: the idempotency store, in the same schema.
 //! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
 //!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait
@@ -123,6 +125,7 @@ mod due;
 mod error;
 mod idempotency;
 mod jobs;
+mod keys;
 mod queues;
 mod schema;
 mod sql;

@@ -48,6 +48,15 @@ pub enum HotStatement {
         /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
         items: usize,
     },
+    /// The enqueue of a batch of `items` jobs into a `per_key` queue, or of jobs of which any
+    /// has an ordering key, in place of [`HotStatement::Enqueue`]: its parameters, then `$12`
+    /// the jobs' ordering keys (`text[]`, NULL for a job without one), `$13` each keyed job's
+    /// partition (`int4[]`, NULL in an unordered queue), `$14` the queue's partition count when
+    /// it is `per_key`, else NULL. Returns what [`HotStatement::Enqueue`] returns.
+    EnqueueKeyed {
+        /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
+        items: usize,
+    },
     /// The first statement of a lease: applies the due transitions of the queue named `$2`;
     /// returns `now` and the queue's row (`id`, `name`, `config`, `paused`).
     ApplyDue,
@@ -73,6 +82,7 @@ impl HotStatement {
         let shared = ITEMS_EXACT_MAX + 1;
         match self {
             HotStatement::Enqueue { items } => HotStatement::Enqueue { items: items.min(shared) },
+            HotStatement::EnqueueKeyed { items } => HotStatement::EnqueueKeyed { items: items.min(shared) },
             HotStatement::Ack { items } => HotStatement::Ack { items: items.min(shared) },
             other => other,
         }
