@@ -406,7 +406,8 @@ pub(crate) fn enqueue_template(rows: usize) -> String {
 /// The enqueue of a batch of `rows` jobs into a `per_key` queue or with ordering keys
 /// ([`ENQUEUE_KEYED`] with its key claims and wake-ups), before the schema and clock are filled in.
 pub(crate) fn enqueue_keyed_template(rows: usize) -> String {
-    let claim = CLAIM_KEYS.replace("{queue}", "$9").replace("{claiming}", "kept").replace("{ordered}", "$14::int4 IS NOT NULL");
+    let claim =
+        CLAIM_KEYS.replace("{queue}", "$9").replace("{claiming}", "kept").replace("{ordered}", "$14::int4 IS NOT NULL");
     sized(&with_notify(&ENQUEUE_KEYED.replace("{claim_keys}", claim.trim()), "created"), rows)
 }
 
@@ -1060,6 +1061,16 @@ impl PgStore {
                 lease_expires_at: Timestamp::from_millis(expires_at),
             });
         }
+        // A queue's ordering and partitions change only while it is empty, so its jobs carry the
+        // partition its config gives them, and only a `per_key` queue's have one.
+        debug_assert!(
+            jobs.iter().all(|j| match q.config.ordering {
+                Ordering::PerKey =>
+                    j.partition == Some(partition_of(j.ordering_key.as_deref(), j.id, q.config.partitions)),
+                Ordering::None => j.partition.is_none(),
+            }),
+            "queue {queue} handed out a job with a partition its config does not give it"
+        );
         // RETURNING rows come in no particular order; hand them out in lease order.
         jobs.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
         if !jobs.is_empty() {

@@ -102,10 +102,16 @@ mod tests {
     #[test]
     fn move_on_placeholders_expand() {
         let sql = with_move_on("WITH t AS (SELECT 1 AS now),\n{move_on:acked}\nSELECT 1");
-        assert!(sql.contains("FROM acked l") && sql.starts_with("WITH t AS (SELECT 1 AS now),\nmoved_on AS ("), "{sql}");
+        assert!(
+            sql.contains("FROM acked l") && sql.starts_with("WITH t AS (SELECT 1 AS now),\nmoved_on AS ("),
+            "{sql}"
+        );
         assert!(!sql.contains("l.state = 3") && !sql.contains("{move_on"), "{sql}");
         let sql = with_move_on("{move_on_dead:failed}");
-        assert!(sql.contains("FROM failed l") && sql.contains("l.state = 3") && sql.contains("dead_blocks_key"), "{sql}");
+        assert!(
+            sql.contains("FROM failed l") && sql.contains("l.state = 3") && sql.contains("dead_blocks_key"),
+            "{sql}"
+        );
         assert_eq!(with_move_on("SELECT 1"), "SELECT 1");
     }
 }

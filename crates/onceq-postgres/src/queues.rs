@@ -367,7 +367,10 @@ impl PgStore {
         let ids: Option<Vec<i64>> =
             redrive.ids.map(|ids| ids.into_iter().filter_map(|id| i64::try_from(id.get()).ok()).collect());
         let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
-        let claim = CLAIM_KEYS.replace("{queue}", "$2").replace("{claiming}", "picked").replace("{ordered}", "c.partition IS NOT NULL");
+        let claim = CLAIM_KEYS
+            .replace("{queue}", "$2")
+            .replace("{claiming}", "picked")
+            .replace("{ordered}", "c.partition IS NOT NULL");
         let sql = self.sql(&crate::jobs::with_notify(&REDRIVE.replace("{claim_keys}", claim.trim()), "redriven"));
         let redriven: i64 = self
             .run("redriving dead jobs", || {

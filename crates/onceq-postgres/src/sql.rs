@@ -41,8 +41,8 @@ pub enum HotStatement {
     /// `$4` priorities `int4[]`, `$5` run_at `int8[]`, NULL for "now", `$6` max_attempts
     /// `int4[]`, `$7` dedup ids `text[]`, `$8` whether each claims its dedup id `bool[]`), `$9`
     /// the queue's id, `$10` how long claimed dedup ids live (ms), `$11` the queue's config as
-    /// the lookup printed it (NULL after a lookup): with another config, or another queue under
-    /// that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
+    /// the store last read it (NULL: any config; the store always passes it): with another
+    /// config, or another queue under that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
     /// `notified` and `now` per job.
     Enqueue {
         /// Jobs in the batch (statements for up to 10 items are planned for their exact count).

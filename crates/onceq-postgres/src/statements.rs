@@ -53,8 +53,7 @@ mod tests {
         ] {
             let sql = hot_statement("s1", statement).unwrap();
             assert!(sql.contains("\"s1\"."), "{statement:?}: {sql}");
-            for placeholder in
-                [
+            for placeholder in [
                 "{s}",
                 "{now}",
                 "{channel}",
@@ -71,8 +70,7 @@ mod tests {
                 "{ordered}",
                 "{leaving}",
                 "{dead}",
-            ]
-            {
+            ] {
                 assert!(!sql.contains(placeholder), "{statement:?} left {placeholder}: {sql}");
             }
             assert!(sql.contains("$1"), "{statement:?}: {sql}");

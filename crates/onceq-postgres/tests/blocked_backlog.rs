@@ -8,6 +8,8 @@
 
 mod common;
 
+use onceq_core::limits::PARTITIONS_DEFAULT;
+use onceq_core::ordering::partition_of;
 use onceq_core::{LeaseOptions, Ordering, QueueConfigPatch, QueueName, Store};
 use onceq_postgres::statements::{hot_statement, HotStatement};
 
@@ -48,10 +50,13 @@ async fn a_lease_reads_no_blocked_job_behind_a_million_job_backlog() {
         "INSERT INTO {s}.ordering_keys (queue_id, ordering_key, head_id) \
          SELECT queue_id, ordering_key, id FROM {s}.jobs WHERE state = 2"
     );
+    // A key-less job's partition is its id modulo the partition count (the keyed ones above are
+    // all in partition 0, whatever their key hashes to: none of them is ever leased here).
     let ready = format!(
         "INSERT INTO {s}.jobs (id, queue_id, run_at, enqueued_at, state, priority, attempt, max_attempts, payload, \
                                partition) \
-         SELECT nextval('{s}.job_ids'), {queue_id}, 0, 0, 1, 0, 0, 3, '\\x00'::bytea, 0 FROM generate_series(1, {READY})"
+         SELECT id, {queue_id}, 0, 0, 1, 0, 0, 3, '\\x00'::bytea, id % {PARTITIONS_DEFAULT} \
+         FROM (SELECT nextval('{s}.job_ids') AS id FROM generate_series(1, {READY})) ids"
     );
     for sql in [backlog, heads, ready, format!("ANALYZE {s}.jobs")] {
         sqlx::query(&sql).execute(store.pool()).await.unwrap();
@@ -64,24 +69,22 @@ async fn a_lease_reads_no_blocked_job_behind_a_million_job_backlog() {
     sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
     sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
     let due = hot_statement(guard.schema(), HotStatement::ApplyDue).unwrap();
-    let due_plan: serde_json::Value =
-        sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {due}"))
-            .bind(None::<i64>)
-            .bind("ordered")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let due_plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {due}"))
+        .bind(None::<i64>)
+        .bind("ordered")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     let lease = hot_statement(guard.schema(), HotStatement::Lease { max_jobs: 10 }).unwrap();
     let tokens: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 16]).collect();
-    let lease_plan: serde_json::Value =
-        sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {lease}"))
-            .bind(1_i64)
-            .bind(queue_id)
-            .bind(&tokens)
-            .bind(60_000_i64)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let lease_plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {lease}"))
+        .bind(1_i64)
+        .bind(queue_id)
+        .bind(&tokens)
+        .bind(60_000_i64)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
     drop(conn);
 
@@ -114,7 +117,9 @@ async fn a_lease_reads_no_blocked_job_behind_a_million_job_backlog() {
     let options = LeaseOptions { max_jobs: 100, visibility_timeout_ms: None, wait_ms: 0 };
     let leased = store.job_lease(&q, options).await.unwrap();
     assert_eq!(leased.len(), READY as usize);
-    assert!(leased.iter().all(|j| j.ordering_key.is_none() && j.partition == Some(0)));
+    for job in &leased {
+        assert_eq!((&job.ordering_key, job.partition), (&None, Some(partition_of(None, job.id, PARTITIONS_DEFAULT))));
+    }
     store.close().await;
 }
 

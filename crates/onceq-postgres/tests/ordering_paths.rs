@@ -55,7 +55,10 @@ async fn an_at_most_once_lease_and_a_last_expiry_move_the_key_on() {
     let (store, _guard) = common::fresh_store(Some(clock.clone() as Arc<dyn Clock>)).await;
 
     let once = QueueName::new("at-most-once").unwrap();
-    store.queue_upsert(&once, QueueConfigPatch { delivery: Some(DeliveryMode::AtMostOnce), ..per_key() }).await.unwrap();
+    store
+        .queue_upsert(&once, QueueConfigPatch { delivery: Some(DeliveryMode::AtMostOnce), ..per_key() })
+        .await
+        .unwrap();
     let ids = enqueue(&store, &once, vec![keyed("k", "a"), keyed("k", "b"), keyed("k", "c")]).await;
     assert_eq!(lease_ids(&store, &once, None).await, vec![ids[0]], "only the head, which goes as it is leased");
     assert_eq!(states(&store, &ids[1..]).await, vec![JobState::Ready, JobState::Blocked]);

@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use onceq_core::{Error, JobId, JobState, LeaseOptions, NewJob, Ordering, QueueConfigPatch, QueueName, Store, StoreExt};
+use onceq_core::{
+    Error, JobId, JobState, LeaseOptions, NewJob, Ordering, QueueConfigPatch, QueueName, Store, StoreExt,
+};
 use onceq_postgres::PgStore;
 
 /// How long a call is given to show that it waits for a transaction: it must not return before.
