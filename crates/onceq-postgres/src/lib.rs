@@ -58,9 +58,9 @@
 //! (Invariant 6). In a `per_key` queue an enqueue of a key and the key moving on (its head
 //! acked, dead, purged) serialize on the key's row of `ordering_keys`, locked in key order (see
 //! `keys`); nothing of that runs for an unordered queue. Due transitions are applied lazily, by
-//! the operation that next looks at the queue (see `due`). A statement PostgreSQL rolls back for a deadlock or a serialization
-//! failure is run again (on the pool; inside a caller's transaction the whole transaction was
-//! rolled back, and running it again is the caller's).
+//! the operation that next looks at the queue (see `due`). A statement PostgreSQL rolls back
+//! for a deadlock or a serialization failure is run again (on the pool; inside a caller's
+//! transaction the whole transaction was rolled back, and running it again is the caller's).
 //!
 //! # Durability (Invariant 1)
 //!
@@ -87,13 +87,12 @@
 //!   queue the enqueue created (upsert queues ahead of time to avoid that wait). In a
 //!   `per_key` queue, an enqueue holds the rows of the ordering keys of its jobs, and an ack the
 //!   row of its job's key: enqueues of those keys, and their heads leaving, wait for the
-//!   caller's outcome. An enqueue
-//!   also holds its queue's wake lock shared (see `wait`, "Sleeping"): while the caller's
-//!   transaction is open, a lease of that queue that finds nothing and whose store is not yet
-//!   registered as sleeping on it does not sleep but looks again every few milliseconds,
-//!   backing off to a quarter of a second; and a transaction that enqueues into thousands of
-//!   queues holds one such lock per queue (mind `max_locks_per_transaction`). Keep such
-//!   transactions short.
+//!   caller's outcome. An enqueue also holds its queue's wake lock shared (see `wait`,
+//!   "Sleeping"): while the caller's transaction is open, a lease of that queue that finds
+//!   nothing and whose store is not yet registered as sleeping on it does not sleep but looks
+//!   again every few milliseconds, backing off to a quarter of a second; and a transaction that
+//!   enqueues into thousands of queues holds one such lock per queue (mind
+//!   `max_locks_per_transaction`). Keep such transactions short.
 //! - **Errors.** Statements run once: PostgreSQL aborts the caller's whole transaction on a
 //!   deadlock or a serialization failure. Roll back and run the transaction again. Under
 //!   REPEATABLE READ or SERIALIZABLE, an ack of a key's head fails so when a job was enqueued
