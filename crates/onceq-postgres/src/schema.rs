@@ -16,7 +16,8 @@
 //!   next blocked job (`jobs_blocked`). A job of a `per_key` queue has a `partition`; in any
 //!   queue it may have an `ordering_key`.
 //! - `ordering_keys`: in `per_key` queues, one row per key that has a head (the job holding the
-//!   key, `head_id`); see the `keys` module for who writes it and how they take turns.
+//!   key, `head_id`); the function `keys_move_on` hands a key on when its head leaves. See the
+//!   `keys` module for who writes it and how they take turns.
 //! - `job_errors`: the error of every failed attempt, numbered per job by `jobs.error_count`.
 //! - `dedup`: producer dedup ids, unique per (queue, dedup id), each alive until `expires_at`.
 //! - `queue_counts`: per-queue job counts by state, in 32 slots per queue (a session adds to the
