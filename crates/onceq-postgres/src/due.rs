@@ -1,6 +1,8 @@
 //! Applying what the clock made due: scheduled jobs with `run_at <= now` become ready; leases
 //! with `lease_expires_at <= now` end, recording "lease expired" at `lease_expires_at`, and the
-//! job is ready again at that time, or dead on its last attempt (docs/semantics.md).
+//! job is ready again at that time, or dead on its last attempt (docs/semantics.md), when its
+//! ordering key moves on unless its queue has `dead_blocks_key` (see `keys`). Blocked jobs are
+//! none of these: a job behind its key is not due, whatever its `run_at`.
 //!
 //! Nothing runs in the background for this. Every operation that looks at a queue's jobs as a
 //! set (lease, stats, dead letters, reading a job) first applies the queue's due transitions as
@@ -18,6 +20,7 @@ use onceq_core::metrics as names;
 use onceq_core::{Error, QueueConfig, QueueName, Result};
 use sqlx::Row;
 
+use crate::keys::with_move_on;
 use crate::{parse_config, PgStore};
 
 /// Most jobs one statement moves of each kind (scheduled to ready, expired leases): bounds a
@@ -49,12 +52,13 @@ expired AS (
           AND lease_expires_at <= (SELECT now FROM t)
         LIMIT {batch}
         FOR UPDATE SKIP LOCKED))
-    RETURNING id, queue_id, state, attempt, run_at, error_count
+    RETURNING id, queue_id, state, attempt, run_at, error_count, ordering_key, partition
 ),
 recorded AS (
     INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
     SELECT id, error_count, attempt, run_at, 'lease expired' FROM expired
 ),
+{move_on_dead:expired},
 moved AS (
     SELECT queue_id, count(*) AS promoted, 0::int8 AS redelivered, 0::int8 AS dead FROM promoted GROUP BY queue_id
     UNION ALL
@@ -68,7 +72,8 @@ per_queue AS (
 SELECT t.now, q.id, q.name, q.config::text AS config, q.paused, coalesce(m.promoted, 0) AS promoted,
        coalesce(m.redelivered, 0) AS redelivered, coalesce(m.dead, 0) AS dead,
        CASE WHEN NOT q.paused AND coalesce(m.promoted, 0) + coalesce(m.redelivered, 0) > 0
-            THEN pg_notify('{channel}', 'r ' || (m.promoted + m.redelivered) || ' ' || q.name)::text END AS notified
+            THEN pg_notify('{channel}', 'r ' || (m.promoted + m.redelivered) || ' ' || q.name)::text END AS notified,
+       (SELECT promoted FROM moved_on) AS keys_moved_on
 FROM t LEFT JOIN q ON true LEFT JOIN per_queue m ON m.queue_id = q.id
 ORDER BY q.name COLLATE "C"
 "#;
@@ -91,7 +96,7 @@ pub(crate) fn apply_due_template(scope: Scope<'_>) -> String {
 
 /// [`APPLY_DUE`] for the queues the CTE `queues` selects.
 pub(crate) fn apply_due_for(queues: &str) -> String {
-    APPLY_DUE.replace("{queues}", queues).replace("{batch}", &DUE_BATCH_MAX.to_string())
+    with_move_on(APPLY_DUE).replace("{queues}", queues).replace("{batch}", &DUE_BATCH_MAX.to_string())
 }
 
 /// Which queues to bring up to date.

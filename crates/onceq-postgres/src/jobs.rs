@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use onceq_core::limits::PARTITIONS_MAX;
 use onceq_core::metrics as names;
+use onceq_core::ordering::partition_of;
 use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, AttemptError, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, ItemResults, Job, JobId,
-    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueName,
-    Release, Result, Schedule, Timestamp,
+    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, Nack, NackOutcome, NewJob, Ordering, QueueConfig,
+    QueueName, Release, Result, Schedule, Timestamp,
 };
 use rand::RngCore;
 use sqlx::postgres::PgRow;
@@ -24,6 +26,7 @@ use sqlx::Row;
 use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
+use crate::keys::{with_move_on, CLAIM_KEYS};
 use crate::schema::state;
 use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
 use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_MS, TIMER_RECHECK_MS_MAX};
@@ -82,7 +85,8 @@ const QUEUE_LOOKUP: &str = "SELECT t.now, q.id, q.config::text AS config \
 /// `wait`, "Sleeping").
 const QUEUE_CREATE: &str = "INSERT INTO {s}.queues (name, config, created_at) VALUES ($2, $3::jsonb, $1) \
                             ON CONFLICT (name) DO NOTHING \
-                            RETURNING id, pg_notify('{channel}', 'r 2147483647 ' || name)::text AS notified";
+                            RETURNING id, config::text AS config, \
+                                      pg_notify('{channel}', 'r 2147483647 ' || name)::text AS notified";
 
 /// The enqueue of a batch. `$1` now (NULL: the database's clock), `$2..$8` the jobs (a NULL
 /// run_at is "now"), `$9` the queue, `$10` how long dedup ids claimed now live (ms), `$11` the
@@ -121,6 +125,55 @@ created AS (
            n.dedup_id, n.headers, n.payload
     FROM numbered n CROSS JOIN t LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
     WHERE NOT n.dedup_claim OR c.job_id = n.id
+    RETURNING queue_id, state, run_at
+),
+{notify:created}
+SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified, (SELECT now FROM t) AS now
+FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+ORDER BY n.ord
+"#;
+
+/// [`ENQUEUE`] of a batch into a `per_key` queue, or of jobs with ordering keys: `$12` the jobs'
+/// ordering keys (`text[]`), `$13` each keyed job's partition (`int4[]`; NULL in an unordered
+/// queue), `$14` the queue's partition count if it is `per_key`, else NULL. In a `per_key` queue
+/// the jobs it creates claim their keys (see the `keys` module): each that is not its key's head
+/// is stored blocked, and a key-less job's partition is its id modulo `$14`.
+const ENQUEUE_KEYED: &str = r#"
+WITH t AS (SELECT {now} AS now),
+input AS (
+    SELECT * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::bool[],
+                         $12::text[], $13::int4[])
+        WITH ORDINALITY AS i(payload, headers, priority, run_at, max_attempts, dedup_id, dedup_claim, ordering_key,
+                             key_partition, ord){cap}
+),
+locked AS (SELECT id FROM {s}.queues WHERE id = $9 AND ($11::text IS NULL OR config::text = $11) FOR KEY SHARE),
+numbered AS (
+    SELECT i.payload, i.headers, i.priority, coalesce(i.run_at, t.now) AS run_at, i.max_attempts, i.dedup_id,
+           i.dedup_claim, i.ordering_key, i.key_partition, i.ord, nextval('{s}.job_ids') AS id
+    FROM input i CROSS JOIN locked CROSS JOIN t
+),
+claimed AS (
+    INSERT INTO {s}.dedup AS d (queue_id, dedup_id, job_id, expires_at)
+    SELECT $9, dedup_id, id, least(t.now, 9223372036854775807 - $10::int8) + $10::int8
+    FROM numbered CROSS JOIN t WHERE dedup_claim
+    ON CONFLICT (queue_id, dedup_id) DO UPDATE SET
+        job_id = CASE WHEN d.expires_at <= (SELECT now FROM t) THEN EXCLUDED.job_id ELSE d.job_id END,
+        expires_at = CASE WHEN d.expires_at <= (SELECT now FROM t) THEN EXCLUDED.expires_at ELSE d.expires_at END
+    RETURNING d.dedup_id, d.job_id
+),
+kept AS (
+    SELECT n.* FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
+    WHERE NOT n.dedup_claim OR c.job_id = n.id
+),
+heads AS ({claim_keys}),
+created AS (
+    INSERT INTO {s}.jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id,
+                          headers, payload, ordering_key, partition)
+    SELECT n.id, $9, CASE WHEN h.head_id <> n.id THEN 4 WHEN n.run_at > t.now THEN 0 ELSE 1 END, n.priority,
+           n.run_at, t.now, 0, n.max_attempts, n.dedup_id, n.headers, n.payload, n.ordering_key,
+           CASE WHEN $14::int4 IS NULL THEN NULL WHEN n.ordering_key IS NULL THEN (n.id % $14::int4)::int4
+                ELSE n.key_partition END
+    FROM kept n CROSS JOIN t LEFT JOIN heads h ON h.ordering_key = n.ordering_key
     RETURNING queue_id, state, run_at
 ),
 {notify:created}
@@ -171,26 +224,30 @@ SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4],
 FROM numbered n
 WHERE j.id = n.id
 RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
-          j.lease_token
+          j.lease_token, j.ordering_key, j.partition
 "#;
 
 /// The lease of an `at_most_once` queue: the lease is the ack, so the jobs go as they are handed
-/// out. `$1` queue, `{limit}` most jobs (a literal, as in [`LEASE`]).
+/// out, and their keys move on. `$1` now, `$2` queue, `{limit}` most jobs (a literal, as in
+/// [`LEASE`]).
 const LEASE_AND_DELETE: &str = r#"
-WITH picked AS (
+WITH t AS (SELECT $1::int8 AS now),
+picked AS (
     SELECT id FROM {s}.jobs
-    WHERE queue_id = $1 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $1 AND paused)
+    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ),
 gone AS (
     DELETE FROM {s}.jobs j USING picked p WHERE j.id = p.id
-    RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt + 1 AS attempt, j.max_attempts, j.dedup_id,
-              j.headers, j.payload, j.error_count
+    RETURNING j.id, j.queue_id, j.priority, j.run_at, j.enqueued_at, j.attempt + 1 AS attempt, j.max_attempts,
+              j.dedup_id, j.headers, j.payload, j.error_count, j.ordering_key, j.partition
 ),
-forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0)
-SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, NULL::bytea AS lease_token
+forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
+{move_on:gone}
+SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, NULL::bytea AS lease_token,
+       ordering_key, partition, (SELECT promoted FROM moved_on) AS promoted
 FROM gone
 "#;
 
@@ -202,8 +259,8 @@ SELECT least((SELECT min(run_at) FROM {s}.jobs WHERE queue_id = $1 AND state = 0
 
 /// The columns of a job as `job_get` and `dead_list` return it (`j` jobs, `q` queues).
 pub(crate) const JOB_COLUMNS: &str = r#"
-j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, j.dedup_id, j.enqueued_at,
-j.run_at, j.lease_expires_at,
+j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, j.dedup_id, j.ordering_key,
+j.partition, j.enqueued_at, j.run_at, j.lease_expires_at,
 CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.attempt FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
     AS error_attempts,
 CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.error FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
@@ -233,10 +290,11 @@ items AS (SELECT * FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS i(id,
 acked AS (
     DELETE FROM {s}.jobs j USING items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
-    RETURNING j.id, j.queue_id, j.error_count, j.leased_at
+    RETURNING j.id, j.queue_id, j.error_count, j.leased_at, j.ordering_key, j.partition
 ),
-forgotten AS (DELETE FROM {s}.job_errors e USING acked a WHERE e.job_id = a.id AND a.error_count > 0)
-{verdict:acked:, s.leased_at, (SELECT now FROM t) AS now}
+forgotten AS (DELETE FROM {s}.job_errors e USING acked a WHERE e.job_id = a.id AND a.error_count > 0),
+{move_on:acked}
+{verdict:acked:, s.leased_at, (SELECT now FROM t) AS now, (SELECT promoted FROM moved_on) AS promoted}
 "#;
 
 const NACK_READ: &str = r#"
@@ -257,14 +315,15 @@ nacked AS (
         lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
     FROM items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
-    RETURNING j.id, j.queue_id, j.state, j.run_at, j.attempt, j.error_count
+    RETURNING j.id, j.queue_id, j.state, j.run_at, j.attempt, j.error_count, j.ordering_key, j.partition
 ),
 recorded AS (
     INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
     SELECT n.id, n.error_count, n.attempt, t.now, i.error FROM nacked n JOIN items i ON i.id = n.id CROSS JOIN t
 ),
+{move_on_dead:nacked},
 {notify:nacked}
-{verdict:nacked:, s.state, s.run_at, (SELECT count(*) FROM notified) AS notified}
+{verdict:nacked:, s.state, s.run_at, (SELECT count(*) FROM notified) AS notified, (SELECT promoted FROM moved_on) AS promoted}
 "#;
 
 const EXTEND: &str = r#"
@@ -286,13 +345,14 @@ failed AS (
     UPDATE {s}.jobs j SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
     FROM items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
-    RETURNING j.id, j.queue_id, j.attempt, j.error_count
+    RETURNING j.id, j.queue_id, j.state, j.attempt, j.error_count, j.ordering_key, j.partition
 ),
 recorded AS (
     INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
     SELECT f.id, f.error_count, f.attempt, t.now, i.error FROM failed f JOIN items i ON i.id = f.id CROSS JOIN t
-)
-{verdict:failed:}
+),
+{move_on_dead:failed}
+{verdict:failed:, (SELECT promoted FROM moved_on) AS promoted}
 "#;
 
 const RELEASE: &str = r#"
@@ -328,9 +388,9 @@ fn with_verdict(template: &str) -> String {
     format!("{}{}{}", &template[..start], verdict, &rest[end + 1..])
 }
 
-/// A settle statement ready to run: the verdict and the wake-ups filled in.
+/// A settle statement ready to run: the verdict, the keys moving on and the wake-ups filled in.
 fn settle_sql(template: &str, changed: Option<&str>) -> String {
-    let sql = with_verdict(template);
+    let sql = with_move_on(&with_verdict(template));
     match changed {
         Some(cte) => with_notify(&sql, cte),
         None => sql,
@@ -343,10 +403,18 @@ pub(crate) fn enqueue_template(rows: usize) -> String {
     sized(&with_notify(ENQUEUE, "created"), rows)
 }
 
+/// The enqueue of a batch of `rows` jobs into a `per_key` queue or with ordering keys
+/// ([`ENQUEUE_KEYED`] with its key claims and wake-ups), before the schema and clock are filled in.
+pub(crate) fn enqueue_keyed_template(rows: usize) -> String {
+    let claim =
+        CLAIM_KEYS.replace("{queue}", "$9").replace("{claiming}", "kept").replace("{ordered}", "$14::int4 IS NOT NULL");
+    sized(&with_notify(&ENQUEUE_KEYED.replace("{claim_keys}", claim.trim()), "created"), rows)
+}
+
 /// The lease of up to `max_jobs` jobs ([`LEASE`], or [`LEASE_AND_DELETE`] for an
 /// `at_most_once` queue), before the schema and clock are filled in.
 pub(crate) fn lease_template(max_jobs: u32, at_most_once: bool) -> String {
-    let template = if at_most_once { LEASE_AND_DELETE } else { LEASE };
+    let template = if at_most_once { with_move_on(LEASE_AND_DELETE) } else { LEASE.to_owned() };
     template.replace("{limit}", &max_jobs.to_string())
 }
 
@@ -474,12 +542,27 @@ fn job_state(stored: i16) -> Result<JobState> {
         state::READY => JobState::Ready,
         state::LEASED => JobState::Leased,
         state::DEAD => JobState::Dead,
+        state::BLOCKED => JobState::Blocked,
         other => return Err(Error::Storage(format!("unknown stored job state {other}"))),
     })
 }
 
 fn to_u32(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
+}
+
+/// The `partition` of job `id`'s row: NULL outside a `per_key` queue, else below the queue's
+/// partition count (at most [`PARTITIONS_MAX`]).
+fn partition_of_row(id: i64, row: &PgRow) -> Result<Option<u32>> {
+    let stored: Option<i32> = row.try_get("partition").map_err(decode)?;
+    stored
+        .map(|p| {
+            u32::try_from(p)
+                .ok()
+                .filter(|p| *p < PARTITIONS_MAX)
+                .ok_or_else(|| Error::Storage(format!("job {id} has partition {p}, out of range")))
+        })
+        .transpose()
 }
 
 /// A job row read with [`JOB_COLUMNS`].
@@ -512,6 +595,8 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         payload: row.try_get("payload").map_err(decode)?,
         headers: headers_of(id, row.try_get("headers").map_err(decode)?)?,
         dedup_id: row.try_get("dedup_id").map_err(decode)?,
+        ordering_key: row.try_get("ordering_key").map_err(decode)?,
+        partition: partition_of_row(id, row)?,
         enqueued_at: Timestamp::from_millis(row.try_get("enqueued_at").map_err(decode)?),
         run_at: Timestamp::from_millis(row.try_get("run_at").map_err(decode)?),
         lease_expires_at: row
@@ -559,6 +644,11 @@ impl Batch {
                 "job {i}: the dedup id contains NUL, which PostgreSQL text cannot hold"
             )));
         }
+        if let Some(i) = jobs.iter().position(|j| j.ordering_key.as_deref().is_some_and(|k| k.contains('\0'))) {
+            return Err(Error::invalid(format!(
+                "job {i}: the ordering key contains NUL, which PostgreSQL text cannot hold"
+            )));
+        }
         let payloads = jobs.iter_mut().map(|j| std::mem::take(&mut j.payload)).collect();
         let headers = jobs
             .iter()
@@ -571,6 +661,15 @@ impl Batch {
             .collect::<Result<Vec<Option<String>>>>()?;
         Ok(Batch { jobs, payloads, headers })
     }
+}
+
+/// A queue an enqueue resolved: the "now" it was read at, its id, and its config, parsed and
+/// as the database prints it.
+struct ResolvedQueue {
+    now: i64,
+    id: i64,
+    config: QueueConfig,
+    config_text: String,
 }
 
 /// One look for jobs by a lease, and what a waiting lease needs to sleep until the next one.
@@ -610,10 +709,13 @@ impl PgStore {
             }
         }
         for _ in 0..QUEUE_RESOLVE_TRIES_MAX {
-            let Some((now, queue_id, config)) = self.resolve_queue(conn, queue, &batch.jobs).await? else { continue };
-            let Some((out, _)) = self.insert_batch(conn, &batch, Some(now), queue_id, &config, None).await? else {
-                continue;
-            };
+            let Some(resolved) = self.resolve_queue(conn, queue, &batch.jobs).await? else { continue };
+            let ResolvedQueue { now, id, config, config_text } = resolved;
+            // The config as resolved, checked by the insert itself: a queue whose ordering or
+            // partitions changed meanwhile (only while it was empty) gets nothing inserted under
+            // the old ones, and is resolved again.
+            let inserted = self.insert_batch(conn, &batch, Some(now), id, &config, Some(&config_text)).await?;
+            let Some((out, _)) = inserted else { continue };
             return Ok(self.enqueued(conn, queue, out, now).await);
         }
         Err(Error::Unavailable(format!(
@@ -640,7 +742,7 @@ impl PgStore {
         conn: &mut Conn<'_>,
         queue: &QueueName,
         jobs: &[NewJob],
-    ) -> Result<Option<(i64, i64, QueueConfig)>> {
+    ) -> Result<Option<ResolvedQueue>> {
         let lookup = self.hot_sql(HotStatement::QueueLookup);
         let now_param = self.now_param();
         let row = self
@@ -656,10 +758,11 @@ impl PgStore {
             // Not from inside a caller's transaction: its snapshot may be older than the queue's
             // config, or the queue may vanish with its rollback.
             if matches!(conn, Conn::Pool) {
-                self.know_queue(queue, Arc::new(KnownQueue { id, config_text, config: config.clone() }));
+                let known = KnownQueue { id, config_text: config_text.clone(), config: config.clone() };
+                self.know_queue(queue, Arc::new(known));
             }
             validate::enqueue_into(queue, &config, jobs)?;
-            return Ok(Some((now, id, config)));
+            return Ok(Some(ResolvedQueue { now, id, config, config_text }));
         }
         let config = QueueConfig::default();
         let text =
@@ -671,7 +774,12 @@ impl PgStore {
             })
             .await?;
         match created {
-            Some(row) => Ok(Some((now, row.try_get("id").map_err(decode)?, config))),
+            Some(row) => Ok(Some(ResolvedQueue {
+                now,
+                id: row.try_get("id").map_err(decode)?,
+                config,
+                config_text: row.try_get("config").map_err(decode)?,
+            })),
             None => Ok(None),
         }
     }
@@ -719,12 +827,30 @@ impl PgStore {
             .collect();
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
         let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
-        let sql = self.hot_sql(HotStatement::Enqueue { items: rows_of.len() });
+        // Key-less jobs of an unordered queue take the statement they always took (see `keys`).
+        let per_key = config.ordering == Ordering::PerKey;
+        let keyed = per_key || rows_of.iter().any(|&i| jobs[i].ordering_key.is_some());
+        let ordering_keys: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].ordering_key.as_deref()).collect();
+        // A keyed job's partition does not depend on its id (a key-less one's is the id's, which
+        // the statement computes once it has drawn the id).
+        let key_partitions: Vec<Option<i32>> = ordering_keys
+            .iter()
+            .map(|key| {
+                let key = key.filter(|_| per_key)?;
+                i32::try_from(partition_of(Some(key), JobId::new(0), config.partitions)).ok()
+            })
+            .collect();
+        let partitions = per_key.then(|| i32::try_from(config.partitions).unwrap_or(i32::MAX));
+        let sql = if keyed {
+            self.hot_sql(HotStatement::EnqueueKeyed { items: rows_of.len() })
+        } else {
+            self.hot_sql(HotStatement::Enqueue { items: rows_of.len() })
+        };
         let now_param = now.or_else(|| self.now_param());
         let window_ms = i64::try_from(window).unwrap_or(i64::MAX);
         let rows = self
             .fetch_all(conn, "enqueueing jobs", || {
-                sqlx::query(&sql)
+                let query = sqlx::query(&sql)
                     .bind(now_param)
                     .bind(&payloads)
                     .bind(&headers)
@@ -735,7 +861,12 @@ impl PgStore {
                     .bind(&claims)
                     .bind(queue_id)
                     .bind(window_ms)
-                    .bind(config_text)
+                    .bind(config_text);
+                if keyed {
+                    query.bind(&ordering_keys).bind(&key_partitions).bind(partitions)
+                } else {
+                    query
+                }
             })
             .await?;
         let Some(first) = rows.first() else { return Ok(None) };
@@ -898,7 +1029,7 @@ impl PgStore {
             self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
         };
         let rows = if at_most_once {
-            self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(q.id), fetch_all)).await?
+            self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(now).bind(q.id), fetch_all)).await?
         } else {
             let tokens = lease_tokens(options.max_jobs as usize);
             self.run("leasing jobs", || {
@@ -923,11 +1054,23 @@ impl PgStore {
                 payload: row.try_get("payload").map_err(decode)?,
                 headers: headers_of(id, row.try_get("headers").map_err(decode)?)?,
                 dedup_id: row.try_get("dedup_id").map_err(decode)?,
+                ordering_key: row.try_get("ordering_key").map_err(decode)?,
+                partition: partition_of_row(id, &row)?,
                 enqueued_at: Timestamp::from_millis(row.try_get("enqueued_at").map_err(decode)?),
                 run_at: Timestamp::from_millis(row.try_get("run_at").map_err(decode)?),
                 lease_expires_at: Timestamp::from_millis(expires_at),
             });
         }
+        // A queue's ordering and partitions change only while it is empty, so its jobs carry the
+        // partition its config gives them, and only a `per_key` queue's have one.
+        debug_assert!(
+            jobs.iter().all(|j| match q.config.ordering {
+                Ordering::PerKey =>
+                    j.partition == Some(partition_of(j.ordering_key.as_deref(), j.id, q.config.partitions)),
+                Ordering::None => j.partition.is_none(),
+            }),
+            "queue {queue} handed out a job with a partition its config does not give it"
+        );
         // RETURNING rows come in no particular order; hand them out in lease order.
         jobs.sort_unstable_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
         if !jobs.is_empty() {

@@ -8,6 +8,8 @@
 //!   redelivered or dead-lettered) before an operation looks at a queue.
 //! - `jobs`: enqueue, lease, ack, nack, extend, fail, release and reading one job.
 //! - `queues`: queue config, pause, delete, stats, and the dead letters of a queue.
+//! - `keys`: ordering per key: each key's head, and how enqueues and the statements that make a
+//!   head leave take turns on a key across servers (the pieces of SQL they share).
 //! - `idempotency`: the idempotency store, in the same schema.
 //! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
 //!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait
@@ -53,10 +55,12 @@
 //! transaction, and hold their locks until it ends. Leases claim rows with
 //! `FOR UPDATE SKIP LOCKED`; settles are fenced by the lease token in the statement's own
 //! `WHERE` (Invariant 3); dedup ids are claimed with `INSERT ... ON CONFLICT` on a unique key
-//! (Invariant 6). Due transitions are applied lazily, by the operation that next looks at the
-//! queue (see `due`). A statement PostgreSQL rolls back for a deadlock or a serialization
-//! failure is run again (on the pool; inside a caller's transaction the whole transaction was
-//! rolled back, and running it again is the caller's).
+//! (Invariant 6). In a `per_key` queue an enqueue of a key and the key moving on (its head
+//! acked, dead, purged) serialize on the key's row of `ordering_keys`, locked in key order (see
+//! `keys`); nothing of that runs for an unordered queue. Due transitions are applied lazily, by
+//! the operation that next looks at the queue (see `due`). A statement PostgreSQL rolls back
+//! for a deadlock or a serialization failure is run again (on the pool; inside a caller's
+//! transaction the whole transaction was rolled back, and running it again is the caller's).
 //!
 //! # Durability (Invariant 1)
 //!
@@ -80,15 +84,20 @@
 //! - **Locks.** Rows the call wrote stay locked until the caller's transaction ends: an acked
 //!   job's row (leases skip it), a claimed dedup id or idempotency key (an enqueue of the same
 //!   dedup id, or a `begin` of the same key, waits for the caller's outcome), and the name of a
-//!   queue the enqueue created (upsert queues ahead of time to avoid that wait). An enqueue
-//!   also holds its queue's wake lock shared (see `wait`, "Sleeping"): while the caller's
-//!   transaction is open, a lease of that queue that finds nothing and whose store is not yet
-//!   registered as sleeping on it does not sleep but looks again every few milliseconds,
-//!   backing off to a quarter of a second; and a transaction that enqueues into thousands of
-//!   queues holds one such lock per queue (mind `max_locks_per_transaction`). Keep such
-//!   transactions short.
+//!   queue the enqueue created (upsert queues ahead of time to avoid that wait). In a
+//!   `per_key` queue, an enqueue holds the rows of the ordering keys of its jobs, and an ack the
+//!   row of its job's key: enqueues of those keys, and their heads leaving, wait for the
+//!   caller's outcome. An enqueue also holds its queue's wake lock shared (see `wait`,
+//!   "Sleeping"): while the caller's transaction is open, a lease of that queue that finds
+//!   nothing and whose store is not yet registered as sleeping on it does not sleep but looks
+//!   again every few milliseconds, backing off to a quarter of a second; and a transaction that
+//!   enqueues into thousands of queues holds one such lock per queue (mind
+//!   `max_locks_per_transaction`). Keep such transactions short.
 //! - **Errors.** Statements run once: PostgreSQL aborts the caller's whole transaction on a
-//!   deadlock or a serialization failure. Roll back and run the transaction again.
+//!   deadlock or a serialization failure. Roll back and run the transaction again. Under
+//!   REPEATABLE READ or SERIALIZABLE, an ack of a key's head fails so when a job was enqueued
+//!   behind it after the transaction's snapshot (its snapshot could not see the job it must
+//!   hand the key to).
 //! - **Time.** Each statement reads the database's clock as it starts (see "Time").
 //! - **Metrics** count what the statements did; a transaction rolled back afterwards was still
 //!   counted.
@@ -123,6 +132,7 @@ mod due;
 mod error;
 mod idempotency;
 mod jobs;
+mod keys;
 mod queues;
 mod schema;
 mod sql;

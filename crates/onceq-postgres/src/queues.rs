@@ -14,6 +14,7 @@ use sqlx::{Connection, Row};
 
 use crate::due::{decode, QueueRow, Scope};
 use crate::jobs::{job_from_row, JOB_COLUMNS};
+use crate::keys::{with_move_on, CLAIM_KEYS};
 use crate::{parse_config, to_i64, PgStore};
 
 /// Tries at an upsert that keeps meeting a concurrent change of the same queue.
@@ -27,7 +28,7 @@ const UPSERT_TRIES_MAX: usize = 8;
 /// entry each — a few index probes, however many jobs are ready.
 const STATS: &str = r#"
 SELECT q.id, coalesce(c.scheduled, 0) AS scheduled, coalesce(c.ready, 0) AS ready,
-       coalesce(c.leased, 0) AS leased, coalesce(c.dead, 0) AS dead,
+       coalesce(c.leased, 0) AS leased, coalesce(c.dead, 0) AS dead, coalesce(c.blocked, 0) AS blocked,
        (WITH RECURSIVE heads AS (
             (SELECT j.priority, j.run_at FROM {s}.jobs j WHERE j.queue_id = q.id AND j.state = 1
              ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1)
@@ -41,7 +42,7 @@ SELECT q.id, coalesce(c.scheduled, 0) AS scheduled, coalesce(c.ready, 0) AS read
 FROM unnest($1::int8[]) AS q(id)
 LEFT JOIN LATERAL (
     SELECT sum(scheduled)::int8 AS scheduled, sum(ready)::int8 AS ready, sum(leased)::int8 AS leased,
-           sum(dead)::int8 AS dead
+           sum(dead)::int8 AS dead, sum(blocked)::int8 AS blocked
     FROM {s}.queue_counts WHERE queue_id = q.id
 ) c ON true
 "#;
@@ -51,6 +52,25 @@ const CONFIG_READ: &str = "SELECT config::text FROM {s}.queues WHERE name = $1";
 /// Replaces the config only if it is still the one the patch was applied to.
 const CONFIG_UPDATE: &str =
     "UPDATE {s}.queues SET config = $2::jsonb WHERE name = $1 AND config = $3::jsonb RETURNING id";
+
+/// Locks queue `$1`'s row against enqueues before its ordering changes (see
+/// [`PgStore::queue_reorder`]).
+const REORDER_LOCK: &str = "SELECT id, config::text FROM {s}.queues WHERE name = $1 FOR UPDATE";
+
+/// The jobs queue `$1` holds, in every state.
+const REORDER_COUNT: &str = "SELECT coalesce(sum(scheduled + ready + leased + dead + blocked), 0)::int8 \
+                             FROM {s}.queue_counts WHERE queue_id = $1";
+
+const REORDER_UPDATE: &str = "UPDATE {s}.queues SET config = $2::jsonb WHERE id = $1";
+
+/// What a change of a queue's ordering found.
+enum Reorder {
+    Done,
+    /// The config changed since it was read (or the queue is gone).
+    Changed,
+    /// The queue holds this many jobs.
+    Holds(i64),
+}
 
 /// Creates a queue, and wakes the leases waiting for it to exist (they wait unregistered, see
 /// `wait`, "Sleeping").
@@ -76,7 +96,8 @@ WITH gone AS (
         SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 0
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 1
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 2
-        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 3))
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 3
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 4))
     RETURNING j.id, j.error_count
 ),
 forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
@@ -84,34 +105,48 @@ dedup AS (DELETE FROM {s}.dedup WHERE queue_id = $1)
 SELECT count(*) FROM gone
 "#;
 
-/// After the jobs (whose delete trigger updates them): the queue's counters.
-const QUEUE_COUNTS_DELETE: &str = "DELETE FROM {s}.queue_counts WHERE queue_id = $1";
+/// After the jobs (whose delete trigger updates them): the queue's counters, and its ordering
+/// keys. In a statement of its own, so that it also sees a key a redrive that the jobs' delete
+/// waited for claimed.
+const QUEUE_COUNTS_DELETE: &str = "WITH keys AS (DELETE FROM {s}.ordering_keys WHERE queue_id = $1) \
+                                   DELETE FROM {s}.queue_counts WHERE queue_id = $1";
 
 const DEAD_PAGE: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id \
                          WHERE j.queue_id = $1 AND j.state = 3 AND j.id > $2 ORDER BY j.id LIMIT $3";
 
 /// Makes dead jobs ready again, oldest first: `$1` now, `$2` queue, `$3` the named ids (NULL:
-/// all), `$4` most jobs.
+/// all), `$4` most jobs. In a `per_key` queue they claim their keys first (see `keys`): a dead
+/// head gets its key back and is ready, and so is a job whose key has no head (the lowest id of
+/// the key among those redriven); the others wait blocked behind their key's head.
 const REDRIVE: &str = r#"
 WITH picked AS (
-    SELECT id FROM {s}.jobs
+    SELECT id, ordering_key, partition FROM {s}.jobs
     WHERE queue_id = $2 AND state = 3 AND ($3::int8[] IS NULL OR id = ANY($3::int8[]))
     ORDER BY id LIMIT $4
     FOR UPDATE
 ),
+heads AS ({claim_keys}),
 redriven AS (
-    UPDATE {s}.jobs j SET state = 1, attempt = 0, run_at = $1
-    FROM picked p WHERE j.id = p.id
+    UPDATE {s}.jobs j SET state = CASE WHEN h.head_id <> j.id THEN 4 ELSE 1 END, attempt = 0, run_at = $1
+    FROM picked p LEFT JOIN heads h ON p.partition IS NOT NULL AND h.ordering_key = p.ordering_key
+    WHERE j.id = p.id
     RETURNING j.queue_id, j.state, j.run_at
 ),
 {notify:redriven}
 SELECT count(*) AS redriven, (SELECT count(*) FROM notified) AS notified FROM redriven
 "#;
 
+/// Deletes the dead jobs of queue `$1`; a dead head among them (`dead_blocks_key`) hands its key
+/// on as of `$2`.
 const PURGE: &str = r#"
-WITH gone AS (DELETE FROM {s}.jobs WHERE queue_id = $1 AND state = 3 RETURNING id, error_count),
-forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0)
-SELECT count(*) FROM gone
+WITH t AS (SELECT $2::int8 AS now),
+gone AS (
+    DELETE FROM {s}.jobs WHERE queue_id = $1 AND state = 3
+    RETURNING id, queue_id, error_count, ordering_key, partition
+),
+forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
+{move_on:gone}
+SELECT count(*) AS purged, (SELECT promoted FROM moved_on) AS promoted FROM gone
 "#;
 
 /// A stored count as a count; a negative one means the counters are wrong, which is logged.
@@ -144,6 +179,7 @@ impl PgStore {
                 scheduled: count(&queue.name, "scheduled", get("scheduled")?),
                 leased: count(&queue.name, "leased", get("leased")?),
                 dead: count(&queue.name, "dead", get("dead")?),
+                blocked: count(&queue.name, "blocked", get("blocked")?),
                 oldest_ready_age_ms: oldest.map(|at| Timestamp::from_millis(now).ms_since(Timestamp::from_millis(at))),
             };
             infos.push(QueueInfo { name: queue.name, config: queue.config, paused: queue.paused, stats });
@@ -185,7 +221,14 @@ impl PgStore {
                 .await?;
             match current {
                 Some(text) => {
-                    let config = parse_config(queue.as_str(), &text)?.patched(&patch)?;
+                    let current = parse_config(queue.as_str(), &text)?;
+                    let config = current.patched(&patch)?;
+                    if current.reorders(&config) {
+                        match self.queue_reorder(queue, &text, &config).await? {
+                            Some(()) => return Ok(config),
+                            None => continue,
+                        }
+                    }
                     let new = encode(&config)?;
                     let update = self.sql(CONFIG_UPDATE);
                     let updated: Option<i64> = self
@@ -223,6 +266,45 @@ impl PgStore {
             // Someone changed, created or deleted the queue meanwhile: apply the patch again.
         }
         Err(Error::Conflict(format!("queue {queue} kept changing while its config was being updated; retry")))
+    }
+
+    /// Replaces the config `text` of `queue` with `config`, which changes its ordering or its
+    /// partition count: only while the queue holds no job (`Conflict` otherwise). `None`: the
+    /// config is no longer `text` (or the queue is gone); the caller patches again.
+    ///
+    /// The queue's row is locked `FOR UPDATE` first, which waits for the enqueues that hold it
+    /// (`FOR KEY SHARE`) to end and makes later ones wait; the jobs are counted after that, in a
+    /// statement of their own that sees those enqueues' jobs. An enqueue that waited finds the
+    /// config changed and resolves the queue again, so no job is ever stored under the ordering
+    /// or partitions its queue no longer has.
+    async fn queue_reorder(&self, queue: &QueueName, text: &str, config: &QueueConfig) -> Result<Option<()>> {
+        let new = serde_json::to_string(config).map_err(|e| Error::Storage(format!("encoding a queue config: {e}")))?;
+        let (lock, count, update) = (self.sql(REORDER_LOCK), self.sql(REORDER_COUNT), self.sql(REORDER_UPDATE));
+        let outcome = self
+            .run("changing a queue's ordering", || async {
+                let mut conn = self.pool_for_transaction().acquire().await?;
+                let mut tx = conn.begin().await?;
+                let locked: Option<(i64, String)> =
+                    sqlx::query_as(&lock).bind(queue.as_str()).fetch_optional(&mut *tx).await?;
+                let Some((id, _)) = locked.filter(|(_, current)| current == text) else {
+                    return Ok(Reorder::Changed);
+                };
+                let jobs: i64 = sqlx::query_scalar(&count).bind(id).fetch_one(&mut *tx).await?;
+                if jobs != 0 {
+                    return Ok(Reorder::Holds(jobs));
+                }
+                sqlx::query(&update).bind(id).bind(&new).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(Reorder::Done)
+            })
+            .await?;
+        match outcome {
+            Reorder::Done => Ok(Some(())),
+            Reorder::Changed => Ok(None),
+            Reorder::Holds(jobs) => Err(Error::Conflict(format!(
+                "queue {queue} holds {jobs} jobs; its ordering and partitions can change only while it is empty"
+            ))),
+        }
     }
 
     pub(crate) async fn queue_set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
@@ -285,7 +367,11 @@ impl PgStore {
         let ids: Option<Vec<i64>> =
             redrive.ids.map(|ids| ids.into_iter().filter_map(|id| i64::try_from(id.get()).ok()).collect());
         let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
-        let sql = self.sql(&crate::jobs::with_notify(REDRIVE, "redriven"));
+        let claim = CLAIM_KEYS
+            .replace("{queue}", "$2")
+            .replace("{claiming}", "picked")
+            .replace("{ordered}", "c.partition IS NOT NULL");
+        let sql = self.sql(&crate::jobs::with_notify(&REDRIVE.replace("{claim_keys}", claim.trim()), "redriven"));
         let redriven: i64 = self
             .run("redriving dead jobs", || {
                 pooled!(self, sqlx::query_scalar(&sql).bind(now).bind(row.id).bind(&ids).bind(limit), fetch_one)
@@ -297,10 +383,11 @@ impl PgStore {
     }
 
     pub(crate) async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
-        let (_, row) = self.queue_due(queue).await?;
-        let sql = self.sql(PURGE);
-        let purged: i64 =
-            self.run("purging dead jobs", || pooled!(self, sqlx::query_scalar(&sql).bind(row.id), fetch_one)).await?;
+        let (now, row) = self.queue_due(queue).await?;
+        let sql = self.sql(&with_move_on(PURGE));
+        let purged: i64 = self
+            .run("purging dead jobs", || pooled!(self, sqlx::query_scalar(&sql).bind(row.id).bind(now), fetch_one))
+            .await?;
         Ok(purged.unsigned_abs())
     }
 }

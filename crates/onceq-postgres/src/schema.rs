@@ -9,10 +9,15 @@
 //! # Tables
 //!
 //! - `queues`: name, config (JSON of `QueueConfig`), pause flag.
-//! - `jobs`: one row per job, `state` 0 scheduled, 1 ready, 2 leased, 3 dead. Times are bigint
-//!   milliseconds since the Unix epoch, all read from one clock (see the crate docs). One partial
-//!   index per state serves each access path: leasing (`jobs_ready`, in lease order), the oldest
-//!   ready job, scheduled jobs coming due, leases expiring, dead-letter pages.
+//! - `jobs`: one row per job, `state` 0 scheduled, 1 ready, 2 leased, 3 dead, 4 blocked. Times
+//!   are bigint milliseconds since the Unix epoch, all read from one clock (see the crate docs).
+//!   One partial index per state serves each access path: leasing (`jobs_ready`, in lease order),
+//!   the oldest ready job, scheduled jobs coming due, leases expiring, dead-letter pages, a key's
+//!   next blocked job (`jobs_blocked`). A job of a `per_key` queue has a `partition`; in any
+//!   queue it may have an `ordering_key`.
+//! - `ordering_keys`: in `per_key` queues, one row per key that has a head (the job holding the
+//!   key, `head_id`); the function `keys_move_on` hands a key on when its head leaves. See the
+//!   `keys` module for who writes it and how they take turns.
 //! - `job_errors`: the error of every failed attempt, numbered per job by `jobs.error_count`.
 //! - `dedup`: producer dedup ids, unique per (queue, dedup id), each alive until `expires_at`.
 //! - `queue_counts`: per-queue job counts by state, in 32 slots per queue (a session adds to the
@@ -34,6 +39,8 @@ pub(crate) mod state {
     pub const READY: i16 = 1;
     pub const LEASED: i16 = 2;
     pub const DEAD: i16 = 3;
+    /// Waiting behind an earlier job of its ordering key (see the `keys` module).
+    pub const BLOCKED: i16 = 4;
 }
 
 /// Counter slots per queue in `queue_counts`.
@@ -214,6 +221,147 @@ const MIGRATIONS: &[&str] = &[
     LANGUAGE sql VOLATILE AS $fn$
         SELECT pg_try_advisory_xact_lock(hashtext('onceq.wake {s}'), (queue % 2147483647)::int4)
     $fn$;
+    "#,
+    // v4: ordering per key (docs/semantics.md, "Ordering per key"; the `keys` module). Jobs gain
+    // their ordering key and partition, and a fifth state, blocked (4), kept in an index of its
+    // own so that no lease ever reads past a blocked job; `ordering_keys` holds each key's head;
+    // the counters count blocked jobs; `keys_move_on` hands a key on when its head leaves. The
+    // new columns have no default, so adding them rewrites nothing. The wider state check is
+    // added NOT VALID: every row passed the narrower one, so scanning them (under this
+    // migration's exclusive lock on the table) would prove nothing.
+    r#"
+    ALTER TABLE {s}.jobs ADD COLUMN ordering_key text, ADD COLUMN partition integer;
+    ALTER TABLE {s}.jobs DROP CONSTRAINT jobs_state_check;
+    ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_check CHECK (state BETWEEN 0 AND 4) NOT VALID;
+    CREATE INDEX jobs_blocked ON {s}.jobs (queue_id, ordering_key, id) WHERE state = 4;
+    CREATE TABLE {s}.ordering_keys (
+        queue_id     bigint NOT NULL,
+        ordering_key text NOT NULL,
+        head_id      bigint NOT NULL,
+        PRIMARY KEY (queue_id, ordering_key)
+    );
+    ALTER TABLE {s}.queue_counts ADD COLUMN blocked bigint NOT NULL DEFAULT 0;
+    CREATE OR REPLACE FUNCTION {s}.count_inserted_jobs() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        INSERT INTO {s}.queue_counts AS c (queue_id, slot, scheduled, ready, leased, dead, blocked)
+        SELECT queue_id, pg_backend_pid() % {slots},
+               count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1),
+               count(*) FILTER (WHERE state = 2), count(*) FILTER (WHERE state = 3),
+               count(*) FILTER (WHERE state = 4)
+        FROM inserted GROUP BY queue_id ORDER BY queue_id
+        ON CONFLICT (queue_id, slot) DO UPDATE SET
+            scheduled = c.scheduled + EXCLUDED.scheduled, ready = c.ready + EXCLUDED.ready,
+            leased = c.leased + EXCLUDED.leased, dead = c.dead + EXCLUDED.dead,
+            blocked = c.blocked + EXCLUDED.blocked;
+        RETURN NULL;
+    END $fn$;
+    CREATE OR REPLACE FUNCTION {s}.count_deleted_jobs() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        INSERT INTO {s}.queue_counts AS c (queue_id, slot, scheduled, ready, leased, dead, blocked)
+        SELECT queue_id, pg_backend_pid() % {slots},
+               -count(*) FILTER (WHERE state = 0), -count(*) FILTER (WHERE state = 1),
+               -count(*) FILTER (WHERE state = 2), -count(*) FILTER (WHERE state = 3),
+               -count(*) FILTER (WHERE state = 4)
+        FROM deleted GROUP BY queue_id ORDER BY queue_id
+        ON CONFLICT (queue_id, slot) DO UPDATE SET
+            scheduled = c.scheduled + EXCLUDED.scheduled, ready = c.ready + EXCLUDED.ready,
+            leased = c.leased + EXCLUDED.leased, dead = c.dead + EXCLUDED.dead,
+            blocked = c.blocked + EXCLUDED.blocked;
+        RETURN NULL;
+    END $fn$;
+    CREATE OR REPLACE FUNCTION {s}.count_updated_jobs() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        INSERT INTO {s}.queue_counts AS c (queue_id, slot, scheduled, ready, leased, dead, blocked)
+        SELECT queue_id, pg_backend_pid() % {slots}, sum(s0), sum(s1), sum(s2), sum(s3), sum(s4)
+        FROM (
+            SELECT queue_id, -(state = 0)::int AS s0, -(state = 1)::int AS s1, -(state = 2)::int AS s2,
+                   -(state = 3)::int AS s3, -(state = 4)::int AS s4
+            FROM before_update
+            UNION ALL
+            SELECT queue_id, (state = 0)::int, (state = 1)::int, (state = 2)::int, (state = 3)::int,
+                   (state = 4)::int
+            FROM after_update
+        ) moved
+        GROUP BY queue_id
+        HAVING sum(s0) <> 0 OR sum(s1) <> 0 OR sum(s2) <> 0 OR sum(s3) <> 0 OR sum(s4) <> 0
+        ORDER BY queue_id
+        ON CONFLICT (queue_id, slot) DO UPDATE SET
+            scheduled = c.scheduled + EXCLUDED.scheduled, ready = c.ready + EXCLUDED.ready,
+            leased = c.leased + EXCLUDED.leased, dead = c.dead + EXCLUDED.dead,
+            blocked = c.blocked + EXCLUDED.blocked;
+        RETURN NULL;
+    END $fn$;
+    -- The jobs `leaving_ids` (of queues `leaving_queue_ids`, keys `leaving_keys`) left the queue
+    -- or died: each that is still its key's head hands the key to the key's blocked job with the
+    -- lowest id (scheduled if its run_at is after `at_ms`, else ready from `at_ms`), or, with none
+    -- blocked, frees the key. Wakes the leases of `wake_channel` sleeping on the queues. Returns
+    -- how many jobs it promoted. Called by the statement that made the jobs leave (see the
+    -- `keys` module for why a function).
+    --
+    -- VOLATILE, for the snapshots: in READ COMMITTED each statement below reads the database as
+    -- of its own start, so the second one, which looks for blocked jobs, starts after the first
+    -- holds the key rows, and sees every blocked job of an enqueue that held one before it
+    -- (enqueues hold the key row until they commit). Under REPEATABLE READ or SERIALIZABLE the
+    -- lock of a key row an enqueue changed since the transaction's snapshot fails with a
+    -- serialization error instead. Key rows are locked in (queue, key) order, as enqueues and
+    -- redrives lock theirs, so that they cannot deadlock on each other.
+    CREATE FUNCTION {s}.keys_move_on(leaving_queue_ids int8[], leaving_keys text[], leaving_ids int8[], at_ms int8,
+                                     wake_channel text) RETURNS int8
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        promoted_count int8;
+        woken_count int8;
+    BEGIN
+        PERFORM 1 FROM {s}.ordering_keys k
+        JOIN unnest(leaving_queue_ids, leaving_keys) AS l(queue_id, ordering_key)
+          ON k.queue_id = l.queue_id AND k.ordering_key = l.ordering_key
+        ORDER BY k.queue_id, k.ordering_key COLLATE "C"
+        FOR UPDATE OF k;
+        WITH heads AS (
+            SELECT DISTINCT k.queue_id, k.ordering_key
+            FROM {s}.ordering_keys k
+            JOIN unnest(leaving_queue_ids, leaving_keys, leaving_ids) AS l(queue_id, ordering_key, id)
+              ON k.queue_id = l.queue_id AND k.ordering_key = l.ordering_key AND k.head_id = l.id
+        ),
+        next AS (
+            SELECT h.queue_id, h.ordering_key, b.id
+            FROM heads h LEFT JOIN LATERAL (
+                SELECT j.id FROM {s}.jobs j
+                WHERE j.queue_id = h.queue_id AND j.ordering_key = h.ordering_key AND j.state = 4
+                ORDER BY j.id LIMIT 1
+            ) b ON true
+        ),
+        promoted AS (
+            UPDATE {s}.jobs j
+            SET state = CASE WHEN j.run_at > at_ms THEN 0 ELSE 1 END, run_at = greatest(j.run_at, at_ms)
+            FROM next n
+            WHERE j.id = n.id AND j.state = 4
+            RETURNING j.queue_id, j.state, j.run_at
+        ),
+        handed_on AS (
+            UPDATE {s}.ordering_keys k SET head_id = n.id
+            FROM next n
+            WHERE n.id IS NOT NULL AND k.queue_id = n.queue_id AND k.ordering_key = n.ordering_key
+        ),
+        freed AS (
+            DELETE FROM {s}.ordering_keys k
+            USING next n
+            WHERE n.id IS NULL AND k.queue_id = n.queue_id AND k.ordering_key = n.ordering_key
+        ),
+        notes AS (
+            SELECT q.id, q.name, count(*) FILTER (WHERE p.state = 1) AS ready,
+                   min(p.run_at) FILTER (WHERE p.state = 0) AS next_at
+            FROM promoted p JOIN {s}.queues q ON q.id = p.queue_id
+            GROUP BY q.id, q.name
+        ),
+        woken AS (
+            SELECT {s}.wake(wake_channel, id, 'r ' || ready || ' ' || name) FROM notes WHERE ready > 0
+            UNION ALL
+            SELECT {s}.wake(wake_channel, id, 's ' || next_at || ' ' || name) FROM notes WHERE next_at IS NOT NULL
+        )
+        SELECT (SELECT count(*) FROM promoted), (SELECT count(*) FROM woken) INTO promoted_count, woken_count;
+        RETURN promoted_count;
+    END $fn$;
     "#,
 ];
 

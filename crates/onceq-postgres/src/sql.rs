@@ -41,10 +41,19 @@ pub enum HotStatement {
     /// `$4` priorities `int4[]`, `$5` run_at `int8[]`, NULL for "now", `$6` max_attempts
     /// `int4[]`, `$7` dedup ids `text[]`, `$8` whether each claims its dedup id `bool[]`), `$9`
     /// the queue's id, `$10` how long claimed dedup ids live (ms), `$11` the queue's config as
-    /// the lookup printed it (NULL after a lookup): with another config, or another queue under
-    /// that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
+    /// the store last read it (NULL: any config; the store always passes it): with another
+    /// config, or another queue under that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
     /// `notified` and `now` per job.
     Enqueue {
+        /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
+        items: usize,
+    },
+    /// The enqueue of a batch of `items` jobs into a `per_key` queue, or of jobs of which any
+    /// has an ordering key, in place of [`HotStatement::Enqueue`]: its parameters, then `$12`
+    /// the jobs' ordering keys (`text[]`, NULL for a job without one), `$13` each keyed job's
+    /// partition (`int4[]`, NULL in an unordered queue), `$14` the queue's partition count when
+    /// it is `per_key`, else NULL. Returns what [`HotStatement::Enqueue`] returns.
+    EnqueueKeyed {
         /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
         items: usize,
     },
@@ -73,6 +82,7 @@ impl HotStatement {
         let shared = ITEMS_EXACT_MAX + 1;
         match self {
             HotStatement::Enqueue { items } => HotStatement::Enqueue { items: items.min(shared) },
+            HotStatement::EnqueueKeyed { items } => HotStatement::EnqueueKeyed { items: items.min(shared) },
             HotStatement::Ack { items } => HotStatement::Ack { items: items.min(shared) },
             other => other,
         }

@@ -26,6 +26,7 @@ pub(crate) fn template(statement: HotStatement) -> String {
     match statement {
         HotStatement::QueueLookup => jobs::queue_lookup_template().to_owned(),
         HotStatement::Enqueue { items } => jobs::enqueue_template(items),
+        HotStatement::EnqueueKeyed { items } => jobs::enqueue_keyed_template(items),
         HotStatement::ApplyDue => due::apply_due_for(due::ONE_QUEUE),
         HotStatement::Lease { max_jobs } => jobs::lease_template(max_jobs, false),
         HotStatement::Ack { items } => jobs::ack_template(items),
@@ -44,15 +45,32 @@ mod tests {
             HotStatement::QueueLookup,
             HotStatement::Enqueue { items: 1 },
             HotStatement::Enqueue { items: 100 },
+            HotStatement::EnqueueKeyed { items: 1 },
+            HotStatement::EnqueueKeyed { items: 100 },
             HotStatement::ApplyDue,
             HotStatement::Lease { max_jobs: 7 },
             HotStatement::Ack { items: 3 },
         ] {
             let sql = hot_statement("s1", statement).unwrap();
             assert!(sql.contains("\"s1\"."), "{statement:?}: {sql}");
-            for placeholder in
-                ["{s}", "{now}", "{channel}", "{cap}", "{limit}", "{notify", "{verdict", "{queues}", "{batch}"]
-            {
+            for placeholder in [
+                "{s}",
+                "{now}",
+                "{channel}",
+                "{cap}",
+                "{limit}",
+                "{notify",
+                "{verdict",
+                "{queues}",
+                "{batch}",
+                "{move_on",
+                "{claim",
+                "{queue}",
+                "{claiming}",
+                "{ordered}",
+                "{leaving}",
+                "{dead}",
+            ] {
                 assert!(!sql.contains(placeholder), "{statement:?} left {placeholder}: {sql}");
             }
             assert!(sql.contains("$1"), "{statement:?}: {sql}");
@@ -66,6 +84,7 @@ mod tests {
         for (a, b) in [(11, 100), (12, 1000)] {
             for (x, y) in [
                 (HotStatement::Enqueue { items: a }, HotStatement::Enqueue { items: b }),
+                (HotStatement::EnqueueKeyed { items: a }, HotStatement::EnqueueKeyed { items: b }),
                 (HotStatement::Ack { items: a }, HotStatement::Ack { items: b }),
             ] {
                 assert_eq!(x.text_key(), y.text_key());

@@ -1,7 +1,8 @@
 //! Long polls: leases waiting for jobs, the notifications that wake them, and their timers.
 //!
 //! Every transaction that makes jobs ready (enqueue, nack or release without delay, redrive,
-//! resume, scheduled jobs coming due, leases expiring) sends `NOTIFY` on the schema's channel
+//! resume, scheduled jobs coming due, leases expiring, an ordering key moving on to its next
+//! job) sends `NOTIFY` on the schema's channel
 //! with `r <count> <queue>`, and one that schedules a job for later sends `s <run_at ms>
 //! <queue>` — the most frequent of them only while a lease of the queue sleeps (see
 //! "Sleeping").

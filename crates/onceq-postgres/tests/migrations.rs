@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -108,11 +108,12 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     let store = common::connect(common::options(&schema, None)).await;
     let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
     store.close().await;
-    // Back to version 2: what v3 added goes.
+    // Back to version 2: what v4 and v3 added goes.
     let mut admin = admin().await;
     let downgrade = format!(
-        "DROP TABLE \"{schema}\".sleepers; DROP FUNCTION \"{schema}\".wake; DROP FUNCTION \"{schema}\".may_sleep; \
-         DELETE FROM \"{schema}\".migrations WHERE version = 3;"
+        "{} DROP TABLE \"{schema}\".sleepers; DROP FUNCTION \"{schema}\".wake; \
+         DROP FUNCTION \"{schema}\".may_sleep; DELETE FROM \"{schema}\".migrations WHERE version = 3;",
+        undo_v4(&schema)
     );
     sqlx::raw_sql(&downgrade).execute(&mut admin).await.unwrap();
 
@@ -122,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -137,6 +138,61 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     let leased = waiting.await.unwrap();
     assert_eq!(leased.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "woken after {:?}", started.elapsed());
+    store.close().await;
+}
+
+/// SQL that takes a schema at version 4 back to version 3: what v4 (ordering per key) added goes.
+/// The counter functions keep v4's text, which the migration replaces anyway.
+fn undo_v4(schema: &str) -> String {
+    format!(
+        "DROP FUNCTION \"{schema}\".keys_move_on; DROP TABLE \"{schema}\".ordering_keys; \
+         DROP INDEX \"{schema}\".jobs_blocked; \
+         ALTER TABLE \"{schema}\".jobs DROP COLUMN ordering_key, DROP COLUMN partition, \
+             DROP CONSTRAINT jobs_state_check; \
+         ALTER TABLE \"{schema}\".jobs ADD CONSTRAINT jobs_state_check CHECK (state BETWEEN 0 AND 3); \
+         ALTER TABLE \"{schema}\".queue_counts DROP COLUMN blocked; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 4;"
+    )
+}
+
+/// A schema at version 3 (before ordering per key) is brought up to date in place: its jobs and
+/// their counts stay, they carry no key and no partition, and its queues can become `per_key`
+/// once empty.
+#[tokio::test]
+async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard::of(&schema);
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let kept = store.job_enqueue(&q, vec![NewJob::new("a"), NewJob::new("b")]).await.unwrap();
+    store.close().await;
+    let mut admin = admin().await;
+    sqlx::raw_sql(&undo_v4(&schema)).execute(&mut admin).await.unwrap();
+
+    let store = common::connect(common::options(&schema, None)).await;
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    let stats = store.queue_get(&q).await.unwrap().stats;
+    assert_eq!((stats.ready, stats.blocked), (2, 0));
+    let job = store.job_get(kept[0].id).await.unwrap();
+    assert_eq!((job.ordering_key, job.partition), (None, None));
+    let per_key = onceq_core::QueueConfigPatch { ordering: Some(onceq_core::Ordering::PerKey), ..Default::default() };
+    assert!(matches!(store.queue_upsert(&q, per_key.clone()).await, Err(Error::Conflict(_))));
+    for _ in 0..2 {
+        let leased = store.lease_one(&q).await.unwrap().unwrap();
+        store.ack(leased.lease()).await.unwrap();
+    }
+    store.queue_upsert(&q, per_key).await.unwrap();
+    let ids = store
+        .job_enqueue(&q, vec![NewJob::new("1").ordering_key("k"), NewJob::new("2").ordering_key("k")])
+        .await
+        .unwrap();
+    assert_eq!(store.job_get(ids[1].id).await.unwrap().state, onceq_core::JobState::Blocked);
+    assert_eq!(store.queue_get(&q).await.unwrap().stats.blocked, 1);
     store.close().await;
 }
 
