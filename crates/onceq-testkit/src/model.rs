@@ -936,8 +936,11 @@ impl ConfigChange {
     }
 }
 
-/// Jobs whose ordering key is drawn from [`MODEL_KEYS`] in `keyed` of 4 cases (none otherwise).
-fn job_spec(keyed: u32) -> impl Strategy<Value = JobSpec> {
+/// Generated jobs. For an unordered case one job in four has an ordering key; for an ordered
+/// case three in four do, and more run out of attempts at once (`max_attempts` 1), so that heads
+/// die, by nack too, while jobs wait behind them.
+fn job_spec(ordered: bool) -> impl Strategy<Value = JobSpec> {
+    let (keyed, last_attempt) = if ordered { (3, 3) } else { (1, 1) };
     let schedule = prop_oneof![
         4 => Just(SpecSchedule::Now),
         1 => Just(SpecSchedule::Delay(0)),
@@ -948,7 +951,7 @@ fn job_spec(keyed: u32) -> impl Strategy<Value = JobSpec> {
         any::<u16>(),
         prop_oneof![3 => Just(0), 1 => -2i32..=2],
         schedule,
-        prop_oneof![4 => Just(None), 1 => Just(Some(1)), 1 => (1u32..=4).prop_map(Some)],
+        prop_oneof![4 => Just(None), last_attempt => Just(Some(1)), 1 => (1u32..=4).prop_map(Some)],
         prop_oneof![2 => Just(None), 1 => (0u8..4).prop_map(Some)],
         prop_oneof![4 - keyed => Just(None), keyed => (0u8..3).prop_map(Some)],
     )
@@ -993,8 +996,10 @@ fn advance_ms() -> impl Strategy<Value = u64> {
     ]
 }
 
-/// The ops of every case, by weight, with enqueued jobs drawn from `jobs`.
-fn weighted_ops(jobs: impl Strategy<Value = JobSpec> + 'static) -> Vec<(u32, BoxedStrategy<Op>)> {
+/// The ops of every case, by weight. Ordered cases ack and purge more, so that keys move on.
+fn weighted_ops(ordered: bool) -> Vec<(u32, BoxedStrategy<Op>)> {
+    let jobs = job_spec(ordered);
+    let (ack, purge) = if ordered { (5, 2) } else { (3, 1) };
     let error = || prop_oneof![Just(None), (0u8..3).prop_map(|n| Some(format!("boom {n}")))];
     vec![
         (4, prop::collection::vec(jobs, 1..=3).prop_map(Op::Enqueue).boxed()),
@@ -1004,7 +1009,7 @@ fn weighted_ops(jobs: impl Strategy<Value = JobSpec> + 'static) -> Vec<(u32, Box
                 .prop_map(|(max_jobs, visibility_timeout_ms)| Op::Lease { max_jobs, visibility_timeout_ms })
                 .boxed(),
         ),
-        (3, batch(target()).prop_map(Op::Ack).boxed()),
+        (ack, batch(target()).prop_map(Op::Ack).boxed()),
         (
             4,
             batch((
@@ -1033,7 +1038,7 @@ fn weighted_ops(jobs: impl Strategy<Value = JobSpec> + 'static) -> Vec<(u32, Box
                 .prop_map(|(ids, limit)| Op::Redrive { ids, limit })
                 .boxed(),
         ),
-        (1, Just(Op::Purge).boxed()),
+        (purge, Just(Op::Purge).boxed()),
         (2, (prop::option::of(job_pick()), 1u32..=3).prop_map(|(after, limit)| Op::DeadList { after, limit }).boxed()),
         (1, prop_oneof![Just(Op::Pause), Just(Op::Resume)].boxed()),
         (1, Just(Op::DeleteQueue).boxed()),
@@ -1043,7 +1048,7 @@ fn weighted_ops(jobs: impl Strategy<Value = JobSpec> + 'static) -> Vec<(u32, Box
 /// One op of an unordered case. One job in four carries an ordering key, which the queue keeps
 /// and shows and which orders nothing.
 pub fn op() -> impl Strategy<Value = Op> {
-    proptest::strategy::Union::new_weighted(weighted_ops(job_spec(1)))
+    proptest::strategy::Union::new_weighted(weighted_ops(false))
 }
 
 /// Sequences of 1 to 59 ops on a queue with [`model_config`].
@@ -1055,7 +1060,7 @@ pub fn ops() -> impl Strategy<Value = Vec<Op>> {
 /// queue's config changes now and then (`dead_blocks_key` mostly; the ordering and the partition
 /// count, refused unless the queue is empty).
 pub fn ordered_op() -> impl Strategy<Value = Op> {
-    let mut weighted = weighted_ops(job_spec(3));
+    let mut weighted = weighted_ops(true);
     let change = prop_oneof![
         4 => any::<bool>().prop_map(ConfigChange::DeadBlocksKey),
         1 => prop::sample::select(vec![1u32, 3, 4]).prop_map(ConfigChange::Partitions),
@@ -2266,5 +2271,209 @@ mod tests {
         assert_eq!(model.enqueue(std::slice::from_ref(&new)), vec![(0, true)]);
         model.advance(1);
         assert_eq!(model.enqueue(&[new]), vec![(1, false)]);
+    }
+
+    /// A keyed job of the ordered unit tests.
+    fn keyed(tag: u16, key: u8, schedule: SpecSchedule) -> JobSpec {
+        JobSpec { tag, priority: 0, schedule, max_attempts: None, dedup: None, key: Some(key) }
+    }
+
+    fn states(model: &Model, ids: &[ModelId]) -> Vec<Option<JobState>> {
+        ids.iter().map(|&id| model.job(id).map(|j| j.state)).collect()
+    }
+
+    fn enqueue(model: &mut Model, specs: &[JobSpec]) -> Vec<ModelId> {
+        let now = model.now();
+        let batch: Vec<ModelNewJob> = specs.iter().map(|s| s.to_model(now)).collect();
+        model
+            .enqueue(&batch)
+            .into_iter()
+            .map(|(id, duplicate)| {
+                assert!(!duplicate);
+                id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keyed_jobs_wait_blocked_behind_their_head() {
+        use JobState::{Blocked, Ready, Scheduled};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let free = JobSpec { key: None, ..keyed(9, 0, SpecSchedule::Now) };
+        let ids = enqueue(
+            &mut model,
+            &[
+                keyed(0, 0, SpecSchedule::Delay(500)),
+                keyed(1, 0, SpecSchedule::Now),
+                free,
+                keyed(2, 1, SpecSchedule::Now),
+            ],
+        );
+        assert_eq!(states(&model, &ids), vec![Some(Scheduled), Some(Blocked), Some(Ready), Some(Ready)]);
+        assert_eq!(
+            model.stats(),
+            QueueStats { ready: 2, scheduled: 1, blocked: 1, oldest_ready_age_ms: Some(0), ..QueueStats::default() }
+        );
+        // A blocked job keeps its own run_at, and a later job of its key queues behind it too.
+        assert_eq!(model.job(1).and_then(|j| j.run_at), Some(start));
+        let more = enqueue(&mut model, &[JobSpec { priority: 2, ..keyed(3, 0, SpecSchedule::Now) }]);
+        assert_eq!(states(&model, &more), vec![Some(Blocked)]);
+        // Priority and run_at let no later job of a key pass its head; key-less jobs and other
+        // keys' heads lease as usual.
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![2, 3]);
+        model.advance(500);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+        assert!(model.lease(10, None).is_empty());
+        // The partition of a keyed job is FNV-1a-32 of its key modulo the count; the model leaves
+        // a key-less job's to whoever knows its store id.
+        let head = model.job(0).unwrap();
+        assert_eq!((head.ordering_key.as_deref(), head.partition), (Some("k0"), Some(fnv1a32(b"k0") % 4)));
+        assert_eq!(model.job(2).unwrap().partition, None);
+        assert_eq!(model.partition(None, JobId::new(7)), Some(3));
+        assert_eq!(Model::new(start).partition(Some("k0"), JobId::new(7)), None);
+    }
+
+    #[test]
+    fn in_an_unordered_queue_keys_are_kept_and_order_nothing() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        let ids = enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now)]);
+        let leased = model.lease(10, None);
+        assert_eq!(
+            leased.iter().map(|l| (l.id, l.ordering_key.as_deref(), l.partition)).collect::<Vec<_>>(),
+            vec![(ids[0], Some("k0"), None), (ids[1], Some("k0"), None)]
+        );
+    }
+
+    #[test]
+    fn acking_the_head_promotes_the_next_job_of_its_key() {
+        use JobState::{Blocked, Ready, Scheduled};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(
+            &mut model,
+            &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now), keyed(2, 0, SpecSchedule::Delay(5_000))],
+        );
+        assert_eq!(model.lease(10, None).len(), 1);
+        model.advance(300);
+        assert_eq!(model.ack(&[(0, Some(0))]), vec![Ok(())]);
+        // Its run_at is long past: ready as of now, not as of its enqueue.
+        let next = model.job(1).unwrap();
+        assert_eq!((next.state, next.run_at), (Ready, Some(start.plus_ms(300))));
+        assert_eq!(model.stats().oldest_ready_age_ms, Some(0));
+        assert_eq!(states(&model, &ids), vec![None, Some(Ready), Some(Blocked)]);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(model.ack(&[(1, Some(1))]), vec![Ok(())]);
+        // Its own run_at is still ahead: scheduled, with it.
+        let last = model.job(2).unwrap();
+        assert_eq!((last.state, last.run_at), (Scheduled, Some(start.plus_ms(5_000))));
+    }
+
+    #[test]
+    fn a_nacked_released_or_expired_head_keeps_blocking_its_key() {
+        use JobState::{Blocked, Ready, Scheduled};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now)]);
+        assert_eq!(model.lease(10, None).len(), 1);
+        let nack = ModelNack { id: 0, token: Some(0), delay_ms: Some(100), error: None };
+        assert_eq!(model.nack(&[nack]), vec![Ok(NackOutcome::Retrying { run_at: start.plus_ms(100) })]);
+        assert_eq!(states(&model, &ids), vec![Some(Scheduled), Some(Blocked)]);
+        assert!(model.lease(10, None).is_empty());
+        model.advance(100);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(model.release(&[(0, Some(1), None)]), vec![Ok(())]);
+        assert_eq!(states(&model, &ids), vec![Some(Ready), Some(Blocked)]);
+        assert_eq!(model.lease(10, Some(300)).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+        model.advance(300);
+        assert_eq!(states(&model, &ids), vec![Some(Ready), Some(Blocked)]);
+        assert_eq!(model.job(0).map(|j| (j.attempt, j.errors.len())), Some((2, 2)));
+    }
+
+    #[test]
+    fn a_dead_head_moves_its_key_on_unless_dead_blocks_key() {
+        use JobState::{Blocked, Dead, Ready};
+        let start = Timestamp::from_millis(1_000_000);
+        for dead_blocks_key in [false, true] {
+            let mut model = Model::with_config(start, ordered_config(4, dead_blocks_key));
+            let last_try = JobSpec { max_attempts: Some(1), ..keyed(0, 0, SpecSchedule::Now) };
+            let ids = enqueue(&mut model, &[last_try, keyed(1, 0, SpecSchedule::Now), keyed(2, 0, SpecSchedule::Now)]);
+            assert_eq!(model.lease(10, None).len(), 1);
+            let nack = ModelNack { id: 0, token: Some(0), delay_ms: None, error: None };
+            assert_eq!(model.nack(&[nack]), vec![Ok(NackOutcome::Dead)]);
+            if !dead_blocks_key {
+                assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Ready), Some(Blocked)]);
+                assert_eq!(
+                    model.stats(),
+                    QueueStats { ready: 1, dead: 1, blocked: 1, oldest_ready_age_ms: Some(0), ..QueueStats::default() }
+                );
+                continue;
+            }
+            assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Blocked), Some(Blocked)]);
+            assert!(model.lease(10, None).is_empty());
+            // Clearing the flag frees nothing: it applies to heads that die from then on.
+            let clear = ConfigChange::DeadBlocksKey(false).patch();
+            assert_eq!(model.configure(&clear).map(|c| c.dead_blocks_key), Ok(false));
+            assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Blocked), Some(Blocked)]);
+            // Redriven, the dead head runs again first, still the head.
+            assert_eq!(model.redrive(None, None), 1);
+            assert_eq!(states(&model, &ids), vec![Some(Ready), Some(Blocked), Some(Blocked)]);
+            let set = ConfigChange::DeadBlocksKey(true).patch();
+            assert_eq!(model.configure(&set).map(|c| c.dead_blocks_key), Ok(true));
+            assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+            assert_eq!(model.fail(&[(0, Some(1), "poison".into())]), vec![Ok(())]);
+            assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Blocked), Some(Blocked)]);
+            // Purged, it lets the key move on; the key's lowest blocked id goes first.
+            assert_eq!(model.purge(), 1);
+            assert_eq!(states(&model, &ids), vec![None, Some(Ready), Some(Blocked)]);
+        }
+    }
+
+    #[test]
+    fn a_redriven_job_that_is_not_the_head_rejoins_its_key() {
+        use JobState::{Blocked, Dead, Leased, Ready};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(
+            &mut model,
+            &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now), keyed(2, 0, SpecSchedule::Now)],
+        );
+        assert_eq!(model.lease(10, None).len(), 1);
+        assert_eq!(model.fail(&[(0, Some(0), "first try".into())]), vec![Ok(())]);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![1]);
+        model.advance(100);
+        assert_eq!(model.redrive(None, None), 1);
+        assert_eq!(states(&model, &ids), vec![Some(Blocked), Some(Leased), Some(Blocked)]);
+        let redriven = model.job(0).unwrap();
+        assert_eq!((redriven.attempt, redriven.run_at, redriven.errors.len()), (0, Some(start.plus_ms(100)), 1));
+        // It has the lowest id behind the head, so it runs next.
+        assert_eq!(model.ack(&[(1, Some(1))]), vec![Ok(())]);
+        assert_eq!(states(&model, &ids), vec![Some(Ready), None, Some(Blocked)]);
+
+        // A key with no head takes a redriven job as its head at once.
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(&mut model, &[keyed(0, 1, SpecSchedule::Now)]);
+        assert_eq!(model.lease(10, None).len(), 1);
+        assert_eq!(model.fail(&[(0, Some(0), "no".into())]), vec![Ok(())]);
+        assert_eq!(states(&model, &ids), vec![Some(Dead)]);
+        assert_eq!(model.redrive(Some(&[0]), None), 1);
+        assert_eq!(states(&model, &ids), vec![Some(Ready)]);
+    }
+
+    #[test]
+    fn ordering_and_partitions_change_only_while_the_queue_is_empty() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now)]);
+        let before = model.config().clone();
+        for change in [ConfigChange::Partitions(3), ConfigChange::Ordering(Ordering::None)] {
+            assert!(matches!(model.configure(&change.patch()), Err(Error::Conflict(_))), "{change:?}");
+        }
+        assert_eq!(model.configure(&ConfigChange::Partitions(4).patch()), Ok(before.clone()));
+        assert!(matches!(model.configure(&ConfigChange::Partitions(0).patch()), Err(Error::InvalidRequest(_))));
+        assert_eq!(*model.config(), before);
+        model.delete_and_recreate(before.clone());
+        assert_eq!(model.configure(&ConfigChange::Partitions(3).patch()).map(|c| c.partitions), Ok(3));
     }
 }
