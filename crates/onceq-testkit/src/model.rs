@@ -6,22 +6,27 @@
 //! - [`Model`]: the reference model. It follows `docs/semantics.md` line by line, with no
 //!   indexes, no batching tricks and no concurrency, so that it is obviously right. Its job ids
 //!   are its own ([`ModelId`], assigned in enqueue order); its lease tokens are the index of the
-//!   lease among all leases ever handed out.
-//! - [`Op`] and [`ops`]: the operations a state-machine test applies, and a proptest strategy
-//!   producing sequences of them (stale tokens, forged tokens, unknown ids and clock advances of
-//!   every relevant size included).
-//! - [`check_against`]: applies ops to the model and to a real store side by side, maps ids and
-//!   tokens between them, and compares every outcome and every observation after each op.
+//!   lease among all leases ever handed out. It models an unordered queue ([`model_config`]) or a
+//!   `per_key` one ([`ordered_config`]): heads, blocked jobs, keys moving on, `dead_blocks_key`.
+//! - [`Op`], [`ops`] and [`ordered_case`]: the operations a state-machine test applies, and
+//!   proptest strategies producing sequences of them (stale tokens, forged tokens, unknown ids and
+//!   clock advances of every relevant size included). Ordered cases draw ordering keys from three
+//!   values so that keys block, move on and die often, and change the queue's config mid-run.
+//! - [`check_against`] and [`check_against_config`]: apply ops to the model and to a real store
+//!   side by side, map ids and tokens between them, and compare every outcome and every
+//!   observation after each op.
 //!
-//! The queue config is fixed ([`model_config`]): no jitter, so backoff delays are exact.
+//! The queue config is fixed per case ([`model_config`], or [`ordered_config`] for ordered
+//! cases): no jitter, so backoff delays are exact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use onceq_core::ordering::{fnv1a32, partition_of};
 use onceq_core::Clock;
 use onceq_core::{
     AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, Jitter, Job, JobId,
-    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, QueueConfig,
-    QueueConfigPatch, QueueName, QueueStats, Redrive, Release, Schedule, Store, Timestamp,
+    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, Ordering,
+    QueueConfig, QueueConfigPatch, QueueName, QueueStats, Redrive, Release, Schedule, Store, Timestamp,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -47,6 +52,15 @@ pub fn model_config() -> QueueConfig {
     }
 }
 
+/// [`model_config`] made `per_key` with `partitions` partitions (small, so that keys share them)
+/// and `dead_blocks_key`.
+pub fn ordered_config(partitions: u32, dead_blocks_key: bool) -> QueueConfig {
+    QueueConfig { ordering: Ordering::PerKey, partitions, dead_blocks_key, ..model_config() }
+}
+
+/// The ordering keys ordered cases draw from: few, so that most keys have a head and a queue.
+pub const MODEL_KEYS: [&str; 3] = ["k0", "k1", "k2"];
+
 /// A job id in the model: the job's position in enqueue order (0-based), counting created jobs
 /// only. The store's ids are strictly increasing, so model id order is real id order.
 pub type ModelId = u64;
@@ -65,8 +79,15 @@ pub type ItemOutcome<T> = std::result::Result<T, Rejection>;
 
 /// Where a model job is in its lifecycle. Ready and scheduled are one phase: which of the two a
 /// waiting job is follows from its `run_at` and the model's time.
+///
+/// In a `per_key` queue a keyed job that is waiting, leased, or dead holding its key is its
+/// key's **head**; there is at most one per key, and a key has blocked jobs only while it has a
+/// head (Invariant 9, checked by [`Model::check_keys`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Behind its key's head, in a `per_key` queue; its `run_at` is its own (it is judged when
+    /// the job becomes the head).
+    Blocked,
     /// Ready or scheduled, by `run_at`.
     Waiting,
     /// Under a live lease (the model expires leases as soon as its time reaches their expiry).
@@ -76,8 +97,9 @@ enum Phase {
         /// The lease is live while `now < expires_at`.
         expires_at: Timestamp,
     },
-    /// Dead-lettered.
-    Dead,
+    /// Dead-lettered. `holds_key`: it died as its key's head in a queue with `dead_blocks_key`,
+    /// so it stays the head until it is redriven or purged (whatever the flag says later).
+    Dead { holds_key: bool },
 }
 
 /// One job of the model.
@@ -90,6 +112,7 @@ struct ModelJob {
     payload: Vec<u8>,
     headers: Headers,
     dedup_id: Option<String>,
+    ordering_key: Option<String>,
     enqueued_at: Timestamp,
     run_at: Timestamp,
     errors: Vec<AttemptError>,
@@ -114,10 +137,16 @@ pub struct JobView {
     pub headers: Headers,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key.
+    pub ordering_key: Option<String>,
+    /// Partition, in a `per_key` queue. A key-less job's partition is the store's id modulo the
+    /// count, which the model cannot know: [`Model`] leaves it `None` and the harness, which
+    /// knows the store's ids, fills it in ([`Model::partition`]).
+    pub partition: Option<u32>,
     /// When it was enqueued.
     pub enqueued_at: Timestamp,
-    /// When it became or becomes ready; `None` for a dead job, whose `run_at` the semantics
-    /// leave open.
+    /// When it became or becomes ready (a blocked job's own, judged when it becomes the head);
+    /// `None` for a dead job, whose `run_at` the semantics leave open.
     pub run_at: Option<Timestamp>,
     /// When its lease expires, while leased.
     pub lease_expires_at: Option<Timestamp>,
@@ -137,6 +166,8 @@ impl JobView {
             payload: String::from_utf8_lossy(&job.payload).into_owned(),
             headers: job.headers.clone(),
             dedup_id: job.dedup_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            partition: job.partition,
             enqueued_at: job.enqueued_at,
             run_at: (job.state != JobState::Dead).then_some(job.run_at),
             lease_expires_at: job.lease_expires_at,
@@ -162,6 +193,10 @@ pub struct LeasedView {
     pub headers: Headers,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key.
+    pub ordering_key: Option<String>,
+    /// Partition, in a `per_key` queue (for a key-less job, filled in as in [`JobView`]).
+    pub partition: Option<u32>,
     /// When it was enqueued.
     pub enqueued_at: Timestamp,
     /// When it became ready.
@@ -181,6 +216,8 @@ impl LeasedView {
             payload: String::from_utf8_lossy(&job.payload).into_owned(),
             headers: job.headers.clone(),
             dedup_id: job.dedup_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            partition: job.partition,
             enqueued_at: job.enqueued_at,
             run_at: job.run_at,
             lease_expires_at: job.lease_expires_at,
@@ -203,6 +240,8 @@ pub struct ModelNewJob {
     pub max_attempts: Option<u32>,
     /// Producer dedup id.
     pub dedup_id: Option<String>,
+    /// Ordering key.
+    pub ordering_key: Option<String>,
 }
 
 impl ModelNewJob {
@@ -215,7 +254,7 @@ impl ModelNewJob {
             schedule: self.schedule,
             max_attempts: self.max_attempts,
             dedup_id: self.dedup_id.clone(),
-            ordering_key: None,
+            ordering_key: self.ordering_key.clone(),
         }
     }
 }
@@ -233,7 +272,7 @@ pub struct ModelNack {
     pub error: Option<String>,
 }
 
-/// The reference model of one at-least-once queue (docs/semantics.md).
+/// The reference model of one at-least-once queue (docs/semantics.md), unordered or `per_key`.
 #[derive(Debug, Clone)]
 pub struct Model {
     /// The model's clock.
@@ -253,9 +292,14 @@ pub struct Model {
 impl Model {
     /// An empty queue with [`model_config`], its clock standing at `now`.
     pub fn new(now: Timestamp) -> Self {
+        Model::with_config(now, model_config())
+    }
+
+    /// An empty queue with `config`, its clock standing at `now`.
+    pub fn with_config(now: Timestamp, config: QueueConfig) -> Self {
         Model {
             now,
-            config: model_config(),
+            config,
             paused: false,
             next_id: 0,
             jobs: BTreeMap::new(),
@@ -289,28 +333,121 @@ impl Model {
         &self.leases
     }
 
+    /// The partition of a job with this key and this store id: none in an unordered queue, else
+    /// `partition_of` (the store's id matters only to a key-less job).
+    pub fn partition(&self, key: Option<&str>, store_id: JobId) -> Option<u32> {
+        (self.config.ordering == Ordering::PerKey).then(|| partition_of(key, store_id, self.config.partitions))
+    }
+
+    /// A keyed job's partition in a `per_key` queue: FNV-1a-32 of the key's bytes modulo the
+    /// count. `None` otherwise: a key-less job's partition is the store's id modulo the count,
+    /// which only the caller knows ([`JobView::partition`]).
+    fn key_partition(&self, job: &ModelJob) -> Option<u32> {
+        let key = self.key_of(job)?;
+        Some(fnv1a32(key.as_bytes()) % self.config.partitions)
+    }
+
+    /// The key `job` waits on: its ordering key in a `per_key` queue; none otherwise.
+    fn key_of<'a>(&self, job: &'a ModelJob) -> Option<&'a str> {
+        match self.config.ordering {
+            Ordering::PerKey => job.ordering_key.as_deref(),
+            Ordering::None => None,
+        }
+    }
+
+    /// Whether `key` has a head: a job of the key that is waiting, leased, or dead holding it.
+    fn has_head(&self, key: &str) -> bool {
+        self.jobs.values().any(|job| {
+            self.key_of(job) == Some(key)
+                && matches!(job.phase, Phase::Waiting | Phase::Leased { .. } | Phase::Dead { holds_key: true })
+        })
+    }
+
+    /// How a job dies now: holding its key when it is a head of a `per_key` queue with
+    /// `dead_blocks_key` (every keyed job that can die, being leased, is its key's head).
+    fn dead_phase(&self, job: &ModelJob) -> Phase {
+        Phase::Dead { holds_key: self.key_of(job).is_some() && self.config.dead_blocks_key }
+    }
+
+    /// Moves on every key that has blocked jobs and no head (its head left the queue or died
+    /// without holding it): the key's blocked job with the lowest id becomes the head, scheduled
+    /// if its own `run_at` is still ahead, else ready with `run_at = now`.
+    fn move_keys_on(&mut self) {
+        let now = self.now;
+        let keys: BTreeSet<String> = self
+            .jobs
+            .values()
+            .filter(|job| job.phase == Phase::Blocked)
+            .filter_map(|job| self.key_of(job).map(str::to_owned))
+            .collect();
+        for key in keys {
+            if self.has_head(&key) {
+                continue;
+            }
+            let lowest = self
+                .jobs
+                .iter()
+                .find(|(_, job)| job.phase == Phase::Blocked && self.key_of(job) == Some(key.as_str()))
+                .map(|(&id, _)| id);
+            if let Some(job) = lowest.and_then(|id| self.jobs.get_mut(&id)) {
+                job.phase = Phase::Waiting;
+                job.run_at = job.run_at.max(now);
+            }
+        }
+        self.check_keys();
+    }
+
+    /// Invariant 9 as the model holds it: at most one head per key; blocked jobs only behind a
+    /// head, only with a key, only in a `per_key` queue.
+    fn check_keys(&self) {
+        let mut heads: BTreeMap<&str, u32> = BTreeMap::new();
+        for job in self.jobs.values() {
+            let Some(key) = self.key_of(job) else {
+                assert!(job.phase != Phase::Blocked, "model bug: a blocked job without a key in a per_key queue");
+                continue;
+            };
+            if matches!(job.phase, Phase::Waiting | Phase::Leased { .. } | Phase::Dead { holds_key: true }) {
+                *heads.entry(key).or_default() += 1;
+            }
+        }
+        for job in self.jobs.values() {
+            if let Some(key) = self.key_of(job) {
+                let count = heads.get(key).copied().unwrap_or(0);
+                assert!(count <= 1, "model bug: key {key} has {count} heads");
+                assert!(job.phase != Phase::Blocked || count == 1, "model bug: key {key} has blocked jobs and no head");
+            }
+        }
+    }
+
     /// Moves the clock forward by `ms` and applies every transition that became due: expired
     /// leases record "lease expired" at their expiry, then go dead or ready (with `run_at` =
-    /// the expiry). Scheduled jobs need nothing: readiness follows from `run_at`.
+    /// the expiry); keys whose head died move on as of the new time. Scheduled jobs need
+    /// nothing: readiness follows from `run_at`.
     pub fn advance(&mut self, ms: u64) {
         self.now = self.now.plus_ms(ms);
         let now = self.now;
-        for job in self.jobs.values_mut() {
+        let ids: Vec<ModelId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            let Some(job) = self.jobs.get(&id) else { continue };
             let Phase::Leased { expires_at, .. } = job.phase else { continue };
             if now < expires_at {
                 continue;
             }
+            let dead = self.dead_phase(job);
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
             job.errors.push(AttemptError { attempt: job.attempt, error: EXPIRY_ERROR.into(), at: expires_at });
             if job.attempt >= job.max_attempts {
-                job.phase = Phase::Dead;
+                job.phase = dead;
             } else {
                 job.phase = Phase::Waiting;
                 job.run_at = expires_at;
             }
         }
+        self.move_keys_on();
     }
 
-    /// Enqueues a batch; returns `(id, duplicate)` per job, in request order.
+    /// Enqueues a batch; returns `(id, duplicate)` per job, in request order. In a `per_key`
+    /// queue a keyed job whose key has a head (perhaps an earlier job of this batch) is blocked.
     pub fn enqueue(&mut self, batch: &[ModelNewJob]) -> Vec<(ModelId, bool)> {
         let now = self.now;
         let mut out = Vec::with_capacity(batch.len());
@@ -333,16 +470,19 @@ impl Model {
                 Schedule::Delay { delay_ms } => now.plus_ms(delay_ms),
                 Schedule::At(at) => at.max(now),
             };
+            let blocked = self.config.ordering == Ordering::PerKey
+                && new.ordering_key.as_deref().is_some_and(|key| self.has_head(key));
             self.jobs.insert(
                 id,
                 ModelJob {
-                    phase: Phase::Waiting,
+                    phase: if blocked { Phase::Blocked } else { Phase::Waiting },
                     attempt: 0,
                     max_attempts: new.max_attempts.unwrap_or(self.config.max_attempts),
                     priority: new.priority,
                     payload: new.payload.clone(),
                     headers: new.headers.clone(),
                     dedup_id: new.dedup_id.clone(),
+                    ordering_key: new.ordering_key.clone(),
                     enqueued_at: now,
                     run_at,
                     errors: Vec::new(),
@@ -350,11 +490,12 @@ impl Model {
             );
             out.push((id, false));
         }
+        self.check_keys();
         out
     }
 
     /// Leases up to `max_jobs` ready jobs: priority desc, `run_at` asc, id asc. Each gets the
-    /// next token (its index in [`Model::leases`]).
+    /// next token (its index in [`Model::leases`]). Blocked jobs are not ready.
     pub fn lease(&mut self, max_jobs: u32, visibility_timeout_ms: Option<u64>) -> Vec<LeasedView> {
         if self.paused {
             return Vec::new();
@@ -370,6 +511,7 @@ impl Model {
         let expires_at = now.plus_ms(visibility_timeout_ms.unwrap_or(self.config.visibility_timeout_ms));
         let mut out = Vec::new();
         for (_, _, id) in ready.into_iter().take(max_jobs as usize) {
+            let key_partition = self.jobs.get(&id).and_then(|job| self.key_partition(job));
             let Some(job) = self.jobs.get_mut(&id) else { continue };
             let token = self.leases.len() as u64;
             self.leases.push(id);
@@ -383,11 +525,14 @@ impl Model {
                 payload: String::from_utf8_lossy(&job.payload).into_owned(),
                 headers: job.headers.clone(),
                 dedup_id: job.dedup_id.clone(),
+                ordering_key: job.ordering_key.clone(),
+                partition: key_partition,
                 enqueued_at: job.enqueued_at,
                 run_at: job.run_at,
                 lease_expires_at: expires_at,
             });
         }
+        self.check_keys();
         out
     }
 
@@ -405,30 +550,41 @@ impl Model {
         }
     }
 
-    /// Acks `(job, token)` items, each judged on the state the earlier ones left.
+    /// How job `id` would die now (see [`Model::dead_phase`]); for a job that does not exist
+    /// (then nothing dies), not holding a key.
+    fn dead_phase_of(&self, id: ModelId) -> Phase {
+        self.jobs.get(&id).map_or(Phase::Dead { holds_key: false }, |job| self.dead_phase(job))
+    }
+
+    /// Acks `(job, token)` items, each judged on the state the earlier ones left. A keyed head
+    /// leaving the queue moves its key on.
     pub fn ack(&mut self, items: &[(ModelId, Option<u64>)]) -> Vec<ItemOutcome<()>> {
-        items
+        let out = items
             .iter()
             .map(|&(id, token)| {
                 self.leased_job(id, token)?;
                 self.jobs.remove(&id);
                 Ok(())
             })
-            .collect()
+            .collect();
+        self.move_keys_on();
+        out
     }
 
-    /// Nacks items, each judged on the state the earlier ones left.
+    /// Nacks items, each judged on the state the earlier ones left. A head nacked past its
+    /// attempts dies (moving its key on unless it holds it); otherwise it stays the head.
     pub fn nack(&mut self, items: &[ModelNack]) -> Vec<ItemOutcome<NackOutcome>> {
         let now = self.now;
         let backoff = self.config.backoff.clone();
-        items
+        let out = items
             .iter()
             .map(|ModelNack { id, token, delay_ms, error }| {
+                let dead = self.dead_phase_of(*id);
                 let job = self.leased_job(*id, *token)?;
                 let error = error.clone().unwrap_or_else(|| NACK_ERROR_DEFAULT.into());
                 job.errors.push(AttemptError { attempt: job.attempt, error, at: now });
                 if job.attempt >= job.max_attempts {
-                    job.phase = Phase::Dead;
+                    job.phase = dead;
                     return Ok(NackOutcome::Dead);
                 }
                 let delay = delay_ms.unwrap_or_else(|| backoff.base_delay_ms(job.attempt));
@@ -436,7 +592,9 @@ impl Model {
                 job.run_at = now.plus_ms(delay);
                 Ok(NackOutcome::Retrying { run_at: job.run_at })
             })
-            .collect()
+            .collect();
+        self.move_keys_on();
+        out
     }
 
     /// Extends `(job, token, visibility_timeout_ms)` items; returns each new expiry.
@@ -454,22 +612,26 @@ impl Model {
             .collect()
     }
 
-    /// Fails `(job, token, error)` items: dead now, whatever the attempts left.
+    /// Fails `(job, token, error)` items: dead now, whatever the attempts left (moving its key
+    /// on unless it holds it).
     pub fn fail(&mut self, items: &[(ModelId, Option<u64>, String)]) -> Vec<ItemOutcome<()>> {
         let now = self.now;
-        items
+        let out = items
             .iter()
             .map(|(id, token, error)| {
+                let dead = self.dead_phase_of(*id);
                 let job = self.leased_job(*id, *token)?;
                 job.errors.push(AttemptError { attempt: job.attempt, error: error.clone(), at: now });
-                job.phase = Phase::Dead;
+                job.phase = dead;
                 Ok(())
             })
-            .collect()
+            .collect();
+        self.move_keys_on();
+        out
     }
 
     /// Releases `(job, token, delay_ms)` items: the lease ends without counting as an attempt
-    /// (`attempt - 1`, no error), the job waits until `now + delay`.
+    /// (`attempt - 1`, no error), the job waits until `now + delay`, still its key's head.
     pub fn release(&mut self, items: &[(ModelId, Option<u64>, Option<u64>)]) -> Vec<ItemOutcome<()>> {
         let now = self.now;
         items
@@ -484,31 +646,41 @@ impl Model {
             .collect()
     }
 
-    /// Makes dead jobs ready again (`attempt = 0`, `run_at = now`, errors kept): the named ones
+    /// Makes dead jobs run again (`attempt = 0`, `run_at = now`, errors kept): the named ones
     /// (others skipped) or all, oldest id first, at most `limit`. Returns how many.
+    ///
+    /// In a `per_key` queue a dead head holding its key becomes ready, still the head; any other
+    /// keyed job becomes the head if its key has none, else it is blocked behind the head (and,
+    /// with the lowest id, runs next).
     pub fn redrive(&mut self, ids: Option<&[ModelId]>, limit: Option<u64>) -> u64 {
         let now = self.now;
         let chosen: Vec<ModelId> = self
             .jobs
             .iter()
-            .filter(|(id, job)| job.phase == Phase::Dead && ids.is_none_or(|named| named.contains(id)))
+            .filter(|(id, job)| matches!(job.phase, Phase::Dead { .. }) && ids.is_none_or(|named| named.contains(id)))
             .map(|(&id, _)| id)
             .take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
             .collect();
         for id in &chosen {
+            let Some(job) = self.jobs.get(id) else { continue };
+            let holds_key = job.phase == Phase::Dead { holds_key: true };
+            let blocked = !holds_key && self.key_of(job).is_some_and(|key| self.has_head(key));
             if let Some(job) = self.jobs.get_mut(id) {
-                job.phase = Phase::Waiting;
+                job.phase = if blocked { Phase::Blocked } else { Phase::Waiting };
                 job.attempt = 0;
                 job.run_at = now;
             }
         }
+        self.check_keys();
         chosen.len() as u64
     }
 
-    /// Deletes every dead job; returns how many. Dedup entries stay until their window ends.
+    /// Deletes every dead job; returns how many. Keys whose dead head held them move on. Dedup
+    /// entries stay until their window ends.
     pub fn purge(&mut self) -> u64 {
         let before = self.jobs.len();
-        self.jobs.retain(|_, job| job.phase != Phase::Dead);
+        self.jobs.retain(|_, job| !matches!(job.phase, Phase::Dead { .. }));
+        self.move_keys_on();
         (before - self.jobs.len()) as u64
     }
 
@@ -522,22 +694,38 @@ impl Model {
         self.paused = false;
     }
 
-    /// Deletes the queue with its jobs and dedup entries, then creates it again (unpaused, same
-    /// config). Model ids and tokens keep counting: the store never reuses an id.
-    pub fn delete_and_recreate(&mut self) {
+    /// `queue_upsert` on the existing queue: the config with `patch` applied, or the error. An
+    /// invalid result is `InvalidRequest`; changing the ordering or the partition count while
+    /// the queue holds any job (dead ones included) is `Conflict`. Nothing changes on an error.
+    /// A new `dead_blocks_key` applies to heads that die from now on.
+    pub fn configure(&mut self, patch: &QueueConfigPatch) -> onceq_core::Result<QueueConfig> {
+        let next = self.config.patched(patch)?;
+        if self.config.reorders(&next) && !self.jobs.is_empty() {
+            return Err(Error::Conflict(format!("the queue holds {} jobs", self.jobs.len())));
+        }
+        self.config = next;
+        Ok(self.config.clone())
+    }
+
+    /// Deletes the queue with its jobs and dedup entries, then creates it again, unpaused, with
+    /// `config`. Model ids and tokens keep counting: the store never reuses an id.
+    pub fn delete_and_recreate(&mut self, config: QueueConfig) {
         self.jobs.clear();
         self.dedup.clear();
         self.paused = false;
+        self.config = config;
     }
 
-    /// One job as `job_get` shows it; `None` when it does not exist (acked, purged, never created).
+    /// One job as `job_get` shows it; `None` when it does not exist (acked, purged, never
+    /// created). A key-less job's partition is left to the caller ([`JobView::partition`]).
     pub fn job(&self, id: ModelId) -> Option<JobView> {
         let job = self.jobs.get(&id)?;
         let (state, lease_expires_at) = match job.phase {
+            Phase::Blocked => (JobState::Blocked, None),
             Phase::Waiting if job.run_at <= self.now => (JobState::Ready, None),
             Phase::Waiting => (JobState::Scheduled, None),
             Phase::Leased { expires_at, .. } => (JobState::Leased, Some(expires_at)),
-            Phase::Dead => (JobState::Dead, None),
+            Phase::Dead { .. } => (JobState::Dead, None),
         };
         Some(JobView {
             id,
@@ -548,6 +736,8 @@ impl Model {
             payload: String::from_utf8_lossy(&job.payload).into_owned(),
             headers: job.headers.clone(),
             dedup_id: job.dedup_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            partition: self.key_partition(job),
             enqueued_at: job.enqueued_at,
             run_at: (state != JobState::Dead).then_some(job.run_at),
             lease_expires_at,
@@ -624,6 +814,8 @@ pub struct JobSpec {
     pub max_attempts: Option<u32>,
     /// Dedup id `d<n>` from a small set, so that duplicates happen.
     pub dedup: Option<u8>,
+    /// Ordering key: [`MODEL_KEYS`]`[n % 3]`.
+    pub key: Option<u8>,
 }
 
 impl JobSpec {
@@ -645,6 +837,7 @@ impl JobSpec {
             schedule,
             max_attempts: self.max_attempts,
             dedup_id: self.dedup.map(|n| format!("d{n}")),
+            ordering_key: self.key.map(|n| MODEL_KEYS[usize::from(n) % MODEL_KEYS.len()].to_owned()),
         }
     }
 }
@@ -713,11 +906,41 @@ pub enum Op {
     Pause,
     /// `queue_resume`.
     Resume,
-    /// `queue_delete`, then `queue_upsert` with [`model_config`] again.
+    /// `queue_delete`, then `queue_upsert` with the case's config again.
     DeleteQueue,
+    /// `queue_upsert` changing one field (ordered cases only).
+    Configure(ConfigChange),
 }
 
-fn job_spec() -> impl Strategy<Value = JobSpec> {
+/// A config change an ordered case makes mid-run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Sets `dead_blocks_key`: it applies to heads that die from then on.
+    DeadBlocksKey(bool),
+    /// Sets the partition count: refused while the queue holds any job.
+    Partitions(u32),
+    /// Sets the ordering: refused while the queue holds any job.
+    Ordering(Ordering),
+}
+
+impl ConfigChange {
+    /// The patch that makes the change.
+    pub fn patch(self) -> QueueConfigPatch {
+        match self {
+            ConfigChange::DeadBlocksKey(v) => {
+                QueueConfigPatch { dead_blocks_key: Some(v), ..QueueConfigPatch::default() }
+            }
+            ConfigChange::Partitions(v) => QueueConfigPatch { partitions: Some(v), ..QueueConfigPatch::default() },
+            ConfigChange::Ordering(v) => QueueConfigPatch { ordering: Some(v), ..QueueConfigPatch::default() },
+        }
+    }
+}
+
+/// Generated jobs. For an unordered case one job in four has an ordering key; for an ordered
+/// case three in four do, and more run out of attempts at once (`max_attempts` 1), so that heads
+/// die, by nack too, while jobs wait behind them.
+fn job_spec(ordered: bool) -> impl Strategy<Value = JobSpec> {
+    let (keyed, last_attempt) = if ordered { (3, 3) } else { (1, 1) };
     let schedule = prop_oneof![
         4 => Just(SpecSchedule::Now),
         1 => Just(SpecSchedule::Delay(0)),
@@ -728,15 +951,17 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         any::<u16>(),
         prop_oneof![3 => Just(0), 1 => -2i32..=2],
         schedule,
-        prop_oneof![4 => Just(None), 1 => Just(Some(1)), 1 => (1u32..=4).prop_map(Some)],
+        prop_oneof![4 => Just(None), last_attempt => Just(Some(1)), 1 => (1u32..=4).prop_map(Some)],
         prop_oneof![2 => Just(None), 1 => (0u8..4).prop_map(Some)],
+        prop_oneof![4 - keyed => Just(None), keyed => (0u8..3).prop_map(Some)],
     )
-        .prop_map(|(tag, priority, schedule, max_attempts, dedup)| JobSpec {
+        .prop_map(|(tag, priority, schedule, max_attempts, dedup, key)| JobSpec {
             tag,
             priority,
             schedule,
             max_attempts,
             dedup,
+            key,
         })
 }
 
@@ -771,39 +996,86 @@ fn advance_ms() -> impl Strategy<Value = u64> {
     ]
 }
 
-/// One op.
-pub fn op() -> impl Strategy<Value = Op> {
+/// The ops of every case, by weight. Ordered cases ack and purge more, so that keys move on.
+fn weighted_ops(ordered: bool) -> Vec<(u32, BoxedStrategy<Op>)> {
+    let jobs = job_spec(ordered);
+    let (ack, purge) = if ordered { (5, 2) } else { (3, 1) };
     let error = || prop_oneof![Just(None), (0u8..3).prop_map(|n| Some(format!("boom {n}")))];
-    prop_oneof![
-        4 => prop::collection::vec(job_spec(), 1..=3).prop_map(Op::Enqueue),
-        5 => (1u32..=4, prop_oneof![3 => Just(None), 1 => prop::sample::select(vec![1u64, 300, 1_000, 3_000]).prop_map(Some)])
-            .prop_map(|(max_jobs, visibility_timeout_ms)| Op::Lease { max_jobs, visibility_timeout_ms }),
-        3 => batch(target()).prop_map(Op::Ack),
-        4 => batch((
-            target(),
-            prop_oneof![2 => Just(None), 1 => Just(Some(0u64)), 1 => (1u64..=600).prop_map(Some), 1 => Just(Some(5_000u64))],
-            error(),
-        ))
-        .prop_map(Op::Nack),
-        2 => batch((target(), prop::sample::select(vec![1u64, 300, 2_000]))).prop_map(Op::Extend),
-        2 => batch((target(), (0u8..3).prop_map(|n| format!("fatal {n}")))).prop_map(Op::Fail),
-        2 => batch((target(), prop_oneof![Just(None), Just(Some(0u64)), (1u64..=600).prop_map(Some)])).prop_map(Op::Release),
-        5 => advance_ms().prop_map(Op::Advance),
-        2 => (
-            prop_oneof![2 => Just(None), 1 => prop::collection::vec(job_pick(), 0..=3).prop_map(Some)],
-            prop_oneof![Just(None), (1u64..=3).prop_map(Some)],
-        )
-            .prop_map(|(ids, limit)| Op::Redrive { ids, limit }),
-        1 => Just(Op::Purge),
-        2 => (prop::option::of(job_pick()), 1u32..=3).prop_map(|(after, limit)| Op::DeadList { after, limit }),
-        1 => prop_oneof![Just(Op::Pause), Just(Op::Resume)],
-        1 => Just(Op::DeleteQueue),
+    vec![
+        (4, prop::collection::vec(jobs, 1..=3).prop_map(Op::Enqueue).boxed()),
+        (
+            5,
+            (1u32..=4, prop_oneof![3 => Just(None), 1 => prop::sample::select(vec![1u64, 300, 1_000, 3_000]).prop_map(Some)])
+                .prop_map(|(max_jobs, visibility_timeout_ms)| Op::Lease { max_jobs, visibility_timeout_ms })
+                .boxed(),
+        ),
+        (ack, batch(target()).prop_map(Op::Ack).boxed()),
+        (
+            4,
+            batch((
+                target(),
+                prop_oneof![2 => Just(None), 1 => Just(Some(0u64)), 1 => (1u64..=600).prop_map(Some), 1 => Just(Some(5_000u64))],
+                error(),
+            ))
+            .prop_map(Op::Nack)
+            .boxed(),
+        ),
+        (2, batch((target(), prop::sample::select(vec![1u64, 300, 2_000]))).prop_map(Op::Extend).boxed()),
+        (2, batch((target(), (0u8..3).prop_map(|n| format!("fatal {n}")))).prop_map(Op::Fail).boxed()),
+        (
+            2,
+            batch((target(), prop_oneof![Just(None), Just(Some(0u64)), (1u64..=600).prop_map(Some)]))
+                .prop_map(Op::Release)
+                .boxed(),
+        ),
+        (5, advance_ms().prop_map(Op::Advance).boxed()),
+        (
+            2,
+            (
+                prop_oneof![2 => Just(None), 1 => prop::collection::vec(job_pick(), 0..=3).prop_map(Some)],
+                prop_oneof![Just(None), (1u64..=3).prop_map(Some)],
+            )
+                .prop_map(|(ids, limit)| Op::Redrive { ids, limit })
+                .boxed(),
+        ),
+        (purge, Just(Op::Purge).boxed()),
+        (2, (prop::option::of(job_pick()), 1u32..=3).prop_map(|(after, limit)| Op::DeadList { after, limit }).boxed()),
+        (1, prop_oneof![Just(Op::Pause), Just(Op::Resume)].boxed()),
+        (1, Just(Op::DeleteQueue).boxed()),
     ]
 }
 
-/// Sequences of 1 to 59 ops.
+/// One op of an unordered case. One job in four carries an ordering key, which the queue keeps
+/// and shows and which orders nothing.
+pub fn op() -> impl Strategy<Value = Op> {
+    proptest::strategy::Union::new_weighted(weighted_ops(false))
+}
+
+/// Sequences of 1 to 59 ops on a queue with [`model_config`].
 pub fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..60)
+}
+
+/// One op of an ordered case: three jobs in four carry one of the [`MODEL_KEYS`], and the
+/// queue's config changes now and then (`dead_blocks_key` mostly; the ordering and the partition
+/// count, refused unless the queue is empty).
+pub fn ordered_op() -> impl Strategy<Value = Op> {
+    let mut weighted = weighted_ops(true);
+    let change = prop_oneof![
+        4 => any::<bool>().prop_map(ConfigChange::DeadBlocksKey),
+        1 => prop::sample::select(vec![1u32, 3, 4]).prop_map(ConfigChange::Partitions),
+        1 => prop::sample::select(vec![Ordering::None, Ordering::PerKey]).prop_map(ConfigChange::Ordering),
+    ];
+    weighted.push((2, change.prop_map(Op::Configure).boxed()));
+    proptest::strategy::Union::new_weighted(weighted)
+}
+
+/// An ordered case: a `per_key` config ([`ordered_config`] with 1 or 4 partitions and either
+/// `dead_blocks_key`) and 1 to 79 ops on it (longer than unordered cases: a key's stories, such
+/// as a head dying, holding its key, and the flag being cleared behind it, take more steps).
+pub fn ordered_case() -> impl Strategy<Value = (QueueConfig, Vec<Op>)> {
+    (prop::sample::select(vec![1u32, 4]), any::<bool>(), prop::collection::vec(ordered_op(), 1..80))
+        .prop_map(|(partitions, dead_blocks_key, ops)| (ordered_config(partitions, dead_blocks_key), ops))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,16 +1086,18 @@ pub fn ops() -> impl Strategy<Value = Vec<Op>> {
 /// within `i64` so that SQL backends can take them.
 const MISSING_ID_BASE: u64 = 1 << 50;
 
-/// A patch that sets every field of [`model_config`].
-fn model_patch() -> QueueConfigPatch {
-    let config = model_config();
+/// A patch that sets every field of `config`.
+fn model_patch(config: &QueueConfig) -> QueueConfigPatch {
+    let config = config.clone();
     QueueConfigPatch {
         delivery: Some(config.delivery),
         visibility_timeout_ms: Some(config.visibility_timeout_ms),
         max_attempts: Some(config.max_attempts),
         backoff: Some(config.backoff.into()),
         dedup_window_ms: Some(config.dedup_window_ms),
-        ..QueueConfigPatch::default()
+        ordering: Some(config.ordering),
+        partitions: Some(config.partitions),
+        dead_blocks_key: Some(config.dead_blocks_key),
     }
 }
 
@@ -831,6 +1105,8 @@ fn model_patch() -> QueueConfigPatch {
 struct Harness {
     model: Model,
     queue: QueueName,
+    /// The case's config: the queue is created, and created again after a delete, with it.
+    config: QueueConfig,
     /// Real id of each created model job, by model id.
     real_ids: Vec<JobId>,
     /// Real token of each lease ever handed out, by model token.
@@ -892,6 +1168,23 @@ impl Harness {
             .binary_search(&real)
             .map(|i| i as ModelId)
             .map_err(|_| format!("the store returned job id {real}, which it never assigned in this run"))
+    }
+
+    /// The partition the model gives a job, or for a key-less job, which the model cannot
+    /// know, the store's id modulo the count (none in an unordered queue).
+    fn expected_partition(&self, id: ModelId, key: Option<&str>, model_partition: Option<u32>) -> Option<u32> {
+        match key {
+            Some(_) => model_partition,
+            None => self.model.partition(None, self.real_id(id)),
+        }
+    }
+
+    /// What the model says a job looks like, a key-less job's partition filled in.
+    fn expected_job(&self, view: Option<JobView>) -> Option<JobView> {
+        view.map(|view| JobView {
+            partition: self.expected_partition(view.id, view.ordering_key.as_deref(), view.partition),
+            ..view
+        })
     }
 
     /// Model ids of never-created jobs: `u64::MAX / 2 + n`, mapped to `MISSING_ID_BASE + n`.
@@ -998,11 +1291,16 @@ impl Harness {
                             Schedule::At(at) => format!("at {}", self.at(at)),
                         };
                         format!(
-                            "{{priority {}, {schedule}, max_attempts {:?}, dedup {:?}}} -> job {id}{}",
+                            "{{priority {}, {schedule}, max_attempts {:?}, dedup {:?}, key {:?}}} -> job {id}{}{}",
                             job.priority,
                             job.max_attempts,
                             job.dedup_id,
-                            if *duplicate { " (duplicate)" } else { "" }
+                            job.ordering_key,
+                            if *duplicate { " (duplicate)" } else { "" },
+                            match self.model.job(*id).map(|j| j.state) {
+                                Some(JobState::Blocked) if !duplicate => " blocked",
+                                _ => "",
+                            }
                         )
                     })
                     .collect();
@@ -1016,7 +1314,15 @@ impl Harness {
                     LeaseOptions { max_jobs: *max_jobs, visibility_timeout_ms: *visibility_timeout_ms, wait_ms: 0 };
                 let real = store.job_lease(queue, options).await.map_err(|e| format!("job_lease failed: {e:?}"))?;
                 let first_token = self.model.leases().len();
-                let expected = self.model.lease(*max_jobs, *visibility_timeout_ms);
+                let expected: Vec<LeasedView> = self
+                    .model
+                    .lease(*max_jobs, *visibility_timeout_ms)
+                    .into_iter()
+                    .map(|l| LeasedView {
+                        partition: self.expected_partition(l.id, l.ordering_key.as_deref(), l.partition),
+                        ..l
+                    })
+                    .collect();
                 let leased: Vec<String> = expected
                     .iter()
                     .zip(first_token..)
@@ -1196,7 +1502,9 @@ impl Harness {
                 }
                 let next = real.next.map(|id| self.model_id(id)).transpose()?;
                 // A never-created `after` is above every id in both worlds: the page is empty.
-                let expected = self.model.dead_list(after, *limit);
+                let (views, next_expected) = self.model.dead_list(after, *limit);
+                let expected: (Vec<JobView>, Option<ModelId>) =
+                    (views.into_iter().filter_map(|view| self.expected_job(Some(view))).collect(), next_expected);
                 let ids: Vec<ModelId> = expected.0.iter().map(|j| j.id).collect();
                 let after_name = after.map(|m| self.job_name(m));
                 self.trace
@@ -1225,14 +1533,28 @@ impl Harness {
                     other => return Err(format!("queue_get after queue_delete returned {other:?}")),
                 }
                 let upserted = store
-                    .queue_upsert(queue, model_patch())
+                    .queue_upsert(queue, model_patch(&self.config))
                     .await
                     .map_err(|e| format!("queue_upsert failed: {e:?}"))?;
-                if upserted != model_config() {
-                    return Err(format!("queue_upsert returned {upserted:?}; expected {:?}", model_config()));
+                if upserted != self.config {
+                    return Err(format!("queue_upsert returned {upserted:?}; expected {:?}", self.config));
                 }
-                self.model.delete_and_recreate();
+                self.model.delete_and_recreate(self.config.clone());
                 self.trace.push("queue_delete, queue_upsert".into());
+            }
+            Op::Configure(change) => {
+                let real = store.queue_upsert(queue, change.patch()).await;
+                let expected = self.model.configure(&change.patch());
+                let outcome = expected.as_ref().map(|_| "ok").map_err(Error::kind);
+                self.trace.push(format!("queue_upsert {change:?} -> {outcome:?}"));
+                let same = match (&real, &expected) {
+                    (Ok(got), Ok(want)) => got == want,
+                    (Err(got), Err(want)) => got.kind() == want.kind(),
+                    _ => false,
+                };
+                if !same {
+                    return Err(format!("queue_upsert {change:?} returned {real:?}; the model says {expected:?}"));
+                }
             }
         }
         Ok(())
@@ -1253,7 +1575,7 @@ impl Harness {
         }
         for (m, &real_id) in self.real_ids.iter().enumerate() {
             let m = m as ModelId;
-            let expected = self.model.job(m);
+            let expected = self.expected_job(self.model.job(m));
             match (store.job_get(real_id).await, expected) {
                 (Ok(job), Some(expected)) => {
                     if job.id != real_id || job.queue != self.queue {
@@ -1289,16 +1611,27 @@ impl Harness {
 /// `store` must be empty and judge time by `clock`, which only this function advances. Returns a
 /// description of the first mismatch, naming the op's index.
 pub async fn check_against<S: Store + ?Sized>(store: &S, clock: &ManualClock, ops: &[Op]) -> Result<(), String> {
+    check_against_config(store, clock, &model_config(), ops).await
+}
+
+/// [`check_against`] on a queue created with `config` (and created with it again after a
+/// delete): [`model_config`], or an [`ordered_config`] from [`ordered_case`].
+pub async fn check_against_config<S: Store + ?Sized>(
+    store: &S,
+    clock: &ManualClock,
+    config: &QueueConfig,
+    ops: &[Op],
+) -> Result<(), String> {
     let queue = QueueName::new(MODEL_QUEUE).map_err(|e| e.to_string())?;
-    let config = model_config();
     let upserted =
-        store.queue_upsert(&queue, model_patch()).await.map_err(|e| format!("queue_upsert failed: {e:?}"))?;
-    if upserted != config {
+        store.queue_upsert(&queue, model_patch(config)).await.map_err(|e| format!("queue_upsert failed: {e:?}"))?;
+    if upserted != *config {
         return Err(format!("queue_upsert returned {upserted:?}; expected {config:?}"));
     }
     let mut harness = Harness {
-        model: Model::new(clock.now()),
+        model: Model::with_config(clock.now(), config.clone()),
         queue,
+        config: config.clone(),
         real_ids: Vec::new(),
         real_tokens: Vec::new(),
         start: clock.now(),
@@ -1371,7 +1704,10 @@ mod tests {
         JobId::new(id + 1)
     }
 
-    fn to_job(view: JobView) -> Job {
+    /// The job `view` shows, as the store would return it (a key-less job's partition from its
+    /// store id).
+    fn to_job(model: &Model, view: JobView) -> Job {
+        let partition = model.partition(view.ordering_key.as_deref(), real_id(view.id));
         Job {
             id: real_id(view.id),
             queue: QueueName::new(MODEL_QUEUE).unwrap(),
@@ -1382,6 +1718,8 @@ mod tests {
             payload: view.payload.into_bytes(),
             headers: view.headers,
             dedup_id: view.dedup_id,
+            ordering_key: view.ordering_key,
+            partition,
             enqueued_at: view.enqueued_at,
             run_at: view.run_at.unwrap_or(view.enqueued_at),
             lease_expires_at: view.lease_expires_at,
@@ -1404,7 +1742,10 @@ mod tests {
         async fn dead_list(&self, _queue: &QueueName, page: DeadPage) -> Result<DeadList> {
             self.with(|model, _| {
                 let (jobs, next) = model.dead_list(page.after.map(model_id), page.limit);
-                Ok(DeadList { jobs: jobs.into_iter().map(to_job).collect(), next: next.map(real_id) })
+                Ok(DeadList {
+                    jobs: jobs.into_iter().map(|view| to_job(model, view)).collect(),
+                    next: next.map(real_id),
+                })
             })
         }
         async fn dead_purge(&self, _queue: &QueueName) -> Result<u64> {
@@ -1431,6 +1772,7 @@ mod tests {
                     schedule: j.schedule,
                     max_attempts: j.max_attempts,
                     dedup_id: j.dedup_id,
+                    ordering_key: j.ordering_key,
                 })
                 .collect();
             self.with(|model, _| {
@@ -1469,7 +1811,7 @@ mod tests {
             })
         }
         async fn job_get(&self, id: JobId) -> Result<Job> {
-            self.with(|model, _| model.job(model_id(id)).map(to_job).ok_or(Error::JobNotFound(id)))
+            self.with(|model, _| model.job(model_id(id)).map(|view| to_job(model, view)).ok_or(Error::JobNotFound(id)))
         }
         async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
             self.with(|model, tokens| {
@@ -1481,6 +1823,7 @@ mod tests {
                     .map(|(view, k)| {
                         let token = LeaseToken::random();
                         tokens.insert(token, k);
+                        let partition = model.partition(view.ordering_key.as_deref(), real_id(view.id));
                         LeasedJob {
                             id: real_id(view.id),
                             queue: queue.clone(),
@@ -1491,8 +1834,8 @@ mod tests {
                             payload: view.payload.into_bytes(),
                             headers: view.headers,
                             dedup_id: view.dedup_id,
-                            ordering_key: None,
-                            partition: None,
+                            ordering_key: view.ordering_key,
+                            partition,
                             enqueued_at: view.enqueued_at,
                             run_at: view.run_at,
                             lease_expires_at: view.lease_expires_at,
@@ -1516,7 +1859,8 @@ mod tests {
             })
         }
         async fn queue_delete(&self, _queue: &QueueName) -> Result<()> {
-            self.with(|model, _| model.delete_and_recreate());
+            // The next `queue_upsert` creates it again, from the defaults.
+            self.with(|model, _| model.delete_and_recreate(QueueConfig::default()));
             *self.deleted.lock().unwrap() = true;
             Ok(())
         }
@@ -1544,17 +1888,46 @@ mod tests {
             self.with(|model, _| model.resume());
             Ok(())
         }
-        async fn queue_upsert(&self, _queue: &QueueName, _patch: QueueConfigPatch) -> Result<QueueConfig> {
+        async fn queue_upsert(&self, _queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig> {
             *self.deleted.lock().unwrap() = false;
-            Ok(model_config())
+            self.with(|model, _| model.configure(&patch))
         }
     }
 
     fn run(ops: &[Op], late_by_ms: u64) -> std::result::Result<(), String> {
+        run_config(&model_config(), ops, late_by_ms)
+    }
+
+    fn run_config(config: &QueueConfig, ops: &[Op], late_by_ms: u64) -> std::result::Result<(), String> {
         let clock = ManualClock::at_default_start();
         let store = ModelStore::new(clock.clone(), late_by_ms);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        runtime.block_on(check_against(&store, &clock, ops))
+        runtime.block_on(check_against_config(&store, &clock, config, ops))
+    }
+
+    #[test]
+    fn the_ordered_model_served_through_the_seam_matches_itself() {
+        let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&ordered_case(), |(config, ops)| {
+                run_config(&config, &ops, 0).map_err(proptest::test_runner::TestCaseError::fail)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn an_ordered_store_that_judges_time_a_millisecond_late_is_caught() {
+        let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+        let result = runner.run(&ordered_case(), |(config, ops)| {
+            run_config(&config, &ops, 1).map_err(proptest::test_runner::TestCaseError::fail)?;
+            Ok(())
+        });
+        let Err(proptest::test_runner::TestError::Fail(reason, (_, minimal))) = result else {
+            panic!("the harness missed a store judging time 1 ms late: {result:?}");
+        };
+        assert!(reason.message().contains("op "), "the mismatch names no op: {reason}");
+        assert!(minimal.len() <= 4, "shrinking left {} ops: {minimal:?}", minimal.len());
     }
 
     #[test]
@@ -1584,10 +1957,11 @@ mod tests {
 
     /// Drives the model alone through `ops` (resolving targets as the harness does) and counts
     /// the outcomes that matter.
-    fn tally(ops: &[Op], counts: &mut BTreeMap<&'static str, u64>) {
+    fn tally(config: &QueueConfig, ops: &[Op], counts: &mut BTreeMap<&'static str, u64>) {
         let mut harness = Harness {
-            model: Model::new(Timestamp::from_millis(1_000_000)),
+            model: Model::with_config(Timestamp::from_millis(1_000_000), config.clone()),
             queue: QueueName::new(MODEL_QUEUE).unwrap(),
+            config: config.clone(),
             real_ids: Vec::new(),
             real_tokens: Vec::new(),
             start: Timestamp::from_millis(1_000_000),
@@ -1725,7 +2099,64 @@ mod tests {
                     if harness.model.stats() != QueueStats::default() {
                         count("delete a queue with jobs");
                     }
-                    harness.model.delete_and_recreate();
+                    harness.model.delete_and_recreate(config.clone());
+                }
+                Op::Configure(change) => {
+                    let holding = harness.model.jobs.values().any(|j| j.phase == Phase::Dead { holds_key: true });
+                    if *change == ConfigChange::DeadBlocksKey(false) && holding {
+                        count("dead_blocks_key cleared while a dead head holds its key");
+                    }
+                    count(match (change, harness.model.configure(&change.patch())) {
+                        (ConfigChange::DeadBlocksKey(_), Ok(_)) => "dead_blocks_key changed",
+                        (_, Ok(_)) => "ordering or partitions changed",
+                        (_, Err(_)) => "ordering or partitions change refused",
+                    });
+                }
+            }
+            // How each job's state moved, for the transitions of ordered queues.
+            let after: Vec<Option<JobView>> = (0..harness.model.created()).map(|m| harness.model.job(m)).collect();
+            let key_blocked = |key: &Option<String>| {
+                key.is_some() && after.iter().flatten().any(|j| j.state == JobState::Blocked && j.ordering_key == *key)
+            };
+            for (m, now) in after.iter().enumerate() {
+                let Some(now) = now else { continue };
+                let was = before.get(m).cloned().flatten().map(|j| j.state);
+                let op_name = match op {
+                    Op::Ack(_) => "ack",
+                    Op::Nack(_) => "nack",
+                    Op::Fail(_) => "fail",
+                    Op::Advance(_) => "expiry",
+                    Op::Purge => "purge",
+                    _ => "other",
+                };
+                match (was, now.state) {
+                    (None, JobState::Blocked) => count("enqueue blocked"),
+                    (Some(JobState::Blocked), JobState::Ready | JobState::Scheduled) => {
+                        count(match op_name {
+                            "ack" => "key moves on after ack",
+                            "nack" => "key moves on after nack",
+                            "fail" => "key moves on after fail",
+                            "expiry" => "key moves on after expiry",
+                            "purge" => "key moves on after purge",
+                            _ => "key moves on after another op",
+                        });
+                        if now.state == JobState::Scheduled {
+                            count("promoted to scheduled");
+                        }
+                    }
+                    (Some(JobState::Leased), JobState::Ready | JobState::Scheduled)
+                        if key_blocked(&now.ordering_key) =>
+                    {
+                        count("head retried keeps its key");
+                    }
+                    (Some(JobState::Leased), JobState::Dead) if key_blocked(&now.ordering_key) => {
+                        count("dead head holds its key");
+                    }
+                    (Some(JobState::Dead), JobState::Blocked) => count("redrive behind a head"),
+                    (Some(JobState::Dead), JobState::Ready) if key_blocked(&now.ordering_key) => {
+                        count("redrive of a head holding its key");
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1739,7 +2170,7 @@ mod tests {
         let mut counts = BTreeMap::new();
         for _ in 0..SEQUENCES {
             let ops = ops().new_tree(&mut runner).unwrap().current();
-            tally(&ops, &mut counts);
+            tally(&model_config(), &ops, &mut counts);
         }
         let expected = [
             "ack job not found",
@@ -1771,13 +2202,51 @@ mod tests {
         ];
         let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
         assert!(missing.is_empty(), "{SEQUENCES} generated sequences never reached {missing:?}; counts: {counts:#?}");
+        assert!(!counts.contains_key("enqueue blocked"), "an unordered queue blocked a job: {counts:#?}");
+    }
+
+    #[test]
+    fn generated_ordered_cases_reach_every_transition() {
+        const CASES: usize = 512;
+        let mut runner = TestRunner::deterministic();
+        let mut counts = BTreeMap::new();
+        let mut configs = BTreeSet::new();
+        for _ in 0..CASES {
+            let (config, ops) = ordered_case().new_tree(&mut runner).unwrap().current();
+            configs.insert((config.partitions, config.dead_blocks_key));
+            tally(&config, &ops, &mut counts);
+        }
+        assert_eq!(configs, BTreeSet::from([(1, false), (1, true), (4, false), (4, true)]));
+        let expected = [
+            "ack ok",
+            "dead_blocks_key changed",
+            "dead_blocks_key cleared while a dead head holds its key",
+            "dead head holds its key",
+            "enqueue blocked",
+            "expiry to dead",
+            "head retried keeps its key",
+            "key moves on after ack",
+            "key moves on after expiry",
+            "key moves on after fail",
+            "key moves on after nack",
+            "key moves on after purge",
+            "ordering or partitions change refused",
+            "ordering or partitions changed",
+            "promoted to scheduled",
+            "redrive behind a head",
+            "redrive of a head holding its key",
+            "redrive some",
+        ];
+        let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
+        assert!(missing.is_empty(), "{CASES} generated cases never reached {missing:?}; counts: {counts:#?}");
     }
 
     #[test]
     fn a_lease_expiring_at_its_last_attempt_dead_letters_the_job() {
         let start = Timestamp::from_millis(1_000_000);
         let mut model = Model::new(start);
-        let job = JobSpec { tag: 1, priority: 0, schedule: SpecSchedule::Now, max_attempts: Some(2), dedup: None };
+        let job =
+            JobSpec { tag: 1, priority: 0, schedule: SpecSchedule::Now, max_attempts: Some(2), dedup: None, key: None };
         assert_eq!(model.enqueue(&[job.to_model(start)]), vec![(0, false)]);
         let first = model.lease(1, None);
         assert_eq!(first.iter().map(|l| (l.id, l.attempt)).collect::<Vec<_>>(), vec![(0, 1)]);
@@ -1809,12 +2278,217 @@ mod tests {
     fn dedup_ids_are_remembered_for_the_window_from_the_first_enqueue() {
         let start = Timestamp::from_millis(1_000_000);
         let mut model = Model::new(start);
-        let job = JobSpec { tag: 2, priority: 0, schedule: SpecSchedule::Now, max_attempts: None, dedup: Some(0) };
+        let job =
+            JobSpec { tag: 2, priority: 0, schedule: SpecSchedule::Now, max_attempts: None, dedup: Some(0), key: None };
         let new = job.to_model(start);
         assert_eq!(model.enqueue(&[new.clone(), new.clone()]), vec![(0, false), (0, true)]);
         model.advance(4_999);
         assert_eq!(model.enqueue(std::slice::from_ref(&new)), vec![(0, true)]);
         model.advance(1);
         assert_eq!(model.enqueue(&[new]), vec![(1, false)]);
+    }
+
+    /// A keyed job of the ordered unit tests.
+    fn keyed(tag: u16, key: u8, schedule: SpecSchedule) -> JobSpec {
+        JobSpec { tag, priority: 0, schedule, max_attempts: None, dedup: None, key: Some(key) }
+    }
+
+    fn states(model: &Model, ids: &[ModelId]) -> Vec<Option<JobState>> {
+        ids.iter().map(|&id| model.job(id).map(|j| j.state)).collect()
+    }
+
+    fn enqueue(model: &mut Model, specs: &[JobSpec]) -> Vec<ModelId> {
+        let now = model.now();
+        let batch: Vec<ModelNewJob> = specs.iter().map(|s| s.to_model(now)).collect();
+        model
+            .enqueue(&batch)
+            .into_iter()
+            .map(|(id, duplicate)| {
+                assert!(!duplicate);
+                id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keyed_jobs_wait_blocked_behind_their_head() {
+        use JobState::{Blocked, Ready, Scheduled};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let free = JobSpec { key: None, ..keyed(9, 0, SpecSchedule::Now) };
+        let ids = enqueue(
+            &mut model,
+            &[
+                keyed(0, 0, SpecSchedule::Delay(500)),
+                keyed(1, 0, SpecSchedule::Now),
+                free,
+                keyed(2, 1, SpecSchedule::Now),
+            ],
+        );
+        assert_eq!(states(&model, &ids), vec![Some(Scheduled), Some(Blocked), Some(Ready), Some(Ready)]);
+        assert_eq!(
+            model.stats(),
+            QueueStats { ready: 2, scheduled: 1, blocked: 1, oldest_ready_age_ms: Some(0), ..QueueStats::default() }
+        );
+        // A blocked job keeps its own run_at, and a later job of its key queues behind it too.
+        assert_eq!(model.job(1).and_then(|j| j.run_at), Some(start));
+        let more = enqueue(&mut model, &[JobSpec { priority: 2, ..keyed(3, 0, SpecSchedule::Now) }]);
+        assert_eq!(states(&model, &more), vec![Some(Blocked)]);
+        // Priority and run_at let no later job of a key pass its head; key-less jobs and other
+        // keys' heads lease as usual.
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![2, 3]);
+        model.advance(500);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+        assert!(model.lease(10, None).is_empty());
+        // The partition of a keyed job is FNV-1a-32 of its key modulo the count; the model leaves
+        // a key-less job's to whoever knows its store id.
+        let head = model.job(0).unwrap();
+        assert_eq!((head.ordering_key.as_deref(), head.partition), (Some("k0"), Some(fnv1a32(b"k0") % 4)));
+        assert_eq!(model.job(2).unwrap().partition, None);
+        assert_eq!(model.partition(None, JobId::new(7)), Some(3));
+        assert_eq!(Model::new(start).partition(Some("k0"), JobId::new(7)), None);
+    }
+
+    #[test]
+    fn in_an_unordered_queue_keys_are_kept_and_order_nothing() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        let ids = enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now)]);
+        let leased = model.lease(10, None);
+        assert_eq!(
+            leased.iter().map(|l| (l.id, l.ordering_key.as_deref(), l.partition)).collect::<Vec<_>>(),
+            vec![(ids[0], Some("k0"), None), (ids[1], Some("k0"), None)]
+        );
+    }
+
+    #[test]
+    fn acking_the_head_promotes_the_next_job_of_its_key() {
+        use JobState::{Blocked, Ready, Scheduled};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(
+            &mut model,
+            &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now), keyed(2, 0, SpecSchedule::Delay(5_000))],
+        );
+        assert_eq!(model.lease(10, None).len(), 1);
+        model.advance(300);
+        assert_eq!(model.ack(&[(0, Some(0))]), vec![Ok(())]);
+        // Its run_at is long past: ready as of now, not as of its enqueue.
+        let next = model.job(1).unwrap();
+        assert_eq!((next.state, next.run_at), (Ready, Some(start.plus_ms(300))));
+        assert_eq!(model.stats().oldest_ready_age_ms, Some(0));
+        assert_eq!(states(&model, &ids), vec![None, Some(Ready), Some(Blocked)]);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(model.ack(&[(1, Some(1))]), vec![Ok(())]);
+        // Its own run_at is still ahead: scheduled, with it.
+        let last = model.job(2).unwrap();
+        assert_eq!((last.state, last.run_at), (Scheduled, Some(start.plus_ms(5_000))));
+    }
+
+    #[test]
+    fn a_nacked_released_or_expired_head_keeps_blocking_its_key() {
+        use JobState::{Blocked, Ready, Scheduled};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now)]);
+        assert_eq!(model.lease(10, None).len(), 1);
+        let nack = ModelNack { id: 0, token: Some(0), delay_ms: Some(100), error: None };
+        assert_eq!(model.nack(&[nack]), vec![Ok(NackOutcome::Retrying { run_at: start.plus_ms(100) })]);
+        assert_eq!(states(&model, &ids), vec![Some(Scheduled), Some(Blocked)]);
+        assert!(model.lease(10, None).is_empty());
+        model.advance(100);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(model.release(&[(0, Some(1), None)]), vec![Ok(())]);
+        assert_eq!(states(&model, &ids), vec![Some(Ready), Some(Blocked)]);
+        assert_eq!(model.lease(10, Some(300)).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+        model.advance(300);
+        assert_eq!(states(&model, &ids), vec![Some(Ready), Some(Blocked)]);
+        assert_eq!(model.job(0).map(|j| (j.attempt, j.errors.len())), Some((2, 2)));
+    }
+
+    #[test]
+    fn a_dead_head_moves_its_key_on_unless_dead_blocks_key() {
+        use JobState::{Blocked, Dead, Ready};
+        let start = Timestamp::from_millis(1_000_000);
+        for dead_blocks_key in [false, true] {
+            let mut model = Model::with_config(start, ordered_config(4, dead_blocks_key));
+            let last_try = JobSpec { max_attempts: Some(1), ..keyed(0, 0, SpecSchedule::Now) };
+            let ids = enqueue(&mut model, &[last_try, keyed(1, 0, SpecSchedule::Now), keyed(2, 0, SpecSchedule::Now)]);
+            assert_eq!(model.lease(10, None).len(), 1);
+            let nack = ModelNack { id: 0, token: Some(0), delay_ms: None, error: None };
+            assert_eq!(model.nack(&[nack]), vec![Ok(NackOutcome::Dead)]);
+            if !dead_blocks_key {
+                assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Ready), Some(Blocked)]);
+                assert_eq!(
+                    model.stats(),
+                    QueueStats { ready: 1, dead: 1, blocked: 1, oldest_ready_age_ms: Some(0), ..QueueStats::default() }
+                );
+                continue;
+            }
+            assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Blocked), Some(Blocked)]);
+            assert!(model.lease(10, None).is_empty());
+            // Clearing the flag frees nothing: it applies to heads that die from then on.
+            let clear = ConfigChange::DeadBlocksKey(false).patch();
+            assert_eq!(model.configure(&clear).map(|c| c.dead_blocks_key), Ok(false));
+            assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Blocked), Some(Blocked)]);
+            // Redriven, the dead head runs again first, still the head.
+            assert_eq!(model.redrive(None, None), 1);
+            assert_eq!(states(&model, &ids), vec![Some(Ready), Some(Blocked), Some(Blocked)]);
+            let set = ConfigChange::DeadBlocksKey(true).patch();
+            assert_eq!(model.configure(&set).map(|c| c.dead_blocks_key), Ok(true));
+            assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0]);
+            assert_eq!(model.fail(&[(0, Some(1), "poison".into())]), vec![Ok(())]);
+            assert_eq!(states(&model, &ids), vec![Some(Dead), Some(Blocked), Some(Blocked)]);
+            // Purged, it lets the key move on; the key's lowest blocked id goes first.
+            assert_eq!(model.purge(), 1);
+            assert_eq!(states(&model, &ids), vec![None, Some(Ready), Some(Blocked)]);
+        }
+    }
+
+    #[test]
+    fn a_redriven_job_that_is_not_the_head_rejoins_its_key() {
+        use JobState::{Blocked, Dead, Leased, Ready};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(
+            &mut model,
+            &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now), keyed(2, 0, SpecSchedule::Now)],
+        );
+        assert_eq!(model.lease(10, None).len(), 1);
+        assert_eq!(model.fail(&[(0, Some(0), "first try".into())]), vec![Ok(())]);
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![1]);
+        model.advance(100);
+        assert_eq!(model.redrive(None, None), 1);
+        assert_eq!(states(&model, &ids), vec![Some(Blocked), Some(Leased), Some(Blocked)]);
+        let redriven = model.job(0).unwrap();
+        assert_eq!((redriven.attempt, redriven.run_at, redriven.errors.len()), (0, Some(start.plus_ms(100)), 1));
+        // It has the lowest id behind the head, so it runs next.
+        assert_eq!(model.ack(&[(1, Some(1))]), vec![Ok(())]);
+        assert_eq!(states(&model, &ids), vec![Some(Ready), None, Some(Blocked)]);
+
+        // A key with no head takes a redriven job as its head at once.
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(&mut model, &[keyed(0, 1, SpecSchedule::Now)]);
+        assert_eq!(model.lease(10, None).len(), 1);
+        assert_eq!(model.fail(&[(0, Some(0), "no".into())]), vec![Ok(())]);
+        assert_eq!(states(&model, &ids), vec![Some(Dead)]);
+        assert_eq!(model.redrive(Some(&[0]), None), 1);
+        assert_eq!(states(&model, &ids), vec![Some(Ready)]);
+    }
+
+    #[test]
+    fn ordering_and_partitions_change_only_while_the_queue_is_empty() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now)]);
+        let before = model.config().clone();
+        for change in [ConfigChange::Partitions(3), ConfigChange::Ordering(Ordering::None)] {
+            assert!(matches!(model.configure(&change.patch()), Err(Error::Conflict(_))), "{change:?}");
+        }
+        assert_eq!(model.configure(&ConfigChange::Partitions(4).patch()), Ok(before.clone()));
+        assert!(matches!(model.configure(&ConfigChange::Partitions(0).patch()), Err(Error::InvalidRequest(_))));
+        assert_eq!(*model.config(), before);
+        model.delete_and_recreate(before.clone());
+        assert_eq!(model.configure(&ConfigChange::Partitions(3).patch()).map(|c| c.partitions), Ok(3));
     }
 }

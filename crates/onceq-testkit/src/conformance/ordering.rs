@@ -49,7 +49,14 @@ pub async fn ordered_keys_lease_one_at_a_time_in_enqueue_order<B: Backend>(backe
     let ids = f
         .enqueue(
             &q,
-            vec![keyed("k1", "a"), keyed("k2", "x"), keyed("k1", "b"), NewJob::new("free"), keyed("k1", "c"), keyed("k2", "y")],
+            vec![
+                keyed("k1", "a"),
+                keyed("k2", "x"),
+                keyed("k1", "b"),
+                NewJob::new("free"),
+                keyed("k1", "c"),
+                keyed("k2", "y"),
+            ],
         )
         .await;
     let [a, x, b, free, c, y] = ids[..] else { unreachable!() };
@@ -69,7 +76,10 @@ pub async fn ordered_keys_lease_one_at_a_time_in_enqueue_order<B: Backend>(backe
     // Both became ready at the same instant (the clock stands still): the lower id leases first.
     assert_eq!(ids_of(&f.lease(&q, 10, None).await), vec![c, y], "y's head x and c's head b are gone");
     let job = f.get(c).await;
-    assert_eq!((job.ordering_key.as_deref(), job.partition), (Some("k1"), Some(partition_of(Some("k1"), c, PARTITIONS_DEFAULT))));
+    assert_eq!(
+        (job.ordering_key.as_deref(), job.partition),
+        (Some("k1"), Some(partition_of(Some("k1"), c, PARTITIONS_DEFAULT)))
+    );
 }
 
 /// A later job of a key never overtakes an earlier one: not with a higher priority, not with an
@@ -219,7 +229,12 @@ pub async fn partitions_follow_the_documented_hash<B: Backend>(backend: &B) {
     let q = queue("partitioned");
     assert_eq!(f.upsert(&q, per_key(Some(64))).await.partitions, 64);
     let ids = f.enqueue(&q, vec![keyed("a", "1"), keyed("foobar", "2"), keyed("é", "3"), NewJob::new("none")]).await;
-    let expected = [Some(44), Some(0xbf9c_f968 % 64), Some(partition_of(Some("é"), ids[2], 64)), Some(partition_of(None, ids[3], 64))];
+    let expected = [
+        Some(44),
+        Some(0xbf9c_f968 % 64),
+        Some(partition_of(Some("é"), ids[2], 64)),
+        Some(partition_of(None, ids[3], 64)),
+    ];
     for (id, want) in ids.iter().zip(expected) {
         assert_eq!(f.get(*id).await.partition, want, "job {id}");
     }
@@ -239,7 +254,8 @@ pub async fn ordering_and_partitions_change_only_while_the_queue_is_empty<B: Bac
     f.upsert(&q, per_key(Some(8))).await;
     f.enqueue_dead(&q, 1).await;
     let before = f.store.queue_get(&q).await.unwrap().config;
-    for patch in [per_key(Some(9)), QueueConfigPatch { ordering: Some(Ordering::None), ..QueueConfigPatch::default() }] {
+    for patch in [per_key(Some(9)), QueueConfigPatch { ordering: Some(Ordering::None), ..QueueConfigPatch::default() }]
+    {
         assert!(matches!(f.store.queue_upsert(&q, patch).await, Err(Error::Conflict(_))));
     }
     assert_eq!(f.store.queue_get(&q).await.unwrap().config, before, "a refused change changed nothing");
@@ -247,7 +263,8 @@ pub async fn ordering_and_partitions_change_only_while_the_queue_is_empty<B: Bac
     assert_eq!((same.partitions, same.max_attempts), (8, 9));
     assert_eq!(f.store.dead_purge(&q).await, Ok(1));
     assert_eq!(f.upsert(&q, per_key(Some(9))).await.partitions, 9);
-    let unordered = f.upsert(&q, QueueConfigPatch { ordering: Some(Ordering::None), ..QueueConfigPatch::default() }).await;
+    let unordered =
+        f.upsert(&q, QueueConfigPatch { ordering: Some(Ordering::None), ..QueueConfigPatch::default() }).await;
     assert_eq!(unordered.ordering, Ordering::None);
 }
 
