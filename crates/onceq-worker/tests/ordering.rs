@@ -87,6 +87,8 @@ async fn the_handler_sees_key_and_partition_and_each_key_runs_in_order() {
     let report = worker.run(wait).await;
     assert_eq!((report.leased, report.acked), ((KEYS * JOBS_PER_KEY) as u64, (KEYS * JOBS_PER_KEY) as u64));
 
+    let stats = store.queue_get(&q).await.unwrap().stats;
+    assert_eq!((stats.ready, stats.blocked, stats.leased), (0, 0, 0));
     let seen = seen.lock().unwrap();
     for key in 0..KEYS {
         assert_eq!(
@@ -96,6 +98,4 @@ async fn the_handler_sees_key_and_partition_and_each_key_runs_in_order() {
         );
     }
     assert!(seen.overlap_max > 1, "different keys ran side by side (at most {} at once)", seen.overlap_max);
-    let stats = store.queue_get(&q).await.unwrap().stats;
-    assert_eq!((stats.ready, stats.blocked, stats.leased), (0, 0, 0));
 }

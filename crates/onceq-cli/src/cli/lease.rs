@@ -289,7 +289,7 @@ mod tests {
             lease_expires_at: Timestamp::from_millis(1_767_225_600_000),
         };
         assert_eq!(
-            leased_table(&[job.clone()]).render(),
+            leased_table(std::slice::from_ref(&job)).render(),
             "ID  ATTEMPT  LEASE_TOKEN                       LEASE_EXPIRES_AT          PAYLOAD\n \
              7      2/5  000102030405060708090a0b0c0d0e0f  2026-01-01T00:00:00.000Z  {\"to\":\"ada\"}\n"
         );
