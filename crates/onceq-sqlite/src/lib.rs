@@ -14,7 +14,8 @@
 //!   - `writer::due`: what the clock made due, applied before each group.
 //!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
 //!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::queues`,
-//!     `writer::dead` (redrive, purge) and `writer::idempotency`.
+//!     `writer::dead` (redrive, purge) and `writer::idempotency`; and `writer::keys`, each
+//!     ordering key's head in a `per_key` queue and handing the key on, which they call.
 //! - `sync`: the syncer thread, which makes commits durable (one `fdatasync` for every group
 //!   committed since the last) and only then answers them, while the writer goes on.
 //! - `durable`: what the writer, the syncer and readers share about durability: which commits
@@ -304,6 +305,7 @@ impl SqliteStore {
                 scheduled: entry.counts[state::SCHEDULED as usize],
                 leased: entry.counts[state::LEASED as usize],
                 dead: entry.counts[state::DEAD as usize],
+                blocked: entry.counts[state::BLOCKED as usize],
                 oldest_ready_age_ms: oldest.map(|at| now.ms_since(at)),
             },
         })

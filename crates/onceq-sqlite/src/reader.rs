@@ -59,12 +59,14 @@ fn job_state(stored: i64) -> Result<JobState> {
         state::READY => JobState::Ready,
         state::LEASED => JobState::Leased,
         state::DEAD => JobState::Dead,
+        state::BLOCKED => JobState::Blocked,
         other => return Err(Error::Storage(format!("unknown stored job state {other}"))),
     })
 }
 
 const JOB_COLUMNS: &str = "j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, \
-                           j.dedup_id, j.enqueued_at, j.run_at, j.lease_expires_at, j.error_count";
+                           j.dedup_id, j.enqueued_at, j.run_at, j.lease_expires_at, j.error_count, \
+                           j.ordering_key, j.partition";
 
 fn job_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<Job> {
     let read = |e| sqlite_error("reading a job", e);
@@ -89,6 +91,8 @@ fn job_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<Job> {
         payload: r.get(6).map_err(read)?,
         headers,
         dedup_id: r.get(8).map_err(read)?,
+        ordering_key: r.get(13).map_err(read)?,
+        partition: r.get(14).map_err(read)?,
         enqueued_at: Timestamp::from_millis(r.get(9).map_err(read)?),
         run_at: Timestamp::from_millis(r.get(10).map_err(read)?),
         lease_expires_at: r.get::<_, Option<i64>>(11).map_err(read)?.map(Timestamp::from_millis),

@@ -78,6 +78,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_until ON idempotency (until);
     "#,
+    // v3: ordering per key. A job's ordering key and, in a `per_key` queue, its partition; the
+    // blocked state (4), whose jobs sit in their own index and never in the ready one, so that a
+    // lease reads past none of them; and each key's head, the one job of the key that may be
+    // ready, scheduled, leased (or dead, with `dead_blocks_key`).
+    r#"
+    ALTER TABLE jobs ADD COLUMN ordering_key TEXT;
+    ALTER TABLE jobs ADD COLUMN partition INTEGER;
+    CREATE INDEX jobs_blocked ON jobs (queue_id, ordering_key, id) WHERE state = 4;
+    CREATE TABLE keys (
+        queue_id     INTEGER NOT NULL,
+        ordering_key TEXT NOT NULL,
+        head_id      INTEGER NOT NULL,
+        PRIMARY KEY (queue_id, ordering_key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -89,6 +104,10 @@ pub(crate) mod state {
     pub const READY: i64 = 1;
     pub const LEASED: i64 = 2;
     pub const DEAD: i64 = 3;
+    /// In a `per_key` queue, behind an earlier job of its ordering key.
+    pub const BLOCKED: i64 = 4;
+    /// How many stored states there are (each one's value is below it).
+    pub const COUNT: usize = 5;
 }
 
 pub(crate) fn sqlite_error(context: &str, error: rusqlite::Error) -> Error {
@@ -214,5 +233,70 @@ mod tests {
         let keys: i64 =
             conn.query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys, 0);
+    }
+
+    /// A data file written by the version 2 schema opens, migrates to version 3, and its jobs,
+    /// in every stored state, read as before and unordered: no ordering key, no partition; its
+    /// queue reads as unordered, and takes keyed jobs as an unordered queue does.
+    #[test]
+    fn a_version_2_file_is_migrated_forward_and_its_jobs_read_unordered() {
+        use onceq_core::{JobId, JobState, NewJob, Ordering, QueueName, Store, StoreExt};
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(crate::DATA_FILE_NAME);
+        {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap_or_else(|e| panic!("{e}"));
+            }
+            conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 2;"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            // A config as version 2 stored it, before queues had an ordering.
+            let config = r#"{"delivery":"at_least_once","visibility_timeout_ms":30000,"max_attempts":5,"backoff":{"initial_ms":1000,"max_ms":300000,"multiplier":2.0,"jitter":"full"},"dedup_window_ms":300000}"#;
+            conn.execute("INSERT INTO queues (id, name, config, created_at) VALUES (1, 'q', ?1, 0)", [config])
+                .unwrap_or_else(|e| panic!("{e}"));
+            // One job in each state of version 2: scheduled far ahead, ready, dead.
+            conn.execute_batch(
+                "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, payload) \
+                 VALUES (7, 1, 0, 0, 9000000000000, 0, 0, 5, x'07'), (8, 1, 1, 0, 0, 0, 0, 5, x'08'), \
+                 (9, 1, 3, 0, 0, 0, 5, 5, x'09'); \
+                 UPDATE meta SET value = 10 WHERE key = 'next_id';",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(async {
+            let store =
+                crate::SqliteStore::open(crate::SqliteOptions::new(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+            let q = QueueName::new("q").unwrap_or_else(|e| panic!("{e}"));
+            for (id, state, payload) in [(7, JobState::Scheduled, 7u8), (8, JobState::Ready, 8), (9, JobState::Dead, 9)]
+            {
+                let job = store.job_get(JobId::new(id)).await.unwrap_or_else(|e| panic!("job {id}: {e}"));
+                assert_eq!(
+                    (job.state, job.payload, job.ordering_key, job.partition),
+                    (state, vec![payload], None, None),
+                    "job {id}"
+                );
+            }
+            let info = store.queue_get(&q).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((info.config.ordering, info.stats.ready, info.stats.blocked), (Ordering::None, 1, 0));
+            // Keyed jobs in the migrated queue are kept, and order nothing.
+            let keyed = store.enqueue(&q, NewJob::new("k").ordering_key("k")).await.unwrap_or_else(|e| panic!("{e}"));
+            let again = store.enqueue(&q, NewJob::new("k").ordering_key("k")).await.unwrap_or_else(|e| panic!("{e}"));
+            let ids: Vec<u64> = store
+                .job_lease(&q, onceq_core::LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 })
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|job| job.id.get())
+                .collect();
+            assert_eq!(ids, vec![8, keyed.id.get(), again.id.get()]);
+            store.close().await;
+        });
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(version, 3);
+        let keys: i64 = conn.query_row("SELECT count(*) FROM keys", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys, 0, "an unordered queue keeps no key heads");
     }
 }

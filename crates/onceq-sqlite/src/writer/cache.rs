@@ -34,8 +34,8 @@ pub(crate) struct QueueEntry {
     pub id: i64,
     pub config: QueueConfig,
     pub paused: bool,
-    /// Job counts indexed by stored state (scheduled, ready, leased, dead).
-    pub counts: [u64; 4],
+    /// Job counts indexed by stored state (scheduled, ready, leased, dead, blocked).
+    pub counts: [u64; state::COUNT],
 }
 
 /// The writer's in-memory state; authoritative for queue configs and counts.
@@ -103,7 +103,7 @@ impl State {
                 let config: QueueConfig = serde_json::from_str(&config)
                     .map_err(|e| Error::Storage(format!("queue {name} has an unreadable config: {e}")))?;
                 names.insert(id, name.clone());
-                queues.insert(name, QueueEntry { id, config, paused, counts: [0; 4] });
+                queues.insert(name, QueueEntry { id, config, paused, counts: [0; state::COUNT] });
             }
         }
         {
@@ -117,7 +117,7 @@ impl State {
                 let (queue_id, job_state, count) = row.map_err(storage("counting jobs"))?;
                 let entry = names.get(&queue_id).and_then(|name| queues.get_mut(name));
                 if let (Some(entry), Ok(slot)) = (entry, usize::try_from(job_state)) {
-                    if slot < 4 {
+                    if slot < state::COUNT {
                         entry.counts[slot] = u64::try_from(count).unwrap_or(0);
                     }
                 }
@@ -198,6 +198,11 @@ impl State {
     /// The `queue` label of metrics about this queue.
     pub(super) fn label(&self, queue_id: i64) -> String {
         self.names.get(&queue_id).map(|n| n.to_string()).unwrap_or_default()
+    }
+
+    /// The config of the queue with this row id.
+    pub(super) fn config_of(&self, queue_id: i64) -> Option<&QueueConfig> {
+        self.names.get(&queue_id).and_then(|name| self.queues.get(name)).map(|entry| &entry.config)
     }
 
     pub(super) fn entry_by_id(&mut self, queue_id: i64) -> Option<&mut QueueEntry> {

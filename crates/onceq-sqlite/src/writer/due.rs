@@ -42,19 +42,19 @@ impl State {
         for queue_id in promoted {
             self.count_move(queue_id, Some(state::SCHEDULED), Some(state::READY));
         }
-        let expired: Vec<(i64, i64, i64, i64, i64)> = {
+        let expired: Vec<(i64, i64, i64, i64, i64, Option<String>)> = {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, queue_id, attempt, max_attempts, lease_expires_at FROM jobs \
+                    "SELECT id, queue_id, attempt, max_attempts, lease_expires_at, ordering_key FROM jobs \
                      WHERE state = 2 AND lease_expires_at <= ?1",
                 )
                 .map_err(storage("finding expired leases"))?;
             let rows = stmt
-                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
                 .map_err(storage("finding expired leases"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(storage("finding expired leases"))?
         };
-        for (id, queue_id, attempt, max_attempts, expired_at) in expired {
+        for (id, queue_id, attempt, max_attempts, expired_at, ordering_key) in expired {
             record_error(conn, id, attempt, "lease expired", expired_at)?;
             let to = if attempt >= max_attempts { state::DEAD } else { state::READY };
             if to == state::DEAD {
@@ -71,6 +71,9 @@ impl State {
             .and_then(|mut s| s.execute(params![id, to, expired_at]))
             .map_err(storage("expiring a lease"))?;
             self.count_move(queue_id, Some(state::LEASED), Some(to));
+            if to == state::DEAD {
+                self.key_after_death(conn, queue_id, ordering_key.as_deref(), id)?;
+            }
         }
         self.recompute_next_due(conn)
     }

@@ -1,9 +1,10 @@
 //! The SQL of enqueue and lease, and of the error history every settle writes to.
 
 use onceq_core::metrics as names;
+use onceq_core::ordering::partition_of;
 use onceq_core::store::validate;
 use onceq_core::{
-    truncate_error_text, DeliveryMode, Enqueued, Error, JobId, LeaseOptions, LeaseToken, LeasedJob, NewJob,
+    truncate_error_text, DeliveryMode, Enqueued, Error, JobId, LeaseOptions, LeaseToken, LeasedJob, NewJob, Ordering,
     QueueConfig, QueueName, Result, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
@@ -24,17 +25,23 @@ impl State {
         } else {
             self.queue_create(conn, name, QueueConfig::default())?;
         }
-        let (queue_id, window_ms, queue_max_attempts) = {
+        let (target, window_ms) = {
             let entry = self.queue_required(name)?;
-            (entry.id, entry.config.dedup_window_ms, entry.config.max_attempts)
+            let target = Target {
+                queue_id: entry.id,
+                max_attempts: entry.config.max_attempts,
+                partitions: (entry.config.ordering == Ordering::PerKey).then_some(entry.config.partitions),
+            };
+            (target, entry.config.dedup_window_ms)
         };
+        let queue_id = target.queue_id;
         let now = self.now;
         let mut out = Vec::with_capacity(jobs.len());
-        let (mut ready, mut scheduled) = (0u64, 0u64);
+        let mut placed = Placed::default();
         // Without dedup ids there is nothing to look up per job: the rows go in by the chunk, and
         // the one-by-one loop below gets nothing.
         let jobs = if jobs.iter().all(|job| job.dedup_id.is_none()) {
-            (ready, scheduled) = self.insert_chunked(conn, queue_id, queue_max_attempts, jobs, &mut out)?;
+            placed = self.insert_chunked(conn, &target, jobs, &mut out)?;
             Vec::new()
         } else {
             jobs
@@ -43,7 +50,8 @@ impl State {
         let mut insert = conn
             .prepare_cached(
                 "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
-                 dedup_id, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
+                 dedup_id, headers, payload, ordering_key, partition) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(storage("inserting a job"))?;
         for job in jobs {
@@ -65,7 +73,7 @@ impl State {
             self.next_id += 1;
             self.next_id_dirty = true;
             let run_at = job.ready_at(now);
-            let job_state = if run_at > now { state::SCHEDULED } else { state::READY };
+            let (job_state, partition) = self.place(conn, &target, &job, id, run_at)?;
             let headers = if job.headers.is_empty() {
                 None
             } else {
@@ -82,10 +90,12 @@ impl State {
                     job.priority,
                     run_at.as_millis(),
                     now.as_millis(),
-                    job.max_attempts.unwrap_or(queue_max_attempts),
+                    job.max_attempts.unwrap_or(target.max_attempts),
                     job.dedup_id,
                     headers,
                     job.payload,
+                    job.ordering_key,
+                    partition,
                 ])
                 .map_err(storage("inserting a job"))?;
             if let Some(dedup_id) = &job.dedup_id {
@@ -97,38 +107,69 @@ impl State {
                 })
                 .map_err(storage("recording a dedup id"))?;
             }
-            if job_state == state::SCHEDULED {
-                self.lower_next_due(run_at);
-                scheduled += 1;
-            } else {
-                ready += 1;
-            }
+            self.count_placed(&mut placed, job_state, run_at);
             out.push(Enqueued { id: JobId::new(id), duplicate: false });
         }
-        self.count_move_n(queue_id, None, Some(state::READY), ready);
-        self.count_move_n(queue_id, None, Some(state::SCHEDULED), scheduled);
-        let duplicates = out.len() as u64 - ready - scheduled;
-        metrics::counter!(names::ENQUEUED, "queue" => name.to_string()).increment(ready + scheduled);
+        self.count_move_n(queue_id, None, Some(state::READY), placed.ready);
+        self.count_move_n(queue_id, None, Some(state::SCHEDULED), placed.scheduled);
+        self.count_move_n(queue_id, None, Some(state::BLOCKED), placed.blocked);
+        let created = placed.ready + placed.scheduled + placed.blocked;
+        let duplicates = out.len() as u64 - created;
+        metrics::counter!(names::ENQUEUED, "queue" => name.to_string()).increment(created);
         if duplicates > 0 {
             metrics::counter!(names::DUPLICATES_SUPPRESSED, "queue" => name.to_string()).increment(duplicates);
         }
         Ok(out)
     }
 
+    /// Where a new job `id` waits, and its partition: in an unordered queue it is ready or
+    /// scheduled, with no partition; in a `per_key` queue a keyed job whose key has a head is
+    /// blocked, any other becomes ready or scheduled (and its key's head), and every job has the
+    /// partition of its key (or id). Jobs are placed in request order, so the first job of a key
+    /// in a batch is its head and the rest queue behind it in order.
+    fn place(
+        &self,
+        conn: &Connection,
+        target: &Target,
+        job: &NewJob,
+        id: u64,
+        run_at: Timestamp,
+    ) -> Result<(i64, Option<u32>)> {
+        let due = if run_at > self.now { state::SCHEDULED } else { state::READY };
+        let Some(partitions) = target.partitions else { return Ok((due, None)) };
+        let partition = partition_of(job.ordering_key.as_deref(), JobId::new(id), partitions);
+        let job_state = match &job.ordering_key {
+            Some(key) if !self.key_claim(conn, target.queue_id, key, to_i64(id))? => state::BLOCKED,
+            _ => due,
+        };
+        Ok((job_state, Some(partition)))
+    }
+
+    /// Counts a new job placed in `job_state`; a scheduled one tells the due timer its time.
+    fn count_placed(&mut self, placed: &mut Placed, job_state: i64, run_at: Timestamp) {
+        match job_state {
+            state::SCHEDULED => {
+                self.lower_next_due(run_at);
+                placed.scheduled += 1;
+            }
+            state::BLOCKED => placed.blocked += 1,
+            _ => placed.ready += 1,
+        }
+    }
+
     /// Inserts `jobs`, none of which has a dedup id, with one multi-row INSERT per chunk of
     /// [`INSERT_CHUNK_ROWS`] rows: one statement execution per chunk instead of per job, and the
     /// values every row shares (first id, queue, enqueue time) bound once. Ids are assigned in
-    /// request order. Returns how many became ready and how many scheduled.
+    /// request order. Returns how many it placed in each state.
     fn insert_chunked(
         &mut self,
         conn: &Connection,
-        queue_id: i64,
-        queue_max_attempts: u32,
+        target: &Target,
         jobs: Vec<NewJob>,
         out: &mut Vec<Enqueued>,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Placed> {
         let now = self.now;
-        let (mut ready, mut scheduled) = (0u64, 0u64);
+        let mut placed = Placed::default();
         let bind = |stmt: &mut rusqlite::CachedStatement<'_>, index: usize, value: &dyn rusqlite::ToSql| {
             stmt.raw_bind_parameter(index, value).map_err(storage("inserting a job"))
         };
@@ -138,14 +179,14 @@ impl State {
             let rows = INSERT_CHUNK_ROWS.iter().copied().find(|&rows| rows <= left).unwrap_or(1);
             let mut insert = conn.prepare_cached(insert_sql(rows)).map_err(storage("inserting a job"))?;
             bind(&mut insert, 1, &to_i64(self.next_id))?;
-            bind(&mut insert, 2, &queue_id)?;
+            bind(&mut insert, 2, &target.queue_id)?;
             bind(&mut insert, 3, &now.as_millis())?;
             for (row, job) in jobs.by_ref().take(rows).enumerate() {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.next_id_dirty = true;
                 let run_at = job.ready_at(now);
-                let job_state = if run_at > now { state::SCHEDULED } else { state::READY };
+                let (job_state, partition) = self.place(conn, target, &job, id, run_at)?;
                 let headers = if job.headers.is_empty() {
                     None
                 } else {
@@ -158,22 +199,19 @@ impl State {
                 bind(&mut insert, base + 1, &job_state)?;
                 bind(&mut insert, base + 2, &job.priority)?;
                 bind(&mut insert, base + 3, &run_at.as_millis())?;
-                bind(&mut insert, base + 4, &job.max_attempts.unwrap_or(queue_max_attempts))?;
+                bind(&mut insert, base + 4, &job.max_attempts.unwrap_or(target.max_attempts))?;
                 bind(&mut insert, base + 5, &headers)?;
                 bind(&mut insert, base + 6, &job.payload)?;
-                if job_state == state::SCHEDULED {
-                    self.lower_next_due(run_at);
-                    scheduled += 1;
-                } else {
-                    ready += 1;
-                }
+                bind(&mut insert, base + 7, &job.ordering_key)?;
+                bind(&mut insert, base + 8, &partition)?;
+                self.count_placed(&mut placed, job_state, run_at);
                 out.push(Enqueued { id: JobId::new(id), duplicate: false });
             }
             let inserted = insert.raw_execute().map_err(storage("inserting a job"))?;
             debug_assert_eq!(inserted, rows, "a multi-row INSERT wrote {inserted} of {rows} rows");
             left -= rows;
         }
-        Ok((ready, scheduled))
+        Ok(placed)
     }
 
     pub(crate) fn job_lease(
@@ -188,6 +226,8 @@ impl State {
         }
         let queue_id = entry.id;
         let at_most_once = entry.config.delivery == DeliveryMode::AtMostOnce;
+        // In at_most_once mode a leased job leaves the queue, and its key moves on.
+        let keys_move_on = at_most_once && entry.config.ordering == Ordering::PerKey;
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(entry.config.visibility_timeout_ms);
         let expires_at = self.now.plus_ms(visibility_ms);
         // The batch is read in lease order through the ready-order index, then each job is claimed
@@ -197,13 +237,7 @@ impl State {
         // Every row read here is claimed below in the same transaction: the writer is the only
         // connection that writes, so nothing can take them in between.
         let rows: Vec<ReadyRow> = {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, \
-                     error_count FROM jobs WHERE queue_id = ?1 AND state = 1 \
-                     ORDER BY priority DESC, run_at, id LIMIT ?2",
-                )
-                .map_err(storage("leasing jobs"))?;
+            let mut stmt = conn.prepare_cached(LEASE_SQL).map_err(storage("leasing jobs"))?;
             let rows = stmt
                 .query_map(params![queue_id, options.max_jobs], |r| {
                     Ok(ReadyRow {
@@ -217,6 +251,8 @@ impl State {
                         headers: r.get(7)?,
                         payload: r.get(8)?,
                         error_count: r.get(9)?,
+                        ordering_key: r.get(10)?,
+                        partition: r.get(11)?,
                     })
                 })
                 .map_err(storage("leasing jobs"))?;
@@ -250,6 +286,10 @@ impl State {
             if at_most_once && row.error_count > 0 {
                 delete_errors(conn, row.id)?;
             }
+            if let (true, Some(key)) = (keys_move_on, &row.ordering_key) {
+                let was_head = self.key_moves_on(conn, queue_id, key, row.id)?;
+                debug_assert!(was_head, "job {} was ready in a per_key queue but was not the head of {key:?}", row.id);
+            }
             let headers = match row.headers {
                 None => Default::default(),
                 Some(text) => serde_json::from_str(&text)
@@ -265,6 +305,8 @@ impl State {
                 payload: row.payload,
                 headers,
                 dedup_id: row.dedup_id,
+                ordering_key: row.ordering_key,
+                partition: row.partition,
                 enqueued_at: Timestamp::from_millis(row.enqueued_at),
                 run_at: Timestamp::from_millis(row.run_at),
                 lease_expires_at: expires_at,
@@ -290,13 +332,19 @@ impl State {
     }
 }
 
+/// A queue's next ready jobs, in lease order, through the ready index (`jobs_ready`): blocked
+/// jobs are in another index, so however many wait behind their keys, a lease reads none of them.
+pub(crate) const LEASE_SQL: &str =
+    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, error_count, \
+     ordering_key, partition FROM jobs WHERE queue_id = ?1 AND state = 1 ORDER BY priority DESC, run_at, id LIMIT ?2";
+
 /// Rows per multi-row INSERT, largest first: a batch goes in as few statements as these sizes
 /// allow (100 jobs: 64 + 16 + 16 + 4), and each size is one cached statement.
 const INSERT_CHUNK_ROWS: [usize; 4] = [64, 16, 4, 1];
 /// Parameters every row of a multi-row INSERT shares: the first id, the queue, the enqueue time.
 const INSERT_SHARED_PARAMS: usize = 3;
 /// Parameters of each row of a multi-row INSERT.
-const INSERT_ROW_PARAMS: usize = 6;
+const INSERT_ROW_PARAMS: usize = 8;
 
 /// The multi-row INSERT of `rows` jobs without dedup ids (ids consecutive from `?1`).
 fn insert_sql(rows: usize) -> &'static str {
@@ -307,7 +355,7 @@ fn insert_sql(rows: usize) -> &'static str {
             .map(|&rows| {
                 let mut sql = String::from(
                     "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
-                     dedup_id, headers, payload) VALUES ",
+                     dedup_id, headers, payload, ordering_key, partition) VALUES ",
                 );
                 for row in 0..rows {
                     let p = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
@@ -315,13 +363,15 @@ fn insert_sql(rows: usize) -> &'static str {
                         sql.push(',');
                     }
                     sql.push_str(&format!(
-                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{})",
+                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{}, ?{}, ?{})",
                         p + 1,
                         p + 2,
                         p + 3,
                         p + 4,
                         p + 5,
-                        p + 6
+                        p + 6,
+                        p + 7,
+                        p + 8
                     ));
                 }
                 sql
@@ -330,6 +380,23 @@ fn insert_sql(rows: usize) -> &'static str {
     });
     let index = INSERT_CHUNK_ROWS.iter().position(|&r| r == rows).unwrap_or(INSERT_CHUNK_ROWS.len() - 1);
     all.get(index).map_or("", String::as_str)
+}
+
+/// The queue an enqueue writes to, as its jobs' placement needs it.
+struct Target {
+    queue_id: i64,
+    /// The queue's default attempts, for jobs that name none.
+    max_attempts: u32,
+    /// The partition count of a `per_key` queue; `None` for an unordered one.
+    partitions: Option<u32>,
+}
+
+/// How many new jobs one enqueue placed in each state.
+#[derive(Default)]
+struct Placed {
+    ready: u64,
+    scheduled: u64,
+    blocked: u64,
 }
 
 /// A ready job as read for leasing.
@@ -344,6 +411,8 @@ struct ReadyRow {
     headers: Option<String>,
     payload: Vec<u8>,
     error_count: i64,
+    ordering_key: Option<String>,
+    partition: Option<u32>,
 }
 
 pub(super) fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -> Result<()> {

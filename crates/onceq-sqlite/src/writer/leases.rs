@@ -14,7 +14,8 @@ impl State {
     fn live_lease(&self, conn: &Connection, id: JobId, token: &LeaseToken) -> Result<LiveLease> {
         let row = conn
             .prepare_cached(
-                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at FROM jobs WHERE id = ?1",
+                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at, ordering_key FROM jobs \
+                 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([to_i64(id.get())], |r| {
@@ -25,12 +26,21 @@ impl State {
                         max_attempts: r.get(3)?,
                         token: r.get(4)?,
                         expires_at: r.get(5)?,
+                        ordering_key: r.get(6)?,
                     })
                 })
                 .optional()
             })
             .map_err(storage("reading a lease"))?;
-        let Some(LeaseRow { queue_id, state: job_state, attempt, max_attempts, token: stored, expires_at }) = row
+        let Some(LeaseRow {
+            queue_id,
+            state: job_state,
+            attempt,
+            max_attempts,
+            token: stored,
+            expires_at,
+            ordering_key,
+        }) = row
         else {
             metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => "").increment(1);
             return Err(Error::JobNotFound(id));
@@ -42,7 +52,7 @@ impl State {
             metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => self.label(queue_id)).increment(1);
             return Err(Error::LeaseLost(id));
         }
-        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts })
+        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts, ordering_key })
     }
 
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
@@ -53,13 +63,15 @@ impl State {
         // per job and measured twice as costly; reading the batch with one IN list saved nothing.)
         let mut find = conn
             .prepare_cached(
-                "SELECT queue_id, error_count, leased_at FROM jobs \
+                "SELECT queue_id, error_count, leased_at, ordering_key FROM jobs \
                  WHERE id = ?1 AND state = 2 AND lease_token = ?2 AND lease_expires_at > ?3",
             )
             .map_err(storage("acking a job"))?;
         let mut out = Vec::with_capacity(acks.len());
         let mut doomed: Vec<i64> = Vec::with_capacity(acks.len());
         let mut settled = Settled { queues: Vec::new(), now: self.now };
+        // Keys whose head is acked, as (queue, key, job): each moves on once the job is gone.
+        let mut keys_moving_on: Vec<(i64, String, i64)> = Vec::new();
         let repeats = {
             let mut ids: Vec<u64> = acks.iter().map(|ack| ack.id.get()).collect();
             ids.sort_unstable();
@@ -68,20 +80,23 @@ impl State {
         for ack in acks {
             let row_id = to_i64(ack.id.get());
             // A job acked earlier in this call is gone, as if deleted already.
-            let found: Option<(i64, i64, Option<i64>)> = if repeats && doomed.contains(&row_id) {
+            let found: Option<(i64, i64, Option<i64>, Option<String>)> = if repeats && doomed.contains(&row_id) {
                 None
             } else {
                 find.query_row(params![row_id, &ack.lease_token.as_bytes()[..], now], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .optional()
                 .map_err(storage("acking a job"))?
             };
             out.push(match found {
-                Some((queue_id, error_count, leased_at)) => {
+                Some((queue_id, error_count, leased_at, ordering_key)) => {
                     doomed.push(row_id);
                     if error_count > 0 {
                         delete_errors(conn, row_id)?;
+                    }
+                    if let Some(key) = ordering_key.filter(|_| self.per_key(queue_id)) {
+                        keys_moving_on.push((queue_id, key, row_id));
                     }
                     settled.add(queue_id, leased_at);
                     Ok(())
@@ -105,6 +120,10 @@ impl State {
         }
         if deleted != doomed.len() {
             return Err(Error::Storage(format!("ack deleted {deleted} of {} live leases", doomed.len())));
+        }
+        for (queue_id, key, row_id) in keys_moving_on {
+            let was_head = self.key_moves_on(conn, queue_id, &key, row_id)?;
+            debug_assert!(was_head, "job {row_id} was leased in a per_key queue but was not the head of {key:?}");
         }
         // Counts and metrics once per queue, not per job: label strings and metric handles cost
         // more than the bookkeeping itself.
@@ -215,7 +234,7 @@ impl State {
         .and_then(|mut s| s.execute([lease.row_id]))
         .map_err(storage("dead-lettering a job"))?;
         self.count_move(lease.queue_id, Some(state::LEASED), Some(state::DEAD));
-        Ok(())
+        self.key_after_death(conn, lease.queue_id, lease.ordering_key.as_deref(), lease.row_id)
     }
 
     pub(crate) fn job_extend(&mut self, conn: &Connection, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
@@ -341,6 +360,7 @@ struct LeaseRow {
     max_attempts: i64,
     token: Option<Vec<u8>>,
     expires_at: Option<i64>,
+    ordering_key: Option<String>,
 }
 
 /// A lease that [`State::live_lease`] found live.
@@ -349,4 +369,5 @@ struct LiveLease {
     queue_id: i64,
     attempt: i64,
     max_attempts: i64,
+    ordering_key: Option<String>,
 }

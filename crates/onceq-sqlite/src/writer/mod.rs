@@ -20,6 +20,7 @@ mod dead;
 mod due;
 mod idempotency;
 mod jobs;
+mod keys;
 mod leases;
 pub(crate) mod op;
 mod queues;

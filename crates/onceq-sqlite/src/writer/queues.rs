@@ -15,7 +15,7 @@ impl State {
             .map_err(storage("creating a queue"))?;
         let id = conn.last_insert_rowid();
         self.names.insert(id, name.clone());
-        self.queues.insert(name.clone(), QueueEntry { id, config, paused: false, counts: [0; 4] });
+        self.queues.insert(name.clone(), QueueEntry { id, config, paused: false, counts: [0; state::COUNT] });
         self.dirty.insert(id);
         Ok(())
     }
@@ -34,6 +34,13 @@ impl State {
             }
             Some(entry) => {
                 let config = entry.config.patched(patch)?;
+                // A job's state and partition were decided by the ordering it was enqueued under.
+                let jobs: u64 = entry.counts.iter().sum();
+                if jobs > 0 && entry.config.reorders(&config) {
+                    return Err(Error::Conflict(format!(
+                        "queue {name} holds {jobs} jobs; its ordering and partitions can change only while it is empty"
+                    )));
+                }
                 let text =
                     serde_json::to_string(&config).map_err(|e| Error::Storage(format!("encoding config: {e}")))?;
                 conn.prepare_cached("UPDATE queues SET config = ?2 WHERE id = ?1")
@@ -69,7 +76,7 @@ impl State {
         conn.execute_batch(&format!(
             "DELETE FROM job_errors WHERE job_id IN (SELECT id FROM jobs WHERE queue_id = {id}); \
              DELETE FROM jobs WHERE queue_id = {id}; DELETE FROM dedup WHERE queue_id = {id}; \
-             DELETE FROM queues WHERE id = {id};"
+             DELETE FROM keys WHERE queue_id = {id}; DELETE FROM queues WHERE id = {id};"
         ))
         .map_err(storage("deleting a queue"))?;
         self.queues.remove(name);
