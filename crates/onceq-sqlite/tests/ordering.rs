@@ -2,7 +2,8 @@
 //! a lease expiring past its attempts and a purge each move a key on (or not) as
 //! docs/semantics.md says; several dead jobs of one key redriven together rejoin it oldest first;
 //! jobs with dedup ids block in batch order; key heads survive close and reopen; and a refused
-//! change of ordering says why.
+//! change of ordering says why. After each, the data file's key heads and blocked lists agree
+//! with its jobs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use onceq_core::{
     Clock, DeliveryMode, Error, JobId, JobState, LeaseOptions, ManualClock, NewJob, Ordering, QueueConfigPatch,
     QueueName, Redrive, Store, StoreExt,
 };
-use onceq_sqlite::{SqliteOptions, SqliteStore};
+use onceq_sqlite::{SqliteOptions, SqliteStore, DATA_FILE_NAME};
 
 fn per_key() -> QueueConfigPatch {
     QueueConfigPatch { ordering: Some(Ordering::PerKey), ..QueueConfigPatch::default() }
@@ -20,6 +21,31 @@ fn per_key() -> QueueConfigPatch {
 
 fn keyed(key: &str, payload: &str) -> NewJob {
     NewJob::new(payload.to_owned()).ordering_key(key)
+}
+
+/// Checks, in a closed store's data file, what the store keeps beside its jobs: the `blocked`
+/// list holds exactly the blocked jobs (with their key and `run_at`), each key's head is a job of
+/// that key that is ready, scheduled, leased or dead, and every blocked job has a head to wait on.
+fn assert_keys_agree_with_jobs(dir: &std::path::Path) {
+    let conn = rusqlite::Connection::open(dir.join(DATA_FILE_NAME)).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let blocked = count("SELECT count(*) FROM jobs WHERE state = 4");
+    let listed = count(
+        "SELECT count(*) FROM blocked b JOIN jobs j ON j.id = b.job_id AND j.state = 4 AND j.queue_id = b.queue_id \
+         AND j.ordering_key = b.ordering_key AND j.run_at = b.run_at",
+    );
+    assert_eq!((count("SELECT count(*) FROM blocked"), listed), (blocked, blocked), "blocked list and jobs differ");
+    let heads = count("SELECT count(*) FROM keys");
+    let live_heads = count(
+        "SELECT count(*) FROM keys k JOIN jobs j ON j.id = k.head_id AND j.queue_id = k.queue_id \
+         AND j.ordering_key = k.ordering_key AND j.state IN (0, 1, 2, 3)",
+    );
+    assert_eq!(live_heads, heads, "a key's head is not a waiting job of the key");
+    let headless = count(
+        "SELECT count(*) FROM blocked b WHERE NOT EXISTS \
+         (SELECT 1 FROM keys k WHERE k.queue_id = b.queue_id AND k.ordering_key = b.ordering_key)",
+    );
+    assert_eq!(headless, 0, "a blocked job waits behind no head");
 }
 
 fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> SqliteStore {
@@ -59,6 +85,7 @@ async fn an_at_most_once_lease_moves_the_key_on() {
     assert_eq!(lease(&store, &q, None).await, vec![ids[2]]);
     assert_eq!(lease(&store, &q, None).await, Vec::<JobId>::new());
     store.close().await;
+    assert_keys_agree_with_jobs(dir.path());
 }
 
 /// A lease that expires on its last attempt dead-letters the head: the key moves on, unless the
@@ -83,6 +110,7 @@ async fn a_lease_expiring_past_its_attempts_moves_the_key_on_unless_dead_blocks_
     assert_eq!(lease(&store, &moves, None).await, vec![moving[1]]);
     assert_eq!(lease(&store, &holds, None).await, Vec::<JobId>::new());
     store.close().await;
+    assert_keys_agree_with_jobs(dir.path());
 }
 
 /// Purging a dead job the key already moved past leaves the key's head alone; several dead jobs
@@ -123,6 +151,7 @@ async fn purge_and_redrive_of_jobs_the_key_moved_past() {
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.leased, stats.dead, stats.blocked), (0, 0, 0, 0));
     store.close().await;
+    assert_keys_agree_with_jobs(dir.path());
 }
 
 /// Jobs with dedup ids go in one by one; in a per_key queue they still block in batch order, get
@@ -151,6 +180,7 @@ async fn jobs_with_dedup_ids_block_in_batch_order() {
     }
     assert_eq!(store.queue_get(&q).await.unwrap().stats.blocked, 1);
     store.close().await;
+    assert_keys_agree_with_jobs(dir.path());
 }
 
 /// Key heads and blocked jobs are on disk: after close and reopen the order goes on, and a job
@@ -175,6 +205,7 @@ async fn keys_survive_close_and_reopen() {
     clock.advance(5_000);
     assert_eq!(lease(&store, &q, None).await, vec![ids[1]]);
     store.close().await;
+    assert_keys_agree_with_jobs(dir.path());
 }
 
 /// A change of ordering or partitions while the queue holds jobs is a `Conflict` that says how
@@ -193,4 +224,5 @@ async fn a_refused_reordering_says_why() {
         ))
     );
     store.close().await;
+    assert_keys_agree_with_jobs(dir.path());
 }

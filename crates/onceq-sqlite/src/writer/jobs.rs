@@ -139,7 +139,10 @@ impl State {
         let Some(partitions) = target.partitions else { return Ok((due, None)) };
         let partition = partition_of(job.ordering_key.as_deref(), JobId::new(id), partitions);
         let job_state = match &job.ordering_key {
-            Some(key) if !self.key_claim(conn, target.queue_id, key, to_i64(id))? => state::BLOCKED,
+            Some(key) if !self.key_claim(conn, target.queue_id, key, to_i64(id))? => {
+                self.key_block(conn, target.queue_id, key, to_i64(id), run_at.as_millis())?;
+                state::BLOCKED
+            }
             _ => due,
         };
         Ok((job_state, Some(partition)))
@@ -173,11 +176,19 @@ impl State {
         let bind = |stmt: &mut rusqlite::CachedStatement<'_>, index: usize, value: &dyn rusqlite::ToSql| {
             stmt.raw_bind_parameter(index, value).map_err(storage("inserting a job"))
         };
+        // A batch with no ordering key into an unordered queue leaves both ordering columns NULL:
+        // it binds only what it had to before ordering existed.
+        let columns = if target.partitions.is_none() && jobs.iter().all(|job| job.ordering_key.is_none()) {
+            InsertColumns::Plain
+        } else {
+            InsertColumns::Ordering
+        };
+        let row_params = columns.row_params();
         let mut left = jobs.len();
         let mut jobs = jobs.into_iter();
         while left > 0 {
             let rows = INSERT_CHUNK_ROWS.iter().copied().find(|&rows| rows <= left).unwrap_or(1);
-            let mut insert = conn.prepare_cached(insert_sql(rows)).map_err(storage("inserting a job"))?;
+            let mut insert = conn.prepare_cached(insert_sql(rows, columns)).map_err(storage("inserting a job"))?;
             bind(&mut insert, 1, &to_i64(self.next_id))?;
             bind(&mut insert, 2, &target.queue_id)?;
             bind(&mut insert, 3, &now.as_millis())?;
@@ -195,15 +206,17 @@ impl State {
                             .map_err(|e| Error::Storage(format!("encoding headers: {e}")))?,
                     )
                 };
-                let base = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
+                let base = INSERT_SHARED_PARAMS + row * row_params;
                 bind(&mut insert, base + 1, &job_state)?;
                 bind(&mut insert, base + 2, &job.priority)?;
                 bind(&mut insert, base + 3, &run_at.as_millis())?;
                 bind(&mut insert, base + 4, &job.max_attempts.unwrap_or(target.max_attempts))?;
                 bind(&mut insert, base + 5, &headers)?;
                 bind(&mut insert, base + 6, &job.payload)?;
-                bind(&mut insert, base + 7, &job.ordering_key)?;
-                bind(&mut insert, base + 8, &partition)?;
+                if columns == InsertColumns::Ordering {
+                    bind(&mut insert, base + 7, &job.ordering_key)?;
+                    bind(&mut insert, base + 8, &partition)?;
+                }
                 self.count_placed(&mut placed, job_state, run_at);
                 out.push(Enqueued { id: JobId::new(id), duplicate: false });
             }
@@ -333,7 +346,7 @@ impl State {
 }
 
 /// A queue's next ready jobs, in lease order, through the ready index (`jobs_ready`): blocked
-/// jobs are in another index, so however many wait behind their keys, a lease reads none of them.
+/// jobs (state 4) are not in it, so however many wait behind their keys, a lease reads none.
 pub(crate) const LEASE_SQL: &str =
     "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, error_count, \
      ordering_key, partition FROM jobs WHERE queue_id = ?1 AND state = 1 ORDER BY priority DESC, run_at, id LIMIT ?2";
@@ -343,35 +356,63 @@ pub(crate) const LEASE_SQL: &str =
 const INSERT_CHUNK_ROWS: [usize; 4] = [64, 16, 4, 1];
 /// Parameters every row of a multi-row INSERT shares: the first id, the queue, the enqueue time.
 const INSERT_SHARED_PARAMS: usize = 3;
-/// Parameters of each row of a multi-row INSERT.
-const INSERT_ROW_PARAMS: usize = 8;
+
+/// Which columns a multi-row INSERT writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InsertColumns {
+    /// Those of a job without ordering (its ordering key and partition are left NULL).
+    Plain,
+    /// Those and the ordering key and partition.
+    Ordering,
+}
+
+impl InsertColumns {
+    /// Parameters of each row.
+    const fn row_params(self) -> usize {
+        match self {
+            InsertColumns::Plain => 6,
+            InsertColumns::Ordering => 8,
+        }
+    }
+}
 
 /// The multi-row INSERT of `rows` jobs without dedup ids (ids consecutive from `?1`).
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
+fn insert_sql(rows: usize, columns: InsertColumns) -> &'static str {
+    static PLAIN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    static ORDERING: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = match columns {
+        InsertColumns::Plain => &PLAIN,
+        InsertColumns::Ordering => &ORDERING,
+    };
+    let all = texts.get_or_init(|| {
+        let names = match columns {
+            InsertColumns::Plain => "",
+            InsertColumns::Ordering => ", ordering_key, partition",
+        };
         INSERT_CHUNK_ROWS
             .iter()
             .map(|&rows| {
-                let mut sql = String::from(
+                let mut sql = format!(
                     "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, \
-                     dedup_id, headers, payload, ordering_key, partition) VALUES ",
+                     dedup_id, headers, payload{names}) VALUES "
                 );
                 for row in 0..rows {
-                    let p = INSERT_SHARED_PARAMS + row * INSERT_ROW_PARAMS;
+                    let p = INSERT_SHARED_PARAMS + row * columns.row_params();
                     if row > 0 {
                         sql.push(',');
                     }
+                    let tail = match columns {
+                        InsertColumns::Plain => String::new(),
+                        InsertColumns::Ordering => format!(", ?{}, ?{}", p + 7, p + 8),
+                    };
                     sql.push_str(&format!(
-                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{}, ?{}, ?{})",
+                        "(?1 + {row}, ?2, ?{}, ?{}, ?{}, ?3, 0, ?{}, NULL, ?{}, ?{}{tail})",
                         p + 1,
                         p + 2,
                         p + 3,
                         p + 4,
                         p + 5,
                         p + 6,
-                        p + 7,
-                        p + 8
                     ));
                 }
                 sql
