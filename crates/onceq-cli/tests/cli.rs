@@ -8,6 +8,7 @@
 //! `queue pause|resume|list|delete`. The JSON output is checked field by field against what the
 //! commands did; the tables by their rows. Then the failures: an unknown queue and a lost lease
 //! exit 1 with a message, bad flags and input exit 2, and a server that is not there exits 3.
+//! And ordering per key: the queue flags, the enqueue key, and what the views show of both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -155,7 +156,8 @@ fn the_cli_drives_jobs_through_their_whole_lifecycle() {
         None,
     );
     let expected = json!({"delivery": "at_least_once", "visibility_timeout_ms": 30000, "max_attempts": 3,
-        "backoff": {"initial_ms": 5, "max_ms": 50, "multiplier": 1.5, "jitter": "none"}, "dedup_window_ms": 60000});
+        "backoff": {"initial_ms": 5, "max_ms": 50, "multiplier": 1.5, "jitter": "none"}, "dedup_window_ms": 60000,
+        "ordering": "none", "partitions": 16, "dead_blocks_key": false});
     assert_eq!(config, expected);
     let config = json(url, &["queue", "set", "emails", "--backoff-max-ms", "80"], None);
     assert_eq!(config["backoff"], json!({"initial_ms": 5, "max_ms": 80, "multiplier": 1.5, "jitter": "none"}));
@@ -185,10 +187,13 @@ fn the_cli_drives_jobs_through_their_whole_lifecycle() {
 
     // stats: 1 + 1 + 4 + 2 jobs ready, in a table and in JSON.
     let table = ok(url, &["stats"], None);
-    assert_eq!(row(&table, "QUEUE"), ["QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD", "OLDEST_READY", "PAUSED"]);
+    assert_eq!(
+        row(&table, "QUEUE"),
+        ["QUEUE", "READY", "SCHEDULED", "LEASED", "BLOCKED", "DEAD", "OLDEST_READY", "PAUSED"]
+    );
     let emails = row(&table, "emails");
-    assert_eq!(&emails[..5], ["emails", "8", "0", "0", "0"]);
-    assert_eq!(emails[6], "no");
+    assert_eq!(&emails[..6], ["emails", "8", "0", "0", "0", "0"]);
+    assert_eq!(emails[7], "no");
     let stats = json(url, &["stats", "emails"], None);
     assert_eq!(stats["queues"][0]["name"], "emails");
     assert_eq!(stats["queues"][0]["paused"], false);
@@ -225,7 +230,7 @@ fn the_cli_drives_jobs_through_their_whole_lifecycle() {
     assert_eq!(json(url, &["queue", "get", "emails"], None)["paused"], true);
     assert_eq!(json(url, &["lease", "emails"], None), json!({"jobs": []}));
     let paused = ok(url, &["stats"], None);
-    assert_eq!(row(&paused, "emails")[6], "yes");
+    assert_eq!(row(&paused, "emails")[7], "yes");
     assert_eq!(json(url, &["queue", "resume", "emails"], None), json!({"name": "emails", "paused": false}));
     let (id, token, _) = leased_one(url, "emails");
     let extended = json(url, &["extend", &id, "--lease-token", &token, "--visibility-timeout-ms", "60000"], None);
@@ -344,6 +349,82 @@ fn failures_exit_with_their_documented_codes() {
     let down = onceq(url, &["enqueue", "q"], Some("1\n2\n"));
     assert_eq!(down.code, 3, "{down:?}");
     assert!(down.stderr.trim_end().ends_with("nothing was enqueued"), "{down:?}");
+}
+
+/// Ordering per key from the command line: `queue set --ordering per_key --partitions N
+/// --dead-blocks-key true`, `enqueue --ordering-key K` (as an argument job's key and as every stdin
+/// line's default), the key and partition in `job get` and `lease`, blocked jobs in `stats` and
+/// `queue get`; a reorder of a queue that holds jobs exits 1 saying why; bad values exit 2.
+#[test]
+fn ordering_per_key_from_the_cli() {
+    let server = Server::start();
+    let url = server.url.as_str();
+
+    let args = ["queue", "set", "orders", "--ordering", "per_key", "--partitions", "64", "--dead-blocks-key", "true"];
+    let config = json(url, &args, None);
+    assert_eq!(
+        (&config["ordering"], &config["partitions"], &config["dead_blocks_key"]),
+        (&json!("per_key"), &json!(64), &json!(true))
+    );
+    let record = ok(url, &["queue", "get", "orders"], None);
+    assert_eq!(row(&record, "ordering"), ["ordering", "per_key"]);
+    assert_eq!(row(&record, "partitions"), ["partitions", "64"]);
+    assert_eq!(row(&record, "dead_blocks_key"), ["dead_blocks_key", "yes"]);
+    let list = ok(url, &["queue", "list"], None);
+    assert!(row(&list, "orders").join(" ").contains("per_key, 64 partitions, dead blocks key"), "{list}");
+
+    let head = json(url, &["enqueue", "orders", r#"{"n":1}"#, "--ordering-key", "a"], None)["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lines = json(
+        url,
+        &["enqueue", "orders", "--ordering-key", "a"],
+        Some("2\n{\"payload\": 3, \"ordering_key\": \"foobar\"}\n"),
+    );
+    let behind = lines["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let other = lines["jobs"][1]["id"].as_str().unwrap().to_owned();
+
+    let job = json(url, &["job", "get", &behind], None);
+    assert_eq!((&job["state"], &job["ordering_key"], &job["partition"]), (&json!("blocked"), &json!("a"), &json!(44)));
+    let record = ok(url, &["job", "get", &other], None);
+    assert_eq!(row(&record, "ordering_key"), ["ordering_key", "foobar"]);
+    assert_eq!(row(&record, "partition"), ["partition", "40"]);
+    let stats = json(url, &["stats", "orders"], None)["queues"][0]["stats"].clone();
+    assert_eq!((&stats["ready"], &stats["blocked"]), (&json!(2), &json!(1)), "{stats}");
+    let table = ok(url, &["stats", "orders"], None);
+    assert_eq!(row(&table, "QUEUE")[4], "BLOCKED");
+    assert_eq!(row(&table, "orders")[4], "1");
+    assert_eq!(row(&ok(url, &["queue", "get", "orders"], None), "blocked"), ["blocked", "1"]);
+
+    let leased = json(url, &["lease", "orders", "--max-jobs", "10"], None);
+    let jobs = leased["jobs"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> =
+        jobs.iter().map(|j| (j["id"].as_str().unwrap(), j["ordering_key"].as_str().unwrap())).collect();
+    assert_eq!(seen, [(head.as_str(), "a"), (other.as_str(), "foobar")], "the blocked job waits: {leased}");
+
+    let refused = onceq(url, &["queue", "set", "orders", "--ordering", "none"], None);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("holds 3 jobs"), "{refused:?}");
+    assert_eq!(json(url, &["queue", "get", "orders"], None)["config"]["ordering"], "per_key", "nothing changed");
+
+    let long = "k".repeat(257);
+    for args in [
+        &["queue", "set", "orders", "--ordering", "fifo"][..],
+        &["queue", "set", "orders", "--partitions", "0"],
+        &["queue", "set", "orders", "--partitions", "257"],
+        &["queue", "set", "orders", "--dead-blocks-key", "maybe"],
+        &["enqueue", "orders", "1", "--ordering-key", ""],
+        &["enqueue", "orders", "1", "--ordering-key", &long],
+    ] {
+        let bad = onceq(url, args, None);
+        assert_eq!(bad.code, 2, "{args:?}: {bad:?}");
+        assert!(bad.stderr.starts_with("error: "), "{args:?}: {bad:?}");
+    }
+    let bad_line = onceq(url, &["enqueue", "orders"], Some("{\"payload\": 1, \"ordering_key\": \"\"}\n"));
+    assert_eq!(bad_line.code, 2, "{bad_line:?}");
+    assert!(bad_line.stderr.starts_with("onceq: stdin line 1: ordering key is 0 bytes"), "{bad_line:?}");
+    assert_eq!(json(url, &["stats", "orders"], None)["queues"][0]["stats"]["blocked"], 1, "nothing more was enqueued");
 }
 
 /// `onceq token new | head -1`: standard output closed before the command writes. The command

@@ -237,7 +237,8 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
     assert!(results["results"].as_array().unwrap().iter().all(|r| r["ok"] == true), "{results}");
     let acked_before: BTreeSet<String> = to_ack.iter().map(id_of).collect();
     let held_acks: Vec<Value> = held.iter().map(|j| json!({"id": id_of(j), "lease_token": token_of(j)})).collect();
-    let expected_stats = json!({"ready": BEFORE - ACKED_BEFORE - HELD, "scheduled": 0, "leased": HELD, "dead": 0});
+    let expected_stats =
+        json!({"ready": BEFORE - ACKED_BEFORE - HELD, "scheduled": 0, "leased": HELD, "dead": 0, "blocked": 0});
 
     // The load runs through everything that follows.
     let load: Shared = Arc::default();
@@ -341,7 +342,10 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
         api.get(&format!("/v1/jobs/{id}")).await.err(404, "not_found");
     }
     let info = api.get(&format!("/v1/queues/{QUEUE}")).await.ok(200);
-    assert_eq!(info["stats"], json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "oldest_ready_age_ms": null}));
+    assert_eq!(
+        info["stats"],
+        json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "oldest_ready_age_ms": null})
+    );
 
     // The load through the outage finishes: every payload once, every job processed once.
     for producer in producers {
@@ -350,7 +354,9 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let info = api.get(&format!("/v1/queues/{LOAD_QUEUE}")).await.ok(200);
-        if info["stats"] == json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "oldest_ready_age_ms": null}) {
+        if info["stats"]
+            == json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "oldest_ready_age_ms": null})
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the load was not drained in time: {info}");

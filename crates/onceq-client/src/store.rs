@@ -294,7 +294,8 @@ mod tests {
             Vec::new(),
         ];
         for payload in payloads {
-            let job = NewJob::new(payload.clone()).priority(3).header("k", "v").dedup_id("d").delay_ms(5);
+            let job =
+                NewJob::new(payload.clone()).priority(3).header("k", "v").dedup_id("d").delay_ms(5).ordering_key("k");
             assert_eq!(through_the_wire(&job), job, "payload {:?}", String::from_utf8_lossy(&payload));
         }
     }

@@ -46,6 +46,11 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "this endpoint does not take that method")
     }
 
+    /// 409 `queue_not_empty`: a change of `ordering` or `partitions` while the queue holds jobs.
+    pub fn queue_not_empty(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "queue_not_empty", message)
+    }
+
     /// 413 `payload_too_large`.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
@@ -63,7 +68,7 @@ impl ApiError {
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
             "not_found" => StatusCode::NOT_FOUND,
-            "lease_lost" | "conflict" => StatusCode::CONFLICT,
+            "lease_lost" | "conflict" | "queue_not_empty" => StatusCode::CONFLICT,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -75,9 +75,13 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
     for queue in state.store.queue_list().await? {
         let name = queue.name.to_string();
         let stats = queue.stats;
-        for (label, value) in
-            [("ready", stats.ready), ("scheduled", stats.scheduled), ("leased", stats.leased), ("dead", stats.dead)]
-        {
+        for (label, value) in [
+            ("ready", stats.ready),
+            ("scheduled", stats.scheduled),
+            ("leased", stats.leased),
+            ("dead", stats.dead),
+            ("blocked", stats.blocked),
+        ] {
             metrics::gauge!(names::QUEUE_DEPTH, "queue" => name.clone(), "state" => label).set(value as f64);
         }
         let age = stats.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;

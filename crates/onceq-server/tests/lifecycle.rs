@@ -42,17 +42,20 @@ async fn the_whole_lifecycle_over_http() {
         .await
         .ok(200);
     let expected = json!({"delivery": "at_least_once", "visibility_timeout_ms": VISIBILITY_MS, "max_attempts": 3,
-        "backoff": backoff, "dedup_window_ms": 120_000});
+        "backoff": backoff, "dedup_window_ms": 120_000, "ordering": "none", "partitions": 16, "dead_blocks_key": false});
     assert_eq!(config, expected);
     let config = api.put("/v1/queues/life", json!({"max_attempts": 2})).await.ok(200);
     let expected = json!({"delivery": "at_least_once", "visibility_timeout_ms": VISIBILITY_MS, "max_attempts": 2,
-        "backoff": backoff, "dedup_window_ms": 120_000});
+        "backoff": backoff, "dedup_window_ms": 120_000, "ordering": "none", "partitions": 16, "dead_blocks_key": false});
     assert_eq!(config, expected);
     let info = api.get("/v1/queues/life").await.ok(200);
     assert_eq!(info["name"], "life");
     assert_eq!(info["config"], expected);
     assert_eq!(info["paused"], false);
-    assert_eq!(info["stats"], json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "oldest_ready_age_ms": null}));
+    assert_eq!(
+        info["stats"],
+        json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "oldest_ready_age_ms": null})
+    );
 
     // A batch enqueue: ids in request order, strictly increasing.
     let body = api
@@ -331,7 +334,7 @@ async fn the_whole_lifecycle_over_http() {
     let metrics = api.get("/metrics").await;
     assert_eq!(metrics.status, 200, "{}", metrics.text);
     assert!(metrics.content_type.as_deref().unwrap_or("").starts_with("text/plain"), "{:?}", metrics.content_type);
-    for state in ["ready", "scheduled", "leased", "dead"] {
+    for state in ["ready", "scheduled", "leased", "dead", "blocked"] {
         let value = metric_value(&metrics.text, "onceq_queue_depth", &[("queue", "life"), ("state", state)])
             .unwrap_or_else(|| panic!("no onceq_queue_depth for life/{state} in:\n{}", metrics.text));
         assert_eq!(value, stats[state].as_f64().unwrap(), "depth of {state}");

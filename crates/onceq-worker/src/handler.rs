@@ -96,6 +96,11 @@ pub struct JobContext {
     pub dedup_id: Option<String>,
     /// Headers.
     pub headers: Headers,
+    /// Ordering key. In a `per_key` queue no other job of this key runs until this one is acked
+    /// or dead (docs/semantics.md, "Ordering per key"): a handler that retries it holds the key.
+    pub ordering_key: Option<String>,
+    /// Its partition, in a `per_key` queue (`None` elsewhere).
+    pub partition: Option<u32>,
     /// When the job was enqueued.
     pub enqueued_at: Timestamp,
     /// The worker running it ([`WorkerOptions::worker_id`](crate::WorkerOptions::worker_id)).

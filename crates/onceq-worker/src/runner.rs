@@ -257,6 +257,8 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             lease_token: job.lease_token,
             dedup_id: job.dedup_id.clone(),
             headers: job.headers.clone(),
+            ordering_key: job.ordering_key.clone(),
+            partition: job.partition,
             enqueued_at: job.enqueued_at,
             worker_id: self.shared.worker_id.clone(),
             cancellation: cancellation.clone(),

@@ -115,22 +115,24 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
 
 /// Dead jobs, one row each, with their last error.
 pub fn dead_table(jobs: &[Job]) -> Table {
-    let mut table = Table::new(&[
-        ("ID", Align::Right),
-        ("ATTEMPTS", Align::Right),
-        ("ENQUEUED_AT", Align::Left),
-        ("LAST_ERROR", Align::Left),
-        ("PAYLOAD", Align::Left),
-    ]);
+    // The key column appears when a job has a key (a dead head may hold its key, with
+    // dead_blocks_key), so unordered queues read as before.
+    let keyed = jobs.iter().any(|job| job.ordering_key.is_some());
+    let mut columns = vec![("ID", Align::Right), ("ATTEMPTS", Align::Right), ("ENQUEUED_AT", Align::Left)];
+    if keyed {
+        columns.push(("ORDERING_KEY", Align::Left));
+    }
+    columns.extend([("LAST_ERROR", Align::Left), ("PAYLOAD", Align::Left)]);
+    let mut table = Table::new(&columns);
     for job in jobs {
         let last_error = job.errors.last().map_or_else(|| "-".into(), |e| table::one_line(&e.error, CELL_CHARS_MAX));
-        table.row(vec![
-            job.id.to_string(),
-            format!("{}/{}", job.attempt, job.max_attempts),
-            table::time(job.enqueued_at),
-            last_error,
-            table::payload(&job.payload, CELL_CHARS_MAX),
-        ]);
+        let mut cells =
+            vec![job.id.to_string(), format!("{}/{}", job.attempt, job.max_attempts), table::time(job.enqueued_at)];
+        if keyed {
+            cells.push(table::ordering_key(job.ordering_key.as_deref()));
+        }
+        cells.extend([last_error, table::payload(&job.payload, CELL_CHARS_MAX)]);
+        table.row(cells);
     }
     table
 }

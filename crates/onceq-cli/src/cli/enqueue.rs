@@ -2,7 +2,7 @@
 //!
 //! Each stdin line is one job: any JSON value is the payload, except an object with a
 //! `"payload"` key, which is a job as the API's enqueue takes it (`payload`, `delay_ms`, `run_at`,
-//! `priority`, `max_attempts`, `dedup_id`, `headers`). (To enqueue an object that has a
+//! `priority`, `max_attempts`, `dedup_id`, `headers`, `ordering_key`). (To enqueue an object that has a
 //! `"payload"` key as the payload itself, wrap it: `{"payload": {"payload": ...}}`.) The flags
 //! are the defaults of every line; a line's own fields win. Lines go out in batches of up to
 //! [`ENQUEUE_BATCH_MAX`] jobs; each batch is atomic, so after a failure every job before the
@@ -13,7 +13,9 @@ use std::io::IsTerminal;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use onceq_core::api::{EnqueueJob, EnqueueResponse};
-use onceq_core::limits::{ATTEMPTS_MAX, DELAY_MS_MAX, ENQUEUE_BATCH_MAX, PRIORITY_MAX, PRIORITY_MIN};
+use onceq_core::limits::{
+    ATTEMPTS_MAX, DELAY_MS_MAX, ENQUEUE_BATCH_MAX, ORDERING_KEY_LEN_MAX, PRIORITY_MAX, PRIORITY_MIN,
+};
 use onceq_core::{Enqueued, Error, NewJob, QueueName, Schedule, Store, Timestamp};
 use serde::de::IgnoredAny;
 use tokio::io::AsyncBufReadExt;
@@ -31,7 +33,8 @@ const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 fn wire_bytes(job: &NewJob) -> usize {
     const FIELDS_BYTES: usize = 160;
     let headers: usize = job.headers.iter().map(|(name, value)| name.len() + value.len() + 6).sum();
-    job.payload.len() + headers + job.dedup_id.as_ref().map_or(0, String::len) + FIELDS_BYTES
+    let keys = job.dedup_id.as_ref().map_or(0, String::len) + job.ordering_key.as_ref().map_or(0, String::len);
+    job.payload.len() + headers + keys + FIELDS_BYTES
 }
 
 /// `onceq enqueue`.
@@ -65,6 +68,17 @@ pub struct EnqueueArgs {
     /// A header NAME=VALUE; repeat for more.
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// Ordering key (1 to 256 bytes): in a per_key queue, the jobs of one key run one at a
+    /// time, in enqueue order. The default of every stdin line (a line's own wins).
+    #[arg(long, value_name = "KEY", value_parser = parse_ordering_key)]
+    pub ordering_key: Option<String>,
+}
+
+fn parse_ordering_key(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > ORDERING_KEY_LEN_MAX {
+        return Err(format!("the ordering key is {} bytes; it must be 1 to {ORDERING_KEY_LEN_MAX}", text.len()));
+    }
+    Ok(text.to_owned())
 }
 
 impl EnqueueArgs {
@@ -93,6 +107,9 @@ impl EnqueueArgs {
         }
         for (name, value) in &self.headers {
             job.headers.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        if job.ordering_key.is_none() {
+            job.ordering_key.clone_from(&self.ordering_key);
         }
     }
 
@@ -343,6 +360,8 @@ mod tests {
             "trace=abc",
             "--header",
             "tenant=7",
+            "--ordering-key",
+            "customer-7",
         ]);
         let job = args.job(args.payload.as_deref().unwrap_or_default());
         let expected = NewJob::new(r#"{"to":"ada"}"#)
@@ -351,8 +370,35 @@ mod tests {
             .max_attempts(4)
             .dedup_id("signup-42")
             .header("trace", "abc")
-            .header("tenant", "7");
+            .header("tenant", "7")
+            .ordering_key("customer-7");
         assert_eq!(job, expected);
+    }
+
+    #[test]
+    fn the_ordering_key_is_every_lines_default_and_a_lines_own_wins() {
+        let args = parse(&["onceq", "enqueue", "q", "--ordering-key", "flag"]);
+        assert_eq!(args.job_of_line("1", 1), Ok(NewJob::new("1").ordering_key("flag")));
+        assert_eq!(
+            args.job_of_line(r#"{"payload": 2, "ordering_key": "line"}"#, 2),
+            Ok(NewJob::new("2").ordering_key("line"))
+        );
+        let empty = args.job_of_line(r#"{"payload": 3, "ordering_key": ""}"#, 3).err().unwrap_or_default();
+        assert_eq!(empty, "stdin line 3: ordering key is 0 bytes; it must be 1 to 256");
+        assert_eq!(parse(&["onceq", "enqueue", "q"]).job_of_line("4", 4).map(|j| j.ordering_key), Ok(None));
+    }
+
+    #[test]
+    fn an_ordering_key_out_of_its_limit_is_a_usage_error() {
+        let long = "k".repeat(ORDERING_KEY_LEN_MAX + 1);
+        for bad in ["", long.as_str()] {
+            let error = Cli::try_parse_from(["onceq", "enqueue", "q", "1", "--ordering-key", bad]).err();
+            assert_eq!(error.as_ref().map(|e| e.exit_code()), Some(2), "{bad:?}: {error:?}");
+            let text = error.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains("must be 1 to 256"), "{text}");
+        }
+        let max = "k".repeat(ORDERING_KEY_LEN_MAX);
+        assert_eq!(parse(&["onceq", "enqueue", "q", "1", "--ordering-key", &max]).ordering_key, Some(max));
     }
 
     #[test]

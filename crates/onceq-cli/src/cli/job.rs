@@ -62,6 +62,8 @@ pub fn job_record(job: &Job) -> String {
         ("attempt", format!("{} of {}", job.attempt, job.max_attempts)),
         ("priority", job.priority.to_string()),
         ("dedup_id", job.dedup_id.clone().unwrap_or_else(|| "-".into())),
+        ("ordering_key", job.ordering_key.clone().unwrap_or_else(|| "-".into())),
+        ("partition", job.partition.map_or_else(|| "-".into(), |p| p.to_string())),
         ("enqueued_at", table::time(job.enqueued_at)),
         ("run_at", table::time(job.run_at)),
         ("lease_expires_at", job.lease_expires_at.map_or_else(|| "-".into(), table::time)),
@@ -115,6 +117,8 @@ mod tests {
             payload: br#"{"to":"ada"}"#.to_vec(),
             headers,
             dedup_id: None,
+            ordering_key: Some("customer-7".into()),
+            partition: Some(3),
             enqueued_at: Timestamp::from_millis(1_767_225_600_000),
             run_at: Timestamp::from_millis(1_767_225_600_000),
             lease_expires_at: None,
@@ -131,6 +135,8 @@ mod tests {
              attempt           2 of 2\n\
              priority          0\n\
              dedup_id          -\n\
+             ordering_key      customer-7\n\
+             partition         3\n\
              enqueued_at       2026-01-01T00:00:00.000Z\n\
              run_at            2026-01-01T00:00:00.000Z\n\
              lease_expires_at  -\n\

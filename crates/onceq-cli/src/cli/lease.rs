@@ -125,21 +125,31 @@ pub fn lease(args: &LeaseArgs) -> Result<(), CliError> {
 
 /// Leased jobs, one row each, with what a settle command needs: id and lease token.
 pub fn leased_table(jobs: &[LeasedJob]) -> Table {
-    let mut table = Table::new(&[
+    // The key column appears when a job has a key, so unordered work reads as before.
+    let keyed = jobs.iter().any(|job| job.ordering_key.is_some());
+    let mut columns = vec![
         ("ID", Align::Right),
         ("ATTEMPT", Align::Right),
         ("LEASE_TOKEN", Align::Left),
         ("LEASE_EXPIRES_AT", Align::Left),
-        ("PAYLOAD", Align::Left),
-    ]);
+    ];
+    if keyed {
+        columns.push(("ORDERING_KEY", Align::Left));
+    }
+    columns.push(("PAYLOAD", Align::Left));
+    let mut table = Table::new(&columns);
     for job in jobs {
-        table.row(vec![
+        let mut cells = vec![
             job.id.to_string(),
             format!("{}/{}", job.attempt, job.max_attempts),
             job.lease_token.to_string(),
             table::time(job.lease_expires_at),
-            table::payload(&job.payload, CELL_CHARS_MAX),
-        ]);
+        ];
+        if keyed {
+            cells.push(table::ordering_key(job.ordering_key.as_deref()));
+        }
+        cells.push(table::payload(&job.payload, CELL_CHARS_MAX));
+        table.row(cells);
     }
     table
 }
@@ -272,14 +282,24 @@ mod tests {
             payload: br#"{"to":"ada"}"#.to_vec(),
             headers: Headers::new(),
             dedup_id: None,
+            ordering_key: None,
+            partition: None,
             enqueued_at: Timestamp::from_millis(0),
             run_at: Timestamp::from_millis(0),
             lease_expires_at: Timestamp::from_millis(1_767_225_600_000),
         };
         assert_eq!(
-            leased_table(&[job]).render(),
+            leased_table(std::slice::from_ref(&job)).render(),
             "ID  ATTEMPT  LEASE_TOKEN                       LEASE_EXPIRES_AT          PAYLOAD\n \
              7      2/5  000102030405060708090a0b0c0d0e0f  2026-01-01T00:00:00.000Z  {\"to\":\"ada\"}\n"
+        );
+        let keyed =
+            LeasedJob { id: JobId::new(8), ordering_key: Some("customer-7".into()), partition: Some(3), ..job.clone() };
+        assert_eq!(
+            leased_table(&[job, keyed]).render(),
+            "ID  ATTEMPT  LEASE_TOKEN                       LEASE_EXPIRES_AT          ORDERING_KEY  PAYLOAD\n \
+             7      2/5  000102030405060708090a0b0c0d0e0f  2026-01-01T00:00:00.000Z  -             {\"to\":\"ada\"}\n \
+             8      2/5  000102030405060708090a0b0c0d0e0f  2026-01-01T00:00:00.000Z  customer-7    {\"to\":\"ada\"}\n"
         );
     }
 

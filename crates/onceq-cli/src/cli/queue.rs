@@ -2,10 +2,10 @@
 
 use clap::{Args, Subcommand};
 use onceq_core::api::QueueList;
-use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX};
+use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX, PARTITIONS_MAX};
 use onceq_core::limits::{VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
 use onceq_core::{
-    BackoffPatch, DeliveryMode, Error, Jitter, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store,
+    BackoffPatch, DeliveryMode, Error, Jitter, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store,
 };
 use serde::Serialize;
 
@@ -85,6 +85,18 @@ pub struct SetArgs {
     /// How long a dedup id is remembered, in milliseconds.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=DEDUP_WINDOW_MS_MAX))]
     pub dedup_window_ms: Option<u64>,
+    /// none, or per_key: the jobs of one ordering key run one at a time, in enqueue order.
+    /// Changes only while the queue holds no job.
+    #[arg(long, value_parser = parse_ordering)]
+    pub ordering: Option<Ordering>,
+    /// Partitions of a per_key queue, 1 to 256 (default 16). Changes only while the queue
+    /// holds no job.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_MAX)))]
+    pub partitions: Option<u32>,
+    /// true: in a per_key queue, a dead job keeps its key blocked until it is redriven or
+    /// purged; false (the default): the key's next job goes on.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub dead_blocks_key: Option<bool>,
 }
 
 impl SetArgs {
@@ -103,8 +115,18 @@ impl SetArgs {
             max_attempts: self.max_attempts,
             backoff: (backoff != BackoffPatch::default()).then_some(backoff),
             dedup_window_ms: self.dedup_window_ms,
+            ordering: self.ordering,
+            partitions: self.partitions,
+            dead_blocks_key: self.dead_blocks_key,
         }
     }
+}
+
+fn parse_ordering(text: &str) -> Result<Ordering, String> {
+    text.parse().map_err(|e: Error| match e {
+        Error::InvalidRequest(message) => message,
+        other => other.to_string(),
+    })
 }
 
 fn parse_delivery(text: &str) -> Result<DeliveryMode, String> {
@@ -177,6 +199,7 @@ pub fn config_table(queues: &[QueueInfo]) -> Table {
         ("MAX_ATTEMPTS", Align::Right),
         ("BACKOFF", Align::Left),
         ("DEDUP_WINDOW", Align::Right),
+        ("ORDERING", Align::Left),
         ("PAUSED", Align::Left),
     ]);
     for queue in queues {
@@ -188,6 +211,7 @@ pub fn config_table(queues: &[QueueInfo]) -> Table {
             config.max_attempts.to_string(),
             table::backoff(&config.backoff),
             table::age(config.dedup_window_ms),
+            table::ordering(config),
             table::yes_no(queue.paused),
         ]);
     }
@@ -215,6 +239,7 @@ pub fn info_record(info: &QueueInfo) -> String {
         ("ready", stats.ready.to_string()),
         ("scheduled", stats.scheduled.to_string()),
         ("leased", stats.leased.to_string()),
+        ("blocked", stats.blocked.to_string()),
         ("dead", stats.dead.to_string()),
         ("oldest_ready_age", table::age_or_dash(stats.oldest_ready_age_ms)),
     ]);
@@ -228,6 +253,9 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
         ("max_attempts", config.max_attempts.to_string()),
         ("backoff", table::backoff(&config.backoff)),
         ("dedup_window_ms", config.dedup_window_ms.to_string()),
+        ("ordering", config.ordering.as_str().to_owned()),
+        ("partitions", config.partitions.to_string()),
+        ("dead_blocks_key", table::yes_no(config.dead_blocks_key)),
     ]
 }
 
@@ -275,7 +303,7 @@ async fn delete(session: &Session, queue: &QueueName, yes: bool) -> Result<(), C
         // Read it first: the question states what goes, and an unknown queue fails before it.
         let info = session.client.queue_get(queue).await.map_err(|e| session.failure(e))?;
         let s = info.stats;
-        let jobs = s.ready + s.scheduled + s.leased + s.dead;
+        let jobs = s.ready + s.scheduled + s.leased + s.blocked + s.dead;
         confirm(&format!("delete queue {queue} and its {jobs} jobs ({} leased, {} dead)", s.leased, s.dead), yes)?;
     }
     session.client.queue_delete(queue).await.map_err(|e| session.failure(e))?;
@@ -320,6 +348,12 @@ mod tests {
             "equal",
             "--dedup-window-ms",
             "60000",
+            "--ordering",
+            "per_key",
+            "--partitions",
+            "64",
+            "--dead-blocks-key",
+            "true",
         ]);
         let QueueCommand::Set(set) = args.command else { panic!("not set: {:?}", args.command) };
         assert_eq!(set.queue.as_str(), "emails");
@@ -333,6 +367,9 @@ mod tests {
                 // One backoff flag: the store keeps the queue's other backoff settings.
                 backoff: Some(BackoffPatch { jitter: Some(Jitter::Equal), ..BackoffPatch::default() }),
                 dedup_window_ms: Some(60_000),
+                ordering: Some(Ordering::PerKey),
+                partitions: Some(64),
+                dead_blocks_key: Some(true),
             }
         );
     }
@@ -343,6 +380,18 @@ mod tests {
             panic!("not set")
         };
         assert_eq!(set.patch().backoff, None);
+        assert_eq!((set.patch().ordering, set.patch().partitions, set.patch().dead_blocks_key), (None, None, None));
+        let QueueCommand::Set(set) =
+            parse(&["onceq", "queue", "set", "q", "--ordering", "none", "--dead-blocks-key", "false"]).command
+        else {
+            panic!("not set")
+        };
+        assert_eq!((set.patch().ordering, set.patch().dead_blocks_key), (Some(Ordering::None), Some(false)));
+        let max = PARTITIONS_MAX.to_string();
+        let QueueCommand::Set(set) = parse(&["onceq", "queue", "set", "q", "--partitions", &max]).command else {
+            panic!("not set")
+        };
+        assert_eq!(set.patch().partitions, Some(PARTITIONS_MAX));
     }
 
     #[test]
@@ -353,6 +402,11 @@ mod tests {
             &["onceq", "queue", "set", "q", "--backoff-jitter", "some"],
             &["onceq", "queue", "set", "q", "--backoff-multiplier", "0.5"],
             &["onceq", "queue", "set", "q", "--visibility-timeout-ms", "0"],
+            &["onceq", "queue", "set", "q", "--ordering", "fifo"],
+            &["onceq", "queue", "set", "q", "--partitions", "0"],
+            &["onceq", "queue", "set", "q", "--partitions", "257"],
+            &["onceq", "queue", "set", "q", "--dead-blocks-key", "maybe"],
+            &["onceq", "queue", "set", "q", "--dead-blocks-key"],
             &["onceq", "queue", "get", "bad name"],
             &["onceq", "queue", "frobnicate"],
         ] {
@@ -378,12 +432,28 @@ mod tests {
     }
 
     #[test]
+    fn a_queues_ordering_reads_as_words() {
+        let per_key = QueueConfig { ordering: Ordering::PerKey, partitions: 64, ..QueueConfig::default() };
+        assert_eq!(table::ordering(&QueueConfig::default()), "none");
+        assert_eq!(table::ordering(&per_key), "per_key, 64 partitions");
+        let blocking = QueueConfig { dead_blocks_key: true, ..per_key };
+        assert_eq!(table::ordering(&blocking), "per_key, 64 partitions, dead blocks key");
+    }
+
+    #[test]
     fn a_queue_reads_as_a_record() {
         let info = QueueInfo {
             name: QueueName::new("emails").unwrap_or_else(|e| panic!("{e}")),
             config: QueueConfig::default(),
             paused: true,
-            stats: QueueStats { ready: 3, scheduled: 1, leased: 2, dead: 0, oldest_ready_age_ms: Some(1500) },
+            stats: QueueStats {
+                ready: 3,
+                scheduled: 1,
+                leased: 2,
+                dead: 0,
+                blocked: 4,
+                oldest_ready_age_ms: Some(1500),
+            },
         };
         assert_eq!(
             info_record(&info),
@@ -393,18 +463,22 @@ mod tests {
              max_attempts           5\n\
              backoff                1000ms × 2, at most 600000ms, full jitter\n\
              dedup_window_ms        300000\n\
+             ordering               none\n\
+             partitions             16\n\
+             dead_blocks_key        no\n\
              paused                 yes\n\
              ready                  3\n\
              scheduled              1\n\
              leased                 2\n\
+             blocked                4\n\
              dead                   0\n\
              oldest_ready_age       1.5s\n"
         );
         let list = config_table(&[info]).render();
         assert_eq!(
             list,
-            "QUEUE   DELIVERY       VISIBILITY  MAX_ATTEMPTS  BACKOFF                                    DEDUP_WINDOW  PAUSED\n\
-             emails  at_least_once       30.0s             5  1000ms × 2, at most 600000ms, full jitter         5m00s  yes\n"
+            "QUEUE   DELIVERY       VISIBILITY  MAX_ATTEMPTS  BACKOFF                                    DEDUP_WINDOW  ORDERING  PAUSED\n\
+             emails  at_least_once       30.0s             5  1000ms × 2, at most 600000ms, full jitter         5m00s  none      yes\n"
         );
     }
 }

@@ -118,6 +118,7 @@ pub fn stats_table(queues: &[QueueInfo]) -> Table {
         ("READY", Align::Right),
         ("SCHEDULED", Align::Right),
         ("LEASED", Align::Right),
+        ("BLOCKED", Align::Right),
         ("DEAD", Align::Right),
         ("OLDEST_READY", Align::Right),
         ("PAUSED", Align::Left),
@@ -129,6 +130,7 @@ pub fn stats_table(queues: &[QueueInfo]) -> Table {
             s.ready.to_string(),
             s.scheduled.to_string(),
             s.leased.to_string(),
+            s.blocked.to_string(),
             s.dead.to_string(),
             table::age_or_dash(s.oldest_ready_age_ms),
             table::yes_no(queue.paused),
@@ -175,15 +177,22 @@ mod tests {
             queue(
                 "emails",
                 false,
-                QueueStats { ready: 1200, scheduled: 3, leased: 10, dead: 2, oldest_ready_age_ms: Some(65_000) },
+                QueueStats {
+                    ready: 1200,
+                    scheduled: 3,
+                    leased: 10,
+                    dead: 2,
+                    blocked: 40,
+                    oldest_ready_age_ms: Some(65_000),
+                },
             ),
             queue("billing", true, QueueStats::default()),
         ];
         assert_eq!(
             stats_table(&queues).render(),
-            "QUEUE    READY  SCHEDULED  LEASED  DEAD  OLDEST_READY  PAUSED\n\
-             emails    1200          3      10     2         1m05s  no\n\
-             billing      0          0       0     0             -  yes\n"
+            "QUEUE    READY  SCHEDULED  LEASED  BLOCKED  DEAD  OLDEST_READY  PAUSED\n\
+             emails    1200          3      10       40     2         1m05s  no\n\
+             billing      0          0       0        0     0             -  yes\n"
         );
     }
 }

@@ -71,6 +71,26 @@ impl Table {
     }
 }
 
+/// Most characters of an ordering key shown in a table cell.
+pub const KEY_CHARS_MAX: usize = 32;
+
+/// An ordering key for a table cell, `-` for none.
+pub fn ordering_key(key: Option<&str>) -> String {
+    key.map_or_else(|| "-".into(), |key| one_line(key, KEY_CHARS_MAX))
+}
+
+/// A queue's ordering in words: `none`, or `per_key` with its partitions and whether a dead
+/// job blocks its key.
+pub fn ordering(config: &onceq_core::QueueConfig) -> String {
+    match config.ordering {
+        onceq_core::Ordering::None => "none".into(),
+        onceq_core::Ordering::PerKey if config.dead_blocks_key => {
+            format!("per_key, {} partitions, dead blocks key", config.partitions)
+        }
+        onceq_core::Ordering::PerKey => format!("per_key, {} partitions", config.partitions),
+    }
+}
+
 /// Name / value lines (a record rather than a list), names aligned.
 pub fn record(fields: &[(&str, String)]) -> String {
     let width = fields.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
