@@ -128,8 +128,7 @@ pub fn assign(partitions: u32, previous: &Assignment, members: &BTreeSet<String>
         out.insert(member.clone(), keep.to_vec());
     }
     let mut free = (0..partitions).filter(|p| !owned.contains(p));
-    for member in members {
-        let held = out.get_mut(member).expect("every member has an entry");
+    for (member, held) in out.iter_mut() {
         while held.len() < quota[member] {
             match free.next() {
                 Some(p) => held.push(p),

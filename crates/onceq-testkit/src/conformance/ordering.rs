@@ -331,7 +331,7 @@ pub async fn invariant_9_per_key_order_under_concurrent_workers<B: Backend>(back
                     assert!(in_flight.lock().await.insert(key.clone()), "two jobs of {key} leased at once");
                     tokio::task::yield_now().await;
                     // Every fifth delivery fails once and is retried; the rest complete.
-                    if (turn + w) % 5 == 0 && job.attempt == 1 {
+                    if (turn + w).is_multiple_of(5) && job.attempt == 1 {
                         in_flight.lock().await.remove(&key);
                         store.nack(job.lease(), Some(0), Some("retry")).await.unwrap();
                     } else {
