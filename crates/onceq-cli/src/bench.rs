@@ -20,6 +20,12 @@
 //! | end-to-end, 1/call | 64 producers, 64 workers (lease 1, ack 1) | pipelined, 64 jobs per transaction |
 //! | lease+ack 100/call, small backlog | 1 worker; the queue holds only the jobs it leases | UPDATE 100 + DELETE 100, a transaction each |
 //! | lease+ack 100/call, 1,000,000 ready | the same, behind a backlog | the same, behind the same backlog |
+//! | end-to-end 100/call, `per_key`, 10,000 keys | 4 producers, 8 workers | the same on an unordered queue |
+//! | lease+ack 100/call, `per_key`, 100,000 keys behind 1,000,000 jobs | 1 worker | the same keys, no backlog |
+//!
+//! The two ordered scenarios have no SQLite floor: their yardstick is the store itself, on an
+//! unordered queue (what ordering costs), and on a small backlog of the same keys (that leasing
+//! never looks at the jobs blocked behind their keys' heads).
 //!
 //! A *pipelined* end-to-end floor transaction deletes (acks) the jobs leased by the previous one,
 //! leases (UPDATE through the ready-order index) the jobs inserted before it, and inserts new ones:
@@ -70,7 +76,7 @@ pub use options::{BenchArgs, DurabilityChoice, Scenario};
 
 use options::{payload, rounds, Selection, BATCH};
 use report::{emit, millis, progress, rate_target, target_line, thousands};
-use scenarios::Run;
+use scenarios::{Keys, Run};
 use turns::{jobs_per_s, median, rounds_of};
 
 /// One durability level under test, with what it means for the store and for the floor.
@@ -130,7 +136,7 @@ struct Plan {
 }
 
 /// The scenarios of the embedded bench, in the order they run.
-const EMBEDDED_SCENARIOS: [Scenario; 7] = [
+const EMBEDDED_SCENARIOS: [Scenario; 9] = [
     Scenario::Enqueue1,
     Scenario::EnqueueConcurrent,
     Scenario::EnqueueBatched,
@@ -138,7 +144,14 @@ const EMBEDDED_SCENARIOS: [Scenario; 7] = [
     Scenario::EndToEndSingle,
     Scenario::LeaseAckBatched,
     Scenario::LeaseAckBacklog,
+    Scenario::EndToEndOrdered,
+    Scenario::LeaseAckOrderedBacklog,
 ];
+
+/// Keys of the ordered end-to-end scenario.
+const ORDERED_KEYS: u64 = 10_000;
+/// Keys of the ordered lease scenarios: the big backlog waits behind this many heads.
+const ORDERED_BACKLOG_KEYS: u64 = 100_000;
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
 const SINGLE_TASKS: u64 = 64;
@@ -304,7 +317,7 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::enqueue(&store, &queue, &payload, n, 1, 1).await
+                        scenarios::enqueue(&store, &queue, &payload, n, 1, 1, Keys::None).await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::insert(conn, payload, n, 1)),
@@ -324,7 +337,7 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+                        scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS, Keys::None).await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::insert(conn, payload, n, SINGLE_TASKS)),
@@ -343,7 +356,7 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1).await
+                        scenarios::enqueue(&store, &queue, &payload, n, BATCH, 1, Keys::None).await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::insert(conn, payload, n, BATCH)),
@@ -365,7 +378,7 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, n, BATCH, producers, workers).await
+                        scenarios::end_to_end(&store, &queue, &payload, n, BATCH, producers, workers, Keys::None).await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
@@ -386,7 +399,7 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS).await
+                        scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS, Keys::None).await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
@@ -407,7 +420,7 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::fill(&store, &queue, &payload, n).await?;
+                        scenarios::fill(&store, &queue, &payload, n, Keys::None).await?;
                         scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
                     })
                 },
@@ -437,7 +450,7 @@ impl Bench<'_> {
                 || {
                     self.store(|store, queue, payload| async move {
                         let started = Instant::now();
-                        scenarios::fill(&store, &queue, &payload, backlog + n).await?;
+                        scenarios::fill(&store, &queue, &payload, backlog + n, Keys::None).await?;
                         progress(&format!(
                             "filled {} jobs in {:.1} s",
                             thousands((backlog + n) as f64),
@@ -461,6 +474,53 @@ impl Bench<'_> {
             };
             figures.batched.push(row.ratio_named());
             figures.backlog = small.map(|small| (backlog, row.jobs_per_s() / small));
+            self.row(row);
+        }
+
+        if plan.only.runs(Scenario::EndToEndOrdered) {
+            // Ordered end-to-end beside unordered: what ordering per key costs.
+            let (producers, workers) = (scenarios::END_TO_END_BATCHED_PRODUCERS, scenarios::END_TO_END_BATCHED_WORKERS);
+            let e2e = |keys: Keys| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::end_to_end(&store, &queue, &payload, n, BATCH, producers, workers, keys).await
+                })
+            };
+            let (run, unordered, ratios) =
+                rounds_of(self.plan.rounds, || e2e(Keys::Spread(ORDERED_KEYS)), || e2e(Keys::None).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: format!("end-to-end {BATCH}/call, per_key, {} keys", thousands(ORDERED_KEYS as f64)),
+                run,
+                ratios,
+                floor: Some(floor_figure(unordered, "the same, unordered queue (the store, not SQLite)")),
+            };
+            figures.ordered = Some(row.ratio());
+            self.row(row);
+        }
+
+        if plan.backlog > 0 && plan.only.runs(Scenario::LeaseAckOrderedBacklog) {
+            // Leasing an ordered queue behind a big backlog: heads only, whatever waits behind.
+            let backlog = plan.backlog;
+            let keys = Keys::Spread(ORDERED_BACKLOG_KEYS);
+            // n jobs leased; the small run holds only them, the big one the backlog too.
+            let lease = |held: u64| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, held, keys).await?;
+                    scenarios::lease_ack(&store, &queue, n.min(ORDERED_BACKLOG_KEYS), BATCH, 1).await
+                })
+            };
+            let (run, small, ratios) =
+                rounds_of(self.plan.rounds, || lease(backlog + n), || lease(n).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: format!(
+                    "lease+ack {BATCH}/call, per_key, {} keys, {} jobs",
+                    thousands(ORDERED_BACKLOG_KEYS as f64),
+                    thousands((backlog + n) as f64)
+                ),
+                run,
+                ratios,
+                floor: Some(floor_figure(small, format!("the same keys, {} jobs (the store)", thousands(n as f64)))),
+            };
+            figures.ordered_backlog = Some((backlog + n, row.ratio()));
             self.row(row);
         }
 
@@ -579,6 +639,10 @@ struct Figures {
     end_to_end_single: Option<f64>,
     /// (backlog, big-backlog lease rate / small-backlog lease rate).
     backlog: Option<(u64, f64)>,
+    /// Ordered end-to-end jobs/s / unordered end-to-end jobs/s.
+    ordered: Option<f64>,
+    /// (jobs held, ordered lease rate behind them / with a small backlog of the same keys).
+    ordered_backlog: Option<(u64, f64)>,
 }
 
 impl Figures {
@@ -612,6 +676,29 @@ impl Figures {
                      scenarios: not with --quick, --backlog 0, or an --only without both)"
                 );
             }
+        }
+        if let Some(ratio) = self.ordered {
+            target_line(
+                &mut out,
+                ratio >= 0.70,
+                format_args!(
+                    "ordered end-to-end ({} keys) ≥ 70% of unordered: {:.0}%",
+                    thousands(ORDERED_KEYS as f64),
+                    100.0 * ratio
+                ),
+            );
+        }
+        if let Some((held, ratio)) = self.ordered_backlog {
+            target_line(
+                &mut out,
+                ratio >= 0.80,
+                format_args!(
+                    "ordered lease+ack ({} keys) behind {} jobs within 20% of a small backlog: {:.0}% of it",
+                    thousands(ORDERED_BACKLOG_KEYS as f64),
+                    thousands(held as f64),
+                    100.0 * ratio
+                ),
+            );
         }
         emit(&mut out);
     }

@@ -43,6 +43,7 @@ Examples:
   onceq verify --managed-server --all-faults --jobs 200000
   onceq verify --store postgres://postgres@127.0.0.1:5432/test --all-faults --json
   onceq verify --fault crash-before-complete=0.05 --modes effectively_once   # watch it break
+  onceq verify --ordered --all-faults                          # per-key order through every fault
 
 Exit codes: 0 every mode kept its promise; 1 a mode broke its promise (or the run failed);
 2 bad options; 3 the target could not be reached.";
@@ -140,6 +141,16 @@ pub struct VerifyArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// An ordered run: the queues are `per_key` and every job carries one of --ordered-keys
+    /// ordering keys; the reports add per-key order (order_violations) and one job of a key in
+    /// flight at a time (concurrent_key_deliveries), under the same faults.
+    #[arg(long)]
+    pub ordered: bool,
+    /// How many ordering keys an --ordered run spreads its jobs over. Fewer keys mean longer
+    /// per-key queues, so a slower drain under faults (each stalled head holds its key for a
+    /// visibility timeout).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000), requires = "ordered")]
+    pub ordered_keys: u64,
     /// Runs the workers with a deliberately broken effectively-once gate, to prove that verify
     /// reports the duplicate effects it causes. For onceq's own tests.
     #[arg(long, hide = true)]
@@ -227,6 +238,7 @@ pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError>
         seed: args.seed.unwrap_or_else(rand::random),
         keep_queues: args.keep_queues,
         broken_gate_for_tests: args.break_gate_for_tests,
+        ordered_keys: args.ordered.then_some(args.ordered_keys),
     };
     config.validate().map_err(|e| usage(e.to_string().trim_start_matches("invalid request: ")))?;
     Ok((spec, config))

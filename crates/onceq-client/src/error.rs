@@ -52,11 +52,6 @@ pub(crate) fn from_reply(reply: &Reply<'_>, missing: &Missing, endpoint: &str, b
                 Missing::Nothing => {}
             }
         }
-        // A change of ordering or partitions refused on a queue that holds jobs: the seam's
-        // conflict, with the server's message (which says how many jobs and what to do).
-        if body.error.code == "queue_not_empty" {
-            return Error::Conflict(body.error.message);
-        }
         let id = match missing {
             Missing::Job(id) => Some(*id),
             Missing::Queue(_) | Missing::Nothing => None,
@@ -179,7 +174,7 @@ mod tests {
         assert_eq!(map(413, &body("payload_too_large", "big"), nothing), Error::PayloadTooLarge("big".into()));
         assert_eq!(map(409, &body("lease_lost", "x"), &Missing::Job(id)), Error::LeaseLost(id));
         assert_eq!(map(409, &body("conflict", "held"), nothing), Error::Conflict("held".into()));
-        assert_eq!(map(409, &body("queue_not_empty", "holds 3 jobs"), nothing), Error::Conflict("holds 3 jobs".into()));
+        assert_eq!(map(409, &body("queue_not_empty", "holds 3 jobs"), nothing), Error::QueueNotEmpty("holds 3 jobs".into()));
         assert_eq!(
             map(503, &body("unavailable", "stopping"), nothing),
             Error::Unavailable("stopping (retry after 2 s)".into())

@@ -45,6 +45,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::NotFound => "not_found",
         ErrorKind::LeaseLost => "lease_lost",
         ErrorKind::Conflict => "conflict",
+        ErrorKind::QueueNotEmpty => "queue_not_empty",
         // docs/api.md has no 5xx besides 503: a store that fails is, to the client, a store that is
         // unavailable for now (retry later); the cause is logged by the server.
         ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
@@ -56,9 +57,11 @@ impl ErrorBody {
     pub fn from_error(error: &Error) -> Self {
         let message = match error {
             Error::Storage(_) => "the store failed; the cause is in the server's log".to_owned(),
-            Error::InvalidRequest(m) | Error::PayloadTooLarge(m) | Error::Conflict(m) | Error::Unavailable(m) => {
-                m.clone()
-            }
+            Error::InvalidRequest(m)
+            | Error::PayloadTooLarge(m)
+            | Error::Conflict(m)
+            | Error::QueueNotEmpty(m)
+            | Error::Unavailable(m) => m.clone(),
             other => other.to_string(),
         };
         ErrorBody { error: ErrorDetail { code: error_code(error.kind()).to_owned(), message } }
@@ -74,6 +77,7 @@ impl ErrorBody {
             ("not_found", Some(id)) => Error::JobNotFound(id),
             ("lease_lost", Some(id)) => Error::LeaseLost(id),
             ("conflict", _) => Error::Conflict(message),
+            ("queue_not_empty", _) => Error::QueueNotEmpty(message),
             ("unavailable", _) | ("rate_limited", _) => Error::Unavailable(message),
             ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
             _ => Error::Storage(format!("{code}: {message}")),

@@ -31,6 +31,10 @@ pub enum Error {
     /// The request conflicts with the current state (e.g. an idempotency key held elsewhere).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A change of a queue's ordering or partition count while it holds jobs (their keys' order
+    /// and partitions were decided under the old layout). Nothing was changed.
+    #[error("queue not empty: {0}")]
+    QueueNotEmpty(String),
     /// The store cannot serve now (shutting down, unreachable); retrying later may succeed.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -53,6 +57,8 @@ pub enum ErrorKind {
     LeaseLost,
     /// See [`Error::Conflict`].
     Conflict,
+    /// See [`Error::QueueNotEmpty`].
+    QueueNotEmpty,
     /// See [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Storage`].
@@ -68,6 +74,7 @@ impl Error {
             Error::QueueNotFound(_) | Error::JobNotFound(_) => ErrorKind::NotFound,
             Error::LeaseLost(_) => ErrorKind::LeaseLost,
             Error::Conflict(_) => ErrorKind::Conflict,
+            Error::QueueNotEmpty(_) => ErrorKind::QueueNotEmpty,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Storage(_) => ErrorKind::Storage,
         }
@@ -81,6 +88,7 @@ impl Error {
             Error::InvalidRequest(m)
             | Error::PayloadTooLarge(m)
             | Error::Conflict(m)
+            | Error::QueueNotEmpty(m)
             | Error::Unavailable(m)
             | Error::Storage(m) => m.clone(),
             other => other.to_string(),

@@ -382,6 +382,18 @@ pub mod validate {
         Ok(())
     }
 
+    /// Checks a change of `queue`'s config from `old` to `new` while it holds `jobs` jobs (dead
+    /// ones included): its ordering and partition count change only while it holds none.
+    pub fn reshape(queue: &QueueName, old: &QueueConfig, new: &QueueConfig, jobs: u64) -> Result<()> {
+        if jobs > 0 && old.reorders(new) {
+            return Err(Error::QueueNotEmpty(format!(
+                "queue {queue} holds {jobs} jobs; its ordering and partitions change only while it holds none: \
+                 let it drain and purge its dead jobs, or move the work to a new queue, then retry"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a redrive request.
     pub fn redrive(redrive: &Redrive) -> Result<()> {
         if let Some(ids) = &redrive.ids {

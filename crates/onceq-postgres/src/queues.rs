@@ -301,8 +301,9 @@ impl PgStore {
         match outcome {
             Reorder::Done => Ok(Some(())),
             Reorder::Changed => Ok(None),
-            Reorder::Holds(jobs) => Err(Error::Conflict(format!(
-                "queue {queue} holds {jobs} jobs; its ordering and partitions can change only while it is empty"
+            Reorder::Holds(jobs) => Err(Error::QueueNotEmpty(format!(
+                "queue {queue} holds {jobs} jobs; its ordering and partitions change only while it holds none: \
+                 let it drain and purge its dead jobs, or move the work to a new queue, then retry"
             ))),
         }
     }

@@ -174,8 +174,10 @@ async fn a_deleted_queue_forgets_its_keys_and_a_reorder_says_why_it_is_refused()
     let refused = store.queue_upsert(&q, QueueConfigPatch { partitions: Some(3), ..per_key() }).await;
     assert_eq!(
         refused,
-        Err(Error::Conflict(
-            "queue deleted holds 3 jobs; its ordering and partitions can change only while it is empty".into()
+        Err(Error::QueueNotEmpty(
+            "queue deleted holds 3 jobs; its ordering and partitions change only while it holds none: let it drain \
+             and purge its dead jobs, or move the work to a new queue, then retry"
+                .into()
         ))
     );
     assert_eq!(store.queue_delete(&q).await, Ok(()));

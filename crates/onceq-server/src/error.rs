@@ -46,11 +46,6 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "this endpoint does not take that method")
     }
 
-    /// 409 `queue_not_empty`: a change of `ordering` or `partitions` while the queue holds jobs.
-    pub fn queue_not_empty(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "queue_not_empty", message)
-    }
-
     /// 413 `payload_too_large`.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
@@ -88,7 +83,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::LeaseLost | ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::LeaseLost | ErrorKind::Conflict | ErrorKind::QueueNotEmpty => StatusCode::CONFLICT,
+        // Unavailable and Storage; a kind added to the seam later must be given its status here.
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -165,39 +165,7 @@ async fn queue_put(
     JsonBody(patch): JsonBody<QueueConfigPatch>,
 ) -> ApiResult<Json<QueueConfig>> {
     principal.check(Action::Admin, queue.as_str())?;
-    let reordering = patch.ordering.is_some() || patch.partitions.is_some();
-    match state.store.queue_upsert(&queue, patch.clone()).await {
-        Ok(config) => Ok(Json(config)),
-        Err(conflict @ Error::Conflict(_)) if reordering => {
-            Err(reorder_refusal(&state, &queue, &patch, conflict).await)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The error for a store's `Conflict` on a patch that names `ordering` or `partitions`: 409
-/// `queue_not_empty` when the patch would change them on a queue that holds jobs (the store
-/// refuses that, semantics.md), so a client can tell it from a conflict that a retry clears.
-/// The store gives one kind for both; the queue as it is now says which this was.
-async fn reorder_refusal(
-    state: &AppState,
-    queue: &onceq_core::QueueName,
-    patch: &QueueConfigPatch,
-    conflict: Error,
-) -> ApiError {
-    let Ok(info) = state.store.queue_get(queue).await else { return conflict.into() };
-    let Ok(next) = info.config.patched(patch) else { return conflict.into() };
-    let s = info.stats;
-    let held = s.ready + s.scheduled + s.leased + s.dead + s.blocked;
-    if held == 0 || !info.config.reorders(&next) {
-        return conflict.into();
-    }
-    ApiError::queue_not_empty(format!(
-        "queue {queue} holds {held} jobs ({} ready, {} scheduled, {} leased, {} blocked, {} dead); its ordering \
-         and partitions change only while it holds none: let it drain and purge its dead jobs \
-         (DELETE /v1/queues/{queue}/dead), or move the work to a new queue, then retry",
-        s.ready, s.scheduled, s.leased, s.blocked, s.dead
-    ))
+    Ok(Json(state.store.queue_upsert(&queue, patch).await?))
 }
 
 /// Deletes a queue and its jobs.

@@ -219,8 +219,10 @@ async fn a_refused_reordering_says_why() {
     enqueue(&store, &q, vec![keyed("k", "a"), NewJob::new("b")]).await;
     assert_eq!(
         store.queue_upsert(&q, per_key()).await,
-        Err(Error::Conflict(
-            "queue busy holds 2 jobs; its ordering and partitions can change only while it is empty".to_owned()
+        Err(Error::QueueNotEmpty(
+            "queue busy holds 2 jobs; its ordering and partitions change only while it holds none: let it drain and \
+             purge its dead jobs, or move the work to a new queue, then retry"
+                .to_owned()
         ))
     );
     store.close().await;

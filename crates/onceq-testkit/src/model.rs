@@ -696,12 +696,12 @@ impl Model {
 
     /// `queue_upsert` on the existing queue: the config with `patch` applied, or the error. An
     /// invalid result is `InvalidRequest`; changing the ordering or the partition count while
-    /// the queue holds any job (dead ones included) is `Conflict`. Nothing changes on an error.
+    /// the queue holds any job (dead ones included) is `QueueNotEmpty`. Nothing changes on an error.
     /// A new `dead_blocks_key` applies to heads that die from now on.
     pub fn configure(&mut self, patch: &QueueConfigPatch) -> onceq_core::Result<QueueConfig> {
         let next = self.config.patched(patch)?;
         if self.config.reorders(&next) && !self.jobs.is_empty() {
-            return Err(Error::Conflict(format!("the queue holds {} jobs", self.jobs.len())));
+            return Err(Error::QueueNotEmpty(format!("the queue holds {} jobs", self.jobs.len())));
         }
         self.config = next;
         Ok(self.config.clone())
@@ -2483,7 +2483,7 @@ mod tests {
         enqueue(&mut model, &[keyed(0, 0, SpecSchedule::Now)]);
         let before = model.config().clone();
         for change in [ConfigChange::Partitions(3), ConfigChange::Ordering(Ordering::None)] {
-            assert!(matches!(model.configure(&change.patch()), Err(Error::Conflict(_))), "{change:?}");
+            assert!(matches!(model.configure(&change.patch()), Err(Error::QueueNotEmpty(_))), "{change:?}");
         }
         assert_eq!(model.configure(&ConfigChange::Partitions(4).patch()), Ok(before.clone()));
         assert!(matches!(model.configure(&ConfigChange::Partitions(0).patch()), Err(Error::InvalidRequest(_))));

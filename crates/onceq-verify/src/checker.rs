@@ -76,6 +76,20 @@
 //!   job, not per value: two jobs of one value (an enqueue retried without a dedup id) may each go
 //!   dead once. A violation in every mode.
 //!
+//! Ordering (Invariant 9), in an ordered run only (`History::ordered_keys`; the key of a value
+//! is `value mod ordered_keys`, and a job's key is its value's). A job *leaves* its key when it is
+//! acked, or, in `at_most_once`, leased; the earliest moment it may have left is the invoke of its
+//! first ack that may have taken effect (outcome ok, unknown or never completed), or in
+//! `at_most_once` the invoke of its first delivery. A job that went dead may have left at any
+//! time, and constrains nothing.
+//! - **order_violations**: deliveries of a job handed out (completed) before the earliest moment
+//!   an earlier job of its key (a lower job id: the store's enqueue order) may have left. Counted
+//!   per delivery. A violation in every mode.
+//! - **concurrent_key_deliveries**: pairs of deliveries of *different* jobs of one key definitely
+//!   live at one moment (the sweep of `overlapping_leases`, over a key's deliveries, minus the
+//!   pairs within one job). A violation in `at_least_once` and `effectively_once`; in
+//!   `at_most_once` a leased job has already left its key, so the next may run beside it.
+//!
 //! Time:
 //! - **drain_ms**: `drained_at_ms - last_fault_at_ms`, when a fault was injected.
 //!
@@ -145,6 +159,14 @@ pub struct Report {
     /// Extends that succeeded although their lease was no longer live (must be 0).
     #[serde(default)]
     pub stale_extends_accepted: u64,
+    /// In an ordered run: deliveries handed out before an earlier job of their key had left
+    /// (must be 0).
+    #[serde(default)]
+    pub order_violations: u64,
+    /// In an ordered run: pairs of deliveries of different jobs of one key live at once (must be
+    /// 0, but in `at_most_once`).
+    #[serde(default)]
+    pub concurrent_key_deliveries: u64,
 }
 
 impl Report {
@@ -187,13 +209,17 @@ pub enum Figure {
     Dead,
     /// [`Report::dead_more_than_once`].
     DeadMoreThanOnce,
+    /// [`Report::order_violations`].
+    OrderViolations,
+    /// [`Report::concurrent_key_deliveries`].
+    ConcurrentKeyDeliveries,
     /// [`Report::drain_ms`].
     DrainMs,
 }
 
 impl Figure {
     /// Every figure, in the order reports show them.
-    pub const ALL: [Figure; 16] = [
+    pub const ALL: [Figure; 18] = [
         Figure::Enqueued,
         Figure::EnqueueUnknown,
         Figure::Recovered,
@@ -209,6 +235,8 @@ impl Figure {
         Figure::OverlappingLeases,
         Figure::Dead,
         Figure::DeadMoreThanOnce,
+        Figure::OrderViolations,
+        Figure::ConcurrentKeyDeliveries,
         Figure::DrainMs,
     ];
 
@@ -230,6 +258,8 @@ impl Figure {
             Figure::OverlappingLeases => "overlapping_leases",
             Figure::Dead => "dead",
             Figure::DeadMoreThanOnce => "dead_more_than_once",
+            Figure::OrderViolations => "order_violations",
+            Figure::ConcurrentKeyDeliveries => "concurrent_key_deliveries",
             Figure::DrainMs => "drain_ms",
         }
     }
@@ -252,6 +282,8 @@ impl Figure {
             Figure::OverlappingLeases => report.overlapping_leases,
             Figure::Dead => report.dead,
             Figure::DeadMoreThanOnce => report.dead_more_than_once,
+            Figure::OrderViolations => report.order_violations,
+            Figure::ConcurrentKeyDeliveries => report.concurrent_key_deliveries,
             Figure::DrainMs => return None,
         })
     }
@@ -263,7 +295,9 @@ impl Figure {
             Figure::Lost => mode != DeliveryMode::AtMostOnce,
             Figure::DuplicateDeliveries => mode == DeliveryMode::AtMostOnce,
             Figure::DuplicateEffects => mode != DeliveryMode::AtLeastOnce,
-            Figure::Unexpected
+            Figure::ConcurrentKeyDeliveries => mode != DeliveryMode::AtMostOnce,
+            Figure::OrderViolations
+            | Figure::Unexpected
             | Figure::StaleAcksAccepted
             | Figure::StaleNacksAccepted
             | Figure::StaleExtendsAccepted
@@ -486,6 +520,10 @@ pub fn check(history: &History) -> Report {
         }
     }
 
+    let ordered = history.ordered_keys.map(|keys| {
+        order_figures(history.mode, keys, &deliveries, &settles, &settle_lease, &dead_jobs(history), &ops)
+    });
+
     // Values delivered and effected.
     let mut delivered_count: HashMap<u64, u64> = HashMap::new();
     for delivery in &deliveries {
@@ -554,7 +592,11 @@ pub fn check(history: &History) -> Report {
         recovered,
         stale_nacks_accepted: stale_nacks.len() as u64,
         stale_extends_accepted: stale_extends.len() as u64,
+        order_violations: ordered.as_ref().map_or(0, |o| o.violations.len() as u64),
+        concurrent_key_deliveries: ordered.as_ref().map_or(0, |o| o.concurrent_pairs),
     };
+    let (mut order_jobs, mut concurrent_keys) =
+        ordered.map(|o| (o.violations, o.concurrent_keys)).unwrap_or_default();
 
     // The broken promises, in the order of the figures.
     let mode = history.mode.as_str();
@@ -612,6 +654,22 @@ pub fn check(history: &History) -> Report {
                  twice, acked, or handed out beyond the attempt errors on record ({})",
                 counted(report.dead_more_than_once, "dead job was", "dead jobs were"),
                 examples("job", std::mem::take(&mut dead_twice)),
+            ),
+            Figure::OrderViolations => format!(
+                "an ordered queue runs each key's jobs in enqueue order (Invariant 9): {} handed \
+                 out before an earlier job of its key had left ({})",
+                counted(report.order_violations, "delivery was", "deliveries were"),
+                examples("job", std::mem::take(&mut order_jobs)),
+            ),
+            Figure::ConcurrentKeyDeliveries => format!(
+                "an ordered queue leases one job of a key at a time (Invariant 9): {} live at \
+                 once ({})",
+                counted(
+                    report.concurrent_key_deliveries,
+                    "pair of leases of different jobs of one key was",
+                    "pairs of leases of different jobs of one key were"
+                ),
+                examples("key", std::mem::take(&mut concurrent_keys)),
             ),
             Figure::Enqueued
             | Figure::EnqueueUnknown
@@ -783,6 +841,105 @@ fn overlapping_pairs(deliveries: &[Delivery<'_>], run: &[usize]) -> u64 {
     pairs
 }
 
+/// What the ordering rules found.
+#[derive(Default)]
+struct OrderFigures {
+    /// Job ids of the deliveries handed out before an earlier job of their key had left.
+    violations: Vec<u64>,
+    /// Pairs of deliveries of different jobs of one key live at once.
+    concurrent_pairs: u64,
+    /// The keys (`value mod keys`) of those pairs.
+    concurrent_keys: Vec<u64>,
+}
+
+/// The job ids in the dead letters.
+fn dead_jobs(history: &History) -> HashSet<u64> {
+    history.dead.iter().map(|d| d.job_id).collect()
+}
+
+/// The ordering rules of the module docs, over the run's deliveries and settles.
+fn order_figures(
+    mode: DeliveryMode,
+    keys: u64,
+    deliveries: &[Delivery<'_>],
+    settles: &[Settle<'_>],
+    settle_lease: &[Option<usize>],
+    dead: &HashSet<u64>,
+    ops: &HashMap<u64, Operation<'_>>,
+) -> OrderFigures {
+    let keys = keys.max(1);
+    // Every job the history knows, with its value: from deliveries and from ok enqueues.
+    let mut value_of: HashMap<u64, u64> = HashMap::new();
+    for delivery in deliveries {
+        value_of.insert(delivery.job_id, delivery.value);
+    }
+    for operation in ops.values() {
+        if let (Request::Enqueue { value, .. }, Some(done)) = (operation.request, operation.completion) {
+            if let (Outcome::Ok, Response::Enqueued { job_id, .. }) = (done.outcome, done.response) {
+                value_of.entry(*job_id).or_insert(*value);
+            }
+        }
+    }
+    // The earliest moment each job may have left its key (`i64::MAX`: never).
+    let mut left_from: HashMap<u64, i64> = value_of.keys().map(|job| (*job, i64::MAX)).collect();
+    if mode == DeliveryMode::AtMostOnce {
+        for delivery in deliveries {
+            let at = left_from.entry(delivery.job_id).or_insert(i64::MAX);
+            *at = (*at).min(delivery.invoked_at_ms);
+        }
+    } else {
+        for (settle, lease) in settles.iter().zip(settle_lease) {
+            if settle.kind != SettleKind::Ack || settle.outcome == Some(Outcome::Fail) || lease.is_none() {
+                continue;
+            }
+            let at = left_from.entry(settle.job_id).or_insert(i64::MAX);
+            *at = (*at).min(settle.invoked_at_ms);
+        }
+    }
+    // Per key, jobs in id order: a delivery must complete after every earlier job may have left.
+    let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (job, value) in &value_of {
+        by_key.entry(value % keys).or_default().push(*job);
+    }
+    let mut must_follow: HashMap<u64, i64> = HashMap::new(); // job -> latest "left" of earlier jobs
+    for jobs in by_key.values_mut() {
+        jobs.sort_unstable();
+        let mut latest = i64::MIN;
+        for job in jobs.iter() {
+            must_follow.insert(*job, latest);
+            if !dead.contains(job) {
+                latest = latest.max(left_from.get(job).copied().unwrap_or(i64::MAX));
+            }
+        }
+    }
+    let violations: Vec<u64> = deliveries
+        .iter()
+        .filter(|d| must_follow.get(&d.job_id).is_some_and(|after| d.completed_at_ms < *after))
+        .map(|d| d.job_id)
+        .collect();
+
+    // Deliveries of different jobs of one key live at once.
+    let mut key_runs: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, delivery) in deliveries.iter().enumerate() {
+        key_runs.entry(delivery.value % keys).or_default().push(i);
+    }
+    let mut concurrent_pairs = 0;
+    let mut concurrent_keys = Vec::new();
+    for (key, run) in &key_runs {
+        let mut per_job: HashMap<u64, Vec<usize>> = HashMap::new();
+        for &i in run {
+            per_job.entry(deliveries[i].job_id).or_default().push(i);
+        }
+        let within_jobs: u64 = per_job.values().map(|job_run| overlapping_pairs(deliveries, job_run)).sum();
+        let pairs = overlapping_pairs(deliveries, run).saturating_sub(within_jobs);
+        if pairs > 0 {
+            concurrent_pairs += pairs;
+            concurrent_keys.push(*key);
+        }
+    }
+    OrderFigures { violations, concurrent_pairs, concurrent_keys }
+}
+
 /// Sums the counts beyond the first, and lists the keys counted more than once.
 fn beyond_first(counts: &HashMap<u64, u64>) -> (u64, Vec<u64>) {
     let mut total = 0;
@@ -808,6 +965,10 @@ fn examples(noun: &str, mut keys: Vec<u64>) -> String {
     let shown: Vec<String> = keys.iter().take(EXAMPLES_MAX).map(u64::to_string).collect();
     let more = if keys.len() > EXAMPLES_MAX { ", ..." } else { "" };
     let plural = if keys.len() == 1 { "" } else { "s" };
-    let noun = if noun == "job" { "job id" } else { noun };
+    let noun = match noun {
+        "job" => "job id",
+        "key" => "key number",
+        other => other,
+    };
     format!("{noun}{plural} {}{more}", shown.join(", "))
 }

@@ -240,6 +240,15 @@ pub struct History {
     pub last_fault_at_ms: Option<i64>,
     /// When the last job was settled, or the run ended (verify clock, Unix ms).
     pub drained_at_ms: i64,
+    /// In an ordered run (a `per_key` queue), how many ordering keys the values were spread
+    /// over: the key of value `v` is `v mod ordered_keys`. `None` for an unordered run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_keys: Option<u64>,
+}
+
+/// The ordering key verify gives value `value` in an ordered run over `keys` keys.
+pub fn key_of(value: u64, keys: u64) -> String {
+    format!("k{}", value % keys.max(1))
 }
 
 /// How many problems [`History::validate`] describes in its error (it counts them all).
@@ -296,6 +305,9 @@ pub enum Record {
         last_fault_at_ms: Option<i64>,
         /// [`History::drained_at_ms`].
         drained_at_ms: i64,
+        /// [`History::ordered_keys`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ordered_keys: Option<u64>,
     },
     /// One of [`History::events`].
     Event(Event),
@@ -320,8 +332,13 @@ impl History {
     /// run can be checked again.
     pub fn write_jsonl<W: std::io::Write>(&self, out: W) -> Result<(), HistoryError> {
         let mut out = std::io::BufWriter::new(out);
-        Record::Header { mode: self.mode, last_fault_at_ms: self.last_fault_at_ms, drained_at_ms: self.drained_at_ms }
-            .write_line(&mut out)?;
+        Record::Header {
+            mode: self.mode,
+            last_fault_at_ms: self.last_fault_at_ms,
+            drained_at_ms: self.drained_at_ms,
+            ordered_keys: self.ordered_keys,
+        }
+        .write_line(&mut out)?;
         for event in &self.events {
             Record::Event(event.clone()).write_line(&mut out)?;
         }
@@ -351,19 +368,19 @@ impl History {
             let record: Record =
                 serde_json::from_str(&line).map_err(|source| HistoryError::Json { line: index + 1, source })?;
             match record {
-                Record::Header { mode, last_fault_at_ms, drained_at_ms } => {
+                Record::Header { mode, last_fault_at_ms, drained_at_ms, ordered_keys } => {
                     if header.is_some() {
                         return Err(HistoryError::HeaderRepeated { line: index + 1 });
                     }
-                    header = Some((mode, last_fault_at_ms, drained_at_ms));
+                    header = Some((mode, last_fault_at_ms, drained_at_ms, ordered_keys));
                 }
                 Record::Event(event) => events.push(event),
                 Record::Effect(effect) => effects.push(effect),
                 Record::Dead(letter) => dead.push(letter),
             }
         }
-        let (mode, last_fault_at_ms, drained_at_ms) = header.ok_or(HistoryError::HeaderMissing)?;
-        Ok(History { mode, events, effects, dead, last_fault_at_ms, drained_at_ms })
+        let (mode, last_fault_at_ms, drained_at_ms, ordered_keys) = header.ok_or(HistoryError::HeaderMissing)?;
+        Ok(History { mode, events, effects, dead, last_fault_at_ms, drained_at_ms, ordered_keys })
     }
 
     /// Checks the history's own structure, which the checker relies on:

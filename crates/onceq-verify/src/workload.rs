@@ -41,8 +41,12 @@
 //! recorded by the handler (its invoke) and by a middleware around the whole job (its end: ok
 //! when the job's transaction committed).
 //!
+//! **Ordered runs** (`ordered_keys`): the queues are `per_key` and each value carries the
+//! ordering key `k{value mod ordered_keys}`, so the workers see one job of a key at a time, in
+//! enqueue order, through every fault; the checker holds them to it.
+//!
 //! The run of a mode ends when the producers are done, no worker holds a job, and the queue has
-//! nothing ready, scheduled or leased (every job acked or dead) — or when the drain timeout
+//! nothing ready, scheduled, leased or blocked (every job acked or dead) — or when the drain timeout
 //! passes, and whatever is missing is the checker's to report as lost. The dead letters are
 //! then read into the history, and the effects from the ledger.
 
@@ -128,6 +132,11 @@ pub struct WorkloadConfig {
     #[doc(hidden)]
     #[serde(default)]
     pub broken_gate_for_tests: bool,
+    /// An ordered run: the queues are `per_key`, and value `v` carries the ordering key
+    /// `k{v mod n}` ([`crate::history::key_of`]); the checker then also checks per-key order and
+    /// one job of a key in flight at a time (Invariant 9).
+    #[serde(default)]
+    pub ordered_keys: Option<u64>,
 }
 
 impl Default for WorkloadConfig {
@@ -147,6 +156,7 @@ impl Default for WorkloadConfig {
             seed: 0,
             keep_queues: false,
             broken_gate_for_tests: false,
+            ordered_keys: None,
         }
     }
 }
@@ -160,6 +170,9 @@ impl WorkloadConfig {
         }
         if self.jobs == 0 {
             return bad("--jobs must be at least 1".into());
+        }
+        if self.ordered_keys == Some(0) {
+            return bad("--ordered-keys must be at least 1".into());
         }
         if self.producers == 0 || self.workers == 0 {
             return bad("--producers and --workers must be at least 1".into());
@@ -362,6 +375,7 @@ async fn run_mode(
         visibility_timeout_ms: Some(config.visibility_timeout_ms),
         max_attempts: Some(config.max_attempts),
         dedup_window_ms: Some(DEDUP_WINDOW_MS),
+        ordering: config.ordered_keys.map(|_| onceq_core::Ordering::PerKey),
         ..QueueConfigPatch::default()
     };
     let queue_config = target.store.queue_upsert(&queue, patch).await?;
@@ -422,7 +436,7 @@ async fn run_mode(
         if periodic.is_finished() {
             if let Ok(info) = ctx.store.queue_get(&queue).await {
                 let s = info.stats;
-                if s.ready + s.scheduled + s.leased == 0 {
+                if s.ready + s.scheduled + s.leased + s.blocked == 0 {
                     drain_seen_ms = now_ms();
                     break true;
                 }
@@ -465,6 +479,7 @@ async fn run_mode(
         dead,
         last_fault_at_ms: ctx.faults.last_at_ms(),
         drained_at_ms,
+        ordered_keys: config.ordered_keys,
     };
     Ok(ModeRun {
         queue: queue.to_string(),
@@ -550,6 +565,7 @@ async fn enqueue(ctx: &Ctx, producer: u32, values: &[u64]) -> Outcome {
         ops.push(ctx.recorder.invoke(producer, Request::Enqueue { value, dedup_id: dedup.clone() }));
         let mut job = NewJob::new(payload(value));
         job.dedup_id = dedup;
+        job.ordering_key = ctx.config.ordered_keys.map(|keys| crate::history::key_of(value, keys));
         jobs.push(job);
     }
     match ctx.store.job_enqueue(&ctx.queue, jobs).await {

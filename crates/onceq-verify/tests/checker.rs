@@ -39,9 +39,16 @@ impl Builder {
                 dead: Vec::new(),
                 last_fault_at_ms: None,
                 drained_at_ms: 0,
+                ordered_keys: None,
             },
             next_op: 1,
         }
+    }
+
+    /// An ordered run over `keys` keys (a job's key is its value mod `keys`).
+    fn ordered(mut self, keys: u64) -> Self {
+        self.history.ordered_keys = Some(keys);
+        self
     }
 
     /// One operation: invoked at `invoke_at`, completed at `complete` (time, outcome, response)
@@ -184,6 +191,8 @@ fn empty(mode: DeliveryMode) -> Report {
         recovered: 0,
         stale_nacks_accepted: 0,
         stale_extends_accepted: 0,
+        order_violations: 0,
+        concurrent_key_deliveries: 0,
     }
 }
 
@@ -1578,4 +1587,110 @@ fn a_release_accepted_after_the_job_was_leased_again_is_stale() {
     builder.release(&first, 2_100, Some((2_110, Outcome::Ok)));
     let report = check(&builder.done());
     assert_eq!(report.stale_nacks_accepted, 1, "{report:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ordered runs (Invariant 9). With two keys, jobs 1 and 3 share a key (their values, job id +
+// 1000, are odd), and so do 2 and 4.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_ordered_history_in_order_keeps_every_promise() {
+    for mode in [ALO, EO] {
+        let mut b = Builder::new(mode).ordered(2);
+        let (one, two, three, four) = (lease(1, 1, 5_000), lease(2, 1, 5_000), lease(3, 1, 5_000), lease(4, 1, 5_000));
+        // Keys interleave freely; within a key, each job starts after the one before was acked.
+        b.lease(0, 1, vec![one.clone(), two.clone()]);
+        b.effect(&one, 2);
+        b.ack(&one, 3, Some((4, Outcome::Ok)));
+        b.lease(5, 6, vec![three.clone()]);
+        b.effect(&two, 7);
+        b.ack(&two, 8, Some((9, Outcome::Ok)));
+        b.effect(&three, 10);
+        b.ack(&three, 11, Some((12, Outcome::Ok)));
+        b.process(&four, 13);
+        let report = check(&b.done());
+        assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 0), "{mode:?}: {report:?}");
+    }
+}
+
+#[test]
+fn a_job_handed_out_before_an_earlier_job_of_its_key_left_is_an_order_violation() {
+    let mut b = Builder::new(ALO).ordered(2);
+    let (one, three) = (lease(1, 1, 5_000), lease(3, 1, 5_000));
+    b.lease(0, 1, vec![one.clone()]);
+    b.effect(&one, 2);
+    // Job 3 comes out while job 1 is still leased, and is acked only after it.
+    b.lease(3, 4, vec![three.clone()]);
+    b.ack(&one, 20, Some((21, Outcome::Ok)));
+    b.effect(&three, 22);
+    b.ack(&three, 23, Some((24, Outcome::Ok)));
+    let report = check(&b.done());
+    assert_eq!(report.order_violations, 1);
+    assert_eq!(report.concurrent_key_deliveries, 1);
+    assert!(!report.promise_kept());
+    assert!(report.violations.iter().any(|v| v.contains("enqueue order (Invariant 9)") && v.contains("job id 3")), "{:?}", report.violations);
+    assert!(Figure::OrderViolations.breaks_promise(&report) && Figure::ConcurrentKeyDeliveries.breaks_promise(&report));
+}
+
+#[test]
+fn an_ack_of_unknown_outcome_may_have_let_the_key_move_on() {
+    let mut b = Builder::new(ALO).ordered(2);
+    let (one, three) = (lease(1, 1, 5_000), lease(3, 1, 5_000));
+    b.lease(0, 1, vec![one.clone()]);
+    b.effect(&one, 2);
+    // The ack's reply was lost: it may have taken effect at its invoke.
+    b.ack(&one, 3, Some((4, Outcome::Unknown)));
+    b.process(&three, 5);
+    let report = check(&b.done());
+    assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 0), "{report:?}");
+}
+
+#[test]
+fn a_dead_job_constrains_nothing_and_at_most_once_may_overlap_a_key() {
+    // Job 1 went dead at some unknown moment: job 3 may follow at any time, but two live
+    // leases of one key still count where the mode forbids them.
+    let mut b = Builder::new(ALO).ordered(2);
+    let (one, three) = (lease(1, 1, 5_000), lease(3, 1, 5_000));
+    b.lease(0, 1, vec![one.clone()]);
+    b.lease(2, 3, vec![three.clone()]);
+    b.nack(&one, 10, Some((11, Outcome::Ok)));
+    b.process(&three, 12);
+    b.dead(1, one.value, 1);
+    let report = check(&b.done());
+    assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 1), "{report:?}");
+
+    // In at_most_once a leased job has left its key: the next may run beside it.
+    let mut b = Builder::new(AMO).ordered(2);
+    b.lease(0, 1, vec![one.clone()]);
+    b.lease(2, 3, vec![three.clone()]);
+    b.effect(&one, 4);
+    b.effect(&three, 5);
+    let report = check(&b.done());
+    assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 1));
+    assert!(!Figure::ConcurrentKeyDeliveries.breaks_promise(&report));
+    assert!(!report.violations.iter().any(|v| v.contains("Invariant 9")), "{:?}", report.violations);
+}
+
+#[test]
+fn an_unordered_history_has_no_order_figures() {
+    let mut b = Builder::new(ALO);
+    let (one, three) = (lease(1, 1, 5_000), lease(3, 1, 5_000));
+    b.lease(0, 1, vec![one.clone(), three.clone()]);
+    b.effect(&one, 2);
+    b.effect(&three, 2);
+    b.ack(&three, 3, Some((4, Outcome::Ok)));
+    b.ack(&one, 5, Some((6, Outcome::Ok)));
+    let report = check(&b.done());
+    assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 0));
+}
+
+#[test]
+fn an_ordered_history_round_trips_through_json_lines() {
+    let mut b = Builder::new(EO).ordered(7);
+    b.process(&lease(1, 1, 5_000), 0);
+    let history = b.done();
+    let mut out = Vec::new();
+    history.write_jsonl(&mut out).unwrap();
+    assert_eq!(History::read_jsonl(&out[..]).unwrap(), history);
 }

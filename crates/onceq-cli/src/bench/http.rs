@@ -24,7 +24,7 @@ use onceq_core::{Error, QueueName, Store};
 use super::error::BenchError;
 use super::options::{payload, BenchArgs, BATCH};
 use super::report::{emit, millis, progress, rate_target, thousands};
-use super::scenarios::{self, Run};
+use super::scenarios::{self, Keys, Run};
 
 /// Tasks of each side in the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -103,7 +103,7 @@ impl HttpBench {
         let tasks = BATCHED_TASKS;
         let run = self
             .scenario(|client, queue, payload| async move {
-                scenarios::enqueue(&client, &queue, &payload, jobs, BATCH, tasks).await
+                scenarios::enqueue(&client, &queue, &payload, jobs, BATCH, tasks, Keys::None).await
             })
             .await?;
         print_row(&Row { scenario: format!("enqueue {BATCH}/call, {tasks} producers"), run });
@@ -111,7 +111,7 @@ impl HttpBench {
         let run = self
             .scenario(|client, queue, payload| async move {
                 let filling = Instant::now();
-                scenarios::fill(&client, &queue, &payload, jobs).await?;
+                scenarios::fill(&client, &queue, &payload, jobs, Keys::None).await?;
                 progress(&format!(
                     "filled {} jobs in {:.1} s",
                     thousands(jobs as f64),
@@ -127,7 +127,7 @@ impl HttpBench {
 
         let run = self
             .scenario(|client, queue, payload| async move {
-                scenarios::end_to_end(&client, &queue, &payload, jobs, BATCH, tasks, tasks).await
+                scenarios::end_to_end(&client, &queue, &payload, jobs, BATCH, tasks, tasks, Keys::None).await
             })
             .await?;
         let batched = Row { scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"), run };
@@ -135,7 +135,7 @@ impl HttpBench {
 
         let run = self
             .scenario(|client, queue, payload| async move {
-                scenarios::end_to_end(&client, &queue, &payload, jobs, 1, SINGLE_TASKS, SINGLE_TASKS).await
+                scenarios::end_to_end(&client, &queue, &payload, jobs, 1, SINGLE_TASKS, SINGLE_TASKS, Keys::None).await
             })
             .await?;
         let single =

@@ -32,8 +32,8 @@ pub struct BenchArgs {
     pub rounds: Option<u32>,
     /// Run only these scenarios (comma-separated or repeated), with the embedded store or
     /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
-    /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched and
-    /// lease-ack-backlog; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
+    /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched,
+    /// lease-ack-backlog, end-to-end-ordered and lease-ack-ordered-backlog; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
     /// enqueue-concurrent and lease-ack-single.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
     pub only: Vec<Scenario>,
@@ -102,6 +102,12 @@ pub enum Scenario {
     LeaseAckBacklog,
     /// Lease + ack of one job per call, 16 workers (--store).
     LeaseAckSingle,
+    /// End-to-end batched on a `per_key` queue of 10,000 keys, beside the same run on an
+    /// unordered queue (its yardstick, in place of a floor).
+    EndToEndOrdered,
+    /// Lease + ack on a `per_key` queue whose 100,000 keys hold a big backlog (most of it
+    /// blocked behind its keys' heads), beside a small one of the same keys.
+    LeaseAckOrderedBacklog,
 }
 
 impl Scenario {

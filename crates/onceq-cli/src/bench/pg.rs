@@ -42,7 +42,7 @@ use onceq_postgres::{PgOptions, PgStore};
 use super::error::BenchError;
 use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH};
 use super::report::{emit, millis, progress, rate_target, target_line, thousands};
-use super::scenarios::{self, Run};
+use super::scenarios::{self, Keys, Run};
 use super::turns::{jobs_per_s, median, rounds_of};
 
 /// Producers, and workers, of the batched scenarios.
@@ -514,7 +514,7 @@ impl PgBench<'_> {
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched).await
+                        scenarios::enqueue(&store, &queue, &payload, jobs, BATCH, batched, Keys::None).await
                     })
                 },
                 || self.floor(jobs, BATCH, batched, |t| t.enqueue_script(BATCH), 0),
@@ -535,7 +535,7 @@ impl PgBench<'_> {
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::fill(&store, &queue, &payload, jobs).await?;
+                        scenarios::fill(&store, &queue, &payload, jobs, Keys::None).await?;
                         analyze(&store).await?;
                         scenarios::lease_ack(&store, &queue, jobs, BATCH, batched).await
                     })
@@ -563,7 +563,7 @@ impl PgBench<'_> {
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, producers, workers).await
+                        scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, producers, workers, Keys::None).await
                     })
                 },
                 || {
@@ -593,7 +593,7 @@ impl PgBench<'_> {
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS).await
+                        scenarios::enqueue(&store, &queue, &payload, n, 1, SINGLE_TASKS, Keys::None).await
                     })
                 },
                 || self.floor(n, 1, SINGLE_TASKS, |t| t.enqueue_script(1), 0),
@@ -613,7 +613,7 @@ impl PgBench<'_> {
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::fill(&store, &queue, &payload, n).await?;
+                        scenarios::fill(&store, &queue, &payload, n, Keys::None).await?;
                         analyze(&store).await?;
                         scenarios::lease_ack(&store, &queue, n, 1, SINGLE_TASKS).await
                     })
@@ -697,7 +697,7 @@ impl PgBench<'_> {
             let store = self.connect(&self.floor_schema).await?;
             let queue = QueueName::new(QUEUE)?;
             // The queue exists before the floor runs: the store creates it on first enqueue.
-            scenarios::fill(&store, &queue, &self.payload, fill.max(1)).await?;
+            scenarios::fill(&store, &queue, &self.payload, fill.max(1), Keys::None).await?;
             analyze(&store).await?;
             if fill == 0 {
                 let leased = store

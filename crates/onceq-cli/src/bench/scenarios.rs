@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use onceq_core::{LeaseOptions, LeaseRef, NewJob, QueueName, Store};
+use onceq_core::{LeaseOptions, LeaseRef, NewJob, QueueConfigPatch, QueueName, Store};
 use tokio::task::JoinSet;
 
 use super::error::BenchError;
@@ -84,15 +84,47 @@ struct Claims {
 }
 
 impl Claims {
-    /// The size of the next call, or `None` when every job has been claimed.
-    fn claim(&self, per_call: u64) -> Option<u64> {
+    /// The number of the next call's first job and the call's size, or `None` when every job
+    /// has been claimed.
+    fn claim(&self, per_call: u64) -> Option<(u64, u64)> {
         let start = self.next.fetch_add(per_call, Ordering::Relaxed);
-        (start < self.total).then(|| per_call.min(self.total - start))
+        (start < self.total).then(|| (start, per_call.min(self.total - start)))
     }
 }
 
-fn batch(payload: &[u8], n: u64) -> Vec<NewJob> {
-    (0..n).map(|_| NewJob::new(payload.to_vec())).collect()
+/// Which ordering keys a scenario's jobs carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keys {
+    /// None: an unordered queue's jobs.
+    None,
+    /// Job number `n` carries the key `key-{n mod count}`: `count` keys, taking turns, so each
+    /// key's jobs are spread evenly over the run.
+    Spread(u64),
+}
+
+impl Keys {
+    fn of(self, n: u64) -> Option<String> {
+        match self {
+            Keys::None => None,
+            Keys::Spread(count) => Some(format!("key-{}", n % count.max(1))),
+        }
+    }
+}
+
+/// Jobs numbered `start..start + n`.
+fn batch(payload: &[u8], start: u64, n: u64, keys: Keys) -> Vec<NewJob> {
+    (start..start + n)
+        .map(|i| NewJob { ordering_key: keys.of(i), ..NewJob::new(payload.to_vec()) })
+        .collect()
+}
+
+/// Makes `queue` ordered per key when the scenario's jobs carry keys.
+pub(crate) async fn configure<S: Store>(store: &S, queue: &QueueName, keys: Keys) -> Result<(), BenchError> {
+    if keys != Keys::None {
+        let patch = QueueConfigPatch { ordering: Some(onceq_core::Ordering::PerKey), ..QueueConfigPatch::default() };
+        store.queue_upsert(queue, patch).await?;
+    }
+    Ok(())
 }
 
 /// Enqueues `jobs` jobs, `per_call` at a time, from `producers` concurrent tasks.
@@ -103,12 +135,14 @@ pub(crate) async fn enqueue<S: Store + Clone + 'static>(
     jobs: u64,
     per_call: u64,
     producers: u64,
+    keys: Keys,
 ) -> Result<Run, BenchError> {
+    configure(store, queue, keys).await?;
     let claims = Arc::new(Claims { next: AtomicU64::new(0), total: jobs });
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..producers {
-        tasks.spawn(producer(store.clone(), queue.clone(), payload.clone(), claims.clone(), per_call));
+        tasks.spawn(producer(store.clone(), queue.clone(), payload.clone(), claims.clone(), per_call, keys));
     }
     let enqueues = join_calls(tasks, "enqueue").await?;
     let elapsed = started.elapsed();
@@ -125,9 +159,10 @@ pub(crate) async fn fill<S: Store + Clone + 'static>(
     queue: &QueueName,
     payload: &Arc<[u8]>,
     jobs: u64,
+    keys: Keys,
 ) -> Result<(), BenchError> {
     let per_call = onceq_core::limits::ENQUEUE_BATCH_MAX as u64;
-    enqueue(store, queue, payload, jobs, per_call, 4).await.map(drop)
+    enqueue(store, queue, payload, jobs, per_call, 4, keys).await.map(drop)
 }
 
 async fn producer<S: Store>(
@@ -136,10 +171,11 @@ async fn producer<S: Store>(
     payload: Arc<[u8]>,
     claims: Arc<Claims>,
     per_call: u64,
+    keys: Keys,
 ) -> Result<Calls, BenchError> {
     let mut calls = Calls::new("enqueue");
-    while let Some(n) = claims.claim(per_call) {
-        let jobs = batch(&payload, n);
+    while let Some((start, n)) = claims.claim(per_call) {
+        let jobs = batch(&payload, start, n, keys);
         let started = Instant::now();
         let enqueued = store.job_enqueue(&queue, jobs).await?;
         calls.latencies.push(started.elapsed());
@@ -197,7 +233,9 @@ pub(crate) async fn end_to_end<S: Store + Clone + 'static>(
     per_call: u64,
     producers: u64,
     workers: u64,
+    keys: Keys,
 ) -> Result<Run, BenchError> {
+    configure(store, queue, keys).await?;
     let claims = Arc::new(Claims { next: AtomicU64::new(0), total: jobs });
     let progress = Arc::new(Progress { jobs, acked: AtomicU64::new(0), finished_at: Mutex::new(None) });
     let started = Instant::now();
@@ -207,7 +245,7 @@ pub(crate) async fn end_to_end<S: Store + Clone + 'static>(
     }
     let mut producer_tasks = JoinSet::new();
     for _ in 0..producers {
-        producer_tasks.spawn(producer(store.clone(), queue.clone(), payload.clone(), claims.clone(), per_call));
+        producer_tasks.spawn(producer(store.clone(), queue.clone(), payload.clone(), claims.clone(), per_call, keys));
     }
     let enqueues = join_calls(producer_tasks, "enqueue").await?;
     let mut leases = Calls::new("lease");
@@ -312,7 +350,7 @@ async fn lease_ack_worker<S: Store>(
     let mut leases = Calls::new("lease");
     let mut acks = Calls::new("ack");
     let mut done = 0;
-    while let Some(n) = claims.claim(per_call) {
+    while let Some((_, n)) = claims.claim(per_call) {
         let options = lease_options(n, 0)?;
         let call = Instant::now();
         let leased = store.job_lease(&queue, options).await?;
@@ -357,7 +395,7 @@ mod tests {
     fn concurrent_workers_lease_and_ack_every_job_once() {
         with_store(|store, queue| async move {
             let payload: Arc<[u8]> = b"{}".to_vec().into();
-            fill(&store, &queue, &payload, 1_050).await.unwrap();
+            fill(&store, &queue, &payload, 1_050, Keys::None).await.unwrap();
             let run = lease_ack(&store, &queue, 1_050, 100, 4).await.unwrap();
             assert_eq!(run.jobs, 1_050);
             let calls: Vec<(&str, usize)> = run.calls.iter().map(|c| (c.kind, c.latencies.len())).collect();
@@ -371,7 +409,7 @@ mod tests {
     fn a_queue_that_runs_dry_stops_the_run() {
         with_store(|store, queue| async move {
             let payload: Arc<[u8]> = b"{}".to_vec().into();
-            fill(&store, &queue, &payload, 150).await.unwrap();
+            fill(&store, &queue, &payload, 150, Keys::None).await.unwrap();
             let error = lease_ack(&store, &queue, 300, 100, 2).await.err();
             assert!(matches!(&error, Some(BenchError::Check(m)) if m.contains("ran dry")), "{error:?}");
         });
@@ -381,11 +419,22 @@ mod tests {
     fn end_to_end_acks_every_job_once() {
         with_store(|store, queue| async move {
             let payload: Arc<[u8]> = b"{}".to_vec().into();
-            let run = end_to_end(&store, &queue, &payload, 500, 1, 8, 8).await.unwrap();
+            let run = end_to_end(&store, &queue, &payload, 500, 1, 8, 8, Keys::None).await.unwrap();
             assert_eq!(run.jobs, 500);
             let calls: Vec<(&str, usize)> = run.calls.iter().map(|c| (c.kind, c.latencies.len())).collect();
             assert_eq!(calls, [("enqueue", 500), ("lease", 500), ("ack", 500)]);
             assert_eq!(store.queue_get(&queue).await.unwrap().stats, QueueStats::default());
+        });
+    }
+
+    #[test]
+    fn an_ordered_end_to_end_run_acks_every_job_once() {
+        with_store(|store, queue| async move {
+            let payload: Arc<[u8]> = b"{}".to_vec().into();
+            let run = end_to_end(&store, &queue, &payload, 1_000, 100, 2, 4, Keys::Spread(30)).await.unwrap();
+            assert_eq!(run.jobs, 1_000);
+            let info = store.queue_get(&queue).await.unwrap();
+            assert_eq!((info.config.ordering, info.stats), (onceq_core::Ordering::PerKey, QueueStats::default()));
         });
     }
 
@@ -402,7 +451,7 @@ mod tests {
     #[test]
     fn claims_split_the_jobs_exactly() {
         let claims = Claims { next: AtomicU64::new(0), total: 250 };
-        let sizes: Vec<u64> = std::iter::from_fn(|| claims.claim(100)).collect();
-        assert_eq!(sizes, vec![100, 100, 50]);
+        let sizes: Vec<(u64, u64)> = std::iter::from_fn(|| claims.claim(100)).collect();
+        assert_eq!(sizes, vec![(0, 100), (100, 100), (200, 50)]);
     }
 }

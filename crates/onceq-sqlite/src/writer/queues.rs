@@ -36,11 +36,7 @@ impl State {
                 let config = entry.config.patched(patch)?;
                 // A job's state and partition were decided by the ordering it was enqueued under.
                 let jobs: u64 = entry.counts.iter().sum();
-                if jobs > 0 && entry.config.reorders(&config) {
-                    return Err(Error::Conflict(format!(
-                        "queue {name} holds {jobs} jobs; its ordering and partitions can change only while it is empty"
-                    )));
-                }
+                onceq_core::store::validate::reshape(name, &entry.config, &config, jobs)?;
                 let text =
                     serde_json::to_string(&config).map_err(|e| Error::Storage(format!("encoding config: {e}")))?;
                 conn.prepare_cached("UPDATE queues SET config = ?2 WHERE id = ?1")

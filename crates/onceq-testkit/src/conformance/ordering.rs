@@ -246,7 +246,7 @@ pub async fn partitions_follow_the_documented_hash<B: Backend>(backend: &B) {
     }
 }
 
-/// Changing the ordering or the partition count is refused with `Conflict` while the queue holds
+/// Changing the ordering or the partition count is refused with `QueueNotEmpty` while the queue holds
 /// any job (dead ones included), and allowed once it is empty; other fields change freely.
 pub async fn ordering_and_partitions_change_only_while_the_queue_is_empty<B: Backend>(backend: &B) {
     let (f, _clock) = open_manual(backend).await;
@@ -256,7 +256,7 @@ pub async fn ordering_and_partitions_change_only_while_the_queue_is_empty<B: Bac
     let before = f.store.queue_get(&q).await.unwrap().config;
     for patch in [per_key(Some(9)), QueueConfigPatch { ordering: Some(Ordering::None), ..QueueConfigPatch::default() }]
     {
-        assert!(matches!(f.store.queue_upsert(&q, patch).await, Err(Error::Conflict(_))));
+        assert!(matches!(f.store.queue_upsert(&q, patch).await, Err(Error::QueueNotEmpty(_))));
     }
     assert_eq!(f.store.queue_get(&q).await.unwrap().config, before, "a refused change changed nothing");
     let same = f.upsert(&q, QueueConfigPatch { max_attempts: Some(9), ..per_key(Some(8)) }).await;
