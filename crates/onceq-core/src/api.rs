@@ -46,6 +46,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::LeaseLost => "lease_lost",
         ErrorKind::Conflict => "conflict",
         ErrorKind::QueueNotEmpty => "queue_not_empty",
+        ErrorKind::NotMember => "not_member",
         // docs/api.md has no 5xx besides 503: a store that fails is, to the client, a store that is
         // unavailable for now (retry later); the cause is logged by the server.
         ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
@@ -61,6 +62,7 @@ impl ErrorBody {
             | Error::PayloadTooLarge(m)
             | Error::Conflict(m)
             | Error::QueueNotEmpty(m)
+            | Error::NotMember(m)
             | Error::Unavailable(m) => m.clone(),
             other => other.to_string(),
         };
@@ -78,6 +80,7 @@ impl ErrorBody {
             ("lease_lost", Some(id)) => Error::LeaseLost(id),
             ("conflict", _) => Error::Conflict(message),
             ("queue_not_empty", _) => Error::QueueNotEmpty(message),
+            ("not_member", _) => Error::NotMember(message),
             ("unavailable", _) | ("rate_limited", _) => Error::Unavailable(message),
             ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
             _ => Error::Storage(format!("{code}: {message}")),

@@ -35,6 +35,10 @@ pub enum Error {
     /// and partitions were decided under the old layout). Nothing was changed.
     #[error("queue not empty: {0}")]
     QueueNotEmpty(String),
+    /// The consumer-group member is unknown: it never joined, left, or its session expired.
+    /// It must join again (and gets new partitions).
+    #[error("not a member: {0}")]
+    NotMember(String),
     /// The store cannot serve now (shutting down, unreachable); retrying later may succeed.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -59,6 +63,8 @@ pub enum ErrorKind {
     Conflict,
     /// See [`Error::QueueNotEmpty`].
     QueueNotEmpty,
+    /// See [`Error::NotMember`].
+    NotMember,
     /// See [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Storage`].
@@ -75,6 +81,7 @@ impl Error {
             Error::LeaseLost(_) => ErrorKind::LeaseLost,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::QueueNotEmpty(_) => ErrorKind::QueueNotEmpty,
+            Error::NotMember(_) => ErrorKind::NotMember,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Storage(_) => ErrorKind::Storage,
         }
@@ -89,6 +96,7 @@ impl Error {
             | Error::PayloadTooLarge(m)
             | Error::Conflict(m)
             | Error::QueueNotEmpty(m)
+            | Error::NotMember(m)
             | Error::Unavailable(m)
             | Error::Storage(m) => m.clone(),
             other => other.to_string(),

@@ -10,6 +10,8 @@
 //!   valid, and reading them, lives with the job and the queue.
 //! - `queue`: what makes a [`QueueName`] valid, [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
 //! - `job`: reading a [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
+//! - [`group`]: consumer groups: [`GroupState`](group::GroupState), the pure state machine of
+//!   members, sessions and the cooperative hand-over of partitions that every store keeps.
 //! - [`ordering`]: [`Ordering`], a key's partition (the hash clients compute) and the sticky,
 //!   balanced assignment of a group's partitions.
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy, and [`BackoffPatch`], a partial update of it.
@@ -21,6 +23,7 @@
 
 pub mod api;
 pub mod error;
+pub mod group;
 mod id;
 pub mod idempotency;
 mod job;

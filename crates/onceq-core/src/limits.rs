@@ -56,6 +56,17 @@ pub const PARTITIONS_MAX: u32 = 256;
 /// members to share the work evenly (1, 2, 4, 8 and 16 members each own the same number), few
 /// enough that one member owning them all leases cheaply.
 pub const PARTITIONS_DEFAULT: u32 = 16;
+/// Longest consumer group name, in bytes (`[A-Za-z0-9._-]`).
+pub const GROUP_NAME_LEN_MAX: usize = 128;
+/// Longest member name, in bytes.
+pub const MEMBER_NAME_LEN_MAX: usize = 128;
+/// Shortest session timeout of a group member, in milliseconds.
+pub const SESSION_TIMEOUT_MS_MIN: u64 = 100;
+/// Longest session timeout of a group member, in milliseconds (5 minutes).
+pub const SESSION_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
+/// Session timeout of a member that names none (as Kafka's before 3.0): a crashed member's
+/// partitions wait this long, plus their leases' visibility timeout, before they move.
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);
@@ -64,4 +75,5 @@ const _: () = assert!(ENQUEUE_BATCH_MAX <= SETTLE_BATCH_MAX);
 const _: () = assert!(WAIT_MS_MAX < VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(ATTEMPTS_MAX >= 1);
 const _: () = assert!(DEDUP_WINDOW_MS_MAX <= DELAY_MS_MAX);
+const _: () = assert!(SESSION_TIMEOUT_MS_MIN <= SESSION_TIMEOUT_MS_DEFAULT && SESSION_TIMEOUT_MS_DEFAULT <= SESSION_TIMEOUT_MS_MAX);
 const _: () = assert!(1 <= PARTITIONS_DEFAULT && PARTITIONS_DEFAULT <= PARTITIONS_MAX);

@@ -41,3 +41,16 @@ pub const IDEMPOTENCY_CHECKS: &str = "onceq_idempotency_checks_total";
 pub const DUPLICATES_DETECTED: &str = "onceq_duplicates_detected_total";
 /// Histogram (seconds): how long handlers ran.
 pub const HANDLER_DURATION: &str = "onceq_handler_duration_seconds";
+/// Counter: rebalances of a consumer group (labels `queue`, `group`).
+pub const GROUP_REBALANCES: &str = "onceq_group_rebalances_total";
+/// Counter: partitions whose assignment moved from one member to another.
+pub const GROUP_PARTITIONS_MOVED: &str = "onceq_group_partitions_moved_total";
+/// Counter: members removed because they missed their session timeout.
+pub const GROUP_MEMBERS_EXPIRED: &str = "onceq_group_members_expired_total";
+/// Histogram (seconds): how long a partition sat with no owner that may lease from it, each time
+/// one is handed over.
+pub const GROUP_PARTITION_IDLE: &str = "onceq_group_partition_idle_seconds";
+/// Gauge, set at scrape: members of a group.
+pub const GROUP_MEMBERS: &str = "onceq_group_members";
+/// Gauge, set at scrape: age of the oldest ready job of each `partition` of a group's queue.
+pub const PARTITION_OLDEST_READY_AGE: &str = "onceq_partition_oldest_ready_age_seconds";

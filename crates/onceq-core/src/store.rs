@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use crate::job::check_delay;
 use crate::limits::*;
 use crate::queue::check_visibility_timeout;
@@ -157,6 +158,27 @@ pub trait Store: Send + Sync {
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64>;
     /// Makes dead jobs ready again with their attempt count reset; returns how many.
     async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64>;
+    /// Reads a consumer group of a queue: its members, and each partition's owner and load.
+    async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo>;
+    /// Records a member's heartbeat; returns its partitions and those it is giving up.
+    /// `NotMember` when it is not a member (it left, or missed heartbeats for its session).
+    async fn group_heartbeat(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<MemberView>;
+    /// Joins a consumer group of a `per_key` queue as a new member (creating the group): the
+    /// group rebalances, and the member gets its partitions as they are handed over.
+    async fn group_join(&self, queue: &QueueName, group: &GroupName, options: JoinOptions) -> Result<MemberView>;
+    /// Leases like `job_lease`, from the partitions `member` owns and is not giving up only.
+    async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>>;
+    /// Leaves a group: the group rebalances; the member's partitions move once its leases in
+    /// them are settled or expired.
+    async fn group_leave(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<()>;
+    /// Lists a queue's consumer groups, by name.
+    async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>>;
     /// Acks leased jobs: they are done and gone for good (Invariant 4).
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>>;
     /// Enqueues jobs atomically (all or none), creating the queue with defaults if needed.
@@ -200,6 +222,30 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
         (**self).dead_redrive(queue, redrive).await
+    }
+    async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
+        (**self).group_get(queue, group).await
+    }
+    async fn group_heartbeat(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<MemberView> {
+        (**self).group_heartbeat(queue, group, member).await
+    }
+    async fn group_join(&self, queue: &QueueName, group: &GroupName, options: JoinOptions) -> Result<MemberView> {
+        (**self).group_join(queue, group, options).await
+    }
+    async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        (**self).group_lease(queue, group, member, options).await
+    }
+    async fn group_leave(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<()> {
+        (**self).group_leave(queue, group, member).await
+    }
+    async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
+        (**self).group_list(queue).await
     }
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
         (**self).job_ack(acks).await
@@ -392,6 +438,30 @@ pub mod validate {
             )));
         }
         Ok(())
+    }
+
+    /// Checks that `queue` (with `config`) can have consumer groups: it must be `per_key`.
+    pub fn grouped(queue: &QueueName, config: &QueueConfig) -> Result<()> {
+        if config.ordering != crate::Ordering::PerKey {
+            return Err(Error::invalid(format!(
+                "queue {queue} is not per_key: consumer groups share the partitions of a per_key queue \
+                 (set \"ordering\": \"per_key\" while it is empty)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that `group` may take members on `queue`, where `busy` is another group of the
+    /// queue that has members, if any: a queue's jobs are consumed once, so one group at a time
+    /// owns its partitions.
+    pub fn one_group(queue: &QueueName, group: &GroupName, busy: Option<&GroupName>) -> Result<()> {
+        match busy {
+            Some(other) if other != group => Err(Error::Conflict(format!(
+                "queue {queue} is consumed by group {other}, which has members; a queue's jobs are consumed once, \
+                 so one group at a time shares its partitions"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Checks a redrive request.

@@ -1666,6 +1666,7 @@ mod tests {
 
     use async_trait::async_trait;
     use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
+    use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, TestRunner};
 
@@ -1737,8 +1738,37 @@ mod tests {
             .collect()
     }
 
+    /// The model covers one queue's jobs; consumer groups are checked by the conformance suite.
+    fn no_groups<T>() -> Result<T> {
+        Err(Error::invalid("the reference model's store has no consumer groups"))
+    }
+
     #[async_trait]
     impl Store for ModelStore {
+        async fn group_get(&self, _queue: &QueueName, _group: &GroupName) -> Result<GroupInfo> {
+            no_groups()
+        }
+        async fn group_heartbeat(&self, _queue: &QueueName, _group: &GroupName, _member: &MemberId) -> Result<MemberView> {
+            no_groups()
+        }
+        async fn group_join(&self, _queue: &QueueName, _group: &GroupName, _options: JoinOptions) -> Result<MemberView> {
+            no_groups()
+        }
+        async fn group_lease(
+            &self,
+            _queue: &QueueName,
+            _group: &GroupName,
+            _member: &MemberId,
+            _options: LeaseOptions,
+        ) -> Result<Vec<LeasedJob>> {
+            no_groups()
+        }
+        async fn group_leave(&self, _queue: &QueueName, _group: &GroupName, _member: &MemberId) -> Result<()> {
+            no_groups()
+        }
+        async fn group_list(&self, _queue: &QueueName) -> Result<Vec<GroupInfo>> {
+            no_groups()
+        }
         async fn dead_list(&self, _queue: &QueueName, page: DeadPage) -> Result<DeadList> {
             self.with(|model, _| {
                 let (jobs, next) = model.dead_list(page.after.map(model_id), page.limit);

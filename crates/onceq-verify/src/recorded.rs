@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::{
     Begin, BeginOutcome, Complete, DeadList, DeadPage, Enqueued, Error, Extend, Fail, IdempotencyStore, ItemResults,
     Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
@@ -187,6 +188,53 @@ fn verdict<T>(result: Result<T>) -> (Outcome, Response, Result<T>) {
     (outcome, Response::None, result)
 }
 
+impl RecordedStore {
+    /// Records one lease call (`job_lease` or `group_lease`): its invoke, then the jobs it
+    /// handed out, each noted as a delivery for the faults that act on acks.
+    async fn lease_recorded(
+        &self,
+        options: LeaseOptions,
+        call: impl std::future::Future<Output = Result<Vec<LeasedJob>>>,
+    ) -> Result<Vec<LeasedJob>> {
+        let request = Request::Lease {
+            max: options.max_jobs,
+            visibility_timeout_ms: options.visibility_timeout_ms.unwrap_or(self.ctx.visibility_timeout_ms()),
+        };
+        let op = self.ctx.recorder().invoke(self.process, request);
+        let jobs = match call.await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                self.ctx.recorder().complete(op, outcome_of(&error), Response::None);
+                if is_fatal(&error) {
+                    self.ctx.fail(format!("the target refused a lease: {error}"));
+                }
+                return Err(error);
+            }
+        };
+        let mut leases = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let Some(value) = value_of(&job.payload) else {
+                self.ctx.fail(format!("job {} carries a payload verify never wrote", job.id));
+                continue;
+            };
+            let token = job.lease_token.to_string();
+            let expires = job.lease_expires_at.as_millis();
+            self.ctx
+                .deliveries()
+                .leased(token.clone(), Leased { value, attempt: job.attempt, lease_expires_at_ms: expires });
+            leases.push(Lease {
+                job_id: job.id.get(),
+                value,
+                lease_token: token,
+                attempt: job.attempt,
+                lease_expires_at_ms: expires,
+            });
+        }
+        self.ctx.recorder().complete(op, Outcome::Ok, Response::Leased { jobs: leases });
+        Ok(jobs)
+    }
+}
+
 #[async_trait]
 impl Store for RecordedStore {
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
@@ -261,44 +309,37 @@ impl Store for RecordedStore {
     }
 
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
-        let request = Request::Lease {
-            max: options.max_jobs,
-            visibility_timeout_ms: options.visibility_timeout_ms.unwrap_or(self.ctx.visibility_timeout_ms()),
-        };
-        let op = self.ctx.recorder().invoke(self.process, request);
-        let jobs = match self.ctx.target().job_lease(queue, options).await {
-            Ok(jobs) => jobs,
-            Err(error) => {
-                self.ctx.recorder().complete(op, outcome_of(&error), Response::None);
-                if is_fatal(&error) {
-                    self.ctx.fail(format!("the target refused a lease: {error}"));
-                }
-                return Err(error);
-            }
-        };
-        let mut leases = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            let Some(value) = value_of(&job.payload) else {
-                self.ctx.fail(format!("job {} carries a payload verify never wrote", job.id));
-                continue;
-            };
-            let token = job.lease_token.to_string();
-            let expires = job.lease_expires_at.as_millis();
-            self.ctx
-                .deliveries()
-                .leased(token.clone(), Leased { value, attempt: job.attempt, lease_expires_at_ms: expires });
-            leases.push(Lease {
-                job_id: job.id.get(),
-                value,
-                lease_token: token,
-                attempt: job.attempt,
-                lease_expires_at_ms: expires,
-            });
-        }
-        self.ctx.recorder().complete(op, Outcome::Ok, Response::Leased { jobs: leases });
-        Ok(jobs)
+        let target = self.ctx.target().clone();
+        self.lease_recorded(options, async move { target.job_lease(queue, options).await }).await
     }
 
+    async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
+        self.ctx.target().group_get(queue, group).await
+    }
+    async fn group_heartbeat(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<MemberView> {
+        self.ctx.target().group_heartbeat(queue, group, member).await
+    }
+    async fn group_join(&self, queue: &QueueName, group: &GroupName, options: JoinOptions) -> Result<MemberView> {
+        self.ctx.target().group_join(queue, group, options).await
+    }
+    async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        let target = self.ctx.target().clone();
+        self.lease_recorded(options, async move { target.group_lease(queue, group, member, options).await }).await
+    }
+    async fn group_leave(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<()> {
+        self.ctx.target().group_leave(queue, group, member).await
+    }
+    async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
+        self.ctx.target().group_list(queue).await
+    }
+
+    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         let store = self.ctx.target().clone();
         self.forward(

@@ -18,7 +18,7 @@
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
 //!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
-//!   [`invariants`]
+//!   [`groups`] (Invariants 10 and 11), [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
 //!
 //! A `pub async fn` in an area file is a conformance function; the testkit's
@@ -29,6 +29,7 @@
 
 pub mod dead_letters;
 pub mod enqueue;
+pub mod groups;
 pub mod invariants;
 pub mod lease;
 pub mod limits;
@@ -450,6 +451,16 @@ macro_rules! conformance_suite {
                 duplicates_deleted_queues_and_key_limits,
                 invariant_9_per_key_order_under_concurrent_workers,
                 long_poll_wakes_when_a_key_moves_on,
+            ],
+            groups: [
+                a_first_member_owns_every_partition,
+                a_member_leases_only_from_its_partitions,
+                a_partition_moves_only_once_its_leases_are_settled,
+                an_expired_member_is_removed_and_fenced,
+                leaving_rebalances_and_unknown_members_are_refused,
+                groups_refuse_what_they_cannot_serve,
+                invariant_11_membership_changes_move_the_fewest_partitions,
+                deleting_a_queue_deletes_its_groups,
             ],
             invariants: [
                 invariant_2_one_live_lease,
