@@ -269,7 +269,7 @@ impl PgStore {
     }
 
     /// Replaces the config `text` of `queue` with `config`, which changes its ordering or its
-    /// partition count: only while the queue holds no job (`Conflict` otherwise). `None`: the
+    /// partition count: only while the queue holds no job (`QueueNotEmpty` otherwise). `None`: the
     /// config is no longer `text` (or the queue is gone); the caller patches again.
     ///
     /// The queue's row is locked `FOR UPDATE` first, which waits for the enqueues that hold it
@@ -286,11 +286,15 @@ impl PgStore {
                 let mut tx = conn.begin().await?;
                 let locked: Option<(i64, String)> =
                     sqlx::query_as(&lock).bind(queue.as_str()).fetch_optional(&mut *tx).await?;
+                // Every way out ends the transaction here, so no lock outlives this call (a
+                // dropped transaction would roll back only when its connection is next used).
                 let Some((id, _)) = locked.filter(|(_, current)| current == text) else {
+                    tx.rollback().await?;
                     return Ok(Reorder::Changed);
                 };
                 let jobs: i64 = sqlx::query_scalar(&count).bind(id).fetch_one(&mut *tx).await?;
                 if jobs != 0 {
+                    tx.rollback().await?;
                     return Ok(Reorder::Holds(jobs));
                 }
                 sqlx::query(&update).bind(id).bind(&new).execute(&mut *tx).await?;

@@ -181,7 +181,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
     let job = store.job_get(kept[0].id).await.unwrap();
     assert_eq!((job.ordering_key, job.partition), (None, None));
     let per_key = onceq_core::QueueConfigPatch { ordering: Some(onceq_core::Ordering::PerKey), ..Default::default() };
-    assert!(matches!(store.queue_upsert(&q, per_key.clone()).await, Err(Error::Conflict(_))));
+    assert!(matches!(store.queue_upsert(&q, per_key.clone()).await, Err(Error::QueueNotEmpty(_))));
     for _ in 0..2 {
         let leased = store.lease_one(&q).await.unwrap().unwrap();
         store.ack(leased.lease()).await.unwrap();
