@@ -320,3 +320,102 @@ fn merge(into: &mut Changes, more: Changes) {
     into.idle_ms.extend(more.idle_ms);
     into.expired += more.expired;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use onceq_core::{LeaseOptions, NewJob, Ordering, QueueConfigPatch, QueueName, Store};
+    use rusqlite::{Connection, OpenFlags, StatementStatus};
+
+    use super::{BUSY_SQL, LOAD_SQL, PARTITION_READY_SQL};
+    use crate::writer::jobs::READY_ROW_SQL;
+    use crate::{Durability, SqliteOptions, SqliteStore, DATA_FILE_NAME};
+
+    /// Keys per queue; each key's first job is its head, so about `KEYS / PARTITIONS` ready jobs
+    /// per partition.
+    const KEYS: usize = 4_000;
+    const PARTITIONS: u32 = 16;
+
+    /// A statement's plan (the detail of each line), the rows it returns, and its full-scan steps,
+    /// counted by SQLite.
+    fn cost(conn: &Connection, sql: &str, params: impl rusqlite::Params + Clone) -> (Vec<String>, usize, i32) {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> =
+            explain.query_map(params.clone(), |r| r.get(3)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map(params, |_| Ok(())).unwrap().count();
+        (plan, rows, stmt.get_status(StatementStatus::FullscanStep))
+    }
+
+    /// The group lease reads each owned partition's ready jobs by a search of `jobs_partition`
+    /// that reads the index only and needs no sort, and stops at its limit; the hand-over's
+    /// question (does this partition hold a live lease) is a search of the same index; the
+    /// partition loads of `group_get` are one pass over the queue's entries of it, already in
+    /// partition order; a chosen job is then read by its id. None scans, and the jobs of an
+    /// unordered queue beside it are in none of them.
+    #[test]
+    fn group_queries_search_the_partition_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = SqliteStore::open(SqliteOptions::new(dir.path()).durability(Durability::Relaxed)).unwrap();
+            let (grouped, plain) = (QueueName::new("grouped").unwrap(), QueueName::new("plain").unwrap());
+            let patch = QueueConfigPatch {
+                ordering: Some(Ordering::PerKey),
+                partitions: Some(PARTITIONS),
+                ..QueueConfigPatch::default()
+            };
+            store.queue_upsert(&grouped, patch).await.unwrap();
+            for round in 0..2 {
+                let jobs: Vec<NewJob> = (0..KEYS)
+                    .map(|i| NewJob::new(format!("{round} {i}")).ordering_key(format!("key-{i:05}")))
+                    .collect();
+                for batch in jobs.chunks(onceq_core::limits::ENQUEUE_BATCH_MAX) {
+                    store.job_enqueue(&grouped, batch.to_vec()).await.unwrap();
+                }
+                let plain_jobs: Vec<NewJob> = (0..KEYS).map(|i| NewJob::new(format!("{i}"))).collect();
+                for batch in plain_jobs.chunks(onceq_core::limits::ENQUEUE_BATCH_MAX) {
+                    store.job_enqueue(&plain, batch.to_vec()).await.unwrap();
+                }
+            }
+            let options = LeaseOptions { max_jobs: 100, visibility_timeout_ms: Some(60_000), wait_ms: 0 };
+            assert_eq!(store.job_lease(&grouped, options).await.unwrap().len(), 100);
+            store.close().await;
+        });
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(dir.path().join(DATA_FILE_NAME), flags).unwrap();
+        let queue_id: i64 = conn.query_row("SELECT id FROM queues WHERE name = 'grouped'", [], |r| r.get(0)).unwrap();
+        let indexed: i64 = conn
+            .query_row("SELECT count(*) FROM jobs INDEXED BY jobs_partition WHERE partition IS NOT NULL", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(indexed, 2 * KEYS as i64, "only the per_key queue's jobs are in the partition index");
+
+        let ready = cost(&conn, PARTITION_READY_SQL, (queue_id, 3, 10));
+        let index = "jobs_partition (queue_id=? AND partition=? AND state=?)";
+        assert_eq!(ready, (vec![format!("SEARCH jobs USING COVERING INDEX {index}")], 10, 0));
+
+        let busy = cost(&conn, BUSY_SQL, (queue_id, 3, 0));
+        assert_eq!(busy.0, vec![format!("SEARCH jobs USING INDEX {index}")]);
+        assert_eq!(busy.2, 0);
+        let leased: i64 =
+            conn.query_row("SELECT partition FROM jobs WHERE state = 2 LIMIT 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(cost(&conn, BUSY_SQL, (queue_id, leased, 0)).1, 1, "a leased job makes its partition busy");
+
+        let load = cost(&conn, LOAD_SQL, [queue_id]);
+        assert_eq!(
+            load,
+            (
+                vec!["SEARCH jobs USING COVERING INDEX jobs_partition (queue_id=? AND partition>?)".to_owned()],
+                PARTITIONS as usize,
+                0
+            )
+        );
+
+        let id: i64 = conn.query_row("SELECT id FROM jobs WHERE state = 1 LIMIT 1", [], |r| r.get(0)).unwrap();
+        let row = cost(&conn, READY_ROW_SQL, [id]);
+        assert_eq!(row, (vec!["SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)".to_owned()], 1, 0));
+    }
+}
