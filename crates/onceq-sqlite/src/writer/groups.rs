@@ -46,6 +46,17 @@ pub(crate) struct GroupLeased {
     pub session_ends_at: Timestamp,
 }
 
+/// Groups as `group_get` and `group_list` read them in the writer; the store's entry point adds
+/// each partition's load, read on a reader connection.
+pub(crate) struct GroupsRead {
+    /// The queue's row id.
+    pub queue_id: i64,
+    /// Each group's name and state, by name.
+    pub groups: Vec<(GroupName, GroupState)>,
+    /// The time they were read at.
+    pub now: Timestamp,
+}
+
 /// A group read and readied for an operation, in the writer's transaction.
 struct Opened {
     /// The state as stored; `None` for a group never created.
@@ -122,6 +133,11 @@ impl State {
         opened: Opened,
         create: bool,
     ) -> Result<GroupState> {
+        let state = &opened.state;
+        debug_assert!(
+            state.partitions.iter().all(|p| p.target.as_ref().is_none_or(|t| state.members.contains_key(t))),
+            "group {group}: a partition is assigned to a member that is gone"
+        );
         let changed = opened.stored.as_ref() != Some(&opened.state);
         if changed && (create || opened.stored.is_some()) {
             let text = serde_json::to_string(&opened.state)
@@ -279,37 +295,32 @@ impl State {
                 rows.push(stmt.query_row([id], ReadyRow::read).map_err(storage("leasing jobs"))?);
             }
         }
-        self.lease_rows(conn, name, options, rows)
+        let jobs = self.lease_rows(conn, name, options, rows)?;
+        debug_assert!(
+            jobs.iter().all(|j| j.partition.is_some_and(|p| partitions.contains(&p))),
+            "a group lease handed out a job of a partition its member may not lease from"
+        );
+        Ok(jobs)
     }
 
-    /// A group as it stands now (a group never created reads as empty, and is not stored), and
-    /// the time it was read at.
-    pub(crate) fn group_get(
-        &mut self,
-        conn: &Connection,
-        name: &QueueName,
-        group: &GroupName,
-    ) -> Result<(i64, GroupState, Timestamp)> {
+    /// A group as it stands now (a group never created reads as empty, and is not stored).
+    pub(crate) fn group_get(&mut self, conn: &Connection, name: &QueueName, group: &GroupName) -> Result<GroupsRead> {
         let queue = self.group_queue(name, false)?;
         let opened = self.group_open(conn, queue, group)?;
         let state = self.group_close(conn, name, queue, group, opened, false)?;
-        Ok((queue.id, state, self.now))
+        Ok(GroupsRead { queue_id: queue.id, groups: vec![(group.clone(), state)], now: self.now })
     }
 
-    /// Every stored group of the queue, by name, as they stand now, and the time they were read at.
-    pub(crate) fn group_list(
-        &mut self,
-        conn: &Connection,
-        name: &QueueName,
-    ) -> Result<(i64, Vec<(GroupName, GroupState)>, Timestamp)> {
+    /// Every stored group of the queue, by name, as they stand now.
+    pub(crate) fn group_list(&mut self, conn: &Connection, name: &QueueName) -> Result<GroupsRead> {
         let queue = self.group_queue(name, false)?;
-        let mut out = Vec::new();
+        let mut groups = Vec::new();
         for group in self.group_names(conn, queue)? {
             let opened = self.group_open(conn, queue, &group)?;
             let state = self.group_close(conn, name, queue, &group, opened, false)?;
-            out.push((group, state));
+            groups.push((group, state));
         }
-        Ok((queue.id, out, self.now))
+        Ok(GroupsRead { queue_id: queue.id, groups, now: self.now })
     }
 }
 
