@@ -123,7 +123,7 @@ impl State {
     }
 
     /// Saves the group if it changed (creating it only when `create`), wakes the queue's waiting
-    /// group leases if it did, and records the metrics of its changes.
+    /// group leases if it did, and records the metrics of its changes; returns its state.
     fn group_close(
         &mut self,
         conn: &Connection,
@@ -138,8 +138,12 @@ impl State {
             state.partitions.iter().all(|p| p.target.as_ref().is_none_or(|t| state.members.contains_key(t))),
             "group {group}: a partition is assigned to a member that is gone"
         );
-        let changed = opened.stored.as_ref() != Some(&opened.state);
-        if changed && (create || opened.stored.is_some()) {
+        // A group never created stays so (a read or a refused member's call creates nothing),
+        // and has no metrics: its fitting to the partitions is no rebalance anyone made.
+        if !create && opened.stored.is_none() {
+            return Ok(opened.state);
+        }
+        if opened.stored.as_ref() != Some(&opened.state) {
             let text = serde_json::to_string(&opened.state)
                 .map_err(|e| Error::Storage(format!("encoding group {group}: {e}")))?;
             conn.prepare_cached(
@@ -259,9 +263,17 @@ impl State {
     /// Leases up to `max_jobs` ready jobs of `partitions`, in the queue's lease order.
     ///
     /// One index search per partition, each stopping after `max_jobs` entries, merged here by
-    /// (priority desc, run_at, id); then only the chosen jobs are read whole. A single
-    /// `partition IN (...)` query would have to read every ready job of those partitions and sort
-    /// them (SQLite cannot merge the ordered runs of an IN list), before its LIMIT applies.
+    /// (priority desc, run_at, id); then only the chosen jobs are read whole. So a lease reads at
+    /// most `max_jobs` index entries per owned partition (at most [`LEASE_BATCH_MAX`] ×
+    /// [`PARTITIONS_MAX`]), however many jobs wait. A single `partition IN (...)` query cannot
+    /// have both the partition search and the order from one index (SQLite does not merge the
+    /// ordered runs of an IN list): SQLite plans it as a walk of the whole queue's ready order
+    /// (`jobs_ready`) that skips the jobs of other members' partitions, or else it would read
+    /// every ready job of those partitions and sort them. Either way its work grows with the
+    /// backlog of partitions the member does not lease from, or of those it does.
+    ///
+    /// [`LEASE_BATCH_MAX`]: onceq_core::limits::LEASE_BATCH_MAX
+    /// [`PARTITIONS_MAX`]: onceq_core::limits::PARTITIONS_MAX
     fn group_lease_from(
         &mut self,
         conn: &Connection,
