@@ -51,7 +51,8 @@ async fn hold(store: &PgStore, table: &str, condition: &str, lock: i64) -> PgCon
         "CREATE FUNCTION \"{s}\".hold() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF {condition} THEN PERFORM pg_advisory_xact_lock({lock}); END IF; RETURN NEW; END $$"
     );
-    let trigger = format!("CREATE TRIGGER hold BEFORE UPDATE ON \"{s}\".{table} FOR EACH ROW EXECUTE FUNCTION \"{s}\".hold()");
+    let trigger =
+        format!("CREATE TRIGGER hold BEFORE UPDATE ON \"{s}\".{table} FOR EACH ROW EXECUTE FUNCTION \"{s}\".hold()");
     sqlx::query(&function).execute(store.pool()).await.unwrap();
     sqlx::query(&trigger).execute(store.pool()).await.unwrap();
     let mut conn = PgConnection::connect(&common::database_url()).await.unwrap();
@@ -147,7 +148,11 @@ async fn a_lease_waits_for_an_open_hand_over_and_then_takes_nothing_from_the_mov
     assert_eq!(b.partitions.len(), 1, "with no live lease, B's partition was handed over at once");
     let moved = b.partitions[0];
     let leased = lease.await.unwrap().unwrap();
-    assert_eq!(leased.iter().map(|j| j.id).collect::<Vec<_>>(), vec![jobs[&(1 - moved)]], "A leased where it no longer owns");
+    assert_eq!(
+        leased.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![jobs[&(1 - moved)]],
+        "A leased where it no longer owns"
+    );
     let options = LeaseOptions { max_jobs: 10, visibility_timeout_ms: Some(60_000), wait_ms: 0 };
     let b_leased = store.group_lease(&q, &g, &b.member_id, options).await.unwrap();
     assert_eq!(b_leased.iter().map(|j| j.id).collect::<Vec<_>>(), vec![jobs[&moved]]);
