@@ -364,7 +364,10 @@ const MIGRATIONS: &[&str] = &[
     END $fn$;
     "#,
     // v5: consumer groups, one row per (queue, group) holding the group's whole state (JSON of
-    // `onceq_core::group::GroupState`), deleted with its queue.
+    // `onceq_core::group::GroupState`), deleted with its queue; and the ready jobs of `per_key`
+    // queues by partition, in lease order, for the leases of a group's members (see the
+    // `groups` module). Only jobs with a partition are in it, so unordered enqueues do not pay
+    // for it. Building it locks `jobs` against writes for as long as it takes on a big table.
     r#"
     CREATE TABLE {s}.groups (
         queue_id bigint NOT NULL REFERENCES {s}.queues (id) ON DELETE CASCADE,
@@ -372,6 +375,8 @@ const MIGRATIONS: &[&str] = &[
         state    jsonb NOT NULL,
         PRIMARY KEY (queue_id, name)
     );
+    CREATE INDEX jobs_ready_partition ON {s}.jobs (queue_id, partition, priority DESC, run_at, id)
+        WHERE state = 1 AND partition IS NOT NULL;
     "#,
 ];
 

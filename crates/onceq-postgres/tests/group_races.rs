@@ -33,8 +33,8 @@ async fn two_partitions(store: &PgStore) -> (QueueName, BTreeMap<u32, JobId>) {
     for i in 0.. {
         let key = format!("k{i}");
         let p = partition_of(Some(&key), JobId::new(1), 2);
-        if !jobs.contains_key(&p) {
-            jobs.insert(p, store.enqueue(&q, NewJob::new(key.clone()).ordering_key(key)).await.unwrap().id);
+        if let std::collections::btree_map::Entry::Vacant(slot) = jobs.entry(p) {
+            slot.insert(store.enqueue(&q, NewJob::new(key.clone()).ordering_key(key)).await.unwrap().id);
         }
         if jobs.len() == 2 {
             break;

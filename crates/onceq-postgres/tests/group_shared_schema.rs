@@ -237,7 +237,7 @@ async fn members_on_two_stores_never_hold_one_partition_at_once_while_members_co
         );
     }
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(seen.acked.len(), total, "every job ran once");
     assert_eq!(seen.held.len(), total, "no job was leased twice");
     assert!(seen.next.values().all(|&n| n == JOBS_PER_KEY));
