@@ -24,6 +24,10 @@
 //!   slot of its backend pid, so concurrent writers rarely wait on one row); statement triggers on
 //!   `jobs` keep them exact in the same transaction as every change, and stats sum the slots.
 //! - `idempotency`: the idempotency store, one row per key.
+//! - `groups`: consumer groups, one row per (queue, group) with the group's whole state as JSON
+//!   (see the `groups` module); deleted with its queue (a foreign key `ON DELETE CASCADE`). The
+//!   ready jobs of `per_key` queues are also indexed by partition (`jobs_ready_partition`), for
+//!   the leases of a group's members.
 //! - `sleepers` (unlogged): the queues for which a store has a lease about to sleep, and until
 //!   when; statements that make jobs ready send `NOTIFY` only for those (functions `wake` and
 //!   `may_sleep`, see the `wait` module).
