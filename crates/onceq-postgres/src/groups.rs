@@ -391,18 +391,15 @@ impl PgStore {
         Ok(out)
     }
 
-    /// The text of a group lease of up to `max_jobs` jobs: filled in once, then kept (as
-    /// [`PgStore::hot_sql`] keeps the plain lease's), one text per lease size and delivery.
+    /// The text of a group lease of up to `max_jobs` jobs: a hot statement, kept once filled in,
+    /// except for `at_most_once` queues (whose lease deletes; rarely grouped).
     pub(crate) fn group_lease_sql(&self, max_jobs: u32, at_most_once: bool) -> Arc<str> {
-        let mut texts = self.inner.group_lease_sql.lock().unwrap_or_else(|p| p.into_inner());
-        texts
-            .entry((max_jobs, at_most_once))
-            .or_insert_with(|| {
-                // The partitions follow the statement's own parameters.
-                let param = if at_most_once { 3 } else { 5 };
-                Arc::from(self.sql(&restricted(&crate::jobs::lease_template(max_jobs, at_most_once), max_jobs, param)))
-            })
-            .clone()
+        if at_most_once {
+            // `LEASE_AND_DELETE` has no tokens nor expiry: its partitions are `$3`.
+            Arc::from(self.sql(&restricted(&crate::jobs::lease_template(max_jobs, true), max_jobs, 3)))
+        } else {
+            self.hot_sql(crate::sql::HotStatement::GroupLease { max_jobs })
+        }
     }
 
     /// One look of a group lease, in one transaction (see the module docs, "A lease cannot race
@@ -479,6 +476,10 @@ impl PgStore {
         Ok(rows)
     }
 }
+
+/// The parameter of a group lease's partitions in an at-least-once queue's lease (after `$1`
+/// now, `$2` queue, `$3` tokens, `$4` expiry).
+pub(crate) const PARTITIONS_PARAM: usize = 5;
 
 /// `template` (a lease statement of up to `max_jobs` jobs, whose ready jobs are picked by
 /// `WHERE queue_id = $2 AND state = 1`) restricted to the partitions in parameter `$param`.

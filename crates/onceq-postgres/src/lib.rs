@@ -302,9 +302,6 @@ pub(crate) struct Inner {
     pub(crate) waiters: Arc<wait::Waiters>,
     /// The hot-path statements' texts, filled in (see [`PgStore::hot_sql`]).
     hot_sql: Mutex<std::collections::HashMap<sql::HotStatement, Arc<str>>>,
-    /// The group leases' texts, by lease size and whether the queue is `at_most_once` (see
-    /// `groups`).
-    group_lease_sql: Mutex<std::collections::HashMap<(u32, bool), Arc<str>>>,
     /// This store's name in `sleepers` (random; see `wait`, "Sleeping").
     pub(crate) sleeper: String,
     /// The listener task; aborted when the store goes.
@@ -423,7 +420,6 @@ impl PgStore {
             clock: options.clock,
             waiters,
             hot_sql: Mutex::default(),
-            group_lease_sql: Mutex::default(),
             sleeper: wait::sleeper_name(),
             listener: Mutex::new(Some(task)),
             last_sweep_ms: AtomicI64::new(i64::MIN),
