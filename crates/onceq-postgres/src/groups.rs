@@ -43,9 +43,26 @@
 //!
 //! A lease only reads the state under `FOR SHARE`; it must not act on a state that a refresh
 //! would change. When the stored state has a member whose session expired, a partition count
-//! that no longer fits the queue, or a partition in transition (whose hand-over depends on
-//! `busy` as of now), the lease instead runs the whole refresh and hand-over under
-//! `FOR UPDATE`, writes the state back, and leases in that same transaction.
+//! that no longer fits the queue, or a partition in transition that holds no live lease any
+//! more (so a hand-over is due), the lease instead runs the whole refresh and hand-over under
+//! `FOR UPDATE`, writes the state back, and leases in that same transaction. A partition in
+//! transition whose old owner still holds a live lease in it does not force that: while the
+//! `FOR SHARE` lock is held no hand-over can run, so the stored state is what one would find,
+//! and the members' leases go on side by side during a long hand-over.
+//!
+//! # Reading a member's partitions
+//!
+//! A member's lease reads each partition it owns along `jobs_ready_partition` (the ready jobs of
+//! `per_key` queues by partition, in lease order), at most the lease size from each, and locks
+//! the first of those in lease order (see [`restricted`]); its cost does not grow with the ready
+//! jobs of the partitions other members own.
+//!
+//! # Time
+//!
+//! An operation's "now" is the one its first statement read (see the crate docs, "Time"),
+//! before it waited for the group row. A member's session is judged by it, so a member whose
+//! session ends while its operation waits for the lock is still a member for that operation;
+//! that is harmless to Invariant 10, which rests on the row lock and on `busy`, never on time.
 //!
 //! # Long polls
 //!
@@ -439,9 +456,18 @@ impl PgStore {
                         };
                         sqlx::query(&write).bind(q.id).bind(group.as_str()).bind(&text).execute(&mut *tx).await?;
                     } else {
+                        // Would the refresh and hand-over a change runs now change anything? No
+                        // hand-over can run while this lock is held, so `busy` stays true.
                         let mut probe = state.clone();
-                        let stale = probe.refresh(q.config.partitions, at) != Changes::default()
-                            || !probe.in_transition().is_empty();
+                        let stale = if probe.refresh(q.config.partitions, at) != Changes::default() {
+                            true
+                        } else if probe.in_transition().is_empty() {
+                            false
+                        } else {
+                            let busy = busy(&mut tx, &busy_sql, q.id, &probe, now).await?;
+                            probe.hand_over(&busy, at);
+                            probe != state
+                        };
                         if stale {
                             tx.rollback().await?;
                             continue;
