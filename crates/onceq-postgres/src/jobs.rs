@@ -27,7 +27,7 @@ use sqlx::Row;
 use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
-use crate::groups::{restricted, GroupLeaseSql};
+use crate::groups::GroupLeaseSql;
 use crate::keys::{with_move_on, CLAIM_KEYS};
 use crate::schema::state;
 use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
@@ -1068,8 +1068,7 @@ impl PgStore {
         };
         let rows = if let Some((group, member)) = member {
             let tokens = (!at_most_once).then(|| lease_tokens(options.max_jobs as usize));
-            let sql = self
-                .sql(&restricted(&lease_template(options.max_jobs, at_most_once), if at_most_once { 3 } else { 5 }));
+            let sql = self.group_lease_sql(options.max_jobs, at_most_once);
             let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at };
             self.group_lease_rows(&q, group, member, now, lease).await?
         } else if at_most_once {

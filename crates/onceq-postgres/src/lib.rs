@@ -10,6 +10,9 @@
 //! - `queues`: queue config, pause, delete, stats, and the dead letters of a queue.
 //! - `keys`: ordering per key: each key's head, and how enqueues and the statements that make a
 //!   head leave take turns on a key across servers (the pieces of SQL they share).
+//! - `groups`: consumer groups: each group's state in one row, the group operations as
+//!   transactions under its row lock, and the one-look lease of a member, serialized against
+//!   hand-overs (Invariant 10); `jobs` runs the long poll around it.
 //! - `idempotency`: the idempotency store, in the same schema.
 //! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
 //!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait

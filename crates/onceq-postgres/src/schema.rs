@@ -24,6 +24,10 @@
 //!   slot of its backend pid, so concurrent writers rarely wait on one row); statement triggers on
 //!   `jobs` keep them exact in the same transaction as every change, and stats sum the slots.
 //! - `idempotency`: the idempotency store, one row per key.
+//! - `groups`: consumer groups, one row per (queue, group) with the group's whole state as JSON
+//!   (see the `groups` module); deleted with its queue (a foreign key `ON DELETE CASCADE`). The
+//!   ready jobs of `per_key` queues are also indexed by partition (`jobs_ready_partition`), for
+//!   the leases of a group's members.
 //! - `sleepers` (unlogged): the queues for which a store has a lease about to sleep, and until
 //!   when; statements that make jobs ready send `NOTIFY` only for those (functions `wake` and
 //!   `may_sleep`, see the `wait` module).
@@ -364,7 +368,10 @@ const MIGRATIONS: &[&str] = &[
     END $fn$;
     "#,
     // v5: consumer groups, one row per (queue, group) holding the group's whole state (JSON of
-    // `onceq_core::group::GroupState`), deleted with its queue.
+    // `onceq_core::group::GroupState`), deleted with its queue; and the ready jobs of `per_key`
+    // queues by partition, in lease order, for the leases of a group's members (see the
+    // `groups` module). Only jobs with a partition are in it, so unordered enqueues do not pay
+    // for it. Building it locks `jobs` against writes for as long as it takes on a big table.
     r#"
     CREATE TABLE {s}.groups (
         queue_id bigint NOT NULL REFERENCES {s}.queues (id) ON DELETE CASCADE,
@@ -372,6 +379,8 @@ const MIGRATIONS: &[&str] = &[
         state    jsonb NOT NULL,
         PRIMARY KEY (queue_id, name)
     );
+    CREATE INDEX jobs_ready_partition ON {s}.jobs (queue_id, partition, priority DESC, run_at, id)
+        WHERE state = 1 AND partition IS NOT NULL;
     "#,
 ];
 

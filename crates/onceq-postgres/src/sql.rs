@@ -67,6 +67,14 @@ pub enum HotStatement {
         /// Most jobs the lease takes (a literal in the statement, one statement per value).
         max_jobs: u32,
     },
+    /// The lease of up to `max_jobs` jobs of an at-least-once queue by a consumer group's
+    /// member, from its partitions only: the parameters of [`HotStatement::Lease`], then `$5`
+    /// the member's partitions (`int4[]`). The store runs it inside the transaction that holds
+    /// the group's row (see the crate's `groups` module). Returns the leased jobs.
+    GroupLease {
+        /// Most jobs the lease takes (a literal in the statement, one statement per value).
+        max_jobs: u32,
+    },
     /// The ack of `items` leases: `$2` the job ids (`int8[]`), `$3` their lease tokens
     /// (`bytea[]`). Returns one verdict row per item, in order.
     Ack {

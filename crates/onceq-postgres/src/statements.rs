@@ -12,7 +12,7 @@ use onceq_core::Result;
 
 pub use crate::sql::HotStatement;
 use crate::sql::{channel_of, fill};
-use crate::{due, jobs, schema};
+use crate::{due, groups, jobs, schema};
 
 /// The text of `statement` as a store on `schema` runs it; an invalid schema name is refused as
 /// [`PgOptions::schema`](crate::PgOptions::schema) refuses it.
@@ -29,6 +29,9 @@ pub(crate) fn template(statement: HotStatement) -> String {
         HotStatement::EnqueueKeyed { items } => jobs::enqueue_keyed_template(items),
         HotStatement::ApplyDue => due::apply_due_for(due::ONE_QUEUE),
         HotStatement::Lease { max_jobs } => jobs::lease_template(max_jobs, false),
+        HotStatement::GroupLease { max_jobs } => {
+            groups::restricted(&jobs::lease_template(max_jobs, false), max_jobs, groups::PARTITIONS_PARAM)
+        }
         HotStatement::Ack { items } => jobs::ack_template(items),
     }
 }
@@ -49,6 +52,7 @@ mod tests {
             HotStatement::EnqueueKeyed { items: 100 },
             HotStatement::ApplyDue,
             HotStatement::Lease { max_jobs: 7 },
+            HotStatement::GroupLease { max_jobs: 7 },
             HotStatement::Ack { items: 3 },
         ] {
             let sql = hot_statement("s1", statement).unwrap();
@@ -76,6 +80,8 @@ mod tests {
             assert!(sql.contains("$1"), "{statement:?}: {sql}");
         }
         assert!(hot_statement("s1", HotStatement::Lease { max_jobs: 7 }).unwrap().contains("LIMIT 7"));
+        let group_lease = hot_statement("s1", HotStatement::GroupLease { max_jobs: 7 }).unwrap();
+        assert!(group_lease.contains("unnest($5::int4[])") && group_lease.contains("\"s1\".jobs"), "{group_lease}");
         assert!(hot_statement("s1", HotStatement::Ack { items: 3 }).unwrap().contains(" LIMIT 3)"));
         assert!(!hot_statement("s1", HotStatement::Ack { items: 100 }).unwrap().contains("ord) LIMIT"));
         assert!(hot_statement("s1", HotStatement::ApplyDue).unwrap().contains("'onceq_s1'"));

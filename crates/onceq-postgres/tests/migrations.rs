@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,18 +141,74 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 4 back to version 3: what v4 (ordering per key) added goes.
-/// The counter functions keep v4's text, which the migration replaces anyway.
+/// SQL that takes a schema at version 5 back to version 4: what v5 (consumer groups) added goes.
+fn undo_v5(schema: &str) -> String {
+    format!(
+        "DROP TABLE \"{schema}\".groups; DROP INDEX \"{schema}\".jobs_ready_partition; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 5;"
+    )
+}
+
+/// SQL that takes a schema at version 5 back to version 3: what v5 and v4 (ordering per key)
+/// added goes. The counter functions keep v4's text, which the migration replaces anyway.
 fn undo_v4(schema: &str) -> String {
     format!(
-        "DROP FUNCTION \"{schema}\".keys_move_on; DROP TABLE \"{schema}\".ordering_keys; \
+        "{} DROP FUNCTION \"{schema}\".keys_move_on; DROP TABLE \"{schema}\".ordering_keys; \
          DROP INDEX \"{schema}\".jobs_blocked; \
          ALTER TABLE \"{schema}\".jobs DROP COLUMN ordering_key, DROP COLUMN partition, \
              DROP CONSTRAINT jobs_state_check; \
          ALTER TABLE \"{schema}\".jobs ADD CONSTRAINT jobs_state_check CHECK (state BETWEEN 0 AND 3); \
          ALTER TABLE \"{schema}\".queue_counts DROP COLUMN blocked; \
-         DELETE FROM \"{schema}\".migrations WHERE version = 4;"
+         DELETE FROM \"{schema}\".migrations WHERE version = 4;",
+        undo_v5(schema)
     )
+}
+
+/// A schema at version 4 (before consumer groups) is brought up to date in place: the ready jobs
+/// of its `per_key` queues are indexed by partition, and a group's member leases them.
+#[tokio::test]
+async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard::of(&schema);
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let per_key = onceq_core::QueueConfigPatch {
+        ordering: Some(onceq_core::Ordering::PerKey),
+        partitions: Some(4),
+        ..Default::default()
+    };
+    store.queue_upsert(&q, per_key).await.unwrap();
+    let jobs = (0..8).map(|i| NewJob::new("x").ordering_key(format!("k{i}"))).collect();
+    let mut kept: Vec<_> = store.job_enqueue(&q, jobs).await.unwrap().into_iter().map(|e| e.id).collect();
+    store.close().await;
+    let mut admin = admin().await;
+    sqlx::raw_sql(&undo_v5(&schema)).execute(&mut admin).await.unwrap();
+
+    let store = common::connect(common::options(&schema, None)).await;
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
+    )
+    .bind(&schema)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(indexes, vec!["jobs_ready_partition".to_owned()]);
+    let g = onceq_core::group::GroupName::new("g").unwrap();
+    let member = store.group_join(&q, &g, onceq_core::group::JoinOptions::default()).await.unwrap();
+    assert_eq!(member.partitions, vec![0, 1, 2, 3]);
+    let options = onceq_core::LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 };
+    let mut leased: Vec<_> =
+        store.group_lease(&q, &g, &member.member_id, options).await.unwrap().into_iter().map(|j| j.id).collect();
+    leased.sort();
+    kept.sort();
+    assert_eq!(leased, kept);
+    store.close().await;
 }
 
 /// A schema at version 3 (before ordering per key) is brought up to date in place: its jobs and
@@ -175,7 +231,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();
