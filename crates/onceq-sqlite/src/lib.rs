@@ -66,6 +66,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use onceq_core::group::{GroupInfo, GroupName, GroupState, JoinOptions, MemberId, MemberView};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
@@ -217,6 +218,7 @@ impl SqliteStore {
         let shared = Arc::new(Shared {
             queues: Mutex::new(BTreeMap::new()),
             waiters: wait::Waiters::default(),
+            group_waiters: wait::GroupWaiters::default(),
             next_due: AtomicI64::new(i64::MAX),
             durable: Arc::new(Durable::new(options.durability == Durability::Fsync)),
         });
@@ -285,6 +287,22 @@ impl SqliteStore {
     fn queue_entry(&self, queue: &QueueName) -> Result<QueueEntry> {
         let queues = self.inner.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         queues.get(queue).cloned().ok_or_else(|| Error::QueueNotFound(queue.clone()))
+    }
+
+    /// The groups as `group_get` shows them: each partition's load is read on a reader
+    /// connection, after the writer committed the groups' states, so that the writer never spends
+    /// a pass over a queue's jobs on a read.
+    async fn group_infos(
+        &self,
+        queue_id: i64,
+        groups: Vec<(GroupName, GroupState)>,
+        now: Timestamp,
+    ) -> Result<Vec<GroupInfo>> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let loads = self.inner.readers.with(move |conn| reader::partition_loads(conn, queue_id)).await?;
+        Ok(groups.iter().map(|(group, state)| state.info(group, &loads, now)).collect())
     }
 
     async fn queue_info(&self, name: QueueName, entry: QueueEntry) -> Result<QueueInfo> {
@@ -384,6 +402,67 @@ impl Store for SqliteStore {
         validate::redrive(&redrive)?;
         let queue = queue.clone();
         self.call(move |state, conn| state.dead_redrive(conn, &queue, &redrive)).await
+    }
+
+    async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
+        let (name, owned) = (queue.clone(), group.clone());
+        let (queue_id, state, now) = self.call(move |state, conn| state.group_get(conn, &name, &owned)).await?;
+        let mut infos = self.group_infos(queue_id, vec![(group.clone(), state)], now).await?;
+        infos.pop().ok_or_else(|| Error::Storage("reading a group returned no group".into()))
+    }
+
+    async fn group_heartbeat(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<MemberView> {
+        let (name, group, member) = (queue.clone(), group.clone(), member.clone());
+        self.call(move |state, conn| state.group_heartbeat(conn, &name, &group, &member)).await
+    }
+
+    async fn group_join(&self, queue: &QueueName, group: &GroupName, options: JoinOptions) -> Result<MemberView> {
+        options.validate()?;
+        let (name, group) = (queue.clone(), group.clone());
+        self.call(move |state, conn| state.group_join(conn, &name, &group, &options)).await
+    }
+
+    async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        options.validate()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
+        loop {
+            // Register before looking, so that a commit in between still wakes this lease.
+            let registration = (options.wait_ms > 0).then(|| self.inner.shared.group_waiters.register(queue));
+            let (name, group, member) = (queue.clone(), group.clone(), member.clone());
+            // Membership and ownership are checked again on every look, in the transaction that
+            // leases: a member removed mid-wait gets `NotMember`.
+            let leased = self.call(move |state, conn| state.group_lease(conn, &name, &group, &member, options)).await?;
+            let Some(registration) = registration else { return Ok(leased.jobs) };
+            let now = tokio::time::Instant::now();
+            if !leased.jobs.is_empty() || now >= deadline {
+                return Ok(leased.jobs);
+            }
+            // Look again by the end of the member's session too: nothing else wakes a lease whose
+            // member expires without anyone touching its group.
+            let session_left_ms = leased.session_ends_at.ms_since(self.inner.clock.now()).max(1);
+            let wake_at = deadline.min(now + Duration::from_millis(session_left_ms));
+            tokio::select! {
+                _ = registration.notify.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn group_leave(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<()> {
+        let (name, group, member) = (queue.clone(), group.clone(), member.clone());
+        self.call(move |state, conn| state.group_leave(conn, &name, &group, &member)).await
+    }
+
+    async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
+        let name = queue.clone();
+        let (queue_id, groups, now) = self.call(move |state, conn| state.group_list(conn, &name)).await?;
+        self.group_infos(queue_id, groups, now).await
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {

@@ -2,9 +2,11 @@
 //!
 //! WAL mode lets these run while the writer commits; each sees the last committed state.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use onceq_core::group::PartitionLoad;
 use onceq_core::{
     AttemptError, DeadList, DeadPage, Error, Headers, Job, JobId, JobState, QueueName, Result, Timestamp,
 };
@@ -153,4 +155,25 @@ pub(crate) fn oldest_ready(conn: &Connection, queue_id: i64) -> Result<Option<Ti
         .and_then(|mut s| s.query_row([queue_id], |r| r.get::<_, Option<i64>>(0)).optional())
         .map(|v| v.flatten().map(Timestamp::from_millis))
         .map_err(storage("finding the oldest ready job"))
+}
+
+/// Each partition's load in queue `queue_id` (`writer::groups::LOAD_SQL`); partitions with no job are absent.
+pub(crate) fn partition_loads(conn: &Connection, queue_id: i64) -> Result<BTreeMap<u32, PartitionLoad>> {
+    let mut stmt = conn.prepare_cached(crate::writer::groups::LOAD_SQL).map_err(storage("reading partition loads"))?;
+    let rows = stmt
+        .query_map([queue_id], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?))
+        })
+        .map_err(storage("reading partition loads"))?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (p, lag, ready, oldest) = row.map_err(storage("reading partition loads"))?;
+        let load = PartitionLoad {
+            lag: u64::try_from(lag).unwrap_or(0),
+            ready: u64::try_from(ready).unwrap_or(0),
+            oldest_ready: oldest.map(Timestamp::from_millis),
+        };
+        out.insert(p, load);
+    }
+    Ok(out)
 }

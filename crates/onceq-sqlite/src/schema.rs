@@ -105,6 +105,24 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (queue_id, ordering_key, job_id)
     ) WITHOUT ROWID;
     "#,
+    // v4: consumer groups. Each group's whole state (`onceq_core::group::GroupState`) as JSON,
+    // read and written by the writer inside the transaction of each group operation. And one
+    // index over the jobs of `per_key` queues by partition, in lease order within each state:
+    // a group lease reads each owned partition's ready jobs in lease order (state 1), the
+    // hand-over asks whether a partition holds a leased job (state 2), and `group_get` counts
+    // each partition's jobs, all as searches of this index. It is partial (`partition IS NOT
+    // NULL`): jobs of unordered queues never enter it, and no query that does not name a
+    // partition can use it, so the plans of the other operations stay as they were.
+    r#"
+    CREATE TABLE groups (
+        queue_id INTEGER NOT NULL,
+        name     TEXT NOT NULL,
+        state    TEXT NOT NULL,
+        PRIMARY KEY (queue_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_partition ON jobs (queue_id, partition, state, priority DESC, run_at, id)
+        WHERE partition IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -307,7 +325,7 @@ mod tests {
         });
         let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version, 3);
+        assert_eq!(version, SCHEMA_VERSION);
         let keys: i64 = conn.query_row("SELECT count(*) FROM keys", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys, 0, "an unordered queue keeps no key heads");
     }

@@ -5,9 +5,14 @@
 //! one batch worker for a batch, sixty-four single-job workers for sixty-four jobs. Waking every
 //! waiter on every enqueue would send them all to the writer for work only the first can take.
 //! A woken lease that leaves ready jobs behind reports them, which wakes the next waiters.
+//!
+//! Group leases wait apart ([`GroupWaiters`]): only the member that owns a job's partition may
+//! lease it, which the writer knows and the waking commit does not, so every waiting group lease
+//! of the queue looks again. They are woken too when a lease of the queue ends or its group
+//! changes, since either may hand a partition to a waiting member.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use onceq_core::QueueName;
@@ -71,6 +76,68 @@ impl Drop for Registration<'_> {
         let mut queues = self.waiters.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(waiting) = queues.get_mut(&self.queue) {
             waiting.retain(|w| w.id != self.id);
+            if waiting.is_empty() {
+                queues.remove(&self.queue);
+            }
+        }
+    }
+}
+
+/// The waiting group leases of every queue.
+#[derive(Default)]
+pub(crate) struct GroupWaiters {
+    queues: Mutex<HashMap<QueueName, Vec<(u64, Arc<Notify>)>>>,
+    next_id: AtomicU64,
+    /// How many are registered, so the writer skips the bookkeeping when none waits.
+    registered: AtomicUsize,
+}
+
+/// A group lease's registration; dropping it withdraws it if it was not woken.
+pub(crate) struct GroupRegistration<'a> {
+    waiters: &'a GroupWaiters,
+    queue: QueueName,
+    id: u64,
+    /// Completes when the writer wakes this waiter.
+    pub notify: Arc<Notify>,
+}
+
+impl GroupWaiters {
+    /// Registers a group lease waiting on `queue`. Register before looking, so that a commit in
+    /// between still wakes it.
+    pub(crate) fn register(&self, queue: &QueueName) -> GroupRegistration<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(queue.clone()).or_default().push((id, notify.clone()));
+        self.registered.fetch_add(1, Ordering::SeqCst);
+        GroupRegistration { waiters: self, queue: queue.clone(), id, notify }
+    }
+
+    /// Whether any group lease waits. A lease registers before its request reaches the writer,
+    /// so a commit that this misses comes before that request, which then sees what it did.
+    pub(crate) fn waiting(&self) -> bool {
+        self.registered.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wakes every group lease waiting on `queue`.
+    pub(crate) fn wake_all(&self, queue: &QueueName) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = queues.remove(queue) {
+            self.registered.fetch_sub(waiting.len(), Ordering::SeqCst);
+            for (_, notify) in waiting {
+                notify.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for GroupRegistration<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.waiters.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = queues.get_mut(&self.queue) {
+            let before = waiting.len();
+            waiting.retain(|(id, _)| *id != self.id);
+            self.waiters.registered.fetch_sub(before - waiting.len(), Ordering::SeqCst);
             if waiting.is_empty() {
                 queues.remove(&self.queue);
             }

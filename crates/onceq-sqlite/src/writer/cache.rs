@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 use crate::durable::Durable;
 use crate::schema::{state, storage, to_i64};
-use crate::wait::Waiters;
+use crate::wait::{GroupWaiters, Waiters};
 
 /// What the writer publishes for readers and waiters.
 pub(crate) struct Shared {
@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub queues: Mutex<BTreeMap<QueueName, QueueEntry>>,
     /// Leases waiting for jobs.
     pub waiters: Waiters,
+    /// Group leases waiting for jobs of their member's partitions.
+    pub group_waiters: GroupWaiters,
     /// No scheduled job or lease expiry is due before this time (ms); may be early, never late.
     pub next_due: AtomicI64,
     /// Which commits are on disk; reads wait on it before they answer.
@@ -53,6 +55,9 @@ pub(crate) struct State {
     /// Ready jobs gained in this transaction, by queue id: after the commit, that many jobs'
     /// worth of waiting leases are woken.
     pub(super) woken: HashMap<i64, u64>,
+    /// Queues (by id) whose waiting group leases must look again after the commit: a job became
+    /// ready, a lease ended (a partition may now move), or a group changed.
+    pub(super) groups_woken: HashSet<i64>,
     pub(super) shared: Arc<Shared>,
     /// No scheduled job or lease expiry is due before this time (ms). Published to
     /// `shared.next_due` only after the transaction that computed it commits, so a reader that
@@ -74,6 +79,7 @@ impl State {
             dirty: HashSet::new(),
             deleted: Vec::new(),
             woken: HashMap::new(),
+            groups_woken: HashSet::new(),
             shared,
             next_due: i64::MAX,
             rng: StdRng::from_entropy(),
@@ -169,11 +175,23 @@ impl State {
 
     /// Wakes the leases waiting on queues that gained ready jobs (see the `wait` module).
     pub(super) fn wake_waiters(&mut self) {
+        let groups_waiting = self.shared.group_waiters.waiting();
         for (id, jobs) in self.woken.drain() {
             // A paused queue hands out nothing: its waiters sleep on until resume wakes them.
             let Some(name) = self.names.get(&id) else { continue };
             if self.queues.get(name).is_some_and(|q| !q.paused) {
                 self.shared.waiters.wake(name, jobs);
+                if groups_waiting {
+                    self.groups_woken.insert(id);
+                }
+            }
+        }
+        // Which member may lease the new jobs is the group's to say: every waiting group lease
+        // of the queue looks again (a woken one that is not the owner finds nothing and waits on).
+        for id in self.groups_woken.drain() {
+            let Some(name) = self.names.get(&id) else { continue };
+            if self.queues.get(name).is_some_and(|q| !q.paused) {
+                self.shared.group_waiters.wake_all(name);
             }
         }
     }
@@ -233,6 +251,10 @@ impl State {
         }
         if to == Some(state::READY) {
             *self.woken.entry(queue_id).or_default() += n;
+        }
+        // A lease that ends may let a partition move to a waiting member.
+        if from == Some(state::LEASED) && self.shared.group_waiters.waiting() {
+            self.groups_woken.insert(queue_id);
         }
     }
 

@@ -238,39 +238,37 @@ impl State {
             return Ok(Vec::new());
         }
         let queue_id = entry.id;
+        // The batch is read in lease order through the ready-order index, then each job is claimed
+        // by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...) RETURNING`
+        // would be one statement, but SQLite materializes both the IN list and the RETURNING rows in
+        // ephemeral tables, and hands the rows back unordered: measured, it costs more per job.)
+        let rows: Vec<ReadyRow> = {
+            let mut stmt = conn.prepare_cached(LEASE_SQL).map_err(storage("leasing jobs"))?;
+            let rows =
+                stmt.query_map(params![queue_id, options.max_jobs], ReadyRow::read).map_err(storage("leasing jobs"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
+        };
+        self.lease_rows(conn, name, options, rows)
+    }
+
+    /// Leases `rows`, ready jobs of queue `name` read in lease order in this transaction: the
+    /// claim shared by `job_lease` and `group_lease`. Every row must have been read in this
+    /// transaction: the writer is the only connection that writes, so nothing can take them in
+    /// between.
+    pub(super) fn lease_rows(
+        &mut self,
+        conn: &Connection,
+        name: &QueueName,
+        options: LeaseOptions,
+        rows: Vec<ReadyRow>,
+    ) -> Result<Vec<LeasedJob>> {
+        let entry = self.queue_required(name)?;
+        let queue_id = entry.id;
         let at_most_once = entry.config.delivery == DeliveryMode::AtMostOnce;
         // In at_most_once mode a leased job leaves the queue, and its key moves on.
         let keys_move_on = at_most_once && entry.config.ordering == Ordering::PerKey;
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(entry.config.visibility_timeout_ms);
         let expires_at = self.now.plus_ms(visibility_ms);
-        // The batch is read in lease order through the ready-order index, then each job is claimed
-        // by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...) RETURNING`
-        // would be one statement, but SQLite materializes both the IN list and the RETURNING rows in
-        // ephemeral tables, and hands the rows back unordered: measured, it costs more per job.)
-        // Every row read here is claimed below in the same transaction: the writer is the only
-        // connection that writes, so nothing can take them in between.
-        let rows: Vec<ReadyRow> = {
-            let mut stmt = conn.prepare_cached(LEASE_SQL).map_err(storage("leasing jobs"))?;
-            let rows = stmt
-                .query_map(params![queue_id, options.max_jobs], |r| {
-                    Ok(ReadyRow {
-                        id: r.get(0)?,
-                        priority: r.get(1)?,
-                        run_at: r.get(2)?,
-                        enqueued_at: r.get(3)?,
-                        attempt: r.get(4)?,
-                        max_attempts: r.get(5)?,
-                        dedup_id: r.get(6)?,
-                        headers: r.get(7)?,
-                        payload: r.get(8)?,
-                        error_count: r.get(9)?,
-                        ordering_key: r.get(10)?,
-                        partition: r.get(11)?,
-                    })
-                })
-                .map_err(storage("leasing jobs"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
-        };
         // In at_most_once mode the lease *is* the ack: the jobs are deleted as they are handed out.
         let mut claim = if at_most_once {
             conn.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = 1")
@@ -350,6 +348,11 @@ impl State {
 pub(crate) const LEASE_SQL: &str =
     "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, error_count, \
      ordering_key, partition FROM jobs WHERE queue_id = ?1 AND state = 1 ORDER BY priority DESC, run_at, id LIMIT ?2";
+
+/// One ready job by id, with the columns [`ReadyRow::read`] takes.
+pub(super) const READY_ROW_SQL: &str =
+    "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, error_count, \
+     ordering_key, partition FROM jobs WHERE id = ?1 AND state = 1";
 
 /// Rows per multi-row INSERT, largest first: a batch goes in as few statements as these sizes
 /// allow (100 jobs: 64 + 16 + 16 + 4), and each size is one cached statement.
@@ -441,7 +444,7 @@ struct Placed {
 }
 
 /// A ready job as read for leasing.
-struct ReadyRow {
+pub(super) struct ReadyRow {
     id: i64,
     priority: i32,
     run_at: i64,
@@ -454,6 +457,26 @@ struct ReadyRow {
     error_count: i64,
     ordering_key: Option<String>,
     partition: Option<u32>,
+}
+
+impl ReadyRow {
+    /// Reads a row of [`LEASE_SQL`] or [`READY_ROW_SQL`].
+    pub(super) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ReadyRow {
+            id: r.get(0)?,
+            priority: r.get(1)?,
+            run_at: r.get(2)?,
+            enqueued_at: r.get(3)?,
+            attempt: r.get(4)?,
+            max_attempts: r.get(5)?,
+            dedup_id: r.get(6)?,
+            headers: r.get(7)?,
+            payload: r.get(8)?,
+            error_count: r.get(9)?,
+            ordering_key: r.get(10)?,
+            partition: r.get(11)?,
+        })
+    }
 }
 
 pub(super) fn record_error(conn: &Connection, id: i64, attempt: i64, text: &str, at: i64) -> Result<()> {

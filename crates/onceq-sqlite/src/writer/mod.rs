@@ -18,6 +18,7 @@
 pub(crate) mod cache;
 mod dead;
 mod due;
+pub(crate) mod groups;
 mod idempotency;
 mod jobs;
 mod keys;
@@ -213,6 +214,7 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
             tracing::error!(%error, "group commit failed; every request in it is answered with the error");
             // The transaction rolled back: forget what this group did to the in-memory state.
             state.woken.clear();
+            state.groups_woken.clear();
             if let Err(reload_error) = state.reload(conn) {
                 tracing::error!(error = %reload_error, "reloading state after a failed commit failed");
             }
