@@ -16,7 +16,7 @@
 //!   JetStream, RabbitMQ or a webhook.
 //! - [`verify`]: `onceq verify`, the delivery guarantees measured on a live target with injected
 //!   faults (`onceq-verify`).
-//! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|stats`),
+//! - [`cli`]: the operator commands (`onceq queue|enqueue|lease|ack|nack|extend|fail|job|dlq|group|stats`),
 //!   which talk to a running server through `onceq-client`.
 //! - `error`: [`CliError`] and its exit codes; `stdout`: standard output for the `out!` macros.
 //! - `tests/`: the black-box tests of the binary (`http_*`, `pg_*`, `relay_*`, `cli`, `verify`,
@@ -68,7 +68,7 @@ pub use error::CliError;
 
 /// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
 const TOP_AFTER_HELP: &str = "\
-The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, stats) talk to a
+The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, stats) talk to a
 running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
 (env ONCEQ_TOKEN), --output table|json. They exit with 0 on success, 1 when the command failed
 (unknown queue or job, lease lost, refused), 2 on bad usage, 3 when the server is unreachable.";
@@ -135,6 +135,9 @@ pub enum Command {
     /// Dead letters: list, redrive, purge.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Dlq(cli::dlq::DlqArgs),
+    /// Consumer groups of a per_key queue: list, describe (members and partition owners).
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Group(cli::group::GroupArgs),
     /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Stats(cli::stats::StatsArgs),
@@ -171,6 +174,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Fail(args) => cli::lease::fail(&args),
         Command::Job(args) => cli::job::run(&args),
         Command::Dlq(args) => cli::dlq::run(&args),
+        Command::Group(args) => cli::group::run(&args),
         Command::Stats(args) => cli::stats::run(&args),
         Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
     };

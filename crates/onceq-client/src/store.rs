@@ -10,9 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceq_core::api::{
     parse_time, AcksRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem, ExtendsRequest,
-    FailItem, FailsRequest, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest, LeaseResponse, NackItem,
-    NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult, SettleResults,
+    FailItem, FailsRequest, GroupList, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest, LeaseResponse,
+    NackItem, NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult, SettleResults,
 };
+use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::limits::DELAY_MS_MAX;
 use onceq_core::store::validate;
 use onceq_core::{
@@ -29,6 +30,17 @@ use crate::error::Missing;
 /// `/v1/queues/{queue}` followed by `rest`.
 fn queue_path(queue: &QueueName, rest: &str) -> Result<String> {
     Ok(format!("/v1/queues/{}{rest}", queue_segment(queue)?))
+}
+
+/// `/v1/queues/{queue}/groups/{group}` followed by `rest`. Group names are URL-safe
+/// (`[A-Za-z0-9._-]`, never only dots), as member ids are (hex), so each is its own segment.
+fn group_path(queue: &QueueName, group: &GroupName, rest: &str) -> Result<String> {
+    queue_path(queue, &format!("/groups/{}{rest}", group.as_str()))
+}
+
+/// The path of one member of a group, followed by `rest`.
+fn member_path(queue: &QueueName, group: &GroupName, member: &MemberId, rest: &str) -> Result<String> {
+    group_path(queue, group, &format!("/members/{}{rest}", member.as_str()))
 }
 
 /// The wire form of a new job (payload bytes kept exactly: see `onceq_core::api`).
@@ -72,6 +84,36 @@ impl Client {
         parse_time(text).map_err(|e| self.unreadable(what, e))
     }
 
+    /// Checks that a member view the server sent is the one asked for.
+    fn member_view(&self, view: MemberView, member: Option<&MemberId>) -> Result<MemberView> {
+        if let Some(member) = member.filter(|m| **m != view.member_id) {
+            return Err(self
+                .unreadable(&format!("the view of member {} for member {member}", view.member_id), "the ids differ"));
+        }
+        Ok(view)
+    }
+
+    /// Leases through `path`'s lease endpoint with `body`, waiting up to `options.wait_ms`.
+    async fn lease(&self, queue: &QueueName, body: &LeaseRequest, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        // The server may hold the call for `wait_ms`; only what comes after counts against
+        // the client's timeout.
+        let call = self.call(Method::POST, &queue_path(queue, "/leases")?).json(body);
+        let call = call.waiting(Duration::from_millis(options.wait_ms)).missing(Missing::Queue(queue.clone()));
+        let leased: LeaseResponse = call.fetch().await?;
+        if leased.jobs.len() > options.max_jobs as usize {
+            let got = leased.jobs.len();
+            return Err(self.unreadable("a lease reply", format!("{got} jobs for max_jobs {}", options.max_jobs)));
+        }
+        leased
+            .jobs
+            .into_iter()
+            .map(|view| {
+                let id = view.id;
+                view.into_leased().map_err(|e| self.unreadable(&format!("leased job {id}"), e))
+            })
+            .collect()
+    }
+
     /// A job the server sent.
     fn job(&self, view: JobView) -> Result<Job> {
         let id = view.id;
@@ -109,6 +151,51 @@ impl Store for Client {
         let call = self.call(Method::POST, &queue_path(queue, "/dead/redrive")?).json(&body);
         let redriven: RedriveResponse = call.missing(Missing::Queue(queue.clone())).fetch().await?;
         Ok(redriven.redriven)
+    }
+
+    async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
+        let call = self.call(Method::GET, &group_path(queue, group, "")?).missing(Missing::Queue(queue.clone()));
+        let info: GroupInfo = call.fetch().await?;
+        if &info.group != group {
+            return Err(self.unreadable(&format!("group {} for group {group}", info.group), "the names differ"));
+        }
+        Ok(info)
+    }
+
+    async fn group_heartbeat(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<MemberView> {
+        let call = self.call(Method::POST, &member_path(queue, group, member, "/heartbeat")?);
+        let view: MemberView = call.missing(Missing::Queue(queue.clone())).fetch().await?;
+        self.member_view(view, Some(member))
+    }
+
+    async fn group_join(&self, queue: &QueueName, group: &GroupName, options: JoinOptions) -> Result<MemberView> {
+        options.validate()?;
+        let call = self.call(Method::POST, &group_path(queue, group, "/members")?).json(&options);
+        let view: MemberView = call.missing(Missing::Queue(queue.clone())).fetch().await?;
+        self.member_view(view, None)
+    }
+
+    async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        options.validate()?;
+        let body = lease_request(options, Some((group, member)));
+        self.lease(queue, &body, options).await
+    }
+
+    async fn group_leave(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<()> {
+        let call = self.call(Method::DELETE, &member_path(queue, group, member, "")?);
+        call.missing(Missing::Queue(queue.clone())).send().await
+    }
+
+    async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
+        let call = self.call(Method::GET, &queue_path(queue, "/groups")?).missing(Missing::Queue(queue.clone()));
+        let list: GroupList = call.fetch().await?;
+        Ok(list.groups)
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
@@ -179,27 +266,8 @@ impl Store for Client {
 
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         options.validate()?;
-        let body = LeaseRequest {
-            max_jobs: Some(options.max_jobs),
-            visibility_timeout_ms: options.visibility_timeout_ms,
-            wait_ms: (options.wait_ms > 0).then_some(options.wait_ms),
-        };
-        // The server may hold the call for `wait_ms`; only what comes after counts against
-        // the client's timeout.
-        let call = self.call(Method::POST, &queue_path(queue, "/leases")?).json(&body);
-        let leased: LeaseResponse = call.waiting(Duration::from_millis(options.wait_ms)).fetch().await?;
-        if leased.jobs.len() > options.max_jobs as usize {
-            let got = leased.jobs.len();
-            return Err(self.unreadable("a lease reply", format!("{got} jobs for max_jobs {}", options.max_jobs)));
-        }
-        leased
-            .jobs
-            .into_iter()
-            .map(|view| {
-                let id = view.id;
-                view.into_leased().map_err(|e| self.unreadable(&format!("leased job {id}"), e))
-            })
-            .collect()
+        let body = lease_request(options, None);
+        self.lease(queue, &body, options).await
     }
 
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
@@ -265,6 +333,17 @@ impl Store for Client {
         };
         base.patched(&patch)?;
         self.call(Method::PUT, &queue_path(queue, "")?).json(&patch).fetch().await
+    }
+}
+
+/// The body of a lease call: as `member` of a group, or not.
+fn lease_request(options: LeaseOptions, member: Option<(&GroupName, &MemberId)>) -> LeaseRequest {
+    LeaseRequest {
+        max_jobs: Some(options.max_jobs),
+        visibility_timeout_ms: options.visibility_timeout_ms,
+        wait_ms: (options.wait_ms > 0).then_some(options.wait_ms),
+        group: member.map(|(group, _)| group.clone()),
+        member_id: member.map(|(_, member)| member.clone()),
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::group::{GroupInfo, GroupName, MemberId};
 use crate::{
     AttemptError, Enqueued, Error, ErrorKind, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
     NackOutcome, NewJob, QueueInfo, Result, Schedule, Timestamp,
@@ -107,6 +108,25 @@ pub fn parse_time(text: &str) -> Result<Timestamp> {
         .map_err(|e| Error::invalid(format!("{text:?} is not an RFC 3339 time ({e})")))?;
     let millis = t.unix_timestamp_nanos() / 1_000_000;
     i64::try_from(millis).map(Timestamp::from_millis).map_err(|_| Error::invalid(format!("{text:?} is out of range")))
+}
+
+/// Serde of a [`Timestamp`] as the API writes times ([`format_time`]) and reads them
+/// ([`parse_time`]): `#[serde(with = "onceq_core::api::rfc3339")]`.
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Timestamp;
+
+    /// Writes `at` as RFC 3339 UTC with milliseconds.
+    pub fn serialize<S: Serializer>(at: &Timestamp, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_time(*at))
+    }
+
+    /// Reads an RFC 3339 time.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Timestamp, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_time(&text).map_err(|e| serde::de::Error::custom(e.detail()))
+    }
 }
 
 /// A payload on the wire: JSON when the bytes are JSON exactly as they would travel (no
@@ -254,6 +274,39 @@ pub struct LeaseRequest {
     /// Long poll, 0 to 20000 (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
+    /// Lease as a member of this consumer group (with `member_id`): only from the partitions
+    /// the member owns and is not giving up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub group: Option<GroupName>,
+    /// The member of `group` leasing (with `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub member_id: Option<MemberId>,
+}
+
+impl LeaseRequest {
+    /// The group and member a lease is for: both or neither.
+    pub fn member(&self) -> Result<Option<(&GroupName, &MemberId)>> {
+        match (&self.group, &self.member_id) {
+            (Some(group), Some(member)) => Ok(Some((group, member))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(Error::invalid(
+                "\"group\" needs \"member_id\": a group lease is made by a member (join the group first)",
+            )),
+            (None, Some(_)) => {
+                Err(Error::invalid("\"member_id\" needs \"group\": name the group the member belongs to"))
+            }
+        }
+    }
+}
+
+/// `GET /v1/queues/{queue}/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupList {
+    /// The queue's consumer groups, by name.
+    pub groups: Vec<GroupInfo>,
 }
 
 /// Leased jobs.

@@ -253,11 +253,13 @@ pub struct MemberInfo {
     pub revoking: Vec<u32>,
     /// Its session timeout.
     pub session_timeout_ms: u64,
-    /// When it joined.
-    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    /// When it joined (RFC 3339 on the wire, as every time of the API).
+    #[serde(with = "crate::api::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub joined_at: Timestamp,
     /// Its last join or heartbeat.
-    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    #[serde(with = "crate::api::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub last_heartbeat_at: Timestamp,
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use onceq_core::group::{self, GroupName, MemberId};
 use onceq_core::limits::PARTITIONS_MAX;
 use onceq_core::metrics as names;
 use onceq_core::ordering::partition_of;
@@ -26,6 +27,7 @@ use sqlx::Row;
 use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
+use crate::groups::{restricted, GroupLeaseSql};
 use crate::keys::{with_move_on, CLAIM_KEYS};
 use crate::schema::state;
 use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
@@ -940,6 +942,28 @@ impl PgStore {
     }
 
     pub(crate) async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
+        self.lease_waiting(queue, options, None).await
+    }
+
+    /// A lease of a consumer group's member: each look checks membership and ownership afresh
+    /// (see `groups`).
+    pub(crate) async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        self.lease_waiting(queue, options, Some((group, member))).await
+    }
+
+    /// Leases, waiting up to `wait_ms` for jobs; only from `member`'s partitions when given.
+    async fn lease_waiting(
+        &self,
+        queue: &QueueName,
+        options: LeaseOptions,
+        member: Option<(&GroupName, &MemberId)>,
+    ) -> Result<Vec<LeasedJob>> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
         let waiters = self.inner.waiters.clone();
         // The pause before looking again while sleeping is refused (see `wait`, "Sleeping").
@@ -947,7 +971,7 @@ impl PgStore {
         loop {
             // Register before looking, so that a notification in between still wakes this lease.
             let registration = (options.wait_ms > 0).then(|| waiters.register(queue.as_str(), options.max_jobs));
-            let attempt = match self.lease_once(queue, options, registration.is_some()).await {
+            let attempt = match self.lease_once(queue, options, registration.is_some(), member).await {
                 Ok(attempt) => attempt,
                 Err(error) => {
                     // This call may have taken a wake-up meant for another: pass it on.
@@ -1014,10 +1038,24 @@ impl PgStore {
     }
 
     /// Applies the queue's due transitions, then leases what is ready.
-    async fn lease_once(&self, queue: &QueueName, options: LeaseOptions, waiting: bool) -> Result<LeaseAttempt> {
+    async fn lease_once(
+        &self,
+        queue: &QueueName,
+        options: LeaseOptions,
+        waiting: bool,
+        member: Option<(&GroupName, &MemberId)>,
+    ) -> Result<LeaseAttempt> {
         let (now, found) = self.apply_due(Scope::Queue(queue)).await?.queue();
-        let Some(q) = found else { return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None }) };
-        if q.paused {
+        let Some(q) = found else {
+            // A queue that does not exist has no groups, so no members.
+            if let Some((_, member)) = member {
+                return Err(group::not_member(member));
+            }
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
+        };
+        // A member's lease checks its membership even in a paused queue (the statement leases
+        // nothing from a paused queue).
+        if q.paused && member.is_none() {
             return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
         }
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
@@ -1028,7 +1066,13 @@ impl PgStore {
         } else {
             self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
         };
-        let rows = if at_most_once {
+        let rows = if let Some((group, member)) = member {
+            let tokens = (!at_most_once).then(|| lease_tokens(options.max_jobs as usize));
+            let sql = self
+                .sql(&restricted(&lease_template(options.max_jobs, at_most_once), if at_most_once { 3 } else { 5 }));
+            let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at };
+            self.group_lease_rows(&q, group, member, now, lease).await?
+        } else if at_most_once {
             self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(now).bind(q.id), fetch_all)).await?
         } else {
             let tokens = lease_tokens(options.max_jobs as usize);
@@ -1080,6 +1124,9 @@ impl PgStore {
             for job in jobs.iter().filter(|j| j.attempt == 1) {
                 wait.record(now_ts.ms_since(job.enqueued_at) as f64 / 1000.0);
             }
+        }
+        if q.paused {
+            return Ok(LeaseAttempt { jobs, now, next_due: None, queue_id: None });
         }
         let next_due = if jobs.is_empty() && waiting {
             let sql = self.sql(NEXT_DUE);

@@ -130,6 +130,7 @@
 mod conns;
 mod due;
 mod error;
+mod groups;
 mod idempotency;
 mod jobs;
 mod keys;
@@ -146,6 +147,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
@@ -549,6 +551,38 @@ impl Store for PgStore {
     async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
         validate::redrive(&redrive)?;
         self.dead_redrive(queue, redrive).await
+    }
+
+    async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
+        self.group_get(queue, group).await
+    }
+
+    async fn group_heartbeat(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<MemberView> {
+        self.group_heartbeat(queue, group, member).await
+    }
+
+    async fn group_join(&self, queue: &QueueName, group: &GroupName, options: JoinOptions) -> Result<MemberView> {
+        options.validate()?;
+        self.group_join(queue, group, &options).await
+    }
+
+    async fn group_lease(
+        &self,
+        queue: &QueueName,
+        group: &GroupName,
+        member: &MemberId,
+        options: LeaseOptions,
+    ) -> Result<Vec<LeasedJob>> {
+        options.validate()?;
+        self.group_lease(queue, group, member, options).await
+    }
+
+    async fn group_leave(&self, queue: &QueueName, group: &GroupName, member: &MemberId) -> Result<()> {
+        self.group_leave(queue, group, member).await
+    }
+
+    async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
+        self.group_list(queue).await
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {

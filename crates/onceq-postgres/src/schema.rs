@@ -363,6 +363,16 @@ const MIGRATIONS: &[&str] = &[
         RETURN promoted_count;
     END $fn$;
     "#,
+    // v5: consumer groups, one row per (queue, group) holding the group's whole state (JSON of
+    // `onceq_core::group::GroupState`), deleted with its queue.
+    r#"
+    CREATE TABLE {s}.groups (
+        queue_id bigint NOT NULL REFERENCES {s}.queues (id) ON DELETE CASCADE,
+        name     text NOT NULL,
+        state    jsonb NOT NULL,
+        PRIMARY KEY (queue_id, name)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

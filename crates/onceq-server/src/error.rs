@@ -63,7 +63,7 @@ impl ApiError {
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
             "not_found" => StatusCode::NOT_FOUND,
-            "lease_lost" | "conflict" | "queue_not_empty" => StatusCode::CONFLICT,
+            "lease_lost" | "conflict" | "queue_not_empty" | "not_member" => StatusCode::CONFLICT,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,7 +83,9 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::LeaseLost | ErrorKind::Conflict | ErrorKind::QueueNotEmpty => StatusCode::CONFLICT,
+        ErrorKind::LeaseLost | ErrorKind::Conflict | ErrorKind::QueueNotEmpty | ErrorKind::NotMember => {
+            StatusCode::CONFLICT
+        }
         // Unavailable and Storage; a kind added to the seam later must be given its status here.
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }

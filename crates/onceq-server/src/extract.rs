@@ -2,8 +2,10 @@
 
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
+use onceq_core::group::{GroupName, MemberId};
 use onceq_core::{JobId, QueueName};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::error::ApiError;
 
@@ -32,6 +34,66 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
             .await
             .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
         raw.parse::<JobId>().map(JobPath).map_err(ApiError::from)
+    }
+}
+
+/// The `{queue}` and `{group}` path segments, validated.
+pub struct GroupPath {
+    /// The queue.
+    pub queue: QueueName,
+    /// The consumer group.
+    pub group: GroupName,
+}
+
+/// The segments of a group path, before they are validated.
+#[derive(Deserialize)]
+struct RawGroupPath {
+    queue: String,
+    group: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<RawGroupPath>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let queue = QueueName::new(raw.queue)?;
+        let group = GroupName::new(raw.group)?;
+        Ok(GroupPath { queue, group })
+    }
+}
+
+/// The `{queue}`, `{group}` and `{member_id}` path segments, validated.
+pub struct MemberPath {
+    /// The queue.
+    pub queue: QueueName,
+    /// The consumer group.
+    pub group: GroupName,
+    /// The member.
+    pub member: MemberId,
+}
+
+/// The segments of a member path, before they are validated.
+#[derive(Deserialize)]
+struct RawMemberPath {
+    queue: String,
+    group: String,
+    member_id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for MemberPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<RawMemberPath>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let queue = QueueName::new(raw.queue)?;
+        let group = GroupName::new(raw.group)?;
+        let member = raw.member_id.parse::<MemberId>()?;
+        Ok(MemberPath { queue, group, member })
     }
 }
 

@@ -3,7 +3,8 @@
 //! Counters and histograms are recorded where the events happen (the store's writer emits
 //! enqueued, duplicates suppressed, deliveries, redeliveries by reason, stale-lease rejections,
 //! extensions, acks, dead-lettered, redriven, and the latency histograms). Gauges of queue depth
-//! by state and the oldest ready job's age are read from the store at each scrape.
+//! by state, the oldest ready job's age and the members of each consumer group are read from the
+//! store at each scrape.
 
 use std::sync::OnceLock;
 
@@ -65,6 +66,15 @@ fn describe() {
     describe_gauge!(names::QUEUE_DEPTH, "Jobs by state.");
     describe_gauge!(names::OLDEST_READY_AGE, Unit::Seconds, "Age of the oldest ready job.");
     describe_gauge!(names::QUEUE_PAUSED, "1 when the queue is paused.");
+    describe_counter!(names::GROUP_REBALANCES, "Rebalances of a consumer group (membership changes).");
+    describe_counter!(names::GROUP_PARTITIONS_MOVED, "Partitions whose assignment moved to another member.");
+    describe_counter!(names::GROUP_MEMBERS_EXPIRED, "Members removed because they missed their session timeout.");
+    describe_histogram!(
+        names::GROUP_PARTITION_IDLE,
+        Unit::Seconds,
+        "How long a handed-over partition had no owner that may lease from it."
+    );
+    describe_gauge!(names::GROUP_MEMBERS, "Members of a consumer group.");
 }
 
 /// Prometheus text of every metric, with queue depth, oldest ready age and pause state read at
@@ -86,7 +96,20 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
         }
         let age = stats.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
         metrics::gauge!(names::OLDEST_READY_AGE, "queue" => name.clone()).set(age);
-        metrics::gauge!(names::QUEUE_PAUSED, "queue" => name).set(if queue.paused { 1.0 } else { 0.0 });
+        metrics::gauge!(names::QUEUE_PAUSED, "queue" => name.clone()).set(if queue.paused { 1.0 } else { 0.0 });
+        // Only a per_key queue can have groups; asking the others would only be refused.
+        if queue.config.ordering == onceq_core::Ordering::PerKey {
+            let groups = match state.store.group_list(&queue.name).await {
+                Ok(groups) => groups,
+                // Deleted since it was listed: nothing to show.
+                Err(onceq_core::Error::QueueNotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for group in groups {
+                let labels = [("queue", name.clone()), ("group", group.group.to_string())];
+                metrics::gauge!(names::GROUP_MEMBERS, &labels).set(group.members.len() as f64);
+            }
+        }
     }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
 }

@@ -1,11 +1,12 @@
 //! The `/v1` endpoints of docs/api.md, plus health, metrics and the OpenAPI document.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use onceq_core::api::*;
+use onceq_core::group::{GroupInfo, JoinOptions, MemberInfo, MemberView, PartitionInfo};
 use onceq_core::{
     DeadPage, Error, Extend, Fail, JobId, LeaseOptions, LeaseRef, Nack, QueueConfig, QueueConfigPatch, QueueInfo,
     Redrive, Store,
@@ -16,7 +17,7 @@ use utoipa::OpenApi;
 use crate::auth::{Action, Principal};
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::extract::{JobPath, QueryParams, QueuePath};
+use crate::extract::{GroupPath, JobPath, MemberPath, QueryParams, QueuePath};
 use crate::state::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -35,6 +36,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/queues/{queue}/leases", post(job_lease))
         .route("/v1/queues/{queue}/dead", get(dead_list).delete(dead_purge))
         .route("/v1/queues/{queue}/dead/redrive", post(dead_redrive))
+        .route("/v1/queues/{queue}/groups", get(group_list))
+        .route("/v1/queues/{queue}/groups/{group}", get(group_get))
+        .route("/v1/queues/{queue}/groups/{group}/members", post(group_join))
+        .route("/v1/queues/{queue}/groups/{group}/members/{member_id}", axum::routing::delete(group_leave))
+        .route("/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat", post(group_heartbeat))
         .route("/v1/jobs/{id}", get(job_get))
         .route("/v1/jobs/{id}/ack", post(job_ack))
         .route("/v1/jobs/{id}/nack", post(job_nack))
@@ -76,6 +82,11 @@ pub(crate) fn routes() -> Router<AppState> {
         dead_list,
         dead_purge,
         dead_redrive,
+        group_list,
+        group_get,
+        group_join,
+        group_heartbeat,
+        group_leave,
         job_get,
         job_ack,
         job_nack,
@@ -125,7 +136,13 @@ pub(crate) fn routes() -> Router<AppState> {
         DeadListResponse,
         RedriveRequest,
         RedriveResponse,
-        PurgeResponse
+        PurgeResponse,
+        JoinOptions,
+        MemberView,
+        GroupInfo,
+        GroupList,
+        MemberInfo,
+        PartitionInfo
     ))
 )]
 pub(crate) struct ApiDoc;
@@ -246,9 +263,12 @@ async fn job_enqueue(
     Ok(Json(EnqueueResponse { jobs }))
 }
 
-/// Leases ready jobs, waiting up to `wait_ms` for one.
+/// Leases ready jobs, waiting up to `wait_ms` for one. With `group` and `member_id`, as that
+/// member of a consumer group: only from the partitions it owns and is not giving up (409
+/// `not_member` when it is not a member).
 #[utoipa::path(post, path = "/v1/queues/{queue}/leases", params(("queue" = String, Path)), request_body = LeaseRequest,
-    responses((status = 200, body = LeaseResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = LeaseResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn job_lease(
     State(state): State<AppState>,
     principal: Principal,
@@ -262,14 +282,95 @@ async fn job_lease(
         wait_ms: request.wait_ms.unwrap_or(0),
     };
     options.validate()?;
+    let member = request.member()?;
+    let lease = async {
+        match member {
+            Some((group, member)) => state.store.group_lease(&queue, group, member, options).await,
+            None => state.store.job_lease(&queue, options).await,
+        }
+    };
     // A long poll ends early when the server shuts down, so shutdown is not held up by it.
     // (Leased jobs whose reply is lost that way are redelivered after their visibility timeout.)
     let mut shutdown = state.shutdown.clone();
     let leased = tokio::select! {
-        leased = state.store.job_lease(&queue, options) => leased?,
+        leased = lease => leased?,
         Ok(_) = shutdown.wait_for(|stopping| *stopping), if options.wait_ms > 0 => Vec::new(),
     };
     Ok(Json(LeaseResponse { jobs: leased.iter().map(LeasedJobView::from_leased).collect() }))
+}
+
+/// Lists a queue's consumer groups, by name (those that ever had members).
+#[utoipa::path(get, path = "/v1/queues/{queue}/groups", params(("queue" = String, Path)),
+    responses((status = 200, body = GroupList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn group_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueuePath(queue): QueuePath,
+) -> ApiResult<Json<GroupList>> {
+    principal.check(Action::Read, queue.as_str())?;
+    Ok(Json(GroupList { groups: state.store.group_list(&queue).await? }))
+}
+
+/// Reads a consumer group: its members, and each partition's owner, hand-over and load. A group
+/// that never had members reads as empty.
+#[utoipa::path(get, path = "/v1/queues/{queue}/groups/{group}", params(("queue" = String, Path), ("group" = String, Path)),
+    responses((status = 200, body = GroupInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn group_get(
+    State(state): State<AppState>,
+    principal: Principal,
+    GroupPath { queue, group }: GroupPath,
+) -> ApiResult<Json<GroupInfo>> {
+    principal.check(Action::Read, queue.as_str())?;
+    Ok(Json(state.store.group_get(&queue, &group).await?))
+}
+
+/// Joins a consumer group of a `per_key` queue as a new member; the group rebalances. The reply
+/// names the member's id, to present on heartbeats, leases and leave.
+#[utoipa::path(post, path = "/v1/queues/{queue}/groups/{group}/members",
+    params(("queue" = String, Path), ("group" = String, Path)), request_body = JoinOptions,
+    responses((status = 201, body = MemberView, headers(("location" = String, description = "the member's path"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn group_join(
+    State(state): State<AppState>,
+    principal: Principal,
+    GroupPath { queue, group }: GroupPath,
+    JsonBody(options): JsonBody<JoinOptions>,
+) -> ApiResult<Response> {
+    principal.check(Action::Consume, queue.as_str())?;
+    options.validate()?;
+    let view = state.store.group_join(&queue, &group, options).await?;
+    let location = format!("/v1/queues/{queue}/groups/{group}/members/{}", view.member_id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// Records a member's heartbeat; replies with its partitions and those it is giving up.
+#[utoipa::path(post, path = "/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat",
+    params(("queue" = String, Path), ("group" = String, Path), ("member_id" = String, Path)),
+    responses((status = 200, body = MemberView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn group_heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+    MemberPath { queue, group, member }: MemberPath,
+) -> ApiResult<Json<MemberView>> {
+    principal.check(Action::Consume, queue.as_str())?;
+    Ok(Json(state.store.group_heartbeat(&queue, &group, &member).await?))
+}
+
+/// Leaves a consumer group; the group rebalances, and the member's partitions move once its
+/// leases in them are settled or expired.
+#[utoipa::path(delete, path = "/v1/queues/{queue}/groups/{group}/members/{member_id}",
+    params(("queue" = String, Path), ("group" = String, Path), ("member_id" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn group_leave(
+    State(state): State<AppState>,
+    principal: Principal,
+    MemberPath { queue, group, member }: MemberPath,
+) -> ApiResult<StatusCode> {
+    principal.check(Action::Consume, queue.as_str())?;
+    state.store.group_leave(&queue, &group, &member).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Reads one job.

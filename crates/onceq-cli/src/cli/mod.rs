@@ -11,6 +11,7 @@
 //! - [`lease`]: `onceq lease` and what ends a lease: `onceq ack|nack|extend|fail`.
 //! - [`job`]: `onceq job get`.
 //! - [`dlq`]: `onceq dlq list|redrive|purge`.
+//! - [`group`]: `onceq group list|describe`, the consumer groups of a `per_key` queue.
 //! - [`stats`]: `onceq stats`, once or `--watch`ed.
 //! - [`table`]: aligned columns and the short forms of values (ages, payloads) the tables show.
 //!
@@ -19,6 +20,7 @@
 
 pub mod dlq;
 pub mod enqueue;
+pub mod group;
 pub mod job;
 pub mod lease;
 pub mod queue;
