@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::{
     DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack,
-    NackOutcome, NewJob, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Release, Result, Store,
-    Timestamp,
+    NackOutcome, NewJob, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Release, Result,
+    Store, Timestamp,
 };
 use onceq_sqlite::{SqliteOptions, SqliteStore};
 use onceq_worker::{GroupOptions, JobContext, Outcome, PartitionHooks, QueueOptions, Worker};
@@ -115,7 +115,11 @@ impl Store for HeldHeartbeats {
 }
 
 /// Hook calls in order: (assigned?, partitions).
-struct Hooks(Arc<Mutex<Vec<(bool, Vec<u32>)>>>);
+type HookLog = Arc<Mutex<Vec<(bool, Vec<u32>)>>>;
+/// Handler runs: job, key, seq, start.
+type RunLog = Arc<Mutex<Vec<(JobId, String, usize, Instant)>>>;
+
+struct Hooks(HookLog);
 
 #[async_trait]
 impl PartitionHooks for Hooks {
@@ -149,9 +153,8 @@ async fn an_expired_member_joins_again_and_carries_on() {
     }
     store.job_enqueue(&q, jobs).await.unwrap();
 
-    // Per job: key, seq, start.
-    let runs: Arc<Mutex<Vec<(JobId, String, usize, Instant)>>> = Arc::default();
-    let hooks: Arc<Mutex<Vec<(bool, Vec<u32>)>>> = Arc::default();
+    let runs: RunLog = Arc::default();
+    let hooks: HookLog = Arc::default();
     let (progress, mut watching) = watch::channel(0usize);
     let (stop, stopped) = watch::channel(false);
     let options = QueueOptions::concurrency(4)
@@ -224,6 +227,8 @@ async fn an_expired_member_joins_again_and_carries_on() {
         vec![(true, all.clone()), (false, all.clone()), (true, all.clone()), (false, all)],
         "assigned at join, revoked on expiry, assigned at the new join, revoked on shutdown"
     );
+    let info = store.group_get(&q, &group).await.unwrap();
+    assert!(info.members.is_empty(), "the new member left on shutdown");
     let runs = runs.lock().unwrap();
     let mut ids: Vec<JobId> = runs.iter().map(|(id, ..)| *id).collect();
     ids.sort();
@@ -237,6 +242,4 @@ async fn an_expired_member_joins_again_and_carries_on() {
         seqs.sort();
         assert_eq!(seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>(), (0..JOBS_PER_KEY).collect::<Vec<_>>(), "{key}");
     }
-    let info = store.group_get(&q, &group).await.unwrap();
-    assert!(info.members.is_empty(), "the new member left on shutdown");
 }

@@ -112,11 +112,8 @@ async fn a_member_that_stops_hands_its_partitions_over_at_once() {
     ran_b.lock().unwrap().clear();
     let after: Vec<NewJob> = keys.iter().map(|k| NewJob::new("\"again\"").ordering_key(k.clone())).collect();
     let enqueued = store.job_enqueue(&q, after).await.unwrap();
-    let in_leaving = keys
-        .iter()
-        .zip(&enqueued)
-        .filter(|(k, e)| leaving.contains(&partition_of(Some(k), e.id, PARTITIONS)))
-        .count();
+    let in_leaving =
+        keys.iter().zip(&enqueued).filter(|(k, e)| leaving.contains(&partition_of(Some(k), e.id, PARTITIONS))).count();
     assert!(in_leaving > 0);
     tokio::time::timeout(PROMPTLY, watch_b.wait_for(|held| held.len() == PARTITIONS as usize))
         .await

@@ -156,7 +156,8 @@ async fn three_members_share_the_partitions_without_overlap() {
     stop.notify_waiters();
     let mut reports = Vec::new();
     for handle in [first, second, third] {
-        reports.push(tokio::time::timeout(Duration::from_secs(30), handle).await.expect("a worker did not stop").unwrap());
+        reports
+            .push(tokio::time::timeout(Duration::from_secs(30), handle).await.expect("a worker did not stop").unwrap());
     }
     for (index, report) in reports.iter().enumerate() {
         assert_eq!((report.group_joins, report.group_expired), (1, 0), "worker {index}: {report:?}");
