@@ -62,7 +62,42 @@ pub trait PartitionHooks: Send + Sync + 'static {
     async fn on_revoked(&self, _queue: &QueueName, _partitions: &[u32]) {}
 }
 
-/// How a queue's runner takes part in a consumer group.
+/// How a queue's runner takes part in a consumer group. The queue must be a `per_key` one
+/// (docs/semantics.md, "Consumer groups"); a group the store refuses for good (an unordered
+/// queue, another group already consuming it) is logged and the queue is not worked, while a
+/// store that cannot serve or a queue not created yet is retried with backoff.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use onceq_core::QueueName;
+/// use onceq_sqlite::{SqliteOptions, SqliteStore};
+/// use onceq_worker::{GroupOptions, JobContext, Outcome, PartitionHooks, QueueOptions, Worker};
+///
+/// struct Totals;
+///
+/// #[async_trait::async_trait]
+/// impl PartitionHooks for Totals {
+///     async fn on_assigned(&self, _queue: &QueueName, partitions: &[u32]) {
+///         println!("load the running totals of partitions {partitions:?}");
+///     }
+///     async fn on_revoked(&self, _queue: &QueueName, partitions: &[u32]) {
+///         println!("flush the running totals of partitions {partitions:?}");
+///     }
+/// }
+///
+/// # async fn demo() -> onceq_core::Result<()> {
+/// let store = Arc::new(SqliteStore::open(SqliteOptions::new("./onceq-data"))?);
+/// let group = GroupOptions::new("ledger-posting").session_timeout(Duration::from_secs(10)).hooks(Totals);
+/// let worker = Worker::builder(store)
+///     .handle_with("ledger", QueueOptions::concurrency(8).group(group), |ctx: JobContext, amount: i64| async move {
+///         println!("post {amount} to account {:?} (partition {:?})", ctx.ordering_key, ctx.partition);
+///         Outcome::Done
+///     })
+///     .build()?;
+/// worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct GroupOptions {
@@ -410,4 +445,39 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
 
 fn interval(view: &MemberView) -> Duration {
     Duration::from_millis(view.heartbeat_interval_ms).max(HEARTBEAT_INTERVAL_MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use onceq_core::ErrorKind;
+
+    #[test]
+    fn options_are_checked_against_their_limits() {
+        let (group, join) = GroupOptions::new("billing").checked("worker-1").unwrap();
+        assert_eq!(group.as_str(), "billing");
+        assert_eq!(join.name.as_deref(), Some("worker-1"), "the member is named after the worker by default");
+        assert_eq!(join.session_timeout_ms, Some(SESSION_TIMEOUT_MS_DEFAULT));
+        let (_, join) = GroupOptions::new("billing")
+            .member_name("host-7")
+            .session_timeout(Duration::from_secs(3))
+            .checked("worker-1")
+            .unwrap();
+        assert_eq!((join.name.as_deref(), join.session_timeout_ms), (Some("host-7"), Some(3_000)));
+
+        let refused = [
+            GroupOptions::new(""),
+            GroupOptions::new("two words"),
+            GroupOptions::new("billing").session_timeout(Duration::from_millis(99)),
+            GroupOptions::new("billing").session_timeout(Duration::from_secs(301)),
+            GroupOptions::new("billing").member_name(""),
+            GroupOptions::new("billing").member_name(&"m".repeat(129)),
+        ];
+        for options in refused {
+            let error = options.checked("worker-1").unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidRequest, "{options:?}: {error}");
+        }
+    }
 }
