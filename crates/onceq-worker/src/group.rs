@@ -6,20 +6,24 @@
 //! the member's partitions and calls the [`PartitionHooks`]:
 //!
 //! - **Gained** partitions: `on_assigned` runs first; only then may jobs of them start.
-//! - **Lost** partitions (listed in `revoking`, or gone): no job of them starts any more (a job
-//!   leased but not started is released), and once every job of them this worker holds is
-//!   settled, `on_revoked` runs. Our settled leases are what let the store hand a partition
-//!   over, so every handler run of a partition here lies between its `on_assigned` and its
-//!   `on_revoked`.
+//! - **Lost** partitions (listed in `revoking`, or gone): no job of them starts any more; once
+//!   no handler of them runs here, `on_revoked` runs, and only then are their jobs settled (the
+//!   finished ones acked, nacked or failed, the ones leased but not started released). A
+//!   partition listed in `revoking` stays ours while we hold a live lease in it, so holding the
+//!   settles back makes `on_revoked` come before the store can hand the partition over. It
+//!   cannot when the store moved it before this worker heard of it (its last lease here was
+//!   settled meanwhile): then `on_revoked` comes late, though still after every handler run of
+//!   it here.
 //! - **Expired** (the store answers a heartbeat with `NotMember`): everything is lost as above,
 //!   then the task joins again as a new member.
 //! - **Shutdown**: once the runner's jobs are all settled, `on_revoked` for what is left, then
 //!   `group_leave`, so that the others get the partitions at once instead of after the session
 //!   timeout.
 //!
-//! Invariant: a job of partition `p` starts only while `p` is in `assigned`; `p` enters
-//! `assigned` after `on_assigned(p)` returned and leaves it before `on_revoked(p)` is called,
-//! which waits until no job of `p` is in flight.
+//! Invariants: a job of partition `p` starts only while `p` is in `assigned`; `p` enters
+//! `assigned` after `on_assigned(p)` returned and leaves it (for `closing`) before
+//! `on_revoked(p)` is called, which waits until no handler of `p` runs here; a job of a
+//! `closing` partition is not settled until `on_revoked(p)` returned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -53,12 +57,14 @@ pub trait PartitionHooks: Send + Sync + 'static {
     /// they were last revoked, and none starts before this returns.
     async fn on_assigned(&self, _queue: &QueueName, _partitions: &[u32]) {}
 
-    /// `partitions` (ascending) are no longer this worker's: every job of them it held is
-    /// settled (acked, nacked, failed or released), and none starts here until they are assigned
-    /// again. The store hands a partition over as soon as this worker's last lease in it is
-    /// settled, which can be before this is called: another member's `on_assigned` for it may
-    /// run first, and state flushed here must tolerate that (fence it with the ordering key's
-    /// job order, or a version).
+    /// `partitions` (ascending) are no longer this worker's: no handler of them runs here, and
+    /// none starts until they are assigned again. The jobs of them this worker still holds
+    /// (finished, or leased and not started) are settled once this returns, so that the store
+    /// cannot hand the partitions to another member before. That holds for every partition
+    /// revoked while this worker held a lease in it; a partition the store moved before this
+    /// worker learned of its revocation (its last lease here was settled meanwhile, or it
+    /// expired) is revoked here late, possibly after another member's `on_assigned` for it.
+    /// State flushed here should tolerate that: fence it with a version, or key it by job.
     async fn on_revoked(&self, _queue: &QueueName, _partitions: &[u32]) {}
 }
 
@@ -182,31 +188,58 @@ pub(crate) struct MemberState {
     closing: BTreeSet<u32>,
     /// Jobs leased and not yet settled, per partition.
     in_flight: BTreeMap<u32, usize>,
+    /// Of those, the jobs whose handler runs or may still start, per partition.
+    running: BTreeMap<u32, usize>,
     /// Heartbeats and joins tried so far: a fetch loop waiting for a fresh view watches it grow.
     views: u64,
 }
 
 impl MemberState {
+    /// Whether no handler of `partition` runs here, nor may start.
     fn idle(&self, partition: u32) -> bool {
-        self.in_flight.get(&partition).copied().unwrap_or(0) == 0
+        !self.running.contains_key(&partition)
     }
 }
 
-/// A job counted in flight in its partition until it is dropped (settled, given back, or lost).
+/// Takes one from `partition`'s count, forgetting counts that reach zero.
+fn decrement(counts: &mut BTreeMap<u32, usize>, partition: u32) {
+    let count = counts.entry(partition).or_default();
+    debug_assert!(*count > 0, "partition {partition} had no job counted");
+    *count = count.saturating_sub(1);
+    if *count == 0 {
+        counts.remove(&partition);
+    }
+}
+
+/// A job counted in flight in its partition until it is dropped (settled, given back, or lost),
+/// and counted running until [`InFlight::ready_to_settle`] or the drop.
 pub(crate) struct InFlight {
     state: Arc<watch::Sender<MemberState>>,
     partition: u32,
+    /// Still counted in `running`.
+    running: bool,
+}
+
+impl InFlight {
+    /// The job's handler has ended, or will not run: waits, if its partition is being revoked,
+    /// until `on_revoked` returned, so that the settle that follows cannot let the partition
+    /// move before. Call it before every settle of the job.
+    pub(crate) async fn ready_to_settle(&mut self) {
+        if std::mem::take(&mut self.running) {
+            self.state.send_modify(|s| decrement(&mut s.running, self.partition));
+        }
+        let mut watch = self.state.subscribe();
+        let _ = watch.wait_for(|s| !s.closing.contains(&self.partition)).await;
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.send_modify(|s| {
-            let count = s.in_flight.entry(self.partition).or_default();
-            debug_assert!(*count > 0, "partition {} had no job in flight", self.partition);
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                s.in_flight.remove(&self.partition);
+            if self.running {
+                decrement(&mut s.running, self.partition);
             }
+            decrement(&mut s.in_flight, self.partition);
         });
     }
 }
@@ -256,8 +289,11 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
     /// that a revocation waits for it.
     pub(crate) fn admit(&self, partition: Option<u32>) -> Option<InFlight> {
         let partition = partition?;
-        self.state.send_modify(|s| *s.in_flight.entry(partition).or_default() += 1);
-        Some(InFlight { state: self.state.clone(), partition })
+        self.state.send_modify(|s| {
+            *s.in_flight.entry(partition).or_default() += 1;
+            *s.running.entry(partition).or_default() += 1;
+        });
+        Some(InFlight { state: self.state.clone(), partition, running: true })
     }
 
     /// Whether a job of `partition` may start now.
@@ -390,8 +426,8 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
         self.state.send_modify(|s| s.assigned.extend(gained.iter().copied()));
     }
 
-    /// Completes with the closing partitions none of whose jobs is in flight any more, once
-    /// there are some.
+    /// Completes with the closing partitions where no handler runs any more, once there are
+    /// some.
     async fn settled_closing(&self) -> Vec<u32> {
         let mut watch = self.state.subscribe();
         let settled = match watch.wait_for(|s| s.closing.iter().any(|p| s.idle(*p))).await {
@@ -405,7 +441,8 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
         }
     }
 
-    /// Calls `on_revoked` for settled closing partitions and forgets them.
+    /// Calls `on_revoked` for closing partitions where no handler runs, then lets their jobs
+    /// settle.
     async fn revoke(&self, partitions: Vec<u32>) {
         debug_assert!(partitions.iter().all(|p| self.state.borrow().idle(*p)));
         if partitions.is_empty() {
@@ -425,9 +462,10 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
         });
     }
 
-    /// Gives up every partition: no job starts any more, those in flight finish or are
-    /// released, then `on_revoked` for all; the member id is forgotten (the fetch loop waits
-    /// for the next). Heartbeats are not needed meanwhile: the member is gone or leaving.
+    /// Gives up every partition: no job starts any more, running handlers finish, then
+    /// `on_revoked` for all, then every job is settled (finished ones, or released); the member
+    /// id is forgotten (the fetch loop waits for the next). Heartbeats are not needed meanwhile:
+    /// the member is gone or leaving.
     async fn lose_all(&self) {
         self.state.send_modify(|s| {
             s.member = None;
@@ -436,10 +474,12 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
             s.views += 1;
         });
         let mut watch = self.state.subscribe();
-        let _ = watch.wait_for(|s| s.in_flight.is_empty()).await;
+        let _ = watch.wait_for(|s| s.running.is_empty()).await;
         let closing: Vec<u32> = self.state.borrow().closing.iter().copied().collect();
         self.revoke(closing).await;
         debug_assert!(self.state.borrow().assigned.is_empty() && self.state.borrow().closing.is_empty());
+        // A new member starts with none of the old one's leases left.
+        let _ = watch.wait_for(|s| s.in_flight.is_empty()).await;
     }
 }
 

@@ -235,10 +235,7 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                     for (job, permit) in leased.into_iter().zip(permits) {
                         let this = self.clone();
                         let counted = in_flight.next().flatten();
-                        jobs.spawn(async move {
-                            this.run_job(job, permit).await;
-                            drop(counted);
-                        });
+                        jobs.spawn(async move { this.run_job(job, permit, counted).await });
                     }
                 }
                 Err(Error::NotMember(_)) if self.membership.is_some() => {
@@ -279,10 +276,14 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         }
     }
 
-    async fn run_job(&self, job: LeasedJob, _slot: OwnedSemaphorePermit) {
+    /// Runs one job and settles it. `counted` is its place among the jobs in flight of its
+    /// group partition (queues worked in a group): dropped when the job is settled, and waited
+    /// on before each settle while the partition is being revoked.
+    async fn run_job(&self, job: LeasedJob, _slot: OwnedSemaphorePermit, mut counted: Option<InFlight>) {
         self.shared.count(|r| r.leased += 1);
         let revoked = self.membership.as_ref().is_some_and(|m| !m.may_start(job.partition));
         if self.shared.stop.is_cancelled() || revoked {
+            ready_to_settle(&mut counted).await;
             self.give_back(&job, None).await;
             return;
         }
@@ -295,16 +296,19 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                 Ok(Decision::Run(claim)) => guard = Some((gate, claims, claim)),
                 Ok(Decision::AlreadyDone) => {
                     self.shared.count(|r| r.duplicates_skipped += 1);
+                    ready_to_settle(&mut counted).await;
                     self.ack(&job).await;
                     return;
                 }
                 Ok(Decision::Defer { after }) => {
                     self.shared.count(|r| r.deferred += 1);
+                    ready_to_settle(&mut counted).await;
                     self.give_back(&job, Some(after)).await;
                     return;
                 }
                 Err(error) => {
                     tracing::warn!(%error, job = %job.id, "could not begin the job's idempotency key");
+                    ready_to_settle(&mut counted).await;
                     self.settle(&job, End::Outcome(crate::gate::begin_failed(&error))).await;
                     return;
                 }
@@ -357,6 +361,8 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                 _ => gate.release(&mut claims, &claim).await,
             }
         }
+        // The heartbeat goes on while a revocation of the job's partition holds the settle back.
+        ready_to_settle(&mut counted).await;
         heartbeat.abort();
         let lease_lost = lost.load(Ordering::Acquire);
         // A handler's own ack was fenced by the lease token and succeeded, so it stands even when
@@ -473,6 +479,13 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => self.shared.count(|r| r.lease_lost += 1),
             Err(error) => tracing::warn!(%error, job = %job.id, "settling failed; the lease will redeliver the job"),
         }
+    }
+}
+
+/// Waits, for a job of a group partition being revoked, until its settle may go ahead.
+async fn ready_to_settle(counted: &mut Option<InFlight>) {
+    if let Some(counted) = counted {
+        counted.ready_to_settle().await;
     }
 }
 
