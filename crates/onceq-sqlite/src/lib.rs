@@ -14,14 +14,16 @@
 //!   - `writer::due`: what the clock made due, applied before each group.
 //!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
 //!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::queues`,
-//!     `writer::dead` (redrive, purge) and `writer::idempotency`; and `writer::keys`, each
-//!     ordering key's head in a `per_key` queue and handing the key on, which they call.
+//!     `writer::dead` (redrive, purge), `writer::idempotency` and `writer::groups` (consumer
+//!     groups: each group's state, hand-over, and the lease restricted to a member's
+//!     partitions); and `writer::keys`, each ordering key's head in a `per_key` queue and
+//!     handing the key on, which they call.
 //! - `sync`: the syncer thread, which makes commits durable (one `fdatasync` for every group
 //!   committed since the last) and only then answers them, while the writer goes on.
 //! - `durable`: what the writer, the syncer and readers share about durability: which commits
 //!   are on disk, and whether the store stopped.
 //! - `reader`: read-only queries on separate connections.
-//! - `wait`: leases waiting for jobs, and waking them.
+//! - `wait`: leases (plain and group) waiting for jobs, and waking them.
 //! - this file: [`SqliteStore`], its options, the data-directory lock, and long-poll waiting.
 //!
 //! # Durability
@@ -66,7 +68,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use onceq_core::group::{GroupInfo, GroupName, GroupState, JoinOptions, MemberId, MemberView};
+use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
@@ -80,6 +82,7 @@ use crate::durable::Durable;
 use crate::reader::Readers;
 use crate::schema::state;
 use crate::writer::cache::{QueueEntry, Shared, State};
+use crate::writer::groups::GroupsRead;
 use crate::writer::op::{self, Message};
 
 /// The data file's name inside the data directory.
@@ -292,17 +295,13 @@ impl SqliteStore {
     /// The groups as `group_get` shows them: each partition's load is read on a reader
     /// connection, after the writer committed the groups' states, so that the writer never spends
     /// a pass over a queue's jobs on a read.
-    async fn group_infos(
-        &self,
-        queue_id: i64,
-        groups: Vec<(GroupName, GroupState)>,
-        now: Timestamp,
-    ) -> Result<Vec<GroupInfo>> {
-        if groups.is_empty() {
+    async fn group_infos(&self, read: GroupsRead) -> Result<Vec<GroupInfo>> {
+        if read.groups.is_empty() {
             return Ok(Vec::new());
         }
+        let queue_id = read.queue_id;
         let loads = self.inner.readers.with(move |conn| reader::partition_loads(conn, queue_id)).await?;
-        Ok(groups.iter().map(|(group, state)| state.info(group, &loads, now)).collect())
+        Ok(read.groups.iter().map(|(group, state)| state.info(group, &loads, read.now)).collect())
     }
 
     async fn queue_info(&self, name: QueueName, entry: QueueEntry) -> Result<QueueInfo> {
@@ -405,9 +404,9 @@ impl Store for SqliteStore {
     }
 
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
-        let (name, owned) = (queue.clone(), group.clone());
-        let (queue_id, state, now) = self.call(move |state, conn| state.group_get(conn, &name, &owned)).await?;
-        let mut infos = self.group_infos(queue_id, vec![(group.clone(), state)], now).await?;
+        let (name, group) = (queue.clone(), group.clone());
+        let read = self.call(move |state, conn| state.group_get(conn, &name, &group)).await?;
+        let mut infos = self.group_infos(read).await?;
         infos.pop().ok_or_else(|| Error::Storage("reading a group returned no group".into()))
     }
 
@@ -461,8 +460,8 @@ impl Store for SqliteStore {
 
     async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
         let name = queue.clone();
-        let (queue_id, groups, now) = self.call(move |state, conn| state.group_list(conn, &name)).await?;
-        self.group_infos(queue_id, groups, now).await
+        let read = self.call(move |state, conn| state.group_list(conn, &name)).await?;
+        self.group_infos(read).await
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {

@@ -329,4 +329,61 @@ mod tests {
         let keys: i64 = conn.query_row("SELECT count(*) FROM keys", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys, 0, "an unordered queue keeps no key heads");
     }
+
+    /// A data file written by the version 3 schema opens and migrates to version 4: its
+    /// `per_key` queue's jobs enter the partition index, and a consumer group shares them.
+    #[test]
+    fn a_version_3_file_is_migrated_forward_and_its_per_key_jobs_are_grouped() {
+        use onceq_core::group::{GroupName, JoinOptions};
+        use onceq_core::{LeaseOptions, Ordering, QueueConfig, QueueName, Store};
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(crate::DATA_FILE_NAME);
+        {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap_or_else(|e| panic!("{e}"));
+            }
+            conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 3;"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let config = QueueConfig { ordering: Ordering::PerKey, partitions: 2, ..QueueConfig::default() };
+            let config = serde_json::to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute("INSERT INTO queues (id, name, config, created_at) VALUES (1, 'q', ?1, 0)", [config])
+                .unwrap_or_else(|e| panic!("{e}"));
+            // Two ready heads, one in each partition.
+            conn.execute_batch(
+                "INSERT INTO jobs (id, queue_id, state, priority, run_at, enqueued_at, attempt, max_attempts, payload, \
+                 ordering_key, partition) VALUES (7, 1, 1, 0, 0, 0, 0, 5, x'07', 'a', 0), \
+                 (8, 1, 1, 0, 0, 0, 0, 5, x'08', 'b', 1); \
+                 INSERT INTO keys (queue_id, ordering_key, head_id) VALUES (1, 'a', 7), (1, 'b', 8); \
+                 UPDATE meta SET value = 9 WHERE key = 'next_id';",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(async {
+            let store =
+                crate::SqliteStore::open(crate::SqliteOptions::new(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+            let (q, g) = (
+                QueueName::new("q").unwrap_or_else(|e| panic!("{e}")),
+                GroupName::new("g").unwrap_or_else(|e| panic!("{e}")),
+            );
+            let member = store.group_join(&q, &g, JoinOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(member.partitions, vec![0, 1]);
+            let info = store.group_get(&q, &g).await.unwrap_or_else(|e| panic!("{e}"));
+            let loads: Vec<(u64, u64)> = info.partitions.iter().map(|p| (p.lag, p.ready)).collect();
+            assert_eq!(loads, vec![(1, 1), (1, 1)]);
+            let options = LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 };
+            let leased = store.group_lease(&q, &g, &member.member_id, options).await.unwrap_or_else(|e| panic!("{e}"));
+            let ids: Vec<u64> = leased.iter().map(|j| j.id.get()).collect();
+            assert_eq!(ids, vec![7, 8]);
+            store.close().await;
+        });
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(version, 4);
+        let groups: i64 =
+            conn.query_row("SELECT count(*) FROM groups", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(groups, 1);
+    }
 }

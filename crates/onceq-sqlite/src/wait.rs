@@ -83,10 +83,18 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// One waiting group lease.
+struct GroupWaiter {
+    /// Identifies the registration, so that it can remove itself.
+    id: u64,
+    /// Woken with `notify_one`, which keeps the wake-up if it is not yet waiting.
+    notify: Arc<Notify>,
+}
+
 /// The waiting group leases of every queue.
 #[derive(Default)]
 pub(crate) struct GroupWaiters {
-    queues: Mutex<HashMap<QueueName, Vec<(u64, Arc<Notify>)>>>,
+    queues: Mutex<HashMap<QueueName, Vec<GroupWaiter>>>,
     next_id: AtomicU64,
     /// How many are registered, so the writer skips the bookkeeping when none waits.
     registered: AtomicUsize,
@@ -108,7 +116,7 @@ impl GroupWaiters {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.entry(queue.clone()).or_default().push((id, notify.clone()));
+        queues.entry(queue.clone()).or_default().push(GroupWaiter { id, notify: notify.clone() });
         self.registered.fetch_add(1, Ordering::SeqCst);
         GroupRegistration { waiters: self, queue: queue.clone(), id, notify }
     }
@@ -124,8 +132,8 @@ impl GroupWaiters {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(waiting) = queues.remove(queue) {
             self.registered.fetch_sub(waiting.len(), Ordering::SeqCst);
-            for (_, notify) in waiting {
-                notify.notify_one();
+            for waiter in waiting {
+                waiter.notify.notify_one();
             }
         }
     }
@@ -136,7 +144,7 @@ impl Drop for GroupRegistration<'_> {
         let mut queues = self.waiters.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(waiting) = queues.get_mut(&self.queue) {
             let before = waiting.len();
-            waiting.retain(|(id, _)| *id != self.id);
+            waiting.retain(|w| w.id != self.id);
             self.waiters.registered.fetch_sub(before - waiting.len(), Ordering::SeqCst);
             if waiting.is_empty() {
                 queues.remove(&self.queue);

@@ -46,6 +46,17 @@ pub(crate) struct GroupLeased {
     pub session_ends_at: Timestamp,
 }
 
+/// Groups as `group_get` and `group_list` read them in the writer; the store's entry point adds
+/// each partition's load, read on a reader connection.
+pub(crate) struct GroupsRead {
+    /// The queue's row id.
+    pub queue_id: i64,
+    /// Each group's name and state, by name.
+    pub groups: Vec<(GroupName, GroupState)>,
+    /// The time they were read at.
+    pub now: Timestamp,
+}
+
 /// A group read and readied for an operation, in the writer's transaction.
 struct Opened {
     /// The state as stored; `None` for a group never created.
@@ -112,7 +123,7 @@ impl State {
     }
 
     /// Saves the group if it changed (creating it only when `create`), wakes the queue's waiting
-    /// group leases if it did, and records the metrics of its changes.
+    /// group leases if it did, and records the metrics of its changes; returns its state.
     fn group_close(
         &mut self,
         conn: &Connection,
@@ -122,8 +133,17 @@ impl State {
         opened: Opened,
         create: bool,
     ) -> Result<GroupState> {
-        let changed = opened.stored.as_ref() != Some(&opened.state);
-        if changed && (create || opened.stored.is_some()) {
+        let state = &opened.state;
+        debug_assert!(
+            state.partitions.iter().all(|p| p.target.as_ref().is_none_or(|t| state.members.contains_key(t))),
+            "group {group}: a partition is assigned to a member that is gone"
+        );
+        // A group never created stays so (a read or a refused member's call creates nothing),
+        // and has no metrics: its fitting to the partitions is no rebalance anyone made.
+        if !create && opened.stored.is_none() {
+            return Ok(opened.state);
+        }
+        if opened.stored.as_ref() != Some(&opened.state) {
             let text = serde_json::to_string(&opened.state)
                 .map_err(|e| Error::Storage(format!("encoding group {group}: {e}")))?;
             conn.prepare_cached(
@@ -243,9 +263,17 @@ impl State {
     /// Leases up to `max_jobs` ready jobs of `partitions`, in the queue's lease order.
     ///
     /// One index search per partition, each stopping after `max_jobs` entries, merged here by
-    /// (priority desc, run_at, id); then only the chosen jobs are read whole. A single
-    /// `partition IN (...)` query would have to read every ready job of those partitions and sort
-    /// them (SQLite cannot merge the ordered runs of an IN list), before its LIMIT applies.
+    /// (priority desc, run_at, id); then only the chosen jobs are read whole. So a lease reads at
+    /// most `max_jobs` index entries per owned partition (at most [`LEASE_BATCH_MAX`] ×
+    /// [`PARTITIONS_MAX`]), however many jobs wait. A single `partition IN (...)` query cannot
+    /// have both the partition search and the order from one index (SQLite does not merge the
+    /// ordered runs of an IN list): SQLite plans it as a walk of the whole queue's ready order
+    /// (`jobs_ready`) that skips the jobs of other members' partitions, or else it would read
+    /// every ready job of those partitions and sort them. Either way its work grows with the
+    /// backlog of partitions the member does not lease from, or of those it does.
+    ///
+    /// [`LEASE_BATCH_MAX`]: onceq_core::limits::LEASE_BATCH_MAX
+    /// [`PARTITIONS_MAX`]: onceq_core::limits::PARTITIONS_MAX
     fn group_lease_from(
         &mut self,
         conn: &Connection,
@@ -279,37 +307,32 @@ impl State {
                 rows.push(stmt.query_row([id], ReadyRow::read).map_err(storage("leasing jobs"))?);
             }
         }
-        self.lease_rows(conn, name, options, rows)
+        let jobs = self.lease_rows(conn, name, options, rows)?;
+        debug_assert!(
+            jobs.iter().all(|j| j.partition.is_some_and(|p| partitions.contains(&p))),
+            "a group lease handed out a job of a partition its member may not lease from"
+        );
+        Ok(jobs)
     }
 
-    /// A group as it stands now (a group never created reads as empty, and is not stored), and
-    /// the time it was read at.
-    pub(crate) fn group_get(
-        &mut self,
-        conn: &Connection,
-        name: &QueueName,
-        group: &GroupName,
-    ) -> Result<(i64, GroupState, Timestamp)> {
+    /// A group as it stands now (a group never created reads as empty, and is not stored).
+    pub(crate) fn group_get(&mut self, conn: &Connection, name: &QueueName, group: &GroupName) -> Result<GroupsRead> {
         let queue = self.group_queue(name, false)?;
         let opened = self.group_open(conn, queue, group)?;
         let state = self.group_close(conn, name, queue, group, opened, false)?;
-        Ok((queue.id, state, self.now))
+        Ok(GroupsRead { queue_id: queue.id, groups: vec![(group.clone(), state)], now: self.now })
     }
 
-    /// Every stored group of the queue, by name, as they stand now, and the time they were read at.
-    pub(crate) fn group_list(
-        &mut self,
-        conn: &Connection,
-        name: &QueueName,
-    ) -> Result<(i64, Vec<(GroupName, GroupState)>, Timestamp)> {
+    /// Every stored group of the queue, by name, as they stand now.
+    pub(crate) fn group_list(&mut self, conn: &Connection, name: &QueueName) -> Result<GroupsRead> {
         let queue = self.group_queue(name, false)?;
-        let mut out = Vec::new();
+        let mut groups = Vec::new();
         for group in self.group_names(conn, queue)? {
             let opened = self.group_open(conn, queue, &group)?;
             let state = self.group_close(conn, name, queue, &group, opened, false)?;
-            out.push((group, state));
+            groups.push((group, state));
         }
-        Ok((queue.id, out, self.now))
+        Ok(GroupsRead { queue_id: queue.id, groups, now: self.now })
     }
 }
 
@@ -319,4 +342,103 @@ fn merge(into: &mut Changes, more: Changes) {
     into.moved += more.moved;
     into.idle_ms.extend(more.idle_ms);
     into.expired += more.expired;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use onceq_core::{LeaseOptions, NewJob, Ordering, QueueConfigPatch, QueueName, Store};
+    use rusqlite::{Connection, OpenFlags, StatementStatus};
+
+    use super::{BUSY_SQL, LOAD_SQL, PARTITION_READY_SQL};
+    use crate::writer::jobs::READY_ROW_SQL;
+    use crate::{Durability, SqliteOptions, SqliteStore, DATA_FILE_NAME};
+
+    /// Keys per queue; each key's first job is its head, so about `KEYS / PARTITIONS` ready jobs
+    /// per partition.
+    const KEYS: usize = 4_000;
+    const PARTITIONS: u32 = 16;
+
+    /// A statement's plan (the detail of each line), the rows it returns, and its full-scan steps,
+    /// counted by SQLite.
+    fn cost(conn: &Connection, sql: &str, params: impl rusqlite::Params + Clone) -> (Vec<String>, usize, i32) {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> =
+            explain.query_map(params.clone(), |r| r.get(3)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map(params, |_| Ok(())).unwrap().count();
+        (plan, rows, stmt.get_status(StatementStatus::FullscanStep))
+    }
+
+    /// The group lease reads each owned partition's ready jobs by a search of `jobs_partition`
+    /// that reads the index only and needs no sort, and stops at its limit; the hand-over's
+    /// question (does this partition hold a live lease) is a search of the same index; the
+    /// partition loads of `group_get` are one pass over the queue's entries of it, already in
+    /// partition order; a chosen job is then read by its id. None scans, and the jobs of an
+    /// unordered queue beside it are in none of them.
+    #[test]
+    fn group_queries_search_the_partition_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = SqliteStore::open(SqliteOptions::new(dir.path()).durability(Durability::Relaxed)).unwrap();
+            let (grouped, plain) = (QueueName::new("grouped").unwrap(), QueueName::new("plain").unwrap());
+            let patch = QueueConfigPatch {
+                ordering: Some(Ordering::PerKey),
+                partitions: Some(PARTITIONS),
+                ..QueueConfigPatch::default()
+            };
+            store.queue_upsert(&grouped, patch).await.unwrap();
+            for round in 0..2 {
+                let jobs: Vec<NewJob> = (0..KEYS)
+                    .map(|i| NewJob::new(format!("{round} {i}")).ordering_key(format!("key-{i:05}")))
+                    .collect();
+                for batch in jobs.chunks(onceq_core::limits::ENQUEUE_BATCH_MAX) {
+                    store.job_enqueue(&grouped, batch.to_vec()).await.unwrap();
+                }
+                let plain_jobs: Vec<NewJob> = (0..KEYS).map(|i| NewJob::new(format!("{i}"))).collect();
+                for batch in plain_jobs.chunks(onceq_core::limits::ENQUEUE_BATCH_MAX) {
+                    store.job_enqueue(&plain, batch.to_vec()).await.unwrap();
+                }
+            }
+            let options = LeaseOptions { max_jobs: 100, visibility_timeout_ms: Some(60_000), wait_ms: 0 };
+            assert_eq!(store.job_lease(&grouped, options).await.unwrap().len(), 100);
+            store.close().await;
+        });
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(dir.path().join(DATA_FILE_NAME), flags).unwrap();
+        let queue_id: i64 = conn.query_row("SELECT id FROM queues WHERE name = 'grouped'", [], |r| r.get(0)).unwrap();
+        let indexed: i64 = conn
+            .query_row("SELECT count(*) FROM jobs INDEXED BY jobs_partition WHERE partition IS NOT NULL", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(indexed, 2 * KEYS as i64, "only the per_key queue's jobs are in the partition index");
+
+        let ready = cost(&conn, PARTITION_READY_SQL, (queue_id, 3, 10));
+        let index = "jobs_partition (queue_id=? AND partition=? AND state=?)";
+        assert_eq!(ready, (vec![format!("SEARCH jobs USING COVERING INDEX {index}")], 10, 0));
+
+        let busy = cost(&conn, BUSY_SQL, (queue_id, 3, 0));
+        assert_eq!(busy.0, vec![format!("SEARCH jobs USING INDEX {index}")]);
+        assert_eq!(busy.2, 0);
+        let leased: i64 =
+            conn.query_row("SELECT partition FROM jobs WHERE state = 2 LIMIT 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(cost(&conn, BUSY_SQL, (queue_id, leased, 0)).1, 1, "a leased job makes its partition busy");
+
+        let load = cost(&conn, LOAD_SQL, [queue_id]);
+        assert_eq!(
+            load,
+            (
+                vec!["SEARCH jobs USING COVERING INDEX jobs_partition (queue_id=? AND partition>?)".to_owned()],
+                PARTITIONS as usize,
+                0
+            )
+        );
+
+        let id: i64 = conn.query_row("SELECT id FROM jobs WHERE state = 1 LIMIT 1", [], |r| r.get(0)).unwrap();
+        let row = cost(&conn, READY_ROW_SQL, [id]);
+        assert_eq!(row, (vec!["SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)".to_owned()], 1, 0));
+    }
 }

@@ -82,6 +82,10 @@ impl State {
         self.dirty.remove(&id);
         self.woken.remove(&id);
         self.deleted.push(name.clone());
+        self.groups_woken.remove(&id);
+        // Its groups are gone: waiting group leases look again (and learn the queue is gone).
+        // They reach the writer after this transaction, which is already running.
+        self.shared.group_waiters.wake_all(name);
         Ok(())
     }
 }
