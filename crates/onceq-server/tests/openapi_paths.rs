@@ -53,6 +53,11 @@ async fn the_openapi_document_lists_every_path_of_the_contract() {
         ("get", "/v1/queues/{queue}/dead"),
         ("post", "/v1/queues/{queue}/dead/redrive"),
         ("delete", "/v1/queues/{queue}/dead"),
+        ("get", "/v1/queues/{queue}/groups"),
+        ("get", "/v1/queues/{queue}/groups/{group}"),
+        ("post", "/v1/queues/{queue}/groups/{group}/members"),
+        ("post", "/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat"),
+        ("delete", "/v1/queues/{queue}/groups/{group}/members/{member_id}"),
         ("post", "/v1/idempotency/{key}/begin"),
         ("post", "/v1/idempotency/{key}/complete"),
         ("post", "/v1/idempotency/{key}/release"),
@@ -67,7 +72,12 @@ async fn the_openapi_document_lists_every_path_of_the_contract() {
     assert!(missing.is_empty(), "docs/api.md paths missing from /openapi.json: {missing:?}");
     // Every listed path is routed: the answer is never the router's own 404 (no such path) or 405.
     for (method, path) in &listed {
-        let concrete = path.replace("{queue}", "openapi-probe").replace("{id}", "1").replace("{key}", "k");
+        let concrete = path
+            .replace("{queue}", "openapi-probe")
+            .replace("{id}", "1")
+            .replace("{key}", "k")
+            .replace("{group}", "g")
+            .replace("{member_id}", "0123456789abcdef0123456789abcdef");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let reply = api.send(method.clone(), &concrete, Some(b"{}".to_vec()), &[]).await;
         let unrouted = reply.status == 405 || (reply.status == 404 && reply.text.contains("no endpoint"));

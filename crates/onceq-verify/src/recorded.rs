@@ -340,7 +340,6 @@ impl Store for RecordedStore {
     }
 
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
-    async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         let store = self.ctx.target().clone();
         self.forward(
             nacks,
