@@ -1,6 +1,6 @@
 //! A worker whose group member expires joins again and carries on. The store's heartbeats are
 //! held back (a store wrapper delays `group_heartbeat` while told to, as a network partition
-//! would) past the 300 ms session timeout, so the group really expires the member: the worker's
+//! would) past the 500 ms session timeout, so the group really expires the member: the worker's
 //! leases get `NotMember`, it stops starting jobs, and once a heartbeat gets through and is
 //! refused it revokes every partition, joins again as a new member, gets them back and runs
 //! the remaining jobs: each once, each key in order.
@@ -25,7 +25,7 @@ const PARTITIONS: u32 = 8;
 const KEYS: usize = 16;
 const JOBS_PER_KEY: usize = 20;
 const JOBS: usize = KEYS * JOBS_PER_KEY;
-const SESSION_TIMEOUT: Duration = Duration::from_millis(300);
+const SESSION_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The embedded store, with `group_heartbeat` held back while `hold` is true.
 struct HeldHeartbeats {

@@ -79,7 +79,7 @@ fn worker(
 ) -> Worker<SqliteStore> {
     let group = GroupOptions::new("billing")
         .member_name(&format!("worker-{index}"))
-        .session_timeout(Duration::from_millis(450))
+        .session_timeout(Duration::from_millis(600))
         .hooks(Recorder { worker: index, log: log.clone() });
     let options = QueueOptions::concurrency(4).poll_wait(Duration::from_millis(200)).group(group);
     let mut worker_options = WorkerOptions::default();
@@ -91,7 +91,7 @@ fn worker(
             async move {
                 let start = Instant::now();
                 // The jobs running when the third worker joins outlast a heartbeat interval
-                // (150 ms), so that revocations find jobs of the partition still running here
+                // (200 ms), so that revocations find jobs of the partition still running here
                 // and must wait for them.
                 let ms = if (4..6).contains(&seq) { 300 } else { 15 };
                 tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -46,7 +46,7 @@ fn worker(
     runs: Arc<Mutex<Vec<Run>>>,
     gate: watch::Receiver<bool>,
 ) -> Worker<SqliteStore> {
-    let group = GroupOptions::new("g").session_timeout(Duration::from_millis(300)).hooks(Recorder(name, hooks));
+    let group = GroupOptions::new("g").session_timeout(Duration::from_millis(600)).hooks(Recorder(name, hooks));
     let options = QueueOptions::concurrency(4).poll_wait(Duration::from_millis(100)).group(group);
     Worker::builder(store)
         .handle_with("q", options, move |ctx: JobContext, _: String| {
@@ -107,8 +107,8 @@ async fn on_revoked_returns_before_the_partition_moves() {
     };
     // A second job of the moving partition, for B to run once it gets it.
     store.job_enqueue(&q, vec![NewJob::new("\"2\"").ordering_key(keys[moving as usize].clone())]).await.unwrap();
-    // A heartbeats every 100 ms: it learns of the revocation, then the jobs are let go.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A heartbeats every 200 ms: it learns of the revocation, then the jobs are let go.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     gate.send_replace(true);
     let deadline = Instant::now() + Duration::from_secs(10);
     while runs.lock().unwrap().len() < 3 {
