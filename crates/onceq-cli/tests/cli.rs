@@ -8,7 +8,9 @@
 //! `queue pause|resume|list|delete`. The JSON output is checked field by field against what the
 //! commands did; the tables by their rows. Then the failures: an unknown queue and a lost lease
 //! exit 1 with a message, bad flags and input exit 2, and a server that is not there exits 3.
-//! And ordering per key: the queue flags, the enqueue key, and what the views show of both.
+//! And ordering per key: the queue flags, the enqueue key, and what the views show of both; and
+//! consumer groups: `group list` and `group describe` of members joined over HTTP, and their
+//! failures (an unknown queue, an unordered one, a bad group name).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -444,4 +446,130 @@ fn a_closed_standard_output_ends_a_command_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+/// One HTTP call to the server (what a worker does; the CLI only reads groups): the status, the
+/// `Location` header and the JSON body (`null` when empty).
+fn http(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Option<String>, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new().request(method, url);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+        (status, location, body)
+    })
+}
+
+/// Consumer groups from the command line: `group list` (a row per group: generation, members,
+/// partitions owned and moving, total lag) and `group describe` (the members with their
+/// partitions and those they are giving up, and each partition's owner, the member it moves to
+/// and its load), in both output formats, for a group whose members joined and leased over HTTP;
+/// an unknown queue and an unordered queue exit 1 saying why; a bad group name exits 2.
+#[test]
+fn consumer_groups_from_the_cli() {
+    let server = Server::start();
+    let url = server.url.as_str();
+    ok(url, &["queue", "set", "orders", "--ordering", "per_key", "--partitions", "4"], None);
+    assert_eq!(
+        ok(url, &["group", "list", "orders"], None),
+        "GROUP  GENERATION  MEMBERS  PARTITIONS  OWNED  MOVING  LAG\n"
+    );
+    assert_eq!(json(url, &["group", "list", "orders"], None), json!({"groups": []}));
+
+    // One job in each partition (keys found by the documented hash).
+    let mut keys = std::collections::BTreeMap::new();
+    for i in 0u64.. {
+        if keys.len() == 4 {
+            break;
+        }
+        let key = format!("key-{i}");
+        keys.entry(onceq_core::ordering::partition_of(Some(&key), onceq_core::JobId::new(1), 4)).or_insert(key);
+    }
+    let lines: String = keys.values().map(|k| format!("{{\"payload\": 1, \"ordering_key\": \"{k}\"}}\n")).collect();
+    ok(url, &["enqueue", "orders"], Some(&lines));
+
+    // A joins and leases a job in every partition; B joins and waits for A's leases.
+    let members = format!("{url}/v1/queues/orders/groups/billing/members");
+    let (status, location, a) =
+        http(reqwest::Method::POST, &members, Some(json!({"name": "worker-a", "session_timeout_ms": 60_000})));
+    assert_eq!(status, 201, "{a}");
+    let a_id = a["member_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, Some(format!("/v1/queues/orders/groups/billing/members/{a_id}")));
+    let lease = json!({"max_jobs": 10, "visibility_timeout_ms": 60_000, "group": "billing", "member_id": a_id});
+    let (status, _, leased) = http(reqwest::Method::POST, &format!("{url}/v1/queues/orders/leases"), Some(lease));
+    assert_eq!((status, leased["jobs"].as_array().unwrap().len()), (200, 4), "{leased}");
+    let (status, _, b) = http(reqwest::Method::POST, &members, Some(json!({})));
+    assert_eq!((status, &b["partitions"]), (201, &json!([])), "{b}");
+    let b_id = b["member_id"].as_str().unwrap().to_owned();
+
+    // list: the JSON is the API's; the table sums it up.
+    let list = json(url, &["group", "list", "orders"], None);
+    let groups = list["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{list}");
+    let group = &groups[0];
+    let generation = group["generation"].as_u64().unwrap();
+    assert_eq!(group["members"].as_array().unwrap().len(), 2, "{list}");
+    let (_, _, api) = http(reqwest::Method::GET, &format!("{url}/v1/queues/orders/groups"), None);
+    assert_eq!(api["groups"][0]["members"], group["members"], "the CLI prints the API's shape");
+    let table = ok(url, &["group", "list", "orders"], None);
+    // Every partition is owned (by A); the two B is to get still hold A's leases, so they move.
+    assert_eq!(row(&table, "billing"), ["billing", &generation.to_string(), "2", "4", "4", "2", "4"], "{table}");
+
+    // describe: the record, the members, the partitions.
+    let described = json(url, &["group", "describe", "orders", "billing"], None);
+    assert_eq!((&described["group"], &described["generation"]), (&json!("billing"), &json!(generation)));
+    assert_eq!(described["members"], group["members"]);
+    let a_view = described["members"].as_array().unwrap().iter().find(|m| m["member_id"] == json!(a_id)).unwrap();
+    let a_revoking: Vec<u64> = a_view["revoking"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    let a_partitions: Vec<u64> = a_view["partitions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    assert_eq!((a_partitions.len(), a_revoking.len()), (2, 2), "{described}");
+    let text = ok(url, &["group", "describe", "orders", "billing"], None);
+    assert_eq!(row(&text, "group"), ["group", "billing"]);
+    assert_eq!(row(&text, "generation"), ["generation", &generation.to_string()]);
+    assert_eq!(row(&text, "members"), ["members", "2"]);
+    // Two partitions each, as ranges: `0-1`, or `0,2` when they are not adjacent.
+    let ranges = |ps: &[u64]| match ps {
+        [a, b] if a + 1 == *b => format!("{a}-{b}"),
+        _ => ps.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+    };
+    let a_row = row(&text, &a_id);
+    assert_eq!(
+        a_row[..5],
+        [a_id.as_str(), "worker-a", &ranges(&a_partitions), &ranges(&a_revoking), "1m00s"],
+        "{text}"
+    );
+    assert_eq!(row(&text, &b_id)[..5], [b_id.as_str(), "-", "-", "-", "10.0s"], "{text}");
+    assert_eq!(row(&text, "PARTITION"), ["PARTITION", "OWNER", "MOVING_TO", "LAG", "READY", "OLDEST_READY"], "{text}");
+    for p in 0..4u64 {
+        let moving_to = if a_revoking.contains(&p) { &b_id[..8] } else { "-" };
+        assert_eq!(row(&text, &p.to_string()), [&p.to_string(), &a_id[..8], moving_to, "1", "0", "-"], "{text}");
+    }
+
+    // Failures: an unknown queue, an unordered queue (1); a bad group name (2).
+    let unknown = onceq(url, &["group", "list", "nosuch"], None);
+    assert_eq!((unknown.code, unknown.stderr.as_str()), (1, "onceq: queue 'nosuch' not found\n"));
+    let unknown = onceq(url, &["group", "describe", "nosuch", "billing"], None);
+    assert_eq!((unknown.code, unknown.stderr.as_str()), (1, "onceq: queue 'nosuch' not found\n"));
+    ok(url, &["queue", "set", "plain"], None);
+    for args in [&["group", "list", "plain"][..], &["group", "describe", "plain", "billing"]] {
+        let unordered = onceq(url, args, None);
+        assert_eq!((unordered.code, unordered.stdout.as_str()), (1, ""), "{unordered:?}");
+        assert!(
+            unordered.stderr.starts_with("onceq: queue plain is not per_key, so it has no consumer groups"),
+            "{unordered:?}"
+        );
+    }
+    for args in [&["group", "describe", "orders", "bad name"][..], &["group", "list"], &["group", "frobnicate"]] {
+        let bad = onceq(url, args, None);
+        assert_eq!(bad.code, 2, "{args:?}: {bad:?}");
+        assert!(bad.stderr.starts_with("error: "), "{args:?}: {bad:?}");
+    }
+    let bad = onceq(url, &["group", "describe", "orders", "bad name"], None);
+    assert!(bad.stderr.contains("contains ' '; only [A-Za-z0-9._-] is allowed"), "{bad:?}");
 }
