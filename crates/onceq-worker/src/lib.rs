@@ -10,6 +10,10 @@
 //!   around handlers.
 //! - `runner`: one queue's fetch loop and job tasks: prefetched batches, per-queue concurrency,
 //!   heartbeats that extend the lease, a hard deadline, panics caught as retries.
+//! - `group`: a queue worked as a member of a consumer group ([`GroupOptions`]): joining,
+//!   heartbeats on their own task, leasing only from the member's partitions, and the
+//!   [`PartitionHooks`] called when partitions are assigned and revoked (a revocation waits for
+//!   the partition's jobs in flight here to settle); leaving on shutdown.
 //! - `acker`: acks batched across jobs, each job acked at most once.
 //! - `report`: [`WorkerReport`], and the state the runners of one worker share.
 //! - `gate`: the effectively-once gate over an [`IdempotencyStore`](onceq_core::IdempotencyStore):
@@ -48,12 +52,14 @@
 
 mod acker;
 pub mod gate;
+mod group;
 mod handler;
 mod report;
 mod runner;
 mod worker;
 
 pub use gate::EffectivelyOnce;
+pub use group::{GroupOptions, PartitionHooks};
 pub use handler::{JobContext, Middleware, Outcome, OutcomeFuture};
 pub use report::WorkerReport;
 pub use runner::QueueOptions;

@@ -33,6 +33,11 @@ pub struct WorkerReport {
     /// Jobs given back without counting the attempt (shutdown, deferral, store down, a
     /// handler's `Release`).
     pub released: u64,
+    /// Consumer group joins, rejoins after an expiry included.
+    pub group_joins: u64,
+    /// Times a consumer group expired this worker's member (it missed heartbeats for its
+    /// session timeout) and the worker joined again.
+    pub group_expired: u64,
 }
 
 /// What the runners share.

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acker::AckRequest;
 use crate::gate::{claim_owner, Claim, Decision, EffectivelyOnce, Gate};
+use crate::group::{GroupOptions, InFlight, Membership};
 use crate::handler::{ErasedHandler, JobContext, Outcome};
 use crate::report::Shared;
 use onceq_core::metrics::HANDLER_DURATION;
@@ -47,6 +48,10 @@ pub struct QueueOptions {
     pub poll_wait: Duration,
     /// Guard the handler's effect with an idempotency store (effectively-once).
     pub effectively_once: Option<EffectivelyOnce>,
+    /// Work the queue (a `per_key` one) as a member of this consumer group: lease only from the
+    /// partitions the group gives this worker, heartbeat the membership, call the partition
+    /// hooks, leave on shutdown (see [`GroupOptions`]). Default: none, every partition is leased.
+    pub group: Option<GroupOptions>,
 }
 
 impl Default for QueueOptions {
@@ -60,6 +65,7 @@ impl Default for QueueOptions {
             deadline_grace: Duration::from_secs(1),
             poll_wait: Duration::from_secs(5),
             effectively_once: None,
+            group: None,
         }
     }
 }
@@ -78,6 +84,12 @@ impl QueueOptions {
     /// Guards the handler with an idempotency store.
     pub fn effectively_once(mut self, guard: EffectivelyOnce) -> Self {
         self.effectively_once = Some(guard);
+        self
+    }
+
+    /// Works the queue as a member of a consumer group.
+    pub fn group(mut self, group: GroupOptions) -> Self {
+        self.group = Some(group);
         self
     }
 
@@ -142,6 +154,8 @@ pub(crate) struct Runner<S: ?Sized> {
     pub gate: Option<Gate>,
     pub handler: ErasedHandler,
     pub shared: Arc<Shared>,
+    /// The queue's membership in its consumer group, if `options.group` names one.
+    pub membership: Option<Arc<Membership<S>>>,
 }
 
 impl<S: Store + ?Sized + 'static> Runner<S> {
@@ -151,8 +165,18 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut backoff = ERROR_BACKOFF_MIN;
         let stop = self.shared.stop.clone();
+        // Fires once every job of this runner is settled: the membership may then leave.
+        let drained = CancellationToken::new();
+        let membership = self.membership.clone().map(|m| tokio::spawn(m.run(drained.clone())));
         loop {
             while jobs.try_join_next().is_some() {}
+            let member = match &self.membership {
+                Some(membership) => match membership.member(&stop).await {
+                    Some(member) => Some(member),
+                    None => break,
+                },
+                None => None,
+            };
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                 () = stop.cancelled() => break,
@@ -170,7 +194,14 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                 wait_ms: millis(self.options.poll_wait),
             };
             let this = self.clone();
-            let mut lease = Box::pin(async move { this.store.job_lease(&this.queue, options).await });
+            let mut lease = Box::pin(async move {
+                match (&this.membership, member) {
+                    (Some(membership), Some(member)) => {
+                        this.store.group_lease(&this.queue, membership.group(), &member, options).await
+                    }
+                    _ => this.store.job_lease(&this.queue, options).await,
+                }
+            });
             let leased = tokio::select! {
                 leased = &mut lease => leased,
                 () = stop.cancelled() => {
@@ -188,9 +219,30 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             match leased {
                 Ok(leased) => {
                     backoff = ERROR_BACKOFF_MIN;
+                    // Counted in flight at once, so that a revocation waits for them.
+                    let in_flight: Vec<Option<InFlight>> = match &self.membership {
+                        Some(membership) => leased.iter().map(|job| membership.admit(job.partition)).collect(),
+                        None => Vec::new(),
+                    };
+                    if let Some(membership) = &self.membership {
+                        // `group_lease` hands over partitions too: a job may come from one whose
+                        // `on_assigned` has not run yet. A heartbeat now learns of it.
+                        if !membership.knows(leased.iter().map(|job| job.partition)) {
+                            membership.refresh(&stop).await;
+                        }
+                    }
+                    let mut in_flight = in_flight.into_iter();
                     for (job, permit) in leased.into_iter().zip(permits) {
                         let this = self.clone();
-                        jobs.spawn(async move { this.run_job(job, permit).await });
+                        let counted = in_flight.next().flatten();
+                        jobs.spawn(async move { this.run_job(job, permit, counted).await });
+                    }
+                }
+                Err(Error::NotMember(_)) if self.membership.is_some() => {
+                    // Expired: the membership task learns it too and joins again.
+                    drop(permits);
+                    if let Some(membership) = &self.membership {
+                        membership.refresh(&stop).await;
                     }
                 }
                 Err(error) => {
@@ -205,6 +257,12 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             }
         }
         while jobs.join_next().await.is_some() {}
+        drained.cancel();
+        if let Some(membership) = membership {
+            if let Err(error) = membership.await {
+                tracing::error!(%error, queue = %self.queue, "the group membership task failed");
+            }
+        }
     }
 
     /// Releases a job without counting the attempt (shutdown, deferral, store down).
@@ -218,9 +276,14 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         }
     }
 
-    async fn run_job(&self, job: LeasedJob, _slot: OwnedSemaphorePermit) {
+    /// Runs one job and settles it. `counted` is its place among the jobs in flight of its
+    /// group partition (queues worked in a group): dropped when the job is settled, and waited
+    /// on before each settle while the partition is being revoked.
+    async fn run_job(&self, job: LeasedJob, _slot: OwnedSemaphorePermit, mut counted: Option<InFlight>) {
         self.shared.count(|r| r.leased += 1);
-        if self.shared.stop.is_cancelled() {
+        let revoked = self.membership.as_ref().is_some_and(|m| !m.may_start(job.partition));
+        if self.shared.stop.is_cancelled() || revoked {
+            ready_to_settle(&mut counted).await;
             self.give_back(&job, None).await;
             return;
         }
@@ -233,16 +296,19 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                 Ok(Decision::Run(claim)) => guard = Some((gate, claims, claim)),
                 Ok(Decision::AlreadyDone) => {
                     self.shared.count(|r| r.duplicates_skipped += 1);
+                    ready_to_settle(&mut counted).await;
                     self.ack(&job).await;
                     return;
                 }
                 Ok(Decision::Defer { after }) => {
                     self.shared.count(|r| r.deferred += 1);
+                    ready_to_settle(&mut counted).await;
                     self.give_back(&job, Some(after)).await;
                     return;
                 }
                 Err(error) => {
                     tracing::warn!(%error, job = %job.id, "could not begin the job's idempotency key");
+                    ready_to_settle(&mut counted).await;
                     self.settle(&job, End::Outcome(crate::gate::begin_failed(&error))).await;
                     return;
                 }
@@ -295,6 +361,8 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                 _ => gate.release(&mut claims, &claim).await,
             }
         }
+        // The heartbeat goes on while a revocation of the job's partition holds the settle back.
+        ready_to_settle(&mut counted).await;
         heartbeat.abort();
         let lease_lost = lost.load(Ordering::Acquire);
         // A handler's own ack was fenced by the lease token and succeeded, so it stands even when
@@ -411,6 +479,13 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => self.shared.count(|r| r.lease_lost += 1),
             Err(error) => tracing::warn!(%error, job = %job.id, "settling failed; the lease will redeliver the job"),
         }
+    }
+}
+
+/// Waits, for a job of a group partition being revoked, until its settle may go ahead.
+async fn ready_to_settle(counted: &mut Option<InFlight>) {
+    if let Some(counted) = counted {
+        counted.ready_to_settle().await;
     }
 }
 

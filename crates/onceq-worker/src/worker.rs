@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use onceq_core::group::{GroupName, JoinOptions};
 use onceq_core::{Error, QueueName, Result, Store};
 use rand::RngCore;
 use serde::de::DeserializeOwned;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::{EffectivelyOnce, Gate};
+use crate::group::Membership;
 use crate::handler::{erase, wrap, ErasedHandler, JobContext, Middleware, Outcome, OutcomeFuture};
 use crate::report::{Shared, WorkerReport};
 use crate::runner::{QueueOptions, Runner};
@@ -87,7 +89,10 @@ impl<S: Store + ?Sized + 'static> WorkerBuilder<S> {
         self.handle_with(queue, QueueOptions::default(), handler)
     }
 
-    /// Runs `handler` for the jobs of `queue`, with these options.
+    /// Runs `handler` for the jobs of `queue`, with these options. With
+    /// [`QueueOptions::group`], the queue is worked as a member of a consumer group: see
+    /// [`GroupOptions`](crate::GroupOptions) for the session, the heartbeats and the
+    /// [`PartitionHooks`](crate::PartitionHooks) called as partitions come and go.
     pub fn handle_with<T, F, Fut>(mut self, queue: &str, options: QueueOptions, handler: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
@@ -136,7 +141,8 @@ impl<S: Store + ?Sized + 'static> WorkerBuilder<S> {
             }
             // Made once per queue, not per job.
             let gate = options.effectively_once.as_ref().map(EffectivelyOnce::gate).transpose()?;
-            queues.push(Queue { name: queue, options, gate, handler });
+            let group = options.group.as_ref().map(|g| g.checked(&self.options.worker_id)).transpose()?;
+            queues.push(Queue { name: queue, options, gate, group, handler });
         }
         Ok(Worker { store: self.store, options: self.options, queues })
     }
@@ -148,6 +154,8 @@ struct Queue {
     options: QueueOptions,
     /// The effectively-once gate of `options.effectively_once`, if any.
     gate: Option<Gate>,
+    /// The checked group name and join options of `options.group`, if any.
+    group: Option<(GroupName, JoinOptions)>,
     handler: ErasedHandler,
 }
 
@@ -172,7 +180,8 @@ impl<S: Store + ?Sized + 'static> Worker<S> {
 
     /// Works until `shutdown` completes, then shuts down gracefully: stops leasing, lets running
     /// jobs finish within the grace period, cancels the rest and releases their jobs for
-    /// immediate redelivery, flushes the acks. Returns what it did.
+    /// immediate redelivery, flushes the acks; a queue worked in a consumer group then revokes
+    /// its partitions and leaves the group. Returns what it did.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
         let (acks, inbox) = mpsc::channel(ACK_QUEUE_MAX);
         let acker = tokio::spawn(crate::acker::run(
@@ -189,7 +198,11 @@ impl<S: Store + ?Sized + 'static> Worker<S> {
             report: Mutex::new(WorkerReport::default()),
         });
         let mut runners = tokio::task::JoinSet::new();
-        for Queue { name, options, gate, handler } in self.queues {
+        for Queue { name, options, gate, group, handler } in self.queues {
+            let membership = group.map(|(group, join)| {
+                let hooks = options.group.as_ref().and_then(|g| g.hooks.clone());
+                Arc::new(Membership::new(self.store.clone(), name.clone(), group, join, hooks, shared.clone()))
+            });
             let runner = Arc::new(Runner {
                 store: self.store.clone(),
                 queue: name,
@@ -197,6 +210,7 @@ impl<S: Store + ?Sized + 'static> Worker<S> {
                 gate,
                 handler,
                 shared: shared.clone(),
+                membership,
             });
             runners.spawn(runner.run());
         }
