@@ -76,7 +76,7 @@ pub use options::{BenchArgs, DurabilityChoice, Scenario};
 
 use options::{payload, rounds, Selection, BATCH};
 use report::{emit, millis, progress, rate_target, target_line, thousands};
-use scenarios::{Keys, Run};
+use scenarios::{Keys, Run, Shape};
 use turns::{jobs_per_s, median, rounds_of};
 
 /// One durability level under test, with what it means for the store and for the floor.
@@ -149,9 +149,9 @@ const EMBEDDED_SCENARIOS: [Scenario; 9] = [
 ];
 
 /// Keys of the ordered end-to-end scenario.
-const ORDERED_KEYS: u64 = 10_000;
+pub(crate) const ORDERED_KEYS: u64 = 10_000;
 /// Keys of the ordered lease scenarios: the big backlog waits behind this many heads.
-const ORDERED_BACKLOG_KEYS: u64 = 100_000;
+pub(crate) const ORDERED_BACKLOG_KEYS: u64 = 100_000;
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
 const SINGLE_TASKS: u64 = 64;
@@ -378,7 +378,14 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, n, BATCH, producers, workers, Keys::None).await
+                        scenarios::end_to_end(
+                            &store,
+                            &queue,
+                            &payload,
+                            n,
+                            Shape { per_call: BATCH, producers, workers, keys: Keys::None },
+                        )
+                        .await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, BATCH)),
@@ -399,7 +406,14 @@ impl Bench<'_> {
                 self.plan.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, n, 1, SINGLE_TASKS, SINGLE_TASKS, Keys::None).await
+                        scenarios::end_to_end(
+                            &store,
+                            &queue,
+                            &payload,
+                            n,
+                            Shape { per_call: 1, producers: SINGLE_TASKS, workers: SINGLE_TASKS, keys: Keys::None },
+                        )
+                        .await
                     })
                 },
                 || self.floor(n, |conn, payload| floor::end_to_end(conn, payload, n, SINGLE_TASKS)),
@@ -482,11 +496,21 @@ impl Bench<'_> {
             let (producers, workers) = (scenarios::END_TO_END_BATCHED_PRODUCERS, scenarios::END_TO_END_BATCHED_WORKERS);
             let e2e = |keys: Keys| {
                 self.store(move |store, queue, payload| async move {
-                    scenarios::end_to_end(&store, &queue, &payload, n, BATCH, producers, workers, keys).await
+                    scenarios::end_to_end(
+                        &store,
+                        &queue,
+                        &payload,
+                        n,
+                        Shape { per_call: BATCH, producers, workers, keys },
+                    )
+                    .await
                 })
             };
-            let (run, unordered, ratios) =
-                rounds_of(self.plan.rounds, || e2e(Keys::Spread(ORDERED_KEYS)), || e2e(Keys::None).map(|r| jobs_per_s(&r)))?;
+            let (run, unordered, ratios) = rounds_of(
+                self.plan.rounds,
+                || e2e(Keys::Spread(ORDERED_KEYS)),
+                || e2e(Keys::None).map(|r| jobs_per_s(&r)),
+            )?;
             let row = Row {
                 scenario: format!("end-to-end {BATCH}/call, per_key, {} keys", thousands(ORDERED_KEYS as f64)),
                 run,

@@ -520,9 +520,9 @@ pub fn check(history: &History) -> Report {
         }
     }
 
-    let ordered = history.ordered_keys.map(|keys| {
-        order_figures(history.mode, keys, &deliveries, &settles, &settle_lease, &dead_jobs(history), &ops)
-    });
+    let ordered = history
+        .ordered_keys
+        .map(|keys| order_figures(history.mode, keys, &deliveries, &settles, &settle_lease, &dead_jobs(history), &ops));
 
     // Values delivered and effected.
     let mut delivered_count: HashMap<u64, u64> = HashMap::new();
@@ -595,8 +595,7 @@ pub fn check(history: &History) -> Report {
         order_violations: ordered.as_ref().map_or(0, |o| o.violations.len() as u64),
         concurrent_key_deliveries: ordered.as_ref().map_or(0, |o| o.concurrent_pairs),
     };
-    let (mut order_jobs, mut concurrent_keys) =
-        ordered.map(|o| (o.violations, o.concurrent_keys)).unwrap_or_default();
+    let (mut order_jobs, mut concurrent_keys) = ordered.map(|o| (o.violations, o.concurrent_keys)).unwrap_or_default();
 
     // The broken promises, in the order of the figures.
     let mode = history.mode.as_str();

@@ -1629,7 +1629,11 @@ fn a_job_handed_out_before_an_earlier_job_of_its_key_left_is_an_order_violation(
     assert_eq!(report.order_violations, 1);
     assert_eq!(report.concurrent_key_deliveries, 1);
     assert!(!report.promise_kept());
-    assert!(report.violations.iter().any(|v| v.contains("enqueue order (Invariant 9)") && v.contains("job id 3")), "{:?}", report.violations);
+    assert!(
+        report.violations.iter().any(|v| v.contains("enqueue order (Invariant 9)") && v.contains("job id 3")),
+        "{:?}",
+        report.violations
+    );
     assert!(Figure::OrderViolations.breaks_promise(&report) && Figure::ConcurrentKeyDeliveries.breaks_promise(&report));
 }
 

@@ -24,7 +24,7 @@ use onceq_core::{Error, QueueName, Store};
 use super::error::BenchError;
 use super::options::{payload, BenchArgs, BATCH};
 use super::report::{emit, millis, progress, rate_target, thousands};
-use super::scenarios::{self, Keys, Run};
+use super::scenarios::{self, Keys, Run, Shape};
 
 /// Tasks of each side in the batched scenarios.
 const BATCHED_TASKS: u64 = 4;
@@ -127,7 +127,14 @@ impl HttpBench {
 
         let run = self
             .scenario(|client, queue, payload| async move {
-                scenarios::end_to_end(&client, &queue, &payload, jobs, BATCH, tasks, tasks, Keys::None).await
+                scenarios::end_to_end(
+                    &client,
+                    &queue,
+                    &payload,
+                    jobs,
+                    Shape { per_call: BATCH, producers: tasks, workers: tasks, keys: Keys::None },
+                )
+                .await
             })
             .await?;
         let batched = Row { scenario: format!("end-to-end {BATCH}/call, {tasks} producers + {tasks} workers"), run };
@@ -135,7 +142,14 @@ impl HttpBench {
 
         let run = self
             .scenario(|client, queue, payload| async move {
-                scenarios::end_to_end(&client, &queue, &payload, jobs, 1, SINGLE_TASKS, SINGLE_TASKS, Keys::None).await
+                scenarios::end_to_end(
+                    &client,
+                    &queue,
+                    &payload,
+                    jobs,
+                    Shape { per_call: 1, producers: SINGLE_TASKS, workers: SINGLE_TASKS, keys: Keys::None },
+                )
+                .await
             })
             .await?;
         let single =

@@ -34,7 +34,8 @@ pub struct BenchArgs {
     /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
     /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched,
     /// lease-ack-backlog, end-to-end-ordered and lease-ack-ordered-backlog; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
-    /// enqueue-concurrent and lease-ack-single.
+    /// enqueue-concurrent, lease-ack-single, end-to-end-ordered and lease-ack-ordered-backlog
+    /// (behind 1,000,000 jobs).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
     pub only: Vec<Scenario>,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases

@@ -42,7 +42,7 @@ use onceq_postgres::{PgOptions, PgStore};
 use super::error::BenchError;
 use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH};
 use super::report::{emit, millis, progress, rate_target, target_line, thousands};
-use super::scenarios::{self, Keys, Run};
+use super::scenarios::{self, Keys, Run, Shape};
 use super::turns::{jobs_per_s, median, rounds_of};
 
 /// Producers, and workers, of the batched scenarios.
@@ -433,12 +433,17 @@ struct PgBench<'a> {
 }
 
 /// The scenarios of the PostgreSQL bench, in the order they run.
-const PG_SCENARIOS: [Scenario; 5] = [
+/// Jobs behind the ordered big-backlog lease scenario of `--store`.
+const ORDERED_BACKLOG: u64 = 1_000_000;
+
+const PG_SCENARIOS: [Scenario; 7] = [
     Scenario::EnqueueBatched,
     Scenario::LeaseAckBatched,
     Scenario::EndToEndBatched,
     Scenario::EnqueueConcurrent,
     Scenario::LeaseAckSingle,
+    Scenario::EndToEndOrdered,
+    Scenario::LeaseAckOrderedBacklog,
 ];
 
 /// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
@@ -563,7 +568,14 @@ impl PgBench<'_> {
                 self.rounds,
                 || {
                     self.store(|store, queue, payload| async move {
-                        scenarios::end_to_end(&store, &queue, &payload, jobs, BATCH, producers, workers, Keys::None).await
+                        scenarios::end_to_end(
+                            &store,
+                            &queue,
+                            &payload,
+                            jobs,
+                            Shape { per_call: BATCH, producers, workers, keys: Keys::None },
+                        )
+                        .await
                     })
                 },
                 || {
@@ -630,6 +642,60 @@ impl PgBench<'_> {
             self.row(&row, &mut rows_done);
         }
 
+        // Ordering per key: the store against itself, ordered against unordered, and a big
+        // ordered backlog against a small one (no pgbench floor: the yardstick is the store).
+        let mut ordered_done: Vec<(String, f64)> = Vec::new();
+        if self.only.runs(Scenario::EndToEndOrdered) {
+            let keys = super::ORDERED_KEYS;
+            let e2e = |keys: Keys| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::end_to_end(
+                        &store,
+                        &queue,
+                        &payload,
+                        jobs,
+                        Shape { per_call: BATCH, producers: batched, workers: batched, keys },
+                    )
+                    .await
+                })
+            };
+            let (run, unordered, ratios) =
+                rounds_of(self.rounds, || e2e(Keys::Spread(keys)), || e2e(Keys::None).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: format!("end-to-end {BATCH}/call, per_key, {} keys", thousands(keys as f64)),
+                run,
+                floor_jobs_per_s: unordered,
+                ratios,
+                floor_what: "the same, unordered queue (the store, not pgbench)".into(),
+            };
+            self.row(&row, &mut ordered_done);
+        }
+        if self.only.runs(Scenario::LeaseAckOrderedBacklog) {
+            let (keys, backlog) = (super::ORDERED_BACKLOG_KEYS, ORDERED_BACKLOG);
+            let leased = jobs.min(keys);
+            let lease = |held: u64| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, held, Keys::Spread(keys)).await?;
+                    analyze(&store).await?;
+                    scenarios::lease_ack(&store, &queue, leased, BATCH, 1).await
+                })
+            };
+            let (run, small, ratios) =
+                rounds_of(self.rounds, || lease(backlog + jobs), || lease(jobs).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: format!("lease+ack {BATCH}/call, per_key, {} jobs", thousands((backlog + jobs) as f64)),
+                run,
+                floor_jobs_per_s: small,
+                ratios,
+                floor_what: format!(
+                    "the same {} keys, {} jobs (the store)",
+                    thousands(keys as f64),
+                    thousands(jobs as f64)
+                ),
+            };
+            self.row(&row, &mut ordered_done);
+        }
+
         let _ = writeln!(out, "targets (issue 5, synchronous_commit={sync}):");
         if let Some(rate) = end_to_end_batched {
             rate_target(&mut out, "end-to-end batched", rate, TARGET_END_TO_END_BATCHED);
@@ -642,6 +708,14 @@ impl PgBench<'_> {
                 &mut out,
                 *ratio >= TARGET_RATIO,
                 format_args!("≥ {:.0}% of the floor: {scenario}: {:.0}%", 100.0 * TARGET_RATIO, 100.0 * ratio),
+            );
+        }
+        for (scenario, ratio) in &ordered_done {
+            let need = if scenario.starts_with("end-to-end") { 0.70 } else { 0.80 };
+            target_line(
+                &mut out,
+                *ratio >= need,
+                format_args!("ordering: ≥ {:.0}% of its yardstick: {scenario}: {:.0}%", 100.0 * need, 100.0 * ratio),
             );
         }
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());

@@ -113,9 +113,7 @@ impl Keys {
 
 /// Jobs numbered `start..start + n`.
 fn batch(payload: &[u8], start: u64, n: u64, keys: Keys) -> Vec<NewJob> {
-    (start..start + n)
-        .map(|i| NewJob { ordering_key: keys.of(i), ..NewJob::new(payload.to_vec()) })
-        .collect()
+    (start..start + n).map(|i| NewJob { ordering_key: keys.of(i), ..NewJob::new(payload.to_vec()) }).collect()
 }
 
 /// Makes `queue` ordered per key when the scenario's jobs carry keys.
@@ -223,6 +221,19 @@ impl Progress {
     }
 }
 
+/// How an end-to-end run is driven.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Jobs per enqueue, lease and ack call.
+    pub per_call: u64,
+    /// Concurrent producers.
+    pub producers: u64,
+    /// Concurrent workers.
+    pub workers: u64,
+    /// The jobs' ordering keys.
+    pub keys: Keys,
+}
+
 /// Enqueue → lease → ack of `jobs` jobs with `producers` producers and `workers` workers running
 /// at once, `per_call` jobs per enqueue, lease and ack call. Time runs until the last ack.
 pub(crate) async fn end_to_end<S: Store + Clone + 'static>(
@@ -230,11 +241,9 @@ pub(crate) async fn end_to_end<S: Store + Clone + 'static>(
     queue: &QueueName,
     payload: &Arc<[u8]>,
     jobs: u64,
-    per_call: u64,
-    producers: u64,
-    workers: u64,
-    keys: Keys,
+    shape: Shape,
 ) -> Result<Run, BenchError> {
+    let Shape { per_call, producers, workers, keys } = shape;
     configure(store, queue, keys).await?;
     let claims = Arc::new(Claims { next: AtomicU64::new(0), total: jobs });
     let progress = Arc::new(Progress { jobs, acked: AtomicU64::new(0), finished_at: Mutex::new(None) });
@@ -419,7 +428,15 @@ mod tests {
     fn end_to_end_acks_every_job_once() {
         with_store(|store, queue| async move {
             let payload: Arc<[u8]> = b"{}".to_vec().into();
-            let run = end_to_end(&store, &queue, &payload, 500, 1, 8, 8, Keys::None).await.unwrap();
+            let run = end_to_end(
+                &store,
+                &queue,
+                &payload,
+                500,
+                Shape { per_call: 1, producers: 8, workers: 8, keys: Keys::None },
+            )
+            .await
+            .unwrap();
             assert_eq!(run.jobs, 500);
             let calls: Vec<(&str, usize)> = run.calls.iter().map(|c| (c.kind, c.latencies.len())).collect();
             assert_eq!(calls, [("enqueue", 500), ("lease", 500), ("ack", 500)]);
@@ -431,7 +448,15 @@ mod tests {
     fn an_ordered_end_to_end_run_acks_every_job_once() {
         with_store(|store, queue| async move {
             let payload: Arc<[u8]> = b"{}".to_vec().into();
-            let run = end_to_end(&store, &queue, &payload, 1_000, 100, 2, 4, Keys::Spread(30)).await.unwrap();
+            let run = end_to_end(
+                &store,
+                &queue,
+                &payload,
+                1_000,
+                Shape { per_call: 100, producers: 2, workers: 4, keys: Keys::Spread(30) },
+            )
+            .await
+            .unwrap();
             assert_eq!(run.jobs, 1_000);
             let info = store.queue_get(&queue).await.unwrap();
             assert_eq!((info.config.ordering, info.stats), (onceq_core::Ordering::PerKey, QueueStats::default()));
