@@ -75,6 +75,11 @@ fn describe() {
         "How long a handed-over partition had no owner that may lease from it."
     );
     describe_gauge!(names::GROUP_MEMBERS, "Members of a consumer group.");
+    describe_gauge!(
+        names::PARTITION_OLDEST_READY_AGE,
+        Unit::Seconds,
+        "Age of the oldest ready job of each partition of a grouped queue."
+    );
 }
 
 /// Prometheus text of every metric, with queue depth, oldest ready age and pause state read at
@@ -108,6 +113,15 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
             for group in groups {
                 let labels = [("queue", name.clone()), ("group", group.group.to_string())];
                 metrics::gauge!(names::GROUP_MEMBERS, &labels).set(group.members.len() as f64);
+                for partition in &group.partitions {
+                    let labels = [
+                        ("queue", name.clone()),
+                        ("group", group.group.to_string()),
+                        ("partition", partition.partition.to_string()),
+                    ];
+                    let age = partition.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
+                    metrics::gauge!(names::PARTITION_OLDEST_READY_AGE, &labels).set(age);
+                }
             }
         }
     }

@@ -352,4 +352,10 @@ async fn openapi_and_metrics_show_groups() {
         "{}",
         reply.text
     );
+    for partition in ["0", "1"] {
+        let gauge = format!(
+            "onceq_partition_oldest_ready_age_seconds{{queue=\"metered-groups\",group=\"g\",partition=\"{partition}\"}} 0"
+        );
+        assert!(reply.text.lines().any(|line| line == gauge), "{gauge} missing:\n{}", reply.text);
+    }
 }
