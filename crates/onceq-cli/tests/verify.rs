@@ -145,7 +145,7 @@ async fn embedded_store_keeps_every_promise_under_all_faults() {
     assert_promises_kept(&output, jobs, None);
 }
 
-/// `--ordered`: per_key queues over 64 keys, every fault on. Each mode keeps its promise and
+/// `--ordered`: per_key queues over 200 keys, every fault on. Each mode keeps its promise and
 /// per-key order (order_violations 0); no two jobs of a key are live at once where the mode
 /// promises it (concurrent_key_deliveries 0 in at_least_once and effectively_once).
 #[tokio::test]
@@ -154,7 +154,7 @@ async fn an_ordered_run_keeps_per_key_order_under_all_faults() {
     let output = verify(&args(&[
         "--ordered",
         "--ordered-keys",
-        "64",
+        "200",
         "--all-faults",
         "--seed",
         "19",

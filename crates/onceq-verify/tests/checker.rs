@@ -1664,15 +1664,16 @@ fn a_dead_job_constrains_nothing_and_at_most_once_may_overlap_a_key() {
     let report = check(&b.done());
     assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 1), "{report:?}");
 
-    // In at_most_once a leased job has left its key: the next may run beside it.
+    // In at_most_once a leased job has left its key: the next may run beside it, and the
+    // overlap is not counted.
     let mut b = Builder::new(AMO).ordered(2);
     b.lease(0, 1, vec![one.clone()]);
     b.lease(2, 3, vec![three.clone()]);
     b.effect(&one, 4);
     b.effect(&three, 5);
     let report = check(&b.done());
-    assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 1));
-    assert!(!Figure::ConcurrentKeyDeliveries.breaks_promise(&report));
+    assert_eq!((report.order_violations, report.concurrent_key_deliveries), (0, 0));
+    assert!(!Figure::ConcurrentKeyDeliveries.forbidden_in(AMO));
     assert!(!report.violations.iter().any(|v| v.contains("Invariant 9")), "{:?}", report.violations);
 }
 
