@@ -69,7 +69,12 @@
 //! A group lease with `wait_ms` waits as `job_lease` does (`LISTEN/NOTIFY` and timers, see
 //! `wait`), and each time it wakes it runs the whole transaction above again: membership and
 //! ownership are checked afresh on every look, so a member that expired while it waited gets
-//! `NotMember`, and a partition handed to it while it waited is leased from.
+//! `NotMember`, and a partition handed to it while it waited is leased from. It wakes when jobs
+//! of the queue become ready (in any partition), when the queue's next lease expires, and at
+//! least every few seconds (`wait`); an ack that ends the old owner's last lease in a partition
+//! handed to it sends no wake-up, so a member waiting for a hand-over with nothing else
+//! happening in the queue finds the partition at one of those later looks, or at its next
+//! heartbeat.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
