@@ -69,7 +69,12 @@
 //! A group lease with `wait_ms` waits as `job_lease` does (`LISTEN/NOTIFY` and timers, see
 //! `wait`), and each time it wakes it runs the whole transaction above again: membership and
 //! ownership are checked afresh on every look, so a member that expired while it waited gets
-//! `NotMember`, and a partition handed to it while it waited is leased from.
+//! `NotMember`, and a partition handed to it while it waited is leased from. It wakes when jobs
+//! of the queue become ready (in any partition), when the queue's next lease expires, and at
+//! least every few seconds (`wait`); an ack that ends the old owner's last lease in a partition
+//! handed to it sends no wake-up, so a member waiting for a hand-over with nothing else
+//! happening in the queue finds the partition at one of those later looks, or at its next
+//! heartbeat.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -100,7 +105,7 @@ const GROUP_READ: &str = "SELECT state::text FROM {s}.groups WHERE queue_id = $1
 /// Writes a group's state.
 const GROUP_WRITE: &str = "UPDATE {s}.groups SET state = $3::jsonb WHERE queue_id = $1 AND name = $2";
 /// A queue's groups, by name (byte order, as `GroupName` sorts).
-const GROUPS_LIST: &str = r#"SELECT name, state::text FROM {s}.groups WHERE queue_id = $1 ORDER BY name COLLATE "C""#;
+const GROUPS_LIST: &str = r#"SELECT name FROM {s}.groups WHERE queue_id = $1 ORDER BY name COLLATE "C""#;
 /// Which of partitions `$3` of queue `$1` hold a live lease at `$2`.
 const BUSY: &str = "SELECT DISTINCT partition FROM {s}.jobs \
                     WHERE queue_id = $1 AND state = 2 AND lease_expires_at > $2 AND partition = ANY ($3::int4[])";
@@ -172,6 +177,12 @@ async fn busy(
     Ok(rows.into_iter().filter_map(|p| u32::try_from(p).ok()).collect())
 }
 
+/// Invariant 10 after a hand-over: a partition whose owner is not the member it should go to
+/// still holds a live lease of its owner (else it would have been handed over).
+fn handed_over(state: &GroupState, busy: &BTreeSet<u32>) -> bool {
+    (0u32..).zip(&state.partitions).all(|(p, part)| part.owner == part.target || busy.contains(&p))
+}
+
 /// Brings `state` up to `now` under its row lock: refresh, then hand over what no live lease
 /// holds.
 async fn settle(
@@ -185,6 +196,7 @@ async fn settle(
     let refreshed = state.refresh(queue.config.partitions, at);
     let busy = busy(conn, busy_sql, queue.id, state, now).await?;
     let handed = state.hand_over(&busy, at);
+    debug_assert!(handed_over(state, &busy), "a partition not handed over holds no live lease");
     Ok(merged(refreshed, handed))
 }
 
@@ -309,6 +321,7 @@ impl PgStore {
                 };
                 let busy = busy(&mut tx, &busy_sql, q.id, &state, now).await?;
                 let handed = state.hand_over(&busy, at);
+                debug_assert!(handed_over(&state, &busy), "a partition not handed over holds no live lease");
                 let view = match result {
                     Ok(Some(id)) => state.view(&id).map(Some),
                     Ok(None) => Ok(None),
@@ -392,7 +405,7 @@ impl PgStore {
             .acquire()
             .await
             .map_err(|e| crate::error::map(&self.inner.target, "listing consumer groups", e))?;
-        let names: Vec<String> = sqlx::query_scalar(&self.sql(GROUPS_LIST).replace("name, state::text", "name"))
+        let names: Vec<String> = sqlx::query_scalar(&self.sql(GROUPS_LIST))
             .bind(q.id)
             .fetch_all(&mut *conn)
             .await
