@@ -74,7 +74,7 @@ use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 pub use error::BenchError;
 pub use options::{BenchArgs, DurabilityChoice, Scenario};
 
-use options::{payload, rounds, Selection, BATCH};
+use options::{payload, rounds, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
 use report::{emit, millis, progress, rate_target, target_line, thousands};
 use scenarios::{Keys, Run, Shape};
 use turns::{jobs_per_s, median, rounds_of};
@@ -147,11 +147,6 @@ const EMBEDDED_SCENARIOS: [Scenario; 9] = [
     Scenario::EndToEndOrdered,
     Scenario::LeaseAckOrderedBacklog,
 ];
-
-/// Keys of the ordered end-to-end scenario.
-pub(crate) const ORDERED_KEYS: u64 = 10_000;
-/// Keys of the ordered lease scenarios: the big backlog waits behind this many heads.
-pub(crate) const ORDERED_BACKLOG_KEYS: u64 = 100_000;
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
 const SINGLE_TASKS: u64 = 64;

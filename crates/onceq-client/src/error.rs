@@ -175,7 +175,10 @@ mod tests {
         assert_eq!(map(409, &body("lease_lost", "x"), &Missing::Job(id)), Error::LeaseLost(id));
         assert_eq!(map(409, &body("conflict", "held"), nothing), Error::Conflict("held".into()));
         assert_eq!(map(409, &body("not_member", "join again"), nothing), Error::NotMember("join again".into()));
-        assert_eq!(map(409, &body("queue_not_empty", "holds 3 jobs"), nothing), Error::QueueNotEmpty("holds 3 jobs".into()));
+        assert_eq!(
+            map(409, &body("queue_not_empty", "holds 3 jobs"), nothing),
+            Error::QueueNotEmpty("holds 3 jobs".into())
+        );
         assert_eq!(
             map(503, &body("unavailable", "stopping"), nothing),
             Error::Unavailable("stopping (retry after 2 s)".into())

@@ -49,7 +49,9 @@ impl GroupName {
             return Err(Error::invalid(format!("group name {name:?} is only dots; add a letter or digit")));
         }
         if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-            return Err(Error::invalid(format!("group name {name:?} contains {bad:?}; only [A-Za-z0-9._-] is allowed")));
+            return Err(Error::invalid(format!(
+                "group name {name:?} contains {bad:?}; only [A-Za-z0-9._-] is allowed"
+            )));
         }
         Ok(GroupName(name))
     }

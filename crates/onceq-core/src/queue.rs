@@ -305,7 +305,8 @@ mod tests {
         let ordered = QueueConfigPatch { ordering: Some(Ordering::PerKey), ..Default::default() };
         let next = base.patched(&ordered).unwrap();
         assert!(base.reorders(&next));
-        assert!(!next.reorders(&next.patched(&QueueConfigPatch { dead_blocks_key: Some(true), ..Default::default() }).unwrap()));
+        assert!(!next
+            .reorders(&next.patched(&QueueConfigPatch { dead_blocks_key: Some(true), ..Default::default() }).unwrap()));
     }
 
     #[test]
@@ -313,6 +314,9 @@ mod tests {
         let old = r#"{"delivery":"at_least_once","visibility_timeout_ms":30000,"max_attempts":5,
             "backoff":{"initial_ms":1000,"max_ms":300000,"multiplier":2.0,"jitter":"full"},"dedup_window_ms":300000}"#;
         let config: QueueConfig = serde_json::from_str(old).unwrap();
-        assert_eq!((config.ordering, config.partitions, config.dead_blocks_key), (Ordering::None, PARTITIONS_DEFAULT, false));
+        assert_eq!(
+            (config.ordering, config.partitions, config.dead_blocks_key),
+            (Ordering::None, PARTITIONS_DEFAULT, false)
+        );
     }
 }

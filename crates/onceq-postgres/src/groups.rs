@@ -87,6 +87,7 @@ use onceq_core::{Error, QueueName, Result, Timestamp};
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::due::{decode, QueueRow, Scope};
+use crate::jobs::GroupLeaseSql;
 use crate::{parse_config, PgStore};
 
 /// Locks a queue's row for a join (see the module docs); returns its config as it is now.
@@ -124,18 +125,6 @@ enum Change<'a> {
     Join(&'a JoinOptions),
     Heartbeat(&'a MemberId),
     Leave(&'a MemberId),
-}
-
-/// The lease statement a group lease runs (see `jobs`), with what it binds.
-pub(crate) struct GroupLeaseSql<'a> {
-    /// The statement restricted to the member's partitions (see [`restricted`]): `$1` now, `$2`
-    /// the queue, then `$3` the lease tokens and `$4` the expiry when `tokens` is given, then
-    /// the partitions.
-    pub sql: &'a str,
-    /// The new lease tokens, for a lease that keeps its jobs (not `at_most_once`).
-    pub tokens: Option<&'a [Vec<u8>]>,
-    /// When the leases expire.
-    pub expires_at: i64,
 }
 
 fn parse_state(group: &str, text: &str) -> Result<GroupState> {

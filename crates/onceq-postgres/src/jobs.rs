@@ -27,7 +27,6 @@ use sqlx::Row;
 use tokio::time::Instant;
 
 use crate::due::{decode, Scope};
-use crate::groups::GroupLeaseSql;
 use crate::keys::{with_move_on, CLAIM_KEYS};
 use crate::schema::state;
 use crate::sql::{HotStatement, ITEMS_EXACT_MAX};
@@ -411,6 +410,18 @@ pub(crate) fn enqueue_keyed_template(rows: usize) -> String {
     let claim =
         CLAIM_KEYS.replace("{queue}", "$9").replace("{claiming}", "kept").replace("{ordered}", "$14::int4 IS NOT NULL");
     sized(&with_notify(&ENQUEUE_KEYED.replace("{claim_keys}", claim.trim()), "created"), rows)
+}
+
+/// The lease statement a group lease runs (built by `groups`), with what it binds.
+pub(crate) struct GroupLeaseSql<'a> {
+    /// The statement restricted to the member's partitions (see [`restricted`]): `$1` now, `$2`
+    /// the queue, then `$3` the lease tokens and `$4` the expiry when `tokens` is given, then
+    /// the partitions.
+    pub sql: &'a str,
+    /// The new lease tokens, for a lease that keeps its jobs (not `at_most_once`).
+    pub tokens: Option<&'a [Vec<u8>]>,
+    /// When the leases expire.
+    pub expires_at: i64,
 }
 
 /// The lease of up to `max_jobs` jobs ([`LEASE`], or [`LEASE_AND_DELETE`] for an

@@ -1665,8 +1665,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
-    use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
     use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+    use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, TestRunner};
 
@@ -1748,10 +1748,20 @@ mod tests {
         async fn group_get(&self, _queue: &QueueName, _group: &GroupName) -> Result<GroupInfo> {
             no_groups()
         }
-        async fn group_heartbeat(&self, _queue: &QueueName, _group: &GroupName, _member: &MemberId) -> Result<MemberView> {
+        async fn group_heartbeat(
+            &self,
+            _queue: &QueueName,
+            _group: &GroupName,
+            _member: &MemberId,
+        ) -> Result<MemberView> {
             no_groups()
         }
-        async fn group_join(&self, _queue: &QueueName, _group: &GroupName, _options: JoinOptions) -> Result<MemberView> {
+        async fn group_join(
+            &self,
+            _queue: &QueueName,
+            _group: &GroupName,
+            _options: JoinOptions,
+        ) -> Result<MemberView> {
             no_groups()
         }
         async fn group_lease(

@@ -143,6 +143,10 @@ impl Selection {
 
 /// Jobs per call in the batched scenarios.
 pub(super) const BATCH: u64 = 100;
+/// Keys of the ordered end-to-end scenario.
+pub(super) const ORDERED_KEYS: u64 = 10_000;
+/// Keys of the ordered lease scenarios: the big backlog waits behind this many heads.
+pub(super) const ORDERED_BACKLOG_KEYS: u64 = 100_000;
 
 /// `--rounds`, or its default: 3, or 1 with `--quick`.
 pub(super) fn rounds(args: &BenchArgs) -> u32 {

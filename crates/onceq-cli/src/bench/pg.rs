@@ -40,7 +40,7 @@ use onceq_postgres::statements::HotStatement;
 use onceq_postgres::{PgOptions, PgStore};
 
 use super::error::BenchError;
-use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH};
+use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
 use super::report::{emit, millis, progress, rate_target, target_line, thousands};
 use super::scenarios::{self, Keys, Run, Shape};
 use super::turns::{jobs_per_s, median, rounds_of};
@@ -646,7 +646,7 @@ impl PgBench<'_> {
         // ordered backlog against a small one (no pgbench floor: the yardstick is the store).
         let mut ordered_done: Vec<(String, f64)> = Vec::new();
         if self.only.runs(Scenario::EndToEndOrdered) {
-            let keys = super::ORDERED_KEYS;
+            let keys = ORDERED_KEYS;
             let e2e = |keys: Keys| {
                 self.store(move |store, queue, payload| async move {
                     scenarios::end_to_end(
@@ -671,7 +671,7 @@ impl PgBench<'_> {
             self.row(&row, &mut ordered_done);
         }
         if self.only.runs(Scenario::LeaseAckOrderedBacklog) {
-            let (keys, backlog) = (super::ORDERED_BACKLOG_KEYS, ORDERED_BACKLOG);
+            let (keys, backlog) = (ORDERED_BACKLOG_KEYS, ORDERED_BACKLOG);
             let leased = jobs.min(keys);
             let lease = |held: u64| {
                 self.store(move |store, queue, payload| async move {
