@@ -75,7 +75,7 @@ pub use error::BenchError;
 pub use options::{BenchArgs, DurabilityChoice, Scenario};
 
 use options::{payload, rounds, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
-use report::{emit, millis, progress, rate_target, target_line, thousands};
+use report::{emit, one_kind_latencies, progress, rate_target, row_details, target_line, thousands};
 use scenarios::{Keys, Run, Shape};
 use turns::{jobs_per_s, median, rounds_of};
 
@@ -589,10 +589,7 @@ impl Bench<'_> {
 
     fn row(&self, row: Row) {
         let mut out = String::new();
-        let (p50, p99) = match row.run.calls.as_slice() {
-            [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
-            _ => ("-".into(), "-".into()),
-        };
+        let (p50, p99) = one_kind_latencies(&row.run);
         let (floor_per_s, ratio, what) = match &row.floor {
             Some(floor) => (thousands(floor.jobs_per_s), format!("{:.0}%", 100.0 * row.ratio()), floor.what.clone()),
             None => ("-".into(), "-".into(), String::new()),
@@ -608,23 +605,7 @@ impl Bench<'_> {
             floor_per_s,
             ratio,
         );
-        if row.ratios.len() > 1 {
-            let each: Vec<String> = row.ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
-            let _ = writeln!(out, "{:<44} ratio of each round: {}", "", each.join(" "));
-        }
-        if row.run.calls.len() > 1 {
-            for calls in &row.run.calls {
-                let _ = writeln!(
-                    out,
-                    "{:<44} {:>9} {:>10} {:>9} {:>9}",
-                    format!("  {} calls ({})", calls.kind, thousands(calls.latencies.len() as f64)),
-                    "",
-                    "",
-                    millis(calls.percentile(0.50)),
-                    millis(calls.percentile(0.99)),
-                );
-            }
-        }
+        row_details(&mut out, 44, &row.ratios, &row.run);
         emit(&mut out);
     }
 }

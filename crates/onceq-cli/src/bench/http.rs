@@ -23,7 +23,7 @@ use onceq_core::{Error, QueueName, Store};
 
 use super::error::BenchError;
 use super::options::{payload, BenchArgs, BATCH};
-use super::report::{emit, millis, progress, rate_target, thousands};
+use super::report::{emit, one_kind_latencies, progress, rate_target, row_details, thousands};
 use super::scenarios::{self, Keys, Run, Shape};
 
 /// Tasks of each side in the batched scenarios.
@@ -192,10 +192,7 @@ impl HttpBench {
 
 fn print_row(row: &Row) {
     let mut out = String::new();
-    let (p50, p99) = match row.run.calls.as_slice() {
-        [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
-        _ => ("-".into(), "-".into()),
-    };
+    let (p50, p99) = one_kind_latencies(&row.run);
     let _ = writeln!(
         out,
         "{:<48} {:>9} {:>10} {:>9} {:>9}",
@@ -205,18 +202,7 @@ fn print_row(row: &Row) {
         p50,
         p99
     );
-    if row.run.calls.len() > 1 {
-        for calls in &row.run.calls {
-            let _ = writeln!(
-                out,
-                "{:<48} {:>9} {:>10} {:>9} {:>9}",
-                format!("  {} calls ({})", calls.kind, thousands(calls.latencies.len() as f64)),
-                "",
-                "",
-                millis(calls.percentile(0.50)),
-                millis(calls.percentile(0.99)),
-            );
-        }
-    }
+    // One round over HTTP: no ratios to list.
+    row_details(&mut out, 48, &[], &row.run);
     emit(&mut out);
 }

@@ -41,7 +41,7 @@ use onceq_postgres::{PgOptions, PgStore};
 
 use super::error::BenchError;
 use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
-use super::report::{emit, millis, progress, rate_target, target_line, thousands};
+use super::report::{emit, one_kind_latencies, progress, rate_target, row_details, target_line, thousands};
 use super::scenarios::{self, Keys, Run, Shape};
 use super::turns::{jobs_per_s, median, rounds_of};
 
@@ -854,10 +854,7 @@ impl PgBench<'_> {
     fn row(&self, row: &Row, done: &mut Vec<(String, f64)>) -> f64 {
         done.push((row.scenario.clone(), row.ratio()));
         let mut out = String::new();
-        let (p50, p99) = match row.run.calls.as_slice() {
-            [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
-            _ => ("-".into(), "-".into()),
-        };
+        let (p50, p99) = one_kind_latencies(&row.run);
         let _ = writeln!(
             out,
             "{:<40} {:>9} {:>10} {:>9} {:>9} {:>11} {:>6}  {}",
@@ -870,23 +867,7 @@ impl PgBench<'_> {
             format!("{:.0}%", 100.0 * row.ratio()),
             row.floor_what,
         );
-        if row.ratios.len() > 1 {
-            let each: Vec<String> = row.ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
-            let _ = writeln!(out, "{:<40} ratio of each round: {}", "", each.join(" "));
-        }
-        if row.run.calls.len() > 1 {
-            for calls in &row.run.calls {
-                let _ = writeln!(
-                    out,
-                    "{:<40} {:>9} {:>10} {:>9} {:>9}",
-                    format!("  {} calls ({})", calls.kind, thousands(calls.latencies.len() as f64)),
-                    "",
-                    "",
-                    millis(calls.percentile(0.50)),
-                    millis(calls.percentile(0.99)),
-                );
-            }
-        }
+        row_details(&mut out, 40, &row.ratios, &row.run);
         emit(&mut out);
         row.jobs_per_s()
     }

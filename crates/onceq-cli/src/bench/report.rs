@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::scenarios::Run;
+
 /// Prints and clears `out`, flushing so that rows appear as their scenarios finish.
 pub(super) fn emit(out: &mut String) {
     out_lossy!("{out}");
@@ -43,6 +45,37 @@ pub(super) fn thousands(value: f64) -> String {
 /// A latency in milliseconds, three decimals.
 pub(super) fn millis(latency: Option<Duration>) -> String {
     latency.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0))
+}
+
+/// The p50 and p99 of a run whose calls are all of one kind; `-` when it has several kinds,
+/// which [`row_details`] lists on lines of their own.
+pub(super) fn one_kind_latencies(run: &Run) -> (String, String) {
+    match run.calls.as_slice() {
+        [only] => (millis(only.percentile(0.50)), millis(only.percentile(0.99))),
+        _ => ("-".into(), "-".into()),
+    }
+}
+
+/// The lines below a row whose scenario column is `width` wide: each round's ratio (when there
+/// were several rounds) and each kind of call's p50 and p99 (when there were several kinds).
+pub(super) fn row_details(out: &mut String, width: usize, ratios: &[f64], run: &Run) {
+    if ratios.len() > 1 {
+        let each: Vec<String> = ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
+        let _ = writeln!(out, "{:<width$} ratio of each round: {}", "", each.join(" "));
+    }
+    if run.calls.len() > 1 {
+        for calls in &run.calls {
+            let _ = writeln!(
+                out,
+                "{:<width$} {:>9} {:>10} {:>9} {:>9}",
+                format!("  {} calls ({})", calls.kind, thousands(calls.latencies.len() as f64)),
+                "",
+                "",
+                millis(calls.percentile(0.50)),
+                millis(calls.percentile(0.99)),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
