@@ -5,15 +5,16 @@
 //! partitions and runs jobs in them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+mod group_log;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use group_log::{Log, Recorder, Run};
 use onceq_core::group::GroupName;
 use onceq_core::{NewJob, Ordering, QueueConfigPatch, QueueName, Store};
 use onceq_sqlite::{SqliteOptions, SqliteStore};
-use onceq_worker::{GroupOptions, JobContext, Outcome, PartitionHooks, QueueOptions, Worker, WorkerOptions};
+use onceq_worker::{GroupOptions, JobContext, Outcome, QueueOptions, Worker, WorkerOptions};
 use tokio::sync::{watch, Notify};
 
 const PARTITIONS: u32 = 8;
@@ -22,54 +23,6 @@ const JOBS_PER_KEY: usize = 12;
 const JOBS: usize = KEYS * JOBS_PER_KEY;
 /// Jobs run before the third worker starts.
 const THIRD_JOINS_AFTER: usize = JOBS / 3;
-
-/// One handler run.
-#[derive(Debug, Clone)]
-struct Run {
-    worker: usize,
-    partition: u32,
-    key: String,
-    seq: usize,
-    start: Instant,
-    end: Instant,
-}
-
-/// A hook call.
-#[derive(Debug, Clone)]
-struct Hook {
-    worker: usize,
-    assigned: bool,
-    partitions: Vec<u32>,
-    at: Instant,
-}
-
-#[derive(Default)]
-struct Log {
-    runs: Vec<Run>,
-    hooks: Vec<Hook>,
-    /// Job ids run so far, to catch a second run.
-    ran: BTreeSet<onceq_core::JobId>,
-}
-
-struct Recorder {
-    worker: usize,
-    log: Arc<Mutex<Log>>,
-}
-
-#[async_trait]
-impl PartitionHooks for Recorder {
-    async fn on_assigned(&self, queue: &QueueName, partitions: &[u32]) {
-        assert_eq!(queue.as_str(), "orders");
-        let hook = Hook { worker: self.worker, assigned: true, partitions: partitions.to_vec(), at: Instant::now() };
-        self.log.lock().unwrap().hooks.push(hook);
-    }
-
-    async fn on_revoked(&self, queue: &QueueName, partitions: &[u32]) {
-        assert_eq!(queue.as_str(), "orders");
-        let hook = Hook { worker: self.worker, assigned: false, partitions: partitions.to_vec(), at: Instant::now() };
-        self.log.lock().unwrap().hooks.push(hook);
-    }
-}
 
 fn worker(
     store: Arc<SqliteStore>,
@@ -80,7 +33,7 @@ fn worker(
     let group = GroupOptions::new("billing")
         .member_name(&format!("worker-{index}"))
         .session_timeout(Duration::from_millis(600))
-        .hooks(Recorder { worker: index, log: log.clone() });
+        .hooks(Recorder { worker: index, queue: "orders", log: log.clone() });
     let options = QueueOptions::concurrency(4).poll_wait(Duration::from_millis(200)).group(group);
     let mut worker_options = WorkerOptions::default();
     worker_options.worker_id = format!("worker-{index}");
@@ -103,10 +56,8 @@ fn worker(
                     start,
                     end: Instant::now(),
                 };
-                let mut log = log.lock().unwrap();
-                assert!(log.ran.insert(ctx.id), "job {} ran twice", ctx.id);
-                log.runs.push(run);
-                progress.send_replace(log.runs.len());
+                let runs = log.lock().unwrap().record(ctx.id, run);
+                progress.send_replace(runs);
                 Outcome::Done
             }
         })
@@ -174,70 +125,12 @@ async fn three_members_share_the_partitions_without_overlap() {
     let log = log.lock().unwrap();
     assert_eq!(log.runs.len(), JOBS, "every job ran once");
 
-    // Per key, the jobs ran in enqueue order.
-    let mut by_key: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
-    for run in &log.runs {
-        by_key.entry(&run.key).or_default().push(run);
-    }
-    for (key, runs) in &mut by_key {
-        runs.sort_by_key(|r| r.start);
-        assert_eq!(runs.iter().map(|r| r.seq).collect::<Vec<_>>(), (0..JOBS_PER_KEY).collect::<Vec<_>>(), "{key}");
-    }
-
-    // No two workers ran jobs of one partition at the same time: by start, a run of one worker
-    // begins after every earlier run of the others in that partition ended.
-    let mut by_partition: BTreeMap<u32, Vec<&Run>> = BTreeMap::new();
-    for run in &log.runs {
-        by_partition.entry(run.partition).or_default().push(run);
-    }
-    let mut owners_over_time = 0;
-    for (partition, runs) in &mut by_partition {
-        runs.sort_by_key(|r| r.start);
-        let mut last_end: BTreeMap<usize, Instant> = BTreeMap::new();
-        for run in runs.iter() {
-            for (other, end) in &last_end {
-                if *other != run.worker {
-                    assert!(
-                        *end <= run.start,
-                        "partition {partition}: worker {} started a job while worker {other} still ran one",
-                        run.worker
-                    );
-                }
-            }
-            let end = last_end.entry(run.worker).or_insert(run.end);
-            *end = (*end).max(run.end);
-        }
-        owners_over_time += last_end.len();
-    }
+    log.assert_per_key_order(JOBS_PER_KEY);
+    let owners_over_time = log.assert_partitions_never_shared();
     assert!(owners_over_time > PARTITIONS as usize, "some partitions moved between workers");
-
-    // Every run lies inside an assignment of its partition to its worker, from `on_assigned` to
-    // `on_revoked`; a worker is never assigned a partition twice without a revocation between,
-    // nor revoked one it does not have, and at the end every worker revoked all it had.
-    let mut spans: BTreeMap<(usize, u32), Vec<(Instant, Instant)>> = BTreeMap::new();
-    for index in 0..3 {
-        let mut open: BTreeMap<u32, Instant> = BTreeMap::new();
-        for hook in log.hooks.iter().filter(|h| h.worker == index) {
-            assert!(!hook.partitions.is_empty(), "worker {index}: a hook with no partition");
-            for p in &hook.partitions {
-                if hook.assigned {
-                    assert!(open.insert(*p, hook.at).is_none(), "worker {index} was assigned {p} twice");
-                } else {
-                    let since = open.remove(p).unwrap_or_else(|| panic!("worker {index} revoked {p} it did not have"));
-                    spans.entry((index, *p)).or_default().push((since, hook.at));
-                }
-            }
-        }
-        assert!(open.is_empty(), "worker {index} ended with partitions {open:?} not revoked");
-    }
-    for run in &log.runs {
-        let inside = spans
-            .get(&(run.worker, run.partition))
-            .is_some_and(|s| s.iter().any(|(from, to)| *from <= run.start && run.end <= *to));
-        assert!(inside, "worker {} ran a job of partition {} outside its assignment", run.worker, run.partition);
-    }
+    log.assert_runs_inside_assignments(3);
     // The late worker took some partitions, and ran jobs in them.
-    let third_ran: BTreeSet<u32> = log.runs.iter().filter(|r| r.worker == 2).map(|r| r.partition).collect();
+    let third_ran = log.partitions_run_by(2);
     assert!(!third_ran.is_empty(), "the third worker ran nothing");
     assert!(third_ran.len() < PARTITIONS as usize);
 }
