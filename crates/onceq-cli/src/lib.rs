@@ -63,6 +63,7 @@ pub mod serve;
 mod stdout;
 pub mod token;
 pub mod verify;
+pub mod verify_groups;
 
 pub use error::CliError;
 
@@ -144,6 +145,13 @@ pub enum Command {
     /// Measure the delivery guarantees on a live target with injected faults: lost jobs,
     /// duplicate deliveries and duplicate effects per delivery mode.
     Verify(verify::VerifyArgs),
+    /// Run a rebalance drill: a consumer group of member processes works a stream of ordered
+    /// jobs while members join, are killed and leave; report partitions moved, stalls, per-key
+    /// order and overlapping work.
+    VerifyGroups(verify_groups::VerifyGroupsArgs),
+    /// One member process of `onceq verify-groups` (started by it).
+    #[command(hide = true)]
+    VerifyGroupsMember(verify_groups::member::MemberArgs),
 }
 
 /// Carries out a parsed command line. `args` is the command line as typed (program name first):
@@ -153,6 +161,8 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Serve(_) => "info",
         // The faults verify injects make its workers warn by design (a lost ack, a crash).
         Command::Verify(_) => "warn,onceq_worker=error,onceq_postgres_worker=error",
+        // A killed member's leases expire by design: the others' lost acks are expected.
+        Command::VerifyGroupsMember(_) => "warn,onceq_worker=error",
         _ => "warn",
     };
     init_tracing(cli.log_format, default_level);
@@ -177,6 +187,8 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Group(args) => cli::group::run(&args),
         Command::Stats(args) => cli::stats::run(&args),
         Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
+        Command::VerifyGroups(drill_args) => verify_groups::run(&drill_args),
+        Command::VerifyGroupsMember(member_args) => verify_groups::member::run(&member_args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

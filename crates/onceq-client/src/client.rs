@@ -202,7 +202,15 @@ impl Client {
         self.call(Method::GET, "/readyz").send().await
     }
 
-    /// Starts a call of the endpoint at `path` (which starts with `/v1/` or is `/readyz`).
+    /// The server's metrics (`GET /metrics`): Prometheus text, as docs/api.md lists them. No
+    /// token needed.
+    pub async fn metrics(&self) -> Result<String> {
+        let body = self.call(Method::GET, "/metrics").exchange().await?;
+        String::from_utf8(body).map_err(|e| self.unreadable("metrics", e))
+    }
+
+    /// Starts a call of the endpoint at `path` (which starts with `/v1/`, or is `/readyz` or
+    /// `/metrics`).
     pub(crate) fn call(&self, method: Method, path: &str) -> Call<'_> {
         let mut url = self.inner.base.clone();
         url.set_path(&format!("{}{path}", self.inner.prefix));

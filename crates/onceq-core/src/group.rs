@@ -204,7 +204,8 @@ pub struct PartitionState {
 pub struct Changes {
     /// Rebalances (membership changes that re-ran the assignment).
     pub rebalances: u64,
-    /// Partitions whose target moved from one member to another (or off a departed one).
+    /// Partitions handed from one member to another (or from a departed one): real moves, not
+    /// first assignments, nor plans changed before the partition moved.
     pub moved: u64,
     /// Milliseconds each partition handed over in this call sat without a leasing owner.
     pub idle_ms: Vec<u64>,
@@ -421,12 +422,16 @@ impl GroupState {
         self.members.get_mut(member).ok_or_else(|| not_member(member))
     }
 
-    /// Re-runs the assignment over the current members, keeping what each member is heading to.
+    /// Re-runs the assignment over the current members, starting from who *owns* each partition
+    /// (a partition still moving counts as its owner's, so a second change during a first one
+    /// moves no more than the fewest from where partitions really are); a partition whose owner
+    /// is gone keeps heading where it was going.
     fn rebalance(&mut self, now: Timestamp) -> Changes {
         let mut previous = Assignment::new();
         for (p, part) in (0u32..).zip(&self.partitions) {
-            if let Some(target) = part.target.as_ref().filter(|t| self.members.contains_key(t)) {
-                previous.entry(target.as_str().to_owned()).or_default().push(p);
+            let member = |m: &&MemberId| self.members.contains_key(*m);
+            if let Some(holder) = part.owner.as_ref().filter(member).or_else(|| part.target.as_ref().filter(member)) {
+                previous.entry(holder.as_str().to_owned()).or_default().push(p);
             }
         }
         let members: BTreeSet<String> = self.members.keys().map(|m| m.as_str().to_owned()).collect();
@@ -441,11 +446,7 @@ impl GroupState {
                 }
             }
         }
-        let mut moved = 0;
         for (part, target) in self.partitions.iter_mut().zip(target_of) {
-            if part.target.is_some() && part.target != target {
-                moved += 1;
-            }
             part.target = target;
             // An owner that is gone, or giving the partition up, leases nothing from it.
             let leasing = part.owner.is_some() && part.owner == part.target;
@@ -454,7 +455,7 @@ impl GroupState {
             }
         }
         self.generation += 1;
-        Changes { rebalances: 1, moved, ..Changes::default() }
+        Changes { rebalances: 1, ..Changes::default() }
     }
 
     /// Hands over every partition whose owner differs from its target and that holds no live
@@ -463,6 +464,9 @@ impl GroupState {
         let mut changes = Changes::default();
         for (p, part) in (0u32..).zip(self.partitions.iter_mut()) {
             if part.owner != part.target && !busy.contains(&p) {
+                if part.owner.is_some() && part.target.is_some() {
+                    changes.moved += 1;
+                }
                 part.owner = part.target.clone();
             }
             if part.owner.is_some() && part.owner == part.target {
@@ -589,14 +593,30 @@ mod tests {
         assert_eq!(g.heartbeat(&b, T0.plus_ms(900)), Ok(()));
         assert_eq!(g.expire(T0.plus_ms(999)).expired, 0);
         let changes = g.expire(T0.plus_ms(1_000));
-        assert_eq!((changes.expired, changes.moved), (1, 1));
+        assert_eq!((changes.expired, changes.moved), (1, 0));
         assert!(matches!(g.heartbeat(&a, T0.plus_ms(1_000)), Err(Error::NotMember(_))));
         assert!(matches!(g.view(&a), Err(Error::NotMember(_))));
         // A's lease in partition 0 is still live: B does not get it yet.
         g.hand_over(&[0].into(), T0.plus_ms(1_000));
         assert_eq!(g.view(&b).unwrap().partitions, vec![1]);
-        g.hand_over(&BTreeSet::new(), T0.plus_ms(2_000));
+        assert_eq!(g.hand_over(&BTreeSet::new(), T0.plus_ms(2_000)).moved, 1);
         assert_eq!(g.view(&b).unwrap().partitions, vec![0, 1]);
+    }
+
+    #[test]
+    fn members_joining_one_after_another_move_the_fewest_from_where_partitions_are() {
+        let mut g = group(16);
+        let a = join(&mut g, 10_000, T0);
+        assert_eq!(g.hand_over(&BTreeSet::new(), T0).moved, 0, "a first assignment is no move");
+        // B joins while A works in every partition, then C, before anything moved: the plan is
+        // made again from A holding all 16, so A keeps 6 and 10 move, not 8 to B and then more.
+        let all: BTreeSet<u32> = (0..16).collect();
+        join(&mut g, 10_000, T0);
+        g.hand_over(&all, T0);
+        join(&mut g, 10_000, T0);
+        let moved = g.hand_over(&BTreeSet::new(), T0.plus_ms(10)).moved;
+        assert_eq!(moved, 10);
+        assert_eq!(g.leasable(&a).len(), 6);
     }
 
     #[test]

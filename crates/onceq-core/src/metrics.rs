@@ -43,7 +43,7 @@ pub const DUPLICATES_DETECTED: &str = "onceq_duplicates_detected_total";
 pub const HANDLER_DURATION: &str = "onceq_handler_duration_seconds";
 /// Counter: rebalances of a consumer group (labels `queue`, `group`).
 pub const GROUP_REBALANCES: &str = "onceq_group_rebalances_total";
-/// Counter: partitions whose assignment moved from one member to another.
+/// Counter: partitions handed from one member to another (or from a departed one).
 pub const GROUP_PARTITIONS_MOVED: &str = "onceq_group_partitions_moved_total";
 /// Counter: members removed because they missed their session timeout.
 pub const GROUP_MEMBERS_EXPIRED: &str = "onceq_group_members_expired_total";

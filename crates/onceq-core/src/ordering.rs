@@ -151,6 +151,32 @@ pub fn moved(before: &Assignment, after: &Assignment) -> usize {
     old.iter().filter(|(p, m)| new.get(p) != Some(m)).count()
 }
 
+/// The fewest partitions any balanced assignment of `0..partitions` to `members` must move,
+/// starting from `previous` (Invariant 11's minimum, which [`assign`] reaches): each partition
+/// owned before that cannot stay with its owner, because the owner is gone or holds more than
+/// its quota, moves. The most that can stay comes from giving the P mod M larger quotas to the
+/// members that hold the most.
+pub fn fewest_moves(partitions: u32, previous: &Assignment, members: &BTreeSet<String>) -> usize {
+    let owned_before: usize = previous.values().map(Vec::len).sum();
+    if members.is_empty() {
+        return owned_before;
+    }
+    let mut claimed = BTreeSet::new();
+    let mut kept: Vec<usize> = members
+        .iter()
+        .map(|m| {
+            let mut mine = previous.get(m).cloned().unwrap_or_default();
+            mine.sort_unstable();
+            mine.retain(|&p| p < partitions && claimed.insert(p));
+            mine.len()
+        })
+        .collect();
+    kept.sort_unstable_by(|a, b| b.cmp(a));
+    let (base, extra) = ((partitions as usize) / kept.len(), (partitions as usize) % kept.len());
+    let stay: usize = kept.iter().enumerate().map(|(i, k)| (*k).min(base + usize::from(i < extra))).sum();
+    owned_before - stay.min(owned_before)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +229,7 @@ mod tests {
 
     /// The fewest partitions any balanced assignment must move: P minus the most that can stay,
     /// found by trying every choice of which members get the larger quota.
-    fn fewest_moves(partitions: u32, previous: &Assignment, members: &BTreeSet<String>) -> usize {
+    fn fewest_moves_by_search(partitions: u32, previous: &Assignment, members: &BTreeSet<String>) -> usize {
         let mut claimed = BTreeSet::new();
         let kept: Vec<usize> = members
             .iter()
@@ -256,7 +282,8 @@ mod tests {
             prop_assert_eq!(after.keys().cloned().collect::<BTreeSet<_>>(), second.clone());
             // Moves counted over partitions whose owner stays a member (departed members'
             // partitions must move, so they are in both counts).
-            prop_assert_eq!(moved(&before, &after), fewest_moves(partitions, &before, &second));
+            prop_assert_eq!(moved(&before, &after), fewest_moves_by_search(partitions, &before, &second));
+            prop_assert_eq!(super::fewest_moves(partitions, &before, &second), fewest_moves_by_search(partitions, &before, &second));
             // Nothing changes when nobody joins or leaves.
             prop_assert_eq!(assign(partitions, &after, &second), after);
         }

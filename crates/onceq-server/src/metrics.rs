@@ -67,7 +67,10 @@ fn describe() {
     describe_gauge!(names::OLDEST_READY_AGE, Unit::Seconds, "Age of the oldest ready job.");
     describe_gauge!(names::QUEUE_PAUSED, "1 when the queue is paused.");
     describe_counter!(names::GROUP_REBALANCES, "Rebalances of a consumer group (membership changes).");
-    describe_counter!(names::GROUP_PARTITIONS_MOVED, "Partitions whose assignment moved to another member.");
+    describe_counter!(
+        names::GROUP_PARTITIONS_MOVED,
+        "Partitions handed from one member to another (or from a departed one)."
+    );
     describe_counter!(names::GROUP_MEMBERS_EXPIRED, "Members removed because they missed their session timeout.");
     describe_histogram!(
         names::GROUP_PARTITION_IDLE,

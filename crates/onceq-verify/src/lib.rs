@@ -22,11 +22,15 @@
 //!   faults, their rates and seeded schedule; [`target`]: the embedded store, a server (given or
 //!   managed) or PostgreSQL; [`ledger`]: where workers record effects (SQLite, or a table in the
 //!   target PostgreSQL, written in the job's transaction).
+//! - [`rebalance`]: the record of `onceq verify-groups` (a consumer group of member processes
+//!   through joins, kills and leaves) and its checks: per-key order, overlapping runs of a key,
+//!   partitions moved against the minimum, stalls.
 
 pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod ledger;
+pub mod rebalance;
 mod recorded;
 pub mod report;
 pub mod target;

@@ -195,7 +195,7 @@ impl Target {
             }
             TargetSpec::ManagedServer { binary } => {
                 let dir = temp_dir("onceq-verify-server")?;
-                let server = ManagedServer::start(binary.clone(), dir.path().to_owned()).await?;
+                let server = ManagedServer::start(binary.clone(), dir.path().to_owned(), ServeStore::Embedded).await?;
                 let url = server.url();
                 temp.push(dir);
                 let client = Client::builder(url.clone()).timeout(CLIENT_TIMEOUT).build()?;
@@ -276,11 +276,27 @@ impl Target {
     }
 }
 
-/// An `onceq serve` process verify started: embedded store in `dir/data`, on one port for its
-/// whole life (restarts reuse it, so clients keep their URL).
+/// The store a managed `onceq serve` runs on.
+#[derive(Debug, Clone)]
+pub enum ServeStore {
+    /// The embedded store in `<dir>/data`, fsync durability.
+    Embedded,
+    /// PostgreSQL at this URL, in this schema (several servers may share it).
+    Postgres {
+        /// The database URL.
+        url: String,
+        /// The schema.
+        schema: String,
+    },
+}
+
+/// An `onceq serve` process verify started, its stderr in `dir`: the embedded store in
+/// `dir/data` or PostgreSQL ([`ServeStore`]), on one port for its whole life (restarts reuse it,
+/// so clients keep their URL).
 pub struct ManagedServer {
     binary: PathBuf,
     dir: PathBuf,
+    store: ServeStore,
     port: u16,
     child: Mutex<Option<Child>>,
     /// Times started, naming the stderr logs.
@@ -288,10 +304,12 @@ pub struct ManagedServer {
 }
 
 impl ManagedServer {
-    async fn start(binary: PathBuf, dir: PathBuf) -> Result<ManagedServer> {
+    /// Starts `binary serve` on `store`, listening on a free loopback port, its logs in `dir`.
+    pub async fn start(binary: PathBuf, dir: PathBuf, store: ServeStore) -> Result<ManagedServer> {
         let server = ManagedServer {
             binary,
             dir,
+            store,
             port: 0,
             child: Mutex::new(None),
             starts: std::sync::atomic::AtomicU32::new(0),
@@ -312,16 +330,17 @@ impl ManagedServer {
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", stderr_path.display())))?;
         let mut command = Command::new(&self.binary);
-        command
-            .arg("serve")
-            .arg("--store")
-            .arg("embedded")
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--durability")
-            .arg("fsync");
+        command.arg("serve");
+        match &self.store {
+            ServeStore::Embedded => {
+                command.arg("--store").arg("embedded").arg("--data-dir").arg(self.dir.join("data"));
+                command.arg("--durability").arg("fsync");
+            }
+            ServeStore::Postgres { url, schema } => {
+                command.arg("--store").arg(url).arg("--pg-schema").arg(schema);
+            }
+        }
+        command.arg("--listen").arg(format!("127.0.0.1:{port}"));
         for var in ["ONCEQ_CONFIG", "ONCEQ_STORE", "ONCEQ_PG_SCHEMA", "ONCEQ_DATA_DIR", "ONCEQ_LISTEN"] {
             command.env_remove(var);
         }
