@@ -211,6 +211,20 @@ fn decrement(counts: &mut BTreeMap<u32, usize>, partition: u32) {
     }
 }
 
+/// A fresh view asked of the membership task: the heartbeats tried and the member when asked.
+#[derive(Debug, Clone)]
+pub(crate) struct AskedView {
+    views: u64,
+    member: Option<MemberId>,
+}
+
+impl AskedView {
+    /// Whether `state` has heard from the store since (or the membership changed or failed).
+    fn answered(&self, state: &MemberState) -> bool {
+        state.views > self.views || state.member != self.member || state.failed
+    }
+}
+
 /// A job counted in flight in its partition until it is dropped (settled, given back, or lost),
 /// and counted running until [`InFlight::ready_to_settle`] or the drop.
 pub(crate) struct InFlight {
@@ -308,17 +322,36 @@ impl<S: Store + ?Sized + 'static> Membership<S> {
     }
 
     /// Has the membership task heartbeat now and waits until it did (or the membership was
-    /// lost, or `stop` fired): after a lease found partitions not yet assigned here, or the
-    /// store said we are not a member.
+    /// lost, or `stop` fired): after the store said we are not a member.
     pub(crate) async fn refresh(&self, stop: &CancellationToken) {
-        let (views, member) = {
-            let state = self.state.borrow();
-            (state.views, state.member.clone())
-        };
-        self.refresh.notify_one();
+        let asked = self.ask_for_view();
         let mut watch = self.state.subscribe();
         tokio::select! {
-            _ = watch.wait_for(|s| s.views > views || s.member != member || s.failed) => {}
+            _ = watch.wait_for(|s| asked.answered(s)) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+
+    /// Has the membership task heartbeat now, without waiting: after a lease found partitions
+    /// not yet assigned here. The jobs of those wait in [`until_known`](Self::until_known), so
+    /// that the jobs of partitions already assigned start at once.
+    pub(crate) fn ask_for_view(&self) -> AskedView {
+        let asked = {
+            let state = self.state.borrow();
+            AskedView { views: state.views, member: state.member.clone() }
+        };
+        self.refresh.notify_one();
+        asked
+    }
+
+    /// Waits until a job of `partition` may start, or the view asked for came and says it may
+    /// not (the partition is not ours, or the membership was lost), or `stop` fired. Then
+    /// [`may_start`](Self::may_start) decides.
+    pub(crate) async fn until_known(&self, partition: Option<u32>, asked: &AskedView, stop: &CancellationToken) {
+        let Some(partition) = partition else { return };
+        let mut watch = self.state.subscribe();
+        tokio::select! {
+            _ = watch.wait_for(|s| s.assigned.contains(&partition) || asked.answered(s)) => {}
             () = stop.cancelled() => {}
         }
     }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acker::AckRequest;
 use crate::gate::{claim_owner, Claim, Decision, EffectivelyOnce, Gate};
-use crate::group::{GroupOptions, InFlight, Membership};
+use crate::group::{AskedView, GroupOptions, InFlight, Membership};
 use crate::handler::{ErasedHandler, JobContext, Outcome};
 use crate::report::Shared;
 use onceq_core::metrics::HANDLER_DURATION;
@@ -224,18 +224,19 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                         Some(membership) => leased.iter().map(|job| membership.admit(job.partition)).collect(),
                         None => Vec::new(),
                     };
-                    if let Some(membership) = &self.membership {
-                        // `group_lease` hands over partitions too: a job may come from one whose
-                        // `on_assigned` has not run yet. A heartbeat now learns of it.
-                        if !membership.knows(leased.iter().map(|job| job.partition)) {
-                            membership.refresh(&stop).await;
-                        }
-                    }
+                    // `group_lease` hands over partitions too: a job may come from one whose
+                    // `on_assigned` has not run yet. A heartbeat now learns of it; meanwhile
+                    // those jobs wait in their own tasks and the others start, so that a
+                    // partition gained never stalls the partitions kept.
+                    let asked = self.membership.as_ref().and_then(|membership| {
+                        (!membership.knows(leased.iter().map(|job| job.partition))).then(|| membership.ask_for_view())
+                    });
                     let mut in_flight = in_flight.into_iter();
                     for (job, permit) in leased.into_iter().zip(permits) {
                         let this = self.clone();
                         let counted = in_flight.next().flatten();
-                        jobs.spawn(async move { this.run_job(job, permit, counted).await });
+                        let asked = asked.clone();
+                        jobs.spawn(async move { this.run_job(job, permit, counted, asked).await });
                     }
                 }
                 Err(Error::NotMember(_)) if self.membership.is_some() => {
@@ -279,8 +280,17 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
     /// Runs one job and settles it. `counted` is its place among the jobs in flight of its
     /// group partition (queues worked in a group): dropped when the job is settled, and waited
     /// on before each settle while the partition is being revoked.
-    async fn run_job(&self, job: LeasedJob, _slot: OwnedSemaphorePermit, mut counted: Option<InFlight>) {
+    async fn run_job(
+        &self,
+        job: LeasedJob,
+        _slot: OwnedSemaphorePermit,
+        mut counted: Option<InFlight>,
+        asked: Option<AskedView>,
+    ) {
         self.shared.count(|r| r.leased += 1);
+        if let (Some(membership), Some(asked)) = (&self.membership, &asked) {
+            membership.until_known(job.partition, asked, &self.shared.stop).await;
+        }
         let revoked = self.membership.as_ref().is_some_and(|m| !m.may_start(job.partition));
         if self.shared.stop.is_cancelled() || revoked {
             ready_to_settle(&mut counted).await;
