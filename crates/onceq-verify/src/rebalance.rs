@@ -15,8 +15,8 @@
 //! And for each membership change ([`StepRecord`]):
 //! - **Partitions moved** between the stable assignments before and after, against the fewest any
 //!   balanced assignment needs ([`onceq_core::ordering::fewest_moves`], Invariant 11).
-//! - **Stalls**: a job's *wait* is the time from when it could first be leased (enqueued, and the
-//!   key's previous job completed) to the start of its last run. The longest wait of the jobs of
+//! - **Stalls**: a job's *wait* is the time from when it could first be leased (its enqueue
+//!   acknowledged, and the key's previous job completed) to the start of its last run. The longest wait of the jobs of
 //!   partitions that kept their owner, and of those that moved, among the jobs whose last run
 //!   started in the step's window, beside the same figure in the steady window before the first
 //!   change. The targets: a moved partition waits at most one heartbeat interval after a
@@ -44,7 +44,7 @@ pub enum MemberEvent {
         seq: u64,
         /// Its partition.
         partition: u32,
-        /// When the producer sent it.
+        /// When the producer sent its batch (the batch's key in [`DrillRecord::acked`]).
         enqueued_us: u64,
         /// When the run began.
         at_us: u64,
@@ -150,6 +150,11 @@ pub struct DrillRecord {
     pub produced_until_us: u64,
     /// Each key's sequences sent: `0..n`.
     pub enqueued: BTreeMap<String, u64>,
+    /// Each enqueue batch, by when it was sent: when the server acknowledged it. A job counts as
+    /// leasable from then (it may have been a little earlier: the commit comes before the
+    /// reply), so that a slow enqueue is not counted as a partition's stall.
+    #[serde(default)]
+    pub acked: BTreeMap<u64, u64>,
     /// When each member process ended (killed, or exited).
     pub member_ends: BTreeMap<String, u64>,
 }
@@ -392,7 +397,8 @@ pub fn analyze(record: &DrillRecord, events: &[MemberEvent]) -> DrillReport {
                 .checked_sub(1)
                 .and_then(|p| key_dones.iter().filter(|d| d.2 == p && d.3 <= last.at_us).map(|d| d.3).max())
                 .unwrap_or(0);
-            let ready = last.enqueued_us.max(previous_done);
+            let sent = record.acked.get(&last.enqueued_us).copied().unwrap_or(last.enqueued_us);
+            let ready = sent.max(previous_done);
             waits.push((last.partition, last.at_us.saturating_sub(ready), last.at_us));
         }
     }
@@ -547,6 +553,8 @@ mod tests {
             }],
             produced_until_us: 100_000,
             enqueued: [("k0".to_owned(), 2), ("k1".to_owned(), 2)].into_iter().collect(),
+            // The batch sent at 9,000 µs was acknowledged at 9,500.
+            acked: [(9_000, 9_500)].into_iter().collect(),
             member_ends: [("a".to_owned(), 100_000), ("b".to_owned(), 100_000)].into_iter().collect(),
         }
     }
@@ -559,7 +567,7 @@ mod tests {
             done("a", 2, "k1", 0, 400),
             start("a", 3, "k0", 1, 0, 500, 11_000),
             done("a", 3, "k0", 1, 11_100),
-            // k1's second job waited from 9,000 to 14,000: the move's stall.
+            // k1's second job waited from 9,500 (its batch acknowledged) to 14,000: the move's stall.
             start("b", 4, "k1", 1, 1, 9_000, 14_000),
             done("b", 4, "k1", 1, 14_100),
         ]
@@ -572,7 +580,7 @@ mod tests {
         assert_eq!((report.enqueued, report.completed, report.runs, report.lost), (4, 4, 4, 0));
         let step = &report.steps[0];
         assert_eq!((step.moved, step.minimum, step.jobs), (1, 1, 2));
-        assert_eq!(step.moved_stall_ms, 5.0);
+        assert_eq!(step.moved_stall_ms, 4.5);
         // k0's seq 1 was sent at 500 µs but its key's seq 0 completed at 200: ready at 500.
         assert_eq!(step.unmoved_stall_ms, 10.5);
         assert_eq!(step.settled_ms, Some(2.0));

@@ -55,7 +55,8 @@ Steps (--steps, comma-separated, run in order after the first member is steady):
 Per step it reports: partitions moved between the stable assignments before and after, the
 fewest any balanced assignment needs, and what the servers counted; the longest wait of a job of
 a partition that kept its owner and of one that moved (a job's wait runs from when it could
-first be leased to the start of its last run), beside the steady state before the first step.
+first be leased, its enqueue acknowledged and its key's previous job done, to the start of its
+last run), beside the steady state before the first step.
 Targets: a moved partition waits at most one heartbeat interval (a third of the session timeout)
 after a join or leave, and at most the session timeout plus the visibility timeout after a kill.
 
@@ -349,17 +350,22 @@ async fn poll_group(client: Client, queue: QueueName, partitions: u32, tx: watch
     }
 }
 
+/// What the producer sent: each key's sequences (`0..n`), and when each batch (by its send
+/// time) was acknowledged.
+type Produced = (BTreeMap<String, u64>, BTreeMap<u64, u64>);
+
 /// Sends `rate` jobs a second over `keys` keys (each key's sequence numbers counting up), taking
-/// turns over the clients, until `stop`; returns each key's sequences sent. A batch whose
-/// outcome is unknown is sent again: each job's dedup id (`key:seq`) makes that safe.
+/// turns over the clients, until `stop`. A batch whose outcome is unknown is sent again: each
+/// job's dedup id (`key:seq`) makes that safe.
 async fn produce(
     clients: Vec<Client>,
     queue: QueueName,
     keys: u64,
     rate: u32,
     mut stop: watch::Receiver<bool>,
-) -> Result<BTreeMap<String, u64>, CliError> {
+) -> Result<Produced, CliError> {
     let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
     let mut ticker = tokio::time::interval(PRODUCE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let per_tick = f64::from(rate) * PRODUCE_EVERY.as_secs_f64();
@@ -375,7 +381,8 @@ async fn produce(
         if n == 0 {
             continue;
         }
-        let sent_us = now_us();
+        // Unique per batch: the batch's key in `acked`.
+        let sent_us = now_us().max(acked.last_key_value().map_or(0, |(k, _)| k + 1));
         let jobs: Vec<NewJob> = (0..n)
             .map(|_| {
                 let key = format!("key-{}", rand::random::<u64>() % keys);
@@ -392,7 +399,10 @@ async fn produce(
             let client = &clients[turn % clients.len()];
             turn += 1;
             match client.job_enqueue(&queue, jobs.clone()).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    acked.insert(sent_us, now_us());
+                    break;
+                }
                 Err(e) if attempt < ENQUEUE_ATTEMPTS && matches!(e, Error::Unavailable(_) | Error::Storage(_)) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -400,7 +410,7 @@ async fn produce(
             }
         }
     }
-    Ok(sent)
+    Ok((sent, acked))
 }
 
 /// Sends SIGTERM to `child` (tokio and std send only SIGKILL, so through `kill(1)`).
@@ -676,7 +686,7 @@ async fn steps_and_drain(
 
     let produced_until_us = now_us();
     let _ = stop_tx.send(true);
-    let enqueued = producer.await.map_err(|e| CliError::Failed(format!("the producer panicked: {e}")))??;
+    let (enqueued, acked) = producer.await.map_err(|e| CliError::Failed(format!("the producer panicked: {e}")))??;
     drill.say(format!("producer stopped after {} jobs; draining", enqueued.values().sum::<u64>()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.drain_timeout_s);
     loop {
@@ -718,6 +728,7 @@ async fn steps_and_drain(
         steps: records,
         produced_until_us,
         enqueued,
+        acked,
         member_ends,
     };
     Ok((record, events, unreadable))
