@@ -36,6 +36,11 @@ pub struct ErrorDetail {
     pub code: String,
     /// What to do about it.
     pub message: String,
+    /// The jobs whose leases were lost, for a commit refused with `lease_lost` (absent
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub jobs: Vec<JobId>,
 }
 
 /// The API's error code for a portable error kind.
@@ -48,6 +53,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::Conflict => "conflict",
         ErrorKind::QueueNotEmpty => "queue_not_empty",
         ErrorKind::NotMember => "not_member",
+        ErrorKind::Fenced => "fenced",
         // docs/api.md has no 5xx besides 503: a store that fails is, to the client, a store that is
         // unavailable for now (retry later); the cause is logged by the server.
         ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
@@ -64,17 +70,20 @@ impl ErrorBody {
             | Error::Conflict(m)
             | Error::QueueNotEmpty(m)
             | Error::NotMember(m)
+            | Error::Fenced(m)
             | Error::Unavailable(m) => m.clone(),
             other => other.to_string(),
         };
-        ErrorBody { error: ErrorDetail { code: error_code(error.kind()).to_owned(), message } }
+        let jobs = error.stale_jobs().to_vec();
+        ErrorBody { error: ErrorDetail { code: error_code(error.kind()).to_owned(), message, jobs } }
     }
 
     /// The seam error this body stands for (what a client returns to its caller). `id` names
     /// the job of a per-job call, so that `not_found` and `lease_lost` map back exactly.
     pub fn into_error(self, id: Option<JobId>) -> Error {
-        let ErrorDetail { code, message } = self.error;
+        let ErrorDetail { code, message, jobs } = self.error;
         match (code.as_str(), id) {
+            ("lease_lost", _) if !jobs.is_empty() => Error::LeasesLost(jobs),
             ("invalid_request", _) => Error::InvalidRequest(message),
             ("payload_too_large", _) => Error::PayloadTooLarge(message),
             ("not_found", Some(id)) => Error::JobNotFound(id),
@@ -82,6 +91,7 @@ impl ErrorBody {
             ("conflict", _) => Error::Conflict(message),
             ("queue_not_empty", _) => Error::QueueNotEmpty(message),
             ("not_member", _) => Error::NotMember(message),
+            ("fenced", _) => Error::Fenced(message),
             ("unavailable", _) | ("rate_limited", _) => Error::Unavailable(message),
             ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
             _ => Error::Storage(format!("{code}: {message}")),

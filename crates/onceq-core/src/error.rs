@@ -28,6 +28,14 @@ pub enum Error {
     /// settled, or dead-lettered. Nothing was changed (Invariant 3).
     #[error("lease lost on job {0}: the token is not the job's current lease (it expired, or the job was settled or leased again)")]
     LeaseLost(JobId),
+    /// Some of a commit's leases are not current (expired, settled, or leased again): nothing
+    /// of the commit applied. Lists those jobs, ascending.
+    #[error("lease lost on jobs {}: nothing of the commit applied (each token is not its job's current lease)", list(.0))]
+    LeasesLost(Vec<JobId>),
+    /// A producer instance whose epoch a newer registration of the same producer replaced:
+    /// nothing was changed, and it must stop (its successor owns the producer's work).
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The request conflicts with the current state (e.g. an idempotency key held elsewhere).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -65,6 +73,8 @@ pub enum ErrorKind {
     QueueNotEmpty,
     /// See [`Error::NotMember`].
     NotMember,
+    /// See [`Error::Fenced`].
+    Fenced,
     /// See [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Storage`].
@@ -78,7 +88,8 @@ impl Error {
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Error::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
             Error::QueueNotFound(_) | Error::JobNotFound(_) => ErrorKind::NotFound,
-            Error::LeaseLost(_) => ErrorKind::LeaseLost,
+            Error::LeaseLost(_) | Error::LeasesLost(_) => ErrorKind::LeaseLost,
+            Error::Fenced(_) => ErrorKind::Fenced,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::QueueNotEmpty(_) => ErrorKind::QueueNotEmpty,
             Error::NotMember(_) => ErrorKind::NotMember,
@@ -97,9 +108,18 @@ impl Error {
             | Error::Conflict(m)
             | Error::QueueNotEmpty(m)
             | Error::NotMember(m)
+            | Error::Fenced(m)
             | Error::Unavailable(m)
             | Error::Storage(m) => m.clone(),
             other => other.to_string(),
+        }
+    }
+
+    /// The jobs of an [`Error::LeasesLost`] (empty for any other error).
+    pub fn stale_jobs(&self) -> &[JobId] {
+        match self {
+            Error::LeasesLost(jobs) => jobs,
+            _ => &[],
         }
     }
 
@@ -107,4 +127,9 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidRequest(message.into())
     }
+}
+
+/// `1, 2, 3` for an error message.
+fn list(jobs: &[JobId]) -> String {
+    jobs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

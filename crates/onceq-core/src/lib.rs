@@ -22,6 +22,7 @@
 //! See docs/design.md for the vocabulary, the job lifecycle and the invariants these types serve.
 
 pub mod api;
+pub mod commit;
 pub mod error;
 pub mod group;
 mod id;

@@ -67,6 +67,17 @@ pub const SESSION_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
 /// Session timeout of a member that names none (as Kafka's before 3.0): a crashed member's
 /// partitions wait this long, plus their leases' visibility timeout, before they move.
 pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest commit id, in bytes.
+pub const COMMIT_ID_LEN_MAX: usize = 128;
+/// Longest producer id, in bytes.
+pub const PRODUCER_ID_LEN_MAX: usize = 128;
+/// Most queues one commit enqueues into.
+pub const COMMIT_QUEUES_MAX: usize = 64;
+/// Most payload bytes one commit enqueues, all jobs together (16 MiB): a commit is one
+/// transaction, held in memory whole.
+pub const COMMIT_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest producer checkpoint, as JSON, in bytes (64 KiB): an offset or a cursor, not data.
+pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
 
 const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);
@@ -74,6 +85,7 @@ const _: () = assert!(LEASE_BATCH_MAX as usize <= SETTLE_BATCH_MAX);
 const _: () = assert!(ENQUEUE_BATCH_MAX <= SETTLE_BATCH_MAX);
 const _: () = assert!(WAIT_MS_MAX < VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(ATTEMPTS_MAX >= 1);
+const _: () = assert!(PAYLOAD_BYTES_MAX <= COMMIT_PAYLOAD_BYTES_MAX);
 const _: () = assert!(DEDUP_WINDOW_MS_MAX <= DELAY_MS_MAX);
 const _: () = assert!(
     SESSION_TIMEOUT_MS_MIN <= SESSION_TIMEOUT_MS_DEFAULT && SESSION_TIMEOUT_MS_DEFAULT <= SESSION_TIMEOUT_MS_MAX

@@ -18,7 +18,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError { status, body: ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.into() } } }
+        ApiError {
+            status,
+            body: ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.into(), jobs: Vec::new() } },
+        }
     }
 
     /// 400 `invalid_request`.
@@ -83,9 +86,11 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::LeaseLost | ErrorKind::Conflict | ErrorKind::QueueNotEmpty | ErrorKind::NotMember => {
-            StatusCode::CONFLICT
-        }
+        ErrorKind::LeaseLost
+        | ErrorKind::Conflict
+        | ErrorKind::QueueNotEmpty
+        | ErrorKind::NotMember
+        | ErrorKind::Fenced => StatusCode::CONFLICT,
         // Unavailable and Storage; a kind added to the seam later must be given its status here.
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }

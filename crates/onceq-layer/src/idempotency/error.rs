@@ -136,7 +136,9 @@ impl Rejection {
     /// The JSON error response, with `Retry-After` when waiting helps, the replay marker when it
     /// answers a retry of a processed request, and the rejection itself in its extensions.
     pub fn into_response(self) -> Response<ResponseBody> {
-        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.message() } };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code().to_owned(), message: self.message(), jobs: Vec::new() },
+        };
         // Serializing two strings cannot fail; the fallback keeps the function total anyway.
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal"}}"#.to_vec());
         let mut response = Response::new(ResponseBody::full(json.into(), None));
