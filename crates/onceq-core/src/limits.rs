@@ -76,6 +76,9 @@ pub const COMMIT_QUEUES_MAX: usize = 64;
 /// Most payload bytes one commit enqueues, all jobs together (16 MiB): a commit is one
 /// transaction, held in memory whole.
 pub const COMMIT_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Shortest time a commit id is remembered for replay, in milliseconds (5 minutes): a commit's
+/// id lasts the longest dedup window of the queues it touches, and at least this long.
+pub const COMMIT_REPLAY_MS_MIN: u64 = 5 * 60 * 1000;
 /// Largest producer checkpoint, as JSON, in bytes (64 KiB): an offset or a cursor, not data.
 pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
 

@@ -68,6 +68,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::store::validate;
 use onceq_core::{
@@ -248,6 +249,22 @@ impl SqliteStore {
         }));
         drop(sender);
         Ok(SqliteStore { inner })
+    }
+
+    /// Applies a commit: its settles and enqueues all apply, or none (docs/design.md, "Next:
+    /// commits"). A retry with the same `commit_id` and content returns the first outcome,
+    /// `replayed`; other content under that id is a `Conflict`. Any lease not current:
+    /// `LeasesLost` with those jobs. A producer fenced by a newer registration: `Fenced`.
+    pub async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        commit.validate()?;
+        self.call(move |state, conn| state.commit(conn, commit)).await
+    }
+
+    /// Registers a producer (again): a new epoch, fencing every older one, and the checkpoint
+    /// its last commit saved.
+    pub async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        let producer = producer.clone();
+        self.call(move |state, conn| state.producer_register(conn, &producer)).await
     }
 
     /// Finishes pending requests, checkpoints the file, stops the writer and releases the data

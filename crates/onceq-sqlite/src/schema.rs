@@ -123,6 +123,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_partition ON jobs (queue_id, partition, state, priority DESC, run_at, id)
         WHERE partition IS NOT NULL;
     "#,
+    // v5: commits (`onceq_core::commit`). Producers with their epoch (the fence) and the
+    // checkpoint of their last commit that carried one; commit ids with the digest of what the
+    // commit did and its outcome (JSON), kept until `expires_at` for replay, swept with the
+    // dedup ids.
+    r#"
+    CREATE TABLE producers (
+        id            TEXT PRIMARY KEY,
+        epoch         INTEGER NOT NULL,
+        checkpoint    TEXT,
+        registered_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE commits (
+        commit_id  TEXT PRIMARY KEY,
+        digest     TEXT NOT NULL,
+        outcome    TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX commits_expiry ON commits (expires_at);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -381,7 +400,7 @@ mod tests {
         });
         let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(version, 4);
+        assert_eq!(version, SCHEMA_VERSION);
         let groups: i64 =
             conn.query_row("SELECT count(*) FROM groups", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(groups, 1);

@@ -1,6 +1,6 @@
 //! What the clock made due, applied at the start of every group commit (Invariant 7: the
 //! store's one clock decides): scheduled jobs become ready, expired leases are redelivered or
-//! dead-lettered, and expired dedup ids and idempotency records are swept.
+//! dead-lettered, and expired dedup ids, idempotency records and commit ids are swept.
 
 use onceq_core::metrics as names;
 use onceq_core::Result;
@@ -26,6 +26,9 @@ impl State {
             conn.prepare_cached("DELETE FROM idempotency WHERE until <= ?1 AND (state = 1 OR until <= ?1 - ?2)")
                 .and_then(|mut s| s.execute(params![self.now.as_millis(), to_i64(onceq_core::idempotency::TTL_MS_MAX)]))
                 .map_err(storage("sweeping expired idempotency keys"))?;
+            conn.prepare_cached("DELETE FROM commits WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([self.now.as_millis()]))
+                .map_err(storage("sweeping expired commit ids"))?;
             self.last_dedup_sweep = self.now;
         }
         if self.now.as_millis() < self.next_due {

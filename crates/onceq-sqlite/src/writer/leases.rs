@@ -11,7 +11,7 @@ use crate::writer::jobs::{delete_errors, record_error};
 
 impl State {
     /// The live lease named by (id, token), or why it is not one.
-    fn live_lease(&self, conn: &Connection, id: JobId, token: &LeaseToken) -> Result<LiveLease> {
+    pub(super) fn live_lease(&self, conn: &Connection, id: JobId, token: &LeaseToken) -> Result<LiveLease> {
         let row = conn
             .prepare_cached(
                 "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at, ordering_key FROM jobs \
@@ -364,9 +364,9 @@ struct LeaseRow {
 }
 
 /// A lease that [`State::live_lease`] found live.
-struct LiveLease {
+pub(super) struct LiveLease {
     row_id: i64,
-    queue_id: i64,
+    pub(super) queue_id: i64,
     attempt: i64,
     max_attempts: i64,
     ordering_key: Option<String>,

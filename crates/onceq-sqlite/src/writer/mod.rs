@@ -16,6 +16,7 @@
 //! The crate's `# Layout` says what each file of this folder owns.
 
 pub(crate) mod cache;
+mod commits;
 mod dead;
 mod due;
 pub(crate) mod groups;
