@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onceq_core::api::{
-    parse_time, AcksRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem, ExtendsRequest,
-    FailItem, FailsRequest, GroupList, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest, LeaseResponse,
-    NackItem, NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult, SettleResults,
+    parse_time, AcksRequest, CommitRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem,
+    ExtendsRequest, FailItem, FailsRequest, GroupList, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest,
+    LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult,
+    SettleResults,
 };
+use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::limits::DELAY_MS_MAX;
 use onceq_core::store::validate;
@@ -123,6 +125,23 @@ impl Client {
 
 #[async_trait]
 impl Store for Client {
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        validate::commit(&commit)?;
+        let body = CommitRequest::from_commit(&commit);
+        let outcome: CommitOutcome = self.call(Method::POST, "/v1/commits").json(&body).fetch().await?;
+        let shape = |c: &Commit| c.enqueue.iter().map(|e| (e.queue.clone(), e.jobs.len())).collect::<Vec<_>>();
+        let got: Vec<_> = outcome.enqueued.iter().map(|e| (e.queue.clone(), e.jobs.len())).collect();
+        if got != shape(&commit) {
+            return Err(self.unreadable("a commit reply", format!("{got:?} enqueued for {:?}", shape(&commit))));
+        }
+        Ok(outcome)
+    }
+
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        // Producer ids are URL-safe (`[A-Za-z0-9._:-]`): the id is its own segment.
+        self.call(Method::POST, &format!("/v1/producers/{}", producer.as_str())).fetch().await
+    }
+
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         let mut call = self.call(Method::GET, &queue_path(queue, "/dead")?).query("limit", &page.limit.to_string());

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::commit::{Commit, CommitEnqueue, CommitId, Fence};
 use crate::group::{GroupInfo, GroupName, MemberId};
 use crate::{
     AttemptError, Enqueued, Error, ErrorKind, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
@@ -1017,6 +1018,132 @@ pub struct LeaseReleaseRequest {
     /// Ready again after this delay (default: at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+}
+
+/// Jobs a commit enqueues into one queue (`POST /v1/commits`, `enqueue`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommitEnqueueItem {
+    /// The queue (created with the defaults if it does not exist).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub queue: crate::QueueName,
+    /// The jobs, as an enqueue takes them.
+    pub jobs: Vec<EnqueueJob>,
+}
+
+/// `POST /v1/commits`: settles and enqueues that apply together or not at all.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommitRequest {
+    /// Makes a retry return the first outcome (`replayed`) instead of failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub commit_id: Option<CommitId>,
+    /// The producer instance: `{"id", "epoch"}` from its registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<Fence>,
+    /// Leases to ack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<AckItem>))]
+    pub ack: Vec<LeaseRef>,
+    /// Leases to nack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nack: Vec<NackItem>,
+    /// Leases to fail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fail: Vec<FailItem>,
+    /// Leases to release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release: Vec<LeaseReleaseItem>,
+    /// Jobs to enqueue, per queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enqueue: Vec<CommitEnqueueItem>,
+    /// Saved as the producer's checkpoint with the commit (needs `producer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+impl CommitRequest {
+    /// The wire form of `commit`.
+    pub fn from_commit(commit: &Commit) -> Self {
+        CommitRequest {
+            commit_id: commit.commit_id.clone(),
+            producer: commit.producer.clone(),
+            ack: commit.ack.clone(),
+            nack: commit
+                .nack
+                .iter()
+                .map(|n| NackItem {
+                    id: n.id,
+                    lease_token: n.lease_token,
+                    delay_ms: n.delay_ms,
+                    error: n.error.clone(),
+                })
+                .collect(),
+            fail: commit
+                .fail
+                .iter()
+                .map(|f| FailItem { id: f.id, lease_token: f.lease_token, error: f.error.clone() })
+                .collect(),
+            release: commit
+                .release
+                .iter()
+                .map(|r| LeaseReleaseItem { id: r.id, lease_token: r.lease_token, delay_ms: r.delay_ms })
+                .collect(),
+            enqueue: commit
+                .enqueue
+                .iter()
+                .map(|e| CommitEnqueueItem {
+                    queue: e.queue.clone(),
+                    jobs: e.jobs.iter().map(EnqueueJob::from_new_job).collect(),
+                })
+                .collect(),
+            checkpoint: commit.checkpoint.clone(),
+        }
+    }
+
+    /// The commit this asks for.
+    pub fn into_commit(self) -> Result<Commit> {
+        let mut enqueue = Vec::with_capacity(self.enqueue.len());
+        for item in self.enqueue {
+            let jobs = item
+                .jobs
+                .into_iter()
+                .enumerate()
+                .map(|(i, job)| job.into_new_job(i))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| match e {
+                    Error::InvalidRequest(m) => Error::InvalidRequest(format!("enqueue into {}: {m}", item.queue)),
+                    other => other,
+                })?;
+            enqueue.push(CommitEnqueue { queue: item.queue, jobs });
+        }
+        Ok(Commit {
+            commit_id: self.commit_id,
+            producer: self.producer,
+            ack: self.ack,
+            nack: self
+                .nack
+                .into_iter()
+                .map(|n| crate::Nack { id: n.id, lease_token: n.lease_token, delay_ms: n.delay_ms, error: n.error })
+                .collect(),
+            fail: self
+                .fail
+                .into_iter()
+                .map(|f| crate::Fail { id: f.id, lease_token: f.lease_token, error: f.error })
+                .collect(),
+            release: self
+                .release
+                .into_iter()
+                .map(|r| crate::Release { id: r.id, lease_token: r.lease_token, delay_ms: r.delay_ms })
+                .collect(),
+            enqueue,
+            checkpoint: self.checkpoint,
+        })
+    }
 }
 
 /// One item of a batch release (`POST /v1/releases`).

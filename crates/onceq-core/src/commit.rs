@@ -12,18 +12,16 @@
 //!   a newer registration replaced ([`Error::Fenced`]); a commit may carry a producer's
 //!   `checkpoint`, saved with it.
 //!
-//! This module holds the types and the checks every store applies before it touches storage.
+//! This module holds the types; `store::validate::commit` holds the checks every store applies
+//! before it touches storage, and the seam's `Store::commit` runs one.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::limits::{
-    CHECKPOINT_BYTES_MAX, COMMIT_ID_LEN_MAX, COMMIT_PAYLOAD_BYTES_MAX, COMMIT_QUEUES_MAX, ENQUEUE_BATCH_MAX,
-    PRODUCER_ID_LEN_MAX, SETTLE_BATCH_MAX,
-};
-use crate::store::{validate, Fail, Nack, Release};
+use crate::limits::{COMMIT_ID_LEN_MAX, PRODUCER_ID_LEN_MAX};
+use crate::settle::{Fail, Nack, Release};
 use crate::{Enqueued, Error, JobId, LeaseRef, NewJob, QueueName, Result, Schedule};
 
 /// Names a commit so that a retry of it is recognised: 1 to [`COMMIT_ID_LEN_MAX`] bytes of
@@ -113,9 +111,12 @@ impl fmt::Display for ProducerId {
 /// The producer instance a commit or enqueue comes from: refused once a newer epoch of the
 /// same producer registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Fence {
     /// The producer.
     #[serde(rename = "id")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub producer: ProducerId,
     /// The epoch its registration returned (from 1).
     pub epoch: u64,
@@ -124,13 +125,16 @@ pub struct Fence {
 /// What a producer's registration returns: its new epoch, and the checkpoint of its last
 /// commit (if any carried one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registration {
     /// The producer.
     #[serde(rename = "id")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub producer: ProducerId,
     /// The new epoch: every commit or enqueue with an older one is refused from now on.
     pub epoch: u64,
     /// The checkpoint saved by the producer's last commit that carried one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub checkpoint: Option<serde_json::Value>,
 }
 
@@ -166,15 +170,18 @@ pub struct Commit {
 
 /// The jobs a commit enqueued into one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitEnqueued {
     /// The queue.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub queue: QueueName,
     /// Each job's id, and whether it was a duplicate (its dedup id seen within the window).
     pub jobs: Vec<Enqueued>,
 }
 
-/// What a commit did.
+/// What a commit did (`POST /v1/commits`' reply).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitOutcome {
     /// The jobs enqueued, in the order of the commit's `enqueue`.
     pub enqueued: Vec<CommitEnqueued>,
@@ -191,78 +198,6 @@ impl Commit {
         let fail = self.fail.iter().map(|f| LeaseRef { id: f.id, lease_token: f.lease_token });
         let release = self.release.iter().map(|r| LeaseRef { id: r.id, lease_token: r.lease_token });
         ack.chain(nack).chain(fail).chain(release)
-    }
-
-    /// Checks the commit against its limits: something to do; at most [`SETTLE_BATCH_MAX`]
-    /// settles, no job settled twice; at most [`ENQUEUE_BATCH_MAX`] jobs over at most
-    /// [`COMMIT_QUEUES_MAX`] queues, each queue once, every job valid, payloads together at
-    /// most [`COMMIT_PAYLOAD_BYTES_MAX`]; a checkpoint only with a producer, at most
-    /// [`CHECKPOINT_BYTES_MAX`] as JSON.
-    pub fn validate(&self) -> Result<()> {
-        let settles = self.ack.len() + self.nack.len() + self.fail.len() + self.release.len();
-        let jobs: usize = self.enqueue.iter().map(|e| e.jobs.len()).sum();
-        if settles == 0 && jobs == 0 && self.checkpoint.is_none() {
-            return Err(Error::invalid("the commit is empty: give ack, nack, fail, release, enqueue or checkpoint"));
-        }
-        if settles > SETTLE_BATCH_MAX {
-            return Err(Error::invalid(format!("{settles} settles in one commit; the limit is {SETTLE_BATCH_MAX}")));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(twice) = self.leases().find(|l| !seen.insert(l.id)) {
-            return Err(Error::invalid(format!("job {} is settled twice in one commit", twice.id)));
-        }
-        if !self.nack.is_empty() {
-            validate::nacks(&self.nack)?;
-        }
-        if !self.release.is_empty() {
-            validate::releases(&self.release)?;
-        }
-        if jobs > ENQUEUE_BATCH_MAX {
-            return Err(Error::invalid(format!("{jobs} jobs in one commit; the limit is {ENQUEUE_BATCH_MAX}")));
-        }
-        if self.enqueue.len() > COMMIT_QUEUES_MAX {
-            return Err(Error::invalid(format!(
-                "{} queues in one commit; the limit is {COMMIT_QUEUES_MAX}",
-                self.enqueue.len()
-            )));
-        }
-        let mut queues = std::collections::BTreeSet::new();
-        for batch in &self.enqueue {
-            if !queues.insert(&batch.queue) {
-                return Err(Error::invalid(format!(
-                    "queue {} appears twice in the commit's enqueue; put its jobs in one entry",
-                    batch.queue
-                )));
-            }
-            validate::enqueue(&batch.jobs).map_err(|e| match e {
-                Error::InvalidRequest(m) => Error::InvalidRequest(format!("enqueue into {}: {m}", batch.queue)),
-                Error::PayloadTooLarge(m) => Error::PayloadTooLarge(format!("enqueue into {}: {m}", batch.queue)),
-                other => other,
-            })?;
-        }
-        let bytes: usize = self.enqueue.iter().flat_map(|e| &e.jobs).map(|j| j.payload.len()).sum();
-        if bytes > COMMIT_PAYLOAD_BYTES_MAX {
-            return Err(Error::PayloadTooLarge(format!(
-                "the commit's payloads are {bytes} bytes together; the limit is {COMMIT_PAYLOAD_BYTES_MAX}"
-            )));
-        }
-        if let Some(checkpoint) = &self.checkpoint {
-            if self.producer.is_none() {
-                return Err(Error::invalid("a checkpoint belongs to a producer: give \"producer\" with it"));
-            }
-            let size = serde_json::to_vec(checkpoint).map(|v| v.len()).unwrap_or(usize::MAX);
-            if size > CHECKPOINT_BYTES_MAX {
-                return Err(Error::PayloadTooLarge(format!(
-                    "the checkpoint is {size} bytes as JSON; the limit is {CHECKPOINT_BYTES_MAX}"
-                )));
-            }
-        }
-        if let Some(fence) = &self.producer {
-            if fence.epoch == 0 {
-                return Err(Error::invalid("producer epoch 0 was never issued: register the producer first"));
-            }
-        }
-        Ok(())
     }
 
     /// A digest of everything the commit does (not its id), the same in every store and
@@ -416,8 +351,8 @@ mod tests {
 
     #[test]
     fn a_stage_commit_is_valid_and_bad_ones_say_why() {
-        assert_eq!(stage().validate(), Ok(()));
-        let bad = |c: Commit| c.validate().unwrap_err().to_string();
+        assert_eq!(crate::store::validate::commit(&stage()), Ok(()));
+        let bad = |c: Commit| crate::store::validate::commit(&c).unwrap_err().to_string();
         assert!(bad(Commit::default()).contains("empty"));
         let mut twice = stage();
         twice.release.push(Release { id: JobId::new(9), lease_token: lease(9).lease_token, delay_ms: None });
@@ -430,7 +365,7 @@ mod tests {
         assert!(bad(orphan).contains("producer"));
         let mut big = stage();
         big.enqueue[0].jobs = vec![NewJob::new(vec![0u8; 1024 * 1024]); 17];
-        assert!(matches!(big.validate(), Err(Error::PayloadTooLarge(_))));
+        assert!(matches!(crate::store::validate::commit(&big), Err(Error::PayloadTooLarge(_))));
         let mut empty_batch = stage();
         empty_batch.enqueue[0].jobs.clear();
         assert!(bad(empty_batch).contains("enqueue into b"));

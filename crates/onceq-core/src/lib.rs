@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod ordering;
 mod queue;
 mod retry;
+mod settle;
 pub mod store;
 pub mod time;
 

@@ -5,15 +5,16 @@
 //! is the store's (unavailable, I/O), the inner one the item's (lease lost, job not found).
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
+use crate::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use crate::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use crate::job::check_delay;
 use crate::limits::*;
 use crate::queue::check_visibility_timeout;
+pub use crate::settle::{Extend, Fail, Nack, NackOutcome, Release};
 use crate::{
-    DeliveryMode, Enqueued, Error, Job, JobId, LeaseRef, LeaseToken, LeasedJob, NewJob, QueueConfig, QueueConfigPatch,
-    QueueInfo, QueueName, Result, Timestamp,
+    DeliveryMode, Enqueued, Error, Job, JobId, LeaseRef, LeasedJob, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
+    QueueName, Result, Timestamp,
 };
 
 /// Per-item results of a batch settle call, in request order.
@@ -55,66 +56,6 @@ impl LeaseOptions {
     }
 }
 
-/// A nack: give the job back to be retried later.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nack {
-    /// The job.
-    pub id: JobId,
-    /// Its current lease token.
-    pub lease_token: LeaseToken,
-    /// Run again after this delay; `None` lets the queue's backoff decide.
-    pub delay_ms: Option<u64>,
-    /// Why the attempt failed; kept in the job's error history.
-    pub error: Option<String>,
-}
-
-/// What became of a nacked job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "outcome")]
-pub enum NackOutcome {
-    /// It will run again at `run_at`.
-    Retrying {
-        /// When it is ready again.
-        run_at: Timestamp,
-    },
-    /// Its attempts were exhausted: it is dead.
-    Dead,
-}
-
-/// An extend: keep my lease for longer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extend {
-    /// The job.
-    pub id: JobId,
-    /// Its current lease token.
-    pub lease_token: LeaseToken,
-    /// The lease now expires this long after the call.
-    pub visibility_timeout_ms: u64,
-}
-
-/// A fail: give up now and dead-letter the job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fail {
-    /// The job.
-    pub id: JobId,
-    /// Its current lease token.
-    pub lease_token: LeaseToken,
-    /// Why; kept in the job's error history.
-    pub error: String,
-}
-
-/// A release: end my lease without it counting as an attempt, e.g. a worker shutting down
-/// before it ran the job, or deferring a job whose effect another worker holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Release {
-    /// The job.
-    pub id: JobId,
-    /// Its current lease token.
-    pub lease_token: LeaseToken,
-    /// Ready again after this delay (0 or `None`: at once).
-    pub delay_ms: Option<u64>,
-}
-
 /// One page request of a dead-letter listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadPage {
@@ -152,6 +93,12 @@ pub struct Redrive {
 /// checks each behaviour and invariant of docs/design.md against it.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Applies a commit: its settles (ack, nack, fail, release, each by lease token) and its
+    /// enqueues into any queues, all or nothing (Invariant 12; `onceq_core::commit`). Any lease
+    /// not current: [`Error::LeasesLost`] with those jobs, and nothing applied. A commit id seen
+    /// within its window: the first outcome again, `replayed`, if the content is the same, else
+    /// `Conflict`. A producer whose epoch a newer registration replaced: [`Error::Fenced`].
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
     /// Lists a page of a queue's dead jobs, in id order.
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList>;
     /// Deletes every dead job of a queue; returns how many.
@@ -210,10 +157,19 @@ pub trait Store: Send + Sync {
     async fn queue_resume(&self, queue: &QueueName) -> Result<()>;
     /// Creates a queue (defaults patched) or updates one; returns the resulting config.
     async fn queue_upsert(&self, queue: &QueueName, patch: QueueConfigPatch) -> Result<QueueConfig>;
+    /// Registers a producer, or registers it again: a new epoch, which fences every older one
+    /// (Invariant 13), and the checkpoint its last commit saved.
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration>;
 }
 
 #[async_trait]
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        (**self).commit(commit).await
+    }
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        (**self).producer_register(producer).await
+    }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         (**self).dead_list(queue, page).await
     }
@@ -361,6 +317,78 @@ pub mod validate {
                 other => other,
             })
         })
+    }
+
+    /// Checks a commit against its limits: something to do; at most [`SETTLE_BATCH_MAX`]
+    /// settles, no job settled twice; at most [`ENQUEUE_BATCH_MAX`] jobs over at most
+    /// [`COMMIT_QUEUES_MAX`] queues, each queue once, every job valid, payloads together at
+    /// most [`COMMIT_PAYLOAD_BYTES_MAX`]; a checkpoint only with a producer, at most
+    /// [`CHECKPOINT_BYTES_MAX`] as JSON.
+    pub fn commit(commit: &Commit) -> Result<()> {
+        let settles = commit.ack.len() + commit.nack.len() + commit.fail.len() + commit.release.len();
+        let jobs: usize = commit.enqueue.iter().map(|e| e.jobs.len()).sum();
+        if settles == 0 && jobs == 0 && commit.checkpoint.is_none() {
+            return Err(Error::invalid("the commit is empty: give ack, nack, fail, release, enqueue or checkpoint"));
+        }
+        if settles > SETTLE_BATCH_MAX {
+            return Err(Error::invalid(format!("{settles} settles in one commit; the limit is {SETTLE_BATCH_MAX}")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = commit.leases().find(|l| !seen.insert(l.id)) {
+            return Err(Error::invalid(format!("job {} is settled twice in one commit", twice.id)));
+        }
+        if !commit.nack.is_empty() {
+            nacks(&commit.nack)?;
+        }
+        if !commit.release.is_empty() {
+            releases(&commit.release)?;
+        }
+        if jobs > ENQUEUE_BATCH_MAX {
+            return Err(Error::invalid(format!("{jobs} jobs in one commit; the limit is {ENQUEUE_BATCH_MAX}")));
+        }
+        if commit.enqueue.len() > COMMIT_QUEUES_MAX {
+            return Err(Error::invalid(format!(
+                "{} queues in one commit; the limit is {COMMIT_QUEUES_MAX}",
+                commit.enqueue.len()
+            )));
+        }
+        let mut queues = std::collections::BTreeSet::new();
+        for batch in &commit.enqueue {
+            if !queues.insert(&batch.queue) {
+                return Err(Error::invalid(format!(
+                    "queue {} appears twice in the commit's enqueue; put its jobs in one entry",
+                    batch.queue
+                )));
+            }
+            enqueue(&batch.jobs).map_err(|e| match e {
+                Error::InvalidRequest(m) => Error::InvalidRequest(format!("enqueue into {}: {m}", batch.queue)),
+                Error::PayloadTooLarge(m) => Error::PayloadTooLarge(format!("enqueue into {}: {m}", batch.queue)),
+                other => other,
+            })?;
+        }
+        let bytes: usize = commit.enqueue.iter().flat_map(|e| &e.jobs).map(|j| j.payload.len()).sum();
+        if bytes > COMMIT_PAYLOAD_BYTES_MAX {
+            return Err(Error::PayloadTooLarge(format!(
+                "the commit's payloads are {bytes} bytes together; the limit is {COMMIT_PAYLOAD_BYTES_MAX}"
+            )));
+        }
+        if let Some(checkpoint) = &commit.checkpoint {
+            if commit.producer.is_none() {
+                return Err(Error::invalid("a checkpoint belongs to a producer: give \"producer\" with it"));
+            }
+            let size = serde_json::to_vec(checkpoint).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > CHECKPOINT_BYTES_MAX {
+                return Err(Error::PayloadTooLarge(format!(
+                    "the checkpoint is {size} bytes as JSON; the limit is {CHECKPOINT_BYTES_MAX}"
+                )));
+            }
+        }
+        if let Some(fence) = &commit.producer {
+            if fence.epoch == 0 {
+                return Err(Error::invalid("producer epoch 0 was never issued: register the producer first"));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the size of a settle batch (ack, nack, extend, fail).

@@ -53,6 +53,17 @@ pub(crate) fn unavailable_code(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
+/// Marks the message of an error from a transaction PostgreSQL rolled back (deadlock,
+/// serialization failure), for [`rolled_back_error`].
+const ROLLED_BACK_MARK: &str = "rolled back: SQLSTATE";
+
+/// Whether `error` came from a transaction PostgreSQL rolled back for a deadlock or a
+/// serialization failure ([`map`] wrote it): nothing of it applied, and running the whole
+/// transaction again may succeed.
+pub(crate) fn rolled_back_error(error: &Error) -> bool {
+    matches!(error, Error::Unavailable(m) if m.contains(ROLLED_BACK_MARK))
+}
+
 /// Whether PostgreSQL rolled the statement back in a way that running it again may cure.
 fn rolled_back(error: &sqlx::Error) -> bool {
     match error {
@@ -88,6 +99,12 @@ pub(crate) fn map(target: &Target, context: &str, error: sqlx::Error) -> Error {
             if unavailable_code(&code) {
                 Error::Unavailable(format!(
                     "{context}: PostgreSQL at {target} cannot serve now ({}, SQLSTATE {code}); retry later",
+                    db.message()
+                ))
+            } else if code == "40P01" || code == "40001" {
+                Error::Unavailable(format!(
+                    "{context}: PostgreSQL rolled the transaction back ({}, {ROLLED_BACK_MARK} {code}); nothing of it \
+                     applied, retry",
                     db.message()
                 ))
             } else if code == "22021" || code == "22P05" {

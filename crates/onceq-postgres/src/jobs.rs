@@ -202,6 +202,10 @@ idempotency AS (
         SELECT key FROM {s}.idempotency WHERE until <= $1 AND (state = 1 OR until <= $1 - $3) LIMIT $2
         FOR UPDATE SKIP LOCKED))
 ),
+commits AS (
+    DELETE FROM {s}.commits WHERE commit_id = ANY (ARRAY(
+        SELECT commit_id FROM {s}.commits WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))
+),
 sleepers AS (DELETE FROM {s}.sleepers WHERE until < clock_timestamp() - interval '1 minute')
 SELECT 1
 "#;
@@ -1230,9 +1234,10 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
+    /// Nacks on `conn`: on the pool, or in a transaction (a commit's).
+    pub(crate) async fn job_nack(&self, conn: &mut Conn<'_>, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         let ids: Vec<JobId> = nacks.iter().map(|n| n.id).collect();
-        let backoff = self.backoff_delays(nacks).await?;
+        let backoff = self.backoff_delays(conn, nacks).await?;
         let mut out: Vec<Option<Result<NackOutcome>>> = (0..nacks.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(NACK, Some("nacked")));
         for round in rounds(&ids) {
@@ -1247,12 +1252,8 @@ impl PgStore {
                 positions.iter().map(|&i| error_text(nacks[i].error.as_deref().unwrap_or("nacked"))).collect();
             let now = self.now_param();
             let rows = self
-                .run("nacking jobs", || {
-                    pooled!(
-                        self,
-                        sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).bind(&errors),
-                        fetch_all
-                    )
+                .fetch_all(conn, "nacking jobs", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).bind(&errors)
                 })
                 .await?;
             for row in rows {
@@ -1280,16 +1281,13 @@ impl PgStore {
 
     /// The delay of each nack: its own, else its queue's backoff for the job's current attempt
     /// (0 for a job that is not there; its nack will be rejected anyway).
-    async fn backoff_delays(&self, nacks: &[Nack]) -> Result<Vec<u64>> {
+    async fn backoff_delays(&self, conn: &mut Conn<'_>, nacks: &[Nack]) -> Result<Vec<u64>> {
         let wanted: Vec<i64> = nacks.iter().filter(|n| n.delay_ms.is_none()).filter_map(|n| row_id(n.id)).collect();
         let mut current: HashMap<i64, (i32, QueueConfig)> = HashMap::new();
         if !wanted.is_empty() {
             let sql = self.sql(NACK_READ);
-            let rows = self
-                .run("reading the attempts of nacked jobs", || {
-                    pooled!(self, sqlx::query(&sql).bind(&wanted), fetch_all)
-                })
-                .await?;
+            let rows =
+                self.fetch_all(conn, "reading the attempts of nacked jobs", || sqlx::query(&sql).bind(&wanted)).await?;
             let mut configs: HashMap<String, QueueConfig> = HashMap::new();
             for row in rows {
                 let id: i64 = row.try_get("id").map_err(decode)?;
@@ -1353,7 +1351,8 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
+    /// Fails on `conn`: on the pool, or in a transaction (a commit's).
+    pub(crate) async fn job_fail(&self, conn: &mut Conn<'_>, fails: &[Fail]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = fails.iter().map(|f| f.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..fails.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(FAIL, None));
@@ -1367,8 +1366,8 @@ impl PgStore {
             let errors: Vec<String> = positions.iter().map(|&i| error_text(&fails[i].error)).collect();
             let now = self.now_param();
             let rows = self
-                .run("failing jobs", || {
-                    pooled!(self, sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors), fetch_all)
+                .fetch_all(conn, "failing jobs", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors)
                 })
                 .await?;
             for row in rows {
@@ -1386,7 +1385,8 @@ impl PgStore {
         collect(out)
     }
 
-    pub(crate) async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
+    /// Releases on `conn`: on the pool, or in a transaction (a commit's).
+    pub(crate) async fn job_release(&self, conn: &mut Conn<'_>, releases: &[Release]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = releases.iter().map(|r| r.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..releases.len()).map(|_| None).collect();
         let template = self.sql(&settle_sql(RELEASE, Some("released")));
@@ -1401,8 +1401,8 @@ impl PgStore {
                 positions.iter().map(|&i| crate::to_i64(releases[i].delay_ms.unwrap_or(0))).collect();
             let now = self.now_param();
             let rows = self
-                .run("releasing jobs", || {
-                    pooled!(self, sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays), fetch_all)
+                .fetch_all(conn, "releasing jobs", || {
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays)
                 })
                 .await?;
             for row in rows {

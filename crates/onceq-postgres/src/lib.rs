@@ -97,7 +97,8 @@
 //!   enqueues into thousands of queues holds one such lock per queue (mind
 //!   `max_locks_per_transaction`). Keep such transactions short.
 //! - **Errors.** Statements run once: PostgreSQL aborts the caller's whole transaction on a
-//!   deadlock or a serialization failure. Roll back and run the transaction again. Under
+//!   deadlock or a serialization failure, which the call returns as `Unavailable` (its message
+//!   names the SQLSTATE). Roll back and run the transaction again. Under
 //!   REPEATABLE READ or SERIALIZABLE, an ack of a key's head fails so when a job was enqueued
 //!   behind it after the transaction's snapshot (its snapshot could not see the job it must
 //!   hand the key to).
@@ -130,6 +131,7 @@
 //! # Ok(()) }
 //! ```
 
+mod commits;
 mod conns;
 mod due;
 mod error;
@@ -150,6 +152,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::store::validate;
 use onceq_core::{
@@ -542,6 +545,14 @@ pub(crate) fn parse_config(queue: &str, text: &str) -> Result<QueueConfig> {
 /// outside this crate the inherent methods are invisible and callers reach these.
 #[async_trait]
 impl Store for PgStore {
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        self.commit_own(commit).await
+    }
+
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        self.register_producer(producer).await
+    }
+
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         self.dead_list(queue, page).await
@@ -605,7 +616,7 @@ impl Store for PgStore {
 
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         validate::settle_batch(fails.len())?;
-        self.job_fail(fails).await
+        self.job_fail(&mut Conn::Pool, fails).await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Job> {
@@ -619,12 +630,12 @@ impl Store for PgStore {
 
     async fn job_nack(&self, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
         validate::nacks(nacks)?;
-        self.job_nack(nacks).await
+        self.job_nack(&mut Conn::Pool, nacks).await
     }
 
     async fn job_release(&self, releases: &[Release]) -> Result<ItemResults<()>> {
         validate::releases(releases)?;
-        self.job_release(releases).await
+        self.job_release(&mut Conn::Pool, releases).await
     }
 
     async fn queue_delete(&self, queue: &QueueName) -> Result<()> {

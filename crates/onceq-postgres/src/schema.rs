@@ -28,6 +28,8 @@
 //!   (see the `groups` module); deleted with its queue (a foreign key `ON DELETE CASCADE`). The
 //!   ready jobs of `per_key` queues are also indexed by partition (`jobs_ready_partition`), for
 //!   the leases of a group's members.
+//! - `producers` and `commits`: each producer's epoch and last checkpoint, and each commit id's
+//!   content digest and outcome until it expires (see the `commits` module).
 //! - `sleepers` (unlogged): the queues for which a store has a lease about to sleep, and until
 //!   when; statements that make jobs ready send `NOTIFY` only for those (functions `wake` and
 //!   `may_sleep`, see the `wait` module).
@@ -381,6 +383,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_ready_partition ON {s}.jobs (queue_id, partition, priority DESC, run_at, id)
         WHERE state = 1 AND partition IS NOT NULL;
+    "#,
+    // v6: commits (`onceq_core::commit`; the `commits` module). Producers with their epoch (the
+    // fence; a commit holds its producer's row `FOR SHARE`, a registration updates it, so the
+    // two take turns) and the checkpoint of their last commit that carried one; commit ids with
+    // the digest of what the commit did and its outcome, kept until `expires_at` for replay and
+    // swept with the dedup ids. A commit claims its id by inserting the row first, so two
+    // commits with one id take turns on the unique key.
+    r#"
+    CREATE TABLE {s}.producers (
+        id            text PRIMARY KEY,
+        epoch         bigint NOT NULL,
+        checkpoint    jsonb,
+        registered_at bigint NOT NULL
+    );
+    CREATE TABLE {s}.commits (
+        commit_id  text PRIMARY KEY,
+        digest     text NOT NULL,
+        outcome    jsonb,
+        expires_at bigint NOT NULL
+    );
+    CREATE INDEX commits_expiry ON {s}.commits (expires_at);
     "#,
 ];
 

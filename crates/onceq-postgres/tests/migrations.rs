@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,15 +141,25 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 5 back to version 4: what v5 (consumer groups) added goes.
-fn undo_v5(schema: &str) -> String {
+/// SQL that takes a schema at version 6 back to version 5: what v6 (commits) added goes.
+fn undo_v6(schema: &str) -> String {
     format!(
-        "DROP TABLE \"{schema}\".groups; DROP INDEX \"{schema}\".jobs_ready_partition; \
-         DELETE FROM \"{schema}\".migrations WHERE version = 5;"
+        "DROP TABLE \"{schema}\".producers; DROP TABLE \"{schema}\".commits; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 6;"
     )
 }
 
-/// SQL that takes a schema at version 5 back to version 3: what v5 and v4 (ordering per key)
+/// SQL that takes a schema at version 6 back to version 4: what v6 and v5 (consumer groups)
+/// added goes.
+fn undo_v5(schema: &str) -> String {
+    format!(
+        "{} DROP TABLE \"{schema}\".groups; DROP INDEX \"{schema}\".jobs_ready_partition; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 5;",
+        undo_v6(schema)
+    )
+}
+
+/// SQL that takes a schema at version 6 back to version 3: what v6, v5 and v4 (ordering per key)
 /// added goes. The counter functions keep v4's text, which the migration replaces anyway.
 fn undo_v4(schema: &str) -> String {
     format!(
@@ -190,7 +200,7 @@ async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
     )
@@ -231,7 +241,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();

@@ -119,7 +119,7 @@ async fn an_ack_whose_repeatable_read_snapshot_missed_a_blocked_job_fails_and_fr
     let behind = store.enqueue(&q, NewJob::new("behind").ordering_key("k")).await.unwrap().id;
     let acked = store.job_ack_in(&mut tx, &[leased.lease()]).await;
     match acked {
-        Err(Error::Storage(message)) => assert!(message.contains("40001"), "{message}"),
+        Err(Error::Unavailable(message)) => assert!(message.contains("40001"), "{message}"),
         other => panic!("expected a serialization failure, got {other:?}"),
     }
     tx.rollback().await.unwrap();

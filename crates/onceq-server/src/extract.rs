@@ -23,6 +23,20 @@ impl<S: Send + Sync> FromRequestParts<S> for QueuePath {
     }
 }
 
+/// The `{id}` path segment of a producer, validated.
+pub struct ProducerPath(pub onceq_core::commit::ProducerId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProducerPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        onceq_core::commit::ProducerId::new(raw).map(ProducerPath).map_err(ApiError::from)
+    }
+}
+
 /// The `{id}` path segment, parsed.
 pub struct JobPath(pub JobId);
 

@@ -17,7 +17,7 @@ use utoipa::OpenApi;
 use crate::auth::{Action, Principal};
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::extract::{GroupPath, JobPath, MemberPath, QueryParams, QueuePath};
+use crate::extract::{GroupPath, JobPath, MemberPath, ProducerPath, QueryParams, QueuePath};
 use crate::state::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -52,6 +52,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/extends", post(extends))
         .route("/v1/fails", post(fails))
         .route("/v1/releases", post(releases))
+        .route("/v1/commits", post(commit))
+        .route("/v1/producers/{id}", post(producer_register))
         .route("/v1/idempotency/{key}/begin", post(idempotency_begin))
         .route("/v1/idempotency/{key}/complete", post(idempotency_complete))
         .route("/v1/idempotency/{key}/release", post(idempotency_release))
@@ -98,6 +100,8 @@ pub(crate) fn routes() -> Router<AppState> {
         extends,
         fails,
         releases,
+        commit,
+        producer_register,
         idempotency_begin,
         idempotency_complete,
         idempotency_release,
@@ -107,6 +111,12 @@ pub(crate) fn routes() -> Router<AppState> {
     ),
     components(schemas(
         ErrorBody,
+        CommitRequest,
+        CommitEnqueueItem,
+        onceq_core::commit::CommitOutcome,
+        onceq_core::commit::CommitEnqueued,
+        onceq_core::commit::Fence,
+        onceq_core::commit::Registration,
         QueueConfig,
         QueueConfigPatch,
         QueueInfo,
@@ -581,6 +591,43 @@ async fn releases(
     })
     .await?;
     Ok(Json(SettleResults { results }))
+}
+
+/// Applies a commit: its settles and enqueues all apply, or none. Every settled job needs the
+/// consume permission on its queue and every enqueue the produce permission on its queue.
+#[utoipa::path(post, path = "/v1/commits", request_body = CommitRequest,
+    responses((status = 200, body = onceq_core::commit::CommitOutcome), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn commit(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<CommitRequest>,
+) -> ApiResult<Json<onceq_core::commit::CommitOutcome>> {
+    let commit = request.into_commit()?;
+    onceq_core::store::validate::commit(&commit)?;
+    for batch in &commit.enqueue {
+        principal.check(Action::Produce, batch.queue.as_str())?;
+    }
+    let ids: Vec<JobId> = commit.leases().map(|l| l.id).collect();
+    if let Some(refusal) = consume_checks(&state, &principal, &ids).await.into_iter().flatten().next() {
+        return Err(refusal);
+    }
+    Ok(Json(state.store.commit(commit).await?))
+}
+
+/// Registers a producer (again): a new epoch, fencing every older one, and the checkpoint of
+/// its last commit. Needs the produce permission on a queue named as the producer (name
+/// producers after what they feed, or use a token for `*`).
+#[utoipa::path(post, path = "/v1/producers/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = onceq_core::commit::Registration), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+async fn producer_register(
+    State(state): State<AppState>,
+    principal: Principal,
+    ProducerPath(producer): ProducerPath,
+) -> ApiResult<Json<onceq_core::commit::Registration>> {
+    principal.check(Action::Produce, producer.as_str())?;
+    Ok(Json(state.store.producer_register(&producer).await?))
 }
 
 /// Acks many leases, each judged on its own.

@@ -251,22 +251,6 @@ impl SqliteStore {
         Ok(SqliteStore { inner })
     }
 
-    /// Applies a commit: its settles and enqueues all apply, or none (docs/design.md, "Next:
-    /// commits"). A retry with the same `commit_id` and content returns the first outcome,
-    /// `replayed`; other content under that id is a `Conflict`. Any lease not current:
-    /// `LeasesLost` with those jobs. A producer fenced by a newer registration: `Fenced`.
-    pub async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        commit.validate()?;
-        self.call(move |state, conn| state.commit(conn, commit)).await
-    }
-
-    /// Registers a producer (again): a new epoch, fencing every older one, and the checkpoint
-    /// its last commit saved.
-    pub async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
-        let producer = producer.clone();
-        self.call(move |state, conn| state.producer_register(conn, &producer)).await
-    }
-
     /// Finishes pending requests, checkpoints the file, stops the writer and releases the data
     /// directory. Requests made afterwards fail with [`Error::Unavailable`].
     pub async fn close(&self) {
@@ -398,6 +382,16 @@ fn closed() -> Error {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        validate::commit(&commit)?;
+        self.call(move |state, conn| state.commit(conn, commit)).await
+    }
+
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        let producer = producer.clone();
+        self.call(move |state, conn| state.producer_register(conn, &producer)).await
+    }
+
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         self.catch_up().await?;

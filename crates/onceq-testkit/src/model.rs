@@ -1665,6 +1665,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
+    use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
     use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
     use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
     use proptest::strategy::ValueTree;
@@ -1745,6 +1746,12 @@ mod tests {
 
     #[async_trait]
     impl Store for ModelStore {
+        async fn commit(&self, _commit: Commit) -> Result<CommitOutcome> {
+            Err(Error::invalid("the reference model's store has no commits yet; the conformance suite checks them"))
+        }
+        async fn producer_register(&self, _producer: &ProducerId) -> Result<Registration> {
+            Err(Error::invalid("the reference model's store has no producers yet; the conformance suite checks them"))
+        }
         async fn group_get(&self, _queue: &QueueName, _group: &GroupName) -> Result<GroupInfo> {
             no_groups()
         }

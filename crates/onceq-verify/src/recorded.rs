@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::{
     Begin, BeginOutcome, Complete, DeadList, DeadPage, Enqueued, Error, Extend, Fail, IdempotencyStore, ItemResults,
@@ -237,6 +238,13 @@ impl RecordedStore {
 
 #[async_trait]
 impl Store for RecordedStore {
+    // Commits are not part of verify's workloads (yet): passed through, unrecorded.
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        self.ctx.target().commit(commit).await
+    }
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        self.ctx.target().producer_register(producer).await
+    }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         self.ctx.target().dead_list(queue, page).await
     }

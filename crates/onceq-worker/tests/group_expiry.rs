@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::{
     DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack,
@@ -35,6 +36,12 @@ struct HeldHeartbeats {
 
 #[async_trait]
 impl Store for HeldHeartbeats {
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        self.inner.commit(commit).await
+    }
+    async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        self.inner.producer_register(producer).await
+    }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         self.inner.dead_list(queue, page).await
     }

@@ -18,7 +18,7 @@
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
 //!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
-//!   [`groups`] (Invariants 10 and 11), [`invariants`]
+//!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
 //!
 //! A `pub async fn` in an area file is a conformance function; the testkit's
@@ -27,6 +27,7 @@
 // These functions are tests: a panic is how they report a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod commits;
 pub mod dead_letters;
 pub mod enqueue;
 pub mod groups;
@@ -461,6 +462,13 @@ macro_rules! conformance_suite {
                 groups_refuse_what_they_cannot_serve,
                 invariant_11_membership_changes_move_the_fewest_partitions,
                 deleting_a_queue_deletes_its_groups,
+            ],
+            commits: [
+                a_commit_acks_its_input_and_enqueues_its_outputs_together,
+                a_commit_with_a_stale_lease_or_a_refused_enqueue_changes_nothing,
+                a_commit_id_replays_its_first_outcome_and_refuses_other_content,
+                a_newer_registration_fences_the_older_producer_and_returns_its_checkpoint,
+                a_commit_moves_a_key_on_and_enqueues_its_next_job,
             ],
             invariants: [
                 invariant_2_one_live_lease,

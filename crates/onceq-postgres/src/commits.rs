@@ -1,0 +1,310 @@
+//! Commits and producers (`onceq_core::commit`) on PostgreSQL: a commit is one database
+//! transaction, so whatever fails in it rolls all of it back.
+//!
+//! In order, inside the transaction:
+//! 1. **The commit id** (if any) is claimed by inserting its row; a second commit with the same
+//!    id waits on the unique key until the first ends, then finds the row: the same digest
+//!    replays the stored outcome, another digest is a `Conflict`. A row past its expiry is
+//!    taken over.
+//! 2. **The fence**: the producer's row `FOR SHARE` (`FOR UPDATE` for a commit that saves a
+//!    checkpoint on it), so that a registration (which updates it) waits for the commits of the
+//!    old epoch in flight, and every commit after it sees the new epoch.
+//! 3. **Every lease** is read at once; the stale ones are listed in `LeasesLost` and nothing
+//!    applies. The live ones are locked (`FOR UPDATE`).
+//! 4. The settles and enqueues run the statements of the single calls on the transaction's
+//!    connection; an item refused there (a lease that expired since step 3) rolls everything
+//!    back as `LeasesLost`.
+//! 5. The outcome is stored under the commit id, which lasts the longest dedup window of the
+//!    queues the commit touched, and at least `COMMIT_REPLAY_MS_MIN`; a checkpoint is saved on
+//!    the producer's row.
+//!
+//! A transaction PostgreSQL rolls back (deadlock, serialization failure) applied nothing and runs
+//! again, up to `COMMIT_TRIES_MAX` times. A connection lost while `COMMIT` is in flight leaves
+//! the outcome unknown: the error says to retry with the commit id, which replays the commit if
+//! it applied.
+
+use onceq_core::commit::{fenced, leases_lost, Commit, CommitEnqueued, CommitOutcome, Fence, ProducerId, Registration};
+use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
+use onceq_core::store::validate;
+use onceq_core::{Error, ItemResults, JobId, Result};
+use sqlx::{Acquire, PgConnection, Row};
+
+use crate::{parse_config, row_id, Conn, PgStore};
+
+const CLAIM: &str = "INSERT INTO {s}.commits (commit_id, digest, outcome, expires_at) VALUES ($2, $3, NULL, 0) \
+                     ON CONFLICT (commit_id) DO NOTHING RETURNING 1";
+const CLAIMED: &str = "SELECT digest, outcome::text AS outcome, expires_at > {now} AS live FROM {s}.commits \
+                       WHERE commit_id = $2 FOR UPDATE";
+const RECLAIM: &str = "UPDATE {s}.commits SET digest = $3, outcome = NULL, expires_at = 0 WHERE commit_id = $2";
+const RECORD: &str = "UPDATE {s}.commits SET outcome = $3::jsonb, expires_at = {now} + $4 WHERE commit_id = $2";
+/// Commits of one producer share its row; one that saves a checkpoint (an update of the row)
+/// takes it for update from the start, since two sharers that both upgraded would deadlock.
+const FENCE: &str = "SELECT epoch FROM {s}.producers WHERE id = $2 FOR SHARE";
+const FENCE_FOR_UPDATE: &str = "SELECT epoch FROM {s}.producers WHERE id = $2 FOR UPDATE";
+/// How many times a commit PostgreSQL rolled back (deadlock, serialization failure) runs.
+const COMMIT_TRIES_MAX: u32 = 4;
+const CHECKPOINT: &str = "UPDATE {s}.producers SET checkpoint = $3::jsonb WHERE id = $2";
+const REGISTER: &str =
+    "INSERT INTO {s}.producers AS p (id, epoch, checkpoint, registered_at) VALUES ($2, 1, NULL, {now}) \
+                        ON CONFLICT (id) DO UPDATE SET epoch = p.epoch + 1, registered_at = EXCLUDED.registered_at \
+                        RETURNING epoch, checkpoint::text AS checkpoint";
+/// The live leases among the items, locked, with their queue's config.
+const LIVE: &str = r#"
+SELECT j.id, q.name, q.config::text AS config
+FROM unnest($2::int8[], $3::bytea[]) AS i(id, token)
+JOIN {s}.jobs j ON j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > {now}
+JOIN {s}.queues q ON q.id = j.queue_id
+FOR UPDATE OF j
+"#;
+const CONFIGS: &str = "SELECT name, config::text AS config FROM {s}.queues WHERE name = ANY($2)";
+
+/// An item refused after the leases were checked live (one expired in between): the commit
+/// rolls back as `LeasesLost` of those jobs.
+fn all_applied<T>(ids: impl Iterator<Item = JobId>, results: ItemResults<T>) -> Result<()> {
+    let mut stale = Vec::new();
+    for (id, result) in ids.zip(results) {
+        match result {
+            Ok(_) => {}
+            Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => stale.push(id),
+            Err(other) => return Err(other),
+        }
+    }
+    if stale.is_empty() {
+        Ok(())
+    } else {
+        Err(leases_lost(stale))
+    }
+}
+
+impl PgStore {
+    /// `Store::commit`: a commit in a transaction of its own, all of it or nothing (see the
+    /// module docs).
+    pub(crate) async fn commit_own(&self, commit: Commit) -> Result<CommitOutcome> {
+        validate::commit(&commit)?;
+        // A transaction PostgreSQL rolls back for a deadlock (two commits creating the same
+        // queues in another order, say) applied nothing: it runs again, a few times.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.commit_once(commit.clone()).await {
+                Err(error) if crate::error::rolled_back_error(&error) && tries < COMMIT_TRIES_MAX => {
+                    tracing::debug!(%error, tries, "a commit was rolled back by PostgreSQL; running it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(tries) * 5)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// One try of [`commit_own`](Self::commit_own).
+    async fn commit_once(&self, commit: Commit) -> Result<CommitOutcome> {
+        let target = &self.inner.target;
+        let mut conn = self
+            .pool_for_transaction()
+            .acquire()
+            .await
+            .map_err(|e| crate::error::map(target, "starting a commit", e))?;
+        let mut tx = conn.begin().await.map_err(|e| crate::error::map(target, "starting a commit", e))?;
+        let outcome = self.commit_on(&mut tx, commit).await;
+        match outcome {
+            Ok(outcome) => {
+                tx.commit().await.map_err(|e| {
+                    Error::Unavailable(format!(
+                        "the commit's outcome is unknown ({}): retry it with its commit_id, which replays it if it applied",
+                        crate::error::map(target, "committing", e)
+                    ))
+                })?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Applies a commit inside the caller's transaction: its settles and enqueues, with the
+    /// caller's own writes, take effect if and only if the caller commits. After an error the
+    /// caller must roll back (what ran before the error is part of its transaction).
+    pub async fn commit_in(&self, tx: &mut PgConnection, commit: Commit) -> Result<CommitOutcome> {
+        validate::commit(&commit)?;
+        self.commit_on(tx, commit).await
+    }
+
+    async fn commit_on(&self, tx: &mut PgConnection, commit: Commit) -> Result<CommitOutcome> {
+        let target = &self.inner.target;
+        let map = |context: &'static str| move |e: sqlx::Error| crate::error::map(target, context, e);
+        let now = self.now_param();
+        let digest = commit.digest();
+        if let Some(id) = &commit.commit_id {
+            let claimed = sqlx::query(&self.sql(CLAIM))
+                .bind(now)
+                .bind(id.as_str())
+                .bind(&digest)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map("claiming a commit id"))?;
+            if claimed.is_none() {
+                let row = sqlx::query(&self.sql(CLAIMED))
+                    .bind(now)
+                    .bind(id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map("reading a commit id"))?;
+                let live: bool = row.try_get("live").map_err(map("reading a commit id"))?;
+                if live {
+                    let stored: String = row.try_get("digest").map_err(map("reading a commit id"))?;
+                    if stored != digest {
+                        return Err(Error::Conflict(format!(
+                            "commit_id {id} was used for a different commit (its settles, enqueues or checkpoint differ)"
+                        )));
+                    }
+                    let text: Option<String> = row.try_get("outcome").map_err(map("reading a commit id"))?;
+                    let text =
+                        text.ok_or_else(|| Error::Storage(format!("commit {id} is recorded without its outcome")))?;
+                    let mut outcome: CommitOutcome = serde_json::from_str(&text).map_err(|e| {
+                        Error::Storage(format!("the stored outcome of commit {id} cannot be read: {e}"))
+                    })?;
+                    outcome.replayed = true;
+                    return Ok(outcome);
+                }
+                sqlx::query(&self.sql(RECLAIM))
+                    .bind(now)
+                    .bind(id.as_str())
+                    .bind(&digest)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map("claiming a commit id"))?;
+            }
+        }
+        if let Some(fence) = &commit.producer {
+            self.check_fence(tx, fence, commit.checkpoint.is_some()).await?;
+        }
+
+        // Every lease live (and locked), and the dedup windows of their queues.
+        let leases: Vec<onceq_core::LeaseRef> = commit.leases().collect();
+        let mut window_ms = COMMIT_REPLAY_MS_MIN;
+        if !leases.is_empty() {
+            let ids: Vec<i64> = leases.iter().map(|l| row_id(l.id).unwrap_or(-1)).collect();
+            let tokens: Vec<&[u8]> = leases.iter().map(|l| &l.lease_token.as_bytes()[..]).collect();
+            let rows = sqlx::query(&self.sql(LIVE))
+                .bind(now)
+                .bind(&ids)
+                .bind(&tokens)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map("checking a commit's leases"))?;
+            let mut live = std::collections::BTreeSet::new();
+            for row in rows {
+                let id: i64 = row.try_get("id").map_err(map("checking a commit's leases"))?;
+                let name: String = row.try_get("name").map_err(map("checking a commit's leases"))?;
+                let config: String = row.try_get("config").map_err(map("checking a commit's leases"))?;
+                window_ms = window_ms.max(parse_config(&name, &config)?.dedup_window_ms);
+                live.insert(id);
+            }
+            let stale: Vec<JobId> =
+                leases.iter().filter(|l| !row_id(l.id).is_some_and(|id| live.contains(&id))).map(|l| l.id).collect();
+            if !stale.is_empty() {
+                return Err(leases_lost(stale));
+            }
+        }
+
+        let Commit { commit_id, producer, ack, nack, fail, release, enqueue, checkpoint } = commit;
+        if !ack.is_empty() {
+            all_applied(ack.iter().map(|a| a.id), self.job_ack(&mut Conn::Caller(&mut *tx), &ack).await?)?;
+        }
+        if !nack.is_empty() {
+            all_applied(nack.iter().map(|n| n.id), self.job_nack(&mut Conn::Caller(&mut *tx), &nack).await?)?;
+        }
+        if !fail.is_empty() {
+            all_applied(fail.iter().map(|f| f.id), self.job_fail(&mut Conn::Caller(&mut *tx), &fail).await?)?;
+        }
+        if !release.is_empty() {
+            all_applied(release.iter().map(|r| r.id), self.job_release(&mut Conn::Caller(&mut *tx), &release).await?)?;
+        }
+        let names: Vec<String> = enqueue.iter().map(|e| e.queue.as_str().to_owned()).collect();
+        let mut enqueued = Vec::with_capacity(enqueue.len());
+        for batch in enqueue {
+            let jobs = self.job_enqueue(&mut Conn::Caller(&mut *tx), &batch.queue, batch.jobs).await?;
+            enqueued.push(CommitEnqueued { queue: batch.queue, jobs });
+        }
+        if !names.is_empty() {
+            let rows = sqlx::query(&self.sql(CONFIGS))
+                .bind(now)
+                .bind(&names)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map("reading the queues of a commit"))?;
+            for row in rows {
+                let name: String = row.try_get("name").map_err(map("reading the queues of a commit"))?;
+                let config: String = row.try_get("config").map_err(map("reading the queues of a commit"))?;
+                window_ms = window_ms.max(parse_config(&name, &config)?.dedup_window_ms);
+            }
+        }
+        let outcome = CommitOutcome { enqueued, replayed: false };
+        if let Some(id) = &commit_id {
+            let text = serde_json::to_string(&outcome)
+                .map_err(|e| Error::Storage(format!("cannot encode the outcome of commit {id}: {e}")))?;
+            sqlx::query(&self.sql(RECORD))
+                .bind(now)
+                .bind(id.as_str())
+                .bind(text)
+                .bind(crate::to_i64(window_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(map("recording a commit id"))?;
+        }
+        if let (Some(fence), Some(checkpoint)) = (&producer, &checkpoint) {
+            let text = serde_json::to_string(checkpoint)
+                .map_err(|e| Error::Storage(format!("cannot encode a checkpoint: {e}")))?;
+            sqlx::query(&self.sql(CHECKPOINT))
+                .bind(now)
+                .bind(fence.producer.as_str())
+                .bind(text)
+                .execute(&mut *tx)
+                .await
+                .map_err(map("saving a checkpoint"))?;
+        }
+        Ok(outcome)
+    }
+
+    /// `Fenced` when a newer epoch of the producer registered; invalid when this one was never
+    /// issued. Holds the producer's row until the transaction ends: `FOR SHARE`, or `FOR
+    /// UPDATE` when the commit will save a checkpoint on it.
+    async fn check_fence(&self, tx: &mut PgConnection, fence: &Fence, checkpoint: bool) -> Result<()> {
+        let current: Option<i64> = sqlx::query_scalar(&self.sql(if checkpoint { FENCE_FOR_UPDATE } else { FENCE }))
+            .bind(self.now_param())
+            .bind(fence.producer.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| crate::error::map(&self.inner.target, "reading a producer", e))?;
+        match current.map(|e| e.max(0) as u64) {
+            Some(current) if current > fence.epoch => Err(fenced(fence, current)),
+            Some(current) if current == fence.epoch => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "producer {} epoch {} was never issued: register the producer first",
+                fence.producer, fence.epoch
+            ))),
+        }
+    }
+
+    /// `Store::producer_register`: a new epoch, which fences every older one (it waits for
+    /// their commits in flight), and the checkpoint of its last commit that carried one.
+    pub(crate) async fn register_producer(&self, producer: &ProducerId) -> Result<Registration> {
+        let sql = self.sql(REGISTER);
+        let now = self.now_param();
+        let row = self
+            .run("registering a producer", || {
+                crate::conns::pooled!(self, sqlx::query(&sql).bind(now).bind(producer.as_str()), fetch_one)
+            })
+            .await?;
+        let decode = |e: sqlx::Error| crate::error::map(&self.inner.target, "registering a producer", e);
+        let epoch: i64 = row.try_get("epoch").map_err(decode)?;
+        let checkpoint: Option<String> = row.try_get("checkpoint").map_err(decode)?;
+        let checkpoint = checkpoint
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
+        Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+    }
+}
