@@ -2,10 +2,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use onceq_core::{Headers, JobId, LeaseRef, LeaseToken, QueueName, Timestamp};
+use onceq_core::commit::CommitEnqueue;
+use onceq_core::limits::ENQUEUE_BATCH_MAX;
+use onceq_core::{Error, Headers, JobId, LeaseRef, LeaseToken, NewJob, QueueName, Timestamp};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -108,12 +110,42 @@ pub struct JobContext {
     /// Cancelled when the job's lease is lost (a heartbeat was refused), its deadline passes, or
     /// the worker's shutdown grace runs out. A handler doing long work should watch it.
     pub cancellation: CancellationToken,
+    /// What the handler produced, committed with the job's ack ([`JobContext::produce`]).
+    pub(crate) produced: Produced,
 }
+
+/// The jobs a handler produced, by queue in first-produced order.
+pub(crate) type Produced = Arc<Mutex<Vec<CommitEnqueue>>>;
 
 impl JobContext {
     /// The (id, token) pair naming this lease.
     pub fn lease(&self) -> LeaseRef {
         LeaseRef { id: self.id, lease_token: self.lease_token }
+    }
+
+    /// Produces `job` into `queue` **with this job's ack**: when the handler returns
+    /// [`Outcome::Done`] or [`Outcome::DoneWith`], the worker acks this job and enqueues every
+    /// job produced in one commit (`Store::commit`), all or nothing, under a commit id derived
+    /// from the lease, so a retry after a lost reply applies nothing twice. A crash before the
+    /// commit, a lost lease, or any other outcome commits nothing: the job runs again and
+    /// produces again. So each output exists exactly once per successful completion, with no
+    /// idempotency key of its own. At most [`ENQUEUE_BATCH_MAX`] jobs per delivery; the queue
+    /// name and the job are checked here.
+    pub fn produce(&self, queue: &str, job: NewJob) -> onceq_core::Result<()> {
+        let queue = QueueName::new(queue)?;
+        job.validate()?;
+        let mut produced = self.produced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count: usize = produced.iter().map(|e| e.jobs.len()).sum();
+        if count >= ENQUEUE_BATCH_MAX {
+            return Err(Error::invalid(format!(
+                "a delivery produces at most {ENQUEUE_BATCH_MAX} jobs; produce fewer, or enqueue the rest yourself"
+            )));
+        }
+        match produced.iter_mut().find(|e| e.queue == queue) {
+            Some(batch) => batch.jobs.push(job),
+            None => produced.push(CommitEnqueue { queue, jobs: vec![job] }),
+        }
+        Ok(())
     }
 
     /// Completes when the job is cancelled (see [`JobContext::cancellation`]).

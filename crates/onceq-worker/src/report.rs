@@ -14,6 +14,9 @@ pub struct WorkerReport {
     /// Jobs acked (handler done, or effect already applied), by the runtime or, for
     /// [`Outcome::Acked`](crate::Outcome::Acked), by the handler itself.
     pub acked: u64,
+    /// Jobs produced by handlers ([`JobContext::produce`](crate::JobContext::produce)) and
+    /// committed with their job's ack.
+    pub produced: u64,
     /// Deliveries skipped because the idempotency store had the effect recorded.
     pub duplicates_skipped: u64,
     /// Deliveries released because another delivery held the job's idempotency key.

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use onceq_core::commit::{Commit, CommitEnqueue, CommitId};
 use onceq_core::limits::{LEASE_BATCH_MAX, VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN, WAIT_MS_MAX};
 use onceq_core::{Error, IdempotencyStore, LeaseOptions, LeasedJob, QueueName, Store, StoreExt};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acker::AckRequest;
 use crate::gate::{claim_owner, Claim, Decision, EffectivelyOnce, Gate};
 use crate::group::{AskedView, GroupOptions, InFlight, Membership};
-use crate::handler::{ErasedHandler, JobContext, Outcome};
+use crate::handler::{ErasedHandler, JobContext, Outcome, Produced};
 use crate::report::Shared;
 use onceq_core::metrics::HANDLER_DURATION;
 
@@ -21,6 +22,9 @@ use onceq_core::metrics::HANDLER_DURATION;
 const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between lease attempts after the store failed.
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How many times the commit of a job's ack and outputs is sent while the store cannot answer
+/// (the same commit id each time, so a try that applied is replayed, not repeated).
+const COMMIT_TRIES_MAX: u32 = 5;
 /// On shutdown, how long a lease call already under way may take to finish.
 const IN_FLIGHT_LEASE_GRACE: Duration = Duration::from_millis(100);
 /// Shortest heartbeat interval.
@@ -338,7 +342,9 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             enqueued_at: job.enqueued_at,
             worker_id: self.shared.worker_id.clone(),
             cancellation: cancellation.clone(),
+            produced: Produced::default(),
         };
+        let produced = context.produced.clone();
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
             self.store.clone(),
@@ -382,7 +388,54 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             self.shared.count(|r| r.lease_lost += 1);
             return;
         }
+        let outputs = std::mem::take(&mut *produced.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !outputs.is_empty() && matches!(end, End::Outcome(Outcome::Done | Outcome::DoneWith(_))) {
+            self.commit_outputs(&job, outputs).await;
+            return;
+        }
         self.settle(&job, end).await;
+    }
+
+    /// Acks `job` and enqueues what its handler produced in one commit, named after the lease
+    /// so that sending it again (after a reply lost to a store that could not answer) replays
+    /// it instead of applying it twice.
+    async fn commit_outputs(&self, job: &LeasedJob, outputs: Vec<CommitEnqueue>) {
+        let jobs: u64 = outputs.iter().map(|e| e.jobs.len() as u64).sum();
+        let commit_id = match CommitId::new(format!("lease:{}:{}", job.id, job.lease_token)) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, job = %job.id, "cannot name the commit of a job's outputs");
+                return;
+            }
+        };
+        let commit =
+            Commit { commit_id: Some(commit_id), ack: vec![job.lease()], enqueue: outputs, ..Commit::default() };
+        let mut backoff = ERROR_BACKOFF_MIN;
+        for attempt in 1..=COMMIT_TRIES_MAX {
+            match self.store.commit(commit.clone()).await {
+                Ok(_) => {
+                    self.shared.count(|r| {
+                        r.acked += 1;
+                        r.produced += jobs;
+                    });
+                    return;
+                }
+                Err(Error::LeasesLost(_)) => {
+                    // Nothing applied: the job runs again elsewhere and produces again.
+                    self.shared.count(|r| r.lease_lost += 1);
+                    return;
+                }
+                Err(error @ (Error::Unavailable(_) | Error::Storage(_))) if attempt < COMMIT_TRIES_MAX => {
+                    tracing::warn!(%error, job = %job.id, "committing a job's outputs failed; trying again after {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ERROR_BACKOFF_MAX);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, job = %job.id, "committing a job's outputs failed; the lease will redeliver the job");
+                    return;
+                }
+            }
+        }
     }
 
     async fn run_handler(&self, context: JobContext, job: &LeasedJob, cancellation: &CancellationToken) -> End {
