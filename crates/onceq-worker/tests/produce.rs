@@ -60,7 +60,7 @@ async fn a_stage_commits_its_outputs_with_its_ack_and_a_retry_commits_nothing() 
                     ctx.produce("b", NewJob::new(format!("{}", n + 1000))).unwrap();
                     runs.fetch_add(1, AtomicOrdering::SeqCst);
                     // Every third input fails its first attempt after producing: nothing of it commits.
-                    if n % 3 == 0 && ctx.attempt == 1 {
+                    if n.is_multiple_of(3) && ctx.attempt == 1 {
                         return Outcome::retry_after(Duration::ZERO, "not yet");
                     }
                     Outcome::Done
@@ -73,7 +73,7 @@ async fn a_stage_commits_its_outputs_with_its_ack_and_a_retry_commits_nothing() 
     assert_eq!(ready(&store, "b").await, 2 * inputs, "two jobs into b per input, once");
     assert_eq!(ready(&store, "c").await, inputs, "one job into c per input, once");
     assert_eq!(store.queue_get(&q("a")).await.unwrap().stats.ready, 0);
-    let retried = (0..inputs).filter(|n| n % 3 == 0).count() as u64;
+    let retried = (0..inputs).filter(|n| n.is_multiple_of(3)).count() as u64;
     assert_eq!(u64::from(runs.load(AtomicOrdering::SeqCst)), inputs + retried);
     assert_eq!((report.acked, report.produced, report.retried), (inputs, 3 * inputs, retried));
 }
