@@ -139,6 +139,9 @@ pub enum Command {
     /// Consumer groups of a per_key queue: list, describe (members and partition owners).
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Group(cli::group::GroupArgs),
+    /// Producers of commits: get (epoch and checkpoint), register (a new epoch, fencing the old).
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Producer(cli::producer::ProducerArgs),
     /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Stats(cli::stats::StatsArgs),
@@ -185,6 +188,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Job(args) => cli::job::run(&args),
         Command::Dlq(args) => cli::dlq::run(&args),
         Command::Group(args) => cli::group::run(&args),
+        Command::Producer(args) => cli::producer::run(&args),
         Command::Stats(args) => cli::stats::run(&args),
         Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
         Command::VerifyGroups(drill_args) => verify_groups::run(&drill_args),

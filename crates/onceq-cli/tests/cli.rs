@@ -573,3 +573,27 @@ fn consumer_groups_from_the_cli() {
     let bad = onceq(url, &["group", "describe", "orders", "bad name"], None);
     assert!(bad.stderr.contains("contains ' '; only [A-Za-z0-9._-] is allowed"), "{bad:?}");
 }
+
+/// `onceq producer get` and `register`: a producer never registered, a registration in JSON, a
+/// second registration (with the checkpoint of the first epoch's commit) that fences the first
+/// epoch, and a bad id that exits 2.
+#[test]
+fn producers_from_the_cli() {
+    let server = Server::start();
+    let url = server.url.as_str();
+    assert_eq!(ok(url, &["producer", "get", "ingest:orders"], None), "producer ingest:orders: never registered");
+    let first = json(url, &["producer", "register", "ingest:orders"], None);
+    assert_eq!(first, json!({"id": "ingest:orders", "epoch": 1, "checkpoint": null}));
+    // A commit of epoch 1 saves a checkpoint; registering again fences epoch 1.
+    let commit = json!({"producer": {"id": "ingest:orders", "epoch": 1},
+        "enqueue": [{"queue": "orders", "jobs": [{"payload": {"line": 1}}]}], "checkpoint": {"offset": 1}});
+    let (status, _, body) = http(reqwest::Method::POST, &format!("{url}/v1/commits"), Some(commit.clone()));
+    assert_eq!(status, 200, "{body}");
+    let table = ok(url, &["producer", "register", "ingest:orders"], None);
+    assert!(table.contains("epoch       2") && table.contains(r#"{"offset":1}"#), "{table}");
+    let (status, _, body) = http(reqwest::Method::POST, &format!("{url}/v1/commits"), Some(commit));
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("fenced")), "{body}");
+    assert_eq!(json(url, &["producer", "get", "ingest:orders"], None)["epoch"], json!(2));
+    let bad = onceq(url, &["producer", "get", "no spaces"], None);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}

@@ -142,6 +142,10 @@ impl Store for Client {
         self.call(Method::POST, &format!("/v1/producers/{}", producer.as_str())).fetch().await
     }
 
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+        self.call(Method::GET, &format!("/v1/producers/{}", producer.as_str())).fetch().await
+    }
+
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         let mut call = self.call(Method::GET, &queue_path(queue, "/dead")?).query("limit", &page.limit.to_string());

@@ -102,6 +102,13 @@ impl<'de> Deserialize<'de> for ProducerId {
     }
 }
 
+impl std::str::FromStr for ProducerId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ProducerId::new(s)
+    }
+}
+
 impl fmt::Display for ProducerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

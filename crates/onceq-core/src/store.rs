@@ -160,6 +160,9 @@ pub trait Store: Send + Sync {
     /// Registers a producer, or registers it again: a new epoch, which fences every older one
     /// (Invariant 13), and the checkpoint its last commit saved.
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration>;
+    /// Reads a producer without registering it: its current epoch and checkpoint, epoch 0 (an
+    /// epoch never issued) when it never registered.
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration>;
 }
 
 #[async_trait]
@@ -169,6 +172,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
         (**self).producer_register(producer).await
+    }
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+        (**self).producer_get(producer).await
     }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         (**self).dead_list(queue, page).await

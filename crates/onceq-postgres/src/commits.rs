@@ -56,6 +56,7 @@ JOIN {s}.jobs j ON j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j
 JOIN {s}.queues q ON q.id = j.queue_id
 FOR UPDATE OF j
 "#;
+const PRODUCER: &str = "SELECT epoch, checkpoint::text AS checkpoint, {now} AS now FROM {s}.producers WHERE id = $2";
 const CONFIGS: &str = "SELECT name, config::text AS config FROM {s}.queues WHERE name = ANY($2)";
 
 /// An item refused after the leases were checked live (one expired in between): the commit
@@ -286,6 +287,27 @@ impl PgStore {
                 fence.producer, fence.epoch
             ))),
         }
+    }
+
+    /// `Store::producer_get`: epoch 0 when the producer never registered.
+    pub(crate) async fn read_producer(&self, producer: &ProducerId) -> Result<Registration> {
+        let sql = self.sql(PRODUCER);
+        let now = self.now_param();
+        let row = self
+            .run("reading a producer", || {
+                crate::conns::pooled!(self, sqlx::query(&sql).bind(now).bind(producer.as_str()), fetch_optional)
+            })
+            .await?;
+        let decode = |e: sqlx::Error| crate::error::map(&self.inner.target, "reading a producer", e);
+        let (epoch, checkpoint): (i64, Option<String>) = match row {
+            Some(row) => (row.try_get("epoch").map_err(decode)?, row.try_get("checkpoint").map_err(decode)?),
+            None => (0, None),
+        };
+        let checkpoint = checkpoint
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
+        Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
     }
 
     /// `Store::producer_register`: a new epoch, which fences every older one (it waits for

@@ -553,6 +553,10 @@ impl Store for PgStore {
         self.register_producer(producer).await
     }
 
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+        self.read_producer(producer).await
+    }
+
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         self.dead_list(queue, page).await

@@ -53,7 +53,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/fails", post(fails))
         .route("/v1/releases", post(releases))
         .route("/v1/commits", post(commit))
-        .route("/v1/producers/{id}", post(producer_register))
+        .route("/v1/producers/{id}", get(producer_get).post(producer_register))
         .route("/v1/idempotency/{key}/begin", post(idempotency_begin))
         .route("/v1/idempotency/{key}/complete", post(idempotency_complete))
         .route("/v1/idempotency/{key}/release", post(idempotency_release))
@@ -102,6 +102,7 @@ pub(crate) fn routes() -> Router<AppState> {
         releases,
         commit,
         producer_register,
+        producer_get,
         idempotency_begin,
         idempotency_complete,
         idempotency_release,
@@ -628,6 +629,20 @@ async fn producer_register(
 ) -> ApiResult<Json<onceq_core::commit::Registration>> {
     principal.check(Action::Produce, producer.as_str())?;
     Ok(Json(state.store.producer_register(&producer).await?))
+}
+
+/// Reads a producer: its epoch (0 when it never registered) and the checkpoint of its last
+/// commit. Any permission on a queue named as the producer.
+#[utoipa::path(get, path = "/v1/producers/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = onceq_core::commit::Registration), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+async fn producer_get(
+    State(state): State<AppState>,
+    principal: Principal,
+    ProducerPath(producer): ProducerPath,
+) -> ApiResult<Json<onceq_core::commit::Registration>> {
+    principal.check(Action::Read, producer.as_str())?;
+    Ok(Json(state.store.producer_get(&producer).await?))
 }
 
 /// Acks many leases, each judged on its own.

@@ -392,6 +392,11 @@ impl Store for SqliteStore {
         self.call(move |state, conn| state.producer_register(conn, &producer)).await
     }
 
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+        let producer = producer.clone();
+        self.call(move |_, conn| crate::writer::producer_get(conn, &producer)).await
+    }
+
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         validate::dead_page(&page)?;
         self.catch_up().await?;

@@ -1752,6 +1752,9 @@ mod tests {
         async fn producer_register(&self, _producer: &ProducerId) -> Result<Registration> {
             Err(Error::invalid("the reference model's store has no producers yet; the conformance suite checks them"))
         }
+        async fn producer_get(&self, _producer: &ProducerId) -> Result<Registration> {
+            Err(Error::invalid("the reference model's store has no producers yet; the conformance suite checks them"))
+        }
         async fn group_get(&self, _queue: &QueueName, _group: &GroupName) -> Result<GroupInfo> {
             no_groups()
         }

@@ -245,6 +245,9 @@ impl Store for RecordedStore {
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
         self.ctx.target().producer_register(producer).await
     }
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+        self.ctx.target().producer_get(producer).await
+    }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         self.ctx.target().dead_list(queue, page).await
     }

@@ -42,6 +42,9 @@ impl Store for HeldHeartbeats {
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
         self.inner.producer_register(producer).await
     }
+    async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+        self.inner.producer_get(producer).await
+    }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         self.inner.dead_list(queue, page).await
     }

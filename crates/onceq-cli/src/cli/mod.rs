@@ -23,6 +23,7 @@ pub mod enqueue;
 pub mod group;
 pub mod job;
 pub mod lease;
+pub mod producer;
 pub mod queue;
 pub mod stats;
 pub mod table;

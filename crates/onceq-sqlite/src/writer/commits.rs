@@ -26,6 +26,25 @@ fn all_applied<T>(part: &str, results: ItemResults<T>) -> Result<()> {
     }
 }
 
+/// A producer as stored, epoch 0 when it never registered.
+pub(crate) fn producer_get(conn: &Connection, producer: &ProducerId) -> Result<Registration> {
+    let row: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT epoch, checkpoint FROM producers WHERE id = ?1")
+        .and_then(|mut s| s.query_row([producer.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(storage("reading a producer"))?;
+    let (epoch, checkpoint) = row.unwrap_or((0, None));
+    registration(producer, epoch, checkpoint)
+}
+
+/// A registration from its stored form.
+fn registration(producer: &ProducerId, epoch: i64, checkpoint: Option<String>) -> Result<Registration> {
+    let checkpoint = checkpoint
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
+    Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+}
+
 impl State {
     /// Applies `commit` (validated by the caller), or nothing.
     pub(crate) fn commit(&mut self, conn: &Connection, commit: Commit) -> Result<CommitOutcome> {
@@ -152,10 +171,6 @@ impl State {
                 s.query_row(params![producer.as_str(), self.now.as_millis()], |r| Ok((r.get(0)?, r.get(1)?)))
             })
             .map_err(storage("registering a producer"))?;
-        let checkpoint = checkpoint
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
-        Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+        registration(producer, epoch, checkpoint)
     }
 }

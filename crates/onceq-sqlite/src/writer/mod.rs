@@ -17,6 +17,7 @@
 
 pub(crate) mod cache;
 mod commits;
+pub(crate) use commits::producer_get;
 mod dead;
 mod due;
 pub(crate) mod groups;

@@ -134,6 +134,8 @@ pub async fn a_commit_id_replays_its_first_outcome_and_refuses_other_content<B: 
 pub async fn a_newer_registration_fences_the_older_producer_and_returns_its_checkpoint<B: Backend>(backend: &B) {
     let (f, _clock) = open_manual(backend).await;
     let ingest = ProducerId::new("ingest:orders").unwrap();
+    let never = f.store.producer_get(&ingest).await.unwrap();
+    assert_eq!((never.epoch, never.checkpoint), (0, None), "epoch 0: never registered");
     let old = f.store.producer_register(&ingest).await.unwrap();
     assert_eq!((old.epoch, old.checkpoint.clone()), (1, None));
     let produce = |epoch: u64, offset: u64| Commit {
@@ -145,7 +147,8 @@ pub async fn a_newer_registration_fences_the_older_producer_and_returns_its_chec
     f.commit_ok(produce(1, 10)).await;
 
     let new = f.store.producer_register(&ingest).await.unwrap();
-    assert_eq!((new.epoch, new.checkpoint), (2, Some(serde_json::json!({ "offset": 10 }))));
+    assert_eq!((new.epoch, new.checkpoint.clone()), (2, Some(serde_json::json!({ "offset": 10 }))));
+    assert_eq!(f.store.producer_get(&ingest).await.unwrap(), new, "reading registers nothing");
     // The old instance, still running, is refused from now on and changes nothing.
     assert!(matches!(f.store.commit(produce(1, 11)).await, Err(Error::Fenced(_))));
     assert!(matches!(f.store.commit(produce(3, 11)).await, Err(Error::InvalidRequest(_))), "epoch 3 was never issued");
