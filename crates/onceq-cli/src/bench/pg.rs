@@ -40,7 +40,9 @@ use onceq_postgres::statements::HotStatement;
 use onceq_postgres::{PgOptions, PgStore};
 
 use super::error::BenchError;
-use super::options::{payload, rounds, BenchArgs, Scenario, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
+use super::options::{
+    ordered_small_backlog, payload, rounds, BenchArgs, Scenario, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS,
+};
 use super::report::{emit, one_kind_latencies, progress, rate_target, row_details, target_line, thousands};
 use super::scenarios::{self, Keys, Run, Shape};
 use super::turns::{jobs_per_s, median, rounds_of};
@@ -694,8 +696,9 @@ impl PgBench<'_> {
                     scenarios::lease_ack(&store, &queue, leased, BATCH, 1).await
                 })
             };
+            let small_held = ordered_small_backlog(leased);
             let (run, small, ratios) =
-                rounds_of(self.rounds, || lease(backlog + jobs), || lease(jobs).map(|r| jobs_per_s(&r)))?;
+                rounds_of(self.rounds, || lease(backlog + jobs), || lease(small_held).map(|r| jobs_per_s(&r)))?;
             let row = Row {
                 scenario: format!("lease+ack {BATCH}/call, per_key, {} jobs", thousands((backlog + jobs) as f64)),
                 run,
@@ -704,7 +707,7 @@ impl PgBench<'_> {
                 floor_what: format!(
                     "the same {} keys, {} jobs (the store)",
                     thousands(keys as f64),
-                    thousands(jobs as f64)
+                    thousands(small_held as f64)
                 ),
             };
             self.row(&row, &mut ordered_done);
