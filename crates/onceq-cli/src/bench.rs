@@ -21,7 +21,7 @@
 //! | lease+ack 100/call, small backlog | 1 worker; the queue holds only the jobs it leases | UPDATE 100 + DELETE 100, a transaction each |
 //! | lease+ack 100/call, 1,000,000 ready | the same, behind a backlog | the same, behind the same backlog |
 //! | end-to-end 100/call, `per_key`, 10,000 keys | 4 producers, 8 workers | the same on an unordered queue |
-//! | lease+ack 100/call, `per_key`, 100,000 keys behind 1,000,000 jobs | 1 worker | the same keys, no backlog |
+//! | lease+ack 100/call, `per_key`, 100,000 keys behind 1,000,000 jobs | 1 worker | the same keys, a head each and one job behind each leased head |
 //!
 //! The two ordered scenarios have no SQLite floor: their yardstick is the store itself, on an
 //! unordered queue (what ordering costs), and on a small backlog of the same keys (that leasing
@@ -74,7 +74,7 @@ use onceq_sqlite::{Durability, SqliteOptions, SqliteStore};
 pub use error::BenchError;
 pub use options::{BenchArgs, DurabilityChoice, Scenario};
 
-use options::{payload, rounds, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
+use options::{ordered_small_backlog, payload, rounds, Selection, BATCH, ORDERED_BACKLOG_KEYS, ORDERED_KEYS};
 use report::{emit, one_kind_latencies, progress, rate_target, row_details, target_line, thousands};
 use scenarios::{Keys, Run, Shape};
 use turns::{jobs_per_s, median, rounds_of};
@@ -520,15 +520,18 @@ impl Bench<'_> {
             // Leasing an ordered queue behind a big backlog: heads only, whatever waits behind.
             let backlog = plan.backlog;
             let keys = Keys::Spread(ORDERED_BACKLOG_KEYS);
-            // n jobs leased; the small run holds only them, the big one the backlog too.
+            // Up to n jobs leased, each with a job behind it on both sides: the small run holds
+            // a head per key and one job behind each leased head, the big one the backlog too.
+            let leased = n.min(ORDERED_BACKLOG_KEYS);
+            let small_held = ordered_small_backlog(leased);
             let lease = |held: u64| {
                 self.store(move |store, queue, payload| async move {
                     scenarios::fill(&store, &queue, &payload, held, keys).await?;
-                    scenarios::lease_ack(&store, &queue, n.min(ORDERED_BACKLOG_KEYS), BATCH, 1).await
+                    scenarios::lease_ack(&store, &queue, leased, BATCH, 1).await
                 })
             };
             let (run, small, ratios) =
-                rounds_of(self.plan.rounds, || lease(backlog + n), || lease(n).map(|r| jobs_per_s(&r)))?;
+                rounds_of(self.plan.rounds, || lease(backlog + n), || lease(small_held).map(|r| jobs_per_s(&r)))?;
             let row = Row {
                 scenario: format!(
                     "lease+ack {BATCH}/call, per_key, {} keys, {} jobs",
@@ -537,7 +540,10 @@ impl Bench<'_> {
                 ),
                 run,
                 ratios,
-                floor: Some(floor_figure(small, format!("the same keys, {} jobs (the store)", thousands(n as f64)))),
+                floor: Some(floor_figure(
+                    small,
+                    format!("the same keys, {} jobs (the store)", thousands(small_held as f64)),
+                )),
             };
             figures.ordered_backlog = Some((backlog + n, row.ratio()));
             self.row(row);

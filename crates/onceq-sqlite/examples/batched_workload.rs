@@ -137,7 +137,10 @@ const NOW_MS: i64 = 1_767_225_600_000;
 fn floor_open(dir: &std::path::Path) -> Result<Connection, Failure> {
     let conn = Connection::open(dir.join("floor.db"))?;
     let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL; PRAGMA cache_size = -{}; PRAGMA temp_store = MEMORY;",
+        onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT / 1024
+    ))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }

@@ -190,8 +190,9 @@ fn open_error(path: &Path, error: rusqlite::Error) -> Error {
     Error::Storage(format!("cannot open {}: {hint} ({error})", path.display()))
 }
 
-/// Opens the writer connection: checks the file is ours, migrates it, sets its PRAGMAs.
-pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
+/// Opens the writer connection: checks the file is ours, migrates it, sets its PRAGMAs, with a
+/// page cache of `page_cache_bytes` (see `PAGE_CACHE_BYTES_DEFAULT` for why it is small).
+pub(crate) fn open_writer(path: &Path, page_cache_bytes: u64) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     let read_i64 = |conn: &Connection, pragma: &str| -> Result<i64> {
@@ -225,10 +226,12 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     }
     // Both durability settings commit with `synchronous=NORMAL`: with `fsync` the syncer thread
     // syncs the log after each commit, before any reply (module `sync`); with `relaxed` nothing does.
-    conn.execute_batch(
+    // A negative cache_size is in KiB.
+    conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA busy_timeout = 5000; \
-         PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
-    )
+         PRAGMA cache_size = -{}; PRAGMA temp_store = MEMORY;",
+        page_cache_bytes / 1024
+    ))
     .map_err(|e| open_error(path, e))?;
     if version < SCHEMA_VERSION {
         let tx = conn.transaction().map_err(|e| open_error(path, e))?;
@@ -256,6 +259,17 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
 mod tests {
     use super::*;
 
+    /// The writer's page cache is the size it was opened with (`cache_size` in KiB, negative).
+    #[test]
+    fn the_writer_page_cache_has_the_size_asked_for() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for mib in [1, 16, 100] {
+            let conn = open_writer(&dir.path().join("cache.db"), mib << 20).unwrap_or_else(|e| panic!("{e}"));
+            let kib: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(kib, -(mib as i64) * 1024, "{mib} MiB");
+        }
+    }
+
     #[test]
     fn a_version_1_file_is_migrated_forward_with_its_jobs() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -272,7 +286,7 @@ mod tests {
             )
             .unwrap_or_else(|e| panic!("{e}"));
         }
-        let conn = open_writer(&path).unwrap_or_else(|e| panic!("{e}"));
+        let conn = open_writer(&path, crate::PAGE_CACHE_BYTES_DEFAULT).unwrap_or_else(|e| panic!("{e}"));
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version, SCHEMA_VERSION);
         let (id, leased_at): (i64, Option<i64>) = conn

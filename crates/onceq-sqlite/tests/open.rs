@@ -1,10 +1,13 @@
 //! Opening a data directory: a fresh one works; a second opener, a foreign SQLite file, a file from a
 //! newer onceq, and a damaged or unreadable file are each refused with a clear error and left
-//! untouched; data survives close and reopen under both durability settings.
+//! untouched; data survives close and reopen under both durability settings; a page cache outside
+//! its bounds is refused before anything is opened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use onceq_core::{Error, NewJob, QueueName, Store, StoreExt};
-use onceq_sqlite::{Durability, SqliteOptions, SqliteStore, DATA_FILE_NAME};
+use onceq_sqlite::{
+    Durability, SqliteOptions, SqliteStore, DATA_FILE_NAME, PAGE_CACHE_BYTES_MAX, PAGE_CACHE_BYTES_MIN,
+};
 
 fn storage_message(result: onceq_core::Result<SqliteStore>) -> String {
     match result {
@@ -117,4 +120,23 @@ fn an_unreadable_data_file_is_a_clear_error() {
     std::fs::create_dir(dir.path().join(DATA_FILE_NAME)).unwrap();
     let message = storage_message(SqliteStore::open(SqliteOptions::new(dir.path())));
     assert!(message.contains("cannot open"), "{message}");
+}
+
+#[tokio::test]
+async fn a_page_cache_outside_its_bounds_is_refused_and_one_within_them_opens() {
+    for bytes in [0, PAGE_CACHE_BYTES_MIN - 1, PAGE_CACHE_BYTES_MAX + 1] {
+        let dir = tempfile::tempdir().unwrap();
+        match SqliteStore::open(SqliteOptions::new(dir.path()).page_cache_bytes(bytes)) {
+            Err(Error::InvalidRequest(message)) => assert!(message.contains("page_cache_bytes"), "{message}"),
+            Err(other) => panic!("{bytes} bytes: expected an invalid request, got {other:?}"),
+            Ok(_) => panic!("{bytes} bytes: expected the open to be refused"),
+        }
+        assert!(!dir.path().join(DATA_FILE_NAME).exists(), "{bytes} bytes: a refused open wrote a data file");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let queue = QueueName::new("q").unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path()).page_cache_bytes(PAGE_CACHE_BYTES_MIN)).unwrap();
+    let enqueued = store.enqueue(&queue, NewJob::new("a")).await.unwrap();
+    assert_eq!(store.lease_one(&queue).await.unwrap().map(|job| job.id), Some(enqueued.id));
+    store.close().await;
 }

@@ -49,9 +49,11 @@ const ACK: &str = "DELETE FROM jobs WHERE id = ?1";
 /// A fixed clock reading: the floor measures writes, not time keeping.
 const NOW_MS: i64 = 1_767_225_600_000;
 
-/// The PRAGMAs the embedded store sets on its writer connection, besides `journal_mode` and
-/// `synchronous`: a 64 MiB page cache and in-memory temporary tables.
-const STORE_PRAGMAS: &str = "PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;";
+/// The PRAGMAs the embedded store sets on its writer connection by default, besides
+/// `journal_mode` and `synchronous`: its default page cache and in-memory temporary tables.
+fn store_pragmas() -> String {
+    format!("PRAGMA cache_size = -{}; PRAGMA temp_store = MEMORY;", onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT / 1024)
+}
 
 /// Opens a fresh database in `dir` with the store's PRAGMAs and the job table.
 pub(crate) fn open(dir: &Path, synchronous: &str) -> Result<Connection, BenchError> {
@@ -60,7 +62,7 @@ pub(crate) fn open(dir: &Path, synchronous: &str) -> Result<Connection, BenchErr
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(BenchError::Check(format!("the floor database is in journal mode {mode}, not WAL")));
     }
-    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}; {STORE_PRAGMAS}"))?;
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}; {}", store_pragmas()))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }

@@ -148,6 +148,16 @@ pub(super) const ORDERED_KEYS: u64 = 10_000;
 /// Keys of the ordered lease scenarios: the big backlog waits behind this many heads.
 pub(super) const ORDERED_BACKLOG_KEYS: u64 = 100_000;
 
+/// Jobs the small side of `lease-ack-ordered-backlog` (its yardstick) holds when `leased` jobs
+/// are leased: a head for every key, and one job behind each head that is leased, so that every
+/// ack hands its key on, as every ack behind the big backlog does. Holding only the leased jobs
+/// gave a run that leases fewer jobs than there are keys (`--store --jobs 20000`) no blocked job
+/// at all: its acks skipped the hand-over the big side's acks make, and the ratio compared two
+/// different works.
+pub(super) fn ordered_small_backlog(leased: u64) -> u64 {
+    ORDERED_BACKLOG_KEYS + leased.min(ORDERED_BACKLOG_KEYS)
+}
+
 /// `--rounds`, or its default: 3, or 1 with `--quick`.
 pub(super) fn rounds(args: &BenchArgs) -> u32 {
     args.rounds.unwrap_or(if args.quick { 1 } else { 3 })
@@ -165,6 +175,15 @@ pub(super) fn payload(bytes: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Jobs `n` and `n + ORDERED_BACKLOG_KEYS` share key `n`: each of the first `leased` keys
+    /// (the heads leased, in id order) has exactly one job behind it.
+    #[test]
+    fn the_small_ordered_backlog_has_one_job_behind_each_leased_head() {
+        assert_eq!(ordered_small_backlog(20_000), 120_000);
+        assert_eq!(ordered_small_backlog(100_000), 200_000);
+        assert_eq!(ordered_small_backlog(300_000), 200_000);
+    }
 
     #[test]
     fn payload_has_the_asked_size() {
