@@ -41,11 +41,17 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7700]; port 0 picks a free port.
     #[arg(long, env = "ONCEQ_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// TOML config file: store, data_dir, listen, durability, pg_schema, pg_pool_size,
-    /// insecure_no_auth, and
+    /// TOML config file: store, data_dir, listen, durability, page_cache_mib, pg_schema,
+    /// pg_pool_size, insecure_no_auth, and
     /// [[tokens]] (flags and environment variables win over it).
     #[arg(long, env = "ONCEQ_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Memory of the embedded store's writer page cache, in MiB, 1 to 65536 [default: 16]. A
+    /// bigger one is not faster: SQLite walks the whole cache in many commits (see
+    /// `onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT`); pages it drops are read again from the
+    /// operating system's file cache.
+    #[arg(long, env = "ONCEQ_PAGE_CACHE_MIB", value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub page_cache_mib: Option<u64>,
     /// Commit durability: fsync (survives power loss) or relaxed (survives a process crash).
     #[arg(long, env = "ONCEQ_DURABILITY", value_parser = ["fsync", "relaxed"])]
     pub durability: Option<String>,
@@ -70,6 +76,8 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     /// `fsync` or `relaxed`.
     pub durability: Option<String>,
+    /// The embedded store's writer page cache, MiB.
+    pub page_cache_mib: Option<u64>,
     /// Allow a non-loopback address without tokens.
     pub insecure_no_auth: Option<bool>,
     /// Bearer tokens.
@@ -104,6 +112,11 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| "fsync".into())
         .parse()
         .map_err(|e: onceq_core::Error| CliError::Usage(e.to_string()))?;
+    let page_cache_bytes = match args.page_cache_mib.or(config.page_cache_mib) {
+        Some(mib) if (1..=65_536).contains(&mib) => mib << 20,
+        Some(mib) => return Err(CliError::Usage(format!("page_cache_mib is {mib}; it must be 1 to 65536"))),
+        None => onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT,
+    };
     let auth = Auth::from_tokens(&config.tokens).map_err(CliError::Usage)?;
     let mut options = ServeOptions::default();
     options.insecure_no_auth = args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false);
@@ -118,7 +131,8 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
     onceq_server::check_auth_exposure(auth.enabled(), listen, &options)
         .map_err(|error| CliError::Failed(error.to_string()))?;
     runtime.block_on(async move {
-        let opened = open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability).await?;
+        let opened =
+            open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability, page_cache_bytes).await?;
         let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(auth);
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
@@ -167,6 +181,7 @@ async fn open_store(
     pg_pool_size: u32,
     data_dir: &Path,
     durability: Durability,
+    page_cache_bytes: u64,
 ) -> Result<Opened, CliError> {
     if choice.starts_with("postgres://") || choice.starts_with("postgresql://") {
         // A bad schema name or URL is usage (exit 2); a database that cannot be reached is
@@ -189,8 +204,8 @@ async fn open_store(
     if choice != "embedded" {
         return Err(CliError::Usage(format!("--store {choice:?}: use `embedded` or a postgres:// URL")));
     }
-    let store = SqliteStore::open(SqliteOptions::new(data_dir).durability(durability))
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let options = SqliteOptions::new(data_dir).durability(durability).page_cache_bytes(page_cache_bytes);
+    let store = SqliteStore::open(options).map_err(|e| CliError::Failed(e.to_string()))?;
     let shared = Arc::new(store.clone());
     Ok(Opened {
         store: shared.clone(),

@@ -147,3 +147,25 @@ async fn a_second_server_on_a_data_directory_in_use_is_refused() {
     first.restart().await;
     assert_eq!(first.api().get("/v1/queues/locked").await.ok(200)["stats"]["ready"], 2);
 }
+
+/// `--page-cache-mib` sizes the embedded writer's page cache: a value in range serves (and keeps
+/// what was written across a restart with another size); out of range is a usage error (exit 2)
+/// before anything is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_cache_is_a_knob_with_named_bounds() {
+    let mut server = Server::start_with(&["--listen", "127.0.0.1:0", "--page-cache-mib", "2"], None).await;
+    let id = server.api().enqueue("cached", &[json!("kept")]).await.remove(0);
+    server.terminate(EXIT_WITHIN).await;
+    server.restart_with(&["--listen", "127.0.0.1:0", "--page-cache-mib", "64"]).await;
+    assert_eq!(server.api().get(&format!("/v1/jobs/{id}")).await.ok(200)["payload"], "kept");
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0", "65537", "lots"] {
+        let output = run_onceq(
+            &["serve", "--data-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--page-cache-mib", bad],
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(output.status.code(), Some(2), "--page-cache-mib {bad}: {output:?}");
+    }
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "a refused start opens nothing");
+}

@@ -341,7 +341,9 @@ impl ManagedServer {
             }
         }
         command.arg("--listen").arg(format!("127.0.0.1:{port}"));
-        for var in ["ONCEQ_CONFIG", "ONCEQ_STORE", "ONCEQ_PG_SCHEMA", "ONCEQ_DATA_DIR", "ONCEQ_LISTEN"] {
+        for var in
+            ["ONCEQ_CONFIG", "ONCEQ_STORE", "ONCEQ_PG_SCHEMA", "ONCEQ_DATA_DIR", "ONCEQ_LISTEN", "ONCEQ_PAGE_CACHE_MIB"]
+        {
             command.env_remove(var);
         }
         let mut child = command

@@ -35,6 +35,7 @@ const ONCEQ_ENV: &[&str] = &[
     "ONCEQ_LISTEN",
     "ONCEQ_CONFIG",
     "ONCEQ_DURABILITY",
+    "ONCEQ_PAGE_CACHE_MIB",
     "ONCEQ_INSECURE_NO_AUTH",
     "ONCEQ_LOG_FORMAT",
 ];
