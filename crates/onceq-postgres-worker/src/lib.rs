@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use onceq_core::commit::{Commit, CommitEnqueue};
 use onceq_core::idempotency::TTL_MS_MAX;
 use onceq_core::{Begin, BeginOutcome, Complete, Error, Result, Store};
 use onceq_worker::gate::{begin_failed, claim_owner, Claim, Claims, Decision, Gate};
@@ -118,7 +119,9 @@ fn millis(duration: Duration) -> u64 {
 ///    transaction releases the job until that claim expires, without burning an attempt;
 /// 3. runs the handler with the transaction;
 /// 4. on `Done` or `DoneWith`: records the result under the key (`idempotency_complete_in`)
-///    and acks the lease (`job_ack_in`), both in the transaction, then commits, and reports
+///    and acks the lease (`job_ack_in`), with the jobs the handler produced
+///    (`JobContext::produce`, enqueued by `PgStore::commit_in`), all in the transaction, then
+///    commits, and reports
 ///    [`Outcome::Acked`] to the runtime, which settles nothing more and counts the job as
 ///    acked. A handler that acked the job itself with `job_ack_in` on the transaction returns
 ///    `Acked`: the key is recorded and the transaction committed, without a second ack.
@@ -349,7 +352,7 @@ impl<F> Transactional<F> {
         let claim = match &self.gate {
             Some(gate) => match self.begin(gate, &mut tx, &context).await {
                 Ok(Some(claim)) => Some((gate, claim)),
-                Ok(None) => return self.ack_and_commit(tx, &context).await,
+                Ok(None) => return self.ack_and_commit(tx, &context, Vec::new()).await,
                 Err(outcome) => {
                     roll_back(tx).await;
                     return outcome;
@@ -358,6 +361,8 @@ impl<F> Transactional<F> {
             None => None,
         };
         let outcome = (self.handler)(context.clone(), payload, &mut tx).await;
+        // What the handler produced commits in this transaction, with the ack, or not at all.
+        let produced = context.take_produced();
         let result = match &outcome {
             Outcome::Retry { .. } | Outcome::Fail { .. } | Outcome::Release { .. } => {
                 roll_back(tx).await;
@@ -375,9 +380,16 @@ impl<F> Transactional<F> {
         }
         if outcome == Outcome::Acked {
             // The handler acked the job itself, with `job_ack_in` on this transaction.
+            if !produced.is_empty() {
+                let outputs = Commit { enqueue: produced, ..Commit::default() };
+                if let Err(error) = self.store.commit_in(&mut tx, outputs).await {
+                    roll_back(tx).await;
+                    return Outcome::retry(format!("enqueueing the job's outputs in its transaction failed: {error}"));
+                }
+            }
             return commit(tx).await;
         }
-        self.ack_and_commit(tx, &context).await
+        self.ack_and_commit(tx, &context, produced).await
     }
 
     /// Begins the job's key in the transaction, through the gate: `Some` to run the handler,
@@ -401,11 +413,25 @@ impl<F> Transactional<F> {
         }
     }
 
-    /// Acks the job's lease in the transaction, then commits; rolls back if the ack is refused.
-    async fn ack_and_commit(&self, mut tx: PgTransaction, context: &JobContext) -> Outcome {
-        let verdict = self.store.job_ack_in(&mut tx, &[context.lease()]).await.and_then(|mut items| {
-            items.pop().unwrap_or_else(|| Err(Error::Storage("an ack of one lease got no verdict".into())))
-        });
+    /// Acks the job's lease in the transaction, with the jobs the handler produced (one commit,
+    /// `PgStore::commit_in`), then commits; rolls back if the ack is refused.
+    async fn ack_and_commit(
+        &self,
+        mut tx: PgTransaction,
+        context: &JobContext,
+        produced: Vec<CommitEnqueue>,
+    ) -> Outcome {
+        let verdict = if produced.is_empty() {
+            self.store.job_ack_in(&mut tx, &[context.lease()]).await.and_then(|mut items| {
+                items.pop().unwrap_or_else(|| Err(Error::Storage("an ack of one lease got no verdict".into())))
+            })
+        } else {
+            let commit = Commit { ack: vec![context.lease()], enqueue: produced, ..Commit::default() };
+            self.store.commit_in(&mut tx, commit).await.map(drop).map_err(|e| match e {
+                Error::LeasesLost(_) => Error::LeaseLost(context.id),
+                other => other,
+            })
+        };
         match verdict {
             Ok(()) => commit(tx).await,
             Err(error @ (Error::LeaseLost(_) | Error::JobNotFound(_))) => {

@@ -275,3 +275,42 @@ async fn options_that_would_guard_twice_are_refused_at_build() {
     let bad_name = PgWorker::builder(store).handle_in_transaction("bad name", TransactionalOptions::default(), handler);
     assert!(matches!(bad_name.build(), Err(Error::InvalidRequest(_))));
 }
+
+/// A transactional handler's outputs (`JobContext::produce`) commit in the job's transaction,
+/// with its effects and its ack: a first attempt that writes, produces and retries leaves no row
+/// and no output; the second leaves one of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produced_jobs_commit_with_the_effects_and_the_ack() {
+    let (store, _guard) = store(None).await;
+    let q = queue(&store, "orders", DeliveryMode::AtLeastOnce).await;
+    let id = store.enqueue(&q, NewJob::new("7")).await.unwrap().id;
+    let emails = QueueName::new("emails").unwrap();
+    let done = Arc::new(Notify::new());
+    let (s, d) = (store.clone(), done.clone());
+    let worker = PgWorker::builder(store.clone())
+        .handle_in_transaction(
+            "orders",
+            TransactionalOptions::new(fast(1)),
+            move |ctx: JobContext, order: i64, tx: &mut PgTransaction| {
+                let (s, d) = (s.clone(), d.clone());
+                Box::pin(async move {
+                    common::insert_order(&s, tx, order, ctx.attempt).await;
+                    ctx.produce("emails", NewJob::new(format!("\"receipt for {order}\""))).unwrap();
+                    if ctx.attempt == 1 {
+                        return Outcome::retry_after(Duration::ZERO, "written and produced, then asked for a retry");
+                    }
+                    d.notify_one();
+                    Outcome::Done
+                })
+            },
+        )
+        .build()
+        .unwrap();
+    let report = worker.run(notified(done)).await;
+
+    assert_eq!(common::orders(&store).await, vec![(7, 2)]);
+    assert_eq!(store.job_get(id).await, Err(Error::JobNotFound(id)));
+    let receipts = store.queue_get(&emails).await.unwrap().stats;
+    assert_eq!(receipts.ready, 1, "one receipt: the retried attempt's was rolled back with its row");
+    assert_eq!((report.retried, report.acked), (1, 1), "{report:?}");
+}

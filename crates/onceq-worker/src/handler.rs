@@ -148,6 +148,13 @@ impl JobContext {
         Ok(())
     }
 
+    /// Takes the jobs produced so far (emptying the list), for a runtime that commits them
+    /// itself: `onceq-postgres-worker` commits them in the job's own transaction. A handler has
+    /// no use for it; what it takes is not committed by this runtime.
+    pub fn take_produced(&self) -> Vec<CommitEnqueue> {
+        std::mem::take(&mut *self.produced.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// Completes when the job is cancelled (see [`JobContext::cancellation`]).
     pub async fn cancelled(&self) {
         self.cancellation.cancelled().await;

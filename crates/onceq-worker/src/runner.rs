@@ -389,6 +389,7 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             return;
         }
         let outputs = std::mem::take(&mut *produced.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // (A runtime that committed them itself took them already: see `take_produced`.)
         if !outputs.is_empty() && matches!(end, End::Outcome(Outcome::Done | Outcome::DoneWith(_))) {
             self.commit_outputs(&job, outputs).await;
             return;
