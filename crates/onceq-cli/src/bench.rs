@@ -136,7 +136,7 @@ struct Plan {
 }
 
 /// The scenarios of the embedded bench, in the order they run.
-const EMBEDDED_SCENARIOS: [Scenario; 9] = [
+const EMBEDDED_SCENARIOS: [Scenario; 10] = [
     Scenario::Enqueue1,
     Scenario::EnqueueConcurrent,
     Scenario::EnqueueBatched,
@@ -146,6 +146,7 @@ const EMBEDDED_SCENARIOS: [Scenario; 9] = [
     Scenario::LeaseAckBacklog,
     Scenario::EndToEndOrdered,
     Scenario::LeaseAckOrderedBacklog,
+    Scenario::PipelineStage,
 ];
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
@@ -549,6 +550,31 @@ impl Bench<'_> {
             self.row(row);
         }
 
+        if plan.only.runs(Scenario::PipelineStage) {
+            // A consume → produce stage: its commit (ack 100, enqueue 100) beside a plain ack.
+            let stage = |pipeline: bool| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, n, Keys::None).await?;
+                    if pipeline {
+                        let next = QueueName::new(format!("{}-next", queue.as_str()))?;
+                        scenarios::pipeline_stage(&store, &queue, &next, &payload, n, BATCH).await
+                    } else {
+                        scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
+                    }
+                })
+            };
+            let (run, plain, ratios) =
+                rounds_of(self.plan.rounds, || stage(true), || stage(false).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: format!("pipeline stage: lease {BATCH}, commit (ack {BATCH} + enqueue {BATCH})"),
+                run,
+                ratios,
+                floor: Some(floor_figure(plain, format!("plain lease+ack {BATCH}/call (the store)"))),
+            };
+            figures.pipeline = Some(row.ratio());
+            self.row(row);
+        }
+
         figures.print(level);
         Ok(())
     }
@@ -649,6 +675,8 @@ struct Figures {
     ordered: Option<f64>,
     /// (jobs held, ordered lease rate behind them / with a small backlog of the same keys).
     ordered_backlog: Option<(u64, f64)>,
+    /// Pipeline stage jobs/s / plain lease+ack jobs/s.
+    pipeline: Option<f64>,
 }
 
 impl Figures {
@@ -702,6 +730,16 @@ impl Figures {
                     "ordered lease+ack ({} keys) behind {} jobs within 20% of a small backlog: {:.0}% of it",
                     thousands(ORDERED_BACKLOG_KEYS as f64),
                     thousands(held as f64),
+                    100.0 * ratio
+                ),
+            );
+        }
+        if let Some(ratio) = self.pipeline {
+            target_line(
+                &mut out,
+                ratio >= 0.80,
+                format_args!(
+                    "pipeline stage (commit of ack + enqueue) ≥ 80% of plain lease+ack: {:.0}%",
                     100.0 * ratio
                 ),
             );

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use onceq_core::commit::{Commit, CommitEnqueue, CommitId};
 use onceq_core::{LeaseOptions, LeaseRef, NewJob, QueueConfigPatch, QueueName, Store};
 use tokio::task::JoinSet;
 
@@ -376,6 +377,50 @@ async fn lease_ack_worker<S: Store>(
     Ok((done, leases, acks))
 }
 
+/// A pipeline stage, one worker: leases up to `per_call` jobs of `queue` without waiting, then
+/// one commit (named after its first lease, as a worker names its commits) acks them and
+/// enqueues one job per input into `next`, until `jobs` are done. The queue must hold exactly
+/// `jobs` ready jobs and have no other consumer.
+pub(crate) async fn pipeline_stage<S: Store>(
+    store: &S,
+    queue: &QueueName,
+    next: &QueueName,
+    payload: &[u8],
+    jobs: u64,
+    per_call: u64,
+) -> Result<Run, BenchError> {
+    let claims = Claims { next: AtomicU64::new(0), total: jobs };
+    let mut leases = Calls::new("lease");
+    let mut commits = Calls::new("commit");
+    let started = Instant::now();
+    let mut done = 0;
+    while let Some((_, n)) = claims.claim(per_call) {
+        let call = Instant::now();
+        let leased = store.job_lease(queue, lease_options(n, 0)?).await?;
+        leases.latencies.push(call.elapsed());
+        let Some(first) = leased.first() else {
+            return Err(BenchError::Check(format!("the queue ran dry after {done} jobs")));
+        };
+        let commit = Commit {
+            commit_id: Some(CommitId::new(format!("lease:{}:{}", first.id, first.lease_token))?),
+            ack: leased.iter().map(|job| job.lease()).collect(),
+            enqueue: vec![CommitEnqueue {
+                queue: next.clone(),
+                jobs: leased.iter().map(|_| NewJob::new(payload.to_vec())).collect(),
+            }],
+            ..Commit::default()
+        };
+        let call = Instant::now();
+        let outcome = store.commit(commit).await?;
+        commits.latencies.push(call.elapsed());
+        if outcome.replayed || outcome.enqueued[0].jobs.len() != leased.len() {
+            return Err(BenchError::Check(format!("a commit of {} jobs did other: {outcome:?}", leased.len())));
+        }
+        done += leased.len() as u64;
+    }
+    Ok(Run::new(done, started.elapsed(), vec![leases, commits]))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -460,6 +505,19 @@ mod tests {
             assert_eq!(run.jobs, 1_000);
             let info = store.queue_get(&queue).await.unwrap();
             assert_eq!((info.config.ordering, info.stats), (onceq_core::Ordering::PerKey, QueueStats::default()));
+        });
+    }
+
+    #[test]
+    fn a_pipeline_stage_moves_every_job_to_the_next_queue_once() {
+        with_store(|store, queue| async move {
+            let next = QueueName::new("next").unwrap();
+            fill(&store, &queue, &Arc::from(&b"x"[..]), 250, Keys::None).await.unwrap();
+            let run = pipeline_stage(&store, &queue, &next, b"y", 250, 100).await.unwrap();
+            assert_eq!(run.jobs, 250);
+            let (from, to) =
+                (store.queue_get(&queue).await.unwrap().stats, store.queue_get(&next).await.unwrap().stats);
+            assert_eq!((from.ready + from.leased, to.ready), (0, 250));
         });
     }
 
