@@ -318,6 +318,46 @@ impl Encoder {
     }
 }
 
+/// A retry of commit `id`, recorded with `stored_digest` and `stored_outcome` (its JSON): the
+/// first outcome, `replayed`, when `digest` (the retry's) is the same; `Conflict` when not.
+/// Every store judges a live commit id by this.
+pub fn replay(id: &CommitId, digest: &str, stored_digest: &str, stored_outcome: &str) -> Result<CommitOutcome> {
+    if stored_digest != digest {
+        return Err(Error::Conflict(format!(
+            "commit_id {id} was used for a different commit (its settles, enqueues or checkpoint differ)"
+        )));
+    }
+    let mut outcome: CommitOutcome = serde_json::from_str(stored_outcome)
+        .map_err(|e| Error::Storage(format!("the stored outcome of commit {id} cannot be read: {e}")))?;
+    outcome.replayed = true;
+    Ok(outcome)
+}
+
+/// Judges `fence` against its producer's `current` epoch as stored (`None`: never registered):
+/// `Fenced` when a newer one registered, invalid when this one was never issued.
+pub fn check_fence(fence: &Fence, current: Option<i64>) -> Result<()> {
+    match current.map(|e| e.max(0) as u64) {
+        Some(current) if current > fence.epoch => Err(fenced(fence, current)),
+        Some(current) if current == fence.epoch => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "producer {} epoch {} was never issued: register the producer first",
+            fence.producer, fence.epoch
+        ))),
+    }
+}
+
+impl Registration {
+    /// A registration as a store keeps it: the epoch (0 when never registered) and the
+    /// checkpoint's JSON text.
+    pub fn from_stored(producer: &ProducerId, epoch: i64, checkpoint: Option<&str>) -> Result<Registration> {
+        let checkpoint = checkpoint
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
+        Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+    }
+}
+
 /// The error of a commit whose leases `stale` are not current: nothing of it applied.
 pub fn leases_lost(mut stale: Vec<JobId>) -> Error {
     stale.sort_unstable();
@@ -408,6 +448,24 @@ mod tests {
             change(&mut changed);
             assert_ne!(changed.digest(), a.digest(), "change {i}");
         }
+    }
+
+    #[test]
+    fn stores_judge_replays_fences_and_stored_producers_alike() {
+        let id = CommitId::new("c").unwrap();
+        let outcome = r#"{"enqueued":[],"replayed":false}"#;
+        assert!(replay(&id, "d1", "d1", outcome).unwrap().replayed);
+        assert!(matches!(replay(&id, "d2", "d1", outcome), Err(Error::Conflict(_))));
+        assert!(matches!(replay(&id, "d1", "d1", "not json"), Err(Error::Storage(_))));
+        let fence = Fence { producer: ProducerId::new("p").unwrap(), epoch: 2 };
+        assert_eq!(check_fence(&fence, Some(2)), Ok(()));
+        assert!(matches!(check_fence(&fence, Some(3)), Err(Error::Fenced(_))));
+        assert!(matches!(check_fence(&fence, Some(1)), Err(Error::InvalidRequest(_))));
+        assert!(matches!(check_fence(&fence, None), Err(Error::InvalidRequest(_))));
+        let p = ProducerId::new("p").unwrap();
+        let stored = Registration::from_stored(&p, 4, Some(r#"{"offset":9}"#)).unwrap();
+        assert_eq!((stored.epoch, stored.checkpoint), (4, Some(serde_json::json!({"offset": 9}))));
+        assert!(matches!(Registration::from_stored(&p, 1, Some("{")), Err(Error::Storage(_))));
     }
 
     #[test]

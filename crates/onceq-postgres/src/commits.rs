@@ -23,7 +23,9 @@
 //! the outcome unknown: the error says to retry with the commit id, which replays the commit if
 //! it applied.
 
-use onceq_core::commit::{fenced, leases_lost, Commit, CommitEnqueued, CommitOutcome, Fence, ProducerId, Registration};
+use onceq_core::commit::{
+    check_fence, leases_lost, replay, Commit, CommitEnqueued, CommitOutcome, Fence, ProducerId, Registration,
+};
 use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
 use onceq_core::store::validate;
 use onceq_core::{Error, ItemResults, JobId, Result};
@@ -155,19 +157,10 @@ impl PgStore {
                 let live: bool = row.try_get("live").map_err(map("reading a commit id"))?;
                 if live {
                     let stored: String = row.try_get("digest").map_err(map("reading a commit id"))?;
-                    if stored != digest {
-                        return Err(Error::Conflict(format!(
-                            "commit_id {id} was used for a different commit (its settles, enqueues or checkpoint differ)"
-                        )));
-                    }
                     let text: Option<String> = row.try_get("outcome").map_err(map("reading a commit id"))?;
                     let text =
                         text.ok_or_else(|| Error::Storage(format!("commit {id} is recorded without its outcome")))?;
-                    let mut outcome: CommitOutcome = serde_json::from_str(&text).map_err(|e| {
-                        Error::Storage(format!("the stored outcome of commit {id} cannot be read: {e}"))
-                    })?;
-                    outcome.replayed = true;
-                    return Ok(outcome);
+                    return replay(id, &digest, &stored, &text);
                 }
                 sqlx::query(&self.sql(RECLAIM))
                     .bind(now)
@@ -279,14 +272,7 @@ impl PgStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| crate::error::map(&self.inner.target, "reading a producer", e))?;
-        match current.map(|e| e.max(0) as u64) {
-            Some(current) if current > fence.epoch => Err(fenced(fence, current)),
-            Some(current) if current == fence.epoch => Ok(()),
-            _ => Err(Error::invalid(format!(
-                "producer {} epoch {} was never issued: register the producer first",
-                fence.producer, fence.epoch
-            ))),
-        }
+        check_fence(fence, current)
     }
 
     /// `Store::producer_get`: epoch 0 when the producer never registered.
@@ -303,11 +289,7 @@ impl PgStore {
             Some(row) => (row.try_get("epoch").map_err(decode)?, row.try_get("checkpoint").map_err(decode)?),
             None => (0, None),
         };
-        let checkpoint = checkpoint
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
-        Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+        Registration::from_stored(producer, epoch, checkpoint.as_deref())
     }
 
     /// `Store::producer_register`: a new epoch, which fences every older one (it waits for
@@ -323,10 +305,6 @@ impl PgStore {
         let decode = |e: sqlx::Error| crate::error::map(&self.inner.target, "registering a producer", e);
         let epoch: i64 = row.try_get("epoch").map_err(decode)?;
         let checkpoint: Option<String> = row.try_get("checkpoint").map_err(decode)?;
-        let checkpoint = checkpoint
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
-        Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+        Registration::from_stored(producer, epoch, checkpoint.as_deref())
     }
 }

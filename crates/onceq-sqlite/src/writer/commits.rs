@@ -8,7 +8,9 @@
 //! same code as the single calls, whose item checks then cannot fail (nothing else runs in
 //! between). A part that fails anyway is a storage error, which rolls the whole group back.
 
-use onceq_core::commit::{fenced, leases_lost, Commit, CommitEnqueued, CommitOutcome, Fence, ProducerId, Registration};
+use onceq_core::commit::{
+    check_fence, leases_lost, replay, Commit, CommitEnqueued, CommitOutcome, Fence, ProducerId, Registration,
+};
 use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
 use onceq_core::store::validate;
 use onceq_core::{Error, ItemResults, QueueConfig, Result};
@@ -33,16 +35,7 @@ pub(crate) fn producer_get(conn: &Connection, producer: &ProducerId) -> Result<R
         .and_then(|mut s| s.query_row([producer.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(storage("reading a producer"))?;
     let (epoch, checkpoint) = row.unwrap_or((0, None));
-    registration(producer, epoch, checkpoint)
-}
-
-/// A registration from its stored form.
-fn registration(producer: &ProducerId, epoch: i64, checkpoint: Option<String>) -> Result<Registration> {
-    let checkpoint = checkpoint
-        .map(|text| serde_json::from_str(&text))
-        .transpose()
-        .map_err(|e| Error::Storage(format!("the checkpoint of producer {producer} cannot be read: {e}")))?;
-    Ok(Registration { producer: producer.clone(), epoch: epoch.max(0) as u64, checkpoint })
+    Registration::from_stored(producer, epoch, checkpoint.as_deref())
 }
 
 impl State {
@@ -57,15 +50,7 @@ impl State {
                 .and_then(|mut s| s.query_row(params![id.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?))).optional())
                 .map_err(storage("reading a commit id"))?;
             if let Some((stored_digest, outcome)) = stored {
-                if stored_digest != digest {
-                    return Err(Error::Conflict(format!(
-                        "commit_id {id} was used for a different commit (its settles, enqueues or checkpoint differ)"
-                    )));
-                }
-                let mut outcome: CommitOutcome = serde_json::from_str(&outcome)
-                    .map_err(|e| Error::Storage(format!("the stored outcome of commit {id} cannot be read: {e}")))?;
-                outcome.replayed = true;
-                return Ok(outcome);
+                return replay(id, &digest, &stored_digest, &outcome);
             }
         }
         if let Some(fence) = &commit.producer {
@@ -147,15 +132,7 @@ impl State {
             .prepare_cached("SELECT epoch FROM producers WHERE id = ?1")
             .and_then(|mut s| s.query_row([fence.producer.as_str()], |r| r.get(0)).optional())
             .map_err(storage("reading a producer"))?;
-        let current = current.map(|e| e.max(0) as u64);
-        match current {
-            Some(current) if current > fence.epoch => Err(fenced(fence, current)),
-            Some(current) if current == fence.epoch => Ok(()),
-            _ => Err(Error::invalid(format!(
-                "producer {} epoch {} was never issued: register the producer first",
-                fence.producer, fence.epoch
-            ))),
-        }
+        check_fence(fence, current)
     }
 
     /// Registers `producer` (again): a new epoch, which fences every older one; returns it with
@@ -171,6 +148,6 @@ impl State {
                 s.query_row(params![producer.as_str(), self.now.as_millis()], |r| Ok((r.get(0)?, r.get(1)?)))
             })
             .map_err(storage("registering a producer"))?;
-        registration(producer, epoch, checkpoint)
+        Registration::from_stored(producer, epoch, checkpoint.as_deref())
     }
 }
