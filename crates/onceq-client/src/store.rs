@@ -229,7 +229,7 @@ impl Store for Client {
 
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
-        let body = EnqueueRequest { jobs: jobs.iter().map(wire_job).collect() };
+        let body = EnqueueRequest { jobs: jobs.iter().map(wire_job).collect(), producer: None };
         let enqueued: EnqueueResponse =
             self.call(Method::POST, &queue_path(queue, "/jobs")?).json(&body).fetch().await?;
         if enqueued.jobs.len() != jobs.len() {
@@ -378,7 +378,7 @@ mod tests {
 
     /// What the server makes of a job the client sends.
     fn through_the_wire(job: &NewJob) -> NewJob {
-        let text = serde_json::to_string(&EnqueueRequest { jobs: vec![wire_job(job)] }).unwrap();
+        let text = serde_json::to_string(&EnqueueRequest { jobs: vec![wire_job(job)], producer: None }).unwrap();
         let request: EnqueueRequest = serde_json::from_str(&text).unwrap();
         request.jobs.into_iter().next().unwrap().into_new_job(0).unwrap()
     }

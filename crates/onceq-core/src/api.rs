@@ -175,6 +175,11 @@ pub struct QueueList {
 pub struct EnqueueRequest {
     /// The jobs, enqueued atomically.
     pub jobs: Vec<EnqueueJob>,
+    /// The producer instance sending them: `{"id", "epoch"}` from its registration. Refused
+    /// (409 `fenced`) once a newer epoch of that producer registered. The enqueue is then a
+    /// commit of these jobs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<Fence>,
 }
 
 /// One job of an enqueue request.

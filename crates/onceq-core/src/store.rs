@@ -98,6 +98,8 @@ pub trait Store: Send + Sync {
     /// not current: [`Error::LeasesLost`] with those jobs, and nothing applied. A commit id seen
     /// within its window: the first outcome again, `replayed`, if the content is the same, else
     /// `Conflict`. A producer whose epoch a newer registration replaced: [`Error::Fenced`].
+    /// A producer's fenced enqueue (HTTP's enqueue with `producer`) is a commit of those jobs
+    /// alone.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
     /// Lists a page of a queue's dead jobs, in id order.
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList>;

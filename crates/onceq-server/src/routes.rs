@@ -236,10 +236,12 @@ async fn queue_resume(
 }
 
 /// Enqueues jobs atomically. For a one-job request, `Idempotency-Key` is the job's dedup id.
+/// With `producer`, refused (409 `fenced`) once a newer epoch of that producer registered.
 #[utoipa::path(post, path = "/v1/queues/{queue}/jobs", params(("queue" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "dedup id of a one-job request")),
     request_body = EnqueueRequest,
-    responses((status = 200, body = EnqueueResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = EnqueueResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
 async fn job_enqueue(
     State(state): State<AppState>,
     principal: Principal,
@@ -270,7 +272,22 @@ async fn job_enqueue(
             _ => return Err(ApiError::invalid("Idempotency-Key applies to one-job requests; use dedup_id per job")),
         }
     }
-    let jobs = state.store.job_enqueue(&queue, jobs).await?;
+    let jobs = match request.producer {
+        None => state.store.job_enqueue(&queue, jobs).await?,
+        // A fenced enqueue is a commit of these jobs alone: the fence is checked and the jobs
+        // written in one transaction, so no enqueue of an older epoch lands after a newer
+        // registration returned.
+        Some(fence) => {
+            let commit = onceq_core::commit::Commit {
+                producer: Some(fence),
+                enqueue: vec![onceq_core::commit::CommitEnqueue { queue, jobs }],
+                ..onceq_core::commit::Commit::default()
+            };
+            onceq_core::store::validate::commit(&commit)?;
+            let mut outcome = state.store.commit(commit).await?;
+            outcome.enqueued.pop().map(|e| e.jobs).unwrap_or_default()
+        }
+    };
     Ok(Json(EnqueueResponse { jobs }))
 }
 

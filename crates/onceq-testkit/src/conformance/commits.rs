@@ -5,13 +5,14 @@
 //! registration; a commit works with ordered keys.
 
 use onceq_core::commit::{Commit, CommitEnqueue, CommitId, CommitOutcome, Fence, ProducerId};
-use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
+use onceq_core::limits::{COMMIT_REPLAY_MS_MIN, LEASE_BATCH_MAX};
 use onceq_core::{
     DeliveryMode, Error, JobState, LeasedJob, Nack, NewJob, Ordering, QueueConfigPatch, QueueName, Release, Store,
 };
 
-use super::{open_manual, queue, Fixture};
+use super::{open_manual, queue, Fixture, HANG};
 use crate::Backend;
+use std::time::Duration;
 
 /// Ack `input`, enqueue one job into `b` and one into `c`.
 fn stage(input: &LeasedJob, id: Option<&str>) -> Commit {
@@ -183,4 +184,105 @@ pub async fn a_commit_moves_a_key_on_and_enqueues_its_next_job<B: Backend>(backe
     let outcome = f.commit_ok(commit).await;
     let next = f.lease_one(&account, Some(60_000)).await;
     assert_eq!(next.id, outcome.enqueued[0].jobs[0].id, "the key's next job is its head now");
+}
+
+/// Invariant 13 under a race: two instances of one producer read one input (lines 0 to 199), each
+/// committing two lines at a time with the checkpoint of the next line. The second registers
+/// while the first is mid-stream and resumes from the checkpoint it got. No commit of the first
+/// that started after the registration returned applies, and the queue ends with every line
+/// exactly once: no gap, no repeat.
+pub async fn racing_producer_instances_hand_over_at_the_checkpoint_without_gaps_or_repeats<B: Backend>(backend: &B) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+    use std::sync::Arc;
+
+    const LINES: u64 = 200;
+    const PER_COMMIT: u64 = 2;
+    let (f, _clock) = open_manual(backend).await;
+    let store = f.store.clone();
+    let ingest = ProducerId::new("ingest:lines").unwrap();
+    let lines = queue("lines");
+
+    /// Produces lines from the registration's checkpoint until the input ends or the instance
+    /// is fenced; returns the lines its applied commits carried. `registered` is set by the
+    /// other instance once its registration returned.
+    async fn run<S: Store>(
+        store: &S,
+        ingest: &ProducerId,
+        lines: &QueueName,
+        registration: onceq_core::commit::Registration,
+        registered: Option<(&AtomicBool, &AtomicU64)>,
+    ) -> Vec<u64> {
+        let mut next = registration.checkpoint.map_or(0, |c| c["next"].as_u64().unwrap());
+        let mut applied = Vec::new();
+        while next < LINES {
+            let end = (next + PER_COMMIT).min(LINES);
+            let fenced_before = registered.is_some_and(|(flag, _)| flag.load(AtomicOrdering::SeqCst));
+            let commit = Commit {
+                producer: Some(Fence { producer: ingest.clone(), epoch: registration.epoch }),
+                enqueue: vec![CommitEnqueue {
+                    queue: lines.clone(),
+                    jobs: (next..end).map(|line| NewJob::new(format!("{line}"))).collect(),
+                }],
+                checkpoint: Some(serde_json::json!({ "next": end })),
+                ..Commit::default()
+            };
+            match store.commit(commit).await {
+                Ok(_) => {
+                    assert!(
+                        !fenced_before,
+                        "a commit of epoch {} started after the registration of a newer one and applied",
+                        registration.epoch
+                    );
+                    applied.extend(next..end);
+                    next = end;
+                    if let Some((_, progress)) = registered {
+                        progress.store(next, AtomicOrdering::SeqCst);
+                    }
+                }
+                Err(Error::Fenced(_)) => return applied,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        applied
+    }
+
+    let old = store.producer_register(&ingest).await.unwrap();
+    let registered = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let first = {
+        let (store, ingest, lines, registered, progress) =
+            (store.clone(), ingest.clone(), lines.clone(), registered.clone(), progress.clone());
+        tokio::spawn(async move { run(&*store, &ingest, &lines, old, Some((&registered, &progress))).await })
+    };
+    // The second instance starts once the first is a fifth of the way in.
+    let started = std::time::Instant::now();
+    while progress.load(AtomicOrdering::SeqCst) < LINES / 5 {
+        assert!(started.elapsed() < HANG, "the first instance made no progress");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let new = store.producer_register(&ingest).await.unwrap();
+    registered.store(true, AtomicOrdering::SeqCst);
+    assert_eq!(new.epoch, 2);
+    let resumed_at = new.checkpoint.as_ref().map(|c| c["next"].as_u64().unwrap()).expect("a checkpoint");
+    let second = run(&*store, &ingest, &lines, new, None).await;
+    let first = tokio::time::timeout(HANG, first).await.expect("the first instance stopped").unwrap();
+
+    assert!(
+        first.len() as u64 >= LINES / 5 && first.len() as u64 <= resumed_at,
+        "first {} lines, resumed at {resumed_at}",
+        first.len()
+    );
+    assert_eq!(first, (0..resumed_at).collect::<Vec<_>>(), "the first instance's lines end where the checkpoint says");
+    assert_eq!(second, (resumed_at..LINES).collect::<Vec<_>>());
+    // The queue holds each line once.
+    let mut seen = Vec::new();
+    loop {
+        let leased = f.lease(&lines, LEASE_BATCH_MAX, Some(60_000)).await;
+        if leased.is_empty() {
+            break;
+        }
+        seen.extend(leased.iter().map(|job| std::str::from_utf8(&job.payload).unwrap().parse::<u64>().unwrap()));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..LINES).collect::<Vec<_>>(), "every line once");
 }

@@ -469,6 +469,7 @@ macro_rules! conformance_suite {
                 a_commit_id_replays_its_first_outcome_and_refuses_other_content,
                 a_newer_registration_fences_the_older_producer_and_returns_its_checkpoint,
                 a_commit_moves_a_key_on_and_enqueues_its_next_job,
+                racing_producer_instances_hand_over_at_the_checkpoint_without_gaps_or_repeats,
             ],
             invariants: [
                 invariant_2_one_live_lease,
