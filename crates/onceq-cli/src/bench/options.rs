@@ -33,9 +33,10 @@ pub struct BenchArgs {
     /// Run only these scenarios (comma-separated or repeated), with the embedded store or
     /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
     /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched,
-    /// lease-ack-backlog, end-to-end-ordered, lease-ack-ordered-backlog and pipeline-stage; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
-    /// enqueue-concurrent, lease-ack-single, end-to-end-ordered and lease-ack-ordered-backlog
-    /// (behind 1,000,000 jobs).
+    /// lease-ack-backlog, end-to-end-ordered, lease-ack-ordered-backlog and pipeline-stage;
+    /// --store has enqueue-batched, lease-ack-batched, end-to-end-batched, enqueue-concurrent,
+    /// lease-ack-single, end-to-end-ordered, lease-ack-ordered-backlog (behind 1,000,000 jobs)
+    /// and pipeline-stage.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
     pub only: Vec<Scenario>,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases
@@ -110,7 +111,7 @@ pub enum Scenario {
     /// blocked behind its keys' heads), beside a small one of the same keys.
     LeaseAckOrderedBacklog,
     /// A pipeline stage: lease 100 jobs, then one commit that acks them and enqueues 100 jobs
-    /// into the next queue, beside plain lease + ack of 100 per call (its yardstick; embedded).
+    /// into the next queue, beside plain lease + ack of 100 per call (its yardstick).
     PipelineStage,
 }
 

@@ -20,6 +20,11 @@
 //! | enqueue 1/call | 16 producers | enqueue of 1 into the known queue, 16 clients |
 //! | lease+ack 1/call | 16 workers, the queue filled first | apply due + lease 1 + ack 1, 16 clients |
 //!
+//! Three scenarios have the store itself as their yardstick, in place of pgbench: end-to-end on
+//! a `per_key` queue of 10,000 keys beside an unordered one, lease+ack behind 1,000,000 ordered
+//! jobs beside a small backlog of the same keys, and a pipeline stage (lease 100, one commit
+//! acking them and enqueuing 100 into the next queue) beside plain lease+ack of 100, 1 worker.
+//!
 //! pgbench cannot carry the rows a lease returns into the ack, so the floor's lease wraps the
 //! store's lease statement in one more CTE that aggregates its ids and tokens into one row
 //! (`\gset`), which the ack statement then takes as its arrays. Payloads travel as the store's
@@ -448,11 +453,11 @@ struct PgBench<'a> {
     only: Selection,
 }
 
-/// The scenarios of the PostgreSQL bench, in the order they run.
 /// Jobs behind the ordered big-backlog lease scenario of `--store`.
 const ORDERED_BACKLOG: u64 = 1_000_000;
 
-const PG_SCENARIOS: [Scenario; 7] = [
+/// The scenarios of the PostgreSQL bench, in the order they run.
+const PG_SCENARIOS: [Scenario; 8] = [
     Scenario::EnqueueBatched,
     Scenario::LeaseAckBatched,
     Scenario::EndToEndBatched,
@@ -460,6 +465,7 @@ const PG_SCENARIOS: [Scenario; 7] = [
     Scenario::LeaseAckSingle,
     Scenario::EndToEndOrdered,
     Scenario::LeaseAckOrderedBacklog,
+    Scenario::PipelineStage,
 ];
 
 /// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
@@ -713,6 +719,33 @@ impl PgBench<'_> {
             self.row(&row, &mut ordered_done);
         }
 
+        // A consume → produce stage: its commit (ack 100, enqueue 100) beside a plain ack, the
+        // store against itself.
+        let mut pipeline_ratio = None;
+        if self.only.runs(Scenario::PipelineStage) {
+            let stage = |pipeline: bool| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::fill(&store, &queue, &payload, jobs, Keys::None).await?;
+                    if pipeline {
+                        let next = QueueName::new(format!("{}-next", queue.as_str()))?;
+                        scenarios::pipeline_stage(&store, &queue, &next, &payload, jobs, BATCH).await
+                    } else {
+                        scenarios::lease_ack(&store, &queue, jobs, BATCH, 1).await
+                    }
+                })
+            };
+            let (run, plain, ratios) = rounds_of(self.rounds, || stage(true), || stage(false).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: format!("pipeline stage: lease {BATCH}, commit (ack {BATCH} + enqueue {BATCH})"),
+                run,
+                floor_jobs_per_s: plain,
+                ratios,
+                floor_what: format!("plain lease+ack {BATCH}/call, 1 worker (the store, not pgbench)"),
+            };
+            self.row(&row, &mut Vec::new());
+            pipeline_ratio = Some(row.ratio());
+        }
+
         let _ = writeln!(out, "targets (issue 5, synchronous_commit={sync}):");
         if let Some(rate) = end_to_end_batched {
             rate_target(&mut out, "end-to-end batched", rate, TARGET_END_TO_END_BATCHED);
@@ -733,6 +766,16 @@ impl PgBench<'_> {
                 &mut out,
                 *ratio >= need,
                 format_args!("ordering: ≥ {:.0}% of its yardstick: {scenario}: {:.0}%", 100.0 * need, 100.0 * ratio),
+            );
+        }
+        if let Some(ratio) = pipeline_ratio {
+            target_line(
+                &mut out,
+                ratio >= 0.80,
+                format_args!(
+                    "pipeline stage (commit of ack + enqueue) ≥ 80% of plain lease+ack: {:.0}%",
+                    100.0 * ratio
+                ),
             );
         }
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
