@@ -138,7 +138,8 @@ impl PgStore {
         let target = &self.inner.target;
         let map = |context: &'static str| move |e: sqlx::Error| crate::error::map(target, context, e);
         let now = self.now_param();
-        let digest = commit.digest();
+        // What the commit id is bound to (nothing to compute without one).
+        let digest = commit.commit_id.as_ref().map(|_| commit.digest()).unwrap_or_default();
         if let Some(id) = &commit.commit_id {
             let claimed = sqlx::query(&self.sql(CLAIM))
                 .bind(now)
@@ -237,8 +238,7 @@ impl PgStore {
         }
         let outcome = CommitOutcome { enqueued, replayed: false };
         if let Some(id) = &commit_id {
-            let text = serde_json::to_string(&outcome)
-                .map_err(|e| Error::Storage(format!("cannot encode the outcome of commit {id}: {e}")))?;
+            let text = outcome.to_stored();
             sqlx::query(&self.sql(RECORD))
                 .bind(now)
                 .bind(id.as_str())

@@ -427,7 +427,9 @@ fn closed() -> Error {
 impl Store for SqliteStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         validate::commit(&commit)?;
-        self.call(move |state, conn| state.commit(conn, commit)).await
+        // Hashing the content is the caller's work, not the single writer's.
+        let digest = commit.commit_id.as_ref().map(|_| commit.digest());
+        self.call(move |state, conn| state.commit(conn, commit, digest)).await
     }
 
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {

@@ -13,7 +13,7 @@ use onceq_core::commit::{
 };
 use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
 use onceq_core::store::validate;
-use onceq_core::{Error, ItemResults, QueueConfig, Result};
+use onceq_core::{Error, ItemResults, JobId, QueueConfig, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::schema::{storage, to_i64};
@@ -39,10 +39,16 @@ pub(crate) fn producer_get(conn: &Connection, producer: &ProducerId) -> Result<R
 }
 
 impl State {
-    /// Applies `commit` (validated by the caller), or nothing.
-    pub(crate) fn commit(&mut self, conn: &Connection, commit: Commit) -> Result<CommitOutcome> {
+    /// Applies `commit` (validated by the caller), or nothing. `digest` is the commit's
+    /// ([`Commit::digest`], computed by the caller off the writer's thread) when it has an id.
+    pub(crate) fn commit(
+        &mut self,
+        conn: &Connection,
+        commit: Commit,
+        digest: Option<String>,
+    ) -> Result<CommitOutcome> {
         let now = self.now.as_millis();
-        let digest = commit.digest();
+        let digest = digest.unwrap_or_default();
         // A retry: the same id within its window returns the first outcome and applies nothing.
         if let Some(id) = &commit.commit_id {
             let stored: Option<(String, String)> = conn
@@ -59,8 +65,21 @@ impl State {
         // Every lease live, and how long the commit id is remembered: the longest dedup window
         // of the queues it touches, and at least COMMIT_REPLAY_MS_MIN.
         let mut window_ms = COMMIT_REPLAY_MS_MIN;
-        let mut stale = Vec::new();
-        for lease in commit.leases() {
+        // The acks are judged by the ack's own reads, which it then applies without reading again.
+        let (acked, ack_plan) = self.ack_find(conn, &commit.ack)?;
+        let mut stale: Vec<JobId> = acked
+            .into_iter()
+            .zip(&commit.ack)
+            .filter_map(|(judged, ack)| match judged {
+                Ok(()) => None,
+                Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => Some(Ok(ack.id)),
+                Err(other) => Some(Err(other)),
+            })
+            .collect::<Result<_>>()?;
+        for queue_id in ack_plan.queue_ids() {
+            window_ms = window_ms.max(self.config_of(queue_id).map_or(0, |c| c.dedup_window_ms));
+        }
+        for lease in commit.leases().skip(commit.ack.len()) {
             match self.live_lease(conn, lease.id, &lease.lease_token) {
                 Ok(live) => {
                     let window = self.config_of(live.queue_id).map_or(0, |c| c.dedup_window_ms);
@@ -87,10 +106,8 @@ impl State {
         }
 
         // Checked: apply.
-        let Commit { commit_id, producer, ack, nack, fail, release, enqueue, checkpoint } = commit;
-        if !ack.is_empty() {
-            all_applied("ack", self.job_ack(conn, &ack)?)?;
-        }
+        let Commit { commit_id, producer, ack: _, nack, fail, release, enqueue, checkpoint } = commit;
+        self.ack_apply(conn, ack_plan)?;
         if !nack.is_empty() {
             all_applied("nack", self.job_nack(conn, &nack)?)?;
         }
@@ -107,8 +124,7 @@ impl State {
         }
         let outcome = CommitOutcome { enqueued, replayed: false };
         if let Some(id) = &commit_id {
-            let text = serde_json::to_string(&outcome)
-                .map_err(|e| Error::Storage(format!("cannot encode the outcome of commit {id}: {e}")))?;
+            let text = outcome.to_stored();
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO commits (commit_id, digest, outcome, expires_at) VALUES (?1, ?2, ?3, ?4)",
             )

@@ -56,6 +56,14 @@ impl State {
     }
 
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        let (out, plan) = self.ack_find(conn, acks)?;
+        self.ack_apply(conn, plan)?;
+        Ok(out)
+    }
+
+    /// The reads of an ack: each lease judged, and what acking the live ones takes. Writes
+    /// nothing, so a commit can judge its acks with it before its first write.
+    pub(super) fn ack_find(&self, conn: &Connection, acks: &[LeaseRef]) -> Result<(ItemResults<()>, AckPlan)> {
         let now = self.now.as_millis();
         // Each lease is checked by one point read; the live ones are then deleted with one
         // statement per id chunk. (A DELETE per job pays statement set-up and teardown, a cursor on
@@ -68,10 +76,12 @@ impl State {
             )
             .map_err(storage("acking a job"))?;
         let mut out = Vec::with_capacity(acks.len());
-        let mut doomed: Vec<i64> = Vec::with_capacity(acks.len());
-        let mut settled = Settled { queues: Vec::new(), now: self.now };
-        // Keys whose head is acked, as (queue, key, job): each moves on once the job is gone.
-        let mut keys_moving_on: Vec<(i64, String, i64)> = Vec::new();
+        let mut plan = AckPlan {
+            doomed: Vec::with_capacity(acks.len()),
+            with_errors: Vec::new(),
+            settled: Settled { queues: Vec::new(), now: self.now },
+            keys_moving_on: Vec::new(),
+        };
         let repeats = {
             let mut ids: Vec<u64> = acks.iter().map(|ack| ack.id.get()).collect();
             ids.sort_unstable();
@@ -80,7 +90,7 @@ impl State {
         for ack in acks {
             let row_id = to_i64(ack.id.get());
             // A job acked earlier in this call is gone, as if deleted already.
-            let found: Option<(i64, i64, Option<i64>, Option<String>)> = if repeats && doomed.contains(&row_id) {
+            let found: Option<(i64, i64, Option<i64>, Option<String>)> = if repeats && plan.doomed.contains(&row_id) {
                 None
             } else {
                 find.query_row(params![row_id, &ack.lease_token.as_bytes()[..], now], |r| {
@@ -91,17 +101,17 @@ impl State {
             };
             out.push(match found {
                 Some((queue_id, error_count, leased_at, ordering_key)) => {
-                    doomed.push(row_id);
+                    plan.doomed.push(row_id);
                     if error_count > 0 {
-                        delete_errors(conn, row_id)?;
+                        plan.with_errors.push(row_id);
                     }
                     if let Some(key) = ordering_key.filter(|_| self.per_key(queue_id)) {
-                        keys_moving_on.push((queue_id, key, row_id));
+                        plan.keys_moving_on.push((queue_id, key, row_id));
                     }
-                    settled.add(queue_id, leased_at);
+                    plan.settled.add(queue_id, leased_at);
                     Ok(())
                 }
-                None if repeats && doomed.contains(&row_id) => {
+                None if repeats && plan.doomed.contains(&row_id) => {
                     metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => "").increment(1);
                     Err(Error::JobNotFound(ack.id))
                 }
@@ -110,6 +120,16 @@ impl State {
                     Err(e) => Err(e),
                 },
             });
+        }
+        Ok((out, plan))
+    }
+
+    /// The writes of an ack that [`State::ack_find`] planned, with nothing written in between:
+    /// the live leases' jobs deleted, their keys moved on, the counts and metrics.
+    pub(super) fn ack_apply(&mut self, conn: &Connection, plan: AckPlan) -> Result<()> {
+        let AckPlan { doomed, with_errors, settled, keys_moving_on } = plan;
+        for row_id in with_errors {
+            delete_errors(conn, row_id)?;
         }
         let mut deleted = 0;
         for chunk in id_chunks(&doomed) {
@@ -138,7 +158,7 @@ impl State {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     pub(crate) fn job_nack(&mut self, conn: &Connection, nacks: &[Nack]) -> Result<ItemResults<NackOutcome>> {
@@ -326,6 +346,24 @@ struct QueueTally {
     jobs: u64,
     /// Seconds from lease to settle, of each job whose lease start is known.
     held_s: Vec<f64>,
+}
+
+/// What acking the live leases of an ack call takes ([`State::ack_find`]).
+pub(super) struct AckPlan {
+    /// Row ids of the jobs to delete.
+    doomed: Vec<i64>,
+    /// Those with recorded attempt errors to delete too.
+    with_errors: Vec<i64>,
+    settled: Settled,
+    /// Keys whose head is acked, as (queue, key, job): each moves on once the job is gone.
+    keys_moving_on: Vec<(i64, String, i64)>,
+}
+
+impl AckPlan {
+    /// The queues the live leases are in.
+    pub(super) fn queue_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.settled.queues.iter().map(|tally| tally.queue_id)
+    }
 }
 
 /// What one settle call did, by queue (a call usually touches one queue, so a short list).
