@@ -22,8 +22,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use onceq_core::{DeliveryMode, Error};
 use onceq_verify::checker::{check, Report};
 use onceq_verify::faults::{FaultPlan, TargetKind};
-use onceq_verify::target::{LedgerSpec, Target, TargetSpec};
 use onceq_verify::pipeline::{self, Stage, StageReport};
+use onceq_verify::target::{LedgerSpec, Target, TargetSpec};
 use onceq_verify::workload::{self, ModeRun, Progress, StageRun, WorkloadConfig};
 
 use crate::error::CliError;
@@ -375,7 +375,12 @@ pub fn run(args: &VerifyArgs, command_line: &str) -> Result<(), CliError> {
 }
 
 /// Runs `onceq verify --pipeline`: both stages in one run, one table.
-fn run_pipeline(args: &VerifyArgs, command_line: &str, spec: &TargetSpec, config: &WorkloadConfig) -> Result<(), CliError> {
+fn run_pipeline(
+    args: &VerifyArgs,
+    command_line: &str,
+    spec: &TargetSpec,
+    config: &WorkloadConfig,
+) -> Result<(), CliError> {
     if let Some(dir) = &args.history_out {
         std::fs::create_dir_all(dir)
             .map_err(|e| usage(format!("--history-out {}: cannot create the directory: {e}", dir.display())))?;
@@ -408,7 +413,8 @@ fn run_pipeline(args: &VerifyArgs, command_line: &str, spec: &TargetSpec, config
             let path = dir.join(format!("pipeline-{}.json", run.history.stage.name()));
             let json = serde_json::to_vec(&run.history)
                 .map_err(|e| CliError::Failed(format!("cannot encode {}: {e}", path.display())))?;
-            std::fs::write(&path, json).map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(&path, json)
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
         }
     }
     let reports: Vec<StageReport> = runs.iter().map(|run| pipeline::check(&run.history)).collect();
@@ -582,5 +588,19 @@ mod tests {
         assert!(bad(&["--store", "mysql://x"]).contains("postgres://"));
         assert!(bad(&["--pg-schema", "s"]).contains("--store postgres"));
         assert!(bad(&["--visibility-timeout-ms", "5000", "--claim-ttl-ms", "1000"]).contains("claim-ttl"));
+    }
+
+    #[test]
+    fn pipeline_is_a_run_of_its_own() {
+        let (_, config) =
+            plan(&parse(&["--pipeline", "--all-faults", "--visibility-timeout-ms", "20000"]).unwrap()).unwrap();
+        assert!(config.pipeline);
+        assert_eq!(config.ordered_keys, None);
+        assert_eq!(config.visibility_timeout_ms, 20_000, "no idempotency claim to outlast");
+        for other in [&["--ordered"][..], &["--check", "x.jsonl"], &["--break-gate-for-tests"]] {
+            let mut args = vec!["--pipeline"];
+            args.extend_from_slice(other);
+            assert!(parse(&args).is_err(), "{args:?}");
+        }
     }
 }

@@ -100,23 +100,17 @@ fn assert_committed_exactly_once(output: &Output, inputs_min: u64, faults: &[&st
     let committed = &stages["committed"];
     assert_eq!(figure(committed, "outputs_duplicated"), 0, "{committed:#}");
     assert_eq!(committed["violations"], Value::Array(vec![]), "{committed:#}");
-    assert!(figure(committed, "commits_replayed") > 0, "lost commit replies are sent again and replayed: {committed:#}");
+    assert!(
+        figure(committed, "commits_replayed") > 0,
+        "lost commit replies are sent again and replayed: {committed:#}"
+    );
     stages
 }
 
 #[tokio::test]
 async fn embedded_committed_stage_makes_each_output_once_and_enqueue_then_ack_duplicates() {
     let jobs = jobs(2_000);
-    let output = verify(&[
-        "--all-faults",
-        "--fault",
-        "crash-after-effect=0.2",
-        "--seed",
-        "21",
-        "--jobs",
-        &jobs,
-    ])
-    .await;
+    let output = verify(&["--all-faults", "--fault", "crash-after-effect=0.2", "--seed", "21", "--jobs", &jobs]).await;
     let faults = ["crash-after-effect", "crash-mid-handler", "stall", "drop-ack", "duplicate-enqueue"];
     let stages = assert_committed_exactly_once(&output, jobs.parse().unwrap(), &faults);
     // The contrast: each crash after the enqueues and before the ack makes B and C again.

@@ -13,7 +13,11 @@
 //!   lease expires while the handler sleeps); its late settle goes through and must be refused.
 //!
 //! The `drop-ack` fault is here too: an ack reaches the target, and its reply is dropped (the
-//! history records the outcome as unknown, the worker sees it fail as unavailable).
+//! history records the outcome as unknown, the worker sees it fail as unavailable). In a
+//! pipeline run the committed stage's commits (one ack and the outputs) pass here as well,
+//! recorded as [`Request::Commit`]: a crashed delivery's commit never leaves, a stalled one's
+//! goes out late and must be refused, and `drop-ack` drops the reply of the first commit sent
+//! for a lease, so that the runtime sends it again under the same commit id.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -260,8 +264,10 @@ impl Store for RecordedStore {
         }
         let token = lease.lease_token.to_string();
         let first = self.ctx.deliveries().first_commit(&token);
-        let op =
-            self.ctx.recorder().invoke(self.process, Request::Commit { job_id: lease.id.get(), lease_token: token.clone() });
+        let op = self
+            .ctx
+            .recorder()
+            .invoke(self.process, Request::Commit { job_id: lease.id.get(), lease_token: token.clone() });
         match self.ctx.target().commit(commit).await {
             Ok(outcome) => {
                 let leased = self.ctx.deliveries().get(&token);

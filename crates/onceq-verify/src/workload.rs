@@ -45,6 +45,12 @@
 //! ordering key `k{value mod ordered_keys}`, so the workers see one job of a key at a time, in
 //! enqueue order, through every fault; the checker holds them to it.
 //!
+//! **Pipeline runs** ([`run_pipeline`]) reuse all of this for a consume → produce stage: no
+//! modes, two stages side by side on `at_least_once` queues, the same producers, workers,
+//! wrappers and faults; the handler makes each input's two outputs (committed with its ack, or
+//! enqueued before it), and downstream consumers record every output delivered. What each fault
+//! does to each stage is on [`run_pipeline`]; the rules are in [`crate::pipeline`].
+//!
 //! The run of a mode ends when the producers are done, no worker holds a job, and the queue has
 //! nothing ready, scheduled, leased or blocked (every job acked or dead) — or when the drain timeout
 //! passes, and whatever is missing is the checker's to report as lost. The dead letters are
@@ -56,8 +62,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use onceq_core::{
-    DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob, QueueConfig, QueueConfigPatch,
-    QueueName, Result, Store,
+    DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob, QueueConfig,
+    QueueConfigPatch, QueueName, Result, Store,
 };
 use onceq_postgres::PgStore;
 use onceq_postgres_worker::{PgWorker, TransactionalOptions};
@@ -198,7 +204,8 @@ impl WorkloadConfig {
         if !(100..=600_000).contains(&self.visibility_timeout_ms) {
             return bad("--visibility-timeout-ms must be 100 to 600000 (short leases drain a run quickly)".into());
         }
-        if self.claim_ttl_ms <= self.visibility_timeout_ms || self.claim_ttl_ms < CLAIM_TTL_MS_MIN {
+        // A pipeline run claims no idempotency key.
+        if !self.pipeline && (self.claim_ttl_ms <= self.visibility_timeout_ms || self.claim_ttl_ms < CLAIM_TTL_MS_MIN) {
             return bad("--claim-ttl-ms must be longer than the visibility timeout, and at least 2000".into());
         }
         onceq_core::QueueConfig { max_attempts: self.max_attempts, ..QueueConfig::default() }.validate()?;
@@ -445,8 +452,13 @@ async fn run_mode(
         workers.spawn(work(ctx.clone(), WORKER_PROCESS_BASE + w));
     }
     let busy = Arc::new(AtomicBool::new(true));
-    let periodic =
-        tokio::spawn(periodic_faults(ctx.clone(), Vec::new(), target.managed.clone(), pg_dropper(target), busy.clone()));
+    let periodic = tokio::spawn(periodic_faults(
+        ctx.clone(),
+        Vec::new(),
+        target.managed.clone(),
+        pg_dropper(target),
+        busy.clone(),
+    ));
 
     while let Some(joined) = producers.join_next().await {
         if let Err(e) = joined {
@@ -787,12 +799,7 @@ async fn stage_step(ctx: &Ctx, stage: &StageQueues, job: &JobContext, value: u64
 
 /// A downstream consumer of one output queue: leases, records every job handed out (a
 /// redelivery too, with the same job id), acks. A lost ack leaves the job to come back.
-async fn consume_outputs(
-    ctx: Arc<Ctx>,
-    queue: QueueName,
-    kind: OutputKind,
-    seen: Arc<Mutex<Vec<OutputDelivery>>>,
-) {
+async fn consume_outputs(ctx: Arc<Ctx>, queue: QueueName, kind: OutputKind, seen: Arc<Mutex<Vec<OutputDelivery>>>) {
     let options = LeaseOptions {
         max_jobs: ctx.config.lease_batch,
         visibility_timeout_ms: Some(ctx.config.visibility_timeout_ms),
@@ -816,13 +823,9 @@ async fn consume_outputs(
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             for job in &jobs {
                 match serde_json::from_slice::<OutputPayload>(&job.payload) {
-                    Ok(p) if p.output == kind => seen.push(OutputDelivery {
-                        kind,
-                        job_id: job.id.get(),
-                        input: p.input,
-                        value: p.value,
-                        at_ms,
-                    }),
+                    Ok(p) if p.output == kind => {
+                        seen.push(OutputDelivery { kind, job_id: job.id.get(), input: p.input, value: p.value, at_ms })
+                    }
                     _ => ctx.fail(format!("output job {} of {queue} carries a payload verify never wrote", job.id)),
                 }
                 acks.push(job.lease());

@@ -21,6 +21,7 @@ struct Builder {
 }
 
 impl Builder {
+    /// A drained run's history (every queue empty at the end); see [`Builder::undrained`].
     fn new(stage: Stage) -> Self {
         Builder {
             history: StageHistory {
@@ -35,7 +36,7 @@ impl Builder {
                     ordered_keys: None,
                 },
                 outputs: Vec::new(),
-                drained: false,
+                drained: true,
             },
             next_op: 1,
             at_ms: 1_000,
@@ -198,20 +199,30 @@ fn a_lost_commit_reply_replayed_is_one_application() {
 
 #[test]
 fn inputs_with_nothing_settled_are_lost_and_the_drain_settles_what_was_handed_out() {
-    // Not drained: input 1 enqueued and never handed out, input 2 leased and its commit refused.
+    // Not drained: input 1 enqueued and never handed out, input 2 leased and its commit refused,
+    // input 4 committed with only its B seen so far (its C may wait in queue C): all lost, none
+    // missing, since the run cannot show them done.
     let mut b = Builder::new(Stage::Committed);
+    b.history.drained = false;
     b.clean_committed(3);
     b.enqueue(1);
-    b.enqueue(2).lease(2, "t2").commit(2, "t2", Outcome::Fail, false);
+    b.enqueue(2).lease(2, "t2").commit(2, "t2", Outcome::Unknown, false);
+    b.enqueue(4).lease(4, "t4").commit(4, "t4", Outcome::Ok, false);
+    b.output(4, OutputKind::B);
     let report = b.report();
-    assert_eq!((report.lost, report.settled, report.outputs_missing), (2, 1, 0));
-    assert!(report.violations.iter().any(|v| v.contains("2 inputs lost")), "{:?}", report.violations);
+    assert_eq!((report.lost, report.settled, report.outputs_missing), (3, 2, 0));
+    assert!(
+        report.violations.iter().any(|v| v.contains("3 inputs lost: the run did not drain")),
+        "{:?}",
+        report.violations
+    );
 
-    // Drained: input 2 was handed out and is not dead, so it was acked (its ack's reply was lost)
-    // though it has no outputs: both missing. Input 1 was never handed out: still lost.
+    // Drained: input 2 was handed out and is not dead, so it was acked (its commit's reply was
+    // lost) though it has no outputs: both missing. Input 4 lacks its C: missing. Input 1 was
+    // never handed out: lost.
     b.history.drained = true;
     let report = b.report();
-    assert_eq!((report.lost, report.settled, report.outputs_missing), (1, 2, 2));
+    assert_eq!((report.lost, report.settled, report.outputs_missing), (1, 3, 3));
 
     // An enqueue-then-ack input acked (ok) without its outputs is missing them too.
     let mut n = Builder::new(Stage::EnqueueThenAck);
@@ -248,7 +259,11 @@ fn both_stages_print_in_one_table_and_one_json_document() {
 
     let table = render_pipeline_table(&reports);
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("stage") && lines[0].contains("outputs missing") && lines[0].contains("outputs duplicated"));
+    assert!(
+        lines[0].starts_with("stage")
+            && lines[0].contains("outputs missing")
+            && lines[0].contains("outputs duplicated")
+    );
     let row = |name: &str| -> Vec<String> {
         let line = lines.iter().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row:\n{table}"));
         line[name.len()..].split_whitespace().map(str::to_owned).collect()
