@@ -113,7 +113,8 @@ pub struct VerifyArgs {
     /// Producer tasks.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub producers: u32,
-    /// Worker tasks (each runs the jobs of its leased batch concurrently).
+    /// Worker tasks (each runs the jobs of its leased batch concurrently); a --pipeline run's
+    /// two stages share them (half each, rounded up).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub workers: u32,
     /// Jobs per enqueue call.
@@ -455,11 +456,11 @@ fn pipeline_summary(command_line: &str, target: &str, config: &WorkloadConfig, r
     let _ = writeln!(out, "target: {target}; no idempotency store, no ledger (a stage's effects are its outputs)");
     let _ = writeln!(
         out,
-        "inputs per stage: {}; producers {}, workers {} (lease batch {}) per stage; visibility timeout {} ms; \
+        "inputs per stage: {}; per stage: producers {}, workers {} (lease batch {}); visibility timeout {} ms; \
          max attempts {}; seed {}",
         config.jobs,
         config.producers,
-        config.workers,
+        workload::pipeline_workers_per_stage(config),
         config.lease_batch,
         config.visibility_timeout_ms,
         config.max_attempts,

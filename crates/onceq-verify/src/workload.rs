@@ -590,7 +590,8 @@ pub struct StageRun {
 /// Each stage has its own queues `verify.<run>.pipe.<committed|naive>.{a,b,c}`, all
 /// `at_least_once` with the run's visibility timeout and max attempts. Its producers enqueue its
 /// inputs into A as a mode's producers do (no dedup ids, retried while the outcome is unknown);
-/// its workers are the shipped `onceq_worker::Worker` over a [`RecordedStore`] with verify's
+/// its workers ([`pipeline_workers_per_stage`]: the stages share `workers`) are the shipped
+/// `onceq_worker::Worker` over a [`RecordedStore`] with verify's
 /// fault middleware, whose handler is [`stage_step`]; downstream consumers lease and ack B and C
 /// and record every delivery. On PostgreSQL the workers are the same runtime over `PgStore` (no
 /// `PgWorker`: the stages have no effect to put in a transaction). The run ends when the
@@ -649,7 +650,7 @@ pub async fn run_pipeline(target: &Target, config: &WorkloadConfig, progress: Ar
         for p in 0..config.producers {
             producers.spawn(produce(ctx.clone(), p));
         }
-        for w in 0..config.workers {
+        for w in 0..pipeline_workers_per_stage(config) {
             workers.spawn(work(ctx.clone(), WORKER_PROCESS_BASE + w));
         }
         let seen: Arc<Mutex<Vec<OutputDelivery>>> = Arc::default();
@@ -768,6 +769,14 @@ pub async fn run_pipeline(target: &Target, config: &WorkloadConfig, progress: Ar
         });
     }
     Ok(runs)
+}
+
+/// Workers per stage of a pipeline run: the stages share `config.workers`, so that a run holds
+/// as many jobs at once as a mode's run does. Twice that overloads a PostgreSQL pool: the
+/// heartbeats of a thousand jobs in hand wait for connections until the leases expire, and the
+/// redeliveries feed on themselves.
+pub fn pipeline_workers_per_stage(config: &WorkloadConfig) -> u32 {
+    config.workers.div_ceil(Stage::ALL.len() as u32).max(1)
 }
 
 /// A stage's handler: makes the input's B and C. Committed: produced into the context, for the
