@@ -186,6 +186,11 @@ pub struct VerifyArgs {
     /// does not apply.
     #[arg(long, conflicts_with_all = ["ordered", "check", "break_gate_for_tests"])]
     pub pipeline: bool,
+    /// Runs the --pipeline committed stage with its commit broken on purpose (the handler
+    /// enqueues the outputs outside it), to prove that verify reports the duplicates. For
+    /// onceq's own tests.
+    #[arg(long, hide = true, requires = "pipeline")]
+    pub break_commit_for_tests: bool,
 }
 
 fn parse_mode(text: &str) -> Result<DeliveryMode, String> {
@@ -271,6 +276,7 @@ pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError>
         broken_gate_for_tests: args.break_gate_for_tests,
         ordered_keys: args.ordered.then_some(args.ordered_keys),
         pipeline: args.pipeline,
+        broken_commit_for_tests: args.break_commit_for_tests,
     };
     config.validate().map_err(|e| usage(e.to_string().trim_start_matches("invalid request: ")))?;
     Ok((spec, config))

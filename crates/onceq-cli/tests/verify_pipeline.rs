@@ -5,7 +5,8 @@
 //! PostgreSQL (connections terminated, in a fresh schema). Each run must exit 0 with the
 //! committed stage at 0 outputs missing, 0 duplicated and 0 inputs lost, its lost commit replies
 //! replayed; and the enqueue-then-ack stage, under a high crash-after-effect rate, must show the
-//! duplicates the commit exists to prevent.
+//! duplicates the commit exists to prevent. With the committed stage's commit broken on purpose
+//! (its outputs enqueued outside it), the same run must report its duplicates and exit 1.
 //!
 //! The runs take turns (one verify process at a time) and stay small (2,000 inputs per stage,
 //! 1,500 on PostgreSQL) so that each takes well under a minute of a debug build on 2 cores;
@@ -156,4 +157,26 @@ async fn postgres_with_dropped_connections_still_commits_each_output_once() {
         .await
         .unwrap();
     assert_eq!(left, None, "verify drops the fresh schema it made");
+}
+
+/// Verify is not blind to the committed row: with the commit broken on purpose (the committed
+/// stage's handler enqueues its outputs outside the commit, which then acks alone), each crash
+/// after the handler makes B and C twice, and verify reports it and exits 1.
+#[tokio::test]
+async fn a_broken_commit_is_caught_and_verify_exits_1() {
+    let jobs = jobs(1_000);
+    let output =
+        verify(&["--fault", "crash-after-effect=0.2", "--break-commit-for-tests", "--seed", "24", "--jobs", &jobs])
+            .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+    let stages = stages(&output);
+    let committed = &stages["committed"];
+    assert!(figure(committed, "outputs_duplicated") > 0, "{committed:#}");
+    assert_eq!(figure(committed, "outputs_missing"), 0, "{committed:#}");
+    let violations = committed["violations"].as_array().expect("violations");
+    assert!(violations.iter().any(|v| v.as_str().is_some_and(|v| v.contains("outputs duplicated"))), "{committed:#}");
+    assert!(stderr.contains("promise broken: committed"), "{stderr}");
+    let naive = &stages["enqueue-then-ack"];
+    assert!(naive["violations"].as_array().expect("violations").is_empty(), "{naive:#}");
 }

@@ -148,6 +148,12 @@ pub struct WorkloadConfig {
     /// on `at_least_once` queues of their own.
     #[serde(default)]
     pub pipeline: bool,
+    /// Runs the committed stage of a pipeline run with its commit broken on purpose: its
+    /// handler enqueues the outputs itself, outside the commit (which then acks alone), to prove
+    /// that the checker and the exit status catch the duplicates. Tests only.
+    #[doc(hidden)]
+    #[serde(default)]
+    pub broken_commit_for_tests: bool,
 }
 
 impl Default for WorkloadConfig {
@@ -169,6 +175,7 @@ impl Default for WorkloadConfig {
             broken_gate_for_tests: false,
             ordered_keys: None,
             pipeline: false,
+            broken_commit_for_tests: false,
         }
     }
 }
@@ -188,6 +195,9 @@ impl WorkloadConfig {
         }
         if self.pipeline && self.broken_gate_for_tests {
             return bad("--pipeline runs no idempotency gate to break".into());
+        }
+        if self.broken_commit_for_tests && !self.pipeline {
+            return bad("breaking the commit is for a --pipeline run".into());
         }
         if self.ordered_keys == Some(0) {
             return bad("--ordered-keys must be at least 1".into());
@@ -787,13 +797,13 @@ async fn stage_step(ctx: &Ctx, stage: &StageQueues, job: &JobContext, value: u64
         let payload = OutputPayload { value, input: job.id.get(), output: kind };
         let output = NewJob::new(serde_json::to_vec(&payload).unwrap_or_default());
         match stage.stage {
-            Stage::Committed => {
+            Stage::Committed if !ctx.config.broken_commit_for_tests => {
                 if let Err(e) = job.produce(queue.as_str(), output) {
                     ctx.fail(format!("the runtime refused a produced job: {e}"));
                     return WorkerOutcome::retry(format!("produce refused: {e}"));
                 }
             }
-            Stage::EnqueueThenAck => {
+            Stage::Committed | Stage::EnqueueThenAck => {
                 if let Err(e) = ctx.store.job_enqueue(queue, vec![output]).await {
                     if is_fatal(&e) {
                         ctx.fail(format!("the target refused an output enqueue: {e}"));
