@@ -152,7 +152,8 @@ pub struct VerifyArgs {
     /// Print the reports as JSON on stdout (the run's settings and fault counts go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Write each mode's history as JSON lines to DIR/<mode>.jsonl, to check again or inspect.
+    /// Write each mode's history as JSON lines to DIR/<mode>.jsonl, to check again or inspect (a
+    /// --pipeline run writes each stage's as one JSON document, DIR/pipeline-<stage>.json, to inspect).
     #[arg(long, value_name = "DIR")]
     pub history_out: Option<PathBuf>,
     /// Run nothing: check histories written by --history-out (one file per mode) again, print
