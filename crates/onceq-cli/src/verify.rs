@@ -6,6 +6,9 @@
 //! fault simulates is in [`onceq_verify::faults`]; the workload and the windows each mode guards
 //! are in [`onceq_verify::workload`].
 //!
+//! With `--pipeline` it runs [`onceq_verify::workload::run_pipeline`] instead: both pipeline
+//! stages side by side, checked with [`onceq_verify::pipeline::check`], in one table.
+//!
 //! Exit codes: 0 every mode kept its promise; 1 a mode broke its promise, or the run failed;
 //! 2 bad options; 3 the target could not be reached.
 
@@ -19,8 +22,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use onceq_core::{DeliveryMode, Error};
 use onceq_verify::checker::{check, Report};
 use onceq_verify::faults::{FaultPlan, TargetKind};
+use onceq_verify::pipeline::{self, Stage, StageReport};
 use onceq_verify::target::{LedgerSpec, Target, TargetSpec};
-use onceq_verify::workload::{self, ModeRun, Progress, WorkloadConfig};
+use onceq_verify::workload::{self, ModeRun, Progress, StageRun, WorkloadConfig};
 
 use crate::error::CliError;
 
@@ -44,6 +48,26 @@ Examples:
   onceq verify --store postgres://postgres@127.0.0.1:5432/test --all-faults --json
   onceq verify --fault crash-before-complete=0.05 --modes effectively_once   # watch it break
   onceq verify --ordered --all-faults                          # per-key order through every fault
+  onceq verify --pipeline --all-faults                         # A -> B + C, committed vs enqueue-then-ack
+
+Pipeline (--pipeline): queue A's inputs each become one job in B and one in C, by two stages side
+by side under the same faults: `committed` (the worker's ctx.produce: outputs committed with the
+ack of A, the commit sent again under the same commit id when its reply is lost) and
+`enqueue-then-ack` (the handler enqueues B and C, then the worker acks A). No idempotency store,
+no dedup id on outputs. Downstream consumers drain B and C. Per input: outputs missing (acked
+without its B or C), outputs duplicated (a second B or C job; the same job redelivered is not
+one), inputs lost. The faults, per stage:
+  crash-mid-handler      dies before the handler: nothing produced or sent, in both
+  crash-after-effect     dies after the handler, before the commit (committed: the outputs die
+                         with it) or the ack (enqueue-then-ack: B and C stay, and are made again)
+  stall                  the late commit is refused whole; the late ack is refused, B and C stay
+  drop-ack               the commit's (first) reply or the ack's reply is lost after it applied;
+                         the runtime sends the commit again and the target replays it
+  duplicate-enqueue      an input batch sent twice: each copy is an input of its own
+  server-kill, pg-drop   calls in flight end unknown: a commit is sent again (replayed if it
+                         applied); a failed output enqueue retries the input
+Exit 1 when committed has any output missing or duplicated, or any input lost (or either stage
+loses or misses outputs); enqueue-then-ack's duplicates are the expected contrast.
 
 Exit codes: 0 every mode kept its promise; 1 a mode broke its promise (or the run failed);
 2 bad options; 3 the target could not be reached.";
@@ -89,7 +113,8 @@ pub struct VerifyArgs {
     /// Producer tasks.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub producers: u32,
-    /// Worker tasks (each runs the jobs of its leased batch concurrently).
+    /// Worker tasks (each runs the jobs of its leased batch concurrently); a --pipeline run's
+    /// two stages share them (half each, rounded up).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub workers: u32,
     /// Jobs per enqueue call.
@@ -127,7 +152,8 @@ pub struct VerifyArgs {
     /// Print the reports as JSON on stdout (the run's settings and fault counts go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Write each mode's history as JSON lines to DIR/<mode>.jsonl, to check again or inspect.
+    /// Write each mode's history as JSON lines to DIR/<mode>.jsonl, to check again or inspect (a
+    /// --pipeline run writes each stage's as one JSON document, DIR/pipeline-<stage>.json, to inspect).
     #[arg(long, value_name = "DIR")]
     pub history_out: Option<PathBuf>,
     /// Run nothing: check histories written by --history-out (one file per mode) again, print
@@ -155,6 +181,17 @@ pub struct VerifyArgs {
     /// reports the duplicate effects it causes. For onceq's own tests.
     #[arg(long, hide = true)]
     pub break_gate_for_tests: bool,
+    /// A pipeline run: each input in queue A becomes one job in B and one in C, by a stage that
+    /// commits its outputs with the ack of A beside one that enqueues them and then acks, under
+    /// the same faults; one table of outputs missing and duplicated per stage (below). --modes
+    /// does not apply.
+    #[arg(long, conflicts_with_all = ["ordered", "check", "break_gate_for_tests"])]
+    pub pipeline: bool,
+    /// Runs the --pipeline committed stage with its commit broken on purpose (the handler
+    /// enqueues the outputs outside it), to prove that verify reports the duplicates. For
+    /// onceq's own tests.
+    #[arg(long, hide = true, requires = "pipeline")]
+    pub break_commit_for_tests: bool,
 }
 
 fn parse_mode(text: &str) -> Result<DeliveryMode, String> {
@@ -239,6 +276,8 @@ pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError>
         keep_queues: args.keep_queues,
         broken_gate_for_tests: args.break_gate_for_tests,
         ordered_keys: args.ordered.then_some(args.ordered_keys),
+        pipeline: args.pipeline,
+        broken_commit_for_tests: args.break_commit_for_tests,
     };
     config.validate().map_err(|e| usage(e.to_string().trim_start_matches("invalid request: ")))?;
     Ok((spec, config))
@@ -278,6 +317,9 @@ pub fn run(args: &VerifyArgs, command_line: &str) -> Result<(), CliError> {
         return check_files(args);
     }
     let (spec, config) = plan(args)?;
+    if config.pipeline {
+        return run_pipeline(args, command_line, &spec, &config);
+    }
     if let Some(dir) = &args.history_out {
         std::fs::create_dir_all(dir)
             .map_err(|e| usage(format!("--history-out {}: cannot create the directory: {e}", dir.display())))?;
@@ -338,6 +380,113 @@ pub fn run(args: &VerifyArgs, command_line: &str) -> Result<(), CliError> {
             broken.iter().map(|r| format!("{} ({})", r.mode.as_str(), r.violations.join("; "))).collect();
         Err(CliError::Failed(format!("promise broken: {}", modes.join(", "))))
     }
+}
+
+/// Runs `onceq verify --pipeline`: both stages in one run, one table.
+fn run_pipeline(
+    args: &VerifyArgs,
+    command_line: &str,
+    spec: &TargetSpec,
+    config: &WorkloadConfig,
+) -> Result<(), CliError> {
+    if let Some(dir) = &args.history_out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| usage(format!("--history-out {}: cannot create the directory: {e}", dir.display())))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let ledger = LedgerSpec { path: args.ledger.clone() };
+    let (target_description, runs) = runtime.block_on(async {
+        let target = Target::open(spec, &ledger).await.map_err(from_store)?;
+        let description = target.description.clone();
+        let progress = Arc::new(Progress::default());
+        // Both stages settle their inputs into one count.
+        let mut shown = config.clone();
+        shown.jobs = config.jobs.saturating_mul(Stage::ALL.len() as u64);
+        shown.modes = vec![DeliveryMode::AtLeastOnce];
+        let bar = progress_bar(!args.quiet && std::io::stderr().is_terminal(), &shown);
+        let ticker = tokio::spawn(tick(bar.clone(), progress.clone(), shown));
+        let runs = workload::run_pipeline(&target, config, progress).await;
+        ticker.abort();
+        bar.finish_and_clear();
+        let closed = target.close().await;
+        let runs = runs.map_err(from_store)?;
+        closed.map_err(from_store)?;
+        Ok::<_, CliError>((description, runs))
+    })?;
+    if let Some(dir) = &args.history_out {
+        for run in &runs {
+            let path = dir.join(format!("pipeline-{}.json", run.history.stage.name()));
+            let json = serde_json::to_vec(&run.history)
+                .map_err(|e| CliError::Failed(format!("cannot encode {}: {e}", path.display())))?;
+            std::fs::write(&path, json)
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+        }
+    }
+    let reports: Vec<StageReport> = runs.iter().map(|run| pipeline::check(&run.history)).collect();
+    let summary = pipeline_summary(command_line, &target_description, config, &runs);
+    if args.json {
+        eprint!("{summary}");
+        let json = onceq_verify::report::render_pipeline_json(&reports)
+            .map_err(|e| CliError::Failed(format!("cannot encode the reports: {e}")))?;
+        outln_lossy!("{json}");
+    } else {
+        out_lossy!("{summary}");
+        outln_lossy!();
+        out_lossy!("{}", onceq_verify::report::render_pipeline_table(&reports));
+    }
+    if runs.iter().any(|run| !run.history.drained) {
+        eprintln!(
+            "onceq verify: the pipeline's queues did not drain within {} s; inputs still missing are counted as lost",
+            args.drain_timeout_s
+        );
+    }
+    let broken: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.promise_kept())
+        .map(|r| format!("{} ({})", r.stage.name(), r.violations.join("; ")))
+        .collect();
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("promise broken: {}", broken.join(", "))))
+    }
+}
+
+/// What a pipeline run was, for the top of its report.
+fn pipeline_summary(command_line: &str, target: &str, config: &WorkloadConfig, runs: &[StageRun]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "onceq verify: {command_line}");
+    let _ = writeln!(out, "target: {target}; no idempotency store, no ledger (a stage's effects are its outputs)");
+    let _ = writeln!(
+        out,
+        "inputs per stage: {}; per stage: producers {}, workers {} (lease batch {}); visibility timeout {} ms; \
+         max attempts {}; seed {}",
+        config.jobs,
+        config.producers,
+        workload::pipeline_workers_per_stage(config),
+        config.lease_batch,
+        config.visibility_timeout_ms,
+        config.max_attempts,
+        config.seed
+    );
+    let _ = writeln!(out, "faults: {}", config.faults.describe());
+    for run in runs {
+        let fired: Vec<String> = run.faults_fired.iter().map(|(f, n)| format!("{f}={n}")).collect();
+        let _ = writeln!(
+            out,
+            "{}: queues {}.{{a,b,c}}, {:.1} s, {}; faults fired: {}",
+            run.history.stage.name(),
+            run.queue.trim_end_matches(".a"),
+            run.elapsed_ms as f64 / 1000.0,
+            if run.history.drained { "drained" } else { "NOT drained" },
+            if fired.is_empty() { "none".to_owned() } else { fired.join(" ") }
+        );
+    }
+    out
 }
 
 /// What was run, for the top of the report: the command, the target, the queues' settings and
@@ -447,5 +596,19 @@ mod tests {
         assert!(bad(&["--store", "mysql://x"]).contains("postgres://"));
         assert!(bad(&["--pg-schema", "s"]).contains("--store postgres"));
         assert!(bad(&["--visibility-timeout-ms", "5000", "--claim-ttl-ms", "1000"]).contains("claim-ttl"));
+    }
+
+    #[test]
+    fn pipeline_is_a_run_of_its_own() {
+        let (_, config) =
+            plan(&parse(&["--pipeline", "--all-faults", "--visibility-timeout-ms", "20000"]).unwrap()).unwrap();
+        assert!(config.pipeline);
+        assert_eq!(config.ordered_keys, None);
+        assert_eq!(config.visibility_timeout_ms, 20_000, "no idempotency claim to outlast");
+        for other in [&["--ordered"][..], &["--check", "x.jsonl"], &["--break-gate-for-tests"]] {
+            let mut args = vec!["--pipeline"];
+            args.extend_from_slice(other);
+            assert!(parse(&args).is_err(), "{args:?}");
+        }
     }
 }

@@ -394,12 +394,15 @@ pub fn check(history: &History) -> Report {
                     _ => None,
                 },
             }),
+            // A commit settles its lease as an ack does (it also enqueues, which this checker
+            // does not judge: `crate::pipeline` does).
             Request::Ack { job_id, lease_token }
+            | Request::Commit { job_id, lease_token }
             | Request::Nack { job_id, lease_token }
             | Request::Release { job_id, lease_token }
             | Request::Fail { job_id, lease_token } => settles.push(Settle {
                 kind: match operation.request {
-                    Request::Ack { .. } => SettleKind::Ack,
+                    Request::Ack { .. } | Request::Commit { .. } => SettleKind::Ack,
                     Request::Release { .. } => SettleKind::Release,
                     _ => SettleKind::Nack,
                 },

@@ -13,6 +13,9 @@
 //! | `server-kill` | the server process dying | `kill -9` of the managed `onceq serve`, then a restart on the same port and data directory about 300 ms later; every call in flight ends with an unknown outcome | per second of the production phase (only with `--managed-server`) |
 //! | `pg-drop` | PostgreSQL connections dropped (a failover, a proxy restart) | `pg_terminate_backend` of every connection of this run (they carry an `application_name` of their own, so no other client is touched) | per second of the production phase (only with the PostgreSQL target) |
 //!
+//! In a pipeline run (`--pipeline`) the same faults act on the two stages as
+//! [`crate::workload::run_pipeline`] says; `crash-before-complete` does not apply there.
+//!
 //! Per-delivery faults are decided by a hash of (seed, mode, value, attempt, fault), so a seed
 //! repeats the same schedule however the tasks interleave. At most one crash or stall fault
 //! applies to a delivery (checked in the table's order).

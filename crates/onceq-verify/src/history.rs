@@ -108,6 +108,16 @@ pub enum Request {
         /// The lease token (hex).
         lease_token: String,
     },
+    /// Commit one lease's ack with the jobs its handler produced (a pipeline stage's commit,
+    /// [`crate::pipeline`]): it settles the lease as an ack does, all or nothing with its outputs.
+    /// A retry of a commit whose outcome was unknown is a new operation with the same lease (and
+    /// the same commit id, so it replays).
+    Commit {
+        /// The input job.
+        job_id: u64,
+        /// The lease token (hex).
+        lease_token: String,
+    },
     /// Extend one lease (a heartbeat).
     Extend {
         /// The job.
@@ -127,6 +137,7 @@ impl Request {
             | Request::Nack { job_id, lease_token }
             | Request::Release { job_id, lease_token }
             | Request::Fail { job_id, lease_token }
+            | Request::Commit { job_id, lease_token }
             | Request::Extend { job_id, lease_token, .. } => Some((*job_id, lease_token)),
             Request::Enqueue { .. } | Request::Lease { .. } => None,
         }
@@ -150,6 +161,12 @@ pub enum Response {
     Leased {
         /// The jobs handed out.
         jobs: Vec<Lease>,
+    },
+    /// A commit that applied (`replayed: false`), or whose commit id had applied before and
+    /// returned that first outcome (`replayed: true`).
+    Committed {
+        /// True when the target replayed an earlier application of the same commit id.
+        replayed: bool,
     },
     /// An extend that moved the lease's expiry here (target clock, Unix ms).
     Extended {
@@ -388,8 +405,8 @@ impl History {
     ///   order and in time: a completion's `at_ms` is not before its invoke's);
     /// - a completion with outcome ok carries the response its request calls for
     ///   ([`Response::Enqueued`] for an enqueue, [`Response::Leased`] for a lease,
-    ///   [`Response::Extended`] for an extend, [`Response::None`] for an ack, nack, release or
-    ///   fail); a failed or unknown one carries
+    ///   [`Response::Extended`] for an extend, [`Response::Committed`] for a commit,
+    ///   [`Response::None`] for an ack, nack, release or fail); a failed or unknown one carries
     ///   [`Response::None`].
     ///
     /// It does not judge the target: anything the target could have caused is the checker's
@@ -453,6 +470,7 @@ impl History {
                                 Response::None
                             )
                             | (Outcome::Ok, Request::Extend { .. }, Response::Extended { .. })
+                            | (Outcome::Ok, Request::Commit { .. }, Response::Committed { .. })
                             | (Outcome::Fail | Outcome::Unknown, _, Response::None)
                     );
                     if !fits {

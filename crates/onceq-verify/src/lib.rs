@@ -22,6 +22,9 @@
 //!   faults, their rates and seeded schedule; [`target`]: the embedded store, a server (given or
 //!   managed) or PostgreSQL; [`ledger`]: where workers record effects (SQLite, or a table in the
 //!   target PostgreSQL, written in the job's transaction).
+//! - [`pipeline`]: pipeline mode (`--pipeline`): a consume → produce stage committed with its
+//!   ack beside the same stage written as enqueue-then-ack, what their runs record, and the
+//!   checker counting outputs missing and duplicated per input (the workload runs them).
 //! - [`rebalance`]: the record of `onceq verify-groups` (a consumer group of member processes
 //!   through joins, kills and leaves) and its checks: per-key order, overlapping runs of a key,
 //!   partitions moved against the minimum, stalls.
@@ -30,6 +33,7 @@ pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod ledger;
+pub mod pipeline;
 pub mod rebalance;
 mod recorded;
 pub mod report;

@@ -13,9 +13,13 @@
 //!   lease expires while the handler sleeps); its late settle goes through and must be refused.
 //!
 //! The `drop-ack` fault is here too: an ack reaches the target, and its reply is dropped (the
-//! history records the outcome as unknown, the worker sees it fail as unavailable).
+//! history records the outcome as unknown, the worker sees it fail as unavailable). In a
+//! pipeline run the committed stage's commits (one ack and the outputs) pass here as well,
+//! recorded as [`Request::Commit`]: a crashed delivery's commit never leaves, a stalled one's
+//! goes out late and must be refused, and `drop-ack` drops the reply of the first commit sent
+//! for a lease, so that the runtime sends it again under the same commit id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -56,6 +60,8 @@ pub struct Leased {
 pub struct Deliveries {
     leased: Mutex<HashMap<String, Leased>>,
     cuts: Mutex<HashMap<String, Cut>>,
+    /// Leases whose commit was sent at least once (`drop-ack` drops only the first reply).
+    committed: Mutex<HashSet<String>>,
 }
 
 impl Deliveries {
@@ -72,6 +78,11 @@ impl Deliveries {
     /// Marks what a fault cut off from the delivery of this lease.
     pub fn cut(&self, token: String, cut: Cut) {
         self.cuts.lock().unwrap_or_else(|p| p.into_inner()).insert(token, cut);
+    }
+
+    /// Notes that a commit of this lease is being sent; true the first time.
+    fn first_commit(&self, token: &str) -> bool {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner()).insert(token.to_owned())
     }
 
     /// What was cut off from the delivery of this lease, if anything.
@@ -238,9 +249,44 @@ impl RecordedStore {
 
 #[async_trait]
 impl Store for RecordedStore {
-    // Commits are not part of verify's workloads (yet): passed through, unrecorded.
+    /// A pipeline stage's commit (the runtime's: one ack, the outputs, a commit id from the
+    /// lease), recorded as one op. A crashed delivery's never leaves; `drop-ack` drops the reply
+    /// of the first one sent for a lease after it applied, so the runtime sends it again and the
+    /// target must replay it.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        self.ctx.target().commit(commit).await
+        let [lease] = commit.ack.as_slice() else {
+            // Not the runtime's commit of a job's outputs: nothing of verify's, passed through.
+            return self.ctx.target().commit(commit).await;
+        };
+        let lease = *lease;
+        if !self.settles_pass(&lease) {
+            return Err(cut_off());
+        }
+        let token = lease.lease_token.to_string();
+        let first = self.ctx.deliveries().first_commit(&token);
+        let op = self
+            .ctx
+            .recorder()
+            .invoke(self.process, Request::Commit { job_id: lease.id.get(), lease_token: token.clone() });
+        match self.ctx.target().commit(commit).await {
+            Ok(outcome) => {
+                let leased = self.ctx.deliveries().get(&token);
+                if first && leased.is_some_and(|l| self.ctx.drops_ack(l.value, l.attempt)) {
+                    self.ctx.recorder().complete(op, Outcome::Unknown, Response::None);
+                    return Err(Error::Unavailable("verify: the commit's reply was dropped".into()));
+                }
+                self.ctx.recorder().complete(op, Outcome::Ok, Response::Committed { replayed: outcome.replayed });
+                self.ctx.settled();
+                Ok(outcome)
+            }
+            Err(error) => {
+                self.ctx.recorder().complete(op, outcome_of(&error), Response::None);
+                if is_fatal(&error) {
+                    self.ctx.fail(format!("the target refused a commit: {error}"));
+                }
+                Err(error)
+            }
+        }
     }
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
         self.ctx.target().producer_register(producer).await

@@ -6,12 +6,16 @@
 //! A count that breaks its mode's promise is marked `!`. Under the table comes one line per
 //! report: `PASS <mode>` when it kept its promise, else one `FAIL <mode>: <broken promise>` line
 //! per violation.
+//!
+//! A pipeline run (`--pipeline`) has its own table: one row per [`Stage`], its figures as columns
+//! ([`render_pipeline_table`]), and its own JSON ([`render_pipeline_json`]).
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::checker::{Figure, Report};
+use crate::pipeline::{Stage, StageReport};
 
 /// The marker after a count that breaks its mode's promise.
 const BROKEN_MARK: char = '!';
@@ -115,4 +119,99 @@ struct JsonOutput<'a> {
 /// report with every figure under its field name and its `violations`.
 pub fn render_json(reports: &[Report]) -> serde_json::Result<String> {
     serde_json::to_string_pretty(&JsonOutput { promises_kept: promises_kept(reports), reports })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipeline mode
+
+/// True when every stage kept its promise (what `onceq verify --pipeline`'s exit status says).
+pub fn stages_kept(reports: &[StageReport]) -> bool {
+    reports.iter().all(StageReport::promise_kept)
+}
+
+/// Renders a pipeline run's stages as one table, a row per stage, then a PASS/FAIL line per
+/// stage and what the enqueue-then-ack row's duplicates mean.
+pub fn render_pipeline_table(reports: &[StageReport]) -> String {
+    let header = [
+        "stage",
+        "inputs",
+        "settled",
+        "dead",
+        "lost",
+        "outputs missing",
+        "outputs duplicated",
+        "output redeliveries",
+        "unexpected",
+        "commits replayed",
+        "drain_ms",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for report in reports {
+        let committed = report.stage == Stage::Committed;
+        let count = |n: u64, forbidden: bool| {
+            let mark = if forbidden && n > 0 { BROKEN_MARK } else { ' ' };
+            format!("{n}{mark}")
+        };
+        rows.push(vec![
+            report.stage.name().to_owned(),
+            count(report.inputs, false),
+            count(report.settled, false),
+            count(report.dead, false),
+            count(report.lost, true),
+            count(report.outputs_missing, true),
+            count(report.outputs_duplicated, committed),
+            count(report.output_redeliveries, false),
+            count(report.unexpected, true),
+            count(report.commits_replayed, false),
+            report.drain_ms.map_or_else(|| "- ".to_owned(), |ms| format!("{ms} ")),
+        ]);
+    }
+    let columns = header.len();
+    let widths: Vec<usize> =
+        (0..columns).map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (column, text) in row.iter().enumerate() {
+            if column == 0 {
+                let _ = write!(line, "{text:<width$}", width = widths[0]);
+            } else {
+                let _ = write!(line, "  {text:>width$}", width = widths[column]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let _ = writeln!(out, "{BROKEN_MARK} breaks the stage's promise");
+    let _ = writeln!(
+        out,
+        "enqueue-then-ack's duplicated outputs are the expected contrast (its ack is a step apart from its \
+         enqueues), not a failure; committed must show 0 missing and 0 duplicated"
+    );
+    out.push('\n');
+    for report in reports {
+        let stage = report.stage.name();
+        if report.violations.is_empty() {
+            let _ = writeln!(out, "PASS {stage}");
+        }
+        for violation in &report.violations {
+            let _ = writeln!(out, "FAIL {stage}: {violation}");
+        }
+    }
+    out
+}
+
+/// The JSON document `onceq verify --pipeline --json` prints.
+#[derive(Debug, Serialize)]
+struct PipelineJson<'a> {
+    /// Whether every stage kept its promise.
+    promises_kept: bool,
+    /// The stages, committed first.
+    stages: &'a [StageReport],
+}
+
+/// Renders a pipeline run's stages as pretty JSON: `{"promises_kept": bool, "stages":
+/// [StageReport, ...]}`.
+pub fn render_pipeline_json(reports: &[StageReport]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&PipelineJson { promises_kept: stages_kept(reports), stages: reports })
 }

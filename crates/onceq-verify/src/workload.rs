@@ -45,6 +45,12 @@
 //! ordering key `k{value mod ordered_keys}`, so the workers see one job of a key at a time, in
 //! enqueue order, through every fault; the checker holds them to it.
 //!
+//! **Pipeline runs** ([`run_pipeline`]) reuse all of this for a consume → produce stage: no
+//! modes, two stages side by side on `at_least_once` queues, the same producers, workers,
+//! wrappers and faults; the handler makes each input's two outputs (committed with its ack, or
+//! enqueued before it), and downstream consumers record every output delivered. What each fault
+//! does to each stage is on [`run_pipeline`]; the rules are in [`crate::pipeline`].
+//!
 //! The run of a mode ends when the producers are done, no worker holds a job, and the queue has
 //! nothing ready, scheduled, leased or blocked (every job acked or dead) — or when the drain timeout
 //! passes, and whatever is missing is the checker's to report as lost. The dead letters are
@@ -56,8 +62,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use onceq_core::{
-    DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, NewJob, QueueConfig, QueueConfigPatch,
-    QueueName, Result, Store,
+    DeadPage, DeliveryMode, Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob, QueueConfig,
+    QueueConfigPatch, QueueName, Result, Store,
 };
 use onceq_postgres::PgStore;
 use onceq_postgres_worker::{PgWorker, TransactionalOptions};
@@ -71,7 +77,8 @@ use crate::faults::{roll, Fault, FaultLog, FaultPlan, TargetKind};
 pub use crate::history::{now_ms, outcome_of, Recorder};
 use crate::history::{DeadLetter, History, Outcome, Payload, Request, Response};
 use crate::ledger::{EffectRow, Ledger, PgLedger};
-use crate::recorded::{Cut, CutIdempotency, Deliveries, RecordedStore, Run};
+use crate::pipeline::{OutputDelivery, OutputKind, OutputPayload, Stage, StageHistory};
+use crate::recorded::{is_fatal, Cut, CutIdempotency, Deliveries, RecordedStore, Run};
 use crate::target::Target;
 
 /// How far past its lease's expiry a stalled worker acks, so the target's clock has surely
@@ -137,6 +144,16 @@ pub struct WorkloadConfig {
     /// one job of a key in flight at a time (Invariant 9).
     #[serde(default)]
     pub ordered_keys: Option<u64>,
+    /// A pipeline run ([`run_pipeline`]): `modes` are not run; both [`Stage`]s run side by side
+    /// on `at_least_once` queues of their own.
+    #[serde(default)]
+    pub pipeline: bool,
+    /// Runs the committed stage of a pipeline run with its commit broken on purpose: its
+    /// handler enqueues the outputs itself, outside the commit (which then acks alone), to prove
+    /// that the checker and the exit status catch the duplicates. Tests only.
+    #[doc(hidden)]
+    #[serde(default)]
+    pub broken_commit_for_tests: bool,
 }
 
 impl Default for WorkloadConfig {
@@ -157,6 +174,8 @@ impl Default for WorkloadConfig {
             keep_queues: false,
             broken_gate_for_tests: false,
             ordered_keys: None,
+            pipeline: false,
+            broken_commit_for_tests: false,
         }
     }
 }
@@ -170,6 +189,15 @@ impl WorkloadConfig {
         }
         if self.jobs == 0 {
             return bad("--jobs must be at least 1".into());
+        }
+        if self.pipeline && self.ordered_keys.is_some() {
+            return bad("--pipeline and --ordered are separate runs; choose one".into());
+        }
+        if self.pipeline && self.broken_gate_for_tests {
+            return bad("--pipeline runs no idempotency gate to break".into());
+        }
+        if self.broken_commit_for_tests && !self.pipeline {
+            return bad("breaking the commit is for a --pipeline run".into());
         }
         if self.ordered_keys == Some(0) {
             return bad("--ordered-keys must be at least 1".into());
@@ -186,7 +214,8 @@ impl WorkloadConfig {
         if !(100..=600_000).contains(&self.visibility_timeout_ms) {
             return bad("--visibility-timeout-ms must be 100 to 600000 (short leases drain a run quickly)".into());
         }
-        if self.claim_ttl_ms <= self.visibility_timeout_ms || self.claim_ttl_ms < CLAIM_TTL_MS_MIN {
+        // A pipeline run claims no idempotency key.
+        if !self.pipeline && (self.claim_ttl_ms <= self.visibility_timeout_ms || self.claim_ttl_ms < CLAIM_TTL_MS_MIN) {
             return bad("--claim-ttl-ms must be longer than the visibility timeout, and at least 2000".into());
         }
         onceq_core::QueueConfig { max_attempts: self.max_attempts, ..QueueConfig::default() }.validate()?;
@@ -266,9 +295,48 @@ pub(crate) struct Ctx {
     last_settle_ms: AtomicI64,
     /// The first error that stops the run.
     fatal: Mutex<Option<String>>,
+    /// In a pipeline run, the stage this context's workers run and its output queues.
+    stage: Option<StageQueues>,
+}
+
+/// A pipeline stage and its output queues (its input queue is [`Ctx::queue`]).
+#[derive(Debug, Clone)]
+struct StageQueues {
+    stage: Stage,
+    /// B, then C.
+    outputs: [QueueName; 2],
 }
 
 impl Ctx {
+    fn new(
+        target: &Target,
+        config: &WorkloadConfig,
+        mode: DeliveryMode,
+        queue: QueueName,
+        guard: Guard,
+        progress: Arc<Progress>,
+        stage: Option<StageQueues>,
+    ) -> Ctx {
+        Ctx {
+            mode,
+            kind: target.kind,
+            queue,
+            store: target.store.clone(),
+            guard,
+            ledger: target.ledger.clone(),
+            config: config.clone(),
+            recorder: Recorder::default(),
+            faults: FaultLog::new(),
+            progress,
+            deliveries: Arc::new(Deliveries::default()),
+            transaction_acks: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            last_settle_ms: AtomicI64::new(i64::MIN),
+            fatal: Mutex::new(None),
+            stage,
+        }
+    }
+
     pub(crate) fn fail(&self, message: String) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if fatal.is_none() {
@@ -383,23 +451,7 @@ async fn run_mode(
         (Some(store), Ledger::Postgres(ledger)) => Guard::Postgres(store.clone(), ledger.clone()),
         _ => Guard::Separate(target.idempotency.clone()),
     };
-    let ctx = Arc::new(Ctx {
-        mode,
-        kind: target.kind,
-        queue: queue.clone(),
-        store: target.store.clone(),
-        guard,
-        ledger: target.ledger.clone(),
-        config: config.clone(),
-        recorder: Recorder::default(),
-        faults: FaultLog::new(),
-        progress: progress.clone(),
-        deliveries: Arc::new(Deliveries::default()),
-        transaction_acks: Mutex::new(HashMap::new()),
-        stop: AtomicBool::new(false),
-        last_settle_ms: AtomicI64::new(i64::MIN),
-        fatal: Mutex::new(None),
-    });
+    let ctx = Arc::new(Ctx::new(target, config, mode, queue.clone(), guard, progress.clone(), None));
 
     let mut producers = tokio::task::JoinSet::new();
     for p in 0..config.producers {
@@ -410,7 +462,13 @@ async fn run_mode(
         workers.spawn(work(ctx.clone(), WORKER_PROCESS_BASE + w));
     }
     let busy = Arc::new(AtomicBool::new(true));
-    let periodic = tokio::spawn(periodic_faults(ctx.clone(), target.managed.clone(), pg_dropper(target), busy.clone()));
+    let periodic = tokio::spawn(periodic_faults(
+        ctx.clone(),
+        Vec::new(),
+        target.managed.clone(),
+        pg_dropper(target),
+        busy.clone(),
+    ));
 
     while let Some(joined) = producers.join_next().await {
         if let Err(e) = joined {
@@ -515,6 +573,287 @@ async fn read_dead(store: &dyn Store, queue: &QueueName) -> Result<Vec<DeadLette
         match page.next {
             Some(next) => after = Some(next),
             None => return Ok(out),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipeline runs
+
+/// What one stage of a pipeline run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRun {
+    /// Its input queue (A); its outputs are the queues of the same name ending in `.b` and `.c`.
+    pub queue: String,
+    /// The history, for [`crate::pipeline::check`].
+    pub history: StageHistory,
+    /// How often each fault fired in the stage (a server kill or a PostgreSQL drop hits both).
+    pub faults_fired: BTreeMap<Fault, u64>,
+    /// Wall time of the run, ms (both stages run at once).
+    pub elapsed_ms: u64,
+}
+
+/// Runs both pipeline stages ([`Stage::ALL`]) side by side against `target`, under the faults
+/// of `config` (the same schedule for both: faults are drawn per value and attempt, and both
+/// stages' inputs are the values `0..jobs`).
+///
+/// Each stage has its own queues `verify.<run>.pipe.<committed|naive>.{a,b,c}`, all
+/// `at_least_once` with the run's visibility timeout and max attempts. Its producers enqueue its
+/// inputs into A as a mode's producers do (no dedup ids, retried while the outcome is unknown);
+/// its workers ([`pipeline_workers_per_stage`]: the stages share `workers`) are the shipped
+/// `onceq_worker::Worker` over a [`RecordedStore`] with verify's
+/// fault middleware, whose handler is [`stage_step`]; downstream consumers lease and ack B and C
+/// and record every delivery. On PostgreSQL the workers are the same runtime over `PgStore` (no
+/// `PgWorker`: the stages have no effect to put in a transaction). The run ends when the
+/// producers are done and all six queues hold nothing ready, scheduled or leased, or when the
+/// drain timeout passes.
+///
+/// What each fault does to a stage:
+/// - `crash-mid-handler`: the delivery dies before its handler runs: nothing produced or sent.
+/// - `crash-after-effect`: the delivery dies after its handler returned and before its commit
+///   (committed) or its ack (enqueue-then-ack) leaves. Committed: the produced jobs die with it.
+///   Enqueue-then-ack: B and C were enqueued; the redelivery enqueues them again.
+/// - `stall`: after the handler, the delivery sleeps past its lease with its heartbeats
+///   dropped, then the runtime sends its commit or its ack, which must be refused. Committed:
+///   nothing applies. Enqueue-then-ack: B and C stay, and the redelivery makes them again.
+/// - `drop-ack`: the reply of the input's ack (enqueue-then-ack) or of the first commit sent
+///   for a lease (committed) is lost after it applied. The runtime sends the commit again under
+///   the same commit id, and the target must replay it (`commits_replayed`).
+/// - `duplicate-enqueue`: a producer sends a batch of inputs twice: each copy is an input of its
+///   own, to be turned into outputs once.
+/// - `server-kill`, `pg-drop`: calls in flight end unknown. A commit is sent again (replayed if
+///   it had applied); an output enqueue that failed makes the handler retry the input, whose
+///   redelivery enqueues again.
+/// - `crash-before-complete` does not apply (no idempotency store).
+pub async fn run_pipeline(target: &Target, config: &WorkloadConfig, progress: Arc<Progress>) -> Result<Vec<StageRun>> {
+    config.validate()?;
+    config.faults.check_target(target.kind)?;
+    let started = Instant::now();
+    let run_id = format!("{:x}{:04x}", now_ms(), rand::random::<u16>());
+    progress.mode_index.store(1, Ordering::SeqCst);
+    let mode = DeliveryMode::AtLeastOnce;
+    let patch = QueueConfigPatch {
+        delivery: Some(mode),
+        visibility_timeout_ms: Some(config.visibility_timeout_ms),
+        max_attempts: Some(config.max_attempts),
+        dedup_window_ms: Some(DEDUP_WINDOW_MS),
+        ..QueueConfigPatch::default()
+    };
+    let mut ctxs = Vec::with_capacity(Stage::ALL.len());
+    for stage in Stage::ALL {
+        let base = format!("verify.{run_id}.pipe.{}", stage.queue_segment());
+        let queue = QueueName::new(format!("{base}.a"))?;
+        let outputs = [QueueName::new(format!("{base}.b"))?, QueueName::new(format!("{base}.c"))?];
+        for name in std::iter::once(&queue).chain(&outputs) {
+            target.store.queue_upsert(name, patch.clone()).await?;
+        }
+        let guard = Guard::Separate(target.idempotency.clone());
+        let stage = Some(StageQueues { stage, outputs });
+        ctxs.push(Arc::new(Ctx::new(target, config, mode, queue, guard, progress.clone(), stage)));
+    }
+
+    let mut producers = tokio::task::JoinSet::new();
+    let mut workers = tokio::task::JoinSet::new();
+    let mut downstream = tokio::task::JoinSet::new();
+    let mut outputs = Vec::with_capacity(ctxs.len());
+    for ctx in &ctxs {
+        for p in 0..config.producers {
+            producers.spawn(produce(ctx.clone(), p));
+        }
+        for w in 0..pipeline_workers_per_stage(config) {
+            workers.spawn(work(ctx.clone(), WORKER_PROCESS_BASE + w));
+        }
+        let seen: Arc<Mutex<Vec<OutputDelivery>>> = Arc::default();
+        if let Some(stage) = &ctx.stage {
+            for (queue, kind) in stage.outputs.iter().zip(OutputKind::ALL) {
+                downstream.spawn(consume_outputs(ctx.clone(), queue.clone(), kind, seen.clone()));
+            }
+        }
+        outputs.push(seen);
+    }
+    let busy = Arc::new(AtomicBool::new(true));
+    let periodic = tokio::spawn(periodic_faults(
+        ctxs[0].clone(),
+        ctxs[1..].to_vec(),
+        target.managed.clone(),
+        pg_dropper(target),
+        busy.clone(),
+    ));
+
+    while let Some(joined) = producers.join_next().await {
+        if let Err(e) = joined {
+            ctxs[0].fail(format!("a producer task failed: {e}"));
+        }
+    }
+    progress.draining.store(true, Ordering::SeqCst);
+    let drain_deadline = Instant::now() + Duration::from_millis(config.drain_timeout_ms);
+    let mut drain_seen_ms = i64::MIN;
+    let drained = 'drain: loop {
+        if ctxs.iter().any(|ctx| ctx.fatal().is_some()) {
+            break false;
+        }
+        // Half of all inputs, both stages together.
+        if progress.settled.load(Ordering::Relaxed) >= config.jobs {
+            busy.store(false, Ordering::SeqCst);
+        }
+        if Instant::now() >= drain_deadline {
+            break false;
+        }
+        // A first: while an input is leased, its stage may still make outputs.
+        if periodic.is_finished() {
+            let mut empty = true;
+            for ctx in &ctxs {
+                let Some(stage) = &ctx.stage else { continue };
+                for queue in std::iter::once(&ctx.queue).chain(&stage.outputs) {
+                    match ctx.store.queue_get(queue).await {
+                        Ok(info) => {
+                            let s = info.stats;
+                            empty &= s.ready + s.scheduled + s.leased + s.blocked == 0;
+                        }
+                        Err(_) => empty = false,
+                    }
+                    if !empty {
+                        break;
+                    }
+                }
+            }
+            if empty {
+                drain_seen_ms = now_ms();
+                break 'drain true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    busy.store(false, Ordering::SeqCst);
+    for ctx in &ctxs {
+        ctx.stop.store(true, Ordering::SeqCst);
+    }
+    let _ = periodic.await;
+    for set in [&mut workers, &mut downstream] {
+        while let Some(joined) = set.join_next().await {
+            if let Err(e) = joined {
+                ctxs[0].fail(format!("a worker or consumer task failed: {e}"));
+            }
+        }
+    }
+    for ctx in &ctxs {
+        if let Some(message) = ctx.fatal() {
+            return Err(Error::Storage(format!("the pipeline run stopped: {message}")));
+        }
+    }
+    let end_ms = now_ms();
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut runs = Vec::with_capacity(ctxs.len());
+    for (ctx, seen) in ctxs.iter().zip(outputs) {
+        let Some(stage) = &ctx.stage else { continue };
+        let dead = read_dead(&*ctx.store, &ctx.queue).await?;
+        if !config.keep_queues {
+            for queue in std::iter::once(&ctx.queue).chain(&stage.outputs) {
+                if let Err(e) = ctx.store.queue_delete(queue).await {
+                    tracing::warn!(error = %e, %queue, "could not delete the run's queue");
+                }
+            }
+        }
+        let last_settle = ctx.last_settle_ms.load(Ordering::SeqCst);
+        let last_fault = ctx.faults.last_at_ms().unwrap_or(i64::MIN);
+        let drained_at_ms = match (drained, last_settle) {
+            (true, settle) if settle != i64::MIN && settle >= last_fault => settle,
+            (true, _) => drain_seen_ms,
+            (false, _) => end_ms,
+        };
+        let inputs = History {
+            mode,
+            events: ctx.recorder.take(),
+            effects: Vec::new(),
+            dead,
+            last_fault_at_ms: ctx.faults.last_at_ms(),
+            drained_at_ms,
+            ordered_keys: None,
+        };
+        let outputs = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        runs.push(StageRun {
+            queue: ctx.queue.to_string(),
+            history: StageHistory { stage: stage.stage, inputs, outputs, drained },
+            faults_fired: ctx.faults.counts(),
+            elapsed_ms,
+        });
+    }
+    Ok(runs)
+}
+
+/// Workers per stage of a pipeline run: the stages share `config.workers`, so that a run holds
+/// as many jobs at once as a mode's run does. Twice that overloads a PostgreSQL pool: the
+/// heartbeats of a thousand jobs in hand wait for connections until the leases expire, and the
+/// redeliveries feed on themselves.
+pub fn pipeline_workers_per_stage(config: &WorkloadConfig) -> u32 {
+    config.workers.div_ceil(Stage::ALL.len() as u32).max(1)
+}
+
+/// A stage's handler: makes the input's B and C. Committed: produced into the context, for the
+/// runtime to commit with the ack. Enqueue-then-ack: enqueued now, one plain enqueue each; a
+/// failed enqueue retries the input (its redelivery enqueues both again).
+async fn stage_step(ctx: &Ctx, stage: &StageQueues, job: &JobContext, value: u64) -> WorkerOutcome {
+    for (queue, kind) in stage.outputs.iter().zip(OutputKind::ALL) {
+        let payload = OutputPayload { value, input: job.id.get(), output: kind };
+        let output = NewJob::new(serde_json::to_vec(&payload).unwrap_or_default());
+        match stage.stage {
+            Stage::Committed if !ctx.config.broken_commit_for_tests => {
+                if let Err(e) = job.produce(queue.as_str(), output) {
+                    ctx.fail(format!("the runtime refused a produced job: {e}"));
+                    return WorkerOutcome::retry(format!("produce refused: {e}"));
+                }
+            }
+            Stage::Committed | Stage::EnqueueThenAck => {
+                if let Err(e) = ctx.store.job_enqueue(queue, vec![output]).await {
+                    if is_fatal(&e) {
+                        ctx.fail(format!("the target refused an output enqueue: {e}"));
+                    }
+                    return WorkerOutcome::retry(format!("enqueueing output {} failed: {e}", kind.name()));
+                }
+            }
+        }
+    }
+    WorkerOutcome::Done
+}
+
+/// A downstream consumer of one output queue: leases, records every job handed out (a
+/// redelivery too, with the same job id), acks. A lost ack leaves the job to come back.
+async fn consume_outputs(ctx: Arc<Ctx>, queue: QueueName, kind: OutputKind, seen: Arc<Mutex<Vec<OutputDelivery>>>) {
+    let options = LeaseOptions {
+        max_jobs: ctx.config.lease_batch,
+        visibility_timeout_ms: Some(ctx.config.visibility_timeout_ms),
+        wait_ms: LEASE_WAIT_MS,
+    };
+    while !ctx.stop.load(Ordering::SeqCst) {
+        let jobs = match ctx.store.job_lease(&queue, options).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                if is_fatal(&e) {
+                    ctx.fail(format!("the target refused a lease of {queue}: {e}"));
+                    return;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let at_ms = now_ms();
+        let mut acks = Vec::with_capacity(jobs.len());
+        {
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            for job in &jobs {
+                match serde_json::from_slice::<OutputPayload>(&job.payload) {
+                    Ok(p) if p.output == kind => {
+                        seen.push(OutputDelivery { kind, job_id: job.id.get(), input: p.input, value: p.value, at_ms })
+                    }
+                    _ => ctx.fail(format!("output job {} of {queue} carries a payload verify never wrote", job.id)),
+                }
+                acks.push(job.lease());
+            }
+        }
+        if !acks.is_empty() {
+            if let Err(e) = ctx.store.job_ack(&acks).await {
+                tracing::debug!(error = %e, %queue, "an output ack failed; its jobs come back");
+            }
         }
     }
 }
@@ -683,8 +1022,12 @@ fn crash_of(ctx: &Ctx, value: u64, attempt: u32) -> Option<Fault> {
         .find(|f| ctx.hits(*f, value, attempt))
 }
 
-/// Verify's handler: applies the effect in a commit of its own (the ledger).
+/// Verify's handler: applies the effect in a commit of its own (the ledger); in a pipeline run,
+/// the stage's step instead ([`stage_step`]).
 async fn apply(ctx: &Ctx, job: &JobContext, value: u64) -> WorkerOutcome {
+    if let Some(stage) = &ctx.stage {
+        return stage_step(ctx, stage, job, value).await;
+    }
     match ctx.ledger.record(ctx.effect_row(job, value)).await {
         Ok(()) => {
             if ctx.mode == DeliveryMode::AtMostOnce {
@@ -822,11 +1165,13 @@ fn pg_dropper(target: &Target) -> PgDropper {
 }
 
 /// Fires `server-kill` and `pg-drop` with their rates per second (a draw every 250 ms), while
-/// the run is busy (producing, and until half the jobs are settled). A fault whose rate is above
+/// the run is busy (producing, and until half the jobs are settled). In a pipeline run one task
+/// serves both stages (`also`: the other's context), and each counts every fault it fired. A fault whose rate is above
 /// 0 and that has not fired by then fires once at that point, so that a short run still
 /// exercises it with jobs in flight.
 async fn periodic_faults(
     ctx: Arc<Ctx>,
+    also: Vec<Arc<Ctx>>,
     managed: Option<Arc<crate::target::ManagedServer>>,
     pg_drop: PgDropper,
     busy: Arc<AtomicBool>,
@@ -854,6 +1199,7 @@ async fn periodic_faults(
                 return;
             }
             ctx.fire(Fault::ServerKill);
+            also.iter().for_each(|other| other.fire(Fault::ServerKill));
             killed = true;
             tokio::time::sleep(Duration::from_millis(300)).await;
             if let Err(e) = server.restart().await {
@@ -867,6 +1213,7 @@ async fn periodic_faults(
                 Ok(n) => {
                     tracing::debug!(connections = n, "pg-drop");
                     ctx.fire(Fault::PgDrop);
+                    also.iter().for_each(|other| other.fire(Fault::PgDrop));
                     dropped = true;
                 }
                 Err(e) => tracing::warn!(error = %e, "pg-drop could not terminate connections"),
