@@ -10,7 +10,8 @@
 //!    checkpoint on it), so that a registration (which updates it) waits for the commits of the
 //!    old epoch in flight, and every commit after it sees the new epoch.
 //! 3. **Every lease** is read at once; the stale ones are listed in `LeasesLost` and nothing
-//!    applies. The live ones are locked (`FOR UPDATE`).
+//!    applies. The live ones are not locked here: each settle judges its lease again as it
+//!    writes it (step 4).
 //! 4. The settles and enqueues run the statements of the single calls on the transaction's
 //!    connection; an item refused there (a lease that expired since step 3) rolls everything
 //!    back as `LeasesLost`.
@@ -50,13 +51,15 @@ const REGISTER: &str =
     "INSERT INTO {s}.producers AS p (id, epoch, checkpoint, registered_at) VALUES ($2, 1, NULL, {now}) \
                         ON CONFLICT (id) DO UPDATE SET epoch = p.epoch + 1, registered_at = EXCLUDED.registered_at \
                         RETURNING epoch, checkpoint::text AS checkpoint";
-/// The live leases among the items, locked, with their queue's config.
+/// The live leases among the items, with their queue's config. Read, not locked: a row lock
+/// writes every tuple (and its WAL record) just before the settle writes it again, and the
+/// settles judge each lease themselves. A lease that stops being live between this read and its
+/// settle (it expired, or its holder settled it) is refused there, which rolls the commit back.
 const LIVE: &str = r#"
 SELECT j.id, q.name, q.config::text AS config
 FROM unnest($2::int8[], $3::bytea[]) AS i(id, token)
 JOIN {s}.jobs j ON j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > {now}
 JOIN {s}.queues q ON q.id = j.queue_id
-FOR UPDATE OF j
 "#;
 const PRODUCER: &str = "SELECT epoch, checkpoint::text AS checkpoint, {now} AS now FROM {s}.producers WHERE id = $2";
 const CONFIGS: &str = "SELECT name, config::text AS config FROM {s}.queues WHERE name = ANY($2)";
