@@ -8,13 +8,25 @@
 //!   are its own ([`ModelId`], assigned in enqueue order); its lease tokens are the index of the
 //!   lease among all leases ever handed out. It models an unordered queue ([`model_config`]) or a
 //!   `per_key` one ([`ordered_config`]): heads, blocked jobs, keys moving on, `dead_blocks_key`.
+//!   It models commits ([`Model::commit`], docs/api.md "Commits") on that queue too: validation,
+//!   the replay of a remembered commit id (for the longest dedup window of the queues touched,
+//!   and at least `COMMIT_REPLAY_MS_MIN`) or its `Conflict`, the producer fence (`Fenced`), all
+//!   or nothing (`LeasesLost` listing every stale job), then the settles, the enqueue and the
+//!   checkpoint; and producers ([`Model::producer_register`], [`Model::producer_get`]).
 //! - [`Op`], [`ops`] and [`ordered_case`]: the operations a state-machine test applies, and
 //!   proptest strategies producing sequences of them (stale tokens, forged tokens, unknown ids and
 //!   clock advances of every relevant size included). Ordered cases draw ordering keys from three
 //!   values so that keys block, move on and die often, and change the queue's config mid-run.
+//!   Commits settle leases picked as the single settles pick theirs and enqueue into the one
+//!   queue, under commit ids from a small set (so ids are reused, with the same content or not),
+//!   fenced by one of two producers at its current, an older or a never-issued epoch, with a
+//!   small checkpoint; [`Op::CommitAgain`] sends an earlier commit again as a retry would, and
+//!   [`Op::AdvanceToCommitEnd`] moves the clock to a millisecond around the end of a commit id's
+//!   window.
 //! - [`check_against`] and [`check_against_config`]: apply ops to the model and to a real store
-//!   side by side, map ids and tokens between them, and compare every outcome and every
-//!   observation after each op.
+//!   side by side, map ids and tokens between them, and compare every outcome (a commit's
+//!   enqueued ids, duplicate flags and `replayed`, or its refusal) and every observation after
+//!   each op (the queue, every job ever created, both producers' epochs and checkpoints).
 //!
 //! The queue config is fixed per case ([`model_config`], or [`ordered_config`] for ordered
 //! cases): no jitter, so backoff delays are exact.
@@ -26,8 +38,8 @@ use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
 use onceq_core::ordering::{fnv1a32, partition_of};
 use onceq_core::Clock;
 use onceq_core::{
-    AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, ErrorKind, Extend, Fail, Headers, Jitter, Job, JobId,
-    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, Ordering,
+    AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, ErrorKind, Extend, Fail, Headers, Jitter, Job,
+    JobId, JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, Ordering,
     QueueConfig, QueueConfigPatch, QueueName, QueueStats, Redrive, Release, Schedule, Store, Timestamp,
 };
 use proptest::prelude::*;
@@ -928,8 +940,13 @@ impl Model {
         if let Some(id) = &commit.commit_id {
             // The queues it touched: the model's, when it settled or enqueued anything.
             let touched = !leases.is_empty() || commit.enqueue.is_some();
-            let window = if touched { COMMIT_REPLAY_MS_MIN.max(self.config.dedup_window_ms) } else { COMMIT_REPLAY_MS_MIN };
-            let record = CommitRecord { content: commit.content(), outcome: outcome.clone(), expires_at: self.now.plus_ms(window) };
+            let window =
+                if touched { COMMIT_REPLAY_MS_MIN.max(self.config.dedup_window_ms) } else { COMMIT_REPLAY_MS_MIN };
+            let record = CommitRecord {
+                content: commit.content(),
+                outcome: outcome.clone(),
+                expires_at: self.now.plus_ms(window),
+            };
             self.commits.insert(id.clone(), record);
         }
         if let (Some((producer, _)), Some(checkpoint)) = (&commit.producer, &commit.checkpoint) {
@@ -1291,7 +1308,8 @@ fn commit_spec(ordered: bool) -> impl Strategy<Value = CommitSpec> {
     ];
     let epoch = prop_oneof![8 => Just(EpochPick::Current), 3 => (1u8..=2).prop_map(EpochPick::Older), 1 => Just(EpochPick::Ahead)];
     // Producer p0 mostly, so that its epochs climb and fence its older commits.
-    let producer = prop_oneof![2 => Just(None), 1 => (prop_oneof![4 => Just(0u8), 1 => Just(1u8)], epoch).prop_map(Some)];
+    let producer =
+        prop_oneof![2 => Just(None), 1 => (prop_oneof![4 => Just(0u8), 1 => Just(1u8)], epoch).prop_map(Some)];
     (
         prop_oneof![1 => Just(None), 2 => (0u8..3).prop_map(Some)],
         producer,
@@ -1815,9 +1833,7 @@ impl Harness {
                         self.learn_ids("commit", real, expected, created_before)?;
                         let mapped = self.model_enqueued(real)?;
                         if mapped != *expected {
-                            return Err(format!(
-                                "commit enqueued {mapped:?} (model ids); the model says {expected:?}"
-                            ));
+                            return Err(format!("commit enqueued {mapped:?} (model ids); the model says {expected:?}"));
                         }
                     }
                     _ => return Err(format!("commit returned {got:?}; the model says {want:?}")),
@@ -2203,11 +2219,13 @@ impl Harness {
 
 /// Applies `ops` to a fresh [`Model`] and to `store` side by side, on the queue [`MODEL_QUEUE`]
 /// (created first with [`model_config`]), and compares, after each op, its outcome (ids and
-/// duplicate flags, leased jobs, each settle item's result, counts, pages) and every
-/// observation (queue config, pause flag and stats, and `job_get` of every job ever created).
+/// duplicate flags, leased jobs, each settle item's result, counts, pages, a commit's outcome or
+/// refusal, a registration) and every observation (queue config, pause flag and stats, `job_get`
+/// of every job ever created, `producer_get` of [`MODEL_PRODUCERS`]).
 ///
-/// `store` must be empty and judge time by `clock`, which only this function advances. Returns a
-/// description of the first mismatch, naming the op's index.
+/// `store` must be empty (no job, queue, commit id or producer) and judge time by `clock`, which
+/// only this function advances. Returns a description of the first mismatch, naming the op's
+/// index.
 pub async fn check_against<S: Store + ?Sized>(store: &S, clock: &ManualClock, ops: &[Op]) -> Result<(), String> {
     check_against_config(store, clock, &model_config(), ops).await
 }
@@ -2276,15 +2294,38 @@ mod tests {
     struct ModelStore {
         clock: Arc<ManualClock>,
         late_by_ms: u64,
+        /// A bug of its commits, for the self-tests that the harness catches it.
+        commit_bug: Option<CommitBug>,
         inner: Mutex<(Model, HashMap<LeaseToken, u64>)>,
         /// Between a `queue_delete` and the next `queue_upsert`.
         deleted: Mutex<bool>,
     }
 
+    /// A commit bug a store could have.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum CommitBug {
+        /// Forgets a commit id a millisecond before its window ends.
+        ForgetsIdsEarly,
+        /// Lists only the first stale lease of a refused commit.
+        ListsOneStaleLease,
+        /// Lets the commit of a fenced producer instance through.
+        IgnoresFences,
+        /// Never saves a checkpoint.
+        DropsCheckpoints,
+        /// Applies the acks of a commit refused for a stale lease.
+        AppliesAcksOfARefusedCommit,
+    }
+
     impl ModelStore {
         fn new(clock: Arc<ManualClock>, late_by_ms: u64) -> Self {
             let model = Model::new(clock.now());
-            ModelStore { clock, late_by_ms, inner: Mutex::new((model, HashMap::new())), deleted: Mutex::new(false) }
+            ModelStore {
+                clock,
+                late_by_ms,
+                commit_bug: None,
+                inner: Mutex::new((model, HashMap::new())),
+                deleted: Mutex::new(false),
+            }
         }
 
         /// Runs `f` on the model brought up to the clock's time.
@@ -2364,12 +2405,55 @@ mod tests {
                             error: n.error.clone(),
                         })
                         .collect(),
-                    fail: commit.fail.iter().map(|f| (model_id(f.id), token(&f.lease_token), f.error.clone())).collect(),
-                    release: commit.release.iter().map(|r| (model_id(r.id), token(&r.lease_token), r.delay_ms)).collect(),
+                    fail: commit
+                        .fail
+                        .iter()
+                        .map(|f| (model_id(f.id), token(&f.lease_token), f.error.clone()))
+                        .collect(),
+                    release: commit
+                        .release
+                        .iter()
+                        .map(|r| (model_id(r.id), token(&r.lease_token), r.delay_ms))
+                        .collect(),
                     enqueue: commit.enqueue.first().map(|e| e.jobs.iter().cloned().map(ModelNewJob::from).collect()),
                     checkpoint: commit.checkpoint.clone(),
                 };
-                match model.commit(&model_commit) {
+                let mut model_commit = model_commit;
+                let checkpoints = model.producers.clone();
+                match self.commit_bug {
+                    Some(CommitBug::ForgetsIdsEarly) => {
+                        let now = model.now();
+                        let id = model_commit.commit_id.clone().unwrap_or_default();
+                        if model.commits.get(&id).is_some_and(|record| now.plus_ms(1) == record.expires_at) {
+                            model.commits.remove(&id);
+                        }
+                    }
+                    Some(CommitBug::IgnoresFences) => {
+                        if let Some((producer, epoch)) = &mut model_commit.producer {
+                            *epoch = (*epoch).max(model.producer_get(producer).0);
+                        }
+                    }
+                    _ => {}
+                }
+                let result = model.commit(&model_commit);
+                match (self.commit_bug, &result) {
+                    (Some(CommitBug::DropsCheckpoints), _) => {
+                        for (producer, (_, checkpoint)) in &mut model.producers {
+                            *checkpoint = checkpoints.get(producer).and_then(|(_, c)| c.clone());
+                        }
+                    }
+                    (Some(CommitBug::AppliesAcksOfARefusedCommit), Err(CommitRefusal::LeasesLost(_))) => {
+                        model.ack(&model_commit.ack);
+                    }
+                    _ => {}
+                }
+                match result {
+                    Err(CommitRefusal::LeasesLost(mut ids))
+                        if self.commit_bug == Some(CommitBug::ListsOneStaleLease) =>
+                    {
+                        ids.truncate(1);
+                        Err(Error::LeasesLost(ids.into_iter().map(real_id).collect()))
+                    }
                     Ok(outcome) => Ok(CommitOutcome {
                         enqueued: outcome
                             .enqueued
@@ -2387,7 +2471,9 @@ mod tests {
                     Err(CommitRefusal::Invalid(why)) => Err(Error::invalid(why)),
                     Err(CommitRefusal::Conflict) => Err(Error::Conflict("the commit id names another commit".into())),
                     Err(CommitRefusal::Fenced) => Err(Error::Fenced("a newer epoch registered".into())),
-                    Err(CommitRefusal::LeasesLost(ids)) => Err(Error::LeasesLost(ids.into_iter().map(real_id).collect())),
+                    Err(CommitRefusal::LeasesLost(ids)) => {
+                        Err(Error::LeasesLost(ids.into_iter().map(real_id).collect()))
+                    }
                 }
             })
         }
@@ -2582,10 +2668,45 @@ mod tests {
     }
 
     fn run_config(config: &QueueConfig, ops: &[Op], late_by_ms: u64) -> std::result::Result<(), String> {
+        run_with(config, ops, late_by_ms, None)
+    }
+
+    fn run_with(
+        config: &QueueConfig,
+        ops: &[Op],
+        late_by_ms: u64,
+        commit_bug: Option<CommitBug>,
+    ) -> std::result::Result<(), String> {
         let clock = ManualClock::at_default_start();
-        let store = ModelStore::new(clock.clone(), late_by_ms);
+        let store = ModelStore { commit_bug, ..ModelStore::new(clock.clone(), late_by_ms) };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(check_against_config(&store, &clock, config, ops))
+    }
+
+    #[test]
+    fn stores_with_a_commit_bug_are_caught() {
+        use proptest::test_runner::{RngAlgorithm, TestError, TestRng};
+        let bugs = [
+            CommitBug::ForgetsIdsEarly,
+            CommitBug::ListsOneStaleLease,
+            CommitBug::IgnoresFences,
+            CommitBug::DropsCheckpoints,
+            CommitBug::AppliesAcksOfARefusedCommit,
+        ];
+        for bug in bugs {
+            // Deterministic, so that the assertion is about the generator, not about luck.
+            let config = Config { cases: 512, failure_persistence: None, ..Config::default() };
+            let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+            let result = runner.run(&ops(), |ops| {
+                run_with(&model_config(), &ops, 0, Some(bug)).map_err(proptest::test_runner::TestCaseError::fail)?;
+                Ok(())
+            });
+            let Err(TestError::Fail(reason, minimal)) = result else {
+                panic!("the harness missed a store with {bug:?}: {result:?}");
+            };
+            assert!(reason.message().contains("op "), "{bug:?}: the mismatch names no op: {reason}");
+            assert!(minimal.len() <= 8, "{bug:?}: shrinking left {} ops: {minimal:?}", minimal.len());
+        }
     }
 
     #[test]
@@ -2879,18 +3000,25 @@ mod tests {
     /// Applies a commit to the model alone (learning the ids it creates) and counts its outcome.
     fn tally_commit(harness: &mut Harness, commit: &ModelCommit, again: bool, count: &mut impl FnMut(&'static str)) {
         let model = &mut harness.model;
-        let window_ended =
-            commit.commit_id.as_ref().and_then(|id| model.commit_expiry(id)).is_some_and(|end| model.now() >= end);
+        let end = commit.commit_id.as_ref().and_then(|id| model.commit_expiry(id));
+        let window_ended = end.is_some_and(|end| model.now() >= end);
+        let now = model.now();
         let long_window = model.config().dedup_window_ms > COMMIT_REPLAY_MS_MIN;
         match model.commit(commit) {
             Ok(outcome) => {
                 if outcome.replayed {
                     count("commit replayed");
+                    if end == Some(now.plus_ms(1)) {
+                        count("commit replayed in the last millisecond of its window");
+                    }
                     return;
                 }
                 count("commit applied");
                 if window_ended {
                     count("commit id reused after its window");
+                }
+                if end == Some(now) {
+                    count("commit id reused as its window ends");
                 }
                 if commit.checkpoint.is_some() {
                     count("commit saves a checkpoint");
@@ -2967,12 +3095,13 @@ mod tests {
             "commit invalid",
             "commit leases lost",
             "commit replayed",
+            "commit replayed in the last millisecond of its window",
+            "commit id reused as its window ends",
             "commit saves a checkpoint",
             "commit sent again without an id refused",
             "registration returns a checkpoint",
         ];
         let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
-        eprintln!("{counts:#?}");
         assert!(missing.is_empty(), "{SEQUENCES} generated sequences never reached {missing:?}; counts: {counts:#?}");
         assert!(!counts.contains_key("enqueue blocked"), "an unordered queue blocked a job: {counts:#?}");
     }
@@ -3249,6 +3378,97 @@ mod tests {
         assert_eq!(states(&model, &ids), vec![Some(Dead)]);
         assert_eq!(model.redrive(Some(&[0]), None), 1);
         assert_eq!(states(&model, &ids), vec![Some(Ready)]);
+    }
+
+    /// A commit of nothing but `jobs` for the queue.
+    fn enqueue_commit(id: Option<&str>, jobs: &[JobSpec], now: Timestamp) -> ModelCommit {
+        ModelCommit {
+            commit_id: id.map(str::to_owned),
+            producer: None,
+            ack: Vec::new(),
+            nack: Vec::new(),
+            fail: Vec::new(),
+            release: Vec::new(),
+            enqueue: Some(jobs.iter().map(|j| j.to_model(now)).collect()),
+            checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn a_commit_with_a_stale_lease_applies_nothing_and_names_every_stale_one() {
+        use JobState::{Blocked, Leased, Ready};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(
+            &mut model,
+            &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now), keyed(2, 1, SpecSchedule::Now)],
+        );
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0, 2]);
+        let mut commit = enqueue_commit(None, &[keyed(3, 0, SpecSchedule::Now)], start);
+        // Job 2's lease #1 is live; #0 of job 0 is presented with a forged token, and a job
+        // that never existed.
+        commit.ack = vec![(2, Some(1)), (0, None), (u64::MAX / 2, Some(0))];
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::LeasesLost(vec![0, u64::MAX / 2])));
+        assert_eq!(states(&model, &ids), vec![Some(Leased), Some(Blocked), Some(Leased)]);
+        assert_eq!(model.created(), 3);
+        // With live leases it applies: the head acked, its key moves on before the new job
+        // queues behind the new head.
+        commit.ack = vec![(0, Some(0))];
+        commit.nack = vec![ModelNack { id: 2, token: Some(1), delay_ms: Some(0), error: None }];
+        let applied = model.commit(&commit);
+        assert_eq!(applied, Ok(ModelCommitOutcome { enqueued: Some(vec![(3, false)]), replayed: false }));
+        assert_eq!(states(&model, &[0, 1, 2, 3]), vec![None, Some(Ready), Some(Ready), Some(Blocked)]);
+        // The same commit again, without an id: its leases are gone.
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::LeasesLost(vec![0, 2])));
+    }
+
+    #[test]
+    fn a_commit_id_replays_its_first_outcome_until_its_window_ends() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        let job =
+            JobSpec { tag: 7, priority: 0, schedule: SpecSchedule::Now, max_attempts: None, dedup: None, key: None };
+        let commit = enqueue_commit(Some("c0"), std::slice::from_ref(&job), start);
+        let first = ModelCommitOutcome { enqueued: Some(vec![(0, false)]), replayed: false };
+        assert_eq!(model.commit(&commit), Ok(first.clone()));
+        let replayed = ModelCommitOutcome { replayed: true, ..first };
+        assert_eq!(model.commit(&commit), Ok(replayed.clone()));
+        let other = enqueue_commit(Some("c0"), &[JobSpec { tag: 8, ..job.clone() }], start);
+        assert_eq!(model.commit(&other), Err(CommitRefusal::Conflict));
+        // The model's queue has a 5 s dedup window: the id lasts COMMIT_REPLAY_MS_MIN.
+        assert_eq!(model.commit_expiry("c0"), Some(start.plus_ms(COMMIT_REPLAY_MS_MIN)));
+        model.advance(COMMIT_REPLAY_MS_MIN - 1);
+        assert_eq!(model.commit(&commit), Ok(replayed));
+        model.advance(1);
+        assert_eq!(model.commit(&other), Ok(ModelCommitOutcome { enqueued: Some(vec![(1, false)]), replayed: false }));
+        assert_eq!(model.created(), 2);
+        // A queue whose dedup window is longer keeps the id that long.
+        let long = COMMIT_REPLAY_MS_MIN + 60_000;
+        assert!(model.configure(&ConfigChange::DedupWindow(long).patch()).is_ok());
+        let third = enqueue_commit(Some("c1"), &[job], model.now());
+        assert!(model.commit(&third).is_ok());
+        assert_eq!(model.commit_expiry("c1"), Some(model.now().plus_ms(long)));
+    }
+
+    #[test]
+    fn a_registration_fences_the_older_epoch_and_returns_the_last_checkpoint() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        assert_eq!(model.producer_get("p0"), (0, None));
+        let mut commit = enqueue_commit(None, &[], start);
+        commit.enqueue = None;
+        commit.producer = Some(("p0".into(), 1));
+        commit.checkpoint = Some(serde_json::json!({ "offset": 1 }));
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::Invalid("a producer epoch never issued")));
+        assert_eq!(model.producer_register("p0"), (1, None));
+        assert_eq!(model.commit(&commit), Ok(ModelCommitOutcome { enqueued: None, replayed: false }));
+        assert_eq!(model.producer_register("p0"), (2, Some(serde_json::json!({ "offset": 1 }))));
+        commit.checkpoint = Some(serde_json::json!({ "offset": 2 }));
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::Fenced));
+        assert_eq!(model.producer_get("p0"), (2, Some(serde_json::json!({ "offset": 1 }))));
+        assert_eq!(model.producer_get("p1"), (0, None));
+        commit.producer = None;
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::Invalid("a checkpoint without a producer")));
     }
 
     #[test]
