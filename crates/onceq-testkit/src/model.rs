@@ -3004,10 +3004,14 @@ mod tests {
         let window_ended = end.is_some_and(|end| model.now() >= end);
         let now = model.now();
         let long_window = model.config().dedup_window_ms > COMMIT_REPLAY_MS_MIN;
+        let fenced_since = commit.producer.as_ref().is_some_and(|(p, epoch)| model.producer_get(p).0 > *epoch);
         match model.commit(commit) {
             Ok(outcome) => {
                 if outcome.replayed {
                     count("commit replayed");
+                    if fenced_since {
+                        count("commit replayed though its producer was fenced since");
+                    }
                     if end == Some(now.plus_ms(1)) {
                         count("commit replayed in the last millisecond of its window");
                     }
@@ -3039,8 +3043,11 @@ mod tests {
             }
             Err(CommitRefusal::Conflict) => count("commit conflict"),
             Err(CommitRefusal::Fenced) => count("commit fenced"),
-            Err(CommitRefusal::LeasesLost(_)) => {
+            Err(CommitRefusal::LeasesLost(stale)) => {
                 count("commit leases lost");
+                if stale.len() > 1 {
+                    count("commit leases lost on several jobs");
+                }
                 if again && commit.commit_id.is_none() {
                     count("commit sent again without an id refused");
                 }
@@ -3096,6 +3103,8 @@ mod tests {
             "commit leases lost",
             "commit replayed",
             "commit replayed in the last millisecond of its window",
+            "commit replayed though its producer was fenced since",
+            "commit leases lost on several jobs",
             "commit id reused as its window ends",
             "commit saves a checkpoint",
             "commit sent again without an id refused",
