@@ -2,7 +2,10 @@
 //! enqueues (priorities, delays, dedup ids), leases, acks, nacks, extends, fails and releases
 //! (with live, stale and forged tokens), clock advances across every timeout, redrives, purges,
 //! dead-letter pages, pauses and queue deletes give, op by op, the outcomes and observations of
-//! the reference model in `onceq_testkit::model`. A second test does the same on a `per_key`
+//! the reference model in `onceq_testkit::model`; so do commits (settles and enqueues all or
+//! nothing, replayed under a remembered commit id until its window ends, conflicting, fenced by a
+//! newer registration of their producer, refused for stale leases, saving checkpoints) and
+//! producer registrations. A second test does the same on a `per_key`
 //! queue (docs/semantics.md, "Ordering per key"): jobs of three ordering keys block behind their
 //! heads and move on as heads are acked, die (with and without `dead_blocks_key`), are redriven
 //! and purged, while the queue's config changes mid-run.

@@ -2,7 +2,9 @@
 //! enqueues (priorities, delays, dedup ids), leases, acks, nacks, extends and fails (with live,
 //! stale and forged tokens), clock advances across every timeout, redrives, purges, dead-letter
 //! pages and pauses give, op by op, the outcomes and observations of the reference model in
-//! `onceq_testkit::model`. A second test does the same on a `per_key` queue (docs/semantics.md,
+//! `onceq_testkit::model`; so do commits (settles and enqueues all or nothing, replayed under a
+//! remembered commit id until its window ends, conflicting, fenced by a newer registration of
+//! their producer, refused for stale leases, saving checkpoints) and producer registrations. A second test does the same on a `per_key` queue (docs/semantics.md,
 //! "Ordering per key"): jobs of three ordering keys block behind their heads and move on as heads
 //! are acked, die (with and without `dead_blocks_key`), are redriven and purged, while the
 //! queue's config changes mid-run.

@@ -8,24 +8,38 @@
 //!   are its own ([`ModelId`], assigned in enqueue order); its lease tokens are the index of the
 //!   lease among all leases ever handed out. It models an unordered queue ([`model_config`]) or a
 //!   `per_key` one ([`ordered_config`]): heads, blocked jobs, keys moving on, `dead_blocks_key`.
+//!   It models commits ([`Model::commit`], docs/api.md "Commits") on that queue too: validation,
+//!   the replay of a remembered commit id (for the longest dedup window of the queues touched,
+//!   and at least `COMMIT_REPLAY_MS_MIN`) or its `Conflict`, the producer fence (`Fenced`), all
+//!   or nothing (`LeasesLost` listing every stale job), then the settles, the enqueue and the
+//!   checkpoint; and producers ([`Model::producer_register`], [`Model::producer_get`]).
 //! - [`Op`], [`ops`] and [`ordered_case`]: the operations a state-machine test applies, and
 //!   proptest strategies producing sequences of them (stale tokens, forged tokens, unknown ids and
 //!   clock advances of every relevant size included). Ordered cases draw ordering keys from three
 //!   values so that keys block, move on and die often, and change the queue's config mid-run.
+//!   Commits settle leases picked as the single settles pick theirs and enqueue into the one
+//!   queue, under commit ids from a small set (so ids are reused, with the same content or not),
+//!   fenced by one of two producers at its current, an older or a never-issued epoch, with a
+//!   small checkpoint; [`Op::CommitAgain`] sends an earlier commit again as a retry would, and
+//!   [`Op::AdvanceToCommitEnd`] moves the clock to a millisecond around the end of a commit id's
+//!   window.
 //! - [`check_against`] and [`check_against_config`]: apply ops to the model and to a real store
-//!   side by side, map ids and tokens between them, and compare every outcome and every
-//!   observation after each op.
+//!   side by side, map ids and tokens between them, and compare every outcome (a commit's
+//!   enqueued ids, duplicate flags and `replayed`, or its refusal) and every observation after
+//!   each op (the queue, every job ever created, both producers' epochs and checkpoints).
 //!
 //! The queue config is fixed per case ([`model_config`], or [`ordered_config`] for ordered
 //! cases): no jitter, so backoff delays are exact.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use onceq_core::commit::{Commit, CommitEnqueue, CommitId, Fence, ProducerId, Registration};
+use onceq_core::limits::COMMIT_REPLAY_MS_MIN;
 use onceq_core::ordering::{fnv1a32, partition_of};
 use onceq_core::Clock;
 use onceq_core::{
-    AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, Extend, Fail, Headers, Jitter, Job, JobId,
-    JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, Ordering,
+    AttemptError, Backoff, DeadPage, DeliveryMode, Enqueued, Error, ErrorKind, Extend, Fail, Headers, Jitter, Job,
+    JobId, JobState, LeaseOptions, LeaseRef, LeaseToken, LeasedJob, ManualClock, Nack, NackOutcome, NewJob, Ordering,
     QueueConfig, QueueConfigPatch, QueueName, QueueStats, Redrive, Release, Schedule, Store, Timestamp,
 };
 use proptest::prelude::*;
@@ -244,6 +258,20 @@ pub struct ModelNewJob {
     pub ordering_key: Option<String>,
 }
 
+impl From<NewJob> for ModelNewJob {
+    fn from(job: NewJob) -> Self {
+        ModelNewJob {
+            payload: job.payload,
+            headers: job.headers,
+            priority: job.priority,
+            schedule: job.schedule,
+            max_attempts: job.max_attempts,
+            dedup_id: job.dedup_id,
+            ordering_key: job.ordering_key,
+        }
+    }
+}
+
 impl ModelNewJob {
     /// The same job as the seam's [`NewJob`].
     pub fn to_new_job(&self) -> NewJob {
@@ -272,6 +300,79 @@ pub struct ModelNack {
     pub error: Option<String>,
 }
 
+/// One commit as the model sees it: its settles by model id and model token (`None`: a token
+/// never handed out), the jobs it enqueues into the model's queue, its producer fence and
+/// checkpoint. Two commits have the same content ([`ModelCommit::content`]) when they are equal
+/// but for their ids: the model's view of `Commit::digest`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCommit {
+    /// Names the commit for retries.
+    pub commit_id: Option<String>,
+    /// The producer and the epoch the commit presents.
+    pub producer: Option<(String, u64)>,
+    /// `(job, token)` to ack.
+    pub ack: Vec<(ModelId, Option<u64>)>,
+    /// Leases to nack.
+    pub nack: Vec<ModelNack>,
+    /// `(job, token, error)` to fail.
+    pub fail: Vec<(ModelId, Option<u64>, String)>,
+    /// `(job, token, delay_ms)` to release.
+    pub release: Vec<(ModelId, Option<u64>, Option<u64>)>,
+    /// Jobs to enqueue into the model's queue (`Some` of an empty batch is invalid).
+    pub enqueue: Option<Vec<ModelNewJob>>,
+    /// Saved as the producer's checkpoint.
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+impl ModelCommit {
+    /// What a retry under the same commit id must repeat: everything but the id.
+    pub fn content(&self) -> ModelCommit {
+        ModelCommit { commit_id: None, ..self.clone() }
+    }
+
+    /// Every settle's `(job, token)`, in the order ack, nack, fail, release (as `Commit::leases`).
+    pub fn leases(&self) -> Vec<(ModelId, Option<u64>)> {
+        let nack = self.nack.iter().map(|n| (n.id, n.token));
+        let fail = self.fail.iter().map(|f| (f.0, f.1));
+        let release = self.release.iter().map(|r| (r.0, r.1));
+        self.ack.iter().copied().chain(nack).chain(fail).chain(release).collect()
+    }
+}
+
+/// What a commit did, in model ids: the jobs it enqueued (`None` when it enqueued nothing), and
+/// whether it is the replay of an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCommitOutcome {
+    /// `(id, duplicate)` per job enqueued, in request order.
+    pub enqueued: Option<Vec<(ModelId, bool)>>,
+    /// The first outcome returned again: nothing applied now.
+    pub replayed: bool,
+}
+
+/// Why the model refuses a commit; nothing of it applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitRefusal {
+    /// `InvalidRequest` (validation, or a producer epoch never issued): why.
+    Invalid(&'static str),
+    /// `Conflict`: the commit id names another commit within its window.
+    Conflict,
+    /// `Fenced`: a newer epoch of the producer registered.
+    Fenced,
+    /// `LeasesLost`: these jobs' leases are not current (ascending model ids).
+    LeasesLost(Vec<ModelId>),
+}
+
+/// A commit id the model remembers.
+#[derive(Debug, Clone)]
+struct CommitRecord {
+    /// What the first commit did, without its id.
+    content: ModelCommit,
+    /// Its outcome, returned to a retry.
+    outcome: ModelCommitOutcome,
+    /// The id is remembered while `now < expires_at`.
+    expires_at: Timestamp,
+}
+
 /// The reference model of one at-least-once queue (docs/semantics.md), unordered or `per_key`.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -287,6 +388,10 @@ pub struct Model {
     dedup: BTreeMap<String, (ModelId, Timestamp)>,
     /// Every lease ever handed out, by token: the job it was on.
     leases: Vec<ModelId>,
+    /// Commit ids, remembered for their replay window (whatever happens to the queue).
+    commits: BTreeMap<String, CommitRecord>,
+    /// Producer → (its current epoch, its checkpoint).
+    producers: BTreeMap<String, (u64, Option<serde_json::Value>)>,
 }
 
 impl Model {
@@ -305,6 +410,8 @@ impl Model {
             jobs: BTreeMap::new(),
             dedup: BTreeMap::new(),
             leases: Vec::new(),
+            commits: BTreeMap::new(),
+            producers: BTreeMap::new(),
         }
     }
 
@@ -762,6 +869,117 @@ impl Model {
         (page, next)
     }
 
+    /// Whether `token` is job `id`'s live lease now.
+    fn lease_is_live(&self, id: ModelId, token: Option<u64>) -> bool {
+        self.jobs.get(&id).is_some_and(|job| {
+            matches!(job.phase, Phase::Leased { token: current, expires_at }
+                if Some(current) == token && self.now < expires_at)
+        })
+    }
+
+    /// Applies `commit`, all of it or nothing (docs/api.md "Commits"), judged in this order:
+    /// 1. validation (something to do; no job settled twice; no empty batch; a checkpoint only
+    ///    with a producer; no epoch 0) → `Invalid`;
+    /// 2. a commit id remembered (`now < expires_at`): the same content returns the first
+    ///    outcome, `replayed`; other content is a `Conflict`;
+    /// 3. the fence: a newer epoch registered → `Fenced`; an epoch never issued → `Invalid`;
+    /// 4. every lease live, else `LeasesLost` listing every stale one, ascending;
+    /// 5. then the settles in the order ack, nack, fail, release (a head acked or dead moves its
+    ///    key on), the enqueue, the record of the commit id for the longest dedup window of
+    ///    the queues it touched and at least `COMMIT_REPLAY_MS_MIN`, and the checkpoint.
+    pub fn commit(&mut self, commit: &ModelCommit) -> Result<ModelCommitOutcome, CommitRefusal> {
+        let leases = commit.leases();
+        if leases.is_empty() && commit.enqueue.is_none() && commit.checkpoint.is_none() {
+            return Err(CommitRefusal::Invalid("the commit is empty"));
+        }
+        let mut seen = BTreeSet::new();
+        if !leases.iter().all(|(id, _)| seen.insert(*id)) {
+            return Err(CommitRefusal::Invalid("a job is settled twice"));
+        }
+        if commit.enqueue.as_ref().is_some_and(Vec::is_empty) {
+            return Err(CommitRefusal::Invalid("an enqueue of no jobs"));
+        }
+        if commit.checkpoint.is_some() && commit.producer.is_none() {
+            return Err(CommitRefusal::Invalid("a checkpoint without a producer"));
+        }
+        if commit.producer.as_ref().is_some_and(|(_, epoch)| *epoch == 0) {
+            return Err(CommitRefusal::Invalid("producer epoch 0"));
+        }
+        if let Some(record) = commit.commit_id.as_ref().and_then(|id| self.commits.get(id)) {
+            if self.now < record.expires_at {
+                if record.content != commit.content() {
+                    return Err(CommitRefusal::Conflict);
+                }
+                return Ok(ModelCommitOutcome { replayed: true, ..record.outcome.clone() });
+            }
+        }
+        if let Some((producer, epoch)) = &commit.producer {
+            match self.producers.get(producer).map(|(current, _)| *current) {
+                Some(current) if current > *epoch => return Err(CommitRefusal::Fenced),
+                Some(current) if current == *epoch => {}
+                _ => return Err(CommitRefusal::Invalid("a producer epoch never issued")),
+            }
+        }
+        let mut stale: Vec<ModelId> =
+            leases.iter().filter(|(id, token)| !self.lease_is_live(*id, *token)).map(|(id, _)| *id).collect();
+        if !stale.is_empty() {
+            stale.sort_unstable();
+            return Err(CommitRefusal::LeasesLost(stale));
+        }
+
+        // Checked: apply. Every item is live and names a job of its own, so none is refused.
+        let applied = [
+            self.ack(&commit.ack).iter().all(Result::is_ok),
+            self.nack(&commit.nack).iter().all(Result::is_ok),
+            self.fail(&commit.fail).iter().all(Result::is_ok),
+            self.release(&commit.release).iter().all(Result::is_ok),
+        ];
+        assert!(applied.iter().all(|ok| *ok), "model bug: a commit's item was refused after its check");
+        let enqueued = commit.enqueue.as_ref().map(|batch| self.enqueue(batch));
+        let outcome = ModelCommitOutcome { enqueued, replayed: false };
+        if let Some(id) = &commit.commit_id {
+            // The queues it touched: the model's, when it settled or enqueued anything.
+            let touched = !leases.is_empty() || commit.enqueue.is_some();
+            let window =
+                if touched { COMMIT_REPLAY_MS_MIN.max(self.config.dedup_window_ms) } else { COMMIT_REPLAY_MS_MIN };
+            let record = CommitRecord {
+                content: commit.content(),
+                outcome: outcome.clone(),
+                expires_at: self.now.plus_ms(window),
+            };
+            self.commits.insert(id.clone(), record);
+        }
+        if let (Some((producer, _)), Some(checkpoint)) = (&commit.producer, &commit.checkpoint) {
+            if let Some(entry) = self.producers.get_mut(producer) {
+                entry.1 = Some(checkpoint.clone());
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// When commit id `id` is forgotten, if it is remembered at all (perhaps already past).
+    pub fn commit_expiry(&self, id: &str) -> Option<Timestamp> {
+        self.commits.get(id).map(|record| record.expires_at)
+    }
+
+    /// Every commit id ever remembered (expired ones included), by id.
+    pub fn commit_ids(&self) -> Vec<String> {
+        self.commits.keys().cloned().collect()
+    }
+
+    /// Registers `producer` again: a new epoch (1 the first time), which fences every older one;
+    /// returns it with the checkpoint of its last commit that carried one.
+    pub fn producer_register(&mut self, producer: &str) -> (u64, Option<serde_json::Value>) {
+        let entry = self.producers.entry(producer.to_owned()).or_insert((0, None));
+        entry.0 += 1;
+        entry.clone()
+    }
+
+    /// A producer's epoch (0 when it never registered) and checkpoint.
+    pub fn producer_get(&self, producer: &str) -> (u64, Option<serde_json::Value>) {
+        self.producers.get(producer).cloned().unwrap_or((0, None))
+    }
+
     /// The queue's stats as of the model's time.
     pub fn stats(&self) -> QueueStats {
         let mut stats = QueueStats::default();
@@ -860,6 +1078,9 @@ pub enum Target {
     Recent(u8),
     /// A job with a token that was never handed out.
     Forged(JobPick),
+    /// The latest lease of the n-th most recently leased job (0 is the latest; mostly live
+    /// ones, each of another job), or never-created job n when fewer jobs were leased.
+    RecentJob(u8),
 }
 
 /// One step of a state-machine test.
@@ -910,6 +1131,70 @@ pub enum Op {
     DeleteQueue,
     /// `queue_upsert` changing one field (ordered cases only).
     Configure(ConfigChange),
+    /// `commit`: settles, jobs for the model's queue, a fence, a checkpoint.
+    Commit(CommitSpec),
+    /// One of the commits sent so far, by index, sent again exactly as it was: a retry after a
+    /// lost reply (replayed under a remembered id; refused once its leases are gone).
+    CommitAgain(Index),
+    /// `producer_register` of [`MODEL_PRODUCERS`]`[n % 2]`.
+    ProducerRegister(u8),
+    /// Moves the clock to the end of a remembered commit id's replay window plus `offset_ms`
+    /// (-1, 0 or 1); no move when that time is past (or no id is remembered).
+    AdvanceToCommitEnd {
+        /// Which remembered id, among all in id order.
+        pick: Index,
+        /// From the window's end.
+        offset_ms: i64,
+    },
+}
+
+/// The producers commits and registrations name: two, so that one is fenced while the other
+/// goes on.
+pub const MODEL_PRODUCERS: [&str; 2] = ["p0", "p1"];
+
+/// How a commit settles one lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleSpec {
+    /// Ack.
+    Ack,
+    /// Nack.
+    Nack {
+        /// Run again after this delay; `None` lets the backoff decide.
+        delay_ms: Option<u64>,
+        /// Why.
+        error: Option<String>,
+    },
+    /// Fail, with the error.
+    Fail(String),
+    /// Release, with the delay.
+    Release(Option<u64>),
+}
+
+/// The epoch a commit's fence presents, relative to its producer's current one when the commit
+/// is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochPick {
+    /// The current epoch (0, never issued, when the producer never registered).
+    Current,
+    /// That many epochs older (down to 0).
+    Older(u8),
+    /// One past the current: never issued.
+    Ahead,
+}
+
+/// One generated commit.
+#[derive(Debug, Clone)]
+pub struct CommitSpec {
+    /// Commit id `c<n>` from a small set, so that ids are reused, same or not.
+    pub commit_id: Option<u8>,
+    /// Producer [`MODEL_PRODUCERS`]`[n % 2]` and the epoch presented.
+    pub producer: Option<(u8, EpochPick)>,
+    /// Leases to settle, in order (a job named twice makes the commit invalid).
+    pub settles: Vec<(Target, SettleSpec)>,
+    /// Jobs for the model's queue (`Some` of none is invalid).
+    pub enqueue: Option<Vec<JobSpec>>,
+    /// Checkpoint `{"offset": n}`.
+    pub checkpoint: Option<u8>,
 }
 
 /// A config change an ordered case makes mid-run.
@@ -921,6 +1206,9 @@ pub enum ConfigChange {
     Partitions(u32),
     /// Sets the ordering: refused while the queue holds any job.
     Ordering(Ordering),
+    /// Sets the dedup window: it applies to dedup ids first enqueued from then on, and a
+    /// window longer than `COMMIT_REPLAY_MS_MIN` makes commits on the queue remembered longer.
+    DedupWindow(u64),
 }
 
 impl ConfigChange {
@@ -932,6 +1220,9 @@ impl ConfigChange {
             }
             ConfigChange::Partitions(v) => QueueConfigPatch { partitions: Some(v), ..QueueConfigPatch::default() },
             ConfigChange::Ordering(v) => QueueConfigPatch { ordering: Some(v), ..QueueConfigPatch::default() },
+            ConfigChange::DedupWindow(v) => {
+                QueueConfigPatch { dedup_window_ms: Some(v), ..QueueConfigPatch::default() }
+            }
         }
     }
 }
@@ -981,6 +1272,76 @@ fn target() -> impl Strategy<Value = Target> {
 fn batch<T: std::fmt::Debug + 'static>(item: impl Strategy<Value = T> + 'static) -> impl Strategy<Value = Vec<T>> {
     let item = item.boxed();
     prop_oneof![4 => prop::collection::vec(item.clone(), 1..=1), 1 => prop::collection::vec(item, 2..=3)]
+}
+
+/// Generated commits: mostly one live lease settled (an ack mostly) with jobs for the queue,
+/// often under a reused commit id, sometimes fenced by a producer with a checkpoint; now and
+/// then an invalid one (a job settled twice, an empty batch, a checkpoint without a producer).
+fn commit_spec(ordered: bool) -> impl Strategy<Value = CommitSpec> {
+    let settle = prop_oneof![
+        5 => Just(SettleSpec::Ack),
+        1 => (prop_oneof![Just(None), Just(Some(0u64)), (1u64..=600).prop_map(Some)], prop_oneof![Just(None), (0u8..3).prop_map(|n| Some(format!("boom {n}")))])
+            .prop_map(|(delay_ms, error)| SettleSpec::Nack { delay_ms, error }),
+        1 => (0u8..3).prop_map(|n| SettleSpec::Fail(format!("fatal {n}"))),
+        1 => prop_oneof![Just(None), (1u64..=600).prop_map(Some)].prop_map(SettleSpec::Release),
+    ];
+    // Settles name the latest leases of the latest leased jobs mostly (live ones, a job each:
+    // a job named twice makes the whole commit invalid), and now and then any lease or a
+    // forged one.
+    let one = prop_oneof![
+        8 => (0u8..3).prop_map(Target::RecentJob),
+        2 => any::<Index>().prop_map(Target::Lease),
+        1 => job_pick().prop_map(Target::Forged),
+    ];
+    let several = (prop::sample::subsequence(vec![0u8, 1, 2], 2..=3), prop::collection::vec(settle.clone(), 3))
+        .prop_map(|(recent, settles)| recent.into_iter().map(Target::RecentJob).zip(settles).collect());
+    let settles = prop_oneof![
+        3 => Just(Vec::new()),
+        5 => prop::collection::vec((one, settle), 1..=1),
+        2 => several,
+        1 => prop::collection::vec((target(), Just(SettleSpec::Ack)), 2..=2),
+    ];
+    let enqueue = prop_oneof![
+        3 => Just(None),
+        10 => prop::collection::vec(job_spec(ordered), 1..=2).prop_map(Some),
+        1 => Just(Some(Vec::new())),
+    ];
+    let epoch = prop_oneof![8 => Just(EpochPick::Current), 3 => (1u8..=2).prop_map(EpochPick::Older), 1 => Just(EpochPick::Ahead)];
+    // Producer p0 mostly, so that its epochs climb and fence its older commits.
+    let producer =
+        prop_oneof![2 => Just(None), 1 => (prop_oneof![4 => Just(0u8), 1 => Just(1u8)], epoch).prop_map(Some)];
+    (
+        prop_oneof![1 => Just(None), 2 => (0u8..3).prop_map(Some)],
+        producer,
+        settles,
+        enqueue,
+        prop_oneof![Just(None), (0u8..4).prop_map(Some)],
+        prop_oneof![12 => Just(false), 1 => Just(true)],
+    )
+        .prop_map(|(commit_id, producer, settles, enqueue, checkpoint, orphan)| CommitSpec {
+            commit_id,
+            // A checkpoint goes with a producer, but now and then without one (invalid).
+            checkpoint: if producer.is_some() || orphan { checkpoint } else { None },
+            producer,
+            settles,
+            enqueue,
+        })
+}
+
+/// The commit ops of every case, by weight: commits, retries of them, producer registrations,
+/// and clock moves to the end of a commit id's replay window.
+fn commit_ops(ordered: bool) -> Vec<(u32, BoxedStrategy<Op>)> {
+    vec![
+        (4, commit_spec(ordered).prop_map(Op::Commit).boxed()),
+        (2, any::<Index>().prop_map(Op::CommitAgain).boxed()),
+        (3, prop_oneof![4 => Just(0u8), 1 => Just(1u8)].prop_map(Op::ProducerRegister).boxed()),
+        (
+            1,
+            (any::<Index>(), prop::sample::select(vec![-1i64, 0, 1]))
+                .prop_map(|(pick, offset_ms)| Op::AdvanceToCommitEnd { pick, offset_ms })
+                .boxed(),
+        ),
+    ]
 }
 
 /// Clock advances of every size that matters to [`model_config`]: none, a little, right at and
@@ -1043,6 +1404,9 @@ fn weighted_ops(ordered: bool) -> Vec<(u32, BoxedStrategy<Op>)> {
         (1, prop_oneof![Just(Op::Pause), Just(Op::Resume)].boxed()),
         (1, Just(Op::DeleteQueue).boxed()),
     ]
+    .into_iter()
+    .chain(commit_ops(ordered))
+    .collect()
 }
 
 /// One op of an unordered case. One job in four carries an ordering key, which the queue keeps
@@ -1051,9 +1415,9 @@ pub fn op() -> impl Strategy<Value = Op> {
     proptest::strategy::Union::new_weighted(weighted_ops(false))
 }
 
-/// Sequences of 1 to 59 ops on a queue with [`model_config`].
+/// Sequences of 1 to 69 ops on a queue with [`model_config`].
 pub fn ops() -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(), 1..60)
+    prop::collection::vec(op(), 1..70)
 }
 
 /// One op of an ordered case: three jobs in four carry one of the [`MODEL_KEYS`], and the
@@ -1065,6 +1429,7 @@ pub fn ordered_op() -> impl Strategy<Value = Op> {
         4 => any::<bool>().prop_map(ConfigChange::DeadBlocksKey),
         1 => prop::sample::select(vec![1u32, 3, 4]).prop_map(ConfigChange::Partitions),
         1 => prop::sample::select(vec![Ordering::None, Ordering::PerKey]).prop_map(ConfigChange::Ordering),
+        1 => prop::sample::select(vec![5_000u64, COMMIT_REPLAY_MS_MIN + 60_000]).prop_map(ConfigChange::DedupWindow),
     ];
     weighted.push((2, change.prop_map(Op::Configure).boxed()));
     proptest::strategy::Union::new_weighted(weighted)
@@ -1116,6 +1481,8 @@ struct Harness {
     /// Each op applied so far, resolved into model terms with the model's outcome, so that a
     /// failure reads without decoding proptest's `Index` values.
     trace: Vec<String>,
+    /// Every commit sent so far, in both worlds, for [`Op::CommitAgain`].
+    sent: Vec<(ModelCommit, Commit)>,
 }
 
 /// A settle item resolved to both worlds.
@@ -1201,6 +1568,10 @@ impl Harness {
         let token = match target {
             Target::Lease(index) if !leases.is_empty() => Some(index.index(leases.len())),
             Target::Recent(n) if !leases.is_empty() => Some(leases.len() - 1 - usize::from(*n).min(leases.len() - 1)),
+            Target::RecentJob(n) => {
+                let mut jobs_seen = BTreeSet::new();
+                (0..leases.len()).rev().filter(|&k| jobs_seen.insert(leases[k])).nth(usize::from(*n))
+            }
             _ => None,
         };
         match token {
@@ -1213,6 +1584,7 @@ impl Harness {
             None => {
                 let model_id = match target {
                     Target::Forged(pick) => self.pick(pick),
+                    Target::RecentJob(n) => u64::MAX / 2 + u64::from(*n),
                     _ => u64::MAX / 2,
                 };
                 Resolved { model_id, model_token: None, real_id: self.real_id(model_id), real_token: FORGED_TOKEN }
@@ -1245,6 +1617,248 @@ impl Harness {
         real.iter().zip(items).map(|(r, item)| self.item(r, item)).collect()
     }
 
+    /// A batch in model terms, with what became of each job when `outcome` is known.
+    fn batch_name(&self, batch: &[ModelNewJob], outcome: Option<&[(ModelId, bool)]>) -> String {
+        let jobs: Vec<String> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let schedule = match job.schedule {
+                    Schedule::Now => "now".to_owned(),
+                    Schedule::Delay { delay_ms } => format!("delay {delay_ms}"),
+                    Schedule::At(at) => format!("at {}", self.at(at)),
+                };
+                let became = match outcome.and_then(|o| o.get(i)) {
+                    Some(&(id, duplicate)) => format!(
+                        " -> job {id}{}{}",
+                        if duplicate { " (duplicate)" } else { "" },
+                        match self.model.job(id).map(|j| j.state) {
+                            Some(JobState::Blocked) if !duplicate => " blocked",
+                            _ => "",
+                        }
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "{{priority {}, {schedule}, max_attempts {:?}, dedup {:?}, key {:?}}}{became}",
+                    job.priority, job.max_attempts, job.dedup_id, job.ordering_key,
+                )
+            })
+            .collect();
+        jobs.join(", ")
+    }
+
+    /// Learns the store's ids of the jobs a batch created (in request order), which must
+    /// strictly increase; `expected` is the model's outcome of the batch, `created_before` the
+    /// model's count of jobs before it.
+    fn learn_ids(
+        &mut self,
+        call: &str,
+        real: &[Enqueued],
+        expected: &[(ModelId, bool)],
+        created_before: u64,
+    ) -> Result<(), String> {
+        if real.len() != expected.len() {
+            return Err(format!("{call} returned {} results for {} jobs: {real:?}", real.len(), expected.len()));
+        }
+        for (r, &(id, duplicate)) in real.iter().zip(expected) {
+            if !duplicate && id >= created_before {
+                if self.real_ids.last().is_some_and(|last| *last >= r.id) {
+                    return Err(format!(
+                        "{call} assigned id {} after id {:?}: ids must strictly increase ({real:?})",
+                        r.id,
+                        self.real_ids.last()
+                    ));
+                }
+                self.real_ids.push(r.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch's results in model ids.
+    fn model_enqueued(&self, real: &[Enqueued]) -> Result<Vec<(ModelId, bool)>, String> {
+        real.iter().map(|Enqueued { id, duplicate }| self.model_id(*id).map(|m| (m, *duplicate))).collect()
+    }
+
+    /// A generated commit in both worlds: targets resolved as for the single settles, the
+    /// fence's epoch relative to the producer's current one, jobs judged at the model's time.
+    fn resolve_commit(&self, spec: &CommitSpec) -> Result<(ModelCommit, Commit), String> {
+        let invalid = |e: Error| format!("the harness built an invalid commit: {e}");
+        let mut model = ModelCommit {
+            commit_id: spec.commit_id.map(|n| format!("c{n}")),
+            producer: None,
+            ack: Vec::new(),
+            nack: Vec::new(),
+            fail: Vec::new(),
+            release: Vec::new(),
+            enqueue: None,
+            checkpoint: spec.checkpoint.map(|n| serde_json::json!({ "offset": n })),
+        };
+        let mut real = Commit {
+            commit_id: model.commit_id.clone().map(CommitId::new).transpose().map_err(invalid)?,
+            checkpoint: model.checkpoint.clone(),
+            ..Commit::default()
+        };
+        if let Some((n, pick)) = spec.producer {
+            let name = MODEL_PRODUCERS[usize::from(n) % MODEL_PRODUCERS.len()];
+            let current = self.model.producer_get(name).0;
+            let epoch = match pick {
+                EpochPick::Current => current,
+                EpochPick::Older(back) => current.saturating_sub(u64::from(back)),
+                EpochPick::Ahead => current + 1,
+            };
+            model.producer = Some((name.to_owned(), epoch));
+            real.producer = Some(Fence { producer: ProducerId::new(name).map_err(invalid)?, epoch });
+        }
+        for (target, settle) in &spec.settles {
+            let r = self.resolve(target);
+            let (id, lease_token) = (r.real_id, r.real_token);
+            match settle {
+                SettleSpec::Ack => {
+                    model.ack.push((r.model_id, r.model_token));
+                    real.ack.push(LeaseRef { id, lease_token });
+                }
+                SettleSpec::Nack { delay_ms, error } => {
+                    let (delay_ms, error) = (*delay_ms, error.clone());
+                    model.nack.push(ModelNack { id: r.model_id, token: r.model_token, delay_ms, error: error.clone() });
+                    real.nack.push(Nack { id, lease_token, delay_ms, error });
+                }
+                SettleSpec::Fail(error) => {
+                    model.fail.push((r.model_id, r.model_token, error.clone()));
+                    real.fail.push(Fail { id, lease_token, error: error.clone() });
+                }
+                SettleSpec::Release(delay_ms) => {
+                    model.release.push((r.model_id, r.model_token, *delay_ms));
+                    real.release.push(Release { id, lease_token, delay_ms: *delay_ms });
+                }
+            }
+        }
+        if let Some(specs) = &spec.enqueue {
+            let batch: Vec<ModelNewJob> = specs.iter().map(|s| s.to_model(self.model.now())).collect();
+            let jobs = batch.iter().map(ModelNewJob::to_new_job).collect();
+            real.enqueue.push(CommitEnqueue { queue: self.queue.clone(), jobs });
+            model.enqueue = Some(batch);
+        }
+        Ok((model, real))
+    }
+
+    /// A commit in model terms.
+    fn commit_name(&self, commit: &ModelCommit) -> String {
+        let lease = |id: ModelId, token: Option<u64>| match token {
+            Some(k) => format!("{} lease #{k}", self.job_name(id)),
+            None => format!("{} forged token", self.job_name(id)),
+        };
+        let mut parts = Vec::new();
+        if let Some(id) = &commit.commit_id {
+            parts.push(format!("id {id}"));
+        }
+        if let Some((producer, epoch)) = &commit.producer {
+            parts.push(format!("producer {producer} epoch {epoch}"));
+        }
+        let list = |items: Vec<String>| items.join(", ");
+        if !commit.ack.is_empty() {
+            parts.push(format!("ack [{}]", list(commit.ack.iter().map(|&(id, t)| lease(id, t)).collect())));
+        }
+        if !commit.nack.is_empty() {
+            let items = commit.nack.iter().map(|n| format!("{} delay_ms {:?}", lease(n.id, n.token), n.delay_ms));
+            parts.push(format!("nack [{}]", list(items.collect())));
+        }
+        if !commit.fail.is_empty() {
+            parts.push(format!("fail [{}]", list(commit.fail.iter().map(|f| lease(f.0, f.1)).collect())));
+        }
+        if !commit.release.is_empty() {
+            let items = commit.release.iter().map(|r| format!("{} delay_ms {:?}", lease(r.0, r.1), r.2));
+            parts.push(format!("release [{}]", list(items.collect())));
+        }
+        if let Some(batch) = &commit.enqueue {
+            parts.push(format!("enqueue [{}]", self.batch_name(batch, None)));
+        }
+        if let Some(checkpoint) = &commit.checkpoint {
+            parts.push(format!("checkpoint {checkpoint}"));
+        }
+        parts.join("; ")
+    }
+
+    /// How far [`Op::AdvanceToCommitEnd`] moves the clock: to the end of the picked commit id's
+    /// window plus `offset_ms`, or not at all when that is past or no id is remembered.
+    fn commit_end_ms(&self, pick: &Index, offset_ms: i64) -> (Option<String>, u64) {
+        let ids = self.model.commit_ids();
+        if ids.is_empty() {
+            return (None, 0);
+        }
+        let id = ids[pick.index(ids.len())].clone();
+        let ms = self.model.commit_expiry(&id).map_or(0, |end| {
+            Timestamp::from_millis(end.as_millis().saturating_add(offset_ms)).ms_since(self.model.now())
+        });
+        (Some(id), ms)
+    }
+
+    /// Sends a commit to the store and applies it to the model; compares the outcomes: the jobs
+    /// enqueued (ids mapped, duplicate flags) and `replayed`, or the refusal (the stale jobs of
+    /// `LeasesLost` exactly, the kind of any other).
+    async fn apply_commit<S: Store + ?Sized>(
+        &mut self,
+        store: &S,
+        model_commit: &ModelCommit,
+        real_commit: &Commit,
+        again: bool,
+    ) -> Result<(), String> {
+        let real = store.commit(real_commit.clone()).await;
+        let created_before = self.model.created();
+        let name = self.commit_name(model_commit);
+        let expected = self.model.commit(model_commit);
+        let outcome = match &expected {
+            Ok(ModelCommitOutcome { enqueued: Some(jobs), replayed }) => {
+                let batch = model_commit.enqueue.as_deref().unwrap_or_default();
+                format!("enqueued [{}] replayed {replayed}", self.batch_name(batch, Some(jobs)))
+            }
+            Ok(ModelCommitOutcome { enqueued: None, replayed }) => format!("ok, replayed {replayed}"),
+            Err(refusal) => format!("{refusal:?}"),
+        };
+        self.trace.push(format!("{} {{{name}}} -> {outcome}", if again { "commit again" } else { "commit" }));
+        match (real, expected) {
+            (Ok(got), Ok(want)) => {
+                if got.replayed != want.replayed {
+                    return Err(format!("commit returned {got:?}; the model says {want:?}"));
+                }
+                let got_jobs = match got.enqueued.as_slice() {
+                    [] => None,
+                    [one] if one.queue == self.queue => Some(&one.jobs),
+                    _ => return Err(format!("commit returned {got:?}; it enqueued into {} only", self.queue)),
+                };
+                match (got_jobs, &want.enqueued) {
+                    (None, None) => {}
+                    (Some(real), Some(expected)) => {
+                        self.learn_ids("commit", real, expected, created_before)?;
+                        let mapped = self.model_enqueued(real)?;
+                        if mapped != *expected {
+                            return Err(format!("commit enqueued {mapped:?} (model ids); the model says {expected:?}"));
+                        }
+                    }
+                    _ => return Err(format!("commit returned {got:?}; the model says {want:?}")),
+                }
+            }
+            (Err(error), Err(refusal)) => {
+                let same = match &refusal {
+                    CommitRefusal::Invalid(_) => error.kind() == ErrorKind::InvalidRequest,
+                    CommitRefusal::Conflict => error.kind() == ErrorKind::Conflict,
+                    CommitRefusal::Fenced => error.kind() == ErrorKind::Fenced,
+                    CommitRefusal::LeasesLost(ids) => {
+                        error == Error::LeasesLost(ids.iter().map(|&m| self.real_id(m)).collect())
+                    }
+                };
+                if !same {
+                    return Err(format!("commit {real_commit:?} failed with {error:?}; the model says {refusal:?}"));
+                }
+            }
+            (real, expected) => {
+                return Err(format!("commit {real_commit:?} returned {real:?}; the model says {expected:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one op to both; compares its outcome.
     async fn apply<S: Store + ?Sized>(&mut self, store: &S, clock: &ManualClock, op: &Op) -> Result<(), String> {
         let queue = &self.queue;
@@ -1257,54 +1871,9 @@ impl Harness {
                     .map_err(|e| format!("job_enqueue failed: {e:?}"))?;
                 let created_before = self.model.created();
                 let expected = self.model.enqueue(&batch);
-                if real.len() != expected.len() {
-                    return Err(format!(
-                        "job_enqueue returned {} results for {} jobs: {real:?}",
-                        real.len(),
-                        batch.len()
-                    ));
-                }
-                // Learn the ids of the new jobs first (in request order), then map every result.
-                for (r, &(id, duplicate)) in real.iter().zip(&expected) {
-                    if !duplicate && id >= created_before {
-                        if self.real_ids.last().is_some_and(|last| *last >= r.id) {
-                            return Err(format!(
-                                "job_enqueue assigned id {} after id {:?}: ids must strictly increase ({real:?})",
-                                r.id,
-                                self.real_ids.last()
-                            ));
-                        }
-                        self.real_ids.push(r.id);
-                    }
-                }
-                let got: Vec<(ModelId, bool)> = real
-                    .iter()
-                    .map(|Enqueued { id, duplicate }| self.model_id(*id).map(|m| (m, *duplicate)))
-                    .collect::<Result<_, _>>()?;
-                let jobs: Vec<String> = batch
-                    .iter()
-                    .zip(&expected)
-                    .map(|(job, (id, duplicate))| {
-                        let schedule = match job.schedule {
-                            Schedule::Now => "now".to_owned(),
-                            Schedule::Delay { delay_ms } => format!("delay {delay_ms}"),
-                            Schedule::At(at) => format!("at {}", self.at(at)),
-                        };
-                        format!(
-                            "{{priority {}, {schedule}, max_attempts {:?}, dedup {:?}, key {:?}}} -> job {id}{}{}",
-                            job.priority,
-                            job.max_attempts,
-                            job.dedup_id,
-                            job.ordering_key,
-                            if *duplicate { " (duplicate)" } else { "" },
-                            match self.model.job(*id).map(|j| j.state) {
-                                Some(JobState::Blocked) if !duplicate => " blocked",
-                                _ => "",
-                            }
-                        )
-                    })
-                    .collect();
-                self.trace.push(format!("enqueue [{}]", jobs.join(", ")));
+                self.learn_ids("job_enqueue", &real, &expected, created_before)?;
+                let got = self.model_enqueued(&real)?;
+                self.trace.push(format!("enqueue [{}]", self.batch_name(&batch, Some(&expected))));
                 if got != expected {
                     return Err(format!("job_enqueue returned {got:?} (model ids); the model says {expected:?}"));
                 }
@@ -1556,6 +2125,42 @@ impl Harness {
                     return Err(format!("queue_upsert {change:?} returned {real:?}; the model says {expected:?}"));
                 }
             }
+            Op::Commit(spec) => {
+                let (model_commit, real_commit) = self.resolve_commit(spec)?;
+                self.sent.push((model_commit.clone(), real_commit.clone()));
+                self.apply_commit(store, &model_commit, &real_commit, false).await?;
+            }
+            Op::CommitAgain(index) => {
+                if self.sent.is_empty() {
+                    self.trace.push("commit again: none sent yet".into());
+                } else {
+                    let (model_commit, real_commit) = self.sent[index.index(self.sent.len())].clone();
+                    self.apply_commit(store, &model_commit, &real_commit, true).await?;
+                }
+            }
+            Op::ProducerRegister(n) => {
+                let name = MODEL_PRODUCERS[usize::from(*n) % MODEL_PRODUCERS.len()];
+                let producer = ProducerId::new(name).map_err(|e| e.to_string())?;
+                let real = store
+                    .producer_register(&producer)
+                    .await
+                    .map_err(|e| format!("producer_register({name}) failed: {e:?}"))?;
+                let (epoch, checkpoint) = self.model.producer_register(name);
+                self.trace.push(format!("producer_register {name} -> epoch {epoch}, checkpoint {checkpoint:?}"));
+                let expected = Registration { producer, epoch, checkpoint };
+                if real != expected {
+                    return Err(format!("producer_register returned {real:?}; the model says {expected:?}"));
+                }
+            }
+            Op::AdvanceToCommitEnd { pick, offset_ms } => {
+                let (id, ms) = self.commit_end_ms(pick, *offset_ms);
+                clock.advance(ms);
+                self.model.advance(ms);
+                self.trace.push(format!(
+                    "advance to the end of commit {id:?}'s window {offset_ms:+} ms: {ms} ms -> {}",
+                    self.at(self.model.now())
+                ));
+            }
         }
         Ok(())
     }
@@ -1594,6 +2199,15 @@ impl Harness {
                 }
             }
         }
+        for name in MODEL_PRODUCERS {
+            let producer = ProducerId::new(name).map_err(|e| e.to_string())?;
+            let got = store.producer_get(&producer).await.map_err(|e| format!("producer_get({name}) failed: {e:?}"))?;
+            let (epoch, checkpoint) = self.model.producer_get(name);
+            let expected = Registration { producer, epoch, checkpoint };
+            if got != expected {
+                return Err(format!("producer_get({name}) returned {got:?}; the model says {expected:?}"));
+            }
+        }
         // Stats last: a job-level mismatch says more than a count.
         let expected = self.model.stats();
         if info.stats != expected {
@@ -1605,11 +2219,13 @@ impl Harness {
 
 /// Applies `ops` to a fresh [`Model`] and to `store` side by side, on the queue [`MODEL_QUEUE`]
 /// (created first with [`model_config`]), and compares, after each op, its outcome (ids and
-/// duplicate flags, leased jobs, each settle item's result, counts, pages) and every
-/// observation (queue config, pause flag and stats, and `job_get` of every job ever created).
+/// duplicate flags, leased jobs, each settle item's result, counts, pages, a commit's outcome or
+/// refusal, a registration) and every observation (queue config, pause flag and stats, `job_get`
+/// of every job ever created, `producer_get` of [`MODEL_PRODUCERS`]).
 ///
-/// `store` must be empty and judge time by `clock`, which only this function advances. Returns a
-/// description of the first mismatch, naming the op's index.
+/// `store` must be empty (no job, queue, commit id or producer) and judge time by `clock`, which
+/// only this function advances. Returns a description of the first mismatch, naming the op's
+/// index.
 pub async fn check_against<S: Store + ?Sized>(store: &S, clock: &ManualClock, ops: &[Op]) -> Result<(), String> {
     check_against_config(store, clock, &model_config(), ops).await
 }
@@ -1636,6 +2252,7 @@ pub async fn check_against_config<S: Store + ?Sized>(
         real_tokens: Vec::new(),
         start: clock.now(),
         trace: Vec::new(),
+        sent: Vec::new(),
     };
     harness.observe(store, clock).await.map_err(|e| format!("before op 0: {e}"))?;
     for (i, op) in ops.iter().enumerate() {
@@ -1665,7 +2282,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
-    use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
+    use onceq_core::commit::{CommitEnqueued, CommitOutcome};
     use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
     use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
     use proptest::strategy::ValueTree;
@@ -1677,15 +2294,38 @@ mod tests {
     struct ModelStore {
         clock: Arc<ManualClock>,
         late_by_ms: u64,
+        /// A bug of its commits, for the self-tests that the harness catches it.
+        commit_bug: Option<CommitBug>,
         inner: Mutex<(Model, HashMap<LeaseToken, u64>)>,
         /// Between a `queue_delete` and the next `queue_upsert`.
         deleted: Mutex<bool>,
     }
 
+    /// A commit bug a store could have.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum CommitBug {
+        /// Forgets a commit id a millisecond before its window ends.
+        ForgetsIdsEarly,
+        /// Lists only the first stale lease of a refused commit.
+        ListsOneStaleLease,
+        /// Lets the commit of a fenced producer instance through.
+        IgnoresFences,
+        /// Never saves a checkpoint.
+        DropsCheckpoints,
+        /// Applies the acks of a commit refused for a stale lease.
+        AppliesAcksOfARefusedCommit,
+    }
+
     impl ModelStore {
         fn new(clock: Arc<ManualClock>, late_by_ms: u64) -> Self {
             let model = Model::new(clock.now());
-            ModelStore { clock, late_by_ms, inner: Mutex::new((model, HashMap::new())), deleted: Mutex::new(false) }
+            ModelStore {
+                clock,
+                late_by_ms,
+                commit_bug: None,
+                inner: Mutex::new((model, HashMap::new())),
+                deleted: Mutex::new(false),
+            }
         }
 
         /// Runs `f` on the model brought up to the clock's time.
@@ -1746,14 +2386,104 @@ mod tests {
 
     #[async_trait]
     impl Store for ModelStore {
-        async fn commit(&self, _commit: Commit) -> Result<CommitOutcome> {
-            Err(Error::invalid("the reference model's store has no commits yet; the conformance suite checks them"))
+        async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+            // The harness enqueues into the model's queue alone.
+            let queue = commit.enqueue.first().map(|e| e.queue.clone());
+            self.with(|model, tokens| {
+                let token = |t: &LeaseToken| tokens.get(t).copied();
+                let model_commit = ModelCommit {
+                    commit_id: commit.commit_id.as_ref().map(|id| id.as_str().to_owned()),
+                    producer: commit.producer.as_ref().map(|f| (f.producer.as_str().to_owned(), f.epoch)),
+                    ack: commit.ack.iter().map(|a| (model_id(a.id), token(&a.lease_token))).collect(),
+                    nack: commit
+                        .nack
+                        .iter()
+                        .map(|n| ModelNack {
+                            id: model_id(n.id),
+                            token: token(&n.lease_token),
+                            delay_ms: n.delay_ms,
+                            error: n.error.clone(),
+                        })
+                        .collect(),
+                    fail: commit
+                        .fail
+                        .iter()
+                        .map(|f| (model_id(f.id), token(&f.lease_token), f.error.clone()))
+                        .collect(),
+                    release: commit
+                        .release
+                        .iter()
+                        .map(|r| (model_id(r.id), token(&r.lease_token), r.delay_ms))
+                        .collect(),
+                    enqueue: commit.enqueue.first().map(|e| e.jobs.iter().cloned().map(ModelNewJob::from).collect()),
+                    checkpoint: commit.checkpoint.clone(),
+                };
+                let mut model_commit = model_commit;
+                let checkpoints = model.producers.clone();
+                match self.commit_bug {
+                    Some(CommitBug::ForgetsIdsEarly) => {
+                        let now = model.now();
+                        let id = model_commit.commit_id.clone().unwrap_or_default();
+                        if model.commits.get(&id).is_some_and(|record| now.plus_ms(1) == record.expires_at) {
+                            model.commits.remove(&id);
+                        }
+                    }
+                    Some(CommitBug::IgnoresFences) => {
+                        if let Some((producer, epoch)) = &mut model_commit.producer {
+                            *epoch = (*epoch).max(model.producer_get(producer).0);
+                        }
+                    }
+                    _ => {}
+                }
+                let result = model.commit(&model_commit);
+                match (self.commit_bug, &result) {
+                    (Some(CommitBug::DropsCheckpoints), _) => {
+                        for (producer, (_, checkpoint)) in &mut model.producers {
+                            *checkpoint = checkpoints.get(producer).and_then(|(_, c)| c.clone());
+                        }
+                    }
+                    (Some(CommitBug::AppliesAcksOfARefusedCommit), Err(CommitRefusal::LeasesLost(_))) => {
+                        model.ack(&model_commit.ack);
+                    }
+                    _ => {}
+                }
+                match result {
+                    Err(CommitRefusal::LeasesLost(mut ids))
+                        if self.commit_bug == Some(CommitBug::ListsOneStaleLease) =>
+                    {
+                        ids.truncate(1);
+                        Err(Error::LeasesLost(ids.into_iter().map(real_id).collect()))
+                    }
+                    Ok(outcome) => Ok(CommitOutcome {
+                        enqueued: outcome
+                            .enqueued
+                            .zip(queue)
+                            .map(|(jobs, queue)| {
+                                let jobs = jobs
+                                    .into_iter()
+                                    .map(|(id, duplicate)| Enqueued { id: real_id(id), duplicate })
+                                    .collect();
+                                vec![CommitEnqueued { queue, jobs }]
+                            })
+                            .unwrap_or_default(),
+                        replayed: outcome.replayed,
+                    }),
+                    Err(CommitRefusal::Invalid(why)) => Err(Error::invalid(why)),
+                    Err(CommitRefusal::Conflict) => Err(Error::Conflict("the commit id names another commit".into())),
+                    Err(CommitRefusal::Fenced) => Err(Error::Fenced("a newer epoch registered".into())),
+                    Err(CommitRefusal::LeasesLost(ids)) => {
+                        Err(Error::LeasesLost(ids.into_iter().map(real_id).collect()))
+                    }
+                }
+            })
         }
-        async fn producer_register(&self, _producer: &ProducerId) -> Result<Registration> {
-            Err(Error::invalid("the reference model's store has no producers yet; the conformance suite checks them"))
+        async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+            let (epoch, checkpoint) = self.with(|model, _| model.producer_register(producer.as_str()));
+            Ok(Registration { producer: producer.clone(), epoch, checkpoint })
         }
-        async fn producer_get(&self, _producer: &ProducerId) -> Result<Registration> {
-            Err(Error::invalid("the reference model's store has no producers yet; the conformance suite checks them"))
+        async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
+            let (epoch, checkpoint) = self.with(|model, _| model.producer_get(producer.as_str()));
+            Ok(Registration { producer: producer.clone(), epoch, checkpoint })
         }
         async fn group_get(&self, _queue: &QueueName, _group: &GroupName) -> Result<GroupInfo> {
             no_groups()
@@ -1813,18 +2543,7 @@ mod tests {
             })
         }
         async fn job_enqueue(&self, _queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-            let batch: Vec<ModelNewJob> = jobs
-                .into_iter()
-                .map(|j| ModelNewJob {
-                    payload: j.payload,
-                    headers: j.headers,
-                    priority: j.priority,
-                    schedule: j.schedule,
-                    max_attempts: j.max_attempts,
-                    dedup_id: j.dedup_id,
-                    ordering_key: j.ordering_key,
-                })
-                .collect();
+            let batch: Vec<ModelNewJob> = jobs.into_iter().map(ModelNewJob::from).collect();
             self.with(|model, _| {
                 Ok(model
                     .enqueue(&batch)
@@ -1949,10 +2668,45 @@ mod tests {
     }
 
     fn run_config(config: &QueueConfig, ops: &[Op], late_by_ms: u64) -> std::result::Result<(), String> {
+        run_with(config, ops, late_by_ms, None)
+    }
+
+    fn run_with(
+        config: &QueueConfig,
+        ops: &[Op],
+        late_by_ms: u64,
+        commit_bug: Option<CommitBug>,
+    ) -> std::result::Result<(), String> {
         let clock = ManualClock::at_default_start();
-        let store = ModelStore::new(clock.clone(), late_by_ms);
+        let store = ModelStore { commit_bug, ..ModelStore::new(clock.clone(), late_by_ms) };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(check_against_config(&store, &clock, config, ops))
+    }
+
+    #[test]
+    fn stores_with_a_commit_bug_are_caught() {
+        use proptest::test_runner::{RngAlgorithm, TestError, TestRng};
+        let bugs = [
+            CommitBug::ForgetsIdsEarly,
+            CommitBug::ListsOneStaleLease,
+            CommitBug::IgnoresFences,
+            CommitBug::DropsCheckpoints,
+            CommitBug::AppliesAcksOfARefusedCommit,
+        ];
+        for bug in bugs {
+            // Deterministic, so that the assertion is about the generator, not about luck.
+            let config = Config { cases: 512, failure_persistence: None, ..Config::default() };
+            let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+            let result = runner.run(&ops(), |ops| {
+                run_with(&model_config(), &ops, 0, Some(bug)).map_err(proptest::test_runner::TestCaseError::fail)?;
+                Ok(())
+            });
+            let Err(TestError::Fail(reason, minimal)) = result else {
+                panic!("the harness missed a store with {bug:?}: {result:?}");
+            };
+            assert!(reason.message().contains("op "), "{bug:?}: the mismatch names no op: {reason}");
+            assert!(minimal.len() <= 8, "{bug:?}: shrinking left {} ops: {minimal:?}", minimal.len());
+        }
     }
 
     #[test]
@@ -2016,6 +2770,7 @@ mod tests {
             real_tokens: Vec::new(),
             start: Timestamp::from_millis(1_000_000),
             trace: Vec::new(),
+            sent: Vec::new(),
         };
         let mut dedup_ids_seen = std::collections::HashSet::new();
         let mut count = |key: &'static str| *counts.entry(key).or_default() += 1;
@@ -2151,6 +2906,33 @@ mod tests {
                     }
                     harness.model.delete_and_recreate(config.clone());
                 }
+                Op::Commit(spec) => {
+                    let (model_commit, real_commit) = harness.resolve_commit(spec).unwrap();
+                    harness.sent.push((model_commit.clone(), real_commit));
+                    tally_commit(&mut harness, &model_commit, false, &mut count);
+                }
+                Op::CommitAgain(index) => {
+                    if !harness.sent.is_empty() {
+                        let (model_commit, _) = harness.sent[index.index(harness.sent.len())].clone();
+                        tally_commit(&mut harness, &model_commit, true, &mut count);
+                    }
+                }
+                Op::ProducerRegister(n) => {
+                    let (_, checkpoint) = harness.model.producer_register(MODEL_PRODUCERS[usize::from(*n) % 2]);
+                    if checkpoint.is_some() {
+                        count("registration returns a checkpoint");
+                    }
+                }
+                Op::AdvanceToCommitEnd { pick, offset_ms } => {
+                    let (id, ms) = harness.commit_end_ms(pick, *offset_ms);
+                    harness.model.advance(ms);
+                    if let Some(id) = id {
+                        let end = harness.model.commit_expiry(&id);
+                        if end.is_some_and(|end| harness.model.now() == end) {
+                            count("clock at the end of a commit id's window");
+                        }
+                    }
+                }
                 Op::Configure(change) => {
                     let holding = harness.model.jobs.values().any(|j| j.phase == Phase::Dead { holds_key: true });
                     if *change == ConfigChange::DeadBlocksKey(false) && holding {
@@ -2158,6 +2940,7 @@ mod tests {
                     }
                     count(match (change, harness.model.configure(&change.patch())) {
                         (ConfigChange::DeadBlocksKey(_), Ok(_)) => "dead_blocks_key changed",
+                        (ConfigChange::DedupWindow(_), Ok(_)) => "dedup window changed",
                         (_, Ok(_)) => "ordering or partitions changed",
                         (_, Err(_)) => "ordering or partitions change refused",
                     });
@@ -2177,6 +2960,7 @@ mod tests {
                     Op::Fail(_) => "fail",
                     Op::Advance(_) => "expiry",
                     Op::Purge => "purge",
+                    Op::Commit(_) | Op::CommitAgain(_) => "commit",
                     _ => "other",
                 };
                 match (was, now.state) {
@@ -2188,6 +2972,7 @@ mod tests {
                             "fail" => "key moves on after fail",
                             "expiry" => "key moves on after expiry",
                             "purge" => "key moves on after purge",
+                            "commit" => "key moves on after commit",
                             _ => "key moves on after another op",
                         });
                         if now.state == JobState::Scheduled {
@@ -2207,6 +2992,64 @@ mod tests {
                         count("redrive of a head holding its key");
                     }
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// Applies a commit to the model alone (learning the ids it creates) and counts its outcome.
+    fn tally_commit(harness: &mut Harness, commit: &ModelCommit, again: bool, count: &mut impl FnMut(&'static str)) {
+        let model = &mut harness.model;
+        let end = commit.commit_id.as_ref().and_then(|id| model.commit_expiry(id));
+        let window_ended = end.is_some_and(|end| model.now() >= end);
+        let now = model.now();
+        let long_window = model.config().dedup_window_ms > COMMIT_REPLAY_MS_MIN;
+        let fenced_since = commit.producer.as_ref().is_some_and(|(p, epoch)| model.producer_get(p).0 > *epoch);
+        match model.commit(commit) {
+            Ok(outcome) => {
+                if outcome.replayed {
+                    count("commit replayed");
+                    if fenced_since {
+                        count("commit replayed though its producer was fenced since");
+                    }
+                    if end == Some(now.plus_ms(1)) {
+                        count("commit replayed in the last millisecond of its window");
+                    }
+                    return;
+                }
+                count("commit applied");
+                if window_ended {
+                    count("commit id reused after its window");
+                }
+                if end == Some(now) {
+                    count("commit id reused as its window ends");
+                }
+                if commit.checkpoint.is_some() {
+                    count("commit saves a checkpoint");
+                }
+                if commit.commit_id.is_some() && long_window && (!commit.ack.is_empty() || commit.enqueue.is_some()) {
+                    count("commit id kept for the queue's longer dedup window");
+                }
+                for (id, duplicate) in outcome.enqueued.into_iter().flatten() {
+                    count(if duplicate { "commit enqueue duplicate" } else { "commit enqueue new" });
+                    if !duplicate && id as usize == harness.real_ids.len() {
+                        harness.real_ids.push(real_id(id));
+                    }
+                }
+            }
+            Err(CommitRefusal::Invalid(why)) => {
+                count("commit invalid");
+                count(why);
+            }
+            Err(CommitRefusal::Conflict) => count("commit conflict"),
+            Err(CommitRefusal::Fenced) => count("commit fenced"),
+            Err(CommitRefusal::LeasesLost(stale)) => {
+                count("commit leases lost");
+                if stale.len() > 1 {
+                    count("commit leases lost on several jobs");
+                }
+                if again && commit.commit_id.is_none() {
+                    count("commit sent again without an id refused");
                 }
             }
         }
@@ -2249,6 +3092,23 @@ mod tests {
             "release rejected",
             "scheduled to ready",
             "delete a queue with jobs",
+            "clock at the end of a commit id's window",
+            "commit applied",
+            "commit conflict",
+            "commit enqueue duplicate",
+            "commit enqueue new",
+            "commit fenced",
+            "commit id reused after its window",
+            "commit invalid",
+            "commit leases lost",
+            "commit replayed",
+            "commit replayed in the last millisecond of its window",
+            "commit replayed though its producer was fenced since",
+            "commit leases lost on several jobs",
+            "commit id reused as its window ends",
+            "commit saves a checkpoint",
+            "commit sent again without an id refused",
+            "registration returns a checkpoint",
         ];
         let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
         assert!(missing.is_empty(), "{SEQUENCES} generated sequences never reached {missing:?}; counts: {counts:#?}");
@@ -2286,6 +3146,9 @@ mod tests {
             "redrive behind a head",
             "redrive of a head holding its key",
             "redrive some",
+            "commit id kept for the queue's longer dedup window",
+            "dedup window changed",
+            "key moves on after commit",
         ];
         let missing: Vec<_> = expected.iter().filter(|key| !counts.contains_key(*key)).collect();
         assert!(missing.is_empty(), "{CASES} generated cases never reached {missing:?}; counts: {counts:#?}");
@@ -2524,6 +3387,97 @@ mod tests {
         assert_eq!(states(&model, &ids), vec![Some(Dead)]);
         assert_eq!(model.redrive(Some(&[0]), None), 1);
         assert_eq!(states(&model, &ids), vec![Some(Ready)]);
+    }
+
+    /// A commit of nothing but `jobs` for the queue.
+    fn enqueue_commit(id: Option<&str>, jobs: &[JobSpec], now: Timestamp) -> ModelCommit {
+        ModelCommit {
+            commit_id: id.map(str::to_owned),
+            producer: None,
+            ack: Vec::new(),
+            nack: Vec::new(),
+            fail: Vec::new(),
+            release: Vec::new(),
+            enqueue: Some(jobs.iter().map(|j| j.to_model(now)).collect()),
+            checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn a_commit_with_a_stale_lease_applies_nothing_and_names_every_stale_one() {
+        use JobState::{Blocked, Leased, Ready};
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::with_config(start, ordered_config(4, false));
+        let ids = enqueue(
+            &mut model,
+            &[keyed(0, 0, SpecSchedule::Now), keyed(1, 0, SpecSchedule::Now), keyed(2, 1, SpecSchedule::Now)],
+        );
+        assert_eq!(model.lease(10, None).iter().map(|l| l.id).collect::<Vec<_>>(), vec![0, 2]);
+        let mut commit = enqueue_commit(None, &[keyed(3, 0, SpecSchedule::Now)], start);
+        // Job 2's lease #1 is live; #0 of job 0 is presented with a forged token, and a job
+        // that never existed.
+        commit.ack = vec![(2, Some(1)), (0, None), (u64::MAX / 2, Some(0))];
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::LeasesLost(vec![0, u64::MAX / 2])));
+        assert_eq!(states(&model, &ids), vec![Some(Leased), Some(Blocked), Some(Leased)]);
+        assert_eq!(model.created(), 3);
+        // With live leases it applies: the head acked, its key moves on before the new job
+        // queues behind the new head.
+        commit.ack = vec![(0, Some(0))];
+        commit.nack = vec![ModelNack { id: 2, token: Some(1), delay_ms: Some(0), error: None }];
+        let applied = model.commit(&commit);
+        assert_eq!(applied, Ok(ModelCommitOutcome { enqueued: Some(vec![(3, false)]), replayed: false }));
+        assert_eq!(states(&model, &[0, 1, 2, 3]), vec![None, Some(Ready), Some(Ready), Some(Blocked)]);
+        // The same commit again, without an id: its leases are gone.
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::LeasesLost(vec![0, 2])));
+    }
+
+    #[test]
+    fn a_commit_id_replays_its_first_outcome_until_its_window_ends() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        let job =
+            JobSpec { tag: 7, priority: 0, schedule: SpecSchedule::Now, max_attempts: None, dedup: None, key: None };
+        let commit = enqueue_commit(Some("c0"), std::slice::from_ref(&job), start);
+        let first = ModelCommitOutcome { enqueued: Some(vec![(0, false)]), replayed: false };
+        assert_eq!(model.commit(&commit), Ok(first.clone()));
+        let replayed = ModelCommitOutcome { replayed: true, ..first };
+        assert_eq!(model.commit(&commit), Ok(replayed.clone()));
+        let other = enqueue_commit(Some("c0"), &[JobSpec { tag: 8, ..job.clone() }], start);
+        assert_eq!(model.commit(&other), Err(CommitRefusal::Conflict));
+        // The model's queue has a 5 s dedup window: the id lasts COMMIT_REPLAY_MS_MIN.
+        assert_eq!(model.commit_expiry("c0"), Some(start.plus_ms(COMMIT_REPLAY_MS_MIN)));
+        model.advance(COMMIT_REPLAY_MS_MIN - 1);
+        assert_eq!(model.commit(&commit), Ok(replayed));
+        model.advance(1);
+        assert_eq!(model.commit(&other), Ok(ModelCommitOutcome { enqueued: Some(vec![(1, false)]), replayed: false }));
+        assert_eq!(model.created(), 2);
+        // A queue whose dedup window is longer keeps the id that long.
+        let long = COMMIT_REPLAY_MS_MIN + 60_000;
+        assert!(model.configure(&ConfigChange::DedupWindow(long).patch()).is_ok());
+        let third = enqueue_commit(Some("c1"), &[job], model.now());
+        assert!(model.commit(&third).is_ok());
+        assert_eq!(model.commit_expiry("c1"), Some(model.now().plus_ms(long)));
+    }
+
+    #[test]
+    fn a_registration_fences_the_older_epoch_and_returns_the_last_checkpoint() {
+        let start = Timestamp::from_millis(1_000_000);
+        let mut model = Model::new(start);
+        assert_eq!(model.producer_get("p0"), (0, None));
+        let mut commit = enqueue_commit(None, &[], start);
+        commit.enqueue = None;
+        commit.producer = Some(("p0".into(), 1));
+        commit.checkpoint = Some(serde_json::json!({ "offset": 1 }));
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::Invalid("a producer epoch never issued")));
+        assert_eq!(model.producer_register("p0"), (1, None));
+        assert_eq!(model.commit(&commit), Ok(ModelCommitOutcome { enqueued: None, replayed: false }));
+        assert_eq!(model.producer_register("p0"), (2, Some(serde_json::json!({ "offset": 1 }))));
+        commit.checkpoint = Some(serde_json::json!({ "offset": 2 }));
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::Fenced));
+        assert_eq!(model.producer_get("p0"), (2, Some(serde_json::json!({ "offset": 1 }))));
+        assert_eq!(model.producer_get("p1"), (0, None));
+        commit.producer = None;
+        assert_eq!(model.commit(&commit), Err(CommitRefusal::Invalid("a checkpoint without a producer")));
     }
 
     #[test]
