@@ -412,6 +412,30 @@ impl Registration {
     }
 }
 
+/// Counts a commit's result in the metrics (`onceq_commits_total` by outcome, and
+/// `onceq_producer_fenced_total` for a fenced producer). Every store calls it once per commit.
+pub fn record(fence: Option<&Fence>, result: &Result<CommitOutcome>) {
+    use crate::metrics as names;
+    let outcome = match result {
+        Ok(outcome) if outcome.replayed => "replayed",
+        Ok(_) => "applied",
+        Err(Error::LeasesLost(_) | Error::LeaseLost(_) | Error::JobNotFound(_)) => "lease_lost",
+        Err(Error::Fenced(_)) => "fenced",
+        Err(Error::Conflict(_)) => "conflict",
+        Err(Error::InvalidRequest(_) | Error::PayloadTooLarge(_) | Error::QueueNotFound(_)) => "invalid",
+        Err(_) => "error",
+    };
+    metrics::counter!(names::COMMITS, "outcome" => outcome).increment(1);
+    if let (Some(fence), Err(Error::Fenced(_))) = (fence, result) {
+        metrics::counter!(names::PRODUCER_FENCED, "producer" => fence.producer.as_str().to_owned()).increment(1);
+    }
+}
+
+/// Counts a producer's registration (`onceq_producer_registrations_total`).
+pub fn record_registration(producer: &ProducerId) {
+    metrics::counter!(crate::metrics::PRODUCER_REGISTRATIONS, "producer" => producer.as_str().to_owned()).increment(1);
+}
+
 /// The error of a commit whose leases `stale` are not current: nothing of it applied.
 pub fn leases_lost(mut stale: Vec<JobId>) -> Error {
     stale.sort_unstable();

@@ -1,5 +1,6 @@
 //! Names of the metrics every store emits through the `metrics` facade (docs/design.md,
-//! "Observability"). All are labelled `queue`; some also `reason`. A server that installs a
+//! "Observability"). Most are labelled `queue`; some also `reason`; commits and producers are
+//! not (a commit spans queues). A server that installs a
 //! Prometheus recorder exposes them at `/metrics`; without a recorder they cost nothing.
 
 /// Counter: jobs created by enqueues (duplicates excluded).
@@ -54,3 +55,12 @@ pub const GROUP_PARTITION_IDLE: &str = "onceq_group_partition_idle_seconds";
 pub const GROUP_MEMBERS: &str = "onceq_group_members";
 /// Gauge, set at scrape: age of the oldest ready job of each `partition` of a group's queue.
 pub const PARTITION_OLDEST_READY_AGE: &str = "onceq_partition_oldest_ready_age_seconds";
+/// Counter: commits by `outcome`: `applied`, `replayed` (a retry of an applied commit id),
+/// `lease_lost`, `fenced`, `conflict` (a commit id reused for other content), `invalid`, or
+/// `error` (the store could not answer). No `queue` label: a commit spans queues.
+pub const COMMITS: &str = "onceq_commits_total";
+/// Counter: commits and enqueues of a `producer` refused because a newer epoch of it registered:
+/// a zombie instance still running.
+pub const PRODUCER_FENCED: &str = "onceq_producer_fenced_total";
+/// Counter: registrations of a `producer` (each bumps its epoch and fences the older ones).
+pub const PRODUCER_REGISTRATIONS: &str = "onceq_producer_registrations_total";

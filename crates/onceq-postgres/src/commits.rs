@@ -131,10 +131,16 @@ impl PgStore {
 
     /// Applies a commit inside the caller's transaction: its settles and enqueues, with the
     /// caller's own writes, take effect if and only if the caller commits. After an error the
-    /// caller must roll back (what ran before the error is part of its transaction).
+    /// caller must roll back (what ran before the error is part of its transaction). It counts in
+    /// `onceq_commits_total` as it ran here, whatever the caller's transaction does next.
     pub async fn commit_in(&self, tx: &mut PgConnection, commit: Commit) -> Result<CommitOutcome> {
-        validate::commit(&commit)?;
-        self.commit_on(tx, commit).await
+        let fence = commit.producer.clone();
+        let result = match validate::commit(&commit) {
+            Err(e) => Err(e),
+            Ok(()) => self.commit_on(tx, commit).await,
+        };
+        onceq_core::commit::record(fence.as_ref(), &result);
+        result
     }
 
     async fn commit_on(&self, tx: &mut PgConnection, commit: Commit) -> Result<CommitOutcome> {

@@ -546,10 +546,14 @@ pub(crate) fn parse_config(queue: &str, text: &str) -> Result<QueueConfig> {
 #[async_trait]
 impl Store for PgStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        self.commit_own(commit).await
+        let fence = commit.producer.clone();
+        let result = self.commit_own(commit).await;
+        onceq_core::commit::record(fence.as_ref(), &result);
+        result
     }
 
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
+        onceq_core::commit::record_registration(producer);
         self.register_producer(producer).await
     }
 

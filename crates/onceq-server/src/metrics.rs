@@ -78,6 +78,12 @@ fn describe() {
         "How long a handed-over partition had no owner that may lease from it."
     );
     describe_gauge!(names::GROUP_MEMBERS, "Members of a consumer group.");
+    describe_counter!(
+        names::COMMITS,
+        "Commits by outcome (applied, replayed, lease_lost, fenced, conflict, invalid, error)."
+    );
+    describe_counter!(names::PRODUCER_FENCED, "Commits and enqueues of a producer refused: a newer epoch registered.");
+    describe_counter!(names::PRODUCER_REGISTRATIONS, "Registrations of a producer (each fences the older epochs).");
     describe_gauge!(
         names::PARTITION_OLDEST_READY_AGE,
         Unit::Seconds,

@@ -426,14 +426,22 @@ fn closed() -> Error {
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        validate::commit(&commit)?;
-        // Hashing the content is the caller's work, not the single writer's.
-        let digest = commit.commit_id.as_ref().map(|_| commit.digest());
-        self.call(move |state, conn| state.commit(conn, commit, digest)).await
+        let fence = commit.producer.clone();
+        let result = match validate::commit(&commit) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                // Hashing the content is the caller's work, not the single writer's.
+                let digest = commit.commit_id.as_ref().map(|_| commit.digest());
+                self.call(move |state, conn| state.commit(conn, commit, digest)).await
+            }
+        };
+        onceq_core::commit::record(fence.as_ref(), &result);
+        result
     }
 
     async fn producer_register(&self, producer: &ProducerId) -> Result<Registration> {
         let producer = producer.clone();
+        onceq_core::commit::record_registration(&producer);
         self.call(move |state, conn| state.producer_register(conn, &producer)).await
     }
 
