@@ -1,7 +1,7 @@
 //! Consumer groups in the embedded store, beyond the conformance suite: a group (members,
 //! owners, partitions in hand-over) survives closing and reopening the store, and after the
 //! reopen a member still leases only what it owns, never from a partition it lost in between; a
-//! group lease hands out a member's jobs in the queue's lease order across its partitions; a
+//! group lease returns the jobs it takes in the queue's lease order across its partitions; a
 //! waiting group lease wakes when a job of its partitions becomes ready, when a partition it
 //! waits for is handed to it, and answers `NotMember` when its member leaves or expires mid-wait.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -103,7 +103,7 @@ async fn a_group_survives_a_reopen_and_a_lost_partition_stays_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_lease_follows_the_queue_lease_order_across_partitions() {
+async fn a_group_lease_returns_the_jobs_it_takes_in_lease_order() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at_default_start();
     let (q, g) = (QueueName::new("ordered").unwrap(), GroupName::new("g").unwrap());

@@ -286,24 +286,30 @@ impl State {
         if partitions.is_empty() || entry.paused || entry.counts[state::READY as usize] == 0 {
             return Ok(Vec::new());
         }
-        let mut candidates: Vec<(i32, i64, i64)> = Vec::new();
+        // Each candidate with its rank in its partition's lease order: the lease takes rank 0 of
+        // every partition before rank 1 of any, so that a partition with a long backlog (one just
+        // handed over from a member that died) does not hold back the others.
+        let mut candidates: Vec<(usize, i32, i64, i64)> = Vec::new();
         {
             let mut stmt = conn.prepare_cached(PARTITION_READY_SQL).map_err(storage("leasing jobs"))?;
             for p in partitions {
                 let rows = stmt
                     .query_map(params![queue.id, p, options.max_jobs], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .map_err(storage("leasing jobs"))?;
-                for row in rows {
-                    candidates.push(row.map_err(storage("leasing jobs"))?);
+                for (rank, row) in rows.enumerate() {
+                    let (priority, run_at, id) = row.map_err(storage("leasing jobs"))?;
+                    candidates.push((rank, priority, run_at, id));
                 }
             }
         }
-        candidates.sort_unstable_by_key(|&(priority, run_at, id)| (Reverse(priority), run_at, id));
+        candidates.sort_unstable_by_key(|&(rank, priority, run_at, id)| (rank, Reverse(priority), run_at, id));
         candidates.truncate(options.max_jobs as usize);
+        // Those taken are handed out in lease order, as any lease's.
+        candidates.sort_unstable_by_key(|&(_, priority, run_at, id)| (Reverse(priority), run_at, id));
         let mut rows = Vec::with_capacity(candidates.len());
         {
             let mut stmt = conn.prepare_cached(READY_ROW_SQL).map_err(storage("leasing jobs"))?;
-            for (_, _, id) in candidates {
+            for (_, _, _, id) in candidates {
                 rows.push(stmt.query_row([id], ReadyRow::read).map_err(storage("leasing jobs"))?);
             }
         }

@@ -116,6 +116,49 @@ pub async fn a_member_leases_only_from_its_partitions<B: Backend>(backend: &B) {
     f.lease_none(&q).await;
 }
 
+/// A group lease shares itself among the member's partitions: each partition's next job before
+/// any partition's second, then in lease order; the jobs taken come back in lease order. So a
+/// partition with a long backlog (one just handed over from a member that died) holds back
+/// none of the member's other partitions.
+pub async fn a_group_lease_takes_from_every_partition_before_a_second_from_any<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let (q, g) = (queue("grouped-fair"), group("g"));
+    f.ordered(&q, 2).await;
+    // Keys of each partition, found by the documented hash.
+    let mut keys: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for i in 0u64.. {
+        let key = format!("key-{i}");
+        let p = onceq_core::ordering::partition_of(Some(&key), onceq_core::JobId::new(1), 2);
+        let list = keys.entry(p).or_default();
+        if list.len() < 8 {
+            list.push(key);
+        }
+        if keys.values().all(|l| l.len() == 8) {
+            break;
+        }
+    }
+    // Partition 0 holds an old backlog of 8 keys' heads; partition 1 gets 2 jobs later, and one
+    // of higher priority.
+    let old: Vec<NewJob> =
+        keys[&0].iter().map(|k| NewJob::new(format!("\"old {k}\"")).ordering_key(k.clone())).collect();
+    let old_ids: Vec<_> = f.store.job_enqueue(&q, old).await.unwrap().into_iter().map(|e| e.id).collect();
+    clock.advance(1_000);
+    let new = vec![
+        NewJob::new("\"new\"").ordering_key(keys[&1][0].clone()),
+        NewJob::new("\"urgent\"").ordering_key(keys[&1][1].clone()).priority(5),
+    ];
+    let new_ids: Vec<_> = f.store.job_enqueue(&q, new).await.unwrap().into_iter().map(|e| e.id).collect();
+    let member = f.join(&q, &g, session(60_000)).await;
+    assert_eq!(member.partitions, [0, 1]);
+    let got: Vec<_> = f.group_lease(&q, &g, &member.member_id, 4).await.iter().map(|j| j.id).collect();
+    // Each partition's first (partition 1's urgent job, partition 0's oldest), then each one's
+    // second (partition 0's second oldest, partition 1's other job), handed out in lease order.
+    // Leasing by age alone would have taken a third old job instead of partition 1's second.
+    assert_eq!(got, [new_ids[1], old_ids[0], old_ids[1], new_ids[0]]);
+    let next: Vec<_> = f.group_lease(&q, &g, &member.member_id, 2).await.iter().map(|j| j.id).collect();
+    assert_eq!(next, [old_ids[2], old_ids[3]], "with partition 1 empty, partition 0 fills the lease");
+}
+
 /// Cooperative: when a member joins, a partition in which the old owner holds a live lease stays
 /// with it (listed as revoking, and not leased from) until that lease is settled; then it moves.
 pub async fn a_partition_moves_only_once_its_leases_are_settled<B: Backend>(backend: &B) {

@@ -456,6 +456,7 @@ macro_rules! conformance_suite {
             groups: [
                 a_first_member_owns_every_partition,
                 a_member_leases_only_from_its_partitions,
+                a_group_lease_takes_from_every_partition_before_a_second_from_any,
                 a_partition_moves_only_once_its_leases_are_settled,
                 an_expired_member_is_removed_and_fenced,
                 leaving_rebalances_and_unknown_members_are_refused,
