@@ -554,13 +554,7 @@ impl Bench<'_> {
             // A consume → produce stage: its commit (ack 100, enqueue 100) beside a plain ack.
             let stage = |pipeline: bool| {
                 self.store(move |store, queue, payload| async move {
-                    scenarios::fill(&store, &queue, &payload, n, Keys::None).await?;
-                    if pipeline {
-                        let next = QueueName::new(format!("{}-next", queue.as_str()))?;
-                        scenarios::pipeline_stage(&store, &queue, &next, &payload, n, BATCH).await
-                    } else {
-                        scenarios::lease_ack(&store, &queue, n, BATCH, 1).await
-                    }
+                    scenarios::pipeline_or_plain(&store, &queue, &payload, n, pipeline).await
                 })
             };
             let (run, plain, ratios) =

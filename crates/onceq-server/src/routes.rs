@@ -283,7 +283,6 @@ async fn job_enqueue(
                 enqueue: vec![onceq_core::commit::CommitEnqueue { queue, jobs }],
                 ..onceq_core::commit::Commit::default()
             };
-            onceq_core::store::validate::commit(&commit)?;
             let mut outcome = state.store.commit(commit).await?;
             outcome.enqueued.pop().map(|e| e.jobs).unwrap_or_default()
         }

@@ -1,6 +1,7 @@
 //! `/metrics` reports what happened, exactly: each counter of docs/design.md's Observability section
 //! moves by the number of events, labelled by queue (and reason), and the depth gauges match the
-//! queue's stats at the scrape.
+//! queue's stats at the scrape; commits count by outcome, producers by registrations and fenced
+//! calls. The recorder is the process's: each test keeps to its own queues and series.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -80,5 +81,56 @@ async fn counters_and_gauges_follow_the_events() {
     assert_eq!(value(&text, &depth("dead")), 2.0);
     assert_eq!(value(&text, &depth("leased")), 0.0);
     assert!(text.contains("# HELP onceq_acks_total Acks."), "{text}");
+    store.close().await;
+}
+
+/// Commits by outcome, and producers: registrations, and the commits and enqueues of a fenced
+/// epoch (the zombie an operator looks for).
+#[tokio::test]
+async fn commits_and_producers_are_counted() {
+    use onceq_core::commit::{Commit, CommitEnqueue, CommitId, Fence, ProducerId};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();
+    let app = router(Arc::new(store.clone()), Auth::disabled());
+    let q = QueueName::new("committed").unwrap();
+    let enqueue = |payload: &str| vec![CommitEnqueue { queue: q.clone(), jobs: vec![NewJob::new(payload.to_owned())] }];
+    let named = Commit { commit_id: Some(CommitId::new("c-1").unwrap()), enqueue: enqueue("1"), ..Commit::default() };
+    store.commit(named.clone()).await.unwrap();
+    assert!(store.commit(named).await.unwrap().replayed);
+    let other = Commit { commit_id: Some(CommitId::new("c-1").unwrap()), enqueue: enqueue("2"), ..Commit::default() };
+    assert!(matches!(store.commit(other).await, Err(onceq_core::Error::Conflict(_))));
+    // A stale lease: a live job with a token not its lease's (a job gone would count in the
+    // other test's `stale_lease_rejections_total{queue=""}`: the recorder is the process's).
+    let options = onceq_core::LeaseOptions { max_jobs: 1, ..Default::default() };
+    let leased = store.job_lease(&q, options).await.unwrap().remove(0);
+    let forged = onceq_core::LeaseRef { id: leased.id, lease_token: onceq_core::LeaseToken::from_bytes([7; 16]) };
+    let stale = Commit { ack: vec![forged], ..Commit::default() };
+    assert!(matches!(store.commit(stale).await, Err(onceq_core::Error::LeasesLost(_))));
+    assert!(matches!(store.commit(Commit::default()).await, Err(onceq_core::Error::InvalidRequest(_))));
+
+    let ingest = ProducerId::new("ingest.lines").unwrap();
+    store.producer_register(&ingest).await.unwrap();
+    store.producer_register(&ingest).await.unwrap();
+    let zombie = Commit {
+        producer: Some(Fence { producer: ingest.clone(), epoch: 1 }),
+        enqueue: enqueue("3"),
+        ..Commit::default()
+    };
+    for _ in 0..3 {
+        assert!(matches!(store.commit(zombie.clone()).await, Err(onceq_core::Error::Fenced(_))));
+    }
+    let live =
+        Commit { producer: Some(Fence { producer: ingest, epoch: 2 }), enqueue: enqueue("4"), ..Commit::default() };
+    store.commit(live).await.unwrap();
+
+    let text = scrape(&app).await;
+    let commits = |outcome: &str| value(&text, &format!("onceq_commits_total{{outcome=\"{outcome}\"}}"));
+    assert_eq!(
+        ["applied", "replayed", "conflict", "lease_lost", "invalid", "fenced"].map(commits),
+        [2.0, 1.0, 1.0, 1.0, 1.0, 3.0]
+    );
+    assert_eq!(value(&text, "onceq_producer_fenced_total{producer=\"ingest.lines\"}"), 3.0);
+    assert_eq!(value(&text, "onceq_producer_registrations_total{producer=\"ingest.lines\"}"), 2.0);
+    assert!(text.contains("# HELP onceq_commits_total Commits by outcome"), "{text}");
     store.close().await;
 }

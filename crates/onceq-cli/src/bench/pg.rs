@@ -725,13 +725,7 @@ impl PgBench<'_> {
         if self.only.runs(Scenario::PipelineStage) {
             let stage = |pipeline: bool| {
                 self.store(move |store, queue, payload| async move {
-                    scenarios::fill(&store, &queue, &payload, jobs, Keys::None).await?;
-                    if pipeline {
-                        let next = QueueName::new(format!("{}-next", queue.as_str()))?;
-                        scenarios::pipeline_stage(&store, &queue, &next, &payload, jobs, BATCH).await
-                    } else {
-                        scenarios::lease_ack(&store, &queue, jobs, BATCH, 1).await
-                    }
+                    scenarios::pipeline_or_plain(&store, &queue, &payload, jobs, pipeline).await
                 })
             };
             let (run, plain, ratios) = rounds_of(self.rounds, || stage(true), || stage(false).map(|r| jobs_per_s(&r)))?;

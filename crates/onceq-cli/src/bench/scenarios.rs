@@ -377,6 +377,26 @@ async fn lease_ack_worker<S: Store>(
     Ok((done, leases, acks))
 }
 
+/// One side of the pipeline-stage scenario on a fresh `queue`: fills it with `jobs` jobs, then
+/// runs the stage (`pipeline`, into `<queue>-next`) or its yardstick, plain lease+ack, both one
+/// worker and [`BATCH`](super::options::BATCH) jobs per call.
+pub(crate) async fn pipeline_or_plain<S: Store + Clone + 'static>(
+    store: &S,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+    pipeline: bool,
+) -> Result<Run, BenchError> {
+    let batch = super::options::BATCH;
+    fill(store, queue, payload, jobs, Keys::None).await?;
+    if pipeline {
+        let next = QueueName::new(format!("{}-next", queue.as_str()))?;
+        pipeline_stage(store, queue, &next, payload, jobs, batch).await
+    } else {
+        lease_ack(store, queue, jobs, batch, 1).await
+    }
+}
+
 /// A pipeline stage, one worker: leases up to `per_call` jobs of `queue` without waiting, then
 /// one commit (named after its first lease, as a worker names its commits) acks them and
 /// enqueues one job per input into `next`, until `jobs` are done. The queue must hold exactly
