@@ -41,23 +41,7 @@ pub fn render_table(reports: &[Report]) -> String {
         rows.push(row);
     }
 
-    let columns = rows[0].len();
-    let widths: Vec<usize> =
-        (0..columns).map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0)).collect();
-
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (column, text) in row.iter().enumerate() {
-            if column == 0 {
-                let _ = write!(line, "{text:<width$}", width = widths[0]);
-            } else {
-                let _ = write!(line, "  {text:>width$}", width = widths[column]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = aligned(&rows);
     let _ = writeln!(out, "{BROKEN_MARK} breaks the mode's promise");
     out.push('\n');
     for report in reports {
@@ -166,22 +150,7 @@ pub fn render_pipeline_table(reports: &[StageReport]) -> String {
             report.drain_ms.map_or_else(|| "- ".to_owned(), |ms| format!("{ms} ")),
         ]);
     }
-    let columns = header.len();
-    let widths: Vec<usize> =
-        (0..columns).map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (column, text) in row.iter().enumerate() {
-            if column == 0 {
-                let _ = write!(line, "{text:<width$}", width = widths[0]);
-            } else {
-                let _ = write!(line, "  {text:>width$}", width = widths[column]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = aligned(&rows);
     let _ = writeln!(out, "{BROKEN_MARK} breaks the stage's promise");
     let _ = writeln!(
         out,
@@ -214,4 +183,26 @@ struct PipelineJson<'a> {
 /// [StageReport, ...]}`.
 pub fn render_pipeline_json(reports: &[StageReport]) -> serde_json::Result<String> {
     serde_json::to_string_pretty(&PipelineJson { promises_kept: stages_kept(reports), stages: reports })
+}
+
+/// `rows` as a table: the first column left-aligned, the others right-aligned, each as wide as
+/// its widest cell, two spaces apart.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..columns).map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (column, text) in row.iter().enumerate() {
+            if column == 0 {
+                let _ = write!(line, "{text:<width$}", width = widths[0]);
+            } else {
+                let _ = write!(line, "  {text:>width$}", width = widths[column]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
