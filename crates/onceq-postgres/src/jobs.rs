@@ -773,8 +773,9 @@ impl PgStore {
             let config_text: String = row.try_get("config").map_err(decode)?;
             let config = parse_config(queue.as_str(), &config_text)?;
             // Not from inside a caller's transaction: its snapshot may be older than the queue's
-            // config, or the queue may vanish with its rollback.
-            if matches!(conn, Conn::Pool) {
+            // config. (A queue remembered from a transaction that then rolled back, or one
+            // changed since, costs one more lookup: the enqueue checks the config it was given.)
+            if matches!(conn, Conn::Pool | Conn::Own(_)) {
                 let known = KnownQueue { id, config_text: config_text.clone(), config: config.clone() };
                 self.know_queue(queue, Arc::new(known));
             }
@@ -1200,8 +1201,15 @@ impl PgStore {
 
     /// Acks on `conn`: on the pool, or in a caller's transaction (see `transaction`).
     pub(crate) async fn job_ack(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
+        let results = self.job_ack_queues(conn, acks).await?;
+        Ok(results.into_iter().map(|r| r.map(drop)).collect())
+    }
+
+    /// [`job_ack`](Self::job_ack), with the queue of each job it acked (a commit's replay
+    /// window depends on the queues it touched).
+    pub(crate) async fn job_ack_queues(&self, conn: &mut Conn<'_>, acks: &[LeaseRef]) -> Result<ItemResults<String>> {
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
-        let mut out: Vec<Option<Result<()>>> = (0..acks.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<String>>> = (0..acks.len()).map(|_| None).collect();
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
@@ -1223,9 +1231,9 @@ impl PgStore {
                     let now: i64 = row.try_get("now").map_err(decode)?;
                     if let Some(leased_at) = leased_at {
                         let held = Timestamp::from_millis(now).ms_since(Timestamp::from_millis(leased_at));
-                        metrics::histogram!(names::LEASE_TO_ACK, "queue" => label).record(held as f64 / 1000.0);
+                        metrics::histogram!(names::LEASE_TO_ACK, "queue" => label.clone()).record(held as f64 / 1000.0);
                     }
-                    Ok(())
+                    Ok(label)
                 } else {
                     Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
                 });

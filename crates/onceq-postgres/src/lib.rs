@@ -211,6 +211,10 @@ pub(crate) enum Conn<'c> {
     /// once (a deadlock aborts the caller's whole transaction, so running one statement again
     /// could not help).
     Caller(&'c mut sqlx::PgConnection),
+    /// Inside a transaction this store opened itself (a commit's), at read committed: each
+    /// statement runs once, as on the caller's connection, and reads what is committed as a
+    /// statement on the pool does (so a queue it looks up may be remembered).
+    Own(&'c mut sqlx::PgConnection),
 }
 
 /// A queue as this store last looked it up, for enqueues that skip the lookup.

@@ -104,7 +104,7 @@ impl PgStore {
     {
         match conn {
             Conn::Pool => self.run(context, || pooled!(self, make(), fetch_all)).await,
-            Conn::Caller(c) => make().fetch_all(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e)),
+            Conn::Caller(c) | Conn::Own(c) => make().fetch_all(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e)),
         }
     }
 
@@ -120,7 +120,7 @@ impl PgStore {
     {
         match conn {
             Conn::Pool => self.run(context, || pooled!(self, make(), fetch_optional)).await,
-            Conn::Caller(c) => {
+            Conn::Caller(c) | Conn::Own(c) => {
                 make().fetch_optional(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e))
             }
         }
@@ -131,7 +131,7 @@ impl PgStore {
     pub(crate) async fn sweep_after(&self, conn: &Conn<'_>, now: i64) {
         match conn {
             Conn::Pool => self.sweep(now).await,
-            Conn::Caller(_) => {
+            Conn::Caller(_) | Conn::Own(_) => {
                 if self.sweep_due(now) {
                     let store = self.clone();
                     // One statement that skips locked rows, bounded by the pool's acquire
