@@ -69,9 +69,9 @@ pub use error::CliError;
 
 /// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
 const TOP_AFTER_HELP: &str = "\
-The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, stats) talk to a
-running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
-(env ONCEQ_TOKEN), --output table|json. They exit with 0 on success, 1 when the command failed
+The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, stats)
+talk to a running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
+(env ONCEQ_TOKEN), --output table|json, before or after the command. They exit with 0 on success, 1 when the command failed
 (unknown queue or job, lease lost, refused), 2 on bad usage, 3 when the server is unreachable.";
 
 /// The `onceq` command line.
@@ -81,9 +81,61 @@ pub struct Cli {
     /// Log format on stderr (level from RUST_LOG, default warn; serve logs info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ONCEQ_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// The operator commands' --server, --token and --output, given before the command.
+    #[command(flatten)]
+    pub leading: cli::LeadingConnection,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses a command line (program name first), or ends the process with clap's message
+    /// and status 2 as `Parser::parse_from` does.
+    pub fn parse_args(args: &[OsString]) -> Cli {
+        Cli::try_parse_args(args).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses a command line. The operator commands' `--server`, `--token` and `--output` may
+    /// come before the command (`onceq --server URL queue list`) as well as after it; given in
+    /// both places, the one after the command wins. Before any other command they are refused:
+    /// `bench --server` and the rest have options of their own.
+    pub fn try_parse_args(args: &[OsString]) -> Result<Cli, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if cli.leading.is_empty() {
+            return Ok(cli);
+        }
+        let given_after = |id: &str| {
+            matches
+                .subcommand()
+                .and_then(|(_, sub)| sub.value_source(id))
+                .is_some_and(|source| source == clap::parser::ValueSource::CommandLine)
+        };
+        let leading = std::mem::take(&mut cli.leading);
+        let Some(connection) = cli.command.connection_mut() else {
+            let name = matches.subcommand_name().unwrap_or_default();
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--server, --token and --output before the command are for the operator commands ({}); \
+                     `{name}` takes its own options after its name: onceq {name} --help",
+                    cli::OPERATOR_COMMANDS
+                ),
+            ));
+        };
+        if let Some(server) = leading.server.filter(|_| !given_after("server")) {
+            connection.server = server;
+        }
+        if let Some(token) = leading.token.filter(|_| !given_after("token")) {
+            connection.token = Some(token);
+        }
+        if let Some(output) = leading.output.filter(|_| !given_after("output")) {
+            connection.output = output;
+        }
+        Ok(cli)
+    }
 }
 
 /// How logs are written.
@@ -155,6 +207,33 @@ pub enum Command {
     /// One member process of `onceq verify-groups` (started by it).
     #[command(hide = true)]
     VerifyGroupsMember(verify_groups::member::MemberArgs),
+}
+
+impl Command {
+    /// The server, token and output of an operator command; `None` for the other commands.
+    fn connection_mut(&mut self) -> Option<&mut cli::Connection> {
+        match self {
+            Command::Queue(args) => Some(&mut args.connection),
+            Command::Enqueue(args) => Some(&mut args.connection),
+            Command::Lease(args) => Some(&mut args.connection),
+            Command::Ack(args) => Some(&mut args.target.connection),
+            Command::Nack(args) => Some(&mut args.target.connection),
+            Command::Extend(args) => Some(&mut args.target.connection),
+            Command::Fail(args) => Some(&mut args.target.connection),
+            Command::Job(args) => Some(&mut args.connection),
+            Command::Dlq(args) => Some(&mut args.connection),
+            Command::Group(args) => Some(&mut args.connection),
+            Command::Producer(args) => Some(&mut args.connection),
+            Command::Stats(args) => Some(&mut args.connection),
+            Command::Serve(_)
+            | Command::Bench(_)
+            | Command::Relay(_)
+            | Command::Token(_)
+            | Command::Verify(_)
+            | Command::VerifyGroups(_)
+            | Command::VerifyGroupsMember(_) => None,
+        }
+    }
 }
 
 /// Carries out a parsed command line. `args` is the command line as typed (program name first):
@@ -284,6 +363,45 @@ mod tests {
                 Some(clap::error::ErrorKind::ArgumentConflict),
                 "{embedded_only:?}"
             );
+        }
+    }
+
+    /// The operator connection of `args` parsed as `main` parses them.
+    fn leading(args: &[&str]) -> Result<cli::Connection, clap::error::ErrorKind> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let mut cli = Cli::try_parse_args(&args).map_err(|e| e.kind())?;
+        Ok(cli.command.connection_mut().expect("an operator command").clone())
+    }
+
+    #[test]
+    fn operator_flags_may_come_before_the_command() {
+        let c = leading(&["onceq", "--server", "http://a:1", "--output", "json", "--token", "t", "queue", "list"]).unwrap();
+        assert_eq!((c.server.as_str(), c.output, c.token.as_deref()), ("http://a:1", cli::Output::Json, Some("t")));
+        // Given after the command too, the one after wins.
+        let c = leading(&["onceq", "--server", "http://a:1", "queue", "list", "--server", "http://b:2"]).unwrap();
+        assert_eq!(c.server, "http://b:2");
+        let c = leading(&["onceq", "--server", "http://a:1", "queue", "--server", "http://b:2", "list"]).unwrap();
+        assert_eq!(c.server, "http://b:2");
+        // Settle commands carry theirs in the lease target.
+        let token = "0123456789abcdef0123456789abcdef";
+        let c = leading(&["onceq", "--token", "t", "ack", "5", "--lease-token", token]).unwrap();
+        assert_eq!(c.token.as_deref(), Some("t"));
+        // Not given before: as after, or the defaults.
+        let c = leading(&["onceq", "stats", "--output", "json"]).unwrap();
+        assert_eq!(c.output, cli::Output::Json);
+    }
+
+    #[test]
+    fn operator_flags_before_another_command_are_refused() {
+        for args in [
+            &["onceq", "--server", "http://a:1", "bench", "--quick"][..],
+            &["onceq", "--token", "t", "serve"][..],
+            &["onceq", "--output", "json", "token", "new"][..],
+        ] {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            let error = Cli::try_parse_args(&args).err().expect("refused");
+            assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{error}");
+            assert!(error.to_string().contains("are for the operator commands"), "{error}");
         }
     }
 

@@ -126,6 +126,17 @@ fn parse_base_url(text: &str) -> Result<Url> {
             "server URL {text:?} has a query or fragment; give only scheme, host, port and path"
         )));
     }
+    // The API's paths begin with /v1, which every call adds: a base that ends with it would ask
+    // for /v1/v1/... and meet only 404s.
+    let path = url.path().trim_end_matches('/');
+    if path == "/v1" || path.ends_with("/v1") {
+        let mut root = url.clone();
+        root.set_path(&path[..path.len() - "/v1".len()]);
+        let root = root.as_str().trim_end_matches('/').to_owned();
+        return Err(Error::invalid(format!(
+            "server URL {text:?} ends with /v1, which the client adds to every call; give the server's base URL: {root}"
+        )));
+    }
     Ok(url)
 }
 
@@ -320,10 +331,20 @@ mod tests {
     fn base_urls_are_checked() {
         assert!(Client::new("http://127.0.0.1:7700").is_ok());
         assert!(Client::new("http://localhost:7700/").is_ok());
-        for bad in ["127.0.0.1:7700", "ftp://host", "http://host/?a=1", "http://host/#top", "not a url"] {
+        for bad in ["127.0.0.1:7700", "ftp://host", "http://host/?a=1", "http://host/#top", "not a url", "http://h:1/v1"] {
             let err = Client::new(bad).unwrap_err();
             assert_eq!(err.kind(), onceq_core::ErrorKind::InvalidRequest, "{bad}: {err}");
         }
+        // A base ending with the API's /v1 is refused with the URL to give instead.
+        for (given, root) in [
+            ("http://h:7700/v1", "http://h:7700"),
+            ("http://h:7700/v1/", "http://h:7700"),
+            ("http://h/onceq/v1", "http://h/onceq"),
+        ] {
+            let err = Client::new(given).unwrap_err().to_string();
+            assert!(err.ends_with(&format!("give the server's base URL: {root}")), "{given}: {err}");
+        }
+        assert!(Client::new("http://h/onceq/").is_ok(), "a path prefix (a proxy's) is kept");
         let https = Client::new("https://queue.example");
         assert_eq!(https.is_ok(), cfg!(feature = "rustls"), "{https:?}");
     }

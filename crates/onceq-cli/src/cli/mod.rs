@@ -68,6 +68,32 @@ pub struct Connection {
     pub output: Output,
 }
 
+/// The operator commands, as `onceq --help` and the errors name them.
+pub const OPERATOR_COMMANDS: &str = "queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, stats";
+
+/// The operator commands' connection options given before the command (`onceq --server URL
+/// queue list`): the same as [`Connection`]'s, which they fill in when the command's own are not
+/// given (see `Cli::try_parse_args`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LeadingConnection {
+    /// URL of the onceq server, for the operator commands (also after the command; env ONCEQ_SERVER).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token, for the operator commands (also after the command; env ONCEQ_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Output format of the operator commands (also after the command).
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
+}
+
+impl LeadingConnection {
+    /// Whether none was given.
+    pub fn is_empty(&self) -> bool {
+        self.server.is_none() && self.token.is_none() && self.output.is_none()
+    }
+}
+
 /// How a command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
