@@ -12,6 +12,8 @@
 //!   server over HTTP.
 //! - [`serve`]: `onceq serve`, the HTTP API (`onceq-server`) over the embedded store.
 //! - [`token`]: `onceq token`, bearer tokens and their config entries.
+//! - [`config`]: `onceq config check`, a config file resolved and checked as serve would.
+//! - [`manual`]: `onceq completions` and `onceq man`, generated from the command line's definitions.
 //! - [`relay`]: `onceq relay`, the transactional-outbox relay (`onceq-outbox`) to onceq, NATS
 //!   JetStream, RabbitMQ or a webhook.
 //! - [`verify`]: `onceq verify`, the delivery guarantees measured on a live target with injected
@@ -57,7 +59,9 @@ macro_rules! outln_lossy {
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 mod error;
+pub mod manual;
 pub mod relay;
 pub mod serve;
 mod stdout;
@@ -161,6 +165,13 @@ pub enum Command {
     /// Make and hash bearer tokens for the config file.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Check a config file without starting the server.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(manual::CompletionsArgs),
+    /// Print the man page, or write every command's page into a directory (--dir).
+    Man(manual::ManArgs),
     /// Queues on a server: list, get, set (create or configure), pause, resume, delete.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Queue(cli::queue::QueueArgs),
@@ -229,6 +240,9 @@ impl Command {
             | Command::Bench(_)
             | Command::Relay(_)
             | Command::Token(_)
+            | Command::Config(_)
+            | Command::Completions(_)
+            | Command::Man(_)
             | Command::Verify(_)
             | Command::VerifyGroups(_)
             | Command::VerifyGroupsMember(_) => None,
@@ -257,6 +271,9 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         }),
         Command::Relay(relay_args) => relay::run(&relay_args),
         Command::Token(command) => token::run(&command),
+        Command::Config(command) => config::run(&command),
+        Command::Completions(args) => manual::completions(&args, <Cli as clap::CommandFactory>::command()),
+        Command::Man(args) => manual::man(&args, <Cli as clap::CommandFactory>::command()),
         Command::Queue(args) => cli::queue::run(&args),
         Command::Enqueue(args) => cli::enqueue::run(&args),
         Command::Lease(args) => cli::lease::lease(&args),
@@ -325,6 +342,8 @@ pub fn command_line(args: &[OsString]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
@@ -399,7 +418,7 @@ mod tests {
             &["onceq", "--output", "json", "token", "new"][..],
         ] {
             let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-            let error = Cli::try_parse_args(&args).err().expect("refused");
+            let error = Cli::try_parse_args(&args).expect_err("refused");
             assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{error}");
             assert!(error.to_string().contains("are for the operator commands"), "{error}");
         }

@@ -94,42 +94,133 @@ impl ConfigFile {
     }
 }
 
+/// What `onceq serve` runs with: its flags, their environment variables, the config file and
+/// the defaults, in that order, resolved and checked. `onceq config check` prints it.
+#[derive(Debug)]
+pub struct Settings {
+    /// `embedded` or a PostgreSQL URL.
+    pub store: String,
+    /// PostgreSQL schema.
+    pub pg_schema: String,
+    /// PostgreSQL pool size.
+    pub pg_pool_size: u32,
+    /// The embedded store's data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The embedded store's commit durability.
+    pub durability: Durability,
+    /// The embedded store's writer page cache.
+    pub page_cache_bytes: u64,
+    /// Whether a non-loopback address without tokens is allowed.
+    pub insecure_no_auth: bool,
+    /// The bearer tokens, as configured.
+    pub tokens: Vec<TokenConfig>,
+    /// The tokens, checked.
+    auth: Auth,
+}
+
+impl Settings {
+    /// Resolves `args` with the config file they name, and checks everything that can be
+    /// checked without opening the store or the listening socket.
+    pub fn resolve(args: &ServeArgs) -> Result<Settings, CliError> {
+        let config = match &args.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let data_dir = args.data_dir.clone().or(config.data_dir).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
+        let listen = match args.listen.or(config.listen) {
+            Some(addr) => addr,
+            None => LISTEN_DEFAULT.parse().map_err(|e| CliError::Usage(format!("{e}")))?,
+        };
+        let durability: Durability = args
+            .durability
+            .clone()
+            .or(config.durability)
+            .unwrap_or_else(|| "fsync".into())
+            .parse()
+            .map_err(|e: onceq_core::Error| CliError::Usage(e.to_string()))?;
+        let page_cache_bytes = match args.page_cache_mib.or(config.page_cache_mib) {
+            Some(mib) if (1..=65_536).contains(&mib) => mib << 20,
+            Some(mib) => return Err(CliError::Usage(format!("page_cache_mib is {mib}; it must be 1 to 65536"))),
+            None => onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT,
+        };
+        let auth = Auth::from_tokens(&config.tokens).map_err(CliError::Usage)?;
+        let store = args.store.clone().or(config.store).unwrap_or_else(|| "embedded".into());
+        if store != "embedded" && !is_postgres_url(&store) {
+            return Err(CliError::Usage(format!("store {store:?}: use `embedded` or a postgres:// URL")));
+        }
+        let pg_pool_size = args.pg_pool_size.or(config.pg_pool_size).unwrap_or(onceq_postgres::DEFAULT_POOL_SIZE);
+        if !(1..=onceq_postgres::POOL_SIZE_MAX).contains(&pg_pool_size) {
+            return Err(CliError::Usage(format!(
+                "pg_pool_size is {pg_pool_size}; it must be 1 to {}",
+                onceq_postgres::POOL_SIZE_MAX
+            )));
+        }
+        let settings = Settings {
+            store,
+            pg_schema: args.pg_schema.clone().or(config.pg_schema).unwrap_or_else(|| "onceq".into()),
+            pg_pool_size,
+            data_dir,
+            listen,
+            durability,
+            page_cache_bytes,
+            insecure_no_auth: args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false),
+            tokens: config.tokens,
+            auth,
+        };
+        // Refused before the store opens, so a refused start leaves no data directory behind.
+        onceq_server::check_auth_exposure(settings.auth.enabled(), settings.listen, &settings.serve_options())
+            .map_err(|error| CliError::Failed(error.to_string()))?;
+        Ok(settings)
+    }
+
+    /// The server's options.
+    fn serve_options(&self) -> ServeOptions {
+        let mut options = ServeOptions::default();
+        options.insecure_no_auth = self.insecure_no_auth;
+        options
+    }
+
+    /// The store as `onceq config check` prints it: a PostgreSQL URL without its password.
+    pub fn store_shown(&self) -> String {
+        if !is_postgres_url(&self.store) {
+            return self.store.clone();
+        }
+        // postgres://user:password@host/...: the password is the text between the first ':'
+        // after the scheme and the last '@' of the authority.
+        let (scheme, rest) = self.store.split_once("://").unwrap_or(("postgres", &self.store));
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let authority = match authority.rsplit_once('@') {
+            Some((user_info, host)) => match user_info.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        if path.is_empty() && !rest.contains('/') {
+            format!("{scheme}://{authority}")
+        } else {
+            format!("{scheme}://{authority}/{path}")
+        }
+    }
+}
+
+/// Whether `store` names PostgreSQL.
+fn is_postgres_url(store: &str) -> bool {
+    store.starts_with("postgres://") || store.starts_with("postgresql://")
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<(), CliError> {
-    let config = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
-    };
-    let data_dir = args.data_dir.clone().or(config.data_dir).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-    let listen = match args.listen.or(config.listen) {
-        Some(addr) => addr,
-        None => LISTEN_DEFAULT.parse().map_err(|e| CliError::Usage(format!("{e}")))?,
-    };
-    let durability: Durability = args
-        .durability
-        .clone()
-        .or(config.durability)
-        .unwrap_or_else(|| "fsync".into())
-        .parse()
-        .map_err(|e: onceq_core::Error| CliError::Usage(e.to_string()))?;
-    let page_cache_bytes = match args.page_cache_mib.or(config.page_cache_mib) {
-        Some(mib) if (1..=65_536).contains(&mib) => mib << 20,
-        Some(mib) => return Err(CliError::Usage(format!("page_cache_mib is {mib}; it must be 1 to 65536"))),
-        None => onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT,
-    };
-    let auth = Auth::from_tokens(&config.tokens).map_err(CliError::Usage)?;
-    let mut options = ServeOptions::default();
-    options.insecure_no_auth = args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false);
+    let settings = Settings::resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
-    let store_choice = args.store.clone().or(config.store).unwrap_or_else(|| "embedded".into());
-    let pg_schema = args.pg_schema.clone().or(config.pg_schema).unwrap_or_else(|| "onceq".into());
-    let pg_pool_size = args.pg_pool_size.or(config.pg_pool_size).unwrap_or(onceq_postgres::DEFAULT_POOL_SIZE);
-    // Refused before the store opens, so a refused start leaves no data directory behind.
-    onceq_server::check_auth_exposure(auth.enabled(), listen, &options)
-        .map_err(|error| CliError::Failed(error.to_string()))?;
+    let options = settings.serve_options();
+    let Settings { store: store_choice, pg_schema, pg_pool_size, data_dir, listen, durability, page_cache_bytes, auth, .. } =
+        settings;
     runtime.block_on(async move {
         let opened =
             open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability, page_cache_bytes).await?;
@@ -183,7 +274,7 @@ async fn open_store(
     durability: Durability,
     page_cache_bytes: u64,
 ) -> Result<Opened, CliError> {
-    if choice.starts_with("postgres://") || choice.starts_with("postgresql://") {
+    if is_postgres_url(choice) {
         // A bad schema name or URL is usage (exit 2); a database that cannot be reached is
         // unavailable (exit 3), as for the relay.
         let options = onceq_postgres::PgOptions::new(choice).schema(pg_schema).pool_size(pg_pool_size);

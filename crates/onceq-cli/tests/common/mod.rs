@@ -28,7 +28,7 @@ const LISTENING_PREFIX: &str = "onceq listening on http://";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Environment variables `onceq serve` reads: removed so the caller's shell cannot steer a test.
-const ONCEQ_ENV: &[&str] = &[
+pub const ONCEQ_ENV: &[&str] = &[
     "ONCEQ_STORE",
     "ONCEQ_PG_SCHEMA",
     "ONCEQ_DATA_DIR",

@@ -1,0 +1,107 @@
+//! `onceq config check FILE`: the settings `onceq serve --config FILE` would run with, checked as
+//! serve checks them, without opening a store or a socket.
+
+use std::path::PathBuf;
+
+use clap::Parser as _;
+
+use crate::error::CliError;
+use crate::serve::{ServeArgs, Settings};
+
+/// The environment variables `onceq serve` reads, each over the config file's key of the same
+/// meaning.
+const SERVE_VARIABLES: [(&str, &str); 9] = [
+    ("ONCEQ_STORE", "store"),
+    ("ONCEQ_PG_SCHEMA", "pg_schema"),
+    ("ONCEQ_PG_POOL_SIZE", "pg_pool_size"),
+    ("ONCEQ_DATA_DIR", "data_dir"),
+    ("ONCEQ_LISTEN", "listen"),
+    ("ONCEQ_CONFIG", "the file named here"),
+    ("ONCEQ_PAGE_CACHE_MIB", "page_cache_mib"),
+    ("ONCEQ_DURABILITY", "durability"),
+    ("ONCEQ_INSECURE_NO_AUTH", "insecure_no_auth"),
+];
+
+/// `onceq serve`'s options alone, to parse them as serve would.
+#[derive(Debug, clap::Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// `onceq config`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config file: print the settings `onceq serve --config FILE` would run with (the
+    /// ONCEQ_* environment variables over the file, then the defaults), tokens by name only.
+    /// Exits 2 on a file serve would refuse.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+/// Runs `onceq config ...`.
+pub fn run(command: &ConfigCommand) -> Result<(), CliError> {
+    match command {
+        ConfigCommand::Check { file } => check(file),
+    }
+}
+
+fn check(file: &std::path::Path) -> Result<(), CliError> {
+    // Through the command line parser, so that the environment applies exactly as it does to
+    // `onceq serve --config FILE`.
+    let args = [std::ffi::OsStr::new("serve"), std::ffi::OsStr::new("--config"), file.as_os_str()];
+    let serve = ServeOnly::try_parse_from(args).map_err(|e| CliError::Usage(e.to_string()))?.serve;
+    // Whatever serve would refuse is a bad file here: exit 2.
+    let settings = Settings::resolve(&serve).map_err(|e| match e {
+        CliError::Failed(message) | CliError::Unavailable(message) => CliError::Usage(message),
+        usage => usage,
+    })?;
+    outln!("config file {}: ok, `onceq serve --config {}` would run with:", file.display(), file.display());
+    for (key, value) in shown(&settings) {
+        outln!("  {key:<17}{value}");
+    }
+    let overriding: Vec<String> = SERVE_VARIABLES
+        .iter()
+        .filter(|(variable, _)| std::env::var_os(variable).is_some())
+        .map(|(variable, key)| format!("{variable} (over {key})"))
+        .collect();
+    if !overriding.is_empty() {
+        outln!("from the environment: {}", overriding.join(", "));
+    }
+    Ok(())
+}
+
+/// Each setting as printed, tokens by name and permissions only.
+fn shown(settings: &Settings) -> Vec<(&'static str, String)> {
+    let postgres = settings.store != "embedded";
+    let mut rows = vec![("store", settings.store_shown())];
+    if postgres {
+        rows.push(("pg_schema", settings.pg_schema.clone()));
+        rows.push(("pg_pool_size", settings.pg_pool_size.to_string()));
+    } else {
+        rows.push(("data_dir", settings.data_dir.display().to_string()));
+        rows.push(("durability", format!("{:?}", settings.durability).to_lowercase()));
+        rows.push(("page_cache_mib", (settings.page_cache_bytes >> 20).to_string()));
+    }
+    rows.push(("listen", settings.listen.to_string()));
+    rows.push(("insecure_no_auth", settings.insecure_no_auth.to_string()));
+    if settings.tokens.is_empty() {
+        rows.push(("tokens", "none: auth is off (only a loopback address is allowed without it)".into()));
+    }
+    let list = |patterns: &[String]| if patterns.is_empty() { "-".to_owned() } else { patterns.join(",") };
+    for token in &settings.tokens {
+        rows.push((
+            "token",
+            format!(
+                "{} (produce {}; consume {}; admin {})",
+                token.name,
+                list(&token.produce),
+                list(&token.consume),
+                list(&token.admin)
+            ),
+        ));
+    }
+    rows
+}
