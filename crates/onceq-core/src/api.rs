@@ -241,7 +241,7 @@ impl EnqueueJob {
 
     /// The job this asks for; `index` names it in errors.
     pub fn into_new_job(self, index: usize) -> Result<NewJob> {
-        let at = |m: String| Error::invalid(format!("job {index}: {m}"));
+        let at = |m: String| Error::invalid(format!("item {index}: {m}"));
         let payload = match (self.payload, self.payload_base64) {
             (Some(raw), None) => raw.get().as_bytes().to_vec(),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
@@ -836,14 +836,14 @@ mod tests {
         assert!(matches!(parse_time("yesterday"), Err(Error::InvalidRequest(_))));
     }
 
-    /// An error carried inside another message says its kind once: `job 0: "tomorrow" is not an
-    /// RFC 3339 time`, not `job 0: invalid request: "tomorrow" ...`.
+    /// An error carried inside another message says its kind once: `item 0: "tomorrow" is not an
+    /// RFC 3339 time`, not `item 0: invalid request: "tomorrow" ...`.
     #[test]
     #[allow(clippy::unwrap_used)]
     fn errors_inside_other_messages_say_their_kind_once() {
         let job: EnqueueJob = serde_json::from_str(r#"{"payload": 1, "run_at": "tomorrow"}"#).unwrap();
         let error = job.into_new_job(0).unwrap_err().to_string();
-        assert!(error.starts_with("invalid request: job 0: \"tomorrow\" is not an RFC 3339 time"), "{error}");
+        assert!(error.starts_with("invalid request: item 0: \"tomorrow\" is not an RFC 3339 time"), "{error}");
         let errors = [
             serde_json::from_str::<crate::LeaseToken>(r#""x""#).unwrap_err().to_string(),
             serde_json::from_str::<crate::JobId>(r#""7x""#).unwrap_err().to_string(),
@@ -878,7 +878,7 @@ mod tests {
     fn an_enqueue_job_needs_one_payload_and_one_schedule() {
         let both: EnqueueJob = serde_json::from_str(r#"{"payload":1,"delay_ms":5,"run_at":"2026-01-01T00:00:00Z"}"#)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(both.into_new_job(3), Err(Error::InvalidRequest(m)) if m.starts_with("job 3:")));
+        assert!(matches!(both.into_new_job(3), Err(Error::InvalidRequest(m)) if m.starts_with("item 3:")));
         let none: EnqueueJob = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(none.into_new_job(0), Err(Error::InvalidRequest(_))));
         assert!(serde_json::from_str::<EnqueueJob>(r#"{"payload":1,"colour":"red"}"#).is_err());

@@ -100,7 +100,7 @@ impl Error {
 
     /// What went wrong, without the kind's prefix (`"x" is not a lease token` where the error
     /// reads `invalid request: "x" is not a lease token`): for a message that already says its
-    /// kind, such as a serde error or a batch item's `job 3: ...`.
+    /// kind, such as a serde error or a batch item's `item 3: ...`.
     pub fn detail(&self) -> String {
         match self {
             Error::InvalidRequest(m)

@@ -320,8 +320,8 @@ pub mod validate {
         }
         jobs.iter().enumerate().try_for_each(|(i, job)| {
             job.validate().map_err(|e| match e {
-                Error::PayloadTooLarge(m) => Error::PayloadTooLarge(format!("job {i}: {m}")),
-                Error::InvalidRequest(m) => Error::InvalidRequest(format!("job {i}: {m}")),
+                Error::PayloadTooLarge(m) => Error::PayloadTooLarge(format!("item {i}: {m}")),
+                Error::InvalidRequest(m) => Error::InvalidRequest(format!("item {i}: {m}")),
                 other => other,
             })
         })
@@ -443,7 +443,7 @@ pub mod validate {
         let latest = now.plus_ms(DELAY_MS_MAX);
         if let Some(i) = jobs.iter().position(|j| j.ready_at(now) > latest) {
             return Err(Error::invalid(format!(
-                "job {i}: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
+                "item {i}: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
             )));
         }
         Ok(())
@@ -457,7 +457,7 @@ pub mod validate {
         if config.delivery == DeliveryMode::EffectivelyOnce {
             if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
                 return Err(Error::invalid(format!(
-                    "job {i}: queue {queue} is effectively_once, so every job needs a dedup id"
+                    "item {i}: queue {queue} is effectively_once, so every job needs a dedup id"
                 )));
             }
         }
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(
             validate::run_at_horizon(&[at_limit, past], now),
             Err(Error::InvalidRequest(format!(
-                "job 1: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
+                "item 1: run_at is more than {DELAY_MS_MAX} ms ahead; that is the limit"
             )))
         );
     }
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(
             validate::enqueue_into(&queue, &once, &jobs),
             Err(Error::InvalidRequest(
-                "job 1: queue payments is effectively_once, so every job needs a dedup id".into()
+                "item 1: queue payments is effectively_once, so every job needs a dedup id".into()
             ))
         );
     }

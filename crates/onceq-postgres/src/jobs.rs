@@ -658,12 +658,12 @@ impl Batch {
     fn new(mut jobs: Vec<NewJob>) -> Result<Self> {
         if let Some(i) = jobs.iter().position(|j| j.dedup_id.as_deref().is_some_and(|d| d.contains('\0'))) {
             return Err(Error::invalid(format!(
-                "job {i}: the dedup id contains NUL, which PostgreSQL text cannot hold"
+                "item {i}: the dedup id contains NUL, which PostgreSQL text cannot hold"
             )));
         }
         if let Some(i) = jobs.iter().position(|j| j.ordering_key.as_deref().is_some_and(|k| k.contains('\0'))) {
             return Err(Error::invalid(format!(
-                "job {i}: the ordering key contains NUL, which PostgreSQL text cannot hold"
+                "item {i}: the ordering key contains NUL, which PostgreSQL text cannot hold"
             )));
         }
         let payloads = jobs.iter_mut().map(|j| std::mem::take(&mut j.payload)).collect();
@@ -906,7 +906,7 @@ impl PgStore {
             out[i] = Some(match (claims[k], original) {
                 (false, _) => Enqueued { id: job_id(id), duplicate: false },
                 (true, Some(original)) => Enqueued { id: job_id(original), duplicate: original != id },
-                (true, None) => return Err(Error::Storage(format!("job {i}: its dedup id was not claimed"))),
+                (true, None) => return Err(Error::Storage(format!("item {i}: its dedup id was not claimed"))),
             });
         }
         for i in 0..out.len() {
@@ -917,7 +917,7 @@ impl PgStore {
         let out = out
             .into_iter()
             .enumerate()
-            .map(|(i, e)| e.ok_or_else(|| Error::Storage(format!("job {i} of the batch got no id"))))
+            .map(|(i, e)| e.ok_or_else(|| Error::Storage(format!("item {i} of the batch got no id"))))
             .collect::<Result<Vec<Enqueued>>>()?;
         Ok(Some((out, ran_at)))
     }

@@ -176,3 +176,31 @@ async fn bad_requests_are_400_invalid_request() {
     api.delete("/v1/acks").await.err(405, "invalid_request");
     api.put("/v1/jobs/1", json!({})).await.err(405, "invalid_request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_as_another_type_is_415_and_changes_nothing() {
+    let server = Server::start().await;
+    let api = server.api();
+    api.enqueue("q", &[json!(1)]).await;
+    let enqueue = br#"{"jobs": [{"payload": 2}]}"#.to_vec();
+    for declared in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let reply = api.send(Method::POST, "/v1/queues/q/jobs", Some(enqueue.clone()), &[("content-type", declared)]).await;
+        let message = reply.err(415, "unsupported_media_type");
+        assert!(message.contains(declared) && message.contains("application/json"), "{message}");
+    }
+    let reply = api.send(Method::PUT, "/v1/queues/q", Some(b"{}".to_vec()), &[("content-type", "text/plain")]).await;
+    reply.err(415, "unsupported_media_type");
+    let stats = api.get("/v1/queues/q").await.ok(200);
+    assert_eq!(stats["stats"]["ready"], json!(1), "a refused enqueue enqueued nothing: {stats}");
+    // JSON with parameters, a +json type, and no type at all are read.
+    for declared in ["application/json; charset=utf-8", "application/vnd.onceq+json"] {
+        api.send(Method::POST, "/v1/queues/q/jobs", Some(enqueue.clone()), &[("content-type", declared)]).await.ok(200);
+    }
+    let bare = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/v1/queues/q/jobs")
+        .body(axum::body::Body::from(enqueue))
+        .unwrap();
+    let status = tower::ServiceExt::oneshot(server.router(), bare).await.unwrap().status();
+    assert_eq!(status.as_u16(), 200, "a body without Content-Type is read as JSON");
+}

@@ -124,7 +124,7 @@ impl EnqueueArgs {
                 wire.priority.is_none(),
                 wire.max_attempts.is_none(),
             );
-            let mut job = wire.into_new_job(0).map_err(|e| at(&message_of(e).replacen("job 0: ", "", 1)))?;
+            let mut job = wire.into_new_job(0).map_err(|e| at(&message_of(e).replacen("item 0: ", "", 1)))?;
             self.apply_defaults(&mut job, schedule, priority, max_attempts);
             job.validate().map_err(|e| at(&message_of(e)))?;
             Ok(job)

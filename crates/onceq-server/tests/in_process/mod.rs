@@ -76,6 +76,11 @@ impl Server {
         Server { router, store, _dir: dir }
     }
 
+    /// The router itself, for a request the clients cannot shape (no `Content-Type`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     /// A client without a token.
     pub fn api(&self) -> Api {
         Api { router: self.router.clone(), token: None }
