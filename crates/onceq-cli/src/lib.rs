@@ -82,7 +82,8 @@ talk to a running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://
 #[derive(Debug, Parser)]
 #[command(name = "onceq", version, about = "A durable job queue, honest about delivery guarantees", after_help = TOP_AFTER_HELP)]
 pub struct Cli {
-    /// Log format on stderr (level from RUST_LOG, default warn; serve logs info).
+    /// Log format on stderr (level from RUST_LOG; by default onceq's own lines only, warn and
+    /// up, info for serve).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ONCEQ_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// The operator commands' --server, --token and --output, given before the command.
@@ -253,15 +254,15 @@ impl Command {
 /// Carries out a parsed command line. `args` is the command line as typed (program name first):
 /// commands that print a report echo it, so a figure can always be traced to what produced it.
 pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
-    let default_level = match cli.command {
-        Command::Serve(_) => "info",
+    let default_filter = match cli.command {
+        Command::Serve(_) => default_filter("info", &[]),
         // The faults verify injects make its workers warn by design (a lost ack, a crash).
-        Command::Verify(_) => "warn,onceq_worker=error,onceq_postgres_worker=error",
+        Command::Verify(_) => default_filter("warn", &["onceq_worker=error", "onceq_postgres_worker=error"]),
         // A killed member's leases expire by design: the others' lost acks are expected.
-        Command::VerifyGroupsMember(_) => "warn,onceq_worker=error",
-        _ => "warn",
+        Command::VerifyGroupsMember(_) => default_filter("warn", &["onceq_worker=error"]),
+        _ => default_filter("warn", &[]),
     };
-    init_tracing(cli.log_format, default_level);
+    init_tracing(cli.log_format, &default_filter);
     let outcome = match cli.command {
         Command::Serve(serve_args) => serve::run(&serve_args),
         Command::Bench(bench_args) => bench::run(&bench_args, &command_line(args)).map_err(|e| match e {
@@ -299,11 +300,39 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (else `default_level`), so that stdout carries only
-/// a command's report.
-fn init_tracing(format: LogFormat, default_level: &str) {
+/// onceq's own crates: without `RUST_LOG` only these log, so that a library's own lines (an AMQP
+/// client's errors on a failed login, a driver's notices) never come before onceq's message
+/// about the same failure. `RUST_LOG` sets everything, libraries included.
+const OWN_CRATES: &[&str] = &[
+    "onceq",
+    "onceq_cli",
+    "onceq_client",
+    "onceq_core",
+    "onceq_layer",
+    "onceq_outbox",
+    "onceq_postgres",
+    "onceq_postgres_worker",
+    "onceq_redis",
+    "onceq_server",
+    "onceq_sqlite",
+    "onceq_verify",
+    "onceq_worker",
+];
+
+/// The log filter without `RUST_LOG`: onceq's crates at `level`, then `overrides`, and nothing
+/// from any other crate.
+fn default_filter(level: &str, overrides: &[&str]) -> String {
+    let mut directives = vec!["off".to_owned()];
+    directives.extend(OWN_CRATES.iter().map(|krate| format!("{krate}={level}")));
+    directives.extend(overrides.iter().map(|o| (*o).to_owned()));
+    directives.join(",")
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default_filter`), so that stdout carries
+/// only a command's report.
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -422,6 +451,22 @@ mod tests {
             assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{error}");
             assert!(error.to_string().contains("are for the operator commands"), "{error}");
         }
+    }
+
+    #[test]
+    fn by_default_only_onceq_logs() {
+        let filter = default_filter("warn", &["onceq_worker=error"]);
+        assert!(filter.starts_with("off,onceq=warn,"), "{filter}");
+        assert!(filter.contains(",onceq_outbox=warn,") && filter.ends_with(",onceq_worker=error"), "{filter}");
+        // Every crate of the workspace is named (a new one must be added).
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for entry in std::fs::read_dir(root).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().replace('-', "_");
+            if name.starts_with("onceq") && name != "onceq_testkit" {
+                assert!(OWN_CRATES.contains(&name.as_str()), "{name} is not in OWN_CRATES");
+            }
+        }
+        assert!(tracing_subscriber::EnvFilter::try_new(&filter).is_ok(), "{filter}");
     }
 
     #[test]
