@@ -118,6 +118,9 @@ impl SetArgs {
             ordering: self.ordering,
             partitions: self.partitions,
             dead_blocks_key: self.dead_blocks_key,
+            rate_limit: None,
+            max_in_flight: None,
+            max_depth: None,
         }
     }
 }
