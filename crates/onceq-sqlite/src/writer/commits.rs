@@ -98,6 +98,8 @@ impl State {
             let window = match self.queues.get(&batch.queue) {
                 Some(entry) => {
                     validate::enqueue_into(&batch.queue, &entry.config, &batch.jobs)?;
+                    // The commit's own settles are not credited: its jobs must fit as things stand.
+                    self.flow_depth(&batch.queue, batch.jobs.len())?;
                     entry.config.dedup_window_ms
                 }
                 None => QueueConfig::default().dedup_window_ms,
