@@ -624,6 +624,11 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
+/// How often a long poll held back by its queue's in-flight limit looks again, in milliseconds:
+/// a slot frees when a lease ends on any server, which sends no wake-up (a lease that expires
+/// is a due time, and wakes it on time).
+const FLOW_SLOT_RECHECK_MS: u64 = 100;
+
 /// Most queues a store remembers for the one-statement enqueue; past it, it forgets them all.
 const KNOWN_QUEUES_MAX: usize = 10_000;
 
@@ -718,7 +723,8 @@ impl PgStore {
             if let Some(known) = self.known_queue(queue) {
                 if validate::enqueue_into(queue, &known.config, &batch.jobs).is_ok() {
                     let config_text = Some(known.config_text.as_str());
-                    match self.insert_batch(conn, &batch, None, known.id, &known.config, config_text).await? {
+                    let inserted = self.insert_bounded(conn, queue, &batch, None, known.id, &known.config, config_text);
+                    match inserted.await? {
                         Some((out, now)) => return Ok(self.enqueued(conn, queue, out, now).await),
                         None => self.forget_queue(queue),
                     }
@@ -731,7 +737,7 @@ impl PgStore {
             // The config as resolved, checked by the insert itself: a queue whose ordering or
             // partitions changed meanwhile (only while it was empty) gets nothing inserted under
             // the old ones, and is resolved again.
-            let inserted = self.insert_batch(conn, &batch, Some(now), id, &config, Some(&config_text)).await?;
+            let inserted = self.insert_bounded(conn, queue, &batch, Some(now), id, &config, Some(&config_text)).await?;
             let Some((out, _)) = inserted else { continue };
             return Ok(self.enqueued(conn, queue, out, now).await);
         }
@@ -798,6 +804,44 @@ impl PgStore {
                 config_text: row.try_get("config").map_err(decode)?,
             })),
             None => Ok(None),
+        }
+    }
+
+    /// [`PgStore::insert_batch`], after checking the queue's `max_depth` under its flow lock in
+    /// the same transaction (module `flow`): on the pool, a transaction of its own; in a caller's
+    /// transaction, the lock is held until it ends. A queue without one inserts as before.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_bounded(
+        &self,
+        conn: &mut Conn<'_>,
+        queue: &QueueName,
+        batch: &Batch,
+        now: Option<i64>,
+        queue_id: i64,
+        config: &QueueConfig,
+        config_text: Option<&str>,
+    ) -> Result<Option<(Vec<Enqueued>, i64)>> {
+        if config.max_depth.is_none() {
+            return self.insert_batch(conn, batch, now, queue_id, config, config_text).await;
+        }
+        let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
+        let context = "checking a queue's depth";
+        let map = |e| crate::error::map(&self.inner.target, context, e);
+        match conn {
+            Conn::Caller(tx) => {
+                crate::flow::check_depth(tx, &flow_sql, queue, queue_id, config, batch.jobs.len()).await.map_err(map)??;
+                self.insert_batch(&mut Conn::Caller(&mut **tx), batch, now, queue_id, config, config_text).await
+            }
+            Conn::Pool => {
+                let mut pooled = self.pool_for_transaction().acquire().await.map_err(map)?;
+                let mut tx = sqlx::Connection::begin(&mut *pooled).await.map_err(map)?;
+                crate::flow::check_depth(&mut tx, &flow_sql, queue, queue_id, config, batch.jobs.len())
+                    .await
+                    .map_err(map)??;
+                let inserted = self.insert_batch(&mut Conn::Caller(&mut tx), batch, now, queue_id, config, config_text).await?;
+                tx.commit().await.map_err(map)?;
+                Ok(inserted)
+            }
         }
     }
 
@@ -1081,11 +1125,18 @@ impl PgStore {
         } else {
             self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
         };
+        // Held back by a limit with jobs ready, and when the rate limit grants the next job.
+        let mut flow_held: Option<Option<u64>> = None;
         let rows = if let Some((group, member)) = member {
             let tokens = (!at_most_once).then(|| lease_tokens(options.max_jobs as usize));
             let sql = self.group_lease_sql(options.max_jobs, at_most_once);
             let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at };
             self.group_lease_rows(&q, group, member, now, lease).await?
+        } else if q.config.lease_limited() {
+            // Only a limited queue pays for its limits (module `flow`).
+            let (rows, held) = self.lease_limited(&q, now, options.max_jobs, at_most_once, expires_at).await?;
+            flow_held = held;
+            rows
         } else if at_most_once {
             self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(now).bind(q.id), fetch_all)).await?
         } else {
@@ -1144,14 +1195,62 @@ impl PgStore {
         }
         let next_due = if jobs.is_empty() && waiting {
             let sql = self.sql(NEXT_DUE);
-            self.run("finding the next due job", || {
-                pooled!(self, sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id), fetch_one)
-            })
-            .await?
+            let due = self
+                .run("finding the next due job", || {
+                    pooled!(self, sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id), fetch_one)
+                })
+                .await?;
+            // Held back by a limit: look again when the bucket grants the next job, or, for an
+            // in-flight slot (another server's settle sends no wake-up), every FLOW_SLOT_RECHECK_MS.
+            match flow_held {
+                Some(retry) => {
+                    let limit_due = now.saturating_add(crate::to_i64(retry.unwrap_or(FLOW_SLOT_RECHECK_MS)));
+                    Some(due.map_or(limit_due, |due| due.min(limit_due)))
+                }
+                None => due,
+            }
         } else {
             None
         };
         Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id) })
+    }
+
+    /// Leases from queue `q`, which has a rate or in-flight limit, in one transaction under its
+    /// flow lock (module `flow`): up to what the limits grant of `max_jobs`. Returns the rows,
+    /// and whether a limit held back ready jobs (with when the bucket grants the next one).
+    async fn lease_limited(
+        &self,
+        q: &crate::due::QueueRow,
+        now: i64,
+        max_jobs: u32,
+        at_most_once: bool,
+        expires_at: i64,
+    ) -> Result<(Vec<PgRow>, Option<Option<u64>>)> {
+        let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
+        self.run("leasing jobs under the queue's limits", || async {
+            let mut conn = self.pool_for_transaction().acquire().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let granted = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, max_jobs).await?;
+            let held = granted.grant.held_by.map(|_| crate::flow::retry_ms(&q.config, &granted, now));
+            if granted.grant.jobs == 0 {
+                tx.rollback().await?;
+                return Ok((Vec::new(), held));
+            }
+            let n = granted.grant.jobs;
+            let rows = if at_most_once {
+                let sql = self.sql(&lease_template(n, true));
+                sqlx::query(&sql).bind(now).bind(q.id).fetch_all(&mut *tx).await?
+            } else {
+                let sql = self.hot_sql(HotStatement::Lease { max_jobs: n });
+                let tokens = lease_tokens(n as usize);
+                sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&mut *tx).await?
+            };
+            let taken = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+            crate::flow::taken(&mut tx, &flow_sql, q.id, q.config.rate_limit.as_ref(), &granted, now, taken).await?;
+            tx.commit().await?;
+            Ok((rows, held))
+        })
+        .await
     }
 
     /// Readies a lease of `queue_id` to sleep from `now` until `wake_at` (see `wait`,

@@ -84,8 +84,9 @@ impl State {
         }
     }
 
-    /// Checks an enqueue of `adding` jobs into queue `name` against its `max_depth`.
-    pub(super) fn flow_depth(&self, name: &QueueName, adding: usize) -> Result<()> {
+    /// Checks an enqueue of `adding` jobs into queue `name` against its `max_depth`, once
+    /// `leaving` of its jobs are gone (a commit's acks and fails, applied before its enqueues).
+    pub(super) fn flow_depth(&self, name: &QueueName, adding: usize, leaving: u64) -> Result<()> {
         let Some(entry) = self.queues.get(name) else { return Ok(()) };
         if entry.config.max_depth.is_none() {
             return Ok(());
@@ -95,6 +96,7 @@ impl State {
             + c[state::SCHEDULED as usize]
             + c[state::LEASED as usize]
             + c[state::BLOCKED as usize];
+        let depth = depth.saturating_sub(leaving);
         flow::check_depth(name, entry.config.max_depth, depth, adding)
     }
 }

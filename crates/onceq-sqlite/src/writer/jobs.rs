@@ -22,7 +22,7 @@ impl State {
         validate::run_at_horizon(&jobs, self.now)?;
         if let Some(entry) = self.queues.get(name) {
             validate::enqueue_into(name, &entry.config, &jobs)?;
-            self.flow_depth(name, jobs.len())?;
+            self.flow_depth(name, jobs.len(), 0)?;
         } else {
             self.queue_create(conn, name, QueueConfig::default())?;
         }
