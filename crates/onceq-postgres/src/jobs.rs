@@ -426,6 +426,8 @@ pub(crate) struct GroupLeaseSql<'a> {
     pub tokens: Option<&'a [Vec<u8>]>,
     /// When the leases expire.
     pub expires_at: i64,
+    /// The most jobs `sql` leases (what the lease asked for).
+    pub max_jobs: u32,
 }
 
 /// The lease of up to `max_jobs` jobs ([`LEASE`], or [`LEASE_AND_DELETE`] for an
@@ -1130,7 +1132,7 @@ impl PgStore {
         let rows = if let Some((group, member)) = member {
             let tokens = (!at_most_once).then(|| lease_tokens(options.max_jobs as usize));
             let sql = self.group_lease_sql(options.max_jobs, at_most_once);
-            let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at };
+            let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at, max_jobs: options.max_jobs };
             self.group_lease_rows(&q, group, member, now, lease).await?
         } else if q.config.lease_limited() {
             // Only a limited queue pays for its limits (module `flow`).

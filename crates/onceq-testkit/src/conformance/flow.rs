@@ -315,3 +315,33 @@ pub async fn max_depth_refuses_a_batch_whole_and_accepts_again_after_acks<B: Bac
     f.upsert(&q, QueueConfigPatch { max_depth: Some(None), ..QueueConfigPatch::default() }).await;
     f.enqueue(&q, jobs(10)).await;
 }
+
+/// A consumer group's member leases under the same limits as everyone: its leases and plain
+/// leases of the queue share one bucket and one in-flight count.
+pub async fn group_leases_pass_the_same_limits<B: Backend>(backend: &B) {
+    use onceq_core::group::{GroupName, JoinOptions};
+    use onceq_core::Ordering;
+
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("keyed");
+    let patch = QueueConfigPatch {
+        ordering: Some(Ordering::PerKey),
+        partitions: Some(4),
+        max_in_flight: Some(Some(3)),
+        rate_limit: Some(Some(RateLimit { per_second: 10.0, burst: 2 })),
+        ..QueueConfigPatch::default()
+    };
+    f.upsert(&q, patch).await;
+    let keyed: Vec<NewJob> = (0..20).map(|i| NewJob::new(format!("{i}")).ordering_key(format!("k{i}"))).collect();
+    f.enqueue(&q, keyed).await;
+    let g = GroupName::new("workers").unwrap();
+    let member = f.store.group_join(&q, &g, JoinOptions::default()).await.unwrap().member_id;
+    let options = LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 };
+    assert_eq!(f.store.group_lease(&q, &g, &member, options).await.unwrap().len(), 2, "the burst");
+    assert_eq!(f.lease(&q, 10, None).await.len(), 0, "the group lease spent the bucket");
+    clock.advance(100);
+    assert_eq!(f.lease(&q, 10, None).await.len(), 1, "one token after 100 ms, taken by a plain lease");
+    clock.advance(1_000);
+    let got = f.store.group_lease(&q, &g, &member, options).await.unwrap();
+    assert_eq!(got.len(), 0, "three leases are live: no in-flight slot is free for the member");
+}

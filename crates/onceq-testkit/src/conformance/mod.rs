@@ -482,6 +482,7 @@ macro_rules! conformance_suite {
                 invariant_15_in_flight_holds_with_expiry_and_redelivery,
                 a_held_back_long_poll_waits_for_the_limit,
                 max_depth_refuses_a_batch_whole_and_accepts_again_after_acks,
+                group_leases_pass_the_same_limits,
             ],
             invariants: [
                 invariant_2_one_live_lease,
