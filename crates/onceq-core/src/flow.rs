@@ -181,6 +181,17 @@ pub fn check_depth(queue: &crate::QueueName, max_depth: Option<u64>, depth: u64,
     })
 }
 
+/// How long to wait before try `attempt + 1` (1-based `attempt`: the try that was refused) of a
+/// request refused with [`Error::RateLimited`] and its `retry_after_ms`: never sooner than the
+/// store asked, doubling with each refusal up to [`RATE_LIMITED_BACKOFF_MS_MAX`], plus up to
+/// half again at random, so that producers refused together do not all come back at once.
+pub fn retry_delay(retry_after_ms: u64, attempt: u32, rng: &mut impl rand::Rng) -> std::time::Duration {
+    let doubled = retry_after_ms.max(1).saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let base = doubled.min(RATE_LIMITED_BACKOFF_MS_MAX).max(retry_after_ms.min(RATE_LIMITED_BACKOFF_MS_MAX));
+    let jitter = rng.gen_range(0..=base / 2);
+    std::time::Duration::from_millis(base + jitter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +266,20 @@ mod tests {
         }
         for bad in [limit(1.0, 0), limit(1.0, RATE_BURST_MAX + 1)] {
             assert!(matches!(bad.validate(), Err(Error::InvalidRequest(m)) if m.contains("burst")));
+        }
+    }
+
+    #[test]
+    fn retries_wait_at_least_the_pause_asked_doubling_with_jitter() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            let first = retry_delay(1_000, 1, &mut rng).as_millis() as u64;
+            assert!((1_000..=1_500).contains(&first), "{first}");
+            let third = retry_delay(1_000, 3, &mut rng).as_millis() as u64;
+            assert!((4_000..=6_000).contains(&third), "{third}");
+            let late = retry_delay(1_000, 30, &mut rng).as_millis() as u64;
+            let max = RATE_LIMITED_BACKOFF_MS_MAX;
+            assert!((max..=max + max / 2).contains(&late), "{late}");
         }
     }
 

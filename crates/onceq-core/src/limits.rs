@@ -98,6 +98,9 @@ pub const QUEUE_DEPTH_MAX: u64 = 1_000_000;
 /// `Retry-After` of an enqueue refused by `max_depth`, in milliseconds: the store cannot know
 /// when consumers make room, so it names a short pause and clients back off from it.
 pub const MAX_DEPTH_RETRY_AFTER_MS: u64 = 1_000;
+/// Longest a client or worker waits between two tries of a request refused by a limit, before
+/// jitter, in milliseconds (`crate::flow::retry_delay`).
+pub const RATE_LIMITED_BACKOFF_MS_MAX: u64 = 30_000;
 
 const _: () = assert!(RATE_PER_SECOND_MIN > 0.0 && RATE_PER_SECOND_MIN < RATE_PER_SECOND_MAX);
 // The rate-limit interval in nanoseconds fits an i64 many times over.
@@ -105,6 +108,7 @@ const _: () = assert!(1e9 / RATE_PER_SECOND_MIN < 1e15);
 const _: () = assert!(RATE_BURST_MAX as u64 * (1e9 / RATE_PER_SECOND_MIN) as u64 <= i64::MAX as u64 / 4);
 const _: () = assert!(LEASE_BATCH_MAX <= IN_FLIGHT_MAX);
 const _: () = assert!(ENQUEUE_BATCH_MAX as u64 <= QUEUE_DEPTH_MAX);
+const _: () = assert!(MAX_DEPTH_RETRY_AFTER_MS <= RATE_LIMITED_BACKOFF_MS_MAX);
 
 const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);

@@ -174,7 +174,9 @@ impl QueueConfig {
         }
         if let Some(max) = self.max_in_flight {
             if !(1..=IN_FLIGHT_MAX).contains(&max) {
-                return Err(Error::invalid(format!("max_in_flight is {max}; it must be between 1 and {IN_FLIGHT_MAX}")));
+                return Err(Error::invalid(format!(
+                    "max_in_flight is {max}; it must be between 1 and {IN_FLIGHT_MAX}"
+                )));
             }
         }
         if let Some(max) = self.max_depth {
@@ -283,7 +285,9 @@ pub struct QueueConfigPatch {
 
 /// A patch field that may be cleared: absent is `None` (through `default`), `null` is
 /// `Some(None)` (clear it), a value is `Some(Some(v))`.
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)
 }
 

@@ -831,7 +831,9 @@ impl PgStore {
         let map = |e| crate::error::map(&self.inner.target, context, e);
         match conn {
             Conn::Caller(tx) => {
-                crate::flow::check_depth(tx, &flow_sql, queue, queue_id, config, batch.jobs.len()).await.map_err(map)??;
+                crate::flow::check_depth(tx, &flow_sql, queue, queue_id, config, batch.jobs.len())
+                    .await
+                    .map_err(map)??;
                 self.insert_batch(&mut Conn::Caller(&mut **tx), batch, now, queue_id, config, config_text).await
             }
             Conn::Pool => {
@@ -840,7 +842,8 @@ impl PgStore {
                 crate::flow::check_depth(&mut tx, &flow_sql, queue, queue_id, config, batch.jobs.len())
                     .await
                     .map_err(map)??;
-                let inserted = self.insert_batch(&mut Conn::Caller(&mut tx), batch, now, queue_id, config, config_text).await?;
+                let inserted =
+                    self.insert_batch(&mut Conn::Caller(&mut tx), batch, now, queue_id, config, config_text).await?;
                 tx.commit().await.map_err(map)?;
                 Ok(inserted)
             }

@@ -38,10 +38,8 @@ async fn two_servers_share_one_bucket() {
     let (a, b, _guard) = two_stores().await;
     let q = QueueName::new("paced").unwrap();
     let (per_second, burst) = (100.0, 5);
-    let patch = QueueConfigPatch {
-        rate_limit: Some(Some(RateLimit { per_second, burst })),
-        ..QueueConfigPatch::default()
-    };
+    let patch =
+        QueueConfigPatch { rate_limit: Some(Some(RateLimit { per_second, burst })), ..QueueConfigPatch::default() };
     a.queue_upsert(&q, patch).await.unwrap();
     backlog(&a, &q, 2_000).await;
     let mut workers = JoinSet::new();
@@ -107,7 +105,8 @@ async fn two_servers_share_one_in_flight_limit() {
             workers.spawn(async move {
                 let mut leased = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let options = LeaseOptions { max_jobs: 3, visibility_timeout_ms: Some(VISIBILITY_MS), wait_ms: 200 };
+                    let options =
+                        LeaseOptions { max_jobs: 3, visibility_timeout_ms: Some(VISIBILITY_MS), wait_ms: 200 };
                     let jobs = store.job_lease(&q, options).await.unwrap();
                     leased += jobs.len();
                     tokio::time::sleep(Duration::from_millis(w * 3)).await;

@@ -20,7 +20,14 @@ impl ApiError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.into(), jobs: Vec::new(), retry_after_ms: None } },
+            body: ErrorBody {
+                error: ErrorDetail {
+                    code: code.to_owned(),
+                    message: message.into(),
+                    jobs: Vec::new(),
+                    retry_after_ms: None,
+                },
+            },
         }
     }
 

@@ -426,6 +426,13 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                     self.shared.count(|r| r.lease_lost += 1);
                     return;
                 }
+                Err(Error::RateLimited { message, retry_after_ms }) if attempt < COMMIT_TRIES_MAX => {
+                    // A queue it enqueues into is full: nothing applied; come back no sooner than
+                    // the store asked, with backoff and jitter.
+                    let pause = onceq_core::flow::retry_delay(retry_after_ms, attempt, &mut rand::thread_rng());
+                    tracing::warn!(job = %job.id, "committing a job's outputs was refused ({message}); trying again after {pause:?}");
+                    tokio::time::sleep(pause).await;
+                }
                 Err(error @ (Error::Unavailable(_) | Error::Storage(_))) if attempt < COMMIT_TRIES_MAX => {
                     tracing::warn!(%error, job = %job.id, "committing a job's outputs failed; trying again after {backoff:?}");
                     tokio::time::sleep(backoff).await;

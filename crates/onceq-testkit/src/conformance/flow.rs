@@ -306,7 +306,9 @@ pub async fn max_depth_refuses_a_batch_whole_and_accepts_again_after_acks<B: Bac
     assert_eq!(f.stats(&q).await.leased, 1, "the refused commit's ack was not applied");
     match f.store.queue_get(&other).await {
         Err(Error::QueueNotFound(_)) => {}
-        other_queue => assert_eq!(other_queue.unwrap().stats.ready, 0, "the refused commit enqueued into another queue"),
+        other_queue => {
+            assert_eq!(other_queue.unwrap().stats.ready, 0, "the refused commit enqueued into another queue")
+        }
     }
     f.store.commit(commit(1)).await.unwrap();
     assert_eq!((f.stats(&q).await.ready, f.stats(&q).await.leased), (5, 0));
