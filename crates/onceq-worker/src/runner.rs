@@ -340,6 +340,7 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             ordering_key: job.ordering_key.clone(),
             partition: job.partition,
             enqueued_at: job.enqueued_at,
+            lease_expires_at: job.lease_expires_at,
             worker_id: self.shared.worker_id.clone(),
             cancellation: cancellation.clone(),
             produced: Produced::default(),
