@@ -233,7 +233,7 @@ mod tests {
             for now in 0..3_000i64 {
                 let n = l.granted(tat, now, 1000);
                 tat = l.after(tat, now, n);
-                times.extend(std::iter::repeat(now).take(n as usize));
+                times.extend(std::iter::repeat_n(now, n as usize));
             }
             for (i, &t0) in times.iter().enumerate() {
                 for (j, &t1) in times.iter().enumerate().skip(i) {

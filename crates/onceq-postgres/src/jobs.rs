@@ -834,7 +834,7 @@ impl PgStore {
                 crate::flow::check_depth(tx, &flow_sql, queue, queue_id, config, batch.jobs.len())
                     .await
                     .map_err(map)??;
-                self.insert_batch(&mut Conn::Caller(&mut **tx), batch, now, queue_id, config, config_text).await
+                self.insert_batch(&mut Conn::Caller(tx), batch, now, queue_id, config, config_text).await
             }
             Conn::Pool => {
                 let mut pooled = self.pool_for_transaction().acquire().await.map_err(map)?;
