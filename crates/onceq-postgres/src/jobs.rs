@@ -626,6 +626,13 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
+/// Records how long a long-poll lease waited for a queue's flow limit, if it did.
+fn flow_waited(queue: &QueueName, held_since: Option<Instant>) {
+    if let Some(since) = held_since {
+        metrics::histogram!(names::FLOW_WAIT, "queue" => queue.to_string()).record(since.elapsed().as_secs_f64());
+    }
+}
+
 /// How often a long poll held back by its queue's in-flight limit looks again, in milliseconds:
 /// a slot frees when a lease ends on any server, which sends no wake-up (a lease that expires
 /// is a due time, and wakes it on time).
@@ -707,6 +714,8 @@ struct LeaseAttempt {
     /// When the queue's next scheduled job comes due or next lease expires, if the lease may
     /// wait for it (not for a paused or unknown queue).
     next_due: Option<i64>,
+    /// Whether a flow limit held back jobs that were ready.
+    held: bool,
 }
 
 impl PgStore {
@@ -1032,6 +1041,8 @@ impl PgStore {
         let waiters = self.inner.waiters.clone();
         // The pause before looking again while sleeping is refused (see `wait`, "Sleeping").
         let mut blocked_ms = SLEEP_BLOCKED_MS.0;
+        // When a flow limit first held this lease back with jobs ready (for the wait's histogram).
+        let mut held_since: Option<Instant> = None;
         loop {
             // Register before looking, so that a notification in between still wakes this lease.
             let registration = (options.wait_ms > 0).then(|| waiters.register(queue.as_str(), options.max_jobs));
@@ -1048,7 +1059,11 @@ impl PgStore {
                 }
             };
             let Some(registration) = registration else { return Ok(attempt.jobs) };
+            if attempt.held {
+                held_since.get_or_insert_with(Instant::now);
+            }
             if !attempt.jobs.is_empty() {
+                flow_waited(queue, held_since);
                 // A full batch may leave jobs behind; a wake-up this lease took while it was
                 // already finding jobs was meant for the next waiter.
                 let pass_on = registration.was_woken() || attempt.jobs.len() == options.max_jobs as usize;
@@ -1060,6 +1075,7 @@ impl PgStore {
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                flow_waited(queue, held_since);
                 return Ok(Vec::new());
             }
             let sleep_ms = match attempt.next_due {
@@ -1115,12 +1131,12 @@ impl PgStore {
             if let Some((_, member)) = member {
                 return Err(group::not_member(member));
             }
-            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None, held: false });
         };
         // A member's lease checks its membership even in a paused queue (the statement leases
         // nothing from a paused queue).
         if q.paused && member.is_none() {
-            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None, held: false });
         }
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
         let expires_at = plus_ms(now, visibility_ms);
@@ -1196,7 +1212,7 @@ impl PgStore {
             }
         }
         if q.paused {
-            return Ok(LeaseAttempt { jobs, now, next_due: None, queue_id: None });
+            return Ok(LeaseAttempt { jobs, now, next_due: None, queue_id: None, held: false });
         }
         let next_due = if jobs.is_empty() && waiting {
             let sql = self.sql(NEXT_DUE);
@@ -1217,7 +1233,7 @@ impl PgStore {
         } else {
             None
         };
-        Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id) })
+        Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id), held: flow_held.is_some() })
     }
 
     /// Leases from queue `q`, which has a rate or in-flight limit, in one transaction under its
