@@ -43,7 +43,7 @@ pub(crate) struct FlowSql {
     pub lock: String,
     live: String,
     ready: String,
-    depth: String,
+    pub depth: String,
     save: String,
 }
 
@@ -127,19 +127,8 @@ pub(crate) fn retry_ms(config: &QueueConfig, granted: &Granted, now: i64) -> Opt
     }
 }
 
-/// Locks queue `queue_id`'s flow row in `tx` and checks an enqueue of `adding` jobs against its
-/// `max_depth`.
-pub(crate) async fn check_depth(
-    tx: &mut PgConnection,
-    sql: &FlowSql,
-    name: &QueueName,
-    queue_id: i64,
-    config: &QueueConfig,
-    adding: usize,
-) -> Result<onceq_core::Result<()>, sqlx::Error> {
-    let Some(max) = config.max_depth else { return Ok(Ok(())) };
-    sqlx::query_scalar::<_, i64>(&sql.lock).bind(queue_id).bind(0i64).fetch_one(&mut *tx).await?;
-    let bound = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
-    let depth: i64 = sqlx::query_scalar(&sql.depth).bind(queue_id).bind(bound).fetch_one(&mut *tx).await?;
-    Ok(flow::check_depth(name, Some(max), u64::try_from(depth).unwrap_or(0), adding))
+/// How far an enqueue's count of a queue's jobs goes: one past its `max_depth` tells whether
+/// any room is left.
+pub(crate) fn depth_bound(config: &QueueConfig) -> i64 {
+    config.max_depth.map_or(i64::MAX, |max| i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX))
 }

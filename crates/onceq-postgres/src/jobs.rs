@@ -835,28 +835,45 @@ impl PgStore {
         if config.max_depth.is_none() {
             return self.insert_batch(conn, batch, now, queue_id, config, config_text).await;
         }
+        if !matches!(conn, Conn::Pool) {
+            // Inside a transaction already: the lock is held until it ends.
+            return self.depth_then_insert(conn, queue, batch, now, queue_id, config, config_text).await;
+        }
+        let map = |e| crate::error::map(&self.inner.target, "checking a queue's depth", e);
+        let mut pooled = self.pool_for_transaction().acquire().await.map_err(map)?;
+        let mut tx = sqlx::Connection::begin(&mut *pooled).await.map_err(map)?;
+        let inserted = self
+            .depth_then_insert(&mut Conn::Caller(&mut tx), queue, batch, now, queue_id, config, config_text)
+            .await?;
+        tx.commit().await.map_err(map)?;
+        Ok(inserted)
+    }
+
+    /// Takes queue `queue_id`'s flow lock on `conn` (a transaction), counts its jobs against its
+    /// `max_depth`, and inserts the batch if it fits (module `flow`).
+    #[allow(clippy::too_many_arguments)]
+    async fn depth_then_insert(
+        &self,
+        conn: &mut Conn<'_>,
+        queue: &QueueName,
+        batch: &Batch,
+        now: Option<i64>,
+        queue_id: i64,
+        config: &QueueConfig,
+        config_text: Option<&str>,
+    ) -> Result<Option<(Vec<Enqueued>, i64)>> {
         let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
         let context = "checking a queue's depth";
-        let map = |e| crate::error::map(&self.inner.target, context, e);
-        match conn {
-            Conn::Caller(tx) => {
-                crate::flow::check_depth(tx, &flow_sql, queue, queue_id, config, batch.jobs.len())
-                    .await
-                    .map_err(map)??;
-                self.insert_batch(&mut Conn::Caller(tx), batch, now, queue_id, config, config_text).await
-            }
-            Conn::Pool => {
-                let mut pooled = self.pool_for_transaction().acquire().await.map_err(map)?;
-                let mut tx = sqlx::Connection::begin(&mut *pooled).await.map_err(map)?;
-                crate::flow::check_depth(&mut tx, &flow_sql, queue, queue_id, config, batch.jobs.len())
-                    .await
-                    .map_err(map)??;
-                let inserted =
-                    self.insert_batch(&mut Conn::Caller(&mut tx), batch, now, queue_id, config, config_text).await?;
-                tx.commit().await.map_err(map)?;
-                Ok(inserted)
-            }
-        }
+        self.fetch_optional(conn, context, || sqlx::query(&flow_sql.lock).bind(queue_id).bind(0i64)).await?;
+        let bound = crate::flow::depth_bound(config);
+        let row =
+            self.fetch_optional(conn, context, || sqlx::query(&flow_sql.depth).bind(queue_id).bind(bound)).await?;
+        let depth: i64 = match row {
+            Some(row) => row.try_get(0).map_err(decode)?,
+            None => return Err(Error::Storage("counting a queue's jobs returned no row".into())),
+        };
+        onceq_core::flow::check_depth(queue, config.max_depth, u64::try_from(depth).unwrap_or(0), batch.jobs.len())?;
+        self.insert_batch(conn, batch, now, queue_id, config, config_text).await
     }
 
     /// Runs the enqueue statement into the queue, at `now` (`None`: the statement reads the
