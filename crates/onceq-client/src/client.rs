@@ -19,6 +19,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to the server may take, unless [`ClientBuilder::connect_timeout`] says
 /// otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times an enqueue or commit refused by a queue's limit (`429 rate_limited`) is sent
+/// in all, unless [`ClientBuilder::rate_limited_tries`] says otherwise: the first try and three
+/// more, each after the server's `Retry-After`, doubled per refusal, with jitter
+/// (`onceq_core::flow::retry_delay`).
+pub const DEFAULT_RATE_LIMITED_TRIES: u32 = 4;
 /// How long an unused pooled connection is kept open.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCP keep-alive probes, so a connection whose peer vanished during a long poll is noticed.
@@ -35,6 +40,8 @@ pub struct ClientBuilder {
     timeout: Duration,
     /// Limit on establishing a connection.
     connect_timeout: Duration,
+    /// Tries of an enqueue or commit refused by a queue's limit, the first included.
+    rate_limited_tries: u32,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -44,6 +51,7 @@ impl fmt::Debug for ClientBuilder {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("rate_limited_tries", &self.rate_limited_tries)
             .finish()
     }
 }
@@ -60,6 +68,15 @@ impl ClientBuilder {
     /// long poll is never cut short by this.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How many times an enqueue or commit refused by a queue's limit (`Error::RateLimited`,
+    /// `429`) is sent in all before the refusal is returned (default
+    /// [`DEFAULT_RATE_LIMITED_TRIES`]; 1 returns the first refusal). Sending it again is safe: a
+    /// refused request applied nothing.
+    pub fn rate_limited_tries(mut self, tries: u32) -> Self {
+        self.rate_limited_tries = tries;
         self
     }
 
@@ -80,6 +97,9 @@ impl ClientBuilder {
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::invalid("timeouts must be longer than zero"));
         }
+        if self.rate_limited_tries == 0 {
+            return Err(Error::invalid("rate_limited_tries must be at least 1 (the first try)"));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         if let Some(token) = &self.token {
@@ -98,7 +118,8 @@ impl ClientBuilder {
             .build()
             .map_err(|e| Error::invalid(format!("cannot make an HTTP client: {}", error::causes(&e))))?;
         let prefix = base.path().trim_end_matches('/').to_owned();
-        Ok(Client { inner: Arc::new(Inner { http, base, prefix, timeout: self.timeout }) })
+        let rate_limited_tries = self.rate_limited_tries;
+        Ok(Client { inner: Arc::new(Inner { http, base, prefix, timeout: self.timeout, rate_limited_tries }) })
     }
 }
 
@@ -172,6 +193,8 @@ struct Inner {
     prefix: String,
     /// End-to-end limit of one call.
     timeout: Duration,
+    /// Tries of an enqueue or commit refused by a queue's limit, the first included.
+    rate_limited_tries: u32,
 }
 
 impl fmt::Debug for Client {
@@ -188,12 +211,34 @@ impl Client {
             token: None,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            rate_limited_tries: DEFAULT_RATE_LIMITED_TRIES,
         }
     }
 
     /// A client of the server at `base_url` with no token and the default timeouts.
     pub fn new(base_url: impl Into<String>) -> Result<Client> {
         Client::builder(base_url).build()
+    }
+
+    /// Sends a request again while a queue's limit refuses it ([`Error::RateLimited`]), up to
+    /// [`ClientBuilder::rate_limited_tries`] tries, pausing as the server asks, with backoff and
+    /// jitter.
+    pub(crate) async fn patiently<T, F, Fut>(&self, mut send: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match send().await {
+                Err(Error::RateLimited { retry_after_ms, .. }) if attempt < self.inner.rate_limited_tries => {
+                    let pause = onceq_core::flow::retry_delay(retry_after_ms, attempt, &mut rand::thread_rng());
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The server's base URL.

@@ -56,6 +56,12 @@ pub(crate) fn from_reply(reply: &Reply<'_>, missing: &Missing, endpoint: &str, b
             Missing::Job(id) => Some(*id),
             Missing::Queue(_) | Missing::Nothing => None,
         };
+        // A refusal by a limit keeps its pause: the body's milliseconds, else the header's seconds.
+        let mut body = body;
+        if body.error.code == "rate_limited" && body.error.retry_after_ms.is_none() {
+            let seconds = reply.retry_after.as_deref().and_then(|s| s.trim().parse::<u64>().ok());
+            body.error.retry_after_ms = seconds.map(|s| s.saturating_mul(1000));
+        }
         return match body.into_error(id) {
             Error::Unavailable(message) => Error::Unavailable(format!("{message}{retry}")),
             other => other,
@@ -185,7 +191,12 @@ mod tests {
         );
         assert_eq!(
             map(429, &body("rate_limited", "slow down"), nothing),
-            Error::Unavailable("slow down (retry after 2 s)".into())
+            Error::RateLimited { message: "slow down".into(), retry_after_ms: 2000 }
+        );
+        let exact = serde_json::json!({"error": {"code": "rate_limited", "message": "full", "retry_after_ms": 1500}});
+        assert_eq!(
+            map(429, &exact.to_string(), nothing),
+            Error::RateLimited { message: "full".into(), retry_after_ms: 1500 }
         );
         assert_eq!(map(503, &body("internal", "odd"), nothing), Error::Unavailable("odd (retry after 2 s)".into()));
         assert!(

@@ -128,7 +128,8 @@ impl Store for Client {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         validate::commit(&commit)?;
         let body = CommitRequest::from_commit(&commit);
-        let outcome: CommitOutcome = self.call(Method::POST, "/v1/commits").json(&body).fetch().await?;
+        let outcome: CommitOutcome =
+            self.patiently(|| self.call(Method::POST, "/v1/commits").json(&body).fetch()).await?;
         let shape = |c: &Commit| c.enqueue.iter().map(|e| (e.queue.clone(), e.jobs.len())).collect::<Vec<_>>();
         let got: Vec<_> = outcome.enqueued.iter().map(|e| (e.queue.clone(), e.jobs.len())).collect();
         if got != shape(&commit) {
@@ -230,8 +231,8 @@ impl Store for Client {
     async fn job_enqueue(&self, queue: &QueueName, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate::enqueue(&jobs)?;
         let body = EnqueueRequest { jobs: jobs.iter().map(wire_job).collect(), producer: None };
-        let enqueued: EnqueueResponse =
-            self.call(Method::POST, &queue_path(queue, "/jobs")?).json(&body).fetch().await?;
+        let path = queue_path(queue, "/jobs")?;
+        let enqueued: EnqueueResponse = self.patiently(|| self.call(Method::POST, &path).json(&body).fetch()).await?;
         if enqueued.jobs.len() != jobs.len() {
             let got = enqueued.jobs.len();
             return Err(self.unreadable("an enqueue reply", format!("{got} results for {} jobs", jobs.len())));

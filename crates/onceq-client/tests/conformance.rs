@@ -56,7 +56,11 @@ impl Backend for RemoteBackend {
                 panic!("the server stopped: {e}");
             }
         });
-        let client = Client::new(format!("http://{address}")).unwrap_or_else(|e| panic!("cannot make the client: {e}"));
+        // The seam's exact answers: a refusal by a limit comes back at once, as every store gives it.
+        let client = Client::builder(format!("http://{address}"))
+            .rate_limited_tries(1)
+            .build()
+            .unwrap_or_else(|e| panic!("cannot make the client: {e}"));
         Opened { store: client, guard: Box::new(Server { task, _store: store, _dir: dir }) }
     }
 }

@@ -42,6 +42,10 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub jobs: Vec<JobId>,
+    /// For `rate_limited`: how long to wait before retrying, in milliseconds (the
+    /// `Retry-After` header says the same in whole seconds, rounded up). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The API's error code for a portable error kind.
@@ -55,6 +59,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::QueueNotEmpty => "queue_not_empty",
         ErrorKind::NotMember => "not_member",
         ErrorKind::Fenced => "fenced",
+        ErrorKind::RateLimited => "rate_limited",
         // docs/api.md has no 5xx besides 503: a store that fails is, to the client, a store that is
         // unavailable for now (retry later); the cause is logged by the server.
         ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
@@ -72,17 +77,19 @@ impl ErrorBody {
             | Error::QueueNotEmpty(m)
             | Error::NotMember(m)
             | Error::Fenced(m)
-            | Error::Unavailable(m) => m.clone(),
+            | Error::Unavailable(m)
+            | Error::RateLimited { message: m, .. } => m.clone(),
             other => other.to_string(),
         };
         let jobs = error.stale_jobs().to_vec();
-        ErrorBody { error: ErrorDetail { code: error_code(error.kind()).to_owned(), message, jobs } }
+        let retry_after_ms = error.retry_after_ms();
+        ErrorBody { error: ErrorDetail { code: error_code(error.kind()).to_owned(), message, jobs, retry_after_ms } }
     }
 
     /// The seam error this body stands for (what a client returns to its caller). `id` names
     /// the job of a per-job call, so that `not_found` and `lease_lost` map back exactly.
     pub fn into_error(self, id: Option<JobId>) -> Error {
-        let ErrorDetail { code, message, jobs } = self.error;
+        let ErrorDetail { code, message, jobs, retry_after_ms } = self.error;
         match (code.as_str(), id) {
             ("lease_lost", _) if !jobs.is_empty() => Error::LeasesLost(jobs),
             ("invalid_request", _) => Error::InvalidRequest(message),
@@ -93,7 +100,11 @@ impl ErrorBody {
             ("queue_not_empty", _) => Error::QueueNotEmpty(message),
             ("not_member", _) => Error::NotMember(message),
             ("fenced", _) => Error::Fenced(message),
-            ("unavailable", _) | ("rate_limited", _) => Error::Unavailable(message),
+            ("rate_limited", _) => Error::RateLimited {
+                message,
+                retry_after_ms: retry_after_ms.unwrap_or(crate::limits::MAX_DEPTH_RETRY_AFTER_MS),
+            },
+            ("unavailable", _) => Error::Unavailable(message),
             ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
             _ => Error::Storage(format!("{code}: {message}")),
         }

@@ -47,6 +47,15 @@ pub enum Error {
     /// It must join again (and gets new partitions).
     #[error("not a member: {0}")]
     NotMember(String),
+    /// A limit of the queue refused the request (an enqueue past `max_depth`): nothing was
+    /// changed; retry after `retry_after_ms`, with backoff.
+    #[error("rate limited: {message} (retry after {retry_after_ms} ms)")]
+    RateLimited {
+        /// What was refused and why.
+        message: String,
+        /// How long to wait before retrying, in milliseconds.
+        retry_after_ms: u64,
+    },
     /// The store cannot serve now (shutting down, unreachable); retrying later may succeed.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -75,6 +84,8 @@ pub enum ErrorKind {
     NotMember,
     /// See [`Error::Fenced`].
     Fenced,
+    /// See [`Error::RateLimited`].
+    RateLimited,
     /// See [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Storage`].
@@ -93,6 +104,7 @@ impl Error {
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::QueueNotEmpty(_) => ErrorKind::QueueNotEmpty,
             Error::NotMember(_) => ErrorKind::NotMember,
+            Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Storage(_) => ErrorKind::Storage,
         }
@@ -110,8 +122,17 @@ impl Error {
             | Error::NotMember(m)
             | Error::Fenced(m)
             | Error::Unavailable(m)
-            | Error::Storage(m) => m.clone(),
+            | Error::Storage(m)
+            | Error::RateLimited { message: m, .. } => m.clone(),
             other => other.to_string(),
+        }
+    }
+
+    /// How long to wait before retrying an [`Error::RateLimited`] (`None` for any other error).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
         }
     }
 

@@ -4,6 +4,8 @@
 //!
 //! - [`limits`]: every bound onceq enforces, as named constants (Invariant 8).
 //! - [`metrics`]: the names of the metrics stores emit.
+//! - [`flow`]: rate, in-flight and depth limits of a queue: the GCRA bucket and the grant a
+//!   lease gets (Invariant 15).
 //! - [`error`]: the seam's [`Error`] and its portable [`ErrorKind`].
 //! - [`time`]: [`Timestamp`] and the store's one [`Clock`] (Invariant 7).
 //! - `id`: [`JobId`] and [`QueueName`], the names the seam's [`Error`] carries; what makes them
@@ -24,6 +26,7 @@
 pub mod api;
 pub mod commit;
 pub mod error;
+pub mod flow;
 pub mod group;
 mod id;
 pub mod idempotency;

@@ -82,6 +82,34 @@ pub const COMMIT_REPLAY_MS_MIN: u64 = 5 * 60 * 1000;
 /// Largest producer checkpoint, as JSON, in bytes (64 KiB): an offset or a cursor, not data.
 pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
 
+// --- Flow control (rate, in-flight and depth limits of a queue; `crate::flow`) ---
+/// Slowest rate limit, in leases per second (one lease every 1000 s).
+pub const RATE_PER_SECOND_MIN: f64 = 0.001;
+/// Fastest rate limit, in leases per second: a lease interval of 1 µs, above what any store
+/// leases, so a limit there never binds.
+pub const RATE_PER_SECOND_MAX: f64 = 1_000_000.0;
+/// Largest burst of a rate limit.
+pub const RATE_BURST_MAX: u32 = 100_000;
+/// Largest `max_in_flight` of a queue (live leases summed over every consumer).
+pub const IN_FLIGHT_MAX: u32 = 1_000_000;
+/// Largest `max_depth` of a queue (jobs ready, scheduled, leased or blocked). PostgreSQL counts
+/// the queue's jobs up to this bound on each enqueue into a queue that has one.
+pub const QUEUE_DEPTH_MAX: u64 = 1_000_000;
+/// `Retry-After` of an enqueue refused by `max_depth`, in milliseconds: the store cannot know
+/// when consumers make room, so it names a short pause and clients back off from it.
+pub const MAX_DEPTH_RETRY_AFTER_MS: u64 = 1_000;
+/// Longest a client or worker waits between two tries of a request refused by a limit, before
+/// jitter, in milliseconds (`crate::flow::retry_delay`).
+pub const RATE_LIMITED_BACKOFF_MS_MAX: u64 = 30_000;
+
+const _: () = assert!(RATE_PER_SECOND_MIN > 0.0 && RATE_PER_SECOND_MIN < RATE_PER_SECOND_MAX);
+// The rate-limit interval in nanoseconds fits an i64 many times over.
+const _: () = assert!(1e9 / RATE_PER_SECOND_MIN < 1e15);
+const _: () = assert!(RATE_BURST_MAX as u64 * (1e9 / RATE_PER_SECOND_MIN) as u64 <= i64::MAX as u64 / 4);
+const _: () = assert!(LEASE_BATCH_MAX <= IN_FLIGHT_MAX);
+const _: () = assert!(ENQUEUE_BATCH_MAX as u64 <= QUEUE_DEPTH_MAX);
+const _: () = assert!(MAX_DEPTH_RETRY_AFTER_MS <= RATE_LIMITED_BACKOFF_MS_MAX);
+
 const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);
 const _: () = assert!(LEASE_BATCH_MAX as usize <= SETTLE_BATCH_MAX);

@@ -64,3 +64,14 @@ pub const COMMITS: &str = "onceq_commits_total";
 pub const PRODUCER_FENCED: &str = "onceq_producer_fenced_total";
 /// Counter: registrations of a `producer` (each bumps its epoch and fences the older ones).
 pub const PRODUCER_REGISTRATIONS: &str = "onceq_producer_registrations_total";
+
+// --- Flow control (rate, in-flight and depth limits) ---
+/// Counter: jobs a lease asked for and found ready but a limit held back, by `queue` and
+/// `limit` (`rate` or `in_flight`).
+pub const FLOW_HELD_BACK: &str = "onceq_flow_held_back_total";
+/// Histogram (seconds): how long a long-poll lease waited for a limit (a token of the rate
+/// limit, or a free in-flight slot) while jobs were ready, each time it ended such a wait.
+pub const FLOW_WAIT: &str = "onceq_flow_wait_seconds";
+/// Counter: enqueues and commits refused whole because they would take a queue past its
+/// `max_depth`, by `queue`.
+pub const MAX_DEPTH_REFUSALS: &str = "onceq_max_depth_refusals_total";

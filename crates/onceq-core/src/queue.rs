@@ -4,6 +4,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::flow::RateLimit;
 use crate::limits::*;
 use crate::ordering::Ordering;
 use crate::retry::{Backoff, BackoffPatch};
@@ -113,6 +114,19 @@ pub struct QueueConfig {
     /// (for work where a gap is worse than a stall). Otherwise the key's next job goes on.
     #[serde(default)]
     pub dead_blocks_key: bool,
+    /// Leases per second with a burst, summed over every worker and server (Invariant 15);
+    /// `None`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Most live leases of the queue at any moment, summed over every worker and server, 1 to
+    /// [`IN_FLIGHT_MAX`] (Invariant 15); `None`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Most jobs the queue holds ready, scheduled, leased or blocked (dead ones do not count),
+    /// 1 to [`QUEUE_DEPTH_MAX`]: an enqueue or commit that would pass it is refused whole with
+    /// [`Error::RateLimited`]. `None`: unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
 }
 
 fn partitions_default() -> u32 {
@@ -130,6 +144,9 @@ impl Default for QueueConfig {
             ordering: Ordering::None,
             partitions: PARTITIONS_DEFAULT,
             dead_blocks_key: false,
+            rate_limit: None,
+            max_in_flight: None,
+            max_depth: None,
         }
     }
 }
@@ -152,7 +169,28 @@ impl QueueConfig {
                 self.partitions
             )));
         }
+        if let Some(rate) = &self.rate_limit {
+            rate.validate()?;
+        }
+        if let Some(max) = self.max_in_flight {
+            if !(1..=IN_FLIGHT_MAX).contains(&max) {
+                return Err(Error::invalid(format!(
+                    "max_in_flight is {max}; it must be between 1 and {IN_FLIGHT_MAX}"
+                )));
+            }
+        }
+        if let Some(max) = self.max_depth {
+            if !(1..=QUEUE_DEPTH_MAX).contains(&max) {
+                return Err(Error::invalid(format!("max_depth is {max}; it must be between 1 and {QUEUE_DEPTH_MAX}")));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a lease of this queue must consult its limits (a rate or in-flight limit). An
+    /// unlimited queue's lease pays only this check.
+    pub fn lease_limited(&self) -> bool {
+        self.rate_limit.is_some() || self.max_in_flight.is_some()
     }
 
     /// Whether going from this config to `next` changes where jobs wait (ordering or partition
@@ -188,6 +226,15 @@ impl QueueConfig {
         if let Some(v) = patch.dead_blocks_key {
             next.dead_blocks_key = v;
         }
+        if let Some(v) = patch.rate_limit {
+            next.rate_limit = v;
+        }
+        if let Some(v) = patch.max_in_flight {
+            next.max_in_flight = v;
+        }
+        if let Some(v) = patch.max_depth {
+            next.max_depth = v;
+        }
         next.validate()?;
         Ok(next)
     }
@@ -222,6 +269,26 @@ pub struct QueueConfigPatch {
     /// New dead-blocks-key flag (applies to jobs that die from now on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_blocks_key: Option<bool>,
+    /// New rate limit; `null` removes it.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<RateLimit>))]
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// New in-flight limit; `null` removes it.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
+    pub max_in_flight: Option<Option<u32>>,
+    /// New depth limit; `null` removes it.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub max_depth: Option<Option<u64>>,
+}
+
+/// A patch field that may be cleared: absent is `None` (through `default`), `null` is
+/// `Some(None)` (clear it), a value is `Some(Some(v))`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// How many jobs a queue holds in each state.
@@ -318,5 +385,36 @@ mod tests {
             (config.ordering, config.partitions, config.dead_blocks_key),
             (Ordering::None, PARTITIONS_DEFAULT, false)
         );
+        assert_eq!((config.rate_limit, config.max_in_flight, config.max_depth), (None, None, None));
+    }
+
+    #[test]
+    fn flow_limits_are_validated_and_a_null_clears_them() {
+        let base = QueueConfig::default();
+        let patch: QueueConfigPatch =
+            serde_json::from_str(r#"{"rate_limit":{"per_second":50,"burst":10},"max_in_flight":5,"max_depth":100}"#)
+                .unwrap();
+        let limited = base.patched(&patch).unwrap();
+        assert_eq!(limited.rate_limit, Some(RateLimit { per_second: 50.0, burst: 10 }));
+        assert_eq!((limited.max_in_flight, limited.max_depth), (Some(5), Some(100)));
+        assert!(limited.lease_limited() && !base.lease_limited());
+        let untouched = limited.patched(&QueueConfigPatch::default()).unwrap();
+        assert_eq!(untouched, limited);
+        let clear: QueueConfigPatch =
+            serde_json::from_str(r#"{"rate_limit":null,"max_in_flight":null,"max_depth":null}"#).unwrap();
+        assert_eq!(limited.patched(&clear).unwrap(), base);
+        for (json, field) in [
+            (r#"{"max_in_flight":0}"#, "max_in_flight"),
+            (r#"{"max_depth":0}"#, "max_depth"),
+            (r#"{"rate_limit":{"per_second":0,"burst":1}}"#, "per_second"),
+            (r#"{"rate_limit":{"per_second":1,"burst":0}}"#, "burst"),
+        ] {
+            let patch: QueueConfigPatch = serde_json::from_str(json).unwrap();
+            assert!(matches!(base.patched(&patch), Err(Error::InvalidRequest(m)) if m.contains(field)), "{json}");
+        }
+        let over = format!(r#"{{"max_in_flight":{}}}"#, u64::from(IN_FLIGHT_MAX) + 1);
+        let patch: QueueConfigPatch = serde_json::from_str(&over).unwrap();
+        assert!(base.patched(&patch).is_err());
+        assert!(serde_json::from_str::<QueueConfigPatch>(r#"{"rate_limit":{"per_second":1}}"#).is_err());
     }
 }

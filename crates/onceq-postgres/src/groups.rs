@@ -483,16 +483,37 @@ impl PgStore {
                             return Ok(Err(error));
                         }
                     };
+                    // A limited queue's group lease passes its limits like any lease, under the
+                    // queue's flow lock in this transaction (module `flow`).
+                    let mut granted = None;
+                    let mut limited_sql = None;
+                    if q.config.lease_limited() && !partitions.is_empty() {
+                        let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
+                        let g = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, lease.max_jobs)
+                            .await?;
+                        if g.grant.jobs == 0 {
+                            tx.commit().await?;
+                            return Ok(Ok((Vec::new(), changes)));
+                        }
+                        let at_most_once = q.config.delivery == onceq_core::DeliveryMode::AtMostOnce;
+                        limited_sql = Some(self.group_lease_sql(g.grant.jobs, at_most_once));
+                        granted = Some((g, flow_sql));
+                    }
                     let rows = if partitions.is_empty() {
                         Vec::new()
                     } else {
-                        let query = sqlx::query(lease.sql).bind(now).bind(q.id);
+                        let query = sqlx::query(limited_sql.as_deref().unwrap_or(lease.sql)).bind(now).bind(q.id);
                         let query = match lease.tokens {
                             Some(tokens) => query.bind(tokens).bind(lease.expires_at),
                             None => query,
                         };
                         query.bind(partitions_param(&partitions)).fetch_all(&mut *tx).await?
                     };
+                    if let Some((g, flow_sql)) = &granted {
+                        let taken = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+                        let rate = q.config.rate_limit.as_ref();
+                        crate::flow::taken(&mut tx, flow_sql, q.id, rate, g, now, taken).await?;
+                    }
                     tx.commit().await?;
                     return Ok(Ok((rows, changes)));
                 }

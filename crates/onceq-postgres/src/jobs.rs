@@ -426,6 +426,8 @@ pub(crate) struct GroupLeaseSql<'a> {
     pub tokens: Option<&'a [Vec<u8>]>,
     /// When the leases expire.
     pub expires_at: i64,
+    /// The most jobs `sql` leases (what the lease asked for).
+    pub max_jobs: u32,
 }
 
 /// The lease of up to `max_jobs` jobs ([`LEASE`], or [`LEASE_AND_DELETE`] for an
@@ -624,6 +626,18 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
+/// Records how long a long-poll lease waited for a queue's flow limit, if it did.
+fn flow_waited(queue: &QueueName, held_since: Option<Instant>) {
+    if let Some(since) = held_since {
+        metrics::histogram!(names::FLOW_WAIT, "queue" => queue.to_string()).record(since.elapsed().as_secs_f64());
+    }
+}
+
+/// How often a long poll held back by its queue's in-flight limit looks again, in milliseconds:
+/// a slot frees when a lease ends on any server, which sends no wake-up (a lease that expires
+/// is a due time, and wakes it on time).
+const FLOW_SLOT_RECHECK_MS: u64 = 100;
+
 /// Most queues a store remembers for the one-statement enqueue; past it, it forgets them all.
 const KNOWN_QUEUES_MAX: usize = 10_000;
 
@@ -700,6 +714,8 @@ struct LeaseAttempt {
     /// When the queue's next scheduled job comes due or next lease expires, if the lease may
     /// wait for it (not for a paused or unknown queue).
     next_due: Option<i64>,
+    /// Whether a flow limit held back jobs that were ready.
+    held: bool,
 }
 
 impl PgStore {
@@ -718,7 +734,8 @@ impl PgStore {
             if let Some(known) = self.known_queue(queue) {
                 if validate::enqueue_into(queue, &known.config, &batch.jobs).is_ok() {
                     let config_text = Some(known.config_text.as_str());
-                    match self.insert_batch(conn, &batch, None, known.id, &known.config, config_text).await? {
+                    let inserted = self.insert_bounded(conn, queue, &batch, None, known.id, &known.config, config_text);
+                    match inserted.await? {
                         Some((out, now)) => return Ok(self.enqueued(conn, queue, out, now).await),
                         None => self.forget_queue(queue),
                     }
@@ -731,7 +748,7 @@ impl PgStore {
             // The config as resolved, checked by the insert itself: a queue whose ordering or
             // partitions changed meanwhile (only while it was empty) gets nothing inserted under
             // the old ones, and is resolved again.
-            let inserted = self.insert_batch(conn, &batch, Some(now), id, &config, Some(&config_text)).await?;
+            let inserted = self.insert_bounded(conn, queue, &batch, Some(now), id, &config, Some(&config_text)).await?;
             let Some((out, _)) = inserted else { continue };
             return Ok(self.enqueued(conn, queue, out, now).await);
         }
@@ -800,6 +817,64 @@ impl PgStore {
             })),
             None => Ok(None),
         }
+    }
+
+    /// [`PgStore::insert_batch`], after checking the queue's `max_depth` under its flow lock in
+    /// the same transaction (module `flow`): on the pool, a transaction of its own; in a caller's
+    /// transaction, the lock is held until it ends. A queue without one inserts as before.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_bounded(
+        &self,
+        conn: &mut Conn<'_>,
+        queue: &QueueName,
+        batch: &Batch,
+        now: Option<i64>,
+        queue_id: i64,
+        config: &QueueConfig,
+        config_text: Option<&str>,
+    ) -> Result<Option<(Vec<Enqueued>, i64)>> {
+        if config.max_depth.is_none() {
+            return self.insert_batch(conn, batch, now, queue_id, config, config_text).await;
+        }
+        if !matches!(conn, Conn::Pool) {
+            // Inside a transaction already: the lock is held until it ends.
+            return self.depth_then_insert(conn, queue, batch, now, queue_id, config, config_text).await;
+        }
+        let map = |e| crate::error::map(&self.inner.target, "checking a queue's depth", e);
+        let mut pooled = self.pool_for_transaction().acquire().await.map_err(map)?;
+        let mut tx = sqlx::Connection::begin(&mut *pooled).await.map_err(map)?;
+        let inserted = self
+            .depth_then_insert(&mut Conn::Caller(&mut tx), queue, batch, now, queue_id, config, config_text)
+            .await?;
+        tx.commit().await.map_err(map)?;
+        Ok(inserted)
+    }
+
+    /// Takes queue `queue_id`'s flow lock on `conn` (a transaction), counts its jobs against its
+    /// `max_depth`, and inserts the batch if it fits (module `flow`).
+    #[allow(clippy::too_many_arguments)]
+    async fn depth_then_insert(
+        &self,
+        conn: &mut Conn<'_>,
+        queue: &QueueName,
+        batch: &Batch,
+        now: Option<i64>,
+        queue_id: i64,
+        config: &QueueConfig,
+        config_text: Option<&str>,
+    ) -> Result<Option<(Vec<Enqueued>, i64)>> {
+        let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
+        let context = "checking a queue's depth";
+        self.fetch_optional(conn, context, || sqlx::query(&flow_sql.lock).bind(queue_id).bind(0i64)).await?;
+        let bound = crate::flow::depth_bound(config);
+        let row =
+            self.fetch_optional(conn, context, || sqlx::query(&flow_sql.depth).bind(queue_id).bind(bound)).await?;
+        let depth: i64 = match row {
+            Some(row) => row.try_get(0).map_err(decode)?,
+            None => return Err(Error::Storage("counting a queue's jobs returned no row".into())),
+        };
+        onceq_core::flow::check_depth(queue, config.max_depth, u64::try_from(depth).unwrap_or(0), batch.jobs.len())?;
+        self.insert_batch(conn, batch, now, queue_id, config, config_text).await
     }
 
     /// Runs the enqueue statement into the queue, at `now` (`None`: the statement reads the
@@ -984,6 +1059,8 @@ impl PgStore {
         let waiters = self.inner.waiters.clone();
         // The pause before looking again while sleeping is refused (see `wait`, "Sleeping").
         let mut blocked_ms = SLEEP_BLOCKED_MS.0;
+        // When a flow limit first held this lease back with jobs ready (for the wait's histogram).
+        let mut held_since: Option<Instant> = None;
         loop {
             // Register before looking, so that a notification in between still wakes this lease.
             let registration = (options.wait_ms > 0).then(|| waiters.register(queue.as_str(), options.max_jobs));
@@ -1000,7 +1077,11 @@ impl PgStore {
                 }
             };
             let Some(registration) = registration else { return Ok(attempt.jobs) };
+            if attempt.held {
+                held_since.get_or_insert_with(Instant::now);
+            }
             if !attempt.jobs.is_empty() {
+                flow_waited(queue, held_since);
                 // A full batch may leave jobs behind; a wake-up this lease took while it was
                 // already finding jobs was meant for the next waiter.
                 let pass_on = registration.was_woken() || attempt.jobs.len() == options.max_jobs as usize;
@@ -1012,6 +1093,7 @@ impl PgStore {
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                flow_waited(queue, held_since);
                 return Ok(Vec::new());
             }
             let sleep_ms = match attempt.next_due {
@@ -1067,12 +1149,12 @@ impl PgStore {
             if let Some((_, member)) = member {
                 return Err(group::not_member(member));
             }
-            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None, held: false });
         };
         // A member's lease checks its membership even in a paused queue (the statement leases
         // nothing from a paused queue).
         if q.paused && member.is_none() {
-            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None });
+            return Ok(LeaseAttempt { jobs: Vec::new(), now, next_due: None, queue_id: None, held: false });
         }
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
         let expires_at = plus_ms(now, visibility_ms);
@@ -1082,11 +1164,18 @@ impl PgStore {
         } else {
             self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
         };
+        // Held back by a limit with jobs ready, and when the rate limit grants the next job.
+        let mut flow_held: Option<Option<u64>> = None;
         let rows = if let Some((group, member)) = member {
             let tokens = (!at_most_once).then(|| lease_tokens(options.max_jobs as usize));
             let sql = self.group_lease_sql(options.max_jobs, at_most_once);
-            let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at };
+            let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at, max_jobs: options.max_jobs };
             self.group_lease_rows(&q, group, member, now, lease).await?
+        } else if q.config.lease_limited() {
+            // Only a limited queue pays for its limits (module `flow`).
+            let (rows, held) = self.lease_limited(&q, now, options.max_jobs, at_most_once, expires_at).await?;
+            flow_held = held;
+            rows
         } else if at_most_once {
             self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(now).bind(q.id), fetch_all)).await?
         } else {
@@ -1141,18 +1230,66 @@ impl PgStore {
             }
         }
         if q.paused {
-            return Ok(LeaseAttempt { jobs, now, next_due: None, queue_id: None });
+            return Ok(LeaseAttempt { jobs, now, next_due: None, queue_id: None, held: false });
         }
         let next_due = if jobs.is_empty() && waiting {
             let sql = self.sql(NEXT_DUE);
-            self.run("finding the next due job", || {
-                pooled!(self, sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id), fetch_one)
-            })
-            .await?
+            let due = self
+                .run("finding the next due job", || {
+                    pooled!(self, sqlx::query_scalar::<_, Option<i64>>(&sql).bind(q.id), fetch_one)
+                })
+                .await?;
+            // Held back by a limit: look again when the bucket grants the next job, or, for an
+            // in-flight slot (another server's settle sends no wake-up), every FLOW_SLOT_RECHECK_MS.
+            match flow_held {
+                Some(retry) => {
+                    let limit_due = now.saturating_add(crate::to_i64(retry.unwrap_or(FLOW_SLOT_RECHECK_MS)));
+                    Some(due.map_or(limit_due, |due| due.min(limit_due)))
+                }
+                None => due,
+            }
         } else {
             None
         };
-        Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id) })
+        Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id), held: flow_held.is_some() })
+    }
+
+    /// Leases from queue `q`, which has a rate or in-flight limit, in one transaction under its
+    /// flow lock (module `flow`): up to what the limits grant of `max_jobs`. Returns the rows,
+    /// and whether a limit held back ready jobs (with when the bucket grants the next one).
+    async fn lease_limited(
+        &self,
+        q: &crate::due::QueueRow,
+        now: i64,
+        max_jobs: u32,
+        at_most_once: bool,
+        expires_at: i64,
+    ) -> Result<(Vec<PgRow>, Option<Option<u64>>)> {
+        let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
+        self.run("leasing jobs under the queue's limits", || async {
+            let mut conn = self.pool_for_transaction().acquire().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let granted = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, max_jobs).await?;
+            let held = granted.grant.held_by.map(|_| crate::flow::retry_ms(&q.config, &granted, now));
+            if granted.grant.jobs == 0 {
+                tx.rollback().await?;
+                return Ok((Vec::new(), held));
+            }
+            let n = granted.grant.jobs;
+            let rows = if at_most_once {
+                let sql = self.sql(&lease_template(n, true));
+                sqlx::query(&sql).bind(now).bind(q.id).fetch_all(&mut *tx).await?
+            } else {
+                let sql = self.hot_sql(HotStatement::Lease { max_jobs: n });
+                let tokens = lease_tokens(n as usize);
+                sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&mut *tx).await?
+            };
+            let taken = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+            crate::flow::taken(&mut tx, &flow_sql, q.id, q.config.rate_limit.as_ref(), &granted, now, taken).await?;
+            tx.commit().await?;
+            Ok((rows, held))
+        })
+        .await
     }
 
     /// Readies a lease of `queue_id` to sleep from `now` until `wake_at` (see `wait`,

@@ -135,6 +135,7 @@ mod commits;
 mod conns;
 mod due;
 mod error;
+mod flow;
 mod groups;
 mod idempotency;
 mod jobs;

@@ -405,6 +405,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX commits_expiry ON {s}.commits (expires_at);
     "#,
+    // v7: flow limits (`onceq_core::flow`; the `flow` module). One row per queue with a rate,
+    // in-flight or depth limit: the lock every limited lease and depth-limited enqueue of the
+    // queue takes, on any server, and the rate limit's bucket (`tat`, nanoseconds of the store's
+    // clock). Created by the first such lease or enqueue, deleted with its queue.
+    r#"
+    CREATE TABLE {s}.flow_buckets (
+        queue_id bigint PRIMARY KEY REFERENCES {s}.queues (id) ON DELETE CASCADE,
+        tat      bigint NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,12 +141,18 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 6 back to version 5: what v6 (commits) added goes.
+/// SQL that takes a schema at version 7 back to version 5: what v7 (flow buckets) and v6 (commits) added goes.
 fn undo_v6(schema: &str) -> String {
     format!(
-        "DROP TABLE \"{schema}\".producers; DROP TABLE \"{schema}\".commits; \
-         DELETE FROM \"{schema}\".migrations WHERE version = 6;"
+        "{} DROP TABLE \"{schema}\".producers; DROP TABLE \"{schema}\".commits; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 6;",
+        undo_v7(schema)
     )
+}
+
+/// SQL that takes a schema at version 7 back to version 6: v7's flow buckets go.
+fn undo_v7(schema: &str) -> String {
+    format!("DROP TABLE \"{schema}\".flow_buckets; DELETE FROM \"{schema}\".migrations WHERE version = 7;")
 }
 
 /// SQL that takes a schema at version 6 back to version 4: what v6 and v5 (consumer groups)
@@ -200,7 +206,7 @@ async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
     )
@@ -241,7 +247,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();

@@ -20,7 +20,14 @@ impl ApiError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.into(), jobs: Vec::new() } },
+            body: ErrorBody {
+                error: ErrorDetail {
+                    code: code.to_owned(),
+                    message: message.into(),
+                    jobs: Vec::new(),
+                    retry_after_ms: None,
+                },
+            },
         }
     }
 
@@ -74,6 +81,7 @@ impl ApiError {
             "lease_lost" | "conflict" | "queue_not_empty" | "not_member" => StatusCode::CONFLICT,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -97,6 +105,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::QueueNotEmpty
         | ErrorKind::NotMember
         | ErrorKind::Fenced => StatusCode::CONFLICT,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         // Unavailable and Storage; a kind added to the seam later must be given its status here.
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -119,9 +128,18 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A refusal by a limit names its own pause (whole seconds, rounded up, at least one);
+        // anything else unavailable says a second.
+        let retry_after = match self.body.error.retry_after_ms {
+            Some(ms) if self.status == StatusCode::TOO_MANY_REQUESTS => Some(ms.div_ceil(1000).max(1)),
+            _ if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(RETRY_AFTER_SECONDS)
+            }
+            _ => None,
+        };
         let mut response = (self.status, axum::Json(self.body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -84,6 +84,13 @@ fn describe() {
     );
     describe_counter!(names::PRODUCER_FENCED, "Commits and enqueues of a producer refused: a newer epoch registered.");
     describe_counter!(names::PRODUCER_REGISTRATIONS, "Registrations of a producer (each fences the older epochs).");
+    // Flow limits.
+    describe_counter!(
+        names::FLOW_HELD_BACK,
+        "Jobs a lease found ready but a limit held back, by limit (rate, in_flight)."
+    );
+    describe_histogram!(names::FLOW_WAIT, Unit::Seconds, "How long long-poll leases waited for a flow limit.");
+    describe_counter!(names::MAX_DEPTH_REFUSALS, "Enqueues and commits refused whole by the queue's max_depth.");
     describe_gauge!(
         names::PARTITION_OLDEST_READY_AGE,
         Unit::Seconds,

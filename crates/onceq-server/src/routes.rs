@@ -120,6 +120,8 @@ pub(crate) fn routes() -> Router<AppState> {
         onceq_core::commit::Registration,
         QueueConfig,
         QueueConfigPatch,
+        // Flow limits (a queue's rate limit).
+        onceq_core::flow::RateLimit,
         QueueInfo,
         QueueList,
         EnqueueRequest,

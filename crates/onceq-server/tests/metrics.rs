@@ -1,7 +1,8 @@
 //! `/metrics` reports what happened, exactly: each counter of docs/design.md's Observability section
 //! moves by the number of events, labelled by queue (and reason), and the depth gauges match the
 //! queue's stats at the scrape; commits count by outcome, producers by registrations and fenced
-//! calls. The recorder is the process's: each test keeps to its own queues and series.
+//! calls; flow limits count the jobs each limit held back and the enqueues max_depth refused.
+//! The recorder is the process's: each test keeps to its own queues and series.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -133,4 +134,39 @@ async fn commits_and_producers_are_counted() {
     assert_eq!(value(&text, "onceq_producer_registrations_total{producer=\"ingest.lines\"}"), 2.0);
     assert!(text.contains("# HELP onceq_commits_total Commits by outcome"), "{text}");
     store.close().await;
+}
+
+#[tokio::test]
+async fn flow_limits_count_what_they_held_back_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_default_start();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path()).clock(clock.clone())).unwrap();
+    let app = router(Arc::new(store.clone()), Auth::disabled());
+    let (paced, bounded, full) =
+        (QueueName::new("paced").unwrap(), QueueName::new("slots").unwrap(), QueueName::new("full").unwrap());
+    let rate = onceq_core::flow::RateLimit { per_second: 1.0, burst: 2 };
+    store.queue_upsert(&paced, QueueConfigPatch { rate_limit: Some(Some(rate)), ..Default::default() }).await.unwrap();
+    store
+        .queue_upsert(&bounded, QueueConfigPatch { max_in_flight: Some(Some(1)), ..Default::default() })
+        .await
+        .unwrap();
+    store.queue_upsert(&full, QueueConfigPatch { max_depth: Some(Some(1)), ..Default::default() }).await.unwrap();
+    for q in [&paced, &bounded] {
+        store.job_enqueue(q, (0..5).map(|i| NewJob::new(format!("{i}"))).collect()).await.unwrap();
+    }
+    let ask = |max_jobs| onceq_core::LeaseOptions { max_jobs, ..Default::default() };
+    // 4 asked, 5 ready, 2 tokens: 2 held back by the rate; 3 asked with 1 slot: 2 by in_flight.
+    assert_eq!(store.job_lease(&paced, ask(4)).await.unwrap().len(), 2);
+    assert_eq!(store.job_lease(&bounded, ask(3)).await.unwrap().len(), 1);
+    store.enqueue(&full, NewJob::new("1")).await.unwrap();
+    for _ in 0..2 {
+        let refused = store.enqueue(&full, NewJob::new("2")).await;
+        assert!(matches!(refused, Err(onceq_core::Error::RateLimited { .. })), "{refused:?}");
+    }
+
+    let text = scrape(&app).await;
+    let held = |queue: &str, limit: &str| format!("onceq_flow_held_back_total{{queue=\"{queue}\",limit=\"{limit}\"}}");
+    assert_eq!(value(&text, &held("paced", "rate")), 2.0);
+    assert_eq!(value(&text, &held("slots", "in_flight")), 2.0);
+    assert_eq!(value(&text, "onceq_max_depth_refusals_total{queue=\"full\"}"), 2.0);
 }

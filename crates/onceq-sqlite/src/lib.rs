@@ -419,6 +419,14 @@ impl Inner {
     }
 }
 
+/// Records how long a long-poll lease waited for a queue's rate limit, if it did.
+fn flow_waited(queue: &QueueName, held_since: Option<tokio::time::Instant>, until: tokio::time::Instant) {
+    if let Some(since) = held_since {
+        metrics::histogram!(onceq_core::metrics::FLOW_WAIT, "queue" => queue.to_string())
+            .record(until.saturating_duration_since(since).as_secs_f64());
+    }
+}
+
 fn closed() -> Error {
     Error::Unavailable("the store is closed".into())
 }
@@ -568,26 +576,46 @@ impl Store for SqliteStore {
     async fn job_lease(&self, queue: &QueueName, options: LeaseOptions) -> Result<Vec<LeasedJob>> {
         options.validate()?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
+        // When a limit first held this lease back with jobs ready (for the wait's histogram).
+        let mut held_since: Option<tokio::time::Instant> = None;
         loop {
             // Register before looking, so that a commit in between still wakes this lease.
             let registration =
                 (options.wait_ms > 0).then(|| self.inner.shared.waiters.register(queue, options.max_jobs));
             let name = queue.clone();
-            let jobs = match self.call(move |state, conn| state.job_lease(conn, &name, options)).await {
-                Ok(jobs) => jobs,
+            let look = match self.call(move |state, conn| state.job_lease(conn, &name, options)).await {
+                Ok(look) => look,
                 Err(error) => {
                     // This call may have taken a wake-up meant for it: pass it on.
                     self.inner.shared.waiters.wake(queue, u64::from(options.max_jobs));
                     return Err(error);
                 }
             };
+            let jobs = look.jobs;
             let Some(registration) = registration else { return Ok(jobs) };
-            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if !jobs.is_empty() || now >= deadline {
+                flow_waited(queue, held_since, now);
                 return Ok(jobs);
             }
+            // Held back by a limit with jobs ready: look again when the rate limit's next token is
+            // due, or when a commit wakes this lease (a settle that frees an in-flight slot does),
+            // never sooner.
+            if look.held {
+                held_since.get_or_insert(now);
+            }
+            let wake_at = match look.retry_ms {
+                Some(ms) => deadline.min(now + Duration::from_millis(ms)),
+                None => deadline,
+            };
             tokio::select! {
                 _ = registration.notify.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if wake_at == deadline {
+                        flow_waited(queue, held_since, deadline);
+                        return Ok(Vec::new());
+                    }
+                }
             }
         }
     }

@@ -1463,6 +1463,9 @@ fn model_patch(config: &QueueConfig) -> QueueConfigPatch {
         ordering: Some(config.ordering),
         partitions: Some(config.partitions),
         dead_blocks_key: Some(config.dead_blocks_key),
+        rate_limit: Some(config.rate_limit),
+        max_in_flight: Some(config.max_in_flight),
+        max_depth: Some(config.max_depth),
     }
 }
 

@@ -540,7 +540,9 @@ impl Recorder {
 pub fn outcome_of(error: &Error) -> Outcome {
     match error.kind() {
         ErrorKind::LeaseLost | ErrorKind::NotFound => Outcome::Fail,
-        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Conflict => Outcome::Fail,
+        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Conflict | ErrorKind::RateLimited => {
+            Outcome::Fail
+        }
         _ => Outcome::Unknown,
     }
 }

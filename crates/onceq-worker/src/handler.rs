@@ -105,6 +105,9 @@ pub struct JobContext {
     pub partition: Option<u32>,
     /// When the job was enqueued.
     pub enqueued_at: Timestamp,
+    /// When this delivery's lease expires unless extended (the store's clock), as leased; the
+    /// worker's heartbeat extends it while the handler runs.
+    pub lease_expires_at: Timestamp,
     /// The worker running it ([`WorkerOptions::worker_id`](crate::WorkerOptions::worker_id)).
     pub worker_id: Arc<str>,
     /// Cancelled when the job's lease is lost (a heartbeat was refused), its deadline passes, or

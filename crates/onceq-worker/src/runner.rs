@@ -340,6 +340,7 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
             ordering_key: job.ordering_key.clone(),
             partition: job.partition,
             enqueued_at: job.enqueued_at,
+            lease_expires_at: job.lease_expires_at,
             worker_id: self.shared.worker_id.clone(),
             cancellation: cancellation.clone(),
             produced: Produced::default(),
@@ -425,6 +426,13 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
                     // Nothing applied: the job runs again elsewhere and produces again.
                     self.shared.count(|r| r.lease_lost += 1);
                     return;
+                }
+                Err(Error::RateLimited { message, retry_after_ms }) if attempt < COMMIT_TRIES_MAX => {
+                    // A queue it enqueues into is full: nothing applied; come back no sooner than
+                    // the store asked, with backoff and jitter.
+                    let pause = onceq_core::flow::retry_delay(retry_after_ms, attempt, &mut rand::thread_rng());
+                    tracing::warn!(job = %job.id, "committing a job's outputs was refused ({message}); trying again after {pause:?}");
+                    tokio::time::sleep(pause).await;
                 }
                 Err(error @ (Error::Unavailable(_) | Error::Storage(_))) if attempt < COMMIT_TRIES_MAX => {
                     tracing::warn!(%error, job = %job.id, "committing a job's outputs failed; trying again after {backoff:?}");

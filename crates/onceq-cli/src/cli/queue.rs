@@ -2,8 +2,9 @@
 
 use clap::{Args, Subcommand};
 use onceq_core::api::QueueList;
+use onceq_core::flow::RateLimit;
 use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX, PARTITIONS_MAX};
-use onceq_core::limits::{VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
+use onceq_core::limits::{IN_FLIGHT_MAX, QUEUE_DEPTH_MAX, VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
 use onceq_core::{
     BackoffPatch, DeliveryMode, Error, Jitter, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store,
 };
@@ -97,6 +98,54 @@ pub struct SetArgs {
     /// purged; false (the default): the key's next job goes on.
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub dead_blocks_key: Option<bool>,
+    /// Leases per second summed over every worker, with a burst: PER_SECOND/BURST (e.g.
+    /// 50/10; a fraction such as 0.5/1 is one lease every two seconds), or `none` to remove it.
+    #[arg(long, value_name = "PER_SECOND/BURST|none", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<Setting<RateLimit>>,
+    /// Most live leases of the queue at once, summed over every worker (1 to 1000000), or
+    /// `none` to remove it.
+    #[arg(long, value_name = "N|none", value_parser = parse_in_flight)]
+    pub max_in_flight: Option<Setting<u32>>,
+    /// Most jobs the queue holds (ready, scheduled, leased or blocked; 1 to 1000000): an enqueue
+    /// past it is refused with 429 rate_limited. `none` removes it.
+    #[arg(long, value_name = "N|none", value_parser = parse_depth)]
+    pub max_depth: Option<Setting<u64>>,
+}
+
+/// A flag that sets a limit or removes it (`none`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Setting<T>(pub Option<T>);
+
+fn parse_setting<T>(text: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Setting<T>, String> {
+    if text == "none" {
+        return Ok(Setting(None));
+    }
+    parse(text).map(|v| Setting(Some(v)))
+}
+
+fn parse_rate_limit(text: &str) -> Result<Setting<RateLimit>, String> {
+    parse_setting(text, |text| {
+        let (rate, burst) = text.split_once('/').ok_or("give PER_SECOND/BURST, e.g. 50/10, or none")?;
+        let per_second: f64 = rate.trim().parse().map_err(|e| format!("per_second {rate:?}: {e}"))?;
+        let burst: u32 = burst.trim().parse().map_err(|e| format!("burst {burst:?}: {e}"))?;
+        let limit = RateLimit { per_second, burst };
+        limit.validate().map_err(|e| e.detail())?;
+        Ok(limit)
+    })
+}
+
+fn parse_in_flight(text: &str) -> Result<Setting<u32>, String> {
+    parse_setting(text, |text| match text.parse::<u32>() {
+        Ok(n) if (1..=IN_FLIGHT_MAX).contains(&n) => Ok(n),
+        _ => Err(format!("max_in_flight must be a number from 1 to {IN_FLIGHT_MAX}, or none")),
+    })
+}
+
+fn parse_depth(text: &str) -> Result<Setting<u64>, String> {
+    parse_setting(text, |text| match text.parse::<u64>() {
+        Ok(n) if (1..=QUEUE_DEPTH_MAX).contains(&n) => Ok(n),
+        _ => Err(format!("max_depth must be a number from 1 to {QUEUE_DEPTH_MAX}, or none")),
+    })
 }
 
 impl SetArgs {
@@ -118,6 +167,9 @@ impl SetArgs {
             ordering: self.ordering,
             partitions: self.partitions,
             dead_blocks_key: self.dead_blocks_key,
+            rate_limit: self.rate_limit.map(|s| s.0),
+            max_in_flight: self.max_in_flight.map(|s| s.0),
+            max_depth: self.max_depth.map(|s| s.0),
         }
     }
 }
@@ -256,6 +308,9 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
         ("ordering", config.ordering.as_str().to_owned()),
         ("partitions", config.partitions.to_string()),
         ("dead_blocks_key", table::yes_no(config.dead_blocks_key)),
+        ("rate_limit", config.rate_limit.map_or("-".to_owned(), |r| format!("{}/s, burst {}", r.per_second, r.burst))),
+        ("max_in_flight", config.max_in_flight.map_or("-".to_owned(), |n| n.to_string())),
+        ("max_depth", config.max_depth.map_or("-".to_owned(), |n| n.to_string())),
     ]
 }
 
@@ -354,6 +409,12 @@ mod tests {
             "64",
             "--dead-blocks-key",
             "true",
+            "--rate-limit",
+            "0.5/3",
+            "--max-in-flight",
+            "5",
+            "--max-depth",
+            "none",
         ]);
         let QueueCommand::Set(set) = args.command else { panic!("not set: {:?}", args.command) };
         assert_eq!(set.queue.as_str(), "emails");
@@ -370,8 +431,15 @@ mod tests {
                 ordering: Some(Ordering::PerKey),
                 partitions: Some(64),
                 dead_blocks_key: Some(true),
+                rate_limit: Some(Some(RateLimit { per_second: 0.5, burst: 3 })),
+                max_in_flight: Some(Some(5)),
+                max_depth: Some(None),
             }
         );
+        for bad in [["--rate-limit", "50"], ["--rate-limit", "0/1"], ["--max-in-flight", "0"], ["--max-depth", "x"]] {
+            let args = ["onceq", "queue", "set", "emails", bad[0], bad[1]];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]
@@ -466,6 +534,9 @@ mod tests {
              ordering               none\n\
              partitions             16\n\
              dead_blocks_key        no\n\
+             rate_limit             -\n\
+             max_in_flight          -\n\
+             max_depth              -\n\
              paused                 yes\n\
              ready                  3\n\
              scheduled              1\n\

@@ -137,7 +137,12 @@ impl Rejection {
     /// answers a retry of a processed request, and the rejection itself in its extensions.
     pub fn into_response(self) -> Response<ResponseBody> {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code().to_owned(), message: self.message(), jobs: Vec::new() },
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.message(),
+                jobs: Vec::new(),
+                retry_after_ms: None,
+            },
         };
         // Serializing two strings cannot fail; the fallback keeps the function total anyway.
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal"}}"#.to_vec());

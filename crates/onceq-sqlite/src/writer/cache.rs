@@ -65,6 +65,9 @@ pub(crate) struct State {
     pub(super) next_due: i64,
     pub(super) rng: StdRng,
     pub(super) last_dedup_sweep: Timestamp,
+    /// The rate-limit bucket (`tat`, `onceq_core::flow`) of each rate-limited queue, by id;
+    /// in memory only (module `flow`).
+    pub(super) buckets: HashMap<i64, i64>,
 }
 
 impl State {
@@ -84,8 +87,10 @@ impl State {
             next_due: i64::MAX,
             rng: StdRng::from_entropy(),
             last_dedup_sweep: Timestamp::default(),
+            buckets: HashMap::new(),
         };
         state.reload(conn)?;
+        state.flow_buckets_empty();
         Ok(state)
     }
 
@@ -239,7 +244,10 @@ impl State {
         if n == 0 {
             return;
         }
+        let mut slot_freed = false;
         if let Some(entry) = self.entry_by_id(queue_id) {
+            // A lease that ends frees an in-flight slot: leases waiting for one look again.
+            slot_freed = from == Some(state::LEASED) && entry.config.max_in_flight.is_some();
             if let Some(from) = from {
                 let slot = &mut entry.counts[from as usize];
                 debug_assert!(*slot >= n, "count of state {from} would go negative");
@@ -249,7 +257,7 @@ impl State {
                 entry.counts[to as usize] += n;
             }
         }
-        if to == Some(state::READY) {
+        if to == Some(state::READY) || slot_freed {
             *self.woken.entry(queue_id).or_default() += n;
         }
         // A lease that ends may let a partition move to a waiting member.

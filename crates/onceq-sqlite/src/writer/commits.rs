@@ -79,11 +79,18 @@ impl State {
         for queue_id in ack_plan.queue_ids() {
             window_ms = window_ms.max(self.config_of(queue_id).map_or(0, |c| c.dedup_window_ms));
         }
-        for lease in commit.leases().skip(commit.ack.len()) {
+        // Jobs the commit takes out of each queue (its acks and fails), credited against the
+        // queue's max_depth: its enqueues are judged as if its settles had applied first.
+        let mut leaving: Vec<(i64, u64)> = ack_plan.queue_ids().map(|id| (id, ack_plan.acked_in(id))).collect();
+        let fails = commit.nack.len()..commit.nack.len() + commit.fail.len();
+        for (i, lease) in commit.leases().skip(commit.ack.len()).enumerate() {
             match self.live_lease(conn, lease.id, &lease.lease_token) {
                 Ok(live) => {
                     let window = self.config_of(live.queue_id).map_or(0, |c| c.dedup_window_ms);
                     window_ms = window_ms.max(window);
+                    if fails.contains(&i) {
+                        leaving.push((live.queue_id, 1));
+                    }
                 }
                 Err(Error::LeaseLost(id) | Error::JobNotFound(id)) => stale.push(id),
                 Err(other) => return Err(other),
@@ -98,6 +105,8 @@ impl State {
             let window = match self.queues.get(&batch.queue) {
                 Some(entry) => {
                     validate::enqueue_into(&batch.queue, &entry.config, &batch.jobs)?;
+                    let credit = leaving.iter().filter(|(id, _)| *id == entry.id).map(|(_, n)| n).sum();
+                    self.flow_depth(&batch.queue, batch.jobs.len(), credit)?;
                     entry.config.dedup_window_ms
                 }
                 None => QueueConfig::default().dedup_window_ms,

@@ -286,6 +286,16 @@ impl State {
         if partitions.is_empty() || entry.paused || entry.counts[state::READY as usize] == 0 {
             return Ok(Vec::new());
         }
+        // A group lease passes the queue's limits like any lease (module `flow`).
+        let mut options = options;
+        let limited = entry.config.lease_limited().then_some(entry.config.rate_limit);
+        if limited.is_some() {
+            let grant = self.flow_grant(name, entry, options.max_jobs);
+            if grant.jobs == 0 {
+                return Ok(Vec::new());
+            }
+            options.max_jobs = grant.jobs;
+        }
         // Each candidate with its rank in its partition's lease order: the lease takes rank 0 of
         // every partition before rank 1 of any, so that a partition with a long backlog (one just
         // handed over from a member that died) does not hold back the others.
@@ -314,6 +324,9 @@ impl State {
             }
         }
         let jobs = self.lease_rows(conn, name, options, rows)?;
+        if let Some(rate) = limited {
+            self.flow_taken(queue.id, rate.as_ref(), u32::try_from(jobs.len()).unwrap_or(u32::MAX));
+        }
         debug_assert!(
             jobs.iter().all(|j| j.partition.is_some_and(|p| partitions.contains(&p))),
             "a group lease handed out a job of a partition its member may not lease from"

@@ -22,6 +22,7 @@ impl State {
         validate::run_at_horizon(&jobs, self.now)?;
         if let Some(entry) = self.queues.get(name) {
             validate::enqueue_into(name, &entry.config, &jobs)?;
+            self.flow_depth(name, jobs.len(), 0)?;
         } else {
             self.queue_create(conn, name, QueueConfig::default())?;
         }
@@ -231,13 +232,22 @@ impl State {
         &mut self,
         conn: &Connection,
         name: &QueueName,
-        options: LeaseOptions,
-    ) -> Result<Vec<LeasedJob>> {
-        let Some(entry) = self.queues.get(name) else { return Ok(Vec::new()) };
+        mut options: LeaseOptions,
+    ) -> Result<LeaseLook> {
+        let Some(entry) = self.queues.get(name) else { return Ok(LeaseLook::default()) };
         if entry.paused || entry.counts[state::READY as usize] == 0 {
-            return Ok(Vec::new());
+            return Ok(LeaseLook::default());
         }
         let queue_id = entry.id;
+        // An unlimited queue pays this one check (module `flow`).
+        let limited = entry.config.lease_limited().then_some(entry.config.rate_limit);
+        if limited.is_some() {
+            let grant = self.flow_grant(name, entry, options.max_jobs);
+            if grant.jobs == 0 {
+                return Ok(LeaseLook { jobs: Vec::new(), retry_ms: self.flow_retry_ms(entry, grant), held: true });
+            }
+            options.max_jobs = grant.jobs;
+        }
         // The batch is read in lease order through the ready-order index, then each job is claimed
         // by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...) RETURNING`
         // would be one statement, but SQLite materializes both the IN list and the RETURNING rows in
@@ -248,7 +258,11 @@ impl State {
                 stmt.query_map(params![queue_id, options.max_jobs], ReadyRow::read).map_err(storage("leasing jobs"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
         };
-        self.lease_rows(conn, name, options, rows)
+        let jobs = self.lease_rows(conn, name, options, rows)?;
+        if let Some(rate) = limited {
+            self.flow_taken(queue_id, rate.as_ref(), u32::try_from(jobs.len()).unwrap_or(u32::MAX));
+        }
+        Ok(LeaseLook { jobs, retry_ms: None, held: false })
     }
 
     /// Leases `rows`, ready jobs of queue `name` read in lease order in this transaction: the
@@ -424,6 +438,17 @@ fn insert_sql(rows: usize, columns: InsertColumns) -> &'static str {
     });
     let index = INSERT_CHUNK_ROWS.iter().position(|&r| r == rows).unwrap_or(INSERT_CHUNK_ROWS.len() - 1);
     all.get(index).map_or("", String::as_str)
+}
+
+/// What one look of a lease found: the jobs it leased, and, when a limit held it back with
+/// nothing, how long until it may look again (module `flow`).
+#[derive(Default)]
+pub(crate) struct LeaseLook {
+    pub(crate) jobs: Vec<LeasedJob>,
+    /// Milliseconds until the queue's rate limit grants a job; `None`: no rate limit held it.
+    pub(crate) retry_ms: Option<u64>,
+    /// Whether a limit held it back while jobs were ready.
+    pub(crate) held: bool,
 }
 
 /// The queue an enqueue writes to, as its jobs' placement needs it.

@@ -364,6 +364,11 @@ impl AckPlan {
     pub(super) fn queue_ids(&self) -> impl Iterator<Item = i64> + '_ {
         self.settled.queues.iter().map(|tally| tally.queue_id)
     }
+
+    /// How many live leases of queue `queue_id` it acks.
+    pub(super) fn acked_in(&self, queue_id: i64) -> u64 {
+        self.settled.queues.iter().filter(|tally| tally.queue_id == queue_id).map(|tally| tally.jobs).sum()
+    }
 }
 
 /// What one settle call did, by queue (a call usually touches one queue, so a short list).

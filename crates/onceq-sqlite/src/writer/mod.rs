@@ -20,6 +20,7 @@ mod commits;
 pub(crate) use commits::producer_get;
 mod dead;
 mod due;
+mod flow;
 pub(crate) mod groups;
 mod idempotency;
 mod jobs;

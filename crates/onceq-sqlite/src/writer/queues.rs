@@ -30,6 +30,9 @@ impl State {
             None => {
                 let config = QueueConfig::default().patched(patch)?;
                 self.queue_create(conn, name, config.clone())?;
+                if let Some(entry) = self.queues.get(name) {
+                    self.flow_configured(entry.id, &config);
+                }
                 Ok(config)
             }
             Some(entry) => {
@@ -46,6 +49,7 @@ impl State {
                 if let Some(entry) = self.queues.get_mut(name) {
                     entry.config = config.clone();
                 }
+                self.flow_configured(id, &config);
                 self.dirty.insert(id);
                 Ok(config)
             }
@@ -81,6 +85,7 @@ impl State {
         self.names.remove(&id);
         self.dirty.remove(&id);
         self.woken.remove(&id);
+        self.buckets.remove(&id);
         self.deleted.push(name.clone());
         self.groups_woken.remove(&id);
         // Its groups are gone: waiting group leases look again (and learn the queue is gone).

@@ -18,7 +18,8 @@
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
 //!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
-//!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`invariants`]
+//!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`flow`] (rate,
+//!   in-flight and depth limits, Invariant 15), [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
 //!
 //! A `pub async fn` in an area file is a conformance function; the testkit's
@@ -30,6 +31,7 @@
 pub mod commits;
 pub mod dead_letters;
 pub mod enqueue;
+pub mod flow;
 pub mod groups;
 pub mod invariants;
 pub mod lease;
@@ -471,6 +473,16 @@ macro_rules! conformance_suite {
                 a_newer_registration_fences_the_older_producer_and_returns_its_checkpoint,
                 a_commit_moves_a_key_on_and_enqueues_its_next_job,
                 racing_producer_instances_hand_over_at_the_checkpoint_without_gaps_or_repeats,
+            ],
+            // Flow limits (Invariant 15): rate, in flight, depth.
+            flow: [
+                flow_limits_are_validated_and_cleared,
+                a_rate_limited_lease_returns_what_the_bucket_allows,
+                invariant_15_rate_holds_over_every_window,
+                invariant_15_in_flight_holds_with_expiry_and_redelivery,
+                a_held_back_long_poll_waits_for_the_limit,
+                max_depth_refuses_a_batch_whole_and_accepts_again_after_acks,
+                group_leases_pass_the_same_limits,
             ],
             invariants: [
                 invariant_2_one_live_lease,
