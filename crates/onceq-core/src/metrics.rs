@@ -64,3 +64,11 @@ pub const COMMITS: &str = "onceq_commits_total";
 pub const PRODUCER_FENCED: &str = "onceq_producer_fenced_total";
 /// Counter: registrations of a `producer` (each bumps its epoch and fences the older ones).
 pub const PRODUCER_REGISTRATIONS: &str = "onceq_producer_registrations_total";
+/// Counter: jobs enqueued by schedule ticks (label `schedule`); a tick whose job already existed
+/// (its dedup id seen) is not counted.
+pub const SCHEDULE_TICKS_ENQUEUED: &str = "onceq_schedule_ticks_enqueued_total";
+/// Counter: missed ticks that fired no job (label `schedule`): catch-up `skip`, the ticks `one`
+/// folds into one job, and those past `SCHEDULE_CATCH_UP_MAX` under `all`.
+pub const SCHEDULE_TICKS_SKIPPED: &str = "onceq_schedule_ticks_skipped_total";
+/// Histogram (seconds): how long after its time each tick fired (label `schedule`).
+pub const SCHEDULE_TICK_LATENESS: &str = "onceq_schedule_tick_lateness_seconds";
