@@ -142,6 +142,9 @@ pub enum Command {
     /// Producers of commits: get (epoch and checkpoint), register (a new epoch, fencing the old).
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Producer(cli::producer::ProducerArgs),
+    /// Cron schedules: put (create or replace), get, list, delete, pause, resume.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Schedule(cli::schedule::ScheduleArgs),
     /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Stats(cli::stats::StatsArgs),
@@ -189,6 +192,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Dlq(args) => cli::dlq::run(&args),
         Command::Group(args) => cli::group::run(&args),
         Command::Producer(args) => cli::producer::run(&args),
+        Command::Schedule(args) => cli::schedule::run(&args),
         Command::Stats(args) => cli::stats::run(&args),
         Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
         Command::VerifyGroups(drill_args) => verify_groups::run(&drill_args),
