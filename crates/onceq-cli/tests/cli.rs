@@ -634,7 +634,10 @@ fn schedules_from_the_cli() {
         .collect();
     ticks.sort_unstable();
     assert!(ticks.windows(2).all(|w| w[1] - w[0] == 1000), "one job per tick, none skipped: {ticks:?}");
-    assert_eq!(got["last_job_id"], jobs.iter().max_by_key(|j| j["dedup_id"].as_str().unwrap().to_owned()).unwrap()["id"]);
+    assert_eq!(
+        got["last_job_id"],
+        jobs.iter().max_by_key(|j| j["dedup_id"].as_str().unwrap().to_owned()).unwrap()["id"]
+    );
     let table = ok(url, &["schedule", "list"], None);
     assert_eq!(row(&table, "beat")[..2], ["beat".to_owned(), "ticks".to_owned()], "{table}");
     assert_eq!(ok(url, &["schedule", "resume", "beat"], None), "resumed schedule beat\n");

@@ -16,8 +16,8 @@ use onceq_core::api::{
 };
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
-use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::limits::DELAY_MS_MAX;
+use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, Backoff, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Jitter, Job, JobId,

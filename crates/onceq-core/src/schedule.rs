@@ -462,8 +462,8 @@ impl Cron {
             // Nothing due (or the clock went back): keep the stored next tick, never an earlier one.
             return TickPlan { fire: Vec::new(), skipped: 0, next_tick: Some(next_tick) };
         }
-        let on_time_from = Timestamp::from_millis(now.as_millis().saturating_sub(to_i64(SCHEDULE_TICK_GRACE_MS)))
-            .max(next_tick);
+        let on_time_from =
+            Timestamp::from_millis(now.as_millis().saturating_sub(to_i64(SCHEDULE_TICK_GRACE_MS))).max(next_tick);
         let mut on_time = Vec::new();
         let mut at = on_time_from;
         let mut candidate = if self.is_tick_at(at) { Some(at) } else { self.next_after(at) };
@@ -627,8 +627,14 @@ mod tests {
             vec![utc(2026, 1, 1, 0, 0, 20), utc(2026, 1, 1, 0, 0, 40), utc(2026, 1, 1, 0, 1, 0)]
         );
         // Strictly after, also from within a second.
-        assert_eq!(seconds.next_after(Timestamp::from_millis(start.as_millis() + 20_500)), Some(utc(2026, 1, 1, 0, 0, 40)));
-        assert_eq!(seconds.prev_before(Timestamp::from_millis(start.as_millis() + 20_500)), Some(utc(2026, 1, 1, 0, 0, 20)));
+        assert_eq!(
+            seconds.next_after(Timestamp::from_millis(start.as_millis() + 20_500)),
+            Some(utc(2026, 1, 1, 0, 0, 40))
+        );
+        assert_eq!(
+            seconds.prev_before(Timestamp::from_millis(start.as_millis() + 20_500)),
+            Some(utc(2026, 1, 1, 0, 0, 20))
+        );
         assert_eq!(seconds.prev_before(utc(2026, 1, 1, 0, 0, 20)), Some(start));
     }
 

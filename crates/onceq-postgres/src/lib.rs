@@ -313,7 +313,7 @@ pub(crate) struct Inner {
     pub(crate) sleeper: String,
     /// The listener task; aborted when the store goes.
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The task firing due schedule ticks (`schedules::start_ticking`); aborted when the store goes.
+    /// The task firing due schedule ticks (`PgStore::start_ticking`); aborted when the store goes.
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
@@ -439,10 +439,9 @@ impl PgStore {
             known_queues: Mutex::new(std::collections::HashMap::new()),
             conns,
         };
-        let inner = Arc::new(inner);
-        let ticker = schedules::start_ticking(Arc::downgrade(&inner));
-        *inner.ticker.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticker);
-        Ok(PgStore { inner })
+        let store = PgStore { inner: Arc::new(inner) };
+        store.start_ticking();
+        Ok(store)
     }
 
     /// Stops listening and closes every connection. Requests made afterwards fail with

@@ -10,10 +10,9 @@
 //! has. Should a pass and an upsert ever plan the same tick twice, its dedup id makes the second
 //! enqueue a duplicate.
 //!
-//! Every store fires due ticks by itself: [`start_ticking`] runs a pass every
+//! Every store fires due ticks by itself: `PgStore::start_ticking` runs a pass every
 //! [`TICK_INTERVAL`] on a task the store owns, so a library user gets ticks without a server.
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use onceq_core::limits::{SCHEDULE_LIST_MAX, SCHEDULE_TICK_BATCH_MAX};
@@ -21,12 +20,13 @@ use onceq_core::schedule::{self, Cron, FiredTick, ScheduleInfo, ScheduleName, Sc
 use onceq_core::{Error, ErrorKind, JobId, Result, Timestamp};
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::{Conn, Inner, PgStore};
+use crate::{Conn, PgStore};
 
 /// How often each store looks for due ticks: the most a tick fires late on an idle store.
 pub(crate) const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
-const ROW: &str = "SELECT {now} AS now, spec, paused, next_tick, last_tick, last_job_id FROM {s}.schedules WHERE name = $2";
+const ROW: &str =
+    "SELECT {now} AS now, spec, paused, next_tick, last_tick, last_job_id FROM {s}.schedules WHERE name = $2";
 const ROW_LOCKED: &str =
     "SELECT {now} AS now, spec, paused, next_tick, last_tick, last_job_id FROM {s}.schedules WHERE name = $2 FOR UPDATE";
 const NOW: &str = "SELECT {now} AS now";
@@ -37,8 +37,7 @@ const UPSERT: &str = "INSERT INTO {s}.schedules (name, spec, paused, next_tick, 
                       ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, paused = excluded.paused, \
                       next_tick = excluded.next_tick, updated_at = excluded.updated_at";
 const DELETE: &str = "DELETE FROM {s}.schedules WHERE name = $1";
-const SET_PAUSED: &str =
-    "UPDATE {s}.schedules SET paused = $3, next_tick = $4, updated_at = {now} WHERE name = $2";
+const SET_PAUSED: &str = "UPDATE {s}.schedules SET paused = $3, next_tick = $4, updated_at = {now} WHERE name = $2";
 /// Whether any running schedule is due: the cheap look before a firing pass opens a transaction.
 const ANY_DUE: &str =
     "SELECT 1 FROM {s}.schedules WHERE NOT paused AND next_tick IS NOT NULL AND next_tick <= {now} LIMIT 1";
@@ -264,8 +263,11 @@ impl PgStore {
         let mut conn = self.schedule_conn(context).await?;
         let mut tx = conn.begin().await.map_err(self.map_err(context))?;
         let now_param = self.now_param();
-        let Some(row) =
-            sqlx::query(&self.sql(TAKE_DUE)).bind(now_param).fetch_optional(&mut *tx).await.map_err(self.map_err(context))?
+        let Some(row) = sqlx::query(&self.sql(TAKE_DUE))
+            .bind(now_param)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.map_err(context))?
         else {
             return Ok(false);
         };
@@ -294,7 +296,12 @@ impl PgStore {
                         .fire
                         .iter()
                         .zip(enqueued)
-                        .map(|(tick, e)| FiredTick { schedule: name.clone(), tick: *tick, job_id: e.id, duplicate: e.duplicate })
+                        .map(|(tick, e)| FiredTick {
+                            schedule: name.clone(),
+                            tick: *tick,
+                            job_id: e.id,
+                            duplicate: e.duplicate,
+                        })
                         .collect();
                 }
                 Err(error) if matches!(error.kind(), ErrorKind::Storage | ErrorKind::Unavailable) => {
@@ -336,7 +343,13 @@ impl PgStore {
         Ok(true)
     }
 
-    async fn advance(&self, tx: &mut PgConnection, name: &ScheduleName, plan: &TickPlan, fired: &[FiredTick]) -> Result<()> {
+    async fn advance(
+        &self,
+        tx: &mut PgConnection,
+        name: &ScheduleName,
+        plan: &TickPlan,
+        fired: &[FiredTick],
+    ) -> Result<()> {
         let last = fired.last().map(|f| (f.tick.as_millis(), i64::try_from(f.job_id.get()).unwrap_or(i64::MAX)));
         sqlx::query(&self.sql(ADVANCE))
             .bind(name.as_str())
@@ -350,17 +363,22 @@ impl PgStore {
     }
 }
 
-/// Starts the store's own firing of due ticks: a pass every [`TICK_INTERVAL`] for as long as
-/// the store lives (the task holds it weakly and ends when it is gone; `close` aborts it).
-pub(crate) fn start_ticking(inner: Weak<Inner>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(TICK_INTERVAL).await;
-            let Some(inner) = inner.upgrade() else { return };
-            let store = PgStore { inner };
-            if let Err(error) = store.schedules_fire().await {
-                tracing::warn!(%error, "firing due schedule ticks failed; trying again");
+impl PgStore {
+    /// Starts the store's own firing of due ticks: a pass every [`TICK_INTERVAL`] for as long
+    /// as the store lives (the task holds it weakly and ends when it is gone; `close` and drop
+    /// abort it).
+    pub(crate) fn start_ticking(&self) {
+        let inner = std::sync::Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK_INTERVAL).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let store = PgStore { inner };
+                if let Err(error) = store.schedules_fire().await {
+                    tracing::warn!(%error, "firing due schedule ticks failed; trying again");
+                }
             }
-        }
-    })
+        });
+        *self.inner.ticker.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
 }

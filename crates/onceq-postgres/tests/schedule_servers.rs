@@ -27,7 +27,8 @@ const STEPS: u64 = 30;
 async fn take_ticks(store: &PgStore, q: &QueueName) -> BTreeSet<(String, i64)> {
     let mut seen = BTreeSet::new();
     loop {
-        let jobs = store.job_lease(q, LeaseOptions { max_jobs: 1000, visibility_timeout_ms: None, wait_ms: 0 }).await.unwrap();
+        let jobs =
+            store.job_lease(q, LeaseOptions { max_jobs: 1000, visibility_timeout_ms: None, wait_ms: 0 }).await.unwrap();
         if jobs.is_empty() {
             return seen;
         }

@@ -58,7 +58,10 @@ async fn check_on_schedule(
 
 /// Lists schedules (those on queues the token may read), by name.
 #[utoipa::path(get, path = "/v1/schedules", responses((status = 200, body = ScheduleList), (status = 401, body = ErrorBody)))]
-pub(crate) async fn schedule_list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<ScheduleList>> {
+pub(crate) async fn schedule_list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<ScheduleList>> {
     let schedules = state.store.schedule_list().await?;
     let schedules = schedules
         .iter()

@@ -39,11 +39,9 @@ fn millis(t: Option<Timestamp>) -> Option<i64> {
 
 impl State {
     fn schedule_row(&self, conn: &Connection, name: &ScheduleName) -> Result<Option<Row>> {
-        conn.prepare_cached(
-            "SELECT spec, paused, next_tick, last_tick, last_job_id FROM schedules WHERE name = ?1",
-        )
-        .and_then(|mut s| s.query_row([name.as_str()], read_row).optional())
-        .map_err(storage("reading a schedule"))
+        conn.prepare_cached("SELECT spec, paused, next_tick, last_tick, last_job_id FROM schedules WHERE name = ?1")
+            .and_then(|mut s| s.query_row([name.as_str()], read_row).optional())
+            .map_err(storage("reading a schedule"))
     }
 
     /// Creates or replaces a schedule (validated by the caller).

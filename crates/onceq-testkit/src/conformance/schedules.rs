@@ -129,7 +129,11 @@ pub async fn a_schedule_fires_one_job_per_tick<B: Backend>(backend: &B) {
     f.store.schedule_upsert(&six_fields, twenty.clone()).await.unwrap();
     f.advance_and_tick(&clock, MINUTE).await;
     let expected: Vec<Timestamp> = [20, 40, 60].iter().map(|s| at(5 * MINUTE + s * 1000)).collect();
-    assert_eq!(f.take_ticks("seconds", "every-20-seconds").await, expected, "ticks within the grace period are on time");
+    assert_eq!(
+        f.take_ticks("seconds", "every-20-seconds").await,
+        expected,
+        "ticks within the grace period are on time"
+    );
     let listed: Vec<String> = f.store.schedule_list().await.unwrap().iter().map(|s| s.name.to_string()).collect();
     assert_eq!(listed, vec!["every-20-seconds", "every-minute"]);
     assert_eq!(f.store.schedule_get(&six_fields).await.unwrap().spec, twenty);
