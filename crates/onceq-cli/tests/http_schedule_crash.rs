@@ -65,7 +65,7 @@ async fn ticks_fire_once_each_across_kill_9_around_tick_boundaries() {
         sleep_to_second_boundary(rng.gen_range(-40..=40)).await;
         server.kill().await;
         kills += 1;
-        let durability = if kills % 2 == 0 { "fsync" } else { "relaxed" };
+        let durability = if kills.is_multiple_of(2) { "fsync" } else { "relaxed" };
         server.restart_with(&["--listen", "127.0.0.1:0", "--durability", durability]).await;
     }
     let api = server.api();
