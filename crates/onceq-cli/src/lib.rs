@@ -73,8 +73,8 @@ pub use error::CliError;
 
 /// The end of `onceq --help`: where the operator commands find their server, and what they exit with.
 const TOP_AFTER_HELP: &str = "\
-The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, stats)
-talk to a running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
+The operator commands (queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer,
+schedule, stats) talk to a running `onceq serve`: --server URL (env ONCEQ_SERVER, default http://127.0.0.1:7700), --token
 (env ONCEQ_TOKEN), --output table|json, before or after the command. They exit with 0 on success, 1 when the command failed
 (unknown queue or job, lease lost, refused), 2 on bad usage, 3 when the server is unreachable.";
 
@@ -206,6 +206,9 @@ pub enum Command {
     /// Producers of commits: get (epoch and checkpoint), register (a new epoch, fencing the old).
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Producer(cli::producer::ProducerArgs),
+    /// Cron schedules: put (create or replace), get, list, delete, pause, resume.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Schedule(cli::schedule::ScheduleArgs),
     /// Job counts of every queue: ready, scheduled, leased, dead, oldest ready age, paused.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Stats(cli::stats::StatsArgs),
@@ -236,6 +239,7 @@ impl Command {
             Command::Dlq(args) => Some(&mut args.connection),
             Command::Group(args) => Some(&mut args.connection),
             Command::Producer(args) => Some(&mut args.connection),
+            Command::Schedule(args) => Some(&mut args.connection),
             Command::Stats(args) => Some(&mut args.connection),
             Command::Serve(_)
             | Command::Bench(_)
@@ -286,6 +290,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Dlq(args) => cli::dlq::run(&args),
         Command::Group(args) => cli::group::run(&args),
         Command::Producer(args) => cli::producer::run(&args),
+        Command::Schedule(args) => cli::schedule::run(&args),
         Command::Stats(args) => cli::stats::run(&args),
         Command::Verify(verify_args) => verify::run(&verify_args, &command_line(args)),
         Command::VerifyGroups(drill_args) => verify_groups::run(&drill_args),

@@ -597,3 +597,59 @@ fn producers_from_the_cli() {
     let bad = onceq(url, &["producer", "get", "no spaces"], None);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
+
+/// Schedules from the CLI against a real server: `schedule put` an every-second schedule and the
+/// server fires it by itself (one job per tick, with the tick's dedup id); `get`, `list`,
+/// `pause`, `resume`, `delete`; a bad cron exits 1 naming the field, a bad name 2, an unknown
+/// schedule 1.
+#[test]
+fn schedules_from_the_cli() {
+    let server = Server::start();
+    let url = server.url.as_str();
+    let put = json(
+        url,
+        &["schedule", "put", "beat", "ticks", "* * * * * *", "--payload", r#"{"kind":"beat"}"#, "--catch-up", "all"],
+        None,
+    );
+    assert_eq!(
+        (&put["name"], &put["queue"], &put["cron"], &put["timezone"], &put["catch_up"], &put["paused"]),
+        (&json!("beat"), &json!("ticks"), &json!("* * * * * *"), &json!("UTC"), &json!("all"), &json!(false))
+    );
+    assert_eq!(put["next_ticks"].as_array().unwrap().len(), 5, "{put}");
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    let paused = ok(url, &["schedule", "pause", "beat"], None);
+    assert_eq!(paused, "paused schedule beat\n");
+    let got = json(url, &["schedule", "get", "beat"], None);
+    assert_eq!((&got["paused"], &got["next_tick"]), (&json!(true), &json!(null)), "{got}");
+    let leased = json(url, &["lease", "ticks", "--max-jobs", "100"], None);
+    let jobs = leased["jobs"].as_array().unwrap();
+    assert!(jobs.len() >= 2, "an every-second schedule fired {} jobs in 3.5 s: {leased}", jobs.len());
+    let mut ticks: Vec<i64> = jobs
+        .iter()
+        .map(|job| {
+            assert_eq!(job["payload"], json!({"kind": "beat"}));
+            let dedup = job["dedup_id"].as_str().unwrap();
+            dedup.strip_prefix("schedule:beat:").unwrap().parse().unwrap()
+        })
+        .collect();
+    ticks.sort_unstable();
+    assert!(ticks.windows(2).all(|w| w[1] - w[0] == 1000), "one job per tick, none skipped: {ticks:?}");
+    assert_eq!(
+        got["last_job_id"],
+        jobs.iter().max_by_key(|j| j["dedup_id"].as_str().unwrap().to_owned()).unwrap()["id"]
+    );
+    let table = ok(url, &["schedule", "list"], None);
+    assert_eq!(row(&table, "beat")[..2], ["beat".to_owned(), "ticks".to_owned()], "{table}");
+    assert_eq!(ok(url, &["schedule", "resume", "beat"], None), "resumed schedule beat\n");
+    assert_eq!(ok(url, &["schedule", "delete", "beat", "--yes"], None), "deleted schedule beat\n");
+    let gone = onceq(url, &["schedule", "get", "beat"], None);
+    assert_eq!((gone.code, gone.stderr.as_str()), (1, "onceq: schedule 'beat' not found\n"));
+    let bad_cron = onceq(url, &["schedule", "put", "bad", "ticks", "61 * * * *"], None);
+    assert_eq!(bad_cron.code, 1, "{bad_cron:?}");
+    assert!(bad_cron.stderr.contains("cron: "), "{}", bad_cron.stderr);
+    let bad_zone = onceq(url, &["schedule", "put", "bad", "ticks", "* * * * *", "--timezone", "Nowhere/Land"], None);
+    assert!(bad_zone.code == 1 && bad_zone.stderr.contains("timezone: "), "{bad_zone:?}");
+    let bad_name = onceq(url, &["schedule", "get", "no spaces"], None);
+    assert_eq!(bad_name.code, 2, "{}", bad_name.stderr);
+    assert_eq!(json(url, &["schedule", "list"], None), json!({"schedules": []}));
+}

@@ -15,6 +15,8 @@ pub(crate) enum Missing {
     Queue(QueueName),
     /// The job named in the path does not exist: [`Error::JobNotFound`].
     Job(JobId),
+    /// The schedule named in the path does not exist: [`Error::ScheduleNotFound`].
+    Schedule(onceq_core::schedule::ScheduleName),
     /// The endpoint names neither: the server's error is taken as it is.
     Nothing,
 }
@@ -49,12 +51,13 @@ pub(crate) fn from_reply(reply: &Reply<'_>, missing: &Missing, endpoint: &str, b
             match missing {
                 Missing::Queue(queue) => return Error::QueueNotFound(queue.clone()),
                 Missing::Job(id) => return Error::JobNotFound(*id),
+                Missing::Schedule(name) => return Error::ScheduleNotFound(name.to_string()),
                 Missing::Nothing => {}
             }
         }
         let id = match missing {
             Missing::Job(id) => Some(*id),
-            Missing::Queue(_) | Missing::Nothing => None,
+            Missing::Queue(_) | Missing::Schedule(_) | Missing::Nothing => None,
         };
         // A refusal by a limit keeps its pause: the body's milliseconds, else the header's seconds.
         let mut body = body;

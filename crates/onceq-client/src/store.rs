@@ -11,12 +11,13 @@ use async_trait::async_trait;
 use onceq_core::api::{
     parse_time, AcksRequest, CommitRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem,
     ExtendsRequest, FailItem, FailsRequest, GroupList, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest,
-    LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, SettleResult,
-    SettleResults,
+    LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, ScheduleList,
+    ScheduleRequest, ScheduleView, SettleResult, SettleResults,
 };
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::limits::DELAY_MS_MAX;
+use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, Backoff, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Jitter, Job, JobId,
@@ -43,6 +44,11 @@ fn group_path(queue: &QueueName, group: &GroupName, rest: &str) -> Result<String
 /// The path of one member of a group, followed by `rest`.
 fn member_path(queue: &QueueName, group: &GroupName, member: &MemberId, rest: &str) -> Result<String> {
     group_path(queue, group, &format!("/members/{}{rest}", member.as_str()))
+}
+
+/// `/v1/schedules/{name}` followed by `rest` (schedule names are URL-safe, never only dots).
+fn schedule_path(name: &ScheduleName, rest: &str) -> String {
+    format!("/v1/schedules/{}{rest}", name.as_str())
 }
 
 /// The wire form of a new job (payload bytes kept exactly: see `onceq_core::api`).
@@ -116,6 +122,14 @@ impl Client {
             .collect()
     }
 
+    /// A schedule the server sent, checked to be the one asked for.
+    fn schedule_info(&self, view: ScheduleView, name: &ScheduleName) -> Result<ScheduleInfo> {
+        if &view.name != name {
+            return Err(self.unreadable(&format!("schedule {} for schedule {name}", view.name), "the names differ"));
+        }
+        view.into_info().map_err(|e| self.unreadable(&format!("schedule {name}"), e))
+    }
+
     /// A job the server sent.
     fn job(&self, view: JobView) -> Result<Job> {
         let id = view.id;
@@ -145,6 +159,50 @@ impl Store for Client {
 
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
         self.call(Method::GET, &format!("/v1/producers/{}", producer.as_str())).fetch().await
+    }
+
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()> {
+        let call = self.call(Method::DELETE, &schedule_path(name, ""));
+        call.missing(Missing::Schedule(name.clone())).send().await
+    }
+
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo> {
+        let call = self.call(Method::GET, &schedule_path(name, ""));
+        let view: ScheduleView = call.missing(Missing::Schedule(name.clone())).fetch().await?;
+        self.schedule_info(view, name)
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+        let listed: ScheduleList = self.call(Method::GET, "/v1/schedules").fetch().await?;
+        listed
+            .schedules
+            .into_iter()
+            .map(|view| {
+                let name = view.name.clone();
+                view.into_info().map_err(|e| self.unreadable(&format!("schedule {name}"), e))
+            })
+            .collect()
+    }
+
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()> {
+        let call = self.call(Method::POST, &schedule_path(name, "/pause"));
+        call.missing(Missing::Schedule(name.clone())).send().await
+    }
+
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()> {
+        let call = self.call(Method::POST, &schedule_path(name, "/resume"));
+        call.missing(Missing::Schedule(name.clone())).send().await
+    }
+
+    async fn schedule_tick(&self) -> Result<TickReport> {
+        self.call(Method::POST, "/v1/schedule-ticks").fetch().await
+    }
+
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo> {
+        spec.validate()?;
+        let body = ScheduleRequest::from_spec(&spec);
+        let view: ScheduleView = self.call(Method::PUT, &schedule_path(name, "")).json(&body).fetch().await?;
+        self.schedule_info(view, name)
     }
 
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {

@@ -822,6 +822,177 @@ pub struct PurgeResponse {
     pub purged: u64,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Schedules (`crate::schedule`): `PUT/GET/DELETE /v1/schedules/{name}`, pause, resume, tick.
+// ---------------------------------------------------------------------------------------------
+
+/// The body of `PUT /v1/schedules/{name}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScheduleRequest {
+    /// The queue each tick's job goes to (created with defaults by the first tick if needed).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub queue: crate::QueueName,
+    /// Cron expression: 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// IANA time zone (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Each tick's job payload, any JSON value (default `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "raw_present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Option<Box<RawValue>>,
+    /// Instead of `payload`: arbitrary bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Each tick's job fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::schedule::JobTemplate>,
+    /// `skip`, `one` (default) or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<crate::schedule::CatchUp>,
+    /// Create (or keep) the schedule paused (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// A schedule payload on the wire: JSON, `null` for the default `null`, else base64.
+fn schedule_payload_out(bytes: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
+    if bytes == b"null" {
+        return (None, None);
+    }
+    payload_out(bytes)
+}
+
+impl ScheduleRequest {
+    /// The wire form of a spec.
+    pub fn from_spec(spec: &crate::schedule::ScheduleSpec) -> Self {
+        let (payload, payload_base64) = schedule_payload_out(&spec.payload);
+        ScheduleRequest {
+            queue: spec.queue.clone(),
+            cron: spec.cron.clone(),
+            timezone: Some(spec.timezone.clone()),
+            payload,
+            payload_base64,
+            job: Some(spec.job.clone()),
+            catch_up: Some(spec.catch_up),
+            paused: Some(spec.paused),
+        }
+    }
+
+    /// The spec asked for, defaults filled in (not yet validated: see
+    /// [`ScheduleSpec::validate`](crate::schedule::ScheduleSpec::validate)).
+    pub fn into_spec(self) -> Result<crate::schedule::ScheduleSpec> {
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(raw), None) => raw.get().as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| Error::invalid(format!("payload_base64 is not base64: {e}")))?,
+            (None, None) => b"null".to_vec(),
+            (Some(_), Some(_)) => return Err(Error::invalid("give payload or payload_base64, not both")),
+        };
+        Ok(crate::schedule::ScheduleSpec {
+            queue: self.queue,
+            cron: self.cron,
+            timezone: self.timezone.unwrap_or_else(|| "UTC".to_owned()),
+            payload,
+            job: self.job.unwrap_or_default(),
+            catch_up: self.catch_up.unwrap_or_default(),
+            paused: self.paused.unwrap_or(false),
+        })
+    }
+}
+
+/// A schedule as `GET /v1/schedules/{name}` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScheduleView {
+    /// The schedule's name.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub name: crate::schedule::ScheduleName,
+    /// The queue each tick's job goes to.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub queue: crate::QueueName,
+    /// Cron expression.
+    pub cron: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Each tick's JSON payload (null when it is `null` or `payload_base64` is set).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Option<Box<RawValue>>,
+    /// A payload that is not JSON, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Each tick's job fields.
+    pub job: crate::schedule::JobTemplate,
+    /// Catch-up policy.
+    pub catch_up: crate::schedule::CatchUp,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// RFC 3339: the next tick that fires (null while paused, or when it never fires again).
+    pub next_tick: Option<String>,
+    /// RFC 3339: the next few ticks.
+    pub next_ticks: Vec<String>,
+    /// RFC 3339: the latest tick that fired a job.
+    pub last_tick: Option<String>,
+    /// The job of `last_tick`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub last_job_id: Option<JobId>,
+}
+
+impl ScheduleView {
+    /// The wire form of a schedule.
+    pub fn from_info(info: &crate::schedule::ScheduleInfo) -> Self {
+        let (payload, payload_base64) = schedule_payload_out(&info.spec.payload);
+        ScheduleView {
+            name: info.name.clone(),
+            queue: info.spec.queue.clone(),
+            cron: info.spec.cron.clone(),
+            timezone: info.spec.timezone.clone(),
+            payload,
+            payload_base64,
+            job: info.spec.job.clone(),
+            catch_up: info.spec.catch_up,
+            paused: info.spec.paused,
+            next_tick: info.next_tick.map(format_time),
+            next_ticks: info.next_ticks.iter().copied().map(format_time).collect(),
+            last_tick: info.last_tick.map(format_time),
+            last_job_id: info.last_job_id,
+        }
+    }
+
+    /// The schedule this view shows (what a client returns).
+    pub fn into_info(self) -> Result<crate::schedule::ScheduleInfo> {
+        let time = |t: &str| parse_time(t).map_err(|e| Error::Storage(format!("the server sent a bad time: {e}")));
+        let opt = |t: Option<String>| t.as_deref().map(time).transpose();
+        Ok(crate::schedule::ScheduleInfo {
+            name: self.name,
+            spec: crate::schedule::ScheduleSpec {
+                queue: self.queue,
+                cron: self.cron,
+                timezone: self.timezone,
+                payload: payload_in(self.payload, self.payload_base64)?,
+                job: self.job,
+                catch_up: self.catch_up,
+                paused: self.paused,
+            },
+            next_tick: opt(self.next_tick)?,
+            next_ticks: self.next_ticks.iter().map(|t| time(t)).collect::<Result<_>>()?,
+            last_tick: opt(self.last_tick)?,
+            last_job_id: self.last_job_id,
+        })
+    }
+}
+
+/// `GET /v1/schedules`: every schedule, by name.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScheduleList {
+    /// The schedules.
+    pub schedules: Vec<ScheduleView>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

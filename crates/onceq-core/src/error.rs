@@ -21,6 +21,9 @@ pub enum Error {
     /// The queue does not exist.
     #[error("queue '{0}' not found")]
     QueueNotFound(QueueName),
+    /// The schedule does not exist.
+    #[error("schedule '{0}' not found")]
+    ScheduleNotFound(String),
     /// The job does not exist: it was acked, purged, deleted with its queue, or never existed.
     #[error("job {0} not found (acked, purged, or never existed)")]
     JobNotFound(JobId),
@@ -72,7 +75,7 @@ pub enum ErrorKind {
     InvalidRequest,
     /// See [`Error::PayloadTooLarge`].
     PayloadTooLarge,
-    /// See [`Error::QueueNotFound`] and [`Error::JobNotFound`].
+    /// See [`Error::QueueNotFound`], [`Error::JobNotFound`] and [`Error::ScheduleNotFound`].
     NotFound,
     /// See [`Error::LeaseLost`].
     LeaseLost,
@@ -98,7 +101,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Error::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
-            Error::QueueNotFound(_) | Error::JobNotFound(_) => ErrorKind::NotFound,
+            Error::QueueNotFound(_) | Error::JobNotFound(_) | Error::ScheduleNotFound(_) => ErrorKind::NotFound,
             Error::LeaseLost(_) | Error::LeasesLost(_) => ErrorKind::LeaseLost,
             Error::Fenced(_) => ErrorKind::Fenced,
             Error::Conflict(_) => ErrorKind::Conflict,

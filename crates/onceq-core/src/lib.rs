@@ -17,6 +17,8 @@
 //! - [`ordering`]: [`Ordering`], a key's partition (the hash clients compute) and the sticky,
 //!   balanced assignment of a group's partitions.
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy, and [`BackoffPatch`], a partial update of it.
+//! - [`schedule`]: schedules: [`ScheduleName`](schedule::ScheduleName), the spec, what a read
+//!   returns, and the pure tick computation (cron, time zones, DST, catch-up; Invariant 14).
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
 //! - [`idempotency`]: the idempotency store, the consumer half of effectively-once.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod ordering;
 mod queue;
 mod retry;
+pub mod schedule;
 mod settle;
 pub mod store;
 pub mod time;

@@ -110,6 +110,31 @@ const _: () = assert!(LEASE_BATCH_MAX <= IN_FLIGHT_MAX);
 const _: () = assert!(ENQUEUE_BATCH_MAX as u64 <= QUEUE_DEPTH_MAX);
 const _: () = assert!(MAX_DEPTH_RETRY_AFTER_MS <= RATE_LIMITED_BACKOFF_MS_MAX);
 
+// Schedules (`onceq_core::schedule`).
+/// Longest schedule name, in bytes (`[A-Za-z0-9._-]`).
+pub const SCHEDULE_NAME_LEN_MAX: usize = 128;
+/// Longest cron expression, in bytes.
+pub const SCHEDULE_CRON_LEN_MAX: usize = 256;
+/// A due tick fired at most this long after its time is on time and fires under every catch-up
+/// policy; an older one was missed (docs/api.md, "Schedules"). A minute: wide enough for a store
+/// that was busy or restarting for a moment, narrow enough that `skip` skips a real outage.
+pub const SCHEDULE_TICK_GRACE_MS: u64 = 60_000;
+/// Most missed ticks that catch-up `all` fires in one pass: the latest ones; older missed ticks
+/// are skipped. Bounds the jobs (and the transaction) one long outage of a fast schedule makes.
+pub const SCHEDULE_CATCH_UP_MAX: usize = 100;
+/// Most missed ticks one pass counts as skipped (for the metric): a year-long outage of a
+/// one-second schedule is not walked tick by tick.
+pub const SCHEDULE_TICK_SCAN_MAX: u64 = 100_000;
+/// Upcoming ticks a schedule read shows.
+pub const SCHEDULE_NEXT_TICKS_SHOWN: usize = 5;
+/// Most schedules one listing returns (all of them, up to this).
+pub const SCHEDULE_LIST_MAX: usize = 10_000;
+/// Most schedules one firing pass fires: the most overdue first; the rest are next.
+pub const SCHEDULE_TICK_BATCH_MAX: usize = 100;
+
+const _: () = assert!(SCHEDULE_TICK_GRACE_MS >= 1000);
+const _: () = assert!(SCHEDULE_CATCH_UP_MAX <= ENQUEUE_BATCH_MAX);
+
 const _: () = assert!(VISIBILITY_TIMEOUT_MS_MIN <= VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);
 const _: () = assert!(LEASE_BATCH_MAX as usize <= SETTLE_BATCH_MAX);

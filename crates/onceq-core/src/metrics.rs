@@ -75,3 +75,12 @@ pub const FLOW_WAIT: &str = "onceq_flow_wait_seconds";
 /// Counter: enqueues and commits refused whole because they would take a queue past its
 /// `max_depth`, by `queue`.
 pub const MAX_DEPTH_REFUSALS: &str = "onceq_max_depth_refusals_total";
+
+/// Counter: jobs enqueued by schedule ticks (label `schedule`); a tick whose job already existed
+/// (its dedup id seen) is not counted.
+pub const SCHEDULE_TICKS_ENQUEUED: &str = "onceq_schedule_ticks_enqueued_total";
+/// Counter: missed ticks that fired no job (label `schedule`): catch-up `skip`, the ticks `one`
+/// folds into one job, and those past `SCHEDULE_CATCH_UP_MAX` under `all`.
+pub const SCHEDULE_TICKS_SKIPPED: &str = "onceq_schedule_ticks_skipped_total";
+/// Histogram (seconds): how long after its time each tick fired (label `schedule`).
+pub const SCHEDULE_TICK_LATENESS: &str = "onceq_schedule_tick_lateness_seconds";

@@ -11,6 +11,7 @@ use crate::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use crate::job::check_delay;
 use crate::limits::*;
 use crate::queue::check_visibility_timeout;
+use crate::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 pub use crate::settle::{Extend, Fail, Nack, NackOutcome, Release};
 use crate::{
     DeliveryMode, Enqueued, Error, Job, JobId, LeaseRef, LeasedJob, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
@@ -165,6 +166,29 @@ pub trait Store: Send + Sync {
     /// Reads a producer without registering it: its current epoch and checkpoint, epoch 0 (an
     /// epoch never issued) when it never registered.
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration>;
+
+    // Schedules (`onceq_core::schedule`; Invariant 14: one job per tick).
+
+    /// Deletes a schedule; jobs its ticks enqueued stay. `ScheduleNotFound` if there is none.
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()>;
+    /// Reads a schedule: its spec, next ticks, last tick and last job.
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo>;
+    /// Lists every schedule (up to [`SCHEDULE_LIST_MAX`]), by name.
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>>;
+    /// Pauses a schedule: it fires nothing until resumed, and its ticks meanwhile are not caught up.
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()>;
+    /// Resumes a schedule from its first tick after now (and after its last tick).
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()>;
+    /// Fires every due tick of every schedule as of the store's clock, each tick's job enqueued
+    /// in the transaction that advances its schedule; returns what this call fired. Stores also
+    /// fire due ticks by themselves; this is for a caller that wants it now (and for tests on a
+    /// manual clock). Ticks another pass already fired are not returned again.
+    async fn schedule_tick(&self) -> Result<TickReport>;
+    /// Creates or replaces a schedule (validated with [`ScheduleSpec::validate`]). A new
+    /// schedule, or one whose cron or time zone changed, fires from its first tick after now
+    /// (and after its last tick); otherwise its next tick stays, so re-applying the same spec
+    /// (a deploy at every start) loses no tick that is due.
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo>;
 }
 
 #[async_trait]
@@ -177,6 +201,27 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
         (**self).producer_get(producer).await
+    }
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()> {
+        (**self).schedule_delete(name).await
+    }
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo> {
+        (**self).schedule_get(name).await
+    }
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+        (**self).schedule_list().await
+    }
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()> {
+        (**self).schedule_pause(name).await
+    }
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()> {
+        (**self).schedule_resume(name).await
+    }
+    async fn schedule_tick(&self) -> Result<TickReport> {
+        (**self).schedule_tick().await
+    }
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo> {
+        (**self).schedule_upsert(name, spec).await
     }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         (**self).dead_list(queue, page).await

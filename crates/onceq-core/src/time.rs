@@ -118,6 +118,14 @@ impl ManualClock {
             callback();
         }
     }
+
+    /// Moves time back by `ms` milliseconds: a clock that jumps back (a database server's clock
+    /// set back, a machine restored from a snapshot), for the tests that prove nothing is done
+    /// twice after one. It breaks the [`Clock`] promise on purpose; stores must survive it.
+    pub fn rewind(&self, ms: u64) {
+        let delta = i64::try_from(ms).unwrap_or(i64::MAX);
+        let _ = self.now.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_sub(delta)));
+    }
 }
 
 impl Clock for ManualClock {

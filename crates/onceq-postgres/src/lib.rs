@@ -13,6 +13,8 @@
 //! - `groups`: consumer groups: each group's state in one row, the group operations as
 //!   transactions under its row lock, and the one-look lease of a member, serialized against
 //!   hand-overs (Invariant 10); `jobs` runs the long poll around it.
+//! - `schedules`: schedules, and firing their due ticks (one job per tick across servers, by
+//!   the schedule row's lock), from a task each store runs and on `schedule_tick`.
 //! - `idempotency`: the idempotency store, in the same schema.
 //! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
 //!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait
@@ -141,6 +143,7 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod queues;
+mod schedules;
 mod schema;
 mod sql;
 pub mod statements;
@@ -155,6 +158,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
@@ -314,6 +318,8 @@ pub(crate) struct Inner {
     pub(crate) sleeper: String,
     /// The listener task; aborted when the store goes.
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task firing due schedule ticks (`PgStore::start_ticking`); aborted when the store goes.
+    ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
     /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
@@ -325,6 +331,9 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+        if let Some(task) = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
     }
@@ -430,17 +439,23 @@ impl PgStore {
             hot_sql: Mutex::default(),
             sleeper: wait::sleeper_name(),
             listener: Mutex::new(Some(task)),
+            ticker: Mutex::new(None),
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
             conns,
         };
-        Ok(PgStore { inner: Arc::new(inner) })
+        let store = PgStore { inner: Arc::new(inner) };
+        store.start_ticking();
+        Ok(store)
     }
 
     /// Stops listening and closes every connection. Requests made afterwards fail with
     /// [`Error::Unavailable`].
     pub async fn close(&self) {
         if let Some(task) = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+        if let Some(task) = self.inner.ticker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
         // The pool is marked closed before the kept connections go back, so that none of them
@@ -564,6 +579,35 @@ impl Store for PgStore {
 
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
         self.read_producer(producer).await
+    }
+
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()> {
+        self.schedule_remove(name).await
+    }
+
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo> {
+        self.schedule_read(name).await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+        self.schedule_read_all().await
+    }
+
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()> {
+        self.schedule_set_paused(name, true).await
+    }
+
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()> {
+        self.schedule_set_paused(name, false).await
+    }
+
+    async fn schedule_tick(&self) -> Result<TickReport> {
+        self.schedules_fire().await
+    }
+
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo> {
+        let cron = spec.validate()?;
+        self.schedule_upsert_own(name, spec, &cron).await
     }
 
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {

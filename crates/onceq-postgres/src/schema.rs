@@ -415,6 +415,22 @@ const MIGRATIONS: &[&str] = &[
         tat      bigint NOT NULL
     );
     "#,
+    // v8: schedules (`onceq_core::schedule`; the `schedules` module). The spec as JSON text,
+    // the paused flag, the first tick not yet fired or skipped (NULL: never fires again), and
+    // the last tick that fired with its job. A firing pass holds the row `FOR UPDATE SKIP
+    // LOCKED` while it enqueues the ticks' jobs and advances `next_tick`.
+    r#"
+    CREATE TABLE {s}.schedules (
+        name        text PRIMARY KEY,
+        spec        text NOT NULL,
+        paused      boolean NOT NULL,
+        next_tick   bigint,
+        last_tick   bigint,
+        last_job_id bigint,
+        updated_at  bigint NOT NULL
+    );
+    CREATE INDEX schedules_due ON {s}.schedules (next_tick) WHERE NOT paused AND next_tick IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,7 +141,13 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 7 back to version 5: what v7 (flow buckets) and v6 (commits) added goes.
+/// SQL that takes a schema at version 8 back to version 7: what v8 (schedules) added goes.
+fn undo_v8(schema: &str) -> String {
+    format!("DROP TABLE \"{schema}\".schedules; DELETE FROM \"{schema}\".migrations WHERE version = 8;")
+}
+
+/// SQL that takes a schema at version 8 back to version 5: what v8, v7 (flow buckets) and v6
+/// (commits) added goes.
 fn undo_v6(schema: &str) -> String {
     format!(
         "{} DROP TABLE \"{schema}\".producers; DROP TABLE \"{schema}\".commits; \
@@ -150,9 +156,43 @@ fn undo_v6(schema: &str) -> String {
     )
 }
 
-/// SQL that takes a schema at version 7 back to version 6: v7's flow buckets go.
+/// SQL that takes a schema at version 8 back to version 6: v8's schedules and v7's flow buckets go.
 fn undo_v7(schema: &str) -> String {
-    format!("DROP TABLE \"{schema}\".flow_buckets; DELETE FROM \"{schema}\".migrations WHERE version = 7;")
+    format!(
+        "{} DROP TABLE \"{schema}\".flow_buckets; DELETE FROM \"{schema}\".migrations WHERE version = 7;",
+        undo_v8(schema)
+    )
+}
+
+/// A schema at version 7 (before schedules) is brought up to date in place: its jobs stay, and
+/// a schedule created on it fires its ticks.
+#[tokio::test]
+async fn a_version_7_schema_is_migrated_in_place_and_fires_schedules() {
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard::of(&schema);
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
+    store.close().await;
+    let mut admin = admin().await;
+    sqlx::raw_sql(&undo_v8(&schema)).execute(&mut admin).await.unwrap();
+
+    let clock = onceq_core::ManualClock::at_default_start();
+    let store = common::connect(common::options(&schema, Some(clock.clone()))).await;
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    let name = onceq_core::schedule::ScheduleName::new("minutely").unwrap();
+    store.schedule_upsert(&name, onceq_core::schedule::ScheduleSpec::new(q.clone(), "* * * * *")).await.unwrap();
+    clock.advance(60_000);
+    store.schedule_tick().await.unwrap();
+    assert_eq!(store.schedule_get(&name).await.unwrap().last_tick.map(|t| t.as_millis()), Some(1_767_225_660_000));
+    assert_eq!(store.queue_get(&q).await.unwrap().stats.ready, 2, "the kept job and the tick's");
+    assert_eq!(store.job_get(kept).await.unwrap().payload, b"kept".to_vec());
+    store.close().await;
 }
 
 /// SQL that takes a schema at version 6 back to version 4: what v6 and v5 (consumer groups)
@@ -206,7 +246,7 @@ async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
     )
@@ -247,7 +287,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();

@@ -6,6 +6,7 @@
 //!   [`serve`]. `api`: [`Api`], the API over a store before it is served.
 //! - `state`: what every handler shares, and the request body limit.
 //! - `routes`: the handlers and the OpenAPI document (`/openapi.json`), generated from them.
+//! - `schedules`: the `/v1/schedules` handlers, routed and documented by `routes`.
 //! - [`auth`]: bearer tokens with per-queue-pattern permissions.
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
@@ -18,6 +19,7 @@ pub mod error;
 mod extract;
 mod metrics;
 mod routes;
+mod schedules;
 mod serve;
 mod state;
 

@@ -54,6 +54,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/releases", post(releases))
         .route("/v1/commits", post(commit))
         .route("/v1/producers/{id}", get(producer_get).post(producer_register))
+        .merge(crate::schedules::routes())
         .route("/v1/idempotency/{key}/begin", post(idempotency_begin))
         .route("/v1/idempotency/{key}/complete", post(idempotency_complete))
         .route("/v1/idempotency/{key}/release", post(idempotency_release))
@@ -103,6 +104,13 @@ pub(crate) fn routes() -> Router<AppState> {
         commit,
         producer_register,
         producer_get,
+        crate::schedules::schedule_list,
+        crate::schedules::schedule_get,
+        crate::schedules::schedule_put,
+        crate::schedules::schedule_delete,
+        crate::schedules::schedule_pause,
+        crate::schedules::schedule_resume,
+        crate::schedules::schedule_tick,
         idempotency_begin,
         idempotency_complete,
         idempotency_release,
@@ -118,6 +126,13 @@ pub(crate) fn routes() -> Router<AppState> {
         onceq_core::commit::CommitEnqueued,
         onceq_core::commit::Fence,
         onceq_core::commit::Registration,
+        ScheduleRequest,
+        ScheduleView,
+        ScheduleList,
+        onceq_core::schedule::JobTemplate,
+        onceq_core::schedule::CatchUp,
+        onceq_core::schedule::TickReport,
+        onceq_core::schedule::FiredTick,
         QueueConfig,
         QueueConfigPatch,
         // Flow limits (a queue's rate limit).

@@ -58,6 +58,13 @@ async fn the_openapi_document_lists_every_path_of_the_contract() {
         ("post", "/v1/queues/{queue}/groups/{group}/members"),
         ("post", "/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat"),
         ("delete", "/v1/queues/{queue}/groups/{group}/members/{member_id}"),
+        ("get", "/v1/schedules"),
+        ("put", "/v1/schedules/{name}"),
+        ("get", "/v1/schedules/{name}"),
+        ("delete", "/v1/schedules/{name}"),
+        ("post", "/v1/schedules/{name}/pause"),
+        ("post", "/v1/schedules/{name}/resume"),
+        ("post", "/v1/schedule-ticks"),
         ("post", "/v1/idempotency/{key}/begin"),
         ("post", "/v1/idempotency/{key}/complete"),
         ("post", "/v1/idempotency/{key}/release"),
@@ -77,7 +84,8 @@ async fn the_openapi_document_lists_every_path_of_the_contract() {
             .replace("{id}", "1")
             .replace("{key}", "k")
             .replace("{group}", "g")
-            .replace("{member_id}", "0123456789abcdef0123456789abcdef");
+            .replace("{member_id}", "0123456789abcdef0123456789abcdef")
+            .replace("{name}", "openapi-probe");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let reply = api.send(method.clone(), &concrete, Some(b"{}".to_vec()), &[]).await;
         let unrouted = reply.status == 405 || (reply.status == 404 && reply.text.contains("no endpoint"));

@@ -12,6 +12,8 @@
 //!   - `writer::cache`: queue configs, per-state counts, the id counter and the next due time,
 //!     kept in memory, and what of them it publishes for readers and waiting leases.
 //!   - `writer::due`: what the clock made due, applied before each group.
+//!   - `writer::schedules`: schedules, and firing their due ticks (from `writer::due`, and on
+//!     `schedule_tick`) in the transaction that advances them.
 //!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
 //!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::queues`,
 //!     `writer::dead` (redrive, purge), `writer::idempotency` and `writer::groups` (consumer
@@ -70,6 +72,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
@@ -456,6 +459,40 @@ impl Store for SqliteStore {
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
         let producer = producer.clone();
         self.call(move |_, conn| crate::writer::producer_get(conn, &producer)).await
+    }
+
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()> {
+        let name = name.clone();
+        self.call(move |state, conn| state.schedule_delete(conn, &name)).await
+    }
+
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo> {
+        let name = name.clone();
+        self.call(move |state, conn| state.schedule_get(conn, &name)).await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+        self.call(move |state, conn| state.schedule_list(conn)).await
+    }
+
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()> {
+        let name = name.clone();
+        self.call(move |state, conn| state.schedule_set_paused(conn, &name, true)).await
+    }
+
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()> {
+        let name = name.clone();
+        self.call(move |state, conn| state.schedule_set_paused(conn, &name, false)).await
+    }
+
+    async fn schedule_tick(&self) -> Result<TickReport> {
+        self.call(move |state, conn| state.schedules_fire(conn)).await
+    }
+
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo> {
+        let cron = spec.validate()?;
+        let name = name.clone();
+        self.call(move |state, conn| state.schedule_upsert(conn, &name, spec, &cron)).await
     }
 
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {

@@ -142,6 +142,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX commits_expiry ON commits (expires_at);
     "#,
+    // v6: schedules (`onceq_core::schedule`). The spec as JSON, the paused flag, the first tick
+    // not yet fired or skipped (NULL: never fires again), and the last tick that fired with its
+    // job. A firing pass advances `next_tick` in the transaction that enqueues the ticks' jobs.
+    r#"
+    CREATE TABLE schedules (
+        name        TEXT PRIMARY KEY,
+        spec        TEXT NOT NULL,
+        paused      INTEGER NOT NULL,
+        next_tick   INTEGER,
+        last_tick   INTEGER,
+        last_job_id INTEGER,
+        updated_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules (next_tick) WHERE paused = 0 AND next_tick IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

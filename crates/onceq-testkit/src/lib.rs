@@ -4,8 +4,8 @@
 //!
 //! - [`Backend`]: how the suite opens a fresh, empty store of the backend under test.
 //! - [`conformance`]: one async function per behaviour and per invariant of docs/design.md, a file per
-//!   area (enqueue, lease, settle, dead letters, queues, limits, long poll, invariants) beside the
-//!   fixture they share.
+//!   area (enqueue, lease, settle, dead letters, queues, limits, long poll, ordering, groups,
+//!   commits, schedules, invariants) beside the fixture they share.
 //! - [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance function; its list
 //!   is also [`conformance::SUITE`], which `tests/conformance_complete.rs` checks against the
 //!   functions the area files define.

@@ -2287,6 +2287,7 @@ mod tests {
     use async_trait::async_trait;
     use onceq_core::commit::{CommitEnqueued, CommitOutcome};
     use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+    use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
     use onceq_core::{DeadList, ItemResults, QueueInfo, Result};
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, TestRunner};
@@ -2385,6 +2386,11 @@ mod tests {
     /// The model covers one queue's jobs; consumer groups are checked by the conformance suite.
     fn no_groups<T>() -> Result<T> {
         Err(Error::invalid("the reference model's store has no consumer groups"))
+    }
+
+    /// The model covers one queue's jobs; schedules are checked by the conformance suite.
+    fn no_schedules<T>() -> Result<T> {
+        Err(Error::invalid("the reference model's store has no schedules"))
     }
 
     #[async_trait]
@@ -2487,6 +2493,27 @@ mod tests {
         async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
             let (epoch, checkpoint) = self.with(|model, _| model.producer_get(producer.as_str()));
             Ok(Registration { producer: producer.clone(), epoch, checkpoint })
+        }
+        async fn schedule_delete(&self, _name: &ScheduleName) -> Result<()> {
+            no_schedules()
+        }
+        async fn schedule_get(&self, _name: &ScheduleName) -> Result<ScheduleInfo> {
+            no_schedules()
+        }
+        async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+            no_schedules()
+        }
+        async fn schedule_pause(&self, _name: &ScheduleName) -> Result<()> {
+            no_schedules()
+        }
+        async fn schedule_resume(&self, _name: &ScheduleName) -> Result<()> {
+            no_schedules()
+        }
+        async fn schedule_tick(&self) -> Result<TickReport> {
+            no_schedules()
+        }
+        async fn schedule_upsert(&self, _name: &ScheduleName, _spec: ScheduleSpec) -> Result<ScheduleInfo> {
+            no_schedules()
         }
         async fn group_get(&self, _queue: &QueueName, _group: &GroupName) -> Result<GroupInfo> {
             no_groups()

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::{
     Begin, BeginOutcome, Complete, DeadList, DeadPage, Enqueued, Error, Extend, Fail, IdempotencyStore, ItemResults,
     Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
@@ -293,6 +294,27 @@ impl Store for RecordedStore {
     }
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
         self.ctx.target().producer_get(producer).await
+    }
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()> {
+        self.ctx.target().schedule_delete(name).await
+    }
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo> {
+        self.ctx.target().schedule_get(name).await
+    }
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+        self.ctx.target().schedule_list().await
+    }
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()> {
+        self.ctx.target().schedule_pause(name).await
+    }
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()> {
+        self.ctx.target().schedule_resume(name).await
+    }
+    async fn schedule_tick(&self) -> Result<TickReport> {
+        self.ctx.target().schedule_tick().await
+    }
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo> {
+        self.ctx.target().schedule_upsert(name, spec).await
     }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         self.ctx.target().dead_list(queue, page).await

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::{
     DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef, LeasedJob, Nack,
     NackOutcome, NewJob, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Release, Result,
@@ -44,6 +45,27 @@ impl Store for HeldHeartbeats {
     }
     async fn producer_get(&self, producer: &ProducerId) -> Result<Registration> {
         self.inner.producer_get(producer).await
+    }
+    async fn schedule_delete(&self, name: &ScheduleName) -> Result<()> {
+        self.inner.schedule_delete(name).await
+    }
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<ScheduleInfo> {
+        self.inner.schedule_get(name).await
+    }
+    async fn schedule_list(&self) -> Result<Vec<ScheduleInfo>> {
+        self.inner.schedule_list().await
+    }
+    async fn schedule_pause(&self, name: &ScheduleName) -> Result<()> {
+        self.inner.schedule_pause(name).await
+    }
+    async fn schedule_resume(&self, name: &ScheduleName) -> Result<()> {
+        self.inner.schedule_resume(name).await
+    }
+    async fn schedule_tick(&self) -> Result<TickReport> {
+        self.inner.schedule_tick().await
+    }
+    async fn schedule_upsert(&self, name: &ScheduleName, spec: ScheduleSpec) -> Result<ScheduleInfo> {
+        self.inner.schedule_upsert(name, spec).await
     }
     async fn dead_list(&self, queue: &QueueName, page: DeadPage) -> Result<DeadList> {
         self.inner.dead_list(queue, page).await

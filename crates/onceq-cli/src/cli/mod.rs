@@ -12,6 +12,7 @@
 //! - [`job`]: `onceq job get`.
 //! - [`dlq`]: `onceq dlq list|redrive|purge`.
 //! - [`group`]: `onceq group list|describe`, the consumer groups of a `per_key` queue.
+//! - [`schedule`]: `onceq schedule put|get|list|delete|pause|resume`, cron schedules.
 //! - [`stats`]: `onceq stats`, once or `--watch`ed.
 //! - [`table`]: aligned columns and the short forms of values (ages, payloads) the tables show.
 //!
@@ -25,6 +26,7 @@ pub mod job;
 pub mod lease;
 pub mod producer;
 pub mod queue;
+pub mod schedule;
 pub mod stats;
 pub mod table;
 
@@ -69,7 +71,7 @@ pub struct Connection {
 }
 
 /// The operator commands, as `onceq --help` and the errors name them.
-pub const OPERATOR_COMMANDS: &str = "queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, stats";
+pub const OPERATOR_COMMANDS: &str = "queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, schedule, stats";
 
 /// The operator commands' connection options given before the command (`onceq --server URL
 /// queue list`): the same as [`Connection`]'s, which they fill in when the command's own are not

@@ -63,6 +63,8 @@ pub(crate) struct State {
     /// `shared.next_due` only after the transaction that computed it commits, so a reader that
     /// sees a later `next_due` also sees the committed transitions (it may be early, never late).
     pub(super) next_due: i64,
+    /// No schedule has a tick due before this time (ms; `i64::MAX` when none will).
+    pub(super) next_schedule_due: i64,
     pub(super) rng: StdRng,
     pub(super) last_dedup_sweep: Timestamp,
     /// The rate-limit bucket (`tat`, `onceq_core::flow`) of each rate-limited queue, by id;
@@ -85,6 +87,7 @@ impl State {
             groups_woken: HashSet::new(),
             shared,
             next_due: i64::MAX,
+            next_schedule_due: i64::MAX,
             rng: StdRng::from_entropy(),
             last_dedup_sweep: Timestamp::default(),
             buckets: HashMap::new(),
@@ -147,6 +150,7 @@ impl State {
         self.dirty.clear();
         self.deleted.clear();
         self.recompute_next_due(conn)?;
+        self.recompute_next_schedule_due(conn)?;
         self.publish_all();
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! What the clock made due, applied at the start of every group commit (Invariant 7: the
 //! store's one clock decides): scheduled jobs become ready, expired leases are redelivered or
-//! dead-lettered, and expired dedup ids, idempotency records and commit ids are swept.
+//! dead-lettered, due schedule ticks fire (`writer::schedules`), and expired dedup ids, idempotency records and commit ids are swept.
 
 use onceq_core::metrics as names;
 use onceq_core::Result;
@@ -30,6 +30,11 @@ impl State {
                 .and_then(|mut s| s.execute([self.now.as_millis()]))
                 .map_err(storage("sweeping expired commit ids"))?;
             self.last_dedup_sweep = self.now;
+        }
+        if self.now.as_millis() >= self.next_schedule_due {
+            // The store's own firing of due schedule ticks; `schedule_tick` returns what it
+            // fires, these are counted in metrics only.
+            self.schedules_fire(conn)?;
         }
         if self.now.as_millis() < self.next_due {
             return Ok(());

@@ -18,8 +18,8 @@
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
 //!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
-//!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`flow`] (rate,
-//!   in-flight and depth limits, Invariant 15), [`invariants`]
+//!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`schedules`]
+//!   (Invariant 14), [`flow`] (rate, in-flight and depth limits, Invariant 15), [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
 //!
 //! A `pub async fn` in an area file is a conformance function; the testkit's
@@ -39,6 +39,7 @@ pub mod limits;
 pub mod long_poll;
 pub mod ordering;
 pub mod queues;
+pub mod schedules;
 pub mod settle;
 
 use std::any::Any;
@@ -483,6 +484,16 @@ macro_rules! conformance_suite {
                 a_held_back_long_poll_waits_for_the_limit,
                 max_depth_refuses_a_batch_whole_and_accepts_again_after_acks,
                 group_leases_pass_the_same_limits,
+            ],
+            schedules: [
+                a_schedule_fires_one_job_per_tick,
+                a_paused_schedule_fires_nothing,
+                a_deleted_schedule_fires_nothing_and_is_not_found,
+                a_bad_cron_or_timezone_is_refused_naming_the_field,
+                a_clock_that_jumps_back_refires_nothing,
+                a_three_hour_downtime_catches_up_as_each_policy_says,
+                daylight_saving_changes_skip_missing_times_and_fire_repeated_ones_once,
+                changing_the_cron_keeps_no_phantom_ticks,
             ],
             invariants: [
                 invariant_2_one_live_lease,
