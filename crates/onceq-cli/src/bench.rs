@@ -22,10 +22,13 @@
 //! | lease+ack 100/call, 1,000,000 ready | the same, behind a backlog | the same, behind the same backlog |
 //! | end-to-end 100/call, `per_key`, 10,000 keys | 4 producers, 8 workers | the same on an unordered queue |
 //! | lease+ack 100/call, `per_key`, 100,000 keys behind 1,000,000 jobs | 1 worker | the same keys, a head each and one job behind each leased head |
+//! | pipeline stage: lease 100, commit (ack 100 + enqueue 100) | 1 worker | plain lease+ack 100/call, 1 worker |
+//! | lease+ack 100/call, rate limit far above (1,000,000/s, burst 100,000) | 4 workers | the same on an unlimited queue |
 //!
-//! The two ordered scenarios have no SQLite floor: their yardstick is the store itself, on an
-//! unordered queue (what ordering costs), and on a small backlog of the same keys (that leasing
-//! never looks at the jobs blocked behind their keys' heads).
+//! The ordered, pipeline and rate-limited scenarios have no SQLite floor: their yardstick is the
+//! store itself, on an unordered queue (what ordering costs), on a small backlog of the same keys
+//! (that leasing never looks at the jobs blocked behind their keys' heads), doing plain
+//! lease+ack (what a commit adds), and on an unlimited queue (what the limiter costs).
 //!
 //! A *pipelined* end-to-end floor transaction deletes (acks) the jobs leased by the previous one,
 //! leases (UPDATE through the ready-order index) the jobs inserted before it, and inserts new ones:
@@ -136,7 +139,7 @@ struct Plan {
 }
 
 /// The scenarios of the embedded bench, in the order they run.
-const EMBEDDED_SCENARIOS: [Scenario; 10] = [
+const EMBEDDED_SCENARIOS: [Scenario; 11] = [
     Scenario::Enqueue1,
     Scenario::EnqueueConcurrent,
     Scenario::EnqueueBatched,
@@ -147,6 +150,7 @@ const EMBEDDED_SCENARIOS: [Scenario; 10] = [
     Scenario::EndToEndOrdered,
     Scenario::LeaseAckOrderedBacklog,
     Scenario::PipelineStage,
+    Scenario::LeaseAckLimited,
 ];
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
@@ -569,6 +573,25 @@ impl Bench<'_> {
             self.row(row);
         }
 
+        if plan.only.runs(Scenario::LeaseAckLimited) {
+            // The limiter's cost: a rate limit that never binds, beside no limit.
+            let side = |limited: bool| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::limited_or_plain(&store, &queue, &payload, n, limited).await
+                })
+            };
+            let (run, plain, ratios) =
+                rounds_of(self.plan.rounds, || side(true), || side(false).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: scenarios::limited_scenario(),
+                run,
+                ratios,
+                floor: Some(floor_figure(plain, scenarios::LIMITED_YARDSTICK)),
+            };
+            figures.limited = Some(row.ratio());
+            self.row(row);
+        }
+
         figures.print(level);
         Ok(())
     }
@@ -671,6 +694,8 @@ struct Figures {
     ordered_backlog: Option<(u64, f64)>,
     /// Pipeline stage jobs/s / plain lease+ack jobs/s.
     pipeline: Option<f64>,
+    /// Lease+ack jobs/s under a rate limit that never binds / without one.
+    limited: Option<f64>,
 }
 
 impl Figures {
@@ -737,6 +762,9 @@ impl Figures {
                     100.0 * ratio
                 ),
             );
+        }
+        if let Some(ratio) = self.limited {
+            report::limited_target(&mut out, ratio);
         }
         emit(&mut out);
     }

@@ -33,10 +33,10 @@ pub struct BenchArgs {
     /// Run only these scenarios (comma-separated or repeated), with the embedded store or
     /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
     /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched,
-    /// lease-ack-backlog, end-to-end-ordered, lease-ack-ordered-backlog and pipeline-stage;
-    /// --store has enqueue-batched, lease-ack-batched, end-to-end-batched, enqueue-concurrent,
-    /// lease-ack-single, end-to-end-ordered, lease-ack-ordered-backlog (behind 1,000,000 jobs)
-    /// and pipeline-stage.
+    /// lease-ack-backlog, end-to-end-ordered, lease-ack-ordered-backlog, pipeline-stage and
+    /// lease-ack-limited; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
+    /// enqueue-concurrent, lease-ack-single, end-to-end-ordered, lease-ack-ordered-backlog
+    /// (behind 1,000,000 jobs), pipeline-stage and lease-ack-limited.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
     pub only: Vec<Scenario>,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases
@@ -113,6 +113,9 @@ pub enum Scenario {
     /// A pipeline stage: lease 100 jobs, then one commit that acks them and enqueues 100 jobs
     /// into the next queue, beside plain lease + ack of 100 per call (its yardstick).
     PipelineStage,
+    /// Lease + ack of 100 per call, 4 workers, on a queue with a rate limit far above the
+    /// achieved rate, beside the same on an unlimited queue (its yardstick): the limiter's cost.
+    LeaseAckLimited,
 }
 
 impl Scenario {

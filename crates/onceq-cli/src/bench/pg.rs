@@ -457,7 +457,7 @@ struct PgBench<'a> {
 const ORDERED_BACKLOG: u64 = 1_000_000;
 
 /// The scenarios of the PostgreSQL bench, in the order they run.
-const PG_SCENARIOS: [Scenario; 8] = [
+const PG_SCENARIOS: [Scenario; 9] = [
     Scenario::EnqueueBatched,
     Scenario::LeaseAckBatched,
     Scenario::EndToEndBatched,
@@ -466,6 +466,7 @@ const PG_SCENARIOS: [Scenario; 8] = [
     Scenario::EndToEndOrdered,
     Scenario::LeaseAckOrderedBacklog,
     Scenario::PipelineStage,
+    Scenario::LeaseAckLimited,
 ];
 
 /// Runs the PostgreSQL scenarios against `url` and prints the report on stdout.
@@ -740,6 +741,27 @@ impl PgBench<'_> {
             pipeline_ratio = Some(row.ratio());
         }
 
+        // The limiter's cost: a rate limit that never binds, beside no limit, the store against
+        // itself.
+        let mut limited_ratio = None;
+        if self.only.runs(Scenario::LeaseAckLimited) {
+            let side = |limited: bool| {
+                self.store(move |store, queue, payload| async move {
+                    scenarios::limited_or_plain(&store, &queue, &payload, jobs, limited).await
+                })
+            };
+            let (run, plain, ratios) = rounds_of(self.rounds, || side(true), || side(false).map(|r| jobs_per_s(&r)))?;
+            let row = Row {
+                scenario: scenarios::limited_scenario(),
+                run,
+                floor_jobs_per_s: plain,
+                ratios,
+                floor_what: scenarios::LIMITED_YARDSTICK.to_owned(),
+            };
+            self.row(&row, &mut Vec::new());
+            limited_ratio = Some(row.ratio());
+        }
+
         let _ = writeln!(out, "targets (issue 5, synchronous_commit={sync}):");
         if let Some(rate) = end_to_end_batched {
             rate_target(&mut out, "end-to-end batched", rate, TARGET_END_TO_END_BATCHED);
@@ -771,6 +793,9 @@ impl PgBench<'_> {
                     100.0 * ratio
                 ),
             );
+        }
+        if let Some(ratio) = limited_ratio {
+            super::report::limited_target(&mut out, ratio);
         }
         let _ = writeln!(out, "total time {:.0} s", started.elapsed().as_secs_f64());
         emit(&mut out);

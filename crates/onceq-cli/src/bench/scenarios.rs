@@ -397,6 +397,43 @@ pub(crate) async fn pipeline_or_plain<S: Store + Clone + 'static>(
     }
 }
 
+/// Workers of the limiter-cost scenario: enough that the store's limiter is shared, as it is
+/// among a queue's consumers.
+pub(crate) const LIMITED_WORKERS: u64 = 4;
+
+/// The limiter-cost scenario's row name, in both benches.
+pub(crate) fn limited_scenario() -> String {
+    format!("lease+ack {}/call, {LIMITED_WORKERS} workers, rate limit far above (1,000,000/s)", super::options::BATCH)
+}
+
+/// What the limiter-cost scenario is measured against, in both benches.
+pub(crate) const LIMITED_YARDSTICK: &str = "the same on an unlimited queue (the store)";
+
+/// One side of the limiter-cost scenario on a fresh `queue`: fills it with `jobs` jobs, gives it
+/// (`limited`) a rate limit far above any rate a machine reaches (the largest allowed: 1,000,000
+/// leases a second, burst 100,000), then leases and acks them all, [`BATCH`](super::options::BATCH)
+/// per call, with [`LIMITED_WORKERS`] workers. The limit never holds a lease back: what the two
+/// sides differ by is what the limiter costs.
+pub(crate) async fn limited_or_plain<S: Store + Clone + 'static>(
+    store: &S,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+    limited: bool,
+) -> Result<Run, BenchError> {
+    use onceq_core::flow::RateLimit;
+    use onceq_core::limits::{RATE_BURST_MAX, RATE_PER_SECOND_MAX};
+    fill(store, queue, payload, jobs, Keys::None).await?;
+    if limited {
+        let rate = RateLimit { per_second: RATE_PER_SECOND_MAX, burst: RATE_BURST_MAX };
+        store.queue_upsert(queue, QueueConfigPatch { rate_limit: Some(Some(rate)), ..Default::default() }).await?;
+        // However the store starts a new bucket, it is full this long after: 100,000 tokens
+        // at 1,000,000 a second take 0.1 s.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lease_ack(store, queue, jobs, super::options::BATCH, LIMITED_WORKERS).await
+}
+
 /// A pipeline stage, one worker: leases up to `per_call` jobs of `queue` without waiting, then
 /// one commit (named after its first lease, as a worker names its commits) acks them and
 /// enqueues one job per input into `next`, until `jobs` are done. The queue must hold exactly
