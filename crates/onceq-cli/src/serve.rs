@@ -153,7 +153,7 @@ impl Settings {
         let pg_pool_size = args.pg_pool_size.or(config.pg_pool_size).unwrap_or(onceq_postgres::DEFAULT_POOL_SIZE);
         if !(1..=onceq_postgres::POOL_SIZE_MAX).contains(&pg_pool_size) {
             return Err(CliError::Usage(format!(
-                "pg_pool_size is {pg_pool_size}; it must be 1 to {}",
+                "pg_pool_size: pool size is {pg_pool_size}; it must be between 1 and {}",
                 onceq_postgres::POOL_SIZE_MAX
             )));
         }

@@ -69,7 +69,7 @@ fn config_check_prints_what_serve_would_run_with_and_refuses_what_serve_would() 
     for (file, says) in [
         ("typo.toml", "unknown field `lisen`"),
         ("open.toml", "refusing to listen on 0.0.0.0:7700 without auth"),
-        ("pg.toml", "pg_pool_size is 5000; it must be 1 to 1000"),
+        ("pg.toml", "pg_pool_size: pool size is 5000; it must be between 1 and 1000"),
         ("missing.toml", "cannot read config file missing.toml"),
     ] {
         let out = onceq_in(dir.path(), &["config", "check", file], &[]);
