@@ -191,6 +191,9 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
                 onceq_core::Error::Unavailable(m) => CliError::Unavailable(format!("--store: {m}")),
                 other => CliError::Failed(format!("--store: {other}")),
             })?;
+            if pg.created() {
+                crate::serve::warn_created(&args.store_schema, "--store-schema");
+            }
             let description = format!("onceq PostgreSQL store, schema {}", args.store_schema);
             return Ok((Arc::new(OnceqSink::new(Arc::new(pg.clone()))), description, Some(pg)));
         }

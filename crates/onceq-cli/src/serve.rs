@@ -283,6 +283,9 @@ async fn open_store(
             onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),
             other => CliError::Failed(other.to_string()),
         })?;
+        if store.created() {
+            warn_created(pg_schema, "--pg-schema (ONCEQ_PG_SCHEMA, pg_schema in the config file)");
+        }
         let shared = Arc::new(store.clone());
         return Ok(Opened {
             store: shared.clone(),
@@ -305,6 +308,16 @@ async fn open_store(
         postgres: None,
         description: format!("data dir {}, durability {durability:?}", data_dir.display()),
     })
+}
+
+/// The one line an operator cannot miss when a PostgreSQL schema held no store and connecting
+/// created an empty one there: a mistyped schema name would otherwise look like lost queues.
+/// On stderr whatever the log level; `flag` names where the schema was given.
+pub(crate) fn warn_created(schema: &str, flag: &str) {
+    eprintln!(
+        "onceq: schema {schema} held no onceq store; created an empty one (no queues, no jobs). \
+         If you expected queues there, check {flag}"
+    );
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -242,3 +242,18 @@ async fn serve_exits_2_for_a_bad_schema_name_and_3_for_an_unreachable_database()
         assert!(stderr.contains(message), "{store} {schema}: {stderr:?} should say {message:?}");
     }
 }
+
+/// A schema that held no store is never a silent empty one: the start that creates it says so
+/// in one line on stderr, and a start on the store it made says nothing.
+#[tokio::test]
+async fn serve_says_when_it_created_an_empty_store() {
+    let schema = pg_common::Schema::fresh("created").await;
+    let mut server = pg_common::start_server(&schema).await;
+    let said = format!("onceq: schema {} held no onceq store; created an empty one (no queues, no jobs)", schema.name);
+    let stderr = server.stderr();
+    assert!(stderr.contains(&said) && stderr.contains("check --pg-schema"), "{stderr}");
+    server.terminate(Duration::from_secs(30)).await;
+    server.restart().await;
+    let stderr = server.stderr();
+    assert!(!stderr.contains("held no onceq store"), "a start on an existing store is quiet: {stderr}");
+}

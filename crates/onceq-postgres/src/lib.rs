@@ -326,6 +326,8 @@ pub(crate) struct Inner {
     pub(crate) known_queues: Mutex<std::collections::HashMap<QueueName, Arc<KnownQueue>>>,
     /// Connections kept out of the pool between statements (see `conns`).
     pub(crate) conns: Arc<conns::Conns>,
+    /// Whether connecting created the store: its schema held none before.
+    created: bool,
 }
 
 impl Drop for Inner {
@@ -384,7 +386,7 @@ impl PgStore {
             })??;
         let migrated = schema::migrate(&mut conn, &options.schema, &target).await;
         let _ = conn.close().await;
-        migrated?;
+        let created = migrated?;
 
         let pool = PgPoolOptions::new()
             // One more than asked for: the listener holds one for good.
@@ -443,6 +445,7 @@ impl PgStore {
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
             conns,
+            created,
         };
         let store = PgStore { inner: Arc::new(inner) };
         store.start_ticking();
@@ -479,6 +482,13 @@ impl PgStore {
     /// The schema this store uses.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    /// Whether [`connect`](Self::connect) created the store: its schema held no store before
+    /// (it did not exist, or was empty), so the store starts with no queues and no jobs. A
+    /// program that expected existing queues tells its operator (`onceq serve` does).
+    pub fn created(&self) -> bool {
+        self.inner.created
     }
 
     /// The connection pool (for callers that run their own SQL beside the store).

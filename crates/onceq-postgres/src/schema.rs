@@ -457,8 +457,9 @@ pub(crate) fn quoted(schema: &str) -> String {
     format!("\"{schema}\"")
 }
 
-/// Migrates `schema` to [`SCHEMA_VERSION`] on `conn`, creating it if needed.
-pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Target) -> Result<()> {
+/// Migrates `schema` to [`SCHEMA_VERSION`] on `conn`, creating it if needed; `true` when it
+/// held no store before (the store was created, empty).
+pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Target) -> Result<bool> {
     let fail = |context: &str| {
         let context = format!("migrating schema {schema}: {context}");
         move |e: sqlx::Error| map(target, &context, e)
@@ -512,7 +513,7 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Targ
         )));
     }
     if version == SCHEMA_VERSION {
-        return tx.commit().await.map_err(fail("committing"));
+        return tx.commit().await.map_err(fail("committing")).map(|()| false);
     }
     if !has_version_table {
         let create = format!(
@@ -532,7 +533,7 @@ pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, target: &Targ
     }
     tx.commit().await.map_err(fail("committing"))?;
     tracing::info!(schema, from = version, to = SCHEMA_VERSION, "migrated the PostgreSQL schema");
-    Ok(())
+    Ok(version == 0)
 }
 
 /// Opens one connection for migrating, with a precise error when the server cannot be reached.
