@@ -78,6 +78,15 @@ pub(super) fn row_details(out: &mut String, width: usize, ratios: &[f64], run: &
     }
 }
 
+/// The limiter-cost target line, in both benches: the limiter itself is cheap.
+pub(super) fn limited_target(out: &mut String, ratio: f64) {
+    target_line(
+        out,
+        ratio >= 0.90,
+        format_args!("rate-limited lease+ack (a limit that never binds) ≥ 90% of unlimited: {:.0}%", 100.0 * ratio),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,13 +99,4 @@ mod tests {
         assert_eq!(thousands(1_234_567.8), "1,234,568");
         assert_eq!(thousands(f64::NAN), "-");
     }
-}
-
-/// The limiter-cost target line, in both benches: the limiter itself is cheap.
-pub(super) fn limited_target(out: &mut String, ratio: f64) {
-    target_line(
-        out,
-        ratio >= 0.90,
-        format_args!("rate-limited lease+ack (a limit that never binds) ≥ 90% of unlimited: {:.0}%", 100.0 * ratio),
-    );
 }
