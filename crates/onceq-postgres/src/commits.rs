@@ -183,9 +183,7 @@ impl PgStore {
     /// at the end (rolled back: nothing applied).
     async fn commit_once(&self, commit: Commit, claim: Claim) -> std::result::Result<Option<CommitOutcome>, Tried> {
         let target = &self.inner.target;
-        let mut conn = self
-            .pool_for_transaction()
-            .acquire()
+        let mut conn = self.acquire_conn()
             .await
             .map_err(|e| Tried::BeforeCommit(crate::error::map(target, "starting a commit", e)))?;
         let mut tx =

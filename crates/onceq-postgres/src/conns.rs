@@ -206,12 +206,34 @@ impl Checkout<'_> {
     }
 }
 
+/// How long a request waits for a connection from sqlx's pool while the database is suspect (a
+/// connection to it failed within the last few seconds, `error::Target::suspect`): with the
+/// database down, requests fail with `Unavailable` (503) in about this long, not after the pool's
+/// whole acquire timeout, which stays for a healthy database whose connections are all busy.
+pub(crate) const SUSPECT_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(750);
+
 impl Conns {
     /// The pool, for a transaction to take its connection from: the kept connections go back
     /// first, so that a transaction never waits on one.
     pub(crate) fn pool_for_transaction(&self) -> &PgPool {
         self.give_back();
         &self.pool
+    }
+
+    /// A connection of sqlx's pool for a transaction (the kept ones go back first), waiting at
+    /// most [`SUSPECT_ACQUIRE_TIMEOUT`] while the database is suspect.
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        self.give_back();
+        self.acquire_from_pool().await
+    }
+
+    /// `pool.acquire()`, bounded by [`SUSPECT_ACQUIRE_TIMEOUT`] while the database is suspect.
+    async fn acquire_from_pool(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        if self.target.suspect() {
+            tokio::time::timeout(SUSPECT_ACQUIRE_TIMEOUT, self.pool.acquire()).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        } else {
+            self.pool.acquire().await
+        }
     }
 
     /// A connection for one autocommit statement: the one kept last, or one from sqlx's pool.
@@ -233,7 +255,7 @@ impl Conns {
         if let Some(Kept { conn, out_since, .. }) = reuse {
             return Ok(Checkout { conns: self, conn, out_since });
         }
-        let conn = self.pool.acquire().await?;
+        let conn = self.acquire_from_pool().await?;
         Ok(Checkout { conns: self, conn, out_since: Instant::now() })
     }
 }

@@ -243,7 +243,7 @@ impl PgStore {
         let at = Timestamp::from_millis(now);
         let outcome = self
             .run("changing a consumer group", || async {
-                let mut conn = self.pool_for_transaction().acquire().await?;
+                let mut conn = self.acquire_conn().await?;
                 let mut tx = conn.begin().await?;
                 let mut q = q.clone();
                 if let Change::Join(_) = change {
@@ -377,9 +377,7 @@ impl PgStore {
 
     pub(crate) async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
         let (now, q) = self.group_queue(queue).await?;
-        let mut conn = self
-            .pool_for_transaction()
-            .acquire()
+        let mut conn = self.acquire_conn()
             .await
             .map_err(|e| crate::error::map(&self.inner.target, "reading a consumer group", e))?;
         let state = self.group_read(&mut conn, &q, group.as_str(), now).await?;
@@ -389,9 +387,7 @@ impl PgStore {
 
     pub(crate) async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
         let (now, q) = self.group_queue(queue).await?;
-        let mut conn = self
-            .pool_for_transaction()
-            .acquire()
+        let mut conn = self.acquire_conn()
             .await
             .map_err(|e| crate::error::map(&self.inner.target, "listing consumer groups", e))?;
         let names: Vec<String> = sqlx::query_scalar(&self.sql(GROUPS_LIST))
@@ -437,7 +433,7 @@ impl PgStore {
         let at = Timestamp::from_millis(now);
         let outcome = self
             .run("leasing for a consumer group member", || async {
-                let mut conn = self.pool_for_transaction().acquire().await?;
+                let mut conn = self.acquire_conn().await?;
                 // First under FOR SHARE; under FOR UPDATE when the state needs a refresh.
                 for exclusive in [false, true] {
                     let mut tx = conn.begin().await?;

@@ -841,7 +841,7 @@ impl PgStore {
             return self.depth_then_insert(conn, queue, batch, now, queue_id, config, config_text).await;
         }
         let map = |e| crate::error::map(&self.inner.target, "checking a queue's depth", e);
-        let mut pooled = self.pool_for_transaction().acquire().await.map_err(map)?;
+        let mut pooled = self.acquire_conn().await.map_err(map)?;
         let mut tx = sqlx::Connection::begin(&mut *pooled).await.map_err(map)?;
         let inserted = self
             .depth_then_insert(&mut Conn::Caller(&mut tx), queue, batch, now, queue_id, config, config_text)
@@ -1267,7 +1267,7 @@ impl PgStore {
     ) -> Result<(Vec<PgRow>, Option<Option<u64>>)> {
         let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
         self.run("leasing jobs under the queue's limits", || async {
-            let mut conn = self.pool_for_transaction().acquire().await?;
+            let mut conn = self.acquire_conn().await?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let granted = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, max_jobs).await?;
             let held = granted.grant.held_by.map(|_| crate::flow::retry_ms(&q.config, &granted, now));

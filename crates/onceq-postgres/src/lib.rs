@@ -513,6 +513,12 @@ impl PgStore {
         self.inner.conns.pool_for_transaction()
     }
 
+    /// A connection for a transaction (see `conns`): quickly `Unavailable` while the database
+    /// is suspect.
+    pub(crate) async fn acquire_conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+        self.inner.conns.acquire().await
+    }
+
     /// A connection for one autocommit statement (see `conns`).
     pub(crate) async fn checkout(&self) -> Result<conns::Checkout<'_>, sqlx::Error> {
         self.inner.conns.checkout().await

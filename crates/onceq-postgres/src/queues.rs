@@ -282,7 +282,7 @@ impl PgStore {
         let (lock, count, update) = (self.sql(REORDER_LOCK), self.sql(REORDER_COUNT), self.sql(REORDER_UPDATE));
         let outcome = self
             .run("changing a queue's ordering", || async {
-                let mut conn = self.pool_for_transaction().acquire().await?;
+                let mut conn = self.acquire_conn().await?;
                 let mut tx = conn.begin().await?;
                 let locked: Option<(i64, String)> =
                     sqlx::query_as(&lock).bind(queue.as_str()).fetch_optional(&mut *tx).await?;
@@ -328,7 +328,7 @@ impl PgStore {
             (self.sql(QUEUE_ROW_DELETE), self.sql(QUEUE_JOBS_DELETE), self.sql(QUEUE_COUNTS_DELETE));
         let deleted = self
             .run("deleting a queue", || async {
-                let mut conn = self.pool_for_transaction().acquire().await?;
+                let mut conn = self.acquire_conn().await?;
                 let mut tx = conn.begin().await?;
                 let id: Option<i64> =
                     sqlx::query_scalar(&row_delete).bind(queue.as_str()).fetch_optional(&mut *tx).await?;

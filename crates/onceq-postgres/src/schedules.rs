@@ -96,7 +96,7 @@ impl PgStore {
 
     /// A connection for a transaction of the store's own.
     async fn schedule_conn(&self, context: &'static str) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
-        self.pool_for_transaction().acquire().await.map_err(self.map_err(context))
+        self.acquire_conn().await.map_err(self.map_err(context))
     }
 
     /// `Store::schedule_upsert` (the spec validated by the caller).
