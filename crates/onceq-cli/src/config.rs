@@ -10,10 +10,11 @@ use crate::serve::{ServeArgs, Settings};
 
 /// The environment variables `onceq serve` reads, each over the config file's key of the same
 /// meaning.
-const SERVE_VARIABLES: [(&str, &str); 9] = [
+const SERVE_VARIABLES: [(&str, &str); 10] = [
     ("ONCEQ_STORE", "store"),
     ("ONCEQ_PG_SCHEMA", "pg_schema"),
     ("ONCEQ_PG_POOL_SIZE", "pg_pool_size"),
+    ("ONCEQ_PG_CONNECT_TIMEOUT_MS", "pg_connect_timeout_ms"),
     ("ONCEQ_DATA_DIR", "data_dir"),
     ("ONCEQ_LISTEN", "listen"),
     ("ONCEQ_CONFIG", "the file named here"),
@@ -80,6 +81,7 @@ fn shown(settings: &Settings) -> Vec<(&'static str, String)> {
     if postgres {
         rows.push(("pg_schema", settings.pg_schema.clone()));
         rows.push(("pg_pool_size", settings.pg_pool_size.to_string()));
+        rows.push(("pg_connect_timeout_ms", settings.pg_connect_timeout.as_millis().to_string()));
     } else {
         rows.push(("data_dir", settings.data_dir.display().to_string()));
         rows.push(("durability", format!("{:?}", settings.durability).to_lowercase()));

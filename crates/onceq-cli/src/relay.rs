@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use onceq_outbox::relay::{
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, BACKOFF_MULTIPLIER_DEFAULT, BATCH_SIZE_DEFAULT, FAILPOINT_ENV,
-    MAX_ATTEMPTS_DEFAULT, PUBLISH_CONCURRENCY_DEFAULT, PUBLISH_TIMEOUT_DEFAULT, RETENTION_DEFAULT,
+    CONNECT_TIMEOUT_DEFAULT, MAX_ATTEMPTS_DEFAULT, PUBLISH_CONCURRENCY_DEFAULT, PUBLISH_TIMEOUT_DEFAULT, RETENTION_DEFAULT,
 };
 use onceq_outbox::sink::nats::NatsSink;
 use onceq_outbox::sink::rabbitmq::RabbitMqSink;
@@ -99,6 +99,10 @@ pub struct RelayArgs {
     /// How long sent rows are kept before deletion, in ms (0: delete when marked; at most 30 days).
     #[arg(long, default_value_t = millis(RETENTION_DEFAULT))]
     pub retention_ms: u64,
+    /// How long the first connection to a PostgreSQL outbox, or to the --store database, may take
+    /// at start before the relay exits 3, in ms (1 to 600000).
+    #[arg(long, default_value_t = millis(CONNECT_TIMEOUT_DEFAULT), value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub connect_timeout_ms: u64,
     /// Serve `GET /metrics` (Prometheus text: onceq_outbox_pending, onceq_outbox_lag_seconds,
     /// onceq_outbox_published_total, onceq_outbox_publish_failures_total,
     /// onceq_outbox_parked_total, ...) on this address, e.g. 127.0.0.1:9464 [default: no endpoint].
@@ -124,6 +128,7 @@ impl RelayArgs {
             publish_concurrency: self.publish_concurrency,
             poll_interval: self.poll_interval_ms.map(Duration::from_millis),
             retention: Duration::from_millis(self.retention_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
         }
     }
 }
@@ -185,7 +190,9 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
             return Ok((Arc::new(OnceqSink::new(Arc::new(client))), format!("onceq server {server}"), None));
         }
         if let Some(store) = &args.store {
-            let options = onceq_postgres::PgOptions::new(store).schema(&args.store_schema);
+            let options = onceq_postgres::PgOptions::new(store)
+                .schema(&args.store_schema)
+                .connect_timeout(Duration::from_millis(args.connect_timeout_ms));
             let pg = onceq_postgres::PgStore::connect(options).await.map_err(|e| match e {
                 onceq_core::Error::InvalidRequest(m) => CliError::Usage(format!("--store: {m}")),
                 onceq_core::Error::Unavailable(m) => CliError::Unavailable(format!("--store: {m}")),
@@ -349,6 +356,7 @@ mod tests {
             publish_concurrency: 4,
             poll_interval: Some(Duration::from_millis(40)),
             retention: Duration::ZERO,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
         };
         assert_eq!(args.options(), expected);
         assert!(matches!(outbox_choice(&args), Ok(OutboxChoice::Sqlite(p)) if p == std::path::Path::new("./app.db")));

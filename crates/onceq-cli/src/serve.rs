@@ -20,6 +20,8 @@ use crate::error::CliError;
 pub const DATA_DIR_DEFAULT: &str = "./onceq-data";
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+/// How long a PostgreSQL store waits for its first connection at start, unless told otherwise.
+pub const PG_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 3_000;
 
 /// Options of `onceq serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +37,10 @@ pub struct ServeArgs {
     /// 10]; the server holds one more for LISTEN. Each server sharing a database opens its own.
     #[arg(long, env = "ONCEQ_PG_POOL_SIZE")]
     pub pg_pool_size: Option<u32>,
+    /// How long a PostgreSQL store waits for its first connection at start before serve exits
+    /// 3 (unavailable), in milliseconds, 1 to 600000 [default: 3000].
+    #[arg(long, env = "ONCEQ_PG_CONNECT_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub pg_connect_timeout_ms: Option<u64>,
     /// Data directory of the embedded store [default: ./onceq-data].
     #[arg(long, env = "ONCEQ_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -42,7 +48,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ONCEQ_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// TOML config file: store, data_dir, listen, durability, page_cache_mib, pg_schema,
-    /// pg_pool_size, insecure_no_auth, and
+    /// pg_pool_size, pg_connect_timeout_ms, insecure_no_auth, and
     /// [[tokens]] (flags and environment variables win over it).
     #[arg(long, env = "ONCEQ_CONFIG")]
     pub config: Option<PathBuf>,
@@ -72,6 +78,8 @@ pub struct ConfigFile {
     pub pg_schema: Option<String>,
     /// PostgreSQL pool size.
     pub pg_pool_size: Option<u32>,
+    /// PostgreSQL connect timeout at start, ms.
+    pub pg_connect_timeout_ms: Option<u64>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// `fsync` or `relaxed`.
@@ -104,6 +112,8 @@ pub struct Settings {
     pub pg_schema: String,
     /// PostgreSQL pool size.
     pub pg_pool_size: u32,
+    /// How long a PostgreSQL store waits for its first connection.
+    pub pg_connect_timeout: std::time::Duration,
     /// The embedded store's data directory.
     pub data_dir: PathBuf,
     /// Address to listen on.
@@ -157,7 +167,17 @@ impl Settings {
                 onceq_postgres::POOL_SIZE_MAX
             )));
         }
+        let pg_connect_timeout_ms = args
+            .pg_connect_timeout_ms
+            .or(config.pg_connect_timeout_ms)
+            .unwrap_or(PG_CONNECT_TIMEOUT_MS_DEFAULT);
+        if !(1..=600_000).contains(&pg_connect_timeout_ms) {
+            return Err(CliError::Usage(format!(
+                "pg_connect_timeout_ms is {pg_connect_timeout_ms}; it must be 1 to 600000"
+            )));
+        }
         let settings = Settings {
+            pg_connect_timeout: std::time::Duration::from_millis(pg_connect_timeout_ms),
             store,
             pg_schema: args.pg_schema.clone().or(config.pg_schema).unwrap_or_else(|| "onceq".into()),
             pg_pool_size,
@@ -219,12 +239,10 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let options = settings.serve_options();
-    let Settings { store: store_choice, pg_schema, pg_pool_size, data_dir, listen, durability, page_cache_bytes, auth, .. } =
-        settings;
+    let listen = settings.listen;
     runtime.block_on(async move {
-        let opened =
-            open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability, page_cache_bytes).await?;
-        let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(auth);
+        let opened = open_store(&settings).await?;
+        let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(settings.auth);
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -266,18 +284,16 @@ impl Opened {
     }
 }
 
-async fn open_store(
-    choice: &str,
-    pg_schema: &str,
-    pg_pool_size: u32,
-    data_dir: &Path,
-    durability: Durability,
-    page_cache_bytes: u64,
-) -> Result<Opened, CliError> {
+async fn open_store(settings: &Settings) -> Result<Opened, CliError> {
+    let Settings { store: choice, pg_schema, pg_pool_size, data_dir, durability, page_cache_bytes, .. } = settings;
+    let (pg_pool_size, durability, page_cache_bytes) = (*pg_pool_size, *durability, *page_cache_bytes);
     if is_postgres_url(choice) {
         // A bad schema name or URL is usage (exit 2); a database that cannot be reached is
         // unavailable (exit 3), as for the relay.
-        let options = onceq_postgres::PgOptions::new(choice).schema(pg_schema).pool_size(pg_pool_size);
+        let options = onceq_postgres::PgOptions::new(choice)
+            .schema(pg_schema)
+            .pool_size(pg_pool_size)
+            .connect_timeout(settings.pg_connect_timeout);
         let store = onceq_postgres::PgStore::connect(options).await.map_err(|e| match e {
             onceq_core::Error::InvalidRequest(_) => CliError::Usage(e.to_string()),
             onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),

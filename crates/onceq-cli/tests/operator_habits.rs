@@ -132,3 +132,36 @@ async fn operator_flags_work_before_the_command_and_a_v1_url_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("are for the operator commands"), "{}", text(&out.stderr));
 }
+
+/// A PostgreSQL that cannot be reached is reported at start within the connect timeout (3 s by
+/// default, `--pg-connect-timeout-ms` / `--connect-timeout-ms`), exit 3, in serve and relay alike.
+/// The "database" is a socket that is listening but never answers: the worst case, a host that
+/// takes the connection and then says nothing.
+#[test]
+fn an_unreachable_database_is_reported_within_the_connect_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://postgres@{}/test", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = onceq_in(dir.path(), args, &[]);
+        (out, started.elapsed())
+    };
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--store", &url];
+    let (out, took) = timed(&serve);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("timed out after 3s"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(8), "serve took {took:?} to give up");
+    let (out, took) = timed(&[&serve[..], &["--pg-connect-timeout-ms", "700"]].concat());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(took < std::time::Duration::from_secs(3), "serve took {took:?} with a 700 ms timeout");
+    let relay = ["relay", "--outbox", &url, "--sink", "http://127.0.0.1:1/hook", "--connect-timeout-ms", "700"];
+    let (out, took) = timed(&relay);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("connect timeout 700ms"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "relay took {took:?} with a 700 ms timeout");
+    drop(silent);
+}

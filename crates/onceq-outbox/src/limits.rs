@@ -45,6 +45,8 @@ pub const BACKOFF_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 pub const RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Longest fallback poll interval, in milliseconds (1 minute).
 pub const POLL_INTERVAL_MS_MAX: u64 = 60 * 1000;
+/// Longest connect timeout of a relay's PostgreSQL outbox at start, in milliseconds (10 min).
+pub const CONNECT_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
 /// Longest error text kept with a message (last error, parked error), in bytes: longer text is
 /// cut at a character boundary and marked with `…`.
 pub const ERROR_TEXT_BYTES_MAX: usize = core::ERROR_TEXT_BYTES_MAX;

@@ -73,6 +73,9 @@ pub const PUBLISH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const PUBLISH_CONCURRENCY_DEFAULT: usize = 32;
 /// Default of [`RelayOptions::retention`].
 pub const RETENTION_DEFAULT: Duration = Duration::from_secs(60 * 60);
+/// Default of [`RelayOptions::connect_timeout`]: a database that cannot be reached is reported
+/// at start in seconds.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
 /// Largest backoff multiplier.
 pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
 /// How often the backlog gauges are read from the database at most.
@@ -116,6 +119,10 @@ pub struct RelayOptions {
     /// How long sent rows are kept before they are deleted (for inspection), at most
     /// [`RETENTION_MS_MAX`] ms; zero deletes them when they are marked.
     pub retention: Duration,
+    /// How long the PostgreSQL outbox's first connection may take at start before
+    /// [`Relay::postgres`] fails with [`OutboxError::Unavailable`], 1 ms to
+    /// [`CONNECT_TIMEOUT_MS_MAX`] ms.
+    pub connect_timeout: Duration,
 }
 
 impl Default for RelayOptions {
@@ -131,6 +138,7 @@ impl Default for RelayOptions {
             publish_concurrency: PUBLISH_CONCURRENCY_DEFAULT,
             poll_interval: None,
             retention: RETENTION_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -163,6 +171,12 @@ impl RelayOptions {
             return invalid(format!(
                 "backoff multiplier is {}; it must be 1 to {BACKOFF_MULTIPLIER_MAX}",
                 self.backoff_multiplier
+            ));
+        }
+        if !(1..=CONNECT_TIMEOUT_MS_MAX).contains(&ms(self.connect_timeout)) {
+            return invalid(format!(
+                "connect timeout is {} ms; it must be 1 to {CONNECT_TIMEOUT_MS_MAX} ms",
+                ms(self.connect_timeout)
             ));
         }
         if !(1..=PUBLISH_TIMEOUT_MS_MAX).contains(&ms(self.publish_timeout)) {
@@ -279,7 +293,7 @@ impl Relay {
     pub async fn postgres(url: &str, outbox: PgOutbox, sink: Arc<dyn Sink>, options: RelayOptions) -> Result<Relay> {
         options.validate()?;
         let failpoint = failpoint_from_env()?;
-        let source = PgSource::connect(url, outbox).await?;
+        let source = PgSource::connect(url, outbox, options.connect_timeout).await?;
         Ok(Relay::build(Box::new(source), sink, options, failpoint))
     }
 
@@ -615,6 +629,7 @@ mod tests {
             (RelayOptions { backoff_multiplier: 0.5, ..RelayOptions::default() }, "multiplier"),
             (RelayOptions { backoff_multiplier: f64::NAN, ..RelayOptions::default() }, "multiplier"),
             (RelayOptions { publish_timeout: Duration::ZERO, ..RelayOptions::default() }, "publish timeout"),
+            (RelayOptions { connect_timeout: Duration::ZERO, ..RelayOptions::default() }, "connect timeout"),
             (RelayOptions { publish_concurrency: 0, ..RelayOptions::default() }, "publish concurrency"),
             (RelayOptions { poll_interval: Some(Duration::ZERO), ..RelayOptions::default() }, "poll interval"),
             (RelayOptions { retention: Duration::from_secs(31 * 86_400), ..RelayOptions::default() }, "retention"),

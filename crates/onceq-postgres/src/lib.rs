@@ -183,6 +183,10 @@ pub const POOL_SIZE_MAX: u32 = 1000;
 /// How long a request waits for a pooled connection before it fails as unavailable, unless
 /// told otherwise.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`PgStore::connect`] waits for its first connection (and the migration) before it
+/// fails as unavailable, unless told otherwise: a database that cannot be reached is reported
+/// at start in seconds, not after the pool's wait.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Settings of every session of the store's pool: `SET` once on each new connection (a
 /// round trip per connection, none per statement; the startup packet's `options` would cost
@@ -244,6 +248,9 @@ pub struct PgOptions {
     pub pool_size: u32,
     /// How long a request waits for a connection before failing with [`Error::Unavailable`].
     pub acquire_timeout: Duration,
+    /// How long [`PgStore::connect`] waits for its first connection before failing with
+    /// [`Error::Unavailable`] (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
     /// A clock to judge time by instead of the database's: for tests only (a manual clock).
     /// `None`, the default, uses the database's `now()` (Invariant 7).
     pub clock: Option<Arc<dyn Clock>>,
@@ -256,6 +263,7 @@ impl std::fmt::Debug for PgOptions {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
@@ -269,6 +277,7 @@ impl PgOptions {
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             clock: None,
         }
     }
@@ -288,6 +297,12 @@ impl PgOptions {
     /// Sets how long a request waits for a connection.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets how long connecting waits for the first connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -369,6 +384,9 @@ impl PgStore {
                 options.pool_size
             )));
         }
+        if options.connect_timeout.is_zero() {
+            return Err(Error::invalid("the connect timeout is 0; give it at least 1 ms"));
+        }
         let mut connect_options = PgConnectOptions::from_str(&options.url)
             .map_err(|e| Error::invalid(format!("the database URL is not valid: {e}")))?;
         if connect_options.get_application_name().is_none() {
@@ -376,12 +394,12 @@ impl PgStore {
             connect_options = connect_options.application_name("onceq");
         }
         let target = Target::of(&connect_options);
-        let mut conn = tokio::time::timeout(options.acquire_timeout, schema::connect_once(&connect_options, &target))
+        let mut conn = tokio::time::timeout(options.connect_timeout, schema::connect_once(&connect_options, &target))
             .await
             .map_err(|_| {
                 Error::Unavailable(format!(
                     "connecting to PostgreSQL at {} timed out after {:?}; is the server reachable?",
-                    target.name, options.acquire_timeout
+                    target.name, options.connect_timeout
                 ))
             })??;
         let migrated = schema::migrate(&mut conn, &options.schema, &target).await;

@@ -31,6 +31,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ONCEQ_ENV: &[&str] = &[
     "ONCEQ_STORE",
     "ONCEQ_PG_SCHEMA",
+    "ONCEQ_PG_CONNECT_TIMEOUT_MS",
     "ONCEQ_DATA_DIR",
     "ONCEQ_LISTEN",
     "ONCEQ_CONFIG",

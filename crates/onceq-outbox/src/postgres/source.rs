@@ -89,7 +89,7 @@ pub(crate) struct PgSource {
 
 impl PgSource {
     /// Connects to `url`, migrates the outbox schema and starts listening.
-    pub(crate) async fn connect(url: &str, outbox: PgOutbox) -> Result<PgSource> {
+    pub(crate) async fn connect(url: &str, outbox: PgOutbox, connect_timeout: Duration) -> Result<PgSource> {
         let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| OutboxError::InvalidOptions(format!("the outbox database URL is not valid: {e}")))?;
         if options.get_application_name().is_none() {
@@ -106,7 +106,11 @@ impl PgSource {
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
         {
-            let mut conn = pool.acquire().await.map_err(|e| from_sqlx(&format!("connecting to {target}"), e))?;
+            // The first connection within `connect_timeout`, not the pool's longer acquire wait.
+            let mut conn = tokio::time::timeout(connect_timeout, pool.acquire())
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+                .map_err(|e| from_sqlx(&format!("connecting to {target} (connect timeout {connect_timeout:?})"), e))?;
             outbox.migrate(&mut conn).await?;
         }
         let mut listener =
