@@ -123,7 +123,7 @@ pub(crate) async fn taken(
 pub(crate) fn retry_ms(config: &QueueConfig, granted: &Granted, now: i64) -> Option<u64> {
     match granted.grant.held_by? {
         flow::HeldBy::Rate => Some(config.rate_limit.as_ref()?.next_token_ms(granted.tat, now).max(1)),
-        flow::HeldBy::InFlight => None,
+        flow::HeldBy::InFlight | flow::HeldBy::RatePerKey | flow::HeldBy::InFlightPerKey => None,
     }
 }
 
