@@ -115,6 +115,9 @@ pub const FLOW_KEY_SCAN_MAX: u32 = 4 * LEASE_BATCH_MAX;
 /// refilled is dropped (it equals a new one); when this many are all still refilling, jobs of a
 /// key with no bucket wait until one refills.
 pub const FLOW_KEY_BUCKETS_MAX: usize = 100_000;
+/// Most refilled per-key rate buckets PostgreSQL deletes in one lease (a refilled bucket equals
+/// a new one, so the table holds about the keys leased within one burst of their rate).
+pub const FLOW_KEY_SWEEP_MAX: u32 = 64;
 
 const _: () = assert!(RATE_PER_SECOND_MIN > 0.0 && RATE_PER_SECOND_MIN < RATE_PER_SECOND_MAX);
 // The rate-limit interval in nanoseconds fits an i64 many times over.
