@@ -555,3 +555,72 @@ pub async fn invariant_15_rate_holds_per_key_over_every_window<B: Backend>(backe
         assert!(total as f64 >= 0.9 * allowed, "{account:?}: {total} jobs leased where {allowed} were allowed");
     }
 }
+
+/// A long poll held back by per-key limits sleeps until the earliest held key's bucket grants a
+/// token: not at once, and not at the end of its wait.
+pub async fn a_long_poll_held_by_a_key_waits_for_its_token<B: Backend>(backend: &B) {
+    let f = open_system(backend).await;
+    let q = queue("accounts");
+    f.upsert(&q, rate_by(1.0, 1, KeyBy::Header("account".into()))).await;
+    f.enqueue(&q, vec![account_job(0, Some("a")), account_job(1, Some("a"))]).await;
+    assert_eq!(f.lease(&q, 5, None).await.len(), 1, "one token for \"a\"");
+    let started = Instant::now();
+    let options = LeaseOptions { max_jobs: 5, visibility_timeout_ms: None, wait_ms: LONG_WAIT_MS };
+    let got = within("the held lease", f.store.job_lease(&q, options)).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(got.len(), 1, "the key's next token brings one job");
+    assert!(
+        elapsed >= Duration::from_millis(700) && elapsed < PROMPTLY,
+        "the lease returned after {elapsed:?}; the key's next token was due after about a second"
+    );
+}
+
+/// A lease under per-key limits reads a bounded number of candidates
+/// ([`onceq_core::flow::key_scan_rows`]): past them it returns what it found, here nothing, though
+/// a job of another key waits further back; a larger lease reads further and finds it.
+pub async fn a_per_key_lease_scans_a_bounded_number_of_candidates<B: Backend>(backend: &B) {
+    use onceq_core::limits::{FLOW_KEY_SCAN_FACTOR, FLOW_KEY_SCAN_MIN};
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("ordered");
+    f.upsert(&q, rate_by(1.0, 1, KeyBy::OrderingKey)).await;
+    let ahead = FLOW_KEY_SCAN_MIN as usize + 1;
+    let mut batch: Vec<NewJob> = (0..ahead).map(|i| NewJob::new(format!("{i}")).ordering_key("a")).collect();
+    batch.push(NewJob::new("b").ordering_key("b"));
+    f.enqueue(&q, batch).await;
+    assert_eq!(f.lease(&q, 1, None).await[0].ordering_key.as_deref(), Some("a"));
+    assert_eq!(f.lease(&q, 1, None).await.len(), 0, "the job of \"b\" is past the bound of a one-job lease");
+    let wide = FLOW_KEY_SCAN_MIN.div_ceil(FLOW_KEY_SCAN_FACTOR) + 1;
+    let got = f.lease(&q, wide, None).await;
+    assert_eq!(got.iter().map(|j| j.ordering_key.as_deref()).collect::<Vec<_>>(), vec![Some("b")]);
+}
+
+/// A consumer group's member leases under the per-key limits too: one token per account, from
+/// its partitions.
+pub async fn group_leases_pass_per_key_limits<B: Backend>(backend: &B) {
+    use onceq_core::group::{GroupName, JoinOptions};
+    use onceq_core::Ordering;
+
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("keyed");
+    let patch = QueueConfigPatch {
+        ordering: Some(Ordering::PerKey),
+        partitions: Some(4),
+        max_in_flight_per_key: Some(Some(2)),
+        ..rate_by(10.0, 2, KeyBy::Header("account".into()))
+    };
+    f.upsert(&q, patch).await;
+    let jobs: Vec<NewJob> = (0..12)
+        .map(|i| account_job(i, Some(if i % 2 == 0 { "x" } else { "y" })).ordering_key(format!("k{i}")))
+        .collect();
+    f.enqueue(&q, jobs).await;
+    let g = GroupName::new("workers").unwrap();
+    let member = f.store.group_join(&q, &g, JoinOptions::default()).await.unwrap().member_id;
+    let options = LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 };
+    let got = f.store.group_lease(&q, &g, &member, options).await.unwrap();
+    let want: std::collections::BTreeMap<Option<String>, usize> =
+        [(Some("x".into()), 2), (Some("y".into()), 2)].into_iter().collect();
+    assert_eq!(per_account(&got), want, "each account's burst");
+    clock.advance(1_000);
+    let got = f.store.group_lease(&q, &g, &member, options).await.unwrap();
+    assert_eq!(got.len(), 0, "each account holds two live leases: its cap");
+}

@@ -488,6 +488,9 @@ macro_rules! conformance_suite {
                 per_key_buckets_are_independent,
                 max_in_flight_per_key_holds_with_expiry,
                 invariant_15_rate_holds_per_key_over_every_window,
+                a_long_poll_held_by_a_key_waits_for_its_token,
+                a_per_key_lease_scans_a_bounded_number_of_candidates,
+                group_leases_pass_per_key_limits,
             ],
             schedules: [
                 a_schedule_fires_one_job_per_tick,
