@@ -219,8 +219,17 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let options = settings.serve_options();
-    let Settings { store: store_choice, pg_schema, pg_pool_size, data_dir, listen, durability, page_cache_bytes, auth, .. } =
-        settings;
+    let Settings {
+        store: store_choice,
+        pg_schema,
+        pg_pool_size,
+        data_dir,
+        listen,
+        durability,
+        page_cache_bytes,
+        auth,
+        ..
+    } = settings;
     runtime.block_on(async move {
         let opened =
             open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability, page_cache_bytes).await?;

@@ -441,7 +441,10 @@ mod tests {
         assert_eq!((pick.held, pick.held_by, pick.retry_ms), (3, Some(HeldBy::InFlightPerKey), Some(100)));
         let mut buckets = pick.buckets.clone();
         buckets.sort();
-        assert_eq!(buckets, vec![(None, 100_000_000), (Some("a".into()), 100_000_000), (Some("c".into()), 100_000_000)]);
+        assert_eq!(
+            buckets,
+            vec![(None, 100_000_000), (Some("a".into()), 100_000_000), (Some("c".into()), 100_000_000)]
+        );
         // The cap holds within one pick; no rate limit: only the cap counts.
         let pick = pick_by_key(&keys, 10, 0, None, Some(1), |_| 0, |_| 0);
         assert_eq!(pick.picked, vec![0, 2, 3, 4, 5]);
@@ -455,7 +458,10 @@ mod tests {
         assert_eq!("header:account".parse::<KeyBy>(), Ok(KeyBy::Header("account".into())));
         assert_eq!(KeyBy::Header("account".into()).to_string(), "header:account");
         for bad in ["", "ordering", "header:", "Header:x", &format!("header:{}", "x".repeat(HEADER_NAME_LEN_MAX + 1))] {
-            assert!(matches!(bad.parse::<KeyBy>(), Err(Error::InvalidRequest(m)) if m.contains("rate_limit_by")), "{bad}");
+            assert!(
+                matches!(bad.parse::<KeyBy>(), Err(Error::InvalidRequest(m)) if m.contains("rate_limit_by")),
+                "{bad}"
+            );
         }
         let json = serde_json::to_string(&KeyBy::Header("a b".into())).unwrap();
         assert_eq!(json, r#""header:a b""#);

@@ -493,7 +493,10 @@ mod tests {
         assert!(keyed.lease_limited() && keyed.keyed_limits() && keyed.queue_rate().is_none());
         assert_eq!(keyed.in_flight_key_by(), KeyBy::Header("account".into()));
         let json = serde_json::to_value(&keyed).unwrap();
-        assert_eq!((json["rate_limit_by"].as_str(), json["max_in_flight_per_key"].as_u64()), (Some("header:account"), Some(2)));
+        assert_eq!(
+            (json["rate_limit_by"].as_str(), json["max_in_flight_per_key"].as_u64()),
+            (Some("header:account"), Some(2))
+        );
         let clear: QueueConfigPatch =
             serde_json::from_str(r#"{"rate_limit":null,"rate_limit_by":null,"max_in_flight_per_key":null}"#).unwrap();
         assert_eq!(keyed.patched(&clear).unwrap(), base);

@@ -502,7 +502,14 @@ impl PgStore {
                             // the picked ids (module `flow`).
                             let members = Some(partitions_param(&partitions));
                             let (ids, _) = crate::flow::key_pick(
-                                &mut tx, &flow_sql, &q.name, q.id, &q.config, now, g.grant.jobs, members,
+                                &mut tx,
+                                &flow_sql,
+                                &q.name,
+                                q.id,
+                                &q.config,
+                                now,
+                                g.grant.jobs,
+                                members,
                             )
                             .await?;
                             if ids.is_empty() {

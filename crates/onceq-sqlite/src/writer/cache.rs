@@ -266,7 +266,8 @@ impl State {
         let mut slot_freed = false;
         if let Some(entry) = self.entry_by_id(queue_id) {
             // A lease that ends frees an in-flight slot: leases waiting for one look again.
-            slot_freed = from == Some(state::LEASED) && entry.config.max_in_flight.is_some();
+            slot_freed = from == Some(state::LEASED)
+                && (entry.config.max_in_flight.is_some() || entry.config.max_in_flight_per_key.is_some());
             if let Some(from) = from {
                 let slot = &mut entry.counts[from as usize];
                 debug_assert!(*slot >= n, "count of state {from} would go negative");

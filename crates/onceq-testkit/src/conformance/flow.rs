@@ -392,8 +392,14 @@ pub async fn per_key_limits_are_validated_and_cleared<B: Backend>(backend: &B) {
     assert_eq!(f.store.queue_get(&q).await.unwrap().config, config);
     let other = queue("other");
     for (patch, field) in [
-        (QueueConfigPatch { rate_limit_by: Some(Some(KeyBy::OrderingKey)), ..QueueConfigPatch::default() }, "rate_limit_by"),
-        (QueueConfigPatch { max_in_flight_per_key: Some(Some(0)), ..QueueConfigPatch::default() }, "max_in_flight_per_key"),
+        (
+            QueueConfigPatch { rate_limit_by: Some(Some(KeyBy::OrderingKey)), ..QueueConfigPatch::default() },
+            "rate_limit_by",
+        ),
+        (
+            QueueConfigPatch { max_in_flight_per_key: Some(Some(0)), ..QueueConfigPatch::default() },
+            "max_in_flight_per_key",
+        ),
         (
             QueueConfigPatch { max_in_flight_per_key: Some(Some(IN_FLIGHT_MAX + 1)), ..QueueConfigPatch::default() },
             "max_in_flight_per_key",
@@ -573,6 +579,19 @@ pub async fn a_long_poll_held_by_a_key_waits_for_its_token<B: Backend>(backend: 
         elapsed >= Duration::from_millis(700) && elapsed < PROMPTLY,
         "the lease returned after {elapsed:?}; the key's next token was due after about a second"
     );
+
+    // Held by a key's cap: the settle that frees the key's slot wakes it.
+    let capped = queue("capped");
+    let patch = QueueConfigPatch { max_in_flight_per_key: Some(Some(1)), ..QueueConfigPatch::default() };
+    f.upsert(&capped, patch).await;
+    f.enqueue(&capped, (0..2).map(|i| NewJob::new(format!("{i}")).ordering_key("a")).collect()).await;
+    let held = f.lease_one(&capped, None).await;
+    let waiting = spawn_waiting_lease(&f.store, &capped);
+    tokio::time::sleep(NUDGE).await;
+    f.store.ack(held.lease()).await.unwrap();
+    let (got, elapsed) = within("the capped lease", waiting).await.unwrap();
+    assert_eq!(got.len(), 1, "the freed slot of \"a\" brought its next job");
+    assert!(elapsed >= Duration::from_millis(200) && elapsed < PROMPTLY, "woke after {elapsed:?}");
 }
 
 /// A lease under per-key limits reads a bounded number of candidates
