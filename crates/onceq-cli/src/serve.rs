@@ -153,7 +153,7 @@ impl Settings {
         let pg_pool_size = args.pg_pool_size.or(config.pg_pool_size).unwrap_or(onceq_postgres::DEFAULT_POOL_SIZE);
         if !(1..=onceq_postgres::POOL_SIZE_MAX).contains(&pg_pool_size) {
             return Err(CliError::Usage(format!(
-                "pg_pool_size is {pg_pool_size}; it must be 1 to {}",
+                "pg_pool_size: pool size is {pg_pool_size}; it must be between 1 and {}",
                 onceq_postgres::POOL_SIZE_MAX
             )));
         }
@@ -219,17 +219,8 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let options = settings.serve_options();
-    let Settings {
-        store: store_choice,
-        pg_schema,
-        pg_pool_size,
-        data_dir,
-        listen,
-        durability,
-        page_cache_bytes,
-        auth,
-        ..
-    } = settings;
+    let Settings { store: store_choice, pg_schema, pg_pool_size, data_dir, listen, durability, page_cache_bytes, auth, .. } =
+        settings;
     runtime.block_on(async move {
         let opened =
             open_store(&store_choice, &pg_schema, pg_pool_size, &data_dir, durability, page_cache_bytes).await?;
@@ -292,6 +283,9 @@ async fn open_store(
             onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),
             other => CliError::Failed(other.to_string()),
         })?;
+        if store.created() {
+            warn_created(pg_schema, "--pg-schema (ONCEQ_PG_SCHEMA, pg_schema in the config file)");
+        }
         let shared = Arc::new(store.clone());
         return Ok(Opened {
             store: shared.clone(),
@@ -314,6 +308,16 @@ async fn open_store(
         postgres: None,
         description: format!("data dir {}, durability {durability:?}", data_dir.display()),
     })
+}
+
+/// The one line an operator cannot miss when a PostgreSQL schema held no store and connecting
+/// created an empty one there: a mistyped schema name would otherwise look like lost queues.
+/// On stderr whatever the log level; `flag` names where the schema was given.
+pub(crate) fn warn_created(schema: &str, flag: &str) {
+    eprintln!(
+        "onceq: schema {schema} held no onceq store; created an empty one (no queues, no jobs). \
+         If you expected queues there, check {flag}"
+    );
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -170,9 +170,7 @@ impl PgStore {
                     claim = Claim::First;
                 }
                 Ok(None) => claim = Claim::First,
-                Err(Tried::BeforeCommit(error))
-                    if crate::error::rolled_back_error(&error) && tries < COMMIT_TRIES_MAX =>
-                {
+                Err(Tried::BeforeCommit(error)) if crate::error::rolled_back_error(&error) && tries < COMMIT_TRIES_MAX => {
                     tracing::debug!(%error, tries, "a commit was rolled back by PostgreSQL; running it again");
                     tokio::time::sleep(std::time::Duration::from_millis(u64::from(tries) * 5)).await;
                 }
