@@ -153,7 +153,7 @@ impl Settings {
         let pg_pool_size = args.pg_pool_size.or(config.pg_pool_size).unwrap_or(onceq_postgres::DEFAULT_POOL_SIZE);
         if !(1..=onceq_postgres::POOL_SIZE_MAX).contains(&pg_pool_size) {
             return Err(CliError::Usage(format!(
-                "pg_pool_size: pool size is {pg_pool_size}; it must be between 1 and {}",
+                "pg_pool_size is {pg_pool_size}; it must be 1 to {}",
                 onceq_postgres::POOL_SIZE_MAX
             )));
         }
@@ -283,9 +283,6 @@ async fn open_store(
             onceq_core::Error::Unavailable(_) => CliError::Unavailable(e.to_string()),
             other => CliError::Failed(other.to_string()),
         })?;
-        if store.created() {
-            warn_created(pg_schema, "--pg-schema (ONCEQ_PG_SCHEMA, pg_schema in the config file)");
-        }
         let shared = Arc::new(store.clone());
         return Ok(Opened {
             store: shared.clone(),
@@ -308,16 +305,6 @@ async fn open_store(
         postgres: None,
         description: format!("data dir {}, durability {durability:?}", data_dir.display()),
     })
-}
-
-/// The one line an operator cannot miss when a PostgreSQL schema held no store and connecting
-/// created an empty one there: a mistyped schema name would otherwise look like lost queues.
-/// On stderr whatever the log level; `flag` names where the schema was given.
-pub(crate) fn warn_created(schema: &str, flag: &str) {
-    eprintln!(
-        "onceq: schema {schema} held no onceq store; created an empty one (no queues, no jobs). \
-         If you expected queues there, check {flag}"
-    );
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
