@@ -230,8 +230,18 @@ impl Serialize for KeyBy {
 
 impl<'de> Deserialize<'de> for KeyBy {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(|e: Error| serde::de::Error::custom(e.to_string()))
+        /// Names the field in a wrong type's error too.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = KeyBy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("rate_limit_by as a string: \"ordering_key\" or \"header:<name>\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<KeyBy, E> {
+                text.parse().map_err(|e: Error| E::custom(e.detail()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -467,6 +477,10 @@ mod tests {
         assert_eq!(json, r#""header:a b""#);
         assert_eq!(serde_json::from_str::<KeyBy>(&json).ok(), Some(KeyBy::Header("a b".into())));
         match serde_json::from_str::<KeyBy>(r#""per_key""#) {
+            Err(e) => assert!(e.to_string().contains("rate_limit_by"), "{e}"),
+            Ok(by) => panic!("parsed {by}"),
+        }
+        match serde_json::from_str::<KeyBy>("7") {
             Err(e) => assert!(e.to_string().contains("rate_limit_by"), "{e}"),
             Ok(by) => panic!("parsed {by}"),
         }
