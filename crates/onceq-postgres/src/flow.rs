@@ -15,7 +15,8 @@
 //! Per-key limits (`rate_limit_by`, `max_in_flight_per_key`) are taken under the same lock: the
 //! lease reads up to [`flow::key_scan_rows`] candidates (id, ordering key, headers) in lease
 //! order, counts each key's live leases, reads the candidates' keys' buckets from
-//! `flow_key_buckets` (a key without a row has a full bucket), picks with
+//! `flow_key_buckets` (a key without a row reads the queue's `key_floor`, the greatest `tat` a
+//! sweep deleted: a bucket as full as any deleted one), picks with
 //! [`flow::pick_by_key`], leases the picked ids, and writes their keys' buckets back; then it
 //! deletes up to [`FLOW_KEY_SWEEP_MAX`] refilled buckets of the queue (they equal no row).
 
@@ -76,11 +77,21 @@ INSERT INTO {s}.flow_key_buckets (queue_id, key, tat) SELECT $1, k, t FROM unnes
 ON CONFLICT (queue_id, key) DO UPDATE SET tat = excluded.tat
 "#;
 
+/// Queue `$1`'s `key_floor`: the `tat` of a key without a row (the greatest `tat` a sweep deleted).
+const KEY_FLOOR: &str = "SELECT key_floor FROM {s}.flow_buckets WHERE queue_id = $1";
+
 /// Deletes up to `$3` of queue `$1`'s buckets that have refilled at `$2` (through
-/// `flow_key_buckets_refilled`).
+/// `flow_key_buckets_refilled`), and raises the queue's `key_floor` to the greatest `tat` deleted:
+/// a key without a row then reads exactly the bucket it had, also for a lease on another server
+/// whose clock reading is earlier than this one's.
 const KEY_SWEEP: &str = r#"
-DELETE FROM {s}.flow_key_buckets WHERE queue_id = $1 AND key IN (
-    SELECT key FROM {s}.flow_key_buckets WHERE queue_id = $1 AND tat <= $2 LIMIT $3)
+WITH gone AS (
+    DELETE FROM {s}.flow_key_buckets WHERE queue_id = $1 AND key IN (
+        SELECT key FROM {s}.flow_key_buckets WHERE queue_id = $1 AND tat <= $2 LIMIT $3)
+    RETURNING tat
+)
+UPDATE {s}.flow_buckets SET key_floor = greatest(key_floor, (SELECT max(tat) FROM gone))
+WHERE queue_id = $1 AND EXISTS (SELECT 1 FROM gone)
 "#;
 
 /// The statements of this module with the schema filled in.
@@ -94,6 +105,7 @@ pub(crate) struct FlowSql {
     key_candidates_in: String,
     live_keys: String,
     key_tats: String,
+    key_floor: String,
     key_save: String,
     key_sweep: String,
 }
@@ -110,6 +122,7 @@ impl FlowSql {
             key_candidates_in: fill(KEY_CANDIDATES_IN),
             live_keys: fill(LIVE_KEYS),
             key_tats: fill(KEY_TATS),
+            key_floor: fill(KEY_FLOOR),
             key_save: fill(KEY_SAVE),
             key_sweep: fill(KEY_SWEEP),
         }
@@ -172,7 +185,9 @@ pub(crate) async fn key_pick(
     }
     let rate = config.key_rate();
     let mut tats: HashMap<String, i64> = HashMap::new();
+    let mut floor = 0;
     if rate.is_some() && !rows.is_empty() {
+        floor = sqlx::query_scalar(&sql.key_floor).bind(queue_id).fetch_one(&mut *tx).await?;
         let mut wanted: Vec<String> = keys.iter().map(|k| bucket_key(k.as_deref())).collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -188,7 +203,7 @@ pub(crate) async fn key_pick(
         now,
         rate,
         config.max_in_flight_per_key,
-        |key| tats.get(&bucket_key(key)).copied().unwrap_or(full),
+        |key| tats.get(&bucket_key(key)).copied().unwrap_or(floor),
         |key| live.get(key).copied().unwrap_or(0),
     );
     if !pick.buckets.is_empty() {

@@ -144,7 +144,10 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
 /// SQL that takes a schema at version 9 back to version 8: what v9 (per-key flow buckets) added
 /// goes.
 fn undo_v9(schema: &str) -> String {
-    format!("DROP TABLE \"{schema}\".flow_key_buckets; DELETE FROM \"{schema}\".migrations WHERE version = 9;")
+    format!(
+        "DROP TABLE \"{schema}\".flow_key_buckets; ALTER TABLE \"{schema}\".flow_buckets DROP COLUMN key_floor; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 9;"
+    )
 }
 
 /// SQL that takes a schema at version 9 back to version 7: what v9 and v8 (schedules) added go.
