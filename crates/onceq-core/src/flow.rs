@@ -19,8 +19,13 @@
 //! ([`RateLimit::empty_tat`]): the window that spans the restart still holds, since the leases
 //! before it left `tat <= restart + burst × interval` and the empty bucket starts there.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
+use crate::job::Headers;
 use crate::limits::*;
 use crate::{Error, Result};
 
@@ -114,6 +119,10 @@ pub enum HeldBy {
     Rate,
     /// The queue's in-flight limit.
     InFlight,
+    /// A key's rate bucket (`rate_limit_by`).
+    RatePerKey,
+    /// A key's in-flight limit (`max_in_flight_per_key`).
+    InFlightPerKey,
 }
 
 impl HeldBy {
@@ -122,6 +131,8 @@ impl HeldBy {
         match self {
             HeldBy::Rate => "rate",
             HeldBy::InFlight => "in_flight",
+            HeldBy::RatePerKey => "rate_per_key",
+            HeldBy::InFlightPerKey => "in_flight_per_key",
         }
     }
 }
@@ -159,6 +170,152 @@ pub fn grant(
             out = Grant { jobs: allowed, held_by: Some(HeldBy::Rate) };
         }
     }
+    out
+}
+
+/// What per-key limits key a job by: `"ordering_key"` or `"header:<name>"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyBy {
+    /// The job's `ordering_key`.
+    OrderingKey,
+    /// The value of the job's header of this name (1 to [`HEADER_NAME_LEN_MAX`] bytes).
+    Header(String),
+}
+
+impl KeyBy {
+    /// The key of a job with `ordering_key` and `headers` (`None`: the job has none).
+    pub fn key_of<'a>(&self, ordering_key: Option<&'a str>, headers: &'a Headers) -> Option<&'a str> {
+        match self {
+            KeyBy::OrderingKey => ordering_key,
+            KeyBy::Header(name) => headers.get(name).map(String::as_str),
+        }
+    }
+}
+
+impl FromStr for KeyBy {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if text == "ordering_key" {
+            return Ok(KeyBy::OrderingKey);
+        }
+        let Some(name) = text.strip_prefix("header:") else {
+            return Err(Error::invalid(format!(
+                "rate_limit_by is {text:?}; it must be \"ordering_key\" or \"header:<name>\""
+            )));
+        };
+        if name.is_empty() || name.len() > HEADER_NAME_LEN_MAX {
+            return Err(Error::invalid(format!(
+                "rate_limit_by names header {name:?}; a header name is 1 to {HEADER_NAME_LEN_MAX} bytes"
+            )));
+        }
+        Ok(KeyBy::Header(name.to_string()))
+    }
+}
+
+impl fmt::Display for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyBy::OrderingKey => f.write_str("ordering_key"),
+            KeyBy::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl Serialize for KeyBy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyBy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        /// Names the field in a wrong type's error too.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = KeyBy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("rate_limit_by as a string: \"ordering_key\" or \"header:<name>\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<KeyBy, E> {
+                text.parse().map_err(|e: Error| E::custom(e.detail()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Candidate rows a lease of `want` jobs reads from a queue with per-key limits:
+/// [`FLOW_KEY_SCAN_FACTOR`] per job, at least [`FLOW_KEY_SCAN_MIN`], at most
+/// [`FLOW_KEY_SCAN_MAX`].
+pub fn key_scan_rows(want: u32) -> u32 {
+    want.saturating_mul(FLOW_KEY_SCAN_FACTOR).clamp(FLOW_KEY_SCAN_MIN, FLOW_KEY_SCAN_MAX)
+}
+
+/// What per-key limits chose from a lease's candidates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPick {
+    /// Indexes of the candidates taken, in their order.
+    pub picked: Vec<usize>,
+    /// Candidates a per-key limit skipped.
+    pub held: u32,
+    /// The limit that skipped the first of them.
+    pub held_by: Option<HeldBy>,
+    /// Milliseconds until the earliest bucket that skipped a candidate grants a token; `None`:
+    /// no bucket skipped one.
+    pub retry_ms: Option<u64>,
+    /// The new `tat` of each rate bucket that granted jobs (`None`: the bucket of jobs without a
+    /// key).
+    pub buckets: Vec<(Option<String>, i64)>,
+}
+
+/// Takes up to `want` of `keys` (the key of each candidate, in lease order) under per-key limits
+/// at `now_ms`: a candidate is skipped when its key already has `max_in_flight` live leases
+/// (`live_of`, plus those this pick takes; jobs without a key have no such limit), or when its
+/// key's bucket of `rate` (as `tat_of` reads it; jobs without a key share one) grants no token.
+/// Skipped keys take no token, and later candidates of other keys go on.
+pub fn pick_by_key(
+    keys: &[Option<&str>],
+    want: u32,
+    now_ms: i64,
+    rate: Option<&RateLimit>,
+    max_in_flight: Option<u32>,
+    mut tat_of: impl FnMut(Option<&str>) -> i64,
+    mut live_of: impl FnMut(&str) -> u64,
+) -> KeyPick {
+    let mut out = KeyPick::default();
+    let mut tats: HashMap<Option<&str>, (i64, bool)> = HashMap::new();
+    let mut live: HashMap<&str, u64> = HashMap::new();
+    for (i, &key) in keys.iter().enumerate() {
+        if out.picked.len() >= want as usize {
+            break;
+        }
+        if let (Some(max), Some(k)) = (max_in_flight, key) {
+            let n = *live.entry(k).or_insert_with(|| live_of(k));
+            if n >= u64::from(max) {
+                out.held += 1;
+                out.held_by.get_or_insert(HeldBy::InFlightPerKey);
+                continue;
+            }
+        }
+        if let Some(rate) = rate {
+            let (tat, _) = *tats.entry(key).or_insert_with(|| (tat_of(key), false));
+            if rate.granted(tat, now_ms, 1) == 0 {
+                out.held += 1;
+                out.held_by.get_or_insert(HeldBy::RatePerKey);
+                let wait = rate.next_token_ms(tat, now_ms).max(1);
+                out.retry_ms = Some(out.retry_ms.map_or(wait, |w| w.min(wait)));
+                continue;
+            }
+            tats.insert(key, (rate.after(tat, now_ms, 1), true));
+        }
+        if let Some(k) = key {
+            *live.entry(k).or_insert(0) += 1;
+        }
+        out.picked.push(i);
+    }
+    out.buckets =
+        tats.into_iter().filter(|(_, (_, took))| *took).map(|(k, (tat, _))| (k.map(str::to_string), tat)).collect();
     out
 }
 
@@ -280,6 +437,52 @@ mod tests {
             let late = retry_delay(1_000, 30, &mut rng).as_millis() as u64;
             let max = RATE_LIMITED_BACKOFF_MS_MAX;
             assert!((max..=max + max / 2).contains(&late), "{late}");
+        }
+    }
+
+    #[test]
+    fn per_key_limits_skip_held_keys_and_take_other_keys() {
+        let l = limit(10.0, 1);
+        let keys = [Some("a"), Some("a"), Some("b"), None, None, Some("c")];
+        // "a" has one token and a cap of one, "b" is at its cap, jobs without a key share one bucket.
+        let pick = pick_by_key(&keys, 10, 0, Some(&l), Some(1), |_| l.full_tat(0), |k| u64::from(k == "b"));
+        assert_eq!(pick.picked, vec![0, 3, 5]);
+        // The second "a" meets the cap first; the second job without a key finds no token.
+        assert_eq!((pick.held, pick.held_by, pick.retry_ms), (3, Some(HeldBy::InFlightPerKey), Some(100)));
+        let mut buckets = pick.buckets.clone();
+        buckets.sort();
+        assert_eq!(
+            buckets,
+            vec![(None, 100_000_000), (Some("a".into()), 100_000_000), (Some("c".into()), 100_000_000)]
+        );
+        // The cap holds within one pick; no rate limit: only the cap counts.
+        let pick = pick_by_key(&keys, 10, 0, None, Some(1), |_| 0, |_| 0);
+        assert_eq!(pick.picked, vec![0, 2, 3, 4, 5]);
+        assert_eq!((pick.held_by, pick.retry_ms), (Some(HeldBy::InFlightPerKey), None));
+        assert_eq!(pick_by_key(&keys, 2, 0, None, None, |_| 0, |_| 0).picked, vec![0, 1]);
+    }
+
+    #[test]
+    fn key_by_parses_and_prints() {
+        assert_eq!("ordering_key".parse::<KeyBy>(), Ok(KeyBy::OrderingKey));
+        assert_eq!("header:account".parse::<KeyBy>(), Ok(KeyBy::Header("account".into())));
+        assert_eq!(KeyBy::Header("account".into()).to_string(), "header:account");
+        for bad in ["", "ordering", "header:", "Header:x", &format!("header:{}", "x".repeat(HEADER_NAME_LEN_MAX + 1))] {
+            assert!(
+                matches!(bad.parse::<KeyBy>(), Err(Error::InvalidRequest(m)) if m.contains("rate_limit_by")),
+                "{bad}"
+            );
+        }
+        let json = serde_json::to_string(&KeyBy::Header("a b".into())).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json, r#""header:a b""#);
+        assert_eq!(serde_json::from_str::<KeyBy>(&json).ok(), Some(KeyBy::Header("a b".into())));
+        match serde_json::from_str::<KeyBy>(r#""per_key""#) {
+            Err(e) => assert!(e.to_string().contains("rate_limit_by"), "{e}"),
+            Ok(by) => panic!("parsed {by}"),
+        }
+        match serde_json::from_str::<KeyBy>("7") {
+            Err(e) => assert!(e.to_string().contains("rate_limit_by"), "{e}"),
+            Ok(by) => panic!("parsed {by}"),
         }
     }
 

@@ -102,6 +102,23 @@ pub const MAX_DEPTH_RETRY_AFTER_MS: u64 = 1_000;
 /// jitter, in milliseconds (`crate::flow::retry_delay`).
 pub const RATE_LIMITED_BACKOFF_MS_MAX: u64 = 30_000;
 
+/// Candidate rows a lease of a queue with per-key limits (`rate_limit_by`,
+/// `max_in_flight_per_key`) reads per job asked: it skips the jobs whose key has no token or is
+/// at its cap and takes later jobs of other keys, from this many rows per job at most.
+pub const FLOW_KEY_SCAN_FACTOR: u32 = 4;
+/// Fewest candidate rows such a lease reads, however few jobs it asks for.
+pub const FLOW_KEY_SCAN_MIN: u32 = 64;
+/// Most candidate rows such a lease reads: past them it returns what it found (possibly
+/// nothing), so a lease never walks the whole backlog behind keys that are held back.
+pub const FLOW_KEY_SCAN_MAX: u32 = 4 * LEASE_BATCH_MAX;
+/// Most per-key rate buckets the embedded store keeps in memory for one queue. A bucket that has
+/// refilled is dropped (it equals a new one); when this many are all still refilling, jobs of a
+/// key with no bucket wait until one refills.
+pub const FLOW_KEY_BUCKETS_MAX: usize = 100_000;
+/// Most refilled per-key rate buckets PostgreSQL deletes in one lease (a refilled bucket equals
+/// a new one, so the table holds about the keys leased within one burst of their rate).
+pub const FLOW_KEY_SWEEP_MAX: u32 = 64;
+
 const _: () = assert!(RATE_PER_SECOND_MIN > 0.0 && RATE_PER_SECOND_MIN < RATE_PER_SECOND_MAX);
 // The rate-limit interval in nanoseconds fits an i64 many times over.
 const _: () = assert!(1e9 / RATE_PER_SECOND_MIN < 1e15);
@@ -109,6 +126,8 @@ const _: () = assert!(RATE_BURST_MAX as u64 * (1e9 / RATE_PER_SECOND_MIN) as u64
 const _: () = assert!(LEASE_BATCH_MAX <= IN_FLIGHT_MAX);
 const _: () = assert!(ENQUEUE_BATCH_MAX as u64 <= QUEUE_DEPTH_MAX);
 const _: () = assert!(MAX_DEPTH_RETRY_AFTER_MS <= RATE_LIMITED_BACKOFF_MS_MAX);
+const _: () = assert!(FLOW_KEY_SCAN_FACTOR >= 1 && FLOW_KEY_SCAN_MIN <= FLOW_KEY_SCAN_MAX);
+const _: () = assert!(LEASE_BATCH_MAX <= FLOW_KEY_SCAN_MAX);
 
 // Schedules (`onceq_core::schedule`).
 /// Longest schedule name, in bytes (`[A-Za-z0-9._-]`).

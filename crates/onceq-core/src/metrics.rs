@@ -67,7 +67,8 @@ pub const PRODUCER_REGISTRATIONS: &str = "onceq_producer_registrations_total";
 
 // --- Flow control (rate, in-flight and depth limits) ---
 /// Counter: jobs a lease asked for and found ready but a limit held back, by `queue` and
-/// `limit` (`rate` or `in_flight`).
+/// `limit` (`rate`, `in_flight`, `rate_per_key` or `in_flight_per_key`; per key: the candidates a
+/// lease skipped).
 pub const FLOW_HELD_BACK: &str = "onceq_flow_held_back_total";
 /// Histogram (seconds): how long a long-poll lease waited for a limit (a token of the rate
 /// limit, or a free in-flight slot) while jobs were ready, each time it ended such a wait.

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::RateLimit;
+use crate::flow::{KeyBy, RateLimit};
 use crate::limits::*;
 use crate::ordering::Ordering;
 use crate::retry::{Backoff, BackoffPatch};
@@ -118,6 +118,17 @@ pub struct QueueConfig {
     /// `None`: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// With a `rate_limit`: one bucket of that limit per key value (`"ordering_key"` or
+    /// `"header:<name>"`) instead of one for the queue; the jobs without that key share one
+    /// bucket. `None`: the queue has one bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub rate_limit_by: Option<KeyBy>,
+    /// Most live leases of one key value at any moment, 1 to [`IN_FLIGHT_MAX`]: keyed by
+    /// `rate_limit_by` if set, else by the ordering key; jobs without that key are not limited
+    /// per key. `None`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_key: Option<u32>,
     /// Most live leases of the queue at any moment, summed over every worker and server, 1 to
     /// [`IN_FLIGHT_MAX`] (Invariant 15); `None`: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +156,8 @@ impl Default for QueueConfig {
             partitions: PARTITIONS_DEFAULT,
             dead_blocks_key: false,
             rate_limit: None,
+            rate_limit_by: None,
+            max_in_flight_per_key: None,
             max_in_flight: None,
             max_depth: None,
         }
@@ -179,6 +192,18 @@ impl QueueConfig {
                 )));
             }
         }
+        if self.rate_limit_by.is_some() && self.rate_limit.is_none() {
+            return Err(Error::invalid(
+                "rate_limit_by needs a rate_limit: set one beside it, or clear rate_limit_by with null",
+            ));
+        }
+        if let Some(max) = self.max_in_flight_per_key {
+            if !(1..=IN_FLIGHT_MAX).contains(&max) {
+                return Err(Error::invalid(format!(
+                    "max_in_flight_per_key is {max}; it must be between 1 and {IN_FLIGHT_MAX}"
+                )));
+            }
+        }
         if let Some(max) = self.max_depth {
             if !(1..=QUEUE_DEPTH_MAX).contains(&max) {
                 return Err(Error::invalid(format!("max_depth is {max}; it must be between 1 and {QUEUE_DEPTH_MAX}")));
@@ -190,7 +215,29 @@ impl QueueConfig {
     /// Whether a lease of this queue must consult its limits (a rate or in-flight limit). An
     /// unlimited queue's lease pays only this check.
     pub fn lease_limited(&self) -> bool {
-        self.rate_limit.is_some() || self.max_in_flight.is_some()
+        self.rate_limit.is_some() || self.max_in_flight.is_some() || self.max_in_flight_per_key.is_some()
+    }
+
+    /// Whether a lease of this queue applies per-key limits (`rate_limit_by`,
+    /// `max_in_flight_per_key`): it reads up to [`crate::flow::key_scan_rows`] candidates and
+    /// picks with [`crate::flow::pick_by_key`].
+    pub fn keyed_limits(&self) -> bool {
+        (self.rate_limit_by.is_some() && self.rate_limit.is_some()) || self.max_in_flight_per_key.is_some()
+    }
+
+    /// The rate limit of the queue's one bucket: `None` when it has none or one per key.
+    pub fn queue_rate(&self) -> Option<&RateLimit> {
+        self.rate_limit.as_ref().filter(|_| self.rate_limit_by.is_none())
+    }
+
+    /// The rate limit of each key's bucket, when `rate_limit_by` is set.
+    pub fn key_rate(&self) -> Option<&RateLimit> {
+        self.rate_limit.as_ref().filter(|_| self.rate_limit_by.is_some())
+    }
+
+    /// What `max_in_flight_per_key` keys by: `rate_limit_by`, else the ordering key.
+    pub fn in_flight_key_by(&self) -> KeyBy {
+        self.rate_limit_by.clone().unwrap_or(KeyBy::OrderingKey)
     }
 
     /// Whether going from this config to `next` changes where jobs wait (ordering or partition
@@ -231,6 +278,12 @@ impl QueueConfig {
         }
         if let Some(v) = patch.max_in_flight {
             next.max_in_flight = v;
+        }
+        if let Some(v) = &patch.rate_limit_by {
+            next.rate_limit_by = v.clone();
+        }
+        if let Some(v) = patch.max_in_flight_per_key {
+            next.max_in_flight_per_key = v;
         }
         if let Some(v) = patch.max_depth {
             next.max_depth = v;
@@ -277,6 +330,15 @@ pub struct QueueConfigPatch {
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
     pub max_in_flight: Option<Option<u32>>,
+    /// New keying of the rate limit (`"ordering_key"` or `"header:<name>"`); `null` goes back to
+    /// one bucket for the queue.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub rate_limit_by: Option<Option<KeyBy>>,
+    /// New per-key in-flight limit; `null` removes it.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
+    pub max_in_flight_per_key: Option<Option<u32>>,
     /// New depth limit; `null` removes it.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
@@ -416,5 +478,42 @@ mod tests {
         let patch: QueueConfigPatch = serde_json::from_str(&over).unwrap();
         assert!(base.patched(&patch).is_err());
         assert!(serde_json::from_str::<QueueConfigPatch>(r#"{"rate_limit":{"per_second":1}}"#).is_err());
+    }
+
+    #[test]
+    fn per_key_limits_are_validated_and_a_null_clears_them() {
+        let base = QueueConfig::default();
+        let patch: QueueConfigPatch = serde_json::from_str(
+            r#"{"rate_limit":{"per_second":5,"burst":2},"rate_limit_by":"header:account","max_in_flight_per_key":2}"#,
+        )
+        .unwrap();
+        let keyed = base.patched(&patch).unwrap();
+        assert_eq!(keyed.rate_limit_by, Some(KeyBy::Header("account".into())));
+        assert_eq!(keyed.max_in_flight_per_key, Some(2));
+        assert!(keyed.lease_limited() && keyed.keyed_limits() && keyed.queue_rate().is_none());
+        assert_eq!(keyed.in_flight_key_by(), KeyBy::Header("account".into()));
+        let json = serde_json::to_value(&keyed).unwrap();
+        assert_eq!(
+            (json["rate_limit_by"].as_str(), json["max_in_flight_per_key"].as_u64()),
+            (Some("header:account"), Some(2))
+        );
+        let clear: QueueConfigPatch =
+            serde_json::from_str(r#"{"rate_limit":null,"rate_limit_by":null,"max_in_flight_per_key":null}"#).unwrap();
+        assert_eq!(keyed.patched(&clear).unwrap(), base);
+        let only_cap: QueueConfigPatch = serde_json::from_str(r#"{"max_in_flight_per_key":1}"#).unwrap();
+        assert_eq!(base.patched(&only_cap).unwrap().in_flight_key_by(), KeyBy::OrderingKey);
+        for (json, field) in [
+            (r#"{"rate_limit_by":"ordering_key"}"#, "rate_limit_by needs a rate_limit"),
+            (r#"{"max_in_flight_per_key":0}"#, "max_in_flight_per_key"),
+        ] {
+            let patch: QueueConfigPatch = serde_json::from_str(json).unwrap();
+            assert!(matches!(base.patched(&patch), Err(Error::InvalidRequest(m)) if m.contains(field)), "{json}");
+        }
+        let dropping_the_rate: QueueConfigPatch = serde_json::from_str(r#"{"rate_limit":null}"#).unwrap();
+        assert!(keyed.patched(&dropping_the_rate).is_err(), "rate_limit_by would be left without a rate");
+        for bad in [r#"{"rate_limit_by":"customer"}"#, r#"{"rate_limit_by":"header:"}"#] {
+            let e = serde_json::from_str::<QueueConfigPatch>(bad).unwrap_err().to_string();
+            assert!(e.contains("rate_limit_by"), "{bad}: {e}");
+        }
     }
 }

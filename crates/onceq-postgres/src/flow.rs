@@ -11,11 +11,22 @@
 //! two servers can both take the last token or the last slot. An enqueue into a queue with a
 //! `max_depth` takes the same lock, counts the queue's jobs and inserts in one transaction, so
 //! two servers cannot both fill the last places. Queues without limits never touch the table.
+//!
+//! Per-key limits (`rate_limit_by`, `max_in_flight_per_key`) are taken under the same lock: the
+//! lease reads up to [`flow::key_scan_rows`] candidates (id, ordering key, headers) in lease
+//! order, counts each key's live leases, reads the candidates' keys' buckets from
+//! `flow_key_buckets` (a key without a row reads the queue's `key_floor`, the greatest `tat` a
+//! sweep deleted: a bucket as full as any deleted one), picks with
+//! [`flow::pick_by_key`], leases the picked ids, and writes their keys' buckets back; then it
+//! deletes up to [`FLOW_KEY_SWEEP_MAX`] refilled buckets of the queue (they equal no row).
 
-use onceq_core::flow::{self, Grant, RateLimit};
+use std::collections::HashMap;
+
+use onceq_core::flow::{self, Grant, KeyPick, RateLimit};
+use onceq_core::limits::FLOW_KEY_SWEEP_MAX;
 use onceq_core::metrics as names;
-use onceq_core::{QueueConfig, QueueName};
-use sqlx::PgConnection;
+use onceq_core::{Headers, QueueConfig, QueueName};
+use sqlx::{PgConnection, Row};
 
 /// Locks queue `$1`'s flow row, creating it with `tat` `$2` (a full bucket), and returns its `tat`.
 pub(crate) const FLOW_LOCK: &str = r#"
@@ -38,6 +49,51 @@ const DEPTH_UP_TO: &str =
 /// Writes queue `$1`'s bucket back.
 const FLOW_SAVE: &str = "UPDATE {s}.flow_buckets SET tat = $2 WHERE queue_id = $1";
 
+/// Candidates of a lease of queue `$1` under per-key limits, up to `$2`, in lease order.
+const KEY_CANDIDATES: &str = "SELECT id, ordering_key, headers FROM {s}.jobs WHERE queue_id = $1 AND state = 1 \
+     ORDER BY priority DESC, run_at, id LIMIT $2";
+
+/// The same for a group lease, from partitions `$3` only: rank 0 of every partition before rank
+/// 1 of any, as the group lease takes them.
+const KEY_CANDIDATES_IN: &str = r#"
+SELECT c.id, c.ordering_key, c.headers FROM unnest($3::int4[]) AS p (partition) CROSS JOIN LATERAL (
+    SELECT id, ordering_key, headers, priority, run_at,
+           row_number() OVER (ORDER BY priority DESC, run_at, id) AS rank
+    FROM {s}.jobs WHERE queue_id = $1 AND state = 1 AND partition = p.partition
+    ORDER BY priority DESC, run_at, id LIMIT $2) c
+ORDER BY c.rank, c.priority DESC, c.run_at, c.id LIMIT $2
+"#;
+
+/// The ordering keys and headers of queue `$1`'s live leases at `$2`.
+const LIVE_KEYS: &str =
+    "SELECT ordering_key, headers FROM {s}.jobs WHERE queue_id = $1 AND state = 2 AND lease_expires_at > $2";
+
+/// The buckets of queue `$1`'s keys `$2`.
+const KEY_TATS: &str = "SELECT key, tat FROM {s}.flow_key_buckets WHERE queue_id = $1 AND key = ANY ($2::text[])";
+
+/// Writes queue `$1`'s buckets of keys `$2` back with `tat`s `$3`.
+const KEY_SAVE: &str = r#"
+INSERT INTO {s}.flow_key_buckets (queue_id, key, tat) SELECT $1, k, t FROM unnest($2::text[], $3::int8[]) AS u (k, t)
+ON CONFLICT (queue_id, key) DO UPDATE SET tat = excluded.tat
+"#;
+
+/// Queue `$1`'s `key_floor`: the `tat` of a key without a row (the greatest `tat` a sweep deleted).
+const KEY_FLOOR: &str = "SELECT key_floor FROM {s}.flow_buckets WHERE queue_id = $1";
+
+/// Deletes up to `$3` of queue `$1`'s buckets that have refilled at `$2` (through
+/// `flow_key_buckets_refilled`), and raises the queue's `key_floor` to the greatest `tat` deleted:
+/// a key without a row then reads exactly the bucket it had, also for a lease on another server
+/// whose clock reading is earlier than this one's.
+const KEY_SWEEP: &str = r#"
+WITH gone AS (
+    DELETE FROM {s}.flow_key_buckets WHERE queue_id = $1 AND key IN (
+        SELECT key FROM {s}.flow_key_buckets WHERE queue_id = $1 AND tat <= $2 LIMIT $3)
+    RETURNING tat
+)
+UPDATE {s}.flow_buckets SET key_floor = greatest(key_floor, (SELECT max(tat) FROM gone))
+WHERE queue_id = $1 AND EXISTS (SELECT 1 FROM gone)
+"#;
+
 /// The statements of this module with the schema filled in.
 pub(crate) struct FlowSql {
     pub lock: String,
@@ -45,6 +101,13 @@ pub(crate) struct FlowSql {
     ready: String,
     pub depth: String,
     save: String,
+    key_candidates: String,
+    key_candidates_in: String,
+    live_keys: String,
+    key_tats: String,
+    key_floor: String,
+    key_save: String,
+    key_sweep: String,
 }
 
 impl FlowSql {
@@ -55,8 +118,116 @@ impl FlowSql {
             ready: fill(READY_UP_TO),
             depth: fill(DEPTH_UP_TO),
             save: fill(FLOW_SAVE),
+            key_candidates: fill(KEY_CANDIDATES),
+            key_candidates_in: fill(KEY_CANDIDATES_IN),
+            live_keys: fill(LIVE_KEYS),
+            key_tats: fill(KEY_TATS),
+            key_floor: fill(KEY_FLOOR),
+            key_save: fill(KEY_SAVE),
+            key_sweep: fill(KEY_SWEEP),
         }
     }
+}
+
+/// A key's row in `flow_key_buckets`: `=` and the value, or empty for the jobs without the key
+/// (a header's value may itself be empty).
+fn bucket_key(key: Option<&str>) -> String {
+    key.map_or_else(String::new, |k| format!("={k}"))
+}
+
+/// A job's headers from their stored JSON.
+fn headers_of(text: Option<&str>) -> Result<Headers, sqlx::Error> {
+    match text {
+        None => Ok(Headers::new()),
+        Some(text) => serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e))),
+    }
+}
+
+/// Under the queue's flow lock in `tx` (taken by [`grant`]), picks up to `want` of queue
+/// `queue_id`'s ready jobs (of `partitions` only, for a group lease) that its per-key limits
+/// allow at `now`, and spends their keys' tokens. Returns the picked ids, in lease order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn key_pick(
+    tx: &mut PgConnection,
+    sql: &FlowSql,
+    name: &QueueName,
+    queue_id: i64,
+    config: &QueueConfig,
+    now: i64,
+    want: u32,
+    partitions: Option<Vec<i32>>,
+) -> Result<(Vec<i64>, KeyPick), sqlx::Error> {
+    let scan = i64::from(flow::key_scan_rows(want));
+    let rows = match partitions {
+        None => sqlx::query(&sql.key_candidates).bind(queue_id).bind(scan).fetch_all(&mut *tx).await?,
+        Some(partitions) => {
+            sqlx::query(&sql.key_candidates_in).bind(queue_id).bind(scan).bind(partitions).fetch_all(&mut *tx).await?
+        }
+    };
+    let key_by = config.in_flight_key_by();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        ids.push(row.try_get::<i64, _>(0)?);
+        let ordering_key: Option<String> = row.try_get(1)?;
+        let headers = headers_of(row.try_get::<Option<String>, _>(2)?.as_deref())?;
+        keys.push(key_by.key_of(ordering_key.as_deref(), &headers).map(str::to_string));
+    }
+    let mut live: HashMap<String, u64> = HashMap::new();
+    if config.max_in_flight_per_key.is_some() && !rows.is_empty() {
+        for row in sqlx::query(&sql.live_keys).bind(queue_id).bind(now).fetch_all(&mut *tx).await? {
+            let ordering_key: Option<String> = row.try_get(0)?;
+            let headers = headers_of(row.try_get::<Option<String>, _>(1)?.as_deref())?;
+            if let Some(key) = key_by.key_of(ordering_key.as_deref(), &headers) {
+                *live.entry(key.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    let rate = config.key_rate();
+    let mut tats: HashMap<String, i64> = HashMap::new();
+    let mut floor = 0;
+    if rate.is_some() && !rows.is_empty() {
+        floor = sqlx::query_scalar(&sql.key_floor).bind(queue_id).fetch_one(&mut *tx).await?;
+        let mut wanted: Vec<String> = keys.iter().map(|k| bucket_key(k.as_deref())).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for row in sqlx::query(&sql.key_tats).bind(queue_id).bind(&wanted).fetch_all(&mut *tx).await? {
+            tats.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+    let full = rate.map_or(0, |r| r.full_tat(now));
+    let key_refs: Vec<Option<&str>> = keys.iter().map(Option::as_deref).collect();
+    let pick = flow::pick_by_key(
+        &key_refs,
+        want,
+        now,
+        rate,
+        config.max_in_flight_per_key,
+        |key| tats.get(&bucket_key(key)).copied().unwrap_or(floor),
+        |key| live.get(key).copied().unwrap_or(0),
+    );
+    if !pick.buckets.is_empty() {
+        let (names_, values): (Vec<String>, Vec<i64>) =
+            pick.buckets.iter().map(|(k, tat)| (bucket_key(k.as_deref()), *tat)).unzip();
+        sqlx::query(&sql.key_save).bind(queue_id).bind(&names_).bind(&values).execute(&mut *tx).await?;
+    }
+    if rate.is_some() {
+        let sweep = i64::from(FLOW_KEY_SWEEP_MAX);
+        sqlx::query(&sql.key_sweep).bind(queue_id).bind(full).bind(sweep).execute(&mut *tx).await?;
+    }
+    if let Some(held_by) = pick.held_by {
+        metrics::counter!(names::FLOW_HELD_BACK, "queue" => name.to_string(), "limit" => held_by.as_str())
+            .increment(u64::from(pick.held));
+    }
+    let picked = pick.picked.iter().map(|&i| ids[i]).collect();
+    Ok((picked, pick))
+}
+
+/// `template` (a lease statement) taking the jobs of ids `$param` instead of the queue's next.
+pub(crate) fn by_ids(template: &str, param: usize) -> String {
+    let pick = "WHERE queue_id = $2 AND state = 1";
+    debug_assert_eq!(template.matches(pick).count(), 1, "a lease statement picks its jobs in one place");
+    template.replacen(pick, &format!("WHERE id = ANY (${param}::int8[]) AND queue_id = $2 AND state = 1"), 1)
 }
 
 /// A lease's grant, taken under the queue's flow lock in transaction `tx`.
@@ -77,13 +248,13 @@ pub(crate) async fn grant(
     now: i64,
     want: u32,
 ) -> Result<Granted, sqlx::Error> {
-    let full = config.rate_limit.as_ref().map_or(0, |rate| rate.full_tat(now));
+    let full = config.queue_rate().map_or(0, |rate| rate.full_tat(now));
     let tat: i64 = sqlx::query_scalar(&sql.lock).bind(queue_id).bind(full).fetch_one(&mut *tx).await?;
     let live: i64 = match config.max_in_flight {
         Some(_) => sqlx::query_scalar(&sql.live).bind(queue_id).bind(now).fetch_one(&mut *tx).await?,
         None => 0,
     };
-    let rate = config.rate_limit.as_ref().map(|rate| (rate, tat));
+    let rate = config.queue_rate().map(|rate| (rate, tat));
     let grant = flow::grant(rate, config.max_in_flight, u64::try_from(live).unwrap_or(0), now, want);
     if let Some(held_by) = grant.held_by {
         let ready: i64 =
@@ -122,8 +293,8 @@ pub(crate) async fn taken(
 /// Milliseconds until the bucket of a lease held back by its rate limit grants a job.
 pub(crate) fn retry_ms(config: &QueueConfig, granted: &Granted, now: i64) -> Option<u64> {
     match granted.grant.held_by? {
-        flow::HeldBy::Rate => Some(config.rate_limit.as_ref()?.next_token_ms(granted.tat, now).max(1)),
-        flow::HeldBy::InFlight => None,
+        flow::HeldBy::Rate => Some(config.queue_rate()?.next_token_ms(granted.tat, now).max(1)),
+        flow::HeldBy::InFlight | flow::HeldBy::RatePerKey | flow::HeldBy::InFlightPerKey => None,
     }
 }
 

@@ -483,6 +483,7 @@ impl PgStore {
                     // queue's flow lock in this transaction (module `flow`).
                     let mut granted = None;
                     let mut limited_sql = None;
+                    let mut picked_ids: Option<Vec<i64>> = None;
                     if q.config.lease_limited() && !partitions.is_empty() {
                         let flow_sql = crate::flow::FlowSql::new(|t| self.sql(t));
                         let g = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, lease.max_jobs)
@@ -492,7 +493,33 @@ impl PgStore {
                             return Ok(Ok((Vec::new(), changes)));
                         }
                         let at_most_once = q.config.delivery == onceq_core::DeliveryMode::AtMostOnce;
-                        limited_sql = Some(self.group_lease_sql(g.grant.jobs, at_most_once));
+                        if q.config.keyed_limits() {
+                            // Per-key limits pick from the member's partitions; the lease takes
+                            // the picked ids (module `flow`).
+                            let members = Some(partitions_param(&partitions));
+                            let (ids, _) = crate::flow::key_pick(
+                                &mut tx,
+                                &flow_sql,
+                                &q.name,
+                                q.id,
+                                &q.config,
+                                now,
+                                g.grant.jobs,
+                                members,
+                            )
+                            .await?;
+                            if ids.is_empty() {
+                                tx.commit().await?;
+                                return Ok(Ok((Vec::new(), changes)));
+                            }
+                            let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+                            let param = if at_most_once { 3 } else { 5 };
+                            let template = crate::jobs::lease_template(n, at_most_once);
+                            limited_sql = Some(Arc::from(self.sql(&crate::flow::by_ids(&template, param))));
+                            picked_ids = Some(ids);
+                        } else {
+                            limited_sql = Some(self.group_lease_sql(g.grant.jobs, at_most_once));
+                        }
                         granted = Some((g, flow_sql));
                     }
                     let rows = if partitions.is_empty() {
@@ -503,11 +530,14 @@ impl PgStore {
                             Some(tokens) => query.bind(tokens).bind(lease.expires_at),
                             None => query,
                         };
-                        query.bind(partitions_param(&partitions)).fetch_all(&mut *tx).await?
+                        match &picked_ids {
+                            Some(ids) => query.bind(ids).fetch_all(&mut *tx).await?,
+                            None => query.bind(partitions_param(&partitions)).fetch_all(&mut *tx).await?,
+                        }
                     };
                     if let Some((g, flow_sql)) = &granted {
                         let taken = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-                        let rate = q.config.rate_limit.as_ref();
+                        let rate = q.config.queue_rate();
                         crate::flow::taken(&mut tx, flow_sql, q.id, rate, g, now, taken).await?;
                     }
                     tx.commit().await?;

@@ -1270,22 +1270,50 @@ impl PgStore {
             let mut conn = self.acquire_conn().await?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let granted = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, max_jobs).await?;
-            let held = granted.grant.held_by.map(|_| crate::flow::retry_ms(&q.config, &granted, now));
+            let mut held = granted.grant.held_by.map(|_| crate::flow::retry_ms(&q.config, &granted, now));
             if granted.grant.jobs == 0 {
                 tx.rollback().await?;
                 return Ok((Vec::new(), held));
             }
-            let n = granted.grant.jobs;
-            let rows = if at_most_once {
-                let sql = self.sql(&lease_template(n, true));
-                sqlx::query(&sql).bind(now).bind(q.id).fetch_all(&mut *tx).await?
-            } else {
-                let sql = self.hot_sql(HotStatement::Lease { max_jobs: n });
-                let tokens = lease_tokens(n as usize);
-                sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&mut *tx).await?
+            let mut n = granted.grant.jobs;
+            // Per-key limits: the ids their pick took from a bounded scan (module `flow`).
+            let mut ids = None;
+            if q.config.keyed_limits() {
+                let (picked, pick) =
+                    crate::flow::key_pick(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, n, None).await?;
+                if picked.is_empty() {
+                    tx.commit().await?;
+                    return Ok((Vec::new(), if pick.held > 0 { Some(pick.retry_ms) } else { held }));
+                }
+                if pick.held > 0 && held.is_none() {
+                    held = Some(pick.retry_ms);
+                }
+                n = u32::try_from(picked.len()).unwrap_or(u32::MAX);
+                ids = Some(picked);
+            }
+            let rows = match (at_most_once, &ids) {
+                (true, None) => {
+                    let sql = self.sql(&lease_template(n, true));
+                    sqlx::query(&sql).bind(now).bind(q.id).fetch_all(&mut *tx).await?
+                }
+                (true, Some(ids)) => {
+                    let sql = self.sql(&crate::flow::by_ids(&lease_template(n, true), 3));
+                    sqlx::query(&sql).bind(now).bind(q.id).bind(ids).fetch_all(&mut *tx).await?
+                }
+                (false, None) => {
+                    let sql = self.hot_sql(HotStatement::Lease { max_jobs: n });
+                    let tokens = lease_tokens(n as usize);
+                    sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&mut *tx).await?
+                }
+                (false, Some(ids)) => {
+                    let sql = self.sql(&crate::flow::by_ids(&lease_template(n, false), 5));
+                    let tokens = lease_tokens(n as usize);
+                    let query = sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at);
+                    query.bind(ids).fetch_all(&mut *tx).await?
+                }
             };
             let taken = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-            crate::flow::taken(&mut tx, &flow_sql, q.id, q.config.rate_limit.as_ref(), &granted, now, taken).await?;
+            crate::flow::taken(&mut tx, &flow_sql, q.id, q.config.queue_rate(), &granted, now, taken).await?;
             tx.commit().await?;
             Ok((rows, held))
         })

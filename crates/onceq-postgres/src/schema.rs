@@ -431,6 +431,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX schedules_due ON {s}.schedules (next_tick) WHERE NOT paused AND next_tick IS NOT NULL;
     "#,
+    // v9: per-key rate buckets (`rate_limit_by`; the `flow` module). One row per key value of a
+    // queue that leased within the last refill (`key` is `=` and the value, or empty for the
+    // jobs without the key), read and written under the queue's `flow_buckets` row lock; refilled
+    // rows are deleted by later leases through `flow_key_buckets_refilled`, which raise the
+    // queue's `flow_buckets.key_floor` to the greatest `tat` deleted: the bucket of a key
+    // without a row. Deleted with its queue.
+    r#"
+    CREATE TABLE {s}.flow_key_buckets (
+        queue_id bigint NOT NULL REFERENCES {s}.queues (id) ON DELETE CASCADE,
+        key      text NOT NULL,
+        tat      bigint NOT NULL,
+        PRIMARY KEY (queue_id, key)
+    );
+    CREATE INDEX flow_key_buckets_refilled ON {s}.flow_key_buckets (queue_id, tat);
+    ALTER TABLE {s}.flow_buckets ADD COLUMN key_floor bigint NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

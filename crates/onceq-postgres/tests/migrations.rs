@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,12 +141,63 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 8 back to version 7: what v8 (schedules) added goes.
-fn undo_v8(schema: &str) -> String {
-    format!("DROP TABLE \"{schema}\".schedules; DELETE FROM \"{schema}\".migrations WHERE version = 8;")
+/// SQL that takes a schema at version 9 back to version 8: what v9 (per-key flow buckets) added
+/// goes.
+fn undo_v9(schema: &str) -> String {
+    format!(
+        "DROP TABLE \"{schema}\".flow_key_buckets; ALTER TABLE \"{schema}\".flow_buckets DROP COLUMN key_floor; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 9;"
+    )
 }
 
-/// SQL that takes a schema at version 8 back to version 5: what v8, v7 (flow buckets) and v6
+/// SQL that takes a schema at version 9 back to version 7: what v9 and v8 (schedules) added go.
+fn undo_v8(schema: &str) -> String {
+    format!(
+        "{} DROP TABLE \"{schema}\".schedules; DELETE FROM \"{schema}\".migrations WHERE version = 8;",
+        undo_v9(schema)
+    )
+}
+
+/// A schema at version 8 (before per-key flow buckets) is brought up to date in place: its jobs
+/// stay, and a queue limited per key leases one burst per key.
+#[tokio::test]
+async fn a_version_8_schema_is_migrated_in_place_and_limits_per_key() {
+    use onceq_core::flow::{KeyBy, RateLimit};
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard::of(&schema);
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
+    store.close().await;
+    let mut admin = admin().await;
+    sqlx::raw_sql(&undo_v9(&schema)).execute(&mut admin).await.unwrap();
+
+    let clock = onceq_core::ManualClock::at_default_start();
+    let store = common::connect(common::options(&schema, Some(clock.clone()))).await;
+    let versions: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT version FROM \"{schema}\".migrations ORDER BY version"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(store.job_get(kept).await.unwrap().payload, b"kept".to_vec());
+    let patch = onceq_core::QueueConfigPatch {
+        rate_limit: Some(Some(RateLimit { per_second: 1.0, burst: 1 })),
+        rate_limit_by: Some(Some(KeyBy::OrderingKey)),
+        ..Default::default()
+    };
+    store.queue_upsert(&q, patch).await.unwrap();
+    let jobs = ["a", "a", "b"].iter().map(|k| NewJob::new("x").ordering_key(*k)).collect();
+    store.job_enqueue(&q, jobs).await.unwrap();
+    let options = onceq_core::LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 };
+    let got = store.job_lease(&q, options).await.unwrap();
+    let mut keys: Vec<_> = got.iter().map(|j| j.ordering_key.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, vec![None, Some("a".to_string()), Some("b".to_string())], "one job of each key");
+    store.close().await;
+}
+
+/// SQL that takes a schema at version 9 back to version 5: what v9, v8, v7 (flow buckets) and v6
 /// (commits) added goes.
 fn undo_v6(schema: &str) -> String {
     format!(
@@ -156,7 +207,8 @@ fn undo_v6(schema: &str) -> String {
     )
 }
 
-/// SQL that takes a schema at version 8 back to version 6: v8's schedules and v7's flow buckets go.
+/// SQL that takes a schema at version 9 back to version 6: v9's and v7's flow buckets and v8's
+/// schedules go.
 fn undo_v7(schema: &str) -> String {
     format!(
         "{} DROP TABLE \"{schema}\".flow_buckets; DELETE FROM \"{schema}\".migrations WHERE version = 7;",
@@ -184,7 +236,7 @@ async fn a_version_7_schema_is_migrated_in_place_and_fires_schedules() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     let name = onceq_core::schedule::ScheduleName::new("minutely").unwrap();
     store.schedule_upsert(&name, onceq_core::schedule::ScheduleSpec::new(q.clone(), "* * * * *")).await.unwrap();
     clock.advance(60_000);
@@ -246,7 +298,7 @@ async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
     )
@@ -287,7 +339,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();

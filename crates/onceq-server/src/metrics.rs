@@ -87,7 +87,7 @@ fn describe() {
     // Flow limits.
     describe_counter!(
         names::FLOW_HELD_BACK,
-        "Jobs a lease found ready but a limit held back, by limit (rate, in_flight)."
+        "Jobs a lease found ready but a limit held back, by limit (rate, in_flight, rate_per_key, in_flight_per_key)."
     );
     describe_histogram!(names::FLOW_WAIT, Unit::Seconds, "How long long-poll leases waited for a flow limit.");
     describe_counter!(names::MAX_DEPTH_REFUSALS, "Enqueues and commits refused whole by the queue's max_depth.");

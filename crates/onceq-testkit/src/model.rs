@@ -1464,6 +1464,8 @@ fn model_patch(config: &QueueConfig) -> QueueConfigPatch {
         partitions: Some(config.partitions),
         dead_blocks_key: Some(config.dead_blocks_key),
         rate_limit: Some(config.rate_limit),
+        rate_limit_by: Some(config.rate_limit_by),
+        max_in_flight_per_key: Some(config.max_in_flight_per_key),
         max_in_flight: Some(config.max_in_flight),
         max_depth: Some(config.max_depth),
     }

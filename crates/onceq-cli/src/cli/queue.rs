@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use onceq_core::api::QueueList;
-use onceq_core::flow::RateLimit;
+use onceq_core::flow::{KeyBy, RateLimit};
 use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX, PARTITIONS_MAX};
 use onceq_core::limits::{IN_FLIGHT_MAX, QUEUE_DEPTH_MAX, VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
 use onceq_core::{
@@ -106,6 +106,16 @@ pub struct SetArgs {
     /// `none` to remove it.
     #[arg(long, value_name = "N|none", value_parser = parse_in_flight)]
     pub max_in_flight: Option<Setting<u32>>,
+    /// One rate-limit bucket per key value instead of one for the queue: ordering_key, or
+    /// header:<name> (jobs without that key share one bucket); `none`: one bucket. Needs a
+    /// rate limit.
+    #[arg(long, value_name = "ordering_key|header:NAME|none", value_parser = parse_rate_limit_by)]
+    pub rate_limit_by: Option<Setting<KeyBy>>,
+    /// Most live leases of one key value at once (1 to 1000000), keyed by --rate-limit-by if
+    /// set, else by the ordering key (jobs without the key are not limited per key), or `none`
+    /// to remove it.
+    #[arg(long, value_name = "N|none", value_parser = parse_in_flight_per_key)]
+    pub max_in_flight_per_key: Option<Setting<u32>>,
     /// Most jobs the queue holds (ready, scheduled, leased or blocked; 1 to 1000000): an enqueue
     /// past it is refused with 429 rate_limited. `none` removes it.
     #[arg(long, value_name = "N|none", value_parser = parse_depth)]
@@ -141,6 +151,17 @@ fn parse_in_flight(text: &str) -> Result<Setting<u32>, String> {
     })
 }
 
+fn parse_rate_limit_by(text: &str) -> Result<Setting<KeyBy>, String> {
+    parse_setting(text, |text| text.parse::<KeyBy>().map_err(|e| e.detail()))
+}
+
+fn parse_in_flight_per_key(text: &str) -> Result<Setting<u32>, String> {
+    parse_setting(text, |text| match text.parse::<u32>() {
+        Ok(n) if (1..=IN_FLIGHT_MAX).contains(&n) => Ok(n),
+        _ => Err(format!("max_in_flight_per_key must be a number from 1 to {IN_FLIGHT_MAX}, or none")),
+    })
+}
+
 fn parse_depth(text: &str) -> Result<Setting<u64>, String> {
     parse_setting(text, |text| match text.parse::<u64>() {
         Ok(n) if (1..=QUEUE_DEPTH_MAX).contains(&n) => Ok(n),
@@ -169,6 +190,8 @@ impl SetArgs {
             dead_blocks_key: self.dead_blocks_key,
             rate_limit: self.rate_limit.map(|s| s.0),
             max_in_flight: self.max_in_flight.map(|s| s.0),
+            rate_limit_by: self.rate_limit_by.clone().map(|s| s.0),
+            max_in_flight_per_key: self.max_in_flight_per_key.map(|s| s.0),
             max_depth: self.max_depth.map(|s| s.0),
         }
     }
@@ -309,7 +332,9 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
         ("partitions", config.partitions.to_string()),
         ("dead_blocks_key", table::yes_no(config.dead_blocks_key)),
         ("rate_limit", config.rate_limit.map_or("-".to_owned(), |r| format!("{}/s, burst {}", r.per_second, r.burst))),
+        ("rate_limit_by", config.rate_limit_by.as_ref().map_or("-".to_owned(), KeyBy::to_string)),
         ("max_in_flight", config.max_in_flight.map_or("-".to_owned(), |n| n.to_string())),
+        ("max_in_flight_per_key", config.max_in_flight_per_key.map_or("-".to_owned(), |n| n.to_string())),
         ("max_depth", config.max_depth.map_or("-".to_owned(), |n| n.to_string())),
     ]
 }
@@ -413,6 +438,10 @@ mod tests {
             "0.5/3",
             "--max-in-flight",
             "5",
+            "--rate-limit-by",
+            "header:account",
+            "--max-in-flight-per-key",
+            "none",
             "--max-depth",
             "none",
         ]);
@@ -433,10 +462,20 @@ mod tests {
                 dead_blocks_key: Some(true),
                 rate_limit: Some(Some(RateLimit { per_second: 0.5, burst: 3 })),
                 max_in_flight: Some(Some(5)),
+                rate_limit_by: Some(Some(KeyBy::Header("account".into()))),
+                max_in_flight_per_key: Some(None),
                 max_depth: Some(None),
             }
         );
-        for bad in [["--rate-limit", "50"], ["--rate-limit", "0/1"], ["--max-in-flight", "0"], ["--max-depth", "x"]] {
+        for bad in [
+            ["--rate-limit", "50"],
+            ["--rate-limit", "0/1"],
+            ["--max-in-flight", "0"],
+            ["--max-depth", "x"],
+            ["--rate-limit-by", "customer"],
+            ["--rate-limit-by", "header:"],
+            ["--max-in-flight-per-key", "0"],
+        ] {
             let args = ["onceq", "queue", "set", "emails", bad[0], bad[1]];
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
         }
@@ -535,7 +574,9 @@ mod tests {
              partitions             16\n\
              dead_blocks_key        no\n\
              rate_limit             -\n\
+             rate_limit_by          -\n\
              max_in_flight          -\n\
+             max_in_flight_per_key  -\n\
              max_depth              -\n\
              paused                 yes\n\
              ready                  3\n\

@@ -70,6 +70,20 @@ pub(crate) struct State {
     /// The rate-limit bucket (`tat`, `onceq_core::flow`) of each rate-limited queue, by id;
     /// in memory only (module `flow`).
     pub(super) buckets: HashMap<i64, i64>,
+    /// The per-key rate buckets of each queue with a `rate_limit_by`, by id; in memory only
+    /// (module `flow`).
+    pub(super) key_buckets: HashMap<i64, KeyBuckets>,
+}
+
+/// One queue's per-key rate buckets (module `flow`): at most
+/// [`onceq_core::limits::FLOW_KEY_BUCKETS_MAX`], each a `tat` by key value (`None`: the jobs
+/// without the key).
+pub(super) struct KeyBuckets {
+    /// The `tat` of a key with no bucket: empty at the store's open, full when the queue got its
+    /// limit while the store ran. A bucket that falls to it (or to now) has refilled, and is
+    /// dropped when room is needed.
+    pub(super) floor: i64,
+    pub(super) tats: HashMap<Option<String>, i64>,
 }
 
 impl State {
@@ -91,6 +105,7 @@ impl State {
             rng: StdRng::from_entropy(),
             last_dedup_sweep: Timestamp::default(),
             buckets: HashMap::new(),
+            key_buckets: HashMap::new(),
         };
         state.reload(conn)?;
         state.flow_buckets_empty();
@@ -251,7 +266,8 @@ impl State {
         let mut slot_freed = false;
         if let Some(entry) = self.entry_by_id(queue_id) {
             // A lease that ends frees an in-flight slot: leases waiting for one look again.
-            slot_freed = from == Some(state::LEASED) && entry.config.max_in_flight.is_some();
+            slot_freed = from == Some(state::LEASED)
+                && (entry.config.max_in_flight.is_some() || entry.config.max_in_flight_per_key.is_some());
             if let Some(from) = from {
                 let slot = &mut entry.counts[from as usize];
                 debug_assert!(*slot >= n, "count of state {from} would go negative");

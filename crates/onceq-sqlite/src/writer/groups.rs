@@ -11,6 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
+use onceq_core::flow;
 use onceq_core::group::{self, Changes, GroupName, GroupState, JoinOptions, MemberId, MemberView};
 use onceq_core::store::validate;
 use onceq_core::{Error, LeaseOptions, LeasedJob, Ordering, QueueName, Result, Timestamp};
@@ -18,6 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::schema::{state, storage};
 use crate::writer::cache::State;
+use crate::writer::flow::{key_candidate, KEY_CANDIDATE_SQL};
 use crate::writer::jobs::{ReadyRow, READY_ROW_SQL};
 
 /// Whether a partition holds a live lease: a leased job of the partition whose lease has not
@@ -288,7 +290,8 @@ impl State {
         }
         // A group lease passes the queue's limits like any lease (module `flow`).
         let mut options = options;
-        let limited = entry.config.lease_limited().then_some(entry.config.rate_limit);
+        let limited = entry.config.lease_limited().then(|| entry.config.queue_rate().copied());
+        let keyed = entry.config.keyed_limits();
         if limited.is_some() {
             let grant = self.flow_grant(name, entry, options.max_jobs);
             if grant.jobs == 0 {
@@ -299,12 +302,15 @@ impl State {
         // Each candidate with its rank in its partition's lease order: the lease takes rank 0 of
         // every partition before rank 1 of any, so that a partition with a long backlog (one just
         // handed over from a member that died) does not hold back the others.
+        // Under per-key limits, a bounded scan of candidates is read and the pick takes those
+        // whose keys have a token and a free slot (module `flow`).
+        let per_partition = if keyed { flow::key_scan_rows(options.max_jobs) } else { options.max_jobs };
         let mut candidates: Vec<(usize, i32, i64, i64)> = Vec::new();
         {
             let mut stmt = conn.prepare_cached(PARTITION_READY_SQL).map_err(storage("leasing jobs"))?;
             for p in partitions {
                 let rows = stmt
-                    .query_map(params![queue.id, p, options.max_jobs], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_map(params![queue.id, p, per_partition], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .map_err(storage("leasing jobs"))?;
                 for (rank, row) in rows.enumerate() {
                     let (priority, run_at, id) = row.map_err(storage("leasing jobs"))?;
@@ -313,7 +319,16 @@ impl State {
             }
         }
         candidates.sort_unstable_by_key(|&(rank, priority, run_at, id)| (rank, Reverse(priority), run_at, id));
-        candidates.truncate(options.max_jobs as usize);
+        candidates.truncate(per_partition as usize);
+        if keyed {
+            let mut stmt = conn.prepare_cached(KEY_CANDIDATE_SQL).map_err(storage("leasing jobs"))?;
+            let mut keyed_rows = Vec::with_capacity(candidates.len());
+            for &(_, _, _, id) in &candidates {
+                keyed_rows.push(stmt.query_row([id], key_candidate).map_err(storage("leasing jobs"))?);
+            }
+            let pick = self.flow_key_pick(conn, name, options.max_jobs, &keyed_rows)?;
+            candidates = pick.picked.into_iter().map(|i| candidates[i]).collect();
+        }
         // Those taken are handed out in lease order, as any lease's.
         candidates.sort_unstable_by_key(|&(_, priority, run_at, id)| (Reverse(priority), run_at, id));
         let mut rows = Vec::with_capacity(candidates.len());

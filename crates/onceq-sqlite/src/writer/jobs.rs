@@ -1,5 +1,6 @@
 //! The SQL of enqueue and lease, and of the error history every settle writes to.
 
+use onceq_core::flow;
 use onceq_core::metrics as names;
 use onceq_core::ordering::partition_of;
 use onceq_core::store::validate;
@@ -11,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::schema::{state, storage, to_i64, to_u32};
 use crate::writer::cache::State;
+use crate::writer::flow::{key_candidate, KeyCandidate, KEY_CANDIDATES_SQL};
 
 impl State {
     pub(crate) fn job_enqueue(
@@ -240,7 +242,8 @@ impl State {
         }
         let queue_id = entry.id;
         // An unlimited queue pays this one check (module `flow`).
-        let limited = entry.config.lease_limited().then_some(entry.config.rate_limit);
+        let limited = entry.config.lease_limited().then(|| entry.config.queue_rate().copied());
+        let keyed = entry.config.keyed_limits();
         if limited.is_some() {
             let grant = self.flow_grant(name, entry, options.max_jobs);
             if grant.jobs == 0 {
@@ -248,11 +251,31 @@ impl State {
             }
             options.max_jobs = grant.jobs;
         }
-        // The batch is read in lease order through the ready-order index, then each job is claimed
-        // by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...) RETURNING`
-        // would be one statement, but SQLite materializes both the IN list and the RETURNING rows in
-        // ephemeral tables, and hands the rows back unordered: measured, it costs more per job.)
-        let rows: Vec<ReadyRow> = {
+        let rows: Vec<ReadyRow> = if keyed {
+            // Per-key limits: a bounded scan of candidates, of which the pick takes those whose
+            // keys have a token and a free slot (module `flow`).
+            let candidates: Vec<KeyCandidate> = {
+                let mut stmt = conn.prepare_cached(KEY_CANDIDATES_SQL).map_err(storage("leasing jobs"))?;
+                let scan = flow::key_scan_rows(options.max_jobs);
+                let rows = stmt.query_map(params![queue_id, scan], key_candidate).map_err(storage("leasing jobs"))?;
+                rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
+            };
+            let pick = self.flow_key_pick(conn, name, options.max_jobs, &candidates)?;
+            if pick.picked.is_empty() {
+                return Ok(LeaseLook { jobs: Vec::new(), retry_ms: pick.retry_ms, held: pick.held > 0 });
+            }
+            let mut stmt = conn.prepare_cached(READY_ROW_SQL).map_err(storage("leasing jobs"))?;
+            let mut rows = Vec::with_capacity(pick.picked.len());
+            for i in pick.picked {
+                rows.push(stmt.query_row([candidates[i].0], ReadyRow::read).map_err(storage("leasing jobs"))?);
+            }
+            rows
+        } else {
+            // The batch is read in lease order through the ready-order index, then each job is
+            // claimed by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...)
+            // RETURNING` would be one statement, but SQLite materializes both the IN list and the
+            // RETURNING rows in ephemeral tables, and hands the rows back unordered: measured, it
+            // costs more per job.)
             let mut stmt = conn.prepare_cached(LEASE_SQL).map_err(storage("leasing jobs"))?;
             let rows =
                 stmt.query_map(params![queue_id, options.max_jobs], ReadyRow::read).map_err(storage("leasing jobs"))?;

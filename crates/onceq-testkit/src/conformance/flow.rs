@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use onceq_core::commit::{Commit, CommitEnqueue};
-use onceq_core::flow::RateLimit;
+use onceq_core::flow::{KeyBy, RateLimit};
 use onceq_core::limits::{IN_FLIGHT_MAX, MAX_DEPTH_RETRY_AFTER_MS, QUEUE_DEPTH_MAX, RATE_BURST_MAX};
 
 use super::*;
@@ -346,4 +346,300 @@ pub async fn group_leases_pass_the_same_limits<B: Backend>(backend: &B) {
     clock.advance(1_000);
     let got = f.store.group_lease(&q, &g, &member, options).await.unwrap();
     assert_eq!(got.len(), 0, "three leases are live: no in-flight slot is free for the member");
+}
+
+/// A patch setting a rate limit with one bucket per key.
+fn rate_by(per_second: f64, burst: u32, by: KeyBy) -> QueueConfigPatch {
+    QueueConfigPatch { rate_limit_by: Some(Some(by)), ..rate(per_second, burst) }
+}
+
+/// A job with header `account`, or none.
+fn account_job(i: usize, account: Option<&str>) -> NewJob {
+    let job = NewJob::new(format!("{i}"));
+    match account {
+        Some(a) => job.header("account", a),
+        None => job,
+    }
+}
+
+/// The `account` header of a leased job.
+fn account_of(job: &LeasedJob) -> Option<&str> {
+    job.headers.get("account").map(String::as_str)
+}
+
+/// How many of `got` each account has (`None`: without the header).
+fn per_account(got: &[LeasedJob]) -> std::collections::BTreeMap<Option<String>, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for job in got {
+        *out.entry(account_of(job).map(str::to_string)).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Per-key fields: kept as given, shown by `queue_get`, `null` clears them; a `rate_limit_by`
+/// without a `rate_limit` and a `max_in_flight_per_key` outside its range are refused naming the
+/// field.
+pub async fn per_key_limits_are_validated_and_cleared<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("keyed");
+    let patch = QueueConfigPatch {
+        max_in_flight_per_key: Some(Some(IN_FLIGHT_MAX)),
+        ..rate_by(2.0, 3, KeyBy::Header("account".into()))
+    };
+    let config = f.upsert(&q, patch).await;
+    assert_eq!(config.rate_limit_by, Some(KeyBy::Header("account".into())));
+    assert_eq!(config.max_in_flight_per_key, Some(IN_FLIGHT_MAX));
+    assert_eq!(f.store.queue_get(&q).await.unwrap().config, config);
+    let other = queue("other");
+    for (patch, field) in [
+        (
+            QueueConfigPatch { rate_limit_by: Some(Some(KeyBy::OrderingKey)), ..QueueConfigPatch::default() },
+            "rate_limit_by",
+        ),
+        (
+            QueueConfigPatch { max_in_flight_per_key: Some(Some(0)), ..QueueConfigPatch::default() },
+            "max_in_flight_per_key",
+        ),
+        (
+            QueueConfigPatch { max_in_flight_per_key: Some(Some(IN_FLIGHT_MAX + 1)), ..QueueConfigPatch::default() },
+            "max_in_flight_per_key",
+        ),
+    ] {
+        match f.store.queue_upsert(&other, patch).await {
+            Err(Error::InvalidRequest(message)) => assert!(message.contains(field), "{field}: {message}"),
+            got => panic!("{field}: expected InvalidRequest, got {got:?}"),
+        }
+    }
+    // Removing the rate limit and leaving its keying is refused; both together are not.
+    match f.store.queue_upsert(&q, QueueConfigPatch { rate_limit: Some(None), ..QueueConfigPatch::default() }).await {
+        Err(Error::InvalidRequest(message)) => assert!(message.contains("rate_limit_by"), "{message}"),
+        got => panic!("expected InvalidRequest, got {got:?}"),
+    }
+    assert_eq!(f.store.queue_get(&q).await.unwrap().config, config, "a refused patch changed the config");
+    let clear = QueueConfigPatch {
+        rate_limit: Some(None),
+        rate_limit_by: Some(None),
+        max_in_flight_per_key: Some(None),
+        ..QueueConfigPatch::default()
+    };
+    assert_eq!(f.upsert(&q, clear).await, defaults());
+}
+
+/// Per-key buckets are independent: one key's spent bucket does not hold back another key's
+/// jobs behind it, the jobs without the key share one bucket, and each key refills on its own.
+pub async fn per_key_buckets_are_independent<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("accounts");
+    f.upsert(&q, rate_by(10.0, 2, KeyBy::Header("account".into()))).await;
+    // Ten jobs of "a" first, then "b", then jobs without the header.
+    let mut batch: Vec<NewJob> = (0..10).map(|i| account_job(i, Some("a"))).collect();
+    batch.extend((10..13).map(|i| account_job(i, Some("b"))));
+    batch.extend((13..16).map(|i| account_job(i, None)));
+    f.enqueue(&q, batch).await;
+    let first = f.lease(&q, 10, None).await;
+    let want: std::collections::BTreeMap<Option<String>, usize> =
+        [(None, 2), (Some("a".into()), 2), (Some("b".into()), 2)].into_iter().collect();
+    assert_eq!(per_account(&first), want, "each key's burst, past the spent key's jobs");
+    assert_eq!(f.lease(&q, 10, None).await.len(), 0, "every bucket is spent");
+    clock.advance(100);
+    let got = f.lease(&q, 10, None).await;
+    let want: std::collections::BTreeMap<Option<String>, usize> =
+        [(None, 1), (Some("a".into()), 1), (Some("b".into()), 1)].into_iter().collect();
+    assert_eq!(per_account(&got), want, "one token each after one interval");
+    let acks: Vec<_> = got.iter().chain(&first).map(LeasedJob::lease).collect();
+    assert!(f.store.job_ack(&acks).await.unwrap().iter().all(Result::is_ok));
+    clock.advance(60_000);
+    let got = f.lease(&q, 10, None).await;
+    let want: std::collections::BTreeMap<Option<String>, usize> = [(Some("a".into()), 2)].into_iter().collect();
+    assert_eq!(per_account(&got), want, "a refilled bucket grants its burst, no more");
+
+    // Keyed by the ordering key.
+    let o = queue("ordered");
+    f.upsert(&o, rate_by(1.0, 1, KeyBy::OrderingKey)).await;
+    let mut batch: Vec<NewJob> = (0..5).map(|i| NewJob::new(format!("{i}")).ordering_key("x")).collect();
+    batch.push(NewJob::new("y").ordering_key("y"));
+    f.enqueue(&o, batch).await;
+    let got = f.lease(&o, 10, None).await;
+    let keys: Vec<_> = got.iter().map(|j| j.ordering_key.clone()).collect();
+    assert_eq!(keys, vec![Some("x".to_string()), Some("y".to_string())]);
+}
+
+/// Invariant 15 per key: with `max_in_flight_per_key`, live leases of each key never exceed it,
+/// through acks, expiries and redeliveries; jobs without a key are not limited per key.
+pub async fn max_in_flight_per_key_holds_with_expiry<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("capped");
+    let patch = QueueConfigPatch {
+        max_in_flight_per_key: Some(Some(2)),
+        visibility_timeout_ms: Some(1_000),
+        ..QueueConfigPatch::default()
+    };
+    f.upsert(&q, patch).await;
+    let mut batch: Vec<NewJob> = Vec::new();
+    for i in 0..12 {
+        batch.push(NewJob::new(format!("{i}")).ordering_key(if i % 2 == 0 { "k1" } else { "k2" }));
+    }
+    batch.extend((0..3).map(|i| NewJob::new(format!("free {i}"))));
+    f.enqueue(&q, batch).await;
+    let mut live: Vec<(LeasedJob, Timestamp)> = Vec::new();
+    let check = |live: &mut Vec<(LeasedJob, Timestamp)>, now: Timestamp| {
+        live.retain(|(_, expires_at)| *expires_at > now);
+        for key in ["k1", "k2"] {
+            let n = live.iter().filter(|(j, _)| j.ordering_key.as_deref() == Some(key)).count();
+            assert!(n <= 2, "{n} live leases of {key}; max_in_flight_per_key is 2");
+        }
+    };
+    let first = f.lease(&q, 10, None).await;
+    assert_eq!(first.len(), 7, "two of each key and every job without one");
+    live.extend(first.iter().map(|j| (j.clone(), j.lease_expires_at)));
+    check(&mut live, f.now());
+    assert_eq!(f.lease(&q, 10, None).await, Vec::<LeasedJob>::new(), "both keys are at their cap");
+    let k1 = first.iter().find(|j| j.ordering_key.as_deref() == Some("k1")).unwrap();
+    f.store.ack(k1.lease()).await.unwrap();
+    live.retain(|(j, _)| j.id != k1.id);
+    let second = f.lease(&q, 10, None).await;
+    assert_eq!(second.len(), 1, "an ack frees one slot of its key");
+    assert_eq!(second[0].ordering_key.as_deref(), Some("k1"));
+    live.extend(second.iter().map(|j| (j.clone(), j.lease_expires_at)));
+    check(&mut live, f.now());
+    clock.advance(1_000);
+    check(&mut live, f.now());
+    let redelivered = f.lease(&q, 10, None).await;
+    assert_eq!(redelivered.iter().filter(|j| j.ordering_key.is_some()).count(), 4, "expired leases stopped counting");
+    live.extend(redelivered.iter().map(|j| (j.clone(), j.lease_expires_at)));
+    check(&mut live, f.now());
+
+    let mut steps = Steps(0x5851_f42d_4c95_7f2d);
+    for _ in 0..60 {
+        clock.advance(steps.next(400));
+        check(&mut live, f.now());
+        if steps.next(2) == 0 && !live.is_empty() {
+            let (job, _) = live.remove(usize::try_from(steps.next(live.len() as u64)).unwrap());
+            let _ = f.store.ack(job.lease()).await;
+        } else {
+            let visibility = 200 + steps.next(1_200);
+            let got = f.lease(&q, 1 + u32::try_from(steps.next(5)).unwrap(), Some(visibility)).await;
+            live.extend(got.iter().map(|j| (j.clone(), j.lease_expires_at)));
+        }
+        check(&mut live, f.now());
+    }
+}
+
+/// Invariant 15 per key: consumers lease concurrently from a queue whose jobs belong to three
+/// accounts (and some to none) for 10 s of store time; over every window of length T each key's
+/// jobs leased are at most burst + rate × T, and each key gets close to its rate.
+pub async fn invariant_15_rate_holds_per_key_over_every_window<B: Backend>(backend: &B) {
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("accounts");
+    let (per_second, burst) = (20.0, 3);
+    f.upsert(&q, rate_by(per_second, burst, KeyBy::Header("account".into()))).await;
+    let accounts = [Some("a"), Some("b"), Some("c"), None];
+    let batch: Vec<NewJob> = (0..1000).map(|i| account_job(i, accounts[i % accounts.len()])).collect();
+    f.enqueue(&q, batch).await;
+    let mut steps = Steps(0x9e37_79b9_7f4a_7c15);
+    let mut leases: std::collections::BTreeMap<Option<String>, Vec<(i64, usize)>> = Default::default();
+    let started = f.now();
+    while f.now().ms_since(started) < 10_000 {
+        clock.advance(steps.next(60));
+        let at = f.now().as_millis();
+        let max_jobs = 1 + u32::try_from(steps.next(8)).unwrap();
+        let options = LeaseOptions { max_jobs, visibility_timeout_ms: None, wait_ms: 0 };
+        let got = lease_concurrently(&f.store, &q, 3, options).await;
+        for (account, n) in per_account(&got) {
+            leases.entry(account).or_default().push((at, n));
+        }
+        let acks: Vec<_> = got.iter().map(LeasedJob::lease).collect();
+        if !acks.is_empty() {
+            assert!(f.store.job_ack(&acks).await.unwrap().iter().all(Result::is_ok));
+        }
+    }
+    let allowed = f64::from(burst) + per_second * f.now().ms_since(started) as f64 / 1000.0;
+    assert_eq!(leases.len(), accounts.len(), "every key leased: {:?}", leases.keys().collect::<Vec<_>>());
+    for (account, times) in &leases {
+        assert_rate_held(times, per_second, burst);
+        let total: usize = times.iter().map(|l| l.1).sum();
+        assert!(total as f64 >= 0.9 * allowed, "{account:?}: {total} jobs leased where {allowed} were allowed");
+    }
+}
+
+/// A long poll held back by per-key limits sleeps until the earliest held key's bucket grants a
+/// token: not at once, and not at the end of its wait.
+pub async fn a_long_poll_held_by_a_key_waits_for_its_token<B: Backend>(backend: &B) {
+    let f = open_system(backend).await;
+    let q = queue("accounts");
+    f.upsert(&q, rate_by(1.0, 1, KeyBy::Header("account".into()))).await;
+    f.enqueue(&q, vec![account_job(0, Some("a")), account_job(1, Some("a"))]).await;
+    assert_eq!(f.lease(&q, 5, None).await.len(), 1, "one token for \"a\"");
+    let started = Instant::now();
+    let options = LeaseOptions { max_jobs: 5, visibility_timeout_ms: None, wait_ms: LONG_WAIT_MS };
+    let got = within("the held lease", f.store.job_lease(&q, options)).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(got.len(), 1, "the key's next token brings one job");
+    assert!(
+        elapsed >= Duration::from_millis(700) && elapsed < PROMPTLY,
+        "the lease returned after {elapsed:?}; the key's next token was due after about a second"
+    );
+
+    // Held by a key's cap: the settle that frees the key's slot wakes it.
+    let capped = queue("capped");
+    let patch = QueueConfigPatch { max_in_flight_per_key: Some(Some(1)), ..QueueConfigPatch::default() };
+    f.upsert(&capped, patch).await;
+    f.enqueue(&capped, (0..2).map(|i| NewJob::new(format!("{i}")).ordering_key("a")).collect()).await;
+    let held = f.lease_one(&capped, None).await;
+    let waiting = spawn_waiting_lease(&f.store, &capped);
+    tokio::time::sleep(NUDGE).await;
+    f.store.ack(held.lease()).await.unwrap();
+    let (got, elapsed) = within("the capped lease", waiting).await.unwrap();
+    assert_eq!(got.len(), 1, "the freed slot of \"a\" brought its next job");
+    assert!(elapsed >= Duration::from_millis(200) && elapsed < PROMPTLY, "woke after {elapsed:?}");
+}
+
+/// A lease under per-key limits reads a bounded number of candidates
+/// ([`onceq_core::flow::key_scan_rows`]): past them it returns what it found, here nothing, though
+/// a job of another key waits further back; a larger lease reads further and finds it.
+pub async fn a_per_key_lease_scans_a_bounded_number_of_candidates<B: Backend>(backend: &B) {
+    use onceq_core::limits::{FLOW_KEY_SCAN_FACTOR, FLOW_KEY_SCAN_MIN};
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("ordered");
+    f.upsert(&q, rate_by(1.0, 1, KeyBy::OrderingKey)).await;
+    let ahead = FLOW_KEY_SCAN_MIN as usize + 1;
+    let mut batch: Vec<NewJob> = (0..ahead).map(|i| NewJob::new(format!("{i}")).ordering_key("a")).collect();
+    batch.push(NewJob::new("b").ordering_key("b"));
+    f.enqueue(&q, batch).await;
+    assert_eq!(f.lease(&q, 1, None).await[0].ordering_key.as_deref(), Some("a"));
+    assert_eq!(f.lease(&q, 1, None).await.len(), 0, "the job of \"b\" is past the bound of a one-job lease");
+    let wide = FLOW_KEY_SCAN_MIN.div_ceil(FLOW_KEY_SCAN_FACTOR) + 1;
+    let got = f.lease(&q, wide, None).await;
+    assert_eq!(got.iter().map(|j| j.ordering_key.as_deref()).collect::<Vec<_>>(), vec![Some("b")]);
+}
+
+/// A consumer group's member leases under the per-key limits too: one token per account, from
+/// its partitions.
+pub async fn group_leases_pass_per_key_limits<B: Backend>(backend: &B) {
+    use onceq_core::group::{GroupName, JoinOptions};
+    use onceq_core::Ordering;
+
+    let (f, clock) = open_manual(backend).await;
+    let q = queue("keyed");
+    let patch = QueueConfigPatch {
+        ordering: Some(Ordering::PerKey),
+        partitions: Some(4),
+        max_in_flight_per_key: Some(Some(2)),
+        ..rate_by(10.0, 2, KeyBy::Header("account".into()))
+    };
+    f.upsert(&q, patch).await;
+    let jobs: Vec<NewJob> = (0..12)
+        .map(|i| account_job(i, Some(if i % 2 == 0 { "x" } else { "y" })).ordering_key(format!("k{i}")))
+        .collect();
+    f.enqueue(&q, jobs).await;
+    let g = GroupName::new("workers").unwrap();
+    let member = f.store.group_join(&q, &g, JoinOptions::default()).await.unwrap().member_id;
+    let options = LeaseOptions { max_jobs: 10, visibility_timeout_ms: None, wait_ms: 0 };
+    let got = f.store.group_lease(&q, &g, &member, options).await.unwrap();
+    let want: std::collections::BTreeMap<Option<String>, usize> =
+        [(Some("x".into()), 2), (Some("y".into()), 2)].into_iter().collect();
+    assert_eq!(per_account(&got), want, "each account's burst");
+    clock.advance(1_000);
+    let got = f.store.group_lease(&q, &g, &member, options).await.unwrap();
+    assert_eq!(got.len(), 0, "each account holds two live leases: its cap");
 }

@@ -484,6 +484,13 @@ macro_rules! conformance_suite {
                 a_held_back_long_poll_waits_for_the_limit,
                 max_depth_refuses_a_batch_whole_and_accepts_again_after_acks,
                 group_leases_pass_the_same_limits,
+                per_key_limits_are_validated_and_cleared,
+                per_key_buckets_are_independent,
+                max_in_flight_per_key_holds_with_expiry,
+                invariant_15_rate_holds_per_key_over_every_window,
+                a_long_poll_held_by_a_key_waits_for_its_token,
+                a_per_key_lease_scans_a_bounded_number_of_candidates,
+                group_leases_pass_per_key_limits,
             ],
             schedules: [
                 a_schedule_fires_one_job_per_tick,
