@@ -1269,6 +1269,16 @@ impl PgStore {
         self.run("leasing jobs under the queue's limits", || async {
             let mut conn = self.acquire_conn().await?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            if !at_most_once {
+                // The queue's flow row stays locked until this transaction ends: with an
+                // asynchronous commit it ends without waiting for the WAL's flush, so the
+                // leases of one limited queue do not take turns at the disk's pace. What a
+                // crash of PostgreSQL could forget is the lease itself (the job is leasable
+                // again, as after an expiry; the old token is refused) and the bucket's last
+                // moves (module `flow`). An at_most_once lease deletes its jobs, and stays
+                // synchronous.
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+            }
             let granted = crate::flow::grant(&mut tx, &flow_sql, &q.name, q.id, &q.config, now, max_jobs).await?;
             let mut held = granted.grant.held_by.map(|_| crate::flow::retry_ms(&q.config, &granted, now));
             if granted.grant.jobs == 0 {
