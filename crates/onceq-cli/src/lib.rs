@@ -428,7 +428,8 @@ mod tests {
 
     #[test]
     fn operator_flags_may_come_before_the_command() {
-        let c = leading(&["onceq", "--server", "http://a:1", "--output", "json", "--token", "t", "queue", "list"]).unwrap();
+        let c =
+            leading(&["onceq", "--server", "http://a:1", "--output", "json", "--token", "t", "queue", "list"]).unwrap();
         assert_eq!((c.server.as_str(), c.output, c.token.as_deref()), ("http://a:1", cli::Output::Json, Some("t")));
         // Given after the command too, the one after wins.
         let c = leading(&["onceq", "--server", "http://a:1", "queue", "list", "--server", "http://b:2"]).unwrap();

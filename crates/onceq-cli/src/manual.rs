@@ -42,7 +42,11 @@ pub fn man(args: &ManArgs, command: clap::Command) -> Result<(), CliError> {
                 .map_err(|e| CliError::Failed(format!("cannot list {}: {e}", dir.display())))?
                 .filter(|entry| entry.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "1")))
                 .count();
-            eprintln!("wrote {pages} man pages into {} (read one with: man -l {}/onceq.1)", dir.display(), dir.display());
+            eprintln!(
+                "wrote {pages} man pages into {} (read one with: man -l {}/onceq.1)",
+                dir.display(),
+                dir.display()
+            );
             Ok(())
         }
         None => {

@@ -167,10 +167,8 @@ impl Settings {
                 onceq_postgres::POOL_SIZE_MAX
             )));
         }
-        let pg_connect_timeout_ms = args
-            .pg_connect_timeout_ms
-            .or(config.pg_connect_timeout_ms)
-            .unwrap_or(PG_CONNECT_TIMEOUT_MS_DEFAULT);
+        let pg_connect_timeout_ms =
+            args.pg_connect_timeout_ms.or(config.pg_connect_timeout_ms).unwrap_or(PG_CONNECT_TIMEOUT_MS_DEFAULT);
         if !(1..=600_000).contains(&pg_connect_timeout_ms) {
             return Err(CliError::Usage(format!(
                 "pg_connect_timeout_ms is {pg_connect_timeout_ms}; it must be 1 to 600000"

@@ -376,7 +376,9 @@ mod tests {
     fn base_urls_are_checked() {
         assert!(Client::new("http://127.0.0.1:7700").is_ok());
         assert!(Client::new("http://localhost:7700/").is_ok());
-        for bad in ["127.0.0.1:7700", "ftp://host", "http://host/?a=1", "http://host/#top", "not a url", "http://h:1/v1"] {
+        for bad in
+            ["127.0.0.1:7700", "ftp://host", "http://host/?a=1", "http://host/#top", "not a url", "http://h:1/v1"]
+        {
             let err = Client::new(bad).unwrap_err();
             assert_eq!(err.kind(), onceq_core::ErrorKind::InvalidRequest, "{bad}: {err}");
         }

@@ -170,7 +170,9 @@ impl PgStore {
                     claim = Claim::First;
                 }
                 Ok(None) => claim = Claim::First,
-                Err(Tried::BeforeCommit(error)) if crate::error::rolled_back_error(&error) && tries < COMMIT_TRIES_MAX => {
+                Err(Tried::BeforeCommit(error))
+                    if crate::error::rolled_back_error(&error) && tries < COMMIT_TRIES_MAX =>
+                {
                     tracing::debug!(%error, tries, "a commit was rolled back by PostgreSQL; running it again");
                     tokio::time::sleep(std::time::Duration::from_millis(u64::from(tries) * 5)).await;
                 }
@@ -183,7 +185,8 @@ impl PgStore {
     /// at the end (rolled back: nothing applied).
     async fn commit_once(&self, commit: Commit, claim: Claim) -> std::result::Result<Option<CommitOutcome>, Tried> {
         let target = &self.inner.target;
-        let mut conn = self.acquire_conn()
+        let mut conn = self
+            .acquire_conn()
             .await
             .map_err(|e| Tried::BeforeCommit(crate::error::map(target, "starting a commit", e)))?;
         let mut tx =

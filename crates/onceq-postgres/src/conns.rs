@@ -230,7 +230,9 @@ impl Conns {
     /// `pool.acquire()`, bounded by [`SUSPECT_ACQUIRE_TIMEOUT`] while the database is suspect.
     async fn acquire_from_pool(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         if self.target.suspect() {
-            tokio::time::timeout(SUSPECT_ACQUIRE_TIMEOUT, self.pool.acquire()).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            tokio::time::timeout(SUSPECT_ACQUIRE_TIMEOUT, self.pool.acquire())
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
         } else {
             self.pool.acquire().await
         }

@@ -377,7 +377,8 @@ impl PgStore {
 
     pub(crate) async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
         let (now, q) = self.group_queue(queue).await?;
-        let mut conn = self.acquire_conn()
+        let mut conn = self
+            .acquire_conn()
             .await
             .map_err(|e| crate::error::map(&self.inner.target, "reading a consumer group", e))?;
         let state = self.group_read(&mut conn, &q, group.as_str(), now).await?;
@@ -387,7 +388,8 @@ impl PgStore {
 
     pub(crate) async fn group_list(&self, queue: &QueueName) -> Result<Vec<GroupInfo>> {
         let (now, q) = self.group_queue(queue).await?;
-        let mut conn = self.acquire_conn()
+        let mut conn = self
+            .acquire_conn()
             .await
             .map_err(|e| crate::error::map(&self.inner.target, "listing consumer groups", e))?;
         let names: Vec<String> = sqlx::query_scalar(&self.sql(GROUPS_LIST))

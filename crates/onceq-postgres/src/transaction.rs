@@ -104,7 +104,9 @@ impl PgStore {
     {
         match conn {
             Conn::Pool => self.run(context, || pooled!(self, make(), fetch_all)).await,
-            Conn::Caller(c) | Conn::Own(c) => make().fetch_all(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e)),
+            Conn::Caller(c) | Conn::Own(c) => {
+                make().fetch_all(&mut **c).await.map_err(|e| error::map(&self.inner.target, context, e))
+            }
         }
     }
 

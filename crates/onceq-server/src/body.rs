@@ -53,10 +53,13 @@ mod tests {
 
     #[test]
     fn json_is_application_json_or_a_json_suffix_with_any_parameters() {
-        for json in ["application/json", "Application/JSON; charset=utf-8", "application/problem+json", " application/json "] {
+        for json in
+            ["application/json", "Application/JSON; charset=utf-8", "application/problem+json", " application/json "]
+        {
             assert!(is_json(&HeaderValue::from_static(json)), "{json}");
         }
-        for other in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "json"] {
+        for other in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "json"]
+        {
             assert!(!is_json(&HeaderValue::from_static(other)), "{other}");
         }
     }

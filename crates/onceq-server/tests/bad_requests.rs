@@ -184,7 +184,8 @@ async fn a_body_declared_as_another_type_is_415_and_changes_nothing() {
     api.enqueue("q", &[json!(1)]).await;
     let enqueue = br#"{"jobs": [{"payload": 2}]}"#.to_vec();
     for declared in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
-        let reply = api.send(Method::POST, "/v1/queues/q/jobs", Some(enqueue.clone()), &[("content-type", declared)]).await;
+        let reply =
+            api.send(Method::POST, "/v1/queues/q/jobs", Some(enqueue.clone()), &[("content-type", declared)]).await;
         let message = reply.err(415, "unsupported_media_type");
         assert!(message.contains(declared) && message.contains("application/json"), "{message}");
     }

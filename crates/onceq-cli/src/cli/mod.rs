@@ -71,7 +71,8 @@ pub struct Connection {
 }
 
 /// The operator commands, as `onceq --help` and the errors name them.
-pub const OPERATOR_COMMANDS: &str = "queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, schedule, stats";
+pub const OPERATOR_COMMANDS: &str =
+    "queue, enqueue, lease, ack, nack, extend, fail, job, dlq, group, producer, schedule, stats";
 
 /// The operator commands' connection options given before the command (`onceq --server URL
 /// queue list`): the same as [`Connection`]'s, which they fill in when the command's own are not
