@@ -254,6 +254,12 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // A store in this process too, for `PgStore::transaction` (the `*_in` calls' way in), with a
+    // connection that has just been used.
+    let options = onceq_postgres::PgOptions::new(pg_common::database_url()).schema(schema.name.clone());
+    let library = onceq_postgres::PgStore::connect(options).await.expect("a store beside the server");
+    drop(library.transaction().await.expect("a transaction while PostgreSQL is up"));
+
     // PostgreSQL goes away.
     let _start_again = StartPostgresAgain;
     let stopping = Instant::now();
@@ -296,6 +302,18 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
         assert_unavailable(reply, path != "/readyz");
     }
     assert!(server.is_running(), "the server process died with PostgreSQL");
+    // A library caller opening transactions hears the same within the same bound, once the store
+    // has seen the database fail (the first try may meet a pooled connection that just broke).
+    for attempt in 0..3 {
+        let sent = Instant::now();
+        let result = library.transaction().await;
+        let took = sent.elapsed();
+        let error = result.err().unwrap_or_else(|| panic!("transaction {attempt} opened while PostgreSQL was down"));
+        assert!(matches!(error, onceq_core::Error::Unavailable(_)), "transaction {attempt}: {error:?}");
+        if attempt > 0 {
+            assert!(took < UNAVAILABLE_WITHIN, "transaction {attempt} took {took:?} while PostgreSQL was down");
+        }
+    }
 
     // PostgreSQL comes back; the same process recovers.
     let output = pg_ctl("start");

@@ -213,13 +213,6 @@ impl Checkout<'_> {
 pub(crate) const SUSPECT_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(750);
 
 impl Conns {
-    /// The pool, for a transaction to take its connection from: the kept connections go back
-    /// first, so that a transaction never waits on one.
-    pub(crate) fn pool_for_transaction(&self) -> &PgPool {
-        self.give_back();
-        &self.pool
-    }
-
     /// A connection of sqlx's pool for a transaction (the kept ones go back first), waiting at
     /// most [`SUSPECT_ACQUIRE_TIMEOUT`] while the database is suspect.
     pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
@@ -234,7 +227,16 @@ impl Conns {
                 .await
                 .unwrap_or(Err(sqlx::Error::PoolTimedOut))
         } else {
-            self.pool.acquire().await
+            let acquired = self.pool.acquire().await;
+            // The pool waits out its whole acquire timeout both when every connection is busy and
+            // when no new one can be opened (it retries a refused connection until then). Short of
+            // its size, it was the latter: the database is unreachable.
+            if matches!(acquired, Err(sqlx::Error::PoolTimedOut))
+                && self.pool.size() < self.pool.options().get_max_connections()
+            {
+                self.target.connection_failed();
+            }
+            acquired
         }
     }
 

@@ -40,7 +40,8 @@ impl Target {
         until.is_some_and(|until| Instant::now() < until)
     }
 
-    fn connection_failed(&self) {
+    /// Notes that a connection to the database failed: its connections are suspect from now.
+    pub(crate) fn connection_failed(&self) {
         *self.suspect_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(Instant::now() + SUSPECT_FOR);
     }

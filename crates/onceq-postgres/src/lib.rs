@@ -423,9 +423,12 @@ impl PgStore {
                 let target = target.clone();
                 move |conn, meta| {
                     let ping = meta.idle_for >= PING_IDLE_AFTER || target.suspect();
+                    let target = target.clone();
                     Box::pin(async move {
                         if ping {
-                            conn.ping().await?;
+                            // A connection that died while idle: the database may be down, so
+                            // every request waits for a connection only briefly from now.
+                            conn.ping().await.inspect_err(|_| target.connection_failed())?;
                         }
                         Ok(true)
                     })
@@ -489,12 +492,14 @@ impl PgStore {
     }
 
     /// Opens a transaction on the store's pool, for the `*_in` calls; failures map like every
-    /// other call's (`Unavailable` when the database cannot be reached).
+    /// other call's (`Unavailable` when the database cannot be reached). While the database is
+    /// suspect (a statement just failed to reach it), waiting for a connection is bounded as for
+    /// every other call, so the caller hears `Unavailable` within about a second rather than after
+    /// the pool's full acquire timeout.
     pub async fn transaction(&self) -> Result<PgTransaction> {
-        self.pool_for_transaction()
-            .begin()
-            .await
-            .map_err(|error| crate::error::map(&self.inner.target, "opening a transaction", error))
+        let map = |error| crate::error::map(&self.inner.target, "opening a transaction", error);
+        let conn = self.acquire_conn().await.map_err(map)?;
+        sqlx::Transaction::begin(conn, None).await.map_err(map)
     }
 
     /// The schema this store uses.
@@ -524,11 +529,6 @@ impl PgStore {
     /// `{channel}` by the `NOTIFY` channel (an identifier of `[A-Za-z0-9_]`, safe in a literal).
     pub(crate) fn sql(&self, template: &str) -> String {
         sql::fill(template, &self.inner.quoted, &self.inner.channel)
-    }
-
-    /// The pool, for a transaction to take its connection from (see `conns`).
-    pub(crate) fn pool_for_transaction(&self) -> &sqlx::PgPool {
-        self.inner.conns.pool_for_transaction()
     }
 
     /// A connection for a transaction (see `conns`): quickly `Unavailable` while the database

@@ -66,6 +66,19 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
+    /// 408 `request_timeout`: the request ran for `limit` without an answer.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request ran for {} s, the most a request may take (long polls wait at most 20 s); nothing \
+                 is known of its outcome: read the state back, or retry what is safe to retry",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -82,6 +95,7 @@ impl ApiError {
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+            "request_timeout" => StatusCode::REQUEST_TIMEOUT,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -11,6 +11,7 @@
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
+//! - `parse_errors`: hyper's answers to requests it cannot parse, rewritten in the API's format.
 
 mod api;
 pub mod auth;
@@ -18,6 +19,7 @@ mod body;
 pub mod error;
 mod extract;
 mod metrics;
+mod parse_errors;
 mod routes;
 mod schedules;
 mod serve;

@@ -6,6 +6,7 @@
 //! by state, the oldest ready job's age and the members of each consumer group are read from the
 //! store at each scrape.
 
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use axum::extract::State;
@@ -98,13 +99,79 @@ fn describe() {
     );
 }
 
+/// Counters labelled only by `queue`, shown at 0 for every known queue before its first event.
+const QUEUE_COUNTERS: &[&str] = &[
+    names::ENQUEUED,
+    names::DUPLICATES_SUPPRESSED,
+    names::DELIVERIES,
+    names::STALE_LEASE_REJECTIONS,
+    names::LEASE_EXTENSIONS,
+    names::ACKS,
+    names::REDRIVEN,
+    names::MAX_DEPTH_REFUSALS,
+];
+
+/// Counters labelled by `queue` and one more label, with every value that label takes.
+const QUEUE_COUNTERS_BY: &[(&str, &str, &[&str])] = &[
+    (names::REDELIVERIES, "reason", &["nack", "lease_expired", "released"]),
+    (names::DEAD_LETTERED, "reason", &["attempts_exhausted", "failed"]),
+    (names::FLOW_HELD_BACK, "limit", &["rate", "in_flight", "rate_per_key", "in_flight_per_key"]),
+];
+
+/// Histograms labelled only by `queue`, shown empty for every known queue before its first event.
+const QUEUE_HISTOGRAMS: &[&str] = &[names::ENQUEUE_TO_LEASE, names::LEASE_TO_ACK];
+
+/// Registers the counters and histograms of `queue` that have not seen an event yet, so that
+/// they read 0 (a dashboard or alert sees a zero, not a gap), without changing any that have.
+fn register_queue_series(queue: &str) {
+    for name in QUEUE_COUNTERS {
+        metrics::counter!(*name, "queue" => queue.to_owned()).increment(0);
+    }
+    for (name, label, values) in QUEUE_COUNTERS_BY {
+        for value in *values {
+            metrics::counter!(*name, "queue" => queue.to_owned(), *label => *value).increment(0);
+        }
+    }
+    for name in QUEUE_HISTOGRAMS {
+        // Registered without a sample: rendered with every bucket, the count and the sum at 0.
+        drop(metrics::histogram!(*name, "queue" => queue.to_owned()));
+    }
+}
+
+/// `text` without the sample lines of queues that are not in `known`: the exporter keeps every
+/// series it ever saw and cannot remove one, so a deleted queue's series are dropped here. The
+/// `queue=""` series (stale settles of jobs that are gone) stay. Queue names are
+/// `[A-Za-z0-9._-]`, so a label value never holds an escaped quote.
+fn known_queues_only(text: &str, known: &HashSet<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let queue = if line.starts_with('#') {
+            None
+        } else {
+            ["{queue=\"", ",queue=\""].iter().find_map(|start| {
+                let at = line.find(start)? + start.len();
+                line[at..].find('"').map(|end| &line[at..at + end])
+            })
+        };
+        match queue {
+            Some(queue) if !queue.is_empty() && !known.contains(queue) => {}
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// Prometheus text of every metric, with queue depth, oldest ready age and pause state read at
-/// this scrape.
+/// this scrape. Every queue the store knows has its series, at 0 before its first event; a deleted
+/// queue's series are gone.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = state.metrics.clone().ok_or_else(|| ApiError::unavailable("metrics are not being recorded"))?;
-    for queue in state.store.queue_list().await? {
+    let queues = state.store.queue_list().await?;
+    let known: HashSet<String> = queues.iter().map(|queue| queue.name.to_string()).collect();
+    for queue in queues {
         let name = queue.name.to_string();
+        register_queue_series(&name);
         let stats = queue.stats;
         for (label, value) in [
             ("ready", stats.ready),
@@ -141,7 +208,8 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
             }
         }
     }
-    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
+    let text = known_queues_only(&handle.render(), &known);
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// Serves `GET /metrics` (Prometheus text of everything this process records) and nothing else

@@ -4,6 +4,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -11,9 +14,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::Api;
+use crate::error::ApiError;
+use crate::parse_errors::{ApiParseErrors, HEADERS_MAX, HEAD_BYTES_MAX};
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]
@@ -91,9 +96,15 @@ pub async fn serve(
     let app = api
         .router_with(stopping_rx)
         .layer(RequestBodyTimeoutLayer::new(options.body_read_timeout))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, options.request_timeout));
+        .layer(axum::middleware::from_fn_with_state(options.request_timeout, within));
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true)
+        .max_headers(HEADERS_MAX)
+        .max_buf_size(HEAD_BYTES_MAX);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(signal);
@@ -114,7 +125,7 @@ pub async fn serve(
                 let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                     app.clone().oneshot(request)
                 });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(ApiParseErrors::new(stream)), service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
@@ -135,4 +146,13 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Runs the request, or answers 408 `request_timeout` in the API's format once it has run for
+/// `limit`.
+async fn within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_timeout(limit).into_response(),
+    }
 }

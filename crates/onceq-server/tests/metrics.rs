@@ -170,3 +170,62 @@ async fn flow_limits_count_what_they_held_back_and_refused() {
     assert_eq!(value(&text, &held("slots", "in_flight")), 2.0);
     assert_eq!(value(&text, "onceq_max_depth_refusals_total{queue=\"full\"}"), 2.0);
 }
+
+/// Issue 27: a known queue shows every series from the start, at 0, so dashboards and alerts see
+/// zeros rather than gaps; a deleted queue's series are gone, while other queues keep theirs.
+#[tokio::test]
+async fn every_known_queue_has_its_series_from_the_start_and_a_deleted_one_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();
+    let app = router(Arc::new(store.clone()), Auth::disabled());
+    let fresh = QueueName::new("zeroes-fresh").unwrap();
+    let other = QueueName::new("zeroes-other").unwrap();
+    store.queue_upsert(&fresh, QueueConfigPatch::default()).await.unwrap();
+    store.queue_upsert(&other, QueueConfigPatch::default()).await.unwrap();
+
+    let text = scrape(&app).await;
+    for series in [
+        r#"onceq_jobs_enqueued_total{queue="zeroes-fresh"}"#,
+        r#"onceq_duplicates_suppressed_total{queue="zeroes-fresh"}"#,
+        r#"onceq_deliveries_total{queue="zeroes-fresh"}"#,
+        r#"onceq_acks_total{queue="zeroes-fresh"}"#,
+        r#"onceq_lease_extensions_total{queue="zeroes-fresh"}"#,
+        r#"onceq_stale_lease_rejections_total{queue="zeroes-fresh"}"#,
+        r#"onceq_redriven_total{queue="zeroes-fresh"}"#,
+        r#"onceq_max_depth_refusals_total{queue="zeroes-fresh"}"#,
+        r#"onceq_redeliveries_total{queue="zeroes-fresh",reason="nack"}"#,
+        r#"onceq_redeliveries_total{queue="zeroes-fresh",reason="lease_expired"}"#,
+        r#"onceq_redeliveries_total{queue="zeroes-fresh",reason="released"}"#,
+        r#"onceq_dead_lettered_total{queue="zeroes-fresh",reason="attempts_exhausted"}"#,
+        r#"onceq_dead_lettered_total{queue="zeroes-fresh",reason="failed"}"#,
+        r#"onceq_flow_held_back_total{queue="zeroes-fresh",limit="rate"}"#,
+        r#"onceq_flow_held_back_total{queue="zeroes-fresh",limit="in_flight_per_key"}"#,
+        r#"onceq_enqueue_to_lease_seconds_count{queue="zeroes-fresh"}"#,
+        r#"onceq_lease_to_ack_seconds_count{queue="zeroes-fresh"}"#,
+        r#"onceq_queue_depth{queue="zeroes-fresh",state="ready"}"#,
+        r#"onceq_queue_paused{queue="zeroes-fresh"}"#,
+    ] {
+        assert_eq!(value(&text, series), 0.0, "{series}");
+    }
+
+    // Events move the series as before; the next scrape's registration leaves them as they are.
+    store.job_enqueue(&fresh, vec![NewJob::new("1")]).await.unwrap();
+    let leased = store.job_lease(&fresh, onceq_core::LeaseOptions::default()).await.unwrap();
+    store.ack(leased[0].lease()).await.unwrap();
+    store.job_enqueue(&other, vec![NewJob::new("2")]).await.unwrap();
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, r#"onceq_jobs_enqueued_total{queue="zeroes-fresh"}"#), 1.0);
+    assert_eq!(value(&text, r#"onceq_acks_total{queue="zeroes-fresh"}"#), 1.0);
+    assert_eq!(value(&text, r#"onceq_lease_to_ack_seconds_count{queue="zeroes-fresh"}"#), 1.0);
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, r#"onceq_acks_total{queue="zeroes-fresh"}"#), 1.0);
+
+    // Deleted: none of its series remain; the other queue's do.
+    store.queue_delete(&fresh).await.unwrap();
+    let text = scrape(&app).await;
+    let left: Vec<&str> = text.lines().filter(|line| line.contains(r#"queue="zeroes-fresh""#)).collect();
+    assert!(left.is_empty(), "series of a deleted queue remain: {left:#?}");
+    assert_eq!(value(&text, r#"onceq_jobs_enqueued_total{queue="zeroes-other"}"#), 1.0);
+    assert_eq!(value(&text, r#"onceq_queue_depth{queue="zeroes-other",state="ready"}"#), 1.0);
+    store.close().await;
+}
