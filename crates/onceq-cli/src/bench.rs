@@ -155,6 +155,38 @@ const EMBEDDED_SCENARIOS: [Scenario; 11] = [
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
 const SINGLE_TASKS: u64 = 64;
+/// Fails within `timeout_ms` (exit 3) when PostgreSQL at `url` does not answer, as serve and relay
+/// do at start, rather than leaving the run (and the `psql` and `pgbench` it starts) to wait on a
+/// database that never answers.
+fn reach_postgres(url: &str, timeout_ms: u64) -> Result<(), BenchError> {
+    use sqlx::Connection as _;
+    let options: sqlx::postgres::PgConnectOptions = url
+        .parse()
+        .map_err(|e| BenchError::Options(format!("not a PostgreSQL URL (postgres://user@host:port/database): {e}")))?;
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default database)")
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let unavailable = |message: String| BenchError::Store(onceq_core::Error::Unavailable(message));
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), sqlx::PgConnection::connect_with(&options)).await
+        {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(unavailable(format!("cannot connect to PostgreSQL at {target}: {e}"))),
+            Err(_) => Err(unavailable(format!(
+                "cannot connect to PostgreSQL at {target}: no answer within the connect timeout of {timeout_ms} ms \
+                 (--pg-connect-timeout-ms); check that it is running and reachable"
+            ))),
+        }
+    })
+}
+
 /// Runs `onceq bench` and prints its report on stdout (progress goes to stderr).
 pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     if args.payload_bytes > PAYLOAD_BYTES_MAX {
@@ -167,9 +199,11 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
         return http::run(args, server, command_line);
     }
     if let Some(url) = &args.store {
+        reach_postgres(url, args.pg_connect_timeout_ms)?;
         return pg::run(args, url, command_line);
     }
     if let Some(url) = &args.outbox {
+        reach_postgres(url, args.pg_connect_timeout_ms)?;
         return outbox::run(args, url, command_line);
     }
     let jobs = args.jobs.unwrap_or(if args.quick { 5_000 } else { 200_000 });

@@ -134,7 +134,8 @@ async fn operator_flags_work_before_the_command_and_a_v1_url_is_refused() {
 }
 
 /// A PostgreSQL that cannot be reached is reported at start within the connect timeout (3 s by
-/// default, `--pg-connect-timeout-ms` / `--connect-timeout-ms`), exit 3, in serve and relay alike.
+/// default, `--pg-connect-timeout-ms` / `--connect-timeout-ms`), exit 3, in serve, relay and bench
+/// alike.
 /// The "database" is a socket that is listening but never answers: the worst case, a host that
 /// takes the connection and then says nothing.
 #[test]
@@ -163,5 +164,15 @@ fn an_unreachable_database_is_reported_within_the_connect_timeout() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("connect timeout 700ms"), "{stderr}");
     assert!(took < std::time::Duration::from_secs(3), "relay took {took:?} with a 700 ms timeout");
+    for kind in ["--store", "--outbox"] {
+        let (out, took) = timed(&["bench", kind, &url, "--quick"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "bench {kind}: {stderr}");
+        assert!(stderr.contains("connect timeout of 3000 ms"), "bench {kind}: {stderr}");
+        assert!(took < std::time::Duration::from_secs(8), "bench {kind} took {took:?} to give up");
+        let (out, took) = timed(&["bench", kind, &url, "--quick", "--pg-connect-timeout-ms", "700"]);
+        assert_eq!(out.status.code(), Some(3), "bench {kind}: {}", text(&out.stderr));
+        assert!(took < std::time::Duration::from_secs(3), "bench {kind} took {took:?} with a 700 ms timeout");
+    }
     drop(silent);
 }

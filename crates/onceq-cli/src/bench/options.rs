@@ -63,6 +63,11 @@ pub struct BenchArgs {
     /// dropped at the end [default: a fresh onceq_bench_<random>].
     #[arg(long, value_name = "SCHEMA", requires = "store")]
     pub pg_schema: Option<String>,
+    /// With --store or --outbox: how long the first connection to PostgreSQL may take before the
+    /// run gives up (exit 3), 1 to 600000 ms.
+    #[arg(long, value_name = "MS", default_value_t = 3000, env = "ONCEQ_PG_CONNECT_TIMEOUT_MS",
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub pg_connect_timeout_ms: u64,
     /// Measure the transactional outbox on the PostgreSQL at this URL (e.g.
     /// postgres://postgres@127.0.0.1:5432/test): the cost of staging a message in a business
     /// transaction (ratio with/without), messages staged/s, and published/s through the relay
