@@ -178,3 +178,32 @@ fn broker_port() -> u16 {
     let after_host = url.split("127.0.0.1:").nth(1).unwrap_or("5672");
     after_host.split('/').next().and_then(|port| port.parse().ok()).unwrap_or(5672)
 }
+
+/// Issue 27: a RabbitMQ login refused at start is reported by onceq in one line of its own, with
+/// the password masked, and no line of the AMQP library comes before it (or at all) at the
+/// default log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rabbitmq_login_is_reported_in_onceq_s_words_alone() {
+    let schema = OutboxSchema::create("amqp_login").await;
+    let url = amqp_url();
+    let wrong = match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("guest");
+            format!("amqp://{user}:not-the-password@{host}")
+        }
+        None => panic!("ONCEQ_TEST_AMQP_URL has no user: {url}"),
+    };
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_onceq"))
+        .args(["relay", "--outbox", &outbox_common::database_url(), "--outbox-schema", &schema.name])
+        .args(["--sink", &wrong])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run onceq relay");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the relay ran with a refused login: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, onceq's own: {stderr}");
+    assert!(lines[0].starts_with("onceq: "), "{stderr}");
+    assert!(lines[0].contains("RabbitMQ") && lines[0].contains("ACCESS_REFUSED"), "{stderr}");
+    assert!(!lines[0].contains("not-the-password"), "the password is shown: {stderr}");
+}
