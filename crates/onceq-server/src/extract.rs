@@ -1,6 +1,6 @@
 //! Path and query extractors whose rejections speak the API's error format.
 
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use onceq_core::group::{GroupName, MemberId};
 use onceq_core::{JobId, QueueName};
@@ -16,9 +16,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueuePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let raw: String = raw_path(parts, state).await?;
         QueueName::new(raw).map(QueuePath).map_err(ApiError::from)
     }
 }
@@ -30,9 +28,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ProducerPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let raw: String = raw_path(parts, state).await?;
         onceq_core::commit::ProducerId::new(raw).map(ProducerPath).map_err(ApiError::from)
     }
 }
@@ -44,9 +40,7 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let raw: String = raw_path(parts, state).await?;
         raw.parse::<JobId>().map(JobPath).map_err(ApiError::from)
     }
 }
@@ -70,9 +64,7 @@ impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<RawGroupPath>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let raw: RawGroupPath = raw_path(parts, state).await?;
         let queue = QueueName::new(raw.queue)?;
         let group = GroupName::new(raw.group)?;
         Ok(GroupPath { queue, group })
@@ -101,9 +93,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MemberPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<RawMemberPath>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let raw: RawMemberPath = raw_path(parts, state).await?;
         let queue = QueueName::new(raw.queue)?;
         let group = GroupName::new(raw.group)?;
         let member = raw.member_id.parse::<MemberId>()?;
@@ -118,9 +108,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(q)| QueryParams(q))
-            .map_err(|e| ApiError::invalid(format!("bad query parameters: {}", e.body_text())))
+        let _ = state;
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str::<T>(query).map(QueryParams).map_err(|e| {
+            ApiError::invalid(format!(
+                "the query string `{}` is not valid for this endpoint: {e} (see /openapi.json for the parameters it takes)",
+                shorten(query)
+            ))
+        })
+    }
+}
+
+/// The `{key}` path segment of an idempotency key, as sent (percent-decoded).
+pub struct KeyPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        raw_path(parts, state).await.map(KeyPath)
+    }
+}
+
+/// The raw `{...}` segments of a path, percent-decoded, as `T`; a rejection in the API's words.
+pub(crate) async fn raw_path<T: DeserializeOwned + Send, S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<T, ApiError> {
+    Path::<T>::from_request_parts(parts, state).await.map(|Path(raw)| raw).map_err(|_| {
+        ApiError::invalid(format!(
+            "the path `{}` has a segment that is not valid UTF-8 once percent-decoded",
+            shorten(parts.uri.path())
+        ))
+    })
+}
+
+/// At most 200 characters of `text`, for a message.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
     }
 }

@@ -17,7 +17,7 @@ use utoipa::OpenApi;
 use crate::auth::{Action, Principal};
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::extract::{GroupPath, JobPath, MemberPath, ProducerPath, QueryParams, QueuePath};
+use crate::extract::{GroupPath, JobPath, KeyPath, MemberPath, ProducerPath, QueryParams, QueuePath};
 use crate::state::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -827,8 +827,7 @@ fn idempotency_store(state: &AppState) -> ApiResult<std::sync::Arc<dyn onceq_cor
 
 /// The `{key}` path segment. Keys are scoped by the token's `consume` patterns, matched
 /// against the key (so `consume = ["payments*"]` covers keys like `payments.42`).
-async fn idempotency_key(parts: axum::extract::Path<String>, principal: &Principal) -> ApiResult<String> {
-    let axum::extract::Path(key) = parts;
+async fn idempotency_key(KeyPath(key): KeyPath, principal: &Principal) -> ApiResult<String> {
     principal.check(Action::Consume, &key)?;
     Ok(key)
 }
@@ -839,7 +838,7 @@ async fn idempotency_key(parts: axum::extract::Path<String>, principal: &Princip
 async fn idempotency_begin(
     State(state): State<AppState>,
     principal: Principal,
-    key: axum::extract::Path<String>,
+    key: KeyPath,
     JsonBody(request): JsonBody<BeginRequest>,
 ) -> ApiResult<Json<BeginResponse>> {
     let key = idempotency_key(key, &principal).await?;
@@ -855,7 +854,7 @@ async fn idempotency_begin(
 async fn idempotency_complete(
     State(state): State<AppState>,
     principal: Principal,
-    key: axum::extract::Path<String>,
+    key: KeyPath,
     JsonBody(request): JsonBody<CompleteRequest>,
 ) -> ApiResult<StatusCode> {
     let key = idempotency_key(key, &principal).await?;
@@ -876,7 +875,7 @@ async fn idempotency_complete(
 async fn idempotency_release(
     State(state): State<AppState>,
     principal: Principal,
-    key: axum::extract::Path<String>,
+    key: KeyPath,
     JsonBody(request): JsonBody<ReleaseRequest>,
 ) -> ApiResult<StatusCode> {
     let key = idempotency_key(key, &principal).await?;

@@ -5,7 +5,7 @@
 //! replacement moves it); reading one needs any permission on its queue, and a listing shows
 //! only those. Firing due ticks now (`POST /v1/schedule-ticks`) needs admin on every queue.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -38,9 +38,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SchedulePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        let raw: String = crate::extract::raw_path(parts, state).await?;
         ScheduleName::new(raw).map(SchedulePath).map_err(ApiError::from)
     }
 }

@@ -205,3 +205,33 @@ async fn a_body_declared_as_another_type_is_415_and_changes_nothing() {
     let status = tower::ServiceExt::oneshot(server.router(), bare).await.unwrap().status();
     assert_eq!(status.as_u16(), 200, "a body without Content-Type is read as JSON");
 }
+
+/// Issue 27: a query string or a path segment that does not parse is answered in onceq's own
+/// words (never the framework's, such as "Failed to deserialize query string"), with the API's
+/// error body, on every extractor: queue, job, group, schedule and idempotency-key paths alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_strings_and_path_segments_that_do_not_parse_are_refused_in_onceq_s_words() {
+    let server = Server::start().await;
+    let api = server.api();
+    api.enqueue("q", &[json!(1)]).await;
+    for (query, says) in [("limit=many", "limit=many"), ("limit=-1", "limit=-1"), ("sort=age", "unknown field")] {
+        let reply = api.get(&format!("/v1/queues/q/dead?{query}")).await;
+        let message = reply.err(400, "invalid_request");
+        assert!(message.contains("query string") && message.contains(says), "{query}: {message}");
+        assert!(!message.contains("Failed to deserialize"), "{query}: the framework's words: {message}");
+    }
+    // %FF is not UTF-8 once decoded.
+    for (method, path) in [
+        (Method::GET, "/v1/queues/%FF"),
+        (Method::GET, "/v1/jobs/%FF"),
+        (Method::GET, "/v1/queues/q/groups/%FF"),
+        (Method::GET, "/v1/schedules/%FF"),
+        (Method::POST, "/v1/idempotency/%FF/begin"),
+    ] {
+        let body = (method == Method::POST).then(|| br#"{"owner": "w", "lease_ms": 1000}"#.to_vec());
+        let reply = api.send(method.clone(), path, body, &[]).await;
+        let message = reply.err(400, "invalid_request");
+        assert!(message.contains("not valid UTF-8"), "{method} {path}: {message}");
+        assert!(!message.contains("Invalid URL"), "{method} {path}: the framework's words: {message}");
+    }
+}
