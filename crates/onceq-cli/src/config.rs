@@ -10,7 +10,7 @@ use crate::serve::{ServeArgs, Settings};
 
 /// The environment variables `onceq serve` reads, each over the config file's key of the same
 /// meaning.
-const SERVE_VARIABLES: [(&str, &str); 10] = [
+const SERVE_VARIABLES: [(&str, &str); 11] = [
     ("ONCEQ_STORE", "store"),
     ("ONCEQ_PG_SCHEMA", "pg_schema"),
     ("ONCEQ_PG_POOL_SIZE", "pg_pool_size"),
@@ -19,6 +19,7 @@ const SERVE_VARIABLES: [(&str, &str); 10] = [
     ("ONCEQ_LISTEN", "listen"),
     ("ONCEQ_CONFIG", "the file named here"),
     ("ONCEQ_PAGE_CACHE_MIB", "page_cache_mib"),
+    ("ONCEQ_BODY_MEMORY_MIB", "body_memory_mib"),
     ("ONCEQ_DURABILITY", "durability"),
     ("ONCEQ_INSECURE_NO_AUTH", "insecure_no_auth"),
 ];
@@ -88,6 +89,7 @@ fn shown(settings: &Settings) -> Vec<(&'static str, String)> {
         rows.push(("page_cache_mib", (settings.page_cache_bytes >> 20).to_string()));
     }
     rows.push(("listen", settings.listen.to_string()));
+    rows.push(("body_memory_mib", (settings.body_memory_bytes >> 20).to_string()));
     rows.push(("insecure_no_auth", settings.insecure_no_auth.to_string()));
     if settings.tokens.is_empty() {
         rows.push(("tokens", "none: auth is off (only a loopback address is allowed without it)".into()));

@@ -47,8 +47,8 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7700]; port 0 picks a free port.
     #[arg(long, env = "ONCEQ_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// TOML config file: store, data_dir, listen, durability, page_cache_mib, pg_schema,
-    /// pg_pool_size, pg_connect_timeout_ms, insecure_no_auth, and
+    /// TOML config file: store, data_dir, listen, durability, page_cache_mib, body_memory_mib,
+    /// pg_schema, pg_pool_size, pg_connect_timeout_ms, insecure_no_auth, and
     /// [[tokens]] (flags and environment variables win over it).
     #[arg(long, env = "ONCEQ_CONFIG")]
     pub config: Option<PathBuf>,
@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// operating system's file cache.
     #[arg(long, env = "ONCEQ_PAGE_CACHE_MIB", value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub page_cache_mib: Option<u64>,
+    /// Memory that request bodies being read may take at once, in MiB, 16 to 65536 [default:
+    /// 256, 16 bodies of the largest size]. Each body holds its Content-Length of it while it is
+    /// read and parsed (16 MiB when it declares none); one that finds too little left gets 503.
+    #[arg(long, env = "ONCEQ_BODY_MEMORY_MIB", value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    pub body_memory_mib: Option<u64>,
     /// Commit durability: fsync (survives power loss) or relaxed (survives a process crash).
     #[arg(long, env = "ONCEQ_DURABILITY", value_parser = ["fsync", "relaxed"])]
     pub durability: Option<String>,
@@ -86,6 +91,8 @@ pub struct ConfigFile {
     pub durability: Option<String>,
     /// The embedded store's writer page cache, MiB.
     pub page_cache_mib: Option<u64>,
+    /// Memory of request bodies being read at once, MiB.
+    pub body_memory_mib: Option<u64>,
     /// Allow a non-loopback address without tokens.
     pub insecure_no_auth: Option<bool>,
     /// Bearer tokens.
@@ -122,6 +129,8 @@ pub struct Settings {
     pub durability: Durability,
     /// The embedded store's writer page cache.
     pub page_cache_bytes: u64,
+    /// Memory that request bodies being read may take at once.
+    pub body_memory_bytes: u64,
     /// Whether a non-loopback address without tokens is allowed.
     pub insecure_no_auth: bool,
     /// The bearer tokens, as configured.
@@ -155,6 +164,11 @@ impl Settings {
             Some(mib) => return Err(CliError::Usage(format!("page_cache_mib is {mib}; it must be 1 to 65536"))),
             None => onceq_sqlite::PAGE_CACHE_BYTES_DEFAULT,
         };
+        let body_memory_bytes = match args.body_memory_mib.or(config.body_memory_mib) {
+            Some(mib) if (16..=65_536).contains(&mib) => mib << 20,
+            Some(mib) => return Err(CliError::Usage(format!("body_memory_mib is {mib}; it must be 16 to 65536"))),
+            None => onceq_server::BODY_MEMORY_BYTES_DEFAULT as u64,
+        };
         let auth = Auth::from_tokens(&config.tokens).map_err(CliError::Usage)?;
         let store = args.store.clone().or(config.store).unwrap_or_else(|| "embedded".into());
         if store != "embedded" && !is_postgres_url(&store) {
@@ -183,6 +197,7 @@ impl Settings {
             listen,
             durability,
             page_cache_bytes,
+            body_memory_bytes,
             insecure_no_auth: args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false),
             tokens: config.tokens,
             auth,
@@ -240,7 +255,10 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
     let listen = settings.listen;
     runtime.block_on(async move {
         let opened = open_store(&settings).await?;
-        let api = Api::new(opened.store.clone()).idempotency(opened.idempotency.clone()).auth(settings.auth);
+        let api = Api::new(opened.store.clone())
+            .idempotency(opened.idempotency.clone())
+            .auth(settings.auth)
+            .body_memory(usize::try_from(settings.body_memory_bytes).unwrap_or(usize::MAX));
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(e) => {

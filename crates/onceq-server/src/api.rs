@@ -7,6 +7,7 @@ use onceq_core::{IdempotencyStore, Store};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::body::{BodyBudget, BODY_MEMORY_BYTES_DEFAULT};
 use crate::state::{AppState, REQUEST_BODY_BYTES_MAX};
 use crate::{metrics, routes};
 
@@ -16,12 +17,13 @@ pub struct Api {
     store: Arc<dyn Store>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
     auth: Auth,
+    body_memory: usize,
 }
 
 impl Api {
     /// The API over `store`, with auth off and no idempotency store.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Api { store, idempotency: None, auth: Auth::disabled() }
+        Api { store, idempotency: None, auth: Auth::disabled(), body_memory: BODY_MEMORY_BYTES_DEFAULT }
     }
 
     /// Serves the idempotency endpoints from `idempotency`.
@@ -33,6 +35,15 @@ impl Api {
     /// Requires these tokens.
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Lets request bodies being read take at most `bytes` of memory at once (default
+    /// [`BODY_MEMORY_BYTES_DEFAULT`]): a body that finds too little left is answered 503
+    /// `unavailable`. Each body holds its declared `Content-Length`, or the largest body size
+    /// when it declares none, from before it is read until it is parsed.
+    pub fn body_memory(mut self, bytes: usize) -> Self {
+        self.body_memory = bytes.max(1);
         self
     }
 
@@ -56,6 +67,9 @@ impl Api {
             metrics: metrics::handle(),
             shutdown,
         };
-        routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX)).with_state(state)
+        routes::routes()
+            .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+            .layer(axum::Extension(BodyBudget::new(self.body_memory)))
+            .with_state(state)
     }
 }

@@ -79,6 +79,18 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout`: the request's body had not arrived in full after `limit`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive in full within {} s of the request; nothing was done, send it again",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)

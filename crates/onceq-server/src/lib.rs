@@ -32,6 +32,7 @@ use onceq_core::Store;
 
 pub use api::Api;
 pub use auth::{hash_token, Auth, TokenConfig};
+pub use body::BODY_MEMORY_BYTES_DEFAULT;
 pub use metrics::serve_metrics;
 pub use serve::{check_auth_exposure, check_exposure, serve, ServeError, ServeOptions};
 pub use state::REQUEST_BODY_BYTES_MAX;

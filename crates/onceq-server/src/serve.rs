@@ -14,9 +14,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::Api;
+use crate::body::BodyDeadline;
 use crate::error::ApiError;
 use crate::parse_errors::{ApiParseErrors, HEADERS_MAX, HEAD_BYTES_MAX};
 
@@ -28,7 +28,8 @@ pub struct ServeOptions {
     pub insecure_no_auth: bool,
     /// A client must send its request headers within this (slowloris guard).
     pub header_read_timeout: Duration,
-    /// A client must send its request body within this.
+    /// A client must send its request body in full within this of the request's start (its
+    /// headers read), however it trickles: 408 `request_timeout` past it.
     pub body_read_timeout: Duration,
     /// A request (long polls included, which wait at most 20 s) must finish within this.
     pub request_timeout: Duration,
@@ -93,10 +94,8 @@ pub async fn serve(
         tracing::warn!(%local, "auth is off: no tokens are configured");
     }
     let (stopping, stopping_rx) = watch::channel(false);
-    let app = api
-        .router_with(stopping_rx)
-        .layer(RequestBodyTimeoutLayer::new(options.body_read_timeout))
-        .layer(axum::middleware::from_fn_with_state(options.request_timeout, within));
+    let limits = Limits { request: options.request_timeout, body: options.body_read_timeout };
+    let app = api.router_with(stopping_rx).layer(axum::middleware::from_fn_with_state(limits, within));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -148,11 +147,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long a request, and its body, may take.
+#[derive(Clone, Copy)]
+struct Limits {
+    request: Duration,
+    body: Duration,
+}
+
 /// Runs the request, or answers 408 `request_timeout` in the API's format once it has run for
-/// `limit`.
-async fn within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+/// the request limit; its body must have arrived within the body limit (see `body`).
+async fn within(State(limits): State<Limits>, mut request: Request, next: Next) -> Response {
+    let started = tokio::time::Instant::now();
+    request.extensions_mut().insert(BodyDeadline { at: started + limits.body, limit: limits.body });
+    match tokio::time::timeout_at(started + limits.request, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::request_timeout(limit).into_response(),
+        Err(_) => ApiError::request_timeout(limits.request).into_response(),
     }
 }

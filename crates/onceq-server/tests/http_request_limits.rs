@@ -1,8 +1,12 @@
-//! Requests that are not HTTP, or that run too long, against the real listener (`serve`, over a
-//! socket): every answer is in the API's error format (docs/api.md, "Errors"), in onceq's words,
-//! including the ones the HTTP parser gives before any handler runs (400 for a malformed request
-//! line or header, 414 for a URI over 65,534 bytes, 431 for more than 100 headers) and the 408 of
-//! a request past the request timeout. A well-formed request beside them is answered as usual.
+//! Requests that are not HTTP, too big, too slow or too many at once, against the real listener
+//! (`serve`, over a socket): every answer is in the API's error format (docs/api.md, "Errors"),
+//! in onceq's words, including the ones the HTTP parser gives before any handler runs (400 for a
+//! malformed request line or header, 414 for a URI over 65,534 bytes, 431 for more than 100
+//! headers) and the 408 of a request past the request timeout. A well-formed request beside them
+//! is answered as usual. A body declared over the limit is refused from its header at once; a body
+//! that trickles or stalls is cut at the body deadline with 408, however slowly it trickles; and
+//! bodies being read at once cannot take more than the server's memory budget for them (503
+//! past it), so slow senders cannot pin the server's memory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,9 +30,13 @@ struct Running {
 
 impl Running {
     async fn start(options: ServeOptions) -> Running {
+        Running::start_with(options, onceq_server::BODY_MEMORY_BYTES_DEFAULT).await
+    }
+
+    async fn start_with(options: ServeOptions, body_memory: usize) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();
-        let api = Api::new(Arc::new(store) as Arc<dyn Store>);
+        let api = Api::new(Arc::new(store) as Arc<dyn Store>).body_memory(body_memory);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -170,5 +178,106 @@ async fn a_request_past_the_request_timeout_gets_408_in_the_api_s_format() {
     bytes.extend_from_slice(body);
     let message = send(server.address, &bytes).await.error(408, "request_timeout");
     assert!(message.contains("0.3 s"), "{message}");
+    server.stop().await;
+}
+
+/// The head of a JSON POST declaring `length` bytes of body.
+fn post_head(path: &str, length: u64) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n")
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_over_the_limit_is_refused_from_its_header_at_once() {
+    let server = Running::start(ServeOptions::default()).await;
+    let sent = std::time::Instant::now();
+    let answer = send(server.address, &post_head("/v1/queues/q/jobs", 99_999_999_999)).await;
+    let message = answer.error(413, "payload_too_large");
+    assert!(message.contains("16777216"), "{message}");
+    assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}: the body was waited for", sent.elapsed());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_or_stalls_is_cut_at_the_body_deadline_with_408() {
+    let mut options = ServeOptions::default();
+    options.body_read_timeout = Duration::from_millis(1500);
+    let server = Running::start(options).await;
+    let body = br#"{"jobs": [{"payload": "trickled"}]}"#;
+
+    // Trickled: a byte every 100 ms would take 3.5 s in all; each byte comes well within any
+    // per-read timeout, and the whole body still must arrive by the deadline.
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    stream.write_all(&post_head("/v1/queues/q/jobs", body.len() as u64)).await.unwrap();
+    let sent = std::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for byte in body {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stream
+    });
+    // The answer comes while the client is still sending: read it on a second handle.
+    let mut stream = trickle.await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    let message = answer.error(408, "request_timeout");
+    assert!(message.contains("1.5 s"), "{message}");
+    assert!(sent.elapsed() < Duration::from_secs(6), "took {:?}", sent.elapsed());
+
+    // Stalled: 10 of the declared bytes, then nothing.
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    stream.write_all(&post_head("/v1/queues/q/jobs", body.len() as u64)).await.unwrap();
+    stream.write_all(&body[..10]).await.unwrap();
+    let sent = std::time::Instant::now();
+    read_answer(&mut stream).await.error(408, "request_timeout");
+    let took = sent.elapsed();
+    assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(5), "took {took:?}");
+
+    // Nothing of either was enqueued.
+    let listed = send(server.address, b"GET /v1/queues HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let list: Value = serde_json::from_str(&listed.body).unwrap();
+    assert!(list["queues"].as_array().unwrap().iter().all(|q| q["stats"]["ready"] == 0), "{list}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_being_read_at_once_stay_within_the_memory_budget() {
+    // A budget of 1 MiB: one body declaring 700,000 bytes that is slow to come holds most of it.
+    let budget = 1 << 20;
+    let server = Running::start_with(ServeOptions::default(), budget).await;
+    let mut slow = TcpStream::connect(server.address).await.unwrap();
+    slow.write_all(&post_head("/v1/queues/q/jobs", 700_000)).await.unwrap();
+    slow.write_all(b"{\"jobs\": [").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A second big one is refused at once with 503 and Retry-After, before its body is read.
+    let answer = send(server.address, &post_head("/v1/queues/q/jobs", 700_000)).await;
+    let message = answer.error(503, "unavailable");
+    assert!(message.contains("memory"), "{message}");
+    assert!(answer.head.to_ascii_lowercase().contains("retry-after: 1"), "{}", answer.head);
+    // A small one still fits beside it.
+    let small = br#"{"jobs": [{"payload": 1}]}"#;
+    let mut request = post_head("/v1/queues/q/jobs", small.len() as u64);
+    request.extend_from_slice(small);
+    let answer = send(server.address, &request).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    // Once the slow body is whole (and parsed), its share is back: the next big one is read.
+    let payload = "x".repeat(699_000 - 40);
+    let rest = format!("{{\"payload\": \"{payload}\"}}]}}");
+    let mut body = b"{\"jobs\": [".to_vec();
+    body.extend_from_slice(rest.as_bytes());
+    let padding = 700_000 - body.len();
+    body.extend(std::iter::repeat_n(b' ', padding));
+    slow.write_all(&body[10..]).await.unwrap();
+    let answer = read_answer(&mut slow).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut request = post_head("/v1/queues/q/jobs", body.len() as u64);
+    request.extend_from_slice(&body);
+    let answer = send(server.address, &request).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     server.stop().await;
 }
