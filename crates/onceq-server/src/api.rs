@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::body::{BodyBudget, BODY_MEMORY_BYTES_DEFAULT};
 use crate::state::{AppState, REQUEST_BODY_BYTES_MAX};
-use crate::{metrics, routes};
+use crate::{metrics, preauth, routes};
 
 /// The API over a store: what to serve, before it is served.
 #[derive(Clone)]
@@ -68,6 +68,7 @@ impl Api {
             shutdown,
         };
         routes::routes()
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), preauth::before_the_body))
             .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
             .layer(axum::Extension(BodyBudget::new(self.body_memory)))
             .with_state(state)

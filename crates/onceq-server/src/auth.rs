@@ -45,6 +45,18 @@ pub enum Action {
     Read,
 }
 
+impl Action {
+    /// The permission's name, as the config file spells it (`read`: any of the three).
+    pub fn word(self) -> &'static str {
+        match self {
+            Action::Produce => "produce",
+            Action::Consume => "consume",
+            Action::Admin => "admin",
+            Action::Read => "produce, consume or admin",
+        }
+    }
+}
+
 /// A queue-name pattern: `*` matches any run of characters, everything else itself.
 #[derive(Debug, Clone)]
 struct Pattern(String);
@@ -187,8 +199,27 @@ impl Principal {
         if self.can(action, queue) {
             return Ok(());
         }
-        let name = self.0.as_ref().map(|t| t.name.as_str()).unwrap_or("anonymous");
-        Err(ApiError::forbidden(format!("token {name:?} has no {action:?} permission on queue {queue:?}")))
+        Err(ApiError::forbidden(format!(
+            "token {:?} has no {} permission on queue {queue:?}",
+            self.name(),
+            action.word()
+        )))
+    }
+
+    /// Whether `action` is allowed on at least one queue-name pattern.
+    pub fn anywhere(&self, action: Action) -> bool {
+        let Some(token) = &self.0 else { return true };
+        match action {
+            Action::Produce => !token.produce.is_empty(),
+            Action::Consume => !token.consume.is_empty(),
+            Action::Admin => !token.admin.is_empty(),
+            Action::Read => !(token.produce.is_empty() && token.consume.is_empty() && token.admin.is_empty()),
+        }
+    }
+
+    /// The token's name (`anonymous` with auth off).
+    pub fn name(&self) -> &str {
+        self.0.as_ref().map(|t| t.name.as_str()).unwrap_or("anonymous")
     }
 
     /// Whether `action` is allowed on every queue (so no per-job lookup is needed).

@@ -7,7 +7,8 @@
 //! - `state`: what every handler shares, and the request body limit.
 //! - `routes`: the handlers and the OpenAPI document (`/openapi.json`), generated from them.
 //! - `schedules`: the `/v1/schedules` handlers, routed and documented by `routes`.
-//! - [`auth`]: bearer tokens with per-queue-pattern permissions.
+//! - [`auth`]: bearer tokens with per-queue-pattern permissions; `preauth`: the part of them the
+//!   path decides, checked before a request body is read.
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
@@ -20,6 +21,7 @@ pub mod error;
 mod extract;
 mod metrics;
 mod parse_errors;
+mod preauth;
 mod routes;
 mod schedules;
 mod serve;

@@ -426,8 +426,13 @@ async fn job_get(
     JobPath(id): JobPath,
 ) -> ApiResult<Json<JobView>> {
     let job = state.store.job_get(id).await?;
-    if !principal.can(Action::Consume, job.queue.as_str()) {
-        principal.check(Action::Admin, job.queue.as_str())?;
+    if !principal.can(Action::Consume, job.queue.as_str()) && !principal.can(Action::Admin, job.queue.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} has neither the consume nor the admin permission on queue {:?}, one of which reading its \
+             jobs needs",
+            principal.name(),
+            job.queue.as_str()
+        )));
     }
     Ok(Json(JobView::from_job(&job)))
 }

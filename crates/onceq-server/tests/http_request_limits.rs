@@ -34,9 +34,13 @@ impl Running {
     }
 
     async fn start_with(options: ServeOptions, body_memory: usize) -> Running {
+        Running::start_api(options, |api| api.body_memory(body_memory)).await
+    }
+
+    async fn start_api(options: ServeOptions, configure: impl FnOnce(Api) -> Api) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();
-        let api = Api::new(Arc::new(store) as Arc<dyn Store>).body_memory(body_memory);
+        let api = configure(Api::new(Arc::new(store) as Arc<dyn Store>));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -279,5 +283,58 @@ async fn bodies_being_read_at_once_stay_within_the_memory_budget() {
     request.extend_from_slice(&body);
     let answer = send(server.address, &request).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_the_path_decides_are_checked_before_the_body_is_read() {
+    use onceq_server::{hash_token, Auth, TokenConfig};
+    let token = |name: &str, produce: &[&str]| TokenConfig {
+        name: name.to_owned(),
+        sha256: hash_token(name),
+        produce: produce.iter().map(|p| (*p).to_owned()).collect(),
+        consume: Vec::new(),
+        admin: Vec::new(),
+    };
+    let auth = Auth::from_tokens(&[token("nobody", &[]), token("producer", &["orders.*"])]).unwrap();
+    let server = Running::start_api(ServeOptions::default(), |api| api.auth(auth)).await;
+    // Only the head of a request declaring 1,000,000 bytes of body: the answer comes without it.
+    let head = |path: &str, bearer: Option<&str>| {
+        let authorization = bearer.map(|b| format!("authorization: Bearer {b}\r\n")).unwrap_or_default();
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\n{authorization}content-type: application/json\r\ncontent-length: \
+             1000000\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    send(server.address, &head("/v1/queues/orders.x/jobs", None)).await.error(401, "unauthorized");
+    let message = send(server.address, &head("/v1/queues/orders.x/jobs", Some("nobody"))).await.error(403, "forbidden");
+    assert!(message.contains("produce") && message.contains("orders.x"), "{message}");
+    let message = send(server.address, &head("/v1/queues/other/jobs", Some("producer"))).await.error(403, "forbidden");
+    assert!(message.contains("produce") && message.contains("other"), "{message}");
+    for path in ["/v1/acks", "/v1/jobs/1/ack", "/v1/queues/orders.x/leases", "/v1/idempotency/orders.k/begin"] {
+        let message = send(server.address, &head(path, Some("producer"))).await.error(403, "forbidden");
+        assert!(message.contains("consume"), "{path}: {message}");
+    }
+    let message = send(server.address, &head("/v1/commits", Some("nobody"))).await.error(403, "forbidden");
+    assert!(message.contains("any queue"), "{message}");
+
+    // Allowed: the body is read and the request served as before.
+    let body = br#"{"jobs": [{"payload": 1}]}"#;
+    let mut request = format!(
+        "POST /v1/queues/orders.x/jobs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer producer\r\ncontent-type: \
+         application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let answer = send(server.address, &request).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let enqueued: Value = serde_json::from_str(&answer.body).unwrap();
+    let id = enqueued["jobs"][0]["id"].as_str().unwrap().to_owned();
+    // Reading a job needs consume or admin on its queue, and the refusal says so.
+    let get = format!("GET /v1/jobs/{id} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer producer\r\n\r\n");
+    let message = send(server.address, get.as_bytes()).await.error(403, "forbidden");
+    assert!(message.contains("consume") && message.contains("admin"), "{message}");
     server.stop().await;
 }
