@@ -19,8 +19,15 @@ impl<'de> Deserialize<'de> for JobId {
 
 impl FromStr for JobId {
     type Err = Error;
+    /// Only the canonical form: decimal digits, no sign, no leading zero (`+1` and `01` are not
+    /// the id `1`), so that one job has one spelling.
     fn from_str(s: &str) -> Result<Self> {
-        s.parse::<u64>().map(JobId::new).map_err(|_| Error::invalid(format!("{s:?} is not a job id")))
+        let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+        canonical.then(|| s.parse::<u64>().ok()).flatten().map(JobId::new).ok_or_else(|| {
+            Error::invalid(format!(
+                "{s:?} is not a job id: a job id is its decimal digits, with no sign or leading zero"
+            ))
+        })
     }
 }
 

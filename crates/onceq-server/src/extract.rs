@@ -41,6 +41,14 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let raw: String = raw_path(parts, state).await?;
+        // As sent: `%31` decodes to `1`, and is still not how a job id is written.
+        let sent = parts.uri.path().strip_prefix("/v1/jobs/").and_then(|rest| rest.split('/').next());
+        if sent.is_some_and(|sent| sent != raw) {
+            return Err(ApiError::invalid(format!(
+                "{:?} is not a job id: a job id is its decimal digits, not percent-encoded",
+                sent.unwrap_or_default()
+            )));
+        }
         raw.parse::<JobId>().map(JobPath).map_err(ApiError::from)
     }
 }

@@ -267,8 +267,12 @@ async fn job_enqueue(
     JsonBody(request): JsonBody<EnqueueRequest>,
 ) -> ApiResult<Json<EnqueueResponse>> {
     principal.check(Action::Produce, queue.as_str())?;
-    let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+    let mut keys = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let key = match keys.next() {
         None => None,
+        Some(_) if keys.next().is_some() => {
+            return Err(ApiError::invalid("the request has more than one Idempotency-Key header; send one"))
+        }
         Some(value) => Some(
             value
                 .to_str()

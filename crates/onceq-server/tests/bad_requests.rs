@@ -235,3 +235,33 @@ async fn query_strings_and_path_segments_that_do_not_parse_are_refused_in_onceq_
         assert!(!message.contains("Invalid URL"), "{method} {path}: the framework's words: {message}");
     }
 }
+
+/// Issue 25: a job id has one spelling (decimal digits, no sign, no leading zero, not
+/// percent-encoded), and an enqueue with two `Idempotency-Key` headers is refused rather than
+/// using one of them silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ids_have_one_spelling_and_idempotency_keys_one_header() {
+    let server = Server::start().await;
+    let api = server.api();
+    let ids = api.enqueue("q", &[json!(1)]).await;
+    assert_eq!(ids, ["1"]);
+    api.get("/v1/jobs/1").await.ok(200);
+    for spelling in ["+1", "01", "%31", "1.0", "0x1", "%2B1"] {
+        let message = api.get(&format!("/v1/jobs/{spelling}")).await.err(400, "invalid_request");
+        assert!(message.contains("not a job id"), "{spelling}: {message}");
+    }
+    let message = api.get("/v1/queues/q/dead?after=01").await.err(400, "invalid_request");
+    assert!(message.contains("not a job id"), "{message}");
+    let leased = api.lease("q", 1, 30_000).await;
+    let message = api
+        .post("/v1/acks", json!({"acks": [{"id": "+1", "lease_token": token_of(&leased[0])}]}))
+        .await
+        .err(400, "invalid_request");
+    assert!(message.contains("not a job id"), "{message}");
+
+    let body = br#"{"jobs": [{"payload": 2}]}"#.to_vec();
+    let headers = [("content-type", "application/json"), ("idempotency-key", "a"), ("idempotency-key", "b")];
+    let message = api.send(Method::POST, "/v1/queues/q/jobs", Some(body), &headers).await.err(400, "invalid_request");
+    assert!(message.contains("more than one Idempotency-Key"), "{message}");
+    assert_eq!(api.get("/v1/queues/q").await.ok(200)["stats"]["ready"], 0, "nothing enqueued");
+}
