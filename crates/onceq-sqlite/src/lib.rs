@@ -255,6 +255,7 @@ impl SqliteStore {
         }
         let lock = lock_data_dir(&options.data_dir)?;
         let path = options.data_dir.join(DATA_FILE_NAME);
+        schema::ensure_created(&path, options.page_cache_bytes)?;
         let conn = schema::open_writer(&path, options.page_cache_bytes)?;
         let clock: Arc<dyn Clock> = match options.clock {
             Some(clock) => clock,

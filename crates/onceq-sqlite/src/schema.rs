@@ -205,6 +205,54 @@ fn open_error(path: &Path, error: rusqlite::Error) -> Error {
     Error::Storage(format!("cannot open {}: {hint} ({error})", path.display()))
 }
 
+/// Makes sure a data file is at `path`: a new store's file is made whole under a temporary name
+/// (`onceq.db.creating`) and renamed into place, so that a data file that exists was once a
+/// whole store. A file at `path` that is empty (0 bytes) is then never a store being created:
+/// its contents are gone (truncated, or a copy that failed), and it is refused rather than taken
+/// as a new, empty store in which every queue and job would silently be missing.
+pub(crate) fn ensure_created(path: &Path, page_cache_bytes: u64) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(Error::Storage(format!(
+                "{} is empty (0 bytes): it held a store whose contents are gone, or a copy that failed. onceq will \
+                 not take it as a new, empty store: restore the file from a backup, or, if this directory is meant \
+                 to start empty, delete the file",
+                path.display()
+            )))
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Storage(format!("cannot read {}: {e}", path.display()))),
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".creating");
+    let creating = std::path::PathBuf::from(name);
+    let remove_all = |base: &Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = base.as_os_str().to_owned();
+            name.push(suffix);
+            let _ = std::fs::remove_file(std::path::PathBuf::from(name));
+        }
+    };
+    // Left by a first start that stopped half-way: nothing in it was ever acknowledged.
+    remove_all(&creating);
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Storage(format!("creating the data file {}: {what}: {e}", path.display()))
+    };
+    {
+        let conn = open_writer(&creating, page_cache_bytes)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| failed("checkpointing", &e))?;
+        conn.close().map_err(|(_, e)| failed("closing", &e))?;
+    }
+    std::fs::File::open(&creating).and_then(|f| f.sync_all()).map_err(|e| failed("syncing", &e))?;
+    std::fs::rename(&creating, path).map_err(|e| failed("renaming it into place", &e))?;
+    remove_all(&creating);
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failed("syncing its directory", &e))?;
+    }
+    Ok(())
+}
+
 /// Opens the writer connection: checks the file is ours, migrates it, sets its PRAGMAs, with a
 /// page cache of `page_cache_bytes` (see `PAGE_CACHE_BYTES_DEFAULT` for why it is small).
 pub(crate) fn open_writer(path: &Path, page_cache_bytes: u64) -> Result<Connection> {

@@ -140,3 +140,34 @@ async fn a_page_cache_outside_its_bounds_is_refused_and_one_within_them_opens() 
     assert_eq!(store.lease_one(&queue).await.unwrap().map(|job| job.id), Some(enqueued.id));
     store.close().await;
 }
+
+/// Issue 25: an empty (0-byte) data file is refused, never taken as a new, empty store, and left
+/// as it is; a new store's file is made whole under a temporary name and renamed into place, so a
+/// first start that stopped half-way leaves no `onceq.db` behind, and its leftover is replaced.
+#[tokio::test]
+async fn an_empty_data_file_is_refused_and_a_new_store_appears_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DATA_FILE_NAME);
+    std::fs::write(&path, b"").unwrap();
+    let message = storage_message(SqliteStore::open(SqliteOptions::new(dir.path())));
+    assert!(message.contains("empty (0 bytes)") && message.contains("backup"), "{message}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the empty file was written to");
+
+    // A first start that stopped half-way left a partial `onceq.db.creating` (and no `onceq.db`).
+    let fresh = tempfile::tempdir().unwrap();
+    let creating = fresh.path().join(format!("{DATA_FILE_NAME}.creating"));
+    std::fs::write(&creating, b"half a file").unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(fresh.path())).unwrap();
+    let q = QueueName::new("q").unwrap();
+    store.job_enqueue(&q, vec![NewJob::new("kept")]).await.unwrap();
+    store.close().await;
+    assert!(!creating.exists(), "the leftover is gone");
+    let names: Vec<String> = std::fs::read_dir(fresh.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("creating")), "{names:?}");
+    let store = SqliteStore::open(SqliteOptions::new(fresh.path())).unwrap();
+    assert_eq!(store.queue_get(&q).await.unwrap().stats.ready, 1);
+    store.close().await;
+}
