@@ -63,6 +63,8 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         // docs/api.md has no 5xx besides 503: a store that fails is, to the client, a store that is
         // unavailable for now (retry later); the cause is logged by the server.
         ErrorKind::Unavailable | ErrorKind::Storage => "unavailable",
+        // Not worth a retry: the server stopped using its store until it is restored.
+        ErrorKind::Corrupt => "corrupt",
     }
 }
 
@@ -71,6 +73,9 @@ impl ErrorBody {
     pub fn from_error(error: &Error) -> Self {
         let message = match error {
             Error::Storage(_) => "the store failed; the cause is in the server's log".to_owned(),
+            Error::Corrupt(_) => "the store's data is damaged (database corrupt): the server stopped using it; \
+                                  restore the data from a backup (the server's log says what was found)"
+                .to_owned(),
             Error::InvalidRequest(m)
             | Error::PayloadTooLarge(m)
             | Error::Conflict(m)
@@ -105,6 +110,7 @@ impl ErrorBody {
                 retry_after_ms: retry_after_ms.unwrap_or(crate::limits::MAX_DEPTH_RETRY_AFTER_MS),
             },
             ("unavailable", _) => Error::Unavailable(message),
+            ("corrupt", _) => Error::Corrupt(message),
             ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
             _ => Error::Storage(format!("{code}: {message}")),
         }

@@ -62,9 +62,13 @@ pub enum Error {
     /// The store cannot serve now (shutting down, unreachable); retrying later may succeed.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The store failed or its data cannot be used (I/O error, corruption, unknown version).
+    /// The store failed or its data cannot be used (I/O error, unknown version).
     #[error("storage error: {0}")]
     Storage(String),
+    /// The store's data is damaged (a page that does not read back as written). The store stops
+    /// serving: retrying cannot help; restore the data from a backup.
+    #[error("database corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// The portable kind of an [`Error`]; the HTTP API's error codes are these.
@@ -93,6 +97,8 @@ pub enum ErrorKind {
     Unavailable,
     /// See [`Error::Storage`].
     Storage,
+    /// See [`Error::Corrupt`].
+    Corrupt,
 }
 
 impl Error {
@@ -110,6 +116,7 @@ impl Error {
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Storage(_) => ErrorKind::Storage,
+            Error::Corrupt(_) => ErrorKind::Corrupt,
         }
     }
 
@@ -126,6 +133,7 @@ impl Error {
             | Error::Fenced(m)
             | Error::Unavailable(m)
             | Error::Storage(m)
+            | Error::Corrupt(m)
             | Error::RateLimited { message: m, .. } => m.clone(),
             other => other.to_string(),
         }

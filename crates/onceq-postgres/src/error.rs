@@ -108,6 +108,12 @@ pub(crate) fn map(target: &Target, context: &str, error: sqlx::Error) -> Error {
                      applied, retry",
                     db.message()
                 ))
+            } else if code == "XX001" || code == "XX002" {
+                Error::Corrupt(format!(
+                    "{context}: PostgreSQL at {target} reports damaged data ({}, SQLSTATE {code}); restore the \
+                     table or index from a backup, or REINDEX a damaged index",
+                    db.message()
+                ))
             } else if code == "22021" || code == "22P05" {
                 Error::invalid(format!(
                     "{context}: a text contains a character PostgreSQL cannot store ({})",

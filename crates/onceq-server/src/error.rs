@@ -109,6 +109,7 @@ impl ApiError {
             "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
             "request_timeout" => StatusCode::REQUEST_TIMEOUT,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "corrupt" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError { status, body: ErrorBody { error: detail } }
@@ -132,6 +133,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::NotMember
         | ErrorKind::Fenced => StatusCode::CONFLICT,
         ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
         // Unavailable and Storage; a kind added to the seam later must be given its status here.
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -146,6 +148,10 @@ impl From<Error> for ApiError {
                 ApiError::unavailable(
                     "the store is unavailable right now; retry after Retry-After (the cause is in the server's log)",
                 )
+            }
+            ErrorKind::Corrupt => {
+                tracing::error!(%error, "the store's data is damaged: restore it from a backup");
+                ApiError { status: status_of(ErrorKind::Corrupt), body: ErrorBody::from_error(&error) }
             }
             kind => ApiError { status: status_of(kind), body: ErrorBody::from_error(&error) },
         }

@@ -822,6 +822,13 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<StatusCode> {
     // Reading a job that cannot exist goes through the store's read path end to end.
     match state.store.job_get(JobId::new(0)).await {
         Ok(_) | Err(Error::JobNotFound(_)) => Ok(StatusCode::OK),
+        Err(e @ Error::Corrupt(_)) => {
+            tracing::error!(error = %e, "not ready: the store's data is damaged; restore it from a backup");
+            Err(ApiError::unavailable(
+                "database corrupt: the store's data is damaged and the server stopped using it; restore the data \
+                 from a backup (the server's log says what was found)",
+            ))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::unavailable("the store does not answer; see the server log"))

@@ -19,8 +19,9 @@ pub(crate) struct Durable {
     synced: AtomicU64,
     /// Woken after each sync and on failure.
     progress: Notify,
-    /// Why the store stopped, once a sync failed.
-    failed: Mutex<Option<String>>,
+    /// The error every request gets once the store stopped: a sync failed, a thread stopped,
+    /// or the data file turned out damaged.
+    failed: Mutex<Option<Error>>,
 }
 
 impl Durable {
@@ -54,23 +55,34 @@ impl Durable {
 
     /// The error every request gets once the store stopped (see [`Durable::fail`]).
     pub(crate) fn failure(&self) -> Option<Error> {
-        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        failed.as_ref().map(|why| {
-            Error::Storage(format!(
-                "the store stopped: {why}; what was committed since the last sync may not survive a power \
-                 loss; close the store and open it again"
-            ))
-        })
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Stops the store: every later request and read gets [`Durable::failure`], which this
     /// returns (the first reason given wins).
     pub(crate) fn fail(&self, why: String) -> Error {
+        self.stop(Error::Storage(format!(
+            "the store stopped: {why}; what was committed since the last sync may not survive a power loss; close \
+             the store and open it again"
+        )))
+    }
+
+    /// Stops the store because its data file is damaged (fail-stop: a damaged page is not a
+    /// transient failure, and serving around it could answer from wrong data). Every later
+    /// request and read gets `error` ([`Error::Corrupt`]), and it is logged once.
+    pub(crate) fn corrupt(&self, error: &Error) -> Error {
+        if self.failure().is_none() {
+            tracing::error!(%error, "the data file is damaged: the store stopped; restore it from a backup");
+        }
+        self.stop(error.clone())
+    }
+
+    fn stop(&self, error: Error) -> Error {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        failed.get_or_insert(why);
+        let first = failed.get_or_insert(error).clone();
         drop(failed);
         self.progress.notify_waiters();
-        self.failure().unwrap_or_else(|| Error::Storage("the store stopped".into()))
+        first
     }
 
     /// Waits until every commit begun so far is on disk. A read calls it after reading and

@@ -280,7 +280,7 @@ impl SqliteStore {
             }
             Durability::Relaxed => None,
         };
-        let readers = Arc::new(Readers::new(path));
+        let readers = Arc::new(Readers::new(path, shared.durable.clone()));
         let (sender, inbox) = channel();
         let thread_clock = clock.clone();
         std::thread::Builder::new()
@@ -323,8 +323,12 @@ impl SqliteStore {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Makes sure everything the clock made due is applied before a read.
+    /// Makes sure everything the clock made due is applied before a read; fails once the store
+    /// stopped (a failed sync, a damaged file), so reads answered from memory stop too.
     async fn catch_up(&self) -> Result<()> {
+        if let Some(error) = self.inner.shared.durable.failure() {
+            return Err(error);
+        }
         if self.inner.clock.now().as_millis() < self.inner.shared.next_due.load(Ordering::Acquire) {
             return Ok(());
         }

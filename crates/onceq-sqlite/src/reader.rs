@@ -12,6 +12,7 @@ use onceq_core::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::durable::Durable;
 use crate::schema::{open_reader, sqlite_error, state};
 
 /// Idle reader connections kept for reuse.
@@ -21,11 +22,14 @@ const IDLE_READERS_MAX: usize = 8;
 pub(crate) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Whether the store stopped (then no read runs), and where a read that finds the file
+    /// damaged stops it.
+    durable: std::sync::Arc<Durable>,
 }
 
 impl Readers {
-    pub(crate) fn new(path: PathBuf) -> Self {
-        Readers { path, idle: Mutex::new(Vec::new()) }
+    pub(crate) fn new(path: PathBuf, durable: std::sync::Arc<Durable>) -> Self {
+        Readers { path, idle: Mutex::new(Vec::new()), durable }
     }
 
     /// Runs `f` on a reader connection, on tokio's blocking pool.
@@ -33,6 +37,9 @@ impl Readers {
         self: &std::sync::Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if let Some(error) = self.durable.failure() {
+            return Err(error);
+        }
         let readers = self.clone();
         tokio::task::spawn_blocking(move || {
             let conn = match readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
@@ -40,6 +47,9 @@ impl Readers {
                 None => open_reader(&readers.path)?,
             };
             let result = f(&conn);
+            if let Err(error @ Error::Corrupt(_)) = &result {
+                return Err(readers.durable.corrupt(error));
+            }
             let mut idle = readers.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < IDLE_READERS_MAX {
                 idle.push(conn);

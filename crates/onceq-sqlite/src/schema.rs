@@ -174,8 +174,17 @@ pub(crate) mod state {
     pub const COUNT: usize = 5;
 }
 
+/// A SQLite error met while `context`, as the seam's error: [`Error::Corrupt`] when SQLite found
+/// the file damaged, else [`Error::Storage`].
 pub(crate) fn sqlite_error(context: &str, error: rusqlite::Error) -> Error {
-    Error::Storage(format!("{context}: {error}"))
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match error.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => Error::Corrupt(format!(
+            "{context}: {error}: the data file is damaged; restore it from a backup (the damaged file is left as \
+             it is, for inspection)"
+        )),
+        _ => Error::Storage(format!("{context}: {error}")),
+    }
 }
 
 /// [`sqlite_error`] with its context, for `map_err`.

@@ -100,6 +100,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client without a token of `router` (for a test that builds its own).
+    pub fn over(router: Router) -> Api {
+        Api { router, token: None }
+    }
+
     /// A request with a raw body and extra headers.
     pub async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Reply {
         let request_line = format!("{method} {path}");

@@ -190,12 +190,15 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
             let (outcome, reply) = op(state, &tx);
             replies.push(reply);
             if let Err(e) = outcome {
-                if e.kind() == ErrorKind::Storage && failure.is_none() {
+                if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Corrupt) && failure.is_none() {
                     failure = Some(e);
                 }
             }
         }
         if let Some(e) = failure {
+            if e.kind() == ErrorKind::Corrupt {
+                return Err(e);
+            }
             return Err(Error::Storage(format!("{e}; the commit it was part of was rolled back, retry")));
         }
         state.persist_meta(&tx)?;
@@ -215,6 +218,8 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
             Ok(())
         }
         Err(error) => {
+            // A damaged file stops the store: every later request gets the same error.
+            let error = if error.kind() == ErrorKind::Corrupt { state.shared.durable.corrupt(&error) } else { error };
             tracing::error!(%error, "group commit failed; every request in it is answered with the error");
             // The transaction rolled back: forget what this group did to the in-memory state.
             state.woken.clear();
