@@ -111,6 +111,8 @@ impl ErrorBody {
             },
             ("unavailable", _) => Error::Unavailable(message),
             ("corrupt", _) => Error::Corrupt(message),
+            // The server cut a request that ran too long: another try may succeed.
+            ("request_timeout", _) => Error::Unavailable(message),
             ("unauthorized", _) | ("forbidden", _) => Error::InvalidRequest(format!("{code}: {message}")),
             _ => Error::Storage(format!("{code}: {message}")),
         }
