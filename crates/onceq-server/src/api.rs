@@ -56,6 +56,10 @@ impl Api {
             metrics: metrics::handle(),
             shutdown,
         };
-        routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX)).with_state(state)
+        let routes = routes::routes().layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX));
+        // Debug builds (tests among them) hold every response to the OpenAPI document.
+        #[cfg(debug_assertions)]
+        let routes = routes.layer(axum::middleware::from_fn(crate::statuses::check));
+        routes.with_state(state)
     }
 }

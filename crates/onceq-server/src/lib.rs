@@ -10,6 +10,8 @@
 //! - [`auth`]: bearer tokens with per-queue-pattern permissions.
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
+//! - `statuses`: the statuses the OpenAPI document declares by rule, and (debug builds) the
+//!   check that every response's status is declared.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
 
 mod api;
@@ -22,6 +24,7 @@ mod routes;
 mod schedules;
 mod serve;
 mod state;
+mod statuses;
 
 use std::sync::Arc;
 
