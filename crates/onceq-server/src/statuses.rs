@@ -158,3 +158,55 @@ mod check {
         ApiError::undeclared_status(message).into_response()
     }
 }
+
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    /// A router behind the check: `/healthz` answers `status`, `/v1/queues` (which the document
+    /// declares for GET only) answers GET, and any other path 418.
+    fn router(status: StatusCode) -> Router {
+        Router::new()
+            .route("/healthz", get(move || async move { status }))
+            .route("/v1/queues", get(|| async { StatusCode::OK }))
+            .fallback(|| async { StatusCode::IM_A_TEAPOT })
+            .layer(axum::middleware::from_fn(super::check))
+    }
+
+    async fn answer(router: Router, method: &str, path: &str) -> (StatusCode, String) {
+        let request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap_or_else(|e| match e {});
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_status_becomes_a_500_that_names_it() {
+        let (status, body) = answer(router(StatusCode::IM_A_TEAPOT), "GET", "/healthz").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "undeclared_status");
+        assert_eq!(
+            body["error"]["message"], "status 418 of GET /healthz is not declared in the OpenAPI document",
+            "{body}"
+        );
+        // /healthz reaches no store: 503 is not among its statuses.
+        let (status, _) = answer(router(StatusCode::SERVICE_UNAVAILABLE), "GET", "/healthz").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn declared_statuses_wrong_methods_and_unrouted_paths_pass() {
+        assert_eq!(answer(router(StatusCode::OK), "GET", "/healthz").await.0, StatusCode::OK);
+        assert_eq!(answer(router(StatusCode::OK), "HEAD", "/healthz").await.0, StatusCode::OK);
+        assert_eq!(answer(router(StatusCode::OK), "POST", "/v1/queues").await.0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer(router(StatusCode::OK), "GET", "/nowhere").await.0, StatusCode::IM_A_TEAPOT);
+    }
+}
