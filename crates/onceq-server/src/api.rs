@@ -67,10 +67,13 @@ impl Api {
             metrics: metrics::handle(),
             shutdown,
         };
-        routes::routes()
+        let routes = routes::routes()
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), preauth::before_the_body))
             .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-            .layer(axum::Extension(BodyBudget::new(self.body_memory)))
-            .with_state(state)
+            .layer(axum::Extension(BodyBudget::new(self.body_memory)));
+        // Debug builds (tests among them) hold every response to the OpenAPI document.
+        #[cfg(debug_assertions)]
+        let routes = routes.layer(axum::middleware::from_fn(crate::statuses::check));
+        routes.with_state(state)
     }
 }

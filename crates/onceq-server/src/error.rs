@@ -96,6 +96,13 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 500 `undeclared_status` (debug builds): a response whose status the OpenAPI document does
+    /// not declare for its operation, which is a defect of the server.
+    #[cfg(debug_assertions)]
+    pub(crate) fn undeclared_status(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "undeclared_status", message)
+    }
+
     /// The error response for a per-item error detail (status from its code).
     pub fn from_detail(detail: ErrorDetail) -> Self {
         let status = match detail.code.as_str() {

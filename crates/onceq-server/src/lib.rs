@@ -11,6 +11,8 @@
 //!   path decides, checked before a request body is read.
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
+//! - `statuses`: the statuses the OpenAPI document declares by rule, and (debug builds) the
+//!   check that every response's status is declared.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
 //! - `parse_errors`: hyper's answers to requests it cannot parse, rewritten in the API's format.
 
@@ -26,6 +28,7 @@ mod routes;
 mod schedules;
 mod serve;
 mod state;
+mod statuses;
 
 use std::sync::Arc;
 

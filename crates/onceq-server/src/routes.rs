@@ -19,6 +19,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::extract::{GroupPath, JobPath, KeyPath, MemberPath, ProducerPath, QueryParams, QueuePath};
 use crate::state::AppState;
+use crate::statuses::CommonStatuses;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -116,8 +117,10 @@ pub(crate) fn routes() -> Router<AppState> {
         idempotency_release,
         crate::metrics::render,
         healthz,
-        readyz
+        readyz,
+        openapi_json
     ),
+    modifiers(&CommonStatuses),
     components(schemas(
         ErrorBody,
         CommitRequest,
@@ -175,12 +178,17 @@ pub(crate) fn routes() -> Router<AppState> {
 )]
 pub(crate) struct ApiDoc;
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json",
+    responses((status = 200, description = "the OpenAPI document of this API", content_type = "application/json")))]
 async fn openapi_json() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }
 
 /// Lists queues (those the token may read).
-#[utoipa::path(get, path = "/v1/queues", responses((status = 200, body = QueueList), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/queues", responses(
+        (status = 200, body = QueueList, description = "the queues the token may read")
+    ))]
 async fn queue_list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<QueueList>> {
     let queues = state.store.queue_list().await?;
     let queues = queues.into_iter().filter(|q| principal.can(Action::Read, q.name.as_str())).collect();
@@ -189,7 +197,11 @@ async fn queue_list(State(state): State<AppState>, principal: Principal) -> ApiR
 
 /// Reads a queue's config and stats.
 #[utoipa::path(get, path = "/v1/queues/{queue}", params(("queue" = String, Path)),
-    responses((status = 200, body = QueueInfo), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = QueueInfo, description = "the queue's config and stats"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has no permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn queue_get(
     State(state): State<AppState>,
     principal: Principal,
@@ -202,7 +214,11 @@ async fn queue_get(
 /// Creates or updates a queue. Changing `ordering` or `partitions` of a queue that holds jobs is
 /// 409 `queue_not_empty`.
 #[utoipa::path(put, path = "/v1/queues/{queue}", params(("queue" = String, Path)), request_body = QueueConfigPatch,
-    responses((status = 200, body = QueueConfig), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, body = QueueConfig, description = "the queue's config after the change"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 409, body = ErrorBody, description = "queue_not_empty: ordering or partitions would change while the queue holds jobs; nothing changed")
+    ))]
 async fn queue_put(
     State(state): State<AppState>,
     principal: Principal,
@@ -215,7 +231,11 @@ async fn queue_put(
 
 /// Deletes a queue and its jobs.
 #[utoipa::path(delete, path = "/v1/queues/{queue}", params(("queue" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the queue and its jobs are deleted"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn queue_delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -228,7 +248,11 @@ async fn queue_delete(
 
 /// Pauses leasing.
 #[utoipa::path(post, path = "/v1/queues/{queue}/pause", params(("queue" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the queue is paused"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn queue_pause(
     State(state): State<AppState>,
     principal: Principal,
@@ -241,7 +265,11 @@ async fn queue_pause(
 
 /// Resumes leasing.
 #[utoipa::path(post, path = "/v1/queues/{queue}/resume", params(("queue" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the queue is resumed"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn queue_resume(
     State(state): State<AppState>,
     principal: Principal,
@@ -257,8 +285,13 @@ async fn queue_resume(
 #[utoipa::path(post, path = "/v1/queues/{queue}/jobs", params(("queue" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "dedup id of a one-job request")),
     request_body = EnqueueRequest,
-    responses((status = 200, body = EnqueueResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+    responses(
+        (status = 200, body = EnqueueResponse, description = "the jobs, in request order, each new or a duplicate"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the produce permission on the queue"),
+        (status = 409, body = ErrorBody, description = "fenced: a newer epoch of the producer registered; nothing was enqueued and this instance must stop"),
+        (status = 413, body = ErrorBody, description = "payload_too_large: the request body is over 16 MiB or a job's payload over 1 MiB"),
+        (status = 429, body = ErrorBody, description = "rate_limited: the jobs would take the queue past its max_depth; nothing was enqueued, retry after retry_after_ms")
+    ))]
 async fn job_enqueue(
     State(state): State<AppState>,
     principal: Principal,
@@ -315,8 +348,12 @@ async fn job_enqueue(
 /// member of a consumer group: only from the partitions it owns and is not giving up (409
 /// `not_member` when it is not a member).
 #[utoipa::path(post, path = "/v1/queues/{queue}/leases", params(("queue" = String, Path)), request_body = LeaseRequest,
-    responses((status = 200, body = LeaseResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, body = LeaseResponse, description = "the leased jobs, none when nothing was ready within wait_ms"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue, for a group lease (a plain lease from it finds no jobs)"),
+        (status = 409, body = ErrorBody, description = "not_member: member_id is not a member of the group (never joined, left or expired); join again")
+    ))]
 async fn job_lease(
     State(state): State<AppState>,
     principal: Principal,
@@ -349,7 +386,11 @@ async fn job_lease(
 
 /// Lists a queue's consumer groups, by name (those that ever had members).
 #[utoipa::path(get, path = "/v1/queues/{queue}/groups", params(("queue" = String, Path)),
-    responses((status = 200, body = GroupList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = GroupList, description = "the queue's consumer groups"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has no permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn group_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -362,7 +403,11 @@ async fn group_list(
 /// Reads a consumer group: its members, and each partition's owner, hand-over and load. A group
 /// that never had members reads as empty.
 #[utoipa::path(get, path = "/v1/queues/{queue}/groups/{group}", params(("queue" = String, Path), ("group" = String, Path)),
-    responses((status = 200, body = GroupInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = GroupInfo, description = "the group's members and partitions"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has no permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn group_get(
     State(state): State<AppState>,
     principal: Principal,
@@ -376,8 +421,12 @@ async fn group_get(
 /// names the member's id, to present on heartbeats, leases and leave.
 #[utoipa::path(post, path = "/v1/queues/{queue}/groups/{group}/members",
     params(("queue" = String, Path), ("group" = String, Path)), request_body = JoinOptions,
-    responses((status = 201, body = MemberView, headers(("location" = String, description = "the member's path"))),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 201, body = MemberView, description = "the new member", headers(("location" = String, description = "the member's path"))),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue"),
+        (status = 409, body = ErrorBody, description = "conflict: another consumer group of the queue has members")
+    ))]
 async fn group_join(
     State(state): State<AppState>,
     principal: Principal,
@@ -394,8 +443,12 @@ async fn group_join(
 /// Records a member's heartbeat; replies with its partitions and those it is giving up.
 #[utoipa::path(post, path = "/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat",
     params(("queue" = String, Path), ("group" = String, Path), ("member_id" = String, Path)),
-    responses((status = 200, body = MemberView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, body = MemberView, description = "the member's partitions and those it is giving up"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue"),
+        (status = 409, body = ErrorBody, description = "not_member: the member id is not a member of the group (never joined, left or expired); join again")
+    ))]
 async fn group_heartbeat(
     State(state): State<AppState>,
     principal: Principal,
@@ -409,8 +462,12 @@ async fn group_heartbeat(
 /// leases in them are settled or expired.
 #[utoipa::path(delete, path = "/v1/queues/{queue}/groups/{group}/members/{member_id}",
     params(("queue" = String, Path), ("group" = String, Path), ("member_id" = String, Path)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the member left; the group rebalances"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue"),
+        (status = 409, body = ErrorBody, description = "not_member: the member id is not a member of the group (never joined, left or expired)")
+    ))]
 async fn group_leave(
     State(state): State<AppState>,
     principal: Principal,
@@ -423,7 +480,11 @@ async fn group_leave(
 
 /// Reads one job.
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = JobView, description = "the job"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has neither the consume nor the admin permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)")
+    ))]
 async fn job_get(
     State(state): State<AppState>,
     principal: Principal,
@@ -502,7 +563,12 @@ fn single(mut results: Vec<SettleResult>) -> ApiResult<SettleResult> {
 
 /// Acks one lease.
 #[utoipa::path(post, path = "/v1/jobs/{id}/ack", params(("id" = String, Path)), request_body = AckRequest,
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the job is acked"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "lease_lost: the token is not the job's current lease (expired, settled or leased again); nothing changed")
+    ))]
 async fn job_ack(
     State(state): State<AppState>,
     principal: Principal,
@@ -527,7 +593,12 @@ async fn job_ack(
 
 /// Nacks one lease: retry later (or dead-letter when attempts are exhausted).
 #[utoipa::path(post, path = "/v1/jobs/{id}/nack", params(("id" = String, Path)), request_body = NackRequest,
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the job is nacked: retried later, or dead when out of attempts"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "lease_lost: the token is not the job's current lease (expired, settled or leased again); nothing changed")
+    ))]
 async fn job_nack(
     State(state): State<AppState>,
     principal: Principal,
@@ -545,7 +616,12 @@ async fn job_nack(
 
 /// Extends one lease.
 #[utoipa::path(post, path = "/v1/jobs/{id}/extend", params(("id" = String, Path)), request_body = ExtendRequest,
-    responses((status = 200, body = ExtendResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ExtendResponse, description = "the lease's new expiry"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "lease_lost: the token is not the job's current lease (expired, settled or leased again); nothing changed")
+    ))]
 async fn job_extend(
     State(state): State<AppState>,
     principal: Principal,
@@ -567,7 +643,12 @@ fn extended(id: JobId, at: onceq_core::Timestamp) -> SettleResult {
 
 /// Fails one lease: dead-letter now.
 #[utoipa::path(post, path = "/v1/jobs/{id}/fail", params(("id" = String, Path)), request_body = FailRequest,
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the job is dead"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "lease_lost: the token is not the job's current lease (expired, settled or leased again); nothing changed")
+    ))]
 async fn job_fail(
     State(state): State<AppState>,
     principal: Principal,
@@ -592,7 +673,12 @@ async fn job_fail(
 
 /// Releases one lease without counting it as an attempt: the job is ready again after the delay.
 #[utoipa::path(post, path = "/v1/jobs/{id}/release", params(("id" = String, Path)), request_body = LeaseReleaseRequest,
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the job is released"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "lease_lost: the token is not the job's current lease (expired, settled or leased again); nothing changed")
+    ))]
 async fn job_release(
     State(state): State<AppState>,
     principal: Principal,
@@ -617,7 +703,9 @@ async fn job_release(
 
 /// Releases many leases, each judged on its own.
 #[utoipa::path(post, path = "/v1/releases", request_body = LeaseReleasesRequest,
-    responses((status = 200, body = SettleResults)))]
+    responses(
+        (status = 200, body = SettleResults, description = "one result per item, in request order")
+    ))]
 async fn releases(
     State(state): State<AppState>,
     principal: Principal,
@@ -639,8 +727,13 @@ async fn releases(
 /// Applies a commit: its settles and enqueues all apply, or none. Every settled job needs the
 /// consume permission on its queue and every enqueue the produce permission on its queue.
 #[utoipa::path(post, path = "/v1/commits", request_body = CommitRequest,
-    responses((status = 200, body = onceq_core::commit::CommitOutcome), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses(
+        (status = 200, body = onceq_core::commit::CommitOutcome, description = "the commit applied, or was replayed"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the produce permission on an enqueue's queue, or the consume permission on a settled job's queue"),
+        (status = 409, body = ErrorBody, description = "lease_lost (jobs lists the stale leases), fenced, or conflict (commit_id reused with other content); nothing applied"),
+        (status = 413, body = ErrorBody, description = "payload_too_large: the request body is over 16 MiB, or a payload or the commit's payloads over their limit"),
+        (status = 429, body = ErrorBody, description = "rate_limited: an enqueue would take its queue past its max_depth; nothing applied, retry after retry_after_ms")
+    ))]
 async fn commit(
     State(state): State<AppState>,
     principal: Principal,
@@ -662,8 +755,10 @@ async fn commit(
 /// its last commit. Needs the produce permission on a queue named as the producer (name
 /// producers after what they feed, or use a token for `*`).
 #[utoipa::path(post, path = "/v1/producers/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = onceq_core::commit::Registration), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+    responses(
+        (status = 200, body = onceq_core::commit::Registration, description = "the new epoch and the last checkpoint"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the produce permission on a queue named as the producer")
+    ))]
 async fn producer_register(
     State(state): State<AppState>,
     principal: Principal,
@@ -676,8 +771,10 @@ async fn producer_register(
 /// Reads a producer: its epoch (0 when it never registered) and the checkpoint of its last
 /// commit. Any permission on a queue named as the producer.
 #[utoipa::path(get, path = "/v1/producers/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = onceq_core::commit::Registration), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+    responses(
+        (status = 200, body = onceq_core::commit::Registration, description = "the current epoch and the last checkpoint"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has no permission on a queue named as the producer")
+    ))]
 async fn producer_get(
     State(state): State<AppState>,
     principal: Principal,
@@ -688,7 +785,9 @@ async fn producer_get(
 }
 
 /// Acks many leases, each judged on its own.
-#[utoipa::path(post, path = "/v1/acks", request_body = AcksRequest, responses((status = 200, body = SettleResults)))]
+#[utoipa::path(post, path = "/v1/acks", request_body = AcksRequest, responses(
+        (status = 200, body = SettleResults, description = "one result per item, in request order")
+    ))]
 async fn acks(
     State(state): State<AppState>,
     principal: Principal,
@@ -703,7 +802,9 @@ async fn acks(
 }
 
 /// Nacks many leases, each judged on its own.
-#[utoipa::path(post, path = "/v1/nacks", request_body = NacksRequest, responses((status = 200, body = SettleResults)))]
+#[utoipa::path(post, path = "/v1/nacks", request_body = NacksRequest, responses(
+        (status = 200, body = SettleResults, description = "one result per item, in request order")
+    ))]
 async fn nacks(
     State(state): State<AppState>,
     principal: Principal,
@@ -722,7 +823,9 @@ async fn nacks(
 }
 
 /// Extends many leases, each judged on its own.
-#[utoipa::path(post, path = "/v1/extends", request_body = ExtendsRequest, responses((status = 200, body = SettleResults)))]
+#[utoipa::path(post, path = "/v1/extends", request_body = ExtendsRequest, responses(
+        (status = 200, body = SettleResults, description = "one result per item, in request order")
+    ))]
 async fn extends(
     State(state): State<AppState>,
     principal: Principal,
@@ -740,7 +843,9 @@ async fn extends(
 }
 
 /// Fails many leases, each judged on its own.
-#[utoipa::path(post, path = "/v1/fails", request_body = FailsRequest, responses((status = 200, body = SettleResults)))]
+#[utoipa::path(post, path = "/v1/fails", request_body = FailsRequest, responses(
+        (status = 200, body = SettleResults, description = "one result per item, in request order")
+    ))]
 async fn fails(
     State(state): State<AppState>,
     principal: Principal,
@@ -767,7 +872,11 @@ struct DeadQuery {
 /// Lists a page of dead jobs.
 #[utoipa::path(get, path = "/v1/queues/{queue}/dead",
     params(("queue" = String, Path), ("limit" = Option<u32>, Query), ("after" = Option<String>, Query)),
-    responses((status = 200, body = DeadListResponse), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = DeadListResponse, description = "a page of dead jobs"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn dead_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -783,7 +892,11 @@ async fn dead_list(
 
 /// Makes dead jobs ready again (all, by ids, or up to a limit), attempts reset.
 #[utoipa::path(post, path = "/v1/queues/{queue}/dead/redrive", params(("queue" = String, Path)),
-    request_body = RedriveRequest, responses((status = 200, body = RedriveResponse), (status = 404, body = ErrorBody)))]
+    request_body = RedriveRequest, responses(
+        (status = 200, body = RedriveResponse, description = "how many dead jobs are ready again"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn dead_redrive(
     State(state): State<AppState>,
     principal: Principal,
@@ -797,7 +910,11 @@ async fn dead_redrive(
 
 /// Deletes every dead job of a queue.
 #[utoipa::path(delete, path = "/v1/queues/{queue}/dead", params(("queue" = String, Path)),
-    responses((status = 200, body = PurgeResponse), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = PurgeResponse, description = "how many dead jobs were deleted"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+    ))]
 async fn dead_purge(
     State(state): State<AppState>,
     principal: Principal,
@@ -808,13 +925,18 @@ async fn dead_purge(
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", responses(
+        (status = 200, description = "the process is up")
+    ))]
 async fn healthz() -> StatusCode {
     StatusCode::OK
 }
 
 /// The store answers (and the server is not shutting down).
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", responses(
+        (status = 200, description = "the store answers"),
+        (status = 503, body = ErrorBody, description = "unavailable: the server is shutting down, or the store does not answer")
+    ))]
 async fn readyz(State(state): State<AppState>) -> ApiResult<StatusCode> {
     if *state.shutdown.borrow() {
         return Err(ApiError::unavailable("the server is shutting down"));
@@ -850,7 +972,11 @@ async fn idempotency_key(KeyPath(key): KeyPath, principal: &Principal) -> ApiRes
 
 /// Claims an idempotency key, or reports who holds it, or returns its recorded result.
 #[utoipa::path(post, path = "/v1/idempotency/{key}/begin", params(("key" = String, Path)), request_body = BeginRequest,
-    responses((status = 200, body = BeginResponse), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, body = BeginResponse, description = "acquired, in progress (by whom, until when) or completed (the result)"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the key"),
+        (status = 409, body = ErrorBody, description = "conflict: the key was claimed with another fingerprint")
+    ))]
 async fn idempotency_begin(
     State(state): State<AppState>,
     principal: Principal,
@@ -866,7 +992,12 @@ async fn idempotency_begin(
 
 /// Records the result of a claimed key (owner-checked).
 #[utoipa::path(post, path = "/v1/idempotency/{key}/complete", params(("key" = String, Path)),
-    request_body = CompleteRequest, responses((status = 204), (status = 409, body = ErrorBody)))]
+    request_body = CompleteRequest, responses(
+        (status = 204, description = "the result is recorded"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the key"),
+        (status = 409, body = ErrorBody, description = "conflict: another owner holds the key"),
+        (status = 413, body = ErrorBody, description = "payload_too_large: the request body is over 16 MiB or the result over 1 MiB")
+    ))]
 async fn idempotency_complete(
     State(state): State<AppState>,
     principal: Principal,
@@ -887,7 +1018,11 @@ async fn idempotency_complete(
 
 /// Gives a claimed key up without a result (owner-checked).
 #[utoipa::path(post, path = "/v1/idempotency/{key}/release", params(("key" = String, Path)),
-    request_body = ReleaseRequest, responses((status = 204), (status = 409, body = ErrorBody)))]
+    request_body = ReleaseRequest, responses(
+        (status = 204, description = "the key is released"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the consume permission on the key"),
+        (status = 409, body = ErrorBody, description = "conflict: another owner holds the key")
+    ))]
 async fn idempotency_release(
     State(state): State<AppState>,
     principal: Principal,

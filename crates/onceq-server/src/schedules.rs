@@ -55,7 +55,9 @@ async fn check_on_schedule(
 }
 
 /// Lists schedules (those on queues the token may read), by name.
-#[utoipa::path(get, path = "/v1/schedules", responses((status = 200, body = ScheduleList), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/schedules", responses(
+        (status = 200, body = ScheduleList, description = "the schedules on queues the token may read")
+    ))]
 pub(crate) async fn schedule_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -71,7 +73,11 @@ pub(crate) async fn schedule_list(
 
 /// Reads a schedule: its spec, next ticks, last tick and last job.
 #[utoipa::path(get, path = "/v1/schedules/{name}", params(("name" = String, Path)),
-    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ScheduleView, description = "the schedule"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has no permission on the schedule's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such schedule")
+    ))]
 pub(crate) async fn schedule_get(
     State(state): State<AppState>,
     principal: Principal,
@@ -84,7 +90,10 @@ pub(crate) async fn schedule_get(
 
 /// Creates or replaces a schedule.
 #[utoipa::path(put, path = "/v1/schedules/{name}", params(("name" = String, Path)), request_body = ScheduleRequest,
-    responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ScheduleView, description = "the schedule as created or replaced"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the schedule's queue (or on the queue it replaces)")
+    ))]
 pub(crate) async fn schedule_put(
     State(state): State<AppState>,
     principal: Principal,
@@ -105,7 +114,11 @@ pub(crate) async fn schedule_put(
 
 /// Deletes a schedule; the jobs it enqueued stay.
 #[utoipa::path(delete, path = "/v1/schedules/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the schedule is deleted"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the schedule's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such schedule")
+    ))]
 pub(crate) async fn schedule_delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -118,7 +131,11 @@ pub(crate) async fn schedule_delete(
 
 /// Pauses a schedule: it fires nothing until resumed.
 #[utoipa::path(post, path = "/v1/schedules/{name}/pause", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the schedule is paused"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the schedule's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such schedule")
+    ))]
 pub(crate) async fn schedule_pause(
     State(state): State<AppState>,
     principal: Principal,
@@ -131,7 +148,11 @@ pub(crate) async fn schedule_pause(
 
 /// Resumes a schedule from its next tick after now.
 #[utoipa::path(post, path = "/v1/schedules/{name}/resume", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "the schedule is resumed"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the schedule's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such schedule")
+    ))]
 pub(crate) async fn schedule_resume(
     State(state): State<AppState>,
     principal: Principal,
@@ -145,7 +166,10 @@ pub(crate) async fn schedule_resume(
 /// Fires every due tick of every schedule now (the store also does so by itself, about every
 /// second); returns what this call fired.
 #[utoipa::path(post, path = "/v1/schedule-ticks",
-    responses((status = 200, body = TickReport), (status = 403, body = ErrorBody)))]
+    responses(
+        (status = 200, body = TickReport, description = "what this call fired"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on every queue (\"*\")")
+    ))]
 pub(crate) async fn schedule_tick(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<TickReport>> {
     if !principal.everywhere(Action::Admin) {
         return Err(ApiError::forbidden("firing schedule ticks needs the admin permission on every queue (\"*\")"));

@@ -18,23 +18,7 @@ use onceq_core::{Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob
 use onceq_sqlite::{SqliteOptions, SqliteStore, DATA_FILE_NAME};
 use tower::ServiceExt;
 
-/// Points the next-page pointer of one overflow page that holds only `fill` bytes past the end of
-/// the file; returns how many such pages there were.
-fn damage_an_overflow_page(path: &std::path::Path, fill: u8) -> usize {
-    let mut bytes = std::fs::read(path).unwrap();
-    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65_536,
-        n => usize::from(n),
-    };
-    let overflow: Vec<usize> = (1..bytes.len() / page_size)
-        .filter(|&page| bytes[page * page_size + 4..(page + 1) * page_size].iter().all(|&b| b == fill))
-        .collect();
-    assert!(overflow.len() >= 2, "no overflow pages of the big payload found");
-    let at = overflow[overflow.len() / 2] * page_size;
-    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-    std::fs::write(path, bytes).unwrap();
-    overflow.len()
-}
+use in_process::damage_an_overflow_page;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_page_found_while_serving_stops_the_store_and_says_restore_from_backup() {
