@@ -275,7 +275,7 @@ fn walk_the_server(walk: &Walk, shell: &Shell) {
     let at = |text: &str| text.replace("localhost:7700", &addr).replace("127.0.0.1:7700", &addr);
 
     http_quick_start(walk, shell, &at);
-    let (token, hash) = auth_config(walk, shell);
+    let hash = auth_config(walk, shell);
     let cli = shell.with_env(&[("ONCEQ_SERVER", &url)]);
     cli_block(walk, &cli);
     config_completions_man(walk, &cli, &hash);
@@ -284,10 +284,10 @@ fn walk_the_server(walk: &Walk, shell: &Shell) {
     ordering(walk, &cli, &at);
     groups(walk, &cli, &addr);
 
-    // `onceq verify --server URL --token "$T"`: this server (auth off, so any token passes),
-    // with T the token `onceq token new` printed, and small sizes.
+    // `onceq verify --server URL --token "$T"`: this server, small sizes, and T unset, as for a
+    // new user (the README never sets it): an empty token is no token, and this server has no auth.
     let text = swap(&walk.take("onceq verify --server"), "http://127.0.0.1:7700", &url);
-    let out = cli.with_env(&[("T", token.as_str())]).run(&append(&text, VERIFY_SMALL), LONG);
+    let out = cli.run(&append(&text, VERIFY_SMALL), LONG);
     out.success();
     for mode in ["at_most_once", "at_least_once", "effectively_once"] {
         assert!(out.stdout.contains(&format!("PASS {mode}")), "verify --server: {mode}:\n{out}");
@@ -343,8 +343,8 @@ fn http_quick_start(walk: &Walk, shell: &Shell, at: &dyn Fn(&str) -> String) {
 
 /// "Auth": `onceq token new --name billing` (in the sentence before the block), then the toml
 /// block as onceq.toml with the printed hash; a server started on it lets the token produce to
-/// `billing.*` only. Returns the token.
-fn auth_config(walk: &Walk, shell: &Shell) -> (String, String) {
+/// `billing.*` only. Returns the token's hash.
+fn auth_config(walk: &Walk, shell: &Shell) -> String {
     let out = shell.run("onceq token new --name billing", SHORT);
     out.success();
     let token = out.stdout.lines().next().and_then(|l| l.rsplit(' ').next()).unwrap().to_owned();
@@ -377,7 +377,7 @@ fn auth_config(walk: &Walk, shell: &Shell) -> (String, String) {
     let out = shell.with_env(&[("ONCEQ_SERVER", &url)]).run("onceq stats", SHORT);
     assert_eq!(out.code, Some(1), "no token, no stats:\n{out}");
     served.stop();
-    (token, hash)
+    hash
 }
 
 /// "CLI": the operator's commands, against the walk's server through ONCEQ_SERVER.
@@ -447,6 +447,11 @@ fn cli_block(walk: &Walk, cli: &Shell) {
     assert!(out.starts_with("queue emails paused"), "{out}");
     let out = cli.ok(&walk.take("onceq producer get ingest:orders"));
     assert_eq!(out, "producer ingest:orders: never registered\n");
+    // "register fences old instances": each registration is a new epoch.
+    cli.ok("onceq producer register ingest:orders");
+    let out = cli.ok("onceq producer register ingest:orders");
+    assert!(out.contains("epoch       2   (commits with an older epoch are refused as fenced)"), "{out}");
+    assert_eq!(cli.json("onceq producer get ingest:orders --output json")["epoch"], json!(2));
 }
 
 /// `config check`, completions and man pages.
@@ -739,7 +744,10 @@ fn bench_own_stores(walk: &Walk, shell: &Shell, database: &Database) {
         outbox.join().unwrap()
     });
     outbox.success();
-    assert!(outbox.stdout.contains("published to onceq"), "{outbox}");
+    // "measures stage against the same business transaction without it, and against a floor".
+    for part in ["stage cost: business transaction", "floor", "published to onceq"] {
+        assert!(outbox.stdout.contains(part), "{part:?} missing:\n{outbox}");
+    }
 }
 
 /// `onceq bench` on the embedded store, then `--store`.
@@ -1093,7 +1101,9 @@ impl Shell {
         let (stdout, stderr) = (dir.join(format!("{number}.out")), dir.join(format!("{number}.err")));
         let mut command = Command::new("bash");
         command.arg("-c").arg(script).current_dir(&self.cwd).env("PATH", &self.path).env("HOME", &self.home);
-        for variable in ONCEQ_ENV.iter().chain(&["ONCEQ_SERVER", "ONCEQ_TOKEN", "ONCEQ_PG_POOL_SIZE", "RUST_LOG"]) {
+        // `T` is the README's token variable, which it never sets.
+        for variable in ONCEQ_ENV.iter().chain(&["ONCEQ_SERVER", "ONCEQ_TOKEN", "ONCEQ_PG_POOL_SIZE", "RUST_LOG", "T"])
+        {
             command.env_remove(variable);
         }
         for (name, _) in std::env::vars() {
