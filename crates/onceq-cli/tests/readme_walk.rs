@@ -5,10 +5,12 @@
 //!
 //! How it runs:
 //! - [`BLOCKS`] is the exhaustive table of README.md's fenced blocks, in order, each command with a
-//!   stable prefix: a README edit that adds, removes, reorders or changes a block fails this test
-//!   before anything runs, with a message saying to update the walk. Every command is either run
-//!   (taken with [`Walk::take`], and the end checks that each was) or listed with the one-line
-//!   reason it cannot run here.
+//!   stable prefix: a README edit that adds, removes or reorders a block or a command, or changes
+//!   a command's prefix, fails this test before anything runs, with a message saying to update the
+//!   walk; a command changed after its prefix runs as the README now says, and fails where its
+//!   output or a substitution no longer fits. Every command is either run (taken with
+//!   [`Walk::take`], and the end checks that each was) or listed with the one-line reason it
+//!   cannot run here.
 //! - Commands run with `bash -c`, the built binary's directory first on PATH (so `onceq` is the
 //!   binary under test), a fresh temporary directory as the working directory and as HOME, and no
 //!   `ONCEQ_*` variable of the caller's. The README's text runs as written but for what must be
@@ -238,12 +240,12 @@ fn the_readme_walked_as_a_new_user_would() {
         let _kill_all = KillAll(&procs);
         std::thread::scope(|scope| {
             let beside = [
-                scope.spawn(|| postgres_servers_and_relay(&walk, &shell, &database)),
-                scope.spawn(|| verify_groups(&walk, &shell, &database)),
-                scope.spawn(|| bench_own_stores(&walk, &shell, &database)),
+                scope.spawn(|| lane(&procs, || postgres_servers_and_relay(&walk, &shell, &database))),
+                scope.spawn(|| lane(&procs, || verify_groups(&walk, &shell, &database))),
+                scope.spawn(|| lane(&procs, || bench_own_stores(&walk, &shell, &database))),
             ];
-            let verify = scope.spawn(|| verify_own_stores(&walk, &shell, &database));
-            walk_the_server(&walk, &shell);
+            let verify = scope.spawn(|| lane(&procs, || verify_own_stores(&walk, &shell, &database)));
+            lane(&procs, || walk_the_server(&walk, &shell));
             verify.join().expect("the onceq verify block failed");
             for lane in beside {
                 lane.join().expect("a block run beside the walk failed");
@@ -1026,6 +1028,24 @@ impl Drop for KillAll<'_> {
     }
 }
 
+/// Runs one lane of the walk; a failure in it kills every command of the walk at once, so that
+/// the other lanes end quickly instead of running to their end.
+fn lane(procs: &Procs, run: impl FnOnce()) {
+    let _kill_on_failure = KillOnPanic(procs);
+    run();
+}
+
+/// Kills every process group of a [`Procs`] when dropped during a panic.
+struct KillOnPanic<'a>(&'a Procs);
+
+impl Drop for KillOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.kill_all();
+        }
+    }
+}
+
 fn kill_group(group: u32, signal: &str) {
     let _ =
         Command::new("kill").args([&format!("-{signal}"), "--", &format!("-{group}")]).stderr(Stdio::null()).status();
@@ -1220,14 +1240,19 @@ impl Running {
         (addr, line)
     }
 
+    /// Kills the process group while its leader runs. Once the leader is reaped its id may be
+    /// reused, so a group whose leader has exited is not signalled.
     fn kill(&self) {
-        let id = self.id();
-        kill_group(id, "KILL");
-        let _ = self.child.lock().unwrap().wait();
+        let mut child = self.child.lock().unwrap();
+        let id = child.id();
+        if matches!(child.try_wait(), Ok(None)) {
+            kill_group(id, "KILL");
+            let _ = child.wait();
+        }
         self.procs.remove(id);
     }
 
-    /// Stops the command (SIGKILL to its group).
+    /// Stops the command: dropping it kills its process group (SIGKILL).
     fn stop(self) {}
 
     /// SIGTERM, then waits for the exit, which must have this code.
