@@ -179,7 +179,8 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
     if sink == "onceq" {
         if let Some(server) = &args.server {
             let client = onceq_client::Client::builder(server)
-                .token(args.token.clone())
+                // An empty token (ONCEQ_TOKEN set to "") means none, as for the operator commands.
+                .token(args.token.clone().filter(|token| !token.is_empty()))
                 .timeout(Duration::from_millis(args.publish_timeout_ms))
                 .build()
                 .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;

@@ -213,7 +213,8 @@ fn from_store(error: Error) -> CliError {
 /// The target and workload the options describe.
 pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError> {
     let spec = if let Some(url) = &args.server {
-        TargetSpec::Server { url: url.clone(), token: args.token.clone() }
+        // An empty token (`--token "$T"` with T unset) means none, as for the operator commands.
+        TargetSpec::Server { url: url.clone(), token: args.token.clone().filter(|token| !token.is_empty()) }
     } else if args.managed_server {
         let binary =
             std::env::current_exe().map_err(|e| CliError::Failed(format!("cannot find the onceq binary: {e}")))?;

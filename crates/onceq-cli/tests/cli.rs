@@ -581,7 +581,7 @@ fn consumer_groups_from_the_cli() {
 fn producers_from_the_cli() {
     let server = Server::start();
     let url = server.url.as_str();
-    assert_eq!(ok(url, &["producer", "get", "ingest:orders"], None), "producer ingest:orders: never registered");
+    assert_eq!(ok(url, &["producer", "get", "ingest:orders"], None), "producer ingest:orders: never registered\n");
     let first = json(url, &["producer", "register", "ingest:orders"], None);
     assert_eq!(first, json!({"id": "ingest:orders", "epoch": 1, "checkpoint": null}));
     // A commit of epoch 1 saves a checkpoint; registering again fences epoch 1.

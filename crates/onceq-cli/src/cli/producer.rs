@@ -49,7 +49,7 @@ pub fn run(args: &ProducerArgs) -> Result<(), CliError> {
         match session.output {
             Output::Json => session.print_json(&registration),
             Output::Table => {
-                out!("{}", describe(&registration));
+                outln!("{}", describe(&registration));
                 Ok(())
             }
         }
