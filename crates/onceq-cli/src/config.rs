@@ -10,7 +10,7 @@ use crate::serve::{ServeArgs, Settings};
 
 /// The environment variables `onceq serve` reads, each over the config file's key of the same
 /// meaning.
-const SERVE_VARIABLES: [(&str, &str); 11] = [
+const SERVE_VARIABLES: [(&str, &str); 12] = [
     ("ONCEQ_STORE", "store"),
     ("ONCEQ_PG_SCHEMA", "pg_schema"),
     ("ONCEQ_PG_POOL_SIZE", "pg_pool_size"),
@@ -21,6 +21,7 @@ const SERVE_VARIABLES: [(&str, &str); 11] = [
     ("ONCEQ_PAGE_CACHE_MIB", "page_cache_mib"),
     ("ONCEQ_BODY_MEMORY_MIB", "body_memory_mib"),
     ("ONCEQ_DURABILITY", "durability"),
+    ("ONCEQ_VERIFY_ON_START", "verify_on_start"),
     ("ONCEQ_INSECURE_NO_AUTH", "insecure_no_auth"),
 ];
 
@@ -87,6 +88,7 @@ fn shown(settings: &Settings) -> Vec<(&'static str, String)> {
         rows.push(("data_dir", settings.data_dir.display().to_string()));
         rows.push(("durability", format!("{:?}", settings.durability).to_lowercase()));
         rows.push(("page_cache_mib", (settings.page_cache_bytes >> 20).to_string()));
+        rows.push(("verify_on_start", settings.verify_on_start.to_string()));
     }
     rows.push(("listen", settings.listen.to_string()));
     rows.push(("body_memory_mib", (settings.body_memory_bytes >> 20).to_string()));

@@ -60,6 +60,7 @@ macro_rules! outln_lossy {
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod data;
 mod error;
 pub mod manual;
 pub mod relay;
@@ -166,6 +167,14 @@ pub enum Command {
     /// Make and hash bearer tokens for the config file.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Check the data directory of a stopped embedded store: its version and SQLite's full
+    /// integrity check. Exit 0 when sound, 1 with what is damaged.
+    Doctor(data::DoctorArgs),
+    /// Copy the embedded store to a new file while it serves (one consistent snapshot; the server
+    /// is never paused). Run it on the server's machine.
+    Backup(data::BackupArgs),
+    /// Put a backup in place as the store of a stopped server's data directory.
+    Restore(data::RestoreArgs),
     /// Check a config file without starting the server.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -245,6 +254,9 @@ impl Command {
             | Command::Bench(_)
             | Command::Relay(_)
             | Command::Token(_)
+            | Command::Doctor(_)
+            | Command::Backup(_)
+            | Command::Restore(_)
             | Command::Config(_)
             | Command::Completions(_)
             | Command::Man(_)
@@ -277,6 +289,9 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Relay(relay_args) => relay::run(&relay_args),
         Command::Token(command) => token::run(&command),
         Command::Config(command) => config::run(&command),
+        Command::Doctor(args) => data::doctor(&args),
+        Command::Backup(args) => data::backup(&args),
+        Command::Restore(args) => data::restore(&args),
         Command::Completions(args) => manual::completions(&args, <Cli as clap::CommandFactory>::command()),
         Command::Man(args) => manual::man(&args, <Cli as clap::CommandFactory>::command()),
         Command::Queue(args) => cli::queue::run(&args),

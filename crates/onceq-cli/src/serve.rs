@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Commit durability: fsync (survives power loss) or relaxed (survives a process crash).
     #[arg(long, env = "ONCEQ_DURABILITY", value_parser = ["fsync", "relaxed"])]
     pub durability: Option<String>,
+    /// Run SQLite's full integrity check of the embedded store at start and refuse a damaged file
+    /// (it reads the whole file: seconds per gigabyte).
+    #[arg(long, env = "ONCEQ_VERIFY_ON_START")]
+    pub verify_on_start: bool,
     /// Listen on a non-loopback address without any token configured.
     #[arg(long, env = "ONCEQ_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -93,6 +97,8 @@ pub struct ConfigFile {
     pub page_cache_mib: Option<u64>,
     /// Memory of request bodies being read at once, MiB.
     pub body_memory_mib: Option<u64>,
+    /// Check the embedded store's integrity at start.
+    pub verify_on_start: Option<bool>,
     /// Allow a non-loopback address without tokens.
     pub insecure_no_auth: Option<bool>,
     /// Bearer tokens.
@@ -131,6 +137,8 @@ pub struct Settings {
     pub page_cache_bytes: u64,
     /// Memory that request bodies being read may take at once.
     pub body_memory_bytes: u64,
+    /// Whether the embedded store's integrity is checked at start.
+    pub verify_on_start: bool,
     /// Whether a non-loopback address without tokens is allowed.
     pub insecure_no_auth: bool,
     /// The bearer tokens, as configured.
@@ -198,6 +206,7 @@ impl Settings {
             durability,
             page_cache_bytes,
             body_memory_bytes,
+            verify_on_start: args.verify_on_start || config.verify_on_start.unwrap_or(false),
             insecure_no_auth: args.insecure_no_auth || config.insecure_no_auth.unwrap_or(false),
             tokens: config.tokens,
             auth,
@@ -330,7 +339,10 @@ async fn open_store(settings: &Settings) -> Result<Opened, CliError> {
     if choice != "embedded" {
         return Err(CliError::Usage(format!("--store {choice:?}: use `embedded` or a postgres:// URL")));
     }
-    let options = SqliteOptions::new(data_dir).durability(durability).page_cache_bytes(page_cache_bytes);
+    let options = SqliteOptions::new(data_dir)
+        .durability(durability)
+        .page_cache_bytes(page_cache_bytes)
+        .verify_on_start(settings.verify_on_start);
     let store = SqliteStore::open(options).map_err(|e| CliError::Failed(e.to_string()))?;
     let shared = Arc::new(store.clone());
     Ok(Opened {

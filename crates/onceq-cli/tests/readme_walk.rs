@@ -217,6 +217,14 @@ const BLOCKS: &[Expected] = &[
             ("./target/release/onceq bench --server http://127.0.0.1:7700 ", Run),
         ],
     },
+    Expected {
+        lang: "sh",
+        items: &[
+            ("onceq backup --to onceq-backup.db", Run),
+            ("onceq restore --from onceq-backup.db --data-dir ./restored", Run),
+            ("onceq doctor ./restored", Run),
+        ],
+    },
     Expected { lang: "text", items: &[("crates/", Block("the crate layout: checked against crates/"))] },
 ];
 
@@ -295,12 +303,25 @@ fn walk_the_server(walk: &Walk, shell: &Shell) {
         assert!(out.stdout.contains(&format!("PASS {mode}")), "verify --server: {mode}:\n{out}");
     }
 
+    data_directory(walk, &cli);
+
     // `onceq bench --server URL`: this server, a quick run.
     let text = swap(&walk.take("./target/release/onceq bench --server"), "./target/release/onceq", "onceq");
     let out = cli.run(&append(&at(&text), BENCH_SMALL), LONG);
     out.success();
     assert!(out.stdout.contains("targets (HTTP API"), "bench --server:\n{out}");
     server.stop();
+}
+
+/// "Data directory": a backup of the walk's store while it serves, restored into a new directory
+/// and checked there.
+fn data_directory(walk: &Walk, cli: &Shell) {
+    let out = cli.ok(&walk.take("onceq backup --to onceq-backup.db"));
+    assert!(out.starts_with("backed up ./onceq-data to onceq-backup.db ("), "{out}");
+    let out = cli.ok(&walk.take("onceq restore --from onceq-backup.db --data-dir ./restored"));
+    assert!(out.contains("integrity ok"), "{out}");
+    let out = cli.ok(&walk.take("onceq doctor ./restored"));
+    assert!(out.contains("integrity       ok"), "{out}");
 }
 
 /// "HTTP quick-start": create a queue, enqueue with an Idempotency-Key (twice), lease, ack with

@@ -73,7 +73,7 @@ impl Api {
             .layer(axum::Extension(BodyBudget::new(self.body_memory)));
         // Debug builds (tests among them) hold every response to the OpenAPI document.
         #[cfg(debug_assertions)]
-        let routes = routes.layer(axum::middleware::from_fn(crate::statuses::check));
+        let routes = routes.layer(axum::middleware::from_fn(crate::contract::check));
         routes.with_state(state)
     }
 }

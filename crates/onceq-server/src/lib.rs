@@ -11,14 +11,16 @@
 //!   path decides, checked before a request body is read.
 //! - `body`, `extract`, [`error`]: request parsing and error responses in the API's format.
 //! - `metrics`: `/metrics` in Prometheus text.
-//! - `statuses`: the statuses the OpenAPI document declares by rule, and (debug builds) the
-//!   check that every response's status is declared.
+//! - `statuses`: the statuses the OpenAPI document declares by rule; `contract` (debug builds):
+//!   the check that every response's status is declared.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
 //! - `parse_errors`: hyper's answers to requests it cannot parse, rewritten in the API's format.
 
 mod api;
 pub mod auth;
 mod body;
+#[cfg(debug_assertions)]
+mod contract;
 pub mod error;
 mod extract;
 mod metrics;

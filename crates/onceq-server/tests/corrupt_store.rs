@@ -18,8 +18,6 @@ use onceq_core::{Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob
 use onceq_sqlite::{SqliteOptions, SqliteStore, DATA_FILE_NAME};
 use tower::ServiceExt;
 
-use in_process::damage_an_overflow_page;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_page_found_while_serving_stops_the_store_and_says_restore_from_backup() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,7 +29,7 @@ async fn a_damaged_page_found_while_serving_stops_the_store_and_says_restore_fro
         store.job_enqueue(&q, (0..10).map(|n| NewJob::new(n.to_string())).collect()).await.unwrap();
         store.close().await;
     }
-    damage_an_overflow_page(&dir.path().join(DATA_FILE_NAME), b'Z');
+    onceq_testkit::damage::overflow_page(&dir.path().join(DATA_FILE_NAME), b'Z');
 
     // The checks at open pass: the damage is in a page that only reading the big job touches.
     let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();

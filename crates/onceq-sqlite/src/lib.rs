@@ -55,6 +55,7 @@
 //! ```
 
 mod durable;
+pub mod maintenance;
 mod reader;
 mod schema;
 mod sync;
@@ -152,6 +153,10 @@ pub struct SqliteOptions {
     /// plus SQLite's few KiB per reader connection. A bigger one is not faster: see
     /// [`PAGE_CACHE_BYTES_DEFAULT`].
     pub page_cache_bytes: u64,
+    /// Runs SQLite's full integrity check (every page, every index against its table) at open,
+    /// and refuses a damaged file with [`Error::Corrupt`]. It reads the whole file: seconds per
+    /// gigabyte. Off by default: a damaged page met later stops the store anyway.
+    pub verify_on_start: bool,
 }
 
 impl SqliteOptions {
@@ -162,7 +167,14 @@ impl SqliteOptions {
             durability: Durability::default(),
             clock: None,
             page_cache_bytes: PAGE_CACHE_BYTES_DEFAULT,
+            verify_on_start: false,
         }
+    }
+
+    /// Sets whether the file's integrity is checked at open (see [`SqliteOptions::verify_on_start`]).
+    pub fn verify_on_start(mut self, verify: bool) -> Self {
+        self.verify_on_start = verify;
+        self
     }
 
     /// Sets the writer's page cache size (see [`SqliteOptions::page_cache_bytes`]).
@@ -257,6 +269,16 @@ impl SqliteStore {
         let path = options.data_dir.join(DATA_FILE_NAME);
         schema::ensure_created(&path, options.page_cache_bytes)?;
         let conn = schema::open_writer(&path, options.page_cache_bytes)?;
+        if options.verify_on_start {
+            let problems = schema::integrity_problems(&conn, &path)?;
+            if !problems.is_empty() {
+                return Err(Error::Corrupt(format!(
+                    "{} failed its integrity check at start: {}; restore it from a backup",
+                    path.display(),
+                    problems.join("; ")
+                )));
+            }
+        }
         let clock: Arc<dyn Clock> = match options.clock {
             Some(clock) => clock,
             None => {

@@ -262,6 +262,18 @@ pub(crate) fn ensure_created(path: &Path, page_cache_bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// The most problems an integrity check lists (SQLite's own default for `integrity_check`).
+pub const INTEGRITY_PROBLEMS_MAX: u32 = 100;
+
+/// SQLite's full integrity check of `conn`'s database: what it found wrong (empty: nothing).
+pub(crate) fn integrity_problems(conn: &Connection, path: &Path) -> Result<Vec<String>> {
+    let failed = |e: rusqlite::Error| Error::Corrupt(format!("checking {}: {e}", path.display()));
+    let mut stmt = conn.prepare(&format!("PRAGMA integrity_check({INTEGRITY_PROBLEMS_MAX})")).map_err(failed)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(failed)?;
+    let lines: Vec<String> = rows.collect::<rusqlite::Result<_>>().map_err(failed)?;
+    Ok(if lines == ["ok"] { Vec::new() } else { lines })
+}
+
 /// Opens the writer connection: checks the file is ours, migrates it, sets its PRAGMAs, with a
 /// page cache of `page_cache_bytes` (see `PAGE_CACHE_BYTES_DEFAULT` for why it is small).
 pub(crate) fn open_writer(path: &Path, page_cache_bytes: u64) -> Result<Connection> {

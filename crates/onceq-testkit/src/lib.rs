@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use onceq_core::{Clock, Store};
 
 pub mod conformance;
+pub mod damage;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod idempotency;

@@ -88,7 +88,7 @@ impl Server {
             store.job_enqueue(&bait, vec![onceq_core::NewJob::new(big.into_bytes())]).await.unwrap();
             store.close().await;
         }
-        damage_an_overflow_page(&dir.path().join(onceq_sqlite::DATA_FILE_NAME), b'Z');
+        onceq_testkit::damage::overflow_page(&dir.path().join(onceq_sqlite::DATA_FILE_NAME), b'Z');
         let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();
         let shared = Arc::new(store.clone());
         let router = onceq_server::Api::new(shared.clone() as Arc<dyn Store>)
@@ -122,24 +122,6 @@ impl Server {
 
 /// The queue of [`Server::start_damaged`] whose job sits on the damaged page.
 pub const DAMAGED_QUEUE: &str = "damaged";
-
-/// Points the next-page pointer of one overflow page that holds only `fill` bytes past the end of
-/// the file; returns how many such pages there were.
-pub fn damage_an_overflow_page(path: &std::path::Path, fill: u8) -> usize {
-    let mut bytes = std::fs::read(path).unwrap();
-    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65_536,
-        n => usize::from(n),
-    };
-    let overflow: Vec<usize> = (1..bytes.len() / page_size)
-        .filter(|&page| bytes[page * page_size + 4..(page + 1) * page_size].iter().all(|&b| b == fill))
-        .collect();
-    assert!(overflow.len() >= 2, "no overflow pages of the big payload found");
-    let at = overflow[overflow.len() / 2] * page_size;
-    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-    std::fs::write(path, bytes).unwrap();
-    overflow.len()
-}
 
 /// A client of one router, with an optional bearer token.
 #[derive(Clone)]
