@@ -57,6 +57,19 @@ fn wire_job(job: &NewJob) -> EnqueueJob {
 }
 
 impl Client {
+    /// One page of `GET /v1/queues`.
+    async fn queue_page(&self, after: Option<&QueueName>, limit: u32) -> Result<QueueList> {
+        let mut call = self.call(Method::GET, "/v1/queues").query("limit", &limit.to_string());
+        if let Some(after) = after {
+            call = call.query("after", after.as_str());
+        }
+        let list: QueueList = call.fetch().await?;
+        if list.queues.len() > limit as usize {
+            return Err(self.unreadable("a queue page", format!("{} queues for a limit of {limit}", list.queues.len())));
+        }
+        Ok(list)
+    }
+
     /// Runs a batch settle call: posts `body` to `path`, checks that the server answered each
     /// of `ids` in order, and turns each item's success into its value with `value`.
     async fn settle<T>(
@@ -386,9 +399,27 @@ impl Store for Client {
         Ok(info)
     }
 
+    /// Every page, in turn (`GET /v1/queues` answers a page at a time).
     async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
-        let list: QueueList = self.call(Method::GET, "/v1/queues").fetch().await?;
-        Ok(list.queues)
+        let mut all: Vec<QueueInfo> = Vec::new();
+        let mut after: Option<QueueName> = None;
+        loop {
+            let list = self.queue_page(after.as_ref(), onceq_core::limits::QUEUE_PAGE_MAX).await?;
+            all.extend(list.queues);
+            match list.next {
+                // A server that names as next a queue no later than the last would page forever.
+                Some(next) if after.as_ref() < Some(&next) => {
+                    after = Some(next);
+                }
+                Some(next) => return Err(self.unreadable("a queue page", format!("next {next} goes back"))),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    async fn queue_list_page(&self, after: Option<&QueueName>, limit: u32) -> Result<Vec<QueueInfo>> {
+        let limit = limit.clamp(1, onceq_core::limits::QUEUE_PAGE_MAX);
+        Ok(self.queue_page(after, limit).await?.queues)
     }
 
     async fn queue_pause(&self, queue: &QueueName) -> Result<()> {

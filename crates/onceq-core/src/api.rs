@@ -18,7 +18,7 @@ use crate::commit::{Commit, CommitEnqueue, CommitId, Fence};
 use crate::group::{GroupInfo, GroupName, MemberId};
 use crate::{
     AttemptError, Enqueued, Error, ErrorKind, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
-    NackOutcome, NewJob, QueueInfo, Result, Schedule, Timestamp,
+    NackOutcome, NewJob, QueueInfo, QueueName, Result, Schedule, Timestamp,
 };
 
 /// The body of every non-2xx response.
@@ -183,8 +183,12 @@ fn raw_present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opti
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueList {
-    /// Every queue, by name.
+    /// A page of queues, by name.
     pub queues: Vec<QueueInfo>,
+    /// Pass as `after` for the next page; null on the last.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub next: Option<QueueName>,
 }
 
 /// `POST /v1/queues/{queue}/jobs`.

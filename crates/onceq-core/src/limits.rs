@@ -45,6 +45,10 @@ pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
 pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
 /// Most dead jobs one listing page returns.
 pub const DEAD_PAGE_MAX: u32 = 1000;
+/// Most queues one page of `GET /v1/queues` returns.
+pub const QUEUE_PAGE_MAX: u32 = 1000;
+/// Queues a page of `GET /v1/queues` returns when it names no `limit`.
+pub const QUEUE_PAGE_DEFAULT: u32 = 100;
 /// Most ids one redrive call may name.
 pub const REDRIVE_IDS_MAX: usize = 1000;
 /// Longest ordering key, in bytes (any UTF-8).

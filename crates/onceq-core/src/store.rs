@@ -154,6 +154,13 @@ pub trait Store: Send + Sync {
     async fn queue_get(&self, queue: &QueueName) -> Result<QueueInfo>;
     /// Lists every queue, by name.
     async fn queue_list(&self) -> Result<Vec<QueueInfo>>;
+    /// Lists at most `limit` queues whose names come after `after` (all when `None`), by name: a
+    /// page of [`Store::queue_list`]. The default reads the whole list; a store that can read a
+    /// page alone does.
+    async fn queue_list_page(&self, after: Option<&QueueName>, limit: u32) -> Result<Vec<QueueInfo>> {
+        let all = self.queue_list().await?;
+        Ok(all.into_iter().filter(|q| after.is_none_or(|after| q.name > *after)).take(limit as usize).collect())
+    }
     /// Pauses leasing from a queue; enqueues are still accepted.
     async fn queue_pause(&self, queue: &QueueName) -> Result<()>;
     /// Resumes leasing from a queue.
@@ -288,6 +295,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
         (**self).queue_list().await
+    }
+    async fn queue_list_page(&self, after: Option<&QueueName>, limit: u32) -> Result<Vec<QueueInfo>> {
+        (**self).queue_list_page(after, limit).await
     }
     async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
         (**self).queue_pause(queue).await

@@ -9,7 +9,7 @@ use onceq_core::api::*;
 use onceq_core::group::{GroupInfo, JoinOptions, MemberInfo, MemberView, PartitionInfo};
 use onceq_core::{
     DeadPage, Error, Extend, Fail, JobId, LeaseOptions, LeaseRef, Nack, QueueConfig, QueueConfigPatch, QueueInfo,
-    Redrive, Store,
+    QueueName, Redrive, Store,
 };
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -185,14 +185,49 @@ async fn openapi_json() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }
 
-/// Lists queues (those the token may read).
-#[utoipa::path(get, path = "/v1/queues", responses(
-        (status = 200, body = QueueList, description = "the queues the token may read")
-    ))]
-async fn queue_list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<QueueList>> {
-    let queues = state.store.queue_list().await?;
-    let queues = queues.into_iter().filter(|q| principal.can(Action::Read, q.name.as_str())).collect();
-    Ok(Json(QueueList { queues }))
+/// Query of a queue listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueListQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// Lists a page of the queues the token may read, by name.
+#[utoipa::path(get, path = "/v1/queues",
+    params(("limit" = Option<u32>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, body = QueueList, description = "a page of the queues the token may read")))]
+async fn queue_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(query): QueryParams<QueueListQuery>,
+) -> ApiResult<Json<QueueList>> {
+    use onceq_core::limits::{QUEUE_PAGE_DEFAULT, QUEUE_PAGE_MAX};
+    let limit = query.limit.unwrap_or(QUEUE_PAGE_DEFAULT);
+    if !(1..=QUEUE_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit is {limit}; it must be 1 to {QUEUE_PAGE_MAX}")));
+    }
+    let mut after = query.after.map(QueueName::new).transpose()?;
+    let mut queues: Vec<onceq_core::QueueInfo> = Vec::new();
+    // The store's pages hold queues the token may not read too: read on until this page is full.
+    loop {
+        let page = state.store.queue_list_page(after.as_ref(), limit).await?;
+        let last_page = page.len() < limit as usize;
+        for queue in page {
+            if queues.len() == limit as usize {
+                // One more queue exists past a full page: the client reads on from its last.
+                let next = queues.last().map(|q| q.name.clone());
+                return Ok(Json(QueueList { queues, next }));
+            }
+            after = Some(queue.name.clone());
+            if principal.can(Action::Read, queue.name.as_str()) {
+                queues.push(queue);
+            }
+        }
+        if last_page {
+            return Ok(Json(QueueList { queues, next: None }));
+        }
+    }
 }
 
 /// Reads a queue's config and stats.

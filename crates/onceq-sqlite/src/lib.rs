@@ -713,10 +713,17 @@ impl Store for SqliteStore {
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        self.queue_list_page(None, u32::MAX).await
+    }
+
+    async fn queue_list_page(&self, after: Option<&QueueName>, limit: u32) -> Result<Vec<QueueInfo>> {
+        use std::ops::Bound;
         self.catch_up().await?;
+        // Only the page's queues are read (each one's oldest ready job is a read of its own).
         let entries: Vec<(QueueName, QueueEntry)> = {
             let queues = self.inner.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-            queues.iter().map(|(n, e)| (n.clone(), e.clone())).collect()
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            queues.range((from, Bound::Unbounded)).take(limit as usize).map(|(n, e)| (n.clone(), e.clone())).collect()
         };
         let mut out = Vec::with_capacity(entries.len());
         for (name, entry) in entries {

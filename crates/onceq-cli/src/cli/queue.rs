@@ -257,7 +257,7 @@ pub fn run(args: &QueueArgs) -> Result<(), CliError> {
 async fn list(session: &Session) -> Result<(), CliError> {
     let queues = session.client.queue_list().await.map_err(|e| session.failure(e))?;
     match session.output {
-        Output::Json => session.print_json(&QueueList { queues }),
+        Output::Json => session.print_json(&QueueList { queues, next: None }),
         Output::Table => {
             out!("{}", config_table(&queues).render());
             Ok(())

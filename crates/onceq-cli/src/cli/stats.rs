@@ -36,7 +36,7 @@ pub fn run(args: &StatsArgs) -> Result<(), CliError> {
         let Some(seconds) = args.watch else {
             let queues = fetch(&session, args.queue.as_ref()).await?;
             return match session.output {
-                Output::Json => session.print_json(&QueueList { queues }),
+                Output::Json => session.print_json(&QueueList { queues, next: None }),
                 Output::Table => {
                     out!("{}", stats_table(&queues).render());
                     Ok(())
@@ -58,7 +58,7 @@ async fn fetch(session: &Session, queue: Option<&QueueName>) -> Result<Vec<Queue
 
 /// One refresh of `--watch --output json`: one line, so the output is a stream of JSON lines.
 fn print_json_line(queues: Vec<QueueInfo>) -> Result<(), CliError> {
-    let text = serde_json::to_string(&QueueList { queues })
+    let text = serde_json::to_string(&QueueList { queues, next: None })
         .map_err(|e| CliError::Failed(format!("cannot print the result as JSON: {e}")))?;
     outln!("{text}");
     let _ = std::io::stdout().flush();

@@ -422,6 +422,7 @@ macro_rules! conformance_suite {
                 queue_stats_count_each_state,
                 queue_stats_oldest_ready_spans_priorities,
                 queue_list_lists_by_name,
+                queue_list_pages_by_name,
                 queue_ops_on_unknown_queue_are_not_found,
                 queue_delete_removes_queue_and_jobs,
             ],

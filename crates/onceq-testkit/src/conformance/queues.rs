@@ -195,6 +195,41 @@ pub async fn queue_list_lists_by_name<B: Backend>(backend: &B) {
     );
 }
 
+/// `queue_list_page` gives the list a page at a time, by name: at most `limit` queues after
+/// `after`, so that walking the pages from the last name of each lists every queue once.
+pub async fn queue_list_pages_by_name<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let names = ["B", "a-queue", "b-queue", "c.queue", "d", "e"];
+    for name in names.iter().rev() {
+        f.upsert(&queue(name), QueueConfigPatch::default()).await;
+    }
+    f.enqueue_one(&queue("c.queue"), NewJob::new("c")).await;
+    let page = |after: Option<&str>, limit| {
+        let after = after.map(queue);
+        let store = &f.store;
+        async move {
+            let page = store.queue_list_page(after.as_ref(), limit).await.unwrap();
+            page.into_iter().map(|q| (q.name.to_string(), q.stats.ready)).collect::<Vec<_>>()
+        }
+    };
+    let pairs = |items: &[(&str, u64)]| items.iter().map(|(n, r)| ((*n).to_owned(), *r)).collect::<Vec<_>>();
+    assert_eq!(page(None, 2).await, pairs(&[("B", 0), ("a-queue", 0)]));
+    assert_eq!(page(Some("a-queue"), 2).await, pairs(&[("b-queue", 0), ("c.queue", 1)]));
+    // `after` need not name a queue: the page starts at the first name past it.
+    assert_eq!(page(Some("c"), 3).await, pairs(&[("c.queue", 1), ("d", 0), ("e", 0)]));
+    assert_eq!(page(Some("e"), 3).await, pairs(&[]));
+    assert_eq!(page(None, 100).await.len(), names.len());
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let got = page(after.as_deref(), 4).await;
+        let Some((last, _)) = got.last().cloned() else { break };
+        walked.extend(got.into_iter().map(|(n, _)| n));
+        after = Some(last);
+    }
+    assert_eq!(walked, names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>());
+}
+
 /// Every operation that names an existing queue returns `QueueNotFound` for an unknown one, and
 /// creates nothing.
 pub async fn queue_ops_on_unknown_queue_are_not_found<B: Backend>(backend: &B) {
