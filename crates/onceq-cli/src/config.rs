@@ -111,3 +111,97 @@ fn shown(settings: &Settings) -> Vec<(&'static str, String)> {
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys of the config file, and some it does not have.
+    const KEYS: &[&str] = &[
+        "listen",
+        "store",
+        "pg_schema",
+        "pg_pool_size",
+        "pg_connect_timeout_ms",
+        "data_dir",
+        "durability",
+        "page_cache_mib",
+        "body_memory_mib",
+        "verify_on_start",
+        "insecure_no_auth",
+        "unknown",
+        "tokens",
+    ];
+    const TOKEN_KEYS: &[&str] = &["name", "sha256", "produce", "consume", "admin", "extra"];
+
+    fn toml_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop_oneof![Just(0i64), Just(1), Just(16), Just(65_536), Just(600_000), Just(600_001), Just(-1)]
+                .prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            ".{0,24}".prop_map(|s| format!("{s:?}")),
+            prop_oneof![
+                Just("\"127.0.0.1:0\"".to_owned()),
+                Just("\"0.0.0.0:7700\"".to_owned()),
+                Just("\"[::1]:0\"".to_owned()),
+                Just("\"embedded\"".to_owned()),
+                Just("\"postgres://u:p@h:1/d\"".to_owned()),
+                Just("\"fsync\"".to_owned()),
+                Just("\"relaxed\"".to_owned()),
+                Just("\"*\"".to_owned()),
+                "\"[0-9a-f]{64}\"",
+            ],
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop::collection::vec(inner, 0..4).prop_map(|items| format!("[{}]", items.join(", ")))
+        })
+    }
+
+    fn config_text() -> impl Strategy<Value = String> {
+        let line = (prop::sample::select(KEYS), toml_value()).prop_map(|(k, v)| format!("{k} = {v}"));
+        let token = prop::collection::vec((prop::sample::select(TOKEN_KEYS), toml_value()), 0..6).prop_map(|fields| {
+            let mut text = "[[tokens]]\n".to_owned();
+            for (k, v) in fields {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            text
+        });
+        prop_oneof![
+            4 => (prop::collection::vec(line, 0..8), prop::collection::vec(token, 0..3))
+                .prop_map(|(lines, tokens)| format!("{}\n{}", lines.join("\n"), tokens.join("\n"))),
+            1 => ".{0,200}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Fuzzing (issue 25): any config file, well-formed or not, is read and resolved as
+        /// `onceq serve` and `onceq config check` do it, without a panic: it resolves, or it is
+        /// refused with a message.
+        #[test]
+        fn any_config_file_resolves_or_is_refused_without_a_panic(text in config_text()) {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("onceq.toml");
+            std::fs::write(&file, &text).unwrap();
+            let args = [std::ffi::OsStr::new("serve"), std::ffi::OsStr::new("--config"), file.as_os_str()];
+            let serve = ServeOnly::try_parse_from(args).unwrap().serve;
+            match Settings::resolve(&serve) {
+                Ok(settings) => {
+                    let _ = shown(&settings);
+                }
+                Err(error) => prop_assert!(!error.to_string().is_empty()),
+            }
+        }
+    }
+}

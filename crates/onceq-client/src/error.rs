@@ -165,6 +165,64 @@ mod tests {
         serde_json::json!({"error": {"code": code, "message": message}}).to_string()
     }
 
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Fuzzing (issue 25): whatever a server (or a proxy before it) answers, with whatever
+        /// status, `Retry-After` and body, the reply maps to an error without a panic; an
+        /// error-shaped body with an unknown code, odd types or huge numbers included.
+        #[test]
+        fn any_reply_maps_to_an_error_without_a_panic(
+            status in 100u16..600,
+            retry_after in proptest::option::of("[ -~]{0,12}"),
+            location in proptest::option::of("[ -~]{0,40}"),
+            code in proptest::prop_oneof![
+                proptest::sample::select(&["invalid_request", "not_found", "lease_lost", "conflict", "rate_limited",
+                    "unavailable", "corrupt", "request_timeout", "fenced", "not_member", "queue_not_empty",
+                    "payload_too_large", "unauthorized", "forbidden"][..]).prop_map(str::to_owned),
+                ".{0,12}",
+            ],
+            message in ".{0,40}",
+            jobs in proptest::collection::vec("[0-9a-z+-]{0,22}", 0..4),
+            retry_after_ms in proptest::prelude::any::<i128>(),
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            shaped in proptest::prelude::any::<bool>(),
+            missing in 0u8..4,
+        ) {
+            let body = if shaped {
+                format!(
+                    r#"{{"error": {{"code": {}, "message": {}, "jobs": {}, "retry_after_ms": {retry_after_ms}}}}}"#,
+                    serde_json::Value::from(code),
+                    serde_json::Value::from(message),
+                    serde_json::Value::from(jobs),
+                )
+                .into_bytes()
+            } else {
+                raw
+            };
+            let missing = match missing {
+                0 => Missing::Nothing,
+                1 => Missing::Job(JobId::new(7)),
+                2 => Missing::Queue(QueueName::new("q").unwrap()),
+                _ => Missing::Schedule(onceq_core::schedule::ScheduleName::new("nightly").unwrap()),
+            };
+            let base = Url::parse("http://127.0.0.1:7700/").unwrap();
+            let reply = Reply {
+                status: StatusCode::from_u16(status).unwrap(),
+                retry_after,
+                location,
+                body: &body,
+            };
+            let _ = from_reply(&reply, &missing, ENDPOINT, &base);
+        }
+    }
+
     #[test]
     fn not_found_is_the_queue_or_the_job_of_the_endpoint() {
         let q = QueueName::new("orders").unwrap();

@@ -25,19 +25,87 @@ use tower::ServiceExt;
 
 /// Field names of the API's bodies and queries: objects made of these get past the first checks.
 const FIELDS: &[&str] = &[
-    "jobs", "payload", "payload_base64", "max_jobs", "wait_ms", "visibility_timeout_ms", "lease_token", "id", "acks",
-    "nacks", "extends", "fails", "releases", "delay_ms", "error", "dedup_id", "headers", "ordering_key", "priority",
-    "run_at", "max_attempts", "backoff", "initial_ms", "max_ms", "multiplier", "jitter", "ordering", "partitions",
-    "delivery", "dead_blocks_key", "rate_limit", "rate_limit_by", "max_in_flight", "max_in_flight_per_key",
-    "max_depth", "producer", "epoch", "commit_id", "ack", "nack", "fail", "release", "enqueue", "queue",
-    "checkpoint", "owner", "lease_ms", "result", "fingerprint", "cron", "timezone", "catch_up", "job", "name",
-    "session_timeout_ms", "member_id", "ids", "limit", "after", "unique",
+    "jobs",
+    "payload",
+    "payload_base64",
+    "max_jobs",
+    "wait_ms",
+    "visibility_timeout_ms",
+    "lease_token",
+    "id",
+    "acks",
+    "nacks",
+    "extends",
+    "fails",
+    "releases",
+    "delay_ms",
+    "error",
+    "dedup_id",
+    "headers",
+    "ordering_key",
+    "priority",
+    "run_at",
+    "max_attempts",
+    "backoff",
+    "initial_ms",
+    "max_ms",
+    "multiplier",
+    "jitter",
+    "ordering",
+    "partitions",
+    "delivery",
+    "dead_blocks_key",
+    "rate_limit",
+    "rate_limit_by",
+    "max_in_flight",
+    "max_in_flight_per_key",
+    "max_depth",
+    "producer",
+    "epoch",
+    "commit_id",
+    "ack",
+    "nack",
+    "fail",
+    "release",
+    "enqueue",
+    "queue",
+    "checkpoint",
+    "owner",
+    "lease_ms",
+    "result",
+    "fingerprint",
+    "cron",
+    "timezone",
+    "catch_up",
+    "job",
+    "name",
+    "session_timeout_ms",
+    "member_id",
+    "ids",
+    "limit",
+    "after",
+    "unique",
 ];
 
 /// Values for path parameters: well-formed ones and hostile ones.
 const PATH_VALUES: &[&str] = &[
-    "q", "1", "0", "18446744073709551615", "18446744073709551616", "billing.x", "g", "nightly",
-    "00000000-0000-0000-0000-000000000000", "%FF", "%2F", "a%20b", "..", ".", "-", "%00", "x%0Ay",
+    "q",
+    "1",
+    "0",
+    "18446744073709551615",
+    "18446744073709551616",
+    "billing.x",
+    "g",
+    "nightly",
+    "00000000-0000-0000-0000-000000000000",
+    "%FF",
+    "%2F",
+    "a%20b",
+    "..",
+    ".",
+    "-",
+    "%00",
+    "x%0Ay",
 ];
 
 fn json_leaf() -> impl Strategy<Value = Value> {
@@ -88,7 +156,8 @@ struct Fuzzed {
 }
 
 fn fuzzed(operations: usize) -> impl Strategy<Value = Fuzzed> {
-    let param = prop_oneof![3 => prop::sample::select(PATH_VALUES).prop_map(str::to_owned), 1 => "[a-zA-Z0-9._~-]{0,20}"];
+    let param =
+        prop_oneof![3 => prop::sample::select(PATH_VALUES).prop_map(str::to_owned), 1 => "[a-zA-Z0-9._~-]{0,20}"];
     let body = prop_oneof![
         1 => Just(None),
         1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Some),
@@ -112,8 +181,9 @@ fn fuzzed(operations: usize) -> impl Strategy<Value = Fuzzed> {
         1 => Just(Some("text/plain")),
         1 => Just(Some("application/merge-patch+json; charset=utf-8")),
     ];
-    (0..operations, prop::collection::vec(param, 3), query, content_type, body)
-        .prop_map(|(operation, params, query, content_type, body)| Fuzzed { operation, params, query, content_type, body })
+    (0..operations, prop::collection::vec(param, 3), query, content_type, body).prop_map(
+        |(operation, params, query, content_type, body)| Fuzzed { operation, params, query, content_type, body },
+    )
 }
 
 /// Every (method, path template) of the OpenAPI document.
@@ -187,10 +257,11 @@ fn no_request_panics_reaches_5xx_or_answers_outside_the_error_format() {
                 return Ok(());
             };
             let (status, text) = runtime.block_on(async {
-                let response = tokio::time::timeout(std::time::Duration::from_secs(10), router.clone().oneshot(request))
-                    .await
-                    .expect("an answer within 10 s")
-                    .unwrap_or_else(|e| match e {});
+                let response =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), router.clone().oneshot(request))
+                        .await
+                        .expect("an answer within 10 s")
+                        .unwrap_or_else(|e| match e {});
                 let status = response.status();
                 let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
                 (status, String::from_utf8_lossy(&bytes).into_owned())
