@@ -154,6 +154,33 @@ pub(crate) fn headers_from_json(id: i64, json: &str) -> Result<BTreeMap<String, 
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Fuzzing (issue 25): a row's stored headers, whatever text they hold, decode to a map
+        /// of strings or to an error naming the row, never a panic.
+        #[test]
+        fn stored_headers_decode_or_are_refused_without_a_panic(
+            text in proptest::prop_oneof![
+                ".{0,64}",
+                r#"\{("[a-z]{0,4}": ("[ -~]{0,8}"|[0-9]{1,3}|null|true|\[\]|\{\}), ?){0,4}\}"#,
+            ],
+            id in proptest::prelude::any::<i64>(),
+        ) {
+            match headers_from_json(id, &text) {
+                Ok(headers) => proptest::prop_assert!(headers.len() <= text.len()),
+                Err(error) => {
+                    let named = format!("outbox row {id}");
+                    proptest::prop_assert!(error.to_string().contains(&named));
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_limit_is_enforced_with_its_name() {
         let ok = Message::new("q", b"x".to_vec());

@@ -163,7 +163,39 @@ impl Sink for WebhookSink {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
+
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Fuzzing (issue 25): whatever destination a stored message names, the URL it is posted
+        /// to stays under the base URL, or the destination is refused; never a panic.
+        #[test]
+        fn any_destination_stays_under_the_base_url_or_is_refused(
+            destination in proptest::prop_oneof![
+                proptest::string::string_regex(".{0,40}").unwrap(),
+                proptest::collection::vec(
+                    proptest::sample::select(&["a", "..", ".", "%2e%2E", ".%2e", "%2e.", "%2F", "//", "\\", "?x=..", "#f",
+                        "http:", "evil.com", "@", ":", "%", "~"][..]),
+                    0..8,
+                ).prop_map(|parts: Vec<&str>| parts.join("/")),
+            ],
+        ) {
+            let sink = WebhookSink::new("http://127.0.0.1:9/hooks/in", WEBHOOK_TIMEOUT_DEFAULT).unwrap();
+            if let Ok(url) = sink.url_of(&destination) {
+                proptest::prop_assert!(
+                    url.as_str().starts_with("http://127.0.0.1:9/hooks/"),
+                    "{destination:?} is posted to {url}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn destinations_stay_under_the_base_url() -> Result<(), OutboxError> {
