@@ -94,6 +94,69 @@ UPDATE {s}.flow_buckets SET key_floor = greatest(key_floor, (SELECT max(tat) FRO
 WHERE queue_id = $1 AND EXISTS (SELECT 1 FROM gone)
 "#;
 
+/// A lease of a queue whose only limit is its rate limit, in one statement (see
+/// [`HotStatement::RateLease`](crate::sql::HotStatement::RateLease) for its parameters): the
+/// bucket row's lock is taken by `FOR UPDATE` and held only while the statement runs, and the
+/// statement's commit does not wait for the WAL's flush (`set_config(..., true)` sets
+/// `synchronous_commit` for its own implicit transaction, as `SET LOCAL` does for a transaction
+/// block), so the leases of one limited queue take turns for one statement, not for a
+/// transaction of five and the disk. Two leases cannot both spend the last token: the second
+/// waits for the row, and READ COMMITTED re-reads it as the first left it. The jobs are picked
+/// before the grant is known (at most `{limit}`, skipping locked rows), and only the first
+/// `granted` of them are leased; the others stay ready.
+const RATE_LEASE: &str = r#"
+WITH sc AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+b AS (SELECT tat FROM {s}.flow_buckets WHERE queue_id = $2 FOR UPDATE),
+picked AS (
+    SELECT id FROM {s}.jobs
+    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT {limit}
+    FOR UPDATE SKIP LOCKED
+),
+g AS (
+    SELECT b.tat, (SELECT count(*) FROM picked) AS ready,
+           CASE WHEN r.room < $5::int8 THEN 0 ELSE least(r.room / $5::int8, {limit}) END AS granted
+    FROM b CROSS JOIN sc
+    CROSS JOIN LATERAL (SELECT $1::int8 * 1000000 + $6::int8 * $5::int8 - greatest(b.tat, $1::int8 * 1000000) AS room) r
+),
+numbered AS (SELECT id, row_number() OVER () AS rn FROM picked),
+leased AS (
+    UPDATE {s}.jobs j
+    SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4], lease_expires_at = $4, leased_at = $1
+    FROM numbered n, g
+    WHERE j.id = n.id AND n.rn <= g.granted
+    RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
+              j.lease_token, j.ordering_key, j.partition
+),
+moved AS (
+    UPDATE {s}.flow_buckets f
+    SET tat = greatest(g.tat, $1::int8 * 1000000) + (SELECT count(*) FROM leased) * $5::int8
+    FROM g
+    WHERE f.queue_id = $2 AND EXISTS (SELECT 1 FROM leased)
+)
+SELECT l.*, g.granted, g.ready, g.tat AS bucket_tat FROM g LEFT JOIN leased l ON true
+"#;
+
+/// Creates queue `$1`'s bucket row, full at `$2`, unless it exists: before a
+/// [`RATE_LEASE`], which locks the row but does not create it.
+pub(crate) const FLOW_CREATE: &str =
+    "INSERT INTO {s}.flow_buckets (queue_id, tat) VALUES ($1, $2) ON CONFLICT (queue_id) DO NOTHING";
+
+/// [`RATE_LEASE`] for up to `max_jobs` jobs, before the schema is filled in.
+pub(crate) fn rate_lease_template(max_jobs: u32) -> String {
+    RATE_LEASE.replace("{limit}", &max_jobs.to_string())
+}
+
+/// Whether a lease of a queue with `config` takes the one-statement path of [`RATE_LEASE`]: a
+/// rate limit and no other lease limit, and a lease that keeps its jobs.
+pub(crate) fn rate_only(config: &QueueConfig) -> bool {
+    config.queue_rate().is_some()
+        && config.max_in_flight.is_none()
+        && !config.keyed_limits()
+        && config.delivery != onceq_core::DeliveryMode::AtMostOnce
+}
+
 /// The statements of this module with the schema filled in.
 pub(crate) struct FlowSql {
     pub lock: String,

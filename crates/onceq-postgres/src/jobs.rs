@@ -1171,6 +1171,11 @@ impl PgStore {
             let sql = self.group_lease_sql(options.max_jobs, at_most_once);
             let lease = GroupLeaseSql { sql: &sql, tokens: tokens.as_deref(), expires_at, max_jobs: options.max_jobs };
             self.group_lease_rows(&q, group, member, now, lease).await?
+        } else if crate::flow::rate_only(&q.config) {
+            // A rate limit alone: one statement (module `flow`).
+            let (rows, held) = self.lease_rate_only(&q, now, options.max_jobs, expires_at).await?;
+            flow_held = held;
+            rows
         } else if q.config.lease_limited() {
             // Only a limited queue pays for its limits (module `flow`).
             let (rows, held) = self.lease_limited(&q, now, options.max_jobs, at_most_once, expires_at).await?;
@@ -1252,6 +1257,68 @@ impl PgStore {
             None
         };
         Ok(LeaseAttempt { jobs, now, next_due, queue_id: Some(q.id), held: flow_held.is_some() })
+    }
+
+    /// Leases from queue `q`, whose only limit is its rate limit, in one statement (module
+    /// `flow`, `RATE_LEASE`). Returns the leased rows, and whether the rate held back ready jobs
+    /// (with when the bucket grants the next one).
+    async fn lease_rate_only(
+        &self,
+        q: &crate::due::QueueRow,
+        now: i64,
+        max_jobs: u32,
+        expires_at: i64,
+    ) -> Result<(Vec<PgRow>, Option<Option<u64>>)> {
+        let Some(rate) = q.config.queue_rate().copied() else { return Ok((Vec::new(), None)) };
+        let sql = self.hot_sql(HotStatement::RateLease { max_jobs });
+        let tokens = lease_tokens(max_jobs as usize);
+        let interval = rate.interval_ns();
+        let burst = i64::from(rate.burst);
+        for _ in 0..2 {
+            let rows = self
+                .run("leasing jobs under the queue's rate limit", || {
+                    pooled!(
+                        self,
+                        sqlx::query(&sql)
+                            .bind(now)
+                            .bind(q.id)
+                            .bind(&tokens)
+                            .bind(expires_at)
+                            .bind(interval)
+                            .bind(burst),
+                        fetch_all
+                    )
+                })
+                .await?;
+            let Some(first) = rows.first() else {
+                // The queue has no bucket row yet: make it full, and lease again.
+                let create = self.sql(crate::flow::FLOW_CREATE);
+                let full = rate.full_tat(now);
+                self.run("creating the queue's rate bucket", || {
+                    pooled!(self, sqlx::query(&create).bind(q.id).bind(full), execute)
+                })
+                .await?;
+                continue;
+            };
+            let granted: i64 = first.try_get("granted").map_err(decode)?;
+            let ready: i64 = first.try_get("ready").map_err(decode)?;
+            let tat: i64 = first.try_get("bucket_tat").map_err(decode)?;
+            let mut leased = Vec::with_capacity(rows.len());
+            for row in rows {
+                if row.try_get::<Option<i64>, _>("id").map_err(decode)?.is_some() {
+                    leased.push(row);
+                }
+            }
+            let taken = u32::try_from(leased.len()).unwrap_or(u32::MAX);
+            let held = u64::try_from(ready.saturating_sub(granted)).unwrap_or(0);
+            if held == 0 {
+                return Ok((leased, None));
+            }
+            metrics::counter!(names::FLOW_HELD_BACK, "queue" => q.name.to_string(), "limit" => "rate").increment(held);
+            let tat = rate.after(tat, now, taken);
+            return Ok((leased, Some(Some(rate.next_token_ms(tat, now).max(1)))));
+        }
+        Err(Error::Storage(format!("queue {}: its rate bucket could not be created", q.name)))
     }
 
     /// Leases from queue `q`, which has a rate or in-flight limit, in one transaction under its

@@ -75,6 +75,17 @@ pub enum HotStatement {
         /// Most jobs the lease takes (a literal in the statement, one statement per value).
         max_jobs: u32,
     },
+    /// The lease of up to `max_jobs` jobs of an at-least-once queue whose only limit is a rate
+    /// limit, in one statement: the parameters of [`HotStatement::Lease`], then `$5` the rate's
+    /// interval in nanoseconds and `$6` its burst. It locks the queue's row of `flow_buckets`,
+    /// leases what the bucket grants, moves the bucket and commits asynchronously (the crate's
+    /// `flow` module). Returns the leased jobs with `granted`, `ready` and `bucket_tat` on each,
+    /// or one row of those three alone when it leased nothing; no row when the queue has no
+    /// bucket row yet.
+    RateLease {
+        /// Most jobs the lease takes (a literal in the statement, one statement per value).
+        max_jobs: u32,
+    },
     /// The ack of `items` leases: `$2` the job ids (`int8[]`), `$3` their lease tokens
     /// (`bytea[]`). Returns one verdict row per item, in order.
     Ack {

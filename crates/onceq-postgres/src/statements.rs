@@ -29,6 +29,7 @@ pub(crate) fn template(statement: HotStatement) -> String {
         HotStatement::EnqueueKeyed { items } => jobs::enqueue_keyed_template(items),
         HotStatement::ApplyDue => due::apply_due_for(due::ONE_QUEUE),
         HotStatement::Lease { max_jobs } => jobs::lease_template(max_jobs, false),
+        HotStatement::RateLease { max_jobs } => crate::flow::rate_lease_template(max_jobs),
         HotStatement::GroupLease { max_jobs } => {
             groups::restricted(&jobs::lease_template(max_jobs, false), max_jobs, groups::PARTITIONS_PARAM)
         }
@@ -52,6 +53,7 @@ mod tests {
             HotStatement::EnqueueKeyed { items: 100 },
             HotStatement::ApplyDue,
             HotStatement::Lease { max_jobs: 7 },
+            HotStatement::RateLease { max_jobs: 7 },
             HotStatement::GroupLease { max_jobs: 7 },
             HotStatement::Ack { items: 3 },
         ] {
