@@ -45,6 +45,10 @@ pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
 pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
 /// Most dead jobs one listing page returns.
 pub const DEAD_PAGE_MAX: u32 = 1000;
+/// Most payload bytes one lease hands out: a lease stops adding jobs once the payloads it holds
+/// reach this, so it returns fewer than `max_jobs` (always at least one) rather than a reply of up
+/// to `LEASE_BATCH_MAX` × `PAYLOAD_BYTES_MAX`. Never a failure.
+pub const LEASE_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most queues one page of `GET /v1/queues` returns.
 pub const QUEUE_PAGE_MAX: u32 = 1000;
 /// Queues a page of `GET /v1/queues` returns when it names no `limit`.

@@ -103,29 +103,32 @@ WHERE queue_id = $1 AND EXISTS (SELECT 1 FROM gone)
 /// transaction of five and the disk. Two leases cannot both spend the last token: the second
 /// waits for the row, and READ COMMITTED re-reads it as the first left it. The jobs are picked
 /// before the grant is known (at most `{limit}`, skipping locked rows), and only the first
-/// `granted` of them are leased; the others stay ready.
+/// `granted` of them are leased, and of those only the ones whose payloads before them stay under
+/// `{reply_bytes}`; the others stay ready.
 const RATE_LEASE: &str = r#"
 WITH sc AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
 b AS (SELECT tat FROM {s}.flow_buckets WHERE queue_id = $2 FOR UPDATE),
 picked AS (
-    SELECT id FROM {s}.jobs
+    SELECT id, octet_length(payload) AS bytes FROM {s}.jobs
     WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ),
+numbered AS (
+    SELECT id, row_number() OVER () AS rn, sum(bytes) OVER (ROWS UNBOUNDED PRECEDING) - bytes AS before FROM picked
+),
 g AS (
-    SELECT b.tat, (SELECT count(*) FROM picked) AS ready,
+    SELECT b.tat, (SELECT count(*) FROM numbered WHERE before < {reply_bytes}) AS ready,
            CASE WHEN r.room < $5::int8 THEN 0 ELSE least(r.room / $5::int8, {limit}) END AS granted
     FROM b CROSS JOIN sc
     CROSS JOIN LATERAL (SELECT $1::int8 * 1000000 + $6::int8 * $5::int8 - greatest(b.tat, $1::int8 * 1000000) AS room) r
 ),
-numbered AS (SELECT id, row_number() OVER () AS rn FROM picked),
 leased AS (
     UPDATE {s}.jobs j
     SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4], lease_expires_at = $4, leased_at = $1
     FROM numbered n, g
-    WHERE j.id = n.id AND n.rn <= g.granted
+    WHERE j.id = n.id AND n.rn <= g.granted AND n.before < {reply_bytes}
     RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
               j.lease_token, j.ordering_key, j.partition
 ),
@@ -145,7 +148,9 @@ pub(crate) const FLOW_CREATE: &str =
 
 /// [`RATE_LEASE`] for up to `max_jobs` jobs, before the schema is filled in.
 pub(crate) fn rate_lease_template(max_jobs: u32) -> String {
-    RATE_LEASE.replace("{limit}", &max_jobs.to_string())
+    RATE_LEASE
+        .replace("{limit}", &max_jobs.to_string())
+        .replace("{reply_bytes}", &onceq_core::limits::LEASE_REPLY_BYTES_MAX.to_string())
 }
 
 /// Whether a lease of a queue with `config` takes the one-statement path of [`RATE_LEASE`]: a

@@ -64,6 +64,7 @@ mod tests {
                 "{now}",
                 "{channel}",
                 "{cap}",
+                "{reply_bytes}",
                 "{limit}",
                 "{notify",
                 "{verdict",

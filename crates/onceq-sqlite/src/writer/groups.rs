@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::schema::{state, storage};
 use crate::writer::cache::State;
 use crate::writer::flow::{key_candidate, KEY_CANDIDATE_SQL};
-use crate::writer::jobs::{ReadyRow, READY_ROW_SQL};
+use crate::writer::jobs::{within_reply_bytes, ReadyRow, READY_ROW_SQL};
 
 /// Whether a partition holds a live lease: a leased job of the partition whose lease has not
 /// expired. A search of `jobs_partition` on (queue, partition, state).
@@ -331,13 +331,11 @@ impl State {
         }
         // Those taken are handed out in lease order, as any lease's.
         candidates.sort_unstable_by_key(|&(_, priority, run_at, id)| (Reverse(priority), run_at, id));
-        let mut rows = Vec::with_capacity(candidates.len());
-        {
+        let rows = {
             let mut stmt = conn.prepare_cached(READY_ROW_SQL).map_err(storage("leasing jobs"))?;
-            for (_, _, _, id) in candidates {
-                rows.push(stmt.query_row([id], ReadyRow::read).map_err(storage("leasing jobs"))?);
-            }
-        }
+            let rows = candidates.into_iter().map(|(_, _, _, id)| stmt.query_row([id], ReadyRow::read));
+            within_reply_bytes(rows)?
+        };
         let jobs = self.lease_rows(conn, name, options, rows)?;
         if let Some(rate) = limited {
             self.flow_taken(queue.id, rate.as_ref(), u32::try_from(jobs.len()).unwrap_or(u32::MAX));

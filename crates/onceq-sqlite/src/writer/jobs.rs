@@ -1,6 +1,7 @@
 //! The SQL of enqueue and lease, and of the error history every settle writes to.
 
 use onceq_core::flow;
+use onceq_core::limits::LEASE_REPLY_BYTES_MAX;
 use onceq_core::metrics as names;
 use onceq_core::ordering::partition_of;
 use onceq_core::store::validate;
@@ -265,11 +266,8 @@ impl State {
                 return Ok(LeaseLook { jobs: Vec::new(), retry_ms: pick.retry_ms, held: pick.held > 0 });
             }
             let mut stmt = conn.prepare_cached(READY_ROW_SQL).map_err(storage("leasing jobs"))?;
-            let mut rows = Vec::with_capacity(pick.picked.len());
-            for i in pick.picked {
-                rows.push(stmt.query_row([candidates[i].0], ReadyRow::read).map_err(storage("leasing jobs"))?);
-            }
-            rows
+            let rows = pick.picked.into_iter().map(|i| stmt.query_row([candidates[i].0], ReadyRow::read));
+            within_reply_bytes(rows)?
         } else {
             // The batch is read in lease order through the ready-order index, then each job is
             // claimed by id with one cached statement. (One `UPDATE ... WHERE id IN (SELECT ...)
@@ -279,7 +277,7 @@ impl State {
             let mut stmt = conn.prepare_cached(LEASE_SQL).map_err(storage("leasing jobs"))?;
             let rows =
                 stmt.query_map(params![queue_id, options.max_jobs], ReadyRow::read).map_err(storage("leasing jobs"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(storage("leasing jobs"))?
+            within_reply_bytes(rows)?
         };
         let jobs = self.lease_rows(conn, name, options, rows)?;
         if let Some(rate) = limited {
@@ -385,6 +383,23 @@ impl State {
 pub(crate) const LEASE_SQL: &str =
     "SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, error_count, \
      ordering_key, partition FROM jobs WHERE queue_id = ?1 AND state = 1 ORDER BY priority DESC, run_at, id LIMIT ?2";
+
+/// The rows of `rows`, read one at a time, while the payloads taken so far stay under
+/// [`LEASE_REPLY_BYTES_MAX`] (the first is always taken): a lease of big jobs hands out fewer,
+/// and never holds more than about that much of them in memory.
+pub(super) fn within_reply_bytes(rows: impl Iterator<Item = rusqlite::Result<ReadyRow>>) -> Result<Vec<ReadyRow>> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        if bytes >= LEASE_REPLY_BYTES_MAX {
+            break;
+        }
+        let row = row.map_err(storage("leasing jobs"))?;
+        bytes = bytes.saturating_add(row.payload.len());
+        out.push(row);
+    }
+    Ok(out)
+}
 
 /// One ready job by id, with the columns [`ReadyRow::read`] takes.
 pub(super) const READY_ROW_SQL: &str =

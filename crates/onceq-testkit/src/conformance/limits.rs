@@ -6,8 +6,8 @@ use std::time::Instant;
 use onceq_core::limits::{
     ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEAD_PAGE_MAX, DEDUP_ID_LEN_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX,
     ENQUEUE_BATCH_MAX, HEADERS_COUNT_MAX, HEADER_NAME_LEN_MAX, HEADER_VALUE_LEN_MAX, LEASE_BATCH_MAX,
-    PAYLOAD_BYTES_MAX, PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_LEN_MAX, REDRIVE_IDS_MAX, SETTLE_BATCH_MAX,
-    VISIBILITY_TIMEOUT_MS_MAX, WAIT_MS_MAX,
+    LEASE_REPLY_BYTES_MAX, PAYLOAD_BYTES_MAX, PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_LEN_MAX, REDRIVE_IDS_MAX,
+    SETTLE_BATCH_MAX, VISIBILITY_TIMEOUT_MS_MAX, WAIT_MS_MAX,
 };
 use onceq_core::store::validate;
 use onceq_core::{
@@ -18,6 +18,25 @@ use onceq_core::{
 
 use super::{assert_increasing, defaults, fresh, ids_of, open_manual, queue, within, PROMPTLY, UNKNOWN_ID};
 use crate::Backend;
+
+/// A lease stops adding jobs once their payloads reach `LEASE_REPLY_BYTES_MAX`: it hands out
+/// fewer than asked, in lease order, and the rest stay ready for the next lease. Never a failure.
+pub async fn a_lease_of_big_jobs_stops_at_its_reply_bytes<B: Backend>(backend: &B) {
+    let (f, _clock) = open_manual(backend).await;
+    let q = queue("big-payloads");
+    let per_reply = LEASE_REPLY_BYTES_MAX / PAYLOAD_BYTES_MAX;
+    let total = per_reply + 4;
+    let mut ids = Vec::new();
+    for chunk in 0..total.div_ceil(4) {
+        let jobs = (0..4.min(total - chunk * 4)).map(|k| NewJob::new(vec![k as u8; PAYLOAD_BYTES_MAX])).collect();
+        ids.extend(f.enqueue(&q, jobs).await);
+    }
+    let first = f.lease(&q, total as u32, None).await;
+    assert_eq!(ids_of(&first), ids[..per_reply], "the first lease: the jobs within the reply's bytes");
+    assert!(first.iter().all(|j| j.payload.len() == PAYLOAD_BYTES_MAX));
+    let second = f.lease(&q, total as u32, None).await;
+    assert_eq!(ids_of(&second), ids[per_reply..], "the second lease: the rest");
+}
 
 /// Every limit accepts its maximum: a full enqueue batch, lease batch and ack batch; a job with
 /// the largest payload, most headers, longest names and values, dedup id, delay, priority and

@@ -428,6 +428,7 @@ macro_rules! conformance_suite {
             ],
             limits: [
                 limits_accept_their_maximum,
+                a_lease_of_big_jobs_stops_at_its_reply_bytes,
                 invariant_8_bounded_everything,
             ],
             long_poll: [
