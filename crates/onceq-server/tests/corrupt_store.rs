@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use onceq_core::{Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob, QueueName, Store, StoreExt};
+use onceq_core::{Error, ErrorKind, IdempotencyStore, JobId, LeaseOptions, NewJob, QueueName, Store};
 use onceq_sqlite::{SqliteOptions, SqliteStore, DATA_FILE_NAME};
 use tower::ServiceExt;
 

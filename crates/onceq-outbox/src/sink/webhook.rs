@@ -163,6 +163,8 @@ impl Sink for WebhookSink {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use proptest::strategy::Strategy as _;
 
     use super::*;
