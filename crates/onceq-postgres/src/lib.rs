@@ -741,6 +741,10 @@ impl Store for PgStore {
         self.queue_list().await
     }
 
+    async fn queue_list_page(&self, after: Option<&QueueName>, limit: u32) -> Result<Vec<QueueInfo>> {
+        self.queue_list_page(after, limit).await
+    }
+
     async fn queue_pause(&self, queue: &QueueName) -> Result<()> {
         self.queue_set_paused(queue, true).await
     }

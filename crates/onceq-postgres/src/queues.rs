@@ -200,8 +200,17 @@ impl PgStore {
     }
 
     pub(crate) async fn queue_list(&self) -> Result<Vec<QueueInfo>> {
+        self.queue_list_page(None, u32::MAX).await
+    }
+
+    /// A page of the queue list: the stats are read for the page's queues only.
+    pub(crate) async fn queue_list_page(&self, after: Option<&QueueName>, limit: u32) -> Result<Vec<QueueInfo>> {
         let due = self.apply_due(Scope::All).await?;
-        let mut infos = self.stats(due.now, due.queues).await?;
+        let mut page: Vec<QueueRow> =
+            due.queues.into_iter().filter(|q| after.is_none_or(|after| q.name > *after)).collect();
+        page.sort_by(|a, b| a.name.cmp(&b.name));
+        page.truncate(limit as usize);
+        let mut infos = self.stats(due.now, page).await?;
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos)
     }
