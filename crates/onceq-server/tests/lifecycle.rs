@@ -350,7 +350,7 @@ async fn the_whole_lifecycle_over_http() {
     api.get("/v1/queues/life").await.err(404, "not_found");
     api.get(&format!("/v1/jobs/{j1}")).await.err(404, "not_found");
     api.get(&format!("/v1/jobs/{j5}")).await.err(404, "not_found");
-    assert_eq!(api.get("/v1/queues").await.ok(200), json!({"queues": []}));
+    assert_eq!(api.get("/v1/queues").await.ok(200), json!({"queues": [], "next": null}));
 }
 
 /// Milliseconds since the Unix epoch, now.

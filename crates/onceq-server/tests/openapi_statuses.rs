@@ -159,6 +159,7 @@ type Step = (&'static str, &'static str, Option<&'static str>);
 /// The statuses particular to a path, each provoked on a server with [`Fixtures`] by a request
 /// after some setup: method, path template, status, setup, request.
 const PARTICULAR: &[(&str, &str, u16, &[Step], Step)] = &[
+    ("GET", "/v1/queues", 400, &[], ("GET", "/v1/queues?limit=0", None)),
     ("GET", "/v1/queues/{queue}", 404, &[], ("GET", "/v1/queues/nope", None)),
     ("PUT", "/v1/queues/{queue}", 409, &[], ("PUT", "/v1/queues/probe", Some(r#"{"ordering": "per_key"}"#))),
     ("DELETE", "/v1/queues/{queue}", 404, &[], ("DELETE", "/v1/queues/nope", None)),
