@@ -203,6 +203,10 @@ pub enum Command {
     /// Fail a leased job: dead-letter it now.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Fail(cli::lease::FailArgs),
+    /// Release a leased job: give the lease back without spending an attempt, ready again at
+    /// once or after --delay-ms (a snooze).
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Release(cli::lease::ReleaseArgs),
     /// Jobs: get one by id.
     #[command(after_help = cli::EXIT_CODES_HELP)]
     Job(cli::job::JobArgs),
@@ -244,6 +248,7 @@ impl Command {
             Command::Nack(args) => Some(&mut args.target.connection),
             Command::Extend(args) => Some(&mut args.target.connection),
             Command::Fail(args) => Some(&mut args.target.connection),
+            Command::Release(args) => Some(&mut args.target.connection),
             Command::Job(args) => Some(&mut args.connection),
             Command::Dlq(args) => Some(&mut args.connection),
             Command::Group(args) => Some(&mut args.connection),
@@ -301,6 +306,7 @@ pub fn run(cli: Cli, args: &[OsString]) -> ExitCode {
         Command::Nack(args) => cli::lease::nack(&args),
         Command::Extend(args) => cli::lease::extend(&args),
         Command::Fail(args) => cli::lease::fail(&args),
+        Command::Release(args) => cli::lease::release(&args),
         Command::Job(args) => cli::job::run(&args),
         Command::Dlq(args) => cli::dlq::run(&args),
         Command::Group(args) => cli::group::run(&args),

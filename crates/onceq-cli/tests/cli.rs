@@ -251,10 +251,28 @@ fn the_cli_drives_jobs_through_their_whole_lifecycle() {
     let nacked = ok(url, &["nack", &r1, "--lease-token", &token, "--error", "boom again"], None);
     assert_eq!(nacked, format!("job {r1} nacked: its attempts are exhausted, it is dead\n"));
 
-    // fail: dead at once.
+    // fail: dead at once (after a release and a snooze, neither of which spends an attempt).
     let r2 = json(url, &["enqueue", "retry", r#"{"job":"r2"}"#], None)["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (id, token, job) = leased_one(url, "retry");
+    assert_eq!((id.as_str(), &job["attempt"]), (r2.as_str(), &json!(1)));
+    let released = ok(url, &["release", &r2, "--lease-token", &token], None);
+    assert_eq!(released, format!("job {r2} released: ready again now, without spending an attempt\n"));
+    let (_, token, job) = leased_one(url, "retry");
+    assert_eq!(job["attempt"], json!(1), "a release spent an attempt: {job}");
+    assert_eq!(
+        json(url, &["release", &r2, "--lease-token", &token, "--delay-ms", "60000"], None),
+        json!({"id": r2, "ok": true})
+    );
+    assert_eq!(json(url, &["job", "get", &r2], None)["state"], "scheduled", "snoozed for a minute");
+    let out = onceq(url, &["release", &r2, "--lease-token", &token], None);
+    assert_eq!(out.code, 1, "a release with a stale token: {}", out.stderr);
+    let scheduled = ok(url, &["stats", "retry"], None);
+    assert_eq!(row(&scheduled, "retry")[2], "1", "{scheduled}");
+    json(url, &["queue", "set", "retry", "--max-attempts", "2"], None);
+    let r3 = json(url, &["enqueue", "retry", r#"{"job":"r2b"}"#], None)["jobs"][0]["id"].as_str().unwrap().to_owned();
     let (id, token, _) = leased_one(url, "retry");
-    assert_eq!(id, r2);
+    assert_eq!(id, r3);
+    let r2 = r3;
     assert_eq!(
         json(url, &["fail", &r2, "--lease-token", &token, "--error", "bad input"], None),
         json!({"id": r2, "ok": true})

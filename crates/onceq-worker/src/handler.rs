@@ -59,6 +59,13 @@ impl Outcome {
         Outcome::Retry { after: Some(after), reason: reason.into() }
     }
 
+    /// Snooze: not now, and not a failure. The job runs again after `after` without spending an
+    /// attempt (an [`Outcome::Release`] with a delay): for work that waits on something outside
+    /// it, such as a rate-limited partner or a record not written yet.
+    pub fn snooze(after: Duration) -> Self {
+        Outcome::Release { after: Some(after) }
+    }
+
     /// Release the job, to run again after `after`, without counting the attempt.
     pub fn release_for(after: Duration) -> Self {
         Outcome::Release { after: Some(after) }

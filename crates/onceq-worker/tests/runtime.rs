@@ -297,3 +297,45 @@ async fn bad_options_are_refused_at_build() {
     ));
     assert!(matches!(Worker::builder(store).build().err(), Some(onceq_core::Error::InvalidRequest(_))));
 }
+
+/// Snooze (issue 22): the job comes back after the delay and its attempt is not spent, however
+/// often it snoozes; its attempts stay for real failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snoozed_job_runs_again_after_its_delay_without_spending_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir, None);
+    let q = QueueName::new("snoozing").unwrap();
+    store.queue_upsert(&q, QueueConfigPatch { max_attempts: Some(2), ..Default::default() }).await.unwrap();
+    let id = store.enqueue(&q, NewJob::new("1")).await.unwrap().id;
+    let seen: Arc<std::sync::Mutex<Vec<(u32, std::time::Instant)>>> = Arc::default();
+    let done = Arc::new(Notify::new());
+    let (s, d) = (seen.clone(), done.clone());
+    let worker = Worker::builder(store.clone())
+        .handle_with("snoozing", fast(QueueOptions::concurrency(1)), move |ctx: JobContext, _: u32| {
+            let (s, d) = (s.clone(), d.clone());
+            async move {
+                let runs = {
+                    let mut seen = s.lock().unwrap();
+                    seen.push((ctx.attempt, std::time::Instant::now()));
+                    seen.len()
+                };
+                // Three snoozes: more than max_attempts allows leases that count.
+                if runs <= 3 {
+                    return Outcome::snooze(Duration::from_millis(150));
+                }
+                d.notify_one();
+                Outcome::Done
+            }
+        })
+        .build()
+        .unwrap();
+    let report = worker.run(until(done)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.iter().all(|(attempt, _)| *attempt == 1), "a snooze spent an attempt: {seen:?}");
+    for pair in seen.windows(2) {
+        assert!(pair[1].1 - pair[0].1 >= Duration::from_millis(150), "ran again before its delay: {seen:?}");
+    }
+    assert_eq!((report.acked, report.retried, report.failed, report.released_by_handler), (1, 0, 0, 3), "{report:?}");
+    assert!(store.job_get(id).await.is_err(), "the job is acked and gone");
+}

@@ -84,6 +84,17 @@ pub struct ExtendArgs {
     pub visibility_timeout_ms: u64,
 }
 
+/// `onceq release`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// The job and its lease.
+    #[command(flatten)]
+    pub target: LeaseTarget,
+    /// Ready again after this many milliseconds (default: at once): a snooze.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=DELAY_MS_MAX))]
+    pub delay_ms: Option<u64>,
+}
+
 /// `onceq fail`.
 #[derive(Debug, Clone, Args)]
 pub struct FailArgs {
@@ -206,6 +217,20 @@ pub fn fail(args: &FailArgs) -> Result<(), CliError> {
     block_on(&target.connection, |session| async move {
         session.client.fail(target.lease(), &args.error).await.map_err(|e| session.failure(e))?;
         let line = format!("job {} failed: it is dead (`onceq dlq redrive` makes it ready again)", target.job_id);
+        settled(&session, &SettleResult::ok(target.job_id), &line)
+    })
+}
+
+/// Runs `onceq release`: ends the lease without spending an attempt.
+pub fn release(args: &ReleaseArgs) -> Result<(), CliError> {
+    let target = &args.target;
+    block_on(&target.connection, |session| async move {
+        session.client.release(target.lease(), args.delay_ms).await.map_err(|e| session.failure(e))?;
+        let when = match args.delay_ms {
+            Some(ms) if ms > 0 => format!("ready again in {ms} ms"),
+            _ => "ready again now".to_owned(),
+        };
+        let line = format!("job {} released: {when}, without spending an attempt", target.job_id);
         settled(&session, &SettleResult::ok(target.job_id), &line)
     })
 }
