@@ -176,6 +176,12 @@ impl QueueConfig {
                 self.dedup_window_ms
             )));
         }
+        if self.delivery == DeliveryMode::EffectivelyOnce && self.dedup_window_ms == 0 {
+            return Err(Error::invalid(
+                "an effectively_once queue needs a dedup window: with dedup_window_ms 0 a producer's retry of an \
+                 enqueue makes a second job, and its effect runs twice; set one (the default is 300000)",
+            ));
+        }
         if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
             return Err(Error::invalid(format!(
                 "partitions is {}; it must be between 1 and {PARTITIONS_MAX}",

@@ -136,6 +136,19 @@ impl QueueOptions {
         }
         if let Some(once) = &self.effectively_once {
             once.gate()?;
+            // A claim that ends while the handler may still run lets another delivery claim the
+            // key and run the effect again.
+            if let Some(deadline) = self.deadline {
+                let longest = deadline.saturating_add(self.deadline_grace);
+                if longest >= once.claim_ttl {
+                    return Err(Error::invalid(format!(
+                        "the effectively-once claim ({:?}) must outlast the handler's deadline and its grace \
+                         ({deadline:?} + {:?}): past the claim another delivery may run the effect again; \
+                         lengthen the claim or shorten the deadline",
+                        once.claim_ttl, self.deadline_grace
+                    )));
+                }
+            }
         }
         Ok(())
     }

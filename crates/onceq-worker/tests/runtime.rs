@@ -295,6 +295,17 @@ async fn bad_options_are_refused_at_build() {
         Worker::builder(store.clone()).handle("q", handler).handle("q", handler).build().err(),
         Some(onceq_core::Error::InvalidRequest(_))
     ));
+    // Issue 22: an effectively-once claim that would end while the handler may still run.
+    let mut guard = onceq_worker::EffectivelyOnce::new(store.clone());
+    guard.claim_ttl = Duration::from_secs(10);
+    let short_claim = QueueOptions::concurrency(1).deadline(Duration::from_secs(9)).effectively_once(guard.clone());
+    let refused = Worker::builder(store.clone()).handle_with("q", short_claim, handler).build().err();
+    assert!(
+        matches!(&refused, Some(onceq_core::Error::InvalidRequest(m)) if m.contains("must outlast the handler's deadline")),
+        "{refused:?}"
+    );
+    let fits = QueueOptions::concurrency(1).deadline(Duration::from_secs(5)).effectively_once(guard);
+    assert!(Worker::builder(store.clone()).handle_with("q", fits, handler).build().is_ok());
     assert!(matches!(Worker::builder(store).build().err(), Some(onceq_core::Error::InvalidRequest(_))));
 }
 

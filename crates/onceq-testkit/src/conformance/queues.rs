@@ -103,6 +103,12 @@ pub async fn queue_upsert_rejects_invalid_config<B: Backend>(backend: &B) {
             ..Default::default()
         },
         QueueConfigPatch { dedup_window_ms: Some(DEDUP_WINDOW_MS_MAX + 1), ..Default::default() },
+        // Effectively-once without a dedup window: a producer's retry would make a second job.
+        QueueConfigPatch {
+            delivery: Some(onceq_core::DeliveryMode::EffectivelyOnce),
+            dedup_window_ms: Some(0),
+            ..Default::default()
+        },
     ];
     for patch in &invalid {
         let expected = defaults().patched(patch).unwrap_err();
