@@ -102,22 +102,13 @@ WHERE queue_id = $1 AND EXISTS (SELECT 1 FROM gone)
 /// block), so the leases of one limited queue take turns for one statement, not for a
 /// transaction of five and the disk. Two leases cannot both spend the last token: the second
 /// waits for the row, and READ COMMITTED re-reads it as the first left it. The jobs are picked
-/// before the grant is known (at most `{limit}`, skipping locked rows), and only the first
+/// before the grant is known (`{pick}`, as every lease picks them), and only the first
 /// `granted` of them are leased, and of those only the ones whose payloads before them stay under
 /// `{reply_bytes}`; the others stay ready.
 const RATE_LEASE: &str = r#"
 WITH sc AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
 b AS (SELECT tat FROM {s}.flow_buckets WHERE queue_id = $2 FOR UPDATE),
-picked AS (
-    SELECT id, octet_length(payload) AS bytes FROM {s}.jobs
-    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
-    ORDER BY priority DESC, run_at, id
-    LIMIT {limit}
-    FOR UPDATE SKIP LOCKED
-),
-numbered AS (
-    SELECT id, row_number() OVER () AS rn, sum(bytes) OVER (ROWS UNBOUNDED PRECEDING) - bytes AS before FROM picked
-),
+{pick},
 g AS (
     SELECT b.tat, (SELECT count(*) FROM numbered WHERE before < {reply_bytes}) AS ready,
            CASE WHEN r.room < $5::int8 THEN 0 ELSE least(r.room / $5::int8, {limit}) END AS granted
@@ -148,9 +139,7 @@ pub(crate) const FLOW_CREATE: &str =
 
 /// [`RATE_LEASE`] for up to `max_jobs` jobs, before the schema is filled in.
 pub(crate) fn rate_lease_template(max_jobs: u32) -> String {
-    RATE_LEASE
-        .replace("{limit}", &max_jobs.to_string())
-        .replace("{reply_bytes}", &onceq_core::limits::LEASE_REPLY_BYTES_MAX.to_string())
+    crate::jobs::with_pick(RATE_LEASE, max_jobs)
 }
 
 /// Whether a lease of a queue with `config` takes the one-statement path of [`RATE_LEASE`]: a

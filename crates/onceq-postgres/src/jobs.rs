@@ -210,14 +210,12 @@ sleepers AS (DELETE FROM {s}.sleepers WHERE until < clock_timestamp() - interval
 SELECT 1
 "#;
 
-/// Claims up to `{limit}` ready jobs of queue `$2` in lease order, skipping rows another lease
-/// holds. The limit is a literal, not a parameter: with `LIMIT $3` PostgreSQL's generic plan
-/// guesses that a tenth of the table is wanted, costs it above the custom plans and so plans
-/// every lease afresh, which took more CPU than running it (one cached statement per batch size
-/// is the price; sqlx keeps up to 100 per connection). Of the jobs picked, those whose payloads
-/// before them in lease order reach `{reply_bytes}` (`LEASE_REPLY_BYTES_MAX`) stay ready.
-const LEASE: &str = r#"
-WITH picked AS (
+/// The jobs every lease of queue `$2` picks, as two CTEs: `picked`, up to `{limit}` ready jobs in
+/// lease order (skipping rows another lease holds, none from a paused queue) with their payload
+/// sizes, and `numbered`, each with its place `rn` and the payload bytes `before` it in that order
+/// (a lease takes those with `before < {reply_bytes}`, `LEASE_REPLY_BYTES_MAX`). Filled into
+/// [`LEASE`], [`LEASE_AND_DELETE`] and the rate-limited lease at `{pick}`.
+const PICK: &str = r#"picked AS (
     SELECT id, octet_length(payload) AS bytes FROM {s}.jobs
     WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
     ORDER BY priority DESC, run_at, id
@@ -226,7 +224,24 @@ WITH picked AS (
 ),
 numbered AS (
     SELECT id, row_number() OVER () AS rn, sum(bytes) OVER (ROWS UNBOUNDED PRECEDING) - bytes AS before FROM picked
-)
+)"#;
+
+/// A lease template with its `{pick}`, `{limit}` and `{reply_bytes}` filled in.
+pub(crate) fn with_pick(template: &str, max_jobs: u32) -> String {
+    template
+        .replace("{pick}", PICK)
+        .replace("{limit}", &max_jobs.to_string())
+        .replace("{reply_bytes}", &onceq_core::limits::LEASE_REPLY_BYTES_MAX.to_string())
+}
+
+/// Claims up to `{limit}` ready jobs of queue `$2` in lease order, skipping rows another lease
+/// holds. The limit is a literal, not a parameter: with `LIMIT $3` PostgreSQL's generic plan
+/// guesses that a tenth of the table is wanted, costs it above the custom plans and so plans
+/// every lease afresh, which took more CPU than running it (one cached statement per batch size
+/// is the price; sqlx keeps up to 100 per connection). Of the jobs picked, those whose payloads
+/// before them in lease order reach `{reply_bytes}` (`LEASE_REPLY_BYTES_MAX`) stay ready.
+const LEASE: &str = r#"
+WITH {pick}
 UPDATE {s}.jobs j
 SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4], lease_expires_at = $4, leased_at = $1
 FROM numbered n
@@ -240,19 +255,9 @@ RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, 
 /// [`LEASE`]).
 const LEASE_AND_DELETE: &str = r#"
 WITH t AS (SELECT $1::int8 AS now),
-picked AS (
-    SELECT id, octet_length(payload) AS bytes FROM {s}.jobs
-    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
-    ORDER BY priority DESC, run_at, id
-    LIMIT {limit}
-    FOR UPDATE SKIP LOCKED
-),
-capped AS (
-    SELECT id FROM (SELECT id, sum(bytes) OVER (ROWS UNBOUNDED PRECEDING) - bytes AS before FROM picked) c
-    WHERE before < {reply_bytes}
-),
+{pick},
 gone AS (
-    DELETE FROM {s}.jobs j USING capped p WHERE j.id = p.id
+    DELETE FROM {s}.jobs j USING numbered p WHERE j.id = p.id AND p.before < {reply_bytes}
     RETURNING j.id, j.queue_id, j.priority, j.run_at, j.enqueued_at, j.attempt + 1 AS attempt, j.max_attempts,
               j.dedup_id, j.headers, j.payload, j.error_count, j.ordering_key, j.partition
 ),
@@ -441,9 +446,7 @@ pub(crate) struct GroupLeaseSql<'a> {
 /// `at_most_once` queue), before the schema and clock are filled in.
 pub(crate) fn lease_template(max_jobs: u32, at_most_once: bool) -> String {
     let template = if at_most_once { with_move_on(LEASE_AND_DELETE) } else { LEASE.to_owned() };
-    template
-        .replace("{limit}", &max_jobs.to_string())
-        .replace("{reply_bytes}", &onceq_core::limits::LEASE_REPLY_BYTES_MAX.to_string())
+    with_pick(&template, max_jobs)
 }
 
 /// The ack of `items` leases ([`ACK`] with its verdict), before the schema and clock are filled in.

@@ -65,6 +65,7 @@ mod tests {
                 "{channel}",
                 "{cap}",
                 "{reply_bytes}",
+                "{pick}",
                 "{limit}",
                 "{notify",
                 "{verdict",
