@@ -139,7 +139,7 @@ pub(crate) const FLOW_CREATE: &str =
 
 /// [`RATE_LEASE`] for up to `max_jobs` jobs, before the schema is filled in.
 pub(crate) fn rate_lease_template(max_jobs: u32) -> String {
-    crate::jobs::with_pick(RATE_LEASE, max_jobs)
+    crate::sql::with_pick(RATE_LEASE, max_jobs)
 }
 
 /// Whether a lease of a queue with `config` takes the one-statement path of [`RATE_LEASE`]: a

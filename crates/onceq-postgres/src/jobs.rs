@@ -210,30 +210,6 @@ sleepers AS (DELETE FROM {s}.sleepers WHERE until < clock_timestamp() - interval
 SELECT 1
 "#;
 
-/// The jobs every lease of queue `$2` picks, as two CTEs: `picked`, up to `{limit}` ready jobs in
-/// lease order (skipping rows another lease holds, none from a paused queue) with their payload
-/// sizes, and `numbered`, each with its place `rn` and the payload bytes `before` it in that order
-/// (a lease takes those with `before < {reply_bytes}`, `LEASE_REPLY_BYTES_MAX`). Filled into
-/// [`LEASE`], [`LEASE_AND_DELETE`] and the rate-limited lease at `{pick}`.
-const PICK: &str = r#"picked AS (
-    SELECT id, octet_length(payload) AS bytes FROM {s}.jobs
-    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
-    ORDER BY priority DESC, run_at, id
-    LIMIT {limit}
-    FOR UPDATE SKIP LOCKED
-),
-numbered AS (
-    SELECT id, row_number() OVER () AS rn, sum(bytes) OVER (ROWS UNBOUNDED PRECEDING) - bytes AS before FROM picked
-)"#;
-
-/// A lease template with its `{pick}`, `{limit}` and `{reply_bytes}` filled in.
-pub(crate) fn with_pick(template: &str, max_jobs: u32) -> String {
-    template
-        .replace("{pick}", PICK)
-        .replace("{limit}", &max_jobs.to_string())
-        .replace("{reply_bytes}", &onceq_core::limits::LEASE_REPLY_BYTES_MAX.to_string())
-}
-
 /// Claims up to `{limit}` ready jobs of queue `$2` in lease order, skipping rows another lease
 /// holds. The limit is a literal, not a parameter: with `LIMIT $3` PostgreSQL's generic plan
 /// guesses that a tenth of the table is wanted, costs it above the custom plans and so plans
@@ -446,7 +422,7 @@ pub(crate) struct GroupLeaseSql<'a> {
 /// `at_most_once` queue), before the schema and clock are filled in.
 pub(crate) fn lease_template(max_jobs: u32, at_most_once: bool) -> String {
     let template = if at_most_once { with_move_on(LEASE_AND_DELETE) } else { LEASE.to_owned() };
-    with_pick(&template, max_jobs)
+    crate::sql::with_pick(&template, max_jobs)
 }
 
 /// The ack of `items` leases ([`ACK`] with its verdict), before the schema and clock are filled in.

@@ -107,3 +107,27 @@ impl HotStatement {
         }
     }
 }
+
+/// The jobs every lease of queue `$2` picks, as two CTEs: `picked`, up to `{limit}` ready jobs in
+/// lease order (skipping rows another lease holds, none from a paused queue) with their payload
+/// sizes, and `numbered`, each with its place `rn` and the payload bytes `before` it in that order
+/// (a lease takes those with `before < {reply_bytes}`, `LEASE_REPLY_BYTES_MAX`). Filled into
+/// the lease statements (`jobs`'s `LEASE` and `LEASE_AND_DELETE`, `flow`'s `RATE_LEASE`) at `{pick}`.
+const PICK: &str = r#"picked AS (
+    SELECT id, octet_length(payload) AS bytes FROM {s}.jobs
+    WHERE queue_id = $2 AND state = 1 AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE id = $2 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT {limit}
+    FOR UPDATE SKIP LOCKED
+),
+numbered AS (
+    SELECT id, row_number() OVER () AS rn, sum(bytes) OVER (ROWS UNBOUNDED PRECEDING) - bytes AS before FROM picked
+)"#;
+
+/// A lease template with its `{pick}`, `{limit}` and `{reply_bytes}` filled in.
+pub(crate) fn with_pick(template: &str, max_jobs: u32) -> String {
+    template
+        .replace("{pick}", PICK)
+        .replace("{limit}", &max_jobs.to_string())
+        .replace("{reply_bytes}", &onceq_core::limits::LEASE_REPLY_BYTES_MAX.to_string())
+}
