@@ -298,7 +298,22 @@ fn the_cli_drives_jobs_through_their_whole_lifecycle() {
     let table = ok(url, &["dlq", "list", "retry"], None);
     assert_eq!(row(&table, &r2)[1], "1/2");
     assert!(table.lines().any(|line| line.contains("  bad input  ")), "{table}");
-    assert_eq!(json(url, &["dlq", "redrive", "retry", "--ids", &r1], None), json!({"redriven": 1}));
+    // Filters: r1 died of "boom again" after 2 attempts, r2 of "bad input" after 1.
+    let dry = |filter: &[&str]| {
+        let mut args = vec!["dlq", "redrive", "retry", "--dry-run"];
+        args.extend_from_slice(filter);
+        json(url, &args, None)
+    };
+    assert_eq!(dry(&["--error-contains", "boom"]), json!({"matched": 1, "redriven": 0, "last": null}));
+    assert_eq!(dry(&["--min-attempts", "2"]), json!({"matched": 1, "redriven": 0, "last": null}));
+    assert_eq!(dry(&["--dead-before", "2000-01-01T00:00:00Z"]), json!({"matched": 0, "redriven": 0, "last": null}));
+    assert_eq!(dry(&[]), json!({"matched": 2, "redriven": 0, "last": null}));
+    let bad_time = onceq(url, &["dlq", "redrive", "retry", "--dead-after", "yesterday"], None);
+    assert!(bad_time.code == 2 && bad_time.stderr.contains("RFC 3339"), "{bad_time:?}");
+    assert_eq!(
+        json(url, &["dlq", "redrive", "retry", "--ids", &r1], None),
+        json!({"matched": 1, "redriven": 1, "last": r1})
+    );
     let redriven = json(url, &["job", "get", &r1], None);
     assert_eq!((&redriven["state"], &redriven["attempt"]), (&json!("ready"), &json!(0)));
     let unconfirmed = onceq(url, &["dlq", "purge", "retry"], None);

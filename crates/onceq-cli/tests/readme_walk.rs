@@ -114,6 +114,7 @@ const BLOCKS: &[Expected] = &[
             ("onceq job get 7", Run),
             ("onceq ack 7 --lease-token <lease token>", Run),
             ("onceq dlq list emails", Run),
+            ("onceq dlq redrive emails --error-contains timeout --rate 50", Run),
             ("onceq queue pause emails", Run),
             ("onceq producer get ingest:orders", Run),
         ],
@@ -466,6 +467,10 @@ fn cli_block(walk: &Walk, cli: &Shell) {
         vec![vec!["ID", "ATTEMPTS", "ENQUEUED_AT", "LAST_ERROR", "PAYLOAD"]],
         "no dead jobs:\n{out}"
     );
+    let out = cli.ok(&walk.take("onceq dlq redrive emails --error-contains timeout --rate 50"));
+    assert!(out.starts_with("paced redrive 1 started: 0 matching dead jobs of emails, 50 per second"), "{out}");
+    let out = cli.ok("onceq dlq stop 1");
+    assert!(out.starts_with("paced redrive 1 is "), "{out}");
     let out = cli.ok(&walk.take("onceq queue pause emails"));
     assert!(out.starts_with("queue emails paused"), "{out}");
     let out = cli.ok(&walk.take("onceq producer get ingest:orders"));

@@ -17,6 +17,11 @@ pub(crate) enum Missing {
     Job(JobId),
     /// The schedule named in the path does not exist: [`Error::ScheduleNotFound`].
     Schedule(onceq_core::schedule::ScheduleName),
+    /// The paced redrive named in the path does not exist: [`Error::RedriveNotFound`].
+    Redrive(onceq_core::RedriveId),
+    /// One of two queues (the path's, the body's) does not exist: the one the server's message
+    /// quotes (`queue '<name>' not found`), else the first.
+    Queues(QueueName, QueueName),
     /// The endpoint names neither: the server's error is taken as it is.
     Nothing,
 }
@@ -52,12 +57,20 @@ pub(crate) fn from_reply(reply: &Reply<'_>, missing: &Missing, endpoint: &str, b
                 Missing::Queue(queue) => return Error::QueueNotFound(queue.clone()),
                 Missing::Job(id) => return Error::JobNotFound(*id),
                 Missing::Schedule(name) => return Error::ScheduleNotFound(name.to_string()),
+                Missing::Redrive(id) => return Error::RedriveNotFound(*id),
+                Missing::Queues(first, second) => {
+                    let quoted = format!("'{second}'");
+                    let missing = if body.error.message.contains(&quoted) { second } else { first };
+                    return Error::QueueNotFound(missing.clone());
+                }
                 Missing::Nothing => {}
             }
         }
         let id = match missing {
             Missing::Job(id) => Some(*id),
-            Missing::Queue(_) | Missing::Schedule(_) | Missing::Nothing => None,
+            Missing::Queue(_) | Missing::Queues(..) | Missing::Redrive(_) | Missing::Schedule(_) | Missing::Nothing => {
+                None
+            }
         };
         // A refusal by a limit keeps its pause: the body's milliseconds, else the header's seconds.
         let mut body = body;

@@ -11,18 +11,19 @@ use async_trait::async_trait;
 use onceq_core::api::{
     parse_time, AcksRequest, CommitRequest, DeadListResponse, EnqueueJob, EnqueueRequest, EnqueueResponse, ExtendItem,
     ExtendsRequest, FailItem, FailsRequest, GroupList, JobView, LeaseReleaseItem, LeaseReleasesRequest, LeaseRequest,
-    LeaseResponse, NackItem, NacksRequest, PurgeResponse, QueueList, RedriveRequest, RedriveResponse, ScheduleList,
-    ScheduleRequest, ScheduleView, SettleResult, SettleResults,
+    LeaseResponse, NackItem, NacksRequest, PacedRedriveView, PurgeResponse, QueueList, RedriveList, RedriveRequest,
+    RedriveResponse, RedriveTickResponse, ScheduleList, ScheduleRequest, ScheduleView, SettleResult, SettleResults,
 };
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use onceq_core::limits::DELAY_MS_MAX;
+use onceq_core::redrive::PacedRedrive;
 use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, Backoff, DeadList, DeadPage, Enqueued, Extend, Fail, ItemResults, Jitter, Job, JobId,
     LeaseOptions, LeaseRef, LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName,
-    Redrive, Result, Store, Timestamp,
+    Redrive, RedriveId, Redriven, Result, Store, Timestamp,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -240,12 +241,55 @@ impl Store for Client {
         Ok(purged.purged)
     }
 
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven> {
         validate::redrive(&redrive)?;
-        let body = RedriveRequest { ids: redrive.ids, limit: redrive.limit };
+        let body = RedriveRequest::from_redrive(&redrive);
+        let missing = match &redrive.to_queue {
+            Some(to) => Missing::Queues(queue.clone(), to.clone()),
+            None => Missing::Queue(queue.clone()),
+        };
         let call = self.call(Method::POST, &queue_path(queue, "/dead/redrive")?).json(&body);
-        let redriven: RedriveResponse = call.missing(Missing::Queue(queue.clone())).fetch().await?;
-        Ok(redriven.redriven)
+        let reply: RedriveResponse = call.missing(missing).fetch().await?;
+        Ok(Redriven { matched: reply.matched, redriven: reply.redriven, last: reply.last })
+    }
+
+    async fn redrive_get(&self, id: RedriveId) -> Result<PacedRedrive> {
+        let call = self.call(Method::GET, &format!("/v1/redrives/{id}"));
+        let view: PacedRedriveView = call.missing(Missing::Redrive(id)).fetch().await?;
+        view.into_paced().map_err(|e| self.unreadable(&format!("redrive {id}"), e.detail()))
+    }
+
+    async fn redrive_list(&self) -> Result<Vec<PacedRedrive>> {
+        let listed: RedriveList = self.call(Method::GET, "/v1/redrives").fetch().await?;
+        listed
+            .redrives
+            .into_iter()
+            .map(|view| view.into_paced().map_err(|e| self.unreadable("a redrive listing", e.detail())))
+            .collect()
+    }
+
+    async fn redrive_start(&self, queue: &QueueName, redrive: Redrive, rate_per_second: u32) -> Result<PacedRedrive> {
+        validate::redrive(&redrive)?;
+        let mut body = RedriveRequest::from_redrive(&redrive);
+        body.rate_per_second = Some(rate_per_second);
+        let missing = match &redrive.to_queue {
+            Some(to) => Missing::Queues(queue.clone(), to.clone()),
+            None => Missing::Queue(queue.clone()),
+        };
+        let call = self.call(Method::POST, &queue_path(queue, "/dead/redrive")?).json(&body);
+        let view: PacedRedriveView = call.missing(missing).fetch().await?;
+        view.into_paced().map_err(|e| self.unreadable("a started redrive", e.detail()))
+    }
+
+    async fn redrive_stop(&self, id: RedriveId) -> Result<PacedRedrive> {
+        let call = self.call(Method::POST, &format!("/v1/redrives/{id}/stop"));
+        let view: PacedRedriveView = call.missing(Missing::Redrive(id)).fetch().await?;
+        view.into_paced().map_err(|e| self.unreadable(&format!("redrive {id}"), e.detail()))
+    }
+
+    async fn redrive_tick(&self) -> Result<u64> {
+        let reply: RedriveTickResponse = self.call(Method::POST, "/v1/redrive-ticks").fetch().await?;
+        Ok(reply.redriven)
     }
 
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {

@@ -804,7 +804,8 @@ pub struct DeadListResponse {
     pub next: Option<JobId>,
 }
 
-/// `POST /v1/queues/{queue}/dead/redrive`.
+/// `POST /v1/queues/{queue}/dead/redrive`. The filters combine (all must hold); a dead job's
+/// last error is the one it died of, and its time is when it died.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -816,14 +817,166 @@ pub struct RedriveRequest {
     /// At most this many, oldest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// Only jobs whose last error contains this text (case-sensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_contains: Option<String>,
+    /// Only jobs that died at or after this RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_after: Option<String>,
+    /// Only jobs that died before this RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_before: Option<String>,
+    /// Only jobs that died after at least this many attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_attempts: Option<u32>,
+    /// Only jobs with an id above this one: pass the previous reply's `last` to redrive in
+    /// steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub after: Option<JobId>,
+    /// Redrive into this queue instead (neither queue may order per key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub to_queue: Option<QueueName>,
+    /// Count the matching jobs and redrive none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Redrive in the background at this many jobs per second (a paced redrive; reply 202).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<u32>,
+}
+
+impl RedriveRequest {
+    /// The request as the store's [`crate::Redrive`]: times parsed, field names in the errors.
+    pub fn into_redrive(self) -> Result<crate::Redrive> {
+        let time = |field: &str, text: Option<String>| {
+            text.map(|t| parse_time(&t).map_err(|e| Error::invalid(format!("{field}: {}", e.detail())))).transpose()
+        };
+        Ok(crate::Redrive {
+            dead_after: time("dead_after", self.dead_after)?,
+            dead_before: time("dead_before", self.dead_before)?,
+            ids: self.ids,
+            limit: self.limit,
+            error_contains: self.error_contains,
+            min_attempts: self.min_attempts,
+            after: self.after,
+            to_queue: self.to_queue,
+            dry_run: self.dry_run,
+        })
+    }
+
+    /// The request that asks for `redrive`.
+    pub fn from_redrive(redrive: &crate::Redrive) -> Self {
+        RedriveRequest {
+            ids: redrive.ids.clone(),
+            limit: redrive.limit,
+            error_contains: redrive.error_contains.clone(),
+            dead_after: redrive.dead_after.map(format_time),
+            dead_before: redrive.dead_before.map(format_time),
+            min_attempts: redrive.min_attempts,
+            after: redrive.after,
+            to_queue: redrive.to_queue.clone(),
+            dry_run: redrive.dry_run,
+            rate_per_second: None,
+        }
+    }
+}
+
+/// A paced redrive (`onceq_core::redrive`): `GET /v1/redrives/{id}`, and the 202 reply of a
+/// redrive with `rate_per_second`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PacedRedriveView {
+    /// Its id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: crate::RedriveId,
+    /// The queue whose dead letters it redrives.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub queue: QueueName,
+    /// Which jobs and where to (`dead_before` is at most `created_at`).
+    pub filter: RedriveRequest,
+    /// Jobs per second.
+    pub rate_per_second: u32,
+    /// `running`, `stopped` or `done`.
+    pub state: crate::redrive::RedriveState,
+    /// Dead jobs that matched when it started.
+    pub matched: u64,
+    /// Jobs redriven so far.
+    pub redriven: u64,
+    /// The highest id redriven so far.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub cursor: Option<JobId>,
+    /// When it started.
+    pub created_at: String,
+    /// When it stopped or finished.
+    pub finished_at: Option<String>,
+    /// Why it stopped, when an error stopped it.
+    pub error: Option<String>,
+}
+
+impl PacedRedriveView {
+    /// The view of `paced`.
+    pub fn from_paced(paced: &crate::redrive::PacedRedrive) -> Self {
+        PacedRedriveView {
+            id: paced.id,
+            queue: paced.queue.clone(),
+            filter: RedriveRequest::from_redrive(&paced.filter),
+            rate_per_second: paced.rate_per_second,
+            state: paced.state,
+            matched: paced.matched,
+            redriven: paced.redriven,
+            cursor: paced.cursor,
+            created_at: format_time(paced.created_at),
+            finished_at: paced.finished_at.map(format_time),
+            error: paced.error.clone(),
+        }
+    }
+
+    /// The redrive this view shows.
+    pub fn into_paced(self) -> Result<crate::redrive::PacedRedrive> {
+        Ok(crate::redrive::PacedRedrive {
+            id: self.id,
+            queue: self.queue,
+            filter: self.filter.into_redrive()?,
+            rate_per_second: self.rate_per_second,
+            state: self.state,
+            matched: self.matched,
+            redriven: self.redriven,
+            cursor: self.cursor,
+            created_at: parse_time(&self.created_at)?,
+            finished_at: self.finished_at.as_deref().map(parse_time).transpose()?,
+            error: self.error,
+        })
+    }
+}
+
+/// `GET /v1/redrives`: running paced redrives first, then the latest finished, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RedriveList {
+    /// The redrives.
+    pub redrives: Vec<PacedRedriveView>,
+}
+
+/// `POST /v1/redrive-ticks`: jobs the steps of this call redrove.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RedriveTickResponse {
+    /// Jobs redriven.
+    pub redriven: u64,
 }
 
 /// Response of a redrive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RedriveResponse {
-    /// How many jobs are ready again.
+    /// How many dead jobs pass the filters (the limit aside).
+    pub matched: u64,
+    /// How many jobs are ready again (0 in a dry run).
     pub redriven: u64,
+    /// The highest id redriven, null when none was: the `after` of a next step.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub last: Option<JobId>,
 }
 
 /// Response of a purge.

@@ -1,6 +1,6 @@
 //! The one error type of the seam, and its portable kinds.
 
-use crate::{JobId, QueueName};
+use crate::{JobId, QueueName, RedriveId};
 
 /// Result of a seam operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -24,6 +24,9 @@ pub enum Error {
     /// The schedule does not exist.
     #[error("schedule '{0}' not found")]
     ScheduleNotFound(String),
+    /// The paced redrive does not exist.
+    #[error("redrive {0} not found")]
+    RedriveNotFound(RedriveId),
     /// The job does not exist: it was acked, purged, deleted with its queue, or never existed.
     #[error("job {0} not found (acked, purged, or never existed)")]
     JobNotFound(JobId),
@@ -107,7 +110,10 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Error::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
-            Error::QueueNotFound(_) | Error::JobNotFound(_) | Error::ScheduleNotFound(_) => ErrorKind::NotFound,
+            Error::QueueNotFound(_)
+            | Error::JobNotFound(_)
+            | Error::ScheduleNotFound(_)
+            | Error::RedriveNotFound(_) => ErrorKind::NotFound,
             Error::LeaseLost(_) | Error::LeasesLost(_) => ErrorKind::LeaseLost,
             Error::Fenced(_) => ErrorKind::Fenced,
             Error::Conflict(_) => ErrorKind::Conflict,

@@ -54,3 +54,31 @@ impl fmt::Display for QueueName {
         f.write_str(&self.0)
     }
 }
+
+/// A paced redrive's id, unique within a store. On the wire a string of decimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RedriveId(u64);
+
+impl RedriveId {
+    /// The id with this number.
+    pub const fn new(n: u64) -> Self {
+        RedriveId(n)
+    }
+
+    /// The id's number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RedriveId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for RedriveId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}

@@ -37,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod ordering;
 mod queue;
+pub mod redrive;
 mod retry;
 pub mod schedule;
 mod settle;
@@ -44,7 +45,7 @@ pub mod store;
 pub mod time;
 
 pub use error::{Error, ErrorKind, Result};
-pub use id::{JobId, QueueName};
+pub use id::{JobId, QueueName, RedriveId};
 pub use idempotency::{Begin, BeginOutcome, Complete, IdempotencyStore};
 pub use job::{
     truncate_error_text, AttemptError, Enqueued, Headers, Job, JobState, LeaseRef, LeaseToken, LeasedJob, NewJob,
@@ -54,6 +55,7 @@ pub use ordering::Ordering;
 pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueStats};
 pub use retry::{Backoff, BackoffPatch, Jitter};
 pub use store::{
-    DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Release, Store, StoreExt,
+    DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Redriven, Release, Store,
+    StoreExt,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -55,6 +55,23 @@ pub const QUEUE_PAGE_MAX: u32 = 1000;
 pub const QUEUE_PAGE_DEFAULT: u32 = 100;
 /// Most ids one redrive call may name.
 pub const REDRIVE_IDS_MAX: usize = 1000;
+/// Longest `error_contains` filter of a redrive, in bytes: no stored error is longer.
+pub const REDRIVE_FILTER_BYTES_MAX: usize = ERROR_TEXT_BYTES_MAX;
+/// Highest rate of a paced redrive, jobs per second.
+pub const REDRIVE_RATE_MAX: u32 = 10_000;
+/// Most jobs one step of a paced redrive moves (one transaction).
+pub const REDRIVE_STEP_MAX: usize = 1000;
+/// Most paced redrives a listing returns (the running ones first, then the latest finished);
+/// a store forgets finished ones past it.
+pub const REDRIVE_LIST_MAX: usize = 100;
+/// Most paced redrives a store keeps running at once.
+pub const REDRIVES_RUNNING_MAX: usize = 100;
+/// Most paced redrives running at once on one queue: more would only split its pace.
+pub const REDRIVES_RUNNING_PER_QUEUE_MAX: usize = 10;
+/// How often a store steps its running paced redrives, in milliseconds.
+pub const REDRIVE_STEP_INTERVAL_MS: u64 = 100;
+const _: () = assert!(REDRIVES_RUNNING_MAX <= REDRIVE_LIST_MAX);
+const _: () = assert!(REDRIVES_RUNNING_PER_QUEUE_MAX <= REDRIVES_RUNNING_MAX);
 /// Longest ordering key, in bytes (any UTF-8).
 pub const ORDERING_KEY_LEN_MAX: usize = 256;
 /// Most partitions of a `per_key` queue. A member's lease looks into each partition it owns, so

@@ -11,11 +11,13 @@ use crate::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
 use crate::job::check_delay;
 use crate::limits::*;
 use crate::queue::check_visibility_timeout;
+use crate::redrive::PacedRedrive;
+pub use crate::redrive::{Redrive, Redriven};
 use crate::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 pub use crate::settle::{Extend, Fail, Nack, NackOutcome, Release};
 use crate::{
     DeliveryMode, Enqueued, Error, Job, JobId, LeaseRef, LeasedJob, NewJob, QueueConfig, QueueConfigPatch, QueueInfo,
-    QueueName, Result, Timestamp,
+    QueueName, RedriveId, Result, Timestamp,
 };
 
 /// Per-item results of a batch settle call, in request order.
@@ -81,15 +83,6 @@ pub struct DeadList {
     pub next: Option<JobId>,
 }
 
-/// Which dead jobs to make ready again.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Redrive {
-    /// These jobs (ids of jobs that are not dead in this queue are skipped); `None` means all.
-    pub ids: Option<Vec<JobId>>,
-    /// At most this many, oldest first.
-    pub limit: Option<u64>,
-}
-
 /// The storage seam. Every backend implements it; the conformance suite in `onceq-testkit`
 /// checks each behaviour and invariant of docs/design.md against it.
 #[async_trait]
@@ -107,7 +100,25 @@ pub trait Store: Send + Sync {
     /// Deletes every dead job of a queue; returns how many.
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64>;
     /// Makes dead jobs ready again with their attempt count reset; returns how many.
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64>;
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven>;
+
+    // Paced redrives (`onceq_core::redrive`): stepped by the store itself.
+
+    /// Reads a paced redrive. `RedriveNotFound` if there is none.
+    async fn redrive_get(&self, id: RedriveId) -> Result<PacedRedrive>;
+    /// Lists paced redrives, newest first: every running one and the latest finished ones, at
+    /// most [`REDRIVE_LIST_MAX`] in all.
+    async fn redrive_list(&self) -> Result<Vec<PacedRedrive>>;
+    /// Starts a paced redrive of `queue`'s dead letters: the jobs `redrive` matches that died
+    /// before now, at most `rate_per_second` per second, oldest id first. At most
+    /// [`REDRIVES_RUNNING_MAX`] run at once (`Conflict` past it).
+    async fn redrive_start(&self, queue: &QueueName, redrive: Redrive, rate_per_second: u32) -> Result<PacedRedrive>;
+    /// Stops a running paced redrive; one already stopped or done is returned as it is.
+    async fn redrive_stop(&self, id: RedriveId) -> Result<PacedRedrive>;
+    /// Steps every running paced redrive as of the store's clock; returns the jobs redriven.
+    /// Stores step by themselves every [`REDRIVE_STEP_INTERVAL_MS`]; this is for a caller that
+    /// wants it now (and for tests on a manual clock).
+    async fn redrive_tick(&self) -> Result<u64>;
     /// Reads a consumer group of a queue: its members, and each partition's owner and load.
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo>;
     /// Records a member's heartbeat; returns its partitions and those it is giving up.
@@ -236,8 +247,23 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
         (**self).dead_purge(queue).await
     }
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven> {
         (**self).dead_redrive(queue, redrive).await
+    }
+    async fn redrive_get(&self, id: RedriveId) -> Result<PacedRedrive> {
+        (**self).redrive_get(id).await
+    }
+    async fn redrive_list(&self) -> Result<Vec<PacedRedrive>> {
+        (**self).redrive_list().await
+    }
+    async fn redrive_start(&self, queue: &QueueName, redrive: Redrive, rate_per_second: u32) -> Result<PacedRedrive> {
+        (**self).redrive_start(queue, redrive, rate_per_second).await
+    }
+    async fn redrive_stop(&self, id: RedriveId) -> Result<PacedRedrive> {
+        (**self).redrive_stop(id).await
+    }
+    async fn redrive_tick(&self) -> Result<u64> {
+        (**self).redrive_tick().await
     }
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
         (**self).group_get(queue, group).await
@@ -567,6 +593,22 @@ pub mod validate {
         }
         if redrive.limit == Some(0) {
             return Err(Error::invalid("redrive limit must be at least 1"));
+        }
+        if let Some(text) = &redrive.error_contains {
+            if text.is_empty() || text.len() > REDRIVE_FILTER_BYTES_MAX {
+                return Err(Error::invalid(format!(
+                    "error_contains is {} bytes; it must be 1 to {REDRIVE_FILTER_BYTES_MAX}",
+                    text.len()
+                )));
+            }
+        }
+        if let (Some(after), Some(before)) = (redrive.dead_after, redrive.dead_before) {
+            if after >= before {
+                return Err(Error::invalid(format!("dead_after ({after}) must be before dead_before ({before})")));
+            }
+        }
+        if redrive.min_attempts == Some(0) {
+            return Err(Error::invalid("min_attempts must be at least 1 (every dead job was attempted or failed)"));
         }
         Ok(())
     }

@@ -143,6 +143,7 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod queues;
+mod redrives;
 mod schedules;
 mod schema;
 mod sql;
@@ -158,12 +159,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+use onceq_core::redrive::PacedRedrive;
 use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
-    LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, Release,
-    Result, Store, Timestamp,
+    LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Redrive, RedriveId,
+    Redriven, Release, Result, Store, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Connection;
@@ -333,8 +335,12 @@ pub(crate) struct Inner {
     pub(crate) sleeper: String,
     /// The listener task; aborted when the store goes.
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The task firing due schedule ticks (`PgStore::start_ticking`); aborted when the store goes.
+    /// The task firing due schedule ticks and stepping paced redrives (`PgStore::start_ticking`);
+    /// aborted when the store goes.
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whether a paced redrive was running when last looked: the ticker then steps every
+    /// `REDRIVE_STEP_INTERVAL_MS`, else it looks once a tick interval.
+    pub(crate) redrives_running: std::sync::atomic::AtomicBool,
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
     /// Queues looked up before, by name: an enqueue into one of them skips the lookup.
@@ -463,6 +469,7 @@ impl PgStore {
             sleeper: wait::sleeper_name(),
             listener: Mutex::new(Some(task)),
             ticker: Mutex::new(None),
+            redrives_running: std::sync::atomic::AtomicBool::new(true),
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
             conns,
@@ -653,9 +660,30 @@ impl Store for PgStore {
         self.dead_purge(queue).await
     }
 
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven> {
         validate::redrive(&redrive)?;
         self.dead_redrive(queue, redrive).await
+    }
+
+    async fn redrive_get(&self, id: RedriveId) -> Result<PacedRedrive> {
+        self.redrive_get(id).await
+    }
+
+    async fn redrive_list(&self) -> Result<Vec<PacedRedrive>> {
+        self.redrive_list().await
+    }
+
+    async fn redrive_start(&self, queue: &QueueName, redrive: Redrive, rate_per_second: u32) -> Result<PacedRedrive> {
+        validate::redrive(&redrive)?;
+        self.redrive_start(queue, redrive, rate_per_second).await
+    }
+
+    async fn redrive_stop(&self, id: RedriveId) -> Result<PacedRedrive> {
+        self.redrive_stop(id).await
+    }
+
+    async fn redrive_tick(&self) -> Result<u64> {
+        self.redrives_step().await
     }
 
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {

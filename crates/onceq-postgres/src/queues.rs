@@ -7,14 +7,15 @@
 use crate::conns::pooled;
 use onceq_core::metrics as names;
 use onceq_core::{
-    DeadList, DeadPage, Error, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive, Result,
-    Timestamp,
+    DeadList, DeadPage, Error, JobId, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats,
+    Redrive, Redriven, Result, Timestamp,
 };
 use sqlx::{Connection, Row};
 
 use crate::due::{decode, QueueRow, Scope};
 use crate::jobs::{job_from_row, JOB_COLUMNS};
 use crate::keys::{with_move_on, CLAIM_KEYS};
+use crate::transaction::PgQuery;
 use crate::{parse_config, to_i64, PgStore};
 
 /// Tries at an upsert that keeps meeting a concurrent change of the same queue.
@@ -118,22 +119,48 @@ const DEAD_PAGE: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q
 /// all), `$4` most jobs. In a `per_key` queue they claim their keys first (see `keys`): a dead
 /// head gets its key back and is ready, and so is a job whose key has no head (the lowest id of
 /// the key among those redriven); the others wait blocked behind their key's head.
+/// The dead jobs of queue `$2` that pass a redrive's filters: `$3` the ids (NULL: any), `$5` a
+/// cursor (ids above it), `$6` the least attempts, `$7` text the last error contains, `$8`/`$9`
+/// the range of times the last error was recorded (when the job died; the last error is the
+/// one numbered `error_count`). A NULL parameter filters nothing.
+const DEAD_MATCHING: &str = r#"
+    j.queue_id = $2 AND j.state = 3 AND ($3::int8[] IS NULL OR j.id = ANY($3::int8[]))
+    AND ($5::int8 IS NULL OR j.id > $5) AND ($6::int4 IS NULL OR j.attempt >= $6)
+    AND (($7::text IS NULL AND $8::int8 IS NULL AND $9::int8 IS NULL) OR EXISTS (
+        SELECT 1 FROM {s}.job_errors e WHERE e.job_id = j.id AND e.n = j.error_count
+        AND ($7::text IS NULL OR strpos(e.error, $7) > 0)
+        AND ($8::int8 IS NULL OR e.at >= $8) AND ($9::int8 IS NULL OR e.at < $9)))
+"#;
+
+/// Redrives the first `$4` matching dead jobs (`DEAD_MATCHING`) as of `$1`, into queue `$10`
+/// (NULL: their own; never a `per_key` queue), and counts every match. `$11` true: counts only.
+/// `$12`, a paced redrive's id (NULL: none), whose progress moves in the same statement.
 const REDRIVE: &str = r#"
-WITH picked AS (
-    SELECT id, ordering_key, partition FROM {s}.jobs
-    WHERE queue_id = $2 AND state = 3 AND ($3::int8[] IS NULL OR id = ANY($3::int8[]))
+WITH matched AS (
+    SELECT count(*) AS n FROM {s}.jobs j WHERE {matching}
+),
+picked AS (
+    SELECT id, ordering_key, partition FROM {s}.jobs j
+    WHERE NOT $11::bool AND {matching}
     ORDER BY id LIMIT $4
     FOR UPDATE
 ),
 heads AS ({claim_keys}),
 redriven AS (
-    UPDATE {s}.jobs j SET state = CASE WHEN h.head_id <> j.id THEN 4 ELSE 1 END, attempt = 0, run_at = $1
+    UPDATE {s}.jobs j SET state = CASE WHEN h.head_id <> j.id THEN 4 ELSE 1 END, attempt = 0, run_at = $1,
+        queue_id = COALESCE($10::int8, j.queue_id)
     FROM picked p LEFT JOIN heads h ON p.partition IS NOT NULL AND h.ordering_key = p.ordering_key
     WHERE j.id = p.id
-    RETURNING j.queue_id, j.state, j.run_at
+    RETURNING j.id, j.queue_id, j.state, j.run_at
+),
+advanced AS (
+    UPDATE {s}.redrives r SET redriven = r.redriven + (SELECT count(*) FROM redriven),
+        cursor = coalesce((SELECT max(id) FROM redriven), r.cursor)
+    WHERE r.id = $12::int8
 ),
 {notify:redriven}
-SELECT count(*) AS redriven, (SELECT count(*) FROM notified) AS notified FROM redriven
+SELECT (SELECT n FROM matched) AS matched, count(*) AS redriven, max(id) AS last,
+    (SELECT count(*) FROM notified) AS notified FROM redriven
 "#;
 
 /// Deletes the dead jobs of queue `$1`; a dead head among them (`dead_blocks_key`) hands its key
@@ -375,25 +402,46 @@ impl PgStore {
         Ok(DeadList { jobs, next })
     }
 
-    pub(crate) async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    pub(crate) async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven> {
+        let plan = self.redrive_plan(queue, &redrive).await?;
+        let sql = plan.sql(self);
+        let reply = self.run("redriving dead jobs", || pooled!(self, plan.query(&sql, None), fetch_one)).await?;
+        plan.read(&reply)
+    }
+
+    /// Looks up the queues of a redrive (as of now, their due transitions applied) and checks
+    /// them: what [`RedrivePlan::query`] binds.
+    pub(crate) async fn redrive_plan(&self, queue: &QueueName, redrive: &Redrive) -> Result<RedrivePlan> {
         let (now, row) = self.queue_due(queue).await?;
-        // Ids no job can have (above i64::MAX) name no dead job: they are skipped.
-        let ids: Option<Vec<i64>> =
-            redrive.ids.map(|ids| ids.into_iter().filter_map(|id| i64::try_from(id.get()).ok()).collect());
-        let limit = redrive.limit.map(to_i64).unwrap_or(i64::MAX);
-        let claim = CLAIM_KEYS
-            .replace("{queue}", "$2")
-            .replace("{claiming}", "picked")
-            .replace("{ordered}", "c.partition IS NOT NULL");
-        let sql = self.sql(&crate::jobs::with_notify(&REDRIVE.replace("{claim_keys}", claim.trim()), "redriven"));
-        let redriven: i64 = self
-            .run("redriving dead jobs", || {
-                pooled!(self, sqlx::query_scalar(&sql).bind(now).bind(row.id).bind(&ids).bind(limit), fetch_one)
-            })
-            .await?;
-        let redriven = redriven.unsigned_abs();
-        metrics::counter!(names::REDRIVEN, "queue" => queue.to_string()).increment(redriven);
-        Ok(redriven)
+        let to_queue_id = match &redrive.to_queue {
+            Some(to) if to != queue => {
+                let (_, to_row) = self.queue_due(to).await?;
+                let per_key = [&row, &to_row].into_iter().find(|r| r.config.ordering == Ordering::PerKey);
+                if let Some(ordered) = per_key {
+                    return Err(Error::invalid(format!(
+                        "a redrive into another queue needs two queues without per-key ordering; {} orders per key",
+                        ordered.name
+                    )));
+                }
+                Some(to_row.id)
+            }
+            _ => None,
+        };
+        Ok(RedrivePlan {
+            queue: queue.clone(),
+            now,
+            queue_id: row.id,
+            to_queue_id,
+            // Ids no job can have (above i64::MAX) name no dead job: they are skipped.
+            ids: redrive.ids.as_ref().map(|ids| ids.iter().filter_map(|id| i64::try_from(id.get()).ok()).collect()),
+            limit: redrive.limit.map(to_i64).unwrap_or(i64::MAX),
+            after: redrive.after.map(|id| to_i64(id.get())),
+            min_attempts: redrive.min_attempts.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            error_contains: redrive.error_contains.clone(),
+            dead_after: redrive.dead_after.map(Timestamp::as_millis),
+            dead_before: redrive.dead_before.map(Timestamp::as_millis),
+            dry_run: redrive.dry_run,
+        })
     }
 
     pub(crate) async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
@@ -403,5 +451,76 @@ impl PgStore {
             .run("purging dead jobs", || pooled!(self, sqlx::query_scalar(&sql).bind(row.id).bind(now), fetch_one))
             .await?;
         Ok(purged.unsigned_abs())
+    }
+}
+
+/// A redrive with its queues looked up: the arguments of `REDRIVE`.
+#[derive(Debug)]
+pub(crate) struct RedrivePlan {
+    queue: QueueName,
+    /// "Now", as the lookup read it.
+    pub(crate) now: i64,
+    queue_id: i64,
+    to_queue_id: Option<i64>,
+    ids: Option<Vec<i64>>,
+    limit: i64,
+    after: Option<i64>,
+    min_attempts: Option<i32>,
+    error_contains: Option<String>,
+    dead_after: Option<i64>,
+    dead_before: Option<i64>,
+    dry_run: bool,
+}
+
+impl RedrivePlan {
+    /// This plan for one step of a paced redrive: the step's limit and cursor.
+    pub(crate) fn stepped(&self, step: &Redrive) -> RedrivePlan {
+        RedrivePlan {
+            queue: self.queue.clone(),
+            ids: self.ids.clone(),
+            error_contains: self.error_contains.clone(),
+            limit: step.limit.map(to_i64).unwrap_or(i64::MAX),
+            after: step.after.map(|id| to_i64(id.get())),
+            dry_run: false,
+            ..*self
+        }
+    }
+
+    /// The statement's text on `store`'s schema.
+    pub(crate) fn sql(&self, store: &PgStore) -> String {
+        let claim = CLAIM_KEYS
+            .replace("{queue}", "$2")
+            .replace("{claiming}", "picked")
+            .replace("{ordered}", "c.partition IS NOT NULL");
+        let statement = REDRIVE.replace("{matching}", DEAD_MATCHING.trim()).replace("{claim_keys}", claim.trim());
+        store.sql(&crate::jobs::with_notify(&statement, "redriven"))
+    }
+
+    /// The statement with its arguments; `paced` is the id of the paced redrive whose progress
+    /// moves with it.
+    pub(crate) fn query<'q>(&'q self, sql: &'q str, paced: Option<i64>) -> PgQuery<'q> {
+        sqlx::query(sql)
+            .bind(self.now)
+            .bind(self.queue_id)
+            .bind(&self.ids)
+            .bind(self.limit)
+            .bind(self.after)
+            .bind(self.min_attempts)
+            .bind(self.error_contains.as_deref())
+            .bind(self.dead_after)
+            .bind(self.dead_before)
+            .bind(self.to_queue_id)
+            .bind(self.dry_run)
+            .bind(paced)
+    }
+
+    /// What the statement's reply says.
+    pub(crate) fn read(&self, reply: &sqlx::postgres::PgRow) -> Result<Redriven> {
+        let matched: i64 = reply.try_get("matched").map_err(decode)?;
+        let redriven: i64 = reply.try_get("redriven").map_err(decode)?;
+        let last: Option<i64> = reply.try_get("last").map_err(decode)?;
+        let redriven = redriven.unsigned_abs();
+        metrics::counter!(names::REDRIVEN, "queue" => self.queue.to_string()).increment(redriven);
+        Ok(Redriven { matched: matched.unsigned_abs(), redriven, last: last.map(|id| JobId::new(id.unsigned_abs())) })
     }
 }

@@ -364,18 +364,31 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// Starts the store's own firing of due ticks: a pass every [`TICK_INTERVAL`] for as long
-    /// as the store lives (the task holds it weakly and ends when it is gone; `close` and drop
-    /// abort it).
+    /// Starts the store's own firing of due ticks, a pass every [`TICK_INTERVAL`], and stepping
+    /// of paced redrives (module `redrives`): every `REDRIVE_STEP_INTERVAL_MS` while one runs,
+    /// else a look every tick interval. For as long as the store lives (the task holds it weakly
+    /// and ends when it is gone; `close` and drop abort it).
     pub(crate) fn start_ticking(&self) {
         let inner = std::sync::Arc::downgrade(&self.inner);
+        let step = std::time::Duration::from_millis(onceq_core::limits::REDRIVE_STEP_INTERVAL_MS);
         let task = tokio::spawn(async move {
+            let mut since_fire = std::time::Duration::ZERO;
             loop {
-                tokio::time::sleep(TICK_INTERVAL).await;
+                tokio::time::sleep(step).await;
+                since_fire += step;
                 let Some(inner) = inner.upgrade() else { return };
                 let store = PgStore { inner };
-                if let Err(error) = store.schedules_fire().await {
-                    tracing::warn!(%error, "firing due schedule ticks failed; trying again");
+                let fire = since_fire >= TICK_INTERVAL;
+                if fire {
+                    since_fire = std::time::Duration::ZERO;
+                    if let Err(error) = store.schedules_fire().await {
+                        tracing::warn!(%error, "firing due schedule ticks failed; trying again");
+                    }
+                }
+                if fire || store.inner.redrives_running.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(error) = store.redrives_step().await {
+                        tracing::warn!(%error, "stepping paced redrives failed; trying again");
+                    }
                 }
             }
         });

@@ -447,6 +447,28 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX flow_key_buckets_refilled ON {s}.flow_key_buckets (queue_id, tat);
     ALTER TABLE {s}.flow_buckets ADD COLUMN key_floor bigint NOT NULL DEFAULT 0;
     "#,
+    // v10: paced redrives (`onceq_core::redrive`; the `redrives` module). The queue by name (a
+    // deleted queue stops its redrive), the filter as the API's JSON, the state, the progress
+    // (jobs redriven, the cursor above which the next step starts; moved by the statement that
+    // redrives), and the pace (budget in thousandths of a job, when it was last topped up). A
+    // step holds the row's lock, so the stores of a cluster share one pace.
+    r#"
+    CREATE TABLE {s}.redrives (
+        id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        queue        text NOT NULL,
+        filter       text NOT NULL,
+        rate         integer NOT NULL,
+        state        smallint NOT NULL,
+        matched      bigint NOT NULL,
+        redriven     bigint NOT NULL,
+        cursor       bigint,
+        budget_milli bigint NOT NULL,
+        stepped_at   bigint NOT NULL,
+        created_at   bigint NOT NULL,
+        finished_at  bigint,
+        error        text
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

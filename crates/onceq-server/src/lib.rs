@@ -6,6 +6,7 @@
 //!   [`serve`]. `api`: [`Api`], the API over a store before it is served.
 //! - `state`: what every handler shares, and the request body limit.
 //! - `routes`: the handlers and the OpenAPI document (`/openapi.json`), generated from them.
+//! - `redrives`: the `/v1/redrives` handlers (paced redrives), routed and documented by `routes`.
 //! - `schedules`: the `/v1/schedules` handlers, routed and documented by `routes`.
 //! - [`auth`]: bearer tokens with per-queue-pattern permissions; `preauth`: the part of them the
 //!   path decides, checked before a request body is read.
@@ -26,6 +27,7 @@ mod extract;
 mod metrics;
 mod parse_errors;
 mod preauth;
+mod redrives;
 mod routes;
 mod schedules;
 mod serve;

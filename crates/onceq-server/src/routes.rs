@@ -9,7 +9,7 @@ use onceq_core::api::*;
 use onceq_core::group::{GroupInfo, JoinOptions, MemberInfo, MemberView, PartitionInfo};
 use onceq_core::{
     DeadPage, Error, Extend, Fail, JobId, LeaseOptions, LeaseRef, Nack, QueueConfig, QueueConfigPatch, QueueInfo,
-    QueueName, Redrive, Store,
+    QueueName, Store,
 };
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -56,6 +56,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/commits", post(commit))
         .route("/v1/producers/{id}", get(producer_get).post(producer_register))
         .merge(crate::schedules::routes())
+        .merge(crate::redrives::routes())
         .route("/v1/idempotency/{key}/begin", post(idempotency_begin))
         .route("/v1/idempotency/{key}/complete", post(idempotency_complete))
         .route("/v1/idempotency/{key}/release", post(idempotency_release))
@@ -112,6 +113,10 @@ pub(crate) fn routes() -> Router<AppState> {
         crate::schedules::schedule_pause,
         crate::schedules::schedule_resume,
         crate::schedules::schedule_tick,
+        crate::redrives::redrive_list,
+        crate::redrives::redrive_get,
+        crate::redrives::redrive_stop,
+        crate::redrives::redrive_tick,
         idempotency_begin,
         idempotency_complete,
         idempotency_release,
@@ -167,6 +172,10 @@ pub(crate) fn routes() -> Router<AppState> {
         DeadListResponse,
         RedriveRequest,
         RedriveResponse,
+        PacedRedriveView,
+        RedriveList,
+        RedriveTickResponse,
+        onceq_core::redrive::RedriveState,
         PurgeResponse,
         JoinOptions,
         MemberView,
@@ -925,22 +934,35 @@ async fn dead_list(
     Ok(Json(DeadListResponse { jobs: list.jobs.iter().map(JobView::from_job).collect(), next: list.next }))
 }
 
-/// Makes dead jobs ready again (all, by ids, or up to a limit), attempts reset.
+/// Makes dead jobs ready again (all, by ids, by filters, up to a limit), attempts reset; with
+/// `rate_per_second`, in the background at that pace.
 #[utoipa::path(post, path = "/v1/queues/{queue}/dead/redrive", params(("queue" = String, Path)),
     request_body = RedriveRequest, responses(
-        (status = 200, body = RedriveResponse, description = "how many dead jobs are ready again"),
-        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue"),
-        (status = 404, body = ErrorBody, description = "not_found: no such queue")
+        (status = 200, body = RedriveResponse, description = "how many dead jobs matched, and how many are ready again"),
+        (status = 202, body = PacedRedriveView, description = "a paced redrive started (`rate_per_second`)"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the queue (or on `to_queue`)"),
+        (status = 404, body = ErrorBody, description = "not_found: no such queue (or no such `to_queue`)"),
+        (status = 409, body = ErrorBody, description = "conflict: as many paced redrives run as a store runs at once")
     ))]
 async fn dead_redrive(
     State(state): State<AppState>,
     principal: Principal,
     QueuePath(queue): QueuePath,
     JsonBody(request): JsonBody<RedriveRequest>,
-) -> ApiResult<Json<RedriveResponse>> {
+) -> ApiResult<Response> {
     principal.check(Action::Admin, queue.as_str())?;
-    let redriven = state.store.dead_redrive(&queue, Redrive { ids: request.ids, limit: request.limit }).await?;
-    Ok(Json(RedriveResponse { redriven }))
+    // Moving jobs into another queue needs the same permission there.
+    if let Some(to) = &request.to_queue {
+        principal.check(Action::Admin, to.as_str())?;
+    }
+    let rate = request.rate_per_second;
+    let redrive = request.into_redrive()?;
+    if let Some(rate) = rate {
+        let paced = state.store.redrive_start(&queue, redrive, rate).await?;
+        return Ok((StatusCode::ACCEPTED, Json(PacedRedriveView::from_paced(&paced))).into_response());
+    }
+    let done = state.store.dead_redrive(&queue, redrive).await?;
+    Ok(Json(RedriveResponse { matched: done.matched, redriven: done.redriven, last: done.last }).into_response())
 }
 
 /// Deletes every dead job of a queue.

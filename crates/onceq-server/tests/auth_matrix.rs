@@ -178,7 +178,7 @@ async fn owner_and_stranger(owner: &Api, queue: &str, stranger: &Api) {
     assert_eq!(dead_ids, [ids[1].clone(), ids[2].clone()]);
     assert_eq!(
         owner.post(&format!("{q}/dead/redrive"), json!({"ids": [ids[1]]})).await.ok(200),
-        json!({"redriven": 1})
+        json!({"matched": 1, "redriven": 1, "last": ids[1]})
     );
     assert_eq!(owner.delete(&format!("{q}/dead")).await.ok(200), json!({"purged": 1}));
     owner.post_empty(&format!("{q}/pause")).await.no_content();

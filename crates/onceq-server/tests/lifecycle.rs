@@ -304,12 +304,19 @@ async fn the_whole_lifecycle_over_http() {
     assert_eq!(stats["leased"], 1, "{stats}");
 
     // Redrive by id: ready again, attempt reset, errors kept.
-    assert_eq!(api.post("/v1/queues/life/dead/redrive", json!({"ids": [j1]})).await.ok(200), json!({"redriven": 1}));
+    assert_eq!(
+        api.post("/v1/queues/life/dead/redrive", json!({"ids": [j1]})).await.ok(200),
+        json!({"matched": 1, "redriven": 1, "last": j1})
+    );
     let job = api.get(&format!("/v1/jobs/{j1}")).await.ok(200);
     assert_eq!((&job["state"], &job["attempt"]), (&json!("ready"), &json!(0)), "{job}");
     assert_eq!(job["errors"].as_array().unwrap().len(), 2, "{job}");
     // Redrive by limit: the oldest two (j4, d1).
-    assert_eq!(api.post("/v1/queues/life/dead/redrive", json!({"limit": 2})).await.ok(200), json!({"redriven": 2}));
+    assert_eq!(
+        api.post("/v1/queues/life/dead/redrive", json!({"limit": 2})).await.ok(200),
+        json!({"matched": 4, "redriven": 2, "last": doomed[0]}),
+        "the dead count matches; the oldest two go"
+    );
     assert_eq!(api.get(&format!("/v1/jobs/{j4}")).await.ok(200)["state"], "ready");
     assert_eq!(api.get(&format!("/v1/jobs/{}", doomed[0])).await.ok(200)["state"], "ready");
     // Purge: the other two dead jobs go.

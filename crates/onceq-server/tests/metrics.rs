@@ -58,7 +58,7 @@ async fn counters_and_gauges_follow_the_events() {
     for job in &again {
         store.nack(job.lease(), None, None).await.unwrap(); // last attempt: dead
     }
-    store.dead_redrive(&q, onceq_core::Redrive { ids: None, limit: Some(1) }).await.unwrap();
+    store.dead_redrive(&q, onceq_core::Redrive { ids: None, limit: Some(1), ..Default::default() }).await.unwrap();
 
     let text = scrape(&app).await;
     let series = |name: &str| format!("{name}{{queue=\"metered\"}}");

@@ -79,7 +79,7 @@ fn operations(doc: &Value) -> Vec<Operation> {
 }
 
 /// A well-formed request of each operation, which succeeds on a server with [`Fixtures`]:
-/// method, path template, concrete path and body (`$JOB`, `$TOKEN` and `$MEMBER` stand for the
+/// method, path template, concrete path and body (`$JOB`, `$TOKEN`, `$MEMBER` and `$REDRIVE` stand for the
 /// fixtures, `$FOREIGN` for [`FOREIGN_TOKEN`] and `$STRANGER` for [`STRANGER`]).
 const WELL_FORMED: &[(&str, &str, &str, Option<&str>)] = &[
     ("GET", "/v1/queues", "/v1/queues", None),
@@ -139,6 +139,10 @@ const WELL_FORMED: &[(&str, &str, &str, Option<&str>)] = &[
     ("POST", "/v1/schedules/{name}/pause", "/v1/schedules/probe/pause", None),
     ("POST", "/v1/schedules/{name}/resume", "/v1/schedules/probe/resume", None),
     ("POST", "/v1/schedule-ticks", "/v1/schedule-ticks", None),
+    ("GET", "/v1/redrives", "/v1/redrives", None),
+    ("GET", "/v1/redrives/{id}", "/v1/redrives/$REDRIVE", None),
+    ("POST", "/v1/redrives/{id}/stop", "/v1/redrives/$REDRIVE/stop", None),
+    ("POST", "/v1/redrive-ticks", "/v1/redrive-ticks", None),
     ("POST", "/v1/idempotency/{key}/begin", "/v1/idempotency/probe/begin", Some(r#"{"owner": "a", "ttl_ms": 60000}"#)),
     (
         "POST",
@@ -155,6 +159,9 @@ const WELL_FORMED: &[(&str, &str, &str, Option<&str>)] = &[
 
 /// A request: method, concrete path (placeholders allowed) and body.
 type Step = (&'static str, &'static str, Option<&'static str>);
+
+/// A paced redrive of queue `crowded`: the eleventh running on one queue is refused (409).
+const CROWD: Step = ("POST", "/v1/queues/crowded/dead/redrive", Some(r#"{"rate_per_second": 1}"#));
 
 /// The statuses particular to a path, each provoked on a server with [`Fixtures`] by a request
 /// after some setup: method, path template, status, setup, request.
@@ -306,6 +313,34 @@ const PARTICULAR: &[(&str, &str, u16, &[Step], Step)] = &[
         ("POST", "/v1/commits", Some(r#"{"enqueue": [{"queue": "full", "jobs": [{"payload": 1}, {"payload": 2}]}]}"#)),
     ),
     ("GET", "/v1/schedules/{name}", 404, &[], ("GET", "/v1/schedules/nope", None)),
+    ("GET", "/v1/redrives/{id}", 404, &[], ("GET", "/v1/redrives/999999", None)),
+    ("POST", "/v1/redrives/{id}/stop", 404, &[], ("POST", "/v1/redrives/999999/stop", None)),
+    (
+        "POST",
+        "/v1/queues/{queue}/dead/redrive",
+        202,
+        &[("PUT", "/v1/queues/paced", Some("{}"))],
+        ("POST", "/v1/queues/paced/dead/redrive", Some(r#"{"rate_per_second": 1}"#)),
+    ),
+    (
+        "POST",
+        "/v1/queues/{queue}/dead/redrive",
+        409,
+        &[
+            ("PUT", "/v1/queues/crowded", Some("{}")),
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+            CROWD,
+        ],
+        CROWD,
+    ),
     ("DELETE", "/v1/schedules/{name}", 404, &[], ("DELETE", "/v1/schedules/nope", None)),
     ("POST", "/v1/schedules/{name}/pause", 404, &[], ("POST", "/v1/schedules/nope/pause", None)),
     ("POST", "/v1/schedules/{name}/resume", 404, &[], ("POST", "/v1/schedules/nope/resume", None)),
@@ -347,6 +382,8 @@ struct Fixtures {
     job: String,
     lease_token: String,
     member: String,
+    /// A paced redrive of queue `probe`.
+    redrive: String,
 }
 
 impl Fixtures {
@@ -359,7 +396,13 @@ impl Fixtures {
         api.put("/v1/schedules/probe", json!({"queue": "probe", "cron": "0 * * * *"})).await.ok(200);
         let begun = api.post("/v1/idempotency/probe/begin", json!({"owner": "a", "ttl_ms": 60_000})).await.ok(200);
         assert_eq!(begun["state"], "acquired");
-        Fixtures { job, lease_token: token_of(&leased), member: member["member_id"].as_str().unwrap().to_owned() }
+        let paced = api.post("/v1/queues/probe/dead/redrive", json!({"rate_per_second": 1})).await.ok(202);
+        Fixtures {
+            job,
+            lease_token: token_of(&leased),
+            member: member["member_id"].as_str().unwrap().to_owned(),
+            redrive: paced["id"].as_str().unwrap().to_owned(),
+        }
     }
 
     /// `text` with the placeholders replaced by these fixtures.
@@ -367,6 +410,7 @@ impl Fixtures {
         text.replace("$JOB", &self.job)
             .replace("$TOKEN", &self.lease_token)
             .replace("$MEMBER", &self.member)
+            .replace("$REDRIVE", &self.redrive)
             .replace("$FOREIGN", FOREIGN_TOKEN)
             .replace("$STRANGER", STRANGER)
     }
@@ -581,7 +625,7 @@ async fn every_declared_status_is_provoked() {
     let seen: BTreeSet<u16> = findings.provoked.iter().map(|(_, _, status)| *status).collect();
     assert_eq!(
         seen,
-        BTreeSet::from([200, 201, 204, 400, 401, 403, 404, 408, 409, 413, 415, 429, 500, 503]),
+        BTreeSet::from([200, 201, 202, 204, 400, 401, 403, 404, 408, 409, 413, 415, 429, 500, 503]),
         "statuses provoked"
     );
 }

@@ -73,12 +73,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceq_core::commit::{Commit, CommitOutcome, ProducerId, Registration};
 use onceq_core::group::{GroupInfo, GroupName, JoinOptions, MemberId, MemberView};
+use onceq_core::redrive::PacedRedrive;
 use onceq_core::schedule::{ScheduleInfo, ScheduleName, ScheduleSpec, TickReport};
 use onceq_core::store::validate;
 use onceq_core::{
     Clock, DeadList, DeadPage, Enqueued, Error, Extend, Fail, ItemResults, Job, JobId, LeaseOptions, LeaseRef,
     LeasedJob, Nack, NackOutcome, NewJob, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, QueueStats, Redrive,
-    Result, Store, SystemClock, Timestamp,
+    RedriveId, Redriven, Result, Store, SystemClock, Timestamp,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -538,10 +539,32 @@ impl Store for SqliteStore {
         self.call(move |state, conn| state.dead_purge(conn, &queue)).await
     }
 
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven> {
         validate::redrive(&redrive)?;
         let queue = queue.clone();
         self.call(move |state, conn| state.dead_redrive(conn, &queue, &redrive)).await
+    }
+
+    async fn redrive_get(&self, id: RedriveId) -> Result<PacedRedrive> {
+        self.call(move |state, conn| state.redrive_get(conn, id)).await
+    }
+
+    async fn redrive_list(&self) -> Result<Vec<PacedRedrive>> {
+        self.call(move |state, conn| state.redrive_list(conn)).await
+    }
+
+    async fn redrive_start(&self, queue: &QueueName, redrive: Redrive, rate_per_second: u32) -> Result<PacedRedrive> {
+        validate::redrive(&redrive)?;
+        let queue = queue.clone();
+        self.call(move |state, conn| state.redrive_start(conn, &queue, &redrive, rate_per_second)).await
+    }
+
+    async fn redrive_stop(&self, id: RedriveId) -> Result<PacedRedrive> {
+        self.call(move |state, conn| state.redrive_stop(conn, id)).await
+    }
+
+    async fn redrive_tick(&self) -> Result<u64> {
+        self.call(move |state, conn| state.redrives_step(conn)).await
     }
 
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {

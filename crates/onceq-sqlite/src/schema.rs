@@ -157,6 +157,27 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX schedules_due ON schedules (next_tick) WHERE paused = 0 AND next_tick IS NOT NULL;
     "#,
+    // v7: paced redrives (`onceq_core::redrive`). The queue by name (a deleted queue stops its
+    // redrive), the filter as the API's JSON, the state, the progress (jobs redriven, the cursor
+    // above which the next step starts), and the pace (budget in thousandths of a job, the time
+    // it was last topped up). A step moves jobs and the cursor in one transaction.
+    r#"
+    CREATE TABLE redrives (
+        id           INTEGER PRIMARY KEY,
+        queue        TEXT NOT NULL,
+        filter       TEXT NOT NULL,
+        rate         INTEGER NOT NULL,
+        state        INTEGER NOT NULL,
+        matched      INTEGER NOT NULL,
+        redriven     INTEGER NOT NULL,
+        cursor       INTEGER,
+        budget_milli INTEGER NOT NULL,
+        stepped_at   INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        finished_at  INTEGER,
+        error        TEXT
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

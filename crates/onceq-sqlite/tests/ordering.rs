@@ -131,7 +131,7 @@ async fn purge_and_redrive_of_jobs_the_key_moved_past() {
     }
     let c = store.lease_one(&q).await.unwrap().unwrap();
     assert_eq!(c.id, ids[2]);
-    assert_eq!(store.dead_redrive(&q, Redrive::default()).await, Ok(2));
+    assert_eq!(store.dead_redrive(&q, Redrive::default()).await.map(|r| r.redriven), Ok(2));
     assert_eq!(
         states(&store, &ids).await,
         vec![JobState::Blocked, JobState::Blocked, JobState::Leased, JobState::Blocked]

@@ -2045,11 +2045,13 @@ impl Harness {
                 let redrive = Redrive {
                     ids: model_ids.as_ref().map(|named| named.iter().map(|&m| self.real_id(m)).collect()),
                     limit: *limit,
+                    ..Redrive::default()
                 };
                 let real = store
                     .dead_redrive(queue, redrive.clone())
                     .await
-                    .map_err(|e| format!("dead_redrive({redrive:?}) failed: {e:?}"))?;
+                    .map_err(|e| format!("dead_redrive({redrive:?}) failed: {e:?}"))?
+                    .redriven;
                 let expected = self.model.redrive(model_ids.as_deref(), *limit);
                 let named = model_ids.as_ref().map(|ids| ids.iter().map(|&m| self.job_name(m)).collect::<Vec<_>>());
                 self.trace.push(format!("redrive ids {named:?} limit {limit:?} -> {expected}"));
@@ -2395,6 +2397,10 @@ mod tests {
         Err(Error::invalid("the reference model's store has no schedules"))
     }
 
+    fn no_paced_redrives<T>() -> Result<T> {
+        Err(Error::invalid("the reference model's store has no paced redrives"))
+    }
+
     #[async_trait]
     impl Store for ModelStore {
         async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
@@ -2563,9 +2569,33 @@ mod tests {
         async fn dead_purge(&self, _queue: &QueueName) -> Result<u64> {
             self.with(|model, _| Ok(model.purge()))
         }
-        async fn dead_redrive(&self, _queue: &QueueName, redrive: Redrive) -> Result<u64> {
+        async fn dead_redrive(&self, _queue: &QueueName, redrive: Redrive) -> Result<onceq_core::Redriven> {
             let ids: Option<Vec<ModelId>> = redrive.ids.map(|ids| ids.into_iter().map(model_id).collect());
-            self.with(|model, _| Ok(model.redrive(ids.as_deref(), redrive.limit)))
+            // The model knows no filters: it answers what the property test asks (ids, limit).
+            self.with(|model, _| {
+                let redriven = model.redrive(ids.as_deref(), redrive.limit);
+                Ok(onceq_core::Redriven { matched: redriven, redriven, last: None })
+            })
+        }
+        async fn redrive_get(&self, _id: onceq_core::RedriveId) -> Result<onceq_core::redrive::PacedRedrive> {
+            no_paced_redrives()
+        }
+        async fn redrive_list(&self) -> Result<Vec<onceq_core::redrive::PacedRedrive>> {
+            no_paced_redrives()
+        }
+        async fn redrive_start(
+            &self,
+            _queue: &QueueName,
+            _redrive: Redrive,
+            _rate_per_second: u32,
+        ) -> Result<onceq_core::redrive::PacedRedrive> {
+            no_paced_redrives()
+        }
+        async fn redrive_stop(&self, _id: onceq_core::RedriveId) -> Result<onceq_core::redrive::PacedRedrive> {
+            no_paced_redrives()
+        }
+        async fn redrive_tick(&self) -> Result<u64> {
+            no_paced_redrives()
         }
         async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
             self.with(|model, tokens| {

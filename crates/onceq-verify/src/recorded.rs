@@ -322,8 +322,28 @@ impl Store for RecordedStore {
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
         self.ctx.target().dead_purge(queue).await
     }
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<onceq_core::Redriven> {
         self.ctx.target().dead_redrive(queue, redrive).await
+    }
+    async fn redrive_get(&self, id: onceq_core::RedriveId) -> Result<onceq_core::redrive::PacedRedrive> {
+        self.ctx.target().redrive_get(id).await
+    }
+    async fn redrive_list(&self) -> Result<Vec<onceq_core::redrive::PacedRedrive>> {
+        self.ctx.target().redrive_list().await
+    }
+    async fn redrive_start(
+        &self,
+        queue: &QueueName,
+        redrive: Redrive,
+        rate_per_second: u32,
+    ) -> Result<onceq_core::redrive::PacedRedrive> {
+        self.ctx.target().redrive_start(queue, redrive, rate_per_second).await
+    }
+    async fn redrive_stop(&self, id: onceq_core::RedriveId) -> Result<onceq_core::redrive::PacedRedrive> {
+        self.ctx.target().redrive_stop(id).await
+    }
+    async fn redrive_tick(&self) -> Result<u64> {
+        self.ctx.target().redrive_tick().await
     }
 
     async fn job_ack(&self, acks: &[LeaseRef]) -> Result<ItemResults<()>> {

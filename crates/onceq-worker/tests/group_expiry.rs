@@ -73,8 +73,28 @@ impl Store for HeldHeartbeats {
     async fn dead_purge(&self, queue: &QueueName) -> Result<u64> {
         self.inner.dead_purge(queue).await
     }
-    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
+    async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<onceq_core::Redriven> {
         self.inner.dead_redrive(queue, redrive).await
+    }
+    async fn redrive_get(&self, id: onceq_core::RedriveId) -> Result<onceq_core::redrive::PacedRedrive> {
+        self.inner.redrive_get(id).await
+    }
+    async fn redrive_list(&self) -> Result<Vec<onceq_core::redrive::PacedRedrive>> {
+        self.inner.redrive_list().await
+    }
+    async fn redrive_start(
+        &self,
+        queue: &QueueName,
+        redrive: Redrive,
+        rate_per_second: u32,
+    ) -> Result<onceq_core::redrive::PacedRedrive> {
+        self.inner.redrive_start(queue, redrive, rate_per_second).await
+    }
+    async fn redrive_stop(&self, id: onceq_core::RedriveId) -> Result<onceq_core::redrive::PacedRedrive> {
+        self.inner.redrive_stop(id).await
+    }
+    async fn redrive_tick(&self) -> Result<u64> {
+        self.inner.redrive_tick().await
     }
     async fn group_get(&self, queue: &QueueName, group: &GroupName) -> Result<GroupInfo> {
         self.inner.group_get(queue, group).await

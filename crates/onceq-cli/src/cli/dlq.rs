@@ -1,9 +1,10 @@
 //! `onceq dlq list|redrive|purge`: a queue's dead letters.
 
 use clap::{Args, Subcommand};
-use onceq_core::api::{DeadListResponse, JobView, PurgeResponse, RedriveResponse};
-use onceq_core::limits::{DEAD_PAGE_MAX, REDRIVE_IDS_MAX};
-use onceq_core::{DeadPage, Job, JobId, QueueName, Redrive, Store};
+use onceq_core::api::{DeadListResponse, JobView, PacedRedriveView, PurgeResponse, RedriveList, RedriveResponse};
+use onceq_core::limits::{DEAD_PAGE_MAX, REDRIVE_IDS_MAX, REDRIVE_RATE_MAX};
+use onceq_core::redrive::PacedRedrive;
+use onceq_core::{DeadPage, Job, JobId, QueueName, Redrive, RedriveId, Store, Timestamp};
 
 use super::table::{self, Align, Table, CELL_CHARS_MAX};
 use super::{block_on, confirm, Connection, Output};
@@ -44,6 +45,36 @@ pub enum DlqCommand {
         /// At most this many jobs.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
+        /// Only jobs whose last error (the one they died of) contains this text.
+        #[arg(long, value_name = "TEXT")]
+        error_contains: Option<String>,
+        /// Only jobs that died at or after this RFC 3339 time.
+        #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+        dead_after: Option<Timestamp>,
+        /// Only jobs that died before this RFC 3339 time.
+        #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+        dead_before: Option<Timestamp>,
+        /// Only jobs that died after at least this many attempts.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        min_attempts: Option<u32>,
+        /// Redrive into this queue instead of their own (neither may order per key).
+        #[arg(long, value_name = "QUEUE")]
+        to_queue: Option<QueueName>,
+        /// Count the matching jobs and redrive none.
+        #[arg(long, conflicts_with = "rate")]
+        dry_run: bool,
+        /// Redrive in the background at this many jobs per second (a paced redrive: it survives
+        /// restarts; see `onceq dlq redrives`).
+        #[arg(long, value_name = "JOBS_PER_SECOND",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(REDRIVE_RATE_MAX)))]
+        rate: Option<u32>,
+    },
+    /// List paced redrives (running first, then the latest finished), with their progress.
+    Redrives,
+    /// Stop a running paced redrive; what it redrove stays redriven.
+    Stop {
+        /// The paced redrive's id (from `onceq dlq redrives`).
+        id: RedriveId,
     },
     /// Delete every dead job of a queue.
     Purge {
@@ -76,7 +107,18 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
                     }
                 }
             }
-            DlqCommand::Redrive { queue, ids, limit } => {
+            DlqCommand::Redrive {
+                queue,
+                ids,
+                limit,
+                error_contains,
+                dead_after,
+                dead_before,
+                min_attempts,
+                to_queue,
+                dry_run,
+                rate,
+            } => {
                 if let Some(ids) = ids {
                     if ids.len() > REDRIVE_IDS_MAX {
                         return Err(CliError::Usage(format!(
@@ -85,12 +127,67 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
                         )));
                     }
                 }
-                let redrive = Redrive { ids: ids.clone(), limit: *limit };
-                let redriven = session.client.dead_redrive(queue, redrive).await.map_err(|e| session.failure(e))?;
+                let redrive = Redrive {
+                    ids: ids.clone(),
+                    limit: *limit,
+                    error_contains: error_contains.clone(),
+                    dead_after: *dead_after,
+                    dead_before: *dead_before,
+                    min_attempts: *min_attempts,
+                    after: None,
+                    to_queue: to_queue.clone(),
+                    dry_run: *dry_run,
+                };
+                if let Some(rate) = rate {
+                    let paced =
+                        session.client.redrive_start(queue, redrive, *rate).await.map_err(|e| session.failure(e))?;
+                    return match session.output {
+                        Output::Json => session.print_json(&PacedRedriveView::from_paced(&paced)),
+                        Output::Table => {
+                            outln!(
+                                "paced redrive {} started: {} matching dead jobs of {queue}, {rate} per second \
+                                 (onceq dlq redrives; onceq dlq stop {})",
+                                paced.id,
+                                paced.matched,
+                                paced.id
+                            );
+                            Ok(())
+                        }
+                    };
+                }
+                let done = session.client.dead_redrive(queue, redrive).await.map_err(|e| session.failure(e))?;
+                let (matched, redriven) = (done.matched, done.redriven);
                 match session.output {
-                    Output::Json => session.print_json(&RedriveResponse { redriven }),
+                    Output::Json => session.print_json(&RedriveResponse { matched, redriven, last: done.last }),
+                    Output::Table if *dry_run => {
+                        outln!("{matched} dead jobs of {queue} match; none was redriven (dry run)");
+                        Ok(())
+                    }
                     Output::Table => {
-                        outln!("redrove {redriven} dead jobs of {queue}: they are ready again");
+                        let into = to_queue.as_ref().filter(|to| *to != queue).unwrap_or(queue);
+                        outln!("redrove {redriven} of {matched} matching dead jobs of {queue}: they are ready again in {into}");
+                        Ok(())
+                    }
+                }
+            }
+            DlqCommand::Redrives => {
+                let all = session.client.redrive_list().await.map_err(|e| session.failure(e))?;
+                match session.output {
+                    Output::Json => session
+                        .print_json(&RedriveList { redrives: all.iter().map(PacedRedriveView::from_paced).collect() }),
+                    Output::Table => {
+                        out!("{}", redrives_table(&all).render());
+                        Ok(())
+                    }
+                }
+            }
+            DlqCommand::Stop { id } => {
+                let paced = session.client.redrive_stop(*id).await.map_err(|e| session.failure(e))?;
+                match session.output {
+                    Output::Json => session.print_json(&PacedRedriveView::from_paced(&paced)),
+                    Output::Table => {
+                        let state = format!("{:?}", paced.state).to_lowercase();
+                        outln!("paced redrive {id} is {state}: {} of {} redriven", paced.redriven, paced.matched);
                         Ok(())
                     }
                 }
@@ -111,6 +208,34 @@ pub fn run(args: &DlqArgs) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// Paced redrives, one row each, with their progress.
+fn redrives_table(all: &[PacedRedrive]) -> Table {
+    let mut table = Table::new(&[
+        ("ID", Align::Right),
+        ("QUEUE", Align::Left),
+        ("STATE", Align::Left),
+        ("RATE/S", Align::Right),
+        ("REDRIVEN", Align::Right),
+        ("MATCHED", Align::Right),
+        ("STARTED", Align::Left),
+        ("ERROR", Align::Left),
+    ]);
+    for paced in all {
+        let state = format!("{:?}", paced.state).to_lowercase();
+        table.row(vec![
+            paced.id.to_string(),
+            paced.queue.to_string(),
+            state,
+            paced.rate_per_second.to_string(),
+            paced.redriven.to_string(),
+            paced.matched.to_string(),
+            table::time(paced.created_at),
+            paced.error.as_deref().map_or_else(|| "-".into(), |e| table::one_line(e, CELL_CHARS_MAX)),
+        ]);
+    }
+    table
 }
 
 /// Dead jobs, one row each, with their last error.
@@ -135,6 +260,11 @@ pub fn dead_table(jobs: &[Job]) -> Table {
         table.row(cells);
     }
     table
+}
+
+/// An RFC 3339 time argument.
+fn parse_time_arg(text: &str) -> Result<Timestamp, String> {
+    onceq_core::api::parse_time(text).map_err(|e| e.detail())
 }
 
 #[cfg(test)]

@@ -65,6 +65,8 @@ pub(crate) struct State {
     pub(super) next_due: i64,
     /// No schedule has a tick due before this time (ms; `i64::MAX` when none will).
     pub(super) next_schedule_due: i64,
+    /// No paced redrive is due a step before this time (ms; `i64::MAX` when none runs).
+    pub(super) next_redrive_due: i64,
     pub(super) rng: StdRng,
     pub(super) last_dedup_sweep: Timestamp,
     /// The rate-limit bucket (`tat`, `onceq_core::flow`) of each rate-limited queue, by id;
@@ -102,6 +104,7 @@ impl State {
             shared,
             next_due: i64::MAX,
             next_schedule_due: i64::MAX,
+            next_redrive_due: i64::MAX,
             rng: StdRng::from_entropy(),
             last_dedup_sweep: Timestamp::default(),
             buckets: HashMap::new(),
@@ -166,6 +169,7 @@ impl State {
         self.deleted.clear();
         self.recompute_next_due(conn)?;
         self.recompute_next_schedule_due(conn)?;
+        self.recompute_next_redrive_due(conn)?;
         self.publish_all();
         Ok(())
     }

@@ -36,6 +36,10 @@ impl State {
             // fires, these are counted in metrics only.
             self.schedules_fire(conn)?;
         }
+        if self.now.as_millis() >= self.next_redrive_due {
+            // The store's own stepping of paced redrives (`writer::redrives`).
+            self.redrives_step(conn)?;
+        }
         if self.now.as_millis() < self.next_due {
             return Ok(());
         }

@@ -28,6 +28,7 @@ mod keys;
 mod leases;
 pub(crate) mod op;
 mod queues;
+mod redrives;
 mod schedules;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -72,7 +73,7 @@ pub(crate) fn run(
     let mut pending: Option<Message> = None;
     while shutdown.is_empty() {
         let now = clock.now();
-        let next_due = state.next_due.min(state.next_schedule_due);
+        let next_due = state.next_due.min(state.next_schedule_due).min(state.next_redrive_due);
         let sleep_ms = u64::try_from(next_due.saturating_sub(now.as_millis())).unwrap_or(0).min(IDLE_WAKE_MS_MAX);
         let first = match pending.take().or_else(|| poll_briefly(&inbox)) {
             Some(message) => Some(message),

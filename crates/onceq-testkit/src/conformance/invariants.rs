@@ -109,7 +109,7 @@ pub async fn invariant_4_no_resurrection<B: Backend>(backend: &B) {
     assert_eq!(f.store.job_get(ids[0]).await, Err(Error::JobNotFound(ids[0])));
     assert_eq!(f.get(ids[1]).await.state, JobState::Dead);
     assert_eq!(f.stats(&q).await, counts(0, 0, 0, 1, None));
-    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await, Ok(1));
+    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await.map(|r| r.redriven), Ok(1));
     assert_eq!(ids_of(&f.lease(&q, 10, None).await), vec![ids[1]]);
 }
 

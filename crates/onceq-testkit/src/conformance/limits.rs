@@ -100,7 +100,10 @@ pub async fn limits_accept_their_maximum<B: Backend>(backend: &B) {
     let page = DeadPage { after: None, limit: DEAD_PAGE_MAX };
     assert_eq!(f.store.dead_list(&q, page).await, Ok(DeadList { jobs: vec![], next: None }));
     let all_ids = Some((1..=REDRIVE_IDS_MAX as u64).map(JobId::new).collect());
-    assert_eq!(f.store.dead_redrive(&q, Redrive { ids: all_ids, limit: None }).await, Ok(0));
+    assert_eq!(
+        f.store.dead_redrive(&q, Redrive { ids: all_ids, limit: None, ..Default::default() }).await.map(|r| r.redriven),
+        Ok(0)
+    );
 }
 
 /// The enqueue batches that every limit rejects, each with what it breaks.
@@ -265,8 +268,12 @@ pub async fn invariant_8_bounded_everything<B: Backend>(backend: &B) {
         let page = DeadPage { after: None, limit };
         assert_eq!(f.store.dead_list(&q, page).await, Err(validate::dead_page(&page).unwrap_err()), "page {limit}");
     }
-    let ids_over = Redrive { ids: Some((1..=REDRIVE_IDS_MAX as u64 + 1).map(JobId::new).collect()), limit: None };
-    let limit_zero = Redrive { ids: None, limit: Some(0) };
+    let ids_over = Redrive {
+        ids: Some((1..=REDRIVE_IDS_MAX as u64 + 1).map(JobId::new).collect()),
+        limit: None,
+        ..Default::default()
+    };
+    let limit_zero = Redrive { ids: None, limit: Some(0), ..Default::default() };
     for redrive in [ids_over, limit_zero] {
         let expected = validate::redrive(&redrive).unwrap_err();
         assert_eq!(f.store.dead_redrive(&q, redrive).await, Err(expected));

@@ -412,6 +412,9 @@ macro_rules! conformance_suite {
                 dead_redrive_all,
                 dead_redrive_by_ids_skips_others,
                 dead_redrive_with_limit,
+                dead_redrive_filters,
+                dead_redrive_into_another_queue,
+                dead_redrive_paced,
                 dead_purge_deletes_dead_jobs,
             ],
             queues: [

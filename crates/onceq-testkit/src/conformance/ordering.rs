@@ -181,7 +181,7 @@ pub async fn dead_blocks_key_holds_the_key_until_redrive_or_purge<B: Backend>(ba
     assert_eq!(f.states(&ids[..2]).await, vec![JobState::Dead, JobState::Blocked]);
     f.lease_none(&q).await;
 
-    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await, Ok(1));
+    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await.map(|r| r.redriven), Ok(1));
     assert_eq!(f.states(&ids[..2]).await, vec![JobState::Ready, JobState::Blocked]);
     let lease = f.lease_one(&q, None).await;
     assert_eq!(lease.id, ids[0]);
@@ -203,7 +203,7 @@ pub async fn a_redriven_job_rejoins_its_key_in_id_order<B: Backend>(backend: &B)
     assert_eq!(f.store.fail(a.lease(), "first try").await, Ok(()));
     let b = f.lease_one(&q, None).await;
     assert_eq!(b.id, ids[1]);
-    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await, Ok(1));
+    assert_eq!(f.store.dead_redrive(&q, Redrive::default()).await.map(|r| r.redriven), Ok(1));
     assert_eq!(f.states(&ids).await, vec![JobState::Blocked, JobState::Leased, JobState::Blocked]);
     assert_eq!(f.store.ack(b.lease()).await, Ok(()));
     assert_eq!(f.lease_one(&q, None).await.id, ids[0]);
