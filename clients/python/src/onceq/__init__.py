@@ -18,6 +18,7 @@ from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, LeaseLost
                      UnsupportedMediaType)
 from .types import (Begin, CommitOutcome, DeadPage, Enqueued, GroupInfo, Job, LeasedJob, MemberView, Producer,
                     QueueConfig, QueueInfo, QueueStats, Schedule, SettleResult, TickReport)
+from .worker import EffectivelyOnce, FailJob, RetryLater, RunningJob, Worker, WorkerStats, effectively_once
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,6 @@ __all__ = [
     "Fenced", "Forbidden", "GroupInfo", "Job", "LeaseLost", "LeasedJob", "MemberView", "NotFound", "NotMember",
     "OnceqError", "PayloadTooLarge", "Producer", "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats",
     "RateLimited", "RequestTimeout", "Schedule", "SettleResult", "TickReport", "Unauthorized", "Unavailable",
-    "UnsupportedMediaType", "job",
+    "UnsupportedMediaType", "job", "EffectivelyOnce", "FailJob", "RetryLater", "RunningJob", "Worker", "WorkerStats",
+    "effectively_once",
 ]
