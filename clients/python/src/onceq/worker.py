@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import hashlib
 import inspect
 import logging
 import os
@@ -118,9 +119,23 @@ class EffectivelyOnce:
     key: Callable[[RunningJob], str]
 
 
+#: The prefix of the keys `default_key` makes: the Rust worker's (``onceq_worker::gate``), so
+#: that Python and Rust workers of one queue find each other's recorded effects.
+KEY_PREFIX = "onceq:"
+#: Longest idempotency key the server takes, in bytes.
+KEY_LEN_MAX = 256
+
+
 def default_key(job: RunningJob) -> str:
-    """``<queue>.<dedup id>``, or ``<queue>.job-<id>`` for a job without one."""
-    return f"{job.queue}.{job.dedup_id}" if job.dedup_id else f"{job.queue}.job-{job.id}"
+    """The key guarding a job's effect, as the Rust worker derives it: ``onceq:<queue>:<dedup id>``;
+    ``onceq:<queue>:~<SHA-256 of the dedup id>`` when that would pass 256 bytes; and
+    ``onceq:<queue>:#<job id>`` for a job without a dedup id."""
+    if job.dedup_id is None:
+        return f"{KEY_PREFIX}{job.queue}:#{job.id}"
+    key = f"{KEY_PREFIX}{job.queue}:{job.dedup_id}"
+    if len(key.encode("utf-8")) <= KEY_LEN_MAX:
+        return key
+    return f"{KEY_PREFIX}{job.queue}:~{hashlib.sha256(job.dedup_id.encode('utf-8')).hexdigest()}"
 
 
 def effectively_once(fn: Optional[F] = None, *, ttl_ms: int = 60_000, retention_ms: int = 86_400_000,
@@ -128,7 +143,7 @@ def effectively_once(fn: Optional[F] = None, *, ttl_ms: int = 60_000, retention_
     """Marks a handler whose effect must happen once, whatever redeliveries happen.
 
     Before running it, the worker begins the job's idempotency key (``key(job)``; by default
-    the queue and the job's dedup id) as its own owner, for ``ttl_ms``:
+    `default_key`: the queue and the job's dedup id) as its own owner, for ``ttl_ms``:
 
     - **completed**: the effect was applied by an earlier delivery. The handler does not run;
       the job is acked. (The recorded result is the handler's return value then.)
