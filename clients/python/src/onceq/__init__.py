@@ -11,6 +11,7 @@ Layout:
 - ``outbox``: `stage`, the transactional outbox row that ``onceq relay`` publishes.
 """
 
+from . import outbox
 from ._requests import job
 from .client import AsyncClient, Client
 from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, LeaseLost, NotFound, NotMember, OnceqError,
@@ -27,6 +28,6 @@ __all__ = [
     "Fenced", "Forbidden", "GroupInfo", "Job", "LeaseLost", "LeasedJob", "MemberView", "NotFound", "NotMember",
     "OnceqError", "PayloadTooLarge", "Producer", "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats",
     "RateLimited", "RequestTimeout", "Schedule", "SettleResult", "TickReport", "Unauthorized", "Unavailable",
-    "UnsupportedMediaType", "job", "EffectivelyOnce", "FailJob", "RetryLater", "RunningJob", "Worker", "WorkerStats",
+    "UnsupportedMediaType", "job", "outbox", "EffectivelyOnce", "FailJob", "RetryLater", "RunningJob", "Worker", "WorkerStats",
     "effectively_once",
 ]
