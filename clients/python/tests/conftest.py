@@ -1,17 +1,16 @@
-"""Starts a real `onceq serve` (embedded store in a temporary directory, a free loopback port)
+"""Starts a real `onceq serve` (embedded store in a temporary directory, a loopback port it picks)
 from the repository's build, named by ONCEQ_BIN, for the whole test session."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, List
 
-import httpx
 import pytest
 
 import onceq
@@ -29,35 +28,33 @@ def onceq_bin() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """A running `onceq serve`; `stop` sends SIGTERM and waits."""
+    """A running `onceq serve` on a port it picked itself; `stop` sends SIGTERM and waits."""
 
-    def __init__(self, data_dir: Path, extra: List[str] = ()) -> None:  # type: ignore[assignment]
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    LISTENING = "onceq listening on http://"
+
+    def __init__(self, data_dir: Path) -> None:
         self.log = data_dir / "serve.log"
         self.process = subprocess.Popen(
-            [onceq_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir / "data"), *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
-        deadline = time.monotonic() + 20
-        while True:
+            [onceq_bin(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True)
+        address: List[str] = []
+
+        def read() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                if line.startswith(self.LISTENING) and not address:
+                    address.append(line[len(self.LISTENING):].split()[0])
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not address:
             if self.process.poll() is not None:
                 raise RuntimeError(f"onceq serve exited with {self.process.returncode}: {self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"onceq serve was not ready within 20 s: {self.log.read_text()}")
-            time.sleep(0.05)
+                raise RuntimeError(f"onceq serve did not listen within 30 s: {self.log.read_text()}")
+            time.sleep(0.02)
+        self.url = f"http://{address[0]}"
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -68,10 +68,10 @@ def test_heartbeats_keep_a_long_job_leased(client: onceq.Client, queue: str) -> 
     calls: List[int] = []
     worker = onceq.Worker(client, shutdown_timeout=2)
 
-    @worker.task(queue, concurrency=1, visibility_timeout_ms=600, heartbeat_interval_ms=150)
+    @worker.task(queue, concurrency=1, visibility_timeout_ms=800, heartbeat_interval_ms=150)
     def handle(job: onceq.RunningJob) -> None:
         calls.append(job.attempt)
-        time.sleep(2.0)  # more than three leases long
+        time.sleep(2.5)  # more than three leases long
 
     with running(worker):
         assert wait_for(lambda: worker.stats.acked == 1, 15), worker.stats
