@@ -21,6 +21,10 @@ _OPTIONAL = frozenset({
 })
 
 
+#: Each class's field names, read once.
+_FIELDS: Dict[type, tuple] = {}
+
+
 class _Wire:
     """Reads and writes an API object whose fields are the dataclass's."""
 
@@ -31,18 +35,17 @@ class _Wire:
     def from_json(cls: Type[T], data: Dict[str, Any]) -> T:
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
-        kwargs: Dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
-            if f.name not in data:
-                continue
-            value = data[f.name]
-            nested = cls._nested.get(f.name)
-            if nested is not None and value is not None:
+        names = _FIELDS.get(cls)
+        if names is None:
+            names = _FIELDS[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        kwargs = {name: data[name] for name in names if name in data}
+        for name, nested in cls._nested.items():
+            value = kwargs.get(name)
+            if value is not None:
                 if isinstance(nested, list):
-                    value = [nested[0].from_json(v) for v in value]
+                    kwargs[name] = [nested[0].from_json(v) for v in value]
                 else:
-                    value = nested.from_json(value)
-            kwargs[f.name] = value
+                    kwargs[name] = nested.from_json(value)
         return cls(**kwargs)
 
     def to_json(self) -> Dict[str, Any]:
