@@ -247,3 +247,18 @@ def test_bad_worker_options_are_refused(client: onceq.Client) -> None:
         onceq.Worker(client, ack_batch_max=1001)
     with pytest.raises(ValueError, match="no task"):
         asyncio.run(onceq.Worker(client).run_async())
+
+
+def test_stop_before_start_and_twice(client: onceq.Client, queue: str) -> None:
+    client.enqueue(queue, 1)
+    worker = onceq.Worker(client)
+
+    @worker.task(queue)
+    def handle(job: onceq.RunningJob) -> None:
+        raise AssertionError("a stopped worker runs nothing")
+
+    worker.stop()
+    asyncio.run(worker.run_async())
+    worker.stop()
+    assert worker.stats.leased == 0
+    assert client.queue_get(queue).stats.ready == 1

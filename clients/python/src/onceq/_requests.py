@@ -90,12 +90,12 @@ def _results(data: Any) -> List[t.SettleResult]:
 
 
 def _items(items: Sequence[Mapping[str, Any]], what: str) -> List[Dict[str, Any]]:
-    items = [dict(i) for i in items]
-    if not 1 <= len(items) <= ITEMS_PER_SETTLE_MAX:
-        raise ValueError(f"a batch {what} takes 1 to {ITEMS_PER_SETTLE_MAX} items, got {len(items)}")
-    for item in items:
+    out = [dict(i) for i in items]
+    if not 1 <= len(out) <= ITEMS_PER_SETTLE_MAX:
+        raise ValueError(f"a batch {what} takes 1 to {ITEMS_PER_SETTLE_MAX} items, got {len(out)}")
+    for item in out:
         item["id"] = _job_id(item.get("id", ""))
-    return items
+    return out
 
 
 # Queues.

@@ -245,6 +245,7 @@ class Worker:
         self._ack_wake: Optional[asyncio.Event] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._client: Optional[AsyncClient] = None
+        self._stop_requested = False
 
     def task(self, queue: str, *, concurrency: int = 10, prefetch: Optional[int] = None,
              visibility_timeout_ms: int = 30_000, heartbeat_interval_ms: Optional[int] = None,
@@ -297,9 +298,10 @@ class Worker:
 
     def stop(self) -> None:
         """Starts a graceful shutdown; safe from any thread, a signal handler, or before start."""
+        self._stop_requested = True
         loop, stopping = self._loop, self._stopping
         if loop is None or stopping is None:
-            return
+            return  # not started: run_async returns at once when it starts
         try:
             loop.call_soon_threadsafe(stopping.set)
         except RuntimeError:
@@ -320,6 +322,8 @@ class Worker:
                         f"ttl_ms ({once.ttl_ms}): a handler that outlives its claim could run twice")
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        if self._stop_requested:
+            self._stopping.set()
         self._ack_wake = asyncio.Event()
         own_client = not isinstance(self._given, AsyncClient)
         if isinstance(self._given, AsyncClient):
