@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 import pytest
 
@@ -33,10 +33,10 @@ class Server:
 
     LISTENING = "onceq listening on http://"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, extra: Sequence[str] = ()) -> None:
         self.log = data_dir / "serve.log"
         self.process = subprocess.Popen(
-            [onceq_bin(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data")],
+            [onceq_bin(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data"), *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True)
         address: List[str] = []
 
