@@ -126,3 +126,21 @@ def test_a_deadline_past_the_claim_is_refused(client: onceq.Client, queue: str) 
         asyncio.run(worker.run_async())
     with pytest.raises(ValueError, match="ttl_ms"):
         onceq.effectively_once(ttl_ms=0)
+
+
+def test_a_refused_begin_spends_an_attempt_without_running(client: onceq.Client, queue: str) -> None:
+    client.queue_put(queue, max_attempts=1)
+    enq = client.enqueue(queue, 1, dedup_id="d-1")
+    calls: List[str] = []
+    worker = onceq.Worker(client, shutdown_timeout=2)
+
+    @worker.task(queue)
+    @onceq.effectively_once(key=lambda job: "k" * 300)  # past the store's 256-byte key limit
+    def handle(job: onceq.RunningJob) -> None:
+        calls.append(job.id)
+
+    with running(worker):
+        assert wait_for(lambda: worker.stats.nacked == 1, 10), worker.stats
+    assert calls == []
+    dead = client.job_get(enq.id)
+    assert dead.state == "dead" and dead.errors[0].error.startswith("idempotency begin refused: invalid_request")

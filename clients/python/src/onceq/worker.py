@@ -504,7 +504,17 @@ class Worker:
         assert self._client is not None
         job = run.job
         key = once.key(job)
-        begin = await self._client.idempotency_begin(key, self.owner, once.ttl_ms)
+        try:
+            begin = await self._client.idempotency_begin(key, self.owner, once.ttl_ms)
+        except OnceqError as e:
+            if e.status is None or e.status >= 500:
+                # The store did not answer: give the job back without spending an attempt.
+                log.warning("onceq worker: begin of key %s failed (%s); releasing job %s", key, e, job.id)
+                await self._release([job], delay_ms=once.retry_delay_ms)
+            else:
+                # Refused (a fingerprint conflict, a key too long...): an attempt, so it is bounded.
+                await self._nack(job, None, f"idempotency begin refused: {e}")
+            return
         if begin.state == "completed":
             self.stats.duplicates += 1
             self._ack(job)
@@ -537,7 +547,13 @@ class Worker:
             await self._nack(job, None, _error_text(e))
             return
         # The effect happened: record it before the ack, so a redelivery finds it completed.
-        await self._client.idempotency_complete(key, self.owner, result, once.retention_ms)
+        recorded = await self._with_retries(
+            "idempotency complete", lambda: self._client.idempotency_complete(  # type: ignore[union-attr]
+                key, self.owner, result, once.retention_ms))
+        if recorded is None:
+            # Not recorded: no ack, so the job runs again once its lease and the claim expire.
+            log.error("onceq worker: the effect of job %s happened but its key %s could not be completed", job.id, key)
+            return
         self.stats.succeeded += 1
         self._ack(job)
 
@@ -604,9 +620,12 @@ class Worker:
             log.warning("onceq worker: fail of job %s failed (%s): its lease will expire and it runs again", job.id, e)
 
     async def _with_retries(self, what: str, call: Callable[[], Any]) -> Any:
+        """The call's result (``True`` for a call that returns nothing), or ``None`` when it
+        failed for good: refused, or no answer ``SETTLE_TRIES_MAX`` times."""
         for attempt in range(1, SETTLE_TRIES_MAX + 1):
             try:
-                return await call()
+                result = await call()
+                return True if result is None else result
             except OnceqError as e:
                 if attempt == SETTLE_TRIES_MAX or e.status is not None and e.status < 500:
                     log.warning("onceq worker: batch %s failed for good (%s); those leases will expire", what, e)
