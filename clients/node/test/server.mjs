@@ -12,7 +12,8 @@ const START_TIMEOUT_MS = 30_000;
 const LISTENING = "onceq listening on http://";
 
 export class Server {
-  constructor() {
+  /** `args`: more arguments of `onceq serve` (default: relaxed durability, which a crash of the process does not lose). */
+  constructor(args = ["--durability", "relaxed"]) {
     const bin = process.env.ONCEQ_BIN;
     if (!bin) {
       throw new Error("ONCEQ_BIN is not set: point it at the onceq binary (cargo build -p onceq-cli; ONCEQ_BIN=target/debug/onceq)");
@@ -23,13 +24,14 @@ export class Server {
     this.child = undefined;
     this.url = undefined;
     this.stderr = "";
+    this.args = args;
   }
 
   /** Starts the server (again, on the same address and data after a stop). */
   async start() {
     const env = { ...process.env };
     for (const name of Object.keys(env)) if (name.startsWith("ONCEQ_")) delete env[name];
-    const child = spawn(this.bin, ["serve", "--data-dir", join(this.dir, "data"), "--listen", this.listen, "--durability", "relaxed"], {
+    const child = spawn(this.bin, ["serve", "--data-dir", join(this.dir, "data"), "--listen", this.listen, ...this.args], {
       env,
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -76,8 +78,8 @@ export class Server {
 }
 
 /** A started server. */
-export async function startServer() {
-  return new Server().start();
+export async function startServer(args) {
+  return new Server(args).start();
 }
 
 /** A queue name of its own for each test. */
