@@ -328,13 +328,16 @@ export class Worker {
     await this.#settler.flush();
     await Promise.all(releases);
     if (this.#handlersDone.size > 0) {
-      const grace = sleep(this.#shutdownGraceMs).then(() => "grace");
+      // The timers are cancelled once the handlers are done, so they keep no process alive.
+      const timers = new AbortController();
       const done = Promise.allSettled([...this.#handlersDone]).then(() => "done");
+      const grace = sleep(this.#shutdownGraceMs, timers.signal).then(() => "grace", () => "done");
       if ((await Promise.race([grace, done])) === "grace") {
         for (const held of this.#held.values()) held.controller.abort(new ShuttingDown());
         // The handlers were told; their jobs expire if they still do not return.
-        await Promise.race([sleep(1_000), done]);
+        await Promise.race([sleep(1_000, timers.signal).catch(() => undefined), done]);
       }
+      timers.abort();
     }
     clearInterval(this.#heartbeat);
     await this.#settler.flush();

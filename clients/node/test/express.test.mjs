@@ -107,24 +107,22 @@ test("fail-open is an explicit option: then an outage runs the handler without i
 
 test("409 while a request with the same key is in progress; 422 when the key is reused with another body", async () => {
   let release;
+  let entered;
   const gate = new Promise((r) => (release = r));
+  const inHandler = new Promise((r) => (entered = r));
   const { base, runs, close } = await app({}, async (req, res, n) => {
+    entered();
     await gate;
     created(req, res, n);
   });
   const key = queueName("k");
   const first = post(base, key);
-  // Wait until the first request holds the key.
-  for (;;) {
-    const probe = await post(base, key);
-    if (probe.status === 409) {
-      const body = await probe.json();
-      assert.equal(body.error.code, "idempotency_key_in_progress");
-      assert.ok(Number(probe.headers.get("retry-after")) >= 1);
-      break;
-    }
-    await probe.body?.cancel();
-  }
+  // The first request holds the key once its handler runs.
+  await inHandler;
+  const probe = await post(base, key);
+  assert.equal(probe.status, 409);
+  assert.equal((await probe.json()).error.code, "idempotency_key_in_progress");
+  assert.ok(Number(probe.headers.get("retry-after")) >= 1);
   release();
   assert.equal((await first).status, 201);
   const reused = await post(base, key, { amount: 6 });

@@ -143,9 +143,12 @@ test("SIGTERM stops a worker process gracefully", async () => {
   child.stdout.on("data", (chunk) => (out += chunk));
   await eventually(() => out.includes("started"), 10_000, "the handler to start");
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  const signalled = Date.now();
   child.kill("SIGTERM");
   const { code } = await exited;
   assert.equal(code, 0, out);
+  // It exits once its handler is done, not after the whole grace period.
+  assert.ok(Date.now() - signalled < 5_000, `exited ${Date.now() - signalled} ms after SIGTERM`);
   assert.match(out, /finished/);
   const stats = (await client.queueGet(q)).stats;
   // One job ran to its ack; the three leased but not started were released.
