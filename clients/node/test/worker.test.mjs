@@ -87,11 +87,13 @@ test("heartbeats keep a lease past its visibility timeout; a refused one aborts 
   const q = queueName();
   const [{ id: slow }, { id: stolen }] = await client.enqueue(q, [{ payload: "slow" }, { payload: "stolen" }]);
   let abortedWith;
-  const worker = new Worker(client, { visibilityTimeoutMs: 600, heartbeatIntervalMs: 150, leaseWaitMs: 100, concurrency: 2, ...quiet });
+  const worker = new Worker(client, { visibilityTimeoutMs: 1_200, heartbeatIntervalMs: 200, leaseWaitMs: 100, concurrency: 2, ...quiet });
   const tokens = new Map();
+  let slowRuns = 0;
   worker.handle(q, async (job, ctx) => {
     tokens.set(job.payload, job.lease_token);
-    if (job.payload === "slow") return new Promise((r) => setTimeout(r, 1_500));
+    if (job.payload === "slow") slowRuns++;
+    if (job.payload === "slow") return new Promise((r) => setTimeout(r, 3_000));
     return new Promise((resolve) => ctx.signal.addEventListener("abort", () => {
       abortedWith = ctx.signal.reason;
       resolve();
@@ -105,8 +107,9 @@ test("heartbeats keep a lease past its visibility timeout; a refused one aborts 
   assert.equal(abortedWith.code, "lease_lost");
   await eventually(async () => (await client.queueGet(q)).stats.leased === 0, 10_000, "the slow job acked");
   await worker.stop();
-  // The slow job ran 1.5 s on leases of 0.6 s: heartbeats kept it, so it was acked on attempt 1.
+  // The slow job ran 3 s on leases of 1.2 s: heartbeats kept it, so it was acked on attempt 1.
   await assert.rejects(client.jobGet(slow), (e) => e.code === "not_found");
+  assert.equal(slowRuns, 1);
   assert.equal((await client.jobGet(stolen)).errors.length, 1);
 });
 
