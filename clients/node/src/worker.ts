@@ -285,6 +285,7 @@ export class Worker {
    * stop it gracefully.
    */
   async run(options: { signals?: boolean } = {}): Promise<void> {
+    this.start();
     if (options.signals) {
       const onSignal = () => void this.stop();
       process.once("SIGTERM", onSignal);
@@ -294,8 +295,8 @@ export class Worker {
         process.off("SIGINT", onSignal);
       };
     }
-    this.start();
-    await new Promise<void>((resolve) => this.#stopLeasing.signal.addEventListener("abort", () => resolve(), { once: true }));
+    const stopping = this.#stopLeasing.signal;
+    if (!stopping.aborted) await new Promise<void>((resolve) => stopping.addEventListener("abort", () => resolve(), { once: true }));
     await this.#stopped;
   }
 
