@@ -119,7 +119,9 @@ for (const file of files) {
       const where = `${file} step ${index} (${step.op})`;
       const op = ops[step.op];
       if (!op) throw new Error(`${where}: unknown op`);
+      // References are replaced before the step runs, in `args` and `expect` alike (README.md).
       const args = resolve(step.args ?? {}, queue, saved, where);
+      const expected = step.expect === undefined ? undefined : resolve(step.expect, queue, saved, where);
       let result;
       try {
         result = await op(args);
@@ -127,19 +129,16 @@ for (const file of files) {
         if (!(error instanceof OnceqError)) throw error;
         result = { error: error.code };
       }
-      // `expect` may name the step's own result (enqueue_dedup.json does: a repeat inside one
-      // request answers the id of the earlier item), so it is resolved once the result is saved.
-      if (step.save) saved[step.save] = result;
-      if (step.expect === undefined) {
+      if (expected === undefined) {
         assert.ok(!("error" in result && typeof result.error === "string"), `${where}: expected success, got ${JSON.stringify(result)}`);
       } else {
-        const expected = resolve(step.expect, queue, saved, where);
         const isError = typeof result.error === "string" && Object.keys(result).length === 1;
         const why = isError !== ("error" in expected)
           ? `expected ${JSON.stringify(expected)}, got ${JSON.stringify(result)}`
           : mismatch(expected, result);
         assert.equal(why, null, `${where}: ${why}`);
       }
+      if (step.save) saved[step.save] = result;
     }
   });
 }
