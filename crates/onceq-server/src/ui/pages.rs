@@ -767,8 +767,14 @@ pub(crate) async fn dead_page(
     let until = parse_minute(query.until.as_deref().unwrap_or(""), "until")?;
     let mut after = query.after.as_deref().filter(|a| !a.is_empty()).map(parse_id).transpose()?;
     let (mut scanned, mut found) = (0usize, Vec::new());
+    let filtered = !needle.is_empty() || since.is_some() || until.is_some();
     let finished = loop {
-        let limit = DEAD_PAGE_MAX.min((SCAN_JOBS_MAX - scanned) as u32);
+        // Unfiltered, every job read is shown: read no more than the page shows.
+        let limit = if filtered {
+            DEAD_PAGE_MAX.min((SCAN_JOBS_MAX - scanned) as u32)
+        } else {
+            (MATCHES_SHOWN - found.len()) as u32
+        };
         let list = ui.app.store.dead_list(&queue, DeadPage { after, limit }).await?;
         for job in list.jobs {
             scanned += 1;
