@@ -4,7 +4,7 @@
 //! failing three times shows its three errors, with times, on its timeline; it is redriven from
 //! the dead letters (after a confirmation that says how many) and then acked; a queue is paused
 //! and resumed; a payload `<img src=x onerror=...>` and an error holding `<script>` render as text
-//! and no handler runs; a forged POST without the CSRF token is refused and changes nothing; a
+//! and no handler runs; an idempotency key's state, owner and result are shown; a forged POST without the CSRF token is refused and changes nothing; a
 //! read-only token finds no action and its forged POSTs are refused. It writes the screenshots of
 //! docs/ (overview, job timeline, dead letters) as it goes.
 //!
@@ -313,11 +313,30 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(api.get("/v1/queues/emails").await.ok(200)["paused"], false);
     api.get("/v1/queues/forged").await.err(404, "not_found");
 
+    // An idempotency key: its state, owner, result and expiry.
+    api.post("/v1/idempotency/charge-7/begin", json!({"owner": "worker-a", "ttl_ms": 30_000})).await.ok(200);
+    b.goto(&format!("{base}/ui/idempotency?key=charge-7")).await;
+    assert_eq!(b.text("#key-state").await, "in progress");
+    let complete = json!({"owner": "worker-a", "result": {"charged": "<b>42</b>"}, "retention_ms": 60_000});
+    api.post("/v1/idempotency/charge-7/complete", complete).await.no_content();
+    b.goto(&format!("{base}/ui/idempotency?key=charge-7")).await;
+    assert_eq!(b.text("#key-state").await, "completed");
+    assert!(b.body().await.contains("worker-a"), "{}", b.body().await);
+    assert_eq!(b.text("pre.payload").await, "{\n  \"charged\": \"<b>42</b>\"\n}");
+    b.goto(&format!("{base}/ui/idempotency?key=never-seen")).await;
+    assert!(b.text("#key-state").await.starts_with("No record of key never-seen"));
+
     // A read-only token finds no action anywhere, and its forged POSTs are refused.
     b.logout().await;
     b.login(&base, READER.secret).await;
     let second = &ids[1];
-    for path in ["/ui".to_owned(), "/ui/queues/emails".to_owned(), format!("/ui/jobs/{second}")] {
+    let pages = [
+        "/ui".to_owned(),
+        "/ui/queues/emails".to_owned(),
+        format!("/ui/jobs/{second}"),
+        "/ui/idempotency?key=charge-7".to_owned(),
+    ];
+    for path in pages {
         b.goto(&format!("{base}{path}")).await;
         assert_eq!(b.count("main form[method=post]").await, 0, "{path} offers an action to a read-only token");
         assert_eq!(b.count("main textarea").await, 0, "{path} offers editing to a read-only token");

@@ -1,5 +1,5 @@
 //! [`Inspect`]: what an operator's view reads beside the seam — a queue's jobs in one state, a
-//! page at a time, and the job a dedup id names.
+//! page at a time, the job a dedup id names, and an idempotency key's record.
 //!
 //! A capability of its own, not part of [`Store`](crate::Store): the embedded and PostgreSQL
 //! stores have it (the dashboard reads through it); a client of the HTTP API does not.
@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 
 use crate::limits::JOB_PAGE_MAX;
-use crate::{Error, Job, JobId, JobState, QueueName, Result};
+use crate::{Error, Job, JobId, JobState, QueueName, Result, Timestamp};
 
 /// One page request of a queue's jobs in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,22 @@ pub struct JobList {
     pub next: Option<JobId>,
 }
 
+/// An idempotency key's record as stored (`onceq_core::idempotency`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key.
+    pub key: String,
+    /// Whether the effect was applied and its result recorded (else a claim is in progress).
+    pub completed: bool,
+    /// Who claimed it (and completed it, when completed).
+    pub owner: String,
+    /// When the claim (in progress) or the record (completed) expires; a record past it is
+    /// gone for `begin`, and swept later.
+    pub until: Timestamp,
+    /// The recorded result, once completed.
+    pub result: Option<Vec<u8>>,
+}
+
 /// Reads for an operator's view; see the module docs.
 #[async_trait]
 pub trait Inspect: Send + Sync {
@@ -52,6 +68,9 @@ pub trait Inspect: Send + Sync {
     /// A page of `queue`'s jobs in `page.state`, by id. An unknown queue is
     /// [`Error::QueueNotFound`].
     async fn job_page(&self, queue: &QueueName, page: JobPage) -> Result<JobList>;
+
+    /// The record of idempotency key `key` as stored, expired or not; `None` when there is none.
+    async fn idempotency_get(&self, key: &str) -> Result<Option<IdempotencyRecord>>;
 }
 
 #[async_trait]
@@ -62,5 +81,9 @@ impl<S: Inspect + ?Sized> Inspect for std::sync::Arc<S> {
 
     async fn job_page(&self, queue: &QueueName, page: JobPage) -> Result<JobList> {
         (**self).job_page(queue, page).await
+    }
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<IdempotencyRecord>> {
+        (**self).idempotency_get(key).await
     }
 }

@@ -49,7 +49,7 @@ pub mod time;
 pub use error::{Error, ErrorKind, Result};
 pub use id::{JobId, QueueName};
 pub use idempotency::{Begin, BeginOutcome, Complete, IdempotencyStore};
-pub use inspect::{Inspect, JobList, JobPage};
+pub use inspect::{IdempotencyRecord, Inspect, JobList, JobPage};
 pub use job::{
     truncate_error_text, AttemptError, Enqueued, Headers, Job, JobState, LeaseRef, LeaseToken, LeasedJob, NewJob,
     Schedule,

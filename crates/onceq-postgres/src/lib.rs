@@ -607,6 +607,10 @@ impl onceq_core::Inspect for PgStore {
         page.validate()?;
         self.job_page(queue, page).await
     }
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+        self.idempotency_get(key).await
+    }
 }
 
 #[async_trait]

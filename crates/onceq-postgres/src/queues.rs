@@ -422,6 +422,22 @@ impl PgStore {
         Ok(id.map(|id| JobId::new(id.unsigned_abs())))
     }
 
+    /// The record of idempotency key `key` as stored (state 1 is completed: `idempotency`).
+    pub(crate) async fn idempotency_get(&self, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+        let sql = self.sql("SELECT state, owner, until, result FROM {s}.idempotency WHERE key = $1");
+        let row = self
+            .run("reading an idempotency key", || pooled!(self, sqlx::query(&sql).bind(key), fetch_optional))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(onceq_core::IdempotencyRecord {
+            key: key.to_owned(),
+            completed: row.try_get::<i16, _>("state").map_err(decode)? == 1,
+            owner: row.try_get("owner").map_err(decode)?,
+            until: Timestamp::from_millis(row.try_get("until").map_err(decode)?),
+            result: row.try_get("result").map_err(decode)?,
+        }))
+    }
+
     pub(crate) async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<u64> {
         let (now, row) = self.queue_due(queue).await?;
         // Ids no job can have (above i64::MAX) name no dead job: they are skipped.

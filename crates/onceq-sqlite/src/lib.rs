@@ -478,6 +478,11 @@ impl onceq_core::Inspect for SqliteStore {
         self.inner.shared.durable.settled().await?;
         list
     }
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+        let key = key.to_owned();
+        self.inner.readers.with(move |conn| reader::idempotency_get(conn, &key)).await
+    }
 }
 
 #[async_trait]

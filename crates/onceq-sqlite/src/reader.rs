@@ -227,3 +227,21 @@ pub(crate) fn job_by_dedup(conn: &Connection, queue_id: i64, dedup_id: &str, now
         .map(|id| id.map(|id| JobId::new(id as u64)))
         .map_err(storage("reading a dedup id"))
 }
+
+/// The record of idempotency key `key` as stored (state 1 is completed: `writer::idempotency`).
+pub(crate) fn idempotency_get(conn: &Connection, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+    conn.prepare_cached("SELECT state, owner, until, result FROM idempotency WHERE key = ?1")
+        .and_then(|mut s| {
+            s.query_row([key], |r| {
+                Ok(onceq_core::IdempotencyRecord {
+                    key: key.to_owned(),
+                    completed: r.get::<_, i64>(0)? == 1,
+                    owner: r.get(1)?,
+                    until: Timestamp::from_millis(r.get(2)?),
+                    result: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(storage("reading an idempotency key"))
+}

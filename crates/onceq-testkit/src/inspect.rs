@@ -19,7 +19,7 @@ use crate::Opened;
 #[async_trait]
 pub trait InspectBackend: Send + Sync + 'static {
     /// The store type.
-    type Store: Store + Inspect + 'static;
+    type Store: Store + Inspect + onceq_core::IdempotencyStore + 'static;
 
     /// Opens a fresh, empty store whose one clock is `clock`.
     async fn open(&self, clock: Arc<dyn Clock>) -> Opened<Self::Store>;
@@ -103,6 +103,45 @@ pub async fn job_by_dedup_names_the_job_while_the_entry_lasts<B: InspectBackend>
     assert_eq!(store.job_by_dedup(&unknown, "x").await, Err(Error::QueueNotFound(unknown.clone())));
 }
 
+/// `idempotency_get` reads a key's record as stored: a claim in progress (owner, its expiry),
+/// then the completed record (result, its expiry); `None` for a key never claimed or released.
+pub async fn idempotency_get_reads_a_key_as_stored<B: InspectBackend>(backend: &B) {
+    use onceq_core::{Begin, Complete, IdempotencyRecord, IdempotencyStore};
+    let clock = ManualClock::at_default_start();
+    let opened = backend.open(clock.clone()).await;
+    let store = opened.store;
+    assert_eq!(store.idempotency_get("order-1").await, Ok(None));
+    let begin = Begin { key: "order-1".into(), owner: "worker-a".into(), ttl_ms: 30_000, fingerprint: None };
+    store.idempotency_begin(begin).await.unwrap();
+    let claimed = IdempotencyRecord {
+        key: "order-1".into(),
+        completed: false,
+        owner: "worker-a".into(),
+        until: clock.now().plus_ms(30_000),
+        result: None,
+    };
+    assert_eq!(store.idempotency_get("order-1").await, Ok(Some(claimed.clone())));
+    clock.advance(1_000);
+    let complete = Complete {
+        key: "order-1".into(),
+        owner: "worker-a".into(),
+        result: br#"{"charged":true}"#.to_vec(),
+        retention_ms: 60_000,
+    };
+    store.idempotency_complete(complete).await.unwrap();
+    let done = IdempotencyRecord {
+        completed: true,
+        until: clock.now().plus_ms(60_000),
+        result: Some(br#"{"charged":true}"#.to_vec()),
+        ..claimed
+    };
+    assert_eq!(store.idempotency_get("order-1").await, Ok(Some(done)));
+    let begin = Begin { key: "order-2".into(), owner: "worker-b".into(), ttl_ms: 30_000, fingerprint: None };
+    store.idempotency_begin(begin).await.unwrap();
+    store.idempotency_release("order-2", "worker-b").await.unwrap();
+    assert_eq!(store.idempotency_get("order-2").await, Ok(None), "a released key has no record");
+}
+
 /// The functions of this suite, as `inspect_suite!` lists them.
 pub const SUITE: &[&str] = crate::inspect_suite!(@list @names;);
 
@@ -124,6 +163,7 @@ macro_rules! inspect_suite {
         $crate::inspect_suite! { $($arm)*
             job_page_lists_one_state_by_id,
             job_by_dedup_names_the_job_while_the_entry_lasts,
+            idempotency_get_reads_a_key_as_stored,
         }
     };
     ($backend:expr) => {

@@ -140,6 +140,7 @@ pub(crate) fn page(session: &Session, title: &str, body: Markup) -> Response {
                 nav {
                     a.brand href="/ui" { "onceq" }
                     a href="/ui" { "Queues" }
+                    a href="/ui/idempotency" { "Idempotency keys" }
                     span.who { "as " (session.principal.name()) }
                     form.logout method="post" action="/ui/logout" {
                         (csrf_field(session))

@@ -1,4 +1,4 @@
-//! The dashboard's pages and actions: overview, queue, job, dead letters, idempotency, login.
+//! The dashboard's pages and actions: overview, queue, job, dead letters, idempotency keys, login.
 //!
 //! Every read is bounded: a page shows at most a named number of rows and reads no more than it
 //! shows, except a lookup by payload substring or a dead-letter filter, which scans at most
@@ -922,4 +922,68 @@ pub(crate) async fn dead_purge(
         p { a href={ "/ui/queues/" (name) } { "Back to queue " (name) } }
     };
     Ok(page(&session, "Purged", body))
+}
+
+// ---- idempotency ----
+
+/// Query of the idempotency lookup.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyQuery {
+    key: Option<String>,
+}
+
+/// Looks up an idempotency key: its state, owner, result and expiry. Needs the consume
+/// permission on the key, as the API's idempotency endpoints.
+pub(crate) async fn idempotency_page(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Query(query): Query<KeyQuery>,
+) -> UiResult {
+    let session = match ui.session(&headers) {
+        Ok(session) => session,
+        Err(redirect) => return Ok(redirect.into_response()),
+    };
+    let key = query.key.unwrap_or_default();
+    let record = match (key.is_empty(), &ui.inspect) {
+        (true, _) => None,
+        (false, None) => return Err(UiError::bad_request("this store does not read idempotency keys")),
+        (false, Some(inspect)) => {
+            need(&session.principal, Action::Consume, &key)?;
+            Some(inspect.idempotency_get(&key).await?)
+        }
+    };
+    let now = now();
+    let body = html! {
+        form.find method="get" action="/ui/idempotency" {
+            label { "Key " input type="text" name="key" value=(key) required; }
+            button type="submit" { "Look up" }
+        }
+        @match record {
+            None => {}
+            Some(None) => p #key-state { "No record of key " code { (key) } " (never claimed, released, or swept after it expired)." }
+            Some(Some(record)) => {
+                dl.job {
+                    dt { "State" }
+                    dd #key-state {
+                        (if record.completed { "completed" } else { "in progress" })
+                        @if record.until <= now { " (expired)" }
+                    }
+                    dt { "Owner" } dd { code { (record.owner) } }
+                    dt { "Expires" } dd { (time(record.until)) }
+                }
+                @if let Some(result) = &record.result {
+                    h2 { "Result" }
+                    pre.payload { (pretty(result)) }
+                }
+            }
+        }
+    };
+    Ok(page(&session, "Idempotency keys", body))
+}
+
+/// The wall clock, as a store timestamp.
+fn now() -> Timestamp {
+    let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
 }
