@@ -221,7 +221,6 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(b.run("return window.__marker").await, json!("same page"), "the page was not reloaded");
     let chart = b.count(&format!("{row} [data-field=chart] svg polyline")).await;
     assert_eq!(chart, 2, "the row's chart has its enqueued and acked lines");
-    b.screenshot("dashboard-overview.png").await;
 
     // The first job (the one whose payload is an <img> tag) fails three times.
     let failing = &ids[0];
@@ -305,6 +304,20 @@ async fn the_dashboard_in_a_real_browser() {
     b.submit(&format!("{row} button[data-action=resume]")).await;
     assert_eq!(b.text(&format!("{row} [data-field=paused]")).await, "running");
     assert_eq!(api.get("/v1/queues/emails").await.ok(200)["paused"], false);
+
+    // A few seconds of traffic for the overview's charts, then its screenshot.
+    for round in 0..16 {
+        let payloads: Vec<Value> = (0..20 + round * 5).map(|i| json!({"round": round, "n": i})).collect();
+        api.enqueue("emails", &payloads).await;
+        for job in api.lease("emails", 15 + round as u32 * 4, 60_000).await {
+            api.post(&format!("/v1/jobs/{}/ack", id_of(&job)), json!({"lease_token": token_of(&job)}))
+                .await
+                .no_content();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    b.wait_text(&format!("{row} [data-field=paused]"), "running").await;
+    b.screenshot("dashboard-overview.png").await;
 
     // A forged POST (no CSRF token, or another) is refused and changes nothing.
     assert_eq!(b.forged_post("/ui/queues/emails/pause", "").await, 403);

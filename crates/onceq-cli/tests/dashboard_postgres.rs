@@ -1,5 +1,5 @@
 //! The dashboard on the PostgreSQL store: a real `onceq serve --store postgres://...` in a schema
-//! of its own serves the overview, a queue's jobs by state, a lookup by dedup id, a dead job's
+//! of its own serves the overview, a queue's jobs by state and schedules, a lookup by dedup id, a dead job's
 //! errors, a redrive from the dead letters (after its confirmation) and an idempotency key, all
 //! read through the PostgreSQL store. (The browser test covers the embedded store, and the pages'
 //! behaviour in a browser.)
@@ -70,6 +70,8 @@ async fn the_dashboard_reads_the_postgres_store() {
     let nack = json!({"lease_token": token_of(&leased[0]), "error": "smtp 550 <no such user>"});
     api.post(&format!("/v1/jobs/{dead}/nack"), nack).await.no_content();
 
+    api.put("/v1/schedules/nightly-digest", json!({"queue": "mail", "cron": "0 3 * * *"})).await.ok(200);
+
     let page = Page::open(&server.url()).await;
     let (status, html, _) = page.get("/ui").await;
     assert_eq!(status, 200);
@@ -79,6 +81,8 @@ async fn the_dashboard_reads_the_postgres_store() {
     assert!(html.contains(&format!("<a href=\"/ui/jobs/{}\">", ids[1])), "{html}");
     assert!(html.contains(&format!("<a href=\"/ui/jobs/{keyed}\">")), "{html}");
     assert!(!html.contains(&format!("<a href=\"/ui/jobs/{dead}\">")), "a dead job is not ready: {html}");
+    let schedules = html.split("id=\"schedules\"").nth(1).expect("the queue's schedules");
+    assert!(schedules.contains("<td>nightly-digest</td><td><code>0 3 * * *</code></td><td>UTC</td>"), "{html}");
     let (status, _, location) = page.get("/ui/queues/mail/find?by=dedup&value=order-3").await;
     assert_eq!((status, location), (303, Some(format!("/ui/jobs/{keyed}"))));
     let (_, html, _) = page.get(&format!("/ui/jobs/{dead}")).await;

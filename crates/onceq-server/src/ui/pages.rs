@@ -460,6 +460,12 @@ pub(crate) async fn queue_page(
         }
         _ => None,
     };
+    // The store lists at most SCHEDULES_LIST_MAX schedules (docs/api.md, "Limits").
+    let schedules: Vec<_> = ui.app.store.schedule_list().await?.into_iter().filter(|s| s.spec.queue == queue).collect();
+    let groups = match info.config.ordering {
+        onceq_core::Ordering::PerKey => ui.app.store.group_list(&queue).await?,
+        _ => Vec::new(),
+    };
     let config = serde_json::to_string_pretty(&info.config).unwrap_or_default();
     let name = queue.as_str();
     let stats = &info.stats;
@@ -488,6 +494,42 @@ pub(crate) async fn queue_page(
             }
         } @else {
             pre { (config) }
+        }
+        @if !schedules.is_empty() {
+            h2 { "Schedules" }
+            table.schedules #schedules {
+                thead { tr { th { "Schedule" } th { "Cron" } th { "Time zone" } th { "Next tick" } th { "Last tick" } th { "State" } } }
+                tbody {
+                    @for schedule in &schedules {
+                        tr {
+                            td { (schedule.name.as_str()) }
+                            td { code { (schedule.spec.cron) } }
+                            td { (schedule.spec.timezone) }
+                            td { @if let Some(at) = schedule.next_tick { (time(at)) } }
+                            td { @if let Some(at) = schedule.last_tick { (time(at)) } }
+                            td { @if schedule.spec.paused { "paused" } @else { "running" } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !groups.is_empty() {
+            h2 { "Consumer groups" }
+            table.groups #groups {
+                thead { tr { th { "Group" } th { "Generation" } th { "Members" } th { "Partitions" } } }
+                tbody {
+                    @for group in &groups {
+                        tr {
+                            td { (group.group.as_str()) }
+                            td { (group.generation) }
+                            td { @for member in &group.members {
+                                code { (member.member_id.as_str()) } " (" (member.partitions.len()) " partitions) "
+                            } }
+                            td { (group.partitions.len()) }
+                        }
+                    }
+                }
+            }
         }
         h2 { "Jobs" }
         @if !readable {

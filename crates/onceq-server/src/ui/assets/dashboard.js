@@ -29,18 +29,20 @@
       });
       cell.appendChild(svg);
     }
-    var now = Date.now();
+    // The chart spans what has been seen since the page opened, up to HISTORY_MS.
+    var now = points.length ? points[points.length - 1].at : Date.now();
+    var span = points.length ? Math.min(Math.max(now - points[0].at, 10000), HISTORY_MS) : HISTORY_MS;
     var max = 1;
     points.forEach(function (p) { max = Math.max(max, p.enqueued, p.acked); });
     ["enqueued", "acked"].forEach(function (series) {
       var coords = points.map(function (p) {
-        var x = width - ((now - p.at) / HISTORY_MS) * width;
+        var x = width - ((now - p.at) / span) * width;
         var y = height - 1 - (p[series] / max) * (height - 2);
         return x.toFixed(1) + "," + y.toFixed(1);
       });
       svg.querySelector('[data-series="' + series + '"]').setAttribute("points", coords.join(" "));
     });
-    cell.setAttribute("title", "per second, last 5 minutes (blue: enqueued, green: acked)");
+    cell.setAttribute("title", "per second, up to the last 5 minutes (blue: enqueued, green: acked)");
   }
 
   function overview(table) {
