@@ -29,7 +29,7 @@ pub(crate) struct Ui {
 /// A page that could not be shown: its status and a message for the operator.
 #[derive(Debug)]
 pub(crate) struct UiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     message: String,
 }
 

@@ -776,8 +776,11 @@ fn parse_minute(text: &str, name: &str) -> UiResult<Option<Timestamp>> {
     if text.is_empty() {
         return Ok(None);
     }
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
-    let at = time::PrimitiveDateTime::parse(text, &format)
+    // What a datetime-local input sends: to the minute, or to the second when its step asks.
+    let minutes = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    let seconds = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let at = time::PrimitiveDateTime::parse(text, &minutes)
+        .or_else(|_| time::PrimitiveDateTime::parse(text, &seconds))
         .map_err(|_| UiError::bad_request(format!("{name} is {text:?}; give it as YYYY-MM-DDTHH:MM (UTC)")))?
         .assume_utc();
     let millis = at.unix_timestamp_nanos() / 1_000_000;
@@ -1028,4 +1031,36 @@ pub(crate) async fn idempotency_page(
 fn now() -> Timestamp {
     let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn counters_are_summed_per_queue_from_prometheus_text() {
+        let text = "# HELP onceq_acks_total Acks.\n\
+                    onceq_acks_total{queue=\"mail\"} 3\n\
+                    onceq_acks_total{queue=\"mail\",outcome=\"x\"} 2\n\
+                    onceq_acks_total{queue=\"sms\"} 7\n\
+                    onceq_acks_total_other{queue=\"mail\"} 100\n\
+                    onceq_jobs_enqueued_total{queue=\"mail\"} 9\n";
+        let acks = counter_by_queue(text, "onceq_acks_total");
+        assert_eq!(acks.get("mail"), Some(&5.0));
+        assert_eq!(acks.get("sms"), Some(&7.0));
+        assert_eq!(acks.len(), 2);
+    }
+
+    #[test]
+    fn times_are_read_to_the_minute_or_second_in_utc() {
+        let minute = parse_minute("2026-03-01T10:15", "since").unwrap().unwrap();
+        assert_eq!(minute.as_millis(), 1_772_360_100_000);
+        let second = parse_minute("2026-03-01T10:15:30", "since").unwrap().unwrap();
+        assert_eq!(second.as_millis(), 1_772_360_130_000);
+        assert_eq!(parse_minute("  ", "since").unwrap(), None);
+        let refused = parse_minute("yesterday", "until").unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    }
 }
