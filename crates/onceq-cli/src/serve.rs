@@ -266,6 +266,7 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
         let opened = open_store(&settings).await?;
         let api = Api::new(opened.store.clone())
             .idempotency(opened.idempotency.clone())
+            .inspect(opened.inspect.clone())
             .auth(settings.auth)
             .body_memory(usize::try_from(settings.body_memory_bytes).unwrap_or(usize::MAX));
         let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -291,6 +292,8 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
 struct Opened {
     store: Arc<dyn onceq_core::Store>,
     idempotency: Arc<dyn onceq_core::IdempotencyStore>,
+    /// Its bounded reads, for the dashboard.
+    inspect: Arc<dyn onceq_core::Inspect>,
     /// Closes it: the embedded store flushes and releases its data directory.
     embedded: Option<SqliteStore>,
     postgres: Option<onceq_postgres::PgStore>,
@@ -330,7 +333,8 @@ async fn open_store(settings: &Settings) -> Result<Opened, CliError> {
         let shared = Arc::new(store.clone());
         return Ok(Opened {
             store: shared.clone(),
-            idempotency: shared,
+            idempotency: shared.clone(),
+            inspect: shared,
             embedded: None,
             postgres: Some(store),
             description: format!("PostgreSQL store, schema {pg_schema}"),
@@ -347,7 +351,8 @@ async fn open_store(settings: &Settings) -> Result<Opened, CliError> {
     let shared = Arc::new(store.clone());
     Ok(Opened {
         store: shared.clone(),
-        idempotency: shared,
+        idempotency: shared.clone(),
+        inspect: shared,
         embedded: Some(store),
         postgres: None,
         description: format!("data dir {}, durability {durability:?}", data_dir.display()),

@@ -167,8 +167,12 @@ async fn run_op(client: &Client, queue: &QueueName, op: &str, a: &Value) -> Outc
             Ok(json!({ "jobs": wire(&jobs), "next": wire(&list.next) }))
         }
         "dead_redrive" => {
-            let redrive = Redrive { ids: opt(a, "ids"), limit: opt(a, "limit") };
-            client.dead_redrive(queue, redrive).await.map(|n| json!({ "redriven": n })).map_err(|e| code(&e))
+            let redrive = Redrive { ids: opt(a, "ids"), limit: opt(a, "limit"), ..Redrive::default() };
+            client
+                .dead_redrive(queue, redrive)
+                .await
+                .map(|r| json!({ "matched": r.matched, "redriven": r.redriven, "last": r.last }))
+                .map_err(|e| code(&e))
         }
         "dead_purge" => client.dead_purge(queue).await.map(|n| json!({ "purged": n })).map_err(|e| code(&e)),
         "idempotency_begin" => {

@@ -22,6 +22,8 @@
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
 //! - [`idempotency`]: the idempotency store, the consumer half of effectively-once.
+//! - [`inspect`]: [`Inspect`], the bounded reads of an operator's view (jobs by state, a dedup
+//!   id's job), a capability beside the seam.
 //!
 //! See docs/design.md for the vocabulary, the job lifecycle and the invariants these types serve.
 
@@ -32,6 +34,7 @@ pub mod flow;
 pub mod group;
 mod id;
 pub mod idempotency;
+pub mod inspect;
 mod job;
 pub mod limits;
 pub mod metrics;
@@ -47,6 +50,7 @@ pub mod time;
 pub use error::{Error, ErrorKind, Result};
 pub use id::{JobId, QueueName, RedriveId};
 pub use idempotency::{Begin, BeginOutcome, Complete, IdempotencyStore};
+pub use inspect::{IdempotencyRecord, Inspect, JobList, JobPage};
 pub use job::{
     truncate_error_text, AttemptError, Enqueued, Headers, Job, JobState, LeaseRef, LeaseToken, LeasedJob, NewJob,
     Schedule,

@@ -45,6 +45,8 @@ pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
 pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
 /// Most dead jobs one listing page returns.
 pub const DEAD_PAGE_MAX: u32 = 1000;
+/// Most jobs one page of a queue's jobs in one state returns (`Inspect::job_page`).
+pub const JOB_PAGE_MAX: u32 = 500;
 /// Most payload bytes one lease hands out: a lease stops adding jobs once the payloads it holds
 /// reach this, so it returns fewer than `max_jobs` (always at least one) rather than a reply of up
 /// to `LEASE_BATCH_MAX` × `PAYLOAD_BYTES_MAX`. Never a failure.

@@ -605,6 +605,22 @@ pub(crate) fn parse_config(queue: &str, text: &str) -> Result<QueueConfig> {
 /// before a trait's, so `self.job_get(id)` here is that implementation, not a recursive call;
 /// outside this crate the inherent methods are invisible and callers reach these.
 #[async_trait]
+impl onceq_core::Inspect for PgStore {
+    async fn job_by_dedup(&self, queue: &QueueName, dedup_id: &str) -> Result<Option<JobId>> {
+        self.job_by_dedup(queue, dedup_id).await
+    }
+
+    async fn job_page(&self, queue: &QueueName, page: onceq_core::JobPage) -> Result<onceq_core::JobList> {
+        page.validate()?;
+        self.job_page(queue, page).await
+    }
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+        self.idempotency_get(key).await
+    }
+}
+
+#[async_trait]
 impl Store for PgStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let fence = commit.producer.clone();

@@ -115,6 +115,11 @@ const QUEUE_COUNTS_DELETE: &str = "WITH keys AS (DELETE FROM {s}.ordering_keys W
 const DEAD_PAGE: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id \
                          WHERE j.queue_id = $1 AND j.state = 3 AND j.id > $2 ORDER BY j.id LIMIT $3";
 
+/// A page of a queue's jobs in one state: `$1` queue, `$2` state, `$3` after this id, `$4` most
+/// rows. `state + 0` is what `jobs_state` indexes (see the schema's migration 10).
+const JOB_PAGE: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id \
+                        WHERE j.queue_id = $1 AND (j.state + 0) = $2 AND j.id > $3 ORDER BY j.id LIMIT $4";
+
 /// Makes dead jobs ready again, oldest first: `$1` now, `$2` queue, `$3` the named ids (NULL:
 /// all), `$4` most jobs. In a `per_key` queue they claim their keys first (see `keys`): a dead
 /// head gets its key back and is ready, and so is a job whose key has no head (the lowest id of
@@ -400,6 +405,64 @@ impl PgStore {
             None
         };
         Ok(DeadList { jobs, next })
+    }
+
+    /// A page of `queue`'s jobs in one state, by id, through `jobs_state`: at most `limit + 1`
+    /// rows read.
+    pub(crate) async fn job_page(&self, queue: &QueueName, page: onceq_core::JobPage) -> Result<onceq_core::JobList> {
+        use crate::schema::state;
+        let stored = match page.state {
+            onceq_core::JobState::Scheduled => state::SCHEDULED,
+            onceq_core::JobState::Ready => state::READY,
+            onceq_core::JobState::Leased => state::LEASED,
+            onceq_core::JobState::Dead => state::DEAD,
+            onceq_core::JobState::Blocked => state::BLOCKED,
+        };
+        let (_, row) = self.queue_due(queue).await?;
+        let after = page.after.map(|id| to_i64(id.get())).unwrap_or(0);
+        let limit = i64::from(page.limit) + 1;
+        let sql = self.sql(&JOB_PAGE.replace("{columns}", JOB_COLUMNS));
+        let rows = self
+            .run("listing jobs", || {
+                pooled!(self, sqlx::query(&sql).bind(row.id).bind(i32::from(stored)).bind(after).bind(limit), fetch_all)
+            })
+            .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let next = if jobs.len() > page.limit as usize {
+            jobs.truncate(page.limit as usize);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(onceq_core::JobList { jobs, next })
+    }
+
+    /// The job `dedup_id` names in `queue` while its entry lasts.
+    pub(crate) async fn job_by_dedup(&self, queue: &QueueName, dedup_id: &str) -> Result<Option<JobId>> {
+        let (now, row) = self.queue_due(queue).await?;
+        let sql = self.sql("SELECT job_id FROM {s}.dedup WHERE queue_id = $1 AND dedup_id = $2 AND expires_at > $3");
+        let id: Option<i64> = self
+            .run("reading a dedup id", || {
+                pooled!(self, sqlx::query_scalar(&sql).bind(row.id).bind(dedup_id).bind(now), fetch_optional)
+            })
+            .await?;
+        Ok(id.map(|id| JobId::new(id.unsigned_abs())))
+    }
+
+    /// The record of idempotency key `key` as stored (state 1 is completed: `idempotency`).
+    pub(crate) async fn idempotency_get(&self, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+        let sql = self.sql("SELECT state, owner, until, result FROM {s}.idempotency WHERE key = $1");
+        let row = self
+            .run("reading an idempotency key", || pooled!(self, sqlx::query(&sql).bind(key), fetch_optional))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(onceq_core::IdempotencyRecord {
+            key: key.to_owned(),
+            completed: row.try_get::<i16, _>("state").map_err(decode)? == 1,
+            owner: row.try_get("owner").map_err(decode)?,
+            until: Timestamp::from_millis(row.try_get("until").map_err(decode)?),
+            result: row.try_get("result").map_err(decode)?,
+        }))
     }
 
     pub(crate) async fn dead_redrive(&self, queue: &QueueName, redrive: Redrive) -> Result<Redriven> {

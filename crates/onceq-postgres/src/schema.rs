@@ -469,6 +469,14 @@ const MIGRATIONS: &[&str] = &[
         error        text
     );
     "#,
+    // v11: a queue's jobs in one state by id (`onceq_core::Inspect::job_page`, the dashboard's pages):
+    // each page reads only the rows it shows, in every state. On `state + 0`, not `state`, so that
+    // only a query that says `state + 0` can use it: on `state` the planner took it for leases
+    // (then sorted) when its statistics said the queue held few ready jobs, instead of
+    // `jobs_ready`, whose order is the lease order.
+    r#"
+    CREATE INDEX jobs_state ON {s}.jobs (queue_id, (state + 0), id);
+    "#,
 ];
 
 /// The schema version this build writes.

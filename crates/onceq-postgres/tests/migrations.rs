@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,12 +141,28 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 9 back to version 8: what v9 (per-key flow buckets) added
+/// SQL that takes a schema at version 11 back to version 10: v11's index (a queue's jobs by state)
 /// goes.
+fn undo_v11(schema: &str) -> String {
+    format!("DROP INDEX \"{schema}\".jobs_state; DELETE FROM \"{schema}\".migrations WHERE version = 11;")
+}
+
+/// SQL that takes a schema at version 11 back to version 9: what v11 and v10 (paced redrives)
+/// added go.
+fn undo_v10(schema: &str) -> String {
+    format!(
+        "{} DROP TABLE \"{schema}\".redrives; DELETE FROM \"{schema}\".migrations WHERE version = 10;",
+        undo_v11(schema)
+    )
+}
+
+/// SQL that takes a schema at version 10 back to version 8: what v10 and v9 (per-key flow
+/// buckets) added go.
 fn undo_v9(schema: &str) -> String {
     format!(
-        "DROP TABLE \"{schema}\".flow_key_buckets; ALTER TABLE \"{schema}\".flow_buckets DROP COLUMN key_floor; \
-         DELETE FROM \"{schema}\".migrations WHERE version = 9;"
+        "{} DROP TABLE \"{schema}\".flow_key_buckets; ALTER TABLE \"{schema}\".flow_buckets DROP COLUMN key_floor; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 9;",
+        undo_v10(schema)
     )
 }
 
@@ -179,7 +195,7 @@ async fn a_version_8_schema_is_migrated_in_place_and_limits_per_key() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert_eq!(store.job_get(kept).await.unwrap().payload, b"kept".to_vec());
     let patch = onceq_core::QueueConfigPatch {
         rate_limit: Some(Some(RateLimit { per_second: 1.0, burst: 1 })),
@@ -236,7 +252,7 @@ async fn a_version_7_schema_is_migrated_in_place_and_fires_schedules() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let name = onceq_core::schedule::ScheduleName::new("minutely").unwrap();
     store.schedule_upsert(&name, onceq_core::schedule::ScheduleSpec::new(q.clone(), "* * * * *")).await.unwrap();
     clock.advance(60_000);
@@ -298,7 +314,7 @@ async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
     )
@@ -339,7 +355,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use onceq_core::{IdempotencyStore, Store};
+use onceq_core::{IdempotencyStore, Inspect, Store};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
@@ -16,6 +16,8 @@ use crate::{metrics, preauth, routes};
 pub struct Api {
     store: Arc<dyn Store>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
+    /// The store's bounded reads, for the dashboard's job lists.
+    inspect: Option<Arc<dyn Inspect>>,
     auth: Auth,
     body_memory: usize,
 }
@@ -23,12 +25,19 @@ pub struct Api {
 impl Api {
     /// The API over `store`, with auth off and no idempotency store.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Api { store, idempotency: None, auth: Auth::disabled(), body_memory: BODY_MEMORY_BYTES_DEFAULT }
+        Api { store, idempotency: None, inspect: None, auth: Auth::disabled(), body_memory: BODY_MEMORY_BYTES_DEFAULT }
     }
 
     /// Serves the idempotency endpoints from `idempotency`.
     pub fn idempotency(mut self, idempotency: Arc<dyn IdempotencyStore>) -> Self {
         self.idempotency = Some(idempotency);
+        self
+    }
+
+    /// Lets the dashboard list jobs by state and find them by dedup id through `inspect` (the
+    /// same store as [`Api::new`]'s, seen through its [`Inspect`] capability).
+    pub fn inspect(mut self, inspect: Arc<dyn Inspect>) -> Self {
+        self.inspect = Some(inspect);
         self
     }
 
@@ -67,6 +76,7 @@ impl Api {
             metrics: metrics::handle(),
             shutdown,
         };
+        let ui = crate::ui::routes(state.clone(), self.inspect);
         let routes = routes::routes()
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), preauth::before_the_body))
             .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
@@ -74,6 +84,7 @@ impl Api {
         // Debug builds (tests among them) hold every response to the OpenAPI document.
         #[cfg(debug_assertions)]
         let routes = routes.layer(axum::middleware::from_fn(crate::contract::check));
-        routes.with_state(state)
+        // The dashboard is HTML outside the OpenAPI document: merged after the document's check.
+        routes.with_state(state).merge(ui)
     }
 }

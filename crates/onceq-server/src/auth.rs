@@ -182,6 +182,11 @@ impl Auth {
 pub struct Principal(Option<Arc<Token>>);
 
 impl Principal {
+    /// Anyone: the principal of every request when no token is configured.
+    pub(crate) fn anyone() -> Principal {
+        Principal(None)
+    }
+
     /// Whether this principal may do `action` on `queue`.
     pub fn can(&self, action: Action, queue: &str) -> bool {
         let Some(token) = &self.0 else { return true };

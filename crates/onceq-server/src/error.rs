@@ -122,6 +122,11 @@ impl ApiError {
         ApiError { status, body: ErrorBody { error: detail } }
     }
 
+    /// The response's status.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The body's detail (for per-item results of batch calls).
     pub fn detail(&self) -> ErrorDetail {
         self.body.error.clone()

@@ -15,6 +15,7 @@
 //! - `statuses`: the statuses the OpenAPI document declares by rule; `contract` (debug builds):
 //!   the check that every response's status is declared.
 //! - `serve`: the listener — header and body timeouts, body limit, graceful shutdown.
+//! - `ui`: the web dashboard at `/ui` (HTML, outside the OpenAPI document).
 //! - `parse_errors`: hyper's answers to requests it cannot parse, rewritten in the API's format.
 
 mod api;
@@ -33,6 +34,7 @@ mod schedules;
 mod serve;
 mod state;
 mod statuses;
+mod ui;
 
 use std::sync::Arc;
 

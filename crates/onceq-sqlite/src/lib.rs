@@ -463,6 +463,30 @@ fn closed() -> Error {
 }
 
 #[async_trait]
+impl onceq_core::Inspect for SqliteStore {
+    async fn job_by_dedup(&self, queue: &QueueName, dedup_id: &str) -> Result<Option<JobId>> {
+        self.catch_up().await?;
+        let entry = self.queue_entry(queue)?;
+        let (dedup_id, now) = (dedup_id.to_owned(), self.inner.clock.now());
+        self.inner.readers.with(move |conn| reader::job_by_dedup(conn, entry.id, &dedup_id, now)).await
+    }
+
+    async fn job_page(&self, queue: &QueueName, page: onceq_core::JobPage) -> Result<onceq_core::JobList> {
+        page.validate()?;
+        self.catch_up().await?;
+        let entry = self.queue_entry(queue)?;
+        let list = self.inner.readers.with(move |conn| reader::job_page(conn, entry.id, page)).await;
+        self.inner.shared.durable.settled().await?;
+        list
+    }
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+        let key = key.to_owned();
+        self.inner.readers.with(move |conn| reader::idempotency_get(conn, &key)).await
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let fence = commit.producer.clone();

@@ -187,3 +187,61 @@ pub(crate) fn partition_loads(conn: &Connection, queue_id: i64) -> Result<BTreeM
     }
     Ok(out)
 }
+
+/// A page of queue `queue_id`'s jobs in one state, by id, through `jobs_state`: it reads at most
+/// `limit + 1` rows.
+pub(crate) fn job_page(conn: &Connection, queue_id: i64, page: onceq_core::JobPage) -> Result<onceq_core::JobList> {
+    let stored = match page.state {
+        JobState::Scheduled => state::SCHEDULED,
+        JobState::Ready => state::READY,
+        JobState::Leased => state::LEASED,
+        JobState::Dead => state::DEAD,
+        JobState::Blocked => state::BLOCKED,
+    };
+    let after = page.after.map(|id| i64::try_from(id.get()).unwrap_or(i64::MAX)).unwrap_or(0);
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j INDEXED BY jobs_state JOIN queues q ON q.id = j.queue_id \
+             WHERE j.queue_id = ?1 AND j.state + 0 = ?2 AND j.id > ?3 ORDER BY j.id LIMIT ?4"
+        ))
+        .map_err(storage("listing jobs"))?;
+    let mut rows =
+        stmt.query(params![queue_id, stored, after, i64::from(page.limit) + 1]).map_err(storage("listing jobs"))?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next().map_err(storage("listing jobs"))? {
+        jobs.push(job_from_row(conn, row)?);
+    }
+    let next = if jobs.len() > page.limit as usize {
+        jobs.truncate(page.limit as usize);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(onceq_core::JobList { jobs, next })
+}
+
+/// The job `dedup_id` names in queue `queue_id` while its entry lasts at `now`.
+pub(crate) fn job_by_dedup(conn: &Connection, queue_id: i64, dedup_id: &str, now: Timestamp) -> Result<Option<JobId>> {
+    conn.prepare_cached("SELECT job_id FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2 AND expires_at > ?3")
+        .and_then(|mut s| s.query_row(params![queue_id, dedup_id, now.as_millis()], |r| r.get::<_, i64>(0)).optional())
+        .map(|id| id.map(|id| JobId::new(id as u64)))
+        .map_err(storage("reading a dedup id"))
+}
+
+/// The record of idempotency key `key` as stored (state 1 is completed: `writer::idempotency`).
+pub(crate) fn idempotency_get(conn: &Connection, key: &str) -> Result<Option<onceq_core::IdempotencyRecord>> {
+    conn.prepare_cached("SELECT state, owner, until, result FROM idempotency WHERE key = ?1")
+        .and_then(|mut s| {
+            s.query_row([key], |r| {
+                Ok(onceq_core::IdempotencyRecord {
+                    key: key.to_owned(),
+                    completed: r.get::<_, i64>(0)? == 1,
+                    owner: r.get(1)?,
+                    until: Timestamp::from_millis(r.get(2)?),
+                    result: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(storage("reading an idempotency key"))
+}

@@ -178,6 +178,13 @@ const MIGRATIONS: &[&str] = &[
         error        TEXT
     );
     "#,
+    // v8: a queue's jobs in one state by id (`onceq_core::Inspect::job_page`, the dashboard's
+    // pages): each page reads only the rows it shows, in every state. On `state + 0`, not
+    // `state`, so that only a query that says `state + 0` can use it, and the plans of the
+    // other statements (leases on `jobs_ready`) stay as they were.
+    r#"
+    CREATE INDEX jobs_state ON jobs (queue_id, state + 0, id);
+    "#,
 ];
 
 /// The schema version this build writes.

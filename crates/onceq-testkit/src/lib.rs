@@ -42,6 +42,7 @@ pub mod damage;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod idempotency;
+pub mod inspect;
 pub mod model;
 #[cfg(feature = "nats")]
 pub mod nats;

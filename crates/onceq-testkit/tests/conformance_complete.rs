@@ -95,3 +95,14 @@ fn every_idempotency_conformance_function_is_in_the_suite() {
         onceq_testkit::idempotency::SUITE.iter().map(|name| ("idempotency", *name)).collect();
     assert_complete("idempotency_suite!", &found, &listed, "", "src/idempotency.rs");
 }
+
+#[test]
+fn every_inspect_conformance_function_is_in_the_suite() {
+    let found: BTreeSet<(String, String)> = public_async_fns(&read(&source_dir().join("inspect.rs")))
+        .into_iter()
+        .map(|name| ("inspect".to_owned(), name))
+        .collect();
+    assert!(found.len() >= 2, "found only {found:?}");
+    let listed: Vec<(&str, &str)> = onceq_testkit::inspect::SUITE.iter().map(|name| ("inspect", *name)).collect();
+    assert_complete("inspect_suite!", &found, &listed, "", "src/inspect.rs");
+}
