@@ -5,8 +5,9 @@
 import { errorFromReply, OnceqError, RateLimited, Unavailable } from "./errors.js";
 import type {
   AckItem, BeginOutcome, CommitRequest, CommitResult, DeadPage, Enqueued, ExtendItem, FailItem, Group, Job, Json,
-  LeasedJob, LeaseOptions, MemberView, NackItem, NewJob, Producer, ProducerState, Queue, QueueConfig, QueuePage,
-  QueuePatch, ReleaseItem, Schedule, ScheduleSpec, ScheduleTicks, SettleResult,
+  LeasedJob, LeaseOptions, MemberView, NackItem, NewJob, PacedRedrive, Producer, ProducerState, Queue, QueueConfig,
+  QueuePage, QueuePatch, RedriveFilter, RedriveOptions, RedriveResult, ReleaseItem, Schedule, ScheduleSpec,
+  ScheduleTicks, SettleResult,
 } from "./types.js";
 
 /** Longest wait of one request unless configured: past the server's own 60 s request limit. */
@@ -17,6 +18,10 @@ export const RATE_LIMITED_TRIES_DEFAULT = 4;
 export const RATE_LIMITED_PAUSE_MS_MAX = 30_000;
 /** Items per batch settle, and jobs per enqueue or lease (docs/api.md, "Limits"). */
 export const BATCH_ITEMS_MAX = 1000;
+/** Job ids per redrive (docs/api.md, "Limits"). */
+export const REDRIVE_IDS_MAX = 1000;
+/** Fastest pace of a paced redrive, jobs per second. */
+export const RATE_PER_SECOND_MAX = 10_000;
 
 export interface ClientOptions {
   /** Where `onceq serve` listens, e.g. `http://127.0.0.1:7700`. */
@@ -67,6 +72,13 @@ const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
     }, ms);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+
+/** Refuses more ids than one redrive takes before sending them. */
+function checkRedriveIds(filter: RedriveFilter): void {
+  if (filter.ids !== undefined && filter.ids.length > REDRIVE_IDS_MAX) {
+    throw new RangeError(`onceq: a redrive takes at most ${REDRIVE_IDS_MAX} ids, got ${filter.ids.length}`);
+  }
+}
 
 /** A client of one onceq server. Safe to share: it holds no per-call state. */
 export class Client {
@@ -243,12 +255,48 @@ export class Client {
   deadList(queue: string, params: { limit?: number; after?: string } = {}, opts?: CallOptions): Promise<DeadPage> {
     return this.#json("GET", `/v1/queues/${seg(queue)}/dead${query(params)}`, undefined, opts);
   }
-  /** Makes dead jobs ready again (every one, or `ids`, at most `limit`); resolves to how many. */
-  async deadRedrive(queue: string, options: { ids?: string[]; limit?: number } = {}, opts?: CallOptions): Promise<number> {
-    return (await this.#json<{ redriven: number }>("POST", `/v1/queues/${seg(queue)}/dead/redrive`, options, opts)).redriven;
+  /**
+   * Makes dead jobs ready again, now: every one, or those that pass all the filters given
+   * (`ids`, `limit`, `error_contains`, `dead_after`, `dead_before`, `min_attempts`, `after`,
+   * `to_queue`, `dry_run`). Resolves to how many matched and were redriven, and the last id.
+   */
+  async deadRedrive(queue: string, options: RedriveOptions = {}, opts?: CallOptions): Promise<RedriveResult> {
+    checkRedriveIds(options);
+    return this.#json("POST", `/v1/queues/${seg(queue)}/dead/redrive`, options, opts);
   }
   async deadPurge(queue: string, opts?: CallOptions): Promise<number> {
     return (await this.#json<{ purged: number }>("DELETE", `/v1/queues/${seg(queue)}/dead`, undefined, opts)).purged;
+  }
+
+  // Paced redrives
+
+  /**
+   * Starts a paced redrive: the server moves the dead jobs that pass `filter` in the background,
+   * `ratePerSecond` (1 to 10,000) a second, oldest id first, across restarts. Only jobs dead by now
+   * are taken. Rejects with `Conflict` when 100 paced redrives already run.
+   */
+  async redriveStart(queue: string, ratePerSecond: number, filter: RedriveFilter = {}, opts?: CallOptions): Promise<PacedRedrive> {
+    if (!Number.isInteger(ratePerSecond) || ratePerSecond < 1 || ratePerSecond > RATE_PER_SECOND_MAX) {
+      throw new RangeError(`onceq: ratePerSecond must be an integer from 1 to ${RATE_PER_SECOND_MAX}, got ${ratePerSecond}`);
+    }
+    checkRedriveIds(filter);
+    return this.#json("POST", `/v1/queues/${seg(queue)}/dead/redrive`, { ...filter, rate_per_second: ratePerSecond }, opts);
+  }
+  /** One paced redrive; rejects with `NotFound` when there is none. */
+  redriveGet(id: string, opts?: CallOptions): Promise<PacedRedrive> {
+    return this.#json("GET", `/v1/redrives/${seg(id)}`, undefined, opts);
+  }
+  /** The paced redrives on queues the token administers: running first, then newest first. */
+  async redriveList(opts?: CallOptions): Promise<PacedRedrive[]> {
+    return (await this.#json<{ redrives: PacedRedrive[] }>("GET", "/v1/redrives", undefined, opts)).redrives;
+  }
+  /** Stops a paced redrive (what it moved stays moved); one already ended resolves as it is. */
+  redriveStop(id: string, opts?: CallOptions): Promise<PacedRedrive> {
+    return this.#json("POST", `/v1/redrives/${seg(id)}/stop`, undefined, opts);
+  }
+  /** Steps every running paced redrive now (the server does every 100 ms); resolves to the jobs moved. */
+  async redriveTicks(opts?: CallOptions): Promise<number> {
+    return (await this.#json<{ redriven: number }>("POST", "/v1/redrive-ticks", undefined, opts)).redriven;
   }
 
   // Consumer groups

@@ -184,6 +184,63 @@ export interface DeadPage {
   next: string | null;
 }
 
+/** Which dead jobs a redrive takes, and where to; the filters combine (docs/api.md). */
+export interface RedriveFilter {
+  /** Only these job ids (at most 1000). */
+  ids?: string[];
+  /** At most this many, oldest id first. */
+  limit?: number;
+  /** Only jobs whose last error (the one they died of) contains this text, case-sensitive. */
+  error_contains?: string;
+  /** Only jobs that died at or after this RFC 3339 time. */
+  dead_after?: string;
+  /** Only jobs that died before this RFC 3339 time. */
+  dead_before?: string;
+  /** Only jobs that died after at least this many attempts. */
+  min_attempts?: number;
+  /** Into this existing queue instead of their own. */
+  to_queue?: string;
+}
+
+/** The options of `deadRedrive`: the filters, plus paging and a dry run. */
+export interface RedriveOptions extends RedriveFilter {
+  /** Only jobs with a higher id: pass the previous result's `last` to redrive in steps. */
+  after?: string;
+  /** Count the matching jobs, redrive none. */
+  dry_run?: boolean;
+}
+
+/** The reply of a redrive that runs now. */
+export interface RedriveResult {
+  /** Dead jobs that pass the filters (the limit aside). */
+  matched: number;
+  /** Jobs made ready (0 in a dry run). */
+  redriven: number;
+  /** The highest id redriven, if any. */
+  last: string | null;
+}
+
+/** A paced redrive, as `GET /v1/redrives/{id}` shows it. */
+export interface PacedRedrive {
+  id: string;
+  /** The queue whose dead letters it redrives. */
+  queue: string;
+  /** The request's filter fields (`dead_before` capped at its start). */
+  filter: RedriveFilter & { after?: string; dry_run?: boolean };
+  rate_per_second: number;
+  state: "running" | "stopped" | "done";
+  /** Dead jobs that matched when it started. */
+  matched: number;
+  /** Jobs redriven so far. */
+  redriven: number;
+  /** The highest id redriven so far. */
+  cursor: string | null;
+  created_at: string;
+  finished_at: string | null;
+  /** Why it stopped, when an error stopped it (its queue or `to_queue` was deleted). */
+  error: string | null;
+}
+
 export interface MemberView {
   member_id: string;
   generation: number;

@@ -64,7 +64,7 @@ test("nack to dead, list the dead, redrive, purge", async () => {
   const dead = await client.deadList(q);
   assert.equal(dead.next, null);
   assert.deepEqual(dead.jobs.map((j) => [j.id, j.state, j.errors[0].error]), [[id, "dead", "boom"]]);
-  assert.equal(await client.deadRedrive(q, { ids: [id] }), 1);
+  assert.deepEqual(await client.deadRedrive(q, { ids: [id] }), { matched: 1, redriven: 1, last: id });
   assert.equal((await client.jobGet(id)).state, "ready");
   const [again] = await client.lease(q);
   await client.fail(again.id, again.lease_token, "bad");

@@ -40,7 +40,7 @@ function operations(queue) {
     fails: async (a) => ({ results: await client.fails(a.fails) }),
     releases: async (a) => ({ results: await client.releases(a.releases) }),
     dead_list: (a) => client.deadList(queue, a),
-    dead_redrive: async (a) => ({ redriven: await client.deadRedrive(queue, a) }),
+    dead_redrive: (a) => client.deadRedrive(queue, a),
     dead_purge: async () => ({ purged: await client.deadPurge(queue) }),
     idempotency_begin: (a) => {
       const { key: _key, ...rest } = a;

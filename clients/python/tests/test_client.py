@@ -99,7 +99,7 @@ def test_dead_letters_batch_settles_and_extend(client: onceq.Client, queue: str)
     assert [r.ok for r in client.fails(jobs[2:], error="poison")] == [True]
     page = client.dead_list(queue)
     assert [j.id for j in page.jobs] == [jobs[2].id] and page.jobs[0].errors[0].error == "poison"
-    assert client.dead_redrive(queue, ids=[jobs[2].id]) == 1
+    assert client.dead_redrive(queue, ids=[jobs[2].id]) == onceq.RedriveResult(matched=1, redriven=1, last=jobs[2].id)
     assert client.dead_purge(queue) == 0
     [rel] = client.releases(jobs[:1])
     assert rel.ok

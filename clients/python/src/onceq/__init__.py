@@ -17,17 +17,18 @@ from .client import AsyncClient, Client
 from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, LeaseLost, NotFound, NotMember, OnceqError,
                      PayloadTooLarge, QueueNotEmpty, RateLimited, RequestTimeout, Unauthorized, Unavailable,
                      UnsupportedMediaType)
-from .types import (Begin, CommitOutcome, DeadPage, Enqueued, GroupInfo, Job, LeasedJob, MemberView, Producer,
-                    QueueConfig, QueueInfo, QueueStats, Schedule, SettleResult, TickReport)
+from .types import (Begin, CommitOutcome, DeadPage, Enqueued, GroupInfo, Job, LeasedJob, MemberView, PacedRedrive,
+                    Producer, QueueConfig, QueueInfo, QueueStats, RedriveFilter, RedriveResult, Schedule, SettleResult,
+                    TickReport)
 from .worker import EffectivelyOnce, FailJob, RetryLater, RunningJob, Worker, WorkerStats, effectively_once
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncClient", "BadRequest", "Begin", "Client", "CommitOutcome", "Conflict", "Corrupt", "DeadPage", "Enqueued",
-    "Fenced", "Forbidden", "GroupInfo", "Job", "LeaseLost", "LeasedJob", "MemberView", "NotFound", "NotMember",
-    "OnceqError", "PayloadTooLarge", "Producer", "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats",
-    "RateLimited", "RequestTimeout", "Schedule", "SettleResult", "TickReport", "Unauthorized", "Unavailable",
-    "UnsupportedMediaType", "job", "outbox", "EffectivelyOnce", "FailJob", "RetryLater", "RunningJob", "Worker", "WorkerStats",
-    "effectively_once",
+    "AsyncClient", "BadRequest", "Begin", "Client", "CommitOutcome", "Conflict", "Corrupt", "DeadPage",
+    "EffectivelyOnce", "Enqueued", "FailJob", "Fenced", "Forbidden", "GroupInfo", "Job", "LeaseLost", "LeasedJob",
+    "MemberView", "NotFound", "NotMember", "OnceqError", "PacedRedrive", "PayloadTooLarge", "Producer",
+    "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats", "RateLimited", "RedriveFilter", "RedriveResult",
+    "RequestTimeout", "RetryLater", "RunningJob", "Schedule", "SettleResult", "TickReport", "Unauthorized",
+    "Unavailable", "UnsupportedMediaType", "Worker", "WorkerStats", "effectively_once", "job", "outbox",
 ]

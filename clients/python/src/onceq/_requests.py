@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
@@ -19,6 +20,9 @@ JOBS_PER_ENQUEUE_MAX = 1000
 ITEMS_PER_SETTLE_MAX = 1000
 MAX_JOBS_PER_LEASE_MAX = 1000
 WAIT_MS_MAX = 20_000
+IDS_PER_REDRIVE_MAX = 1000
+#: A paced redrive's pace, jobs per second: 1 to this.
+RATE_PER_SECOND_MAX = 10_000
 
 
 @dataclass
@@ -201,13 +205,75 @@ def dead_list(queue: str, *, limit: Optional[int] = None, after: Optional[Union[
     return Request("GET", f"/v1/queues/{_seg(queue, 'queue')}/dead", t.DeadPage.from_json, params=params)
 
 
-def dead_redrive(queue: str, *, ids: Optional[Sequence[Union[str, int]]] = None, limit: Optional[int] = None) -> Request:
-    body = _opt({}, ids=[_job_id(i) for i in ids] if ids is not None else None, limit=limit)
-    return Request("POST", f"/v1/queues/{_seg(queue, 'queue')}/dead/redrive", lambda d: int(d["redriven"]), body=body)
+def _time(value: Union[str, datetime, None], what: str) -> Optional[str]:
+    """An RFC 3339 time: a string as given, or an aware datetime (a naive one has no zone to send)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{what} must be an aware datetime (with a timezone), got the naive {value!r}")
+        return value.isoformat()
+    raise TypeError(f"{what} must be an RFC 3339 string or a datetime, got {type(value).__name__}")
+
+
+def redrive_body(*, ids: Optional[Sequence[Union[str, int]]] = None, limit: Optional[int] = None,
+                 error_contains: Optional[str] = None, dead_after: Union[str, datetime, None] = None,
+                 dead_before: Union[str, datetime, None] = None, min_attempts: Optional[int] = None,
+                 after: Optional[Union[str, int]] = None, to_queue: Optional[str] = None,
+                 dry_run: Optional[bool] = None) -> Dict[str, Any]:
+    """A redrive's filters as the API takes them; the server checks them all, these few are named here."""
+    if ids is not None and len(ids) > IDS_PER_REDRIVE_MAX:
+        raise ValueError(f"a redrive takes at most {IDS_PER_REDRIVE_MAX} ids, got {len(ids)}")
+    if to_queue is not None:
+        _seg(to_queue, "to_queue")
+    return _opt({}, ids=[_job_id(i) for i in ids] if ids is not None else None, limit=limit,
+                error_contains=error_contains, dead_after=_time(dead_after, "dead_after"),
+                dead_before=_time(dead_before, "dead_before"), min_attempts=min_attempts,
+                after=_job_id(after) if after is not None else None, to_queue=to_queue,
+                dry_run=dry_run)
+
+
+def dead_redrive(queue: str, **filters: Any) -> Request:
+    return Request("POST", f"/v1/queues/{_seg(queue, 'queue')}/dead/redrive", t.RedriveResult.from_json,
+                   body=redrive_body(**filters))
 
 
 def dead_purge(queue: str) -> Request:
     return Request("DELETE", f"/v1/queues/{_seg(queue, 'queue')}/dead", lambda d: int(d["purged"]))
+
+
+# Paced redrives.
+
+def _redrive_id(value: Union[str, int]) -> str:
+    text = str(value)
+    if not text.isdigit():
+        raise ValueError(f"a paced redrive id is a decimal string such as \"1\", got {value!r}")
+    return text
+
+
+def redrive_start(queue: str, rate_per_second: int, **filters: Any) -> Request:
+    if isinstance(rate_per_second, bool) or not isinstance(rate_per_second, int) \
+            or not 1 <= rate_per_second <= RATE_PER_SECOND_MAX:
+        raise ValueError(f"rate_per_second must be an integer from 1 to {RATE_PER_SECOND_MAX}, got {rate_per_second!r}")
+    body = redrive_body(**filters)
+    body["rate_per_second"] = rate_per_second
+    return Request("POST", f"/v1/queues/{_seg(queue, 'queue')}/dead/redrive", t.PacedRedrive.from_json, body=body)
+
+
+def redrive_get(id: Union[str, int]) -> Request:
+    return Request("GET", f"/v1/redrives/{_redrive_id(id)}", t.PacedRedrive.from_json)
+
+
+def redrive_list() -> Request:
+    return Request("GET", "/v1/redrives", lambda d: [t.PacedRedrive.from_json(x) for x in d["redrives"]])
+
+
+def redrive_stop(id: Union[str, int]) -> Request:
+    return Request("POST", f"/v1/redrives/{_redrive_id(id)}/stop", t.PacedRedrive.from_json)
+
+
+def redrive_tick() -> Request:
+    return Request("POST", "/v1/redrive-ticks", lambda d: int(d["redriven"]))
 
 
 # Idempotency.

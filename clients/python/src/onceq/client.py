@@ -8,6 +8,7 @@ answer at all (refused, reset, timed out) raises `onceq.Unavailable` with ``stat
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import httpx
@@ -225,13 +226,56 @@ class Client(_Base):
         return self._send(r.dead_list(queue, limit=limit, after=after))
 
     def dead_redrive(self, queue: str, *, ids: Optional[Sequence[Union[str, int]]] = None,
-                     limit: Optional[int] = None) -> int:
-        """Makes dead jobs ready again (all, these ``ids``, or the oldest ``limit``); returns how many."""
-        return self._send(r.dead_redrive(queue, ids=ids, limit=limit))
+                     limit: Optional[int] = None, error_contains: Optional[str] = None,
+                     dead_after: Union[str, datetime, None] = None, dead_before: Union[str, datetime, None] = None,
+                     min_attempts: Optional[int] = None, after: Optional[Union[str, int]] = None,
+                     to_queue: Optional[str] = None, dry_run: Optional[bool] = None) -> t.RedriveResult:
+        """Makes dead jobs ready again, now: every one, or those that pass all the filters given.
+
+        ``ids`` (at most 1000), ``limit`` (oldest id first), ``error_contains`` (in the error they
+        died of), ``dead_after`` / ``dead_before`` (RFC 3339 strings or aware datetimes),
+        ``min_attempts``, ``after`` (a job id: pass the previous result's ``last``), ``to_queue``
+        (into another existing queue), ``dry_run`` (count, move none). Returns matched, redriven
+        and last (`RedriveResult`).
+        """
+        return self._send(r.dead_redrive(queue, ids=ids, limit=limit, error_contains=error_contains,
+                                         dead_after=dead_after, dead_before=dead_before, min_attempts=min_attempts,
+                                         after=after, to_queue=to_queue, dry_run=dry_run))
 
     def dead_purge(self, queue: str) -> int:
         """Deletes every dead job of the queue; returns how many."""
         return self._send(r.dead_purge(queue))
+
+    # Paced redrives.
+    def redrive_start(self, queue: str, rate_per_second: int, *, ids: Optional[Sequence[Union[str, int]]] = None,
+                      limit: Optional[int] = None, error_contains: Optional[str] = None,
+                      dead_after: Union[str, datetime, None] = None, dead_before: Union[str, datetime, None] = None,
+                      min_attempts: Optional[int] = None, to_queue: Optional[str] = None) -> t.PacedRedrive:
+        """Starts a paced redrive: the server moves the matching dead jobs in the background,
+        ``rate_per_second`` (1 to 10,000) at a time, oldest id first, and keeps going across restarts.
+
+        Takes the filters of `dead_redrive` but ``after`` and ``dry_run``; only jobs dead by now are
+        taken. `Conflict` when 100 paced redrives already run.
+        """
+        return self._send(r.redrive_start(queue, rate_per_second, ids=ids, limit=limit, error_contains=error_contains,
+                                          dead_after=dead_after, dead_before=dead_before, min_attempts=min_attempts,
+                                          to_queue=to_queue))
+
+    def redrive_get(self, id: Union[str, int]) -> t.PacedRedrive:
+        """One paced redrive; `NotFound` when there is none."""
+        return self._send(r.redrive_get(id))
+
+    def redrive_list(self) -> List[t.PacedRedrive]:
+        """The paced redrives on queues the token administers: running first, then newest first."""
+        return self._send(r.redrive_list())
+
+    def redrive_stop(self, id: Union[str, int]) -> t.PacedRedrive:
+        """Stops a paced redrive (what it moved stays moved); one already ended is returned as it is."""
+        return self._send(r.redrive_stop(id))
+
+    def redrive_tick(self) -> int:
+        """Steps every running paced redrive now (the server does every 100 ms); returns the jobs moved."""
+        return self._send(r.redrive_tick())
 
     # Idempotency.
     def idempotency_begin(self, key: str, owner: str, ttl_ms: int, fingerprint: Optional[str] = None) -> t.Begin:
@@ -437,11 +481,37 @@ class AsyncClient(_Base):
         return await self._send(r.dead_list(queue, limit=limit, after=after))
 
     async def dead_redrive(self, queue: str, *, ids: Optional[Sequence[Union[str, int]]] = None,
-                           limit: Optional[int] = None) -> int:
-        return await self._send(r.dead_redrive(queue, ids=ids, limit=limit))
+                           limit: Optional[int] = None, error_contains: Optional[str] = None,
+                           dead_after: Union[str, datetime, None] = None, dead_before: Union[str, datetime, None] = None,
+                           min_attempts: Optional[int] = None, after: Optional[Union[str, int]] = None,
+                           to_queue: Optional[str] = None, dry_run: Optional[bool] = None) -> t.RedriveResult:
+        return await self._send(r.dead_redrive(queue, ids=ids, limit=limit, error_contains=error_contains,
+                                               dead_after=dead_after, dead_before=dead_before,
+                                               min_attempts=min_attempts, after=after, to_queue=to_queue,
+                                               dry_run=dry_run))
 
     async def dead_purge(self, queue: str) -> int:
         return await self._send(r.dead_purge(queue))
+
+    async def redrive_start(self, queue: str, rate_per_second: int, *, ids: Optional[Sequence[Union[str, int]]] = None,
+                            limit: Optional[int] = None, error_contains: Optional[str] = None,
+                            dead_after: Union[str, datetime, None] = None, dead_before: Union[str, datetime, None] = None,
+                            min_attempts: Optional[int] = None, to_queue: Optional[str] = None) -> t.PacedRedrive:
+        return await self._send(r.redrive_start(queue, rate_per_second, ids=ids, limit=limit,
+                                                error_contains=error_contains, dead_after=dead_after,
+                                                dead_before=dead_before, min_attempts=min_attempts, to_queue=to_queue))
+
+    async def redrive_get(self, id: Union[str, int]) -> t.PacedRedrive:
+        return await self._send(r.redrive_get(id))
+
+    async def redrive_list(self) -> List[t.PacedRedrive]:
+        return await self._send(r.redrive_list())
+
+    async def redrive_stop(self, id: Union[str, int]) -> t.PacedRedrive:
+        return await self._send(r.redrive_stop(id))
+
+    async def redrive_tick(self) -> int:
+        return await self._send(r.redrive_tick())
 
     async def idempotency_begin(self, key: str, owner: str, ttl_ms: int,
                                 fingerprint: Optional[str] = None) -> t.Begin:

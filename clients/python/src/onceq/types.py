@@ -370,3 +370,61 @@ class TickReport(_Wire):
     fired: List[FiredTick]
     skipped: int
     _nested = {"fired": [FiredTick]}
+
+
+@dataclass
+class RedriveResult(_Wire):
+    """The reply of a redrive (``POST /v1/queues/{queue}/dead/redrive``).
+
+    ``matched`` counts the dead jobs that pass the filters (the ``limit`` aside), ``redriven`` those
+    made ready (0 in a dry run), ``last`` the highest id redriven: pass it as ``after`` to go on.
+    """
+
+    matched: int
+    redriven: int
+    last: Optional[str]
+
+
+@dataclass
+class RedriveFilter(_Wire):
+    """Which dead jobs a paced redrive takes and where to: the fields its request named.
+
+    Its ``dead_before`` is capped at the redrive's start, so a job that dies again is not taken again.
+    """
+
+    ids: Optional[List[str]] = None
+    limit: Optional[int] = None
+    error_contains: Optional[str] = None
+    dead_after: Optional[str] = None
+    dead_before: Optional[str] = None
+    min_attempts: Optional[int] = None
+    after: Optional[str] = None
+    to_queue: Optional[str] = None
+    dry_run: bool = False
+
+    def to_json(self) -> Dict[str, Any]:
+        # The API omits every field the request did not name (and ``dry_run`` when false).
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, False)}
+
+
+@dataclass
+class PacedRedrive(_Wire):
+    """A paced redrive, as ``GET /v1/redrives/{id}`` shows it.
+
+    ``state`` is ``"running"``, ``"stopped"`` or ``"done"``; ``matched`` the dead jobs that matched
+    when it started; ``redriven`` the jobs moved so far, ``cursor`` the highest id among them;
+    ``error`` why it stopped, when an error stopped it (its queue or ``to_queue`` was deleted).
+    """
+
+    id: str
+    queue: str
+    filter: RedriveFilter
+    rate_per_second: int
+    state: str
+    matched: int
+    redriven: int
+    cursor: Optional[str]
+    created_at: str
+    finished_at: Optional[str]
+    error: Optional[str]
+    _nested = {"filter": RedriveFilter}
