@@ -189,7 +189,8 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
                 onceq_core::Error::Unavailable(m) => CliError::Unavailable(format!("--server: {m}")),
                 other => CliError::Failed(format!("--server: {other}")),
             })?;
-            return Ok((Arc::new(OnceqSink::new(Arc::new(client))), format!("onceq server {server}"), None));
+            let sink = OnceqSink::with_retry_horizon(Arc::new(client), retry_horizon(args));
+            return Ok((Arc::new(sink), format!("onceq server {server}"), None));
         }
         if let Some(store) = &args.store {
             let options = onceq_postgres::PgOptions::new(store)
@@ -204,7 +205,8 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
                 crate::serve::warn_created(&args.store_schema, "--store-schema");
             }
             let description = format!("onceq PostgreSQL store, schema {}", args.store_schema);
-            return Ok((Arc::new(OnceqSink::new(Arc::new(pg.clone()))), description, Some(pg)));
+            let sink = OnceqSink::with_retry_horizon(Arc::new(pg.clone()), retry_horizon(args));
+            return Ok((Arc::new(sink), description, Some(pg)));
         }
         return Err(CliError::Usage(
             "--sink onceq needs --server URL (a running onceq serve) or --store postgres://... (its database)".into(),
@@ -228,6 +230,12 @@ async fn open_sink(args: &RelayArgs) -> Result<(Arc<dyn Sink>, String, Option<on
     Err(CliError::Usage(format!(
         "--sink {sink:?}: use onceq, nats://host:port, amqp://host:port, or an http(s):// URL"
     )))
+}
+
+/// The longest time after a publish that this relay may publish it again: its backoff cap plus
+/// its publish timeout. A onceq destination's dedup window must cover it.
+fn retry_horizon(args: &RelayArgs) -> Duration {
+    Duration::from_millis(args.backoff_max_ms.saturating_add(args.publish_timeout_ms))
 }
 
 /// `url` without the password, for the startup line.

@@ -85,3 +85,6 @@ pub const SCHEDULE_TICKS_ENQUEUED: &str = "onceq_schedule_ticks_enqueued_total";
 pub const SCHEDULE_TICKS_SKIPPED: &str = "onceq_schedule_ticks_skipped_total";
 /// Histogram (seconds): how long after its time each tick fired (label `schedule`).
 pub const SCHEDULE_TICK_LATENESS: &str = "onceq_schedule_tick_lateness_seconds";
+/// Gauge, labels `queue` and `advice`: 1 while the server advises on the queue (`lease_timeout`:
+/// handlers hold their leases for most of the visibility timeout), else 0.
+pub const QUEUE_ADVICE: &str = "onceq_queue_advice";

@@ -6,6 +6,8 @@
 //!   [`serve`]. `api`: [`Api`], the API over a store before it is served.
 //! - `state`: what every handler shares, and the request body limit.
 //! - `routes`: the handlers and the OpenAPI document (`/openapi.json`), generated from them.
+//! - `advice`: the lease adviser: from the lease-to-ack times it sees, advice on queues whose
+//!   handlers hold their leases for most of the visibility timeout.
 //! - `redrives`: the `/v1/redrives` handlers (paced redrives), routed and documented by `routes`.
 //! - `schedules`: the `/v1/schedules` handlers, routed and documented by `routes`.
 //! - [`auth`]: bearer tokens with per-queue-pattern permissions; `preauth`: the part of them the
@@ -18,6 +20,7 @@
 //! - `ui`: the web dashboard at `/ui` (HTML, outside the OpenAPI document).
 //! - `parse_errors`: hyper's answers to requests it cannot parse, rewritten in the API's format.
 
+mod advice;
 mod api;
 pub mod auth;
 mod body;

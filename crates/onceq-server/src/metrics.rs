@@ -33,8 +33,11 @@ pub fn handle() -> Option<PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_SECONDS)
                 .ok()?;
-            match builder.install_recorder() {
-                Ok(handle) => {
+            // The lease adviser (`advice`) sees every lease-to-ack sample through the recorder.
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(crate::advice::Advising(recorder)) {
+                Ok(()) => {
                     describe();
                     Some(handle)
                 }
@@ -51,6 +54,10 @@ pub fn handle() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(names::ENQUEUED, "Jobs created by enqueues (duplicates excluded).");
+    describe_gauge!(
+        names::QUEUE_ADVICE,
+        "1 while the lease adviser advises on the queue (lease_timeout: leases held for most of the visibility timeout)."
+    );
     describe_counter!(names::DUPLICATES_SUPPRESSED, "Enqueues absorbed by producer dedup.");
     describe_counter!(names::DELIVERIES, "Jobs handed out by leases, every attempt.");
     describe_counter!(names::REDELIVERIES, "Jobs made available for another attempt, by reason.");
@@ -172,7 +179,7 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
     for queue in queues {
         let name = queue.name.to_string();
         register_queue_series(&name);
-        let stats = queue.stats;
+        let stats = &queue.stats;
         for (label, value) in [
             ("ready", stats.ready),
             ("scheduled", stats.scheduled),
@@ -185,6 +192,8 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
         let age = stats.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
         metrics::gauge!(names::OLDEST_READY_AGE, "queue" => name.clone()).set(age);
         metrics::gauge!(names::QUEUE_PAUSED, "queue" => name.clone()).set(if queue.paused { 1.0 } else { 0.0 });
+        // The lease adviser's gauge (and its log line, at most once a minute).
+        crate::advice::advise(&queue);
         // Only a per_key queue can have groups; asking the others would only be refused.
         if queue.config.ordering == onceq_core::Ordering::PerKey {
             let groups = match state.store.group_list(&queue.name).await {

@@ -14,6 +14,7 @@ use onceq_core::{
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+use crate::advice::AdvisedQueue;
 use crate::auth::{Action, Principal};
 use crate::body::JsonBody;
 use crate::error::ApiError;
@@ -176,6 +177,8 @@ pub(crate) fn routes() -> Router<AppState> {
         RedriveList,
         RedriveTickResponse,
         onceq_core::redrive::RedriveState,
+        AdvisedQueue,
+        crate::advice::Advice,
         PurgeResponse,
         JoinOptions,
         MemberView,
@@ -242,7 +245,7 @@ async fn queue_list(
 /// Reads a queue's config and stats.
 #[utoipa::path(get, path = "/v1/queues/{queue}", params(("queue" = String, Path)),
     responses(
-        (status = 200, body = QueueInfo, description = "the queue's config and stats"),
+        (status = 200, body = AdvisedQueue, description = "the queue's config and stats, and the lease adviser's advice"),
         (status = 403, body = ErrorBody, description = "forbidden: the token has no permission on the queue"),
         (status = 404, body = ErrorBody, description = "not_found: no such queue")
     ))]
@@ -250,9 +253,11 @@ async fn queue_get(
     State(state): State<AppState>,
     principal: Principal,
     QueuePath(queue): QueuePath,
-) -> ApiResult<Json<QueueInfo>> {
+) -> ApiResult<Json<AdvisedQueue>> {
     principal.check(Action::Read, queue.as_str())?;
-    Ok(Json(state.store.queue_get(&queue).await?))
+    let info = state.store.queue_get(&queue).await?;
+    let advice = crate::advice::advise(&info);
+    Ok(Json(AdvisedQueue { info, advice }))
 }
 
 /// Creates or updates a queue. Changing `ordering` or `partitions` of a queue that holds jobs is

@@ -24,13 +24,21 @@
 //! to be replaced (or restarted) plus its publish timeout. Configure a longer window on queues
 //! fed by an outbox whose relay may stay down longer; a queue with a window of 0 cannot dedup,
 //! and gets a duplicate for each such crash.
+//!
+//! A retry of a publish whose confirmation was lost comes at most the relay's backoff cap plus
+//! its publish timeout after the first: a sink made [`OnceqSink::with_retry_horizon`] (what
+//! `onceq relay` does) asks the store for each destination queue's window (again every
+//! [`WINDOW_RECHECK`]) and refuses, as a permanent failure that parks the message with the
+//! reason, to publish into a queue whose window is shorter than that horizon: a retry there
+//! could enqueue the job twice. A queue that does not exist yet gets the default window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use onceq_core::limits::ENQUEUE_BATCH_MAX;
-use onceq_core::{Error, NewJob, QueueName, Store};
+use onceq_core::{Error, NewJob, QueueConfig, QueueName, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{OutboxMessage, PublishError, Sink};
@@ -56,18 +64,45 @@ impl std::fmt::Debug for OnceqSink {
     }
 }
 
+/// How long a destination queue's dedup window is trusted before it is read again.
+pub const WINDOW_RECHECK: Duration = Duration::from_secs(60);
+
 impl OnceqSink {
     /// A sink enqueueing into `store`. Call it within a tokio runtime: it starts the task that
     /// gathers publishes into enqueues.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let (pending, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(gather(store, receiver));
+        tokio::spawn(gather(store, receiver, None));
+        OnceqSink { pending }
+    }
+
+    /// A sink enqueueing into `store` that refuses queues whose dedup window is shorter than
+    /// `horizon`, the longest time after a publish that the relay may publish it again (its
+    /// backoff cap plus its publish timeout).
+    pub fn with_retry_horizon(store: Arc<dyn Store>, horizon: Duration) -> Self {
+        let (pending, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(gather(store, receiver, Some(horizon)));
         OnceqSink { pending }
     }
 }
 
+/// Why `queue`, with a dedup window of `window_ms`, cannot take the relay's retries, if so.
+fn window_too_short(queue: &QueueName, window_ms: u64, horizon: Duration) -> Option<String> {
+    let horizon_ms = u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX);
+    (window_ms < horizon_ms).then(|| {
+        format!(
+            "queue {queue}'s dedup_window_ms ({window_ms} ms) is shorter than the relay's retry horizon \
+             (--backoff-max-ms plus --publish-timeout-ms: {horizon_ms} ms): a retry after a lost confirmation \
+             could enqueue the job twice. Raise the queue's dedup_window_ms (onceq queue set {queue} \
+             --dedup-window-ms {horizon_ms}) or lower the relay's --backoff-max-ms, then redrive the parked messages"
+        )
+    })
+}
+
 /// Takes every publish waiting at once, and enqueues them per queue, up to a batch each.
-async fn gather(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Pending>) {
+async fn gather(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Pending>, horizon: Option<Duration>) {
+    // Each destination's dedup window as last read, and when.
+    let mut windows: HashMap<QueueName, (Instant, u64)> = HashMap::new();
     while let Some(first) = receiver.recv().await {
         let mut by_queue: BTreeMap<QueueName, Vec<Pending>> = BTreeMap::new();
         by_queue.entry(first.queue.clone()).or_default().push(first);
@@ -76,6 +111,31 @@ async fn gather(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Pen
             let Ok(next) = receiver.try_recv() else { break };
             by_queue.entry(next.queue.clone()).or_default().push(next);
             taken += 1;
+        }
+        if let Some(horizon) = horizon {
+            let mut refused = Vec::new();
+            for queue in by_queue.keys() {
+                let fresh = windows.get(queue).is_some_and(|(at, _)| at.elapsed() < WINDOW_RECHECK);
+                if !fresh {
+                    let window_ms = match store.queue_get(queue).await {
+                        Ok(info) => info.config.dedup_window_ms,
+                        Err(Error::QueueNotFound(_)) => QueueConfig::default().dedup_window_ms,
+                        // Not known now: the enqueue below meets the same trouble and is retried.
+                        Err(_) => continue,
+                    };
+                    windows.insert(queue.clone(), (Instant::now(), window_ms));
+                }
+                let window_ms = windows.get(queue).map_or(u64::MAX, |(_, ms)| *ms);
+                if let Some(reason) = window_too_short(queue, window_ms, horizon) {
+                    refused.push((queue.clone(), reason));
+                }
+            }
+            for (queue, reason) in refused {
+                tracing::warn!(%queue, "{reason}");
+                for waiting in by_queue.remove(&queue).unwrap_or_default() {
+                    let _ = waiting.done.send(Err(PublishError::Permanent(reason.clone())));
+                }
+            }
         }
         let enqueues = by_queue.into_iter().map(|(queue, waiting)| {
             let store = store.clone();
