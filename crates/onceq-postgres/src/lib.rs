@@ -338,8 +338,10 @@ pub(crate) struct Inner {
     /// The task firing due schedule ticks and stepping paced redrives (`PgStore::start_ticking`);
     /// aborted when the store goes.
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Whether a paced redrive was running when last looked: the ticker then steps every
-    /// `REDRIVE_STEP_INTERVAL_MS`, else it looks once a tick interval.
+    /// Whether a paced redrive was running when last looked (or this store started one): the
+    /// ticker then steps every `REDRIVE_STEP_INTERVAL_MS`, else it looks once a tick interval
+    /// (the first look a second after connecting, with the first schedule pass, so that an idle
+    /// store adds no statement of its own before then).
     pub(crate) redrives_running: std::sync::atomic::AtomicBool,
     /// When (store-clock ms) expired dedup ids and idempotency keys were last swept.
     pub(crate) last_sweep_ms: AtomicI64,
@@ -469,7 +471,7 @@ impl PgStore {
             sleeper: wait::sleeper_name(),
             listener: Mutex::new(Some(task)),
             ticker: Mutex::new(None),
-            redrives_running: std::sync::atomic::AtomicBool::new(true),
+            redrives_running: std::sync::atomic::AtomicBool::new(false),
             last_sweep_ms: AtomicI64::new(i64::MIN),
             known_queues: Mutex::new(std::collections::HashMap::new()),
             conns,
