@@ -12,7 +12,7 @@
 //! area `schedules`). Restarts alternate `--durability fsync` and `relaxed` (which must survive
 //! a process crash too).
 //!
-//! `ONCEQ_SCHEDULE_CRASH_TICKS` sets how many seconds of ticks the test runs (default 50).
+//! `ONCEQ_SCHEDULE_CRASH_TICKS` sets how many seconds of ticks the test runs (default 30).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,7 +29,7 @@ const QUEUE: &str = "beats";
 const SCHEDULES: [(&str, &str); 2] = [("beat-all", "all"), ("beat-skip", "skip")];
 
 fn ticks_to_run() -> u64 {
-    std::env::var("ONCEQ_SCHEDULE_CRASH_TICKS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+    std::env::var("ONCEQ_SCHEDULE_CRASH_TICKS").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
 }
 
 /// Sleeps until `offset_ms` (may be negative) from the next whole second of the wall clock.

@@ -10,7 +10,7 @@
 //! An ordered run (`--ordered`) also keeps per-key order under every fault.
 //!
 //! The runs take turns (one verify process at a time), so that their timing does not depend on
-//! each other. Sizes, in jobs per mode: 20,000 on the embedded store, 7,000 (21,000 per run) on
+//! each other. Sizes, in jobs per mode: 12,000 on the embedded store, 7,000 (21,000 per run) on
 //! the managed server and on PostgreSQL, so that the file stays within a few minutes of a debug
 //! build on a 2-core machine; `ONCEQ_VERIFY_JOBS` sets them all (e.g. 200000 for a long run).
 
@@ -140,7 +140,7 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn embedded_store_keeps_every_promise_under_all_faults() {
-    let jobs = jobs(20_000);
+    let jobs = jobs(12_000);
     let output = verify(&args(&["--all-faults", "--seed", "11", "--jobs", &jobs.to_string()])).await;
     assert_promises_kept(&output, jobs, None);
 }
