@@ -8,7 +8,7 @@
 //!   lease gets (Invariant 15).
 //! - [`error`]: the seam's [`Error`] and its portable [`ErrorKind`].
 //! - [`time`]: [`Timestamp`] and the store's one [`Clock`] (Invariant 7).
-//! - `id`: [`JobId`] and [`QueueName`], the names the seam's [`Error`] carries; what makes them
+//! - `id`: [`JobId`], [`QueueName`] and [`RedriveId`], the names the seam's [`Error`] carries; what makes them
 //!   valid, and reading them, lives with the job and the queue.
 //! - `queue`: what makes a [`QueueName`] valid, [`QueueConfig`], [`DeliveryMode`], [`QueueStats`].
 //! - `job`: reading a [`JobId`], [`LeaseToken`], [`NewJob`], [`Job`], [`LeasedJob`].
@@ -20,6 +20,8 @@
 //! - [`schedule`]: schedules: [`ScheduleName`](schedule::ScheduleName), the spec, what a read
 //!   returns, and the pure tick computation (cron, time zones, DST, catch-up; Invariant 14).
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
+//! - [`redrive`]: a redrive's filters ([`Redrive`]), what it did ([`Redriven`]), and paced
+//!   redrives: their row, state and pace (`RedriveId` lives in `id`).
 //! - [`api`]: the HTTP API's wire types, shared by the server and the client.
 //! - [`idempotency`]: the idempotency store, the consumer half of effectively-once.
 //! - [`inspect`]: [`Inspect`], the bounded reads of an operator's view (jobs by state, a dedup

@@ -15,6 +15,8 @@
 //!   hand-overs (Invariant 10); `jobs` runs the long poll around it.
 //! - `schedules`: schedules, and firing their due ticks (one job per tick across servers, by
 //!   the schedule row's lock), from a task each store runs and on `schedule_tick`.
+//! - `redrives`: paced redrives: starting, reading, stopping, and the steps every store takes
+//!   by itself under the redrive's row lock.
 //! - `idempotency`: the idempotency store, in the same schema.
 //! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
 //!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait

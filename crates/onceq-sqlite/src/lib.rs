@@ -12,6 +12,9 @@
 //!   - `writer::cache`: queue configs, per-state counts, the id counter and the next due time,
 //!     kept in memory, and what of them it publishes for readers and waiting leases.
 //!   - `writer::due`: what the clock made due, applied before each group.
+//!   - `writer::redrives`: paced redrives: starting, reading, stopping, and their steps (from
+//!     `writer::due` when one is due, and on `redrive_tick`), each step's jobs and cursor in one
+//!     transaction; `writer::dead` redrives (with filters, into another queue) and purges.
 //!   - `writer::schedules`: schedules, and firing their due ticks (from `writer::due`, and on
 //!     `schedule_tick`) in the transaction that advances them.
 //!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
