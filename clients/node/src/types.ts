@@ -63,11 +63,19 @@ export interface QueueStats {
   oldest_ready_age_ms: number | null;
 }
 
+/** A piece of the lease adviser's advice (`lease_timeout`: handlers hold their leases for most of the visibility timeout, so jobs get delivered twice). */
+export interface Advice {
+  kind: string;
+  message: string;
+}
+
 export interface Queue {
   name: string;
   config: QueueConfig;
   paused: boolean;
   stats: QueueStats;
+  /** What the server's lease adviser sees wrong with the queue (`GET /v1/queues/{queue}` only; empty when nothing). */
+  advice?: Advice[];
 }
 
 export interface QueuePage {

@@ -17,7 +17,7 @@ from .client import AsyncClient, Client
 from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, LeaseLost, NotFound, NotMember, OnceqError,
                      PayloadTooLarge, QueueNotEmpty, RateLimited, RequestTimeout, Unauthorized, Unavailable,
                      UnsupportedMediaType)
-from .types import (Begin, CommitOutcome, DeadPage, Enqueued, GroupInfo, Job, LeasedJob, MemberView, PacedRedrive,
+from .types import (Advice, Begin, CommitOutcome, DeadPage, Enqueued, GroupInfo, Job, LeasedJob, MemberView, PacedRedrive,
                     Producer, QueueConfig, QueueInfo, QueueStats, RedriveFilter, RedriveResult, Schedule, SettleResult,
                     TickReport)
 from .worker import EffectivelyOnce, FailJob, RetryLater, RunningJob, Worker, WorkerStats, effectively_once
@@ -25,7 +25,7 @@ from .worker import EffectivelyOnce, FailJob, RetryLater, RunningJob, Worker, Wo
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncClient", "BadRequest", "Begin", "Client", "CommitOutcome", "Conflict", "Corrupt", "DeadPage",
+    "Advice", "AsyncClient", "BadRequest", "Begin", "Client", "CommitOutcome", "Conflict", "Corrupt", "DeadPage",
     "EffectivelyOnce", "Enqueued", "FailJob", "Fenced", "Forbidden", "GroupInfo", "Job", "LeaseLost", "LeasedJob",
     "MemberView", "NotFound", "NotMember", "OnceqError", "PacedRedrive", "PayloadTooLarge", "Producer",
     "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats", "RateLimited", "RedriveFilter", "RedriveResult",

@@ -190,14 +190,24 @@ class QueueStats(_Wire):
 
 
 @dataclass
+class Advice(_Wire):
+    """What the server's lease adviser sees wrong with a queue (``kind`` ``lease_timeout``:
+    handlers hold their leases for most of the visibility timeout, so jobs get delivered twice)."""
+
+    kind: str
+    message: str
+
+
+@dataclass
 class QueueInfo(_Wire):
-    """A queue: its config, whether it is paused, and its stats."""
+    """A queue: its config, whether it is paused, its stats, and the lease adviser's advice."""
 
     name: str
     config: QueueConfig
     paused: bool
     stats: QueueStats
-    _nested = {"config": QueueConfig, "stats": QueueStats}
+    advice: List[Advice] = field(default_factory=list)
+    _nested = {"config": QueueConfig, "stats": QueueStats, "advice": [Advice]}
 
 
 @dataclass
