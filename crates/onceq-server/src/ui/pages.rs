@@ -702,11 +702,21 @@ pub(crate) async fn job_page(State(ui): State<Ui>, headers: HeaderMap, Path(id):
                 } @else { "no lease" }
             }
         }
+        @if let Some(at) = job.cancelled_at {
+            p.hint #cancelled { "Cancelled " (time(at)) @if job.state == JobState::Leased { ": the running attempt's next heartbeat stops its handler, and the job ends cancelled unless that attempt finishes it." } }
+        }
         @if admin && job.state == JobState::Dead {
             form.actions method="post" action={ "/ui/jobs/" (id) "/retry" } {
                 (csrf_field(&session))
                 button type="submit" data-action="retry" { "Retry now" }
                 span.hint { " Makes this dead job ready again, attempts reset (a redrive of this job)." }
+            }
+        }
+        @if admin && job.cancelled_at.is_none() && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Blocked | JobState::Leased) {
+            form.actions method="post" action={ "/ui/jobs/" (id) "/cancel" } {
+                (csrf_field(&session))
+                button type="submit" data-action="cancel" { "Cancel" }
+                span.hint { " The job never runs again; a running attempt is told at its next heartbeat." }
             }
         }
         h2 { "Attempts" }
@@ -759,6 +769,26 @@ pub(crate) async fn job_retry(
         ));
     }
     ui.app.store.dead_redrive(&job.queue, Redrive { ids: Some(vec![id]), ..Redrive::default() }).await?;
+    Ok(Redirect::to(&format!("/ui/jobs/{id}")).into_response())
+}
+
+/// Cancels a job (`Store::job_cancel`): at once when it is not leased, at the end of its lease
+/// when it is.
+pub(crate) async fn job_cancel(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
+    let session = match ui.session(&headers) {
+        Ok(session) => session,
+        Err(redirect) => return Ok(redirect.into_response()),
+    };
+    checked_form(&session, &body)?;
+    let id = parse_id(&id)?;
+    let job = ui.app.store.job_get(id).await?;
+    need(&session.principal, Action::Admin, job.queue.as_str())?;
+    ui.app.store.job_cancel(id).await?;
     Ok(Redirect::to(&format!("/ui/jobs/{id}")).into_response())
 }
 
