@@ -129,19 +129,22 @@ impl Unique {
     /// and the 32 bytes of the SHA-256 of the payload's canonical form. The leading byte keeps
     /// the two kinds apart.
     pub fn key(&self, job: &NewJob) -> Result<Vec<u8>> {
+        self.key_of(job.dedup_id.as_deref(), &job.payload)
+    }
+
+    /// [`Unique::key`] of a job with this dedup id and payload.
+    pub fn key_of(&self, dedup_id: Option<&str>, payload: &[u8]) -> Result<Vec<u8>> {
         match self.by {
             UniqueBy::DedupId => {
-                let id = job
-                    .dedup_id
-                    .as_deref()
-                    .ok_or_else(|| Error::invalid("unique.by is dedup_id, so the job needs a dedup_id"))?;
+                let id =
+                    dedup_id.ok_or_else(|| Error::invalid("unique.by is dedup_id, so the job needs a dedup_id"))?;
                 let mut key = Vec::with_capacity(1 + id.len());
                 key.push(b'd');
                 key.extend_from_slice(id.as_bytes());
                 Ok(key)
             }
             UniqueBy::Payload => {
-                let canonical = canonical_json(&job.payload)?;
+                let canonical = canonical_json(payload)?;
                 let mut key = Vec::with_capacity(33);
                 key.push(b'p');
                 key.extend_from_slice(&Sha256::digest(canonical.as_bytes()));

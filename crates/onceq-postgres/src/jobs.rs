@@ -658,7 +658,7 @@ impl PgStore {
 pub(crate) struct Batch {
     /// The jobs, their payloads taken out.
     pub(crate) jobs: Vec<NewJob>,
-    payloads: Vec<Vec<u8>>,
+    pub(crate) payloads: Vec<Vec<u8>>,
     /// Headers as JSON text, `None` when a job has none.
     headers: Vec<Option<String>>,
 }

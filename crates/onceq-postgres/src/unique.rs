@@ -81,8 +81,13 @@ impl PgStore {
     }
 
     async fn unique_in(&self, conn: &mut Conn<'_>, queue: &QueueName, batch: Batch) -> Result<(Vec<Enqueued>, i64)> {
-        let keys: Vec<Option<Vec<u8>>> =
-            batch.jobs.iter().map(|job| job.unique.map(|u| u.key(job)).transpose()).collect::<Result<_>>()?;
+        // The batch holds the payloads apart from the jobs.
+        let keys: Vec<Option<Vec<u8>>> = batch
+            .jobs
+            .iter()
+            .zip(&batch.payloads)
+            .map(|(job, payload)| job.unique.map(|u| u.key_of(job.dedup_id.as_deref(), payload)).transpose())
+            .collect::<Result<_>>()?;
         for _ in 0..QUEUE_RESOLVE_TRIES_MAX {
             let Some(resolved) = self.resolve_queue(conn, queue, &batch.jobs).await? else { continue };
             let ResolvedQueue { now, id: queue_id, config, config_text } = resolved;
