@@ -550,7 +550,7 @@ fn headers_of(id: i64, text: Option<String>) -> Result<Headers> {
     }
 }
 
-fn job_state(stored: i16) -> Result<JobState> {
+pub(crate) fn job_state(stored: i16) -> Result<JobState> {
     Ok(match stored {
         state::SCHEDULED => JobState::Scheduled,
         state::READY => JobState::Ready,

@@ -16,13 +16,12 @@
 
 use std::collections::HashMap;
 
-use onceq_core::{Enqueued, Error, JobState, NewJob, QueueName, Result, UniqueBy, UniqueWhile};
+use onceq_core::{Enqueued, Error, NewJob, QueueName, Result, UniqueBy, UniqueWhile};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::due::decode;
 use crate::jobs::{Batch, ResolvedQueue, QUEUE_RESOLVE_TRIES_MAX};
-use crate::schema::state;
 use crate::{job_id, Conn, PgStore};
 
 /// Takes the advisory lock of each key (`$1`, sorted), waiting for transactions that hold one.
@@ -110,7 +109,7 @@ impl PgStore {
                 let job_state: Option<i16> = row.try_get("state").map_err(decode)?;
                 let held = match rule {
                     UniqueWhile::Window => expires_at.is_some_and(|at| at > now),
-                    rule => job_state.map(stored_state).transpose()?.is_some_and(|s| rule.holds(s)),
+                    rule => job_state.map(crate::jobs::job_state).transpose()?.is_some_and(|s| rule.holds(s)),
                 };
                 if held {
                     holders.insert(key, holder);
@@ -193,17 +192,6 @@ impl PgStore {
 fn lock_of(queue_id: i64, key: &[u8]) -> i32 {
     let digest = Sha256::new().chain_update(queue_id.to_be_bytes()).chain_update(key).finalize();
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
-
-fn stored_state(stored: i16) -> Result<JobState> {
-    Ok(match stored {
-        state::SCHEDULED => JobState::Scheduled,
-        state::READY => JobState::Ready,
-        state::LEASED => JobState::Leased,
-        state::DEAD => JobState::Dead,
-        state::BLOCKED => JobState::Blocked,
-        other => return Err(Error::Storage(format!("a job has the unknown state {other}"))),
-    })
 }
 
 /// Whether `job` is unique by its dedup id: then its dedup id is judged by the unique rule, and
