@@ -202,6 +202,8 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
