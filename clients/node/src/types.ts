@@ -94,6 +94,16 @@ export interface NewJob {
   dedup_id?: string;
   headers?: Record<string, string>;
   ordering_key?: string;
+  /** No second job of this key while the first holds it (docs/api.md, "Unique jobs"). */
+  unique?: Unique;
+}
+
+/** A job's `unique`: its key (`by`) and how long the job holds it (`while`; `window` needs `window_ms`). */
+export interface Unique {
+  by: "dedup_id" | "payload";
+  while: "pending" | "active" | "window";
+  /** With `while: "window"` only: 1 to 604,800,000 ms. */
+  window_ms?: number;
 }
 
 export interface Enqueued {

@@ -39,6 +39,20 @@ test("enqueue dedups by dedup_id and Idempotency-Key, and reads the job back", a
   assert.equal(raw.payload_base64, "/wAQ");
 });
 
+test("unique jobs: a duplicate while the first is pending, a new job once it is leased", async () => {
+  const q = queueName();
+  const unique = { by: "payload", while: "pending" };
+  const [first] = await client.enqueue(q, [{ payload: { day: "2026-12-07", kind: "sales" }, unique }]);
+  assert.equal(first.duplicate, false);
+  const again = await client.enqueue(q, [{ payload: { kind: "sales", day: "2026-12-07" }, unique }]);
+  assert.deepEqual(again, [{ id: first.id, duplicate: true }]);
+  const [leased] = await client.lease(q, { max_jobs: 1 });
+  assert.equal(leased.id, first.id);
+  const [next] = await client.enqueue(q, [{ payload: { day: "2026-12-07", kind: "sales" }, unique }]);
+  assert.equal(next.duplicate, false);
+  await assert.rejects(client.enqueue(q, [{ payload: 1, unique: { by: "payload", while: "running" } }]), /unique\.while/);
+});
+
 test("lease and ack; a stale token is LeaseLost, an acked job NotFound", async () => {
   const q = queueName();
   await client.enqueue(q, [{ payload: "a" }, { payload: "b" }]);

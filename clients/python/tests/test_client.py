@@ -44,6 +44,22 @@ def test_idempotency_key_header_dedups(client: onceq.Client, queue: str) -> None
     assert (a.duplicate, b.duplicate, b.id) == (False, True, a.id)
 
 
+def test_unique_jobs(client: onceq.Client, queue: str) -> None:
+    pending = onceq.unique("payload", "pending")
+    first = client.enqueue(queue, {"day": "2026-12-07", "kind": "sales"}, unique=pending)
+    assert not first.duplicate
+    again = client.enqueue(queue, {"kind": "sales", "day": "2026-12-07"}, unique=pending)
+    assert (again.id, again.duplicate) == (first.id, True)
+    assert onceq.unique("payload", "window", 60_000) == {"by": "payload", "while": "window", "window_ms": 60_000}
+    [leased] = client.lease(queue)
+    assert leased.id == first.id
+    assert not client.enqueue(queue, {"day": "2026-12-07", "kind": "sales"}, unique=pending).duplicate
+    with pytest.raises(onceq.BadRequest, match="unique.while"):
+        client.enqueue(queue, 1, unique=onceq.unique("payload", "running"))
+    with pytest.raises(onceq.BadRequest, match="dedup_id"):
+        client.enqueue(queue, 1, unique=onceq.unique("dedup_id", "active"))
+
+
 def test_errors_by_code(client: onceq.Client, queue: str) -> None:
     client.enqueue(queue, 1)
     [job] = client.lease(queue)

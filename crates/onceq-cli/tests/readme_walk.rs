@@ -118,6 +118,7 @@ const BLOCKS: &[Expected] = &[
             ("onceq dlq redrive emails --error-contains timeout --rate 50", Run),
             ("onceq queue pause emails", Run),
             ("onceq producer get ingest:orders", Run),
+            ("onceq enqueue reports '{\"day\": \"2026-12-07\"}' --unique-by payload --unique-while pending", Run),
         ],
     },
     Expected {
@@ -486,6 +487,11 @@ fn cli_block(walk: &Walk, cli: &Shell) {
     let out = cli.ok("onceq producer register ingest:orders");
     assert!(out.contains("epoch       2   (commits with an older epoch are refused as fenced)"), "{out}");
     assert_eq!(cli.json("onceq producer get ingest:orders --output json")["epoch"], json!(2));
+    // A unique job: "sent again while it waits", the same job.
+    let unique =
+        walk.take("onceq enqueue reports '{\"day\": \"2026-12-07\"}' --unique-by payload --unique-while pending");
+    assert_eq!(rows(&cli.ok(&unique)), vec![vec!["ID", "DUPLICATE"], vec!["8", "no"]]);
+    assert_eq!(rows(&cli.ok(&unique)), vec![vec!["ID", "DUPLICATE"], vec!["8", "yes"]]);
 }
 
 /// `config check`, completions and man pages.
@@ -553,11 +559,11 @@ fn ordering(walk: &Walk, cli: &Shell, at: &dyn Fn(&str) -> String) {
     let config = cli.json(&at(&walk.take("curl -s -X PUT localhost:7700/v1/queues/orders ")));
     assert_eq!(config["ordering"], json!("per_key"), "{config}");
     let enqueued = cli.json(&at(&walk.take("curl -s -X POST localhost:7700/v1/queues/orders/jobs ")));
-    assert_eq!(enqueued, json!({"jobs": [{"id": "8", "duplicate": false}, {"id": "9", "duplicate": false}]}));
+    assert_eq!(enqueued, json!({"jobs": [{"id": "9", "duplicate": false}, {"id": "10", "duplicate": false}]}));
     let out = cli.ok(&walk.take("onceq queue set orders --ordering per_key "));
     assert!(out.contains("ordering               per_key\n"), "{out}");
     let out = cli.ok(&walk.take("onceq enqueue orders '{\"order\": 7, \"step\": \"shipped\"}'"));
-    assert_eq!(rows(&out), vec![vec!["ID", "DUPLICATE"], vec!["10", "no"]], "{out}");
+    assert_eq!(rows(&out), vec![vec!["ID", "DUPLICATE"], vec!["11", "no"]], "{out}");
     // "Only the key's oldest job ... can be leased; the jobs behind it are blocked".
     let stats = cli.json("onceq stats orders --output json");
     let orders = stats.to_string();

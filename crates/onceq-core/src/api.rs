@@ -18,7 +18,7 @@ use crate::commit::{Commit, CommitEnqueue, CommitId, Fence};
 use crate::group::{GroupInfo, GroupName, MemberId};
 use crate::{
     AttemptError, Enqueued, Error, ErrorKind, Headers, Job, JobId, JobState, LeaseRef, LeaseToken, LeasedJob,
-    NackOutcome, NewJob, QueueInfo, QueueName, Result, Schedule, Timestamp,
+    NackOutcome, NewJob, QueueInfo, QueueName, Result, Schedule, Timestamp, Unique, UniqueBy, UniqueWhile,
 };
 
 /// The body of every non-2xx response.
@@ -241,6 +241,64 @@ pub struct EnqueueJob {
     /// Ordering key: in a `per_key` queue, jobs of one key run one at a time, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// Uniqueness: no second job with this key while the first holds it (docs/api.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<UniqueSpec>,
+}
+
+/// The `unique` of an enqueued job: `{"by", "while", "window_ms"?}`. The names are read here, so
+/// that an unknown one gets onceq's wording.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UniqueSpec {
+    /// `dedup_id` (the job's dedup id is the key) or `payload` (the SHA-256 of the canonical
+    /// form of its JSON payload).
+    pub by: String,
+    /// `pending` (scheduled, ready or blocked), `active` (those or leased) or `window`
+    /// (`window_ms` after the enqueue).
+    #[serde(rename = "while")]
+    pub held_while: String,
+    /// With `while: window` only: 1 to 604800000 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+}
+
+impl UniqueSpec {
+    /// The wire form of `unique`.
+    pub fn from_unique(unique: &Unique) -> Self {
+        let by = match unique.by {
+            UniqueBy::DedupId => "dedup_id",
+            UniqueBy::Payload => "payload",
+        };
+        let held_while = match unique.held_while {
+            UniqueWhile::Pending => "pending",
+            UniqueWhile::Active => "active",
+            UniqueWhile::Window => "window",
+        };
+        UniqueSpec { by: by.into(), held_while: held_while.into(), window_ms: unique.window_ms }
+    }
+
+    /// The request this names; an unknown `by` or `while` is refused. (The window is checked
+    /// with the job, by [`NewJob::validate`].)
+    pub fn into_unique(self) -> Result<Unique> {
+        let by = match self.by.as_str() {
+            "dedup_id" => UniqueBy::DedupId,
+            "payload" => UniqueBy::Payload,
+            other => {
+                return Err(Error::invalid(format!("unique.by is {other:?}; it must be dedup_id or payload")));
+            }
+        };
+        let held_while = match self.held_while.as_str() {
+            "pending" => UniqueWhile::Pending,
+            "active" => UniqueWhile::Active,
+            "window" => UniqueWhile::Window,
+            other => {
+                return Err(Error::invalid(format!("unique.while is {other:?}; it must be pending, active or window")));
+            }
+        };
+        Ok(Unique { by, held_while, window_ms: self.window_ms })
+    }
 }
 
 impl EnqueueJob {
@@ -262,6 +320,7 @@ impl EnqueueJob {
             dedup_id: job.dedup_id.clone(),
             headers: (!job.headers.is_empty()).then(|| job.headers.clone()),
             ordering_key: job.ordering_key.clone(),
+            unique: job.unique.as_ref().map(UniqueSpec::from_unique),
         }
     }
 
@@ -290,6 +349,7 @@ impl EnqueueJob {
             max_attempts: self.max_attempts,
             dedup_id: self.dedup_id,
             ordering_key: self.ordering_key,
+            unique: self.unique.map(UniqueSpec::into_unique).transpose().map_err(|e| at(e.detail()))?,
         })
     }
 }

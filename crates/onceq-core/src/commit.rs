@@ -315,6 +315,14 @@ impl Encoder {
         self.opt_u64(job.max_attempts.map(u64::from));
         self.opt_bytes(job.dedup_id.as_deref().map(str::as_bytes));
         self.opt_bytes(job.ordering_key.as_deref().map(str::as_bytes));
+        match &job.unique {
+            None => self.u64(0),
+            Some(unique) => {
+                self.u64(1 + u64::from(unique.by == crate::UniqueBy::Payload));
+                self.u64(unique.held_while.code() as u64);
+                self.opt_u64(unique.window_ms);
+            }
+        }
     }
 }
 

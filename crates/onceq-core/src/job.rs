@@ -8,7 +8,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
-use crate::{Error, JobId, QueueName, Result, Timestamp};
+use crate::{Error, JobId, QueueName, Result, Timestamp, Unique};
 
 impl<'de> Deserialize<'de> for JobId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -135,6 +135,10 @@ pub struct NewJob {
     /// Ordering key, 1 to [`ORDERING_KEY_LEN_MAX`] bytes: in a `per_key` queue, the jobs of one
     /// key run one at a time, in enqueue order (Invariant 9). Kept, with no effect, elsewhere.
     pub ordering_key: Option<String>,
+    /// Uniqueness ([`crate::unique`]): while the key this names is held by another job of the
+    /// queue, an enqueue creates nothing and returns that job's id as a duplicate. With
+    /// `by: dedup_id` the unique rule replaces the queue's dedup window for this job's dedup id.
+    pub unique: Option<Unique>,
 }
 
 impl NewJob {
@@ -176,6 +180,12 @@ impl NewJob {
     /// Sets the ordering key.
     pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
         self.ordering_key = Some(key.into());
+        self
+    }
+
+    /// Asks for uniqueness.
+    pub fn unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
         self
     }
 
@@ -232,6 +242,9 @@ impl NewJob {
                 )));
             }
         }
+        if let Some(unique) = &self.unique {
+            unique.validate(self)?;
+        }
         Ok(())
     }
 
@@ -252,7 +265,8 @@ pub struct Enqueued {
     /// The new job's id, or the original job's id for a duplicate.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: JobId,
-    /// True when the dedup id was already seen within the window and nothing was created.
+    /// True when nothing was created: the dedup id was seen within the window, or the job's
+    /// unique key is held by the job `id` names.
     pub duplicate: bool,
 }
 

@@ -19,6 +19,8 @@
 //! - `retry`: [`Backoff`] and [`Jitter`], the retry policy, and [`BackoffPatch`], a partial update of it.
 //! - [`schedule`]: schedules: [`ScheduleName`](schedule::ScheduleName), the spec, what a read
 //!   returns, and the pure tick computation (cron, time zones, DST, catch-up; Invariant 14).
+//! - [`unique`]: unique jobs: [`Unique`], what holds a job's unique key and for how long, and
+//!   the canonical form of a JSON payload that `by: payload` hashes.
 //! - [`store`]: the seam, [`Store`], its request types and shared validation.
 //! - [`redrive`]: a redrive's filters ([`Redrive`]), what it did ([`Redriven`]), and paced
 //!   redrives: their row, state and pace (`RedriveId` lives in `id`).
@@ -48,6 +50,7 @@ pub mod schedule;
 mod settle;
 pub mod store;
 pub mod time;
+pub mod unique;
 
 pub use error::{Error, ErrorKind, Result};
 pub use id::{JobId, QueueName, RedriveId};
@@ -65,3 +68,4 @@ pub use store::{
     StoreExt,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use unique::{Unique, UniqueBy, UniqueWhile};

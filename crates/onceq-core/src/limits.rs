@@ -32,6 +32,9 @@ pub const HEADER_VALUE_LEN_MAX: usize = 4096;
 pub const DEDUP_ID_LEN_MAX: usize = 256;
 /// Longest dedup window, in milliseconds (7 days).
 pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Longest `window_ms` of a unique job held `while: window`, in milliseconds (7 days, the
+/// longest dedup window).
+pub const UNIQUE_WINDOW_MS_MAX: u64 = DEDUP_WINDOW_MS_MAX;
 /// Longest delay before a job (or a retry) runs, in milliseconds (365 days).
 pub const DELAY_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
 /// Lowest job priority.
@@ -189,6 +192,7 @@ const _: () = assert!(WAIT_MS_MAX < VISIBILITY_TIMEOUT_MS_MAX);
 const _: () = assert!(ATTEMPTS_MAX >= 1);
 const _: () = assert!(PAYLOAD_BYTES_MAX <= COMMIT_PAYLOAD_BYTES_MAX);
 const _: () = assert!(DEDUP_WINDOW_MS_MAX <= DELAY_MS_MAX);
+const _: () = assert!(UNIQUE_WINDOW_MS_MAX <= DEDUP_WINDOW_MS_MAX);
 const _: () = assert!(
     SESSION_TIMEOUT_MS_MIN <= SESSION_TIMEOUT_MS_DEFAULT && SESSION_TIMEOUT_MS_DEFAULT <= SESSION_TIMEOUT_MS_MAX
 );

@@ -219,6 +219,7 @@ impl ScheduleSpec {
             max_attempts: self.job.max_attempts,
             dedup_id: Some(tick_dedup_id(name, tick)),
             ordering_key: self.job.ordering_key.clone(),
+            unique: None,
         }
     }
 

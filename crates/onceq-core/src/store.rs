@@ -544,11 +544,25 @@ pub mod validate {
     /// `effectively_once` queue needs a dedup id, since that mode's promise rests on dedup. A
     /// backend calls it once it has read the queue's config, before it writes anything; a queue
     /// the enqueue creates has the default config, which asks for nothing.
+    ///
+    /// Nor may a job of an `effectively_once` queue be unique by its dedup id while pending or
+    /// active: that rule replaces the dedup window for the id, so a producer's retry after the
+    /// job finished would run it again.
     pub fn enqueue_into(queue: &QueueName, config: &QueueConfig, jobs: &[NewJob]) -> Result<()> {
         if config.delivery == DeliveryMode::EffectivelyOnce {
             if let Some(i) = jobs.iter().position(|j| j.dedup_id.is_none()) {
                 return Err(Error::invalid(format!(
                     "item {i}: queue {queue} is effectively_once, so every job needs a dedup id"
+                )));
+            }
+            let by_id_while_state = |j: &NewJob| {
+                j.unique.is_some_and(|u| u.by == crate::UniqueBy::DedupId && u.held_while != crate::UniqueWhile::Window)
+            };
+            if let Some(i) = jobs.iter().position(by_id_while_state) {
+                return Err(Error::invalid(format!(
+                    "item {i}: queue {queue} is effectively_once, so a dedup id holds for the dedup window: \
+                     unique by dedup_id while pending or active would let a producer's retry run the job again \
+                     once it finished; use unique while window, or unique by payload"
                 )));
             }
         }

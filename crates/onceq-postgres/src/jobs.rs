@@ -34,9 +34,12 @@ use crate::wait::{SleepStep, REGISTRATION_MS, SLEEP_BLOCKED_MS, TIMER_DUE_SLEEP_
 use crate::{job_id, parse_config, plus_ms, row_id, Conn, KnownQueue, PgStore};
 
 /// Tries at resolving the queue of an enqueue that finds it deleted under its feet.
-const QUEUE_RESOLVE_TRIES_MAX: usize = 4;
+pub(crate) const QUEUE_RESOLVE_TRIES_MAX: usize = 4;
 /// How often (store-clock ms) expired dedup ids and idempotency records are swept.
 const SWEEP_INTERVAL_MS: i64 = 1_000;
+/// How often (store-clock ms) the unique keys of jobs that are gone are swept: that reads
+/// every key held by a job's state, so seldom.
+const UNIQUE_SWEEP_EVERY: i64 = 60;
 /// Most expired rows of each kind one sweep deletes.
 const SWEEP_BATCH_MAX: i64 = 1_000;
 
@@ -205,6 +208,10 @@ idempotency AS (
 commits AS (
     DELETE FROM {s}.commits WHERE commit_id = ANY (ARRAY(
         SELECT commit_id FROM {s}.commits WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))
+),
+unique_windows AS (
+    DELETE FROM {s}.unique_keys WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM {s}.unique_keys WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))
 ),
 sleepers AS (DELETE FROM {s}.sleepers WHERE until < clock_timestamp() - interval '1 minute')
 SELECT 1
@@ -572,7 +579,7 @@ fn headers_of(id: i64, text: Option<String>) -> Result<Headers> {
     }
 }
 
-fn job_state(stored: i16) -> Result<JobState> {
+pub(crate) fn job_state(stored: i16) -> Result<JobState> {
     Ok(match stored {
         state::SCHEDULED => JobState::Scheduled,
         state::READY => JobState::Ready,
@@ -679,10 +686,10 @@ impl PgStore {
 }
 
 /// An enqueue batch, encoded once for however many tries it takes.
-struct Batch {
+pub(crate) struct Batch {
     /// The jobs, their payloads taken out.
-    jobs: Vec<NewJob>,
-    payloads: Vec<Vec<u8>>,
+    pub(crate) jobs: Vec<NewJob>,
+    pub(crate) payloads: Vec<Vec<u8>>,
     /// Headers as JSON text, `None` when a job has none.
     headers: Vec<Option<String>>,
 }
@@ -711,15 +718,28 @@ impl Batch {
             .collect::<Result<Vec<Option<String>>>>()?;
         Ok(Batch { jobs, payloads, headers })
     }
+
+    /// The jobs `keep` says yes to, in order.
+    pub(crate) fn subset(&self, keep: impl Iterator<Item = bool>) -> Batch {
+        let mut sub = Batch { jobs: Vec::new(), payloads: Vec::new(), headers: Vec::new() };
+        for (i, keep) in keep.enumerate() {
+            if keep {
+                sub.jobs.push(self.jobs[i].clone());
+                sub.payloads.push(self.payloads[i].clone());
+                sub.headers.push(self.headers[i].clone());
+            }
+        }
+        sub
+    }
 }
 
 /// A queue an enqueue resolved: the "now" it was read at, its id, and its config, parsed and
 /// as the database prints it.
-struct ResolvedQueue {
-    now: i64,
-    id: i64,
-    config: QueueConfig,
-    config_text: String,
+pub(crate) struct ResolvedQueue {
+    pub(crate) now: i64,
+    pub(crate) id: i64,
+    pub(crate) config: QueueConfig,
+    pub(crate) config_text: String,
 }
 
 /// One look for jobs by a lease, and what a waiting lease needs to sleep until the next one.
@@ -746,6 +766,10 @@ impl PgStore {
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
         let batch = Batch::new(jobs)?;
+        if batch.jobs.iter().any(|j| j.unique.is_some()) {
+            let (out, now) = self.job_enqueue_unique(conn, queue, batch).await?;
+            return Ok(self.enqueued(conn, queue, out, now).await);
+        }
         // One statement instead of two when this store has looked the queue up before and every
         // job is ready at once (then no limit depends on "now"): the enqueue itself checks that
         // the queue and its config are still the ones known, and inserts nothing otherwise.
@@ -790,7 +814,7 @@ impl PgStore {
 
     /// Reads "now" and the queue (creating it with the defaults if it does not exist), and
     /// checks the batch against both. `None`: another enqueue created the queue meanwhile.
-    async fn resolve_queue(
+    pub(crate) async fn resolve_queue(
         &self,
         conn: &mut Conn<'_>,
         queue: &QueueName,
@@ -842,7 +866,7 @@ impl PgStore {
     /// the same transaction (module `flow`): on the pool, a transaction of its own; in a caller's
     /// transaction, the lock is held until it ends. A queue without one inserts as before.
     #[allow(clippy::too_many_arguments)]
-    async fn insert_bounded(
+    pub(crate) async fn insert_bounded(
         &self,
         conn: &mut Conn<'_>,
         queue: &QueueName,
@@ -916,7 +940,7 @@ impl PgStore {
         let mut first_mention: HashMap<&str, usize> = HashMap::new();
         let mut repeat_of: Vec<Option<usize>> = vec![None; jobs.len()];
         for (i, job) in jobs.iter().enumerate() {
-            if let (Some(d), true) = (job.dedup_id.as_deref(), window > 0) {
+            if let (Some(d), true) = (job.dedup_id.as_deref(), window > 0 && !crate::unique::by_dedup_id(job)) {
                 match first_mention.get(d) {
                     Some(&first) => repeat_of[i] = Some(first),
                     None => {
@@ -938,7 +962,12 @@ impl PgStore {
             .map(|&i| i32::try_from(jobs[i].max_attempts.unwrap_or(config.max_attempts)).unwrap_or(i32::MAX))
             .collect();
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
-        let claims: Vec<bool> = dedup_ids.iter().map(|d| window > 0 && d.is_some()).collect();
+        // A job unique by its dedup id is judged by its unique rule (module `unique`) instead.
+        let claims: Vec<bool> = rows_of
+            .iter()
+            .zip(&dedup_ids)
+            .map(|(&i, d)| window > 0 && d.is_some() && !crate::unique::by_dedup_id(&jobs[i]))
+            .collect();
         // Key-less jobs of an unordered queue take the statement they always took (see `keys`).
         let per_key = config.ordering == Ordering::PerKey;
         let keyed = per_key || rows_of.iter().any(|&i| jobs[i].ordering_key.is_some());
@@ -1048,6 +1077,17 @@ impl PgStore {
             .await;
         if let Err(error) = swept {
             tracing::warn!(%error, "sweeping expired dedup ids and idempotency keys failed");
+        }
+        if (now / SWEEP_INTERVAL_MS) % UNIQUE_SWEEP_EVERY == 0 {
+            let sql = self.sql(crate::unique::UNIQUE_SWEEP_GONE);
+            let swept = self
+                .run("sweeping the unique keys of finished jobs", || {
+                    pooled!(self, sqlx::query(&sql).bind(SWEEP_BATCH_MAX), execute)
+                })
+                .await;
+            if let Err(error) = swept {
+                tracing::warn!(%error, "sweeping the unique keys of finished jobs failed");
+            }
         }
     }
 

@@ -18,6 +18,7 @@
 //! - `redrives`: paced redrives: starting, reading, stopping, and the steps every store takes
 //!   by itself under the redrive's row lock.
 //! - `idempotency`: the idempotency store, in the same schema.
+//! - `unique`: unique jobs: an enqueue batch with one, under an advisory lock per key.
 //! - Each seam operation is implemented by a crate-private `PgStore` method of the seam's name
 //!   (`PgStore::job_ack` in `jobs`, taking the connection it runs on), which the seam's trait
 //!   method in this file calls after validating the request; so grepping a seam name finds its
@@ -151,6 +152,7 @@ mod schema;
 mod sql;
 pub mod statements;
 mod transaction;
+mod unique;
 mod wait;
 
 use std::str::FromStr;

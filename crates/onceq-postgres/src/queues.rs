@@ -104,7 +104,8 @@ WITH gone AS (
     RETURNING j.id, j.error_count
 ),
 forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
-dedup AS (DELETE FROM {s}.dedup WHERE queue_id = $1)
+dedup AS (DELETE FROM {s}.dedup WHERE queue_id = $1),
+unique_keys AS (DELETE FROM {s}.unique_keys WHERE queue_id = $1)
 SELECT count(*) FROM gone
 "#;
 

@@ -490,6 +490,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE {s}.jobs DROP CONSTRAINT jobs_state_check;
     ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_check CHECK (state BETWEEN 0 AND 5) NOT VALID;
     "#,
+    // v13: unique jobs (`onceq_core::unique`; the `unique` module). One record per (queue, key):
+    // the job that took the key last, its rule (0 pending, 1 active, 2 window) and, for a window,
+    // when it ends. A record is judged against its job's state when the key is enqueued again,
+    // under an advisory lock per key, so no statement that moves or deletes jobs touches it.
+    r#"
+    CREATE TABLE {s}.unique_keys (
+        queue_id   bigint NOT NULL,
+        unique_key bytea NOT NULL,
+        job_id     bigint NOT NULL,
+        held_while smallint NOT NULL,
+        expires_at bigint,
+        PRIMARY KEY (queue_id, unique_key)
+    );
+    CREATE INDEX unique_keys_expiry ON {s}.unique_keys (expires_at) WHERE expires_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

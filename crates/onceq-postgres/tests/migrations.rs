@@ -39,7 +39,7 @@ async fn stores_starting_at_once_on_a_fresh_schema_all_succeed() {
             .fetch_all(&mut admin().await)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "each version is applied and recorded once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], "each version is applied and recorded once");
     // They share one schema: a job enqueued through one is leased through another.
     let q = QueueName::new("shared").unwrap();
     let id = stores[0].enqueue(&q, NewJob::new("hello")).await.unwrap().id;
@@ -89,7 +89,7 @@ async fn a_schema_from_a_newer_onceq_is_refused_and_left_unchanged() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 99]);
     let payload: Vec<u8> = sqlx::query_scalar(&format!("SELECT payload FROM \"{schema}\".jobs WHERE id = $1"))
         .bind(i64::try_from(id.get()).unwrap())
         .fetch_one(&mut admin)
@@ -123,7 +123,7 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     assert_eq!(store.lease_one(&q).await.unwrap().map(|j| j.id), Some(kept));
     let waiting = {
         let (store, q) = (store.clone(), q.clone());
@@ -141,10 +141,55 @@ async fn a_version_2_schema_is_migrated_in_place_and_wakes_leases() {
     store.close().await;
 }
 
-/// SQL that takes a schema at version 11 back to version 10: v11's index (a queue's jobs by state)
-/// goes.
+/// SQL that takes a schema at version 13 back to version 12: v13's unique keys go.
+fn undo_v13(schema: &str) -> String {
+    format!("DROP TABLE \"{schema}\".unique_keys; DELETE FROM \"{schema}\".migrations WHERE version = 13;")
+}
+
+/// SQL that takes a schema at version 13 back to version 11: what v13 and v12 (cancelled jobs:
+/// a column, and a sixth state in the check) added go.
+fn undo_v12(schema: &str) -> String {
+    format!(
+        "{} ALTER TABLE \"{schema}\".jobs DROP COLUMN cancelled_at; \
+         ALTER TABLE \"{schema}\".jobs DROP CONSTRAINT jobs_state_check; \
+         ALTER TABLE \"{schema}\".jobs ADD CONSTRAINT jobs_state_check CHECK (state BETWEEN 0 AND 4) NOT VALID; \
+         DELETE FROM \"{schema}\".migrations WHERE version = 12;",
+        undo_v13(schema)
+    )
+}
+
+/// SQL that takes a schema at version 13 back to version 10: what v13, v12 and v11's index (a
+/// queue's jobs by state) added go.
 fn undo_v11(schema: &str) -> String {
-    format!("DROP INDEX \"{schema}\".jobs_state; DELETE FROM \"{schema}\".migrations WHERE version = 11;")
+    format!(
+        "{} DROP INDEX \"{schema}\".jobs_state; DELETE FROM \"{schema}\".migrations WHERE version = 11;",
+        undo_v12(schema)
+    )
+}
+
+/// A schema at version 11 (before cancelled and unique jobs) is brought up to date in place: its
+/// jobs stay and can be cancelled, and a unique job's duplicate gets its id.
+#[tokio::test]
+async fn a_version_11_schema_is_migrated_in_place_and_takes_unique_jobs() {
+    use onceq_core::{Enqueued, Unique, UniqueBy, UniqueWhile};
+    let schema = common::fresh_schema();
+    let _guard = common::SchemaGuard::of(&schema);
+    let q = QueueName::new("kept").unwrap();
+    let store = common::connect(common::options(&schema, None)).await;
+    let kept = store.enqueue(&q, NewJob::new("kept")).await.unwrap().id;
+    store.close().await;
+    let mut admin = admin().await;
+    sqlx::raw_sql(&undo_v12(&schema)).execute(&mut admin).await.unwrap();
+
+    let store = common::connect(common::options(&schema, None)).await;
+    assert_eq!(store.job_get(kept).await.unwrap().payload, b"kept".to_vec());
+    let unique = || NewJob::new("{}").unique(Unique::new(UniqueBy::Payload, UniqueWhile::Pending));
+    let first = store.enqueue(&q, unique()).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(store.enqueue(&q, unique()).await.unwrap(), Enqueued { id: first.id, duplicate: true });
+    assert_eq!(store.job_cancel(kept).await.unwrap().state, onceq_core::JobState::Cancelled);
+    assert_eq!(store.queue_get(&q).await.unwrap().stats.cancelled, 1);
+    store.close().await;
 }
 
 /// SQL that takes a schema at version 11 back to version 9: what v11 and v10 (paced redrives)
@@ -195,7 +240,7 @@ async fn a_version_8_schema_is_migrated_in_place_and_limits_per_key() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     assert_eq!(store.job_get(kept).await.unwrap().payload, b"kept".to_vec());
     let patch = onceq_core::QueueConfigPatch {
         rate_limit: Some(Some(RateLimit { per_second: 1.0, burst: 1 })),
@@ -252,7 +297,7 @@ async fn a_version_7_schema_is_migrated_in_place_and_fires_schedules() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     let name = onceq_core::schedule::ScheduleName::new("minutely").unwrap();
     store.schedule_upsert(&name, onceq_core::schedule::ScheduleSpec::new(q.clone(), "* * * * *")).await.unwrap();
     clock.advance(60_000);
@@ -314,7 +359,7 @@ async fn a_version_4_schema_is_migrated_in_place_and_serves_groups() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_ready_partition'",
     )
@@ -355,7 +400,7 @@ async fn a_version_3_schema_is_migrated_in_place_and_orders_keys() {
             .fetch_all(&mut admin)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     let stats = store.queue_get(&q).await.unwrap().stats;
     assert_eq!((stats.ready, stats.blocked), (2, 0));
     let job = store.job_get(kept[0].id).await.unwrap();

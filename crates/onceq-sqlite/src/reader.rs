@@ -65,7 +65,7 @@ fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| sqlite_error(context, e)
 }
 
-fn job_state(stored: i64) -> Result<JobState> {
+pub(crate) fn job_state(stored: i64) -> Result<JobState> {
     Ok(match stored {
         state::SCHEDULED => JobState::Scheduled,
         state::READY => JobState::Ready,

@@ -192,6 +192,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN cancelled_at INTEGER;
     "#,
+    // v10: unique jobs (`onceq_core::unique`). One record per (queue, key): the job that took the
+    // key last, its rule (0 pending, 1 active, 2 window) and, for a window, when it ends. A
+    // record is judged against its job's state when the key is enqueued again, so no path that
+    // moves or deletes jobs touches it; the writer sweeps ended windows and records whose job
+    // is gone.
+    r#"
+    CREATE TABLE unique_keys (
+        queue_id   INTEGER NOT NULL,
+        unique_key BLOB NOT NULL,
+        job_id     INTEGER NOT NULL,
+        held_while INTEGER NOT NULL,
+        expires_at INTEGER,
+        PRIMARY KEY (queue_id, unique_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX unique_keys_expiry ON unique_keys (expires_at) WHERE expires_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -283,6 +283,7 @@ impl ModelNewJob {
             max_attempts: self.max_attempts,
             dedup_id: self.dedup_id.clone(),
             ordering_key: self.ordering_key.clone(),
+            unique: None,
         }
     }
 }

@@ -12,7 +12,7 @@ Layout:
 """
 
 from . import outbox
-from ._requests import job
+from ._requests import job, unique
 from .client import AsyncClient, Client
 from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, LeaseLost, NotFound, NotMember, OnceqError,
                      PayloadTooLarge, QueueNotEmpty, RateLimited, RequestTimeout, Unauthorized, Unavailable,
@@ -30,5 +30,5 @@ __all__ = [
     "MemberView", "NotFound", "NotMember", "OnceqError", "PacedRedrive", "PayloadTooLarge", "Producer",
     "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats", "RateLimited", "RedriveFilter", "RedriveResult",
     "RequestTimeout", "RetryLater", "RunningJob", "Schedule", "SettleResult", "TickReport", "Unauthorized",
-    "Unavailable", "UnsupportedMediaType", "Worker", "WorkerStats", "effectively_once", "job", "outbox",
+    "Unavailable", "UnsupportedMediaType", "Worker", "WorkerStats", "effectively_once", "job", "outbox", "unique",
 ]

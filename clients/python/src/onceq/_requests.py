@@ -70,15 +70,23 @@ JobSpec = Mapping[str, Any]
 def job(payload: Any = None, *, payload_bytes: Optional[bytes] = None, dedup_id: Optional[str] = None,
         delay_ms: Optional[int] = None, run_at: Optional[str] = None, priority: Optional[int] = None,
         max_attempts: Optional[int] = None, headers: Optional[Mapping[str, str]] = None,
-        ordering_key: Optional[str] = None) -> Dict[str, Any]:
-    """A job for `Client.enqueue_many`: a JSON ``payload``, or ``payload_bytes`` for any bytes."""
+        ordering_key: Optional[str] = None, unique: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """A job for `Client.enqueue_many`: a JSON ``payload``, or ``payload_bytes`` for any bytes.
+    ``unique`` is `onceq.unique`'s (``{"by", "while", "window_ms"?}``)."""
     if payload_bytes is not None:
         spec: Dict[str, Any] = {"payload_base64": base64.b64encode(payload_bytes).decode("ascii")}
     else:
         spec = {"payload": payload}
     return _opt(spec, dedup_id=dedup_id, delay_ms=delay_ms, run_at=run_at, priority=priority,
                 max_attempts=max_attempts, headers=dict(headers) if headers is not None else None,
-                ordering_key=ordering_key)
+                ordering_key=ordering_key, unique=dict(unique) if unique is not None else None)
+
+
+def unique(by: str, while_: str, window_ms: Optional[int] = None) -> Dict[str, Any]:
+    """A job's ``unique`` (docs/api.md, "Unique jobs"): no second job of its key while the first holds
+    it. ``by``: ``"dedup_id"`` or ``"payload"``; ``while_`` (``while`` on the wire): ``"pending"``,
+    ``"active"`` or ``"window"``, which needs ``window_ms``. The server checks them (400 `BadRequest`)."""
+    return _opt({"by": by, "while": while_}, window_ms=window_ms)
 
 
 def _enqueued(data: Any) -> List[t.Enqueued]:

@@ -2,7 +2,7 @@
 //!
 //! Each stdin line is one job: any JSON value is the payload, except an object with a
 //! `"payload"` key, which is a job as the API's enqueue takes it (`payload`, `delay_ms`, `run_at`,
-//! `priority`, `max_attempts`, `dedup_id`, `headers`, `ordering_key`). (To enqueue an object that has a
+//! `priority`, `max_attempts`, `dedup_id`, `headers`, `ordering_key`, `unique`). (To enqueue an object that has a
 //! `"payload"` key as the payload itself, wrap it: `{"payload": {"payload": ...}}`.) The flags
 //! are the defaults of every line; a line's own fields win. Lines go out in batches of up to
 //! [`ENQUEUE_BATCH_MAX`] jobs; each batch is atomic, so after a failure every job before the
@@ -12,11 +12,11 @@ use std::io::IsTerminal;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use onceq_core::api::{EnqueueJob, EnqueueResponse};
+use onceq_core::api::{EnqueueJob, EnqueueResponse, UniqueSpec};
 use onceq_core::limits::{
     ATTEMPTS_MAX, DELAY_MS_MAX, ENQUEUE_BATCH_MAX, ORDERING_KEY_LEN_MAX, PRIORITY_MAX, PRIORITY_MIN,
 };
-use onceq_core::{Enqueued, Error, NewJob, QueueName, Schedule, Store, Timestamp};
+use onceq_core::{Enqueued, Error, NewJob, QueueName, Schedule, Store, Timestamp, Unique};
 use serde::de::IgnoredAny;
 use tokio::io::AsyncBufReadExt;
 
@@ -72,6 +72,19 @@ pub struct EnqueueArgs {
     /// time, in enqueue order. The default of every stdin line (a line's own wins).
     #[arg(long, value_name = "KEY", value_parser = parse_ordering_key)]
     pub ordering_key: Option<String>,
+    /// Unique job: its key is its dedup id (`dedup_id`) or the canonical form of its JSON
+    /// payload (`payload`); while the key is held, an enqueue creates nothing and returns the
+    /// holder's id as a duplicate. Needs --unique-while. The default of every stdin line (a
+    /// line's own `unique` wins).
+    #[arg(long, value_name = "BY", value_parser = ["dedup_id", "payload"], requires = "unique_while")]
+    pub unique_by: Option<String>,
+    /// How long a unique job holds its key: `pending` (scheduled or ready), `active` (or
+    /// leased) or `window` (--unique-window-ms after the enqueue).
+    #[arg(long, value_name = "WHILE", value_parser = ["pending", "active", "window"], requires = "unique_by")]
+    pub unique_while: Option<String>,
+    /// With --unique-while window: how long, in ms (1 to 604800000).
+    #[arg(long, value_name = "MS", requires = "unique_while")]
+    pub unique_window_ms: Option<u64>,
 }
 
 fn parse_ordering_key(text: &str) -> Result<String, String> {
@@ -111,6 +124,16 @@ impl EnqueueArgs {
         if job.ordering_key.is_none() {
             job.ordering_key.clone_from(&self.ordering_key);
         }
+        if job.unique.is_none() {
+            job.unique = self.unique();
+        }
+    }
+
+    /// The `unique` the flags ask for. (Clap lets only known names through, and requires both
+    /// names together; the window is checked with the job.)
+    fn unique(&self) -> Option<Unique> {
+        let (by, held_while) = (self.unique_by.clone()?, self.unique_while.clone()?);
+        UniqueSpec { by, held_while, window_ms: self.unique_window_ms }.into_unique().ok()
     }
 
     /// The job of one stdin line (1-based `line_number`, for messages).
@@ -329,7 +352,7 @@ fn summary_line(queue: &QueueName, jobs: &[Enqueued]) -> String {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use onceq_core::JobId;
+    use onceq_core::{JobId, UniqueBy, UniqueWhile};
 
     use super::*;
     use crate::{Cli, Command};
@@ -399,6 +422,39 @@ mod tests {
         }
         let max = "k".repeat(ORDERING_KEY_LEN_MAX);
         assert_eq!(parse(&["onceq", "enqueue", "q", "1", "--ordering-key", &max]).ordering_key, Some(max));
+    }
+
+    #[test]
+    fn unique_flags_are_every_lines_default_and_a_lines_own_wins() {
+        let args = parse(&[
+            "onceq",
+            "enqueue",
+            "q",
+            "--unique-by",
+            "payload",
+            "--unique-while",
+            "window",
+            "--unique-window-ms",
+            "5000",
+        ]);
+        let window = Unique::window(UniqueBy::Payload, 5_000);
+        assert_eq!(args.job_of_line("1", 1), Ok(NewJob::new("1").unique(window)));
+        let line = r#"{"payload": 2, "dedup_id": "d", "unique": {"by": "dedup_id", "while": "active"}}"#;
+        let active = Unique::new(UniqueBy::DedupId, UniqueWhile::Active);
+        assert_eq!(args.job_of_line(line, 2), Ok(NewJob::new("2").dedup_id("d").unique(active)));
+        let bad = args.job_of_line(r#"{"payload": 3, "unique": {"by": "id", "while": "active"}}"#, 3);
+        assert_eq!(bad.err().unwrap_or_default(), r#"stdin line 3: unique.by is "id"; it must be dedup_id or payload"#);
+        let args = parse(&["onceq", "enqueue", "q", "{}", "--unique-by", "payload", "--unique-while", "pending"]);
+        assert_eq!(args.job("{}").unique, Some(Unique::new(UniqueBy::Payload, UniqueWhile::Pending)));
+        for bad in [
+            vec!["--unique-by", "args", "--unique-while", "pending"],
+            vec!["--unique-by", "payload"],
+            vec!["--unique-while", "pending"],
+            vec!["--unique-window-ms", "5"],
+        ] {
+            let error = Cli::try_parse_from([&["onceq", "enqueue", "q", "1"][..], &bad[..]].concat()).err();
+            assert_eq!(error.as_ref().map(|e| e.exit_code()), Some(2), "{bad:?}: {error:?}");
+        }
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub(crate) struct State {
     pub(super) next_redrive_due: i64,
     pub(super) rng: StdRng,
     pub(super) last_dedup_sweep: Timestamp,
+    /// When the unique keys of gone jobs were last swept.
+    pub(super) last_unique_sweep: Timestamp,
     /// The rate-limit bucket (`tat`, `onceq_core::flow`) of each rate-limited queue, by id;
     /// in memory only (module `flow`).
     pub(super) buckets: HashMap<i64, i64>,
@@ -107,6 +109,7 @@ impl State {
             next_redrive_due: i64::MAX,
             rng: StdRng::from_entropy(),
             last_dedup_sweep: Timestamp::default(),
+            last_unique_sweep: Timestamp::default(),
             buckets: HashMap::new(),
             key_buckets: HashMap::new(),
         };

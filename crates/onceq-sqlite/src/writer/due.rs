@@ -12,6 +12,8 @@ use crate::writer::jobs::record_error;
 
 /// How often expired dedup entries are swept.
 const DEDUP_SWEEP_INTERVAL_MS: u64 = 1000;
+/// How often the unique keys of jobs that are gone are swept.
+const UNIQUE_SWEEP_INTERVAL_MS: u64 = 60_000;
 
 impl State {
     /// Applies what the clock made due: scheduled jobs become ready, expired leases are
@@ -29,7 +31,22 @@ impl State {
             conn.prepare_cached("DELETE FROM commits WHERE expires_at <= ?1")
                 .and_then(|mut s| s.execute([self.now.as_millis()]))
                 .map_err(storage("sweeping expired commit ids"))?;
+            conn.prepare_cached("DELETE FROM unique_keys WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([self.now.as_millis()]))
+                .map_err(storage("sweeping ended unique windows"))?;
             self.last_dedup_sweep = self.now;
+        }
+        if self.now.ms_since(self.last_unique_sweep) >= UNIQUE_SWEEP_INTERVAL_MS {
+            // A record of a job that is gone (acked, purged, leased at most once) can never hold
+            // its key again: job ids are not reused. This reads every state-held record, so it
+            // runs seldom; with no unique jobs the table is empty and it costs nothing.
+            conn.prepare_cached(
+                "DELETE FROM unique_keys WHERE expires_at IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM jobs j WHERE j.id = unique_keys.job_id)",
+            )
+            .and_then(|mut s| s.execute([]))
+            .map_err(storage("sweeping unique keys of finished jobs"))?;
+            self.last_unique_sweep = self.now;
         }
         if self.now.as_millis() >= self.next_schedule_due {
             // The store's own firing of due schedule ticks; `schedule_tick` returns what it

@@ -7,7 +7,7 @@ use onceq_core::ordering::partition_of;
 use onceq_core::store::validate;
 use onceq_core::{
     truncate_error_text, DeliveryMode, Enqueued, Error, JobId, LeaseOptions, LeaseToken, LeasedJob, NewJob, Ordering,
-    QueueConfig, QueueName, Result, Timestamp,
+    QueueConfig, QueueName, Result, Timestamp, UniqueBy, UniqueWhile,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -44,7 +44,7 @@ impl State {
         let mut placed = Placed::default();
         // Without dedup ids there is nothing to look up per job: the rows go in by the chunk, and
         // the one-by-one loop below gets nothing.
-        let jobs = if jobs.iter().all(|job| job.dedup_id.is_none()) {
+        let jobs = if jobs.iter().all(|job| job.dedup_id.is_none() && job.unique.is_none()) {
             placed = self.insert_chunked(conn, &target, jobs, &mut out)?;
             Vec::new()
         } else {
@@ -59,7 +59,16 @@ impl State {
             )
             .map_err(storage("inserting a job"))?;
         for job in jobs {
-            if let Some(dedup_id) = &job.dedup_id {
+            // A job unique by its dedup id is judged by its unique rule alone.
+            let dedup_id = job.dedup_id.as_ref().filter(|_| !job.unique.is_some_and(|u| u.by == UniqueBy::DedupId));
+            let unique = job.unique.map(|u| u.key(&job).map(|key| (u, key))).transpose()?;
+            if let Some((_, key)) = &unique {
+                if let Some(holder) = unique_holder(conn, queue_id, key, now)? {
+                    out.push(Enqueued { id: JobId::new(holder as u64), duplicate: true });
+                    continue;
+                }
+            }
+            if let Some(dedup_id) = dedup_id {
                 let original: Option<i64> = conn
                     .prepare_cached(
                         "SELECT job_id FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2 AND expires_at > ?3",
@@ -102,7 +111,16 @@ impl State {
                     partition,
                 ])
                 .map_err(storage("inserting a job"))?;
-            if let Some(dedup_id) = &job.dedup_id {
+            if let Some((rule, key)) = &unique {
+                let expires_at = rule.window_ms.map(|ms| now.plus_ms(ms).as_millis());
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO unique_keys (queue_id, unique_key, job_id, held_while, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![queue_id, key, to_i64(id), rule.held_while.code(), expires_at]))
+                .map_err(storage("recording a unique key"))?;
+            }
+            if let Some(dedup_id) = dedup_id {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO dedup (queue_id, dedup_id, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 )
@@ -376,6 +394,31 @@ impl State {
         }
         Ok(out)
     }
+}
+
+/// The job holding unique key `key` in queue `queue_id` at `now`, if one does: the record's job
+/// while it is in the queue in a state its rule names, or, for a window, until the window ends
+/// (`onceq_core::unique`).
+fn unique_holder(conn: &Connection, queue_id: i64, key: &[u8], now: Timestamp) -> Result<Option<i64>> {
+    let row: Option<(i64, i64, Option<i64>, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT k.job_id, k.held_while, k.expires_at, j.state FROM unique_keys k \
+             LEFT JOIN jobs j ON j.id = k.job_id AND j.queue_id = k.queue_id \
+             WHERE k.queue_id = ?1 AND k.unique_key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![queue_id, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional()
+        })
+        .map_err(storage("checking a unique key"))?;
+    let Some((job_id, rule, expires_at, job_state)) = row else { return Ok(None) };
+    let held = match UniqueWhile::from_code(rule)? {
+        UniqueWhile::Window => expires_at.is_some_and(|at| at > now.as_millis()),
+        rule => match job_state {
+            Some(stored) => rule.holds(crate::reader::job_state(stored)?),
+            None => false,
+        },
+    };
+    Ok(held.then_some(job_id))
 }
 
 /// A queue's next ready jobs, in lease order, through the ready index (`jobs_ready`): blocked

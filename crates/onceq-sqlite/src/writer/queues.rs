@@ -76,6 +76,7 @@ impl State {
         conn.execute_batch(&format!(
             "DELETE FROM job_errors WHERE job_id IN (SELECT id FROM jobs WHERE queue_id = {id}); \
              DELETE FROM jobs WHERE queue_id = {id}; DELETE FROM dedup WHERE queue_id = {id}; \
+             DELETE FROM unique_keys WHERE queue_id = {id}; \
              DELETE FROM keys WHERE queue_id = {id}; DELETE FROM blocked WHERE queue_id = {id}; \
              DELETE FROM groups WHERE queue_id = {id}; \
              DELETE FROM queues WHERE id = {id};"

@@ -19,7 +19,8 @@
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
 //!   [`cancel`], [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
 //!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`schedules`]
-//!   (Invariant 14), [`flow`] (rate, in-flight and depth limits, Invariant 15), [`invariants`]
+//!   (Invariant 14), [`flow`] (rate, in-flight and depth limits, Invariant 15), [`unique`] (unique
+//!   jobs: each `while` by each `by`, freeing keys, the canonical payload), [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
 //!
 //! A `pub async fn` in an area file is a conformance function; the testkit's
@@ -42,6 +43,7 @@ pub mod ordering;
 pub mod queues;
 pub mod schedules;
 pub mod settle;
+pub mod unique;
 
 use std::any::Any;
 use std::future::Future;
@@ -382,6 +384,17 @@ macro_rules! conformance_suite {
                 enqueue_run_at_schedules_at_that_time,
                 enqueue_dedup_returns_original_even_after_ack_or_dead,
                 enqueue_dedup_window_expires,
+            ],
+            unique: [
+                unique_while_pending_by_each_key,
+                unique_while_active_by_each_key,
+                unique_while_window_by_each_key,
+                unique_by_payload_hashes_the_canonical_form,
+                unique_keys_are_freed_when_their_job_leaves,
+                unique_requests_are_validated,
+                unique_by_dedup_id_replaces_the_dedup_window,
+                unique_jobs_in_commits_and_ordered_queues,
+                unique_holds_under_concurrent_enqueues,
             ],
             lease: [
                 lease_order_priority_then_run_at_then_id,
