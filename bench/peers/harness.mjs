@@ -19,7 +19,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 /** Every system, in the order each round runs them; `onceq` is the embedded store through `onceq bench`. */
 const SYSTEMS = ["onceq", "onceq-http", "bullmq", "graphile-worker", "rabbitmq", "jetstream"];
 /** Longest a measurement may take, per 1,000 jobs (plus a minute), before it is called failed. */
-const TIMEOUT_MS_PER_1000_JOBS = 2_000;
+const TIMEOUT_MS_PER_1000_JOBS = 10_000;
 
 const usage = `usage: bench/peers/run [--jobs N] [--rounds R] [--only SYSTEM,...] [--out FILE]
 
@@ -204,7 +204,8 @@ async function main() {
 
   const onceqMedian = results.has("onceq") ? median(results.get("onceq").rounds) : undefined;
   const httpMedian = results.has("onceq-http") ? median(results.get("onceq-http").rounds) : undefined;
-  const ratio = (value, base) => (base ? `${(value / base).toFixed(2)}` : "-");
+  // Two decimals, or two significant digits below 0.1, so that a slow peer's ratio is not 0.00.
+  const ratio = (value, base) => (base ? (value / base >= 0.1 ? (value / base).toFixed(2) : (value / base).toPrecision(2)) : "-");
   const rows = [];
   for (const [system, entry] of results) {
     const med = median(entry.rounds);
