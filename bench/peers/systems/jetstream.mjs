@@ -8,7 +8,7 @@
 // One stream, file storage, work-queue retention (an acked message is removed, as an acked job is)
 // and one durable pull consumer with explicit acks (a work-queue stream allows no other ack
 // policy). Producers: 100 async publishes, then every publish ack awaited (per 100). Consumer:
-// CONSUMERS concurrent fetches of 100 from the durable consumer, each message acked (`ack()`: JetStream
+// CONSUMERS concurrent `consume()` streams of 100 from the durable consumer, each message acked (`ack()`: JetStream
 // does not answer it). The clock stops when the stream reports no message left: the server has
 // applied every ack.
 
@@ -21,10 +21,8 @@ import { freePort, ServerProcess, tempDir } from "../lib/services.mjs";
 import { packageVersion } from "../lib/versions.mjs";
 import { BATCH, jobNumber, payloadText } from "../lib/workload.mjs";
 
-/** Concurrent fetch loops on the durable consumer, as many as `onceq bench`'s end-to-end workers. */
+/** Concurrent consume() streams on the durable consumer, as many as `onceq bench`'s end-to-end workers. */
 const CONSUMERS = 8;
-/** How long one fetch waits for its 100 messages before it returns what it has, in ms. */
-const FETCH_EXPIRES_MS = 1_000;
 /** How often the consumer looks whether the stream is empty once every job was acked, in ms. */
 const EMPTY_POLL_MS = 2;
 const STREAM = "PEERS";
@@ -58,7 +56,7 @@ export async function prepare() {
       ctx: { port },
       setting:
         `nats ${packageVersion("nats")} (Node.js client), nats-server ${varz.version} started for the run with JetStream sync_interval: always (/varz: sync_always true); ` +
-        `file storage, work-queue retention, one replica; async publish, acks awaited per 100; one durable pull consumer, ${CONSUMERS} concurrent fetches of ${BATCH}, explicit ack of each message (not answered)`,
+        `file storage, work-queue retention, one replica; async publish, acks awaited per 100; one durable pull consumer, ${CONSUMERS} concurrent consume() streams of ${BATCH}, explicit ack of each message (not answered)`,
       stop: () => server.stop(),
     };
   } catch (e) {
@@ -83,17 +81,16 @@ export async function consumer(ctx, completions, finished) {
   const js = nc.jetstream();
   const jsm = await nc.jetstreamManager();
   const consumer = await js.consumers.get(STREAM, DURABLE);
-  let stopping = false;
-  const loops = Array.from({ length: CONSUMERS }, async () => {
-    while (!stopping && !completions.done) {
-      const messages = await consumer.fetch({ max_messages: BATCH, expires: FETCH_EXPIRES_MS });
-      for await (const message of messages) {
-        message.ack();
-        completions.record(jobNumber(message.data));
-        if (completions.done) {
-          void untilEmpty();
-          break;
-        }
+  // consume() keeps pull requests of 100 open and renews them itself; a fetch() that expires on
+  // the client while its messages are on the way drops them until their ack wait runs out.
+  const streams = await Promise.all(Array.from({ length: CONSUMERS }, () => consumer.consume({ max_messages: BATCH })));
+  const loops = streams.map(async (messages) => {
+    for await (const message of messages) {
+      message.ack();
+      completions.record(jobNumber(message.data));
+      if (completions.done) {
+        void untilEmpty();
+        break;
       }
     }
   });
@@ -107,7 +104,7 @@ export async function consumer(ctx, completions, finished) {
   }
   return {
     close: async () => {
-      stopping = true;
+      for (const messages of streams) messages.stop();
       await nc.close();
       await Promise.allSettled(loops);
     },
