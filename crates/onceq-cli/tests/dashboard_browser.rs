@@ -4,7 +4,7 @@
 //! failing three times shows its three errors, with times, on its timeline; it is redriven from
 //! the dead letters (after a confirmation that says how many) and then acked; a queue is paused
 //! and resumed; a payload `<img src=x onerror=...>` and an error holding `<script>` render as text
-//! and no handler runs; an idempotency key's state, owner and result are shown; a forged POST without the CSRF token is refused and changes nothing; a
+//! and no handler runs; a job is cancelled from its page; an idempotency key's state, owner and result are shown; a forged POST without the CSRF token is refused and changes nothing; a
 //! read-only token finds no action and its forged POSTs are refused. It writes the screenshots of
 //! docs/ (overview, job timeline, dead letters) as it goes.
 //!
@@ -295,6 +295,22 @@ async fn the_dashboard_in_a_real_browser() {
     let live = b.run("return fetch('/ui/overview.json').then(r => r.json())").await;
     let emails = live["queues"].as_array().unwrap().iter().find(|q| q["name"] == "emails").cloned().unwrap();
     assert_eq!((emails["dead"].as_u64(), emails["acked_total"].as_f64()), (Some(0), Some(1.0)), "{live}");
+
+    // Cancel a job from its page: it ends cancelled, and is never leased.
+    let later = api
+        .post("/v1/queues/emails/jobs", json!({"jobs": [{"payload": {"to": "c"}, "delay_ms": 3_600_000}]}))
+        .await
+        .ok(200)["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.goto(&format!("{base}/ui/jobs/{later}")).await;
+    assert_eq!(b.text("#job-state").await, "scheduled");
+    b.submit("button[data-action=cancel]").await;
+    assert_eq!(b.text("#job-state").await, "cancelled");
+    assert!(b.text("#cancelled").await.starts_with("Cancelled "), "{}", b.body().await);
+    assert_eq!(b.count("button[data-action=cancel]").await, 0, "a cancelled job offers no cancel");
+    assert_eq!(api.get(&format!("/v1/jobs/{later}")).await.ok(200)["state"], "cancelled");
 
     // Pause and resume from the overview.
     b.goto(&format!("{base}/ui")).await;

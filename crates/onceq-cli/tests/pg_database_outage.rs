@@ -364,7 +364,7 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
     let info = api.get(&format!("/v1/queues/{QUEUE}")).await.ok(200);
     assert_eq!(
         info["stats"],
-        json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "oldest_ready_age_ms": null})
+        json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "cancelled": 0, "oldest_ready_age_ms": null})
     );
 
     // The load through the outage finishes: every payload once, every job processed once.
@@ -375,7 +375,7 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
     loop {
         let info = api.get(&format!("/v1/queues/{LOAD_QUEUE}")).await.ok(200);
         if info["stats"]
-            == json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "oldest_ready_age_ms": null})
+            == json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "cancelled": 0, "oldest_ready_age_ms": null})
         {
             break;
         }

@@ -54,7 +54,7 @@ async fn the_whole_lifecycle_over_http() {
     assert_eq!(info["paused"], false);
     assert_eq!(
         info["stats"],
-        json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "oldest_ready_age_ms": null})
+        json!({"ready": 0, "scheduled": 0, "leased": 0, "dead": 0, "blocked": 0, "cancelled": 0, "oldest_ready_age_ms": null})
     );
 
     // A batch enqueue: ids in request order, strictly increasing.

@@ -1,6 +1,7 @@
 //! The worker runtime on the embedded store: every outcome settles the job as documented,
 //! heartbeats keep a slow job's lease, a lost lease is learned and nothing is acked for it, the
-//! deadline cancels, panics retry with their message, shutdown releases what it cannot finish.
+//! deadline cancels, panics retry with their message, shutdown releases what it cannot finish, and
+//! a cancel reaches the running handler.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,6 +199,45 @@ async fn a_lost_lease_cancels_the_handler_and_nothing_is_acked() {
     assert_eq!((report.acked, report.lease_lost), (0, 1), "{report:?}");
     let job = store.job_get(id).await.unwrap();
     assert_eq!((job.state, job.errors[0].error.as_str()), (JobState::Ready, "lease expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_running_handler_at_its_next_heartbeat_and_the_job_ends_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir, None);
+    let q = QueueName::new("cancelled").unwrap();
+    let id = store.enqueue(&q, NewJob::new("1")).await.unwrap().id;
+    let started = Arc::new(Notify::new());
+    let done = Arc::new(Notify::new());
+    let (s, d) = (started.clone(), done.clone());
+    let options = fast(QueueOptions::concurrency(1)).visibility_timeout(Duration::from_millis(600));
+    let worker = Worker::builder(store.clone())
+        .handle_with("cancelled", options, move |ctx: JobContext, _: u32| {
+            let (s, d) = (s.clone(), d.clone());
+            async move {
+                s.notify_one();
+                ctx.cancelled().await; // the heartbeat hears job_cancelled
+                d.notify_one();
+                Outcome::Retry { after: None, reason: "stopped: cancelled".into() }
+            }
+        })
+        .build()
+        .unwrap();
+    let canceller = store.clone();
+    let report = worker
+        .run(async move {
+            started.notified().await;
+            let marked = canceller.job_cancel(id).await.unwrap();
+            assert_eq!(marked.state, JobState::Leased, "a running job is marked, not taken away");
+            until(done).await;
+        })
+        .await;
+    assert_eq!((report.acked, report.lease_lost, report.cancelled), (0, 0, 1), "{report:?}");
+    let job = store.job_get(id).await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    assert_eq!(job.errors.last().map(|e| e.error.as_str()), Some("stopped: cancelled"));
+    let stats = store.queue_get(&q).await.unwrap().stats;
+    assert_eq!((stats.ready, stats.leased, stats.cancelled), (0, 0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

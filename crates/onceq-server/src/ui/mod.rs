@@ -62,6 +62,7 @@ pub(crate) fn routes(app: AppState, inspect: Option<Arc<dyn Inspect>>) -> Router
         .route("/ui/queues/{queue}/{action}", post(pages::queue_pause_or_resume))
         .route("/ui/jobs/{id}", get(pages::job_page))
         .route("/ui/jobs/{id}/retry", post(pages::job_retry))
+        .route("/ui/jobs/{id}/cancel", post(pages::job_cancel))
         .route("/ui/idempotency", get(pages::idempotency_page))
         .route("/ui/assets/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/ui/assets/dashboard.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))

@@ -59,6 +59,7 @@ fn state_word(state: JobState) -> &'static str {
         JobState::Leased => "leased",
         JobState::Dead => "dead",
         JobState::Blocked => "blocked",
+        JobState::Cancelled => "cancelled",
     }
 }
 
@@ -69,9 +70,10 @@ fn parse_state(word: &str) -> UiResult<JobState> {
         "leased" => JobState::Leased,
         "dead" => JobState::Dead,
         "blocked" => JobState::Blocked,
+        "cancelled" => JobState::Cancelled,
         other => {
             return Err(UiError::bad_request(format!(
-                "state {other:?} is not one of ready, scheduled, leased, dead, blocked"
+                "state {other:?} is not one of ready, scheduled, leased, dead, blocked, cancelled"
             )))
         }
     })
@@ -536,7 +538,7 @@ pub(crate) async fn queue_page(
             p { "Reading jobs needs the consume or admin permission on this queue." }
         } @else if let Some(list) = &list {
             nav.states {
-                @for s in [JobState::Ready, JobState::Scheduled, JobState::Leased, JobState::Dead, JobState::Blocked] {
+                @for s in [JobState::Ready, JobState::Scheduled, JobState::Leased, JobState::Dead, JobState::Blocked, JobState::Cancelled] {
                     @if s == state { b { (state_word(s)) } } @else {
                         a href={ "/ui/queues/" (name) "?state=" (state_word(s)) } { (state_word(s)) }
                     }
@@ -700,11 +702,21 @@ pub(crate) async fn job_page(State(ui): State<Ui>, headers: HeaderMap, Path(id):
                 } @else { "no lease" }
             }
         }
+        @if let Some(at) = job.cancelled_at {
+            p.hint #cancelled { "Cancelled " (time(at)) @if job.state == JobState::Leased { ": the running attempt's next heartbeat stops its handler, and the job ends cancelled unless that attempt finishes it." } }
+        }
         @if admin && job.state == JobState::Dead {
             form.actions method="post" action={ "/ui/jobs/" (id) "/retry" } {
                 (csrf_field(&session))
                 button type="submit" data-action="retry" { "Retry now" }
                 span.hint { " Makes this dead job ready again, attempts reset (a redrive of this job)." }
+            }
+        }
+        @if admin && job.cancelled_at.is_none() && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Blocked | JobState::Leased) {
+            form.actions method="post" action={ "/ui/jobs/" (id) "/cancel" } {
+                (csrf_field(&session))
+                button type="submit" data-action="cancel" { "Cancel" }
+                span.hint { " The job never runs again; a running attempt is told at its next heartbeat." }
             }
         }
         h2 { "Attempts" }
@@ -717,11 +729,12 @@ pub(crate) async fn job_page(State(ui): State<Ui>, headers: HeaderMap, Path(id):
                 }
             }
             @match job.state {
-                JobState::Leased => li { "attempt " (job.attempt) " is running" @if let Some(at) = job.lease_expires_at { ", its lease expires " (time(at)) } }
+                JobState::Leased => li { "attempt " (job.attempt) " is running" @if let Some(at) = job.lease_expires_at { ", its lease expires " (time(at)) } @if let Some(at) = job.cancelled_at { "; cancelled " (time(at)) ": it ends cancelled unless this attempt finishes it" } }
                 JobState::Dead => li.dead { "dead-lettered after attempt " (job.attempt) }
                 JobState::Scheduled => li { "waiting until " (time(job.run_at)) " for attempt " (job.attempt + 1) }
                 JobState::Ready => li { "ready for attempt " (job.attempt + 1) }
                 JobState::Blocked => li { "waiting behind an earlier job of its ordering key" }
+                JobState::Cancelled => li.dead { "cancelled" @if let Some(at) = job.cancelled_at { " " (time(at)) } }
             }
         }
         h2 { "Payload" }
@@ -756,6 +769,26 @@ pub(crate) async fn job_retry(
         ));
     }
     ui.app.store.dead_redrive(&job.queue, Redrive { ids: Some(vec![id]), ..Redrive::default() }).await?;
+    Ok(Redirect::to(&format!("/ui/jobs/{id}")).into_response())
+}
+
+/// Cancels a job (`Store::job_cancel`): at once when it is not leased, at the end of its lease
+/// when it is.
+pub(crate) async fn job_cancel(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
+    let session = match ui.session(&headers) {
+        Ok(session) => session,
+        Err(redirect) => return Ok(redirect.into_response()),
+    };
+    checked_form(&session, &body)?;
+    let id = parse_id(&id)?;
+    let job = ui.app.store.job_get(id).await?;
+    need(&session.principal, Action::Admin, job.queue.as_str())?;
+    ui.app.store.job_cancel(id).await?;
     Ok(Redirect::to(&format!("/ui/jobs/{id}")).into_response())
 }
 
