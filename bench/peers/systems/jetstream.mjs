@@ -81,8 +81,9 @@ export async function consumer(ctx, completions, finished) {
   const js = nc.jetstream();
   const jsm = await nc.jetstreamManager();
   const consumer = await js.consumers.get(STREAM, DURABLE);
-  // consume() keeps pull requests of 100 open and renews them itself; a fetch() that expires on
-  // the client while its messages are on the way drops them until their ack wait runs out.
+  // consume() keeps pull requests of 100 open and renews them itself. With fetch() (1 s expiry) a
+  // round stalled, most likely on messages that reached a fetch already expired on the client,
+  // which then waited out their ack wait.
   const streams = await Promise.all(Array.from({ length: CONSUMERS }, () => consumer.consume({ max_messages: BATCH })));
   const loops = streams.map(async (messages) => {
     for await (const message of messages) {
