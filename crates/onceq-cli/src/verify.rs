@@ -197,7 +197,8 @@ pub struct VerifyArgs {
     /// Run the workers as --workers processes of this command (run by `sh -c`) instead of the
     /// Rust worker: a worker of another language speaking the protocol of docs/verify.md, e.g.
     /// `python3 -m onceq.verify_worker` or `node clients/node/dist/verify-worker.js`. Each process
-    /// gets its own recording API (ONCEQ_URL), so the same faults and checks apply.
+    /// gets its own recording API (ONCEQ_URL), so the same faults and checks apply, and runs
+    /// --lease-batch handlers at once (a crash ends every delivery of its process: keep it small).
     #[arg(long, value_name = "CMD", conflicts_with_all = ["pipeline", "ordered", "check"])]
     pub worker_cmd: Option<String>,
 }

@@ -28,10 +28,14 @@ const NODE_INSTALL: &str = "install Node.js 20 or newer with npm (Debian/Ubuntu:
 const NODE_MAJOR_MIN: u32 = 20;
 /// Where `npm ci` leaves a copy of the lock file it installed from (as the Node client's test).
 const INSTALLED_LOCK: &str = "node_modules/.onceq-installed-package-lock.json";
-/// Jobs per run: enough for every fault to fire at the rates below, a few seconds per run.
-const JOBS: u64 = 1_500;
-/// The four faults, at rates that make each fire often in a short run.
-const FAULTS: [&str; 4] = ["crash-after-effect=0.03", "crash-mid-handler=0.03", "stall=0.01", "drop-ack=0.03"];
+/// Jobs per run that must keep the promise: enough for every fault to fire at the rates below.
+const JOBS: u64 = 1_000;
+/// The four faults, at rates that make each fire a dozen times or more in such a run.
+const FAULTS: [&str; 4] = ["crash-after-effect=0.02", "crash-mid-handler=0.02", "stall=0.01", "drop-ack=0.03"];
+/// Jobs of a run with the gate broken: a few crashes after the effect are enough.
+const BROKEN_JOBS: u64 = 300;
+/// The one fault of a run with the gate broken.
+const BROKEN_FAULT: &str = "crash-after-effect=0.05";
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -117,20 +121,24 @@ fn quoted(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
-/// Runs `onceq verify` on the embedded store with `worker` as the external worker, in
-/// effectively_once, under the four faults.
+/// Runs `onceq verify` on the embedded store with `worker` as the external worker (4 processes
+/// of 4 handlers each: a crash takes down few deliveries beside its own), in effectively_once,
+/// under the four faults; with the gate broken, under crash-after-effect only.
 fn verify(worker: &str, seed: u64, broken: bool) -> Output {
     // One run at a time, so that the runs' timing does not depend on each other.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut command = Command::new(ONCEQ);
-    command.args(["verify", "--modes", "effectively_once", "--jobs", &JOBS.to_string(), "--workers", "3"]);
-    command.args(["--seed", &seed.to_string(), "--json", "--quiet", "--worker-cmd", worker]);
-    for fault in FAULTS {
-        command.args(["--fault", fault]);
-    }
+    let jobs = if broken { BROKEN_JOBS } else { JOBS };
+    command.args(["verify", "--modes", "effectively_once", "--jobs", &jobs.to_string(), "--workers", "4"]);
+    command.args(["--lease-batch", "4", "--drain-timeout-s", "300", "--seed", &seed.to_string()]);
+    command.args(["--json", "--quiet", "--worker-cmd", worker]);
     if broken {
-        command.arg("--break-gate-for-tests");
+        command.args(["--fault", BROKEN_FAULT, "--break-gate-for-tests"]);
+    } else {
+        for fault in FAULTS {
+            command.args(["--fault", fault]);
+        }
     }
     for var in ["ONCEQ_TOKEN", "ONCEQ_STORE", "ONCEQ_DATA_DIR", "ONCEQ_LOG_FORMAT"] {
         command.env_remove(var);
@@ -184,7 +192,7 @@ fn assert_kept(worker: &str, output: &Output) {
         "{worker}: exit {:?}, report {report:#}\nstderr:\n{stderr}",
         output.status
     );
-    assert!(stderr.contains(&format!("worker: external, 3 processes of `{worker}`")), "{stderr}");
+    assert!(stderr.contains(&format!("worker: external, 4 processes of `{worker}`")), "{stderr}");
     assert_eq!(figure(&report, "enqueued"), JOBS, "{report:#}");
     assert_eq!(figure(&report, "processed"), JOBS, "every job's effect applied: {report:#}");
     for zero in ["lost", "duplicate_effects", "unexpected", "stale_acks_accepted", "overlapping_leases", "dead"] {

@@ -19,6 +19,8 @@ injects on its own), and lets no new effect start meanwhile.
 
 ``ONCEQ_VERIFY_BROKEN_GATE=1`` runs the handler without `effectively_once`, so that verify must
 report the duplicate effects the crashes then cause (onceq's own tests use it).
+``ONCEQ_VERIFY_LOG_LEVEL`` (default ``ERROR``) sets the level of the worker's log, which verify
+keeps per process and quotes when a process fails.
 """
 
 from __future__ import annotations
