@@ -5,8 +5,8 @@
 // Per queue, one lease loop keeps up to `concurrency + prefetch` jobs held: `concurrency`
 // handlers run, and up to `prefetch` leased jobs wait to start. One heartbeat timer extends
 // every held job's lease each `heartbeatIntervalMs`; a job whose extend is refused (`lease_lost`,
-// `not_found`) has lost its lease, and its handler's signal aborts; an item answered otherwise
-// (`unavailable`) is a beat that got no answer. Settles of every queue go through one batcher, which
+// `not_found`, `job_cancelled`) has lost its lease, and its handler's signal aborts; an item
+// answered otherwise (`unavailable`) is a beat that got no answer. Settles of every queue go through one batcher, which
 // sends what gathered within `settleBatchDelayMs` as one request per kind. `stop()` (and SIGTERM
 // under `run({ signals: true })`) stops leasing, releases the jobs that did not start, waits
 // `shutdownGraceMs` for running handlers, and sends the last settles.
@@ -69,8 +69,8 @@ export interface WorkerOptions {
   onError?: (error: unknown, job?: LeasedJob) => void;
 }
 
-/** The item error codes of a heartbeat that mean the lease is gone (any other is no answer). */
-export const LEASE_GONE_CODES: readonly string[] = ["lease_lost", "not_found"];
+/** The item error codes of a heartbeat that mean the handler must stop: the lease is gone, or the job was cancelled (any other is no answer). */
+export const LEASE_GONE_CODES: readonly string[] = ["lease_lost", "not_found", "job_cancelled"];
 
 /** Aborts a handler whose job ran past its deadline. */
 export class DeadlineExceeded extends Error {

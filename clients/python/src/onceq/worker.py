@@ -17,9 +17,9 @@ Per task (one queue), the worker:
   ``ack_linger_ms``), for every task of the worker together;
 - heartbeats every ``heartbeat_interval_ms``: one ``POST /v1/extends`` for every lease it holds.
   A lease the server refuses to extend (``lease_lost`` or ``not_found``: expired, or leased
-  again) **cancels** its handler: an ``async def`` handler's task is cancelled; a plain ``def``
-  handler, run in a thread, sees ``job.cancelled`` set and should stop (a thread cannot be
-  stopped from outside). An `effectively_once` handler is only told (``job.cancelled``): once
+  again; ``job_cancelled``) **cancels** its handler: an ``async def`` handler's task is
+  cancelled; a plain ``def`` handler, run in a thread, sees ``job.cancelled`` set and should
+  stop (a thread cannot be stopped from outside). An `effectively_once` handler is only told (``job.cancelled``): once
   it holds its key, a cancel could not tell whether its effect happened, so it runs to its end
   and its key is completed or released as usual. An item answered otherwise (``unavailable``)
   is a heartbeat that got no answer: the handler keeps running, and the next beat tries again.
@@ -65,9 +65,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 ERROR_TEXT_CHARS_MAX = 2000
 #: How long a failed batch ack, release or heartbeat call waits before it is tried again, in seconds.
 SETTLE_RETRY_PAUSE = 0.2
-#: The item error codes of a heartbeat that mean the lease is gone (any other, such as
-#: ``unavailable``, is no answer: the handler keeps running).
-LEASE_GONE_CODES = ("lease_lost", "not_found")
+#: The item error codes of a heartbeat that mean the handler must stop: the lease is gone, or
+#: the job was cancelled (any other, such as ``unavailable``, is no answer: the handler keeps
+#: running).
+LEASE_GONE_CODES = ("lease_lost", "not_found", "job_cancelled")
 #: Tries of a batch ack or release call that gets no answer before the worker gives up on it (the
 #: leases then expire and the jobs run again).
 SETTLE_TRIES_MAX = 5
