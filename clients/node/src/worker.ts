@@ -4,8 +4,9 @@
 //
 // Per queue, one lease loop keeps up to `concurrency + prefetch` jobs held: `concurrency`
 // handlers run, and up to `prefetch` leased jobs wait to start. One heartbeat timer extends
-// every held job's lease each `heartbeatIntervalMs`; a job whose extend is refused has lost its
-// lease, and its handler's signal aborts. Settles of every queue go through one batcher, which
+// every held job's lease each `heartbeatIntervalMs`; a job whose extend is refused (`lease_lost`,
+// `not_found`, `job_cancelled`) has lost its lease, and its handler's signal aborts; an item
+// answered otherwise (`unavailable`) is a beat that got no answer. Settles of every queue go through one batcher, which
 // sends what gathered within `settleBatchDelayMs` as one request per kind. `stop()` (and SIGTERM
 // under `run({ signals: true })`) stops leasing, releases the jobs that did not start, waits
 // `shutdownGraceMs` for running handlers, and sends the last settles.
@@ -67,6 +68,9 @@ export interface WorkerOptions {
   /** Told of every error the worker cannot hand to a caller (a failed lease, a refused settle). Default: console.error. */
   onError?: (error: unknown, job?: LeasedJob) => void;
 }
+
+/** The item error codes of a heartbeat that mean the handler must stop: the lease is gone, or the job was cancelled (any other is no answer). */
+export const LEASE_GONE_CODES: readonly string[] = ["lease_lost", "not_found", "job_cancelled"];
 
 /** Aborts a handler whose job ran past its deadline. */
 export class DeadlineExceeded extends Error {
@@ -455,7 +459,7 @@ export class Worker {
     }
   }
 
-  /** Extends every held lease; a refused one aborts its handler (or drops its unstarted job). */
+  /** Extends every held lease; a refused one (`lease_lost`, `not_found`) aborts its handler (or drops its unstarted job). */
   async #extendHeld(): Promise<void> {
     const held = [...this.#held.values()];
     for (let i = 0; i < held.length; i += BATCH_ITEMS_MAX) {
@@ -473,6 +477,12 @@ export class Worker {
       results.forEach((result, j) => {
         const h = chunk[j];
         if (!h || result.ok || !this.#held.has(h.job.id)) return;
+        // Only a definite refusal means the lease is gone; another code (`unavailable`) is a
+        // heartbeat that got no answer: the handler keeps running, the next beat tries again.
+        if (!LEASE_GONE_CODES.includes(result.error?.code ?? "lease_lost")) {
+          this.#onError(new Error(`heartbeat of job ${h.job.id} got no definite answer: ${result.error?.code}`), h.job);
+          return;
+        }
         h.lost = true;
         const lost = new LeaseLost(result.error?.code ?? "lease_lost", result.error?.message ?? "lease lost", 409);
         h.controller.abort(lost);

@@ -49,6 +49,8 @@ Examples:
   onceq verify --fault crash-before-complete=0.05 --modes effectively_once   # watch it break
   onceq verify --ordered --all-faults                          # per-key order through every fault
   onceq verify --pipeline --all-faults                         # A -> B + C, committed vs enqueue-then-ack
+  onceq verify --managed-server --modes effectively_once --all-faults \
+      --worker-cmd 'python3 -m onceq.verify_worker'          # the Python worker (docs/verify.md)
 
 Pipeline (--pipeline): queue A's inputs each become one job in B and one in C, by two stages side
 by side under the same faults: `committed` (the worker's ctx.produce: outputs committed with the
@@ -192,6 +194,13 @@ pub struct VerifyArgs {
     /// onceq's own tests.
     #[arg(long, hide = true, requires = "pipeline")]
     pub break_commit_for_tests: bool,
+    /// Run the workers as --workers processes of this command (run by `sh -c`) instead of the
+    /// Rust worker: a worker of another language speaking the protocol of docs/verify.md, e.g.
+    /// `python3 -m onceq.verify_worker` or `node clients/node/dist/verify-worker.js`. Each process
+    /// gets its own recording API (ONCEQ_URL), so the same faults and checks apply, and runs
+    /// --lease-batch handlers at once (a crash ends every delivery of its process: keep it small).
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["pipeline", "ordered", "check"])]
+    pub worker_cmd: Option<String>,
 }
 
 fn parse_mode(text: &str) -> Result<DeliveryMode, String> {
@@ -279,7 +288,13 @@ pub fn plan(args: &VerifyArgs) -> Result<(TargetSpec, WorkloadConfig), CliError>
         ordered_keys: args.ordered.then_some(args.ordered_keys),
         pipeline: args.pipeline,
         broken_commit_for_tests: args.break_commit_for_tests,
+        external_worker: args.worker_cmd.clone(),
     };
+    if args.worker_cmd.is_some() && is_pg {
+        return Err(usage(
+            "--worker-cmd drives the embedded store or a server (--server, --managed-server), not PostgreSQL directly",
+        ));
+    }
     config.validate().map_err(|e| usage(e.to_string().trim_start_matches("invalid request: ")))?;
     Ok((spec, config))
 }
@@ -511,11 +526,27 @@ fn summary(command_line: &str, target: &str, ledger: &str, config: &WorkloadConf
         config.seed
     );
     let _ = writeln!(out, "faults: {}", config.faults.describe());
+    match &config.external_worker {
+        Some(command) => {
+            let _ = writeln!(
+                out,
+                "worker: external, {} processes of `{command}` (concurrency {} each), each on a recording API",
+                config.workers, config.lease_batch
+            );
+        }
+        None => {
+            let _ = writeln!(out, "worker: onceq_worker::Worker (Rust, in-process)");
+        }
+    }
     for run in runs {
         let fired: Vec<String> = run.faults_fired.iter().map(|(f, n)| format!("{f}={n}")).collect();
+        let exits = match run.external_crash_exits {
+            Some(n) => format!("; worker processes restarted after {n} crash exits"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{}: queue {}, {:.1} s, {}; faults fired: {}",
+            "{}: queue {}, {:.1} s, {}; faults fired: {}{exits}",
             run.history.mode.as_str(),
             run.queue,
             run.elapsed_ms as f64 / 1000.0,

@@ -22,6 +22,9 @@
 //!   faults, their rates and seeded schedule; [`target`]: the embedded store, a server (given or
 //!   managed) or PostgreSQL; [`ledger`]: where workers record effects (SQLite, or a table in the
 //!   target PostgreSQL, written in the job's transaction).
+//! - [`external`]: `--worker-cmd`: worker processes of another language (the Python and Node
+//!   clients), each on a recording API verify serves, applying effects through verify, which
+//!   tells them when to crash; the same faults and checker (docs/verify.md is their protocol).
 //! - [`pipeline`]: pipeline mode (`--pipeline`): a consume → produce stage committed with its
 //!   ack beside the same stage written as enqueue-then-ack, what their runs record, and the
 //!   checker counting outputs missing and duplicated per input (the workload runs them).
@@ -30,6 +33,7 @@
 //!   partitions moved against the minimum, stalls.
 
 pub mod checker;
+pub mod external;
 pub mod faults;
 pub mod history;
 pub mod ledger;

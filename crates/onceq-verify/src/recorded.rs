@@ -48,6 +48,8 @@ pub enum Cut {
 /// What verify remembers of a lease it saw handed out.
 #[derive(Debug, Clone, Copy)]
 pub struct Leased {
+    /// The job.
+    pub job_id: u64,
     /// The value the job carries.
     pub value: u64,
     /// The lease's attempt.
@@ -232,9 +234,10 @@ impl RecordedStore {
             };
             let token = job.lease_token.to_string();
             let expires = job.lease_expires_at.as_millis();
-            self.ctx
-                .deliveries()
-                .leased(token.clone(), Leased { value, attempt: job.attempt, lease_expires_at_ms: expires });
+            self.ctx.deliveries().leased(
+                token.clone(),
+                Leased { job_id: job.id.get(), value, attempt: job.attempt, lease_expires_at_ms: expires },
+            );
             leases.push(Lease {
                 job_id: job.id.get(),
                 value,

@@ -154,6 +154,11 @@ pub struct WorkloadConfig {
     #[doc(hidden)]
     #[serde(default)]
     pub broken_commit_for_tests: bool,
+    /// Runs the workers as processes of this command (`sh -c`), speaking the protocol of
+    /// [`crate::external`], instead of the shipped Rust worker: `workers` processes, each
+    /// talking to a recording API verify serves for it.
+    #[serde(default)]
+    pub external_worker: Option<String>,
 }
 
 impl Default for WorkloadConfig {
@@ -176,6 +181,7 @@ impl Default for WorkloadConfig {
             ordered_keys: None,
             pipeline: false,
             broken_commit_for_tests: false,
+            external_worker: None,
         }
     }
 }
@@ -198,6 +204,16 @@ impl WorkloadConfig {
         }
         if self.broken_commit_for_tests && !self.pipeline {
             return bad("breaking the commit is for a --pipeline run".into());
+        }
+        if let Some(command) = &self.external_worker {
+            if command.trim().is_empty() {
+                return bad("--worker-cmd is empty; give the command that starts one worker process".into());
+            }
+            if self.pipeline || self.ordered_keys.is_some() {
+                return bad(
+                    "--worker-cmd runs the modes' workload; --pipeline and --ordered use the Rust worker".into()
+                );
+            }
         }
         if self.ordered_keys == Some(0) {
             return bad("--ordered-keys must be at least 1".into());
@@ -253,6 +269,10 @@ pub struct ModeRun {
     pub drained: bool,
     /// Wall time of the mode's run, ms.
     pub elapsed_ms: u64,
+    /// With an external worker: how many times one of its processes exited as the crash faults
+    /// told it to (and was started again).
+    #[serde(default)]
+    pub external_crash_exits: Option<u64>,
 }
 
 fn payload(value: u64) -> Vec<u8> {
@@ -412,10 +432,52 @@ impl Run for Ctx {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::external::Host for Ctx {
+    fn settings(&self) -> crate::external::Settings {
+        crate::external::Settings {
+            queue: self.queue.to_string(),
+            mode: self.mode,
+            workers: self.config.workers,
+            visibility_timeout_ms: self.config.visibility_timeout_ms,
+            claim_ttl_ms: self.config.claim_ttl_ms,
+            lease_batch: self.config.lease_batch,
+            broken_gate: self.config.broken_gate_for_tests,
+            process_base: WORKER_PROCESS_BASE,
+            stall_past_expiry_ms: STALL_PAST_EXPIRY_MS,
+        }
+    }
+    fn idempotency(&self) -> Option<Arc<dyn IdempotencyStore>> {
+        match &self.guard {
+            Guard::Separate(store) => Some(store.clone()),
+            // PostgreSQL's gate is in the job's transaction.
+            Guard::Postgres(..) => None,
+        }
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+    fn crash_of(&self, value: u64, attempt: u32) -> Option<Fault> {
+        crash_of(self, value, attempt)
+    }
+    fn fire(&self, fault: Fault) {
+        Ctx::fire(self, fault);
+    }
+    async fn record(&self, row: EffectRow) -> Result<()> {
+        self.ledger.record(row).await
+    }
+}
+
 /// Runs every mode of `config` against `target`, one after the other.
 pub async fn run(target: &Target, config: &WorkloadConfig, progress: Arc<Progress>) -> Result<Vec<ModeRun>> {
     config.validate()?;
     config.faults.check_target(target.kind)?;
+    if config.external_worker.is_some() && target.kind == TargetKind::Postgres {
+        return Err(Error::invalid(
+            "--worker-cmd drives the embedded store or a server (--server, --managed-server); on PostgreSQL the \
+             Rust worker puts the effect in the job's transaction, which an external worker cannot join",
+        ));
+    }
     let run_id = format!("{:x}{:04x}", now_ms(), rand::random::<u16>());
     let mut runs = Vec::new();
     for (i, mode) in config.modes.iter().enumerate() {
@@ -458,9 +520,15 @@ async fn run_mode(
         producers.spawn(produce(ctx.clone(), p));
     }
     let mut workers = tokio::task::JoinSet::new();
-    for w in 0..config.workers {
-        workers.spawn(work(ctx.clone(), WORKER_PROCESS_BASE + w));
-    }
+    let external = match &config.external_worker {
+        Some(command) => Some(tokio::spawn(crate::external::run(ctx.clone(), command.clone()))),
+        None => {
+            for w in 0..config.workers {
+                workers.spawn(work(ctx.clone(), WORKER_PROCESS_BASE + w));
+            }
+            None
+        }
+    };
     let busy = Arc::new(AtomicBool::new(true));
     let periodic = tokio::spawn(periodic_faults(
         ctx.clone(),
@@ -510,6 +578,16 @@ async fn run_mode(
             ctx.fail(format!("a worker task failed: {e}"));
         }
     }
+    let external_crash_exits = match external {
+        Some(task) => match task.await {
+            Ok(exits) => Some(exits),
+            Err(e) => {
+                ctx.fail(format!("the external workers' task failed: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     if let Some(message) = ctx.fatal() {
         return Err(Error::Storage(format!("the {} run stopped: {message}", mode.as_str())));
     }
@@ -546,6 +624,7 @@ async fn run_mode(
         faults_fired: ctx.faults.counts(),
         drained,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        external_crash_exits,
     })
 }
 

@@ -16,10 +16,14 @@ Per task (one queue), the worker:
 - acks in batches (``POST /v1/acks``, up to ``ack_batch_max`` leases, after at most
   ``ack_linger_ms``), for every task of the worker together;
 - heartbeats every ``heartbeat_interval_ms``: one ``POST /v1/extends`` for every lease it holds.
-  A lease the server refuses to extend (lost: expired, or leased again) **cancels** its handler:
-  an ``async def`` handler's task is cancelled; a plain ``def`` handler, run in a thread, sees
-  ``job.cancelled`` set and should stop (a thread cannot be stopped from outside). A cancelled
-  handler's job is not settled: its lease is gone;
+  A lease the server refuses to extend (``lease_lost`` or ``not_found``: expired, or leased
+  again; ``job_cancelled``) **cancels** its handler: an ``async def`` handler's task is
+  cancelled; a plain ``def`` handler, run in a thread, sees ``job.cancelled`` set and should
+  stop (a thread cannot be stopped from outside). An `effectively_once` handler is only told (``job.cancelled``): once
+  it holds its key, a cancel could not tell whether its effect happened, so it runs to its end
+  and its key is completed or released as usual. An item answered otherwise (``unavailable``)
+  is a heartbeat that got no answer: the handler keeps running, and the next beat tries again.
+  A cancelled handler's job is not settled: its lease is gone;
 - gives a handler ``deadline_ms``: past it the handler is cancelled the same way and the job
   nacked (``"deadline exceeded"``), so it retries with the queue's backoff;
 - on an exception, nacks the job without a delay, so the queue's backoff decides when it runs
@@ -61,6 +65,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 ERROR_TEXT_CHARS_MAX = 2000
 #: How long a failed batch ack, release or heartbeat call waits before it is tried again, in seconds.
 SETTLE_RETRY_PAUSE = 0.2
+#: The item error codes of a heartbeat that mean the handler must stop: the lease is gone, or
+#: the job was cancelled (any other, such as ``unavailable``, is no answer: the handler keeps
+#: running).
+LEASE_GONE_CODES = ("lease_lost", "not_found", "job_cancelled")
 #: Tries of a batch ack or release call that gets no answer before the worker gives up on it (the
 #: leases then expire and the jobs run again).
 SETTLE_TRIES_MAX = 5
@@ -138,12 +146,20 @@ def default_key(job: RunningJob) -> str:
     return f"{KEY_PREFIX}{job.queue}:~{hashlib.sha256(job.dedup_id.encode('utf-8')).hexdigest()}"
 
 
+def claim_owner(worker_owner: str, job: RunningJob) -> str:
+    """The owner of one delivery's claim on its key: the worker and the lease token, as the Rust
+    worker's ``claim_owner``. One per delivery, so that a second delivery of the job to the same
+    worker (its first lease expired while the handler ran) finds the key in progress instead of
+    acquiring it again."""
+    return f"{worker_owner}/{job.lease_token}"
+
+
 def effectively_once(fn: Optional[F] = None, *, ttl_ms: int = 60_000, retention_ms: int = 86_400_000,
                      retry_delay_ms: int = 1000, key: Callable[[RunningJob], str] = default_key) -> Any:
     """Marks a handler whose effect must happen once, whatever redeliveries happen.
 
     Before running it, the worker begins the job's idempotency key (``key(job)``; by default
-    `default_key`: the queue and the job's dedup id) as its own owner, for ``ttl_ms``:
+    `default_key`: the queue and the job's dedup id) as the delivery's owner (`claim_owner`), for ``ttl_ms``:
 
     - **completed**: the effect was applied by an earlier delivery. The handler does not run;
       the job is acked. (The recorded result is the handler's return value then.)
@@ -197,6 +213,10 @@ class _Run:
     job: RunningJob
     future: "Optional[asyncio.Future[Any]]" = None
     lost: bool = False
+    # Set once an effectively-once delivery acquired its key: from then on it is only told to
+    # stop (``job.cancelled``), never cancelled, because a cancel could not tell whether the
+    # effect had happened, and would release the key for a redelivery to apply it again.
+    guarded: bool = False
 
 
 @dataclass
@@ -235,7 +255,7 @@ class Worker:
         self.ack_linger_ms = ack_linger_ms
         self.shutdown_timeout = shutdown_timeout
         self.threads = threads
-        #: The owner name this worker claims idempotency keys as.
+        #: The worker's name in the owners of its idempotency claims (`claim_owner`: one per delivery).
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.tasks: Dict[str, Task] = {}
         self.stats = WorkerStats()
@@ -383,6 +403,9 @@ class Worker:
     def _cancel(self, run: _Run, reason: str) -> None:
         run.job.cancel_reason = run.job.cancel_reason or reason
         run.job.cancelled.set()
+        if run.guarded:
+            # Whatever the handler did is completed or released by the delivery itself.
+            return
         if run.future is not None and not run.future.done():
             run.future.cancel()
 
@@ -504,8 +527,9 @@ class Worker:
         assert self._client is not None
         job = run.job
         key = once.key(job)
+        owner = claim_owner(self.owner, job)
         try:
-            begin = await self._client.idempotency_begin(key, self.owner, once.ttl_ms)
+            begin = await self._client.idempotency_begin(key, owner, once.ttl_ms)
         except OnceqError as e:
             if e.status is None or e.status >= 500:
                 # The store did not answer: give the job back without spending an attempt.
@@ -522,34 +546,36 @@ class Worker:
         if begin.state == "in_progress":
             await self._release([job], delay_ms=once.retry_delay_ms)
             return
+        run.guarded = True
         try:
             result = await self._call_handler(task, job)
         except asyncio.TimeoutError:
             self.stats.deadline_exceeded += 1
-            await self._give_up_key(key)
+            await self._give_up_key(key, owner)
             await self._nack(job, None, f"deadline exceeded: the handler ran past {task.deadline_ms} ms")
             return
         except asyncio.CancelledError:
-            await self._give_up_key(key)
+            await self._give_up_key(key, owner)
             if run.lost:
                 return
             raise
         except RetryLater as e:
-            await self._give_up_key(key)
+            await self._give_up_key(key, owner)
             await self._nack(job, e.delay_ms, e.reason)
             return
         except FailJob as e:
-            await self._give_up_key(key)
+            await self._give_up_key(key, owner)
             await self._fail(job, e.reason)
             return
         except Exception as e:  # noqa: BLE001
-            await self._give_up_key(key)
+            await self._give_up_key(key, owner)
             await self._nack(job, None, _error_text(e))
             return
-        # The effect happened: record it before the ack, so a redelivery finds it completed.
+        # The effect happened: record it before the ack, so a redelivery finds it completed, even
+        # when the lease was lost meanwhile.
         recorded = await self._with_retries(
             "idempotency complete", lambda: self._client.idempotency_complete(  # type: ignore[union-attr]
-                key, self.owner, result, once.retention_ms))
+                key, owner, result, once.retention_ms))
         if recorded is None:
             # Not recorded: no ack, so the job runs again once its lease and the claim expire.
             log.error("onceq worker: the effect of job %s happened but its key %s could not be completed", job.id, key)
@@ -557,10 +583,10 @@ class Worker:
         self.stats.succeeded += 1
         self._ack(job)
 
-    async def _give_up_key(self, key: str) -> None:
+    async def _give_up_key(self, key: str, owner: str) -> None:
         assert self._client is not None
         try:
-            await self._client.idempotency_release(key, self.owner)
+            await self._client.idempotency_release(key, owner)
         except OnceqError as e:
             # Held by nobody else or expired: the claim ends by its ttl anyway.
             log.warning("onceq worker: releasing idempotency key %s failed: %s", key, e)
@@ -649,6 +675,12 @@ class Worker:
                     continue
                 for job, result in zip(chunk, results):
                     if result.ok:
+                        continue
+                    code = result.error.code if result.error else None
+                    if code not in LEASE_GONE_CODES:
+                        # No definite answer for this lease (``unavailable``): as for a heartbeat
+                        # that got no answer, the handler keeps running and the next beat tries again.
+                        log.warning("onceq worker: heartbeat of job %s got no definite answer (%s)", job.id, code)
                         continue
                     # The lease is gone: whoever holds the job now, it is not this worker.
                     self.stats.lost += 1
