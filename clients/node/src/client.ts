@@ -204,6 +204,11 @@ export class Client {
     return this.#json("GET", `/v1/jobs/${seg(id)}`, undefined, opts);
   }
 
+  /** Cancels a job: one not leased ends `cancelled` at once; a leased one is marked and ends cancelled unless acked. A dead job is `Conflict`. Safe to retry. */
+  cancel(id: string, opts?: CallOptions): Promise<Job> {
+    return this.#json("POST", `/v1/jobs/${seg(id)}/cancel`, undefined, opts);
+  }
+
   /** Leases up to `max_jobs` ready jobs (waiting up to `wait_ms` for one). */
   async lease(queue: string, options: LeaseOptions = {}, opts?: CallOptions): Promise<LeasedJob[]> {
     const reply = await this.#json<{ jobs: LeasedJob[] }>("POST", `/v1/queues/${seg(queue)}/leases`, options, opts);

@@ -32,6 +32,8 @@ export class NotFound extends OnceqError {}
 export class RequestTimeout extends OnceqError {}
 /** 409 `lease_lost`: the token is not the job's current lease. */
 export class LeaseLost extends OnceqError {}
+/** 409 `job_cancelled`: an extend of a lease whose job was cancelled; stop the handler (an ack still settles it). */
+export class JobCancelled extends OnceqError {}
 /** 409 `fenced`: a newer epoch of this producer registered; this instance must stop. */
 export class Fenced extends OnceqError {}
 /** 409 `conflict`: an idempotency key held by another owner or reused, a group or commit id clash. */
@@ -77,6 +79,7 @@ const BY_CODE: Record<string, new (code: string, message: string, status: number
   not_found: NotFound,
   request_timeout: RequestTimeout,
   lease_lost: LeaseLost,
+  job_cancelled: JobCancelled,
   fenced: Fenced,
   conflict: Conflict,
   not_member: NotMember,

@@ -6,7 +6,7 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 
 export type Delivery = "at_most_once" | "at_least_once" | "effectively_once";
 export type Jitter = "full" | "equal" | "none";
-export type JobState = "scheduled" | "ready" | "leased" | "dead" | "blocked";
+export type JobState = "scheduled" | "ready" | "leased" | "dead" | "blocked" | "cancelled";
 
 export interface Backoff {
   initial_ms: number;
@@ -60,6 +60,8 @@ export interface QueueStats {
   leased: number;
   dead: number;
   blocked: number;
+  /** Cancelled jobs, kept until the queue is deleted. */
+  cancelled: number;
   oldest_ready_age_ms: number | null;
 }
 
@@ -136,6 +138,8 @@ export interface Job {
   dedup_id: string | null;
   ordering_key?: string;
   partition?: number;
+  /** When it was cancelled (state `cancelled`), or, while `leased`, when a cancel was asked for. */
+  cancelled_at?: string;
   enqueued_at: string;
   run_at: string;
   lease_expires_at: string | null;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import {
-  Client, Conflict, Fenced, InvalidRequest, LeaseLost, NotFound, OnceqError, RateLimited, Unavailable,
+  Client, Conflict, Fenced, InvalidRequest, JobCancelled, LeaseLost, NotFound, OnceqError, RateLimited, Unavailable,
 } from "../dist/index.js";
 import { queueName, startServer } from "./server.mjs";
 
@@ -67,6 +67,22 @@ test("lease and ack; a stale token is LeaseLost, an acked job NotFound", async (
   assert.ok(Date.parse(expires) > Date.now() + 50_000);
   await client.release(jobs[1].id, jobs[1].lease_token);
   assert.equal((await client.jobGet(jobs[1].id)).attempt, 0);
+});
+
+test("cancel ends a waiting job and marks a leased one", async () => {
+  const q = queueName();
+  const [waiting] = await client.enqueue(q, [{ payload: 1, delay_ms: 60_000 }]);
+  const cancelled = await client.cancel(waiting.id);
+  assert.equal(cancelled.state, "cancelled");
+  assert.ok(cancelled.cancelled_at);
+  await client.enqueue(q, [{ payload: 2 }]);
+  const [job] = await client.lease(q, { visibility_timeout_ms: 30_000 });
+  const marked = await client.cancel(job.id);
+  assert.deepEqual([marked.state, Boolean(marked.cancelled_at)], ["leased", true]);
+  await assert.rejects(client.extend(job.id, job.lease_token, 30_000), (e) => e instanceof JobCancelled && e.status === 409);
+  await client.release(job.id, job.lease_token);
+  assert.equal((await client.jobGet(job.id)).state, "cancelled");
+  assert.equal((await client.queueGet(q)).stats.cancelled, 2);
 });
 
 test("nack to dead, list the dead, redrive, purge", async () => {

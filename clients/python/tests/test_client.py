@@ -86,6 +86,25 @@ def test_errors_by_code(client: onceq.Client, queue: str) -> None:
         client.idempotency_complete(key, "b", 1, 1000)
 
 
+def test_cancel_ends_a_waiting_job_and_marks_a_leased_one(client: onceq.Client, queue: str) -> None:
+    waiting = client.enqueue(queue, {"n": 1}, delay_ms=60_000)
+    cancelled = client.cancel(waiting.id)
+    assert (cancelled.state, cancelled.cancelled_at is not None) == ("cancelled", True)
+    assert client.cancel(waiting.id).cancelled_at == cancelled.cancelled_at
+    client.enqueue(queue, {"n": 2})
+    [job] = client.lease(queue, visibility_timeout_ms=30_000)
+    marked = client.cancel(job.id)
+    assert (marked.state, marked.cancelled_at is not None) == ("leased", True)
+    with pytest.raises(onceq.JobCancelled) as e:
+        client.extend(job.id, job.lease_token, 30_000)
+    assert e.value.status == 409 and isinstance(e.value, onceq.Conflict)
+    client.release(job.id, job.lease_token)
+    assert client.job_get(job.id).state == "cancelled"
+    assert client.queue_get(queue).stats.cancelled == 2
+    with pytest.raises(onceq.NotFound):
+        client.cancel("999999999")
+
+
 def test_rate_limited_carries_retry_after(client: onceq.Client, queue: str) -> None:
     client.queue_put(queue, max_depth=1)
     client.enqueue(queue, 1)

@@ -14,7 +14,7 @@ Layout:
 from . import outbox
 from ._requests import job, unique
 from .client import AsyncClient, Client
-from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, LeaseLost, NotFound, NotMember, OnceqError,
+from .errors import (BadRequest, Conflict, Corrupt, Fenced, Forbidden, JobCancelled, LeaseLost, NotFound, NotMember, OnceqError,
                      PayloadTooLarge, QueueNotEmpty, RateLimited, RequestTimeout, Unauthorized, Unavailable,
                      UnsupportedMediaType)
 from .types import (Advice, Begin, CommitOutcome, DeadPage, Enqueued, GroupInfo, Job, LeasedJob, MemberView, PacedRedrive,
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Advice", "AsyncClient", "BadRequest", "Begin", "Client", "CommitOutcome", "Conflict", "Corrupt", "DeadPage",
-    "EffectivelyOnce", "Enqueued", "FailJob", "Fenced", "Forbidden", "GroupInfo", "Job", "LeaseLost", "LeasedJob",
+    "EffectivelyOnce", "Enqueued", "FailJob", "Fenced", "Forbidden", "GroupInfo", "Job", "JobCancelled", "LeaseLost", "LeasedJob",
     "MemberView", "NotFound", "NotMember", "OnceqError", "PacedRedrive", "PayloadTooLarge", "Producer",
     "QueueConfig", "QueueInfo", "QueueNotEmpty", "QueueStats", "RateLimited", "RedriveFilter", "RedriveResult",
     "RequestTimeout", "RetryLater", "RunningJob", "Schedule", "SettleResult", "TickReport", "Unauthorized",

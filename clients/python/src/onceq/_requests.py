@@ -169,6 +169,11 @@ def job_get(id: Union[str, int]) -> Request:
     return Request("GET", f"/v1/jobs/{jid}", t.Job.from_json, job_id=jid)
 
 
+def job_cancel(id: Union[str, int]) -> Request:
+    jid = _job_id(id)
+    return Request("POST", f"/v1/jobs/{jid}/cancel", t.Job.from_json, job_id=jid)
+
+
 def _settle(id: Union[str, int], action: str, body: Dict[str, Any], parse: Callable[[Any], Any] = _none) -> Request:
     jid = _job_id(id)
     return Request("POST", f"/v1/jobs/{jid}/{action}", parse, body=body, job_id=jid)

@@ -176,6 +176,12 @@ class Client(_Base):
         """A job by id (`NotFound` once acked, purged or never enqueued)."""
         return self._send(r.job_get(id))
 
+    def cancel(self, id: Union[str, int]) -> t.Job:
+        """Cancels a job: one that is not leased ends ``cancelled`` at once; a leased one is marked,
+        its worker's next heartbeat stops the handler, and it ends cancelled unless acked. A dead
+        job is `Conflict`. Returns the job after the cancel; safe to retry."""
+        return self._send(r.job_cancel(id))
+
     def ack(self, id: Union[str, int], lease_token: str) -> None:
         """The job is done: deleted, never delivered again."""
         self._send(r.ack(id, lease_token))
@@ -441,6 +447,9 @@ class AsyncClient(_Base):
 
     async def job_get(self, id: Union[str, int]) -> t.Job:
         return await self._send(r.job_get(id))
+
+    async def cancel(self, id: Union[str, int]) -> t.Job:
+        return await self._send(r.job_cancel(id))
 
     async def ack(self, id: Union[str, int], lease_token: str) -> None:
         await self._send(r.ack(id, lease_token))

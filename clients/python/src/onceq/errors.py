@@ -85,6 +85,15 @@ class LeaseLost(Conflict):
         self.jobs: List[str] = list(jobs or [])
 
 
+class JobCancelled(Conflict):
+    """409 ``job_cancelled``: an extend of a lease whose job was cancelled; stop the handler.
+
+    The lease stays as it was: an ack still settles the job, anything else ends it cancelled.
+    """
+
+    code = "job_cancelled"
+
+
 class Fenced(Conflict):
     """409 ``fenced``: a newer epoch of this producer registered; this instance must stop."""
 
@@ -149,7 +158,7 @@ class Corrupt(OnceqError):
 _BY_CODE: Dict[str, Type[OnceqError]] = {
     cls.code: cls
     for cls in (BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, LeaseLost, Fenced,
-                NotMember, QueueNotEmpty, PayloadTooLarge, UnsupportedMediaType, RateLimited, Unavailable, Corrupt)
+                JobCancelled, NotMember, QueueNotEmpty, PayloadTooLarge, UnsupportedMediaType, RateLimited, Unavailable, Corrupt)
 }
 
 

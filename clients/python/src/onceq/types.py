@@ -131,6 +131,8 @@ class Job(_Wire):
     payload_base64: Optional[str] = None
     ordering_key: Optional[str] = None
     partition: Optional[int] = None
+    #: When it was cancelled (state ``cancelled``), or, while ``leased``, when a cancel was asked.
+    cancelled_at: Optional[str] = None
     _nested = {"errors": [AttemptError]}
 
     @property
@@ -186,6 +188,7 @@ class QueueStats(_Wire):
     leased: int
     dead: int
     blocked: int = 0
+    cancelled: int = 0
     oldest_ready_age_ms: Optional[int] = None
 
 
