@@ -128,8 +128,18 @@ impl FromStr for Durability {
 
 impl<'de> Deserialize<'de> for Durability {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        raw.parse().map_err(|e: Error| serde::de::Error::custom(e.detail()))
+        /// Reads a string, and names the setting when given something else.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Durability;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a durability: \"fsync\" or \"relaxed\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Durability, E> {
+                text.parse().map_err(|e: Error| E::custom(e.detail()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -530,6 +540,8 @@ mod tests {
         assert_eq!(relaxed.patched(&clear).unwrap(), base);
         let error = serde_json::from_str::<QueueConfigPatch>(r#"{"durability":"sometimes"}"#).unwrap_err();
         assert!(error.to_string().contains(r#"unknown durability "sometimes"; use fsync or relaxed"#), "{error}");
+        let error = serde_json::from_str::<QueueConfigPatch>(r#"{"durability":1}"#).unwrap_err();
+        assert!(error.to_string().contains(r#"expected a durability: "fsync" or "relaxed""#), "{error}");
         assert_eq!("relaxed".parse::<Durability>(), Ok(Durability::Relaxed));
         assert_eq!(Durability::Fsync.as_str(), "fsync");
     }

@@ -28,7 +28,7 @@ async fn durability_is_set_shown_cleared_and_checked() {
     for (body, wording) in [
         (json!({"durability": "sometimes"}), r#"unknown durability "sometimes"; use fsync or relaxed"#),
         (json!({"durability": "FSYNC"}), r#"unknown durability "FSYNC"; use fsync or relaxed"#),
-        (json!({"durability": 1}), "durability"),
+        (json!({"durability": 1}), r#"expected a durability: "fsync" or "relaxed""#),
     ] {
         let message = api.put("/v1/queues/analytics", body.clone()).await.err(400, "invalid_request");
         assert!(message.contains(wording), "{body}: {message}");
