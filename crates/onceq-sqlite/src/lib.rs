@@ -41,6 +41,12 @@
 //! crash of the process (`kill -9`), but the last commits before a power loss or kernel crash may
 //! be lost — the trade Redis makes with `appendfsync everysec`, and NATS JetStream by default.
 //!
+//! That is the store's setting; a queue's config may set its own (`QueueConfig::durability`).
+//! Each request is answered as the queues it touched ask (the strictest of them; the store's
+//! setting if it touched none): a relaxed one at its group's commit, an fsync one after the sync,
+//! even when both share a group commit. The syncer runs whatever the store's setting, since any
+//! queue may ask for `fsync` (docs/design.md, "Per-queue durability").
+//!
 //! ```
 //! # async fn demo() -> onceq_core::Result<()> {
 //! use onceq_core::{NewJob, QueueName, StoreExt};
