@@ -113,6 +113,7 @@ const BLOCKS: &[Expected] = &[
             ("onceq lease emails --max-jobs 10", Run),
             ("onceq job get 7", Run),
             ("onceq ack 7 --lease-token <lease token>", Run),
+            ("onceq job cancel 6", Run),
             ("onceq dlq list emails", Run),
             ("onceq dlq redrive emails --error-contains timeout --rate 50", Run),
             ("onceq queue pause emails", Run),
@@ -462,6 +463,11 @@ fn cli_block(walk: &Walk, cli: &Shell) {
     }
     let out = cli.ok(&swap(&walk.take("onceq ack 7 --lease-token"), "<lease token>", &token));
     assert_eq!(out, "job 7 acked: done for good\n");
+    // Job 6 is leased: the cancel marks it, and the end of its lease will cancel it.
+    let out = cli.ok(&walk.take("onceq job cancel 6"));
+    assert!(out.starts_with("job 6 is leased: cancel requested"), "{out}");
+    let out = cli.ok("onceq job get 6");
+    assert!(out.contains("state             leased\n") && !out.contains("cancelled_at      -"), "{out}");
     let out = cli.ok(&walk.take("onceq dlq list emails"));
     assert_eq!(
         rows(&out),

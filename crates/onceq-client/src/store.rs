@@ -395,6 +395,17 @@ impl Store for Client {
         self.settle("/v1/releases", &body, releases.iter().map(|r| r.id), |_| Ok(())).await
     }
 
+    async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        // Idempotent: cancelling again changes nothing, so a retry after a lost reply is safe.
+        let view: JobView = self
+            .patiently(|| self.call(Method::POST, &format!("/v1/jobs/{id}/cancel")).missing(Missing::Job(id)).fetch())
+            .await?;
+        if view.id != id {
+            return Err(self.unreadable(&format!("job {} for job {id}", view.id), "the ids differ"));
+        }
+        self.job(view)
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Job> {
         let view: JobView = self.call(Method::GET, &format!("/v1/jobs/{id}")).missing(Missing::Job(id)).fetch().await?;
         if view.id != id {

@@ -55,6 +55,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::PayloadTooLarge => "payload_too_large",
         ErrorKind::NotFound => "not_found",
         ErrorKind::LeaseLost => "lease_lost",
+        ErrorKind::JobCancelled => "job_cancelled",
         ErrorKind::Conflict => "conflict",
         ErrorKind::QueueNotEmpty => "queue_not_empty",
         ErrorKind::NotMember => "not_member",
@@ -101,6 +102,8 @@ impl ErrorBody {
             ("payload_too_large", _) => Error::PayloadTooLarge(message),
             ("not_found", Some(id)) => Error::JobNotFound(id),
             ("lease_lost", Some(id)) => Error::LeaseLost(id),
+            ("job_cancelled", Some(id)) => Error::JobCancelled(id),
+            ("job_cancelled", None) => Error::Conflict(message),
             ("conflict", _) => Error::Conflict(message),
             ("queue_not_empty", _) => Error::QueueNotEmpty(message),
             ("not_member", _) => Error::NotMember(message),
@@ -654,6 +657,7 @@ impl SettleResult {
                 ..SettleResult::ok(id)
             },
             NackOutcome::Dead => SettleResult { outcome: Some("dead".into()), ..SettleResult::ok(id) },
+            NackOutcome::Cancelled => SettleResult { outcome: Some("cancelled".into()), ..SettleResult::ok(id) },
         }
     }
 
@@ -670,6 +674,7 @@ impl SettleResult {
     pub fn nack_outcome(&self) -> Result<NackOutcome> {
         match (self.outcome.as_deref(), &self.run_at) {
             (Some("dead"), _) => Ok(NackOutcome::Dead),
+            (Some("cancelled"), _) => Ok(NackOutcome::Cancelled),
             (Some("retrying"), Some(at)) => Ok(NackOutcome::Retrying { run_at: parse_time(at)? }),
             _ => Err(Error::Storage(format!("the server sent no nack outcome for job {}", self.id))),
         }
@@ -705,7 +710,7 @@ pub struct JobView {
     pub id: JobId,
     /// Queue name.
     pub queue: String,
-    /// `scheduled`, `ready`, `leased`, `dead` or `blocked`.
+    /// `scheduled`, `ready`, `leased`, `dead`, `blocked` or `cancelled`.
     pub state: JobState,
     /// Leases so far.
     pub attempt: u32,
@@ -735,6 +740,10 @@ pub struct JobView {
     pub run_at: String,
     /// RFC 3339, while leased.
     pub lease_expires_at: Option<String>,
+    /// RFC 3339: when it was cancelled (state `cancelled`), or when a cancel was asked for
+    /// while it is leased (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<String>,
     /// Every failed attempt's error, oldest first.
     pub errors: Vec<AttemptErrorView>,
 }
@@ -759,6 +768,7 @@ impl JobView {
             enqueued_at: format_time(job.enqueued_at),
             run_at: format_time(job.run_at),
             lease_expires_at: job.lease_expires_at.map(format_time),
+            cancelled_at: job.cancelled_at.map(format_time),
             errors: job
                 .errors
                 .iter()
@@ -784,6 +794,7 @@ impl JobView {
             enqueued_at: parse_time(&self.enqueued_at)?,
             run_at: parse_time(&self.run_at)?,
             lease_expires_at: self.lease_expires_at.as_deref().map(parse_time).transpose()?,
+            cancelled_at: self.cancelled_at.as_deref().map(parse_time).transpose()?,
             errors: self
                 .errors
                 .into_iter()

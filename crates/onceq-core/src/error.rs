@@ -34,6 +34,12 @@ pub enum Error {
     /// settled, or dead-lettered. Nothing was changed (Invariant 3).
     #[error("lease lost on job {0}: the token is not the job's current lease (it expired, or the job was settled or leased again)")]
     LeaseLost(JobId),
+    /// The job was cancelled while leased (`POST /v1/jobs/{id}/cancel`): an extend of its lease
+    /// is refused with this, and the lease stays as it was. Its holder should stop the handler:
+    /// an ack still settles the job (the work was done), and any other end of the lease (nack,
+    /// release, fail, expiry) ends it `cancelled`. It never runs again.
+    #[error("job {0} was cancelled: stop its handler; an ack still settles it, any other end of its lease leaves it cancelled")]
+    JobCancelled(JobId),
     /// Some of a commit's leases are not current (expired, settled, or leased again): nothing
     /// of the commit applied. Lists those jobs, ascending.
     #[error("lease lost on jobs {}: nothing of the commit applied (each token is not its job's current lease)", list(.0))]
@@ -86,6 +92,8 @@ pub enum ErrorKind {
     NotFound,
     /// See [`Error::LeaseLost`].
     LeaseLost,
+    /// See [`Error::JobCancelled`].
+    JobCancelled,
     /// See [`Error::Conflict`].
     Conflict,
     /// See [`Error::QueueNotEmpty`].
@@ -115,6 +123,7 @@ impl Error {
             | Error::ScheduleNotFound(_)
             | Error::RedriveNotFound(_) => ErrorKind::NotFound,
             Error::LeaseLost(_) | Error::LeasesLost(_) => ErrorKind::LeaseLost,
+            Error::JobCancelled(_) => ErrorKind::JobCancelled,
             Error::Fenced(_) => ErrorKind::Fenced,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::QueueNotEmpty(_) => ErrorKind::QueueNotEmpty,

@@ -272,6 +272,8 @@ pub enum JobState {
     /// In a `per_key` queue, waiting behind an earlier job of its ordering key; it becomes ready
     /// or scheduled when every earlier job of the key is gone (Invariant 9).
     Blocked,
+    /// Cancelled (`POST /v1/jobs/{id}/cancel`): never delivered again, kept for inspection.
+    Cancelled,
 }
 
 /// The error one attempt ended with.
@@ -316,6 +318,9 @@ pub struct Job {
     pub run_at: Timestamp,
     /// When its lease expires, while leased.
     pub lease_expires_at: Option<Timestamp>,
+    /// When it was cancelled: with state `Cancelled`, when it ended; with state `Leased`, when
+    /// the cancel was asked for (its holder learns of it at its next extend).
+    pub cancelled_at: Option<Timestamp>,
     /// The error of every failed attempt, oldest first.
     pub errors: Vec<AttemptError>,
 }

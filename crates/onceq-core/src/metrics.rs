@@ -22,13 +22,16 @@ pub const ACKS: &str = "onceq_acks_total";
 /// Counter: jobs dead-lettered; `reason` is `attempts_exhausted` or `failed`. Its rate is the
 /// DLQ ingestion velocity.
 pub const DEAD_LETTERED: &str = "onceq_dead_lettered_total";
+/// Counter: jobs cancelled (`POST /v1/jobs/{id}/cancel`): counted when the job ends
+/// `cancelled`, at once for a job that was not leased, at the end of its lease for one that was.
+pub const JOBS_CANCELLED: &str = "onceq_jobs_cancelled_total";
 /// Counter: dead jobs made ready again.
 pub const REDRIVEN: &str = "onceq_redriven_total";
 /// Histogram (seconds): enqueue to first lease.
 pub const ENQUEUE_TO_LEASE: &str = "onceq_enqueue_to_lease_seconds";
 /// Histogram (seconds): lease to ack.
 pub const LEASE_TO_ACK: &str = "onceq_lease_to_ack_seconds";
-/// Gauge, set at scrape: jobs by `state` (`ready`, `scheduled`, `leased`, `dead`).
+/// Gauge, set at scrape: jobs by `state` (`ready`, `scheduled`, `leased`, `dead`, `blocked`, `cancelled`).
 pub const QUEUE_DEPTH: &str = "onceq_queue_depth";
 /// Gauge, set at scrape: age of the oldest ready job (0 when none is ready).
 pub const OLDEST_READY_AGE: &str = "onceq_oldest_ready_age_seconds";

@@ -441,6 +441,9 @@ pub struct QueueStats {
     /// Jobs of a `per_key` queue waiting behind an earlier job of their key.
     #[serde(default)]
     pub blocked: u64,
+    /// Cancelled jobs, kept for inspection until the queue is deleted.
+    #[serde(default)]
+    pub cancelled: u64,
     /// How long the oldest ready job has been ready; `None` when none is.
     pub oldest_ready_age_ms: Option<u64>,
 }

@@ -30,6 +30,9 @@ pub enum NackOutcome {
     },
     /// Its attempts were exhausted: it is dead.
     Dead,
+    /// It had been cancelled while leased (`Store::job_cancel`): it ends `cancelled`, and never
+    /// runs again.
+    Cancelled,
 }
 
 /// An extend: keep my lease for longer.

@@ -148,6 +148,13 @@ pub trait Store: Send + Sync {
     async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>>;
     /// Fails leased jobs: they go dead now.
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>>;
+    /// Cancels a job, and returns it as it is then. A scheduled, ready or blocked job ends in
+    /// state `Cancelled` at once (an ordered key moves on, as when it is acked); a leased one is
+    /// marked (`cancelled_at`, state still `Leased`): an extend of its lease is refused with
+    /// [`Error::JobCancelled`], an ack settles it as usual, and any other end of the lease
+    /// (nack, release, fail, expiry) ends it `Cancelled`. A cancelled job stays as it is
+    /// (cancelling again changes nothing). A dead job: `Conflict` (redrive or purge it).
+    async fn job_cancel(&self, id: JobId) -> Result<Job>;
     /// Reads one job.
     async fn job_get(&self, id: JobId) -> Result<Job>;
     /// Leases up to `max_jobs` ready jobs: highest priority first, then oldest `run_at`, then
@@ -300,6 +307,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         (**self).job_fail(fails).await
+    }
+    async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        (**self).job_cancel(id).await
     }
     async fn job_get(&self, id: JobId) -> Result<Job> {
         (**self).job_get(id).await

@@ -1,7 +1,8 @@
 //! Applying what the clock made due: scheduled jobs with `run_at <= now` become ready; leases
 //! with `lease_expires_at <= now` end, recording "lease expired" at `lease_expires_at`, and the
 //! job is ready again at that time, or dead on its last attempt (docs/semantics.md), when its
-//! ordering key moves on unless its queue has `dead_blocks_key` (see `keys`). Blocked jobs are
+//! ordering key moves on unless its queue has `dead_blocks_key` (see `keys`), or cancelled if it
+//! was cancelled while leased (its key moves on). Blocked jobs are
 //! none of these: a job behind its key is not due, whatever its `run_at`.
 //!
 //! Nothing runs in the background for this. Every operation that looks at a queue's jobs as a
@@ -44,7 +45,7 @@ promoted AS (
 ),
 expired AS (
     UPDATE {s}.jobs
-    SET state = CASE WHEN attempt >= max_attempts THEN 3 ELSE 1 END,
+    SET state = CASE WHEN cancelled_at IS NOT NULL THEN 5 WHEN attempt >= max_attempts THEN 3 ELSE 1 END,
         run_at = lease_expires_at, lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1
     WHERE state = 2 AND id = ANY (ARRAY(
         SELECT id FROM {s}.jobs
@@ -60,17 +61,20 @@ recorded AS (
 ),
 {move_on_dead:expired},
 moved AS (
-    SELECT queue_id, count(*) AS promoted, 0::int8 AS redelivered, 0::int8 AS dead FROM promoted GROUP BY queue_id
+    SELECT queue_id, count(*) AS promoted, 0::int8 AS redelivered, 0::int8 AS dead, 0::int8 AS cancelled
+    FROM promoted GROUP BY queue_id
     UNION ALL
-    SELECT queue_id, 0, count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 3)
+    SELECT queue_id, 0, count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 3),
+           count(*) FILTER (WHERE state = 5)
     FROM expired GROUP BY queue_id
 ),
 per_queue AS (
-    SELECT queue_id, sum(promoted)::int8 AS promoted, sum(redelivered)::int8 AS redelivered, sum(dead)::int8 AS dead
+    SELECT queue_id, sum(promoted)::int8 AS promoted, sum(redelivered)::int8 AS redelivered, sum(dead)::int8 AS dead,
+           sum(cancelled)::int8 AS cancelled
     FROM moved GROUP BY queue_id
 )
 SELECT t.now, q.id, q.name, q.config::text AS config, q.paused, coalesce(m.promoted, 0) AS promoted,
-       coalesce(m.redelivered, 0) AS redelivered, coalesce(m.dead, 0) AS dead,
+       coalesce(m.redelivered, 0) AS redelivered, coalesce(m.dead, 0) AS dead, coalesce(m.cancelled, 0) AS cancelled,
        CASE WHEN NOT q.paused AND coalesce(m.promoted, 0) + coalesce(m.redelivered, 0) > 0
             THEN pg_notify('{channel}', 'r ' || (m.promoted + m.redelivered) || ' ' || q.name)::text END AS notified,
        (SELECT promoted FROM moved_on) AS keys_moved_on
@@ -163,8 +167,13 @@ impl PgStore {
                 let config: String = row.try_get("config").map_err(decode)?;
                 let redelivered: i64 = row.try_get("redelivered").map_err(decode)?;
                 let dead: i64 = row.try_get("dead").map_err(decode)?;
+                let cancelled: i64 = row.try_get("cancelled").map_err(decode)?;
                 promoted += row.try_get::<i64, _>("promoted").map_err(decode)?;
-                expired += redelivered + dead;
+                expired += redelivered + dead + cancelled;
+                if cancelled > 0 {
+                    metrics::counter!(names::JOBS_CANCELLED, "queue" => name.clone())
+                        .increment(cancelled.unsigned_abs());
+                }
                 if redelivered > 0 {
                     metrics::counter!(names::REDELIVERIES, "queue" => name.clone(), "reason" => "lease_expired")
                         .increment(redelivered.unsigned_abs());

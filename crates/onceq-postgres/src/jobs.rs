@@ -255,7 +255,7 @@ SELECT least((SELECT min(run_at) FROM {s}.jobs WHERE queue_id = $1 AND state = 0
 /// The columns of a job as `job_get` and `dead_list` return it (`j` jobs, `q` queues).
 pub(crate) const JOB_COLUMNS: &str = r#"
 j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, j.dedup_id, j.ordering_key,
-j.partition, j.enqueued_at, j.run_at, j.lease_expires_at,
+j.partition, j.enqueued_at, j.run_at, j.lease_expires_at, j.cancelled_at,
 CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.attempt FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
     AS error_attempts,
 CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.error FROM {s}.job_errors e WHERE e.job_id = j.id ORDER BY e.n) END
@@ -265,6 +265,26 @@ CASE WHEN j.error_count > 0 THEN ARRAY(SELECT e.at FROM {s}.job_errors e WHERE e
 "#;
 
 const JOB_GET: &str = "SELECT {columns} FROM {s}.jobs j JOIN {s}.queues q ON q.id = j.queue_id WHERE j.id = $1";
+
+/// Cancels job `$2` as of `$1`: a scheduled, ready or blocked job becomes cancelled (5), and a
+/// ready or scheduled one, its key's head in a `per_key` queue, hands its key on; a leased one
+/// is only marked (`cancelled_at`). Returns the state it was in (no row: no such job) and its
+/// queue's name (for metrics).
+const CANCEL: &str = r#"
+WITH t AS (SELECT {now} AS now),
+old AS (SELECT id, state FROM {s}.jobs WHERE id = $2 FOR UPDATE),
+changed AS (
+    UPDATE {s}.jobs j
+    SET state = CASE WHEN o.state = 2 THEN 2 ELSE 5 END, cancelled_at = coalesce(j.cancelled_at, t.now)
+    FROM old o, t
+    WHERE j.id = o.id AND o.state IN (0, 1, 2, 4)
+    RETURNING j.id, j.queue_id, j.ordering_key, j.partition, o.state AS was
+),
+leaving AS (SELECT * FROM changed WHERE was IN (0, 1)),
+{move_on:leaving}
+SELECT o.state AS was, q.name, (SELECT promoted FROM moved_on) AS promoted
+FROM old o JOIN {s}.jobs j ON j.id = o.id JOIN {s}.queues q ON q.id = j.queue_id
+"#;
 
 /// The common tail of every settle statement: one row per item, in order, saying whether the
 /// statement settled it (`done`), and if not whether the job existed (then the token was not its
@@ -311,8 +331,10 @@ items AS (
 ),
 nacked AS (
     UPDATE {s}.jobs j
-    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 3 WHEN i.delay = 0 THEN 1 ELSE 0 END,
-        run_at = CASE WHEN j.attempt >= j.max_attempts THEN j.run_at ELSE t.now + i.delay END,
+    SET state = CASE WHEN j.cancelled_at IS NOT NULL THEN 5 WHEN j.attempt >= j.max_attempts THEN 3
+                     WHEN i.delay = 0 THEN 1 ELSE 0 END,
+        run_at = CASE WHEN j.cancelled_at IS NOT NULL OR j.attempt >= j.max_attempts THEN j.run_at
+                      ELSE t.now + i.delay END,
         lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
     FROM items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
@@ -334,16 +356,21 @@ extended AS (
     UPDATE {s}.jobs j SET lease_expires_at = t.now + i.timeout
     FROM items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
+      AND j.cancelled_at IS NULL
     RETURNING j.id, j.queue_id, j.lease_expires_at
 )
-{verdict:extended:, s.lease_expires_at}
+{verdict:extended:, s.lease_expires_at,
+    (ex.state = 2 AND ex.lease_token = i.token AND ex.lease_expires_at > (SELECT now FROM t)
+     AND ex.cancelled_at IS NOT NULL) AS cancelled}
 "#;
 
 const FAIL: &str = r#"
 WITH t AS (SELECT {now} AS now),
 items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::text[]) WITH ORDINALITY AS i(id, token, error, ord){cap}),
 failed AS (
-    UPDATE {s}.jobs j SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = j.error_count + 1
+    UPDATE {s}.jobs j
+    SET state = CASE WHEN j.cancelled_at IS NOT NULL THEN 5 ELSE 3 END, lease_token = NULL, lease_expires_at = NULL,
+        error_count = j.error_count + 1
     FROM items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
     RETURNING j.id, j.queue_id, j.state, j.attempt, j.error_count, j.ordering_key, j.partition
@@ -353,7 +380,7 @@ recorded AS (
     SELECT f.id, f.error_count, f.attempt, t.now, i.error FROM failed f JOIN items i ON i.id = f.id CROSS JOIN t
 ),
 {move_on_dead:failed}
-{verdict:failed:, (SELECT promoted FROM moved_on) AS promoted}
+{verdict:failed:, s.state, (SELECT promoted FROM moved_on) AS promoted}
 "#;
 
 const RELEASE: &str = r#"
@@ -361,14 +388,16 @@ WITH t AS (SELECT {now} AS now),
 items AS (SELECT * FROM unnest($2::int8[], $3::bytea[], $4::int8[]) WITH ORDINALITY AS i(id, token, delay, ord){cap}),
 released AS (
     UPDATE {s}.jobs j
-    SET state = CASE WHEN i.delay = 0 THEN 1 ELSE 0 END, run_at = t.now + i.delay,
+    SET state = CASE WHEN j.cancelled_at IS NOT NULL THEN 5 WHEN i.delay = 0 THEN 1 ELSE 0 END,
+        run_at = CASE WHEN j.cancelled_at IS NOT NULL THEN j.run_at ELSE t.now + i.delay END,
         attempt = greatest(j.attempt - 1, 0), lease_token = NULL, lease_expires_at = NULL
     FROM items i, t
     WHERE j.id = i.id AND j.state = 2 AND j.lease_token = i.token AND j.lease_expires_at > t.now
-    RETURNING j.id, j.queue_id, j.state, j.run_at
+    RETURNING j.id, j.queue_id, j.state, j.run_at, j.ordering_key, j.partition
 ),
+{move_on_dead:released},
 {notify:released}
-{verdict:released:, (SELECT count(*) FROM notified) AS notified}
+{verdict:released:, s.state, (SELECT count(*) FROM notified) AS notified, (SELECT promoted FROM moved_on) AS promoted}
 "#;
 
 /// `sql` with its `{cap}` filled in for a batch of `n` items (see [`ITEMS_EXACT_MAX`]).
@@ -578,6 +607,7 @@ fn job_state(stored: i16) -> Result<JobState> {
         state::LEASED => JobState::Leased,
         state::DEAD => JobState::Dead,
         state::BLOCKED => JobState::Blocked,
+        state::CANCELLED => JobState::Cancelled,
         other => return Err(Error::Storage(format!("unknown stored job state {other}"))),
     })
 }
@@ -638,6 +668,7 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
             .try_get::<Option<i64>, _>("lease_expires_at")
             .map_err(decode)?
             .map(Timestamp::from_millis),
+        cancelled_at: row.try_get::<Option<i64>, _>("cancelled_at").map_err(decode)?.map(Timestamp::from_millis),
         errors,
     })
 }
@@ -1449,6 +1480,30 @@ impl PgStore {
         }
     }
 
+    pub(crate) async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
+        let sql = self.sql(&with_move_on(CANCEL));
+        let now = self.now_param();
+        let row = self
+            .run("cancelling a job", || pooled!(self, sqlx::query(&sql).bind(now).bind(row_id), fetch_optional))
+            .await?;
+        let Some(row) = row else { return Err(Error::JobNotFound(id)) };
+        let was: i16 = row.try_get("was").map_err(decode)?;
+        let queue: String = row.try_get("name").map_err(decode)?;
+        match was {
+            state::SCHEDULED | state::READY | state::BLOCKED => {
+                metrics::counter!(names::JOBS_CANCELLED, "queue" => queue).increment(1);
+            }
+            state::DEAD => {
+                return Err(Error::Conflict(format!(
+                    "job {id} is dead: a dead job is not cancelled; redrive or purge it from the dead letters"
+                )))
+            }
+            _ => {}
+        }
+        self.job_get(id).await
+    }
+
     pub(crate) async fn job_get(&self, id: JobId) -> Result<Job> {
         let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
         let (_, queue) = self.apply_due(Scope::Job(row_id)).await?.queue();
@@ -1536,7 +1591,10 @@ impl PgStore {
                 let id = ids[verdict.position];
                 out[verdict.position] = Some(if verdict.done {
                     let stored: i16 = row.try_get("state").map_err(decode)?;
-                    if stored == state::DEAD {
+                    if stored == state::CANCELLED {
+                        metrics::counter!(names::JOBS_CANCELLED, "queue" => verdict.label()).increment(1);
+                        Ok(NackOutcome::Cancelled)
+                    } else if stored == state::DEAD {
                         metrics::counter!(names::DEAD_LETTERED, "queue" => verdict.label(), "reason" => "attempts_exhausted")
                             .increment(1);
                         Ok(NackOutcome::Dead)
@@ -1622,6 +1680,9 @@ impl PgStore {
                     metrics::counter!(names::LEASE_EXTENSIONS, "queue" => verdict.label()).increment(1);
                     let expires: i64 = row.try_get("lease_expires_at").map_err(decode)?;
                     Ok(Timestamp::from_millis(expires))
+                } else if row.try_get::<Option<bool>, _>("cancelled").map_err(decode)?.unwrap_or(false) {
+                    // The holder learns of the cancel here, and its lease stays as it was.
+                    Err(Error::JobCancelled(id))
                 } else {
                     Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
                 });
@@ -1654,8 +1715,13 @@ impl PgStore {
                 let verdict = Verdict::read(&row, &positions)?;
                 let id = ids[verdict.position];
                 out[verdict.position] = Some(if verdict.done {
-                    metrics::counter!(names::DEAD_LETTERED, "queue" => verdict.label(), "reason" => "failed")
-                        .increment(1);
+                    let stored: i16 = row.try_get("state").map_err(decode)?;
+                    if stored == state::CANCELLED {
+                        metrics::counter!(names::JOBS_CANCELLED, "queue" => verdict.label()).increment(1);
+                    } else {
+                        metrics::counter!(names::DEAD_LETTERED, "queue" => verdict.label(), "reason" => "failed")
+                            .increment(1);
+                    }
                     Ok(())
                 } else {
                     Err(rejected(id, verdict.existed, verdict.queue.as_deref()))
@@ -1690,8 +1756,13 @@ impl PgStore {
                 let verdict = Verdict::read(&row, &positions)?;
                 let id = ids[verdict.position];
                 out[verdict.position] = Some(if verdict.done {
-                    metrics::counter!(names::REDELIVERIES, "queue" => verdict.label(), "reason" => "released")
-                        .increment(1);
+                    let stored: i16 = row.try_get("state").map_err(decode)?;
+                    if stored == state::CANCELLED {
+                        metrics::counter!(names::JOBS_CANCELLED, "queue" => verdict.label()).increment(1);
+                    } else {
+                        metrics::counter!(names::REDELIVERIES, "queue" => verdict.label(), "reason" => "released")
+                            .increment(1);
+                    }
                     Ok(())
                 } else {
                     Err(rejected(id, verdict.existed, verdict.queue.as_deref()))

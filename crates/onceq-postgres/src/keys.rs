@@ -57,11 +57,12 @@ moved_on AS (
     HAVING count(*) > 0
 )"#;
 
-/// The condition that makes a job that went dead leave its key's head: it is dead, and its queue
-/// does not keep dead heads (`dead_blocks_key`, judged as the job dies).
+/// The condition that makes a job that went dead or was cancelled leave its key's head: it was
+/// cancelled (whatever `dead_blocks_key` says), or it is dead and its queue does not keep dead
+/// heads (`dead_blocks_key`, judged as the job dies).
 const DEAD_LEAVES: &str = r#"
-      AND l.state = 3
-      AND NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.id = l.queue_id AND (q.config->>'dead_blocks_key')::boolean)"#;
+      AND (l.state = 5 OR (l.state = 3
+      AND NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.id = l.queue_id AND (q.config->>'dead_blocks_key')::boolean)))"#;
 
 /// The placeholder of [`MOVE_ON_CTE`] for jobs that all leave: `{move_on:<cte>}`.
 pub(crate) const MOVE_ON: &str = "{move_on:";

@@ -770,6 +770,10 @@ impl Store for PgStore {
         self.job_fail(&mut Conn::Pool, fails).await
     }
 
+    async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        self.job_cancel(id).await
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.job_get(id).await
     }

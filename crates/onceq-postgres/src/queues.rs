@@ -30,6 +30,7 @@ const UPSERT_TRIES_MAX: usize = 8;
 const STATS: &str = r#"
 SELECT q.id, coalesce(c.scheduled, 0) AS scheduled, coalesce(c.ready, 0) AS ready,
        coalesce(c.leased, 0) AS leased, coalesce(c.dead, 0) AS dead, coalesce(c.blocked, 0) AS blocked,
+       (SELECT count(*) FROM {s}.jobs j WHERE j.queue_id = q.id AND (j.state + 0) = 5) AS cancelled,
        (WITH RECURSIVE heads AS (
             (SELECT j.priority, j.run_at FROM {s}.jobs j WHERE j.queue_id = q.id AND j.state = 1
              ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1)
@@ -98,7 +99,8 @@ WITH gone AS (
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 1
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 2
         UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 3
-        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 4))
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND state = 4
+        UNION ALL SELECT id FROM {s}.jobs WHERE queue_id = $1 AND (state + 0) = 5))
     RETURNING j.id, j.error_count
 ),
 forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
@@ -212,6 +214,7 @@ impl PgStore {
                 leased: count(&queue.name, "leased", get("leased")?),
                 dead: count(&queue.name, "dead", get("dead")?),
                 blocked: count(&queue.name, "blocked", get("blocked")?),
+                cancelled: count(&queue.name, "cancelled", get("cancelled")?),
                 oldest_ready_age_ms: oldest.map(|at| Timestamp::from_millis(now).ms_since(Timestamp::from_millis(at))),
             };
             infos.push(QueueInfo { name: queue.name, config: queue.config, paused: queue.paused, stats });
@@ -417,6 +420,7 @@ impl PgStore {
             onceq_core::JobState::Leased => state::LEASED,
             onceq_core::JobState::Dead => state::DEAD,
             onceq_core::JobState::Blocked => state::BLOCKED,
+            onceq_core::JobState::Cancelled => state::CANCELLED,
         };
         let (_, row) = self.queue_due(queue).await?;
         let after = page.after.map(|id| to_i64(id.get())).unwrap_or(0);

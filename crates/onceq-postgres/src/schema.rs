@@ -47,6 +47,8 @@ pub(crate) mod state {
     pub const DEAD: i16 = 3;
     /// Waiting behind an earlier job of its ordering key (see the `keys` module).
     pub const BLOCKED: i16 = 4;
+    /// Cancelled: never delivered again, kept for inspection.
+    pub const CANCELLED: i16 = 5;
 }
 
 /// Counter slots per queue in `queue_counts`.
@@ -476,6 +478,17 @@ const MIGRATIONS: &[&str] = &[
     // `jobs_ready`, whose order is the lease order.
     r#"
     CREATE INDEX jobs_state ON {s}.jobs (queue_id, (state + 0), id);
+    "#,
+    // v12: cancelled jobs (`Store::job_cancel`): a sixth state, cancelled (5), and when a job was
+    // cancelled: a job in state 5 ended then; a leased job (state 2) with a time is marked, and
+    // the end of its lease cancels it. The counter triggers count states 0 to 4 only, so a job
+    // that becomes cancelled counts out of its old state and into none; `queue_get` counts the
+    // cancelled ones through `jobs_state`. The new column has no default: adding it rewrites
+    // nothing.
+    r#"
+    ALTER TABLE {s}.jobs ADD COLUMN cancelled_at bigint;
+    ALTER TABLE {s}.jobs DROP CONSTRAINT jobs_state_check;
+    ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_check CHECK (state BETWEEN 0 AND 5) NOT VALID;
     "#,
 ];
 

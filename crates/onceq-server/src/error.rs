@@ -140,6 +140,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::LeaseLost
+        | ErrorKind::JobCancelled
         | ErrorKind::Conflict
         | ErrorKind::QueueNotEmpty
         | ErrorKind::NotMember

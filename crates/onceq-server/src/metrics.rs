@@ -69,6 +69,7 @@ fn describe() {
     describe_counter!(names::ACKS, "Acks.");
     describe_counter!(names::DEAD_LETTERED, "Jobs dead-lettered, by reason (the DLQ ingestion velocity).");
     describe_counter!(names::REDRIVEN, "Dead jobs made ready again.");
+    describe_counter!(names::JOBS_CANCELLED, "Jobs that ended cancelled.");
     describe_histogram!(names::ENQUEUE_TO_LEASE, Unit::Seconds, "Time from enqueue to first lease.");
     describe_histogram!(names::LEASE_TO_ACK, Unit::Seconds, "Time from lease to ack.");
     describe_gauge!(names::QUEUE_DEPTH, "Jobs by state.");
@@ -115,6 +116,7 @@ const QUEUE_COUNTERS: &[&str] = &[
     names::LEASE_EXTENSIONS,
     names::ACKS,
     names::REDRIVEN,
+    names::JOBS_CANCELLED,
     names::MAX_DEPTH_REFUSALS,
 ];
 
@@ -186,6 +188,7 @@ pub(crate) async fn render(State(state): State<AppState>) -> Result<Response, Ap
             ("leased", stats.leased),
             ("dead", stats.dead),
             ("blocked", stats.blocked),
+            ("cancelled", stats.cancelled),
         ] {
             metrics::gauge!(names::QUEUE_DEPTH, "queue" => name.clone(), "state" => label).set(value as f64);
         }

@@ -44,6 +44,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/queues/{queue}/groups/{group}/members/{member_id}", axum::routing::delete(group_leave))
         .route("/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat", post(group_heartbeat))
         .route("/v1/jobs/{id}", get(job_get))
+        .route("/v1/jobs/{id}/cancel", post(job_cancel))
         .route("/v1/jobs/{id}/ack", post(job_ack))
         .route("/v1/jobs/{id}/nack", post(job_nack))
         .route("/v1/jobs/{id}/extend", post(job_extend))
@@ -94,6 +95,7 @@ pub(crate) fn routes() -> Router<AppState> {
         group_heartbeat,
         group_leave,
         job_get,
+        job_cancel,
         job_ack,
         job_nack,
         job_extend,
@@ -548,6 +550,35 @@ async fn job_get(
             job.queue.as_str()
         )));
     }
+    Ok(Json(JobView::from_job(&job)))
+}
+
+/// Cancels one job: a scheduled, ready or blocked one at once; a leased one is marked, and its
+/// holder learns of it at its next extend (`job_cancelled`).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path)),
+    responses(
+        (status = 200, body = JobView, description = "the job after the cancel: state cancelled, or leased with cancelled_at set (it ends cancelled when its lease ends, unless acked)"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token has neither the produce nor the admin permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted with its queue, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "conflict: the job is dead (redrive or purge it instead)")
+    ))]
+async fn job_cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+) -> ApiResult<Json<JobView>> {
+    // A job never changes queue while it can be cancelled (only a redrive of a dead job moves
+    // one), so the queue read here is the one the cancel acts in.
+    let queue = state.store.job_get(id).await?.queue;
+    if !principal.can(Action::Produce, queue.as_str()) && !principal.can(Action::Admin, queue.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} has neither the produce nor the admin permission on queue {:?}, one of which cancelling its \
+             jobs needs",
+            principal.name(),
+            queue.as_str()
+        )));
+    }
+    let job = state.store.job_cancel(id).await?;
     Ok(Json(JobView::from_job(&job)))
 }
 

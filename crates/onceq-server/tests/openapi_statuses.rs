@@ -109,6 +109,7 @@ const WELL_FORMED: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     ("GET", "/v1/jobs/{id}", "/v1/jobs/$JOB", None),
+    ("POST", "/v1/jobs/{id}/cancel", "/v1/jobs/$JOB/cancel", None),
     ("POST", "/v1/jobs/{id}/ack", "/v1/jobs/$JOB/ack", Some(r#"{"lease_token": "$TOKEN"}"#)),
     ("POST", "/v1/jobs/{id}/nack", "/v1/jobs/$JOB/nack", Some(r#"{"lease_token": "$TOKEN"}"#)),
     (
@@ -252,6 +253,8 @@ const PARTICULAR: &[(&str, &str, u16, &[Step], Step)] = &[
         ("DELETE", "/v1/queues/keyed/groups/g/members/$STRANGER", None),
     ),
     ("GET", "/v1/jobs/{id}", 404, &[], ("GET", "/v1/jobs/424242", None)),
+    ("POST", "/v1/jobs/{id}/cancel", 404, &[], ("POST", "/v1/jobs/424242/cancel", None)),
+    ("POST", "/v1/jobs/{id}/cancel", 409, &[], ("POST", "/v1/jobs/$DEAD/cancel", None)),
     ("POST", "/v1/jobs/{id}/ack", 404, &[], ("POST", "/v1/jobs/424242/ack", Some(r#"{"lease_token": "$FOREIGN"}"#))),
     ("POST", "/v1/jobs/{id}/ack", 409, &[], ("POST", "/v1/jobs/$JOB/ack", Some(r#"{"lease_token": "$FOREIGN"}"#))),
     ("POST", "/v1/jobs/{id}/nack", 404, &[], ("POST", "/v1/jobs/424242/nack", Some(r#"{"lease_token": "$FOREIGN"}"#))),
@@ -375,11 +378,12 @@ fn excepted(operation: &Operation, status: u16) -> Option<&'static str> {
     )
 }
 
-/// What the fixtures of a server are: a leased job of queue `probe`, a member of group `g` of
-/// the `per_key` queue `keyed`, a schedule `probe`, and the idempotency key `probe` claimed by
-/// owner `a`.
+/// What the fixtures of a server are: a leased job of queue `probe`, a dead job of queue
+/// `graveyard`, a member of group `g` of the `per_key` queue `keyed`, a schedule `probe`, and the
+/// idempotency key `probe` claimed by owner `a`.
 struct Fixtures {
     job: String,
+    dead: String,
     lease_token: String,
     member: String,
     /// A paced redrive of queue `probe`.
@@ -391,6 +395,10 @@ impl Fixtures {
         let job = api.enqueue("probe", &[json!("x")]).await.remove(0);
         let leased = api.lease("probe", 1, 60_000).await.remove(0);
         assert_eq!(id_of(&leased), job);
+        let dead = api.enqueue("graveyard", &[json!("doomed")]).await.remove(0);
+        let doomed = api.lease("graveyard", 1, 60_000).await.remove(0);
+        let failed = json!({"lease_token": token_of(&doomed), "error": "doomed"});
+        assert_eq!(api.post(&format!("/v1/jobs/{dead}/fail"), failed).await.status, 204);
         api.put("/v1/queues/keyed", json!({"ordering": "per_key"})).await.ok(200);
         let member = api.post("/v1/queues/keyed/groups/g/members", json!({})).await.ok(201);
         api.put("/v1/schedules/probe", json!({"queue": "probe", "cron": "0 * * * *"})).await.ok(200);
@@ -399,6 +407,7 @@ impl Fixtures {
         let paced = api.post("/v1/queues/probe/dead/redrive", json!({"rate_per_second": 1})).await.ok(202);
         Fixtures {
             job,
+            dead,
             lease_token: token_of(&leased),
             member: member["member_id"].as_str().unwrap().to_owned(),
             redrive: paced["id"].as_str().unwrap().to_owned(),
@@ -408,6 +417,7 @@ impl Fixtures {
     /// `text` with the placeholders replaced by these fixtures.
     fn fill(&self, text: &str) -> String {
         text.replace("$JOB", &self.job)
+            .replace("$DEAD", &self.dead)
             .replace("$TOKEN", &self.lease_token)
             .replace("$MEMBER", &self.member)
             .replace("$REDRIVE", &self.redrive)

@@ -18,7 +18,8 @@
 //!   - `writer::schedules`: schedules, and firing their due ticks (from `writer::due`, and on
 //!     `schedule_tick`) in the transaction that advances them.
 //!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
-//!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::queues`,
+//!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::cancel`
+//!     (a job's cancel), `writer::queues`,
 //!     `writer::dead` (redrive, purge), `writer::idempotency` and `writer::groups` (consumer
 //!     groups: each group's state, hand-over, and the lease restricted to a member's
 //!     partitions); and `writer::keys`, each ordering key's head in a `per_key` queue and
@@ -384,6 +385,7 @@ impl SqliteStore {
                 leased: entry.counts[state::LEASED as usize],
                 dead: entry.counts[state::DEAD as usize],
                 blocked: entry.counts[state::BLOCKED as usize],
+                cancelled: entry.counts[state::CANCELLED as usize],
                 oldest_ready_age_ms: oldest.map(|at| now.ms_since(at)),
             },
         })
@@ -660,6 +662,10 @@ impl Store for SqliteStore {
         validate::settle_batch(fails.len())?;
         let fails = fails.to_vec();
         self.call(move |state, conn| state.job_fail(conn, &fails)).await
+    }
+
+    async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        self.call(move |state, conn| state.job_cancel(conn, id)).await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Job> {

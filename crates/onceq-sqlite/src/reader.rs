@@ -72,13 +72,14 @@ fn job_state(stored: i64) -> Result<JobState> {
         state::LEASED => JobState::Leased,
         state::DEAD => JobState::Dead,
         state::BLOCKED => JobState::Blocked,
+        state::CANCELLED => JobState::Cancelled,
         other => return Err(Error::Storage(format!("unknown stored job state {other}"))),
     })
 }
 
 const JOB_COLUMNS: &str = "j.id, q.name, j.state, j.attempt, j.max_attempts, j.priority, j.payload, j.headers, \
                            j.dedup_id, j.enqueued_at, j.run_at, j.lease_expires_at, j.error_count, \
-                           j.ordering_key, j.partition";
+                           j.ordering_key, j.partition, j.cancelled_at";
 
 fn job_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<Job> {
     let read = |e| sqlite_error("reading a job", e);
@@ -108,6 +109,7 @@ fn job_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<Job> {
         enqueued_at: Timestamp::from_millis(r.get(9).map_err(read)?),
         run_at: Timestamp::from_millis(r.get(10).map_err(read)?),
         lease_expires_at: r.get::<_, Option<i64>>(11).map_err(read)?.map(Timestamp::from_millis),
+        cancelled_at: r.get::<_, Option<i64>>(15).map_err(read)?.map(Timestamp::from_millis),
         errors,
     })
 }
@@ -197,6 +199,7 @@ pub(crate) fn job_page(conn: &Connection, queue_id: i64, page: onceq_core::JobPa
         JobState::Leased => state::LEASED,
         JobState::Dead => state::DEAD,
         JobState::Blocked => state::BLOCKED,
+        JobState::Cancelled => state::CANCELLED,
     };
     let after = page.after.map(|id| i64::try_from(id.get()).unwrap_or(i64::MAX)).unwrap_or(0);
     let mut stmt = conn

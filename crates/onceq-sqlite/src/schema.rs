@@ -185,6 +185,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX jobs_state ON jobs (queue_id, state + 0, id);
     "#,
+    // v9: cancelled jobs (`Store::job_cancel`). When a job was cancelled: a job in state 5 ended
+    // then; a leased job (state 2) with a time is marked, and the end of its lease cancels it.
+    // No index: a cancelled job is found by its id or through `jobs_state`, and the mark is read
+    // with the lease row that a settle reads anyway.
+    r#"
+    ALTER TABLE jobs ADD COLUMN cancelled_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -198,8 +205,10 @@ pub(crate) mod state {
     pub const DEAD: i64 = 3;
     /// In a `per_key` queue, behind an earlier job of its ordering key.
     pub const BLOCKED: i64 = 4;
+    /// Cancelled: never delivered again, kept for inspection.
+    pub const CANCELLED: i64 = 5;
     /// How many stored states there are (each one's value is below it).
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 }
 
 /// A SQLite error met while `context`, as the seam's error: [`Error::Corrupt`] when SQLite found

@@ -997,6 +997,7 @@ impl Model {
                 JobState::Leased => stats.leased += 1,
                 JobState::Dead => stats.dead += 1,
                 JobState::Blocked => stats.blocked += 1,
+                JobState::Cancelled => stats.cancelled += 1,
             }
         }
         stats.oldest_ready_age_ms = oldest_ready.map(|run_at| self.now.ms_since(run_at));
@@ -2374,6 +2375,7 @@ mod tests {
             enqueued_at: view.enqueued_at,
             run_at: view.run_at.unwrap_or(view.enqueued_at),
             lease_expires_at: view.lease_expires_at,
+            cancelled_at: None,
             errors: view.errors,
         }
     }
@@ -2642,6 +2644,10 @@ mod tests {
                 Ok(settled(fails.iter().map(|f| f.id), model.fail(&items)))
             })
         }
+        async fn job_cancel(&self, id: JobId) -> Result<Job> {
+            // Cancels are not modelled: the conformance suite checks them on every store.
+            Err(Error::invalid(format!("the reference model does not cancel jobs (job {id})")))
+        }
         async fn job_get(&self, id: JobId) -> Result<Job> {
             self.with(|model, _| model.job(model_id(id)).map(|view| to_job(model, view)).ok_or(Error::JobNotFound(id)))
         }
@@ -2884,6 +2890,7 @@ mod tests {
                         count(match outcome {
                             Ok(NackOutcome::Dead) => "nack dead",
                             Ok(NackOutcome::Retrying { .. }) => "nack retrying",
+                            Ok(NackOutcome::Cancelled) => "nack cancelled (never modelled)",
                             Err(_) => "nack rejected",
                         });
                     }

@@ -403,6 +403,10 @@ impl Store for RecordedStore {
         .await
     }
 
+    async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        self.ctx.target().job_cancel(id).await
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.ctx.target().job_get(id).await
     }

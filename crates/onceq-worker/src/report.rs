@@ -33,6 +33,9 @@ pub struct WorkerReport {
     pub deadline_exceeded: u64,
     /// Jobs whose lease was lost before they were settled (nothing was settled for them).
     pub lease_lost: u64,
+    /// Jobs cancelled while their handler ran: a heartbeat learned of it and fired the
+    /// handler's cancellation token; the job ended cancelled unless the handler finished it.
+    pub cancelled: u64,
     /// Jobs given back without counting the attempt (shutdown, deferral, store down, a
     /// handler's `Release`).
     pub released: u64,

@@ -360,13 +360,14 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         };
         let produced = context.produced.clone();
         let lost = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
             self.store.clone(),
             job.clone(),
             self.options.visibility_timeout,
             self.options.heartbeat_fraction,
             cancellation.clone(),
-            lost.clone(),
+            Ended { lost: lost.clone(), cancelled: cancelled.clone() },
         ));
         let started = std::time::Instant::now();
         let end = self.run_handler(context, &job, &cancellation).await;
@@ -394,6 +395,11 @@ impl<S: Store + ?Sized + 'static> Runner<S> {
         // The heartbeat goes on while a revocation of the job's partition holds the settle back.
         ready_to_settle(&mut counted).await;
         heartbeat.abort();
+        if cancelled.load(Ordering::Acquire) {
+            // The settle below ends the job: an ack (the handler finished the work anyway)
+            // settles it, anything else leaves it cancelled.
+            self.shared.count(|r| r.cancelled += 1);
+        }
         let lease_lost = lost.load(Ordering::Acquire);
         // A handler's own ack was fenced by the lease token and succeeded, so it stands even when
         // a heartbeat meanwhile found the job gone: it was gone because it was acked.
@@ -574,15 +580,23 @@ async fn ready_to_settle(counted: &mut Option<InFlight>) {
     }
 }
 
-/// Extends the lease while the handler runs. A refused extension means the lease is lost:
-/// the job's cancellation token fires so the handler can stop.
+/// What a heartbeat learned that ends a job's run.
+struct Ended {
+    /// The lease is lost (expired, or the job is gone).
+    lost: Arc<AtomicBool>,
+    /// The job was cancelled (`Store::job_cancel`); the lease is still held.
+    cancelled: Arc<AtomicBool>,
+}
+
+/// Extends the lease while the handler runs. A refused extension means the lease is lost, or
+/// the job was cancelled: the job's cancellation token fires so the handler can stop.
 async fn heartbeat<S: Store + ?Sized>(
     store: Arc<S>,
     job: LeasedJob,
     visibility_timeout: Duration,
     fraction: f64,
     cancellation: CancellationToken,
-    lost: Arc<AtomicBool>,
+    ended: Ended,
 ) {
     let every = visibility_timeout.mul_f64(fraction).max(HEARTBEAT_MIN);
     loop {
@@ -590,7 +604,13 @@ async fn heartbeat<S: Store + ?Sized>(
         match store.extend(job.lease(), millis(visibility_timeout)).await {
             Ok(_) => {}
             Err(Error::LeaseLost(_) | Error::JobNotFound(_)) => {
-                lost.store(true, Ordering::Release);
+                ended.lost.store(true, Ordering::Release);
+                cancellation.cancel();
+                return;
+            }
+            Err(Error::JobCancelled(_)) => {
+                tracing::info!(job = %job.id, "the job was cancelled: cancelling its handler");
+                ended.cancelled.store(true, Ordering::Release);
                 cancellation.cancel();
                 return;
             }

@@ -134,6 +134,9 @@ impl Store for HeldHeartbeats {
     async fn job_fail(&self, fails: &[Fail]) -> Result<ItemResults<()>> {
         self.inner.job_fail(fails).await
     }
+    async fn job_cancel(&self, id: JobId) -> Result<Job> {
+        self.inner.job_cancel(id).await
+    }
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.inner.job_get(id).await
     }

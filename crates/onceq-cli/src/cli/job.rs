@@ -1,4 +1,5 @@
 //! `onceq job get ID`: one job, its state and the error of every failed attempt.
+//! `onceq job cancel ID`: cancel it.
 
 use clap::{Args, Subcommand};
 use onceq_core::api::JobView;
@@ -28,6 +29,14 @@ pub enum JobCommand {
         /// The job's id.
         id: JobId,
     },
+    /// Cancel a job: a scheduled, ready or blocked job is never delivered; a leased one is
+    /// marked, its worker's next heartbeat learns of it and cancels the handler, and it ends
+    /// cancelled unless the handler finishes it (an ack). Cancelled jobs stay readable with
+    /// `job get`. A dead job is not cancelled (exit code 1): redrive or purge it.
+    Cancel {
+        /// The job's id.
+        id: JobId,
+    },
 }
 
 /// Runs a job command.
@@ -40,6 +49,23 @@ pub fn run(args: &JobArgs) -> Result<(), CliError> {
                     Output::Json => session.print_json(&JobView::from_job(&job)),
                     Output::Table => {
                         out!("{}", job_record(&job));
+                        Ok(())
+                    }
+                }
+            }
+            JobCommand::Cancel { id } => {
+                let job = session.client.job_cancel(*id).await.map_err(|e| session.failure(e))?;
+                match session.output {
+                    Output::Json => session.print_json(&JobView::from_job(&job)),
+                    Output::Table if job.state == JobState::Cancelled => {
+                        out!("job {id} cancelled\n");
+                        Ok(())
+                    }
+                    Output::Table => {
+                        out!(
+                            "job {id} is leased: cancel requested; its worker's next heartbeat stops the handler, and \
+                             the job ends cancelled unless the handler finishes it\n"
+                        );
                         Ok(())
                     }
                 }
@@ -67,6 +93,7 @@ pub fn job_record(job: &Job) -> String {
         ("enqueued_at", table::time(job.enqueued_at)),
         ("run_at", table::time(job.run_at)),
         ("lease_expires_at", job.lease_expires_at.map_or_else(|| "-".into(), table::time)),
+        ("cancelled_at", job.cancelled_at.map_or_else(|| "-".into(), table::time)),
         ("headers", table::headers(&job.headers)),
         ("payload", table::payload(&job.payload, usize::MAX)),
     ];
@@ -122,6 +149,7 @@ mod tests {
             enqueued_at: Timestamp::from_millis(1_767_225_600_000),
             run_at: Timestamp::from_millis(1_767_225_600_000),
             lease_expires_at: None,
+            cancelled_at: None,
             errors: vec![
                 AttemptError { attempt: 1, error: "timeout".into(), at: Timestamp::from_millis(1_767_225_601_000) },
                 AttemptError { attempt: 2, error: "bad\ninput".into(), at: Timestamp::from_millis(1_767_225_602_000) },
@@ -140,6 +168,7 @@ mod tests {
              enqueued_at       2026-01-01T00:00:00.000Z\n\
              run_at            2026-01-01T00:00:00.000Z\n\
              lease_expires_at  -\n\
+             cancelled_at      -\n\
              headers           trace=abc\n\
              payload           {\"to\":\"ada\"}\n\
              \n\

@@ -192,6 +192,7 @@ fn nack_line(id: JobId, outcome: NackOutcome) -> String {
     match outcome {
         NackOutcome::Retrying { run_at } => format!("job {id} nacked: ready again at {}", format_time(run_at)),
         NackOutcome::Dead => format!("job {id} nacked: its attempts are exhausted, it is dead"),
+        NackOutcome::Cancelled => format!("job {id} nacked: it had been cancelled, so it ends cancelled"),
     }
 }
 

@@ -581,6 +581,7 @@ mod tests {
                 leased: 2,
                 dead: 0,
                 blocked: 4,
+                cancelled: 0,
                 oldest_ready_age_ms: Some(1500),
             },
         };

@@ -183,6 +183,7 @@ mod tests {
                     leased: 10,
                     dead: 2,
                     blocked: 40,
+                    cancelled: 0,
                     oldest_ready_age_ms: Some(65_000),
                 },
             ),

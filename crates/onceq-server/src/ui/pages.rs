@@ -59,6 +59,7 @@ fn state_word(state: JobState) -> &'static str {
         JobState::Leased => "leased",
         JobState::Dead => "dead",
         JobState::Blocked => "blocked",
+        JobState::Cancelled => "cancelled",
     }
 }
 
@@ -69,9 +70,10 @@ fn parse_state(word: &str) -> UiResult<JobState> {
         "leased" => JobState::Leased,
         "dead" => JobState::Dead,
         "blocked" => JobState::Blocked,
+        "cancelled" => JobState::Cancelled,
         other => {
             return Err(UiError::bad_request(format!(
-                "state {other:?} is not one of ready, scheduled, leased, dead, blocked"
+                "state {other:?} is not one of ready, scheduled, leased, dead, blocked, cancelled"
             )))
         }
     })
@@ -536,7 +538,7 @@ pub(crate) async fn queue_page(
             p { "Reading jobs needs the consume or admin permission on this queue." }
         } @else if let Some(list) = &list {
             nav.states {
-                @for s in [JobState::Ready, JobState::Scheduled, JobState::Leased, JobState::Dead, JobState::Blocked] {
+                @for s in [JobState::Ready, JobState::Scheduled, JobState::Leased, JobState::Dead, JobState::Blocked, JobState::Cancelled] {
                     @if s == state { b { (state_word(s)) } } @else {
                         a href={ "/ui/queues/" (name) "?state=" (state_word(s)) } { (state_word(s)) }
                     }
@@ -717,11 +719,12 @@ pub(crate) async fn job_page(State(ui): State<Ui>, headers: HeaderMap, Path(id):
                 }
             }
             @match job.state {
-                JobState::Leased => li { "attempt " (job.attempt) " is running" @if let Some(at) = job.lease_expires_at { ", its lease expires " (time(at)) } }
+                JobState::Leased => li { "attempt " (job.attempt) " is running" @if let Some(at) = job.lease_expires_at { ", its lease expires " (time(at)) } @if let Some(at) = job.cancelled_at { "; cancelled " (time(at)) ": it ends cancelled unless this attempt finishes it" } }
                 JobState::Dead => li.dead { "dead-lettered after attempt " (job.attempt) }
                 JobState::Scheduled => li { "waiting until " (time(job.run_at)) " for attempt " (job.attempt + 1) }
                 JobState::Ready => li { "ready for attempt " (job.attempt + 1) }
                 JobState::Blocked => li { "waiting behind an earlier job of its ordering key" }
+                JobState::Cancelled => li.dead { "cancelled" @if let Some(at) = job.cancelled_at { " " (time(at)) } }
             }
         }
         h2 { "Payload" }

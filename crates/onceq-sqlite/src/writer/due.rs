@@ -54,20 +54,26 @@ impl State {
         for queue_id in promoted {
             self.count_move(queue_id, Some(state::SCHEDULED), Some(state::READY));
         }
-        let expired: Vec<(i64, i64, i64, i64, i64, Option<String>)> = {
+        type Expired = (i64, i64, i64, i64, i64, Option<String>, bool);
+        let expired: Vec<Expired> = {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, queue_id, attempt, max_attempts, lease_expires_at, ordering_key FROM jobs \
-                     WHERE state = 2 AND lease_expires_at <= ?1",
+                    "SELECT id, queue_id, attempt, max_attempts, lease_expires_at, ordering_key, \
+                     cancelled_at IS NOT NULL FROM jobs WHERE state = 2 AND lease_expires_at <= ?1",
                 )
                 .map_err(storage("finding expired leases"))?;
             let rows = stmt
-                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
                 .map_err(storage("finding expired leases"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(storage("finding expired leases"))?
         };
-        for (id, queue_id, attempt, max_attempts, expired_at, ordering_key) in expired {
+        for (id, queue_id, attempt, max_attempts, expired_at, ordering_key, cancelled) in expired {
             record_error(conn, id, attempt, "lease expired", expired_at)?;
+            if cancelled {
+                // Cancelled while leased: the lease's end is the job's end.
+                self.end_cancelled(conn, id, queue_id, ordering_key.as_deref(), true)?;
+                continue;
+            }
             let to = if attempt >= max_attempts { state::DEAD } else { state::READY };
             if to == state::DEAD {
                 metrics::counter!(names::DEAD_LETTERED, "queue" => self.label(queue_id), "reason" => "attempts_exhausted")

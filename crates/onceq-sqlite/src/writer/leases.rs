@@ -14,8 +14,8 @@ impl State {
     pub(super) fn live_lease(&self, conn: &Connection, id: JobId, token: &LeaseToken) -> Result<LiveLease> {
         let row = conn
             .prepare_cached(
-                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at, ordering_key FROM jobs \
-                 WHERE id = ?1",
+                "SELECT queue_id, state, attempt, max_attempts, lease_token, lease_expires_at, ordering_key, \
+                 cancelled_at IS NOT NULL FROM jobs WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([to_i64(id.get())], |r| {
@@ -27,6 +27,7 @@ impl State {
                         token: r.get(4)?,
                         expires_at: r.get(5)?,
                         ordering_key: r.get(6)?,
+                        cancelled: r.get(7)?,
                     })
                 })
                 .optional()
@@ -43,6 +44,7 @@ impl State {
             token: stored,
             expires_at,
             ordering_key,
+            cancelled,
         }) = row
         else {
             metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => "").increment(1);
@@ -55,7 +57,7 @@ impl State {
             metrics::counter!(names::STALE_LEASE_REJECTIONS, "queue" => self.label(queue_id)).increment(1);
             return Err(Error::LeaseLost(id));
         }
-        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts, ordering_key })
+        Ok(LiveLease { row_id: to_i64(id.get()), queue_id, attempt, max_attempts, ordering_key, cancelled })
     }
 
     pub(crate) fn job_ack(&mut self, conn: &Connection, acks: &[LeaseRef]) -> Result<ItemResults<()>> {
@@ -176,6 +178,11 @@ impl State {
             };
             let text = nack.error.as_deref().unwrap_or("nacked");
             record_error(conn, lease.row_id, lease.attempt, text, self.now.as_millis())?;
+            if lease.cancelled {
+                self.settle_cancelled(conn, &lease, true)?;
+                out.push(Ok(NackOutcome::Cancelled));
+                continue;
+            }
             if lease.attempt >= lease.max_attempts {
                 self.settle_dead(conn, &lease)?;
                 metrics::counter!(names::DEAD_LETTERED, "queue" => self.label(lease.queue_id), "reason" => "attempts_exhausted")
@@ -228,6 +235,11 @@ impl State {
                     continue;
                 }
             };
+            if lease.cancelled {
+                self.settle_cancelled(conn, &lease, false)?;
+                out.push(Ok(()));
+                continue;
+            }
             // The lease did not count: the attempt it took is given back, and no error is kept.
             let delay_ms = release.delay_ms.unwrap_or(0);
             let run_at = self.now.plus_ms(delay_ms);
@@ -249,6 +261,39 @@ impl State {
         Ok(out)
     }
 
+    /// The lease of a job cancelled while leased ended otherwise than by an ack: the job ends
+    /// `cancelled` (with the error just recorded, if `errored`), and its key moves on.
+    fn settle_cancelled(&mut self, conn: &Connection, lease: &LiveLease, errored: bool) -> Result<()> {
+        self.end_cancelled(conn, lease.row_id, lease.queue_id, lease.ordering_key.as_deref(), errored)
+    }
+
+    /// Job `row_id`, leased and marked cancelled, ends `cancelled`: its lease is cleared, its
+    /// key (in a `per_key` queue) moves on as when a job is acked, whatever `dead_blocks_key`
+    /// says (a cancel is an operator's decision that the job is done with).
+    pub(super) fn end_cancelled(
+        &mut self,
+        conn: &Connection,
+        row_id: i64,
+        queue_id: i64,
+        ordering_key: Option<&str>,
+        errored: bool,
+    ) -> Result<()> {
+        conn.prepare_cached(
+            "UPDATE jobs SET state = 5, lease_token = NULL, lease_expires_at = NULL, \
+             error_count = error_count + ?2 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![row_id, i64::from(errored)]))
+        .map_err(storage("cancelling a job"))?;
+        self.count_move(queue_id, Some(state::LEASED), Some(state::CANCELLED));
+        metrics::counter!(names::JOBS_CANCELLED, "queue" => self.label(queue_id)).increment(1);
+        if let Some(key) = ordering_key {
+            if self.per_key(queue_id) {
+                self.key_moves_on(conn, queue_id, key, row_id)?;
+            }
+        }
+        Ok(())
+    }
+
     fn settle_dead(&mut self, conn: &Connection, lease: &LiveLease) -> Result<()> {
         conn.prepare_cached(
             "UPDATE jobs SET state = 3, lease_token = NULL, lease_expires_at = NULL, error_count = error_count + 1 \
@@ -264,6 +309,8 @@ impl State {
         let mut out = Vec::with_capacity(extends.len());
         for extend in extends {
             out.push(match self.live_lease(conn, extend.id, &extend.lease_token) {
+                // The holder learns of the cancel here, and its lease stays as it was.
+                Ok(lease) if lease.cancelled => Err(Error::JobCancelled(extend.id)),
                 Ok(lease) => {
                     let expires_at = self.now.plus_ms(extend.visibility_timeout_ms);
                     conn.prepare_cached("UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1")
@@ -283,6 +330,11 @@ impl State {
         let mut out = Vec::with_capacity(fails.len());
         for fail in fails {
             out.push(match self.live_lease(conn, fail.id, &fail.lease_token) {
+                Ok(lease) if lease.cancelled => {
+                    record_error(conn, lease.row_id, lease.attempt, &fail.error, self.now.as_millis())?;
+                    self.settle_cancelled(conn, &lease, true)?;
+                    Ok(())
+                }
                 Ok(lease) => {
                     record_error(conn, lease.row_id, lease.attempt, &fail.error, self.now.as_millis())?;
                     self.settle_dead(conn, &lease)?;
@@ -407,6 +459,7 @@ struct LeaseRow {
     token: Option<Vec<u8>>,
     expires_at: Option<i64>,
     ordering_key: Option<String>,
+    cancelled: bool,
 }
 
 /// A lease that [`State::live_lease`] found live.
@@ -416,4 +469,6 @@ pub(super) struct LiveLease {
     attempt: i64,
     max_attempts: i64,
     ordering_key: Option<String>,
+    /// The job was cancelled while leased: any end of the lease but an ack cancels it.
+    pub(super) cancelled: bool,
 }

@@ -16,6 +16,7 @@
 //! The crate's `# Layout` says what each file of this folder owns.
 
 pub(crate) mod cache;
+mod cancel;
 mod commits;
 pub(crate) use commits::producer_get;
 mod dead;

@@ -17,7 +17,7 @@
 //! - this module: the fixture and expectations every area shares, the suite's list of functions
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
-//!   [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
+//!   [`cancel`], [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
 //!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`schedules`]
 //!   (Invariant 14), [`flow`] (rate, in-flight and depth limits, Invariant 15), [`invariants`]
 //!   (Invariants 2 to 7): the conformance functions of one area each.
@@ -28,6 +28,7 @@
 // These functions are tests: a panic is how they report a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cancel;
 pub mod commits;
 pub mod dead_letters;
 pub mod enqueue;
@@ -196,7 +197,7 @@ fn queue(name: &str) -> QueueName {
 
 /// Stats with these counts.
 fn counts(ready: u64, scheduled: u64, leased: u64, dead: u64, oldest_ready_age_ms: Option<u64>) -> QueueStats {
-    QueueStats { ready, scheduled, leased, dead, blocked: 0, oldest_ready_age_ms }
+    QueueStats { ready, scheduled, leased, dead, blocked: 0, cancelled: 0, oldest_ready_age_ms }
 }
 
 /// The config of a queue nobody configured.
@@ -228,6 +229,7 @@ fn fresh(
         enqueued_at,
         run_at,
         lease_expires_at: None,
+        cancelled_at: None,
         errors: Vec::new(),
     }
 }
@@ -406,6 +408,11 @@ macro_rules! conformance_suite {
                 extend_moves_expiry_and_keeps_token,
                 fail_dead_letters_with_error,
                 settle_long_error_text_is_cut,
+            ],
+            cancel: [
+                cancel_a_job_that_is_not_leased_ends_it_at_once,
+                cancel_a_leased_job_marks_it_and_the_end_of_its_lease_cancels_it,
+                cancel_in_a_per_key_queue_lets_the_key_go_on,
             ],
             dead_letters: [
                 dead_list_pages,
