@@ -20,6 +20,9 @@ export interface RateLimit {
   burst: number;
 }
 
+/** How hard a queue's writes reach the disk before their replies: `fsync` survives power loss, `relaxed` a crash of the server process. */
+export type Durability = "fsync" | "relaxed";
+
 /** A queue's whole config, as `PUT /v1/queues/{queue}` returns it. */
 export interface QueueConfig {
   delivery: Delivery;
@@ -35,6 +38,8 @@ export interface QueueConfig {
   max_in_flight?: number;
   max_in_flight_per_key?: number;
   max_depth?: number;
+  /** Absent: the server's own durability. */
+  durability?: Durability;
 }
 
 /** A patch of a queue's config: the fields given replace the queue's; `null` removes a limit. */
@@ -52,6 +57,8 @@ export interface QueuePatch {
   max_in_flight?: number | null;
   max_in_flight_per_key?: number | null;
   max_depth?: number | null;
+  /** `null` goes back to the server's own durability. */
+  durability?: Durability | null;
 }
 
 export interface QueueStats {

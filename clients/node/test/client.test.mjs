@@ -128,6 +128,10 @@ test("queues: put, get, list pages, pause, resume, delete", async () => {
   assert.equal(config.max_attempts, 7);
   assert.equal(config.backoff.initial_ms, 500);
   assert.equal(config.max_depth, 10);
+  assert.equal(config.durability, undefined);
+  assert.equal((await client.queuePut(q, { durability: "relaxed" })).durability, "relaxed");
+  assert.equal((await client.queueGet(q)).config.durability, "relaxed");
+  assert.equal((await client.queuePut(q, { durability: null })).durability, undefined);
   await client.queuePause(q);
   const got = await client.queueGet(q);
   assert.equal(got.paused, true);

@@ -20,6 +20,10 @@ from conftest import REPO
 def test_queue_lifecycle_and_payloads(client: onceq.Client, queue: str) -> None:
     config = client.queue_put(queue, max_attempts=3, backoff={"initial_ms": 500})
     assert (config.max_attempts, config.backoff.initial_ms, config.delivery) == (3, 500, "at_least_once")
+    assert config.durability is None and "durability" not in config.to_json()
+    assert client.queue_put(queue, durability="relaxed").durability == "relaxed"
+    assert client.queue_get(queue).config.durability == "relaxed"
+    assert client.queue_put(queue, durability=None).durability is None
     client.enqueue(queue, {"to": "ada"}, headers={"trace": "t1"}, priority=5)
     client.enqueue(queue, payload_bytes=b"\xff\x00\x10")
     assert any(q.name == queue for q in client.queue_list())

@@ -24,6 +24,8 @@
 //! | lease+ack 100/call, `per_key`, 100,000 keys behind 1,000,000 jobs | 1 worker | the same keys, a head each and one job behind each leased head |
 //! | pipeline stage: lease 100, commit (ack 100 + enqueue 100) | 1 worker | plain lease+ack 100/call, 1 worker |
 //! | lease+ack 100/call, rate limit far above (1,000,000/s, burst 100,000) | 4 workers | the same on an unlimited queue |
+//! | `durability-mixed`: end-to-end 100/call on an `fsync` queue beside a busy `relaxed` one | 4 producers, 8 workers; 4 neighbour tasks | the fsync queue alone (target ≥ 90%) |
+//! | `durability-mixed`: end-to-end 100/call on a `relaxed` queue | 4 producers, 8 workers | pipelined, 100 jobs per transaction, `synchronous=NORMAL` |
 //!
 //! The ordered, pipeline and rate-limited scenarios have no SQLite floor: their yardstick is the
 //! store itself, on an unordered queue (what ordering costs), on a small backlog of the same keys
@@ -139,7 +141,7 @@ struct Plan {
 }
 
 /// The scenarios of the embedded bench, in the order they run.
-const EMBEDDED_SCENARIOS: [Scenario; 11] = [
+const EMBEDDED_SCENARIOS: [Scenario; 12] = [
     Scenario::Enqueue1,
     Scenario::EnqueueConcurrent,
     Scenario::EnqueueBatched,
@@ -151,6 +153,7 @@ const EMBEDDED_SCENARIOS: [Scenario; 11] = [
     Scenario::LeaseAckOrderedBacklog,
     Scenario::PipelineStage,
     Scenario::LeaseAckLimited,
+    Scenario::DurabilityMixed,
 ];
 
 /// Producers, and workers, of the single-job scenarios: the concurrency group commit serves.
@@ -626,7 +629,71 @@ impl Bench<'_> {
             self.row(row);
         }
 
+        if plan.only.runs(Scenario::DurabilityMixed) {
+            self.durability_mixed()?;
+        }
+
         figures.print(level);
+        Ok(())
+    }
+
+    /// Per-queue durability (docs/design.md, "Per-queue durability"): an `fsync` queue's
+    /// end-to-end batched figure beside a busy `relaxed` queue, against the fsync queue alone in
+    /// the same run (target ≥ 90%), and a relaxed queue's figure against the relaxed floor (raw
+    /// SQLite with `synchronous=NORMAL`, whatever the level). The queues set their durability
+    /// themselves, so the figures do not depend on the store's.
+    fn durability_mixed(&self) -> Result<(), BenchError> {
+        let n = self.plan.jobs;
+        let neighbour_rates = std::cell::RefCell::new(Vec::new());
+        let side = |neighbour: bool| {
+            let rates = &neighbour_rates;
+            self.store(move |store, queue, payload| async move {
+                let (run, rate) = scenarios::fsync_beside_relaxed(&store, &queue, &payload, n, neighbour).await?;
+                if neighbour {
+                    rates.borrow_mut().push(rate);
+                }
+                Ok(run)
+            })
+        };
+        let (run, alone, ratios) = rounds_of(self.plan.rounds, || side(true), || side(false).map(|r| jobs_per_s(&r)))?;
+        let row = Row {
+            scenario: format!("fsync queue e2e {BATCH}/call beside busy relaxed"),
+            run,
+            ratios,
+            floor: Some(floor_figure(alone, "the fsync queue alone (the store); target >= 90%")),
+        };
+        let ratio = row.ratio();
+        self.row(row);
+        let rates: Vec<String> = neighbour_rates.borrow().iter().map(|r| thousands(*r)).collect();
+        let mut out = String::new();
+        let _ = writeln!(out, "{:<44} relaxed neighbour jobs/s by round: {}", "", rates.join(", "));
+        let verdict = if ratio >= 0.9 { "met" } else { "MISSED" };
+        let _ = writeln!(
+            out,
+            "target: fsync queue beside a busy relaxed queue >= 90% of it alone: {:.0}%, {verdict}",
+            100.0 * ratio
+        );
+        emit(&mut out);
+
+        let (run, floor, ratios) = rounds_of(
+            self.plan.rounds,
+            || {
+                self.store(|store, queue, payload| async move {
+                    scenarios::relaxed_end_to_end(&store, &queue, &payload, n).await
+                })
+            },
+            || {
+                self.floor_at(n, Level::Relaxed.synchronous(), |conn, payload| {
+                    floor::end_to_end(conn, payload, n, BATCH)
+                })
+            },
+        )?;
+        self.row(Row {
+            scenario: format!("relaxed queue e2e {BATCH}/call"),
+            run,
+            ratios,
+            floor: Some(floor_figure(floor, format!("pipelined, {BATCH} jobs/txn, synchronous=NORMAL"))),
+        });
         Ok(())
     }
 
@@ -662,8 +729,16 @@ impl Bench<'_> {
     where
         F: FnOnce(&mut rusqlite::Connection, &[u8]) -> Result<Duration, BenchError>,
     {
+        self.floor_at(jobs, self.level.synchronous(), measure)
+    }
+
+    /// [`Bench::floor`] with this `PRAGMA synchronous` rather than the level's.
+    fn floor_at<F>(&self, jobs: u64, synchronous: &str, measure: F) -> Result<f64, BenchError>
+    where
+        F: FnOnce(&mut rusqlite::Connection, &[u8]) -> Result<Duration, BenchError>,
+    {
         let dir = self.fresh_dir("floor")?;
-        let mut conn = floor::open(&dir, self.level.synchronous())?;
+        let mut conn = floor::open(&dir, synchronous)?;
         let elapsed = measure(&mut conn, &self.plan.payload)?;
         drop(conn);
         std::fs::remove_dir_all(&dir)?;

@@ -220,6 +220,7 @@ const BLOCKS: &[Expected] = &[
             ("./target/release/onceq bench --server http://127.0.0.1:7700 ", Run),
         ],
     },
+    Expected { lang: "sh", items: &[("onceq queue set analytics --durability relaxed", Run)] },
     Expected {
         lang: "sh",
         items: &[
@@ -533,6 +534,9 @@ fn rate_limits(walk: &Walk, cli: &Shell, at: &dyn Fn(&str) -> String) {
     {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
+    // "Guarantees": a relaxed queue beside the others.
+    let out = cli.ok(&walk.take("onceq queue set analytics --durability relaxed"));
+    assert!(out.contains("durability             relaxed\n"), "{out}");
 }
 
 /// "Schedules": weekdays at 06:00 in Berlin, read back with its next ticks.

@@ -61,7 +61,7 @@ pub use job::{
     Schedule,
 };
 pub use ordering::Ordering;
-pub use queue::{DeliveryMode, QueueConfig, QueueConfigPatch, QueueInfo, QueueStats};
+pub use queue::{DeliveryMode, Durability, QueueConfig, QueueConfigPatch, QueueInfo, QueueStats};
 pub use retry::{Backoff, BackoffPatch, Jitter};
 pub use store::{
     DeadList, DeadPage, Extend, Fail, ItemResults, LeaseOptions, Nack, NackOutcome, Redrive, Redriven, Release, Store,

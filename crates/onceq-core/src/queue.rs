@@ -90,6 +90,59 @@ impl FromStr for DeliveryMode {
     }
 }
 
+/// How hard a commit is pushed to disk before its reply leaves (docs/design.md, the service-tier
+/// matrix): the embedded store's setting ([`QueueConfig::durability`] overrides it per queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Durability {
+    /// A reply waits until its commit is on disk (fsync'd): it survives power loss.
+    #[default]
+    Fsync,
+    /// A reply leaves once its commit is in the operating system's hands: it survives a crash
+    /// of the process (`kill -9`); the last commits before a power loss or kernel crash may be
+    /// lost.
+    Relaxed,
+}
+
+impl Durability {
+    /// The wire name (`fsync`, `relaxed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Relaxed => "relaxed",
+        }
+    }
+}
+
+impl FromStr for Durability {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "relaxed" => Ok(Durability::Relaxed),
+            other => Err(Error::invalid(format!("unknown durability {other:?}; use fsync or relaxed"))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Durability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Reads a string, and names the setting when given something else.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Durability;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a durability: \"fsync\" or \"relaxed\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Durability, E> {
+                text.parse().map_err(|e: Error| E::custom(e.detail()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 /// A queue's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -138,6 +191,12 @@ pub struct QueueConfig {
     /// [`Error::RateLimited`]. `None`: unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u64>,
+    /// How hard the queue's writes are pushed to disk before their replies leave; `None` (the
+    /// default): as the store's own setting says (`onceq serve --durability` on the embedded
+    /// store; PostgreSQL's `synchronous_commit`). An operation that touches several queues
+    /// waits as the strictest of them says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
 }
 
 fn partitions_default() -> u32 {
@@ -160,6 +219,7 @@ impl Default for QueueConfig {
             max_in_flight_per_key: None,
             max_in_flight: None,
             max_depth: None,
+            durability: None,
         }
     }
 }
@@ -294,6 +354,9 @@ impl QueueConfig {
         if let Some(v) = patch.max_depth {
             next.max_depth = v;
         }
+        if let Some(v) = patch.durability {
+            next.durability = v;
+        }
         next.validate()?;
         Ok(next)
     }
@@ -349,6 +412,10 @@ pub struct QueueConfigPatch {
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_depth: Option<Option<u64>>,
+    /// New durability (`"fsync"` or `"relaxed"`); `null` goes back to the store's setting.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Durability>))]
+    pub durability: Option<Option<Durability>>,
 }
 
 /// A patch field that may be cleared: absent is `None` (through `default`), `null` is
@@ -457,6 +524,29 @@ mod tests {
             (Ordering::None, PARTITIONS_DEFAULT, false)
         );
         assert_eq!((config.rate_limit, config.max_in_flight, config.max_depth), (None, None, None));
+    }
+
+    #[test]
+    fn durability_is_set_shown_and_cleared_by_null() {
+        let base = QueueConfig::default();
+        assert_eq!(base.durability, None);
+        assert!(!serde_json::to_string(&base).unwrap().contains("durability"), "the default shows no durability");
+        let patch: QueueConfigPatch = serde_json::from_str(r#"{"durability":"relaxed"}"#).unwrap();
+        let relaxed = base.patched(&patch).unwrap();
+        assert_eq!(relaxed.durability, Some(Durability::Relaxed));
+        assert!(serde_json::to_string(&relaxed).unwrap().contains(r#""durability":"relaxed""#));
+        let back: QueueConfig = serde_json::from_str(&serde_json::to_string(&relaxed).unwrap()).unwrap();
+        assert_eq!(back, relaxed);
+        let fsync: QueueConfigPatch = serde_json::from_str(r#"{"durability":"fsync"}"#).unwrap();
+        assert_eq!(relaxed.patched(&fsync).unwrap().durability, Some(Durability::Fsync));
+        let clear: QueueConfigPatch = serde_json::from_str(r#"{"durability":null}"#).unwrap();
+        assert_eq!(relaxed.patched(&clear).unwrap(), base);
+        let error = serde_json::from_str::<QueueConfigPatch>(r#"{"durability":"sometimes"}"#).unwrap_err();
+        assert!(error.to_string().contains(r#"unknown durability "sometimes"; use fsync or relaxed"#), "{error}");
+        let error = serde_json::from_str::<QueueConfigPatch>(r#"{"durability":1}"#).unwrap_err();
+        assert!(error.to_string().contains(r#"expected a durability: "fsync" or "relaxed""#), "{error}");
+        assert_eq!("relaxed".parse::<Durability>(), Ok(Durability::Relaxed));
+        assert_eq!(Durability::Fsync.as_str(), "fsync");
     }
 
     #[test]

@@ -132,7 +132,8 @@ created AS (
     RETURNING queue_id, state, run_at
 ),
 {notify:created}
-SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified, (SELECT now FROM t) AS now
+SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified, (SELECT now FROM t) AS now,
+       {relax_column}
 FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
 ORDER BY n.ord
 "#;
@@ -181,7 +182,8 @@ created AS (
     RETURNING queue_id, state, run_at
 ),
 {notify:created}
-SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified, (SELECT now FROM t) AS now
+SELECT n.ord, n.id, c.job_id AS original, (SELECT count(*) FROM notified) AS notified, (SELECT now FROM t) AS now,
+       {relax_column}
 FROM numbered n LEFT JOIN claimed c ON n.dedup_claim AND c.dedup_id = n.dedup_id
 ORDER BY n.ord
 "#;
@@ -230,7 +232,7 @@ SET state = 2, attempt = j.attempt + 1, lease_token = ($3::bytea[])[n.rn::int4],
 FROM numbered n
 WHERE j.id = n.id AND n.before < {reply_bytes}
 RETURNING j.id, j.priority, j.run_at, j.enqueued_at, j.attempt, j.max_attempts, j.dedup_id, j.headers, j.payload,
-          j.lease_token, j.ordering_key, j.partition
+          j.lease_token, j.ordering_key, j.partition, {relax_column}
 "#;
 
 /// The lease of an `at_most_once` queue: the lease is the ack, so the jobs go as they are handed
@@ -247,7 +249,7 @@ gone AS (
 forgotten AS (DELETE FROM {s}.job_errors e USING gone g WHERE e.job_id = g.id AND g.error_count > 0),
 {move_on:gone}
 SELECT id, priority, run_at, enqueued_at, attempt, max_attempts, dedup_id, headers, payload, NULL::bytea AS lease_token,
-       ordering_key, partition, (SELECT promoted FROM moved_on) AS promoted
+       ordering_key, partition, (SELECT promoted FROM moved_on) AS promoted, {relax_column}
 FROM gone
 "#;
 
@@ -294,9 +296,15 @@ FROM old o JOIN {s}.jobs j ON j.id = o.id JOIN {s}.queues q ON q.id = j.queue_id
 /// The common tail of every settle statement: one row per item, in order, saying whether the
 /// statement settled it (`done`), and if not whether the job existed (then the token was not its
 /// live lease), with the queue for metrics. `{settled}` is the CTE of settled rows (`id`,
-/// `queue_id`), `{extra}` more columns.
+/// `queue_id`), `{extra}` more columns. `relaxed`: when the statement runs on its own (`{relax}`
+/// a true parameter) and every job it settled is of a `relaxed` queue, it commits without
+/// waiting for the WAL's flush (see [`crate::sql::RELAX`]).
 const SETTLE_VERDICT: &str = r#"
-SELECT i.ord, s.id IS NOT NULL AS done, ex.id IS NOT NULL AS existed, q.name AS queue {extra}
+SELECT i.ord, s.id IS NOT NULL AS done, ex.id IS NOT NULL AS existed, q.name AS queue,
+       (SELECT set_config('synchronous_commit', 'off', true)
+        WHERE {relax} AND EXISTS (SELECT 1 FROM {settled})
+          AND NOT EXISTS (SELECT 1 FROM {settled} r JOIN {s}.queues rq ON rq.id = r.queue_id
+                          WHERE rq.config->>'durability' IS DISTINCT FROM 'relaxed')) AS relaxed {extra}
 FROM items i
 LEFT JOIN {settled} s ON s.id = i.id
 LEFT JOIN {s}.jobs ex ON ex.id = i.id
@@ -429,7 +437,26 @@ fn settle_sql(template: &str, changed: Option<&str>) -> String {
 /// The enqueue of a batch of `rows` jobs ([`ENQUEUE`] with its wake-ups), before the schema and
 /// clock are filled in.
 pub(crate) fn enqueue_template(rows: usize) -> String {
-    sized(&with_notify(ENQUEUE, "created"), rows)
+    sized(&relaxable(&with_notify(ENQUEUE, "created"), ENQUEUE_RELAX_PARAM), rows)
+}
+
+/// The parameter (`bool`) of [`ENQUEUE`] that says whether it may commit without waiting for
+/// the WAL's flush: a `relaxed` queue's enqueue on the pool.
+pub(crate) const ENQUEUE_RELAX_PARAM: usize = 12;
+/// The same parameter of [`ENQUEUE_KEYED`].
+pub(crate) const ENQUEUE_KEYED_RELAX_PARAM: usize = 15;
+/// The same parameter of [`LEASE`] (as [`HotStatement::Lease`] runs it).
+pub(crate) const LEASE_RELAX_PARAM: usize = 5;
+
+/// `template` with its `{relax_column}` ([`RELAX`]) and `{relax}` bound to parameter `param`.
+pub(crate) fn relaxable(template: &str, param: usize) -> String {
+    template.replace("{relax_column}", crate::sql::RELAX).replace("{relax}", &format!("${param}::bool"))
+}
+
+/// Whether a statement of `config`'s queue on `conn` may commit without waiting for the WAL's
+/// flush: the queue is `relaxed`, and the statement is a transaction of its own (on the pool).
+fn relaxed(conn: &Conn<'_>, config: &QueueConfig) -> bool {
+    matches!(conn, Conn::Pool) && config.durability == Some(onceq_core::Durability::Relaxed)
 }
 
 /// The enqueue of a batch of `rows` jobs into a `per_key` queue or with ordering keys
@@ -437,7 +464,8 @@ pub(crate) fn enqueue_template(rows: usize) -> String {
 pub(crate) fn enqueue_keyed_template(rows: usize) -> String {
     let claim =
         CLAIM_KEYS.replace("{queue}", "$9").replace("{claiming}", "kept").replace("{ordered}", "$14::int4 IS NOT NULL");
-    sized(&with_notify(&ENQUEUE_KEYED.replace("{claim_keys}", claim.trim()), "created"), rows)
+    let sql = with_notify(&ENQUEUE_KEYED.replace("{claim_keys}", claim.trim()), "created");
+    sized(&relaxable(&sql, ENQUEUE_KEYED_RELAX_PARAM), rows)
 }
 
 /// The lease statement a group lease runs (built by `groups`), with what it binds.
@@ -458,12 +486,12 @@ pub(crate) struct GroupLeaseSql<'a> {
 /// `at_most_once` queue), before the schema and clock are filled in.
 pub(crate) fn lease_template(max_jobs: u32, at_most_once: bool) -> String {
     let template = if at_most_once { with_move_on(LEASE_AND_DELETE) } else { LEASE.to_owned() };
-    crate::sql::with_pick(&template, max_jobs)
+    crate::sql::with_pick(&template, max_jobs).replace("{relax_column}", crate::sql::RELAX)
 }
 
 /// The ack of `items` leases ([`ACK`] with its verdict), before the schema and clock are filled in.
 pub(crate) fn ack_template(items: usize) -> String {
-    sized(&settle_sql(ACK, None), items)
+    sized(&relaxable(&settle_sql(ACK, None), 4), items)
 }
 
 /// The queue lookup that starts an enqueue ([`QUEUE_LOOKUP`]), before the schema and clock are
@@ -989,6 +1017,7 @@ impl PgStore {
         };
         let now_param = now.or_else(|| self.now_param());
         let window_ms = i64::try_from(window).unwrap_or(i64::MAX);
+        let relax = relaxed(conn, config);
         let rows = self
             .fetch_all(conn, "enqueueing jobs", || {
                 let query = sqlx::query(&sql)
@@ -1004,9 +1033,9 @@ impl PgStore {
                     .bind(window_ms)
                     .bind(config_text);
                 if keyed {
-                    query.bind(&ordering_keys).bind(&key_partitions).bind(partitions)
+                    query.bind(&ordering_keys).bind(&key_partitions).bind(partitions).bind(relax)
                 } else {
-                    query
+                    query.bind(relax)
                 }
             })
             .await?;
@@ -1218,8 +1247,9 @@ impl PgStore {
         let visibility_ms = options.visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
         let expires_at = plus_ms(now, visibility_ms);
         let at_most_once = q.config.delivery == DeliveryMode::AtMostOnce;
+        let relax = q.config.durability == Some(onceq_core::Durability::Relaxed);
         let sql = if at_most_once {
-            Arc::from(self.sql(&lease_template(options.max_jobs, true)))
+            Arc::from(self.sql(&relaxable(&lease_template(options.max_jobs, true), 3)))
         } else {
             self.hot_sql(HotStatement::Lease { max_jobs: options.max_jobs })
         };
@@ -1241,11 +1271,13 @@ impl PgStore {
             flow_held = held;
             rows
         } else if at_most_once {
-            self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(now).bind(q.id), fetch_all)).await?
+            self.run("leasing jobs", || pooled!(self, sqlx::query(&sql).bind(now).bind(q.id).bind(relax), fetch_all))
+                .await?
         } else {
             let tokens = lease_tokens(options.max_jobs as usize);
             self.run("leasing jobs", || {
-                pooled!(self, sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at), fetch_all)
+                let query = sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at);
+                pooled!(self, query.bind(relax), fetch_all)
             })
             .await?
         };
@@ -1439,7 +1471,9 @@ impl PgStore {
                 (false, None) => {
                     let sql = self.hot_sql(HotStatement::Lease { max_jobs: n });
                     let tokens = lease_tokens(n as usize);
-                    sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at).fetch_all(&mut *tx).await?
+                    // Relaxed or not, this transaction already commits without waiting (above).
+                    let query = sqlx::query(&sql).bind(now).bind(q.id).bind(&tokens).bind(expires_at);
+                    query.bind(false).fetch_all(&mut *tx).await?
                 }
                 (false, Some(ids)) => {
                     let sql = self.sql(&crate::flow::by_ids(&lease_template(n, false), 5));
@@ -1543,8 +1577,9 @@ impl PgStore {
             let sql = self.hot_sql(HotStatement::Ack { items: positions.len() });
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &acks[i].lease_token.as_bytes()[..]).collect();
             let now = self.now_param();
+            let relax = matches!(conn, Conn::Pool);
             let rows = self
-                .fetch_all(conn, "acking jobs", || sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens))
+                .fetch_all(conn, "acking jobs", || sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(relax))
                 .await?;
             for row in rows {
                 let verdict = Verdict::read(&row, &positions)?;
@@ -1572,7 +1607,7 @@ impl PgStore {
         let ids: Vec<JobId> = nacks.iter().map(|n| n.id).collect();
         let backoff = self.backoff_delays(conn, nacks).await?;
         let mut out: Vec<Option<Result<NackOutcome>>> = (0..nacks.len()).map(|_| None).collect();
-        let template = self.sql(&settle_sql(NACK, Some("nacked")));
+        let template = self.sql(&relaxable(&settle_sql(NACK, Some("nacked")), 6));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
@@ -1584,9 +1619,11 @@ impl PgStore {
             let errors: Vec<String> =
                 positions.iter().map(|&i| error_text(nacks[i].error.as_deref().unwrap_or("nacked"))).collect();
             let now = self.now_param();
+            let relax = matches!(conn, Conn::Pool);
             let rows = self
                 .fetch_all(conn, "nacking jobs", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).bind(&errors)
+                    let query = sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays);
+                    query.bind(&errors).bind(relax)
                 })
                 .await?;
             for row in rows {
@@ -1656,7 +1693,7 @@ impl PgStore {
     pub(crate) async fn job_extend(&self, extends: &[Extend]) -> Result<ItemResults<Timestamp>> {
         let ids: Vec<JobId> = extends.iter().map(|e| e.id).collect();
         let mut out: Vec<Option<Result<Timestamp>>> = (0..extends.len()).map(|_| None).collect();
-        let template = self.sql(&settle_sql(EXTEND, None));
+        let template = self.sql(&relaxable(&settle_sql(EXTEND, None), 5));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
@@ -1669,7 +1706,11 @@ impl PgStore {
             let now = self.now_param();
             let rows = self
                 .run("extending leases", || {
-                    pooled!(self, sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&timeouts), fetch_all)
+                    pooled!(
+                        self,
+                        sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&timeouts).bind(true),
+                        fetch_all
+                    )
                 })
                 .await?;
             for row in rows {
@@ -1694,7 +1735,7 @@ impl PgStore {
     pub(crate) async fn job_fail(&self, conn: &mut Conn<'_>, fails: &[Fail]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = fails.iter().map(|f| f.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..fails.len()).map(|_| None).collect();
-        let template = self.sql(&settle_sql(FAIL, None));
+        let template = self.sql(&relaxable(&settle_sql(FAIL, None), 5));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
@@ -1704,9 +1745,10 @@ impl PgStore {
             let tokens: Vec<&[u8]> = positions.iter().map(|&i| &fails[i].lease_token.as_bytes()[..]).collect();
             let errors: Vec<String> = positions.iter().map(|&i| error_text(&fails[i].error)).collect();
             let now = self.now_param();
+            let relax = matches!(conn, Conn::Pool);
             let rows = self
                 .fetch_all(conn, "failing jobs", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors)
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&errors).bind(relax)
                 })
                 .await?;
             for row in rows {
@@ -1733,7 +1775,7 @@ impl PgStore {
     pub(crate) async fn job_release(&self, conn: &mut Conn<'_>, releases: &[Release]) -> Result<ItemResults<()>> {
         let ids: Vec<JobId> = releases.iter().map(|r| r.id).collect();
         let mut out: Vec<Option<Result<()>>> = (0..releases.len()).map(|_| None).collect();
-        let template = self.sql(&settle_sql(RELEASE, Some("released")));
+        let template = self.sql(&relaxable(&settle_sql(RELEASE, Some("released")), 5));
         for round in rounds(&ids) {
             let (positions, row_ids) = storable(&ids, &round, &mut out);
             if positions.is_empty() {
@@ -1744,9 +1786,10 @@ impl PgStore {
             let delays: Vec<i64> =
                 positions.iter().map(|&i| crate::to_i64(releases[i].delay_ms.unwrap_or(0))).collect();
             let now = self.now_param();
+            let relax = matches!(conn, Conn::Pool);
             let rows = self
                 .fetch_all(conn, "releasing jobs", || {
-                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays)
+                    sqlx::query(&sql).bind(now).bind(&row_ids).bind(&tokens).bind(&delays).bind(relax)
                 })
                 .await?;
             for row in rows {

@@ -76,6 +76,18 @@
 //! `synchronous_commit = on` that commit is flushed to the WAL on disk first. What an `_in`
 //! variant writes is durable when, and only if, the caller's transaction commits.
 //!
+//! # Per-queue durability
+//!
+//! A queue whose config says `durability: relaxed` has its own statements on the pool (enqueue,
+//! lease, ack, nack, extend, fail, release) commit with `synchronous_commit = off`: each statement
+//! turns it off for its one-statement transaction with `set_config(..., true)` when a `bool`
+//! parameter says it may (`sql::RELAX`). The store binds it for a relaxed queue's enqueue and lease,
+//! and for every settle on the pool, whose statement then relaxes only if every job it settled is
+//! of a relaxed queue. A crash of PostgreSQL may forget such a commit (within three
+//! `wal_writer_delay`s); a crash of onceq cannot. Inside a caller's transaction and a commit's,
+//! nothing relaxes: the transaction's own setting decides. Due transitions, redrives, schedules
+//! and group leases stay as the database's setting says.
+//!
 //! # Inside a caller's transaction
 //!
 //! [`PgStore::job_enqueue_in`], [`PgStore::job_ack_in`], [`PgStore::idempotency_begin_in`] and

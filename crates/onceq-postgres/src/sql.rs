@@ -11,8 +11,21 @@ const NOW_SQL: &str = "coalesce($1::int8, floor(extract(epoch FROM statement_tim
 /// `template` with `{now}` replaced by [`NOW_SQL`], `{s}` by `quoted` (the quoted schema) and
 /// `{channel}` by `channel`: what [`PgStore`](crate::PgStore) does to every statement it runs.
 pub(crate) fn fill(template: &str, quoted: &str, channel: &str) -> String {
-    template.replace("{now}", NOW_SQL).replace("{s}", quoted).replace("{channel}", channel)
+    template
+        .replace("{now}", NOW_SQL)
+        .replace("{s}", quoted)
+        .replace("{channel}", channel)
+        .replace("{relax_column}", RELAX)
+        .replace("{relax}", "false")
 }
+
+/// A column that turns off `synchronous_commit` for the statement's own transaction when
+/// `{relax}` holds (the crate docs, "Per-queue durability"): `set_config(..., true)` lasts until
+/// the transaction ends, which for a statement run on its own is its commit. `{relax}` is a
+/// `bool` parameter where the store binds one (a `relaxed` queue's statement on the pool), and
+/// [`fill`] makes it `false` everywhere else: inside a caller's transaction, or a commit's, the
+/// transaction's own setting decides.
+pub(crate) const RELAX: &str = "(SELECT set_config('synchronous_commit', 'off', true) WHERE {relax}) AS relaxed";
 
 /// The `NOTIFY` channel of the stores on `schema` (a validated schema name, so the channel is an
 /// identifier of `[A-Za-z0-9_]` of at most 63 bytes).
@@ -42,7 +55,9 @@ pub enum HotStatement {
     /// `int4[]`, `$7` dedup ids `text[]`, `$8` whether each claims its dedup id `bool[]`), `$9`
     /// the queue's id, `$10` how long claimed dedup ids live (ms), `$11` the queue's config as
     /// the store last read it (NULL: any config; the store always passes it): with another
-    /// config, or another queue under that id, it inserts nothing and returns no row. Returns `ord`, `id`, `original`,
+    /// config, or another queue under that id, it inserts nothing and returns no row; `$12`
+    /// (`bool`) whether it commits without waiting for the WAL's flush (a `relaxed` queue's
+    /// enqueue on the pool). Returns `ord`, `id`, `original`,
     /// `notified` and `now` per job.
     Enqueue {
         /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
@@ -52,7 +67,8 @@ pub enum HotStatement {
     /// has an ordering key, in place of [`HotStatement::Enqueue`]: its parameters, then `$12`
     /// the jobs' ordering keys (`text[]`, NULL for a job without one), `$13` each keyed job's
     /// partition (`int4[]`, NULL in an unordered queue), `$14` the queue's partition count when
-    /// it is `per_key`, else NULL. Returns what [`HotStatement::Enqueue`] returns.
+    /// it is `per_key`, else NULL, and `$15` in place of its `$12`. Returns what
+    /// [`HotStatement::Enqueue`] returns.
     EnqueueKeyed {
         /// Jobs in the batch (statements for up to 10 items are planned for their exact count).
         items: usize,
@@ -62,14 +78,15 @@ pub enum HotStatement {
     ApplyDue,
     /// The lease of up to `max_jobs` jobs of an at-least-once queue: `$1` the `now` of
     /// [`HotStatement::ApplyDue`], `$2` the queue's id, `$3` the new lease tokens (`bytea[]`,
-    /// `max_jobs` of them), `$4` when the leases expire. Returns the leased jobs.
+    /// `max_jobs` of them), `$4` when the leases expire, `$5` (`bool`) whether it commits without
+    /// waiting for the WAL's flush (a `relaxed` queue's). Returns the leased jobs.
     Lease {
         /// Most jobs the lease takes (a literal in the statement, one statement per value).
         max_jobs: u32,
     },
     /// The lease of up to `max_jobs` jobs of an at-least-once queue by a consumer group's
     /// member, from its partitions only: the parameters of [`HotStatement::Lease`], then `$5`
-    /// the member's partitions (`int4[]`). The store runs it inside the transaction that holds
+    /// the member's partitions (`int4[]`) in place of its `$5`. The store runs it inside the transaction that holds
     /// the group's row (see the crate's `groups` module). Returns the leased jobs.
     GroupLease {
         /// Most jobs the lease takes (a literal in the statement, one statement per value).
@@ -87,7 +104,9 @@ pub enum HotStatement {
         max_jobs: u32,
     },
     /// The ack of `items` leases: `$2` the job ids (`int8[]`), `$3` their lease tokens
-    /// (`bytea[]`). Returns one verdict row per item, in order.
+    /// (`bytea[]`), `$4` (`bool`) whether it may commit without waiting for the WAL's flush if
+    /// every job it acks is of a `relaxed` queue (true on the pool). Returns one verdict row per
+    /// item, in order.
     Ack {
         /// Leases in the batch (statements for up to 10 items are planned for their exact count).
         items: usize,

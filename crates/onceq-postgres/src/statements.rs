@@ -28,7 +28,9 @@ pub(crate) fn template(statement: HotStatement) -> String {
         HotStatement::Enqueue { items } => jobs::enqueue_template(items),
         HotStatement::EnqueueKeyed { items } => jobs::enqueue_keyed_template(items),
         HotStatement::ApplyDue => due::apply_due_for(due::ONE_QUEUE),
-        HotStatement::Lease { max_jobs } => jobs::lease_template(max_jobs, false),
+        HotStatement::Lease { max_jobs } => {
+            jobs::lease_template(max_jobs, false).replace("{relax}", &format!("${}::bool", jobs::LEASE_RELAX_PARAM))
+        }
         HotStatement::RateLease { max_jobs } => crate::flow::rate_lease_template(max_jobs),
         HotStatement::GroupLease { max_jobs } => {
             groups::restricted(&jobs::lease_template(max_jobs, false), max_jobs, groups::PARTITIONS_PARAM)
@@ -78,6 +80,7 @@ mod tests {
                 "{ordered}",
                 "{leaving}",
                 "{dead}",
+                "{relax",
             ] {
                 assert!(!sql.contains(placeholder), "{statement:?} left {placeholder}: {sql}");
             }

@@ -170,6 +170,7 @@ async fn leasing_before_statistics_exist_walks_the_ready_index() {
         .bind(queue_id)
         .bind(&tokens)
         .bind(60_000_i64)
+        .bind(false)
         .fetch_one(&mut conn)
         .await
         .unwrap();
@@ -193,6 +194,7 @@ async fn leasing_before_statistics_exist_walks_the_ready_index() {
         .bind(None::<i64>)
         .bind((1..=100).collect::<Vec<i64>>())
         .bind(&tokens)
+        .bind(true)
         .fetch_one(&mut conn)
         .await
         .unwrap();

@@ -9,12 +9,13 @@ use tokio::sync::Notify;
 
 /// What readers and the writer share about durability.
 pub(crate) struct Durable {
-    /// Whether commits are synced before they are answered (durability `fsync`, by the syncer
-    /// thread or the writer); with `relaxed` nothing waits.
-    pipelined: bool,
-    /// Groups whose commit has begun: raised before each commit, so that a reader that saw a
-    /// commit reads a count that includes it.
+    /// Groups whose commit has begun: raised before each commit.
     committed: AtomicU64,
+    /// The last group whose commit has begun and that must be on disk before anyone is told of
+    /// it (it holds an `fsync` request or due work on an `fsync` queue): raised before its
+    /// commit, so that a reader that saw the commit reads a number that includes it. Groups of
+    /// `relaxed` requests only do not raise it: a read may show them before they are synced.
+    durable_committed: AtomicU64,
     /// Groups known to be on disk.
     synced: AtomicU64,
     /// Woken after each sync and on failure.
@@ -25,19 +26,24 @@ pub(crate) struct Durable {
 }
 
 impl Durable {
-    pub(crate) fn new(pipelined: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Durable {
-            pipelined,
             committed: AtomicU64::new(0),
+            durable_committed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             progress: Notify::new(),
             failed: Mutex::new(None),
         }
     }
 
-    /// Numbers the next group, before its commit; returns its sequence number.
-    pub(crate) fn begin_commit(&self) -> u64 {
-        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    /// Numbers the next group, before its commit; returns its sequence number. `durable`: the
+    /// group must be on disk before anyone is told of it, reads included.
+    pub(crate) fn begin_commit(&self, durable: bool) -> u64 {
+        let seq = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        if durable {
+            self.durable_committed.fetch_max(seq, Ordering::SeqCst);
+        }
+        seq
     }
 
     /// Records that every group numbered up to `seq` is on disk, and wakes the reads that wait
@@ -85,13 +91,12 @@ impl Durable {
         first
     }
 
-    /// Waits until every commit begun so far is on disk. A read calls it after reading and
-    /// before answering, so that it never reports a commit a power loss could undo.
+    /// Waits until every durable group (see [`Durable::begin_commit`]) begun so far is on disk.
+    /// A read calls it after reading and before answering, so that it never reports a commit of
+    /// an `fsync` queue that a power loss could undo. (What it shows of `relaxed` queues may be
+    /// younger than the last sync, as their replies are.)
     pub(crate) async fn settled(&self) -> Result<()> {
-        if !self.pipelined {
-            return Ok(());
-        }
-        let target = self.committed.load(Ordering::SeqCst);
+        let target = self.durable_committed.load(Ordering::SeqCst);
         loop {
             let progress = self.progress.notified();
             tokio::pin!(progress);

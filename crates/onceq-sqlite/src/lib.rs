@@ -42,6 +42,12 @@
 //! crash of the process (`kill -9`), but the last commits before a power loss or kernel crash may
 //! be lost — the trade Redis makes with `appendfsync everysec`, and NATS JetStream by default.
 //!
+//! That is the store's setting; a queue's config may set its own (`QueueConfig::durability`).
+//! Each request is answered as the queues it touched ask (the strictest of them; the store's
+//! setting if it touched none): a relaxed one at its group's commit, an fsync one after the sync,
+//! even when both share a group commit. The syncer runs whatever the store's setting, since any
+//! queue may ask for `fsync` (docs/design.md, "Per-queue durability").
+//!
 //! ```
 //! # async fn demo() -> onceq_core::Result<()> {
 //! use onceq_core::{NewJob, QueueName, StoreExt};
@@ -100,27 +106,7 @@ pub const DATA_FILE_NAME: &str = "onceq.db";
 /// The lock file's name inside the data directory: held while a store has it open.
 pub const LOCK_FILE_NAME: &str = "onceq.lock";
 
-/// How hard a commit is pushed to disk before the reply leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Every reply waits until its commit is fsync'd; survives power loss.
-    #[default]
-    Fsync,
-    /// No sync (`synchronous=NORMAL`): survives a process crash; the last commits may be lost on
-    /// power loss.
-    Relaxed,
-}
-
-impl std::str::FromStr for Durability {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fsync" => Ok(Durability::Fsync),
-            "relaxed" => Ok(Durability::Relaxed),
-            other => Err(Error::invalid(format!("unknown durability {other:?}; use fsync or relaxed"))),
-        }
-    }
-}
+pub use onceq_core::Durability;
 
 /// The writer's page cache by default: 16 MiB.
 ///
@@ -149,7 +135,8 @@ const _: () =
 pub struct SqliteOptions {
     /// The data directory; created if missing.
     pub data_dir: PathBuf,
-    /// Commit durability.
+    /// The store's durability: of every queue whose config sets none
+    /// ([`onceq_core::QueueConfig::durability`]), and of requests that touch no queue.
     pub durability: Durability,
     /// The store's one clock; `None` uses the system clock, never below the last time recorded.
     pub clock: Option<Arc<dyn Clock>>,
@@ -298,15 +285,11 @@ impl SqliteStore {
             waiters: wait::Waiters::default(),
             group_waiters: wait::GroupWaiters::default(),
             next_due: AtomicI64::new(i64::MAX),
-            durable: Arc::new(Durable::new(options.durability == Durability::Fsync)),
+            durable: Arc::new(Durable::new()),
         });
-        let state = State::load(&conn, shared.clone(), clock.now())?;
-        let syncer = match options.durability {
-            Durability::Fsync => {
-                Some(start_syncer(&conn, &options.data_dir, &path, shared.durable.clone(), sync_fn, inline_when_idle)?)
-            }
-            Durability::Relaxed => None,
-        };
+        let state = State::load(&conn, shared.clone(), clock.now(), options.durability)?;
+        // The syncer runs whatever the store's durability: any queue may ask for `fsync`.
+        let syncer = start_syncer(&conn, &options.data_dir, &path, shared.durable.clone(), sync_fn, inline_when_idle)?;
         let readers = Arc::new(Readers::new(path, shared.durable.clone()));
         let (sender, inbox) = channel();
         let thread_clock = clock.clone();

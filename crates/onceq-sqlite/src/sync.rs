@@ -211,7 +211,7 @@ mod tests {
 
     /// What the writer shares with the syncer, for tests that drive the syncer without a store.
     fn durable() -> Arc<Durable> {
-        Arc::new(Durable::new(true))
+        Arc::new(Durable::new())
     }
 
     /// A data directory, its gate, a store opened on them, and a queue in it.
@@ -244,16 +244,36 @@ mod tests {
         };
         let (first, second) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         gate.set_shut(true);
-        let seq = durable.begin_commit();
+        let seq = durable.begin_commit(true);
         // More requests wait: the syncer takes the batch, and blocks on the gate.
-        syncer.submit(Batch { seq, wrote: true, outcome: Ok(()), replies: vec![answered(&first)] }, true);
+        syncer.submit(
+            Batch {
+                seq,
+                wrote: true,
+                durable: true,
+                outcome: Ok(()),
+                replies: vec![answered(&first)],
+                relaxed: Vec::new(),
+            },
+            true,
+        );
         while gate.entered.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         // Nothing waits, and this group wrote nothing; but the syncer holds a batch, so this one
         // must queue behind it rather than be answered at once.
-        let seq = durable.begin_commit();
-        syncer.submit(Batch { seq, wrote: false, outcome: Ok(()), replies: vec![answered(&second)] }, false);
+        let seq = durable.begin_commit(true);
+        syncer.submit(
+            Batch {
+                seq,
+                wrote: false,
+                durable: true,
+                outcome: Ok(()),
+                replies: vec![answered(&second)],
+                relaxed: Vec::new(),
+            },
+            false,
+        );
         std::thread::sleep(PATIENCE);
         assert!(!first.load(Ordering::SeqCst) && !second.load(Ordering::SeqCst), "answered before the sync");
         gate.set_shut(false);
@@ -268,7 +288,7 @@ mod tests {
         let syncer = Arc::new(Syncer::start(gate.sync_fn(), durable.clone(), true).unwrap());
         let answered = Arc::new(AtomicBool::new(false));
         gate.set_shut(true);
-        let seq = durable.begin_commit();
+        let seq = durable.begin_commit(true);
         let submitting = std::thread::spawn({
             let (syncer, answered) = (syncer.clone(), answered.clone());
             move || {
@@ -276,7 +296,17 @@ mod tests {
                     outcome.unwrap();
                     answered.store(true, Ordering::SeqCst);
                 });
-                syncer.submit(Batch { seq, wrote: true, outcome: Ok(()), replies: vec![reply] }, false);
+                syncer.submit(
+                    Batch {
+                        seq,
+                        wrote: true,
+                        durable: true,
+                        outcome: Ok(()),
+                        replies: vec![reply],
+                        relaxed: Vec::new(),
+                    },
+                    false,
+                );
             }
         });
         std::thread::sleep(PATIENCE);
@@ -355,6 +385,95 @@ mod tests {
         gate.set_shut(false);
         ack.await.unwrap().unwrap();
         assert_eq!(again.await.unwrap().unwrap_err().kind(), ErrorKind::NotFound);
+        store.close().await;
+    }
+
+    /// A queue named `name` with durability `durability`.
+    async fn queue_with(store: &SqliteStore, name: &str, durability: crate::Durability) -> QueueName {
+        let name = QueueName::new(name).unwrap();
+        let patch = QueueConfigPatch { durability: Some(Some(durability)), ..QueueConfigPatch::default() };
+        store.queue_upsert(&name, patch).await.unwrap();
+        name
+    }
+
+    #[tokio::test]
+    async fn a_relaxed_reply_does_not_wait_for_the_sync_and_an_fsync_reply_always_does() {
+        use crate::Durability::{Fsync, Relaxed};
+        // Every sync on the syncer thread: an idle writer that syncs itself (as in production)
+        // would be the one held at the shut gate, and nothing would be answered meanwhile.
+        for store_default in [Fsync, Relaxed] {
+            mixed_replies_with(store_default).await;
+        }
+    }
+
+    async fn mixed_replies_with(store_default: crate::Durability) {
+        let inline = false;
+        use onceq_core::commit::{Commit, CommitEnqueue};
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let options = SqliteOptions::new(dir.path()).durability(store_default);
+        let store = SqliteStore::open_with_sync(options, Some(gate.sync_fn()), inline).unwrap();
+        let fast = queue_with(&store, "fast", crate::Durability::Relaxed).await;
+        let safe = queue_with(&store, "safe", crate::Durability::Fsync).await;
+        let context = format!("store {store_default:?}, inline {inline}");
+
+        gate.set_shut(true);
+        // Sent together, the two often share a group commit: the relaxed one is answered at
+        // commit, the fsync one only after the sync, either way.
+        let (store_a, safe_a) = (store.clone(), safe.clone());
+        let durable = tokio::spawn(async move { store_a.enqueue(&safe_a, NewJob::new("safe")).await });
+        let relaxed = tokio::time::timeout(Duration::from_secs(5), store.enqueue(&fast, NewJob::new("fast"))).await;
+        relaxed.unwrap_or_else(|_| panic!("{context}: a relaxed enqueue waited for the sync")).unwrap();
+        let job = tokio::time::timeout(Duration::from_secs(5), store.lease_one(&fast)).await.unwrap().unwrap();
+        let job = job.unwrap_or_else(|| panic!("{context}: the relaxed job is not leasable"));
+        tokio::time::timeout(Duration::from_secs(5), store.ack(job.lease())).await.unwrap().unwrap();
+        // A commit that touches both queues waits, as its fsync queue says.
+        let (store_c, fast_c, safe_c) = (store.clone(), fast.clone(), safe.clone());
+        let both = tokio::spawn(async move {
+            let enqueue = vec![
+                CommitEnqueue { queue: fast_c, jobs: vec![NewJob::new("fast 2")] },
+                CommitEnqueue { queue: safe_c, jobs: vec![NewJob::new("safe 2")] },
+            ];
+            store_c.commit(Commit { enqueue, ..Commit::default() }).await
+        });
+        tokio::time::sleep(PATIENCE).await;
+        assert!(!durable.is_finished(), "{context}: an fsync enqueue was answered before the sync");
+        assert!(!both.is_finished(), "{context}: a commit touching an fsync queue was answered before the sync");
+
+        gate.set_shut(false);
+        durable.await.unwrap().unwrap();
+        both.await.unwrap().unwrap();
+        let ready = store.queue_get(&safe).await.unwrap().stats.ready;
+        assert_eq!(ready, 2, "{context}");
+
+        // With nothing of an fsync queue pending, a read shows relaxed work the disk has not got.
+        gate.set_shut(true);
+        store.enqueue(&fast, NewJob::new("fast 3")).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), store.queue_get(&fast)).await;
+        assert_eq!(read.expect("a read of relaxed work waited for a sync").unwrap().stats.ready, 2, "{context}");
+        gate.set_shut(false);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_relaxed_store_without_fsync_queues_never_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let options = SqliteOptions::new(dir.path()).durability(crate::Durability::Relaxed);
+        let store = SqliteStore::open_with_sync(options, Some(gate.sync_fn()), true).unwrap();
+        let q = queue(&store).await;
+        for i in 0..10 {
+            store.enqueue(&q, NewJob::new(format!("{i}"))).await.unwrap();
+        }
+        let job = store.lease_one(&q).await.unwrap().unwrap();
+        store.ack(job.lease()).await.unwrap();
+        assert_eq!(store.queue_get(&q).await.unwrap().stats.ready, 9);
+        assert_eq!(gate.syncs.load(Ordering::SeqCst), 0, "a relaxed store synced for relaxed work");
+        // A queue set to fsync later is synced from then on.
+        let safe = queue_with(&store, "safe", crate::Durability::Fsync).await;
+        let before = gate.syncs.load(Ordering::SeqCst);
+        store.enqueue(&safe, NewJob::new("safe")).await.unwrap();
+        assert_eq!(gate.syncs.load(Ordering::SeqCst), before + 1, "an fsync enqueue was not synced");
         store.close().await;
     }
 

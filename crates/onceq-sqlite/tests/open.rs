@@ -1,6 +1,7 @@
 //! Opening a data directory: a fresh one works; a second opener, a foreign SQLite file, a file from a
 //! newer onceq, and a damaged or unreadable file are each refused with a clear error and left
-//! untouched; data survives close and reopen under both durability settings; a page cache outside
+//! untouched; data survives close and reopen under both durability settings, and a queue's own
+//! durability (a relaxed and an fsync queue side by side) with it; a page cache outside
 //! its bounds is refused before anything is opened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,6 +48,39 @@ async fn jobs_survive_close_and_reopen_with_either_durability() {
         // Ids are never reused, even after the highest one was acked and the store reopened.
         let c = store.enqueue(&queue, NewJob::new("c")).await.unwrap();
         assert!(c.id > b.id, "{:?} should be above {:?}", c.id, b.id);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn relaxed_and_fsync_queues_survive_close_and_reopen_with_either_store_durability() {
+    use onceq_core::QueueConfigPatch;
+    for store_durability in [Durability::Fsync, Durability::Relaxed] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || SqliteOptions::new(dir.path()).durability(store_durability);
+        let store = SqliteStore::open(options()).unwrap();
+        let mut kept = Vec::new();
+        for (name, durability) in [("fast", Durability::Relaxed), ("safe", Durability::Fsync)] {
+            let queue = QueueName::new(name).unwrap();
+            let patch = QueueConfigPatch { durability: Some(Some(durability)), ..QueueConfigPatch::default() };
+            store.queue_upsert(&queue, patch).await.unwrap();
+            let a = store.enqueue(&queue, NewJob::new("a")).await.unwrap();
+            let b = store.enqueue(&queue, NewJob::new("b")).await.unwrap();
+            let leased = store.lease_one(&queue).await.unwrap().unwrap();
+            assert_eq!(leased.id, a.id);
+            store.ack(leased.lease()).await.unwrap();
+            kept.push((queue, durability, a.id, b.id));
+        }
+        store.close().await;
+
+        let store = SqliteStore::open(options()).unwrap();
+        for (queue, durability, acked, left) in kept {
+            let info = store.queue_get(&queue).await.unwrap();
+            assert_eq!(info.config.durability, Some(durability), "{store_durability:?}");
+            assert_eq!(info.stats.ready, 1, "{queue} with store {store_durability:?}");
+            assert_eq!(store.job_get(acked).await, Err(Error::JobNotFound(acked)));
+            assert_eq!(store.job_get(left).await.unwrap().payload, b"b".to_vec());
+        }
         store.close().await;
     }
 }

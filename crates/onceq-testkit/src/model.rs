@@ -1470,6 +1470,7 @@ fn model_patch(config: &QueueConfig) -> QueueConfigPatch {
         max_in_flight_per_key: Some(config.max_in_flight_per_key),
         max_in_flight: Some(config.max_in_flight),
         max_depth: Some(config.max_depth),
+        durability: Some(config.durability),
     }
 }
 

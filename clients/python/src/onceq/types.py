@@ -17,7 +17,7 @@ T = TypeVar("T", bound="_Wire")
 #: Fields the API sends only when present: omitted by ``to_json`` when ``None``.
 _OPTIONAL = frozenset({
     "payload_base64", "ordering_key", "partition", "rate_limit", "rate_limit_by", "max_in_flight",
-    "max_in_flight_per_key", "max_depth",
+    "max_in_flight_per_key", "max_depth", "durability",
 })
 
 
@@ -176,6 +176,8 @@ class QueueConfig(_Wire):
     max_in_flight: Optional[int] = None
     max_in_flight_per_key: Optional[int] = None
     max_depth: Optional[int] = None
+    #: ``"fsync"`` or ``"relaxed"``; ``None``: the server's own durability.
+    durability: Optional[str] = None
     _nested = {"backoff": Backoff, "rate_limit": RateLimit}
 
 

@@ -186,6 +186,8 @@ impl Target {
                 (9, queue_id.to_string()),
                 (10, config.dedup_window_ms.to_string()),
                 (11, format!("'{}'", config_text.replace('\'', "''"))),
+                // The bench queue is not relaxed: its enqueues wait for the WAL's flush.
+                (12, "false".into()),
             ],
         ))
     }
@@ -204,6 +206,7 @@ impl Target {
                 (2, ":d_id::int8".into()),
                 (3, format!("ARRAY(SELECT decode(md5(random()::text), 'hex') FROM generate_series(1, {per_call}))")),
                 (4, format!("(:d_now::int8 + {VISIBILITY_TIMEOUT_MS})")),
+                (5, "false".into()),
             ],
         ));
         script.push_str("\\gset l_\n");
@@ -213,6 +216,8 @@ impl Target {
                 (1, "NULL".into()),
                 (2, "string_to_array(:l_ids::text, ',')::int8[]".into()),
                 (3, "ARRAY(SELECT decode(t, 'hex') FROM unnest(string_to_array(:l_tokens::text, ',')) t)".into()),
+                // On the pool, as the store acks: relaxed if every job is of a relaxed queue.
+                (4, "true".into()),
             ],
         ));
         Ok(script)

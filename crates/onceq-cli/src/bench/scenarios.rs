@@ -479,6 +479,86 @@ pub(crate) async fn pipeline_stage<S: Store>(
     Ok(Run::new(done, started.elapsed(), vec![leases, commits]))
 }
 
+/// Tasks that keep the relaxed neighbour of the mixed-durability scenario busy, each enqueueing,
+/// leasing and acking [`BATCH`](super::options::BATCH) jobs per call in a loop.
+pub(crate) const NEIGHBOUR_TASKS: u64 = 4;
+
+/// One side of the mixed-durability scenario: `queue` made `fsync`, then an end-to-end batched
+/// run of `jobs` jobs on it (as the end-to-end batched scenario runs); with `neighbour`, a
+/// `relaxed` queue beside it is kept busy by [`NEIGHBOUR_TASKS`] tasks for the whole run.
+/// Returns the fsync queue's run and the neighbour's jobs/s (0 without one).
+pub(crate) async fn fsync_beside_relaxed<S: Store + Clone + 'static>(
+    store: &S,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+    neighbour: bool,
+) -> Result<(Run, f64), BenchError> {
+    use onceq_core::Durability;
+    use std::sync::atomic::AtomicBool;
+    let durable = |d: Durability| QueueConfigPatch { durability: Some(Some(d)), ..Default::default() };
+    store.queue_upsert(queue, durable(Durability::Fsync)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut neighbours = JoinSet::new();
+    let started = Instant::now();
+    if neighbour {
+        let relaxed = QueueName::new(format!("{queue}-relaxed-neighbour"))?;
+        store.queue_upsert(&relaxed, durable(Durability::Relaxed)).await?;
+        let per_call = super::options::BATCH;
+        for _ in 0..NEIGHBOUR_TASKS {
+            let (store, relaxed, payload) = (store.clone(), relaxed.clone(), payload.clone());
+            let (stop, done) = (stop.clone(), done.clone());
+            neighbours.spawn(async move {
+                let options = lease_options(per_call, 0)?;
+                while !stop.load(Ordering::Relaxed) {
+                    store.job_enqueue(&relaxed, batch(&payload, 0, per_call, Keys::None)).await?;
+                    let leased = store.job_lease(&relaxed, options).await?;
+                    let leases: Vec<LeaseRef> = leased.iter().map(|job| job.lease()).collect();
+                    for result in store.job_ack(&leases).await? {
+                        result?;
+                    }
+                    done.fetch_add(leased.len() as u64, Ordering::Relaxed);
+                }
+                Ok::<(), BenchError>(())
+            });
+        }
+    }
+    let shape = Shape {
+        per_call: super::options::BATCH,
+        producers: END_TO_END_BATCHED_PRODUCERS,
+        workers: END_TO_END_BATCHED_WORKERS,
+        keys: Keys::None,
+    };
+    let run = end_to_end(store, queue, payload, jobs, shape).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    while let Some(joined) = neighbours.join_next().await {
+        joined.map_err(|e| BenchError::Check(format!("a bench task failed: {e}")))??;
+    }
+    let neighbour_per_s = done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-9);
+    Ok((run?, neighbour_per_s))
+}
+
+/// A relaxed queue's end-to-end batched run of `jobs` jobs (the relaxed side of the
+/// mixed-durability scenario, against the relaxed floor).
+pub(crate) async fn relaxed_end_to_end<S: Store + Clone + 'static>(
+    store: &S,
+    queue: &QueueName,
+    payload: &Arc<[u8]>,
+    jobs: u64,
+) -> Result<Run, BenchError> {
+    let patch = QueueConfigPatch { durability: Some(Some(onceq_core::Durability::Relaxed)), ..Default::default() };
+    store.queue_upsert(queue, patch).await?;
+    let shape = Shape {
+        per_call: super::options::BATCH,
+        producers: END_TO_END_BATCHED_PRODUCERS,
+        workers: END_TO_END_BATCHED_WORKERS,
+        keys: Keys::None,
+    };
+    end_to_end(store, queue, payload, jobs, shape).await
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

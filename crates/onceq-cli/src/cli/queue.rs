@@ -6,7 +6,8 @@ use onceq_core::flow::{KeyBy, RateLimit};
 use onceq_core::limits::{ATTEMPTS_MAX, BACKOFF_MULTIPLIER_MAX, DEDUP_WINDOW_MS_MAX, DELAY_MS_MAX, PARTITIONS_MAX};
 use onceq_core::limits::{IN_FLIGHT_MAX, QUEUE_DEPTH_MAX, VISIBILITY_TIMEOUT_MS_MAX, VISIBILITY_TIMEOUT_MS_MIN};
 use onceq_core::{
-    BackoffPatch, DeliveryMode, Error, Jitter, Ordering, QueueConfig, QueueConfigPatch, QueueInfo, QueueName, Store,
+    BackoffPatch, DeliveryMode, Durability, Error, Jitter, Ordering, QueueConfig, QueueConfigPatch, QueueInfo,
+    QueueName, Store,
 };
 use serde::Serialize;
 
@@ -120,6 +121,11 @@ pub struct SetArgs {
     /// past it is refused with 429 rate_limited. `none` removes it.
     #[arg(long, value_name = "N|none", value_parser = parse_depth)]
     pub max_depth: Option<Setting<u64>>,
+    /// fsync: each reply waits until the queue's writes are on disk (survives power loss);
+    /// relaxed: replies do not wait for the disk (survives a crash of the server process; a
+    /// power loss may take the last ones). `default`: as the server's --durability says.
+    #[arg(long, value_name = "fsync|relaxed|default", value_parser = parse_durability)]
+    pub durability: Option<Setting<Durability>>,
 }
 
 /// A flag that sets a limit or removes it (`none`).
@@ -162,6 +168,13 @@ fn parse_in_flight_per_key(text: &str) -> Result<Setting<u32>, String> {
     })
 }
 
+fn parse_durability(text: &str) -> Result<Setting<Durability>, String> {
+    if text == "default" {
+        return Ok(Setting(None));
+    }
+    text.parse().map(|d| Setting(Some(d))).map_err(|e: Error| format!("{}, or default", e.detail()))
+}
+
 fn parse_depth(text: &str) -> Result<Setting<u64>, String> {
     parse_setting(text, |text| match text.parse::<u64>() {
         Ok(n) if (1..=QUEUE_DEPTH_MAX).contains(&n) => Ok(n),
@@ -193,6 +206,7 @@ impl SetArgs {
             rate_limit_by: self.rate_limit_by.clone().map(|s| s.0),
             max_in_flight_per_key: self.max_in_flight_per_key.map(|s| s.0),
             max_depth: self.max_depth.map(|s| s.0),
+            durability: self.durability.map(|s| s.0),
         }
     }
 }
@@ -336,6 +350,7 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
         ("max_in_flight", config.max_in_flight.map_or("-".to_owned(), |n| n.to_string())),
         ("max_in_flight_per_key", config.max_in_flight_per_key.map_or("-".to_owned(), |n| n.to_string())),
         ("max_depth", config.max_depth.map_or("-".to_owned(), |n| n.to_string())),
+        ("durability", config.durability.map_or("server default".to_owned(), |d| d.as_str().to_owned())),
     ]
 }
 
@@ -444,6 +459,8 @@ mod tests {
             "none",
             "--max-depth",
             "none",
+            "--durability",
+            "relaxed",
         ]);
         let QueueCommand::Set(set) = args.command else { panic!("not set: {:?}", args.command) };
         assert_eq!(set.queue.as_str(), "emails");
@@ -465,8 +482,12 @@ mod tests {
                 rate_limit_by: Some(Some(KeyBy::Header("account".into()))),
                 max_in_flight_per_key: Some(None),
                 max_depth: Some(None),
+                durability: Some(Some(Durability::Relaxed)),
             }
         );
+        let back_to_default = parse(&["onceq", "queue", "set", "emails", "--durability", "default"]);
+        let QueueCommand::Set(set) = back_to_default.command else { panic!("not set: {:?}", back_to_default.command) };
+        assert_eq!(set.patch().durability, Some(None));
         for bad in [
             ["--rate-limit", "50"],
             ["--rate-limit", "0/1"],
@@ -475,6 +496,7 @@ mod tests {
             ["--rate-limit-by", "customer"],
             ["--rate-limit-by", "header:"],
             ["--max-in-flight-per-key", "0"],
+            ["--durability", "sometimes"],
         ] {
             let args = ["onceq", "queue", "set", "emails", bad[0], bad[1]];
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
@@ -579,6 +601,7 @@ mod tests {
              max_in_flight          -\n\
              max_in_flight_per_key  -\n\
              max_depth              -\n\
+             durability             server default\n\
              paused                 yes\n\
              ready                  3\n\
              scheduled              1\n\

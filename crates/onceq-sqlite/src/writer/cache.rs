@@ -2,11 +2,12 @@
 //! time, kept in memory by the writer thread and authoritative for them; and the copy of it that
 //! the writer publishes to readers and waiting leases after each commit ([`Shared`]).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use onceq_core::{Error, QueueConfig, QueueName, Result, Timestamp};
+use onceq_core::{Durability, Error, QueueConfig, QueueName, Result, Timestamp};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rusqlite::Connection;
@@ -77,6 +78,22 @@ pub(crate) struct State {
     /// The per-key rate buckets of each queue with a `rate_limit_by`, by id; in memory only
     /// (module `flow`).
     pub(super) key_buckets: HashMap<i64, KeyBuckets>,
+    /// The store's durability: of the queues that set none, and of requests that touch no queue.
+    pub(super) durability_default: Durability,
+    /// The strictest durability of the queues the running request (or the group's due work)
+    /// looked at or changed so far; `None`: none yet. Set wherever the writer finds a queue
+    /// (by name, by id, or through a lease), read and cleared by the group commit after each
+    /// request (see [`State::touched_take`]). A `Cell`, because lookups take `&self`.
+    touched: Cell<Option<Durability>>,
+}
+
+/// The stricter of what a request touched so far and `durability`.
+fn strictest(so_far: Option<Durability>, durability: Durability) -> Durability {
+    if so_far == Some(Durability::Fsync) {
+        Durability::Fsync
+    } else {
+        durability
+    }
 }
 
 /// One queue's per-key rate buckets (module `flow`): at most
@@ -92,7 +109,12 @@ pub(super) struct KeyBuckets {
 
 impl State {
     /// Loads queues, counts and the id counter from the database.
-    pub(crate) fn load(conn: &Connection, shared: Arc<Shared>, now: Timestamp) -> Result<Self> {
+    pub(crate) fn load(
+        conn: &Connection,
+        shared: Arc<Shared>,
+        now: Timestamp,
+        durability_default: Durability,
+    ) -> Result<Self> {
         let mut state = State {
             now,
             queues: BTreeMap::new(),
@@ -112,6 +134,8 @@ impl State {
             last_unique_sweep: Timestamp::default(),
             buckets: HashMap::new(),
             key_buckets: HashMap::new(),
+            durability_default,
+            touched: Cell::new(None),
         };
         state.reload(conn)?;
         state.flow_buckets_empty();
@@ -251,13 +275,39 @@ impl State {
 
     /// The config of the queue with this row id.
     pub(super) fn config_of(&self, queue_id: i64) -> Option<&QueueConfig> {
-        self.names.get(&queue_id).and_then(|name| self.queues.get(name)).map(|entry| &entry.config)
+        let config = self.names.get(&queue_id).and_then(|name| self.queues.get(name)).map(|entry| &entry.config);
+        if let Some(config) = config {
+            self.touch(config);
+        }
+        config
     }
 
     pub(super) fn entry_by_id(&mut self, queue_id: i64) -> Option<&mut QueueEntry> {
         let name = self.names.get(&queue_id)?;
         self.dirty.insert(queue_id);
-        self.queues.get_mut(name)
+        let entry = self.queues.get_mut(name)?;
+        let durability = entry.config.durability.unwrap_or(self.durability_default);
+        self.touched.set(Some(strictest(self.touched.get(), durability)));
+        Some(entry)
+    }
+
+    /// Records that the running request touched a queue with `config` (see [`State::touched`]).
+    pub(super) fn touch(&self, config: &QueueConfig) {
+        let durability = config.durability.unwrap_or(self.durability_default);
+        self.touched.set(Some(strictest(self.touched.get(), durability)));
+    }
+
+    /// Records that the running request touched the queue with this row id.
+    pub(super) fn touch_id(&self, queue_id: i64) {
+        if let Some(entry) = self.names.get(&queue_id).and_then(|name| self.queues.get(name)) {
+            self.touch(&entry.config);
+        }
+    }
+
+    /// The strictest durability of the queues touched since the last call (`None`: none), and
+    /// clears the record for the next request.
+    pub(super) fn touched_take(&self) -> Option<Durability> {
+        self.touched.take()
     }
 
     /// Moves one job's count from one state to another (`None`: created or deleted).
@@ -294,7 +344,9 @@ impl State {
     }
 
     pub(super) fn queue_required(&self, name: &QueueName) -> Result<&QueueEntry> {
-        self.queues.get(name).ok_or_else(|| Error::QueueNotFound(name.clone()))
+        let entry = self.queues.get(name).ok_or_else(|| Error::QueueNotFound(name.clone()))?;
+        self.touch(&entry.config);
+        Ok(entry)
     }
 
     /// Writes the id counter (and the clock floor) if this transaction assigned ids.

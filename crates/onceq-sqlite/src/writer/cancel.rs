@@ -18,6 +18,8 @@ impl State {
             .and_then(|mut s| s.query_row([row_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional())
             .map_err(storage("reading a job to cancel"))?;
         let Some((queue_id, from, ordering_key, marked)) = row else { return Err(Error::JobNotFound(id)) };
+        // The reply waits as the job's queue's durability says (module `writer`), whatever it does.
+        self.touch_id(queue_id);
         let now = self.now.as_millis();
         match from {
             state::SCHEDULED | state::READY | state::BLOCKED => {

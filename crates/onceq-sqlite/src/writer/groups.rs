@@ -285,6 +285,7 @@ impl State {
         options: LeaseOptions,
     ) -> Result<Vec<LeasedJob>> {
         let Some(entry) = self.queues.get(name) else { return Ok(Vec::new()) };
+        self.touch(&entry.config);
         if partitions.is_empty() || entry.paused || entry.counts[state::READY as usize] == 0 {
             return Ok(Vec::new());
         }

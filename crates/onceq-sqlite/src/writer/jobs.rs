@@ -256,6 +256,7 @@ impl State {
         mut options: LeaseOptions,
     ) -> Result<LeaseLook> {
         let Some(entry) = self.queues.get(name) else { return Ok(LeaseLook::default()) };
+        self.touch(&entry.config);
         if entry.paused || entry.counts[state::READY as usize] == 0 {
             return Ok(LeaseLook::default());
         }

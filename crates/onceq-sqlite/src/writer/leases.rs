@@ -33,6 +33,9 @@ impl State {
                 .optional()
             })
             .map_err(storage("reading a lease"))?;
+        if let Some(row) = &row {
+            self.touch_id(row.queue_id);
+        }
         let Some(LeaseRow {
             queue_id,
             state: job_state,

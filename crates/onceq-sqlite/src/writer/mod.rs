@@ -2,8 +2,8 @@
 //!
 //! It owns the read-write connection and group-commits: it blocks for one request, drains every
 //! other pending request, runs them all in one transaction, commits once, and only then answers
-//! them (Invariant 1) — with durability `fsync`, through the syncer thread once the commit is
-//! on disk (module `sync`). A request that fails its checks writes nothing; a storage error rolls
+//! them (Invariant 1) — each request as durable as the queues it touched ask: a `relaxed` one at
+//! commit, an `fsync` one through the syncer thread once the commit is on disk (module `sync`). A request that fails its checks writes nothing; a storage error rolls
 //! the whole group back and every request in it gets the error. Before each transaction it
 //! applies what the clock made due (module `due`). It keeps the queue configs and per-state job
 //! counts in memory, publishing them to readers after each commit (module `cache`).
@@ -36,7 +36,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceq_core::{Error, ErrorKind, Result};
+use onceq_core::{Durability, Error, ErrorKind, Result};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
@@ -55,17 +55,16 @@ const WRITER_POLL_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 
 /// The writer thread's loop. Returns when told to shut down or when every sender is gone.
 ///
-/// With a `syncer` (durability `fsync`), each group's replies are answered once the write-ahead
-/// log is on disk: by the syncer thread while the writer goes on with the next group, or by the
-/// writer itself when nothing else waits (module `sync`). Without one (`relaxed`), the writer
-/// answers right after the commit.
+/// Each reply is answered as its request's durability says (module `sync`): a `relaxed` one right
+/// after the commit; an `fsync` one once the write-ahead log is on disk, by the `syncer` thread
+/// while the writer goes on with the next group, or by the writer itself when nothing else waits.
 pub(crate) fn run(
     mut conn: Connection,
     mut state: State,
     inbox: Receiver<Message>,
     clock: Arc<dyn onceq_core::Clock>,
     lock: std::fs::File,
-    syncer: Option<Syncer>,
+    syncer: Syncer,
 ) {
     let shared = state.shared.clone();
     let _stop_if_panicking = StopOnPanic { durable: &shared.durable, thread: "writer" };
@@ -105,7 +104,7 @@ pub(crate) fn run(
         if shutdown.is_empty() {
             pending = inbox.try_recv().ok();
         }
-        answer(committed, syncer.as_ref(), pending.is_some());
+        answer(committed, &syncer, pending.is_some());
         for tick in ticks {
             let _ = tick.send(());
         }
@@ -124,15 +123,13 @@ pub(crate) fn run(
     }
     if !rest.is_empty() || !ticks.is_empty() {
         let committed = group_commit(&mut conn, &mut state, clock.as_ref(), rest);
-        answer(committed, syncer.as_ref(), false);
+        answer(committed, &syncer, false);
     }
     for tick in ticks {
         let _ = tick.send(());
     }
     // Every reply is sent, and the log synced, before the checkpoint and the unlock.
-    if let Some(syncer) = syncer {
-        syncer.finish();
-    }
+    syncer.finish();
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     drop(conn);
     drop(lock); // the data directory is free before `close` returns
@@ -141,15 +138,16 @@ pub(crate) fn run(
     }
 }
 
-/// Answers a committed group: through the syncer once it is durable (`fsync`), or at once.
-fn answer(committed: Batch, syncer: Option<&Syncer>, more_requests: bool) {
-    match syncer {
-        Some(syncer) => syncer.submit(committed, more_requests),
-        None => {
-            for reply in committed.replies {
-                reply(committed.outcome.clone());
-            }
-        }
+/// Answers a committed group: its `relaxed` replies at once, and the rest through the syncer
+/// once the group is durable, if anything in it must be (module `sync`).
+fn answer(mut committed: Batch, syncer: &Syncer, more_requests: bool) {
+    for reply in committed.relaxed.drain(..) {
+        reply(committed.outcome.clone());
+    }
+    if committed.durable {
+        syncer.submit(committed, more_requests);
+    } else {
+        debug_assert!(committed.replies.is_empty(), "a group with fsync replies was not marked durable");
     }
 }
 
@@ -175,13 +173,19 @@ fn poll_briefly(inbox: &Receiver<Message>) -> Option<Message> {
 fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core::Clock, ops: Vec<Op>) -> Batch {
     state.now = clock.now();
     let mut replies: Vec<Reply> = Vec::with_capacity(ops.len());
+    let mut relaxed: Vec<Reply> = Vec::new();
+    // Whether anything of the group must be on disk before it is told: an `fsync` request, or
+    // due work on an `fsync` queue (reads wait for that; module `sync`).
+    let mut durable = false;
     let changes_before = conn.total_changes();
     let mut seq = 0;
+    state.touched_take();
     let result = (|| -> Result<()> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage("starting a transaction"))?;
         state.apply_due(&tx)?;
+        durable |= state.touched_take() == Some(Durability::Fsync);
         // No savepoint per request: a request that returns a domain error (not found, invalid,
         // lease lost) has written nothing, because every check comes before the first write. A
         // storage error mid-request dooms the whole group instead: it rolls back, and every
@@ -190,7 +194,16 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
         let mut failure: Option<Error> = None;
         for op in ops {
             let (outcome, reply) = op(state, &tx);
-            replies.push(reply);
+            // What the request touched decides when it is answered (docs/design.md, "Per-queue
+            // durability"): at commit if every queue it looked at is relaxed (or it looked at
+            // none and the store is), else after the sync.
+            match state.touched_take().unwrap_or(state.durability_default) {
+                Durability::Fsync => {
+                    durable = true;
+                    replies.push(reply);
+                }
+                Durability::Relaxed => relaxed.push(reply),
+            }
             if let Err(e) = outcome {
                 if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Corrupt) && failure.is_none() {
                     failure = Some(e);
@@ -208,7 +221,7 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
         if let Some(e) = state.shared.durable.failure() {
             return Err(e);
         }
-        seq = state.shared.durable.begin_commit();
+        seq = state.shared.durable.begin_commit(durable);
         tx.commit().map_err(storage("committing"))?;
         Ok(())
     })();
@@ -237,5 +250,5 @@ fn group_commit(conn: &mut Connection, state: &mut State, clock: &dyn onceq_core
     // the schema or runs maintenance (ANALYZE, VACUUM) must set `wrote` itself. A commit that
     // failed may still have reached the log: it is synced too.
     let wrote = conn.total_changes() != changes_before || (seq != 0 && outcome.is_err());
-    Batch { seq, wrote, outcome, replies }
+    Batch { seq, wrote, durable, outcome, replies, relaxed }
 }

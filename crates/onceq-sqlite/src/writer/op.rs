@@ -48,7 +48,13 @@ pub(crate) struct Batch {
     /// Whether it may have written to the log: a set of batches none of which did needs no
     /// sync (everything before them was synced by an earlier round).
     pub wrote: bool,
+    /// Whether anything in it must be on disk before it is told (an `fsync` request, due work on
+    /// an `fsync` queue): only such a batch goes to the syncer, and reads wait for it.
+    pub durable: bool,
     /// The group's outcome: an error is passed on as is, after the sync.
     pub outcome: Result<()>,
+    /// Replies that wait for the sync (requests that touched an `fsync` queue).
     pub replies: Vec<Reply>,
+    /// Replies answered at commit (requests that touched only `relaxed` queues).
+    pub relaxed: Vec<Reply>,
 }

@@ -33,9 +33,12 @@ impl State {
                 if let Some(entry) = self.queues.get(name) {
                     self.flow_configured(entry.id, &config);
                 }
+                self.touch(&config);
                 Ok(config)
             }
             Some(entry) => {
+                // The reply waits as the stricter of the old and the new durability says.
+                self.touch(&entry.config);
                 let config = entry.config.patched(patch)?;
                 // A job's state and partition were decided by the ordering it was enqueued under.
                 let jobs: u64 = entry.counts.iter().sum();
@@ -51,6 +54,7 @@ impl State {
                 }
                 self.flow_configured(id, &config);
                 self.dirty.insert(id);
+                self.touch(&config);
                 Ok(config)
             }
         }

@@ -448,6 +448,7 @@ macro_rules! conformance_suite {
                 queue_list_pages_by_name,
                 queue_ops_on_unknown_queue_are_not_found,
                 queue_delete_removes_queue_and_jobs,
+                queue_durability_round_trips_and_relaxed_queues_work,
             ],
             limits: [
                 limits_accept_their_maximum,

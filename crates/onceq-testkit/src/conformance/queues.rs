@@ -291,3 +291,67 @@ pub async fn queue_delete_removes_queue_and_jobs<B: Backend>(backend: &B) {
     assert!(reborn.id > survivor);
     assert_eq!(f.store.queue_get(&q).await.map(|i| i.config), Ok(defaults()));
 }
+
+/// A queue's `durability` round-trips through `queue_upsert` and `queue_get`: absent by default
+/// (the store's own setting), kept by a patch that does not name it, and cleared by `null`.
+/// Every operation works on a `relaxed` queue and across a relaxed and an `fsync` one: enqueue,
+/// lease, extend, nack, release, fail, a redrive into the fsync queue, a commit spanning both,
+/// and ack. (That a relaxed reply does not wait for the disk is each store's own test: the
+/// seam cannot see it; that relaxed work survives a clean close is the embedded store's.)
+pub async fn queue_durability_round_trips_and_relaxed_queues_work<B: Backend>(backend: &B) {
+    use onceq_core::commit::{Commit, CommitEnqueue};
+    use onceq_core::{Durability, NackOutcome};
+
+    let (f, _clock) = open_manual(backend).await;
+    let fast = queue("durability-relaxed");
+    let safe = queue("durability-fsync");
+    assert_eq!(f.upsert(&queue("durability-default"), QueueConfigPatch::default()).await.durability, None);
+    let set = |durability: Option<Durability>| QueueConfigPatch { durability: Some(durability), ..Default::default() };
+    let relaxed = f.upsert(&fast, set(Some(Durability::Relaxed))).await;
+    assert_eq!(relaxed, QueueConfig { durability: Some(Durability::Relaxed), ..defaults() });
+    assert_eq!(f.store.queue_get(&fast).await.map(|i| i.config), Ok(relaxed));
+    assert_eq!(f.upsert(&safe, set(Some(Durability::Fsync))).await.durability, Some(Durability::Fsync));
+    let kept = f.upsert(&fast, QueueConfigPatch { dedup_window_ms: Some(1_000), ..Default::default() }).await;
+    assert_eq!(kept.durability, Some(Durability::Relaxed), "a patch without durability changed it");
+
+    let ids = f.enqueue(&fast, vec![NewJob::new("a"), NewJob::new("b"), NewJob::new("c")]).await;
+    assert_eq!(f.stats(&fast).await.ready, 3);
+    let leased = f.lease(&fast, 3, None).await;
+    assert_eq!(leased.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+    assert_eq!(f.store.extend(leased[0].lease(), 60_000).await, Ok(f.now().plus_ms(60_000)));
+    assert_eq!(
+        f.store.nack(leased[1].lease(), Some(0), Some("later")).await,
+        Ok(NackOutcome::Retrying { run_at: f.now() })
+    );
+    assert_eq!(f.store.release(leased[2].lease(), None).await, Ok(()));
+    assert_eq!(f.store.fail(leased[0].lease(), "broken").await, Ok(()));
+    assert_eq!(f.stats(&fast).await, counts(2, 0, 0, 1, Some(0)));
+
+    let again = f.lease(&fast, 2, None).await;
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), ids[1..].to_vec());
+    assert_eq!(f.store.ack(again[0].lease()).await, Ok(()));
+    let redriven = f.store.dead_redrive(&fast, Redrive { to_queue: Some(safe.clone()), ..Redrive::default() }).await;
+    assert_eq!(redriven.map(|r| (r.matched, r.redriven)), Ok((1, 1)));
+    // One commit settles in the relaxed queue and enqueues into both.
+    let commit = Commit {
+        ack: vec![again[1].lease()],
+        enqueue: vec![
+            CommitEnqueue { queue: fast.clone(), jobs: vec![NewJob::new("d")] },
+            CommitEnqueue { queue: safe.clone(), jobs: vec![NewJob::new("e")] },
+        ],
+        ..Commit::default()
+    };
+    let outcome = f.store.commit(commit).await.unwrap();
+    assert_eq!(outcome.enqueued.iter().map(|e| e.jobs.len()).collect::<Vec<_>>(), vec![1, 1]);
+    assert_eq!(f.stats(&fast).await, counts(1, 0, 0, 0, Some(0)));
+    assert_eq!(f.stats(&safe).await, counts(2, 0, 0, 0, Some(0)));
+    let moved = f.lease(&safe, 10, None).await;
+    assert_eq!(moved[0].id, ids[0], "the redriven job is in the fsync queue");
+    for job in &moved {
+        assert_eq!(f.store.ack(job.lease()).await, Ok(()));
+    }
+
+    let cleared = f.upsert(&fast, set(None)).await;
+    assert_eq!(cleared, QueueConfig { dedup_window_ms: 1_000, ..defaults() }, "null went back to the store's");
+    assert_eq!(f.store.queue_get(&fast).await.map(|i| i.config), Ok(cleared));
+}
