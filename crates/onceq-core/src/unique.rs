@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::limits::UNIQUE_WINDOW_MS_MAX;
-use crate::{Error, JobState, NewJob, Result};
+use crate::{Error, Result};
 
 /// What a job's unique key is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,19 +41,6 @@ pub enum UniqueWhile {
 }
 
 impl UniqueWhile {
-    /// Whether a job in `state` holds a key it took with this rule; always false for `window`,
-    /// which is judged by time alone. Every state not named here frees the key: dead, and any
-    /// state a job ends in (a cancelled job frees its key with no store code of its own).
-    pub fn holds(self, state: JobState) -> bool {
-        match self {
-            UniqueWhile::Pending => matches!(state, JobState::Scheduled | JobState::Ready | JobState::Blocked),
-            UniqueWhile::Active => {
-                matches!(state, JobState::Scheduled | JobState::Ready | JobState::Blocked | JobState::Leased)
-            }
-            UniqueWhile::Window => false,
-        }
-    }
-
     /// The small integer stores keep for the rule.
     pub const fn code(self) -> i16 {
         match self {
@@ -96,10 +83,10 @@ impl Unique {
         Unique { by, held_while: UniqueWhile::Window, window_ms: Some(window_ms) }
     }
 
-    /// Checks the request against `job`: a window of 1 to [`UNIQUE_WINDOW_MS_MAX`] ms with
+    /// Checks the request against a job with this dedup id and payload: a window of 1 to [`UNIQUE_WINDOW_MS_MAX`] ms with
     /// `while: window` and none otherwise, a dedup id for `by: dedup_id`, a JSON payload for
     /// `by: payload`.
-    pub fn validate(&self, job: &NewJob) -> Result<()> {
+    pub fn validate_of(&self, dedup_id: Option<&str>, payload: &[u8]) -> Result<()> {
         match (self.held_while, self.window_ms) {
             (UniqueWhile::Window, None) => {
                 return Err(Error::invalid("unique.while is window, so unique.window_ms is needed"));
@@ -117,19 +104,12 @@ impl Unique {
             _ => {}
         }
         match self.by {
-            UniqueBy::DedupId if job.dedup_id.is_none() => {
+            UniqueBy::DedupId if dedup_id.is_none() => {
                 Err(Error::invalid("unique.by is dedup_id, so the job needs a dedup_id"))
             }
             UniqueBy::DedupId => Ok(()),
-            UniqueBy::Payload => canonical_json(&job.payload).map(|_| ()),
+            UniqueBy::Payload => canonical_json(payload).map(|_| ()),
         }
-    }
-
-    /// The key `job` takes (the job already validated): `d` and the dedup id's bytes, or `p`
-    /// and the 32 bytes of the SHA-256 of the payload's canonical form. The leading byte keeps
-    /// the two kinds apart.
-    pub fn key(&self, job: &NewJob) -> Result<Vec<u8>> {
-        self.key_of(job.dedup_id.as_deref(), &job.payload)
     }
 
     /// [`Unique::key`] of a job with this dedup id and payload.
@@ -205,6 +185,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::{JobState, NewJob};
 
     #[test]
     fn canonical_form_sorts_keys_and_drops_whitespace() {

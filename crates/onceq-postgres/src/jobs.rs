@@ -35,6 +35,21 @@ use crate::{job_id, parse_config, plus_ms, row_id, Conn, KnownQueue, PgStore};
 
 /// Tries at resolving the queue of an enqueue that finds it deleted under its feet.
 pub(crate) const QUEUE_RESOLVE_TRIES_MAX: usize = 4;
+
+/// Deletes at most `$1` records whose job is gone (acked, purged, leased at most once): job ids
+/// are not reused, so such a record can never hold its key again. Run seldom (see `sweep`); here, beside the sweep, rather than in
+/// `unique`, which builds on this module.
+pub(crate) const UNIQUE_SWEEP_GONE: &str = "DELETE FROM {s}.unique_keys WHERE ctid = ANY (ARRAY( \
+                                             SELECT k.ctid FROM {s}.unique_keys k WHERE k.expires_at IS NULL \
+                                             AND NOT EXISTS (SELECT 1 FROM {s}.jobs j WHERE j.id = k.job_id) \
+                                             LIMIT $1 FOR UPDATE SKIP LOCKED))";
+
+/// Whether `job` is unique by its dedup id: then its dedup id is judged by the unique rule, and
+/// the plain enqueue does not claim it for the queue's dedup window.
+pub(crate) fn by_dedup_id(job: &NewJob) -> bool {
+    job.unique.is_some_and(|u| u.by == onceq_core::UniqueBy::DedupId)
+}
+
 /// How often (store-clock ms) expired dedup ids and idempotency records are swept.
 const SWEEP_INTERVAL_MS: i64 = 1_000;
 /// How often (store-clock ms) the unique keys of jobs that are gone are swept: that reads
@@ -968,7 +983,7 @@ impl PgStore {
         let mut first_mention: HashMap<&str, usize> = HashMap::new();
         let mut repeat_of: Vec<Option<usize>> = vec![None; jobs.len()];
         for (i, job) in jobs.iter().enumerate() {
-            if let (Some(d), true) = (job.dedup_id.as_deref(), window > 0 && !crate::unique::by_dedup_id(job)) {
+            if let (Some(d), true) = (job.dedup_id.as_deref(), window > 0 && !by_dedup_id(job)) {
                 match first_mention.get(d) {
                     Some(&first) => repeat_of[i] = Some(first),
                     None => {
@@ -991,11 +1006,8 @@ impl PgStore {
             .collect();
         let dedup_ids: Vec<Option<&str>> = rows_of.iter().map(|&i| jobs[i].dedup_id.as_deref()).collect();
         // A job unique by its dedup id is judged by its unique rule (module `unique`) instead.
-        let claims: Vec<bool> = rows_of
-            .iter()
-            .zip(&dedup_ids)
-            .map(|(&i, d)| window > 0 && d.is_some() && !crate::unique::by_dedup_id(&jobs[i]))
-            .collect();
+        let claims: Vec<bool> =
+            rows_of.iter().zip(&dedup_ids).map(|(&i, d)| window > 0 && d.is_some() && !by_dedup_id(&jobs[i])).collect();
         // Key-less jobs of an unordered queue take the statement they always took (see `keys`).
         let per_key = config.ordering == Ordering::PerKey;
         let keyed = per_key || rows_of.iter().any(|&i| jobs[i].ordering_key.is_some());
@@ -1108,7 +1120,7 @@ impl PgStore {
             tracing::warn!(%error, "sweeping expired dedup ids and idempotency keys failed");
         }
         if (now / SWEEP_INTERVAL_MS) % UNIQUE_SWEEP_EVERY == 0 {
-            let sql = self.sql(crate::unique::UNIQUE_SWEEP_GONE);
+            let sql = self.sql(UNIQUE_SWEEP_GONE);
             let swept = self
                 .run("sweeping the unique keys of finished jobs", || {
                     pooled!(self, sqlx::query(&sql).bind(SWEEP_BATCH_MAX), execute)

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use onceq_core::{Enqueued, Error, NewJob, QueueName, Result, UniqueBy, UniqueWhile};
+use onceq_core::{Enqueued, Error, QueueName, Result, UniqueWhile};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
@@ -41,13 +41,6 @@ const UNIQUE_RECORD: &str = "INSERT INTO {s}.unique_keys (queue_id, unique_key, 
                                  AS u(k, j, w, e) \
                              ON CONFLICT (queue_id, unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, \
                                  held_while = EXCLUDED.held_while, expires_at = EXCLUDED.expires_at";
-
-/// Deletes at most `$1` records whose job is gone (acked, purged, leased at most once): job ids
-/// are not reused, so such a record can never hold its key again. Run seldom (see `jobs`).
-pub(crate) const UNIQUE_SWEEP_GONE: &str = "DELETE FROM {s}.unique_keys WHERE ctid = ANY (ARRAY( \
-                                             SELECT k.ctid FROM {s}.unique_keys k WHERE k.expires_at IS NULL \
-                                             AND NOT EXISTS (SELECT 1 FROM {s}.jobs j WHERE j.id = k.job_id) \
-                                             LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
 /// What became of one job of the batch before the insert.
 enum Fate {
@@ -192,12 +185,6 @@ impl PgStore {
 fn lock_of(queue_id: i64, key: &[u8]) -> i32 {
     let digest = Sha256::new().chain_update(queue_id.to_be_bytes()).chain_update(key).finalize();
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
-
-/// Whether `job` is unique by its dedup id: then its dedup id is judged by the unique rule, and
-/// the plain enqueue does not claim it for the queue's dedup window.
-pub(crate) fn by_dedup_id(job: &NewJob) -> bool {
-    job.unique.is_some_and(|u| u.by == UniqueBy::DedupId)
 }
 
 #[cfg(test)]
