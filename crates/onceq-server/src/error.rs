@@ -110,7 +110,9 @@ impl ApiError {
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
             "not_found" => StatusCode::NOT_FOUND,
-            "lease_lost" | "conflict" | "queue_not_empty" | "not_member" => StatusCode::CONFLICT,
+            "lease_lost" | "job_cancelled" | "conflict" | "queue_not_empty" | "not_member" | "fenced" => {
+                StatusCode::CONFLICT
+            }
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
