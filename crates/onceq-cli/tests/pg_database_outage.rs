@@ -239,8 +239,7 @@ async fn the_server_answers_503_while_postgres_is_down_and_recovers_without_a_re
     assert!(results["results"].as_array().unwrap().iter().all(|r| r["ok"] == true), "{results}");
     let acked_before: BTreeSet<String> = to_ack.iter().map(id_of).collect();
     let held_acks: Vec<Value> = held.iter().map(|j| json!({"id": id_of(j), "lease_token": token_of(j)})).collect();
-    let expected_stats =
-        json!({"ready": BEFORE - ACKED_BEFORE - HELD, "scheduled": 0, "leased": HELD, "dead": 0, "blocked": 0});
+    let expected_stats = json!({"ready": BEFORE - ACKED_BEFORE - HELD, "scheduled": 0, "leased": HELD, "dead": 0, "blocked": 0, "cancelled": 0});
 
     // The load runs through everything that follows.
     let load: Shared = Arc::default();
