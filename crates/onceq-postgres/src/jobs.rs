@@ -1841,7 +1841,7 @@ mod tests {
         let sql = settle_sql(RELEASE, Some("released"));
         assert!(!sql.contains("{verdict") && !sql.contains("{notify"), "{sql}");
         assert!(sql.contains("LEFT JOIN released s ON s.id = i.id") && sql.contains("FROM released c JOIN"), "{sql}");
-        assert!(sql.contains(", (SELECT count(*) FROM notified) AS notified\nFROM items i"), "{sql}");
+        assert!(sql.contains(", (SELECT count(*) FROM notified) AS notified") && sql.contains("\nFROM items i\n"), "{sql}");
     }
 
     #[test]
