@@ -209,6 +209,16 @@ export class Client {
     return this.#json("POST", `/v1/jobs/${seg(id)}/cancel`, undefined, opts);
   }
 
+  /** Fails a job that is not leased, now: dead whatever attempts it has left, with `error` recorded ("failed by an operator" when absent). A leased or cancelled job is `Conflict`; a dead one comes back as it is. Needs `admin`; safe to retry. */
+  kill(id: string, error?: string, opts?: CallOptions): Promise<Job> {
+    return this.#json("POST", `/v1/jobs/${seg(id)}/kill`, error === undefined ? {} : { error }, opts);
+  }
+
+  /** Deletes a job that is not leased, with its error history. A leased job is `Conflict`; one that is gone is `NotFound`. Needs `admin`. */
+  async delete(id: string, opts?: CallOptions): Promise<void> {
+    await this.#send("DELETE", `/v1/jobs/${seg(id)}`, undefined, opts);
+  }
+
   /** Leases up to `max_jobs` ready jobs (waiting up to `wait_ms` for one). */
   async lease(queue: string, options: LeaseOptions = {}, opts?: CallOptions): Promise<LeasedJob[]> {
     const reply = await this.#json<{ jobs: LeasedJob[] }>("POST", `/v1/queues/${seg(queue)}/leases`, options, opts);

@@ -85,6 +85,22 @@ test("cancel ends a waiting job and marks a leased one", async () => {
   assert.equal((await client.queueGet(q)).stats.cancelled, 2);
 });
 
+test("kill makes a waiting job dead, delete removes it, a leased job is refused both", async () => {
+  const q = queueName();
+  const [waiting] = await client.enqueue(q, [{ payload: 1, delay_ms: 60_000 }]);
+  const killed = await client.kill(waiting.id, "bad data");
+  assert.deepEqual([killed.state, killed.errors.at(-1).error], ["dead", "bad data"]);
+  assert.equal((await client.kill(waiting.id)).errors.length, 1, "a dead job stays as it is");
+  await client.delete(waiting.id);
+  await assert.rejects(client.jobGet(waiting.id), NotFound);
+  await assert.rejects(client.delete(waiting.id), NotFound);
+  await client.enqueue(q, [{ payload: 2 }]);
+  const [job] = await client.lease(q, { visibility_timeout_ms: 30_000 });
+  await assert.rejects(client.kill(job.id), (e) => e instanceof Conflict && e.status === 409);
+  await assert.rejects(client.delete(job.id), (e) => e instanceof Conflict && e.status === 409);
+  await client.ack(job.id, job.lease_token);
+});
+
 test("nack to dead, list the dead, redrive, purge", async () => {
   const q = queueName();
   await client.queuePut(q, { max_attempts: 1 });

@@ -109,6 +109,25 @@ def test_cancel_ends_a_waiting_job_and_marks_a_leased_one(client: onceq.Client, 
         client.cancel("999999999")
 
 
+def test_kill_and_delete_act_on_a_job_that_is_not_leased(client: onceq.Client, queue: str) -> None:
+    waiting = client.enqueue(queue, {"n": 1}, delay_ms=60_000)
+    killed = client.kill(waiting.id, "bad data")
+    assert (killed.state, killed.errors[-1].error) == ("dead", "bad data")
+    assert len(client.kill(waiting.id).errors) == 1
+    client.delete(waiting.id)
+    with pytest.raises(onceq.NotFound):
+        client.job_get(waiting.id)
+    with pytest.raises(onceq.NotFound):
+        client.delete(waiting.id)
+    client.enqueue(queue, {"n": 2})
+    [job] = client.lease(queue, visibility_timeout_ms=30_000)
+    with pytest.raises(onceq.Conflict):
+        client.kill(job.id)
+    with pytest.raises(onceq.Conflict):
+        client.delete(job.id)
+    client.ack(job.id, job.lease_token)
+
+
 def test_rate_limited_carries_retry_after(client: onceq.Client, queue: str) -> None:
     client.queue_put(queue, max_depth=1)
     client.enqueue(queue, 1)

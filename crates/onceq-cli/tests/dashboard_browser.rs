@@ -4,7 +4,7 @@
 //! failing three times shows its three errors, with times, on its timeline; it is redriven from
 //! the dead letters (after a confirmation that says how many) and then acked; a queue is paused
 //! and resumed; a payload `<img src=x onerror=...>` and an error holding `<script>` render as text
-//! and no handler runs; a job is cancelled from its page; an idempotency key's state, owner and result are shown; a forged POST without the CSRF token is refused and changes nothing; a
+//! and no handler runs; a job is cancelled and then deleted from its page, another failed from its page with an error text and purged as a selected dead letter; an idempotency key's state, owner and result are shown; a forged POST without the CSRF token is refused and changes nothing; a
 //! read-only token finds no action and its forged POSTs are refused. It writes the screenshots of
 //! docs/ (overview, job timeline, dead letters) as it goes.
 //!
@@ -311,6 +311,40 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(b.text("#cancelled").await.starts_with("Cancelled "), "{}", b.body().await);
     assert_eq!(b.count("button[data-action=cancel]").await, 0, "a cancelled job offers no cancel");
     assert_eq!(api.get(&format!("/v1/jobs/{later}")).await.ok(200)["state"], "cancelled");
+    // Delete it from its page, after a confirmation: it is gone.
+    b.submit("button[data-action=delete]").await;
+    assert!(b.text("#confirm-text").await.starts_with(&format!("Delete job {later} of queue emails (cancelled)?")));
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{later}")).await.ok(200)["state"],
+        "cancelled",
+        "nothing before the confirmation"
+    );
+    b.submit("button[data-action=confirm]").await;
+    assert_eq!(b.text("#done-text").await, format!("Job {later} of queue emails deleted."));
+    assert_eq!(api.get(&format!("/v1/jobs/{later}")).await.status, 404);
+
+    // Fail a waiting job from its page with an error text: it is dead, the error on its
+    // timeline; then purge it from the dead letters as a selected job.
+    let doomed = api
+        .post("/v1/queues/emails/jobs", json!({"jobs": [{"payload": {"to": "d"}, "delay_ms": 3_600_000}]}))
+        .await
+        .ok(200)["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.goto(&format!("{base}/ui/jobs/{doomed}")).await;
+    b.fill("form[action$='/kill'] input[name=error]", "operator: <b>bad</b> address").await;
+    b.submit("button[data-action=kill]").await;
+    assert_eq!(b.text("#job-state").await, "dead");
+    assert!(b.text("#timeline").await.contains("operator: <b>bad</b> address"), "{}", b.body().await);
+    assert_eq!(b.count("button[data-action=kill]").await, 0, "a dead job offers no fail");
+    b.goto(&format!("{base}/ui/queues/emails/dead")).await;
+    b.click(&format!("#dead input[name=id][value=\"{doomed}\"]")).await;
+    b.submit("button[data-action=purge-selected]").await;
+    assert_eq!(b.text("#confirm-text").await, "Purge 1 dead job of queue emails? They are deleted for good.");
+    b.submit("button[data-action=confirm]").await;
+    assert_eq!(b.text("#done-text").await, "1 dead job of queue emails purged.");
+    assert_eq!(api.get(&format!("/v1/jobs/{doomed}")).await.status, 404);
 
     // Pause and resume from the overview.
     b.goto(&format!("{base}/ui")).await;

@@ -406,6 +406,25 @@ impl Store for Client {
         self.job(view)
     }
 
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        // Not retried: a delete whose reply was lost would answer its retry with not_found.
+        self.call(Method::DELETE, &format!("/v1/jobs/{id}")).missing(Missing::Job(id)).send().await
+    }
+
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        // Idempotent: a dead job stays as it is, so a retry after a lost reply is safe.
+        let body = serde_json::json!({ "error": error });
+        let view: JobView = self
+            .patiently(|| {
+                self.call(Method::POST, &format!("/v1/jobs/{id}/kill")).json(&body).missing(Missing::Job(id)).fetch()
+            })
+            .await?;
+        if view.id != id {
+            return Err(self.unreadable(&format!("job {} for job {id}", view.id), "the ids differ"));
+        }
+        self.job(view)
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Job> {
         let view: JobView = self.call(Method::GET, &format!("/v1/jobs/{id}")).missing(Missing::Job(id)).fetch().await?;
         if view.id != id {

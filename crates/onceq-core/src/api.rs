@@ -565,6 +565,19 @@ pub struct ExtendResponse {
     pub lease_expires_at: String,
 }
 
+/// `POST /v1/jobs/{id}/kill`: an operator fails a job that is not leased.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KillRequest {
+    /// Recorded as the error of the job's current attempt; [`KILL_ERROR_DEFAULT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The error a kill records when the request names none.
+pub const KILL_ERROR_DEFAULT: &str = "failed by an operator";
+
 /// `POST /v1/jobs/{id}/fail`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

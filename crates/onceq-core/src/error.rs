@@ -174,6 +174,20 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidRequest(message.into())
     }
+
+    /// The refusal of an operator's delete or kill (`what`: "deleted") of job `id`, which is
+    /// leased: the same words on every store.
+    pub fn leased_job(id: JobId, what: &str) -> Self {
+        Error::Conflict(format!(
+            "job {id} is leased: it is not {what} under a running handler; cancel it (its holder's next extend \
+             learns of it), or let its holder settle it"
+        ))
+    }
+
+    /// The refusal of an operator's kill of job `id`, which was cancelled.
+    pub fn cancelled_job_not_failed(id: JobId) -> Self {
+        Error::Conflict(format!("job {id} is cancelled: it ended already, and is not failed"))
+    }
 }
 
 /// `1, 2, 3` for an error message.

@@ -293,7 +293,8 @@ pub enum JobState {
 /// The error one attempt ended with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptError {
-    /// The attempt (1-based) that failed.
+    /// The attempt (1-based) that failed; for an operator's kill (`Store::job_kill`), the attempts
+    /// spent so far (0 for a job that never ran).
     pub attempt: u32,
     /// What went wrong, as reported (cut at [`ERROR_TEXT_BYTES_MAX`]).
     pub error: String,

@@ -19,12 +19,14 @@ pub const STALE_LEASE_REJECTIONS: &str = "onceq_stale_lease_rejections_total";
 pub const LEASE_EXTENSIONS: &str = "onceq_lease_extensions_total";
 /// Counter: acks.
 pub const ACKS: &str = "onceq_acks_total";
-/// Counter: jobs dead-lettered; `reason` is `attempts_exhausted` or `failed`. Its rate is the
-/// DLQ ingestion velocity.
+/// Counter: jobs dead-lettered; `reason` is `attempts_exhausted`, `failed` or `killed` (failed by
+/// an operator, `POST /v1/jobs/{id}/kill`). Its rate is the DLQ ingestion velocity.
 pub const DEAD_LETTERED: &str = "onceq_dead_lettered_total";
 /// Counter: jobs cancelled (`POST /v1/jobs/{id}/cancel`): counted when the job ends
 /// `cancelled`, at once for a job that was not leased, at the end of its lease for one that was.
 pub const JOBS_CANCELLED: &str = "onceq_jobs_cancelled_total";
+/// Counter: jobs deleted by an operator (`DELETE /v1/jobs/{id}`).
+pub const JOBS_DELETED: &str = "onceq_jobs_deleted_total";
 /// Counter: dead jobs made ready again.
 pub const REDRIVEN: &str = "onceq_redriven_total";
 /// Histogram (seconds): enqueue to first lease.

@@ -155,6 +155,20 @@ pub trait Store: Send + Sync {
     /// (nack, release, fail, expiry) ends it `Cancelled`. A cancelled job stays as it is
     /// (cancelling again changes nothing). A dead job: `Conflict` (redrive or purge it).
     async fn job_cancel(&self, id: JobId) -> Result<Job>;
+    /// Deletes a job that is not leased, with its error history: a scheduled, ready, blocked,
+    /// dead or cancelled job is gone for good (an ordered key it heads moves on; a blocked one
+    /// leaves the line), and reads of it answer `JobNotFound`. A leased job: `Conflict` (cancel it,
+    /// or let its holder settle it; deleting under a running handler would turn its ack into
+    /// `lease_lost` after the work took effect). What the job took stays: its dedup id answers
+    /// duplicates with its id until the window ends, as an acked job's does.
+    async fn job_delete(&self, id: JobId) -> Result<()>;
+    /// Fails a job that is not leased, now, by an operator: a scheduled, ready or blocked job
+    /// goes dead whatever attempts it has left, with `error` recorded as the error of its
+    /// current attempt, and is counted in `onceq_dead_lettered_total{reason="killed"}`. In a
+    /// `per_key` queue it leaves its key as any job that dies does (`dead_blocks_key` decides).
+    /// A dead job stays as it is (no second error). A leased job: `Conflict` (its holder fails
+    /// it, or cancel it); a cancelled one: `Conflict`. Returns the job as it is then.
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job>;
     /// Reads one job.
     async fn job_get(&self, id: JobId) -> Result<Job>;
     /// Leases up to `max_jobs` ready jobs: highest priority first, then oldest `run_at`, then
@@ -310,6 +324,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn job_cancel(&self, id: JobId) -> Result<Job> {
         (**self).job_cancel(id).await
+    }
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        (**self).job_delete(id).await
+    }
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        (**self).job_kill(id, error).await
     }
     async fn job_get(&self, id: JobId) -> Result<Job> {
         (**self).job_get(id).await

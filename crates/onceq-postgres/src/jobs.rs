@@ -308,6 +308,46 @@ SELECT o.state AS was, q.name, (SELECT promoted FROM moved_on) AS promoted
 FROM old o JOIN {s}.jobs j ON j.id = o.id JOIN {s}.queues q ON q.id = j.queue_id
 "#;
 
+/// An operator's delete of a job that is not leased (`Store::job_delete`): the row and its
+/// errors go; a head (ready, scheduled, or dead with `dead_blocks_key`) hands its key on, a
+/// blocked job (state 4) simply leaves the line. `was` tells the caller what it found.
+const DELETE: &str = r#"
+WITH t AS (SELECT {now} AS now),
+old AS (SELECT id, state, queue_id FROM {s}.jobs WHERE id = $2 FOR UPDATE),
+deleted AS (
+    DELETE FROM {s}.jobs j USING old o
+    WHERE j.id = o.id AND o.state <> 2
+    RETURNING j.id, j.queue_id, j.ordering_key, j.partition, o.state AS was
+),
+forgotten AS (DELETE FROM {s}.job_errors e USING deleted d WHERE e.job_id = d.id),
+leaving AS (SELECT * FROM deleted WHERE was IN (0, 1, 3)),
+{move_on:leaving}
+SELECT o.state AS was, q.name, (SELECT promoted FROM moved_on) AS promoted
+FROM old o JOIN {s}.queues q ON q.id = o.queue_id
+"#;
+
+/// An operator's kill of a scheduled, ready or blocked job (`Store::job_kill`): it goes dead
+/// with `$3` recorded as its current attempt's error; a head leaves its key as any job that
+/// dies does (`dead_blocks_key` decides), a blocked one leaves the line.
+const KILL: &str = r#"
+WITH t AS (SELECT {now} AS now),
+old AS (SELECT id, state, queue_id FROM {s}.jobs WHERE id = $2 FOR UPDATE),
+killed AS (
+    UPDATE {s}.jobs j SET state = 3, error_count = j.error_count + 1
+    FROM old o
+    WHERE j.id = o.id AND o.state IN (0, 1, 4)
+    RETURNING j.id, j.queue_id, j.state, j.attempt, j.error_count, j.ordering_key, j.partition, o.state AS was
+),
+recorded AS (
+    INSERT INTO {s}.job_errors (job_id, n, attempt, at, error)
+    SELECT k.id, k.error_count, k.attempt, t.now, $3 FROM killed k CROSS JOIN t
+),
+heads AS (SELECT * FROM killed WHERE was IN (0, 1)),
+{move_on_dead:heads}
+SELECT o.state AS was, q.name, (SELECT promoted FROM moved_on) AS promoted
+FROM old o JOIN {s}.queues q ON q.id = o.queue_id
+"#;
+
 /// The common tail of every settle statement: one row per item, in order, saying whether the
 /// statement settled it (`done`), and if not whether the job existed (then the token was not its
 /// live lease), with the queue for metrics. `{settled}` is the CTE of settled rows (`id`,
@@ -1556,6 +1596,47 @@ impl PgStore {
         self.job_get(id).await
     }
 
+    pub(crate) async fn job_delete(&self, id: JobId) -> Result<()> {
+        let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
+        let sql = self.sql(&with_move_on(DELETE));
+        let now = self.now_param();
+        let row = self
+            .run("deleting a job", || pooled!(self, sqlx::query(&sql).bind(now).bind(row_id), fetch_optional))
+            .await?;
+        let Some(row) = row else { return Err(Error::JobNotFound(id)) };
+        let was: i16 = row.try_get("was").map_err(decode)?;
+        let queue: String = row.try_get("name").map_err(decode)?;
+        if was == state::LEASED {
+            return Err(Error::leased_job(id, "deleted"));
+        }
+        metrics::counter!(names::JOBS_DELETED, "queue" => queue).increment(1);
+        Ok(())
+    }
+
+    pub(crate) async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
+        let sql = self.sql(&with_move_on(KILL));
+        let now = self.now_param();
+        let error = error_text(error);
+        let row = self
+            .run("failing a job", || {
+                pooled!(self, sqlx::query(&sql).bind(now).bind(row_id).bind(&error), fetch_optional)
+            })
+            .await?;
+        let Some(row) = row else { return Err(Error::JobNotFound(id)) };
+        let was: i16 = row.try_get("was").map_err(decode)?;
+        let queue: String = row.try_get("name").map_err(decode)?;
+        match was {
+            state::SCHEDULED | state::READY | state::BLOCKED => {
+                metrics::counter!(names::DEAD_LETTERED, "queue" => queue, "reason" => "killed").increment(1);
+            }
+            state::LEASED => return Err(Error::leased_job(id, "failed by an operator")),
+            state::CANCELLED => return Err(Error::cancelled_job_not_failed(id)),
+            _ => {}
+        }
+        self.job_get(id).await
+    }
+
     pub(crate) async fn job_get(&self, id: JobId) -> Result<Job> {
         let Some(row_id) = row_id(id) else { return Err(Error::JobNotFound(id)) };
         let (_, queue) = self.apply_due(Scope::Job(row_id)).await?.queue();
@@ -1841,7 +1922,10 @@ mod tests {
         let sql = settle_sql(RELEASE, Some("released"));
         assert!(!sql.contains("{verdict") && !sql.contains("{notify"), "{sql}");
         assert!(sql.contains("LEFT JOIN released s ON s.id = i.id") && sql.contains("FROM released c JOIN"), "{sql}");
-        assert!(sql.contains(", (SELECT count(*) FROM notified) AS notified") && sql.contains("\nFROM items i\n"), "{sql}");
+        assert!(
+            sql.contains(", (SELECT count(*) FROM notified) AS notified") && sql.contains("\nFROM items i\n"),
+            "{sql}"
+        );
     }
 
     #[test]

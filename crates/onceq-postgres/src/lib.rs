@@ -776,6 +776,14 @@ impl Store for PgStore {
         self.job_cancel(id).await
     }
 
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        self.job_delete(id).await
+    }
+
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        self.job_kill(id, error).await
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.job_get(id).await
     }

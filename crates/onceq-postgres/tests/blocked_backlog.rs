@@ -82,6 +82,7 @@ async fn a_lease_reads_no_blocked_job_behind_a_million_job_backlog() {
         .bind(queue_id)
         .bind(&tokens)
         .bind(60_000_i64)
+        .bind(false)
         .fetch_one(&mut conn)
         .await
         .unwrap();

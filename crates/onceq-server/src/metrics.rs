@@ -70,6 +70,7 @@ fn describe() {
     describe_counter!(names::DEAD_LETTERED, "Jobs dead-lettered, by reason (the DLQ ingestion velocity).");
     describe_counter!(names::REDRIVEN, "Dead jobs made ready again.");
     describe_counter!(names::JOBS_CANCELLED, "Jobs that ended cancelled.");
+    describe_counter!(names::JOBS_DELETED, "Jobs deleted by an operator.");
     describe_histogram!(names::ENQUEUE_TO_LEASE, Unit::Seconds, "Time from enqueue to first lease.");
     describe_histogram!(names::LEASE_TO_ACK, Unit::Seconds, "Time from lease to ack.");
     describe_gauge!(names::QUEUE_DEPTH, "Jobs by state.");
@@ -117,13 +118,14 @@ const QUEUE_COUNTERS: &[&str] = &[
     names::ACKS,
     names::REDRIVEN,
     names::JOBS_CANCELLED,
+    names::JOBS_DELETED,
     names::MAX_DEPTH_REFUSALS,
 ];
 
 /// Counters labelled by `queue` and one more label, with every value that label takes.
 const QUEUE_COUNTERS_BY: &[(&str, &str, &[&str])] = &[
     (names::REDELIVERIES, "reason", &["nack", "lease_expired", "released"]),
-    (names::DEAD_LETTERED, "reason", &["attempts_exhausted", "failed"]),
+    (names::DEAD_LETTERED, "reason", &["attempts_exhausted", "failed", "killed"]),
     (names::FLOW_HELD_BACK, "limit", &["rate", "in_flight", "rate_per_key", "in_flight_per_key"]),
 ];
 

@@ -43,8 +43,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/queues/{queue}/groups/{group}/members", post(group_join))
         .route("/v1/queues/{queue}/groups/{group}/members/{member_id}", axum::routing::delete(group_leave))
         .route("/v1/queues/{queue}/groups/{group}/members/{member_id}/heartbeat", post(group_heartbeat))
-        .route("/v1/jobs/{id}", get(job_get))
+        .route("/v1/jobs/{id}", get(job_get).delete(job_delete))
         .route("/v1/jobs/{id}/cancel", post(job_cancel))
+        .route("/v1/jobs/{id}/kill", post(job_kill))
         .route("/v1/jobs/{id}/ack", post(job_ack))
         .route("/v1/jobs/{id}/nack", post(job_nack))
         .route("/v1/jobs/{id}/extend", post(job_extend))
@@ -96,6 +97,8 @@ pub(crate) fn routes() -> Router<AppState> {
         group_leave,
         job_get,
         job_cancel,
+        job_delete,
+        job_kill,
         job_ack,
         job_nack,
         job_extend,
@@ -159,6 +162,7 @@ pub(crate) fn routes() -> Router<AppState> {
         ExtendRequest,
         ExtendResponse,
         FailRequest,
+        KillRequest,
         AcksRequest,
         NacksRequest,
         ExtendsRequest,
@@ -579,6 +583,60 @@ async fn job_cancel(
         )));
     }
     let job = state.store.job_cancel(id).await?;
+    Ok(Json(JobView::from_job(&job)))
+}
+
+/// The queue of job `id`, which `principal` must administer to delete or kill it. A job never
+/// changes queue while it can be deleted or killed by an operator (only a redrive of a dead job
+/// moves one, and then the job is read again by the store's statement, which acts on the id).
+async fn admin_of_job(state: &AppState, principal: &Principal, id: JobId, what: &str) -> ApiResult<()> {
+    let queue = state.store.job_get(id).await?.queue;
+    if !principal.can(Action::Admin, queue.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} lacks the admin permission on queue {:?}, which {what} its jobs needs",
+            principal.name(),
+            queue.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// Deletes one job that is not leased, with its error history.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "the job is deleted (an ordered key it headed moves on)"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "conflict: the job is leased (cancel it, or let its holder settle it)")
+    ))]
+async fn job_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+) -> ApiResult<StatusCode> {
+    admin_of_job(&state, &principal, id, "deleting").await?;
+    state.store.job_delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fails one job that is not leased, now: it goes dead whatever attempts it has left.
+#[utoipa::path(post, path = "/v1/jobs/{id}/kill", params(("id" = String, Path)), request_body = KillRequest,
+    responses(
+        (status = 200, body = JobView, description = "the job after the kill: dead, with the error recorded for its current attempt (a job dead already is returned as it is)"),
+        (status = 400, body = ErrorBody, description = "invalid_request: the body is not a kill request"),
+        (status = 403, body = ErrorBody, description = "forbidden: the token lacks the admin permission on the job's queue"),
+        (status = 404, body = ErrorBody, description = "not_found: no such job (acked, purged, deleted, or never enqueued)"),
+        (status = 409, body = ErrorBody, description = "conflict: the job is leased (its holder fails it, or cancel it) or cancelled")
+    ))]
+async fn job_kill(
+    State(state): State<AppState>,
+    principal: Principal,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<KillRequest>,
+) -> ApiResult<Json<JobView>> {
+    admin_of_job(&state, &principal, id, "failing").await?;
+    let error = request.error.as_deref().unwrap_or(KILL_ERROR_DEFAULT);
+    let job = state.store.job_kill(id, error).await?;
     Ok(Json(JobView::from_job(&job)))
 }
 

@@ -110,6 +110,8 @@ const WELL_FORMED: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     ("GET", "/v1/jobs/{id}", "/v1/jobs/$JOB", None),
     ("POST", "/v1/jobs/{id}/cancel", "/v1/jobs/$JOB/cancel", None),
+    ("DELETE", "/v1/jobs/{id}", "/v1/jobs/$DEAD", None),
+    ("POST", "/v1/jobs/{id}/kill", "/v1/jobs/$DEAD/kill", Some(r#"{"error": "bad data"}"#)),
     ("POST", "/v1/jobs/{id}/ack", "/v1/jobs/$JOB/ack", Some(r#"{"lease_token": "$TOKEN"}"#)),
     ("POST", "/v1/jobs/{id}/nack", "/v1/jobs/$JOB/nack", Some(r#"{"lease_token": "$TOKEN"}"#)),
     (
@@ -255,6 +257,10 @@ const PARTICULAR: &[(&str, &str, u16, &[Step], Step)] = &[
     ("GET", "/v1/jobs/{id}", 404, &[], ("GET", "/v1/jobs/424242", None)),
     ("POST", "/v1/jobs/{id}/cancel", 404, &[], ("POST", "/v1/jobs/424242/cancel", None)),
     ("POST", "/v1/jobs/{id}/cancel", 409, &[], ("POST", "/v1/jobs/$DEAD/cancel", None)),
+    ("DELETE", "/v1/jobs/{id}", 404, &[], ("DELETE", "/v1/jobs/424242", None)),
+    ("DELETE", "/v1/jobs/{id}", 409, &[], ("DELETE", "/v1/jobs/$JOB", None)),
+    ("POST", "/v1/jobs/{id}/kill", 404, &[], ("POST", "/v1/jobs/424242/kill", Some("{}"))),
+    ("POST", "/v1/jobs/{id}/kill", 409, &[], ("POST", "/v1/jobs/$JOB/kill", Some("{}"))),
     ("POST", "/v1/jobs/{id}/ack", 404, &[], ("POST", "/v1/jobs/424242/ack", Some(r#"{"lease_token": "$FOREIGN"}"#))),
     ("POST", "/v1/jobs/{id}/ack", 409, &[], ("POST", "/v1/jobs/$JOB/ack", Some(r#"{"lease_token": "$FOREIGN"}"#))),
     ("POST", "/v1/jobs/{id}/nack", 404, &[], ("POST", "/v1/jobs/424242/nack", Some(r#"{"lease_token": "$FOREIGN"}"#))),
@@ -679,7 +685,7 @@ async fn timed_out<'a>(
             continue;
         };
         // Any well-formed values: the request ends before the handler looks them up.
-        let path = path.replace("$JOB", "1").replace("$MEMBER", STRANGER);
+        let path = path.replace("$JOB", "1").replace("$DEAD", "1").replace("$MEMBER", STRANGER);
         let head = format!(
             "{} {path} HTTP/1.1\r\nhost: onceq\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{",
             operation.method

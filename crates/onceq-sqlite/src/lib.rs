@@ -18,8 +18,8 @@
 //!   - `writer::schedules`: schedules, and firing their due ticks (from `writer::due`, and on
 //!     `schedule_tick`) in the transaction that advances them.
 //!   - the SQL of each operation, by resource, as in the PostgreSQL store: `writer::jobs`
-//!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::cancel`
-//!     (a job's cancel), `writer::queues`,
+//!     (enqueue, lease), `writer::leases` (ack, nack, release, extend, fail), `writer::control`
+//!     (an operator's cancel, delete and kill of one job), `writer::queues`,
 //!     `writer::dead` (redrive, purge), `writer::idempotency` and `writer::groups` (consumer
 //!     groups: each group's state, hand-over, and the lease restricted to a member's
 //!     partitions); and `writer::keys`, each ordering key's head in a `per_key` queue and
@@ -666,6 +666,15 @@ impl Store for SqliteStore {
 
     async fn job_cancel(&self, id: JobId) -> Result<Job> {
         self.call(move |state, conn| state.job_cancel(conn, id)).await
+    }
+
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        self.call(move |state, conn| state.job_delete(conn, id)).await
+    }
+
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        let error = error.to_owned();
+        self.call(move |state, conn| state.job_kill(conn, id, &error)).await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Job> {

@@ -2649,6 +2649,13 @@ mod tests {
             // Cancels are not modelled: the conformance suite checks them on every store.
             Err(Error::invalid(format!("the reference model does not cancel jobs (job {id})")))
         }
+        async fn job_delete(&self, id: JobId) -> Result<()> {
+            // Operator deletes and kills are not modelled either: the conformance suite checks them.
+            Err(Error::invalid(format!("the reference model does not delete jobs (job {id})")))
+        }
+        async fn job_kill(&self, id: JobId, _error: &str) -> Result<Job> {
+            Err(Error::invalid(format!("the reference model does not kill jobs (job {id})")))
+        }
         async fn job_get(&self, id: JobId) -> Result<Job> {
             self.with(|model, _| model.job(model_id(id)).map(|view| to_job(model, view)).ok_or(Error::JobNotFound(id)))
         }

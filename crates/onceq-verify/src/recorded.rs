@@ -410,6 +410,14 @@ impl Store for RecordedStore {
         self.ctx.target().job_cancel(id).await
     }
 
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        self.ctx.target().job_delete(id).await
+    }
+
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        self.ctx.target().job_kill(id, error).await
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.ctx.target().job_get(id).await
     }

@@ -137,6 +137,12 @@ impl Store for HeldHeartbeats {
     async fn job_cancel(&self, id: JobId) -> Result<Job> {
         self.inner.job_cancel(id).await
     }
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        self.inner.job_delete(id).await
+    }
+    async fn job_kill(&self, id: JobId, error: &str) -> Result<Job> {
+        self.inner.job_kill(id, error).await
+    }
     async fn job_get(&self, id: JobId) -> Result<Job> {
         self.inner.job_get(id).await
     }

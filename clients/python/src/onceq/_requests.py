@@ -174,6 +174,17 @@ def job_cancel(id: Union[str, int]) -> Request:
     return Request("POST", f"/v1/jobs/{jid}/cancel", t.Job.from_json, job_id=jid)
 
 
+def job_kill(id: Union[str, int], error: Optional[str] = None) -> Request:
+    jid = _job_id(id)
+    body: Dict[str, Any] = {} if error is None else {"error": error}
+    return Request("POST", f"/v1/jobs/{jid}/kill", t.Job.from_json, body=body, job_id=jid)
+
+
+def job_delete(id: Union[str, int]) -> Request:
+    jid = _job_id(id)
+    return Request("DELETE", f"/v1/jobs/{jid}", _none, job_id=jid)
+
+
 def _settle(id: Union[str, int], action: str, body: Dict[str, Any], parse: Callable[[Any], Any] = _none) -> Request:
     jid = _job_id(id)
     return Request("POST", f"/v1/jobs/{jid}/{action}", parse, body=body, job_id=jid)

@@ -182,6 +182,18 @@ class Client(_Base):
         job is `Conflict`. Returns the job after the cancel; safe to retry."""
         return self._send(r.job_cancel(id))
 
+    def kill(self, id: Union[str, int], error: Optional[str] = None) -> t.Job:
+        """Fails a job that is not leased, now: it goes dead whatever attempts it has left, with
+        ``error`` recorded (the server's "failed by an operator" when None). A leased or cancelled
+        job is `Conflict`; a dead one is returned as it is. Needs ``admin``; safe to retry."""
+        return self._send(r.job_kill(id, error))
+
+    def delete(self, id: Union[str, int]) -> None:
+        """Deletes a job that is not leased, with its error history. A leased job is `Conflict`;
+        a job that is gone is `NotFound` (so a delete whose reply was lost is not retried blindly).
+        Needs ``admin``."""
+        self._send(r.job_delete(id))
+
     def ack(self, id: Union[str, int], lease_token: str) -> None:
         """The job is done: deleted, never delivered again."""
         self._send(r.ack(id, lease_token))
@@ -450,6 +462,12 @@ class AsyncClient(_Base):
 
     async def cancel(self, id: Union[str, int]) -> t.Job:
         return await self._send(r.job_cancel(id))
+
+    async def kill(self, id: Union[str, int], error: Optional[str] = None) -> t.Job:
+        return await self._send(r.job_kill(id, error))
+
+    async def delete(self, id: Union[str, int]) -> None:
+        await self._send(r.job_delete(id))
 
     async def ack(self, id: Union[str, int], lease_token: str) -> None:
         await self._send(r.ack(id, lease_token))

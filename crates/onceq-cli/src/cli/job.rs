@@ -1,8 +1,8 @@
 //! `onceq job get ID`: one job, its state and the error of every failed attempt.
-//! `onceq job cancel ID`: cancel it.
+//! `onceq job cancel ID`: cancel it. `onceq job kill ID`: fail it now. `onceq job delete ID`: delete it.
 
 use clap::{Args, Subcommand};
-use onceq_core::api::JobView;
+use onceq_core::api::{JobView, KILL_ERROR_DEFAULT};
 use onceq_core::{Job, JobId, JobState, Store};
 
 use super::table::{self, Align, Table};
@@ -37,6 +37,22 @@ pub enum JobCommand {
         /// The job's id.
         id: JobId,
     },
+    /// Fail a job now, as an operator: a scheduled, ready or blocked job goes dead whatever
+    /// attempts it has left, with the error recorded (`dlq redrive` brings it back). A leased job
+    /// is refused (exit code 1): cancel it, or let its worker settle it. A dead job stays as it is.
+    Kill {
+        /// The job's id.
+        id: JobId,
+        /// The error to record for its current attempt.
+        #[arg(long, default_value = KILL_ERROR_DEFAULT)]
+        error: String,
+    },
+    /// Delete a job that is not leased, with its error history: gone for good (`job get` then
+    /// exits 1). A leased job is refused (exit code 1): cancel it, or let its worker settle it.
+    Delete {
+        /// The job's id.
+        id: JobId,
+    },
 }
 
 /// Runs a job command.
@@ -66,6 +82,26 @@ pub fn run(args: &JobArgs) -> Result<(), CliError> {
                             "job {id} is leased: cancel requested; its worker's next heartbeat stops the handler, and \
                              the job ends cancelled unless the handler finishes it\n"
                         );
+                        Ok(())
+                    }
+                }
+            }
+            JobCommand::Kill { id, error } => {
+                let job = session.client.job_kill(*id, error).await.map_err(|e| session.failure(e))?;
+                match session.output {
+                    Output::Json => session.print_json(&JobView::from_job(&job)),
+                    Output::Table => {
+                        out!("job {id} is dead: {}\n", job.errors.last().map_or("", |e| e.error.as_str()));
+                        Ok(())
+                    }
+                }
+            }
+            JobCommand::Delete { id } => {
+                session.client.job_delete(*id).await.map_err(|e| session.failure(e))?;
+                match session.output {
+                    Output::Json => session.print_json(&serde_json::json!({ "deleted": id })),
+                    Output::Table => {
+                        out!("job {id} deleted\n");
                         Ok(())
                     }
                 }
@@ -128,6 +164,21 @@ mod tests {
         assert!(matches!(args.command, JobCommand::Get { id } if id == JobId::new(42)));
         let error = Cli::try_parse_from(["onceq", "job", "get", "forty-two"]).err();
         assert_eq!(error.map(|e| e.exit_code()), Some(2));
+    }
+
+    #[test]
+    fn job_kill_records_a_default_error_unless_given_one() {
+        let cli = Cli::try_parse_from(["onceq", "job", "kill", "7"]);
+        let Ok(Cli { command: Command::Job(args), .. }) = cli else { panic!("{cli:?}") };
+        assert!(
+            matches!(&args.command, JobCommand::Kill { id, error } if *id == JobId::new(7) && error == KILL_ERROR_DEFAULT)
+        );
+        let cli = Cli::try_parse_from(["onceq", "job", "kill", "7", "--error", "bad data"]);
+        let Ok(Cli { command: Command::Job(args), .. }) = cli else { panic!("{cli:?}") };
+        assert!(matches!(&args.command, JobCommand::Kill { error, .. } if error == "bad data"));
+        let cli = Cli::try_parse_from(["onceq", "job", "delete", "7"]);
+        let Ok(Cli { command: Command::Job(args), .. }) = cli else { panic!("{cli:?}") };
+        assert!(matches!(args.command, JobCommand::Delete { id } if id == JobId::new(7)));
     }
 
     #[test]

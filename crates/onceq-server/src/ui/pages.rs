@@ -10,8 +10,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use maud::{html, Markup};
+use onceq_core::api::KILL_ERROR_DEFAULT;
 use onceq_core::limits::{DEAD_PAGE_MAX, JOB_PAGE_MAX};
-use onceq_core::{DeadPage, Job, JobId, JobPage, JobState, QueueConfigPatch, QueueInfo, QueueName, Redrive, Timestamp};
+use onceq_core::{
+    DeadPage, Error, Job, JobId, JobPage, JobState, QueueConfigPatch, QueueInfo, QueueName, Redrive, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Action, Principal};
@@ -719,6 +722,22 @@ pub(crate) async fn job_page(State(ui): State<Ui>, headers: HeaderMap, Path(id):
                 span.hint { " The job never runs again; a running attempt is told at its next heartbeat." }
             }
         }
+        @if admin && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Blocked) {
+            form.actions method="post" action={ "/ui/jobs/" (id) "/kill" } {
+                (csrf_field(&session))
+                input type="text" name="error" placeholder=(KILL_ERROR_DEFAULT) maxlength="500" aria-label="error to record";
+                " "
+                button type="submit" data-action="kill" { "Fail" }
+                span.hint { " Dead now, whatever attempts it has left, with this error recorded; a redrive brings it back." }
+            }
+        }
+        @if admin && job.state != JobState::Leased {
+            form.actions method="post" action={ "/ui/jobs/" (id) "/delete" } {
+                (csrf_field(&session))
+                button type="submit" data-action="delete" { "Delete" }
+                span.hint { " Gone for good, with its error history (asks first)." }
+            }
+        }
         h2 { "Attempts" }
         ol.timeline #timeline {
             li { span.at { (time(job.enqueued_at)) } " enqueued" }
@@ -747,6 +766,30 @@ pub(crate) async fn job_page(State(ui): State<Ui>, headers: HeaderMap, Path(id):
     Ok(page(&session, &format!("Job {id}"), body))
 }
 
+/// What every action on one job does first: the session (or the redirect to log in), the form's
+/// CSRF token, the job, and the admin permission on its queue.
+async fn job_action(
+    ui: &Ui,
+    headers: &HeaderMap,
+    id: &str,
+    body: &[u8],
+) -> UiResult<Result<(Session, Vec<(String, String)>, Job), Response>> {
+    let session = match ui.session(headers) {
+        Ok(session) => session,
+        Err(redirect) => return Ok(Err(redirect.into_response())),
+    };
+    let fields = checked_form(&session, body)?;
+    let id = parse_id(id)?;
+    let job = ui.app.store.job_get(id).await?;
+    need(&session.principal, Action::Admin, job.queue.as_str())?;
+    Ok(Ok((session, fields, job)))
+}
+
+/// Back to the job's page.
+fn to_job(id: JobId) -> Response {
+    Redirect::to(&format!("/ui/jobs/{id}")).into_response()
+}
+
 /// Retries a dead job now: a redrive of that one job.
 pub(crate) async fn job_retry(
     State(ui): State<Ui>,
@@ -754,22 +797,18 @@ pub(crate) async fn job_retry(
     Path(id): Path<String>,
     body: Bytes,
 ) -> UiResult {
-    let session = match ui.session(&headers) {
-        Ok(session) => session,
-        Err(redirect) => return Ok(redirect.into_response()),
+    let (_, _, job) = match job_action(&ui, &headers, &id, &body).await? {
+        Ok(acting) => acting,
+        Err(redirect) => return Ok(redirect),
     };
-    checked_form(&session, &body)?;
-    let id = parse_id(&id)?;
-    let job = ui.app.store.job_get(id).await?;
-    need(&session.principal, Action::Admin, job.queue.as_str())?;
     if job.state != JobState::Dead {
         return Err(UiError::new(
             StatusCode::CONFLICT,
-            format!("job {id} is {}, not dead: only a dead job is retried now", state_word(job.state)),
+            format!("job {} is {}, not dead: only a dead job is retried now", job.id, state_word(job.state)),
         ));
     }
-    ui.app.store.dead_redrive(&job.queue, Redrive { ids: Some(vec![id]), ..Redrive::default() }).await?;
-    Ok(Redirect::to(&format!("/ui/jobs/{id}")).into_response())
+    ui.app.store.dead_redrive(&job.queue, Redrive { ids: Some(vec![job.id]), ..Redrive::default() }).await?;
+    Ok(to_job(job.id))
 }
 
 /// Cancels a job (`Store::job_cancel`): at once when it is not leased, at the end of its lease
@@ -780,16 +819,60 @@ pub(crate) async fn job_cancel(
     Path(id): Path<String>,
     body: Bytes,
 ) -> UiResult {
-    let session = match ui.session(&headers) {
-        Ok(session) => session,
-        Err(redirect) => return Ok(redirect.into_response()),
+    let (_, _, job) = match job_action(&ui, &headers, &id, &body).await? {
+        Ok(acting) => acting,
+        Err(redirect) => return Ok(redirect),
     };
-    checked_form(&session, &body)?;
-    let id = parse_id(&id)?;
-    let job = ui.app.store.job_get(id).await?;
-    need(&session.principal, Action::Admin, job.queue.as_str())?;
-    ui.app.store.job_cancel(id).await?;
-    Ok(Redirect::to(&format!("/ui/jobs/{id}")).into_response())
+    ui.app.store.job_cancel(job.id).await?;
+    Ok(to_job(job.id))
+}
+
+/// Fails a job that is not leased, now (`Store::job_kill`), with the error the form gives.
+pub(crate) async fn job_kill(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
+    let (_, fields, job) = match job_action(&ui, &headers, &id, &body).await? {
+        Ok(acting) => acting,
+        Err(redirect) => return Ok(redirect),
+    };
+    let error = field(&fields, "error").map(str::trim).filter(|e| !e.is_empty()).unwrap_or(KILL_ERROR_DEFAULT);
+    ui.app.store.job_kill(job.id, error).await?;
+    Ok(to_job(job.id))
+}
+
+/// Deletes a job that is not leased (`Store::job_delete`), once confirmed: the first post asks.
+pub(crate) async fn job_delete(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
+    let (session, fields, job) = match job_action(&ui, &headers, &id, &body).await? {
+        Ok(acting) => acting,
+        Err(redirect) => return Ok(redirect),
+    };
+    let (id, name) = (job.id, job.queue.as_str());
+    if field(&fields, "confirm") != Some("yes") {
+        let body = html! {
+            p #confirm-text { "Delete job " (id) " of queue " (name) " (" (state_word(job.state)) ")? It is gone for good, with its error history." }
+            form method="post" action={ "/ui/jobs/" (id) "/delete" } {
+                (csrf_field(&session))
+                input type="hidden" name="confirm" value="yes";
+                button type="submit" data-action="confirm" { "Delete job " (id) }
+                " " a href={ "/ui/jobs/" (id) } { "Cancel" }
+            }
+        };
+        return Ok(page(&session, "Confirm the delete", body));
+    }
+    ui.app.store.job_delete(id).await?;
+    let body = html! {
+        p #done-text { "Job " (id) " of queue " (name) " deleted." }
+        p { a href={ "/ui/queues/" (name) } { "Back to queue " (name) } }
+    };
+    Ok(page(&session, "Deleted", body))
 }
 
 // ---- dead letters ----
@@ -904,6 +987,8 @@ pub(crate) async fn dead_page(
                 }
             }
             button type="submit" data-action="redrive" { "Redrive selected" }
+            " "
+            button type="submit" data-action="purge-selected" formaction={ "/ui/queues/" (name) "/dead/purge-selected" } { "Purge selected" }
         }
         form.purge method="post" action={ "/ui/queues/" (name) "/dead/purge" } {
             (csrf_field(&session))
@@ -920,6 +1005,54 @@ pub(crate) async fn dead_page(
     Ok(page(&session, &format!("Dead letters of {name}"), body))
 }
 
+/// The jobs a dead-letter form selected (`id` fields): at least one, at most
+/// [`REDRIVE_SELECTED_MAX`]. `verb`: what is done to them, for the refusal.
+fn selected_ids(fields: &[(String, String)], verb: &str) -> UiResult<Vec<JobId>> {
+    let ids = fields.iter().filter(|(k, _)| k == "id").map(|(_, v)| parse_id(v)).collect::<UiResult<Vec<JobId>>>()?;
+    if ids.is_empty() {
+        return Err(UiError::bad_request(format!("select at least one dead job to {verb}")));
+    }
+    if ids.len() > REDRIVE_SELECTED_MAX {
+        return Err(UiError::bad_request(format!(
+            "{} jobs selected; at most {REDRIVE_SELECTED_MAX} at a time",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
+/// The page that asks to confirm an action on selected dead jobs: `question` says how many and
+/// what happens; the form posts the same ids to `action` with `confirm=yes`.
+fn confirm_selected(
+    session: &Session,
+    name: &str,
+    ids: &[JobId],
+    action: &str,
+    question: &str,
+    button: &str,
+) -> Response {
+    let body = html! {
+        p #confirm-text { (question) }
+        form method="post" action={ "/ui/queues/" (name) "/dead/" (action) } {
+            (csrf_field(session))
+            input type="hidden" name="confirm" value="yes";
+            @for id in ids { input type="hidden" name="id" value=(id); }
+            button type="submit" data-action="confirm" { (button) " " (ids.len()) }
+            " " a href={ "/ui/queues/" (name) "/dead" } { "Cancel" }
+        }
+    };
+    page(session, "Confirm", body)
+}
+
+/// `n job(s)`.
+fn jobs_word(n: u64) -> &'static str {
+    if n == 1 {
+        "job"
+    } else {
+        "jobs"
+    }
+}
+
 /// Redrives the selected dead jobs, once confirmed: the first post shows how many and asks.
 pub(crate) async fn dead_redrive(
     State(ui): State<Ui>,
@@ -934,36 +1067,69 @@ pub(crate) async fn dead_redrive(
     let fields = checked_form(&session, &body)?;
     let queue = queue_name(queue)?;
     need(&session.principal, Action::Admin, queue.as_str())?;
-    let ids = fields.iter().filter(|(k, _)| k == "id").map(|(_, v)| parse_id(v)).collect::<UiResult<Vec<JobId>>>()?;
-    if ids.is_empty() {
-        return Err(UiError::bad_request("select at least one dead job to redrive"));
-    }
-    if ids.len() > REDRIVE_SELECTED_MAX {
-        return Err(UiError::bad_request(format!(
-            "{} jobs selected; at most {REDRIVE_SELECTED_MAX} per redrive",
-            ids.len()
-        )));
-    }
+    let ids = selected_ids(&fields, "redrive")?;
     let name = queue.as_str();
     if field(&fields, "confirm") != Some("yes") {
-        let body = html! {
-            p #confirm-text { "Redrive " (ids.len()) " dead " (if ids.len() == 1 { "job" } else { "jobs" }) " of queue " (name) "? They become ready again, attempts reset." }
-            form method="post" action={ "/ui/queues/" (name) "/dead/redrive" } {
-                (csrf_field(&session))
-                input type="hidden" name="confirm" value="yes";
-                @for id in &ids { input type="hidden" name="id" value=(id); }
-                button type="submit" data-action="confirm" { "Redrive " (ids.len()) }
-                " " a href={ "/ui/queues/" (name) "/dead" } { "Cancel" }
-            }
-        };
-        return Ok(page(&session, "Confirm the redrive", body));
+        let n = ids.len() as u64;
+        let question =
+            format!("Redrive {n} dead {} of queue {name}? They become ready again, attempts reset.", jobs_word(n));
+        return Ok(confirm_selected(&session, name, &ids, "redrive", &question, "Redrive"));
     }
     let redriven = ui.app.store.dead_redrive(&queue, Redrive { ids: Some(ids), ..Redrive::default() }).await?.redriven;
     let body = html! {
-        p #done-text { (redriven) " dead " (if redriven == 1 { "job" } else { "jobs" }) " of queue " (name) " redriven." }
+        p #done-text { (redriven) " dead " (jobs_word(redriven)) " of queue " (name) " redriven." }
         p { a href={ "/ui/queues/" (name) "/dead" } { "Back to the dead letters" } }
     };
     Ok(page(&session, "Redriven", body))
+}
+
+/// Purges the selected dead jobs, once confirmed: each is deleted (`Store::job_delete`) if it is
+/// still dead in this queue; one redriven or gone meanwhile is left alone and counted apart.
+pub(crate) async fn dead_purge_selected(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+    body: Bytes,
+) -> UiResult {
+    let session = match ui.session(&headers) {
+        Ok(session) => session,
+        Err(redirect) => return Ok(redirect.into_response()),
+    };
+    let fields = checked_form(&session, &body)?;
+    let queue = queue_name(queue)?;
+    need(&session.principal, Action::Admin, queue.as_str())?;
+    let ids = selected_ids(&fields, "purge")?;
+    let name = queue.as_str();
+    if field(&fields, "confirm") != Some("yes") {
+        let n = ids.len() as u64;
+        let question = format!("Purge {n} dead {} of queue {name}? They are deleted for good.", jobs_word(n));
+        return Ok(confirm_selected(&session, name, &ids, "purge-selected", &question, "Purge"));
+    }
+    let (mut purged, mut skipped) = (0u64, 0u64);
+    for id in ids {
+        // Only what is still a dead job of this queue: a job redriven since the page was shown
+        // is live work, not a dead letter to purge.
+        let still_dead = match ui.app.store.job_get(id).await {
+            Ok(job) => job.queue == queue && job.state == JobState::Dead,
+            Err(Error::JobNotFound(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !still_dead {
+            skipped += 1;
+            continue;
+        }
+        match ui.app.store.job_delete(id).await {
+            Ok(()) => purged += 1,
+            Err(Error::JobNotFound(_)) => skipped += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let body = html! {
+        p #done-text { (purged) " dead " (jobs_word(purged)) " of queue " (name) " purged."
+            @if skipped > 0 { " " (skipped) " no longer dead here (redriven or gone) and left alone." } }
+        p { a href={ "/ui/queues/" (name) "/dead" } { "Back to the dead letters" } }
+    };
+    Ok(page(&session, "Purged", body))
 }
 
 /// Purges every dead job of a queue, once confirmed: the first post shows how many and asks.

@@ -16,8 +16,8 @@
 //! The crate's `# Layout` says what each file of this folder owns.
 
 pub(crate) mod cache;
-mod cancel;
 mod commits;
+mod control;
 pub(crate) use commits::producer_get;
 mod dead;
 mod due;

@@ -17,7 +17,7 @@
 //! - this module: the fixture and expectations every area shares, the suite's list of functions
 //!   ([`conformance_suite!`](crate::conformance_suite)) and [`SUITE`], the same list as data;
 //! - [`enqueue`], [`lease`] (with lease expiry), [`settle`] (ack, nack, release, extend, fail),
-//!   [`cancel`], [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
+//!   [`cancel`], [`control`] (an operator's delete and kill), [`dead_letters`], [`queues`], [`limits`] (Invariant 8), [`long_poll`], [`ordering`] (Invariant 9),
 //!   [`groups`] (Invariants 10 and 11), [`commits`] (Invariants 12 and 13), [`schedules`]
 //!   (Invariant 14), [`flow`] (rate, in-flight and depth limits, Invariant 15), [`unique`] (unique
 //!   jobs: each `while` by each `by`, freeing keys, the canonical payload), [`invariants`]
@@ -31,6 +31,7 @@
 
 pub mod cancel;
 pub mod commits;
+pub mod control;
 pub mod dead_letters;
 pub mod enqueue;
 pub mod flow;
@@ -426,6 +427,11 @@ macro_rules! conformance_suite {
                 cancel_a_job_that_is_not_leased_ends_it_at_once,
                 cancel_a_leased_job_marks_it_and_the_end_of_its_lease_cancels_it,
                 cancel_in_a_per_key_queue_lets_the_key_go_on,
+            ],
+            control: [
+                delete_removes_a_job_that_is_not_leased,
+                kill_makes_a_job_dead_now,
+                delete_and_kill_in_a_per_key_queue_hand_the_key_on,
             ],
             dead_letters: [
                 dead_list_pages,
