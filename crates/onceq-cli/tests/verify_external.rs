@@ -13,15 +13,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod python_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use python_common::{python_venv, repository, run};
 use serde_json::Value;
 
 const ONCEQ: &str = env!("CARGO_BIN_EXE_onceq");
-const PYTHON_INSTALL: &str =
-    "install Python 3.9 or newer with its venv module (Debian: apt-get install python3 python3-venv)";
 const NODE_INSTALL: &str = "install Node.js 20 or newer with npm (Debian/Ubuntu: `apt-get install nodejs npm`; \
                             otherwise from your platform's packages or nodejs.org)";
 /// The oldest Node.js major version the package supports.
@@ -36,61 +37,6 @@ const FAULTS: [&str; 4] = ["crash-after-effect=0.02", "crash-mid-handler=0.02", 
 const BROKEN_JOBS: u64 = 300;
 /// The one fault of a run with the gate broken.
 const BROKEN_FAULT: &str = "crash-after-effect=0.05";
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot start it: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn python3() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("python3"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("python3 not found on PATH: {PYTHON_INSTALL}"))
-}
-
-/// The Python client's test venv (tests/python_client.rs), made (or remade) when the package's
-/// pyproject.toml changed since.
-fn python_venv() -> PathBuf {
-    let package = repository().join("clients/python");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-client-venv");
-    let python = dir.join("bin/python");
-    let stamp = dir.join("onceq-pyproject.toml");
-    let pyproject = std::fs::read(package.join("pyproject.toml")).expect("clients/python/pyproject.toml");
-    if python.is_file() && std::fs::read(&stamp).ok().as_deref() == Some(pyproject.as_slice()) {
-        return python;
-    }
-    let made = Command::new(python3()).args(["-m", "venv", "--clear"]).arg(&dir).output();
-    match made {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "python3 -m venv failed: {PYTHON_INSTALL}\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("python3 -m venv could not start ({e}): {PYTHON_INSTALL}"),
-    }
-    run(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e"])
-            .arg(format!("{}[test]", package.display())),
-        "pip install -e clients/python[test]",
-    );
-    std::fs::write(&stamp, &pyproject).expect("write the venv's stamp");
-    python
-}
 
 /// Builds the Node package (as tests/node_client.rs does) and returns its verify worker.
 fn node_worker() -> PathBuf {
