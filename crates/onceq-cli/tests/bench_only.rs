@@ -54,3 +54,22 @@ fn a_scenario_the_bench_does_not_have_is_refused_with_the_ones_it_has() {
     let output = bench(&["--only", "no-such-thing"], dir.path());
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn the_mixed_durability_scenario_reports_a_paced_and_an_unbounded_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--durability", "fsync", "--jobs", "300", "--rounds", "1", "--only", "durability-mixed"];
+    let output = bench(&args, dir.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<&str> =
+        stdout.lines().filter(|l| l.starts_with("fsync e2e ") || l.starts_with("relaxed queue ")).collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert!(rows[0].starts_with("fsync e2e 100/call beside relaxed 10,000/s"), "{stdout}");
+    assert!(rows[1].starts_with("fsync e2e 100/call beside unbounded relaxed"), "{stdout}");
+    assert!(rows[2].starts_with("relaxed queue e2e 100/call"), "{stdout}");
+    assert!(stdout.contains("target: fsync queue beside a busy relaxed queue >= 90% of it alone: "), "{stdout}");
+    assert!(stdout.contains("target: both queues' jobs/s together >= 90% of the fsync queue alone: "), "{stdout}");
+    assert_eq!(stdout.matches("relaxed neighbour jobs/s by round: ").count(), 2, "{stdout}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -483,16 +483,32 @@ pub(crate) async fn pipeline_stage<S: Store>(
 /// leasing and acking [`BATCH`](super::options::BATCH) jobs per call in a loop.
 pub(crate) const NEIGHBOUR_TASKS: u64 = 4;
 
+/// What the paced relaxed neighbour is offered, jobs/s end to end: a busy queue by any
+/// measure, and a fixed share of the machine, so that the fsync queue's figure beside it shows
+/// what mixing durabilities costs beyond the neighbour's own work.
+pub(crate) const NEIGHBOUR_PACED_JOBS_PER_S: u64 = 10_000;
+
+/// The relaxed queue beside the fsync queue in the mixed-durability scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Neighbour {
+    /// None: the fsync queue alone.
+    None,
+    /// Offered this many jobs/s, in batches.
+    Paced(u64),
+    /// As fast as it goes: it takes what share of the one writer thread and the CPUs it can.
+    Unbounded,
+}
+
 /// One side of the mixed-durability scenario: `queue` made `fsync`, then an end-to-end batched
-/// run of `jobs` jobs on it (as the end-to-end batched scenario runs); with `neighbour`, a
-/// `relaxed` queue beside it is kept busy by [`NEIGHBOUR_TASKS`] tasks for the whole run.
+/// run of `jobs` jobs on it (as the end-to-end batched scenario runs), with a `relaxed` queue
+/// beside it worked by [`NEIGHBOUR_TASKS`] tasks for the whole run as `neighbour` says.
 /// Returns the fsync queue's run and the neighbour's jobs/s (0 without one).
 pub(crate) async fn fsync_beside_relaxed<S: Store + Clone + 'static>(
     store: &S,
     queue: &QueueName,
     payload: &Arc<[u8]>,
     jobs: u64,
-    neighbour: bool,
+    neighbour: Neighbour,
 ) -> Result<(Run, f64), BenchError> {
     use onceq_core::Durability;
     use std::sync::atomic::AtomicBool;
@@ -502,16 +518,31 @@ pub(crate) async fn fsync_beside_relaxed<S: Store + Clone + 'static>(
     let done = Arc::new(AtomicU64::new(0));
     let mut neighbours = JoinSet::new();
     let started = Instant::now();
-    if neighbour {
+    if neighbour != Neighbour::None {
         let relaxed = QueueName::new(format!("{queue}-relaxed-neighbour"))?;
         store.queue_upsert(&relaxed, durable(Durability::Relaxed)).await?;
         let per_call = super::options::BATCH;
+        // Each task's pause between batches when paced: its share of the offered rate.
+        let every = match neighbour {
+            Neighbour::Paced(rate) => {
+                Some(std::time::Duration::from_secs_f64((per_call * NEIGHBOUR_TASKS) as f64 / rate.max(1) as f64))
+            }
+            _ => None,
+        };
         for _ in 0..NEIGHBOUR_TASKS {
             let (store, relaxed, payload) = (store.clone(), relaxed.clone(), payload.clone());
             let (stop, done) = (stop.clone(), done.clone());
             neighbours.spawn(async move {
                 let options = lease_options(per_call, 0)?;
+                let mut pace = every.map(|every| {
+                    let mut pace = tokio::time::interval(every);
+                    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    pace
+                });
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(pace) = pace.as_mut() {
+                        pace.tick().await;
+                    }
                     store.job_enqueue(&relaxed, batch(&payload, 0, per_call, Keys::None)).await?;
                     let leased = store.job_lease(&relaxed, options).await?;
                     let leases: Vec<LeaseRef> = leased.iter().map(|job| job.lease()).collect();
