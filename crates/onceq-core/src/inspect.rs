@@ -37,7 +37,8 @@ impl JobPage {
 pub struct JobList {
     /// The jobs.
     pub jobs: Vec<Job>,
-    /// Pass as `after` for the next page; `None` when this was the last.
+    /// Pass as `after` for the next page; `None` when this was the last. (Not always the last
+    /// job's id: a page that ended short at its store's bound gives where it stopped.)
     pub next: Option<JobId>,
 }
 
@@ -65,8 +66,10 @@ pub trait Inspect: Send + Sync {
     /// be gone (acked) while its entry lasts. An unknown queue is [`Error::QueueNotFound`].
     async fn job_by_dedup(&self, queue: &QueueName, dedup_id: &str) -> Result<Option<JobId>>;
 
-    /// A page of `queue`'s jobs in `page.state`, by id. An unknown queue is
-    /// [`Error::QueueNotFound`].
+    /// A page of `queue`'s jobs in `page.state`, by id. A store may bound the rows one page
+    /// reads: a page may then hold fewer jobs than `limit`, even none, with a `next` to go on
+    /// from (the embedded store walks at most 100,000 ids for a page of ready or leased jobs,
+    /// which no index lists by queue and id). An unknown queue is [`Error::QueueNotFound`].
     async fn job_page(&self, queue: &QueueName, page: JobPage) -> Result<JobList>;
 
     /// The record of idempotency key `key` as stored, expired or not; `None` when there is none.

@@ -190,8 +190,17 @@ pub(crate) fn partition_loads(conn: &Connection, queue_id: i64) -> Result<BTreeM
     Ok(out)
 }
 
-/// A page of queue `queue_id`'s jobs in one state, by id, through `jobs_state`: it reads at most
-/// `limit + 1` rows.
+/// Ids one statement of a ready or leased page walks (a window of the table's ids).
+const PAGE_ID_WINDOW: i64 = 10_000;
+/// Ids one ready or leased page walks at most; a page that found fewer jobs than it asked for by
+/// then ends short, with `next` where it stopped.
+const PAGE_IDS_MAX: i64 = 100_000;
+
+/// A page of queue `queue_id`'s jobs in one state, by id. Scheduled, dead, blocked and cancelled
+/// jobs are read through `jobs_state` (schema v11), at most `limit + 1` rows. Ready and leased jobs
+/// have no such index (it would cost every job's write path): the page walks the table's ids from
+/// `after`, [`PAGE_ID_WINDOW`] at a time, up to [`PAGE_IDS_MAX`]; a page that ends short has a
+/// `next` all the same, unless it reached the last id.
 pub(crate) fn job_page(conn: &Connection, queue_id: i64, page: onceq_core::JobPage) -> Result<onceq_core::JobList> {
     let stored = match page.state {
         JobState::Scheduled => state::SCHEDULED,
@@ -202,23 +211,53 @@ pub(crate) fn job_page(conn: &Connection, queue_id: i64, page: onceq_core::JobPa
         JobState::Cancelled => state::CANCELLED,
     };
     let after = page.after.map(|id| i64::try_from(id.get()).unwrap_or(i64::MAX)).unwrap_or(0);
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs j INDEXED BY jobs_state JOIN queues q ON q.id = j.queue_id \
-             WHERE j.queue_id = ?1 AND j.state + 0 = ?2 AND j.id > ?3 ORDER BY j.id LIMIT ?4"
-        ))
-        .map_err(storage("listing jobs"))?;
-    let mut rows =
-        stmt.query(params![queue_id, stored, after, i64::from(page.limit) + 1]).map_err(storage("listing jobs"))?;
+    let want = i64::from(page.limit) + 1;
     let mut jobs = Vec::new();
-    while let Some(row) = rows.next().map_err(storage("listing jobs"))? {
-        jobs.push(job_from_row(conn, row)?);
+    let mut walked_to = None;
+    if stored == state::READY || stored == state::LEASED {
+        let last: i64 = conn
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM jobs")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(storage("listing jobs"))?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs j NOT INDEXED JOIN queues q ON q.id = j.queue_id \
+                 WHERE j.id > ?3 AND j.id <= ?4 AND j.queue_id = ?1 AND j.state = ?2 ORDER BY j.id LIMIT ?5"
+            ))
+            .map_err(storage("listing jobs"))?;
+        let mut from = after;
+        while (jobs.len() as i64) < want && from < last {
+            if from - after >= PAGE_IDS_MAX {
+                walked_to = Some(from);
+                break;
+            }
+            let to = from.saturating_add(PAGE_ID_WINDOW);
+            let need = want - jobs.len() as i64;
+            let mut rows = stmt.query(params![queue_id, stored, from, to, need]).map_err(storage("listing jobs"))?;
+            while let Some(row) = rows.next().map_err(storage("listing jobs"))? {
+                jobs.push(job_from_row(conn, row)?);
+            }
+            from = to;
+        }
+    } else {
+        // The partial index's own condition, written out, lets SQLite use it.
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs j INDEXED BY jobs_state JOIN queues q ON q.id = j.queue_id \
+                 WHERE j.queue_id = ?1 AND j.state + 0 = ?2 AND j.state NOT IN (1, 2) AND j.id > ?3 \
+                 ORDER BY j.id LIMIT ?4"
+            ))
+            .map_err(storage("listing jobs"))?;
+        let mut rows = stmt.query(params![queue_id, stored, after, want]).map_err(storage("listing jobs"))?;
+        while let Some(row) = rows.next().map_err(storage("listing jobs"))? {
+            jobs.push(job_from_row(conn, row)?);
+        }
     }
     let next = if jobs.len() > page.limit as usize {
         jobs.truncate(page.limit as usize);
         jobs.last().map(|j| j.id)
     } else {
-        None
+        walked_to.map(|id| JobId::new(id.unsigned_abs()))
     };
     Ok(onceq_core::JobList { jobs, next })
 }

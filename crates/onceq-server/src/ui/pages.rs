@@ -31,6 +31,9 @@ pub(crate) const OVERVIEW_QUEUES_MAX: u32 = 50;
 pub(crate) const QUEUE_JOBS_SHOWN: u32 = 50;
 /// Most jobs one payload lookup or dead-letter filter reads before it stops and offers to go on.
 pub(crate) const SCAN_JOBS_MAX: usize = 10_000;
+/// Pages of jobs a payload lookup reads per request at most (the pages that [`SCAN_JOBS_MAX`]
+/// full ones make; a store's page may end short, `Inspect::job_page`).
+const FIND_PAGES_MAX: usize = SCAN_JOBS_MAX.div_ceil(JOB_PAGE_MAX as usize);
 /// Most matches one payload lookup or dead-letter filter shows.
 pub(crate) const MATCHES_SHOWN: usize = 100;
 /// Characters of a payload shown in a list.
@@ -558,7 +561,10 @@ pub(crate) async fn queue_page(
                 span.hint { "A payload search reads at most " (SCAN_JOBS_MAX) " " (state_word(state)) " jobs per request." }
             }
             (job_rows(&list.jobs))
-            @if list.jobs.is_empty() { p { "No " (state_word(state)) " job" @if after.is_some() { " after this point" } "." } }
+            @if list.jobs.is_empty() && list.next.is_none() { p { "No " (state_word(state)) " job" @if after.is_some() { " after this point" } "." } }
+            @if (list.jobs.len() as u32) < QUEUE_JOBS_SHOWN && list.next.is_some() {
+                p.hint { "This page read as far as one page reads (ready and leased jobs are listed by walking job ids) and found " (list.jobs.len()) "; more may follow." }
+            }
             @if let Some(next) = list.next {
                 p { a href={ "/ui/queues/" (name) "?state=" (state_word(state)) "&after=" (next) } { "Next jobs →" } }
             }
@@ -623,10 +629,11 @@ pub(crate) async fn queue_find(
                 return Err(UiError::bad_request("give the text the payload contains"));
             }
             let mut after = query.after.as_deref().filter(|a| !a.is_empty()).map(parse_id).transpose()?;
-            let (mut scanned, mut found) = (0usize, Vec::new());
+            let (mut scanned, mut found, mut pages) = (0usize, Vec::new(), 0usize);
             let finished = loop {
                 let page = JobPage { state, after, limit: JOB_PAGE_MAX.min((SCAN_JOBS_MAX - scanned) as u32) };
                 let list = inspect.job_page(&queue, page).await?;
+                pages += 1;
                 for job in list.jobs {
                     scanned += 1;
                     after = Some(job.id);
@@ -640,7 +647,13 @@ pub(crate) async fn queue_find(
                 if list.next.is_none() && found.len() < MATCHES_SHOWN {
                     break true;
                 }
-                if found.len() == MATCHES_SHOWN || scanned >= SCAN_JOBS_MAX {
+                if found.len() < MATCHES_SHOWN {
+                    // A page that ended short at the store's bound goes on from where it stopped.
+                    after = list.next.or(after);
+                }
+                // As many pages as full ones would take: short pages must not make a request walk
+                // the whole table.
+                if found.len() == MATCHES_SHOWN || scanned >= SCAN_JOBS_MAX || pages >= FIND_PAGES_MAX {
                     break false;
                 }
             };
