@@ -58,10 +58,12 @@
 //! - `http`: `--server`, a running server over HTTP.
 //! - `pg`: `--store`, the PostgreSQL store beside a pgbench floor.
 //! - `outbox`: `--outbox`, the transactional outbox on PostgreSQL.
+//! - `latency`: `--latency`, enqueue → handler start under an open-loop offered load.
 
 mod error;
 mod floor;
 mod http;
+mod latency;
 mod options;
 mod outbox;
 mod pg;
@@ -201,6 +203,15 @@ pub fn run(args: &BenchArgs, command_line: &str) -> Result<(), BenchError> {
     }
     if let Some(server) = &args.server {
         return http::run(args, server, command_line);
+    }
+    if args.latency {
+        return match &args.store {
+            Some(url) => {
+                reach_postgres(url, args.pg_connect_timeout_ms)?;
+                latency::run_postgres(args, url, command_line)
+            }
+            None => latency::run_embedded(args, command_line),
+        };
     }
     if let Some(url) = &args.store {
         reach_postgres(url, args.pg_connect_timeout_ms)?;

@@ -73,3 +73,23 @@ fn the_mixed_durability_scenario_reports_a_paced_and_an_unbounded_neighbour() {
     assert_eq!(stdout.matches("relaxed neighbour jobs/s by round: ").count(), 2, "{stdout}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn the_latency_bench_reports_each_offered_load_and_judges_the_target_at_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bench(&["--latency", "--quick", "--durability", "fsync"], dir.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("latency, open loop (embedded, durability fsync)"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("maximum ") && l.contains(" jobs/s (closed loop")), "{stdout}");
+    for load in ["10%", "50%", "80%"] {
+        let row = stdout.lines().find(|l| l.starts_with(load)).unwrap_or_else(|| panic!("no {load} row: {stdout}"));
+        // offered/s, acked/s, p50, p99, p99.9, max, measured, the generator's lateness: every figure is there.
+        assert_eq!(row.split_whitespace().count(), 9, "{row}");
+    }
+    assert!(stdout.contains("targets (embedded, durability fsync, 50% load):"), "{stdout}");
+    assert!(stdout.contains(" p50 < 1 ms: ") && stdout.contains(" p99 < 5 ms: "), "{stdout}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let refused = bench(&["--latency", "--only", "enqueue-batched"], dir.path());
+    assert_eq!(refused.status.code(), Some(2), "--latency measures latency only");
+}

@@ -33,12 +33,19 @@ pub struct BenchArgs {
     /// Run only these scenarios (comma-separated or repeated), with the embedded store or
     /// --store [default: all of them]. The embedded bench has enqueue-1, enqueue-concurrent,
     /// enqueue-batched, end-to-end-batched, end-to-end-single, lease-ack-batched,
-    /// lease-ack-backlog, end-to-end-ordered, lease-ack-ordered-backlog, pipeline-stage and
-    /// lease-ack-limited; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
+    /// lease-ack-backlog, end-to-end-ordered, lease-ack-ordered-backlog, pipeline-stage,
+    /// lease-ack-limited and durability-mixed; --store has enqueue-batched, lease-ack-batched, end-to-end-batched,
     /// enqueue-concurrent, lease-ack-single, end-to-end-ordered, lease-ack-ordered-backlog
     /// (behind 1,000,000 jobs), pipeline-stage and lease-ack-limited.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SCENARIO", conflicts_with_all = ["server", "outbox"])]
     pub only: Vec<Scenario>,
+    /// Measure latency instead of throughput: enqueue → handler start under an open-loop
+    /// offered load of 10%, 50% and 80% of the maximum a closed loop finds (one job per enqueue
+    /// call, workers leasing up to 100 and waiting), with p50, p99, p99.9 and the maximum, on the
+    /// embedded store at each --durability, or with --store on PostgreSQL (a fresh schema, dropped
+    /// at the end). About 20 s per store; with --quick about 4 s, to see that it runs.
+    #[arg(long, conflicts_with_all = ["only", "server", "outbox", "jobs", "backlog", "rounds"])]
+    pub latency: bool,
     /// Directory in which the run makes (and then removes) a temporary directory for its databases
     /// [default: the system's temporary directory]. Choose the disk you mean to measure.
     #[arg(long)]
