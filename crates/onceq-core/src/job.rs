@@ -408,6 +408,38 @@ pub fn truncate_error_text(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
+// Unique jobs' rules as they apply to jobs: here, beside the job types, so that `unique` (the
+// rules and keys) needs nothing of this module.
+impl crate::unique::UniqueWhile {
+    /// Whether a job in `state` holds a key it took with this rule; always false for `window`,
+    /// which is judged by time alone. Every state not named here frees the key: dead, and any
+    /// state a job ends in (a cancelled job frees its key with no store code of its own).
+    pub fn holds(self, state: JobState) -> bool {
+        use crate::unique::UniqueWhile;
+        match self {
+            UniqueWhile::Pending => matches!(state, JobState::Scheduled | JobState::Ready | JobState::Blocked),
+            UniqueWhile::Active => {
+                matches!(state, JobState::Scheduled | JobState::Ready | JobState::Blocked | JobState::Leased)
+            }
+            UniqueWhile::Window => false,
+        }
+    }
+}
+
+impl crate::unique::Unique {
+    /// Checks the request against `job` ([`crate::unique::Unique::validate_of`]).
+    pub fn validate(&self, job: &NewJob) -> Result<()> {
+        self.validate_of(job.dedup_id.as_deref(), &job.payload)
+    }
+
+    /// The key `job` takes (the job already validated): `d` and the dedup id's bytes, or `p`
+    /// and the 32 bytes of the SHA-256 of the payload's canonical form. The leading byte keeps
+    /// the two kinds apart.
+    pub fn key(&self, job: &NewJob) -> Result<Vec<u8>> {
+        self.key_of(job.dedup_id.as_deref(), &job.payload)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,37 +479,5 @@ mod tests {
         assert!(cut.len() <= ERROR_TEXT_BYTES_MAX);
         assert!(cut.ends_with('…'));
         assert_eq!(truncate_error_text("short"), "short");
-    }
-}
-
-// Unique jobs' rules as they apply to jobs: here, beside the job types, so that `unique` (the
-// rules and keys) needs nothing of this module.
-impl crate::unique::UniqueWhile {
-    /// Whether a job in `state` holds a key it took with this rule; always false for `window`,
-    /// which is judged by time alone. Every state not named here frees the key: dead, and any
-    /// state a job ends in (a cancelled job frees its key with no store code of its own).
-    pub fn holds(self, state: JobState) -> bool {
-        use crate::unique::UniqueWhile;
-        match self {
-            UniqueWhile::Pending => matches!(state, JobState::Scheduled | JobState::Ready | JobState::Blocked),
-            UniqueWhile::Active => {
-                matches!(state, JobState::Scheduled | JobState::Ready | JobState::Blocked | JobState::Leased)
-            }
-            UniqueWhile::Window => false,
-        }
-    }
-}
-
-impl crate::unique::Unique {
-    /// Checks the request against `job` ([`crate::unique::Unique::validate_of`]).
-    pub fn validate(&self, job: &NewJob) -> Result<()> {
-        self.validate_of(job.dedup_id.as_deref(), &job.payload)
-    }
-
-    /// The key `job` takes (the job already validated): `d` and the dedup id's bytes, or `p`
-    /// and the 32 bytes of the SHA-256 of the payload's canonical form. The leading byte keeps
-    /// the two kinds apart.
-    pub fn key(&self, job: &NewJob) -> Result<Vec<u8>> {
-        self.key_of(job.dedup_id.as_deref(), &job.payload)
     }
 }

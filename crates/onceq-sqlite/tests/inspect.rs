@@ -1,5 +1,7 @@
 //! The embedded store passes the `Inspect` conformance suite (the dashboard's bounded reads).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

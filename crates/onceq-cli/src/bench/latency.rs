@@ -319,38 +319,6 @@ pub(crate) async fn level<S: Store + Clone + 'static>(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_payload_carries_its_time() {
-        let at = Duration::from_micros(1_234_567);
-        let payload = stamped(at, 100);
-        assert_eq!(payload.len(), 100);
-        assert_eq!(stamp_of(&payload), Some(at));
-        assert_eq!(stamped(at, 3).len(), 8, "room for the time at least");
-        assert_eq!(stamp_of(b"short"), None);
-    }
-
-    #[test]
-    fn quantiles_are_nearest_rank() {
-        let level = Level {
-            load: 0.5,
-            offered_per_s: 1.0,
-            acked_per_s: 1.0,
-            latencies: (1..=1000).map(Duration::from_millis).collect(),
-            generator_late_p99: Duration::ZERO,
-        };
-        assert_eq!(level.quantile(0.5), Duration::from_millis(500));
-        assert_eq!(level.quantile(0.99), Duration::from_millis(990));
-        assert_eq!(level.quantile(0.999), Duration::from_millis(999));
-        assert_eq!(level.max(), Duration::from_millis(1000));
-        let empty = Level { latencies: Vec::new(), ..level };
-        assert_eq!(empty.quantile(0.5), Duration::ZERO);
-    }
-}
-
 /// Where a latency run's store lives, for its report.
 pub(crate) enum Target {
     /// The embedded store at a durability level (`fsync` or `relaxed`).
@@ -525,4 +493,36 @@ pub(crate) fn run_postgres(args: &super::BenchArgs, url: &str, command_line: &st
         store.close().await;
         result.and(dropped)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_carries_its_time() {
+        let at = Duration::from_micros(1_234_567);
+        let payload = stamped(at, 100);
+        assert_eq!(payload.len(), 100);
+        assert_eq!(stamp_of(&payload), Some(at));
+        assert_eq!(stamped(at, 3).len(), 8, "room for the time at least");
+        assert_eq!(stamp_of(b"short"), None);
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let level = Level {
+            load: 0.5,
+            offered_per_s: 1.0,
+            acked_per_s: 1.0,
+            latencies: (1..=1000).map(Duration::from_millis).collect(),
+            generator_late_p99: Duration::ZERO,
+        };
+        assert_eq!(level.quantile(0.5), Duration::from_millis(500));
+        assert_eq!(level.quantile(0.99), Duration::from_millis(990));
+        assert_eq!(level.quantile(0.999), Duration::from_millis(999));
+        assert_eq!(level.max(), Duration::from_millis(1000));
+        let empty = Level { latencies: Vec::new(), ..level };
+        assert_eq!(empty.quantile(0.5), Duration::ZERO);
+    }
 }
