@@ -5,7 +5,8 @@
 // Per queue, one lease loop keeps up to `concurrency + prefetch` jobs held: `concurrency`
 // handlers run, and up to `prefetch` leased jobs wait to start. One heartbeat timer extends
 // every held job's lease each `heartbeatIntervalMs`; a job whose extend is refused (`lease_lost`,
-// `not_found`, `job_cancelled`) has lost its lease, and its handler's signal aborts; an item
+// `not_found`) has lost its lease, and its handler's signal aborts (with `job_cancelled` the
+// signal aborts too, and the lease is given back when the handler returns); an item
 // answered otherwise (`unavailable`) is a beat that got no answer. Settles of every queue go through one batcher, which
 // sends what gathered within `settleBatchDelayMs` as one request per kind. `stop()` (and SIGTERM
 // under `run({ signals: true })`) stops leasing, releases the jobs that did not start, waits
@@ -14,7 +15,7 @@
 import { randomBytes } from "node:crypto";
 
 import { BATCH_ITEMS_MAX, Client, sleep } from "./client.js";
-import { LeaseLost, OnceqError } from "./errors.js";
+import { JobCancelled, LeaseLost, OnceqError } from "./errors.js";
 import { Outcome } from "./outcome.js";
 import type { LeasedJob, SettleResult } from "./types.js";
 
@@ -70,7 +71,7 @@ export interface WorkerOptions {
 }
 
 /** The item error codes of a heartbeat that mean the handler must stop: the lease is gone, or the job was cancelled (any other is no answer). */
-export const LEASE_GONE_CODES: readonly string[] = ["lease_lost", "not_found", "job_cancelled"];
+export const LEASE_GONE_CODES: readonly string[] = ["lease_lost", "not_found"];
 
 /** Aborts a handler whose job ran past its deadline. */
 export class DeadlineExceeded extends Error {
@@ -95,6 +96,8 @@ interface Held {
   started: boolean;
   /** The lease was refused by a heartbeat: the job is no longer this worker's to settle. */
   lost: boolean;
+  /** An operator cancelled the job (a heartbeat answered `job_cancelled`): the lease is still ours. */
+  cancelled?: boolean;
 }
 
 type SettleKind = "acks" | "nacks" | "fails" | "releases";
@@ -427,6 +430,10 @@ export class Worker {
     this.#held.delete(job.id);
     if (held.lost) {
       this.#onError(new LeaseLost("lease_lost", `job ${job.id}: the lease was lost while its handler ran; not settled`, 409), job);
+    } else if (held.cancelled && outcome.kind === "retry") {
+      // Stopped by the cancel: give the lease back, which ends the job cancelled at once (an ack
+      // of a handler that finished anyway still settles it, as the server defines).
+      void this.#settle(job, Outcome.snooze());
     } else {
       void this.#settle(job, outcome);
     }
@@ -477,6 +484,21 @@ export class Worker {
       results.forEach((result, j) => {
         const h = chunk[j];
         if (!h || result.ok || !this.#held.has(h.job.id)) return;
+        if (result.error?.code === "job_cancelled") {
+          // An operator cancelled the job; the lease is still this worker's (a refused extend
+          // changes nothing). Abort the handler; its lease goes back when it returns.
+          if (h.cancelled) return;
+          h.cancelled = true;
+          h.controller.abort(new JobCancelled("job_cancelled", result.error.message ?? "job cancelled", 409));
+          if (!h.started) {
+            this.#held.delete(h.job.id);
+            const runner = this.#runners.get(h.job.queue);
+            const at = runner?.buffer.indexOf(h) ?? -1;
+            if (runner && at >= 0) runner.buffer.splice(at, 1);
+            void this.#settle(h.job, Outcome.snooze());
+          }
+          return;
+        }
         // Only a definite refusal means the lease is gone; another code (`unavailable`) is a
         // heartbeat that got no answer: the handler keeps running, the next beat tries again.
         if (!LEASE_GONE_CODES.includes(result.error?.code ?? "lease_lost")) {

@@ -113,6 +113,29 @@ test("heartbeats keep a lease past its visibility timeout; a refused one aborts 
   assert.equal((await client.jobGet(stolen)).errors.length, 1);
 });
 
+test("a cancelled job aborts its handler and ends cancelled at once, not at its lease's expiry", async () => {
+  const q = queueName();
+  const [{ id }] = await client.enqueue(q, [{ payload: "stop me" }]);
+  let abortedWith;
+  let started = false;
+  const worker = new Worker(client, { visibilityTimeoutMs: 30_000, heartbeatIntervalMs: 100, leaseWaitMs: 100, ...quiet });
+  worker.handle(q, async (job, ctx) => {
+    started = true;
+    await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+    abortedWith = ctx.signal.reason;
+    throw abortedWith;
+  });
+  worker.start();
+  await eventually(() => started, 10_000, "the handler running");
+  assert.equal((await client.cancel(id)).state, "leased");
+  await eventually(() => abortedWith !== undefined, 5_000, "the abort");
+  assert.equal(abortedWith.code, "job_cancelled");
+  // Well before the 30 s lease would expire: the worker gave the lease back.
+  await eventually(async () => (await client.jobGet(id)).state === "cancelled", 5_000, "the job cancelled");
+  await worker.stop();
+  assert.equal((await client.jobGet(id)).errors.length, 0, "a release records no error");
+});
+
 test("stop releases leased jobs that did not start, and waits for running ones", async () => {
   const q = queueName();
   await client.enqueue(q, Array.from({ length: 6 }, (_, i) => ({ payload: i })));

@@ -126,6 +126,32 @@ def test_a_refused_heartbeat_cancels_the_handler(client: onceq.Client, queue: st
     assert (info.state, info.attempt, info.errors) == ("ready", 0, [])
 
 
+def test_a_cancelled_job_stops_its_handler_and_ends_cancelled_at_once(client: onceq.Client, queue: str) -> None:
+    enq = client.enqueue(queue, "stop me")
+    started = threading.Event()
+    outcome: Dict[str, object] = {}
+    worker = onceq.Worker(client, shutdown_timeout=2)
+
+    @worker.task(queue, concurrency=1, visibility_timeout_ms=30_000, heartbeat_interval_ms=100)
+    async def handle(job: onceq.RunningJob) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+            outcome["finished"] = True
+        except asyncio.CancelledError:
+            outcome["cancelled"] = job.cancel_reason
+            raise
+
+    with running(worker):
+        assert started.wait(10)
+        assert client.cancel(enq.id).state == "leased"
+        assert wait_for(lambda: "cancelled" in outcome, 5), outcome
+        assert outcome == {"cancelled": "cancelled"}
+        # Well before the 30 s lease would expire: the worker gave the lease back.
+        assert wait_for(lambda: client.job_get(enq.id).state == "cancelled", 5)
+        assert worker.stats.cancelled == 1 and worker.stats.lost == 0 and worker.stats.acked == 0
+
+
 def test_a_handler_past_its_deadline_is_cancelled_and_its_job_nacked(client: onceq.Client, queue: str) -> None:
     client.queue_put(queue, max_attempts=1)
     enq = client.enqueue(queue, "too slow")

@@ -17,13 +17,14 @@ Per task (one queue), the worker:
   ``ack_linger_ms``), for every task of the worker together;
 - heartbeats every ``heartbeat_interval_ms``: one ``POST /v1/extends`` for every lease it holds.
   A lease the server refuses to extend (``lease_lost`` or ``not_found``: expired, or leased
-  again; ``job_cancelled``) **cancels** its handler: an ``async def`` handler's task is
+  again; ``job_cancelled``: an operator cancelled the job) **cancels** its handler: an ``async def`` handler's task is
   cancelled; a plain ``def`` handler, run in a thread, sees ``job.cancelled`` set and should
   stop (a thread cannot be stopped from outside). An `effectively_once` handler is only told (``job.cancelled``): once
   it holds its key, a cancel could not tell whether its effect happened, so it runs to its end
   and its key is completed or released as usual. An item answered otherwise (``unavailable``)
   is a heartbeat that got no answer: the handler keeps running, and the next beat tries again.
-  A cancelled handler's job is not settled: its lease is gone;
+  A handler cancelled for a lost lease settles nothing: its lease is gone. One cancelled for
+  ``job_cancelled`` gives its lease back (a release), which ends the job cancelled at once;
 - gives a handler ``deadline_ms``: past it the handler is cancelled the same way and the job
   nacked (``"deadline exceeded"``), so it retries with the queue's backoff;
 - on an exception, nacks the job without a delay, so the queue's backoff decides when it runs
@@ -68,7 +69,7 @@ SETTLE_RETRY_PAUSE = 0.2
 #: The item error codes of a heartbeat that mean the handler must stop: the lease is gone, or
 #: the job was cancelled (any other, such as ``unavailable``, is no answer: the handler keeps
 #: running).
-LEASE_GONE_CODES = ("lease_lost", "not_found", "job_cancelled")
+LEASE_GONE_CODES = ("lease_lost", "not_found")
 #: Tries of a batch ack or release call that gets no answer before the worker gives up on it (the
 #: leases then expire and the jobs run again).
 SETTLE_TRIES_MAX = 5
@@ -99,7 +100,8 @@ class RunningJob:
         #: Set when the handler must stop: its lease was lost, its deadline passed, or shutdown
         #: ran out of time. Plain ``def`` handlers check it (``job.cancelled.is_set()``).
         self.cancelled = threading.Event()
-        #: Why ``cancelled`` was set: ``"lease_lost"``, ``"deadline"`` or ``"shutdown"``.
+        #: Why ``cancelled`` was set: ``"lease_lost"``, ``"cancelled"`` (an operator cancelled the
+        #: job), ``"deadline"`` or ``"shutdown"``.
         self.cancel_reason: Optional[str] = None
 
     id = property(lambda self: self.leased.id)
@@ -230,6 +232,9 @@ class WorkerStats:
     failed: int = 0
     released: int = 0
     lost: int = 0
+    #: Jobs an operator cancelled while this worker held them (their handlers were stopped and
+    #: their leases given back, which ends them cancelled).
+    cancelled: int = 0
     deadline_exceeded: int = 0
     duplicates: int = 0
     ack_refused: int = 0
@@ -677,6 +682,19 @@ class Worker:
                     if result.ok:
                         continue
                     code = result.error.code if result.error else None
+                    if code == "job_cancelled":
+                        # Cancelled by an operator: the lease is still this worker's (a refused
+                        # extend changes nothing). Stop the handler; its run gives the lease back,
+                        # which ends the job cancelled at once rather than at the lease's expiry.
+                        self.stats.cancelled += 1
+                        log.info("onceq worker: job %s was cancelled: stopping its handler", job.id)
+                        run = task.running.get(job.id)
+                        if run is not None:
+                            self._cancel(run, "cancelled")
+                        elif job in task.buffer:
+                            task.buffer.remove(job)
+                            await self._release([job])
+                        continue
                     if code not in LEASE_GONE_CODES:
                         # No definite answer for this lease (``unavailable``): as for a heartbeat
                         # that got no answer, the handler keeps running and the next beat tries again.
