@@ -215,7 +215,7 @@ fn the_cli_drives_jobs_through_their_whole_lifecycle() {
     assert_eq!(json(url, &["ack", &ada, "--lease-token", &token], None), json!({"id": ada, "ok": true}));
     let gone = onceq(url, &["job", "get", &ada], None);
     assert_eq!(gone.code, 1, "{gone:?}");
-    assert_eq!(gone.stderr, format!("onceq: job {ada} not found (acked, purged, or never existed)\n"));
+    assert_eq!(gone.stderr, format!("onceq: job {ada} not found (acked, deleted, purged, or never existed)\n"));
     let again = onceq(url, &["ack", &ada, "--lease-token", &token], None);
     assert_eq!(again.code, 1, "{again:?}");
     assert!(again.stderr.starts_with("onceq: "), "{again:?}");

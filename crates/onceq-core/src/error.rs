@@ -27,8 +27,8 @@ pub enum Error {
     /// The paced redrive does not exist.
     #[error("redrive {0} not found")]
     RedriveNotFound(RedriveId),
-    /// The job does not exist: it was acked, purged, deleted with its queue, or never existed.
-    #[error("job {0} not found (acked, purged, or never existed)")]
+    /// The job does not exist: it was acked, deleted, purged, deleted with its queue, or never existed.
+    #[error("job {0} not found (acked, deleted, purged, or never existed)")]
     JobNotFound(JobId),
     /// The token is not the job's current lease: the lease expired, or the job was leased again,
     /// settled, or dead-lettered. Nothing was changed (Invariant 3).
